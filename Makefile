@@ -1,0 +1,29 @@
+# Two entry points for a fresh machine with only Python 3.11:
+#   make quickstart   -> creates .venv, installs qfactory, runs the quickstart pipeline
+#   make test         -> creates .venv, installs qfactory + test deps, runs the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+# CPU torch by default. GPU users: `make TORCH_SPEC='torch' ...` after pointing pip at their CUDA
+# index, or install torch into .venv first — an installed torch>=2.2 is kept as it is.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup quickstart test clean
+
+$(BIN)/qfactory: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+setup: $(BIN)/qfactory
+
+quickstart: setup
+	$(BIN)/qfactory run --recipe recipes/quickstart.toml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

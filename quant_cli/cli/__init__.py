@@ -1,0 +1,50 @@
+"""The `qfactory` command. Each subcommand lives in its own module and only translates."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from quant_cli import __version__
+from quant_cli.cli import backtest, features, ingest, recipe, run, split, stubs, train
+
+app = typer.Typer(
+    name="qfactory",
+    help="From raw market bars to a served model: ingest → features → split → train → backtest.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"qfactory {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """qfactory: leakage-safe quant research from the command line.
+
+    Example: qfactory run --recipe recipes/quickstart.toml
+    """
+
+
+app.command("ingest")(ingest.ingest)
+app.add_typer(features.app, name="features")
+app.command("split")(split.split)
+app.command("train")(train.train)
+app.command("backtest")(backtest.backtest)
+app.command("walkforward", context_settings=_PASS_THROUGH)(stubs.walkforward)
+app.command("bundle", context_settings=_PASS_THROUGH)(stubs.bundle)
+app.command("serve", context_settings=_PASS_THROUGH)(stubs.serve)
+app.command("run")(run.run)
+app.add_typer(recipe.app, name="recipe")

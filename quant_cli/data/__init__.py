@@ -1,0 +1,1 @@
+"""Data sources, the canonical bar schema, and the parquet store."""

@@ -1,0 +1,50 @@
+"""One error hierarchy. Bad input maps to exit code 2, anything else to 1.
+
+Messages are one line: what was wrong (naming the parameter or file), what was received,
+and how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class QFactoryError(Exception):
+    """Base class. `exit_code` 2 means the user's input was bad."""
+
+    exit_code = 2
+
+
+class RecipeError(QFactoryError):
+    """A recipe file, an `extends` chain or a `--set` override is invalid."""
+
+
+class DataError(QFactoryError):
+    """Input bars, a source file or a data store is missing or invalid."""
+
+
+class RunError(QFactoryError):
+    """A run directory cannot be found, or lacks what a stage needs."""
+
+
+class ModelError(QFactoryError):
+    """Unknown model, bad model parameters, or a model used before it was fitted."""
+
+
+class BundleError(QFactoryError):
+    """A bundle is missing, corrupt or does not match its manifest."""
+
+
+class NotImplementedYet(QFactoryError):
+    """A subcommand or option that is planned but not built yet."""
+
+
+def suggest(received: str, allowed: Iterable[str]) -> str:
+    """Return " (did you mean 'x'?)" for the closest allowed name, or ""."""
+    match = difflib.get_close_matches(str(received), list(allowed), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def one_of(allowed: Iterable[str]) -> str:
+    return ", ".join(repr(a) for a in allowed)

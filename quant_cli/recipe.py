@@ -1,0 +1,221 @@
+"""Recipe loading: TOML + `extends` + `--set` overrides, strict validation, defaults, fingerprint."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from quant_cli.errors import RecipeError, one_of, suggest
+from quant_cli.recipe_schema import SCHEMA, TOP_LEVEL_KEYS, Key
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+Recipe = dict[str, Any]
+
+_KIND_NAMES = {
+    "str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+    "list[str]": "a list of strings", "list[int]": "a list of integers", "table": "a table",
+}
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe (or start from defaults when `path` is None), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        origin = str(path)
+        raw = _read_with_extends(Path(path), seen=())
+    for item in overrides or []:
+        _apply_override(raw, item)
+    _validate(raw, SCHEMA, origin, prefix="")
+    return with_defaults(raw)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError(f"recipe {path}: file not found; pass an existing .toml file to --recipe")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe {path}: not UTF-8 text; save the recipe as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"recipe {path}: invalid TOML: {exc}") from None
+
+
+def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in seen:
+        chain = " -> ".join(str(p) for p in (*seen, resolved))
+        raise RecipeError(f"recipe {path}: 'extends' forms a cycle ({chain}); remove one of the links")
+    data = _read_toml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise RecipeError(f"recipe {path}: 'extends' must be a string path, got {_type_name(parent)}")
+    base = _read_with_extends(path.parent / parent, seen=(*seen, resolved))
+    return deep_merge(base, data)
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; any other value in `top` replaces the one in `base`."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _parse_override_value(text: str) -> Any:
+    """TOML value syntax (`63`, `0.1`, `true`, `[5, 10]`, `"x"`); anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set model.params.num_leaves=63")
+    dotted, _, text = item.partition("=")
+    parts = [p.strip() for p in dotted.strip().split(".")]
+    if not all(parts):
+        raise RecipeError(f"--set {item!r}: empty key segment in {dotted!r}; write e.g. model.params.num_leaves=63")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {item!r}: {part!r} is a value, not a table")
+    node[parts[-1]] = _parse_override_value(text.strip())
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _validate(raw: dict[str, Any], schema: dict[str, Any], origin: str, prefix: str) -> None:
+    allowed = [*schema, *TOP_LEVEL_KEYS] if not prefix else list(schema)
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in allowed:
+            where = f"[{prefix[:-1]}]" if prefix else "the top level"
+            raise RecipeError(
+                f"recipe {origin}: unknown key '{dotted}' in {where}{suggest(key, allowed)}; allowed: {one_of(allowed)}"
+            )
+        spec = schema.get(key)
+        if isinstance(spec, dict):
+            if not isinstance(value, dict):
+                raise RecipeError(f"recipe {origin}: '{dotted}' must be a table ([{dotted}]), got {_type_name(value)}")
+            _validate(value, spec, origin, prefix=f"{dotted}.")
+        elif isinstance(spec, Key):
+            _check_value(value, spec, origin, dotted)
+
+
+def _check_value(value: Any, spec: Key, origin: str, dotted: str) -> None:
+    def fail(what: str) -> RecipeError:
+        return RecipeError(f"recipe {origin}: '{dotted}' must be {what}, got {value!r}")
+
+    if not _kind_matches(value, spec.kind):
+        raise fail(_KIND_NAMES[spec.kind])
+    if spec.choices is not None and value not in spec.choices:
+        raise RecipeError(
+            f"recipe {origin}: '{dotted}' must be one of {one_of(spec.choices)}, got {value!r}{suggest(value, spec.choices)}"
+        )
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if spec.minimum is not None and value < spec.minimum:
+            raise fail(f"at least {spec.minimum:g}")
+        if spec.maximum is not None and value > spec.maximum:
+            raise fail(f"at most {spec.maximum:g}")
+
+
+def _kind_matches(value: Any, kind: str) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "table":
+        return isinstance(value, dict)
+    item_kind = kind[5:-1]
+    return isinstance(value, list) and all(_kind_matches(v, item_kind) for v in value)
+
+
+def defaults(schema: dict[str, Any] = SCHEMA) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, spec in schema.items():
+        out[key] = defaults(spec) if isinstance(spec, dict) else copy.deepcopy(spec.default)
+    return out
+
+
+def with_defaults(raw: dict[str, Any]) -> Recipe:
+    merged = deep_merge(defaults(), raw)
+    for key, value in merged.items():  # ints given where floats are expected become floats
+        _coerce_floats(value, SCHEMA.get(key, {}))
+    return merged
+
+
+def _coerce_floats(section: Any, schema: dict[str, Any]) -> None:
+    if not isinstance(section, dict):
+        return
+    for key, value in section.items():
+        spec = schema.get(key)
+        if isinstance(spec, dict):
+            _coerce_floats(value, spec)
+        elif isinstance(spec, Key) and spec.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+            section[key] = float(value)
+
+
+def to_toml(recipe: Recipe) -> str:
+    """Resolved recipe as TOML; keys whose value is None are omitted (TOML has no null)."""
+    return tomli_w.dumps(_drop_none(recipe))
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    return obj
+
+
+def fingerprint(obj: Any, length: int = 16) -> str:
+    """Stable short hash of any JSON-able object (key order does not matter)."""
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:length]
+
+
+def defaults_toml() -> str:
+    """The defaults as commented TOML, for `qfactory recipe defaults`."""
+    lines: list[str] = []
+    _emit_section(lines, SCHEMA, prefix="")
+    return "\n".join(lines) + "\n"
+
+
+def _emit_section(lines: list[str], schema: dict[str, Any], prefix: str) -> None:
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            continue
+        doc = spec.doc + (f" One of: {one_of(spec.choices)}." if spec.choices else "")
+        lines.append(f"# {doc}")
+        if spec.default is None:
+            lines.append(f"# {key} =")
+        else:
+            lines.append(tomli_w.dumps({key: spec.default}).strip())
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            lines.append("")
+            lines.append(f"[{prefix}{key}]")
+            _emit_section(lines, spec, prefix=f"{prefix}{key}.")

@@ -1,0 +1,196 @@
+"""Run directories (DESIGN.md §5): creation, manifest, per-stage status, `latest` resolution.
+
+A new run is built in a hidden staging folder and renamed into place only when the command
+succeeds, so bad input never leaves a half-written run behind. Later stages (`backtest --run`)
+write their outputs through `quant_cli.io` atomic helpers and record themselves in the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from quant_cli import __version__
+from quant_cli.errors import RunError
+from quant_cli.io import read_json, staged_dir, write_json_atomic, write_text_atomic
+from quant_cli.recipe import Recipe, fingerprint, to_toml
+
+_LIBRARIES = ("polars", "pyarrow", "numpy", "lightgbm", "catboost", "scikit-learn", "torch", "typer")
+
+
+def resolve_home(option: str | None, env_var: str, recipe_value: str | None, default: str) -> Path:
+    """Highest precedence first: command-line option, environment, recipe, default."""
+    for candidate in (option, os.environ.get(env_var), recipe_value):
+        if candidate:
+            return Path(candidate).expanduser()
+    return Path(default)
+
+
+def data_home(option: str | None, recipe: Recipe | None = None) -> Path:
+    recipe_value = recipe["data"].get("data_dir") if recipe else None
+    return resolve_home(option, "QFACTORY_DATA_DIR", recipe_value, "data")
+
+
+def runs_home(option: str | None, recipe: Recipe | None = None) -> Path:
+    recipe_value = recipe["run"].get("runs_dir") if recipe else None
+    return resolve_home(option, "QFACTORY_RUNS_DIR", recipe_value, "runs")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+@dataclass
+class Run:
+    """An existing run directory."""
+
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def manifest(self) -> dict[str, Any]:
+        return read_json(self.manifest_path)
+
+    def recipe(self) -> Recipe:
+        from quant_cli.recipe import load_recipe
+
+        return load_recipe(self.path / "recipe.toml")
+
+    def update_manifest(self, **fields: Any) -> None:
+        manifest = self.manifest()
+        for key, value in fields.items():
+            if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+                manifest[key].update(value)
+            else:
+                manifest[key] = value
+        write_json_atomic(self.manifest_path, manifest)
+
+    def has_stage(self, stage: str) -> bool:
+        return self.manifest().get("stages", {}).get(stage, {}).get("status") == "done"
+
+    def log(self, event: str, **fields: Any) -> None:
+        record = {"time": _now_iso(), "event": event, **fields}
+        with open(self.path / "log.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[dict[str, Any]]:
+        """Time a stage and record it as done in the manifest; the yielded dict is stored too."""
+        self.log("stage_start", stage=name)
+        started = time.perf_counter()
+        extra: dict[str, Any] = {}
+        yield extra
+        seconds = round(time.perf_counter() - started, 3)
+        self.update_manifest(stages={name: {"status": "done", "seconds": seconds, "finished": _now_iso(), **extra}})
+        self.log("stage_done", stage=name, seconds=seconds)
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id(name: str) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+
+
+@contextmanager
+def create_run(runs_dir: Path, recipe: Recipe) -> Iterator[Run]:
+    """Create a run in a staging folder; it appears under `runs_dir` only if the block succeeds."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    run_id = new_run_id(recipe["run"]["name"])
+    while (runs_dir / run_id).exists():
+        run_id = new_run_id(recipe["run"]["name"])
+    staging = runs_dir / f".staging-{run_id}"
+    staging.mkdir()
+    run = Run(staging)
+    try:
+        write_text_atomic(staging / "recipe.toml", to_toml(recipe))
+        write_json_atomic(staging / "manifest.json", _initial_manifest(run_id, recipe))
+        yield run
+        final = runs_dir / run_id
+        os.replace(staging, final)
+        run.path = final
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _initial_manifest(run_id: str, recipe: Recipe) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "created": _now_iso(),
+        "qfactory_version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "libraries": library_versions(),
+        "git_commit": _git_commit(),
+        "seed": recipe["run"]["seed"],
+        "device": "cpu",
+        "fingerprints": {"recipe": fingerprint(recipe)},
+        "stages": {},
+    }
+
+
+def resolve_run(ref: str, runs_dir: Path) -> Run:
+    """`ref` is a path to a run directory, a run id under `runs_dir`, or `latest`."""
+    if ref == "latest":
+        return _latest(runs_dir)
+    for candidate in (Path(ref), runs_dir / ref):
+        if (candidate / "manifest.json").is_file():
+            return Run(candidate)
+    raise RunError(
+        f"--run {ref!r}: no run directory with a manifest.json there or under {runs_dir}; "
+        "pass a run path, a run id, or 'latest'"
+    )
+
+
+def _latest(runs_dir: Path) -> Run:
+    runs = [p for p in runs_dir.glob("*/manifest.json") if not p.parent.name.startswith(".")] if runs_dir.is_dir() else []
+    if not runs:
+        raise RunError(f"--run latest: no runs under {runs_dir}; start one with `qfactory train --recipe R`")
+    newest = max(runs, key=lambda p: (read_json(p).get("created", ""), p.parent.name.rsplit("-", 2)[-2:]))
+    return Run(newest.parent)
+
+
+@contextmanager
+def stage_outputs(run: Run, folder: str) -> Iterator[Path]:
+    """Stage files for `<run>/<folder>/` in a hidden sibling and rename them in on success."""
+    final = run.path / folder
+    if final.exists():
+        raise RunError(f"run {run.id} already has {folder}/; runs are never overwritten — start a new run")
+    with staged_dir(final) as staging:
+        yield staging

@@ -1,0 +1,38 @@
+"""Shared fixtures: small synthetic panels made in memory, homes in tmp_path, a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from quant_cli.data.synthetic import generate
+
+
+@pytest.fixture(autouse=True)
+def _isolated_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own data and runs homes; nothing leaks into the working tree."""
+    monkeypatch.setenv("QFACTORY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QFACTORY_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("QFACTORY_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def small_panel() -> pl.DataFrame:
+    """5 symbols x 300 daily bars: enough for 60-bar windows, fast everywhere."""
+    return generate(symbols=5, bars=300, seed=7)
+
+
+def snapshot_tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root` with its bytes, to prove a failed command changed nothing."""
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
