@@ -35,7 +35,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
+    return json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n"
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

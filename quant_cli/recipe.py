@@ -212,6 +212,8 @@ def _emit_section(lines: list[str], schema: dict[str, Any], prefix: str) -> None
         lines.append(f"# {doc}")
         if spec.default is None:
             lines.append(f"# {key} =")
+        elif spec.kind == "table":  # tomli_w would turn an empty dict into a [table] header
+            lines.append(f"{key} = {{}}")
         else:
             lines.append(tomli_w.dumps({key: spec.default}).strip())
     for key, spec in schema.items():

@@ -49,7 +49,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "frequency": Key("str", "1d", "Bar frequency of the synthetic panel ('1d' uses business days)."),
             "start": Key("str", "2015-01-02", "First synthetic timestamp."),
             "seed": Key("int", None, "Seed of the generator (default: run.seed).", nullable=True),
-            "signal": Key("float", 0.15, "Strength of the planted predictable drift, as a share of daily volatility (0 = none).", minimum=0.0, maximum=1.0),
+            "signal": Key("float", 0.2, "Strength of the planted predictable drift, as a share of daily volatility (0 = none).", minimum=0.0, maximum=1.0),
         },
     },
     "features": {

@@ -130,6 +130,7 @@ def new_run_id(name: str) -> str:
 @contextmanager
 def create_run(runs_dir: Path, recipe: Recipe) -> Iterator[Run]:
     """Create a run in a staging folder; it appears under `runs_dir` only if the block succeeds."""
+    runs_dir = runs_dir.resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     run_id = new_run_id(recipe["run"]["name"])
     while (runs_dir / run_id).exists():
@@ -171,7 +172,7 @@ def resolve_run(ref: str, runs_dir: Path) -> Run:
         return _latest(runs_dir)
     for candidate in (Path(ref), runs_dir / ref):
         if (candidate / "manifest.json").is_file():
-            return Run(candidate)
+            return Run(candidate.resolve())
     raise RunError(
         f"--run {ref!r}: no run directory with a manifest.json there or under {runs_dir}; "
         "pass a run path, a run id, or 'latest'"
@@ -183,7 +184,7 @@ def _latest(runs_dir: Path) -> Run:
     if not runs:
         raise RunError(f"--run latest: no runs under {runs_dir}; start one with `qfactory train --recipe R`")
     newest = max(runs, key=lambda p: (read_json(p).get("created", ""), p.parent.name.rsplit("-", 2)[-2:]))
-    return Run(newest.parent)
+    return Run(newest.parent.resolve())
 
 
 @contextmanager

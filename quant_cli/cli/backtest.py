@@ -1,10 +1,27 @@
-"""Placeholder: being written."""
+"""`qfactory backtest`: trade a run's predictions with next-bar execution and costs."""
 
-from quant_cli.cli.common import DebugOpt, QuietOpt
+from __future__ import annotations
+
+from quant_cli import pipeline
+from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, QuietOpt, RunOpt, RunsDirOpt, cli_errors, emit
+from quant_cli.io import read_json
+from quant_cli.runs import data_home, resolve_run, runs_home
 
 
-def backtest(quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
-    """Placeholder.
+def backtest(
+    run: RunOpt,
+    data_dir: DataDirOpt = None,
+    runs_dir: RunsDirOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Backtest a trained run's test-segment scores; writes backtest/ and adds backtest.* to metrics.json.
 
-    Example: qfactory backtest
+    Example: qfactory backtest --run latest
     """
+    with cli_errors(quiet, debug):
+        existing = resolve_run(run, runs_home(runs_dir))
+        pipeline.backtest_existing(existing, data_home(data_dir, existing.recipe()))
+        payload = {"run_id": existing.id, "backtest": read_json(existing.path / "metrics.json")["backtest"]}
+    emit(existing.path, json_out, payload)

@@ -1,13 +1,30 @@
-"""Placeholder: being written."""
+"""`qfactory recipe`: see the defaults, and check a recipe before running it."""
+
+from __future__ import annotations
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from quant_cli.cli.common import DebugOpt, RecipeOpt, SetOpt, cli_errors
+from quant_cli.recipe import defaults_toml, load_recipe, to_toml
+
+app = typer.Typer(no_args_is_help=True, help="Inspect recipes.\n\nExample: qfactory recipe show --recipe recipes/quickstart.toml")
 
 
-@app.command("ls")
-def ls() -> None:
-    """Placeholder.
+@app.command("defaults")
+def defaults() -> None:
+    """Print every recipe key with its default and meaning, as TOML.
 
-    Example: qfactory recipe ls
+    Example: qfactory recipe defaults > my.toml
     """
+    typer.echo(defaults_toml(), nl=False)
+
+
+@app.command("show")
+def show(recipe: RecipeOpt, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Validate a recipe (with `extends` and --set applied) and print it fully resolved.
+
+    Example: qfactory recipe show --recipe recipes/lstm.toml --set train.epochs=5
+    """
+    with cli_errors(False, debug):
+        resolved = load_recipe(recipe, set_)
+    typer.echo(to_toml(resolved), nl=False)

@@ -1,10 +1,29 @@
-"""Placeholder: being written."""
+"""`qfactory run`: every stage the recipe configures, in one new run — for cron."""
 
-from quant_cli.cli.common import DebugOpt, QuietOpt
+from __future__ import annotations
+
+from quant_cli import pipeline
+from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, QuietOpt, RecipeOpt, RunsDirOpt, SetOpt, cli_errors, emit
+from quant_cli.io import read_json
+from quant_cli.recipe import load_recipe
+from quant_cli.runs import data_home, runs_home
 
 
-def run(quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
-    """Placeholder.
+def run(
+    recipe: RecipeOpt,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    runs_dir: RunsDirOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Ingest (when [data] source is set), build features, split, train and backtest.
 
-    Example: qfactory run
+    Example: qfactory run --recipe recipes/quickstart.toml
     """
+    with cli_errors(quiet, debug):
+        resolved = load_recipe(recipe, set_)
+        result = pipeline.run_all(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved))
+        payload = {"run_id": result.id, "metrics": read_json(result.path / "metrics.json")}
+    emit(result.path, json_out, payload)

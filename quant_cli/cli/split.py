@@ -1,10 +1,31 @@
-"""Placeholder: being written."""
+"""`qfactory split`: a new run holding the purged, embargoed split and train-only scaler."""
 
-from quant_cli.cli.common import DebugOpt, QuietOpt
+from __future__ import annotations
+
+from quant_cli import pipeline
+from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, QuietOpt, RecipeOpt, RunsDirOpt, SetOpt, cli_errors, emit
+from quant_cli.io import read_json
+from quant_cli.recipe import load_recipe
+from quant_cli.runs import data_home, runs_home
 
 
-def split(quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
-    """Placeholder.
+def split(
+    recipe: RecipeOpt,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    runs_dir: RunsDirOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Build features and labels, split chronologically with purge and embargo, fit the scaler on train.
 
-    Example: qfactory split
+    Prints the new run directory; `qfactory train --run RUN` continues it.
+
+    Example: qfactory split --recipe recipes/quickstart.toml --set split.embargo=5
     """
+    with cli_errors(quiet, debug):
+        resolved = load_recipe(recipe, set_)
+        run = pipeline.new_split_run(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved))
+        payload = {"run_id": run.id, "split": read_json(run.path / "split" / "boundaries.json")}
+    emit(run.path, json_out, payload)

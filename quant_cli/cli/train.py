@@ -1,10 +1,67 @@
-"""Placeholder: being written."""
+"""`qfactory train`: start a run from a recipe, or train a run that holds a split."""
 
-from quant_cli.cli.common import DebugOpt, QuietOpt
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from quant_cli import pipeline
+from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, cli_errors, emit
+from quant_cli.errors import QFactoryError
+from quant_cli.io import read_json
+from quant_cli.models.registry import describe_models
+from quant_cli.recipe import load_recipe
+from quant_cli.runs import data_home, resolve_run, runs_home
 
 
-def train(quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
-    """Placeholder.
+def train(
+    recipe: OptionalRecipeOpt = None,
+    run: Annotated[str | None, typer.Option("--run", help="Train this run (a path, run id or 'latest'); it must hold a split and no model.", show_default=False)] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name; same as --set model.name=NAME.", show_default=False)] = None,
+    list_models: Annotated[bool, typer.Option("--list-models", help="List registered models and exit.")] = False,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    runs_dir: RunsDirOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train a model: features (from cache when possible), split, fit, predictions and metrics.
 
-    Example: qfactory train
+    Prints the run directory, so `RUN=$(qfactory train -r r.toml) && qfactory backtest --run "$RUN"` works.
+
+    Example: qfactory train --recipe recipes/quickstart.toml --set model.params.num_leaves=63
     """
+    with cli_errors(quiet, debug):
+        if list_models:
+            _print_models(json_out)
+            return
+        overrides = [*(set_ or []), *([f"model.name={model}"] if model else [])]
+        result = _train(recipe, run, overrides, data_dir, runs_dir)
+        payload = {"run_id": result.id, "metrics": read_json(result.path / "metrics.json")}
+    emit(result.path, json_out, payload)
+
+
+def _train(recipe, run_ref, overrides, data_dir, runs_dir):
+    if (recipe is None) == (run_ref is None):
+        raise QFactoryError("pass exactly one of --recipe (start a new run) or --run (train an existing split run)")
+    if run_ref is not None:
+        if overrides:
+            raise QFactoryError("--set and --model apply to new runs only; a run's recipe is fixed — use --recipe to start a new run")
+        existing = resolve_run(run_ref, runs_home(runs_dir))
+        return pipeline.train_existing(existing, data_home(data_dir, existing.recipe()))
+    resolved = load_recipe(recipe, overrides)
+    return pipeline.train_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved))
+
+
+def _print_models(json_out: bool) -> None:
+    import json
+
+    models = describe_models()
+    if json_out:
+        typer.echo(json.dumps(models))
+        return
+    for m in models:
+        flags = ", ".join(k for k in ("tabular", "sequence", "sample_weights", "gpu") if m[k])
+        typer.echo(f"{m['name']:<16} {m['family']:<10} tasks: {'/'.join(m['tasks']):<24} {flags}")

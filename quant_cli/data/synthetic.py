@@ -28,7 +28,7 @@ def generate(
     frequency: str = "1d",
     start: str = "2015-01-02",
     seed: int = 42,
-    signal: float = 0.15,
+    signal: float = 0.2,
 ) -> pl.DataFrame:
     """Canonical bars (symbol, ts, open, high, low, close, volume), sorted by (symbol, ts)."""
     rng = np.random.default_rng(seed)

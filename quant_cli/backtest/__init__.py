@@ -1,0 +1,1 @@
+"""Vectorised backtests of model scores."""

@@ -1,0 +1,1 @@
+"""Models: one contract (base.py), one registry, one file per family."""

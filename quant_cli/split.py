@@ -1,0 +1,132 @@
+"""Chronological train/val/test split by timestamp across the whole panel, purged and embargoed.
+
+Boundaries are timestamps shared by every symbol, so no symbol's future informs another's past.
+- Purge: a row whose label interval [t, t1] reaches the next segment's first timestamp is dropped.
+- Embargo: the first `embargo` timestamps after each boundary are dropped from the later segment,
+  so serial correlation cannot carry the earlier segment's last labels into it.
+Preprocessing statistics are fit on the training segment only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import polars as pl
+
+from quant_cli.data.store import parse_time
+from quant_cli.errors import DataError, RecipeError
+
+SEGMENTS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    val_start: dt.datetime
+    test_start: dt.datetime
+    embargo: int
+    purge: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "val_start": self.val_start.isoformat(), "test_start": self.test_start.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SplitPlan:
+        return cls(
+            val_start=parse_time(data["val_start"], "split.val_start"),
+            test_start=parse_time(data["test_start"], "split.test_start"),
+            embargo=int(data["embargo"]),
+            purge=bool(data["purge"]),
+        )
+
+
+def plan_split(timestamps: pl.Series, cfg: dict[str, Any], horizon: int) -> SplitPlan:
+    """Boundaries from fractions of the unique timestamps, or from explicit dates."""
+    unique = timestamps.unique().sort()
+    embargo = horizon if cfg["embargo"] is None else cfg["embargo"]
+    if cfg["val_start"] or cfg["test_start"]:
+        val_start, test_start = _explicit_boundaries(cfg)
+    else:
+        val_start, test_start = _fraction_boundaries(unique, cfg["train"], cfg["val"])
+    plan = SplitPlan(val_start, test_start, embargo, cfg["purge"])
+    _check_nonempty(unique, plan)
+    return plan
+
+
+def _explicit_boundaries(cfg: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
+    if not (cfg["val_start"] and cfg["test_start"]):
+        raise RecipeError("split.val_start and split.test_start must be given together; set both or neither")
+    val_start = parse_time(cfg["val_start"], "split.val_start")
+    test_start = parse_time(cfg["test_start"], "split.test_start")
+    if not val_start <= test_start:
+        raise RecipeError(f"split.val_start ({val_start:%Y-%m-%d}) must not be after split.test_start ({test_start:%Y-%m-%d})")
+    return val_start, test_start
+
+
+def _fraction_boundaries(unique: pl.Series, train: float, val: float) -> tuple[dt.datetime, dt.datetime]:
+    if train + val >= 1.0:
+        raise RecipeError(f"split.train + split.val must be below 1 so a test segment remains, got {train} + {val}")
+    n = unique.len()
+    val_index, test_index = int(round(n * train)), int(round(n * (train + val)))
+    return unique[min(val_index, n - 1)], unique[min(test_index, n - 1)]
+
+
+def _check_nonempty(unique: pl.Series, plan: SplitPlan) -> None:
+    train_ts = unique.filter(unique < plan.val_start).len()
+    test_ts = unique.filter(unique >= plan.test_start).len()
+    if train_ts <= plan.embargo or test_ts <= plan.embargo:
+        raise DataError(
+            f"split leaves {train_ts} training and {test_ts} test timestamps, too few for an embargo of "
+            f"{plan.embargo} bars; use more data or adjust split.train / split.val / split.embargo"
+        )
+
+
+def assign_segments(frame: pl.DataFrame, plan: SplitPlan) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Add a `segment` column; drop purged and embargoed rows. Returns the frame and drop counts."""
+    unique = frame["ts"].unique().sort()
+    segment = (
+        pl.when(pl.col("ts") < plan.val_start).then(pl.lit("train"))
+        .when(pl.col("ts") < plan.test_start).then(pl.lit("val"))
+        .otherwise(pl.lit("test"))
+    )
+    next_start = pl.when(pl.col("segment") == "train").then(pl.lit(plan.val_start)).when(pl.col("segment") == "val").then(pl.lit(plan.test_start))
+    embargoed = pl.lit(False)
+    for boundary in (plan.val_start, plan.test_start):
+        embargo_end = _nth_timestamp_at_or_after(unique, boundary, plan.embargo)
+        embargoed = embargoed | ((pl.col("ts") >= boundary) & (pl.col("ts") < embargo_end))
+    tagged = frame.with_columns(segment.alias("segment")).with_columns(
+        (pl.lit(plan.purge) & (pl.col("t1") >= next_start).fill_null(False)).alias("_purged"),
+        embargoed.alias("_embargoed"),
+    )
+    dropped = {
+        "purged": _count_by_segment(tagged.filter("_purged")),
+        "embargoed": _count_by_segment(tagged.filter(pl.col("_embargoed") & ~pl.col("_purged"))),
+    }
+    kept = tagged.filter(~pl.col("_purged") & ~pl.col("_embargoed")).drop("_purged", "_embargoed")
+    return kept, dropped
+
+
+def _nth_timestamp_at_or_after(unique: pl.Series, boundary: dt.datetime, n: int) -> dt.datetime:
+    after = unique.filter(unique >= boundary)
+    return after[n] if n < after.len() else after[-1] + dt.timedelta(microseconds=1)
+
+
+def _count_by_segment(frame: pl.DataFrame) -> dict[str, int]:
+    counts = dict(frame.group_by("segment").len().iter_rows())
+    return {seg: int(counts.get(seg, 0)) for seg in SEGMENTS}
+
+
+def segment_counts(frame: pl.DataFrame) -> dict[str, Any]:
+    """Rows, symbols and time range per segment, plus rows per symbol per segment."""
+    out: dict[str, Any] = {}
+    for seg in SEGMENTS:
+        part = frame.filter(pl.col("segment") == seg)
+        out[seg] = {
+            "rows": part.height,
+            "symbols": part["symbol"].n_unique(),
+            "start": part["ts"].min().isoformat() if part.height else None,
+            "end": part["ts"].max().isoformat() if part.height else None,
+            "rows_per_symbol": dict(part.group_by("symbol").len().sort("symbol").iter_rows()),
+        }
+    return out

@@ -1,0 +1,49 @@
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from quant_cli.backtest.engine import period_returns, run_backtest, target_weights
+
+CFG = {"strategy": "long_short", "quantile": 0.5, "cost_bps": 0.0, "execution": "next_close"}
+
+
+def bars_from(closes: dict[str, list[float]]) -> pl.DataFrame:
+    start = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    rows = [
+        {"symbol": s, "ts": start + dt.timedelta(days=i), "open": c, "close": c}
+        for s, series in closes.items() for i, c in enumerate(series)
+    ]
+    return pl.DataFrame(rows).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+
+
+def test_position_earns_the_return_after_the_next_bar():
+    # A's price jumps between bar 1 and 2. A decision at bar 0 fills at bar 1's close and earns it;
+    # a decision at bar 1 fills at bar 1+1 and must not earn the jump that happened before the fill.
+    bars = bars_from({"A": [100, 100, 110, 110], "B": [100, 100, 100, 100]})
+    rets = period_returns(bars, "next_close").filter(pl.col("symbol") == "A")
+    assert rets["ret"].to_list() == pytest.approx([0.10, 0.0])
+
+
+def test_long_short_books_spread_and_costs():
+    bars = bars_from({"A": [100, 100, 110, 110], "B": [100, 100, 100, 100]})
+    scores = bars.select("symbol", "ts", pl.when(pl.col("symbol") == "A").then(1.0).otherwise(-1.0).alias("score"))
+    curve, summary = run_backtest(scores, bars, CFG, periods_per_year=252)
+    assert curve["gross"].to_list() == pytest.approx([0.05, 0.0])  # 0.5 long A earns 10%
+    assert curve["turnover"].to_list() == pytest.approx([1.0, 0.0])
+    _, costly = run_backtest(scores, bars, CFG | {"cost_bps": 100.0}, periods_per_year=252)
+    assert costly["total_return"] == pytest.approx((1 + 0.05 - 0.01) * 1.0 - 1)
+    assert summary["max_drawdown"] <= 0.0
+
+
+def test_weights_have_unit_gross_and_zero_net():
+    scores = pl.DataFrame({"symbol": list("ABCDE"), "ts": [1] * 5, "score": [5.0, 4.0, 3.0, 2.0, 1.0]})
+    w = target_weights(scores, "long_short", 0.2)["weight"].to_list()
+    assert w == pytest.approx([0.5, 0.0, 0.0, 0.0, -0.5])
+    sign = target_weights(scores.with_columns(pl.col("score") - 3), "sign", 0.2)["weight"]
+    assert sign.abs().sum() == pytest.approx(0.8)
+
+
+def test_single_symbol_long_short_holds_nothing():
+    scores = pl.DataFrame({"symbol": ["A"], "ts": [1], "score": [1.0]})
+    assert target_weights(scores, "long_short", 0.2)["weight"].to_list() == [0.0]

@@ -1,0 +1,93 @@
+"""Leakage rules: labels from the execution price with t1; purge and embargo; train-only scaler."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from quant_cli.data.synthetic import generate
+from quant_cli.errors import DataError, RecipeError
+from quant_cli.labels import forward_return
+from quant_cli.preprocess import apply_scaler, fit_scaler
+from quant_cli.recipe import load_recipe
+from quant_cli.split import assign_segments, plan_split
+
+
+@pytest.mark.parametrize(("execution", "column"), [("next_close", "close"), ("next_open", "open")])
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_forward_return_is_measured_from_the_next_bar(small_panel, execution, column, horizon):
+    labels = forward_return(small_panel, horizon, execution)
+    one = small_panel.filter(pl.col("symbol") == "S000")
+    price, ts = one[column].to_numpy(), one["ts"]
+    got = labels.filter(pl.col("symbol") == "S000")
+    expected = price[1 + horizon:] / price[1:-horizon] - 1.0
+    np.testing.assert_allclose(got["label"].to_numpy(), expected[: got.height], rtol=1e-12)
+    assert got["ts"].to_list() == ts[: got.height].to_list()
+    assert got["t1"].to_list() == ts[1 + horizon:].to_list()
+    assert got.height == one.height - 1 - horizon  # no label may need bars past the data
+
+
+def test_next_open_needs_open_column(small_panel):
+    with pytest.raises(DataError, match="needs an 'open' column"):
+        forward_return(small_panel.select("symbol", "ts", "close"), 1, "next_open")
+
+
+def _segmented(panel, horizon, embargo, **split):
+    cfg = load_recipe(None, [f"split.embargo={embargo}"])["split"] | split
+    labels = forward_return(panel, horizon, "next_close")
+    plan = plan_split(labels["ts"], cfg, horizon)
+    frame, dropped = assign_segments(labels, plan)
+    return frame, plan, dropped
+
+
+@pytest.mark.parametrize("horizon", [1, 5, 20])
+@pytest.mark.parametrize("embargo", [0, 3, 10])
+def test_no_label_interval_crosses_a_boundary(small_panel, horizon, embargo):
+    frame, plan, dropped = _segmented(small_panel, horizon, embargo)
+    train, val, test = (frame.filter(pl.col("segment") == s) for s in ("train", "val", "test"))
+    assert train.height and val.height and test.height
+    # No training label ends at or after the first validation/test row's time, and so on.
+    assert train["t1"].max() < val["ts"].min() and train["t1"].max() < test["ts"].min()
+    assert val["t1"].max() < test["ts"].min()
+    assert sum(dropped["purged"].values()) > 0
+
+
+@pytest.mark.parametrize("embargo", [1, 4, 12])
+def test_embargo_drops_first_bars_after_each_boundary(small_panel, embargo):
+    frame, plan, _ = _segmented(small_panel, 1, embargo)
+    all_ts = small_panel["ts"].unique().sort()
+    for segment, boundary in (("val", plan.val_start), ("test", plan.test_start)):
+        first_kept = frame.filter(pl.col("segment") == segment)["ts"].min()
+        gap = all_ts.filter((all_ts >= boundary) & (all_ts < first_kept)).len()
+        assert gap == embargo
+
+
+def test_purge_off_keeps_overlapping_rows(small_panel):
+    frame, plan, _ = _segmented(small_panel, 5, 0, purge=False)
+    assert frame.filter(pl.col("segment") == "train")["t1"].max() >= plan.val_start
+
+
+def test_split_is_by_timestamp_across_symbols(small_panel):
+    frame, plan, _ = _segmented(small_panel, 1, 1)
+    per_symbol = frame.group_by("symbol", "segment").agg(pl.col("ts").min().alias("first"))
+    assert per_symbol.filter(pl.col("segment") == "test")["first"].n_unique() == 1
+
+
+def test_explicit_dates_and_errors(small_panel):
+    frame, plan, _ = _segmented(small_panel, 1, 1, val_start="2015-08-03", test_start="2015-10-01")
+    assert plan.val_start.isoformat().startswith("2015-08-03")
+    with pytest.raises(RecipeError, match="must be given together"):
+        _segmented(small_panel, 1, 1, val_start="2015-08-03")
+    with pytest.raises(RecipeError, match="must be below 1"):
+        _segmented(small_panel, 1, 1, train=0.7, val=0.3)
+    with pytest.raises(DataError, match="too few for an embargo"):
+        _segmented(generate(symbols=2, bars=30), 1, 20)
+
+
+def test_scaler_is_untouched_by_val_and_test_rows(small_panel):
+    frame, _, _ = _segmented(small_panel, 1, 1)
+    frame = frame.with_columns(pl.col("label").alias("f"))
+    stats = fit_scaler(frame.filter(pl.col("segment") == "train"), ["f"], "zscore")
+    shocked = frame.with_columns(pl.when(pl.col("segment") != "train").then(pl.col("f") * 1e6 + 5).otherwise(pl.col("f")).alias("f"))
+    assert fit_scaler(shocked.filter(pl.col("segment") == "train"), ["f"], "zscore") == stats
+    scaled = apply_scaler(frame.filter(pl.col("segment") == "train"), stats)
+    assert abs(scaled["f"].mean()) < 1e-9 and abs(scaled["f"].std() - 1) < 1e-9

@@ -1,0 +1,118 @@
+"""End to end through the CLI on a small synthetic panel: run, chaining, errors, determinism."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from quant_cli.cli import app
+from quant_cli.io import read_json
+
+SMALL = """
+[run]
+name = "t"
+seed = 1
+[data]
+dataset = "syn"
+source = "synthetic"
+[data.synthetic]
+symbols = 8
+bars = 400
+[model.params]
+n_estimators = 40
+min_data_in_leaf = 20
+[train]
+threads = 1
+"""
+
+REQUIRED_METRICS = {
+    "val": ["ic", "rank_ic"], "test": ["ic", "rank_ic"], "backtest": ["sharpe", "max_drawdown", "annual_return"],
+}
+
+
+@pytest.fixture
+def recipe(tmp_path) -> Path:
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL)
+    return path
+
+
+def invoke_ok(runner, args) -> Path:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, "stdout must carry only the run directory"
+    return Path(lines[0])
+
+
+def test_run_produces_the_whole_run_directory(runner, recipe):
+    run = invoke_ok(runner, ["run", "--recipe", str(recipe), "--quiet"])
+    assert run.is_dir() and run.parent == Path("runs").resolve()
+    for name in ["recipe.toml", "manifest.json", "metrics.json", "predictions.parquet", "log.jsonl",
+                 "split/boundaries.json", "split/counts.json", "split/scaler.json", "model/model.txt",
+                 "backtest/equity.parquet", "backtest/summary.json"]:
+        assert (run / name).is_file(), name
+    metrics = read_json(run / "metrics.json")
+    for section, keys in REQUIRED_METRICS.items():
+        for key in keys:
+            assert isinstance(metrics[section][key], float), f"{section}.{key}"
+    manifest = read_json(run / "manifest.json")
+    assert [s for s, v in manifest["stages"].items() if v["status"] == "done"] == ["ingest", "split", "train", "backtest"]
+    assert set(manifest["fingerprints"]) >= {"recipe", "features", "dataset"}
+    preds = pl.read_parquet(run / "predictions.parquet")
+    assert preds.columns == ["symbol", "ts", "segment", "score", "label"]
+    assert set(preds["segment"].unique()) == {"val", "test"}
+    scaler = read_json(run / "split" / "scaler.json")
+    assert scaler["kind"] == "zscore" and len(scaler["mean"]) >= 15
+
+
+def test_stages_chain_through_run_ids(runner, recipe):
+    invoke_ok(runner, ["ingest", "--source", "synthetic", "--dataset", "syn", "--symbols", "8", "--bars", "400", "--seed", "1", "-q"])
+    run = invoke_ok(runner, ["split", "--recipe", str(recipe), "-q"])
+    assert (run / "split").is_dir() and not (run / "model").exists()
+    assert invoke_ok(runner, ["train", "--run", str(run), "-q"]) == run
+    result = runner.invoke(app, ["backtest", "--run", "latest", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["path"] == str(run) and "sharpe" in payload["backtest"]
+    again = runner.invoke(app, ["train", "--run", run.name])
+    assert again.exit_code == 2
+    assert "already has a model; runs are never overwritten" in again.stderr
+
+
+def test_same_recipe_same_predictions(runner, recipe):
+    first = invoke_ok(runner, ["run", "--recipe", str(recipe), "-q"])
+    second = invoke_ok(runner, ["train", "--recipe", str(recipe), "-q"])
+    assert first != second
+    a, b = (pl.read_parquet(r / "predictions.parquet") for r in (first, second))
+    assert a.equals(b)
+
+
+def test_bad_recipe_leaves_no_run_directory(runner, recipe):
+    result = runner.invoke(app, ["run", "--recipe", str(recipe), "--set", "model.params.num_leafs=3"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("error: model.params.num_leafs is not a parameter of model 'lightgbm' (did you mean 'num_leaves'?)")
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())
+
+
+def test_missing_dataset_is_exit_2(runner, recipe):
+    result = runner.invoke(app, ["train", "--recipe", str(recipe), "--set", "data.dataset=nope"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("error: dataset 'nope' not found in")
+    assert not any(Path("runs").glob("*")) if Path("runs").exists() else True
+
+
+def test_unknown_run_is_exit_2(runner):
+    result = runner.invoke(app, ["backtest", "--run", "latest"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("error: --run latest: no runs under")
+
+
+def test_lightgbm_learns_the_planted_signal(runner, recipe):
+    """On a panel with a planted drift, the test-segment IC is clearly positive."""
+    args = ["run", "--recipe", str(recipe), "-q", "--set", "data.synthetic.symbols=20", "--set", "data.synthetic.bars=1000",
+            "--set", "data.synthetic.signal=0.3", "--set", "model.params.n_estimators=300", "--set", "model.params.num_leaves=7",
+            "--set", "model.params.min_data_in_leaf=300", "--set", "model.params.learning_rate=0.02"]
+    metrics = read_json(invoke_ok(runner, args) / "metrics.json")
+    assert metrics["test"]["rank_ic"] > 0.03 and metrics["test"]["ic"] > 0.03
