@@ -118,8 +118,8 @@ class Run:
         self.log("stage_done", stage=name, seconds=seconds)
 
 
-def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+def _now_iso(timespec: str = "seconds") -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec=timespec)
 
 
 def new_run_id(name: str) -> str:
@@ -153,7 +153,7 @@ def create_run(runs_dir: Path, recipe: Recipe) -> Iterator[Run]:
 def _initial_manifest(run_id: str, recipe: Recipe) -> dict[str, Any]:
     return {
         "run_id": run_id,
-        "created": _now_iso(),
+        "created": _now_iso("microseconds"),  # orders runs for `latest`, even within one second
         "qfactory_version": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -183,7 +183,7 @@ def _latest(runs_dir: Path) -> Run:
     runs = [p for p in runs_dir.glob("*/manifest.json") if not p.parent.name.startswith(".")] if runs_dir.is_dir() else []
     if not runs:
         raise RunError(f"--run latest: no runs under {runs_dir}; start one with `qfactory train --recipe R`")
-    newest = max(runs, key=lambda p: (read_json(p).get("created", ""), p.parent.name.rsplit("-", 2)[-2:]))
+    newest = max(runs, key=lambda p: read_json(p).get("created", ""))
     return Run(newest.parent.resolve())
 
 

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from quant_cli import console
 from quant_cli.data.synthetic import generate
 
 
@@ -18,6 +19,7 @@ def _isolated_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QFACTORY_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.delenv("QFACTORY_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
+    console.set_quiet(False)  # a --quiet command in an earlier test must not silence this one
 
 
 @pytest.fixture

@@ -1,13 +1,111 @@
-"""Placeholder: being written."""
+"""`qfactory features`: build (or reuse) a recipe's feature table; list versions and the catalogue."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from quant_cli import console
+from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, SetOpt, cli_errors, emit
+from quant_cli.errors import RecipeError
+from quant_cli.recipe import load_recipe
+from quant_cli.runs import data_home
+
+app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+DatasetOpt = Annotated[str | None, typer.Option("--dataset", help="List the versions of this dataset only.", show_default=False)]
+
+
+@app.callback(invoke_without_command=True)
+def features(
+    ctx: typer.Context,
+    recipe: OptionalRecipeOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Build the recipe's feature table (or reuse the cached version) and print its directory.
+
+    The version lives in <data_dir>/<dataset>/features/<fingerprint>/ (features.parquet +
+    spec.json); the fingerprint covers the [features] section, the data and the feature code.
+
+    Example: qfactory features --recipe recipes/quickstart.toml --json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from quant_cli.features.store import feature_table  # heavy imports only when building
+
+    with cli_errors(quiet, debug):
+        if recipe is None:
+            raise RecipeError("--recipe is required to build features, e.g. `qfactory features --recipe r.toml`; see `qfactory features --help`")
+        loaded = load_recipe(recipe, set_)
+        table = feature_table(loaded, data_home(data_dir, loaded))
+    emit(table.path, as_json, {"fingerprint": table.fingerprint, "rows": table.frame.height, "features": len(table.columns), "cached": table.cached})
 
 
 @app.command("ls")
-def ls() -> None:
-    """Placeholder.
+def ls(
+    dataset: DatasetOpt = None,
+    recipe: OptionalRecipeOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """List stored feature versions (fingerprint, created, rows, features, build seconds).
 
-    Example: qfactory features ls
+    Without --dataset or --recipe, every dataset in the data home is listed.
+
+    Example: qfactory features ls --dataset daily
     """
+    from quant_cli.features.store import list_versions
+
+    with cli_errors(quiet, debug):
+        loaded = load_recipe(recipe, set_) if recipe is not None else None
+        if loaded is not None and dataset is None:
+            dataset = loaded["data"]["dataset"]
+        rows = list_versions(data_home(data_dir, loaded), dataset)
+    if not rows:
+        console.info("no feature versions yet; build one with `qfactory features --recipe R`")
+    columns = ("dataset", "fingerprint", "created", "rows", "features", "build_seconds")
+    typer.echo(json.dumps(rows, sort_keys=True) if as_json else _table(rows, columns))
+
+
+@app.command("ls-specs")
+def ls_specs(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """List every registered feature: name pattern, input columns, tags, sets, description.
+
+    Names with {w} expand over features.windows; use names or tags in features.include/exclude.
+
+    Example: qfactory features ls-specs --json
+    """
+    from quant_cli.features import REGISTRY
+
+    with cli_errors(quiet, debug):
+        rows = REGISTRY.catalogue()
+    if as_json:
+        typer.echo(json.dumps(rows, sort_keys=True))
+        return
+    flat = [{**r, **{k: ",".join(r[k]) for k in ("inputs", "tags", "sets")}} for r in rows]
+    typer.echo(_table(flat, ("name", "inputs", "tags", "sets", "description")))
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Plain aligned columns: readable in a terminal and easy to cut/awk in scripts."""
+    cells = [[str(c).upper() for c in columns]] + [["-" if r.get(c) is None else str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells)

@@ -1,0 +1,74 @@
+"""DESIGN.md §3: every registered feature is causal — bars after t never change its value at t.
+
+The parametrisation is built from the registry itself, so a new family is tested the moment it
+is registered. Families take the default windows plus a short one.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from quant_cli.features import REGISTRY
+from quant_cli.features.registry import Family, Feature
+from quant_cli.features.testing import assert_causal, cut_points, perturb_after
+
+FEATURES = REGISTRY.resolve({"sets": ["all"], "windows": [2, 5, 10, 20, 60]}).features
+
+
+def test_every_family_is_covered() -> None:
+    assert {f.family.pattern for f in FEATURES} == set(REGISTRY.families)
+
+
+@pytest.mark.parametrize("feature", FEATURES, ids=[f.name for f in FEATURES])
+def test_feature_is_causal(feature: Feature, small_panel: pl.DataFrame) -> None:
+    assert_causal([feature], small_panel)
+
+
+def test_whole_core_set_together_is_causal(small_panel: pl.DataFrame) -> None:
+    assert_causal(FEATURES, small_panel, seed=11)
+
+
+def _leaky(name: str, build) -> Feature:  # noqa: ANN001
+    return Feature(Family(name, ("close",), ("test",), "deliberately non-causal", build))
+
+
+@pytest.mark.parametrize(
+    ("feature", "how"),
+    [
+        (_leaky("peek_next", lambda: pl.col("close").shift(-1) / pl.col("close")), "perturbed"),
+        (_leaky("centered_ma", lambda: pl.col("close").rolling_mean(5, center=True)), "perturbed"),
+        (_leaky("vs_last_close", lambda: pl.col("close") / pl.col("close").last()), "perturbed"),
+        (_leaky("history_length", lambda: pl.len().cast(pl.Float64)), "truncated"),
+    ],
+    ids=lambda v: v.name if isinstance(v, Feature) else v,
+)
+def test_harness_catches_leaks(feature: Feature, how: str, small_panel: pl.DataFrame) -> None:
+    with pytest.raises(AssertionError, match=rf"feature '{feature.name}' is not causal: .* when bars after .* {how}"):
+        assert_causal([feature], small_panel)
+
+
+def test_harness_accepts_a_pipeline_callable(small_panel: pl.DataFrame) -> None:
+    def leak(bars: pl.DataFrame) -> pl.DataFrame:
+        return bars.select("symbol", "ts", (pl.col("close") - pl.col("close").mean().over("symbol")).alias("demeaned"))
+
+    with pytest.raises(AssertionError, match="'demeaned' is not causal"):
+        assert_causal(leak, small_panel)
+
+
+def test_perturbation_changes_only_the_future_and_keeps_bars_valid(small_panel: pl.DataFrame) -> None:
+    t = cut_points(small_panel)[1]
+    out = perturb_after(small_panel, t, seed=3)
+    past = pl.col("ts") <= t
+    assert out.filter(past).equals(small_panel.filter(past))
+    future_close = out.filter(~past)["close"] != small_panel.filter(~past)["close"]
+    assert future_close.all()
+    assert out.select(
+        (pl.col("high") >= pl.max_horizontal("open", "close")).all() & (pl.col("low") <= pl.min_horizontal("open", "close")).all()
+    ).item()
+
+
+def test_cut_points_include_one_inside_the_warm_up(small_panel: pl.DataFrame) -> None:
+    cuts = cut_points(small_panel, n=4)
+    ts = small_panel["ts"].unique().sort()
+    assert len(cuts) == 4 and cuts[0] == ts[3] and all(ts[0] < c < ts[-1] for c in cuts)
