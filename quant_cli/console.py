@@ -26,17 +26,17 @@ def set_quiet(quiet: bool) -> None:
 
 def info(message: str) -> None:
     if not _State.quiet:
-        err.print(message, markup=False)
+        err.print(message, markup=False, soft_wrap=True)
 
 
 def notice(message: str) -> None:
     """Something the user should know even though nothing failed (e.g. a skipped feature)."""
     if not _State.quiet:
-        err.print(f"notice: {message}", markup=False, style="yellow")
+        err.print(f"notice: {message}", markup=False, style="yellow", soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err.print(f"warning: {message}", markup=False, style="yellow")
+    err.print(f"warning: {message}", markup=False, style="yellow", soft_wrap=True)
 
 
 def progress_enabled() -> bool:

@@ -1,0 +1,287 @@
+"""`qfactory ingest` as a library: read a source, make canonical bars, validate, write the store.
+
+Nothing is written unless every row passes validation, and the store write itself is atomic
+(store.write_store), so a rejected ingest leaves the previous dataset byte-for-byte unchanged.
+Symbol and date filters are not applied here; they are applied when bars are loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from quant_cli import console
+from quant_cli.data import schema, sources, store
+from quant_cli.data.frequency import parse_frequency
+from quant_cli.data.schema import LINE, OHLCV, SRC, Origin
+from quant_cli.data.synthetic import generate
+from quant_cli.errors import DataError, one_of, suggest
+from quant_cli.recipe_schema import SCHEMA
+
+LAYOUTS = ("auto", "long", "per_symbol", "wide")
+FORMATS = ("auto", "csv", "parquet", "sqlite")
+MODES = ("replace", "append")
+ON_DUPLICATE = ("error", "keep-last")
+_SYNTHETIC_DEFAULTS = {k: v.default for k, v in SCHEMA["data"]["synthetic"].items()}
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """Arguments of quant_cli.data.synthetic.generate (defaults: recipe data.synthetic)."""
+
+    symbols: int = _SYNTHETIC_DEFAULTS["symbols"]
+    bars: int = _SYNTHETIC_DEFAULTS["bars"]
+    frequency: str = _SYNTHETIC_DEFAULTS["frequency"]
+    start: str = _SYNTHETIC_DEFAULTS["start"]
+    seed: int = 42
+    signal: float = _SYNTHETIC_DEFAULTS["signal"]
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    """What to ingest and how. `source` is 'synthetic', a file, a directory, a glob or a .sqlite file."""
+
+    source: str
+    dataset: str
+    layout: str = "auto"  # auto: long if there is a symbol column, else one file per symbol
+    format: str = "auto"  # auto: from each file's extension
+    delimiter: str = ","
+    query: str | None = None  # SQL for SQLite sources (default: the assets/series schema)
+    timezone: str = "UTC"  # of naive timestamps in the source
+    mode: str = "replace"  # or "append"
+    on_duplicate: str = "error"  # append: overlapping (symbol, ts) rows are an error, or "keep-last"
+    frequency: str | None = None  # declared bar frequency; None: inferred from the timestamps
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+
+
+def request_from_recipe(recipe: dict[str, Any], mode: str = "replace") -> IngestRequest:
+    """An IngestRequest from a validated recipe's [data] section (data.synthetic.seed defaults to run.seed)."""
+    data = recipe["data"]
+    synth = {**_SYNTHETIC_DEFAULTS, **data.get("synthetic", {})}
+    if synth.get("seed") is None:
+        synth["seed"] = recipe.get("run", {}).get("seed", 42)
+    return IngestRequest(
+        source=data.get("source") or "",
+        dataset=data.get("dataset") or "",
+        layout=data.get("layout", "auto"),
+        format=data.get("format", "auto"),
+        delimiter=data.get("delimiter", ","),
+        query=data.get("query"),
+        timezone=data.get("timezone", "UTC"),
+        mode=mode,
+        frequency=data.get("frequency"),
+        synthetic=SyntheticParams(**synth),
+    )
+
+
+def with_overrides(request: IngestRequest, **values: Any) -> IngestRequest:
+    """Replace the fields given as non-None; names of SyntheticParams fields go to `synthetic`.
+
+    For a synthetic source `frequency` is the generator's; for files it declares the bar frequency.
+    """
+    values = {k: v for k, v in values.items() if v is not None}
+    synthetic_names = {f.name for f in dataclasses.fields(SyntheticParams)} - {"frequency"}
+    synth = {k: values.pop(k) for k in list(values) if k in synthetic_names}
+    if "frequency" in values and values.get("source", request.source) == "synthetic":
+        synth["frequency"] = values.pop("frequency")
+    return dataclasses.replace(request, **values, synthetic=dataclasses.replace(request.synthetic, **synth))
+
+
+def ingest(request: IngestRequest, data_dir: Path) -> dict[str, Any]:
+    """Ingest `request.source` into `<data_dir>/<dataset>`; returns the store manifest."""
+    request = _checked(request, data_dir)
+    if request.source == "synthetic":
+        bars, description, frequency = _synthetic(request.synthetic), _describe_synthetic(request.synthetic), request.synthetic.frequency
+    else:
+        bars, description, frequency = read_bars(request), _describe(request), request.frequency
+    if request.mode == "append" and store.exists(data_dir, request.dataset):
+        bars, description = _append(data_dir, request, bars, description)
+    return store.write_store(data_dir, request.dataset, bars, description, frequency)
+
+
+# ---------------------------------------------------------------- request checks
+
+
+def _checked(request: IngestRequest, data_dir: Path) -> IngestRequest:
+    if not request.source:
+        raise DataError("no source to ingest; pass --source (a file, directory, glob, .sqlite file or 'synthetic') or set data.source")
+    if not request.dataset:
+        raise DataError("no dataset name; pass --dataset NAME or set data.dataset in the recipe")
+    store.dataset_dir(data_dir, request.dataset)  # rejects names like '../x' before any work
+    layout = request.layout.replace("-", "_")
+    for option, value, allowed in (
+        ("--layout", layout, LAYOUTS), ("--format", request.format, FORMATS),
+        ("--mode", request.mode, MODES), ("--on-duplicate", request.on_duplicate, ON_DUPLICATE),
+    ):
+        if value not in allowed:
+            raise DataError(f"{option} {value!r} is not one of {one_of(allowed)}{suggest(value, allowed)}")
+    if request.query is not None and request.source != "synthetic" and request.format not in ("auto", "sqlite"):
+        raise DataError("--query reads a SQLite database; drop --query or pass --format sqlite")
+    schema.check_timezone(request.timezone)
+    if request.frequency is not None:
+        parse_frequency(request.frequency)
+    return dataclasses.replace(request, layout=layout, delimiter=_delimiter(request.delimiter))
+
+
+def _delimiter(text: str) -> str:
+    value = {"\\t": "\t", "tab": "\t"}.get(text, text)
+    if len(value) != 1 or value in ('"', "\n", "\r"):
+        raise DataError(f"--delimiter {text!r} must be one character, e.g. ',' or ';' (use '\\t' for tabs)")
+    return value
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_bars(request: IngestRequest) -> pl.DataFrame:
+    """Canonical, validated bars from a file source (`request` already checked)."""
+    files = sources.resolve_files(request.source, request.format)
+    if request.query is not None and any(kind != "sqlite" for _, kind in files):
+        raise DataError(f"--query reads a SQLite database but {files[0][0]} is not one; drop --query or pass a .sqlite file")
+    if any(kind == "sqlite" for _, kind in files) and len(files) > 1:
+        raise DataError(f"source {request.source!r} names {len(files)} files; a SQLite source must be a single database file")
+    frames, origins, unnamed = [], [], 0
+    for index, (path, kind) in enumerate(files):
+        raw = _read_one(path, kind, request)
+        df, blank = _shape(raw, request)
+        frames.append(df.with_columns(pl.lit(index, pl.UInt32).alias(SRC)))
+        origins.append(raw.origin)
+        unnamed += len(blank)
+    if unnamed:
+        console.notice(f"dropped {unnamed} column(s) without a header name (e.g. a saved row index)")
+    _check_same_ohlcv(frames, origins)
+    bars = _coerce_all(frames, origins, request.timezone)
+    schema.validate(bars, origins)
+    bars, unsorted = schema.finalize(bars)
+    if unsorted:
+        console.notice(f"{request.source}: rows not in time order; sorted by (symbol, ts)")
+    return bars
+
+
+def _coerce_all(frames: list[pl.DataFrame], origins: list[Origin], timezone: str) -> pl.DataFrame:
+    """Type all files at once per group of same-typed files: thousands of per-symbol files stay fast."""
+    parts, not_numeric = [], Counter()
+    for group in _same_types(frames):
+        part, dropped = schema.coerce(pl.concat(group, how="diagonal"), origins, timezone)
+        parts.append(part)
+        not_numeric.update(dropped)
+    for name in not_numeric:
+        console.notice(f"column {name!r} is not numeric; dropped (only numeric extra columns are kept)")
+    bars = pl.concat(parts, how="diagonal_relaxed")
+    # Back to input order, so that validation names the first bad row of the first bad file.
+    return bars.sort(SRC, LINE) if len(parts) > 1 else bars
+
+
+def _read_one(path: Path, kind: str, request: IngestRequest) -> sources.RawFrame:
+    if kind == "csv":
+        return sources.read_csv(path, request.delimiter)
+    if kind == "parquet":
+        return sources.read_parquet(path)
+    return sources.read_sqlite(path, request.query)
+
+
+def _shape(raw: sources.RawFrame, request: IngestRequest) -> tuple[pl.DataFrame, list[str]]:
+    """One file as long bars with canonical column names (values still as read)."""
+    if request.layout == "wide":
+        return _unpivot_wide(raw), []
+    df, blank = schema.rename_to_canonical(raw.df, raw.origin)
+    long = request.layout == "long" or (request.layout == "auto" and "symbol" in df.columns)
+    if not long:  # one file per symbol: the file name is the symbol
+        df = df.drop("symbol", strict=False).with_columns(pl.lit(raw.stem).alias("symbol"))
+    schema.require_columns(df, raw.origin, need_symbol=long)
+    return df, blank
+
+
+def _same_types(frames: list[pl.DataFrame]) -> list[list[pl.DataFrame]]:
+    """Frames grouped so that shared columns have one dtype (all-text CSV/SQLite frames form one group)."""
+    groups: dict[Any, list[pl.DataFrame]] = {}
+    for df in frames:
+        dtypes = {name: dtype for name, dtype in df.schema.items() if name not in (SRC, LINE)}
+        key = "text" if all(d == pl.String for d in dtypes.values()) else tuple(sorted((n, str(d)) for n, d in dtypes.items()))
+        groups.setdefault(key, []).append(df)
+    return list(groups.values())
+
+
+def _unpivot_wide(raw: sources.RawFrame) -> pl.DataFrame:
+    """Date column + one close column per symbol -> (ts, symbol, close); blank cells are no bar."""
+    df, origin = raw.df, raw.origin
+    columns = [c for c in df.columns if c != LINE]
+    ts = schema.find_ts_column(columns) or columns[0]  # e.g. a pandas index saved without a name
+    origin.names["ts"], origin.wide = ts, True
+    symbols = [c for c in df.columns if c not in (ts, LINE)]
+    if not symbols:
+        raise DataError(f"{origin.header}: a wide file needs a date column and one column per symbol; found only {ts!r}")
+    numeric = all(df.schema[c].is_numeric() for c in symbols)
+    df = df.with_columns(pl.col(symbols).cast(pl.Float64 if numeric else pl.String)).rename({ts: "ts"})
+    long = df.unpivot(index=["ts", LINE], on=symbols, variable_name="symbol", value_name="close")
+    # A blank (or NaN, as pandas writes it) cell means the symbol has no bar at that date.
+    is_nan = schema.to_float(long["close"]).is_nan().fill_null(False)
+    return long.filter(schema.present(long["close"]) & ~is_nan)
+
+
+def _check_same_ohlcv(frames: list[pl.DataFrame], origins: list[Origin]) -> None:
+    """OHLCV columns must be in every file or in none (extras may be missing from some)."""
+    for col in OHLCV:
+        having = [i for i, f in enumerate(frames) if col in f.columns]
+        if having and len(having) < len(frames):
+            lacking = next(i for i, f in enumerate(frames) if col not in f.columns)
+            raise DataError(
+                f"{origins[lacking].header}: no {col!r} column, but {origins[having[0]].label} has one; "
+                f"add {col!r} to every file, or remove it from all of them"
+            )
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def _synthetic(params: SyntheticParams) -> pl.DataFrame:
+    if params.symbols < 1 or params.bars < 2:
+        raise DataError(f"--symbols {params.symbols} / --bars {params.bars}: need at least 1 symbol and 2 bars")
+    parse_frequency(params.frequency)
+    try:
+        np.datetime64(params.start, "us")
+    except ValueError:
+        raise DataError(f"--start {params.start!r} is not an ISO date such as '2015-01-02'") from None
+    return generate(params.symbols, params.bars, params.frequency, params.start, params.seed, params.signal)
+
+
+def _describe_synthetic(p: SyntheticParams) -> str:
+    return f"synthetic(symbols={p.symbols}, bars={p.bars}, frequency={p.frequency}, start={p.start}, seed={p.seed}, signal={p.signal})"
+
+
+def _describe(request: IngestRequest) -> str:
+    extra = f", query={request.query!r}" if request.query else ""
+    return f"{request.source} (layout={request.layout}, format={request.format}, timezone={request.timezone}{extra})"
+
+
+# ---------------------------------------------------------------- append
+
+
+def _append(data_dir: Path, request: IngestRequest, new: pl.DataFrame, description: str) -> tuple[pl.DataFrame, str]:
+    """Existing bars + new bars; overlapping (symbol, ts) rows are an error unless keep-last."""
+    old = store.load_bars(data_dir, request.dataset)
+    old_cols, new_cols = [c for c in OHLCV if c in old.columns], [c for c in OHLCV if c in new.columns]
+    if old_cols != new_cols:
+        raise DataError(
+            f"{request.source}: has columns {new_cols} but dataset {request.dataset!r} has {old_cols}; "
+            "append bars with the same price/volume columns, or pass --mode replace"
+        )
+    overlap = new.join(old, on=["symbol", "ts"], how="semi")
+    if overlap.height and request.on_duplicate == "error":
+        first = overlap.row(0, named=True)
+        raise DataError(
+            f"{request.source}: {overlap.height} bar(s) already in dataset {request.dataset!r}, first symbol {first['symbol']!r} at "
+            f"{first['ts'].isoformat()}; pass --on-duplicate keep-last to replace them with the new rows, or --mode replace"
+        )
+    if overlap.height:
+        console.notice(f"{overlap.height} existing bar(s) replaced by the new rows (--on-duplicate keep-last)")
+    kept = old.join(new, on=["symbol", "ts"], how="anti")
+    bars, _ = schema.finalize(pl.concat([kept, new], how="diagonal_relaxed"))
+    previous = store.read_manifest(data_dir, request.dataset).get("source", "")
+    return bars, previous if description in previous else f"{previous} + {description}"
