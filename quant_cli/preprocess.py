@@ -1,59 +1,92 @@
 """Scalers and missing-value handling, fit on training rows only (DESIGN.md §3).
 
-Statistics are plain JSON so runs and bundles can store and reload them exactly.
+The fitted state is plain JSON (stored as split/scaler.json) so runs and bundles reload it
+exactly. Order of application: fill=median (training medians, raw units) → scale → clip
+(robust) → fill=zero (which is the training centre after scaling). Never a backward fill.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import polars as pl
+from scipy.special import ndtri
 
 from quant_cli.errors import DataError
 
+_MAD_TO_STD = 1.4826  # MAD of a normal distribution times this is its standard deviation
+_QUANTILES = 101  # rank_gauss stores this many training quantiles per feature
+_EDGE = 1e-3  # rank_gauss maps to normal quantiles within [_EDGE, 1 - _EDGE]
 
-def fit_scaler(train: pl.DataFrame, columns: list[str], kind: str) -> dict[str, Any]:
-    """Per-feature mean and std over training rows (nulls ignored); std 0 or undefined becomes 1."""
-    if kind == "none":
-        return {"kind": "none", "columns": columns}
+
+def fit_preprocess(train: pl.DataFrame, columns: list[str], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Fit the `[preprocess]` section on training rows; returns the JSON-able state."""
     if train.height == 0:
         raise DataError("the training segment is empty after purge and embargo; use more data or a smaller embargo")
-    stats = train.select(
-        *[pl.col(c).mean().alias(f"{c}__mean") for c in columns],
-        *[pl.col(c).std().alias(f"{c}__std") for c in columns],
-    ).row(0, named=True)
-    return {
-        "kind": kind,
-        "columns": columns,
-        "mean": {c: _finite_or(stats[f"{c}__mean"], 0.0) for c in columns},
-        "std": {c: _positive_or_one(stats[f"{c}__std"]) for c in columns},
-    }
+    state: dict[str, Any] = {"kind": cfg["scaler"], "fill": cfg["fill"], "clip": cfg["clip"], "columns": columns}
+    if cfg["fill"] == "median" or cfg["scaler"] == "robust":
+        state["median"] = _stat(train, columns, lambda c: pl.col(c).median(), 0.0)
+    if cfg["scaler"] == "zscore":
+        state["center"] = _stat(train, columns, lambda c: pl.col(c).mean(), 0.0)
+        state["scale"] = _positive(_stat(train, columns, lambda c: pl.col(c).std(), 1.0))
+    elif cfg["scaler"] == "robust":
+        state["center"] = state["median"]
+        mad = _stat(train, columns, lambda c: (pl.col(c) - pl.col(c).median()).abs().median() * _MAD_TO_STD, 1.0)
+        state["scale"] = _positive(mad)
+    elif cfg["scaler"] == "rank_gauss":
+        state["quantiles"] = _quantiles(train, columns)
+    return state
 
 
-def _finite_or(value: float | None, fallback: float) -> float:
-    return fallback if value is None or value != value or value in (float("inf"), float("-inf")) else float(value)
+def _stat(frame: pl.DataFrame, columns: list[str], expr, fallback: float) -> dict[str, float]:
+    row = frame.select([expr(c).alias(c) for c in columns]).row(0, named=True)
+    return {c: _finite_or(row[c], fallback) for c in columns}
 
 
-def _positive_or_one(value: float | None) -> float:
-    value = _finite_or(value, 1.0)
-    return value if value > 0 else 1.0
+def _finite_or(value: Any, fallback: float) -> float:
+    return float(value) if value is not None and np.isfinite(value) else fallback
 
 
-def apply_scaler(frame: pl.DataFrame, scaler: dict[str, Any]) -> pl.DataFrame:
-    if scaler["kind"] == "none":
-        return frame
-    return frame.with_columns(
-        [((pl.col(c) - scaler["mean"][c]) / scaler["std"][c]).alias(c) for c in scaler["columns"]]
-    )
+def _positive(values: dict[str, float]) -> dict[str, float]:
+    return {c: v if v > 0 else 1.0 for c, v in values.items()}
 
 
-def apply_fill(frame: pl.DataFrame, columns: list[str], fill: str) -> pl.DataFrame:
-    """zero: after z-scoring this is the training mean; drop: remove incomplete rows; none: keep nulls.
+def _quantiles(frame: pl.DataFrame, columns: list[str]) -> dict[str, list[float]]:
+    probs = np.linspace(0.0, 1.0, _QUANTILES)
+    out = {}
+    for c in columns:
+        values = frame[c].drop_nulls().to_numpy()
+        out[c] = np.quantile(values, probs).tolist() if len(values) else [0.0] * _QUANTILES
+    return out
 
-    Never a backward fill: that would pull future values into the past.
-    """
-    if fill == "zero":
-        return frame.with_columns(pl.col(columns).fill_null(0.0))
-    if fill == "drop":
-        return frame.drop_nulls(columns)
+
+def transform(frame: pl.DataFrame, state: dict[str, Any]) -> pl.DataFrame:
+    """Apply a fitted state to any segment."""
+    columns = state["columns"]
+    if state["fill"] == "median":
+        frame = frame.with_columns([pl.col(c).fill_null(state["median"][c]) for c in columns])
+    if state["kind"] in ("zscore", "robust"):
+        frame = frame.with_columns([((pl.col(c) - state["center"][c]) / state["scale"][c]).alias(c) for c in columns])
+    if state["kind"] == "robust" and state["clip"] > 0:
+        frame = frame.with_columns(pl.col(columns).clip(-state["clip"], state["clip"]))
+    if state["kind"] == "rank_gauss":
+        frame = frame.with_columns([_rank_gauss(frame[c], state["quantiles"][c]).alias(c) for c in columns])
+    if state["fill"] == "zero":
+        frame = frame.with_columns(pl.col(columns).fill_null(0.0))
     return frame
+
+
+def _rank_gauss(values: pl.Series, quantiles: list[float]) -> pl.Series:
+    """Position within the training distribution, mapped to a standard normal quantile."""
+    x = values.to_numpy().astype(np.float64)
+    q = np.asarray(quantiles)
+    # np.interp needs increasing x-points: spread ties so equal quantiles share their mean rank
+    probs = np.interp(x, q, np.linspace(0.0, 1.0, len(q))) if q[-1] > q[0] else np.full(len(x), 0.5)
+    z = ndtri(np.clip(probs, _EDGE, 1.0 - _EDGE))
+    return pl.Series(values.name, np.where(np.isnan(x), np.nan, z)).fill_nan(None)
+
+
+def drop_incomplete(frame: pl.DataFrame, columns: list[str], fill: str) -> pl.DataFrame:
+    """fill = "drop" removes rows with any missing feature, in every segment alike."""
+    return frame.drop_nulls(columns) if fill == "drop" else frame

@@ -23,7 +23,7 @@ Recipe = dict[str, Any]
 
 _KIND_NAMES = {
     "str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-    "list[str]": "a list of strings", "list[int]": "a list of integers", "table": "a table",
+    "int|str": "an integer or a string", "list[str]": "a list of strings", "list[int]": "a list of integers", "table": "a table",
 }
 
 
@@ -151,6 +151,8 @@ def _kind_matches(value: Any, kind: str) -> bool:
         return isinstance(value, bool)
     if kind == "table":
         return isinstance(value, dict)
+    if kind == "int|str":
+        return _kind_matches(value, "int") or isinstance(value, str)
     item_kind = kind[5:-1]
     return isinstance(value, list) and all(_kind_matches(v, item_kind) for v in value)
 

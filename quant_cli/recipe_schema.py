@@ -11,7 +11,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Key:
-    """One recipe key. `kind` is one of: str, int, float, bool, list[str], list[int], table."""
+    """One recipe key. `kind` is one of: str, int, float, bool, int|str, list[str], list[int], table."""
 
     kind: str
     default: Any
@@ -59,26 +59,39 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "windows": Key("list[int]", [5, 10, 20, 60], "Windows for windowed features, in bars."),
     },
     "label": {
-        "kind": Key("str", "forward_return", "Label kind.", choices=("forward_return",)),
-        "horizon": Key("int", 1, "Label horizon in bars, measured from the execution price.", minimum=1),
+        "kind": Key("str", "forward_return", "forward_return (regression), direction (-1/0/1 with a dead zone) or triple_barrier (-1/0/1 from the first barrier touched).", choices=("forward_return", "direction", "triple_barrier")),
+        "horizon": Key("int", 1, "Label horizon in bars, measured from the execution price (the vertical barrier for triple_barrier).", minimum=1),
         "log": Key("bool", False, "Log return instead of simple return."),
+        "vol_scale": Key("bool", False, "Divide forward returns by the EWM volatility known at t (times sqrt(horizon))."),
+        "vol_span": Key("int", 20, "Span of the EWM volatility estimate (bars) used by vol_scale and triple_barrier.", minimum=2),
+        "cross_sectional": Key("str", "none", "Transform forward-return labels across symbols at each timestamp.", choices=("none", "rank", "zscore")),
+        "threshold": Key("float", 0.0, "Dead zone of direction labels: |return| <= threshold is class 0.", minimum=0.0),
+        "profit_take": Key("float", 1.0, "Upper barrier of triple_barrier, in multiples of EWM volatility (0: none).", minimum=0.0),
+        "stop_loss": Key("float", 1.0, "Lower barrier of triple_barrier, in multiples of EWM volatility (0: none).", minimum=0.0),
+        "vertical": Key("str", "sign", "triple_barrier label when only the vertical barrier is reached: sign of the return then, or zero.", choices=("sign", "zero")),
     },
     "split": {
-        "method": Key("str", "chronological", "Split method.", choices=("chronological",)),
+        "method": Key("str", "chronological", "chronological: train/val/test; purged_kfold and cpcv add cross-validation folds over the train+val timestamps (the test segment stays a chronological hold-out).", choices=("chronological", "purged_kfold", "cpcv")),
         "train": Key("float", 0.6, "Share of timestamps in the training segment.", minimum=0.05, maximum=0.95),
         "val": Key("float", 0.2, "Share of timestamps in the validation segment.", minimum=0.0, maximum=0.9),
         "val_start": Key("str", None, "Explicit first validation timestamp (overrides the fractions).", nullable=True),
         "test_start": Key("str", None, "Explicit first test timestamp (overrides the fractions).", nullable=True),
         "purge": Key("bool", True, "Drop rows whose label interval [t, t1] reaches into the next segment."),
-        "embargo": Key("int", None, "Bars dropped after each boundary (default: the label horizon).", minimum=0, nullable=True),
+        "embargo": Key("int|str", None, "Bars (an integer) or a duration ('5d', '12h') dropped after each boundary and each test block (default: the label horizon in bars).", minimum=0, nullable=True),
+        "folds": Key("int", 5, "purged_kfold: number of folds.", minimum=2),
+        "groups": Key("int", 6, "cpcv: number of groups N the train+val timestamps are cut into.", minimum=3),
+        "test_groups": Key("int", 2, "cpcv: number of test groups k per split (C(N, k) splits, C(N-1, k-1) backtest paths).", minimum=1),
+        "sample_weight": Key("str", "none", "Training-row weights: none, or uniqueness (average uniqueness from label concurrency, AFML ch. 4).", choices=("none", "uniqueness")),
+        "time_decay": Key("float", 1.0, "Weight of the oldest training row relative to the newest (1: no decay; 0: linear decay to zero), on cumulative uniqueness.", minimum=0.0, maximum=1.0),
     },
     "preprocess": {
-        "scaler": Key("str", "zscore", "Scaler fit on training rows only.", choices=("zscore", "none")),
-        "fill": Key("str", "zero", "What to do with missing feature values after scaling.", choices=("zero", "drop", "none")),
+        "scaler": Key("str", "zscore", "Scaler fit on training rows only: zscore (mean/std), robust (median/MAD, clipped), rank_gauss (training quantiles mapped to a normal) or none.", choices=("zscore", "robust", "rank_gauss", "none")),
+        "clip": Key("float", 5.0, "robust: clip scaled values to [-clip, clip].", minimum=0.0),
+        "fill": Key("str", "zero", "Missing feature values: zero (after scaling), median (training median), drop (rows) or none (leave nulls). Never a backward fill.", choices=("zero", "median", "drop", "none")),
     },
     "model": {
         "name": Key("str", "lightgbm", "Registered model name (`qfactory train --list-models`)."),
-        "task": Key("str", "regression", "Learning task.", choices=("regression",)),
+        "task": Key("str", "regression", "Learning task: regression, or classification (needs label.kind direction or triple_barrier).", choices=("regression", "classification")),
         "params": Key("table", {}, "Model parameters, validated against the model's declared parameters."),
     },
     "train": {

@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from quant_cli.data.frequency import parse_frequency
 from quant_cli.data.store import parse_time
 from quant_cli.errors import DataError, RecipeError
 
@@ -25,7 +26,7 @@ SEGMENTS = ("train", "val", "test")
 class SplitPlan:
     val_start: dt.datetime
     test_start: dt.datetime
-    embargo: int
+    embargo: int | str  # bars, or a duration such as "5d"
     purge: bool
 
     def to_json(self) -> dict[str, Any]:
@@ -36,7 +37,7 @@ class SplitPlan:
         return cls(
             val_start=parse_time(data["val_start"], "split.val_start"),
             test_start=parse_time(data["test_start"], "split.test_start"),
-            embargo=int(data["embargo"]),
+            embargo=data["embargo"],
             purge=bool(data["purge"]),
         )
 
@@ -74,11 +75,11 @@ def _fraction_boundaries(unique: pl.Series, train: float, val: float) -> tuple[d
 
 def _check_nonempty(unique: pl.Series, plan: SplitPlan) -> None:
     train_ts = unique.filter(unique < plan.val_start).len()
-    test_ts = unique.filter(unique >= plan.test_start).len()
-    if train_ts <= plan.embargo or test_ts <= plan.embargo:
+    test_ts = unique.filter(unique >= embargo_stop(unique, plan.test_start, plan.embargo)).len()
+    if train_ts <= (plan.embargo if isinstance(plan.embargo, int) else 0) or test_ts == 0:
         raise DataError(
             f"split leaves {train_ts} training and {test_ts} test timestamps, too few for an embargo of "
-            f"{plan.embargo} bars; use more data or adjust split.train / split.val / split.embargo"
+            f"{plan.embargo!r} bars; use more data or adjust split.train / split.val / split.embargo"
         )
 
 
@@ -93,8 +94,8 @@ def assign_segments(frame: pl.DataFrame, plan: SplitPlan) -> tuple[pl.DataFrame,
     next_start = pl.when(pl.col("segment") == "train").then(pl.lit(plan.val_start)).when(pl.col("segment") == "val").then(pl.lit(plan.test_start))
     embargoed = pl.lit(False)
     for boundary in (plan.val_start, plan.test_start):
-        embargo_end = _nth_timestamp_at_or_after(unique, boundary, plan.embargo)
-        embargoed = embargoed | ((pl.col("ts") >= boundary) & (pl.col("ts") < embargo_end))
+        stop = embargo_stop(unique, boundary, plan.embargo)
+        embargoed = embargoed | ((pl.col("ts") >= boundary) & (pl.col("ts") < stop))
     tagged = frame.with_columns(segment.alias("segment")).with_columns(
         (pl.lit(plan.purge) & (pl.col("t1") >= next_start).fill_null(False)).alias("_purged"),
         embargoed.alias("_embargoed"),
@@ -107,9 +108,17 @@ def assign_segments(frame: pl.DataFrame, plan: SplitPlan) -> tuple[pl.DataFrame,
     return kept, dropped
 
 
-def _nth_timestamp_at_or_after(unique: pl.Series, boundary: dt.datetime, n: int) -> dt.datetime:
+def embargo_stop(unique: pl.Series, boundary: dt.datetime, embargo: int | str) -> dt.datetime:
+    """First timestamp kept after `boundary`: `embargo` bars of the calendar, or a duration, later."""
+    if isinstance(embargo, str):
+        try:
+            return boundary + parse_frequency(embargo)
+        except DataError:
+            raise RecipeError(f"split.embargo {embargo!r} is not a duration; use bars (an integer) or e.g. '5d', '12h'") from None
     after = unique.filter(unique >= boundary)
-    return after[n] if n < after.len() else after[-1] + dt.timedelta(microseconds=1)
+    if after.len() == 0:
+        return boundary
+    return after[embargo] if embargo < after.len() else after[-1] + dt.timedelta(microseconds=1)
 
 
 def _count_by_segment(frame: pl.DataFrame) -> dict[str, int]:
@@ -130,3 +139,40 @@ def segment_counts(frame: pl.DataFrame) -> dict[str, Any]:
             "rows_per_symbol": dict(part.group_by("symbol").len().sort("symbol").iter_rows()),
         }
     return out
+
+
+def cv_folds(frame: pl.DataFrame, cfg: dict[str, Any], embargo: int | str) -> dict[str, Any] | None:
+    """Folds over the development rows (train + val) for purged_kfold / cpcv, as row positions.
+
+    Returns None for the chronological method. Positions index `development(frame)`.
+    """
+    from quant_cli.cv import cpcv, purged_kfold
+
+    if cfg["method"] == "chronological":
+        return None
+    dev = development(frame)
+    ts, t1 = dev["ts"].to_numpy(), dev["t1"].to_numpy()
+    if cfg["method"] == "purged_kfold":
+        folds, paths = purged_kfold(ts, t1, cfg["folds"], embargo), None
+    else:
+        folds, paths = cpcv(ts, t1, cfg["groups"], cfg["test_groups"], embargo)
+    return {"folds": folds, "paths": paths}
+
+
+def development(frame: pl.DataFrame) -> pl.DataFrame:
+    """Train and validation rows in (ts, symbol) order: what cross-validation folds index."""
+    return frame.filter(pl.col("segment") != "test").sort("ts", "symbol")
+
+
+def folds_summary(folds: dict[str, Any], dev: pl.DataFrame) -> dict[str, Any]:
+    ts = dev["ts"]
+    rows = []
+    for fold in folds["folds"]:
+        test_ts = ts.gather(fold.test)
+        rows.append({
+            "fold": fold.index, "test_groups": list(fold.test_groups), "train_rows": len(fold.train),
+            "test_rows": len(fold.test), "purged": fold.purged, "embargoed": fold.embargoed,
+            "test_start": test_ts.min().isoformat(), "test_end": test_ts.max().isoformat(),
+        })
+    paths = folds["paths"]
+    return {"n_splits": len(rows), "n_paths": len(paths) if paths else 1, "paths": paths, "folds": rows}

@@ -7,7 +7,7 @@ import pytest
 from quant_cli.data.synthetic import generate
 from quant_cli.errors import DataError, RecipeError
 from quant_cli.labels import forward_return
-from quant_cli.preprocess import apply_scaler, fit_scaler
+from quant_cli.preprocess import fit_preprocess, transform
 from quant_cli.recipe import load_recipe
 from quant_cli.split import assign_segments, plan_split
 
@@ -83,11 +83,27 @@ def test_explicit_dates_and_errors(small_panel):
         _segmented(generate(symbols=2, bars=30), 1, 20)
 
 
-def test_scaler_is_untouched_by_val_and_test_rows(small_panel):
+@pytest.mark.parametrize("scaler", ["zscore", "robust", "rank_gauss", "none"])
+@pytest.mark.parametrize("fill", ["zero", "median", "none"])
+def test_preprocessing_is_untouched_by_val_and_test_rows(small_panel, scaler, fill):
     frame, _, _ = _segmented(small_panel, 1, 1)
-    frame = frame.with_columns(pl.col("label").alias("f"))
-    stats = fit_scaler(frame.filter(pl.col("segment") == "train"), ["f"], "zscore")
-    shocked = frame.with_columns(pl.when(pl.col("segment") != "train").then(pl.col("f") * 1e6 + 5).otherwise(pl.col("f")).alias("f"))
-    assert fit_scaler(shocked.filter(pl.col("segment") == "train"), ["f"], "zscore") == stats
-    scaled = apply_scaler(frame.filter(pl.col("segment") == "train"), stats)
-    assert abs(scaled["f"].mean()) < 1e-9 and abs(scaled["f"].std() - 1) < 1e-9
+    frame = frame.with_columns(pl.col("label").alias("f"), pl.when(pl.col("ts").dt.day() == 3).then(None).otherwise(pl.col("label")).alias("g"))
+    cfg = {"scaler": scaler, "fill": fill, "clip": 5.0}
+    state = fit_preprocess(frame.filter(pl.col("segment") == "train"), ["f", "g"], cfg)
+    shocked = frame.with_columns(pl.when(pl.col("segment") != "train").then(pl.col(c) * 1e6 + 5).otherwise(pl.col(c)).alias(c) for c in ("f", "g"))
+    assert fit_preprocess(shocked.filter(pl.col("segment") == "train"), ["f", "g"], cfg) == state
+    train = transform(frame.filter(pl.col("segment") == "train"), state)
+    assert train["f"].null_count() == 0
+    assert (train["g"].null_count() == 0) == (fill != "none")
+
+
+def test_scalers_standardise_training_rows(small_panel):
+    frame, _, _ = _segmented(small_panel, 1, 1)
+    train = frame.filter(pl.col("segment") == "train").with_columns(pl.col("label").alias("f"))
+    z = transform(train, fit_preprocess(train, ["f"], {"scaler": "zscore", "fill": "none", "clip": 5.0}))["f"]
+    assert abs(z.mean()) < 1e-9 and abs(z.std() - 1) < 1e-9
+    robust = transform(train, fit_preprocess(train, ["f"], {"scaler": "robust", "fill": "none", "clip": 3.0}))["f"]
+    assert abs(robust.median()) < 1e-9 and robust.abs().max() <= 3.0
+    gauss = transform(train, fit_preprocess(train, ["f"], {"scaler": "rank_gauss", "fill": "none", "clip": 5.0}))["f"]
+    assert abs(gauss.mean()) < 0.05 and 0.8 < gauss.std() < 1.2
+    assert gauss.rank().equals(train["f"].rank())  # monotone: order is preserved

@@ -64,7 +64,7 @@ def test_run_produces_the_whole_run_directory(runner, recipe):
     assert preds.columns == ["symbol", "ts", "segment", "score", "label"]
     assert set(preds["segment"].unique()) == {"val", "test"}
     scaler = read_json(run / "split" / "scaler.json")
-    assert scaler["kind"] == "zscore" and len(scaler["mean"]) >= 15
+    assert scaler["kind"] == "zscore" and len(scaler["center"]) >= 15
 
 
 def test_stages_chain_through_run_ids(runner, recipe):
@@ -116,3 +116,47 @@ def test_lightgbm_learns_the_planted_signal(runner, recipe):
             "--set", "model.params.min_data_in_leaf=300", "--set", "model.params.learning_rate=0.02"]
     metrics = read_json(invoke_ok(runner, args) / "metrics.json")
     assert metrics["test"]["rank_ic"] > 0.03 and metrics["test"]["ic"] > 0.03
+
+
+@pytest.mark.parametrize("method", ["purged_kfold", "cpcv"])
+def test_cross_validation_methods_write_folds_and_oof(runner, recipe, method):
+    args = ["train", "--recipe", str(recipe), "-q", "--set", f"split.method={method}", "--set", "split.folds=3",
+            "--set", "split.groups=4", "--set", "split.test_groups=2", "--set", "split.sample_weight=uniqueness",
+            "--set", "label.horizon=3"]
+    invoke_ok(runner, ["ingest", "--source", "synthetic", "--dataset", "syn", "--symbols", "8", "--bars", "400", "-q"])
+    run = invoke_ok(runner, args)
+    folds = read_json(run / "split" / "folds.json")
+    assert folds["n_splits"] == (3 if method == "purged_kfold" else 6)
+    assert folds["n_paths"] == (1 if method == "purged_kfold" else 3)
+    assert all(f["purged"] > 0 for f in folds["folds"][1:])
+    oof = pl.read_parquet(run / "cv" / "oof.parquet")
+    assert oof.columns == ["symbol", "ts", "fold", "group", "score", "label"]
+    metrics = read_json(run / "metrics.json")["cv"]
+    assert len(metrics["path_ic" if method == "cpcv" else "fold_ic"]) == folds["n_paths" if method == "cpcv" else "n_splits"]
+    weights = pl.read_parquet(run / "split" / "weights.parquet")
+    assert weights["weight"].mean() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", ["direction", "triple_barrier"])
+def test_classification_labels_run_end_to_end(runner, recipe, kind):
+    run = invoke_ok(runner, ["run", "--recipe", str(recipe), "-q", "--set", f"label.kind={kind}", "--set", "label.horizon=5"])
+    labels = pl.read_parquet(run / "predictions.parquet")["label"]
+    assert set(labels.unique()) <= {-1.0, 0.0, 1.0}
+    assert read_json(run / "split" / "boundaries.json")["label"] == kind
+
+
+def test_classification_task_needs_class_labels(runner, recipe):
+    result = runner.invoke(app, ["train", "--recipe", str(recipe), "--set", "model.task=classification"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: model.task = 'classification' needs label.kind 'direction' or 'triple_barrier', got 'forward_return'"
+
+
+def test_split_then_train_reuses_stored_weights_and_scaler(runner, recipe):
+    invoke_ok(runner, ["ingest", "--source", "synthetic", "--dataset", "syn", "--symbols", "8", "--bars", "400", "-q"])
+    overrides = ["--set", "split.sample_weight=uniqueness", "--set", "split.time_decay=0.5", "--set", "preprocess.scaler=rank_gauss",
+                 "--set", "split.embargo=\"10d\""]
+    run = invoke_ok(runner, ["split", "--recipe", str(recipe), "-q", *overrides])
+    invoke_ok(runner, ["train", "--run", str(run), "-q"])
+    direct = invoke_ok(runner, ["train", "--recipe", str(recipe), "-q", *overrides])
+    a, b = (pl.read_parquet(r / "predictions.parquet") for r in (run, direct))
+    assert a.equals(b)

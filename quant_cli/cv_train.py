@@ -1,0 +1,59 @@
+"""Cross-validation of a model over the development rows (train + val) with purged folds.
+
+Each fold's model is fit with a fixed number of rounds (no early stopping: stopping on the fold's
+test rows would leak them into the out-of-fold scores). CPCV scores are also assembled into
+backtest paths, each covering every development timestamp exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from quant_cli import console
+from quant_cli.cv import group_of
+from quant_cli.dataset import Prepared
+from quant_cli.metrics import prediction_metrics
+from quant_cli.models.base import Model
+from quant_cli.split import cv_folds, development, folds_summary
+
+
+def cross_validate(prepared: Prepared, split_cfg: dict[str, Any], embargo: int | str, new_model: Callable[[], Model]) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Out-of-fold predictions (symbol, ts, fold, group, score, label) and CV metrics."""
+    dev = development(prepared.frame)
+    folds = cv_folds(prepared.frame, split_cfg, embargo)
+    n_groups = split_cfg["folds"] if split_cfg["method"] == "purged_kfold" else split_cfg["groups"]
+    dev = dev.with_columns(pl.Series("group", group_of(dev["ts"].to_numpy(), n_groups)))
+    X, y = prepared.matrix(dev), dev["label"].to_numpy()
+    weights = dev["weight"].to_numpy() if dev["weight"].null_count() == 0 else None
+    parts = []
+    for fold in console.track(folds["folds"], "cross-validation"):
+        model = new_model()
+        model.fit(X[fold.train], y[fold.train], feature_names=prepared.features,
+                  sample_weight=None if weights is None or not model.sample_weights else weights[fold.train])
+        scored = dev[fold.test].select("symbol", "ts", "group", "label").with_columns(
+            pl.lit(fold.index).alias("fold"), pl.Series("score", model.predict(X[fold.test])))
+        parts.append(scored)
+    oof = pl.concat(parts).select("symbol", "ts", "fold", "group", "score", "label")
+    return oof, _cv_metrics(oof, folds, dev)
+
+
+def _cv_metrics(oof: pl.DataFrame, folds: dict[str, Any], dev: pl.DataFrame) -> dict[str, Any]:
+    per_fold = [prediction_metrics(oof.filter(pl.col("fold") == f.index)) for f in folds["folds"]]
+    out = {"folds": folds_summary(folds, dev), "fold_ic": [m["ic"] for m in per_fold], "fold_rank_ic": [m["rank_ic"] for m in per_fold]}
+    if folds["paths"]:
+        path_metrics = [prediction_metrics(_path(oof, path)) for path in folds["paths"]]
+        out["path_ic"] = [m["ic"] for m in path_metrics]
+        out["path_rank_ic"] = [m["rank_ic"] for m in path_metrics]
+    ics = np.array(out.get("path_ic", out["fold_ic"]), dtype=float)
+    out.update(ic_mean=float(np.nanmean(ics)), ic_std=float(np.nanstd(ics)), ic_min=float(np.nanmin(ics)))
+    return out
+
+
+def _path(oof: pl.DataFrame, split_per_group: list[int]) -> pl.DataFrame:
+    """Group g's scores from split `split_per_group[g]`: one prediction per development row."""
+    chosen = pl.DataFrame({"group": list(range(len(split_per_group))), "fold": split_per_group}, schema={"group": oof["group"].dtype, "fold": oof["fold"].dtype})
+    return oof.join(chosen, on=["group", "fold"], how="inner")

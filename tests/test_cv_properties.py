@@ -1,0 +1,96 @@
+"""Property tests: for every fold of purged k-fold and CPCV, over random panels, horizons and
+embargoes, no training label interval overlaps a test label interval and no training row lies in
+the embargo after a test block."""
+
+import datetime as dt
+from math import comb
+
+import numpy as np
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quant_cli.cv import cpcv, group_of, purged_kfold
+from quant_cli.labels import forward_return
+
+
+@st.composite
+def panels(draw):
+    """Random symbols, lengths, calendars with gaps, and a forward-return label horizon."""
+    n_symbols = draw(st.integers(1, 4))
+    horizon = draw(st.integers(1, 8))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    frames = []
+    for i in range(n_symbols):
+        n = int(rng.integers(40, 120))
+        gaps = rng.integers(1, 4, size=n)  # irregular spacing, different per symbol
+        days = np.cumsum(gaps) + int(rng.integers(0, 10))
+        ts = [dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=int(d)) for d in days]
+        close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+        frames.append(pl.DataFrame({"symbol": f"S{i}", "ts": ts, "close": close}))
+    bars = pl.concat(frames).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+    labels = forward_return(bars, horizon, "next_close").sort("ts", "symbol")
+    return labels, horizon
+
+
+def _intervals(labels, idx):
+    return labels["ts"].to_numpy()[idx].astype("datetime64[us]"), labels["t1"].to_numpy()[idx].astype("datetime64[us]")
+
+
+def _assert_fold_is_clean(labels, fold, embargo):
+    ts_train, t1_train = _intervals(labels, fold.train)
+    ts_test, t1_test = _intervals(labels, fold.test)
+    assert len(np.intersect1d(fold.train, fold.test)) == 0
+    # Test rows form blocks; check each block (contiguous in time) separately.
+    unique = np.unique(labels["ts"].to_numpy().astype("datetime64[us]"))
+    block_ids = np.searchsorted(unique, ts_test)
+    breaks = np.flatnonzero(np.diff(np.unique(block_ids)) > 1)
+    for block in np.split(np.unique(block_ids), breaks + 1):
+        lo, hi = unique[block[0]], unique[block[-1]]
+        in_block = (ts_test >= lo) & (ts_test <= hi)
+        block_t1 = t1_test[in_block].max()
+        overlap = (ts_train <= block_t1) & (t1_train >= lo)
+        assert not overlap.any(), "a training label interval overlaps a test label interval"
+        end_pos = np.searchsorted(unique, block_t1, side="right") - 1
+        limit = unique[min(end_pos + embargo, len(unique) - 1)]
+        in_embargo = (ts_train > block_t1) & (ts_train <= limit)
+        assert embargo == 0 or not in_embargo.any(), "a training row lies inside the embargo"
+
+
+@settings(max_examples=60, deadline=None)
+@given(panels(), st.integers(2, 6), st.integers(0, 10))
+def test_purged_kfold_never_leaks(panel, n_splits, embargo):
+    labels, _ = panel
+    folds = purged_kfold(labels["ts"].to_numpy(), labels["t1"].to_numpy(), n_splits, embargo)
+    assert len(folds) == n_splits
+    assert sorted(np.concatenate([f.test for f in folds]).tolist()) == list(range(labels.height))
+    for fold in folds:
+        _assert_fold_is_clean(labels, fold, embargo)
+
+
+@settings(max_examples=40, deadline=None)
+@given(panels(), st.integers(3, 6), st.integers(1, 3), st.integers(0, 6))
+def test_cpcv_never_leaks_and_paths_cover_every_group_once(panel, n_groups, k, embargo):
+    k = min(k, n_groups - 1)
+    labels, _ = panel
+    folds, paths = cpcv(labels["ts"].to_numpy(), labels["t1"].to_numpy(), n_groups, k, embargo)
+    assert len(folds) == comb(n_groups, k) and len(paths) == comb(n_groups - 1, k - 1)
+    for fold in folds:
+        _assert_fold_is_clean(labels, fold, embargo)
+    groups = group_of(labels["ts"].to_numpy(), n_groups)
+    for path in paths:
+        for g, split_index in enumerate(path):
+            assert g in folds[split_index].test_groups
+            assert set(np.flatnonzero(groups == g)) <= set(folds[split_index].test.tolist())
+    # every (group, split) pair with g in the split's test set is used by exactly one path
+    used = sorted((g, s) for path in paths for g, s in enumerate(path))
+    assert used == sorted((g, f.index) for f in folds for g in f.test_groups)
+
+
+def test_duration_embargo():
+    ts = np.arange(60).astype("datetime64[D]")
+    folds = purged_kfold(ts, ts + 2, 3, "5d")
+    first = folds[0]
+    block_end = (ts + 2)[first.test].max()
+    assert not ((ts[first.train] > block_end) & (ts[first.train] <= block_end + np.timedelta64(5, "D"))).any()
+    assert first.embargoed == 5
