@@ -101,6 +101,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "backtest": {
         "strategy": Key("str", "long_short", "long_short: long the top, short the bottom quantile of scores at each bar; sign: hold sign(score) per symbol.", choices=("long_short", "sign")),
         "quantile": Key("float", 0.2, "Share of symbols held long (and short) by long_short.", minimum=0.01, maximum=0.5),
+        "rebalance_every": Key("int", 1, "Recompute weights every N bars and hold them in between (match it to label.horizon to trade what the model predicts).", minimum=1),
         "cost_bps": Key("float", 5.0, "Cost per unit of turnover, in basis points (commission + half-spread + slippage).", minimum=0.0),
         "execution": Key("str", "next_close", "Fill price of a decision made at the close of bar t.", choices=("next_open", "next_close")),
         "segment": Key("str", "test", "Which predictions are traded.", choices=("val", "test")),

@@ -47,3 +47,13 @@ def test_weights_have_unit_gross_and_zero_net():
 def test_single_symbol_long_short_holds_nothing():
     scores = pl.DataFrame({"symbol": ["A"], "ts": [1], "score": [1.0]})
     assert target_weights(scores, "long_short", 0.2)["weight"].to_list() == [0.0]
+
+
+def test_rebalance_every_holds_weights_between_rebalances():
+    bars = bars_from({"A": [100, 101, 102, 103, 104, 105, 106], "B": [100, 99, 98, 97, 96, 95, 94]})
+    flip = pl.when(pl.col("ts").dt.day() % 2 == 0).then(1.0).otherwise(-1.0)
+    scores = bars.select("symbol", "ts", (flip * pl.when(pl.col("symbol") == "A").then(1.0).otherwise(-1.0)).alias("score"))
+    daily, _ = run_backtest(scores, bars, CFG, periods_per_year=252)
+    held, _ = run_backtest(scores, bars, CFG | {"rebalance_every": 3}, periods_per_year=252)
+    assert daily["turnover"].to_list()[1:] == pytest.approx([2.0] * (daily.height - 1))  # flips every bar
+    assert held["turnover"].to_list() == pytest.approx([1.0, 0.0, 0.0, 2.0, 0.0])  # trades on bars 0 and 3 only

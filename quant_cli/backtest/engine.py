@@ -41,9 +41,25 @@ def target_weights(scores: pl.DataFrame, strategy: str, quantile: float) -> pl.D
     return scores.select("symbol", "ts", weight.cast(pl.Float64).alias("weight"))
 
 
+def hold_between_rebalances(weights: pl.DataFrame, every: int) -> pl.DataFrame:
+    """Recompute weights only on every `every`-th timestamp; hold them in between.
+
+    A symbol without a score on a rebalance date is flat until the next one.
+    """
+    if every <= 1:
+        return weights
+    dates = weights.select(pl.col("ts").unique().sort()).with_row_index("i")
+    grid = dates.select("ts", (pl.col("i") % every == 0).alias("rebalance"))
+    held = weights.join(grid, on="ts").with_columns(
+        pl.when(pl.col("rebalance")).then(pl.col("weight")).otherwise(None).forward_fill().over("symbol").fill_null(0.0).alias("weight")
+    )
+    return held.select("symbol", "ts", "weight")
+
+
 def run_backtest(scores: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], periods_per_year: float) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Returns the per-period equity curve and summary metrics."""
     weights = target_weights(scores.sort("symbol", "ts"), cfg["strategy"], cfg["quantile"])
+    weights = hold_between_rebalances(weights.sort("symbol", "ts"), cfg.get("rebalance_every", 1))
     book = weights.join(period_returns(bars, cfg["execution"]), on=["symbol", "ts"], how="inner")
     book = book.sort("symbol", "ts").with_columns(
         (pl.col("weight") - pl.col("weight").shift(1).over("symbol").fill_null(0.0)).abs().alias("trade")
