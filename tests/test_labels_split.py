@@ -106,4 +106,5 @@ def test_scalers_standardise_training_rows(small_panel):
     assert abs(robust.median()) < 1e-9 and robust.abs().max() <= 3.0
     gauss = transform(train, fit_preprocess(train, ["f"], {"scaler": "rank_gauss", "fill": "none", "clip": 5.0}))["f"]
     assert abs(gauss.mean()) < 0.05 and 0.8 < gauss.std() < 1.2
-    assert gauss.rank().equals(train["f"].rank())  # monotone: order is preserved
+    in_order = gauss.gather(train["f"].arg_sort())
+    assert (in_order.diff().drop_nulls() >= 0).all()  # monotone (tails clip, so ties are allowed)
