@@ -29,13 +29,15 @@ def cross_validate(prepared: Prepared, split_cfg: dict[str, Any], embargo: int |
     dev = dev.with_columns(pl.Series("group", group_of(dev["ts"].to_numpy(), n_groups)))
     X, y = prepared.matrix(dev), dev["label"].to_numpy()
     weights = dev["weight"].to_numpy() if dev["weight"].null_count() == 0 else None
+    symbols, ts, t1 = dev["symbol"].to_numpy(), dev["ts"].to_numpy(), dev["t1"].to_numpy()
     parts = []
     for fold in console.track(folds["folds"], "cross-validation"):
         model = new_model()
         model.fit(X[fold.train], y[fold.train], feature_names=prepared.features,
-                  sample_weight=None if weights is None or not model.sample_weights else weights[fold.train])
-        scored = dev[fold.test].select("symbol", "ts", "group", "label").with_columns(
-            pl.lit(fold.index).alias("fold"), pl.Series("score", model.predict(X[fold.test])))
+                  sample_weight=None if weights is None or not model.sample_weights else weights[fold.train],
+                  symbols=symbols[fold.train], ts=ts[fold.train], t1=t1[fold.train])
+        score = model.predict(X[fold.test], symbols=symbols[fold.test])
+        scored = dev[fold.test].select("symbol", "ts", "group", "label").with_columns(pl.lit(fold.index).alias("fold"), pl.Series("score", score))
         parts.append(scored)
     oof = pl.concat(parts).select("symbol", "ts", "fold", "group", "score", "label")
     return oof, _cv_metrics(oof, folds, dev)

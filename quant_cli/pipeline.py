@@ -22,6 +22,7 @@ from quant_cli.errors import RunError
 from quant_cli.io import read_json, write_json_atomic, write_parquet_atomic
 from quant_cli.metrics import prediction_metrics
 from quant_cli.models.base import Model
+from quant_cli.models.device import resolve_device
 from quant_cli.models.registry import create_model
 from quant_cli.recipe import Recipe
 from quant_cli.runs import Run, create_run, stage_outputs
@@ -63,10 +64,16 @@ def _split_stage(run: Run, recipe: Recipe, data_dir: Path) -> Prepared:
     return prepared
 
 
-def _new_model(recipe: Recipe) -> Model:
+def _new_model(recipe: Recipe, device: str = "cpu") -> Model:
     """Constructing validates the model name and parameters, so call it before any heavy work."""
     cfg = recipe["model"]
-    return create_model(cfg["name"], cfg["task"], cfg["params"], recipe["run"]["seed"], recipe["train"]["threads"])
+    return create_model(cfg["name"], cfg["task"], cfg["params"], recipe["run"]["seed"], recipe["train"]["threads"],
+                        device=device, symbol_encoding=cfg["symbol_encoding"], unseen_symbols=cfg["unseen_symbols"])
+
+
+def _device(recipe: Recipe) -> str:
+    """Resolved once per run: a missing GPU warns once (or fails with strict_device)."""
+    return resolve_device(recipe["train"]["device"], recipe["train"]["strict_device"])
 
 
 def _fit(model: Model, prepared: Prepared, early_stopping: int) -> float:
@@ -74,16 +81,19 @@ def _fit(model: Model, prepared: Prepared, early_stopping: int) -> float:
     weight = train["weight"].to_numpy() if model.sample_weights and train["weight"].null_count() == 0 else None
     started = time.perf_counter()
     model.fit(prepared.matrix(train), train["label"].to_numpy(), feature_names=prepared.features,
-              X_val=prepared.matrix(val), y_val=val["label"].to_numpy(), sample_weight=weight, early_stopping=early_stopping)
+              X_val=prepared.matrix(val), y_val=val["label"].to_numpy(), sample_weight=weight, early_stopping=early_stopping,
+              symbols=train["symbol"].to_numpy(), symbols_val=val["symbol"].to_numpy(),
+              ts=train["ts"].to_numpy(), t1=train["t1"].to_numpy())
     return time.perf_counter() - started
 
 
 def _train_stage(run: Run, recipe: Recipe, prepared: Prepared) -> dict[str, Any]:
     with run.stage("train") as info:
         metrics: dict[str, Any] = {}
+        device = _device(recipe)
         if recipe["split"]["method"] != "chronological":
-            metrics["cv"] = _cv_stage(run, recipe, prepared)
-        model = _new_model(recipe)
+            metrics["cv"] = _cv_stage(run, recipe, prepared, device)
+        model = _new_model(recipe, device)
         seconds = _fit(model, prepared, recipe["train"]["early_stopping"])
         with stage_outputs(run, "model") as folder:
             model.save(folder)
@@ -96,14 +106,15 @@ def _train_stage(run: Run, recipe: Recipe, prepared: Prepared) -> dict[str, Any]
         metrics["train"] = {"seconds": round(seconds, 3), "rows": train.height, "symbols": train["symbol"].n_unique(),
                             "model": model.name, **model.fit_info()}
         write_json_atomic(run.path / "metrics.json", metrics)
-        info.update(model=model.name, device="cpu", seconds_fit=round(seconds, 3))
-    run.update_manifest(device="cpu")
+        used = model.fit_info().get("device", "cpu")
+        info.update(model=model.name, device=used, seconds_fit=round(seconds, 3))
+    run.update_manifest(device=used)
     console.info(f"train: {model.name} on {train.height:,} rows; val IC {metrics['val'].get('ic', float('nan')):.4f}, test IC {metrics['test'].get('ic', float('nan')):.4f}")
     return metrics
 
 
-def _cv_stage(run: Run, recipe: Recipe, prepared: Prepared) -> dict[str, Any]:
-    oof, summary = cross_validate(prepared, recipe["split"], _embargo(recipe), lambda: _new_model(recipe))
+def _cv_stage(run: Run, recipe: Recipe, prepared: Prepared, device: str) -> dict[str, Any]:
+    oof, summary = cross_validate(prepared, recipe["split"], _embargo(recipe), lambda: _new_model(recipe, device))
     with stage_outputs(run, "cv") as folder:
         write_parquet_atomic(folder / "oof.parquet", oof)
         write_json_atomic(folder / "summary.json", summary)
@@ -116,7 +127,8 @@ def _predict_segments(model: Model, prepared: Prepared) -> pl.DataFrame:
     for segment in ("val", "test"):
         part = prepared.segment(segment)
         if part.height:
-            frames.append(part.select(*KEYS, "segment", pl.Series("score", model.predict(prepared.matrix(part))), "label"))
+            score = model.predict(prepared.matrix(part), symbols=part["symbol"].to_numpy())
+            frames.append(part.select(*KEYS, "segment", pl.Series("score", score), "label"))
     empty = {"symbol": pl.String, "ts": pl.Datetime("us", "UTC"), "segment": pl.String, "score": pl.Float64, "label": pl.Float64}
     return pl.concat(frames) if frames else pl.DataFrame(schema=empty)
 
@@ -157,7 +169,7 @@ def _check(recipe: Recipe, model: bool = True) -> None:
     dataset_name(recipe)
     check_task(recipe)
     if model:
-        _new_model(recipe)
+        _new_model(recipe, _device(recipe))
 
 
 def new_split_run(recipe: Recipe, data_dir: Path, runs_dir: Path) -> Run:

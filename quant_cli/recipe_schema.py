@@ -93,8 +93,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "name": Key("str", "lightgbm", "Registered model name (`qfactory train --list-models`)."),
         "task": Key("str", "regression", "Learning task: regression, or classification (needs label.kind direction or triple_barrier).", choices=("regression", "classification")),
         "params": Key("table", {}, "Model parameters, validated against the model's declared parameters."),
+        "symbol_encoding": Key("str", "none", "How a global multi-symbol model sees the symbol: none, one_hot, index (categorical, boosting) or embedding (torch).", choices=("none", "one_hot", "index", "embedding")),
+        "unseen_symbols": Key("str", "error", "A symbol not seen in training at prediction: error, or neutral (all-zero / missing encoding).", choices=("error", "neutral")),
     },
     "train": {
+        "device": Key("str", "auto", "auto, cpu, cuda, cuda:N or mps (--device overrides); cuda unavailable → warning and CPU unless strict_device."),
+        "strict_device": Key("bool", False, "Fail instead of falling back to CPU when the requested device is unavailable."),
         "early_stopping": Key("int", 50, "Stop after this many rounds without validation improvement (0: off).", minimum=0),
         "threads": Key("int", 0, "Worker threads for the model (0: all cores).", minimum=0),
     },

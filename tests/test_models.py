@@ -1,42 +1,158 @@
-"""One contract test over the whole model registry (fit → predict → save → load → same)."""
+"""One contract test over the whole model registry, for every task each model supports
+(fit → predict → save → load → identical predictions), plus parameters, weights, early stopping,
+missing values, reproducibility and devices."""
+
+import json
 
 import numpy as np
 import pytest
 
 from quant_cli.errors import ModelError
-from quant_cli.models.registry import MODELS, create_model, model_class
+from quant_cli.models import device as device_mod
+from quant_cli.models.device import resolve_device
+from quant_cli.models.registry import MODELS, create_model, describe_models, load_model, model_class
+
+FEATURES = [f"f{i}" for i in range(6)]
+
+_FAST_LGB = {"n_estimators": 40, "min_data_in_leaf": 10}
+# Small settings so the suite stays fast; everything else is each model's declared default.
+FAST = {
+    "lightgbm": _FAST_LGB,
+    "catboost": {"iterations": 40, "depth": 4},
+    "xgboost": {"n_estimators": 40, "max_depth": 3},
+    "random_forest": {"n_estimators": 20, "min_samples_leaf": 5},
+    "extra_trees": {"n_estimators": 20, "min_samples_leaf": 5},
+    "mlp": {"epochs": 15, "hidden": [16], "batch_size": 32, "learning_rate": 0.003},
+}
 
 
-def tiny_problem(seed=0, n=400, k=6):
+def params_for(name: str, task: str) -> dict:
+    """Test parameters; ensembles get two fast members that can do the task."""
+    if MODELS[name].family != "ensemble":
+        return dict(FAST.get(name, {}))
+    first = "linear" if task == "regression" else "logistic"
+    members = [{"name": first}, {"name": "lightgbm", "params": _FAST_LGB}]
+    return {"members": members, **({"folds": 3} if name == "stacking" else {})}
+
+
+def problem(task="regression", seed=0, n=400, k=6):
+    """A planted linear signal on a panel of 4 symbols; classification uses its direction -1/0/1."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, k))
     y = 0.5 * X[:, 0] - 0.3 * X[:, 1] + rng.normal(scale=0.5, size=n)
-    return X, y
+    if task == "classification":
+        y = np.where(y > 0.3, 1.0, np.where(y < -0.3, -1.0, 0.0))
+    day = np.arange(n) // 4
+    ts = np.datetime64("2020-01-01", "us") + day.astype("timedelta64[D]")
+    t1 = ts + np.timedelta64(2, "D")  # a two-bar label
+    symbols = np.array(["A", "B", "C", "D"] * (n // 4))
+    return X, y, ts, t1, symbols
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_contract(name, tmp_path):
-    X, y = tiny_problem()
-    names = [f"f{i}" for i in range(X.shape[1])]
-    model = create_model(name, "regression", {}, seed=1, threads=1)
+def fit(name, task, X, y, ts, t1, *, seed=1, n_train=300, **kwargs):
+    model = create_model(name, task, params_for(name, task), seed=seed, threads=1, **kwargs)
+    return model.fit(X[:n_train], y[:n_train], feature_names=FEATURES, X_val=X[n_train:], y_val=y[n_train:],
+                     early_stopping=10, ts=ts[:n_train], t1=t1[:n_train])
+
+
+CASES = [(name, task) for name, cls in MODELS.items() for task in cls.tasks]
+
+
+@pytest.mark.parametrize("name,task", CASES)
+def test_contract(name, task, tmp_path):
+    X, y, ts, t1, _ = problem(task)
+    model = create_model(name, task, params_for(name, task), seed=1, threads=1)
     assert not model.is_fitted()
     with pytest.raises(ModelError, match="not fitted"):
         model.predict(X)
-    assert model.fit(X[:300], y[:300], feature_names=names, X_val=X[300:], y_val=y[300:], early_stopping=10) is model
+    with pytest.raises(ModelError, match="not fitted"):
+        model.save(tmp_path / "early")
+    fitted = model.fit(X[:300], y[:300], feature_names=FEATURES, X_val=X[300:], y_val=y[300:], early_stopping=10,
+                       ts=ts[:300], t1=t1[:300])
+    assert fitted is model and model.is_fitted()
     before = model.predict(X)
-    assert before.shape == (len(X),) and np.isfinite(before).all()
+    assert before.shape == (len(X),) and before.dtype == np.float64 and np.isfinite(before).all()
+    assert model.predict(X[:0]).shape == (0,)  # an empty segment is not an error
     assert np.corrcoef(before, y)[0, 1] > 0.3  # it learned the planted relation
+    json.dumps(model.fit_info())  # recordable in metrics.json
+    if task == "classification":
+        proba = model.predict_proba(X)
+        assert proba.shape == (len(X), 3) and np.allclose(proba.sum(axis=1), 1.0)
+        np.testing.assert_allclose(before, proba @ np.array([-1.0, 0.0, 1.0]))  # expected class value
+    if MODELS[name].importance:
+        importance = model.feature_importance()
+        assert list(importance) == FEATURES and all(np.isfinite(v) for v in importance.values())
     model.save(tmp_path / "m")
-    loaded = model_class(name).load(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert type(loaded) is type(model) and loaded.feature_names_ == FEATURES
     np.testing.assert_array_equal(loaded.predict(X), before)
+    if task == "classification":
+        np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_same_seed_same_predictions(name):
-    X, y = tiny_problem()
-    names = [f"f{i}" for i in range(X.shape[1])]
-    runs = [create_model(name, "regression", {}, seed=3, threads=1).fit(X, y, feature_names=names).predict(X) for _ in range(2)]
+@pytest.mark.parametrize("name,task", CASES)
+def test_same_seed_same_predictions(name, task):
+    X, y, ts, t1, _ = problem(task)
+    runs = [fit(name, task, X, y, ts, t1, seed=3).predict(X) for _ in range(2)]
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("name", ["lightgbm", "xgboost", "catboost", "logistic", "mlp", "random_forest"])
+def test_binary_minus_one_one_scores_are_two_p_minus_one(name):
+    X, y, ts, t1, _ = problem()
+    y = np.where(y > 0, 1.0, -1.0)
+    model = fit(name, "classification", X, y, ts, t1)
+    proba = model.predict_proba(X)
+    assert model.classes_.tolist() == [-1.0, 1.0] and proba.shape == (len(X), 2)
+    np.testing.assert_allclose(model.predict(X), 2 * proba[:, 1] - 1)
+
+
+@pytest.mark.parametrize("name", [n for n, cls in MODELS.items() if cls.sample_weights and cls.family != "ensemble"])
+def test_sample_weights_reach_the_model(name):
+    X, y, ts, t1, _ = problem()
+    task = MODELS[name].tasks[0]
+    y = y if task == "regression" else np.sign(y)
+    weight = np.where(np.arange(300) < 150, 1.0, 0.0)  # the second half of the rows does not count
+    plain = create_model(name, task, params_for(name, task), seed=1, threads=1).fit(X[:300], y[:300], feature_names=FEATURES)
+    weighted = create_model(name, task, params_for(name, task), seed=1, threads=1).fit(
+        X[:300], y[:300], feature_names=FEATURES, sample_weight=weight)
+    assert not np.array_equal(plain.predict(X), weighted.predict(X))
+
+
+def test_zero_weight_rows_are_ignored_exactly_by_linear():
+    X, y, *_ = problem()
+    weight = np.where(np.arange(300) < 150, 1.0, 0.0)
+    weighted = create_model("linear", "regression", {}, 1, 1).fit(X[:300], y[:300], feature_names=FEATURES, sample_weight=weight)
+    subset = create_model("linear", "regression", {}, 1, 1).fit(X[:150], y[:150], feature_names=FEATURES)
+    np.testing.assert_allclose(weighted.predict(X), subset.predict(X), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["lightgbm", "catboost", "xgboost", "mlp"])
+def test_early_stopping_on_validation_rows(name):
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(400, 6)), rng.normal(size=400)  # pure noise: validation loss soon stops improving
+    big = {"lightgbm": {"n_estimators": 300, "learning_rate": 0.3, "min_data_in_leaf": 5},
+           "catboost": {"iterations": 300, "learning_rate": 0.3}, "xgboost": {"n_estimators": 300, "learning_rate": 0.3},
+           "mlp": {"epochs": 200, "learning_rate": 0.01}}[name]
+    model = create_model(name, "regression", big, seed=1, threads=1)
+    model.fit(X[:300], y[:300], feature_names=FEATURES, X_val=X[300:], y_val=y[300:], early_stopping=5)
+    info = model.fit_info()
+    assert info.get("best_iteration", info.get("epochs_run")) < 200
+
+
+@pytest.mark.parametrize("name", [n for n, cls in MODELS.items() if cls.family != "ensemble"])
+def test_missing_values_are_accepted_or_refused_by_flag(name):
+    X, y, ts, t1, _ = problem()
+    X = X.copy()
+    X[::7, 2] = np.nan
+    task = MODELS[name].tasks[0]
+    y = y if task == "regression" else np.sign(y)
+    model = create_model(name, task, params_for(name, task), seed=1, threads=1)
+    if MODELS[name].missing_values:
+        assert np.isfinite(model.fit(X, y, feature_names=FEATURES).predict(X)).all()
+    else:
+        with pytest.raises(ModelError, match="cannot handle missing feature values"):
+            model.fit(X, y, feature_names=FEATURES)
 
 
 def test_unknown_model_and_param_are_named():
@@ -44,3 +160,104 @@ def test_unknown_model_and_param_are_named():
         model_class("lightgbn")
     with pytest.raises(ModelError, match=r"model.params.num_leafs is not a parameter of model 'lightgbm' \(did you mean 'num_leaves'\?\)"):
         create_model("lightgbm", "regression", {"num_leafs": 3}, seed=1, threads=1)
+    with pytest.raises(ModelError, match=r"model.params.n_estimator is not a parameter of model 'xgboost' \(did you mean 'n_estimators'\?\)"):
+        create_model("xgboost", "regression", {"n_estimator": 3}, seed=1, threads=1)
+
+
+def test_bad_task_encoding_and_values_are_named():
+    with pytest.raises(ModelError, match=r"model.task 'classification' is not supported by 'linear'; allowed: 'regression'"):
+        create_model("linear", "classification", {}, 1, 1)
+    with pytest.raises(ModelError, match=r"model.symbol_encoding 'index' is not supported by 'linear'; allowed: 'none', 'one_hot'"):
+        create_model("linear", "regression", {}, 1, 1, symbol_encoding="index")
+    with pytest.raises(ModelError, match=r"model.params.objective 'regression' does not fit model.task 'classification'"):
+        create_model("lightgbm", "classification", {"objective": "regression"}, 1, 1)
+    with pytest.raises(ModelError, match=r"model.params.hidden must be a list of positive layer widths"):
+        create_model("mlp", "regression", {"hidden": 64}, 1, 1)
+    with pytest.raises(ModelError, match=r"model.params.l1_ratio must be a number in \[0.0, 1.0\]"):
+        create_model("linear", "regression", {"l1_ratio": 2}, 1, 1)
+
+
+def test_classification_refuses_a_continuous_target():
+    X, y, *_ = problem()
+    with pytest.raises(ModelError, match="needs 2..20 distinct label values"):
+        create_model("logistic", "classification", {}, 1, 1).fit(X, y, feature_names=FEATURES)
+    with pytest.raises(ModelError, match="predict_proba needs model.task = 'classification'"):
+        create_model("linear", "regression", {}, 1, 1).fit(X, y, feature_names=FEATURES).predict_proba(X)
+
+
+def test_predict_checks_feature_count():
+    X, y, *_ = problem()
+    model = create_model("linear", "regression", {}, 1, 1).fit(X, y, feature_names=FEATURES)
+    with pytest.raises(ModelError, match="must have 6 feature columns"):
+        model.predict(X[:, :5])
+
+
+def test_describe_models_lists_every_model_with_flags():
+    rows = {row["name"]: row for row in describe_models()}
+    assert set(rows) == set(MODELS)
+    assert rows["lightgbm"]["gpu"] and rows["lightgbm"]["early_stopping"] and "index" in rows["lightgbm"]["symbol_encodings"]
+    assert rows["mlp"]["tasks"] == ["regression", "classification"] and "embedding" in rows["mlp"]["symbol_encodings"]
+    assert rows["linear"]["tasks"] == ["regression"] and not rows["linear"]["gpu"]
+    assert all(row["sample_weights"] for row in rows.values())
+
+
+# ---- devices -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    warnings = []
+    monkeypatch.setattr(device_mod, "_cuda_count", lambda: 0)
+    monkeypatch.setattr(device_mod, "_mps_available", lambda: False)
+    monkeypatch.setattr(device_mod, "_warned", set())
+    monkeypatch.setattr(device_mod.console, "warn", warnings.append)
+    return warnings
+
+
+def test_resolve_device_falls_back_to_cpu_and_warns_once(no_gpu):
+    assert resolve_device("auto", strict=False) == "cpu"
+    assert resolve_device("cpu", strict=True) == "cpu"
+    assert resolve_device("cuda", strict=False) == "cpu"
+    assert resolve_device("cuda", strict=False) == "cpu"
+    assert len(no_gpu) == 1 and "CUDA is not available" in no_gpu[0] and "--strict-device" in no_gpu[0]
+    with pytest.raises(ModelError, match=r"train.device 'cuda:1' was requested but CUDA is not available"):
+        resolve_device("cuda:1", strict=True)
+    with pytest.raises(ModelError, match=r"train.device 'mps' was requested but Apple MPS is not available"):
+        resolve_device("mps", strict=True)
+
+
+def test_resolve_device_with_gpus(monkeypatch, no_gpu):
+    monkeypatch.setattr(device_mod, "_cuda_count", lambda: 2)
+    assert resolve_device("auto", strict=True) == "cuda"
+    assert resolve_device("cuda:1", strict=True) == "cuda:1"
+    with pytest.raises(ModelError, match=r"there are 2 CUDA device\(s\), numbered 0..1"):
+        resolve_device("cuda:2", strict=True)
+
+
+def test_bad_device_spelling_is_named():
+    with pytest.raises(ModelError, match=r"train.device 'gpu' is not a device; allowed: 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'"):
+        resolve_device("gpu", strict=False)
+    with pytest.raises(ModelError, match="train.device 'cuda:x'"):
+        create_model("lightgbm", "regression", {}, 1, 1, device="cuda:x")
+
+
+def test_model_asked_for_missing_cuda_trains_on_cpu_and_records_it(no_gpu):
+    X, y, ts, t1, _ = problem()
+    for name in ("lightgbm", "mlp", "linear"):
+        model = fit(name, "regression", X, y, ts, t1, device="cuda")
+        assert model.fit_info()["device"] == "cpu"
+
+
+def test_gpu_options_only_on_cuda():
+    lgb = create_model("lightgbm", "regression", {}, 1, 1)
+    assert "device_type" not in lgb._lgb_params("cpu")
+    on_gpu = lgb._lgb_params("cuda:1")
+    assert on_gpu["device_type"] == "gpu" and on_gpu["gpu_device_id"] == 1
+    xgb = create_model("xgboost", "regression", {}, 1, 1)
+    xgb.device_ = "cuda:0"
+    assert xgb._xgb_params()["device"] == "cuda:0"
+    cat = create_model("catboost", "regression", {}, 1, 1)
+    cat.device_ = "cuda:2"
+    assert cat._cb_params()["task_type"] == "GPU" and cat._cb_params()["devices"] == "2"
+    cat.device_ = "cpu"
+    assert "task_type" not in cat._cb_params()

@@ -160,3 +160,36 @@ def test_split_then_train_reuses_stored_weights_and_scaler(runner, recipe):
     direct = invoke_ok(runner, ["train", "--recipe", str(recipe), "-q", *overrides])
     a, b = (pl.read_parquet(r / "predictions.parquet") for r in (run, direct))
     assert a.equals(b)
+
+
+def test_cuda_unavailable_falls_back_to_cpu_with_a_warning(runner, recipe):
+    result = runner.invoke(app, ["run", "--recipe", str(recipe), "--device", "cuda"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("warning: ") == 1 and "CUDA is not available" in result.stderr
+    run = Path(result.stdout.strip())
+    assert read_json(run / "manifest.json")["device"] == "cpu"
+    assert 'device = "cuda"' in (run / "recipe.toml").read_text()
+
+
+def test_strict_device_fails_before_any_run_exists(runner, recipe):
+    result = runner.invoke(app, ["run", "--recipe", str(recipe), "--device", "cuda", "--strict-device"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: train.device 'cuda' was requested but CUDA is not available (no GPU, or torch was built without CUDA); "
+        "use --device cpu or drop --strict-device"
+    )
+    bad = runner.invoke(app, ["train", "--recipe", str(recipe), "--device", "gpu"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: train.device 'gpu' is not a device; allowed:")
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())
+
+
+@pytest.mark.parametrize(("model", "encoding"), [("lightgbm", "index"), ("linear", "one_hot"), ("mlp", "embedding")])
+def test_global_models_with_symbol_encoding(runner, recipe, model, encoding):
+    args = ["run", "--recipe", str(recipe), "-q", "--set", f"model.name={model}", "--set", f"model.symbol_encoding={encoding}"]
+    if model != "lightgbm":
+        args += ["--set", "model.params={}"]
+    if model == "mlp":
+        args += ["--set", "model.params.epochs=2"]
+    run = invoke_ok(runner, args)
+    assert read_json(run / "model" / "model.json")["symbol_encoding"] == encoding
+    assert pl.read_parquet(run / "predictions.parquet")["score"].is_finite().all()

@@ -96,6 +96,6 @@ def test_cli_recipe_show_unknown_key_exit_2(runner, tmp_path):
     result = runner.invoke(app, ["recipe", "show", "--recipe", str(path)])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: recipe {path}: unknown key 'train.epochz' in [train]; allowed: 'early_stopping', 'threads'"
+        f"error: recipe {path}: unknown key 'train.epochz' in [train]; allowed: 'device', 'strict_device', 'early_stopping', 'threads'"
     ]
     assert result.stdout == ""

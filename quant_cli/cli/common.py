@@ -26,6 +26,15 @@ SetOpt = Annotated[
 ]
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Data store home (else $QFACTORY_DATA_DIR, recipe, ./data).", show_default=False)]
 RunsDirOpt = Annotated[str | None, typer.Option("--runs-dir", help="Runs home (else $QFACTORY_RUNS_DIR, recipe, ./runs).", show_default=False)]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (same as --set train.device=...).", show_default=False)]
+StrictDeviceOpt = Annotated[bool, typer.Option("--strict-device", help="Fail instead of falling back to CPU when the device is unavailable.")]
+
+
+def device_overrides(device: str | None, strict: bool) -> list[str]:
+    """--device/--strict-device as recipe overrides, so the run's recipe.toml records them."""
+    return [*([f'train.device="{device}"'] if device else []), *(["train.strict_device=true"] if strict else [])]
+
+
 RunOpt = Annotated[str, typer.Option("--run", help="Run directory, run id, or 'latest'.", show_default=False)]
 
 

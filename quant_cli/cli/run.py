@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from quant_cli import pipeline
-from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, QuietOpt, RecipeOpt, RunsDirOpt, SetOpt, cli_errors, emit
+from quant_cli.cli.common import (
+    DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, QuietOpt, RecipeOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
+)
 from quant_cli.io import read_json
 from quant_cli.recipe import load_recipe
 from quant_cli.runs import data_home, runs_home
@@ -12,6 +14,8 @@ from quant_cli.runs import data_home, runs_home
 def run(
     recipe: RecipeOpt,
     set_: SetOpt = None,
+    device: DeviceOpt = None,
+    strict_device: StrictDeviceOpt = False,
     data_dir: DataDirOpt = None,
     runs_dir: RunsDirOpt = None,
     json_out: JsonOpt = False,
@@ -23,7 +27,7 @@ def run(
     Example: qfactory run --recipe recipes/quickstart.toml
     """
     with cli_errors(quiet, debug):
-        resolved = load_recipe(recipe, set_)
+        resolved = load_recipe(recipe, [*(set_ or []), *device_overrides(device, strict_device)])
         result = pipeline.run_all(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved))
         payload = {"run_id": result.id, "metrics": read_json(result.path / "metrics.json")}
     emit(result.path, json_out, payload)

@@ -7,10 +7,12 @@ from typing import Annotated
 import typer
 
 from quant_cli import pipeline
-from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, cli_errors, emit
+from quant_cli.cli.common import (
+    DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
+)
 from quant_cli.errors import QFactoryError
 from quant_cli.io import read_json
-from quant_cli.models.registry import describe_models
+from quant_cli.models.registry import FLAGS, describe_models
 from quant_cli.recipe import load_recipe
 from quant_cli.runs import data_home, resolve_run, runs_home
 
@@ -21,6 +23,8 @@ def train(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model name; same as --set model.name=NAME.", show_default=False)] = None,
     list_models: Annotated[bool, typer.Option("--list-models", help="List registered models and exit.")] = False,
     set_: SetOpt = None,
+    device: DeviceOpt = None,
+    strict_device: StrictDeviceOpt = False,
     data_dir: DataDirOpt = None,
     runs_dir: RunsDirOpt = None,
     json_out: JsonOpt = False,
@@ -31,13 +35,13 @@ def train(
 
     Prints the run directory, so `RUN=$(qfactory train -r r.toml) && qfactory backtest --run "$RUN"` works.
 
-    Example: qfactory train --recipe recipes/quickstart.toml --set model.params.num_leaves=63
+    Example: qfactory train --recipe recipes/quickstart.toml --device cuda --set model.params.num_leaves=63
     """
     with cli_errors(quiet, debug):
         if list_models:
             _print_models(json_out)
             return
-        overrides = [*(set_ or []), *([f"model.name={model}"] if model else [])]
+        overrides = [*(set_ or []), *([f"model.name={model}"] if model else []), *device_overrides(device, strict_device)]
         result = _train(recipe, run, overrides, data_dir, runs_dir)
         payload = {"run_id": result.id, "metrics": read_json(result.path / "metrics.json")}
     emit(result.path, json_out, payload)
@@ -63,5 +67,6 @@ def _print_models(json_out: bool) -> None:
         typer.echo(json.dumps(models))
         return
     for m in models:
-        flags = ", ".join(k for k in ("tabular", "sequence", "sample_weights", "gpu") if m[k])
-        typer.echo(f"{m['name']:<16} {m['family']:<10} tasks: {'/'.join(m['tasks']):<24} {flags}")
+        flags = ", ".join(k for k in FLAGS if m[k])
+        encodings = "/".join(m["symbol_encodings"])
+        typer.echo(f"{m['name']:<14} {m['family']:<9} tasks: {'/'.join(m['tasks']):<26} symbols: {encodings:<30} {flags}")

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from quant_cli.errors import ModelError, one_of, suggest
+from quant_cli.io import read_json
 from quant_cli.models.base import Model
-from quant_cli.models.boosting import LightGBMModel
+from quant_cli.models.boosting import CatBoostModel, LightGBMModel, XGBoostModel
+from quant_cli.models.classical import ExtraTreesModel, LinearModel, LogisticModel, RandomForestModel, SVMModel
+from quant_cli.models.ensemble import BlendingModel, StackingModel, VotingModel
+from quant_cli.models.neural import MLPModel
 
-MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (LightGBMModel,)}
+MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (
+    LightGBMModel, CatBoostModel, XGBoostModel, RandomForestModel, ExtraTreesModel, LinearModel, LogisticModel,
+    SVMModel, MLPModel, VotingModel, StackingModel, BlendingModel,
+)}
+
+FLAGS = ("tabular", "sequence", "sample_weights", "gpu", "early_stopping", "importance", "missing_values")
 
 
 def model_class(name: str) -> type[Model]:
@@ -17,13 +27,24 @@ def model_class(name: str) -> type[Model]:
     return MODELS[name]
 
 
-def create_model(name: str, task: str, params: dict[str, Any], seed: int, threads: int) -> Model:
-    return model_class(name)(task=task, seed=seed, threads=threads, **params)
+def create_model(name: str, task: str, params: dict[str, Any], seed: int, threads: int, *, device: str = "cpu",
+                 symbol_encoding: str = "none", unseen_symbols: str = "error") -> Model:
+    """A new, unfitted model; raises ModelError for an unknown name, parameter or option."""
+    return model_class(name)(task=task, seed=seed, threads=threads, device=device, symbol_encoding=symbol_encoding,
+                             unseen_symbols=unseen_symbols, **params)
+
+
+def load_model(folder: Path) -> Model:
+    """Load a saved model of any registered kind (its name is in model.json)."""
+    meta_path = Path(folder) / "model.json"
+    if not meta_path.is_file():
+        raise ModelError(f"no saved model at {folder} (model.json is missing)")
+    return model_class(read_json(meta_path)["name"]).load(Path(folder))
 
 
 def describe_models() -> list[dict[str, Any]]:
     return [
-        {"name": cls.name, "family": cls.family, "tasks": list(cls.tasks), "tabular": cls.tabular,
-         "sequence": cls.sequence, "sample_weights": cls.sample_weights, "gpu": cls.gpu}
+        {"name": cls.name, "family": cls.family, "tasks": list(cls.tasks), **{flag: getattr(cls, flag) for flag in FLAGS},
+         "symbol_encodings": list(cls.symbol_encodings), "params": sorted(cls.defaults)}
         for cls in MODELS.values()
     ]

@@ -1,0 +1,260 @@
+"""Ensembles over registered models: voting, stacking, blending.
+
+Members are given as specs, never as code: `{"name": "lightgbm", "params": {...}}`, optionally
+with their own `"symbol_encoding"` (default: the ensemble's). Every member sees the same rows, so
+member predictions line up row by row — which is alignment on (symbol, ts) for tabular members;
+`align_predictions` joins per-member prediction tables on (symbol, ts) where rows can differ.
+
+- voting:   weighted mean of member predictions (of class probabilities for classifiers).
+- stacking: a meta-model fit on out-of-fold member scores from a purged k-fold over the training
+            rows (needs ts and t1), never on in-sample predictions; members are then refit on all
+            training rows for prediction.
+- blending: members fit on the training rows, the meta-model on their scores for the validation
+            rows. Members do not early-stop on those rows: they are the meta-model's training set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from quant_cli.errors import ModelError, one_of
+from quant_cli.models.base import TASKS, Inputs, Model
+from quant_cli.models.device import notice_once
+from quant_cli.models.encoding import KINDS
+from quant_cli.models.folds import label_horizon, purged_kfold_indices
+
+_MEMBER_KEYS = ("name", "params", "symbol_encoding")
+
+
+def align_predictions(frames: dict[str, pl.DataFrame], keys: tuple[str, ...] = ("symbol", "ts")) -> pl.DataFrame:
+    """Join each member's `score` column on `keys` (inner): one row per key, one column per member."""
+    out = None
+    for label, frame in frames.items():
+        part = frame.select(*keys, pl.col("score").alias(label))
+        out = part if out is None else out.join(part, on=list(keys), how="inner")
+    if out is None:
+        raise ModelError("align_predictions needs at least one member's predictions")
+    return out.sort(list(keys))
+
+
+class _Ensemble(Model):
+    family = "ensemble"
+    tasks = TASKS
+    sample_weights = True
+    symbol_encodings = KINDS             # handed to members; the ensemble itself encodes nothing
+    uses_meta = False
+
+    def _encoder_kind(self) -> str:
+        return "none"
+
+    def _accepts_missing(self) -> bool:
+        return True  # each member checks its own inputs
+
+    def _check_params(self) -> None:
+        members = self.params["members"]
+        if not isinstance(members, list) or not members:
+            raise ModelError(f"model.params.members must list at least one member, e.g. "
+                             f"[{{name = \"lightgbm\"}}, {{name = \"linear\"}}], got {members!r}")
+        self.member_specs = [self._spec(i, m) for i, m in enumerate(members)]
+        for i, spec in enumerate(self.member_specs):
+            self._member(i, spec)  # constructing validates name, params and encoding now, not after hours
+        if self.uses_meta:
+            self._meta()
+
+    def _spec(self, i: int, spec: Any) -> dict[str, Any]:
+        where = f"model.params.members[{i}]"
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ModelError(f"{where} must be a table with a model name, e.g. {{name = \"lightgbm\"}}, got {spec!r}")
+        unknown = sorted(set(spec) - set(_MEMBER_KEYS))
+        if unknown:
+            raise ModelError(f"{where}.{unknown[0]} is not a member key; allowed: {one_of(_MEMBER_KEYS)}")
+        if not isinstance(spec.get("params", {}), dict):
+            raise ModelError(f"{where}.params must be a table of the member's parameters, got {spec['params']!r}")
+        return {"params": {}, "symbol_encoding": self.symbol_encoding, **spec}
+
+    def _create(self, where: str, name: str, params: dict, task: str, encoding: str, unseen: str) -> Model:
+        from quant_cli.models.registry import create_model  # the registry imports this module
+
+        try:
+            return create_model(name, task, params, self.seed, self.threads, device=self.device,
+                                symbol_encoding=encoding, unseen_symbols=unseen)
+        except ModelError as exc:
+            raise ModelError(f"{where} ({name}): {exc}") from None
+
+    def _member(self, i: int, spec: dict[str, Any], unseen: str | None = None) -> Model:
+        return self._create(f"model.params.members[{i}]", spec["name"], spec["params"], self.task,
+                            spec["symbol_encoding"], unseen or self.unseen_symbols)
+
+    def _meta(self) -> Model:
+        spec = self.params["meta"] or {"name": "logistic" if self.is_classifier else "linear"}
+        if (not isinstance(spec, dict) or "name" not in spec or set(spec) - {"name", "params"}
+                or not isinstance(spec.get("params", {}), dict)):
+            raise ModelError(f"model.params.meta must be a table {{name = \"...\", params = {{...}}}}, got {spec!r}")
+        return self._create("model.params.meta", spec["name"], spec.get("params", {}), self.task, "none", "error")
+
+    # ---- fitting and scoring members ---------------------------------------------------------------
+
+    def _labels(self, y: np.ndarray) -> np.ndarray:
+        """Members learn the original labels (e.g. -1/0/1), not the 0..K-1 codes the base hands us."""
+        return self.classes_[y] if self.is_classifier else y
+
+    def _fit_member(self, i: int, rows: Inputs, y: np.ndarray, val: Inputs | None, y_val: np.ndarray | None,
+                    weight: np.ndarray | None, early_stopping: int, unseen: str | None = None) -> Model:
+        member = self._member(i, self.member_specs[i], unseen)
+        if weight is not None and not member.sample_weights:
+            notice_once(f"weights:{member.name}", f"ensemble member '{member.name}' ignores sample weights")
+            weight = None
+        has_val = val is not None
+        return member.fit(rows.X, self._labels(y), feature_names=self.input_names_, sample_weight=weight,
+                          X_val=val.X if has_val else None, y_val=self._labels(y_val) if has_val else None,
+                          symbols=rows.symbols, symbols_val=val.symbols if has_val else None,
+                          early_stopping=early_stopping if has_val else 0, ts=rows.ts, t1=rows.t1)
+
+    def _fit_members(self, rows, y, val, y_val, weight, early_stopping) -> list[Model]:
+        return [self._fit_member(i, rows, y, val, y_val, weight, early_stopping) for i in range(len(self.member_specs))]
+
+    @staticmethod
+    def _scores(members: list[Model], rows: Inputs) -> np.ndarray:
+        """(n, M) member scores: the meta-model's inputs."""
+        return np.column_stack([m.predict(rows.X, symbols=rows.symbols) for m in members])
+
+    def _meta_names(self) -> list[str]:
+        return [f"{i}:{spec['name']}" for i, spec in enumerate(self.member_specs)]
+
+    def _fit_meta(self, Z: np.ndarray, y: np.ndarray, Z_val: np.ndarray | None, y_val: np.ndarray | None,
+                  weight: np.ndarray | None, early_stopping: int) -> Model:
+        meta = self._meta()
+        has_val = Z_val is not None and len(Z_val)
+        return meta.fit(Z, self._labels(y), feature_names=self._meta_names(),
+                        sample_weight=weight if meta.sample_weights else None,
+                        X_val=Z_val if has_val else None, y_val=self._labels(y_val) if has_val else None,
+                        early_stopping=early_stopping if has_val else 0)
+
+    def _predict_meta(self, rows: Inputs) -> np.ndarray:
+        Z = self._scores(self.members_, rows)
+        if not self.is_classifier:
+            return self.meta_.predict(Z)
+        # A blending meta-model may have seen fewer classes (validation rows only): place its columns.
+        proba = np.zeros((len(Z), self.n_classes))
+        proba[:, np.searchsorted(self.classes_, self.meta_.classes_)] = self.meta_.predict_proba(Z)
+        return proba
+
+    # ---- persistence ---------------------------------------------------------------------------------
+
+    def _save_native(self, folder: Path) -> None:
+        for i, member in enumerate(self.members_):
+            member.save(folder / "members" / str(i))
+        if self.uses_meta:
+            self.meta_.save(folder / "meta")
+
+    def _load_native(self, folder: Path, meta: dict[str, Any]) -> None:
+        from quant_cli.models.registry import load_model
+
+        self.members_ = [load_model(folder / "members" / str(i)) for i in range(len(self.member_specs))]
+        if self.uses_meta:
+            self.meta_ = load_model(folder / "meta")
+
+    def _fit_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"members": [{"name": m.name, **m.fit_info()} for m in self.members_]}
+        if self.uses_meta:
+            info["meta"] = {"name": self.meta_.name, **self.meta_.fit_info()}
+        return info
+
+
+class VotingModel(_Ensemble):
+    name = "voting"
+    defaults = {"members": [], "weights": []}
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        weights = self.params["weights"] or [1.0] * len(self.member_specs)
+        if (len(weights) != len(self.member_specs) or not all(isinstance(w, (int, float)) and w >= 0 for w in weights)
+                or sum(weights) <= 0):
+            raise ModelError(f"model.params.weights must be {len(self.member_specs)} numbers >= 0 with a positive sum "
+                             f"(one per member), got {self.params['weights']!r}")
+        self.weights = np.asarray(weights, dtype=np.float64) / float(sum(weights))
+
+    def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
+        self.members_ = self._fit_members(train, y, val, y_val, sample_weight, early_stopping)
+
+    def _predict(self, rows: Inputs) -> np.ndarray:
+        # Classifiers average probabilities (soft voting); the members share the ensemble's classes.
+        outputs = [m.predict_proba(rows.X, symbols=rows.symbols) if self.is_classifier
+                   else m.predict(rows.X, symbols=rows.symbols) for m in self.members_]
+        return sum(w * out for w, out in zip(self.weights, outputs))
+
+    def _fit_info(self) -> dict[str, Any]:
+        return {**super()._fit_info(), "weights": self.weights.tolist()}
+
+
+class StackingModel(_Ensemble):
+    name = "stacking"
+    uses_meta = True
+    # embargo -1: the label horizon, inferred from ts and t1 (TOML has no null).
+    defaults = {"members": [], "meta": {}, "folds": 5, "embargo": -1}
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if not isinstance(self.params["folds"], int) or self.params["folds"] < 2:
+            raise ModelError(f"model.params.folds must be an integer >= 2, got {self.params['folds']!r}")
+        if not isinstance(self.params["embargo"], int) or self.params["embargo"] < -1:
+            raise ModelError("model.params.embargo must be -1 (the label horizon) or a number of bars >= 0, "
+                             f"got {self.params['embargo']!r}")
+
+    def _folds(self, train: Inputs) -> list[tuple[np.ndarray, np.ndarray]]:
+        if train.ts is None or train.t1 is None:
+            raise ModelError("model 'stacking' needs each training row's ts and label end time t1 (fit(..., ts=, t1=)) "
+                             "to build purged out-of-fold predictions")
+        embargo = self.params["embargo"] if self.params["embargo"] >= 0 else label_horizon(train.ts, train.t1)
+        folds = purged_kfold_indices(train.ts, train.t1, self.params["folds"], embargo)
+        if any(len(tr) == 0 for tr, _ in folds):
+            raise ModelError("a stacking fold has no training rows left after purging; use fewer folds or more data")
+        return folds
+
+    def out_of_fold(self, train: Inputs, y: np.ndarray, val, y_val, weight, early_stopping) -> np.ndarray:
+        """(n, M) member scores where row r's score comes from members that never trained on r."""
+        oof = np.full((len(y), len(self.member_specs)), np.nan)
+        for fit_rows, test_rows in self._folds(train):
+            w = None if weight is None else weight[fit_rows]
+            test = train.take(test_rows)
+            for j in range(len(self.member_specs)):
+                # A symbol listed only inside the test block is unseen by this fold's member: score
+                # it neutrally, as a new listing would be scored live, rather than abort the fit.
+                member = self._fit_member(j, train.take(fit_rows), y[fit_rows], val, y_val, w, early_stopping,
+                                          unseen="neutral")
+                oof[test_rows, j] = member.predict(test.X, symbols=test.symbols)
+        return oof
+
+    def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
+        self.oof_ = self.out_of_fold(train, y, val, y_val, sample_weight, early_stopping)
+        self.members_ = self._fit_members(train, y, val, y_val, sample_weight, early_stopping)
+        Z_val = self._scores(self.members_, val) if val is not None else None
+        self.meta_ = self._fit_meta(self.oof_, y, Z_val, y_val, sample_weight, early_stopping)
+
+    def _predict(self, rows: Inputs) -> np.ndarray:
+        return self._predict_meta(rows)
+
+    def _fit_info(self) -> dict[str, Any]:
+        return {**super()._fit_info(), "folds": self.params["folds"]}
+
+
+class BlendingModel(_Ensemble):
+    name = "blending"
+    uses_meta = True
+    defaults = {"members": [], "meta": {}}
+
+    def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
+        if val is None:
+            raise ModelError("model 'blending' fits its meta-model on the validation rows, and there are none; "
+                             "give the split a validation segment (split.val > 0) or use 'stacking'")
+        self.members_ = self._fit_members(train, y, None, None, sample_weight, 0)
+        self.meta_ = self._fit_meta(self._scores(self.members_, val), y_val, None, None, None, 0)
+
+    def _predict(self, rows: Inputs) -> np.ndarray:
+        return self._predict_meta(rows)
