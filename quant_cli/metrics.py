@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 
@@ -57,3 +58,25 @@ def _clean(value: Any) -> float:
     except (TypeError, ValueError):
         return float("nan")
     return value if math.isfinite(value) else float("nan")
+
+
+def classification_metrics(pred: pl.DataFrame) -> dict[str, Any]:
+    """accuracy, log loss and AUC (one-vs-rest macro when more than two classes) from p_<class>."""
+    prob_cols = [c for c in pred.columns if c.startswith("p_")]
+    if not prob_cols or pred.height == 0:
+        return {}
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    classes = np.array([float(c[2:]) for c in prob_cols])
+    proba = pred.select(prob_cols).to_numpy()
+    y = pred["label"].to_numpy()
+    out = {"accuracy": float((classes[proba.argmax(axis=1)] == y).mean())}
+    out["log_loss"] = float(log_loss(y, np.clip(proba, 1e-15, 1.0), labels=classes))
+    present = np.isin(classes, y)
+    if present.sum() < 2:
+        out["auc"] = float("nan")  # AUC needs both outcomes in the segment
+    elif len(classes) == 2:
+        out["auc"] = float(roc_auc_score(y == classes[1], proba[:, 1]))
+    else:
+        out["auc"] = float(roc_auc_score(y, proba / proba.sum(axis=1, keepdims=True), multi_class="ovr", labels=classes))
+    return out

@@ -20,7 +20,7 @@ from quant_cli.data.frequency import periods_per_year
 from quant_cli.dataset import KEYS, Prepared, check_task, dataset_name, load_bars, load_prepared, prepare
 from quant_cli.errors import RunError
 from quant_cli.io import read_json, write_json_atomic, write_parquet_atomic
-from quant_cli.metrics import prediction_metrics
+from quant_cli.metrics import classification_metrics, prediction_metrics
 from quant_cli.models.base import Model
 from quant_cli.models.device import resolve_device
 from quant_cli.models.registry import create_model
@@ -123,18 +123,27 @@ def _cv_stage(run: Run, recipe: Recipe, prepared: Prepared, device: str) -> dict
 
 
 def _predict_segments(model: Model, prepared: Prepared) -> pl.DataFrame:
+    """symbol, ts, segment, score, label — plus p_<class> probability columns for classifiers."""
     frames = []
     for segment in ("val", "test"):
         part = prepared.segment(segment)
         if part.height:
-            score = model.predict(prepared.matrix(part), symbols=part["symbol"].to_numpy())
-            frames.append(part.select(*KEYS, "segment", pl.Series("score", score), "label"))
+            X, symbols = prepared.matrix(part), part["symbol"].to_numpy()
+            frame = part.select(*KEYS, "segment", pl.Series("score", model.predict(X, symbols=symbols)), "label")
+            if model.is_classifier:
+                proba = model.predict_proba(X, symbols=symbols)
+                frame = frame.with_columns(pl.Series(f"p_{c:g}", proba[:, i]) for i, c in enumerate(model.classes_))
+            frames.append(frame)
     empty = {"symbol": pl.String, "ts": pl.Datetime("us", "UTC"), "segment": pl.String, "score": pl.Float64, "label": pl.Float64}
     return pl.concat(frames) if frames else pl.DataFrame(schema=empty)
 
 
 def _segment_metrics(predictions: pl.DataFrame) -> dict[str, Any]:
-    return {seg: prediction_metrics(predictions.filter(pl.col("segment") == seg)) for seg in ("val", "test")}
+    out = {}
+    for seg in ("val", "test"):
+        part = predictions.filter(pl.col("segment") == seg)
+        out[seg] = {**prediction_metrics(part), **classification_metrics(part)}
+    return out
 
 
 def _backtest_stage(run: Run, recipe: Recipe, data_dir: Path) -> dict[str, Any]:

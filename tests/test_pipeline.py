@@ -138,11 +138,22 @@ def test_cross_validation_methods_write_folds_and_oof(runner, recipe, method):
 
 
 @pytest.mark.parametrize("kind", ["direction", "triple_barrier"])
-def test_classification_labels_run_end_to_end(runner, recipe, kind):
-    run = invoke_ok(runner, ["run", "--recipe", str(recipe), "-q", "--set", f"label.kind={kind}", "--set", "label.horizon=5"])
-    labels = pl.read_parquet(run / "predictions.parquet")["label"]
-    assert set(labels.unique()) <= {-1.0, 0.0, 1.0}
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_classification_labels_run_end_to_end(runner, recipe, kind, task):
+    args = ["run", "--recipe", str(recipe), "-q", "--set", f"label.kind={kind}", "--set", "label.horizon=5",
+            "--set", "label.threshold=0.01", "--set", f"model.task={task}"]
+    run = invoke_ok(runner, args)
+    predictions = pl.read_parquet(run / "predictions.parquet")
+    assert set(predictions["label"].unique()) <= {-1.0, 0.0, 1.0}
     assert read_json(run / "split" / "boundaries.json")["label"] == kind
+    test = read_json(run / "metrics.json")["test"]
+    if task == "classification":
+        probs = predictions.select(pl.col("^p_.*$"))
+        assert probs.columns == ["p_-1", "p_0", "p_1"] if kind == "direction" else len(probs.columns) >= 2
+        assert (probs.sum_horizontal() - 1).abs().max() < 1e-6
+        assert 0 <= test["accuracy"] <= 1 and test["log_loss"] > 0 and 0 <= test["auc"] <= 1
+    else:
+        assert "accuracy" not in test
 
 
 def test_classification_task_needs_class_labels(runner, recipe):
