@@ -57,6 +57,11 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "include": Key("list[str]", [], "Extra features or tags to include."),
         "exclude": Key("list[str]", [], "Features or tags to drop."),
         "windows": Key("list[int]", [5, 10, 20, 60], "Windows for windowed features, in bars."),
+        "alpha158_windows": Key("list[int]", [5, 10, 20, 30, 60], "Windows of the alpha158 set's rolling factors (Qlib's), independent of features.windows."),
+        "benchmark": Key("str", None, "Benchmark symbol of the dataset for cross-asset features (bench_corr_w, bench_beta_w, rel_strength_w).", nullable=True),
+        "max_staleness": Key("str", None, "Oldest benchmark bar forward-filled onto a symbol's bar, e.g. '5d' (default: 5 bars of the data frequency).", nullable=True),
+        "cross_sectional": Key("list[str]", [], "Per-symbol features to rank and z-score across symbols at each timestamp (cs_rank_<f>, cs_z_<f>)."),
+        "timeframes": Key("list[str]", [], "Coarser bar sizes for the mtf set, e.g. ['1w'] on daily or ['1h', '1d'] on minute bars."),
     },
     "label": {
         "kind": Key("str", "forward_return", "forward_return (regression), direction (-1/0/1 with a dead zone) or triple_barrier (-1/0/1 from the first barrier touched).", choices=("forward_return", "direction", "triple_barrier")),

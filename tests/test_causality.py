@@ -9,11 +9,24 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from quant_cli.features import REGISTRY
+from quant_cli.features import REGISTRY, FeatureOptions
 from quant_cli.features.registry import Family, Feature
 from quant_cli.features.testing import assert_causal, cut_points, perturb_after
 
-FEATURES = REGISTRY.resolve({"sets": ["all"], "windows": [2, 5, 10, 20, 60]}).features
+# Every family, every kind of variant: windows (a short one too), the alpha158 windows, a coarser
+# timeframe, and cross-sectional transforms of a plain and of a composite feature.
+SECTION = {
+    "sets": ["all"], "windows": [2, 5, 10, 20, 60], "alpha158_windows": [5, 20, 60],
+    "timeframes": ["1w"], "cross_sectional": ["ret_5", "RSV20"],
+}
+FEATURES = REGISTRY.resolve(SECTION).features
+OPTIONS = FeatureOptions(benchmark="S000")  # the cross-asset families need a benchmark
+
+
+@pytest.fixture(scope="module")
+def panel(small_panel: pl.DataFrame) -> pl.DataFrame:
+    """The small panel plus a `sector` column (sector-relative features read it)."""
+    return small_panel.with_columns(sector=pl.when(pl.col("symbol") < "S002").then(pl.lit("a")).otherwise(pl.lit("b")))
 
 
 def test_every_family_is_covered() -> None:
@@ -21,12 +34,24 @@ def test_every_family_is_covered() -> None:
 
 
 @pytest.mark.parametrize("feature", FEATURES, ids=[f.name for f in FEATURES])
-def test_feature_is_causal(feature: Feature, small_panel: pl.DataFrame) -> None:
-    assert_causal([feature], small_panel)
+def test_feature_is_causal(feature: Feature, panel: pl.DataFrame) -> None:
+    assert_causal([feature], panel, options=OPTIONS)
 
 
-def test_whole_core_set_together_is_causal(small_panel: pl.DataFrame) -> None:
-    assert_causal(FEATURES, small_panel, seed=11)
+def test_whole_registry_together_is_causal(panel: pl.DataFrame) -> None:
+    assert_causal(FEATURES, panel, seed=11, options=OPTIONS)
+
+
+def test_harness_bites_on_a_benchmark_that_is_back_filled(panel: pl.DataFrame) -> None:
+    """Aligning the benchmark with strategy="forward" (back-fill) must be caught."""
+    def leaky(bars: pl.DataFrame) -> pl.DataFrame:
+        bench = bars.filter(pl.col("symbol") == "S000").select("ts", pl.col("close").alias("b"))
+        shifted = bench.with_columns(pl.col("ts") - pl.duration(hours=1))  # visible an hour early
+        out = bars.sort("ts").join_asof(shifted, on="ts", strategy="forward").sort("symbol", "ts")
+        return out.select("symbol", "ts", (pl.col("b").log().diff().over("symbol")).alias("bench_ret"))
+
+    with pytest.raises(AssertionError, match="'bench_ret' is not causal"):
+        assert_causal(leaky, panel)
 
 
 def _leaky(name: str, build) -> Feature:  # noqa: ANN001

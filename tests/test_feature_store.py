@@ -14,9 +14,8 @@ from quant_cli import console
 from quant_cli.data.store import write_store
 from quant_cli.data.synthetic import generate
 from quant_cli.errors import DataError, RecipeError
-from quant_cli.features import compute_features, registry
-from quant_cli.features import store as fstore
-from quant_cli.features.store import feature_table, list_versions
+from quant_cli.features import build, compute_features, registry
+from quant_cli.features.store import feature_table, list_versions, scan_version
 from quant_cli.recipe import load_recipe
 
 
@@ -52,7 +51,7 @@ def test_build_then_cache_hit(tmp_path: Path, data_dir: Path, monkeypatch: pytes
     assert not first.cached
     assert first.path == data_dir / "ds" / "features" / first.fingerprint
     assert first.frame.columns == ["symbol", "ts", *first.columns] and len(first.columns) == 21
-    monkeypatch.setattr(fstore, "compute_features", lambda *a, **k: pytest.fail("cache hit must not recompute"))
+    monkeypatch.setattr(build, "build_parts", lambda *a, **k: pytest.fail("cache hit must not recompute"))
     second = feature_table(recipe(tmp_path), data_dir)
     assert second.cached and second.fingerprint == first.fingerprint and second.columns == first.columns
     assert second.frame.equals(first.frame)
@@ -67,7 +66,7 @@ def test_spec_json_records_the_version(tmp_path: Path, data_dir: Path) -> None:
     assert spec["rows"] == 360 and spec["symbols"] == [] and spec["start"] is None
     assert spec["null_share"]["ret_5"] == pytest.approx(5 / 120, abs=1e-6) and spec["null_share"]["hl_range"] == 0.0
     assert spec["build_seconds"] >= 0 and spec["created"]
-    assert pl.read_parquet(table.path / "features.parquet").equals(table.frame)
+    assert scan_version(table.path).collect().equals(table.frame) and (table.path / "table" / "part-00000.parquet").is_file()
 
 
 def test_rebuild_on_data_change(tmp_path: Path, data_dir: Path) -> None:
@@ -140,7 +139,7 @@ def test_cli_builds_then_reuses(runner: CliRunner, tmp_path: Path, data_dir: Pat
     first = runner.invoke(app, ["features", "--recipe", str(path)])
     assert first.exit_code == 0, first.output
     folder = Path(first.stdout.strip())
-    assert folder.parent == data_dir / "ds" / "features" and (folder / "features.parquet").is_file()
+    assert folder.parent == data_dir / "ds" / "features" and (folder / "table" / "part-00000.parquet").is_file()
     again = runner.invoke(app, ["features", "--recipe", str(path), "--json", "--quiet"])
     payload = json.loads(again.stdout)
     assert payload == {"path": str(folder), "fingerprint": folder.name, "rows": 360, "features": 21, "cached": True}

@@ -50,8 +50,9 @@ def test_windows_shape_windowed_families_only() -> None:
 def test_include_by_concrete_name_pattern_and_tag() -> None:
     assert names(sets=[], include=["ret_3", "rsi_14"]) == ["ret_3", "rsi_14"]
     assert names(sets=[], include=["ret_{w}"], windows=[2, 7]) == ["ret_2", "ret_7"]
-    assert names(sets=[], include=["volume"]) == ["volume_z_20"]
-    assert names(sets=[], include=["candle"]) == ["hl_range"]
+    for tag, first in (("volume", "volume_z_20"), ("candle", "hl_range")):  # a tag spans families of every set
+        got = names(sets=[], include=[tag])
+        assert got[0] == first and all(tag in REGISTRY.feature(n).family.tags for n in got)
 
 
 def test_exclude_by_name_tag_and_pattern() -> None:
@@ -63,7 +64,7 @@ def test_exclude_by_name_tag_and_pattern() -> None:
 
 
 def test_all_set_selects_every_family() -> None:
-    got = REGISTRY.resolve(section(sets=["all"], windows=[5])).features
+    got = REGISTRY.resolve(section(sets=["all"], windows=[5], timeframes=["1w"], cross_sectional=["ret_5"])).features
     assert {f.family.pattern for f in got} == set(REGISTRY.families)
 
 

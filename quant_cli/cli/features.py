@@ -35,7 +35,7 @@ def features(
 ) -> None:
     """Build the recipe's feature table (or reuse the cached version) and print its directory.
 
-    The version lives in <data_dir>/<dataset>/features/<fingerprint>/ (features.parquet +
+    The version lives in <data_dir>/<dataset>/features/<fingerprint>/ (table/part-*.parquet +
     spec.json); the fingerprint covers the [features] section, the data and the feature code.
 
     Example: qfactory features --recipe recipes/quickstart.toml --json
@@ -49,7 +49,7 @@ def features(
             raise RecipeError("--recipe is required to build features, e.g. `qfactory features --recipe r.toml`; see `qfactory features --help`")
         loaded = load_recipe(recipe, set_)
         table = feature_table(loaded, data_home(data_dir, loaded))
-    emit(table.path, as_json, {"fingerprint": table.fingerprint, "rows": table.frame.height, "features": len(table.columns), "cached": table.cached})
+    emit(table.path, as_json, {"fingerprint": table.fingerprint, "rows": table.rows, "features": len(table.columns), "cached": table.cached})
 
 
 @app.command("ls")
@@ -81,6 +81,39 @@ def ls(
     typer.echo(json.dumps(rows, sort_keys=True) if as_json else _table(rows, columns))
 
 
+@app.command("show")
+def show(
+    fingerprint: Annotated[str, typer.Argument(help="Fingerprint of the version (or a unique prefix), as `features ls` prints it.", show_default=False)],
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the version's spec.json (plus its path) instead of text.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Describe one stored feature version: rows, symbols, build time, and each feature's null share.
+
+    Example: qfactory features show 3f9a2c1d
+    """
+    from quant_cli.features.store import show_version
+
+    with cli_errors(quiet, debug):
+        spec = show_version(data_home(data_dir, None), fingerprint, dataset)
+    if as_json:
+        typer.echo(json.dumps(spec, sort_keys=True))
+        return
+    typer.echo(_describe(spec))
+
+
+def _describe(spec: dict[str, Any]) -> str:
+    keys = ("fingerprint", "dataset", "path", "created", "rows", "symbols_count", "build_seconds", "feature_code_version")
+    head = [f"{k}: {spec.get(k)}" for k in keys] + [f"features: {len(spec.get('features', []))}"]
+    if spec.get("skipped"):
+        head.append(f"skipped (missing inputs): {', '.join(spec['skipped'])}")
+    shares = spec.get("null_share", {})
+    rows = [{"feature": f, "null_share": f"{shares.get(f, 0.0):.4f}"} for f in spec.get("features", [])]
+    return "\n".join(head) + "\n\n" + _table(rows, ("feature", "null_share"))
+
+
 @app.command("ls-specs")
 def ls_specs(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
@@ -100,7 +133,7 @@ def ls_specs(
     if as_json:
         typer.echo(json.dumps(rows, sort_keys=True))
         return
-    flat = [{**r, **{k: ",".join(r[k]) for k in ("inputs", "tags", "sets")}} for r in rows]
+    flat = [{**r, **{k: ",".join(r[k]) or "-" for k in ("inputs", "tags", "sets")}} for r in rows]
     typer.echo(_table(flat, ("name", "inputs", "tags", "sets", "description")))
 
 

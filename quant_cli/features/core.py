@@ -16,6 +16,9 @@ import polars as pl
 from quant_cli.features.registry import REGISTRY, register
 
 REGISTRY.define_set("core", "About 20 causal, scale-free price/volume features: returns, volatility, RSI, MACD, Bollinger, ATR, volume.")
+# Defined here so the core families that are TA classics can join it; the rest is in ta.py.
+REGISTRY.define_set("ta", "Classic technical indicators (TA-Lib definitions), scale-free: RSI, MACD, Bollinger, ATR, ADX, stochastic, CCI, OBV, MFI, ...")
+_TA = ("core", "ta")
 
 _close = pl.col("close")
 
@@ -55,19 +58,19 @@ def ret(w: int) -> pl.Expr:
     return _close / _close.shift(w) - 1.0
 
 
-@register("logret_1", inputs=("close",), tags=("momentum",), sets=("core",),
+@register("logret_1", inputs=("close",), tags=("momentum",), sets=_TA,
           description="One-bar log return: log(close[t] / close[t-1]).")
 def logret_1() -> pl.Expr:
     return log_return()
 
 
-@register("vol_{w}", inputs=("close",), tags=("volatility",), sets=("core",), min_window=2,
+@register("vol_{w}", inputs=("close",), tags=("volatility",), sets=_TA, min_window=2,
           description="Rolling standard deviation (ddof=1) of one-bar log returns over w bars.")
 def vol(w: int) -> pl.Expr:
     return log_return().rolling_std(w, min_samples=w)
 
 
-@register("rsi_{n}", params={"n": 14}, inputs=("close",), tags=("momentum", "oscillator"), sets=("core",),
+@register("rsi_{n}", params={"n": 14}, inputs=("close",), tags=("momentum", "oscillator"), sets=_TA,
           description="Relative Strength Index (0-100) with Wilder smoothing, seeded by the mean of the first n changes.")
 def rsi(n: int) -> pl.Expr:
     change = _close.diff()
@@ -83,25 +86,25 @@ def _macd_signal(fast: int, slow: int, signal: int) -> pl.Expr:
     return ema(_macd_line(fast, slow), signal, start=max(fast, slow) - 1)  # the line starts at the slow EMA
 
 
-@register("macd_{fast}_{slow}", params={"fast": 12, "slow": 26}, inputs=("close",), tags=("trend", "momentum"), sets=("core",),
+@register("macd_{fast}_{slow}", params={"fast": 12, "slow": 26}, inputs=("close",), tags=("trend", "momentum"), sets=_TA,
           description="MACD line divided by close: (EMA(fast) - EMA(slow)) / close.")
 def macd(fast: int, slow: int) -> pl.Expr:
     return _macd_line(fast, slow) / _close
 
 
 @register("macd_signal_{fast}_{slow}_{signal}", params={"fast": 12, "slow": 26, "signal": 9}, inputs=("close",),
-          tags=("trend", "momentum"), sets=("core",), description="MACD signal line (EMA(signal) of the MACD line) divided by close.")
+          tags=("trend", "momentum"), sets=_TA, description="MACD signal line (EMA(signal) of the MACD line) divided by close.")
 def macd_signal(fast: int, slow: int, signal: int) -> pl.Expr:
     return _macd_signal(fast, slow, signal) / _close
 
 
 @register("macd_hist_{fast}_{slow}_{signal}", params={"fast": 12, "slow": 26, "signal": 9}, inputs=("close",),
-          tags=("trend", "momentum"), sets=("core",), description="MACD histogram (line - signal) divided by close.")
+          tags=("trend", "momentum"), sets=_TA, description="MACD histogram (line - signal) divided by close.")
 def macd_hist(fast: int, slow: int, signal: int) -> pl.Expr:
     return (_macd_line(fast, slow) - _macd_signal(fast, slow, signal)) / _close
 
 
-@register("bb_pctb_{n}", params={"n": 20, "k": 2.0}, inputs=("close",), tags=("volatility", "oscillator"), sets=("core",),
+@register("bb_pctb_{n}", params={"n": 20, "k": 2.0}, inputs=("close",), tags=("volatility", "oscillator"), sets=_TA,
           description="Bollinger %B: where close sits between mean -/+ k population std over n bars (0 = lower, 1 = upper band).")
 def bb_pctb(n: int, k: float) -> pl.Expr:
     mid = _close.rolling_mean(n, min_samples=n)
@@ -116,7 +119,7 @@ def true_range() -> pl.Expr:
     return pl.when(prev.is_not_null()).then(spans)
 
 
-@register("atr_{n}", params={"n": 14}, inputs=("high", "low", "close"), tags=("volatility",), sets=("core",),
+@register("atr_{n}", params={"n": 14}, inputs=("high", "low", "close"), tags=("volatility",), sets=_TA,
           description="Average True Range with Wilder smoothing, divided by close.")
 def atr(n: int) -> pl.Expr:
     return wilder(true_range(), n, start=1) / _close
@@ -129,7 +132,7 @@ def volume_z(n: int) -> pl.Expr:
     return (lv - lv.rolling_mean(n, min_samples=n)) / lv.rolling_std(n, min_samples=n)
 
 
-@register("close_ma_{w}", inputs=("close",), tags=("trend",), sets=("core",),
+@register("close_ma_{w}", inputs=("close",), tags=("trend",), sets=_TA,
           description="Distance of close from its w-bar simple moving average: close / SMA(w) - 1.")
 def close_ma(w: int) -> pl.Expr:
     return _close / _close.rolling_mean(w, min_samples=w) - 1.0

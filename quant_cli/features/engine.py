@@ -1,21 +1,35 @@
-"""Compute features on canonical bars: one lazy polars query, every expression per symbol.
+"""Compute features on canonical bars: lazy polars, per-symbol stage 1, cross-sectional stage 2.
 
 Output contract: columns `symbol, ts, <feature...>` (features Float64, in the order given), one
 row per input bar, sorted by (symbol, ts). Warm-up rows are null; so is any value that comes out
 non-finite (inf from x/0, NaN from 0/0) — downstream stages see null, never inf/NaN.
+
+Stage 1 runs every per-symbol expression inside one `group_by("symbol").agg(...)` (see
+features/grouped.py: nothing crosses symbols, and it is twice as fast as `.over`).
+Multi-timeframe families run on resampled bars (features/mtf.py) and are joined back. Stage 2 (cross-sectional families, `over="ts"`) runs on the stage-1 table.
+
+Derived inputs: `vwap` is approximated by the typical price (high + low + close) / 3 when the
+data has no `vwap` column (with a notice); `benchmark_close` is the benchmark symbol's close
+aligned to each bar (features/align.py) when `features.benchmark` is set.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import polars as pl
 
 from quant_cli import console
 from quant_cli.errors import DataError
+from quant_cli.features import align, mtf
+from quant_cli.features.align import FeatureOptions
+from quant_cli.features.grouped import per_symbol
 from quant_cli.features.registry import REGISTRY, Feature
 
 FeatureLike = Feature | str
+KEYS = ("symbol", "ts")
+_VWAP_PARTS = ("high", "low", "close")
 
 
 def as_features(specs: Sequence[FeatureLike]) -> list[Feature]:
@@ -23,9 +37,21 @@ def as_features(specs: Sequence[FeatureLike]) -> list[Feature]:
     return [s if isinstance(s, Feature) else REGISTRY.feature(s) for s in specs]
 
 
-def split_available(features: Sequence[Feature], columns: Sequence[str]) -> tuple[list[Feature], dict[str, list[str]]]:
-    """(features whose inputs are present, {feature name: missing columns} for the rest)."""
+def available_columns(columns: Sequence[str], options: FeatureOptions | None = None) -> set[str]:
+    """Data columns plus the inputs the engine can derive from them."""
     present = set(columns)
+    if "vwap" not in present and present.issuperset(_VWAP_PARTS):
+        present.add("vwap")
+    if options is not None and options.benchmark is not None and "close" in present:
+        present.add(align.BENCHMARK_CLOSE)
+    return present
+
+
+def split_available(
+    features: Sequence[Feature], columns: Sequence[str], options: FeatureOptions | None = None
+) -> tuple[list[Feature], dict[str, list[str]]]:
+    """(features whose inputs are present or derivable, {feature name: missing columns} for the rest)."""
+    present = available_columns(columns, options)
     kept: list[Feature] = []
     missing: dict[str, list[str]] = {}
     for feature in features:
@@ -43,30 +69,127 @@ def skipped_message(missing: dict[str, list[str]]) -> str:
     for name, absent in missing.items():
         by_columns.setdefault(", ".join(absent), []).append(name)
     groups = "; ".join(f"{', '.join(names)} (need {cols})" for cols, names in by_columns.items())
-    return f"skipped {len(missing)} feature(s) whose input columns are missing from the data: {groups}"
+    hint = f" ({align.BENCHMARK_CLOSE} needs features.benchmark)" if any(align.BENCHMARK_CLOSE in a for a in missing.values()) else ""
+    return f"skipped {len(missing)} feature(s) whose input columns are missing from the data: {groups}{hint}"
 
 
-def compute_features(bars: pl.DataFrame, specs: Sequence[FeatureLike]) -> pl.DataFrame:
-    """Feature table for `bars`; features lacking input columns are skipped with one notice."""
-    for column in ("symbol", "ts"):
-        if column not in bars.columns:
-            raise DataError(f"bars have no {column!r} column; features need canonical bars (symbol, ts, close, ...)")
-    features, missing = split_available(as_features(specs), bars.columns)
-    if missing:
-        console.notice(skipped_message(missing))
+@dataclass(frozen=True)
+class Plan:
+    """What to compute, by kind: stage-1 features (selected + hidden sources) and stage 2."""
+
+    stage1: list[Feature]  # dependency order: sources before the composites that read them
+    stage2: list[Feature]
+    names: list[str]  # the output columns, in order
+    missing: dict[str, list[str]]
+
+    @property
+    def passthrough(self) -> list[str]:
+        """Extra grouping columns stage 2 needs carried through stage 1 (e.g. `sector`)."""
+        keys = {k for f in self.stage2 for k in f.family.over_keys}
+        return sorted(keys - set(KEYS))
+
+    @property
+    def stage1_names(self) -> list[str]:
+        return [f.name for f in self.stage1]
+
+    def kind(self, kind: str) -> list[Feature]:
+        """"grouped" (per symbol), "rows" (row-wise on inputs), "composite", "coarse" (multi-timeframe)."""
+        return [f for f in self.stage1 if _kind(f) == kind]
+
+
+def _kind(feature: Feature) -> str:
+    family = feature.family
+    if family.timeframed:
+        return "coarse"
+    if family.over == "row":
+        return "composite" if family.sources else "rows"
+    return "grouped"
+
+
+def plan(specs: Sequence[FeatureLike], columns: Sequence[str], options: FeatureOptions | None = None) -> Plan:
+    features, missing = split_available(as_features(specs), columns, options)
     names = [f.name for f in features]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate feature names in {names}")
-    return _query(bars, features).collect()
+    stage1: dict[str, Feature] = {}
+    for feature in features:
+        if feature.family.stage == 1:
+            _add_with_sources(stage1, feature)
+        else:
+            for source in feature.sources:  # sources the recipe did not select are computed, then dropped
+                _add_with_sources(stage1, source)
+    return Plan(list(stage1.values()), [f for f in features if f.family.stage == 2], names, missing)
 
 
-def _query(bars: pl.DataFrame, features: Sequence[Feature]) -> pl.LazyFrame:
-    inputs = sorted({c for f in features for c in f.inputs})
-    lazy = bars.lazy().sort("symbol", "ts", maintain_order=True)  # windows must run in time order
+def _add_with_sources(stage1: dict[str, Feature], feature: Feature) -> None:
+    for source in feature.sources:
+        if source.family.composite:
+            raise ValueError(f"{feature.name}: composite source {source.name!r} is not supported; build it from per-symbol features")
+        _add_with_sources(stage1, source)
+    stage1.setdefault(feature.name, feature)
+
+
+def compute_features(bars: pl.DataFrame, specs: Sequence[FeatureLike], options: FeatureOptions | None = None) -> pl.DataFrame:
+    """Feature table for `bars`; features lacking input columns are skipped with one notice."""
+    check_bars(bars)
+    todo = plan(specs, bars.columns, options)
+    if todo.missing:
+        console.notice(skipped_message(todo.missing))
+    first = stage1(bars, todo, options).collect()
+    return finish(stage2(first.lazy(), todo), todo).collect()
+
+
+def check_bars(bars: pl.DataFrame | pl.LazyFrame) -> None:
+    columns = bars.collect_schema().names() if isinstance(bars, pl.LazyFrame) else bars.columns
+    for column in KEYS:
+        if column not in columns:
+            raise DataError(f"bars have no {column!r} column; features need canonical bars (symbol, ts, close, ...)")
+
+
+def stage1(bars: pl.DataFrame, todo: Plan, options: FeatureOptions | None = None) -> pl.LazyFrame:
+    """symbol, ts, passthrough columns and every stage-1 feature, sorted by (symbol, ts)."""
+    inputs = sorted({c for f in todo.stage1 for c in f.inputs} & set(bars.columns))
+    lazy = bars.lazy().sort(*KEYS, maintain_order=True)  # windows must run in time order
     lazy = lazy.with_columns(pl.col(inputs).cast(pl.Float64)) if inputs else lazy
-    exprs = [f.expr().over(f.family.over).cast(pl.Float64).alias(f.name) for f in features]
-    names = [f.name for f in features]
-    return lazy.select("symbol", "ts", *exprs).with_columns(_finite_or_null(n) for n in names)
+    lazy = _derive_inputs(lazy, bars, todo, options)
+    grouped = per_symbol(lazy, [_expr(f) for f in todo.kind("grouped")])
+    # Row-wise features (and the raw inputs composites read) need no grouping: computed on the
+    # sorted frame and placed beside the grouped result, whose rows are in the same order.
+    raw = sorted({c for f in todo.kind("composite") for c in f.family.inputs})
+    rows = lazy.select(*todo.passthrough, *raw, *(_expr(f) for f in todo.kind("rows")))
+    out = pl.concat([grouped, rows], how="horizontal")
+    for timeframe, group in mtf.by_timeframe(todo.kind("coarse")).items():
+        out = mtf.join_coarse(out, lazy, timeframe, group)
+    composites = todo.kind("composite")
+    out = out.with_columns(_expr(f) for f in composites) if composites else out
+    return out.select(*KEYS, *todo.passthrough, *todo.stage1_names)
+
+
+def _expr(feature: Feature) -> pl.Expr:
+    return feature.expr().cast(pl.Float64).alias(feature.name)
+
+
+def _derive_inputs(lazy: pl.LazyFrame, bars: pl.DataFrame, todo: Plan, options: FeatureOptions | None) -> pl.LazyFrame:
+    needed = {c for f in todo.stage1 for c in f.inputs}
+    if "vwap" in needed and "vwap" not in bars.columns:
+        console.notice("no vwap column: VWAP-based features use the typical price (high + low + close) / 3")
+        lazy = lazy.with_columns(((pl.col("high") + pl.col("low") + pl.col("close")) / 3.0).alias("vwap"))
+    if align.BENCHMARK_CLOSE in needed and options is not None:
+        lazy = align.with_benchmark(lazy, bars, options)
+    helpers = sorted({d for f in todo.stage1 for d in f.family.derived})
+    return lazy.with_columns(REGISTRY.derived[d].alias(d) for d in helpers) if helpers else lazy
+
+
+def stage2(first: pl.LazyFrame, todo: Plan) -> pl.LazyFrame:
+    """Cross-sectional families over same-timestamp rows of the stage-1 table (row order kept)."""
+    if not todo.stage2:
+        return first
+    return first.with_columns(f.expr().over(f.family.over_keys).cast(pl.Float64).alias(f.name) for f in todo.stage2)
+
+
+def finish(frame: pl.LazyFrame, todo: Plan) -> pl.LazyFrame:
+    """The output contract: keys then the requested features in order, non-finite → null."""
+    return frame.select(*KEYS, *(_finite_or_null(n) for n in todo.names))
 
 
 def _finite_or_null(name: str) -> pl.Expr:

@@ -1,21 +1,34 @@
 """The feature registry: every feature family is registered once, then selected by recipe.
 
-A *family* is one definition (a polars expression builder) with a name pattern. Families that
-take `w` expand over the recipe's `features.windows` (``ret_{w}`` → ``ret_5``, ``ret_20``, ...);
-fixed parameters are baked into the name (``rsi_{n}`` with n=14 → ``rsi_14``). A concrete
-column is a `Feature` (family + window).
+A *family* is one definition (a polars expression builder) with a name pattern. Placeholders in
+the pattern say what it expands over:
+- ``{w}``: a window in bars, from the recipe's `features.windows` (``ret_{w}`` → ``ret_5``, ...) or
+  from the family's own window key (the Alpha158 set uses `features.alpha158_windows`, default
+  5/10/20/30/60, so the published set stays fixed whatever `features.windows` says);
+- ``{tf}``: a coarser timeframe from `features.timeframes` (``mtf_rsi_{tf}`` → ``mtf_rsi_1w``); the
+  builder runs on resampled bars (see features/mtf.py);
+- ``{feature}``: another feature, from `features.cross_sectional` or a concrete name
+  (``cs_rank_{feature}`` → ``cs_rank_ret_20``); see stage 2 below.
+Fixed parameters are baked into the name (``rsi_{n}`` with n=14 → ``rsi_14``). A concrete column
+is a `Feature` (family + window / timeframe / source features).
 
 Selection (`resolve`) reads the `[features]` recipe section:
 - `sets`: named groups of families ("all" selects every family);
 - `include`: extra features, by concrete name (``ret_3`` — any window of a windowed family), by
   family pattern (``ret_{w}``) or by tag (``volatility``);
 - `exclude`: the same kinds of names, removed from the selection.
-Column order is canonical (registration order, then ascending window) so the same selection
-always yields the same table, however the recipe lists it.
+Column order is canonical (registration order, then ascending window / timeframe, source name)
+so the same selection always yields the same table, however the recipe lists it.
 
-Expressions are written for ONE symbol's bars sorted by time; the engine wraps each in
-``.over(family.over)`` so nothing crosses symbols. A later cross-sectional family can set
-``over="ts"`` (same-timestamp data only, still causal).
+Where a family runs (`over`):
+- ``"symbol"`` (default): the expression is written for ONE symbol's bars sorted by time; the
+  engine evaluates it per symbol, so nothing crosses symbols;
+- ``"row"``: row-wise (no shift, no window) — on raw inputs, or, with `sources`, on other
+  features' columns after they are computed (a *composite*: IMXD = IMAX - IMIN shares the work);
+- ``"ts"`` or ``("ts", "sector")``: stage 2, across symbols at one timestamp, transforming its
+  `sources` (still causal: it sees same-timestamp values only); runs once every symbol's stage 1
+  is done (in a chunked build, over all chunks).
+Sources a recipe does not select are computed and dropped.
 
 Writing a family: use only backward-looking operations (shift(n >= 0), rolling_* with
 min_samples = window, ewm_mean(adjust=False), cum_*); the causality tests pick it up
@@ -42,15 +55,17 @@ FEATURE_CODE_VERSION = "1"
 
 ALL_SET = "all"
 _WINDOW = "w"
-_WHOLE = object()  # marks "every window of this family" in include/exclude matching
+_WHOLE = object()  # marks "every variant of this family" in include/exclude matching
 _SUGGEST_WINDOWS = (5, 10, 20, 60)
+_TIMEFRAME = r"(\d+[smhdw])"
+Variant = Any  # int window, str timeframe, Feature source, or None
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: a family is registered once; params (a dict) stay unhashed
 class Family:
-    """One registered definition. `build(**params)` returns a per-symbol polars expression."""
+    """One registered definition. `build(**params)` returns a polars expression."""
 
-    pattern: str  # display/lookup key: fixed params substituted, "{w}" kept, e.g. "ret_{w}", "rsi_14"
+    pattern: str  # display/lookup key: fixed params substituted, placeholders kept, e.g. "ret_{w}", "rsi_14"
     inputs: tuple[str, ...]
     tags: tuple[str, ...]
     description: str
@@ -59,7 +74,33 @@ class Family:
     windowed: bool = False
     min_window: int = 1
     sets: tuple[str, ...] = ()
-    over: str = "symbol"
+    over: str | tuple[str, ...] = "symbol"
+    window_key: str = "windows"  # the recipe key listing this family's windows
+    default_windows: tuple[int, ...] = ()  # used when the section lacks window_key (never for "windows")
+    sources: tuple[str, ...] = ()  # features it is computed from: "ret_{w}", "MAX{w}", or "{feature}"
+    derived: tuple[str, ...] = ()  # per-symbol helper columns (Registry.derive) computed once, before the features
+
+    @property
+    def timeframed(self) -> bool:
+        return "{tf}" in self.pattern
+
+    @property
+    def generic(self) -> bool:
+        return "{feature}" in self.pattern
+
+    @property
+    def stage(self) -> int:
+        """1: per symbol (over="symbol") or row-wise (over="row"); 2: across symbols at one timestamp."""
+        return 1 if self.over in ("symbol", "row") else 2
+
+    @property
+    def composite(self) -> bool:
+        """Row-wise from other features' columns (computed after them, e.g. IMXD = IMAX - IMIN)."""
+        return self.over == "row" and bool(self.sources)
+
+    @property
+    def over_keys(self) -> list[str]:
+        return [self.over] if isinstance(self.over, str) else list(self.over)
 
     def name(self, window: int | None = None) -> str:
         return self.pattern.replace("{w}", str(window)) if self.windowed else self.pattern
@@ -76,24 +117,45 @@ class Family:
         found = re.fullmatch(re.escape(head) + r"(\d+)" + re.escape(tail), name)
         return int(found.group(1)) if found else None
 
+    def match_timeframe(self, name: str) -> str | None:
+        if not self.timeframed:
+            return None
+        head, _, tail = self.pattern.partition("{tf}")
+        found = re.fullmatch(re.escape(head) + _TIMEFRAME + re.escape(tail), name)
+        return found.group(1) if found else None
+
 
 @dataclass(frozen=True)
 class Feature:
-    """One output column: a family at one window (None for non-windowed families)."""
+    """One output column: a family at one window / timeframe / source features (None / () if unused)."""
 
     family: Family
     window: int | None = None
+    timeframe: str | None = None
+    sources: tuple[Feature, ...] = ()  # the features it is computed from (composite, cross-sectional)
 
     @property
     def name(self) -> str:
-        return self.family.name(self.window)
+        name = self.family.name(self.window)
+        if self.timeframe is not None:
+            name = name.replace("{tf}", self.timeframe)
+        if self.family.generic and self.sources:
+            name = name.replace("{feature}", self.sources[0].name)
+        return name
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        return self.family.inputs
+        extra = [c for s in self.sources for c in s.inputs]
+        return tuple(dict.fromkeys((*self.family.inputs, *extra)))
 
     def expr(self) -> pl.Expr:
-        return self.family.expr(self.window)
+        """The family's expression; families with sources get their source columns as arguments."""
+        if not self.sources:
+            return self.family.expr(self.window)
+        params = dict(self.family.params)
+        if self.family.windowed:
+            params[_WINDOW] = self.window
+        return self.family.build(*(pl.col(s.name) for s in self.sources), **params)
 
 
 @dataclass(frozen=True)
@@ -112,6 +174,15 @@ class Registry:
     def __init__(self) -> None:
         self.families: dict[str, Family] = {}
         self.sets: dict[str, str] = {ALL_SET: "Every registered feature."}
+        self.derived: dict[str, pl.Expr] = {}
+
+    def derive(self, name: str, expr: pl.Expr) -> None:
+        """A helper column shared by several families, computed once per build (e.g. a rank).
+
+        `expr` is evaluated on the whole (symbol, ts)-sorted frame, so it must be per-symbol
+        (`.over("symbol")`) or row-wise; families list it in `derived` and read `pl.col(name)`.
+        """
+        self.derived[name] = expr
 
     def define_set(self, name: str, description: str) -> None:
         self.sets[name] = description
@@ -126,19 +197,30 @@ class Registry:
         sets: Sequence[str] = (),
         params: Mapping[str, Any] | None = None,
         min_window: int = 1,
-        over: str = "symbol",
+        over: str | tuple[str, ...] = "symbol",
+        window_key: str = "windows",
+        default_windows: Sequence[int] = (),
+        sources: Sequence[str] = (),
+        derived: Sequence[str] = (),
     ) -> Callable[[Callable[..., pl.Expr]], Callable[..., pl.Expr]]:
-        """Decorator: register `fn(**params[, w])` under `pattern` (``{w}`` marks a windowed family)."""
+        """Decorator: register `fn(**params[, w])` under `pattern` (placeholders: see the module doc)."""
         unknown_sets = [s for s in sets if s not in self.sets or s == ALL_SET]
-        if unknown_sets or not inputs or not description:
+        if unknown_sets or not (inputs or sources) or not description:
             raise ValueError(f"feature {pattern!r}: define sets {unknown_sets} first; inputs and description are required")
         fixed = dict(params or {})
-        key = pattern.format(**fixed, w="{w}")  # bake fixed params into the name, keep the window placeholder
+        key = pattern.format(**fixed, w="{w}", tf="{tf}", feature="{feature}")
+        if any(d not in self.derived for d in derived):
+            raise ValueError(f"feature {pattern!r}: derive {[d for d in derived if d not in self.derived]} first")
+        sources = tuple(sources)
+        if (over == "symbol" and sources) or (over not in ("symbol", "row") and not sources) or (("{feature}" in key) != (sources == ("{feature}",))):
+            raise ValueError(f"feature {pattern!r}: cross-sectional families need sources, per-symbol ones none; generic ones source '{{feature}}'")
 
         def decorate(fn: Callable[..., pl.Expr]) -> Callable[..., pl.Expr]:
             family = Family(
                 pattern=key, inputs=tuple(inputs), tags=tuple(tags), description=description, build=fn,
                 params=fixed, windowed="{w}" in key, min_window=min_window, sets=tuple(sets), over=over,
+                window_key=window_key, default_windows=tuple(default_windows), sources=sources,
+                derived=tuple(derived),
             )
             self._check_unique(family)
             self.families[key] = family
@@ -149,7 +231,9 @@ class Registry:
     def _check_unique(self, new: Family) -> None:
         """A concrete name must map to exactly one family (``rsi_{w}`` would swallow ``rsi_14``)."""
         for old in self.families.values():
-            if old.pattern == new.pattern or old.match_window(new.pattern) is not None or new.match_window(old.pattern) is not None:
+            if (old.pattern == new.pattern or old.match_window(new.pattern) is not None
+                    or new.match_window(old.pattern) is not None
+                    or _shadows(old, new) or _shadows(new, old)):
                 raise ValueError(f"feature {new.pattern!r} clashes with registered feature {old.pattern!r}")
 
     # --- lookup ------------------------------------------------------------------------------
@@ -162,20 +246,39 @@ class Registry:
         return [f for f in self.families.values() if name == ALL_SET or name in f.sets]
 
     def feature(self, name: str) -> Feature:
-        """The feature with this concrete name (``ret_7``, ``rsi_14``); KeyError if none."""
+        """The feature with this concrete name (``ret_7``, ``rsi_14``, ``cs_rank_ret_5``); KeyError if none."""
         for family in self.families.values():
-            if not family.windowed and family.pattern == name:
-                return Feature(family)
+            if family.generic:
+                continue
+            if not (family.windowed or family.timeframed) and family.pattern == name:
+                return self._with_sources(family, None)
             window = family.match_window(name)
             if window is not None:
-                return Feature(family, window)
+                return self._with_sources(family, window)
+            timeframe = family.match_timeframe(name)
+            if timeframe is not None:
+                return Feature(family, timeframe=timeframe)
+        for family in self.families.values():
+            prefix = family.pattern.partition("{feature}")[0]
+            if family.generic and name.startswith(prefix):
+                return Feature(family, sources=(self._stage1(name[len(prefix):]),))
         raise KeyError(f"unknown feature {name!r}{suggest(name, self.families)}")
+
+    def _with_sources(self, family: Family, window: int | None) -> Feature:
+        sources = tuple(self._stage1(p.replace("{w}", str(window))) for p in family.sources)
+        return Feature(family, window, sources=sources)
+
+    def _stage1(self, name: str) -> Feature:
+        feature = self.feature(name)
+        if feature.family.stage != 1:
+            raise KeyError(f"{name!r} is itself cross-sectional; cross-sectional transforms apply to per-symbol features only")
+        return feature
 
     def catalogue(self) -> list[dict[str, Any]]:
         """One row per family, for `qfactory features ls-specs`."""
         return [
             {"name": f.pattern, "inputs": list(f.inputs), "tags": list(f.tags), "sets": list(f.sets),
-             "windowed": f.windowed, "description": f.description}
+             "windowed": f.windowed, "expands_over": _expands_over(f), "description": f.description}
             for f in self.families.values()
         ]
 
@@ -183,8 +286,8 @@ class Registry:
 
     def resolve(self, section: Mapping[str, Any]) -> Selection:
         """Turn a `[features]` section into the ordered feature list; unknown names → RecipeError."""
-        windows = _windows(section.get("windows", []))
-        chosen: dict[str, set[int | None]] = {}
+        context = _Context(self, section)
+        chosen: dict[str, set[Variant]] = {}
         for set_name in section.get("sets", []):
             if set_name not in self.sets:
                 raise RecipeError(
@@ -192,21 +295,20 @@ class Registry:
                     f"known sets: {', '.join(map(repr, self.sets))}"
                 )
             for family in self.in_set(set_name):
-                chosen.setdefault(family.pattern, set()).update(_family_windows(family, windows))
+                chosen.setdefault(family.pattern, set()).update(context.variants(family))
         for item in section.get("include", []):
-            for family, window in self._match(item, "features.include"):
-                wins = _family_windows(family, windows) if window is _WHOLE else [window]
-                chosen.setdefault(family.pattern, set()).update(wins)
+            for family, variant in self._match(item, "features.include"):
+                chosen.setdefault(family.pattern, set()).update(context.variants(family) if variant is _WHOLE else [variant])
         for item in section.get("exclude", []):
-            for family, window in self._match(item, "features.exclude"):
-                if window is _WHOLE or not family.windowed:  # a tag or pattern drops every window
+            for family, variant in self._match(item, "features.exclude"):
+                if variant is _WHOLE or variant is None:  # a tag or pattern drops every variant
                     chosen.pop(family.pattern, None)
                 else:
-                    chosen.get(family.pattern, set()).discard(window)
+                    chosen.get(family.pattern, set()).discard(variant)
         return self._ordered(chosen)
 
-    def _match(self, item: str, key: str) -> list[tuple[Family, Any]]:
-        """(family, window) pairs `item` names; window is _WHOLE for a tag or a family pattern."""
+    def _match(self, item: str, key: str) -> list[tuple[Family, Variant]]:
+        """(family, variant) pairs `item` names; variant is _WHOLE for a tag or a family pattern."""
         if item in self.tags:
             return [(f, _WHOLE) for f in self.families.values() if item in f.tags]
         if item in self.families:
@@ -215,7 +317,7 @@ class Registry:
             feature = self.feature(item)
         except KeyError:
             raise RecipeError(self._unknown(item, key)) from None
-        return [(feature.family, feature.window if feature.family.windowed else _WHOLE)]
+        return [(feature.family, _variant(feature))]
 
     def _unknown(self, item: str, key: str) -> str:
         names = [*self.tags, *self.families]  # concrete names of every family at common windows
@@ -223,32 +325,94 @@ class Registry:
         return (f"{key}: unknown feature or tag {item!r}{suggest(item, names)}; "
                 "see `qfactory features ls-specs` for feature names and tags")
 
-    def _ordered(self, chosen: dict[str, set[int | None]]) -> Selection:
+    def _ordered(self, chosen: dict[str, set[Variant]]) -> Selection:
         features: list[Feature] = []
         too_short: list[str] = []
         for pattern, family in self.families.items():  # registration order is the column order
-            wins = chosen.get(pattern, set())
-            if not family.windowed:
-                features += [Feature(family)] if wins else []
-                continue
-            for w in sorted(w for w in wins if w is not None):
-                if w >= family.min_window:
-                    features.append(Feature(family, w))
-                else:
-                    too_short.append(family.name(w))
+            variants = chosen.get(pattern, set())
+            if family.generic:
+                features += [Feature(family, sources=(s,)) for s in sorted(variants, key=lambda s: s.name)]
+            elif family.timeframed:
+                features += [Feature(family, timeframe=tf) for tf in sorted(variants, key=_timeframe_order)]
+            elif not family.windowed:
+                features += [self._with_sources(family, None)] if variants else []
+            else:
+                for w in sorted(w for w in variants if w is not None):
+                    if w >= family.min_window:
+                        features.append(self._with_sources(family, w))
+                    else:
+                        too_short.append(family.name(w))
         return Selection(features, too_short)
 
 
-def _windows(raw: Iterable[Any]) -> list[int]:
+class _Context:
+    """The recipe lists a family expands over when it is selected whole (by set, tag or pattern)."""
+
+    def __init__(self, registry: Registry, section: Mapping[str, Any]) -> None:
+        self.section = section
+        self.windows = _windows(section.get("windows", []), "features.windows")
+        self.timeframes = _timeframes(section.get("timeframes", []))
+        self.sources = [_source(registry, name) for name in section.get("cross_sectional", [])]
+
+    def variants(self, family: Family) -> list[Variant]:
+        if family.generic:
+            return list(self.sources)
+        if family.timeframed:
+            return list(self.timeframes)
+        if not family.windowed:
+            return [None]
+        if family.window_key == "windows":
+            return list(self.windows)
+        return _windows(self.section.get(family.window_key, family.default_windows), f"features.{family.window_key}")
+
+
+def _shadows(generic: Family, other: Family) -> bool:
+    """A generic ``cs_rank_{feature}`` answers to every name starting with ``cs_rank_``."""
+    return generic.generic and other.pattern.startswith(generic.pattern.partition("{feature}")[0])
+
+
+def _variant(feature: Feature) -> Variant:
+    if feature.family.generic:
+        return feature.sources[0]
+    if feature.family.timeframed:
+        return feature.timeframe
+    return feature.window
+
+
+def _source(registry: Registry, name: Any) -> Feature:
+    try:
+        return registry._stage1(str(name))
+    except KeyError as exc:
+        raise RecipeError(f"features.cross_sectional: {exc.args[0]}; list per-symbol feature names such as 'ret_20'") from None
+
+
+def _windows(raw: Iterable[Any], key: str) -> list[int]:
     windows = list(raw)
     bad = [w for w in windows if not isinstance(w, int) or isinstance(w, bool) or w < 1]
     if bad:
-        raise RecipeError(f"features.windows: windows are bar counts >= 1, got {bad!r}; e.g. windows = [5, 10, 20, 60]")
+        raise RecipeError(f"{key}: windows are bar counts >= 1, got {bad!r}; e.g. windows = [5, 10, 20, 60]")
     return sorted(set(windows))
 
 
-def _family_windows(family: Family, windows: list[int]) -> list[int | None]:
-    return list(windows) if family.windowed else [None]
+def _timeframes(raw: Iterable[Any]) -> list[str]:
+    timeframes = [str(t).strip().lower() for t in raw]
+    bad = [t for t in timeframes if not re.fullmatch(_TIMEFRAME, t) or int(re.match(r"\d+", t).group()) == 0]
+    if bad:
+        raise RecipeError(f"features.timeframes: {bad!r} are not bar sizes; use a count and a unit s/m/h/d/w, e.g. ['1h', '1d', '1w']")
+    return sorted(set(timeframes), key=_timeframe_order)
+
+
+def _timeframe_order(tf: str) -> tuple[int, str]:
+    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    return int(tf[:-1]) * seconds[tf[-1]], tf
+
+
+def _expands_over(family: Family) -> str | None:
+    if family.generic:
+        return "features.cross_sectional"
+    if family.timeframed:
+        return "features.timeframes"
+    return f"features.{family.window_key}" if family.windowed else None
 
 
 REGISTRY = Registry()

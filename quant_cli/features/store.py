@@ -1,19 +1,21 @@
 """Versioned feature store (DESIGN.md §2): `<data_dir>/<dataset>/features/<fingerprint>/`.
 
-Each version holds `features.parquet` (symbol, ts, features...) and `spec.json`. The fingerprint
+Each version holds `table/part-NNNNN.parquet` (symbol, ts, features...; one part per group of
+symbols, in symbol order — read them with `scan_version`) and `spec.json`. The fingerprint
 hashes the `[features]` section, the dataset content hash, FEATURE_CODE_VERSION and the
 data.symbols/start/end filter: an identical request is served from cache, any change builds a
 new version beside the old ones (versions are never modified; delete a folder to reclaim space).
 
 Features are computed over the FULL stored history of the selected symbols, so windows at
-data.start are warmed up by earlier bars; rows are filtered to [data.start, data.end] after.
+data.start are warmed up by earlier bars; rows are filtered to [data.start, data.end] after. The
+build streams groups of symbols (features/build.py), so a universe larger than memory works.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +24,40 @@ import polars as pl
 from quant_cli import __version__, console
 from quant_cli.data import store as bar_store
 from quant_cli.errors import DataError, RecipeError
-from quant_cli.features import registry
-from quant_cli.features.engine import compute_features, skipped_message, split_available
-from quant_cli.io import read_json, staged_dir, write_json_atomic, write_parquet_atomic
+from quant_cli.features import build, engine, registry
+from quant_cli.features.align import FeatureOptions
+from quant_cli.features.engine import skipped_message
+from quant_cli.io import read_json, staged_dir, write_json_atomic
 from quant_cli.recipe import Recipe, fingerprint
 
-TABLE = "features.parquet"
+TABLE = "table"
 SPEC = "spec.json"
 
 
 @dataclass
 class FeatureTable:
-    """A built (or cached) feature version. `frame` has symbol, ts, then `columns` in order."""
+    """A built (or cached) feature version. `frame` (symbol, ts, then `columns`) is read on first use."""
 
     fingerprint: str
     path: Path
     columns: list[str]
-    frame: pl.DataFrame
+    rows: int
     cached: bool
+    _frame: pl.DataFrame | None = field(default=None, repr=False)
+
+    def scan(self) -> pl.LazyFrame:
+        return scan_version(self.path)
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        if self._frame is None:
+            self._frame = self.scan().collect()
+        return self._frame
+
+
+def scan_version(folder: Path) -> pl.LazyFrame:
+    """The feature table of a stored version, lazily, parts in order."""
+    return pl.scan_parquet(sorted((Path(folder) / TABLE).glob("part-*.parquet")))
 
 
 def features_root(data_dir: Path, dataset: str) -> Path:
@@ -80,72 +98,107 @@ class _Request:
     selection: registry.Selection
     data_filter: dict[str, Any]
     folder: Path
+    chunk_rows: int
 
 
-def feature_table(recipe: Recipe, data_dir: Path) -> FeatureTable:
-    """Build or reuse the feature version a recipe asks for."""
+def feature_table(recipe: Recipe, data_dir: Path, chunk_rows: int | None = None) -> FeatureTable:
+    """Build or reuse the feature version a recipe asks for (`chunk_rows`: rows per symbol group)."""
     dataset = _dataset(recipe)
     selection = registry.REGISTRY.resolve(recipe["features"])  # bad names fail before any I/O
     data_filter = _data_filter(recipe)
     manifest = bar_store.read_manifest(data_dir, dataset)
     fp = feature_fingerprint(recipe["features"], manifest["content_hash"], data_filter)
     folder = features_root(data_dir, dataset) / fp
-    if (folder / SPEC).is_file() and (folder / TABLE).is_file():
+    if (folder / SPEC).is_file() and (folder / TABLE).is_dir():
         console.info(f"features: reusing cached version {fp} of dataset {dataset!r}")
         return load_version(folder)
-    return _build(_Request(recipe, Path(data_dir), dataset, manifest, selection, data_filter, folder))
+    request = _Request(recipe, Path(data_dir), dataset, manifest, selection, data_filter, folder, chunk_rows or build.DEFAULT_CHUNK_ROWS)
+    return _build(request)
 
 
 def load_version(folder: Path) -> FeatureTable:
     spec = read_json(folder / SPEC)
     if spec.get("skipped"):  # repeat the build's notice: the cached table lacks these too
         console.notice(skipped_message(spec["skipped"]))
-    frame = pl.read_parquet(folder / TABLE)
-    return FeatureTable(spec["fingerprint"], folder, list(spec["features"]), frame, cached=True)
+    return FeatureTable(spec["fingerprint"], folder, list(spec["features"]), int(spec.get("rows", 0)), cached=True)
 
 
 def _build(req: _Request) -> FeatureTable:
     started = time.perf_counter()
     if req.selection.too_short:
         console.notice(f"skipped {', '.join(req.selection.too_short)}: window below the feature's minimum")
-    bars = bar_store.load_bars(req.data_dir, req.dataset, symbols=req.data_filter["symbols"] or None)
-    console.info(f"features: computing {len(req.selection.features)} features on {bars.height} bars of dataset {req.dataset!r}")
-    frame = _filter_rows(compute_features(bars, req.selection.features), req)
-    _, missing = split_available(req.selection.features, bars.columns)
-    spec = _spec(req, frame, missing, time.perf_counter() - started)
+    symbols = _symbols(req)
+    options = _options(req)
+    todo = engine.plan(req.selection.features, list(req.manifest.get("schema") or _columns(req, symbols[0])), options)
+    if todo.missing:
+        console.notice(skipped_message(todo.missing))
+    chunks = build.chunk_symbols(_rows_per_symbol(req, symbols), req.chunk_rows)
+    console.info(f"features: computing {len(todo.names)} features on {len(symbols)} symbols of dataset {req.dataset!r} in {len(chunks)} group(s)")
     try:
         with staged_dir(req.folder) as staging:
-            write_parquet_atomic(staging / TABLE, frame)
+            load = lambda chunk: bar_store.load_bars(req.data_dir, req.dataset, symbols=chunk)  # noqa: E731
+            build.build_parts(load, chunks, todo, staging / TABLE, options, _bounds(req))
+            spec = _spec(req, scan_version(staging), todo, time.perf_counter() - started)
             write_json_atomic(staging / SPEC, spec)
     except OSError:
         if not (req.folder / SPEC).is_file():
             raise
         # A concurrent build of the same version won the rename; its table is identical.
-    console.info(f"features: wrote {len(spec['features'])} features x {frame.height} rows to {req.folder}")
-    return FeatureTable(req.folder.name, req.folder, spec["features"], frame, cached=False)
+        return load_version(req.folder)
+    console.info(f"features: wrote {len(spec['features'])} features x {spec['rows']} rows to {req.folder}")
+    return FeatureTable(req.folder.name, req.folder, spec["features"], spec["rows"], cached=False)
 
 
-def _filter_rows(frame: pl.DataFrame, req: _Request) -> pl.DataFrame:
-    start, end = req.data_filter["start"], req.data_filter["end"]
-    if start:
-        frame = frame.filter(pl.col("ts") >= dt.datetime.fromisoformat(start))
-    if end:
-        frame = frame.filter(pl.col("ts") <= dt.datetime.fromisoformat(end))
-    if frame.height == 0:
+def _symbols(req: _Request) -> list[str]:
+    symbols = req.data_filter["symbols"] or list(req.manifest["symbols"])
+    unknown = sorted(set(symbols) - set(req.manifest["symbols"]))
+    if unknown:
+        raise DataError(f"data.symbols: {unknown[:5]} not in dataset {req.dataset!r}; it has {len(req.manifest['symbols'])} symbols, e.g. {req.manifest['symbols'][:5]}")
+    if not symbols:
+        raise DataError(f"dataset {req.dataset!r} has no symbols; ingest bars first")
+    return sorted(symbols)
+
+
+def _options(req: _Request) -> FeatureOptions:
+    """Benchmark bars are loaded once for every group; staleness is pinned to the dataset's frequency."""
+    section = req.recipe["features"]
+    benchmark = section.get("benchmark")
+    bench_bars = None
+    if benchmark:
+        if benchmark not in req.manifest["symbols"]:
+            raise DataError(f"features.benchmark: {benchmark!r} is not a symbol of dataset {req.dataset!r} (e.g. {req.manifest['symbols'][:5]}); set it to one that is")
+        bench_bars = bar_store.load_bars(req.data_dir, req.dataset, symbols=[benchmark]).select("ts", "close")
+    return FeatureOptions.from_section(section, benchmark_bars=bench_bars, bar_spacing=req.manifest.get("frequency"))
+
+
+def _columns(req: _Request, symbol: str) -> list[str]:
+    return bar_store.load_bars(req.data_dir, req.dataset, symbols=[symbol]).columns
+
+
+def _rows_per_symbol(req: _Request, symbols: list[str]) -> dict[str, int]:
+    per_symbol = req.manifest.get("per_symbol") or {}
+    return {s: int(per_symbol.get(s, {}).get("rows", 1)) for s in symbols}
+
+
+def _bounds(req: _Request) -> tuple[dt.datetime | None, dt.datetime | None]:
+    start, end = (req.data_filter[k] for k in ("start", "end"))
+    return (dt.datetime.fromisoformat(start) if start else None, dt.datetime.fromisoformat(end) if end else None)
+
+
+def _spec(req: _Request, table: pl.LazyFrame, todo: engine.Plan, seconds: float) -> dict[str, Any]:
+    section = req.recipe["features"]
+    stats = table.select(pl.len().alias("_rows"), pl.col("symbol").n_unique().alias("_symbols"), *(pl.col(c).null_count() for c in todo.names)).collect()
+    rows = int(stats["_rows"][0])
+    if rows == 0:
+        start, end = req.data_filter["start"], req.data_filter["end"]
         raise DataError(
             f"data.start={start} / data.end={end} select no bars of dataset {req.dataset!r}, "
             f"which spans {req.manifest.get('start')} to {req.manifest.get('end')}; widen the range"
         )
-    return frame
-
-
-def _spec(req: _Request, frame: pl.DataFrame, missing: dict[str, list[str]], seconds: float) -> dict[str, Any]:
-    section = req.recipe["features"]
-    columns = frame.columns[2:]
     return {
         "fingerprint": req.folder.name,
-        "features": columns,
-        "skipped": missing,
+        "features": todo.names,
+        "skipped": todo.missing,
         "too_short": req.selection.too_short,
         **{key: section.get(key, []) for key in ("sets", "include", "exclude", "windows")},
         "features_section": section,
@@ -155,19 +208,12 @@ def _spec(req: _Request, frame: pl.DataFrame, missing: dict[str, list[str]], sec
         "qfactory_version": __version__,
         "polars_version": pl.__version__,
         **req.data_filter,
-        "rows": frame.height,
-        "symbols_count": frame.get_column("symbol").n_unique(),
-        "null_share": _null_share(frame, columns),
+        "rows": rows,
+        "symbols_count": int(stats["_symbols"][0]),
+        "null_share": {c: round(int(stats[c][0]) / rows, 6) for c in todo.names},
         "build_seconds": round(seconds, 3),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def _null_share(frame: pl.DataFrame, columns: list[str]) -> dict[str, float]:
-    if not columns:
-        return {}
-    shares = frame.select((pl.col(c).null_count() / pl.len()).alias(c) for c in columns).row(0, named=True)
-    return {c: round(float(v), 6) for c, v in shares.items()}
 
 
 def list_versions(data_dir: Path, dataset: str | None = None) -> list[dict[str, Any]]:
@@ -188,3 +234,23 @@ def _version_row(spec_path: Path) -> dict[str, Any]:
         "created": spec.get("created"), "rows": spec.get("rows"), "features": len(spec.get("features", [])),
         "build_seconds": spec.get("build_seconds"), "path": str(spec_path.parent),
     }
+
+
+def find_version(data_dir: Path, fingerprint: str, dataset: str | None = None) -> Path:
+    """The folder of the version whose fingerprint is (or uniquely starts with) `fingerprint`."""
+    rows = list_versions(data_dir, dataset)
+    exact = [r for r in rows if r["fingerprint"] == fingerprint]
+    matches = exact or [r for r in rows if str(r["fingerprint"]).startswith(fingerprint)]
+    if len(matches) == 1:
+        return Path(matches[0]["path"])
+    where = f"dataset {dataset!r}" if dataset else f"data home {data_dir}"
+    if not matches:
+        raise DataError(f"feature version {fingerprint!r} not found in {where}; list versions with `qfactory features ls`")
+    found = ", ".join(f"{r['dataset']}/{r['fingerprint']}" for r in matches[:5])
+    raise DataError(f"feature version {fingerprint!r} is ambiguous in {where} ({found}); give more characters or --dataset")
+
+
+def show_version(data_dir: Path, fingerprint: str, dataset: str | None = None) -> dict[str, Any]:
+    """The spec of one version (feature list, rows, null share per feature, build time, ...) plus its path."""
+    folder = find_version(data_dir, fingerprint, dataset)
+    return {**read_json(folder / SPEC), "path": str(folder)}

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from quant_cli.features.align import FeatureOptions
 from quant_cli.features.engine import FeatureLike, compute_features
 
 _PRICES = ("open", "high", "low", "close")
@@ -59,13 +60,15 @@ def assert_causal(
     bars: pl.DataFrame,
     cuts: Sequence[Any] | None = None,
     seed: int = 0,
+    options: FeatureOptions | None = None,
 ) -> None:
     """Raise AssertionError naming the feature, symbol and ts of the first value that used the future.
 
     `features` is a list of Feature objects / concrete names, or any callable bars → frame with
-    symbol, ts and feature columns (to test a pipeline, not only registry features).
+    symbol, ts and feature columns (to test a pipeline, not only registry features). `options`
+    (e.g. the benchmark symbol) go to compute_features.
     """
-    compute = features if callable(features) else (lambda b: compute_features(b, features))
+    compute = features if callable(features) else (lambda b: compute_features(b, features, options))
     base = compute(bars)
     for i, t in enumerate(cuts if cuts is not None else cut_points(bars, seed=seed)):
         changed = perturb_after(bars, t, seed=seed + i)

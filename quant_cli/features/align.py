@@ -1,0 +1,78 @@
+"""Explicit, causal time alignment of a benchmark series onto every symbol's bars.
+
+Assets trade on different calendars (holidays, halts, 24/7 crypto against an equity index). At a
+symbol's bar t the benchmark value is the benchmark's LAST bar at or before t (forward fill,
+`join_asof(strategy="backward")`), and only if that bar is at most `features.max_staleness` old;
+older → null. Nothing is ever back-filled, so a benchmark bar after t can never reach t.
+
+Default staleness: 5 bars of the data's frequency (5 days for daily bars, covering a long
+weekend plus a holiday; 5 hours for hourly bars). Returns computed on the aligned series use the
+symbol's own calendar: a benchmark holiday gives a zero benchmark return that day and a two-day
+return the next, as with any forward-filled price.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from quant_cli.data.frequency import infer_frequency, parse_frequency
+from quant_cli.errors import DataError, QFactoryError, RecipeError
+
+BENCHMARK_CLOSE = "benchmark_close"
+DEFAULT_STALENESS_BARS = 5
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    """Run-level settings the features need beyond their own parameters.
+
+    `benchmark_bars` (ts, close) supplies the benchmark when it is not among `bars` — a chunked
+    build passes it to every chunk; `bar_spacing` pins the default staleness so every chunk agrees.
+    """
+
+    benchmark: str | None = None
+    max_staleness: str | None = None
+    benchmark_bars: pl.DataFrame | None = field(default=None, compare=False, repr=False)
+    bar_spacing: str | None = None
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any], **extra: Any) -> FeatureOptions:
+        return cls(benchmark=section.get("benchmark"), max_staleness=section.get("max_staleness"), **extra)
+
+
+def staleness(bars: pl.DataFrame, options: FeatureOptions) -> dt.timedelta:
+    """The oldest benchmark bar that may stand in for the current one."""
+    if options.max_staleness:
+        try:
+            return parse_frequency(options.max_staleness)
+        except QFactoryError:
+            raise RecipeError(
+                f"features.max_staleness: {options.max_staleness!r} is not a duration; use a count and a unit s/m/h/d/w, e.g. '5d'"
+            ) from None
+    spacing = options.bar_spacing or infer_frequency(bars.select("symbol", "ts")) or "1d"
+    return DEFAULT_STALENESS_BARS * parse_frequency(spacing)
+
+
+def benchmark_series(bars: pl.DataFrame, options: FeatureOptions) -> pl.DataFrame:
+    """(ts, benchmark_close) of the benchmark symbol, sorted by time."""
+    source = options.benchmark_bars
+    if source is None:
+        source = bars.filter(pl.col("symbol").cast(pl.String) == options.benchmark)
+        if source.height == 0 and bars.height > 0:
+            symbols = bars.get_column("symbol").unique().sort().head(5).to_list()
+            raise DataError(f"features.benchmark: {options.benchmark!r} is not a symbol of the data (e.g. {symbols}); set it to one that is")
+    return source.select(pl.col("ts"), pl.col("close").cast(pl.Float64).alias(BENCHMARK_CLOSE)).sort("ts")
+
+
+def with_benchmark(lazy: pl.LazyFrame, bars: pl.DataFrame, options: FeatureOptions) -> pl.LazyFrame:
+    """Add `benchmark_close`: the benchmark's last close at or before each bar, within the staleness bound."""
+    bench = benchmark_series(bars, options).lazy()
+    tolerance = staleness(bars, options)
+    by_time = lazy.sort("ts", maintain_order=True)  # join_asof needs the left side sorted by time
+    joined = by_time.join_asof(bench, on="ts", strategy="backward", tolerance=tolerance)
+    return joined.sort("symbol", "ts", maintain_order=True)
