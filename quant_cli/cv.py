@@ -33,16 +33,21 @@ class Fold:
     embargoed: int
 
 
-def embargo_end(unique_us: np.ndarray, last_pos: int, embargo: Embargo) -> int:
-    """Inclusive upper bound (µs) of the embargo that follows unique timestamp `last_pos`."""
+def embargo_end(unique_us: np.ndarray, block_end: int, embargo: Embargo) -> int:
+    """Inclusive upper bound (µs) of the embargo after a test block whose last label ends at `block_end`.
+
+    A duration counts from `block_end` itself; bars count unique timestamps after it (the
+    timestamp at `block_end`, if any, is not one of them).
+    """
     if isinstance(embargo, str):
         try:
-            return int(unique_us[last_pos] + parse_frequency(embargo) // dt.timedelta(microseconds=1))
+            return int(block_end + parse_frequency(embargo) // dt.timedelta(microseconds=1))
         except DataError:
             raise RecipeError(f"split.embargo {embargo!r} is not a duration; use bars (an integer) or e.g. '5d', '12h'") from None
-    if embargo <= 0:
-        return int(unique_us[last_pos])
-    return int(unique_us[min(last_pos + embargo, len(unique_us) - 1)])
+    last_pos = int(np.searchsorted(unique_us, block_end, side="right")) - 1  # last timestamp <= block_end
+    if embargo <= 0 or last_pos + 1 >= len(unique_us):
+        return int(block_end)
+    return int(max(block_end, unique_us[min(last_pos + embargo, len(unique_us) - 1)]))
 
 
 def group_positions(n_unique: int, n_groups: int) -> list[tuple[int, int]]:
@@ -62,8 +67,7 @@ def _split(ts: np.ndarray, t1: np.ndarray, unique: np.ndarray, blocks: list[tupl
         test |= in_block
         block_end = t1[in_block].max() if in_block.any() else unique[last]
         purged |= (ts <= block_end) & (t1 >= unique[first])
-        end_pos = min(int(np.searchsorted(unique, block_end, side="right")) - 1, len(unique) - 1)
-        embargoed |= (ts > block_end) & (ts <= embargo_end(unique, max(end_pos, last), embargo))
+        embargoed |= (ts > block_end) & (ts <= embargo_end(unique, int(block_end), embargo))
     purged &= ~test
     embargoed &= ~test & ~purged
     train = ~(test | purged | embargoed)

@@ -1,7 +1,8 @@
 """Cross-validation of a model over the development rows (train + val) with purged folds.
 
 Each fold's model is fit with a fixed number of rounds (no early stopping: stopping on the fold's
-test rows would leak them into the out-of-fold scores). CPCV scores are also assembled into
+test rows would leak them into the out-of-fold scores) and with sample weights fit on the fold's
+own training rows. CPCV scores are also assembled into
 backtest paths, each covering every development timestamp exactly once.
 """
 
@@ -15,7 +16,7 @@ import polars as pl
 
 from quant_cli import console
 from quant_cli.cv import group_of
-from quant_cli.dataset import Prepared
+from quant_cli.dataset import Prepared, fit_weights
 from quant_cli.metrics import prediction_metrics
 from quant_cli.models.base import Model
 from quant_cli.split import cv_folds, development, folds_summary
@@ -28,13 +29,13 @@ def cross_validate(prepared: Prepared, split_cfg: dict[str, Any], embargo: int |
     n_groups = split_cfg["folds"] if split_cfg["method"] == "purged_kfold" else split_cfg["groups"]
     dev = dev.with_columns(pl.Series("group", group_of(dev["ts"].to_numpy(), n_groups)))
     X, y = prepared.matrix(dev), dev["label"].to_numpy()
-    weights = dev["weight"].to_numpy() if dev["weight"].null_count() == 0 else None
     symbols, ts, t1 = dev["symbol"].to_numpy(), dev["ts"].to_numpy(), dev["t1"].to_numpy()
     parts = []
     for fold in console.track(folds["folds"], "cross-validation"):
         model = new_model()
+        weights = fit_weights(dev[fold.train], prepared.calendar, split_cfg) if model.sample_weights else None
         model.fit(X[fold.train], y[fold.train], feature_names=prepared.features,
-                  sample_weight=None if weights is None or not model.sample_weights else weights[fold.train],
+                  sample_weight=None if weights is None else weights["weight"].to_numpy(),
                   symbols=symbols[fold.train], ts=ts[fold.train], t1=t1[fold.train])
         score = model.predict(X[fold.test], symbols=symbols[fold.test])
         scored = dev[fold.test].select("symbol", "ts", "group", "label").with_columns(pl.lit(fold.index).alias("fold"), pl.Series("score", score))

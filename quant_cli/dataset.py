@@ -27,7 +27,10 @@ KEYS = ["symbol", "ts"]
 
 @dataclass
 class Prepared:
-    """keys, t1, label, segment, weight (null on test rows) and preprocessed features."""
+    """keys, t1, label, segment, weight (training rows only) and preprocessed features.
+
+    `calendar` (symbol, ts of every bar) lets cross-validation fit weights on each fold's rows.
+    """
 
     frame: pl.DataFrame
     features: list[str]
@@ -35,6 +38,7 @@ class Prepared:
     state: dict[str, Any]
     fingerprint: str
     dropped: dict[str, Any]
+    calendar: pl.DataFrame
 
     def segment(self, name: str) -> pl.DataFrame:
         return self.frame.filter(pl.col("segment") == name)
@@ -78,14 +82,22 @@ def prepare(recipe: Recipe, data_dir: Path, stored: dict[str, Any] | None = None
     frame = transform(frame, state)
     weights = stored["weights"] if stored else _weights(frame, bars, recipe["split"])
     frame = frame.join(weights, on=KEYS, how="left") if weights is not None else frame.with_columns(pl.lit(None, pl.Float64).alias("weight"))
-    return Prepared(frame, table.columns, plan, state, table.fingerprint, dropped)
+    return Prepared(frame, table.columns, plan, state, table.fingerprint, dropped, bars.select(KEYS))
+
+
+def fit_weights(rows: pl.DataFrame, calendar: pl.DataFrame, cfg: dict[str, Any]) -> pl.DataFrame | None:
+    """symbol, ts, weight for `rows` (symbol, ts, t1), fit on those rows alone; None if no weighting.
+
+    Like a scaler, weights are fit on training rows only: concurrency, the time-decay slope and
+    the mean-1 normalisation would otherwise depend on validation or test labels.
+    """
+    rows = rows.select("symbol", "ts", "t1")
+    values = sample_weights(rows, calendar, cfg["sample_weight"], cfg["time_decay"])
+    return None if values is None else rows.select(KEYS).with_columns(pl.Series("weight", values))
 
 
 def _weights(frame: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any]) -> pl.DataFrame | None:
-    """Weights of the development rows (train + val): concurrency never spans the purged boundary."""
-    dev = frame.filter(pl.col("segment") != "test").select("symbol", "ts", "t1")
-    values = sample_weights(dev, bars, cfg["sample_weight"], cfg["time_decay"])
-    return None if values is None else dev.select(KEYS).with_columns(pl.Series("weight", values))
+    return fit_weights(frame.filter(pl.col("segment") == "train"), bars, cfg)
 
 
 def load_prepared(run_path: Path, recipe: Recipe, data_dir: Path) -> Prepared:

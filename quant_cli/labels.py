@@ -65,10 +65,14 @@ def _vol_scaled(bars: pl.DataFrame, cfg: dict, execution: str) -> pl.DataFrame:
 def cross_sectional(labels: pl.DataFrame, how: str) -> pl.DataFrame:
     """Rank (centred on 0, in [-0.5, 0.5]) or z-score labels across symbols at each timestamp.
 
-    Every label at one timestamp shares its t1, so this mixes no later information in.
+    A row's value now depends on every symbol's return at its timestamp, so its end time becomes
+    the LATEST t1 among them: with different calendars (a halt, a holiday) one symbol's horizon
+    can end later than another's, and purging by the row's own t1 would let that later
+    information into a training label.
     """
     if how == "none":
         return labels
+    labels = labels.with_columns(pl.col("t1").max().over("ts"))
     n = pl.len().over("ts")
     if how == "rank":
         value = pl.when(n > 1).then((pl.col("label").rank("average").over("ts") - 1) / (n - 1) - 0.5).otherwise(0.0)

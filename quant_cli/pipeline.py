@@ -47,7 +47,9 @@ def _write_split(run: Run, recipe: Recipe, prepared: Prepared, data_dir: Path) -
         write_json_atomic(folder / "features.json", {"fingerprint": prepared.fingerprint, "features": prepared.features})
         folds = cv_folds(prepared.frame, recipe["split"], _embargo(recipe))
         if folds is not None:
-            write_json_atomic(folder / "folds.json", folds_summary(folds, development(prepared.frame)))
+            summary = folds_summary(folds, development(prepared.frame))
+            write_json_atomic(folder / "folds.json", summary)
+            console.info(f"split: {recipe['split']['method']} with {summary['n_splits']} splits and {summary['n_paths']} backtest path(s) over train + val")
         if prepared.frame["weight"].null_count() < prepared.frame.height:
             write_parquet_atomic(folder / "weights.parquet", prepared.frame.filter(pl.col("weight").is_not_null()).select(*KEYS, "weight"))
     content_hash = store.read_manifest(data_dir, dataset_name(recipe))["content_hash"]

@@ -13,12 +13,20 @@ import polars as pl
 
 
 def _positions(rows: pl.DataFrame, calendar: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
-    """Start and end positions of each row's [ts, t1] on the symbol-by-symbol bar calendar."""
-    grid = calendar.select("symbol", "ts").sort("symbol", "ts").with_row_index("pos")
-    start = rows.select("symbol", "ts").join(grid, on=["symbol", "ts"], how="left", maintain_order="left")["pos"]
-    end = rows.select("symbol", pl.col("t1").alias("ts")).join(grid, on=["symbol", "ts"], how="left", maintain_order="left")["pos"]
+    """Start and end positions of each row's [ts, t1] on the symbol-by-symbol bar calendar.
+
+    The end is the symbol's last bar at or before t1: a cross-sectional label's t1 is the latest
+    end among all symbols at its timestamp and need not be a bar of this symbol.
+    """
+    grid = calendar.select(pl.col("symbol").cast(pl.String), "ts").sort("symbol", "ts").with_row_index("pos")
+    keyed = rows.select(pl.col("symbol").cast(pl.String), "ts", "t1").with_row_index("_row")
+    start = keyed.join(grid, on=["symbol", "ts"], how="left").sort("_row")["pos"]
+    ends = keyed.sort("symbol", "t1").join_asof(
+        grid.rename({"ts": "t1"}), on="t1", by="symbol", strategy="backward", check_sortedness=False,
+    )  # sorted by (symbol, t1): each symbol group is sorted by time, which is what the join needs
+    end = ends.sort("_row")["pos"]
     if start.null_count() or end.null_count():
-        raise ValueError("every label's ts and t1 must be bars of its symbol's calendar")
+        raise ValueError("every label's ts must be a bar of its symbol's calendar, and t1 at or after its first bar")
     return start.to_numpy().astype(np.int64), end.to_numpy().astype(np.int64), grid.height
 
 

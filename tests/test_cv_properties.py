@@ -1,6 +1,7 @@
-"""Property tests: for every fold of purged k-fold and CPCV, over random panels, horizons and
-embargoes, no training label interval overlaps a test label interval and no training row lies in
-the embargo after a test block."""
+"""Property tests: for every fold of purged k-fold and CPCV, over random panels, label kinds
+(fixed-horizon, triple-barrier touch times, cross-sectional), dropped rows, horizons and
+embargoes in bars or as durations, no training label interval overlaps a test label interval and
+no training row lies in the embargo after a test block."""
 
 import datetime as dt
 from math import comb
@@ -11,26 +12,44 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quant_cli.cv import cpcv, group_of, purged_kfold
-from quant_cli.labels import forward_return
+from quant_cli.labels import cross_sectional, forward_return, triple_barrier
+from quant_cli.recipe import load_recipe
+
+LABEL_KINDS = ("forward", "triple_barrier", "cross_sectional_rank")
+
+
+def random_bars(rng: np.random.Generator, n_symbols: int) -> pl.DataFrame:
+    """Symbols with different, irregular calendars (gaps of 1-3 days) and lengths."""
+    frames = []
+    for i in range(n_symbols):
+        n = int(rng.integers(40, 120))
+        days = np.cumsum(rng.integers(1, 4, size=n)) + int(rng.integers(0, 10))
+        ts = [dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=int(d)) for d in days]
+        close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+        frames.append(pl.DataFrame({"symbol": f"S{i}", "ts": ts, "close": close}))
+    return pl.concat(frames).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+
+
+def make_labels(bars: pl.DataFrame, kind: str, horizon: int) -> pl.DataFrame:
+    if kind == "triple_barrier":  # t1 is the touch time: varies row by row
+        cfg = load_recipe(None)["label"] | {"kind": kind, "horizon": horizon, "profit_take": 1.0, "stop_loss": 1.0, "vol_span": 5}
+        return triple_barrier(bars, cfg, "next_close")
+    labels = forward_return(bars, horizon, "next_close")
+    return cross_sectional(labels, "rank") if kind == "cross_sectional_rank" else labels
 
 
 @st.composite
 def panels(draw):
-    """Random symbols, lengths, calendars with gaps, and a forward-return label horizon."""
-    n_symbols = draw(st.integers(1, 4))
-    horizon = draw(st.integers(1, 8))
+    """(labels sorted by time, horizon): random calendars, label kind, and ~10% of rows dropped."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    frames = []
-    for i in range(n_symbols):
-        n = int(rng.integers(40, 120))
-        gaps = rng.integers(1, 4, size=n)  # irregular spacing, different per symbol
-        days = np.cumsum(gaps) + int(rng.integers(0, 10))
-        ts = [dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=int(d)) for d in days]
-        close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
-        frames.append(pl.DataFrame({"symbol": f"S{i}", "ts": ts, "close": close}))
-    bars = pl.concat(frames).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
-    labels = forward_return(bars, horizon, "next_close").sort("ts", "symbol")
-    return labels, horizon
+    horizon = draw(st.integers(1, 8))
+    labels = make_labels(random_bars(rng, draw(st.integers(1, 4))), draw(st.sampled_from(LABEL_KINDS)), horizon)
+    if draw(st.booleans()):  # rows lost to fill = "drop" or non-finite labels
+        labels = labels.filter(pl.Series(rng.random(labels.height) > 0.1))
+    return labels.sort("ts", "symbol"), horizon
+
+
+embargoes = st.one_of(st.integers(0, 10), st.sampled_from(["1d", "3d", "5d", "12h"]))
 
 
 def _intervals(labels, idx):
@@ -51,14 +70,20 @@ def _assert_fold_is_clean(labels, fold, embargo):
         block_t1 = t1_test[in_block].max()
         overlap = (ts_train <= block_t1) & (t1_train >= lo)
         assert not overlap.any(), "a training label interval overlaps a test label interval"
-        end_pos = np.searchsorted(unique, block_t1, side="right") - 1
-        limit = unique[min(end_pos + embargo, len(unique) - 1)]
-        in_embargo = (ts_train > block_t1) & (ts_train <= limit)
-        assert embargo == 0 or not in_embargo.any(), "a training row lies inside the embargo"
+        in_embargo = (ts_train > block_t1) & (ts_train <= _embargo_limit(unique, block_t1, embargo))
+        assert not in_embargo.any(), "a training row lies inside the embargo"
 
 
-@settings(max_examples=60, deadline=None)
-@given(panels(), st.integers(2, 6), st.integers(0, 10))
+def _embargo_limit(unique, block_t1, embargo):
+    """Last instant of the embargo after a block whose labels end at block_t1 (independent of cv.py)."""
+    if isinstance(embargo, str):
+        return block_t1 + np.timedelta64(int(embargo[:-1]), embargo[-1].replace("d", "D"))
+    after = unique[unique > block_t1]
+    return after[min(embargo, len(after)) - 1] if embargo and len(after) else block_t1
+
+
+@settings(max_examples=80, deadline=None)
+@given(panels(), st.integers(2, 6), embargoes)
 def test_purged_kfold_never_leaks(panel, n_splits, embargo):
     labels, _ = panel
     folds = purged_kfold(labels["ts"].to_numpy(), labels["t1"].to_numpy(), n_splits, embargo)
@@ -69,7 +94,7 @@ def test_purged_kfold_never_leaks(panel, n_splits, embargo):
 
 
 @settings(max_examples=40, deadline=None)
-@given(panels(), st.integers(3, 6), st.integers(1, 3), st.integers(0, 6))
+@given(panels(), st.integers(3, 6), st.integers(1, 3), embargoes)
 def test_cpcv_never_leaks_and_paths_cover_every_group_once(panel, n_groups, k, embargo):
     k = min(k, n_groups - 1)
     labels, _ = panel
@@ -94,3 +119,14 @@ def test_duration_embargo():
     block_end = (ts + 2)[first.test].max()
     assert not ((ts[first.train] > block_end) & (ts[first.train] <= block_end + np.timedelta64(5, "D"))).any()
     assert first.embargoed == 5
+
+
+def test_duration_embargo_counts_from_the_block_end_not_the_last_row():
+    """The block's labels end on a day with no row (a gap): the 5 days after it are still embargoed."""
+    days = np.array([d for d in range(60) if d not in (20, 21)])
+    ts = days.astype("datetime64[D]")
+    first = purged_kfold(ts, ts + 2, 3, "5d")[0]
+    block_end = (ts + 2)[first.test].max()
+    assert block_end == np.datetime64(21, "D")  # the last test row is day 19, its label ends on day 21
+    train = ts[first.train]
+    assert not ((train > block_end) & (train <= block_end + np.timedelta64(5, "D"))).any()

@@ -37,22 +37,24 @@ def slow_ewm_std(log_ret, span):
     return out
 
 
-def slow_triple_barrier(close, ts, horizon, pt, sl, span, vertical):
+def slow_triple_barrier(close, ts, horizon, pt, sl, span, vertical, price=None):
+    """`price`: the execution price path (open for next_open); volatility always from close."""
+    price = close if price is None else price
     log_ret = [math.nan] + [math.log(close[i] / close[i - 1]) for i in range(1, len(close))]
     vol = slow_ewm_std(log_ret, span)
     rows = []
     for t in range(len(close)):
         if t + 1 + horizon >= len(close) or math.isnan(vol[t]):
             continue
-        entry = close[t + 1]
+        entry = price[t + 1]
         label, end = None, None
         for k in range(1, horizon + 1):
-            r = close[t + 1 + k] / entry - 1
+            r = price[t + 1 + k] / entry - 1
             if (pt > 0 and r >= pt * vol[t]) or (sl > 0 and r <= -sl * vol[t]):
                 label, end = float(np.sign(r)), ts[t + 1 + k]
                 break
         if label is None:
-            r = close[t + 1 + horizon] / entry - 1
+            r = price[t + 1 + horizon] / entry - 1
             label, end = (0.0 if vertical == "zero" else float(np.sign(r))), ts[t + 1 + horizon]
         rows.append((ts[t], label, end))
     return rows
@@ -61,13 +63,15 @@ def slow_triple_barrier(close, ts, horizon, pt, sl, span, vertical):
 @pytest.mark.parametrize("horizon", [1, 5, 12])
 @pytest.mark.parametrize(("pt", "sl"), [(1.0, 1.0), (2.0, 0.5), (0.0, 1.0), (1.5, 0.0)])
 @pytest.mark.parametrize("vertical", ["sign", "zero"])
-def test_triple_barrier_matches_slow_reference(horizon, pt, sl, vertical):
+@pytest.mark.parametrize("execution", ["next_close", "next_open"])
+def test_triple_barrier_matches_slow_reference(horizon, pt, sl, vertical, execution):
     bars = generate(symbols=2, bars=120, seed=3)
     cfg = label_cfg(kind="triple_barrier", horizon=horizon, profit_take=pt, stop_loss=sl, vol_span=10, vertical=vertical)
-    fast = triple_barrier(bars, cfg, "next_close")
+    fast = triple_barrier(bars, cfg, execution)
     for symbol in ("S000", "S001"):
         one = bars.filter(pl.col("symbol") == symbol)
-        expected = slow_triple_barrier(one["close"].to_list(), one["ts"].to_list(), horizon, pt, sl, 10, vertical)
+        price = one["open" if execution == "next_open" else "close"].to_list()
+        expected = slow_triple_barrier(one["close"].to_list(), one["ts"].to_list(), horizon, pt, sl, 10, vertical, price)
         got = fast.filter(pl.col("symbol") == symbol)
         assert got["ts"].to_list() == [e[0] for e in expected]
         assert got["label"].to_list() == [e[1] for e in expected]

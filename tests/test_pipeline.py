@@ -204,3 +204,13 @@ def test_global_models_with_symbol_encoding(runner, recipe, model, encoding):
     run = invoke_ok(runner, args)
     assert read_json(run / "model" / "model.json")["symbol_encoding"] == encoding
     assert pl.read_parquet(run / "predictions.parquet")["score"].is_finite().all()
+
+
+def test_split_reports_cpcv_splits_and_paths(runner, recipe):
+    invoke_ok(runner, ["ingest", "--source", "synthetic", "--dataset", "syn", "--symbols", "8", "--bars", "400", "-q"])
+    result = runner.invoke(app, ["split", "--recipe", str(recipe), "--json", "--set", "split.method=cpcv",
+                                 "--set", "split.groups=6", "--set", "split.test_groups=2"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["cv"] == {"n_splits": 15, "n_paths": 5}  # C(6, 2) splits, C(5, 1) paths
+    assert "cpcv with 15 splits and 5 backtest path(s)" in result.stderr

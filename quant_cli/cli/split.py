@@ -28,4 +28,7 @@ def split(
         resolved = load_recipe(recipe, set_)
         run = pipeline.new_split_run(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved))
         payload = {"run_id": run.id, "split": read_json(run.path / "split" / "boundaries.json")}
+        folds = run.path / "split" / "folds.json"
+        if folds.is_file():  # purged_kfold / cpcv: how many splits and backtest paths
+            payload["cv"] = {k: v for k, v in read_json(folds).items() if k in ("n_splits", "n_paths")}
     emit(run.path, json_out, payload)
