@@ -266,14 +266,24 @@ def imxd(imax_: pl.Expr, imin_: pl.Expr, w: int) -> pl.Expr:
 
 # --- price/volume co-movement, up/down counts and sums ---------------------------------------
 
-@_rolling("CORR{w}", "Correlation of close with log(volume + 1) over w bars.", inputs=("close", "volume"), tags=("volume",), min_window=2)
+# Inputs shared by every window (and referenced several times inside rolling_corr / WVMA) are
+# computed once per build as helper columns instead of once per reference per window.
+REGISTRY.derive("_log_volume1", (_v + 1.0).log())
+REGISTRY.derive("_close_ratio", (_c / _c.shift(1)).over("symbol"))
+REGISTRY.derive("_log_volume_ratio1", (_v / _v.shift(1) + 1.0).log().over("symbol"))
+REGISTRY.derive("_abs_return_volume", ((_c / _c.shift(1) - 1.0).abs() * _v).over("symbol"))
+
+
+@_rolling("CORR{w}", "Correlation of close with log(volume + 1) over w bars.", inputs=("close", "volume"), tags=("volume",), min_window=2,
+          derived=("_log_volume1",))
 def corr(w: int) -> pl.Expr:
-    return pl.rolling_corr(_c, (_v + 1.0).log(), window_size=w, min_samples=w)
+    return pl.rolling_corr(_c, pl.col("_log_volume1"), window_size=w, min_samples=w)
 
 
-@_rolling("CORD{w}", "Correlation of close/close[-1] with log(volume/volume[-1] + 1) over w bars.", inputs=("close", "volume"), tags=("volume",), min_window=2)
+@_rolling("CORD{w}", "Correlation of close/close[-1] with log(volume/volume[-1] + 1) over w bars.", inputs=("close", "volume"), tags=("volume",), min_window=2,
+          derived=("_close_ratio", "_log_volume_ratio1"))
 def cord(w: int) -> pl.Expr:
-    return pl.rolling_corr(_c / _c.shift(1), (_v / _v.shift(1) + 1.0).log(), window_size=w, min_samples=w)
+    return pl.rolling_corr(pl.col("_close_ratio"), pl.col("_log_volume_ratio1"), window_size=w, min_samples=w)
 
 
 @_rolling("CNTP{w}", "Share of the last w bars that closed up.", tags=("momentum",))
@@ -292,9 +302,15 @@ def cntd(up: pl.Expr, down: pl.Expr, w: int) -> pl.Expr:
 
 
 def _gain_share(x: pl.Expr, w: int, sign: float) -> pl.Expr:
-    """(sum of gains - or + losses) / sum |changes| over w bars, referencing each rolling sum once."""
+    """(sum of gains, or of losses) / (sum |changes| + 1e-12) over w bars, one rolling sum.
+
+    Gains and losses over the window are (total +/- net) / 2 with total = sum |changes| and
+    net = x - x[w], so the share (total + s net) / 2 / (total + eps) is rewritten as
+    0.5 + 0.5 (s net - eps) / (total + eps): the same number, with `total` referenced once
+    (polars evaluates every reference of an expression separately).
+    """
     total = _full(x.diff().abs(), w, "sum")
-    return (total + sign * (x - x.shift(w))) / 2.0 / (total + EPS)
+    return 0.5 + 0.5 * (sign * (x - x.shift(w)) - EPS) / (total + EPS)
 
 
 @_rolling("SUMP{w}", "Sum of close gains / sum of absolute close changes over w bars (RSI-like, 0-1).", tags=("momentum",))
@@ -322,9 +338,10 @@ def vstd(w: int) -> pl.Expr:
     return _full(_v, w, "std") / (_v + EPS)
 
 
-@_rolling("WVMA{w}", "Volume-weighted |return| dispersion: std / mean of |close/close[-1] - 1| * volume over w bars.", inputs=("close", "volume"), tags=("volume", "volatility"), min_window=2)
+@_rolling("WVMA{w}", "Volume-weighted |return| dispersion: std / mean of |close/close[-1] - 1| * volume over w bars.", inputs=("close", "volume"), tags=("volume", "volatility"), min_window=2,
+          derived=("_abs_return_volume",))
 def wvma(w: int) -> pl.Expr:
-    weighted = (_c / _c.shift(1) - 1.0).abs() * _v
+    weighted = pl.col("_abs_return_volume")  # |close/close[-1] - 1| * volume
     return _full(weighted, w, "std") / (_full(weighted, w, "mean") + EPS)
 
 

@@ -51,7 +51,7 @@ from quant_cli.errors import RecipeError, suggest
 
 # Bump whenever any feature definition changes its values: every cached feature version built
 # by older code gets a new fingerprint and is rebuilt.
-FEATURE_CODE_VERSION = "1"
+FEATURE_CODE_VERSION = "2"
 
 ALL_SET = "all"
 _WINDOW = "w"
