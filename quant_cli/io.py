@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,11 +14,35 @@ from typing import Any
 import polars as pl
 
 
+def new_temp_file(folder: Path, prefix: str, suffix: str = ".tmp") -> Path:
+    """Create an empty, uniquely named file in `folder` with the usual permissions.
+
+    Unlike tempfile.mkstemp (always 0600), the mode is 0666 minus the process umask, so the
+    file that is renamed into place is as readable as any file the user creates.
+    """
+    while True:
+        tmp = Path(folder) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def new_temp_dir(folder: Path, prefix: str) -> Path:
+    """Create an empty, uniquely named folder in `folder`: 0777 minus the umask (mkdtemp: 0700)."""
+    while True:
+        tmp = Path(folder) / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            tmp.mkdir(mode=0o777)
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def _tmp_sibling(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+    return new_temp_file(path.parent, prefix=f".{path.name}.")
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -74,7 +98,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     failed stage never leaves a half-written directory behind.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{final.name}-", dir=final.parent))
+    staging = new_temp_dir(final.parent, prefix=f".staging-{final.name}-")
     try:
         yield staging
         os.replace(staging, final)

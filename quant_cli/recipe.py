@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,21 +29,27 @@ _KIND_NAMES = {
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe (or start from defaults when `path` is None), apply overrides, validate."""
+    """Read a recipe (or start from defaults when `path` is None), apply overrides, validate.
+
+    Every layer is validated on its own first, so an error names the layer that holds the bad
+    key: the file itself, a parent reached through `extends`, or the `--set` item.
+    """
     raw: dict[str, Any] = {}
-    origin = "defaults"
+    origin = "recipe defaults"
     if path is not None:
-        origin = str(path)
+        origin = f"recipe {path}"
         raw = _read_with_extends(Path(path), seen=())
     for item in overrides or []:
+        layer = _apply_override({}, item)
+        _validate(layer, SCHEMA, f"--set {item}", prefix="")
         _apply_override(raw, item)
-    _validate(raw, SCHEMA, origin, prefix="")
+    _validate(raw, SCHEMA, origin, prefix="")  # the merged recipe, as a final check
     return with_defaults(raw)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, extended_by: Path | None = None) -> dict[str, Any]:
     if not path.is_file():
-        raise RecipeError(f"recipe {path}: file not found; pass an existing .toml file to --recipe")
+        raise RecipeError(_not_found(path, extended_by))
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -51,18 +58,29 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise RecipeError(f"recipe {path}: invalid TOML: {exc}") from None
 
 
-def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+def _not_found(path: Path, extended_by: Path | None) -> str:
+    if extended_by is None:
+        return f"recipe {path}: file not found; pass an existing .toml file to --recipe"
+    return (
+        f"recipe {extended_by}: 'extends' points to {path}, which is not a file; "
+        f"fix the 'extends' path (it is relative to the folder of {extended_by.name})"
+    )
+
+
+def _read_with_extends(path: Path, seen: tuple[Path, ...], extended_by: Path | None = None) -> dict[str, Any]:
+    """The file merged over its `extends` chain; each file's own keys are validated with its name."""
     resolved = path.resolve()
     if resolved in seen:
         chain = " -> ".join(str(p) for p in (*seen, resolved))
         raise RecipeError(f"recipe {path}: 'extends' forms a cycle ({chain}); remove one of the links")
-    data = _read_toml(path)
+    data = _read_toml(path, extended_by)
     parent = data.pop("extends", None)
+    _validate(data, SCHEMA, f"recipe {path}", prefix="")
     if parent is None:
         return data
     if not isinstance(parent, str):
         raise RecipeError(f"recipe {path}: 'extends' must be a string path, got {_type_name(parent)}")
-    base = _read_with_extends(path.parent / parent, seen=(*seen, resolved))
+    base = _read_with_extends(path.parent / parent, seen=(*seen, resolved), extended_by=path)
     return deep_merge(base, data)
 
 
@@ -85,7 +103,8 @@ def _parse_override_value(text: str) -> Any:
         return text
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def _apply_override(raw: dict[str, Any], item: str) -> dict[str, Any]:
+    """Set the `--set KEY.PATH=VALUE` item in `raw` (in place) and return `raw`."""
     if "=" not in item:
         raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set model.params.num_leaves=63")
     dotted, _, text = item.partition("=")
@@ -98,6 +117,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise RecipeError(f"--set {item!r}: {part!r} is a value, not a table")
     node[parts[-1]] = _parse_override_value(text.strip())
+    return raw
 
 
 def _type_name(value: Any) -> str:
@@ -112,12 +132,12 @@ def _validate(raw: dict[str, Any], schema: dict[str, Any], origin: str, prefix: 
         if key not in allowed:
             where = f"[{prefix[:-1]}]" if prefix else "the top level"
             raise RecipeError(
-                f"recipe {origin}: unknown key '{dotted}' in {where}{suggest(key, allowed)}; allowed: {one_of(allowed)}"
+                f"{origin}: unknown key '{dotted}' in {where}{suggest(key, allowed)}; allowed: {one_of(allowed)}"
             )
         spec = schema.get(key)
         if isinstance(spec, dict):
             if not isinstance(value, dict):
-                raise RecipeError(f"recipe {origin}: '{dotted}' must be a table ([{dotted}]), got {_type_name(value)}")
+                raise RecipeError(f"{origin}: '{dotted}' must be a table ([{dotted}]), got {_type_name(value)}")
             _validate(value, spec, origin, prefix=f"{dotted}.")
         elif isinstance(spec, Key):
             _check_value(value, spec, origin, dotted)
@@ -125,14 +145,16 @@ def _validate(raw: dict[str, Any], schema: dict[str, Any], origin: str, prefix: 
 
 def _check_value(value: Any, spec: Key, origin: str, dotted: str) -> None:
     def fail(what: str) -> RecipeError:
-        return RecipeError(f"recipe {origin}: '{dotted}' must be {what}, got {value!r}")
+        return RecipeError(f"{origin}: '{dotted}' must be {what}, got {value!r}")
 
     if not _kind_matches(value, spec.kind):
         raise fail(_KIND_NAMES[spec.kind])
     if spec.choices is not None and value not in spec.choices:
         raise RecipeError(
-            f"recipe {origin}: '{dotted}' must be one of {one_of(spec.choices)}, got {value!r}{suggest(value, spec.choices)}"
+            f"{origin}: '{dotted}' must be one of {one_of(spec.choices)}, got {value!r}{suggest(value, spec.choices)}"
         )
+    if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+        raise fail(f"{spec.pattern_doc} (regex {spec.pattern})")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if spec.minimum is not None and value < spec.minimum:
             raise fail(f"at least {spec.minimum:g}")

@@ -20,13 +20,20 @@ class Key:
     minimum: float | None = None
     maximum: float | None = None
     nullable: bool = False
+    pattern: str | None = None  # a string value must match this regex in full ...
+    pattern_doc: str | None = None  # ... described in words for the error message
+
+
+# Run names become directory names: no path separators, no leading dot, not empty.
+RUN_NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}"
+RUN_NAME_DOC = "1 to 100 letters, digits, '.', '_' or '-', not starting with '.'"
 
 
 # A section maps key names to `Key` or to a nested section (dict). A `table` Key holds free-form
 # parameters that a later stage validates (e.g. model.params against the model's own parameters).
 SCHEMA: dict[str, dict[str, Any]] = {
     "run": {
-        "name": Key("str", "experiment", "Run name; the run directory is <runs_dir>/<name>-<UTC time>-<4 hex>."),
+        "name": Key("str", "experiment", f"Run name ({RUN_NAME_DOC}); the run directory is <runs_dir>/<name>-<UTC time>-<4 hex>.", pattern=RUN_NAME_PATTERN, pattern_doc=RUN_NAME_DOC),
         "seed": Key("int", 42, "Seed for every random generator (synthetic data, models)."),
         "runs_dir": Key("str", None, "Where runs live (after --runs-dir and QFACTORY_RUNS_DIR).", nullable=True),
     },

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import subprocess
@@ -24,29 +25,46 @@ from pathlib import Path
 from typing import Any
 
 from quant_cli import __version__
-from quant_cli.errors import RunError
+from quant_cli.errors import DataError, QFactoryError, RunError
 from quant_cli.io import read_json, staged_dir, write_json_atomic, write_text_atomic
 from quant_cli.recipe import Recipe, fingerprint, to_toml
+from quant_cli.recipe_schema import RUN_NAME_DOC, RUN_NAME_PATTERN
 
 _LIBRARIES = ("polars", "pyarrow", "numpy", "lightgbm", "catboost", "scikit-learn", "torch", "typer")
 
 
 def resolve_home(option: str | None, env_var: str, recipe_value: str | None, default: str) -> Path:
     """Highest precedence first: command-line option, environment, recipe, default."""
-    for candidate in (option, os.environ.get(env_var), recipe_value):
+    return _pick_home(option, env_var, recipe_value, default, ("option", "recipe"))[0]
+
+
+def _pick_home(option: str | None, env_var: str, recipe_value: str | None, default: str, names: tuple[str, str]) -> tuple[Path, str]:
+    """The home and where it came from, e.g. (Path('x'), '--runs-dir'); `names` = (option, recipe key)."""
+    for candidate, where in ((option, names[0]), (os.environ.get(env_var), env_var), (recipe_value, names[1])):
         if candidate:
-            return Path(candidate).expanduser()
-    return Path(default)
+            return Path(candidate).expanduser(), where
+    return Path(default), "the default home"
+
+
+def _check_home(home: Path, where: str, error: type[QFactoryError]) -> Path:
+    """A home must be a folder or creatable as one: no part of the path may be a regular file."""
+    for part in (home, *home.parents):
+        if part.exists() and not part.is_dir():
+            blocker = "it is a file" if part == home else f"{part} is a file"
+            raise error(f"{where} {home}: not a usable folder ({blocker}); pass a folder path (it is created if missing)")
+    return home
 
 
 def data_home(option: str | None, recipe: Recipe | None = None) -> Path:
     recipe_value = recipe["data"].get("data_dir") if recipe else None
-    return resolve_home(option, "QFACTORY_DATA_DIR", recipe_value, "data")
+    home, where = _pick_home(option, "QFACTORY_DATA_DIR", recipe_value, "data", ("--data-dir", "data.data_dir"))
+    return _check_home(home, where, DataError)
 
 
 def runs_home(option: str | None, recipe: Recipe | None = None) -> Path:
     recipe_value = recipe["run"].get("runs_dir") if recipe else None
-    return resolve_home(option, "QFACTORY_RUNS_DIR", recipe_value, "runs")
+    home, where = _pick_home(option, "QFACTORY_RUNS_DIR", recipe_value, "runs", ("--runs-dir", "run.runs_dir"))
+    return _check_home(home, where, RunError)
 
 
 def library_versions() -> dict[str, str]:
@@ -130,6 +148,7 @@ def new_run_id(name: str) -> str:
 @contextmanager
 def create_run(runs_dir: Path, recipe: Recipe) -> Iterator[Run]:
     """Create a run in a staging folder; it appears under `runs_dir` only if the block succeeds."""
+    _check_run_name(recipe["run"]["name"])
     runs_dir = runs_dir.resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     run_id = new_run_id(recipe["run"]["name"])
@@ -148,6 +167,12 @@ def create_run(runs_dir: Path, recipe: Recipe) -> Iterator[Run]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _check_run_name(name: Any) -> None:
+    """The recipe check, again for recipes built in code: the name becomes a directory name."""
+    if not isinstance(name, str) or not re.fullmatch(RUN_NAME_PATTERN, name):
+        raise RunError(f"run.name {name!r}: must be {RUN_NAME_DOC} (regex {RUN_NAME_PATTERN}); rename the run")
 
 
 def _initial_manifest(run_id: str, recipe: Recipe) -> dict[str, Any]:

@@ -52,6 +52,11 @@ def cli_errors(quiet: bool = False, debug: bool = False) -> Iterator[None]:
             traceback.print_exc()
         console.err.print(f"error: {exc}", markup=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+    except (PermissionError, NotADirectoryError) as exc:  # a path the user gave cannot be used
+        if debug:
+            traceback.print_exc()
+        console.err.print(f"error: {_path_error(exc)}", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.err.print("error: interrupted", markup=False)
         raise typer.Exit(130) from None
@@ -61,6 +66,13 @@ def cli_errors(quiet: bool = False, debug: bool = False) -> Iterator[None]:
         message = f"error: unexpected failure: {type(exc).__name__}: {exc}".splitlines()[0]
         console.err.print(f"{message} (rerun with --debug for the traceback)", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+def _path_error(exc: OSError) -> str:
+    """'<path>: permission denied; ...' for an unusable file or folder path."""
+    path = exc.filename if exc.filename is not None else "a path"
+    reason = (exc.strerror or type(exc).__name__).lower()
+    return f"{path}: {reason}; check the path and its permissions (--data-dir, --runs-dir, --source, --recipe), or pass another one"
 
 
 def emit(path: Path | str, as_json: bool, payload: dict[str, Any] | None = None) -> None:

@@ -23,7 +23,7 @@ def defaults() -> None:
 def show(recipe: RecipeOpt, set_: SetOpt = None, debug: DebugOpt = False) -> None:
     """Validate a recipe (with `extends` and --set applied) and print it fully resolved.
 
-    Example: qfactory recipe show --recipe recipes/lstm.toml --set train.epochs=5
+    Example: qfactory recipe show --recipe recipes/quickstart.toml --set model.params.num_leaves=15
     """
     with cli_errors(False, debug):
         resolved = load_recipe(recipe, set_)

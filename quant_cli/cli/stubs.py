@@ -7,7 +7,9 @@ from quant_cli.errors import NotImplementedYet
 
 
 def _not_yet(name: str) -> None:
-    raise NotImplementedYet(f"`qfactory {name}` is not implemented yet; see the README's roadmap")
+    raise NotImplementedYet(
+        f"`qfactory {name}` is not implemented yet; meanwhile train and backtest one run with `qfactory run --recipe R`"
+    )
 
 
 def walkforward(quiet: QuietOpt = False, debug: DebugOpt = False) -> None:

@@ -19,7 +19,7 @@ import polars as pl
 from quant_cli import console
 from quant_cli.data import schema, sources, store
 from quant_cli.data.frequency import parse_frequency
-from quant_cli.data.schema import LINE, OHLCV, SRC, Origin
+from quant_cli.data.schema import LINE, OHLCV, SRC, STRICT, Origin
 from quant_cli.data.synthetic import generate
 from quant_cli.errors import DataError, one_of, suggest
 from quant_cli.recipe_schema import SCHEMA
@@ -155,7 +155,7 @@ def read_bars(request: IngestRequest) -> pl.DataFrame:
         unnamed += len(blank)
     if unnamed:
         console.notice(f"dropped {unnamed} column(s) without a header name (e.g. a saved row index)")
-    _check_same_ohlcv(frames, origins)
+    _check_same_strict(frames, origins)
     bars = _coerce_all(frames, origins, request.timezone)
     schema.validate(bars, origins)
     bars, unsorted = schema.finalize(bars)
@@ -225,9 +225,9 @@ def _unpivot_wide(raw: sources.RawFrame) -> pl.DataFrame:
     return long.filter(schema.present(long["close"]) & ~is_nan)
 
 
-def _check_same_ohlcv(frames: list[pl.DataFrame], origins: list[Origin]) -> None:
-    """OHLCV columns must be in every file or in none (extras may be missing from some)."""
-    for col in OHLCV:
+def _check_same_strict(frames: list[pl.DataFrame], origins: list[Origin]) -> None:
+    """OHLCV and adj_close must be in every file or in none (other extras may be missing from some)."""
+    for col in STRICT:
         having = [i for i, f in enumerate(frames) if col in f.columns]
         if having and len(having) < len(frames):
             lacking = next(i for i, f in enumerate(frames) if col not in f.columns)
@@ -272,6 +272,8 @@ def _append(data_dir: Path, request: IngestRequest, new: pl.DataFrame, descripti
             f"{request.source}: has columns {new_cols} but dataset {request.dataset!r} has {old_cols}; "
             "append bars with the same price/volume columns, or pass --mode replace"
         )
+    previous = store.read_manifest(data_dir, request.dataset).get("source", "")
+    _check_same_extras(old, new, request, previous)
     overlap = new.join(old, on=["symbol", "ts"], how="semi")
     if overlap.height and request.on_duplicate == "error":
         first = overlap.row(0, named=True)
@@ -283,5 +285,23 @@ def _append(data_dir: Path, request: IngestRequest, new: pl.DataFrame, descripti
         console.notice(f"{overlap.height} existing bar(s) replaced by the new rows (--on-duplicate keep-last)")
     kept = old.join(new, on=["symbol", "ts"], how="anti")
     bars, _ = schema.finalize(pl.concat([kept, new], how="diagonal_relaxed"))
-    previous = store.read_manifest(data_dir, request.dataset).get("source", "")
     return bars, previous if description in previous else f"{previous} + {description}"
+
+
+def _check_same_extras(old: pl.DataFrame, new: pl.DataFrame, request: IngestRequest, previous: str) -> None:
+    """adj_close (like OHLCV) must be on every bar: in both the dataset and the appended bars, or in neither."""
+    stored = f"dataset {request.dataset!r} (from {_source_files(previous)})"
+    for col in (c for c in STRICT if c not in OHLCV):
+        if col in old.columns and col not in new.columns:
+            raise DataError(
+                f"{request.source}: no {col!r} column, but {stored} has one; add {col!r} to {request.source}, or pass --mode replace"
+            )
+        if col in new.columns and col not in old.columns:
+            raise DataError(
+                f"{request.source}: column {col!r} is not in {stored}; drop it from {request.source}, or pass --mode replace"
+            )
+
+
+def _source_files(description: str) -> str:
+    """'a.csv (layout=auto, ...) + b.csv (layout=...)' -> 'a.csv + b.csv', as the user named them."""
+    return " + ".join(part.split(" (layout=")[0] for part in description.split(" + ")) or "an earlier ingest"

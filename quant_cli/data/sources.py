@@ -80,13 +80,14 @@ def read_csv(path: Path, delimiter: str) -> RawFrame:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]  # a UTF-8 byte order mark (Excel) is not part of the first column name
     _check_utf8(path, data, delimiter)
+    _check_delimiter(path, data.split(b"\n", 1)[0].decode("utf-8").rstrip("\r"), delimiter)
     try:
         df = pl.read_csv(io.BytesIO(data), separator=delimiter, infer_schema=False, raise_if_empty=True)
     except pl.exceptions.NoDataError:
         raise DataError(f"{path}: the file is empty; export the bars again (a header line, then one line per bar)") from None
     except pl.exceptions.ComputeError as exc:
         raise _csv_error(path, data, delimiter, exc) from None
-    _check_header(path, df.columns, delimiter)
+    _check_header(path, df.columns)
     # Line numbers are assigned before blank lines are dropped, so they match the file.
     df = df.with_row_index(LINE, offset=2).filter(~pl.all_horizontal(pl.exclude(LINE).is_null()))
     if df.height == 0:
@@ -109,13 +110,22 @@ def _check_utf8(path: Path, data: bytes, delimiter: str) -> None:
         ) from None
 
 
-def _check_header(path: Path, columns: list[str], delimiter: str) -> None:
-    if len(columns) == 1:
-        counts = {d: columns[0].count(d) for d in _DELIMITERS if d != delimiter}
-        best = max(counts, key=lambda d: counts[d])
-        if counts[best]:
-            shown = "\\t" if best == "\t" else best
-            raise DataError(f"{path} line 1 (header): the header {columns[0]!r} is one column; the file looks {shown!r}-delimited; pass --delimiter '{shown}'")
+def _check_delimiter(path: Path, header: str, delimiter: str) -> None:
+    """A header without the delimiter but with another one: say which --delimiter to pass.
+
+    Checked before parsing, because data rows (e.g. decimal commas in a ';' file) would
+    otherwise fail first with a misleading field-count error.
+    """
+    if delimiter in header:
+        return
+    counts = {d: header.count(d) for d in _DELIMITERS if d != delimiter}
+    best = max(counts, key=lambda d: counts[d])
+    if counts[best]:
+        shown = "\\t" if best == "\t" else best
+        raise DataError(f"{path} line 1 (header): the header {header!r} is one column; the file looks {shown!r}-delimited; pass --delimiter '{shown}'")
+
+
+def _check_header(path: Path, columns: list[str]) -> None:
     for col in columns:
         match = re.fullmatch(r"(.*)_duplicated_\d+", col)
         if match and match.group(1) in columns:

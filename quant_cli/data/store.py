@@ -1,7 +1,11 @@
 """The bar store (DESIGN.md §2): `<data_dir>/<dataset>/bars/symbol=<S>/part-0.parquet` + manifest.json.
 
-Writes are atomic: the new `bars/` is built in a staging folder, then swapped in and the manifest
-replaced; if anything fails before the swap the previous store is untouched byte for byte.
+Writes are atomic: the new `bars/` is built in a staging folder together with its manifest
+(`bars/_manifest.json`), then swapped in with one rename, so the bars and the manifest that
+describes them always change together; if anything fails before the swap the previous store is
+untouched byte for byte. `bars/_manifest.json` is the copy readers use; `<dataset>/manifest.json`
+is the same manifest, refreshed right after the swap for people and scripts (stores written
+before `_manifest.json` existed are read from it).
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ import datetime as dt
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -19,9 +22,10 @@ import polars as pl
 
 from quant_cli.data.frequency import infer_frequency
 from quant_cli.errors import DataError
-from quant_cli.io import read_json, write_json_atomic
+from quant_cli.io import new_temp_dir, read_json, write_json_atomic
 
 MANIFEST = "manifest.json"
+BARS_MANIFEST = "_manifest.json"  # inside bars/: moves with the bars it describes
 
 
 def dataset_dir(data_dir: Path, dataset: str) -> Path:
@@ -30,8 +34,14 @@ def dataset_dir(data_dir: Path, dataset: str) -> Path:
     return Path(data_dir) / dataset
 
 
+def _manifest_path(root: Path) -> Path:
+    """The manifest that belongs to the bars now in place (older stores: the top-level one)."""
+    inner = root / "bars" / BARS_MANIFEST
+    return inner if inner.is_file() else root / MANIFEST
+
+
 def read_manifest(data_dir: Path, dataset: str) -> dict[str, Any]:
-    path = dataset_dir(data_dir, dataset) / MANIFEST
+    path = _manifest_path(dataset_dir(data_dir, dataset))
     if not path.is_file():
         raise DataError(
             f"dataset {dataset!r} not found in {data_dir}; create it with `qfactory ingest --source ... --dataset {dataset}`"
@@ -40,7 +50,7 @@ def read_manifest(data_dir: Path, dataset: str) -> dict[str, Any]:
 
 
 def exists(data_dir: Path, dataset: str) -> bool:
-    return (dataset_dir(data_dir, dataset) / MANIFEST).is_file()
+    return _manifest_path(dataset_dir(data_dir, dataset)).is_file()
 
 
 def load_bars(
@@ -82,15 +92,16 @@ def write_store(data_dir: Path, dataset: str, bars: pl.DataFrame, source: str, f
     """Replace the dataset's bars with `bars` (already validated and canonical) atomically."""
     root = dataset_dir(data_dir, dataset)
     root.mkdir(parents=True, exist_ok=True)
-    previous = read_json(root / MANIFEST) if (root / MANIFEST).is_file() else None
-    staging = Path(tempfile.mkdtemp(prefix=".staging-bars-", dir=root))
+    previous = read_json(_manifest_path(root)) if _manifest_path(root).is_file() else None
+    staging = new_temp_dir(root, prefix=".staging-bars-")
     try:
         _write_partitions(staging, bars)
         manifest = _manifest(dataset, bars, source, frequency, _content_hash(staging), previous)
+        write_json_atomic(staging / BARS_MANIFEST, manifest)
         _swap_in(root, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    write_json_atomic(root / MANIFEST, manifest)
+    write_json_atomic(root / MANIFEST, manifest)  # the human-facing copy; readers use bars/_manifest.json
     return manifest
 
 
