@@ -4,6 +4,10 @@ Each fold's model is fit with a fixed number of rounds (no early stopping: stopp
 test rows would leak them into the out-of-fold scores) and with sample weights fit on the fold's
 own training rows. CPCV scores are also assembled into
 backtest paths, each covering every development timestamp exactly once.
+
+Folds pass no validation rows: a model that needs held-out rows of its own (blending's
+meta-model) carves them from the end of the fold's training rows, purged by label end time, so
+the fold's test rows stay unseen by every part of the model.
 """
 
 from __future__ import annotations

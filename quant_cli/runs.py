@@ -30,7 +30,7 @@ from quant_cli.io import read_json, staged_dir, write_json_atomic, write_text_at
 from quant_cli.recipe import Recipe, fingerprint, to_toml
 from quant_cli.recipe_schema import RUN_NAME_DOC, RUN_NAME_PATTERN
 
-_LIBRARIES = ("polars", "pyarrow", "numpy", "lightgbm", "catboost", "scikit-learn", "torch", "typer")
+_LIBRARIES = ("polars", "pyarrow", "numpy", "lightgbm", "catboost", "xgboost", "scikit-learn", "joblib", "torch", "typer")
 
 
 def resolve_home(option: str | None, env_var: str, recipe_value: str | None, default: str) -> Path:

@@ -183,7 +183,7 @@ def test_blending_fits_the_meta_model_on_validation_rows(memorizer):
     blend.fit(X[:200], y[:200], feature_names=FEATURES, X_val=X[200:], y_val=y[200:], early_stopping=10)
     # Members never trained on validation rows, so the memorizer scores them 0 and gets no weight.
     assert blend.meta_.coef_[0][0] == 0.0 and blend.meta_.coef_[0][1] > 0.5
-    with pytest.raises(ModelError, match="fits its meta-model on the validation rows, and there are none"):
+    with pytest.raises(ModelError, match=r"pass validation rows \(X_val, y_val\) or each training row's ts and t1"):
         create_model("blending", "regression", {"members": ["linear"]}, 1, 1).fit(X, y, feature_names=FEATURES)
 
 
@@ -200,11 +200,11 @@ def test_members_carry_their_own_symbol_encoding():
 
 
 @pytest.mark.parametrize("params,message", [
-    ({"members": []}, r"model.params.members must list at least one member"),
+    ({"members": []}, r"model.params.members: expected a list of at least one member"),
     ({"members": [{"name": "lightgbn"}]}, r"model.params.members\[0\] \(lightgbn\): model.name 'lightgbn' is not a registered model \(did you mean 'lightgbm'\?\)"),
     ({"members": [{"name": "linear", "parms": {}}]}, r"model.params.members\[0\].parms is not a member key"),
     ({"members": [{"name": "linear", "params": {"alpah": 1}}]}, r"members\[0\] \(linear\): model.params.alpah is not a parameter of model 'linear' \(did you mean 'alpha'\?\)"),
-    ({"members": ["linear", "linear"], "weights": [1]}, r"model.params.weights must be 2 numbers >= 0"),
+    ({"members": ["linear", "linear"], "weights": [1]}, r"model.params.weights: expected 2 numbers >= 0"),
 ])
 def test_bad_ensemble_params_are_named(params, message):
     with pytest.raises(ModelError, match=message):
@@ -216,7 +216,7 @@ def test_bad_meta_and_member_task_are_named():
         create_model("stacking", "classification", {"members": ["linear"]}, 1, 1)
     with pytest.raises(ModelError, match=r"model.params.meta \(ridge\): model.name 'ridge' is not a registered model"):
         create_model("stacking", "regression", {"members": ["linear"], "meta": {"name": "ridge"}}, 1, 1)
-    with pytest.raises(ModelError, match=r"model.params.folds must be an integer >= 2"):
+    with pytest.raises(ModelError, match=r"model.params.folds: expected an integer >= 2 for model 'stacking', got 1$"):
         create_model("stacking", "regression", {"members": ["linear"], "folds": 1}, 1, 1)
 
 

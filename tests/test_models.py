@@ -171,9 +171,9 @@ def test_bad_task_encoding_and_values_are_named():
         create_model("linear", "regression", {}, 1, 1, symbol_encoding="index")
     with pytest.raises(ModelError, match=r"model.params.objective 'regression' does not fit model.task 'classification'"):
         create_model("lightgbm", "classification", {"objective": "regression"}, 1, 1)
-    with pytest.raises(ModelError, match=r"model.params.hidden must be a list of positive layer widths"):
+    with pytest.raises(ModelError, match=r"model.params.hidden: expected a list of positive layer widths"):
         create_model("mlp", "regression", {"hidden": 64}, 1, 1)
-    with pytest.raises(ModelError, match=r"model.params.l1_ratio must be a number in \[0.0, 1.0\]"):
+    with pytest.raises(ModelError, match=r"model.params.l1_ratio: expected a number in \[0, 1\] for model 'linear', got 2$"):
         create_model("linear", "regression", {"l1_ratio": 2}, 1, 1)
 
 

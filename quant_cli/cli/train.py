@@ -6,14 +6,14 @@ from typing import Annotated
 
 import typer
 
-from quant_cli import pipeline
+from quant_cli import console, pipeline
 from quant_cli.cli.common import (
     DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
 )
 from quant_cli.errors import QFactoryError
 from quant_cli.io import read_json
 from quant_cli.models.registry import FLAGS, describe_models
-from quant_cli.recipe import load_recipe
+from quant_cli.recipe import Recipe, load_recipe
 from quant_cli.runs import data_home, resolve_run, runs_home
 
 
@@ -41,22 +41,51 @@ def train(
         if list_models:
             _print_models(json_out)
             return
-        overrides = [*(set_ or []), *([f"model.name={model}"] if model else []), *device_overrides(device, strict_device)]
-        result = _train(recipe, run, overrides, data_dir, runs_dir)
+        result = _train(recipe, run, set_ or [], model, device_overrides(device, strict_device), data_dir, runs_dir)
         payload = {"run_id": result.id, "metrics": read_json(result.path / "metrics.json")}
     emit(result.path, json_out, payload)
 
 
-def _train(recipe, run_ref, overrides, data_dir, runs_dir):
+def _train(recipe, run_ref, sets: list[str], model: str | None, device_sets: list[str], data_dir, runs_dir):
     if (recipe is None) == (run_ref is None):
         raise QFactoryError("pass exactly one of --recipe (start a new run) or --run (train an existing split run)")
     if run_ref is not None:
-        if overrides:
+        if sets or model or device_sets:
             raise QFactoryError("--set and --model apply to new runs only; a run's recipe is fixed — use --recipe to start a new run")
         existing = resolve_run(run_ref, runs_home(runs_dir))
         return pipeline.train_existing(existing, data_home(data_dir, existing.recipe()))
-    resolved = load_recipe(recipe, overrides)
+    resolved = _load_with_model(recipe, [*sets, *device_sets], model)
     return pipeline.train_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved))
+
+
+def _load_with_model(recipe, sets: list[str], model: str | None) -> Recipe:
+    """The recipe with --set items, then --model NAME (same as --set model.name=NAME).
+
+    The recipe's model.params were written for its own model: when --model switches to another
+    one they are dropped, with one notice, except those given with --set model.params.KEY=VALUE.
+    """
+    if model is None:
+        return load_recipe(recipe, sets)
+    written = load_recipe(recipe, sets)["model"]
+    overrides = [*sets, f"model.name={model}"]
+    if written["name"] == model or not written["params"]:
+        return load_recipe(recipe, overrides)
+    explicit = [item for item in sets if _param_key(item) is not None]
+    keys = {_param_key(item) for item in explicit}
+    kept = set(written["params"]) if "" in keys else keys  # a whole --set model.params={...} table keeps all
+    dropped = sorted(set(written["params"]) - kept)
+    if dropped:
+        console.notice(f"--model {model}: ignoring model.params written for {written['name']} ({', '.join(dropped)}); "
+                       "set them with --set model.params.KEY=VALUE")
+    return load_recipe(recipe, [*overrides, "model.params={}", *explicit])
+
+
+def _param_key(item: str) -> str | None:
+    """'num_leaves' for --set model.params.num_leaves=7, '' for the whole table, None otherwise."""
+    parts = [p.strip() for p in item.partition("=")[0].strip().split(".")]
+    if parts[:2] != ["model", "params"]:
+        return None
+    return parts[2] if len(parts) > 2 else ""
 
 
 def _print_models(json_out: bool) -> None:
@@ -70,3 +99,5 @@ def _print_models(json_out: bool) -> None:
         flags = ", ".join(k for k in FLAGS if m[k])
         encodings = "/".join(m["symbol_encodings"])
         typer.echo(f"{m['name']:<14} {m['family']:<9} tasks: {'/'.join(m['tasks']):<26} symbols: {encodings:<30} {flags}")
+        for key, param in m["parameters"].items():
+            typer.echo(f"    {key} = {json.dumps(param['default'])}: {param['accepts']}")

@@ -26,6 +26,7 @@ from quant_cli.errors import ModelError, one_of, suggest
 from quant_cli.io import read_json, write_json_atomic
 from quant_cli.models.device import check_device, is_cuda, notice_once, resolve_device
 from quant_cli.models.encoding import KINDS, UNSEEN_POLICIES, SymbolEncoder, check_choice
+from quant_cli.models.params import Limit, check_params, library_message
 
 TASKS = ("regression", "classification")
 # More distinct labels than this is almost surely a continuous target given to a classifier.
@@ -46,6 +47,13 @@ class Inputs:
         return replace(self, **{k: None if v is None else v[rows] for k, v in vars(self).items()})
 
 
+def normalise(proba: np.ndarray) -> np.ndarray:
+    """Rows rescaled in float64 to sum to 1: libraries return float32 probabilities (XGBoost) whose
+    rows miss 1 by ~1e-7, which scikit-learn's log_loss reports as a warning."""
+    proba = np.asarray(proba, dtype=np.float64)
+    return proba / proba.sum(axis=1, keepdims=True)
+
+
 class Model(ABC):
     name: ClassVar[str]
     family: ClassVar[str]
@@ -58,8 +66,10 @@ class Model(ABC):
     importance: ClassVar[bool] = False       # feature_importance() returns something
     missing_values: ClassVar[bool] = False   # accepts NaN features
     symbol_encodings: ClassVar[tuple[str, ...]] = ("none", "one_hot")
-    # Declared parameters and their defaults: anything else is a typo and an error.
+    # Declared parameters and their defaults: anything else is a typo and an error. A value's type
+    # is the default's; `limits` bounds the values that have limits (quant_cli.models.params).
     defaults: ClassVar[dict[str, Any]] = {}
+    limits: ClassVar[dict[str, Limit]] = {}
 
     def __init__(self, *, task: str = "regression", seed: int = 42, threads: int = 0, device: str = "cpu",
                  symbol_encoding: str = "none", unseen_symbols: str = "error", **params: Any) -> None:
@@ -67,7 +77,7 @@ class Model(ABC):
         if unknown:
             raise ModelError(
                 f"model.params.{unknown[0]} is not a parameter of model '{self.name}'{suggest(unknown[0], self.defaults)}; "
-                f"allowed: {one_of(self.defaults)}"
+                f"allowed: {one_of(self.defaults)}; `qfactory train --list-models` lists each model's parameters"
             )
         if task not in self.tasks:
             raise ModelError(f"model.task {task!r} is not supported by '{self.name}'; allowed: {one_of(self.tasks)}")
@@ -81,11 +91,15 @@ class Model(ABC):
         self.device = check_device(device)
         self.symbol_encoding = symbol_encoding
         self.unseen_symbols = check_choice("model.unseen_symbols", unseen_symbols, UNSEEN_POLICIES)
-        self.params = {**self.defaults, **params}
+        self.params = check_params(self.name, {**self.defaults, **params}, self.defaults, self.limits)
         self._check_params()
 
     def _check_params(self) -> None:
-        """Validate parameter values a family can check before fitting (names are checked above)."""
+        """Checks beyond each value's type and range (names and `limits` are checked above)."""
+
+    def _library_errors(self) -> tuple[type[BaseException], ...]:
+        """The library's own error types, raised in `_fit` when it rejects its parameters."""
+        return ()
 
     # ---- the family's part -------------------------------------------------------------------
 
@@ -152,7 +166,11 @@ class Model(ABC):
             val_targets = self._val_targets(self._check_y(y_val, len(X_val), "y_val"))
         weights = self._check_weights(sample_weight, len(X))
         self.device_ = self._device()
-        self._fit(train, targets, val, val_targets, weights, int(early_stopping))
+        try:
+            self._fit(train, targets, val, val_targets, weights, int(early_stopping))
+        except self._library_errors() as exc:
+            raise ModelError(f"model '{self.name}' could not be fit: {library_message(exc)}; check model.params "
+                             "(`qfactory train --list-models` lists each model's parameters)") from None
         self.feature_names_ = list(feature_names)
         return self
 
@@ -164,10 +182,10 @@ class Model(ABC):
         return np.asarray(out, dtype=np.float64).reshape(-1)
 
     def predict_proba(self, X: np.ndarray, *, symbols: np.ndarray | None = None) -> np.ndarray:
-        """(n, K) class probabilities, columns in `classes_` order."""
+        """(n, K) float64 class probabilities, columns in `classes_` order; each row sums to 1."""
         if not self.is_classifier:
             raise ModelError(f"predict_proba needs model.task = 'classification'; model '{self.name}' is a {self.task} model")
-        return np.asarray(self._output(X, symbols), dtype=np.float64)
+        return self._output(X, symbols)
 
     def _output(self, X: np.ndarray, symbols: np.ndarray | None) -> np.ndarray:
         if not self.is_fitted():
@@ -175,7 +193,8 @@ class Model(ABC):
         X = self._check_X(X, len(self.feature_names_), "X")
         if len(X) == 0:  # some libraries refuse empty input; an empty segment is not an error
             return np.zeros((0, self.n_classes)) if self.is_classifier else np.zeros(0)
-        return self._predict(self._rows(X, symbols))
+        out = self._predict(self._rows(X, symbols))
+        return normalise(out) if self.is_classifier else out
 
     def _rows(self, X: np.ndarray, symbols: np.ndarray | None, ts=None, t1=None) -> Inputs:
         keys = {"symbols": symbols, "ts": ts, "t1": t1}

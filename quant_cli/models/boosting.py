@@ -16,6 +16,7 @@ import numpy as np
 from quant_cli.errors import ModelError, one_of
 from quant_cli.models.base import TASKS, Inputs, Model
 from quant_cli.models.device import cuda_index, is_cuda, notice_once
+from quant_cli.models.params import Limit, above, at_least, between, fraction
 
 
 class _Boosting(Model):
@@ -55,6 +56,11 @@ class _Boosting(Model):
 
 _LGB_FIXED = {"verbosity": -1, "deterministic": True, "force_col_wise": True}
 
+# LightGBM's objectives for tabular rows (canonical names). Checked before fitting: LightGBM writes
+# '[LightGBM] [Fatal] ...' straight to the process's stderr before it raises.
+_LGB_OBJECTIVES = ("auto", "regression", "regression_l1", "huber", "fair", "poisson", "quantile", "mape", "gamma",
+                   "tweedie", "cross_entropy", "binary", "multiclass", "multiclassova")
+
 
 class LightGBMModel(_Boosting):
     name = "lightgbm"
@@ -72,6 +78,24 @@ class LightGBMModel(_Boosting):
         "lambda_l2": 1.0,
         "objective": "auto",
     }
+    limits = {
+        "n_estimators": at_least(1),
+        "learning_rate": above(0),
+        "num_leaves": at_least(2),
+        "max_depth": at_least(1, special=(-1,), note="-1: no limit"),
+        "min_data_in_leaf": at_least(0),
+        "feature_fraction": fraction(),
+        "bagging_fraction": fraction(),
+        "bagging_freq": at_least(0),
+        "lambda_l1": at_least(0),
+        "lambda_l2": at_least(0),
+        "objective": Limit(choices=_LGB_OBJECTIVES, note="'auto': by model.task"),
+    }
+
+    def _library_errors(self):
+        import lightgbm as lgb
+
+        return (lgb.basic.LightGBMError,)
 
     def _lgb_params(self, device: str) -> dict[str, Any]:
         params = {k: v for k, v in self.params.items() if k not in ("n_estimators", "objective")}
@@ -146,6 +170,20 @@ class CatBoostModel(_Boosting):
         "random_strength": 1.0,
         "loss_function": "auto",
     }
+    limits = {
+        "iterations": at_least(1),
+        "learning_rate": above(0),
+        "depth": between(1, 16),
+        "l2_leaf_reg": at_least(0),
+        "border_count": between(1, 65535),
+        "random_strength": at_least(0),
+        "loss_function": Limit(note="'auto': by model.task, or a CatBoost loss function"),
+    }
+
+    def _library_errors(self):
+        import catboost as cb
+
+        return (cb.CatBoostError,)
 
     def _cb_params(self) -> dict[str, Any]:
         params = {**self.params, "loss_function": self._loss(), "random_seed": self.seed,
@@ -224,6 +262,24 @@ class XGBoostModel(_Boosting):
         "max_bin": 256,
         "objective": "auto",
     }
+    limits = {
+        "n_estimators": at_least(1),
+        "learning_rate": above(0),
+        "max_depth": at_least(0, note="0: no limit"),
+        "min_child_weight": at_least(0),
+        "subsample": fraction(),
+        "colsample_bytree": fraction(),
+        "reg_lambda": at_least(0),
+        "reg_alpha": at_least(0),
+        "gamma": at_least(0),
+        "max_bin": at_least(2),
+        "objective": Limit(note="'auto': by model.task, or an XGBoost objective"),
+    }
+
+    def _library_errors(self):
+        import xgboost as xgb
+
+        return (xgb.core.XGBoostError,)
 
     def _xgb_params(self) -> dict[str, Any]:
         p = self.params

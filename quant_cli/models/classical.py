@@ -12,26 +12,19 @@ TOML has no null: `max_depth = 0` means "no limit"; `class_weight` is "none" or 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from quant_cli.errors import ModelError, one_of
+from quant_cli.errors import ModelError
 from quant_cli.io import read_json, write_json_atomic
 from quant_cli.models.base import TASKS, Inputs, Model
 from quant_cli.models.device import notice_once
+from quant_cli.models.params import Limit, above, at_least, between, choice, fraction
 
-
-def _check_range(model: Model, key: str, low: float, high: float) -> None:
-    value = model.params[key]
-    if not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ModelError(f"model.params.{key} must be a number in [{low}, {high}] for '{model.name}', got {value!r}")
-
-
-def _check_choice(model: Model, key: str, allowed: tuple[str, ...]) -> None:
-    if model.params[key] not in allowed:
-        raise ModelError(f"model.params.{key} {model.params[key]!r} is not valid for '{model.name}'; allowed: {one_of(allowed)}")
+_CLASS_WEIGHTS = choice("none", "balanced")
 
 
 def _class_weight(value: str) -> str | None:
@@ -46,6 +39,9 @@ class _Coefficients(Model):
 
     sample_weights = True
     importance = True
+
+    def _library_errors(self):
+        return _sklearn_errors()
 
     def _keep(self, estimator: Any) -> None:
         self.coef_ = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))        # (m, p)
@@ -74,10 +70,7 @@ class LinearModel(_Coefficients):
     family = "linear"
     tasks = ("regression",)
     defaults = {"alpha": 1.0, "l1_ratio": 0.0, "fit_intercept": True, "max_iter": 5000}
-
-    def _check_params(self) -> None:
-        _check_range(self, "alpha", 0.0, float("inf"))
-        _check_range(self, "l1_ratio", 0.0, 1.0)
+    limits = {"alpha": at_least(0), "l1_ratio": between(0, 1), "max_iter": at_least(1)}
 
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
         from sklearn.linear_model import ElasticNet, Ridge
@@ -101,11 +94,7 @@ class LogisticModel(_Coefficients):
     family = "linear"
     tasks = ("classification",)
     defaults = {"C": 1.0, "l1_ratio": 0.0, "max_iter": 1000, "class_weight": "none"}
-
-    def _check_params(self) -> None:
-        _check_range(self, "C", 1e-12, float("inf"))
-        _check_range(self, "l1_ratio", 0.0, 1.0)
-        _check_choice(self, "class_weight", ("none", "balanced"))
+    limits = {"C": above(0), "l1_ratio": between(0, 1), "max_iter": at_least(1), "class_weight": _CLASS_WEIGHTS}
 
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
         from sklearn.linear_model import LogisticRegression
@@ -129,7 +118,16 @@ class LogisticModel(_Coefficients):
 # ---- pickled estimators: forests and SVMs ---------------------------------------------------------
 
 
+def _sklearn_errors() -> tuple[type[BaseException], ...]:
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    return (InvalidParameterError,)
+
+
 class _Pickled(Model):
+    def _library_errors(self):
+        return _sklearn_errors()
+
     def _save_native(self, folder: Path) -> None:
         import joblib
 
@@ -149,10 +147,11 @@ class _Forest(_Pickled):
     missing_values = True  # sklearn trees route NaN since 1.4 (random forest) / 1.6 (extra trees)
     defaults = {"n_estimators": 300, "max_depth": 0, "min_samples_leaf": 50, "max_features": 0.5,
                 "bootstrap": True, "max_samples": 1.0, "class_weight": "none"}
+    # max_features is a share of the features: an integer 1 is read as 1.0 (all of them), not as a count.
+    limits = {"n_estimators": at_least(1), "max_depth": at_least(0, note="0: no limit"), "min_samples_leaf": at_least(1),
+              "max_features": fraction(choices=("sqrt", "log2")), "max_samples": fraction(), "class_weight": _CLASS_WEIGHTS}
 
     def _check_params(self) -> None:
-        _check_range(self, "max_samples", 1e-9, 1.0)
-        _check_choice(self, "class_weight", ("none", "balanced"))
         if not self.is_classifier and self.params["class_weight"] != "none":
             raise ModelError(f"model.params.class_weight applies to classification only; '{self.name}' is a regression model here")
 
@@ -171,10 +170,30 @@ class _Forest(_Pickled):
         self.estimator_ = self._sklearn_class()(**self._estimator_kwargs()).fit(train.X, y, sample_weight=sample_weight)
 
     def _predict(self, rows: Inputs) -> np.ndarray:
-        return self.estimator_.predict_proba(rows.X) if self.is_classifier else self.estimator_.predict(rows.X)
+        """Rows in parallel chunks, trees summed in order within each: bit-identical at any thread count.
+
+        sklearn's own parallel predict adds the trees in whatever order the threads finish, which
+        changes the last bits of a prediction from one call to the next.
+        """
+        from joblib import Parallel, delayed
+
+        self.estimator_.set_params(n_jobs=1)  # a model loaded from an older run may still say -1
+        method = self.estimator_.predict_proba if self.is_classifier else self.estimator_.predict
+        chunks = np.array_split(np.arange(len(rows.X)), max(1, min(_cpus(self.threads), len(rows.X) // _CHUNK_ROWS)))
+        if len(chunks) == 1:
+            return method(rows.X)
+        parts = Parallel(n_jobs=len(chunks), prefer="threads")(delayed(method)(rows.X[c]) for c in chunks)
+        return np.concatenate(parts)
 
     def feature_importance(self) -> dict[str, float]:
         return {n: float(v) for n, v in zip(self.input_names_, self.estimator_.feature_importances_)}
+
+
+_CHUNK_ROWS = 10_000  # below this many rows per thread, one thread is faster
+
+
+def _cpus(threads: int) -> int:
+    return threads if threads > 0 else os.cpu_count() or 1
 
 
 class RandomForestModel(_Forest):
@@ -210,10 +229,9 @@ class SVMModel(_Pickled):
     sample_weights = True
     defaults = {"kernel": "rbf", "C": 1.0, "gamma": "scale", "epsilon": 0.1, "max_train_rows": 20000,
                 "calibration_folds": 3}
-
-    def _check_params(self) -> None:
-        _check_choice(self, "kernel", ("rbf", "linear", "poly", "sigmoid"))
-        _check_range(self, "C", 1e-12, float("inf"))
+    limits = {"kernel": choice("rbf", "linear", "poly", "sigmoid"), "C": above(0),
+              "gamma": Limit(kind="float", low=0, low_open=True, choices=("scale", "auto")), "epsilon": at_least(0),
+              "max_train_rows": at_least(2), "calibration_folds": at_least(2)}
 
     def _subsample(self, n: int) -> np.ndarray:
         limit = int(self.params["max_train_rows"])

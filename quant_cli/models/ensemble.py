@@ -9,12 +9,18 @@ member predictions line up row by row — which is alignment on (symbol, ts) for
 - stacking: a meta-model fit on out-of-fold member scores from a purged k-fold over the training
             rows (needs ts and t1), never on in-sample predictions; members are then refit on all
             training rows for prediction.
-- blending: members fit on the training rows, the meta-model on their scores for the validation
-            rows. Members do not early-stop on those rows: they are the meta-model's training set.
+- blending: members fit on the training rows, the meta-model on their scores for held-out rows:
+            the validation rows, or (with none, e.g. inside a cross-validation fold) the last
+            chronological share of the training rows — see `BlendingModel`.
+
+Devices: the ensemble hands its device to every member; a member that cannot use it says so
+itself. The ensemble's recorded device is the one its members actually used ("cuda:0" if any
+member trained there, else "cpu"); `fit_info()["members"]` keeps each member's own.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,11 @@ from quant_cli.errors import ModelError, one_of
 from quant_cli.models.base import TASKS, Inputs, Model
 from quant_cli.models.device import notice_once
 from quant_cli.models.encoding import KINDS
-from quant_cli.models.folds import label_horizon, purged_kfold_indices
+from quant_cli.models.folds import label_horizon, purged_holdout, purged_kfold_indices
+from quant_cli.models.params import Limit, at_least, between
+
+_MEMBERS = Limit(note='member tables, e.g. [{name = "lightgbm"}, {name = "linear", params = {alpha = 2.0}}]')
+_META = Limit(note='{name = "...", params = {...}}; {}: linear, or logistic for classification')
 
 _MEMBER_KEYS = ("name", "params", "symbol_encoding")
 
@@ -54,11 +64,27 @@ class _Ensemble(Model):
     def _accepts_missing(self) -> bool:
         return True  # each member checks its own inputs
 
+    def _usable_device(self, resolved: str) -> str:
+        return resolved  # members decide, and a member that cannot use the device says so
+
+    def fit(self, *args: Any, **kwargs: Any) -> Model:
+        super().fit(*args, **kwargs)
+        self.device_ = self._devices_used()
+        return self
+
+    def _fitted_models(self) -> list[Model]:
+        return [*self.members_, *([self.meta_] if self.uses_meta else [])]
+
+    def _devices_used(self) -> str:
+        """The first non-CPU device a member or the meta-model trained on, else "cpu"."""
+        used = [m.device_ for m in self._fitted_models() if m.device_ != "cpu"]
+        return used[0] if used else "cpu"
+
     def _check_params(self) -> None:
         members = self.params["members"]
         if not isinstance(members, list) or not members:
-            raise ModelError(f"model.params.members must list at least one member, e.g. "
-                             f"[{{name = \"lightgbm\"}}, {{name = \"linear\"}}], got {members!r}")
+            raise ModelError(f"model.params.members: expected a list of at least one member, e.g. "
+                             f"[{{name = \"lightgbm\"}}, {{name = \"linear\"}}], for model '{self.name}', got {members!r}")
         self.member_specs = [self._spec(i, m) for i, m in enumerate(members)]
         for i, spec in enumerate(self.member_specs):
             self._member(i, spec)  # constructing validates name, params and encoding now, not after hours
@@ -95,7 +121,8 @@ class _Ensemble(Model):
         spec = self.params["meta"] or {"name": "logistic" if self.is_classifier else "linear"}
         if (not isinstance(spec, dict) or "name" not in spec or set(spec) - {"name", "params"}
                 or not isinstance(spec.get("params", {}), dict)):
-            raise ModelError(f"model.params.meta must be a table {{name = \"...\", params = {{...}}}}, got {spec!r}")
+            raise ModelError(f"model.params.meta: expected a table {{name = \"...\", params = {{...}}}} "
+                             f"for model '{self.name}', got {spec!r}")
         return self._create("model.params.meta", spec["name"], spec.get("params", {}), self.task, "none", "error")
 
     # ---- fitting and scoring members ---------------------------------------------------------------
@@ -167,17 +194,21 @@ class _Ensemble(Model):
         return info
 
 
+def _is_weight(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
 class VotingModel(_Ensemble):
     name = "voting"
     defaults = {"members": [], "weights": []}
+    limits = {"members": _MEMBERS, "weights": Limit(note="one number >= 0 per member; []: equal weights")}
 
     def _check_params(self) -> None:
         super()._check_params()
         weights = self.params["weights"] or [1.0] * len(self.member_specs)
-        if (len(weights) != len(self.member_specs) or not all(isinstance(w, (int, float)) and w >= 0 for w in weights)
-                or sum(weights) <= 0):
-            raise ModelError(f"model.params.weights must be {len(self.member_specs)} numbers >= 0 with a positive sum "
-                             f"(one per member), got {self.params['weights']!r}")
+        if len(weights) != len(self.member_specs) or not all(_is_weight(w) for w in weights) or sum(weights) <= 0:
+            raise ModelError(f"model.params.weights: expected {len(self.member_specs)} numbers >= 0 with a positive sum "
+                             f"(one per member) for model '{self.name}', got {self.params['weights']!r}")
         self.weights = np.asarray(weights, dtype=np.float64) / float(sum(weights))
 
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
@@ -198,14 +229,8 @@ class StackingModel(_Ensemble):
     uses_meta = True
     # embargo -1: the label horizon, inferred from ts and t1 (TOML has no null).
     defaults = {"members": [], "meta": {}, "folds": 5, "embargo": -1}
-
-    def _check_params(self) -> None:
-        super()._check_params()
-        if not isinstance(self.params["folds"], int) or self.params["folds"] < 2:
-            raise ModelError(f"model.params.folds must be an integer >= 2, got {self.params['folds']!r}")
-        if not isinstance(self.params["embargo"], int) or self.params["embargo"] < -1:
-            raise ModelError("model.params.embargo must be -1 (the label horizon) or a number of bars >= 0, "
-                             f"got {self.params['embargo']!r}")
+    limits = {"members": _MEMBERS, "meta": _META, "folds": at_least(2),
+              "embargo": at_least(0, special=(-1,), note="-1: the label horizon")}
 
     def _folds(self, train: Inputs) -> list[tuple[np.ndarray, np.ndarray]]:
         if train.ts is None or train.t1 is None:
@@ -245,16 +270,52 @@ class StackingModel(_Ensemble):
 
 
 class BlendingModel(_Ensemble):
+    """Members fit on the training rows; the meta-model on their scores for rows they never saw.
+
+    Those rows are the validation rows when the fit has some (a chronological split). Without
+    them — inside a cross-validation fold, or a split with `val = 0` — blending holds out the last
+    `holdout` share (default 0.2) of the training rows' distinct timestamps: the latest rows, so
+    the meta-model learns how members score rows after the ones they trained on, as they will be
+    used. Members then train only on rows whose label ends (t1) before the holdout's first
+    timestamp, so no member-training label overlaps a holdout row (the same purge as the CV folds;
+    it needs ts and t1). Members are not refit on the holdout: the meta-model's weights belong to
+    the members it scored. Members never early-stop: the held-out rows are the meta-model's data.
+    """
+
     name = "blending"
     uses_meta = True
-    defaults = {"members": [], "meta": {}}
+    defaults = {"members": [], "meta": {}, "holdout": 0.2}
+    limits = {"members": _MEMBERS, "meta": _META, "holdout": between(0, 1, low_open=True, high_open=True)}
 
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
+        self.__dict__.pop("holdout_rows_", None)
         if val is None:
-            raise ModelError("model 'blending' fits its meta-model on the validation rows, and there are none; "
-                             "give the split a validation segment (split.val > 0) or use 'stacking'")
+            fit_rows, held_rows = self._holdout(train)
+            train, y, val, y_val = train.take(fit_rows), y[fit_rows], train.take(held_rows), y[held_rows]
+            sample_weight = None if sample_weight is None else sample_weight[fit_rows]
+            self.holdout_rows_ = len(held_rows)
         self.members_ = self._fit_members(train, y, None, None, sample_weight, 0)
         self.meta_ = self._fit_meta(self._scores(self.members_, val), y_val, None, None, None, 0)
+
+    def _holdout(self, train: Inputs) -> tuple[np.ndarray, np.ndarray]:
+        if train.ts is None or train.t1 is None:
+            raise ModelError("model 'blending' fits its meta-model on held-out rows: pass validation rows (X_val, y_val) "
+                             "or each training row's ts and t1 (fit(..., ts=, t1=)) to hold out the latest rows")
+        fit_rows, held_rows = purged_holdout(train.ts, train.t1, self.params["holdout"])
+        if len(fit_rows) == 0:
+            raise ModelError(f"model 'blending': no training rows are left for the members after holding out the last "
+                             f"{self.params['holdout']:g} of the rows and purging overlapping labels; use more data "
+                             "or a smaller model.params.holdout")
+        return fit_rows, held_rows
+
+    def _fit_info(self) -> dict[str, Any]:
+        held = getattr(self, "holdout_rows_", None)
+        return {**super()._fit_info(), **({"holdout_rows": held} if held is not None else {})}
+
+    def _load_native(self, folder: Path, meta: dict[str, Any]) -> None:
+        super()._load_native(folder, meta)
+        if "holdout_rows" in meta["fit_info"]:
+            self.holdout_rows_ = meta["fit_info"]["holdout_rows"]
 
     def _predict(self, rows: Inputs) -> np.ndarray:
         return self._predict_meta(rows)

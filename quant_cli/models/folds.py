@@ -59,3 +59,16 @@ def label_horizon(ts: np.ndarray, t1: np.ndarray) -> int:
     unique = np.unique(ts_i)
     spans = np.searchsorted(unique, t1_i, side="right") - np.searchsorted(unique, ts_i, side="right")
     return int(np.median(spans)) if len(spans) else 0
+
+
+def purged_holdout(ts: np.ndarray, t1: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
+    """(fit_idx, holdout_idx): the last `share` of the distinct timestamps is held out; a fit row is
+    kept only when its label ends before the holdout's first timestamp, so no fit row's label
+    interval [ts, t1] overlaps a holdout row (the purge of `purged_kfold_indices`, one block at the end)."""
+    ts_i, t1_i = _ts_t1(ts, t1)
+    unique = np.unique(ts_i)
+    n_held = int(np.ceil(len(unique) * share))
+    if not 0 < n_held < len(unique):
+        raise ModelError(f"cannot hold out {share:g} of {len(unique)} distinct timestamps; need at least 2 timestamps")
+    start = unique[len(unique) - n_held]
+    return np.flatnonzero(t1_i < start), np.flatnonzero(ts_i >= start)

@@ -21,6 +21,7 @@ import numpy as np
 
 from quant_cli.errors import ModelError
 from quant_cli.models.base import TASKS, Inputs, Model
+from quant_cli.models.params import Limit, above, at_least, between
 
 
 class MLPModel(Model):
@@ -33,16 +34,16 @@ class MLPModel(Model):
     symbol_encodings = ("none", "one_hot", "embedding")
     defaults = {"hidden": [64, 32], "dropout": 0.1, "learning_rate": 1e-3, "weight_decay": 1e-4,
                 "epochs": 50, "batch_size": 256, "embedding_dim": 4}
+    limits = {"hidden": Limit(note="layer widths, e.g. [64, 32]"), "dropout": between(0, 1, high_open=True),
+              "learning_rate": above(0), "weight_decay": at_least(0), "epochs": at_least(1), "batch_size": at_least(1),
+              "embedding_dim": at_least(1)}
 
     def _check_params(self) -> None:
         hidden = self.params["hidden"]
-        if not isinstance(hidden, (list, tuple)) or not all(isinstance(h, int) and h > 0 for h in hidden):
-            raise ModelError(f"model.params.hidden must be a list of positive layer widths, e.g. [64, 32], got {hidden!r}")
-        for key in ("epochs", "batch_size", "embedding_dim"):
-            if not isinstance(self.params[key], int) or self.params[key] < 1:
-                raise ModelError(f"model.params.{key} must be a positive integer, got {self.params[key]!r}")
-        if not 0.0 <= self.params["dropout"] < 1.0:
-            raise ModelError(f"model.params.dropout must be in [0, 1), got {self.params['dropout']!r}")
+        if (not isinstance(hidden, (list, tuple))
+                or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden)):
+            raise ModelError(f"model.params.hidden: expected a list of positive layer widths, e.g. [64, 32], "
+                             f"for model '{self.name}', got {hidden!r}")
 
     def _usable_device(self, resolved: str) -> str:
         return resolved  # torch runs on cpu, cuda:N and mps alike

@@ -12,6 +12,7 @@ from quant_cli.models.boosting import CatBoostModel, LightGBMModel, XGBoostModel
 from quant_cli.models.classical import ExtraTreesModel, LinearModel, LogisticModel, RandomForestModel, SVMModel
 from quant_cli.models.ensemble import BlendingModel, StackingModel, VotingModel
 from quant_cli.models.neural import MLPModel
+from quant_cli.models.params import describe
 
 MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (
     LightGBMModel, CatBoostModel, XGBoostModel, RandomForestModel, ExtraTreesModel, LinearModel, LogisticModel,
@@ -45,6 +46,11 @@ def load_model(folder: Path) -> Model:
 def describe_models() -> list[dict[str, Any]]:
     return [
         {"name": cls.name, "family": cls.family, "tasks": list(cls.tasks), **{flag: getattr(cls, flag) for flag in FLAGS},
-         "symbol_encodings": list(cls.symbol_encodings), "params": sorted(cls.defaults)}
+         "symbol_encodings": list(cls.symbol_encodings), "params": sorted(cls.defaults), "parameters": _parameters(cls)}
         for cls in MODELS.values()
     ]
+
+
+def _parameters(cls: type[Model]) -> dict[str, dict[str, Any]]:
+    """name → {default, accepts}: what `--set model.params.NAME=VALUE` takes, in words."""
+    return {key: {"default": default, "accepts": describe(default, cls.limits.get(key))} for key, default in cls.defaults.items()}
