@@ -66,9 +66,11 @@ def load_bars(
         unknown = sorted(set(symbols) - set(manifest["symbols"]))
         if unknown:
             raise DataError(f"data.symbols: {unknown[:5]} not in dataset {dataset!r}; it has {len(manifest['symbols'])} symbols, e.g. {manifest['symbols'][:5]}")
-    lazy = pl.scan_parquet(dataset_dir(data_dir, dataset) / "bars" / "*" / "*.parquet", hive_partitioning=False)
-    if symbols:
-        lazy = lazy.filter(pl.col("symbol").is_in(symbols))
+    bars_dir = dataset_dir(data_dir, dataset) / "bars"
+    if symbols:  # read only those symbols' partitions (a chunked feature build asks for a few at a time)
+        lazy = pl.scan_parquet([_partition(bars_dir, s) for s in dict.fromkeys(symbols)], hive_partitioning=False)
+    else:
+        lazy = pl.scan_parquet(bars_dir / "*" / "*.parquet", hive_partitioning=False)
     if start is not None:
         lazy = lazy.filter(pl.col("ts") >= parse_time(start, "data.start"))
     if end is not None:
@@ -105,11 +107,15 @@ def write_store(data_dir: Path, dataset: str, bars: pl.DataFrame, source: str, f
     return manifest
 
 
+def _partition(bars_dir: Path, symbol: str) -> Path:
+    return bars_dir / f"symbol={quote(str(symbol), safe='')}" / "part-0.parquet"
+
+
 def _write_partitions(staging: Path, bars: pl.DataFrame) -> None:
     for (symbol,), part in bars.partition_by("symbol", as_dict=True, maintain_order=True).items():
-        folder = staging / f"symbol={quote(str(symbol), safe='')}"
-        folder.mkdir()
-        part.sort("ts").write_parquet(folder / "part-0.parquet", statistics=True)
+        path = _partition(staging, symbol)
+        path.parent.mkdir()
+        part.sort("ts").write_parquet(path, statistics=True)
 
 
 def _content_hash(folder: Path) -> str:
