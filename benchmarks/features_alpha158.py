@@ -10,7 +10,9 @@ process (so peak memory is its own) on the same bars read from one parquet file:
   parts written, null shares counted) on the same bars ingested as a dataset;
 - `pandas`: benchmarks/pandas_alpha158.py, a straightforward groupby().rolling() reference.
 Before any time is compared, the engine's and pandas' tables are checked to hold the same
-numbers (same nulls, values within 1e-6 relative); the script exits 1 if they do not.
+numbers (same nulls, values within 1e-5 relative); the script exits 1 if they do not. Not
+tighter: on near-flat 5-bar windows (RSQR5, CORR5) both libraries' rolling variances lose about
+1e-6 relative to cancellation against the price level, each in its own way.
 Times are wall-clock seconds of the feature computation only (reading the input is excluded).
 """
 
@@ -29,7 +31,7 @@ import numpy as np
 import polars as pl
 
 HERE = Path(__file__).resolve().parent
-TOLERANCE = 1e-6
+TOLERANCE = 1e-5
 
 
 def main() -> int:
@@ -56,9 +58,22 @@ def _parse() -> argparse.Namespace:
 
 def _run_side(args: argparse.Namespace) -> int:
     seconds, rows, columns = {"engine": _engine, "store": _store, "pandas": _pandas}[args.side](args.input, args.output)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "rows": rows, "features": columns}))
+    print(json.dumps({"seconds": seconds, "peak_mb": _peak_mb(), "rows": rows, "features": columns}))
     return 0
+
+
+def _peak_mb() -> float:
+    """This process's peak resident memory, MiB.
+
+    VmHWM belongs to the process's own address space; ru_maxrss is not used where VmHWM exists
+    because Linux carries the parent's high-water mark into a child through fork + exec.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
 def _selection():

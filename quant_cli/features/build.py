@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -43,6 +45,22 @@ def chunk_symbols(rows_per_symbol: dict[str, int], chunk_rows: int) -> list[list
     return [c for c in chunks if c]
 
 
+@dataclass
+class PartStats:
+    """What spec.json needs of the written table, counted while each part is still in memory."""
+
+    rows: int = 0
+    symbols: int = 0  # parts hold disjoint symbol groups, so counts add up
+    nulls: dict[str, int] = field(default_factory=dict)
+
+    def add(self, frame: pl.DataFrame, names: Sequence[str]) -> None:
+        self.rows += frame.height
+        self.symbols += frame.get_column("symbol").n_unique()
+        counts = frame.select(pl.col(list(names)).null_count()).row(0, named=True) if names else {}
+        for name, count in counts.items():
+            self.nulls[name] = self.nulls.get(name, 0) + int(count)
+
+
 def build_parts(
     load: LoadBars,
     chunks: Sequence[list[str]],
@@ -50,25 +68,35 @@ def build_parts(
     out_dir: Path,
     options: FeatureOptions | None = None,
     bounds: tuple[dt.datetime | None, dt.datetime | None] = (None, None),
-) -> list[Path]:
-    """Compute `todo` chunk by chunk into `out_dir/part-NNNNN.parquet`; returns the parts in order."""
+) -> tuple[list[Path], PartStats]:
+    """Compute `todo` chunk by chunk into `out_dir/part-NNNNN.parquet`; returns the parts in order and their stats.
+
+    While a group is computed, the next group's bars are read and the previous part is written
+    on background threads (polars releases the GIL; writing a few GB of floats is disk-bound),
+    so at most three groups are in memory.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     staged = bool(todo.stage2)
     parts: list[Path] = []
-    for i, symbols in enumerate(console.track(chunks, "features", total=len(chunks))):
-        bars = load(list(symbols))
-        engine.check_bars(bars)
-        first = engine.stage1(bars, todo, options)
-        frame = first if staged else _filtered(engine.finish(first, todo), bounds)
-        path = out_dir / f"part-{i:05d}.parquet"
-        _write(frame.collect(), path)
-        parts.append(path)
+    stats = PartStats()
+    with _Writer() as writer, ThreadPoolExecutor(max_workers=1, thread_name_prefix="qfactory-read") as reader:
+        upcoming = reader.submit(load, list(chunks[0])) if chunks else None
+        for i, _ in enumerate(console.track(chunks, "features", total=len(chunks))):
+            bars = upcoming.result()
+            upcoming = reader.submit(load, list(chunks[i + 1])) if i + 1 < len(chunks) else None
+            engine.check_bars(bars)
+            first = engine.stage1(bars, todo, options)
+            frame = (first if staged else _filtered(engine.finish(first, todo), bounds)).collect()
+            if not staged:
+                stats.add(frame, todo.names)
+            parts.append(out_dir / f"part-{i:05d}.parquet")
+            writer.submit(frame, parts[-1])
     if staged:
-        _add_cross_sectional(parts, todo, bounds)
-    return parts
+        _add_cross_sectional(parts, todo, bounds, stats)
+    return parts, stats
 
 
-def _add_cross_sectional(parts: list[Path], todo: engine.Plan, bounds: tuple[dt.datetime | None, dt.datetime | None]) -> None:
+def _add_cross_sectional(parts: list[Path], todo: engine.Plan, bounds: tuple[dt.datetime | None, dt.datetime | None], stats: PartStats) -> None:
     """Pass 2: cross-sectional features over every part at once, reading only the columns they need."""
     needed = [*engine.KEYS, *todo.passthrough, *dict.fromkeys(s.name for f in todo.stage2 for s in f.sources)]
     names = [f.name for f in todo.stage2]
@@ -78,8 +106,34 @@ def _add_cross_sectional(parts: list[Path], todo: engine.Plan, bounds: tuple[dt.
         first = pl.read_parquet(path)
         piece = cross.slice(offset, first.height)  # scan order = part order = row order
         offset += first.height
-        frame = engine.finish(pl.concat([first, piece], how="horizontal").lazy(), todo)
-        _write(_filtered(frame, bounds).collect(), path)
+        frame = _filtered(engine.finish(pl.concat([first, piece], how="horizontal").lazy(), todo), bounds).collect()
+        stats.add(frame, todo.names)
+        _write(frame, path)
+
+
+class _Writer:
+    """Writes parts on one background thread; `submit` waits for the previous write first."""
+
+    def __enter__(self) -> _Writer:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qfactory-write")
+        self._pending: Future | None = None
+        return self
+
+    def submit(self, frame: pl.DataFrame, path: Path) -> None:
+        self._wait()
+        self._pending = self._pool.submit(_write, frame, path)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()  # re-raises a failed write here, in the building thread
+            self._pending = None
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def _filtered(frame: pl.LazyFrame, bounds: tuple[dt.datetime | None, dt.datetime | None]) -> pl.LazyFrame:

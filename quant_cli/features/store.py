@@ -137,8 +137,8 @@ def _build(req: _Request) -> FeatureTable:
     try:
         with staged_dir(req.folder) as staging:
             load = lambda chunk: bar_store.load_bars(req.data_dir, req.dataset, symbols=chunk)  # noqa: E731
-            build.build_parts(load, chunks, todo, staging / TABLE, options, _bounds(req))
-            spec = _spec(req, scan_version(staging), todo, time.perf_counter() - started)
+            _, stats = build.build_parts(load, chunks, todo, staging / TABLE, options, _bounds(req))
+            spec = _spec(req, stats, todo, time.perf_counter() - started)
             write_json_atomic(staging / SPEC, spec)
     except OSError:
         if not (req.folder / SPEC).is_file():
@@ -185,10 +185,9 @@ def _bounds(req: _Request) -> tuple[dt.datetime | None, dt.datetime | None]:
     return (dt.datetime.fromisoformat(start) if start else None, dt.datetime.fromisoformat(end) if end else None)
 
 
-def _spec(req: _Request, table: pl.LazyFrame, todo: engine.Plan, seconds: float) -> dict[str, Any]:
+def _spec(req: _Request, stats: build.PartStats, todo: engine.Plan, seconds: float) -> dict[str, Any]:
     section = req.recipe["features"]
-    stats = table.select(pl.len().alias("_rows"), pl.col("symbol").n_unique().alias("_symbols"), *(pl.col(c).null_count() for c in todo.names)).collect()
-    rows = int(stats["_rows"][0])
+    rows = stats.rows
     if rows == 0:
         start, end = req.data_filter["start"], req.data_filter["end"]
         raise DataError(
@@ -209,8 +208,8 @@ def _spec(req: _Request, table: pl.LazyFrame, todo: engine.Plan, seconds: float)
         "polars_version": pl.__version__,
         **req.data_filter,
         "rows": rows,
-        "symbols_count": int(stats["_symbols"][0]),
-        "null_share": {c: round(int(stats[c][0]) / rows, 6) for c in todo.names},
+        "symbols_count": stats.symbols,
+        "null_share": {c: round(stats.nulls.get(c, 0) / rows, 6) for c in todo.names},
         "build_seconds": round(seconds, 3),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
