@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 T = TypeVar("T")
 
@@ -51,3 +52,18 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as progress:
         yield from progress.track(items, total=total, description=description)
+
+
+@contextmanager
+def working(description: str) -> Iterator[None]:
+    """A spinner with the elapsed time on stderr for work without countable steps (a model fit).
+
+    Silent when not a TTY or with --quiet, like `track`; it disappears when the work ends.
+    """
+    if not progress_enabled():
+        yield
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        progress.add_task(description, total=None)
+        yield

@@ -60,7 +60,8 @@ def _write_split(run: Run, recipe: Recipe, prepared: Prepared, data_dir: Path) -
 
 def _split_stage(run: Run, recipe: Recipe, data_dir: Path) -> Prepared:
     with run.stage("split") as info:
-        prepared = prepare(recipe, data_dir)
+        with console.working("split: features, labels, purge and embargo, train-only preprocessing"):
+            prepared = prepare(recipe, data_dir)
         _write_split(run, recipe, prepared, data_dir)
         info["rows"] = prepared.frame.height
     return prepared
@@ -82,10 +83,11 @@ def _fit(model: Model, prepared: Prepared, early_stopping: int) -> float:
     train, val = prepared.segment("train"), prepared.segment("val")
     weight = train["weight"].to_numpy() if model.sample_weights and train["weight"].null_count() == 0 else None
     started = time.perf_counter()
-    model.fit(prepared.matrix(train), train["label"].to_numpy(), feature_names=prepared.features,
-              X_val=prepared.matrix(val), y_val=val["label"].to_numpy(), sample_weight=weight, early_stopping=early_stopping,
-              symbols=train["symbol"].to_numpy(), symbols_val=val["symbol"].to_numpy(),
-              ts=train["ts"].to_numpy(), t1=train["t1"].to_numpy())
+    with console.working(f"train: fitting {model.name} on {train.height:,} rows"):
+        model.fit(prepared.matrix(train), train["label"].to_numpy(), feature_names=prepared.features,
+                  X_val=prepared.matrix(val), y_val=val["label"].to_numpy(), sample_weight=weight, early_stopping=early_stopping,
+                  symbols=train["symbol"].to_numpy(), symbols_val=val["symbol"].to_numpy(),
+                  ts=train["ts"].to_numpy(), t1=train["t1"].to_numpy())
     return time.perf_counter() - started
 
 
@@ -155,7 +157,8 @@ def _backtest_stage(run: Run, recipe: Recipe, data_dir: Path) -> dict[str, Any]:
     with run.stage("backtest") as info:
         scores = pl.read_parquet(run.path / "predictions.parquet").filter(pl.col("segment") == cfg["segment"])
         ppy = periods_per_year(recipe["data"]["frequency"] or store.read_manifest(data_dir, dataset_name(recipe))["frequency"])
-        curve, summary = run_backtest(scores, load_bars(recipe, data_dir), cfg, ppy)
+        with console.working("backtest: next-bar execution with costs"):
+            curve, summary = run_backtest(scores, load_bars(recipe, data_dir), cfg, ppy)
         with stage_outputs(run, "backtest") as folder:
             write_parquet_atomic(folder / "equity.parquet", curve)
             write_json_atomic(folder / "summary.json", {**summary, "config": cfg})
@@ -170,7 +173,7 @@ def _backtest_stage(run: Run, recipe: Recipe, data_dir: Path) -> dict[str, Any]:
 def _ingest_stage(run: Run, recipe: Recipe, data_dir: Path) -> None:
     from quant_cli.data.ingest import ingest, request_from_recipe
 
-    with run.stage("ingest") as info:
+    with run.stage("ingest") as info, console.working("ingest: reading and validating bars"):
         manifest = ingest(request_from_recipe(recipe), data_dir)
         info.update(dataset=manifest["dataset"], rows=manifest["rows"], content_hash=manifest["content_hash"])
 

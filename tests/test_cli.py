@@ -70,3 +70,20 @@ def test_list_models(runner):
     result = runner.invoke(app, ["train", "--list-models"])
     assert result.exit_code == 0
     assert result.stdout.startswith("lightgbm")
+
+
+@pytest.mark.parametrize(("terminal", "quiet", "shown"), [(True, False, True), (False, False, False), (True, True, False)])
+def test_long_work_shows_a_spinner_only_on_a_terminal_without_quiet(monkeypatch, terminal, quiet, shown):
+    import io
+
+    from rich.console import Console
+
+    from quant_cli import console
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(console, "err", Console(file=buffer, force_terminal=terminal, width=100))
+    monkeypatch.setattr(console.sys.stderr, "isatty", lambda: terminal)
+    console.set_quiet(quiet)
+    with console.working("train: fitting lightgbm on 1,000 rows"):
+        pass
+    assert ("train: fitting lightgbm" in buffer.getvalue()) is shown

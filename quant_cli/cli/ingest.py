@@ -79,7 +79,8 @@ def ingest(
             symbols=symbols, bars=bars, seed=seed, start=start, signal=signal,
         )
         home = data_home(data_dir, loaded)
-        manifest = run_ingest(request, home)
+        with console.working(f"ingest: reading and validating into dataset {request.dataset!r}"):
+            manifest = run_ingest(request, home)
     path = store.dataset_dir(home, manifest["dataset"])
     span = f"{_short(manifest['start'])} to {_short(manifest['end'])}"
     console.info(f"ingested {manifest['rows']:,} rows x {len(manifest['symbols'])} symbols, {span} ({manifest['frequency']}) into {path}")
