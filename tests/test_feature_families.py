@@ -146,3 +146,16 @@ def _recipe(tmp_path: Path) -> str:
     path = tmp_path / "r.toml"
     path.write_text('[data]\ndataset = "d"\n[features]\nsets = ["core"]\n')
     return str(path)
+
+
+def test_hourly_values_from_five_minute_bars_wait_for_the_hour_to_close() -> None:
+    bars = generate(symbols=1, bars=24 * 12, frequency="5m", seed=3)  # one day of 5-minute bars
+    out = compute_features(bars, ["mtf_ret_1h"])
+    hourly = bars.group_by_dynamic("ts", every="1h", closed="left", label="left").agg(pl.col("close").last())
+    expected = hourly.with_columns(ret=pl.col("close") / pl.col("close").shift(1) - 1, visible=pl.col("ts") + pl.duration(hours=1))
+    for row in expected.drop_nulls().iter_rows(named=True):
+        at_close = out.filter(pl.col("ts") == row["visible"])
+        if at_close.height:  # the bar stamped at the hour's end is the first to see it
+            assert at_close["mtf_ret_1h"][0] == pytest.approx(row["ret"], rel=1e-12)
+        last_inside = out.filter(pl.col("ts") == row["visible"] - pl.duration(minutes=5))
+        assert last_inside["mtf_ret_1h"][0] != pytest.approx(row["ret"], rel=1e-12)  # not while the hour is still forming
