@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 T = TypeVar("T")
 
@@ -44,14 +44,42 @@ def progress_enabled() -> bool:
     return not _State.quiet and sys.stderr.isatty()
 
 
+# One live display at a time: rich refuses a second one (before 14.1), and a progress bar inside
+# a spinner (a feature build inside the split step) is common, so nested calls add a task to the
+# display that is already running instead of opening their own.
+_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+class _Live:
+    progress: Progress | None = None
+
+
+@contextmanager
+def _task(description: str, total: int | None) -> Iterator[tuple[Progress, TaskID]]:
+    opened = _Live.progress is None
+    if opened:
+        _Live.progress = Progress(*_COLUMNS, console=err, transient=True)
+        _Live.progress.start()
+    progress = _Live.progress
+    task = progress.add_task(description, total=total)
+    try:
+        yield progress, task
+    finally:
+        progress.remove_task(task)
+        if opened:
+            progress.stop()
+            _Live.progress = None
+
+
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """A rich progress bar on stderr, silent when not a TTY or with --quiet."""
     if not progress_enabled():
         yield from items
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as progress:
-        yield from progress.track(items, total=total, description=description)
+    with _task(description, total) as (progress, task):
+        for item in items:
+            yield item
+            progress.advance(task)
 
 
 @contextmanager
@@ -63,7 +91,5 @@ def working(description: str) -> Iterator[None]:
     if not progress_enabled():
         yield
         return
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as progress:
-        progress.add_task(description, total=None)
+    with _task(description, None):
         yield

@@ -87,3 +87,22 @@ def test_long_work_shows_a_spinner_only_on_a_terminal_without_quiet(monkeypatch,
     with console.working("train: fitting lightgbm on 1,000 rows"):
         pass
     assert ("train: fitting lightgbm" in buffer.getvalue()) is shown
+
+
+def test_a_progress_bar_inside_a_spinner_shares_one_live_display(monkeypatch):
+    """A feature build's bar inside the split step's spinner: rich allows one live display at a time."""
+    import io
+
+    from rich.console import Console
+
+    from quant_cli import console
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(console, "err", Console(file=buffer, force_terminal=True, width=100))
+    monkeypatch.setattr(console.sys.stderr, "isatty", lambda: True)
+    console.set_quiet(False)
+    with console.working("split: preparing"):
+        assert list(console.track(range(3), "features", total=3)) == [0, 1, 2]
+        assert console._Live.progress is not None
+    assert console._Live.progress is None
+    assert "split: preparing" in buffer.getvalue() and "features" in buffer.getvalue()

@@ -133,10 +133,17 @@ def compute_features(bars: pl.DataFrame, specs: Sequence[FeatureLike], options: 
     """Feature table for `bars`; features lacking input columns are skipped with one notice."""
     check_bars(bars)
     todo = plan(specs, bars.columns, options)
-    if todo.missing:
-        console.notice(skipped_message(todo.missing))
+    announce(todo, bars.columns)
     first = stage1(bars, todo, options).collect()
     return finish(stage2(first.lazy(), todo), todo).collect()
+
+
+def announce(todo: Plan, columns: Sequence[str]) -> None:
+    """The build's notices, once per build (a chunked build runs stage 1 once per symbol group)."""
+    if todo.missing:
+        console.notice(skipped_message(todo.missing))
+    if "vwap" not in columns and any("vwap" in f.inputs for f in todo.stage1):
+        console.notice("no vwap column: VWAP-based features use the typical price (high + low + close) / 3")
 
 
 def check_bars(bars: pl.DataFrame | pl.LazyFrame) -> None:
@@ -171,8 +178,7 @@ def _expr(feature: Feature) -> pl.Expr:
 
 def _derive_inputs(lazy: pl.LazyFrame, bars: pl.DataFrame, todo: Plan, options: FeatureOptions | None) -> pl.LazyFrame:
     needed = {c for f in todo.stage1 for c in f.inputs}
-    if "vwap" in needed and "vwap" not in bars.columns:
-        console.notice("no vwap column: VWAP-based features use the typical price (high + low + close) / 3")
+    if "vwap" in needed and "vwap" not in bars.columns:  # announced once by `announce`
         lazy = lazy.with_columns(((pl.col("high") + pl.col("low") + pl.col("close")) / 3.0).alias("vwap"))
     if align.BENCHMARK_CLOSE in needed and options is not None:
         lazy = align.with_benchmark(lazy, bars, options)

@@ -129,9 +129,9 @@ def _build(req: _Request) -> FeatureTable:
         console.notice(f"skipped {', '.join(req.selection.too_short)}: window below the feature's minimum")
     symbols = _symbols(req)
     options = _options(req)
-    todo = engine.plan(req.selection.features, list(req.manifest.get("schema") or _columns(req, symbols[0])), options)
-    if todo.missing:
-        console.notice(skipped_message(todo.missing))
+    columns = list(req.manifest["schema"])
+    todo = engine.plan(req.selection.features, columns, options)
+    engine.announce(todo, columns)
     chunks = build.chunk_symbols(_rows_per_symbol(req, symbols), req.chunk_rows)
     console.info(f"features: computing {len(todo.names)} features on {len(symbols)} symbols of dataset {req.dataset!r} in {len(chunks)} group(s)")
     try:
@@ -169,10 +169,6 @@ def _options(req: _Request) -> FeatureOptions:
             raise DataError(f"features.benchmark: {benchmark!r} is not a symbol of dataset {req.dataset!r} (e.g. {req.manifest['symbols'][:5]}); set it to one that is")
         bench_bars = bar_store.load_bars(req.data_dir, req.dataset, symbols=[benchmark]).select("ts", "close")
     return FeatureOptions.from_section(section, benchmark_bars=bench_bars, bar_spacing=req.manifest.get("frequency"))
-
-
-def _columns(req: _Request, symbol: str) -> list[str]:
-    return bar_store.load_bars(req.data_dir, req.dataset, symbols=[symbol]).columns
 
 
 def _rows_per_symbol(req: _Request, symbols: list[str]) -> dict[str, int]:
