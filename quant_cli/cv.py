@@ -17,10 +17,11 @@ from math import comb
 
 import numpy as np
 
-from quant_cli.data.frequency import parse_frequency
+from quant_cli.data.frequency import parse_duration
 from quant_cli.errors import DataError, RecipeError
 
 Embargo = int | str
+EMBARGO_EXAMPLE = "'5d' or '12h' (or an integer number of bars)"
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,11 @@ def embargo_end(unique_us: np.ndarray, block_end: int, embargo: Embargo) -> int:
     timestamp at `block_end`, if any, is not one of them).
     """
     if isinstance(embargo, str):
-        try:
-            return int(block_end + parse_frequency(embargo) // dt.timedelta(microseconds=1))
-        except DataError:
-            raise RecipeError(f"split.embargo {embargo!r} is not a duration; use bars (an integer) or e.g. '5d', '12h'") from None
+        return int(block_end + parse_duration(embargo, "split.embargo", EMBARGO_EXAMPLE) // dt.timedelta(microseconds=1))
     last_pos = int(np.searchsorted(unique_us, block_end, side="right")) - 1  # last timestamp <= block_end
     if embargo <= 0 or last_pos + 1 >= len(unique_us):
         return int(block_end)
-    return int(max(block_end, unique_us[min(last_pos + embargo, len(unique_us) - 1)]))
+    return int(unique_us[min(last_pos + embargo, len(unique_us) - 1)])
 
 
 def group_positions(n_unique: int, n_groups: int) -> list[tuple[int, int]]:

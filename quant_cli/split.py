@@ -15,7 +15,8 @@ from typing import Any
 
 import polars as pl
 
-from quant_cli.data.frequency import parse_frequency
+from quant_cli.cv import EMBARGO_EXAMPLE
+from quant_cli.data.frequency import parse_duration
 from quant_cli.data.store import parse_time
 from quant_cli.errors import DataError, RecipeError
 
@@ -111,10 +112,7 @@ def assign_segments(frame: pl.DataFrame, plan: SplitPlan) -> tuple[pl.DataFrame,
 def embargo_stop(unique: pl.Series, boundary: dt.datetime, embargo: int | str) -> dt.datetime:
     """First timestamp kept after `boundary`: `embargo` bars of the calendar, or a duration, later."""
     if isinstance(embargo, str):
-        try:
-            return boundary + parse_frequency(embargo)
-        except DataError:
-            raise RecipeError(f"split.embargo {embargo!r} is not a duration; use bars (an integer) or e.g. '5d', '12h'") from None
+        return boundary + parse_duration(embargo, "split.embargo", EMBARGO_EXAMPLE)
     after = unique.filter(unique >= boundary)
     if after.len() == 0:
         return boundary

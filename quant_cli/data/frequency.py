@@ -7,7 +7,7 @@ import re
 
 import polars as pl
 
-from quant_cli.errors import DataError
+from quant_cli.errors import DataError, RecipeError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _PATTERN = re.compile(r"^(\d+)([smhdw])$")
@@ -18,6 +18,14 @@ def parse_frequency(text: str) -> dt.timedelta:
     if not match or int(match.group(1)) == 0:
         raise DataError(f"frequency {text!r} is not understood; use a count and a unit s/m/h/d/w, e.g. '5m', '1h', '1d'")
     return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_duration(text: str, key: str, example: str = "'5d', '12h'") -> dt.timedelta:
+    """A recipe value that must be a duration: RecipeError naming `key` if it is not one."""
+    try:
+        return parse_frequency(text)
+    except DataError:
+        raise RecipeError(f"{key}: {text!r} is not a duration; use a count and a unit s/m/h/d/w, e.g. {example}") from None
 
 
 def format_frequency(delta: dt.timedelta) -> str:

@@ -20,8 +20,8 @@ from typing import Any
 
 import polars as pl
 
-from quant_cli.data.frequency import infer_frequency, parse_frequency
-from quant_cli.errors import DataError, QFactoryError, RecipeError
+from quant_cli.data.frequency import infer_frequency, parse_duration, parse_frequency
+from quant_cli.errors import DataError
 
 BENCHMARK_CLOSE = "benchmark_close"
 DEFAULT_STALENESS_BARS = 5
@@ -48,12 +48,7 @@ class FeatureOptions:
 def staleness(bars: pl.DataFrame, options: FeatureOptions) -> dt.timedelta:
     """The oldest benchmark bar that may stand in for the current one."""
     if options.max_staleness:
-        try:
-            return parse_frequency(options.max_staleness)
-        except QFactoryError:
-            raise RecipeError(
-                f"features.max_staleness: {options.max_staleness!r} is not a duration; use a count and a unit s/m/h/d/w, e.g. '5d'"
-            ) from None
+        return parse_duration(options.max_staleness, "features.max_staleness", "'5d'")
     spacing = options.bar_spacing or infer_frequency(bars.select("symbol", "ts")) or "1d"
     return DEFAULT_STALENESS_BARS * parse_frequency(spacing)
 

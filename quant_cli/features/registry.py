@@ -40,6 +40,7 @@ data is skipped with a notice, never filled.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from typing import Any
 
 import polars as pl
 
+from quant_cli.data.frequency import parse_duration, parse_frequency
 from quant_cli.errors import RecipeError, suggest
 
 # Bump whenever any feature definition changes its values: every cached feature version built
@@ -396,15 +398,13 @@ def _windows(raw: Iterable[Any], key: str) -> list[int]:
 
 def _timeframes(raw: Iterable[Any]) -> list[str]:
     timeframes = [str(t).strip().lower() for t in raw]
-    bad = [t for t in timeframes if not re.fullmatch(_TIMEFRAME, t) or int(re.match(r"\d+", t).group()) == 0]
-    if bad:
-        raise RecipeError(f"features.timeframes: {bad!r} are not bar sizes; use a count and a unit s/m/h/d/w, e.g. ['1h', '1d', '1w']")
+    for timeframe in timeframes:
+        parse_duration(timeframe, "features.timeframes", "['1h', '1d', '1w']")
     return sorted(set(timeframes), key=_timeframe_order)
 
 
-def _timeframe_order(tf: str) -> tuple[int, str]:
-    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    return int(tf[:-1]) * seconds[tf[-1]], tf
+def _timeframe_order(tf: str) -> tuple[dt.timedelta, str]:
+    return parse_frequency(tf), tf
 
 
 def _expands_over(family: Family) -> str | None:
