@@ -12,7 +12,8 @@ from typing import Any
 
 import tomli_w
 
-from quant_cli.errors import RecipeError, one_of, suggest
+from quant_cli.data.frequency import parse_frequency
+from quant_cli.errors import DataError, RecipeError, one_of, suggest
 from quant_cli.recipe_schema import SCHEMA, TOP_LEVEL_KEYS, Key
 
 if sys.version_info >= (3, 11):
@@ -155,11 +156,27 @@ def _check_value(value: Any, spec: Key, origin: str, dotted: str) -> None:
         )
     if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
         raise fail(f"{spec.pattern_doc} (regex {spec.pattern})")
+    if spec.duration:
+        _check_durations(value, origin, dotted)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if spec.minimum is not None and value < spec.minimum:
             raise fail(f"at least {spec.minimum:g}")
         if spec.maximum is not None and value > spec.maximum:
             raise fail(f"at most {spec.maximum:g}")
+
+
+def _check_durations(value: Any, origin: str, dotted: str) -> None:
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, str) and not _is_duration(item):
+            raise RecipeError(f"{origin}: '{dotted}' must be a duration, a count and a unit s/m/h/d/w such as '5d' or '12h', got {item!r}")
+
+
+def _is_duration(text: str) -> bool:
+    try:
+        parse_frequency(text)
+    except DataError:
+        return False
+    return True
 
 
 def _kind_matches(value: Any, kind: str) -> bool:

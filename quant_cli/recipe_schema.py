@@ -22,6 +22,7 @@ class Key:
     nullable: bool = False
     pattern: str | None = None  # a string value must match this regex in full ...
     pattern_doc: str | None = None  # ... described in words for the error message
+    duration: bool = False  # string values (or list items) are durations such as '5d', '12h'
 
 
 # Run names become directory names: no path separators, no leading dot, not empty.
@@ -66,9 +67,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "windows": Key("list[int]", [5, 10, 20, 60], "Windows for windowed features, in bars."),
         "alpha158_windows": Key("list[int]", [5, 10, 20, 30, 60], "Windows of the alpha158 set's rolling factors (Qlib's), independent of features.windows."),
         "benchmark": Key("str", None, "Benchmark symbol of the dataset for cross-asset features (bench_corr_w, bench_beta_w, rel_strength_w).", nullable=True),
-        "max_staleness": Key("str", None, "Oldest benchmark bar forward-filled onto a symbol's bar, e.g. '5d' (default: 5 bars of the data frequency).", nullable=True),
+        "max_staleness": Key("str", None, "Oldest benchmark bar forward-filled onto a symbol's bar, e.g. '5d' (default: 5 bars of the data frequency).", nullable=True, duration=True),
         "cross_sectional": Key("list[str]", [], "Per-symbol features to rank and z-score across symbols at each timestamp (cs_rank_<f>, cs_z_<f>)."),
-        "timeframes": Key("list[str]", [], "Coarser bar sizes for the mtf set, e.g. ['1w'] on daily or ['1h', '1d'] on minute bars."),
+        "timeframes": Key("list[str]", [], "Coarser bar sizes for the mtf set, e.g. ['1w'] on daily or ['1h', '1d'] on minute bars.", duration=True),
     },
     "label": {
         "kind": Key("str", "forward_return", "forward_return (regression), direction (-1/0/1 with a dead zone) or triple_barrier (-1/0/1 from the first barrier touched).", choices=("forward_return", "direction", "triple_barrier")),
@@ -89,7 +90,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "val_start": Key("str", None, "Explicit first validation timestamp (overrides the fractions).", nullable=True),
         "test_start": Key("str", None, "Explicit first test timestamp (overrides the fractions).", nullable=True),
         "purge": Key("bool", True, "Drop rows whose label interval [t, t1] reaches into the next segment."),
-        "embargo": Key("int|str", None, "Bars (an integer) or a duration ('5d', '12h') dropped after each boundary and each test block (default: the label horizon in bars).", minimum=0, nullable=True),
+        "embargo": Key("int|str", None, "Bars (an integer) or a duration ('5d', '12h') dropped after each boundary and each test block (default: the label horizon in bars).", minimum=0, nullable=True, duration=True),
         "folds": Key("int", 5, "purged_kfold: number of folds.", minimum=2),
         "groups": Key("int", 6, "cpcv: number of groups N the train+val timestamps are cut into.", minimum=3),
         "test_groups": Key("int", 2, "cpcv: number of test groups k per split (C(N, k) splits, C(N-1, k-1) backtest paths).", minimum=1),
