@@ -53,6 +53,14 @@ def exists(data_dir: Path, dataset: str) -> bool:
     return _manifest_path(dataset_dir(data_dir, dataset)).is_file()
 
 
+def check_symbols(manifest: dict[str, Any], symbols: list[str]) -> None:
+    """DataError naming the requested symbols the dataset does not have."""
+    unknown = sorted(set(symbols) - set(manifest["symbols"]))
+    if unknown:
+        known = manifest["symbols"]
+        raise DataError(f"data.symbols: {unknown[:5]} not in dataset {manifest['dataset']!r}; it has {len(known)} symbols, e.g. {known[:5]}")
+
+
 def load_bars(
     data_dir: Path,
     dataset: str,
@@ -61,11 +69,10 @@ def load_bars(
     end: str | dt.datetime | None = None,
 ) -> pl.DataFrame:
     """Canonical bars of a stored dataset, sorted by (symbol, ts), optionally filtered."""
-    manifest = read_manifest(data_dir, dataset)
     if symbols:
-        unknown = sorted(set(symbols) - set(manifest["symbols"]))
-        if unknown:
-            raise DataError(f"data.symbols: {unknown[:5]} not in dataset {dataset!r}; it has {len(manifest['symbols'])} symbols, e.g. {manifest['symbols'][:5]}")
+        check_symbols(read_manifest(data_dir, dataset), symbols)
+    else:
+        read_manifest(data_dir, dataset)  # a missing dataset is a one-line DataError, not a scan error
     bars_dir = dataset_dir(data_dir, dataset) / "bars"
     if symbols:  # read only those symbols' partitions (a chunked feature build asks for a few at a time)
         lazy = pl.scan_parquet([_partition(bars_dir, s) for s in dict.fromkeys(symbols)], hive_partitioning=False)

@@ -151,9 +151,7 @@ def _build(req: _Request) -> FeatureTable:
 
 def _symbols(req: _Request) -> list[str]:
     symbols = req.data_filter["symbols"] or list(req.manifest["symbols"])
-    unknown = sorted(set(symbols) - set(req.manifest["symbols"]))
-    if unknown:
-        raise DataError(f"data.symbols: {unknown[:5]} not in dataset {req.dataset!r}; it has {len(req.manifest['symbols'])} symbols, e.g. {req.manifest['symbols'][:5]}")
+    bar_store.check_symbols(req.manifest, symbols)
     if not symbols:
         raise DataError(f"dataset {req.dataset!r} has no symbols; ingest bars first")
     return sorted(symbols)
