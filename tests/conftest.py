@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from quant_cli import console
+from quant_cli.cli import console
 from quant_cli.data.synthetic import generate
 
 

@@ -78,7 +78,7 @@ def test_long_work_shows_a_spinner_only_on_a_terminal_without_quiet(monkeypatch,
 
     from rich.console import Console
 
-    from quant_cli import console
+    from quant_cli.cli import console
 
     buffer = io.StringIO()
     monkeypatch.setattr(console, "err", Console(file=buffer, force_terminal=terminal, width=100))
@@ -95,7 +95,7 @@ def test_a_progress_bar_inside_a_spinner_shares_one_live_display(monkeypatch):
 
     from rich.console import Console
 
-    from quant_cli import console
+    from quant_cli.cli import console
 
     buffer = io.StringIO()
     monkeypatch.setattr(console, "err", Console(file=buffer, force_terminal=True, width=100))

@@ -11,8 +11,8 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quant_cli.cv import cpcv, group_of, purged_kfold
-from quant_cli.labels import cross_sectional, forward_return, triple_barrier
+from quant_cli.splits.purged import cpcv, group_of, purged_kfold
+from quant_cli.dataset.labels import cross_sectional, forward_return, triple_barrier
 from quant_cli.recipe import load_recipe
 
 LABEL_KINDS = ("forward", "triple_barrier", "cross_sectional_rank")

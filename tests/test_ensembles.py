@@ -10,7 +10,7 @@ import pytest
 
 from quant_cli.errors import ModelError
 from quant_cli.models.base import Model
-from quant_cli.models.folds import label_horizon, purged_kfold_indices
+from quant_cli.splits.stacking import label_horizon, purged_kfold_indices
 from quant_cli.models.registry import MODELS, create_model
 from quant_cli.models.ensemble import align_predictions
 

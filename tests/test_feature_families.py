@@ -13,6 +13,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from quant_cli.report import CollectingReporter
+
 from quant_cli.cli import app
 from quant_cli.data.store import write_store
 from quant_cli.data.synthetic import generate
@@ -161,11 +163,12 @@ def test_hourly_values_from_five_minute_bars_wait_for_the_hour_to_close() -> Non
         assert last_inside["mtf_ret_1h"][0] != pytest.approx(row["ret"], rel=1e-12)  # not while the hour is still forming
 
 
-def test_a_chunked_build_gives_each_notice_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_chunked_build_gives_each_notice_once(tmp_path: Path) -> None:
     write_store(tmp_path / "data", "d", generate(symbols=4, bars=120, seed=2).drop("volume"), "test")
     recipe = load_recipe(None, ['data.dataset="d"', 'features.include=["VWAP0", "VMA5", "ret_5"]'])
-    feature_table(recipe, tmp_path / "data", chunk_rows=120)  # four symbol groups
-    err = capsys.readouterr().err
+    reporter = CollectingReporter()
+    feature_table(recipe, tmp_path / "data", chunk_rows=120, reporter=reporter)  # four symbol groups
+    err = "\n".join(reporter.texts("notice"))
     assert err.count("no vwap column") == 1 and err.count("skipped 2 feature(s)") == 1  # VMA5 and core volume_z_20
 
 

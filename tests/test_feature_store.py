@@ -7,10 +7,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
+from quant_cli.report import CollectingReporter
 from typer.testing import CliRunner
 
 from quant_cli.cli import app
-from quant_cli import console
+from quant_cli.cli import console
 from quant_cli.data.store import write_store
 from quant_cli.data.synthetic import generate
 from quant_cli.errors import DataError, RecipeError
@@ -102,13 +104,14 @@ def test_start_end_filter_rows_after_warm_up_on_full_history(tmp_path: Path, dat
     assert table.frame["ret_20"].null_count() == 0  # warmed up by bars before data.start
 
 
-def test_close_only_dataset_records_skipped_features(tmp_path: Path, capsys: pytest.CaptureFixture[str], loud: None) -> None:
+def test_close_only_dataset_records_skipped_features(tmp_path: Path) -> None:
     root = tmp_path / "data"
     write_store(root, "ds", generate(symbols=2, bars=80, seed=1).select("symbol", "ts", "close"), source="synthetic")
-    table = feature_table(recipe(tmp_path), root)
+    reporter = CollectingReporter()
+    table = feature_table(recipe(tmp_path), root, reporter=reporter)
     spec = json.loads((table.path / "spec.json").read_text())
     assert set(spec["skipped"]) == {"atr_14", "hl_range", "volume_z_20"} and "atr_14" not in table.columns
-    assert " ".join(capsys.readouterr().err.split()).count("notice: skipped 3 feature(s)") == 1
+    assert sum(t.startswith("skipped 3 feature(s)") for t in reporter.texts("notice")) == 1
 
 
 def test_missing_dataset_and_unset_dataset(tmp_path: Path, data_dir: Path) -> None:

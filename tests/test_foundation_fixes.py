@@ -20,7 +20,7 @@ from quant_cli.data import store
 from quant_cli.errors import RecipeError, RunError
 from quant_cli.io import read_json, write_json_atomic
 from quant_cli.recipe import load_recipe, with_defaults
-from quant_cli.runs import create_run
+from quant_cli.runs.directory import create_run
 
 HORIZON_KEYS = "'kind', 'horizon', 'log', 'vol_scale', 'vol_span', 'cross_sectional', 'threshold', 'profit_take', 'stop_loss', 'vertical'"
 NAME_RULE = "1 to 100 letters, digits, '.', '_' or '-', not starting with '.' (regex [A-Za-z0-9_-][A-Za-z0-9._-]{0,99})"

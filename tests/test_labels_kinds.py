@@ -7,9 +7,9 @@ import polars as pl
 import pytest
 
 from quant_cli.data.synthetic import generate
-from quant_cli.labels import cross_sectional, direction, forward_return, make_labels, triple_barrier
+from quant_cli.dataset.labels import cross_sectional, direction, forward_return, make_labels, triple_barrier
 from quant_cli.recipe import load_recipe
-from quant_cli.weights import average_uniqueness, sample_weights
+from quant_cli.dataset.weights import average_uniqueness, sample_weights
 
 
 def label_cfg(**overrides):

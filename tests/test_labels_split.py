@@ -6,10 +6,10 @@ import pytest
 
 from quant_cli.data.synthetic import generate
 from quant_cli.errors import DataError, RecipeError
-from quant_cli.labels import forward_return
-from quant_cli.preprocess import fit_preprocess, transform
+from quant_cli.dataset.labels import forward_return
+from quant_cli.pipeline.preprocess import fit_preprocess, transform
 from quant_cli.recipe import load_recipe
-from quant_cli.split import assign_segments, plan_split
+from quant_cli.splits.chronological import assign_segments, plan_split
 
 
 @pytest.mark.parametrize(("execution", "column"), [("next_close", "close"), ("next_open", "open")])

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from quant_cli.data.store import write_store
 from quant_cli.data.synthetic import generate
-from quant_cli.dataset import _weights, prepare
-from quant_cli.labels import cross_sectional, direction, forward_return, triple_barrier
+from quant_cli.dataset.table import _weights, prepare
+from quant_cli.dataset.labels import cross_sectional, direction, forward_return, triple_barrier
 from quant_cli.recipe import load_recipe
-from quant_cli.split import assign_segments, plan_split
+from quant_cli.splits.chronological import assign_segments, plan_split
 from tests.test_cv_properties import random_bars
 
 KINDS = ("forward", "log_rank", "zscore", "direction", "triple_barrier")

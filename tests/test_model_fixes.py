@@ -8,14 +8,16 @@ import numpy as np
 import polars as pl
 import pytest
 
+from quant_cli.report import CollectingReporter
+
 from quant_cli.cli import app
 from quant_cli.errors import ModelError
 from quant_cli.io import read_json
 from quant_cli.models import device as device_mod
-from quant_cli.models.folds import purged_holdout
+from quant_cli.splits.stacking import purged_holdout
 from quant_cli.models.params import kind_of
 from quant_cli.models.registry import MODELS, create_model
-from quant_cli.runs import library_versions
+from quant_cli.runs.directory import library_versions
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml")
 SMALL = ["--set", "data.synthetic.bars=300", "--set", "data.synthetic.symbols=5"]
@@ -208,10 +210,8 @@ def test_forest_predictions_are_identical_at_all_threads(name, task):
 
 @pytest.fixture
 def notices(monkeypatch):
-    shown: list[str] = []
     monkeypatch.setattr(device_mod, "_warned", set())
-    monkeypatch.setattr(device_mod.console, "notice", shown.append)
-    return shown
+    return CollectingReporter()
 
 
 @pytest.mark.parametrize("name", ["voting", "stacking", "blending"])
@@ -219,11 +219,11 @@ def test_ensemble_hands_its_device_to_members_without_a_false_notice(name, notic
     X, y, ts, t1 = panel()
     members = [{"name": "mlp", "params": FAST["mlp"]}, {"name": "lightgbm", "params": FAST["lightgbm"]}]
     params = {"members": members, **({"folds": 3} if name == "stacking" else {})}
-    model = create_model(name, "regression", params, 1, 1, device="cpu")
+    model = create_model(name, "regression", params, 1, 1, device="cpu", reporter=notices)
     assert model._usable_device("cuda:0") == "cuda:0"  # members decide; the ensemble never says "cannot use"
     model.fit(X[:240], y[:240], feature_names=FEATURES, X_val=X[240:], y_val=y[240:], ts=ts[:240], t1=t1[:240])
     info = model.fit_info()
-    assert not [n for n in notices if "cannot use device" in n]
+    assert not [n for n in notices.texts("notice") if "cannot use device" in n]
     assert [m["device"] for m in info["members"]] == [m.device_ for m in model.members_] == ["cpu", "cpu"]
     assert info["device"] == "cpu"
     model.members_[0].device_ = "cuda:0"  # as if the mlp member had trained on the GPU

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from quant_cli.report import Reporter
+
 from quant_cli.errors import ModelError
 from quant_cli.models import device as device_mod
 from quant_cli.models.device import resolve_device
@@ -210,7 +212,8 @@ def no_gpu(monkeypatch):
     monkeypatch.setattr(device_mod, "_cuda_count", lambda: 0)
     monkeypatch.setattr(device_mod, "_mps_available", lambda: False)
     monkeypatch.setattr(device_mod, "_warned", set())
-    monkeypatch.setattr(device_mod.console, "warn", warnings.append)
+    # a model or call given no reporter reports to the silent base reporter: collect from that
+    monkeypatch.setattr(Reporter, "warn", lambda self, message: warnings.append(message))
     return warnings
 
 

@@ -3,7 +3,7 @@ import pytest
 from quant_cli.errors import RunError
 from quant_cli.io import read_json
 from quant_cli.recipe import load_recipe
-from quant_cli.runs import create_run, resolve_home, resolve_run
+from quant_cli.runs.directory import create_run, resolve_home, resolve_run
 
 
 def test_run_dir_name_manifest_and_recipe(tmp_path):

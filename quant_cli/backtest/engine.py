@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from quant_cli.labels import execution_price
+from quant_cli.dataset.labels import execution_price
 
 
 def period_returns(bars: pl.DataFrame, execution: str) -> pl.DataFrame:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from quant_cli import pipeline
+from quant_cli import stages
+from quant_cli.cli import console
 from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, QuietOpt, RunOpt, RunsDirOpt, cli_errors, emit
 from quant_cli.io import read_json
-from quant_cli.runs import data_home, resolve_run, runs_home
+from quant_cli.runs.directory import data_home, resolve_run, runs_home
 
 
 def backtest(
@@ -22,6 +23,6 @@ def backtest(
     """
     with cli_errors(quiet, debug):
         existing = resolve_run(run, runs_home(runs_dir))
-        pipeline.backtest_existing(existing, data_home(data_dir, existing.recipe()))
+        stages.backtest_existing(existing, data_home(data_dir, existing.recipe()), console.REPORTER)
         payload = {"run_id": existing.id, "backtest": read_json(existing.path / "metrics.json")["backtest"]}
     emit(existing.path, json_out, payload)

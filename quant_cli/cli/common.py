@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from quant_cli import console
+from quant_cli.cli import console
 from quant_cli.errors import QFactoryError
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notices on stderr.")]

@@ -8,11 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from quant_cli import console
+from quant_cli.cli import console
 from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, SetOpt, cli_errors, emit
 from quant_cli.errors import RecipeError
 from quant_cli.recipe import load_recipe
-from quant_cli.runs import data_home
+from quant_cli.runs.directory import data_home
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -48,7 +48,7 @@ def features(
         if recipe is None:
             raise RecipeError("--recipe is required to build features, e.g. `qfactory features --recipe r.toml`; see `qfactory features --help`")
         loaded = load_recipe(recipe, set_)
-        table = feature_table(loaded, data_home(data_dir, loaded))
+        table = feature_table(loaded, data_home(data_dir, loaded), reporter=console.REPORTER)
     emit(table.path, as_json, {"fingerprint": table.fingerprint, "rows": table.rows, "features": len(table.columns), "cached": table.cached})
 
 

@@ -6,13 +6,13 @@ from typing import Annotated, Any
 
 import typer
 
-from quant_cli import console
+from quant_cli.cli import console
 from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, SetOpt, cli_errors, emit
 from quant_cli.data import store
 from quant_cli.data.ingest import ingest as run_ingest
 from quant_cli.data.ingest import request_from_recipe, with_overrides
 from quant_cli.recipe import load_recipe
-from quant_cli.runs import data_home
+from quant_cli.runs.directory import data_home
 
 _SYN = "Synthetic source"
 
@@ -80,7 +80,7 @@ def ingest(
         )
         home = data_home(data_dir, loaded)
         with console.working(f"ingest: reading and validating into dataset {request.dataset!r}"):
-            manifest = run_ingest(request, home)
+            manifest = run_ingest(request, home, console.REPORTER)
     path = store.dataset_dir(home, manifest["dataset"])
     span = f"{_short(manifest['start'])} to {_short(manifest['end'])}"
     console.info(f"ingested {manifest['rows']:,} rows x {len(manifest['symbols'])} symbols, {span} ({manifest['frequency']}) into {path}")

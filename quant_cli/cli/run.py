@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from quant_cli import pipeline
+from quant_cli import stages
+from quant_cli.cli import console
 from quant_cli.cli.common import (
     DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, QuietOpt, RecipeOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
 )
 from quant_cli.io import read_json
 from quant_cli.recipe import load_recipe
-from quant_cli.runs import data_home, runs_home
+from quant_cli.runs.directory import data_home, runs_home
 
 
 def run(
@@ -28,6 +29,6 @@ def run(
     """
     with cli_errors(quiet, debug):
         resolved = load_recipe(recipe, [*(set_ or []), *device_overrides(device, strict_device)])
-        result = pipeline.run_all(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved))
+        result = stages.run_all(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), console.REPORTER)
         payload = {"run_id": result.id, "metrics": read_json(result.path / "metrics.json")}
     emit(result.path, json_out, payload)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from quant_cli import pipeline
+from quant_cli import stages
+from quant_cli.cli import console
 from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, QuietOpt, RecipeOpt, RunsDirOpt, SetOpt, cli_errors, emit
 from quant_cli.io import read_json
 from quant_cli.recipe import load_recipe
-from quant_cli.runs import data_home, runs_home
+from quant_cli.runs.directory import data_home, runs_home
 
 
 def split(
@@ -26,7 +27,7 @@ def split(
     """
     with cli_errors(quiet, debug):
         resolved = load_recipe(recipe, set_)
-        run = pipeline.new_split_run(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved))
+        run = stages.new_split_run(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), console.REPORTER)
         payload = {"run_id": run.id, "split": read_json(run.path / "split" / "boundaries.json")}
         folds = run.path / "split" / "folds.json"
         if folds.is_file():  # purged_kfold / cpcv: how many splits and backtest paths

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from quant_cli import console, pipeline
+from quant_cli import stages
+from quant_cli.cli import console
 from quant_cli.cli.common import (
     DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
 )
@@ -14,7 +15,7 @@ from quant_cli.errors import QFactoryError
 from quant_cli.io import read_json
 from quant_cli.models.registry import FLAGS, describe_models
 from quant_cli.recipe import Recipe, load_recipe
-from quant_cli.runs import data_home, resolve_run, runs_home
+from quant_cli.runs.directory import data_home, resolve_run, runs_home
 
 
 def train(
@@ -53,9 +54,9 @@ def _train(recipe, run_ref, sets: list[str], model: str | None, device_sets: lis
         if sets or model or device_sets:
             raise QFactoryError("--set and --model apply to new runs only; a run's recipe is fixed — use --recipe to start a new run")
         existing = resolve_run(run_ref, runs_home(runs_dir))
-        return pipeline.train_existing(existing, data_home(data_dir, existing.recipe()))
+        return stages.train_existing(existing, data_home(data_dir, existing.recipe()), console.REPORTER)
     resolved = _load_with_model(recipe, [*sets, *device_sets], model)
-    return pipeline.train_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved))
+    return stages.train_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), console.REPORTER)
 
 
 def _load_with_model(recipe, sets: list[str], model: str | None) -> Recipe:

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from quant_cli import console
+from quant_cli.report import SILENT, Reporter
 from quant_cli.data import schema, sources, store
 from quant_cli.data.frequency import parse_frequency
 from quant_cli.data.schema import LINE, OHLCV, SRC, STRICT, Origin
 from quant_cli.data.synthetic import generate
 from quant_cli.errors import DataError, one_of, suggest
-from quant_cli.recipe_schema import SCHEMA
+from quant_cli.recipe.schema import SCHEMA
 
 LAYOUTS = ("auto", "long", "per_symbol", "wide")
 FORMATS = ("auto", "csv", "parquet", "sqlite")
@@ -93,15 +93,15 @@ def with_overrides(request: IngestRequest, **values: Any) -> IngestRequest:
     return dataclasses.replace(request, **values, synthetic=dataclasses.replace(request.synthetic, **synth))
 
 
-def ingest(request: IngestRequest, data_dir: Path) -> dict[str, Any]:
+def ingest(request: IngestRequest, data_dir: Path, reporter: Reporter = SILENT) -> dict[str, Any]:
     """Ingest `request.source` into `<data_dir>/<dataset>`; returns the store manifest."""
     request = _checked(request, data_dir)
     if request.source == "synthetic":
         bars, description, frequency = _synthetic(request.synthetic), _describe_synthetic(request.synthetic), request.synthetic.frequency
     else:
-        bars, description, frequency = read_bars(request), _describe(request), request.frequency
+        bars, description, frequency = read_bars(request, reporter), _describe(request), request.frequency
     if request.mode == "append" and store.exists(data_dir, request.dataset):
-        bars, description = _append(data_dir, request, bars, description)
+        bars, description = _append(data_dir, request, bars, description, reporter)
     return store.write_store(data_dir, request.dataset, bars, description, frequency)
 
 
@@ -139,7 +139,7 @@ def _delimiter(text: str) -> str:
 # ---------------------------------------------------------------- reading
 
 
-def read_bars(request: IngestRequest) -> pl.DataFrame:
+def read_bars(request: IngestRequest, reporter: Reporter = SILENT) -> pl.DataFrame:
     """Canonical, validated bars from a file source (`request` already checked)."""
     files = sources.resolve_files(request.source, request.format)
     if request.query is not None and any(kind != "sqlite" for _, kind in files):
@@ -154,17 +154,17 @@ def read_bars(request: IngestRequest) -> pl.DataFrame:
         origins.append(raw.origin)
         unnamed += len(blank)
     if unnamed:
-        console.notice(f"dropped {unnamed} column(s) without a header name (e.g. a saved row index)")
+        reporter.notice(f"dropped {unnamed} column(s) without a header name (e.g. a saved row index)")
     _check_same_strict(frames, origins)
-    bars = _coerce_all(frames, origins, request.timezone)
+    bars = _coerce_all(frames, origins, request.timezone, reporter)
     schema.validate(bars, origins)
     bars, unsorted = schema.finalize(bars)
     if unsorted:
-        console.notice(f"{request.source}: rows not in time order; sorted by (symbol, ts)")
+        reporter.notice(f"{request.source}: rows not in time order; sorted by (symbol, ts)")
     return bars
 
 
-def _coerce_all(frames: list[pl.DataFrame], origins: list[Origin], timezone: str) -> pl.DataFrame:
+def _coerce_all(frames: list[pl.DataFrame], origins: list[Origin], timezone: str, reporter: Reporter) -> pl.DataFrame:
     """Type all files at once per group of same-typed files: thousands of per-symbol files stay fast."""
     parts, not_numeric = [], Counter()
     for group in _same_types(frames):
@@ -172,7 +172,7 @@ def _coerce_all(frames: list[pl.DataFrame], origins: list[Origin], timezone: str
         parts.append(part)
         not_numeric.update(dropped)
     for name in not_numeric:
-        console.notice(f"column {name!r} is not numeric; dropped (only numeric extra columns are kept)")
+        reporter.notice(f"column {name!r} is not numeric; dropped (only numeric extra columns are kept)")
     bars = pl.concat(parts, how="diagonal_relaxed")
     # Back to input order, so that validation names the first bad row of the first bad file.
     return bars.sort(SRC, LINE) if len(parts) > 1 else bars
@@ -263,7 +263,7 @@ def _describe(request: IngestRequest) -> str:
 # ---------------------------------------------------------------- append
 
 
-def _append(data_dir: Path, request: IngestRequest, new: pl.DataFrame, description: str) -> tuple[pl.DataFrame, str]:
+def _append(data_dir: Path, request: IngestRequest, new: pl.DataFrame, description: str, reporter: Reporter) -> tuple[pl.DataFrame, str]:
     """Existing bars + new bars; overlapping (symbol, ts) rows are an error unless keep-last."""
     old = store.load_bars(data_dir, request.dataset)
     old_cols, new_cols = [c for c in OHLCV if c in old.columns], [c for c in OHLCV if c in new.columns]
@@ -282,7 +282,7 @@ def _append(data_dir: Path, request: IngestRequest, new: pl.DataFrame, descripti
             f"{first['ts'].isoformat()}; pass --on-duplicate keep-last to replace them with the new rows, or --mode replace"
         )
     if overlap.height:
-        console.notice(f"{overlap.height} existing bar(s) replaced by the new rows (--on-duplicate keep-last)")
+        reporter.notice(f"{overlap.height} existing bar(s) replaced by the new rows (--on-duplicate keep-last)")
     kept = old.join(new, on=["symbol", "ts"], how="anti")
     bars, _ = schema.finalize(pl.concat([kept, new], how="diagonal_relaxed"))
     return bars, previous if description in previous else f"{previous} + {description}"

@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -83,6 +84,33 @@ def load_bars(
     if end is not None:
         lazy = lazy.filter(pl.col("ts") <= parse_time(end, "data.end"))
     return lazy.collect().sort("symbol", "ts")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One pinned version of a dataset. A command pins once when it starts and reads only this.
+
+    `version` is the table version (None where the store has no versions yet); `manifest` is the
+    manifest of that version (schema, symbols, per-symbol ranges, frequency, content hash).
+    """
+
+    data_dir: Path
+    dataset: str
+    version: int | None
+    manifest: dict[str, Any]
+
+    @property
+    def content_hash(self) -> str:
+        return self.manifest["content_hash"]
+
+    def load_bars(self, symbols: list[str] | None = None, start: str | dt.datetime | None = None,
+                  end: str | dt.datetime | None = None) -> pl.DataFrame:
+        return load_bars(self.data_dir, self.dataset, symbols=symbols, start=start, end=end)
+
+
+def pin(data_dir: Path, dataset: str, version: int | None = None) -> Snapshot:
+    """The dataset's current version (or `version`, to continue a run on the data it started on)."""
+    return Snapshot(Path(data_dir), dataset, version, read_manifest(data_dir, dataset))
 
 
 def parse_time(value: str | dt.datetime, name: str) -> dt.datetime:

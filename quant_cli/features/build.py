@@ -23,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
-from quant_cli import console
+from quant_cli.report import SILENT, Reporter
 from quant_cli.features import engine
 from quant_cli.features.align import FeatureOptions
 
@@ -68,6 +68,7 @@ def build_parts(
     out_dir: Path,
     options: FeatureOptions | None = None,
     bounds: tuple[dt.datetime | None, dt.datetime | None] = (None, None),
+    reporter: Reporter = SILENT,
 ) -> tuple[list[Path], PartStats]:
     """Compute `todo` chunk by chunk into `out_dir/part-NNNNN.parquet`; returns the parts in order and their stats.
 
@@ -81,7 +82,7 @@ def build_parts(
     stats = PartStats()
     with _Writer() as writer, ThreadPoolExecutor(max_workers=1, thread_name_prefix="qfactory-read") as reader:
         upcoming = reader.submit(load, list(chunks[0])) if chunks else None
-        for i, _ in enumerate(console.track(chunks, "features", total=len(chunks))):
+        for i, _ in enumerate(reporter.track(chunks, "features", total=len(chunks))):
             bars = upcoming.result()
             upcoming = reader.submit(load, list(chunks[i + 1])) if i + 1 < len(chunks) else None
             engine.check_bars(bars)

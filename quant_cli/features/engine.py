@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from quant_cli import console
+from quant_cli.report import SILENT, Reporter
 from quant_cli.errors import DataError
 from quant_cli.features import align, mtf
 from quant_cli.features.align import FeatureOptions
@@ -129,21 +129,22 @@ def _add_with_sources(stage1: dict[str, Feature], feature: Feature) -> None:
     stage1.setdefault(feature.name, feature)
 
 
-def compute_features(bars: pl.DataFrame, specs: Sequence[FeatureLike], options: FeatureOptions | None = None) -> pl.DataFrame:
+def compute_features(bars: pl.DataFrame, specs: Sequence[FeatureLike], options: FeatureOptions | None = None,
+                     reporter: Reporter = SILENT) -> pl.DataFrame:
     """Feature table for `bars`; features lacking input columns are skipped with one notice."""
     check_bars(bars)
     todo = plan(specs, bars.columns, options)
-    announce(todo, bars.columns)
+    announce(todo, bars.columns, reporter)
     first = stage1(bars, todo, options).collect()
     return finish(stage2(first.lazy(), todo), todo).collect()
 
 
-def announce(todo: Plan, columns: Sequence[str]) -> None:
+def announce(todo: Plan, columns: Sequence[str], reporter: Reporter = SILENT) -> None:
     """The build's notices, once per build (a chunked build runs stage 1 once per symbol group)."""
     if todo.missing:
-        console.notice(skipped_message(todo.missing))
+        reporter.notice(skipped_message(todo.missing))
     if "vwap" not in columns and any("vwap" in f.inputs for f in todo.stage1):
-        console.notice("no vwap column: VWAP-based features use the typical price (high + low + close) / 3")
+        reporter.notice("no vwap column: VWAP-based features use the typical price (high + low + close) / 3")
 
 
 def check_bars(bars: pl.DataFrame | pl.LazyFrame) -> None:

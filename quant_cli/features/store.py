@@ -21,7 +21,8 @@ from typing import Any
 
 import polars as pl
 
-from quant_cli import __version__, console
+from quant_cli import __version__
+from quant_cli.report import SILENT, Reporter
 from quant_cli.data import store as bar_store
 from quant_cli.errors import DataError, RecipeError
 from quant_cli.features import build, engine, registry
@@ -99,9 +100,10 @@ class _Request:
     data_filter: dict[str, Any]
     folder: Path
     chunk_rows: int
+    reporter: Reporter
 
 
-def feature_table(recipe: Recipe, data_dir: Path, chunk_rows: int | None = None) -> FeatureTable:
+def feature_table(recipe: Recipe, data_dir: Path, chunk_rows: int | None = None, reporter: Reporter = SILENT) -> FeatureTable:
     """Build or reuse the feature version a recipe asks for (`chunk_rows`: rows per symbol group)."""
     dataset = _dataset(recipe)
     selection = registry.REGISTRY.resolve(recipe["features"])  # bad names fail before any I/O
@@ -110,42 +112,42 @@ def feature_table(recipe: Recipe, data_dir: Path, chunk_rows: int | None = None)
     fp = feature_fingerprint(recipe["features"], manifest["content_hash"], data_filter)
     folder = features_root(data_dir, dataset) / fp
     if (folder / SPEC).is_file() and (folder / TABLE).is_dir():
-        console.info(f"features: reusing cached version {fp} of dataset {dataset!r}")
-        return load_version(folder)
-    request = _Request(recipe, Path(data_dir), dataset, manifest, selection, data_filter, folder, chunk_rows or build.DEFAULT_CHUNK_ROWS)
+        reporter.info(f"features: reusing cached version {fp} of dataset {dataset!r}")
+        return load_version(folder, reporter)
+    request = _Request(recipe, Path(data_dir), dataset, manifest, selection, data_filter, folder, chunk_rows or build.DEFAULT_CHUNK_ROWS, reporter)
     return _build(request)
 
 
-def load_version(folder: Path) -> FeatureTable:
+def load_version(folder: Path, reporter: Reporter = SILENT) -> FeatureTable:
     spec = read_json(folder / SPEC)
     if spec.get("skipped"):  # repeat the build's notice: the cached table lacks these too
-        console.notice(skipped_message(spec["skipped"]))
+        reporter.notice(skipped_message(spec["skipped"]))
     return FeatureTable(spec["fingerprint"], folder, list(spec["features"]), int(spec.get("rows", 0)), cached=True)
 
 
 def _build(req: _Request) -> FeatureTable:
     started = time.perf_counter()
     if req.selection.too_short:
-        console.notice(f"skipped {', '.join(req.selection.too_short)}: window below the feature's minimum")
+        req.reporter.notice(f"skipped {', '.join(req.selection.too_short)}: window below the feature's minimum")
     symbols = _symbols(req)
     options = _options(req)
     columns = list(req.manifest["schema"])
     todo = engine.plan(req.selection.features, columns, options)
-    engine.announce(todo, columns)
+    engine.announce(todo, columns, req.reporter)
     chunks = build.chunk_symbols(_rows_per_symbol(req, symbols), req.chunk_rows)
-    console.info(f"features: computing {len(todo.names)} features on {len(symbols)} symbols of dataset {req.dataset!r} in {len(chunks)} group(s)")
+    req.reporter.info(f"features: computing {len(todo.names)} features on {len(symbols)} symbols of dataset {req.dataset!r} in {len(chunks)} group(s)")
     try:
         with staged_dir(req.folder) as staging:
             load = lambda chunk: bar_store.load_bars(req.data_dir, req.dataset, symbols=chunk)  # noqa: E731
-            _, stats = build.build_parts(load, chunks, todo, staging / TABLE, options, _bounds(req))
+            _, stats = build.build_parts(load, chunks, todo, staging / TABLE, options, _bounds(req), req.reporter)
             spec = _spec(req, stats, todo, time.perf_counter() - started)
             write_json_atomic(staging / SPEC, spec)
     except OSError:
         if not (req.folder / SPEC).is_file():
             raise
         # A concurrent build of the same version won the rename; its table is identical.
-        return load_version(req.folder)
-    console.info(f"features: wrote {len(spec['features'])} features x {spec['rows']} rows to {req.folder}")
+        return load_version(req.folder, req.reporter)
+    req.reporter.info(f"features: wrote {len(spec['features'])} features x {spec['rows']} rows to {req.folder}")
     return FeatureTable(req.folder.name, req.folder, spec["features"], spec["rows"], cached=False)
 
 

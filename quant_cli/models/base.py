@@ -24,6 +24,7 @@ import numpy as np
 
 from quant_cli.errors import ModelError, one_of, suggest
 from quant_cli.io import read_json, write_json_atomic
+from quant_cli.report import SILENT, Reporter
 from quant_cli.models.device import check_device, is_cuda, notice_once, resolve_device
 from quant_cli.models.encoding import KINDS, UNSEEN_POLICIES, SymbolEncoder, check_choice
 from quant_cli.models.params import Limit, check_params, library_message
@@ -72,7 +73,7 @@ class Model(ABC):
     limits: ClassVar[dict[str, Limit]] = {}
 
     def __init__(self, *, task: str = "regression", seed: int = 42, threads: int = 0, device: str = "cpu",
-                 symbol_encoding: str = "none", unseen_symbols: str = "error", **params: Any) -> None:
+                 symbol_encoding: str = "none", unseen_symbols: str = "error", reporter: Reporter = SILENT, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             raise ModelError(
@@ -86,6 +87,7 @@ class Model(ABC):
             raise ModelError(f"model.symbol_encoding {symbol_encoding!r} is not supported by '{self.name}'; "
                              f"allowed: {one_of(self.symbol_encodings)}")
         self.task = task
+        self.reporter = reporter  # notices at fit time (GPU fallback, ignored weights)
         self.seed = seed
         self.threads = threads
         self.device = check_device(device)
@@ -259,10 +261,10 @@ class Model(ABC):
 
     def _device(self) -> str:
         """The device this fit actually uses; GPU families override `_usable_device`."""
-        resolved = resolve_device(self.device, strict=False)
+        resolved = resolve_device(self.device, strict=False, reporter=self.reporter)
         used = self._usable_device(resolved)
         if used != resolved:
-            notice_once(f"{self.name}:{resolved}", f"model '{self.name}' cannot use device {resolved!r}; it trains on CPU")
+            notice_once(f"{self.name}:{resolved}", f"model '{self.name}' cannot use device {resolved!r}; it trains on CPU", self.reporter)
         return used
 
     def _usable_device(self, resolved: str) -> str:

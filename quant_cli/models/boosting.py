@@ -128,7 +128,7 @@ class LightGBMModel(_Boosting):
         except lgb.basic.LightGBMError as exc:
             if not is_cuda(self.device_):
                 raise
-            notice_once("lightgbm:gpu", f"LightGBM cannot use the GPU ({str(exc).splitlines()[0]}); training on CPU")
+            notice_once("lightgbm:gpu", f"LightGBM cannot use the GPU ({str(exc).splitlines()[0]}); training on CPU", self.reporter)
             self.device_ = "cpu"
             booster = lgb.train(self._lgb_params("cpu"), data, num_boost_round=self.params["n_estimators"],
                                 valid_sets=valid_sets, callbacks=callbacks)

@@ -237,7 +237,7 @@ class SVMModel(_Pickled):
         limit = int(self.params["max_train_rows"])
         if n <= limit:
             return np.arange(n)
-        notice_once(f"svm:rows:{n}", f"svm trains on {limit:,} of {n:,} rows (model.params.max_train_rows); kernel SVMs scale as n²")
+        notice_once(f"svm:rows:{n}", f"svm trains on {limit:,} of {n:,} rows (model.params.max_train_rows); kernel SVMs scale as n²", self.reporter)
         return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
 
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from quant_cli import console
+from quant_cli.report import SILENT, Reporter
 from quant_cli.errors import ModelError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -51,7 +51,7 @@ def _unavailable(requested: str) -> str | None:
     return None
 
 
-def resolve_device(requested: str, strict: bool = False) -> str:
+def resolve_device(requested: str, strict: bool = False, reporter: Reporter = SILENT) -> str:
     """The device to use: 'cpu', 'cuda', 'cuda:N' or 'mps'.
 
     'auto' picks cuda, then mps, then cpu, and never warns. An unavailable explicit request
@@ -67,7 +67,7 @@ def resolve_device(requested: str, strict: bool = False) -> str:
         raise ModelError(f"train.device {requested!r} was requested but {reason}; use --device cpu or drop --strict-device")
     if requested not in _warned:
         _warned.add(requested)
-        console.warn(f"device {requested!r} requested but {reason}; training on CPU (pass --strict-device to fail instead)")
+        reporter.warn(f"device {requested!r} requested but {reason}; training on CPU (pass --strict-device to fail instead)")
     return "cpu"
 
 
@@ -80,8 +80,8 @@ def cuda_index(device: str) -> int:
     return int(device.split(":")[1]) if ":" in device else 0
 
 
-def notice_once(key: str, message: str) -> None:
+def notice_once(key: str, message: str, reporter: Reporter = SILENT) -> None:
     """A notice printed once per process and key (ensembles and folds fit many models)."""
     if key not in _warned:
         _warned.add(key)
-        console.notice(message)
+        reporter.notice(message)

@@ -31,7 +31,7 @@ from quant_cli.errors import ModelError, one_of
 from quant_cli.models.base import TASKS, Inputs, Model
 from quant_cli.models.device import notice_once
 from quant_cli.models.encoding import KINDS
-from quant_cli.models.folds import label_horizon, purged_holdout, purged_kfold_indices
+from quant_cli.splits.stacking import label_horizon, purged_holdout, purged_kfold_indices
 from quant_cli.models.params import Limit, at_least, between
 
 _MEMBERS = Limit(note='member tables, e.g. [{name = "lightgbm"}, {name = "linear", params = {alpha = 2.0}}]')
@@ -109,7 +109,7 @@ class _Ensemble(Model):
 
         try:
             return create_model(name, task, params, self.seed, self.threads, device=self.device,
-                                symbol_encoding=encoding, unseen_symbols=unseen)
+                                symbol_encoding=encoding, unseen_symbols=unseen, reporter=self.reporter)
         except ModelError as exc:
             raise ModelError(f"{where} ({name}): {exc}") from None
 
@@ -135,7 +135,7 @@ class _Ensemble(Model):
                     weight: np.ndarray | None, early_stopping: int, unseen: str | None = None) -> Model:
         member = self._member(i, self.member_specs[i], unseen)
         if weight is not None and not member.sample_weights:
-            notice_once(f"weights:{member.name}", f"ensemble member '{member.name}' ignores sample weights")
+            notice_once(f"weights:{member.name}", f"ensemble member '{member.name}' ignores sample weights", self.reporter)
             weight = None
         has_val = val is not None
         return member.fit(rows.X, self._labels(y), feature_names=self.input_names_, sample_weight=weight,

@@ -8,6 +8,7 @@ from typing import Any
 from quant_cli.errors import ModelError, one_of, suggest
 from quant_cli.io import read_json
 from quant_cli.models.base import Model
+from quant_cli.report import SILENT, Reporter
 from quant_cli.models.boosting import CatBoostModel, LightGBMModel, XGBoostModel
 from quant_cli.models.classical import ExtraTreesModel, LinearModel, LogisticModel, RandomForestModel, SVMModel
 from quant_cli.models.ensemble import BlendingModel, StackingModel, VotingModel
@@ -29,10 +30,10 @@ def model_class(name: str) -> type[Model]:
 
 
 def create_model(name: str, task: str, params: dict[str, Any], seed: int, threads: int, *, device: str = "cpu",
-                 symbol_encoding: str = "none", unseen_symbols: str = "error") -> Model:
+                 symbol_encoding: str = "none", unseen_symbols: str = "error", reporter: Reporter = SILENT) -> Model:
     """A new, unfitted model; raises ModelError for an unknown name, parameter or option."""
     return model_class(name)(task=task, seed=seed, threads=threads, device=device, symbol_encoding=symbol_encoding,
-                             unseen_symbols=unseen_symbols, **params)
+                             unseen_symbols=unseen_symbols, reporter=reporter, **params)
 
 
 def load_model(folder: Path) -> Model:

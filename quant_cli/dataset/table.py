@@ -16,11 +16,12 @@ import polars as pl
 from quant_cli.data import store
 from quant_cli.errors import RecipeError, RunError
 from quant_cli.features.store import feature_table
-from quant_cli.labels import is_classification, make_labels
-from quant_cli.preprocess import drop_incomplete, fit_preprocess, transform
+from quant_cli.dataset.labels import is_classification, make_labels
+from quant_cli.pipeline.preprocess import drop_incomplete, fit_preprocess, transform
 from quant_cli.recipe import Recipe
-from quant_cli.split import SplitPlan, assign_segments, plan_split
-from quant_cli.weights import sample_weights
+from quant_cli.report import SILENT, Reporter
+from quant_cli.splits.chronological import SplitPlan, assign_segments, plan_split
+from quant_cli.dataset.weights import sample_weights
 
 KEYS = ["symbol", "ts"]
 
@@ -67,9 +68,9 @@ def load_bars(recipe: Recipe, data_dir: Path) -> pl.DataFrame:
     return store.load_bars(data_dir, dataset_name(recipe), symbols=data["symbols"] or None, end=data["end"])
 
 
-def prepare(recipe: Recipe, data_dir: Path, stored: dict[str, Any] | None = None) -> Prepared:
+def prepare(recipe: Recipe, data_dir: Path, stored: dict[str, Any] | None = None, reporter: Reporter = SILENT) -> Prepared:
     """Build the table; fit plan, preprocessing and weights unless `stored` (from split/) is given."""
-    table = feature_table(recipe, data_dir)
+    table = feature_table(recipe, data_dir, reporter=reporter)
     bars = load_bars(recipe, data_dir)
     labels = make_labels(bars, recipe["label"], recipe["backtest"]["execution"])
     frame = table.frame.join(labels, on=KEYS, how="inner").sort(KEYS)
@@ -100,7 +101,7 @@ def _weights(frame: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any]) -> pl
     return fit_weights(frame.filter(pl.col("segment") == "train"), bars, cfg)
 
 
-def load_prepared(run_path: Path, recipe: Recipe, data_dir: Path) -> Prepared:
+def load_prepared(run_path: Path, recipe: Recipe, data_dir: Path, reporter: Reporter = SILENT) -> Prepared:
     """Rebuild a run's table from its stored split (same boundaries, scaler and weights)."""
     from quant_cli.io import read_json
 
@@ -113,7 +114,7 @@ def load_prepared(run_path: Path, recipe: Recipe, data_dir: Path) -> Prepared:
         "state": read_json(split_dir / "scaler.json"),
         "weights": pl.read_parquet(weights_path) if weights_path.is_file() else None,
     }
-    prepared = prepare(recipe, data_dir, stored)
+    prepared = prepare(recipe, data_dir, stored, reporter)
     expected = read_json(split_dir / "features.json")["fingerprint"]
     if prepared.fingerprint != expected:
         raise RunError(

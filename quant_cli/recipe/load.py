@@ -14,7 +14,7 @@ import tomli_w
 
 from quant_cli.data.frequency import parse_frequency
 from quant_cli.errors import DataError, RecipeError, one_of, suggest
-from quant_cli.recipe_schema import SCHEMA, TOP_LEVEL_KEYS, Key
+from quant_cli.recipe.schema import SCHEMA, TOP_LEVEL_KEYS, Key
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -3,14 +3,14 @@
 Folds are contiguous blocks of unique timestamps shared by all symbols. A training row is purged
 when its label interval [ts, t1] overlaps the test block's span [first ts, last t1], and the
 `embargo` timestamps after the block are dropped too, so no training row's label was measured
-over the same bars as a test row's (López de Prado, AFML ch. 7). The algorithm itself lives in quant_cli.cv.
+over the same bars as a test row's (López de Prado, AFML ch. 7). The algorithm itself lives in quant_cli.splits.purged.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from quant_cli import cv
+from quant_cli.splits import purged as cv
 from quant_cli.errors import ModelError
 
 _MAX = np.iinfo(np.int64).max
@@ -41,7 +41,7 @@ def _ts_t1(ts: np.ndarray, t1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def purged_kfold_indices(ts: np.ndarray, t1: np.ndarray, n_splits: int, embargo: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(train_idx, test_idx)] per fold; every row is in exactly one test set.
 
-    Validates model-side inputs, then uses the split module's purged k-fold (quant_cli.cv), so
+    Validates model-side inputs, then uses the split module's purged k-fold (quant_cli.splits.purged), so
     stacking folds and `[split] method = "purged_kfold"` purge and embargo identically.
     """
     ts_i, t1_i = _ts_t1(ts, t1)

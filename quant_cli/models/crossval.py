@@ -18,15 +18,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from quant_cli import console
-from quant_cli.cv import group_of
-from quant_cli.dataset import Prepared, fit_weights
-from quant_cli.metrics import prediction_metrics
+from quant_cli.report import SILENT, Reporter
+from quant_cli.splits.purged import group_of
+from quant_cli.dataset.table import Prepared, fit_weights
+from quant_cli.backtest.metrics import prediction_metrics
 from quant_cli.models.base import Model
-from quant_cli.split import cv_folds, development, folds_summary
+from quant_cli.splits.chronological import cv_folds, development, folds_summary
 
 
-def cross_validate(prepared: Prepared, split_cfg: dict[str, Any], embargo: int | str, new_model: Callable[[], Model]) -> tuple[pl.DataFrame, dict[str, Any]]:
+def cross_validate(prepared: Prepared, split_cfg: dict[str, Any], embargo: int | str, new_model: Callable[[], Model],
+                   reporter: Reporter = SILENT) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Out-of-fold predictions (symbol, ts, fold, group, score, label) and CV metrics."""
     dev = development(prepared.frame)
     folds = cv_folds(prepared.frame, split_cfg, embargo)
@@ -35,7 +36,7 @@ def cross_validate(prepared: Prepared, split_cfg: dict[str, Any], embargo: int |
     X, y = prepared.matrix(dev), dev["label"].to_numpy()
     symbols, ts, t1 = dev["symbol"].to_numpy(), dev["ts"].to_numpy(), dev["t1"].to_numpy()
     parts = []
-    for fold in console.track(folds["folds"], "cross-validation"):
+    for fold in reporter.track(folds["folds"], "cross-validation"):
         model = new_model()
         weights = fit_weights(dev[fold.train], prepared.calendar, split_cfg) if model.sample_weights else None
         model.fit(X[fold.train], y[fold.train], feature_names=prepared.features,

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
+
+from quant_cli.report import Reporter
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 T = TypeVar("T")
@@ -93,3 +95,25 @@ def working(description: str) -> Iterator[None]:
         return
     with _task(description, None):
         yield
+
+
+class ConsoleReporter(Reporter):
+    """The library's reporter for a CLI command: rich output on stderr, honouring --quiet."""
+
+    def info(self, message: str) -> None:
+        info(message)
+
+    def notice(self, message: str) -> None:
+        notice(message)
+
+    def warn(self, message: str) -> None:
+        warn(message)
+
+    def working(self, description: str):
+        return working(description)
+
+    def track(self, items, description: str, total: int | None = None):
+        return track(items, description, total)
+
+
+REPORTER = ConsoleReporter()

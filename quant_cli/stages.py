@@ -12,21 +12,21 @@ from typing import Any
 
 import polars as pl
 
-from quant_cli import console
+from quant_cli.report import SILENT, Reporter
 from quant_cli.backtest.engine import run_backtest
-from quant_cli.cv_train import cross_validate
+from quant_cli.models.crossval import cross_validate
 from quant_cli.data import store
 from quant_cli.data.frequency import periods_per_year
-from quant_cli.dataset import KEYS, Prepared, check_task, dataset_name, load_bars, load_prepared, prepare
+from quant_cli.dataset.table import KEYS, Prepared, check_task, dataset_name, load_bars, load_prepared, prepare
 from quant_cli.errors import RunError
 from quant_cli.io import read_json, write_json_atomic, write_parquet_atomic
-from quant_cli.metrics import classification_metrics, prediction_metrics
+from quant_cli.backtest.metrics import classification_metrics, prediction_metrics
 from quant_cli.models.base import Model
 from quant_cli.models.device import resolve_device
 from quant_cli.models.registry import create_model
 from quant_cli.recipe import Recipe
-from quant_cli.runs import Run, create_run, stage_outputs
-from quant_cli.split import cv_folds, development, folds_summary, segment_counts
+from quant_cli.runs.directory import Run, create_run, stage_outputs
+from quant_cli.splits.chronological import cv_folds, development, folds_summary, segment_counts
 
 
 def _embargo(recipe: Recipe) -> int | str:
@@ -34,7 +34,7 @@ def _embargo(recipe: Recipe) -> int | str:
     return recipe["label"]["horizon"] if embargo is None else embargo
 
 
-def _write_split(run: Run, recipe: Recipe, prepared: Prepared, data_dir: Path) -> None:
+def _write_split(run: Run, recipe: Recipe, prepared: Prepared, data_dir: Path, reporter: Reporter) -> None:
     counts, dropped = segment_counts(prepared.frame), prepared.dropped
     with stage_outputs(run, "split") as folder:
         write_json_atomic(folder / "boundaries.json", {
@@ -49,41 +49,42 @@ def _write_split(run: Run, recipe: Recipe, prepared: Prepared, data_dir: Path) -
         if folds is not None:
             summary = folds_summary(folds, development(prepared.frame))
             write_json_atomic(folder / "folds.json", summary)
-            console.info(f"split: {recipe['split']['method']} with {summary['n_splits']} splits and {summary['n_paths']} backtest path(s) over train + val")
+            reporter.info(f"split: {recipe['split']['method']} with {summary['n_splits']} splits and {summary['n_paths']} backtest path(s) over train + val")
         if prepared.frame["weight"].null_count() < prepared.frame.height:
             write_parquet_atomic(folder / "weights.parquet", prepared.frame.filter(pl.col("weight").is_not_null()).select(*KEYS, "weight"))
     content_hash = store.read_manifest(data_dir, dataset_name(recipe))["content_hash"]
     run.update_manifest(fingerprints={"features": prepared.fingerprint, "dataset": content_hash})
     summary = ", ".join(f"{seg} {c['rows']:,}" for seg, c in counts.items())
-    console.info(f"split: {summary} rows; purged {sum(dropped['purged'].values()):,}, embargoed {sum(dropped['embargoed'].values()):,}")
+    reporter.info(f"split: {summary} rows; purged {sum(dropped['purged'].values()):,}, embargoed {sum(dropped['embargoed'].values()):,}")
 
 
-def _split_stage(run: Run, recipe: Recipe, data_dir: Path) -> Prepared:
+def _split_stage(run: Run, recipe: Recipe, data_dir: Path, reporter: Reporter) -> Prepared:
     with run.stage("split") as info:
-        with console.working("split: features, labels, purge and embargo, train-only preprocessing"):
-            prepared = prepare(recipe, data_dir)
-        _write_split(run, recipe, prepared, data_dir)
+        with reporter.working("split: features, labels, purge and embargo, train-only preprocessing"):
+            prepared = prepare(recipe, data_dir, reporter=reporter)
+        _write_split(run, recipe, prepared, data_dir, reporter)
         info["rows"] = prepared.frame.height
     return prepared
 
 
-def _new_model(recipe: Recipe, device: str = "cpu") -> Model:
+def _new_model(recipe: Recipe, device: str = "cpu", reporter: Reporter = SILENT) -> Model:
     """Constructing validates the model name and parameters, so call it before any heavy work."""
     cfg = recipe["model"]
     return create_model(cfg["name"], cfg["task"], cfg["params"], recipe["run"]["seed"], recipe["train"]["threads"],
-                        device=device, symbol_encoding=cfg["symbol_encoding"], unseen_symbols=cfg["unseen_symbols"])
+                        device=device, symbol_encoding=cfg["symbol_encoding"], unseen_symbols=cfg["unseen_symbols"],
+                        reporter=reporter)
 
 
-def _device(recipe: Recipe) -> str:
+def _device(recipe: Recipe, reporter: Reporter) -> str:
     """Resolved once per run: a missing GPU warns once (or fails with strict_device)."""
-    return resolve_device(recipe["train"]["device"], recipe["train"]["strict_device"])
+    return resolve_device(recipe["train"]["device"], recipe["train"]["strict_device"], reporter)
 
 
-def _fit(model: Model, prepared: Prepared, early_stopping: int) -> float:
+def _fit(model: Model, prepared: Prepared, early_stopping: int, reporter: Reporter) -> float:
     train, val = prepared.segment("train"), prepared.segment("val")
     weight = train["weight"].to_numpy() if model.sample_weights and train["weight"].null_count() == 0 else None
     started = time.perf_counter()
-    with console.working(f"train: fitting {model.name} on {train.height:,} rows"):
+    with reporter.working(f"train: fitting {model.name} on {train.height:,} rows"):
         model.fit(prepared.matrix(train), train["label"].to_numpy(), feature_names=prepared.features,
                   X_val=prepared.matrix(val), y_val=val["label"].to_numpy(), sample_weight=weight, early_stopping=early_stopping,
                   symbols=train["symbol"].to_numpy(), symbols_val=val["symbol"].to_numpy(),
@@ -91,14 +92,14 @@ def _fit(model: Model, prepared: Prepared, early_stopping: int) -> float:
     return time.perf_counter() - started
 
 
-def _train_stage(run: Run, recipe: Recipe, prepared: Prepared) -> dict[str, Any]:
+def _train_stage(run: Run, recipe: Recipe, prepared: Prepared, reporter: Reporter) -> dict[str, Any]:
     with run.stage("train") as info:
         metrics: dict[str, Any] = {}
-        device = _device(recipe)
+        device = _device(recipe, reporter)
         if recipe["split"]["method"] != "chronological":
-            metrics["cv"] = _cv_stage(run, recipe, prepared, device)
-        model = _new_model(recipe, device)
-        seconds = _fit(model, prepared, recipe["train"]["early_stopping"])
+            metrics["cv"] = _cv_stage(run, recipe, prepared, device, reporter)
+        model = _new_model(recipe, device, reporter)
+        seconds = _fit(model, prepared, recipe["train"]["early_stopping"], reporter)
         with stage_outputs(run, "model") as folder:
             model.save(folder)
             if (importance := model.feature_importance()) is not None:
@@ -113,16 +114,16 @@ def _train_stage(run: Run, recipe: Recipe, prepared: Prepared) -> dict[str, Any]
         used = model.fit_info().get("device", "cpu")
         info.update(model=model.name, device=used, seconds_fit=round(seconds, 3))
     run.update_manifest(device=used)
-    console.info(f"train: {model.name} on {train.height:,} rows; val IC {metrics['val'].get('ic', float('nan')):.4f}, test IC {metrics['test'].get('ic', float('nan')):.4f}")
+    reporter.info(f"train: {model.name} on {train.height:,} rows; val IC {metrics['val'].get('ic', float('nan')):.4f}, test IC {metrics['test'].get('ic', float('nan')):.4f}")
     return metrics
 
 
-def _cv_stage(run: Run, recipe: Recipe, prepared: Prepared, device: str) -> dict[str, Any]:
-    oof, summary = cross_validate(prepared, recipe["split"], _embargo(recipe), lambda: _new_model(recipe, device))
+def _cv_stage(run: Run, recipe: Recipe, prepared: Prepared, device: str, reporter: Reporter) -> dict[str, Any]:
+    oof, summary = cross_validate(prepared, recipe["split"], _embargo(recipe), lambda: _new_model(recipe, device, reporter), reporter)
     with stage_outputs(run, "cv") as folder:
         write_parquet_atomic(folder / "oof.parquet", oof)
         write_json_atomic(folder / "summary.json", summary)
-    console.info(f"cv: {summary['folds']['n_splits']} splits, {summary['folds']['n_paths']} path(s); IC {summary['ic_mean']:.4f} ± {summary['ic_std']:.4f}")
+    reporter.info(f"cv: {summary['folds']['n_splits']} splits, {summary['folds']['n_paths']} path(s); IC {summary['ic_mean']:.4f} ± {summary['ic_std']:.4f}")
     return {k: v for k, v in summary.items() if k != "folds"} | {"n_splits": summary["folds"]["n_splits"], "n_paths": summary["folds"]["n_paths"]}
 
 
@@ -150,14 +151,14 @@ def _segment_metrics(predictions: pl.DataFrame) -> dict[str, Any]:
     return out
 
 
-def _backtest_stage(run: Run, recipe: Recipe, data_dir: Path) -> dict[str, Any]:
+def _backtest_stage(run: Run, recipe: Recipe, data_dir: Path, reporter: Reporter) -> dict[str, Any]:
     if not (run.path / "predictions.parquet").is_file():
         raise RunError(f"run {run.id} has no predictions.parquet; train it first with `qfactory train --run {run.id}`")
     cfg = recipe["backtest"]
     with run.stage("backtest") as info:
         scores = pl.read_parquet(run.path / "predictions.parquet").filter(pl.col("segment") == cfg["segment"])
         ppy = periods_per_year(recipe["data"]["frequency"] or store.read_manifest(data_dir, dataset_name(recipe))["frequency"])
-        with console.working("backtest: next-bar execution with costs"):
+        with reporter.working("backtest: next-bar execution with costs"):
             curve, summary = run_backtest(scores, load_bars(recipe, data_dir), cfg, ppy)
         with stage_outputs(run, "backtest") as folder:
             write_parquet_atomic(folder / "equity.parquet", curve)
@@ -166,65 +167,65 @@ def _backtest_stage(run: Run, recipe: Recipe, data_dir: Path) -> dict[str, Any]:
         metrics["backtest"] = summary
         write_json_atomic(run.path / "metrics.json", metrics)
         info["periods"] = summary["periods"]
-    console.info(f"backtest: sharpe {summary.get('sharpe', float('nan')):.2f}, annual return {summary.get('annual_return', float('nan')):.2%}, max drawdown {summary.get('max_drawdown', float('nan')):.2%}")
+    reporter.info(f"backtest: sharpe {summary.get('sharpe', float('nan')):.2f}, annual return {summary.get('annual_return', float('nan')):.2%}, max drawdown {summary.get('max_drawdown', float('nan')):.2%}")
     return summary
 
 
-def _ingest_stage(run: Run, recipe: Recipe, data_dir: Path) -> None:
+def _ingest_stage(run: Run, recipe: Recipe, data_dir: Path, reporter: Reporter) -> None:
     from quant_cli.data.ingest import ingest, request_from_recipe
 
-    with run.stage("ingest") as info, console.working("ingest: reading and validating bars"):
-        manifest = ingest(request_from_recipe(recipe), data_dir)
+    with run.stage("ingest") as info, reporter.working("ingest: reading and validating bars"):
+        manifest = ingest(request_from_recipe(recipe), data_dir, reporter)
         info.update(dataset=manifest["dataset"], rows=manifest["rows"], content_hash=manifest["content_hash"])
 
 
-def _check(recipe: Recipe, model: bool = True) -> None:
+def _check(recipe: Recipe, reporter: Reporter, model: bool = True) -> None:
     """Cheap recipe checks that must fail before a run directory or any heavy work exists."""
     dataset_name(recipe)
     check_task(recipe)
     if model:
-        _new_model(recipe, _device(recipe))
+        _new_model(recipe, _device(recipe, reporter), reporter)
 
 
-def new_split_run(recipe: Recipe, data_dir: Path, runs_dir: Path) -> Run:
+def new_split_run(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> Run:
     """`qfactory split --recipe R`: a new run holding only the split."""
-    _check(recipe, model=False)
+    _check(recipe, reporter, model=False)
     with create_run(runs_dir, recipe) as run:
-        _split_stage(run, recipe, data_dir)
+        _split_stage(run, recipe, data_dir, reporter)
     return run
 
 
-def train_new(recipe: Recipe, data_dir: Path, runs_dir: Path) -> Run:
+def train_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> Run:
     """`qfactory train --recipe R`: a new run with features (cached), split and a trained model."""
-    _check(recipe)
+    _check(recipe, reporter)
     with create_run(runs_dir, recipe) as run:
-        _train_stage(run, recipe, _split_stage(run, recipe, data_dir))
+        _train_stage(run, recipe, _split_stage(run, recipe, data_dir, reporter), reporter)
     return run
 
 
-def train_existing(run: Run, data_dir: Path) -> Run:
+def train_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> Run:
     """`qfactory train --run RUN`: train a run that so far holds only a split."""
     if (run.path / "model").exists():
         raise RunError(f"run {run.id} already has a model; runs are never overwritten — start a new one with `qfactory train --recipe R`")
     recipe = run.recipe()
-    _check(recipe)
-    _train_stage(run, recipe, load_prepared(run.path, recipe, data_dir))
+    _check(recipe, reporter)
+    _train_stage(run, recipe, load_prepared(run.path, recipe, data_dir, reporter), reporter)
     return run
 
 
-def backtest_existing(run: Run, data_dir: Path) -> Run:
+def backtest_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> Run:
     """`qfactory backtest --run RUN`."""
-    _backtest_stage(run, run.recipe(), data_dir)
+    _backtest_stage(run, run.recipe(), data_dir, reporter)
     return run
 
 
-def run_all(recipe: Recipe, data_dir: Path, runs_dir: Path) -> Run:
+def run_all(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> Run:
     """`qfactory run --recipe R`: every configured stage in one new run (for cron)."""
-    _check(recipe)
+    _check(recipe, reporter)
     with create_run(runs_dir, recipe) as run:
         if recipe["data"]["source"]:
-            _ingest_stage(run, recipe, data_dir)
-        prepared = _split_stage(run, recipe, data_dir)
-        _train_stage(run, recipe, prepared)
-        _backtest_stage(run, recipe, data_dir)
+            _ingest_stage(run, recipe, data_dir, reporter)
+        prepared = _split_stage(run, recipe, data_dir, reporter)
+        _train_stage(run, recipe, prepared, reporter)
+        _backtest_stage(run, recipe, data_dir, reporter)
     return run

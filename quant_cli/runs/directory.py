@@ -28,7 +28,7 @@ from quant_cli import __version__
 from quant_cli.errors import DataError, QFactoryError, RunError
 from quant_cli.io import read_json, staged_dir, write_json_atomic, write_text_atomic
 from quant_cli.recipe import Recipe, fingerprint, to_toml
-from quant_cli.recipe_schema import RUN_NAME_DOC, RUN_NAME_PATTERN
+from quant_cli.recipe.schema import RUN_NAME_DOC, RUN_NAME_PATTERN
 
 _LIBRARIES = ("polars", "pyarrow", "numpy", "lightgbm", "catboost", "xgboost", "scikit-learn", "joblib", "torch", "typer")
 

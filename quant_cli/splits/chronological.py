@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from quant_cli.cv import EMBARGO_EXAMPLE
+from quant_cli.splits.purged import EMBARGO_EXAMPLE
 from quant_cli.data.frequency import parse_duration
 from quant_cli.data.store import parse_time
 from quant_cli.errors import DataError, RecipeError
@@ -144,7 +144,7 @@ def cv_folds(frame: pl.DataFrame, cfg: dict[str, Any], embargo: int | str) -> di
 
     Returns None for the chronological method. Positions index `development(frame)`.
     """
-    from quant_cli.cv import cpcv, purged_kfold
+    from quant_cli.splits.purged import cpcv, purged_kfold
 
     if cfg["method"] == "chronological":
         return None
