@@ -57,3 +57,22 @@ def test_rebalance_every_holds_weights_between_rebalances():
     held, _ = run_backtest(scores, bars, CFG | {"rebalance_every": 3}, periods_per_year=252)
     assert daily["turnover"].to_list()[1:] == pytest.approx([2.0] * (daily.height - 1))  # flips every bar
     assert held["turnover"].to_list() == pytest.approx([1.0, 0.0, 0.0, 2.0, 0.0])  # trades on bars 0 and 3 only
+
+
+def test_nan_and_null_scores_are_never_held():
+    # Polars ranks NaN above every number: unguarded, the NaN symbol would be the one bought.
+    scores = pl.DataFrame({"symbol": list("ABCDE"), "ts": [1] * 5, "score": [float("nan"), 3.0, 2.0, 1.0, None]})
+    assert target_weights(scores, "long_short", 0.34)["weight"].to_list() == pytest.approx([0.0, 0.5, 0.0, -0.5, 0.0])
+    # n counts only the three scored symbols, so sign weights still sum to at most 1.
+    assert target_weights(scores.with_columns(pl.col("score") - 2), "sign", 0.2)["weight"].to_list() == pytest.approx([0.0, 1 / 3, 0.0, -1 / 3, 0.0])
+
+
+def test_tied_scores_share_the_bucket_whatever_their_names():
+    # A and B tie for the single long place: each gets half of it, not whichever sorts last by name.
+    scores = pl.DataFrame({"symbol": list("ABCD"), "ts": [1] * 4, "score": [3.0, 3.0, 1.0, 0.0]})
+    assert target_weights(scores, "long_short", 0.25)["weight"].to_list() == pytest.approx([0.25, 0.25, 0.0, -0.5])
+    renamed = scores.with_columns(pl.Series("symbol", list("DCBA")))
+    assert target_weights(renamed, "long_short", 0.25)["weight"].to_list() == pytest.approx([0.25, 0.25, 0.0, -0.5])
+    # Every score tied: no information, no position (long and short shares cancel), and no net.
+    flat = target_weights(scores.with_columns(pl.lit(1.0).alias("score")), "long_short", 0.5)["weight"]
+    assert flat.to_list() == pytest.approx([0.0] * 4)

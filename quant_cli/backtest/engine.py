@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from quant_cli.dataset.labels import execution_price
@@ -23,22 +24,28 @@ def period_returns(bars: pl.DataFrame, execution: str) -> pl.DataFrame:
 
 
 def target_weights(scores: pl.DataFrame, strategy: str, quantile: float) -> pl.DataFrame:
-    """symbol, ts, weight with gross exposure 1 at each timestamp (0 when nothing can be held)."""
-    n = pl.len().over("ts")
+    """symbol, ts, weight with gross exposure 1 at each timestamp (0 when nothing can be held).
+
+    Only finite scores take part: a NaN or null score gets weight 0 and is not counted in n (polars
+    ranks NaN above every number, so it would otherwise be bought first).
+      sign:       w = sign(score) / n
+      long_short: k = max(1, floor(n * quantile)); the top k scores are long 0.5 / k each, the bottom
+                  k short 0.5 / k. A group of tied scores spanning ordinal places lo..hi shares the
+                  places it has in each bucket equally, so ties never fall to the symbol's name:
+                  w = 0.5 / k * (|[lo, hi] ∩ top k| - |[lo, hi] ∩ bottom k|) / (hi - lo + 1).
+    """
+    finite = pl.col("score").cast(pl.Float64).is_finite().fill_null(False)
+    score = pl.when(finite).then(pl.col("score").cast(pl.Float64))
+    n = finite.sum().over("ts")
     if strategy == "sign":
-        weight = pl.col("score").sign() / n
+        weight = score.sign() / n
     else:
         k = (n.cast(pl.Float64) * quantile).floor().clip(lower_bound=1.0)
-        rank = pl.col("score").rank("ordinal").over("ts")
-        long = rank > n - k
-        short = rank <= k
-        weight = (
-            pl.when(n < 2).then(0.0)
-            .when(long).then(0.5 / k)
-            .when(short).then(-0.5 / k)
-            .otherwise(0.0)
-        )
-    return scores.select("symbol", "ts", weight.cast(pl.Float64).alias("weight"))
+        lo, hi = score.rank("min").over("ts"), score.rank("max").over("ts")
+        in_top = (hi - pl.max_horizontal(lo - 1, n - k)).clip(lower_bound=0)
+        in_bottom = (pl.min_horizontal(hi, k) - (lo - 1)).clip(lower_bound=0)
+        weight = pl.when(n < 2).then(0.0).otherwise(0.5 / k * (in_top - in_bottom) / (hi - lo + 1))
+    return scores.select("symbol", "ts", weight.fill_null(0.0).cast(pl.Float64).alias("weight"))
 
 
 def hold_between_rebalances(weights: pl.DataFrame, every: int) -> pl.DataFrame:
@@ -76,22 +83,39 @@ def run_backtest(scores: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], 
 
 
 def summarize(curve: pl.DataFrame, periods_per_year: float) -> dict[str, Any]:
+    """Summary of the net returns r_1..r_n, with equity E_i = prod_{j<=i} (1 + r_j) and E_0 = 1:
+
+      total_return      = E_n - 1
+      annual_return     = E_n ** (ppy / n) - 1            (-1 once the equity is gone)
+      annual_volatility = std(r, ddof=1) * sqrt(ppy)
+      sharpe            = mean(r) / std(r, ddof=1) * sqrt(ppy)          (zero risk-free rate)
+      sortino           = mean(r) / sqrt(mean(min(r, 0)^2)) * sqrt(ppy) (downside deviation, target 0)
+      max_drawdown      = min_i E_i / max(E_0, ..., E_i) - 1   (<= 0; the starting capital E_0
+                          counts, so a -10% first period is a -10% drawdown)
+      hit_rate          = share of periods with r > 0
+      mean_turnover     = mean over periods of sum_symbols |w_t - w_(t-1)|;  total_cost = sum of costs
+    with ppy the periods per year. Ratios with a zero denominator are NaN.
+    """
     n = curve.height
     if n == 0:
         return {"periods": 0}
-    net = curve["net"]
-    std = net.std() or 0.0
-    final = float(curve["equity"][-1])
-    drawdown = (curve["equity"] / curve["equity"].cum_max() - 1.0).min()
+    net = curve["net"].to_numpy()
+    equity = curve["equity"].to_numpy()
+    std = float(net.std(ddof=1)) if n > 1 else 0.0
+    downside = math.sqrt(float(np.mean(np.minimum(net, 0.0) ** 2)))
+    root = math.sqrt(periods_per_year)
+    peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:]
+    final = float(equity[-1])
     return {
         "periods": n,
         "start": curve["ts"][0].isoformat(),
         "end": curve["ts"][-1].isoformat(),
         "total_return": final - 1.0,
         "annual_return": final ** (periods_per_year / n) - 1.0 if final > 0 else -1.0,
-        "annual_volatility": std * math.sqrt(periods_per_year),
-        "sharpe": float(net.mean()) / std * math.sqrt(periods_per_year) if std > 0 else float("nan"),
-        "max_drawdown": float(drawdown),
+        "annual_volatility": std * root,
+        "sharpe": float(net.mean()) / std * root if std > 0 else float("nan"),
+        "sortino": float(net.mean()) / downside * root if downside > 0 else float("nan"),
+        "max_drawdown": min(float((equity / peak - 1.0).min()), 0.0),
         "hit_rate": float((net > 0).mean()),
         "mean_turnover": float(curve["turnover"].mean()),
         "total_cost": float(curve["cost"].sum()),

@@ -1,8 +1,12 @@
 """Prediction quality: information coefficients per timestamp, and error measures.
 
-IC is the mean over timestamps of the cross-sectional correlation between score and label
-(Spearman for rank IC); ICIR is that mean over its standard deviation. With a single symbol there
-is no cross-section, so the correlation is taken over the pooled rows instead (`ic_kind`).
+With S_t the rows at timestamp t (at least two, score and label both finite):
+  IC       = mean_t pearson(score, label | S_t)
+  rank IC  = mean_t pearson(rank(score), rank(label) | S_t), ranks averaged over ties (Spearman)
+  ICIR     = mean_t IC_t / std_t IC_t (sample std, ddof = 1; not annualised)
+With a single symbol there is no cross-section, so IC and rank IC are taken over the pooled rows
+instead and ICIR is NaN (`ic_kind` says which). A row whose score or label is NaN or null is not
+scored: it is left out of every measure here (a NaN must never rank first), and `unscored` counts it.
 """
 
 from __future__ import annotations
@@ -15,17 +19,22 @@ import polars as pl
 
 
 def prediction_metrics(pred: pl.DataFrame) -> dict[str, Any]:
-    """`pred` has symbol, ts, score, label."""
+    """`pred` has symbol, ts, score, label.
+
+    Besides the ICs: rmse = sqrt(mean((score - label)^2)), mae = mean(|score - label|),
+    hit_rate = share of rows with sign(score) == sign(label).
+    """
     if pred.height == 0:
         return {"rows": 0}
-    by_ts = pred.group_by("ts").agg(
+    scored = _scored(pred)
+    by_ts = scored.group_by("ts").agg(
         pl.corr("score", "label").alias("ic"),
         pl.corr("score", "label", method="spearman").alias("rank_ic"),
         pl.len().alias("n"),
     ).filter(pl.col("n") >= 2)
     cross_sectional = by_ts.height > 0 and by_ts["ic"].drop_nans().drop_nulls().len() > 0
-    ic, rank_ic, icir = _cross_sectional(by_ts) if cross_sectional else _pooled(pred)
-    err = pred.select(
+    ic, rank_ic, icir = _cross_sectional(by_ts) if cross_sectional else _pooled(scored)
+    err = scored.select(
         ((pl.col("score") - pl.col("label")) ** 2).mean().sqrt().alias("rmse"),
         (pl.col("score") - pl.col("label")).abs().mean().alias("mae"),
         (pl.col("score").sign() == pl.col("label").sign()).mean().alias("hit_rate"),
@@ -33,8 +42,15 @@ def prediction_metrics(pred: pl.DataFrame) -> dict[str, Any]:
     return {
         "ic": ic, "rank_ic": rank_ic, "icir": icir, "ic_kind": "cross_sectional" if cross_sectional else "pooled",
         **{k: _clean(v) for k, v in err.items()},
-        "rows": pred.height, "symbols": pred["symbol"].n_unique(), "timestamps": pred["ts"].n_unique(),
+        "rows": pred.height, "unscored": pred.height - scored.height,
+        "symbols": pred["symbol"].n_unique(), "timestamps": pred["ts"].n_unique(),
     }
+
+
+def _scored(pred: pl.DataFrame) -> pl.DataFrame:
+    """Rows with a finite score and label (polars ranks NaN above every number)."""
+    both = pred.with_columns(pl.col("score", "label").cast(pl.Float64))
+    return both.filter(pl.col("score").is_finite() & pl.col("label").is_finite())
 
 
 def _cross_sectional(by_ts: pl.DataFrame) -> tuple[float, float, float]:
@@ -61,22 +77,37 @@ def _clean(value: Any) -> float:
 
 
 def classification_metrics(pred: pl.DataFrame) -> dict[str, Any]:
-    """accuracy, log loss and AUC (one-vs-rest macro when more than two classes) from p_<class>."""
+    """accuracy, log loss and AUC from the p_<class> probability columns.
+
+    accuracy = share of rows whose most probable class is the label;
+    log_loss = -mean(log p_label), probabilities clipped to [1e-15, 1] and each row renormalised;
+    auc      = P(p_pos of a positive row > p_pos of a negative row), ties counting one half
+               (two classes; the positive class is the larger label), or the mean of the
+               one-vs-rest AUCs over the classes present (macro) when there are more than two.
+    """
     prob_cols = [c for c in pred.columns if c.startswith("p_")]
     if not prob_cols or pred.height == 0:
         return {}
-    from sklearn.metrics import log_loss, roc_auc_score
+    from sklearn.metrics import log_loss
 
     classes = np.array([float(c[2:]) for c in prob_cols])
     proba = pred.select(prob_cols).to_numpy()
     y = pred["label"].to_numpy()
     out = {"accuracy": float((classes[proba.argmax(axis=1)] == y).mean())}
-    out["log_loss"] = float(log_loss(y, np.clip(proba, 1e-15, 1.0), labels=classes))
-    present = np.isin(classes, y)
-    if present.sum() < 2:
-        out["auc"] = float("nan")  # AUC needs both outcomes in the segment
-    elif len(classes) == 2:
-        out["auc"] = float(roc_auc_score(y == classes[1], proba[:, 1]))
-    else:
-        out["auc"] = float(roc_auc_score(y, proba / proba.sum(axis=1, keepdims=True), multi_class="ovr", labels=classes))
+    clipped = np.clip(proba, 1e-15, 1.0)
+    out["log_loss"] = float(log_loss(y, clipped / clipped.sum(axis=1, keepdims=True), labels=classes))
+    out["auc"] = _auc(y, proba, classes)
     return out
+
+
+def _auc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
+    """Binary AUC, or the macro mean of one-vs-rest AUCs over the classes present in the segment
+    (a class with no row has no AUC; averaging it in would make every such segment NaN)."""
+    from sklearn.metrics import roc_auc_score
+
+    present = [i for i, c in enumerate(classes) if (y == c).any()]
+    if len(present) < 2:
+        return float("nan")  # AUC needs both outcomes in the segment
+    if len(classes) == 2:
+        return float(roc_auc_score(y == classes[1], proba[:, 1]))
+    return float(np.mean([roc_auc_score(y == classes[i], proba[:, i]) for i in present]))
