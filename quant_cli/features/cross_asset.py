@@ -62,12 +62,14 @@ def sector_rel_ret(ret: pl.Expr, w: int) -> pl.Expr:
 
 
 @register("cs_rank_{feature}", inputs=(), tags=("cross_asset",), sets=_SETS, over="ts", sources=("{feature}",),
-          description="Cross-sectional percentile of a feature at each timestamp: (rank - 0.5) / count, in (0, 1); see features.cross_sectional.")
+          description="Cross-sectional percentile of a feature at each timestamp: (average rank - 0.5) / count of symbols with a value, in (0, 1); see features.cross_sectional.")
 def cs_rank(x: pl.Expr) -> pl.Expr:
+    x = x.fill_nan(None)  # polars ranks NaN above every number; a missing value is not ranked or counted
     return (x.rank("average") - 0.5) / x.count()
 
 
 @register("cs_z_{feature}", inputs=(), tags=("cross_asset",), sets=_SETS, over="ts", sources=("{feature}",),
           description="Cross-sectional z-score of a feature at each timestamp: (x - mean) / std (ddof=1) over symbols; see features.cross_sectional.")
 def cs_z(x: pl.Expr) -> pl.Expr:
+    x = x.fill_nan(None)  # one NaN would otherwise make every symbol's mean and std NaN
     return (x - x.mean()) / x.std()
