@@ -1,5 +1,8 @@
 """DESIGN.md §3: every registered feature is causal — bars after t never change its value at t.
 
+Checked twice: on a panel whose symbols share one calendar, and on one whose calendars differ
+(missing days, a benchmark with gaps, late listings, a halt), where alignment leaks show.
+
 The parametrisation is built from the registry itself, so a new family is tested the moment it
 is registered. Families take the default windows plus a short one.
 """
@@ -97,3 +100,46 @@ def test_cut_points_include_one_inside_the_warm_up(small_panel: pl.DataFrame) ->
     cuts = cut_points(small_panel, n=4)
     ts = small_panel["ts"].unique().sort()
     assert len(cuts) == 4 and cuts[0] == ts[3] and all(ts[0] < c < ts[-1] for c in cuts)
+
+
+# ---- the same check on a panel whose symbols keep different calendars ----------------------------
+
+
+@pytest.fixture(scope="module")
+def ragged_panel(panel: pl.DataFrame) -> pl.DataFrame:
+    """Symbols on different calendars: the benchmark misses whole runs of days (so the nearest bar
+    is often a later one), others start late, miss random days or halt for two weeks."""
+    day = pl.col("ts").rank("dense").over("symbol")
+    keep = (
+        pl.when(pl.col("symbol") == "S000").then((day % 11 != 3) & (day % 11 != 4) & (day % 17 != 9))  # benchmark gaps
+        .when(pl.col("symbol") == "S001").then(day > 40)                                             # listed late
+        .when(pl.col("symbol") == "S002").then(pl.col("close").hash(1) % 10 != 0)                    # random days missing
+        .when(pl.col("symbol") == "S003").then((day < 120) | (day > 134))                            # a halt
+        .otherwise(day > 7)
+    )
+    return panel.filter(keep)
+
+
+def test_ragged_panel_really_has_different_calendars(ragged_panel: pl.DataFrame) -> None:
+    calendars = ragged_panel.group_by("symbol").agg(pl.col("ts").sort()).sort("symbol")["ts"].to_list()
+    assert len({tuple(c) for c in calendars}) == 5
+    assert len({c[0] for c in calendars}) == 3  # three different start dates
+
+
+def test_whole_registry_is_causal_on_misaligned_calendars(ragged_panel: pl.DataFrame) -> None:
+    """Benchmark alignment, cross-sectional transforms and coarser timeframes across calendars
+    that do not line up: a benchmark bar after t must never reach a symbol's bar t."""
+    assert_causal(FEATURES, ragged_panel, seed=5, options=OPTIONS)
+
+
+def test_nearest_benchmark_alignment_is_caught_on_misaligned_calendars(ragged_panel: pl.DataFrame, panel: pl.DataFrame) -> None:
+    """join_asof(strategy="nearest") instead of "backward": invisible on one shared calendar, a leak
+    as soon as the benchmark misses a day (its next bar is then the nearest)."""
+    def nearest(bars: pl.DataFrame) -> pl.DataFrame:
+        bench = bars.filter(pl.col("symbol") == "S000").select("ts", pl.col("close").alias("b"))
+        out = bars.sort("ts").join_asof(bench, on="ts", strategy="nearest").sort("symbol", "ts")
+        return out.select("symbol", "ts", (pl.col("close") / pl.col("b")).alias("vs_bench"))
+
+    assert_causal(nearest, panel)  # one shared calendar: the leak cannot show
+    with pytest.raises(AssertionError, match="'vs_bench' is not causal"):
+        assert_causal(nearest, ragged_panel)
