@@ -4,6 +4,8 @@ import polars as pl
 import pytest
 
 from quant_cli.backtest.engine import period_returns, run_backtest, target_weights
+from quant_cli.data.synthetic import generate
+from quant_cli.dataset.labels import forward_return
 
 CFG = {"strategy": "long_short", "quantile": 0.5, "cost_bps": 0.0, "execution": "next_close"}
 
@@ -76,3 +78,21 @@ def test_tied_scores_share_the_bucket_whatever_their_names():
     # Every score tied: no information, no position (long and short shares cancel), and no net.
     flat = target_weights(scores.with_columns(pl.lit(1.0).alias("score")), "long_short", 0.5)["weight"]
     assert flat.to_list() == pytest.approx([0.0] * 4)
+
+
+@pytest.mark.parametrize("execution", ["next_close", "next_open"])
+def test_one_bar_label_is_the_return_the_backtest_books(execution):
+    """forward_return(h=1) and the engine's period return are the same number on the same bars,
+    including across missing days and with the rows given out of order (DESIGN.md §3)."""
+    bars = generate(symbols=3, bars=80, seed=4)
+    bars = bars.filter(~((pl.col("symbol") == "S001") & (pl.col("ts").dt.day() % 5 == 0))).sample(fraction=1.0, shuffle=True, seed=1)
+    labels = forward_return(bars, 1, execution)
+    booked = period_returns(bars, execution)
+    both = labels.join(booked, on=["symbol", "ts"], how="full", coalesce=True)
+    assert both.height == labels.height == booked.height
+    assert both["label"].to_list() == pytest.approx(both["ret"].to_list(), rel=1e-12)
+    # ...and a held position earns it: one unit long one symbol books its label as the period's gross.
+    one = labels.filter(pl.col("symbol") == "S001")
+    curve, _ = run_backtest(one.select("symbol", "ts", pl.lit(1.0).alias("score")), bars,
+                            CFG | {"strategy": "sign", "execution": execution}, periods_per_year=252)
+    assert curve.sort("ts")["gross"].to_list() == pytest.approx(one.sort("ts")["label"].to_list(), rel=1e-12)
