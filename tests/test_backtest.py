@@ -96,3 +96,32 @@ def test_one_bar_label_is_the_return_the_backtest_books(execution):
     curve, _ = run_backtest(one.select("symbol", "ts", pl.lit(1.0).alias("score")), bars,
                             CFG | {"strategy": "sign", "execution": execution}, periods_per_year=252)
     assert curve.sort("ts")["gross"].to_list() == pytest.approx(one.sort("ts")["label"].to_list(), rel=1e-12)
+
+
+def scores_from(table: dict[str, list[float | None]]) -> pl.DataFrame:
+    """symbol -> score per bar (None: no row for that symbol on that bar)."""
+    start = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+    rows = [{"symbol": s, "ts": start + dt.timedelta(days=i), "score": v}
+            for s, values in table.items() for i, v in enumerate(values) if v is not None]
+    return pl.DataFrame(rows).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+
+
+FLAT = {s: [100.0] * 8 for s in "ABCD"}
+
+
+def test_a_symbol_missing_on_a_rebalance_date_is_flat_until_the_next_one():
+    # A is long after bar 0; on the rebalance at bar 2 it has no row, so B takes the long side. A's
+    # old weight must not come back on bar 3: that would be 1.5 gross (two longs of 0.5, one short).
+    scores = scores_from({"A": [4, 1, None, 4, 4, 4], "B": [3, 2, 4, 2, 2, 2], "C": [2, 3, 3, 3, 3, 3], "D": [1, 4, 1, 1, 1, 1]})
+    curve, _ = run_backtest(scores, bars_from(FLAT), CFG | {"quantile": 0.25, "rebalance_every": 2}, periods_per_year=252)
+    assert curve["turnover"].to_list() == pytest.approx([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])  # A out on 2, back on 4
+    assert curve["exposure"].to_list() == pytest.approx([1.0] * 6)
+
+
+def test_a_symbol_that_leaves_the_scored_set_is_closed_and_costed():
+    # A (long) has no score from bar 2 on: closing it (0.5) and opening B (0.5) is 1.0 of turnover.
+    scores = scores_from({"A": [4, 4, None, None], "B": [3, 3, 4, 4], "C": [2, 2, 2, 2], "D": [1, 1, 1, 1]})
+    curve, summary = run_backtest(scores, bars_from(FLAT), CFG | {"quantile": 0.25, "cost_bps": 10.0}, periods_per_year=252)
+    assert curve["turnover"].to_list() == pytest.approx([1.0, 0.0, 1.0, 0.0])
+    assert summary["total_cost"] == pytest.approx(2.0 * 10 / 1e4)
+    assert curve["exposure"].to_list() == pytest.approx([1.0] * 4)

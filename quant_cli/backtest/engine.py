@@ -3,6 +3,10 @@
 Weights decided at the close of bar t earn the return from the execution price at t+1 to the
 execution price at t+2 (next_open: opens, next_close: closes), the same price path the labels are
 measured on. Costs are charged on turnover, |w_t - w_{t-1}| summed over symbols.
+
+Weights live on the full grid of scored timestamps x scored symbols, a symbol without a score
+weighing 0: a symbol that drops out of the scores is closed and costed, and one missing on a
+rebalance date is flat until the next rebalance (never handed its older weight back).
 """
 
 from __future__ import annotations
@@ -48,32 +52,52 @@ def target_weights(scores: pl.DataFrame, strategy: str, quantile: float) -> pl.D
     return scores.select("symbol", "ts", weight.fill_null(0.0).cast(pl.Float64).alias("weight"))
 
 
+def on_full_grid(weights: pl.DataFrame) -> pl.DataFrame:
+    """Every (ts, symbol) pair of the scored timestamps and symbols; a pair with no score weighs 0.
+
+    Trades are differences along this grid, so a symbol that stops being scored is closed (and
+    costed) on the first bar it is missing, instead of keeping its last weight unseen.
+    """
+    grid = weights.select(pl.col("ts").unique()).join(weights.select(pl.col("symbol").unique()), how="cross")
+    full = grid.join(weights, on=["ts", "symbol"], how="left").with_columns(pl.col("weight").fill_null(0.0))
+    return full.sort("symbol", "ts")
+
+
 def hold_between_rebalances(weights: pl.DataFrame, every: int) -> pl.DataFrame:
     """Recompute weights only on every `every`-th timestamp; hold them in between.
 
-    A symbol without a score on a rebalance date is flat until the next one.
+    `weights` must be on the full grid (on_full_grid): a symbol without a score on a rebalance
+    date then has weight 0 there and stays flat until the next rebalance.
     """
     if every <= 1:
         return weights
     dates = weights.select(pl.col("ts").unique().sort()).with_row_index("i")
     grid = dates.select("ts", (pl.col("i") % every == 0).alias("rebalance"))
-    held = weights.join(grid, on="ts").with_columns(
-        pl.when(pl.col("rebalance")).then(pl.col("weight")).otherwise(None).forward_fill().over("symbol").fill_null(0.0).alias("weight")
+    rebalanced = pl.when(pl.col("rebalance")).then(pl.col("weight"))
+    held = weights.join(grid, on="ts").sort("symbol", "ts").with_columns(
+        rebalanced.forward_fill().over("symbol").fill_null(0.0).alias("weight")
     )
     return held.select("symbol", "ts", "weight")
 
 
 def run_backtest(scores: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], periods_per_year: float) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Returns the per-period equity curve and summary metrics."""
-    weights = target_weights(scores.sort("symbol", "ts"), cfg["strategy"], cfg["quantile"])
-    weights = hold_between_rebalances(weights.sort("symbol", "ts"), cfg.get("rebalance_every", 1))
-    book = weights.join(period_returns(bars, cfg["execution"]), on=["symbol", "ts"], how="inner")
-    book = book.sort("symbol", "ts").with_columns(
+    """Returns the per-period equity curve (ts, gross, turnover, exposure, cost, net, equity) and
+    summary metrics. exposure = sum |w| (gross exposure, at most 1); turnover = sum |w_t - w_(t-1)|.
+
+    Periods are the scored timestamps at which some symbol has a return to earn; a held symbol
+    without a bar at a timestamp earns nothing there (its own next bar's return covers the gap).
+    """
+    weights = on_full_grid(target_weights(scores, cfg["strategy"], cfg["quantile"]))
+    weights = hold_between_rebalances(weights, cfg.get("rebalance_every", 1))
+    returns = period_returns(bars, cfg["execution"])
+    book = weights.join(returns, on=["symbol", "ts"], how="left").sort("symbol", "ts").with_columns(
         (pl.col("weight") - pl.col("weight").shift(1).over("symbol").fill_null(0.0)).abs().alias("trade")
     )
     curve = (
         book.group_by("ts")
-        .agg((pl.col("weight") * pl.col("ret")).sum().alias("gross"), pl.col("trade").sum().alias("turnover"))
+        .agg((pl.col("weight") * pl.col("ret").fill_null(0.0)).sum().alias("gross"), pl.col("trade").sum().alias("turnover"),
+             pl.col("weight").abs().sum().alias("exposure"), pl.col("ret").is_not_null().any().alias("tradable"))
+        .filter(pl.col("tradable")).drop("tradable")
         .sort("ts")
         .with_columns((pl.col("turnover") * cfg["cost_bps"] / 1e4).alias("cost"))
         .with_columns((pl.col("gross") - pl.col("cost")).alias("net"))
