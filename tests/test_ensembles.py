@@ -11,7 +11,7 @@ import pytest
 from quant_cli.errors import ModelError
 from quant_cli.models.base import Model
 from quant_cli.splits.stacking import label_horizon, purged_kfold_indices
-from quant_cli.models.registry import MODELS, create_model
+from quant_cli.models.registry import MODELS, create_model, load_model
 from quant_cli.models.ensemble import align_predictions
 
 FEATURES = ["f0", "f1", "f2"]
@@ -230,3 +230,19 @@ def test_align_predictions_joins_members_on_symbol_and_ts():
     out = align_predictions({"a": a, "b": b})
     assert out.columns == ["symbol", "ts", "a", "b"]
     assert out.select("symbol", "a", "b").rows() == [("X", 2.0, 20.0), ("Y", 3.0, 30.0)]
+
+
+def test_blending_says_its_validation_metrics_are_in_sample(tmp_path):
+    """The meta-model is fit on the validation rows, so scores on them are in-sample: fit_info
+    says so (and survives save/load); a blend fit on a training holdout says they are not."""
+    X, y, ts, t1, _ = panel()
+    on_val = create_model("blending", "regression", {"members": ["linear"]}, 1, 1)
+    on_val.fit(X[:200], y[:200], feature_names=FEATURES, X_val=X[200:], y_val=y[200:])
+    assert on_val.fit_info()["val_in_sample"] is True
+    on_val.save(tmp_path / "a")
+    assert load_model(tmp_path / "a").fit_info()["val_in_sample"] is True
+    on_holdout = create_model("blending", "regression", {"members": ["linear"]}, 1, 1)
+    on_holdout.fit(X, y, feature_names=FEATURES, ts=ts, t1=t1)
+    assert on_holdout.fit_info()["val_in_sample"] is False
+    on_holdout.save(tmp_path / "b")
+    assert load_model(tmp_path / "b").fit_info()["val_in_sample"] is False

@@ -280,6 +280,10 @@ class BlendingModel(_Ensemble):
     timestamp, so no member-training label overlaps a holdout row (the same purge as the CV folds;
     it needs ts and t1). Members are not refit on the holdout: the meta-model's weights belong to
     the members it scored. Members never early-stop: the held-out rows are the meta-model's data.
+
+    Metrics on the validation rows are therefore in-sample for the meta-model when it was fit on
+    them: `fit_info()["val_in_sample"]` says so (True), so reports can flag the validation IC;
+    it is False when the meta-model was fit on a holdout of the training rows.
     """
 
     name = "blending"
@@ -289,6 +293,7 @@ class BlendingModel(_Ensemble):
 
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
         self.__dict__.pop("holdout_rows_", None)
+        self.val_in_sample_ = val is not None
         if val is None:
             fit_rows, held_rows = self._holdout(train)
             train, y, val, y_val = train.take(fit_rows), y[fit_rows], train.take(held_rows), y[held_rows]
@@ -310,10 +315,13 @@ class BlendingModel(_Ensemble):
 
     def _fit_info(self) -> dict[str, Any]:
         held = getattr(self, "holdout_rows_", None)
-        return {**super()._fit_info(), **({"holdout_rows": held} if held is not None else {})}
+        return {**super()._fit_info(), "val_in_sample": self.val_in_sample_,
+                **({"holdout_rows": held} if held is not None else {})}
 
     def _load_native(self, folder: Path, meta: dict[str, Any]) -> None:
         super()._load_native(folder, meta)
+        # A model saved before the flag existed: without a holdout, the meta-model saw the val rows.
+        self.val_in_sample_ = bool(meta["fit_info"].get("val_in_sample", "holdout_rows" not in meta["fit_info"]))
         if "holdout_rows" in meta["fit_info"]:
             self.holdout_rows_ = meta["fit_info"]["holdout_rows"]
 
