@@ -3,7 +3,6 @@
 embargoes in bars or as durations, no training label interval overlaps a test label interval and
 no training row lies in the embargo after a test block."""
 
-import datetime as dt
 from math import comb
 
 import numpy as np
@@ -11,31 +10,10 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import labels_for, random_bars
 from quant_cli.splits.purged import cpcv, group_of, purged_kfold
-from quant_cli.dataset.labels import cross_sectional, forward_return, triple_barrier
-from quant_cli.recipe import load_recipe
 
 LABEL_KINDS = ("forward", "triple_barrier", "cross_sectional_rank")
-
-
-def random_bars(rng: np.random.Generator, n_symbols: int) -> pl.DataFrame:
-    """Symbols with different, irregular calendars (gaps of 1-3 days) and lengths."""
-    frames = []
-    for i in range(n_symbols):
-        n = int(rng.integers(40, 120))
-        days = np.cumsum(rng.integers(1, 4, size=n)) + int(rng.integers(0, 10))
-        ts = [dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=int(d)) for d in days]
-        close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
-        frames.append(pl.DataFrame({"symbol": f"S{i}", "ts": ts, "close": close}))
-    return pl.concat(frames).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
-
-
-def make_labels(bars: pl.DataFrame, kind: str, horizon: int) -> pl.DataFrame:
-    if kind == "triple_barrier":  # t1 is the touch time: varies row by row
-        cfg = load_recipe(None)["label"] | {"kind": kind, "horizon": horizon, "profit_take": 1.0, "stop_loss": 1.0, "vol_span": 5}
-        return triple_barrier(bars, cfg, "next_close")
-    labels = forward_return(bars, horizon, "next_close")
-    return cross_sectional(labels, "rank") if kind == "cross_sectional_rank" else labels
 
 
 @st.composite
@@ -43,7 +21,7 @@ def panels(draw):
     """(labels sorted by time, horizon): random calendars, label kind, and ~10% of rows dropped."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     horizon = draw(st.integers(1, 8))
-    labels = make_labels(random_bars(rng, draw(st.integers(1, 4))), draw(st.sampled_from(LABEL_KINDS)), horizon)
+    labels = labels_for(random_bars(rng, draw(st.integers(1, 4))), draw(st.sampled_from(LABEL_KINDS)), horizon)
     if draw(st.booleans()):  # rows lost to fill = "drop" or non-finite labels
         labels = labels.filter(pl.Series(rng.random(labels.height) > 0.1))
     return labels.sort("ts", "symbol"), horizon

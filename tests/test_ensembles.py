@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from helpers import model_panel
 from quant_cli.errors import ModelError
 from quant_cli.models.base import Model
 from quant_cli.splits.stacking import label_horizon, purged_kfold_indices
@@ -16,18 +17,6 @@ from quant_cli.models.ensemble import align_predictions
 
 FEATURES = ["f0", "f1", "f2"]
 FAST_LGB = {"n_estimators": 30, "min_data_in_leaf": 10}
-
-
-def panel(n_ts=100, n_sym=3, horizon=3, seed=0):
-    rng = np.random.default_rng(seed)
-    n = n_ts * n_sym
-    day = np.repeat(np.arange(n_ts), n_sym)
-    ts = np.datetime64("2021-01-01", "us") + day.astype("timedelta64[D]")
-    t1 = ts + np.timedelta64(horizon, "D")
-    X = rng.normal(size=(n, 3))
-    y = X[:, 0] - 0.5 * X[:, 1] + rng.normal(scale=0.3, size=n)
-    symbols = np.tile(np.array(["A", "B", "C"])[:n_sym], n_ts)
-    return X, y, ts, t1, symbols
 
 
 class Memorizer(Model):
@@ -63,7 +52,7 @@ def memorizer(monkeypatch):
 
 
 def test_purged_kfold_covers_every_row_once_and_never_overlaps_labels():
-    _, _, ts, t1, _ = panel(horizon=3)
+    _, _, ts, t1, _ = model_panel(horizon=3)
     folds = purged_kfold_indices(ts, t1, n_splits=5, embargo=2)
     tested = np.concatenate([test for _, test in folds])
     assert len(folds) == 5 and np.array_equal(np.sort(tested), np.arange(len(ts)))
@@ -79,7 +68,7 @@ def test_purged_kfold_covers_every_row_once_and_never_overlaps_labels():
 
 
 def test_purged_kfold_keeps_rows_far_from_the_test_block():
-    _, _, ts, t1, _ = panel(n_ts=50, horizon=1)
+    _, _, ts, t1, _ = model_panel(n_ts=50, horizon=1)
     train, test = purged_kfold_indices(ts, t1, n_splits=5, embargo=0)[2]  # timestamps 20..29 tested
     days = (ts - ts.min()) // np.timedelta64(1, "D")
     assert set(days[test]) == set(range(20, 30))
@@ -87,7 +76,7 @@ def test_purged_kfold_keeps_rows_far_from_the_test_block():
 
 
 def test_purged_kfold_rejects_bad_input():
-    _, _, ts, t1, _ = panel(n_ts=4)
+    _, _, ts, t1, _ = model_panel(n_ts=4)
     with pytest.raises(ModelError, match="folds must be between 2 and the number of distinct timestamps"):
         purged_kfold_indices(ts, t1, n_splits=5)
     with pytest.raises(ModelError, match="t1 .* is before ts"):
@@ -95,7 +84,7 @@ def test_purged_kfold_rejects_bad_input():
 
 
 def test_unknown_label_end_is_purged_conservatively():
-    _, _, ts, t1, _ = panel(n_ts=20, n_sym=1)
+    _, _, ts, t1, _ = model_panel(n_ts=20, n_sym=1)
     t1 = t1.copy()
     t1[0] = np.datetime64("NaT")
     for train, test in purged_kfold_indices(ts, t1, n_splits=4)[1:]:
@@ -103,7 +92,7 @@ def test_unknown_label_end_is_purged_conservatively():
 
 
 def test_label_horizon():
-    _, _, ts, t1, _ = panel(horizon=3)
+    _, _, ts, t1, _ = model_panel(horizon=3)
     assert label_horizon(ts, t1) == 3
 
 
@@ -111,7 +100,7 @@ def test_label_horizon():
 
 
 def test_stacking_meta_model_trains_only_on_out_of_fold_predictions(memorizer):
-    X, y, ts, t1, symbols = panel()
+    X, y, ts, t1, symbols = model_panel()
     stack = create_model("stacking", "regression", {"members": [{"name": "memorizer"}, {"name": "linear"}], "folds": 4}, 1, 1)
     stack.fit(X, y, feature_names=FEATURES, ts=ts, t1=t1)
     # The memorizer is perfect in-sample: in-sample stacking would feed the meta-model y itself.
@@ -126,7 +115,7 @@ def test_stacking_meta_model_trains_only_on_out_of_fold_predictions(memorizer):
 
 def test_stacking_oof_comes_from_fold_models(memorizer):
     """The linear member's OOF column equals refitting it on each purged fold by hand."""
-    X, y, ts, t1, _ = panel()
+    X, y, ts, t1, _ = model_panel()
     stack = create_model("stacking", "regression", {"members": ["linear"], "folds": 3, "embargo": 1}, 1, 1)
     stack.fit(X, y, feature_names=FEATURES, ts=ts, t1=t1)
     expected = np.empty(len(y))
@@ -137,7 +126,7 @@ def test_stacking_oof_comes_from_fold_models(memorizer):
 
 
 def test_stacking_with_a_symbol_listed_only_late_scores_it_neutrally_out_of_fold():
-    X, y, ts, t1, symbols = panel()
+    X, y, ts, t1, symbols = model_panel()
     symbols = symbols.astype(object)
     symbols[-30:] = "LATE"  # a new listing: inside the last fold only, unseen by that fold's members
     stack = create_model("stacking", "regression", {"members": ["linear"], "folds": 3}, 1, 1, symbol_encoding="one_hot")
@@ -149,7 +138,7 @@ def test_stacking_with_a_symbol_listed_only_late_scores_it_neutrally_out_of_fold
 
 
 def test_stacking_needs_ts_and_t1():
-    X, y, *_ = panel()
+    X, y, *_ = model_panel()
     stack = create_model("stacking", "regression", {"members": ["linear"]}, 1, 1)
     with pytest.raises(ModelError, match=r"needs each training row's ts and label end time t1"):
         stack.fit(X, y, feature_names=FEATURES)
@@ -159,7 +148,7 @@ def test_stacking_needs_ts_and_t1():
 
 
 def test_voting_is_the_weighted_mean_of_members():
-    X, y, ts, t1, _ = panel()
+    X, y, ts, t1, _ = model_panel()
     specs = [{"name": "linear", "params": {"alpha": 1.0}}, {"name": "lightgbm", "params": FAST_LGB}]
     vote = create_model("voting", "regression", {"members": specs, "weights": [3, 1]}, 1, 1)
     vote.fit(X, y, feature_names=FEATURES)
@@ -168,7 +157,7 @@ def test_voting_is_the_weighted_mean_of_members():
 
 
 def test_voting_classifier_averages_probabilities():
-    X, y, *_ = panel()
+    X, y, *_ = model_panel()
     y = np.sign(y)
     specs = [{"name": "logistic"}, {"name": "lightgbm", "params": FAST_LGB}]
     vote = create_model("voting", "classification", {"members": specs}, 1, 1).fit(X, y, feature_names=FEATURES)
@@ -178,7 +167,7 @@ def test_voting_classifier_averages_probabilities():
 
 
 def test_blending_fits_the_meta_model_on_validation_rows(memorizer):
-    X, y, *_ = panel()
+    X, y, *_ = model_panel()
     blend = create_model("blending", "regression", {"members": ["memorizer", "linear"]}, 1, 1)
     blend.fit(X[:200], y[:200], feature_names=FEATURES, X_val=X[200:], y_val=y[200:], early_stopping=10)
     # Members never trained on validation rows, so the memorizer scores them 0 and gets no weight.
@@ -188,7 +177,7 @@ def test_blending_fits_the_meta_model_on_validation_rows(memorizer):
 
 
 def test_members_carry_their_own_symbol_encoding():
-    X, y, ts, t1, symbols = panel()
+    X, y, ts, t1, symbols = model_panel()
     specs = [{"name": "linear", "symbol_encoding": "one_hot"}, {"name": "lightgbm", "params": FAST_LGB, "symbol_encoding": "index"}]
     vote = create_model("voting", "regression", {"members": specs}, 1, 1, unseen_symbols="neutral")
     vote.fit(X, y, feature_names=FEATURES, symbols=symbols)
@@ -235,7 +224,7 @@ def test_align_predictions_joins_members_on_symbol_and_ts():
 def test_blending_says_its_validation_metrics_are_in_sample(tmp_path):
     """The meta-model is fit on the validation rows, so scores on them are in-sample: fit_info
     says so (and survives save/load); a blend fit on a training holdout says they are not."""
-    X, y, ts, t1, _ = panel()
+    X, y, ts, t1, _ = model_panel()
     on_val = create_model("blending", "regression", {"members": ["linear"]}, 1, 1)
     on_val.fit(X[:200], y[:200], feature_names=FEATURES, X_val=X[200:], y_val=y[200:])
     assert on_val.fit_info()["val_in_sample"] is True

@@ -12,7 +12,6 @@ from quant_cli.report import CollectingReporter
 from typer.testing import CliRunner
 
 from quant_cli.cli import app
-from quant_cli.cli import console
 from quant_cli.data.store import write_store
 from quant_cli.data.synthetic import generate
 from quant_cli.errors import DataError, RecipeError
@@ -37,12 +36,6 @@ def recipe_file(tmp_path: Path, body: str = "", name: str = "r.toml") -> Path:
 
 def recipe(tmp_path: Path, body: str = "", overrides: list[str] | None = None) -> dict:
     return load_recipe(recipe_file(tmp_path, body), overrides)
-
-
-@pytest.fixture
-def loud(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Notices on: an earlier --quiet command leaves the process-wide console quiet."""
-    monkeypatch.setattr(console._State, "quiet", False)
 
 
 # --- library ------------------------------------------------------------------------------------

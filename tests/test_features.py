@@ -8,7 +8,6 @@ import pytest
 
 from quant_cli.report import CollectingReporter
 
-from quant_cli.cli import console
 from quant_cli.data.synthetic import generate
 from quant_cli.errors import RecipeError
 from quant_cli.features import REGISTRY, compute_features
@@ -27,12 +26,6 @@ def section(**kw: object) -> dict[str, object]:
 
 def names(**kw: object) -> list[str]:
     return REGISTRY.resolve(section(**kw)).names
-
-
-@pytest.fixture
-def loud(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Notices on: an earlier --quiet command leaves the process-wide console quiet."""
-    monkeypatch.setattr(console._State, "quiet", False)
 
 
 # --- selection -------------------------------------------------------------------------------

@@ -21,23 +21,14 @@ from hypothesis import strategies as st
 from quant_cli.data.store import write_store
 from quant_cli.data.synthetic import generate
 from quant_cli.dataset.table import _weights, prepare
-from quant_cli.dataset.labels import cross_sectional, direction, forward_return, triple_barrier
 from quant_cli.recipe import load_recipe
 from quant_cli.splits.chronological import assign_segments, plan_split
-from tests.test_cv_properties import random_bars
+from helpers import labels_for, random_bars
+from quant_cli.features.testing import perturb_after
 
 KINDS = ("forward", "log_rank", "zscore", "direction", "triple_barrier")
 WEIGHTING = {"sample_weight": "uniqueness", "time_decay": 0.5}
-
-
-def labels_of(bars: pl.DataFrame, kind: str, horizon: int) -> pl.DataFrame:
-    if kind == "triple_barrier":
-        cfg = load_recipe(None)["label"] | {"horizon": horizon, "profit_take": 1.0, "stop_loss": 1.0, "vol_span": 5}
-        return triple_barrier(bars, cfg, "next_close")
-    if kind == "direction":
-        return direction(bars, horizon, "next_close", 0.001)
-    base = forward_return(bars, horizon, "next_close", log=kind == "log_rank")
-    return cross_sectional(base, {"forward": "none", "log_rank": "rank", "zscore": "zscore"}[kind])
+_TICK = dt.timedelta(microseconds=1)  # perturb_after(t) changes bars after t: from `start` on, start - 1 us
 
 
 def split_cfg(embargo, dates: tuple[dt.datetime, dt.datetime] | None) -> dict:
@@ -61,7 +52,7 @@ def cases(draw):
 
 
 def segmented(bars, kind, horizon, cfg, plan=None):
-    labels = labels_of(bars, kind, horizon).sort("ts", "symbol")
+    labels = labels_for(bars, kind, horizon).sort("ts", "symbol")
     plan = plan or plan_split(labels["ts"], cfg, horizon)
     return assign_segments(labels, plan)[0], plan
 
@@ -96,13 +87,6 @@ def _embargo_stop(unique: np.ndarray, boundary: np.datetime64, embargo) -> np.da
     return after[embargo] if embargo < len(after) else boundary + np.timedelta64(10**6, "D")
 
 
-def rewrite_future(bars: pl.DataFrame, start: dt.datetime, seed: int) -> pl.DataFrame:
-    """Every price at or after `start` scaled by a random factor per bar."""
-    factor = np.exp(np.random.default_rng(seed).normal(0.0, 0.2, bars.height))
-    later = pl.col("ts") >= start
-    return bars.with_columns(pl.when(later).then(pl.col("close") * pl.Series(factor)).otherwise(pl.col("close")).alias("close"))
-
-
 @settings(max_examples=80, deadline=None)
 @given(cases(), st.integers(0, 1000))
 def test_rewriting_the_future_leaves_training_rows_unchanged(case, seed):
@@ -111,7 +95,7 @@ def test_rewriting_the_future_leaves_training_rows_unchanged(case, seed):
         before, plan = segmented(bars, kind, horizon, cfg)
     except Exception:  # noqa: BLE001 - too short for this split: covered by the test above
         return
-    after, _ = segmented(rewrite_future(bars, plan.val_start, seed), kind, horizon, cfg, plan)
+    after, _ = segmented(perturb_after(bars, plan.val_start - _TICK, seed), kind, horizon, cfg, plan)
     train_before, train_after = (f.filter(pl.col("segment") == "train").sort("symbol", "ts") for f in (before, after))
     assert train_before.equals(train_after), "a training label changed when only later prices changed"
     weights_before, weights_after = _weights(before, bars, WEIGHTING), _weights(after, bars, WEIGHTING)
@@ -133,7 +117,7 @@ def test_prepare_end_to_end_ignores_the_future(tmp_path, label):
     ])
     first = _prepared(tmp_path / "a", bars, recipe)
     start = dt.datetime(2015, 8, 3, tzinfo=dt.timezone.utc)
-    second = _prepared(tmp_path / "b", rewrite_future(bars, start, 1), recipe)
+    second = _prepared(tmp_path / "b", perturb_after(bars, start - _TICK, 1), recipe)
     assert first.state == second.state, "the scaler saw validation or test rows"
     assert first.segment("train").equals(second.segment("train"))
     assert not first.segment("test").equals(second.segment("test"))  # the rewrite did change later rows

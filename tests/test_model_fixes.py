@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from helpers import model_panel, params_for
 from quant_cli.report import CollectingReporter
 
 from quant_cli.cli import app
@@ -32,23 +33,7 @@ FAST = {
 }
 
 
-def params_for(name: str, task: str) -> dict:
-    if MODELS[name].family != "ensemble":
-        return dict(FAST.get(name, {}))
-    first = "linear" if task == "regression" else "logistic"
-    return {"members": [first, {"name": "lightgbm", "params": FAST["lightgbm"]}], **({"folds": 3} if name == "stacking" else {})}
-
-
-def panel(n_ts=100, n_sym=3, horizon=3, seed=0, task="regression"):
-    rng = np.random.default_rng(seed)
-    n = n_ts * n_sym
-    day = np.repeat(np.arange(n_ts), n_sym)
-    ts = np.datetime64("2021-01-01", "us") + day.astype("timedelta64[D]")
-    X = rng.normal(size=(n, len(FEATURES)))
-    y = X[:, 0] - 0.5 * X[:, 1] + rng.normal(scale=0.5, size=n)
-    if task == "classification":
-        y = np.where(y > 0.3, 1.0, np.where(y < -0.3, -1.0, 0.0))
-    return X, y, ts, ts + np.timedelta64(horizon, "D")
+PANEL = {"n_features": len(FEATURES), "noise": 0.5}
 
 
 def invoke(runner, args):
@@ -81,7 +66,7 @@ def test_every_declared_param_refuses_a_wrong_type(name):
     for key in cls.defaults:
         for bad in WRONG_TYPE[declared_kind(cls, key)]:
             with pytest.raises(ModelError, match=rf"^model\.params\.{key}: expected [^\n]+ got ") as info:
-                create_model(name, task, {**params_for(name, task), key: bad}, 1, 1)
+                create_model(name, task, {**params_for(name, task, FAST), key: bad}, 1, 1)
             assert f"for model '{name}'" in str(info.value)
             checked += 1
     assert checked >= 1
@@ -91,7 +76,7 @@ def test_every_declared_param_refuses_a_wrong_type(name):
 def test_a_non_integer_for_an_int_param_is_refused_not_truncated(name):
     key = next(k for k, d in MODELS[name].defaults.items() if kind_of(d) == "int")
     with pytest.raises(ModelError, match=rf"model\.params\.{key}: expected an integer"):
-        create_model(name, MODELS[name].tasks[0], {**params_for(name, MODELS[name].tasks[0]), key: 1.5}, 1, 1)
+        create_model(name, MODELS[name].tasks[0], {**params_for(name, MODELS[name].tasks[0], FAST), key: 1.5}, 1, 1)
 
 
 @pytest.mark.parametrize("name,params,message", [
@@ -133,7 +118,7 @@ def test_cli_bad_param_value_is_exit_2_before_any_work(runner, quickstart_data, 
 
 
 def test_library_error_inside_fit_is_one_model_error_line(runner, quickstart_data):
-    X, y, *_ = panel()
+    X, y, *_ = model_panel(**PANEL)
     with pytest.raises(ModelError, match=r"^model 'xgboost' could not be fit: Unknown objective function: `nope`; check model.params"):
         create_model("xgboost", "regression", {"objective": "nope", "n_estimators": 5}, 1, 1).fit(X, y, feature_names=FEATURES)
     result, stderr = invoke(runner, ["train", "--recipe", QUICKSTART, *SMALL, "--model", "xgboost",
@@ -151,7 +136,7 @@ def test_lightgbm_objective_is_checked_before_lightgbm_prints_a_fatal_line():
 
 
 def test_purged_holdout_is_the_latest_share_and_purged_by_label_end():
-    _, _, ts, t1 = panel(n_ts=50, horizon=3)
+    _, _, ts, t1, _ = model_panel(n_ts=50, horizon=3, **PANEL)
     fit_rows, held_rows = purged_holdout(ts, t1, 0.2)
     days = (ts - ts.min()) // np.timedelta64(1, "D")
     assert set(days[held_rows]) == set(range(40, 50))
@@ -160,7 +145,7 @@ def test_purged_holdout_is_the_latest_share_and_purged_by_label_end():
 
 
 def test_blending_without_validation_rows_holds_out_the_latest_rows():
-    X, y, ts, t1 = panel()
+    X, y, ts, t1, _ = model_panel(**PANEL)
     blend = create_model("blending", "regression", {"members": ["linear"]}, 1, 1)
     blend.fit(X, y, feature_names=FEATURES, ts=ts, t1=t1)
     fit_rows, held_rows = purged_holdout(ts, t1, 0.2)
@@ -190,7 +175,7 @@ def test_blending_trains_under_purged_cross_validation(runner, quickstart_data, 
 @pytest.mark.parametrize("name", ["random_forest", "extra_trees"])
 @pytest.mark.parametrize("task", ["regression", "classification"])
 def test_forest_predictions_are_identical_at_all_threads(name, task):
-    X, y, *_ = panel(n_ts=400, task=task)
+    X, y, *_ = model_panel(n_ts=400, task=task, **PANEL)
     X_big = np.random.default_rng(1).normal(size=(25_000, X.shape[1]))  # enough rows for parallel chunks
 
     def fitted():
@@ -216,7 +201,7 @@ def notices(monkeypatch):
 
 @pytest.mark.parametrize("name", ["voting", "stacking", "blending"])
 def test_ensemble_hands_its_device_to_members_without_a_false_notice(name, notices):
-    X, y, ts, t1 = panel()
+    X, y, ts, t1, _ = model_panel(**PANEL)
     members = [{"name": "mlp", "params": FAST["mlp"]}, {"name": "lightgbm", "params": FAST["lightgbm"]}]
     params = {"members": members, **({"folds": 3} if name == "stacking" else {})}
     model = create_model(name, "regression", params, 1, 1, device="cpu", reporter=notices)
@@ -280,8 +265,8 @@ def test_list_models_shows_each_parameter(runner):
 
 @pytest.mark.parametrize("name", [n for n, cls in MODELS.items() if "classification" in cls.tasks])
 def test_predict_proba_rows_sum_to_one(name):
-    X, y, ts, t1 = panel(task="classification")
-    model = create_model(name, "classification", params_for(name, "classification"), 1, 1)
+    X, y, ts, t1, _ = model_panel(task="classification", **PANEL)
+    model = create_model(name, "classification", params_for(name, "classification", FAST), 1, 1)
     model.fit(X[:240], y[:240], feature_names=FEATURES, X_val=X[240:], y_val=y[240:], ts=ts[:240], t1=t1[:240])
     proba = model.predict_proba(X)
     assert proba.dtype == np.float64 and proba.shape == (len(X), 3)

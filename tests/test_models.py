@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from helpers import params_for
 from quant_cli.report import Reporter
 
 from quant_cli.errors import ModelError
@@ -28,15 +29,6 @@ FAST = {
 }
 
 
-def params_for(name: str, task: str) -> dict:
-    """Test parameters; ensembles get two fast members that can do the task."""
-    if MODELS[name].family != "ensemble":
-        return dict(FAST.get(name, {}))
-    first = "linear" if task == "regression" else "logistic"
-    members = [{"name": first}, {"name": "lightgbm", "params": _FAST_LGB}]
-    return {"members": members, **({"folds": 3} if name == "stacking" else {})}
-
-
 def problem(task="regression", seed=0, n=400, k=6):
     """A planted linear signal on a panel of 4 symbols; classification uses its direction -1/0/1."""
     rng = np.random.default_rng(seed)
@@ -52,7 +44,7 @@ def problem(task="regression", seed=0, n=400, k=6):
 
 
 def fit(name, task, X, y, ts, t1, *, seed=1, n_train=300, **kwargs):
-    model = create_model(name, task, params_for(name, task), seed=seed, threads=1, **kwargs)
+    model = create_model(name, task, params_for(name, task, FAST), seed=seed, threads=1, **kwargs)
     return model.fit(X[:n_train], y[:n_train], feature_names=FEATURES, X_val=X[n_train:], y_val=y[n_train:],
                      early_stopping=10, ts=ts[:n_train], t1=t1[:n_train])
 
@@ -63,7 +55,7 @@ CASES = [(name, task) for name, cls in MODELS.items() for task in cls.tasks]
 @pytest.mark.parametrize("name,task", CASES)
 def test_contract(name, task, tmp_path):
     X, y, ts, t1, _ = problem(task)
-    model = create_model(name, task, params_for(name, task), seed=1, threads=1)
+    model = create_model(name, task, params_for(name, task, FAST), seed=1, threads=1)
     assert not model.is_fitted()
     with pytest.raises(ModelError, match="not fitted"):
         model.predict(X)
@@ -115,8 +107,8 @@ def test_sample_weights_reach_the_model(name):
     task = MODELS[name].tasks[0]
     y = y if task == "regression" else np.sign(y)
     weight = np.where(np.arange(300) < 150, 1.0, 0.0)  # the second half of the rows does not count
-    plain = create_model(name, task, params_for(name, task), seed=1, threads=1).fit(X[:300], y[:300], feature_names=FEATURES)
-    weighted = create_model(name, task, params_for(name, task), seed=1, threads=1).fit(
+    plain = create_model(name, task, params_for(name, task, FAST), seed=1, threads=1).fit(X[:300], y[:300], feature_names=FEATURES)
+    weighted = create_model(name, task, params_for(name, task, FAST), seed=1, threads=1).fit(
         X[:300], y[:300], feature_names=FEATURES, sample_weight=weight)
     assert not np.array_equal(plain.predict(X), weighted.predict(X))
 
@@ -149,7 +141,7 @@ def test_missing_values_are_accepted_or_refused_by_flag(name):
     X[::7, 2] = np.nan
     task = MODELS[name].tasks[0]
     y = y if task == "regression" else np.sign(y)
-    model = create_model(name, task, params_for(name, task), seed=1, threads=1)
+    model = create_model(name, task, params_for(name, task, FAST), seed=1, threads=1)
     if MODELS[name].missing_values:
         assert np.isfinite(model.fit(X, y, feature_names=FEATURES).predict(X)).all()
     else:
