@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from quant_cli.data.store import write_store
 from quant_cli.data.synthetic import generate
 from quant_cli.dataset.table import _weights, prepare
+from quant_cli.errors import DataError
 from quant_cli.recipe import load_recipe
 from quant_cli.splits.chronological import assign_segments, plan_split
 from helpers import labels_for, random_bars
@@ -63,8 +64,8 @@ def test_segments_never_overlap_and_embargo_holds(case):
     bars, kind, horizon, cfg = case
     try:
         frame, plan = segmented(bars, kind, horizon, cfg)
-    except Exception as exc:  # noqa: BLE001 - a panel too short for the split is refused, not mis-split
-        assert "too few" in str(exc) or "widen" in str(exc)
+    except DataError as exc:  # a panel too short for the split is refused, not mis-split
+        assert "too few" in str(exc)
         return
     unique = np.unique(bars["ts"].to_numpy())
     segments = [frame.filter(pl.col("segment") == s) for s in ("train", "val", "test")]
@@ -93,7 +94,8 @@ def test_rewriting_the_future_leaves_training_rows_unchanged(case, seed):
     bars, kind, horizon, cfg = case
     try:
         before, plan = segmented(bars, kind, horizon, cfg)
-    except Exception:  # noqa: BLE001 - too short for this split: covered by the test above
+    except DataError as exc:  # too short for this split: covered by the test above
+        assert "too few" in str(exc)
         return
     after, _ = segmented(perturb_after(bars, plan.val_start - _TICK, seed), kind, horizon, cfg, plan)
     train_before, train_after = (f.filter(pl.col("segment") == "train").sort("symbol", "ts") for f in (before, after))
