@@ -1,7 +1,9 @@
-"""`qfactory ingest` as a library: read a source, make canonical bars, validate, write the store.
+"""`qfactory ingest` as a library: read a source, make canonical bars, validate, commit to the store.
 
-Nothing is written unless every row passes validation, and the store write itself is atomic
-(store.write_store), so a rejected ingest leaves the previous dataset byte-for-byte unchanged.
+The source is read and validated without any lock; then, holding the dataset's writer lock
+(store.writer), the existing rows are read, the append checks run against them and one atomic
+Delta commit is made. Nothing is committed unless every row passed, so a rejected ingest leaves
+the table at its version; two concurrent appends are serialised and neither is lost.
 Symbol and date filters are not applied here; they are applied when bars are loaded.
 """
 
@@ -100,9 +102,11 @@ def ingest(request: IngestRequest, data_dir: Path, reporter: Reporter = SILENT) 
         bars, description, frequency = _synthetic(request.synthetic), _describe_synthetic(request.synthetic), request.synthetic.frequency
     else:
         bars, description, frequency = read_bars(request, reporter), _describe(request), request.frequency
-    if request.mode == "append" and store.exists(data_dir, request.dataset):
-        bars, description = _append(data_dir, request, bars, description, reporter)
-    return store.write_store(data_dir, request.dataset, bars, description, frequency)
+    with store.writer(data_dir, request.dataset, reporter) as writer:
+        previous = writer.latest() if request.mode == "append" else None
+        if previous is not None:
+            return _append(writer, previous, request, bars, description, frequency, reporter)
+        return writer.replace(bars, description, frequency)
 
 
 # ---------------------------------------------------------------- request checks
@@ -263,17 +267,23 @@ def _describe(request: IngestRequest) -> str:
 # ---------------------------------------------------------------- append
 
 
-def _append(data_dir: Path, request: IngestRequest, new: pl.DataFrame, description: str, reporter: Reporter) -> tuple[pl.DataFrame, str]:
-    """Existing bars + new bars; overlapping (symbol, ts) rows are an error unless keep-last."""
-    old = store.load_bars(data_dir, request.dataset)
-    old_cols, new_cols = [c for c in OHLCV if c in old.columns], [c for c in OHLCV if c in new.columns]
+def _append(writer: store.Writer, previous: store.Snapshot, request: IngestRequest, new: pl.DataFrame, description: str,
+            frequency: str | None, reporter: Reporter) -> dict[str, Any]:
+    """Commit `new` after the existing rows; overlapping (symbol, ts) rows are an error unless keep-last.
+
+    Only the partitions of the symbols in `new` are read: the others cannot overlap.
+    """
+    stored = previous.manifest["schema"]
+    old_cols, new_cols = [c for c in OHLCV if c in stored], [c for c in OHLCV if c in new.columns]
     if old_cols != new_cols:
         raise DataError(
             f"{request.source}: has columns {new_cols} but dataset {request.dataset!r} has {old_cols}; "
             "append bars with the same price/volume columns, or pass --mode replace"
         )
-    previous = store.read_manifest(data_dir, request.dataset).get("source", "")
-    _check_same_extras(old, new, request, previous)
+    source = previous.manifest.get("source") or ""
+    _check_same_extras(list(stored), new.columns, request, source)
+    touched = sorted(set(new["symbol"].unique().to_list()) & set(previous.manifest["symbols"]))
+    old = previous.load_bars(symbols=touched) if touched else new.clear()
     overlap = new.join(old, on=["symbol", "ts"], how="semi")
     if overlap.height and request.on_duplicate == "error":
         first = overlap.row(0, named=True)
@@ -284,19 +294,20 @@ def _append(data_dir: Path, request: IngestRequest, new: pl.DataFrame, descripti
     if overlap.height:
         reporter.notice(f"{overlap.height} existing bar(s) replaced by the new rows (--on-duplicate keep-last)")
     kept = old.join(new, on=["symbol", "ts"], how="anti")
-    bars, _ = schema.finalize(pl.concat([kept, new], how="diagonal_relaxed"))
-    return bars, previous if description in previous else f"{previous} + {description}"
+    merged, _ = schema.finalize(pl.concat([kept, new], how="diagonal_relaxed"))
+    combined = source if description in source else f"{source} + {description}"
+    return writer.append(previous, new, merged, combined, frequency, replaced=overlap.height > 0)
 
 
-def _check_same_extras(old: pl.DataFrame, new: pl.DataFrame, request: IngestRequest, previous: str) -> None:
+def _check_same_extras(old: list[str], new: list[str], request: IngestRequest, previous: str) -> None:
     """adj_close (like OHLCV) must be on every bar: in both the dataset and the appended bars, or in neither."""
     stored = f"dataset {request.dataset!r} (from {_source_files(previous)})"
     for col in (c for c in STRICT if c not in OHLCV):
-        if col in old.columns and col not in new.columns:
+        if col in old and col not in new:
             raise DataError(
                 f"{request.source}: no {col!r} column, but {stored} has one; add {col!r} to {request.source}, or pass --mode replace"
             )
-        if col in new.columns and col not in old.columns:
+        if col in new and col not in old:
             raise DataError(
                 f"{request.source}: column {col!r} is not in {stored}; drop it from {request.source}, or pass --mode replace"
             )
