@@ -151,7 +151,10 @@ def test_concurrent_appends_are_serialised_and_none_is_lost(tmp_path: Path, pane
         time.sleep(0.05)
     ingest = subprocess.Popen([sys.executable, "-c", "from quant_cli.cli import app; app()", "ingest", "--source", str(tmp_path / "two.csv"),
                                "--dataset", "d", "--mode", "append", "--data-dir", str(data), "-q"], env=env, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # the ingest is now waiting for the lock (without the lock it would commit here)
+    try:  # with the lock the ingest waits for the holder; without it, it would commit and exit here
+        ingest.wait(timeout=8)
+    except subprocess.TimeoutExpired:
+        pass
     go.touch()
     assert holder.wait(timeout=120) == 0
     assert ingest.wait(timeout=120) == 0, ingest.stderr.read()
