@@ -121,9 +121,10 @@ def test_aliases_extras_and_timezones(runner: CliRunner) -> None:
     )
     result = runner.invoke(app, ["ingest", "--source", "p.csv", "--dataset", "daily", "--timezone", "America/New_York"])
     assert result.exit_code == 0, result.stderr
-    assert "notice: column 'Sector' is not numeric; dropped" in result.stderr
+    assert "notice" not in result.stderr  # Sector has one value per symbol: a symbol attribute, kept as text
     stored = _stored()
-    assert stored.columns == ["symbol", "ts", "open", "high", "low", "close", "volume", "adj_close", "open_interest"]
+    assert stored.columns == ["symbol", "ts", "open", "high", "low", "close", "volume", "adj_close", "open_interest", "sector"]
+    assert stored["sector"].to_list() == ["tech"] * 3
     assert stored["ts"].to_list() == [
         dt.datetime(2024, 3, 1, 14, 30, tzinfo=UTC),  # naive: New York wall clock (EST, UTC-5)
         dt.datetime(2024, 3, 1, 15, 30, tzinfo=UTC),  # 'Z' and '+01:00' are converted, not reinterpreted

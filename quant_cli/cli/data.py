@@ -17,7 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
-    help="Datasets in the data store and their table versions.",
+    help="Datasets in the data store and their table versions.\n\nExample: qfactory data show daily",
 )
 
 DatasetArg = Annotated[str, typer.Argument(help="Dataset name, as `qfactory data ls` lists it.", show_default=False)]

@@ -30,6 +30,7 @@ LAYOUTS = ("auto", "long", "per_symbol", "wide")
 FORMATS = ("auto", "csv", "parquet", "sqlite")
 MODES = ("replace", "append")
 ON_DUPLICATE = ("error", "keep-last")
+OPTIONAL_PER_FILE = ("adj_close",)  # Yahoo exports: some symbols' files have 'Adj Close', some do not
 _SYNTHETIC_DEFAULTS = {k: v.default for k, v in SCHEMA["data"]["synthetic"].items()}
 
 
@@ -160,8 +161,10 @@ def read_bars(request: IngestRequest, reporter: Reporter = SILENT) -> pl.DataFra
     if unnamed:
         reporter.notice(f"dropped {unnamed} column(s) without a header name (e.g. a saved row index)")
     _check_same_strict(frames, origins)
+    absent = _lacking(frames, OPTIONAL_PER_FILE)
     bars = _coerce_all(frames, origins, request.timezone, reporter)
-    schema.validate(bars, origins)
+    schema.validate(bars, origins, absent)
+    _notice_absent(bars, absent, origins, reporter)
     bars, unsorted = schema.finalize(bars)
     if unsorted:
         reporter.notice(f"{request.source}: rows not in time order; sorted by (symbol, ts)")
@@ -229,9 +232,28 @@ def _unpivot_wide(raw: sources.RawFrame) -> pl.DataFrame:
     return long.filter(schema.present(long["close"]) & ~is_nan)
 
 
+def _lacking(frames: list[pl.DataFrame], columns: tuple[str, ...]) -> dict[str, list[int]]:
+    """For each column some files have: the files (`__src`) that do not, when there are any."""
+    out = {}
+    for col in columns:
+        having = [i for i, f in enumerate(frames) if col in f.columns]
+        if having and len(having) < len(frames):
+            out[col] = [i for i, f in enumerate(frames) if col not in f.columns]
+    return out
+
+
+def _notice_absent(bars: pl.DataFrame, absent: dict[str, list[int]], origins: list[Origin], reporter: Reporter) -> None:
+    """One notice per column that whole files lack, naming the symbols left without it."""
+    for col, sources in absent.items():
+        symbols = bars.filter(pl.col(SRC).is_in(sources))["symbol"].unique().sort().to_list()
+        shown = ", ".join(symbols[:20]) + (f" and {len(symbols) - 20} more" if len(symbols) > 20 else "")
+        reporter.notice(f"{len(sources)} file(s) have no {col!r} column (e.g. {origins[sources[0]].label}): {col} is null for "
+                        f"{len(symbols)} symbol(s): {shown}; their prices are used as they are (not adjusted)")
+
+
 def _check_same_strict(frames: list[pl.DataFrame], origins: list[Origin]) -> None:
-    """OHLCV and adj_close must be in every file or in none (other extras may be missing from some)."""
-    for col in STRICT:
+    """OHLCV must be in every file or in none (adj_close and other extras may be missing from some)."""
+    for col in (c for c in STRICT if c not in OPTIONAL_PER_FILE):
         having = [i for i, f in enumerate(frames) if col in f.columns]
         if having and len(having) < len(frames):
             lacking = next(i for i, f in enumerate(frames) if col not in f.columns)
