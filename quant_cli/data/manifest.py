@@ -36,30 +36,44 @@ def version_path(root: Path, version: int) -> Path:
     return Path(root) / VERSIONS / f"{version}.json"
 
 
-def symbol_hash(frame: pl.DataFrame) -> str:
-    """Hash of one symbol's rows (sorted by ts): every column that holds a value, by name."""
-    digest = hashlib.sha256()
-    digest.update(f"rows={frame.height}\n".encode())
-    for name in sorted(c for c in frame.columns if c != "symbol" and frame[c].null_count() < frame.height):
-        series = frame[name]
-        digest.update(f"{name}:{series.dtype}\n".encode())
-        digest.update(np.packbits(series.is_null().to_numpy()).tobytes())
-        digest.update(_value_bytes(series))
-    return digest.hexdigest()
-
-
-def _value_bytes(series: pl.Series) -> bytes:
-    if series.dtype in (pl.String, pl.Categorical):
-        return "\x1f".join(series.cast(pl.String).fill_null("").to_list()).encode()
-    if series.dtype.is_temporal():
-        return series.to_physical().fill_null(0).to_numpy().astype("<i8").tobytes()
-    if series.dtype == pl.Boolean:
-        return series.fill_null(False).to_numpy().tobytes()
-    return series.cast(pl.Float64).fill_null(0.0).to_numpy().astype("<f8").tobytes()
-
-
 def symbol_hashes(bars: pl.DataFrame) -> dict[str, str]:
-    return {str(s): symbol_hash(part.sort("ts")) for (s,), part in bars.partition_by("symbol", as_dict=True).items()}
+    """One hash per symbol over its rows (sorted by ts): every column that holds a value there, by name.
+
+    Vectorised: each column is converted to bytes once for the whole table and sliced per symbol.
+    """
+    if bars.height == 0:
+        return {}
+    bars = bars.sort("symbol", "ts")
+    columns = sorted(c for c in bars.columns if c != "symbol")
+    groups = bars.group_by("symbol", maintain_order=True).agg(pl.len().alias("__n"), *(pl.col(c).null_count().alias(c) for c in columns))
+    ends = np.cumsum(groups["__n"].to_numpy())
+    starts = ends - groups["__n"].to_numpy()
+    values = {c: _column_bytes(bars, c) for c in columns}
+    out = {}
+    for i, symbol in enumerate(groups["symbol"].to_list()):
+        digest = hashlib.sha256(f"rows={ends[i] - starts[i]}\n".encode())
+        for name in columns:
+            if groups[name][i] < ends[i] - starts[i]:
+                digest.update(f"{name}:{bars.schema[name]}\n".encode())
+                digest.update(values[name](starts[i], ends[i]))
+        out[str(symbol)] = digest.hexdigest()
+    return out
+
+
+def _column_bytes(bars: pl.DataFrame, name: str) -> Any:
+    """A function (start, end) -> the bytes of rows [start, end) of one column: null mask, then values."""
+    series = bars[name]
+    nulls = series.is_null().to_numpy()
+    if series.dtype in (pl.String, pl.Categorical):
+        text = series.cast(pl.String).fill_null("").to_list()
+        return lambda a, b: np.packbits(nulls[a:b]).tobytes() + "\x1f".join(text[a:b]).encode()
+    if series.dtype.is_temporal():
+        raw = series.to_physical().fill_null(0).to_numpy().astype("<i8")
+    elif series.dtype == pl.Boolean:
+        raw = series.fill_null(False).to_numpy()
+    else:
+        raw = series.cast(pl.Float64).fill_null(0.0).to_numpy().astype("<f8")
+    return lambda a, b: np.packbits(nulls[a:b]).tobytes() + raw[a:b].tobytes()
 
 
 def content_hash(schema: dict[str, str], hashes: dict[str, str]) -> str:

@@ -97,7 +97,19 @@ class Snapshot:
             lazy = lazy.filter(pl.col("ts") >= parse_time(start, "data.start"))
         if end is not None:
             lazy = lazy.filter(pl.col("ts") <= parse_time(end, "data.end"))
-        return lazy.select(list(self.manifest["schema"])).collect().sort("symbol", "ts")
+        return _in_order(lazy.select(list(self.manifest["schema"])).collect())
+
+
+def _in_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """Sorted by (symbol, ts). A scan returns each file's rows together, files in no set order, and
+    one file is sorted by ts: putting the symbol blocks in order is 2-3x cheaper than a full sort."""
+    if frame.height == 0:
+        return frame
+    parts = frame.partition_by("symbol", as_dict=True, maintain_order=True)
+    out = pl.concat([parts[key] for key in sorted(parts)], rechunk=True) if len(parts) > 1 else frame
+    step = (pl.col("symbol") != pl.col("symbol").shift(1)) | (pl.col("ts") > pl.col("ts").shift(1))
+    in_order = bool(out.select(step.fill_null(True).all()).item())
+    return out if in_order else out.sort("symbol", "ts")  # e.g. a symbol spread over several appended files
 
 
 def pin(data_dir: Path, dataset: str, version: int | None = None) -> Snapshot:
