@@ -195,7 +195,7 @@ def test_synthetic_json_payload(runner: CliRunner, tmp_path: Path) -> None:
     manifest = read_manifest(Path("data"), "demo")
     assert payload == {
         "path": str(tmp_path / "data" / "demo"), "dataset": "demo", "rows": 90, "symbols": 3, "start": manifest["start"],
-        "end": manifest["end"], "frequency": "1d", "content_hash": manifest["content_hash"],
+        "end": manifest["end"], "frequency": "1d", "content_hash": manifest["content_hash"], "version": 0,
     }
     assert manifest["source"].startswith("synthetic(symbols=3, bars=30, frequency=1d")
     again = _ingest(runner, "--source", "synthetic", "--dataset", "demo", "--symbols", "3", "--bars", "30", "--seed", "7", "--json")

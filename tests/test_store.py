@@ -230,3 +230,24 @@ def test_bars_lost_between_the_old_swaps_renames_are_restored(tmp_path: Path, pa
         assert w.latest().manifest["rows"] == panel.height
     assert any("restored the bars" in t for t in reporter.texts("notice"))
     assert_frame_equal(store.load_bars(tmp_path, "d"), panel)
+
+
+def test_an_interrupted_commit_leaves_the_table_as_it_was(tmp_path: Path, panel: pl.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    from quant_cli.data import catalog
+
+    store.write_store(tmp_path, "d", panel, "a")
+    orphan = tmp_path / "d" / "bars" / "symbol=S000" / "part-99999-orphan.parquet"
+
+    def killed(target: str, data: object, **kwargs: object) -> None:  # data files written, then no commit
+        pl.DataFrame(data).write_parquet(orphan)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(delta, "write_deltalake", killed)
+    with pytest.raises(OSError):
+        store.write_store(tmp_path, "d", panel.head(3), "b")
+    monkeypatch.undo()
+    snap = store.pin(tmp_path, "d")
+    assert snap.version == 0 and snap.manifest["source"] == "a"
+    assert_frame_equal(snap.load_bars(), panel)  # the orphan file is not part of any version
+    assert catalog.vacuum(tmp_path, "d")["removed_files"] == 1 and not orphan.exists()
+    assert_frame_equal(store.load_bars(tmp_path, "d"), panel)

@@ -104,5 +104,5 @@ def scan(table: DeltaTable) -> pl.LazyFrame:
 
 
 def vacuum_candidates(table: DeltaTable) -> list[str]:
-    """Files (relative to the table) that the latest version does not reference."""
-    return list(table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=True))
+    """Files (relative to the table) that the latest version does not reference (also files no commit names)."""
+    return list(table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=True, full=True))
