@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from quant_cli.data import delta, legacy
 from quant_cli.data import manifest as manifests
@@ -154,7 +154,7 @@ def writer(data_dir: Path, dataset: str, reporter: Reporter = SILENT) -> Iterato
     """Hold the dataset's writer lock; tidy leftovers of dead writers and convert an old layout first."""
     root = dataset_dir(data_dir, dataset)
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / LOCK)):
+    with _locked(root, dataset, reporter):
         legacy.recover_and_clean(root, reporter)
         w = Writer(Path(data_dir), dataset, root)
         if legacy.is_legacy(root):
@@ -162,6 +162,21 @@ def writer(data_dir: Path, dataset: str, reporter: Reporter = SILENT) -> Iterato
         elif legacy.has_leftover_legacy_files(root):
             legacy.remove_legacy_files(root)  # a conversion was killed after its commit
         yield w
+
+
+@contextmanager
+def _locked(root: Path, dataset: str, reporter: Reporter) -> Iterator[None]:
+    """The writer lock; says so when another writer holds it. The OS releases it if its holder dies."""
+    lock = FileLock(str(root / LOCK))
+    try:
+        lock.acquire(timeout=0.2)
+    except Timeout:
+        reporter.info(f"waiting for another write to dataset {dataset!r} to finish")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass(frozen=True)
