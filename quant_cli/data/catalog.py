@@ -44,8 +44,11 @@ def dataset_versions(data_dir: Path, dataset: str) -> list[dict[str, Any]]:
 
 
 def _version_row(root: Path, dataset: str, version: int) -> dict[str, Any]:
-    table = delta.open_table(root, dataset, version)
-    available = not delta.missing_files(table)
+    try:
+        table = delta.open_table(root, dataset, version)
+    except DataError:  # its log entry was cleaned up (delta log retention): listed, not readable
+        table = None
+    available = table is not None and not delta.missing_files(table)
     path = manifests.version_path(root, version)
     if path.is_file():
         m = read_json(path)
@@ -98,7 +101,10 @@ def vacuum(data_dir: Path, dataset: str, keep: int = 1, runs_dir: Path | None = 
 
 
 def _files_if_available(root: Path, dataset: str, version: int) -> list[str]:
-    table = delta.open_table(root, dataset, version)
+    try:
+        table = delta.open_table(root, dataset, version)
+    except DataError:
+        return []
     return [] if delta.missing_files(table) else table.file_uris()
 
 
