@@ -225,6 +225,9 @@ def test_bars_lost_between_the_old_swaps_renames_are_restored(tmp_path: Path, pa
     root = tmp_path / "d"
     _old_layout(root, panel)
     os.replace(root / "bars", root / ".old-bars-4242")  # killed after the first rename of the old swap
+    with pytest.raises(DataError, match=r"^dataset 'd': an interrupted write of the old store left its bars in \.old-bars-4242; "
+                       r"restore and convert them with `qfactory data convert d`$"):
+        store.pin(tmp_path, "d")
     reporter = CollectingReporter()
     with store.writer(tmp_path, "d", reporter) as w:
         assert w.latest().manifest["rows"] == panel.height

@@ -72,13 +72,19 @@ def recover_and_clean(root: Path, reporter: Reporter) -> None:
     root = Path(root)
     stale = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith(STALE_PREFIXES)), key=_mtime)
     if not delta.table_dir(root).exists():
-        old = [p for p in stale if p.name.startswith(".old-bars-") and any(p.glob(f"symbol=*/{OLD_PART}"))]
+        old = moved_bars(root)
         if old:
             os.replace(old[-1], delta.table_dir(root))
             stale.remove(old[-1])
             reporter.notice(f"{root}: restored the bars an interrupted write had moved to {old[-1].name}")
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def moved_bars(root: Path) -> list[Path]:
+    """`.old-bars-*` folders holding old-layout bars, oldest first (the old swap's first rename)."""
+    found = [p for p in Path(root).glob(".old-bars-*") if p.is_dir() and any(p.glob(f"symbol=*/{OLD_PART}"))]
+    return sorted(found, key=_mtime)
 
 
 def _mtime(path: Path) -> float:

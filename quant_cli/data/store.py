@@ -126,6 +126,9 @@ def pin(data_dir: Path, dataset: str, version: int | None = None) -> Snapshot:
 def _check_readable(root: Path, dataset: str, data_dir: Path) -> None:
     if legacy.is_legacy(root):
         raise DataError(legacy.convert_hint(dataset))
+    if not delta.is_table(root) and legacy.moved_bars(root):
+        raise DataError(f"dataset {dataset!r}: an interrupted write of the old store left its bars in {legacy.moved_bars(root)[-1].name}; "
+                        f"restore and convert them with `qfactory data convert {dataset}`")
     if not delta.is_table(root):
         raise DataError(f"dataset {dataset!r} not found in {data_dir}; create it with `qfactory ingest --source ... --dataset {dataset}`")
 
@@ -137,7 +140,7 @@ def read_manifest(data_dir: Path, dataset: str) -> dict[str, Any]:
 
 def exists(data_dir: Path, dataset: str) -> bool:
     root = dataset_dir(data_dir, dataset)
-    return delta.is_table(root) or legacy.is_legacy(root)
+    return delta.is_table(root) or legacy.is_legacy(root) or bool(root.is_dir() and legacy.moved_bars(root))
 
 
 def load_bars(data_dir: Path, dataset: str, symbols: list[str] | None = None,
