@@ -192,3 +192,41 @@ def test_cli_unknown_feature_exits_2_with_one_line(runner: CliRunner, tmp_path: 
 def test_cli_without_recipe_is_a_usage_error(runner: CliRunner) -> None:
     result = runner.invoke(app, ["features", "--quiet"])
     assert result.exit_code == 2 and result.stderr.startswith("error: --recipe is required")
+
+
+# --- pinned snapshots ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", ["", '[features]\nsets = ["core", "cross_asset"]\nbenchmark = "S000"\n'])
+def test_build_reads_only_the_pinned_snapshot(tmp_path: Path, data_dir: Path, body: str) -> None:
+    from quant_cli.data import store
+
+    pinned = store.pin(data_dir, "ds")
+    write_store(data_dir, "ds", generate(symbols=3, bars=120, seed=2), source="synthetic")  # committed after the pin
+    built = feature_table(recipe(tmp_path, body), data_dir, snapshot=pinned)
+    latest = feature_table(recipe(tmp_path, body), data_dir)
+    assert built.fingerprint != latest.fingerprint and not built.cached
+    alone = tmp_path / "alone"
+    write_store(alone, "ds", generate(symbols=3, bars=120, seed=1), source="synthetic")  # only the pinned bars
+    reference = feature_table(recipe(tmp_path, body), alone)
+    assert built.fingerprint == reference.fingerprint  # the fingerprint names the pinned version's content
+    assert built.frame.equals(reference.frame)
+    assert json.loads((built.path / "spec.json").read_text())["dataset_version"] == 0
+
+
+def test_features_that_are_entirely_null_get_one_notice(tmp_path: Path, data_dir: Path) -> None:
+    reporter = CollectingReporter()
+    feature_table(recipe(tmp_path, "[features]\nwindows = [5, 500]\n"), data_dir, reporter=reporter)
+    notices = [t for t in reporter.texts("notice") if "no values at all" in t]
+    assert len(notices) == 1 and "_500" in notices[0] and "_5," not in notices[0]
+    again = CollectingReporter()
+    feature_table(recipe(tmp_path, "[features]\nwindows = [5, 500]\n"), data_dir, reporter=again)  # cached: said again
+    assert [t for t in again.texts("notice") if "no values at all" in t] == notices
+
+
+def test_dead_builders_staging_is_cleaned_and_does_not_block(tmp_path: Path, data_dir: Path) -> None:
+    root = data_dir / "ds" / "features"
+    stale = root / ".staging-abc-999999999-0a1b2c"
+    stale.mkdir(parents=True)
+    feature_table(recipe(tmp_path), data_dir)
+    assert not stale.exists()

@@ -121,9 +121,10 @@ def test_aliases_extras_and_timezones(runner: CliRunner) -> None:
     )
     result = runner.invoke(app, ["ingest", "--source", "p.csv", "--dataset", "daily", "--timezone", "America/New_York"])
     assert result.exit_code == 0, result.stderr
-    assert "notice: column 'Sector' is not numeric; dropped" in result.stderr
+    assert "notice" not in result.stderr  # Sector has one value per symbol: a symbol attribute, kept as text
     stored = _stored()
-    assert stored.columns == ["symbol", "ts", "open", "high", "low", "close", "volume", "adj_close", "open_interest"]
+    assert stored.columns == ["symbol", "ts", "open", "high", "low", "close", "volume", "adj_close", "open_interest", "sector"]
+    assert stored["sector"].to_list() == ["tech"] * 3
     assert stored["ts"].to_list() == [
         dt.datetime(2024, 3, 1, 14, 30, tzinfo=UTC),  # naive: New York wall clock (EST, UTC-5)
         dt.datetime(2024, 3, 1, 15, 30, tzinfo=UTC),  # 'Z' and '+01:00' are converted, not reinterpreted
@@ -194,7 +195,7 @@ def test_synthetic_json_payload(runner: CliRunner, tmp_path: Path) -> None:
     manifest = read_manifest(Path("data"), "demo")
     assert payload == {
         "path": str(tmp_path / "data" / "demo"), "dataset": "demo", "rows": 90, "symbols": 3, "start": manifest["start"],
-        "end": manifest["end"], "frequency": "1d", "content_hash": manifest["content_hash"],
+        "end": manifest["end"], "frequency": "1d", "content_hash": manifest["content_hash"], "version": 0,
     }
     assert manifest["source"].startswith("synthetic(symbols=3, bars=30, frequency=1d")
     again = _ingest(runner, "--source", "synthetic", "--dataset", "demo", "--symbols", "3", "--bars", "30", "--seed", "7", "--json")

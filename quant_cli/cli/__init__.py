@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from quant_cli import __version__
-from quant_cli.cli import backtest, features, ingest, recipe, run, split, stubs, train
+from quant_cli.cli import backtest, data, features, ingest, recipe, run, split, stubs, train
 
 app = typer.Typer(
     name="qfactory",
@@ -39,6 +39,7 @@ def main(
 
 
 app.command("ingest")(ingest.ingest)
+app.add_typer(data.app, name="data")
 app.add_typer(features.app, name="features")
 app.command("split")(split.split)
 app.command("train")(train.train)

@@ -63,7 +63,9 @@ def ingest(
 ) -> None:
     """Read raw bars into the data store as canonical, validated bars (prints the dataset directory).
 
-    Bad rows are rejected with the file, line and column; the previous store stays untouched.
+    Bad rows are rejected with the file, line and column; the dataset stays at its version.
+    Each ingest is one commit (a new table version) of the dataset's Delta table; concurrent
+    appends wait for each other. A dataset in the old parquet layout is converted first.
     Options not given come from the recipe's [data] section, if --recipe is passed.
 
     Example: qfactory ingest --source prices.csv --dataset daily
@@ -83,8 +85,10 @@ def ingest(
             manifest = run_ingest(request, home, console.REPORTER)
     path = store.dataset_dir(home, manifest["dataset"])
     span = f"{_short(manifest['start'])} to {_short(manifest['end'])}"
-    console.info(f"ingested {manifest['rows']:,} rows x {len(manifest['symbols'])} symbols, {span} ({manifest['frequency']}) into {path}")
+    console.info(f"ingested {manifest['rows']:,} rows x {len(manifest['symbols'])} symbols, {span} ({manifest['frequency']}) into {path} "
+                 f"(version {manifest['table_version']})")
     payload = {key: manifest[key] for key in ("dataset", "rows", "start", "end", "frequency", "content_hash")}
+    payload["version"] = manifest["table_version"]
     emit(path, json_out, {**payload, "symbols": len(manifest["symbols"])})
 
 

@@ -1,7 +1,9 @@
-"""`qfactory ingest` as a library: read a source, make canonical bars, validate, write the store.
+"""`qfactory ingest` as a library: read a source, make canonical bars, validate, commit to the store.
 
-Nothing is written unless every row passes validation, and the store write itself is atomic
-(store.write_store), so a rejected ingest leaves the previous dataset byte-for-byte unchanged.
+The source is read and validated without any lock; then, holding the dataset's writer lock
+(store.writer), the existing rows are read, the append checks run against them and one atomic
+Delta commit is made. Nothing is committed unless every row passed, so a rejected ingest leaves
+the table at its version; two concurrent appends are serialised and neither is lost.
 Symbol and date filters are not applied here; they are applied when bars are loaded.
 """
 
@@ -28,6 +30,7 @@ LAYOUTS = ("auto", "long", "per_symbol", "wide")
 FORMATS = ("auto", "csv", "parquet", "sqlite")
 MODES = ("replace", "append")
 ON_DUPLICATE = ("error", "keep-last")
+OPTIONAL_PER_FILE = ("adj_close",)  # Yahoo exports: some symbols' files have 'Adj Close', some do not
 _SYNTHETIC_DEFAULTS = {k: v.default for k, v in SCHEMA["data"]["synthetic"].items()}
 
 
@@ -100,9 +103,11 @@ def ingest(request: IngestRequest, data_dir: Path, reporter: Reporter = SILENT) 
         bars, description, frequency = _synthetic(request.synthetic), _describe_synthetic(request.synthetic), request.synthetic.frequency
     else:
         bars, description, frequency = read_bars(request, reporter), _describe(request), request.frequency
-    if request.mode == "append" and store.exists(data_dir, request.dataset):
-        bars, description = _append(data_dir, request, bars, description, reporter)
-    return store.write_store(data_dir, request.dataset, bars, description, frequency)
+    with store.writer(data_dir, request.dataset, reporter) as writer:
+        previous = writer.latest() if request.mode == "append" else None
+        if previous is not None:
+            return _append(writer, previous, request, bars, description, frequency, reporter)
+        return writer.replace(bars, description, frequency)
 
 
 # ---------------------------------------------------------------- request checks
@@ -156,8 +161,10 @@ def read_bars(request: IngestRequest, reporter: Reporter = SILENT) -> pl.DataFra
     if unnamed:
         reporter.notice(f"dropped {unnamed} column(s) without a header name (e.g. a saved row index)")
     _check_same_strict(frames, origins)
+    absent = _lacking(frames, OPTIONAL_PER_FILE)
     bars = _coerce_all(frames, origins, request.timezone, reporter)
-    schema.validate(bars, origins)
+    schema.validate(bars, origins, absent)
+    _notice_absent(bars, absent, origins, reporter)
     bars, unsorted = schema.finalize(bars)
     if unsorted:
         reporter.notice(f"{request.source}: rows not in time order; sorted by (symbol, ts)")
@@ -225,9 +232,28 @@ def _unpivot_wide(raw: sources.RawFrame) -> pl.DataFrame:
     return long.filter(schema.present(long["close"]) & ~is_nan)
 
 
+def _lacking(frames: list[pl.DataFrame], columns: tuple[str, ...]) -> dict[str, list[int]]:
+    """For each column some files have: the files (`__src`) that do not, when there are any."""
+    out = {}
+    for col in columns:
+        having = [i for i, f in enumerate(frames) if col in f.columns]
+        if having and len(having) < len(frames):
+            out[col] = [i for i, f in enumerate(frames) if col not in f.columns]
+    return out
+
+
+def _notice_absent(bars: pl.DataFrame, absent: dict[str, list[int]], origins: list[Origin], reporter: Reporter) -> None:
+    """One notice per column that whole files lack, naming the symbols left without it."""
+    for col, sources in absent.items():
+        symbols = bars.filter(pl.col(SRC).is_in(sources))["symbol"].unique().sort().to_list()
+        shown = ", ".join(symbols[:20]) + (f" and {len(symbols) - 20} more" if len(symbols) > 20 else "")
+        reporter.notice(f"{len(sources)} file(s) have no {col!r} column (e.g. {origins[sources[0]].label}): {col} is null for "
+                        f"{len(symbols)} symbol(s): {shown}; their prices are used as they are (not adjusted)")
+
+
 def _check_same_strict(frames: list[pl.DataFrame], origins: list[Origin]) -> None:
-    """OHLCV and adj_close must be in every file or in none (other extras may be missing from some)."""
-    for col in STRICT:
+    """OHLCV must be in every file or in none (adj_close and other extras may be missing from some)."""
+    for col in (c for c in STRICT if c not in OPTIONAL_PER_FILE):
         having = [i for i, f in enumerate(frames) if col in f.columns]
         if having and len(having) < len(frames):
             lacking = next(i for i, f in enumerate(frames) if col not in f.columns)
@@ -263,17 +289,23 @@ def _describe(request: IngestRequest) -> str:
 # ---------------------------------------------------------------- append
 
 
-def _append(data_dir: Path, request: IngestRequest, new: pl.DataFrame, description: str, reporter: Reporter) -> tuple[pl.DataFrame, str]:
-    """Existing bars + new bars; overlapping (symbol, ts) rows are an error unless keep-last."""
-    old = store.load_bars(data_dir, request.dataset)
-    old_cols, new_cols = [c for c in OHLCV if c in old.columns], [c for c in OHLCV if c in new.columns]
+def _append(writer: store.Writer, previous: store.Snapshot, request: IngestRequest, new: pl.DataFrame, description: str,
+            frequency: str | None, reporter: Reporter) -> dict[str, Any]:
+    """Commit `new` after the existing rows; overlapping (symbol, ts) rows are an error unless keep-last.
+
+    Only the partitions of the symbols in `new` are read: the others cannot overlap.
+    """
+    stored = previous.manifest["schema"]
+    old_cols, new_cols = [c for c in OHLCV if c in stored], [c for c in OHLCV if c in new.columns]
     if old_cols != new_cols:
         raise DataError(
             f"{request.source}: has columns {new_cols} but dataset {request.dataset!r} has {old_cols}; "
             "append bars with the same price/volume columns, or pass --mode replace"
         )
-    previous = store.read_manifest(data_dir, request.dataset).get("source", "")
-    _check_same_extras(old, new, request, previous)
+    source = previous.manifest.get("source") or ""
+    _check_same_extras(list(stored), new.columns, request, source)
+    touched = sorted(set(new["symbol"].unique().to_list()) & set(previous.manifest["symbols"]))
+    old = previous.load_bars(symbols=touched) if touched else new.clear()
     overlap = new.join(old, on=["symbol", "ts"], how="semi")
     if overlap.height and request.on_duplicate == "error":
         first = overlap.row(0, named=True)
@@ -284,19 +316,20 @@ def _append(data_dir: Path, request: IngestRequest, new: pl.DataFrame, descripti
     if overlap.height:
         reporter.notice(f"{overlap.height} existing bar(s) replaced by the new rows (--on-duplicate keep-last)")
     kept = old.join(new, on=["symbol", "ts"], how="anti")
-    bars, _ = schema.finalize(pl.concat([kept, new], how="diagonal_relaxed"))
-    return bars, previous if description in previous else f"{previous} + {description}"
+    merged, _ = schema.finalize(pl.concat([kept, new], how="diagonal_relaxed"))
+    combined = source if description in source else f"{source} + {description}"
+    return writer.append(previous, new, merged, combined, frequency, replaced=overlap.height > 0)
 
 
-def _check_same_extras(old: pl.DataFrame, new: pl.DataFrame, request: IngestRequest, previous: str) -> None:
+def _check_same_extras(old: list[str], new: list[str], request: IngestRequest, previous: str) -> None:
     """adj_close (like OHLCV) must be on every bar: in both the dataset and the appended bars, or in neither."""
     stored = f"dataset {request.dataset!r} (from {_source_files(previous)})"
     for col in (c for c in STRICT if c not in OHLCV):
-        if col in old.columns and col not in new.columns:
+        if col in old and col not in new:
             raise DataError(
                 f"{request.source}: no {col!r} column, but {stored} has one; add {col!r} to {request.source}, or pass --mode replace"
             )
-        if col in new.columns and col not in old.columns:
+        if col in new and col not in old:
             raise DataError(
                 f"{request.source}: column {col!r} is not in {stored}; drop it from {request.source}, or pass --mode replace"
             )

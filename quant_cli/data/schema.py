@@ -22,7 +22,11 @@ SRC, LINE = "__src", "__line"
 PRICES = ("open", "high", "low", "close")
 OHLCV = (*PRICES, "volume")
 # Present on every row and finite; prices > 0, volume >= 0. Other extras may hold nulls/NaN.
+# adj_close may be missing for whole files (symbols) of a per-symbol folder: null there.
 STRICT = (*PRICES, "adj_close", "volume")
+# Magnitudes beyond these are not market data (and overflow returns and squared features).
+PRICE_RANGE = (1e-12, 1e12)
+MAX_VOLUME = 1e18
 TS_DTYPE = pl.Datetime("us", "UTC")
 
 # Keys are normalised header names (see `header_key`).
@@ -157,6 +161,8 @@ def coerce(df: pl.DataFrame, origins: list[Origin], timezone: str) -> tuple[pl.D
             df = df.with_columns(pl.col("parsed").alias(col)).drop("parsed")
         elif _numeric_throughout(df[col], parsed):
             df = df.with_columns(parsed.alias(col))
+        elif _symbol_attribute(df, col):  # e.g. sector, industry: one text value per symbol
+            df = df.with_columns(pl.col(col).cast(pl.String).str.strip_chars().replace("", None))
         else:
             dropped.append(origins[df[SRC][0]].names.get(col, col))
             df = df.drop(col)
@@ -167,6 +173,14 @@ def _numeric_throughout(raw: pl.Series, parsed: pl.Series) -> bool:
     """An extra column is kept when every value it has is a number (and it has some)."""
     missing = int((~present(raw)).sum())
     return parsed.null_count() == missing < raw.len()
+
+
+def _symbol_attribute(df: pl.DataFrame, col: str) -> bool:
+    """A text column with at most one distinct value per symbol (and some value) describes the symbol."""
+    if "symbol" not in df.columns or not present(df[col]).any():
+        return False
+    text = pl.col(col).cast(pl.String).str.strip_chars().replace("", None)
+    return bool(df.group_by("symbol").agg(text.drop_nulls().n_unique().alias("n"))["n"].max() <= 1)
 
 
 def present(raw: pl.Series) -> pl.Series:
@@ -303,6 +317,12 @@ def _checks(columns: list[str]) -> list[Check]:
         (c, pl.col(c) <= 0, lambda r, c=c: f"price {r[c]} is not positive", "prices must be > 0; fix the value or delete the row")
         for c in (*PRICES, "adj_close") if has(c)
     ]
+    low, high = PRICE_RANGE
+    checks += [
+        (c, (pl.col(c) < low) | (pl.col(c) > high), lambda r, c=c: f"price {r[c]:g} is out of range",
+         f"prices must be between {low:g} and {high:g}; fix the value or delete the row")
+        for c in (*PRICES, "adj_close") if has(c)
+    ]
     if has("high") and has("low"):
         checks.append(("high", pl.col("high") < pl.col("low"), lambda r: f"high {r['high']} is below low {r['low']}", "fix the bar: high must be >= low"))
     body = [c for c in ("open", "close") if has(c)]
@@ -314,6 +334,8 @@ def _checks(columns: list[str]) -> list[Check]:
         checks.append(("low", pl.col("low") > bottom, lambda r: f"low {r['low']} is above {_body(r, body, min)}", "fix the bar: low must be <= min(open, close)"))
     if has("volume"):
         checks.append(("volume", pl.col("volume") < 0, lambda r: f"volume {r['volume']} is negative", "volume must be >= 0; fix the value or delete the row"))
+        checks.append(("volume", pl.col("volume") > MAX_VOLUME, lambda r: f"volume {r['volume']:g} is out of range",
+                       f"volume must be at most {MAX_VOLUME:g}; fix the value or delete the row"))
     return checks
 
 
@@ -322,9 +344,15 @@ def _body(row: dict[str, Any], body: list[str], pick: Callable[..., Any]) -> str
     return f"{name} {row[name]}"
 
 
-def validate(df: pl.DataFrame, origins: list[Origin]) -> None:
-    """Raise a DataError naming the first row (in input order) that breaks a rule."""
+def validate(df: pl.DataFrame, origins: list[Origin], absent: dict[str, list[int]] | None = None) -> None:
+    """Raise a DataError naming the first row (in input order) that breaks a rule.
+
+    `absent` maps a column to the sources (`__src`) that do not have it at all: their nulls in it
+    are not empty values.
+    """
     for col, bad, what, fix in _checks(df.columns):
+        if absent and absent.get(col):
+            bad = bad & ~pl.col(SRC).is_in(absent[col])
         hit = df.filter(bad.fill_null(False)).head(1)
         if hit.height:
             row = hit.row(0, named=True)

@@ -72,7 +72,22 @@ def _format_of(path: Path, fmt: str) -> str:
 # ---------------------------------------------------------------- CSV
 
 
+_SNIFF_BYTES = 8192
+
+
+def check_not_binary(path: Path) -> None:
+    """Refuse binary input from its first block, before reading the whole file into memory."""
+    with open(path, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if b"\x00" in head:
+        offset = head.index(b"\x00")
+        hint = " (UTF-16 text? re-save it as UTF-8)" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise DataError(f"{path}: binary data, not CSV text (a NUL byte at offset {offset}){hint}; "
+                        "pass a CSV, parquet or SQLite file (--format tells a misnamed one)")
+
+
 def read_csv(path: Path, delimiter: str) -> RawFrame:
+    check_not_binary(path)
     data = path.read_bytes()
     origin = Origin(str(path), "line")
     if not data.strip():
@@ -206,7 +221,11 @@ def _default_query(conn: sqlite3.Connection, path: Path) -> tuple[str, str, list
     if "symbol" in series_cols:
         return "SELECT * FROM series", label, []
     # The ids only link the two tables; they are not data, so they do not become extra columns.
-    joined = "SELECT a.symbol AS symbol, s.* FROM series AS s LEFT JOIN assets AS a ON a.asset_id = s.asset_id"
+    # Other asset columns (sector, industry, ...) describe the symbol and are carried onto its bars.
+    asset_cols = [r[1] for r in conn.execute("PRAGMA table_info(assets)")]
+    carried = [c for c in asset_cols if c.lower() not in ("asset_id", "id", "symbol") and c.lower() not in series_cols]
+    extra = "".join(f', a."{_quote(c)}" AS "{_quote(c)}"' for c in carried)
+    joined = f"SELECT a.symbol AS symbol{extra}, s.* FROM series AS s LEFT JOIN assets AS a ON a.asset_id = s.asset_id"
     return joined, label, [c for c in ("asset_id", "id") if c in series_cols]
 
 

@@ -158,6 +158,7 @@ def stage1(bars: pl.DataFrame, todo: Plan, options: FeatureOptions | None = None
     """symbol, ts, passthrough columns and every stage-1 feature, sorted by (symbol, ts)."""
     inputs = sorted({c for f in todo.stage1 for c in f.inputs} & set(bars.columns))
     lazy = bars.lazy().sort(*KEYS, maintain_order=True)  # windows must run in time order
+    inputs = [c for c in inputs if bars.schema[c] != pl.String]  # text inputs (sector) are group keys, not numbers
     lazy = lazy.with_columns(pl.col(inputs).cast(pl.Float64)) if inputs else lazy
     lazy = _derive_inputs(lazy, bars, todo, options)
     grouped = per_symbol(lazy, [_expr(f) for f in todo.kind("grouped")])

@@ -6,6 +6,12 @@ hashes the `[features]` section, the dataset content hash, FEATURE_CODE_VERSION 
 data.symbols/start/end filter: an identical request is served from cache, any change builds a
 new version beside the old ones (versions are never modified; delete a folder to reclaim space).
 
+A build reads bars only through one pinned dataset version (`snapshot`, store.pin), benchmark
+bars included, and its fingerprint uses that version's content hash: an ingest committed during
+the build cannot mix into it. A version is written once: built in `.staging-<fp>-<pid>-<hex>`,
+then renamed into place (a concurrent identical build that renamed first wins; its table is the
+same). Staging folders of dead processes are removed by the next build.
+
 Features are computed over the FULL stored history of the selected symbols, so windows at
 data.start are warmed up by earlier bars; rows are filtered to [data.start, data.end] after. The
 build streams groups of symbols (features/build.py), so a universe larger than memory works.
@@ -14,7 +20,11 @@ build streams groups of symbols (features/build.py), so a universe larger than m
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +38,8 @@ from quant_cli.errors import DataError, RecipeError
 from quant_cli.features import build, engine, registry
 from quant_cli.features.align import FeatureOptions
 from quant_cli.features.engine import skipped_message
-from quant_cli.io import read_json, staged_dir, write_json_atomic
+from quant_cli.data.legacy import pid_alive
+from quant_cli.io import new_temp_dir, read_json, write_json_atomic
 from quant_cli.recipe import Recipe, fingerprint
 
 TABLE = "table"
@@ -95,6 +106,7 @@ class _Request:
     recipe: Recipe
     data_dir: Path
     dataset: str
+    snapshot: bar_store.Snapshot
     manifest: dict[str, Any]
     selection: registry.Selection
     data_filter: dict[str, Any]
@@ -103,25 +115,33 @@ class _Request:
     reporter: Reporter
 
 
-def feature_table(recipe: Recipe, data_dir: Path, chunk_rows: int | None = None, reporter: Reporter = SILENT) -> FeatureTable:
-    """Build or reuse the feature version a recipe asks for (`chunk_rows`: rows per symbol group)."""
+def feature_table(recipe: Recipe, data_dir: Path, chunk_rows: int | None = None, reporter: Reporter = SILENT,
+                  *, snapshot: bar_store.Snapshot | None = None) -> FeatureTable:
+    """Build or reuse the feature version a recipe asks for (`chunk_rows`: rows per symbol group).
+
+    `snapshot` is the dataset version the calling stage pinned; None pins the latest one.
+    """
     dataset = _dataset(recipe)
     selection = registry.REGISTRY.resolve(recipe["features"])  # bad names fail before any I/O
     data_filter = _data_filter(recipe)
-    manifest = bar_store.read_manifest(data_dir, dataset)
+    snapshot = snapshot or bar_store.pin(data_dir, dataset)
+    if snapshot.dataset != dataset:
+        raise DataError(f"data.dataset is {dataset!r} but the pinned snapshot is of dataset {snapshot.dataset!r}; pin the recipe's dataset")
+    manifest = snapshot.manifest
     fp = feature_fingerprint(recipe["features"], manifest["content_hash"], data_filter)
     folder = features_root(data_dir, dataset) / fp
     if (folder / SPEC).is_file() and (folder / TABLE).is_dir():
         reporter.info(f"features: reusing cached version {fp} of dataset {dataset!r}")
         return load_version(folder, reporter)
-    request = _Request(recipe, Path(data_dir), dataset, manifest, selection, data_filter, folder, chunk_rows or build.DEFAULT_CHUNK_ROWS, reporter)
+    request = _Request(recipe, Path(data_dir), dataset, snapshot, manifest, selection, data_filter, folder, chunk_rows or build.DEFAULT_CHUNK_ROWS, reporter)
     return _build(request)
 
 
 def load_version(folder: Path, reporter: Reporter = SILENT) -> FeatureTable:
     spec = read_json(folder / SPEC)
-    if spec.get("skipped"):  # repeat the build's notice: the cached table lacks these too
+    if spec.get("skipped"):  # repeat the build's notices: the cached table lacks these too
         reporter.notice(skipped_message(spec["skipped"]))
+    _notice_all_null([f for f, share in spec.get("null_share", {}).items() if share >= 1.0], reporter)
     return FeatureTable(spec["fingerprint"], folder, list(spec["features"]), int(spec.get("rows", 0)), cached=True)
 
 
@@ -137,8 +157,8 @@ def _build(req: _Request) -> FeatureTable:
     chunks = build.chunk_symbols(_rows_per_symbol(req, symbols), req.chunk_rows)
     req.reporter.info(f"features: computing {len(todo.names)} features on {len(symbols)} symbols of dataset {req.dataset!r} in {len(chunks)} group(s)")
     try:
-        with staged_dir(req.folder) as staging:
-            load = lambda chunk: bar_store.load_bars(req.data_dir, req.dataset, symbols=chunk)  # noqa: E731
+        with _staged_version(req.folder) as staging:
+            load = lambda chunk: req.snapshot.load_bars(symbols=chunk)  # noqa: E731 - one pinned version only
             _, stats = build.build_parts(load, chunks, todo, staging / TABLE, options, _bounds(req), req.reporter)
             spec = _spec(req, stats, todo, time.perf_counter() - started)
             write_json_atomic(staging / SPEC, spec)
@@ -147,8 +167,45 @@ def _build(req: _Request) -> FeatureTable:
             raise
         # A concurrent build of the same version won the rename; its table is identical.
         return load_version(req.folder, req.reporter)
+    _notice_all_null([f for f in todo.names if stats.nulls.get(f, 0) >= stats.rows], req.reporter)
     req.reporter.info(f"features: wrote {len(spec['features'])} features x {spec['rows']} rows to {req.folder}")
     return FeatureTable(req.folder.name, req.folder, spec["features"], spec["rows"], cached=False)
+
+
+def _notice_all_null(names: list[str], reporter: Reporter) -> None:
+    if names:
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        reporter.notice(f"features with no values at all (every row null; e.g. a window longer than the data): {shown}; "
+                        "use shorter features.windows, more history, or exclude them")
+
+
+@contextmanager
+def _staged_version(final: Path) -> Iterator[Path]:
+    """An empty staging folder that becomes `final` by one rename if the block succeeds (write-once)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _clean_dead_staging(final.parent)
+    staging = new_temp_dir(final.parent, prefix=f".staging-{final.name}-{os.getpid()}-")
+    try:
+        yield staging
+        os.rename(staging, final)  # fails if `final` exists: a version is never replaced
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+_STALE_UNKNOWN_OWNER_S = 24 * 3600
+
+
+def _clean_dead_staging(root: Path) -> None:
+    """Remove staging folders whose process is gone (names without a pid: when older than a day)."""
+    for path in root.glob(".staging-*"):
+        parts = path.name.rsplit("-", 2)
+        pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+        try:
+            dead = not pid_alive(pid) if pid is not None else time.time() - path.stat().st_mtime > _STALE_UNKNOWN_OWNER_S
+        except OSError:
+            continue
+        if dead:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _symbols(req: _Request) -> list[str]:
@@ -167,7 +224,7 @@ def _options(req: _Request) -> FeatureOptions:
     if benchmark:
         if benchmark not in req.manifest["symbols"]:
             raise DataError(f"features.benchmark: {benchmark!r} is not a symbol of dataset {req.dataset!r} (e.g. {req.manifest['symbols'][:5]}); set it to one that is")
-        bench_bars = bar_store.load_bars(req.data_dir, req.dataset, symbols=[benchmark]).select("ts", "close")
+        bench_bars = req.snapshot.load_bars(symbols=[benchmark]).select("ts", "close")
     return FeatureOptions.from_section(section, benchmark_bars=bench_bars, bar_spacing=req.manifest.get("frequency"))
 
 
@@ -199,6 +256,7 @@ def _spec(req: _Request, stats: build.PartStats, todo: engine.Plan, seconds: flo
         "features_section": section,
         "dataset": req.dataset,
         "content_hash": req.manifest["content_hash"],
+        "dataset_version": req.snapshot.version,
         "feature_code_version": registry.FEATURE_CODE_VERSION,
         "qfactory_version": __version__,
         "polars_version": pl.__version__,
