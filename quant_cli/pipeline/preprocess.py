@@ -78,13 +78,34 @@ def transform(frame: pl.DataFrame, state: dict[str, Any]) -> pl.DataFrame:
 
 
 def _rank_gauss(values: pl.Series, quantiles: list[float]) -> pl.Series:
-    """Position within the training distribution, mapped to a standard normal quantile."""
+    """Position within the training distribution, mapped to a standard normal quantile.
+
+    A value equal to several stored quantiles (a tie: a binary or discrete feature) takes the
+    mean of their positions, so a 60/40 binary feature maps to the normal quantiles of 0.3 and
+    0.8 (the mean ranks of its two groups), not to the edge of each run of equal quantiles.
+    """
     x = values.to_numpy().astype(np.float64)
-    q = np.asarray(quantiles)
-    # np.interp needs increasing x-points: spread ties so equal quantiles share their mean rank
-    probs = np.interp(x, q, np.linspace(0.0, 1.0, len(q))) if q[-1] > q[0] else np.full(len(x), 0.5)
+    probs = tie_aware_positions(x, np.asarray(quantiles, dtype=np.float64))
     z = ndtri(np.clip(probs, _EDGE, 1.0 - _EDGE))
     return pl.Series(values.name, np.where(np.isnan(x), np.nan, z)).fill_nan(None)
+
+
+def tie_aware_positions(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Each x's position in [0, 1] along the sorted quantiles `q`: linear between distinct
+    quantiles, the mean position of the quantiles it equals, 0 / 1 beyond the ends."""
+    n = len(q)
+    if n < 2 or q[-1] <= q[0]:
+        return np.full(len(x), 0.5)
+    lo = np.searchsorted(q, x, side="left")
+    hi = np.searchsorted(q, x, side="right")
+    tied = (hi > lo) & ~np.isnan(x)
+    left = np.clip(lo - 1, 0, n - 1)
+    right = np.clip(lo, 0, n - 1)
+    gap = q[right] - q[left]
+    frac = np.divide(x - q[left], gap, out=np.zeros(len(x)), where=gap > 0)
+    between = (left + np.clip(frac, 0.0, 1.0)) / (n - 1)
+    between = np.where(lo == 0, 0.0, np.where(lo >= n, 1.0, between))
+    return np.where(tied, (lo + hi - 1) / 2.0 / (n - 1), between)
 
 
 def drop_incomplete(frame: pl.DataFrame, columns: list[str], fill: str) -> pl.DataFrame:
