@@ -26,7 +26,7 @@ from quant_cli.report import SILENT, Reporter
 from quant_cli.data import store as bar_store
 from quant_cli.errors import DataError, RecipeError
 from quant_cli.features import build, engine, registry
-from quant_cli.features.align import FeatureOptions
+from quant_cli.features.align import feature_options
 from quant_cli.features.engine import skipped_message
 from quant_cli.io import read_json, staged_dir, write_json_atomic
 from quant_cli.recipe import Recipe, fingerprint
@@ -101,20 +101,24 @@ class _Request:
     folder: Path
     chunk_rows: int
     reporter: Reporter
+    snapshot: bar_store.Snapshot
 
 
-def feature_table(recipe: Recipe, data_dir: Path, chunk_rows: int | None = None, reporter: Reporter = SILENT) -> FeatureTable:
-    """Build or reuse the feature version a recipe asks for (`chunk_rows`: rows per symbol group)."""
+def feature_table(recipe: Recipe, data_dir: Path, chunk_rows: int | None = None, reporter: Reporter = SILENT,
+                  snapshot: bar_store.Snapshot | None = None) -> FeatureTable:
+    """Build or reuse the feature version a recipe asks for (`chunk_rows`: rows per symbol group),
+    reading bars only through `snapshot` (default: the dataset pinned now)."""
     dataset = _dataset(recipe)
     selection = registry.REGISTRY.resolve(recipe["features"])  # bad names fail before any I/O
     data_filter = _data_filter(recipe)
-    manifest = bar_store.read_manifest(data_dir, dataset)
+    snapshot = snapshot or bar_store.pin(data_dir, dataset)
+    manifest = snapshot.manifest
     fp = feature_fingerprint(recipe["features"], manifest["content_hash"], data_filter)
     folder = features_root(data_dir, dataset) / fp
     if (folder / SPEC).is_file() and (folder / TABLE).is_dir():
         reporter.info(f"features: reusing cached version {fp} of dataset {dataset!r}")
         return load_version(folder, reporter)
-    request = _Request(recipe, Path(data_dir), dataset, manifest, selection, data_filter, folder, chunk_rows or build.DEFAULT_CHUNK_ROWS, reporter)
+    request = _Request(recipe, Path(data_dir), dataset, manifest, selection, data_filter, folder, chunk_rows or build.DEFAULT_CHUNK_ROWS, reporter, snapshot)
     return _build(request)
 
 
@@ -130,7 +134,7 @@ def _build(req: _Request) -> FeatureTable:
     if req.selection.too_short:
         req.reporter.notice(f"skipped {', '.join(req.selection.too_short)}: window below the feature's minimum")
     symbols = _symbols(req)
-    options = _options(req)
+    options = feature_options(req.recipe["features"], req.manifest, req.snapshot.load_bars)
     columns = list(req.manifest["schema"])
     todo = engine.plan(req.selection.features, columns, options)
     engine.announce(todo, columns, req.reporter)
@@ -138,7 +142,7 @@ def _build(req: _Request) -> FeatureTable:
     req.reporter.info(f"features: computing {len(todo.names)} features on {len(symbols)} symbols of dataset {req.dataset!r} in {len(chunks)} group(s)")
     try:
         with staged_dir(req.folder) as staging:
-            load = lambda chunk: bar_store.load_bars(req.data_dir, req.dataset, symbols=chunk)  # noqa: E731
+            load = lambda chunk: req.snapshot.load_bars(symbols=chunk)  # noqa: E731
             _, stats = build.build_parts(load, chunks, todo, staging / TABLE, options, _bounds(req), req.reporter)
             spec = _spec(req, stats, todo, time.perf_counter() - started)
             write_json_atomic(staging / SPEC, spec)
@@ -157,18 +161,6 @@ def _symbols(req: _Request) -> list[str]:
     if not symbols:
         raise DataError(f"dataset {req.dataset!r} has no symbols; ingest bars first")
     return sorted(symbols)
-
-
-def _options(req: _Request) -> FeatureOptions:
-    """Benchmark bars are loaded once for every group; staleness is pinned to the dataset's frequency."""
-    section = req.recipe["features"]
-    benchmark = section.get("benchmark")
-    bench_bars = None
-    if benchmark:
-        if benchmark not in req.manifest["symbols"]:
-            raise DataError(f"features.benchmark: {benchmark!r} is not a symbol of dataset {req.dataset!r} (e.g. {req.manifest['symbols'][:5]}); set it to one that is")
-        bench_bars = bar_store.load_bars(req.data_dir, req.dataset, symbols=[benchmark]).select("ts", "close")
-    return FeatureOptions.from_section(section, benchmark_bars=bench_bars, bar_spacing=req.manifest.get("frequency"))
 
 
 def _rows_per_symbol(req: _Request, symbols: list[str]) -> dict[str, int]:
