@@ -1,6 +1,6 @@
 """Scalers and missing-value handling, fit on training rows only (DESIGN.md §3).
 
-The fitted state is plain JSON (stored as split/scaler.json) so runs and bundles reload it
+The fitted state is plain JSON (part of split/pipeline.json, copied to split/scaler.json) so runs and bundles reload it
 exactly. Order of application: fill=median (training medians, raw units) → scale → clip
 (robust) → fill=zero (which is the training centre after scaling). Never a backward fill.
 """
@@ -20,9 +20,13 @@ _QUANTILES = 101  # rank_gauss stores this many training quantiles per feature
 _EDGE = 1e-3  # rank_gauss maps to normal quantiles within [_EDGE, 1 - _EDGE]
 
 
-def fit_preprocess(train: pl.DataFrame, columns: list[str], cfg: dict[str, Any]) -> dict[str, Any]:
-    """Fit the `[preprocess]` section on training rows; returns the JSON-able state."""
-    if train.height == 0:
+def fit_preprocess(train: pl.DataFrame | pl.LazyFrame, columns: list[str], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Fit the `[preprocess]` section on training rows; returns the JSON-able state.
+
+    Statistics are computed in Float64 whatever the inputs' dtype; a LazyFrame is aggregated
+    without materialising the training rows."""
+    train = train.lazy().select(pl.col(columns).cast(pl.Float64))
+    if train.select(pl.len()).collect().item() == 0:
         raise DataError("the training segment is empty after purge and embargo; use more data or a smaller embargo")
     state: dict[str, Any] = {"kind": cfg["scaler"], "fill": cfg["fill"], "clip": cfg["clip"], "columns": columns}
     if cfg["fill"] == "median" or cfg["scaler"] == "robust":
@@ -39,8 +43,8 @@ def fit_preprocess(train: pl.DataFrame, columns: list[str], cfg: dict[str, Any])
     return state
 
 
-def _stat(frame: pl.DataFrame, columns: list[str], expr, fallback: float) -> dict[str, float]:
-    row = frame.select([expr(c).alias(c) for c in columns]).row(0, named=True)
+def _stat(frame: pl.LazyFrame, columns: list[str], expr, fallback: float) -> dict[str, float]:
+    row = frame.select([expr(c).alias(c) for c in columns]).collect().row(0, named=True)
     return {c: _finite_or(row[c], fallback) for c in columns}
 
 
@@ -52,11 +56,11 @@ def _positive(values: dict[str, float]) -> dict[str, float]:
     return {c: v if v > 0 else 1.0 for c, v in values.items()}
 
 
-def _quantiles(frame: pl.DataFrame, columns: list[str]) -> dict[str, list[float]]:
+def _quantiles(frame: pl.LazyFrame, columns: list[str]) -> dict[str, list[float]]:
     probs = np.linspace(0.0, 1.0, _QUANTILES)
     out = {}
     for c in columns:
-        values = frame[c].drop_nulls().to_numpy()
+        values = frame.select(pl.col(c).drop_nulls()).collect().to_series().to_numpy()
         out[c] = np.quantile(values, probs).tolist() if len(values) else [0.0] * _QUANTILES
     return out
 
