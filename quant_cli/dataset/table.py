@@ -50,6 +50,11 @@ class Table:
     def scan_features(self) -> pl.LazyFrame:
         return scan_version(self.version_path).select(*KEYS, pl.col(self.features).cast(MODEL_DTYPE))
 
+    def scan_parts(self) -> list[pl.LazyFrame]:
+        """The feature table part by part (each a group of symbols), features as Float32."""
+        parts = sorted((self.version_path / "table").glob("part-*.parquet"))
+        return [pl.scan_parquet(p).select(*KEYS, pl.col(self.features).cast(MODEL_DTYPE)) for p in parts]
+
     def with_features(self, keys: pl.DataFrame) -> pl.DataFrame:
         """`keys`' columns plus the raw features (Float32) of those rows, in `keys`' order."""
         return keys.lazy().join(self.scan_features(), on=KEYS, how="left", maintain_order="left").collect()
@@ -87,7 +92,13 @@ class Prepared:
 
     def inputs(self, part: pl.DataFrame) -> np.ndarray:
         """Model inputs (float32) of `part`'s rows through the fitted pipeline."""
-        return self.pipeline.matrix(self.pipeline.transform(self.table.with_features(part.select(KEYS))))
+        keys = part.select(KEYS).with_row_index("_row")
+        out = np.full((keys.height, len(self.features)), np.nan, dtype=np.float32)
+        for scan in self.table.scan_parts():  # one feature part (a group of symbols) in memory at a time
+            chunk = scan.join(keys.lazy(), on=KEYS, how="inner").collect()
+            if chunk.height:
+                out[chunk["_row"].to_numpy()] = self.pipeline.matrix(self.pipeline.transform(chunk))
+        return out
 
     def dropped(self) -> dict[str, Any]:
         return drop_counts(self.rows)

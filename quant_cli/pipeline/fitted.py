@@ -92,19 +92,20 @@ class FittedPipeline:
             raise RunError(f"the bars lack the inputs of {len(missing)} pipeline feature(s), e.g. {missing[:5]}; pass bars with the columns the run was trained on")
         return table
 
-    def transform(self, data: pl.DataFrame, benchmark_bars: pl.DataFrame | None = None) -> pl.DataFrame:
-        """Model inputs (symbol, ts, features as Float32, preprocessed) of raw bars or feature-table rows."""
+    def transform(self, data: pl.DataFrame | pl.LazyFrame, benchmark_bars: pl.DataFrame | None = None) -> pl.DataFrame:
+        """Model inputs (symbol, ts, features as Float32, preprocessed) of raw bars or feature-table rows
+        (a LazyFrame of rows is transformed before it is collected: one copy, not three)."""
         if self.state is None:
             raise RunError("the pipeline is not fitted; call fit(training rows) before transform()")
-        has_features = all(f in data.columns for f in self.features)
-        table = data if has_features else self.compute(data, benchmark_bars)
-        inputs = table.select(*KEYS, pl.col(self.features).cast(MODEL_DTYPE))
-        out = transform(inputs, self.state)
-        return out.with_columns(pl.col(self.features).cast(MODEL_DTYPE))
+        columns = data.collect_schema().names() if isinstance(data, pl.LazyFrame) else data.columns
+        table = data if all(f in columns for f in self.features) else self.compute(data, benchmark_bars)
+        inputs = table.lazy().select(*KEYS, pl.col(self.features).cast(MODEL_DTYPE))
+        out = transform(inputs, self.state).lazy().with_columns(pl.col(self.features).cast(MODEL_DTYPE))
+        return out.collect()
 
     def matrix(self, inputs: pl.DataFrame) -> np.ndarray:
-        """(rows, features) float32 array of transformed inputs, NaN where missing."""
-        return inputs.select(pl.col(self.features).fill_null(float("nan"))).to_numpy().astype(np.float32, copy=False)
+        """(rows, features) float32 array of transformed inputs, row-major (what LightGBM reads without a copy), NaN where missing."""
+        return inputs.select(pl.col(self.features).fill_null(float("nan"))).to_numpy(order="c").astype(np.float32, copy=False)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -44,7 +44,7 @@ def fit_preprocess(train: pl.DataFrame | pl.LazyFrame, columns: list[str], cfg: 
 
 
 def _stat(frame: pl.LazyFrame, columns: list[str], expr, fallback: float) -> dict[str, float]:
-    row = frame.select([expr(c).alias(c) for c in columns]).collect().row(0, named=True)
+    row = frame.select([expr(c).alias(c) for c in columns]).collect(engine="streaming").row(0, named=True)
     return {c: _finite_or(row[c], fallback) for c in columns}
 
 
@@ -65,9 +65,11 @@ def _quantiles(frame: pl.LazyFrame, columns: list[str]) -> dict[str, list[float]
     return out
 
 
-def transform(frame: pl.DataFrame, state: dict[str, Any]) -> pl.DataFrame:
-    """Apply a fitted state to any segment."""
+def transform(frame: pl.DataFrame | pl.LazyFrame, state: dict[str, Any]) -> pl.DataFrame | pl.LazyFrame:
+    """Apply a fitted state to any segment (lazily for a LazyFrame, except rank_gauss, which needs the values)."""
     columns = state["columns"]
+    if isinstance(frame, pl.LazyFrame) and state["kind"] == "rank_gauss":
+        frame = frame.collect()
     if state["fill"] == "median":
         frame = frame.with_columns([pl.col(c).fill_null(state["median"][c]) for c in columns])
     if state["kind"] in ("zscore", "robust"):
