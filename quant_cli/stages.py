@@ -90,10 +90,9 @@ def _device(recipe: Recipe, reporter: Reporter) -> str:
     return resolve_device(recipe["train"]["device"], recipe["train"]["strict_device"], reporter)
 
 
-def _fit(model: Model, prepared: Prepared, early_stopping: int, reporter: Reporter) -> float:
-    train, val = prepared.segment("train"), prepared.segment("val")
+def _fit(model: Model, prepared: Prepared, inputs: dict[str, Any], early_stopping: int, reporter: Reporter) -> float:
+    (train, X), (val, X_val) = inputs["train"], inputs["val"]
     weight = train["weight"].to_numpy() if model.sample_weights and train["weight"].null_count() == 0 else None
-    X, X_val = prepared.inputs(train), prepared.inputs(val)
     started = time.perf_counter()
     with reporter.working(f"train: fitting {model.name} on {train.height:,} rows"):
         model.fit(X, train["label"].to_numpy(), feature_names=prepared.features,
@@ -110,12 +109,13 @@ def _train_stage(run: Run, recipe: Recipe, prepared: Prepared, reporter: Reporte
         if recipe["split"]["method"] != "chronological":
             metrics["cv"] = _cv_stage(run, recipe, prepared, device, reporter)
         model = _new_model(recipe, device, reporter)
-        seconds = _fit(model, prepared, recipe["train"]["early_stopping"], reporter)
+        inputs = prepared.segment_inputs()
+        seconds = _fit(model, prepared, inputs, recipe["train"]["early_stopping"], reporter)
         with stage_outputs(run, "model") as folder:
             model.save(folder)
             if (importance := model.feature_importance()) is not None:
                 write_json_atomic(folder / "feature_importance.json", importance)
-        predictions = _predict_segments(model, prepared)
+        predictions = _predict_segments(model, inputs)
         write_parquet_atomic(run.path / "predictions.parquet", predictions)
         metrics = {**_segment_metrics(predictions), **metrics}
         train = prepared.segment("train")
@@ -138,13 +138,13 @@ def _cv_stage(run: Run, recipe: Recipe, prepared: Prepared, device: str, reporte
     return {k: v for k, v in summary.items() if k != "folds"} | {"n_splits": summary["folds"]["n_splits"], "n_paths": summary["folds"]["n_paths"]}
 
 
-def _predict_segments(model: Model, prepared: Prepared) -> pl.DataFrame:
+def _predict_segments(model: Model, inputs: dict[str, Any]) -> pl.DataFrame:
     """symbol, ts, segment, score, label — plus p_<class> probability columns for classifiers."""
     frames = []
     for segment in ("val", "test"):
-        part = prepared.segment(segment)
+        part, X = inputs[segment]
         if part.height:
-            X, symbols = prepared.inputs(part), part["symbol"].to_numpy()
+            symbols = part["symbol"].to_numpy()
             frame = part.select(*KEYS, "segment", pl.Series("score", model.predict(X, symbols=symbols)), "label")
             if model.is_classifier:
                 proba = model.predict_proba(X, symbols=symbols)

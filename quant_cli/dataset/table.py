@@ -100,6 +100,14 @@ class Prepared:
                 out[chunk["_row"].to_numpy()] = self.pipeline.matrix(self.pipeline.transform(chunk))
         return out
 
+    def segment_inputs(self, names: tuple[str, ...] = ("train", "val", "test")) -> dict[str, tuple[pl.DataFrame, np.ndarray]]:
+        """(rows, model inputs) per segment from ONE pass over the feature table: the matrix holds the
+        segments one after another, so each segment's inputs are a view, not a copy."""
+        parts = [self.segment(name) for name in names]
+        X = self.inputs(pl.concat([p.select(KEYS) for p in parts]))
+        bounds = np.cumsum([0, *(p.height for p in parts)])
+        return {name: (part, X[bounds[i]:bounds[i + 1]]) for i, (name, part) in enumerate(zip(names, parts))}
+
     def dropped(self) -> dict[str, Any]:
         return drop_counts(self.rows)
 
