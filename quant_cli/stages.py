@@ -2,6 +2,12 @@
 
 Each public function here is what one CLI command calls. A new run is staged and appears only if
 every requested stage succeeds; continuing a run (`--run`) adds its outputs atomically.
+
+Data. Every command pins one dataset version when it starts (`data.store.pin` → Snapshot) and
+reads bars only through it (labels, the feature build, the backtest); the run manifest records
+`dataset: {name, version, content_hash}` and the price adjustment, and continuing a run pins
+that version again. `train --run` recomputes nothing: it reads split/ (rows with segments and
+weights, the FittedPipeline) and the run's cached feature version.
 """
 
 from __future__ import annotations
