@@ -2,6 +2,12 @@
 
 Each public function here is what one CLI command calls. A new run is staged and appears only if
 every requested stage succeeds; continuing a run (`--run`) adds its outputs atomically.
+
+Data. Every command pins one dataset version when it starts (`data.store.pin` → Snapshot) and
+reads bars only through it (labels, the feature build, the backtest); the run manifest records
+`dataset: {name, version, content_hash}` and the price adjustment, and continuing a run pins
+that version again. `train --run` recomputes nothing: it reads split/ (rows with segments and
+weights, the FittedPipeline) and the run's cached feature version.
 """
 
 from __future__ import annotations
@@ -17,25 +23,32 @@ from quant_cli.backtest.engine import run_backtest
 from quant_cli.models.crossval import cross_validate
 from quant_cli.data import store
 from quant_cli.data.frequency import periods_per_year
-from quant_cli.dataset.table import KEYS, Prepared, check_task, dataset_name, load_bars, load_prepared, prepare
-from quant_cli.errors import RunError
+from quant_cli.dataset.table import KEYS, Prepared, check_task, dataset_name, load_bars, load_split, prepare, write_split
+from quant_cli.errors import RecipeError, RunError
 from quant_cli.io import read_json, write_json_atomic, write_parquet_atomic
 from quant_cli.backtest.metrics import classification_metrics, prediction_metrics
 from quant_cli.models.base import Model
 from quant_cli.models.device import resolve_device
 from quant_cli.models.registry import create_model
+from quant_cli.pipeline.adjust import Adjustment
+from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.recipe import Recipe
 from quant_cli.runs.directory import Run, create_run, stage_outputs
-from quant_cli.splits.chronological import cv_folds, development, folds_summary, segment_counts
+from quant_cli.splits.chronological import cv_folds, development, explicit_boundaries, folds_summary, segment_counts
+from quant_cli.splits.embargo import default_embargo
 
 
 def _embargo(recipe: Recipe) -> int | str:
-    embargo = recipe["split"]["embargo"]
-    return recipe["label"]["horizon"] if embargo is None else embargo
+    return default_embargo(recipe["split"]["embargo"], recipe["label"]["horizon"])
 
 
-def _write_split(run: Run, recipe: Recipe, prepared: Prepared, data_dir: Path, reporter: Reporter) -> None:
-    counts, dropped = segment_counts(prepared.frame), prepared.dropped
+def _weighted(recipe: Recipe) -> bool:
+    return recipe["split"]["sample_weight"] != "none" or recipe["split"]["time_decay"] < 1.0
+
+
+def _write_split(run: Run, recipe: Recipe, prepared: Prepared, snapshot: store.Snapshot, reporter: Reporter) -> None:
+    kept = prepared.kept
+    counts, dropped = segment_counts(kept), prepared.dropped()
     with stage_outputs(run, "split") as folder:
         write_json_atomic(folder / "boundaries.json", {
             **prepared.plan.to_json(), "method": recipe["split"]["method"], "horizon": recipe["label"]["horizon"],
@@ -43,27 +56,30 @@ def _write_split(run: Run, recipe: Recipe, prepared: Prepared, data_dir: Path, r
             "segments": {seg: {k: v for k, v in c.items() if k != "rows_per_symbol"} for seg, c in counts.items()},
         })
         write_json_atomic(folder / "counts.json", counts)
-        write_json_atomic(folder / "scaler.json", prepared.state)
-        write_json_atomic(folder / "features.json", {"fingerprint": prepared.fingerprint, "features": prepared.features})
-        folds = cv_folds(prepared.frame, recipe["split"], _embargo(recipe))
+        write_split(folder, prepared, _weighted(recipe))
+        folds = cv_folds(kept, recipe["split"], _embargo(recipe))
         if folds is not None:
-            summary = folds_summary(folds, development(prepared.frame))
+            summary = folds_summary(folds, development(kept))
             write_json_atomic(folder / "folds.json", summary)
             reporter.info(f"split: {recipe['split']['method']} with {summary['n_splits']} splits and {summary['n_paths']} backtest path(s) over train + val")
-        if prepared.frame["weight"].null_count() < prepared.frame.height:
-            write_parquet_atomic(folder / "weights.parquet", prepared.frame.filter(pl.col("weight").is_not_null()).select(*KEYS, "weight"))
-    content_hash = store.read_manifest(data_dir, dataset_name(recipe))["content_hash"]
-    run.update_manifest(fingerprints={"features": prepared.fingerprint, "dataset": content_hash})
+        if kept["weight"].null_count() < kept.height:
+            write_parquet_atomic(folder / "weights.parquet", kept.filter(pl.col("weight").is_not_null()).select(*KEYS, "weight"))
+    run.update_manifest(fingerprints={"features": prepared.fingerprint, "dataset": snapshot.content_hash},
+                        dataset=_dataset_record(snapshot), adjust=prepared.pipeline.adjustment.to_json())
     summary = ", ".join(f"{seg} {c['rows']:,}" for seg, c in counts.items())
     reporter.info(f"split: {summary} rows; purged {sum(dropped['purged'].values()):,}, embargoed {sum(dropped['embargoed'].values()):,}")
 
 
-def _split_stage(run: Run, recipe: Recipe, data_dir: Path, reporter: Reporter) -> Prepared:
+def _dataset_record(snapshot: store.Snapshot) -> dict[str, Any]:
+    return {"name": snapshot.dataset, "version": snapshot.version, "content_hash": snapshot.content_hash}
+
+
+def _split_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, reporter: Reporter) -> Prepared:
     with run.stage("split") as info:
         with reporter.working("split: features, labels, purge and embargo, train-only preprocessing"):
-            prepared = prepare(recipe, data_dir, reporter=reporter)
-        _write_split(run, recipe, prepared, data_dir, reporter)
-        info["rows"] = prepared.frame.height
+            prepared = prepare(recipe, snapshot, reporter=reporter)
+        _write_split(run, recipe, prepared, snapshot, reporter)
+        info["rows"] = prepared.kept.height
     return prepared
 
 
@@ -80,13 +96,13 @@ def _device(recipe: Recipe, reporter: Reporter) -> str:
     return resolve_device(recipe["train"]["device"], recipe["train"]["strict_device"], reporter)
 
 
-def _fit(model: Model, prepared: Prepared, early_stopping: int, reporter: Reporter) -> float:
-    train, val = prepared.segment("train"), prepared.segment("val")
+def _fit(model: Model, prepared: Prepared, inputs: dict[str, Any], early_stopping: int, reporter: Reporter) -> float:
+    (train, X), (val, X_val) = inputs["train"], inputs["val"]
     weight = train["weight"].to_numpy() if model.sample_weights and train["weight"].null_count() == 0 else None
     started = time.perf_counter()
     with reporter.working(f"train: fitting {model.name} on {train.height:,} rows"):
-        model.fit(prepared.matrix(train), train["label"].to_numpy(), feature_names=prepared.features,
-                  X_val=prepared.matrix(val), y_val=val["label"].to_numpy(), sample_weight=weight, early_stopping=early_stopping,
+        model.fit(X, train["label"].to_numpy(), feature_names=prepared.features,
+                  X_val=X_val, y_val=val["label"].to_numpy(), sample_weight=weight, early_stopping=early_stopping,
                   symbols=train["symbol"].to_numpy(), symbols_val=val["symbol"].to_numpy(),
                   ts=train["ts"].to_numpy(), t1=train["t1"].to_numpy())
     return time.perf_counter() - started
@@ -99,12 +115,13 @@ def _train_stage(run: Run, recipe: Recipe, prepared: Prepared, reporter: Reporte
         if recipe["split"]["method"] != "chronological":
             metrics["cv"] = _cv_stage(run, recipe, prepared, device, reporter)
         model = _new_model(recipe, device, reporter)
-        seconds = _fit(model, prepared, recipe["train"]["early_stopping"], reporter)
+        inputs = prepared.segment_inputs()
+        seconds = _fit(model, prepared, inputs, recipe["train"]["early_stopping"], reporter)
         with stage_outputs(run, "model") as folder:
             model.save(folder)
             if (importance := model.feature_importance()) is not None:
                 write_json_atomic(folder / "feature_importance.json", importance)
-        predictions = _predict_segments(model, prepared)
+        predictions = _predict_segments(model, inputs)
         write_parquet_atomic(run.path / "predictions.parquet", predictions)
         metrics = {**_segment_metrics(predictions), **metrics}
         train = prepared.segment("train")
@@ -127,13 +144,13 @@ def _cv_stage(run: Run, recipe: Recipe, prepared: Prepared, device: str, reporte
     return {k: v for k, v in summary.items() if k != "folds"} | {"n_splits": summary["folds"]["n_splits"], "n_paths": summary["folds"]["n_paths"]}
 
 
-def _predict_segments(model: Model, prepared: Prepared) -> pl.DataFrame:
+def _predict_segments(model: Model, inputs: dict[str, Any]) -> pl.DataFrame:
     """symbol, ts, segment, score, label — plus p_<class> probability columns for classifiers."""
     frames = []
     for segment in ("val", "test"):
-        part = prepared.segment(segment)
+        part, X = inputs[segment]
         if part.height:
-            X, symbols = prepared.matrix(part), part["symbol"].to_numpy()
+            symbols = part["symbol"].to_numpy()
             frame = part.select(*KEYS, "segment", pl.Series("score", model.predict(X, symbols=symbols)), "label")
             if model.is_classifier:
                 proba = model.predict_proba(X, symbols=symbols)
@@ -151,15 +168,16 @@ def _segment_metrics(predictions: pl.DataFrame) -> dict[str, Any]:
     return out
 
 
-def _backtest_stage(run: Run, recipe: Recipe, data_dir: Path, reporter: Reporter) -> dict[str, Any]:
+def _backtest_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, reporter: Reporter) -> dict[str, Any]:
     if not (run.path / "predictions.parquet").is_file():
         raise RunError(f"run {run.id} has no predictions.parquet; train it first with `qfactory train --run {run.id}`")
     cfg = recipe["backtest"]
     with run.stage("backtest") as info:
         scores = pl.read_parquet(run.path / "predictions.parquet").filter(pl.col("segment") == cfg["segment"])
-        ppy = periods_per_year(recipe["data"]["frequency"] or store.read_manifest(data_dir, dataset_name(recipe))["frequency"])
+        ppy = periods_per_year(recipe["data"]["frequency"] or snapshot.manifest["frequency"])
+        bars = _adjustment(run).apply(load_bars(recipe, snapshot))  # the prices the labels were measured on
         with reporter.working("backtest: next-bar execution with costs"):
-            curve, summary = run_backtest(scores, load_bars(recipe, data_dir), cfg, ppy)
+            curve, summary = run_backtest(scores, bars, cfg, ppy)
         with stage_outputs(run, "backtest") as folder:
             write_parquet_atomic(folder / "equity.parquet", curve)
             write_json_atomic(folder / "summary.json", {**summary, "config": cfg})
@@ -169,6 +187,11 @@ def _backtest_stage(run: Run, recipe: Recipe, data_dir: Path, reporter: Reporter
         info["periods"] = summary["periods"]
     reporter.info(f"backtest: sharpe {summary.get('sharpe', float('nan')):.2f}, annual return {summary.get('annual_return', float('nan')):.2%}, max drawdown {summary.get('max_drawdown', float('nan')):.2%}")
     return summary
+
+
+def _adjustment(run: Run) -> Adjustment:
+    path = run.path / "split" / "pipeline.json"
+    return FittedPipeline.from_json(read_json(path)).adjustment if path.is_file() else Adjustment()
 
 
 def _ingest_stage(run: Run, recipe: Recipe, data_dir: Path, reporter: Reporter) -> None:
@@ -187,45 +210,98 @@ def _check(recipe: Recipe, reporter: Reporter, model: bool = True) -> None:
         _new_model(recipe, _device(recipe, reporter), reporter)
 
 
+def _pin_checked(recipe: Recipe, data_dir: Path) -> store.Snapshot:
+    """Pin the dataset, then check the split dates against the pinned manifest (before any feature build)."""
+    snapshot = _pin(recipe, data_dir)
+    _check_split_dates(recipe, snapshot.manifest)
+    return snapshot
+
+
+def _check_split_dates(recipe: Recipe, manifest: dict[str, Any]) -> None:
+    """Explicit split dates inside the data the recipe selects, from the pinned manifest alone."""
+    cfg, data = recipe["split"], recipe["data"]
+    if not (cfg["val_start"] or cfg["test_start"]) or not manifest.get("start"):
+        return
+    val_start, test_start = explicit_boundaries(cfg)
+    first = max(b for b in (store.parse_time(manifest["start"], "start"), _bound(data["start"], "data.start")) if b)
+    last = min(b for b in (store.parse_time(manifest["end"], "end"), _bound(data["end"], "data.end")) if b)
+    for key, value in (("split.val_start", val_start), ("split.test_start", test_start)):
+        if not first < value <= last:
+            raise RecipeError(
+                f"{key} {value:%Y-%m-%d} is outside the data: dataset {manifest['dataset']!r} (with data.start/data.end) "
+                f"spans {first:%Y-%m-%d} to {last:%Y-%m-%d}; pick a date inside that range"
+            )
+
+
+def _bound(value: Any, name: str) -> Any:
+    return store.parse_time(value, name) if value else None
+
+
+def _pin(recipe: Recipe, data_dir: Path) -> store.Snapshot:
+    """The one dataset version a command reads, pinned when it starts."""
+    return store.pin(data_dir, dataset_name(recipe))
+
+
+def _pinned_for(run: Run, recipe: Recipe, data_dir: Path) -> store.Snapshot:
+    """The version a run was split on; a store that cannot time travel must still hold the same content."""
+    recorded = run.manifest().get("dataset") or {}
+    snapshot = store.pin(data_dir, dataset_name(recipe), recorded.get("version"))
+    if recorded.get("content_hash") and snapshot.content_hash != recorded["content_hash"]:
+        raise RunError(
+            f"run {run.id} was split on dataset {snapshot.dataset!r} version {recorded.get('version')} (content {recorded['content_hash'][:12]}), "
+            f"which the store no longer holds (now {snapshot.content_hash[:12]}); start a new run with `qfactory train --recipe R`"
+        )
+    return snapshot
+
+
 def new_split_run(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> Run:
     """`qfactory split --recipe R`: a new run holding only the split."""
     _check(recipe, reporter, model=False)
+    snapshot = _pin_checked(recipe, data_dir)
     with create_run(runs_dir, recipe) as run:
-        _split_stage(run, recipe, data_dir, reporter)
+        _split_stage(run, recipe, snapshot, reporter)
     return run
 
 
 def train_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> Run:
     """`qfactory train --recipe R`: a new run with features (cached), split and a trained model."""
     _check(recipe, reporter)
+    snapshot = _pin_checked(recipe, data_dir)
     with create_run(runs_dir, recipe) as run:
-        _train_stage(run, recipe, _split_stage(run, recipe, data_dir, reporter), reporter)
+        _train_stage(run, recipe, _split_stage(run, recipe, snapshot, reporter), reporter)
     return run
 
 
 def train_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> Run:
-    """`qfactory train --run RUN`: train a run that so far holds only a split."""
+    """`qfactory train --run RUN`: train a run that so far holds only a split, from its stored
+    split and cached features (nothing is recomputed)."""
     if (run.path / "model").exists():
         raise RunError(f"run {run.id} already has a model; runs are never overwritten — start a new one with `qfactory train --recipe R`")
     recipe = run.recipe()
+    recorded = run.manifest().get("dataset") or {}
+    snapshot = store.pin(data_dir, dataset_name(recipe), recorded.get("version"))
     _check(recipe, reporter)
-    _train_stage(run, recipe, load_prepared(run.path, recipe, data_dir, reporter), reporter)
+    _train_stage(run, recipe, load_split(run.path / "split", recipe, snapshot), reporter)
     return run
 
 
 def backtest_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> Run:
-    """`qfactory backtest --run RUN`."""
-    _backtest_stage(run, run.recipe(), data_dir, reporter)
+    """`qfactory backtest --run RUN`: on the dataset version the run was split on."""
+    recipe = run.recipe()
+    _backtest_stage(run, recipe, _pinned_for(run, recipe, data_dir), reporter)
     return run
 
 
 def run_all(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> Run:
     """`qfactory run --recipe R`: every configured stage in one new run (for cron)."""
     _check(recipe, reporter)
+    if not recipe["data"]["source"]:
+        _pin_checked(recipe, data_dir)  # split dates fail before a run exists; after an ingest, below
     with create_run(runs_dir, recipe) as run:
         if recipe["data"]["source"]:
             _ingest_stage(run, recipe, data_dir, reporter)
-        prepared = _split_stage(run, recipe, data_dir, reporter)
+        snapshot = _pin_checked(recipe, data_dir)
+        prepared = _split_stage(run, recipe, snapshot, reporter)
         _train_stage(run, recipe, prepared, reporter)
-        _backtest_stage(run, recipe, data_dir, reporter)
+        _backtest_stage(run, recipe, snapshot, reporter)
     return run

@@ -108,3 +108,14 @@ def test_scalers_standardise_training_rows(small_panel):
     assert abs(gauss.mean()) < 0.05 and 0.8 < gauss.std() < 1.2
     in_order = gauss.gather(train["f"].arg_sort())
     assert (in_order.diff().drop_nulls() >= 0).all()  # monotone (tails clip, so ties are allowed)
+
+
+def test_rank_gauss_maps_ties_to_their_mean_rank():
+    """A 60/40 binary feature: each group takes the normal quantile of its mean rank (0.3, 0.8)."""
+    from scipy.special import ndtri
+
+    train = pl.DataFrame({"f": [0.0] * 600 + [1.0] * 400})
+    state = fit_preprocess(train, ["f"], {"scaler": "rank_gauss", "fill": "none", "clip": 5.0})
+    out = transform(pl.DataFrame({"f": [0.0, 1.0, 0.5, None]}), state)["f"].to_list()
+    assert out[0] == pytest.approx(ndtri(0.3), abs=0.02) and out[1] == pytest.approx(ndtri(0.8), abs=0.02)
+    assert out[0] < out[2] < out[1] and out[3] is None

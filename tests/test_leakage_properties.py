@@ -6,6 +6,8 @@
    timestamp leaves the training rows, their labels, t1 and sample weights exactly as they were
    — for every label kind, including cross-sectional labels over symbols with different calendars.
 3. End to end through `prepare` (features, labels, split, scaler, weights from a real store).
+
+No excluded row is deleted by the split: `segmented` keeps only the rows that train or are scored.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from hypothesis import strategies as st
 
 from quant_cli.data.store import write_store
 from quant_cli.data.synthetic import generate
-from quant_cli.dataset.table import _weights, prepare
+from quant_cli.data.store import pin
+from quant_cli.dataset.table import fit_weights, prepare
 from quant_cli.errors import DataError
 from quant_cli.recipe import load_recipe
 from quant_cli.splits.chronological import assign_segments, plan_split
@@ -100,7 +103,7 @@ def test_rewriting_the_future_leaves_training_rows_unchanged(case, seed):
     after, _ = segmented(perturb_after(bars, plan.val_start - _TICK, seed), kind, horizon, cfg, plan)
     train_before, train_after = (f.filter(pl.col("segment") == "train").sort("symbol", "ts") for f in (before, after))
     assert train_before.equals(train_after), "a training label changed when only later prices changed"
-    weights_before, weights_after = _weights(before, bars, WEIGHTING), _weights(after, bars, WEIGHTING)
+    weights_before, weights_after = (fit_weights(f.filter(pl.col("segment") == "train"), bars, WEIGHTING) for f in (before, after))
     if weights_before is not None:
         assert weights_before.sort("symbol", "ts").equals(weights_after.sort("symbol", "ts")), "training weights saw later rows"
 
@@ -120,11 +123,13 @@ def test_prepare_end_to_end_ignores_the_future(tmp_path, label):
     first = _prepared(tmp_path / "a", bars, recipe)
     start = dt.datetime(2015, 8, 3, tzinfo=dt.timezone.utc)
     second = _prepared(tmp_path / "b", perturb_after(bars, start - _TICK, 1), recipe)
-    assert first.state == second.state, "the scaler saw validation or test rows"
-    assert first.segment("train").equals(second.segment("train"))
+    assert first.pipeline.state == second.pipeline.state, "the scaler saw validation or test rows"
+    train_a, train_b = first.segment("train"), second.segment("train")
+    assert train_a.equals(train_b)
+    assert (first.inputs(train_a) == second.inputs(train_b)).all(), "training model inputs changed"
     assert not first.segment("test").equals(second.segment("test"))  # the rewrite did change later rows
 
 
 def _prepared(data_dir, bars, recipe):
     write_store(data_dir, "p", bars, "test")
-    return prepare(recipe, data_dir)
+    return prepare(recipe, pin(data_dir, "p"))

@@ -71,3 +71,16 @@ def with_benchmark(lazy: pl.LazyFrame, bars: pl.DataFrame, options: FeatureOptio
     by_time = lazy.sort("ts", maintain_order=True)  # join_asof needs the left side sorted by time
     joined = by_time.join_asof(bench, on="ts", strategy="backward", tolerance=tolerance)
     return joined.sort("symbol", "ts", maintain_order=True)
+
+
+def feature_options(section: Mapping[str, Any], manifest: Mapping[str, Any], load_bars: Any) -> FeatureOptions:
+    """The options a build (or a serving pipeline) computes features with, from the `[features]`
+    section and the dataset it reads: the benchmark's bars are loaded once (`load_bars(symbols=[...])`,
+    e.g. a pinned Snapshot's) and staleness is pinned to the dataset's frequency."""
+    benchmark = section.get("benchmark")
+    bench_bars = None
+    if benchmark:
+        if benchmark not in manifest["symbols"]:
+            raise DataError(f"features.benchmark: {benchmark!r} is not a symbol of dataset {manifest['dataset']!r} (e.g. {list(manifest['symbols'])[:5]}); set it to one that is")
+        bench_bars = load_bars(symbols=[benchmark]).select("ts", "close")
+    return FeatureOptions.from_section(section, benchmark_bars=bench_bars, bar_spacing=manifest.get("frequency"))

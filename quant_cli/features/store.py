@@ -36,7 +36,7 @@ from quant_cli.report import SILENT, Reporter
 from quant_cli.data import store as bar_store
 from quant_cli.errors import DataError, RecipeError
 from quant_cli.features import build, engine, registry
-from quant_cli.features.align import FeatureOptions
+from quant_cli.features.align import feature_options
 from quant_cli.features.engine import skipped_message
 from quant_cli.data.legacy import pid_alive
 from quant_cli.io import new_temp_dir, read_json, write_json_atomic
@@ -113,6 +113,7 @@ class _Request:
     folder: Path
     chunk_rows: int
     reporter: Reporter
+    snapshot: bar_store.Snapshot
 
 
 def feature_table(recipe: Recipe, data_dir: Path, chunk_rows: int | None = None, reporter: Reporter = SILENT,
@@ -150,7 +151,7 @@ def _build(req: _Request) -> FeatureTable:
     if req.selection.too_short:
         req.reporter.notice(f"skipped {', '.join(req.selection.too_short)}: window below the feature's minimum")
     symbols = _symbols(req)
-    options = _options(req)
+    options = feature_options(req.recipe["features"], req.manifest, req.snapshot.load_bars)
     columns = list(req.manifest["schema"])
     todo = engine.plan(req.selection.features, columns, options)
     engine.announce(todo, columns, req.reporter)
@@ -214,18 +215,6 @@ def _symbols(req: _Request) -> list[str]:
     if not symbols:
         raise DataError(f"dataset {req.dataset!r} has no symbols; ingest bars first")
     return sorted(symbols)
-
-
-def _options(req: _Request) -> FeatureOptions:
-    """Benchmark bars are loaded once for every group; staleness is pinned to the dataset's frequency."""
-    section = req.recipe["features"]
-    benchmark = section.get("benchmark")
-    bench_bars = None
-    if benchmark:
-        if benchmark not in req.manifest["symbols"]:
-            raise DataError(f"features.benchmark: {benchmark!r} is not a symbol of dataset {req.dataset!r} (e.g. {req.manifest['symbols'][:5]}); set it to one that is")
-        bench_bars = req.snapshot.load_bars(symbols=[benchmark]).select("ts", "close")
-    return FeatureOptions.from_section(section, benchmark_bars=bench_bars, bar_spacing=req.manifest.get("frequency"))
 
 
 def _rows_per_symbol(req: _Request, symbols: list[str]) -> dict[str, int]:

@@ -38,7 +38,7 @@ MAX_CLASSES = 20
 class Inputs:
     """What a family's `_fit`/`_predict` sees for one set of rows."""
 
-    X: np.ndarray                      # (n, p) float64: features, then symbol-encoding columns
+    X: np.ndarray                      # (n, p) float64 (float32 where float32_inputs): features, then symbol-encoding columns
     ids: np.ndarray | None = None      # (n,) int64 symbol ids for embeddings; 0 = unseen
     symbols: np.ndarray | None = None  # (n,) raw symbols (ensembles hand them to members)
     ts: np.ndarray | None = None       # (n,) row timestamps (stacking's purged folds)
@@ -66,6 +66,7 @@ class Model(ABC):
     early_stopping: ClassVar[bool] = False   # stops on the validation rows when asked
     importance: ClassVar[bool] = False       # feature_importance() returns something
     missing_values: ClassVar[bool] = False   # accepts NaN features
+    float32_inputs: ClassVar[bool] = False   # takes float32 X as given (no float64 copy of the matrix)
     symbol_encodings: ClassVar[tuple[str, ...]] = ("none", "one_hot")
     # Declared parameters and their defaults: anything else is a typo and an error. A value's type
     # is the default's; `limits` bounds the values that have limits (quant_cli.models.params).
@@ -208,7 +209,8 @@ class Model(ABC):
         return Inputs(self.encoder_.transform(X, keys["symbols"]), ids, **keys)
 
     def _check_X(self, X: np.ndarray, n_features: int, what: str) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
+        X = np.asarray(X)
+        X = X if self.float32_inputs and X.dtype == np.float32 else X.astype(np.float64, copy=False)
         if X.ndim != 2 or X.shape[1] != n_features:
             raise ModelError(f"model '{self.name}': {what} must have {n_features} feature columns, got shape {X.shape}")
         if np.isinf(X).any():

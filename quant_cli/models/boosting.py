@@ -64,6 +64,7 @@ _LGB_OBJECTIVES = ("auto", "regression", "regression_l1", "huber", "fair", "pois
 
 class LightGBMModel(_Boosting):
     name = "lightgbm"
+    float32_inputs = True  # LightGBM bins float32 directly: half the memory of a float64 copy
     classification_objectives = ("binary", "multiclass", "multiclassova")
     defaults = {
         "n_estimators": 500,

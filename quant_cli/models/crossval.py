@@ -1,8 +1,10 @@
 """Cross-validation of a model over the development rows (train + val) with purged folds.
 
 Each fold's model is fit with a fixed number of rounds (no early stopping: stopping on the fold's
-test rows would leak them into the out-of-fold scores) and with sample weights fit on the fold's
-own training rows. CPCV scores are also assembled into
+test rows would leak them into the out-of-fold scores), with the preprocessing (an unfitted copy
+of the run's FittedPipeline) and the sample weights both fit on the fold's own training rows —
+statistics fit on all development rows would include the fold's test block. CPCV scores are
+also assembled into
 backtest paths, each covering every development timestamp exactly once.
 
 Folds pass no validation rows: a model that needs held-out rows of its own (blending's
@@ -29,24 +31,32 @@ from quant_cli.splits.chronological import cv_folds, development, folds_summary
 def cross_validate(prepared: Prepared, split_cfg: dict[str, Any], embargo: int | str, new_model: Callable[[], Model],
                    reporter: Reporter = SILENT) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Out-of-fold predictions (symbol, ts, fold, group, score, label) and CV metrics."""
-    dev = development(prepared.frame)
-    folds = cv_folds(prepared.frame, split_cfg, embargo)
+    kept = prepared.kept.drop("excluded")
+    dev = development(kept)
+    folds = cv_folds(kept, split_cfg, embargo)
     n_groups = split_cfg["folds"] if split_cfg["method"] == "purged_kfold" else split_cfg["groups"]
-    dev = dev.with_columns(pl.Series("group", group_of(dev["ts"].to_numpy(), n_groups)))
-    X, y = prepared.matrix(dev), dev["label"].to_numpy()
-    symbols, ts, t1 = dev["symbol"].to_numpy(), dev["ts"].to_numpy(), dev["t1"].to_numpy()
+    dev = prepared.table.with_features(dev.with_columns(pl.Series("group", group_of(dev["ts"].to_numpy(), n_groups))))
+    y, symbols, ts, t1 = dev["label"].to_numpy(), dev["symbol"].to_numpy(), dev["ts"].to_numpy(), dev["t1"].to_numpy()
     parts = []
     for fold in reporter.track(folds["folds"], "cross-validation"):
         model = new_model()
-        weights = fit_weights(dev[fold.train], prepared.calendar, split_cfg) if model.sample_weights else None
-        model.fit(X[fold.train], y[fold.train], feature_names=prepared.features,
+        train, test = dev[fold.train], dev[fold.test]
+        pipeline = prepared.pipeline.unfitted().fit(train)
+        weights = fit_weights(train, _calendar(prepared), split_cfg) if model.sample_weights else None
+        model.fit(pipeline.matrix(pipeline.transform(train)), y[fold.train], feature_names=prepared.features,
                   sample_weight=None if weights is None else weights["weight"].to_numpy(),
                   symbols=symbols[fold.train], ts=ts[fold.train], t1=t1[fold.train])
-        score = model.predict(X[fold.test], symbols=symbols[fold.test])
-        scored = dev[fold.test].select("symbol", "ts", "group", "label").with_columns(pl.lit(fold.index).alias("fold"), pl.Series("score", score))
+        score = model.predict(pipeline.matrix(pipeline.transform(test)), symbols=symbols[fold.test])
+        scored = test.select("symbol", "ts", "group", "label").with_columns(pl.lit(fold.index).alias("fold"), pl.Series("score", score))
         parts.append(scored)
     oof = pl.concat(parts).select("symbol", "ts", "fold", "group", "score", "label")
     return oof, _cv_metrics(oof, folds, dev)
+
+
+def _calendar(prepared: Prepared) -> pl.DataFrame:
+    if prepared.calendar is None:  # unweighted splits do not store it; weights are None then
+        return prepared.rows.select("symbol", "ts")
+    return prepared.calendar
 
 
 def _cv_metrics(oof: pl.DataFrame, folds: dict[str, Any], dev: pl.DataFrame) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Scalers and missing-value handling, fit on training rows only (DESIGN.md §3).
 
-The fitted state is plain JSON (stored as split/scaler.json) so runs and bundles reload it
+The fitted state is plain JSON (part of split/pipeline.json, copied to split/scaler.json) so runs and bundles reload it
 exactly. Order of application: fill=median (training medians, raw units) → scale → clip
 (robust) → fill=zero (which is the training centre after scaling). Never a backward fill.
 """
@@ -20,9 +20,13 @@ _QUANTILES = 101  # rank_gauss stores this many training quantiles per feature
 _EDGE = 1e-3  # rank_gauss maps to normal quantiles within [_EDGE, 1 - _EDGE]
 
 
-def fit_preprocess(train: pl.DataFrame, columns: list[str], cfg: dict[str, Any]) -> dict[str, Any]:
-    """Fit the `[preprocess]` section on training rows; returns the JSON-able state."""
-    if train.height == 0:
+def fit_preprocess(train: pl.DataFrame | pl.LazyFrame, columns: list[str], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Fit the `[preprocess]` section on training rows; returns the JSON-able state.
+
+    Statistics are computed in Float64 whatever the inputs' dtype; a LazyFrame is aggregated
+    without materialising the training rows."""
+    train = train.lazy().select(pl.col(columns).cast(pl.Float64))
+    if train.select(pl.len()).collect().item() == 0:
         raise DataError("the training segment is empty after purge and embargo; use more data or a smaller embargo")
     state: dict[str, Any] = {"kind": cfg["scaler"], "fill": cfg["fill"], "clip": cfg["clip"], "columns": columns}
     if cfg["fill"] == "median" or cfg["scaler"] == "robust":
@@ -39,8 +43,8 @@ def fit_preprocess(train: pl.DataFrame, columns: list[str], cfg: dict[str, Any])
     return state
 
 
-def _stat(frame: pl.DataFrame, columns: list[str], expr, fallback: float) -> dict[str, float]:
-    row = frame.select([expr(c).alias(c) for c in columns]).row(0, named=True)
+def _stat(frame: pl.LazyFrame, columns: list[str], expr, fallback: float) -> dict[str, float]:
+    row = frame.select([expr(c).alias(c) for c in columns]).collect(engine="streaming").row(0, named=True)
     return {c: _finite_or(row[c], fallback) for c in columns}
 
 
@@ -52,18 +56,20 @@ def _positive(values: dict[str, float]) -> dict[str, float]:
     return {c: v if v > 0 else 1.0 for c, v in values.items()}
 
 
-def _quantiles(frame: pl.DataFrame, columns: list[str]) -> dict[str, list[float]]:
+def _quantiles(frame: pl.LazyFrame, columns: list[str]) -> dict[str, list[float]]:
     probs = np.linspace(0.0, 1.0, _QUANTILES)
     out = {}
     for c in columns:
-        values = frame[c].drop_nulls().to_numpy()
+        values = frame.select(pl.col(c).drop_nulls()).collect().to_series().to_numpy()
         out[c] = np.quantile(values, probs).tolist() if len(values) else [0.0] * _QUANTILES
     return out
 
 
-def transform(frame: pl.DataFrame, state: dict[str, Any]) -> pl.DataFrame:
-    """Apply a fitted state to any segment."""
+def transform(frame: pl.DataFrame | pl.LazyFrame, state: dict[str, Any]) -> pl.DataFrame | pl.LazyFrame:
+    """Apply a fitted state to any segment (lazily for a LazyFrame, except rank_gauss, which needs the values)."""
     columns = state["columns"]
+    if isinstance(frame, pl.LazyFrame) and state["kind"] == "rank_gauss":
+        frame = frame.collect()
     if state["fill"] == "median":
         frame = frame.with_columns([pl.col(c).fill_null(state["median"][c]) for c in columns])
     if state["kind"] in ("zscore", "robust"):
@@ -78,13 +84,34 @@ def transform(frame: pl.DataFrame, state: dict[str, Any]) -> pl.DataFrame:
 
 
 def _rank_gauss(values: pl.Series, quantiles: list[float]) -> pl.Series:
-    """Position within the training distribution, mapped to a standard normal quantile."""
+    """Position within the training distribution, mapped to a standard normal quantile.
+
+    A value equal to several stored quantiles (a tie: a binary or discrete feature) takes the
+    mean of their positions, so a 60/40 binary feature maps to the normal quantiles of 0.3 and
+    0.8 (the mean ranks of its two groups), not to the edge of each run of equal quantiles.
+    """
     x = values.to_numpy().astype(np.float64)
-    q = np.asarray(quantiles)
-    # np.interp needs increasing x-points: spread ties so equal quantiles share their mean rank
-    probs = np.interp(x, q, np.linspace(0.0, 1.0, len(q))) if q[-1] > q[0] else np.full(len(x), 0.5)
+    probs = tie_aware_positions(x, np.asarray(quantiles, dtype=np.float64))
     z = ndtri(np.clip(probs, _EDGE, 1.0 - _EDGE))
     return pl.Series(values.name, np.where(np.isnan(x), np.nan, z)).fill_nan(None)
+
+
+def tie_aware_positions(x: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Each x's position in [0, 1] along the sorted quantiles `q`: linear between distinct
+    quantiles, the mean position of the quantiles it equals, 0 / 1 beyond the ends."""
+    n = len(q)
+    if n < 2 or q[-1] <= q[0]:
+        return np.full(len(x), 0.5)
+    lo = np.searchsorted(q, x, side="left")
+    hi = np.searchsorted(q, x, side="right")
+    tied = (hi > lo) & ~np.isnan(x)
+    left = np.clip(lo - 1, 0, n - 1)
+    right = np.clip(lo, 0, n - 1)
+    gap = q[right] - q[left]
+    frac = np.divide(x - q[left], gap, out=np.zeros(len(x)), where=gap > 0)
+    between = (left + np.clip(frac, 0.0, 1.0)) / (n - 1)
+    between = np.where(lo == 0, 0.0, np.where(lo >= n, 1.0, between))
+    return np.where(tied, (lo + hi - 1) / 2.0 / (n - 1), between)
 
 
 def drop_incomplete(frame: pl.DataFrame, columns: list[str], fill: str) -> pl.DataFrame:

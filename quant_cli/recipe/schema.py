@@ -51,6 +51,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "start": Key("str", None, "First timestamp used (ISO date or datetime, inclusive).", nullable=True),
         "end": Key("str", None, "Last timestamp used (ISO date or datetime, inclusive).", nullable=True),
         "frequency": Key("str", None, "Bar frequency, e.g. '1d', '1h', '5m' (default: inferred at ingest).", nullable=True),
+        "adjust": Key("str", None, "Price adjustment for features, labels and the backtest: split_dividend scales open/high/low/close by adj_close/close and volume inversely; none uses raw prices (default: split_dividend when the dataset has adj_close).", choices=("none", "split_dividend"), nullable=True),
         "synthetic": {
             "symbols": Key("int", 20, "Number of synthetic symbols.", minimum=1, maximum=100_000),
             "bars": Key("int", 1500, "Bars per symbol.", minimum=10),

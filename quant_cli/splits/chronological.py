@@ -1,9 +1,13 @@
 """Chronological train/val/test split by timestamp across the whole panel, purged and embargoed.
 
 Boundaries are timestamps shared by every symbol, so no symbol's future informs another's past.
-- Purge: a row whose label interval [t, t1] reaches the next segment's first timestamp is dropped.
-- Embargo: the first `embargo` timestamps after each boundary are dropped from the later segment,
-  so serial correlation cannot carry the earlier segment's last labels into it.
+- Purge: a row whose label interval [t, t1] reaches the next segment's first timestamp is excluded.
+- Embargo: the first `embargo` timestamps from each boundary are excluded from the later segment,
+  so serial correlation cannot carry the earlier segment's last labels into it (the one rule and
+  default of quant_cli.splits.embargo: purging ends the earlier labels before the boundary, so
+  the embargo counts from it).
+Excluded rows are marked (`excluded` = "purged" / "embargoed" / "unlabelled"), not deleted: they
+stay in the table because later sequence windows need them as past inputs, never as labels.
 Preprocessing statistics are fit on the training segment only.
 """
 
@@ -15,9 +19,10 @@ from typing import Any
 
 import polars as pl
 
-from quant_cli.splits.purged import EMBARGO_EXAMPLE
-from quant_cli.data.frequency import parse_duration
+import numpy as np
+
 from quant_cli.data.store import parse_time
+from quant_cli.splits.embargo import ONE_US, default_embargo, embargo_end
 from quant_cli.errors import DataError, RecipeError
 
 SEGMENTS = ("train", "val", "test")
@@ -46,9 +51,9 @@ class SplitPlan:
 def plan_split(timestamps: pl.Series, cfg: dict[str, Any], horizon: int) -> SplitPlan:
     """Boundaries from fractions of the unique timestamps, or from explicit dates."""
     unique = timestamps.unique().sort()
-    embargo = horizon if cfg["embargo"] is None else cfg["embargo"]
+    embargo = default_embargo(cfg["embargo"], horizon)
     if cfg["val_start"] or cfg["test_start"]:
-        val_start, test_start = _explicit_boundaries(cfg)
+        val_start, test_start = explicit_boundaries(cfg)
     else:
         val_start, test_start = _fraction_boundaries(unique, cfg["train"], cfg["val"])
     plan = SplitPlan(val_start, test_start, embargo, cfg["purge"])
@@ -56,7 +61,7 @@ def plan_split(timestamps: pl.Series, cfg: dict[str, Any], horizon: int) -> Spli
     return plan
 
 
-def _explicit_boundaries(cfg: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
+def explicit_boundaries(cfg: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
     if not (cfg["val_start"] and cfg["test_start"]):
         raise RecipeError("split.val_start and split.test_start must be given together; set both or neither")
     val_start = parse_time(cfg["val_start"], "split.val_start")
@@ -76,7 +81,7 @@ def _fraction_boundaries(unique: pl.Series, train: float, val: float) -> tuple[d
 
 def _check_nonempty(unique: pl.Series, plan: SplitPlan) -> None:
     train_ts = unique.filter(unique < plan.val_start).len()
-    test_ts = unique.filter(unique >= embargo_stop(unique, plan.test_start, plan.embargo)).len()
+    test_ts = unique.filter(unique > embargo_until(unique, plan.test_start, plan.embargo)).len()
     if train_ts <= (plan.embargo if isinstance(plan.embargo, int) else 0) or test_ts == 0:
         raise DataError(
             f"split leaves {train_ts} training and {test_ts} test timestamps, too few for an embargo of "
@@ -84,8 +89,11 @@ def _check_nonempty(unique: pl.Series, plan: SplitPlan) -> None:
         )
 
 
-def assign_segments(frame: pl.DataFrame, plan: SplitPlan) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Add a `segment` column; drop purged and embargoed rows. Returns the frame and drop counts."""
+EXCLUDED = "excluded"  # null: the row trains / is scored; else why not
+
+
+def mark_segments(frame: pl.DataFrame, plan: SplitPlan) -> pl.DataFrame:
+    """Add `segment` and `excluded` (null, "unlabelled", "purged" or "embargoed") to every row; none is removed."""
     unique = frame["ts"].unique().sort()
     segment = (
         pl.when(pl.col("ts") < plan.val_start).then(pl.lit("train"))
@@ -95,28 +103,40 @@ def assign_segments(frame: pl.DataFrame, plan: SplitPlan) -> tuple[pl.DataFrame,
     next_start = pl.when(pl.col("segment") == "train").then(pl.lit(plan.val_start)).when(pl.col("segment") == "val").then(pl.lit(plan.test_start))
     embargoed = pl.lit(False)
     for boundary in (plan.val_start, plan.test_start):
-        stop = embargo_stop(unique, boundary, plan.embargo)
-        embargoed = embargoed | ((pl.col("ts") >= boundary) & (pl.col("ts") < stop))
-    tagged = frame.with_columns(segment.alias("segment")).with_columns(
-        (pl.lit(plan.purge) & (pl.col("t1") >= next_start).fill_null(False)).alias("_purged"),
-        embargoed.alias("_embargoed"),
-    )
-    dropped = {
-        "purged": _count_by_segment(tagged.filter("_purged")),
-        "embargoed": _count_by_segment(tagged.filter(pl.col("_embargoed") & ~pl.col("_purged"))),
-    }
-    kept = tagged.filter(~pl.col("_purged") & ~pl.col("_embargoed")).drop("_purged", "_embargoed")
-    return kept, dropped
+        embargoed = embargoed | ((pl.col("ts") >= boundary) & (pl.col("ts") <= embargo_until(unique, boundary, plan.embargo)))
+    purged = pl.lit(plan.purge) & (pl.col("t1") >= next_start).fill_null(False)
+    unlabelled = pl.col("label").is_null() if "label" in frame.columns else pl.lit(False)
+    reason = pl.when(unlabelled).then(pl.lit("unlabelled")).when(purged).then(pl.lit("purged")).when(embargoed).then(pl.lit("embargoed"))
+    return frame.with_columns(segment.alias("segment")).with_columns(reason.cast(pl.String).alias(EXCLUDED))
 
 
-def embargo_stop(unique: pl.Series, boundary: dt.datetime, embargo: int | str) -> dt.datetime:
-    """First timestamp kept after `boundary`: `embargo` bars of the calendar, or a duration, later."""
-    if isinstance(embargo, str):
-        return boundary + parse_duration(embargo, "split.embargo", EMBARGO_EXAMPLE)
-    after = unique.filter(unique >= boundary)
-    if after.len() == 0:
-        return boundary
-    return after[embargo] if embargo < after.len() else after[-1] + dt.timedelta(microseconds=1)
+def kept(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows of a marked frame that train or are scored."""
+    return frame.filter(pl.col(EXCLUDED).is_null()).drop(EXCLUDED)
+
+
+def drop_counts(marked: pl.DataFrame) -> dict[str, Any]:
+    """Purged and embargoed rows per segment."""
+    return {reason: _count_by_segment(marked.filter(pl.col(EXCLUDED) == reason)) for reason in ("purged", "embargoed")}
+
+
+def assign_segments(frame: pl.DataFrame, plan: SplitPlan) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The kept rows with their `segment`, and the purge/embargo counts (mark_segments, filtered)."""
+    marked = mark_segments(frame, plan)
+    return kept(marked), drop_counts(marked)
+
+
+def embargo_until(unique: pl.Series, boundary: dt.datetime, embargo: int | str) -> dt.datetime:
+    """Last instant (inclusive) embargoed after `boundary`: the shared rule, with the earlier
+    segment's information ending just before the boundary."""
+    unique_us = unique.to_numpy().astype("datetime64[us]").astype(np.int64)
+    after = boundary - ONE_US
+    end_us = embargo_end(unique_us, _to_us(after), embargo)
+    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=end_us)
+
+
+def _to_us(value: dt.datetime) -> int:
+    return (value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // ONE_US
 
 
 def _count_by_segment(frame: pl.DataFrame) -> dict[str, int]:

@@ -3,25 +3,23 @@
 Rows are (ts, t1) pairs from any number of symbols; groups are contiguous blocks of the panel's
 unique timestamps, so every symbol is cut at the same instants. For each test block [a, b]:
 - purge: a non-test row whose label interval [ts, t1] overlaps [a, max t1 of the block's rows];
-- embargo: a non-test row with e < ts <= e + embargo, where e is the block's last label end
-  (as AFML's PurgedKFold), in bars of the panel's calendar or as a duration.
+- embargo: a non-test row with e < ts <= embargo_end(e), where e is the block's last label end
+  (as AFML's PurgedKFold) — the one rule of quant_cli.splits.embargo.
 Everything else outside the test blocks trains.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from itertools import combinations
 from math import comb
 
 import numpy as np
 
-from quant_cli.data.frequency import parse_duration
 from quant_cli.errors import DataError, RecipeError
+from quant_cli.splits.embargo import EMBARGO_EXAMPLE, Embargo, embargo_end
 
-Embargo = int | str
-EMBARGO_EXAMPLE = "'5d' or '12h' (or an integer number of bars)"
+__all__ = ["EMBARGO_EXAMPLE", "Embargo", "Fold", "cpcv", "embargo_end", "group_of", "purged_kfold", "purged_kfold_indices"]
 
 
 @dataclass(frozen=True)
@@ -32,20 +30,6 @@ class Fold:
     test_groups: tuple[int, ...]
     purged: int
     embargoed: int
-
-
-def embargo_end(unique_us: np.ndarray, block_end: int, embargo: Embargo) -> int:
-    """Inclusive upper bound (µs) of the embargo after a test block whose last label ends at `block_end`.
-
-    A duration counts from `block_end` itself; bars count unique timestamps after it (the
-    timestamp at `block_end`, if any, is not one of them).
-    """
-    if isinstance(embargo, str):
-        return int(block_end + parse_duration(embargo, "split.embargo", EMBARGO_EXAMPLE) // dt.timedelta(microseconds=1))
-    last_pos = int(np.searchsorted(unique_us, block_end, side="right")) - 1  # last timestamp <= block_end
-    if embargo <= 0 or last_pos + 1 >= len(unique_us):
-        return int(block_end)
-    return int(unique_us[min(last_pos + embargo, len(unique_us) - 1)])
 
 
 def group_positions(n_unique: int, n_groups: int) -> list[tuple[int, int]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from quant_cli.splits import embargo as embargo_rules
 from quant_cli.splits import purged as cv
 from quant_cli.errors import ModelError
 
@@ -42,7 +43,8 @@ def purged_kfold_indices(ts: np.ndarray, t1: np.ndarray, n_splits: int, embargo:
     """[(train_idx, test_idx)] per fold; every row is in exactly one test set.
 
     Validates model-side inputs, then uses the split module's purged k-fold (quant_cli.splits.purged), so
-    stacking folds and `[split] method = "purged_kfold"` purge and embargo identically.
+    stacking folds and `[split] method = "purged_kfold"` purge and embargo identically
+    (one rule: quant_cli.splits.embargo).
     """
     ts_i, t1_i = _ts_t1(ts, t1)
     n_unique = len(np.unique(ts_i))
@@ -54,11 +56,8 @@ def purged_kfold_indices(ts: np.ndarray, t1: np.ndarray, n_splits: int, embargo:
 
 
 def label_horizon(ts: np.ndarray, t1: np.ndarray) -> int:
-    """Median number of timestamps a label spans, (ts, t1]: the default embargo (DESIGN §3)."""
-    ts_i, t1_i = _ts_t1(ts, t1)
-    unique = np.unique(ts_i)
-    spans = np.searchsorted(unique, t1_i, side="right") - np.searchsorted(unique, ts_i, side="right")
-    return int(np.median(spans)) if len(spans) else 0
+    """Median number of timestamps a label spans, (ts, t1]: the default embargo (quant_cli.splits.embargo)."""
+    return embargo_rules.label_horizon(*_ts_t1(ts, t1))
 
 
 def purged_holdout(ts: np.ndarray, t1: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
