@@ -36,6 +36,10 @@ class BundleError(QFactoryError):
     """A bundle is missing, corrupt or does not match its manifest."""
 
 
+class StorageError(QFactoryError):
+    """A file or folder cannot be written or read: permission denied, read-only file system, disk full."""
+
+
 class NotImplementedYet(QFactoryError):
     """A subcommand or option that is planned but not built yet."""
 
@@ -48,3 +52,13 @@ def suggest(received: str, allowed: Iterable[str]) -> str:
 
 def one_of(allowed: Iterable[str]) -> str:
     return ", ".join(repr(a) for a in allowed)
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters with an ellipsis: messages never echo huge input in full."""
+    return clipped(repr(value), limit)
+
+
+def clipped(text: str, limit: int = 80) -> str:
+    """Plain text (a key name, a --set item) cut to `limit` characters with an ellipsis."""
+    return text if len(text) <= limit else f"{text[:limit - 1]}…"
