@@ -27,6 +27,7 @@ SetOpt = Annotated[
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Data store home (else $QFACTORY_DATA_DIR, recipe, ./data).", show_default=False)]
 RunsDirOpt = Annotated[str | None, typer.Option("--runs-dir", help="Runs home (else $QFACTORY_RUNS_DIR, recipe, ./runs).", show_default=False)]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (same as --set train.device=...).", show_default=False)]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name; same as --set model.name=NAME (drops model.params written for another model).", show_default=False)]
 StrictDeviceOpt = Annotated[bool, typer.Option("--strict-device", help="Fail instead of falling back to CPU when the device is unavailable.")]
 
 

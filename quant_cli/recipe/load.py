@@ -138,7 +138,7 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _parse_override_value(text: str) -> Any:
+def parse_override_value(text: str) -> Any:
     """TOML value syntax (`63`, `0.1`, `true`, `[5, 10]`, `"x"`); anything else is a string."""
     try:
         return _iso_dates(tomllib.loads(f"v = {text}")["v"])
@@ -159,7 +159,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> dict[str, Any]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise RecipeError(f"--set {shown(item)}: {shown(part)} is a value, not a table")
-    node[parts[-1]] = _parse_override_value(text.strip())
+    node[parts[-1]] = parse_override_value(text.strip())
     return raw
 
 
