@@ -8,9 +8,11 @@ import typer
 
 from quant_cli import __version__
 from quant_cli.cli import backtest, features, ingest, recipe, run, split, stubs, train
+from quant_cli.cli.common import OneLineUsageErrors
 
 app = typer.Typer(
     name="qfactory",
+    cls=OneLineUsageErrors,
     help="From raw market bars to a served model: ingest → features → split → train → backtest.",
     no_args_is_help=True,
     add_completion=False,
