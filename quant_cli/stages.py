@@ -205,8 +205,7 @@ def train_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter
 
 def train_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> Run:
     """`qfactory train --run RUN`: train a run that so far holds only a split."""
-    if (run.path / "model").exists():
-        raise RunError(f"run {run.id} already has a model; runs are never overwritten — start a new one with `qfactory train --recipe R`")
+    run.begin_stage("train", reporter)  # refuses a committed train; clears a killed one's leftovers
     recipe = run.recipe()
     _check(recipe, reporter)
     _train_stage(run, recipe, load_prepared(run.path, recipe, data_dir, reporter), reporter)
@@ -215,6 +214,8 @@ def train_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> Run
 
 def backtest_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> Run:
     """`qfactory backtest --run RUN`."""
+    run.require_stage("train", f"train it first with `qfactory train --run {run.id}`")
+    run.begin_stage("backtest", reporter)
     _backtest_stage(run, run.recipe(), data_dir, reporter)
     return run
 
