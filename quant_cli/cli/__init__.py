@@ -13,7 +13,8 @@ from quant_cli.cli.common import OneLineUsageErrors
 app = typer.Typer(
     name="qfactory",
     cls=OneLineUsageErrors,
-    help="From raw market bars to a served model: ingest → features → split → train → backtest.",
+    help="From raw market bars to a served model: ingest → features → split → train → backtest.\n\n"
+         "Example: qfactory run --recipe recipes/quickstart.toml",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
