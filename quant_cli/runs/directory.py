@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from quant_cli import __version__
-from quant_cli.errors import DataError, QFactoryError, RunError
+from quant_cli.errors import DataError, QFactoryError, RunError, shown
 from quant_cli.io import (
     STAGING_PREFIX, clean_stale_staging, read_json, release_owner, staged_dir, write_json_atomic, write_owner, write_text_atomic,
 )
@@ -213,7 +213,7 @@ def create_run(runs_dir: Path, recipe: Recipe) -> Iterator[Run]:
 def _check_run_name(name: Any) -> None:
     """The recipe check, again for recipes built in code: the name becomes a directory name."""
     if not isinstance(name, str) or not re.fullmatch(RUN_NAME_PATTERN, name):
-        raise RunError(f"run.name {name!r}: must be {RUN_NAME_DOC} (regex {RUN_NAME_PATTERN}); rename the run")
+        raise RunError(f"run.name {shown(name)}: must be {RUN_NAME_DOC} (regex {RUN_NAME_PATTERN}); rename the run")
 
 
 def _initial_manifest(run_id: str, recipe: Recipe) -> dict[str, Any]:
