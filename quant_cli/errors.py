@@ -7,6 +7,7 @@ and how to fix it.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -62,3 +63,12 @@ def shown(value: object, limit: int = 80) -> str:
 def clipped(text: str, limit: int = 80) -> str:
     """Plain text (a key name, a --set item) cut to `limit` characters with an ellipsis."""
     return text if len(text) <= limit else f"{text[:limit - 1]}…"
+
+
+_HUGE_TOKEN = re.compile(r"\S{200,}")
+
+
+def clip_huge_values(message: str, limit: int = 80) -> str:
+    """Safety net for messages built without `shown`: any run of 200+ non-space characters (an
+    echoed 100,000-character name) is cut to `limit` characters with an ellipsis."""
+    return _HUGE_TOKEN.sub(lambda m: clipped(m.group(0), limit), message)

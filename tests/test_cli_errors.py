@@ -133,3 +133,11 @@ def test_debug_lets_library_warnings_through(runner, recipe, monkeypatch):
     monkeypatch.setattr(stages, "train_new", _warn_like_sklearn)
     with pytest.warns(UndefinedMetricWarning):  # pytest records what would be printed
         runner.invoke(app, ["train", "--recipe", recipe, "--debug"])
+
+
+def test_huge_values_from_any_module_are_clipped_in_the_error_line(runner, recipe):
+    result = runner.invoke(app, ["train", "--recipe", recipe, "--set", "model.name=" + "x" * 100_000])
+    assert result.exit_code == 2
+    notice, line = result.stderr.splitlines()  # the model switch's notice, then the error
+    assert notice.startswith("notice: --set model.name=xxx") and len(notice) < 300
+    assert line.startswith("error: model.name 'xxx") and len(line) < 400 and "x" * 78 + "…" in line

@@ -20,7 +20,7 @@ from typer._click import exceptions as click_errors  # typer vendors click: its 
 from typer._click.globals import get_current_context
 
 from quant_cli.cli import console
-from quant_cli.errors import QFactoryError, StorageError
+from quant_cli.errors import QFactoryError, StorageError, clip_huge_values
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notices on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of a failure.")]
@@ -83,6 +83,7 @@ def describe_failure(exc: BaseException) -> tuple[str, str, int]:
 
 def fail(message: str, kind: str, exit_code: int, as_json: bool) -> None:
     """The one stderr line, the JSON object on stdout with --json, and the exit code."""
+    message = clip_huge_values(message)
     console.err.print(f"error: {message}", markup=False, soft_wrap=True)
     if as_json:
         typer.echo(json.dumps({"error": message, "kind": kind, "exit_code": exit_code}))

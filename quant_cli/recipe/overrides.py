@@ -18,7 +18,7 @@ def load_with_overrides(path: str | Path | None, sets: list[str] | None = None, 
                         reporter: Reporter = SILENT) -> Recipe:
     """`path` with `sets` applied, then `model` (`--model`, which wins over a --set model.name)."""
     sets = [*(sets or []), *([f'model.name="{model}"'] if model else [])]
-    switch = (model, f"--model {model}") if model else _switched_model(sets)
+    switch = (model, f"--model {clipped(model)}") if model else _switched_model(sets)
     if switch is None:
         return load_recipe(path, sets)
     name, label = switch

@@ -240,7 +240,7 @@ def resolve_run(ref: str, runs_dir: Path) -> Run:
         if (candidate / "manifest.json").is_file():
             return Run(candidate.resolve())
     raise RunError(
-        f"--run {ref!r}: no run directory with a manifest.json there or under {runs_dir}; "
+        f"--run {shown(ref)}: no run directory with a manifest.json there or under {runs_dir}; "
         "pass a run path, a run id, or 'latest'"
     )
 
