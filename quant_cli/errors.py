@@ -7,6 +7,7 @@ and how to fix it.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -36,6 +37,10 @@ class BundleError(QFactoryError):
     """A bundle is missing, corrupt or does not match its manifest."""
 
 
+class StorageError(QFactoryError):
+    """A file or folder cannot be written or read: permission denied, read-only file system, disk full."""
+
+
 class NotImplementedYet(QFactoryError):
     """A subcommand or option that is planned but not built yet."""
 
@@ -48,3 +53,22 @@ def suggest(received: str, allowed: Iterable[str]) -> str:
 
 def one_of(allowed: Iterable[str]) -> str:
     return ", ".join(repr(a) for a in allowed)
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters with an ellipsis: messages never echo huge input in full."""
+    return clipped(repr(value), limit)
+
+
+def clipped(text: str, limit: int = 80) -> str:
+    """Plain text (a key name, a --set item) cut to `limit` characters with an ellipsis."""
+    return text if len(text) <= limit else f"{text[:limit - 1]}…"
+
+
+_HUGE_TOKEN = re.compile(r"\S{200,}")
+
+
+def clip_huge_values(message: str, limit: int = 80) -> str:
+    """Safety net for messages built without `shown`: any run of 200+ non-space characters (an
+    echoed 100,000-character name) is cut to `limit` characters with an ellipsis."""
+    return _HUGE_TOKEN.sub(lambda m: clipped(m.group(0), limit), message)

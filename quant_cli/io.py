@@ -6,6 +6,8 @@ import json
 import os
 import secrets
 import shutil
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,10 +100,75 @@ def staged_dir(final: Path) -> Iterator[Path]:
     failed stage never leaves a half-written directory behind.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = new_temp_dir(final.parent, prefix=f".staging-{final.name}-")
+    staging = new_temp_dir(final.parent, prefix=f"{STAGING_PREFIX}{final.name}-")
     try:
+        write_owner(staging)
         yield staging
+        release_owner(staging)
         os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+# Staging folders of a process that was killed stay behind. Each one holds an owner file with the
+# pid and host that made it, so the next command can tell a dead writer's leftovers (removed)
+# from a live writer's work in progress (never touched). Without a readable owner file — killed
+# between mkdir and the owner write, or made elsewhere — only age decides.
+STAGING_PREFIX = ".staging-"
+OWNER_FILE = ".qfactory-owner.json"
+ORPHAN_AGE_S = 3600  # no owner file (or another host's): stale after an hour without change
+FOREIGN_AGE_S = 24 * 3600
+
+
+def write_owner(staging: Path) -> None:
+    (Path(staging) / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}), encoding="utf-8")
+
+
+def release_owner(staging: Path) -> None:
+    """Drop the owner file just before the rename, so it never lands in the final folder."""
+    (Path(staging) / OWNER_FILE).unlink(missing_ok=True)
+
+
+def clean_stale_staging(folder: Path) -> list[Path]:
+    """Remove `.staging-*` folders in `folder` whose writer is gone; returns what was removed."""
+    if not Path(folder).is_dir():
+        return []
+    removed = []
+    for entry in Path(folder).iterdir():
+        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir() and not entry.is_symlink() and _is_stale(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _is_stale(staging: Path) -> bool:
+    try:
+        owner = json.loads((staging / OWNER_FILE).read_text(encoding="utf-8"))
+        pid, host = int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return _age(staging) > ORPHAN_AGE_S
+    if host != socket.gethostname():
+        return _age(staging) > FOREIGN_AGE_S  # its pid means nothing here
+    return not pid_alive(pid)
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user
+    except OSError:
+        return False
+    return True

@@ -275,11 +275,9 @@ def train_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter
 def train_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> Run:
     """`qfactory train --run RUN`: train a run that so far holds only a split, from its stored
     split and cached features (nothing is recomputed)."""
-    if (run.path / "model").exists():
-        raise RunError(f"run {run.id} already has a model; runs are never overwritten — start a new one with `qfactory train --recipe R`")
+    run.begin_stage("train", reporter)  # refuses a committed train; clears a killed one's leftovers
     recipe = run.recipe()
-    recorded = run.manifest().get("dataset") or {}
-    snapshot = store.pin(data_dir, dataset_name(recipe), recorded.get("version"))
+    snapshot = _pinned_for(run, recipe, data_dir)
     _check(recipe, reporter)
     _train_stage(run, recipe, load_split(run.path / "split", recipe, snapshot), reporter)
     return run
@@ -287,6 +285,8 @@ def train_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> Run
 
 def backtest_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> Run:
     """`qfactory backtest --run RUN`: on the dataset version the run was split on."""
+    run.require_stage("train", f"train it first with `qfactory train --run {run.id}`")
+    run.begin_stage("backtest", reporter)
     recipe = run.recipe()
     _backtest_stage(run, recipe, _pinned_for(run, recipe, data_dir), reporter)
     return run

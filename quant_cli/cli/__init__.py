@@ -8,10 +8,13 @@ import typer
 
 from quant_cli import __version__
 from quant_cli.cli import backtest, data, features, ingest, recipe, run, split, stubs, train
+from quant_cli.cli.common import OneLineUsageErrors
 
 app = typer.Typer(
     name="qfactory",
-    help="From raw market bars to a served model: ingest → features → split → train → backtest.",
+    cls=OneLineUsageErrors,
+    help="From raw market bars to a served model: ingest → features → split → train → backtest.\n\n"
+         "Example: qfactory run --recipe recipes/quickstart.toml",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import sys
 import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
+from typer._click import exceptions as click_errors  # typer vendors click: its exceptions and contexts
+from typer._click.globals import get_current_context
 
 from quant_cli.cli import console
-from quant_cli.errors import QFactoryError
+from quant_cli.errors import QFactoryError, StorageError, clip_huge_values
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notices on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of a failure.")]
@@ -27,6 +34,7 @@ SetOpt = Annotated[
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Data store home (else $QFACTORY_DATA_DIR, recipe, ./data).", show_default=False)]
 RunsDirOpt = Annotated[str | None, typer.Option("--runs-dir", help="Runs home (else $QFACTORY_RUNS_DIR, recipe, ./runs).", show_default=False)]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (same as --set train.device=...).", show_default=False)]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name; same as --set model.name=NAME (drops model.params written for another model).", show_default=False)]
 StrictDeviceOpt = Annotated[bool, typer.Option("--strict-device", help="Fail instead of falling back to CPU when the device is unavailable.")]
 
 
@@ -39,40 +47,107 @@ RunOpt = Annotated[str, typer.Option("--run", help="Run directory, run id, or 'l
 
 
 @contextmanager
-def cli_errors(quiet: bool = False, debug: bool = False) -> Iterator[None]:
-    """Map failures to exit codes: 2 for bad input (one line), 1 for anything unexpected."""
+def cli_errors(quiet: bool = False, debug: bool = False, json_out: bool | None = None) -> Iterator[None]:
+    """Map failures to exit codes: 2 for bad input (one line), 1 for anything unexpected.
+
+    With --json the failure is also one JSON object on stdout (`error`, `kind`, `exit_code`);
+    `json_out=None` reads the command's own --json option. Libraries' own Python warnings
+    (sklearn's UndefinedMetricWarning, numpy's RuntimeWarning) are dropped unless --debug.
+    """
     console.set_quiet(quiet)
     debug = debug or bool(os.environ.get("QFACTORY_DEBUG"))
+    as_json = _json_requested() if json_out is None else json_out
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("default" if debug else "ignore")
+            yield
     except typer.Exit:
         raise
-    except QFactoryError as exc:
-        if debug:
-            traceback.print_exc()
-        console.err.print(f"error: {exc}", markup=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
-    except (PermissionError, NotADirectoryError) as exc:  # a path the user gave cannot be used
-        if debug:
-            traceback.print_exc()
-        console.err.print(f"error: {_path_error(exc)}", markup=False, soft_wrap=True)
-        raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        console.err.print("error: interrupted", markup=False)
-        raise typer.Exit(130) from None
+        fail("interrupted", "Interrupted", 130, as_json)
     except Exception as exc:  # noqa: BLE001 - the point is to catch everything unexpected
         if debug:
             traceback.print_exc()
-        message = f"error: unexpected failure: {type(exc).__name__}: {exc}".splitlines()[0]
-        console.err.print(f"{message} (rerun with --debug for the traceback)", markup=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        fail(*describe_failure(exc), as_json)
 
 
-def _path_error(exc: OSError) -> str:
-    """'<path>: permission denied; ...' for an unusable file or folder path."""
+def describe_failure(exc: BaseException) -> tuple[str, str, int]:
+    """(one-line message, kind, exit code) of any failure."""
+    if isinstance(exc, QFactoryError):
+        return str(exc), type(exc).__name__, exc.exit_code
+    if isinstance(exc, OSError) and (os_error := _os_error(exc)) is not None:
+        return os_error, StorageError.__name__, 2
+    first = f"unexpected failure: {type(exc).__name__}: {exc}".splitlines()[0]
+    return f"{first} (rerun with --debug for the traceback)", "UnexpectedError", 1
+
+
+def fail(message: str, kind: str, exit_code: int, as_json: bool) -> None:
+    """The one stderr line, the JSON object on stdout with --json, and the exit code."""
+    message = clip_huge_values(message)
+    console.err.print(f"error: {message}", markup=False, soft_wrap=True)
+    if as_json:
+        typer.echo(json.dumps({"error": message, "kind": kind, "exit_code": exit_code}))
+    raise typer.Exit(exit_code)
+
+
+def _json_requested() -> bool:
+    context = get_current_context(silent=True)
+    return bool(context and context.params.get("json_out", context.params.get("as_json")))
+
+
+# OS errors a user can fix: the path is unusable, or the disk cannot take the write.
+_FIXES = {
+    errno.EACCES: "check the path and its permissions (--data-dir, --runs-dir, --source, --recipe), or pass another one",
+    errno.EPERM: "check the path and its permissions (--data-dir, --runs-dir, --source, --recipe), or pass another one",
+    errno.EROFS: "the file system is read-only; pass a writable --runs-dir / --data-dir",
+    errno.ENOSPC: "free disk space there, or pass a --runs-dir / --data-dir on another disk",
+    errno.EDQUOT: "free space within your disk quota, or pass a --runs-dir / --data-dir elsewhere",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; pass another path",
+    errno.EISDIR: "it is a folder where a file is expected; pass a file path",
+    errno.ENAMETOOLONG: "shorten the path",
+    errno.ENOENT: "check that the path exists",
+}
+_RUST_OS_ERROR = re.compile(r"os error (\d+)")  # polars/deltalake: errno only inside the message
+
+
+def _os_error(exc: OSError) -> str | None:
+    """'<path>: <OS reason>; <fix>' for an OS error with a fix, else None (an unexpected failure)."""
+    code = exc.errno
+    if code is None and (found := _RUST_OS_ERROR.search(str(exc))):
+        code = int(found.group(1))
+    if code not in _FIXES:
+        return None
     path = exc.filename if exc.filename is not None else "a path"
-    reason = (exc.strerror or type(exc).__name__).lower()
-    return f"{path}: {reason}; check the path and its permissions (--data-dir, --runs-dir, --source, --recipe), or pass another one"
+    reason = (exc.strerror if exc.errno is not None and exc.strerror else os.strerror(code)).lower()
+    return f"{path}: {reason}; {_FIXES[code]}"
+
+
+class OneLineUsageErrors(typer.core.TyperGroup):
+    """Usage mistakes (unknown option, missing value) are one `error: ...` line and exit 2, like every
+    other bad input, instead of click's three lines (Usage / Try / Error); a JSON object with --json."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: ANN001
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        argv = sys.argv[1:] if args is None else list(args)
+        try:
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as exc:  # bare `qfactory features`: the help, as before
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click_errors.UsageError as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+            message = " ".join(exc.format_message().split()) + hint
+            try:
+                fail(message, "UsageError", 2, "--json" in argv)
+            except typer.Exit as done:
+                sys.exit(done.exit_code)
+        except click_errors.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def emit(path: Path | str, as_json: bool, payload: dict[str, Any] | None = None) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from quant_cli.cli.common import DebugOpt, RecipeOpt, SetOpt, cli_errors
-from quant_cli.recipe import defaults_toml, load_recipe, to_toml
+from quant_cli.cli import console
+from quant_cli.recipe import defaults_toml, load_with_overrides, to_toml
 
 app = typer.Typer(no_args_is_help=True, help="Inspect recipes.\n\nExample: qfactory recipe show --recipe recipes/quickstart.toml")
 
@@ -26,5 +27,5 @@ def show(recipe: RecipeOpt, set_: SetOpt = None, debug: DebugOpt = False) -> Non
     Example: qfactory recipe show --recipe recipes/quickstart.toml --set model.params.num_leaves=15
     """
     with cli_errors(False, debug):
-        resolved = load_recipe(recipe, set_)
+        resolved = load_with_overrides(recipe, set_, reporter=console.REPORTER)
     typer.echo(to_toml(resolved), nl=False)

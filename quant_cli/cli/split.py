@@ -6,7 +6,7 @@ from quant_cli import stages
 from quant_cli.cli import console
 from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, QuietOpt, RecipeOpt, RunsDirOpt, SetOpt, cli_errors, emit
 from quant_cli.io import read_json
-from quant_cli.recipe import load_recipe
+from quant_cli.recipe import load_with_overrides
 from quant_cli.runs.directory import data_home, runs_home
 
 
@@ -26,7 +26,7 @@ def split(
     Example: qfactory split --recipe recipes/quickstart.toml --set split.embargo=5
     """
     with cli_errors(quiet, debug):
-        resolved = load_recipe(recipe, set_)
+        resolved = load_with_overrides(recipe, set_, reporter=console.REPORTER)
         run = stages.new_split_run(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), console.REPORTER)
         payload = {"run_id": run.id, "split": read_json(run.path / "split" / "boundaries.json")}
         folds = run.path / "split" / "folds.json"

@@ -9,19 +9,19 @@ import typer
 from quant_cli import stages
 from quant_cli.cli import console
 from quant_cli.cli.common import (
-    DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
+    DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, ModelOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
 )
 from quant_cli.errors import QFactoryError
 from quant_cli.io import read_json
 from quant_cli.models.registry import FLAGS, describe_models
-from quant_cli.recipe import Recipe, load_recipe
+from quant_cli.recipe import load_with_overrides
 from quant_cli.runs.directory import data_home, resolve_run, runs_home
 
 
 def train(
     recipe: OptionalRecipeOpt = None,
     run: Annotated[str | None, typer.Option("--run", help="Train this run (a path, run id or 'latest'); it must hold a split and no model.", show_default=False)] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name; same as --set model.name=NAME.", show_default=False)] = None,
+    model: ModelOpt = None,
     list_models: Annotated[bool, typer.Option("--list-models", help="List registered models and exit.")] = False,
     set_: SetOpt = None,
     device: DeviceOpt = None,
@@ -55,38 +55,8 @@ def _train(recipe, run_ref, sets: list[str], model: str | None, device_sets: lis
             raise QFactoryError("--set and --model apply to new runs only; a run's recipe is fixed — use --recipe to start a new run")
         existing = resolve_run(run_ref, runs_home(runs_dir))
         return stages.train_existing(existing, data_home(data_dir, existing.recipe()), console.REPORTER)
-    resolved = _load_with_model(recipe, [*sets, *device_sets], model)
+    resolved = load_with_overrides(recipe, [*sets, *device_sets], model, console.REPORTER)
     return stages.train_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), console.REPORTER)
-
-
-def _load_with_model(recipe, sets: list[str], model: str | None) -> Recipe:
-    """The recipe with --set items, then --model NAME (same as --set model.name=NAME).
-
-    The recipe's model.params were written for its own model: when --model switches to another
-    one they are dropped, with one notice, except those given with --set model.params.KEY=VALUE.
-    """
-    if model is None:
-        return load_recipe(recipe, sets)
-    written = load_recipe(recipe, sets)["model"]
-    overrides = [*sets, f"model.name={model}"]
-    if written["name"] == model or not written["params"]:
-        return load_recipe(recipe, overrides)
-    explicit = [item for item in sets if _param_key(item) is not None]
-    keys = {_param_key(item) for item in explicit}
-    kept = set(written["params"]) if "" in keys else keys  # a whole --set model.params={...} table keeps all
-    dropped = sorted(set(written["params"]) - kept)
-    if dropped:
-        console.notice(f"--model {model}: ignoring model.params written for {written['name']} ({', '.join(dropped)}); "
-                       "set them with --set model.params.KEY=VALUE")
-    return load_recipe(recipe, [*overrides, "model.params={}", *explicit])
-
-
-def _param_key(item: str) -> str | None:
-    """'num_leaves' for --set model.params.num_leaves=7, '' for the whole table, None otherwise."""
-    parts = [p.strip() for p in item.partition("=")[0].strip().split(".")]
-    if parts[:2] != ["model", "params"]:
-        return None
-    return parts[2] if len(parts) > 2 else ""
 
 
 def _print_models(json_out: bool) -> None:

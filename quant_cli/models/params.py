@@ -20,7 +20,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from quant_cli.errors import ModelError, one_of
+from quant_cli.errors import ModelError, one_of, shown
+
+# Native libraries (LightGBM, XGBoost, CatBoost) take integer parameters as C ints: a larger
+# value wraps around and the library aborts with its own '[Fatal]' line. Refuse it here.
+INT_PARAM_MAX = 2**31 - 1
 
 _KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
@@ -109,9 +113,12 @@ def check_value(model: str, key: str, value: Any, default: Any, limit: Limit | N
         return value  # structured values: the model checks them itself
     if isinstance(value, str) and value in limit.choices:
         return value
+    if kind == "int" and _is_kind(value, kind) and abs(value) > INT_PARAM_MAX:
+        raise ModelError(f"model.params.{key}: expected {describe(default, limit)} and at most {INT_PARAM_MAX} "
+                         f"for model '{model}', got {shown(value)}")
     if _is_special(value, limit) or (_is_kind(value, kind) and _in_range(value, kind, limit)):
         return float(value) if kind == "float" else int(value) if kind == "int" else value
-    raise ModelError(f"model.params.{key}: expected {describe(default, limit)} for model '{model}', got {value!r}")
+    raise ModelError(f"model.params.{key}: expected {describe(default, limit)} for model '{model}', got {shown(value)}")
 
 
 def _is_special(value: Any, limit: Limit) -> bool:

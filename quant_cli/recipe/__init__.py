@@ -1,7 +1,9 @@
-"""Recipes: the TOML schema (`schema`), loading with `extends` and `--set` (`load`)."""
+"""Recipes: the TOML schema (`schema`), loading with `extends` and `--set` (`load`), cross-key
+checks (`checks`), and the command line's changes, `--set` and `--model` (`overrides`)."""
 
 from quant_cli.recipe.load import (
     Recipe, deep_merge, defaults, defaults_toml, fingerprint, load_recipe, to_toml, with_defaults,
 )
+from quant_cli.recipe.overrides import load_with_overrides
 
-__all__ = ["Recipe", "deep_merge", "defaults", "defaults_toml", "fingerprint", "load_recipe", "to_toml", "with_defaults"]
+__all__ = ["load_with_overrides", "Recipe", "deep_merge", "defaults", "defaults_toml", "fingerprint", "load_recipe", "to_toml", "with_defaults"]

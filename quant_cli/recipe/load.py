@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import hashlib
 import json
+import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -13,8 +16,9 @@ from typing import Any
 import tomli_w
 
 from quant_cli.data.frequency import parse_frequency
-from quant_cli.errors import DataError, RecipeError, one_of, suggest
-from quant_cli.recipe.schema import SCHEMA, TOP_LEVEL_KEYS, Key
+from quant_cli.errors import DataError, RecipeError, clipped, one_of, shown, suggest
+from quant_cli.recipe.checks import check_recipe
+from quant_cli.recipe.schema import INT_MAXIMUM, SCHEMA, TOP_LEVEL_KEYS, Key
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,7 +37,11 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Read a recipe (or start from defaults when `path` is None), apply overrides, validate.
 
     Every layer is validated on its own first, so an error names the layer that holds the bad
-    key: the file itself, a parent reached through `extends`, or the `--set` item.
+    key: the file itself, a parent reached through `extends`, or the `--set` item. Bare TOML
+    dates become ISO strings. Relative path keys (`data.source`, `data.data_dir`,
+    `run.runs_dir`) written in a file are read from that file's folder, like `extends`; those
+    given with `--set` are read from the current directory. Either way they are stored absolute,
+    so a run's `recipe.toml` means the same from anywhere.
     """
     raw: dict[str, Any] = {}
     origin = "recipe defaults"
@@ -41,22 +49,53 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         origin = f"recipe {path}"
         raw = _read_with_extends(Path(path), seen=())
     for item in overrides or []:
-        layer = _apply_override({}, item)
-        _validate(layer, SCHEMA, f"--set {item}", prefix="")
-        _apply_override(raw, item)
+        layer = _absolute_paths(_apply_override({}, item), SCHEMA, Path.cwd())
+        _validate(layer, SCHEMA, f"--set {clipped(item)}", prefix="")
+        _absolute_paths(_apply_override(raw, item), SCHEMA, Path.cwd())  # file paths are absolute already
     _validate(raw, SCHEMA, origin, prefix="")  # the merged recipe, as a final check
-    return with_defaults(raw)
+    recipe = with_defaults(raw)
+    check_recipe(recipe, origin)
+    return recipe
 
 
 def _read_toml(path: Path, extended_by: Path | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(_not_found(path, extended_by))
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a leading BOM is not TOML
     except UnicodeDecodeError:
         raise RecipeError(f"recipe {path}: not UTF-8 text; save the recipe as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"recipe {path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise RecipeError(f"recipe {path}: cannot be read ({exc.strerror or exc}); pass a readable .toml file") from None
+    return _iso_dates(data)
+
+
+def _iso_dates(obj: Any) -> Any:
+    """Bare TOML dates and datetimes as ISO strings: the rest of the code sees one form."""
+    if isinstance(obj, dict):
+        return {k: _iso_dates(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_iso_dates(v) for v in obj]
+    if isinstance(obj, (dt.date, dt.time)):
+        return obj.isoformat()
+    return obj
+
+
+def _absolute_paths(layer: dict[str, Any], schema: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Path keys of one layer made absolute against `folder` ('synthetic' and '~' paths kept)."""
+    for key, value in layer.items():
+        spec = schema.get(key)
+        if isinstance(spec, dict) and isinstance(value, dict):
+            _absolute_paths(value, spec, folder)
+        elif isinstance(spec, Key) and spec.path and _is_relative_path(value):
+            layer[key] = os.path.normpath(os.path.join(os.path.abspath(folder), value))
+    return layer
+
+
+def _is_relative_path(value: Any) -> bool:
+    return isinstance(value, str) and value not in ("", "synthetic") and not value.startswith("~") and not os.path.isabs(value)
 
 
 def _not_found(path: Path, extended_by: Path | None) -> str:
@@ -70,11 +109,14 @@ def _not_found(path: Path, extended_by: Path | None) -> str:
 
 def _read_with_extends(path: Path, seen: tuple[Path, ...], extended_by: Path | None = None) -> dict[str, Any]:
     """The file merged over its `extends` chain; each file's own keys are validated with its name."""
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        raise RecipeError(f"recipe {path}: a symlink loop (the link points back to itself); point the link at a real .toml file") from None
     if resolved in seen:
         chain = " -> ".join(str(p) for p in (*seen, resolved))
         raise RecipeError(f"recipe {path}: 'extends' forms a cycle ({chain}); remove one of the links")
-    data = _read_toml(path, extended_by)
+    data = _absolute_paths(_read_toml(path, extended_by), SCHEMA, path.parent)
     parent = data.pop("extends", None)
     _validate(data, SCHEMA, f"recipe {path}", prefix="")
     if parent is None:
@@ -96,10 +138,10 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _parse_override_value(text: str) -> Any:
+def parse_override_value(text: str) -> Any:
     """TOML value syntax (`63`, `0.1`, `true`, `[5, 10]`, `"x"`); anything else is a string."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        return _iso_dates(tomllib.loads(f"v = {text}")["v"])
     except tomllib.TOMLDecodeError:
         return text
 
@@ -107,17 +149,17 @@ def _parse_override_value(text: str) -> Any:
 def _apply_override(raw: dict[str, Any], item: str) -> dict[str, Any]:
     """Set the `--set KEY.PATH=VALUE` item in `raw` (in place) and return `raw`."""
     if "=" not in item:
-        raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set model.params.num_leaves=63")
+        raise RecipeError(f"--set {shown(item)}: expected KEY.PATH=VALUE, e.g. --set model.params.num_leaves=63")
     dotted, _, text = item.partition("=")
     parts = [p.strip() for p in dotted.strip().split(".")]
     if not all(parts):
-        raise RecipeError(f"--set {item!r}: empty key segment in {dotted!r}; write e.g. model.params.num_leaves=63")
+        raise RecipeError(f"--set {shown(item)}: empty key segment in {shown(dotted)}; write e.g. model.params.num_leaves=63")
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise RecipeError(f"--set {item!r}: {part!r} is a value, not a table")
-    node[parts[-1]] = _parse_override_value(text.strip())
+            raise RecipeError(f"--set {shown(item)}: {shown(part)} is a value, not a table")
+    node[parts[-1]] = parse_override_value(text.strip())
     return raw
 
 
@@ -133,8 +175,9 @@ def _validate(raw: dict[str, Any], schema: dict[str, Any], origin: str, prefix: 
         if key not in allowed:
             where = f"[{prefix[:-1]}]" if prefix else "the top level"
             raise RecipeError(
-                f"{origin}: unknown key '{dotted}' in {where}{suggest(key, allowed)}; allowed: {one_of(allowed)}"
+                f"{origin}: unknown key '{clipped(dotted)}' in {where}{suggest(clipped(key), allowed)}; allowed: {one_of(allowed)}"
             )
+        _check_finite(value, origin, dotted)
         spec = schema.get(key)
         if isinstance(spec, dict):
             if not isinstance(value, dict):
@@ -146,29 +189,59 @@ def _validate(raw: dict[str, Any], schema: dict[str, Any], origin: str, prefix: 
 
 def _check_value(value: Any, spec: Key, origin: str, dotted: str) -> None:
     def fail(what: str) -> RecipeError:
-        return RecipeError(f"{origin}: '{dotted}' must be {what}, got {value!r}")
+        return RecipeError(f"{origin}: '{dotted}' must be {what}, got {shown(value)}")
 
     if not _kind_matches(value, spec.kind):
         raise fail(_KIND_NAMES[spec.kind])
     if spec.choices is not None and value not in spec.choices:
         raise RecipeError(
-            f"{origin}: '{dotted}' must be one of {one_of(spec.choices)}, got {value!r}{suggest(value, spec.choices)}"
+            f"{origin}: '{dotted}' must be one of {one_of(spec.choices)}, got {shown(value)}{suggest(clipped(value), spec.choices)}"
         )
     if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
         raise fail(f"{spec.pattern_doc} (regex {spec.pattern})")
     if spec.duration:
         _check_durations(value, origin, dotted)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if spec.minimum is not None and value < spec.minimum:
-            raise fail(f"at least {spec.minimum:g}")
-        if spec.maximum is not None and value > spec.maximum:
-            raise fail(f"at most {spec.maximum:g}")
+    if spec.timestamp and not _is_timestamp(value):
+        raise fail("an ISO date or datetime such as 2016-01-01 or '2016-01-01T09:30:00'")
+    for number in value if isinstance(value, list) else [value]:
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            _check_range(number, spec, fail)
+
+
+def _check_range(number: float, spec: Key, fail: Any) -> None:
+    maximum = spec.maximum if spec.maximum is not None else INT_MAXIMUM if isinstance(number, int) else None
+    if spec.minimum is not None and number < spec.minimum:
+        raise fail(f"at least {spec.minimum:g}")
+    if maximum is not None and number > maximum:
+        raise fail(f"at most {maximum}" if isinstance(maximum, int) else f"at most {maximum:g}")
+
+
+def _check_finite(value: Any, origin: str, dotted: str) -> None:
+    """NaN and infinity are refused everywhere, model.params included: they only make nonsense."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, origin, f"{dotted}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            _check_finite(item, origin, dotted)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f"{origin}: '{dotted}' must be a finite number, got {value!r}; nan and inf are not allowed")
+
+
+def _is_timestamp(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
 
 
 def _check_durations(value: Any, origin: str, dotted: str) -> None:
     for item in value if isinstance(value, list) else [value]:
         if isinstance(item, str) and not _is_duration(item):
-            raise RecipeError(f"{origin}: '{dotted}' must be a duration, a count and a unit s/m/h/d/w such as '5d' or '12h', got {item!r}")
+            raise RecipeError(f"{origin}: '{dotted}' must be a duration, a count and a unit s/m/h/d/w such as '5d' or '12h', got {shown(item)}")
 
 
 def _is_duration(text: str) -> bool:

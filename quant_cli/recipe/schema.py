@@ -23,6 +23,13 @@ class Key:
     pattern: str | None = None  # a string value must match this regex in full ...
     pattern_doc: str | None = None  # ... described in words for the error message
     duration: bool = False  # string values (or list items) are durations such as '5d', '12h'
+    timestamp: bool = False  # an ISO date or datetime; a bare TOML date is accepted and stored as ISO text
+    path: bool = False  # a file or folder path: relative ones are read from the recipe file's folder
+
+
+# Every integer key has an upper bound: without one a 20-digit value reaches polars or a native
+# library and fails there with a traceback. Keys without their own maximum get this one.
+INT_MAXIMUM = 1_000_000_000
 
 
 # Run names become directory names: no path separators, no leading dot, not empty.
@@ -35,28 +42,28 @@ RUN_NAME_DOC = "1 to 100 letters, digits, '.', '_' or '-', not starting with '.'
 SCHEMA: dict[str, dict[str, Any]] = {
     "run": {
         "name": Key("str", "experiment", f"Run name ({RUN_NAME_DOC}); the run directory is <runs_dir>/<name>-<UTC time>-<4 hex>.", pattern=RUN_NAME_PATTERN, pattern_doc=RUN_NAME_DOC),
-        "seed": Key("int", 42, "Seed for every random generator (synthetic data, models)."),
-        "runs_dir": Key("str", None, "Where runs live (after --runs-dir and QFACTORY_RUNS_DIR).", nullable=True),
+        "seed": Key("int", 42, "Seed for every random generator (synthetic data, models).", minimum=0, maximum=2**32 - 1),
+        "runs_dir": Key("str", None, "Where runs live (after --runs-dir and QFACTORY_RUNS_DIR); a relative path is read from the recipe file's folder.", nullable=True, path=True),
     },
     "data": {
         "dataset": Key("str", None, "Name of the dataset in the store.", nullable=True),
-        "data_dir": Key("str", None, "Where the data store lives (after --data-dir and QFACTORY_DATA_DIR).", nullable=True),
-        "source": Key("str", None, "If set, `qfactory run` (re)ingests from it: 'synthetic', a file, a glob, a directory or a .sqlite file.", nullable=True),
+        "data_dir": Key("str", None, "Where the data store lives (after --data-dir and QFACTORY_DATA_DIR); a relative path is read from the recipe file's folder.", nullable=True, path=True),
+        "source": Key("str", None, "If set, `qfactory run` (re)ingests from it: 'synthetic', a file, a glob, a directory or a .sqlite file; a relative path is read from the recipe file's folder.", nullable=True, path=True),
         "layout": Key("str", "auto", "Source layout.", choices=("auto", "long", "per_symbol", "wide")),
         "format": Key("str", "auto", "Source file format (auto: from the extension).", choices=("auto", "csv", "parquet", "sqlite")),
         "delimiter": Key("str", ",", "CSV field delimiter."),
         "query": Key("str", None, "SQL query for a SQLite source (default: the assets/series schema).", nullable=True),
         "timezone": Key("str", "UTC", "Time zone of naive timestamps in the source; everything is stored in UTC."),
         "symbols": Key("list[str]", [], "Restrict to these symbols (empty: all)."),
-        "start": Key("str", None, "First timestamp used (ISO date or datetime, inclusive).", nullable=True),
-        "end": Key("str", None, "Last timestamp used (ISO date or datetime, inclusive).", nullable=True),
+        "start": Key("str", None, "First timestamp used (ISO date or datetime, inclusive).", nullable=True, timestamp=True),
+        "end": Key("str", None, "Last timestamp used (ISO date or datetime, inclusive).", nullable=True, timestamp=True),
         "frequency": Key("str", None, "Bar frequency, e.g. '1d', '1h', '5m' (default: inferred at ingest).", nullable=True),
         "adjust": Key("str", None, "Price adjustment for features, labels and the backtest: split_dividend scales open/high/low/close by adj_close/close and volume inversely; none uses raw prices (default: split_dividend when the dataset has adj_close).", choices=("none", "split_dividend"), nullable=True),
         "synthetic": {
             "symbols": Key("int", 20, "Number of synthetic symbols.", minimum=1, maximum=100_000),
-            "bars": Key("int", 1500, "Bars per symbol.", minimum=10),
+            "bars": Key("int", 1500, "Bars per symbol.", minimum=10, maximum=10_000_000),
             "frequency": Key("str", "1d", "Bar frequency of the synthetic panel ('1d' uses business days)."),
-            "start": Key("str", "2015-01-02", "First synthetic timestamp."),
+            "start": Key("str", "2015-01-02", "First synthetic timestamp.", timestamp=True),
             "seed": Key("int", None, "Seed of the generator (default: run.seed).", nullable=True),
             "signal": Key("float", 0.2, "Strength of the planted predictable drift, as a share of daily volatility (0 = none).", minimum=0.0, maximum=1.0),
         },
@@ -65,8 +72,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "sets": Key("list[str]", ["core"], "Feature sets to build (see `qfactory features ls-specs`)."),
         "include": Key("list[str]", [], "Extra features or tags to include."),
         "exclude": Key("list[str]", [], "Features or tags to drop."),
-        "windows": Key("list[int]", [5, 10, 20, 60], "Windows for windowed features, in bars."),
-        "alpha158_windows": Key("list[int]", [5, 10, 20, 30, 60], "Windows of the alpha158 set's rolling factors (Qlib's), independent of features.windows."),
+        "windows": Key("list[int]", [5, 10, 20, 60], "Windows for windowed features, in bars.", minimum=1, maximum=100_000),
+        "alpha158_windows": Key("list[int]", [5, 10, 20, 30, 60], "Windows of the alpha158 set's rolling factors (Qlib's), independent of features.windows.", minimum=1, maximum=100_000),
         "benchmark": Key("str", None, "Benchmark symbol of the dataset for cross-asset features (bench_corr_w, bench_beta_w, rel_strength_w).", nullable=True),
         "max_staleness": Key("str", None, "Oldest benchmark bar forward-filled onto a symbol's bar, e.g. '5d' (default: 5 bars of the data frequency).", nullable=True, duration=True),
         "cross_sectional": Key("list[str]", [], "Per-symbol features to rank and z-score across symbols at each timestamp (cs_rank_<f>, cs_z_<f>)."),
@@ -74,10 +81,10 @@ SCHEMA: dict[str, dict[str, Any]] = {
     },
     "label": {
         "kind": Key("str", "forward_return", "forward_return (regression), direction (-1/0/1 with a dead zone) or triple_barrier (-1/0/1 from the first barrier touched).", choices=("forward_return", "direction", "triple_barrier")),
-        "horizon": Key("int", 1, "Label horizon in bars, measured from the execution price (the vertical barrier for triple_barrier).", minimum=1),
+        "horizon": Key("int", 1, "Label horizon in bars, measured from the execution price (the vertical barrier for triple_barrier).", minimum=1, maximum=100_000),
         "log": Key("bool", False, "Log return instead of simple return."),
         "vol_scale": Key("bool", False, "Divide forward returns by the EWM volatility known at t (times sqrt(horizon))."),
-        "vol_span": Key("int", 20, "Span of the EWM volatility estimate (bars) used by vol_scale and triple_barrier.", minimum=2),
+        "vol_span": Key("int", 20, "Span of the EWM volatility estimate (bars) used by vol_scale and triple_barrier.", minimum=2, maximum=100_000),
         "cross_sectional": Key("str", "none", "Transform forward-return labels across symbols at each timestamp.", choices=("none", "rank", "zscore")),
         "threshold": Key("float", 0.0, "Dead zone of direction labels: |return| <= threshold is class 0.", minimum=0.0),
         "profit_take": Key("float", 1.0, "Upper barrier of triple_barrier, in multiples of EWM volatility (0: none).", minimum=0.0),
@@ -88,13 +95,13 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "method": Key("str", "chronological", "chronological: train/val/test; purged_kfold and cpcv add cross-validation folds over the train+val timestamps (the test segment stays a chronological hold-out).", choices=("chronological", "purged_kfold", "cpcv")),
         "train": Key("float", 0.6, "Share of timestamps in the training segment.", minimum=0.05, maximum=0.95),
         "val": Key("float", 0.2, "Share of timestamps in the validation segment.", minimum=0.0, maximum=0.9),
-        "val_start": Key("str", None, "Explicit first validation timestamp (overrides the fractions).", nullable=True),
-        "test_start": Key("str", None, "Explicit first test timestamp (overrides the fractions).", nullable=True),
+        "val_start": Key("str", None, "Explicit first validation timestamp (overrides the fractions).", nullable=True, timestamp=True),
+        "test_start": Key("str", None, "Explicit first test timestamp (overrides the fractions).", nullable=True, timestamp=True),
         "purge": Key("bool", True, "Drop rows whose label interval [t, t1] reaches into the next segment."),
         "embargo": Key("int|str", None, "Bars (an integer) or a duration ('5d', '12h') dropped after each boundary and each test block (default: the label horizon in bars).", minimum=0, nullable=True, duration=True),
-        "folds": Key("int", 5, "purged_kfold: number of folds.", minimum=2),
-        "groups": Key("int", 6, "cpcv: number of groups N the train+val timestamps are cut into.", minimum=3),
-        "test_groups": Key("int", 2, "cpcv: number of test groups k per split (C(N, k) splits, C(N-1, k-1) backtest paths).", minimum=1),
+        "folds": Key("int", 5, "purged_kfold: number of folds.", minimum=2, maximum=1_000),
+        "groups": Key("int", 6, "cpcv: number of groups N the train+val timestamps are cut into.", minimum=3, maximum=100),
+        "test_groups": Key("int", 2, "cpcv: number of test groups k per split (C(N, k) splits, C(N-1, k-1) backtest paths).", minimum=1, maximum=99),
         "sample_weight": Key("str", "none", "Training-row weights: none, or uniqueness (average uniqueness from label concurrency, AFML ch. 4).", choices=("none", "uniqueness")),
         "time_decay": Key("float", 1.0, "Weight of the oldest training row relative to the newest (1: no decay; 0: linear decay to zero), on cumulative uniqueness.", minimum=0.0, maximum=1.0),
     },

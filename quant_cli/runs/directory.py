@@ -25,10 +25,22 @@ from pathlib import Path
 from typing import Any
 
 from quant_cli import __version__
-from quant_cli.errors import DataError, QFactoryError, RunError
-from quant_cli.io import read_json, staged_dir, write_json_atomic, write_text_atomic
+from quant_cli.errors import DataError, QFactoryError, RunError, shown
+from quant_cli.io import (
+    STAGING_PREFIX, clean_stale_staging, read_json, release_owner, staged_dir, write_json_atomic, write_owner, write_text_atomic,
+)
 from quant_cli.recipe import Recipe, fingerprint, to_toml
 from quant_cli.recipe.schema import RUN_NAME_DOC, RUN_NAME_PATTERN
+from quant_cli.report import SILENT, Reporter
+
+# What each stage writes into a run. A stage is committed by its manifest entry, written last:
+# these paths without that entry are leftovers of a killed process, removed before a redo.
+STAGE_OUTPUTS = {
+    "split": ("split",),
+    "train": ("cv", "model", "predictions.parquet", "metrics.json"),
+    "backtest": ("backtest",),
+}
+_STAGE_RESULT = {"split": "a split", "train": "a model", "backtest": "a backtest"}
 
 _LIBRARIES = ("polars", "pyarrow", "numpy", "lightgbm", "catboost", "xgboost", "scikit-learn", "joblib", "torch", "typer")
 
@@ -119,6 +131,32 @@ class Run:
     def has_stage(self, stage: str) -> bool:
         return self.manifest().get("stages", {}).get(stage, {}).get("status") == "done"
 
+    def require_stage(self, stage: str, fix: str) -> None:
+        """RunError unless `stage` is committed; `fix` says which command makes it."""
+        if not self.has_stage(stage):
+            raise RunError(f"run {self.id} has no committed {stage} stage; {fix}")
+
+    def begin_stage(self, stage: str, reporter: Reporter = SILENT) -> None:
+        """Make way for `stage`: refuse if it is committed, else clear an interrupted attempt.
+
+        Runs are never overwritten, so a committed stage is an error. Outputs of a stage that
+        never committed (the process was killed mid-way) and dead writers' staging folders are
+        removed, with a notice, so the stage is simply redone.
+        """
+        if self.has_stage(stage):
+            raise RunError(f"run {self.id} already has {_STAGE_RESULT.get(stage, f'a {stage} stage')}; runs are never overwritten — "
+                           "start a new one with `qfactory train --recipe R`")
+        leftovers = [self.path / name for name in STAGE_OUTPUTS.get(stage, ()) if (self.path / name).exists()]
+        for path in leftovers:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        stale = clean_stale_staging(self.path)
+        if leftovers or stale:
+            names = ", ".join(sorted(p.name for p in [*leftovers, *stale]))
+            reporter.notice(f"run {self.id}: the {stage} stage never committed (interrupted); removed its leftovers ({names}) and redoing it")
+
     def log(self, event: str, **fields: Any) -> None:
         record = {"time": _now_iso(), "event": event, **fields}
         with open(self.path / "log.jsonl", "a", encoding="utf-8") as fh:
@@ -151,17 +189,20 @@ def create_run(runs_dir: Path, recipe: Recipe) -> Iterator[Run]:
     _check_run_name(recipe["run"]["name"])
     runs_dir = runs_dir.resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_staging(runs_dir)  # runs of killed processes never became runs: drop them
     run_id = new_run_id(recipe["run"]["name"])
     while (runs_dir / run_id).exists():
         run_id = new_run_id(recipe["run"]["name"])
-    staging = runs_dir / f".staging-{run_id}"
+    staging = runs_dir / f"{STAGING_PREFIX}{run_id}"
     staging.mkdir()
     run = Run(staging)
     try:
+        write_owner(staging)
         write_text_atomic(staging / "recipe.toml", to_toml(recipe))
         write_json_atomic(staging / "manifest.json", _initial_manifest(run_id, recipe))
         yield run
         final = runs_dir / run_id
+        release_owner(staging)
         os.replace(staging, final)
         run.path = final
     except BaseException:
@@ -172,7 +213,7 @@ def create_run(runs_dir: Path, recipe: Recipe) -> Iterator[Run]:
 def _check_run_name(name: Any) -> None:
     """The recipe check, again for recipes built in code: the name becomes a directory name."""
     if not isinstance(name, str) or not re.fullmatch(RUN_NAME_PATTERN, name):
-        raise RunError(f"run.name {name!r}: must be {RUN_NAME_DOC} (regex {RUN_NAME_PATTERN}); rename the run")
+        raise RunError(f"run.name {shown(name)}: must be {RUN_NAME_DOC} (regex {RUN_NAME_PATTERN}); rename the run")
 
 
 def _initial_manifest(run_id: str, recipe: Recipe) -> dict[str, Any]:
@@ -199,7 +240,7 @@ def resolve_run(ref: str, runs_dir: Path) -> Run:
         if (candidate / "manifest.json").is_file():
             return Run(candidate.resolve())
     raise RunError(
-        f"--run {ref!r}: no run directory with a manifest.json there or under {runs_dir}; "
+        f"--run {shown(ref)}: no run directory with a manifest.json there or under {runs_dir}; "
         "pass a run path, a run id, or 'latest'"
     )
 
