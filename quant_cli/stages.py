@@ -124,6 +124,8 @@ def _train_stage(run: Run, recipe: Recipe, prepared: Prepared, reporter: Reporte
         predictions = _predict_segments(model, inputs)
         write_parquet_atomic(run.path / "predictions.parquet", predictions)
         metrics = {**_segment_metrics(predictions), **metrics}
+        if model.fit_info().get("val_in_sample"):  # blending fit its meta-model on these rows
+            metrics["val"]["in_sample"] = True
         train = prepared.segment("train")
         metrics["train"] = {"seconds": round(seconds, 3), "rows": train.height, "symbols": train["symbol"].n_unique(),
                             "model": model.name, **model.fit_info()}
@@ -131,7 +133,7 @@ def _train_stage(run: Run, recipe: Recipe, prepared: Prepared, reporter: Reporte
         used = model.fit_info().get("device", "cpu")
         info.update(model=model.name, device=used, seconds_fit=round(seconds, 3))
     run.update_manifest(device=used)
-    reporter.info(f"train: {model.name} on {train.height:,} rows; val IC {metrics['val'].get('ic', float('nan')):.4f}, test IC {metrics['test'].get('ic', float('nan')):.4f}")
+    reporter.info(f"train: {model.name} on {train.height:,} rows; val IC {metrics['val'].get('ic', float('nan')):.4f}{' (in-sample)' if metrics['val'].get('in_sample') else ''}, test IC {metrics['test'].get('ic', float('nan')):.4f}")
     return metrics
 
 

@@ -4,6 +4,8 @@ rows, member validation, and alignment on (symbol, ts)."""
 import datetime as dt
 from pathlib import Path
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
@@ -235,3 +237,16 @@ def test_blending_says_its_validation_metrics_are_in_sample(tmp_path):
     assert on_holdout.fit_info()["val_in_sample"] is False
     on_holdout.save(tmp_path / "b")
     assert load_model(tmp_path / "b").fit_info()["val_in_sample"] is False
+
+
+def test_a_blending_run_marks_its_validation_metrics_in_sample(runner, tmp_path):
+    """metrics.json says so, so nobody reads the blend's val IC as out-of-sample."""
+    from quant_cli.cli import app
+
+    assert runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "d", "--symbols", "4", "--bars", "300"]).exit_code == 0
+    recipe = tmp_path / "blend.toml"
+    recipe.write_text('[data]\ndataset = "d"\n[model]\nname = "blending"\n[model.params]\nmembers = ["linear"]\n')
+    result = runner.invoke(app, ["train", "--recipe", str(recipe), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)["metrics"]
+    assert metrics["val"]["in_sample"] is True and "in_sample" not in metrics["test"]
