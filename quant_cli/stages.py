@@ -115,8 +115,10 @@ def _train_stage(run: Run, recipe: Recipe, prepared: Prepared, reporter: Reporte
         if recipe["split"]["method"] != "chronological":
             metrics["cv"] = _cv_stage(run, recipe, prepared, device, reporter)
         model = _new_model(recipe, device, reporter)
-        inputs = prepared.segment_inputs()
+        inputs = prepared.segment_inputs(("train", "val"))
         seconds = _fit(model, prepared, inputs, recipe["train"]["early_stopping"], reporter)
+        del inputs  # the training matrix goes before the scoring one is built: peak memory is one of them
+        inputs = prepared.segment_inputs(("val", "test"))
         with stage_outputs(run, "model") as folder:
             model.save(folder)
             if (importance := model.feature_importance()) is not None:

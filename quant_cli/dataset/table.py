@@ -34,6 +34,7 @@ from quant_cli.recipe import Recipe
 from quant_cli.report import SILENT, Reporter
 from quant_cli.splits.chronological import EXCLUDED, SplitPlan, drop_counts, mark_segments, plan_split
 
+_SLICE_ROWS = 100_000  # rows transformed at once when building model inputs
 KEYS = ["symbol", "ts"]
 ROW_COLUMNS = [*KEYS, "label", "t1"]
 
@@ -96,8 +97,9 @@ class Prepared:
         out = np.full((keys.height, len(self.features)), np.nan, dtype=np.float32)
         for scan in self.table.scan_parts():  # one feature part (a group of symbols) in memory at a time
             chunk = scan.join(keys.lazy(), on=KEYS, how="inner").collect()
-            if chunk.height:
-                out[chunk["_row"].to_numpy()] = self.pipeline.matrix(self.pipeline.transform(chunk))
+            for start in range(0, chunk.height, _SLICE_ROWS):  # transform copies: bound them to a slice
+                piece = chunk.slice(start, _SLICE_ROWS)
+                out[piece["_row"].to_numpy()] = self.pipeline.matrix(self.pipeline.transform(piece))
         return out
 
     def segment_inputs(self, names: tuple[str, ...] = ("train", "val", "test")) -> dict[str, tuple[pl.DataFrame, np.ndarray]]:
