@@ -6,6 +6,9 @@ from __future__ import annotations
 import pytest
 
 from quant_cli.cli import app
+from quant_cli.data.synthetic import generate
+from quant_cli.pipeline.adjust import Adjustment, resolve
+from quant_cli.report import CollectingReporter
 
 
 @pytest.mark.parametrize(("flags", "line"), [
@@ -23,3 +26,17 @@ def test_synthetic_ingest_flags_are_bounded_like_the_recipe_keys(runner, flags, 
     result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "z", *flags])
     assert result.exit_code == 2, result.output
     assert result.stderr.splitlines() == [line]
+
+
+def test_an_explicit_split_dividend_without_adj_close_says_prices_stay_raw():
+    """`data.adjust = "split_dividend"` on bars with no adj_close column silently used raw prices."""
+    bars = generate(symbols=2, bars=30, seed=3)
+    reporter = CollectingReporter()
+    assert resolve("split_dividend", bars, reporter) == Adjustment("none")
+    assert reporter.texts("notice") == [
+        "data.adjust = 'split_dividend', but the dataset has no adj_close column: every symbol uses raw prices "
+        "(the run manifest records adjust mode 'none'); ingest a source with adj_close, or set data.adjust = \"none\""
+    ]
+    quiet = CollectingReporter()
+    resolve(None, bars, quiet)  # the default asks for nothing, so it says nothing
+    assert quiet.texts("notice") == []
