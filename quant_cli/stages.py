@@ -76,6 +76,9 @@ def _dataset_record(snapshot: store.Snapshot) -> dict[str, Any]:
 
 def _split_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, reporter: Reporter) -> Prepared:
     with run.stage("split") as info:
+        # Named before the long read: `data vacuum` keeps versions that run manifests (staging ones
+        # too) pin, so another job's replace + vacuum cannot delete the files this split is reading.
+        run.update_manifest(dataset=_dataset_record(snapshot))
         with reporter.working("split: features, labels, purge and embargo, train-only preprocessing"):
             prepared = prepare(recipe, snapshot, reporter=reporter)
         _write_split(run, recipe, prepared, snapshot, reporter)

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from quant_cli import stages
 from quant_cli.cli import app
+from quant_cli.data import catalog
+from quant_cli.data.store import write_store
+from quant_cli.io import read_json
+from quant_cli.recipe import load_recipe
 from quant_cli.data.synthetic import generate
 from quant_cli.pipeline.adjust import Adjustment, resolve
 from quant_cli.report import CollectingReporter
@@ -40,3 +45,22 @@ def test_an_explicit_split_dividend_without_adj_close_says_prices_stay_raw():
     quiet = CollectingReporter()
     resolve(None, bars, quiet)  # the default asks for nothing, so it says nothing
     assert quiet.texts("notice") == []
+
+
+def test_a_vacuum_during_a_split_keeps_the_version_the_split_pinned(tmp_path, monkeypatch):
+    """A split pins version 0; while it builds features another job replaces the dataset and
+    vacuums. The run in staging must already name its pinned version, or its files are deleted."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    write_store(data, "p", generate(symbols=3, bars=200, seed=1), "first")
+    real_prepare = stages.prepare
+
+    def prepare_while_others_write(recipe, snapshot, **kwargs):
+        write_store(data, "p", generate(symbols=3, bars=200, seed=2), "second")  # version 1
+        catalog.vacuum(data, "p", keep=1, runs_dir=runs)
+        return real_prepare(recipe, snapshot, **kwargs)
+
+    monkeypatch.setattr(stages, "prepare", prepare_while_others_write)
+    recipe = load_recipe(None, ['data.dataset="p"', 'features.sets=["core"]'])
+    run = stages.new_split_run(recipe, data, runs)
+    assert read_json(run.path / "manifest.json")["dataset"]["version"] == 0
+    assert [r["available"] for r in catalog.dataset_versions(data, "p")] == [True, True]
