@@ -70,3 +70,9 @@ def test_errors_are_one_line(runner: CliRunner, three_versions: None) -> None:
 def test_help_has_an_example(runner: CliRunner, command: str) -> None:
     result = runner.invoke(app, ["data", command, "--help"])
     assert result.exit_code == 0 and "Example: qfactory data " + command in result.stdout
+
+
+def test_vacuum_does_not_call_an_already_vacuumed_version_kept(runner: CliRunner, three_versions: None) -> None:
+    assert runner.invoke(app, ["data", "vacuum", "demo"]).exit_code == 0  # versions 0 and 1 go
+    payload = json.loads(runner.invoke(app, ["data", "vacuum", "demo", "--keep", "3", "--json"]).stdout)
+    assert (payload["kept_versions"], payload["unavailable_versions"]) == ([2], [0, 1])
