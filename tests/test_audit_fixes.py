@@ -3,6 +3,8 @@ one `error:` line, never an 'unexpected failure'."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from quant_cli import stages
@@ -64,3 +66,24 @@ def test_a_vacuum_during_a_split_keeps_the_version_the_split_pinned(tmp_path, mo
     run = stages.new_split_run(recipe, data, runs)
     assert read_json(run.path / "manifest.json")["dataset"]["version"] == 0
     assert [r["available"] for r in catalog.dataset_versions(data, "p")] == [True, True]
+
+
+@pytest.fixture
+def split_run(tmp_path) -> str:
+    write_store(tmp_path / "data", "p", generate(symbols=3, bars=200, seed=1), "first")
+    recipe = load_recipe(None, ['data.dataset="p"', 'features.sets=["core"]', "model.params.n_estimators=5"])
+    return str(stages.new_split_run(recipe, tmp_path / "data", tmp_path / "runs").path)
+
+
+@pytest.mark.parametrize(("file", "text", "what"), [
+    ("manifest.json", "garbage", "manifest.json is not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+    ("manifest.json", "[]", "manifest.json is not a JSON object"),
+    ("split/pipeline.json", "garbage", "split/pipeline.json is not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+])
+def test_a_damaged_run_file_is_one_line_not_an_unexpected_failure(runner, split_run, file, text, what):
+    (Path(split_run) / file).write_text(text)
+    result = runner.invoke(app, ["train", "--run", split_run])
+    assert result.exit_code == 2, result.output
+    run_id = Path(split_run).name
+    assert result.stderr.splitlines() == [
+        f"error: run {run_id}: {what}; the run is damaged, start a new one with `qfactory train --recipe R`"]

@@ -27,7 +27,7 @@ from typing import Any
 from quant_cli import __version__
 from quant_cli.errors import DataError, QFactoryError, RunError, shown
 from quant_cli.io import (
-    STAGING_PREFIX, clean_stale_staging, read_json, release_owner, staged_dir, write_json_atomic, write_owner, write_text_atomic,
+    STAGING_PREFIX, clean_stale_staging, read_json, read_run_json, release_owner, staged_dir, write_json_atomic, write_owner, write_text_atomic,
 )
 from quant_cli.recipe import Recipe, fingerprint, to_toml
 from quant_cli.recipe.schema import RUN_NAME_DOC, RUN_NAME_PATTERN
@@ -112,7 +112,7 @@ class Run:
         return self.path / "manifest.json"
 
     def manifest(self) -> dict[str, Any]:
-        return read_json(self.manifest_path)
+        return read_run_json(self.path, "manifest.json")
 
     def recipe(self) -> Recipe:
         from quant_cli.recipe import load_recipe
