@@ -87,3 +87,23 @@ def test_a_damaged_run_file_is_one_line_not_an_unexpected_failure(runner, split_
     run_id = Path(split_run).name
     assert result.stderr.splitlines() == [
         f"error: run {run_id}: {what}; the run is damaged, start a new one with `qfactory train --recipe R`"]
+
+
+def test_run_latest_skips_a_damaged_run(runner, tmp_path, split_run):
+    damaged = tmp_path / "runs" / "zz-damaged"
+    damaged.mkdir()
+    (damaged / "manifest.json").write_text("garbage")
+    result = runner.invoke(app, ["train", "--run", "latest", "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == split_run
+
+
+def test_a_damaged_delta_log_is_one_line(runner, tmp_path):
+    write_store(tmp_path / "data", "q", generate(symbols=2, bars=30, seed=1), "first")
+    log = tmp_path / "data" / "q" / "bars" / "_delta_log" / "00000000000000000000.json"
+    log.write_text("garbage")
+    result = runner.invoke(app, ["data", "show", "q"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: dataset 'q': its Delta table at {log.parent.parent} cannot be read (")
+    assert line.endswith(f"restore its _delta_log from a backup, or delete {log.parent.parent.parent} and ingest it again")

@@ -249,8 +249,17 @@ def _latest(runs_dir: Path) -> Run:
     runs = [p for p in runs_dir.glob("*/manifest.json") if not p.parent.name.startswith(".")] if runs_dir.is_dir() else []
     if not runs:
         raise RunError(f"--run latest: no runs under {runs_dir}; start one with `qfactory train --recipe R`")
-    newest = max(runs, key=lambda p: read_json(p).get("created", ""))
+    newest = max(runs, key=_created)
     return Run(newest.parent.resolve())
+
+
+def _created(manifest_path: Path) -> str:
+    """When a run was created; a damaged manifest sorts first, so it is never 'latest'."""
+    try:
+        manifest = read_json(manifest_path)
+    except (OSError, ValueError):
+        return ""
+    return str(manifest.get("created", "")) if isinstance(manifest, dict) else ""
 
 
 @contextmanager
