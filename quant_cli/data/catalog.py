@@ -70,9 +70,10 @@ def referenced_versions(runs_dir: Path | None, dataset: str) -> set[int]:
         return found
     for path in Path(runs_dir).glob(f"*/{manifests.MANIFEST}"):
         try:
-            pinned = read_json(path).get("dataset")
+            manifest = read_json(path)
         except (OSError, ValueError):
             continue
+        pinned = manifest.get("dataset") if isinstance(manifest, dict) else None
         if isinstance(pinned, dict) and pinned.get("name") == dataset and isinstance(pinned.get("version"), int):
             found.add(pinned["version"])
     return found
