@@ -107,3 +107,20 @@ def test_a_damaged_delta_log_is_one_line(runner, tmp_path):
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"error: dataset 'q': its Delta table at {log.parent.parent} cannot be read (")
     assert line.endswith(f"restore its _delta_log from a backup, or delete {log.parent.parent.parent} and ingest it again")
+
+
+def test_a_damaged_run_parquet_is_one_line(runner, split_run):
+    (Path(split_run) / "split" / "rows.parquet").write_text("garbage")
+    result = runner.invoke(app, ["train", "--run", split_run])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: run {Path(split_run).name}: split/rows.parquet is not a readable parquet file (")
+    assert line.endswith("; the run is damaged, start a new one with `qfactory train --recipe R`")
+
+
+def test_a_damaged_predictions_file_is_one_line(runner, split_run):
+    assert runner.invoke(app, ["train", "--run", split_run, "-q"]).exit_code == 0
+    (Path(split_run) / "predictions.parquet").write_text("garbage")
+    result = runner.invoke(app, ["backtest", "--run", split_run])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[0].startswith(f"error: run {Path(split_run).name}: predictions.parquet is not a readable parquet file (")

@@ -27,7 +27,7 @@ from quant_cli.dataset.weights import sample_weights
 from quant_cli.errors import RecipeError, RunError
 from quant_cli.features.align import FeatureOptions
 from quant_cli.features.store import feature_table, features_root, scan_version
-from quant_cli.io import read_run_json, write_json_atomic, write_parquet_atomic
+from quant_cli.io import read_run_json, read_run_parquet, write_json_atomic, write_parquet_atomic
 from quant_cli.pipeline import adjust
 from quant_cli.pipeline.fitted import MODEL_DTYPE, FittedPipeline
 from quant_cli.recipe import Recipe
@@ -214,7 +214,7 @@ def load_split(split_dir: Path, recipe: Recipe, snapshot: Snapshot) -> Prepared:
     """A run's stored split with its cached feature version (rebuilt from the pinned snapshot if deleted)."""
     if not all((split_dir / name).is_file() for name in SPLIT_FILES):
         raise RunError(f"run {split_dir.parent.name} has no complete split/; create one with `qfactory split --recipe R` or use `qfactory train --recipe R`")
-    rows = pl.read_parquet(split_dir / "rows.parquet")
+    rows = read_run_parquet(split_dir.parent, "split/rows.parquet")
     pipeline = FittedPipeline.from_json(read_run_json(split_dir.parent, "split/pipeline.json"))
     expected = read_run_json(split_dir.parent, "split/features.json")["fingerprint"]
     folder = features_root(snapshot.data_dir, snapshot.dataset) / expected
