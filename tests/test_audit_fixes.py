@@ -124,3 +124,19 @@ def test_a_damaged_predictions_file_is_one_line(runner, split_run):
     result = runner.invoke(app, ["backtest", "--run", split_run])
     assert result.exit_code == 2, result.output
     assert result.stderr.splitlines()[0].startswith(f"error: run {Path(split_run).name}: predictions.parquet is not a readable parquet file (")
+
+
+@pytest.mark.parametrize(("damage", "commands"), [
+    ("spec.json", ["features"]),  # train --run reads only the table
+    ("table/part-00000.parquet", ["features", "train"]),
+])
+def test_a_damaged_cached_feature_version_is_one_line(runner, tmp_path, split_run, damage, commands):
+    (folder,) = (tmp_path / "data" / "p" / "features").iterdir()
+    (folder / damage).write_text("garbage")
+    calls = {"train": ["train", "--run", split_run], "features": ["features", "--recipe", str(Path(split_run) / "recipe.toml")]}
+    for args in (calls[c] for c in commands):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        (line,) = [text for text in result.stderr.splitlines() if text.startswith("error")]  # after progress lines
+        assert line.startswith(f"error: feature version {folder.name} is damaged ({damage}: ")
+        assert line.endswith(f"delete {folder} and rerun the command (the version is rebuilt)")

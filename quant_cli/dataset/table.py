@@ -26,7 +26,7 @@ from quant_cli.dataset.labels import is_classification, make_labels
 from quant_cli.dataset.weights import sample_weights
 from quant_cli.errors import RecipeError, RunError
 from quant_cli.features.align import FeatureOptions
-from quant_cli.features.store import feature_table, features_root, scan_version
+from quant_cli.features.store import feature_table, features_root, intact_parts, scan_version
 from quant_cli.io import read_run_json, read_run_parquet, write_json_atomic, write_parquet_atomic
 from quant_cli.pipeline import adjust
 from quant_cli.pipeline.fitted import MODEL_DTYPE, FittedPipeline
@@ -52,7 +52,7 @@ class Table:
 
     def scan_parts(self) -> list[pl.LazyFrame]:
         """The feature table part by part (each a group of symbols), features as Float32."""
-        parts = sorted((self.version_path / "table").glob("part-*.parquet"))
+        parts = intact_parts(self.version_path)
         return [pl.scan_parquet(p).select(*KEYS, pl.col(self.features).cast(MODEL_DTYPE)) for p in parts]
 
     def with_features(self, keys: pl.DataFrame) -> pl.DataFrame:
