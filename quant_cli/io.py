@@ -83,6 +83,33 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+_DAMAGED_RUN = "the run is damaged, start a new one with `qfactory train --recipe R`"
+
+
+def read_run_parquet(run_dir: Path, relative: str) -> pl.DataFrame:
+    """A parquet file a run wrote; a damaged one is a RunError (a missing one stays an OSError)."""
+    from quant_cli.errors import RunError
+
+    try:
+        return pl.read_parquet(Path(run_dir) / relative)
+    except pl.exceptions.ComputeError as exc:
+        raise RunError(f"run {Path(run_dir).name}: {relative} is not a readable parquet file ({str(exc).splitlines()[0]}); {_DAMAGED_RUN}") from None
+
+
+def read_run_json(run_dir: Path, relative: str) -> dict[str, Any]:
+    """A JSON object a run wrote; a damaged one (edited, truncated by a full disk) is a RunError."""
+    from quant_cli.errors import RunError
+
+    damaged = _DAMAGED_RUN
+    try:
+        value = read_json(Path(run_dir) / relative)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
+        raise RunError(f"run {Path(run_dir).name}: {relative} is not valid JSON ({exc}); {damaged}") from None
+    if not isinstance(value, dict):
+        raise RunError(f"run {Path(run_dir).name}: {relative} is not a JSON object; {damaged}")
+    return value
+
+
 def write_parquet_atomic(path: Path, df: pl.DataFrame) -> None:
     tmp = _tmp_sibling(path)
     try:

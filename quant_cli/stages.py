@@ -25,7 +25,7 @@ from quant_cli.data import store
 from quant_cli.data.frequency import periods_per_year
 from quant_cli.dataset.table import KEYS, Prepared, check_task, dataset_name, load_bars, load_split, prepare, write_split
 from quant_cli.errors import RecipeError, RunError
-from quant_cli.io import read_json, write_json_atomic, write_parquet_atomic
+from quant_cli.io import read_json, read_run_parquet, write_json_atomic, write_parquet_atomic
 from quant_cli.backtest.metrics import classification_metrics, prediction_metrics
 from quant_cli.models.base import Model
 from quant_cli.models.device import resolve_device
@@ -76,6 +76,9 @@ def _dataset_record(snapshot: store.Snapshot) -> dict[str, Any]:
 
 def _split_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, reporter: Reporter) -> Prepared:
     with run.stage("split") as info:
+        # Named before the long read: `data vacuum` keeps versions that run manifests (staging ones
+        # too) pin, so another job's replace + vacuum cannot delete the files this split is reading.
+        run.update_manifest(dataset=_dataset_record(snapshot))
         with reporter.working("split: features, labels, purge and embargo, train-only preprocessing"):
             prepared = prepare(recipe, snapshot, reporter=reporter)
         _write_split(run, recipe, prepared, snapshot, reporter)
@@ -177,7 +180,7 @@ def _backtest_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, reporter
         raise RunError(f"run {run.id} has no predictions.parquet; train it first with `qfactory train --run {run.id}`")
     cfg = recipe["backtest"]
     with run.stage("backtest") as info:
-        scores = pl.read_parquet(run.path / "predictions.parquet").filter(pl.col("segment") == cfg["segment"])
+        scores = read_run_parquet(run.path, "predictions.parquet").filter(pl.col("segment") == cfg["segment"])
         ppy = periods_per_year(recipe["data"]["frequency"] or snapshot.manifest["frequency"])
         bars = _adjustment(run).apply(load_bars(recipe, snapshot))  # the prices the labels were measured on
         with reporter.working("backtest: next-bar execution with costs"):

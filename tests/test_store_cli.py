@@ -70,3 +70,18 @@ def test_errors_are_one_line(runner: CliRunner, three_versions: None) -> None:
 def test_help_has_an_example(runner: CliRunner, command: str) -> None:
     result = runner.invoke(app, ["data", command, "--help"])
     assert result.exit_code == 0 and "Example: qfactory data " + command in result.stdout
+
+
+def test_vacuum_does_not_call_an_already_vacuumed_version_kept(runner: CliRunner, three_versions: None) -> None:
+    assert runner.invoke(app, ["data", "vacuum", "demo"]).exit_code == 0  # versions 0 and 1 go
+    payload = json.loads(runner.invoke(app, ["data", "vacuum", "demo", "--keep", "3", "--json"]).stdout)
+    assert (payload["kept_versions"], payload["unavailable_versions"]) == ([2], [0, 1])
+
+
+def test_vacuum_passes_over_a_run_manifest_that_is_not_an_object(runner: CliRunner, three_versions: None) -> None:
+    Path("runs/bad").mkdir(parents=True)
+    Path("runs/bad/manifest.json").write_text("[]")
+    write_json_atomic(Path("runs") / "r-1" / "manifest.json", {"dataset": {"name": "demo", "version": 0, "content_hash": "x"}})
+    result = runner.invoke(app, ["data", "vacuum", "demo", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["referenced_by_runs"] == [0]

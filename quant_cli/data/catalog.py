@@ -70,9 +70,10 @@ def referenced_versions(runs_dir: Path | None, dataset: str) -> set[int]:
         return found
     for path in Path(runs_dir).glob(f"*/{manifests.MANIFEST}"):
         try:
-            pinned = read_json(path).get("dataset")
+            manifest = read_json(path)
         except (OSError, ValueError):
             continue
+        pinned = manifest.get("dataset") if isinstance(manifest, dict) else None
         if isinstance(pinned, dict) and pinned.get("name") == dataset and isinstance(pinned.get("version"), int):
             found.add(pinned["version"])
     return found
@@ -86,9 +87,11 @@ def vacuum(data_dir: Path, dataset: str, keep: int = 1, runs_dir: Path | None = 
     with store.writer(data_dir, dataset, reporter) as w:
         latest = store.pin(data_dir, dataset).version
         referenced = {v for v in referenced_versions(runs_dir, dataset) if v <= latest}
-        kept = sorted(set(range(max(0, latest - keep + 1), latest + 1)) | referenced)
+        wanted = sorted(set(range(max(0, latest - keep + 1), latest + 1)) | referenced)
+        files = {v: _files_if_available(w.root, dataset, v) for v in wanted}
+        kept = [v for v in wanted if files[v]]  # a version vacuumed earlier is not "kept" now
         bars = delta.table_dir(w.root)
-        needed = {Path(uri).resolve() for v in kept for uri in _files_if_available(w.root, dataset, v)}
+        needed = {Path(uri).resolve() for v in kept for uri in files[v]}
         candidates = [bars / rel for rel in delta.vacuum_candidates(delta.open_table(w.root, dataset))]
         doomed = [p for p in candidates if p.resolve() not in needed and p.is_file()]
         size = sum(p.stat().st_size for p in doomed)

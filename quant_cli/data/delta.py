@@ -40,6 +40,9 @@ def open_table(root: Path, dataset: str, version: int | None = None) -> DeltaTab
         table = DeltaTable(str(table_dir(root)))
     except TableNotFoundError:
         raise DataError(f"dataset {dataset!r} has no bars table at {table_dir(root)}; ingest it again with `qfactory ingest --dataset {dataset}`") from None
+    except DeltaError as exc:  # a damaged log file (edited, truncated by a full disk)
+        raise DataError(f"dataset {dataset!r}: its Delta table at {table_dir(root)} cannot be read ({str(exc).splitlines()[0]}); "
+                        f"restore its {LOG} from a backup, or delete {root} and ingest it again") from None
     if version is None or version == table.version():
         return table
     latest = table.version()

@@ -266,9 +266,32 @@ def _check_same_strict(frames: list[pl.DataFrame], origins: list[Origin]) -> Non
 # ---------------------------------------------------------------- synthetic
 
 
+# The flags bypass the recipe's key bounds, so they are checked here against the same keys; the
+# product is capped too: each bound alone still allows a panel no machine can hold (MemoryError).
+_SYNTHETIC_BOUNDS = {
+    "symbols": ("data.synthetic.symbols", SCHEMA["data"]["synthetic"]["symbols"]),
+    "bars": ("data.synthetic.bars", SCHEMA["data"]["synthetic"]["bars"]),
+    "seed": ("run.seed", SCHEMA["run"]["seed"]),
+    "signal": ("data.synthetic.signal", SCHEMA["data"]["synthetic"]["signal"]),
+}
+MAX_SYNTHETIC_BARS = 50_000_000
+
+
+def _check_synthetic_bounds(params: SyntheticParams) -> None:
+    for name, (key_name, key) in _SYNTHETIC_BOUNDS.items():
+        value = getattr(params, name)
+        if not key.minimum <= value <= key.maximum:  # also False for nan
+            raise DataError(f"--{name} {value}: must be between {key.minimum} and {key.maximum} ({key_name})")
+    total = params.symbols * params.bars
+    if total > MAX_SYNTHETIC_BARS:
+        raise DataError(
+            f"--symbols {params.symbols} x --bars {params.bars} = {total:,} bars is more than a synthetic panel "
+            f"may hold ({MAX_SYNTHETIC_BARS:,}); pass fewer symbols or bars"
+        )
+
+
 def _synthetic(params: SyntheticParams) -> pl.DataFrame:
-    if params.symbols < 1 or params.bars < 2:
-        raise DataError(f"--symbols {params.symbols} / --bars {params.bars}: need at least 1 symbol and 2 bars")
+    _check_synthetic_bounds(params)
     parse_frequency(params.frequency)
     try:
         np.datetime64(params.start, "us")

@@ -26,8 +26,8 @@ from quant_cli.dataset.labels import is_classification, make_labels
 from quant_cli.dataset.weights import sample_weights
 from quant_cli.errors import RecipeError, RunError
 from quant_cli.features.align import FeatureOptions
-from quant_cli.features.store import feature_table, features_root, scan_version
-from quant_cli.io import read_json, write_json_atomic, write_parquet_atomic
+from quant_cli.features.store import feature_table, features_root, intact_parts, scan_version
+from quant_cli.io import read_run_json, read_run_parquet, write_json_atomic, write_parquet_atomic
 from quant_cli.pipeline import adjust
 from quant_cli.pipeline.fitted import MODEL_DTYPE, FittedPipeline
 from quant_cli.recipe import Recipe
@@ -53,7 +53,7 @@ class Table:
 
     def scan_parts(self) -> list[pl.LazyFrame]:
         """The feature table part by part (each a group of symbols), features as Float32."""
-        parts = sorted((self.version_path / "table").glob("part-*.parquet"))
+        parts = intact_parts(self.version_path)
         return [pl.scan_parquet(p).select(*KEYS, pl.col(self.features).cast(MODEL_DTYPE)) for p in parts]
 
     def with_features(self, keys: pl.DataFrame) -> pl.DataFrame:
@@ -216,9 +216,9 @@ def load_split(split_dir: Path, recipe: Recipe, snapshot: Snapshot) -> Prepared:
     """A run's stored split with its cached feature version (rebuilt from the pinned snapshot if deleted)."""
     if not all((split_dir / name).is_file() for name in SPLIT_FILES):
         raise RunError(f"run {split_dir.parent.name} has no complete split/; create one with `qfactory split --recipe R` or use `qfactory train --recipe R`")
-    rows = pl.read_parquet(split_dir / "rows.parquet")
-    pipeline = FittedPipeline.from_json(read_json(split_dir / "pipeline.json"))
-    expected = read_json(split_dir / "features.json")["fingerprint"]
+    rows = read_run_parquet(split_dir.parent, "split/rows.parquet")
+    pipeline = FittedPipeline.from_json(read_run_json(split_dir.parent, "split/pipeline.json"))
+    expected = read_run_json(split_dir.parent, "split/features.json")["fingerprint"]
     folder = features_root(snapshot.data_dir, snapshot.dataset) / expected
     if not (folder / "spec.json").is_file():
         built = feature_table(recipe, snapshot.data_dir, snapshot=adjust.AdjustedSnapshot(snapshot, pipeline.adjustment))
@@ -231,4 +231,4 @@ def load_split(split_dir: Path, recipe: Recipe, snapshot: Snapshot) -> Prepared:
     table = Table(rows.select(ROW_COLUMNS), pipeline.features, expected, folder)
     calendar_path = split_dir / "calendar.parquet"
     calendar = pl.read_parquet(calendar_path) if calendar_path.is_file() else None
-    return Prepared(table, rows, SplitPlan.from_json(read_json(split_dir / "boundaries.json")), pipeline, calendar)
+    return Prepared(table, rows, SplitPlan.from_json(read_run_json(split_dir.parent, "split/boundaries.json")), pipeline, calendar)

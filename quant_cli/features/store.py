@@ -69,7 +69,7 @@ class FeatureTable:
 
 def scan_version(folder: Path) -> pl.LazyFrame:
     """The feature table of a stored version, lazily, parts in order."""
-    return pl.scan_parquet(sorted((Path(folder) / TABLE).glob("part-*.parquet")))
+    return pl.scan_parquet(intact_parts(folder))
 
 
 def features_root(data_dir: Path, dataset: str) -> Path:
@@ -139,11 +139,40 @@ def feature_table(recipe: Recipe, data_dir: Path, chunk_rows: int | None = None,
 
 
 def load_version(folder: Path, reporter: Reporter = SILENT) -> FeatureTable:
-    spec = read_json(folder / SPEC)
+    spec = _read_intact(folder)
     if spec.get("skipped"):  # repeat the build's notices: the cached table lacks these too
         reporter.notice(skipped_message(spec["skipped"]))
     _notice_all_null([f for f, share in spec.get("null_share", {}).items() if share >= 1.0], reporter)
     return FeatureTable(spec["fingerprint"], folder, list(spec["features"]), int(spec.get("rows", 0)), cached=True)
+
+
+def _read_intact(folder: Path) -> dict[str, Any]:
+    """A cached version's spec, after a cheap check (footers only) that its files are readable.
+
+    Versions are write-once, so a damaged one (edited, truncated by a full disk) is never
+    patched in place: the fix is to delete it and let the next command rebuild it.
+    """
+    damaged = f"delete {folder} and rerun the command (the version is rebuilt)"
+    try:
+        spec = read_json(folder / SPEC)
+    except ValueError as exc:
+        raise DataError(f"feature version {folder.name} is damaged ({SPEC}: {exc}); {damaged}") from None
+    if not isinstance(spec, dict):
+        raise DataError(f"feature version {folder.name} is damaged ({SPEC}: not a JSON object); {damaged}")
+    intact_parts(folder)
+    return spec
+
+
+def intact_parts(folder: Path) -> list[Path]:
+    """A version's table parts in order; DataError (delete and rebuild) if one is not readable parquet."""
+    parts = sorted((Path(folder) / TABLE).glob("part-*.parquet"))
+    for part in parts:  # footers only: cheap, and a damaged part fails here, not deep in a scan
+        try:
+            pl.read_parquet_schema(part)
+        except pl.exceptions.ComputeError as exc:
+            raise DataError(f"feature version {Path(folder).name} is damaged ({TABLE}/{part.name}: {str(exc).splitlines()[0]}); "
+                            f"delete {folder} and rerun the command (the version is rebuilt)") from None
+    return parts
 
 
 def _build(req: _Request) -> FeatureTable:

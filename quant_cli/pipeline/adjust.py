@@ -61,6 +61,9 @@ def default_mode(configured: str | None, schema: dict[str, str]) -> str:
 def resolve(configured: str | None, bars: pl.DataFrame, reporter: Reporter = SILENT) -> Adjustment:
     """The adjustment for these bars; symbols without a full adj_close fall back to raw prices (one notice)."""
     mode = default_mode(configured, dict(bars.schema))
+    if mode != "none" and ADJ_CLOSE not in bars.columns:  # only an explicit request gets here
+        reporter.notice(f"data.adjust = {mode!r}, but the dataset has no adj_close column: every symbol uses raw prices "
+                        "(the run manifest records adjust mode 'none'); ingest a source with adj_close, or set data.adjust = \"none\"")
     if mode == "none" or ADJ_CLOSE not in bars.columns:
         return Adjustment("none")
     missing = bars.group_by("symbol").agg(pl.col(ADJ_CLOSE).is_null().any().alias("gap")).filter("gap")

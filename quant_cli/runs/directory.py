@@ -27,7 +27,7 @@ from typing import Any
 from quant_cli import __version__
 from quant_cli.errors import DataError, QFactoryError, RunError, shown
 from quant_cli.io import (
-    STAGING_PREFIX, clean_stale_staging, read_json, release_owner, staged_dir, write_json_atomic, write_owner, write_text_atomic,
+    STAGING_PREFIX, clean_stale_staging, read_json, read_run_json, release_owner, staged_dir, write_json_atomic, write_owner, write_text_atomic,
 )
 from quant_cli.recipe import Recipe, fingerprint, to_toml
 from quant_cli.recipe.schema import RUN_NAME_DOC, RUN_NAME_PATTERN
@@ -112,7 +112,7 @@ class Run:
         return self.path / "manifest.json"
 
     def manifest(self) -> dict[str, Any]:
-        return read_json(self.manifest_path)
+        return read_run_json(self.path, "manifest.json")
 
     def recipe(self) -> Recipe:
         from quant_cli.recipe import load_recipe
@@ -249,8 +249,17 @@ def _latest(runs_dir: Path) -> Run:
     runs = [p for p in runs_dir.glob("*/manifest.json") if not p.parent.name.startswith(".")] if runs_dir.is_dir() else []
     if not runs:
         raise RunError(f"--run latest: no runs under {runs_dir}; start one with `qfactory train --recipe R`")
-    newest = max(runs, key=lambda p: read_json(p).get("created", ""))
+    newest = max(runs, key=_created)
     return Run(newest.parent.resolve())
+
+
+def _created(manifest_path: Path) -> str:
+    """When a run was created; a damaged manifest sorts first, so it is never 'latest'."""
+    try:
+        manifest = read_json(manifest_path)
+    except (OSError, ValueError):
+        return ""
+    return str(manifest.get("created", "")) if isinstance(manifest, dict) else ""
 
 
 @contextmanager
