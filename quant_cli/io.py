@@ -194,8 +194,6 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True  # alive, owned by another user
     except OSError:
-        return False
+        return True  # alive but another user's (EPERM), or unknowable: never delete a live writer's work
     return True

@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 
 import polars as pl
+import socket
+
 import pytest
 
+from quant_cli.io import OWNER_FILE
 from quant_cli.report import CollectingReporter
 from typer.testing import CliRunner
 
@@ -226,7 +229,8 @@ def test_features_that_are_entirely_null_get_one_notice(tmp_path: Path, data_dir
 
 def test_dead_builders_staging_is_cleaned_and_does_not_block(tmp_path: Path, data_dir: Path) -> None:
     root = data_dir / "ds" / "features"
-    stale = root / ".staging-abc-999999999-0a1b2c"
+    stale = root / ".staging-abc-0a1b2c"
     stale.mkdir(parents=True)
+    (stale / OWNER_FILE).write_text(json.dumps({"pid": 999_999_999, "host": socket.gethostname()}))  # its builder is gone
     feature_table(recipe(tmp_path), data_dir)
     assert not stale.exists()

@@ -229,6 +229,5 @@ def load_split(split_dir: Path, recipe: Recipe, snapshot: Snapshot) -> Prepared:
             )
         folder = built.path
     table = Table(rows.select(ROW_COLUMNS), pipeline.features, expected, folder)
-    calendar_path = split_dir / "calendar.parquet"
-    calendar = pl.read_parquet(calendar_path) if calendar_path.is_file() else None
+    calendar = read_run_parquet(split_dir.parent, "split/calendar.parquet") if (split_dir / "calendar.parquet").is_file() else None
     return Prepared(table, rows, SplitPlan.from_json(read_run_json(split_dir.parent, "split/boundaries.json")), pipeline, calendar)

@@ -20,11 +20,7 @@ build streams groups of symbols (features/build.py), so a universe larger than m
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +34,7 @@ from quant_cli.errors import DataError, RecipeError
 from quant_cli.features import build, engine, registry
 from quant_cli.features.align import feature_options
 from quant_cli.features.engine import skipped_message
-from quant_cli.data.legacy import pid_alive
-from quant_cli.io import new_temp_dir, read_json, write_json_atomic
+from quant_cli.io import clean_stale_staging, read_json, staged_dir, write_json_atomic
 from quant_cli.recipe import Recipe, fingerprint
 
 TABLE = "table"
@@ -187,7 +182,8 @@ def _build(req: _Request) -> FeatureTable:
     chunks = build.chunk_symbols(_rows_per_symbol(req, symbols), req.chunk_rows)
     req.reporter.info(f"features: computing {len(todo.names)} features on {len(symbols)} symbols of dataset {req.dataset!r} in {len(chunks)} group(s)")
     try:
-        with _staged_version(req.folder) as staging:
+        clean_stale_staging(req.folder.parent)  # a killed build's folder never blocks or lingers
+        with staged_dir(req.folder) as staging:  # renamed into place once: a version is write-once
             load = lambda chunk: req.snapshot.load_bars(symbols=chunk)  # noqa: E731 - one pinned version only
             _, stats = build.build_parts(load, chunks, todo, staging / TABLE, options, _bounds(req), req.reporter)
             spec = _spec(req, stats, todo, time.perf_counter() - started)
@@ -207,35 +203,6 @@ def _notice_all_null(names: list[str], reporter: Reporter) -> None:
         shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         reporter.notice(f"features with no values at all (every row null; e.g. a window longer than the data): {shown}; "
                         "use shorter features.windows, more history, or exclude them")
-
-
-@contextmanager
-def _staged_version(final: Path) -> Iterator[Path]:
-    """An empty staging folder that becomes `final` by one rename if the block succeeds (write-once)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _clean_dead_staging(final.parent)
-    staging = new_temp_dir(final.parent, prefix=f".staging-{final.name}-{os.getpid()}-")
-    try:
-        yield staging
-        os.rename(staging, final)  # fails if `final` exists: a version is never replaced
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-_STALE_UNKNOWN_OWNER_S = 24 * 3600
-
-
-def _clean_dead_staging(root: Path) -> None:
-    """Remove staging folders whose process is gone (names without a pid: when older than a day)."""
-    for path in root.glob(".staging-*"):
-        parts = path.name.rsplit("-", 2)
-        pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
-        try:
-            dead = not pid_alive(pid) if pid is not None else time.time() - path.stat().st_mtime > _STALE_UNKNOWN_OWNER_S
-        except OSError:
-            continue
-        if dead:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _symbols(req: _Request) -> list[str]:
