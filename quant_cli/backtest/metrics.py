@@ -111,3 +111,44 @@ def _auc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
     if len(classes) == 2:
         return float(roc_auc_score(y == classes[1], proba[:, 1]))
     return float(np.mean([roc_auc_score(y == classes[i], proba[:, i]) for i in present]))
+
+
+# ---- Sharpe ratio statistics (Bailey & López de Prado) -------------------------------------------
+
+EULER_GAMMA = 0.5772156649015329
+
+
+def probabilistic_sharpe_ratio(sharpe: float, periods: int, skew: float, kurtosis: float, benchmark: float = 0.0) -> float:
+    """PSR(SR*) = Φ( (SR − SR*)·√(T − 1) / √(1 − γ₃·SR + (γ₄ − 1)/4 · SR²) ).
+
+    `sharpe` and `benchmark` are per period (not annualised), T = `periods` returns, γ₃ their
+    skewness and γ₄ their **raw** kurtosis (3 for a normal distribution). Popular libraries pass
+    excess kurtosis here, which understates the Sharpe ratio's standard error. NaN when T < 2 or
+    the variance term is not positive.
+    """
+    from scipy.stats import norm
+
+    variance = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
+    if periods < 2 or not all(map(math.isfinite, (sharpe, skew, kurtosis, benchmark))) or variance <= 0:
+        return float("nan")
+    return float(norm.cdf((sharpe - benchmark) * math.sqrt(periods - 1) / math.sqrt(variance)))
+
+
+def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:
+    """SR₀ = √V[SR] · ((1 − γ)·Φ⁻¹(1 − 1/N) + γ·Φ⁻¹(1 − 1/(N·e))), γ = Euler–Mascheroni:
+    the Sharpe ratio (per period) the best of N unskilled trials is expected to reach, given the
+    variance V[SR] of the trials' per-period Sharpe ratios. 0 for a single trial."""
+    from scipy.stats import norm
+
+    if n_trials <= 1 or not math.isfinite(sharpe_variance) or sharpe_variance <= 0:
+        return 0.0
+    quantiles = (1 - EULER_GAMMA) * norm.ppf(1 - 1 / n_trials) + EULER_GAMMA * norm.ppf(1 - 1 / (n_trials * math.e))
+    return float(math.sqrt(sharpe_variance) * quantiles)
+
+
+def deflated_sharpe_ratio(sharpe: float, periods: int, skew: float, kurtosis: float, n_trials: int,
+                          sharpe_variance: float) -> float:
+    """DSR = PSR(SR₀) with SR₀ = expected_max_sharpe(N, V[SR]) (Bailey & López de Prado 2014):
+    the probability that the true Sharpe ratio is positive after selecting the best of N trials.
+    Everything per period, kurtosis raw."""
+    return probabilistic_sharpe_ratio(sharpe, periods, skew, kurtosis, expected_max_sharpe(n_trials, sharpe_variance))

@@ -1,0 +1,106 @@
+"""The trial ledger: every run that reports an out-of-sample Sharpe ratio on a dataset is a trial.
+
+It is derived from the run directories alone (manifest.json and metrics.json), so there is no
+separate state to corrupt. A run reports a trial when its metrics.json holds
+`backtest.sharpe` of the test segment (`backtest.segment`, default "test") or `walkforward.sharpe`;
+either block carries `periods`, `periods_per_year`, `skew` and raw `kurtosis` of the returns
+the Sharpe ratio was computed on.
+
+The deflated Sharpe ratio of a trial (Bailey & López de Prado 2014) is computed against the
+trials on the same dataset created up to and including it: N = their number, V[SR] = the sample
+variance of their per-period Sharpe ratios. A researcher who ran 200 variants sees what the best
+is worth.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quant_cli.backtest.metrics import deflated_sharpe_ratio
+from quant_cli.io import STAGING_PREFIX
+
+KINDS = ("backtest", "walkforward")
+
+
+@dataclass(frozen=True)
+class Trial:
+    run_id: str
+    dataset: str
+    kind: str             # backtest (test segment) or walkforward
+    created: str          # ISO time the run was created; orders the ledger
+    sharpe: float         # annualised
+    periods: int
+    periods_per_year: float
+    skew: float
+    kurtosis: float       # raw (3 for normal returns)
+
+    @property
+    def sharpe_per_period(self) -> float:
+        return self.sharpe / math.sqrt(self.periods_per_year) if self.periods_per_year > 0 else float("nan")
+
+
+def _read_object(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _number(block: dict[str, Any], key: str, default: float = float("nan")) -> float:
+    value = block.get(key, default)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+
+def run_trials(run_dir: Path) -> list[Trial]:
+    """The trials one run reports (none for an unreadable or unfinished run)."""
+    manifest, metrics = _read_object(run_dir / "manifest.json"), _read_object(run_dir / "metrics.json")
+    if manifest is None or metrics is None:
+        return []
+    dataset = (manifest.get("dataset") or {}).get("name") if isinstance(manifest.get("dataset"), dict) else None
+    out = []
+    for kind in KINDS:
+        block = metrics.get(kind)
+        if not isinstance(block, dict) or not math.isfinite(_number(block, "sharpe")):
+            continue
+        if kind == "backtest" and block.get("segment", "test") != "test":
+            continue  # a validation-segment backtest is model selection, not a reported result
+        out.append(Trial(
+            run_id=str(manifest.get("run_id", run_dir.name)), dataset=str(dataset), kind=kind,
+            created=str(manifest.get("created", "")), sharpe=_number(block, "sharpe"),
+            periods=int(_number(block, "periods", 0) if math.isfinite(_number(block, "periods", 0)) else 0),
+            periods_per_year=_number(block, "periods_per_year"),
+            skew=_number(block, "skew", 0.0), kurtosis=_number(block, "kurtosis", 3.0),
+        ))
+    return out
+
+
+def ledger(runs_dir: Path, dataset: str | None = None) -> list[Trial]:
+    """Every trial under `runs_dir` (on `dataset` when given), oldest first."""
+    trials: list[Trial] = []
+    if runs_dir.is_dir():
+        for child in runs_dir.iterdir():
+            if child.is_dir() and not child.name.startswith((".", STAGING_PREFIX)):
+                trials.extend(t for t in run_trials(child) if dataset is None or t.dataset == dataset)
+    return sorted(trials, key=lambda t: (t.created, t.run_id, t.kind))
+
+
+def deflated(trial: Trial, trials: list[Trial]) -> dict[str, Any]:
+    """The trial's deflated Sharpe ratio against the trials on its dataset created up to and
+    including it; `n_trials` and `sharpe_variance` (per period) say what it was deflated by."""
+    before = [t for t in trials if t.dataset == trial.dataset and (t.created, t.run_id, t.kind) <= (trial.created, trial.run_id, trial.kind)]
+    per_period = [t.sharpe_per_period for t in before if math.isfinite(t.sharpe_per_period)]
+    variance = _sample_variance(per_period)
+    dsr = deflated_sharpe_ratio(trial.sharpe_per_period, trial.periods, trial.skew, trial.kurtosis, len(before), variance)
+    return {"deflated_sharpe": dsr, "n_trials": len(before), "sharpe_variance": variance}
+
+
+def _sample_variance(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
