@@ -12,15 +12,6 @@ def _not_yet(name: str) -> None:
     )
 
 
-def walkforward(quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
-    """Refit and test over rolling or expanding windows (not implemented yet).
-
-    Example: qfactory walkforward --recipe recipes/quickstart.toml
-    """
-    with cli_errors(quiet, debug):
-        _not_yet("walkforward")
-
-
 def bundle(quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Package a run's model and feature pipeline as a verified inference bundle (not implemented yet).
 

@@ -25,6 +25,7 @@ from quant_cli.splits.purged import group_of
 from quant_cli.dataset.table import Prepared, fit_weights
 from quant_cli.backtest.metrics import prediction_metrics
 from quant_cli.models.base import Model
+from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.splits.chronological import cv_folds, development, folds_summary
 
 
@@ -36,21 +37,37 @@ def cross_validate(prepared: Prepared, split_cfg: dict[str, Any], embargo: int |
     folds = cv_folds(kept, split_cfg, embargo)
     n_groups = split_cfg["folds"] if split_cfg["method"] == "purged_kfold" else split_cfg["groups"]
     dev = prepared.table.with_features(dev.with_columns(pl.Series("group", group_of(dev["ts"].to_numpy(), n_groups))))
-    y, symbols, ts, t1 = dev["label"].to_numpy(), dev["symbol"].to_numpy(), dev["ts"].to_numpy(), dev["t1"].to_numpy()
     parts = []
     for fold in reporter.track(folds["folds"], "cross-validation"):
-        model = new_model()
         train, test = dev[fold.train], dev[fold.test]
-        pipeline = prepared.pipeline.unfitted().fit(train)
-        weights = fit_weights(train, _calendar(prepared), split_cfg) if model.sample_weights else None
-        model.fit(pipeline.matrix(pipeline.transform(train)), y[fold.train], feature_names=prepared.features,
-                  sample_weight=None if weights is None else weights["weight"].to_numpy(),
-                  symbols=symbols[fold.train], ts=ts[fold.train], t1=t1[fold.train])
-        score = model.predict(pipeline.matrix(pipeline.transform(test)), symbols=symbols[fold.test])
-        scored = test.select("symbol", "ts", "group", "label").with_columns(pl.lit(fold.index).alias("fold"), pl.Series("score", score))
-        parts.append(scored)
+        _, score = fit_and_score(prepared.pipeline, new_model(), train, test, _calendar(prepared), split_cfg)
+        parts.append(test.select("symbol", "ts", "group", "label").with_columns(pl.lit(fold.index).alias("fold"), pl.Series("score", score)))
     oof = pl.concat(parts).select("symbol", "ts", "fold", "group", "score", "label")
     return oof, _cv_metrics(oof, folds, dev)
+
+
+def fit_and_score(template: FittedPipeline, model: Model, train: pl.DataFrame, test: pl.DataFrame, calendar: pl.DataFrame,
+                  split_cfg: dict[str, Any], val: pl.DataFrame | None = None, early_stopping: int = 0) -> tuple[FittedPipeline, np.ndarray]:
+    """The per-fold step of cross-validation and walk-forward: a fresh copy of `template` and the
+    sample weights are fit on `train` alone, then the fresh `model`; returns the fitted pipeline
+    and `test`'s scores (`model` is fitted in place).
+
+    Frames hold symbol, ts, label, t1 and the raw feature columns; `val` (optional) drives early
+    stopping only. This is the one place folds call `Model.fit` / `Model.predict`.
+    """
+    pipeline = template.unfitted().fit(train)
+    weights = fit_weights(train, calendar, split_cfg) if model.sample_weights else None
+    has_val = val is not None and val.height > 0
+    model.fit(_matrix(pipeline, train), train["label"].to_numpy(), feature_names=pipeline.features,
+              X_val=_matrix(pipeline, val) if has_val else None, y_val=val["label"].to_numpy() if has_val else None,
+              sample_weight=None if weights is None else weights["weight"].to_numpy(), early_stopping=early_stopping if has_val else 0,
+              symbols=train["symbol"].to_numpy(), symbols_val=val["symbol"].to_numpy() if has_val else None,
+              ts=train["ts"].to_numpy(), t1=train["t1"].to_numpy())
+    return pipeline, model.predict(_matrix(pipeline, test), symbols=test["symbol"].to_numpy())
+
+
+def _matrix(pipeline: FittedPipeline, rows: pl.DataFrame) -> np.ndarray:
+    return pipeline.matrix(pipeline.transform(rows))
 
 
 def _calendar(prepared: Prepared) -> pl.DataFrame:

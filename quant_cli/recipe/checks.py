@@ -15,6 +15,7 @@ from quant_cli.errors import RecipeError
 def check_recipe(recipe: dict[str, Any], origin: str) -> None:
     _check_features(recipe["features"], origin)
     _check_split(recipe["split"], origin)
+    _check_walkforward(recipe["walkforward"], origin)
 
 
 def _check_features(cfg: dict[str, Any], origin: str) -> None:
@@ -35,6 +36,29 @@ def _check_split(cfg: dict[str, Any], origin: str) -> None:
     if not val_start and cfg["train"] + cfg["val"] >= 1:
         raise RecipeError(f"{origin}: split.train ({cfg['train']:g}) + split.val ({cfg['val']:g}) = {cfg['train'] + cfg['val']:g} "
                           "leaves no test segment; make them sum to less than 1")
+
+
+def _check_walkforward(cfg: dict[str, Any], origin: str) -> None:
+    """Window lengths that can be compared here (both bars or both durations); mixed ones are
+    checked against the data when the folds are built."""
+    test, step, train, validation = cfg["test"], cfg["step"], cfg["train"], cfg["validation"]
+    if step is not None and _comparable(step, test) and _length(step) < _length(test):
+        raise RecipeError(f"{origin}: walkforward.step ({step!r}) is shorter than walkforward.test ({test!r}), so test windows "
+                          "would overlap and score timestamps twice; make step at least test (or leave it unset)")
+    if validation and _comparable(validation, train) and _length(validation) >= _length(train):
+        raise RecipeError(f"{origin}: walkforward.validation ({validation!r}) leaves nothing of walkforward.train ({train!r}) "
+                          "to fit on; make the validation tail shorter than the training window")
+
+
+def _comparable(a: int | str, b: int | str) -> bool:
+    return isinstance(a, str) == isinstance(b, str)
+
+
+def _length(value: int | str) -> float:
+    """Bars, or seconds of a duration (both already validated by the schema)."""
+    from quant_cli.data.frequency import parse_frequency
+
+    return parse_frequency(value).total_seconds() if isinstance(value, str) else float(value)
 
 
 def _time(text: str) -> dt.datetime:

@@ -131,7 +131,13 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "execution": Key("str", "next_close", "Fill price of a decision made at the close of bar t.", choices=("next_open", "next_close")),
         "segment": Key("str", "test", "Which predictions are traded.", choices=("val", "test")),
     },
-    "walkforward": {},
+    "walkforward": {
+        "mode": Key("str", "rolling", "rolling: every fold trains on the `train` window just before its test window; anchored: every fold trains from the first timestamp (the first fold on `train`).", choices=("rolling", "anchored")),
+        "train": Key("int|str", 252, "Training window before each fold's embargo gap: bars (an integer) or a duration ('365d'); anchored: the first fold's window.", minimum=1, duration=True),
+        "test": Key("int|str", 63, "Test window each fold scores: bars or a duration ('90d').", minimum=1, duration=True),
+        "step": Key("int|str", None, "How far each fold's test window moves on: bars or a duration, at least `test` so every timestamp is scored once (default: test).", minimum=1, nullable=True, duration=True),
+        "validation": Key("int|str", 0, "Tail of each training window held out for early stopping, purged and embargoed like a split's validation segment: bars or a duration (0: none, the model fits a fixed number of rounds).", minimum=0, duration=True),
+    },
     "serve": {
         "host": Key("str", "127.0.0.1", "Address the server binds to."),
         "port": Key("int", 8000, "Port the server listens on.", minimum=1, maximum=65535),

@@ -39,8 +39,9 @@ STAGE_OUTPUTS = {
     "split": ("split",),
     "train": ("cv", "model", "predictions.parquet", "metrics.json"),
     "backtest": ("backtest",),
+    "walkforward": ("walkforward",),  # and its block of metrics.json, merged in like backtest's
 }
-_STAGE_RESULT = {"split": "a split", "train": "a model", "backtest": "a backtest"}
+_STAGE_RESULT = {"split": "a split", "train": "a model", "backtest": "a backtest", "walkforward": "a walk-forward"}
 
 _LIBRARIES = ("polars", "pyarrow", "numpy", "lightgbm", "catboost", "xgboost", "scikit-learn", "joblib", "torch", "typer")
 

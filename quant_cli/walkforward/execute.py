@@ -1,0 +1,115 @@
+"""Running walk-forward folds: one fold = one fresh FittedPipeline and model fit on the fold's
+training rows only, scoring its test window; folds run in parallel in one place (`run_folds`).
+
+Results do not depend on the number of jobs: every fold is a pure function of its task (the
+model is seeded by run.seed, LightGBM is built deterministic and column-wise, so its thread
+count does not change a split), and results come back in fold order whatever finishes first.
+Workers report nothing (SILENT): a fold that fails returns its one-line error instead of
+raising, so the caller decides between failing the command and `--continue-on-error`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from quant_cli.backtest.metrics import prediction_metrics
+from quant_cli.dataset.table import KEYS, Table
+from quant_cli.errors import DataError, QFactoryError, RecipeError
+from quant_cli.models.base import Model
+from quant_cli.models.crossval import fit_and_score
+from quant_cli.pipeline.fitted import FittedPipeline
+from quant_cli.report import SILENT, Reporter
+from quant_cli.splits.chronological import EXCLUDED
+from quant_cli.walkforward.folds import WalkFold
+
+BACKENDS = ("local",)  # a Ray backend plugs in here (quant_cli/backend.py), behind the same call
+PREDICTION_COLUMNS = ("symbol", "ts", "fold", "score", "label")
+
+
+@dataclass
+class FoldTask:
+    """Everything one fold needs, picklable for a worker process."""
+
+    fold: WalkFold
+    rows: pl.DataFrame        # the fold's rows marked by the split rule: symbol, ts, label, t1, segment, excluded
+    table: Table              # the feature version (its rows dropped: the worker reads features of `rows`)
+    template: FittedPipeline  # unfitted
+    calendar: pl.DataFrame    # symbol, ts of the fold's bars (sample weights)
+    recipe: dict[str, Any]
+    device: str
+
+
+@dataclass
+class FoldResult:
+    index: int
+    status: str               # ok | failed
+    error: str | None = None
+    scored: pl.DataFrame | None = None  # symbol, ts, fold, score, label
+    train_rows: int = 0
+    test_rows: int = 0
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def fold_segments(task: FoldTask) -> dict[str, pl.DataFrame]:
+    """The fold's kept train / val / test rows with their raw features (one read of the feature table)."""
+    kept = task.rows.filter(pl.col(EXCLUDED).is_null())
+    parts = {
+        "train": kept.filter(pl.col("segment") == "train"),
+        "val": kept.filter(pl.col("segment") == "val"),
+        "test": kept.filter((pl.col("segment") == "test") & (pl.col("ts") >= task.fold.test_start)),
+    }
+    keys = pl.concat([p.select(*KEYS, "label", "t1") for p in parts.values()])
+    with_features = task.table.with_features(keys)
+    bounds = np.cumsum([0, *(p.height for p in parts.values())])
+    return {name: with_features.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i])) for i, name in enumerate(parts)}
+
+
+def fit_fold(task: FoldTask) -> tuple[FittedPipeline, Model, pl.DataFrame]:
+    """Fit the fold's pipeline and model on its training rows; its test window's scores."""
+    from quant_cli.stages import _new_model
+
+    parts = fold_segments(task)
+    if parts["train"].height == 0:
+        raise DataError(f"no training rows are left after purge and embargo (window {task.fold.window_start:%Y-%m-%d} to "
+                        f"{task.fold.boundary:%Y-%m-%d}); use a longer walkforward.train")
+    model = _new_model(task.recipe, task.device)
+    pipeline, score = fit_and_score(task.template, model, parts["train"], parts["test"], task.calendar, task.recipe["split"],
+                                    val=parts["val"], early_stopping=task.recipe["train"]["early_stopping"])
+    scored = parts["test"].select("symbol", "ts", pl.lit(task.fold.index, pl.Int32).alias("fold"),
+                                  pl.Series("score", score, pl.Float64), pl.col("label").cast(pl.Float64))
+    return pipeline, model, scored
+
+
+def run_fold(task: FoldTask) -> FoldResult:
+    """`fit_fold`, with the fold's metrics, or its failure as one line."""
+    try:
+        _, model, scored = fit_fold(task)
+    except Exception as exc:  # noqa: BLE001 - a fold's failure is reported by the caller, naming the fold
+        return FoldResult(task.fold.index, "failed", error=_one_line(exc))
+    train_rows = int(task.rows.filter(pl.col(EXCLUDED).is_null() & (pl.col("segment") == "train")).height)
+    metrics = prediction_metrics(scored)
+    return FoldResult(task.fold.index, "ok", scored=scored, train_rows=train_rows, test_rows=scored.height,
+                      metrics={"ic": metrics.get("ic"), "rank_ic": metrics.get("rank_ic")})
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, QFactoryError) else f"{type(exc).__name__}: {exc}"
+    return (text.splitlines() or [type(exc).__name__])[0]
+
+
+def run_folds(tasks: Iterable[FoldTask], jobs: int | None, backend: str = "local", reporter: Reporter = SILENT,
+              total: int | None = None) -> Iterator[FoldResult]:
+    """Results of `run_fold` over `tasks`, in task order, `jobs` at a time (default: every core),
+    with one progress bar over folds. Tasks are built lazily as workers free up."""
+    if backend not in BACKENDS:
+        raise RecipeError(f"walk-forward backend {backend!r} is not available; use one of {', '.join(BACKENDS)}")
+    from joblib import Parallel, cpu_count, delayed
+
+    parallel = Parallel(n_jobs=jobs or cpu_count(), return_as="generator")
+    yield from reporter.track(parallel(delayed(run_fold)(task) for task in tasks), "walk-forward folds", total=total)

@@ -1,0 +1,163 @@
+"""`qfactory walkforward --recipe R`: refit the whole pipeline per fold, stitch the out-of-sample
+scores, backtest them as one series, and deflate the Sharpe ratio by the trials on the dataset.
+
+Writes into a new run: `walkforward/folds.json` (per-fold windows, rows and metrics),
+`walkforward/predictions.parquet` (symbol, ts, fold, score, label), `walkforward/backtest/`
+(the stitched series' backtest) and the `walkforward` block of `metrics.json` (what the trial
+ledger, quant_cli.runs.ledger, reads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from quant_cli import stages
+from quant_cli.backtest.engine import run_backtest, summarize
+from quant_cli.backtest.metrics import prediction_metrics
+from quant_cli.data import store
+from quant_cli.data.frequency import periods_per_year
+from quant_cli.dataset.table import KEYS, Table, build_table, new_pipeline, split_rows
+from quant_cli.errors import RunError
+from quant_cli.io import read_json, write_json_atomic, write_parquet_atomic
+from quant_cli.pipeline.fitted import FittedPipeline
+from quant_cli.recipe import Recipe
+from quant_cli.report import SILENT, Reporter
+from quant_cli.runs.directory import Run, create_run, stage_outputs
+from quant_cli.runs.ledger import deflated, ledger, run_trials
+from quant_cli.walkforward.execute import PREDICTION_COLUMNS, FoldResult, FoldTask, run_folds
+from quant_cli.walkforward.folds import WalkFold, build_folds
+
+
+def walkforward_new(recipe: Recipe, data_dir: Path, runs_dir: Path, jobs: int | None = None, continue_on_error: bool = False,
+                    reporter: Reporter = SILENT, backend: str = "local") -> Run:
+    """A new run holding a walk-forward: every fold refit on its own training window."""
+    stages._check(recipe, reporter)
+    snapshot = stages._pin_checked(recipe, data_dir)
+    with create_run(runs_dir, recipe) as run:
+        _walkforward_stage(run, recipe, snapshot, _Options(jobs, continue_on_error, backend), reporter)
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    jobs: int | None
+    continue_on_error: bool
+    backend: str
+
+
+def _walkforward_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, options: _Options, reporter: Reporter) -> dict[str, Any]:
+    with run.stage("walkforward") as info:
+        run.update_manifest(dataset=stages._dataset_record(snapshot))  # before the long read: vacuum keeps this version
+        with reporter.working("walk-forward: features and labels"):
+            table, bars, adjustment = build_table(recipe, snapshot, reporter)
+        run.update_manifest(fingerprints={"features": table.fingerprint, "dataset": snapshot.content_hash}, adjust=adjustment.to_json())
+        folds = build_folds(table.rows.filter(pl.col("label").is_not_null())["ts"].to_numpy(), recipe["walkforward"], stages._embargo(recipe))
+        reporter.info(f"walk-forward: {len(folds)} {recipe['walkforward']['mode']} folds, testing {folds[0].test_start:%Y-%m-%d} to {folds[-1].test_end:%Y-%m-%d}")
+        template = new_pipeline(recipe, table, snapshot.manifest, adjustment)
+        tasks = _tasks(folds, table, template, bars.select(KEYS), recipe, stages._device(recipe, reporter))
+        results = _collect(run_folds(tasks, options.jobs, options.backend, reporter, total=len(folds)), folds, options.continue_on_error, reporter)
+        ppy = periods_per_year(recipe["data"]["frequency"] or snapshot.manifest["frequency"])
+        block = _write_outputs(run, recipe, folds, results, bars, ppy)
+        info.update(n_folds=len(folds), failed=sum(r.status == "failed" for r in results))
+    reporter.info(f"walk-forward: stitched sharpe {_fmt(block.get('sharpe'))}, IC {_fmt(block.get('ic'), '.4f')}; "
+                  f"deflated sharpe {_fmt(block.get('deflated_sharpe'), '.3f')} over {block['n_trials']} trial(s)")
+    return block
+
+
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+
+
+def _tasks(folds: list[WalkFold], table: Table, template: FittedPipeline, calendar: pl.DataFrame, recipe: Recipe,
+           device: str) -> Iterator[FoldTask]:
+    """One task per fold, built as workers free up: the fold's rows marked by the split stage's own
+    rule (split_rows: purge, embargo, fill = "drop") under the fold's plan."""
+    embargo, purge = stages._embargo(recipe), recipe["split"]["purge"]
+    features_only = dataclasses.replace(table, rows=table.rows.clear())
+    for fold in folds:
+        window = fold.rows(calendar)
+        rows, _ = split_rows(dataclasses.replace(table, rows=fold.rows(table.rows)), recipe, window, fold.plan(embargo, purge))
+        yield FoldTask(fold, rows.drop("weight"), features_only, template, window, recipe, device)
+
+
+def _collect(results: Iterator[FoldResult], folds: list[WalkFold], continue_on_error: bool, reporter: Reporter) -> list[FoldResult]:
+    out = []
+    for result in results:
+        if result.status == "failed":
+            fold = folds[result.index]
+            where = f"walk-forward fold {fold.index} (test {fold.test_start:%Y-%m-%d} to {fold.test_end:%Y-%m-%d})"
+            if not continue_on_error:
+                raise RunError(f"{where} failed: {result.error}; fix the cause, or pass --continue-on-error to leave failed folds out")
+            reporter.warn(f"{where} failed and is left out of the stitched series: {result.error}")
+        out.append(result)
+    if all(r.status == "failed" for r in out):
+        raise RunError(f"every walk-forward fold failed, e.g. fold 0: {out[0].error}; fix the cause and rerun")
+    return out
+
+
+def _write_outputs(run: Run, recipe: Recipe, folds: list[WalkFold], results: list[FoldResult], bars: pl.DataFrame,
+                   ppy: float) -> dict[str, Any]:
+    predictions = pl.concat([r.scored for r in results if r.scored is not None]).select(PREDICTION_COLUMNS).sort("symbol", "ts")
+    with stage_outputs(run, "walkforward") as folder:
+        write_parquet_atomic(folder / "predictions.parquet", predictions)
+        curve, summary = _backtest_stitched(folder / "backtest", predictions, bars, recipe["backtest"], ppy)
+        write_json_atomic(folder / "folds.json", _folds_json(recipe["walkforward"]["mode"], folds, results, curve, ppy))
+    quality = prediction_metrics(predictions)
+    block = {**summary, "n_folds": len(folds), "n_failed": sum(r.status == "failed" for r in results),
+             "ic": quality.get("ic"), "rank_ic": quality.get("rank_ic"), "icir": quality.get("icir"), "ic_kind": quality.get("ic_kind")}
+    return _with_deflated_sharpe(run, block)
+
+
+def _backtest_stitched(folder: Path, scores: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], ppy: float) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The one call into the backtest engine: the stitched scores traded as one series. Adds the
+    skew and raw kurtosis of the net period returns (what the deflated Sharpe ratio needs)."""
+    from scipy.stats import kurtosis, skew
+
+    curve, summary = run_backtest(scores, bars, cfg, ppy)
+    net = curve["net"].to_numpy() if curve.height else np.zeros(0)
+    moments = len(net) > 2 and float(np.std(net)) > 0
+    summary = {**summary, "skew": float(skew(net)) if moments else float("nan"),
+               "kurtosis": float(kurtosis(net, fisher=False)) if moments else float("nan")}
+    folder.mkdir()
+    write_parquet_atomic(folder / "equity.parquet", curve)
+    write_json_atomic(folder / "summary.json", {**summary, "config": cfg})
+    return curve, summary
+
+
+def _folds_json(mode: str, folds: list[WalkFold], results: list[FoldResult], curve: pl.DataFrame, ppy: float) -> dict[str, Any]:
+    """The per-fold table (the contract with the report writer)."""
+    rows = []
+    for fold, result in zip(folds, results):
+        in_window = curve.filter(pl.col("ts").is_between(fold.test_start, fold.test_end)) if result.status == "ok" else curve.clear()
+        rows.append({
+            "fold": fold.index, "train_start": fold.window_start.isoformat(), "train_end": fold.train_end.isoformat(),
+            "test_start": fold.test_start.isoformat(), "test_end": fold.test_end.isoformat(),
+            "train_rows": result.train_rows, "test_rows": result.test_rows,
+            "ic": result.metrics.get("ic"), "rank_ic": result.metrics.get("rank_ic"),
+            "sharpe": summarize(in_window, ppy).get("sharpe") if in_window.height else None,
+            "status": result.status, "error": result.error,
+        })
+    return {"mode": mode, "n_folds": len(rows), "folds": rows}
+
+
+def _with_deflated_sharpe(run: Run, block: dict[str, Any]) -> dict[str, Any]:
+    """Write the block into metrics.json, then add its deflated Sharpe ratio against every trial on
+    the dataset (the ledger of the other runs plus this one, still in its staging folder)."""
+    path = run.path / "metrics.json"
+    metrics = read_json(path) if path.is_file() else {}
+    write_json_atomic(path, {**metrics, "walkforward": block})
+    mine = [t for t in run_trials(run.path) if t.kind == "walkforward"]
+    if mine:
+        trials = [*ledger(run.path.parent, mine[0].dataset), *mine]
+        block = {**block, **deflated(mine[0], trials)}
+    else:  # no finite Sharpe ratio: no trial to deflate
+        block = {**block, "deflated_sharpe": float("nan"), "n_trials": 0, "sharpe_variance": float("nan")}
+    write_json_atomic(path, {**metrics, "walkforward": block})
+    return block
