@@ -27,7 +27,7 @@ def prediction_metrics(pred: pl.DataFrame) -> dict[str, Any]:
     if pred.height == 0:
         return {"rows": 0}
     scored = _scored(pred)
-    by_ts = scored.group_by("ts").agg(
+    by_ts = scored.group_by("ts", maintain_order=True).agg(  # a fixed order: the mean of the ICs is then bit-for-bit repeatable
         pl.corr("score", "label").alias("ic"),
         pl.corr("score", "label", method="spearman").alias("rank_ic"),
         pl.len().alias("n"),
