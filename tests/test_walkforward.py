@@ -157,3 +157,17 @@ def test_a_folds_pipeline_and_model_ignore_every_bar_after_its_training_end(tmp_
 def test_help_has_an_example(runner):
     result = runner.invoke(app, ["walkforward", "--help"])
     assert result.exit_code == 0 and "Example: qfactory walkforward --recipe recipes/walkforward.toml" in result.stdout
+
+
+def test_a_killed_walkforward_leaves_nothing_that_blocks(tmp_path):
+    """A walkforward/ folder without its committed stage is a killed attempt's leftover: removed."""
+    from quant_cli.report import CollectingReporter
+    from quant_cli.runs.directory import Run
+
+    run_dir = tmp_path / "runs" / "wf-x"
+    (run_dir / "walkforward" / "backtest").mkdir(parents=True)
+    (run_dir / "manifest.json").write_text('{"run_id": "wf-x", "stages": {}}')
+    reporter = CollectingReporter()
+    Run(run_dir).begin_stage("walkforward", reporter)
+    assert not (run_dir / "walkforward").exists()
+    assert reporter.texts("notice") == ["run wf-x: the walkforward stage never committed (interrupted); removed its leftovers (walkforward) and redoing it"]
