@@ -26,6 +26,7 @@ from quant_cli.models.crossval import fit_and_score
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.report import SILENT, Reporter
 from quant_cli.splits.chronological import EXCLUDED
+from quant_cli.stages import _new_model
 from quant_cli.walkforward.folds import WalkFold
 
 BACKENDS = ("local",)  # a Ray backend plugs in here (quant_cli/backend.py), behind the same call
@@ -72,8 +73,6 @@ def fold_segments(task: FoldTask) -> dict[str, pl.DataFrame]:
 
 def fit_fold(task: FoldTask) -> tuple[FittedPipeline, Model, pl.DataFrame]:
     """Fit the fold's pipeline and model on its training rows; its test window's scores."""
-    from quant_cli.stages import _new_model
-
     parts = fold_segments(task)
     if parts["train"].height == 0:
         raise DataError(f"no training rows are left after purge and embargo (window {task.fold.window_start:%Y-%m-%d} to "

@@ -85,7 +85,7 @@ def _back(calendar: np.ndarray, instant: int, amount: Window, key: str) -> int |
 def _boundary(calendar: np.ndarray, test_pos: int, embargo: Embargo) -> int | None:
     """Where training must end so that the embargo after it ends just before the test start."""
     if isinstance(embargo, str):
-        return int(calendar[test_pos]) - _span(embargo, "split.embargo") if embargo else int(calendar[test_pos])
+        return int(calendar[test_pos]) - _span(embargo, "split.embargo")
     return _back(calendar, int(calendar[test_pos]), embargo, "split.embargo")
 
 
