@@ -60,6 +60,8 @@ def test_end_to_end_and_jobs_do_not_change_results(runner, tmp_path):
     for key in ("sharpe", "periods", "periods_per_year", "skew", "kurtosis", "n_folds", "deflated_sharpe", "n_trials", "sharpe_variance"):
         assert key in block, key
     assert (block["n_trials"], b["walkforward"]["n_trials"]) == (1, 2)  # the ledger counts the earlier run
+    trials = ("deflated_sharpe", "n_trials", "sharpe_variance")
+    assert {k: v for k, v in block.items() if k not in trials} == {k: v for k, v in b["walkforward"].items() if k not in trials}
     assert json.loads((runs[1] / "metrics.json").read_text())["walkforward"] == b["walkforward"]
 
 

@@ -104,3 +104,59 @@ def test_each_fold_is_purged_and_embargoed_by_the_split_rule():
         4: ("val", "purged"), 5: ("val", "purged"), 6: ("test", "embargoed"),
         7: ("test", None), 8: ("test", None), 9: ("test", None),
     }
+
+
+# ---- properties over random panels ------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from helpers import labels_for, random_bars  # noqa: E402
+
+
+@st.composite
+def walk_cases(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["forward", "triple_barrier", "cross_sectional_rank"]))
+    labels = labels_for(random_bars(rng, draw(st.integers(1, 3))), kind, draw(st.integers(1, 6)))
+    cfg = _cfg(mode=draw(st.sampled_from(["rolling", "anchored"])),
+               train=draw(st.one_of(st.integers(8, 40), st.sampled_from(["15d", "40d"]))),
+               test=draw(st.one_of(st.integers(3, 15), st.sampled_from(["7d", "12d"]))),
+               validation=draw(st.sampled_from([0, 3, "4d"])))
+    return labels.with_columns(pl.col("ts", "t1").cast(pl.Datetime("us", "UTC"))), cfg, draw(st.one_of(st.integers(0, 5), st.sampled_from(["2d", "5d"])))
+
+
+@settings(max_examples=40, deadline=None)
+@given(walk_cases())
+def test_folds_never_train_on_what_they_test(case):
+    """Every fold: training and validation labels end before its boundary; the boundary is the
+    embargo before the test start; scored rows lie in the test window; test windows tile time
+    forward, each timestamp scored at most once; rolling windows hold `train` bars."""
+    labels, cfg, embargo = case
+    calendar = np.unique(labels.filter(pl.col("label").is_not_null())["ts"].to_numpy())
+    try:
+        folds = build_folds(calendar, cfg, embargo)
+    except (DataError, RecipeError):
+        return  # too little data for the windows, or a validation tail as long as the window
+    recipe = load_recipe(None, [f"split.embargo={embargo!r}" if isinstance(embargo, int) else f'split.embargo="{embargo}"'])
+    cal = calendar.astype("datetime64[us]")
+    for fold, rows in zip(folds, _marked(folds, labels, recipe)):
+        kept = rows.filter(pl.col("excluded").is_null())
+        fitted = kept.filter(pl.col("segment").is_in(["train", "val"]))
+        assert (fitted["t1"] < fold.boundary).all() and (fitted["ts"] >= fold.window_start).all()
+        train = kept.filter(pl.col("segment") == "train")
+        if fold.val_start is not None:
+            assert (train["t1"] < fold.val_start).all()
+        scored = kept.filter((pl.col("segment") == "test") & (pl.col("ts") >= fold.test_start))
+        assert (scored["ts"] <= fold.test_end).all()
+        gap = cal[(cal >= np.datetime64(fold.boundary.replace(tzinfo=None))) & (cal < np.datetime64(fold.test_start.replace(tzinfo=None)))]
+        if isinstance(embargo, int):
+            assert len(gap) == embargo
+        else:
+            assert fold.test_start - fold.boundary == dt.timedelta(days=int(embargo[:-1]))
+        if cfg["mode"] == "rolling" and isinstance(cfg["train"], int):
+            assert ((cal >= np.datetime64(fold.window_start.replace(tzinfo=None))) & (cal < np.datetime64(fold.boundary.replace(tzinfo=None)))).sum() == cfg["train"]
+    assert all(a.test_end < b.test_start for a, b in zip(folds, folds[1:]))
+    tested = [(cal >= np.datetime64(f.test_start.replace(tzinfo=None))) & (cal <= np.datetime64(f.test_end.replace(tzinfo=None))) for f in folds]
+    later = cal >= np.datetime64(folds[0].test_start.replace(tzinfo=None))
+    assert (np.sum(tested, axis=0)[later] == 1).all(), "step = test: every later timestamp is scored by exactly one fold"
