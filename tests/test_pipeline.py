@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -214,3 +215,16 @@ def test_split_reports_cpcv_splits_and_paths(runner, recipe):
     payload = json.loads(result.stdout)
     assert payload["cv"] == {"n_splits": 15, "n_paths": 5}  # C(6, 2) splits, C(5, 1) paths
     assert "cpcv with 15 splits and 5 backtest path(s)" in result.stderr
+
+
+def test_scaler_statistics_are_bit_identical_across_fits():
+    """Same training rows → the same scaler state to the last bit (polars' parallel sums of a
+    large multi-chunk column were not: same seed, different predictions)."""
+    from quant_cli.pipeline.preprocess import fit_preprocess
+
+    rng = np.random.default_rng(0)
+    chunks = [pl.DataFrame({"f": rng.normal(size=100_000) * 1e3 + rng.normal(size=100_000)}) for _ in range(30)]
+    frame = pl.concat(chunks, rechunk=False)
+    cfg = {"scaler": "zscore", "fill": "zero", "clip": 5.0}
+    states = {json.dumps(fit_preprocess(frame, ["f"], cfg), sort_keys=True) for _ in range(8)}
+    assert len(states) == 1

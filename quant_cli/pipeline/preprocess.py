@@ -7,6 +7,7 @@ exactly. Order of application: fill=median (training medians, raw units) → sca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,22 +31,41 @@ def fit_preprocess(train: pl.DataFrame | pl.LazyFrame, columns: list[str], cfg: 
         raise DataError("the training segment is empty after purge and embargo; use more data or a smaller embargo")
     state: dict[str, Any] = {"kind": cfg["scaler"], "fill": cfg["fill"], "clip": cfg["clip"], "columns": columns}
     if cfg["fill"] == "median" or cfg["scaler"] == "robust":
-        state["median"] = _stat(train, columns, lambda c: pl.col(c).median(), 0.0)
+        state["median"] = _stat(train, columns, np.median, 0.0)
     if cfg["scaler"] == "zscore":
-        state["center"] = _stat(train, columns, lambda c: pl.col(c).mean(), 0.0)
-        state["scale"] = _positive(_stat(train, columns, lambda c: pl.col(c).std(), 1.0))
+        state["center"] = _stat(train, columns, np.mean, 0.0)
+        state["scale"] = _positive(_stat(train, columns, _sample_std, 1.0))
     elif cfg["scaler"] == "robust":
         state["center"] = state["median"]
-        mad = _stat(train, columns, lambda c: (pl.col(c) - pl.col(c).median()).abs().median() * _MAD_TO_STD, 1.0)
-        state["scale"] = _positive(mad)
+        state["scale"] = _positive(_stat(train, columns, _scaled_mad, 1.0))
     elif cfg["scaler"] == "rank_gauss":
         state["quantiles"] = _quantiles(train, columns)
     return state
 
 
-def _stat(frame: pl.LazyFrame, columns: list[str], expr, fallback: float) -> dict[str, float]:
-    row = frame.select([expr(c).alias(c) for c in columns]).collect(engine="streaming").row(0, named=True)
-    return {c: _finite_or(row[c], fallback) for c in columns}
+def _stat(frame: pl.LazyFrame, columns: list[str], stat: Callable[[np.ndarray], float], fallback: float) -> dict[str, float]:
+    """`stat` of each column's non-null training values, one column in memory at a time.
+
+    numpy, not a polars aggregation: polars sums a large column in parallel partials whose order
+    varies from run to run, so the scaler (and every prediction after it) differed in the last
+    bits between two runs with the same seed. numpy's pairwise sums are the same every time."""
+    out = {}
+    for c in columns:
+        values = _training_values(frame, c)
+        out[c] = _finite_or(stat(values) if len(values) else None, fallback)
+    return out
+
+
+def _training_values(frame: pl.LazyFrame, column: str) -> np.ndarray:
+    return frame.select(pl.col(column).drop_nulls()).collect().to_series().to_numpy()
+
+
+def _sample_std(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def _scaled_mad(values: np.ndarray) -> float:
+    return float(np.median(np.abs(values - np.median(values)))) * _MAD_TO_STD
 
 
 def _finite_or(value: Any, fallback: float) -> float:
@@ -60,7 +80,7 @@ def _quantiles(frame: pl.LazyFrame, columns: list[str]) -> dict[str, list[float]
     probs = np.linspace(0.0, 1.0, _QUANTILES)
     out = {}
     for c in columns:
-        values = frame.select(pl.col(c).drop_nulls()).collect().to_series().to_numpy()
+        values = _training_values(frame, c)
         out[c] = np.quantile(values, probs).tolist() if len(values) else [0.0] * _QUANTILES
     return out
 
