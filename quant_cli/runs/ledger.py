@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quant_cli.backtest.metrics import deflated_sharpe_ratio
+from quant_cli.backtest.metrics import deflated_sharpe_ratio, probabilistic_sharpe_ratio
 from quant_cli.io import STAGING_PREFIX
 
 KINDS = ("backtest", "walkforward")
@@ -52,7 +52,9 @@ def _read_object(path: Path) -> dict[str, Any] | None:
 
 
 def _number(block: dict[str, Any], key: str, default: float = float("nan")) -> float:
-    value = block.get(key, default)
+    value = block.get(key)
+    if value is None:  # absent, or NaN written as null: the documented default
+        return default
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
@@ -61,6 +63,14 @@ def run_trials(run_dir: Path) -> list[Trial]:
     manifest, metrics = _read_object(run_dir / "manifest.json"), _read_object(run_dir / "metrics.json")
     if manifest is None or metrics is None:
         return []
+    return trials_of(run_dir.name, manifest, metrics)
+
+
+def trials_of(folder_name: str, manifest: dict[str, Any], metrics: dict[str, Any]) -> list[Trial]:
+    """The trials in one run's already-read manifest and metrics (`runs ls` reads each file once).
+
+    Missing return moments take documented defaults: skew 0 and raw kurtosis 3 (normal returns);
+    a missing `periods` leaves the trial counted but its (deflated) Sharpe ratio statistics NaN."""
     dataset = (manifest.get("dataset") or {}).get("name") if isinstance(manifest.get("dataset"), dict) else None
     out = []
     for kind in KINDS:
@@ -70,7 +80,7 @@ def run_trials(run_dir: Path) -> list[Trial]:
         if kind == "backtest" and block.get("segment", "test") != "test":
             continue  # a validation-segment backtest is model selection, not a reported result
         out.append(Trial(
-            run_id=str(manifest.get("run_id", run_dir.name)), dataset=str(dataset), kind=kind,
+            run_id=str(manifest.get("run_id", folder_name)), dataset=str(dataset), kind=kind,
             created=str(manifest.get("created", "")), sharpe=_number(block, "sharpe"),
             periods=int(_number(block, "periods", 0) if math.isfinite(_number(block, "periods", 0)) else 0),
             periods_per_year=_number(block, "periods_per_year"),
@@ -97,6 +107,28 @@ def deflated(trial: Trial, trials: list[Trial]) -> dict[str, Any]:
     variance = _sample_variance(per_period)
     dsr = deflated_sharpe_ratio(trial.sharpe_per_period, trial.periods, trial.skew, trial.kurtosis, len(before), variance)
     return {"deflated_sharpe": dsr, "n_trials": len(before), "sharpe_variance": variance}
+
+
+def deflated_now(trials: list[Trial]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every trial deflated against ALL trials on its dataset in the ledger now, keyed by
+    (run_id, kind): the view of someone picking the best run today, who selected among all of
+    them — so every trial on a dataset shows the same N. `deflated` is the view at the trial's
+    creation (N = trials up to it). One pass per dataset: fast for thousands of runs."""
+    by_dataset: dict[str, list[Trial]] = {}
+    for trial in trials:
+        by_dataset.setdefault(trial.dataset, []).append(trial)
+    out = {}
+    for group in by_dataset.values():
+        variance = _sample_variance([t.sharpe_per_period for t in group if math.isfinite(t.sharpe_per_period)])
+        for t in group:
+            dsr = deflated_sharpe_ratio(t.sharpe_per_period, t.periods, t.skew, t.kurtosis, len(group), variance)
+            out[(t.run_id, t.kind)] = {"deflated_sharpe": dsr, "n_trials": len(group), "sharpe_variance": variance}
+    return out
+
+
+def psr(trial: Trial) -> float:
+    """The trial's probabilistic Sharpe ratio against 0: what it would be worth as the only trial."""
+    return probabilistic_sharpe_ratio(trial.sharpe_per_period, trial.periods, trial.skew, trial.kurtosis)
 
 
 def _sample_variance(values: list[float]) -> float:
