@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quant_cli.backtest.metrics import deflated_sharpe_ratio, probabilistic_sharpe_ratio
+from quant_cli.backtest.metrics import deflated_sharpe_ratio, expected_max_sharpe, probabilistic_sharpe_ratio
 from quant_cli.io import STAGING_PREFIX
 
 KINDS = ("backtest", "walkforward")
@@ -120,8 +120,9 @@ def deflated_now(trials: list[Trial]) -> dict[tuple[str, str], dict[str, Any]]:
     out = {}
     for group in by_dataset.values():
         variance = _sample_variance([t.sharpe_per_period for t in group if math.isfinite(t.sharpe_per_period)])
+        benchmark = expected_max_sharpe(len(group), variance)  # DSR = PSR against it: computed once per dataset
         for t in group:
-            dsr = deflated_sharpe_ratio(t.sharpe_per_period, t.periods, t.skew, t.kurtosis, len(group), variance)
+            dsr = probabilistic_sharpe_ratio(t.sharpe_per_period, t.periods, t.skew, t.kurtosis, benchmark)
             out[(t.run_id, t.kind)] = {"deflated_sharpe": dsr, "n_trials": len(group), "sharpe_variance": variance}
     return out
 
