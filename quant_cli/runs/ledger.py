@@ -63,10 +63,10 @@ def run_trials(run_dir: Path) -> list[Trial]:
     manifest, metrics = _read_object(run_dir / "manifest.json"), _read_object(run_dir / "metrics.json")
     if manifest is None or metrics is None:
         return []
-    return trials_of(run_dir.name, manifest, metrics)
+    return trials_of(str(manifest.get("run_id", run_dir.name)), manifest, metrics)
 
 
-def trials_of(folder_name: str, manifest: dict[str, Any], metrics: dict[str, Any]) -> list[Trial]:
+def trials_of(run_id: str, manifest: dict[str, Any], metrics: dict[str, Any]) -> list[Trial]:
     """The trials in one run's already-read manifest and metrics (`runs ls` reads each file once).
 
     Missing return moments take documented defaults: skew 0 and raw kurtosis 3 (normal returns);
@@ -80,7 +80,7 @@ def trials_of(folder_name: str, manifest: dict[str, Any], metrics: dict[str, Any
         if kind == "backtest" and block.get("segment", "test") != "test":
             continue  # a validation-segment backtest is model selection, not a reported result
         out.append(Trial(
-            run_id=str(manifest.get("run_id", folder_name)), dataset=str(dataset), kind=kind,
+            run_id=run_id, dataset=str(dataset), kind=kind,
             created=str(manifest.get("created", "")), sharpe=_number(block, "sharpe"),
             periods=int(_number(block, "periods", 0) if math.isfinite(_number(block, "periods", 0)) else 0),
             periods_per_year=_number(block, "periods_per_year"),

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,29 +45,32 @@ class RunRecord:
         return str(self.manifest.get("created") or "")
 
 
-def read_object(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+def read_object(path: Path | str) -> tuple[dict[str, Any] | None, str | None]:
     """(object, None), (None, None) when the file is absent, or (None, why it is damaged)."""
+    name = os.path.basename(path)
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:  # bytes: json decodes UTF-8 itself, faster than a text read
+            value = json.loads(fh.read())
     except FileNotFoundError:
         return None, None
     except ValueError as exc:
-        return None, f"{path.name} is not valid JSON ({exc})"
+        return None, f"{name} is not valid JSON ({exc})"
     except OSError as exc:
-        return None, f"{path.name} cannot be read ({exc.strerror or exc})"
-    return (value, None) if isinstance(value, dict) else (None, f"{path.name} is not a JSON object")
+        return None, f"{name} cannot be read ({exc.strerror or exc})"
+    return (value, None) if isinstance(value, dict) else (None, f"{name} is not a JSON object")
 
 
 def read_record(path: Path) -> RunRecord | None:
     """The run in `path`, or None when the folder holds no manifest.json (not a run)."""
-    manifest, problem = read_object(path / "manifest.json")
+    folder = str(path)
+    manifest, problem = read_object(os.path.join(folder, "manifest.json"))
     if manifest is None and problem is None:
         return None
-    metrics, metrics_problem = read_object(path / "metrics.json")
     try:
-        names = frozenset(os.listdir(path))
+        names = frozenset(os.listdir(folder))
     except OSError:
         names = frozenset()
+    metrics, metrics_problem = read_object(os.path.join(folder, "metrics.json")) if "metrics.json" in names else (None, None)
     return RunRecord(path, manifest or {}, metrics or {}, problem or metrics_problem, names)
 
 
@@ -159,14 +162,9 @@ def trial_entry(trial: Trial, view: dict[str, Any]) -> dict[str, Any]:
 
 def ledger_of(records: list[RunRecord]) -> tuple[dict[str, list[Trial]], dict[tuple[str, str], dict[str, Any]]]:
     """Each run's trials, and every trial deflated against all trials on its dataset."""
-    per_run = {r.run_id: trials_of(r.run_id, r.manifest, r.metrics) for r in records if not r.problem}
-    # the ledger is keyed by the folder name, the id `runs show` resolves
-    per_run = {rid: [_renamed(t, rid) for t in trials] for rid, trials in per_run.items()}
+    # keyed by the folder name, the id `runs show` resolves
+    per_run = {r.run_id: trials_of(r.run_id, r.manifest, r.metrics) for r in records if not r.problem and r.metrics}
     return per_run, deflated_now([t for trials in per_run.values() for t in trials])
-
-
-def _renamed(trial: Trial, run_id: str) -> Trial:
-    return trial if trial.run_id == run_id else replace(trial, run_id=run_id)
 
 
 def age_seconds(created: str | None, now: dt.datetime) -> float | None:
