@@ -89,3 +89,14 @@ def test_psr_is_the_single_trial_value(tmp_path):
     fake_run(tmp_path, "one", stamp(1), backtest=trial(1.0))
     (only,) = ledger(tmp_path, "d")
     assert deflated(only, [only])["deflated_sharpe"] == pytest.approx(psr(only))
+
+
+def test_a_walk_forward_sharpe_is_a_trial_too(runner):
+    fake_run(RUNS, "w-20260101T000000-0001", stamp(1), backtest=trial(2.0, segment="val"))
+    metrics = json.loads((RUNS / "w-20260101T000000-0001" / "metrics.json").read_text())
+    metrics["walkforward"] = trial(0.8)
+    (RUNS / "w-20260101T000000-0001" / "metrics.json").write_text(json.dumps(metrics))
+    (row,) = _ls(runner, "--limit", "1")
+    assert [t["kind"] for t in row["trials"]] == ["walkforward"] and row["n_trials"] == 1
+    assert runner.invoke(app, ["runs", "ls"]).stdout.splitlines()[1].split()[5:7] == ["0.80", "(wf)"]
+    assert _ls(runner, "--limit", "0") == []

@@ -65,10 +65,11 @@ def ls(
 
 
 def _ls_row(row: dict[str, Any]) -> dict[str, Any]:
-    sharpe, trial = row["sharpe"], (row["trials"] or [{}])[0]
-    if sharpe is None and row["walkforward_sharpe"] is not None:
-        sharpe = row["walkforward_sharpe"]
-    shown_sharpe = None if sharpe is None else f"{sharpe:.2f}" + (f" ({row['segment']})" if row["segment"] not in (None, "test") else "")
+    trial = (row["trials"] or [{}])[0]  # the test-segment backtest, else the walk-forward
+    if trial:
+        shown_sharpe = f"{trial['sharpe']:.2f}" + (" (wf)" if trial["kind"] == "walkforward" else "")
+    else:  # a validation-segment backtest: shown, but not a trial
+        shown_sharpe = None if row["sharpe"] is None else f"{row['sharpe']:.2f} ({row['segment']})"
     return {
         "run": row["run_id"], "dataset": row["dataset"], "model": row["model"],
         "val_ic": _num(row["val_ic"]), "test_ic": _num(row["test_ic"]), "sharpe": shown_sharpe,

@@ -188,10 +188,10 @@ def list_runs(runs_dir: Path, dataset: str | None = None, model: str | None = No
     rows = []
     for record in records:
         row = {**describe(record), **key_metrics(record.metrics), **stage_status(record), "problem": record.problem}
+        if limit is not None and len(rows) >= limit:
+            break
         if _keep(row, dataset, model, status):
             rows.append(_with_ledger(row, per_run.get(record.run_id, []), views, now))
-            if limit is not None and len(rows) >= limit:
-                break
     return rows
 
 
