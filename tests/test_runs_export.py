@@ -103,3 +103,11 @@ def test_no_tracking_uri_and_unknown_run_are_one_line(runner, monkeypatch):
     result = runner.invoke(app, ["runs", "export-mlflow", "latest", "--tracking-uri", "file:///tmp/never"])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [f"error: run latest: no runs under {Path('runs').resolve()}; start one with `qfactory train --recipe R`"]
+
+
+def test_a_uri_mlflow_refuses_is_one_line(runner, run_id):
+    result = runner.invoke(app, ["runs", "export-mlflow", run_id, "--tracking-uri", "bogus://x"])
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: --tracking-uri 'bogus://x': MLflow refused the export (")
+    assert line.endswith("check the URI (file:///path/mlruns, sqlite:///mlflow.db, http://host:5000)")

@@ -44,12 +44,14 @@ class TrackingError(QFactoryError):
     """The MLflow tracking store refused or could not be reached."""
 
 
-def _client(tracking_uri: str) -> Any:
+def _mlflow() -> tuple[Any, type[Exception]]:
+    """MLflow's client class and exception type, or a one-line MissingExtra."""
     try:
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise MissingExtra(f"runs export-mlflow needs MLflow, which is not installed; install it with `{INSTALL}`") from None
-    return MlflowClient(tracking_uri=tracking_uri)
+    return MlflowClient, MlflowException
 
 
 @contextmanager
@@ -72,11 +74,10 @@ def export_mlflow(runs: list[Run], tracking_uri: str, experiment: str = "qfactor
     records = [checked_record(run) for run in runs]  # every run is read (and checked) before anything is logged
     ledger = ledger_metrics(records)
     contents = [_contents(run, record, ledger[record.run_id]) for run, record in zip(runs, records)]
+    client_class, mlflow_error = _mlflow()
     with _file_store_allowed(tracking_uri):
-        client = _client(tracking_uri)
-        from mlflow.exceptions import MlflowException
-
         try:
+            client = client_class(tracking_uri=tracking_uri)
             experiment_id = _experiment(client, experiment)
             results = []
             for run, content in zip(runs, contents):
@@ -84,7 +85,7 @@ def export_mlflow(runs: list[Run], tracking_uri: str, experiment: str = "qfactor
                 reporter.info(f"export-mlflow: {run.id} -> MLflow run {results[-1]['mlflow_run_id']}"
                               f"{' (updated)' if results[-1]['reused'] else ''}")
             return results
-        except MlflowException as exc:
+        except mlflow_error as exc:
             first = str(exc.message if hasattr(exc, "message") else exc).splitlines()[0]
             raise TrackingError(f"--tracking-uri {shown(tracking_uri)}: MLflow refused the export ({first}); "
                                 "check the URI (file:///path/mlruns, sqlite:///mlflow.db, http://host:5000)") from None
