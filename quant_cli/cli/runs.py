@@ -130,6 +130,8 @@ def _describe(info: dict[str, Any]) -> str:
     keys = ("run_id", "path", "created", "dataset", "dataset_version", "model", "seed", "device", "qfactory_version", "git_commit")
     head = [f"{k}: {'-' if info.get(k) is None else info[k]}" for k in keys]
     head.append(f"status: {_status(info)}")
+    if info.get("references"):
+        head.append(f"references: {', '.join(map(str, info['references']))}")
     if info["protected_by"]:
         head.append(f"protected from gc: {'; '.join(info['protected_by'])}")
     stages = [{"stage": n, **{k: e.get(k) for k in ("status", "seconds", "finished")}} for n, e in info["stages"].items()]

@@ -6,10 +6,13 @@ separate state to corrupt. A run reports a trial when its metrics.json holds
 either block carries `periods`, `periods_per_year`, `skew` and raw `kurtosis` of the returns
 the Sharpe ratio was computed on.
 
-The deflated Sharpe ratio of a trial (Bailey & López de Prado 2014) is computed against the
-trials on the same dataset created up to and including it: N = their number, V[SR] = the sample
-variance of their per-period Sharpe ratios. A researcher who ran 200 variants sees what the best
-is worth.
+The deflated Sharpe ratio of a trial (Bailey & López de Prado 2014) is computed against other
+trials on the same dataset, N = their number, V[SR] = the sample variance of their per-period
+Sharpe ratios, in two views: `deflated_now` against all trials in the ledger now (what `runs ls`
+shows: whoever picks a run today picked it among all of them), and `deflated` against the trials
+created up to and including it (the value at its creation, in `runs show`). A researcher who ran
+200 variants sees what the best is worth. Missing moments default to skew 0 and raw kurtosis 3;
+a trial without `periods` is counted in N, but its own ratios are NaN ("n/a").
 """
 
 from __future__ import annotations
