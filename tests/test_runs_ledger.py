@@ -100,3 +100,11 @@ def test_a_walk_forward_sharpe_is_a_trial_too(runner):
     assert [t["kind"] for t in row["trials"]] == ["walkforward"] and row["n_trials"] == 1
     assert runner.invoke(app, ["runs", "ls"]).stdout.splitlines()[1].split()[5:7] == ["0.80", "(wf)"]
     assert _ls(runner, "--limit", "0") == []
+
+
+def test_an_older_backtest_without_segment_takes_it_from_its_summary(runner):
+    folder = fake_run(RUNS, "o-20260101T000000-0001", stamp(1), backtest={"sharpe": 1.0, "periods": 252, "periods_per_year": 252.0})
+    (folder / "backtest").mkdir()
+    (folder / "backtest" / "summary.json").write_text(json.dumps({"sharpe": 1.0, "config": {"segment": "val"}}))
+    (row,) = _ls(runner)
+    assert row["segment"] == "val" and row["trials"] == [] and ledger(RUNS, "d") == []

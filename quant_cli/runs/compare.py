@@ -15,7 +15,7 @@ from typing import Any
 from quant_cli.errors import RunError
 from quant_cli.io import read_run_json
 from quant_cli.runs.directory import Run
-from quant_cli.runs.ledger import deflated, psr
+from quant_cli.runs.ledger import deflated, psr, with_segment
 from quant_cli.runs.listing import RunRecord, age_seconds, describe, key_metrics, ledger_of, scan, stage_status, trial_entry
 
 if sys.version_info >= (3, 11):
@@ -44,7 +44,7 @@ def checked_record(run: Run) -> RunRecord:
     """The run's manifest and metrics, checked: a damaged one is a RunError line."""
     manifest = run.manifest()
     metrics = read_run_json(run.path, "metrics.json") if (run.path / "metrics.json").is_file() else {}
-    return RunRecord(run.path, manifest, metrics, None, frozenset(os.listdir(run.path)))
+    return RunRecord(run.path, manifest, with_segment(run.path, metrics), None, frozenset(os.listdir(run.path)))
 
 
 def read_recipe(run: Run) -> dict[str, Any]:

@@ -66,7 +66,20 @@ def run_trials(run_dir: Path) -> list[Trial]:
     manifest, metrics = _read_object(run_dir / "manifest.json"), _read_object(run_dir / "metrics.json")
     if manifest is None or metrics is None:
         return []
-    return trials_of(str(manifest.get("run_id", run_dir.name)), manifest, metrics)
+    return trials_of(str(manifest.get("run_id", run_dir.name)), manifest, with_segment(run_dir, metrics))
+
+
+def with_segment(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Backtests written before metrics.json carried `segment` name it only in the config of
+    backtest/summary.json; read it there (one small file, only for such runs), so a
+    validation-segment backtest of an older run is not mistaken for a test-segment trial."""
+    block = metrics.get("backtest")
+    if not isinstance(block, dict) or "segment" in block:
+        return metrics
+    summary = _read_object(Path(run_dir) / "backtest" / "summary.json")
+    config = summary.get("config") if summary else None
+    segment = config.get("segment") if isinstance(config, dict) else None
+    return {**metrics, "backtest": {**block, "segment": segment}} if isinstance(segment, str) else metrics
 
 
 def trials_of(run_id: str, manifest: dict[str, Any], metrics: dict[str, Any]) -> list[Trial]:

@@ -19,7 +19,7 @@ from typing import Any
 from quant_cli.errors import RunError, one_of, shown, suggest
 from quant_cli.io import STAGING_PREFIX, _is_stale
 from quant_cli.runs.directory import STAGE_OUTPUTS
-from quant_cli.runs.ledger import Trial, deflated_now, trials_of
+from quant_cli.runs.ledger import Trial, deflated_now, trials_of, with_segment
 
 # A run's state, worst first: what `--status` filters on (besides a committed stage's name).
 STATES = ("damaged", "running", "failed", "interrupted", "ok")
@@ -71,6 +71,8 @@ def read_record(path: Path) -> RunRecord | None:
     except OSError:
         names = frozenset()
     metrics, metrics_problem = read_object(os.path.join(folder, "metrics.json")) if "metrics.json" in names else (None, None)
+    if metrics and "backtest" in names:
+        metrics = with_segment(path, metrics)
     return RunRecord(path, manifest or {}, metrics or {}, problem or metrics_problem, names)
 
 
