@@ -111,3 +111,19 @@ def test_a_uri_mlflow_refuses_is_one_line(runner, run_id):
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: --tracking-uri 'bogus://x': MLflow refused the export (")
     assert line.endswith("check the URI (file:///path/mlruns, sqlite:///mlflow.db, http://host:5000)")
+
+
+def test_a_real_run_lists_shows_and_compares(runner, run_id):
+    """The listing reads what the pipeline really writes (these tests share one real run)."""
+    (row,) = json.loads(runner.invoke(app, ["runs", "ls", "--json"]).stdout)
+    assert (row["run_id"], row["name"], row["dataset"], row["model"]) == (run_id, "exp", "syn", "lightgbm")
+    assert row["committed"] == ["ingest", "split", "train", "backtest"] and row["state"] == "ok"
+    assert row["segment"] == "test" and isinstance(row["test_ic"], float)
+    info = json.loads(runner.invoke(app, ["runs", "show", "latest", "--json"]).stdout)
+    assert set(info["stages"]) == {"ingest", "split", "train", "backtest"} and info["stages"]["train"]["seconds"] > 0
+    assert info["dataset_version"] == 0 and info["model"] == "lightgbm"
+    shutil.copytree(Path("runs") / run_id, Path("runs") / "copy")
+    result = runner.invoke(app, ["runs", "compare", run_id, "copy", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["recipe"] == {} and out["metrics"]["test.ic"][0] == out["metrics"]["test.ic"][1]
