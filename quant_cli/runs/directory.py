@@ -170,15 +170,14 @@ class Run:
         extra: dict[str, Any] = {}
         try:
             yield extra
-        except BaseException as exc:
+        except (Exception, KeyboardInterrupt) as exc:
             self._record_failure(name, exc, round(time.perf_counter() - started, 3))
             raise
         seconds = round(time.perf_counter() - started, 3)
         self.update_manifest(stages={name: {"status": "done", "seconds": seconds, "finished": _now_iso(), **extra}})
         self.log("stage_done", stage=name, seconds=seconds)
 
-
-    def _record_failure(self, name: str, exc: BaseException, seconds: float) -> None:
+    def _record_failure(self, name: str, exc: Exception | KeyboardInterrupt, seconds: float) -> None:
         """Best effort, so `runs ls --status failed` finds it: the manifest says the stage failed
         (or was interrupted by Ctrl-C); it stays uncommitted, so the next command redoes it."""
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
