@@ -33,8 +33,8 @@ def test_ls_lists_newest_first_with_identity_metrics_and_status(runner):
     assert newest["committed"] == ["split", "train"] and newest["state"] == "ok" and newest["sharpe"] is None
     assert oldest["sharpe"] == 1.2 and oldest["n_trials"] == 1 and oldest["age_seconds"] > 0
     table = runner.invoke(app, ["runs", "ls"]).stdout.splitlines()
-    assert table[0].split() == ["RUN", "DATASET", "MODEL", "VAL_IC", "TEST_IC", "SHARPE", "DSR", "N", "STATUS", "AGE"]
-    assert table[1].split()[:5] == ["b-20260101T000000-0002", "d", "xgboost", "0.0300", "0.0500"]
+    assert table[0].split() == ["RUN", "NAME", "DATASET", "MODEL", "VAL_IC", "TEST_IC", "SHARPE", "DSR", "N", "STATUS", "AGE"]
+    assert table[1].split()[:6] == ["b-20260101T000000-0002", "b", "d", "xgboost", "0.0300", "0.0500"]
     assert "split+train+backtest" in table[2]
 
 

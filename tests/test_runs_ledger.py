@@ -39,7 +39,7 @@ def test_best_of_200_trials_is_deflated_far_below_its_psr(runner):
     assert entry["deflated_sharpe"] < 0.5 < entry["psr"] - 0.45   # the best of 200 is worth little
     assert entry["deflated_sharpe"] == pytest.approx(row["deflated_sharpe"])
     line = next(line for line in runner.invoke(app, ["runs", "ls", "--dataset", "spx"]).stdout.splitlines() if line.startswith(best_id))
-    assert line.split()[5:8] == [f"{sharpes[best]:.2f}", f"{entry['deflated_sharpe']:.2f}", "200"]
+    assert line.split()[6:9] == [f"{sharpes[best]:.2f}", f"{entry['deflated_sharpe']:.2f}", "200"]
     # the other dataset's ledger is its own
     assert _ls(runner, "--dataset", "ftse")[0]["n_trials"] == 1
 
@@ -72,7 +72,7 @@ def test_missing_moments_take_the_documented_defaults_and_missing_periods_is_na(
     assert rows["m"]["deflated_sharpe"] == pytest.approx(deflated_sharpe_ratio(1.0 / np.sqrt(252), 252, 0.0, 3.0, 2, variance))
     assert rows["p"]["deflated_sharpe"] is None and rows["p"]["n_trials"] == 2  # counted, not deflatable
     line = next(line for line in runner.invoke(app, ["runs", "ls"]).stdout.splitlines() if line.startswith("p-"))
-    assert line.split()[5:8] == ["1.00", "n/a", "2"]
+    assert line.split()[6:9] == ["1.00", "n/a", "2"]
     text = runner.invoke(app, ["runs", "show", "p-20260101T000000-0002"]).stdout
     assert text.splitlines()[-1].split()[:3] == ["backtest", "1.00", "n/a"]   # periods n/a
 
@@ -98,7 +98,7 @@ def test_a_walk_forward_sharpe_is_a_trial_too(runner):
     (RUNS / "w-20260101T000000-0001" / "metrics.json").write_text(json.dumps(metrics))
     (row,) = _ls(runner, "--limit", "1")
     assert [t["kind"] for t in row["trials"]] == ["walkforward"] and row["n_trials"] == 1
-    assert runner.invoke(app, ["runs", "ls"]).stdout.splitlines()[1].split()[5:7] == ["0.80", "(wf)"]
+    assert runner.invoke(app, ["runs", "ls"]).stdout.splitlines()[1].split()[6:8] == ["0.80", "(wf)"]
     assert _ls(runner, "--limit", "0") == []
 
 

@@ -44,7 +44,7 @@ def ls(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """List runs, newest first: id, name, dataset, model, val/test IC, Sharpe with its deflated Sharpe
+    """List runs, newest first: id, run name, dataset, model, val/test IC, Sharpe with its deflated Sharpe
     ratio (DSR) and N (trials on that dataset), status (committed stages, failed/interrupted), age.
 
     Reads manifest.json and metrics.json only. A run whose files cannot be read is listed as damaged.
@@ -60,7 +60,7 @@ def ls(
         return
     if not rows:
         console.info("no runs match; start one with `qfactory train --recipe R`")
-    columns = ("run", "dataset", "model", "val_ic", "test_ic", "sharpe", "dsr", "n", "status", "age")
+    columns = ("run", "name", "dataset", "model", "val_ic", "test_ic", "sharpe", "dsr", "n", "status", "age")
     typer.echo(_table([_ls_row(r) for r in rows], columns))
 
 
@@ -71,7 +71,7 @@ def _ls_row(row: dict[str, Any]) -> dict[str, Any]:
     else:  # a validation-segment backtest: shown, but not a trial
         shown_sharpe = None if row["sharpe"] is None else f"{row['sharpe']:.2f} ({row['segment']})"
     return {
-        "run": row["run_id"], "dataset": row["dataset"], "model": row["model"],
+        "run": row["run_id"], "name": row["name"], "dataset": row["dataset"], "model": row["model"],
         "val_ic": _num(row["val_ic"]), "test_ic": _num(row["test_ic"]), "sharpe": shown_sharpe,
         "dsr": _dsr(trial) if trial else None, "n": trial.get("n_trials"), "status": _status(row), "age": _age(row["age_seconds"]),
     }
