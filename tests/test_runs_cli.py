@@ -149,3 +149,12 @@ def test_compare_puts_metrics_side_by_side_and_lists_recipe_differences(runner):
     text = runner.invoke(app, ["runs", "compare", "a-20260101T000000-0001", "b-20260101T000000-0002"]).stdout
     assert text.splitlines()[:2] == ["run1 = a-20260101T000000-0001", "run2 = b-20260101T000000-0002"]
     assert any(line.split() == ["model.params.num_leaves", "7", "31"] for line in text.splitlines())
+
+
+def test_show_of_a_run_with_damaged_metrics_is_one_line(runner):
+    fake_run(RUNS, "m-20260101T000000-0001", stamp(1))
+    (RUNS / "m-20260101T000000-0001" / "metrics.json").write_text('"text"')
+    result = runner.invoke(app, ["runs", "show", "m-20260101T000000-0001"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: run m-20260101T000000-0001: metrics.json is not a JSON object; the run is damaged, start a new one with `qfactory train --recipe R`"]
