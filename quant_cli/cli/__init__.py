@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from quant_cli import __version__
-from quant_cli.cli import backtest, data, features, ingest, recipe, run, split, stubs, train, walkforward
+from quant_cli.cli import backtest, data, features, ingest, recipe, run, runs, split, stubs, train, walkforward
 from quant_cli.cli.common import OneLineUsageErrors
 
 app = typer.Typer(
@@ -52,3 +52,4 @@ app.command("bundle", context_settings=_PASS_THROUGH)(stubs.bundle)
 app.command("serve", context_settings=_PASS_THROUGH)(stubs.serve)
 app.command("run")(run.run)
 app.add_typer(recipe.app, name="recipe")
+app.add_typer(runs.app, name="runs")

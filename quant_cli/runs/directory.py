@@ -169,10 +169,24 @@ class Run:
         self.log("stage_start", stage=name)
         started = time.perf_counter()
         extra: dict[str, Any] = {}
-        yield extra
+        try:
+            yield extra
+        except (Exception, KeyboardInterrupt) as exc:
+            self._record_failure(name, exc, round(time.perf_counter() - started, 3))
+            raise
         seconds = round(time.perf_counter() - started, 3)
         self.update_manifest(stages={name: {"status": "done", "seconds": seconds, "finished": _now_iso(), **extra}})
         self.log("stage_done", stage=name, seconds=seconds)
+
+    def _record_failure(self, name: str, exc: Exception | KeyboardInterrupt, seconds: float) -> None:
+        """Best effort, so `runs ls --status failed` finds it: the manifest says the stage failed
+        (or was interrupted by Ctrl-C); it stays uncommitted, so the next command redoes it."""
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        try:
+            self.update_manifest(stages={name: {"status": status, "seconds": seconds, "finished": _now_iso(), "error": type(exc).__name__}})
+            self.log(f"stage_{status}", stage=name, error=type(exc).__name__)
+        except Exception:  # noqa: BLE001 - a damaged manifest or full disk must not hide the real error
+            pass
 
 
 def _now_iso(timespec: str = "seconds") -> str:
@@ -233,23 +247,24 @@ def _initial_manifest(run_id: str, recipe: Recipe) -> dict[str, Any]:
     }
 
 
-def resolve_run(ref: str, runs_dir: Path) -> Run:
-    """`ref` is a path to a run directory, a run id under `runs_dir`, or `latest`."""
+def resolve_run(ref: str, runs_dir: Path, label: str = "--run") -> Run:
+    """`ref` is a path to a run directory, a run id under `runs_dir`, or `latest`; `label` names
+    the argument in errors (`runs show RUN` passes 'run')."""
     if ref == "latest":
-        return _latest(runs_dir)
+        return _latest(runs_dir, label)
     for candidate in (Path(ref), runs_dir / ref):
         if (candidate / "manifest.json").is_file():
             return Run(candidate.resolve())
     raise RunError(
-        f"--run {shown(ref)}: no run directory with a manifest.json there or under {runs_dir}; "
+        f"{label} {shown(ref)}: no run directory with a manifest.json there or under {runs_dir}; "
         "pass a run path, a run id, or 'latest'"
     )
 
 
-def _latest(runs_dir: Path) -> Run:
+def _latest(runs_dir: Path, label: str = "--run") -> Run:
     runs = [p for p in runs_dir.glob("*/manifest.json") if not p.parent.name.startswith(".")] if runs_dir.is_dir() else []
     if not runs:
-        raise RunError(f"--run latest: no runs under {runs_dir}; start one with `qfactory train --recipe R`")
+        raise RunError(f"{label} latest: no runs under {runs_dir}; start one with `qfactory train --recipe R`")
     newest = max(runs, key=_created)
     return Run(newest.parent.resolve())
 
@@ -271,3 +286,15 @@ def stage_outputs(run: Run, folder: str) -> Iterator[Path]:
         raise RunError(f"run {run.id} already has {folder}/; runs are never overwritten — start a new run")
     with staged_dir(final) as staging:
         yield staging
+
+
+def busy(run_dir: Path) -> bool:
+    """A command is writing into this run now: it holds a staging folder whose writer is alive
+    (`runs gc` never deletes such a run, not even with --force)."""
+    from quant_cli.io import _is_stale  # the one rule that tells a live writer from a dead one
+
+    try:
+        entries = list(Path(run_dir).iterdir())
+    except OSError:
+        return False
+    return any(e.name.startswith(STAGING_PREFIX) and e.is_dir() and not _is_stale(e) for e in entries)

@@ -6,10 +6,13 @@ separate state to corrupt. A run reports a trial when its metrics.json holds
 either block carries `periods`, `periods_per_year`, `skew` and raw `kurtosis` of the returns
 the Sharpe ratio was computed on.
 
-The deflated Sharpe ratio of a trial (Bailey & López de Prado 2014) is computed against the
-trials on the same dataset created up to and including it: N = their number, V[SR] = the sample
-variance of their per-period Sharpe ratios. A researcher who ran 200 variants sees what the best
-is worth.
+The deflated Sharpe ratio of a trial (Bailey & López de Prado 2014) is computed against other
+trials on the same dataset, N = their number, V[SR] = the sample variance of their per-period
+Sharpe ratios, in two views: `deflated_now` against all trials in the ledger now (what `runs ls`
+shows: whoever picks a run today picked it among all of them), and `deflated` against the trials
+created up to and including it (the value at its creation, in `runs show`). A researcher who ran
+200 variants sees what the best is worth. Missing moments default to skew 0 and raw kurtosis 3;
+a trial without `periods` is counted in N, but its own ratios are NaN ("n/a").
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quant_cli.backtest.metrics import deflated_sharpe_ratio
+from quant_cli.backtest.metrics import deflated_sharpe_ratio, expected_max_sharpe, probabilistic_sharpe_ratio
 from quant_cli.io import STAGING_PREFIX
 
 KINDS = ("backtest", "walkforward")
@@ -52,7 +55,9 @@ def _read_object(path: Path) -> dict[str, Any] | None:
 
 
 def _number(block: dict[str, Any], key: str, default: float = float("nan")) -> float:
-    value = block.get(key, default)
+    value = block.get(key)
+    if value is None:  # absent, or NaN written as null: the documented default
+        return default
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
@@ -61,6 +66,27 @@ def run_trials(run_dir: Path) -> list[Trial]:
     manifest, metrics = _read_object(run_dir / "manifest.json"), _read_object(run_dir / "metrics.json")
     if manifest is None or metrics is None:
         return []
+    return trials_of(str(manifest.get("run_id", run_dir.name)), manifest, with_segment(run_dir, metrics))
+
+
+def with_segment(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Backtests written before metrics.json carried `segment` name it only in the config of
+    backtest/summary.json; read it there (one small file, only for such runs), so a
+    validation-segment backtest of an older run is not mistaken for a test-segment trial."""
+    block = metrics.get("backtest")
+    if not isinstance(block, dict) or "segment" in block:
+        return metrics
+    summary = _read_object(Path(run_dir) / "backtest" / "summary.json")
+    config = summary.get("config") if summary else None
+    segment = config.get("segment") if isinstance(config, dict) else None
+    return {**metrics, "backtest": {**block, "segment": segment}} if isinstance(segment, str) else metrics
+
+
+def trials_of(run_id: str, manifest: dict[str, Any], metrics: dict[str, Any]) -> list[Trial]:
+    """The trials in one run's already-read manifest and metrics (`runs ls` reads each file once).
+
+    Missing return moments take documented defaults: skew 0 and raw kurtosis 3 (normal returns);
+    a missing `periods` leaves the trial counted but its (deflated) Sharpe ratio statistics NaN."""
     dataset = (manifest.get("dataset") or {}).get("name") if isinstance(manifest.get("dataset"), dict) else None
     out = []
     for kind in KINDS:
@@ -70,7 +96,7 @@ def run_trials(run_dir: Path) -> list[Trial]:
         if kind == "backtest" and block.get("segment", "test") != "test":
             continue  # a validation-segment backtest is model selection, not a reported result
         out.append(Trial(
-            run_id=str(manifest.get("run_id", run_dir.name)), dataset=str(dataset), kind=kind,
+            run_id=run_id, dataset=str(dataset), kind=kind,
             created=str(manifest.get("created", "")), sharpe=_number(block, "sharpe"),
             periods=int(_number(block, "periods", 0) if math.isfinite(_number(block, "periods", 0)) else 0),
             periods_per_year=_number(block, "periods_per_year"),
@@ -97,6 +123,29 @@ def deflated(trial: Trial, trials: list[Trial]) -> dict[str, Any]:
     variance = _sample_variance(per_period)
     dsr = deflated_sharpe_ratio(trial.sharpe_per_period, trial.periods, trial.skew, trial.kurtosis, len(before), variance)
     return {"deflated_sharpe": dsr, "n_trials": len(before), "sharpe_variance": variance}
+
+
+def deflated_now(trials: list[Trial]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every trial deflated against ALL trials on its dataset in the ledger now, keyed by
+    (run_id, kind): the view of someone picking the best run today, who selected among all of
+    them — so every trial on a dataset shows the same N. `deflated` is the view at the trial's
+    creation (N = trials up to it). One pass per dataset: fast for thousands of runs."""
+    by_dataset: dict[str, list[Trial]] = {}
+    for trial in trials:
+        by_dataset.setdefault(trial.dataset, []).append(trial)
+    out = {}
+    for group in by_dataset.values():
+        variance = _sample_variance([t.sharpe_per_period for t in group if math.isfinite(t.sharpe_per_period)])
+        benchmark = expected_max_sharpe(len(group), variance)  # DSR = PSR against it: computed once per dataset
+        for t in group:
+            dsr = probabilistic_sharpe_ratio(t.sharpe_per_period, t.periods, t.skew, t.kurtosis, benchmark)
+            out[(t.run_id, t.kind)] = {"deflated_sharpe": dsr, "n_trials": len(group), "sharpe_variance": variance}
+    return out
+
+
+def psr(trial: Trial) -> float:
+    """The trial's probabilistic Sharpe ratio against 0: what it would be worth as the only trial."""
+    return probabilistic_sharpe_ratio(trial.sharpe_per_period, trial.periods, trial.skew, trial.kurtosis)
 
 
 def _sample_variance(values: list[float]) -> float:
