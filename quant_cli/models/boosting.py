@@ -123,6 +123,8 @@ class LightGBMModel(_Boosting):
         if val is not None and early_stopping:
             valid_sets = [lgb.Dataset(val.X, y_val, reference=data)]
             callbacks = [lgb.early_stopping(early_stopping, verbose=False)]
+        if self._report is not None and val is not None:
+            callbacks.append(self._round_report(val))
         try:
             booster = lgb.train(self._lgb_params(self.device_), data, num_boost_round=self.params["n_estimators"],
                                 valid_sets=valid_sets, callbacks=callbacks)
@@ -135,6 +137,17 @@ class LightGBMModel(_Boosting):
                                 valid_sets=valid_sets, callbacks=callbacks)
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
         self.booster_ = booster
+
+    def _round_report(self, val: Inputs) -> Any:
+        """A LightGBM callback handing each round and the current val scores to the StepReport."""
+        report = self._report
+
+        def callback(env: Any) -> None:
+            rounds = env.iteration + 1
+            report(rounds, lambda: self._scores(self._as_proba(env.model.predict(val.X, num_iteration=rounds))))
+
+        callback.order = 40  # after early stopping's bookkeeping (order 30)
+        return callback
 
     def _predict(self, rows: Inputs) -> np.ndarray:
         return self._as_proba(self.booster_.predict(rows.X, num_iteration=self.best_iteration_))
