@@ -125,7 +125,17 @@ def evaluate(task: TrialTask) -> TrialResult:
         last = traceback.extract_tb(exc.__traceback__)[-1]
         result.state, result.error = "fail", f"{type(exc).__name__}: {exc} ({Path(last.filename).name}:{last.lineno})".splitlines()[0]
     result.seconds = round(time.perf_counter() - started, 3)
+    result.value = _stable(result.value)
+    result.intermediate = {step: _stable(v) for step, v in result.intermediate.items()}
     return result
+
+
+def _stable(value: float | None) -> float | None:
+    """12 significant digits: the last bits of a parallel aggregation (polars group_by means) vary
+    from run to run, and must not steer the sampler onto another path."""
+    if value is None or not math.isfinite(value) or value == 0:
+        return value
+    return round(value, 11 - int(math.floor(math.log10(abs(value)))))
 
 
 def _objective(task: TrialTask, intermediate: dict[int, float]) -> tuple[float, dict[str, Any]]:
