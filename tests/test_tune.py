@@ -180,10 +180,10 @@ def test_cli_tune_writes_trials_best_recipe_and_refits_once_on_test(runner, reci
 
 def test_a_continued_study_equals_one_run_in_one_go(runner, recipe_file, tmp_path):
     args = ["--set", "tune.refit=false", "--json"]
-    whole = runner.invoke(app, ["tune", "--recipe", str(recipe_file), "--trials", "4", *args])
+    whole = runner.invoke(app, ["tune", "--recipe", str(recipe_file), "--trials", "3", *args])
     part = runner.invoke(app, ["tune", "--recipe", str(recipe_file), "--trials", "2", *args])
     run = Path(read_json_line(part.stdout)["path"])
-    more = runner.invoke(app, ["tune", "--run", str(run), "--trials", "2", "--json"])
+    more = runner.invoke(app, ["tune", "--run", str(run), "--trials", "1", "--json"])
     assert (whole.exit_code, part.exit_code, more.exit_code) == (0, 0, 0), more.output
     assert study_table(run).equals(study_table(Path(read_json_line(whole.stdout)["path"])))
 
