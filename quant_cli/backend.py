@@ -93,6 +93,7 @@ class RayBackend(Backend):
             options.update(address="local", num_cpus=self.jobs, object_store_memory=_LOCAL_OBJECT_STORE,
                            _node_ip_address="127.0.0.1")
         else:
+            _check_reachable(address)
             options.update(address=address)
         try:
             self._ray.init(**options)
@@ -136,6 +137,18 @@ class RayBackend(Backend):
         if self._started:
             self._ray.shutdown()
             self._started = False
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries an unreachable head for minutes: a host:port address gets a 5-second TCP check first."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # 'auto' and other forms: Ray resolves them
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise QFactoryError(f"--backend ray: cannot reach the Ray head at RAY_ADDRESS={address} ({exc.strerror or exc}); "
+                            "start it with `ray start --head` and check the address, or unset RAY_ADDRESS to run locally") from None
 
 
 def _read_probes(probes: dict[str, str]) -> tuple[str, list[str]]:

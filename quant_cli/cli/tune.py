@@ -10,6 +10,7 @@ from quant_cli.cli import console
 from quant_cli.cli.common import (
     BackendOpt, DataDirOpt, DebugOpt, JobsOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, cli_errors, emit,
 )
+from quant_cli.backend import check_backend
 from quant_cli.errors import QFactoryError
 from quant_cli.recipe import load_with_overrides
 from quant_cli.runs.directory import data_home, resolve_run, runs_home
@@ -49,6 +50,7 @@ def tune(
 
 
 def _tune(study, recipe, run_ref, trials, backend, jobs, sets, data_dir, runs_dir):  # noqa: ANN001
+    check_backend(backend)
     if (recipe is None) == (run_ref is None):
         raise QFactoryError("pass exactly one of --recipe (start a study) or --run (continue a tune run's study)")
     if run_ref is not None:
