@@ -264,7 +264,8 @@ def test_continuing_a_run_that_is_not_a_tune_run_is_one_line(runner, recipe_file
     assert result.stderr.strip() == f"error: run {run.name} is not a tune run (its manifest has no 'tune' entry); start one with `qfactory tune --recipe R`"
 
 
-def test_the_step_report_hook_sees_each_rounds_val_scores_and_can_stop_the_fit():
+@pytest.mark.parametrize("name", ["lightgbm", "xgboost"])
+def test_the_step_report_hook_sees_each_rounds_val_scores_and_can_stop_the_fit(name):
     """The hook tuning prunes through (and torch loops will call per epoch): step n's scores are
     the model's val predictions after n rounds; raising from it stops fitting."""
     from helpers import model_panel
@@ -277,15 +278,16 @@ def test_the_step_report_hook_sees_each_rounds_val_scores_and_can_stop_the_fit()
     def report(step, val_scores):
         seen[step] = val_scores()
 
-    model = create_model("lightgbm", "regression", {"n_estimators": 12, "min_data_in_leaf": 5}, 0, 1)
+    params = {"n_estimators": 12, **({"min_data_in_leaf": 5} if name == "lightgbm" else {})}
+    model = create_model(name, "regression", params, 0, 1)
     model.fit(X[:180], y[:180], feature_names=["a", "b", "c"], X_val=X[180:], y_val=y[180:], report=report)
     assert sorted(seen) == list(range(1, 13))
-    np.testing.assert_array_equal(seen[12], model.predict(X[180:]))
+    np.testing.assert_allclose(seen[12], model.predict(X[180:]), rtol=1e-6)
 
     def prune_at_3(step, val_scores):
         if step == 3:
             raise objective.Pruned
 
     with pytest.raises(objective.Pruned):
-        create_model("lightgbm", "regression", {"n_estimators": 12, "min_data_in_leaf": 5}, 0, 1).fit(
+        create_model(name, "regression", params, 0, 1).fit(
             X[:180], y[:180], feature_names=["a", "b", "c"], X_val=X[180:], y_val=y[180:], report=prune_at_3)

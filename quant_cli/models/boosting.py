@@ -324,11 +324,26 @@ class XGBoostModel(_Boosting):
 
         stop = val is not None and early_stopping > 0
         evals = [(self._matrix(val, y_val), "val")] if stop else []
+        callbacks = [self._round_report(val)] if self._report is not None and val is not None else None
         booster = xgb.train(self._xgb_params(), self._matrix(train, y, sample_weight),
                             num_boost_round=self.params["n_estimators"], evals=evals,
-                            early_stopping_rounds=early_stopping if stop else None, verbose_eval=False)
+                            early_stopping_rounds=early_stopping if stop else None, verbose_eval=False, callbacks=callbacks)
         self.n_trees_ = int(booster.best_iteration + 1) if stop else int(booster.num_boosted_rounds())
         self.booster_ = booster
+
+    def _round_report(self, val: Inputs) -> Any:
+        """An XGBoost callback handing each round and the current val scores to the StepReport."""
+        import xgboost as xgb
+
+        report, matrix, model = self._report, self._matrix(val), self
+
+        class RoundReport(xgb.callback.TrainingCallback):
+            def after_iteration(self, booster: Any, epoch: int, evals_log: Any) -> bool:
+                rounds = epoch + 1
+                report(rounds, lambda: model._scores(model._as_proba(booster.predict(matrix, iteration_range=(0, rounds)))))
+                return False
+
+        return RoundReport()
 
     def _predict(self, rows: Inputs) -> np.ndarray:
         return self._as_proba(self.booster_.predict(self._matrix(rows), iteration_range=(0, self.n_trees_)))
