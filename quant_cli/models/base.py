@@ -16,9 +16,9 @@ output, so metrics and backtests treat both tasks alike.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,6 +37,7 @@ TASKS = ("regression", "classification")
 # the validation rows (what `predict` would give, computed only if called). It may raise to stop
 # fitting — tuning raises `quant_cli.tune.objective.Pruned` to prune a trial.
 StepReport = Callable[[int, Callable[[], np.ndarray]], None]
+
 # More distinct labels than this is almost surely a continuous target given to a classifier.
 MAX_CLASSES = 20
 
@@ -167,8 +168,8 @@ class Model(ABC):
 
         symbols/symbols_val: the symbol of each row, required by a symbol encoding.
         ts/t1: row timestamps and label end times, required by stacking (purged folds).
-        report: a StepReport the family's loop calls per round/epoch when it has one (LightGBM;
-        models without a loop ignore it). Read by `_fit` as `self._report`; never saved.
+        report: a StepReport the family's loop calls per round/epoch when it has one (LightGBM,
+        XGBoost; models without a loop ignore it). Read by `_fit` as `self._report`; never saved.
         """
         self.__dict__.pop("feature_names_", None)  # a failed refit must not look fitted
         X = self._check_X(X, len(feature_names), "X")
