@@ -291,3 +291,11 @@ def test_the_step_report_hook_sees_each_rounds_val_scores_and_can_stop_the_fit(n
     with pytest.raises(objective.Pruned):
         create_model(name, "regression", params, 0, 1).fit(
             X[:180], y[:180], feature_names=["a", "b", "c"], X_val=X[180:], y_val=y[180:], report=prune_at_3)
+
+
+def test_a_cv_objective_scores_purged_folds_over_train_and_val(recipe_file, tmp_path):
+    recipe = load_recipe(recipe_file, ["tune.refit=false", "tune.objective='cv.ic_mean'", "split.method='purged_kfold'",
+                                       "split.folds=3", "tune.sampler='random'"])
+    result = tune_new(recipe, tmp_path / "data", tmp_path / "runs", trials=2)
+    assert result.trials["state"].to_list() == ["complete", "complete"]
+    assert result.trials["value"].is_finite().all()
