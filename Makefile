@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine with only Python 3.11:
 #   make quickstart   -> creates .venv, installs qfactory, runs the quickstart pipeline
-#   make test         -> creates .venv, installs qfactory + test deps, runs the test suite
+#   make test         -> creates .venv, installs qfactory + test deps + the ray extra (its tests start a
+#                        local Ray instance), runs the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 # CPU torch by default. GPU users: `make TORCH_SPEC='torch' ...` after pointing pip at their CUDA
@@ -17,12 +18,17 @@ $(BIN)/qfactory: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $@
 
+# The test suite also runs --backend ray for real: the extra goes into the same venv.
+$(BIN)/.ray-extra: $(BIN)/qfactory
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
+	@touch $@
+
 setup: $(BIN)/qfactory
 
 quickstart: setup
 	$(BIN)/qfactory run --recipe recipes/quickstart.toml
 
-test: setup
+test: setup $(BIN)/.ray-extra
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -27,7 +27,7 @@ from quant_cli.dataset.table import KEYS, Prepared, check_task, dataset_name, lo
 from quant_cli.errors import RecipeError, RunError
 from quant_cli.io import read_json, read_run_parquet, write_json_atomic, write_parquet_atomic
 from quant_cli.backtest.metrics import classification_metrics, prediction_metrics
-from quant_cli.models.base import Model
+from quant_cli.models.base import Model, StepReport
 from quant_cli.models.device import resolve_device
 from quant_cli.models.registry import create_model
 from quant_cli.pipeline.adjust import Adjustment
@@ -99,7 +99,8 @@ def _device(recipe: Recipe, reporter: Reporter) -> str:
     return resolve_device(recipe["train"]["device"], recipe["train"]["strict_device"], reporter)
 
 
-def _fit(model: Model, prepared: Prepared, inputs: dict[str, Any], early_stopping: int, reporter: Reporter) -> float:
+def _fit(model: Model, prepared: Prepared, inputs: dict[str, Any], early_stopping: int, reporter: Reporter,
+         report: StepReport | None = None) -> float:
     (train, X), (val, X_val) = inputs["train"], inputs["val"]
     weight = train["weight"].to_numpy() if model.sample_weights and train["weight"].null_count() == 0 else None
     started = time.perf_counter()
@@ -107,8 +108,21 @@ def _fit(model: Model, prepared: Prepared, inputs: dict[str, Any], early_stoppin
         model.fit(X, train["label"].to_numpy(), feature_names=prepared.features,
                   X_val=X_val, y_val=val["label"].to_numpy(), sample_weight=weight, early_stopping=early_stopping,
                   symbols=train["symbol"].to_numpy(), symbols_val=val["symbol"].to_numpy(),
-                  ts=train["ts"].to_numpy(), t1=train["t1"].to_numpy())
+                  ts=train["ts"].to_numpy(), t1=train["t1"].to_numpy(), report=report)
     return time.perf_counter() - started
+
+
+def new_model(recipe: Recipe, reporter: Reporter = SILENT) -> Model:
+    """A new, unfitted model of the recipe on its resolved device."""
+    return _new_model(recipe, _device(recipe, reporter), reporter)
+
+
+def fit_model(recipe: Recipe, prepared: Prepared, inputs: dict[str, Any], reporter: Reporter = SILENT,
+              report: StepReport | None = None) -> tuple[Model, float]:
+    """A new model of the recipe fit on `inputs` (segment_inputs' train and val), as the train stage
+    fits it: (model, seconds). `report` is the fitting loop's StepReport (tuning prunes through it)."""
+    model = new_model(recipe, reporter)
+    return model, _fit(model, prepared, inputs, recipe["train"]["early_stopping"], reporter, report)
 
 
 def _train_stage(run: Run, recipe: Recipe, prepared: Prepared, reporter: Reporter) -> dict[str, Any]:
@@ -263,11 +277,23 @@ def _pinned_for(run: Run, recipe: Recipe, data_dir: Path) -> store.Snapshot:
 
 def new_split_run(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> Run:
     """`qfactory split --recipe R`: a new run holding only the split."""
-    _check(recipe, reporter, model=False)
+    return split_new(recipe, data_dir, runs_dir, reporter)[0]
+
+
+def split_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT, *, model: bool = False) -> tuple[Run, Prepared]:
+    """A new (committed) run holding only the split, and the split in memory (tuning shares it
+    with every trial); `model` checks the recipe's model before any heavy work."""
+    _check(recipe, reporter, model=model)
     snapshot = _pin_checked(recipe, data_dir)
     with create_run(runs_dir, recipe) as run:
-        _split_stage(run, recipe, snapshot, reporter)
-    return run
+        prepared = _split_stage(run, recipe, snapshot, reporter)
+    return run, prepared
+
+
+def load_run_split(run: Run, data_dir: Path) -> Prepared:
+    """A run's stored split on the dataset version it was split on (nothing is recomputed)."""
+    recipe = run.recipe()
+    return load_split(run.path / "split", recipe, _pinned_for(run, recipe, data_dir))
 
 
 def train_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> Run:

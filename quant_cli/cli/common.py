@@ -43,6 +43,10 @@ def device_overrides(device: str | None, strict: bool) -> list[str]:
     return [*([f'train.device="{device}"'] if device else []), *(["train.strict_device=true"] if strict else [])]
 
 
+BackendOpt = Annotated[str, typer.Option("--backend", help="Where tasks run: local (this machine) or ray (RAY_ADDRESS, else a local Ray instance; needs qfactory[ray]).")]
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Tasks run at once (local: processes; ray: CPUs of a local Ray instance).")]
+
+
 RunOpt = Annotated[str, typer.Option("--run", help="Run directory, run id, or 'latest'.", show_default=False)]
 
 

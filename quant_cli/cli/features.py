@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from quant_cli.cli import console
-from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, SetOpt, cli_errors, emit
+from quant_cli.cli.common import BackendOpt, DataDirOpt, JobsOpt, DebugOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, SetOpt, cli_errors, emit
 from quant_cli.errors import RecipeError
 from quant_cli.recipe import load_recipe
 from quant_cli.runs.directory import data_home
@@ -29,26 +29,31 @@ def features(
     recipe: OptionalRecipeOpt = None,
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
+    backend: BackendOpt = "local",
+    jobs: JobsOpt = 1,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Build the recipe's feature table (or reuse the cached version) and print its directory.
 
+    With --backend ray (or --jobs N) the symbol groups are built as parallel tasks; the result is
+    the same table, bit for bit.
+
     The version lives in <data_dir>/<dataset>/features/<fingerprint>/ (table/part-*.parquet +
     spec.json); the fingerprint covers the [features] section, the data and the feature code.
 
-    Example: qfactory features --recipe recipes/quickstart.toml --json
+    Example: qfactory features --recipe recipes/quickstart.toml --backend ray --jobs 4 --json
     """
     if ctx.invoked_subcommand is not None:
         return
-    from quant_cli.features.store import feature_table  # heavy imports only when building
+    from quant_cli.features.store import build_features  # heavy imports only when building
 
     with cli_errors(quiet, debug):
         if recipe is None:
             raise RecipeError("--recipe is required to build features, e.g. `qfactory features --recipe r.toml`; see `qfactory features --help`")
         loaded = load_recipe(recipe, set_)
-        table = feature_table(loaded, data_home(data_dir, loaded), reporter=console.REPORTER)
+        table = build_features(loaded, data_home(data_dir, loaded), backend, jobs, console.REPORTER)
     emit(table.path, as_json, {"fingerprint": table.fingerprint, "rows": table.rows, "features": len(table.columns), "cached": table.cached})
 
 

@@ -20,12 +20,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from quant_cli.report import SILENT, Reporter
 from quant_cli.features import engine
 from quant_cli.features.align import FeatureOptions
+
+if TYPE_CHECKING:
+    from quant_cli.backend import Backend
 
 DEFAULT_CHUNK_ROWS = 500_000  # ~0.7 GB of Float64 output for the 158-feature Alpha158 set
 LoadBars = Callable[[list[str]], pl.DataFrame]
@@ -53,6 +57,12 @@ class PartStats:
     symbols: int = 0  # parts hold disjoint symbol groups, so counts add up
     nulls: dict[str, int] = field(default_factory=dict)
 
+    def merge(self, other: PartStats) -> None:
+        self.rows += other.rows
+        self.symbols += other.symbols
+        for name, count in other.nulls.items():
+            self.nulls[name] = self.nulls.get(name, 0) + count
+
     def add(self, frame: pl.DataFrame, names: Sequence[str]) -> None:
         self.rows += frame.height
         self.symbols += frame.get_column("symbol").n_unique()
@@ -69,15 +79,24 @@ def build_parts(
     options: FeatureOptions | None = None,
     bounds: tuple[dt.datetime | None, dt.datetime | None] = (None, None),
     reporter: Reporter = SILENT,
+    backend: Backend | None = None,
+    snapshot: Any = None,
 ) -> tuple[list[Path], PartStats]:
     """Compute `todo` chunk by chunk into `out_dir/part-NNNNN.parquet`; returns the parts in order and their stats.
 
-    While a group is computed, the next group's bars are read and the previous part is written
-    on background threads (polars releases the GIL; writing a few GB of floats is disk-bound),
-    so at most three groups are in memory.
+    In this process (no backend, or local with one job): while a group is computed, the next
+    group's bars are read and the previous part is written on background threads (polars
+    releases the GIL; writing a few GB of floats is disk-bound), so at most three groups are in
+    memory. On a parallel backend (local jobs > 1, ray) each group is one task that reads its bars
+    from the pinned `snapshot`, computes and writes its part; the parts are the same files.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     staged = bool(todo.stage2)
+    if backend is not None and not backend.in_process and snapshot is not None:
+        parts, stats = _build_on(backend, snapshot, chunks, todo, out_dir, options, bounds, reporter)
+        if staged:
+            _add_cross_sectional(parts, todo, bounds, stats)
+        return parts, stats
     parts: list[Path] = []
     stats = PartStats()
     with _Writer() as writer, ThreadPoolExecutor(max_workers=1, thread_name_prefix="qfactory-read") as reader:
@@ -94,6 +113,45 @@ def build_parts(
             writer.submit(frame, parts[-1])
     if staged:
         _add_cross_sectional(parts, todo, bounds, stats)
+    return parts, stats
+
+
+@dataclass
+class PartTask:
+    """One symbol group's part, as a backend task: everything is a plain picklable value."""
+
+    snapshot: Any  # a pinned data.store.Snapshot (or AdjustedSnapshot): reads that version only
+    symbols: list[str]
+    todo: engine.Plan
+    options: FeatureOptions | None
+    bounds: tuple[dt.datetime | None, dt.datetime | None]
+    path: Path
+
+
+def build_part(task: PartTask) -> PartStats:
+    """Compute and write one part, exactly as the in-process loop does; its stats (empty when staged)."""
+    bars = task.snapshot.load_bars(symbols=task.symbols)
+    engine.check_bars(bars)
+    first = engine.stage1(bars, task.todo, task.options)
+    staged = bool(task.todo.stage2)
+    frame = (first if staged else _filtered(engine.finish(first, task.todo), task.bounds)).collect()
+    stats = PartStats()
+    if not staged:
+        stats.add(frame, task.todo.names)
+    _write(frame, task.path)
+    return stats
+
+
+def _build_on(backend: Backend, snapshot: Any, chunks: Sequence[list[str]], todo: engine.Plan, out_dir: Path,
+              options: FeatureOptions | None, bounds: tuple[dt.datetime | None, dt.datetime | None],
+              reporter: Reporter) -> tuple[list[Path], PartStats]:
+    parts = [out_dir / f"part-{i:05d}.parquet" for i in range(len(chunks))]
+    tasks = [PartTask(snapshot, list(chunk), todo, options, bounds, path) for chunk, path in zip(chunks, parts)]
+    with reporter.working(f"features: {len(tasks)} group(s) on the {backend.name} backend ({backend.jobs} job(s))"):
+        results = backend.map(build_part, tasks)
+    stats = PartStats()
+    for part_stats in results:  # task order = part order: the same totals as the in-process loop
+        stats.merge(part_stats)
     return parts, stats
 
 

@@ -23,7 +23,7 @@ import datetime as dt
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -36,6 +36,9 @@ from quant_cli.features.align import feature_options
 from quant_cli.features.engine import skipped_message
 from quant_cli.io import clean_stale_staging, read_json, staged_dir, write_json_atomic
 from quant_cli.recipe import Recipe, fingerprint
+
+if TYPE_CHECKING:
+    from quant_cli.backend import Backend
 
 TABLE = "table"
 SPEC = "spec.json"
@@ -108,14 +111,15 @@ class _Request:
     folder: Path
     chunk_rows: int
     reporter: Reporter
-    snapshot: bar_store.Snapshot
+    backend: Backend | None = None
 
 
 def feature_table(recipe: Recipe, data_dir: Path, chunk_rows: int | None = None, reporter: Reporter = SILENT,
-                  *, snapshot: bar_store.Snapshot | None = None) -> FeatureTable:
+                  *, snapshot: bar_store.Snapshot | None = None, backend: Backend | None = None) -> FeatureTable:
     """Build or reuse the feature version a recipe asks for (`chunk_rows`: rows per symbol group).
 
     `snapshot` is the dataset version the calling stage pinned; None pins the latest one.
+    `backend` (quant_cli.backend) runs the symbol groups as tasks; None builds them in this process.
     """
     dataset = _dataset(recipe)
     selection = registry.REGISTRY.resolve(recipe["features"])  # bad names fail before any I/O
@@ -129,8 +133,18 @@ def feature_table(recipe: Recipe, data_dir: Path, chunk_rows: int | None = None,
     if (folder / SPEC).is_file() and (folder / TABLE).is_dir():
         reporter.info(f"features: reusing cached version {fp} of dataset {dataset!r}")
         return load_version(folder, reporter)
-    request = _Request(recipe, Path(data_dir), dataset, snapshot, manifest, selection, data_filter, folder, chunk_rows or build.DEFAULT_CHUNK_ROWS, reporter)
+    request = _Request(recipe, Path(data_dir), dataset, snapshot, manifest, selection, data_filter, folder, chunk_rows or build.DEFAULT_CHUNK_ROWS, reporter, backend)
     return _build(request)
+
+
+def build_features(recipe: Recipe, data_dir: Path, backend: str = "local", jobs: int = 1, reporter: Reporter = SILENT) -> FeatureTable:
+    """`qfactory features`: the recipe's feature version, its symbol groups built on `backend`
+    (quant_cli.backend) after checking that every worker sees the data home."""
+    from quant_cli.backend import open_backend
+
+    with open_backend(backend, jobs) as opened:
+        opened.check_shared({"data home": Path(data_dir)})
+        return feature_table(recipe, data_dir, reporter=reporter, backend=opened)
 
 
 def load_version(folder: Path, reporter: Reporter = SILENT) -> FeatureTable:
@@ -185,7 +199,8 @@ def _build(req: _Request) -> FeatureTable:
         clean_stale_staging(req.folder.parent)  # a killed build's folder never blocks or lingers
         with staged_dir(req.folder) as staging:  # renamed into place once: a version is write-once
             load = lambda chunk: req.snapshot.load_bars(symbols=chunk)  # noqa: E731 - one pinned version only
-            _, stats = build.build_parts(load, chunks, todo, staging / TABLE, options, _bounds(req), req.reporter)
+            _, stats = build.build_parts(load, chunks, todo, staging / TABLE, options, _bounds(req), req.reporter,
+                                         backend=req.backend, snapshot=req.snapshot)
             spec = _spec(req, stats, todo, time.perf_counter() - started)
             write_json_atomic(staging / SPEC, spec)
     except OSError:

@@ -16,6 +16,7 @@ output, so metrics and backtests treat both tasks alike.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +31,13 @@ from quant_cli.models.encoding import KINDS, UNSEEN_POLICIES, SymbolEncoder, che
 from quant_cli.models.params import Limit, check_params, library_message
 
 TASKS = ("regression", "classification")
+
+# A fitting loop's progress hook (`Model.fit(report=...)`): called after each boosting round or
+# epoch with the step number (1, 2, ...) and a function returning the model's current scores on
+# the validation rows (what `predict` would give, computed only if called). It may raise to stop
+# fitting — tuning raises `quant_cli.tune.objective.Pruned` to prune a trial.
+StepReport = Callable[[int, Callable[[], np.ndarray]], None]
+
 # More distinct labels than this is almost surely a continuous target given to a classifier.
 MAX_CLASSES = 20
 
@@ -143,17 +151,25 @@ class Model(ABC):
     def n_classes(self) -> int:
         return len(self.classes_) if self.is_classifier else 1
 
+    def _scores(self, output: np.ndarray) -> np.ndarray:
+        """`predict`'s scores from the family's raw `_predict` output (for StepReport)."""
+        if self.is_classifier:
+            return normalise(output) @ np.asarray(self.classes_, dtype=np.float64)
+        return np.asarray(output, dtype=np.float64).reshape(-1)
+
     def is_fitted(self) -> bool:
         return hasattr(self, "feature_names_")
 
     def fit(self, X: np.ndarray, y: np.ndarray, *, feature_names: list[str], X_val: np.ndarray | None = None,
             y_val: np.ndarray | None = None, sample_weight: np.ndarray | None = None, early_stopping: int = 0,
             symbols: np.ndarray | None = None, symbols_val: np.ndarray | None = None,
-            ts: np.ndarray | None = None, t1: np.ndarray | None = None) -> Model:
+            ts: np.ndarray | None = None, t1: np.ndarray | None = None, report: StepReport | None = None) -> Model:
         """Fit on (X, y); X_val/y_val drive early stopping where the model supports it.
 
         symbols/symbols_val: the symbol of each row, required by a symbol encoding.
         ts/t1: row timestamps and label end times, required by stacking (purged folds).
+        report: a StepReport the family's loop calls per round/epoch when it has one (LightGBM,
+        XGBoost; models without a loop ignore it). Read by `_fit` as `self._report`; never saved.
         """
         self.__dict__.pop("feature_names_", None)  # a failed refit must not look fitted
         X = self._check_X(X, len(feature_names), "X")
@@ -169,11 +185,14 @@ class Model(ABC):
             val_targets = self._val_targets(self._check_y(y_val, len(X_val), "y_val"))
         weights = self._check_weights(sample_weight, len(X))
         self.device_ = self._device()
+        self._report = report if val is not None else None
         try:
             self._fit(train, targets, val, val_targets, weights, int(early_stopping))
         except self._library_errors() as exc:
             raise ModelError(f"model '{self.name}' could not be fit: {library_message(exc)}; check model.params "
                              "(`qfactory train --list-models` lists each model's parameters)") from None
+        finally:
+            self._report = None
         self.feature_names_ = list(feature_names)
         return self
 

@@ -123,6 +123,8 @@ class LightGBMModel(_Boosting):
         if val is not None and early_stopping:
             valid_sets = [lgb.Dataset(val.X, y_val, reference=data)]
             callbacks = [lgb.early_stopping(early_stopping, verbose=False)]
+        if self._report is not None and val is not None:
+            callbacks.append(self._round_report(val))
         try:
             booster = lgb.train(self._lgb_params(self.device_), data, num_boost_round=self.params["n_estimators"],
                                 valid_sets=valid_sets, callbacks=callbacks)
@@ -135,6 +137,17 @@ class LightGBMModel(_Boosting):
                                 valid_sets=valid_sets, callbacks=callbacks)
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
         self.booster_ = booster
+
+    def _round_report(self, val: Inputs) -> Any:
+        """A LightGBM callback handing each round and the current val scores to the StepReport."""
+        report = self._report
+
+        def callback(env: Any) -> None:
+            rounds = env.iteration + 1
+            report(rounds, lambda: self._scores(self._as_proba(env.model.predict(val.X, num_iteration=rounds))))
+
+        callback.order = 40  # after early stopping's bookkeeping (order 30)
+        return callback
 
     def _predict(self, rows: Inputs) -> np.ndarray:
         return self._as_proba(self.booster_.predict(rows.X, num_iteration=self.best_iteration_))
@@ -311,11 +324,26 @@ class XGBoostModel(_Boosting):
 
         stop = val is not None and early_stopping > 0
         evals = [(self._matrix(val, y_val), "val")] if stop else []
+        callbacks = [self._round_report(val)] if self._report is not None and val is not None else None
         booster = xgb.train(self._xgb_params(), self._matrix(train, y, sample_weight),
                             num_boost_round=self.params["n_estimators"], evals=evals,
-                            early_stopping_rounds=early_stopping if stop else None, verbose_eval=False)
+                            early_stopping_rounds=early_stopping if stop else None, verbose_eval=False, callbacks=callbacks)
         self.n_trees_ = int(booster.best_iteration + 1) if stop else int(booster.num_boosted_rounds())
         self.booster_ = booster
+
+    def _round_report(self, val: Inputs) -> Any:
+        """An XGBoost callback handing each round and the current val scores to the StepReport."""
+        import xgboost as xgb
+
+        report, matrix, model = self._report, self._matrix(val), self
+
+        class RoundReport(xgb.callback.TrainingCallback):
+            def after_iteration(self, booster: Any, epoch: int, evals_log: Any) -> bool:
+                rounds = epoch + 1
+                report(rounds, lambda: model._scores(model._as_proba(booster.predict(matrix, iteration_range=(0, rounds)))))
+                return False
+
+        return RoundReport()
 
     def _predict(self, rows: Inputs) -> np.ndarray:
         return self._as_proba(self.booster_.predict(self._matrix(rows), iteration_range=(0, self.n_trees_)))

@@ -37,6 +37,11 @@ RUN_NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}"
 RUN_NAME_DOC = "1 to 100 letters, digits, '.', '_' or '-', not starting with '.'"
 
 
+# What `qfactory tune` can optimise (quant_cli.tune.objective computes them on train/val only).
+TUNE_OBJECTIVES = ("val.ic", "val.rank_ic", "val.icir", "val.hit_rate", "val.rmse", "val.mae",
+                   "cv.ic_mean", "cv.ic_min", "backtest.sharpe", "backtest.sortino", "backtest.annual_return")
+
+
 # A section maps key names to `Key` or to a nested section (dict). A `table` Key holds free-form
 # parameters that a later stage validates (e.g. model.params against the model's own parameters).
 SCHEMA: dict[str, dict[str, Any]] = {
@@ -137,6 +142,17 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "test": Key("int|str", 63, "Test window each fold scores: bars or a duration ('90d').", minimum=1, duration=True),
         "step": Key("int|str", None, "How far each fold's test window moves on: bars or a duration, at least `test` so every timestamp is scored once (default: test).", minimum=1, nullable=True, duration=True),
         "validation": Key("int|str", 0, "Tail of each training window held out for early stopping, purged and embargoed like a split's validation segment: bars or a duration (0: none, the model fits a fixed number of rounds).", minimum=0, duration=True),
+    },
+    "tune": {
+        "objective": Key("str", "val.rank_ic", "What `qfactory tune` optimises, never on the test segment: val.<metric> (model fit on train, scored on val), cv.<metric> (purged CV over train + val; needs split.method purged_kfold or cpcv) or backtest.<metric> (the backtest of the val scores).", choices=TUNE_OBJECTIVES),
+        "direction": Key("str", None, "maximize or minimize (default: minimize for val.rmse and val.mae, else maximize).", choices=("maximize", "minimize"), nullable=True),
+        "trials": Key("int", 20, "Trials per `qfactory tune` call (--trials overrides).", minimum=1, maximum=100_000),
+        "sampler": Key("str", "tpe", "Optuna sampler: tpe (Tree-structured Parzen Estimator) or random; seeded from run.seed and the trial number.", choices=("tpe", "random")),
+        "pruner": Key("str", "median", "median: stop a trial whose intermediate val objective is worse than the median of completed trials at the same step (LightGBM rounds; torch epochs once wired); none: never prune.", choices=("median", "none")),
+        "startup_trials": Key("int", 5, "Completed trials before the sampler models the space and the pruner prunes (random search until then).", minimum=0, maximum=100_000),
+        "report_every": Key("int", 25, "Report the val objective to the pruner every N boosting rounds / epochs.", minimum=1, maximum=1_000_000),
+        "refit": Key("bool", True, "Refit the best trial as a regular run scored once on test (train + backtest); false keeps the test segment untouched."),
+        "space": Key("table", {}, "Search space: dotted recipe keys (model.name, model.params.*, train.*) to { int = [lo, hi] }, { float = [lo, hi], log = true } or { choice = [...] }."),
     },
     "serve": {
         "host": Key("str", "127.0.0.1", "Address the server binds to."),

@@ -1,0 +1,301 @@
+"""`qfactory tune`: the space is checked at load, trials never read the test segment, features and
+the split are built once, seeds reproduce studies, and a killed study continues cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from quant_cli import stages
+from quant_cli.cli import app
+from quant_cli.data.store import write_store
+from quant_cli.data.synthetic import generate
+from quant_cli.errors import RecipeError
+from quant_cli.features import build
+from quant_cli.io import read_json
+from quant_cli.recipe import load_recipe
+from quant_cli.tune import objective, space
+from quant_cli.tune.study import check, tune_new
+
+TEST_START = "2016-01-04"
+RECIPE = f"""
+[run]
+name = "tn"
+seed = 3
+[data]
+dataset = "p"
+[label]
+horizon = 2
+[split]
+val_start = "2015-09-01"
+test_start = "{TEST_START}"
+[model]
+name = "lightgbm"
+[model.params]
+n_estimators = 40
+min_data_in_leaf = 20
+[train]
+early_stopping = 0
+threads = 1
+[tune]
+startup_trials = 2
+report_every = 10
+[tune.space]
+"model.params.num_leaves" = {{ int = [4, 64], log = true }}
+"model.params.learning_rate" = {{ float = [0.01, 0.3], log = true }}
+"""
+
+
+def bars() -> pl.DataFrame:
+    return generate(symbols=6, bars=300, seed=1)
+
+
+@pytest.fixture
+def recipe_file(tmp_path: Path) -> Path:
+    write_store(tmp_path / "data", "p", bars(), "test")
+    path = tmp_path / "tune.toml"
+    path.write_text(RECIPE, encoding="utf-8")
+    return path
+
+
+def study_table(run_path: Path) -> pl.DataFrame:
+    return pl.read_parquet(run_path / "tune" / "trials.parquet").drop("seconds")
+
+
+# ---- the search space ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "spec", "line"), [
+    ("features.windows", "{ choice = [[5], [10]] }",
+     "tune.space 'features.windows': only model.*, train.* keys can be tuned (features and the split are computed once and shared by every trial); tune other sections with separate studies"),
+    ("model.params.num_leaf", "{ int = [4, 8] }",
+     "tune.space 'model.params.num_leaf': 'num_leaf' is not a parameter of model 'lightgbm' (did you mean 'num_leaves'?); `qfactory train --list-models` lists each model's parameters"),
+    ("model.params.num_leaves", "{ int = [1, 8] }",
+     "tune.space 'model.params.num_leaves': value 1 is refused: model.params.num_leaves: expected an integer >= 2 for model 'lightgbm', got 1"),
+    ("model.params.learning_rate", "{ float = [0, 0.1], log = true }", "tune.space 'model.params.learning_rate': log = true needs low > 0, got 0"),
+    ("train.early_stoping", "{ int = [1, 8] }", "tune.space 'train.early_stoping': 'train.early_stoping' is not a recipe key (did you mean 'early_stopping'?); see `qfactory recipe defaults`"),
+    ("model.name", "{ choice = ['lightgbm', 'nope'] }", None),
+])
+def test_every_space_key_is_checked_at_load_in_one_line(runner, recipe_file, tmp_path, key, spec, line):
+    recipe_file.write_text(RECIPE.split("[tune.space]")[0] + f'[tune.space]\n"{key}" = {spec}\n', encoding="utf-8")
+    result = runner.invoke(app, ["tune", "--recipe", str(recipe_file), "--trials", "1"])
+    assert result.exit_code == 2, result.output
+    error = result.stderr.strip()
+    assert error.count("\n") == 0 and error.startswith("error: tune.space ")
+    if line is not None:
+        assert error == f"error: {line}"
+    assert not (tmp_path / "runs").exists()  # nothing is written before the space is valid
+
+
+def test_a_conditional_space_samples_only_the_chosen_models_params(recipe_file):
+    recipe = load_recipe(recipe_file, ['tune.space={"model.name"={choice=["lightgbm","linear"]},"model.params.num_leaves"={int=[4,8]}}'])
+    dims = check(recipe)
+    assert [d.key for d in dims] == ["model.name", "model.params.num_leaves"]
+    linear = space.apply(recipe, {"model.name": "linear", "model.params.num_leaves": 5})
+    assert linear["model"] == {**recipe["model"], "name": "linear", "params": {}}  # lightgbm's params dropped
+    with pytest.raises(RecipeError, match="needs cross-validation folds"):
+        check(load_recipe(recipe_file, ['tune.objective="cv.ic_mean"']))
+
+
+# ---- the study ----------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_study_and_features_and_split_are_built_once(recipe_file, tmp_path, monkeypatch):
+    """Two studies with the same seed agree trial for trial; each builds its split once (whatever
+    the number of trials) and the feature version is built once for both."""
+    calls = {"prepare": 0, "build_parts": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(stages, "prepare", counted("prepare", stages.prepare))
+    monkeypatch.setattr(build, "build_parts", counted("build_parts", build.build_parts))
+    recipe = load_recipe(recipe_file, ["tune.refit=false"])
+    first = tune_new(recipe, tmp_path / "data", tmp_path / "runs", trials=4)
+    assert calls == {"prepare": 1, "build_parts": 1}
+    second = tune_new(recipe, tmp_path / "data", tmp_path / "runs", trials=2)
+    assert calls == {"prepare": 2, "build_parts": 1}
+    assert study_table(second.run.path).equals(study_table(first.run.path).head(2))
+    table = study_table(first.run.path)
+    assert table["state"].to_list().count("complete") >= 2 and "pruned" in table["state"].to_list()
+    assert first.refit is None and "references" not in first.run.manifest()
+
+
+@pytest.mark.parametrize("target", ["val.rank_ic", "backtest.sharpe"])
+def test_the_objective_never_reads_the_test_segment(recipe_file, tmp_path, target):
+    """Poison every test-segment bar (prices scrambled from test_start on, so its labels and
+    features change): the study — every trial's params, value and state — is unchanged."""
+    raw = bars()
+    rng = np.random.default_rng(0)
+    in_test = pl.col("ts") >= pl.lit(TEST_START).str.to_datetime(time_zone="UTC")
+    noise = pl.Series("noise", np.exp(rng.normal(0, 0.2, raw.height)))
+    poisoned = raw.with_columns(noise).with_columns(
+        [pl.when(in_test).then(pl.col(c) * pl.col("noise")).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close")]
+    ).with_columns(pl.max_horizontal("open", "high", "low", "close").alias("high"),
+                   pl.min_horizontal("open", "high", "low", "close").alias("low")).drop("noise")
+    write_store(tmp_path / "poisoned", "p", poisoned, "test")
+    recipe = load_recipe(recipe_file, ["tune.refit=false", f"tune.objective='{target}'"])
+    clean = tune_new(recipe, tmp_path / "data", tmp_path / "runs", trials=3)
+    dirty = tune_new(recipe, tmp_path / "poisoned", tmp_path / "runs", trials=3)
+
+    def test_labels(run):
+        rows = pl.read_parquet(run.path / "split" / "rows.parquet")
+        return rows.filter(pl.col("segment") == "test")["label"]
+
+    assert not test_labels(clean.run).equals(test_labels(dirty.run))  # the poison reached the test segment
+    assert study_table(dirty.run.path).equals(study_table(clean.run.path))
+
+
+def test_cli_tune_writes_trials_best_recipe_and_refits_once_on_test(runner, recipe_file, tmp_path):
+    result = runner.invoke(app, ["tune", "--recipe", str(recipe_file), "--trials", "3"])
+    assert result.exit_code == 0, result.output
+    run = Path(result.stdout.strip())
+    assert (run / "tune" / "study.sqlite").is_file() and study_table(run).height == 3
+    assert "tune: 3 trials (" in result.stderr and "number  value" in result.stderr
+    manifest = read_json(run / "manifest.json")
+    best = manifest["tune"]["best"]
+    refit_id = manifest["tune"]["refit"]["run_id"]
+    assert manifest["references"] == [refit_id]
+    best_recipe = load_recipe(run / "tune" / "best.toml")  # what `qfactory train --recipe` loads
+    for key, value in best["params"].items():
+        assert best_recipe["model"]["params"][key.rsplit(".", 1)[-1]] == value
+    metrics = read_json(tmp_path / "runs" / refit_id / "metrics.json")
+    assert metrics["test"]["rows"] > 0 and "sharpe" in metrics["backtest"]
+    again = runner.invoke(app, ["tune", "--run", str(run), "--trials", "1", "--json"])
+    assert again.exit_code == 0, again.output
+    assert read_json(run / "manifest.json")["tune"]["trials"] == 4
+
+
+def test_a_continued_study_equals_one_run_in_one_go(runner, recipe_file, tmp_path):
+    args = ["--set", "tune.refit=false", "--json"]
+    whole = runner.invoke(app, ["tune", "--recipe", str(recipe_file), "--trials", "3", *args])
+    part = runner.invoke(app, ["tune", "--recipe", str(recipe_file), "--trials", "2", *args])
+    run = Path(read_json_line(part.stdout)["path"])
+    more = runner.invoke(app, ["tune", "--run", str(run), "--trials", "1", "--json"])
+    assert (whole.exit_code, part.exit_code, more.exit_code) == (0, 0, 0), more.output
+    assert study_table(run).equals(study_table(Path(read_json_line(whole.stdout)["path"])))
+
+
+def read_json_line(text: str) -> dict:
+    import json
+
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_ctrl_c_marks_the_trial_in_flight_failed_and_the_study_continues(recipe_file, tmp_path, monkeypatch):
+    recipe = load_recipe(recipe_file, ["tune.refit=false"])
+    real = objective.evaluate
+
+    def interrupted(task):
+        if task.number == 1:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(objective, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune_new(recipe, tmp_path / "data", tmp_path / "runs", trials=3)
+    monkeypatch.setattr(objective, "evaluate", real)
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]
+    from quant_cli.runs.directory import Run
+    from quant_cli.tune.study import tune_existing
+
+    result = tune_existing(Run(run), tmp_path / "data", tmp_path / "runs", trials=1)
+    assert result.trials["state"].to_list()[:2] == ["complete", "fail"] and result.trials.height == 3
+
+
+def test_kill_9_leaves_a_study_that_continues_cleanly(runner, recipe_file, tmp_path):
+    """A real `kill -9` of a tune process in the middle of a trial; `tune --run` marks that trial
+    failed and carries on."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    recipe_file.write_text(RECIPE.replace("n_estimators = 40", "n_estimators = 150"), encoding="utf-8")
+    code = "from quant_cli.cli import app; app()"
+    args = ["tune", "--recipe", str(recipe_file), "--trials", "500", "--set", "tune.refit=false", "--set", "tune.pruner='none'", "-q"]
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        study = _wait_for_states(tmp_path / "runs", proc, ["COMPLETE", "RUNNING"], timeout=120)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    before = _states(study)
+    assert before[-1] == "RUNNING"
+    result = runner.invoke(app, ["tune", "--run", str(study.parents[1]), "--trials", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"tune: trial {len(before) - 1} was interrupted (its process stopped); marked failed" in result.stderr
+    assert _states(study) == [*before[:-1], "FAIL", "COMPLETE"]
+
+
+def _wait_for_states(runs: Path, proc: subprocess.Popen, states: list[str], timeout: float) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        for study in runs.glob("*/tune/study.sqlite"):
+            if _states(study)[:len(states)] == states:
+                return study
+        time.sleep(0.05)
+    raise AssertionError(f"the tune process did not reach trial states {states} in time")
+
+
+def _states(study: Path) -> list[str]:
+    try:
+        with sqlite3.connect(study, timeout=5) as db:
+            return [row[0] for row in db.execute("SELECT state FROM trials ORDER BY number")]
+    except sqlite3.OperationalError:  # the schema is not created yet
+        return []
+
+
+def test_continuing_a_run_that_is_not_a_tune_run_is_one_line(runner, recipe_file):
+    split = runner.invoke(app, ["split", "--recipe", str(recipe_file)])
+    assert split.exit_code == 0, split.output
+    run = Path(split.stdout.strip())
+    result = runner.invoke(app, ["tune", "--run", str(run)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: run {run.name} is not a tune run (its manifest has no 'tune' entry); start one with `qfactory tune --recipe R`"
+
+
+@pytest.mark.parametrize("name", ["lightgbm", "xgboost"])
+def test_the_step_report_hook_sees_each_rounds_val_scores_and_can_stop_the_fit(name):
+    """The hook tuning prunes through (and torch loops will call per epoch): step n's scores are
+    the model's val predictions after n rounds; raising from it stops fitting."""
+    from helpers import model_panel
+
+    from quant_cli.models.registry import create_model
+
+    X, y, *_ = model_panel(n_ts=80, n_sym=3, seed=1)
+    seen = {}
+
+    def report(step, val_scores):
+        seen[step] = val_scores()
+
+    params = {"n_estimators": 12, **({"min_data_in_leaf": 5} if name == "lightgbm" else {})}
+    model = create_model(name, "regression", params, 0, 1)
+    model.fit(X[:180], y[:180], feature_names=["a", "b", "c"], X_val=X[180:], y_val=y[180:], report=report)
+    assert sorted(seen) == list(range(1, 13))
+    np.testing.assert_allclose(seen[12], model.predict(X[180:]), rtol=1e-6)
+
+    def prune_at_3(step, val_scores):
+        if step == 3:
+            raise objective.Pruned
+
+    with pytest.raises(objective.Pruned):
+        create_model(name, "regression", params, 0, 1).fit(
+            X[:180], y[:180], feature_names=["a", "b", "c"], X_val=X[180:], y_val=y[180:], report=prune_at_3)
+
+
+def test_a_cv_objective_scores_purged_folds_over_train_and_val(recipe_file, tmp_path):
+    recipe = load_recipe(recipe_file, ["tune.refit=false", "tune.objective='cv.ic_mean'", "split.method='purged_kfold'",
+                                       "split.folds=3", "tune.sampler='random'"])
+    result = tune_new(recipe, tmp_path / "data", tmp_path / "runs", trials=2)
+    assert result.trials["state"].to_list() == ["complete", "complete"]
+    assert result.trials["value"].is_finite().all()
