@@ -107,3 +107,20 @@ def test_an_unreachable_ray_head_and_an_unknown_backend_are_one_line(runner, tmp
     (tmp_path / "r.toml").write_text('[data]\ndataset = "p"\n')
     result = runner.invoke(app, ["tune", "--recipe", "r.toml", "--backend", "foo"])
     assert result.exit_code == 2 and result.stderr.strip() == "error: --backend 'foo' is not a backend; allowed: local, ray"
+
+
+def test_walkforward_folds_through_ray_equal_local(ray_instance, runner, tmp_path):
+    """`walkforward --backend ray` fits every fold as a Ray task: same predictions and folds as local."""
+    import json
+
+    from test_walkforward import _ingest, _walkforward
+
+    _ingest(runner)
+    runs = []
+    for backend in ("local", "ray"):
+        result = _walkforward(runner, tmp_path, "--backend", backend, "--jobs", "1", "--json", "-q")
+        assert result.exit_code == 0, result.output
+        runs.append(Path(json.loads(result.stdout)["path"]) / "walkforward")
+    local, remote = (pl.read_parquet(r / "predictions.parquet") for r in runs)
+    assert local.height > 0 and local.equals(remote)
+    assert json.loads((runs[0] / "folds.json").read_text()) == json.loads((runs[1] / "folds.json").read_text())

@@ -8,7 +8,8 @@ import typer
 
 from quant_cli.cli import console
 from quant_cli.cli.common import (
-    DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, RecipeOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
+    BackendOpt, DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, RecipeOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors,
+    device_overrides, emit,
 )
 from quant_cli.io import read_json
 from quant_cli.recipe import load_with_overrides
@@ -25,6 +26,7 @@ def walkforward(
     model: ModelOpt = None,
     jobs: JobsOpt = None,
     continue_on_error: ContinueOpt = False,
+    backend: BackendOpt = "local",
     device: DeviceOpt = None,
     strict_device: StrictDeviceOpt = False,
     data_dir: DataDirOpt = None,
@@ -39,10 +41,13 @@ def walkforward(
     Windows come from [walkforward] (mode, train, test, step, validation); the dataset must be ingested.
     Writes walkforward/ (folds.json, predictions.parquet, backtest/) and metrics.json's walkforward block.
 
+    --backend ray fits the folds as Ray tasks (RAY_ADDRESS, else a local Ray instance), with the same results.
+
     Example: qfactory walkforward --recipe recipes/walkforward.toml --jobs 2 --set walkforward.mode=anchored
     """
     with cli_errors(quiet, debug):
         resolved = load_with_overrides(recipe, [*(set_ or []), *device_overrides(device, strict_device)], model, console.REPORTER)
-        run = walkforward_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), jobs, continue_on_error, console.REPORTER)
+        run = walkforward_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), jobs, continue_on_error,
+                              console.REPORTER, backend=backend)
         payload = {"run_id": run.id, "walkforward": read_json(run.path / "metrics.json")["walkforward"]}
     emit(run.path, json_out, payload)

@@ -13,14 +13,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from quant_cli.backend import check_backend, open_backend
 from quant_cli.backtest.metrics import prediction_metrics
 from quant_cli.dataset.table import KEYS, Table
-from quant_cli.errors import DataError, QFactoryError, RecipeError
+from quant_cli.errors import DataError, QFactoryError
 from quant_cli.models.base import Model
 from quant_cli.models.crossval import fit_and_score
 from quant_cli.pipeline.fitted import FittedPipeline
@@ -29,7 +31,6 @@ from quant_cli.splits.chronological import EXCLUDED
 from quant_cli.stages import _new_model
 from quant_cli.walkforward.folds import WalkFold
 
-BACKENDS = ("local",)  # a Ray backend plugs in here (quant_cli/backend.py), behind the same call
 PREDICTION_COLUMNS = ("symbol", "ts", "fold", "score", "label")
 
 
@@ -105,12 +106,24 @@ def _one_line(exc: BaseException) -> str:
 
 
 def run_folds(tasks: Iterable[FoldTask], jobs: int | None, backend: str = "local", reporter: Reporter = SILENT,
-              total: int | None = None) -> Iterator[FoldResult]:
+              total: int | None = None, homes: dict[str, Path] | None = None) -> Iterator[FoldResult]:
     """Results of `run_fold` over `tasks`, in task order, `jobs` at a time (default: every core),
-    with one progress bar over folds. Tasks are built lazily as workers free up."""
-    if backend not in BACKENDS:
-        raise RecipeError(f"walk-forward backend {backend!r} is not available; use one of {', '.join(BACKENDS)}")
+    with one progress bar over folds. Locally, tasks are built lazily as workers free up; on Ray
+    (`quant_cli.backend`) they are shipped at once, after checking that every node sees `homes`."""
+    check_backend(backend)
+    if backend == "ray":
+        yield from _run_on_backend(tasks, jobs, backend, reporter, total, homes or {})
+        return
     from joblib import Parallel, cpu_count, delayed
 
     parallel = Parallel(n_jobs=jobs or cpu_count(), return_as="generator")
     yield from reporter.track(parallel(delayed(run_fold)(task) for task in tasks), "walk-forward folds", total=total)
+
+
+def _run_on_backend(tasks: Iterable[FoldTask], jobs: int | None, backend: str, reporter: Reporter, total: int | None,
+                    homes: dict[str, Path]) -> Iterator[FoldResult]:
+    from joblib import cpu_count
+
+    with open_backend(backend, jobs or cpu_count()) as opened:
+        opened.check_shared(homes)
+        yield from reporter.track(opened.map(run_fold, list(tasks)), "walk-forward folds", total=total)

@@ -41,7 +41,8 @@ def walkforward_new(recipe: Recipe, data_dir: Path, runs_dir: Path, jobs: int | 
     stages._check(recipe, reporter)
     snapshot = stages._pin(recipe, data_dir)  # split dates are not used: no _check_split_dates
     with create_run(runs_dir, recipe) as run:
-        _walkforward_stage(run, recipe, snapshot, _Options(jobs, continue_on_error, backend), reporter)
+        homes = {"data home": Path(data_dir), "runs home": Path(runs_dir)}
+        _walkforward_stage(run, recipe, snapshot, _Options(jobs, continue_on_error, backend, homes), reporter)
     return run
 
 
@@ -50,6 +51,7 @@ class _Options:
     jobs: int | None
     continue_on_error: bool
     backend: str
+    homes: dict[str, Path]  # what every worker must see (checked on ray)
 
 
 def _walkforward_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, options: _Options, reporter: Reporter) -> dict[str, Any]:
@@ -64,7 +66,7 @@ def _walkforward_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, optio
         device = stages._device(recipe, reporter)
         run.update_manifest(device=device)
         tasks = _tasks(folds, table, template, bars.select(KEYS), recipe, device)
-        results = _collect(run_folds(tasks, options.jobs, options.backend, reporter, total=len(folds)), folds, options.continue_on_error, reporter)
+        results = _collect(run_folds(tasks, options.jobs, options.backend, reporter, total=len(folds), homes=options.homes), folds, options.continue_on_error, reporter)
         ppy = periods_per_year(recipe["data"]["frequency"] or snapshot.manifest["frequency"])
         block = _write_outputs(run, recipe, folds, results, bars, ppy)
         info.update(n_folds=len(folds), failed=sum(r.status == "failed" for r in results))
