@@ -25,6 +25,36 @@ CONFIG_KEYS = ("strategy", "quantile", "top_k", "top_k_short", "n_drop", "thresh
                "min_trade_cost", "capital", "borrow_bps", "execution", "benchmark")
 
 
+WEIGHT_COLUMNS = ("symbol", "ts", "weight")
+
+
+def read_weights(path: Path) -> pl.DataFrame:
+    """symbol, ts (UTC), weight from a parquet or CSV file; one DataError line when it cannot be used."""
+    path = Path(path)
+    try:
+        frame = pl.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pl.read_csv(path, try_parse_dates=True)
+    except FileNotFoundError:
+        raise DataError(f"--weights {path}: no such file; pass a parquet or CSV file with columns symbol, ts, weight") from None
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"--weights {path}: not a readable parquet or CSV file ({str(exc).splitlines()[0][:200]}); pass one with columns symbol, ts, weight") from None
+    missing = [c for c in WEIGHT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"--weights {path}: missing column(s) {', '.join(missing)} (has {', '.join(frame.columns[:10])}); it needs symbol, ts, weight")
+    try:
+        ts = frame["ts"]
+        if ts.dtype == pl.String or ts.dtype == pl.Date:
+            ts = ts.cast(pl.String).str.to_datetime(time_zone="UTC")
+        ts = ts.dt.replace_time_zone("UTC") if ts.dtype.time_zone is None else ts.dt.convert_time_zone("UTC")  # type: ignore[union-attr]
+        out = frame.select(pl.col("symbol").cast(pl.String), ts.dt.cast_time_unit("us").alias("ts"), pl.col("weight").cast(pl.Float64))
+    except (pl.exceptions.PolarsError, AttributeError) as exc:
+        raise DataError(f"--weights {path}: ts must be timestamps and weight numbers ({str(exc).splitlines()[0][:200]})") from None
+    if out.select(pl.struct("symbol", "ts").is_duplicated().any()).item():
+        raise DataError(f"--weights {path}: more than one row for some (symbol, ts); give one weight per symbol and timestamp")
+    if not out["weight"].is_finite().fill_null(False).all():
+        raise DataError(f"--weights {path}: weight has null, NaN or infinite values; give a finite weight on every row (0 for flat)")
+    return out
+
+
 def resolve_periods_per_year(cfg: dict[str, Any], bars: pl.DataFrame, frequency: str | None) -> tuple[float, str]:
     """(periods per year, where it came from): [backtest] periods_per_year when set ("recipe"),
     else the bars actually observed per year in the data ("observed"), else the nominal count

@@ -50,6 +50,12 @@ def write_report(folder: Path, run_dir: Path) -> Path:
     return path
 
 
+def render_run_reports(run_dir: Path) -> list[Path]:
+    """Regenerate the report of every backtest folder a run has (backtest/, walkforward/backtest/)."""
+    folders = [Path(run_dir) / "backtest", Path(run_dir) / "walkforward" / "backtest"]
+    return [write_report(f, Path(run_dir)) for f in folders if (f / "equity.parquet").is_file() and (f / "metrics.json").is_file()]
+
+
 def render(folder: Path, run_dir: Path) -> str:
     curve = pl.read_parquet(folder / "equity.parquet")
     summary = read_json(folder / "metrics.json")

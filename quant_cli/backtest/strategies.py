@@ -17,7 +17,6 @@ and limits), with k = max(1, floor(n · quantile)):
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import numpy as np
@@ -177,8 +176,3 @@ def calendar_period(ts: pl.Series, calendar: str) -> np.ndarray:
         return month if rule == "M" else month // 3
     raise RecipeError(f"backtest.rebalance {calendar!r} is not a calendar; use 'D', 'W-FRI' (any weekday MON..SUN), 'M' or 'Q'")
 
-
-def check_calendar(calendar: str | None) -> None:
-    """The calendar rule fails at recipe time, not after the model has trained."""
-    if calendar:
-        calendar_period(pl.Series([dt.datetime(2020, 1, 1)]), calendar)
