@@ -61,7 +61,7 @@ def render(folder: Path, run_dir: Path) -> str:
     summary = read_json(folder / "metrics.json")
     analysis = read_json(folder / "analysis.json") if (folder / "analysis.json").is_file() else {}
     folds = _folds(folder)
-    parts = [_header(summary, run_dir), _tables(summary), *_performance(curve, summary, folds), *_signal(analysis, summary)]
+    parts = [_header(summary, run_dir, bool(folds)), _tables(summary), *_performance(curve, summary, folds), *_signal(analysis, summary)]
     if (importance := _importance(run_dir)) is not None:
         parts.append(importance)
     if folds:
@@ -83,7 +83,7 @@ def _fmt(value: Any, spec: str) -> str:
         return html.escape(str(value))
 
 
-def _header(summary: dict[str, Any], run_dir: Path) -> str:
+def _header(summary: dict[str, Any], run_dir: Path, walkforward: bool) -> str:
     cfg = summary.get("config", {})
     facts = [f"strategy <b>{html.escape(str(cfg.get('strategy', summary.get('signal'))))}</b>",
              f"execution {html.escape(str(cfg.get('execution')))}", f"{summary.get('start', '')[:10]} → {summary.get('end', '')[:10]}",
@@ -91,7 +91,8 @@ def _header(summary: dict[str, Any], run_dir: Path) -> str:
     if "segment" in summary:
         facts.append(f"segment {html.escape(str(summary['segment']))}")
     costs = f"costs: {cfg.get('cost_bps', 0)} bps commission, {cfg.get('slippage_bps', 0)} bps slippage, min {cfg.get('min_trade_cost', 0)}, borrow {cfg.get('borrow_bps', 0)} bps/yr"
-    return f"<h1>Backtest — {html.escape(run_dir.name)}</h1><p>{' · '.join(facts)}<br><span class=\"note\">{html.escape(costs)}</span></p>"
+    kind = "Walk-forward backtest (stitched out-of-sample scores)" if walkforward else "Backtest"
+    return f"<h1>{kind} — {html.escape(run_dir.name)}</h1><p>{' · '.join(facts)}<br><span class=\"note\">{html.escape(costs)}</span></p>"
 
 
 def _tables(summary: dict[str, Any]) -> str:
