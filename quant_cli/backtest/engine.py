@@ -21,7 +21,7 @@ import polars as pl
 from quant_cli.backtest import strategies
 from quant_cli.backtest.metrics import prediction_metrics, summarize
 from quant_cli.backtest.panel import Grid, close_returns, period_returns, trailing_std
-from quant_cli.backtest.simulate import TRADE_EPS, Book, Costs, simulate, trade_costs
+from quant_cli.backtest.simulate import TRADE_EPS, Book, Costs, net_returns, simulate, trade_costs
 from quant_cli.errors import DataError
 
 BEFORE_COSTS_KEYS = ("total_return", "annual_return", "annual_volatility", "sharpe", "sortino", "max_drawdown")
@@ -58,7 +58,7 @@ def run_backtest(signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], 
         W = strategies.limit(_vol_targeted(W, R, rebalance, cfg, periods_per_year), cfg)
     costs = costs_of(cfg, periods_per_year)
     book = simulate(W, R, rebalance, costs)
-    free = book if costs.free else simulate(W, R, rebalance, Costs())
+    free = book.net if costs.free else net_returns(W, R, rebalance, Costs())
     curve = _curve(grid, book, free, _benchmark(grid, returns, R, cfg.get("benchmark")))
     summary = summarize(curve, periods_per_year)
     before = summarize(curve.with_columns(net=pl.col("net_before_costs"), equity=pl.col("equity_before_costs")), periods_per_year)
@@ -79,7 +79,7 @@ def _vol_targeted(W: np.ndarray, R: np.ndarray, rebalance: np.ndarray, cfg: dict
     """Scale each target so the book's trailing volatility hits vol_target (annualised). Row t's
     own return ends at a later bar, so the last return known at the close of t is row t−2's; rows
     without a full window of such returns keep scale 1. The gross cap (max_gross) still applies."""
-    gross = simulate(W, R, rebalance, Costs()).gross
+    gross = net_returns(W, R, rebalance, Costs())  # cost-free: net = gross
     known = np.concatenate([[np.nan, np.nan], gross[:-2]])[: gross.size]
     sigma = trailing_std(known[:, None], cfg.get("vol_window", 20))[:, 0] * math.sqrt(ppy)
     scale = np.where(np.isfinite(sigma) & (sigma > 0), cfg["vol_target"] / np.where(sigma > 0, sigma, 1.0), 1.0)
@@ -98,11 +98,11 @@ def _benchmark(grid: Grid, returns: pl.DataFrame, R: np.ndarray, symbol: str | N
     return np.where(counts > 0, np.nansum(R, axis=1) / np.maximum(counts, 1), 0.0)
 
 
-def _curve(grid: Grid, book: Book, free: Book, benchmark: np.ndarray) -> pl.DataFrame:
+def _curve(grid: Grid, book: Book, free: np.ndarray, benchmark: np.ndarray) -> pl.DataFrame:
     return pl.DataFrame({
         "ts": grid.ts, "gross": book.gross, "cost": book.cost, "net": book.net,
         "equity": np.cumprod(1.0 + book.net),
-        "net_before_costs": free.net, "equity_before_costs": np.cumprod(1.0 + free.net),
+        "net_before_costs": free, "equity_before_costs": np.cumprod(1.0 + free),
         "turnover": np.abs(book.traded).sum(axis=1), "exposure": np.abs(book.held).sum(axis=1),
         "net_exposure": book.held.sum(axis=1), "holdings": (np.abs(book.held) > TRADE_EPS).sum(axis=1),
         "benchmark": benchmark, "benchmark_equity": np.cumprod(1.0 + benchmark),

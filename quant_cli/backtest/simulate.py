@@ -70,20 +70,86 @@ class Book:
 
 def simulate(target: np.ndarray, returns: np.ndarray, rebalance: np.ndarray, costs: Costs) -> Book:
     """`target` (T, N) is read on rebalance rows only (NaN = 0); `returns` (T, N), NaN = no bar."""
-    R = np.nan_to_num(returns, nan=0.0)
-    target = np.nan_to_num(target, nan=0.0)
-    start = _block_start(rebalance)
-    base = _drifted_base(target, R, start)           # held_t · Π(1 + net) over the block
-    shifted = np.vstack([np.zeros((1, R.shape[1])), base[:-1] * (1.0 + R[:-1])])
-    cash = np.where(start >= 0, 1.0 - target[np.maximum(start, 0)].sum(axis=1), 1.0)
-    net = (base * R).sum(axis=1) / (cash + base.sum(axis=1))  # exact without costs
-    for _ in range(MAX_PASSES):
-        book = _pass(base, shifted, R, rebalance, start, net, costs)
-        done = np.max(np.abs(book.net - net), initial=0.0) <= TOLERANCE
-        net = book.net
-        if done or costs.free:
-            return book
-    return book
+    plan = _Plan(target, returns, rebalance)
+    net = plan.solve(costs)
+    scale, prev_scale, equity = plan.scales(net)
+    held = plan.base * scale[:, None]
+    pre = np.zeros_like(held)
+    pre[1:] = plan.shifted * prev_scale[1:, None]
+    held[~plan.rebalance] = pre[~plan.rebalance]
+    gross = scale * plan.gross_base
+    return Book(held, pre, gross, gross - net, net)
+
+
+def net_returns(target: np.ndarray, returns: np.ndarray, rebalance: np.ndarray, costs: Costs) -> np.ndarray:
+    """simulate(...).net without building the (T, N) held and pre-trade matrices."""
+    return _Plan(target, returns, rebalance).solve(costs)
+
+
+class _Plan:
+    """Everything that does not depend on the net returns, computed once. With E_s the equity at
+    the block's rebalance row s and E_t at row t, held_t = base_t · E_s / E_t, so gross returns,
+    short notional and cash are row sums of `base` times one scalar per row; only the traded
+    amounts on rebalance rows need a (rows × N) pass per fixed-point step."""
+
+    def __init__(self, target: np.ndarray, returns: np.ndarray, rebalance: np.ndarray) -> None:
+        R, target = _finite(returns), _finite(target)
+        self.rebalance = np.asarray(rebalance, bool)
+        self.start = _block_start(self.rebalance)
+        self.base = target if self.rebalance.all() else _drifted_base(target, R, self.start)
+        self.shifted = self.base[:-1] * (1.0 + R[:-1])                   # pre_t = shifted_(t−1) · E_s'/E_t
+        self.gross_base = np.einsum("ij,ij->i", self.base, R)
+        row_sum = self.base.sum(axis=1)
+        self.short_base = 0.5 * (np.abs(self.base).sum(axis=1) - row_sum)
+        self.first = bool(self.rebalance[:1].any())                    # row 0 trades from flat
+        self.rows = np.flatnonzero(self.rebalance[1:]) + 1                # rows that trade from a drifted book
+        contiguous = self.rows.size == self.rebalance.size - 1          # every row rebalances: views, no copies
+        self.targets = self.base[1:] if contiguous else self.base[self.rows]
+        self.before = self.shifted if contiguous else self.shifted[self.rows - 1]
+        cash = np.where(self.start >= 0, 1.0 - target.sum(axis=1)[np.maximum(self.start, 0)], 1.0)
+        self.free_net = self.gross_base / (cash + row_sum)               # exact without costs
+
+    def scales(self, net: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(E_s/E_t, E_s'/E_t with s' the block of row t−1, E_t) for every row."""
+        growth = np.log1p(np.maximum(net, -1.0 + 1e-12))
+        equity_log = np.concatenate([[0.0], np.cumsum(growth[:-1])])    # log E_t
+        scale = np.exp(-(equity_log - equity_log[np.maximum(self.start, 0)]))
+        prev_scale = np.concatenate([[0.0], scale[:-1] / np.exp(growth[:-1])])
+        return scale, prev_scale, np.exp(equity_log)
+
+    def solve(self, costs: Costs) -> np.ndarray:
+        net = self.free_net
+        if costs.free:
+            return net
+        for _ in range(MAX_PASSES):
+            scale, prev_scale, equity = self.scales(net)
+            cost = np.zeros_like(net)
+            cost[self.rows] = self._trade_costs(self.targets, self.before * prev_scale[self.rows, None], equity[self.rows], costs)
+            if self.first:
+                cost[:1] = self._trade_costs(self.base[:1], np.zeros_like(self.base[:1]), equity[:1], costs)
+            new = scale * (self.gross_base - costs.borrow_per_period * self.short_base) - cost
+            done = np.max(np.abs(new - net), initial=0.0) <= TOLERANCE
+            net = new
+            if done:
+                break
+        return net
+
+    @staticmethod
+    def _trade_costs(targets: np.ndarray, pre: np.ndarray, equity: np.ndarray, costs: Costs) -> np.ndarray:
+        """Row costs of trading from `pre` to `targets` (`pre` is a scratch array, overwritten)."""
+        traded = np.subtract(targets, pre, out=pre)
+        if costs.min_cost > 0:
+            return trade_costs(traded, equity, costs).sum(axis=1)
+        signed = traded.sum(axis=1)
+        size = np.abs(traded, out=traded).sum(axis=1)
+        # slippage s·|n| plus commission f·|n|·(1 ± s), the sign that of the trade
+        return (costs.commission + costs.slippage) * size + costs.commission * costs.slippage * signed
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    """NaN → 0 (no bar, no weight), copying only when there is a NaN."""
+    x = np.asarray(x, dtype=float)
+    return np.nan_to_num(x, nan=0.0) if np.isnan(x).any() else x
 
 
 def _block_start(rebalance: np.ndarray) -> np.ndarray:
@@ -99,29 +165,6 @@ def _drifted_base(target: np.ndarray, R: np.ndarray, start: np.ndarray) -> np.nd
     base = target[s] * np.exp(logs - logs[s])
     base[start < 0] = 0.0
     return base
-
-
-def _pass(base: np.ndarray, shifted: np.ndarray, R: np.ndarray, rebalance: np.ndarray, start: np.ndarray,
-          net: np.ndarray, costs: Costs) -> Book:
-    """One fixed-point step: held and pre-trade weights given the net returns of the last pass."""
-    growth = np.log1p(np.maximum(net, -1.0 + 1e-12))
-    equity_log = np.concatenate([[0.0], np.cumsum(growth[:-1])])        # log E_t
-    s = np.maximum(start, 0)
-    scale = np.exp(-(equity_log - equity_log[s]))                        # E_s / E_t
-    held = base * scale[:, None]
-    prev_scale = np.concatenate([[0.0], scale[:-1] / np.exp(growth[:-1])])  # E_s' / E_t for row t−1's block
-    pre = shifted * prev_scale[:, None]
-    held = np.where(rebalance[:, None], held, pre)
-    gross = (held * R).sum(axis=1)
-    cost = _costs(held - pre, held, np.exp(equity_log), costs)
-    return Book(held, pre, gross, cost, gross - cost)
-
-
-def _costs(traded: np.ndarray, held: np.ndarray, equity: np.ndarray, costs: Costs) -> np.ndarray:
-    if costs.free:
-        return np.zeros(traded.shape[0])
-    per_row = trade_costs(traded, equity, costs).sum(axis=1)
-    return per_row + costs.borrow_per_period * np.maximum(-held, 0.0).sum(axis=1)
 
 
 def trade_costs(traded: np.ndarray, equity: np.ndarray, costs: Costs) -> np.ndarray:
