@@ -32,6 +32,8 @@ EXPECTED = {
     "top_k": ({}, LONG),
     "top_k short": ({"top_k_short": True}, LS),
     "top_k n_drop=0": ({"n_drop": 0}, [[1.0, 0.0]] * 3),  # never replaces its first holding
+    "top_k short n_drop=0": ({"n_drop": 0, "top_k_short": True}, [[0.5, -0.5]] * 3),
+    "top_k n_drop=1": ({"n_drop": 1}, LONG),
     "threshold": ({}, LONG),  # only |score| > 1.5 trades
     "proportional": ({}, LS),
     "sign": ({}, [[0.5, -0.5], [0.5, 0.5], [0.5, -0.5]]),

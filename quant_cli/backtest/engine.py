@@ -116,10 +116,12 @@ def _weights(grid: Grid, W: np.ndarray, book: Book, rebalance: np.ndarray) -> pl
 
 
 def _trades(grid: Grid, book: Book, costs: Costs, bars: pl.DataFrame) -> pl.DataFrame:
+    """One row per (decision ts, symbol) that traded; fill_ts is the symbol's next bar (where it fills)."""
     traded = book.traded
     keep = np.abs(traded) > TRADE_EPS
     cost = trade_costs(traded, book.equity_before, costs) if not costs.free else np.zeros_like(traded)
-    frame = grid.long({"before": book.pre, "after": book.held, "traded": traded, "cost": cost}, keep)
-    fills = bars.select(pl.col("symbol").cast(pl.String), "ts", pl.col("ts").shift(-1).over("symbol", order_by="ts").alias("fill_ts"))
-    frame = frame.join(fills, on=["symbol", "ts"], how="left")
-    return frame.select("symbol", "ts", "fill_ts", "before", "after", "traded", "cost").sort("ts", "symbol")
+    next_bar = bars.select(pl.col("symbol"), "ts", pl.col("ts").shift(-1).over("symbol", order_by="ts").dt.epoch("us").alias("next"))
+    fill = grid.dense(next_bar, "next")
+    frame = grid.long({"before": book.pre, "after": book.held, "traded": traded, "cost": cost, "fill": fill}, keep)
+    fill_ts = pl.from_epoch(frame["fill"].fill_nan(None).cast(pl.Int64), time_unit="us").dt.replace_time_zone("UTC").alias("fill_ts")
+    return frame.with_columns(fill_ts).select("symbol", "ts", "fill_ts", "before", "after", "traded", "cost").sort("ts", "symbol")

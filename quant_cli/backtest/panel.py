@@ -36,13 +36,14 @@ class Grid:
         return out
 
     def _positions(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row and column of each frame row on the grid (hash lookups, no string sort), and whether it is on it."""
         ts = self.ts.to_numpy()
-        symbols = self.symbols.to_numpy()
-        t_in, s_in = frame["ts"].to_numpy(), frame["symbol"].cast(pl.String).to_numpy()
+        t_in = frame["ts"].to_numpy()
         rows = np.clip(np.searchsorted(ts, t_in), 0, max(len(ts) - 1, 0))
-        cols = np.clip(np.searchsorted(symbols, s_in), 0, max(len(symbols) - 1, 0))
-        keep = (ts[rows] == t_in) & (symbols[cols] == s_in) if len(ts) and len(symbols) else np.zeros(len(t_in), bool)
-        return rows, cols, keep
+        on_row = ts[rows] == t_in if len(ts) else np.zeros(len(t_in), bool)
+        codes = frame["symbol"].cast(pl.String).replace_strict(self.symbols, pl.int_range(self.symbols.len(), eager=True),
+                                                               default=-1, return_dtype=pl.Int64).to_numpy()
+        return rows, np.maximum(codes, 0), on_row & (codes >= 0)
 
     def long(self, columns: dict[str, np.ndarray], keep: np.ndarray | None = None) -> pl.DataFrame:
         """symbol, ts and each (T, N) matrix as a column, for the cells where `keep` is True."""

@@ -87,7 +87,7 @@ def _top_k_dropout(S: np.ndarray, k: int, n_drop: int, short: bool, rebalance: n
     if not short:
         return long / np.maximum(long.sum(axis=1, keepdims=True), 1.0)
     shorts = _dropout_side(np.where(np.isfinite(S), -S, np.nan), k, n_drop, rebalance)
-    shorts = shorts & ~long.astype(bool)
+    shorts = shorts * (long == 0)  # never long and short the same name (tiny cross-sections)
     return 0.5 * long / np.maximum(long.sum(axis=1, keepdims=True), 1.0) - 0.5 * shorts / np.maximum(shorts.sum(axis=1, keepdims=True), 1.0)
 
 
