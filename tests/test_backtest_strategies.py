@@ -208,3 +208,23 @@ def test_a_period_never_depends_on_a_later_price(panel, extra):
     a = run_backtest(signal, bars, cfg, 252).curve["net"].to_numpy()[: t + 1]
     b = run_backtest(signal, panel_frames(later, scores, 0)[0], cfg, 252).curve["net"].to_numpy()[: t + 1]
     assert a == pytest.approx(b, abs=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(panels(), st.sampled_from([{"sizing": "inverse_vol", "vol_window": 2}, {"vol_target": 0.1, "vol_window": 2}]))
+def test_a_decision_uses_only_bars_up_to_its_close(panel, extra):
+    """The target decided at the close of bar t (causal volatility for sizing and the vol target)
+    is unchanged when every bar after t is rewritten."""
+    prices, scores, _ = panel
+    t = prices.shape[1] - 4
+    cfg = BASE | {"strategy": "long_short", "cost_bps": 10.0} | extra
+    bars, signal = panel_frames(prices, scores, 0)
+    later = prices.copy()
+    later[:, t + 1:] *= np.linspace(0.6, 1.8, later.shape[1] - t - 1)
+    cut = DAY0 + dt.timedelta(days=t)
+
+    def targets(b):
+        w = run_backtest(signal, b, cfg, 252).weights.filter(pl.col("ts") <= cut)
+        return w.sort("ts", "symbol")["target"].fill_null(0.0).to_numpy()
+
+    assert targets(bars) == pytest.approx(targets(panel_frames(later, scores, 0)[0]), abs=1e-12)

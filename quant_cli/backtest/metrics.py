@@ -216,7 +216,8 @@ def _returns(r: np.ndarray, equity: np.ndarray, ppy: float) -> dict[str, float]:
     std = float(r.std(ddof=1)) if r.size > 1 else 0.0
     downside = math.sqrt(float(np.mean(np.minimum(r, 0.0) ** 2)))
     final = float(equity[-1])
-    annual = final ** (ppy / r.size) - 1.0 if final > 0 else -1.0
+    growth = math.log(final) * ppy / r.size if final > 0 else -math.inf
+    annual = math.expm1(growth) if growth < 700 else math.inf  # a short lucky run can overflow a float
     drawdown = drawdown_series(equity)
     mdd = float(drawdown.min())
     return {
