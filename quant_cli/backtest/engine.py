@@ -124,4 +124,4 @@ def _trades(grid: Grid, book: Book, costs: Costs, bars: pl.DataFrame) -> pl.Data
     fill = grid.dense(next_bar, "next")
     frame = grid.long({"before": book.pre, "after": book.held, "traded": traded, "cost": cost, "fill": fill}, keep)
     fill_ts = pl.from_epoch(frame["fill"].fill_nan(None).cast(pl.Int64), time_unit="us").dt.replace_time_zone("UTC").alias("fill_ts")
-    return frame.with_columns(fill_ts).select("symbol", "ts", "fill_ts", "before", "after", "traded", "cost").sort("ts", "symbol")
+    return frame.with_columns(fill_ts).select("symbol", "ts", "fill_ts", "before", "after", "traded", "cost")  # row-major: by ts, symbol

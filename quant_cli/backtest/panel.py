@@ -32,7 +32,11 @@ class Grid:
         """(T, N) float matrix of `column`; NaN where the frame has no row (rows off the grid are dropped)."""
         out = np.full(self.shape, np.nan)
         rows, cols, keep = self._positions(frame)
-        out[rows[keep], cols[keep]] = frame[column].cast(pl.Float64).fill_null(np.nan).to_numpy()[keep]
+        flat = rows * self.shape[1] + cols
+        values = frame[column].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        if not keep.all():
+            flat, values = flat[keep], values[keep]
+        np.put(out, flat, values)  # flat indices: much cheaper than 2-D fancy indexing
         return out
 
     def _positions(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,10 +52,10 @@ class Grid:
     def long(self, columns: dict[str, np.ndarray], keep: np.ndarray | None = None) -> pl.DataFrame:
         """symbol, ts and each (T, N) matrix as a column, for the cells where `keep` is True."""
         T, N = self.shape
-        mask = np.ones((T, N), bool) if keep is None else keep
-        rows, cols = np.nonzero(mask)
+        flat = np.arange(T * N) if keep is None else np.flatnonzero(keep)
+        rows, cols = np.divmod(flat, N) if N else (flat, flat)
         data = {"symbol": self.symbols.to_numpy()[cols], "ts": self.ts.gather(rows)}
-        data.update({name: matrix[rows, cols] for name, matrix in columns.items()})
+        data.update({name: np.take(matrix, flat) for name, matrix in columns.items()})
         return pl.DataFrame(data).with_columns(pl.col("symbol").cast(pl.String))
 
 
