@@ -60,7 +60,9 @@ def test_a_run_carries_the_backtest_block_the_ledger_reads(trained):
     assert {"val", "test"} <= json.loads((run / "metrics.json").read_text()).keys()  # existing keys kept
     assert [t.kind for t in run_trials(run)] == ["backtest"]
     weights = pl.read_parquet(run / "backtest" / "weights.parquet")
-    assert weights["target"].abs().max() == pytest.approx(0.25) and (run / "backtest" / "report.html").is_file()
+    assert weights["target"].abs().max() == pytest.approx(0.25)
+    page = (run / "backtest" / "report.html").read_text()
+    assert f"— {run.name}</h1>" in page and ".staging-" not in page  # written while the run was still staged
 
 
 def test_weights_file_is_backtested_as_a_new_run(trained, tmp_path, runner):

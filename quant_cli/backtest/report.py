@@ -18,7 +18,7 @@ import polars as pl
 
 from quant_cli.backtest import charts
 from quant_cli.backtest.metrics import drawdown_series, rolling_sharpe
-from quant_cli.io import read_json, write_text_atomic
+from quant_cli.io import STAGING_PREFIX, read_json, write_text_atomic
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 HEADLINE = (("total_return", "Total return", ".2%"), ("annual_return", "Annual return", ".2%"),
@@ -66,10 +66,15 @@ def render(folder: Path, run_dir: Path) -> str:
         parts.append(importance)
     if folds:
         parts.append(_fold_table(folds))
-    title = f"qfactory backtest — {html.escape(run_dir.name)}"
+    title = f"qfactory backtest — {html.escape(_run_name(run_dir))}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
             f"<style>{STYLE}</style>{GUARD}</head><body><ul id=\"page-errors\"></ul>{''.join(parts)}</body></html>")
+
+
+def _run_name(run_dir: Path) -> str:
+    """The run id, also while the run is still being built in its staging folder."""
+    return run_dir.name.removeprefix(STAGING_PREFIX)
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -92,7 +97,7 @@ def _header(summary: dict[str, Any], run_dir: Path, walkforward: bool) -> str:
         facts.append(f"segment {html.escape(str(summary['segment']))}")
     costs = f"costs: {cfg.get('cost_bps', 0)} bps commission, {cfg.get('slippage_bps', 0)} bps slippage, min {cfg.get('min_trade_cost', 0)}, borrow {cfg.get('borrow_bps', 0)} bps/yr"
     kind = "Walk-forward backtest (stitched out-of-sample scores)" if walkforward else "Backtest"
-    return f"<h1>{kind} — {html.escape(run_dir.name)}</h1><p>{' · '.join(facts)}<br><span class=\"note\">{html.escape(costs)}</span></p>"
+    return f"<h1>{kind} — {html.escape(_run_name(run_dir))}</h1><p>{' · '.join(facts)}<br><span class=\"note\">{html.escape(costs)}</span></p>"
 
 
 def _tables(summary: dict[str, Any]) -> str:
