@@ -143,3 +143,14 @@ def test_a_symbol_that_leaves_the_scored_set_is_closed_and_costed():
     _, summary = run(scores, bars_from(FLAT), CFG | {"quantile": 0.25, "cost_bps": 10.0}, periods_per_year=252)
     assert summary["total_cost"] == pytest.approx(2.0 * 10 / 1e4, rel=1e-2)  # (+ re-trimming what the costs shifted)
     assert curve["exposure"].to_list() == pytest.approx([1.0] * 4)
+
+
+def test_periods_per_year_are_the_bars_observed_in_the_data():
+    from quant_cli.data.frequency import observed_periods_per_year, periods_per_year
+
+    hours = pl.datetime_range(dt.datetime(2021, 1, 4), dt.datetime(2022, 1, 3), "1h", eager=True, time_zone="UTC")
+    fx = hours.filter(hours.dt.weekday() <= 5)  # FX trades 24 hours, 5 days a week
+    assert observed_periods_per_year(fx) == pytest.approx(24 * 5 * 365.25 / 7, rel=0.01)  # ~6,260, not 1,638
+    assert observed_periods_per_year(hours) == pytest.approx(24 * 365.25, rel=0.01)  # crypto: 8,766
+    assert periods_per_year("1h") == pytest.approx(1638)  # what a 6.5-hour equity session assumption gives
+    assert observed_periods_per_year(hours.head(100)) is None  # under four weeks: too short to tell

@@ -33,6 +33,8 @@ def backtest(
     """Backtest a trained run's scores (or a weights file); writes backtest/ and adds backtest.* to metrics.json.
 
     Example: qfactory backtest --run latest
+
+    Example: qfactory backtest --weights weights.parquet --recipe recipes/quickstart.toml
     """
     with cli_errors(quiet, debug):
         if (run is None) == (weights is None) or (weights is not None and recipe is None) or (run is not None and (recipe or set_)):
