@@ -124,6 +124,13 @@ def test_weights_are_traded_as_given():
     assert "ic" not in result.summary
 
 
+def test_sparse_weights_are_held_and_earn_every_bar_in_between():
+    # One target, given on bar 0 only: A is bought and held (drifting) through rows 1 and 2.
+    result = run_backtest(frame({"A": [1.0]}, "weight"), BARS, BASE, 252, kind="weight")
+    assert result.curve["net"].to_list() == pytest.approx([0.10, -0.10, 0.0])
+    assert result.curve["turnover"].to_list() == pytest.approx([1.0, 0.0, 0.0])
+
+
 def test_sizing_keeps_each_sides_gross():
     base = np.array([[0.25, 0.25, -0.25, -0.25]])
     vol = np.array([[0.01, 0.03, 0.02, 0.02]])

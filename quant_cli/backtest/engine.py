@@ -43,16 +43,21 @@ def costs_of(cfg: dict[str, Any], periods_per_year: float) -> Costs:
 
 def run_backtest(signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], periods_per_year: float,
                  kind: str = "score") -> Result:
-    """`signal` has symbol, ts and `score` (kind "score", traded by cfg's strategy) or `weight`
-    (kind "weight": target weights, only limits and the rebalance schedule apply)."""
+    """`signal` has symbol, ts and `score` (kind "score", traded by cfg's strategy at the scored
+    timestamps on cfg's rebalance schedule) or `weight` (kind "weight": target weights traded on
+    the timestamps they are given, a symbol absent there closed, positions drifting with prices
+    until the next given timestamp; only the limits of cfg apply)."""
     returns = period_returns(bars, cfg["execution"])
-    grid = Grid.of(signal)
+    grid = Grid.of(signal) if kind == "score" else _weights_grid(signal, bars)
     R = grid.dense(returns, "ret")
     tradable = np.isfinite(R).any(axis=1)                 # a row with no next-bar price cannot fill
     grid = Grid(grid.ts.filter(pl.Series(tradable)), grid.symbols)
     R, S = R[tradable], grid.dense(signal, kind)
-    rebalance = strategies.rebalance_rows(grid.ts, cfg.get("rebalance_every", 1), cfg.get("rebalance"))
-    W = _targets(S, grid, bars, cfg, rebalance) if kind == "score" else np.nan_to_num(S)
+    if kind == "score":
+        rebalance = strategies.rebalance_rows(grid.ts, cfg.get("rebalance_every", 1), cfg.get("rebalance"))
+        W = _targets(S, grid, bars, cfg, rebalance)
+    else:  # given weights trade on the timestamps they are given and drift in between
+        rebalance, W = np.isfinite(S).any(axis=1), np.nan_to_num(S)
     W = strategies.limit(W, cfg)
     if cfg.get("vol_target"):
         W = strategies.limit(_vol_targeted(W, R, rebalance, cfg, periods_per_year), cfg)
@@ -66,6 +71,14 @@ def run_backtest(signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], 
     if kind == "score" and "label" in signal.columns:
         summary.update({k: v for k, v in prediction_metrics(signal).items() if k in ("ic", "rank_ic", "icir", "ic_kind")})
     return Result(curve, _weights(grid, W, book, rebalance), _trades(grid, book, costs, bars), summary)
+
+
+def _weights_grid(weights: pl.DataFrame, bars: pl.DataFrame) -> Grid:
+    """Every bar timestamp from the first given weight on (plus the given ones), so positions held
+    between sparse weight dates (a monthly file on daily bars) earn every bar in between."""
+    first = weights["ts"].min()
+    ts = pl.concat([bars["ts"].filter(bars["ts"] >= first), weights["ts"]]).unique().sort()
+    return Grid(ts, weights["symbol"].cast(pl.String).unique().sort())
 
 
 def _targets(S: np.ndarray, grid: Grid, bars: pl.DataFrame, cfg: dict[str, Any], rebalance: np.ndarray) -> np.ndarray:
