@@ -11,6 +11,7 @@ scores → strategy → sizing → limits → (volatility target) → simulate (
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +37,22 @@ class Result:
 
 
 def costs_of(cfg: dict[str, Any], periods_per_year: float) -> Costs:
-    return Costs(commission=cfg.get("cost_bps", 0.0) / 1e4, slippage=cfg.get("slippage_bps", 0.0) / 1e4,
-                 min_cost=cfg.get("min_trade_cost", 0.0), capital=cfg.get("capital", 1_000_000.0),
-                 borrow_per_period=cfg.get("borrow_bps", 0.0) / 1e4 / periods_per_year)
+    cfg = with_defaults(cfg)
+    return Costs(commission=cfg["cost_bps"] / 1e4, slippage=cfg["slippage_bps"] / 1e4, min_cost=cfg["min_trade_cost"],
+                 capital=cfg["capital"], borrow_per_period=cfg["borrow_bps"] / 1e4 / periods_per_year)
+
+
+@functools.cache
+def _schema_defaults() -> dict[str, Any]:
+    from quant_cli.recipe.schema import SCHEMA
+
+    return {name: key.default for name, key in SCHEMA["backtest"].items()}
+
+
+def with_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """cfg over the [backtest] defaults of recipe/schema.py (the one place they live), so code
+    that builds a partial cfg (tests, walk-forward) gets the same defaults as a recipe."""
+    return {**_schema_defaults(), **cfg}
 
 
 def run_backtest(signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], periods_per_year: float,
@@ -47,6 +61,7 @@ def run_backtest(signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], 
     timestamps on cfg's rebalance schedule) or `weight` (kind "weight": target weights traded on
     the timestamps they are given, a symbol absent there closed, positions drifting with prices
     until the next given timestamp; only the limits of cfg apply)."""
+    cfg = with_defaults(cfg)
     returns = period_returns(bars, cfg["execution"])
     grid = Grid.of(signal) if kind == "score" else _weights_grid(signal, bars)
     R = grid.dense(returns, "ret")
@@ -54,17 +69,17 @@ def run_backtest(signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], 
     grid = Grid(grid.ts.filter(pl.Series(tradable)), grid.symbols)
     R, S = R[tradable], grid.dense(signal, kind)
     if kind == "score":
-        rebalance = strategies.rebalance_rows(grid.ts, cfg.get("rebalance_every", 1), cfg.get("rebalance"))
+        rebalance = strategies.rebalance_rows(grid.ts, cfg["rebalance_every"], cfg["rebalance"])
         W = _targets(S, grid, bars, cfg, rebalance)
     else:  # given weights trade on the timestamps they are given and drift in between
         rebalance, W = np.isfinite(S).any(axis=1), np.nan_to_num(S)
     W = strategies.limit(W, cfg)
-    if cfg.get("vol_target"):
+    if cfg["vol_target"]:
         W = strategies.limit(_vol_targeted(W, R, rebalance, cfg, periods_per_year), cfg)
     costs = costs_of(cfg, periods_per_year)
     book = simulate(W, R, rebalance, costs)
     free = book.net if costs.free else net_returns(W, R, rebalance, Costs())
-    curve = _curve(grid, book, free, _benchmark(grid, returns, R, cfg.get("benchmark")))
+    curve = _curve(grid, book, free, _benchmark(grid, returns, R, cfg["benchmark"]))
     summary = summarize(curve, periods_per_year)
     before = summarize(curve.with_columns(net=pl.col("net_before_costs"), equity=pl.col("equity_before_costs")), periods_per_year)
     summary["before_costs"] = {k: before.get(k) for k in BEFORE_COSTS_KEYS}
@@ -83,8 +98,8 @@ def _weights_grid(weights: pl.DataFrame, bars: pl.DataFrame) -> Grid:
 
 def _targets(S: np.ndarray, grid: Grid, bars: pl.DataFrame, cfg: dict[str, Any], rebalance: np.ndarray) -> np.ndarray:
     base = strategies.base_weights(S, cfg, rebalance)
-    sizing = cfg.get("sizing", "equal")
-    vol = trailing_std(grid.dense(close_returns(bars), "ret"), cfg.get("vol_window", 20)) if sizing == "inverse_vol" else None
+    sizing = cfg["sizing"]
+    vol = trailing_std(grid.dense(close_returns(bars), "ret"), cfg["vol_window"]) if sizing == "inverse_vol" else None
     return strategies.size(base, S, vol, sizing)
 
 
@@ -94,7 +109,7 @@ def _vol_targeted(W: np.ndarray, R: np.ndarray, rebalance: np.ndarray, cfg: dict
     without a full window of such returns keep scale 1. The gross cap (max_gross) still applies."""
     gross = net_returns(W, R, rebalance, Costs())  # cost-free: net = gross
     known = np.concatenate([[np.nan, np.nan], gross[:-2]])[: gross.size]
-    sigma = trailing_std(known[:, None], cfg.get("vol_window", 20))[:, 0] * math.sqrt(ppy)
+    sigma = trailing_std(known[:, None], cfg["vol_window"])[:, 0] * math.sqrt(ppy)
     scale = np.where(np.isfinite(sigma) & (sigma > 0), cfg["vol_target"] / np.where(sigma > 0, sigma, 1.0), 1.0)
     return W * scale[:, None]
 

@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 
 from quant_cli.backtest.analysis import signal_analysis
-from quant_cli.backtest.engine import run_backtest
+from quant_cli.backtest.engine import run_backtest, with_defaults
 from quant_cli.data.frequency import observed_periods_per_year, periods_per_year as nominal_periods_per_year
 from quant_cli.errors import DataError
 from quant_cli.io import write_json_atomic, write_parquet_atomic
@@ -78,13 +78,14 @@ def write_backtest(folder: Path, signal: pl.DataFrame, bars: pl.DataFrame, cfg: 
     Returns the summary written to metrics.json."""
     if signal.height == 0:
         raise DataError(f"nothing to backtest: the {kind}s are empty; check the segment or the --weights file")
+    cfg = with_defaults(cfg)
     if periods_per_year is None:
         ppy, source = resolve_periods_per_year(cfg, bars, frequency)
     else:
         ppy, source = float(periods_per_year), "caller"
     result = run_backtest(signal, bars, cfg, ppy, kind=kind)
     summary = {**result.summary, "periods_per_year_source": source, "signal": kind, **(extra or {})}
-    summary["config"] = {k: cfg.get(k) for k in CONFIG_KEYS if k in cfg}
+    summary["config"] = {k: cfg[k] for k in CONFIG_KEYS}
     folder = Path(folder)
     write_parquet_atomic(folder / "equity.parquet", result.curve)
     write_parquet_atomic(folder / "weights.parquet", result.weights)

@@ -41,7 +41,7 @@ def base_weights(S: np.ndarray, cfg: dict[str, Any], rebalance: np.ndarray) -> n
         if strategy == "sign":
             w = np.sign(S) / n
         elif strategy == "threshold":
-            passed = finite & (np.abs(np.where(finite, S, 0.0)) > cfg.get("threshold", 0.0))
+            passed = finite & (np.abs(np.where(finite, S, 0.0)) > cfg["threshold"])
             w = np.where(passed, np.sign(S), 0.0) / passed.sum(axis=1, keepdims=True)
         elif strategy == "proportional":
             d = S - row_mean(S)
@@ -137,7 +137,8 @@ def _side_scaled(raw: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 def limit(W: np.ndarray, cfg: dict[str, Any]) -> np.ndarray:
     """max_weight clips each |w|; max_net shrinks the larger side until |Σw| ≤ max_net;
-    max_gross scales the row down until Σ|w| ≤ max_gross. Nothing is scaled up."""
+    max_gross scales the row down until Σ|w| ≤ max_gross. Nothing is scaled up; an absent or
+    None limit does not apply."""
     if cfg.get("max_weight") is not None:
         W = np.clip(W, -cfg["max_weight"], cfg["max_weight"])
     if cfg.get("max_net") is not None:
@@ -148,7 +149,9 @@ def limit(W: np.ndarray, cfg: dict[str, Any]) -> np.ndarray:
         short_scale = np.where(Sh - L > cap, np.divide(L + cap, Sh, out=np.ones_like(Sh), where=Sh > 0), 1.0)
         W = longs * long_scale + shorts * short_scale
     gross = np.abs(W).sum(axis=1, keepdims=True)
-    cap = cfg.get("max_gross", 1.0)
+    cap = cfg.get("max_gross")
+    if cap is None:
+        return W
     return W * np.where(gross > cap, cap / np.where(gross > 0, gross, 1.0), 1.0)
 
 
