@@ -12,6 +12,7 @@ weights, the FittedPipeline) and the run's cached feature version.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from quant_cli.pipeline.adjust import Adjustment
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.recipe import Recipe
 from quant_cli.runs.directory import Run, create_run, stage_outputs
+from quant_cli.runs.ledger import Trial, deflated, ledger
 from quant_cli.splits.chronological import cv_folds, development, explicit_boundaries, folds_summary, segment_counts
 from quant_cli.splits.embargo import default_embargo
 
@@ -199,6 +201,8 @@ def _write_backtest(run: Run, kind: str, signal: pl.DataFrame, bars: pl.DataFram
     with reporter.working("backtest: next-bar execution with costs"), stage_outputs(run, "backtest") as folder:
         summary = write_backtest(folder, signal, bars, cfg, extra={"segment": segment}, kind=kind, run_dir=run.path,
                                  frequency=recipe["data"]["frequency"] or snapshot.manifest.get("frequency"))
+    if segment == "test" and math.isfinite(summary.get("sharpe", math.nan)):
+        summary.update(_deflated(run, summary))
     path = run.path / "metrics.json"
     metrics = read_json(path) if path.is_file() else {}
     metrics["backtest"] = {k: v for k, v in summary.items() if k != "config"}
@@ -206,11 +210,25 @@ def _write_backtest(run: Run, kind: str, signal: pl.DataFrame, bars: pl.DataFram
     return summary
 
 
+def _deflated(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
+    """deflated_sharpe and n_trials of this backtest against the test-segment trials on its
+    dataset so far (runs/ledger.py), this one included."""
+    manifest = run.manifest()
+    dataset = str((manifest.get("dataset") or {}).get("name"))
+    trial = Trial(run_id=str(manifest.get("run_id", run.id)), dataset=dataset, kind="backtest", created=str(manifest.get("created", "")),
+                  sharpe=summary["sharpe"], periods=summary["periods"], periods_per_year=summary["periods_per_year"],
+                  skew=summary.get("skew", math.nan), kurtosis=summary.get("kurtosis", math.nan))
+    others = [t for t in ledger(run.path.parent, dataset) if (t.run_id, t.kind) != (trial.run_id, trial.kind)]
+    result = deflated(trial, [*others, trial])
+    return {"deflated_sharpe": result["deflated_sharpe"], "n_trials": result["n_trials"]}
+
+
 def _report_backtest(summary: dict[str, Any], reporter: Reporter) -> None:
     before = summary.get("before_costs", {})
     reporter.info(f"backtest: sharpe {summary.get('sharpe', float('nan')):.2f} ({before.get('sharpe', float('nan')):.2f} before costs), "
                   f"annual return {summary.get('annual_return', float('nan')):.2%}, max drawdown {summary.get('max_drawdown', float('nan')):.2%}, "
-                  f"{summary.get('periods_per_year', float('nan')):.0f} periods/year ({summary.get('periods_per_year_source')})")
+                  f"{summary.get('periods_per_year', float('nan')):.0f} periods/year ({summary.get('periods_per_year_source')})"
+                  + (f"; deflated Sharpe {summary['deflated_sharpe']:.2f} over {summary['n_trials']} trial(s)" if "n_trials" in summary else ""))
 
 
 def backtest_weights(recipe: Recipe, weights_file: Path, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> Run:

@@ -59,6 +59,7 @@ def test_a_run_carries_the_backtest_block_the_ledger_reads(trained):
     assert block["periods_per_year_source"] == "observed" and "before_costs" in block
     assert {"val", "test"} <= json.loads((run / "metrics.json").read_text()).keys()  # existing keys kept
     assert [t.kind for t in run_trials(run)] == ["backtest"]
+    assert block["n_trials"] == 1 and 0.0 <= block["deflated_sharpe"] <= 1.0  # the only trial on its dataset
     weights = pl.read_parquet(run / "backtest" / "weights.parquet")
     assert weights["target"].abs().max() == pytest.approx(0.25)
     page = (run / "backtest" / "report.html").read_text()
