@@ -12,6 +12,7 @@ weights, the FittedPipeline) and the run's cached feature version.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,10 @@ from typing import Any
 import polars as pl
 
 from quant_cli.report import SILENT, Reporter
-from quant_cli.backtest.engine import run_backtest
+from quant_cli.backtest.outputs import read_weights, write_backtest
+from quant_cli.backtest.report import render_run_reports
 from quant_cli.models.crossval import cross_validate
 from quant_cli.data import store
-from quant_cli.data.frequency import periods_per_year
 from quant_cli.dataset.table import KEYS, Prepared, check_task, dataset_name, load_bars, load_split, prepare, write_split
 from quant_cli.errors import RecipeError, RunError
 from quant_cli.io import read_json, read_run_parquet, write_json_atomic, write_parquet_atomic
@@ -30,10 +31,12 @@ from quant_cli.backtest.metrics import classification_metrics, prediction_metric
 from quant_cli.models.base import Model, StepReport
 from quant_cli.models.device import resolve_device
 from quant_cli.models.registry import create_model
+from quant_cli.pipeline import adjust
 from quant_cli.pipeline.adjust import Adjustment
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.recipe import Recipe
 from quant_cli.runs.directory import Run, create_run, stage_outputs
+from quant_cli.runs.ledger import Trial, deflated, ledger
 from quant_cli.splits.chronological import cv_folds, development, explicit_boundaries, folds_summary, segment_counts
 from quant_cli.splits.embargo import default_embargo
 
@@ -195,19 +198,69 @@ def _backtest_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, reporter
     cfg = recipe["backtest"]
     with run.stage("backtest") as info:
         scores = read_run_parquet(run.path, "predictions.parquet").filter(pl.col("segment") == cfg["segment"])
-        ppy = periods_per_year(recipe["data"]["frequency"] or snapshot.manifest["frequency"])
+        if scores.height == 0:
+            raise RunError(f"run {run.id} has no {cfg['segment']} predictions to backtest; set backtest.segment to a segment the split has rows in")
         bars = _adjustment(run).apply(load_bars(recipe, snapshot))  # the prices the labels were measured on
-        with reporter.working("backtest: next-bar execution with costs"):
-            curve, summary = run_backtest(scores, bars, cfg, ppy)
-        with stage_outputs(run, "backtest") as folder:
-            write_parquet_atomic(folder / "equity.parquet", curve)
-            write_json_atomic(folder / "summary.json", {**summary, "config": cfg})
-        metrics = read_json(run.path / "metrics.json")
-        metrics["backtest"] = summary
-        write_json_atomic(run.path / "metrics.json", metrics)
+        summary = _write_backtest(run, "score", scores, bars, recipe, snapshot, reporter)
         info["periods"] = summary["periods"]
-    reporter.info(f"backtest: sharpe {summary.get('sharpe', float('nan')):.2f}, annual return {summary.get('annual_return', float('nan')):.2%}, max drawdown {summary.get('max_drawdown', float('nan')):.2%}")
+    _report_backtest(summary, reporter)
     return summary
+
+
+def _write_backtest(run: Run, kind: str, signal: pl.DataFrame, bars: pl.DataFrame, recipe: Recipe,
+                    snapshot: store.Snapshot, reporter: Reporter) -> dict[str, Any]:
+    """backtest/ (write_backtest) and the backtest block of the run's metrics.json."""
+    cfg = recipe["backtest"]
+    segment = cfg["segment"] if kind == "score" else "weights"  # the ledger counts only test-segment model runs
+    with reporter.working("backtest: next-bar execution with costs"), stage_outputs(run, "backtest") as folder:
+        summary = write_backtest(folder, signal, bars, cfg, extra={"segment": segment}, kind=kind, run_dir=run.path,
+                                 frequency=recipe["data"]["frequency"] or snapshot.manifest.get("frequency"))
+    if segment == "test" and math.isfinite(summary.get("sharpe", math.nan)):
+        summary.update(_deflated(run, summary))
+    path = run.path / "metrics.json"
+    metrics = read_json(path) if path.is_file() else {}
+    metrics["backtest"] = {k: v for k, v in summary.items() if k != "config"}
+    write_json_atomic(path, metrics)
+    return summary
+
+
+def _deflated(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
+    """deflated_sharpe and n_trials of this backtest against the test-segment trials on its
+    dataset so far (runs/ledger.py), this one included."""
+    manifest = run.manifest()
+    dataset = str((manifest.get("dataset") or {}).get("name"))
+    trial = Trial(run_id=str(manifest.get("run_id", run.id)), dataset=dataset, kind="backtest", created=str(manifest.get("created", "")),
+                  sharpe=summary["sharpe"], periods=summary["periods"], periods_per_year=summary["periods_per_year"],
+                  skew=summary.get("skew", math.nan), kurtosis=summary.get("kurtosis", math.nan))
+    others = [t for t in ledger(run.path.parent, dataset) if (t.run_id, t.kind) != (trial.run_id, trial.kind)]
+    result = deflated(trial, [*others, trial])
+    return {"deflated_sharpe": result["deflated_sharpe"], "n_trials": result["n_trials"]}
+
+
+def _report_backtest(summary: dict[str, Any], reporter: Reporter) -> None:
+    before = summary.get("before_costs", {})
+    reporter.info(f"backtest: sharpe {summary.get('sharpe', float('nan')):.2f} ({before.get('sharpe', float('nan')):.2f} before costs), "
+                  f"annual return {summary.get('annual_return', float('nan')):.2%}, max drawdown {summary.get('max_drawdown', float('nan')):.2%}, "
+                  f"{summary.get('periods_per_year', float('nan')):.0f} periods/year ({summary.get('periods_per_year_source')})"
+                  + (f"; deflated Sharpe {summary['deflated_sharpe']:.2f} over {summary['n_trials']} trial(s)" if "n_trials" in summary else ""))
+
+
+def backtest_weights(recipe: Recipe, weights_file: Path, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> Run:
+    """`qfactory backtest --weights FILE --recipe R`: a new run that backtests given target weights
+    (symbol, ts, weight; another tool's signal) on the recipe's dataset with its [backtest] settings."""
+    _check(recipe, reporter, model=False)
+    weights = read_weights(weights_file)
+    snapshot = _pin(recipe, data_dir)
+    with create_run(runs_dir, recipe) as run:
+        run.update_manifest(dataset=_dataset_record(snapshot))
+        with run.stage("backtest") as info:
+            raw = load_bars(recipe, snapshot)
+            adjustment = adjust.resolve(recipe["data"]["adjust"], raw, reporter)
+            run.update_manifest(adjust=adjustment.to_json())
+            summary = _write_backtest(run, "weight", weights, adjustment.apply(raw), recipe, snapshot, reporter)
+            info["periods"] = summary["periods"]
+    _report_backtest(summary, reporter)
+    return run
 
 
 def _adjustment(run: Run) -> Adjustment:
@@ -323,6 +376,14 @@ def backtest_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> 
     recipe = run.recipe()
     _backtest_stage(run, recipe, _pinned_for(run, recipe, data_dir), reporter)
     return run
+
+
+def report_existing(run: Run) -> list[Path]:
+    """`qfactory report --run RUN`: regenerate report.html of backtest/ and walkforward/backtest/."""
+    written = render_run_reports(run.path)
+    if not written:
+        raise RunError(f"run {run.id} has no backtest to report; backtest it first with `qfactory backtest --run {run.id}`")
+    return written
 
 
 def run_all(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> Run:

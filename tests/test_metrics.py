@@ -11,8 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from quant_cli.backtest.engine import summarize
-from quant_cli.backtest.metrics import classification_metrics, prediction_metrics
+from quant_cli.backtest.metrics import classification_metrics, prediction_metrics, summarize
 
 NAN = float("nan")
 DAY0 = dt.datetime(2021, 1, 4, tzinfo=dt.timezone.utc)
@@ -38,13 +37,14 @@ def average_ranks(x) -> np.ndarray:
     return np.array([(x < v).sum() + ((x == v).sum() + 1) / 2 for v in x])
 
 
-# Two timestamps, three symbols; day 1 has a tie in the scores.
-DAY_SCORES = {0: ([0.1, 0.3, 0.2], [0.01, 0.03, -0.02]), 1: ([0.5, 0.5, -0.1], [0.02, -0.01, 0.00])}
+# Two timestamps, five symbols (the fewest a cross-section counts with); day 1 has a tie in the scores.
+DAY_SCORES = {0: ([0.1, 0.3, 0.2, 0.0, 0.4], [0.01, 0.03, -0.02, 0.0, 0.01]),
+              1: ([0.5, 0.5, -0.1, 0.2, 0.1], [0.02, -0.01, 0.00, 0.01, -0.03])}
 
 
 def two_day_panel() -> pl.DataFrame:
     return preds([(s, d, sc, lb) for d, (scores, labels) in DAY_SCORES.items()
-                  for s, sc, lb in zip("ABC", scores, labels)])
+                  for s, sc, lb in zip("ABCDE", scores, labels)])
 
 
 def test_ic_rank_ic_and_icir_are_means_of_per_timestamp_correlations():
@@ -64,7 +64,21 @@ def test_error_measures_by_hand():
     assert m["rmse"] == pytest.approx(math.sqrt(np.mean((scores - labels) ** 2)))
     assert m["mae"] == pytest.approx(np.mean(np.abs(scores - labels)))
     assert m["hit_rate"] == pytest.approx(np.mean(np.sign(scores) == np.sign(labels)))
-    assert (m["rows"], m["symbols"], m["timestamps"], m["unscored"]) == (6, 3, 2, 0)
+    assert (m["rows"], m["symbols"], m["timestamps"], m["unscored"]) == (10, 5, 2, 0)
+
+
+def test_fewer_than_five_symbols_pool_the_ic_and_say_so():
+    # Three symbols: every per-timestamp correlation is one of a handful of values near +-1, so the
+    # IC is the pooled (time-series) correlation over all rows instead, and ic_kind says so.
+    rng = np.random.default_rng(3)
+    rows = [(s, d, float(rng.normal()), float(rng.normal())) for d in range(30) for s in "ABC"]
+    m = prediction_metrics(preds(rows))
+    assert m["ic_kind"] == "pooled" and math.isnan(m["icir"])
+    assert m["ic"] == pytest.approx(pearson([r[2] for r in rows], [r[3] for r in rows]))
+    # A timestamp with 4 scored symbols does not count toward a cross-sectional IC either.
+    five = two_day_panel()
+    thin = five.filter(~((pl.col("ts") == DAY0) & (pl.col("symbol") == "E")))
+    assert prediction_metrics(thin)["ic"] == pytest.approx(pearson(*DAY_SCORES[1]))
 
 
 def test_single_symbol_falls_back_to_pooled_correlation():

@@ -52,7 +52,8 @@ def test_run_produces_the_whole_run_directory(runner, recipe):
     assert run.is_dir() and run.parent == Path("runs").resolve()
     for name in ["recipe.toml", "manifest.json", "metrics.json", "predictions.parquet", "log.jsonl",
                  "split/boundaries.json", "split/counts.json", "split/scaler.json", "model/model.txt",
-                 "backtest/equity.parquet", "backtest/summary.json"]:
+                 "backtest/equity.parquet", "backtest/weights.parquet", "backtest/trades.parquet",
+                 "backtest/metrics.json", "backtest/report.html"]:
         assert (run / name).is_file(), name
     metrics = read_json(run / "metrics.json")
     for section, keys in REQUIRED_METRICS.items():

@@ -1,147 +1,155 @@
-"""A vectorised, next-bar-execution backtest of model scores.
+"""A vectorised, next-bar-execution backtest of model scores or of given target weights.
 
-Weights decided at the close of bar t earn the return from the execution price at t+1 to the
-execution price at t+2 (next_open: opens, next_close: closes), the same price path the labels are
-measured on. Costs are charged on turnover, |w_t - w_{t-1}| summed over symbols.
+Weights decided at the close of bar t trade at the execution price of t+1 and earn the return
+from there to the execution price of t+2 (next_open: opens, next_close: closes), the same price
+path the labels are measured on (DESIGN.md §3). The book lives on the dense grid of the signal's
+timestamps × symbols (panel.Grid): a symbol without a score weighs 0, so a symbol that leaves the
+scores is closed and costed, and one missing on a rebalance date is flat until the next one.
 
-Weights live on the full grid of scored timestamps x scored symbols, a symbol without a score
-weighing 0: a symbol that drops out of the scores is closed and costed, and one missing on a
-rebalance date is flat until the next rebalance (never handed its older weight back).
+scores → strategy → sizing → limits → (volatility target) → simulate (drift, trades, costs)
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from quant_cli.dataset.labels import execution_price
+from quant_cli.backtest import strategies
+from quant_cli.backtest.metrics import prediction_metrics, summarize
+from quant_cli.backtest.panel import Grid, close_returns, period_returns, trailing_std
+from quant_cli.backtest.simulate import TRADE_EPS, Book, Costs, net_returns, simulate, trade_costs
+from quant_cli.errors import DataError
+
+BEFORE_COSTS_KEYS = ("total_return", "annual_return", "annual_volatility", "sharpe", "sortino", "max_drawdown")
 
 
-def period_returns(bars: pl.DataFrame, execution: str) -> pl.DataFrame:
-    """symbol, ts, ret: the one-bar return earned by a position decided at the close of ts."""
-    price = execution_price(bars, execution)
-    ret = price.shift(-2).over("symbol") / price.shift(-1).over("symbol") - 1.0
-    return bars.sort("symbol", "ts").select("symbol", "ts", ret.alias("ret")).drop_nulls("ret")
+@dataclass
+class Result:
+    curve: pl.DataFrame     # per period: ts, gross, cost, net, equity, *_before_costs, turnover, exposure, ...
+    weights: pl.DataFrame   # symbol, ts, target (rebalance rows), weight (held after the trade)
+    trades: pl.DataFrame    # symbol, ts (decision), fill_ts, before, after, traded, cost
+    summary: dict[str, Any]
 
 
-def target_weights(scores: pl.DataFrame, strategy: str, quantile: float) -> pl.DataFrame:
-    """symbol, ts, weight with gross exposure 1 at each timestamp (0 when nothing can be held).
-
-    Only finite scores take part: a NaN or null score gets weight 0 and is not counted in n (polars
-    ranks NaN above every number, so it would otherwise be bought first).
-      sign:       w = sign(score) / n
-      long_short: k = max(1, floor(n * quantile)); the top k scores are long 0.5 / k each, the bottom
-                  k short 0.5 / k. A group of tied scores spanning ordinal places lo..hi shares the
-                  places it has in each bucket equally, so ties never fall to the symbol's name:
-                  w = 0.5 / k * (|[lo, hi] ∩ top k| - |[lo, hi] ∩ bottom k|) / (hi - lo + 1).
-    """
-    finite = pl.col("score").cast(pl.Float64).is_finite().fill_null(False)
-    score = pl.when(finite).then(pl.col("score").cast(pl.Float64))
-    n = finite.sum().over("ts")
-    if strategy == "sign":
-        weight = score.sign() / n
-    else:
-        k = (n.cast(pl.Float64) * quantile).floor().clip(lower_bound=1.0)
-        lo, hi = score.rank("min").over("ts"), score.rank("max").over("ts")
-        in_top = (hi - pl.max_horizontal(lo - 1, n - k)).clip(lower_bound=0)
-        in_bottom = (pl.min_horizontal(hi, k) - (lo - 1)).clip(lower_bound=0)
-        weight = pl.when(n < 2).then(0.0).otherwise(0.5 / k * (in_top - in_bottom) / (hi - lo + 1))
-    return scores.select("symbol", "ts", weight.fill_null(0.0).cast(pl.Float64).alias("weight"))
+def costs_of(cfg: dict[str, Any], periods_per_year: float) -> Costs:
+    cfg = with_defaults(cfg)
+    return Costs(commission=cfg["cost_bps"] / 1e4, slippage=cfg["slippage_bps"] / 1e4, min_cost=cfg["min_trade_cost"],
+                 capital=cfg["capital"], borrow_per_period=cfg["borrow_bps"] / 1e4 / periods_per_year)
 
 
-def on_full_grid(weights: pl.DataFrame) -> pl.DataFrame:
-    """Every (ts, symbol) pair of the scored timestamps and symbols; a pair with no score weighs 0.
+@functools.cache
+def _schema_defaults() -> dict[str, Any]:
+    from quant_cli.recipe.schema import SCHEMA
 
-    Trades are differences along this grid, so a symbol that stops being scored is closed (and
-    costed) on the first bar it is missing, instead of keeping its last weight unseen.
-    """
-    grid = weights.select(pl.col("ts").unique()).join(weights.select(pl.col("symbol").unique()), how="cross")
-    full = grid.join(weights, on=["ts", "symbol"], how="left").with_columns(pl.col("weight").fill_null(0.0))
-    return full.sort("symbol", "ts")
+    return {name: key.default for name, key in SCHEMA["backtest"].items()}
 
 
-def hold_between_rebalances(weights: pl.DataFrame, every: int) -> pl.DataFrame:
-    """Recompute weights only on every `every`-th timestamp; hold them in between.
-
-    `weights` must be on the full grid (on_full_grid): a symbol without a score on a rebalance
-    date then has weight 0 there and stays flat until the next rebalance.
-    """
-    if every <= 1:
-        return weights
-    dates = weights.select(pl.col("ts").unique().sort()).with_row_index("i")
-    grid = dates.select("ts", (pl.col("i") % every == 0).alias("rebalance"))
-    rebalanced = pl.when(pl.col("rebalance")).then(pl.col("weight"))
-    held = weights.join(grid, on="ts").sort("symbol", "ts").with_columns(
-        rebalanced.forward_fill().over("symbol").fill_null(0.0).alias("weight")
-    )
-    return held.select("symbol", "ts", "weight")
+def with_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """cfg over the [backtest] defaults of recipe/schema.py (the one place they live), so code
+    that builds a partial cfg (tests, walk-forward) gets the same defaults as a recipe."""
+    return {**_schema_defaults(), **cfg}
 
 
-def run_backtest(scores: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], periods_per_year: float) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Returns the per-period equity curve (ts, gross, turnover, exposure, cost, net, equity) and
-    summary metrics. exposure = sum |w| (gross exposure, at most 1); turnover = sum |w_t - w_(t-1)|.
-
-    Periods are the scored timestamps at which some symbol has a return to earn; a held symbol
-    without a bar at a timestamp earns nothing there (its own next bar's return covers the gap).
-    """
-    weights = on_full_grid(target_weights(scores, cfg["strategy"], cfg["quantile"]))
-    weights = hold_between_rebalances(weights, cfg.get("rebalance_every", 1))
+def run_backtest(signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], periods_per_year: float,
+                 kind: str = "score") -> Result:
+    """`signal` has symbol, ts and `score` (kind "score", traded by cfg's strategy at the scored
+    timestamps on cfg's rebalance schedule) or `weight` (kind "weight": target weights traded on
+    the timestamps they are given, a symbol absent there closed, positions drifting with prices
+    until the next given timestamp; only the limits of cfg apply)."""
+    cfg = with_defaults(cfg)
     returns = period_returns(bars, cfg["execution"])
-    book = weights.join(returns, on=["symbol", "ts"], how="left").sort("symbol", "ts").with_columns(
-        (pl.col("weight") - pl.col("weight").shift(1).over("symbol").fill_null(0.0)).abs().alias("trade")
-    )
-    curve = (
-        book.group_by("ts")
-        .agg((pl.col("weight") * pl.col("ret").fill_null(0.0)).sum().alias("gross"), pl.col("trade").sum().alias("turnover"),
-             pl.col("weight").abs().sum().alias("exposure"), pl.col("ret").is_not_null().any().alias("tradable"))
-        .filter(pl.col("tradable")).drop("tradable")
-        .sort("ts")
-        .with_columns((pl.col("turnover") * cfg["cost_bps"] / 1e4).alias("cost"))
-        .with_columns((pl.col("gross") - pl.col("cost")).alias("net"))
-        .with_columns((1.0 + pl.col("net")).cum_prod().alias("equity"))
-    )
-    return curve, summarize(curve, periods_per_year)
+    grid = Grid.of(signal) if kind == "score" else _weights_grid(signal, bars)
+    R = grid.dense(returns, "ret")
+    tradable = np.isfinite(R).any(axis=1)                 # a row with no next-bar price cannot fill
+    grid = Grid(grid.ts.filter(pl.Series(tradable)), grid.symbols)
+    R, S = R[tradable], grid.dense(signal, kind)
+    if kind == "score":
+        rebalance = strategies.rebalance_rows(grid.ts, cfg["rebalance_every"], cfg["rebalance"])
+        W = _targets(S, grid, bars, cfg, rebalance)
+    else:  # given weights trade on the timestamps they are given and drift in between
+        rebalance, W = np.isfinite(S).any(axis=1), np.nan_to_num(S)
+    W = strategies.limit(W, cfg)
+    if cfg["vol_target"]:
+        W = strategies.limit(_vol_targeted(W, R, rebalance, cfg, periods_per_year), cfg)
+    costs = costs_of(cfg, periods_per_year)
+    book = simulate(W, R, rebalance, costs)
+    free = book.net if costs.free else net_returns(W, R, rebalance, Costs())
+    curve = _curve(grid, book, free, _benchmark(grid, returns, R, cfg["benchmark"]))
+    summary = summarize(curve, periods_per_year)
+    before = summarize(curve.with_columns(net=pl.col("net_before_costs"), equity=pl.col("equity_before_costs")), periods_per_year)
+    summary["before_costs"] = {k: before.get(k) for k in BEFORE_COSTS_KEYS}
+    if kind == "score" and "label" in signal.columns:
+        summary.update({k: v for k, v in prediction_metrics(signal).items() if k in ("ic", "rank_ic", "icir", "ic_kind")})
+    return Result(curve, _weights(grid, W, book, rebalance), _trades(grid, book, costs, bars), summary)
 
 
-def summarize(curve: pl.DataFrame, periods_per_year: float) -> dict[str, Any]:
-    """Summary of the net returns r_1..r_n, with equity E_i = prod_{j<=i} (1 + r_j) and E_0 = 1:
+def _weights_grid(weights: pl.DataFrame, bars: pl.DataFrame) -> Grid:
+    """Every bar timestamp from the first given weight on (plus the given ones), so positions held
+    between sparse weight dates (a monthly file on daily bars) earn every bar in between."""
+    first = weights["ts"].min()
+    ts = pl.concat([bars["ts"].filter(bars["ts"] >= first), weights["ts"]]).unique().sort()
+    return Grid(ts, weights["symbol"].cast(pl.String).unique().sort())
 
-      total_return      = E_n - 1
-      annual_return     = E_n ** (ppy / n) - 1            (-1 once the equity is gone)
-      annual_volatility = std(r, ddof=1) * sqrt(ppy)
-      sharpe            = mean(r) / std(r, ddof=1) * sqrt(ppy)          (zero risk-free rate)
-      sortino           = mean(r) / sqrt(mean(min(r, 0)^2)) * sqrt(ppy) (downside deviation, target 0)
-      max_drawdown      = min_i E_i / max(E_0, ..., E_i) - 1   (<= 0; the starting capital E_0
-                          counts, so a -10% first period is a -10% drawdown)
-      hit_rate          = share of periods with r > 0
-      mean_turnover     = mean over periods of sum_symbols |w_t - w_(t-1)|;  total_cost = sum of costs
-    with ppy the periods per year. Ratios with a zero denominator are NaN.
-    """
-    n = curve.height
-    if n == 0:
-        return {"periods": 0}
-    net = curve["net"].to_numpy()
-    equity = curve["equity"].to_numpy()
-    std = float(net.std(ddof=1)) if n > 1 else 0.0
-    downside = math.sqrt(float(np.mean(np.minimum(net, 0.0) ** 2)))
-    root = math.sqrt(periods_per_year)
-    peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:]
-    final = float(equity[-1])
-    return {
-        "periods": n,
-        "start": curve["ts"][0].isoformat(),
-        "end": curve["ts"][-1].isoformat(),
-        "total_return": final - 1.0,
-        "annual_return": final ** (periods_per_year / n) - 1.0 if final > 0 else -1.0,
-        "annual_volatility": std * root,
-        "sharpe": float(net.mean()) / std * root if std > 0 else float("nan"),
-        "sortino": float(net.mean()) / downside * root if downside > 0 else float("nan"),
-        "max_drawdown": min(float((equity / peak - 1.0).min()), 0.0),
-        "hit_rate": float((net > 0).mean()),
-        "mean_turnover": float(curve["turnover"].mean()),
-        "total_cost": float(curve["cost"].sum()),
-        "periods_per_year": periods_per_year,
-    }
+
+def _targets(S: np.ndarray, grid: Grid, bars: pl.DataFrame, cfg: dict[str, Any], rebalance: np.ndarray) -> np.ndarray:
+    base = strategies.base_weights(S, cfg, rebalance)
+    sizing = cfg["sizing"]
+    vol = trailing_std(grid.dense(close_returns(bars), "ret"), cfg["vol_window"]) if sizing == "inverse_vol" else None
+    return strategies.size(base, S, vol, sizing)
+
+
+def _vol_targeted(W: np.ndarray, R: np.ndarray, rebalance: np.ndarray, cfg: dict[str, Any], ppy: float) -> np.ndarray:
+    """Scale each target so the book's trailing volatility hits vol_target (annualised). Row t's
+    own return ends at a later bar, so the last return known at the close of t is row t−2's; rows
+    without a full window of such returns keep scale 1. The gross cap (max_gross) still applies."""
+    gross = net_returns(W, R, rebalance, Costs())  # cost-free: net = gross
+    known = np.concatenate([[np.nan, np.nan], gross[:-2]])[: gross.size]
+    sigma = trailing_std(known[:, None], cfg["vol_window"])[:, 0] * math.sqrt(ppy)
+    scale = np.where(np.isfinite(sigma) & (sigma > 0), cfg["vol_target"] / np.where(sigma > 0, sigma, 1.0), 1.0)
+    return W * scale[:, None]
+
+
+def _benchmark(grid: Grid, returns: pl.DataFrame, R: np.ndarray, symbol: str | None) -> np.ndarray:
+    """Per-period benchmark return: the benchmark symbol's (0 where it has no bar), or the
+    equal-weight mean of the grid's symbols that have a return."""
+    if symbol:
+        own = returns.filter(pl.col("symbol") == symbol)
+        if own.height == 0:
+            raise DataError(f"backtest.benchmark {symbol!r} has no bars in the dataset; name one of its symbols or leave it unset for the equal-weight universe")
+        return np.nan_to_num(Grid(grid.ts, pl.Series([symbol])).dense(own, "ret")[:, 0])
+    counts = np.isfinite(R).sum(axis=1)
+    return np.where(counts > 0, np.nansum(R, axis=1) / np.maximum(counts, 1), 0.0)
+
+
+def _curve(grid: Grid, book: Book, free: np.ndarray, benchmark: np.ndarray) -> pl.DataFrame:
+    return pl.DataFrame({
+        "ts": grid.ts, "gross": book.gross, "cost": book.cost, "net": book.net,
+        "equity": np.cumprod(1.0 + book.net),
+        "net_before_costs": free, "equity_before_costs": np.cumprod(1.0 + free),
+        "turnover": np.abs(book.traded).sum(axis=1), "exposure": np.abs(book.held).sum(axis=1),
+        "net_exposure": book.held.sum(axis=1), "holdings": (np.abs(book.held) > TRADE_EPS).sum(axis=1),
+        "benchmark": benchmark, "benchmark_equity": np.cumprod(1.0 + benchmark),
+    })
+
+
+def _weights(grid: Grid, W: np.ndarray, book: Book, rebalance: np.ndarray) -> pl.DataFrame:
+    target = np.where(rebalance[:, None], W, np.nan)
+    keep = (np.abs(book.held) > TRADE_EPS) | (rebalance[:, None] & (W != 0))
+    return grid.long({"target": target, "weight": book.held}, keep).with_columns(pl.col("target").fill_nan(None))
+
+
+def _trades(grid: Grid, book: Book, costs: Costs, bars: pl.DataFrame) -> pl.DataFrame:
+    """One row per (decision ts, symbol) that traded; fill_ts is the symbol's next bar (where it fills)."""
+    traded = book.traded
+    keep = np.abs(traded) > TRADE_EPS
+    cost = trade_costs(traded, book.equity_before, costs) if not costs.free else np.zeros_like(traded)
+    next_bar = bars.select(pl.col("symbol"), "ts", pl.col("ts").shift(-1).over("symbol", order_by="ts").dt.epoch("us").alias("next"))
+    fill = grid.dense(next_bar, "next")
+    frame = grid.long({"before": book.pre, "after": book.held, "traded": traded, "cost": cost, "fill": fill}, keep)
+    fill_ts = pl.from_epoch(frame["fill"].fill_nan(None).cast(pl.Int64), time_unit="us").dt.replace_time_zone("UTC").alias("fill_ts")
+    return frame.with_columns(fill_ts).select("symbol", "ts", "fill_ts", "before", "after", "traded", "cost")  # row-major: by ts, symbol

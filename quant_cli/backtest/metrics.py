@@ -1,11 +1,12 @@
 """Prediction quality: information coefficients per timestamp, and error measures.
 
-With S_t the rows at timestamp t (at least two, score and label both finite):
+With S_t the rows at timestamp t (score and label both finite), counted only where |S_t| >= 5
+(MIN_CROSS_SECTION; with 2 or 3 symbols every per-timestamp correlation is near ±1 and means nothing):
   IC       = mean_t pearson(score, label | S_t)
   rank IC  = mean_t pearson(rank(score), rank(label) | S_t), ranks averaged over ties (Spearman)
   ICIR     = mean_t IC_t / std_t IC_t (sample std, ddof = 1; not annualised)
-With a single symbol there is no cross-section, so IC and rank IC are taken over the pooled rows
-instead and ICIR is NaN (`ic_kind` says which). A row whose score or label is NaN or null is not
+With no timestamp of 5 scored symbols there is no usable cross-section, so IC and rank IC are
+taken over the pooled rows (a time-series correlation) instead and ICIR is NaN (`ic_kind` says which). A row whose score or label is NaN or null is not
 scored: it is left out of every measure here (a NaN must never rank first), and `unscored` counts it.
 """
 
@@ -27,12 +28,8 @@ def prediction_metrics(pred: pl.DataFrame) -> dict[str, Any]:
     """
     if pred.height == 0:
         return {"rows": 0}
-    scored = _scored(pred)
-    by_ts = scored.group_by("ts", maintain_order=True).agg(  # a fixed order: the mean of the ICs is then bit-for-bit repeatable
-        pl.corr("score", "label").alias("ic"),
-        pl.corr("score", "label", method="spearman").alias("rank_ic"),
-        pl.len().alias("n"),
-    ).filter(pl.col("n") >= 2)
+    scored = scored_rows(pred)
+    by_ts = ic_by_timestamp(scored)
     cross_sectional = by_ts.height > 0 and by_ts["ic"].drop_nans().drop_nulls().len() > 0
     ic, rank_ic, icir = _cross_sectional(by_ts) if cross_sectional else _pooled(scored)
     err = scored.select(
@@ -48,7 +45,20 @@ def prediction_metrics(pred: pl.DataFrame) -> dict[str, Any]:
     }
 
 
-def _scored(pred: pl.DataFrame) -> pl.DataFrame:
+MIN_CROSS_SECTION = 5
+
+
+def ic_by_timestamp(pred: pl.DataFrame) -> pl.DataFrame:
+    """ts, ic, rank_ic, n at each timestamp with at least MIN_CROSS_SECTION scored rows, sorted by ts."""
+    scored = scored_rows(pred)
+    return scored.group_by("ts").agg(
+        pl.corr("score", "label").alias("ic"),
+        pl.corr("score", "label", method="spearman").alias("rank_ic"),
+        pl.len().alias("n"),
+    ).filter(pl.col("n") >= MIN_CROSS_SECTION).sort("ts")
+
+
+def scored_rows(pred: pl.DataFrame) -> pl.DataFrame:
     """Rows with a finite score and label (polars ranks NaN above every number)."""
     both = pred.with_columns(pl.col("score", "label").cast(pl.Float64))
     return both.filter(pl.col("score").is_finite() & pl.col("label").is_finite())
@@ -152,3 +162,131 @@ def deflated_sharpe_ratio(sharpe: float, periods: int, skew: float, kurtosis: fl
     the probability that the true Sharpe ratio is positive after selecting the best of N trials.
     Everything per period, kurtosis raw."""
     return probabilistic_sharpe_ratio(sharpe, periods, skew, kurtosis, expected_max_sharpe(n_trials, sharpe_variance))
+
+
+# ---- portfolio returns ----------------------------------------------------------------------------
+
+
+def summarize(curve: pl.DataFrame, periods_per_year: float) -> dict[str, Any]:
+    """Summary of the net returns r_1..r_n of `curve` (columns ts, net, equity, turnover, cost and,
+    when present, exposure, net_exposure, benchmark), with E_i = prod_{j<=i} (1 + r_j), E_0 = 1,
+    ppy the periods per year and every ratio NaN when its denominator is 0:
+
+      total_return      = E_n − 1
+      annual_return     = E_n^(ppy/n) − 1                                (−1 once the equity is gone)
+      annual_volatility = std(r, ddof=1)·√ppy
+      sharpe            = mean(r)/std(r, ddof=1)·√ppy                    (risk-free rate 0)
+      sortino           = mean(r)/√mean(min(r, 0)²)·√ppy                 (downside deviation, target 0)
+      max_drawdown      = min_i E_i / max(E_0..E_i) − 1  (≤ 0; E_0 counts: a −10% first period is −10%)
+      max_drawdown_periods = longest run of periods spent below a previous peak (recovered or not)
+      calmar            = annual_return / |max_drawdown|
+      hit_rate          = share of periods with r > 0 (flat periods count as misses)
+      profit_factor     = Σ gains / Σ losses of the PnL in currency, r_i·E_(i−1)
+      omega             = Σ max(r, 0) / Σ max(−r, 0)                     (threshold 0, on returns)
+      tail_ratio        = |q95(r)| / |q5(r)|                             (linear percentiles)
+      var_95, cvar_95   = q5(r), mean of r ≤ q5(r)                       (historical, per period)
+      skew, kurtosis    = sample skewness and RAW kurtosis (3 for normal returns), population moments
+      psr               = probabilistic_sharpe_ratio(per-period Sharpe, n, skew, kurtosis) vs 0
+      mean_turnover     = mean Σ_i |traded_i| per period; annual_turnover = mean_turnover·ppy
+      avg_holding_periods = 2·mean(exposure)/mean_turnover (a round trip trades the position twice)
+      exposure, net_exposure = mean Σ|w| and mean Σw
+      beta              = cov(r, b)/var(b) against the benchmark returns b (ddof 1)
+      alpha             = (mean(r) − beta·mean(b))·ppy                   (annualised, arithmetic)
+      information_ratio = mean(r − b)/std(r − b, ddof=1)·√ppy
+    """
+    n = curve.height
+    if n == 0:
+        return {"periods": 0}
+    r = curve["net"].to_numpy().astype(float)
+    equity = curve["equity"].to_numpy()
+    out = {"periods": n, "start": curve["ts"][0].isoformat(), "end": curve["ts"][-1].isoformat(),
+           **_returns(r, equity, periods_per_year), **_distribution(r, equity, periods_per_year),
+           **_trading(curve, periods_per_year)}
+    if "benchmark" in curve.columns:
+        out.update(relative_metrics(r, curve["benchmark"].fill_null(0.0).to_numpy(), periods_per_year))
+    out["periods_per_year"] = periods_per_year
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b and math.isfinite(b) else float("nan")
+
+
+def _returns(r: np.ndarray, equity: np.ndarray, ppy: float) -> dict[str, float]:
+    std = float(r.std(ddof=1)) if r.size > 1 else 0.0
+    downside = math.sqrt(float(np.mean(np.minimum(r, 0.0) ** 2)))
+    final = float(equity[-1])
+    growth = math.log(final) * ppy / r.size if final > 0 else -math.inf
+    annual = math.expm1(growth) if growth < 700 else math.inf  # a short lucky run can overflow a float
+    drawdown = drawdown_series(equity)
+    mdd = float(drawdown.min())
+    return {
+        "total_return": final - 1.0, "annual_return": annual, "annual_volatility": std * math.sqrt(ppy),
+        "sharpe": _ratio(float(r.mean()), std) * math.sqrt(ppy) if std > 0 else float("nan"),
+        "sortino": _ratio(float(r.mean()), downside) * math.sqrt(ppy) if downside > 0 else float("nan"),
+        "max_drawdown": mdd, "max_drawdown_periods": _longest_underwater(drawdown),
+        "calmar": _ratio(annual, abs(mdd)),
+    }
+
+
+def drawdown_series(equity: np.ndarray) -> np.ndarray:
+    """E_i / max(E_0..E_i) − 1 with E_0 = 1, for i = 1..n."""
+    peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:]
+    return np.minimum(equity / peak - 1.0, 0.0)
+
+
+def _longest_underwater(drawdown: np.ndarray) -> int:
+    under = np.concatenate([[0], (drawdown < 0).astype(int), [0]])
+    edges = np.flatnonzero(np.diff(under))
+    return int((edges[1::2] - edges[::2]).max()) if edges.size else 0
+
+
+def _distribution(r: np.ndarray, equity: np.ndarray, ppy: float) -> dict[str, float]:
+    from scipy.stats import kurtosis, skew
+
+    pnl = r * np.concatenate([[1.0], equity[:-1]])
+    q5, q95 = (float(np.percentile(r, q)) for q in (5, 95))
+    varied = r.size > 2 and float(r.std()) > 0
+    sk = float(skew(r)) if varied else float("nan")
+    ku = float(kurtosis(r, fisher=False)) if varied else float("nan")
+    std = float(r.std(ddof=1)) if r.size > 1 else 0.0
+    return {
+        "hit_rate": float((r > 0).mean()),
+        "profit_factor": _ratio(float(pnl[pnl > 0].sum()), float(-pnl[pnl < 0].sum())),
+        "omega": _ratio(float(np.maximum(r, 0).sum()), float(np.maximum(-r, 0).sum())),
+        "tail_ratio": _ratio(abs(q95), abs(q5)), "var_95": q5, "cvar_95": float(r[r <= q5].mean()),
+        "best_period": float(r.max()), "worst_period": float(r.min()), "skew": sk, "kurtosis": ku,
+        "psr": probabilistic_sharpe_ratio(float(r.mean()) / std, r.size, sk, ku) if std > 0 else float("nan"),
+    }
+
+
+def _trading(curve: pl.DataFrame, ppy: float) -> dict[str, float]:
+    turnover = float(curve["turnover"].mean())
+    out = {"mean_turnover": turnover, "annual_turnover": turnover * ppy, "total_cost": float(curve["cost"].sum())}
+    if "exposure" in curve.columns:
+        exposure = float(curve["exposure"].mean())
+        out.update(exposure=exposure, net_exposure=float(curve["net_exposure"].mean()),
+                   avg_holding_periods=_ratio(2.0 * exposure, turnover))
+    return out
+
+
+def relative_metrics(r: np.ndarray, b: np.ndarray, ppy: float) -> dict[str, float]:
+    """beta, alpha, information_ratio against benchmark returns b (see summarize)."""
+    if r.size < 2:
+        return {"beta": float("nan"), "alpha": float("nan"), "information_ratio": float("nan")}
+    beta = _ratio(float(np.cov(r, b, ddof=1)[0, 1]), float(b.var(ddof=1)))
+    active = r - b
+    return {"beta": beta, "alpha": (float(r.mean()) - beta * float(b.mean())) * ppy if math.isfinite(beta) else float("nan"),
+            "information_ratio": _ratio(float(active.mean()), float(active.std(ddof=1))) * math.sqrt(ppy)}
+
+
+def rolling_sharpe(r: np.ndarray, window: int, ppy: float) -> np.ndarray:
+    """Annualised Sharpe of the last `window` returns at each period (NaN before a full window)."""
+    out = np.full(r.size, np.nan)
+    if r.size < window or window < 2:
+        return out
+    view = np.lib.stride_tricks.sliding_window_view(r, window)
+    std = view.std(axis=1, ddof=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[window - 1:] = np.where(std > 0, view.mean(axis=1) / std * math.sqrt(ppy), np.nan)
+    return out

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from quant_cli import __version__
-from quant_cli.cli import backtest, data, features, ingest, recipe, run, runs, split, stubs, train, tune, walkforward
+from quant_cli.cli import backtest, data, features, ingest, recipe, report, run, runs, split, stubs, train, tune, walkforward
 from quant_cli.cli.common import OneLineUsageErrors
 
 app = typer.Typer(
@@ -47,6 +47,7 @@ app.add_typer(features.app, name="features")
 app.command("split")(split.split)
 app.command("train")(train.train)
 app.command("backtest")(backtest.backtest)
+app.command("report")(report.report)
 app.command("tune")(tune.tune)
 app.command("walkforward")(walkforward.walkforward)
 app.command("bundle", context_settings=_PASS_THROUGH)(stubs.bundle)

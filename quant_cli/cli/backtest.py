@@ -1,28 +1,49 @@
-"""`qfactory backtest`: trade a run's predictions with next-bar execution and costs."""
+"""`qfactory backtest`: trade a run's predictions (or a weights file) with next-bar execution and costs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
 from quant_cli import stages
 from quant_cli.cli import console
-from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, QuietOpt, RunOpt, RunsDirOpt, cli_errors, emit
+from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, cli_errors, emit
+from quant_cli.errors import RecipeError
 from quant_cli.io import read_json
+from quant_cli.recipe import load_recipe
 from quant_cli.runs.directory import data_home, resolve_run, runs_home
+
+OptionalRunOpt = Annotated[str | None, typer.Option("--run", help="Run directory, run id, or 'latest'.", show_default=False)]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Parquet or CSV with symbol, ts, weight: backtest these target weights (needs --recipe for the dataset and [backtest]).", show_default=False)]
 
 
 def backtest(
-    run: RunOpt,
+    run: OptionalRunOpt = None,
+    weights: WeightsOpt = None,
+    recipe: OptionalRecipeOpt = None,
+    set_: SetOpt = None,
     data_dir: DataDirOpt = None,
     runs_dir: RunsDirOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Backtest a trained run's test-segment scores; writes backtest/ and adds backtest.* to metrics.json.
+    """Backtest a trained run's scores (or a weights file); writes backtest/ and adds backtest.* to metrics.json.
 
     Example: qfactory backtest --run latest
+
+    Example: qfactory backtest --weights weights.parquet --recipe recipes/quickstart.toml
     """
     with cli_errors(quiet, debug):
-        existing = resolve_run(run, runs_home(runs_dir))
-        stages.backtest_existing(existing, data_home(data_dir, existing.recipe()), console.REPORTER)
-        payload = {"run_id": existing.id, "backtest": read_json(existing.path / "metrics.json")["backtest"]}
-    emit(existing.path, json_out, payload)
+        if (run is None) == (weights is None) or (weights is not None and recipe is None) or (run is not None and (recipe or set_)):
+            raise RecipeError("backtest: pass either --run RUN (a trained run), or --weights FILE --recipe R (a new run)")
+        if weights is not None:
+            loaded = load_recipe(recipe, set_)
+            target = stages.backtest_weights(loaded, weights, data_home(data_dir, loaded), runs_home(runs_dir, loaded), console.REPORTER)
+        else:
+            target = resolve_run(run, runs_home(runs_dir))
+            stages.backtest_existing(target, data_home(data_dir, target.recipe()), console.REPORTER)
+        payload = {"run_id": target.id, "backtest": read_json(target.path / "metrics.json")["backtest"]}
+    emit(target.path, json_out, payload)

@@ -58,3 +58,22 @@ def periods_per_year(frequency: str | None) -> float:
     if delta >= day:
         return 252.0 * day / delta
     return 252.0 * dt.timedelta(hours=6.5) / delta
+
+
+MIN_SPAN_FOR_OBSERVED = dt.timedelta(days=28)
+
+
+def observed_periods_per_year(ts: pl.Series) -> float | None:
+    """Bars per year actually in the data: (distinct timestamps − 1) / span in years of 365.25 days.
+
+    Hourly FX trades ~6,200 bars a year and crypto 8,760, where the frequency alone (which assumes
+    6.5-hour equity sessions) would say 1,638. None when the data spans less than four weeks
+    (too short to see the calendar), so the caller falls back to periods_per_year(frequency).
+    """
+    unique = ts.drop_nulls().unique()
+    if unique.len() < 2:
+        return None
+    span = unique.max() - unique.min()
+    if span < MIN_SPAN_FOR_OBSERVED:
+        return None
+    return (unique.len() - 1) / (span.total_seconds() / (365.25 * 86400))

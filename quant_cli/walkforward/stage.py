@@ -19,10 +19,10 @@ import numpy as np
 import polars as pl
 
 from quant_cli import stages
-from quant_cli.backtest.engine import run_backtest, summarize
-from quant_cli.backtest.metrics import prediction_metrics
+from quant_cli.backtest.metrics import prediction_metrics, summarize
+from quant_cli.backtest.outputs import write_backtest
+from quant_cli.backtest.report import write_report
 from quant_cli.data import store
-from quant_cli.data.frequency import periods_per_year
 from quant_cli.dataset.table import KEYS, Table, build_table, new_pipeline, split_rows
 from quant_cli.errors import RunError
 from quant_cli.io import read_json, write_json_atomic, write_parquet_atomic
@@ -67,8 +67,7 @@ def _walkforward_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, optio
         run.update_manifest(device=device)
         tasks = _tasks(folds, table, template, bars.select(KEYS), recipe, device)
         results = _collect(run_folds(tasks, options.jobs, options.backend, reporter, total=len(folds), homes=options.homes), folds, options.continue_on_error, reporter)
-        ppy = periods_per_year(recipe["data"]["frequency"] or snapshot.manifest["frequency"])
-        block = _write_outputs(run, recipe, folds, results, bars, ppy)
+        block = _write_outputs(run, recipe, folds, results, bars, recipe["data"]["frequency"] or snapshot.manifest["frequency"])
         info.update(n_folds=len(folds), failed=sum(r.status == "failed" for r in results))
     reporter.info(f"walk-forward: stitched sharpe {_fmt(block.get('sharpe'))}, IC {_fmt(block.get('ic'), '.4f')}; "
                   f"deflated sharpe {_fmt(block.get('deflated_sharpe'), '.3f')} over {block['n_trials']} trial(s)")
@@ -107,32 +106,27 @@ def _collect(results: Iterator[FoldResult], folds: list[WalkFold], continue_on_e
 
 
 def _write_outputs(run: Run, recipe: Recipe, folds: list[WalkFold], results: list[FoldResult], bars: pl.DataFrame,
-                   ppy: float) -> dict[str, Any]:
+                   frequency: str | None) -> dict[str, Any]:
     predictions = pl.concat([r.scored for r in results if r.scored is not None]).select(PREDICTION_COLUMNS).sort("symbol", "ts")
     with stage_outputs(run, "walkforward") as folder:
         write_parquet_atomic(folder / "predictions.parquet", predictions)
-        curve, summary = _backtest_stitched(folder / "backtest", predictions, bars, recipe["backtest"], ppy)
-        write_json_atomic(folder / "folds.json", _folds_json(recipe["walkforward"]["mode"], folds, results, curve, ppy))
+        summary = _backtest_stitched(folder / "backtest", predictions, bars, recipe["backtest"], frequency, run.path)
+        curve = pl.read_parquet(folder / "backtest" / "equity.parquet")
+        folds_json = _folds_json(recipe["walkforward"]["mode"], folds, results, curve, summary["periods_per_year"])
+        write_json_atomic(folder / "folds.json", folds_json)
+        write_report(folder / "backtest", run.path)  # again, now with the fold table and boundaries
     quality = prediction_metrics(predictions)
-    block = {**summary, "n_folds": len(folds), "n_failed": sum(r.status == "failed" for r in results),
+    block = {**{k: v for k, v in summary.items() if k != "config"}, "n_folds": len(folds), "n_failed": sum(r.status == "failed" for r in results),
              "ic": quality.get("ic"), "rank_ic": quality.get("rank_ic"), "icir": quality.get("icir"), "ic_kind": quality.get("ic_kind")}
     return _with_deflated_sharpe(run, block)
 
 
-def _backtest_stitched(folder: Path, scores: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], ppy: float) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """The one call into the backtest engine: the stitched scores traded as one series. Adds the
-    skew and raw kurtosis of the net period returns (what the deflated Sharpe ratio needs)."""
-    from scipy.stats import kurtosis, skew
-
-    curve, summary = run_backtest(scores, bars, cfg, ppy)
-    net = curve["net"].to_numpy() if curve.height else np.zeros(0)
-    moments = len(net) > 2 and float(np.std(net)) > 0
-    summary = {**summary, "skew": float(skew(net)) if moments else float("nan"),
-               "kurtosis": float(kurtosis(net, fisher=False)) if moments else float("nan")}
+def _backtest_stitched(folder: Path, scores: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], frequency: str | None,
+                       run_dir: Path) -> dict[str, Any]:
+    """The one call into the backtest: the stitched scores traded as one series by the same
+    engine and outputs as the backtest stage (the summary carries skew and raw kurtosis)."""
     folder.mkdir()
-    write_parquet_atomic(folder / "equity.parquet", curve)
-    write_json_atomic(folder / "summary.json", {**summary, "config": cfg})
-    return curve, summary
+    return write_backtest(folder, scores, bars, cfg, extra={"segment": "walkforward"}, frequency=frequency, run_dir=run_dir)
 
 
 def _folds_json(mode: str, folds: list[WalkFold], results: list[FoldResult], curve: pl.DataFrame, ppy: float) -> dict[str, Any]:

@@ -1,0 +1,25 @@
+"""`qfactory report`: regenerate a run's report.html from its backtest files."""
+
+from __future__ import annotations
+
+from quant_cli import stages
+from quant_cli.cli.common import DebugOpt, JsonOpt, QuietOpt, RunOpt, RunsDirOpt, cli_errors, emit
+from quant_cli.runs.directory import resolve_run, runs_home
+
+
+def report(
+    run: RunOpt,
+    runs_dir: RunsDirOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Regenerate the HTML tear sheet (backtest/report.html, walkforward/backtest/report.html) of a run; works offline.
+
+    Example: qfactory report --run latest
+    """
+    with cli_errors(quiet, debug):
+        target = resolve_run(run, runs_home(runs_dir))
+        written = stages.report_existing(target)
+        payload = {"run_id": target.id, "reports": [str(p) for p in written]}
+    emit(target.path, json_out, payload)

@@ -1,0 +1,114 @@
+"""`qfactory backtest` through the CLI: a trained run's backtest block (what the trial ledger
+reads), `--weights FILE --recipe R` as a new run, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from quant_cli.cli import app
+from quant_cli.runs.ledger import run_trials
+
+RECIPE = """
+[run]
+name = "bt"
+seed = 1
+[data]
+dataset = "syn"
+source = "synthetic"
+[data.synthetic]
+symbols = 8
+bars = 300
+[model]
+name = "linear"
+[train]
+threads = 1
+[backtest]
+strategy = "top_k"
+top_k = 2
+top_k_short = true
+n_drop = 1
+rebalance = "W-FRI"
+slippage_bps = 2.0
+borrow_bps = 50.0
+"""
+LEDGER_KEYS = ("sharpe", "segment", "periods", "periods_per_year", "skew", "kurtosis")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """One run (ingest → split → train → backtest) shared by the tests here."""
+    from typer.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("bt-cli")
+    recipe = root / "bt.toml"
+    recipe.write_text(RECIPE)
+    result = CliRunner().invoke(app, ["run", "--recipe", str(recipe), "--quiet", "--data-dir", str(root / "data"),
+                                      "--runs-dir", str(root / "runs")])
+    assert result.exit_code == 0, result.output
+    return Path(result.stdout.strip()), recipe
+
+
+def test_a_run_carries_the_backtest_block_the_ledger_reads(trained):
+    run, _ = trained
+    block = json.loads((run / "metrics.json").read_text())["backtest"]
+    assert all(k in block for k in LEDGER_KEYS) and block["segment"] == "test"
+    assert block["periods_per_year_source"] == "observed" and "before_costs" in block
+    assert {"val", "test"} <= json.loads((run / "metrics.json").read_text()).keys()  # existing keys kept
+    assert [t.kind for t in run_trials(run)] == ["backtest"]
+    assert block["n_trials"] == 1 and 0.0 <= block["deflated_sharpe"] <= 1.0  # the only trial on its dataset
+    weights = pl.read_parquet(run / "backtest" / "weights.parquet")
+    assert weights["target"].abs().max() == pytest.approx(0.25)
+    page = (run / "backtest" / "report.html").read_text()
+    assert f"— {run.name}</h1>" in page and ".staging-" not in page  # written while the run was still staged
+
+
+def test_weights_file_is_backtested_as_a_new_run(trained, tmp_path, runner):
+    run, recipe = trained
+    predictions = pl.read_parquet(run / "predictions.parquet").filter(pl.col("segment") == "test")
+    file = tmp_path / "w.csv"
+    predictions.select("symbol", "ts", (pl.col("score").sign() * 0.1).alias("weight")).write_csv(file)
+    data, runs = run.parent.parent / "data", run.parent
+    result = runner.invoke(app, ["backtest", "--weights", str(file), "--recipe", str(recipe), "--data-dir", str(data),
+                                 "--runs-dir", str(runs), "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["backtest"]["signal"] == "weight" and out["backtest"]["segment"] == "weights"
+    assert run_trials(Path(out["path"])) == []  # given weights are not a model trial
+
+
+@pytest.mark.parametrize("args, line", [
+    (["backtest"], "error: backtest: pass either --run RUN (a trained run), or --weights FILE --recipe R (a new run)"),
+    (["backtest", "--weights", "w.csv"], "error: backtest: pass either --run RUN (a trained run), or --weights FILE --recipe R (a new run)"),
+    (["backtest", "--run", "latest", "--weights", "w.csv"], "error: backtest: pass either --run RUN (a trained run), or --weights FILE --recipe R (a new run)"),
+])
+def test_backtest_needs_one_source(runner, args, line):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and result.output.strip() == line
+
+
+@pytest.mark.parametrize("content, line", [
+    ("symbol,ts\nA,2020-01-01\n", "missing column(s) weight (has symbol, ts); it needs symbol, ts, weight"),
+    ("symbol,ts,weight\nA,2020-01-01,0.1\nA,2020-01-01,0.2\n", "more than one row for some (symbol, ts); give one weight per symbol and timestamp"),
+    ("symbol,ts,weight\nA,2020-01-01,\n", "weight has null, NaN or infinite values; give a finite weight on every row (0 for flat)"),
+])
+def test_a_bad_weights_file_is_one_line(trained, tmp_path, runner, content, line):
+    _, recipe = trained
+    file = tmp_path / "w.csv"
+    file.write_text(content)
+    before = sorted(p.name for p in (tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else []
+    result = runner.invoke(app, ["backtest", "--weights", str(file), "--recipe", str(recipe)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: --weights {file}: {line}"
+    after = sorted(p.name for p in (tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else []
+    assert before == after  # no run directory, not even a half-written one
+
+
+def test_a_missing_weights_file_is_one_line(trained, runner, tmp_path):
+    _, recipe = trained
+    result = runner.invoke(app, ["backtest", "--weights", str(tmp_path / "nope.parquet"), "--recipe", str(recipe)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: --weights {tmp_path / 'nope.parquet'}: no such file; pass a parquet or CSV file with columns symbol, ts, weight"
