@@ -18,7 +18,8 @@ OPTIONS = {"benchmark": "S000", "max_staleness": None, "bar_spacing": "1d"}
 
 
 def _pipeline(names: list[str]) -> FittedPipeline:
-    return FittedPipeline(features=names, preprocess={}, options=dict(OPTIONS))
+    windows = {n: feature_lookback(REGISTRY.feature(n)) for n in names}
+    return FittedPipeline(features=names, preprocess={}, options=dict(OPTIONS), lookback=windows)
 
 
 @pytest.fixture(scope="module")
