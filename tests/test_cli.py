@@ -34,7 +34,7 @@ def test_every_subcommand_has_help_with_an_example(runner, path):
     assert "Example: qfactory " in result.stdout
 
 
-@pytest.mark.parametrize("name", ["walkforward", "bundle", "serve"])
+@pytest.mark.parametrize("name", ["walkforward"])
 def test_unbuilt_stages_exit_2_and_say_so(runner, name):
     result = runner.invoke(app, [name, "--recipe", "x.toml"])
     assert result.exit_code == 2

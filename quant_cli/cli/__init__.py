@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from quant_cli import __version__
-from quant_cli.cli import backtest, data, features, ingest, recipe, run, split, stubs, train
+from quant_cli.cli import backtest, bundle, data, features, ingest, predict, recipe, run, serve, split, stubs, train
 from quant_cli.cli.common import OneLineUsageErrors
 
 app = typer.Typer(
@@ -48,7 +48,8 @@ app.command("split")(split.split)
 app.command("train")(train.train)
 app.command("backtest")(backtest.backtest)
 app.command("walkforward", context_settings=_PASS_THROUGH)(stubs.walkforward)
-app.command("bundle", context_settings=_PASS_THROUGH)(stubs.bundle)
-app.command("serve", context_settings=_PASS_THROUGH)(stubs.serve)
+app.add_typer(bundle.app, name="bundle")
+app.command("predict")(predict.predict)
+app.command("serve")(serve.serve)
 app.command("run")(run.run)
 app.add_typer(recipe.app, name="recipe")

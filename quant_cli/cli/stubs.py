@@ -19,21 +19,3 @@ def walkforward(quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """
     with cli_errors(quiet, debug):
         _not_yet("walkforward")
-
-
-def bundle(quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
-    """Package a run's model and feature pipeline as a verified inference bundle (not implemented yet).
-
-    Example: qfactory bundle --run latest
-    """
-    with cli_errors(quiet, debug):
-        _not_yet("bundle")
-
-
-def serve(quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
-    """Serve a bundle over HTTP with FastAPI (not implemented yet).
-
-    Example: qfactory serve --bundle runs/latest/bundle
-    """
-    with cli_errors(quiet, debug):
-        _not_yet("serve")

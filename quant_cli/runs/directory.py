@@ -39,8 +39,9 @@ STAGE_OUTPUTS = {
     "split": ("split",),
     "train": ("cv", "model", "predictions.parquet", "metrics.json"),
     "backtest": ("backtest",),
+    "bundle": ("bundle", "bundle.tar.gz"),
 }
-_STAGE_RESULT = {"split": "a split", "train": "a model", "backtest": "a backtest"}
+_STAGE_RESULT = {"split": "a split", "train": "a model", "backtest": "a backtest", "bundle": "a bundle"}
 
 _LIBRARIES = ("polars", "pyarrow", "numpy", "lightgbm", "catboost", "xgboost", "scikit-learn", "joblib", "torch", "typer")
 
