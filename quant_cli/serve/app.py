@@ -20,6 +20,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from quant_cli import __version__
 from quant_cli.errors import QFactoryError, clip_huge_values
@@ -129,6 +130,12 @@ def _handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()))
         message = clip_huge_values(f"{where}: {first.get('msg', 'invalid')}")
         return JSONResponse({"error": message, "kind": "ValidationError", "detail": jsonable_encoder(errors, exclude={"ctx", "input"})}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body that is not JSON at all: malformed, like any other bad payload
+            return JSONResponse({"error": f"body: not valid JSON ({exc.detail})", "kind": "ValidationError"}, 422)
+        return JSONResponse({"error": str(exc.detail), "kind": "HTTPError"}, exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(InputError)
     async def refused(request: Request, exc: InputError) -> JSONResponse:
