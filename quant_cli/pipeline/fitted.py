@@ -15,6 +15,7 @@ Model inputs are Float32: what LightGBM and torch consume, half the memory of Fl
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,11 @@ class FittedPipeline:
         self.warmup = dict(measured.bars)
         return measured
 
+    @functools.cached_property
+    def specs(self) -> list[Feature]:
+        """The features as registry objects, looked up once (a served request must not re-resolve 158 names)."""
+        return engine.as_features(self.features)
+
     def unfitted(self) -> FittedPipeline:
         return dataclasses.replace(self, state=None)
 
@@ -101,7 +107,7 @@ class FittedPipeline:
 
         The benchmark comes from `bars` when it is among them (adjusted like any symbol), else from
         `benchmark_bars` (ts, close), already adjusted as the feature store's are."""
-        table = engine.compute_features(self.adjustment.apply(bars), self.features, self.feature_options(benchmark_bars), reporter)
+        table = engine.compute_features(self.adjustment.apply(bars), self.specs, self.feature_options(benchmark_bars), reporter)
         missing = [f for f in self.features if f not in table.columns]
         if missing:
             raise RunError(f"the bars lack the inputs of {len(missing)} pipeline feature(s), e.g. {missing[:5]}; pass bars with the columns the run was trained on")
