@@ -32,6 +32,10 @@ def serve(
 
     Example: qfactory serve --bundle runs/latest/bundle --port 8000
     """
+    # One request scores a few rows: fanning each out over every core (OpenMP in LightGBM/XGBoost)
+    # only makes concurrent requests fight over the cores. Set before the model library loads;
+    # an explicit OMP_NUM_THREADS wins.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     import uvicorn
 
     from quant_cli.serve.app import Limits, create_app
