@@ -175,10 +175,13 @@ def verify(path: Path | str, trust_pickle: bool = False) -> dict[str, Any]:
 
 def _folder(path: Path) -> Path:
     """The bundle folder; a .tar.gz is unpacked (safely) into a temporary folder first."""
-    if path.is_dir():
-        return path
-    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-        return _unpack(path)
+    try:
+        if path.is_dir():
+            return path
+        if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+            return _unpack(path)
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte: from a /reload payload too
+        raise BundleError(f"bundle {str(path)[:200]}: not a usable path ({type(exc).__name__}); pass a bundle folder or its .tar.gz") from None
     raise BundleError(f"bundle {path}: not found; pass a bundle folder or its .tar.gz (made by `qfactory bundle --run RUN`)")
 
 
