@@ -106,15 +106,17 @@ class LoadedBundle:
         if missing:
             raise DataError(f"the feature rows lack column {missing[0]!r}; this bundle reads {len(self.pipeline.features)} features "
                             "(GET /metadata lists them)")
-        return self._score(self.pipeline.transform(rows.select(*KEYS, *self.pipeline.features)))
+        wanted = [*KEYS, *self.pipeline.features]
+        return self._score(self.pipeline.transform(rows if rows.columns == wanted else rows.select(wanted)))
 
     # ---- the model ------------------------------------------------------------------------------
 
     def _score(self, inputs: pl.DataFrame) -> pl.DataFrame:
         inputs = drop_incomplete(inputs, self.pipeline.features, self.pipeline.preprocess.get("fill", ""))
         X = self.pipeline.matrix(inputs)
-        symbols = inputs["symbol"].cast(pl.String).to_numpy()
-        out = inputs.select(pl.col("symbol").cast(pl.String), "ts", pl.Series("score", self.model.predict(X, symbols=symbols)))
+        symbols = inputs["symbol"].cast(pl.String)
+        score = self.model.predict(X, symbols=symbols.to_numpy())
+        out = pl.DataFrame([symbols, inputs["ts"], pl.Series("score", score, dtype=pl.Float64)])  # no query plan per request
         if self.model.is_classifier:
             proba = self.model.predict_proba(X, symbols=symbols)
             out = out.with_columns(pl.Series(f"p_{c:g}", proba[:, i]) for i, c in enumerate(self.model.classes_))
