@@ -89,6 +89,10 @@ class FittedPipeline:
         """The features as registry objects, looked up once (a served request must not re-resolve 158 names)."""
         return engine.as_features(self.features)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (e.g. to a worker process) without the cached registry objects: they are rebuilt there."""
+        return {k: v for k, v in self.__dict__.items() if k != "specs"}
+
     def unfitted(self) -> FittedPipeline:
         return dataclasses.replace(self, state=None)
 
