@@ -41,10 +41,6 @@ class StorageError(QFactoryError):
     """A file or folder cannot be written or read: permission denied, read-only file system, disk full."""
 
 
-class NotImplementedYet(QFactoryError):
-    """A subcommand or option that is planned but not built yet."""
-
-
 def suggest(received: str, allowed: Iterable[str]) -> str:
     """Return " (did you mean 'x'?)" for the closest allowed name, or ""."""
     match = difflib.get_close_matches(str(received), list(allowed), n=1, cutoff=0.6)

@@ -26,7 +26,7 @@ from quant_cli.models.crossval import cross_validate
 from quant_cli.data import store
 from quant_cli.dataset.table import KEYS, Prepared, check_task, dataset_name, load_bars, load_split, prepare, write_split
 from quant_cli.errors import RecipeError, RunError
-from quant_cli.io import read_json, read_run_parquet, write_json_atomic, write_parquet_atomic
+from quant_cli.io import read_json, read_run_parquet, staged_dir, write_json_atomic, write_parquet_atomic
 from quant_cli.backtest.metrics import classification_metrics, prediction_metrics
 from quant_cli.models.base import Model, StepReport
 from quant_cli.models.device import resolve_device
@@ -384,6 +384,40 @@ def report_existing(run: Run) -> list[Path]:
     if not written:
         raise RunError(f"run {run.id} has no backtest to report; backtest it first with `qfactory backtest --run {run.id}`")
     return written
+
+
+def bundle_existing(run: Run, data_dir: Path, out: Path | None = None, archive: bool = False, trust_pickle: bool = False,
+                    reporter: Reporter = SILENT) -> Path:
+    """`qfactory bundle --run RUN`: the run's verified inference bundle (serve/bundle.py), by default
+    as the run's `bundle` stage (`<run>/bundle/`, plus `bundle.tar.gz` with `archive`), else at `out`."""
+    from quant_cli.serve import bundle as bundles
+
+    run.require_stage("train", f"train it first with `qfactory train --run {run.id}`")
+    recipe = run.recipe()
+    bars = _bundle_bars(recipe, _pinned_for(run, recipe, data_dir))
+    if out is not None:
+        if out.exists():
+            raise RunError(f"--out {out} already exists; bundles are never overwritten — pass a new folder")
+        with staged_dir(out) as folder:
+            bundles.build(run, bars, folder, trust_pickle, reporter)
+        return bundles.write_archive(out, out.with_name(f"{out.name}.tar.gz")) if archive else out
+    run.begin_stage("bundle", reporter)  # a killed bundle's leftovers never block
+    with run.stage("bundle") as info:
+        with stage_outputs(run, "bundle") as folder:
+            info["bundle_id"] = bundles.build(run, bars, folder, trust_pickle, reporter)["bundle_id"]
+        if archive:
+            bundles.write_archive(run.path / "bundle", run.path / "bundle.tar.gz")
+    return run.path / ("bundle.tar.gz" if archive else "bundle")
+
+
+def _bundle_bars(recipe: Recipe, snapshot: store.Snapshot) -> pl.DataFrame:
+    """The run's raw bars, with the benchmark's even when data.symbols leaves it out."""
+    bars = load_bars(recipe, snapshot)
+    benchmark = recipe["features"].get("benchmark")
+    if benchmark and benchmark not in set(bars["symbol"].cast(pl.String).unique().to_list()):
+        extra = snapshot.load_bars(symbols=[benchmark], end=recipe["data"]["end"])
+        bars = pl.concat([bars, extra], how="diagonal_relaxed")
+    return bars
 
 
 def run_all(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> Run:

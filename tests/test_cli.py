@@ -34,16 +34,6 @@ def test_every_subcommand_has_help_with_an_example(runner, path):
     assert "Example: qfactory " in result.stdout
 
 
-@pytest.mark.parametrize("name", ["bundle", "serve"])
-def test_unbuilt_stages_exit_2_and_say_so(runner, name):
-    result = runner.invoke(app, [name, "--recipe", "x.toml"])
-    assert result.exit_code == 2
-    assert result.stderr.strip() == (
-        f"error: `qfactory {name}` is not implemented yet; meanwhile train and backtest one run with `qfactory run --recipe R`"
-    )
-    assert result.stdout == ""
-
-
 def test_version(runner):
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("qfactory ")

@@ -341,10 +341,3 @@ def test_recipe_show_help_example_works(runner: CliRunner) -> None:
     shown = runner.invoke(app, args)
     assert shown.exit_code == 0, shown.stderr
     assert "num_leaves = 15" in shown.stdout
-
-
-@pytest.mark.parametrize("name", ["bundle", "serve"])
-def test_stub_message_points_nowhere_missing(runner: CliRunner, name: str) -> None:
-    line = error_line(runner.invoke(app, [name]))
-    assert "not implemented yet" in line and "roadmap" not in line
-    assert "`qfactory run --recipe R`" in line

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from quant_cli import __version__
-from quant_cli.cli import backtest, data, features, ingest, recipe, report, run, runs, split, stubs, train, tune, walkforward
+from quant_cli.cli import backtest, bundle, data, features, ingest, predict, recipe, report, run, runs, serve, split, train, tune, walkforward
 from quant_cli.cli.common import OneLineUsageErrors
 
 app = typer.Typer(
@@ -21,9 +21,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-
 
 def _version(value: bool) -> None:
     if value:
@@ -50,8 +47,9 @@ app.command("backtest")(backtest.backtest)
 app.command("report")(report.report)
 app.command("tune")(tune.tune)
 app.command("walkforward")(walkforward.walkforward)
-app.command("bundle", context_settings=_PASS_THROUGH)(stubs.bundle)
-app.command("serve", context_settings=_PASS_THROUGH)(stubs.serve)
+app.add_typer(bundle.app, name="bundle")
+app.command("predict")(predict.predict)
+app.command("serve")(serve.serve)
 app.command("run")(run.run)
 app.add_typer(recipe.app, name="recipe")
 app.add_typer(runs.app, name="runs")

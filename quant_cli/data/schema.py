@@ -350,12 +350,17 @@ def validate(df: pl.DataFrame, origins: list[Origin], absent: dict[str, list[int
     `absent` maps a column to the sources (`__src`) that do not have it at all: their nulls in it
     are not empty values.
     """
+    checks = []
     for col, bad, what, fix in _checks(df.columns):
         if absent and absent.get(col):
             bad = bad & ~pl.col(SRC).is_in(absent[col])
-        hit = df.filter(bad.fill_null(False)).head(1)
-        if hit.height:
-            row = hit.row(0, named=True)
+        checks.append((col, bad.fill_null(False), what, fix))
+    # One pass flags the broken rules (a served request is validated per call); then the first
+    # broken rule, in order, finds its first row.
+    flags = df.select(bad.any().alias(f"_{i}") for i, (_, bad, _, _) in enumerate(checks)).row(0) if checks else ()
+    for (col, bad, what, fix), broken in zip(checks, flags):
+        if broken:
+            row = df.filter(bad).head(1).row(0, named=True)
             raise row_error(row, origins, col, what(row), fix)
     _check_duplicates(df, origins)
 

@@ -15,6 +15,7 @@ aligned to each bar (features/align.py) when `features.benchmark` is set.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -174,7 +175,10 @@ def stage1(bars: pl.DataFrame, todo: Plan, options: FeatureOptions | None = None
     return out.select(*KEYS, *todo.passthrough, *todo.stage1_names)
 
 
+@functools.lru_cache(maxsize=8192)
 def _expr(feature: Feature) -> pl.Expr:
+    """Built once per feature: expressions are immutable, and building 158 of them per call is most
+    of the cost of scoring one small request (the server calls this per request)."""
     return feature.expr().cast(pl.Float64).alias(feature.name)
 
 
@@ -200,6 +204,7 @@ def finish(frame: pl.LazyFrame, todo: Plan) -> pl.LazyFrame:
     return frame.select(*KEYS, *(_finite_or_null(n) for n in todo.names))
 
 
+@functools.lru_cache(maxsize=8192)
 def _finite_or_null(name: str) -> pl.Expr:
     column = pl.col(name)
     return pl.when(column.is_finite()).then(column).otherwise(None).alias(name)

@@ -15,6 +15,7 @@ Model inputs are Float32: what LightGBM and torch consume, half the memory of Fl
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from quant_cli.errors import RunError
 from quant_cli.features import engine
 from quant_cli.features.align import FeatureOptions
 from quant_cli.features.registry import REGISTRY, Feature
+from quant_cli.pipeline import lookback
 from quant_cli.pipeline.adjust import Adjustment
 from quant_cli.pipeline.preprocess import fit_preprocess, transform
 from quant_cli.report import SILENT, Reporter
@@ -52,6 +54,9 @@ class FittedPipeline:
     unseen_symbols: str = "error"
     feature_version: str | None = None  # the feature-store fingerprint the table came from
     state: dict[str, Any] | None = None
+    # Measured bars per feature after which a value computed from that many bars agrees with the
+    # full-history value (pipeline/lookback.py); empty until measured (the bundle measures it).
+    warmup: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_recipe(cls, recipe: Any, features: list[str], options: FeatureOptions, adjustment: Adjustment,
@@ -67,6 +72,26 @@ class FittedPipeline:
     @property
     def max_lookback(self) -> int:
         return max(self.lookback.values(), default=1)
+
+    @property
+    def required_bars(self) -> int:
+        """Bars per symbol a request must carry: the measured warm-up, else the definitions' windows."""
+        return max(self.warmup.values(), default=self.max_lookback) if self.warmup else self.max_lookback
+
+    def measure_lookback(self, bars: pl.DataFrame, reporter: Reporter = SILENT) -> lookback.Lookback:
+        """Measure every feature's honest lookback on real bars and keep it (see pipeline/lookback.py)."""
+        measured = lookback.measure(self, bars, reporter)
+        self.warmup = dict(measured.bars)
+        return measured
+
+    @functools.cached_property
+    def specs(self) -> list[Feature]:
+        """The features as registry objects, looked up once (a served request must not re-resolve 158 names)."""
+        return engine.as_features(self.features)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (e.g. to a worker process) without the cached registry objects: they are rebuilt there."""
+        return {k: v for k, v in self.__dict__.items() if k != "specs"}
 
     def unfitted(self) -> FittedPipeline:
         return dataclasses.replace(self, state=None)
@@ -86,7 +111,7 @@ class FittedPipeline:
 
         The benchmark comes from `bars` when it is among them (adjusted like any symbol), else from
         `benchmark_bars` (ts, close), already adjusted as the feature store's are."""
-        table = engine.compute_features(self.adjustment.apply(bars), self.features, self.feature_options(benchmark_bars), reporter)
+        table = engine.compute_features(self.adjustment.apply(bars), self.specs, self.feature_options(benchmark_bars), reporter)
         missing = [f for f in self.features if f not in table.columns]
         if missing:
             raise RunError(f"the bars lack the inputs of {len(missing)} pipeline feature(s), e.g. {missing[:5]}; pass bars with the columns the run was trained on")
@@ -113,6 +138,7 @@ class FittedPipeline:
             "options": self.options, "lookback": self.lookback, "adjustment": self.adjustment.to_json(),
             "symbol_encoding": self.symbol_encoding, "unseen_symbols": self.unseen_symbols,
             "feature_version": self.feature_version, "state": self.state, "dtype": "float32",
+            "warmup": self.warmup,
         }
 
     @classmethod
@@ -127,6 +153,7 @@ class FittedPipeline:
             lookback={k: int(v) for k, v in data["lookback"].items()}, adjustment=Adjustment.from_json(data["adjustment"]),
             symbol_encoding=data["symbol_encoding"], unseen_symbols=data["unseen_symbols"],
             feature_version=data.get("feature_version"), state=data.get("state"),
+            warmup={k: int(v) for k, v in data.get("warmup", {}).items()},
         )
 
 

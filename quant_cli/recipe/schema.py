@@ -174,6 +174,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "serve": {
         "host": Key("str", "127.0.0.1", "Address the server binds to."),
         "port": Key("int", 8000, "Port the server listens on.", minimum=1, maximum=65535),
+        "max_rows": Key("int", 100_000, "Most bars (or feature rows) one request may carry; more is refused with 413.", minimum=1),
+        "max_body_mb": Key("float", 32.0, "Largest request body in MiB; larger is refused with 413.", minimum=0.001),
     },
 }
 

@@ -40,8 +40,9 @@ STAGE_OUTPUTS = {
     "train": ("cv", "model", "predictions.parquet", "metrics.json"),
     "backtest": ("backtest",),
     "walkforward": ("walkforward",),  # and its block of metrics.json, merged in like backtest's
+    "bundle": ("bundle", "bundle.tar.gz"),
 }
-_STAGE_RESULT = {"split": "a split", "train": "a model", "backtest": "a backtest", "walkforward": "a walk-forward"}
+_STAGE_RESULT = {"split": "a split", "train": "a model", "backtest": "a backtest", "walkforward": "a walk-forward", "bundle": "a bundle"}
 
 _LIBRARIES = ("polars", "pyarrow", "numpy", "lightgbm", "catboost", "xgboost", "scikit-learn", "joblib", "torch", "typer")
 

@@ -1,0 +1,189 @@
+"""Benchmark: `qfactory serve` latency and throughput against a bare FastAPI endpoint, same run.
+
+    .venv/bin/python benchmarks/serve_latency.py                    # 2,000 requests per endpoint
+    .venv/bin/python benchmarks/serve_latency.py --requests 500 --json
+
+Setup: a synthetic daily panel (20 symbols x 1,000 bars) is ingested, a LightGBM run is trained on
+the Alpha158 feature set (200 trees) and bundled. Two servers run in their own processes on
+127.0.0.1, each one uvicorn worker: `qfactory serve --bundle B` and a bare FastAPI app whose only
+endpoint returns a constant (the reference: what FastAPI + uvicorn + the client cost alone).
+16 concurrent clients (asyncio + httpx, keep-alive, in this process) send a bounded number of
+requests to each endpoint after a warm-up:
+- `/predict`: one symbol with exactly the bundle's required bars (raw OHLCV, long format);
+- `/predict/features`: one precomputed feature row (the 158 raw features of one symbol's bar);
+- `/const` on the bare server.
+Printed: p50 / p95 / p99 latency (ms, per request, as the client sees it), throughput (requests
+per second over the whole burst), errors, and each endpoint's ratio to the bare endpoint.
+Targets from issue 12 (2 cores): /predict p50 <= 5 ms and p99 <= 25 ms, /predict/features >=
+1,500 requests/s, zero errors. The client shares the machine's cores with the server; on a shared
+machine, other load moves every number — compare the ratios, and rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CLIENTS = 16
+WARMUP = 100
+BARE = """
+import sys, uvicorn
+from fastapi import FastAPI
+app = FastAPI()
+@app.get("/const")
+def const():
+    return {"score": 0.0}
+@app.get("/health")
+def health():
+    return {"status": "ok"}
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+"""
+
+
+def main() -> int:
+    args = _parse()
+    with tempfile.TemporaryDirectory(prefix="qfactory-serve-bench-") as tmp:
+        bundle = _bundle(Path(tmp), args)
+        bodies = _bodies(bundle)
+        ours, bare = _start_ours(bundle, args.port), _start_bare(args.port + 1)
+        try:
+            _wait(args.port), _wait(args.port + 1)
+            results = {
+                "bare /const": asyncio.run(_burst(f"http://127.0.0.1:{args.port + 1}/const", None, args.requests)),
+                "/predict": asyncio.run(_burst(f"http://127.0.0.1:{args.port}/predict", bodies["predict"], args.requests)),
+                "/predict/features": asyncio.run(_burst(f"http://127.0.0.1:{args.port}/predict/features", bodies["features"], args.requests)),
+            }
+        finally:
+            for proc in (ours, bare):
+                proc.terminate()
+                proc.wait(timeout=30)
+    _report(results, bodies["required_bars"], args)
+    return 0
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000, help="requests per endpoint, after the warm-up")
+    parser.add_argument("--symbols", type=int, default=20)
+    parser.add_argument("--bars", type=int, default=1000)
+    parser.add_argument("--port", type=int, default=18731)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser.parse_args()
+
+
+def _bundle(root: Path, args: argparse.Namespace) -> Path:
+    from quant_cli import stages
+    from quant_cli.data.store import write_store
+    from quant_cli.data.synthetic import generate
+    from quant_cli.recipe import load_recipe
+
+    data = root / "data"
+    write_store(data, "bench", generate(symbols=args.symbols, bars=args.bars, seed=11), "benchmark")
+    recipe = load_recipe(None, ['data.dataset="bench"', 'features.sets=["alpha158"]', "label.horizon=5",
+                                "model.params.n_estimators=200", "model.params.num_leaves=31", "train.early_stopping=0"])
+    run = stages.train_new(recipe, data, root / "runs")
+    return stages.bundle_existing(run, data)
+
+
+def _bodies(bundle: Path) -> dict:
+    from quant_cli.io import read_json
+    from quant_cli.serve.bundle import load
+    from quant_cli.serve.loaded import bars_from_records
+
+    loaded = load(bundle)
+    example = read_json(bundle / "example" / "input.json")["bars"]
+    one = [b for b in example if b["symbol"] == example[0]["symbol"]]
+    last = loaded.pipeline.compute(bars_from_records(one)).tail(1).row(0, named=True)
+    row = {"symbol": last["symbol"], "ts": last["ts"].isoformat(), "features": {f: last[f] for f in loaded.pipeline.features}}
+    return {"predict": {"bars": one}, "features": {"rows": [row]}, "required_bars": loaded.spec.required_bars}
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def _start_ours(bundle: Path, port: int) -> subprocess.Popen:
+    os.environ.pop("QFACTORY_SERVE_TOKEN", None)
+    cmd = [sys.executable, "-c", "from quant_cli.cli import app; app()", "serve", "--bundle", str(bundle), "--port", str(port), "--quiet"]
+    return subprocess.Popen(cmd, env=_env())
+
+
+def _start_bare(port: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", BARE, str(port)], env=_env())
+
+
+def _wait(port: int) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise SystemExit(f"server on port {port} did not start")
+
+
+async def _burst(url: str, body: dict | None, requests: int) -> dict:
+    """WARMUP requests, then `requests` from CLIENTS concurrent clients; per-request latencies."""
+    import httpx
+
+    payload = json.dumps(body).encode() if body is not None else None
+    headers = {"content-type": "application/json"}
+    latencies: list[float] = []
+    errors = 0
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS), timeout=30) as client:
+        async def one() -> bool:
+            started = time.perf_counter()
+            response = await (client.post(url, content=payload, headers=headers) if payload is not None else client.get(url))
+            latencies.append(time.perf_counter() - started)
+            return response.status_code == 200
+
+        async def worker(n: int) -> int:
+            return sum([not await one() for _ in range(n)])
+
+        await asyncio.gather(*(worker(WARMUP // CLIENTS) for _ in range(CLIENTS)))
+        latencies.clear()
+        started = time.perf_counter()
+        share = [requests // CLIENTS + (i < requests % CLIENTS) for i in range(CLIENTS)]
+        errors = sum(await asyncio.gather(*(worker(n) for n in share)))
+        elapsed = time.perf_counter() - started
+    ms = np.asarray(latencies) * 1000
+    return {"requests": len(ms), "errors": int(errors), "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)), "throughput_rps": len(ms) / elapsed}
+
+
+def _report(results: dict, required_bars: int, args: argparse.Namespace) -> None:
+    bare = results["bare /const"]
+    for name, r in results.items():
+        r["p50_ratio_to_bare"] = r["p50_ms"] / bare["p50_ms"]
+        r["throughput_ratio_to_bare"] = r["throughput_rps"] / bare["throughput_rps"]
+    targets = {"/predict p50 <= 5 ms": results["/predict"]["p50_ms"] <= 5, "/predict p99 <= 25 ms": results["/predict"]["p99_ms"] <= 25,
+               "/predict/features >= 1500 req/s": results["/predict/features"]["throughput_rps"] >= 1500,
+               "zero errors": all(r["errors"] == 0 for r in results.values())}
+    if args.json:
+        print(json.dumps({"results": results, "targets": targets, "required_bars": required_bars, "cores": os.cpu_count()}, indent=2))
+        return
+    print(f"{CLIENTS} clients, {args.requests} requests per endpoint, {os.cpu_count()} cores; /predict sends {required_bars} bars of one symbol")
+    print(f"{'endpoint':<20}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}{'p50 x bare':>12}{'req/s x bare':>14}")
+    for name, r in results.items():
+        print(f"{name:<20}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['throughput_rps']:>9.0f}{r['errors']:>8}"
+              f"{r['p50_ratio_to_bare']:>12.2f}{r['throughput_ratio_to_bare']:>14.2f}")
+    for target, met in targets.items():
+        print(f"{'met ' if met else 'MISSED'}  {target}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""`qfactory bundle --run RUN` and `qfactory bundle verify B`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from quant_cli import stages
+from quant_cli.cli import console
+from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, QuietOpt, RunsDirOpt, cli_errors, emit
+from quant_cli.errors import QFactoryError
+from quant_cli.runs.directory import data_home, resolve_run, runs_home
+
+TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle-based model files (they run code when loaded); only for bundles you made.")]
+
+app = typer.Typer(
+    invoke_without_command=True, no_args_is_help=False, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def bundle(
+    ctx: typer.Context,
+    run: Annotated[str | None, typer.Option("--run", help="Run to bundle: a path, run id or 'latest'.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Bundle folder to create (default: <run>/bundle/).", show_default=False)] = None,
+    archive: Annotated[bool, typer.Option("--archive", help="Also write the bundle as one .tar.gz next to the folder.")] = False,
+    trust_pickle: TrustPickleOpt = False,
+    data_dir: DataDirOpt = None,
+    runs_dir: RunsDirOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Package a trained run as a verified inference bundle: model, fitted pipeline, schemas, example, hashes.
+
+    Prints the bundle path. `qfactory bundle verify B` re-checks one.
+
+    Example: qfactory bundle --run latest --archive
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    with cli_errors(quiet, debug):
+        if run is None:
+            raise QFactoryError("pass --run RUN (a run path, run id or 'latest'), or use `qfactory bundle verify B`")
+        existing = resolve_run(run, runs_home(runs_dir))
+        path = stages.bundle_existing(existing, data_home(data_dir, existing.recipe()), out, archive, trust_pickle, console.REPORTER)
+    emit(path, json_out, {"run_id": existing.id})
+
+
+@app.command("verify")
+def verify(
+    path: Annotated[Path, typer.Argument(help="Bundle folder or .tar.gz.", show_default=False)],
+    trust_pickle: TrustPickleOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Re-check a bundle's hashes and run its input example against the expected output.
+
+    Example: qfactory bundle verify runs/latest/bundle
+    """
+    from quant_cli.serve import bundle as bundles
+
+    with cli_errors(quiet, debug):
+        result = bundles.verify(path, trust_pickle)
+        console.REPORTER.info(f"bundle {result['bundle_id']}: {result['files']} files verified; example of {result['example_rows']} "
+                              f"row(s) matches (max relative difference {result['max_relative_difference']:.2g})")
+    emit(path, json_out, result)

@@ -1,0 +1,199 @@
+"""The HTTP server (FastAPI): a bundle's scores for raw bars or feature rows, with hot reload.
+
+Every request takes the bundle current when it starts and finishes on it, so `POST /reload`
+(which verifies and loads the new bundle first, then swaps one reference) never disturbs a request
+in flight, and a failed reload keeps serving the old bundle. Client input never produces a 5xx:
+bad payloads are 422 naming the field (pydantic) or the row and column (the ingest validation),
+too much is 413, and a missing token 401 (serve/guard.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from quant_cli import __version__
+from quant_cli.errors import QFactoryError, clip_huge_values
+from quant_cli.serve import bundle as bundles
+from quant_cli.serve.guard import Guard, Metrics
+from quant_cli.serve.loaded import LoadedBundle, validated
+from quant_cli.serve.schemas import (
+    ErrorResponse, Health, PredictFeaturesRequest, PredictRequest, PredictResponse, Ready, ReloadRequest, ReloadResponse,
+)
+
+DEFAULT_MAX_ROWS = 100_000
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+_BAR_COLUMNS = ("open", "high", "low", "close", "volume", "adj_close", "vwap", "sector")
+_ERRORS = {422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 401: {"model": ErrorResponse}}
+
+
+class InputError(Exception):
+    def __init__(self, status: int, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+@dataclass
+class Limits:
+    max_rows: int = DEFAULT_MAX_ROWS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+class Holder:
+    """The current bundle; reloads are serialised, requests read the reference once."""
+
+    def __init__(self, bundle: LoadedBundle, trust_pickle: bool) -> None:
+        self.current = bundle
+        self.trust_pickle = trust_pickle
+        self.lock = threading.Lock()
+
+    def reload(self, path: str) -> tuple[LoadedBundle, LoadedBundle]:
+        with self.lock:
+            new = bundles.load(path, self.trust_pickle)  # verified and loaded before the swap
+            old, self.current = self.current, new
+        return new, old
+
+
+def create_app(bundle: LoadedBundle, token: str | None = None, limits: Limits | None = None, trust_pickle: bool = False) -> Any:
+    """The ASGI app: FastAPI routes inside the guard (token, size limit, metrics)."""
+    limits = limits or Limits()
+    holder = Holder(bundle, trust_pickle)
+    app = FastAPI(title="qfactory", version=__version__, description="Scores from a verified qfactory bundle.")
+    metrics = Metrics()
+    _routes(app, holder, limits, metrics)
+    _handlers(app)
+    app.state.holder = holder
+    endpoints = {route.path for route in app.routes}
+    return Guard(app, metrics, endpoints, token, limits.max_body_bytes)
+
+
+def _routes(app: FastAPI, holder: Holder, limits: Limits, metrics: Metrics) -> None:
+    @app.get("/health", response_model=Health)
+    def health() -> dict[str, str]:
+        """Liveness: the process answers (no token needed)."""
+        return {"status": "ok"}
+
+    @app.get("/ready", response_model=Ready)
+    def ready() -> dict[str, Any]:
+        """Readiness: a verified bundle is loaded."""
+        return {"ready": True, "bundle_id": holder.current.bundle_id}
+
+    @app.get("/metadata")
+    def metadata() -> dict[str, Any]:
+        """Bundle manifest, features, lookback (bars per symbol), model, required symbols and columns."""
+        return holder.current.metadata()
+
+    @app.post("/predict", response_model=PredictResponse, responses=_ERRORS)
+    def predict(request: PredictRequest) -> dict[str, Any]:
+        """Raw bars (long format, one or more symbols) → a score per symbol for its latest bar."""
+        current = holder.current
+        _check_rows(len(request.bars), limits)
+        return _response(current, _guarded(lambda: current.score_bars(_bars(request))))
+
+    @app.post("/predict/features", response_model=PredictResponse, responses=_ERRORS)
+    def predict_features(request: PredictFeaturesRequest) -> dict[str, Any]:
+        """Precomputed feature rows (raw, as the run's feature table holds them) → a score per row."""
+        current = holder.current
+        _check_rows(len(request.rows), limits)
+        return _response(current, _guarded(lambda: current.score_features(_feature_rows(request, current))))
+
+    @app.post("/reload", response_model=ReloadResponse, responses=_ERRORS)
+    def reload(request: ReloadRequest) -> dict[str, str]:
+        """Hot swap to another verified bundle; on failure the old one keeps serving."""
+        try:
+            new, old = holder.reload(request.bundle)
+        except QFactoryError as exc:
+            raise InputError(422, f"reload failed, still serving {holder.current.bundle_id}: {exc}", type(exc).__name__) from None
+        return {"bundle_id": new.bundle_id, "previous": old.bundle_id}
+
+    @app.get("/metrics", response_class=Response)
+    def prometheus() -> Response:
+        """Prometheus text: requests, latency histogram, errors by kind."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        message = clip_huge_values(f"{where}: {first.get('msg', 'invalid')}")
+        return JSONResponse({"error": message, "kind": "ValidationError", "detail": jsonable_encoder(errors, exclude={"ctx", "input"})}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body that is not JSON at all: malformed, like any other bad payload
+            return JSONResponse({"error": f"body: not valid JSON ({exc.detail})", "kind": "ValidationError"}, 422)
+        return JSONResponse({"error": str(exc.detail), "kind": "HTTPError"}, exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(InputError)
+    async def refused(request: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"error": clip_huge_values(str(exc)), "kind": exc.kind}, exc.status)
+
+
+def _check_rows(n: int, limits: Limits) -> None:
+    if n > limits.max_rows:
+        raise InputError(413, f"{n:,} rows is more than this server takes per request ({limits.max_rows:,}); send fewer", "TooLarge")
+
+
+def _guarded(work: Any) -> pl.DataFrame:
+    """Input problems (ours, or polars/numpy refusing values) are 422 with one line."""
+    try:
+        return work()
+    except QFactoryError as exc:
+        raise InputError(422, str(exc), type(exc).__name__) from None
+    except (pl.exceptions.PolarsError, ValueError, TypeError, OverflowError) as exc:
+        raise InputError(422, f"the request could not be scored: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                         "InvalidInput") from None
+
+
+def _utc(ts: dt.datetime) -> dt.datetime:
+    return ts.replace(tzinfo=dt.timezone.utc) if ts.tzinfo is None else ts.astimezone(dt.timezone.utc)
+
+
+def _bars(request: PredictRequest) -> pl.DataFrame:
+    """Long-format bars as canonical columns, through the ingest validation (errors name the row)."""
+    rows = request.bars
+    data: dict[str, Any] = {"symbol": [b.symbol for b in rows], "ts": pl.Series([_utc(b.ts) for b in rows], dtype=pl.Datetime("us", "UTC"))}
+    for column in _BAR_COLUMNS:
+        values = [getattr(b, column) for b in rows]
+        if any(v is not None for v in values):
+            data[column] = values
+    return validated(pl.DataFrame(data, strict=False), "request bars")
+
+
+def _feature_rows(request: PredictFeaturesRequest, current: LoadedBundle) -> pl.DataFrame:
+    names = current.pipeline.features
+    known = set(names)
+    for i, row in enumerate(request.rows):
+        extra = next((k for k in row.features if k not in known), None)
+        missing = next((k for k in names if k not in row.features), None)
+        if extra is not None or missing is not None:
+            what = f"unknown feature {extra!r}" if extra is not None else f"feature {missing!r} is missing"
+            raise InputError(422, clip_huge_values(f"rows.{i}.features: {what}; send exactly the features GET /metadata lists"), "ValidationError")
+    data: dict[str, Any] = {"symbol": [r.symbol for r in request.rows],
+                            "ts": pl.Series([_utc(r.ts) for r in request.rows], dtype=pl.Datetime("us", "UTC"))}
+    data.update({name: pl.Series(name, [r.features[name] for r in request.rows], dtype=pl.Float64) for name in names})
+    return pl.DataFrame(data)
+
+
+def _response(current: LoadedBundle, scores: pl.DataFrame) -> dict[str, Any]:
+    probs = [c for c in scores.columns if c.startswith("p_")]
+    out = []
+    for row in scores.iter_rows(named=True):
+        item = {"symbol": row["symbol"], "ts": row["ts"], "score": row["score"]}
+        if probs:
+            item["probabilities"] = {p: row[p] for p in probs}
+        out.append(item)
+    return {"bundle_id": current.bundle_id, "predictions": out}

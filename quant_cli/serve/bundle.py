@@ -1,0 +1,203 @@
+"""Build, verify and load bundles (DESIGN.md §7).
+
+A bundle is a self-contained folder (optionally also one .tar.gz):
+
+    model/              the model in its native format (Model.save; model.json names the family)
+    pipeline.json       the FittedPipeline: features in order, options, preprocessing state, encoding,
+                        and the measured warm-up per feature (pipeline/lookback.py)
+    input_schema.json   JSON schema of a /predict request + the bars, columns and symbols it needs
+    output_schema.json  JSON schema of the response
+    example/input.json  a request made of the run's own bars; example/expected.json its scores
+    lookback.json       the measurement: bars per feature, convergence, the history it used
+    versions.json       qfactory, python and library versions
+    source.json         source run id, dataset version, features fingerprint; recipe.toml, resolved
+    metrics.json        the run's metrics summary
+    manifest.json       schema version, bundle id, SHA-256 of every other file (written last)
+
+Loading verifies the manifest first (serve/manifest.py), then reads the pipeline and the model.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import json
+import shutil
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from quant_cli import __version__
+from quant_cli.errors import BundleError
+from quant_cli.io import read_json, read_run_json, read_run_parquet, write_json_atomic, write_text_atomic
+from quant_cli.models.registry import load_model
+from quant_cli.pipeline import lookback
+from quant_cli.pipeline.fitted import FittedPipeline
+from quant_cli.report import SILENT, Reporter
+from quant_cli.runs.directory import Run, library_versions
+from quant_cli.serve import manifest as mf
+from quant_cli.serve.loaded import InputSpec, LoadedBundle, bars_from_records, max_relative_difference, records
+from quant_cli.serve.schemas import input_schema, output_schema
+
+EXAMPLE_SYMBOLS = 2  # symbols in the example request, besides the ones every request needs
+EXAMPLE_TOLERANCE = 1e-6
+MEASURE_SYMBOLS = 8
+_METRIC_BLOCKS = ("val", "test", "train", "cv", "backtest", "walkforward")
+
+
+# ---- build -------------------------------------------------------------------------------------------
+
+
+def build(run: Run, bars: pl.DataFrame, folder: Path, trust_pickle: bool = False, reporter: Reporter = SILENT) -> dict[str, Any]:
+    """Write the bundle of `run` into the empty `folder`; `bars`: the run's raw bars (every symbol, the
+    benchmark included) from the dataset version it was split on. Returns the manifest."""
+    pipeline = FittedPipeline.from_json(read_run_json(run.path, "split/pipeline.json"))
+    mf.check_pickle(run.path / "model", mf.files_of(run.path / "model"), trust_pickle)
+    model = load_model(run.path / "model")
+    measured = pipeline.measure_lookback(_measurement_bars(pipeline, bars), reporter)
+    if measured.unconverged:
+        reporter.warn(f"bundle: {len(measured.unconverged)} feature(s) (e.g. {measured.unconverged[0]}) did not converge within the "
+                      f"{measured.history} bars of history; requests must carry all {measured.history} bars")
+    model.save(folder / "model")
+    write_json_atomic(folder / "pipeline.json", pipeline.to_json())
+    write_json_atomic(folder / "lookback.json", measured.to_json())
+    spec = _input_spec(run, pipeline, bars)
+    loaded = LoadedBundle(folder, {"bundle_id": "building"}, pipeline, model, spec)
+    write_json_atomic(folder / "input_schema.json", input_schema(spec))
+    write_json_atomic(folder / "output_schema.json", output_schema(loaded.output_columns))
+    _write_example(folder, loaded, bars)
+    _write_provenance(folder, run)
+    reporter.info(f"bundle: {len(pipeline.features)} features, {spec.required_bars} bars per symbol"
+                  + (f", required symbols {spec.required_symbols[:5]}" if spec.required_symbols else ""))
+    return mf.write_manifest(folder, {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                      "source_run": run.id, "model": model.name, "task": model.task,
+                                      "qfactory_version": __version__})
+
+
+def _measurement_bars(pipeline: FittedPipeline, bars: pl.DataFrame) -> pl.DataFrame:
+    """Bars to measure the lookback on: every symbol when features cross symbols, else the
+    MEASURE_SYMBOLS longest histories (plus the benchmark) — the convergence of a per-symbol
+    feature is a property of its definition and the data's frequency, not of the universe size."""
+    if lookback.cross_sectional(pipeline):
+        return bars
+    counts = bars.group_by(pl.col("symbol").cast(pl.String)).len().sort(["len", "symbol"], descending=[True, False])
+    keep = {*counts["symbol"].head(MEASURE_SYMBOLS).to_list(), *([b] if (b := lookback.benchmark_symbol(pipeline)) else [])}
+    return bars.filter(pl.col("symbol").cast(pl.String).is_in(sorted(keep)))
+
+
+def _input_spec(run: Run, pipeline: FittedPipeline, bars: pl.DataFrame) -> InputSpec:
+    columns = lookback.input_columns(pipeline, bars.columns)
+    if pipeline.adjustment.mode != "none" and "adj_close" in bars.columns:
+        columns.append("adj_close")  # serving adjusts prices exactly as training did
+    required, why = [], []
+    if (benchmark := lookback.benchmark_symbol(pipeline)) is not None:
+        required.append(benchmark)
+        why.append(f"benchmark of the bench_* features: {benchmark}")
+    if cross := lookback.cross_sectional(pipeline):
+        universe = read_run_parquet(run.path, "split/rows.parquet")["symbol"].cast(pl.String).unique().sort().to_list()
+        required += [s for s in universe if s not in required]
+        why.append(f"cross-sectional features such as {cross[0]} compare all {len(universe)} symbols the model was trained on")
+    return InputSpec(pipeline.required_bars, columns, required, "; ".join(why), lookback.extra_keys(pipeline))
+
+
+def _write_example(folder: Path, loaded: LoadedBundle, bars: pl.DataFrame) -> None:
+    """A request made of the run's last bars, and the scores this bundle gives it."""
+    spec = loaded.spec
+    symbols = bars["symbol"].cast(pl.String).unique().sort().to_list()
+    chosen = list(dict.fromkeys([*spec.required_symbols, *[s for s in symbols if s not in spec.required_symbols][:EXAMPLE_SYMBOLS]]))
+    example = lookback.tail_bars(bars.filter(pl.col("symbol").cast(pl.String).is_in(chosen)), spec.required_bars)
+    example = example.select(pl.col("symbol").cast(pl.String), "ts", *spec.columns, *spec.keys)
+    (folder / "example").mkdir()
+    write_json_atomic(folder / "example" / "input.json", {"bars": records(example)})
+    request = bars_from_records(read_json(folder / "example" / "input.json")["bars"], "example/input.json")
+    write_json_atomic(folder / "example" / "expected.json", {"predictions": records(loaded.score_bars(request))})
+
+
+def _write_provenance(folder: Path, run: Run) -> None:
+    manifest = run.manifest()
+    write_json_atomic(folder / "versions.json", {"qfactory": __version__, "python": sys.version.split()[0], "libraries": library_versions()})
+    write_json_atomic(folder / "source.json", {
+        "source_run": run.id, "run_path": str(run.path), "dataset": manifest.get("dataset"),
+        "fingerprints": manifest.get("fingerprints"), "git_commit": manifest.get("git_commit"),
+        "run_created": manifest.get("created"),
+    })
+    write_text_atomic(folder / "recipe.toml", (run.path / "recipe.toml").read_text(encoding="utf-8"))
+    metrics = read_run_json(run.path, "metrics.json") if (run.path / "metrics.json").is_file() else {}
+    write_json_atomic(folder / "metrics.json", {k: v for k, v in metrics.items() if k in _METRIC_BLOCKS})
+
+
+def write_archive(folder: Path, target: Path) -> Path:
+    """`folder` as one .tar.gz (entries under the folder's name), written atomically."""
+    partial = target.with_name(f".{target.name}.partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    partial.replace(target)
+    return target
+
+
+# ---- load and verify --------------------------------------------------------------------------------
+
+
+def load(path: Path | str, trust_pickle: bool = False) -> LoadedBundle:
+    """Verify every hash, then load the pipeline and the model; any mismatch is a BundleError."""
+    folder = _folder(Path(path))
+    manifest = mf.read_manifest(folder)
+    mf.verify_files(folder, manifest, trust_pickle)
+    try:
+        pipeline = FittedPipeline.from_json(read_json(folder / "pipeline.json"))
+        spec = InputSpec.from_json(read_json(folder / "input_schema.json")["x-qfactory"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"bundle {folder}: pipeline.json or input_schema.json is not what this qfactory writes ({exc}); "
+                          "rebuild the bundle with `qfactory bundle --run RUN`") from None
+    return LoadedBundle(folder, manifest, pipeline, load_model(folder / "model"), spec)
+
+
+def verify(path: Path | str, trust_pickle: bool = False) -> dict[str, Any]:
+    """`qfactory bundle verify`: the hashes, then the example request against its expected scores."""
+    loaded = load(path, trust_pickle)
+    request = bars_from_records(read_json(loaded.path / "example" / "input.json")["bars"], "example/input.json")
+    got = loaded.score_bars(request)
+    expected = pl.DataFrame(read_json(loaded.path / "example" / "expected.json")["predictions"])
+    if got.height != expected.height or got["symbol"].to_list() != expected["symbol"].to_list():
+        raise BundleError(f"bundle {loaded.path}: the example scores {got.height} rows, expected.json has {expected.height}; rebuild the bundle")
+    columns = [c for c in loaded.output_columns if c not in ("symbol", "ts")]
+    worst = max(max_relative_difference(got[c].to_numpy(), expected[c].to_numpy()) for c in columns)
+    if worst > EXAMPLE_TOLERANCE:
+        raise BundleError(f"bundle {loaded.path}: the example's scores differ from example/expected.json by {worst:.3g} relative "
+                          f"(allowed {EXAMPLE_TOLERANCE:g}); the libraries differ from the bundle's versions.json — check them")
+    return {"bundle_id": loaded.bundle_id, "files": len(loaded.manifest["files"]), "example_rows": got.height,
+            "max_relative_difference": worst}
+
+
+def _folder(path: Path) -> Path:
+    """The bundle folder; a .tar.gz is unpacked (safely) into a temporary folder first."""
+    try:
+        if path.is_dir():
+            return path
+        if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+            return _unpack(path)
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte: from a /reload payload too
+        raise BundleError(f"bundle {str(path)[:200]}: not a usable path ({type(exc).__name__}); pass a bundle folder or its .tar.gz") from None
+    raise BundleError(f"bundle {path}: not found; pass a bundle folder or its .tar.gz (made by `qfactory bundle --run RUN`)")
+
+
+def _unpack(archive: Path) -> Path:
+    target = Path(tempfile.mkdtemp(prefix="qfactory-bundle-"))
+    atexit.register(shutil.rmtree, target, True)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(target, filter="data")  # no absolute paths, links out, or devices
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BundleError(f"bundle {archive}: not a readable .tar.gz ({exc}); rebuild it with `qfactory bundle --run RUN --archive`") from None
+    entries = [p for p in target.iterdir()]
+    if len(entries) != 1 or not entries[0].is_dir():
+        raise BundleError(f"bundle {archive}: the archive must hold one bundle folder; rebuild it with `qfactory bundle --run RUN --archive`")
+    return entries[0]
+
+
+def describe(manifest: dict[str, Any]) -> str:
+    return json.dumps({k: manifest[k] for k in ("bundle_id", "source_run", "model") if k in manifest})
