@@ -70,7 +70,7 @@ def test_export_logs_params_metrics_artifacts_and_is_idempotent(runner, run_id, 
         assert metrics["backtest.periods"] == recipe_metrics["backtest"]["periods"]
         top = {a.path for a in client.list_artifacts(logged.info.run_id)}
         assert {"recipe.toml", "manifest.json", "metrics.json", "model", "backtest"} <= top
-        assert {a.path for a in client.list_artifacts(logged.info.run_id, "backtest")} == {"backtest/summary.json"}
+        assert {a.path for a in client.list_artifacts(logged.info.run_id, "backtest")} == {"backtest/analysis.json", "backtest/metrics.json", "backtest/report.html"}
         assert client.list_artifacts(logged.info.run_id, "model")
 
         again = runner.invoke(app, ["runs", "export-mlflow", "latest", "--tracking-uri", uri, "--json"])

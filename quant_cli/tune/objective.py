@@ -187,14 +187,14 @@ def _score(task: TrialTask, shared: Shared, kind: str, metric: str, val_rows: pl
 
 def _backtest(task: TrialTask, shared: Shared, scored: pl.DataFrame) -> dict[str, Any]:
     from quant_cli.backtest.engine import run_backtest
-    from quant_cli.data.frequency import periods_per_year
+    from quant_cli.backtest.outputs import resolve_periods_per_year
 
     recipe = task.recipe
     if shared.bars is None:
         shared.bars = _bars_before_test(task, shared.prepared)
     frequency = recipe["data"]["frequency"] or shared.prepared.pipeline.options.get("bar_spacing") or "1d"
-    _, summary = run_backtest(scored.drop("label"), shared.bars, recipe["backtest"], periods_per_year(frequency))
-    return summary
+    ppy, _ = resolve_periods_per_year(recipe["backtest"], shared.bars, frequency)  # as the backtest stage annualises
+    return run_backtest(scored.drop("label"), shared.bars, recipe["backtest"], ppy).summary
 
 
 def _bars_before_test(task: TrialTask, prepared: Any) -> pl.DataFrame:
