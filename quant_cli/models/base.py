@@ -74,7 +74,8 @@ class Model(ABC):
     limits: ClassVar[dict[str, Limit]] = {}
 
     def __init__(self, *, task: str = "regression", seed: int = 42, threads: int = 0, device: str = "cpu",
-                 symbol_encoding: str = "none", unseen_symbols: str = "error", reporter: Reporter = SILENT, **params: Any) -> None:
+                 symbol_encoding: str = "none", unseen_symbols: str = "error", reporter: Reporter = SILENT,
+                 train: dict[str, Any] | None = None, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             raise ModelError(
@@ -88,6 +89,7 @@ class Model(ABC):
             raise ModelError(f"model.symbol_encoding {symbol_encoding!r} is not supported by '{self.name}'; "
                              f"allowed: {one_of(self.symbol_encodings)}")
         self.task = task
+        self.train_settings = dict(train or {})  # the [train] section: the torch models' loop settings
         self.reporter = reporter  # notices at fit time (GPU fallback, ignored weights)
         self.seed = seed
         self.threads = threads
@@ -125,6 +127,14 @@ class Model(ABC):
 
     def _fit_info(self) -> dict[str, Any]:
         return {}
+
+    def uses_panel(self) -> bool:
+        """Whether fit/predict take a `PanelRows` (every row of each symbol, for windows) rather than
+        a matrix of the rows alone: sequence models, and ensembles with a sequence member."""
+        return self.sequence
+
+    def set_checkpoints(self, folder: Path | None, resume: bool = False) -> None:
+        """Where a model that trains in epochs keeps per-epoch checkpoints (others ignore it)."""
 
     def _accepts_missing(self) -> bool:
         return self.missing_values
@@ -302,6 +312,7 @@ class Model(ABC):
         self._save_native(folder)
         meta = {"name": self.name, "task": self.task, "seed": self.seed, "threads": self.threads,
                 "symbol_encoding": self.symbol_encoding, "unseen_symbols": self.unseen_symbols, "params": self.params,
+                "train": self.train_settings,
                 "feature_names": self.feature_names_, "input_names": self.input_names_,
                 "encoder": self.encoder_.to_json(), "classes": self.classes_.tolist() if self.is_classifier else None,
                 "fit_info": self.fit_info()}
@@ -313,7 +324,7 @@ class Model(ABC):
         folder = Path(folder)
         meta = read_json(folder / "model.json")
         model = cls(task=meta["task"], seed=meta["seed"], threads=meta["threads"], symbol_encoding=meta["symbol_encoding"],
-                    unseen_symbols=meta["unseen_symbols"], **meta["params"])
+                    unseen_symbols=meta["unseen_symbols"], train=meta.get("train"), **meta["params"])
         model.encoder_ = SymbolEncoder.from_json(meta["encoder"])
         model.input_names_ = list(meta["input_names"])
         model.device_ = "cpu"
