@@ -27,6 +27,7 @@ from quant_cli.io import read_json, write_json_atomic
 from quant_cli.report import SILENT, Reporter
 from quant_cli.models.device import check_device, is_cuda, notice_once, resolve_device
 from quant_cli.models.encoding import KINDS, UNSEEN_POLICIES, SymbolEncoder, check_choice
+from quant_cli.models.panel import PanelRows
 from quant_cli.models.params import Limit, check_params, library_message
 
 TASKS = ("regression", "classification")
@@ -219,6 +220,10 @@ class Model(ABC):
         return Inputs(self.encoder_.transform(X, keys["symbols"]), ids, **keys)
 
     def _check_X(self, X: np.ndarray, n_features: int, what: str) -> np.ndarray:
+        if isinstance(X, PanelRows):  # a panel model's rows: ensembles pass them on, sequence models check them
+            if X.panel.n_features != n_features:
+                raise ModelError(f"model '{self.name}': {what} must have {n_features} feature columns, got {X.panel.n_features}")
+            return X
         X = np.asarray(X)
         X = X if self.float32_inputs and X.dtype == np.float32 else X.astype(np.float64, copy=False)
         if X.ndim != 2 or X.shape[1] != n_features:

@@ -90,7 +90,7 @@ class TorchModel(Model):
             if len(data) == 0:
                 raise ModelError(f"model '{self.name}' has no training rows it can use (every row is in a window's warm-up); "
                                  "use a shorter model.params.seq_len or more data")
-            held = self._samples(val, self._scaled(y_val))[0] if val is not None and len(val) else None
+            held = self._samples(val, self._scaled(y_val))[0] if val is not None and len(val.X) else None
             result = loop.train(net, data, held, cfg, losses.loss_fn(self.loop.loss, self.is_classifier),
                                 device=self.device_, seed=self.seed, reporter=self.reporter, name=self.name,
                                 checkpoints=loop.Checkpoints(folder) if folder else None, resume=getattr(self, "resume", False))
