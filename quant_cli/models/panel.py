@@ -92,8 +92,9 @@ def as_panel_rows(X, symbols: np.ndarray | None, ts: np.ndarray | None = None) -
         return X
     X = np.asarray(X, dtype=np.float32)
     n = len(X)
-    symbols = np.zeros(n, dtype=str) if symbols is None else np.asarray(symbols).astype(str)
-    if ts is None:  # the given order is the time order within each symbol
+    given = symbols is not None
+    symbols = np.asarray(symbols).astype(str) if given else np.zeros(n, dtype=str)
+    if ts is None or not given:  # the given order is the time order (no symbols: one series)
         order = np.argsort(symbols, kind="stable")
         panel = Panel(X[order], symbols[order], np.arange(n).astype("datetime64[us]"))
     else:

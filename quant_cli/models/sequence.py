@@ -61,7 +61,7 @@ class SequenceModel(TorchModel):
         if values.shape[1] != n_features:
             raise ModelError(f"model '{self.name}': {what} must have {n_features} feature columns, got {values.shape[1]}")
         if not np.isfinite(values).all():
-            raise ModelError(f"model '{self.name}' cannot handle missing or infinite feature values in {what}; "
+            raise ModelError(f"model '{self.name}' cannot handle missing feature values (or infinite ones) in {what}; "
                              "set preprocess.fill = \"zero\" or \"median\"")
         return X
 
