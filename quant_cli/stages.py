@@ -108,7 +108,19 @@ def _fit(model: Model, prepared: Prepared, inputs: dict[str, Any], early_stoppin
     return fitting.fit_model(model, prepared, inputs, early_stopping, reporter)
 
 
-def _train_stage(run: Run, recipe: Recipe, prepared: Prepared, reporter: Reporter, resume: bool = False) -> dict[str, Any]:
+def _bar_channels(model: Model, recipe: Recipe, prepared: Prepared, snapshot: store.Snapshot | None) -> pl.DataFrame | None:
+    """Raw-bar channels for a model that reads them (model.params.inputs = bars/both), from the
+    pinned snapshot with the run's price adjustment."""
+    if not model.needs_bars():
+        return None
+    from quant_cli.models.bars import bar_channels
+
+    bars = prepared.pipeline.adjustment.apply(load_bars(recipe, snapshot))
+    return bar_channels(bars, recipe["features"]["timeframes"])
+
+
+def _train_stage(run: Run, recipe: Recipe, prepared: Prepared, reporter: Reporter, resume: bool = False,
+                 snapshot: store.Snapshot | None = None) -> dict[str, Any]:
     with run.stage("train") as info:
         metrics: dict[str, Any] = {}
         device = _device(recipe, reporter)
@@ -116,10 +128,11 @@ def _train_stage(run: Run, recipe: Recipe, prepared: Prepared, reporter: Reporte
             metrics["cv"] = _cv_stage(run, recipe, prepared, device, reporter)
         model = _new_model(recipe, device, reporter)
         model.set_checkpoints(run.path / CHECKPOINTS, resume)  # per-epoch last/best of torch models
-        inputs = fitting.segment_inputs(model, prepared, ("train", "val"))
+        channels = _bar_channels(model, recipe, prepared, snapshot)
+        inputs = fitting.segment_inputs(model, prepared, ("train", "val"), channels)
         seconds = _fit(model, prepared, inputs, recipe["train"]["early_stopping"], reporter)
         del inputs  # the training matrix goes before the scoring one is built: peak memory is one of them
-        inputs = fitting.segment_inputs(model, prepared, ("val", "test"))
+        inputs = fitting.segment_inputs(model, prepared, ("val", "test"), channels)
         with stage_outputs(run, "model") as folder:
             model.save(folder)
             if (importance := model.feature_importance()) is not None:
@@ -273,7 +286,7 @@ def train_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter
     _check(recipe, reporter)
     snapshot = _pin_checked(recipe, data_dir)
     with create_run(runs_dir, recipe) as run:
-        _train_stage(run, recipe, _split_stage(run, recipe, snapshot, reporter), reporter)
+        _train_stage(run, recipe, _split_stage(run, recipe, snapshot, reporter), reporter, snapshot=snapshot)
     return run
 
 
@@ -286,7 +299,7 @@ def train_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT, resume
     recipe = run.recipe()
     snapshot = _pinned_for(run, recipe, data_dir)
     _check(recipe, reporter)
-    _train_stage(run, recipe, load_split(run.path / "split", recipe, snapshot), reporter, resume)
+    _train_stage(run, recipe, load_split(run.path / "split", recipe, snapshot), reporter, resume, snapshot)
     return run
 
 
@@ -318,6 +331,6 @@ def run_all(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter =
             _ingest_stage(run, recipe, data_dir, reporter)
         snapshot = _pin_checked(recipe, data_dir)
         prepared = _split_stage(run, recipe, snapshot, reporter)
-        _train_stage(run, recipe, prepared, reporter)
+        _train_stage(run, recipe, prepared, reporter, snapshot=snapshot)
         _backtest_stage(run, recipe, snapshot, reporter)
     return run

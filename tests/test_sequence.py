@@ -22,6 +22,7 @@ from quant_cli.errors import ModelError
 from quant_cli.features.testing import perturb_after
 from quant_cli.io import read_json
 from quant_cli.models import device as device_mod
+from quant_cli.models.bars import bar_channels, channel_names
 from quant_cli.models.fitting import build_panel, predict_frame
 from quant_cli.models.panel import Panel, PanelRows
 from quant_cli.models.registry import MODELS, create_model
@@ -130,10 +131,12 @@ def test_window_at_t_ignores_every_bar_after_t_end_to_end(tmp_path):
     recipe = load_recipe(None, ['data.dataset="p"', 'features.sets=["core"]', "label.horizon=3",
                                 'split.val_start="2015-07-01"', 'split.test_start="2015-09-01"', 'model.name="lstm"'])
     first = _prepared(tmp_path / "a", bars, recipe)
-    panel_a, _ = build_panel(first)
+    panel_a, _ = build_panel(first, bar_channels(bars, ["1w"]))  # features AND raw-bar channels (weekly too)
+    assert panel_a.channels == tuple(channel_names(["1w"]))
     all_rows = PanelRows(panel_a, np.arange(len(panel_a)))
     for i, cut in enumerate([dt.datetime(2015, 7, 1, tzinfo=dt.timezone.utc) - _TICK, dt.datetime(2015, 9, 15, tzinfo=dt.timezone.utc)]):
-        panel_b, _ = build_panel(_prepared(tmp_path / f"b{i}", perturb_after(bars, cut, seed=i), recipe))
+        changed = perturb_after(bars, cut, seed=i)
+        panel_b, _ = build_panel(_prepared(tmp_path / f"b{i}", changed, recipe), bar_channels(changed, ["1w"]))
         assert (panel_a.symbols == panel_b.symbols).all() and (panel_a.ts == panel_b.ts).all()
         for seq_len in (1, 16):
             win_a, ends = _windows(panel_a, all_rows, seq_len)
@@ -149,6 +152,34 @@ def test_panel_keeps_excluded_rows_as_past_inputs(tmp_path):
     prepared = _prepared(tmp_path, bars, recipe)
     panel, index = build_panel(prepared)
     assert len(panel) == prepared.rows.height > prepared.kept.height  # purged/embargoed/unlabelled rows stay
+
+
+def test_bar_channels_are_scale_free_and_see_a_coarse_bar_only_once_closed():
+    bars = generate(symbols=2, bars=40, seed=3)
+    channels = bar_channels(bars, ["1w"])
+    scaled = bar_channels(bars.with_columns(pl.col("open", "high", "low", "close") * 1000), ["1w"])
+    assert channels.equals(scaled)  # a price level does not change a channel
+    one = bars.filter(pl.col("symbol") == "S000")
+    friday = one.filter(pl.col("ts").dt.weekday() == 5)["ts"][1]  # the second week's last bar
+    week = one.filter((pl.col("ts") > friday - dt.timedelta(days=5)) & (pl.col("ts") <= friday))
+    first_prev = one.filter(pl.col("ts") <= friday - dt.timedelta(days=5))["close"][-1]
+    row = channels.filter((pl.col("symbol") == "S000") & (pl.col("ts") > friday)).row(0, named=True)  # next Monday
+    assert row["bar_close_1w"] == pytest.approx(math.log(week["close"][-1] / first_prev), rel=1e-5)
+    on_friday = channels.filter((pl.col("symbol") == "S000") & (pl.col("ts") == friday)).row(0, named=True)
+    assert on_friday["bar_close_1w"] != row["bar_close_1w"]  # the week is still forming on its own Friday
+
+
+def test_a_bars_model_reads_channels_and_refuses_a_panel_without_them():
+    X, y, symbols = _tiny(True)
+    ts = np.tile(np.arange(48).astype("datetime64[D]").astype("datetime64[us]"), 2)
+    channels = np.random.default_rng(1).normal(size=(len(X), 2)).astype(np.float32)
+    with_bars = PanelRows(Panel(np.hstack([X, channels]), symbols, ts, ("bar_a", "bar_b")), np.arange(len(X)))
+    model = create_model("gru", "regression", {**TORCH_FAST["gru"], "inputs": "bars"}, 1, 1, train={"epochs": 1})
+    model.fit(with_bars, y, feature_names=["a", "b", "c"])
+    assert model.config_.n_inputs == 2 and model.fit_info()["channels"] == ["bar_a", "bar_b"]
+    assert with_bars.matrix().shape == (len(X), 3)  # tabular members still see the features only
+    with pytest.raises(ModelError, match="model.params.inputs 'bars' needs raw-bar channels beside the features"):
+        model.predict(PanelRows(Panel(X, symbols, ts), np.arange(len(X))))
 
 
 # ---- the models and the loop ----------------------------------------------------------------------

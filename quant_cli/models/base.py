@@ -134,6 +134,10 @@ class Model(ABC):
         a matrix of the rows alone: sequence models, and ensembles with a sequence member."""
         return self.sequence
 
+    def needs_bars(self) -> bool:
+        """Whether the panel must carry raw-bar channels (quant_cli.models.bars) beside the features."""
+        return False
+
     def set_checkpoints(self, folder: Path | None, resume: bool = False) -> None:
         """Where a model that trains in epochs keeps per-epoch checkpoints (others ignore it)."""
 

@@ -94,6 +94,9 @@ class _Ensemble(Model):
     def uses_panel(self) -> bool:
         return self.panel_members_
 
+    def needs_bars(self) -> bool:
+        return self.bar_members_
+
     def _member_X(self, member: Model, X: Any) -> Any:
         """What `member` reads of the ensemble's rows: the panel rows, or their own features."""
         return X.matrix() if isinstance(X, PanelRows) and not member.uses_panel() else X
@@ -105,7 +108,9 @@ class _Ensemble(Model):
                              f"[{{name = \"lightgbm\"}}, {{name = \"linear\"}}], for model '{self.name}', got {members!r}")
         self.member_specs = [self._spec(i, m) for i, m in enumerate(members)]
         # constructing validates name, params and encoding now, not after hours
-        self.panel_members_ = any([self._member(i, spec).uses_panel() for i, spec in enumerate(self.member_specs)])
+        members = [self._member(i, spec) for i, spec in enumerate(self.member_specs)]
+        self.panel_members_ = any(m.uses_panel() for m in members)
+        self.bar_members_ = any(m.needs_bars() for m in members)
         if self.uses_meta:
             self._meta()
 

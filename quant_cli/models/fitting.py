@@ -26,20 +26,27 @@ from quant_cli.report import SILENT, Reporter
 Inputs = dict[str, tuple[pl.DataFrame, Any]]
 
 
-def build_panel(prepared: Prepared) -> tuple[Panel, pl.DataFrame]:
-    """(the panel of every row, symbol/ts → panel row): one pass over the feature table."""
+def build_panel(prepared: Prepared, channels: pl.DataFrame | None = None) -> tuple[Panel, pl.DataFrame]:
+    """(the panel of every row, symbol/ts → panel row): one pass over the feature table, plus the
+    raw-bar `channels` (symbol, ts, bar_...: quant_cli.models.bars.bar_channels) when given."""
     rows = prepared.rows.select(KEYS).sort(KEYS)
-    panel = Panel(prepared.inputs(rows), rows["symbol"].to_numpy(), rows["ts"].to_numpy())
+    values, names = prepared.inputs(rows), ()
+    if channels is not None:
+        names = tuple(c for c in channels.columns if c not in KEYS)
+        joined = rows.join(channels, on=KEYS, how="left", maintain_order="left").select(names).fill_null(0.0)
+        values = np.hstack([values, joined.to_numpy().astype(np.float32)])
+    panel = Panel(values, rows["symbol"].to_numpy(), rows["ts"].to_numpy(), names)
     return panel, rows.with_row_index("_panel_row")
 
 
-def model_inputs(model: Model, prepared: Prepared, parts: dict[str, pl.DataFrame]) -> Inputs:
-    """name → (rows, model inputs) for each part (frames with symbol, ts, label, t1, ...)."""
+def model_inputs(model: Model, prepared: Prepared, parts: dict[str, pl.DataFrame], channels: pl.DataFrame | None = None) -> Inputs:
+    """name → (rows, model inputs) for each part (frames with symbol, ts, label, t1, ...);
+    `channels`: the raw-bar channels, for models that read them (`Model.needs_bars()`)."""
     if not model.uses_panel():
         X = prepared.inputs(pl.concat([p.select(KEYS) for p in parts.values()]))
         bounds = np.cumsum([0, *(p.height for p in parts.values())])  # one pass; each part a view
         return {name: (part, X[bounds[i]:bounds[i + 1]]) for i, (name, part) in enumerate(parts.items())}
-    panel, index = build_panel(prepared)
+    panel, index = build_panel(prepared, channels if model.needs_bars() else None)
     out = {}
     for name, part in parts.items():
         rows = part.select(KEYS).join(index, on=KEYS, how="left", maintain_order="left")["_panel_row"]
@@ -47,8 +54,8 @@ def model_inputs(model: Model, prepared: Prepared, parts: dict[str, pl.DataFrame
     return out
 
 
-def segment_inputs(model: Model, prepared: Prepared, names: tuple[str, ...]) -> Inputs:
-    return model_inputs(model, prepared, {name: prepared.segment(name) for name in names})
+def segment_inputs(model: Model, prepared: Prepared, names: tuple[str, ...], channels: pl.DataFrame | None = None) -> Inputs:
+    return model_inputs(model, prepared, {name: prepared.segment(name) for name in names}, channels)
 
 
 def fit_model(model: Model, prepared: Prepared, inputs: Inputs, early_stopping: int, reporter: Reporter = SILENT) -> float:

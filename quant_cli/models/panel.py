@@ -23,9 +23,10 @@ from quant_cli.errors import ModelError
 
 @dataclass
 class Panel:
-    values: np.ndarray              # (N, F) float32, C-contiguous; a symbol's rows contiguous, time-ordered
+    values: np.ndarray              # (N, F + C) float32, C-contiguous; a symbol's rows contiguous, time-ordered
     symbols: np.ndarray             # (N,) symbol of each row
     ts: np.ndarray                  # (N,) datetime64[us] of each row
+    channels: tuple[str, ...] = ()  # names of the last C columns: raw-bar channels (quant_cli.models.bars)
     position: np.ndarray = field(init=False)  # (N,) rows of the same symbol before this one
 
     def __post_init__(self) -> None:
@@ -48,7 +49,14 @@ class Panel:
 
     @property
     def n_features(self) -> int:
-        return self.values.shape[1]
+        """Feature-table columns (the first F); raw-bar channels follow them."""
+        return self.values.shape[1] - len(self.channels)
+
+    def columns(self, inputs: str) -> np.ndarray:
+        """(N, k) the columns a model reads: "features", "bars" (the channels) or "both"."""
+        if inputs == "features":
+            return self.values[:, :self.n_features] if self.channels else self.values
+        return self.values[:, self.n_features:] if inputs == "bars" else self.values
 
 
 @dataclass
@@ -77,7 +85,7 @@ class PanelRows:
 
     def matrix(self) -> np.ndarray:
         """(n, F) the rows' own features: the tabular view of the same rows."""
-        return self.panel.values[self.rows]
+        return self.panel.values[self.rows, :self.panel.n_features]
 
     def full_window(self, seq_len: int) -> np.ndarray:
         """(n,) bool: the row has seq_len rows of its own symbol ending at it (warm-up rows do not)."""

@@ -58,8 +58,8 @@ class SequenceModel(TorchModel):
 
     def _check_X(self, X: PanelRows, n_features: int, what: str) -> PanelRows:
         values = X.panel.values
-        if values.shape[1] != n_features:
-            raise ModelError(f"model '{self.name}': {what} must have {n_features} feature columns, got {values.shape[1]}")
+        if X.panel.n_features != n_features:
+            raise ModelError(f"model '{self.name}': {what} must have {n_features} feature columns, got {X.panel.n_features}")
         if not np.isfinite(values).all():
             raise ModelError(f"model '{self.name}' cannot handle missing feature values (or infinite ones) in {what}; "
                              "set preprocess.fill = \"zero\" or \"median\"")
@@ -71,7 +71,23 @@ class SequenceModel(TorchModel):
                       None if t1 is None else np.asarray(t1).reshape(-1))
 
     def _n_inputs(self, rows: Inputs) -> int:
-        return rows.X.panel.n_features
+        return self._columns(rows.X.panel).shape[1]
+
+    def needs_bars(self) -> bool:
+        return self.params["inputs"] != "features"
+
+    def _columns(self, panel) -> np.ndarray:
+        """The panel columns this model reads (model.params.inputs); the bar channels must match the fit's."""
+        inputs = self.params["inputs"]
+        if inputs != "features":
+            if not panel.channels:
+                raise ModelError(f"model.params.inputs {inputs!r} needs raw-bar channels beside the features; train through "
+                                 "a run (`qfactory train`), which builds them from the run's bars, or pass a Panel with channels")
+            fitted = getattr(self, "channels_", None)
+            if fitted is not None and list(panel.channels) != fitted:
+                raise ModelError(f"model '{self.name}' was fit on bar channels {fitted} but got {list(panel.channels)}; "
+                                 "use the same [features] timeframes")
+        return panel.columns(inputs)
 
     def _samples(self, rows: Inputs, y=None, w=None):
         import torch
@@ -101,7 +117,7 @@ class SequenceModel(TorchModel):
         cached = getattr(self, "_panel_cache", None)
         if cached is None or cached[0] is not X.panel:
             self._panel_device = panel_device(X.panel.values.nbytes, self.device_)
-            self._panel_cache = (X.panel, to_device(X.panel.values, self._panel_device, torch.float32))
+            self._panel_cache = (X.panel, to_device(self._columns(X.panel), self._panel_device, torch.float32))
         return self._panel_cache[1]
 
     def _release(self) -> None:
@@ -131,9 +147,17 @@ class SequenceModel(TorchModel):
     def _config_from_json(self, data: dict[str, Any]):
         return getattr(self._module(), self.net[1])(**data)
 
-    def _check_architecture(self) -> None:
-        if self.params["inputs"] != "features":
-            raise ModelError(f"model.params.inputs {self.params['inputs']!r} is not available yet; use 'features'")
+    def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
+        self.__dict__.pop("channels_", None)
+        super()._fit(train, y, val, y_val, sample_weight, early_stopping)
+        self.channels_ = list(train.X.panel.channels) if self.needs_bars() else []
+
+    def _fit_info(self) -> dict[str, Any]:
+        return {**super()._fit_info(), "channels": self.channels_}
+
+    def _load_native(self, folder, meta: dict[str, Any]) -> None:
+        super()._load_native(folder, meta)
+        self.channels_ = list(meta["fit_info"].get("channels", []))
 
 
 class _RecurrentModel(SequenceModel):
