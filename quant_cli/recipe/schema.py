@@ -120,7 +120,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "train": {
         "device": Key("str", "auto", "auto, cpu, cuda, cuda:N or mps (--device overrides); cuda unavailable → warning and CPU unless strict_device."),
         "strict_device": Key("bool", False, "Fail instead of falling back to CPU when the requested device is unavailable."),
-        "early_stopping": Key("int", 50, "Stop after this many rounds without validation improvement (0: off).", minimum=0),
+        "early_stopping": Key("int", 50, "Boosting: stop after this many rounds without validation improvement; 0 turns early stopping off for every model (torch models stop after train.patience epochs).", minimum=0),
         "threads": Key("int", 0, "Worker threads for the model (0: all cores).", minimum=0),
         # The training loop of every torch model (mlp, lstm, gru, tcn, transformer); the same meaning for each.
         "epochs": Key("int", 20, "torch models: passes over the training rows.", minimum=1, maximum=100_000),
