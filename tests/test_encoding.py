@@ -90,7 +90,8 @@ FAST = {"lightgbm": {"n_estimators": 60, "min_data_in_leaf": 10}, "catboost": {"
         "extra_trees": {"n_estimators": 20, "min_samples_leaf": 5},
         **TORCH_FAST}
 TRAIN = {**TRAIN_FAST, "epochs": 30, "learning_rate": 0.01}
-ENCODED = [(name, kind) for name, cls in MODELS.items() if cls.family != "ensemble"
+# Sequence models share one symbol-encoding module (models/torch/heads.py): one family stands for all.
+ENCODED = [(name, kind) for name, cls in MODELS.items() if cls.family != "ensemble" and (not cls.sequence or name == "gru")
            for kind in cls.symbol_encodings if kind != "none"]
 
 
