@@ -339,6 +339,13 @@ def test_resume_without_a_checkpoint_is_one_line(runner, lstm_recipe):
         f"after each epoch); train it afresh with `qfactory train --run {run.name}`"]
 
 
+def test_resume_needs_a_run(runner, lstm_recipe):
+    result = runner.invoke(app, ["train", "--recipe", str(lstm_recipe), "--resume"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --resume continues a killed fit of an existing run: pass it with --run RUN, not --recipe"]
+
+
 # ---- mixed ensembles ------------------------------------------------------------------------------
 
 MEMBERS = '[{name = "lightgbm", symbol_encoding = "index", params = {n_estimators = 20, min_data_in_leaf = 10}}, {name = "lstm", params = {seq_len = 8, hidden = 8}}]'

@@ -75,16 +75,14 @@ def fit_model(model: Model, prepared: Prepared, inputs: Inputs, early_stopping: 
 
 
 def predict_frame(model: Model, part: pl.DataFrame, X: Any) -> pl.DataFrame:
-    """symbol, ts, [segment,] score, label (+ p_<class> for classifiers) of the rows the model scores."""
+    """symbol, ts, [segment,] score, [label,] (+ p_<class> for classifiers) of the rows the model scores."""
     symbols = part["symbol"].to_numpy()
-    keep = [c for c in (*KEYS, "segment", "label") if c in part.columns]
-    frame = part.select(keep).with_columns(pl.Series("score", model.predict(X, symbols=symbols)))
+    frame = part.select(c for c in (*KEYS, "segment") if c in part.columns)
+    frame = frame.with_columns(pl.Series("score", model.predict(X, symbols=symbols)), *([part["label"]] if "label" in part.columns else []))
     if model.is_classifier:
         proba = model.predict_proba(X, symbols=symbols)
         frame = frame.with_columns(pl.Series(f"p_{c:g}", proba[:, i]) for i, c in enumerate(model.classes_))
-    return frame.filter(pl.col("score").is_not_nan()).select(*[c for c in (*KEYS, "segment") if c in keep], "score",
-                                                           *(["label"] if "label" in keep else []),
-                                                           *(c for c in frame.columns if c.startswith("p_")))
+    return frame.filter(pl.col("score").is_not_nan())  # a window's warm-up: not scored, so absent
 
 
 def predict_segments(model: Model, inputs: Inputs, names: tuple[str, ...] = ("val", "test")) -> pl.DataFrame:
