@@ -37,7 +37,7 @@ class Panel:
         if len(self.symbols) != n or len(self.ts) != n or self.values.ndim != 2:
             raise ModelError(f"panel: values {self.values.shape}, symbols {len(self.symbols)} and ts {len(self.ts)} must describe the same rows")
         first = np.r_[True, self.symbols[1:] != self.symbols[:-1]] if n else np.zeros(0, bool)
-        if first.sum() != len(np.unique(self.symbols)):
+        if first.sum() != len(np.unique(self.symbols[first])):  # a symbol starting two blocks is split
             raise ModelError("panel: each symbol's rows must be contiguous (sort the rows by symbol, ts)")
         if n and (np.diff(self.ts)[~first[1:]] <= np.timedelta64(0)).any():
             raise ModelError("panel: timestamps must increase within each symbol (sort the rows by symbol, ts)")

@@ -27,6 +27,7 @@ from quant_cli.models.panel import PanelRows, as_panel_rows
 from quant_cli.models.params import at_least, between, choice
 from quant_cli.models.torchmodel import TorchModel
 
+_CHECK_ROWS = 65_536  # panel rows checked at once: the check's temporary stays small
 _COMMON = {"seq_len": 32, "dropout": 0.1, "embedding_dim": 4, "inputs": "features"}
 _COMMON_LIMITS = {"seq_len": between(1, 4096), "dropout": between(0, 1, high_open=True), "embedding_dim": at_least(1),
                   "inputs": choice("features", "bars", "both")}
@@ -60,7 +61,7 @@ class SequenceModel(TorchModel):
         values = X.panel.values
         if X.panel.n_features != n_features:
             raise ModelError(f"model '{self.name}': {what} must have {n_features} feature columns, got {X.panel.n_features}")
-        if not np.isfinite(values).all():
+        if not all(np.isfinite(values[i:i + _CHECK_ROWS]).all() for i in range(0, len(values), _CHECK_ROWS)):
             raise ModelError(f"model '{self.name}' cannot handle missing feature values (or infinite ones) in {what}; "
                              "set preprocess.fill = \"zero\" or \"median\"")
         return X
