@@ -25,6 +25,7 @@ from quant_cli.models.encoding import KINDS
 from quant_cli.models.neural import timestamp_codes
 from quant_cli.models.panel import PanelRows, as_panel_rows
 from quant_cli.models.params import at_least, between, choice
+from quant_cli.models.torch.config import receptive_field
 from quant_cli.models.torchmodel import TorchModel
 
 _CHECK_ROWS = 65_536  # panel rows checked at once: the check's temporary stays small
@@ -190,7 +191,7 @@ class TCNModel(SequenceModel):
     def _check_architecture(self) -> None:
         super()._check_architecture()
         p = self.params
-        field = 1 + 2 * (p["kernel_size"] - 1) * (2 ** p["levels"] - 1)  # quant_cli.models.torch.tcn.receptive_field
+        field = receptive_field(p["levels"], p["kernel_size"])
         if field < p["seq_len"]:
             raise ModelError(f"model 'tcn': the receptive field of {p['levels']} levels with kernel_size {p['kernel_size']} is "
                              f"{field} steps, shorter than seq_len {p['seq_len']}, so the oldest steps would be ignored; "

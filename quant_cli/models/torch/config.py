@@ -37,3 +37,8 @@ class LoopConfig:
         return asdict(self)
 
 
+
+
+def receptive_field(levels: int, kernel_size: int) -> int:
+    """Steps a tcn of `levels` residual blocks (two dilated convolutions each, dilation 2**i) sees."""
+    return 1 + 2 * (kernel_size - 1) * (2**levels - 1)

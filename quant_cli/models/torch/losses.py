@@ -6,9 +6,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("mse", "huber", "sharpe")
-
-
 def _mean(per_row: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     return per_row.mean() if w is None else (per_row * w).sum() / w.sum().clamp_min(1e-12)
 

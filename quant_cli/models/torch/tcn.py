@@ -12,11 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quant_cli.models.torch.config import receptive_field  # noqa: F401 - checked by the model (sequence.py)
 from quant_cli.models.torch.heads import Head, NetConfig
-
-
-def receptive_field(levels: int, kernel_size: int) -> int:
-    return 1 + 2 * (kernel_size - 1) * (2**levels - 1)
 
 
 @dataclass

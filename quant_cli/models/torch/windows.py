@@ -43,8 +43,9 @@ class Samples:
 
     def inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(x_batch, ids_batch) of samples `idx`: (B, L, F) or (B, F), and (B,)."""
-        return gather(self.x, self.ends[idx], self.seq_len), None if self.ids is None else self.ids[idx]
+        return gather(self.x, self.ends[idx], self.seq_len), self.part("ids", idx)
 
     def part(self, name: str, idx: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample values of `idx`; the panel may sit in host memory while these are on the GPU."""
         value = getattr(self, name)
-        return None if value is None else value[idx]
+        return None if value is None else value[idx.to(value.device, non_blocking=True)]
