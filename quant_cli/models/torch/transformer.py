@@ -40,9 +40,12 @@ def rotary(x: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        self.heads, self.rotary, self.dropout = cfg.heads, cfg.positions == "rotary", cfg.dropout
+        self.heads, self.rotary = cfg.heads, cfg.positions == "rotary"
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        # Dropout on the output, not on the attention weights: without it SDPA runs its fused kernel
+        # and never stores the (B, h, L, L) weights and mask (~half the activation memory on CPU).
+        self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, length, d = x.shape
@@ -50,8 +53,8 @@ class Attention(nn.Module):
         q, k, v = (t.view(b, length, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, h, L, d)
         if self.rotary:
             q, k = rotary(q), rotary(k)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(b, length, d))  # (B, L, D)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, h, L, d)
+        return self.drop(self.proj(y.transpose(1, 2).reshape(b, length, d)))  # (B, L, D)
 
 
 class Layer(nn.Module):
