@@ -1,7 +1,7 @@
 """tcn: dilated causal 1-d convolutions in residual blocks (Bai et al. 2018).
 
 Block i has two convolutions with dilation 2**i; the receptive field of `levels` blocks is
-1 + 2·(kernel_size - 1)·(2**levels - 1) steps, which the model checks against seq_len.
+1 + 2·(kernel_size - 1)·(2**levels - 1) steps (config.receptive_field), which the model checks against seq_len.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quant_cli.models.torch.config import receptive_field  # noqa: F401 - checked by the model (sequence.py)
 from quant_cli.models.torch.heads import Head, NetConfig
 
 
