@@ -224,6 +224,24 @@ def test_transformer_options_and_classification():
         assert scored.sum() == len(X) - 3 * 3 and np.allclose(proba[scored].sum(axis=1), 1.0)
 
 
+def test_sharpe_loss_is_minus_mean_over_std_of_per_timestamp_portfolio_returns():
+    from quant_cli.models.torch.losses import sharpe
+
+    score = torch.tensor([[0.5], [-1.0], [2.0], [0.1]])
+    y = torch.tensor([0.01, -0.02, 0.03, -0.01])
+    group = torch.tensor([7, 7, 9, 9])
+    pnl = torch.tanh(score[:, 0]) * y
+    per_ts = torch.stack([pnl[:2].mean(), pnl[2:].mean()])
+    assert torch.allclose(sharpe(score, y, None, group), -per_ts.mean() / (per_ts.std() + 1e-6))
+
+
+@pytest.mark.parametrize("recipe", ["lstm.toml", "transformer.toml"])
+def test_shipped_recipes_load_and_build_their_model(recipe):
+    loaded = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / recipe)
+    model = stages._new_model(loaded)
+    assert model.sequence and model.loop.epochs == loaded["train"]["epochs"]
+
+
 def test_classifier_refuses_a_regression_loss():
     with pytest.raises(ModelError, match="train.loss 'sharpe' is a regression loss; a classifier trains on cross-entropy"):
         create_model("lstm", "classification", {}, 1, 1, train={"loss": "sharpe"})
@@ -279,7 +297,12 @@ def test_lstm_through_qfactory_train_with_cuda_fallback(runner, lstm_recipe, no_
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
     predictions = pl.read_parquet(run / "predictions.parquet")
     assert predictions["score"].is_finite().all() and not predictions.select("symbol", "ts").is_duplicated().any()
-    assert read_json(run / "metrics.json")["train"]["model"] == "lstm"
+    train = read_json(run / "metrics.json")["train"]
+    # windows count every row of the symbol (excluded ones too) as history; labels only from kept training rows
+    rows = pl.read_parquet(run / "split" / "rows.parquet").sort("symbol", "ts").with_columns(
+        pl.int_range(pl.len()).over("symbol").alias("position"))
+    trainable = rows.filter((pl.col("segment") == "train") & pl.col("excluded").is_null() & (pl.col("position") >= 7))
+    assert train["model"] == "lstm" and train["samples"] == trainable.height < train["rows"]
 
 
 def test_strict_device_without_cuda_is_one_line_exit_2(runner, lstm_recipe, no_gpu):
