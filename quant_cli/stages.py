@@ -13,6 +13,7 @@ weights, the FittedPipeline) and the run's cached feature version.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from quant_cli.io import read_json, read_run_parquet, staged_dir, write_json_ato
 from quant_cli.backtest.metrics import classification_metrics, prediction_metrics
 from quant_cli.models.base import Model, StepReport
 from quant_cli.models.device import resolve_device
+from quant_cli.models import fitting
 from quant_cli.models.registry import create_model
 from quant_cli.pipeline import adjust
 from quant_cli.pipeline.adjust import Adjustment
@@ -89,12 +91,15 @@ def _split_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, reporter: R
     return prepared
 
 
+CHECKPOINTS = "checkpoints"  # a run's per-epoch torch checkpoints (last.pt, best.pt): `train --run RUN --resume`
+
+
 def _new_model(recipe: Recipe, device: str = "cpu", reporter: Reporter = SILENT) -> Model:
     """Constructing validates the model name and parameters, so call it before any heavy work."""
     cfg = recipe["model"]
     return create_model(cfg["name"], cfg["task"], cfg["params"], recipe["run"]["seed"], recipe["train"]["threads"],
                         device=device, symbol_encoding=cfg["symbol_encoding"], unseen_symbols=cfg["unseen_symbols"],
-                        reporter=reporter)
+                        reporter=reporter, train=recipe["train"])
 
 
 def _device(recipe: Recipe, reporter: Reporter) -> str:
@@ -104,15 +109,8 @@ def _device(recipe: Recipe, reporter: Reporter) -> str:
 
 def _fit(model: Model, prepared: Prepared, inputs: dict[str, Any], early_stopping: int, reporter: Reporter,
          report: StepReport | None = None) -> float:
-    (train, X), (val, X_val) = inputs["train"], inputs["val"]
-    weight = train["weight"].to_numpy() if model.sample_weights and train["weight"].null_count() == 0 else None
-    started = time.perf_counter()
-    with reporter.working(f"train: fitting {model.name} on {train.height:,} rows"):
-        model.fit(X, train["label"].to_numpy(), feature_names=prepared.features,
-                  X_val=X_val, y_val=val["label"].to_numpy(), sample_weight=weight, early_stopping=early_stopping,
-                  symbols=train["symbol"].to_numpy(), symbols_val=val["symbol"].to_numpy(),
-                  ts=train["ts"].to_numpy(), t1=train["t1"].to_numpy(), report=report)
-    return time.perf_counter() - started
+    """Fit on the segment inputs (tabular or sequence alike): quant_cli.models.fitting.fit_model."""
+    return fitting.fit_model(model, prepared, inputs, early_stopping, reporter, report)
 
 
 def new_model(recipe: Recipe, reporter: Reporter = SILENT) -> Model:
@@ -120,25 +118,46 @@ def new_model(recipe: Recipe, reporter: Reporter = SILENT) -> Model:
     return _new_model(recipe, _device(recipe, reporter), reporter)
 
 
-def fit_model(recipe: Recipe, prepared: Prepared, inputs: dict[str, Any], reporter: Reporter = SILENT,
-              report: StepReport | None = None) -> tuple[Model, float]:
-    """A new model of the recipe fit on `inputs` (segment_inputs' train and val), as the train stage
-    fits it: (model, seconds). `report` is the fitting loop's StepReport (tuning prunes through it)."""
+def fit_model(recipe: Recipe, prepared: Prepared, inputs: dict[str, Any] | None = None, reporter: Reporter = SILENT,
+              report: StepReport | None = None) -> tuple[Model, float, dict[str, Any]]:
+    """A new model of the recipe fit on train with val (`inputs`: segment_inputs' train and val for a
+    tabular model, built here when None or when the model reads panel windows), as the train stage
+    fits it: (model, seconds, the inputs it was fit on). `report` is the fitting loop's StepReport
+    (tuning prunes through it)."""
     model = new_model(recipe, reporter)
-    return model, _fit(model, prepared, inputs, recipe["train"]["early_stopping"], reporter, report)
+    if model.needs_bars():
+        raise RecipeError(f"model.params.inputs = {model.params.get('inputs')!r} reads raw bars, which tuning trials do not load; "
+                          "tune with inputs = \"features\" and set the inputs in best.toml")
+    if inputs is None or model.uses_panel():
+        inputs = fitting.segment_inputs(model, prepared, ("train", "val"))
+    return model, _fit(model, prepared, inputs, recipe["train"]["early_stopping"], reporter, report), inputs
 
 
-def _train_stage(run: Run, recipe: Recipe, prepared: Prepared, reporter: Reporter) -> dict[str, Any]:
+def _bar_channels(model: Model, recipe: Recipe, prepared: Prepared, snapshot: store.Snapshot | None) -> pl.DataFrame | None:
+    """Raw-bar channels for a model that reads them (model.params.inputs = bars/both), from the
+    pinned snapshot with the run's price adjustment."""
+    if not model.needs_bars():
+        return None
+    from quant_cli.models.bars import bar_channels
+
+    bars = prepared.pipeline.adjustment.apply(load_bars(recipe, snapshot))
+    return bar_channels(bars, recipe["features"]["timeframes"])
+
+
+def _train_stage(run: Run, recipe: Recipe, prepared: Prepared, reporter: Reporter, resume: bool = False,
+                 snapshot: store.Snapshot | None = None) -> dict[str, Any]:
     with run.stage("train") as info:
         metrics: dict[str, Any] = {}
         device = _device(recipe, reporter)
         if recipe["split"]["method"] != "chronological":
             metrics["cv"] = _cv_stage(run, recipe, prepared, device, reporter)
         model = _new_model(recipe, device, reporter)
-        inputs = prepared.segment_inputs(("train", "val"))
+        model.set_checkpoints(run.path / CHECKPOINTS, resume)  # per-epoch last/best of torch models
+        channels = _bar_channels(model, recipe, prepared, snapshot)
+        inputs = fitting.segment_inputs(model, prepared, ("train", "val"), channels)
         seconds = _fit(model, prepared, inputs, recipe["train"]["early_stopping"], reporter)
         del inputs  # the training matrix goes before the scoring one is built: peak memory is one of them
-        inputs = prepared.segment_inputs(("val", "test"))
+        inputs = fitting.segment_inputs(model, prepared, ("val", "test"), channels)
         with stage_outputs(run, "model") as folder:
             model.save(folder)
             if (importance := model.feature_importance()) is not None:
@@ -169,19 +188,9 @@ def _cv_stage(run: Run, recipe: Recipe, prepared: Prepared, device: str, reporte
 
 
 def _predict_segments(model: Model, inputs: dict[str, Any]) -> pl.DataFrame:
-    """symbol, ts, segment, score, label — plus p_<class> probability columns for classifiers."""
-    frames = []
-    for segment in ("val", "test"):
-        part, X = inputs[segment]
-        if part.height:
-            symbols = part["symbol"].to_numpy()
-            frame = part.select(*KEYS, "segment", pl.Series("score", model.predict(X, symbols=symbols)), "label")
-            if model.is_classifier:
-                proba = model.predict_proba(X, symbols=symbols)
-                frame = frame.with_columns(pl.Series(f"p_{c:g}", proba[:, i]) for i, c in enumerate(model.classes_))
-            frames.append(frame)
-    empty = {"symbol": pl.String, "ts": pl.Datetime("us", "UTC"), "segment": pl.String, "score": pl.Float64, "label": pl.Float64}
-    return pl.concat(frames) if frames else pl.DataFrame(schema=empty)
+    """symbol, ts, segment, score, label (+ p_<class>) of every row the model scores: rows it cannot
+    score (a sequence window's warm-up) are absent, so consumers join by (symbol, ts)."""
+    return fitting.predict_segments(model, inputs)
 
 
 def _segment_metrics(predictions: pl.DataFrame) -> dict[str, Any]:
@@ -281,7 +290,17 @@ def _check(recipe: Recipe, reporter: Reporter, model: bool = True) -> None:
     dataset_name(recipe)
     check_task(recipe)
     if model:
-        _new_model(recipe, _device(recipe, reporter), reporter)
+        _check_sequence_split(recipe, _new_model(recipe, _device(recipe, reporter), reporter))
+
+
+def _check_sequence_split(recipe: Recipe, model: Model) -> None:
+    """Cross-validation refits the preprocessing per fold on the fold's rows alone, but a window
+    reads the whole panel, preprocessed once: a sequence model is validated chronologically."""
+    if model.uses_panel() and recipe["split"]["method"] != "chronological":
+        raise RecipeError(
+            f"split.method {recipe['split']['method']!r} is not supported with sequence model '{model.name}' "
+            "(windows read every past row, which per-fold preprocessing cannot provide); use split.method = \"chronological\""
+        )
 
 
 def _pin_checked(recipe: Recipe, data_dir: Path) -> store.Snapshot:
@@ -354,19 +373,30 @@ def train_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter
     _check(recipe, reporter)
     snapshot = _pin_checked(recipe, data_dir)
     with create_run(runs_dir, recipe) as run:
-        _train_stage(run, recipe, _split_stage(run, recipe, snapshot, reporter), reporter)
+        _train_stage(run, recipe, _split_stage(run, recipe, snapshot, reporter), reporter, snapshot=snapshot)
     return run
 
 
-def train_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> Run:
+def train_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT, resume: bool = False) -> Run:
     """`qfactory train --run RUN`: train a run that so far holds only a split, from its stored
-    split and cached features (nothing is recomputed)."""
+    split and cached features (nothing is recomputed). `resume` continues a killed torch fit from
+    its last per-epoch checkpoint; without it a fit starts afresh."""
     run.begin_stage("train", reporter)  # refuses a committed train; clears a killed one's leftovers
+    _checkpoints_for(run, resume)
     recipe = run.recipe()
     snapshot = _pinned_for(run, recipe, data_dir)
     _check(recipe, reporter)
-    _train_stage(run, recipe, load_split(run.path / "split", recipe, snapshot), reporter)
+    _train_stage(run, recipe, load_split(run.path / "split", recipe, snapshot), reporter, resume, snapshot)
     return run
+
+
+def _checkpoints_for(run: Run, resume: bool) -> None:
+    folder = run.path / CHECKPOINTS
+    if resume and not (folder / "last.pt").is_file():
+        raise RunError(f"run {run.id} has no checkpoint to resume ({CHECKPOINTS}/last.pt is missing: only torch models "
+                       f"write one, after each epoch); train it afresh with `qfactory train --run {run.id}`")
+    if not resume and folder.exists():
+        shutil.rmtree(folder)  # a fresh fit: a killed fit's checkpoints must not be mistaken for this one's
 
 
 def backtest_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> Run:
@@ -430,6 +460,6 @@ def run_all(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter =
             _ingest_stage(run, recipe, data_dir, reporter)
         snapshot = _pin_checked(recipe, data_dir)
         prepared = _split_stage(run, recipe, snapshot, reporter)
-        _train_stage(run, recipe, prepared, reporter)
+        _train_stage(run, recipe, prepared, reporter, snapshot=snapshot)
         _backtest_stage(run, recipe, snapshot, reporter)
     return run

@@ -67,6 +67,17 @@ def model_panel(n_ts: int = 100, n_sym: int = 3, horizon: int = 3, seed: int = 0
     return X, y, ts, ts + np.timedelta64(horizon, "D"), symbols
 
 
+# torch models in tests: tiny networks and a short loop (the [train] section's keys)
+TORCH_FAST = {
+    "mlp": {"hidden": [16]},
+    "lstm": {"seq_len": 4, "hidden": 16},
+    "gru": {"seq_len": 4, "hidden": 16},
+    "tcn": {"seq_len": 4, "channels": 8, "levels": 2},
+    "transformer": {"seq_len": 4, "d_model": 16, "heads": 2, "layers": 1},
+}
+TRAIN_FAST = {"epochs": 15, "batch_size": 32, "learning_rate": 0.003, "patience": 0}
+
+
 def params_for(name: str, task: str, fast: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Fast test parameters from `fast`; ensembles get two fast members that can do the task."""
     from quant_cli.models.registry import MODELS

@@ -7,6 +7,7 @@ import pytest
 from quant_cli.errors import ModelError
 from quant_cli.io import read_json
 from quant_cli.models.encoding import SymbolEncoder
+from helpers import TORCH_FAST, TRAIN_FAST
 from quant_cli.models.registry import MODELS, create_model, load_model
 
 FEATURES = ["f0", "f1", "f2"]
@@ -87,8 +88,10 @@ def test_json_round_trip():
 FAST = {"lightgbm": {"n_estimators": 60, "min_data_in_leaf": 10}, "catboost": {"iterations": 60, "depth": 4},
         "xgboost": {"n_estimators": 60, "max_depth": 3}, "random_forest": {"n_estimators": 20, "min_samples_leaf": 5},
         "extra_trees": {"n_estimators": 20, "min_samples_leaf": 5},
-        "mlp": {"epochs": 30, "hidden": [16], "batch_size": 32, "learning_rate": 0.01}}
-ENCODED = [(name, kind) for name, cls in MODELS.items() if cls.family != "ensemble"
+        **TORCH_FAST}
+TRAIN = {**TRAIN_FAST, "epochs": 30, "learning_rate": 0.01}
+# Sequence models share one symbol-encoding module (models/torch/heads.py): one family stands for all.
+ENCODED = [(name, kind) for name, cls in MODELS.items() if cls.family != "ensemble" and (not cls.sequence or name == "gru")
            for kind in cls.symbol_encodings if kind != "none"]
 
 
@@ -96,7 +99,8 @@ def _fit(name, kind, unseen="error"):
     X, y, symbols = panel()
     task = MODELS[name].tasks[0]
     y = y if task == "regression" else np.sign(y)
-    model = create_model(name, task, FAST.get(name, {}), seed=1, threads=1, symbol_encoding=kind, unseen_symbols=unseen)
+    model = create_model(name, task, FAST.get(name, {}), seed=1, threads=1, symbol_encoding=kind, unseen_symbols=unseen,
+                         train={**TRAIN, "epochs": 3} if MODELS[name].sequence else TRAIN)  # the symbol must matter, not fit well
     return model.fit(X[:400], y[:400], feature_names=FEATURES, symbols=symbols[:400], X_val=X[400:], y_val=y[400:],
                      symbols_val=symbols[400:], early_stopping=10), X, y, symbols
 
@@ -121,8 +125,12 @@ def test_unseen_symbol_is_refused_or_neutral_never_a_crash(name, kind):
     with pytest.raises(ModelError, match="symbols not seen at training: 'NEW'"):
         model.predict(X[:5], symbols=np.array(["AAA", "NEW", "AAA", "BBB", "NEW"]))
     model, X, *_ = _fit(name, kind, unseen="neutral")
-    out = model.predict(X[:5], symbols=np.array(["AAA", "NEW", "AAA", "BBB", "NEW"]))
-    assert out.shape == (5,) and np.isfinite(out).all()
+    symbols = np.array(["AAA", "NEW", "AAA", "BBB", "NEW"])
+    if MODELS[name].sequence:  # a window needs seq_len rows of history per symbol: give each symbol 4
+        X, symbols = X[:20], np.repeat(np.array(["AAA", "NEW", "BBB", "CCC", "NEW2"]), 4)
+    out = model.predict(X[:len(symbols)], symbols=symbols)
+    scored = (np.arange(len(symbols)) % 4 == 3) if MODELS[name].sequence else np.ones(len(symbols), bool)
+    assert out.shape == (len(symbols),) and np.isfinite(out[scored]).all()
 
 
 def test_one_hot_linear_recovers_symbol_levels_a_pooled_model_cannot():
@@ -137,7 +145,7 @@ def test_one_hot_linear_recovers_symbol_levels_a_pooled_model_cannot():
 
 def test_embedding_unseen_row_is_exactly_zero():
     model, X, *_ = _fit("mlp", "embedding", unseen="neutral")
-    assert float(model.net_.embed.weight[0].detach().abs().sum()) == 0.0
+    assert float(model.net_.symbols.table.weight[0].detach().abs().sum()) == 0.0
 
 
 def test_missing_symbols_are_an_error_not_a_crash():

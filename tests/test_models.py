@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import params_for
+from helpers import TORCH_FAST, TRAIN_FAST, params_for
 from quant_cli.report import Reporter
 
 from quant_cli.errors import ModelError
@@ -25,7 +25,7 @@ FAST = {
     "xgboost": {"n_estimators": 40, "max_depth": 3},
     "random_forest": {"n_estimators": 20, "min_samples_leaf": 5},
     "extra_trees": {"n_estimators": 20, "min_samples_leaf": 5},
-    "mlp": {"epochs": 15, "hidden": [16], "batch_size": 32, "learning_rate": 0.003},
+    **TORCH_FAST,
 }
 
 
@@ -44,7 +44,7 @@ def problem(task="regression", seed=0, n=400, k=6):
 
 
 def fit(name, task, X, y, ts, t1, *, seed=1, n_train=300, **kwargs):
-    model = create_model(name, task, params_for(name, task, FAST), seed=seed, threads=1, **kwargs)
+    model = create_model(name, task, params_for(name, task, FAST), seed=seed, threads=1, train=TRAIN_FAST, **kwargs)
     return model.fit(X[:n_train], y[:n_train], feature_names=FEATURES, X_val=X[n_train:], y_val=y[n_train:],
                      early_stopping=10, ts=ts[:n_train], t1=t1[:n_train])
 
@@ -54,24 +54,27 @@ CASES = [(name, task) for name, cls in MODELS.items() for task in cls.tasks]
 
 @pytest.mark.parametrize("name,task", CASES)
 def test_contract(name, task, tmp_path):
-    X, y, ts, t1, _ = problem(task)
-    model = create_model(name, task, params_for(name, task, FAST), seed=1, threads=1)
+    X, y, ts, t1, symbols = problem(task)
+    model = create_model(name, task, params_for(name, task, FAST), seed=1, threads=1, train=TRAIN_FAST)
     assert not model.is_fitted()
     with pytest.raises(ModelError, match="not fitted"):
         model.predict(X)
     with pytest.raises(ModelError, match="not fitted"):
         model.save(tmp_path / "early")
+    # rows carry their symbols: a sequence model reads each symbol's rows (in order) as its history
     fitted = model.fit(X[:300], y[:300], feature_names=FEATURES, X_val=X[300:], y_val=y[300:], early_stopping=10,
-                       ts=ts[:300], t1=t1[:300])
+                       ts=ts[:300], t1=t1[:300], symbols=symbols[:300], symbols_val=symbols[300:])
     assert fitted is model and model.is_fitted()
-    before = model.predict(X)
-    assert before.shape == (len(X),) and before.dtype == np.float64 and np.isfinite(before).all()
-    assert model.predict(X[:0]).shape == (0,)  # an empty segment is not an error
-    assert np.corrcoef(before, y)[0, 1] > 0.3  # it learned the planted relation
+    before = model.predict(X, symbols=symbols)
+    scored = np.isfinite(before)
+    warm_up = 4 * (FAST[name]["seq_len"] - 1) if MODELS[name].sequence else 0  # no full window: not scored
+    assert before.shape == (len(X),) and before.dtype == np.float64 and (~scored).sum() == warm_up
+    assert model.predict(X[:0], symbols=symbols[:0]).shape == (0,)  # an empty segment is not an error
+    assert np.corrcoef(before[scored], y[scored])[0, 1] > 0.3  # it learned the planted relation
     json.dumps(model.fit_info())  # recordable in metrics.json
     if task == "classification":
-        proba = model.predict_proba(X)
-        assert proba.shape == (len(X), 3) and np.allclose(proba.sum(axis=1), 1.0)
+        proba = model.predict_proba(X, symbols=symbols)
+        assert proba.shape == (len(X), 3) and np.allclose(proba[scored].sum(axis=1), 1.0)
         np.testing.assert_allclose(before, proba @ np.array([-1.0, 0.0, 1.0]))  # expected class value
     if MODELS[name].importance:
         importance = model.feature_importance()
@@ -79,9 +82,9 @@ def test_contract(name, task, tmp_path):
     model.save(tmp_path / "m")
     loaded = load_model(tmp_path / "m")
     assert type(loaded) is type(model) and loaded.feature_names_ == FEATURES
-    np.testing.assert_array_equal(loaded.predict(X), before)
+    np.testing.assert_array_equal(loaded.predict(X, symbols=symbols), before)
     if task == "classification":
-        np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+        np.testing.assert_array_equal(loaded.predict_proba(X, symbols=symbols), model.predict_proba(X, symbols=symbols))
 
 
 @pytest.mark.parametrize("name,task", CASES)
@@ -107,10 +110,11 @@ def test_sample_weights_reach_the_model(name):
     task = MODELS[name].tasks[0]
     y = y if task == "regression" else np.sign(y)
     weight = np.where(np.arange(300) < 150, 1.0, 0.0)  # the second half of the rows does not count
-    plain = create_model(name, task, params_for(name, task, FAST), seed=1, threads=1).fit(X[:300], y[:300], feature_names=FEATURES)
-    weighted = create_model(name, task, params_for(name, task, FAST), seed=1, threads=1).fit(
+    plain = create_model(name, task, params_for(name, task, FAST), seed=1, threads=1, train=TRAIN_FAST).fit(
+        X[:300], y[:300], feature_names=FEATURES)
+    weighted = create_model(name, task, params_for(name, task, FAST), seed=1, threads=1, train=TRAIN_FAST).fit(
         X[:300], y[:300], feature_names=FEATURES, sample_weight=weight)
-    assert not np.array_equal(plain.predict(X), weighted.predict(X))
+    assert not np.array_equal(plain.predict(X), weighted.predict(X), equal_nan=True)
 
 
 def test_zero_weight_rows_are_ignored_exactly_by_linear():
@@ -127,8 +131,9 @@ def test_early_stopping_on_validation_rows(name):
     X, y = rng.normal(size=(400, 6)), rng.normal(size=400)  # pure noise: validation loss soon stops improving
     big = {"lightgbm": {"n_estimators": 300, "learning_rate": 0.3, "min_data_in_leaf": 5},
            "catboost": {"iterations": 300, "learning_rate": 0.3}, "xgboost": {"n_estimators": 300, "learning_rate": 0.3},
-           "mlp": {"epochs": 200, "learning_rate": 0.01}}[name]
-    model = create_model(name, "regression", big, seed=1, threads=1)
+           "mlp": {}}[name]
+    train = {"epochs": 200, "learning_rate": 0.01, "patience": 5} if name == "mlp" else None
+    model = create_model(name, "regression", big, seed=1, threads=1, train=train)
     model.fit(X[:300], y[:300], feature_names=FEATURES, X_val=X[300:], y_val=y[300:], early_stopping=5)
     info = model.fit_info()
     assert info.get("best_iteration", info.get("epochs_run")) < 200
@@ -141,7 +146,7 @@ def test_missing_values_are_accepted_or_refused_by_flag(name):
     X[::7, 2] = np.nan
     task = MODELS[name].tasks[0]
     y = y if task == "regression" else np.sign(y)
-    model = create_model(name, task, params_for(name, task, FAST), seed=1, threads=1)
+    model = create_model(name, task, params_for(name, task, FAST), seed=1, threads=1, train=TRAIN_FAST)
     if MODELS[name].missing_values:
         assert np.isfinite(model.fit(X, y, feature_names=FEATURES).predict(X)).all()
     else:

@@ -202,7 +202,7 @@ def test_global_models_with_symbol_encoding(runner, recipe, model, encoding):
     if model != "lightgbm":
         args += ["--set", "model.params={}"]
     if model == "mlp":
-        args += ["--set", "model.params.epochs=2"]
+        args += ["--set", "train.epochs=2"]
     run = invoke_ok(runner, args)
     assert read_json(run / "model" / "model.json")["symbol_encoding"] == encoding
     assert pl.read_parquet(run / "predictions.parquet")["score"].is_finite().all()

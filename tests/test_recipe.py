@@ -96,6 +96,8 @@ def test_cli_recipe_show_unknown_key_exit_2(runner, tmp_path):
     result = runner.invoke(app, ["recipe", "show", "--recipe", str(path)])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: recipe {path}: unknown key 'train.epochz' in [train]; allowed: 'device', 'strict_device', 'early_stopping', 'threads'"
+        f"error: recipe {path}: unknown key 'train.epochz' in [train] (did you mean 'epochs'?); allowed: 'device', 'strict_device', "
+        "'early_stopping', 'threads', 'epochs', 'batch_size', 'learning_rate', 'weight_decay', 'schedule', 'warmup', "
+        "'grad_clip', 'patience', 'monitor', 'loss', 'precision', 'compile'"
     ]
     assert result.stdout == ""

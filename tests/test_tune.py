@@ -299,3 +299,39 @@ def test_a_cv_objective_scores_purged_folds_over_train_and_val(recipe_file, tmp_
     result = tune_new(recipe, tmp_path / "data", tmp_path / "runs", trials=2)
     assert result.trials["state"].to_list() == ["complete", "complete"]
     assert result.trials["value"].is_finite().all()
+
+
+@pytest.mark.parametrize("name", ["mlp", "lstm"])
+def test_torch_models_report_every_epoch_through_the_same_hook(name):
+    """The shared torch loop calls the StepReport once per epoch: epoch n's scores are the val
+    predictions of the weights after n epochs (the kept best epoch's equal `predict`), and
+    raising from it (a pruned trial) stops the fit."""
+    from helpers import TORCH_FAST, TRAIN_FAST, model_panel
+
+    from quant_cli.models.panel import as_panel_rows
+    from quant_cli.models.registry import create_model
+
+    X, y, ts, _, symbols = model_panel(n_ts=60, n_sym=3, seed=2)
+    train, val = X[:120], X[120:]
+    if name != "mlp":  # a sequence model reads windows of each symbol's rows
+        train, val = as_panel_rows(train, symbols[:120], ts[:120]), as_panel_rows(val, symbols[120:], ts[120:])
+    loop = {**TRAIN_FAST, "epochs": 4}
+    seen = {}
+
+    def report(step, val_scores):
+        seen[step] = val_scores()
+
+    model = create_model(name, "regression", TORCH_FAST[name], 0, 1, train=loop)
+    model.fit(train, y[:120], feature_names=["a", "b", "c"], X_val=val, y_val=y[120:], symbols=symbols[:120],
+              symbols_val=symbols[120:], report=report)
+    assert sorted(seen) == [1, 2, 3, 4]
+    np.testing.assert_allclose(seen[model.best_epoch_], model.predict(val, symbols=symbols[120:]), rtol=1e-6, equal_nan=True)
+
+    def prune_at_2(step, val_scores):
+        if step == 2:
+            raise objective.Pruned
+
+    with pytest.raises(objective.Pruned):
+        create_model(name, "regression", TORCH_FAST[name], 0, 1, train=loop).fit(
+            train, y[:120], feature_names=["a", "b", "c"], X_val=val, y_val=y[120:], symbols=symbols[:120],
+            symbols_val=symbols[120:], report=prune_at_2)

@@ -23,6 +23,7 @@ def train(
     run: Annotated[str | None, typer.Option("--run", help="Train this run (a path, run id or 'latest'); it must hold a split and no model.", show_default=False)] = None,
     model: ModelOpt = None,
     list_models: Annotated[bool, typer.Option("--list-models", help="List registered models and exit.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="With --run: continue a killed torch fit from its last per-epoch checkpoint.")] = False,
     set_: SetOpt = None,
     device: DeviceOpt = None,
     strict_device: StrictDeviceOpt = False,
@@ -36,25 +37,29 @@ def train(
 
     Prints the run directory, so `RUN=$(qfactory train -r r.toml) && qfactory backtest --run "$RUN"` works.
 
-    Example: qfactory train --recipe recipes/quickstart.toml --device cuda --set model.params.num_leaves=63
+    Example: qfactory train --recipe recipes/lstm.toml --device cuda
+
+    Continue a killed torch fit: qfactory train --run RUN --resume
     """
     with cli_errors(quiet, debug):
         if list_models:
             _print_models(json_out)
             return
-        result = _train(recipe, run, set_ or [], model, device_overrides(device, strict_device), data_dir, runs_dir)
+        result = _train(recipe, run, set_ or [], model, device_overrides(device, strict_device), data_dir, runs_dir, resume)
         payload = {"run_id": result.id, "metrics": read_json(result.path / "metrics.json")}
     emit(result.path, json_out, payload)
 
 
-def _train(recipe, run_ref, sets: list[str], model: str | None, device_sets: list[str], data_dir, runs_dir):
+def _train(recipe, run_ref, sets: list[str], model: str | None, device_sets: list[str], data_dir, runs_dir, resume: bool = False):
     if (recipe is None) == (run_ref is None):
         raise QFactoryError("pass exactly one of --recipe (start a new run) or --run (train an existing split run)")
+    if resume and run_ref is None:
+        raise QFactoryError("--resume continues a killed fit of an existing run: pass it with --run RUN, not --recipe")
     if run_ref is not None:
         if sets or model or device_sets:
             raise QFactoryError("--set and --model apply to new runs only; a run's recipe is fixed — use --recipe to start a new run")
         existing = resolve_run(run_ref, runs_home(runs_dir))
-        return stages.train_existing(existing, data_home(data_dir, existing.recipe()), console.REPORTER)
+        return stages.train_existing(existing, data_home(data_dir, existing.recipe()), console.REPORTER, resume)
     resolved = load_with_overrides(recipe, [*sets, *device_sets], model, console.REPORTER)
     return stages.train_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), console.REPORTER)
 

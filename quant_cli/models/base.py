@@ -28,6 +28,7 @@ from quant_cli.io import read_json, write_json_atomic
 from quant_cli.report import SILENT, Reporter
 from quant_cli.models.device import check_device, is_cuda, notice_once, resolve_device
 from quant_cli.models.encoding import KINDS, UNSEEN_POLICIES, SymbolEncoder, check_choice
+from quant_cli.models.panel import PanelRows
 from quant_cli.models.params import Limit, check_params, library_message
 
 TASKS = ("regression", "classification")
@@ -82,7 +83,8 @@ class Model(ABC):
     limits: ClassVar[dict[str, Limit]] = {}
 
     def __init__(self, *, task: str = "regression", seed: int = 42, threads: int = 0, device: str = "cpu",
-                 symbol_encoding: str = "none", unseen_symbols: str = "error", reporter: Reporter = SILENT, **params: Any) -> None:
+                 symbol_encoding: str = "none", unseen_symbols: str = "error", reporter: Reporter = SILENT,
+                 train: dict[str, Any] | None = None, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             raise ModelError(
@@ -96,6 +98,7 @@ class Model(ABC):
             raise ModelError(f"model.symbol_encoding {symbol_encoding!r} is not supported by '{self.name}'; "
                              f"allowed: {one_of(self.symbol_encodings)}")
         self.task = task
+        self.train_settings = dict(train or {})  # the [train] section: the torch models' loop settings
         self.reporter = reporter  # notices at fit time (GPU fallback, ignored weights)
         self.seed = seed
         self.threads = threads
@@ -133,6 +136,18 @@ class Model(ABC):
 
     def _fit_info(self) -> dict[str, Any]:
         return {}
+
+    def uses_panel(self) -> bool:
+        """Whether fit/predict take a `PanelRows` (every row of each symbol, for windows) rather than
+        a matrix of the rows alone: sequence models, and ensembles with a sequence member."""
+        return self.sequence
+
+    def needs_bars(self) -> bool:
+        """Whether the panel must carry raw-bar channels (quant_cli.models.bars) beside the features."""
+        return False
+
+    def set_checkpoints(self, folder: Path | None, resume: bool = False) -> None:
+        """Where a model that trains in epochs keeps per-epoch checkpoints (others ignore it)."""
 
     def _accepts_missing(self) -> bool:
         return self.missing_values
@@ -228,6 +243,10 @@ class Model(ABC):
         return Inputs(self.encoder_.transform(X, keys["symbols"]), ids, **keys)
 
     def _check_X(self, X: np.ndarray, n_features: int, what: str) -> np.ndarray:
+        if isinstance(X, PanelRows):  # a panel model's rows: ensembles pass them on, sequence models check them
+            if X.panel.n_features != n_features:
+                raise ModelError(f"model '{self.name}': {what} must have {n_features} feature columns, got {X.panel.n_features}")
+            return X
         X = np.asarray(X)
         X = X if self.float32_inputs and X.dtype == np.float32 else X.astype(np.float64, copy=False)
         if X.ndim != 2 or X.shape[1] != n_features:
@@ -321,6 +340,7 @@ class Model(ABC):
         self._save_native(folder)
         meta = {"name": self.name, "task": self.task, "seed": self.seed, "threads": self.threads,
                 "symbol_encoding": self.symbol_encoding, "unseen_symbols": self.unseen_symbols, "params": self.params,
+                "train": self.train_settings,
                 "feature_names": self.feature_names_, "input_names": self.input_names_,
                 "encoder": self.encoder_.to_json(), "classes": self.classes_.tolist() if self.is_classifier else None,
                 "fit_info": self.fit_info()}
@@ -332,7 +352,7 @@ class Model(ABC):
         folder = Path(folder)
         meta = read_json(folder / "model.json")
         model = cls(task=meta["task"], seed=meta["seed"], threads=meta["threads"], symbol_encoding=meta["symbol_encoding"],
-                    unseen_symbols=meta["unseen_symbols"], **meta["params"])
+                    unseen_symbols=meta["unseen_symbols"], train=meta.get("train"), **meta["params"])
         model.encoder_ = SymbolEncoder.from_json(meta["encoder"])
         model.input_names_ = list(meta["input_names"])
         model.device_ = "cpu"

@@ -2,8 +2,18 @@
 
 Members are given as specs, never as code: `{"name": "lightgbm", "params": {...}}`, optionally
 with their own `"symbol_encoding"` (default: the ensemble's). Every member sees the same rows, so
-member predictions line up row by row — which is alignment on (symbol, ts) for tabular members;
-`align_predictions` joins per-member prediction tables on (symbol, ts) where rows can differ.
+member predictions line up row by row — which is alignment on (symbol, ts); `align_predictions`
+joins per-member prediction tables on (symbol, ts) where rows can differ.
+
+Mixed ensembles (tabular + sequence members). With a sequence member the ensemble takes
+`PanelRows` (quant_cli.models.fitting): sequence members read windows from the panel, tabular
+members the rows' own features (`PanelRows.matrix()`), so every member scores the same
+(symbol, ts) rows. Rows a member cannot score (a sequence member's warm-up: no full window) are
+NOT scored by the ensemble — the inner join of `align_predictions`: voting gives NaN there, the
+stacking and blending meta-models are fit only on rows every member scored and give NaN
+elsewhere, and the train stage leaves NaN rows out of predictions.parquet. Averaging the members
+that did score would silently change the model row by row; a warm-up is short (seq_len - 1 rows
+per symbol) and at the start of the data, so dropping it costs little.
 
 - voting:   weighted mean of member predictions (of class probabilities for classifiers).
 - stacking: a meta-model fit on out-of-fold member scores from a purged k-fold over the training
@@ -31,6 +41,7 @@ from quant_cli.errors import ModelError, one_of
 from quant_cli.models.base import TASKS, Inputs, Model
 from quant_cli.models.device import notice_once
 from quant_cli.models.encoding import KINDS
+from quant_cli.models.panel import PanelRows
 from quant_cli.splits.stacking import label_horizon, purged_holdout, purged_kfold_indices
 from quant_cli.models.params import Limit, at_least, between
 
@@ -80,14 +91,26 @@ class _Ensemble(Model):
         used = [m.device_ for m in self._fitted_models() if m.device_ != "cpu"]
         return used[0] if used else "cpu"
 
+    def uses_panel(self) -> bool:
+        return self.panel_members_
+
+    def needs_bars(self) -> bool:
+        return self.bar_members_
+
+    def _member_X(self, member: Model, X: Any) -> Any:
+        """What `member` reads of the ensemble's rows: the panel rows, or their own features."""
+        return X.matrix() if isinstance(X, PanelRows) and not member.uses_panel() else X
+
     def _check_params(self) -> None:
         members = self.params["members"]
         if not isinstance(members, list) or not members:
             raise ModelError(f"model.params.members: expected a list of at least one member, e.g. "
                              f"[{{name = \"lightgbm\"}}, {{name = \"linear\"}}], for model '{self.name}', got {members!r}")
         self.member_specs = [self._spec(i, m) for i, m in enumerate(members)]
-        for i, spec in enumerate(self.member_specs):
-            self._member(i, spec)  # constructing validates name, params and encoding now, not after hours
+        # constructing validates name, params and encoding now, not after hours
+        members = [self._member(i, spec) for i, spec in enumerate(self.member_specs)]
+        self.panel_members_ = any(m.uses_panel() for m in members)
+        self.bar_members_ = any(m.needs_bars() for m in members)
         if self.uses_meta:
             self._meta()
 
@@ -109,7 +132,8 @@ class _Ensemble(Model):
 
         try:
             return create_model(name, task, params, self.seed, self.threads, device=self.device,
-                                symbol_encoding=encoding, unseen_symbols=unseen, reporter=self.reporter)
+                                symbol_encoding=encoding, unseen_symbols=unseen, reporter=self.reporter,
+                                train=self.train_settings)
         except ModelError as exc:
             raise ModelError(f"{where} ({name}): {exc}") from None
 
@@ -138,18 +162,17 @@ class _Ensemble(Model):
             notice_once(f"weights:{member.name}", f"ensemble member '{member.name}' ignores sample weights", self.reporter)
             weight = None
         has_val = val is not None
-        return member.fit(rows.X, self._labels(y), feature_names=self.input_names_, sample_weight=weight,
-                          X_val=val.X if has_val else None, y_val=self._labels(y_val) if has_val else None,
+        return member.fit(self._member_X(member, rows.X), self._labels(y), feature_names=self.input_names_, sample_weight=weight,
+                          X_val=self._member_X(member, val.X) if has_val else None, y_val=self._labels(y_val) if has_val else None,
                           symbols=rows.symbols, symbols_val=val.symbols if has_val else None,
                           early_stopping=early_stopping if has_val else 0, ts=rows.ts, t1=rows.t1)
 
     def _fit_members(self, rows, y, val, y_val, weight, early_stopping) -> list[Model]:
         return [self._fit_member(i, rows, y, val, y_val, weight, early_stopping) for i in range(len(self.member_specs))]
 
-    @staticmethod
-    def _scores(members: list[Model], rows: Inputs) -> np.ndarray:
-        """(n, M) member scores: the meta-model's inputs."""
-        return np.column_stack([m.predict(rows.X, symbols=rows.symbols) for m in members])
+    def _scores(self, members: list[Model], rows: Inputs) -> np.ndarray:
+        """(n, M) member scores: the meta-model's inputs (NaN where a member cannot score a row)."""
+        return np.column_stack([m.predict(self._member_X(m, rows.X), symbols=rows.symbols) for m in members])
 
     def _meta_names(self) -> list[str]:
         return [f"{i}:{spec['name']}" for i, spec in enumerate(self.member_specs)]
@@ -157,6 +180,11 @@ class _Ensemble(Model):
     def _fit_meta(self, Z: np.ndarray, y: np.ndarray, Z_val: np.ndarray | None, y_val: np.ndarray | None,
                   weight: np.ndarray | None, early_stopping: int) -> Model:
         meta = self._meta()
+        scored = np.isfinite(Z).all(axis=1)  # only rows every member scored (see the module notes)
+        Z, y, weight = Z[scored], y[scored], None if weight is None else weight[scored]
+        if Z_val is not None:
+            scored_val = np.isfinite(Z_val).all(axis=1)
+            Z_val, y_val = Z_val[scored_val], y_val[scored_val]
         has_val = Z_val is not None and len(Z_val)
         return meta.fit(Z, self._labels(y), feature_names=self._meta_names(),
                         sample_weight=weight if meta.sample_weights else None,
@@ -165,11 +193,15 @@ class _Ensemble(Model):
 
     def _predict_meta(self, rows: Inputs) -> np.ndarray:
         Z = self._scores(self.members_, rows)
+        scored = np.isfinite(Z).all(axis=1)
         if not self.is_classifier:
-            return self.meta_.predict(Z)
+            out = np.full(len(Z), np.nan)
+            out[scored] = self.meta_.predict(Z[scored])
+            return out
         # A blending meta-model may have seen fewer classes (validation rows only): place its columns.
-        proba = np.zeros((len(Z), self.n_classes))
-        proba[:, np.searchsorted(self.classes_, self.meta_.classes_)] = self.meta_.predict_proba(Z)
+        proba = np.full((len(Z), self.n_classes), np.nan)
+        proba[scored] = 0.0
+        proba[np.ix_(scored, np.searchsorted(self.classes_, self.meta_.classes_))] = self.meta_.predict_proba(Z[scored])
         return proba
 
     # ---- persistence ---------------------------------------------------------------------------------
@@ -216,8 +248,8 @@ class VotingModel(_Ensemble):
 
     def _predict(self, rows: Inputs) -> np.ndarray:
         # Classifiers average probabilities (soft voting); the members share the ensemble's classes.
-        outputs = [m.predict_proba(rows.X, symbols=rows.symbols) if self.is_classifier
-                   else m.predict(rows.X, symbols=rows.symbols) for m in self.members_]
+        outputs = [m.predict_proba(self._member_X(m, rows.X), symbols=rows.symbols) if self.is_classifier
+                   else m.predict(self._member_X(m, rows.X), symbols=rows.symbols) for m in self.members_]
         return sum(w * out for w, out in zip(self.weights, outputs))
 
     def _fit_info(self) -> dict[str, Any]:
@@ -253,7 +285,7 @@ class StackingModel(_Ensemble):
                 # it neutrally, as a new listing would be scored live, rather than abort the fit.
                 member = self._fit_member(j, train.take(fit_rows), y[fit_rows], val, y_val, w, early_stopping,
                                           unseen="neutral")
-                oof[test_rows, j] = member.predict(test.X, symbols=test.symbols)
+                oof[test_rows, j] = member.predict(self._member_X(member, test.X), symbols=test.symbols)
         return oof
 
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):

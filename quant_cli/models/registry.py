@@ -13,11 +13,12 @@ from quant_cli.models.boosting import CatBoostModel, LightGBMModel, XGBoostModel
 from quant_cli.models.classical import ExtraTreesModel, LinearModel, LogisticModel, RandomForestModel, SVMModel
 from quant_cli.models.ensemble import BlendingModel, StackingModel, VotingModel
 from quant_cli.models.neural import MLPModel
+from quant_cli.models.sequence import GRUModel, LSTMModel, TCNModel, TransformerModel
 from quant_cli.models.params import describe
 
 MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (
     LightGBMModel, CatBoostModel, XGBoostModel, RandomForestModel, ExtraTreesModel, LinearModel, LogisticModel,
-    SVMModel, MLPModel, VotingModel, StackingModel, BlendingModel,
+    SVMModel, MLPModel, LSTMModel, GRUModel, TCNModel, TransformerModel, VotingModel, StackingModel, BlendingModel,
 )}
 
 FLAGS = ("tabular", "sequence", "sample_weights", "gpu", "early_stopping", "importance", "missing_values")
@@ -30,10 +31,11 @@ def model_class(name: str) -> type[Model]:
 
 
 def create_model(name: str, task: str, params: dict[str, Any], seed: int, threads: int, *, device: str = "cpu",
-                 symbol_encoding: str = "none", unseen_symbols: str = "error", reporter: Reporter = SILENT) -> Model:
+                 symbol_encoding: str = "none", unseen_symbols: str = "error", reporter: Reporter = SILENT,
+                 train: dict[str, Any] | None = None) -> Model:
     """A new, unfitted model; raises ModelError for an unknown name, parameter or option."""
     return model_class(name)(task=task, seed=seed, threads=threads, device=device, symbol_encoding=symbol_encoding,
-                             unseen_symbols=unseen_symbols, reporter=reporter, **params)
+                             unseen_symbols=unseen_symbols, reporter=reporter, train=train, **params)
 
 
 def load_model(folder: Path) -> Model:

@@ -151,8 +151,8 @@ def _objective(task: TrialTask, intermediate: dict[int, float]) -> tuple[float, 
         raise QFactoryError("the validation segment is empty; set split.val > 0 so trials can be scored without the test segment")
     score = lambda scores: _score(task, shared, kind, metric, val_rows, scores)  # noqa: E731
     report = _reporter(task, score, intermediate) if task.medians is not None else None
-    model, _ = stages.fit_model(task.recipe, shared.prepared, inputs, report=report)
-    scores = model.predict(inputs["val"][1], symbols=val_rows["symbol"].to_numpy())
+    model, _, used = stages.fit_model(task.recipe, shared.prepared, inputs, report=report)
+    scores = model.predict(used["val"][1], symbols=val_rows["symbol"].to_numpy())  # NaN: a window's warm-up, unscored
     return score(scores), {k: v for k, v in model.fit_info().items() if isinstance(v, (int, float, str))}
 
 

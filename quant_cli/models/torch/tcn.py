@@ -1,0 +1,61 @@
+"""tcn: dilated causal 1-d convolutions in residual blocks (Bai et al. 2018).
+
+Block i has two convolutions with dilation 2**i; the receptive field of `levels` blocks is
+1 + 2·(kernel_size - 1)·(2**levels - 1) steps (config.receptive_field), which the model checks against seq_len.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quant_cli.models.torch.heads import Head, NetConfig
+
+
+@dataclass
+class TCNConfig(NetConfig):
+    channels: int = 32
+    levels: int = 4
+    kernel_size: int = 3
+
+
+class CausalConv(nn.Conv1d):
+    """Left-padded: output step t sees input steps <= t only."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int) -> None:
+        super().__init__(c_in, c_out, kernel_size, dilation=dilation)
+        self.left = (kernel_size - 1) * dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (self.left, 0)))  # (B, C, L) → (B, C_out, L)
+
+
+class Block(nn.Module):
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int, dropout: float) -> None:
+        super().__init__()
+        self.conv1 = CausalConv(c_in, c_out, kernel_size, dilation)
+        self.conv2 = CausalConv(c_out, c_out, kernel_size, dilation)
+        self.drop = nn.Dropout(dropout)
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.drop(F.gelu(self.conv1(x)))
+        h = self.drop(F.gelu(self.conv2(h)))
+        return F.gelu(h + self.skip(x))  # (B, C_out, L)
+
+
+class TCN(nn.Module):
+    def __init__(self, cfg: TCNConfig) -> None:
+        super().__init__()
+        widths = [cfg.n_inputs] + [cfg.channels] * cfg.levels
+        self.blocks = nn.Sequential(*(Block(widths[i], widths[i + 1], cfg.kernel_size, 2**i, cfg.dropout)
+                                      for i in range(cfg.levels)))
+        self.head = Head(cfg.channels, cfg)
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (B, L, F)
+        h = self.blocks(x.transpose(1, 2))  # (B, C, L)
+        return self.head(h[:, :, -1], ids)  # the last (prediction) step: (B, n_outputs)

@@ -1,0 +1,51 @@
+"""Windows as an index into one contiguous float32 tensor — never a (samples, seq_len, F) array.
+
+`Samples` pairs the panel tensor `x` (N, F) with `ends` (n,): sample i is the window of rows
+`ends[i] - seq_len + 1 .. ends[i]` (inclusive), or the single row `ends[i]` when seq_len is 0
+(tabular). `gather` builds the (B, seq_len, F) tensor of one batch only. Callers pass only ends
+with a full window inside their symbol (`PanelRows.full_window`), so a window never crosses
+symbols and never reaches past its row: the offsets below are all <= 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def window_offsets(seq_len: int, device: torch.device | str) -> torch.Tensor:
+    """(seq_len,) -seq_len+1 .. 0: oldest row first, the prediction row last."""
+    return torch.arange(-seq_len + 1, 1, device=device)
+
+
+def gather(x: torch.Tensor, ends: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(B, seq_len, F) windows ending at `ends` (B,), or (B, F) rows when seq_len == 0."""
+    if seq_len == 0:
+        return x[ends]
+    return x[ends[:, None] + window_offsets(seq_len, x.device)[None, :]]  # (B, L) index → (B, L, F)
+
+
+@dataclass
+class Samples:
+    """What the training loop iterates over; every tensor lives on the training device."""
+
+    x: torch.Tensor                   # (N, F) float32 panel (sequence) or rows (tabular)
+    ends: torch.Tensor                # (n,) int64 row of x each sample ends at
+    seq_len: int = 0                  # 0: a sample is one row
+    ids: torch.Tensor | None = None   # (n,) int64 symbol ids (symbol encodings)
+    y: torch.Tensor | None = None     # (n,) float32 target, or int64 class code
+    w: torch.Tensor | None = None     # (n,) float32 sample weight
+    group: torch.Tensor | None = None  # (n,) int64 timestamp code (sharpe loss, cross-sectional IC)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x_batch, ids_batch) of samples `idx`: (B, L, F) or (B, F), and (B,)."""
+        return gather(self.x, self.ends[idx], self.seq_len), self.part("ids", idx)
+
+    def part(self, name: str, idx: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample values of `idx`; the panel may sit in host memory while these are on the GPU."""
+        value = getattr(self, name)
+        return None if value is None else value[idx.to(value.device, non_blocking=True)]

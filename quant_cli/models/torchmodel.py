@@ -1,0 +1,176 @@
+"""The base of every torch model (mlp, lstm, gru, tcn, transformer): one fit, one predict, one
+save format, all on the one training loop (quant_cli.models.torch.loop).
+
+A family declares its network (`_net_config`, `_build`) and how its rows become `Samples`: one
+row each (tabular) or a window ending at each row (sequence). Loop settings come from the
+recipe's [train] section (`train=` at construction) and mean the same for every family;
+architecture comes from model.params.
+
+Regression targets are standardised inside the model (returns are ~1e-2; unscaled, the first
+epochs would only shrink the output); the sharpe loss scales them without centring, since its
+sign is the trade. Weights are a state dict of tensors saved with `torch.save` and loaded with
+`weights_only=True`; `history.json` holds every epoch's numbers. Torch is imported on first fit
+or load, so the model registry loads without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quant_cli.errors import ModelError
+from quant_cli.io import write_json_atomic
+from quant_cli.models.base import TASKS, Inputs, Model
+from quant_cli.models.torch.config import LoopConfig
+
+LOSSES = ("mse", "huber", "sharpe")
+
+
+class TorchModel(Model):
+    family = "neural"
+    tasks = TASKS
+    sample_weights = True
+    gpu = True
+    early_stopping = True
+
+    def _check_params(self) -> None:
+        self.loop = LoopConfig.from_section(self.train_settings)
+        if self.loop.loss not in LOSSES:
+            raise ModelError(f"train.loss {self.loop.loss!r} is not a loss; allowed: 'mse', 'huber', 'sharpe'")
+        if self.is_classifier and self.loop.loss != "mse":
+            raise ModelError(f"train.loss {self.loop.loss!r} is a regression loss; a classifier trains on cross-entropy, "
+                             "so leave train.loss at 'mse' (its default) or set model.task = 'regression'")
+        self._check_architecture()
+
+    def _check_architecture(self) -> None:
+        """A family's own checks beyond each value's type and range."""
+
+    def _usable_device(self, resolved: str) -> str:
+        return resolved  # torch runs on cpu, cuda:N and mps alike
+
+    def set_checkpoints(self, folder: Path | None, resume: bool = False) -> None:
+        self.checkpoint_dir, self.resume = folder, resume
+
+    # ---- the family's part ----------------------------------------------------------------------
+
+    def _net_config(self, n_inputs: int):
+        raise NotImplementedError
+
+    def _build(self, config):
+        raise NotImplementedError
+
+    def _samples(self, rows: Inputs, y: np.ndarray | None = None, w: np.ndarray | None = None):
+        """(Samples on the training device, (n,) bool mask of the rows they cover)."""
+        raise NotImplementedError
+
+    # ---- fit and predict --------------------------------------------------------------------------
+
+    def _scale_targets(self, y: np.ndarray) -> None:
+        if self.is_classifier:
+            return
+        self.y_std_ = float(y.std()) or 1.0
+        self.y_mean_ = 0.0 if self.loop.loss == "sharpe" else float(y.mean())
+
+    def _scaled(self, y: np.ndarray | None) -> np.ndarray | None:
+        return y if y is None or self.is_classifier else (y - self.y_mean_) / self.y_std_
+
+    def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
+        from quant_cli.models.torch import loop, losses
+
+        self._scale_targets(y)
+        cfg = self.loop if early_stopping else replace(self.loop, patience=0)
+        folder = getattr(self, "checkpoint_dir", None)
+        with loop.reproducible(self.seed, self.device_, self.threads):
+            self.config_ = self._net_config(self._n_inputs(train))
+            net = self._build(self.config_).to(self.device_)
+            data, _ = self._samples(train, self._scaled(y), sample_weight)
+            if len(data) == 0:
+                raise ModelError(f"model '{self.name}' has no training rows it can use (every row is in a window's warm-up); "
+                                 "use a shorter model.params.seq_len or more data")
+            held = self._samples(val, self._scaled(y_val))[0] if val is not None and len(val.X) else None
+            result = loop.train(net, data, held, cfg, losses.loss_fn(self.loop.loss, self.is_classifier),
+                                device=self.device_, seed=self.seed, reporter=self.reporter, name=self.name,
+                                checkpoints=loop.Checkpoints(folder) if folder else None, resume=getattr(self, "resume", False),
+                                on_epoch=self._epoch_report(net, val))
+        self._release()
+        self.net_, self.history_ = net, result.history
+        self.epochs_run_, self.best_epoch_, self.resumed_from_ = result.epochs_run, result.best_epoch, result.resumed_from
+        self.samples_ = len(data)
+
+    def _epoch_report(self, net, val: Inputs | None):
+        """Per-epoch StepReport call (Model.fit(report=...)): the validation scores of the current
+        weights, computed only when the hook asks for them."""
+        report = getattr(self, "_report", None)
+        if report is None or val is None:
+            return None
+
+        def on_epoch(epoch: int) -> None:
+            def val_scores():
+                self.net_ = net  # score the weights as they are after this epoch
+                return self._scores(self._predict(val))
+            report(epoch, val_scores)
+
+        return on_epoch
+
+    def _n_inputs(self, rows: Inputs) -> int:
+        return rows.X.shape[1]
+
+    def _release(self) -> None:
+        """Drop per-fit caches (a panel on the device)."""
+
+    def _predict(self, rows: Inputs) -> np.ndarray:
+        import torch
+
+        from quant_cli.models.torch.loop import infer
+
+        samples, mask = self._samples(rows)
+        out = infer(self.net_, samples, self.device_, self.loop.precision).double()  # (m, K) on CPU
+        self._release()
+        if self.is_classifier:
+            values = torch.softmax(out, dim=1).numpy()
+        else:
+            values = out[:, 0].numpy() * self.y_std_ + self.y_mean_
+        full = np.full((len(mask), *values.shape[1:]), np.nan)
+        full[mask] = values  # rows without an input (a window's warm-up) stay NaN: unscored
+        return full
+
+    # ---- persistence ------------------------------------------------------------------------------
+
+    def _fit_info(self) -> dict[str, Any]:
+        info = {"epochs_run": self.epochs_run_, "best_epoch": self.best_epoch_, "config": asdict(self.config_),
+                "train": self.loop.to_json(), "samples": self.samples_}
+        if getattr(self, "resumed_from_", 0):
+            info["resumed_from_epoch"] = self.resumed_from_
+        if not self.is_classifier:
+            info.update(y_mean=self.y_mean_, y_std=self.y_std_)
+        return info
+
+    def _save_native(self, folder: Path) -> None:
+        import torch
+
+        torch.save({k: v.detach().cpu() for k, v in self.net_.state_dict().items()}, folder / "weights.pt")
+        write_json_atomic(folder / "history.json", {"model": self.name, "epochs": self.history_})
+
+    def _load_native(self, folder: Path, meta: dict[str, Any]) -> None:
+        import torch
+
+        from quant_cli.io import read_json
+
+        info = meta["fit_info"]
+        self.config_ = self._config_from_json(info["config"])
+        self.loop = LoopConfig(**info["train"])
+        self.epochs_run_, self.best_epoch_, self.samples_ = info["epochs_run"], info["best_epoch"], info["samples"]
+        self.resumed_from_ = info.get("resumed_from_epoch", 0)
+        if not self.is_classifier:
+            self.y_mean_, self.y_std_ = info["y_mean"], info["y_std"]
+        history = folder / "history.json"
+        self.history_ = read_json(history)["epochs"] if history.is_file() else []
+        self.net_ = self._build(self.config_)
+        self.net_.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
+        self.net_.eval()
+
+    def _config_from_json(self, data: dict[str, Any]):
+        raise NotImplementedError
