@@ -100,8 +100,9 @@ class LoadedBundle:
         short = counts.filter(pl.col("len") < self.spec.required_bars)
         if short.height and (not every_bar or short.height == counts.height):
             symbol, n = short.row(0)
+            window = f" and the model's window of {self.spec.window} rows" if self.spec.window > 1 else ""
             raise DataError(f"symbol {symbol!r} has {n} bar(s); this bundle needs at least {self.spec.required_bars} bars per "
-                            "symbol (its features' measured lookback); send more history")
+                            f"symbol (its features' measured lookback{window}); send more history")
 
     # ---- precomputed features -------------------------------------------------------------------
 
