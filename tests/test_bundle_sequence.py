@@ -67,3 +67,20 @@ def test_feature_rows_cannot_feed_a_model_that_reads_bars(built):
     rows = pl.DataFrame({"symbol": ["S000"], "ts": [0], **{f: [0.0] for f in loaded.pipeline.features}})
     with pytest.raises(DataError, match="reads raw bars .* send bars, not precomputed feature rows"):
         loaded.score_features(rows.with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC"))))
+
+
+def test_feature_rows_score_where_the_rows_sent_hold_a_full_window(tmp_path):
+    """POST /predict/features' path for a features-only lstm: each symbol's first seq_len - 1 rows
+    have no window and are absent; the rest equal the scores of the same bars."""
+    from quant_cli import stages
+
+    trained = train(tmp_path, "lstm")
+    loaded = load(stages.bundle_existing(trained.run, trained.data_dir))
+    bars = load_bars(trained.data_dir, "p").with_columns(pl.col("symbol").cast(pl.String)).filter(pl.col("ts") >= pl.datetime(2016, 1, 1, time_zone="UTC"))
+    from_bars = loaded.score_bars(bars, every_bar=True)
+    rows = loaded.pipeline.compute(bars)
+    scored = loaded.score_features(rows)
+    per_symbol = bars.group_by("symbol").len()["len"].to_list()
+    assert scored.height == sum(n - 7 for n in per_symbol)
+    joined = from_bars.join(scored, on=["symbol", "ts"], suffix="_f")
+    assert joined.height == from_bars.height and (joined["score"] == joined["score_f"]).all()
