@@ -1,6 +1,7 @@
 """Parity (issue 12 §9): for the same bars, POST /predict on a real server, `qfactory predict` and the
-training run's predictions.parquet agree to 1e-6 relative — LightGBM and the torch MLP, through the
-public Model API only. Requests carry only the bundle's measured number of bars, so this also holds
+training run's predictions.parquet agree to 1e-6 relative — LightGBM, the torch MLP and an LSTM (on
+features, and on features plus raw-bar channels: windows of seq_len rows), through the public Model
+API only. Requests carry only the bundle's measured number of bars, so this also holds
 the lookback to its promise."""
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from quant_cli.serve.loaded import records
 RTOL = 1e-6
 
 
-@pytest.mark.parametrize("model", ["lightgbm", "mlp"])
+@pytest.mark.parametrize("model", ["lightgbm", "mlp", "lstm", "lstm_bars"])
 def test_server_batch_predict_and_training_agree(runner, tmp_path, model):
     trained = train(tmp_path, model)
     bundle = stages.bundle_existing(trained.run, trained.data_dir)

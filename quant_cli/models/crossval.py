@@ -15,6 +15,7 @@ the fold's test rows stay unseen by every part of the model.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,11 +23,31 @@ import polars as pl
 
 from quant_cli.report import SILENT, Reporter
 from quant_cli.splits.purged import group_of
-from quant_cli.dataset.table import Prepared, fit_weights
+from quant_cli.dataset.table import KEYS, Prepared, Table, fit_weights
 from quant_cli.backtest.metrics import prediction_metrics
+from quant_cli.errors import ModelError
+from quant_cli.models import fitting
 from quant_cli.models.base import Model
 from quant_cli.pipeline.fitted import FittedPipeline
-from quant_cli.splits.chronological import cv_folds, development, folds_summary
+from quant_cli.splits.chronological import SplitPlan, cv_folds, development, folds_summary
+
+
+@dataclass
+class FoldWindow:
+    """What a panel model's windows read in one fold (DESIGN.md §6): every row of the fold's window
+    (training window + gap + test window, excluded rows included: past inputs, never labels), the
+    feature table they come from, the fold's plan, and the raw-bar channels (symbol, ts, bar_...;
+    None unless the model reads bars). The panel is built from these rows through the fold's own
+    pipeline, so windows are contiguous in time even where purge and embargo removed labels."""
+
+    table: Table
+    rows: pl.DataFrame
+    plan: SplitPlan
+    channels: pl.DataFrame | None = None
+
+    def prepared(self, pipeline: FittedPipeline, calendar: pl.DataFrame) -> Prepared:
+        """The fold seen as a run's split, so fitting.build_panel / model_inputs serve it as they serve a run."""
+        return Prepared(self.table, self.rows, self.plan, pipeline, calendar)
 
 
 def cross_validate(prepared: Prepared, split_cfg: dict[str, Any], embargo: int | str, new_model: Callable[[], Model],
@@ -47,23 +68,51 @@ def cross_validate(prepared: Prepared, split_cfg: dict[str, Any], embargo: int |
 
 
 def fit_and_score(template: FittedPipeline, model: Model, train: pl.DataFrame, test: pl.DataFrame, calendar: pl.DataFrame,
-                  split_cfg: dict[str, Any], val: pl.DataFrame | None = None, early_stopping: int = 0) -> tuple[FittedPipeline, np.ndarray]:
+                  split_cfg: dict[str, Any], val: pl.DataFrame | None = None, early_stopping: int = 0,
+                  window: FoldWindow | None = None) -> tuple[FittedPipeline, np.ndarray]:
     """The per-fold step of cross-validation and walk-forward: a fresh copy of `template` and the
     sample weights are fit on `train` alone, then the fresh `model`; returns the fitted pipeline
-    and `test`'s scores (`model` is fitted in place).
+    and `test`'s scores (`model` is fitted in place; NaN where a panel model has no full window).
 
     Frames hold symbol, ts, label, t1 and the raw feature columns; `val` (optional) drives early
-    stopping only. This is the one place folds call `Model.fit` / `Model.predict`.
+    stopping only. Panel models (`Model.uses_panel()`) also need the fold's `window`. This is the
+    one place folds call `Model.fit` / `Model.predict`.
     """
     pipeline = template.unfitted().fit(train)
     weights = fit_weights(train, calendar, split_cfg) if model.sample_weights else None
     has_val = val is not None and val.height > 0
+    if model.uses_panel():
+        return pipeline, _fit_and_score_panel(model, window, pipeline, calendar, {"train": train, "val": val, "test": test},
+                                              weights, early_stopping if has_val else 0)
     model.fit(_matrix(pipeline, train), train["label"].to_numpy(), feature_names=pipeline.features,
               X_val=_matrix(pipeline, val) if has_val else None, y_val=val["label"].to_numpy() if has_val else None,
               sample_weight=None if weights is None else weights["weight"].to_numpy(), early_stopping=early_stopping if has_val else 0,
               symbols=train["symbol"].to_numpy(), symbols_val=val["symbol"].to_numpy() if has_val else None,
               ts=train["ts"].to_numpy(), t1=train["t1"].to_numpy())
     return pipeline, model.predict(_matrix(pipeline, test), symbols=test["symbol"].to_numpy())
+
+
+def fold_inputs(model: Model, window: FoldWindow, pipeline: FittedPipeline, calendar: pl.DataFrame,
+                parts: dict[str, pl.DataFrame]) -> tuple[Prepared, fitting.Inputs]:
+    """A panel model's inputs of `parts` in one fold: PanelRows into ONE panel of the window's rows
+    through the fold's fitted `pipeline` (fitting.model_inputs, as the train stage builds them)."""
+    prepared = window.prepared(pipeline, calendar)
+    return prepared, fitting.model_inputs(model, prepared, parts, window.channels)
+
+
+def _fit_and_score_panel(model: Model, window: FoldWindow | None, pipeline: FittedPipeline, calendar: pl.DataFrame,
+                         parts: dict[str, pl.DataFrame | None], weights: pl.DataFrame | None, early_stopping: int) -> np.ndarray:
+    if window is None:  # a matrix of a fold's kept rows would make windows across purged gaps
+        raise ModelError(f"model '{model.name}' reads windows of past rows and cannot be fit on a fold's rows alone; "
+                         "use walk-forward (qfactory walkforward) or split.method = \"chronological\"")
+    train = parts["train"].select(*KEYS, "label", "t1")
+    weight = weights["weight"] if weights is not None else pl.Series("weight", [None] * train.height, pl.Float64)
+    parts = {"train": train.with_columns(weight.alias("weight")),  # fit_weights keeps train's row order
+             "val": parts["val"] if parts["val"] is not None else train.clear(), "test": parts["test"]}
+    prepared, inputs = fold_inputs(model, window, pipeline, calendar, parts)
+    fitting.fit_model(model, prepared, inputs, early_stopping)
+    test, X = inputs["test"]
+    return model.predict(X, symbols=test["symbol"].to_numpy())
 
 
 def _matrix(pipeline: FittedPipeline, rows: pl.DataFrame) -> np.ndarray:

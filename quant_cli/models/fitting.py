@@ -30,13 +30,19 @@ def build_panel(prepared: Prepared, channels: pl.DataFrame | None = None) -> tup
     """(the panel of every row, symbol/ts → panel row): one pass over the feature table, plus the
     raw-bar `channels` (symbol, ts, bar_...: quant_cli.models.bars.bar_channels) when given."""
     rows = prepared.rows.select(KEYS).sort(KEYS)
-    values, names = prepared.inputs(rows), ()
+    return make_panel(rows, prepared.inputs(rows), channels), rows.with_row_index("_panel_row")
+
+
+def make_panel(rows: pl.DataFrame, values: np.ndarray, channels: pl.DataFrame | None = None) -> Panel:
+    """The panel of `rows` (symbol, ts; sorted by symbol, ts) holding their model inputs `values`,
+    with the raw-bar `channels` joined on as the last columns (0 where a bar has none). Training
+    (build_panel) and serving (quant_cli.serve.panel) both build their panels here."""
+    names: tuple[str, ...] = ()
     if channels is not None:
         names = tuple(c for c in channels.columns if c not in KEYS)
-        joined = rows.join(channels, on=KEYS, how="left", maintain_order="left").select(names).fill_null(0.0)
+        joined = rows.select(KEYS).join(channels, on=KEYS, how="left", maintain_order="left").select(names).fill_null(0.0)
         values = np.hstack([values, joined.to_numpy().astype(np.float32)])
-    panel = Panel(values, rows["symbol"].to_numpy(), rows["ts"].to_numpy(), names)
-    return panel, rows.with_row_index("_panel_row")
+    return Panel(values, rows["symbol"].to_numpy(), rows["ts"].to_numpy(), names)
 
 
 def model_inputs(model: Model, prepared: Prepared, parts: dict[str, pl.DataFrame], channels: pl.DataFrame | None = None) -> Inputs:

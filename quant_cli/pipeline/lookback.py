@@ -19,6 +19,11 @@ length agrees. It is therefore at most ~10% above the true minimum, never below 
 A feature that still disagrees one grid step below the whole history has not converged within
 that history: its lookback is the whole history and `converged` says so.
 
+Panel models (sequence models, and ensembles with one): a score reads the window of the last
+`seq_len` rows, each of which must be exact, so a request needs the features' warm-up plus
+`seq_len - 1` bars — and, when the model reads raw-bar channels (quant_cli.models.bars: a 20-bar
+volume z-score, coarse timeframes), their own lookback, measured the same way (`measure_channels`).
+
 Cross-symbol inputs: features that read the benchmark need the benchmark symbol in a request;
 cross-sectional ones (`cs_*`, `mkt_rel_ret_*`, `sector_rel_ret_*`) compare symbols at one
 timestamp, so a request must carry the whole universe the model was trained on (and `sector`).
@@ -27,6 +32,7 @@ timestamp, so a request must carry the whole universe the model was trained on (
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,26 +118,65 @@ def _matrix(frame: pl.DataFrame, names: list[str]) -> np.ndarray:
 
 def measure(pipeline: Any, bars: pl.DataFrame, reporter: Reporter = SILENT) -> Lookback:
     """The lookback of every pipeline feature on `bars` (raw bars with every symbol a request needs)."""
-    names = list(pipeline.features)
+    return _measure(lambda b, names: _features(pipeline, b, names), list(pipeline.features), bars,
+                    reporter, "feature(s)")
+
+
+def measure_channels(pipeline: Any, bars: pl.DataFrame, timeframes: list[str], reporter: Reporter = SILENT) -> Lookback:
+    """The lookback of the raw-bar channels a sequence model reads (model.params.inputs = bars/both)
+    on the pipeline's adjusted `bars`, measured exactly as the features' (quant_cli.models.bars)."""
+    from quant_cli.models.bars import bar_channels, channel_names
+
+    def compute(b: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+        return bar_channels(pipeline.adjustment.apply(b), timeframes).select("symbol", "ts", *names)
+
+    return _measure(compute, channel_names(timeframes), bars, reporter, "raw-bar channel(s)")
+
+
+def _measure(compute: Callable[[pl.DataFrame, list[str]], pl.DataFrame], names: list[str], bars: pl.DataFrame,
+             reporter: Reporter, what: str) -> Lookback:
+    """The grid search of the module doc over `compute(bars, names)` (symbol, ts, names)."""
     history = int(bars.group_by("symbol").len()["len"].max()) if bars.height else 0
-    table = _features(pipeline, bars, names)
+    table = compute(bars, names)
     full, scale = _matrix(_last(table, names), names), _scale(table, names)
     del table
     candidates = grid(history)
     found = {name: history for name in names}
     open_ = list(names)  # features that agreed at every length tried so far
-    with reporter.working(f"bundle: measuring the lookback of {len(names)} feature(s) on {history} bars"):
+    with reporter.working(f"bundle: measuring the lookback of {len(names)} {what} on {history} bars"):
         for longer, n in zip(reversed(candidates), reversed(candidates[:-1])):
             if not open_:
                 break
             found.update({name: longer for name in open_})
             index = [names.index(name) for name in open_]
-            values = _matrix(_last(_features(pipeline, tail_bars(bars, n), open_), open_), open_)
+            values = _matrix(_last(compute(tail_bars(bars, n), open_), open_), open_)
             ok = agrees(values, full[:, index], scale[index]).all(axis=0)
             open_ = [name for name, good in zip(open_, ok) if good]
         found.update({name: 1 for name in open_})  # agreed down to a single bar
     converged = {name: found[name] < history or history <= 1 for name in names}
     return Lookback(found, converged, history, bars["symbol"].n_unique(), [n for n, c in converged.items() if not c])
+
+
+def model_window(model: Any) -> int:
+    """Rows one score reads: the longest seq_len of the model and its ensemble members (1: the row alone)."""
+    own = int(model.params.get("seq_len", 1)) if getattr(model, "sequence", False) else 1
+    return max([own, *(model_window(m) for m in getattr(model, "members_", []))])
+
+
+def channel_timeframes(model: Any) -> list[str] | None:
+    """The [features] timeframes of the raw-bar channels a fitted model reads, read off the channel
+    names it was fit on (bar_volume_z_<tf>); None when it reads no raw bars."""
+    if not model.needs_bars():
+        return None
+    fitted = [getattr(model, "channels_", None) or [], *(getattr(m, "channels_", None) or [] for m in getattr(model, "members_", []))]
+    names = next((c for c in fitted if c), [])
+    return [c.removeprefix("bar_volume_z_") for c in names if c.startswith("bar_volume_z_")]
+
+
+def request_bars(features: int, model: Any, channels: Lookback | None = None) -> int:
+    """Bars per symbol a request must carry: the features' measured warm-up (`features`), or the
+    raw-bar channels' if longer, plus the model's window less its last row."""
+    return max(features, channels.required if channels is not None else 0) + model_window(model) - 1
 
 
 def benchmark_symbol(pipeline: Any) -> str | None:

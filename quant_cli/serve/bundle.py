@@ -64,8 +64,8 @@ def build(run: Run, bars: pl.DataFrame, folder: Path, trust_pickle: bool = False
                       f"{measured.history} bars of history; requests must carry all {measured.history} bars")
     model.save(folder / "model")
     write_json_atomic(folder / "pipeline.json", pipeline.to_json())
-    write_json_atomic(folder / "lookback.json", measured.to_json())
-    spec = _input_spec(run, pipeline, bars)
+    spec, channels = _input_spec(run, pipeline, bars, model, reporter)
+    write_json_atomic(folder / "lookback.json", {**measured.to_json(), **_window_json(spec, channels)})
     loaded = LoadedBundle(folder, {"bundle_id": "building"}, pipeline, model, spec)
     write_json_atomic(folder / "input_schema.json", input_schema(spec))
     write_json_atomic(folder / "output_schema.json", output_schema(loaded.output_columns))
@@ -89,8 +89,16 @@ def _measurement_bars(pipeline: FittedPipeline, bars: pl.DataFrame) -> pl.DataFr
     return bars.filter(pl.col("symbol").cast(pl.String).is_in(sorted(keep)))
 
 
-def _input_spec(run: Run, pipeline: FittedPipeline, bars: pl.DataFrame) -> InputSpec:
+def _input_spec(run: Run, pipeline: FittedPipeline, bars: pl.DataFrame, model: Any,
+                reporter: Reporter = SILENT) -> tuple[InputSpec, lookback.Lookback | None]:
+    """What a request must carry, and the raw-bar channels' measured lookback (None when the model
+    reads no bars): a panel model's window adds seq_len - 1 bars (pipeline/lookback.py)."""
     columns = lookback.input_columns(pipeline, bars.columns)
+    timeframes = lookback.channel_timeframes(model)
+    channels = None
+    if timeframes is not None:  # the channels read the bars themselves
+        columns += [c for c in ("open", "high", "low", "close", "volume") if c in bars.columns and c not in columns]
+        channels = lookback.measure_channels(pipeline, _measurement_bars(pipeline, bars), timeframes, reporter)
     if pipeline.adjustment.mode != "none" and "adj_close" in bars.columns:
         columns.append("adj_close")  # serving adjusts prices exactly as training did
     required, why = [], []
@@ -101,7 +109,16 @@ def _input_spec(run: Run, pipeline: FittedPipeline, bars: pl.DataFrame) -> Input
         universe = read_run_parquet(run.path, "split/rows.parquet")["symbol"].cast(pl.String).unique().sort().to_list()
         required += [s for s in universe if s not in required]
         why.append(f"cross-sectional features such as {cross[0]} compare all {len(universe)} symbols the model was trained on")
-    return InputSpec(pipeline.required_bars, columns, required, "; ".join(why), lookback.extra_keys(pipeline))
+    return InputSpec(lookback.request_bars(pipeline.required_bars, model, channels), columns, required, "; ".join(why),
+                     lookback.extra_keys(pipeline), lookback.model_window(model), timeframes), channels
+
+
+def _window_json(spec: InputSpec, channels: lookback.Lookback | None) -> dict[str, Any]:
+    """lookback.json's account of a panel model's window (nothing for tabular models)."""
+    if spec.window == 1 and channels is None:
+        return {}
+    return {"request_bars": spec.required_bars, "window": spec.window,
+            "channels": None if channels is None else channels.to_json()}
 
 
 def _write_example(folder: Path, loaded: LoadedBundle, bars: pl.DataFrame) -> None:

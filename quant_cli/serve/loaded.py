@@ -22,6 +22,7 @@ from quant_cli.errors import DataError
 from quant_cli.models.base import Model
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.pipeline.preprocess import drop_incomplete
+from quant_cli.serve.panel import score_panel
 
 KEYS = ["symbol", "ts"]
 
@@ -35,15 +36,17 @@ class InputSpec:
     required_symbols: list[str] = field(default_factory=list)
     why_symbols: str = ""
     keys: list[str] = field(default_factory=list)  # text columns such as sector
+    window: int = 1                        # rows one score reads (a sequence model's seq_len)
+    timeframes: list[str] | None = None    # the raw-bar channels' timeframes; None: the model reads no bars
 
     def to_json(self) -> dict[str, Any]:
         return {"required_bars": self.required_bars, "columns": self.columns, "required_symbols": self.required_symbols,
-                "why_symbols": self.why_symbols, "keys": self.keys}
+                "why_symbols": self.why_symbols, "keys": self.keys, "window": self.window, "timeframes": self.timeframes}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> InputSpec:
         return cls(int(data["required_bars"]), list(data["columns"]), list(data["required_symbols"]),
-                   data.get("why_symbols", ""), list(data.get("keys", [])))
+                   data.get("why_symbols", ""), list(data.get("keys", [])), int(data.get("window", 1)), data.get("timeframes"))
 
 
 @dataclass
@@ -75,6 +78,8 @@ class LoadedBundle:
     def score_bars(self, bars: pl.DataFrame, every_bar: bool = False) -> pl.DataFrame:
         """Scores of each symbol's latest bar (or, `every_bar`, of every bar with enough history)."""
         self.check_bars(bars, every_bar)
+        if self.model.uses_panel():  # windows of each symbol's rows (serve/panel.py)
+            return score_panel(self, bars.sort(KEYS), first=self.spec.required_bars - 1, last_only=not every_bar)
         inputs = self.pipeline.transform(bars.sort(KEYS))
         position = pl.int_range(pl.len()).over("symbol")
         rows = inputs.filter(position >= self.spec.required_bars - 1)
@@ -95,8 +100,9 @@ class LoadedBundle:
         short = counts.filter(pl.col("len") < self.spec.required_bars)
         if short.height and (not every_bar or short.height == counts.height):
             symbol, n = short.row(0)
+            window = f" and the model's window of {self.spec.window} rows" if self.spec.window > 1 else ""
             raise DataError(f"symbol {symbol!r} has {n} bar(s); this bundle needs at least {self.spec.required_bars} bars per "
-                            "symbol (its features' measured lookback); send more history")
+                            f"symbol (its features' measured lookback{window}); send more history")
 
     # ---- precomputed features -------------------------------------------------------------------
 
@@ -107,11 +113,14 @@ class LoadedBundle:
             raise DataError(f"the feature rows lack column {missing[0]!r}; this bundle reads {len(self.pipeline.features)} features "
                             "(GET /metadata lists them)")
         wanted = [*KEYS, *self.pipeline.features]
+        if self.model.uses_panel():  # every row with a full window among the rows sent
+            return score_panel(self, rows.select(wanted).sort(KEYS))
         return self._score(self.pipeline.transform(rows if rows.columns == wanted else rows.select(wanted)))
 
     # ---- the model ------------------------------------------------------------------------------
 
     def _score(self, inputs: pl.DataFrame) -> pl.DataFrame:
+        """Scores of transformed rows (tabular models; panel models score in serve/panel.py)."""
         inputs = drop_incomplete(inputs, self.pipeline.features, self.pipeline.preprocess.get("fill", ""))
         X = self.pipeline.matrix(inputs)
         symbols = inputs["symbol"].cast(pl.String)

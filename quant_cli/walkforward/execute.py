@@ -24,10 +24,10 @@ from quant_cli.backtest.metrics import prediction_metrics
 from quant_cli.dataset.table import KEYS, Table
 from quant_cli.errors import DataError, QFactoryError
 from quant_cli.models.base import Model
-from quant_cli.models.crossval import fit_and_score
+from quant_cli.models.crossval import FoldWindow, fit_and_score
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.report import SILENT, Reporter
-from quant_cli.splits.chronological import EXCLUDED
+from quant_cli.splits.chronological import EXCLUDED, SplitPlan
 from quant_cli.stages import _new_model
 from quant_cli.walkforward.folds import WalkFold
 
@@ -45,6 +45,12 @@ class FoldTask:
     calendar: pl.DataFrame    # symbol, ts of the fold's bars (sample weights)
     recipe: dict[str, Any]
     device: str
+    plan: SplitPlan | None = None           # the fold's split plan (panel models' Prepared view)
+    channels: pl.DataFrame | None = None    # raw-bar channels of the fold's bars, when the model reads bars
+
+    def window(self) -> FoldWindow:
+        """Every row of the fold's window, for a panel model's windows (past inputs, never labels)."""
+        return FoldWindow(self.table, self.rows, self.plan, self.channels)
 
 
 @dataclass
@@ -82,10 +88,11 @@ def fit_fold(task: FoldTask) -> tuple[FittedPipeline, Model, pl.DataFrame]:
                         f"{task.fold.boundary:%Y-%m-%d}); use a longer walkforward.train")
     model = _new_model(task.recipe, task.device)
     pipeline, score = fit_and_score(task.template, model, parts["train"], parts["test"], task.calendar, task.recipe["split"],
-                                    val=parts["val"], early_stopping=task.recipe["train"]["early_stopping"])
+                                    val=parts["val"], early_stopping=task.recipe["train"]["early_stopping"],
+                                    window=task.window() if model.uses_panel() else None)
     scored = parts["test"].select("symbol", "ts", pl.lit(task.fold.index, pl.Int32).alias("fold"),
                                   pl.Series("score", score, pl.Float64), pl.col("label").cast(pl.Float64))
-    return pipeline, model, scored
+    return pipeline, model, scored.filter(pl.col("score").is_not_nan())  # a window's warm-up: not scored, so absent
 
 
 def run_fold(task: FoldTask) -> FoldResult:

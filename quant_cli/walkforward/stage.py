@@ -64,7 +64,7 @@ def _walkforward_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, optio
         template = new_pipeline(recipe, table, snapshot.manifest, adjustment)
         device = stages._device(recipe, reporter)
         run.update_manifest(device=device)
-        tasks = _tasks(folds, table, template, bars.select(KEYS), recipe, device)
+        tasks = _tasks(folds, table, template, bars.select(KEYS), recipe, device, _channels(recipe, bars, device))
         results = _collect(run_folds(tasks, options.jobs, options.backend, reporter, total=len(folds), homes=options.homes), folds, options.continue_on_error, reporter)
         block = _write_outputs(run, recipe, folds, results, bars, recipe["data"]["frequency"] or snapshot.manifest["frequency"])
         info.update(n_folds=len(folds), failed=sum(r.status == "failed" for r in results))
@@ -77,16 +77,30 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
+def _channels(recipe: Recipe, bars: pl.DataFrame, device: str) -> pl.DataFrame | None:
+    """Raw-bar channels of the adjusted bars for a model that reads them (model.params.inputs =
+    bars/both), computed once: every channel at t reads bars at or before t only, so one series
+    serves every fold (quant_cli.models.bars)."""
+    if not stages._new_model(recipe, device).needs_bars():
+        return None
+    from quant_cli.models.bars import bar_channels
+
+    return bar_channels(bars, recipe["features"]["timeframes"])
+
+
 def _tasks(folds: list[WalkFold], table: Table, template: FittedPipeline, calendar: pl.DataFrame, recipe: Recipe,
-           device: str) -> Iterator[FoldTask]:
+           device: str, channels: pl.DataFrame | None = None) -> Iterator[FoldTask]:
     """One task per fold, built as workers free up: the fold's rows marked by the split stage's own
-    rule (split_rows: purge, embargo, fill = "drop") under the fold's plan."""
+    rule (split_rows: purge, embargo, fill = "drop") under the fold's plan (every row of the window:
+    a panel model's windows read the excluded ones as past inputs)."""
     embargo, purge = stages._embargo(recipe), recipe["split"]["purge"]
     features_only = dataclasses.replace(table, rows=table.rows.clear())
     for fold in folds:
         window = fold.rows(calendar)
-        rows, _ = split_rows(dataclasses.replace(table, rows=fold.rows(table.rows)), recipe, window, fold.plan(embargo, purge))
-        yield FoldTask(fold, rows.drop("weight"), features_only, template, window, recipe, device)
+        plan = fold.plan(embargo, purge)
+        rows, _ = split_rows(dataclasses.replace(table, rows=fold.rows(table.rows)), recipe, window, plan)
+        yield FoldTask(fold, rows.drop("weight"), features_only, template, window, recipe, device, plan,
+                       None if channels is None else fold.rows(channels))
 
 
 def _collect(results: Iterator[FoldResult], folds: list[WalkFold], continue_on_error: bool, reporter: Reporter) -> list[FoldResult]:
