@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from quant_cli import __version__
 from quant_cli.errors import QFactoryError, clip_huge_values
 from quant_cli.serve import bundle as bundles
+from quant_cli.serve.batching import Batcher
 from quant_cli.serve.guard import Guard, Metrics
 from quant_cli.serve.loaded import LoadedBundle, validated
 from quant_cli.serve.schemas import (
@@ -78,6 +79,10 @@ def create_app(bundle: LoadedBundle, token: str | None = None, limits: Limits | 
 
 
 def _routes(app: FastAPI, holder: Holder, limits: Limits, metrics: Metrics) -> None:
+    # Scoring endpoints are async and queue their work: one thread scores every request waiting,
+    # in one feature-engine call (serve/batching.py); parsing and validation stay per request.
+    batcher = Batcher(limits.max_rows)
+
     @app.get("/health", response_model=Health)
     def health() -> dict[str, str]:
         """Liveness: the process answers (no token needed)."""
@@ -94,18 +99,22 @@ def _routes(app: FastAPI, holder: Holder, limits: Limits, metrics: Metrics) -> N
         return holder.current.metadata()
 
     @app.post("/predict", response_model=PredictResponse, responses=_ERRORS)
-    def predict(request: PredictRequest) -> dict[str, Any]:
+    async def predict(request: PredictRequest) -> dict[str, Any]:
         """Raw bars (long format, one or more symbols) → a score per symbol for its latest bar."""
         current = holder.current
         _check_rows(len(request.bars), limits)
-        return _response(current, _guarded(lambda: current.score_bars(_bars(request))))
+        bars = _guarded(lambda: _bars(request))
+        scores = await batcher.submit((id(current), "bars", tuple(bars.columns)), current.score_bars_many, bars, bars.height)
+        return _response(current, _guarded(lambda: _raised(scores)))
 
     @app.post("/predict/features", response_model=PredictResponse, responses=_ERRORS)
-    def predict_features(request: PredictFeaturesRequest) -> dict[str, Any]:
+    async def predict_features(request: PredictFeaturesRequest) -> dict[str, Any]:
         """Precomputed feature rows (raw, as the run's feature table holds them) → a score per row."""
         current = holder.current
         _check_rows(len(request.rows), limits)
-        return _response(current, _guarded(lambda: current.score_features(_feature_rows(request, current))))
+        rows = _feature_rows(request, current)
+        scores = await batcher.submit((id(current), "features"), current.score_features_many, rows, rows.height)
+        return _response(current, _guarded(lambda: _raised(scores)))
 
     @app.post("/reload", response_model=ReloadResponse, responses=_ERRORS)
     def reload(request: ReloadRequest) -> dict[str, str]:
@@ -156,6 +165,12 @@ def _guarded(work: Any) -> pl.DataFrame:
     except (pl.exceptions.PolarsError, ValueError, TypeError, OverflowError) as exc:
         raise InputError(422, f"the request could not be scored: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                          "InvalidInput") from None
+
+
+def _raised(result: pl.DataFrame | Exception) -> pl.DataFrame:
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def _utc(ts: dt.datetime) -> dt.datetime:
