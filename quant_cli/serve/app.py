@@ -10,6 +10,7 @@ too much is 413, and a missing token 401 (serve/guard.py).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from quant_cli.errors import QFactoryError, clip_huge_values
 from quant_cli.serve import bundle as bundles
 from quant_cli.serve.batching import Batcher
 from quant_cli.serve.guard import Guard, Metrics
-from quant_cli.serve.loaded import LoadedBundle, validated
+from quant_cli.serve.loaded import LoadedBundle, attempt, validated
 from quant_cli.serve.schemas import (
     ErrorResponse, Health, PredictFeaturesRequest, PredictRequest, PredictResponse, Ready, ReloadRequest, ReloadResponse,
 )
@@ -103,8 +104,7 @@ def _routes(app: FastAPI, holder: Holder, limits: Limits, metrics: Metrics) -> N
         """Raw bars (long format, one or more symbols) → a score per symbol for its latest bar."""
         current = holder.current
         _check_rows(len(request.bars), limits)
-        bars = _guarded(lambda: _bars(request))
-        scores = await batcher.submit((id(current), "bars", tuple(bars.columns)), current.score_bars_many, bars, bars.height)
+        scores = await batcher.submit((id(current), "bars"), functools.partial(_score_bar_requests, current), request, len(request.bars))
         return _response(current, _guarded(lambda: _raised(scores)))
 
     @app.post("/predict/features", response_model=PredictResponse, responses=_ERRORS)
@@ -112,8 +112,8 @@ def _routes(app: FastAPI, holder: Holder, limits: Limits, metrics: Metrics) -> N
         """Precomputed feature rows (raw, as the run's feature table holds them) → a score per row."""
         current = holder.current
         _check_rows(len(request.rows), limits)
-        rows = _feature_rows(request, current)
-        scores = await batcher.submit((id(current), "features"), current.score_features_many, rows, rows.height)
+        _check_feature_names(request, current)
+        scores = await batcher.submit((id(current), "features"), functools.partial(_score_feature_requests, current), request, len(request.rows))
         return _response(current, _guarded(lambda: _raised(scores)))
 
     @app.post("/reload", response_model=ReloadResponse, responses=_ERRORS)
@@ -188,19 +188,43 @@ def _bars(request: PredictRequest) -> pl.DataFrame:
     return validated(pl.DataFrame(data, strict=False), "request bars")
 
 
-def _feature_rows(request: PredictFeaturesRequest, current: LoadedBundle) -> pl.DataFrame:
+def _score_bar_requests(current: LoadedBundle, requests: list[PredictRequest]) -> list[pl.DataFrame | Exception]:
+    """The batch's work (in the scoring thread): each request's bars validated on their own, then
+    every valid request scored in one engine call."""
+    frames = [attempt(_bars, request) for request in requests]
+    valid = [i for i, frame in enumerate(frames) if not isinstance(frame, Exception)]
+    for i, scores in zip(valid, current.score_bars_many([frames[i] for i in valid])):
+        frames[i] = scores
+    return frames
+
+
+def _score_feature_requests(current: LoadedBundle, requests: list[PredictFeaturesRequest]) -> list[pl.DataFrame | Exception]:
+    """The batch's work: every request's rows as one frame, scored in one call."""
+    try:
+        rows = _feature_frame([row for request in requests for row in request.rows], current.pipeline.features)
+    except Exception as exc:
+        return [exc] if len(requests) == 1 else [r for request in requests for r in _score_feature_requests(current, [request])]
+    return current.score_features_many(rows, [len(request.rows) for request in requests])
+
+
+def _check_feature_names(request: PredictFeaturesRequest, current: LoadedBundle) -> None:
     names = current.pipeline.features
     known = set(names)
     for i, row in enumerate(request.rows):
+        if len(row.features) == len(names) and all(k in known for k in row.features):
+            continue  # the common case: exactly the bundle's features
         extra = next((k for k in row.features if k not in known), None)
         missing = next((k for k in names if k not in row.features), None)
-        if extra is not None or missing is not None:
-            what = f"unknown feature {extra!r}" if extra is not None else f"feature {missing!r} is missing"
-            raise InputError(422, clip_huge_values(f"rows.{i}.features: {what}; send exactly the features GET /metadata lists"), "ValidationError")
-    data: dict[str, Any] = {"symbol": [r.symbol for r in request.rows],
-                            "ts": pl.Series([_utc(r.ts) for r in request.rows], dtype=pl.Datetime("us", "UTC"))}
-    data.update({name: pl.Series(name, [r.features[name] for r in request.rows], dtype=pl.Float64) for name in names})
-    return pl.DataFrame(data)
+        what = f"unknown feature {extra!r}" if extra is not None else f"feature {missing!r} is missing"
+        raise InputError(422, clip_huge_values(f"rows.{i}.features: {what}; send exactly the features GET /metadata lists"), "ValidationError")
+
+
+def _feature_frame(rows: list[Any], names: list[str]) -> pl.DataFrame:
+    """symbol, ts and the features (null where sent null) of checked rows: built row-wise in one
+    call — a Series per feature costs more than scoring the row."""
+    values = pl.DataFrame([[row.features[n] for n in names] for row in rows], schema=dict.fromkeys(names, pl.Float64), orient="row")
+    keys = pl.DataFrame({"symbol": [r.symbol for r in rows], "ts": pl.Series([_utc(r.ts) for r in rows], dtype=pl.Datetime("us", "UTC"))})
+    return pl.concat([keys, values], how="horizontal")
 
 
 def _response(current: LoadedBundle, scores: pl.DataFrame) -> dict[str, Any]:

@@ -116,15 +116,15 @@ class LoadedBundle:
         each request's symbols are renamed apart ("<request>\x1f<symbol>") for the engine, restored
         before the model. Each request is checked on its own; a failing batch is rescored one
         request at a time, so each request gets its own result or error."""
-        out: list[pl.DataFrame | Exception | None] = [_attempt(self.check_bars, bars) for bars in requests]
+        out: list[pl.DataFrame | Exception | None] = [attempt(self.check_bars, bars) for bars in requests]
         good = [i for i, refused in enumerate(out) if refused is None]
         if len(good) < 2 or not self.batchable:
-            return [refused if refused is not None else _attempt(self.score_bars, bars) for refused, bars in zip(out, requests)]
+            return [refused if refused is not None else attempt(self.score_bars, bars) for refused, bars in zip(out, requests)]
         try:
             scores = self._score_keyed(pl.concat([requests[i].with_columns(pl.format("{}\x1f{}", pl.lit(i), "symbol").alias("symbol"))
                                                   for i in good]))
         except Exception:
-            return [refused if refused is not None else _attempt(self.score_bars, bars) for refused, bars in zip(out, requests)]
+            return [refused if refused is not None else attempt(self.score_bars, bars) for refused, bars in zip(out, requests)]
         for i in good:
             out[i] = scores.filter(pl.col("request") == i).drop("request")
         return out  # type: ignore[return-value]
@@ -136,16 +136,18 @@ class LoadedBundle:
         scores = self._score(inputs.with_columns(parts.struct.field("field_1").alias("symbol")))
         return scores.with_columns(parts.struct.field("field_0").cast(pl.Int64).alias("request"))
 
-    def score_features_many(self, requests: list[pl.DataFrame]) -> list[pl.DataFrame | Exception]:
-        """score_features of each request, as one call (rows are scored independently of each other)."""
-        if len(requests) == 1 or self.pipeline.preprocess.get("fill") == "drop":  # dropped rows would shift the split
-            return [_attempt(self.score_features, rows) for rows in requests]
+    def score_features_many(self, rows: pl.DataFrame, counts: list[int]) -> list[pl.DataFrame | Exception]:
+        """score_features of several requests' rows (`counts` rows each, in order), as one call:
+        rows are scored independently of each other, so the split is exact."""
+        bounds = np.cumsum([0, *counts]).tolist()
+        parts = [rows.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+        if len(parts) == 1 or self.pipeline.preprocess.get("fill") == "drop":  # dropped rows would shift the split
+            return [attempt(self.score_features, part) for part in parts]
         try:
-            scores = self.score_features(pl.concat(requests))
+            scores = self.score_features(rows)
         except Exception:
-            return [_attempt(self.score_features, rows) for rows in requests]
-        bounds = np.cumsum([0, *(rows.height for rows in requests)])
-        return [scores.slice(int(a), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
+            return [attempt(self.score_features, part) for part in parts]
+        return [scores.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
 
     # ---- precomputed features -------------------------------------------------------------------
 
@@ -172,9 +174,10 @@ class LoadedBundle:
         return out
 
 
-def _attempt(score: Any, frame: pl.DataFrame) -> pl.DataFrame | Exception:
+def attempt(work: Any, *args: Any) -> Any:
+    """work(*args), or the exception it raised: one request's failure stays that request's."""
     try:
-        return score(frame)
+        return work(*args)
     except Exception as exc:  # handed to that request's handler, which maps it to its status
         return exc
 
