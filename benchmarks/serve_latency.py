@@ -5,7 +5,8 @@
 
 Setup: a synthetic daily panel (20 symbols x 1,000 bars) is ingested, a LightGBM run is trained on
 the Alpha158 feature set (200 trees) and bundled. Two servers run in their own processes on
-127.0.0.1, each one uvicorn worker: `qfactory serve --bundle B` and a bare FastAPI app whose only
+127.0.0.1, each one uvicorn worker: `qfactory serve --bundle B` (with POLARS_MAX_THREADS=1 unless
+set) and a bare FastAPI app whose only
 endpoint returns a constant (the reference: what FastAPI + uvicorn + the client cost alone).
 16 concurrent clients (asyncio, raw HTTP/1.1 keep-alive, in this process) send a bounded number of
 requests to each endpoint after a warm-up:
@@ -116,7 +117,9 @@ def _env() -> dict:
 def _start_ours(bundle: Path, port: int) -> subprocess.Popen:
     os.environ.pop("QFACTORY_SERVE_TOKEN", None)
     cmd = [sys.executable, "-c", "from quant_cli.cli import app; app()", "serve", "--bundle", str(bundle), "--port", str(port), "--quiet"]
-    return subprocess.Popen(cmd, env=_env())
+    # Polars sizes its thread pool when it is imported (before `serve` runs), so the deployment sets
+    # it: on tiny frames a pool per core costs more than it saves (README, serve section).
+    return subprocess.Popen(cmd, env={"POLARS_MAX_THREADS": "1", **_env()})
 
 
 def _start_bare(port: int) -> subprocess.Popen:
@@ -198,9 +201,11 @@ def _report(results: dict, required_bars: int, args: argparse.Namespace) -> None
                "/predict/features >= 1500 req/s": results["/predict/features"]["throughput_rps"] >= 1500,
                "zero errors": all(r["errors"] == 0 for r in results.values())}
     if args.json:
-        print(json.dumps({"results": results, "targets": targets, "required_bars": required_bars, "cores": os.cpu_count()}, indent=2))
+        print(json.dumps({"results": results, "targets": targets, "required_bars": required_bars, "cores": os.cpu_count(),
+                          "load_average": os.getloadavg()[0]}, indent=2))
         return
-    print(f"{CLIENTS} clients, {args.requests} requests per endpoint, {os.cpu_count()} cores; /predict sends {required_bars} bars of one symbol")
+    print(f"{CLIENTS} clients, {args.requests} requests per endpoint, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; "
+          f"/predict sends {required_bars} bars of one symbol; server POLARS_MAX_THREADS={os.environ.get('POLARS_MAX_THREADS', '1')}")
     print(f"{'endpoint':<20}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}{'p50 x bare':>12}{'req/s x bare':>14}")
     for name, r in results.items():
         print(f"{name:<20}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['throughput_rps']:>9.0f}{r['errors']:>8}"
