@@ -3,8 +3,8 @@
 The feature engine (polars) costs about the same for one symbol's 63 bars as for sixteen symbols'
 (`benchmarks/serve_latency.py`: per-query planning and per-expression overhead dominate tiny
 frames), so under concurrent load the server runs one call for all the requests queued while the
-previous call ran, then hands each request its own rows back. Nothing waits on purpose: a lone
-request is scored at once; batches form only while the scorer is busy. The batch goes through the
+previous call ran, then hands each request its own rows back. Nothing waits on a timer: a lone
+request is scored after a few event-loop turns; batches form while the scorer is busy. The batch goes through the
 bundle's one scoring path (LoadedBundle.score_bars_many / score_features_many), which falls back to
 scoring one request at a time wherever batching could change a result, and gives each request its
 own error when a batch fails.
@@ -19,6 +19,7 @@ from typing import Any
 
 from anyio import to_thread
 
+ARRIVAL_TURNS = 16
 Run = Callable[[list[Any]], list[Any]]  # items -> a result or an exception per item, in order
 
 
@@ -52,6 +53,7 @@ class Batcher:
     async def _drain(self) -> None:
         try:
             while self.pending:
+                await self._let_arrivals_queue()
                 batch = self._next_batch()
                 try:
                     results = await to_thread.run_sync(batch[0].run, [p.item for p in batch])
@@ -62,6 +64,18 @@ class Batcher:
                         pending.future.set_result(result)
         finally:
             self.busy = False
+
+    async def _let_arrivals_queue(self) -> None:
+        """A few event-loop turns (microseconds, no timer) so requests whose bytes have already
+        arrived reach the queue before the batch is cut: without them, the first request after a
+        batch is scored alone while the rest wait a whole engine call behind it."""
+        quiet = 0
+        for _ in range(ARRIVAL_TURNS):
+            before = len(self.pending)
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if len(self.pending) == before else 0
+            if quiet == 2:
+                return
 
     def _next_batch(self) -> list[_Pending]:
         group, rows = self.pending[0].group, 0

@@ -153,7 +153,8 @@ class LoadedBundle:
 
     def score_features(self, rows: pl.DataFrame) -> pl.DataFrame:
         """Scores of feature rows (symbol, ts and every pipeline feature, raw as the feature table holds them)."""
-        missing = [c for c in (*KEYS, *self.pipeline.features) if c not in rows.columns]
+        present = set(rows.columns)  # DataFrame.columns builds a new list per call
+        missing = [c for c in (*KEYS, *self.pipeline.features) if c not in present]
         if missing:
             raise DataError(f"the feature rows lack column {missing[0]!r}; this bundle reads {len(self.pipeline.features)} features "
                             "(GET /metadata lists them)")
