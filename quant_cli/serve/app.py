@@ -81,7 +81,7 @@ def create_app(bundle: LoadedBundle, token: str | None = None, limits: Limits | 
 
 def _routes(app: FastAPI, holder: Holder, limits: Limits, metrics: Metrics) -> None:
     # Scoring endpoints are async and queue their work: one thread scores every request waiting,
-    # in one feature-engine call (serve/batching.py); parsing and validation stay per request.
+    # in one feature-engine call (serve/batching.py); each request keeps its own validation and errors.
     batcher = Batcher(limits.max_rows)
 
     @app.get("/health", response_model=Health)

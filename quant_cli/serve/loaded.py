@@ -109,7 +109,8 @@ class LoadedBundle:
         and nothing reads a symbol's name (no benchmark, cross-sectional feature, key column, or
         per-name adjustment) — then renaming each request's symbols apart changes no value."""
         return not (self.spec.required_symbols or self.spec.keys or self.pipeline.options.get("benchmark")
-                    or self.pipeline.adjustment.raw_symbols or lookback.cross_sectional(self.pipeline))
+                    or self.pipeline.adjustment.raw_symbols or lookback.cross_sectional(self.pipeline)
+                    or self.model.uses_panel())  # sequence models score windows of rows: one request at a time
 
     def score_bars_many(self, requests: list[pl.DataFrame]) -> list[pl.DataFrame | Exception]:
         """score_bars of each request (latest bar per symbol), with one feature computation for all:
@@ -141,7 +142,8 @@ class LoadedBundle:
         rows are scored independently of each other, so the split is exact."""
         bounds = np.cumsum([0, *counts]).tolist()
         parts = [rows.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
-        if len(parts) == 1 or self.pipeline.preprocess.get("fill") == "drop":  # dropped rows would shift the split
+        if len(parts) == 1 or self.pipeline.preprocess.get("fill") == "drop" or self.model.uses_panel():  # dropped rows would shift
+            # the split; a sequence model reads each request's rows as one history
             return [attempt(self.score_features, part) for part in parts]
         try:
             scores = self.score_features(rows)
