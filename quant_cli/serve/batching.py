@@ -3,9 +3,9 @@
 The feature engine (polars) costs about the same for one symbol's 63 bars as for sixteen symbols'
 (`benchmarks/serve_latency.py`: per-query planning and per-expression overhead dominate tiny
 frames), so under concurrent load the server runs one call for all the requests queued while the
-previous call ran, then hands each request its own rows back. Nothing waits on a timer: a lone
-request is scored after a few event-loop turns; batches form while the scorer is busy. The batch goes through the
-bundle's one scoring path (LoadedBundle.score_bars_many / score_features_many), which falls back to
+previous call ran, then hands each request its own rows back. A lone request is scored after a
+few event-loop turns; under concurrent load a batch waits at most 2 ms for the clients it just
+answered. The batch goes through the bundle's one scoring path (LoadedBundle.score_bars_many / score_features_many), which falls back to
 scoring one request at a time wherever batching could change a result, and gives each request its
 own error when a batch fails.
 """
@@ -13,6 +13,7 @@ own error when a batch fails.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 from anyio import to_thread
 
 ARRIVAL_TURNS = 16
+GATHER_SECONDS = 0.002  # against an engine call of 20-40 ms
+GATHER_STEP = 0.0002
 Run = Callable[[list[Any]], list[Any]]  # items -> a result or an exception per item, in order
 
 
@@ -40,6 +43,7 @@ class Batcher:
         self.max_rows = max_rows
         self.pending: list[_Pending] = []
         self.busy = False
+        self.last_size = 1  # requests in the last batch: >1 means concurrent clients
 
     async def submit(self, group: Hashable, run: Run, item: Any, rows: int) -> Any:
         """`run([item, ...])` of this item together with whatever else of its group is waiting."""
@@ -66,16 +70,22 @@ class Batcher:
             self.busy = False
 
     async def _let_arrivals_queue(self) -> None:
-        """A few event-loop turns (microseconds, no timer) so requests whose bytes have already
-        arrived reach the queue before the batch is cut: without them, the first request after a
-        batch is scored alone while the rest wait a whole engine call behind it."""
+        """Let requests whose bytes have already arrived reach the queue before the batch is cut:
+        a few event-loop turns always (microseconds); under concurrent load (the last batch held
+        several requests) also up to GATHER_SECONDS for as many as last time, since the clients
+        answered by the last batch send their next requests together. Without it the first
+        arrival after a batch is scored alone while the rest wait a whole engine call behind it.
+        A lone client never waits on the timer."""
         quiet = 0
         for _ in range(ARRIVAL_TURNS):
             before = len(self.pending)
             await asyncio.sleep(0)
             quiet = quiet + 1 if len(self.pending) == before else 0
             if quiet == 2:
-                return
+                break
+        deadline = time.monotonic() + GATHER_SECONDS
+        while 1 < self.last_size and len(self.pending) < self.last_size and time.monotonic() < deadline:
+            await asyncio.sleep(GATHER_STEP)
 
     def _next_batch(self) -> list[_Pending]:
         group, rows = self.pending[0].group, 0
@@ -87,4 +97,5 @@ class Batcher:
             else:
                 rest.append(pending)
         self.pending = rest
+        self.last_size = len(batch)
         return batch
