@@ -59,26 +59,32 @@ def test_concurrent_http_requests_each_get_their_own_answer(bundle):
     loaded = load(bundle)
     requests = _requests(bundle)
     bodies = [{"bars": [{**r, "ts": r["ts"].isoformat()} for r in frame.to_dicts()]} for frame in requests]
+    broken = {"bars": [dict(bar) for bar in bodies[0]["bars"]]}
+    broken["bars"][4]["close"] = -1.0  # a bad bar: validated with the batch, refused on its own
+    bodies.append(broken)
     expected = [loaded.score_bars(frame)["score"].to_list() for frame in requests[:2]]
     got: dict[int, list] = {}
 
     with LiveServer(create_app(loaded)) as live:
         def client(i: int) -> None:
             with httpx.Client(base_url=live.url, timeout=60) as own:
-                got[i] = [own.post("/predict", json=bodies[i % 3]) for _ in range(4)]
+                got[i] = [own.post("/predict", json=bodies[i % 4]) for _ in range(4)]
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
     for i, responses in got.items():
         for response in responses:
-            if i % 3 == 2:
+            if i % 4 == 2:
                 assert response.status_code == 422 and "has 3 bar(s)" in response.json()["error"]
+            elif i % 4 == 3:
+                assert response.status_code == 422 and response.json()["error"] == ("request bars row 5, column 'close': price -1.0 is not positive; "
+                                                                     "prices must be > 0; fix the value or delete the row")
             else:
                 assert response.status_code == 200
-                assert [p["score"] for p in response.json()["predictions"]] == expected[i % 3]
+                assert [p["score"] for p in response.json()["predictions"]] == expected[i % 4]
 
 
 def test_batcher_groups_only_alike_work_and_bounds_rows():
@@ -98,3 +104,13 @@ def test_batcher_groups_only_alike_work_and_bounds_rows():
     assert len(seen) < len(set(i for batch in seen for i in batch))  # requests waiting together shared a call
     assert all(sum({"x": 1, "y": 2, "z": 1, "bad": 1, "w": 1}[i] for i in batch) <= 3 for batch in seen)
     assert not any({"z"} < set(batch) for batch in seen)  # group b never shares a call with group a
+
+
+def test_bars_validated_together_equal_each_validated_alone(bundle):
+    from quant_cli.serve.app import _validated_together
+    from quant_cli.serve.loaded import validated
+
+    raw = _requests(bundle)  # two share a symbol and every timestamp: no duplicate across requests
+    together = _validated_together(raw)
+    for frame, checked in zip(raw, together):
+        assert checked.equals(validated(frame, "request bars"))

@@ -179,23 +179,42 @@ def _utc(ts: dt.datetime) -> dt.datetime:
 
 def _bars(request: PredictRequest) -> pl.DataFrame:
     """Long-format bars as canonical columns, through the ingest validation (errors name the row)."""
+    return validated(_raw_bars(request), "request bars")
+
+
+def _raw_bars(request: PredictRequest) -> pl.DataFrame:
     rows = request.bars
     data: dict[str, Any] = {"symbol": [b.symbol for b in rows], "ts": pl.Series([_utc(b.ts) for b in rows], dtype=pl.Datetime("us", "UTC"))}
     for column in _BAR_COLUMNS:
         values = [getattr(b, column) for b in rows]
         if any(v is not None for v in values):
             data[column] = values
-    return validated(pl.DataFrame(data, strict=False), "request bars")
+    return pl.DataFrame(data, strict=False)
 
 
 def _score_bar_requests(current: LoadedBundle, requests: list[PredictRequest]) -> list[pl.DataFrame | Exception]:
-    """The batch's work (in the scoring thread): each request's bars validated on their own, then
-    every valid request scored in one engine call."""
-    frames = [attempt(_bars, request) for request in requests]
+    """The batch's work (in the scoring thread): the requests' bars validated in one pass (each
+    request's own, with its own error, if any fails), then every valid request scored in one engine call."""
+    try:
+        frames: list[Any] = _validated_together([_raw_bars(request) for request in requests]) if len(requests) > 1 else [None]
+    except Exception:
+        frames = [None] * len(requests)
+    frames = [frame if frame is not None else attempt(_bars, request) for frame, request in zip(frames, requests)]
     valid = [i for i, frame in enumerate(frames) if not isinstance(frame, Exception)]
     for i, scores in zip(valid, current.score_bars_many([frames[i] for i in valid])):
         frames[i] = scores
     return frames
+
+
+def _validated_together(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """validated() of each frame, as one pass: symbols renamed apart ("<request>\x1f<symbol>"), so
+    the same symbol and bar in two requests is no duplicate. Raises on any broken rule (the caller
+    then validates each request alone, for its own message); pydantic already refuses empty symbols."""
+    keyed = pl.concat([frame.with_columns(pl.format("{}\x1f{}", pl.lit(i), "symbol").alias("symbol")) for i, frame in enumerate(frames)])
+    checked = validated(keyed, "request bars")
+    parts = checked["symbol"].str.split_exact("\x1f", 1)
+    checked = checked.with_columns(parts.struct.field("field_1").alias("symbol"), parts.struct.field("field_0").cast(pl.Int64).alias("_request"))
+    return [checked.filter(pl.col("_request") == i).drop("_request") for i in range(len(frames))]
 
 
 def _score_feature_requests(current: LoadedBundle, requests: list[PredictFeaturesRequest]) -> list[pl.DataFrame | Exception]:
