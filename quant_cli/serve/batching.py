@@ -44,6 +44,7 @@ class Batcher:
         self.pending: list[_Pending] = []
         self.busy = False
         self.last_size = 1  # requests in the last batch: >1 means concurrent clients
+        self.task: asyncio.Task | None = None
 
     async def submit(self, group: Hashable, run: Run, item: Any, rows: int) -> Any:
         """`run([item, ...])` of this item together with whatever else of its group is waiting."""
@@ -51,7 +52,7 @@ class Batcher:
         self.pending.append(_Pending(group, run, item, rows, future))
         if not self.busy:
             self.busy = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self.task = asyncio.get_running_loop().create_task(self._drain())  # held: the loop keeps only a weak reference
         return await future  # this request's result, or the exception its scoring raised
 
     async def _drain(self) -> None:
