@@ -5,9 +5,10 @@
 
 Setup: a synthetic daily panel (20 symbols x 1,000 bars) is ingested, a LightGBM run is trained on
 the Alpha158 feature set (200 trees) and bundled. Two servers run in their own processes on
-127.0.0.1, each one uvicorn worker: `qfactory serve --bundle B` and a bare FastAPI app whose only
+127.0.0.1, each one uvicorn worker: `qfactory serve --bundle B` (with POLARS_MAX_THREADS=1 unless
+set) and a bare FastAPI app whose only
 endpoint returns a constant (the reference: what FastAPI + uvicorn + the client cost alone).
-16 concurrent clients (asyncio + httpx, keep-alive, in this process) send a bounded number of
+16 concurrent clients (asyncio, raw HTTP/1.1 keep-alive, in this process) send a bounded number of
 requests to each endpoint after a warm-up:
 - `/predict`: one symbol with exactly the bundle's required bars (raw OHLCV, long format);
 - `/predict/features`: one precomputed feature row (the 158 raw features of one symbol's bar);
@@ -116,7 +117,9 @@ def _env() -> dict:
 def _start_ours(bundle: Path, port: int) -> subprocess.Popen:
     os.environ.pop("QFACTORY_SERVE_TOKEN", None)
     cmd = [sys.executable, "-c", "from quant_cli.cli import app; app()", "serve", "--bundle", str(bundle), "--port", str(port), "--quiet"]
-    return subprocess.Popen(cmd, env=_env())
+    # Polars sizes its thread pool when it is imported (before `serve` runs), so the deployment sets
+    # it: on tiny frames a pool per core costs more than it saves (README, serve section).
+    return subprocess.Popen(cmd, env={"POLARS_MAX_THREADS": "1", **_env()})
 
 
 def _start_bare(port: int) -> subprocess.Popen:
@@ -137,32 +140,56 @@ def _wait(port: int) -> None:
 
 
 async def _burst(url: str, body: dict | None, requests: int) -> dict:
-    """WARMUP requests, then `requests` from CLIENTS concurrent clients; per-request latencies."""
-    import httpx
+    """WARMUP requests, then `requests` from CLIENTS concurrent keep-alive connections; per-request latencies.
 
-    payload = json.dumps(body).encode() if body is not None else None
-    headers = {"content-type": "application/json"}
+    The client is a few lines of raw HTTP/1.1 on asyncio streams, not httpx: it shares the two cores
+    with the server, and httpx spends more CPU per request than the bare endpoint does, so it would
+    measure itself."""
+    host, port, path = _split(url)
+    payload = json.dumps(body).encode() if body is not None else b""
+    head = (f"{'POST' if body is not None else 'GET'} {path} HTTP/1.1\r\nhost: {host}:{port}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n").encode()
     latencies: list[float] = []
-    errors = 0
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS), timeout=30) as client:
-        async def one() -> bool:
-            started = time.perf_counter()
-            response = await (client.post(url, content=payload, headers=headers) if payload is not None else client.get(url))
-            latencies.append(time.perf_counter() - started)
-            return response.status_code == 200
 
-        async def worker(n: int) -> int:
-            return sum([not await one() for _ in range(n)])
+    async def worker(n: int) -> int:
+        reader, writer = await asyncio.open_connection(host, port)
+        errors = 0
+        try:
+            for _ in range(n):
+                started = time.perf_counter()
+                writer.write(head + payload)
+                status = await _read_response(reader)
+                latencies.append(time.perf_counter() - started)
+                errors += status != 200
+        finally:
+            writer.close()
+        return errors
 
-        await asyncio.gather(*(worker(WARMUP // CLIENTS) for _ in range(CLIENTS)))
-        latencies.clear()
-        started = time.perf_counter()
-        share = [requests // CLIENTS + (i < requests % CLIENTS) for i in range(CLIENTS)]
-        errors = sum(await asyncio.gather(*(worker(n) for n in share)))
-        elapsed = time.perf_counter() - started
+    await asyncio.gather(*(worker(WARMUP // CLIENTS) for _ in range(CLIENTS)))
+    latencies.clear()
+    started = time.perf_counter()
+    share = [requests // CLIENTS + (i < requests % CLIENTS) for i in range(CLIENTS)]
+    errors = sum(await asyncio.gather(*(worker(n) for n in share)))
+    elapsed = time.perf_counter() - started
     ms = np.asarray(latencies) * 1000
     return {"requests": len(ms), "errors": int(errors), "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
             "p99_ms": float(np.percentile(ms, 99)), "throughput_rps": len(ms) / elapsed}
+
+
+def _split(url: str) -> tuple[str, int, str]:
+    rest = url.split("://", 1)[1]
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    return host, int(port), "/" + path
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    """The status code of one response, its body read (Content-Length framing, as uvicorn sends)."""
+    header = await reader.readuntil(b"\r\n\r\n")
+    lines = header.decode("latin-1").split("\r\n")
+    length = next((int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:")), 0)
+    await reader.readexactly(length)
+    return int(lines[0].split()[1])
 
 
 def _report(results: dict, required_bars: int, args: argparse.Namespace) -> None:
@@ -174,9 +201,11 @@ def _report(results: dict, required_bars: int, args: argparse.Namespace) -> None
                "/predict/features >= 1500 req/s": results["/predict/features"]["throughput_rps"] >= 1500,
                "zero errors": all(r["errors"] == 0 for r in results.values())}
     if args.json:
-        print(json.dumps({"results": results, "targets": targets, "required_bars": required_bars, "cores": os.cpu_count()}, indent=2))
+        print(json.dumps({"results": results, "targets": targets, "required_bars": required_bars, "cores": os.cpu_count(),
+                          "load_average": os.getloadavg()[0]}, indent=2))
         return
-    print(f"{CLIENTS} clients, {args.requests} requests per endpoint, {os.cpu_count()} cores; /predict sends {required_bars} bars of one symbol")
+    print(f"{CLIENTS} clients, {args.requests} requests per endpoint, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; "
+          f"/predict sends {required_bars} bars of one symbol; server POLARS_MAX_THREADS={os.environ.get('POLARS_MAX_THREADS', '1')}")
     print(f"{'endpoint':<20}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}{'p50 x bare':>12}{'req/s x bare':>14}")
     for name, r in results.items():
         print(f"{name:<20}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['throughput_rps']:>9.0f}{r['errors']:>8}"

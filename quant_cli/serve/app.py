@@ -10,6 +10,7 @@ too much is 413, and a missing token 401 (serve/guard.py).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from quant_cli import __version__
 from quant_cli.errors import QFactoryError, clip_huge_values
 from quant_cli.serve import bundle as bundles
+from quant_cli.serve.batching import Batcher
 from quant_cli.serve.guard import Guard, Metrics
-from quant_cli.serve.loaded import LoadedBundle, validated
+from quant_cli.serve.loaded import LoadedBundle, attempt, validated
 from quant_cli.serve.schemas import (
     ErrorResponse, Health, PredictFeaturesRequest, PredictRequest, PredictResponse, Ready, ReloadRequest, ReloadResponse,
 )
@@ -78,6 +80,10 @@ def create_app(bundle: LoadedBundle, token: str | None = None, limits: Limits | 
 
 
 def _routes(app: FastAPI, holder: Holder, limits: Limits, metrics: Metrics) -> None:
+    # Scoring endpoints are async and queue their work: one thread scores every request waiting,
+    # in one feature-engine call (serve/batching.py); each request keeps its own validation and errors.
+    batcher = Batcher(limits.max_rows)
+
     @app.get("/health", response_model=Health)
     def health() -> dict[str, str]:
         """Liveness: the process answers (no token needed)."""
@@ -94,18 +100,21 @@ def _routes(app: FastAPI, holder: Holder, limits: Limits, metrics: Metrics) -> N
         return holder.current.metadata()
 
     @app.post("/predict", response_model=PredictResponse, responses=_ERRORS)
-    def predict(request: PredictRequest) -> dict[str, Any]:
+    async def predict(request: PredictRequest) -> dict[str, Any]:
         """Raw bars (long format, one or more symbols) → a score per symbol for its latest bar."""
         current = holder.current
         _check_rows(len(request.bars), limits)
-        return _response(current, _guarded(lambda: current.score_bars(_bars(request))))
+        scores = await batcher.submit((id(current), "bars"), functools.partial(_score_bar_requests, current), request, len(request.bars))
+        return _response(current, _guarded(lambda: _raised(scores)))
 
     @app.post("/predict/features", response_model=PredictResponse, responses=_ERRORS)
-    def predict_features(request: PredictFeaturesRequest) -> dict[str, Any]:
+    async def predict_features(request: PredictFeaturesRequest) -> dict[str, Any]:
         """Precomputed feature rows (raw, as the run's feature table holds them) → a score per row."""
         current = holder.current
         _check_rows(len(request.rows), limits)
-        return _response(current, _guarded(lambda: current.score_features(_feature_rows(request, current))))
+        _check_feature_names(request, current)
+        scores = await batcher.submit((id(current), "features"), functools.partial(_score_feature_requests, current), request, len(request.rows))
+        return _response(current, _guarded(lambda: _raised(scores)))
 
     @app.post("/reload", response_model=ReloadResponse, responses=_ERRORS)
     def reload(request: ReloadRequest) -> dict[str, str]:
@@ -158,34 +167,83 @@ def _guarded(work: Any) -> pl.DataFrame:
                          "InvalidInput") from None
 
 
+def _raised(result: pl.DataFrame | Exception) -> pl.DataFrame:
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
 def _utc(ts: dt.datetime) -> dt.datetime:
     return ts.replace(tzinfo=dt.timezone.utc) if ts.tzinfo is None else ts.astimezone(dt.timezone.utc)
 
 
 def _bars(request: PredictRequest) -> pl.DataFrame:
     """Long-format bars as canonical columns, through the ingest validation (errors name the row)."""
+    return validated(_raw_bars(request), "request bars")
+
+
+def _raw_bars(request: PredictRequest) -> pl.DataFrame:
     rows = request.bars
     data: dict[str, Any] = {"symbol": [b.symbol for b in rows], "ts": pl.Series([_utc(b.ts) for b in rows], dtype=pl.Datetime("us", "UTC"))}
     for column in _BAR_COLUMNS:
         values = [getattr(b, column) for b in rows]
         if any(v is not None for v in values):
             data[column] = values
-    return validated(pl.DataFrame(data, strict=False), "request bars")
+    return pl.DataFrame(data, strict=False)
 
 
-def _feature_rows(request: PredictFeaturesRequest, current: LoadedBundle) -> pl.DataFrame:
+def _score_bar_requests(current: LoadedBundle, requests: list[PredictRequest]) -> list[pl.DataFrame | Exception]:
+    """The batch's work (in the scoring thread): the requests' bars validated in one pass (each
+    request's own, with its own error, if any fails), then every valid request scored in one engine call."""
+    try:
+        frames: list[Any] = _validated_together([_raw_bars(request) for request in requests]) if len(requests) > 1 else [None]
+    except Exception:
+        frames = [None] * len(requests)
+    frames = [frame if frame is not None else attempt(_bars, request) for frame, request in zip(frames, requests)]
+    valid = [i for i, frame in enumerate(frames) if not isinstance(frame, Exception)]
+    for i, scores in zip(valid, current.score_bars_many([frames[i] for i in valid])):
+        frames[i] = scores
+    return frames
+
+
+def _validated_together(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """validated() of each frame, as one pass: symbols renamed apart ("<request>\x1f<symbol>"), so
+    the same symbol and bar in two requests is no duplicate. Raises on any broken rule (the caller
+    then validates each request alone, for its own message); pydantic already refuses empty symbols."""
+    keyed = pl.concat([frame.with_columns(pl.format("{}\x1f{}", pl.lit(i), "symbol").alias("symbol")) for i, frame in enumerate(frames)])
+    checked = validated(keyed, "request bars")
+    parts = checked["symbol"].str.split_exact("\x1f", 1)
+    checked = checked.with_columns(parts.struct.field("field_1").alias("symbol"), parts.struct.field("field_0").cast(pl.Int64).alias("_request"))
+    return [checked.filter(pl.col("_request") == i).drop("_request") for i in range(len(frames))]
+
+
+def _score_feature_requests(current: LoadedBundle, requests: list[PredictFeaturesRequest]) -> list[pl.DataFrame | Exception]:
+    """The batch's work: every request's rows as one frame, scored in one call."""
+    try:
+        rows = _feature_frame([row for request in requests for row in request.rows], current.pipeline.features)
+    except Exception as exc:
+        return [exc] if len(requests) == 1 else [r for request in requests for r in _score_feature_requests(current, [request])]
+    return current.score_features_many(rows, [len(request.rows) for request in requests])
+
+
+def _check_feature_names(request: PredictFeaturesRequest, current: LoadedBundle) -> None:
     names = current.pipeline.features
     known = set(names)
     for i, row in enumerate(request.rows):
+        if len(row.features) == len(names) and all(k in known for k in row.features):
+            continue  # the common case: exactly the bundle's features
         extra = next((k for k in row.features if k not in known), None)
         missing = next((k for k in names if k not in row.features), None)
-        if extra is not None or missing is not None:
-            what = f"unknown feature {extra!r}" if extra is not None else f"feature {missing!r} is missing"
-            raise InputError(422, clip_huge_values(f"rows.{i}.features: {what}; send exactly the features GET /metadata lists"), "ValidationError")
-    data: dict[str, Any] = {"symbol": [r.symbol for r in request.rows],
-                            "ts": pl.Series([_utc(r.ts) for r in request.rows], dtype=pl.Datetime("us", "UTC"))}
-    data.update({name: pl.Series(name, [r.features[name] for r in request.rows], dtype=pl.Float64) for name in names})
-    return pl.DataFrame(data)
+        what = f"unknown feature {extra!r}" if extra is not None else f"feature {missing!r} is missing"
+        raise InputError(422, clip_huge_values(f"rows.{i}.features: {what}; send exactly the features GET /metadata lists"), "ValidationError")
+
+
+def _feature_frame(rows: list[Any], names: list[str]) -> pl.DataFrame:
+    """symbol, ts and the features (null where sent null) of checked rows: built row-wise in one
+    call — a Series per feature costs more than scoring the row."""
+    values = pl.DataFrame([[row.features[n] for n in names] for row in rows], schema=dict.fromkeys(names, pl.Float64), orient="row")
+    keys = pl.DataFrame({"symbol": [r.symbol for r in rows], "ts": pl.Series([_utc(r.ts) for r in rows], dtype=pl.Datetime("us", "UTC"))})
+    return pl.concat([keys, values], how="horizontal")
 
 
 def _response(current: LoadedBundle, scores: pl.DataFrame) -> dict[str, Any]:

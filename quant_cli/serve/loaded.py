@@ -9,6 +9,7 @@ precomputed (raw, not yet preprocessed) feature rows, as the run's feature table
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from quant_cli.data import schema
 from quant_cli.data.schema import LINE, SRC, TS_DTYPE, Origin
 from quant_cli.errors import DataError
 from quant_cli.models.base import Model
+from quant_cli.pipeline import lookback
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.pipeline.preprocess import drop_incomplete
 from quant_cli.serve.panel import score_panel
@@ -80,12 +82,13 @@ class LoadedBundle:
         self.check_bars(bars, every_bar)
         if self.model.uses_panel():  # windows of each symbol's rows (serve/panel.py)
             return score_panel(self, bars.sort(KEYS), first=self.spec.required_bars - 1, last_only=not every_bar)
-        inputs = self.pipeline.transform(bars.sort(KEYS))
-        position = pl.int_range(pl.len()).over("symbol")
-        rows = inputs.filter(position >= self.spec.required_bars - 1)
-        if not every_bar:
-            rows = rows.group_by("symbol", maintain_order=True).last()
-        return self._score(rows)
+        return self._score(self.pipeline.transform(self._scored_rows(self.pipeline.compute(bars.sort(KEYS)), every_bar)))
+
+    def _scored_rows(self, table: pl.DataFrame, every_bar: bool) -> pl.DataFrame:
+        """The raw feature rows to score: preprocessing is row by row, so only these are transformed
+        (one row per symbol, not the whole lookback: most of a small request's cost otherwise)."""
+        rows = table.filter(pl.int_range(pl.len()).over("symbol") >= self.spec.required_bars - 1)
+        return rows if every_bar else rows.group_by("symbol", maintain_order=True).last()
 
     def check_bars(self, bars: pl.DataFrame, every_bar: bool = False) -> None:
         missing = [c for c in ("symbol", "ts", *self.spec.columns, *self.spec.keys) if c not in bars.columns]
@@ -104,11 +107,62 @@ class LoadedBundle:
             raise DataError(f"symbol {symbol!r} has {n} bar(s); this bundle needs at least {self.spec.required_bars} bars per "
                             f"symbol (its features' measured lookback{window}); send more history")
 
+    # ---- several requests at once (serve/batching.py) --------------------------------------------
+
+    @functools.cached_property
+    def batchable(self) -> bool:
+        """Whether requests' bars may share one engine call: only when every feature is per symbol
+        and nothing reads a symbol's name (no benchmark, cross-sectional feature, key column, or
+        per-name adjustment) — then renaming each request's symbols apart changes no value."""
+        return not (self.spec.required_symbols or self.spec.keys or self.pipeline.options.get("benchmark")
+                    or self.pipeline.adjustment.raw_symbols or lookback.cross_sectional(self.pipeline)
+                    or self.model.uses_panel())  # sequence models score windows of rows: one request at a time
+
+    def score_bars_many(self, requests: list[pl.DataFrame]) -> list[pl.DataFrame | Exception]:
+        """score_bars of each request (latest bar per symbol), with one feature computation for all:
+        each request's symbols are renamed apart ("<request>\x1f<symbol>") for the engine, restored
+        before the model. Each request is checked on its own; a failing batch is rescored one
+        request at a time, so each request gets its own result or error."""
+        out: list[pl.DataFrame | Exception | None] = [attempt(self.check_bars, bars) for bars in requests]
+        good = [i for i, refused in enumerate(out) if refused is None]
+        if len(good) < 2 or not self.batchable:
+            return [refused if refused is not None else attempt(self.score_bars, bars) for refused, bars in zip(out, requests)]
+        try:
+            scores = self._score_keyed(pl.concat([requests[i].with_columns(pl.format("{}\x1f{}", pl.lit(i), "symbol").alias("symbol"))
+                                                  for i in good]))
+        except Exception:
+            return [refused if refused is not None else attempt(self.score_bars, bars) for refused, bars in zip(out, requests)]
+        for i in good:
+            out[i] = scores.filter(pl.col("request") == i).drop("request")
+        return out  # type: ignore[return-value]
+
+    def _score_keyed(self, keyed: pl.DataFrame) -> pl.DataFrame:
+        inputs = self.pipeline.transform(self._scored_rows(self.pipeline.compute(keyed.sort(KEYS)), every_bar=False))
+        inputs = drop_incomplete(inputs, self.pipeline.features, self.pipeline.preprocess.get("fill", ""))
+        parts = inputs["symbol"].str.split_exact("\x1f", 1)
+        scores = self._score(inputs.with_columns(parts.struct.field("field_1").alias("symbol")))
+        return scores.with_columns(parts.struct.field("field_0").cast(pl.Int64).alias("request"))
+
+    def score_features_many(self, rows: pl.DataFrame, counts: list[int]) -> list[pl.DataFrame | Exception]:
+        """score_features of several requests' rows (`counts` rows each, in order), as one call:
+        rows are scored independently of each other, so the split is exact."""
+        bounds = np.cumsum([0, *counts]).tolist()
+        parts = [rows.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+        if len(parts) == 1 or self.pipeline.preprocess.get("fill") == "drop" or self.model.uses_panel():  # dropped rows would shift
+            # the split; a sequence model reads each request's rows as one history
+            return [attempt(self.score_features, part) for part in parts]
+        try:
+            scores = self.score_features(rows)
+        except Exception:
+            return [attempt(self.score_features, part) for part in parts]
+        return [scores.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+
     # ---- precomputed features -------------------------------------------------------------------
 
     def score_features(self, rows: pl.DataFrame) -> pl.DataFrame:
         """Scores of feature rows (symbol, ts and every pipeline feature, raw as the feature table holds them)."""
-        missing = [c for c in (*KEYS, *self.pipeline.features) if c not in rows.columns]
+        present = set(rows.columns)  # DataFrame.columns builds a new list per call
+        missing = [c for c in (*KEYS, *self.pipeline.features) if c not in present]
         if missing:
             raise DataError(f"the feature rows lack column {missing[0]!r}; this bundle reads {len(self.pipeline.features)} features "
                             "(GET /metadata lists them)")
@@ -130,6 +184,14 @@ class LoadedBundle:
             proba = self.model.predict_proba(X, symbols=symbols)
             out = out.with_columns(pl.Series(f"p_{c:g}", proba[:, i]) for i, c in enumerate(self.model.classes_))
         return out
+
+
+def attempt(work: Any, *args: Any) -> Any:
+    """work(*args), or the exception it raised: one request's failure stays that request's."""
+    try:
+        return work(*args)
+    except Exception as exc:  # handed to that request's handler, which maps it to its status
+        return exc
 
 
 def bars_from_records(records: list[dict[str, Any]], label: str = "request") -> pl.DataFrame:

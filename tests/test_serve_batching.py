@@ -1,0 +1,116 @@
+"""Concurrent requests scored together (serve/batching.py): every request gets exactly the scores
+it would get alone, and its own error — batching is a cost saving, never a different answer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import polars as pl
+import pytest
+from serving import LiveServer, train
+
+from quant_cli import stages
+from quant_cli.io import read_json
+from quant_cli.serve.app import create_app
+from quant_cli.serve.batching import Batcher
+from quant_cli.serve.bundle import load
+from quant_cli.serve.loaded import bars_from_records
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    trained = train(tmp_path_factory.mktemp("batching"))
+    return stages.bundle_existing(trained.run, trained.data_dir)
+
+
+def _requests(bundle):
+    """Three requests: two symbols, the same symbol again with older bars, one too short."""
+    bars = bars_from_records(read_json(bundle / "example" / "input.json")["bars"], "example")
+    first = bars["symbol"].unique().sort()[0]
+    one = bars.filter(pl.col("symbol") == first)
+    trend = 1 + 0.002 * pl.int_range(pl.len())  # the same symbol with other prices (every OHLC scaled alike: still valid bars)
+    other = one.with_columns(pl.col([c for c in ("open", "high", "low", "close") if c in one.columns]) * trend)
+    return [bars, other, one.tail(3)]
+
+
+def test_a_batch_scores_each_request_exactly_as_alone(bundle):
+    loaded = load(bundle)
+    assert loaded.batchable
+    requests = _requests(bundle)
+    together = loaded.score_bars_many(requests)
+    for alone, batched in zip(requests[:2], together[:2]):
+        assert batched.equals(loaded.score_bars(alone))  # exact: the same engine call, symbols renamed apart
+    assert together[1]["score"][0] != together[0]["score"][0]  # the same symbol in two requests stays two answers
+    assert isinstance(together[2], Exception) and "has 3 bar(s); this bundle needs at least" in str(together[2])
+
+
+def test_a_batch_of_feature_rows_splits_back_per_request(bundle):
+    loaded = load(bundle)
+    table = loaded.pipeline.compute(_requests(bundle)[0])
+    rows = table.tail(5)
+    parts = loaded.score_features_many(rows, [2, 1, 2])
+    assert pl.concat(parts).equals(loaded.score_features(rows))
+    assert [p.height for p in parts] == [2, 1, 2]
+
+
+def test_concurrent_http_requests_each_get_their_own_answer(bundle):
+    loaded = load(bundle)
+    requests = _requests(bundle)
+    bodies = [{"bars": [{**r, "ts": r["ts"].isoformat()} for r in frame.to_dicts()]} for frame in requests]
+    broken = {"bars": [dict(bar) for bar in bodies[0]["bars"]]}
+    broken["bars"][4]["close"] = -1.0  # a bad bar: validated with the batch, refused on its own
+    bodies.append(broken)
+    expected = [loaded.score_bars(frame)["score"].to_list() for frame in requests[:2]]
+    got: dict[int, list] = {}
+
+    with LiveServer(create_app(loaded)) as live:
+        def client(i: int) -> None:
+            with httpx.Client(base_url=live.url, timeout=60) as own:
+                got[i] = [own.post("/predict", json=bodies[i % 4]) for _ in range(4)]
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for i, responses in got.items():
+        for response in responses:
+            if i % 4 == 2:
+                assert response.status_code == 422 and "has 3 bar(s)" in response.json()["error"]
+            elif i % 4 == 3:
+                assert response.status_code == 422 and response.json()["error"] == ("request bars row 5, column 'close': price -1.0 is not positive; "
+                                                                     "prices must be > 0; fix the value or delete the row")
+            else:
+                assert response.status_code == 200
+                assert [p["score"] for p in response.json()["predictions"]] == expected[i % 4]
+
+
+def test_batcher_groups_only_alike_work_and_bounds_rows():
+    seen: list[list[str]] = []
+
+    def run(items: list[str]) -> list:
+        seen.append(items)
+        return [ValueError(item) if item == "bad" else item.upper() for item in items]
+
+    async def main() -> list:
+        batcher = Batcher(max_rows=3)
+        jobs = [("a", "x", 1), ("a", "y", 2), ("b", "z", 1), ("a", "bad", 1), ("a", "w", 1)]
+        return await asyncio.gather(*(batcher.submit(group, run, item, rows) for group, item, rows in jobs))
+
+    results = asyncio.run(main())
+    assert results[:3] == ["X", "Y", "Z"] and isinstance(results[3], ValueError) and results[4] == "W"
+    assert len(seen) < len(set(i for batch in seen for i in batch))  # requests waiting together shared a call
+    assert all(sum({"x": 1, "y": 2, "z": 1, "bad": 1, "w": 1}[i] for i in batch) <= 3 for batch in seen)
+    assert not any({"z"} < set(batch) for batch in seen)  # group b never shares a call with group a
+
+
+def test_bars_validated_together_equal_each_validated_alone(bundle):
+    from quant_cli.serve.app import _validated_together
+    from quant_cli.serve.loaded import validated
+
+    raw = _requests(bundle)  # two share a symbol and every timestamp: no duplicate across requests
+    together = _validated_together(raw)
+    for frame, checked in zip(raw, together):
+        assert checked.equals(validated(frame, "request bars"))
