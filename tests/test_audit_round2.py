@@ -71,3 +71,15 @@ def test_weights_naming_symbols_the_dataset_lacks_are_refused(runner, home, tmp_
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1] == (
         "error: weights name 2 symbol(s) with no bars in the dataset (NOPE1, NOPE2); drop those rows or ingest the symbols")
+
+
+def test_a_finished_weights_backtest_run_is_listed_ok(runner, home, tmp_path):
+    """Was state 'interrupted' / interrupted ['train']: metrics.json, which backtest and walkforward
+    also write, counted as a train leftover, so every walk-forward and weights run looked killed."""
+    import json
+
+    result, _, runs = _backtest(runner, home, _weights(home[1]), tmp_path)
+    assert result.exit_code == 0, result.output
+    listed = runner.invoke(app, ["runs", "ls", "--json", "--runs-dir", str(runs)])
+    row = json.loads(listed.stdout)[0]
+    assert (row["state"], row["interrupted"], row["committed"]) == ("ok", [], ["backtest"])
