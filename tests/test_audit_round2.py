@@ -83,3 +83,23 @@ def test_a_finished_weights_backtest_run_is_listed_ok(runner, home, tmp_path):
     listed = runner.invoke(app, ["runs", "ls", "--json", "--runs-dir", str(runs)])
     row = json.loads(listed.stdout)[0]
     assert (row["state"], row["interrupted"], row["committed"]) == ("ok", [], ["backtest"])
+
+
+@pytest.mark.parametrize("extra, line", [
+    ('[model]\nname = "lstm"\n[model.params]\nnum_leaves = 7\n',
+     "error: model.params.num_leaves is not a parameter of model 'lstm'; allowed: 'seq_len', 'dropout', 'embedding_dim', 'inputs', "
+     "'hidden', 'layers'; `qfactory train --list-models` lists each model's parameters"),
+    ('[model]\nname = "gru"\n[split]\nmethod = "purged_kfold"\n',
+     "error: split.method 'purged_kfold' is not supported with sequence model 'gru' (windows read every past row, which per-fold "
+     "preprocessing cannot provide); use split.method = \"chronological\""),
+])
+def test_split_refuses_a_recipe_its_run_could_never_train(runner, home, tmp_path, extra, line):
+    """Was exit 0: `split --recipe` committed a run whose fixed recipe `train --run` then always refused."""
+    root, _ = home
+    recipe = tmp_path / "s.toml"
+    recipe.write_text(RECIPE.replace('[model]\nname = "linear"\n', "") + extra)
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["split", "--recipe", str(recipe), "--data-dir", str(root / "data"), "--runs-dir", str(runs)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == line
+    assert not runs.exists() or not list(runs.iterdir())
