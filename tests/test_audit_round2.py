@@ -103,3 +103,17 @@ def test_split_refuses_a_recipe_its_run_could_never_train(runner, home, tmp_path
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1] == line
     assert not runs.exists() or not list(runs.iterdir())
+
+
+def test_train_on_a_run_without_a_split_keeps_its_metrics(runner, home, tmp_path):
+    """Was data loss: `train --run` on a weights (or walk-forward) run deleted its metrics.json —
+    the backtest / walkforward block the trial ledger reads — as a 'train leftover', then failed."""
+    import json
+
+    result, _, runs = _backtest(runner, home, _weights(home[1]), tmp_path)
+    run = Path(result.stdout.strip())
+    before = (run / "metrics.json").read_text()
+    trained = runner.invoke(app, ["train", "--run", str(run), "--data-dir", str(home[0] / "data")])
+    assert trained.exit_code == 2, trained.output
+    assert trained.output.strip().splitlines()[-1].startswith(f"error: run {run.name} has no complete split/")
+    assert (run / "metrics.json").read_text() == before and "backtest" in json.loads(before)

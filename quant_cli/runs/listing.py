@@ -101,9 +101,7 @@ def stage_status(record: RunRecord) -> dict[str, Any]:
             by_status[status].append(name)
     # A killed process leaves a stage's outputs without its manifest entry, or a dead staging folder.
     recorded = set(stages)
-    # metrics.json is merged into by train, backtest and walkforward, so it is no one stage's leftover.
-    by_status["interrupted"] += [s for s, outputs in STAGE_OUTPUTS.items()
-                                 if s not in recorded and record.names & (set(outputs) - {"metrics.json"})]
+    by_status["interrupted"] += [s for s, outputs in STAGE_OUTPUTS.items() if s not in recorded and record.names & set(outputs)]
     staging = [record.path / n for n in record.names if n.startswith(STAGING_PREFIX)]
     live = any(not _is_stale(p) for p in staging)
     if staging and not live and not by_status["interrupted"]:
