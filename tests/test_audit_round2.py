@@ -18,7 +18,7 @@ dataset = "syn"
 source = "synthetic"
 [data.synthetic]
 symbols = 4
-bars = 200
+bars = 400
 [model]
 name = "linear"
 [train]
@@ -117,3 +117,33 @@ def test_train_on_a_run_without_a_split_keeps_its_metrics(runner, home, tmp_path
     assert trained.exit_code == 2, trained.output
     assert trained.output.strip().splitlines()[-1].startswith(f"error: run {run.name} has no complete split/")
     assert (run / "metrics.json").read_text() == before and "backtest" in json.loads(before)
+
+
+def test_a_sequence_bundle_scores_the_latest_bar_like_training(runner, home, tmp_path):
+    """Was NaN for every symbol: predict/serve handed the model only the rows to score (the latest
+    bar), so a window had no history, and required_bars ignored seq_len; bundle verify passed
+    with a 'max relative difference nan' on an all-null example."""
+    import json
+
+    root, bars = home
+    recipe = tmp_path / "seq.toml"
+    recipe.write_text(RECIPE.replace('name = "linear"', 'name = "gru"\n[model.params]\nseq_len = 6\nhidden = 4')
+                      + "epochs = 1\n[preprocess]\nfill = \"zero\"\n")
+    data, runs = str(root / "data"), str(tmp_path / "runs")
+    trained = runner.invoke(app, ["train", "--recipe", str(recipe), "--quiet", "--data-dir", data, "--runs-dir", runs])
+    assert trained.exit_code == 0, trained.output
+    run = Path(trained.stdout.strip())
+    bundled = runner.invoke(app, ["bundle", "--run", str(run), "--quiet", "--data-dir", data])
+    assert bundled.exit_code == 0, bundled.output
+    expected = json.loads((run / "bundle" / "example" / "expected.json").read_text())["predictions"]
+    assert all(p["score"] is not None for p in expected)
+    required = json.loads((run / "bundle" / "input_schema.json").read_text())["x-qfactory"]["required_bars"]
+    lookback = json.loads((run / "bundle" / "lookback.json").read_text())["required_bars"]
+    assert required == lookback + 5
+    scored = runner.invoke(app, ["predict", "--bundle", str(run / "bundle"), "--source", "syn", "--all", "--out", str(tmp_path / "s.parquet"),
+                                 "--data-dir", data])
+    assert scored.exit_code == 0, scored.output
+    served = pl.read_parquet(tmp_path / "s.parquet")
+    assert served["score"].is_finite().all()
+    both = pl.read_parquet(run / "predictions.parquet").join(served, on=["symbol", "ts"], suffix="_served")
+    assert both.height > 0 and (both["score"] - both["score_served"]).abs().max() < 1e-5

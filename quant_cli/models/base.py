@@ -142,6 +142,11 @@ class Model(ABC):
         a matrix of the rows alone: sequence models, and ensembles with a sequence member."""
         return self.sequence
 
+    def history(self) -> int:
+        """Rows of a symbol before a scored row that the row's input reads (a sequence model's
+        window less one); serving must hand those rows to `predict` too. 0 for row-wise models."""
+        return 0
+
     def needs_bars(self) -> bool:
         """Whether the panel must carry raw-bar channels (quant_cli.models.bars) beside the features."""
         return False

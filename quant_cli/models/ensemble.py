@@ -97,6 +97,9 @@ class _Ensemble(Model):
     def needs_bars(self) -> bool:
         return self.bar_members_
 
+    def history(self) -> int:
+        return max((m.history() for m in self.members_), default=0)
+
     def _member_X(self, member: Model, X: Any) -> Any:
         """What `member` reads of the ensemble's rows: the panel rows, or their own features."""
         return X.matrix() if isinstance(X, PanelRows) and not member.uses_panel() else X

@@ -50,6 +50,9 @@ class SequenceModel(TorchModel):
         return super().fit(X, y, feature_names=feature_names, symbols=X.symbols, ts=X.ts if ts is None else ts,
                            X_val=X_val, symbols_val=symbols_val, **kwargs)
 
+    def history(self) -> int:
+        return self.params["seq_len"] - 1
+
     def predict(self, X, *, symbols=None) -> np.ndarray:
         X = as_panel_rows(X, symbols)
         return super().predict(X, symbols=X.symbols)

@@ -65,7 +65,7 @@ def build(run: Run, bars: pl.DataFrame, folder: Path, trust_pickle: bool = False
     model.save(folder / "model")
     write_json_atomic(folder / "pipeline.json", pipeline.to_json())
     write_json_atomic(folder / "lookback.json", measured.to_json())
-    spec = _input_spec(run, pipeline, bars)
+    spec = _input_spec(run, pipeline, bars, model.history())
     loaded = LoadedBundle(folder, {"bundle_id": "building"}, pipeline, model, spec)
     write_json_atomic(folder / "input_schema.json", input_schema(spec))
     write_json_atomic(folder / "output_schema.json", output_schema(loaded.output_columns))
@@ -89,7 +89,8 @@ def _measurement_bars(pipeline: FittedPipeline, bars: pl.DataFrame) -> pl.DataFr
     return bars.filter(pl.col("symbol").cast(pl.String).is_in(sorted(keep)))
 
 
-def _input_spec(run: Run, pipeline: FittedPipeline, bars: pl.DataFrame) -> InputSpec:
+def _input_spec(run: Run, pipeline: FittedPipeline, bars: pl.DataFrame, history: int) -> InputSpec:
+    """`history`: the model's window rows before a scored bar, each needing converged features too."""
     columns = lookback.input_columns(pipeline, bars.columns)
     if pipeline.adjustment.mode != "none" and "adj_close" in bars.columns:
         columns.append("adj_close")  # serving adjusts prices exactly as training did
@@ -101,7 +102,7 @@ def _input_spec(run: Run, pipeline: FittedPipeline, bars: pl.DataFrame) -> Input
         universe = read_run_parquet(run.path, "split/rows.parquet")["symbol"].cast(pl.String).unique().sort().to_list()
         required += [s for s in universe if s not in required]
         why.append(f"cross-sectional features such as {cross[0]} compare all {len(universe)} symbols the model was trained on")
-    return InputSpec(pipeline.required_bars, columns, required, "; ".join(why), lookback.extra_keys(pipeline))
+    return InputSpec(pipeline.required_bars + history, columns, required, "; ".join(why), lookback.extra_keys(pipeline))
 
 
 def _write_example(folder: Path, loaded: LoadedBundle, bars: pl.DataFrame) -> None:

@@ -77,10 +77,10 @@ class LoadedBundle:
         self.check_bars(bars, every_bar)
         inputs = self.pipeline.transform(bars.sort(KEYS))
         position = pl.int_range(pl.len()).over("symbol")
-        rows = inputs.filter(position >= self.spec.required_bars - 1)
-        if not every_bar:
-            rows = rows.group_by("symbol", maintain_order=True).last()
-        return self._score(rows)
+        history = self.model.history()  # a sequence model's window reads this many earlier rows
+        scored = self._score(inputs.filter(position >= self.spec.required_bars - 1 - history))
+        scored = scored.filter(pl.int_range(pl.len()).over("symbol") >= history)  # the window's warm-up scores NaN
+        return scored if every_bar else scored.group_by("symbol", maintain_order=True).last()
 
     def check_bars(self, bars: pl.DataFrame, every_bar: bool = False) -> None:
         missing = [c for c in ("symbol", "ts", *self.spec.columns, *self.spec.keys) if c not in bars.columns]
