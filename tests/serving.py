@@ -22,7 +22,7 @@ from quant_cli.runs.directory import Run
 BASE = ['data.dataset="p"', 'features.sets=["core"]', "features.windows=[5, 10]", "label.horizon=3",
         "train.threads=1", "train.early_stopping=0"]
 FAST = {"lightgbm": ["model.params.n_estimators=20", "model.params.min_data_in_leaf=20"],
-        "mlp": ['model.name="mlp"', "model.params.epochs=3", "model.params.hidden=[8]"],
+        "mlp": ['model.name="mlp"', "train.epochs=3", "model.params.hidden=[8]"],
         "random_forest": ['model.name="random_forest"', "model.params.n_estimators=5"]}
 
 
