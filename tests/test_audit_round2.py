@@ -147,3 +147,12 @@ def test_a_sequence_bundle_scores_the_latest_bar_like_training(runner, home, tmp
     assert served["score"].is_finite().all()
     both = pl.read_parquet(run / "predictions.parquet").join(served, on=["symbol", "ts"], suffix="_served")
     assert both.height > 0 and (both["score"] - both["score_served"]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("key", ["max_gross", "max_weight"])
+def test_a_cap_that_forbids_every_position_is_a_recipe_error(runner, tmp_path, key):
+    """Was exit 0 with a backtest that never traded (Sharpe nan) counted as a trial."""
+    (tmp_path / "r.toml").write_text(RECIPE)
+    result = runner.invoke(app, ["recipe", "show", "--recipe", str(tmp_path / "r.toml"), "--set", f"backtest.{key}=0"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == f"error: --set backtest.{key}=0: 'backtest.{key}' must be at least 0.001, got 0"
