@@ -156,3 +156,39 @@ def test_a_cap_that_forbids_every_position_is_a_recipe_error(runner, tmp_path, k
     result = runner.invoke(app, ["recipe", "show", "--recipe", str(tmp_path / "r.toml"), "--set", f"backtest.{key}=0"])
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1] == f"error: --set backtest.{key}=0: 'backtest.{key}' must be at least 0.001, got 0"
+
+
+@pytest.fixture(scope="module")
+def bundle(home, tmp_path_factory) -> Path:
+    from typer.testing import CliRunner
+
+    root, _ = home
+    runs = tmp_path_factory.mktemp("audit-bundle")
+    trained = CliRunner().invoke(app, ["train", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data"),
+                                       "--runs-dir", str(runs)])
+    assert trained.exit_code == 0, trained.output
+    bundled = CliRunner().invoke(app, ["bundle", "--run", trained.stdout.strip(), "--quiet", "--data-dir", str(root / "data")])
+    assert bundled.exit_code == 0, bundled.output
+    return Path(bundled.stdout.strip())
+
+
+def test_serve_refuses_a_port_out_of_range(runner, tmp_path):
+    """Was a server 'on http://127.0.0.1:99999' that never listened (and -1: uvicorn's exit 3)."""
+    result = runner.invoke(app, ["serve", "--bundle", str(tmp_path / "none"), "--port", "99999"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: Invalid value for '--port': Input should be less than or equal to 65535 (see `qfactory serve --help`)"
+
+
+def test_serve_that_cannot_bind_is_one_line_exit_2(runner, bundle):
+    """Was uvicorn's own 'ERROR: [Errno 98] ...' and exit 3 for a port in use or an unknown host."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--bundle", str(bundle), "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith(f"error: serve: cannot listen on 127.0.0.1:{port} (") and line.endswith(
+        "); free the port or pick another with --port, and bind a local address with --host")
