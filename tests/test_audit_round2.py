@@ -192,3 +192,24 @@ def test_serve_that_cannot_bind_is_one_line_exit_2(runner, bundle):
     line = result.output.strip().splitlines()[-1]
     assert line.startswith(f"error: serve: cannot listen on 127.0.0.1:{port} (") and line.endswith(
         "); free the port or pick another with --port, and bind a local address with --host")
+
+
+def test_a_failed_parallel_walkforward_is_one_line_without_joblib_warnings(runner, home, tmp_path):
+    """Was the error line followed by joblib's 'UserWarning: 4 tasks ... have been cancelled' (two more
+    lines): the abandoned worker pool was collected after the command's warning filter ended."""
+    import warnings
+
+    root, _ = home
+    recipe = tmp_path / "wf.toml"
+    recipe.write_text(RECIPE.replace('name = "linear"', 'name = "gru"\n[model.params]\nseq_len = 32\nhidden = 4')
+                      + "epochs = 1\n[preprocess]\nfill = \"zero\"\n[walkforward]\ntrain = 20\ntest = 40\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = runner.invoke(app, ["walkforward", "--recipe", str(recipe), "--jobs", "2", "--quiet",
+                                     "--data-dir", str(root / "data"), "--runs-dir", str(tmp_path / "runs")])
+        import gc
+
+        gc.collect()
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: walk-forward fold 0 (")
+    assert [str(w.message) for w in caught if "cancelled" in str(w.message)] == []
