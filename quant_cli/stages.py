@@ -348,8 +348,9 @@ def _pinned_for(run: Run, recipe: Recipe, data_dir: Path) -> store.Snapshot:
 
 
 def new_split_run(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> Run:
-    """`qfactory split --recipe R`: a new run holding only the split."""
-    return split_new(recipe, data_dir, runs_dir, reporter)[0]
+    """`qfactory split --recipe R`: a new run holding only the split. Its recipe is fixed, so the
+    model is checked too: a run that `train --run` could never train is not made."""
+    return split_new(recipe, data_dir, runs_dir, reporter, model=True)[0]
 
 
 def split_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT, *, model: bool = False) -> tuple[Run, Prepared]:

@@ -66,6 +66,9 @@ def run_backtest(signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], 
     grid = Grid.of(signal) if kind == "score" else _weights_grid(signal, bars)
     R = grid.dense(returns, "ret")
     tradable = np.isfinite(R).any(axis=1)                 # a row with no next-bar price cannot fill
+    if not tradable.any():  # no signal timestamp is followed by a bar: the summary would be all nulls
+        raise DataError(f"nothing to backtest: no {kind} has a bar to trade on after it ({kind}s {_span(signal)}, bars {_span(bars)}); "
+                        "give timestamps inside the data's range")
     grid = Grid(grid.ts.filter(pl.Series(tradable)), grid.symbols)
     R, S = R[tradable], grid.dense(signal, kind)
     if kind == "score":
@@ -88,9 +91,17 @@ def run_backtest(signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], 
     return Result(curve, _weights(grid, W, book, rebalance), _trades(grid, book, costs, bars), summary)
 
 
+def _span(frame: pl.DataFrame) -> str:
+    return f"{frame['ts'].min():%Y-%m-%d} to {frame['ts'].max():%Y-%m-%d}" if frame.height else "none"
+
+
 def _weights_grid(weights: pl.DataFrame, bars: pl.DataFrame) -> Grid:
     """Every bar timestamp from the first given weight on (plus the given ones), so positions held
     between sparse weight dates (a monthly file on daily bars) earn every bar in between."""
+    unknown = sorted(set(weights["symbol"].unique().to_list()) - set(bars["symbol"].cast(pl.String).unique().to_list()))
+    if unknown:  # a phantom position would take gross exposure and pay costs without ever earning a return
+        raise DataError(f"weights name {len(unknown)} symbol(s) with no bars in the dataset ({', '.join(unknown[:5])}"
+                        f"{', ...' if len(unknown) > 5 else ''}); drop those rows or ingest the symbols")
     first = weights["ts"].min()
     ts = pl.concat([bars["ts"].filter(bars["ts"] >= first), weights["ts"]]).unique().sort()
     return Grid(ts, weights["symbol"].cast(pl.String).unique().sort())

@@ -61,18 +61,27 @@ def cli_errors(quiet: bool = False, debug: bool = False, json_out: bool | None =
     console.set_quiet(quiet)
     debug = debug or bool(os.environ.get("QFACTORY_DEBUG"))
     as_json = _json_requested() if json_out is None else json_out
+    failure = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default" if debug else "ignore")
-            yield
+            try:
+                yield
+            except (typer.Exit, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the point is to catch everything unexpected
+                if debug:
+                    traceback.print_exc()
+                failure = describe_failure(exc)
+                # Drop the failed call's locals now, under the filter: an abandoned worker pool
+                # (joblib's generator) warns when it is collected, after the error line otherwise.
+                traceback.clear_frames(exc.__traceback__)
     except typer.Exit:
         raise
     except KeyboardInterrupt:
         fail("interrupted", "Interrupted", 130, as_json)
-    except Exception as exc:  # noqa: BLE001 - the point is to catch everything unexpected
-        if debug:
-            traceback.print_exc()
-        fail(*describe_failure(exc), as_json)
+    if failure is not None:
+        fail(*failure, as_json)
 
 
 def describe_failure(exc: BaseException) -> tuple[str, str, int]:

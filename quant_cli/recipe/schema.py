@@ -151,9 +151,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "sizing": Key("str", "equal", "Weights within each side: equal, score (∝ |score − cross-sectional mean|) or inverse_vol (∝ 1 / trailing volatility of close-to-close returns known at t).", choices=("equal", "score", "inverse_vol")),
         "vol_window": Key("int", 20, "Bars in the trailing volatility of inverse_vol sizing and vol_target.", minimum=2, maximum=100_000),
         "vol_target": Key("float", None, "Scale the book to this annualised volatility (e.g. 0.10) from its trailing realised volatility; capped by max_gross.", minimum=0.0, nullable=True),
-        "max_gross": Key("float", 1.0, "Gross leverage cap Σ|w| (rows above it are scaled down).", minimum=0.0, maximum=100.0),
+        "max_gross": Key("float", 1.0, "Gross leverage cap Σ|w| (rows above it are scaled down).", minimum=0.001, maximum=100.0),  # 0 would forbid every position
         "max_net": Key("float", None, "Net exposure cap |Σw| (the larger side is scaled down).", minimum=0.0, maximum=100.0, nullable=True),
-        "max_weight": Key("float", None, "Cap on any one symbol's |weight| (clipped, not redistributed).", minimum=0.0, maximum=100.0, nullable=True),
+        "max_weight": Key("float", None, "Cap on any one symbol's |weight| (clipped, not redistributed).", minimum=0.001, maximum=100.0, nullable=True),
         "rebalance_every": Key("int", 1, "Trade to the target every N bars and let positions drift in between (match it to label.horizon to trade what the model predicts).", minimum=1),
         "rebalance": Key("str", None, "Calendar rebalancing on the last bar of each period instead of rebalance_every: 'D', 'W-FRI' (weeks ending on a weekday MON..SUN), 'M' or 'Q'.", nullable=True, pattern=r"D|W-(MON|TUE|WED|THU|FRI|SAT|SUN)|M|Q", pattern_doc="'D', 'W-MON'..'W-SUN', 'M' or 'Q'"),
         "cost_bps": Key("float", 5.0, "Commission in basis points of traded notional (at the fill price).", minimum=0.0),

@@ -37,7 +37,7 @@ from quant_cli.report import SILENT, Reporter
 # these paths without that entry are leftovers of a killed process, removed before a redo.
 STAGE_OUTPUTS = {
     "split": ("split",),
-    "train": ("cv", "model", "predictions.parquet", "metrics.json"),
+    "train": ("cv", "model", "predictions.parquet"),  # not metrics.json: backtest and walkforward write it too, train rewrites it whole
     "backtest": ("backtest",),
     "walkforward": ("walkforward",),  # and its block of metrics.json, merged in like backtest's
     "bundle": ("bundle", "bundle.tar.gz"),
