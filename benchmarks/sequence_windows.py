@@ -5,9 +5,10 @@
 
 For each model (lstm, transformer) a child process builds a random float32 panel of
 symbols x bars x features, fits the registered model for one epoch with seq_len windows gathered
-per batch from the panel (quant_cli.models.torch.windows) and prints samples/s of that epoch and
-its peak RSS (VmHWM), against the bound: 2.5 x the float32 feature matrix + model and optimizer
-state (weights, gradients, two AdamW moments), and next to what materialised windows
+per batch from the panel (quant_cli.models.torch.windows), predicts those windows, and prints
+samples/s of that epoch and the peak RSS (VmHWM) of fit and predict, against the bound: 2.5 x
+the float32 feature matrix + model and optimizer state (weights, gradients, two AdamW moments),
+and next to what materialised windows
 (samples x seq_len x features float32) would need. `--max-batches` caps the epoch (the panel
 stays full size) so a CPU can run it; samples/s is per sample either way. `--checkpoint` turns on
 the transformer's activation checkpointing (model.params.checkpoint: same results, less memory,
@@ -50,7 +51,8 @@ def main() -> int:
         bound, used = 2.5 * feature_bytes + r["state_bytes"], r["peak_rss"] - r["baseline_rss"]
         label = f"{name}+ckpt" if args.checkpoint and name == "transformer" else name
         print(f"{label:<16} {r['samples_per_s']:>10,.0f} samples/s over {r['samples']:,} windows; peak RSS {r['peak_rss'] / GIB:.2f} GiB, "
-              f"{used / GIB:.2f} GiB above the interpreter + torch + qfactory ({r['baseline_rss'] / GIB:.2f} GiB); bound 2.5 x matrix + "
+              f"{used / GIB:.2f} GiB above the interpreter + torch + qfactory ({r['baseline_rss'] / GIB:.2f} GiB) over fit + "
+              f"predict (fit alone {(r['fit_rss'] - r['baseline_rss']) / GIB:.2f}); bound 2.5 x matrix + "
               f"model/optimizer state ({r['state_bytes'] / 2**20:.1f} MiB) = {bound / GIB:.2f} GiB -> {'ok' if used <= bound else 'OVER'} "
               f"({used / bound:.0%} of the bound)")
     for name in args.models.split(",") if args.ref_symbols else ():  # --ref-symbols 0: memory check only
@@ -150,8 +152,10 @@ def _fit_model(args, panel, ends, y, device: str, baseline: int) -> dict:
     model = create_model(args.model, "regression", {"seq_len": args.seq_len, **PARAMS[args.model], **extra}, 0, args.threads,
                          device=device, train=train)
     model.fit(PanelRows(panel, ends), y, feature_names=[f"f{i}" for i in range(args.features)])
+    fit_rss = _peak_rss()
+    model.predict(PanelRows(panel, ends))  # the inference path (predict, validation) under the same bound
     n_params = sum(p.numel() for p in model.net_.parameters())
-    return {"samples_per_s": model.history_[0]["samples_per_s"], "samples": len(ends), "peak_rss": _peak_rss(),
+    return {"samples_per_s": model.history_[0]["samples_per_s"], "samples": len(ends), "peak_rss": _peak_rss(), "fit_rss": fit_rss,
             "baseline_rss": baseline, "state_bytes": n_params * 4 * 4}
 
 
