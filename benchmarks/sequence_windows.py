@@ -5,11 +5,17 @@
 
 For each model (lstm, transformer) a child process builds a random float32 panel of
 symbols x bars x features, fits the registered model for one epoch with seq_len windows gathered
-per batch from the panel (quant_cli.models.torch.windows) and prints samples/s of that epoch and
-its peak RSS (VmHWM), against the bound: 2.5 x the float32 feature matrix + model and optimizer
-state (weights, gradients, two AdamW moments), and next to what materialised windows
+per batch from the panel (quant_cli.models.torch.windows), predicts those windows, and prints
+samples/s of that epoch and the peak RSS (VmHWM) of fit and predict, against the bound: 2.5 x
+the float32 feature matrix + model and optimizer state (weights, gradients, two AdamW moments),
+and next to what materialised windows
 (samples x seq_len x features float32) would need. `--max-batches` caps the epoch (the panel
-stays full size) so a CPU can run it; samples/s is per sample either way.
+stays full size) so a CPU can run it; samples/s is per sample either way. `--checkpoint` turns on
+the transformer's activation checkpointing (model.params.checkpoint: same results, less memory,
+slower). Peak RSS is the process's high-water mark, so it counts allocator caching too: the loop
+fixes glibc's mmap threshold (quant_cli.models.torch.memory), without which freed activations
+stayed resident and the peak grew batch by batch (transformer, above the baseline: 0.91 GiB
+after 5 batches, 1.21 GiB after 10).
 
 Then, in the same run, on a panel small enough to materialise (`--ref-symbols`), the same network
 trains one epoch twice: from window views (our loop) and from a materialise-then-TensorDataset
@@ -43,10 +49,13 @@ def main() -> int:
     for name in args.models.split(","):
         r = _child(args, name, "views")
         bound, used = 2.5 * feature_bytes + r["state_bytes"], r["peak_rss"] - r["baseline_rss"]
-        print(f"{name:<12} {r['samples_per_s']:>10,.0f} samples/s over {r['samples']:,} windows; peak RSS {r['peak_rss'] / GIB:.2f} GiB, "
-              f"{used / GIB:.2f} GiB above the interpreter + torch + qfactory ({r['baseline_rss'] / GIB:.2f} GiB); bound 2.5 x matrix + "
-              f"model/optimizer state ({r['state_bytes'] / 2**20:.1f} MiB) = {bound / GIB:.2f} GiB -> {'ok' if used <= bound else 'OVER'}")
-    for name in args.models.split(","):
+        label = f"{name}+ckpt" if args.checkpoint and name == "transformer" else name
+        print(f"{label:<16} {r['samples_per_s']:>10,.0f} samples/s over {r['samples']:,} windows; peak RSS {r['peak_rss'] / GIB:.2f} GiB, "
+              f"{used / GIB:.2f} GiB above the interpreter + torch + qfactory ({r['baseline_rss'] / GIB:.2f} GiB) over fit + "
+              f"predict (fit alone {(r['fit_rss'] - r['baseline_rss']) / GIB:.2f}); bound 2.5 x matrix + "
+              f"model/optimizer state ({r['state_bytes'] / 2**20:.1f} MiB) = {bound / GIB:.2f} GiB -> {'ok' if used <= bound else 'OVER'} "
+              f"({used / bound:.0%} of the bound)")
+    for name in args.models.split(",") if args.ref_symbols else ():  # --ref-symbols 0: memory check only
         r = _child(args, name, "reference")
         print(f"{name:<12} reference panel {args.ref_symbols} symbols x {args.bars:,} bars (best of {args.rounds}): views "
               f"{r['views']:,.0f} samples/s (peak RSS {r['views_rss'] / GIB:.2f} GiB), materialised TensorDataset {r['dense']:,.0f} "
@@ -62,10 +71,11 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--max-batches", type=int, default=0, help="cap the epoch at this many batches (0: every window)")
-    parser.add_argument("--ref-symbols", type=int, default=20, help="symbols of the panel that is also materialised")
+    parser.add_argument("--ref-symbols", type=int, default=20, help="symbols of the panel that is also materialised (0: skip)")
     parser.add_argument("--models", default="lstm,transformer")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--checkpoint", action="store_true", help="transformer: model.params.checkpoint = true")
     parser.add_argument("--rounds", type=int, default=2, help="reference epochs of each kind, alternated (best counts)")
     parser.add_argument("--side", choices=("views", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -73,12 +83,20 @@ def _parse() -> argparse.Namespace:
 
 
 def _child(args: argparse.Namespace, name: str, side: str) -> dict:
-    argv = [sys.executable, __file__, "--side", side, "--model", name, *(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                                                                          if k not in ("side", "model"))]
+    argv = [sys.executable, __file__, "--side", side, "--model", name, *_flags(args)]
     out = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if out.returncode:
         raise SystemExit(out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _flags(args: argparse.Namespace) -> list[str]:
+    """The parent's options for a child (switches only when on)."""
+    flags = []
+    for key, value in vars(args).items():
+        if key not in ("side", "model") and value is not False:
+            flags.append(f"--{key.replace('_', '-')}" if value is True else f"--{key.replace('_', '-')}={value}")
+    return flags
 
 
 def _peak_rss() -> int:
@@ -130,11 +148,14 @@ def _fit_model(args, panel, ends, y, device: str, baseline: int) -> dict:
     from quant_cli.models.registry import create_model
 
     train = {"epochs": 1, "batch_size": args.batch, "patience": 0, "warmup": 0.0}
-    model = create_model(args.model, "regression", {"seq_len": args.seq_len, **PARAMS[args.model]}, 0, args.threads,
+    extra = {"checkpoint": True} if args.checkpoint and args.model == "transformer" else {}
+    model = create_model(args.model, "regression", {"seq_len": args.seq_len, **PARAMS[args.model], **extra}, 0, args.threads,
                          device=device, train=train)
     model.fit(PanelRows(panel, ends), y, feature_names=[f"f{i}" for i in range(args.features)])
+    fit_rss = _peak_rss()
+    model.predict(PanelRows(panel, ends))  # the inference path (predict, validation) under the same bound
     n_params = sum(p.numel() for p in model.net_.parameters())
-    return {"samples_per_s": model.history_[0]["samples_per_s"], "samples": len(ends), "peak_rss": _peak_rss(),
+    return {"samples_per_s": model.history_[0]["samples_per_s"], "samples": len(ends), "peak_rss": _peak_rss(), "fit_rss": fit_rss,
             "baseline_rss": baseline, "state_bytes": n_params * 4 * 4}
 
 

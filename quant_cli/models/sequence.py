@@ -201,7 +201,8 @@ class TCNModel(SequenceModel):
 class TransformerModel(SequenceModel):
     name = "transformer"
     net = ("transformer", "TransformerConfig", "Transformer")
-    defaults = {**_COMMON, "d_model": 32, "heads": 4, "layers": 2, "ff_mult": 2, "positions": "learned", "pooling": "last"}
+    defaults = {**_COMMON, "d_model": 32, "heads": 4, "layers": 2, "ff_mult": 2, "positions": "learned", "pooling": "last",
+                "checkpoint": False}
     limits = {**_COMMON_LIMITS, "d_model": at_least(2), "heads": at_least(1), "layers": between(1, 32), "ff_mult": at_least(1),
               "positions": choice("learned", "rotary"), "pooling": choice("last", "attention")}
 

@@ -33,10 +33,13 @@ from torch import nn
 
 from quant_cli.io import write_bytes_atomic
 from quant_cli.models.torch.config import LoopConfig
+from quant_cli.models.torch.memory import return_freed_buffers
 from quant_cli.models.torch.windows import Samples
 from quant_cli.report import SILENT, Reporter
 
-PREDICT_BATCH = 4096
+PREDICT_BATCH = 4096    # rows per inference batch (tabular, or short windows)
+PREDICT_TOKENS = 65_536  # window steps per inference batch: at 4,096 windows x 64 steps one layer's
+                         # (B, L, 3D) attention input alone was 200 MB, above the training batch's peak
 CHECKPOINT_FORMAT = 1
 
 
@@ -152,6 +155,7 @@ def train(net: nn.Module, data: Samples, val: Samples | None, cfg: LoopConfig, l
           name: str = "model", on_epoch: Callable[[int], None] | None = None) -> Trained:
     """Fit `net` in place; returns the history. `val` drives early stopping when cfg.patience > 0.
     `on_epoch(epoch)` runs after each epoch is recorded (tuning's pruning hook; it may raise to stop)."""
+    return_freed_buffers()  # else freed activations stay resident and the peak RSS grows batch by batch
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg, steps))
@@ -213,8 +217,8 @@ def _epoch(net, opt, sched, data: Samples, cfg: LoopConfig, loss_fn, device: str
 def infer(net: nn.Module, data: Samples, device: str, precision: str = "fp32") -> torch.Tensor:
     """(n, K) float32 outputs on CPU, in batches."""
     net.eval()
-    chunks = []
-    for idx in torch.arange(len(data), device=data.ends.device).split(PREDICT_BATCH):
+    chunks, batch = [], PREDICT_BATCH if data.seq_len == 0 else max(1, min(PREDICT_BATCH, PREDICT_TOKENS // data.seq_len))
+    for idx in torch.arange(len(data), device=data.ends.device).split(batch):
         x, ids = data.inputs(idx)
         with autocast(device, precision):
             chunks.append(net(x.to(device, non_blocking=True), ids).float().cpu())

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from quant_cli.models.torch.heads import Head, NetConfig
 
@@ -25,6 +26,7 @@ class TransformerConfig(NetConfig):
     ff_mult: int = 2
     positions: str = "learned"  # learned or rotary
     pooling: str = "last"       # last or attention
+    checkpoint: bool = False    # recompute each layer's activations in backward (less memory, same results)
 
 
 def rotary(x: torch.Tensor) -> torch.Tensor:
@@ -79,14 +81,17 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.query = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.pooling == "attention" else None
         self.head = Head(cfg.d_model, cfg)
+        self.checkpoint = cfg.checkpoint
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         # x: (B, L, F)
         h = self.embed(x)  # (B, L, D)
         if self.position is not None:
             h = h + self.position[-h.shape[1]:]
+        recompute = self.checkpoint and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            h = layer(h)
+            # checkpoint keeps only the layer's input; its RNG state is replayed, so dropout masks match
+            h = checkpoint(layer, h, use_reentrant=False) if recompute else layer(h)  # (B, L, D)
         h = self.norm(h)
         if self.query is None:
             return self.head(h[:, -1], ids)  # last token: (B, n_outputs)
