@@ -101,3 +101,15 @@ def test_cli_recipe_show_unknown_key_exit_2(runner, tmp_path):
         "'grad_clip', 'patience', 'monitor', 'loss', 'precision', 'compile'"
     ]
     assert result.stdout == ""
+
+
+def test_two_rebalance_schedules_are_one_line_at_load(runner, tmp_path):
+    """A calendar and a bar count cannot both apply: refused when the recipe loads, naming both."""
+    (tmp_path / "r.toml").write_text('[backtest]\nrebalance = "M"\nrebalance_every = 5\n')
+    result = runner.invoke(app, ["recipe", "show", "--recipe", str(tmp_path / "r.toml")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: recipe {tmp_path / 'r.toml'}: backtest.rebalance ('M') and backtest.rebalance_every (5) are both set, "
+        "and only one schedule can apply; keep the calendar or the bar count"
+    )
+    assert load_recipe(None, ['backtest.rebalance="M"'])["backtest"]["rebalance"] == "M"  # a calendar alone is fine

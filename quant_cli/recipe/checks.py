@@ -16,6 +16,7 @@ def check_recipe(recipe: dict[str, Any], origin: str) -> None:
     _check_features(recipe["features"], origin)
     _check_split(recipe["split"], origin)
     _check_walkforward(recipe["walkforward"], origin)
+    _check_backtest(recipe["backtest"], origin)
 
 
 def _check_features(cfg: dict[str, Any], origin: str) -> None:
@@ -36,6 +37,12 @@ def _check_split(cfg: dict[str, Any], origin: str) -> None:
     if not val_start and cfg["train"] + cfg["val"] >= 1:
         raise RecipeError(f"{origin}: split.train ({cfg['train']:g}) + split.val ({cfg['val']:g}) = {cfg['train'] + cfg['val']:g} "
                           "leaves no test segment; make them sum to less than 1")
+
+
+def _check_backtest(cfg: dict[str, Any], origin: str) -> None:
+    if cfg["rebalance"] and cfg["rebalance_every"] != 1:
+        raise RecipeError(f"{origin}: backtest.rebalance ({cfg['rebalance']!r}) and backtest.rebalance_every ({cfg['rebalance_every']}) "
+                          "are both set, and only one schedule can apply; keep the calendar or the bar count")
 
 
 def _check_walkforward(cfg: dict[str, Any], origin: str) -> None:
