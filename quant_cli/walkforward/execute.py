@@ -73,9 +73,9 @@ def fold_segments(task: FoldTask) -> dict[str, pl.DataFrame]:
         "test": kept.filter((pl.col("segment") == "test") & (pl.col("ts") >= task.fold.test_start)),
     }
     keys = pl.concat([p.select(*KEYS, "label", "t1") for p in parts.values()])
-    # One chunk: polars' sums (a scaler's mean and std) then run in one fixed order, so a fold's
-    # state is bit-for-bit repeatable — a join's chunk layout depends on thread timing.
-    with_features = task.table.with_features(keys).rechunk()
+    # The fold's scaler state is bit-for-bit repeatable whatever this frame's chunk layout:
+    # pipeline/preprocess.py fits its statistics with numpy, not a parallel polars sum.
+    with_features = task.table.with_features(keys)
     bounds = np.cumsum([0, *(p.height for p in parts.values())])
     return {name: with_features.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i])) for i, name in enumerate(parts)}
 
