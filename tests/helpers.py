@@ -87,3 +87,11 @@ def params_for(name: str, task: str, fast: dict[str, dict[str, Any]]) -> dict[st
     first = "linear" if task == "regression" else "logistic"
     members = [{"name": first}, {"name": "lightgbm", "params": fast["lightgbm"]}]
     return {"members": members, **({"folds": 3} if name == "stacking" else {})}
+
+
+def prices_rewritten_after(bars: pl.DataFrame, after: dt.datetime, seed: int = 0) -> pl.DataFrame:
+    """`bars` with open/high/low/close of every bar after `after` scaled by random factors (the
+    same factor for a bar's four prices, so high >= low still holds): the leakage tests' future."""
+    factor = pl.Series(np.exp(np.random.default_rng(seed).normal(0, 0.05, bars.height)))
+    later = pl.col("ts") > after
+    return bars.with_columns(pl.when(later).then(pl.col(c) * factor).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close"))

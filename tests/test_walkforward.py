@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from helpers import prices_rewritten_after
 
 from quant_cli.cli import app
 from quant_cli.data.store import pin, write_store
@@ -143,10 +144,7 @@ def test_a_folds_pipeline_and_model_ignore_every_bar_after_its_training_end(tmp_
     bars = generate(symbols=5, bars=300, seed=3)
     write_store(tmp_path / "a", "p", bars, "test")
     fold, pipeline, model, train = _fold_fit(tmp_path / "a", 1)
-    rng = np.random.default_rng(0)
-    later = pl.col("ts") > fold.train_end
-    factor = pl.Series(np.exp(rng.normal(0, 0.05, bars.height)))
-    rewritten = bars.with_columns(pl.when(later).then(pl.col(c) * factor).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close"))
+    rewritten = prices_rewritten_after(bars, fold.train_end)
     assert not rewritten.equals(bars)
     write_store(tmp_path / "b", "p", rewritten, "test")
     fold_b, pipeline_b, model_b, train_b = _fold_fit(tmp_path / "b", 1)
