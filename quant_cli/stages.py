@@ -38,7 +38,7 @@ from quant_cli.pipeline.adjust import Adjustment
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.recipe import Recipe
 from quant_cli.runs.directory import Run, create_run, stage_outputs
-from quant_cli.runs.ledger import Trial, deflated, ledger
+from quant_cli.runs.ledger import Trial, deflated_among_runs
 from quant_cli.splits.chronological import cv_folds, development, explicit_boundaries, folds_summary, segment_counts
 from quant_cli.splits.embargo import default_embargo
 
@@ -241,8 +241,7 @@ def _deflated(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
     trial = Trial(run_id=str(manifest.get("run_id", run.id)), dataset=dataset, kind="backtest", created=str(manifest.get("created", "")),
                   sharpe=summary["sharpe"], periods=summary["periods"], periods_per_year=summary["periods_per_year"],
                   skew=summary.get("skew", math.nan), kurtosis=summary.get("kurtosis", math.nan))
-    others = [t for t in ledger(run.path.parent, dataset) if (t.run_id, t.kind) != (trial.run_id, trial.kind)]
-    result = deflated(trial, [*others, trial])
+    result = deflated_among_runs(trial, run.path.parent)
     return {"deflated_sharpe": result["deflated_sharpe"], "n_trials": result["n_trials"]}
 
 

@@ -125,6 +125,13 @@ def deflated(trial: Trial, trials: list[Trial]) -> dict[str, Any]:
     return {"deflated_sharpe": dsr, "n_trials": len(before), "sharpe_variance": variance}
 
 
+def deflated_among_runs(trial: Trial, runs_dir: Path) -> dict[str, Any]:
+    """`deflated` for a run's own trial, written or not yet (a run still in its staging folder),
+    against the ledger of the other runs under `runs_dir` on its dataset plus itself."""
+    others = [t for t in ledger(runs_dir, trial.dataset) if (t.run_id, t.kind) != (trial.run_id, trial.kind)]
+    return deflated(trial, [*others, trial])
+
+
 def deflated_now(trials: list[Trial]) -> dict[tuple[str, str], dict[str, Any]]:
     """Every trial deflated against ALL trials on its dataset in the ledger now, keyed by
     (run_id, kind): the view of someone picking the best run today, who selected among all of

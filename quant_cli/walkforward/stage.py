@@ -29,7 +29,7 @@ from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.recipe import Recipe
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run, create_run, stage_outputs
-from quant_cli.runs.ledger import deflated, ledger, run_trials
+from quant_cli.runs.ledger import deflated_among_runs, run_trials
 from quant_cli.walkforward.execute import PREDICTION_COLUMNS, FoldResult, FoldTask, run_folds
 from quant_cli.walkforward.folds import WalkFold, build_folds
 
@@ -160,14 +160,13 @@ def _folds_json(mode: str, folds: list[WalkFold], results: list[FoldResult], cur
 
 def _with_deflated_sharpe(run: Run, block: dict[str, Any]) -> dict[str, Any]:
     """Write the block into metrics.json, then add its deflated Sharpe ratio against every trial on
-    the dataset (the ledger of the other runs plus this one, still in its staging folder)."""
+    the dataset (runs/ledger.py: the other runs plus this one, still in its staging folder)."""
     path = run.path / "metrics.json"
     metrics = read_json(path) if path.is_file() else {}
     write_json_atomic(path, {**metrics, "walkforward": block})
     mine = [t for t in run_trials(run.path) if t.kind == "walkforward"]
     if mine:
-        trials = [*ledger(run.path.parent, mine[0].dataset), *mine]
-        block = {**block, **deflated(mine[0], trials)}
+        block = {**block, **deflated_among_runs(mine[0], run.path.parent)}
     else:  # no finite Sharpe ratio: no trial to deflate
         block = {**block, "deflated_sharpe": float("nan"), "n_trials": 0, "sharpe_variance": float("nan")}
     write_json_atomic(path, {**metrics, "walkforward": block})
