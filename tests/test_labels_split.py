@@ -101,9 +101,10 @@ def test_scalers_standardise_training_rows(small_panel):
     frame, _, _ = _segmented(small_panel, 1, 1)
     train = frame.filter(pl.col("segment") == "train").with_columns(pl.col("label").alias("f"))
     z = transform(train, fit_preprocess(train, ["f"], {"scaler": "zscore", "fill": "none", "clip": 5.0}))["f"]
-    assert abs(z.mean()) < 1e-9 and abs(z.std() - 1) < 1e-9
+    assert z.dtype == pl.Float32  # model inputs are float32 (pipeline/fitted.py)
+    assert abs(z.mean()) < 1e-6 and abs(z.std() - 1) < 1e-6
     robust = transform(train, fit_preprocess(train, ["f"], {"scaler": "robust", "fill": "none", "clip": 3.0}))["f"]
-    assert abs(robust.median()) < 1e-9 and robust.abs().max() <= 3.0
+    assert abs(robust.median()) < 1e-6 and robust.abs().max() <= 3.0
     gauss = transform(train, fit_preprocess(train, ["f"], {"scaler": "rank_gauss", "fill": "none", "clip": 5.0}))["f"]
     assert abs(gauss.mean()) < 0.05 and 0.8 < gauss.std() < 1.2
     in_order = gauss.gather(train["f"].arg_sort())

@@ -150,7 +150,7 @@ def test_a_folds_pipeline_and_model_ignore_every_bar_after_its_training_end(tmp_
     fold_b, pipeline_b, model_b, train_b = _fold_fit(tmp_path / "b", 1)
     assert fold_b == fold and train_b.equals(train)
     assert pipeline_b.state == pipeline.state, "the fold's scaler saw bars after its training end"
-    X = pipeline.matrix(pipeline.transform(train))
+    X = pipeline.model_matrix(train)
     np.testing.assert_array_equal(model_b.predict(X, symbols=train["symbol"].to_numpy()), model.predict(X, symbols=train["symbol"].to_numpy()))
 
 

@@ -99,7 +99,7 @@ class Prepared:
             chunk = scan.join(keys.lazy(), on=KEYS, how="inner").collect()
             for start in range(0, chunk.height, _SLICE_ROWS):  # transform copies: bound them to a slice
                 piece = chunk.slice(start, _SLICE_ROWS)
-                out[piece["_row"].to_numpy()] = self.pipeline.matrix(self.pipeline.transform(piece))
+                out[piece["_row"].to_numpy()] = self.pipeline.model_matrix(piece)
         return out
 
     def segment_inputs(self, names: tuple[str, ...] = ("train", "val", "test")) -> dict[str, tuple[pl.DataFrame, np.ndarray]]:

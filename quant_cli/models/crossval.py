@@ -116,7 +116,7 @@ def _fit_and_score_panel(model: Model, window: FoldWindow | None, pipeline: Fitt
 
 
 def _matrix(pipeline: FittedPipeline, rows: pl.DataFrame) -> np.ndarray:
-    return pipeline.matrix(pipeline.transform(rows))
+    return pipeline.model_matrix(rows)
 
 
 def _calendar(prepared: Prepared) -> pl.DataFrame:

@@ -28,7 +28,7 @@ from quant_cli.features.align import FeatureOptions
 from quant_cli.features.registry import REGISTRY, Feature
 from quant_cli.pipeline import lookback
 from quant_cli.pipeline.adjust import Adjustment
-from quant_cli.pipeline.preprocess import fit_preprocess, transform
+from quant_cli.pipeline.preprocess import fit_preprocess, raw_matrix, transform_matrix
 from quant_cli.report import SILENT, Reporter
 
 KEYS = ["symbol", "ts"]
@@ -118,19 +118,31 @@ class FittedPipeline:
         return table
 
     def transform(self, data: pl.DataFrame | pl.LazyFrame, benchmark_bars: pl.DataFrame | None = None) -> pl.DataFrame:
-        """Model inputs (symbol, ts, features as Float32, preprocessed) of raw bars or feature-table rows
-        (a LazyFrame of rows is transformed before it is collected: one copy, not three)."""
+        """Model inputs (symbol, ts, features as Float32, preprocessed; null where missing) of raw bars
+        or feature-table rows: a frame view of `model_matrix`."""
+        table = self.feature_rows(data, benchmark_bars)
+        values = pl.from_numpy(self.model_matrix(table), schema=self.features, orient="row")
+        return pl.concat([table.select(KEYS), values.with_columns(pl.col(self.features).fill_nan(None))], how="horizontal")
+
+    def model_matrix(self, data: pl.DataFrame | pl.LazyFrame, benchmark_bars: pl.DataFrame | None = None) -> np.ndarray:
+        """(rows, features) float32 model inputs of raw bars or feature-table rows, preprocessed,
+        NaN where missing, in the rows' order: what every model is fit on and scores."""
+        return self.preprocess_matrix(raw_matrix(self.feature_rows(data, benchmark_bars), self.features))
+
+    def preprocess_matrix(self, raw: np.ndarray) -> np.ndarray:
+        """The fitted preprocessing of a raw feature matrix (float32, NaN where missing), in place."""
         if self.state is None:
             raise RunError("the pipeline is not fitted; call fit(training rows) before transform()")
-        columns = set(data.collect_schema().names() if isinstance(data, pl.LazyFrame) else data.columns)  # a set: 158 lookups per served batch
-        table = data if columns.issuperset(self.features) else self.compute(data, benchmark_bars)
-        inputs = table.lazy().select(*KEYS, pl.col(self.features).cast(MODEL_DTYPE))
-        out = transform(inputs, self.state).lazy().with_columns(pl.col(self.features).cast(MODEL_DTYPE))
-        return out.collect()
+        return transform_matrix(raw, self.state)
+
+    def feature_rows(self, data: pl.DataFrame | pl.LazyFrame, benchmark_bars: pl.DataFrame | None) -> pl.DataFrame:
+        """`data` itself when it holds the features (a feature table's rows), else the features of its bars."""
+        data = data.collect() if isinstance(data, pl.LazyFrame) else data
+        return data if set(data.columns).issuperset(self.features) else self.compute(data, benchmark_bars)  # a set: 158 lookups per served batch
 
     def matrix(self, inputs: pl.DataFrame) -> np.ndarray:
-        """(rows, features) float32 array of transformed inputs, row-major (what LightGBM reads without a copy), NaN where missing."""
-        return inputs.select(pl.col(self.features).fill_null(float("nan"))).to_numpy(order="c").astype(np.float32, copy=False)
+        """(rows, features) float32 array of already transformed inputs (`transform`'s frame), row-major, NaN where missing."""
+        return raw_matrix(inputs, self.features)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -19,6 +19,7 @@ from quant_cli.errors import DataError
 _MAD_TO_STD = 1.4826  # MAD of a normal distribution times this is its standard deviation
 _QUANTILES = 101  # rank_gauss stores this many training quantiles per feature
 _EDGE = 1e-3  # rank_gauss maps to normal quantiles within [_EDGE, 1 - _EDGE]
+_FEW_ROWS = 4096
 
 
 def fit_preprocess(train: pl.DataFrame | pl.LazyFrame, columns: list[str], cfg: dict[str, Any]) -> dict[str, Any]:
@@ -85,35 +86,67 @@ def _quantiles(frame: pl.LazyFrame, columns: list[str]) -> dict[str, list[float]
     return out
 
 
-def transform(frame: pl.DataFrame | pl.LazyFrame, state: dict[str, Any]) -> pl.DataFrame | pl.LazyFrame:
-    """Apply a fitted state to any segment (lazily for a LazyFrame, except rank_gauss, which needs the values)."""
+def transform(frame: pl.DataFrame | pl.LazyFrame, state: dict[str, Any]) -> pl.DataFrame:
+    """`frame` with the state's columns preprocessed (Float32; null where missing): a frame view of
+    transform_matrix, the one implementation."""
+    frame = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
     columns = state["columns"]
-    if isinstance(frame, pl.LazyFrame) and state["kind"] == "rank_gauss":
-        frame = frame.collect()
+    X = transform_matrix(raw_matrix(frame, columns), state)
+    values = pl.from_numpy(X, schema=columns, orient="row").with_columns(pl.col(columns).fill_nan(None))
+    return frame.with_columns(values)
+
+
+def raw_matrix(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
+    """(rows, columns) float32, row-major (what LightGBM reads without a copy), NaN where missing."""
+    values = pl.DataFrame([frame.get_column(c) for c in columns])  # no query: a select of 158 names costs ~1 ms
+    if values.height <= _FEW_ROWS:  # polars casts column by column; numpy casts a few rows' matrix at once
+        return values.to_numpy(order="c").astype(np.float32, copy=False)
+    return values.cast(pl.Float32).to_numpy(order="c")  # without a float64 copy of a large slice
+
+
+def transform_matrix(X: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+    """Apply a fitted state to a raw matrix (float32, NaN where missing, columns in the state's
+    order), in place; returns X. numpy, not polars expressions: one vectorised pass whatever the
+    number of columns, where 158 polars expressions cost ~9 ms even on a served request's one row.
+    Arithmetic is float32, as the model reads it (the statistics are rounded to float32 first)."""
+    columns = state["columns"]
+    if X.shape[1] != len(columns):
+        raise ValueError(f"the matrix has {X.shape[1]} columns; the preprocessing state has {len(columns)}")
     if state["fill"] == "median":
-        frame = frame.with_columns([pl.col(c).fill_null(state["median"][c]) for c in columns])
+        _fill(X, _vector(state["median"], columns))
     if state["kind"] in ("zscore", "robust"):
-        frame = frame.with_columns([((pl.col(c) - state["center"][c]) / state["scale"][c]).alias(c) for c in columns])
+        X -= _vector(state["center"], columns)
+        X /= _vector(state["scale"], columns)
     if state["kind"] == "robust" and state["clip"] > 0:
-        frame = frame.with_columns(pl.col(columns).clip(-state["clip"], state["clip"]))
+        np.clip(X, np.float32(-state["clip"]), np.float32(state["clip"]), out=X)
     if state["kind"] == "rank_gauss":
-        frame = frame.with_columns([_rank_gauss(frame[c], state["quantiles"][c]).alias(c) for c in columns])
+        for j, c in enumerate(columns):
+            X[:, j] = _rank_gauss(X[:, j], state["quantiles"][c])
     if state["fill"] == "zero":
-        frame = frame.with_columns(pl.col(columns).fill_null(0.0))
-    return frame
+        X[np.isnan(X)] = 0.0
+    return X
 
 
-def _rank_gauss(values: pl.Series, quantiles: list[float]) -> pl.Series:
-    """Position within the training distribution, mapped to a standard normal quantile.
+def _vector(stat: dict[str, float], columns: list[str]) -> np.ndarray:
+    return np.asarray([stat[c] for c in columns], dtype=np.float64).astype(np.float32)
+
+
+def _fill(X: np.ndarray, values: np.ndarray) -> None:
+    rows, cols = np.nonzero(np.isnan(X))
+    X[rows, cols] = values[cols]
+
+
+def _rank_gauss(values: np.ndarray, quantiles: list[float]) -> np.ndarray:
+    """Position within the training distribution, mapped to a standard normal quantile (NaN stays NaN).
 
     A value equal to several stored quantiles (a tie: a binary or discrete feature) takes the
     mean of their positions, so a 60/40 binary feature maps to the normal quantiles of 0.3 and
     0.8 (the mean ranks of its two groups), not to the edge of each run of equal quantiles.
     """
-    x = values.to_numpy().astype(np.float64)
+    x = values.astype(np.float64)
     probs = tie_aware_positions(x, np.asarray(quantiles, dtype=np.float64))
     z = ndtri(np.clip(probs, _EDGE, 1.0 - _EDGE))
-    return pl.Series(values.name, np.where(np.isnan(x), np.nan, z)).fill_nan(None)
+    return np.where(np.isnan(x), np.nan, z)
 
 
 def tie_aware_positions(x: np.ndarray, q: np.ndarray) -> np.ndarray:

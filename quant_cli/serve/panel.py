@@ -30,9 +30,9 @@ def score_panel(loaded: LoadedBundle, data: pl.DataFrame, first: int = 0, last_o
     """symbol, ts, score (+ p_<class>) of the rows of `data` (raw bars, or raw feature rows; sorted
     by symbol, ts) at position >= `first` of their symbol (`last_only`: each symbol's last row)
     that have a full window; rows without one are absent, as in training's predictions."""
-    inputs = loaded.pipeline.transform(data).sort(KEYS)
+    inputs = loaded.pipeline.feature_rows(data, None).sort(KEYS)
     inputs = inputs.with_columns(pl.col("symbol").cast(pl.String))
-    panel = make_panel(inputs, loaded.pipeline.matrix(inputs), _channels(loaded, data))
+    panel = make_panel(inputs, loaded.pipeline.model_matrix(inputs), _channels(loaded, data))
     keep = panel.position >= first
     if last_only and len(panel):
         keep &= np.r_[panel.symbols[1:] != panel.symbols[:-1], True]
