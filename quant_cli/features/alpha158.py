@@ -209,10 +209,10 @@ def qtld(w: int) -> pl.Expr:
 
 @_rolling("RANK{w}", "Percentile of today's close among the last w closes: average rank / w, in (0, 1].", tags=("momentum",))
 def rank(w: int) -> pl.Expr:
-    # average rank = 1 + #(earlier < today) + #(earlier == today) / 2 = (w + 1) / 2 + sum(sign(today - earlier)) / 2
-    signs = pl.sum_horizontal((_c - _c.shift(k)).sign() for k in range(1, w)) if w > 1 else pl.lit(0.0)
-    full = _c.shift(w - 1).is_not_null() & _c.is_not_null()  # sum_horizontal would skip the warm-up nulls
-    return pl.when(full).then(((w + 1) / 2.0 + 0.5 * signs) / w)
+    # average rank / w: ties share the mean of their ranks (pandas rank(pct=True) of the last value).
+    # A rolling rank, not the sum of w - 1 shifted comparisons it equals bit for bit: ~120 expression
+    # nodes per feature made RANK60 alone cost 3 ms of a served request's 63 bars.
+    return _c.rolling_rank(w, "average", min_samples=w) / w
 
 
 @_rolling("RSV{w}", "Close's position in the w-bar range: (close - min low) / (max high - min low + 1e-12).",

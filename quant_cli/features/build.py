@@ -106,7 +106,7 @@ def build_parts(
             upcoming = reader.submit(load, list(chunks[i + 1])) if i + 1 < len(chunks) else None
             engine.check_bars(bars)
             first = engine.stage1(bars, todo, options)
-            frame = (first if staged else _filtered(engine.finish(first, todo), bounds)).collect()
+            frame = (first if staged else _filtered(engine.finish(first, todo), bounds)).collect(engine=engine.ENGINE)
             if not staged:
                 stats.add(frame, todo.names)
             parts.append(out_dir / f"part-{i:05d}.parquet")
@@ -134,7 +134,7 @@ def build_part(task: PartTask) -> PartStats:
     engine.check_bars(bars)
     first = engine.stage1(bars, task.todo, task.options)
     staged = bool(task.todo.stage2)
-    frame = (first if staged else _filtered(engine.finish(first, task.todo), task.bounds)).collect()
+    frame = (first if staged else _filtered(engine.finish(first, task.todo), task.bounds)).collect(engine=engine.ENGINE)
     stats = PartStats()
     if not staged:
         stats.add(frame, task.todo.names)
@@ -159,13 +159,13 @@ def _add_cross_sectional(parts: list[Path], todo: engine.Plan, bounds: tuple[dt.
     """Pass 2: cross-sectional features over every part at once, reading only the columns they need."""
     needed = [*engine.KEYS, *todo.passthrough, *dict.fromkeys(s.name for f in todo.stage2 for s in f.sources)]
     names = [f.name for f in todo.stage2]
-    cross = engine.stage2(pl.scan_parquet(parts).select(needed), todo).select(names).collect()
+    cross = engine.stage2(pl.scan_parquet(parts).select(needed), todo).select(names).collect(engine=engine.ENGINE)
     offset = 0
     for path in parts:
         first = pl.read_parquet(path)
         piece = cross.slice(offset, first.height)  # scan order = part order = row order
         offset += first.height
-        frame = _filtered(engine.finish(pl.concat([first, piece], how="horizontal").lazy(), todo), bounds).collect()
+        frame = _filtered(engine.finish(pl.concat([first, piece], how="horizontal").lazy(), todo), bounds).collect(engine=engine.ENGINE)
         stats.add(frame, todo.names)
         _write(frame, path)
 
