@@ -44,6 +44,21 @@ def test_alpha158_is_158_qlib_factors_matching_a_pandas_reference(panel: pl.Data
         np.testing.assert_allclose(a[keep], b[keep], rtol=1e-7, atol=1e-9, err_msg=name)
 
 
+def test_rank_gives_tied_closes_their_average_rank() -> None:
+    """RANK{w}: pandas rank(pct=True) of the last close in its window, ties sharing their mean rank
+    (prices on a tick grid tie often; a flat stretch ties every close in the window)."""
+    rng = np.random.default_rng(3)
+    close = np.round(10 + np.cumsum(rng.choice([-0.1, 0.0, 0.1], 200)), 1)
+    close[80:100] = close[80]
+    days = [dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=i) for i in range(200)]
+    bars = pl.DataFrame({"symbol": "A", "ts": days, "close": close}).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+    ours = compute_features(bars, ["RANK5", "RANK20"])
+    series = bars["close"].to_pandas()
+    for w in (5, 20):
+        expected = series.rolling(w).apply(lambda x: x.rank(pct=True).iloc[-1], raw=False).to_numpy()
+        np.testing.assert_allclose(ours[f"RANK{w}"].to_numpy().astype(float), expected, rtol=1e-12, atol=0)  # pandas divides by w its own way
+
+
 def _two_calendars() -> pl.DataFrame:
     """Symbol A trades every weekday; the benchmark B misses 2020-01-08 and 2020-01-13..17."""
     days = [dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=i) for i in range(40)]
