@@ -16,7 +16,7 @@ from quant_cli.io import read_json
 from quant_cli.serve.app import create_app
 from quant_cli.serve.batching import Batcher
 from quant_cli.serve.bundle import load
-from quant_cli.serve.loaded import bars_from_records
+from quant_cli.serve.loaded import FeatureRows, bars_from_records
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_a_batch_of_feature_rows_splits_back_per_request(bundle):
     loaded = load(bundle)
     table = loaded.pipeline.compute(_requests(bundle)[0])
     rows = table.tail(5)
-    parts = loaded.score_features_many(rows, [2, 1, 2])
+    parts = loaded.score_features_many(FeatureRows.of(rows, loaded.pipeline.features), [2, 1, 2])
     assert pl.concat(parts).equals(loaded.score_features(rows))
     assert [p.height for p in parts] == [2, 1, 2]
 
@@ -106,11 +106,20 @@ def test_batcher_groups_only_alike_work_and_bounds_rows():
     assert not any({"z"} < set(batch) for batch in seen)  # group b never shares a call with group a
 
 
-def test_bars_validated_together_equal_each_validated_alone(bundle):
-    from quant_cli.serve.app import _validated_together
-    from quant_cli.serve.loaded import validated
+def test_one_frame_for_a_batch_scores_each_request_exactly_as_alone(bundle):
+    """The server's batch path (every request's bars in one validated frame, symbols renamed apart)
+    gives each request exactly its own scores; one bad request gets its own error, the rest still score."""
+    from quant_cli.serve.app import _score_bar_requests
+    from quant_cli.serve.schemas import PredictRequest
 
-    raw = _requests(bundle)  # two share a symbol and every timestamp: no duplicate across requests
-    together = _validated_together(raw)
-    for frame, checked in zip(raw, together):
-        assert checked.equals(validated(frame, "request bars"))
+    loaded = load(bundle)
+    frames = _requests(bundle)[:2]
+    requests = [PredictRequest(bars=frame.to_dicts()) for frame in frames]
+    alone = [loaded.score_bars(frame) for frame in frames]
+    for got, expected in zip(_score_bar_requests(loaded, [*requests, requests[0]]), [*alone, alone[0]]):
+        assert got.equals(expected)
+    broken = PredictRequest(bars=[{**bar, "close": -1.0} if i == 4 else bar for i, bar in enumerate(frames[0].to_dicts())])
+    got = _score_bar_requests(loaded, [requests[0], broken, requests[1]])
+    assert got[0].equals(alone[0]) and got[2].equals(alone[1])
+    assert str(got[1]) == ("request bars row 5, column 'close': price -1.0 is not positive; "
+                           "prices must be > 0; fix the value or delete the row")

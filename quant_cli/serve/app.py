@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -28,7 +29,7 @@ from quant_cli.errors import QFactoryError, clip_huge_values
 from quant_cli.serve import bundle as bundles
 from quant_cli.serve.batching import Batcher
 from quant_cli.serve.guard import Guard, Metrics
-from quant_cli.serve.loaded import LoadedBundle, attempt, validated
+from quant_cli.serve.loaded import FeatureRows, LoadedBundle, attempt, validated
 from quant_cli.serve.schemas import (
     ErrorResponse, Health, PredictFeaturesRequest, PredictRequest, PredictResponse, Ready, ReloadRequest, ReloadResponse,
 )
@@ -173,18 +174,27 @@ def _raised(result: pl.DataFrame | Exception) -> pl.DataFrame:
     return result
 
 
+def _timestamps(values: list[dt.datetime]) -> pl.Series:
+    """Datetime("us", "UTC") of request timestamps (naive ones are UTC), via integer microseconds:
+    polars converts a list of aware datetime objects several times slower."""
+    return pl.Series("ts", [(_utc(ts) - _EPOCH) // _MICROSECOND for ts in values], pl.Int64).cast(pl.Datetime("us", "UTC"))
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
 def _utc(ts: dt.datetime) -> dt.datetime:
     return ts.replace(tzinfo=dt.timezone.utc) if ts.tzinfo is None else ts.astimezone(dt.timezone.utc)
 
 
 def _bars(request: PredictRequest) -> pl.DataFrame:
     """Long-format bars as canonical columns, through the ingest validation (errors name the row)."""
-    return validated(_raw_bars(request), "request bars")
+    return validated(_raw_bars(request.bars, [b.symbol for b in request.bars]), "request bars")
 
 
-def _raw_bars(request: PredictRequest) -> pl.DataFrame:
-    rows = request.bars
-    data: dict[str, Any] = {"symbol": [b.symbol for b in rows], "ts": pl.Series([_utc(b.ts) for b in rows], dtype=pl.Datetime("us", "UTC"))}
+def _raw_bars(rows: list[Any], symbols: list[str]) -> pl.DataFrame:
+    data: dict[str, Any] = {"symbol": symbols, "ts": _timestamps([b.ts for b in rows])}
     for column in _BAR_COLUMNS:
         values = [getattr(b, column) for b in rows]
         if any(v is not None for v in values):
@@ -193,34 +203,34 @@ def _raw_bars(request: PredictRequest) -> pl.DataFrame:
 
 
 def _score_bar_requests(current: LoadedBundle, requests: list[PredictRequest]) -> list[pl.DataFrame | Exception]:
-    """The batch's work (in the scoring thread): the requests' bars validated in one pass (each
-    request's own, with its own error, if any fails), then every valid request scored in one engine call."""
-    try:
-        frames: list[Any] = _validated_together([_raw_bars(request) for request in requests]) if len(requests) > 1 else [None]
-    except Exception:
-        frames = [None] * len(requests)
-    frames = [frame if frame is not None else attempt(_bars, request) for frame, request in zip(frames, requests)]
+    """The batch's work (in the scoring thread). Every request's bars go into ONE frame, symbols
+    renamed apart, through one validation and one engine call (LoadedBundle.score_keyed): building,
+    validating and checking 16 small frames one by one cost more than their features. If any
+    request breaks a rule, each is validated alone for its own error and the valid ones are scored
+    together (score_bars_many)."""
+    if len(requests) > 1 and current.batchable:
+        try:
+            return current.score_keyed(validated(_keyed_bars(requests), "request bars"), len(requests))
+        except Exception:
+            pass  # some request is refused: find which, below
+    frames = [attempt(_bars, request) for request in requests]
     valid = [i for i, frame in enumerate(frames) if not isinstance(frame, Exception)]
     for i, scores in zip(valid, current.score_bars_many([frames[i] for i in valid])):
         frames[i] = scores
     return frames
 
 
-def _validated_together(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
-    """validated() of each frame, as one pass: symbols renamed apart ("<request>\x1f<symbol>"), so
-    the same symbol and bar in two requests is no duplicate. Raises on any broken rule (the caller
-    then validates each request alone, for its own message); pydantic already refuses empty symbols."""
-    keyed = pl.concat([frame.with_columns(pl.format("{}\x1f{}", pl.lit(i), "symbol").alias("symbol")) for i, frame in enumerate(frames)])
-    checked = validated(keyed, "request bars")
-    parts = checked["symbol"].str.split_exact("\x1f", 1)
-    checked = checked.with_columns(parts.struct.field("field_1").alias("symbol"), parts.struct.field("field_0").cast(pl.Int64).alias("_request"))
-    return [checked.filter(pl.col("_request") == i).drop("_request") for i in range(len(frames))]
+def _keyed_bars(requests: list[PredictRequest]) -> pl.DataFrame:
+    """All requests' bars in one frame, each request's symbols renamed apart ("<request>\x1f<symbol>"),
+    so the same symbol and bar in two requests is no duplicate; pydantic already refuses empty symbols."""
+    rows = [bar for request in requests for bar in request.bars]
+    return _raw_bars(rows, [f"{i}\x1f{bar.symbol}" for i, request in enumerate(requests) for bar in request.bars])
 
 
 def _score_feature_requests(current: LoadedBundle, requests: list[PredictFeaturesRequest]) -> list[pl.DataFrame | Exception]:
-    """The batch's work: every request's rows as one frame, scored in one call."""
+    """The batch's work: every request's rows as one matrix, scored in one call."""
     try:
-        rows = _feature_frame([row for request in requests for row in request.rows], current.pipeline.features)
+        rows = _feature_rows([row for request in requests for row in request.rows], current.pipeline.features)
     except Exception as exc:
         return [exc] if len(requests) == 1 else [r for request in requests for r in _score_feature_requests(current, [request])]
     return current.score_features_many(rows, [len(request.rows) for request in requests])
@@ -238,12 +248,11 @@ def _check_feature_names(request: PredictFeaturesRequest, current: LoadedBundle)
         raise InputError(422, clip_huge_values(f"rows.{i}.features: {what}; send exactly the features GET /metadata lists"), "ValidationError")
 
 
-def _feature_frame(rows: list[Any], names: list[str]) -> pl.DataFrame:
-    """symbol, ts and the features (null where sent null) of checked rows: built row-wise in one
-    call — a Series per feature costs more than scoring the row."""
-    values = pl.DataFrame([[row.features[n] for n in names] for row in rows], schema=dict.fromkeys(names, pl.Float64), orient="row")
-    keys = pl.DataFrame({"symbol": [r.symbol for r in rows], "ts": pl.Series([_utc(r.ts) for r in rows], dtype=pl.Datetime("us", "UTC"))})
-    return pl.concat([keys, values], how="horizontal")
+def _feature_rows(rows: list[Any], names: list[str]) -> FeatureRows:
+    """The keys and raw feature matrix of checked rows (None → NaN), built with numpy in one call."""
+    values = np.array([[row.features[n] for n in names] for row in rows], dtype=np.float64).astype(np.float32)
+    return FeatureRows(pl.Series("symbol", [r.symbol for r in rows], pl.String),
+                       _timestamps([r.ts for r in rows]), values)
 
 
 def _response(current: LoadedBundle, scores: pl.DataFrame) -> dict[str, Any]:

@@ -19,11 +19,11 @@ import polars as pl
 
 from quant_cli.data import schema
 from quant_cli.data.schema import LINE, SRC, TS_DTYPE, Origin
-from quant_cli.errors import DataError
+from quant_cli.errors import DataError, RunError
 from quant_cli.models.base import Model
 from quant_cli.pipeline import lookback
 from quant_cli.pipeline.fitted import FittedPipeline
-from quant_cli.pipeline.preprocess import drop_incomplete
+from quant_cli.pipeline.preprocess import drop_incomplete, raw_matrix
 from quant_cli.serve.panel import score_panel
 
 KEYS = ["symbol", "ts"]
@@ -82,13 +82,16 @@ class LoadedBundle:
         self.check_bars(bars, every_bar)
         if self.model.uses_panel():  # windows of each symbol's rows (serve/panel.py)
             return score_panel(self, bars.sort(KEYS), first=self.spec.required_bars - 1, last_only=not every_bar)
-        return self._score(self.pipeline.transform(self._scored_rows(self.pipeline.compute(bars.sort(KEYS)), every_bar)))
+        return self._score(self._scored_rows(self.pipeline.compute(bars.sort(KEYS)), every_bar))
 
     def _scored_rows(self, table: pl.DataFrame, every_bar: bool) -> pl.DataFrame:
-        """The raw feature rows to score: preprocessing is row by row, so only these are transformed
-        (one row per symbol, not the whole lookback: most of a small request's cost otherwise)."""
-        rows = table.filter(pl.int_range(pl.len()).over("symbol") >= self.spec.required_bars - 1)
-        return rows if every_bar else rows.group_by("symbol", maintain_order=True).last()
+        """The raw feature rows to score (`table` sorted by symbol, ts): each symbol's last row, or
+        (`every_bar`) every row with the required history. Preprocessing is row by row, so only
+        these are transformed — not the whole lookback, most of a small request's cost otherwise."""
+        symbols = table["symbol"].to_numpy()
+        if not every_bar:
+            return table.gather(np.flatnonzero(np.r_[symbols[1:] != symbols[:-1], True]))
+        return table.filter(pl.int_range(pl.len()).over("symbol") >= self.spec.required_bars - 1)
 
     def check_bars(self, bars: pl.DataFrame, every_bar: bool = False) -> None:
         missing = [c for c in ("symbol", "ts", *self.spec.columns, *self.spec.keys) if c not in bars.columns]
@@ -119,42 +122,49 @@ class LoadedBundle:
                     or self.model.uses_panel())  # sequence models score windows of rows: one request at a time
 
     def score_bars_many(self, requests: list[pl.DataFrame]) -> list[pl.DataFrame | Exception]:
-        """score_bars of each request (latest bar per symbol), with one feature computation for all:
-        each request's symbols are renamed apart ("<request>\x1f<symbol>") for the engine, restored
-        before the model. Each request is checked on its own; a failing batch is rescored one
-        request at a time, so each request gets its own result or error."""
+        """score_bars of each request (latest bar per symbol), with one feature computation for all
+        (score_keyed). Each request is checked on its own; a failing batch is rescored one request
+        at a time, so each request gets its own result or error."""
         out: list[pl.DataFrame | Exception | None] = [attempt(self.check_bars, bars) for bars in requests]
         good = [i for i, refused in enumerate(out) if refused is None]
         if len(good) < 2 or not self.batchable:
             return [refused if refused is not None else attempt(self.score_bars, bars) for refused, bars in zip(out, requests)]
         try:
-            scores = self._score_keyed(pl.concat([requests[i].with_columns(pl.format("{}\x1f{}", pl.lit(i), "symbol").alias("symbol"))
-                                                  for i in good]))
+            scores = self.score_keyed(pl.concat([requests[i].with_columns(pl.format("{}\x1f{}", pl.lit(i), "symbol").alias("symbol"))
+                                                 for i in good]), len(requests))
         except Exception:
             return [refused if refused is not None else attempt(self.score_bars, bars) for refused, bars in zip(out, requests)]
         for i in good:
-            out[i] = scores.filter(pl.col("request") == i).drop("request")
+            out[i] = scores[i]
         return out  # type: ignore[return-value]
 
-    def _score_keyed(self, keyed: pl.DataFrame) -> pl.DataFrame:
-        inputs = self.pipeline.transform(self._scored_rows(self.pipeline.compute(keyed.sort(KEYS)), every_bar=False))
-        inputs = drop_incomplete(inputs, self.pipeline.features, self.pipeline.preprocess.get("fill", ""))
-        parts = inputs["symbol"].str.split_exact("\x1f", 1)
-        scores = self._score(inputs.with_columns(parts.struct.field("field_1").alias("symbol")))
-        return scores.with_columns(parts.struct.field("field_0").cast(pl.Int64).alias("request"))
+    def score_keyed(self, keyed: pl.DataFrame, requests: int) -> list[pl.DataFrame]:
+        """score_bars of `requests` requests' validated bars in ONE frame, each request's symbols
+        renamed apart ("<request>\x1f<symbol>") for the engine and restored before the model; only
+        for a `batchable` bundle. Raises if any request breaks the input rules: the caller then
+        scores each request alone, for its own error."""
+        if not self.batchable:
+            raise RunError("this bundle's features or model read symbol names across a request; score requests one at a time")
+        self.check_bars(keyed)
+        rows = self._scored_rows(self.pipeline.compute(keyed.sort(KEYS)), every_bar=False)
+        rows = drop_incomplete(rows, self.pipeline.features, self.pipeline.preprocess.get("fill", ""))
+        parts = rows["symbol"].str.splitn("\x1f", 2)  # splitn: a symbol may itself hold \x1f
+        scores = self._score(rows.with_columns(parts.struct.field("field_1").alias("symbol")))
+        request = parts.struct.field("field_0").cast(pl.Int64).to_numpy()
+        return [scores.gather(np.flatnonzero(request == i)) for i in range(requests)]
 
-    def score_features_many(self, rows: pl.DataFrame, counts: list[int]) -> list[pl.DataFrame | Exception]:
-        """score_features of several requests' rows (`counts` rows each, in order), as one call:
+    def score_features_many(self, rows: FeatureRows, counts: list[int]) -> list[pl.DataFrame | Exception]:
+        """Scores of several requests' feature rows (`counts` rows each, in order), as one call:
         rows are scored independently of each other, so the split is exact."""
         bounds = np.cumsum([0, *counts]).tolist()
-        parts = [rows.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+        parts = [rows.slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
         if len(parts) == 1 or self.pipeline.preprocess.get("fill") == "drop" or self.model.uses_panel():  # dropped rows would shift
             # the split; a sequence model reads each request's rows as one history
-            return [attempt(self.score_features, part) for part in parts]
+            return [attempt(self.score_feature_rows, part) for part in parts]
         try:
-            scores = self.score_features(rows)
+            scores = self.score_feature_rows(rows)
         except Exception:
-            return [attempt(self.score_features, part) for part in parts]
+            return [attempt(self.score_feature_rows, part) for part in parts]
         return [scores.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
 
     # ---- precomputed features -------------------------------------------------------------------
@@ -166,24 +176,58 @@ class LoadedBundle:
         if missing:
             raise DataError(f"the feature rows lack column {missing[0]!r}; this bundle reads {len(self.pipeline.features)} features "
                             "(GET /metadata lists them)")
-        wanted = [*KEYS, *self.pipeline.features]
+        return self.score_feature_rows(FeatureRows.of(rows, self.pipeline.features))
+
+    def score_feature_rows(self, rows: FeatureRows) -> pl.DataFrame:
         if self.model.uses_panel():  # every row with a full window among the rows sent
-            return score_panel(self, rows.select(wanted).sort(KEYS))
-        return self._score(self.pipeline.transform(rows if rows.columns == wanted else rows.select(wanted)))
+            return score_panel(self, rows.frame(self.pipeline.features).sort(KEYS))
+        return self._score_rows(rows)
 
     # ---- the model ------------------------------------------------------------------------------
 
-    def _score(self, inputs: pl.DataFrame) -> pl.DataFrame:
-        """Scores of transformed rows (tabular models; panel models score in serve/panel.py)."""
-        inputs = drop_incomplete(inputs, self.pipeline.features, self.pipeline.preprocess.get("fill", ""))
-        X = self.pipeline.matrix(inputs)
-        symbols = inputs["symbol"].cast(pl.String)
-        score = self.model.predict(X, symbols=symbols.to_numpy())
-        out = pl.DataFrame([symbols, inputs["ts"], pl.Series("score", score, dtype=pl.Float64)])  # no query plan per request
+    def _score(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """Scores of raw feature rows (tabular models; panel models score in serve/panel.py)."""
+        return self._score_rows(FeatureRows.of(rows, self.pipeline.features))
+
+    def _score_rows(self, rows: FeatureRows) -> pl.DataFrame:
+        if self.pipeline.preprocess.get("fill") == "drop":  # as training: rows missing a feature are not scored
+            rows = rows.take(~np.isnan(rows.values).any(axis=1))
+        X = self.pipeline.preprocess_matrix(rows.values.copy())  # in place: the caller's rows stay raw (a failed batch rescores them)
+        score = self.model.predict(X, symbols=rows.symbols.to_numpy())
+        out = pl.DataFrame([rows.symbols, rows.ts, pl.Series("score", score, dtype=pl.Float64)])  # no query plan per request
         if self.model.is_classifier:
-            proba = self.model.predict_proba(X, symbols=symbols)
+            proba = self.model.predict_proba(X, symbols=rows.symbols)
             out = out.with_columns(pl.Series(f"p_{c:g}", proba[:, i]) for i, c in enumerate(self.model.classes_))
         return out
+
+
+@dataclass
+class FeatureRows:
+    """Raw feature rows as the scorer reads them: the keys, and a (rows, features) float32 matrix
+    in the pipeline's feature order, NaN where missing. The server builds it straight from a
+    request (a polars frame of 158 columns costs more than scoring its row)."""
+
+    symbols: pl.Series  # String
+    ts: pl.Series  # Datetime("us", "UTC")
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame, features: list[str]) -> FeatureRows:
+        return cls(frame["symbol"].cast(pl.String), frame["ts"], raw_matrix(frame, features))
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def slice(self, start: int, stop: int) -> FeatureRows:
+        return FeatureRows(self.symbols.slice(start, stop - start), self.ts.slice(start, stop - start), self.values[start:stop])
+
+    def take(self, mask: np.ndarray) -> FeatureRows:
+        index = pl.Series(np.flatnonzero(mask))
+        return FeatureRows(self.symbols.gather(index), self.ts.gather(index), self.values[mask])
+
+    def frame(self, features: list[str]) -> pl.DataFrame:
+        values = pl.from_numpy(self.values, schema=features, orient="row").with_columns(pl.col(features).fill_nan(None))
+        return pl.concat([pl.DataFrame([self.symbols, self.ts]), values], how="horizontal")
 
 
 def attempt(work: Any, *args: Any) -> Any:
