@@ -194,6 +194,21 @@ def test_serve_that_cannot_bind_is_one_line_exit_2(runner, bundle):
         "); free the port or pick another with --port, and bind a local address with --host")
 
 
+def test_serve_holds_its_port_from_the_check_until_uvicorn_serves_it():
+    """Was a probe socket bound and closed before uvicorn bound again: another process could take
+    the port in between. The checked socket itself is handed to uvicorn, listening."""
+    from quant_cli.errors import RecipeError
+    from quant_cli.serve.listen import bound_socket
+
+    held = bound_socket("127.0.0.1", 0)
+    try:
+        port = held.getsockname()[1]
+        with pytest.raises(RecipeError, match=f"cannot listen on 127.0.0.1:{port}"):
+            bound_socket("127.0.0.1", port).close()
+    finally:
+        held.close()
+
+
 def test_a_failed_parallel_walkforward_is_one_line_without_joblib_warnings(runner, home, tmp_path):
     """Was the error line followed by joblib's 'UserWarning: 4 tasks ... have been cancelled' (two more
     lines): the abandoned worker pool was collected after the command's warning filter ended."""

@@ -108,7 +108,9 @@ def test_body_size_limit_with_and_without_content_length(server):
     assert declared.status_code == 413 and "over 2,000,000 bytes" in declared.json()["error"]
     chunked = client.post("/predict", content=iter([big[:1_000_000], big[1_000_000:]]), headers={**AUTH, "content-type": "application/json"})
     assert chunked.status_code == 413
-    assert client.post("/predict", content=b"not json", headers={**AUTH, "content-type": "application/json"}).status_code == 422
+    broken = client.post("/predict", content=b'{"bars": [', headers={**AUTH, "content-type": "application/json"})
+    assert broken.status_code == 422
+    assert broken.json()["error"] == "body: invalid JSON (EOF while parsing a list at line 1 column 10); send one JSON object"
 
 
 def test_feature_rows_score_like_raw_bars(server, bundles):

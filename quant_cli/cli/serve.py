@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +11,6 @@ import typer
 from quant_cli.cli import console
 from quant_cli.cli.bundle import TrustPickleOpt
 from quant_cli.cli.common import DebugOpt, OptionalRecipeOpt, QuietOpt, SetOpt, cli_errors
-from quant_cli.errors import RecipeError
 from quant_cli.recipe import load_with_overrides
 
 TOKEN_ENV = "QFACTORY_SERVE_TOKEN"
@@ -38,10 +36,9 @@ def serve(
     # only makes concurrent requests fight over the cores. Set before the model library loads;
     # an explicit OMP_NUM_THREADS wins.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import uvicorn
-
     from quant_cli.serve.app import Limits, create_app
     from quant_cli.serve.bundle import load
+    from quant_cli.serve.listen import bound_socket, run
 
     with cli_errors(quiet, debug):
         cfg = load_with_overrides(recipe, set_ or [], None, console.REPORTER)["serve"]
@@ -49,20 +46,7 @@ def serve(
         limits = Limits(max_rows=cfg["max_rows"], max_body_bytes=int(cfg["max_body_mb"] * 1024 * 1024))
         app = create_app(loaded, os.environ.get(TOKEN_ENV) or None, limits, trust_pickle)
         bind, listen = host or cfg["host"], port or cfg["port"]
-        _check_bind(bind, listen)
+        sock = bound_socket(bind, listen)
         console.REPORTER.info(f"serve: bundle {loaded.bundle_id} on http://{bind}:{listen} (docs at /docs)"
                               + ("; bearer token required" if os.environ.get(TOKEN_ENV) else ""))
-    uvicorn.run(app, host=bind, port=listen, log_level="warning", access_log=False)
-
-
-def _check_bind(host: str, port: int) -> None:
-    """Bind once before starting: uvicorn reports a port in use or an unknown host with its own
-    log line and exit 3, after the 'serving on' line was printed."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a TIME_WAIT port is free
-            probe.bind((host, port))
-    except OSError as exc:
-        raise RecipeError(f"serve: cannot listen on {host}:{port} ({exc.strerror or exc}); free the port or pick another "
-                          "with --port, and bind a local address with --host") from None
+    run(app, sock)
