@@ -123,3 +123,22 @@ def test_one_frame_for_a_batch_scores_each_request_exactly_as_alone(bundle):
     assert got[0].equals(alone[0]) and got[2].equals(alone[1])
     assert str(got[1]) == ("request bars row 5, column 'close': price -1.0 is not positive; "
                            "prices must be > 0; fix the value or delete the row")
+
+
+def test_requests_with_different_columns_are_not_scored_as_one_frame(tmp_path):
+    """A request without vwap has its VWAP features from the typical price; in one frame with a
+    request that sends vwap, its rows would hold null vwap instead. Each gets its answer alone."""
+    from quant_cli.serve.app import _score_bar_requests
+    from quant_cli.serve.schemas import PredictRequest
+
+    trained = train(tmp_path, extra=('features.sets=[]', 'features.include=["VWAP0", "ret_5"]'))
+    loaded = load(stages.bundle_existing(trained.run, trained.data_dir))
+    bars = bars_from_records(read_json(loaded.path / "example" / "input.json")["bars"], "example")
+    plain = bars.filter(pl.col("symbol") == bars["symbol"].min())
+    with_vwap = plain.with_columns(((pl.col("high") + pl.col("low")) / 2).alias("vwap"))
+    frames = [plain, with_vwap, plain]
+    alone = [loaded.score_bars(frame) for frame in frames]
+    assert alone[0]["score"][0] != alone[1]["score"][0]  # vwap matters to this bundle
+    got = _score_bar_requests(loaded, [PredictRequest(bars=frame.to_dicts()) for frame in frames])
+    for batched, expected in zip(got, alone):
+        assert batched.equals(expected)

@@ -255,7 +255,12 @@ def _score_bar_requests(current: LoadedBundle, requests: list[PredictRequest]) -
 
 def _keyed_bars(requests: list[PredictRequest]) -> pl.DataFrame:
     """All requests' bars in one frame, each request's symbols renamed apart ("<request>\x1f<symbol>"),
-    so the same symbol and bar in two requests is no duplicate; pydantic already refuses empty symbols."""
+    so the same symbol and bar in two requests is no duplicate; pydantic already refuses empty symbols.
+    Raises when the requests carry different columns: a column one request lacks would be null in
+    its rows, not absent (vwap absent is derived from high, low, close; null is missing)."""
+    layouts = {frozenset(c for c in _BAR_COLUMNS if any(getattr(bar, c) is not None for bar in request.bars)) for request in requests}
+    if len(layouts) > 1:
+        raise ValueError("the requests carry different columns; score each alone")
     rows = [bar for request in requests for bar in request.bars]
     return _raw_bars(rows, [f"{i}\x1f{bar.symbol}" for i, request in enumerate(requests) for bar in request.bars])
 
