@@ -142,3 +142,21 @@ def test_requests_with_different_columns_are_not_scored_as_one_frame(tmp_path):
     got = _score_bar_requests(loaded, [PredictRequest(bars=frame.to_dicts()) for frame in frames])
     for batched, expected in zip(got, alone):
         assert batched.equals(expected)
+
+
+def test_only_small_batches_of_cheap_work_run_on_the_event_loop():
+    """Cheap work (precomputed feature rows) up to INLINE_ROWS runs on the loop; more rows, or
+    anything else (the feature engine), runs in the scoring thread so the loop keeps answering."""
+    from quant_cli.serve.batching import INLINE_ROWS
+
+    def run(items: list[str]) -> list:
+        return [threading.get_ident()] * len(items)
+
+    async def main() -> list:
+        batcher = Batcher(max_rows=10 * INLINE_ROWS)
+        return [await batcher.submit("g", run, "x", rows, cheap=cheap)
+                for rows, cheap in ((1, True), (INLINE_ROWS + 1, True), (1, False))]
+
+    loop_thread = threading.get_ident()
+    small_cheap, big_cheap, engine = asyncio.run(main())
+    assert small_cheap == loop_thread and big_cheap != loop_thread and engine != loop_thread

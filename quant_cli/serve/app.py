@@ -118,7 +118,8 @@ def _routes(app: FastAPI, holder: Holder, limits: Limits, metrics: Metrics) -> N
         current = holder.current
         _check_rows(len(request.rows), limits)
         _check_feature_names(request, current)
-        scores = await batcher.submit((id(current), "features"), functools.partial(_score_feature_requests, current), request, len(request.rows))
+        scores = await batcher.submit((id(current), "features"), functools.partial(_score_feature_requests, current), request, len(request.rows),
+                                      cheap=not current.model.uses_panel())
         return _response(current, _guarded(lambda: _raised(scores)))
 
     @app.post("/reload", response_model=ReloadResponse, responses=_ERRORS)
