@@ -120,3 +120,24 @@ def test_rank_gauss_maps_ties_to_their_mean_rank():
     out = transform(pl.DataFrame({"f": [0.0, 1.0, 0.5, None]}), state)["f"].to_list()
     assert out[0] == pytest.approx(ndtri(0.3), abs=0.02) and out[1] == pytest.approx(ndtri(0.8), abs=0.02)
     assert out[0] < out[2] < out[1] and out[3] is None
+
+
+def test_raw_matrix_is_the_same_for_a_few_rows_and_for_many():
+    """A served request's few rows (cast by numpy) and a training slice (cast by polars) give the
+    same float32 bits: float64, float32, integer, partly and wholly null columns, huge values."""
+    from quant_cli.pipeline.preprocess import _FEW_ROWS, raw_matrix
+
+    rng = np.random.default_rng(5)
+    n = _FEW_ROWS + 10
+    big = pl.DataFrame({
+        "f64": rng.normal(size=n) * 1e6, "f32": pl.Series(rng.normal(size=n), dtype=pl.Float32),
+        "ints": rng.integers(-5, 5, n), "gaps": pl.Series([None if i % 3 else float(i) / 7 for i in range(n)], dtype=pl.Float64),
+        "huge": pl.Series([1e300, -1e300, 1.0000001] * (n // 3) + [0.0] * (n % 3)), "none": pl.Series([None] * n, dtype=pl.Float64),
+    })
+    columns = ["f64", "f32", "ints", "gaps", "huge", "none"]
+    many = raw_matrix(big, columns)
+    few = raw_matrix(big.head(10), columns)
+    assert many.dtype == few.dtype == np.float32
+    np.testing.assert_array_equal(few, many[:10])
+    assert np.isnan(many[:, 5]).all() and np.isnan(many[1, 3])
+    assert raw_matrix(pl.DataFrame({"a": [None, None]}), ["a"]).dtype == np.float32  # a Null-typed column
