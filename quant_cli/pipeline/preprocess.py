@@ -7,7 +7,7 @@ exactly. Order of application: fill=median (training medians, raw units) → sca
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,45 +20,56 @@ _MAD_TO_STD = 1.4826  # MAD of a normal distribution times this is its standard 
 _QUANTILES = 101  # rank_gauss stores this many training quantiles per feature
 _EDGE = 1e-3  # rank_gauss maps to normal quantiles within [_EDGE, 1 - _EDGE]
 _FEW_ROWS = 4096
+_BLOCK_BYTES = 256 * 2**20  # training values in memory at once while fitting the statistics
 
 
 def fit_preprocess(train: pl.DataFrame | pl.LazyFrame, columns: list[str], cfg: dict[str, Any]) -> dict[str, Any]:
     """Fit the `[preprocess]` section on training rows; returns the JSON-able state.
 
-    Statistics are computed in Float64 whatever the inputs' dtype; a LazyFrame is aggregated
-    without materialising the training rows."""
-    train = train.lazy().select(pl.col(columns).cast(pl.Float64))
-    if train.select(pl.len()).collect().item() == 0:
-        raise DataError("the training segment is empty after purge and embargo; use more data or a smaller embargo")
-    state: dict[str, Any] = {"kind": cfg["scaler"], "fill": cfg["fill"], "clip": cfg["clip"], "columns": columns}
-    if cfg["fill"] == "median" or cfg["scaler"] == "robust":
-        state["median"] = _stat(train, columns, np.median, 0.0)
-    if cfg["scaler"] == "zscore":
-        state["center"] = _stat(train, columns, np.mean, 0.0)
-        state["scale"] = _positive(_stat(train, columns, _sample_std, 1.0))
-    elif cfg["scaler"] == "robust":
-        state["center"] = state["median"]
-        state["scale"] = _positive(_stat(train, columns, _scaled_mad, 1.0))
-    elif cfg["scaler"] == "rank_gauss":
-        state["quantiles"] = _quantiles(train, columns)
-    return state
-
-
-def _stat(frame: pl.LazyFrame, columns: list[str], stat: Callable[[np.ndarray], float], fallback: float) -> dict[str, float]:
-    """`stat` of each column's non-null training values, one column in memory at a time.
+    Statistics are computed in Float64 whatever the inputs' dtype, with numpy, from a block of
+    columns at a time (`_column_blocks`), never the whole training matrix in memory.
 
     numpy, not a polars aggregation: polars sums a large column in parallel partials whose order
     varies from run to run, so the scaler (and every prediction after it) differed in the last
     bits between two runs with the same seed. numpy's pairwise sums are the same every time."""
-    out = {}
-    for c in columns:
-        values = _training_values(frame, c)
-        out[c] = _finite_or(stat(values) if len(values) else None, fallback)
-    return out
+    train = train.lazy().select(pl.col(columns).cast(pl.Float64))
+    rows = train.select(pl.len()).collect().item()
+    if rows == 0:
+        raise DataError("the training segment is empty after purge and embargo; use more data or a smaller embargo")
+    state: dict[str, Any] = {"kind": cfg["scaler"], "fill": cfg["fill"], "clip": cfg["clip"], "columns": columns}
+    fitted = {c: _fit_column(values, cfg) for c, values in _column_blocks(train, columns, rows)}
+    for stat in ("median", "center", "scale", "quantiles"):
+        if columns and stat in fitted[columns[0]]:
+            state[stat] = {c: fitted[c][stat] for c in columns}
+    return state
 
 
-def _training_values(frame: pl.LazyFrame, column: str) -> np.ndarray:
-    return frame.select(pl.col(column).drop_nulls()).collect().to_series().to_numpy()
+def _column_blocks(train: pl.LazyFrame, columns: list[str], rows: int) -> Iterator[tuple[str, np.ndarray]]:
+    """(column, its non-null training values) for every column, collected _BLOCK_BYTES of float64
+    at a time: one scan of the training rows per block. One scan per column and statistic took a
+    benchmark-size split (800 symbols x 3,400 bars, 158 features) from 10 s to 140 s."""
+    per_block = max(1, _BLOCK_BYTES // (8 * rows))
+    for start in range(0, len(columns), per_block):
+        block = train.select(columns[start:start + per_block]).collect()
+        for column in block.columns:
+            yield column, block[column].drop_nulls().to_numpy()
+
+
+def _fit_column(values: np.ndarray, cfg: dict[str, Any]) -> dict[str, Any]:
+    """What `cfg` needs of one column's non-null training values (fallbacks where there are none)."""
+    fitted: dict[str, Any] = {}
+    if cfg["fill"] == "median" or cfg["scaler"] == "robust":
+        fitted["median"] = _finite_or(np.median(values) if len(values) else None, 0.0)
+    if cfg["scaler"] == "zscore":
+        fitted["center"] = _finite_or(np.mean(values) if len(values) else None, 0.0)
+        fitted["scale"] = _positive(_finite_or(_sample_std(values) if len(values) else None, 1.0))
+    elif cfg["scaler"] == "robust":
+        fitted["center"] = fitted["median"]
+        fitted["scale"] = _positive(_finite_or(_scaled_mad(values) if len(values) else None, 1.0))
+    elif cfg["scaler"] == "rank_gauss":
+        probs = np.linspace(0.0, 1.0, _QUANTILES)
+        fitted["quantiles"] = np.quantile(values, probs).tolist() if len(values) else [0.0] * _QUANTILES
+    return fitted
 
 
 def _sample_std(values: np.ndarray) -> float:
@@ -73,17 +84,8 @@ def _finite_or(value: Any, fallback: float) -> float:
     return float(value) if value is not None and np.isfinite(value) else fallback
 
 
-def _positive(values: dict[str, float]) -> dict[str, float]:
-    return {c: v if v > 0 else 1.0 for c, v in values.items()}
-
-
-def _quantiles(frame: pl.LazyFrame, columns: list[str]) -> dict[str, list[float]]:
-    probs = np.linspace(0.0, 1.0, _QUANTILES)
-    out = {}
-    for c in columns:
-        values = _training_values(frame, c)
-        out[c] = np.quantile(values, probs).tolist() if len(values) else [0.0] * _QUANTILES
-    return out
+def _positive(value: float) -> float:
+    return value if value > 0 else 1.0
 
 
 def transform(frame: pl.DataFrame | pl.LazyFrame, state: dict[str, Any]) -> pl.DataFrame:
