@@ -28,7 +28,7 @@ from quant_cli.features.align import FeatureOptions
 from quant_cli.features.registry import REGISTRY, Feature
 from quant_cli.pipeline import lookback
 from quant_cli.pipeline.adjust import Adjustment
-from quant_cli.pipeline.preprocess import fit_preprocess, raw_matrix, transform_matrix
+from quant_cli.pipeline.preprocess import fit_preprocess, raw_matrix, transform, transform_matrix
 from quant_cli.report import SILENT, Reporter
 
 KEYS = ["symbol", "ts"]
@@ -120,9 +120,9 @@ class FittedPipeline:
     def transform(self, data: pl.DataFrame | pl.LazyFrame, benchmark_bars: pl.DataFrame | None = None) -> pl.DataFrame:
         """Model inputs (symbol, ts, features as Float32, preprocessed; null where missing) of raw bars
         or feature-table rows: a frame view of `model_matrix`."""
-        table = self.feature_rows(data, benchmark_bars)
-        values = pl.from_numpy(self.model_matrix(table), schema=self.features, orient="row")
-        return pl.concat([table.select(KEYS), values.with_columns(pl.col(self.features).fill_nan(None))], how="horizontal")
+        if self.state is None:
+            raise RunError("the pipeline is not fitted; call fit(training rows) before transform()")
+        return transform(self.feature_rows(data, benchmark_bars).select(*KEYS, *self.features), self.state)
 
     def model_matrix(self, data: pl.DataFrame | pl.LazyFrame, benchmark_bars: pl.DataFrame | None = None) -> np.ndarray:
         """(rows, features) float32 model inputs of raw bars or feature-table rows, preprocessed,
