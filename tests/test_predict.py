@@ -11,6 +11,7 @@ from quant_cli import stages
 from quant_cli.cli import app
 from quant_cli.data.store import load_bars
 from quant_cli.io import read_json
+from quant_cli.serve.loaded import bars_from_records
 
 CROSSING = ('features.benchmark="S000"', 'features.include=["bench_beta_5", "cs_rank_ret_5"]',
             'label.kind="direction"', 'model.task="classification"')
@@ -104,3 +105,25 @@ def test_required_symbols_are_named_and_classifiers_get_probabilities(runner, tm
     scores = pl.read_parquet(tmp_path / "s.parquet")
     assert scores.columns == ["symbol", "ts", "score", "p_-1", "p_1"]  # direction label: down / up
     assert scores.select(pl.sum_horizontal("p_-1", "p_1")).to_series().to_list() == pytest.approx([1.0] * 4)
+
+
+def test_the_server_answers_a_classifier_with_its_probabilities(crossing):
+    """POST /predict of a classifier bundle (benchmark and cross-sectional features: scored one request at a time): the score and p_<class> per
+    symbol, as batch predict gives them."""
+    from fastapi.testclient import TestClient
+
+    from quant_cli.serve.app import create_app
+    from quant_cli.serve.bundle import load
+
+    _, bundle = crossing
+    loaded = load(bundle)
+    example = read_json(bundle / "example" / "input.json")
+    expected = loaded.score_bars(bars_from_records(example["bars"], "example"))
+    with TestClient(create_app(loaded)) as client:
+        got = client.post("/predict", json=example)
+    assert got.status_code == 200, got.text
+    predictions = got.json()["predictions"]
+    assert [p["symbol"] for p in predictions] == expected["symbol"].to_list()
+    for p, row in zip(predictions, expected.iter_rows(named=True)):
+        assert p["score"] == pytest.approx(row["score"], rel=1e-12)
+        assert p["probabilities"] == pytest.approx({"p_-1": row["p_-1"], "p_1": row["p_1"]}, rel=1e-12)
