@@ -223,7 +223,7 @@ def _write_backtest(run: Run, kind: str, signal: pl.DataFrame, bars: pl.DataFram
     segment = cfg["segment"] if kind == "score" else "weights"  # the ledger counts only test-segment model runs
     with reporter.working("backtest: next-bar execution with costs"), stage_outputs(run, "backtest") as folder:
         summary = write_backtest(folder, signal, bars, cfg, extra={"segment": segment}, kind=kind, run_dir=run.path,
-                                 frequency=recipe["data"]["frequency"] or snapshot.manifest.get("frequency"))
+                                 frequency=recipe["data"]["frequency"] or snapshot.manifest.get("frequency"), reporter=reporter)
     if segment == "test" and math.isfinite(summary.get("sharpe", math.nan)):
         summary.update(_deflated(run, summary))
     path = run.path / "metrics.json"

@@ -112,3 +112,4 @@ def test_a_missing_weights_file_is_one_line(trained, runner, tmp_path):
     result = runner.invoke(app, ["backtest", "--weights", str(tmp_path / "nope.parquet"), "--recipe", str(recipe)])
     assert result.exit_code == 2
     assert result.output.strip() == f"error: --weights {tmp_path / 'nope.parquet'}: no such file; pass a parquet or CSV file with columns symbol, ts, weight"
+

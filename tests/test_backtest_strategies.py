@@ -84,6 +84,22 @@ def test_every_strategy_positions_and_pnl_by_hand(name):
     assert costly.curve["net"].to_numpy() == pytest.approx(reference(targets, R, fee=0.01), rel=1e-12)
 
 
+@pytest.mark.parametrize(("extra", "held"), [({"top_k": 2}, "all of them each date, equally weighted"),
+                                             ({"top_k": 1, "top_k_short": True}, "the top and bottom 1 each date"), ({"top_k": 1}, None)])
+def test_a_top_k_that_holds_every_scored_symbol_says_so(tmp_path, extra, held):
+    """top_k at least the universe is the equal-weight book (long and short halves with
+    top_k_short), not a selection by score: the backtest says so in one notice."""
+    from quant_cli.backtest.outputs import write_backtest
+    from quant_cli.report import CollectingReporter
+
+    reporter = CollectingReporter()
+    write_backtest(tmp_path, frame(SCORES, "score"), BARS, BASE | {"strategy": "top_k"} | extra, 252, reporter=reporter)
+    short = " with top_k_short" if extra.get("top_k_short") else ""
+    expected = [("notice", f"backtest.top_k = {extra['top_k']}{short} but only 2 symbol(s) are scored: the book holds {held}; "
+                           "lower top_k to trade a selection by score")] if held else []
+    assert reporter.messages == expected
+
+
 def test_long_only_costs_and_pnl_written_out():
     curve = backtest("long_only", cost_bps=100.0).curve
     # row 0 buys A (1.0): +10% - 1%; row 1 sells A, grown to 1.1 / 1.09 of the equity, buys B (1.0)

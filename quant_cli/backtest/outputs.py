@@ -14,11 +14,13 @@ from typing import Any
 
 import polars as pl
 
+from quant_cli.backtest import strategies
 from quant_cli.backtest.analysis import signal_analysis
 from quant_cli.backtest.engine import run_backtest, with_defaults
 from quant_cli.data.frequency import observed_periods_per_year, periods_per_year as nominal_periods_per_year
 from quant_cli.errors import DataError
 from quant_cli.io import write_json_atomic, write_parquet_atomic
+from quant_cli.report import SILENT, Reporter
 
 CONFIG_KEYS = ("strategy", "quantile", "top_k", "top_k_short", "n_drop", "threshold", "sizing", "vol_window", "vol_target",
                "max_gross", "max_net", "max_weight", "rebalance_every", "rebalance", "cost_bps", "slippage_bps",
@@ -69,7 +71,8 @@ def resolve_periods_per_year(cfg: dict[str, Any], bars: pl.DataFrame, frequency:
 
 def write_backtest(folder: Path, signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any],
                    periods_per_year: float | None = None, extra: dict[str, Any] | None = None,
-                   kind: str = "score", frequency: str | None = None, run_dir: Path | None = None) -> dict[str, Any]:
+                   kind: str = "score", frequency: str | None = None, run_dir: Path | None = None,
+                   reporter: Reporter = SILENT) -> dict[str, Any]:
     """Backtest `signal` (symbol, ts, score [, label] — or weight with kind="weight") on `bars`
     and write the folder (which must exist and be empty, e.g. a stage_outputs staging folder).
     Rows are joined by (symbol, ts), so unscored rows (a sequence model's warm-up) simply trade
@@ -79,6 +82,9 @@ def write_backtest(folder: Path, signal: pl.DataFrame, bars: pl.DataFrame, cfg: 
     if signal.height == 0:
         raise DataError(f"nothing to backtest: the {kind}s are empty; check the segment or the --weights file")
     cfg = with_defaults(cfg)
+    notice = strategies.holding_notice(cfg, signal["symbol"].n_unique()) if kind == "score" else None
+    if notice:
+        reporter.notice(notice)
     if periods_per_year is None:
         ppy, source = resolve_periods_per_year(cfg, bars, frequency)
     else:

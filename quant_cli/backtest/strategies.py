@@ -59,6 +59,19 @@ def row_mean(S: np.ndarray) -> np.ndarray:
     return np.divide(total, count, out=np.full(count.shape, np.nan), where=count > 0)
 
 
+def holding_notice(cfg: dict[str, Any], symbols: int) -> str | None:
+    """A top_k book that holds every scored symbol is the equal-weight universe (long and short
+    halves with top_k_short), not a selection by score: one line saying so, else None."""
+    if cfg.get("strategy") != "top_k" or symbols == 0:
+        return None
+    short = bool(cfg.get("top_k_short"))
+    if (2 if short else 1) * int(cfg["top_k"]) < symbols:
+        return None
+    held = f"the top and bottom {symbols // 2} each date" if short else "all of them each date, equally weighted"
+    return (f"backtest.top_k = {cfg['top_k']}{' with top_k_short' if short else ''} but only {symbols} symbol(s) are scored: "
+            f"the book holds {held}; lower top_k to trade a selection by score")
+
+
 def _ranked(S: np.ndarray, n: np.ndarray, strategy: str, cfg: dict[str, Any]) -> np.ndarray:
     """Quantile and top-k books: a tie group spanning places lo..hi gets its share of the bucket."""
     lo = rankdata(S, method="min", axis=1, nan_policy="omit")

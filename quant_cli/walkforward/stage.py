@@ -66,7 +66,7 @@ def _walkforward_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, optio
         run.update_manifest(device=device)
         tasks = _tasks(folds, table, template, bars.select(KEYS), recipe, device, _channels(recipe, bars, device))
         results = _collect(run_folds(tasks, options.jobs, options.backend, reporter, total=len(folds), homes=options.homes), folds, options.continue_on_error, reporter)
-        block = _write_outputs(run, recipe, folds, results, bars, recipe["data"]["frequency"] or snapshot.manifest["frequency"])
+        block = _write_outputs(run, recipe, folds, results, bars, recipe["data"]["frequency"] or snapshot.manifest["frequency"], reporter)
         info.update(n_folds=len(folds), failed=sum(r.status == "failed" for r in results))
     reporter.info(f"walk-forward: stitched sharpe {_fmt(block.get('sharpe'))}, IC {_fmt(block.get('ic'), '.4f')}; "
                   f"deflated sharpe {_fmt(block.get('deflated_sharpe'), '.3f')} over {block['n_trials']} trial(s)")
@@ -119,11 +119,11 @@ def _collect(results: Iterator[FoldResult], folds: list[WalkFold], continue_on_e
 
 
 def _write_outputs(run: Run, recipe: Recipe, folds: list[WalkFold], results: list[FoldResult], bars: pl.DataFrame,
-                   frequency: str | None) -> dict[str, Any]:
+                   frequency: str | None, reporter: Reporter) -> dict[str, Any]:
     predictions = pl.concat([r.scored for r in results if r.scored is not None]).select(PREDICTION_COLUMNS).sort("symbol", "ts")
     with stage_outputs(run, "walkforward") as folder:
         write_parquet_atomic(folder / "predictions.parquet", predictions)
-        summary = _backtest_stitched(folder / "backtest", predictions, bars, recipe["backtest"], frequency, run.path)
+        summary = _backtest_stitched(folder / "backtest", predictions, bars, recipe["backtest"], frequency, run.path, reporter)
         curve = pl.read_parquet(folder / "backtest" / "equity.parquet")
         folds_json = _folds_json(recipe["walkforward"]["mode"], folds, results, curve, summary["periods_per_year"])
         write_json_atomic(folder / "folds.json", folds_json)
@@ -135,11 +135,11 @@ def _write_outputs(run: Run, recipe: Recipe, folds: list[WalkFold], results: lis
 
 
 def _backtest_stitched(folder: Path, scores: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], frequency: str | None,
-                       run_dir: Path) -> dict[str, Any]:
+                       run_dir: Path, reporter: Reporter) -> dict[str, Any]:
     """The one call into the backtest: the stitched scores traded as one series by the same
     engine and outputs as the backtest stage (the summary carries skew and raw kurtosis)."""
     folder.mkdir()
-    return write_backtest(folder, scores, bars, cfg, extra={"segment": "walkforward"}, frequency=frequency, run_dir=run_dir)
+    return write_backtest(folder, scores, bars, cfg, extra={"segment": "walkforward"}, frequency=frequency, run_dir=run_dir, reporter=reporter)
 
 
 def _folds_json(mode: str, folds: list[WalkFold], results: list[FoldResult], curve: pl.DataFrame, ppy: float) -> dict[str, Any]:
