@@ -148,8 +148,13 @@ ORPHAN_AGE_S = 3600  # no owner file (or another host's): stale after an hour wi
 FOREIGN_AGE_S = 24 * 3600
 
 
+def owner() -> dict[str, Any]:
+    """This process, as owner files and a run's running-stage entries record it."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
 def write_owner(staging: Path) -> None:
-    (Path(staging) / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}), encoding="utf-8")
+    (Path(staging) / OWNER_FILE).write_text(json.dumps(owner()), encoding="utf-8")
 
 
 def release_owner(staging: Path) -> None:
@@ -171,12 +176,21 @@ def clean_stale_staging(folder: Path) -> list[Path]:
 
 def _is_stale(staging: Path) -> bool:
     try:
-        owner = json.loads((staging / OWNER_FILE).read_text(encoding="utf-8"))
-        pid, host = int(owner["pid"]), str(owner["host"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return _age(staging) > ORPHAN_AGE_S
+        recorded = json.loads((staging / OWNER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = None
+    return owner_gone(recorded, _age(staging))
+
+
+def owner_gone(recorded: Any, age_s: float) -> bool:
+    """Whether the process an owner record ({pid, host}) names is gone. A record without a usable
+    pid, or from another host (its pid means nothing here), is judged by its age alone."""
+    try:
+        pid, host = int(recorded["pid"]), str(recorded["host"])
+    except (KeyError, TypeError, ValueError):
+        return age_s > ORPHAN_AGE_S
     if host != socket.gethostname():
-        return _age(staging) > FOREIGN_AGE_S  # its pid means nothing here
+        return age_s > FOREIGN_AGE_S
     return not pid_alive(pid)
 
 

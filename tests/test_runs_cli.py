@@ -84,6 +84,30 @@ def test_failed_interrupted_and_running_stages(runner):
     assert "split+train failed:backtest" in runner.invoke(app, ["runs", "ls"]).stdout
 
 
+def test_a_stage_killed_before_it_wrote_anything_is_interrupted_and_a_live_one_running(runner, tmp_path):
+    """Was 'ok' with the last committed stage: a train killed during the fit leaves no output and
+    no staging folder. The manifest says a stage is running, and by which process."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    killed = Run(fake_run(RUNS, "k-20260101T000000-0001", stamp(1), stages=("split",)))
+    killed.update_manifest(stages={"train": {"status": "running", "pid": int(gone.stdout), "host": socket.gethostname(),
+                                             "started": "2026-01-01T00:00:00+00:00"}})
+    with create_run(tmp_path, load_recipe(None)) as live:
+        pass
+    with live.stage("split"):
+        assert live.manifest()["stages"]["split"]["status"] == "running"
+        rows = {r["run_id"][0]: r for r in _ls(runner)}
+        assert (rows["k"]["state"], rows["k"]["interrupted"], rows["k"]["committed"]) == ("interrupted", ["train"], ["split"])
+        assert [r["state"] for r in _ls(runner, "--runs-dir", str(tmp_path))] == ["running"]
+    assert live.has_stage("split") and [r["state"] for r in _ls(runner, "--runs-dir", str(tmp_path))] == ["ok"]
+    killed.begin_stage("train")  # a dead process's running entry is no commitment: the stage is redone
+    with killed.stage("train"):
+        pass
+    assert killed.has_stage("train")
+
+
 def test_a_stage_that_raises_is_recorded_failed_and_redone_later(tmp_path):
     with create_run(tmp_path, load_recipe(None)) as run:
         pass

@@ -77,6 +77,19 @@ def test_a_run_being_written_is_never_deleted_and_live_staging_survives(runner):
     assert _left() == {ids[0], ".staging-new-20260101T000000-aaaa"}
 
 
+def test_a_run_whose_stage_is_running_is_never_deleted(runner):
+    """A model fit writes nothing for minutes (no staging folder yet): the manifest's running
+    entry, with a live pid, keeps gc away; a dead pid's entry does not."""
+    from quant_cli.runs.directory import Run
+
+    ids = _runs(3)
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00"}
+    Run(RUNS / ids[0]).update_manifest(stages={"train": {"status": "running", **mine}})
+    Run(RUNS / ids[1]).update_manifest(stages={"train": {"status": "running", **mine, "pid": 2**22 + 12345}})
+    plan = _gc(runner, "--keep", "0", "--force")
+    assert plan["busy"] == [ids[0]] and sorted(plan["removed"]) == sorted(ids[1:])
+
+
 def test_a_gc_killed_mid_delete_leaves_no_half_deleted_run(runner, monkeypatch):
     ids = _runs(3)
     for run_id in ids:

@@ -27,7 +27,7 @@ from typing import Any
 from quant_cli import __version__
 from quant_cli.errors import DataError, QFactoryError, RunError, shown
 from quant_cli.io import (
-    STAGING_PREFIX, clean_stale_staging, read_json, read_run_json, release_owner, staged_dir, write_json_atomic, write_owner, write_text_atomic,
+    STAGING_PREFIX, clean_stale_staging, owner, owner_gone, read_json, read_run_json, release_owner, staged_dir, write_json_atomic, write_owner, write_text_atomic,
 )
 from quant_cli.recipe import Recipe, fingerprint, to_toml
 from quant_cli.recipe.schema import RUN_NAME_DOC, RUN_NAME_PATTERN
@@ -166,8 +166,12 @@ class Run:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
-        """Time a stage and record it as done in the manifest; the yielded dict is stored too."""
+        """Time a stage and record it as done in the manifest; the yielded dict is stored too.
+
+        While it runs the manifest says so, with this process's pid and host: `runs ls` tells a
+        stage still running from one whose process was killed (interrupted) before it wrote anything."""
         self.log("stage_start", stage=name)
+        self.update_manifest(stages={name: {"status": "running", **owner(), "started": _now_iso()}})
         started = time.perf_counter()
         extra: dict[str, Any] = {}
         try:
@@ -290,12 +294,35 @@ def stage_outputs(run: Run, folder: str) -> Iterator[Path]:
 
 
 def busy(run_dir: Path) -> bool:
-    """A command is writing into this run now: it holds a staging folder whose writer is alive
-    (`runs gc` never deletes such a run, not even with --force)."""
+    """A command is working on this run now: a stage the manifest says is running in a live
+    process (a fit writes nothing for minutes), or a staging folder whose writer is alive.
+    `runs gc` never deletes such a run, not even with --force."""
     from quant_cli.io import _is_stale  # the one rule that tells a live writer from a dead one
 
+    if any(isinstance(e, dict) and running_alive(e) for e in _manifest_stages(run_dir).values()):
+        return True
     try:
         entries = list(Path(run_dir).iterdir())
     except OSError:
         return False
     return any(e.name.startswith(STAGING_PREFIX) and e.is_dir() and not _is_stale(e) for e in entries)
+
+
+def _manifest_stages(run_dir: Path) -> dict[str, Any]:
+    try:
+        stages = read_json(Path(run_dir) / "manifest.json").get("stages")
+    except (OSError, ValueError, AttributeError):  # absent, damaged, or not an object
+        return {}
+    return stages if isinstance(stages, dict) else {}
+
+
+def running_alive(entry: dict[str, Any]) -> bool:
+    """A manifest stage entry marked running whose process is alive (another host's: started
+    within a day). A dead one's stage was interrupted: it never committed and is redone."""
+    if entry.get("status") != "running":
+        return False
+    try:
+        age = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(str(entry.get("started")))).total_seconds()
+    except (TypeError, ValueError):
+        age = float("inf")  # no readable start: judged by the pid alone
+    return not owner_gone(entry, age)

@@ -3,8 +3,8 @@
 A run is protected (kept unless `--force`) when it holds a `bundle/` folder, when another run's
 manifest lists it in `"references": [...]` (tune studies reference their trial runs that way),
 or when a bundle anywhere under the runs home names it as `source_run` in its manifest.json. A
-run a command is writing into right now (a live staging folder inside it) is never deleted, not
-even with `--force`.
+run a command is working on right now (a stage its manifest says is running in a live process, or
+a live staging folder inside it) is never deleted, not even with `--force`.
 
 Deletion is crash-safe: a run is first renamed to a hidden `.trash-<id>-<hex>` folder (one atomic
 rename), then removed. A gc killed mid-way leaves a hidden folder that no listing, ledger or

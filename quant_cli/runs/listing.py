@@ -18,7 +18,7 @@ from typing import Any
 
 from quant_cli.errors import RunError, one_of, shown, suggest
 from quant_cli.io import STAGING_PREFIX, _is_stale
-from quant_cli.runs.directory import STAGE_OUTPUTS
+from quant_cli.runs.directory import STAGE_OUTPUTS, running_alive
 from quant_cli.runs.ledger import Trial, deflated_now, trials_of, with_segment
 
 # A run's state, worst first: what `--status` filters on (besides a committed stage's name).
@@ -94,16 +94,18 @@ def stage_status(record: RunRecord) -> dict[str, Any]:
     """Committed, failed and interrupted stages, and the run's state (the worst of them)."""
     stages = record.manifest.get("stages")
     stages = stages if isinstance(stages, dict) else {}
-    by_status: dict[str, list[str]] = {"done": [], "failed": [], "interrupted": []}
+    by_status: dict[str, list[str]] = {"done": [], "failed": [], "interrupted": [], "running": []}
     for name, entry in stages.items():
         status = entry.get("status") if isinstance(entry, dict) else None
+        if status == "running":  # its process still there, or killed before the stage recorded anything
+            status = "running" if running_alive(entry) else "interrupted"
         if status in by_status:
             by_status[status].append(name)
     # A killed process leaves a stage's outputs without its manifest entry, or a dead staging folder.
     recorded = set(stages)
     by_status["interrupted"] += [s for s, outputs in STAGE_OUTPUTS.items() if s not in recorded and record.names & set(outputs)]
     staging = [record.path / n for n in record.names if n.startswith(STAGING_PREFIX)]
-    live = any(not _is_stale(p) for p in staging)
+    live = bool(by_status["running"]) or any(not _is_stale(p) for p in staging)
     if staging and not live and not by_status["interrupted"]:
         by_status["interrupted"].append("(staging)")
     state = "damaged" if record.problem else "running" if live else "failed" if by_status["failed"] else \
