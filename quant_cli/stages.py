@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from quant_cli.backtest.metrics import classification_metrics, prediction_metric
 from quant_cli.models.base import Model, StepReport
 from quant_cli.models.device import resolve_device
 from quant_cli.models import fitting
+from quant_cli.models.bars import bar_channels
 from quant_cli.models.registry import create_model
 from quant_cli.pipeline import adjust
 from quant_cli.pipeline.adjust import Adjustment
@@ -119,17 +121,18 @@ def new_model(recipe: Recipe, reporter: Reporter = SILENT) -> Model:
 
 
 def fit_model(recipe: Recipe, prepared: Prepared, inputs: dict[str, Any] | None = None, reporter: Reporter = SILENT,
-              report: StepReport | None = None) -> tuple[Model, float, dict[str, Any]]:
+              report: StepReport | None = None, bars: Callable[[], pl.DataFrame] | None = None) -> tuple[Model, float, dict[str, Any]]:
     """A new model of the recipe fit on train with val (`inputs`: segment_inputs' train and val for a
     tabular model, built here when None or when the model reads panel windows), as the train stage
     fits it: (model, seconds, the inputs it was fit on). `report` is the fitting loop's StepReport
-    (tuning prunes through it)."""
+    (tuning prunes through it); `bars` gives the adjusted bars whose channels a model that reads
+    raw bars (model.params.inputs = bars/both) sees beside the features, called only for such a model."""
     model = new_model(recipe, reporter)
-    if model.needs_bars():
-        raise RecipeError(f"model.params.inputs = {model.params.get('inputs')!r} reads raw bars, which tuning trials do not load; "
-                          "tune with inputs = \"features\" and set the inputs in best.toml")
+    if model.needs_bars() and bars is None:
+        raise RecipeError(f"model.params.inputs = {model.params.get('inputs')!r} reads raw bars; pass the bars to fit it")
     if inputs is None or model.uses_panel():
-        inputs = fitting.segment_inputs(model, prepared, ("train", "val"))
+        channels = bar_channels(bars(), recipe["features"]["timeframes"]) if model.needs_bars() and bars is not None else None
+        inputs = fitting.segment_inputs(model, prepared, ("train", "val"), channels)
     return model, _fit(model, prepared, inputs, recipe["train"]["early_stopping"], reporter, report), inputs
 
 
@@ -138,8 +141,6 @@ def _bar_channels(model: Model, recipe: Recipe, prepared: Prepared, snapshot: st
     pinned snapshot with the run's price adjustment."""
     if not model.needs_bars():
         return None
-    from quant_cli.models.bars import bar_channels
-
     bars = prepared.pipeline.adjustment.apply(load_bars(recipe, snapshot))
     return bar_channels(bars, recipe["features"]["timeframes"])
 

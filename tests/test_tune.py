@@ -67,6 +67,17 @@ def recipe_file(tmp_path: Path) -> Path:
     return path
 
 
+def poisoned_from_test_start(raw: pl.DataFrame) -> pl.DataFrame:
+    """Every bar from TEST_START on with its prices scrambled (still valid bars)."""
+    rng = np.random.default_rng(0)
+    in_test = pl.col("ts") >= pl.lit(TEST_START).str.to_datetime(time_zone="UTC")
+    noise = pl.Series("noise", np.exp(rng.normal(0, 0.2, raw.height)))
+    return raw.with_columns(noise).with_columns(
+        [pl.when(in_test).then(pl.col(c) * pl.col("noise")).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close")]
+    ).with_columns(pl.max_horizontal("open", "high", "low", "close").alias("high"),
+                   pl.min_horizontal("open", "high", "low", "close").alias("low")).drop("noise")
+
+
 def study_table(run_path: Path) -> pl.DataFrame:
     return pl.read_parquet(run_path / "tune" / "trials.parquet").drop("seconds")
 
@@ -137,15 +148,7 @@ def test_same_seed_same_study_and_features_and_split_are_built_once(recipe_file,
 def test_the_objective_never_reads_the_test_segment(recipe_file, tmp_path, target):
     """Poison every test-segment bar (prices scrambled from test_start on, so its labels and
     features change): the study — every trial's params, value and state — is unchanged."""
-    raw = bars()
-    rng = np.random.default_rng(0)
-    in_test = pl.col("ts") >= pl.lit(TEST_START).str.to_datetime(time_zone="UTC")
-    noise = pl.Series("noise", np.exp(rng.normal(0, 0.2, raw.height)))
-    poisoned = raw.with_columns(noise).with_columns(
-        [pl.when(in_test).then(pl.col(c) * pl.col("noise")).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close")]
-    ).with_columns(pl.max_horizontal("open", "high", "low", "close").alias("high"),
-                   pl.min_horizontal("open", "high", "low", "close").alias("low")).drop("noise")
-    write_store(tmp_path / "poisoned", "p", poisoned, "test")
+    write_store(tmp_path / "poisoned", "p", poisoned_from_test_start(bars()), "test")
     recipe = load_recipe(recipe_file, ["tune.refit=false", f"tune.objective='{target}'"])
     clean = tune_new(recipe, tmp_path / "data", tmp_path / "runs", trials=3)
     dirty = tune_new(recipe, tmp_path / "poisoned", tmp_path / "runs", trials=3)

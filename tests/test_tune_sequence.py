@@ -9,7 +9,10 @@ import numpy as np
 
 from quant_cli.cli import app
 from quant_cli.io import read_json
-from tests.test_tune import RECIPE, recipe_file, study_table  # noqa: F401 - recipe_file is a fixture
+from quant_cli.data.store import write_store
+from quant_cli.recipe import load_recipe
+from quant_cli.tune.study import tune_new
+from tests.test_tune import RECIPE, bars, poisoned_from_test_start, recipe_file, study_table  # noqa: F401 - recipe_file is a fixture
 
 LSTM = RECIPE.split("[model]")[0] + """
 [model]
@@ -41,3 +44,16 @@ def test_a_two_trial_lstm_study_runs_end_to_end(runner, recipe_file):
     refit = read_json(run / "manifest.json")["tune"]["refit"]["run_id"]
     metrics = read_json(run.parent / refit / "metrics.json")
     assert metrics["train"]["model"] == "lstm" and metrics["test"]["rows"] > 0
+
+
+def test_a_model_that_reads_raw_bars_is_tuned_without_reading_the_test_segment(recipe_file, tmp_path):
+    """Was refused ("tuning trials do not load raw bars"). Trials see the channels of the bars
+    before the test segment: poisoning every test-segment price changes no trial."""
+    recipe_file.write_text(LSTM.replace("[model.params]\n", '[model.params]\ninputs = "both"\n'), encoding="utf-8")
+    write_store(tmp_path / "poisoned", "p", poisoned_from_test_start(bars()), "test")
+    recipe = load_recipe(recipe_file, ["tune.refit=false"])
+    clean = tune_new(recipe, recipe_file.parent / "data", tmp_path / "runs", trials=2)
+    dirty = tune_new(recipe, tmp_path / "poisoned", tmp_path / "runs", trials=2)
+    table = study_table(clean.run.path)
+    assert table["state"].to_list() == ["complete", "complete"] and np.isfinite(table["value"].to_numpy()).all()
+    assert study_table(dirty.run.path).equals(table)

@@ -151,7 +151,7 @@ def _objective(task: TrialTask, intermediate: dict[int, float]) -> tuple[float, 
         raise QFactoryError("the validation segment is empty; set split.val > 0 so trials can be scored without the test segment")
     score = lambda scores: _score(task, shared, kind, metric, val_rows, scores)  # noqa: E731
     report = _reporter(task, score, intermediate) if task.medians is not None else None
-    model, _, used = stages.fit_model(task.recipe, shared.prepared, inputs, report=report)
+    model, _, used = stages.fit_model(task.recipe, shared.prepared, inputs, report=report, bars=lambda: _shared_bars(task, shared))
     scores = model.predict(used["val"][1], symbols=val_rows["symbol"].to_numpy())  # NaN: a window's warm-up, unscored
     return score(scores), {k: v for k, v in model.fit_info().items() if isinstance(v, (int, float, str))}
 
@@ -185,16 +185,23 @@ def _score(task: TrialTask, shared: Shared, kind: str, metric: str, val_rows: pl
     return float("nan") if value is None else float(value)
 
 
+def _shared_bars(task: TrialTask, shared: Shared) -> pl.DataFrame:
+    """The bars before the test segment, loaded once per process: what validation backtests trade
+    and what a model that reads raw bars sees (its windows end in train or val anyway)."""
+    if shared.bars is None:
+        shared.bars = _bars_before_test(task, shared.prepared)
+    return shared.bars
+
+
 def _backtest(task: TrialTask, shared: Shared, scored: pl.DataFrame) -> dict[str, Any]:
     from quant_cli.backtest.engine import run_backtest
     from quant_cli.backtest.outputs import resolve_periods_per_year
 
     recipe = task.recipe
-    if shared.bars is None:
-        shared.bars = _bars_before_test(task, shared.prepared)
+    bars = _shared_bars(task, shared)
     frequency = recipe["data"]["frequency"] or shared.prepared.pipeline.options.get("bar_spacing") or "1d"
-    ppy, _ = resolve_periods_per_year(recipe["backtest"], shared.bars, frequency)  # as the backtest stage annualises
-    return run_backtest(scored.drop("label"), shared.bars, recipe["backtest"], ppy).summary
+    ppy, _ = resolve_periods_per_year(recipe["backtest"], bars, frequency)  # as the backtest stage annualises
+    return run_backtest(scored.drop("label"), bars, recipe["backtest"], ppy).summary
 
 
 def _bars_before_test(task: TrialTask, prepared: Any) -> pl.DataFrame:
