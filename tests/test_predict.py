@@ -110,7 +110,8 @@ def test_required_symbols_are_named_and_classifiers_get_probabilities(runner, tm
 def test_the_server_answers_a_classifier_with_its_probabilities(crossing):
     """POST /predict of a classifier bundle (benchmark and cross-sectional features: scored one request at a time): the score and p_<class> per
     symbol, as batch predict gives them."""
-    from fastapi.testclient import TestClient
+    import httpx
+    from serving import LiveServer
 
     from quant_cli.serve.app import create_app
     from quant_cli.serve.bundle import load
@@ -119,8 +120,8 @@ def test_the_server_answers_a_classifier_with_its_probabilities(crossing):
     loaded = load(bundle)
     example = read_json(bundle / "example" / "input.json")
     expected = loaded.score_bars(bars_from_records(example["bars"], "example"))
-    with TestClient(create_app(loaded)) as client:
-        got = client.post("/predict", json=example)
+    with LiveServer(create_app(loaded)) as live:
+        got = httpx.post(f"{live.url}/predict", json=example, timeout=60)
     assert got.status_code == 200, got.text
     predictions = got.json()["predictions"]
     assert [p["symbol"] for p in predictions] == expected["symbol"].to_list()
