@@ -160,3 +160,34 @@ def test_only_small_batches_of_cheap_work_run_on_the_event_loop():
     loop_thread = threading.get_ident()
     small_cheap, big_cheap, engine = asyncio.run(main())
     assert small_cheap == loop_thread and big_cheap != loop_thread and engine != loop_thread
+
+
+def _hostile(bars: list[dict]) -> list[list[dict]]:
+    """Requests a batch may hold together: valid ones beside each kind of broken or odd one."""
+    changed = lambda i, **kv: [{**b, **kv} if j == i else b for j, b in enumerate(bars)]  # noqa: E731
+    return [
+        bars, changed(4, close=-1.0), changed(4, close=None), changed(5, ts=bars[4]["ts"]), bars[:5], bars[::-1],
+        [{**b, "symbol": "X\x1fY"} for b in bars], [{k: v for k, v in b.items() if k != "volume"} for b in bars],
+        [{**b, "vwap": b["close"]} for b in bars], changed(3, high=bars[3]["low"] / 2), changed(2, volume=1e30),
+        bars + [{**b, "symbol": "ZZ"} for b in bars], [{**b, "symbol": "ü" * 64} for b in bars], bars,
+    ]
+
+
+def test_a_hostile_batch_gives_every_request_the_answer_it_gets_alone(bundle):
+    """Fourteen requests sent at once (so they are batched): each status and body equals what the
+    same request gets alone, and none is a 5xx."""
+    example = read_json(bundle / "example" / "input.json")["bars"]
+    bodies = [{"bars": bars} for bars in _hostile([b for b in example if b["symbol"] == example[0]["symbol"]])]
+
+    async def main(url: str) -> tuple[list, list]:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            together = await asyncio.gather(*(client.post("/predict", json=body) for body in bodies))
+            alone = [await client.post("/predict", json=body) for body in bodies]
+        return together, alone
+
+    with LiveServer(create_app(load(bundle))) as live:
+        together, alone = asyncio.run(main(live.url))
+    assert all(r.status_code < 500 for r in together)
+    assert [r.status_code for r in together] == [r.status_code for r in alone]
+    assert [r.json() for r in together] == [r.json() for r in alone]
+    assert {r.status_code for r in together} == {200, 422}
