@@ -140,10 +140,6 @@ class FittedPipeline:
         data = data.collect() if isinstance(data, pl.LazyFrame) else data
         return data if set(data.columns).issuperset(self.features) else self.compute(data, benchmark_bars)  # a set: 158 lookups per served batch
 
-    def matrix(self, inputs: pl.DataFrame) -> np.ndarray:
-        """(rows, features) float32 array of already transformed inputs (`transform`'s frame), row-major, NaN where missing."""
-        return raw_matrix(inputs, self.features)
-
     def to_json(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION, "features": self.features, "preprocess": self.preprocess,
