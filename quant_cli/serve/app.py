@@ -32,7 +32,7 @@ from quant_cli.errors import QFactoryError, clip_huge_values
 from quant_cli.serve import bundle as bundles
 from quant_cli.serve.batching import Batcher
 from quant_cli.serve.guard import Guard, Metrics
-from quant_cli.serve.loaded import FeatureRows, LoadedBundle, attempt, validated
+from quant_cli.serve.loaded import REQUEST_SEP, FeatureRows, LoadedBundle, attempt, validated
 from quant_cli.serve.schemas import (
     ErrorResponse, Health, PredictFeaturesRequest, PredictRequest, PredictResponse, Ready, ReloadRequest, ReloadResponse,
 )
@@ -263,7 +263,7 @@ def _keyed_bars(requests: list[PredictRequest]) -> pl.DataFrame:
     if len(layouts) > 1:
         raise ValueError("the requests carry different columns; score each alone")
     rows = [bar for request in requests for bar in request.bars]
-    return _raw_bars(rows, [f"{i}\x1f{bar.symbol}" for i, request in enumerate(requests) for bar in request.bars])
+    return _raw_bars(rows, [f"{i}{REQUEST_SEP}{bar.symbol}" for i, request in enumerate(requests) for bar in request.bars])
 
 
 def _score_feature_requests(current: LoadedBundle, requests: list[PredictFeaturesRequest]) -> list[pl.DataFrame | Exception]:

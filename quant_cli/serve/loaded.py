@@ -27,6 +27,7 @@ from quant_cli.pipeline.preprocess import drop_incomplete, raw_matrix
 from quant_cli.serve.panel import score_panel
 
 KEYS = ["symbol", "ts"]
+REQUEST_SEP = "\x1f"  # "<request><REQUEST_SEP><symbol>": each request's symbols renamed apart in a batch
 
 
 @dataclass
@@ -80,6 +81,9 @@ class LoadedBundle:
     def score_bars(self, bars: pl.DataFrame, every_bar: bool = False) -> pl.DataFrame:
         """Scores of each symbol's latest bar (or, `every_bar`, of every bar with enough history)."""
         self.check_bars(bars, every_bar)
+        return self._score_checked(bars, every_bar)
+
+    def _score_checked(self, bars: pl.DataFrame, every_bar: bool = False) -> pl.DataFrame:
         if self.model.uses_panel():  # windows of each symbol's rows (serve/panel.py)
             return score_panel(self, bars.sort(KEYS), first=self.spec.required_bars - 1, last_only=not every_bar)
         return self._score(self._scored_rows(self.pipeline.compute(bars.sort(KEYS)), every_bar))
@@ -127,13 +131,16 @@ class LoadedBundle:
         at a time, so each request gets its own result or error."""
         out: list[pl.DataFrame | Exception | None] = [attempt(self.check_bars, bars) for bars in requests]
         good = [i for i, refused in enumerate(out) if refused is None]
+        def one_by_one() -> list[pl.DataFrame | Exception]:  # each checked above: scored without checking again
+            return [refused if refused is not None else attempt(self._score_checked, bars) for refused, bars in zip(out, requests)]
+
         if len(good) < 2 or not self.batchable:
-            return [refused if refused is not None else attempt(self.score_bars, bars) for refused, bars in zip(out, requests)]
+            return one_by_one()
         try:
-            scores = self.score_keyed(pl.concat([requests[i].with_columns(pl.format("{}\x1f{}", pl.lit(i), "symbol").alias("symbol"))
+            scores = self.score_keyed(pl.concat([requests[i].with_columns(pl.concat_str(pl.lit(f"{i}{REQUEST_SEP}"), "symbol").alias("symbol"))
                                                  for i in good]), len(requests))
         except Exception:
-            return [refused if refused is not None else attempt(self.score_bars, bars) for refused, bars in zip(out, requests)]
+            return one_by_one()
         for i in good:
             out[i] = scores[i]
         return out  # type: ignore[return-value]
@@ -148,7 +155,7 @@ class LoadedBundle:
         self.check_bars(keyed)
         rows = self._scored_rows(self.pipeline.compute(keyed.sort(KEYS)), every_bar=False)
         rows = drop_incomplete(rows, self.pipeline.features, self.pipeline.preprocess.get("fill", ""))
-        parts = rows["symbol"].str.splitn("\x1f", 2)  # splitn: a symbol may itself hold \x1f
+        parts = rows["symbol"].str.splitn(REQUEST_SEP, 2)  # splitn: a symbol may itself hold the separator
         scores = self._score(rows.with_columns(parts.struct.field("field_1").alias("symbol")))
         request = parts.struct.field("field_0").cast(pl.Int64).to_numpy()
         return [scores.gather(np.flatnonzero(request == i)) for i in range(requests)]
