@@ -38,3 +38,12 @@ def trial(sharpe: float, periods: int | None = 252, **extra: Any) -> dict[str, A
 def stamp(i: int) -> str:
     """A creation time; larger i is newer."""
     return f"2026-01-01T00:00:00.{i:06d}+00:00"
+
+
+def ls_json(runner: Any, *args: str) -> list[dict[str, Any]]:
+    """`qfactory runs ls --json ARGS` through the CLI runner: the listed rows (exit 0 asserted)."""
+    from quant_cli.cli import app
+
+    result = runner.invoke(app, ["runs", "ls", "--json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)

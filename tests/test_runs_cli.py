@@ -12,15 +12,9 @@ import pytest
 from quant_cli.cli import app
 from quant_cli.recipe import load_recipe
 from quant_cli.runs.directory import Run, create_run
-from runs_fakes import fake_run, stamp, trial
+from runs_fakes import fake_run, ls_json as _ls, stamp, trial
 
 RUNS = Path("runs")
-
-
-def _ls(runner, *args: str) -> list[dict]:
-    result = runner.invoke(app, ["runs", "ls", "--json", *args])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def test_ls_lists_newest_first_with_identity_metrics_and_status(runner):

@@ -11,15 +11,9 @@ import pytest
 from quant_cli.backtest.metrics import deflated_sharpe_ratio
 from quant_cli.cli import app
 from quant_cli.runs.ledger import deflated, deflated_now, ledger, psr
-from runs_fakes import fake_run, stamp, trial
+from runs_fakes import fake_run, ls_json as _ls, stamp, trial
 
 RUNS = Path("runs")
-
-
-def _ls(runner, *args: str) -> list[dict]:
-    result = runner.invoke(app, ["runs", "ls", "--json", *args])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def test_best_of_200_trials_is_deflated_far_below_its_psr(runner):
