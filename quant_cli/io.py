@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -79,8 +80,55 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+# Every JSON file the tool reads back (run manifests, metrics, bundles, specs) goes through one
+# bounded reader: a hostile or damaged file cannot exhaust memory or the interpreter's stack
+# (json recurses per nesting level: 200k-deep input is a RecursionError, not a ValueError).
+MAX_JSON_BYTES = 64 * 1024 * 1024
+MAX_JSON_DEPTH = 100
+
+
+class JSONLimitError(ValueError):
+    """A JSON document over the size or nesting-depth cap: a ValueError, so it is handled as invalid JSON."""
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest nesting of arrays/objects in a JSON document, string contents ignored (numpy, no recursion)."""
+    import numpy as np
+
+    codes = np.frombuffer(_JSON_STRING.sub(b'""', data), dtype=np.uint8)
+    step = ((codes == 0x5B) | (codes == 0x7B)).astype(np.int64) - ((codes == 0x5D) | (codes == 0x7D))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def parse_json(data: bytes | str, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """json.loads with a size and a nesting-depth cap; every violation is a ValueError (JSONLimitError)."""
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if len(raw) > max_bytes:
+        raise JSONLimitError(f"{len(raw):,} bytes, over the {max_bytes:,}-byte limit for a JSON file")
+    depth = json_depth(raw)
+    if depth > max_depth:
+        raise JSONLimitError(f"nested {depth:,} levels deep, over the limit of {max_depth}")
+    try:
+        return json.loads(raw)
+    except RecursionError:  # unreachable after the depth check; kept so no input can raise it
+        raise JSONLimitError(f"nested deeper than the limit of {max_depth}") from None
+
+
+def read_json_bytes(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """A JSON file's bytes, refusing one over `max_bytes` before reading it whole."""
+    with open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise JSONLimitError(f"over the {max_bytes:,}-byte limit for a JSON file")
+    return data
+
+
+def read_json(path: Path, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A JSON file, bounded in size and depth (ValueError when over either, or not JSON)."""
+    return parse_json(read_json_bytes(path, max_bytes=max_bytes), max_bytes=max_bytes, max_depth=max_depth)
 
 
 _DAMAGED_RUN = "the run is damaged, start a new one with `qfactory train --recipe R`"
@@ -176,7 +224,7 @@ def clean_stale_staging(folder: Path) -> list[Path]:
 
 def _is_stale(staging: Path) -> bool:
     try:
-        recorded = json.loads((staging / OWNER_FILE).read_text(encoding="utf-8"))
+        recorded = read_json(staging / OWNER_FILE)
     except (OSError, ValueError):
         recorded = None
     return owner_gone(recorded, _age(staging))

@@ -17,14 +17,13 @@ a trial without `periods` is counted in N, but its own ratios are NaN ("n/a").
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from quant_cli.backtest.metrics import deflated_sharpe_ratio, expected_max_sharpe, probabilistic_sharpe_ratio
-from quant_cli.io import STAGING_PREFIX
+from quant_cli.io import STAGING_PREFIX, read_json
 
 KINDS = ("backtest", "walkforward")
 
@@ -48,7 +47,7 @@ class Trial:
 
 def _read_object(path: Path) -> dict[str, Any] | None:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = read_json(path)
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from quant_cli.errors import RunError, one_of, shown, suggest
-from quant_cli.io import STAGING_PREFIX, _is_stale
+from quant_cli.io import STAGING_PREFIX, _is_stale, parse_json, read_json_bytes
 from quant_cli.runs.directory import STAGE_OUTPUTS, running_alive
 from quant_cli.runs.ledger import Trial, deflated_now, trials_of, with_segment
 
@@ -49,8 +49,7 @@ def read_object(path: Path | str) -> tuple[dict[str, Any] | None, str | None]:
     """(object, None), (None, None) when the file is absent, or (None, why it is damaged)."""
     name = os.path.basename(path)
     try:
-        with open(path, "rb") as fh:  # bytes: json decodes UTF-8 itself, faster than a text read
-            value = json.loads(fh.read())
+        value = parse_json(read_json_bytes(path))  # bytes: json decodes UTF-8 itself, faster than a text read
     except FileNotFoundError:
         return None, None
     except ValueError as exc:
