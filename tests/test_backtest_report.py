@@ -123,10 +123,10 @@ def test_report_renders_in_chromium_and_regenerates(tmp_path, panel, runner):
     assert result.exit_code == 0, result.output
     dom = check_page(run / "backtest" / "report.html", tmp_path, at_least=9)
     for title in ("Equity vs benchmark", "Drawdown", "Rolling Sharpe", "Monthly returns", "Rank IC per timestamp",
-                  "IC decay", "score decile", "Turnover and exposure", "Feature importance"):
+                  "IC decay", "score decile", "Exposure (gross and net)", "Turnover (", "Feature importance"):
         assert title in dom, title
     wf = check_page(run / "walkforward" / "backtest" / "report.html", tmp_path, at_least=9)
-    assert "Walk-forward folds" in wf and "fold starts" in wf and wf.count('class="marker"') == 3
+    assert "Walk-forward folds" in wf and "fold starts" in wf and wf.count('class="fold-tick"') == 3
 
 
 def test_report_of_a_run_without_a_backtest_is_one_line(tmp_path, runner):

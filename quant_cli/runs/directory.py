@@ -247,9 +247,20 @@ def _initial_manifest(run_id: str, recipe: Recipe) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "seed": recipe["run"]["seed"],
         "device": "cpu",
-        "fingerprints": {"recipe": fingerprint(recipe)},
+        "fingerprints": {"recipe": fingerprint(recipe), "experiment": experiment_fingerprint(recipe)},
         "stages": {},
     }
+
+
+def experiment_fingerprint(recipe: Recipe) -> str:
+    """The resolved recipe less what only names or places a run (run.name, run.runs_dir,
+    data.data_dir, [serve]): the trial ledger counts runs with the same one (and the same data
+    and code) as one trial (runs/ledger.py)."""
+    kept = {section: dict(values) if isinstance(values, dict) else values for section, values in recipe.items() if section != "serve"}
+    for section, key in (("run", "name"), ("run", "runs_dir"), ("data", "data_dir")):
+        if isinstance(kept.get(section), dict):
+            kept[section].pop(key, None)
+    return fingerprint(kept)
 
 
 def resolve_run(ref: str, runs_dir: Path, label: str = "--run") -> Run:
