@@ -16,10 +16,14 @@ def report(
 ) -> None:
     """Regenerate the HTML tear sheet (backtest/report.html, walkforward/backtest/report.html) of a run; works offline.
 
+    Prints the path of each report.html written, one per line (with --json: `path` is the first).
+
     Example: qfactory report --run latest
+
+    Example: xdg-open "$(qfactory report --run latest | head -1)"
     """
     with cli_errors(quiet, debug):
         target = resolve_run(run, runs_home(runs_dir))
         written = stages.report_existing(target)
-        payload = {"run_id": target.id, "reports": [str(p) for p in written]}
-    emit(target.path, json_out, payload)
+        payload = {"run_id": target.id, "run": str(target.path), "reports": [str(p) for p in written]}
+    emit("\n".join(str(p) for p in written) if not json_out else written[0], json_out, payload)

@@ -92,8 +92,12 @@ def library_versions() -> dict[str, str]:
 
 
 def _git_commit() -> str | None:
+    """The commit of the qfactory source that runs (a git checkout, e.g. an editable install),
+    asked in the package's own folder: the working directory's repository, if any, says nothing
+    about the code, and made one experiment two trials when run from two folders (runs/ledger.py)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
+                             cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
