@@ -211,7 +211,8 @@ def _backtest_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, reporter
     cfg = recipe["backtest"]
     scores = read_run_parquet(run.path, "predictions.parquet").filter(pl.col("segment") == cfg["segment"])
     if scores.height == 0:
-        raise RunError(f"run {run.id} has no {cfg['segment']} predictions to backtest; set backtest.segment to a segment the split has rows in")
+        raise RunError(f"run {run.id} has no {cfg['segment']} predictions to backtest; "
+                       "set backtest.segment to a segment the split has rows in")
     strategies.check_universe(with_defaults(cfg), *strategies.universe_of(scores))  # before the stage is marked running
     with run.stage("backtest") as info:
         bars = _adjustment(run).apply(load_bars(recipe, snapshot))  # the prices the labels were measured on
@@ -228,9 +229,9 @@ def _write_backtest(run: Run, kind: str, signal: pl.DataFrame, bars: pl.DataFram
     segment = cfg["segment"] if kind == "score" else "weights"  # the ledger counts only test-segment model runs
     with reporter.working("backtest: next-bar execution with costs"), stage_outputs(run, "backtest") as folder:
         deflate = (lambda summary: _deflated(run, summary)) if segment == "test" else None
+        frequency = recipe["data"]["frequency"] or snapshot.manifest.get("frequency")
         summary = write_backtest(folder, signal, bars, cfg, extra={"segment": segment}, kind=kind, run_dir=run.path,
-                                 frequency=recipe["data"]["frequency"] or snapshot.manifest.get("frequency"), reporter=reporter,
-                                 deflate=deflate)
+                                 frequency=frequency, reporter=reporter, deflate=deflate)
     path = run.path / "metrics.json"
     metrics = read_json(path) if path.is_file() else {}
     metrics["backtest"] = {k: v for k, v in summary.items() if k != "config"}
@@ -253,7 +254,8 @@ def _report_backtest(summary: dict[str, Any], reporter: Reporter) -> None:
     reporter.info(f"backtest: sharpe {summary.get('sharpe', float('nan')):.2f} ({before.get('sharpe', float('nan')):.2f} before costs), "
                   f"annual return {summary.get('annual_return', float('nan')):.2%}, max drawdown {summary.get('max_drawdown', float('nan')):.2%}, "
                   f"{summary.get('periods_per_year', float('nan')):.0f} periods/year ({summary.get('periods_per_year_source')})"
-                  + (f"; deflated Sharpe {summary['deflated_sharpe']:.2f} over {summary['n_trials']} trial(s)" if "n_trials" in summary else "")
+                  + (f"; deflated Sharpe {summary['deflated_sharpe']:.2f} over {summary['n_trials']} trial(s)"
+                     if "n_trials" in summary else "")
                   + (f"; {note}" if (note := market_exposure_note(summary)) else ""))
 
 

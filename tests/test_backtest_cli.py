@@ -130,8 +130,9 @@ name = "linear"
 [train]
 threads = 1
 """
-REFUSAL = ("error: backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, but the universe has "
-           "1 (EURUSD), so it would never hold a position; use a strategy that trades one symbol: 'sign', 'long_only', "
+REFUSAL = ("error: backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, "
+           "but the universe has 1 (EURUSD), so it would never hold a position; "
+           "use a strategy that trades one symbol: 'sign', 'long_only', "
            "'threshold' (e.g. --set backtest.strategy=sign), or add symbols to the dataset")
 
 
@@ -185,7 +186,8 @@ def test_an_identical_rerun_is_not_another_trial_and_the_report_shows_n(trained,
     homes = ["--data-dir", str(root / "data"), "--runs-dir", str(root / "runs"), "--quiet"]
     again = runner.invoke(app, ["run", "--recipe", str(recipe), *homes])
     assert again.exit_code == 0, again.output
-    first, second = (json.loads((r / "metrics.json").read_text())["backtest"] for r in (run, Path(again.stdout.strip())))
+    runs = (run, Path(again.stdout.strip()))
+    first, second = (json.loads((r / "metrics.json").read_text())["backtest"] for r in runs)
     assert first["n_trials"] == second["n_trials"] == 1
     changed = runner.invoke(app, ["run", "--recipe", str(recipe), "--set", "backtest.cost_bps=9", *homes])
     assert changed.exit_code == 0, changed.output

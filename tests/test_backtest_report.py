@@ -151,7 +151,8 @@ def drift_bars(n: int = 600, drift: float = 0.002, vol: float = 0.008, seed: int
     rng = np.random.default_rng(seed)
     days = np.busday_offset(np.datetime64("2015-01-02", "D"), np.arange(n), roll="forward").astype("datetime64[us]")
     close = 100 * np.exp(np.cumsum(drift + rng.normal(0, vol, n)))
-    return pl.DataFrame({"symbol": "EURUSD", "ts": days, "close": close}).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
+    frame = pl.DataFrame({"symbol": "EURUSD", "ts": days, "close": close})
+    return frame.with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
 
 
 def test_a_sign_book_on_a_drifting_pair_is_flagged_as_market_exposure(tmp_path):
@@ -185,7 +186,9 @@ def test_market_exposure_thresholds_are_the_documented_ones():
     from quant_cli.backtest.metrics import BETA_LIMIT, NET_SHARE_LIMIT, market_exposure
 
     assert (NET_SHARE_LIMIT, BETA_LIMIT) == (0.8, 0.5)
-    flagged = lambda **s: market_exposure({"exposure": 1.0, "net_exposure": 0.0, "beta": 0.0} | s)["mostly_market"]  # noqa: E731
+    def flagged(**summary: float) -> bool:
+        return market_exposure({"exposure": 1.0, "net_exposure": 0.0, "beta": 0.0} | summary)["mostly_market"]
+
     assert flagged(net_exposure=-0.8) and flagged(beta=0.5) and flagged(beta=-0.6)
     assert not flagged(net_exposure=0.79, beta=0.49) and not flagged(exposure=0.0, net_exposure=0.0, beta=float("nan"))
 
@@ -193,11 +196,13 @@ def test_market_exposure_thresholds_are_the_documented_ones():
 def test_the_report_shows_the_deflated_sharpe_and_its_trials(tmp_path, panel):
     bars, scores = panel
     (tmp_path / "b").mkdir()
-    summary = write_backtest(tmp_path / "b", scores, bars, CFG, deflate=lambda s: {"deflated_sharpe": 0.4321, "n_trials": 7})
+    summary = write_backtest(tmp_path / "b", scores, bars, CFG,
+                             deflate=lambda s: {"deflated_sharpe": 0.4321, "n_trials": 7})
     assert (summary["deflated_sharpe"], summary["n_trials"]) == (0.4321, 7)
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["n_trials"] == 7
     page = (tmp_path / "b" / "report.html").read_text()
-    assert re.search(r"<td>Deflated Sharpe <span[^>]*>over 7 trials on this dataset when the run was made</span></td><td>0\.432</td>", page)
+    assert re.search(r"<td>Deflated Sharpe <span[^>]*>over 7 trials on this dataset when the run was made</span></td>"
+                     r"<td>0\.432</td>", page)
 
 
 def test_equity_is_drawn_on_a_log_axis_and_folds_as_short_light_ticks():
@@ -206,13 +211,15 @@ def test_equity_is_drawn_on_a_log_axis_and_folds_as_short_light_ticks():
     from quant_cli.backtest import charts
 
     x = np.arange(1000) * 86400.0
-    svg = charts.line_chart("equity", x, {"benchmark": np.exp(np.linspace(0, np.log(240), 1000))}, ticks=[x[100], x[500]], log=True)
-    y = {label: float(pos) for pos, label in re.findall(r'<text x="\d+" y="([\d.]+)" text-anchor="end">([^<]+)</text>', svg)}
+    benchmark = {"benchmark": np.exp(np.linspace(0, np.log(240), 1000))}
+    svg = charts.line_chart("equity", x, benchmark, ticks=[x[100], x[500]], log=True)
+    labels = re.findall(r'<text x="\d+" y="([\d.]+)" text-anchor="end">([^<]+)</text>', svg)
+    y = {label: float(pos) for pos, label in labels}
     assert {"1", "10", "100"} <= y.keys()
     assert y["1"] - y["10"] == pytest.approx(y["10"] - y["100"], abs=0.2)
     marks = re.findall(r'<line x1="[\d.]+" x2="[\d.]+" y1="([\d.]+)" y2="([\d.]+)" class="fold-tick"/>', svg)
     assert len(marks) == 2 and all(float(b) - float(a) <= 10 for a, b in marks)  # short, not full height
-    linear = charts.line_chart("equity", x, {"benchmark": np.exp(np.linspace(0, np.log(240), 1000))})
+    linear = charts.line_chart("equity", x, benchmark)
     assert "fold-tick" not in linear and ">100.00<" in linear
 
 

@@ -284,8 +284,9 @@ def test_a_long_short_book_on_one_symbol_is_refused_with_one_line_naming_what_ca
     with pytest.raises(RecipeError) as caught:
         check_universe(with_defaults({"strategy": "long_short"}), *universe_of(scores))
     assert str(caught.value) == (
-        "backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, but the universe has 1 (EURUSD), "
-        "so it would never hold a position; use a strategy that trades one symbol: 'sign', 'long_only', 'threshold' "
+        "backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, "
+        "but the universe has 1 (EURUSD), so it would never hold a position; "
+        "use a strategy that trades one symbol: 'sign', 'long_only', 'threshold' "
         "(e.g. --set backtest.strategy=sign), or add symbols to the dataset")
     # two symbols that are never scored at the same timestamp are no cross-section either
     apart = pl.concat([frame({"A": [1.0]}, "score"), frame({"B": [0.0, 1.0]}, "score").filter(pl.col("ts") > DAY0)])

@@ -122,13 +122,15 @@ def test_identical_reruns_are_one_trial_and_any_change_of_recipe_data_or_code_is
         folder = fake_run(RUNS, f"{name}-20260101T000010-00{i}a", stamp(10 + i), backtest=trial(0.5), **manifest)
         if name == "data":  # the same dataset name and recipe on other bars
             written = json.loads((folder / "manifest.json").read_text())
-            (folder / "manifest.json").write_text(json.dumps({**written, "dataset": {"name": "d", "version": 7, "content_hash": "y"}}))
+            other_bars = {"name": "d", "version": 7, "content_hash": "y"}
+            (folder / "manifest.json").write_text(json.dumps({**written, "dataset": other_bars}))
         assert {r["n_trials"] for r in _ls(runner)} == {2 + i}, name
     # the key ignores only what names or places a run: run.name, runs_dir and data_dir are not in `experiment`
     from quant_cli.recipe import load_recipe
     from quant_cli.runs.directory import experiment_fingerprint
 
     base = load_recipe(None, ['data.dataset="d"'])
-    renamed = load_recipe(None, ['data.dataset="d"', 'run.name="other"', 'run.runs_dir="/elsewhere"', "serve.port=9000"])
+    renamed = load_recipe(None, ['data.dataset="d"', 'run.name="other"', 'run.runs_dir="/elsewhere"',
+                                 "serve.port=9000"])
     assert experiment_fingerprint(base) == experiment_fingerprint(renamed)
     assert experiment_fingerprint(base) != experiment_fingerprint(load_recipe(None, ['data.dataset="d"', "run.seed=7"]))

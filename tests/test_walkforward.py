@@ -68,14 +68,17 @@ def test_end_to_end_and_jobs_do_not_change_results(runner, tmp_path):
 
 
 def test_a_strategy_that_cannot_trade_one_symbol_is_refused_before_any_fold(runner, tmp_path):
-    result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "p", "--symbols", "1", "--bars", "300", "-q"])
+    result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "p", "--symbols", "1", "--bars", "300",
+                                 "-q"])
     assert result.exit_code == 0, result.output
     refused = _walkforward(runner, tmp_path)
     assert refused.exit_code == 2 and refused.stderr.splitlines() == [
-        "error: backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, but the universe has 1 (S000), "
-        "so it would never hold a position; use a strategy that trades one symbol: 'sign', 'long_only', 'threshold' "
+        "error: backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, "
+        "but the universe has 1 (S000), so it would never hold a position; "
+        "use a strategy that trades one symbol: 'sign', 'long_only', 'threshold' "
         "(e.g. --set backtest.strategy=sign), or add symbols to the dataset"]
-    assert not (tmp_path / "runs").exists() or not [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]  # no run directory
     top_k = _walkforward(runner, tmp_path, "--set", "backtest.strategy=top_k", "--set", "backtest.top_k_short=true")
     assert top_k.exit_code == 2 and "'top_k' with top_k_short needs at least 2 symbols" in top_k.stderr
 

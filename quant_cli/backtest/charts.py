@@ -115,9 +115,10 @@ def line_chart(title: str, x: np.ndarray, series: dict[str, np.ndarray], fmt: st
         if name not in areas:
             body.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.5"/>')
         legend.append(f'<text x="{W - RIGHT - 10 - 150 * i}" y="16" text-anchor="end" fill="{color}">■ {_esc(name)}</text>')
-    marks = "".join(f'<line x1="{xs(t):.1f}" x2="{xs(t):.1f}" y1="{H - BOTTOM - 7}" y2="{H - BOTTOM}" class="fold-tick"/>'
-                    for t in ticks)
-    return _frame(title, "".join(body) + marks, y_lo, y_hi, fmt, axis + "".join(legend), _log_ticks(y_lo, y_hi) if log else None)
+    marks = "".join(f'<line x1="{xs(t):.1f}" x2="{xs(t):.1f}" y1="{H - BOTTOM - 7}" y2="{H - BOTTOM}" '
+                    'class="fold-tick"/>' for t in ticks)
+    y_ticks = _log_ticks(y_lo, y_hi) if log else None
+    return _frame(title, "".join(body) + marks, y_lo, y_hi, fmt, axis + "".join(legend), y_ticks)
 
 
 def bar_chart(title: str, labels: Sequence[str], values: Sequence[float], fmt: str = ".3f") -> str:

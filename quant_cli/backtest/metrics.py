@@ -235,7 +235,8 @@ def market_exposure_note(summary: dict[str, Any]) -> str | None:
     market = summary.get("market") or "the equal-weight universe"
     return (f"mostly market exposure (net exposure {_num(summary.get('net_exposure'), '.2f')} of gross "
             f"{_num(summary.get('exposure'), '.2f')}, beta {_num(summary.get('beta'), '.2f')} to {market}): "
-            f"alpha {_num(summary.get('alpha'), '.2%')}/yr, information ratio {_num(summary.get('information_ratio'), '.2f')}")
+            f"alpha {_num(summary.get('alpha'), '.2%')}/yr, "
+            f"information ratio {_num(summary.get('information_ratio'), '.2f')}")
 
 
 def _num(value: Any, spec: str) -> str:

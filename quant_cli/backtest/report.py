@@ -24,7 +24,8 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 HEADLINE = (("total_return", "Total return", ".2%"), ("annual_return", "Annual return", ".2%"),
             ("annual_volatility", "Annual volatility", ".2%"), ("sharpe", "Sharpe", ".2f"),
             ("alpha", "Alpha (annual, vs the benchmark)", ".2%"), ("information_ratio", "Information ratio", ".2f"),
-            ("deflated_sharpe", "Deflated Sharpe", ".3f"), ("sortino", "Sortino", ".2f"), ("max_drawdown", "Max drawdown", ".2%"))
+            ("deflated_sharpe", "Deflated Sharpe", ".3f"), ("sortino", "Sortino", ".2f"),
+            ("max_drawdown", "Max drawdown", ".2%"))
 DETAIL = (("calmar", ".2f"), ("max_drawdown_periods", "d"), ("hit_rate", ".1%"), ("profit_factor", ".2f"), ("omega", ".2f"),
           ("tail_ratio", ".2f"), ("var_95", ".2%"), ("cvar_95", ".2%"), ("skew", ".2f"), ("kurtosis", ".2f"), ("psr", ".3f"),
           ("mean_turnover", ".3f"), ("annual_turnover", ".1f"), ("avg_holding_periods", ".1f"), ("exposure", ".2f"),
@@ -63,7 +64,8 @@ def render(folder: Path, run_dir: Path) -> str:
     summary = read_json(folder / "metrics.json")
     analysis = read_json(folder / "analysis.json") if (folder / "analysis.json").is_file() else {}
     folds = _folds(folder)
-    parts = [_header(summary, run_dir, bool(folds)), _market_warning(summary), _tables(summary), *_performance(curve, summary, folds), *_signal(analysis, summary)]
+    parts = [_header(summary, run_dir, bool(folds)), _market_warning(summary), _tables(summary),
+             *_performance(curve, summary, folds), *_signal(analysis, summary)]
     if (importance := _importance(run_dir)) is not None:
         parts.append(importance)
     if folds:
@@ -109,15 +111,17 @@ def _market_warning(summary: dict[str, Any]) -> str:
     market = html.escape(str(summary.get("market") or "the equal-weight universe"))
     return (f'<p class="warning" id="market-exposure"><b>The result is mostly market exposure.</b> Net exposure '
             f"{_fmt(summary.get('net_exposure'), '.2f')} of gross {_fmt(summary.get('exposure'), '.2f')}, beta "
-            f"{_fmt(summary.get('beta'), '.2f')} to {market}: the Sharpe ratio of {_fmt(summary.get('sharpe'), '.2f')} mostly "
+            f"{_fmt(summary.get('beta'), '.2f')} to {market}: the Sharpe ratio of "
+            f"{_fmt(summary.get('sharpe'), '.2f')} mostly "
             f"measures the market's drift. Alpha {_fmt(summary.get('alpha'), '.2%')}/yr and information ratio "
             f"{_fmt(summary.get('information_ratio'), '.2f')} say what the signal added.</p>")
 
 
 def _tables(summary: dict[str, Any]) -> str:
     before = summary.get("before_costs", {})
-    rows = "".join(f"<tr><td>{label}{_trials(summary) if k == 'deflated_sharpe' else ''}</td><td>{_fmt(summary.get(k), spec)}</td>"
-                   f"<td>{_fmt(before.get(k), spec)}</td></tr>" for k, label, spec in HEADLINE)
+    rows = "".join(f"<tr><td>{label}{_trials(summary) if k == 'deflated_sharpe' else ''}</td>"
+                   f"<td>{_fmt(summary.get(k), spec)}</td><td>{_fmt(before.get(k), spec)}</td></tr>"
+                   for k, label, spec in HEADLINE)
     detail = "".join(f"<tr><td>{k}</td><td>{_fmt(summary.get(k), spec)}</td></tr>" for k, spec in DETAIL if k in summary)
     return (f"<h2>Summary</h2><table><tr><th></th><th>after costs</th><th>before costs</th></tr>{rows}</table>"
             f"<h2>All metrics</h2><table>{detail}</table>")
@@ -127,7 +131,8 @@ def _trials(summary: dict[str, Any]) -> str:
     """What the deflated Sharpe ratio was deflated by, or why there is none."""
     n = summary.get("n_trials")
     if isinstance(n, int) and n > 0:
-        return f' <span class="note" id="n-trials">over {n} trial{"s" if n != 1 else ""} on this dataset when the run was made</span>'
+        trials = f'{n} trial{"s" if n != 1 else ""}'
+        return f' <span class="note" id="n-trials">over {trials} on this dataset when the run was made</span>'
     return ' <span class="note" id="n-trials">(not a test-segment trial)</span>'
 
 
@@ -151,15 +156,15 @@ def _performance(curve: pl.DataFrame, summary: dict[str, Any], folds: list[dict[
     window = int(min(max(round(ppy / 4), 10), max(curve.height // 3, 2)))
     ticks = f'<p class="note">Ticks on the time axis: the {len(markers)} fold starts.</p>' if markers else ""
     out = ["<h2>Performance</h2>",
-           _figure(charts.line_chart("Equity vs benchmark (log scale)", x, equity, ".2f", ticks=markers, log=True)) + ticks,
+           _figure(charts.line_chart("Equity vs benchmark (log scale)", x, equity, ".2f", ticks=markers, log=True))
+           + ticks,
            _figure(charts.line_chart("Drawdown", x, {"drawdown": drawdown_series(curve["equity"].to_numpy())}, ".1%", fill=True)),
            _figure(charts.line_chart(f"Rolling Sharpe ({window} periods, annualised)", x, {"rolling Sharpe": rolling_sharpe(net, window, ppy)}, ".1f"))]
     out.append(_monthly(curve))
     # Exposure and turnover on separate axes: a flip trades twice the book, and per-period turnover
     # spikes drawn over the exposure lines hid them; turnover is shown as its rolling mean.
-    out.append(_figure(charts.line_chart("Exposure (gross and net)", x, {"gross exposure": curve["exposure"].to_numpy(),
-                                                                         "net exposure": curve["net_exposure"].to_numpy()}, ".2f",
-                                         areas=("gross exposure",))))
+    exposure = {"gross exposure": curve["exposure"].to_numpy(), "net exposure": curve["net_exposure"].to_numpy()}
+    out.append(_figure(charts.line_chart("Exposure (gross and net)", x, exposure, ".2f", areas=("gross exposure",))))
     turnover = _rolling_mean(curve["turnover"].to_numpy(), window)
     out.append(_figure(charts.line_chart(f"Turnover ({window}-period mean, share of equity traded per period)", x,
                                          {"turnover": turnover}, ".2f", fill=True)))

@@ -260,7 +260,8 @@ def experiment_fingerprint(recipe: Recipe) -> str:
     """The resolved recipe less what only names or places a run (run.name, run.runs_dir,
     data.data_dir, [serve]): the trial ledger counts runs with the same one (and the same data
     and code) as one trial (runs/ledger.py)."""
-    kept = {section: dict(values) if isinstance(values, dict) else values for section, values in recipe.items() if section != "serve"}
+    kept = {section: dict(values) if isinstance(values, dict) else values
+            for section, values in recipe.items() if section != "serve"}
     for section, key in (("run", "name"), ("run", "runs_dir"), ("data", "data_dir")):
         if isinstance(kept.get(section), dict):
             kept[section].pop(key, None)

@@ -125,7 +125,8 @@ def _write_outputs(run: Run, recipe: Recipe, folds: list[WalkFold], results: lis
     predictions = pl.concat([r.scored for r in results if r.scored is not None]).select(PREDICTION_COLUMNS).sort("symbol", "ts")
     with stage_outputs(run, "walkforward") as folder:
         write_parquet_atomic(folder / "predictions.parquet", predictions)
-        summary = _backtest_stitched(folder / "backtest", predictions, bars, recipe["backtest"], frequency, run, reporter)
+        summary = _backtest_stitched(folder / "backtest", predictions, bars, recipe["backtest"], frequency, run,
+                                     reporter)
         curve = pl.read_parquet(folder / "backtest" / "equity.parquet")
         folds_json = _folds_json(recipe["walkforward"]["mode"], folds, results, curve, summary["periods_per_year"])
         write_json_atomic(folder / "folds.json", folds_json)
@@ -142,8 +143,8 @@ def _backtest_stitched(folder: Path, scores: pl.DataFrame, bars: pl.DataFrame, c
     engine and outputs as the backtest stage (the summary carries skew and raw kurtosis, and the
     deflated Sharpe ratio the report shows)."""
     folder.mkdir()
-    return write_backtest(folder, scores, bars, cfg, extra={"segment": "walkforward"}, frequency=frequency, run_dir=run.path,
-                          reporter=reporter, deflate=lambda summary: _deflated(run, summary))
+    return write_backtest(folder, scores, bars, cfg, extra={"segment": "walkforward"}, frequency=frequency,
+                          run_dir=run.path, reporter=reporter, deflate=lambda summary: _deflated(run, summary))
 
 
 def _deflated(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
