@@ -13,7 +13,7 @@ from quant_cli.data.synthetic import generate
 from quant_cli.dataset.table import KEYS, prepare
 from quant_cli.io import read_json
 from quant_cli.models.classical import LinearModel
-from quant_cli.models.crossval import cross_validate
+from quant_cli.stages.crossval import cross_validate
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.recipe import load_recipe
 from quant_cli.runs.directory import resolve_run

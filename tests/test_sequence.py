@@ -22,8 +22,8 @@ from quant_cli.errors import ModelError
 from quant_cli.features.testing import perturb_after
 from quant_cli.io import read_json
 from quant_cli.models import device as device_mod
-from quant_cli.models.bars import bar_channels, channel_names
-from quant_cli.models.fitting import build_panel, predict_frame
+from quant_cli.features.bars import bar_channels, channel_names
+from quant_cli.stages.fitting import build_panel, predict_frame
 from quant_cli.models.panel import Panel, PanelRows
 from quant_cli.models.registry import MODELS, create_model
 from quant_cli.models.torch.windows import gather

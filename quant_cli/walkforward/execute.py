@@ -24,7 +24,7 @@ from quant_cli.backtest.metrics import prediction_metrics
 from quant_cli.dataset.table import KEYS, Table
 from quant_cli.errors import DataError, QFactoryError
 from quant_cli.models.base import Model
-from quant_cli.models.crossval import FoldWindow, fit_and_score
+from quant_cli.stages.crossval import FoldWindow, fit_and_score
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.report import SILENT, Reporter
 from quant_cli.splits.chronological import EXCLUDED, SplitPlan

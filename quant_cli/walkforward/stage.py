@@ -80,10 +80,10 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 def _channels(recipe: Recipe, bars: pl.DataFrame, device: str) -> pl.DataFrame | None:
     """Raw-bar channels of the adjusted bars for a model that reads them (model.params.inputs =
     bars/both), computed once: every channel at t reads bars at or before t only, so one series
-    serves every fold (quant_cli.models.bars)."""
+    serves every fold (quant_cli.features.bars)."""
     if not stages._new_model(recipe, device).needs_bars():
         return None
-    from quant_cli.models.bars import bar_channels
+    from quant_cli.features.bars import bar_channels
 
     return bar_channels(bars, recipe["features"]["timeframes"])
 

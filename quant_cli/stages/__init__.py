@@ -24,7 +24,7 @@ import polars as pl
 from quant_cli.report import SILENT, Reporter
 from quant_cli.backtest.outputs import read_weights, write_backtest
 from quant_cli.backtest.report import render_run_reports
-from quant_cli.models.crossval import cross_validate
+from quant_cli.stages.crossval import cross_validate
 from quant_cli.data import store
 from quant_cli.dataset.table import KEYS, Prepared, check_task, dataset_name, load_bars, load_split, prepare, write_split
 from quant_cli.errors import RecipeError, RunError
@@ -32,8 +32,8 @@ from quant_cli.io import read_json, read_run_parquet, staged_dir, write_json_ato
 from quant_cli.backtest.metrics import classification_metrics, prediction_metrics
 from quant_cli.models.base import Model, StepReport
 from quant_cli.models.device import resolve_device
-from quant_cli.models import fitting
-from quant_cli.models.bars import bar_channels
+from quant_cli.stages import fitting
+from quant_cli.features.bars import bar_channels
 from quant_cli.models.registry import create_model
 from quant_cli.pipeline import adjust
 from quant_cli.pipeline.adjust import Adjustment
@@ -111,7 +111,7 @@ def _device(recipe: Recipe, reporter: Reporter) -> str:
 
 def _fit(model: Model, prepared: Prepared, inputs: dict[str, Any], early_stopping: int, reporter: Reporter,
          report: StepReport | None = None) -> float:
-    """Fit on the segment inputs (tabular or sequence alike): quant_cli.models.fitting.fit_model."""
+    """Fit on the segment inputs (tabular or sequence alike): quant_cli.stages.fitting.fit_model."""
     return fitting.fit_model(model, prepared, inputs, early_stopping, reporter, report)
 
 
