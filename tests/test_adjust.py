@@ -65,7 +65,7 @@ def test_runs_label_and_backtest_on_adjusted_prices(tmp_path, adjust):
     overrides = ['data.dataset="p"', 'features.sets=["core"]', "model.params.n_estimators=20", "train.threads=1",
                  'backtest.strategy="sign"']
     recipe = load_recipe(None, overrides + ([f'data.adjust="{adjust}"'] if adjust else []))
-    run = stages.train_new(recipe, tmp_path / "data", tmp_path / "runs")
+    run = stages.train_new(recipe, tmp_path / "data", tmp_path / "runs").run
     stages.backtest_existing(run, tmp_path / "data")
     predictions = pl.read_parquet(run.path / "predictions.parquet")
     label = _across_split(predictions, day)

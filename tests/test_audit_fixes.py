@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from quant_cli import stages
+from quant_cli.stages import split as split_stage
 from quant_cli.cli import app
 from quant_cli.data import catalog
 from quant_cli.data.store import write_store
@@ -54,16 +55,16 @@ def test_a_vacuum_during_a_split_keeps_the_version_the_split_pinned(tmp_path, mo
     vacuums. The run in staging must already name its pinned version, or its files are deleted."""
     data, runs = tmp_path / "data", tmp_path / "runs"
     write_store(data, "p", generate(symbols=3, bars=200, seed=1), "first")
-    real_prepare = stages.prepare
+    real_prepare = split_stage.prepare
 
     def prepare_while_others_write(recipe, snapshot, **kwargs):
         write_store(data, "p", generate(symbols=3, bars=200, seed=2), "second")  # version 1
         catalog.vacuum(data, "p", keep=1, runs_dir=runs)
         return real_prepare(recipe, snapshot, **kwargs)
 
-    monkeypatch.setattr(stages, "prepare", prepare_while_others_write)
+    monkeypatch.setattr(split_stage, "prepare", prepare_while_others_write)
     recipe = load_recipe(None, ['data.dataset="p"', 'features.sets=["core"]'])
-    run = stages.new_split_run(recipe, data, runs)
+    run = stages.new_split_run(recipe, data, runs).run
     assert read_json(run.path / "manifest.json")["dataset"]["version"] == 0
     assert [r["available"] for r in catalog.dataset_versions(data, "p")] == [True, True]
 

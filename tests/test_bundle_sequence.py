@@ -75,7 +75,7 @@ def test_feature_rows_score_where_the_rows_sent_hold_a_full_window(tmp_path):
     from quant_cli import stages
 
     trained = train(tmp_path, "lstm")
-    loaded = load(stages.bundle_existing(trained.run, trained.data_dir))
+    loaded = load(stages.bundle_existing(trained.run, trained.data_dir).bundle)
     bars = load_bars(trained.data_dir, "p").with_columns(pl.col("symbol").cast(pl.String)).filter(pl.col("ts") >= pl.datetime(2016, 1, 1, time_zone="UTC"))
     from_bars = loaded.score_bars(bars, every_bar=True)
     rows = loaded.pipeline.compute(bars)

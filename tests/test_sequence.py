@@ -31,6 +31,7 @@ from quant_cli.recipe import load_recipe
 from quant_cli.report import CollectingReporter
 from quant_cli.runs.directory import Run
 from quant_cli import stages
+from quant_cli.stages import common
 
 SEQUENCE = [name for name, cls in MODELS.items() if cls.sequence]
 TORCH = ["mlp", *SEQUENCE]
@@ -238,7 +239,7 @@ def test_sharpe_loss_is_minus_mean_over_std_of_per_timestamp_portfolio_returns()
 @pytest.mark.parametrize("recipe", ["lstm.toml", "transformer.toml"])
 def test_shipped_recipes_load_and_build_their_model(recipe):
     loaded = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / recipe)
-    model = stages._new_model(loaded)
+    model = common.make_model(loaded)
     assert model.sequence and model.loop.epochs == loaded["train"]["epochs"]
 
 

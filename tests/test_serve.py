@@ -28,7 +28,7 @@ def bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     first = train(root)
     second = train(root, extra=("model.params.n_estimators=10",), data_dir=first.data_dir)
-    return stages.bundle_existing(first.run, first.data_dir), stages.bundle_existing(second.run, second.data_dir)
+    return stages.bundle_existing(first.run, first.data_dir).bundle, stages.bundle_existing(second.run, second.data_dir).bundle
 
 
 @pytest.fixture(scope="module")

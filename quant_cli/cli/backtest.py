@@ -11,7 +11,6 @@ from quant_cli import stages
 from quant_cli.cli import console
 from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, cli_errors, emit
 from quant_cli.errors import RecipeError
-from quant_cli.io import read_json
 from quant_cli.recipe import load_recipe
 from quant_cli.runs.directory import data_home, resolve_run, runs_home
 
@@ -41,9 +40,9 @@ def backtest(
             raise RecipeError("backtest: pass either --run RUN (a trained run), or --weights FILE --recipe R (a new run)")
         if weights is not None:
             loaded = load_recipe(recipe, set_)
-            target = stages.backtest_weights(loaded, weights, data_home(data_dir, loaded), runs_home(runs_dir, loaded), console.REPORTER)
+            result = stages.backtest_weights(loaded, weights, data_home(data_dir, loaded), runs_home(runs_dir, loaded), console.REPORTER)
         else:
             target = resolve_run(run, runs_home(runs_dir))
-            stages.backtest_existing(target, data_home(data_dir, target.recipe()), console.REPORTER)
-        payload = {"run_id": target.id, "backtest": read_json(target.path / "metrics.json")["backtest"]}
-    emit(target.path, json_out, payload)
+            result = stages.backtest_existing(target, data_home(data_dir, target.recipe()), console.REPORTER)
+        payload = {"run_id": result.id, "backtest": result.backtest}
+    emit(result.path, json_out, payload)

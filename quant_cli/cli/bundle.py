@@ -46,8 +46,8 @@ def bundle(
         if run is None:
             raise QFactoryError("pass --run RUN (a run path, run id or 'latest'), or use `qfactory bundle verify B`")
         existing = resolve_run(run, runs_home(runs_dir))
-        path = stages.bundle_existing(existing, data_home(data_dir, existing.recipe()), out, archive, trust_pickle, console.REPORTER)
-    emit(path, json_out, {"run_id": existing.id})
+        result = stages.bundle_existing(existing, data_home(data_dir, existing.recipe()), out, archive, trust_pickle, console.REPORTER)
+    emit(result.bundle, json_out, {"run_id": existing.id})
 
 
 @app.command("verify")

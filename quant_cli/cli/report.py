@@ -20,6 +20,6 @@ def report(
     """
     with cli_errors(quiet, debug):
         target = resolve_run(run, runs_home(runs_dir))
-        written = stages.report_existing(target)
-        payload = {"run_id": target.id, "reports": [str(p) for p in written]}
+        result = stages.report_existing(target)
+        payload = {"run_id": target.id, "reports": [str(p) for p in result.reports]}
     emit(target.path, json_out, payload)

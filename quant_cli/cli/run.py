@@ -7,7 +7,6 @@ from quant_cli.cli import console
 from quant_cli.cli.common import (
     DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, RecipeOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
 )
-from quant_cli.io import read_json
 from quant_cli.recipe import load_with_overrides
 from quant_cli.runs.directory import data_home, runs_home
 
@@ -31,5 +30,5 @@ def run(
     with cli_errors(quiet, debug):
         resolved = load_with_overrides(recipe, [*(set_ or []), *device_overrides(device, strict_device)], model, console.REPORTER)
         result = stages.run_all(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), console.REPORTER)
-        payload = {"run_id": result.id, "metrics": read_json(result.path / "metrics.json")}
+        payload = {"run_id": result.id, "metrics": result.metrics}
     emit(result.path, json_out, payload)

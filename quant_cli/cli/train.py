@@ -12,7 +12,6 @@ from quant_cli.cli.common import (
     DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, ModelOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
 )
 from quant_cli.errors import QFactoryError
-from quant_cli.io import read_json
 from quant_cli.models.registry import FLAGS, describe_models
 from quant_cli.recipe import load_with_overrides
 from quant_cli.runs.directory import data_home, resolve_run, runs_home
@@ -46,7 +45,7 @@ def train(
             _print_models(json_out)
             return
         result = _train(recipe, run, set_ or [], model, device_overrides(device, strict_device), data_dir, runs_dir, resume)
-        payload = {"run_id": result.id, "metrics": read_json(result.path / "metrics.json")}
+        payload = {"run_id": result.id, "metrics": result.metrics}
     emit(result.path, json_out, payload)
 
 

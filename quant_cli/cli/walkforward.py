@@ -11,7 +11,6 @@ from quant_cli.cli.common import (
     BackendOpt, DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, RecipeOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors,
     device_overrides, emit,
 )
-from quant_cli.io import read_json
 from quant_cli.recipe import load_with_overrides
 from quant_cli.runs.directory import data_home, runs_home
 from quant_cli.walkforward.stage import walkforward_new
@@ -47,7 +46,7 @@ def walkforward(
     """
     with cli_errors(quiet, debug):
         resolved = load_with_overrides(recipe, [*(set_ or []), *device_overrides(device, strict_device)], model, console.REPORTER)
-        run = walkforward_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), jobs, continue_on_error,
+        result = walkforward_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), jobs, continue_on_error,
                               console.REPORTER, backend=backend)
-        payload = {"run_id": run.id, "walkforward": read_json(run.path / "metrics.json")["walkforward"]}
-    emit(run.path, json_out, payload)
+        payload = {"run_id": result.id, "walkforward": result.walkforward}
+    emit(result.path, json_out, payload)
