@@ -18,8 +18,8 @@ WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Parquet or C
 
 
 @stage_command
-def backtest(run: OptionalRunOpt = None, weights: WeightsOpt = None, recipe: OptionalRecipeOpt = None, set_: SetOpt = None,
-             *, shared: Shared) -> Printed:
+def backtest(run: OptionalRunOpt = None, weights: WeightsOpt = None, recipe: OptionalRecipeOpt = None,
+             set_: SetOpt = None, *, shared: Shared) -> Printed:
     """Backtest a trained run's scores (or a weights file); writes backtest/ and adds backtest.* to metrics.json.
 
     Example: qfactory backtest --run latest

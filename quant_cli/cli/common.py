@@ -58,7 +58,8 @@ RunOpt = Annotated[str, typer.Option("--run", help="Run directory, run id, or 'l
 def load_stage_recipe(recipe: Path, sets: list[str] | None, model: str | None = None, device: str | None = None,
                       strict_device: bool = False) -> Recipe:
     """The recipe with --set, --model and --device/--strict-device applied (notices on stderr)."""
-    return load_with_overrides(recipe, [*(sets or []), *device_overrides(device, strict_device)], model, console.REPORTER)
+    overrides = [*(sets or []), *device_overrides(device, strict_device)]
+    return load_with_overrides(recipe, overrides, model, console.REPORTER)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="With --run: continue 
 
 
 @stage_command
-def train(recipe: OptionalRecipeOpt = None, run: RunToTrainOpt = None, model: ModelOpt = None, list_models: ListModelsOpt = False,
-          resume: ResumeOpt = False, set_: SetOpt = None, device: DeviceOpt = None, strict_device: StrictDeviceOpt = False,
-          *, shared: Shared) -> Printed | None:
+def train(recipe: OptionalRecipeOpt = None, run: RunToTrainOpt = None, model: ModelOpt = None,
+          list_models: ListModelsOpt = False, resume: ResumeOpt = False, set_: SetOpt = None, device: DeviceOpt = None,
+          strict_device: StrictDeviceOpt = False, *, shared: Shared) -> Printed | None:
     """Train a model: features (from cache when possible), split, fit, predictions and metrics.
 
     Prints the run directory, so `RUN=$(qfactory train -r r.toml) && qfactory backtest --run "$RUN"` works.

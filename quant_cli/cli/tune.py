@@ -21,8 +21,8 @@ TrialsOpt = Annotated[int | None, typer.Option("--trials", "-n", min=1, help="Tr
 
 
 @stage_command
-def tune(recipe: OptionalRecipeOpt = None, run: ContinueRunOpt = None, trials: TrialsOpt = None, backend: BackendOpt = "local",
-         jobs: JobsOpt = 1, set_: SetOpt = None, *, shared: Shared) -> Printed:
+def tune(recipe: OptionalRecipeOpt = None, run: ContinueRunOpt = None, trials: TrialsOpt = None,
+         backend: BackendOpt = "local", jobs: JobsOpt = 1, set_: SetOpt = None, *, shared: Shared) -> Printed:
     """Tune the recipe's [tune.space] with Optuna on the validation segment (never the test segment).
 
     Features and the split are computed once and shared by every trial. The study lives in
@@ -49,9 +49,11 @@ def _tune(study, recipe, run_ref, trials, backend, jobs, sets, shared: Shared): 
             raise QFactoryError("--set applies to new studies only; a tune run's recipe is fixed — use --recipe to start another")
         existing = shared.run(run_ref)
         recipe_ = existing.recipe()
-        return study.tune_existing(existing, shared.data(recipe_), shared.runs(recipe_), trials, backend, jobs, console.REPORTER)
+        homes = shared.data(recipe_), shared.runs(recipe_)
+        return study.tune_existing(existing, *homes, trials, backend, jobs, console.REPORTER)
     resolved = load_stage_recipe(recipe, sets)
-    return study.tune_new(resolved, shared.data(resolved), shared.runs(resolved), trials, backend, jobs, console.REPORTER)
+    homes = shared.data(resolved), shared.runs(resolved)
+    return study.tune_new(resolved, *homes, trials, backend, jobs, console.REPORTER)
 
 
 def _table(result) -> str:  # noqa: ANN001

@@ -8,7 +8,8 @@ import typer
 
 from quant_cli.cli import console
 from quant_cli.cli.common import (
-    BackendOpt, DeviceOpt, ModelOpt, Printed, RecipeOpt, SetOpt, Shared, StrictDeviceOpt, load_stage_recipe, stage_command,
+    BackendOpt, DeviceOpt, ModelOpt, Printed, RecipeOpt, SetOpt, Shared, StrictDeviceOpt, load_stage_recipe,
+    stage_command,
 )
 from quant_cli.walkforward.stage import walkforward_new
 

@@ -23,8 +23,8 @@ from quant_cli.pipeline.fitted import FittedPipeline
 KEYS = ["symbol", "ts"]
 
 
-def score_panel(pipeline: FittedPipeline, model: Model, data: pl.DataFrame, *, timeframes: list[str] | None = None, first: int = 0,
-                last_only: bool = False) -> pl.DataFrame:
+def score_panel(pipeline: FittedPipeline, model: Model, data: pl.DataFrame, *, timeframes: list[str] | None = None,
+                first: int = 0, last_only: bool = False) -> pl.DataFrame:
     """symbol, ts, score (+ p_<class>) of `model` on the rows of `data` (raw bars, or raw feature rows;
     sorted by symbol, ts) through `pipeline` at position >= `first` of their symbol
     (`last_only`: each symbol's last row) that have a full window; rows without one are absent, as in
@@ -45,7 +45,8 @@ def score_panel(pipeline: FittedPipeline, model: Model, data: pl.DataFrame, *, t
     return out.filter(pl.col("score").is_not_nan())  # no full window: not scored
 
 
-def _channels(pipeline: FittedPipeline, model: Model, data: pl.DataFrame, timeframes: list[str] | None) -> pl.DataFrame | None:
+def _channels(pipeline: FittedPipeline, model: Model, data: pl.DataFrame,
+              timeframes: list[str] | None) -> pl.DataFrame | None:
     """The raw-bar channels of the request's adjusted bars, for a model that reads them."""
     if timeframes is None:
         return None

@@ -31,7 +31,8 @@ def bundle_existing(run: Run, data_dir: Path, out: Path | None = None, archive: 
             raise RunError(f"--out {out} already exists; bundles are never overwritten — pass a new folder")
         with staged_dir(out) as folder:
             bundle_id = bundles.build(run, bars, folder, trust_pickle, reporter)["bundle_id"]
-        return BundleResult(run, bundles.write_archive(out, out.with_name(f"{out.name}.tar.gz")) if archive else out, bundle_id)
+        written = bundles.write_archive(out, out.with_name(f"{out.name}.tar.gz")) if archive else out
+        return BundleResult(run, written, bundle_id)
     run.begin_stage("bundle", reporter)  # a killed bundle's leftovers never block
     with run.stage("bundle") as info:
         with stage_outputs(run, "bundle") as folder:

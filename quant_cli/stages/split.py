@@ -22,7 +22,8 @@ def _weighted(recipe: Recipe) -> bool:
     return recipe["split"]["sample_weight"] != "none" or recipe["split"]["time_decay"] < 1.0
 
 
-def _write_split(run: Run, recipe: Recipe, prepared: Prepared, snapshot: store.Snapshot, reporter: Reporter) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _write_split(run: Run, recipe: Recipe, prepared: Prepared, snapshot: store.Snapshot,
+                 reporter: Reporter) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """split/ of the run; returns (boundaries.json, the CV folds' n_splits and n_paths or None)."""
     kept = prepared.kept
     counts, dropped = segment_counts(kept), prepared.dropped()

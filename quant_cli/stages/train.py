@@ -128,7 +128,8 @@ def train_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter
     check_recipe(recipe, reporter)
     snapshot = pin_checked(recipe, data_dir)
     with create_run(runs_dir, recipe) as run:
-        metrics = train_stage(run, recipe, split_stage(run, recipe, snapshot, reporter).prepared, reporter, snapshot=snapshot)
+        prepared = split_stage(run, recipe, snapshot, reporter).prepared
+        metrics = train_stage(run, recipe, prepared, reporter, snapshot=snapshot)
     return TrainResult(run, metrics)
 
 
@@ -141,7 +142,8 @@ def train_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT, resume
     recipe = run.recipe()
     snapshot = pinned_for(run, recipe, data_dir)
     check_recipe(recipe, reporter)
-    return TrainResult(run, train_stage(run, recipe, load_split(run.path / "split", recipe, snapshot), reporter, resume, snapshot))
+    prepared = load_split(run.path / "split", recipe, snapshot)
+    return TrainResult(run, train_stage(run, recipe, prepared, reporter, resume, snapshot))
 
 
 def _checkpoints_for(run: Run, resume: bool) -> None:
