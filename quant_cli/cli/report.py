@@ -23,7 +23,6 @@ def report(
     Example: xdg-open "$(qfactory report --run latest | head -1)"
     """
     with cli_errors(quiet, debug):
-        target = resolve_run(run, runs_home(runs_dir))
-        written = stages.report_existing(target)
-        payload = {"run_id": target.id, "run": str(target.path), "reports": [str(p) for p in written]}
-    emit("\n".join(str(p) for p in written) if not json_out else written[0], json_out, payload)
+        result = stages.report_existing(resolve_run(run, runs_home(runs_dir)))
+        payload = {"run_id": result.id, "run": str(result.path), "reports": [str(p) for p in result.reports]}
+    emit(result.reports[0] if json_out else "\n".join(str(p) for p in result.reports), json_out, payload)
