@@ -17,8 +17,10 @@ from quant_cli.io import read_json
 from quant_cli.models import device as device_mod
 from quant_cli.splits.stacking import purged_holdout
 from quant_cli.models.params import kind_of
-from quant_cli.models.registry import MODELS, create_model
+from quant_cli.models.registry import all_models, create_model
 from quant_cli.runs.directory import library_versions
+
+MODELS = all_models()  # every registered model, by name
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml")
 SMALL = ["--set", "data.synthetic.bars=300", "--set", "data.synthetic.symbols=5"]

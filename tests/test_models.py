@@ -13,7 +13,9 @@ from quant_cli.report import Reporter
 from quant_cli.errors import ModelError
 from quant_cli.models import device as device_mod
 from quant_cli.models.device import resolve_device
-from quant_cli.models.registry import MODELS, create_model, describe_models, load_model, model_class
+from quant_cli.models.registry import all_models, create_model, describe_models, load_model, model_class
+
+MODELS = all_models()  # every registered model, by name
 
 FEATURES = [f"f{i}" for i in range(6)]
 

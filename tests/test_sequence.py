@@ -25,12 +25,14 @@ from quant_cli.models import device as device_mod
 from quant_cli.models.bars import bar_channels, channel_names
 from quant_cli.models.fitting import build_panel, predict_frame
 from quant_cli.models.panel import Panel, PanelRows
-from quant_cli.models.registry import MODELS, create_model
+from quant_cli.models.registry import all_models, create_model
 from quant_cli.models.torch.windows import gather
 from quant_cli.recipe import load_recipe
 from quant_cli.report import CollectingReporter
 from quant_cli.runs.directory import Run
 from quant_cli import stages
+
+MODELS = all_models()  # every registered model, by name
 
 SEQUENCE = [name for name, cls in MODELS.items() if cls.sequence]
 TORCH = ["mlp", *SEQUENCE]

@@ -33,7 +33,7 @@ _KIND_NAMES = {
 }
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None, *, model: bool = True) -> Recipe:
     """Read a recipe (or start from defaults when `path` is None), apply overrides, validate.
 
     Every layer is validated on its own first, so an error names the layer that holds the bad
@@ -41,7 +41,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
     dates become ISO strings. Relative path keys (`data.source`, `data.data_dir`,
     `run.runs_dir`) written in a file are read from that file's folder, like `extends`; those
     given with `--set` are read from the current directory. Either way they are stored absolute,
-    so a run's `recipe.toml` means the same from anywhere.
+    so a run's `recipe.toml` means the same from anywhere. With `model` (the default) the [model]
+    section is checked against the model's capability flags (quant_cli.models.registry).
     """
     raw: dict[str, Any] = {}
     origin = "recipe defaults"
@@ -55,6 +56,10 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
     _validate(raw, SCHEMA, origin, prefix="")  # the merged recipe, as a final check
     recipe = with_defaults(raw)
     check_recipe(recipe, origin)
+    if model:
+        from quant_cli.models.registry import check_capabilities  # imports the model modules
+
+        check_capabilities(recipe["model"], origin)
     return recipe
 
 
@@ -193,10 +198,11 @@ def _check_value(value: Any, spec: Key, origin: str, dotted: str) -> None:
 
     if not _kind_matches(value, spec.kind):
         raise fail(_KIND_NAMES[spec.kind])
-    if spec.choices is not None and value not in spec.choices:
-        raise RecipeError(
-            f"{origin}: '{dotted}' must be one of {one_of(spec.choices)}, got {shown(value)}{suggest(clipped(value), spec.choices)}"
-        )
+    for item in value if isinstance(value, list) else [value]:  # a list key with choices: each item is one of them
+        if spec.choices is not None and item not in spec.choices:
+            raise RecipeError(
+                f"{origin}: '{dotted}' must be one of {one_of(spec.choices)}, got {shown(item)}{suggest(clipped(item), spec.choices)}"
+            )
     if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
         raise fail(f"{spec.pattern_doc} (regex {spec.pattern})")
     if spec.duration:
@@ -312,10 +318,12 @@ def fingerprint(obj: Any, length: int = 16) -> str:
 
 
 def defaults_toml() -> str:
-    """The defaults as commented TOML, for `qfactory recipe defaults`."""
+    """The defaults as commented TOML, then every model's parameters as comments, for `qfactory recipe defaults`."""
+    from quant_cli.models.registry import params_toml
+
     lines: list[str] = []
     _emit_section(lines, SCHEMA, prefix="")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + params_toml()
 
 
 def _emit_section(lines: list[str], schema: dict[str, Any], prefix: str) -> None:

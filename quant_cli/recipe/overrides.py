@@ -22,7 +22,8 @@ def load_with_overrides(path: str | Path | None, sets: list[str] | None = None, 
     if switch is None:
         return load_recipe(path, sets)
     name, label = switch
-    written = load_recipe(path, [item for item in sets if not _sets_model_name(item)])["model"]
+    # the recipe's own model, before the switch: its capabilities are not the switched model's
+    written = load_recipe(path, [item for item in sets if not _sets_model_name(item)], model=False)["model"]
     if written["name"] == name or not written["params"]:
         return load_recipe(path, sets)
     explicit = [item for item in sets if param_key(item) is not None]
