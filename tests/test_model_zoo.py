@@ -93,6 +93,13 @@ def test_every_torch_model_is_declared_once_in_its_own_file():
     assert ZOO["lstm"].config is ZOO["gru"].config and ZOO["lstm"].network is ZOO["gru"].network  # one recurrent net
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if ZOO[n].sequence])
+def test_window_models_declare_their_flags(name):
+    cls = ZOO[name]
+    assert not cls.tabular and cls.gpu and cls.early_stopping and cls.bar_channels and cls.output == "score"
+    assert set(cls.symbol_encodings) == {"none", "one_hot", "index", "embedding"} and "seq_len" in cls.defaults
+
+
 # ---- fit → predict → save → load, every task and encoding ------------------------------------------
 
 

@@ -13,6 +13,7 @@ from quant_cli.report import Reporter
 from quant_cli.errors import ModelError
 from quant_cli.models import device as device_mod
 from quant_cli.models.device import resolve_device
+from quant_cli.models.torchmodel import TorchModel
 from quant_cli.models.registry import all_models, create_model, describe_models, load_model, model_class
 
 MODELS = all_models()  # every registered model, by name
@@ -51,7 +52,8 @@ def fit(name, task, X, y, ts, t1, *, seed=1, n_train=300, **kwargs):
                      early_stopping=10, ts=ts[:n_train], t1=t1[:n_train])
 
 
-CASES = [(name, task) for name, cls in MODELS.items() for task in cls.tasks]
+# torch models pass the same contract, and more, in tests/test_model_zoo.py
+CASES = [(name, task) for name, cls in MODELS.items() for task in cls.tasks if not issubclass(cls, TorchModel)]
 
 
 @pytest.mark.parametrize("name,task", CASES)
@@ -69,8 +71,7 @@ def test_contract(name, task, tmp_path):
     assert fitted is model and model.is_fitted()
     before = model.predict(X, symbols=symbols)
     scored = np.isfinite(before)
-    warm_up = 4 * (FAST[name]["seq_len"] - 1) if MODELS[name].sequence else 0  # no full window: not scored
-    assert before.shape == (len(X),) and before.dtype == np.float64 and (~scored).sum() == warm_up
+    assert before.shape == (len(X),) and before.dtype == np.float64 and scored.all()
     assert model.predict(X[:0], symbols=symbols[:0]).shape == (0,)  # an empty segment is not an error
     assert np.corrcoef(before[scored], y[scored])[0, 1] > 0.3  # it learned the planted relation
     json.dumps(model.fit_info())  # recordable in metrics.json
