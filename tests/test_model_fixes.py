@@ -266,7 +266,8 @@ def test_list_models_shows_each_parameter(runner):
 
 
 # torch models: tests/test_model_zoo.py checks their probabilities the same way
-@pytest.mark.parametrize("name", [n for n, cls in MODELS.items() if "classification" in cls.tasks and cls.family != "neural"])
+@pytest.mark.parametrize("name", [n for n, cls in MODELS.items()
+                                  if "classification" in cls.tasks and cls.family != "neural"])
 def test_predict_proba_rows_sum_to_one(name):
     X, y, ts, t1, _ = model_panel(task="classification", **PANEL)
     model = create_model(name, "classification", params_for(name, "classification", FAST), 1, 1, train=TRAIN_FAST)

@@ -63,8 +63,8 @@ def test_known_future_fields_are_checked_by_the_schema(runner):
     result = runner.invoke(app, ["recipe", "show", "--recipe", QUICKSTART, "--set", 'model.known_future=["moon"]'])
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "error: --set model.known_future=[\"moon\"]: 'model.known_future' must be one of 'minute', 'hour', 'day_of_week', 'day_of_month', "
-        "'month', got 'moon' (did you mean 'month'?)")
+        "error: --set model.known_future=[\"moon\"]: 'model.known_future' must be one of 'minute', 'hour', "
+        "'day_of_week', 'day_of_month', 'month', got 'moon' (did you mean 'month'?)")
 
 
 def test_switching_model_checks_the_new_model_not_the_recipes_own(runner):

@@ -96,8 +96,9 @@ def test_every_torch_model_is_declared_once_in_its_own_file():
 @pytest.mark.parametrize("name", [n for n in NAMES if ZOO[n].sequence])
 def test_window_models_declare_their_flags(name):
     cls = ZOO[name]
-    assert not cls.tabular and cls.gpu and cls.early_stopping and cls.bar_channels and cls.output == "score"
-    assert set(cls.symbol_encodings) == {"none", "one_hot", "index", "embedding"} and "seq_len" in cls.defaults
+    assert not cls.tabular and cls.gpu and cls.early_stopping and "seq_len" in cls.defaults and "inputs" in cls.defaults
+    if name in ("lstm", "gru", "tcn", "transformer"):  # what these four have promised since issue 10
+        assert cls.bar_channels and set(cls.symbol_encodings) == {"none", "one_hot", "index", "embedding"}
 
 
 # ---- fit → predict → save → load, every task and encoding ------------------------------------------

@@ -200,9 +200,8 @@ def _check_value(value: Any, spec: Key, origin: str, dotted: str) -> None:
         raise fail(_KIND_NAMES[spec.kind])
     for item in value if isinstance(value, list) else [value]:  # a list key with choices: each item is one of them
         if spec.choices is not None and item not in spec.choices:
-            raise RecipeError(
-                f"{origin}: '{dotted}' must be one of {one_of(spec.choices)}, got {shown(item)}{suggest(clipped(item), spec.choices)}"
-            )
+            raise RecipeError(f"{origin}: '{dotted}' must be one of {one_of(spec.choices)}, got {shown(item)}"
+                              f"{suggest(clipped(item), spec.choices)}")
     if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
         raise fail(f"{spec.pattern_doc} (regex {spec.pattern})")
     if spec.duration:

@@ -139,8 +139,11 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "symbol_encoding": Key("str", "none", "How a global multi-symbol model sees the symbol: none, one_hot, index (categorical, boosting) or embedding (torch).", choices=("none", "one_hot", "index", "embedding")),
         "unseen_symbols": Key("str", "error", "A symbol not seen in training at prediction: error, or neutral (all-zero / missing encoding).", choices=("error", "neutral")),
         # Covariates beside the feature windows, for models whose flags say they take them (refused at load otherwise).
-        "static_columns": Key("list[str]", [], "Static covariates: text columns of the bars constant per symbol (e.g. ['sector']), for a model with flag static_covariates."),
-        "known_future": Key("list[str]", [], "Known-future covariates: calendar fields of the bars after t, derived from the timestamps and the data frequency only (never from future data), for a model with flag known_future.", choices=KNOWN_FUTURE_FIELDS),
+        "static_columns": Key("list[str]", [], "Static covariates: text columns of the bars constant per symbol "
+                              "(e.g. ['sector']), for a model with flag static_covariates."),
+        "known_future": Key("list[str]", [], "Known-future covariates: calendar fields of the bars after t, derived "
+                            "from the timestamps and the data frequency only (never from future data), for a model "
+                            "with flag known_future.", choices=KNOWN_FUTURE_FIELDS),
     },
     "train": {
         "device": Key("str", "auto", "auto, cpu, cuda, cuda:N or mps (--device overrides); cuda unavailable → warning and CPU unless strict_device."),

@@ -81,6 +81,6 @@ class TCNModel(SequenceModel):
         p = self.params
         field = receptive_field(p["levels"], p["kernel_size"])
         if field < p["seq_len"]:
-            raise ModelError(f"model 'tcn': the receptive field of {p['levels']} levels with kernel_size {p['kernel_size']} is "
-                             f"{field} steps, shorter than seq_len {p['seq_len']}, so the oldest steps would be ignored; "
-                             "raise model.params.levels or kernel_size, or lower seq_len")
+            raise ModelError(f"model 'tcn': the receptive field of {p['levels']} levels with kernel_size "
+                             f"{p['kernel_size']} is {field} steps, shorter than seq_len {p['seq_len']}, so the oldest "
+                             "steps would be ignored; raise model.params.levels or kernel_size, or lower seq_len")
