@@ -1,4 +1,5 @@
-"""The base of every window model (lstm, gru, tcn, transformer, ...): a model over windows of a symbol's rows.
+"""The base of every window model (lstm, gru, tcn, transformer, ...): a model over windows of a
+symbol's rows.
 
 An architecture subclasses `SequenceModel` in its own file under models/torch/, with a config
 dataclass derived from `SequenceConfig` (seq_len, inputs, dropout, embedding_dim and its own
