@@ -1,6 +1,7 @@
-"""One contract test over the whole model registry, for every task each model supports
-(fit → predict → save → load → identical predictions), plus parameters, weights, early stopping,
-missing values, reproducibility and devices."""
+"""One contract test over the model registry, for every task each model supports (fit → predict →
+save → load → identical predictions), plus parameters, weights, early stopping, missing values,
+reproducibility and devices. The torch models pass the same contract and reproducibility checks,
+with more, in the model-zoo harness (tests/test_model_zoo.py)."""
 
 import json
 
