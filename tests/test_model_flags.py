@@ -111,3 +111,13 @@ def test_the_registry_imports_no_model_and_tabular_lookups_leave_torch_unimporte
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
+
+
+def test_the_model_listing_order_does_not_depend_on_import_order():
+    code = ("import quant_cli.models.torch.tcn, quant_cli.models.classical; "
+            "from quant_cli.models.registry import all_models; print(' '.join(all_models()))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["lightgbm", "catboost", "xgboost", "linear", "logistic", "random_forest", "extra_trees",
+                                   "svm", "voting", "stacking", "blending", "mlp", "lstm", "gru", "tcn", "transformer"]

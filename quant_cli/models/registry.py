@@ -46,9 +46,21 @@ def _import_models(torch: bool) -> None:
 
 
 def all_models() -> dict[str, type[Model]]:
-    """Every registered model, by name."""
+    """Every registered model, by name, in a fixed order whatever was imported first: the modules of
+    MODEL_MODULES in their order, then the torch architectures by file name, then any others; the
+    models of one module in the order they are defined."""
+    from quant_cli import models
+
     _import_models(torch=True)
-    return dict(REGISTERED)
+    tabular = {f"quant_cli.models.{m}": i for i, m in enumerate(models.MODEL_MODULES)}
+
+    def rank(cls: type[Model]) -> tuple[int, int, str]:
+        module = cls.__module__
+        if module in tabular:
+            return 0, tabular[module], ""
+        return (1, 0, module) if module.startswith("quant_cli.models.torch.") else (2, 0, module)
+
+    return dict(sorted(REGISTERED.items(), key=lambda item: rank(item[1])))  # stable: definition order kept
 
 
 def torch_models() -> dict[str, type[Model]]:
@@ -63,8 +75,8 @@ def model_class(name: str) -> type[Model]:
     if name not in REGISTERED:
         _import_models(torch=True)
     if name not in REGISTERED:
-        raise ModelError(f"model.name {name!r} is not a registered model{suggest(name, REGISTERED)}; "
-                         f"allowed: {one_of(REGISTERED)}")
+        known = all_models()
+        raise ModelError(f"model.name {name!r} is not a registered model{suggest(name, known)}; allowed: {one_of(known)}")
     return REGISTERED[name]
 
 
