@@ -15,8 +15,7 @@ from quant_cli.cli import app
 from quant_cli.models.base import REGISTERED
 from quant_cli.models.classical import LinearModel
 from quant_cli.models.torch.config import LoopConfig
-from quant_cli.recipe import defaults_toml
-from quant_cli.recipe.schema import SCHEMA
+from quant_cli.schema import SCHEMA
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml")
 ORIGIN = f"recipe {QUICKSTART}"
@@ -29,6 +28,18 @@ def _refused(runner, tmp_path, *sets: str) -> list[str]:
     assert result.exit_code == 2, result.output
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()  # refused before any work
     return result.stderr.strip().splitlines()
+
+
+def test_the_library_path_refuses_too(tmp_path):
+    """stages check the flags before any work, for callers that load a recipe without the CLI."""
+    from quant_cli import stages
+    from quant_cli.errors import RecipeError
+    from quant_cli.recipe import load_recipe
+
+    recipe = load_recipe(QUICKSTART, ['model.name="lstm"', "model.params={}", 'model.known_future=["month"]'])
+    with pytest.raises(RecipeError, match=r"^recipe: model 'lstm' does not take known-future covariates"):
+        stages.train_new(recipe, tmp_path / "data", tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_raw_bar_channels_on_a_model_without_them_is_one_line(runner, tmp_path):
@@ -79,16 +90,18 @@ def test_list_models_and_recipe_defaults_show_each_architecture_field_with_its_d
     assert "    kernel_size = 3: an integer in [2, 64] — taps of every causal convolution" in listed
     assert next(line for line in listed if line.startswith("lstm ")).endswith("sequence, bar_channels, sample_weights, "
                                                                              "gpu, early_stopping")
-    text = defaults_toml()
+    text = runner.invoke(app, ["recipe", "defaults"]).stdout
     assert "#   kernel_size = 3  # taps of every causal convolution; an integer in [2, 64]" in text.splitlines()
     assert tomllib.loads(text)["model"]["params"] == {}  # the parameters are comments: the defaults still load
 
 
 def test_train_loop_keys_have_one_source():
+    """LoopConfig's defaults are read from the schema: a schema default moved moves LoopConfig's."""
     for f in dataclasses.fields(LoopConfig):
-        key = SCHEMA["train"][f.name]
-        assert key.default == f.default and key.doc == f.metadata["doc"] and key.kind == f.type
+        assert f.default == SCHEMA["train"][f.name].default and SCHEMA["train"][f.name].kind == f.type, f.name
     assert LoopConfig.from_section({"epochs": 3}) == dataclasses.replace(LoopConfig(), epochs=3)
+    source = (Path(__file__).resolve().parents[1] / "quant_cli" / "models" / "torch" / "config.py").read_text()
+    assert "_train(\"epochs\")" in source and "= 20" not in source  # no literal default beside the schema's
 
 
 def test_models_register_themselves_and_names_are_unique():
@@ -119,5 +132,6 @@ def test_the_model_listing_order_does_not_depend_on_import_order():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["lightgbm", "catboost", "xgboost", "linear", "logistic", "random_forest", "extra_trees",
-                                   "svm", "voting", "stacking", "blending", "mlp", "lstm", "gru", "tcn", "transformer"]
+    assert done.stdout.split() == ["lightgbm", "catboost", "xgboost", "linear", "logistic", "random_forest",
+                                   "extra_trees", "svm", "voting", "stacking", "blending", "mlp", "lstm", "gru", "tcn",
+                                   "transformer"]

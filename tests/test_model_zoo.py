@@ -207,8 +207,8 @@ def _recipe_sets(name: str) -> list[str]:
 @pytest.mark.parametrize("name", NAMES)
 def test_bundle_scores_up_to_a_cutoff_ignore_every_later_bar(name, store, tmp_path):
     recipe = load_recipe(None, [*RUN, *_recipe_sets(name)])
-    run = stages.train_new(recipe, store, tmp_path / "runs")
-    bundle = load(stages.bundle_existing(run, store))
+    run = stages.train_new(recipe, store, tmp_path / "runs").run
+    bundle = load(stages.bundle_existing(run, store).bundle)
     bars = load_bars(store, "p").with_columns(pl.col("symbol").cast(pl.String))
     before = bundle.score_bars(bars, every_bar=True)
     after = bundle.score_bars(prices_rewritten_after(bars, CUTOFF, seed=1), every_bar=True)

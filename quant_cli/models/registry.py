@@ -76,7 +76,8 @@ def model_class(name: str) -> type[Model]:
         _import_models(torch=True)
     if name not in REGISTERED:
         known = all_models()
-        raise ModelError(f"model.name {name!r} is not a registered model{suggest(name, known)}; allowed: {one_of(known)}")
+        raise ModelError(f"model.name {name!r} is not a registered model{suggest(name, known)}; "
+                         f"allowed: {one_of(known)}")
     return REGISTERED[name]
 
 
@@ -127,9 +128,11 @@ def params_toml() -> str:
 # ---- a recipe's model against the model's capability flags (run when the recipe loads) ------------
 
 
-def check_capabilities(model: dict[str, Any], origin: str) -> None:
-    """Refuse, in one line naming the model and the flag, a recipe that asks `model` (its [model]
-    section) for an input or a task the model does not declare."""
+def check_capabilities(recipe: dict[str, Any], origin: str) -> None:
+    """Refuse, in one line naming the model and the flag, a recipe whose [model] section asks the model
+    for an input or a task it does not declare. Run when a recipe to train is loaded (the CLI passes it
+    to quant_cli.recipe.load_recipe as its `check`) and again by the stages before any work."""
+    model = recipe["model"]
     cls = model_class(model["name"])
     name, task, encoding, inputs = cls.name, model["task"], model["symbol_encoding"], model["params"].get("inputs")
     if task not in cls.tasks:

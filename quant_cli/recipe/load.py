@@ -10,6 +10,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import tomli_w
 from quant_cli.data.frequency import parse_frequency
 from quant_cli.errors import DataError, RecipeError, clipped, one_of, shown, suggest
 from quant_cli.recipe.checks import check_recipe
-from quant_cli.recipe.schema import INT_MAXIMUM, SCHEMA, TOP_LEVEL_KEYS, Key
+from quant_cli.schema import INT_MAXIMUM, SCHEMA, TOP_LEVEL_KEYS, Key
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,7 +34,14 @@ _KIND_NAMES = {
 }
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None, *, model: bool = True) -> Recipe:
+# A check run on the loaded recipe with its origin ("recipe r.toml"); raises a QFactoryError. The
+# model registry's capability check (quant_cli.models.registry.check_capabilities) is one: the
+# callers that load a recipe to train pass it, since this package sits below the models.
+RecipeCheck = Callable[[dict[str, Any], str], None]
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None, *,
+                check: RecipeCheck | None = None) -> Recipe:
     """Read a recipe (or start from defaults when `path` is None), apply overrides, validate.
 
     Every layer is validated on its own first, so an error names the layer that holds the bad
@@ -41,8 +49,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, *, 
     dates become ISO strings. Relative path keys (`data.source`, `data.data_dir`,
     `run.runs_dir`) written in a file are read from that file's folder, like `extends`; those
     given with `--set` are read from the current directory. Either way they are stored absolute,
-    so a run's `recipe.toml` means the same from anywhere. With `model` (the default) the [model]
-    section is checked against the model's capability flags (quant_cli.models.registry).
+    so a run's `recipe.toml` means the same from anywhere. `check`, when given, runs last (e.g. the
+    [model] section against the model's capability flags).
     """
     raw: dict[str, Any] = {}
     origin = "recipe defaults"
@@ -56,10 +64,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, *, 
     _validate(raw, SCHEMA, origin, prefix="")  # the merged recipe, as a final check
     recipe = with_defaults(raw)
     check_recipe(recipe, origin)
-    if model:
-        from quant_cli.models.registry import check_capabilities  # imports the model modules
-
-        check_capabilities(recipe["model"], origin)
+    if check is not None:
+        check(recipe, origin)
     return recipe
 
 
@@ -317,12 +323,10 @@ def fingerprint(obj: Any, length: int = 16) -> str:
 
 
 def defaults_toml() -> str:
-    """The defaults as commented TOML, then every model's parameters as comments, for `qfactory recipe defaults`."""
-    from quant_cli.models.registry import params_toml
-
+    """The defaults as commented TOML, for `qfactory recipe defaults` (which adds each model's parameters)."""
     lines: list[str] = []
     _emit_section(lines, SCHEMA, prefix="")
-    return "\n".join(lines) + "\n" + params_toml()
+    return "\n".join(lines) + "\n"
 
 
 def _emit_section(lines: list[str], schema: dict[str, Any], prefix: str) -> None:

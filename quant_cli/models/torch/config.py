@@ -1,8 +1,8 @@
-"""Declarations every torch model is made of, torch-free (the recipe schema and the registry read
-them without importing torch).
+"""Declarations every torch model is made of, torch-free (the registry and the CLI read them
+without importing torch).
 
-- `LoopConfig`: the [train] keys of the one training loop. Its fields are the single source of those
-  keys' defaults, limits and docs; `quant_cli.recipe.schema` builds its [train] entries from them.
+- `LoopConfig`: the [train] keys of the one training loop, typed; their defaults, limits and docs
+  have one source, the recipe schema (`quant_cli.schema`), which each field reads its default from.
 - `param(...)`: one architecture parameter (a `model.params` key) as a dataclass field carrying its
   default, its limit and its one-line doc. An architecture's config dataclass (a `NetConfig`
   subclass in its own file under models/torch/) is the single source of its parameters; `declared`
@@ -15,6 +15,7 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 
 from quant_cli.models.params import Limit, at_least, between, choice
+from quant_cli.schema import SCHEMA
 
 DOC = "doc"      # field metadata: the one-line doc of a declared field
 LIMIT = "limit"  # field metadata: its `Limit` (quant_cli.models.params)
@@ -62,34 +63,28 @@ class SequenceConfig(NetConfig):
                         choice("features", "bars", "both"))
 
 
-def _loop(default: Any, doc: str, **limits: Any) -> Any:
-    """A [train] loop key: its default, doc and limits (choices, minimum, maximum) for the recipe schema."""
-    return field(default=default, metadata={DOC: doc, **limits})
+def _train(key: str) -> Any:
+    """The default of the [train] key `key`: the recipe schema is its one source (with its doc and limits)."""
+    return field(default=SCHEMA["train"][key].default)
 
 
 @dataclass
 class LoopConfig:
-    """The [train] keys every torch model reads, with the same meaning for each."""
+    """The [train] keys every torch model reads, with the same meaning for each; their defaults, limits
+    and docs live in quant_cli.schema only."""
 
-    epochs: int = _loop(20, "torch models: passes over the training rows.", minimum=1, maximum=100_000)
-    batch_size: int = _loop(256, "torch models: rows (windows) per optimiser step.", minimum=1, maximum=10_000_000)
-    learning_rate: float = _loop(1e-3, "torch models: AdamW peak learning rate.", minimum=1e-12, maximum=10.0)
-    weight_decay: float = _loop(1e-4, "torch models: AdamW decoupled weight decay.", minimum=0.0, maximum=10.0)
-    schedule: str = _loop("cosine", "torch models: learning rate after the warm-up: cosine decay to zero, or constant.",
-                          choices=("cosine", "constant"))
-    warmup: float = _loop(0.05, "torch models: share of all optimiser steps with a linear learning-rate warm-up.",
-                          minimum=0.0, maximum=1.0)
-    grad_clip: float = _loop(1.0, "torch models: clip the global gradient norm to this (0: off).", minimum=0.0)
-    patience: int = _loop(5, "torch models: stop after this many epochs without improvement of train.monitor on the "
-                             "validation rows (0: never).", minimum=0)
-    monitor: str = _loop("loss", "torch models: what early stopping and the kept best epoch follow: validation loss, "
-                                 "or validation IC.", choices=("loss", "ic"))
-    loss: str = _loop("mse", "torch models (regression): mse, huber, or sharpe (maximise mean/std of the per-timestamp "
-                             "portfolio return of tanh(score)); classifiers use cross-entropy.",
-                      choices=("mse", "huber", "sharpe"))
-    precision: str = _loop("auto", "torch models: auto (bf16 autocast on a CUDA GPU that supports it, else fp32), fp32 "
-                                   "or bf16.", choices=("auto", "fp32", "bf16"))
-    compile: bool = _loop(False, "torch models: torch.compile the network (worth it on a GPU for long fits).")
+    epochs: int = _train("epochs")
+    batch_size: int = _train("batch_size")
+    learning_rate: float = _train("learning_rate")
+    weight_decay: float = _train("weight_decay")
+    schedule: str = _train("schedule")      # cosine (after warm-up) or constant
+    warmup: float = _train("warmup")        # share of all steps with a linear learning-rate warm-up
+    grad_clip: float = _train("grad_clip")  # max global gradient norm (0: off)
+    patience: int = _train("patience")      # epochs without improvement before stopping (0: never)
+    monitor: str = _train("monitor")        # "loss" (val loss, minimised) or "ic" (val IC, maximised)
+    loss: str = _train("loss")              # mse, huber or sharpe (regression); classifiers use cross-entropy
+    precision: str = _train("precision")    # auto (bf16 on a GPU that has it), fp32, bf16
+    compile: bool = _train("compile")       # torch.compile the network
 
     @classmethod
     def from_section(cls, section: dict[str, Any] | None) -> LoopConfig:

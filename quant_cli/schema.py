@@ -46,19 +46,6 @@ TUNE_OBJECTIVES = ("val.ic", "val.rank_ic", "val.icir", "val.hit_rate", "val.rms
 KNOWN_FUTURE_FIELDS = ("minute", "hour", "day_of_week", "day_of_month", "month")
 
 
-def loop_keys() -> dict[str, Key]:
-    """The [train] keys of the torch training loop, from the fields of `LoopConfig` (their one source)."""
-    from dataclasses import fields
-
-    from quant_cli.models.torch.config import DOC, LoopConfig
-
-    keys = {}
-    for f in fields(LoopConfig):
-        meta = dict(f.metadata)
-        keys[f.name] = Key(f.type, f.default, meta.pop(DOC), **meta)
-    return keys
-
-
 # A section maps key names to `Key` or to a nested section (dict). A `table` Key holds free-form
 # parameters that a later stage validates (e.g. model.params against the model's own parameters).
 SCHEMA: dict[str, dict[str, Any]] = {
@@ -150,7 +137,20 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "strict_device": Key("bool", False, "Fail instead of falling back to CPU when the requested device is unavailable."),
         "early_stopping": Key("int", 50, "Boosting: stop after this many rounds without validation improvement; 0 turns early stopping off for every model (torch models stop after train.patience epochs).", minimum=0),
         "threads": Key("int", 0, "Worker threads for the model (0: all cores).", minimum=0),
-        **loop_keys(),  # the training loop of every torch model: declared once, by LoopConfig
+        # The training loop of every torch model; the same meaning for each. The one source of these keys:
+        # quant_cli.models.torch.config.LoopConfig reads its defaults from here.
+        "epochs": Key("int", 20, "torch models: passes over the training rows.", minimum=1, maximum=100_000),
+        "batch_size": Key("int", 256, "torch models: rows (windows) per optimiser step.", minimum=1, maximum=10_000_000),
+        "learning_rate": Key("float", 1e-3, "torch models: AdamW peak learning rate.", minimum=1e-12, maximum=10.0),
+        "weight_decay": Key("float", 1e-4, "torch models: AdamW decoupled weight decay.", minimum=0.0, maximum=10.0),
+        "schedule": Key("str", "cosine", "torch models: learning rate after the warm-up: cosine decay to zero, or constant.", choices=("cosine", "constant")),
+        "warmup": Key("float", 0.05, "torch models: share of all optimiser steps with a linear learning-rate warm-up.", minimum=0.0, maximum=1.0),
+        "grad_clip": Key("float", 1.0, "torch models: clip the global gradient norm to this (0: off).", minimum=0.0),
+        "patience": Key("int", 5, "torch models: stop after this many epochs without improvement of train.monitor on the validation rows (0: never).", minimum=0),
+        "monitor": Key("str", "loss", "torch models: what early stopping and the kept best epoch follow: validation loss, or validation IC.", choices=("loss", "ic")),
+        "loss": Key("str", "mse", "torch models (regression): mse, huber, or sharpe (maximise mean/std of the per-timestamp portfolio return of tanh(score)); classifiers use cross-entropy.", choices=("mse", "huber", "sharpe")),
+        "precision": Key("str", "auto", "torch models: auto (bf16 autocast on a CUDA GPU that supports it, else fp32), fp32 or bf16.", choices=("auto", "fp32", "bf16")),
+        "compile": Key("bool", False, "torch models: torch.compile the network (worth it on a GPU for long fits)."),
     },
     "backtest": {
         "strategy": Key("str", "long_short", "long_short: long the top, short the bottom quantile; long_only: long the top quantile; top_k: long the top_k (and short the bottom top_k with top_k_short); threshold: sign(score) where |score| > threshold; proportional: weights ∝ demeaned score; sign: sign(score) per symbol (single-asset data).", choices=("long_short", "long_only", "top_k", "threshold", "proportional", "sign")),
@@ -204,4 +204,3 @@ SCHEMA: dict[str, dict[str, Any]] = {
 }
 
 TOP_LEVEL_KEYS = ("extends",)
-
