@@ -19,8 +19,8 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-
 from helpers import prices_rewritten_after
+
 from quant_cli import stages
 from quant_cli.data.store import load_bars, write_store
 from quant_cli.data.synthetic import generate
