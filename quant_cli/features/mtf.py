@@ -21,6 +21,7 @@ import polars as pl
 
 from quant_cli.features import core
 from quant_cli.features.grouped import per_symbol
+from quant_cli.features.panel import kernel_columns
 from quant_cli.features.registry import REGISTRY, Feature, register
 
 REGISTRY.define_set("mtf", "Multi-timeframe: indicators on coarser bars (features.timeframes), visible once the coarse bar closed.")
@@ -50,8 +51,12 @@ def resample(lazy: pl.LazyFrame, timeframe: str) -> pl.LazyFrame:
 
 def join_coarse(out: pl.LazyFrame, lazy: pl.LazyFrame, timeframe: str, features: list[Feature]) -> pl.LazyFrame:
     """`out` (sorted by symbol, ts) plus the features of the last coarse bar closed at or before each ts."""
-    exprs = [f.expr().cast(pl.Float64).alias(f.name) for f in features]
-    values = per_symbol(resample(lazy, timeframe), exprs).rename({"ts": "_coarse_end"})
+    coarse = resample(lazy, timeframe).collect(engine="in-memory")
+    pieces = [coarse.select("symbol", "ts"), kernel_columns(coarse, [f for f in features if f.family.kernel])]
+    exprs = [f.expr().cast(pl.Float64).alias(f.name) for f in features if not f.family.kernel]
+    if exprs:
+        pieces.append(per_symbol(coarse.lazy(), exprs).drop("symbol", "ts").collect(engine="in-memory"))
+    values = pl.concat(pieces, how="horizontal").lazy().rename({"ts": "_coarse_end"})
     return out.join_asof(
         values, left_on="ts", right_on="_coarse_end", by="symbol", strategy="backward", check_sortedness=False,
     ).drop("_coarse_end")

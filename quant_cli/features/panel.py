@@ -1,0 +1,142 @@
+"""The arrays a kernel family computes on: a (symbol, ts)-sorted frame as float64 columns + offsets.
+
+A kernel family (registered with `kernel=True`) is a function `fn(p: Panel, *sources, **params)`
+returning one float64 array (NaN = missing) aligned with the panel's rows. It reads input columns
+with `p.col(name)` and calls the rolling kernels through the short methods below, which bind the
+panel's symbol offsets, so a family reads like the formula it implements:
+
+    def ma(p, w):  return p.mean(p.col("close"), w) / p.col("close")
+
+Work shared by several features (a helper series, a rolling statistic used by two families) goes
+through `p.memo(key, fn)`, computed once per panel. Elementwise arithmetic is plain numpy; where
+polars gives null for a comparison with a missing value, use `gt` / `lt` (NaN in, NaN out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from quant_cli.features import kernels as k
+
+
+class Panel:
+    def __init__(self, frame: pl.DataFrame) -> None:
+        """`frame` sorted by (symbol, ts)."""
+        self.frame = frame
+        sizes = frame.select(pl.col("symbol").rle().struct.field("len")).to_series().to_numpy() if frame.height else []
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._memo: dict[Hashable, np.ndarray] = {}
+
+    @property
+    def rows(self) -> int:
+        return self.frame.height
+
+    def col(self, name: str) -> np.ndarray:
+        """Column `name` as float64; null and NaN both read as NaN (missing)."""
+        return self.memo(("col", name), lambda: _as_float(self.frame.get_column(name)))
+
+    def memo(self, key: Hashable, make: Callable[[], np.ndarray]) -> np.ndarray:
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    @property
+    def position(self) -> np.ndarray:
+        """Row number within its symbol (0 at the symbol's first bar)."""
+        def make() -> np.ndarray:
+            starts = np.repeat(self.offsets[:-1], np.diff(self.offsets))
+            return (np.arange(self.rows) - starts).astype(np.float64)
+        return self.memo("position", make)
+
+    # --- the kernels, bound to this panel's offsets -----------------------------------------
+
+    def shift(self, x: np.ndarray, n: int) -> np.ndarray:
+        return k.shift(x, self.offsets, n)
+
+    def diff(self, x: np.ndarray, n: int = 1) -> np.ndarray:
+        return k.diff(x, self.offsets, n)
+
+    def sum(self, x: np.ndarray, w: int) -> np.ndarray:
+        return k.rolling_sum(x, self.offsets, w)
+
+    def mean(self, x: np.ndarray, w: int) -> np.ndarray:
+        return k.rolling_mean(x, self.offsets, w)
+
+    def std(self, x: np.ndarray, w: int, ddof: int = 1) -> np.ndarray:
+        return k.rolling_std(x, self.offsets, w, ddof)
+
+    def var(self, x: np.ndarray, w: int, ddof: int = 1) -> np.ndarray:
+        return k.rolling_var(x, self.offsets, w, ddof)
+
+    def max(self, x: np.ndarray, w: int) -> np.ndarray:
+        return k.rolling_max(x, self.offsets, w)
+
+    def min(self, x: np.ndarray, w: int) -> np.ndarray:
+        return k.rolling_min(x, self.offsets, w)
+
+    def quantile(self, x: np.ndarray, w: int, q: float) -> np.ndarray:
+        return k.rolling_quantile(x, self.offsets, w, q)
+
+    def rank(self, x: np.ndarray, w: int) -> np.ndarray:
+        return k.rolling_rank(x, self.offsets, w)
+
+    def argmax(self, x: np.ndarray, w: int) -> np.ndarray:
+        return k.rolling_argmax(x, self.offsets, w)
+
+    def argmin(self, x: np.ndarray, w: int) -> np.ndarray:
+        return k.rolling_argmin(x, self.offsets, w)
+
+    def weighted_sum(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return k.rolling_weighted_sum(x, self.offsets, weights)
+
+    def skew(self, x: np.ndarray, w: int) -> np.ndarray:
+        return k.rolling_skew(x, self.offsets, w)
+
+    def kurt(self, x: np.ndarray, w: int) -> np.ndarray:
+        return k.rolling_kurt(x, self.offsets, w)
+
+    def corr(self, x: np.ndarray, y: np.ndarray, w: int) -> np.ndarray:
+        return k.rolling_corr(x, y, self.offsets, w)
+
+    def cov(self, x: np.ndarray, y: np.ndarray, w: int, ddof: int = 1) -> np.ndarray:
+        return k.rolling_cov(x, y, self.offsets, w, ddof)
+
+    def seeded_ewm(self, x: np.ndarray, n: int, alpha: float, start: int = 0) -> np.ndarray:
+        """Smoothing seeded with the mean of n values from row `start` (see kernels.seeded_ewm)."""
+        return k.ema_mean_seeded(x, self.offsets, n, alpha, start)
+
+
+def _as_float(series: pl.Series) -> np.ndarray:
+    values = series.cast(pl.Float64).to_numpy()  # nulls become NaN
+    return np.array(values, dtype=np.float64, copy=True) if not values.flags.writeable else values
+
+
+def gt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1.0 where a > b, 0.0 where not, NaN where either is missing (polars: null)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(a) | np.isnan(b), np.nan, (a > b).astype(np.float64))
+
+
+def lt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return gt(b, a)
+
+
+def errstate() -> np.errstate:
+    """Division by zero and log(0) give inf / NaN (then null), as in polars: no warnings."""
+    return np.errstate(divide="ignore", invalid="ignore", over="ignore")
+
+
+def kernel_columns(frame: pl.DataFrame, features: Sequence[Any]) -> pl.DataFrame:
+    """Kernel features (registry.Feature) of a (symbol, ts)-sorted frame, in order (sources before
+    what reads them); missing values (NaN) become null, as a polars expression's would be."""
+    panel = Panel(frame)
+    values: dict[str, np.ndarray] = {}
+    with errstate():
+        for feature in features:
+            computed = feature.compute(panel, [values[s.name] for s in feature.sources])
+            values[feature.name] = np.asarray(computed, dtype=np.float64)
+    return pl.DataFrame([pl.Series(name, array, nan_to_null=True) for name, array in values.items()])
