@@ -1,6 +1,7 @@
 """The feature registry: every feature family is registered once, then selected by recipe.
 
-A *family* is one definition (a polars expression builder) with a name pattern. Placeholders in
+A *family* is one definition (a function over the compiled kernels, `kernel=True`; or a polars
+expression builder, stage 2 and extensions) with a name pattern. Placeholders in
 the pattern say what it expands over:
 - ``{w}``: a window in bars, from the recipe's `features.windows` (``ret_{w}`` → ``ret_5``, ...) or
   from the family's own window key (the Alpha158 set uses `features.alpha158_windows`, default
@@ -30,12 +31,12 @@ Where a family runs (`over`):
   is done (in a chunked build, over all chunks).
 Sources a recipe does not select are computed and dropped.
 
-Writing a family: use only backward-looking operations (shift(n >= 0), rolling_* with
-min_samples = window, ewm_mean(adjust=False), cum_*); the causality tests pick it up
-automatically. Reference each sub-expression as few times as possible — polars re-evaluates
-every reference inside one expression, so nested smoothings grow exponentially (see
-core.seeded_ewm). Declare every raw input column: a feature whose inputs are absent from the
-data is skipped with a notice, never filled.
+Writing a per-symbol family: `@register(..., kernel=True)` on `fn(p: Panel, [*sources], **params)`
+returning a float64 array; use only the panel's kernels (shift(n >= 0), trailing windows, seeded
+recursions: features/kernels.py) and elementwise numpy, and share helper series with `p.memo`.
+The causality tests and the kernel-vs-oracle tests pick a new family up automatically (add its
+reference polars expression to tests/feature_oracle). Declare every raw input column: a feature
+whose inputs are absent from the data is skipped with a notice, never filled.
 """
 
 from __future__ import annotations
