@@ -19,8 +19,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-# op codes of window_stat
-SUM, MEAN, VAR, STD, MAX, MIN, QUANTILE, RANK, ARGMAX, ARGMIN, SKEW, KURT = range(12)
+# op codes of moment_*
+SUM, MEAN, VAR, STD, SKEW, KURT = range(6)
 # op codes of pair_stat
 CORR, COV = range(2)
 
@@ -82,10 +82,11 @@ def _shape(x, lo, hi, op):  # noqa: ANN001, ANN202 - numba
 
 
 @njit(cache=True)
-def _moment_one(x, lo, hi, w, op, ddof, out):  # noqa: ANN001 - numba
-    """SUM/MEAN/VAR/STD from sums of (x - anchor) and its square, the anchor re-taken and the sums
-    recomputed every w rows (no drift, no cancellation against the price level); SKEW/KURT per
-    window. A window whose values are all equal is flat: variance exactly 0, mean exact."""
+def _moment_one(x, lo, hi, w, op, ddof, out, mean_out):  # noqa: ANN001 - numba
+    """SUM/MEAN/VAR/STD into `out` and the window mean into `mean_out`, from sums of (x - anchor) and
+    its square, the anchor re-taken and the sums recomputed every w rows (no drift, no cancellation
+    against the price level); SKEW/KURT per window. A window whose values are all equal is flat:
+    variance exactly 0, mean exact."""
     equal_run = 0  # consecutive rows equal to their predecessor, ending at i
     anchor = 0.0
     s1 = s2 = 0.0
@@ -98,28 +99,38 @@ def _moment_one(x, lo, hi, w, op, ddof, out):  # noqa: ANN001 - numba
             equal_run = 0
         start = i - w + 1
         if start < lo:
-            out[i] = np.nan
+            out[i] = mean_out[i] = np.nan
             continue
         if since >= w:
             anchor = x[start] if not _bad(x[start]) else 0.0
             s1, s2, bad = _moments(x, start, i + 1, anchor)
             since = 0
         else:
-            for v, sign in ((x[i], 1.0), (x[start - 1], -1.0)):
-                if _bad(v):
-                    bad += 1 if sign > 0 else -1
-                else:
-                    d = v - anchor
-                    s1 += sign * d
-                    s2 += sign * d * d
+            v = x[i]
+            if _bad(v):
+                bad += 1
+            else:
+                d = v - anchor
+                s1 += d
+                s2 += d * d
+            v = x[start - 1]
+            if _bad(v):
+                bad -= 1
+            else:
+                d = v - anchor
+                s1 -= d
+                s2 -= d * d
         since += 1
+        flat = equal_run >= w - 1
         if bad > 0:
-            out[i] = np.nan
-        elif op == SUM:
-            out[i] = x[i] * w if equal_run >= w - 1 else s1 + anchor * w
+            out[i] = mean_out[i] = np.nan
+            continue
+        mean_out[i] = x[i] if flat else s1 / w + anchor
+        if op == SUM:
+            out[i] = x[i] * w if flat else s1 + anchor * w
         elif op == MEAN:
-            out[i] = x[i] if equal_run >= w - 1 else s1 / w + anchor
-        elif equal_run >= w - 1:  # flat: no spread (0), no shape (0/0)
+            out[i] = mean_out[i]
+        elif flat:  # no spread (0), no shape (0/0)
             out[i] = 0.0 if (op == VAR or op == STD) and w - ddof > 0 else np.nan
         elif op == VAR or op == STD:
             out[i] = _spread(s1, s2, float(w), op, ddof)
@@ -127,11 +138,28 @@ def _moment_one(x, lo, hi, w, op, ddof, out):  # noqa: ANN001 - numba
             out[i] = _shape(x, start, i + 1, op)
 
 
+@njit(cache=True, parallel=True)
+def moment_par(x, offsets, w, op, ddof):  # noqa: ANN001, ANN201 - numba
+    out = np.empty_like(x)
+    mean = np.empty_like(x)
+    for s in prange(len(offsets) - 1):
+        _moment_one(x, offsets[s], offsets[s + 1], w, op, ddof, out, mean)
+    return out, mean
+
+
 @njit(cache=True)
-def _extreme_one(x, lo, hi, w, op, out, buf):  # noqa: ANN001 - numba
-    """MAX/MIN (value) and ARGMAX/ARGMIN (1-based position of the OLDEST extreme, counted from the
-    window's oldest bar) with a monotone deque of row numbers held in buf[lo:hi]."""
-    largest = op == MAX or op == ARGMAX
+def moment_seq(x, offsets, w, op, ddof):  # noqa: ANN001, ANN201 - numba
+    out = np.empty_like(x)
+    mean = np.empty_like(x)
+    for s in range(len(offsets) - 1):
+        _moment_one(x, offsets[s], offsets[s + 1], w, op, ddof, out, mean)
+    return out, mean
+
+
+@njit(cache=True)
+def _extreme_one(x, lo, hi, w, largest, value, position, buf):  # noqa: ANN001 - numba
+    """The window's largest (or smallest) value and the 1-based position of its OLDEST occurrence,
+    counted from the window's oldest bar, with a monotone deque of row numbers in buf[lo:hi]."""
     head = tail = lo  # deque = buf[head:tail]
     last_bad = lo - 1 - w  # the latest non-finite row
     for i in range(lo, hi):
@@ -148,11 +176,30 @@ def _extreme_one(x, lo, hi, w, op, out, buf):  # noqa: ANN001 - numba
         while tail > head and buf[head] < start:
             head += 1
         if start < lo or last_bad >= start:
-            out[i] = np.nan
-        elif op == MAX or op == MIN:
-            out[i] = x[buf[head]]
+            value[i] = position[i] = np.nan
         else:
-            out[i] = buf[head] - start + 1.0
+            value[i] = x[buf[head]]
+            position[i] = buf[head] - start + 1.0
+
+
+@njit(cache=True, parallel=True)
+def extreme_par(x, offsets, w, largest):  # noqa: ANN001, ANN201 - numba
+    value = np.empty_like(x)
+    position = np.empty_like(x)
+    buf = np.empty(len(x), dtype=np.int64)
+    for s in prange(len(offsets) - 1):
+        _extreme_one(x, offsets[s], offsets[s + 1], w, largest, value, position, buf)
+    return value, position
+
+
+@njit(cache=True)
+def extreme_seq(x, offsets, w, largest):  # noqa: ANN001, ANN201 - numba
+    value = np.empty_like(x)
+    position = np.empty_like(x)
+    buf = np.empty(len(x), dtype=np.int64)
+    for s in range(len(offsets) - 1):
+        _extreme_one(x, offsets[s], offsets[s + 1], w, largest, value, position, buf)
+    return value, position
 
 
 @njit(cache=True, inline="always")
@@ -169,9 +216,9 @@ def _lower_bound(buf, lo, n, v):  # noqa: ANN001, ANN202 - numba
 
 
 @njit(cache=True)
-def _order_one(x, lo, hi, w, op, q, out, buf):  # noqa: ANN001 - numba
-    """QUANTILE (linear interpolation at q) and RANK (average rank of the newest value, 1..w) over a
-    sorted copy of the window kept in buf[lo:lo + n] (insert / remove by binary search)."""
+def _order_one(x, lo, hi, w, qs, quantiles, rank, buf):  # noqa: ANN001 - numba
+    """Linear-interpolation quantiles at each q of `qs` and the average rank (1..w) of the newest
+    value, over a sorted copy of the window kept in buf[lo:lo + n] (insert / remove by binary search)."""
     n = 0
     bad = 0
     for i in range(lo, hi):
@@ -195,52 +242,41 @@ def _order_one(x, lo, hi, w, op, q, out, buf):  # noqa: ANN001 - numba
                     buf[j] = buf[j + 1]
                 n -= 1
         if start < lo or bad > 0:
-            out[i] = np.nan
-        elif op == QUANTILE:
-            pos = q * (w - 1)
+            rank[i] = np.nan
+            for r in range(len(qs)):
+                quantiles[r, i] = np.nan
+            continue
+        for r in range(len(qs)):
+            pos = qs[r] * (w - 1)
             below = int(math.floor(pos))
             above = min(below + 1, w - 1)
             lower = buf[lo + below]
-            out[i] = lower if pos == below else lower + (pos - below) * (buf[lo + above] - lower)
-        else:
-            less = 0
-            equal = 0
-            for j in range(lo, lo + n):
-                if buf[j] < v:
-                    less += 1
-                elif buf[j] == v:
-                    equal += 1
-                else:
-                    break
-            out[i] = less + (equal + 1) / 2.0
-
-
-@njit(cache=True)
-def _stat_one(x, lo, hi, w, op, q, ddof, out, buf):  # noqa: ANN001 - numba
-    if op <= STD or op == SKEW or op == KURT:
-        _moment_one(x, lo, hi, w, op, ddof, out)
-    elif op == MAX or op == MIN or op == ARGMAX or op == ARGMIN:
-        _extreme_one(x, lo, hi, w, op, out, buf.view(np.int64))
-    else:
-        _order_one(x, lo, hi, w, op, q, out, buf)
+            quantiles[r, i] = lower if pos == below else lower + (pos - below) * (buf[lo + above] - lower)
+        less = _lower_bound(buf, lo, n, v)
+        equal = 0
+        while less + equal < n and buf[lo + less + equal] == v:
+            equal += 1
+        rank[i] = less + (equal + 1) / 2.0
 
 
 @njit(cache=True, parallel=True)
-def window_stat_par(x, offsets, w, op, q, ddof):  # noqa: ANN001, ANN201 - numba
-    out = np.empty_like(x)
+def order_par(x, offsets, w, qs):  # noqa: ANN001, ANN201 - numba
+    quantiles = np.empty((len(qs), len(x)))
+    rank = np.empty_like(x)
     buf = np.empty_like(x)
     for s in prange(len(offsets) - 1):
-        _stat_one(x, offsets[s], offsets[s + 1], w, op, q, ddof, out, buf)
-    return out
+        _order_one(x, offsets[s], offsets[s + 1], w, qs, quantiles, rank, buf)
+    return quantiles, rank
 
 
 @njit(cache=True)
-def window_stat_seq(x, offsets, w, op, q, ddof):  # noqa: ANN001, ANN201 - numba
-    out = np.empty_like(x)
+def order_seq(x, offsets, w, qs):  # noqa: ANN001, ANN201 - numba
+    quantiles = np.empty((len(qs), len(x)))
+    rank = np.empty_like(x)
     buf = np.empty_like(x)
     for s in range(len(offsets) - 1):
-        _stat_one(x, offsets[s], offsets[s + 1], w, op, q, ddof, out, buf)
-    return out
+        _order_one(x, offsets[s], offsets[s + 1], w, qs, quantiles, rank, buf)
+    return quantiles, rank
 
 
 @njit(cache=True)

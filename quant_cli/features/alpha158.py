@@ -208,22 +208,25 @@ def min_(p: Panel, w: int) -> Array:
     return p.min(p.col("low"), w) / p.col("close")
 
 
+_QUANTILES = (0.2, 0.8)
+
+
 @_rolling("QTLU{w}", "80% quantile (linear interpolation) of close over w bars / close.", tags=("volatility",))
 def qtlu(p: Panel, w: int) -> Array:
     c = p.col("close")
-    return p.quantile(c, w, 0.8) / c
+    return p.order(c, w, _QUANTILES)[0][1] / c
 
 
 @_rolling("QTLD{w}", "20% quantile (linear interpolation) of close over w bars / close.", tags=("volatility",))
 def qtld(p: Panel, w: int) -> Array:
     c = p.col("close")
-    return p.quantile(c, w, 0.2) / c
+    return p.order(c, w, _QUANTILES)[0][0] / c
 
 
 @_rolling("RANK{w}", "Percentile of today's close among the last w closes: average rank / w, in (0, 1].", tags=("momentum",))
 def rank(p: Panel, w: int) -> Array:
     # average rank / w: ties share the mean of their ranks (pandas rank(pct=True) of the last value)
-    return p.rank(p.col("close"), w) / w
+    return p.order(p.col("close"), w, _QUANTILES)[1] / w  # one sorted window for QTLD, QTLU and RANK
 
 
 @_rolling("RSV{w}", "Close's position in the w-bar range: (close - min low) / (max high - min low + 1e-12).",

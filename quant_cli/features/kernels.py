@@ -46,8 +46,8 @@ def _run(name: str, x: np.ndarray, *args: object) -> np.ndarray:
     return getattr(_jit(), f"{name}_seq")(x, *args)
 
 
-def _stat(x: np.ndarray, offsets: np.ndarray, w: int, op: str, q: float = 0.0, ddof: int = 1) -> np.ndarray:
-    return _run("window_stat", x, offsets, w, getattr(_jit(), op), q, ddof)
+def _moment(x: np.ndarray, offsets: np.ndarray, w: int, op: str, ddof: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    return _run("moment", x, offsets, w, getattr(_jit(), op), ddof)
 
 
 def shift(x: np.ndarray, offsets: np.ndarray, n: int) -> np.ndarray:
@@ -62,64 +62,81 @@ def diff(x: np.ndarray, offsets: np.ndarray, n: int = 1) -> np.ndarray:
 
 def rolling_sum(x: np.ndarray, offsets: np.ndarray, w: int) -> np.ndarray:
     """Sum of the last w values. An all-equal window gives x * w exactly (an all-zero one 0.0)."""
-    return _stat(x, offsets, w, "SUM")
+    return _moment(x, offsets, w, "SUM")[0]
 
 
 def rolling_mean(x: np.ndarray, offsets: np.ndarray, w: int) -> np.ndarray:
     """Mean of the last w values (an all-equal window gives the value itself)."""
-    return _stat(x, offsets, w, "MEAN")
+    return _moment(x, offsets, w, "MEAN")[0]
 
 
 def rolling_var(x: np.ndarray, offsets: np.ndarray, w: int, ddof: int = 1) -> np.ndarray:
     """Variance of the last w values with `ddof`; exactly 0 on an all-equal window."""
-    return _stat(x, offsets, w, "VAR", ddof=ddof)
+    return _moment(x, offsets, w, "VAR", ddof=ddof)[0]
 
 
 def rolling_std(x: np.ndarray, offsets: np.ndarray, w: int, ddof: int = 1) -> np.ndarray:
     """Standard deviation of the last w values with `ddof` (1: sample; 0: population); 0 when flat."""
-    return _stat(x, offsets, w, "STD", ddof=ddof)
+    return _moment(x, offsets, w, "STD", ddof=ddof)[0]
+
+
+def rolling_mean_std(x: np.ndarray, offsets: np.ndarray, w: int, ddof: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(rolling_mean, rolling_std) from one pass."""
+    std, mean = _moment(x, offsets, w, "STD", ddof=ddof)
+    return mean, std
+
+
+def rolling_extreme(x: np.ndarray, offsets: np.ndarray, w: int, largest: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(rolling_max, rolling_argmax) if `largest`, else (rolling_min, rolling_argmin), from one pass."""
+    return _run("extreme", x, offsets, w, largest)
+
+
+def rolling_order(x: np.ndarray, offsets: np.ndarray, w: int, qs: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(quantiles, rank) from one sorted window: quantiles[r] is rolling_quantile at qs[r] (an array
+    of shape (len(qs), rows)), rank is rolling_rank."""
+    return _run("order", x, offsets, w, np.asarray(qs, dtype=np.float64).reshape(-1))
 
 
 def rolling_skew(x: np.ndarray, offsets: np.ndarray, w: int) -> np.ndarray:
     """Bias-corrected sample skewness (pandas / polars bias=False) of the last w values; NaN when flat."""
-    return _stat(x, offsets, w, "SKEW")
+    return _moment(x, offsets, w, "SKEW")[0]
 
 
 def rolling_kurt(x: np.ndarray, offsets: np.ndarray, w: int) -> np.ndarray:
     """Bias-corrected sample excess kurtosis (pandas / polars fisher=True, bias=False); NaN when flat."""
-    return _stat(x, offsets, w, "KURT")
+    return _moment(x, offsets, w, "KURT")[0]
 
 
 def rolling_max(x: np.ndarray, offsets: np.ndarray, w: int) -> np.ndarray:
     """Largest of the last w values."""
-    return _stat(x, offsets, w, "MAX")
+    return rolling_extreme(x, offsets, w, largest=True)[0]
 
 
 def rolling_min(x: np.ndarray, offsets: np.ndarray, w: int) -> np.ndarray:
     """Smallest of the last w values."""
-    return _stat(x, offsets, w, "MIN")
+    return rolling_extreme(x, offsets, w, largest=False)[0]
 
 
 def rolling_argmax(x: np.ndarray, offsets: np.ndarray, w: int) -> np.ndarray:
     """1-based position of the window's largest value counted from its OLDEST row (1 .. w); on ties
     the oldest wins (numpy argmax + 1, Qlib IdxMax + 1)."""
-    return _stat(x, offsets, w, "ARGMAX")
+    return rolling_extreme(x, offsets, w, largest=True)[1]
 
 
 def rolling_argmin(x: np.ndarray, offsets: np.ndarray, w: int) -> np.ndarray:
     """1-based position of the window's smallest value counted from its oldest row; oldest wins ties."""
-    return _stat(x, offsets, w, "ARGMIN")
+    return rolling_extreme(x, offsets, w, largest=False)[1]
 
 
 def rolling_quantile(x: np.ndarray, offsets: np.ndarray, w: int, q: float) -> np.ndarray:
     """The q-quantile of the last w values, linear interpolation between order statistics
     (sorted v: v[floor(p)] + (p - floor(p)) (v[floor(p) + 1] - v[floor(p)]) with p = q (w - 1))."""
-    return _stat(x, offsets, w, "QUANTILE", q=q)
+    return rolling_order(x, offsets, w, (q,))[0][0]
 
 
 def rolling_rank(x: np.ndarray, offsets: np.ndarray, w: int) -> np.ndarray:
     """Average rank (1 .. w) of the newest value among the last w: ties share the mean of their ranks."""
-    return _stat(x, offsets, w, "RANK")
+    return rolling_order(x, offsets, w, ())[1]
 
 
 def rolling_weighted_sum(x: np.ndarray, offsets: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -164,8 +181,9 @@ def warm_up() -> None:
     large = np.resize(small, PARALLEL_MIN_ROWS)
     large_offsets = np.array([0, PARALLEL_MIN_ROWS], dtype=np.int64)
     for x, off in ((small, offsets), (large, large_offsets)):
-        for op in ("SUM", "MAX", "QUANTILE"):  # one of each inner kind compiles the driver
-            _stat(x, off, 3, op, q=0.5)
+        rolling_sum(x, off, 3)
+        rolling_extreme(x, off, 3, True)
+        rolling_order(x, off, 3, (0.5,))
         rolling_weighted_sum(x, off, np.ones(3))
         rolling_corr(x, x, off, 3)
         seeded_ewm(x, off, 0.5, 2, 3, 3.0)

@@ -30,6 +30,7 @@ class Panel:
         sizes = frame.select(pl.col("symbol").rle().struct.field("len")).to_series().to_numpy() if frame.height else []
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self._memo: dict[Hashable, np.ndarray] = {}
+        self._passes: dict[Hashable, tuple[np.ndarray, Any]] = {}
 
     @property
     def rows(self) -> int:
@@ -61,34 +62,45 @@ class Panel:
         return k.diff(x, self.offsets, n)
 
     def sum(self, x: np.ndarray, w: int) -> np.ndarray:
-        return k.rolling_sum(x, self.offsets, w)
+        return self._shared("sum", x, w, make=lambda: k.rolling_sum(x, self.offsets, w))
 
     def mean(self, x: np.ndarray, w: int) -> np.ndarray:
-        return k.rolling_mean(x, self.offsets, w)
+        return self.mean_std(x, w)[0]
 
     def std(self, x: np.ndarray, w: int, ddof: int = 1) -> np.ndarray:
-        return k.rolling_std(x, self.offsets, w, ddof)
+        return self.mean_std(x, w, ddof)[1]
+
+    def mean_std(self, x: np.ndarray, w: int, ddof: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std with ddof) of the last w values, one pass shared by every caller on this panel."""
+        return self._shared("mean_std", x, w, ddof, make=lambda: k.rolling_mean_std(x, self.offsets, w, ddof))
 
     def var(self, x: np.ndarray, w: int, ddof: int = 1) -> np.ndarray:
         return k.rolling_var(x, self.offsets, w, ddof)
 
     def max(self, x: np.ndarray, w: int) -> np.ndarray:
-        return k.rolling_max(x, self.offsets, w)
+        return self._extreme(x, w, True)[0]
 
     def min(self, x: np.ndarray, w: int) -> np.ndarray:
-        return k.rolling_min(x, self.offsets, w)
-
-    def quantile(self, x: np.ndarray, w: int, q: float) -> np.ndarray:
-        return k.rolling_quantile(x, self.offsets, w, q)
-
-    def rank(self, x: np.ndarray, w: int) -> np.ndarray:
-        return k.rolling_rank(x, self.offsets, w)
+        return self._extreme(x, w, False)[0]
 
     def argmax(self, x: np.ndarray, w: int) -> np.ndarray:
-        return k.rolling_argmax(x, self.offsets, w)
+        return self._extreme(x, w, True)[1]
 
     def argmin(self, x: np.ndarray, w: int) -> np.ndarray:
-        return k.rolling_argmin(x, self.offsets, w)
+        return self._extreme(x, w, False)[1]
+
+    def _extreme(self, x: np.ndarray, w: int, largest: bool) -> tuple[np.ndarray, np.ndarray]:
+        return self._shared("extreme", x, w, largest, make=lambda: k.rolling_extreme(x, self.offsets, w, largest))
+
+    def order(self, x: np.ndarray, w: int, qs: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(quantiles at qs, average rank) from one sorted window (kernels.rolling_order), shared."""
+        return self._shared("order", x, w, tuple(qs), make=lambda: k.rolling_order(x, self.offsets, w, qs))
+
+    def quantile(self, x: np.ndarray, w: int, q: float) -> np.ndarray:
+        return self.order(x, w, (q,))[0][0]
+
+    def rank(self, x: np.ndarray, w: int) -> np.ndarray:
+        return self.order(x, w, ())[1]
 
     def weighted_sum(self, x: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return k.rolling_weighted_sum(x, self.offsets, weights)
@@ -98,6 +110,15 @@ class Panel:
 
     def kurt(self, x: np.ndarray, w: int) -> np.ndarray:
         return k.rolling_kurt(x, self.offsets, w)
+
+    def _shared(self, op: str, x: np.ndarray, *args: Hashable, make: Callable[[], Any]) -> Any:
+        """One kernel pass per (operator, input array, parameters) on this panel: MA and STD, MAX and
+        IMAX, QTLU, QTLD and RANK read the same pass. Keyed by the array's identity (kept alive)."""
+        key = (op, id(x), *args)
+        hit = self._passes.get(key)
+        if hit is None or hit[0] is not x:
+            hit = self._passes[key] = (x, make())
+        return hit[1]
 
     def corr(self, x: np.ndarray, y: np.ndarray, w: int) -> np.ndarray:
         return k.rolling_corr(x, y, self.offsets, w)
@@ -132,11 +153,17 @@ def errstate() -> np.errstate:
 
 def kernel_columns(frame: pl.DataFrame, features: Sequence[Any]) -> pl.DataFrame:
     """Kernel features (registry.Feature) of a (symbol, ts)-sorted frame, in order (sources before
-    what reads them); missing values (NaN) become null, as a polars expression's would be."""
+    what reads them); missing values (NaN) become null as a polars expression's would (infinities
+    stay until the engine's output step, so stage 2 sees what it saw before). An array becomes a
+    column as soon as no later feature reads it."""
     panel = Panel(frame)
-    values: dict[str, np.ndarray] = {}
+    sources = {s.name for f in features for s in f.sources}
+    arrays: dict[str, np.ndarray] = {}
+    columns: list[pl.Series] = []
     with errstate():
         for feature in features:
-            computed = feature.compute(panel, [values[s.name] for s in feature.sources])
-            values[feature.name] = np.asarray(computed, dtype=np.float64)
-    return pl.DataFrame([pl.Series(name, array, nan_to_null=True) for name, array in values.items()])
+            values = np.asarray(feature.compute(panel, [arrays[s.name] for s in feature.sources]), dtype=np.float64)
+            if feature.name in sources:
+                arrays[feature.name] = values
+            columns.append(pl.Series(feature.name, values, nan_to_null=True))
+    return pl.DataFrame(columns)
