@@ -19,6 +19,7 @@ import pytest
 from feature_oracle import oracle
 
 from quant_cli.features import REGISTRY, FeatureOptions, compute_features, kernels
+from quant_cli.features.panel import PARALLEL_MIN_ROWS, kernel_columns
 from quant_cli.pipeline.lookback import agrees
 
 SECTION = {
@@ -193,16 +194,18 @@ def test_weighted_sum_matches_polars() -> None:
     assert agrees(np.where(np.isfinite(mine), mine, np.nan), theirs.astype(float), 1.0).all()
 
 
-def test_whole_panel_and_a_single_window_run_the_same_code(panel: pl.DataFrame) -> None:
-    """The parallel driver (a big panel) and the serial one (a served window) give identical values."""
-    x = panel.get_column("close").to_numpy()
-    big = np.tile(x, kernels.PARALLEL_MIN_ROWS // len(x) + 1)
-    offsets = np.arange(0, len(big) + 1, len(x), dtype=np.int64)
-    offsets[-1] = len(big)
-    parallel = kernels.rolling_std(big, offsets, 20)
-    serial = np.concatenate([kernels.rolling_std(big[a:b], np.array([0, b - a], dtype=np.int64), 20)
-                             for a, b in zip(offsets[:-1], offsets[1:])])
-    assert np.array_equal(parallel, serial, equal_nan=True)
+def test_a_panel_cut_into_threads_gives_the_values_of_one_pass(panel: pl.DataFrame) -> None:
+    """Big panels run groups of symbols on threads; the values are those of one serial pass, bit for bit."""
+    big = pl.concat([panel.with_columns(pl.col("symbol") + f"_{i}") for i in range(40)]).sort("symbol", "ts")
+    assert big.height >= PARALLEL_MIN_ROWS
+    stage1 = [f for f in FEATURES if f.family.kernel and not f.family.timeframed and "benchmark_close" not in f.inputs]
+    frame = big.with_columns(pl.col("open", "high", "low", "close", "volume").cast(pl.Float64))
+    threaded = kernel_columns(frame, stage1, workers=3)
+    serial = kernel_columns(frame, stage1, workers=1)
+    assert threaded.equals(serial)
+    one_symbol = frame.filter(pl.col("symbol") == "A_7")
+    rows = frame.with_row_index().filter(pl.col("symbol") == "A_7").get_column("index")
+    assert kernel_columns(one_symbol, stage1).equals(threaded[rows])  # a served window: the same values
 
 
 def test_dates_are_what_the_calendars_say(panel: pl.DataFrame) -> None:

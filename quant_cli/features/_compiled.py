@@ -7,8 +7,8 @@ machine code is written next to this file (or to NUMBA_CACHE_DIR) once and loade
 Layout every kernel shares: `x` is one float64 column of a panel sorted by (symbol, ts), and
 `offsets` (int64, length symbols + 1) delimits each symbol's rows: symbol s is
 x[offsets[s]:offsets[s + 1]]. A `*_one` function handles one symbol's segment [lo, hi) and
-writes into `out`; the `*_par` driver runs the symbols in parallel (prange), the `*_seq` driver one
-after another (a served window: no thread pool to wake). Missing values are NaN; a window that
+writes into `out`; the driver (the public name) runs the symbols one after another. Every function
+releases the GIL (nogil=True): the engine runs groups of symbols on threads (features/panel.py). Missing values are NaN; a window that
 holds a missing (or infinite) value gives NaN, like polars' min_samples = window.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 # op codes of moment_*
 SUM, MEAN, VAR, STD, SKEW, KURT = range(6)
@@ -25,12 +25,12 @@ SUM, MEAN, VAR, STD, SKEW, KURT = range(6)
 CORR, COV = range(2)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _bad(v: float) -> bool:
     return not math.isfinite(v)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _moments(x, lo, hi, anchor):  # noqa: ANN001, ANN202 - numba
     """Sums of d and d^2 with d = x - anchor over x[lo:hi]; how many values are non-finite."""
     s1 = s2 = 0.0
@@ -46,7 +46,7 @@ def _moments(x, lo, hi, anchor):  # noqa: ANN001, ANN202 - numba
     return s1, s2, bad
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _spread(s1, s2, n, op, ddof):  # noqa: ANN001, ANN202 - numba
     """VAR/STD of a window from its anchored power sums."""
     if n - ddof <= 0:
@@ -56,7 +56,7 @@ def _spread(s1, s2, n, op, ddof):  # noqa: ANN001, ANN202 - numba
     return math.sqrt(var) if op == STD else var
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _shape(x, lo, hi, op):  # noqa: ANN001, ANN202 - numba
     """SKEW/KURT of x[lo:hi] from central moments computed in two passes: higher moments from
     running power sums lose ~1e-8 relative on short windows, so these are evaluated per window."""
@@ -81,7 +81,7 @@ def _shape(x, lo, hi, op):  # noqa: ANN001, ANN202 - numba
     return ((n + 1.0) * g2 + 6.0) * (n - 1.0) / ((n - 2.0) * (n - 3.0))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _moment_one(x, lo, hi, w, op, ddof, out, mean_out):  # noqa: ANN001 - numba
     """SUM/MEAN/VAR/STD into `out` and the window mean into `mean_out`, from sums of (x - anchor) and
     its square, the anchor re-taken and the sums recomputed every w rows (no drift, no cancellation
@@ -138,17 +138,10 @@ def _moment_one(x, lo, hi, w, op, ddof, out, mean_out):  # noqa: ANN001 - numba
             out[i] = _shape(x, start, i + 1, op)
 
 
-@njit(cache=True, parallel=True)
-def moment_par(x, offsets, w, op, ddof):  # noqa: ANN001, ANN201 - numba
-    out = np.empty_like(x)
-    mean = np.empty_like(x)
-    for s in prange(len(offsets) - 1):
-        _moment_one(x, offsets[s], offsets[s + 1], w, op, ddof, out, mean)
-    return out, mean
 
 
-@njit(cache=True)
-def moment_seq(x, offsets, w, op, ddof):  # noqa: ANN001, ANN201 - numba
+@njit(cache=True, nogil=True)
+def moment(x, offsets, w, op, ddof):  # noqa: ANN001, ANN201 - numba
     out = np.empty_like(x)
     mean = np.empty_like(x)
     for s in range(len(offsets) - 1):
@@ -156,7 +149,7 @@ def moment_seq(x, offsets, w, op, ddof):  # noqa: ANN001, ANN201 - numba
     return out, mean
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _extreme_one(x, lo, hi, w, largest, value, position, buf):  # noqa: ANN001 - numba
     """The window's largest (or smallest) value and the 1-based position of its OLDEST occurrence,
     counted from the window's oldest bar, with a monotone deque of row numbers in buf[lo:hi]."""
@@ -182,18 +175,10 @@ def _extreme_one(x, lo, hi, w, largest, value, position, buf):  # noqa: ANN001 -
             position[i] = buf[head] - start + 1.0
 
 
-@njit(cache=True, parallel=True)
-def extreme_par(x, offsets, w, largest):  # noqa: ANN001, ANN201 - numba
-    value = np.empty_like(x)
-    position = np.empty_like(x)
-    buf = np.empty(len(x), dtype=np.int64)
-    for s in prange(len(offsets) - 1):
-        _extreme_one(x, offsets[s], offsets[s + 1], w, largest, value, position, buf)
-    return value, position
 
 
-@njit(cache=True)
-def extreme_seq(x, offsets, w, largest):  # noqa: ANN001, ANN201 - numba
+@njit(cache=True, nogil=True)
+def extreme(x, offsets, w, largest):  # noqa: ANN001, ANN201 - numba
     value = np.empty_like(x)
     position = np.empty_like(x)
     buf = np.empty(len(x), dtype=np.int64)
@@ -202,7 +187,7 @@ def extreme_seq(x, offsets, w, largest):  # noqa: ANN001, ANN201 - numba
     return value, position
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _lower_bound(buf, lo, n, v):  # noqa: ANN001, ANN202 - numba
     """First index k in [0, n) with buf[lo + k] >= v (n if none)."""
     a, b = 0, n
@@ -215,7 +200,7 @@ def _lower_bound(buf, lo, n, v):  # noqa: ANN001, ANN202 - numba
     return a
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _order_one(x, lo, hi, w, qs, quantiles, rank, buf):  # noqa: ANN001 - numba
     """Linear-interpolation quantiles at each q of `qs` and the average rank (1..w) of the newest
     value, over a sorted copy of the window kept in buf[lo:lo + n] (insert / remove by binary search)."""
@@ -259,18 +244,10 @@ def _order_one(x, lo, hi, w, qs, quantiles, rank, buf):  # noqa: ANN001 - numba
         rank[i] = less + (equal + 1) / 2.0
 
 
-@njit(cache=True, parallel=True)
-def order_par(x, offsets, w, qs):  # noqa: ANN001, ANN201 - numba
-    quantiles = np.empty((len(qs), len(x)))
-    rank = np.empty_like(x)
-    buf = np.empty_like(x)
-    for s in prange(len(offsets) - 1):
-        _order_one(x, offsets[s], offsets[s + 1], w, qs, quantiles, rank, buf)
-    return quantiles, rank
 
 
-@njit(cache=True)
-def order_seq(x, offsets, w, qs):  # noqa: ANN001, ANN201 - numba
+@njit(cache=True, nogil=True)
+def order(x, offsets, w, qs):  # noqa: ANN001, ANN201 - numba
     quantiles = np.empty((len(qs), len(x)))
     rank = np.empty_like(x)
     buf = np.empty_like(x)
@@ -279,7 +256,7 @@ def order_seq(x, offsets, w, qs):  # noqa: ANN001, ANN201 - numba
     return quantiles, rank
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pair_one(x, y, lo, hi, w, op, ddof, out):  # noqa: ANN001 - numba
     """CORR / COV of x and y over w rows: anchored co-moment sums, recomputed every w rows; a
     flat x or y gives a correlation of 0/0 (NaN) and a covariance of exactly 0."""
@@ -337,23 +314,17 @@ def _pair_one(x, y, lo, hi, w, op, ddof, out):  # noqa: ANN001 - numba
             out[i] = (sxy - sx * sy / w) / math.sqrt(var_x * var_y)
 
 
-@njit(cache=True, parallel=True)
-def pair_stat_par(x, y, offsets, w, op, ddof):  # noqa: ANN001, ANN201 - numba
-    out = np.empty_like(x)
-    for s in prange(len(offsets) - 1):
-        _pair_one(x, y, offsets[s], offsets[s + 1], w, op, ddof, out)
-    return out
 
 
-@njit(cache=True)
-def pair_stat_seq(x, y, offsets, w, op, ddof):  # noqa: ANN001, ANN201 - numba
+@njit(cache=True, nogil=True)
+def pair_stat(x, y, offsets, w, op, ddof):  # noqa: ANN001, ANN201 - numba
     out = np.empty_like(x)
     for s in range(len(offsets) - 1):
         _pair_one(x, y, offsets[s], offsets[s + 1], w, op, ddof, out)
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _weighted_one(x, lo, hi, weights, out):  # noqa: ANN001 - numba
     w = len(weights)
     for i in range(lo, hi):
@@ -367,24 +338,18 @@ def _weighted_one(x, lo, hi, weights, out):  # noqa: ANN001 - numba
         out[i] = total  # a missing value makes the total NaN
 
 
-@njit(cache=True, parallel=True)
-def weighted_sum_par(x, offsets, weights):  # noqa: ANN001, ANN201 - numba
-    out = np.empty_like(x)
-    for s in prange(len(offsets) - 1):
-        _weighted_one(x, offsets[s], offsets[s + 1], weights, out)
-    return out
 
 
-@njit(cache=True)
-def weighted_sum_seq(x, offsets, weights):  # noqa: ANN001, ANN201 - numba
+@njit(cache=True, nogil=True)
+def weighted_sum(x, offsets, weights):  # noqa: ANN001, ANN201 - numba
     out = np.empty_like(x)
     for s in range(len(offsets) - 1):
         _weighted_one(x, offsets[s], offsets[s + 1], weights, out)
     return out
 
 
-@njit(cache=True)
-def shift_seq(x, offsets, n):  # noqa: ANN001, ANN201 - numba (memory-bound: no parallel driver)
+@njit(cache=True, nogil=True)
+def shift(x, offsets, n):  # noqa: ANN001, ANN201 - numba
     out = np.empty_like(x)
     for s in range(len(offsets) - 1):
         lo, hi = offsets[s], offsets[s + 1]
@@ -393,7 +358,7 @@ def shift_seq(x, offsets, n):  # noqa: ANN001, ANN201 - numba (memory-bound: no 
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _ewm_one(x, lo, hi, alpha, seed_row, seed_len, seed_div, out):  # noqa: ANN001 - numba
     """y[r] = sum(x[r - seed_len + 1 .. r]) / seed_div at r = seed_row (row within the symbol); then
     y[t] = (1 - alpha) y[t-1] + alpha x[t]. A missing x (NaN) is skipped (its row is NaN, the state
@@ -429,17 +394,11 @@ def _ewm_one(x, lo, hi, alpha, seed_row, seed_len, seed_div, out):  # noqa: ANN0
         out[i] = y
 
 
-@njit(cache=True)
-def ewm_seq(x, offsets, alpha, seed_row, seed_len, seed_div):  # noqa: ANN001, ANN201 - numba
+@njit(cache=True, nogil=True)
+def ewm(x, offsets, alpha, seed_row, seed_len, seed_div):  # noqa: ANN001, ANN201 - numba
     out = np.empty_like(x)
     for s in range(len(offsets) - 1):
         _ewm_one(x, offsets[s], offsets[s + 1], alpha, seed_row, seed_len, seed_div, out)
     return out
 
 
-@njit(cache=True, parallel=True)
-def ewm_par(x, offsets, alpha, seed_row, seed_len, seed_div):  # noqa: ANN001, ANN201 - numba
-    out = np.empty_like(x)
-    for s in prange(len(offsets) - 1):
-        _ewm_one(x, offsets[s], offsets[s + 1], alpha, seed_row, seed_len, seed_div, out)
-    return out

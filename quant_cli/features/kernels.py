@@ -12,24 +12,21 @@ Calling convention (every kernel):
   is NaN while fewer than w rows exist (polars `min_samples = window`) or when any of them is
   missing or infinite.
 
-Panels with many rows run symbols in parallel (numba prange, serialised across Python threads by
-a lock because numba's default thread pool is not re-entrant); small inputs (a served window) run
-one symbol after another. numba is imported on the first call, so commands that compute no
-features never load it; machine code is cached on disk (cache=True) and compiled once per machine.
-`warm_up()` compiles (or loads) every kernel ahead of time, e.g. before a server reports ready.
+Each kernel runs its symbols one after another and releases the GIL, so callers parallelise by
+running groups of symbols on threads (features/panel.py does, for big panels); there is one
+compiled version of each kernel, for a whole panel and a served window alike. numba is imported on
+the first call, so commands that compute no features never load it; machine code is cached on
+disk (cache=True) and compiled once per machine. `warm_up()` compiles (or loads) every kernel ahead
+of time, e.g. before a server reports ready.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
 from types import ModuleType
+from typing import Any
 
 import numpy as np
-
-PARALLEL_MIN_ROWS = 20_000  # below this a thread pool costs more than it saves
-_PARALLEL_LOCK = threading.Lock()
-
 
 @functools.cache
 def _jit() -> ModuleType:
@@ -38,12 +35,8 @@ def _jit() -> ModuleType:
     return _compiled
 
 
-def _run(name: str, x: np.ndarray, *args: object) -> np.ndarray:
-    """Call the parallel or the serial driver of kernel `name`."""
-    if x.size >= PARALLEL_MIN_ROWS:
-        with _PARALLEL_LOCK:
-            return getattr(_jit(), f"{name}_par")(x, *args)
-    return getattr(_jit(), f"{name}_seq")(x, *args)
+def _run(name: str, x: np.ndarray, *args: object) -> Any:
+    return getattr(_jit(), name)(x, *args)
 
 
 def _moment(x: np.ndarray, offsets: np.ndarray, w: int, op: str, ddof: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +45,7 @@ def _moment(x: np.ndarray, offsets: np.ndarray, w: int, op: str, ddof: int = 1) 
 
 def shift(x: np.ndarray, offsets: np.ndarray, n: int) -> np.ndarray:
     """x[t - n] within the symbol (n >= 0); NaN for a symbol's first n rows."""
-    return _jit().shift_seq(x, offsets, n)
+    return _jit().shift(x, offsets, n)
 
 
 def diff(x: np.ndarray, offsets: np.ndarray, n: int = 1) -> np.ndarray:
@@ -175,16 +168,13 @@ def ema_mean_seeded(x: np.ndarray, offsets: np.ndarray, n: int, alpha: float, st
 
 
 def warm_up() -> None:
-    """Compile (or load from the on-disk cache) every kernel in both drivers."""
-    small = np.linspace(1.0, 2.0, 8)
+    """Compile (or load from the on-disk cache) every kernel."""
+    x = np.linspace(1.0, 2.0, 8)
     offsets = np.array([0, 8], dtype=np.int64)
-    large = np.resize(small, PARALLEL_MIN_ROWS)
-    large_offsets = np.array([0, PARALLEL_MIN_ROWS], dtype=np.int64)
-    for x, off in ((small, offsets), (large, large_offsets)):
-        rolling_sum(x, off, 3)
-        rolling_extreme(x, off, 3, True)
-        rolling_order(x, off, 3, (0.5,))
-        rolling_weighted_sum(x, off, np.ones(3))
-        rolling_corr(x, x, off, 3)
-        seeded_ewm(x, off, 0.5, 2, 3, 3.0)
-    shift(small, offsets, 1)
+    rolling_sum(x, offsets, 3)
+    rolling_extreme(x, offsets, 3, True)
+    rolling_order(x, offsets, 3, (0.5,))
+    rolling_weighted_sum(x, offsets, np.ones(3))
+    rolling_corr(x, x, offsets, 3)
+    seeded_ewm(x, offsets, 0.5, 2, 3, 3.0)
+    shift(x, offsets, 1)

@@ -14,7 +14,9 @@ polars gives null for a comparison with a missing value, use `gt` / `lt` (NaN in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -151,11 +153,42 @@ def errstate() -> np.errstate:
     return np.errstate(divide="ignore", invalid="ignore", over="ignore")
 
 
-def kernel_columns(frame: pl.DataFrame, features: Sequence[Any]) -> pl.DataFrame:
+PARALLEL_MIN_ROWS = 50_000  # below this (a served window) threads cost more than they save
+
+
+def kernel_columns(frame: pl.DataFrame, features: Sequence[Any], workers: int | None = None) -> pl.DataFrame:
     """Kernel features (registry.Feature) of a (symbol, ts)-sorted frame, in order (sources before
     what reads them); missing values (NaN) become null as a polars expression's would (infinities
-    stay until the engine's output step, so stage 2 sees what it saw before). An array becomes a
-    column as soon as no later feature reads it."""
+    stay until the engine's output step, so stage 2 sees what it saw before).
+
+    A big frame is cut into one group of whole symbols per CPU, each computed on its own thread
+    (the kernels release the GIL); the groups' columns are stacked back in row order. A symbol's
+    values never depend on another symbol, so the cut changes nothing (tests check it bit for bit).
+    """
+    workers = workers or _cpus()
+    groups = _symbol_groups(frame, workers) if frame.height >= PARALLEL_MIN_ROWS else [(0, frame.height)]
+    if len(groups) == 1:
+        return _columns(frame, features)
+    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="qfactory-kernels") as pool:
+        parts = list(pool.map(lambda g: _columns(frame.slice(g[0], g[1] - g[0]), features), groups))
+    return pl.concat(parts, how="vertical")
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _symbol_groups(frame: pl.DataFrame, workers: int) -> list[tuple[int, int]]:
+    """Up to `workers` contiguous row ranges of about equal size, cut at symbol boundaries."""
+    offsets = Panel(frame.select("symbol")).offsets
+    cuts = {int(offsets[np.searchsorted(offsets, frame.height * k / workers)]) for k in range(1, workers)}
+    bounds = sorted({0, frame.height, *(c for c in cuts if 0 < c < frame.height)})
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _columns(frame: pl.DataFrame, features: Sequence[Any]) -> pl.DataFrame:
+    """The features of one group of whole symbols. An array becomes a column as soon as no later
+    feature reads it, so a build holds one copy of its output."""
     panel = Panel(frame)
     sources = {s.name for f in features for s in f.sources}
     arrays: dict[str, np.ndarray] = {}
