@@ -200,6 +200,13 @@ def _lower_bound(buf, lo, n, v):  # noqa: ANN001, ANN202 - numba
     return a
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _remove(buf, lo, n, old):  # noqa: ANN001, ANN202 - numba
+    k = _lower_bound(buf, lo, n, old)
+    for j in range(lo + k, lo + n - 1):
+        buf[j] = buf[j + 1]
+
+
 @njit(cache=True, nogil=True)
 def _order_one(x, lo, hi, w, qs, quantiles, rank, buf):  # noqa: ANN001 - numba
     """Linear-interpolation quantiles at each q of `qs` and the average rank (1..w) of the newest
@@ -208,24 +215,33 @@ def _order_one(x, lo, hi, w, qs, quantiles, rank, buf):  # noqa: ANN001 - numba
     bad = 0
     for i in range(lo, hi):
         v = x[i]
+        start = i - w + 1
+        old = x[start - 1] if start - 1 >= lo else np.nan
+        leaving = start - 1 >= lo and not _bad(old)
         if _bad(v):
             bad += 1
+            if leaving:
+                _remove(buf, lo, n, old)
+                n -= 1
+        elif leaving:  # one value in, one out: shift only the values between their positions
+            out_at = _lower_bound(buf, lo, n, old)
+            in_at = _lower_bound(buf, lo, n, v)
+            if in_at > out_at:
+                for j in range(lo + out_at, lo + in_at - 1):
+                    buf[j] = buf[j + 1]
+                buf[lo + in_at - 1] = v
+            else:
+                for j in range(lo + out_at, lo + in_at, -1):
+                    buf[j] = buf[j - 1]
+                buf[lo + in_at] = v
         else:
             k = _lower_bound(buf, lo, n, v)
             for j in range(lo + n, lo + k, -1):
                 buf[j] = buf[j - 1]
             buf[lo + k] = v
             n += 1
-        start = i - w + 1
-        if start - 1 >= lo:
-            old = x[start - 1]
-            if _bad(old):
-                bad -= 1
-            else:
-                k = _lower_bound(buf, lo, n, old)
-                for j in range(lo + k, lo + n - 1):
-                    buf[j] = buf[j + 1]
-                n -= 1
+        if start - 1 >= lo and _bad(old):
+            bad -= 1
         if start < lo or bad > 0:
             rank[i] = np.nan
             for r in range(len(qs)):
