@@ -98,6 +98,14 @@ class Plan:
         keys = {k for f in self.stage2 for k in f.family.over_keys}
         return sorted(keys - set(KEYS))
 
+    @functools.cached_property
+    def finite(self) -> frozenset[str]:
+        """Kernel features whose stage-1 values are already finite or null (no stage 2 reads their
+        infinities), so the output step need not check them again."""
+        if self.stage2:
+            return frozenset()
+        return frozenset(f.name for f in self.kind("kernel"))
+
     @property
     def stage1_names(self) -> list[str]:
         return [f.name for f in self.stage1]
@@ -105,7 +113,14 @@ class Plan:
     def kind(self, kind: str) -> list[Feature]:
         """"kernel" (compiled), or for polars families "grouped" (per symbol), "rows" (row-wise on
         inputs), "composite"; "coarse" (multi-timeframe, either kind)."""
-        return [f for f in self.stage1 if _kind(f) == kind]
+        return self._kinds.get(kind, [])
+
+    @functools.cached_property
+    def _kinds(self) -> dict[str, list[Feature]]:
+        kinds: dict[str, list[Feature]] = {}
+        for feature in self.stage1:
+            kinds.setdefault(_kind(feature), []).append(feature)
+        return kinds
 
 
 def _kind(feature: Feature) -> str:
@@ -120,6 +135,14 @@ def _kind(feature: Feature) -> str:
 
 
 def plan(specs: Sequence[FeatureLike], columns: Sequence[str], options: FeatureOptions | None = None) -> Plan:
+    """What to compute for `specs` on bars with `columns` (cached: a server plans the same request shape
+    over and over; a Plan is never modified)."""
+    return _plan(tuple(specs), tuple(columns), options is not None and options.benchmark is not None)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(specs: tuple[FeatureLike, ...], columns: tuple[str, ...], benchmark: bool) -> Plan:
+    options = FeatureOptions(benchmark="benchmark") if benchmark else None  # only its presence matters here
     features, missing = split_available(as_features(specs), columns, options)
     names = [f.name for f in features]
     if len(set(names)) != len(names):
@@ -174,7 +197,7 @@ def stage1(bars: pl.DataFrame, todo: Plan, options: FeatureOptions | None = None
     inputs = [c for c in inputs if bars.schema[c] != pl.String]  # text inputs (sector) are group keys, not numbers
     lazy = lazy.with_columns(pl.col(inputs).cast(pl.Float64)) if inputs else lazy
     frame = _derive_inputs(lazy, bars, todo, options).collect(engine=ENGINE)
-    pieces = [frame.select(*KEYS, *todo.passthrough), kernel_columns(frame, todo.kind("kernel"))]
+    pieces = [frame.select(*KEYS, *todo.passthrough), kernel_columns(frame, todo.kind("kernel"), finite=bool(todo.finite))]
     grouped = todo.kind("grouped")
     if grouped:
         pieces.append(per_symbol(frame.lazy(), [_expr(f) for f in grouped]).drop(*KEYS).collect(engine=ENGINE))
@@ -217,7 +240,8 @@ def stage2(first: pl.LazyFrame, todo: Plan) -> pl.LazyFrame:
 
 def finish(frame: pl.LazyFrame, todo: Plan) -> pl.LazyFrame:
     """The output contract: keys then the requested features in order, non-finite → null."""
-    return frame.select(*KEYS, *(_finite_or_null(n) for n in todo.names))
+    finite = todo.finite
+    return frame.select(*KEYS, *(pl.col(n) if n in finite else _finite_or_null(n) for n in todo.names))
 
 
 @functools.lru_cache(maxsize=8192)

@@ -156,10 +156,11 @@ def errstate() -> np.errstate:
 PARALLEL_MIN_ROWS = 50_000  # below this (a served window) threads cost more than they save
 
 
-def kernel_columns(frame: pl.DataFrame, features: Sequence[Any], workers: int | None = None) -> pl.DataFrame:
+def kernel_columns(frame: pl.DataFrame, features: Sequence[Any], workers: int | None = None,
+                   finite: bool = False) -> pl.DataFrame:
     """Kernel features (registry.Feature) of a (symbol, ts)-sorted frame, in order (sources before
-    what reads them); missing values (NaN) become null as a polars expression's would (infinities
-    stay until the engine's output step, so stage 2 sees what it saw before).
+    what reads them); missing values (NaN) become null as a polars expression's would. Infinities
+    stay (stage 2 reads them as before; the engine's output step nulls them) unless `finite`.
 
     A big frame is cut into one group of whole symbols per CPU, each computed on its own thread
     (the kernels release the GIL); the groups' columns are stacked back in row order. A symbol's
@@ -168,9 +169,9 @@ def kernel_columns(frame: pl.DataFrame, features: Sequence[Any], workers: int | 
     workers = workers or _cpus()
     groups = _symbol_groups(frame, workers) if frame.height >= PARALLEL_MIN_ROWS else [(0, frame.height)]
     if len(groups) == 1:
-        return _columns(frame, features)
+        return _columns(frame, features, finite)
     with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="qfactory-kernels") as pool:
-        parts = list(pool.map(lambda g: _columns(frame.slice(g[0], g[1] - g[0]), features), groups))
+        parts = list(pool.map(lambda g: _columns(frame.slice(g[0], g[1] - g[0]), features, finite), groups))
     return pl.concat(parts, how="vertical")
 
 
@@ -186,7 +187,7 @@ def _symbol_groups(frame: pl.DataFrame, workers: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _columns(frame: pl.DataFrame, features: Sequence[Any]) -> pl.DataFrame:
+def _columns(frame: pl.DataFrame, features: Sequence[Any], finite: bool = False) -> pl.DataFrame:
     """The features of one group of whole symbols. An array becomes a column as soon as no later
     feature reads it, so a build holds one copy of its output."""
     panel = Panel(frame)
@@ -198,5 +199,20 @@ def _columns(frame: pl.DataFrame, features: Sequence[Any]) -> pl.DataFrame:
             values = np.asarray(feature.compute(panel, [arrays[s.name] for s in feature.sources]), dtype=np.float64)
             if feature.name in sources:
                 arrays[feature.name] = values
-            columns.append(pl.Series(feature.name, values, nan_to_null=True))
-    return pl.DataFrame(columns)
+            columns.append(np.where(np.isinf(values), np.nan, values) if finite else values)
+    return _frame([f.name for f in features], columns)
+
+
+def _frame(names: list[str], columns: list[np.ndarray]) -> pl.DataFrame:
+    """The columns as a frame, NaN → null. A served window's few rows go in as one matrix (one call
+    instead of a Series per feature); a panel's columns go in zero-copy, one by one."""
+    if not columns:
+        return pl.DataFrame()
+    if len(columns[0]) <= _SMALL:
+        frame = pl.from_numpy(np.column_stack(columns), schema=names, orient="row")
+    else:
+        frame = pl.DataFrame([pl.Series(name, values) for name, values in zip(names, columns)])
+    return frame.fill_nan(None)
+
+
+_SMALL = 4096

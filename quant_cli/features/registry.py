@@ -42,6 +42,7 @@ whose inputs are absent from the data is skipped with a notice, never filled.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -147,7 +148,7 @@ class Feature:
     timeframe: str | None = None
     sources: tuple[Feature, ...] = ()  # the features it is computed from (composite, cross-sectional)
 
-    @property
+    @functools.cached_property  # read thousands of times per served request; a Feature never changes
     def name(self) -> str:
         name = self.family.name(self.window)
         if self.timeframe is not None:
@@ -156,7 +157,7 @@ class Feature:
             name = name.replace("{feature}", self.sources[0].name)
         return name
 
-    @property
+    @functools.cached_property
     def inputs(self) -> tuple[str, ...]:
         extra = [c for s in self.sources for c in s.inputs]
         return tuple(dict.fromkeys((*self.family.inputs, *extra)))
