@@ -98,14 +98,6 @@ class Plan:
         keys = {k for f in self.stage2 for k in f.family.over_keys}
         return sorted(keys - set(KEYS))
 
-    @functools.cached_property
-    def finite(self) -> frozenset[str]:
-        """Kernel features whose stage-1 values are already finite or null (no stage 2 reads their
-        infinities), so the output step need not check them again."""
-        if self.stage2:
-            return frozenset()
-        return frozenset(f.name for f in self.kind("kernel"))
-
     @property
     def stage1_names(self) -> list[str]:
         return [f.name for f in self.stage1]
@@ -197,7 +189,7 @@ def stage1(bars: pl.DataFrame, todo: Plan, options: FeatureOptions | None = None
     inputs = [c for c in inputs if bars.schema[c] != pl.String]  # text inputs (sector) are group keys, not numbers
     lazy = lazy.with_columns(pl.col(inputs).cast(pl.Float64)) if inputs else lazy
     frame = _derive_inputs(lazy, bars, todo, options).collect(engine=ENGINE)
-    pieces = [frame.select(*KEYS, *todo.passthrough), kernel_columns(frame, todo.kind("kernel"), finite=bool(todo.finite))]
+    pieces = [frame.select(*KEYS, *todo.passthrough), kernel_columns(frame, todo.kind("kernel"))]
     grouped = todo.kind("grouped")
     if grouped:
         pieces.append(per_symbol(frame.lazy(), [_expr(f) for f in grouped]).drop(*KEYS).collect(engine=ENGINE))
@@ -240,8 +232,7 @@ def stage2(first: pl.LazyFrame, todo: Plan) -> pl.LazyFrame:
 
 def finish(frame: pl.LazyFrame, todo: Plan) -> pl.LazyFrame:
     """The output contract: keys then the requested features in order, non-finite → null."""
-    finite = todo.finite
-    return frame.select(*KEYS, *(pl.col(n) if n in finite else _finite_or_null(n) for n in todo.names))
+    return frame.select(*KEYS, *(_finite_or_null(n) for n in todo.names))
 
 
 @functools.lru_cache(maxsize=8192)

@@ -113,6 +113,10 @@ class Panel:
     def kurt(self, x: np.ndarray, w: int) -> np.ndarray:
         return k.rolling_kurt(x, self.offsets, w)
 
+    def release_passes(self) -> None:
+        """Forget the shared passes (kept helper series stay): the engine calls it between windows."""
+        self._passes.clear()
+
     def _shared(self, op: str, x: np.ndarray, *args: Hashable, make: Callable[[], Any]) -> Any:
         """One kernel pass per (operator, input array, parameters) on this panel: MA and STD, MAX and
         IMAX, QTLU, QTLD and RANK read the same pass. Keyed by the array's identity (kept alive)."""
@@ -156,11 +160,10 @@ def errstate() -> np.errstate:
 PARALLEL_MIN_ROWS = 50_000  # below this (a served window) threads cost more than they save
 
 
-def kernel_columns(frame: pl.DataFrame, features: Sequence[Any], workers: int | None = None,
-                   finite: bool = False) -> pl.DataFrame:
+def kernel_columns(frame: pl.DataFrame, features: Sequence[Any], workers: int | None = None) -> pl.DataFrame:
     """Kernel features (registry.Feature) of a (symbol, ts)-sorted frame, in order (sources before
     what reads them); missing values (NaN) become null as a polars expression's would. Infinities
-    stay (stage 2 reads them as before; the engine's output step nulls them) unless `finite`.
+    stay (stage 2 reads them as before; the engine's output step nulls them).
 
     A big frame is cut into one group of whole symbols per CPU, each computed on its own thread
     (the kernels release the GIL); the groups' columns are stacked back in row order. A symbol's
@@ -169,9 +172,9 @@ def kernel_columns(frame: pl.DataFrame, features: Sequence[Any], workers: int | 
     workers = workers or _cpus()
     groups = _symbol_groups(frame, workers) if frame.height >= PARALLEL_MIN_ROWS else [(0, frame.height)]
     if len(groups) == 1:
-        return _columns(frame, features, finite)
+        return _columns(frame, features)
     with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="qfactory-kernels") as pool:
-        parts = list(pool.map(lambda g: _columns(frame.slice(g[0], g[1] - g[0]), features, finite), groups))
+        parts = list(pool.map(lambda g: _columns(frame.slice(g[0], g[1] - g[0]), features), groups))
     return pl.concat(parts, how="vertical")
 
 
@@ -187,19 +190,24 @@ def _symbol_groups(frame: pl.DataFrame, workers: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _columns(frame: pl.DataFrame, features: Sequence[Any], finite: bool = False) -> pl.DataFrame:
-    """The features of one group of whole symbols. An array becomes a column as soon as no later
-    feature reads it, so a build holds one copy of its output."""
+def _columns(frame: pl.DataFrame, features: Sequence[Any]) -> pl.DataFrame:
+    """The features of one group of whole symbols, computed window by window so that the shared
+    passes of one window are released before the next (a composite reads sources of its own window)."""
     panel = Panel(frame)
     sources = {s.name for f in features for s in f.sources}
     arrays: dict[str, np.ndarray] = {}
-    columns: list[pl.Series] = []
+    columns: list[Any] = [None] * len(features)
+    window: int | None = None
     with errstate():
-        for feature in features:
+        for i in sorted(range(len(features)), key=lambda i: features[i].window or 0):  # stable: sources stay first
+            feature = features[i]
+            if feature.window != window:
+                panel.release_passes()
+                window = feature.window
             values = np.asarray(feature.compute(panel, [arrays[s.name] for s in feature.sources]), dtype=np.float64)
             if feature.name in sources:
                 arrays[feature.name] = values
-            columns.append(np.where(np.isinf(values), np.nan, values) if finite else values)
+            columns[i] = values
     return _frame([f.name for f in features], columns)
 
 
@@ -211,7 +219,7 @@ def _frame(names: list[str], columns: list[np.ndarray]) -> pl.DataFrame:
     if len(columns[0]) <= _SMALL:
         frame = pl.from_numpy(np.column_stack(columns), schema=names, orient="row")
     else:
-        frame = pl.DataFrame([pl.Series(name, values) for name, values in zip(names, columns)])
+        frame = pl.DataFrame([pl.Series(name, values) for name, values in zip(names, columns)])  # zero-copy
     return frame.fill_nan(None)
 
 
