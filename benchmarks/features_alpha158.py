@@ -137,7 +137,8 @@ def _compare(args: argparse.Namespace, tmp: Path) -> int:
 def _unpack(revision: str, folder: Path) -> Path:
     """The package as it was at `revision` (git archive: the repository itself is not touched)."""
     folder.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "quant_cli"], check=True, capture_output=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "quant_cli"], check=True,
+                             capture_output=True)
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
     return folder
 
@@ -152,8 +153,8 @@ def _side(side: str, source: Path, output: Path, code: Path, label: str | None =
     command = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--input", str(source), "--output", str(output)]
     done = subprocess.run(command, check=True, capture_output=True, text=True, env=_env(code))
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"  {label or side:<12} {result['seconds']:8.2f} s   peak RSS {result['peak_mb']:7.0f} MiB   {result['features']} features",
-          flush=True)
+    print(f"  {label or side:<12} {result['seconds']:8.2f} s   peak RSS {result['peak_mb']:7.0f} MiB   "
+          f"{result['features']} features", flush=True)
     return result
 
 
@@ -164,8 +165,9 @@ def _cli_sides(bars_path: Path, tmp: Path, baseline: Path) -> dict[str, float]:
     tiny = tmp / "tiny.parquet"
     pl.read_parquet(bars_path).filter(pl.col("symbol").is_in(["S000", "S001"])).head(400).write_parquet(tiny)
     for source, dataset in ((bars_path, "bench"), (tiny, "tiny")):
-        subprocess.run([qfactory, "ingest", "--source", str(source), "--dataset", dataset, "--data-dir", str(data_dir), "--quiet"],
-                       check=True, capture_output=True, text=True, env=_env(ROOT))
+        ingest = [qfactory, "ingest", "--source", str(source), "--dataset", dataset, "--data-dir", str(data_dir),
+                  "--quiet"]
+        subprocess.run(ingest, check=True, capture_output=True, text=True, env=_env(ROOT))
     recipe = tmp / "alpha158.toml"
     recipe.write_text('[data]\ndataset = "bench"\n[features]\nsets = ["alpha158"]\n', encoding="utf-8")
     times = {}
@@ -204,7 +206,8 @@ def _report(engine: dict, before: dict, pandas: dict, cli: dict[str, float] | No
     print(f"speed-up engine vs pandas: {pandas['seconds'] / engine['seconds']:.1f}x (target >= 20x)")
     print(f"speed-up engine vs baseline engine: {before['seconds'] / engine['seconds']:.1f}x")
     if cli is not None:
-        print(f"speed-up qfactory features vs baseline, end to end: {cli['cli-baseline'] / cli['cli']:.1f}x (target >= 3x)")
+        ratio = cli["cli-baseline"] / cli["cli"]
+        print(f"speed-up qfactory features vs baseline, end to end: {ratio:.1f}x (target >= 3x)")
     print(f"peak memory engine / pandas: {engine['peak_mb'] / pandas['peak_mb']:.2f}")
 
 

@@ -57,7 +57,8 @@ def edited(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
 
 
 @pytest.mark.parametrize("relative", ["quant_cli/features/core.py", "quant_cli/features/_compiled.py"])
-def test_changed_feature_code_builds_a_new_version(tmp_path: Path, data_dir: Path, edited, relative: str) -> None:  # noqa: ANN001
+def test_changed_feature_code_builds_a_new_version(tmp_path: Path, data_dir: Path, edited,  # noqa: ANN001
+                                                   relative: str) -> None:
     before = feature_table(_recipe(tmp_path), data_dir)
     assert feature_table(_recipe(tmp_path), data_dir).cached  # unchanged code: the cache serves it
     edited(relative)

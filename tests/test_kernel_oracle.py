@@ -70,7 +70,8 @@ def panel() -> pl.DataFrame:
         _symbol(rng, "H", weekdays[:150], flat=slice(0, 40)),  # starts flat: ADX's 0/0 DX
         _symbol(rng, "F", weekdays[-3:]),  # three bars
         _symbol(rng, "G", weekdays[-1:]),  # one bar
-        _symbol(rng, "B", np.sort(rng.choice(days, size=len(days) - 60, replace=False))),  # the benchmark: 7-day week, gaps
+        _symbol(rng, "B",
+                np.sort(rng.choice(days, size=len(days) - 60, replace=False))),  # the benchmark: 7-day week, gaps
     ]
     bars = pl.concat(frames).sort("symbol", "ts")
     row = pl.int_range(pl.len()).over("symbol")
@@ -159,8 +160,10 @@ _CASES = {
     "skew": (lambda x, y, o, w: kernels.rolling_skew(x, o, w), lambda w: _X.rolling_skew(w, bias=False, min_samples=w)),
     "kurt": (lambda x, y, o, w: kernels.rolling_kurt(x, o, w),
              lambda w: _X.rolling_kurtosis(w, fisher=True, bias=False, min_samples=w)),
-    "corr": (lambda x, y, o, w: kernels.rolling_corr(x, y, o, w), lambda w: pl.rolling_corr(_X, _Y, window_size=w, min_samples=w)),
-    "cov": (lambda x, y, o, w: kernels.rolling_cov(x, y, o, w), lambda w: pl.rolling_cov(_X, _Y, window_size=w, min_samples=w)),
+    "corr": (lambda x, y, o, w: kernels.rolling_corr(x, y, o, w),
+             lambda w: pl.rolling_corr(_X, _Y, window_size=w, min_samples=w)),
+    "cov": (lambda x, y, o, w: kernels.rolling_cov(x, y, o, w),
+            lambda w: pl.rolling_cov(_X, _Y, window_size=w, min_samples=w)),
     "shift": (lambda x, y, o, w: kernels.shift(x, o, w), lambda w: _X.shift(w)),
     "ewm": (lambda x, y, o, w: kernels.ema_mean_seeded(x, o, w, 2 / (w + 1)),
             lambda w: pl.when(pl.int_range(pl.len()) == w - 1).then(_X.rolling_mean(w, min_samples=w))

@@ -7,8 +7,9 @@ machine code is written next to this file (or to NUMBA_CACHE_DIR) once and loade
 Layout every kernel shares: `x` is one float64 column of a panel sorted by (symbol, ts), and
 `offsets` (int64, length symbols + 1) delimits each symbol's rows: symbol s is
 x[offsets[s]:offsets[s + 1]]. A `*_one` function handles one symbol's segment [lo, hi) and
-writes into `out`; the driver (the public name) runs the symbols one after another. Every function
-releases the GIL (nogil=True): the engine runs groups of symbols on threads (features/panel.py). Missing values are NaN; a window that
+writes into `out`; the driver (the public name) runs the symbols one after another. Every
+function releases the GIL (nogil=True): the engine runs groups of symbols on threads
+(features/panel.py). Missing values are NaN; a window that
 holds a missing (or infinite) value gives NaN, like polars' min_samples = window.
 """
 

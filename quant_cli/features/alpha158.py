@@ -145,7 +145,8 @@ def low0(p: Panel) -> Array:
     return p.col("low") / p.col("close")
 
 
-@_kbar("VWAP0", "VWAP relative to the close; without a vwap column, the typical price (high + low + close) / 3.", inputs=("vwap", "close"))
+@_kbar("VWAP0", "VWAP relative to the close; without a vwap column, the typical price (high + low + close) / 3.",
+       inputs=("vwap", "close"))
 def vwap0(p: Panel) -> Array:
     return p.col("vwap") / p.col("close")
 
@@ -174,7 +175,8 @@ def _sxx(w: int) -> float:
     return w * (w * w - 1) / 12.0  # sum_j (j - mean j)^2 for j = 1..w
 
 
-@_rolling("BETA{w}", "Slope of the least-squares line of close on time over w bars / close.", tags=("trend",), min_window=2)
+@_rolling("BETA{w}", "Slope of the least-squares line of close on time over w bars / close.", tags=("trend",),
+          min_window=2)
 def beta(p: Panel, w: int) -> Array:
     """sum_j (j - mean j) close_j over the window (j = 1..w, oldest first), a weighted rolling sum
     evaluated per window (no running-sum cancellation against the bar index), / Sxx / close."""
@@ -184,7 +186,8 @@ def beta(p: Panel, w: int) -> Array:
     return p.weighted_sum(c, weights) / _sxx(w) / c
 
 
-@_rolling("RSQR{w}", "R-squared of the least-squares line of close on time over w bars (trend linearity).", tags=("trend",),
+@_rolling("RSQR{w}", "R-squared of the least-squares line of close on time over w bars (trend linearity).",
+          tags=("trend",),
           min_window=3, sources=("BETA{w}", "STD{w}"))
 def rsqr(p: Panel, beta_: Array, std_: Array, w: int) -> Array:
     # R^2 = slope^2 * Sxx / Syy with Syy = (w - 1) * std^2; both carry 1/close, which cancels
@@ -223,7 +226,8 @@ def qtld(p: Panel, w: int) -> Array:
     return p.order(c, w, _QUANTILES)[0][0] / c
 
 
-@_rolling("RANK{w}", "Percentile of today's close among the last w closes: average rank / w, in (0, 1].", tags=("momentum",))
+@_rolling("RANK{w}", "Percentile of today's close among the last w closes: average rank / w, in (0, 1].",
+          tags=("momentum",))
 def rank(p: Panel, w: int) -> Array:
     # average rank / w: ties share the mean of their ranks (pandas rank(pct=True) of the last value)
     return p.order(p.col("close"), w, _QUANTILES)[1] / w  # one sorted window for QTLD, QTLU and RANK
@@ -237,18 +241,21 @@ def rsv(p: Panel, max_ratio: Array, min_ratio: Array, w: int) -> Array:
     return (c - low) / (max_ratio * c - low + EPS)
 
 
-@_rolling("IMAX{w}", "Position of the w-bar high counted from the window's oldest bar, / w (Qlib IdxMax).", inputs=("high",), tags=("momentum",))
+@_rolling("IMAX{w}", "Position of the w-bar high counted from the window's oldest bar, / w (Qlib IdxMax).",
+          inputs=("high",), tags=("momentum",))
 def imax(p: Panel, w: int) -> Array:
     # the oldest of tied highs wins (numpy / Qlib argmax semantics)
     return p.argmax(p.col("high"), w) / w
 
 
-@_rolling("IMIN{w}", "Position of the w-bar low counted from the window's oldest bar, / w (Qlib IdxMin).", inputs=("low",), tags=("momentum",))
+@_rolling("IMIN{w}", "Position of the w-bar low counted from the window's oldest bar, / w (Qlib IdxMin).",
+          inputs=("low",), tags=("momentum",))
 def imin(p: Panel, w: int) -> Array:
     return p.argmin(p.col("low"), w) / w
 
 
-@_rolling("IMXD{w}", "IMAX - IMIN: positive when the low came before the high.", inputs=("high", "low"), tags=("momentum",),
+@_rolling("IMXD{w}", "IMAX - IMIN: positive when the low came before the high.", inputs=("high", "low"),
+          tags=("momentum",),
           sources=("IMAX{w}", "IMIN{w}"))
 def imxd(p: Panel, imax_: Array, imin_: Array, w: int) -> Array:
     return imax_ - imin_
@@ -273,12 +280,14 @@ def _abs_return_volume(p: Panel) -> Array:
     return p.memo("abs_return_volume", lambda: np.abs(_close_ratio(p) - 1.0) * p.col("volume"))
 
 
-@_rolling("CORR{w}", "Correlation of close with log(volume + 1) over w bars.", inputs=("close", "volume"), tags=("volume",), min_window=2)
+@_rolling("CORR{w}", "Correlation of close with log(volume + 1) over w bars.", inputs=("close", "volume"),
+          tags=("volume",), min_window=2)
 def corr(p: Panel, w: int) -> Array:
     return p.corr(p.col("close"), _log_volume1(p), w)
 
 
-@_rolling("CORD{w}", "Correlation of close/close[-1] with log(volume/volume[-1] + 1) over w bars.", inputs=("close", "volume"), tags=("volume",), min_window=2)
+@_rolling("CORD{w}", "Correlation of close/close[-1] with log(volume/volume[-1] + 1) over w bars.",
+          inputs=("close", "volume"), tags=("volume",), min_window=2)
 def cord(p: Panel, w: int) -> Array:
     return p.corr(_close_ratio(p), _log_volume_ratio1(p), w)
 
@@ -303,7 +312,8 @@ def cntn(p: Panel, w: int) -> Array:
     return p.mean(_down(p), w)
 
 
-@_rolling("CNTD{w}", "CNTP - CNTN: up share minus down share over w bars.", tags=("momentum",), sources=("CNTP{w}", "CNTN{w}"))
+@_rolling("CNTD{w}", "CNTP - CNTN: up share minus down share over w bars.", tags=("momentum",),
+          sources=("CNTP{w}", "CNTN{w}"))
 def cntd(p: Panel, up: Array, down: Array, w: int) -> Array:
     return up - down
 
@@ -317,7 +327,8 @@ def _gain_share(p: Panel, column: str, w: int, sign: float) -> Array:
     return 0.5 + 0.5 * (sign * (x - p.shift(x, w)) - EPS) / (total + EPS)
 
 
-@_rolling("SUMP{w}", "Sum of close gains / sum of absolute close changes over w bars (RSI-like, 0-1).", tags=("momentum",))
+@_rolling("SUMP{w}", "Sum of close gains / sum of absolute close changes over w bars (RSI-like, 0-1).",
+          tags=("momentum",))
 def sump(p: Panel, w: int) -> Array:
     return _gain_share(p, "close", w, 1.0)
 
@@ -327,7 +338,8 @@ def sumn(p: Panel, w: int) -> Array:
     return _gain_share(p, "close", w, -1.0)
 
 
-@_rolling("SUMD{w}", "(gains - losses) / sum of absolute close changes over w bars: SUMP - SUMN.", tags=("momentum",), sources=("SUMP{w}", "SUMN{w}"))
+@_rolling("SUMD{w}", "(gains - losses) / sum of absolute close changes over w bars: SUMP - SUMN.", tags=("momentum",),
+          sources=("SUMP{w}", "SUMN{w}"))
 def sumd(p: Panel, gains: Array, losses: Array, w: int) -> Array:
     return gains - losses
 
@@ -338,24 +350,28 @@ def vma(p: Panel, w: int) -> Array:
     return p.mean(v, w) / (v + EPS)
 
 
-@_rolling("VSTD{w}", "Standard deviation of volume over w bars / (volume + 1e-12).", inputs=("volume",), tags=("volume",), min_window=2)
+@_rolling("VSTD{w}", "Standard deviation of volume over w bars / (volume + 1e-12).", inputs=("volume",),
+          tags=("volume",), min_window=2)
 def vstd(p: Panel, w: int) -> Array:
     v = p.col("volume")
     return p.std(v, w) / (v + EPS)
 
 
-@_rolling("WVMA{w}", "Volume-weighted |return| dispersion: std / mean of |close/close[-1] - 1| * volume over w bars.", inputs=("close", "volume"), tags=("volume", "volatility"), min_window=2)
+@_rolling("WVMA{w}", "Volume-weighted |return| dispersion: std / mean of |close/close[-1] - 1| * volume over w bars.",
+          inputs=("close", "volume"), tags=("volume", "volatility"), min_window=2)
 def wvma(p: Panel, w: int) -> Array:
     weighted = _abs_return_volume(p)  # |close/close[-1] - 1| * volume
     return p.std(weighted, w) / (p.mean(weighted, w) + EPS)
 
 
-@_rolling("VSUMP{w}", "Sum of volume increases / sum of absolute volume changes over w bars.", inputs=("volume",), tags=("volume",))
+@_rolling("VSUMP{w}", "Sum of volume increases / sum of absolute volume changes over w bars.", inputs=("volume",),
+          tags=("volume",))
 def vsump(p: Panel, w: int) -> Array:
     return _gain_share(p, "volume", w, 1.0)
 
 
-@_rolling("VSUMN{w}", "Sum of volume decreases / sum of absolute volume changes over w bars.", inputs=("volume",), tags=("volume",))
+@_rolling("VSUMN{w}", "Sum of volume decreases / sum of absolute volume changes over w bars.", inputs=("volume",),
+          tags=("volume",))
 def vsumn(p: Panel, w: int) -> Array:
     return _gain_share(p, "volume", w, -1.0)
 

@@ -3,7 +3,8 @@
 Every family computes on the compiled kernels (features/panel.py), which never cross symbols and
 only look backward (shift(n >= 0), trailing windows, seeded recursions), so a value at bar t
 depends on bars <= t only — tests/test_causality.py proves it for every registered feature, and
-tests/test_kernel_oracle.py checks each against the polars expression it replaced. Rolling windows require a full window (min_samples = window): warm-up
+tests/test_kernel_oracle.py checks each against the polars expression it replaced.
+Rolling windows require a full window (min_samples = window): warm-up
 rows are null rather than computed from a partial window.
 
 Prices are divided out (returns, ratios to close) so values are comparable across symbols.
@@ -95,7 +96,8 @@ def macd(p: Panel, fast: int, slow: int) -> Array:
 
 
 @_core("macd_signal_{fast}_{slow}_{signal}", params={"fast": 12, "slow": 26, "signal": 9}, inputs=("close",),
-       tags=("trend", "momentum"), sets=_TA, description="MACD signal line (EMA(signal) of the MACD line) divided by close.")
+       tags=("trend",
+             "momentum"), sets=_TA, description="MACD signal line (EMA(signal) of the MACD line) divided by close.")
 def macd_signal(p: Panel, fast: int, slow: int, signal: int) -> Array:
     return _macd_signal(p, fast, slow, signal) / p.col("close")
 
@@ -107,7 +109,8 @@ def macd_hist(p: Panel, fast: int, slow: int, signal: int) -> Array:
 
 
 @_core("bb_pctb_{n}", params={"n": 20, "k": 2.0}, inputs=("close",), tags=("volatility", "oscillator"), sets=_TA,
-       description="Bollinger %B: where close sits between mean -/+ k population std over n bars (0 = lower, 1 = upper band).")
+       description="Bollinger %B: where close sits between mean -/+ k population std over n bars "
+                   "(0 = lower, 1 = upper band).")
 def bb_pctb(p: Panel, n: int, k: float) -> Array:
     c = p.col("close")
     mid = p.mean(c, n)

@@ -31,33 +31,38 @@ def _returns(p: Panel, column: str) -> np.ndarray:
     return p.memo(("log_return_of", column), lambda: p.diff(np.log(p.col(column))))
 
 
-@register("bench_corr_{w}", inputs=("close", BENCHMARK_CLOSE), tags=("cross_asset",), sets=_SETS, min_window=3, kernel=True,
+@register("bench_corr_{w}", inputs=("close", BENCHMARK_CLOSE), tags=("cross_asset",), sets=_SETS, min_window=3,
+          kernel=True,
           description="Correlation of the symbol's one-bar log returns with the benchmark's over w bars.")
 def bench_corr(p: Panel, w: int) -> np.ndarray:
     return p.corr(_returns(p, "close"), _returns(p, BENCHMARK_CLOSE), w)
 
 
-@register("bench_beta_{w}", inputs=("close", BENCHMARK_CLOSE), tags=("cross_asset",), sets=_SETS, min_window=3, kernel=True,
+@register("bench_beta_{w}", inputs=("close", BENCHMARK_CLOSE), tags=("cross_asset",), sets=_SETS, min_window=3,
+          kernel=True,
           description="Beta to the benchmark over w bars: cov(r, r_bench) / var(r_bench) of one-bar log returns.")
 def bench_beta(p: Panel, w: int) -> np.ndarray:
     bench = _returns(p, BENCHMARK_CLOSE)
     return p.cov(_returns(p, "close"), bench, w) / p.var(bench, w)
 
 
-@register("rel_strength_{w}", inputs=("close", BENCHMARK_CLOSE), tags=("cross_asset", "momentum"), sets=_SETS, kernel=True,
+@register("rel_strength_{w}", inputs=("close", BENCHMARK_CLOSE), tags=("cross_asset", "momentum"), sets=_SETS,
+          kernel=True,
           description="Relative strength vs the benchmark: w-bar log return of the symbol minus that of the benchmark.")
 def rel_strength(p: Panel, w: int) -> np.ndarray:
     c, b = p.col("close"), p.col(BENCHMARK_CLOSE)
     return np.log(c / p.shift(c, w)) - np.log(b / p.shift(b, w))
 
 
-@register("mkt_rel_ret_{w}", inputs=("close",), tags=("cross_asset", "momentum"), sets=_SETS, over="ts", sources=("ret_{w}",),
+@register("mkt_rel_ret_{w}", inputs=("close",), tags=("cross_asset", "momentum"), sets=_SETS, over="ts",
+          sources=("ret_{w}",),
           description="Market-relative return: ret_w minus the equal-weighted mean ret_w of all symbols at the same timestamp.")
 def mkt_rel_ret(ret: pl.Expr, w: int) -> pl.Expr:
     return ret - ret.mean()
 
 
-@register("sector_rel_ret_{w}", inputs=("close", "sector"), tags=("cross_asset", "momentum"), sets=_SETS, over=("ts", "sector"),
+@register("sector_rel_ret_{w}", inputs=("close", "sector"), tags=("cross_asset", "momentum"), sets=_SETS,
+          over=("ts", "sector"),
           sources=("ret_{w}",), description="Sector-relative return: ret_w minus the mean ret_w of the symbol's sector (data column `sector`) at the same timestamp.")
 def sector_rel_ret(ret: pl.Expr, w: int) -> pl.Expr:
     return ret - ret.mean()

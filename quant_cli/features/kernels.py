@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+
 @functools.cache
 def _jit() -> ModuleType:
     from quant_cli.features import _compiled  # noqa: PLC0415 - numba only when a kernel runs

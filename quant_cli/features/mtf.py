@@ -81,13 +81,15 @@ def mtf_vol(p: Panel, n: int) -> np.ndarray:
     return core.vol(p, n)
 
 
-@register("mtf_rsi_{tf}", params={"n": 14}, inputs=("close",), tags=(*_TAGS, "momentum", "oscillator"), sets=("mtf",), kernel=True,
+@register("mtf_rsi_{tf}", params={"n": 14}, inputs=("close",), tags=(*_TAGS, "momentum", "oscillator"), sets=("mtf",),
+          kernel=True,
           description="RSI(n) (Wilder, 0-100) of coarse closes.")
 def mtf_rsi(p: Panel, n: int) -> np.ndarray:
     return core.rsi(p, n)
 
 
-@register("mtf_range_{tf}", inputs=("high", "low", "close"), tags=(*_TAGS, "volatility", "candle"), sets=("mtf",), kernel=True,
+@register("mtf_range_{tf}", inputs=("high", "low", "close"), tags=(*_TAGS, "volatility", "candle"), sets=("mtf",),
+          kernel=True,
           description="Range of the last closed coarse bar relative to its close: (high - low) / close.")
 def mtf_range(p: Panel) -> np.ndarray:
     return core.hl_range(p)

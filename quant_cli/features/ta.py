@@ -31,7 +31,8 @@ _HLC = ("high", "low", "close")
 Array = np.ndarray
 
 
-def _ta(pattern: str, description: str, inputs: tuple[str, ...] = ("close",), tags: tuple[str, ...] = (), **kw):  # noqa: ANN003
+def _ta(pattern: str, description: str, inputs: tuple[str, ...] = ("close",), tags: tuple[str, ...] = (),
+        **kw):  # noqa: ANN003
     return register(pattern, inputs=inputs, tags=tags, sets=("ta",), description=description, kernel=True, **kw)
 
 

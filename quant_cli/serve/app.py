@@ -75,7 +75,8 @@ class Holder:
 def warm_up(bundle: LoadedBundle) -> None:
     """Score the bundle's own example once, so the feature kernels are compiled (or loaded from
     numba's disk cache) and the model touched before the server listens and /ready can answer."""
-    bundle.score_bars(bars_from_records(read_json(bundle.path / "example" / "input.json")["bars"], "example/input.json"))
+    example = read_json(bundle.path / "example" / "input.json")["bars"]
+    bundle.score_bars(bars_from_records(example, "example/input.json"))
 
 
 def create_app(bundle: LoadedBundle, token: str | None = None, limits: Limits | None = None, trust_pickle: bool = False) -> Any:
