@@ -20,7 +20,7 @@ loaded = load(sys.argv[1])
 print("quant_cli.features._compiled" in sys.modules)  # loading the bundle compiles nothing
 create_app(loaded)
 from quant_cli.features import _compiled
-print(bool(_compiled.window_stat_seq.signatures) and bool(_compiled.ewm_seq.signatures))
+print(bool(_compiled.moment.signatures) and bool(_compiled.ewm.signatures))
 """
 
 
