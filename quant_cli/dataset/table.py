@@ -22,12 +22,13 @@ import numpy as np
 import polars as pl
 
 from quant_cli.data.store import Snapshot
-from quant_cli.dataset.labels import is_classification, make_labels
+from quant_cli.dataset.labels import forward_path, is_classification, make_labels
 from quant_cli.dataset.weights import sample_weights
 from quant_cli.errors import RecipeError, RunError
 from quant_cli.features.align import FeatureOptions
 from quant_cli.features.store import feature_table, features_root, intact_parts, scan_version
 from quant_cli.io import read_run_json, read_run_parquet, write_json_atomic, write_parquet_atomic
+from quant_cli.models.registry import model_class
 from quant_cli.pipeline import adjust
 from quant_cli.pipeline.fitted import MODEL_DTYPE, FittedPipeline
 from quant_cli.recipe import Recipe
@@ -141,8 +142,12 @@ def build_table(recipe: Recipe, snapshot: Snapshot, reporter: Reporter = SILENT)
     del raw
     features = feature_table(recipe, snapshot.data_dir, reporter=reporter, snapshot=adjust.AdjustedSnapshot(snapshot, adjustment))
     labels = make_labels(bars, recipe["label"], recipe["backtest"]["execution"])
+    columns = ROW_COLUMNS
+    if model_class(recipe["model"]["name"]).output == "path":  # its targets: the label's one-bar returns
+        path = forward_path(bars, recipe["label"]["horizon"], recipe["backtest"]["execution"]).drop("path_end")
+        labels, columns = labels.join(path, on=KEYS, how="left"), [*ROW_COLUMNS, "path"]
     keys = features.scan().select(KEYS).collect()
-    rows = keys.join(labels, on=KEYS, how="left").sort(KEYS).select(ROW_COLUMNS)
+    rows = keys.join(labels, on=KEYS, how="left").sort(KEYS).select(columns)
     if rows["label"].null_count() == rows.height:
         raise RunError(f"no labelled rows in dataset {snapshot.dataset!r} for the recipe's symbols and dates; widen data.start/data.end")
     return Table(rows, list(features.columns), features.fingerprint, features.path), bars, adjustment

@@ -151,6 +151,20 @@ def check_capabilities(recipe: dict[str, Any], origin: str) -> None:
     if model["known_future"] and not cls.known_future:
         _refuse(origin, name, "does not take known-future covariates (flag known_future)", "model.known_future",
                 model["known_future"], lambda c: c.known_future)
+    if cls.output == "path":
+        _check_path_label(origin, name, recipe["label"])
+
+
+def _check_path_label(origin: str, name: str, label: dict[str, Any]) -> None:
+    """A path model learns the h one-bar simple returns of a forward_return label (DESIGN.md §6)."""
+    asked = [f"label.kind = {label['kind']!r}"] if label["kind"] != "forward_return" else []
+    asked += [f"label.{k} = true" for k in ("log", "vol_scale") if label.get(k)]
+    if label.get("cross_sectional", "none") != "none":
+        asked.append(f"label.cross_sectional = {label['cross_sectional']!r}")
+    if asked:
+        raise RecipeError(f"{origin}: model '{name}' forecasts a path of one-bar returns (flag output = 'path'), which needs "
+                          f"label.kind = 'forward_return' with log, vol_scale and cross_sectional off, not "
+                          f"{', '.join(asked)}; change the [label] section or use a single-score model")
 
 
 def _refuse(origin: str, name: str, lacks: str, key: str, value: Any, has: Callable[[type[Model]], bool]) -> None:

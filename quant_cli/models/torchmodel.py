@@ -55,6 +55,9 @@ class TorchModel(Model):
         self.loop = LoopConfig.from_section(self.train_settings)
         if self.loop.loss not in LOSSES:
             raise ModelError(f"train.loss {self.loop.loss!r} is not a loss; allowed: 'mse', 'huber', 'sharpe'")
+        if self.output == "path" and self.loop.loss == "sharpe":
+            raise ModelError(f"train.loss 'sharpe' trades one score, but model '{self.name}' forecasts a path; "
+                             "use train.loss = 'mse' or 'huber'")
         if self.is_classifier and self.loop.loss != "mse":
             raise ModelError(f"train.loss {self.loop.loss!r} is a regression loss; a classifier trains on cross-entropy, "
                              "so leave train.loss at 'mse' (its default) or set model.task = 'regression'")
@@ -73,7 +76,8 @@ class TorchModel(Model):
 
     def _net_config(self, n_inputs: int) -> NetConfig:
         kind, n_symbols = self._symbol_input()
-        return self.config(n_inputs=n_inputs, n_outputs=self.n_classes if self.is_classifier else 1, symbol_kind=kind,
+        outputs = self.n_classes if self.is_classifier else getattr(self, "horizon_", 1)
+        return self.config(n_inputs=n_inputs, n_outputs=outputs, symbol_kind=kind,
                            n_symbols=n_symbols, **self.params, **self.fixed)
 
     def _symbol_input(self) -> tuple[str, int]:
@@ -102,6 +106,8 @@ class TorchModel(Model):
         from quant_cli.models.torch import loop, losses
 
         self._scale_targets(y)
+        if self.output == "path":
+            self.horizon_ = y.shape[1]  # one output per step of the path
         cfg = self.loop if early_stopping else replace(self.loop, patience=0)
         folder = getattr(self, "checkpoint_dir", None)
         with loop.reproducible(self.seed, self.device_, self.threads):
@@ -152,6 +158,8 @@ class TorchModel(Model):
         self._release()
         if self.is_classifier:
             values = torch.softmax(out, dim=1).numpy()
+        elif self.output == "path":  # the score: the path's one-bar returns compounded, as the label compounds them
+            values = np.prod(1.0 + (out.numpy() * self.y_std_ + self.y_mean_), axis=1) - 1.0
         else:
             values = out[:, 0].numpy() * self.y_std_ + self.y_mean_
         full = np.full((len(mask), *values.shape[1:]), np.nan)
@@ -167,6 +175,8 @@ class TorchModel(Model):
             info["resumed_from_epoch"] = self.resumed_from_
         if not self.is_classifier:
             info.update(y_mean=self.y_mean_, y_std=self.y_std_)
+        if self.output == "path":
+            info["horizon"] = self.horizon_
         return info
 
     def _save_native(self, folder: Path) -> None:
@@ -187,6 +197,8 @@ class TorchModel(Model):
         self.resumed_from_ = info.get("resumed_from_epoch", 0)
         if not self.is_classifier:
             self.y_mean_, self.y_std_ = info["y_mean"], info["y_std"]
+        if self.output == "path":
+            self.horizon_ = info["horizon"]
         history = folder / "history.json"
         self.history_ = read_json(history)["epochs"] if history.is_file() else []
         self.net_ = self._build(self.config_)

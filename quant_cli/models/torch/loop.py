@@ -231,7 +231,12 @@ def evaluate(net, val: Samples, loss_fn, cfg: LoopConfig, device: str) -> tuple[
     y, w = val.y.cpu(), None if val.w is None else val.w.cpu()
     group = None if val.group is None else val.group.cpu()
     loss = float(loss_fn(out, y, w, group))
-    score = out[:, 0] if out.shape[1] == 1 else torch.softmax(out, 1) @ torch.arange(out.shape[1], dtype=out.dtype)
+    if y.dim() == 2:  # a path model: IC of the summed (scaled) steps, a proxy of the compounded return
+        score, y = out.sum(1), y.sum(1)
+    elif out.shape[1] == 1:
+        score = out[:, 0]
+    else:
+        score = torch.softmax(out, 1) @ torch.arange(out.shape[1], dtype=out.dtype)
     return loss, information_coefficient(score.numpy(), y.double().numpy(), None if group is None else group.numpy())
 
 

@@ -10,12 +10,23 @@ def _mean(per_row: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     return per_row.mean() if w is None else (per_row * w).sum() / w.sum().clamp_min(1e-12)
 
 
+def _pair(out, y):
+    """(prediction, target) of the same shape: one score (B,), or a path model's (B, horizon)."""
+    return (out, y) if y.dim() == 2 else (out[:, 0], y)
+
+
+def _per_row(err: torch.Tensor) -> torch.Tensor:
+    return err.mean(1) if err.dim() == 2 else err  # a path's steps weigh equally
+
+
 def mse(out, y, w=None, group=None):
-    return _mean((out[:, 0] - y) ** 2, w)
+    pred, y = _pair(out, y)
+    return _mean(_per_row((pred - y) ** 2), w)
 
 
 def huber(out, y, w=None, group=None):
-    return _mean(F.huber_loss(out[:, 0], y, reduction="none", delta=1.0), w)
+    pred, y = _pair(out, y)
+    return _mean(_per_row(F.huber_loss(pred, y, reduction="none", delta=1.0)), w)
 
 
 def cross_entropy(out, y, w=None, group=None):
