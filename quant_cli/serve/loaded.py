@@ -59,6 +59,7 @@ class LoadedBundle:
     pipeline: FittedPipeline
     model: Model
     spec: InputSpec
+    example: tuple[pl.DataFrame, pl.DataFrame] | None = field(default=None, repr=False)  # request, expected scores
 
     @property
     def bundle_id(self) -> str:
