@@ -37,7 +37,13 @@ import polars as pl
 
 from quant_cli import __version__
 from quant_cli.errors import BundleError, QFactoryError, clip_huge_values
-from quant_cli.io import read_json, read_run_json, read_run_parquet, write_json_atomic, write_text_atomic
+from quant_cli.io import (
+    read_json,
+    read_run_json,
+    read_run_parquet,
+    write_json_atomic,
+    write_text_atomic,
+)
 from quant_cli.models.base import Model
 from quant_cli.models.registry import load_model
 from quant_cli.pipeline import lookback
@@ -46,7 +52,13 @@ from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run, library_versions
 from quant_cli.serve import contents, documents
 from quant_cli.serve import manifest as mf
-from quant_cli.serve.loaded import InputSpec, LoadedBundle, bars_from_records, max_relative_difference, records
+from quant_cli.serve.loaded import (
+    InputSpec,
+    LoadedBundle,
+    bars_from_records,
+    max_relative_difference,
+    records,
+)
 from quant_cli.serve.schemas import input_schema, output_schema
 
 EXAMPLE_SYMBOLS = 2  # symbols in the example request, besides the ones every request needs
@@ -207,6 +219,7 @@ def load_model_from(verified: contents.Contents) -> Model:
     except Exception as exc:  # noqa: BLE001 - any library's refusal of a damaged model file is one line
         kind = f"{verified.manifest.get('model', 'model')}"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = reason.replace(f"{folder}/", "model/").replace(str(folder), "model")  # not our private folder's name
         raise BundleError(clip_huge_values(f"bundle {verified.label}: model/ cannot be loaded as a {kind} model "
                                            f"({type(exc).__name__}: {reason}); {contents.REBUILD}")) from None
     finally:

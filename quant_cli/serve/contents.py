@@ -217,7 +217,7 @@ def _from_archive(archive: Path, label: str, trust_pickle: bool) -> Contents:
 
 def _archive_members(tar: tarfile.TarFile, label: str) -> dict[str, tarfile.TarInfo]:
     """name inside the bundle folder → member, for the regular files; refuses anything else."""
-    one_folder = f"the archive must hold one bundle folder; rebuild it with `qfactory bundle --run RUN --archive`"
+    one_folder = "the archive must hold one bundle folder; rebuild it with `qfactory bundle --run RUN --archive`"
     tops, files = set(), {}
     for count, member in enumerate(tar):
         if count >= MAX_FILES:

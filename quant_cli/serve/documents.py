@@ -10,9 +10,17 @@ the features' measured lookback. Each failure is one BundleError line naming the
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from quant_cli.data.frequency import parse_frequency
 from quant_cli.errors import BundleError, QFactoryError, clip_huge_values
@@ -77,7 +85,7 @@ class State(_Doc):
         if self.scale and any(v <= 0 for v in self.scale.values()):
             raise ValueError("scale values must be positive")
         for name, qs in (self.quantiles or {}).items():
-            if len(qs) < 2 or any(b < a for a, b in zip(qs, qs[1:])):
+            if len(qs) < 2 or any(b < a for a, b in itertools.pairwise(qs)):
                 raise ValueError(f"quantiles of {name!r} must be at least two values in increasing order")
         return self
 
@@ -104,7 +112,7 @@ class PipelineDoc(_Doc):
         for table in ("lookback", "warmup"):
             names = getattr(self, table)
             if (names or table == "lookback") and set(names) != set(features):
-                odd = sorted(set(names) ^ set(features))[0]
+                odd = min(set(names) ^ set(features))
                 raise ValueError(f"{table} must name exactly the features ({odd!r} is in one and not the other)")
         if self.state.columns != features:
             raise ValueError("state.columns must be the features, in order")
