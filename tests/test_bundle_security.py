@@ -235,11 +235,11 @@ def test_a_garbage_lightgbm_model_is_one_line_and_exit_2(pair, tmp_path):
                            f"format or submodel type in model file model/model.txt); {REBUILD}\n")
 
 
-@pytest.mark.parametrize("model", ["mlp"])
-def test_a_garbage_torch_model_is_one_line_and_exit_2(runner, tmp_path_factory, tmp_path, model):
+@pytest.mark.parametrize(("model", "file"), [("mlp", "weights.pt"), ("xgboost", "xgboost.json")])
+def test_other_garbage_native_models_are_one_line_and_exit_2(runner, tmp_path_factory, tmp_path, model, file):
     trained = train(tmp_path_factory.mktemp(model), model)
     folder = _copy(stages.bundle_existing(trained.run, trained.data_dir), tmp_path)
-    (folder / "model" / "weights.pt").write_bytes(b"garbage")
+    (folder / "model" / file).write_bytes(b"garbage")
     _reseal(folder)
     result = _verify(runner, folder)
     assert result.exit_code == 2, result.output
