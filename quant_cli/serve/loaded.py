@@ -295,8 +295,10 @@ def symbol_spacings(bars: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     owner = np.cumsum(~same)[same]  # which symbol each spacing belongs to
     order = np.lexsort((gaps, owner))
     gaps, owner, rows = gaps[order], owner[order], rows[order]
-    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if len(owner) else np.zeros(0, dtype=np.int64)
-    medians = gaps[starts + (np.diff(np.r_[starts, len(owner)]) - 1) // 2]  # the lower median
+    if not len(owner):
+        return owner, rows
+    starts = np.flatnonzero(np.concatenate(([True], owner[1:] != owner[:-1])))  # np.r_ costs ~5x as much
+    medians = gaps[starts + (np.diff(np.append(starts, len(owner))) - 1) // 2]  # the lower median
     return _daily(medians), rows[starts]
 
 
