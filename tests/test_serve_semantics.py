@@ -51,15 +51,16 @@ def test_a_cross_sectional_bundle_refuses_symbols_outside_its_universe(runner, t
     assert universe == ["S000", "S001", "S002", "S003"]
     bars = _example(bundle)
     stranger = [{**bar, "symbol": "ZZZ", "close": bar["close"] * 1.7} for bar in bars if bar["symbol"] == "S001"]
-    message = ("symbol 'ZZZ' is not in this bundle's universe: cross-sectional features such as cs_rank_ret_5 are statistics "
-               "over the 4 symbols the model was trained on, and another symbol would change every score; send only those "
-               "symbols (GET /metadata: input.required_symbols)")
+    message = ("symbol 'ZZZ' is not in this bundle's universe: cross-sectional features such as cs_rank_ret_5 are "
+               "statistics over the 4 symbols the model was trained on, and another symbol would change every score; "
+               "send only those symbols (GET /metadata: input.required_symbols)")
     alone, joined = _post(bundle, [bars, bars + stranger])
     assert alone.status_code == 200 and len(alone.json()["predictions"]) == 4
     assert joined.status_code == 422 and joined.json() == {"error": message, "kind": "DataError"}
     source = tmp_path / "bars.csv"
     pl.DataFrame(bars + stranger).write_csv(source)
-    result = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", str(source), "--out", str(tmp_path / "s.csv")])
+    result = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", str(source),
+                                 "--out", str(tmp_path / "s.csv")])
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {message}"
 
 
@@ -78,7 +79,8 @@ def test_a_daily_bundle_refuses_hourly_bars_naming_both(runner, tmp_path, daily)
     bars = _example(bundle)
     hourly = _hourly(bars)
     message = "symbol 'S000' has 1h bars; this bundle was trained on 1d bars; send 1d bars (resample the 1h bars first)"
-    as_daily, as_hourly = _post(bundle, [bars, hourly.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S+00:00")).to_dicts()])
+    hourly_bars = hourly.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S+00:00")).to_dicts()
+    as_daily, as_hourly = _post(bundle, [bars, hourly_bars])
     assert as_daily.status_code == 200
     assert as_hourly.status_code == 422 and as_hourly.json() == {"error": message, "kind": "DataError"}
     hourly.write_csv(tmp_path / "hourly.csv")
@@ -112,11 +114,11 @@ def test_one_hourly_request_among_daily_ones_is_refused_alone(daily):
 def test_predict_reads_a_wide_file(runner, tmp_path, daily):
     """date + one close column per symbol, as `ingest --layout wide` reads it: the same scores as the long file."""
     trained, bundle = daily
-    bars = load_bars(trained.data_dir, "p").with_columns(pl.col("symbol").cast(pl.String)).select("symbol", "ts", "close")
+    bars = load_bars(trained.data_dir, "p").select(pl.col("symbol").cast(pl.String), "ts", "close")
     bars.write_csv(tmp_path / "long.csv")
     wide = bars.pivot(on="symbol", index="ts", values="close").sort("ts")
-    wide.with_columns(pl.col("ts").dt.strftime("%Y-%m-%d").alias("date")).drop("ts").select("date", pl.exclude("date")) \
-        .write_csv(tmp_path / "wide.csv")
+    dated = wide.with_columns(pl.col("ts").dt.strftime("%Y-%m-%d").alias("date")).drop("ts")
+    dated.select("date", pl.exclude("date")).write_csv(tmp_path / "wide.csv")
     out = {}
     for layout, extra in (("long", []), ("wide", ["--layout", "wide"])):
         result = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", str(tmp_path / f"{layout}.csv"),
@@ -136,4 +138,5 @@ def test_predict_refuses_reading_options_for_a_stored_dataset(runner, tmp_path, 
     bad = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", str(tmp_path), "--layout", "wid",
                               "--out", str(tmp_path / "s.csv")])
     assert bad.exit_code == 2
-    assert bad.stderr.strip() == "error: --layout 'wid' is not one of 'auto', 'long', 'per_symbol', 'wide' (did you mean 'wide'?)"
+    assert bad.stderr.strip() == ("error: --layout 'wid' is not one of 'auto', 'long', 'per_symbol', 'wide' "
+                                  "(did you mean 'wide'?)")

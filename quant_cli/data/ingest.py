@@ -119,7 +119,8 @@ def _checked(request: IngestRequest, data_dir: Path) -> IngestRequest:
     if not request.dataset:
         raise DataError("no dataset name; pass --dataset NAME or set data.dataset in the recipe")
     store.dataset_dir(data_dir, request.dataset)  # rejects names like '../x' before any work
-    for option, value, allowed in (("--mode", request.mode, MODES), ("--on-duplicate", request.on_duplicate, ON_DUPLICATE)):
+    checks = (("--mode", request.mode, MODES), ("--on-duplicate", request.on_duplicate, ON_DUPLICATE))
+    for option, value, allowed in checks:
         if value not in allowed:
             raise DataError(f"{option} {value!r} is not one of {one_of(allowed)}{suggest(value, allowed)}")
     if request.frequency is not None:

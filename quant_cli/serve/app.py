@@ -32,22 +32,9 @@ from quant_cli.errors import QFactoryError, clip_huge_values
 from quant_cli.serve import bundle as bundles
 from quant_cli.serve.batching import Batcher
 from quant_cli.serve.guard import Guard, Metrics
-from quant_cli.serve.loaded import (
-    REQUEST_SEP,
-    FeatureRows,
-    LoadedBundle,
-    attempt,
-    validated,
-)
+from quant_cli.serve.loaded import REQUEST_SEP, FeatureRows, LoadedBundle, attempt, validated
 from quant_cli.serve.schemas import (
-    ErrorResponse,
-    Health,
-    PredictFeaturesRequest,
-    PredictRequest,
-    PredictResponse,
-    Ready,
-    ReloadRequest,
-    ReloadResponse,
+    ErrorResponse, Health, PredictFeaturesRequest, PredictRequest, PredictResponse, Ready, ReloadRequest, ReloadResponse,
 )
 
 DEFAULT_MAX_ROWS = 100_000

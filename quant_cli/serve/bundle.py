@@ -37,13 +37,7 @@ import polars as pl
 
 from quant_cli import __version__
 from quant_cli.errors import BundleError, QFactoryError, clip_huge_values
-from quant_cli.io import (
-    read_json,
-    read_run_json,
-    read_run_parquet,
-    write_json_atomic,
-    write_text_atomic,
-)
+from quant_cli.io import read_json, read_run_json, read_run_parquet, write_json_atomic, write_text_atomic
 from quant_cli.models.base import Model
 from quant_cli.models.registry import load_model
 from quant_cli.pipeline import lookback
@@ -52,13 +46,7 @@ from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run, library_versions
 from quant_cli.serve import contents, documents
 from quant_cli.serve import manifest as mf
-from quant_cli.serve.loaded import (
-    InputSpec,
-    LoadedBundle,
-    bars_from_records,
-    max_relative_difference,
-    records,
-)
+from quant_cli.serve.loaded import InputSpec, LoadedBundle, bars_from_records, max_relative_difference, records
 from quant_cli.serve.schemas import input_schema, output_schema
 
 EXAMPLE_SYMBOLS = 2  # symbols in the example request, besides the ones every request needs
@@ -257,8 +245,9 @@ def _example(verified: contents.Contents) -> tuple[pl.DataFrame, pl.DataFrame]:
     except BundleError:
         raise
     except (QFactoryError, KeyError, TypeError, ValueError, pl.exceptions.PolarsError) as exc:
-        raise BundleError(clip_huge_values(f"bundle {verified.label}: the example (example/*.json) is not what this qfactory "
-                                           f"writes ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise BundleError(clip_huge_values(f"bundle {verified.label}: the example (example/*.json) is not what "
+                                           f"this qfactory writes ({type(exc).__name__}: {reason}); "
                                            f"{contents.REBUILD}")) from None
     return request, expected
 
@@ -275,14 +264,15 @@ def _check_example(loaded: LoadedBundle) -> float:
         raise BundleError(clip_huge_values(f"bundle {loaded.path}: its model cannot score the bundle's own example "
                                            f"({type(exc).__name__}: {reason}); {contents.REBUILD}")) from None
     columns = [c for c in loaded.output_columns if c not in ("symbol", "ts")]
-    if got.height != expected.height or got["symbol"].to_list() != expected.get_column("symbol", default=pl.Series([])).to_list() \
-            or any(c not in expected.columns for c in columns):
-        raise BundleError(f"bundle {loaded.path}: the example scores {got.height} rows, expected.json has {expected.height}; "
-                          "rebuild the bundle")
+    symbols = expected.get_column("symbol", default=pl.Series([])).to_list()
+    if got.height != expected.height or got["symbol"].to_list() != symbols or not set(columns) <= set(expected.columns):
+        raise BundleError(f"bundle {loaded.path}: the example scores {got.height} rows, expected.json has "
+                          f"{expected.height}; rebuild the bundle")
     worst = max(max_relative_difference(got[c].to_numpy(), expected[c].to_numpy()) for c in columns)
     if not worst <= EXAMPLE_TOLERANCE:
-        raise BundleError(f"bundle {loaded.path}: the example's scores differ from example/expected.json by {worst:.3g} relative "
-                          f"(allowed {EXAMPLE_TOLERANCE:g}); the libraries differ from the bundle's versions.json — check them")
+        raise BundleError(f"bundle {loaded.path}: the example's scores differ from example/expected.json "
+                          f"by {worst:.3g} relative (allowed {EXAMPLE_TOLERANCE:g}); the libraries differ from the "
+                          "bundle's versions.json — check them")
     return worst
 
 

@@ -73,7 +73,8 @@ def read(path: Path, trust_pickle: bool = False) -> Contents:
     except (OSError, ValueError) as exc:  # a name too long, a NUL byte (from a /reload payload too), unreadable
         raise BundleError(f"bundle {shown(label, 200)}: not a usable path ({type(exc).__name__}: {exc}); "
                           "pass a bundle folder or its .tar.gz") from None
-    raise BundleError(f"bundle {label}: not found; pass a bundle folder or its .tar.gz (made by `qfactory bundle --run RUN`)")
+    raise BundleError(f"bundle {label}: not found; pass a bundle folder or its .tar.gz "
+                      "(made by `qfactory bundle --run RUN`)")
 
 
 # ---- the manifest ---------------------------------------------------------------------------------
@@ -81,7 +82,8 @@ def read(path: Path, trust_pickle: bool = False) -> Contents:
 
 def _manifest(label: str, data: bytes | None) -> dict[str, Any]:
     if data is None:
-        raise BundleError(f"bundle {label}: no {mf.MANIFEST}; pass a folder made by `qfactory bundle --run RUN` (or its .tar.gz)")
+        raise BundleError(f"bundle {label}: no {mf.MANIFEST}; pass a folder made by `qfactory bundle --run RUN` "
+                          "(or its .tar.gz)")
     try:
         manifest = parse_json(data)
     except ValueError as exc:
@@ -96,7 +98,8 @@ def _manifest(label: str, data: bytes | None) -> dict[str, Any]:
         if not isinstance(manifest.get(key), str) or not manifest[key]:
             raise BundleError(f"bundle {label}: {mf.MANIFEST} has no {key!r} string; {REBUILD}")
     if len(manifest["files"]) > MAX_FILES:
-        raise BundleError(f"bundle {label}: {mf.MANIFEST} lists {len(manifest['files']):,} files, over {MAX_FILES:,}; {REBUILD}")
+        raise BundleError(f"bundle {label}: {mf.MANIFEST} lists {len(manifest['files']):,} files, "
+                          f"over {MAX_FILES:,}; {REBUILD}")
     for name, digest in manifest["files"].items():
         check_name(label, name)
         if not isinstance(digest, str) or not _SHA256.match(digest):
@@ -123,14 +126,15 @@ def _verified(label: str, manifest: dict[str, Any], present: dict[str, bytes | N
         if data is None:
             raise BundleError(f"bundle {label}: file {name} is missing; {_MODIFIED}")
         if hashlib.sha256(data).hexdigest() != listed[name]:
-            raise BundleError(f"bundle {label}: file {name} was changed (SHA-256 differs from {mf.MANIFEST}); {_MODIFIED}")
+            raise BundleError(f"bundle {label}: file {name} was changed (SHA-256 differs from {mf.MANIFEST}); "
+                              f"{_MODIFIED}")
     extra = sorted(name for name in present if name not in listed)
     if extra:
         raise BundleError(f"bundle {label}: file {extra[0]} is not in {mf.MANIFEST} (extra file); {_MODIFIED}")
     derived = mf.bundle_id(manifest["source_run"], listed)
     if manifest["bundle_id"] != derived:  # the id names the content: a re-hashed model cannot keep another's
-        raise BundleError(f"bundle {label}: {mf.MANIFEST} says bundle_id {shown(manifest['bundle_id'])}, but its files give "
-                          f"{derived}; {_MODIFIED}")
+        raise BundleError(f"bundle {label}: {mf.MANIFEST} says bundle_id {shown(manifest['bundle_id'])}, "
+                          f"but its files give {derived}; {_MODIFIED}")
     mf.check_pickle(Path(label), list(listed), trust_pickle)
     return Contents(label, manifest, {name: present[name] for name in listed})  # type: ignore[misc]
 
@@ -144,8 +148,8 @@ class _Budget:
     def take(self, size: int) -> None:
         self.left -= size
         if self.left < 0:
-            raise BundleError(f"bundle {self.label}: its files hold more than {MAX_BUNDLE_BYTES:,} bytes, over this qfactory's "
-                              f"limit; {REBUILD}")
+            raise BundleError(f"bundle {self.label}: its files hold more than {MAX_BUNDLE_BYTES:,} bytes, "
+                              f"over this qfactory's limit; {REBUILD}")
 
 
 # ---- a folder -------------------------------------------------------------------------------------
@@ -185,7 +189,8 @@ def _read_at(dirfd: int, entry: str, label: str, budget: _Budget, missing_ok: bo
             return None
         raise
     except OSError as exc:  # ELOOP: the entry became a link
-        raise BundleError(f"bundle {label}: {entry} cannot be opened as a plain file ({exc.strerror}); {REBUILD}") from None
+        raise BundleError(f"bundle {label}: {entry} cannot be opened as a plain file ({exc.strerror}); "
+                          f"{REBUILD}") from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
@@ -208,11 +213,13 @@ def _from_archive(archive: Path, label: str, trust_pickle: bool) -> Contents:
             members = _archive_members(tar, label)
             data = {name: _member_bytes(tar, member, budget) for name, member in members.items()}
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BundleError(f"bundle {label}: not a readable .tar.gz ({exc}); rebuild it with `qfactory bundle --run RUN --archive`") from None
+        raise BundleError(f"bundle {label}: not a readable .tar.gz ({exc}); "
+                          "rebuild it with `qfactory bundle --run RUN --archive`") from None
     manifest = _manifest(label, data.pop(mf.MANIFEST, None))
     data.pop(OWNER_FILE, None)
     listed = manifest["files"]
-    return _verified(label, manifest, {name: (blob if name in listed else None) for name, blob in data.items()}, trust_pickle)
+    present = {name: (blob if name in listed else None) for name, blob in data.items()}
+    return _verified(label, manifest, present, trust_pickle)
 
 
 def _archive_members(tar: tarfile.TarFile, label: str) -> dict[str, tarfile.TarInfo]:
@@ -225,13 +232,14 @@ def _archive_members(tar: tarfile.TarFile, label: str) -> dict[str, tarfile.TarI
         path = member.name.removeprefix("./").rstrip("/")
         top, _, name = path.partition("/")
         if path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in path.split("/")):
-            raise BundleError(f"bundle {label}: archive entry {shown(member.name)} is not a path inside the bundle; {one_folder}")
+            raise BundleError(f"bundle {label}: archive entry {shown(member.name)} is not a path inside the bundle; "
+                              f"{one_folder}")
         tops.add(top)
         if member.isdir():
             continue
         if not member.isreg():
-            raise BundleError(f"bundle {label}: archive entry {shown(member.name)} is a link or device; a bundle holds plain "
-                              f"files only, {REBUILD}")
+            raise BundleError(f"bundle {label}: archive entry {shown(member.name)} is a link or device; "
+                              f"a bundle holds plain files only, {REBUILD}")
         if not name:
             raise BundleError(f"bundle {label}: {one_folder}")
         if name in files:

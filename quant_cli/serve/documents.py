@@ -13,14 +13,7 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from quant_cli.data.frequency import parse_frequency
 from quant_cli.errors import BundleError, QFactoryError, clip_huge_values
@@ -81,7 +74,8 @@ class State(_Doc):
         for stat, need in needed.items():
             table = getattr(self, stat)
             if need and (table is None or set(table) != set(self.columns)):
-                raise ValueError(f"{stat} must give a value for every column (scaler {self.kind!r}, fill {self.fill!r})")
+                raise ValueError(f"{stat} must give a value for every column "
+                                 f"(scaler {self.kind!r}, fill {self.fill!r})")
         if self.scale and any(v <= 0 for v in self.scale.values()):
             raise ValueError("scale values must be positive")
         for name, qs in (self.quantiles or {}).items():
@@ -154,8 +148,9 @@ def spec_of(contents: Contents, pipeline: FittedPipeline) -> InputSpec:
     _validated(SpecDoc, spec, contents, "input_schema.json: x-qfactory")
     loaded = InputSpec.from_json(spec)  # type: ignore[arg-type]
     if loaded.required_bars < pipeline.required_bars:
-        raise BundleError(f"bundle {contents.label}: input_schema.json asks for {loaded.required_bars} bars per symbol, fewer than "
-                          f"the {pipeline.required_bars} its features need (pipeline.json warmup); {REBUILD}")
+        raise BundleError(f"bundle {contents.label}: input_schema.json asks for {loaded.required_bars} bars per "
+                          f"symbol, fewer than the {pipeline.required_bars} its features need (pipeline.json warmup); "
+                          f"{REBUILD}")
     return loaded
 
 

@@ -109,10 +109,10 @@ class LoadedBundle:
         present = set(bars["symbol"].unique().to_list())
         if self.universe is not None and not present <= self.universe:
             outside = sorted(present - self.universe)
-            raise DataError(f"symbol {shown(outside[0])} is not in this bundle's universe: cross-sectional features such as "
-                            f"{self.cross_sectional[0]} are statistics over the {len(self.universe)} symbols the model was "
-                            "trained on, and another symbol would change every score; send only those symbols "
-                            "(GET /metadata: input.required_symbols)")
+            raise DataError(f"symbol {shown(outside[0])} is not in this bundle's universe: cross-sectional features "
+                            f"such as {self.cross_sectional[0]} are statistics over the {len(self.universe)} symbols "
+                            "the model was trained on, and another symbol would change every score; send only those "
+                            "symbols (GET /metadata: input.required_symbols)")
         absent = [s for s in self.spec.required_symbols if s not in present]
         if absent:
             raise DataError(f"the bars lack required symbol(s) {absent[:5]}{' and more' if len(absent) > 5 else ''} "
@@ -152,8 +152,9 @@ class LoadedBundle:
         wrong = np.flatnonzero(medians != _daily(np.int64(micros)))
         if len(wrong):
             have = format_frequency(dt.timedelta(microseconds=int(medians[wrong[0]])))
-            raise DataError(f"symbol {shown(bars['symbol'][int(rows[wrong[0]])])} has {have} bars; this bundle was trained on "
-                            f"{want} bars; send {want} bars (resample the {have} bars first)")
+            symbol = bars["symbol"][int(rows[wrong[0]])]
+            raise DataError(f"symbol {shown(symbol)} has {have} bars; this bundle was trained on {want} bars; "
+                            f"send {want} bars (resample the {have} bars first)")
 
     # ---- several requests at once (serve/batching.py) --------------------------------------------
 

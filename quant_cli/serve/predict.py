@@ -23,7 +23,8 @@ from quant_cli.serve.bundle import load
 OUTPUT_FORMATS = (".parquet", ".csv")
 
 
-def read_source(source: str, data_dir: Path, reporter: Reporter = SILENT, reading: dict[str, Any] | None = None) -> pl.DataFrame:
+def read_source(source: str, data_dir: Path, reporter: Reporter = SILENT,
+                reading: dict[str, Any] | None = None) -> pl.DataFrame:
     """Canonical, validated bars from a file (or folder, or glob) in any layout `ingest` reads, or a
     dataset name. `reading`: IngestRequest's options of how to read (layout, format, delimiter,
     query, timezone); None ones take ingest's defaults."""
@@ -57,7 +58,8 @@ def write_scores(out: Path, scores: pl.DataFrame) -> None:
 
 def predict(bundle: Path, source: str, out: Path, data_dir: Path, every_bar: bool = False, trust_pickle: bool = False,
             reporter: Reporter = SILENT, reading: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Score `source` (read as `reading` says: see read_source) with `bundle` into `out` (symbol, ts, score[, p_<class>...])."""
+    """Score `source` (read as `reading` says: see read_source) with `bundle` into `out`
+    (symbol, ts, score[, p_<class>...])."""
     if out.suffix.lower() not in OUTPUT_FORMATS:
         write_scores(out, pl.DataFrame())  # the one-line format error, before any work
     loaded = load(bundle, trust_pickle)
