@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -168,6 +169,20 @@ def test_links_in_a_bundle_are_refused(runner, pair, tmp_path):
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == (f"error: bundle {folder}: model is a link; a bundle holds plain files only, "
                                      f"{REBUILD}")
+
+
+def test_an_archive_holding_a_link_is_refused(runner, pair, tmp_path):
+    """Read from the stream, an archive may hold only folders and plain files inside its one bundle folder."""
+    archive = tmp_path / "linked.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(pair[0], arcname="bundle")
+        link = tarfile.TarInfo("bundle/extra.json")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/hostname"
+        tar.addfile(link)
+    result = _verify(runner, archive)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (f"error: bundle {archive}: archive entry 'bundle/extra.json' is a link or device; "
+                                     f"a bundle holds plain files only, {REBUILD}")
 
 
 # ---- documents validated after the hashes --------------------------------------------------------
