@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -41,7 +42,8 @@ def serve(
     # SIGTERM ends the process through Python (SystemExit), not the default handler's instant death:
     # uvicorn shuts down gracefully, then raises the signal again to this handler, and every
     # `finally` (a bundle's private model folder mid-load) runs. The exit status says SIGTERM.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if threading.current_thread() is threading.main_thread():  # signals can only be set there
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from quant_cli.serve.app import Limits, create_app
     from quant_cli.serve.bundle import load
     from quant_cli.serve.listen import bound_socket, run
