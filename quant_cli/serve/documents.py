@@ -121,7 +121,7 @@ class SpecDoc(_Doc):
     columns: list[Literal["open", "high", "low", "close", "volume", "adj_close", "vwap"]]
     required_symbols: list[Text] = Field(default=[], max_length=1_000_000)
     why_symbols: str = Field(default="", max_length=10_000)
-    keys: list[Literal["sector"]] = []
+    keys: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]] = []  # grouping columns, e.g. sector
     window: Bars = 1
     timeframes: list[Text] | None = None
 
