@@ -171,6 +171,21 @@ def test_links_in_a_bundle_are_refused(runner, pair, tmp_path):
                                      f"{REBUILD}")
 
 
+def test_names_with_control_characters_stay_on_one_line(runner, pair, tmp_path):
+    """A file named with a newline, on disk or in the manifest: the error is still one line."""
+    folder = _copy(pair[0], tmp_path)
+    (folder / "notes\nerror: forged.txt").write_text("x")
+    result = _verify(runner, folder)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: bundle {folder}: file notes\\nerror: forged.txt is not in {MANIFEST}")
+    (folder / "notes\nerror: forged.txt").unlink()
+    manifest = read_json(folder / MANIFEST)
+    manifest["files"]["model/\nx"] = "0" * 64
+    write_json_atomic(folder / MANIFEST, manifest)
+    result = _verify(runner, folder)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "entry 'model/\\nx' does not name" in result.stderr
+
+
 def test_an_archive_holding_a_link_is_refused(runner, pair, tmp_path):
     """Read from the stream, an archive may hold only folders and plain files inside its one bundle folder."""
     archive = tmp_path / "linked.tar.gz"

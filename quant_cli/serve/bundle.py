@@ -205,7 +205,7 @@ def load_model_from(verified: contents.Contents) -> Model:
         with native_stderr_held():
             return load_model(folder)
     except Exception as exc:  # noqa: BLE001 - any library's refusal of a damaged model file is one line
-        kind = f"{verified.manifest.get('model', 'model')}"
+        kind = contents.plain(str(verified.manifest.get("model", "model")), 40)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = reason.replace(f"{folder}/", "model/").replace(str(folder), "model")  # not our private folder's name
         raise BundleError(clip_huge_values(f"bundle {verified.label}: model/ cannot be loaded as a {kind} model "

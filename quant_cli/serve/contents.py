@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from quant_cli.errors import BundleError, shown
+from quant_cli.errors import BundleError, clipped, shown
 from quant_cli.io import OWNER_FILE, parse_json
 from quant_cli.serve import manifest as mf
 
@@ -64,7 +64,7 @@ class Contents:
 
 def read(path: Path, trust_pickle: bool = False) -> Contents:
     """The verified contents of a bundle folder or .tar.gz; any mismatch is a BundleError."""
-    label = str(path)
+    label = plain(str(path), 300)
     try:
         if path.is_dir():
             return _from_folder(path, label, trust_pickle)
@@ -75,6 +75,12 @@ def read(path: Path, trust_pickle: bool = False) -> Contents:
                           "pass a bundle folder or its .tar.gz") from None
     raise BundleError(f"bundle {label}: not found; pass a bundle folder or its .tar.gz "
                       "(made by `qfactory bundle --run RUN`)")
+
+
+def plain(text: str, limit: int = 120) -> str:
+    """A name from disk or a manifest as one printable line: control characters (a newline in a
+    file name) escaped, long names cut, so an error stays one line."""
+    return clipped(text if text.isprintable() else text.encode("unicode_escape").decode("ascii"), limit)
 
 
 # ---- the manifest ---------------------------------------------------------------------------------
@@ -112,7 +118,7 @@ def check_name(label: str, name: str) -> PurePosixPath:
     """A manifest entry as a path inside the bundle: relative, no '..', '.', empty part, backslash or NUL."""
     parts = name.split("/") if isinstance(name, str) else []
     if (not parts or name.startswith("/") or "\\" in name or "\x00" in name
-            or any(p in ("", ".", "..") for p in parts) or name in (mf.MANIFEST, OWNER_FILE)):
+            or any(p in ("", ".", "..") for p in parts) or name in (mf.MANIFEST, OWNER_FILE) or not name.isprintable()):
         raise BundleError(f"bundle {label}: {mf.MANIFEST} entry {shown(name)} does not name a file inside the bundle "
                           f"(absolute, '..', empty part, or the manifest itself); {REBUILD}")
     return PurePosixPath(name)
@@ -130,7 +136,7 @@ def _verified(label: str, manifest: dict[str, Any], present: dict[str, bytes | N
                               f"{_MODIFIED}")
     extra = sorted(name for name in present if name not in listed)
     if extra:
-        raise BundleError(f"bundle {label}: file {extra[0]} is not in {mf.MANIFEST} (extra file); {_MODIFIED}")
+        raise BundleError(f"bundle {label}: file {plain(extra[0])} is not in {mf.MANIFEST} (extra file); {_MODIFIED}")
     derived = mf.bundle_id(manifest["source_run"], listed)
     if manifest["bundle_id"] != derived:  # the id names the content: a re-hashed model cannot keep another's
         raise BundleError(f"bundle {label}: {mf.MANIFEST} says bundle_id {shown(manifest['bundle_id'])}, "
@@ -171,7 +177,8 @@ def _from_folder(folder: Path, label: str, trust_pickle: bool) -> Contents:
             name = entry if inside == "." else f"{inside}/{entry}"
             mode = os.stat(entry, dir_fd=dirfd, follow_symlinks=False).st_mode
             if stat.S_ISLNK(mode):
-                raise BundleError(f"bundle {label}: {name} is a link; a bundle holds plain files only, {REBUILD}")
+                raise BundleError(f"bundle {label}: {plain(name)} is a link; a bundle holds plain files only, "
+                                  f"{REBUILD}")
             if stat.S_ISDIR(mode) or name in (mf.MANIFEST, OWNER_FILE):
                 continue
             if len(present) >= MAX_FILES:
@@ -189,12 +196,12 @@ def _read_at(dirfd: int, entry: str, label: str, budget: _Budget, missing_ok: bo
             return None
         raise
     except OSError as exc:  # ELOOP: the entry became a link
-        raise BundleError(f"bundle {label}: {entry} cannot be opened as a plain file ({exc.strerror}); "
+        raise BundleError(f"bundle {label}: {plain(entry)} cannot be opened as a plain file ({exc.strerror}); "
                           f"{REBUILD}") from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
-            raise BundleError(f"bundle {label}: {entry} is not a regular file; {REBUILD}")
+            raise BundleError(f"bundle {label}: {plain(entry)} is not a regular file; {REBUILD}")
         budget.take(info.st_size)
         data = handle.read(info.st_size + 1)
     budget.take(len(data) - info.st_size)  # grown since fstat: counted too
