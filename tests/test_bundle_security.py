@@ -183,7 +183,8 @@ def test_names_with_control_characters_stay_on_one_line(runner, pair, tmp_path):
     manifest["files"]["model/\nx"] = "0" * 64
     write_json_atomic(folder / MANIFEST, manifest)
     result = _verify(runner, folder)
-    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "entry 'model/\\nx' does not name" in result.stderr
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "entry 'model/\\nx' does not name" in result.stderr
 
 
 def test_an_archive_holding_a_link_is_refused(runner, pair, tmp_path):
