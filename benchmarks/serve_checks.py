@@ -38,7 +38,7 @@ def _built(root: Path) -> Path:
     from quant_cli import stages
 
     trained = train(root)
-    return stages.bundle_existing(trained.run, trained.data_dir)
+    return stages.bundle_existing(trained.run, trained.data_dir).bundle
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def pair(tmp_path_factory):
     first = train(root)
     second = train(root, extra=("model.params.n_estimators=10",), data_dir=first.data_dir)
     stages.bundle_existing(first.run, first.data_dir, archive=True)  # the folder and bundle.tar.gz beside it
-    return first.run.path / "bundle", stages.bundle_existing(second.run, second.data_dir)
+    return first.run.path / "bundle", stages.bundle_existing(second.run, second.data_dir).bundle
 
 
 def _copy(bundle: Path, tmp_path: Path, name: str = "b") -> Path:
@@ -272,7 +272,7 @@ def test_a_garbage_lightgbm_model_is_one_line_and_exit_2(pair, tmp_path):
 @pytest.mark.parametrize(("model", "file"), [("mlp", "weights.pt"), ("xgboost", "xgboost.json")])
 def test_other_garbage_native_models_are_one_line_and_exit_2(runner, tmp_path_factory, tmp_path, model, file):
     trained = train(tmp_path_factory.mktemp(model), model)
-    folder = _copy(stages.bundle_existing(trained.run, trained.data_dir), tmp_path)
+    folder = _copy(stages.bundle_existing(trained.run, trained.data_dir).bundle, tmp_path)
     (folder / "model" / file).write_bytes(b"garbage")
     _reseal(folder)
     result = _verify(runner, folder)

@@ -23,13 +23,13 @@ CROSS_SECTIONAL = ('features.sets=[]', 'features.include=["ret_5", "cs_rank_ret_
 def daily(tmp_path_factory):
     """A daily bundle whose features read only close prices (so a wide file of closes can feed it)."""
     trained = train(tmp_path_factory.mktemp("daily"), extra=CLOSE_ONLY)
-    return trained, stages.bundle_existing(trained.run, trained.data_dir)
+    return trained, stages.bundle_existing(trained.run, trained.data_dir).bundle
 
 
 @pytest.fixture(scope="module")
 def ranked(tmp_path_factory):
     trained = train(tmp_path_factory.mktemp("ranked"), extra=CROSS_SECTIONAL)
-    return trained, stages.bundle_existing(trained.run, trained.data_dir)
+    return trained, stages.bundle_existing(trained.run, trained.data_dir).bundle
 
 
 def _example(bundle):
