@@ -32,8 +32,7 @@ from quant_cli.errors import QFactoryError, clip_huge_values
 from quant_cli.serve import bundle as bundles
 from quant_cli.serve.batching import Batcher
 from quant_cli.serve.guard import Guard, Metrics
-from quant_cli.io import read_json
-from quant_cli.serve.loaded import REQUEST_SEP, FeatureRows, LoadedBundle, attempt, bars_from_records, validated
+from quant_cli.serve.loaded import REQUEST_SEP, FeatureRows, LoadedBundle, attempt, validated
 from quant_cli.serve.schemas import (
     ErrorResponse, Health, PredictFeaturesRequest, PredictRequest, PredictResponse, Ready, ReloadRequest, ReloadResponse,
 )
@@ -74,9 +73,11 @@ class Holder:
 
 def warm_up(bundle: LoadedBundle) -> None:
     """Score the bundle's own example once, so the feature kernels are compiled (or loaded from
-    numba's disk cache) and the model touched before the server listens and /ready can answer."""
-    example = read_json(bundle.path / "example" / "input.json")["bars"]
-    bundle.score_bars(bars_from_records(example, "example/input.json"))
+    numba's disk cache) and the model touched before the server listens and /ready can answer.
+    The example is the verified one `load` read (and already scored, serve/bundle.py): never read
+    again from the bundle's path, which may be a .tar.gz or have changed since."""
+    if bundle.example is not None:
+        bundle.score_bars(bundle.example[0])
 
 
 def create_app(bundle: LoadedBundle, token: str | None = None, limits: Limits | None = None, trust_pickle: bool = False) -> Any:
