@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from quant_cli import stages
-from quant_cli.cli import console
+from quant_cli.cli import console, parallel
 from quant_cli.cli.common import (
     DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, RecipeOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
 )
@@ -30,6 +30,7 @@ def run(
     """
     with cli_errors(quiet, debug):
         resolved = load_with_overrides(recipe, [*(set_ or []), *device_overrides(device, strict_device)], model, console.REPORTER)
-        result = stages.run_all(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), console.REPORTER)
+        with parallel.group(resolved, None, "local", console.REPORTER, json_out):  # [train] nproc: data-parallel fit
+            result = stages.run_all(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), console.REPORTER)
         payload = {"run_id": result.id, "metrics": read_json(result.path / "metrics.json")}
     emit(result.path, json_out, payload)

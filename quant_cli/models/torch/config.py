@@ -21,8 +21,9 @@ class LoopConfig:
     patience: int = 5          # epochs without improvement before stopping (0: never)
     monitor: str = "loss"      # "loss" (val loss, minimised) or "ic" (val IC, maximised)
     loss: str = "mse"          # mse, huber or sharpe (regression); classifiers use cross-entropy
-    precision: str = "auto"    # auto (bf16 on a GPU that has it), fp32, bf16
-    compile: bool = False      # torch.compile the network
+    precision: str = "auto"    # training autocast: auto, fp32, bf16, fp16 (quant_cli.models.torch.precision)
+    inference_precision: str = "fp32"  # scoring: fp32 unless asked otherwise
+    compile: bool = False      # torch.compile the training forward (dynamic shapes)
 
     @classmethod
     def from_section(cls, section: dict[str, Any] | None) -> LoopConfig:
