@@ -10,7 +10,19 @@ from quant_cli import stages
 from quant_cli.backend import check_backend
 from quant_cli.cli import console, parallel
 from quant_cli.cli.common import (
-    DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, ModelOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
+    DataDirOpt,
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    OptionalRecipeOpt,
+    QuietOpt,
+    RunsDirOpt,
+    SetOpt,
+    StrictDeviceOpt,
+    cli_errors,
+    device_overrides,
+    emit,
 )
 from quant_cli.errors import QFactoryError
 from quant_cli.io import read_json

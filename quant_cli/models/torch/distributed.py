@@ -31,6 +31,7 @@ import copy
 import datetime as dt
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,9 +40,14 @@ import torch.distributed as dist
 from torch import nn
 
 from quant_cli.errors import QFactoryError
-from quant_cli.models.torch.topology import DEVICE_ENV, env_ranks, share_counts, timeout_s
+from quant_cli.models.torch.topology import (
+    DEVICE_ENV,
+    env_ranks,
+    share_counts,
+    timeout_s,
+)
 
-POLL_S = 2.0  # a waiting rank checks for the next task (and a vanished rank 0) this often
+POLL_S = 0.5  # a waiting rank checks for the next task (and a vanished rank 0) this often
 GO, STOP, ABORT = 0, 1, 2
 _WORLD: World | None = None
 
@@ -157,15 +163,10 @@ class World:
     def next_job(self, alive=lambda: True) -> dict[str, Any] | None:
         """Wait for rank 0's next task: the job of a fit, or None when it is done."""
         key = f"qfactory/task/{self.tasks + 1}"
-        while True:
-            try:
-                self.store.wait([key], dt.timedelta(seconds=POLL_S))
-                break
-            except dist.DistStoreError as exc:
-                if "timeout" not in str(exc).lower():
-                    raise
-                if not alive():
-                    raise QFactoryError("rank 0 is gone") from None
+        while not self.store.check([key]):  # raises once rank 0 (the store's host) is gone
+            if not alive():
+                raise QFactoryError("rank 0 is gone")
+            time.sleep(POLL_S)
         self.tasks += 1
         if self.store.get(key) == b"stop":
             return None

@@ -89,7 +89,7 @@ class _Workers:
     def __init__(self, nproc: int, device: str, on_dead_rank: Callable[[str], None] | None) -> None:
         self.nproc, self.closing = nproc, threading.Event()
         self.port = _free_port()
-        self.logs = [tempfile.TemporaryFile() for _ in range(1, nproc)]
+        self.logs = [tempfile.TemporaryFile() for _ in range(1, nproc)]  # noqa: SIM115 — open while the workers run
         env = {**os.environ, **self.group_env(), topology.DEVICE_ENV: device,
                "QFACTORY_DIST_PARENT": str(os.getpid())}
         command = [sys.executable, "-m", "quant_cli.models.torch.distributed"]
@@ -119,8 +119,8 @@ class _Workers:
         how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
         log = self.logs[rank - 1]
         log.seek(0)
-        lines = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()]
-        said = f" ({lines[-1].strip()[:300]})" if lines else ""
+        lines = [line for line in log.read().decode(errors="replace").splitlines() if line.startswith("qfactory rank")]
+        said = f" ({lines[-1].strip()[:300]})" if lines else ""  # the worker's own one line, not torch's log noise
         return (f"data-parallel rank {rank} of {self.nproc} (pid {proc.pid}) {how}{said}; every rank was stopped — "
                 "rerun it, or train with --nproc 1")
 

@@ -43,7 +43,12 @@ from torch import nn
 from quant_cli.io import write_bytes_atomic
 from quant_cli.models.torch.config import LoopConfig
 from quant_cli.models.torch.memory import return_freed_buffers
-from quant_cli.models.torch.precision import Precision, batch_transfer, choose_precision, device_kind
+from quant_cli.models.torch.precision import (
+    Precision,
+    batch_transfer,
+    choose_precision,
+    device_kind,
+)
 from quant_cli.models.torch.windows import Samples
 from quant_cli.report import SILENT, Reporter
 
