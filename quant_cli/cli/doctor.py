@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, RunsDirOpt, cli_errors, fail
+from quant_cli.cli.common import (
+    DataDirOpt,
+    DebugOpt,
+    JsonOpt,
+    RunsDirOpt,
+    cli_errors,
+    fail,
+)
 from quant_cli.runs.directory import resolve_home
 
 

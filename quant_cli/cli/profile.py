@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from quant_cli.cli import console
-from quant_cli.cli.common import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, SetOpt, StrictDeviceOpt, cli_errors
+from quant_cli.cli.common import (
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    SetOpt,
+    StrictDeviceOpt,
+    cli_errors,
+)
 from quant_cli.errors import RecipeError
 from quant_cli.models.device import resolve_device
 

@@ -17,7 +17,6 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-
 from quant_cli.errors import ModelError
 from quant_cli.models.encoding import SymbolEncoder
 from quant_cli.models.registry import create_model
@@ -73,28 +72,31 @@ def profile(name: str, seq_lens: list[int], batch_size: int, device: str = "cpu"
         if cuda:
             torch.cuda.reset_peak_memory_stats(torch.device(device))
 
-        def step() -> None:
-            with loop.autocast(device, chosen):
-                out = net(x, None)
-            loss = ((out.float()[:, 0] - y) ** 2).mean()
-            loss.backward()
-            net.zero_grad(set_to_none=True)
-
         for _ in range(warmup):
-            step()
+            _step(net, x, y, device, chosen)
         if cuda:
             torch.cuda.synchronize(torch.device(device))
         started = time.perf_counter()
         for _ in range(steps):
-            step()
+            _step(net, x, y, device, chosen)
         if cuda:
             torch.cuda.synchronize(torch.device(device))
         seconds = max(time.perf_counter() - started, 1e-9)
         peak = torch.cuda.max_memory_allocated(torch.device(device)) / 1024**2 if cuda else _peak_rss_mb()
         rows.append(StepCost(seq_len, batch_size, round(batch_size * steps / seconds, 1), round(1000 * seconds / steps, 2),
                              round(peak, 1), "cuda max allocated" if cuda else "process peak RSS", chosen.dtype))
-        del net, x, y
     return rows
+
+
+def _step(net, x, y, device: str, precision) -> None:
+    """One forward+backward pass, autocast as the training loop would."""
+    from quant_cli.models.torch import loop
+
+    with loop.autocast(device, precision):
+        out = net(x, None)
+    loss = ((out.float()[:, 0] - y) ** 2).mean()
+    loss.backward()
+    net.zero_grad(set_to_none=True)
 
 
 def as_json(rows: list[StepCost]) -> list[dict[str, Any]]:
