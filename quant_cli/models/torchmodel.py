@@ -79,12 +79,17 @@ class TorchModel(Model):
         return y if y is None or self.is_classifier else (y - self.y_mean_) / self.y_std_
 
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
+        import torch
+
         from quant_cli.models.torch import distributed, loop, losses
 
         self._scale_targets(y)
         cfg = self.loop if early_stopping else replace(self.loop, patience=0)
         folder = getattr(self, "checkpoint_dir", None)
         world = distributed.current()  # a data-parallel group (`train --nproc N`), or None
+        cuda = self.device_.startswith("cuda")
+        if cuda:  # the fit's own peak, recorded in fit_info
+            torch.cuda.reset_peak_memory_stats(torch.device(self.device_))
         with loop.reproducible(self.seed, self.device_, world.cpu_threads(self.threads) if world else self.threads):
             self.config_ = self._net_config(self._n_inputs(train))
             net = self._build(self.config_).to(self.device_)
@@ -98,6 +103,7 @@ class TorchModel(Model):
                                 checkpoints=loop.Checkpoints(folder) if folder else None, resume=getattr(self, "resume", False),
                                 on_epoch=self._epoch_report(net, val), world=world)
         self._release()
+        self.peak_cuda_mb_ = round(torch.cuda.max_memory_allocated(torch.device(self.device_)) / 2**20, 1) if cuda else None
         self.precision_ = result.precision
         self.parallel_ = {"world_size": world.size, "backend": world.backend, "launcher": world.launcher} if world else ONE_PROCESS
         self.net_, self.history_ = net, result.history
@@ -149,6 +155,8 @@ class TorchModel(Model):
                 # what ran, not what was asked: autocast dtype of training, and the data-parallel group
                 "precision": getattr(self, "precision_", "fp32"), "inference_precision": self.loop.inference_precision,
                 **getattr(self, "parallel_", ONE_PROCESS)}
+        if getattr(self, "peak_cuda_mb_", None) is not None:
+            info["peak_cuda_memory_mb"] = self.peak_cuda_mb_  # torch.cuda.max_memory_allocated during the fit
         if getattr(self, "resumed_from_", 0):
             info["resumed_from_epoch"] = self.resumed_from_
         if not self.is_classifier:
@@ -171,6 +179,7 @@ class TorchModel(Model):
         self.loop = LoopConfig(**info["train"])
         self.epochs_run_, self.best_epoch_, self.samples_ = info["epochs_run"], info["best_epoch"], info["samples"]
         self.precision_ = info.get("precision", "fp32")
+        self.peak_cuda_mb_ = info.get("peak_cuda_memory_mb")
         self.parallel_ = {k: info[k] for k in ONE_PROCESS if k in info} or ONE_PROCESS
         self.resumed_from_ = info.get("resumed_from_epoch", 0)
         if not self.is_classifier:
