@@ -44,7 +44,7 @@ def cli(*args: str, home: Path) -> dict:
                "--data-dir", str(home / "data")]
     if args[0] in ("train", "bundle") and "verify" not in args:
         command += ["--runs-dir", str(home / "runs")]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"}, check=False)
     if done.returncode != 0:
         sys.exit(f"gpu_check: `qfactory {' '.join(args)}` failed (exit {done.returncode}): {done.stderr.strip()[-400:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -62,7 +62,7 @@ def parity(run: Path, home: Path, dataset: str) -> tuple[float, float, str]:
 
     bundle = Path(cli("bundle", "--run", str(run), home=home)["path"])
     verify = subprocess.run([sys.executable, "-c", "from quant_cli.cli import app; app()", "bundle", "verify", str(bundle)],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     scores = home / f"{run.name}-cpu.parquet"
     cli("predict", "--bundle", str(bundle), "--source", dataset, "--out", str(scores), "--all", home=home)
     gpu = pl.read_parquet(run / "predictions.parquet").filter(pl.col("segment") == "test").select("symbol", "ts", "score")

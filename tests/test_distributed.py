@@ -6,6 +6,7 @@ line within a bounded time, and bad requests are refused in one line."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -68,20 +69,29 @@ def _run(result) -> Path:
     return Path(result.stdout.strip())
 
 
-def test_two_gloo_ranks_give_the_one_process_loss_trajectory(runner, recipe):
-    assert runner.invoke(app, ["ingest", "--recipe", str(recipe), "-q"]).exit_code == 0
-    one = _run(runner.invoke(app, ["train", "--recipe", str(recipe), "-q"]))
-    two = _run(runner.invoke(app, ["train", "--recipe", str(recipe), "-q", "--nproc", "2"]))
-    curves = [read_json(run / "model" / "history.json")["epochs"] for run in (one, two)]
+def _same_trajectory(one: Path, other: Path) -> None:
+    curves = [read_json(run / "model" / "history.json")["epochs"] for run in (one, other)]
     assert len(curves[0]) == len(curves[1]) == 3
     for a, b in zip(*curves):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=RTOL)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=RTOL)
+
+
+def test_two_gloo_ranks_give_the_one_process_loss_trajectory(runner, recipe):
+    assert runner.invoke(app, ["ingest", "--recipe", str(recipe), "-q"]).exit_code == 0
+    one = _run(runner.invoke(app, ["train", "--recipe", str(recipe), "-q"]))
+    two = _run(runner.invoke(app, ["train", "--recipe", str(recipe), "-q", "--nproc", "2"]))
+    _same_trajectory(one, two)
     train = [read_json(run / "metrics.json")["train"] for run in (one, two)]
     assert (train[0]["world_size"], train[0]["backend"]) == (1, "none")
     assert (train[1]["world_size"], train[1]["backend"], train[1]["launcher"]) == (2, "gloo", "local")
     assert sorted(p.name for p in Path("runs").iterdir() if not p.name.startswith(".")) == sorted([one.name, two.name])
     assert (two / "checkpoints" / "last.pt").is_file()  # rank 0 checkpoints as one process does
+    if importlib.util.find_spec("ray") is None:
+        return
+    ray = _run(runner.invoke(app, ["train", "--recipe", str(recipe), "-q", "--nproc", "2", "--backend", "ray"]))
+    _same_trajectory(one, ray)  # rank 1 as a Ray task: the same workers, the same numbers
+    assert read_json(ray / "metrics.json")["train"]["launcher"] == "ray"
 
 
 def _children(pid: int) -> list[int]:
