@@ -13,17 +13,23 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
 
+from quant_cli import stages
 from quant_cli.cli import app
 from quant_cli.errors import QFactoryError, RecipeError
 from quant_cli.io import read_json
+from quant_cli.models.torch import launch
 from quant_cli.models.torch.topology import (
     check_nproc,
     env_ranks,
     share_counts,
     timeout_s,
 )
+from quant_cli.report import CollectingReporter
+from quant_cli.runs.directory import Run
 
 RECIPE = """
 [run]
@@ -171,3 +177,37 @@ def test_collective_timeout_is_bounded_and_checked(monkeypatch):
     monkeypatch.setenv("QFACTORY_DIST_TIMEOUT", "-1")
     with pytest.raises(QFactoryError, match="must be a positive number of seconds"):
         timeout_s()
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAfter(CollectingReporter):
+    """Rank 0 dies right after epoch k's progress line (its checkpoint is written)."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def info(self, message: str) -> None:
+        super().info(message)
+        if message.startswith(f"lstm epoch {self.epoch}/"):
+            raise Killed
+
+
+def test_a_killed_data_parallel_fit_resumes_to_the_uninterrupted_result(runner, recipe, tmp_path):
+    """dropout 0.1: each rank's masks come from (seed, epoch, rank), so a resumed fit redraws them exactly."""
+    assert runner.invoke(app, ["ingest", "--recipe", str(recipe), "-q"]).exit_code == 0
+    split = ["split", "--recipe", str(recipe), "-q", "--set", "model.params.dropout=0.1", "--set", "train.nproc=2"]
+    whole, killed = _run(runner.invoke(app, split)), _run(runner.invoke(app, split))
+    _run(runner.invoke(app, ["train", "--run", str(whole), "-q"]))  # train.nproc = 2 from the run's recipe
+    with launch.data_parallel(2, "cpu"), pytest.raises(Killed):
+        stages.train_existing(Run(killed), tmp_path / "data", KillAfter(2))
+    assert not (killed / "model").exists() and (killed / "checkpoints" / "last.pt").is_file()
+    _run(runner.invoke(app, ["train", "--run", str(killed), "--resume", "-q"]))
+    info = read_json(killed / "model" / "model.json")["fit_info"]
+    assert (info["resumed_from_epoch"], info["epochs_run"], info["world_size"]) == (2, 3, 2)
+    resumed, uninterrupted = (pl.read_parquet(run / "predictions.parquet") for run in (killed, whole))
+    assert resumed.select("symbol", "ts").equals(uninterrupted.select("symbol", "ts"))
+    np.testing.assert_allclose(resumed["score"].to_numpy(), uninterrupted["score"].to_numpy(), rtol=1e-6, atol=1e-9)

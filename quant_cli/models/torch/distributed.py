@@ -130,10 +130,9 @@ class World:
         return int(flag.item())
 
     def stop_after_epoch(self) -> bool:
-        code = self._broadcast_code(GO)
-        if code == ABORT:
-            raise QFactoryError("rank 0 aborted the data-parallel fit")
-        return code == STOP
+        """Rank 0's decision: True ends this fit (stopped early, or aborted: a pruned tuning trial, a
+        failure on rank 0), and the rank goes back to waiting for the next task."""
+        return self._broadcast_code(GO) != GO
 
     def device(self, kind: str) -> str:
         """This rank's device: its own GPU (cuda:LOCAL_RANK) on CUDA, else the CPU."""

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -124,6 +125,14 @@ class _Workers:
         return (f"data-parallel rank {rank} of {self.nproc} (pid {proc.pid}) {how}{said}; every rank was stopped — "
                 "rerun it, or train with --nproc 1")
 
+    def dead(self) -> str | None:
+        """The line naming the first worker that has exited with a failure, if any."""
+        for rank, proc in enumerate(self.procs, start=1):
+            code = proc.poll()
+            if code not in (None, 0):
+                return self.describe(rank, proc, code)
+        return None
+
     def kill(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -156,6 +165,13 @@ def local_workers(nproc: int, device: str, on_dead_rank: Callable[[str], None] |
             clean = True
         finally:
             distributed.leave_world()
+    except Exception:
+        # rank 0 saw the failure first (a collective with a dead peer raises): name the dead rank instead
+        time.sleep(2 * WATCH_S)
+        if (dead := workers.dead()) is not None:
+            workers.closing.set()
+            raise topology.RankFailed(dead) from None
+        raise
     finally:
         workers.close(clean)
 

@@ -7,6 +7,13 @@ import os
 
 from quant_cli.errors import QFactoryError, RecipeError
 
+
+class RankFailed(QFactoryError):
+    """A data-parallel rank died or failed: not the user's input (exit 1)."""
+
+    exit_code = 1
+
+
 TIMEOUT_ENV = "QFACTORY_DIST_TIMEOUT"
 DEVICE_ENV = "QFACTORY_DIST_DEVICE"   # the training device kind a local worker uses ("cpu" or "cuda")
 DEFAULT_TIMEOUT_S = 1800
