@@ -105,3 +105,17 @@ def test_samples_move_with_the_panel_and_the_rest_apart():
     data = Samples(torch.zeros(5, 2), torch.arange(5), 0, None, torch.ones(5))
     moved = data.to("cpu", "cpu")
     assert moved.x.shape == (5, 2) and torch.equal(moved.y, data.y) and moved.ids is None
+
+
+def test_a_precision_not_honoured_as_spelled_is_a_notice(monkeypatch):
+    from quant_cli.models import device as device_mod
+    from quant_cli.report import CollectingReporter
+
+    monkeypatch.setattr(device_mod, "_warned", set())
+    X, y = _data(60)
+    reporter = CollectingReporter()
+    model = create_model("mlp", "regression", {"hidden": [4]}, 1, 1, reporter=reporter,
+                         train={"epochs": 1, "batch_size": 32, "precision": "fp16"})
+    model.fit(X, y, feature_names=list("abc"))
+    assert model.fit_info()["precision"] == "fp32"
+    assert ("notice", "train.precision 'fp16': fp16 autocast is not used on cpu; running in fp32") in reporter.messages

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from quant_cli.io import write_bytes_atomic
+from quant_cli.models.device import notice_once
 from quant_cli.models.torch.config import LoopConfig
 from quant_cli.models.torch.memory import return_freed_buffers
 from quant_cli.models.torch.precision import (
@@ -238,6 +239,9 @@ def train(net: nn.Module, data: Samples, val: Samples | None, cfg: LoopConfig, l
     distributed.serve with `start`, rank 0's restored checkpoint when resuming)."""
     return_freed_buffers()  # else freed activations stay resident and the peak RSS grows batch by batch
     step = _make_step(net, data, cfg, device, world)
+    if step.precision.note:  # a precision asked for but not honoured as spelled (e.g. bf16 on a pre-Ampere GPU)
+        notice_once(f"precision:{cfg.precision}:{device}", f"train.precision {cfg.precision!r}: {step.precision.note}",
+                    reporter)
     state, history, best = _State(), [], None
     loaded = checkpoints.load() if (checkpoints is not None and resume) else None
     if loaded is not None:
