@@ -46,7 +46,8 @@ def cli(*args: str, home: Path) -> dict:
         command += ["--runs-dir", str(home / "runs")]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"}, check=False)
     if done.returncode != 0:
-        sys.exit(f"gpu_check: `qfactory {' '.join(args)}` failed (exit {done.returncode}): {done.stderr.strip()[-400:]}")
+        sys.exit(f"gpu_check: `qfactory {' '.join(args)}` failed (exit {done.returncode}): "
+                 f"{done.stderr.strip()[-400:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -61,11 +62,13 @@ def parity(run: Path, home: Path, dataset: str) -> tuple[float, float, str]:
     import polars as pl
 
     bundle = Path(cli("bundle", "--run", str(run), home=home)["path"])
-    verify = subprocess.run([sys.executable, "-c", "from quant_cli.cli import app; app()", "bundle", "verify", str(bundle)],
+    verify = subprocess.run([sys.executable, "-c", "from quant_cli.cli import app; app()", "bundle", "verify",
+                             str(bundle)],
                             capture_output=True, text=True, check=False)
     scores = home / f"{run.name}-cpu.parquet"
     cli("predict", "--bundle", str(bundle), "--source", dataset, "--out", str(scores), "--all", home=home)
-    gpu = pl.read_parquet(run / "predictions.parquet").filter(pl.col("segment") == "test").select("symbol", "ts", "score")
+    gpu = pl.read_parquet(run / "predictions.parquet").filter(pl.col("segment") == "test")
+    gpu = gpu.select("symbol", "ts", "score")
     both = gpu.join(pl.read_parquet(scores).select("symbol", "ts", pl.col("score").alias("cpu")), on=["symbol", "ts"])
     if both.height == 0:
         sys.exit(f"gpu_check: the CPU bundle scores share no (symbol, ts) with the test scores of {run}")
@@ -85,7 +88,8 @@ def main() -> int:
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"gpu_check: no CUDA device visible (torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
+        build = torch.version.cuda or "none"
+        print(f"gpu_check: no CUDA device visible (torch {torch.__version__}, CUDA build {build}); "
               "nothing to measure — run it on a machine with a GPU")
         return 0
     card = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{args.device} (dry run)"
@@ -112,7 +116,8 @@ def main() -> int:
                 if mode == "auto":
                     corr, diff, verified = parity(run, home, "quickstart")
                     failed |= corr < MIN_CORR or verified != "ok"
-                rows.append((name, mode, train.get("precision", "?"), rate, rate / cpu_rate, train.get("peak_cuda_memory_mb"),
+                rows.append((name, mode, train.get("precision", "?"), rate, rate / cpu_rate,
+                             train.get("peak_cuda_memory_mb"),
                              corr, diff, verified))
     print_table(card, rows, time.perf_counter() - started)
     return 1 if failed else 0

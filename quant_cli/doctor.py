@@ -64,7 +64,8 @@ def home(path: Path) -> dict[str, Any]:
 def kernel_cache() -> dict[str, Any]:
     """numba's on-disk cache of compiled kernels (NUMBA_CACHE_DIR, else __pycache__ beside each module)."""
     configured = os.environ.get("NUMBA_CACHE_DIR")
-    return {"numba": _version("numba"), "cache_dir": configured or "__pycache__ beside each module (NUMBA_CACHE_DIR unset)",
+    return {"numba": _version("numba"),
+            "cache_dir": configured or "__pycache__ beside each module (NUMBA_CACHE_DIR unset)",
             "writable": os.access(configured, os.W_OK) if configured and Path(configured).exists() else None}
 
 
@@ -89,7 +90,8 @@ def diagnose(data_dir: Path, runs_dir: Path, device: str | None = None, backend:
         "qfactory": __version__,
         "libraries": {name: _version(name) for name in LIBRARIES},
         "torch": torch_build(),
-        "cpu": {"cores": os.cpu_count(), "usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
+        "cpu": {"cores": os.cpu_count(),
+                "usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
         "homes": {"data": home(data_dir), "runs": home(runs_dir)},
         "kernels": kernel_cache(),
         "chromium": shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome"),
@@ -113,7 +115,8 @@ def problems(report: dict[str, Any], device: str | None, backend: str | None) ->
         found.append("--backend ray needs Ray: install it with `pip install 'qfactory[ray]'`")
     for label, folder in report["homes"].items():
         if not folder["writable"]:
-            found.append(f"the {label} home {folder['path']} cannot be written; pass --{label}-dir or fix its permissions")
+            found.append(f"the {label} home {folder['path']} cannot be written; "
+                         f"pass --{label}-dir or fix its permissions")
     return found
 
 
@@ -142,8 +145,8 @@ def lines(report: dict[str, Any]) -> list[str]:
     out.append(f"compiled kernels: numba {k['numba'] or 'not installed'}, cache {k['cache_dir']}")
     out.append(f"chromium: {report['chromium'] or 'not found (report screenshots and browser checks unavailable)'}")
     r = report["ray"]
-    out.append(f"ray: {r['version'] or 'not installed'}" + (f", Ray Train {'installed' if r['train'] else 'not installed'}"
-                                                              if r["version"] else "")
-               + (f", RAY_ADDRESS={r['address']}" if r["address"] else ""))
+    train = f", Ray Train {'installed' if r['train'] else 'not installed'}" if r["version"] else ""
+    address = f", RAY_ADDRESS={r['address']}" if r["address"] else ""
+    out.append(f"ray: {r['version'] or 'not installed'}{train}{address}")
     out.extend(f"problem: {p}" for p in report["problems"])
     return out

@@ -127,8 +127,8 @@ def test_a_rank_that_dies_fails_the_command_in_one_line_without_hanging(recipe, 
             proc.kill()
     assert proc.returncode == 1 and out == ""
     errors = [line for line in stderr.read_text().splitlines() if line.startswith("error:")]
-    assert errors == [(f"error: data-parallel rank 1 of 2 (pid {workers[0]}) killed by signal 9; every rank was stopped — "
-                       "rerun it, or train with --nproc 1")]
+    assert errors == [(f"error: data-parallel rank 1 of 2 (pid {workers[0]}) killed by signal 9; "
+                       "every rank was stopped — rerun it, or train with --nproc 1")]
 
 
 def test_nproc_with_a_model_that_is_not_torch_is_one_line(runner, recipe):
@@ -136,14 +136,15 @@ def test_nproc_with_a_model_that_is_not_torch_is_one_line(runner, recipe):
                                  "--set", "model.params={}"])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        ("error: train.nproc 2 trains torch models in parallel (mlp, lstm, gru, tcn, transformer); model 'lightgbm' is not "
-         "one — drop --nproc or set train.nproc = 1")]
+        ("error: train.nproc 2 trains torch models in parallel (mlp, lstm, gru, tcn, transformer); "
+         "model 'lightgbm' is not one — drop --nproc or set train.nproc = 1")]
 
 
 def test_nproc_needs_one_gpu_per_process():
     check_nproc(2, "cpu", 0)
     check_nproc(2, "cuda", 2)
-    with pytest.raises(RecipeError, match=r"^--nproc 4 needs 4 GPUs \(one per process\) but 2 are visible; use --nproc 2"):
+    needs = r"^--nproc 4 needs 4 GPUs \(one per process\) but 2 are visible; use --nproc 2"
+    with pytest.raises(RecipeError, match=needs):
         check_nproc(4, "cuda", 2)
     with pytest.raises(RecipeError, match=r"pass --device cuda, not 'cuda:1'"):
         check_nproc(2, "cuda:1", 2)

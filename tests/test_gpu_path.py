@@ -49,7 +49,8 @@ def test_gather_into_a_staging_buffer_equals_a_plain_gather():
     for seq_len in (0, 1, 5):
         staged = torch.full((100,), -1.0)
         assert torch.equal(gather(x, ends, seq_len, out=staged), gather(x, ends, seq_len))
-        assert torch.equal(gather(x, ends, seq_len), x[ends] if seq_len == 0 else torch.stack([x[e - seq_len + 1:e + 1] for e in ends]))
+        by_hand = x[ends] if seq_len == 0 else torch.stack([x[e - seq_len + 1:e + 1] for e in ends])
+        assert torch.equal(gather(x, ends, seq_len), by_hand)
 
 
 def test_rng_state_round_trips_the_cpu_stream():

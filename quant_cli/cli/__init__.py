@@ -8,23 +8,8 @@ import typer
 
 from quant_cli import __version__
 from quant_cli.cli import (
-    backtest,
-    bundle,
-    data,
-    doctor,
-    features,
-    ingest,
-    predict,
-    profile,
-    recipe,
-    report,
-    run,
-    runs,
-    serve,
-    split,
-    train,
-    tune,
-    walkforward,
+    backtest, bundle, data, doctor, features, ingest, predict, profile, recipe, report, run, runs, serve, split, train,
+    tune, walkforward,
 )
 from quant_cli.cli.common import OneLineUsageErrors
 

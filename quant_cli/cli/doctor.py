@@ -19,8 +19,11 @@ from quant_cli.runs.directory import resolve_home
 
 
 def doctor(
-    device: Annotated[str | None, typer.Option("--device", help="Also check that this device can be used (cpu, cuda, cuda:N, mps).", show_default=False)] = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="Also check that this backend can be used (local or ray).", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="Also check that this device can be used (cpu, cuda, cuda:N, mps).",
+        show_default=False)] = None,
+    backend: Annotated[str | None, typer.Option(
+        "--backend", help="Also check that this backend can be used (local or ray).", show_default=False)] = None,
     data_dir: DataDirOpt = None,
     runs_dir: RunsDirOpt = None,
     json_out: JsonOpt = False,
@@ -47,5 +50,6 @@ def doctor(
     else:
         typer.echo("\n".join(checks.lines(report)))
     if report["problems"]:
-        fail(report["problems"][0] + (f" (and {len(report['problems']) - 1} more above)" if len(report["problems"]) > 1 else ""),
+        more = len(report["problems"]) - 1
+        fail(report["problems"][0] + (f" (and {more} more above)" if more else ""),
              "DoctorProblem", 2, False)

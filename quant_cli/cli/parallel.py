@@ -34,7 +34,8 @@ def _cuda_count() -> int:
 
 
 @contextmanager
-def group(recipe: Recipe, nproc: int | None, backend: str, reporter: Reporter, json_out: bool = False) -> Iterator[None]:
+def group(recipe: Recipe, nproc: int | None, backend: str, reporter: Reporter,
+          json_out: bool = False) -> Iterator[None]:
     """Run the block as rank 0 of a data-parallel group when the recipe (or `nproc`) asks for one."""
     nproc = recipe["train"]["nproc"] if nproc is None else nproc
     if (torchrun_rank() or 0) > 0:

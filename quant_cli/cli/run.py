@@ -31,6 +31,7 @@ def run(
     with cli_errors(quiet, debug):
         resolved = load_with_overrides(recipe, [*(set_ or []), *device_overrides(device, strict_device)], model, console.REPORTER)
         with parallel.group(resolved, None, "local", console.REPORTER, json_out):  # [train] nproc: data-parallel fit
-            result = stages.run_all(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), console.REPORTER)
+            result = stages.run_all(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved),
+                                    console.REPORTER)
         payload = {"run_id": result.id, "metrics": read_json(result.path / "metrics.json")}
     emit(result.path, json_out, payload)

@@ -10,19 +10,7 @@ from quant_cli import stages
 from quant_cli.backend import check_backend
 from quant_cli.cli import console, parallel
 from quant_cli.cli.common import (
-    DataDirOpt,
-    DebugOpt,
-    DeviceOpt,
-    JsonOpt,
-    ModelOpt,
-    OptionalRecipeOpt,
-    QuietOpt,
-    RunsDirOpt,
-    SetOpt,
-    StrictDeviceOpt,
-    cli_errors,
-    device_overrides,
-    emit,
+    DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, ModelOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
 )
 from quant_cli.errors import QFactoryError
 from quant_cli.io import read_json
@@ -43,8 +31,13 @@ def train(
     strict_device: StrictDeviceOpt = False,
     data_dir: DataDirOpt = None,
     runs_dir: RunsDirOpt = None,
-    nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Data-parallel processes for a torch model (same as --set train.nproc=N): gloo on CPU, nccl on CUDA (one GPU each).", show_default=False)] = None,
-    backend: Annotated[str, typer.Option("--backend", help="With --nproc: local (processes on this machine) or ray (ranks 1..N-1 as Ray tasks; RAY_ADDRESS).")] = "local",
+    nproc: Annotated[int | None, typer.Option(
+        "--nproc", min=1, show_default=False,
+        help="Data-parallel processes for a torch model (same as --set train.nproc=N): gloo on CPU, nccl on CUDA "
+             "(one GPU each).")] = None,
+    backend: Annotated[str, typer.Option(
+        "--backend", help="With --nproc: local (processes on this machine) or ray (ranks 1..N-1 as Ray tasks; "
+                          "RAY_ADDRESS).")] = "local",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -68,14 +61,14 @@ def train(
             parallel.serve_torchrun(parallel.worker_device(recipe, device))
             return
         check_backend(backend)
-        result = _train(recipe, run, set_ or [], model, device_overrides(device, strict_device), data_dir, runs_dir, resume,
-                        nproc, backend, json_out)
+        result = _train(recipe, run, set_ or [], model, device_overrides(device, strict_device), data_dir, runs_dir,
+                        resume, nproc, backend, json_out)
         payload = {"run_id": result.id, "metrics": read_json(result.path / "metrics.json")}
     emit(result.path, json_out, payload)
 
 
-def _train(recipe, run_ref, sets: list[str], model: str | None, device_sets: list[str], data_dir, runs_dir, resume: bool = False,
-           nproc: int | None = None, backend: str = "local", json_out: bool = False):
+def _train(recipe, run_ref, sets: list[str], model: str | None, device_sets: list[str], data_dir, runs_dir,
+           resume: bool = False, nproc: int | None = None, backend: str = "local", json_out: bool = False):
     if (recipe is None) == (run_ref is None):
         raise QFactoryError("pass exactly one of --recipe (start a new run) or --run (train an existing split run)")
     if resume and run_ref is None:
@@ -89,7 +82,8 @@ def _train(recipe, run_ref, sets: list[str], model: str | None, device_sets: lis
     nproc_set = [f"train.nproc={nproc}"] if nproc is not None else []
     resolved = load_with_overrides(recipe, [*sets, *device_sets, *nproc_set], model, console.REPORTER)
     with parallel.group(resolved, None, backend, console.REPORTER, json_out):
-        return stages.train_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), console.REPORTER)
+        return stages.train_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved),
+                                console.REPORTER)
 
 
 def _print_models(json_out: bool) -> None:

@@ -103,9 +103,11 @@ class TorchModel(Model):
                                 checkpoints=loop.Checkpoints(folder) if folder else None, resume=getattr(self, "resume", False),
                                 on_epoch=self._epoch_report(net, val), world=world)
         self._release()
-        self.peak_cuda_mb_ = round(torch.cuda.max_memory_allocated(torch.device(self.device_)) / 2**20, 1) if cuda else None
+        peak = torch.cuda.max_memory_allocated(torch.device(self.device_)) if cuda else None
+        self.peak_cuda_mb_ = None if peak is None else round(peak / 2**20, 1)
         self.precision_ = result.precision
-        self.parallel_ = {"world_size": world.size, "backend": world.backend, "launcher": world.launcher} if world else ONE_PROCESS
+        self.parallel_ = ONE_PROCESS if world is None else {
+            "world_size": world.size, "backend": world.backend, "launcher": world.launcher}
         self.net_, self.history_ = net, result.history
         self.epochs_run_, self.best_epoch_, self.resumed_from_ = result.epochs_run, result.best_epoch, result.resumed_from
         self.samples_ = len(data)
@@ -137,7 +139,7 @@ class TorchModel(Model):
         from quant_cli.models.torch.loop import infer
 
         samples, mask = self._samples(rows)
-        out = infer(self.net_, samples, self.device_, self.loop.inference_precision).double()  # (m, K) on CPU; fp32 by default
+        out = infer(self.net_, samples, self.device_, self.loop.inference_precision).double()  # (m, K) on CPU
         self._release()
         if self.is_classifier:
             values = torch.softmax(out, dim=1).numpy()

@@ -239,7 +239,8 @@ def main() -> int:
     try:
         serve("local", os.environ.get(DEVICE_ENV, "cpu"), _parent_alive(parent))
     except Exception as exc:  # noqa: BLE001 — a worker reports one line; rank 0 names the failed rank
-        print(f"qfactory rank {os.environ.get('RANK')}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"qfactory rank {os.environ.get('RANK')}: {type(exc).__name__}: {first}",
               file=sys.stderr)
         return 1
     return 0

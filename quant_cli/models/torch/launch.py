@@ -94,7 +94,8 @@ class _Workers:
         env = {**os.environ, **self.group_env(), topology.DEVICE_ENV: device,
                "QFACTORY_DIST_PARENT": str(os.getpid())}
         command = [sys.executable, "-m", "quant_cli.models.torch.distributed"]
-        self.procs = [subprocess.Popen(command, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdin=subprocess.DEVNULL,
+        self.procs = [subprocess.Popen(command, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                                       stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
                       for r, log in zip(range(1, nproc), self.logs)]
         self.on_dead_rank = on_dead_rank

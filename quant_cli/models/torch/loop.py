@@ -259,7 +259,8 @@ def train(net: nn.Module, data: Samples, val: Samples | None, cfg: LoopConfig, l
                 break
             continue
         try:
-            val_loss, val_ic = evaluate(net, val, loss_fn, cfg, device) if val is not None and len(val) else (math.nan, math.nan)
+            scored = val is not None and len(val) > 0
+            val_loss, val_ic = evaluate(net, val, loss_fn, cfg, device) if scored else (math.nan, math.nan)
             seconds = time.perf_counter() - started
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_ic": val_ic,
                             "lr": step.sched.get_last_lr()[0], "seconds": round(seconds, 3),

@@ -51,7 +51,8 @@ def choose_precision(requested: str, device: str, bf16_supported: bool, training
         return Precision("fp32")
     if kind == "cuda":
         if requested == "fp16" or not bf16_supported:
-            note = "" if requested in ("auto", "fp16") else f"{device} has no bf16 support; using fp16 with loss scaling"
+            asked_bf16 = requested == "bf16"
+            note = f"{device} has no bf16 support; using fp16 with loss scaling" if asked_bf16 else ""
             return Precision("fp16", grad_scaler=training, note=note)
         return Precision("bf16")
     if kind == "cpu" and requested == "bf16":

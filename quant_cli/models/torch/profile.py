@@ -37,7 +37,8 @@ class StepCost:
 def _network(name: str, params: dict[str, Any], seq_len: int, n_features: int):
     model = create_model(name, "regression", {**params, **({"seq_len": seq_len} if _is_sequence(name) else {})}, 0, 0)
     if not isinstance(model, TorchModel):
-        raise ModelError(f"qfactory profile measures torch models (mlp, lstm, gru, tcn, transformer); {name!r} is not one")
+        raise ModelError("qfactory profile measures torch models (mlp, lstm, gru, tcn, transformer); "
+                         f"{name!r} is not one")
     model.encoder_ = SymbolEncoder("none").fit(None)
     return model._build(model._net_config(n_features))
 
@@ -83,7 +84,8 @@ def profile(name: str, seq_lens: list[int], batch_size: int, device: str = "cpu"
             torch.cuda.synchronize(torch.device(device))
         seconds = max(time.perf_counter() - started, 1e-9)
         peak = torch.cuda.max_memory_allocated(torch.device(device)) / 1024**2 if cuda else _peak_rss_mb()
-        rows.append(StepCost(seq_len, batch_size, round(batch_size * steps / seconds, 1), round(1000 * seconds / steps, 2),
+        rows.append(StepCost(seq_len, batch_size, round(batch_size * steps / seconds, 1),
+                             round(1000 * seconds / steps, 2),
                              round(peak, 1), "cuda max allocated" if cuda else "process peak RSS", chosen.dtype))
     return rows
 
