@@ -165,6 +165,7 @@ def local_workers(nproc: int, device: str, on_dead_rank: Callable[[str], None] |
             yield world
             clean = True
         finally:
+            workers.closing.set()  # before the stop: workers leaving from here on is expected, not a death
             distributed.leave_world()
     except Exception:
         # rank 0 saw the failure first (a collective with a dead peer raises): name the dead rank instead
@@ -201,8 +202,8 @@ def ray_workers(nproc: int, device: str, on_dead_rank: Callable[[str], None] | N
         try:
             yield world
         finally:
+            watcher.closing.set()  # before the stop: tasks ending from here on is expected
             distributed.leave_world()
-        watcher.closing.set()
         ray.get(refs, timeout=JOIN_S)
     finally:
         watcher.closing.set()
