@@ -212,3 +212,25 @@ def test_a_killed_data_parallel_fit_resumes_to_the_uninterrupted_result(runner, 
     resumed, uninterrupted = (pl.read_parquet(run / "predictions.parquet") for run in (killed, whole))
     assert resumed.select("symbol", "ts").equals(uninterrupted.select("symbol", "ts"))
     np.testing.assert_allclose(resumed["score"].to_numpy(), uninterrupted["score"].to_numpy(), rtol=1e-6, atol=1e-9)
+
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this python")
+def test_torchrun_ranks_train_one_model_and_only_rank_0_writes_the_run(recipe, tmp_path):
+    """The multi-node entry on one machine: torchrun's environment (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK,
+    LOCAL_RANK; its agent hosts the store) and the same `qfactory train` command on every rank."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    cli = [sys.executable, "-c", "from quant_cli.cli import app; app()"]
+    subprocess.run([*cli, "ingest", "--recipe", str(recipe), "-q"], check=True, env=env, timeout=120)
+    script = tmp_path / "qfactory_cli.py"
+    script.write_text("from quant_cli.cli import app\napp()\n")
+    done = subprocess.run([str(TORCHRUN), "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                           "--master-port", str(launch._free_port()), str(script), "train", "--recipe", str(recipe), "-q"],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = Path(done.stdout.strip())  # one path: rank 1 printed nothing
+    train = read_json(run / "metrics.json")["train"]
+    assert (train["world_size"], train["backend"], train["launcher"]) == (2, "gloo", "torchrun")
+    assert [p.name for p in Path("runs").iterdir() if not p.name.startswith(".")] == [run.name]
