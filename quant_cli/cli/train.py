@@ -10,38 +10,30 @@ from quant_cli import stages
 from quant_cli.backend import check_backend
 from quant_cli.cli import console, parallel
 from quant_cli.cli.common import (
-    DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, ModelOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
+    DeviceOpt, ModelOpt, OptionalRecipeOpt, Printed, SetOpt, Shared, StrictDeviceOpt, load_stage_recipe, stage_command,
 )
 from quant_cli.errors import QFactoryError
-from quant_cli.io import read_json
 from quant_cli.models.registry import FLAGS, describe_models
 from quant_cli.models.torch.topology import torchrun_rank
-from quant_cli.recipe import load_with_overrides
-from quant_cli.runs.directory import data_home, resolve_run, runs_home
 
 
-def train(
-    recipe: OptionalRecipeOpt = None,
-    run: Annotated[str | None, typer.Option("--run", help="Train this run (a path, run id or 'latest'); it must hold a split and no model.", show_default=False)] = None,
-    model: ModelOpt = None,
-    list_models: Annotated[bool, typer.Option("--list-models", help="List registered models and exit.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="With --run: continue a killed torch fit from its last per-epoch checkpoint.")] = False,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    strict_device: StrictDeviceOpt = False,
-    data_dir: DataDirOpt = None,
-    runs_dir: RunsDirOpt = None,
-    nproc: Annotated[int | None, typer.Option(
-        "--nproc", min=1, show_default=False,
-        help="Data-parallel processes for a torch model (same as --set train.nproc=N): gloo on CPU, nccl on CUDA "
-             "(one GPU each).")] = None,
-    backend: Annotated[str, typer.Option(
-        "--backend", help="With --nproc: local (processes on this machine) or ray (ranks 1..N-1 as Ray tasks; "
-                          "RAY_ADDRESS).")] = "local",
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
-) -> None:
+RunToTrainOpt = Annotated[str | None, typer.Option("--run", help="Train this run (a path, run id or 'latest'); it must hold a split and no model.", show_default=False)]
+ListModelsOpt = Annotated[bool, typer.Option("--list-models", help="List registered models and exit.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="With --run: continue a killed torch fit from its last per-epoch checkpoint.")]
+NprocOpt = Annotated[int | None, typer.Option(
+    "--nproc", min=1, show_default=False,
+    help="Data-parallel processes for a torch model (same as --set train.nproc=N): gloo on CPU, nccl on CUDA "
+         "(one GPU each).")]
+ParallelBackendOpt = Annotated[str, typer.Option(
+    "--backend", help="With --nproc: local (processes on this machine) or ray (ranks 1..N-1 as Ray tasks; "
+                      "RAY_ADDRESS).")]
+
+
+@stage_command
+def train(recipe: OptionalRecipeOpt = None, run: RunToTrainOpt = None, model: ModelOpt = None,
+          list_models: ListModelsOpt = False, resume: ResumeOpt = False, set_: SetOpt = None, device: DeviceOpt = None,
+          strict_device: StrictDeviceOpt = False, nproc: NprocOpt = None, backend: ParallelBackendOpt = "local", *,
+          shared: Shared) -> Printed | None:
     """Train a model: features (from cache when possible), split, fit, predictions and metrics.
 
     Prints the run directory, so `RUN=$(qfactory train -r r.toml) && qfactory backtest --run "$RUN"` works.
@@ -53,37 +45,29 @@ def train(
     Data parallel, 4 processes on this machine: qfactory train --recipe recipes/lstm.toml --nproc 4
     (several machines: run the same command under torchrun on each; see the README)
     """
-    with cli_errors(quiet, debug):
-        if list_models:
-            _print_models(json_out)
-            return
-        if torchrun_rank():  # a torchrun rank other than 0 only trains what rank 0 sends
-            parallel.serve_torchrun(parallel.worker_device(recipe, device))
-            return
-        check_backend(backend)
-        result = _train(recipe, run, set_ or [], model, device_overrides(device, strict_device), data_dir, runs_dir,
-                        resume, nproc, backend, json_out)
-        payload = {"run_id": result.id, "metrics": read_json(result.path / "metrics.json")}
-    emit(result.path, json_out, payload)
-
-
-def _train(recipe, run_ref, sets: list[str], model: str | None, device_sets: list[str], data_dir, runs_dir,
-           resume: bool = False, nproc: int | None = None, backend: str = "local", json_out: bool = False):
-    if (recipe is None) == (run_ref is None):
+    if list_models:
+        _print_models(shared.json_out)
+        return None
+    if torchrun_rank():  # a torchrun rank other than 0 only trains what rank 0 sends, and prints nothing
+        parallel.serve_torchrun(parallel.worker_device(recipe, device))
+        return None
+    check_backend(backend)
+    if (recipe is None) == (run is None):
         raise QFactoryError("pass exactly one of --recipe (start a new run) or --run (train an existing split run)")
-    if resume and run_ref is None:
+    if resume and run is None:
         raise QFactoryError("--resume continues a killed fit of an existing run: pass it with --run RUN, not --recipe")
-    if run_ref is not None:
-        if sets or model or device_sets:
+    if run is not None:
+        if set_ or model or device or strict_device:
             raise QFactoryError("--set and --model apply to new runs only; a run's recipe is fixed — use --recipe to start a new run")
-        existing = resolve_run(run_ref, runs_home(runs_dir))
-        with parallel.group(existing.recipe(), nproc, backend, console.REPORTER, json_out):
-            return stages.train_existing(existing, data_home(data_dir, existing.recipe()), console.REPORTER, resume)
-    nproc_set = [f"train.nproc={nproc}"] if nproc is not None else []
-    resolved = load_with_overrides(recipe, [*sets, *device_sets, *nproc_set], model, console.REPORTER)
-    with parallel.group(resolved, None, backend, console.REPORTER, json_out):
-        return stages.train_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved),
-                                console.REPORTER)
+        existing = shared.run(run)
+        with parallel.group(existing.recipe(), nproc, backend, console.REPORTER, shared.json_out):
+            result = stages.train_existing(existing, shared.data(existing.recipe()), console.REPORTER, resume)
+    else:
+        nproc_set = [f"train.nproc={nproc}"] if nproc is not None else []
+        resolved = load_stage_recipe(recipe, [*(set_ or []), *nproc_set], model, device, strict_device)
+        with parallel.group(resolved, None, backend, console.REPORTER, shared.json_out):
+            result = stages.train_new(resolved, shared.data(resolved), shared.runs(resolved), console.REPORTER)
+    return result.path, {"run_id": result.id, "metrics": result.metrics}
 
 
 def _print_models(json_out: bool) -> None:
