@@ -21,6 +21,7 @@ from quant_cli import stages
 from quant_cli.cli import app
 from quant_cli.errors import QFactoryError, RecipeError
 from quant_cli.io import read_json
+from quant_cli.models.registry import torch_models
 from quant_cli.models.torch import launch
 from quant_cli.models.torch.topology import (
     check_nproc,
@@ -133,10 +134,10 @@ def test_a_rank_that_dies_fails_the_command_in_one_line_without_hanging(recipe, 
 
 def test_nproc_with_a_model_that_is_not_torch_is_one_line(runner, recipe):
     result = runner.invoke(app, ["train", "--recipe", str(recipe), "--nproc", "2", "--set", 'model.name="lightgbm"',
-                                 "--set", "model.params={}"])
+                                 "--set", "model.params={}", "--set", 'model.symbol_encoding="none"'])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        ("error: train.nproc 2 trains torch models in parallel (mlp, lstm, gru, tcn, transformer); "
+        (f"error: train.nproc 2 trains torch models in parallel ({', '.join(torch_models())}); "
          "model 'lightgbm' is not one — drop --nproc or set train.nproc = 1")]
 
 
@@ -226,8 +227,9 @@ def test_torchrun_ranks_train_one_model_and_only_rank_0_writes_the_run(recipe, t
     subprocess.run([*cli, "ingest", "--recipe", str(recipe), "-q"], check=True, env=env, timeout=120)
     script = tmp_path / "qfactory_cli.py"
     script.write_text("from quant_cli.cli import app\napp()\n")
+    port = str(launch._free_port())
     done = subprocess.run([str(TORCHRUN), "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                           "--master-port", str(launch._free_port()), str(script), "train", "--recipe", str(recipe), "-q"],
+                           "--master-port", port, str(script), "train", "--recipe", str(recipe), "-q"],
                           capture_output=True, text=True, env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     run = Path(done.stdout.strip())  # one path: rank 1 printed nothing

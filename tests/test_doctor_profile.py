@@ -9,6 +9,7 @@ import pytest
 
 from quant_cli.cli import app
 from quant_cli.models import device as device_mod
+from quant_cli.models.registry import torch_models
 
 CUDA_MISSING = ("train.device 'cuda' was requested but CUDA is not available (no GPU, or torch was built without "
                 "CUDA); use --device cpu or drop --strict-device")
@@ -75,7 +76,7 @@ def test_profile_table(runner):
 
 @pytest.mark.parametrize(("args", "line"), [
     (["--model", "lightgbm"],
-     "qfactory profile measures torch models (mlp, lstm, gru, tcn, transformer); 'lightgbm' is not one"),
+     f"qfactory profile measures torch models ({', '.join(torch_models())}); 'lightgbm' is not one"),
     (["--model", "lstm", "-L", "8,x"], "--seq-len 'x' is not a positive integer; pass e.g. --seq-len 32,64,128"),
     (["--model", "lstm", "--set", "train.epochs=3"],
      "--set 'train.epochs=3': profile takes only model.params.KEY=VALUE, e.g. --set model.params.hidden=128"),

@@ -19,12 +19,10 @@ from quant_cli.recipe import Recipe
 from quant_cli.report import Reporter
 
 
-def _torch_model(name: str) -> bool:
-    from quant_cli.models.registry import MODELS
-    from quant_cli.models.torchmodel import TorchModel
+def _torch_names() -> list[str]:
+    from quant_cli.models.registry import torch_models
 
-    cls = MODELS.get(name)
-    return cls is not None and issubclass(cls, TorchModel)
+    return list(torch_models())
 
 
 def _cuda_count() -> int:
@@ -45,8 +43,8 @@ def group(recipe: Recipe, nproc: int | None, backend: str, reporter: Reporter,
         yield
         return
     name = recipe["model"]["name"]
-    if not _torch_model(name):
-        raise RecipeError(f"train.nproc {nproc} trains torch models in parallel (mlp, lstm, gru, tcn, transformer); "
+    if name not in (torch_names := _torch_names()):
+        raise RecipeError(f"train.nproc {nproc} trains torch models in parallel ({', '.join(torch_names)}); "
                           f"model {name!r} is not one — drop --nproc or set train.nproc = 1")
     device = resolve_device(recipe["train"]["device"], recipe["train"]["strict_device"], reporter)
     check_nproc(nproc, device, _cuda_count() if device.startswith("cuda") else 0)

@@ -19,7 +19,7 @@ from typing import Any
 
 from quant_cli.errors import ModelError
 from quant_cli.models.encoding import SymbolEncoder
-from quant_cli.models.registry import create_model
+from quant_cli.models.registry import create_model, torch_models
 from quant_cli.models.torchmodel import TorchModel
 
 
@@ -37,7 +37,7 @@ class StepCost:
 def _network(name: str, params: dict[str, Any], seq_len: int, n_features: int):
     model = create_model(name, "regression", {**params, **({"seq_len": seq_len} if _is_sequence(name) else {})}, 0, 0)
     if not isinstance(model, TorchModel):
-        raise ModelError("qfactory profile measures torch models (mlp, lstm, gru, tcn, transformer); "
+        raise ModelError(f"qfactory profile measures torch models ({', '.join(torch_models())}); "
                          f"{name!r} is not one")
     model.encoder_ = SymbolEncoder("none").fit(None)
     return model._build(model._net_config(n_features))
