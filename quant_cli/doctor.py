@@ -62,11 +62,14 @@ def home(path: Path) -> dict[str, Any]:
 
 
 def kernel_cache() -> dict[str, Any]:
-    """numba's on-disk cache of compiled kernels (NUMBA_CACHE_DIR, else __pycache__ beside each module)."""
+    """numba's on-disk cache of the compiled feature kernels (quant_cli/features/_compiled.py, cache=True):
+    NUMBA_CACHE_DIR when set, else the __pycache__ beside that file; how many kernels it holds."""
     configured = os.environ.get("NUMBA_CACHE_DIR")
-    return {"numba": _version("numba"),
-            "cache_dir": configured or "__pycache__ beside each module (NUMBA_CACHE_DIR unset)",
-            "writable": os.access(configured, os.W_OK) if configured and Path(configured).exists() else None}
+    folder = Path(configured) if configured else Path(__file__).resolve().parent / "features" / "__pycache__"
+    probe = folder if folder.exists() else folder.parent
+    cached = len(list(folder.rglob("*.nbi"))) if folder.is_dir() else 0  # numba's index file per kernel
+    return {"numba": _version("numba"), "cache_dir": str(folder), "from_env": bool(configured),
+            "writable": os.access(probe, os.W_OK), "kernels": cached}
 
 
 def ray_status() -> dict[str, Any]:
@@ -142,7 +145,9 @@ def lines(report: dict[str, Any]) -> list[str]:
         out.append(f"{label} home: {h['path']} ({state}, {'writable' if h['writable'] else 'NOT writable'}, "
                    f"{h['free_gb']} GiB free)")
     k = report["kernels"]
-    out.append(f"compiled kernels: numba {k['numba'] or 'not installed'}, cache {k['cache_dir']}")
+    where = "NUMBA_CACHE_DIR" if k["from_env"] else "beside the kernels"
+    out.append(f"compiled kernels: numba {k['numba'] or 'not installed'}, cache {k['cache_dir']} ({where}; "
+               f"{k['kernels']} cached, {'writable' if k['writable'] else 'NOT writable: kernels recompile each run'})")
     out.append(f"chromium: {report['chromium'] or 'not found (report screenshots and browser checks unavailable)'}")
     r = report["ray"]
     train = f", Ray Train {'installed' if r['train'] else 'not installed'}" if r["version"] else ""
