@@ -83,7 +83,7 @@ def refit(recipe: Recipe, fit_on: Prepared, fit_bars: Callable[[], pl.DataFrame]
           score_bars: Callable[[], pl.DataFrame], reporter: Reporter = SILENT) -> Refit:
     """Fit the recipe's model on `fit_on` (as the train stage does), then score the val and test rows
     of `score_on` (the original rows, through the refit's own pipeline)."""
-    model, _, _ = fit_model(recipe, fit_on, None, reporter, bars=fit_bars)
+    model, _, _ = fit_model(recipe, fit_on, None, SILENT, bars=fit_bars)  # the refits' epochs are not news
     scoring = replace(score_on, pipeline=fit_on.pipeline)
     inputs = fitting.segment_inputs(model, scoring, ("val", "test"), channels_of(model, recipe, score_bars))
     return Refit(model, fitting.predict_segments(model, inputs))

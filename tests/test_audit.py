@@ -1,0 +1,116 @@
+"""`qfactory audit` (issue 23 §3): clean runs of a tabular and a sequence model pass every
+look-ahead check; a run whose scaler saw the test rows and a run with a feature that reads the
+next bar fail with exit 3 and one line naming the first failing check; the run is never changed
+except for audit/. Tiny panels and --permutations 3 keep it fast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from serving import store, train
+from typer.testing import CliRunner
+
+from quant_cli.audit.luck import shuffled_labels
+from quant_cli.cli import app
+from quant_cli.dataset import table
+from quant_cli.features import REGISTRY
+from quant_cli.io import read_json
+
+
+def audit(trained, *extra: str) -> tuple[int, dict, str]:
+    """(exit code, the --json payload, stderr) of `qfactory audit --run RUN --permutations 3 --json`."""
+    result = CliRunner().invoke(app, ["audit", "--run", str(trained.run.path), "--permutations", "3", "--json", "--quiet",
+                                      "--data-dir", str(trained.data_dir), "--runs-dir", str(trained.runs_dir), *extra])
+    return result.exit_code, json.loads(result.stdout), result.stderr
+
+
+def run_files(run_path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_path)): p.read_bytes() for p in sorted(run_path.rglob("*"))
+            if p.is_file() and p.relative_to(run_path).parts[0] != "audit"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return store(tmp_path_factory.mktemp("audit-data"))
+
+
+@pytest.mark.parametrize("model", ["lightgbm", "lstm"])
+def test_a_clean_run_passes_every_lookahead_check(model, data_dir, tmp_path):
+    trained = train(tmp_path, model, data_dir=data_dir)
+    before, data_before = run_files(trained.run.path), _tree(data_dir)
+    code, payload, _ = audit(trained)
+    report = payload["audit"]
+    assert code == 0, payload
+    assert report["verdict"] == "pass" and report["failure"] is None
+    assert report["checks"] == {"passed": 7, "failed": 0, "total": 7}  # 3 cutoffs, pipeline, inputs, val, test
+    assert all(c["rows"] > 0 for c in report["scoring"]["checks"])
+    assert report["training"]["deterministic"] and report["training"]["reproduction"]["reproduced"]
+    luck = report["luck"]
+    assert luck["permutations"] == 3 and luck["reduced"] and len(luck["null_ics"]) == 3
+    assert 0.25 <= luck["p_value"] <= 1.0 and luck["min_p_value"] == 0.25
+    assert not luck["deflated_sharpe"]["available"]  # no backtest yet: said, not invented
+    assert read_json(trained.run.path / "audit" / "audit.json") == json.loads(json.dumps(report))
+    assert run_files(trained.run.path) == before and _tree(data_dir) == data_before  # only audit/ was written
+
+
+def test_a_run_whose_scaler_saw_the_test_rows_fails(data_dir, tmp_path, monkeypatch):
+    with monkeypatch.context() as planted:  # the mutation: preprocessing fit on every row, test rows included
+        planted.setattr(table, "fit_pipeline", lambda pipeline, tab, rows: pipeline.fit(tab.scan_features()))
+        trained = train(tmp_path, "lightgbm", data_dir=data_dir)  # preprocess.scaler = "zscore" by default
+    code, payload, stderr = audit(trained)
+    assert code == 3
+    failure = payload["audit"]["failure"]
+    assert failure.startswith("look-ahead: training: fitted pipeline: changed when the bars after the end of validation "
+                              "were rewritten, first preprocessing state ")
+    assert stderr.splitlines()[0] == f"error: {failure}"
+    assert payload["exit_code"] == 3 and payload["audit"]["verdict"] == "fail"
+    assert all(c["passed"] for c in payload["audit"]["scoring"]["checks"])  # a fixed scaler scores causally
+
+
+@pytest.fixture
+def peeking_feature():
+    """A test-only feature that reads the next bar's close (shift(-1)): the leak the audit must catch."""
+    REGISTRY.register("peek_{w}", inputs=("close",), tags=("test",), description="next bar's return: a planted leak")(
+        lambda w: pl.col("close").shift(-w) / pl.col("close") - 1)
+    yield "peek_1"
+    del REGISTRY.families["peek_{w}"]
+
+
+def test_a_run_with_a_feature_that_reads_the_next_bar_fails(peeking_feature, data_dir, tmp_path):
+    trained = train(tmp_path, "lightgbm", (f'features.include=["ret_5", "{peeking_feature}"]', 'features.sets=[]'),
+                    data_dir=data_dir)
+    code, payload, stderr = audit(trained)
+    report = payload["audit"]
+    first = report["scoring"]["checks"][0]
+    assert code == 3 and not first["passed"]
+    assert report["failure"] == (f"look-ahead: {first['name']}: {first['differing']} of {first['rows']} score(s) at or before "
+                                 f"the cutoff changed when later bars were rewritten, first {first['first']['symbol']} at "
+                                 f"{first['first']['ts']}")
+    assert first["first"]["ts"] == first["cutoff"]  # the bar at the cutoff reads the first rewritten one
+    assert stderr.splitlines()[0] == f"error: {report['failure']}"
+    training = {c["name"]: c["passed"] for c in report["training"]["checks"]}
+    assert training["training: training inputs"] is False
+
+
+def test_bad_input_is_one_line_and_exit_2(data_dir, tmp_path):
+    result = CliRunner().invoke(app, ["audit", "--run", str(tmp_path / "nope"), "--data-dir", str(data_dir)])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    result = CliRunner().invoke(app, ["audit", "--run", "latest", "--permutations", "-1"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: Invalid value for '--permutations' / '-n'")
+
+
+def test_labels_are_shuffled_across_symbols_within_each_timestamp():
+    rows = pl.DataFrame({"symbol": ["a", "b", "c"] * 4, "ts": [t for t in range(4) for _ in range(3)],
+                         "label": [float(i) for i in range(12)], "excluded": [None] * 11 + ["purged"]})
+    out = shuffled_labels(rows, seed=0)
+    assert out.group_by("ts").agg(pl.col("label").sort()).sort("ts").equals(
+        rows.with_columns(pl.when(pl.col("excluded").is_null()).then("label").otherwise(11.0))
+        .group_by("ts").agg(pl.col("label").sort()).sort("ts"))  # each timestamp keeps its own labels
+    assert out["label"][-1] == 11.0 and not out["label"].equals(rows["label"])  # excluded rows stay put
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
