@@ -114,3 +114,19 @@ def test_labels_are_shuffled_across_symbols_within_each_timestamp():
 
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_report_gains_an_audit_section(data_dir, tmp_path):
+    trained = train(tmp_path, "lightgbm", data_dir=data_dir)
+    backtested = CliRunner().invoke(app, ["backtest", "--run", str(trained.run.path), "--quiet",
+                                          "--data-dir", str(data_dir), "--runs-dir", str(trained.runs_dir)])
+    assert backtested.exit_code == 0, backtested.output
+    page = trained.run.path / "backtest" / "report.html"
+    assert 'id="audit"' not in page.read_text()
+    code, payload, _ = audit(trained)
+    assert code == 0
+    dsr = payload["audit"]["luck"]["deflated_sharpe"]
+    assert dsr["available"] and dsr["n_trials"] == 1 and 0.0 <= dsr["deflated_sharpe"] <= 1.0
+    text = page.read_text()
+    assert '<h2 id="audit">Audit (pass)</h2>' in text and "fewer than the default 20" in text
+    assert "training: fitted pipeline</td><td>pass" in text
