@@ -45,7 +45,7 @@ def test_a_clean_run_passes_every_lookahead_check(model, data_dir, tmp_path):
     report = payload["audit"]
     assert code == 0, payload
     assert report["verdict"] == "pass" and report["failure"] is None
-    assert report["checks"] == {"passed": 7, "failed": 0, "total": 7}  # 3 cutoffs, pipeline, inputs, val, test
+    assert report["checks"] == {"passed": 8, "failed": 0, "total": 8}  # 3 cutoffs, 2 pipeline, inputs, val, test
     assert all(c["rows"] > 0 for c in report["scoring"]["checks"])
     assert report["training"]["deterministic"] and report["training"]["reproduction"]["reproduced"]
     luck = report["luck"]
@@ -56,17 +56,30 @@ def test_a_clean_run_passes_every_lookahead_check(model, data_dir, tmp_path):
     assert run_files(trained.run.path) == before and _tree(data_dir) == data_before  # only audit/ was written
 
 
-def test_a_run_whose_scaler_saw_the_test_rows_fails(data_dir, tmp_path, monkeypatch):
-    with monkeypatch.context() as planted:  # the mutation: preprocessing fit on every row, test rows included
-        planted.setattr(table, "fit_pipeline", lambda pipeline, tab, rows: pipeline.fit(tab.scan_features()))
+def _fit_on_every_row(pipeline, features, rows):
+    """The planted mutation: preprocessing fit on every row, validation and test rows included."""
+    return pipeline.fit(features.scan_features())
+
+
+@pytest.mark.parametrize(("still_in_code", "expected"), [
+    (False, "look-ahead: training: the run's pipeline: its preprocessing state {} is not a fit on its training rows alone"),
+    (True, "look-ahead: training: fitted pipeline: preprocessing state {} moved when the bars after the end of validation "
+           "were rewritten"),
+])
+def test_a_run_whose_scaler_saw_the_test_rows_fails(still_in_code, expected, data_dir, tmp_path, monkeypatch):
+    """The run was made by leaky code; the audit runs on honest code, or on the same leaky code."""
+    with monkeypatch.context() as planted:
+        planted.setattr(table, "fit_pipeline", _fit_on_every_row)
         trained = train(tmp_path, "lightgbm", data_dir=data_dir)  # preprocess.scaler = "zscore" by default
+    if still_in_code:
+        monkeypatch.setattr(table, "fit_pipeline", _fit_on_every_row)
     code, payload, stderr = audit(trained)
-    assert code == 3
+    assert code == 3 and payload["exit_code"] == 3 and payload["audit"]["verdict"] == "fail"
     failure = payload["audit"]["failure"]
-    assert failure.startswith("look-ahead: training: fitted pipeline: changed when the bars after the end of validation "
-                              "were rewritten, first preprocessing state ")
+    state = failure.split("preprocessing state ")[1].split(" ")[0]
+    assert failure == expected.format(state) and state.split(".")[0] in trained.run.path.joinpath(
+        "split", "scaler.json").read_text()
     assert stderr.splitlines()[0] == f"error: {failure}"
-    assert payload["exit_code"] == 3 and payload["audit"]["verdict"] == "fail"
     assert all(c["passed"] for c in payload["audit"]["scoring"]["checks"])  # a fixed scaler scores causally
 
 

@@ -125,6 +125,8 @@ def failure_line(check: dict[str, Any]) -> str:
     if check["name"].startswith("scoring"):
         return (f"look-ahead: {check['name']}: {check['differing']} of {check['rows']} score(s) at or before the cutoff "
                 f"changed when later bars were rewritten, first {where}")
+    if "pipeline" in check["name"]:
+        return f"look-ahead: {check['name']}: {where}"
     return f"look-ahead: {check['name']}: changed when the bars after the end of validation were rewritten, first {where}"
 
 

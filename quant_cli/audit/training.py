@@ -8,7 +8,9 @@ cached feature version. The horizon is the later of the last bar before the test
 last label end (t1) of a kept training or validation row: an honest fit reads nothing after it.
 
 Checks, in order (each names the first value that moved):
-- fitted pipeline: the preprocessing state fit on the rewritten data equals the run's split/pipeline.json;
+- fitted pipeline: the preprocessing state fit on the rewritten data equals the control's;
+- the run's pipeline: the run's split/pipeline.json state equals the control's (a fit on its training
+  rows alone: a scaler that saw validation or test rows fails here even when today's code is honest);
 - training inputs: every feature row up to the horizon (sequence windows read purged rows too) and the
   labels and weights of the kept training and validation rows are unchanged;
 - validation scores / test scores on the ORIGINAL bars: the refit on rewritten data scores like the
@@ -32,7 +34,8 @@ import polars as pl
 from quant_cli.audit.compare import compare_nested, compare_scores, differs, max_difference
 from quant_cli.audit.rewrite import rewrite_after
 from quant_cli.data import store
-from quant_cli.dataset.table import KEYS, Prepared, fit_pipeline, load_bars, prepare
+from quant_cli.dataset import table as dataset_table
+from quant_cli.dataset.table import KEYS, Prepared, load_bars
 from quant_cli.features.bars import bar_channels
 from quant_cli.models.base import Model
 from quant_cli.recipe import Recipe
@@ -97,16 +100,23 @@ def rewritten_split(recipe: Recipe, snapshot: store.Snapshot, original: Prepared
     store.write_store(home, snapshot.dataset, bars, "qfactory audit: bars rewritten after the end of validation",
                       snapshot.manifest.get("frequency"))
     private = store.pin(home, snapshot.dataset)
-    prepared = prepare(recipe, private, plan=original.plan)
+    prepared = dataset_table.prepare(recipe, private, plan=original.plan)
     return prepared, adjusted_bars(recipe, private, prepared)
 
 
-def pipeline_check(stored: Prepared, rewritten: Prepared) -> dict[str, Any]:
-    where = compare_nested(stored.pipeline.state, rewritten.pipeline.state)
-    out = {"name": "training: fitted pipeline", "passed": where is None}
-    if where is not None:
-        out["first"] = f"preprocessing state {where}"
-    return out
+def pipeline_checks(stored: Prepared, control: Prepared, rewritten: Prepared) -> list[dict[str, Any]]:
+    """The refit's preprocessing state must not move with the future, and the run's stored state must
+    be what a fit on its training rows gives (a scaler that saw other rows fails the second)."""
+    moved = compare_nested(control.pipeline.state, rewritten.pipeline.state)
+    stored_differs = compare_nested(control.pipeline.state, stored.pipeline.state)
+    return [
+        {"name": "training: fitted pipeline", "passed": moved is None,
+         **({"first": f"preprocessing state {moved} moved when the bars after the end of validation were rewritten"}
+            if moved is not None else {})},
+        {"name": "training: the run's pipeline", "passed": stored_differs is None,
+         **({"first": f"its preprocessing state {stored_differs} is not a fit on its training rows alone"}
+            if stored_differs is not None else {})},
+    ]
 
 
 def inputs_check(original: Prepared, rewritten: Prepared, cutoff: dt.datetime) -> dict[str, Any]:
@@ -155,7 +165,7 @@ def training_checks(recipe: Recipe, snapshot: store.Snapshot, original: Prepared
     """The training checks (module docstring) and the control refit."""
     cutoff = horizon(original)
     bars = adjusted_bars(recipe, snapshot, original)
-    control_pipeline = fit_pipeline(original.pipeline.unfitted(), original.table, original.rows)
+    control_pipeline = dataset_table.fit_pipeline(original.pipeline.unfitted(), original.table, original.rows)
     control_split = replace(original, pipeline=control_pipeline)
     with reporter.working("audit: refitting the run on its own bars (the control)"):
         control = refit(recipe, control_split, bars, original, bars, reporter)
@@ -164,7 +174,7 @@ def training_checks(recipe: Recipe, snapshot: store.Snapshot, original: Prepared
         with reporter.working(f"audit: refitting on bars rewritten after {cutoff.isoformat()}"):
             rewritten, rewritten_bars = rewritten_split(recipe, snapshot, original, cutoff, seed, Path(home), reporter)
             refitted = refit(recipe, rewritten, rewritten_bars, original, bars, reporter)
-        checks = [pipeline_check(original, rewritten), inputs_check(original, rewritten, cutoff),
+        checks = [*pipeline_checks(original, control_split, rewritten), inputs_check(original, rewritten, cutoff),
                   *score_checks(control, refitted, deterministic)]
     block = {"horizon": cutoff.isoformat(), "deterministic": deterministic, "device": control.model.fit_info().get("device", "cpu"),
              "model": control.model.name, "reproduction": reproduction(run_scores, control), "checks": checks}
