@@ -22,14 +22,32 @@ from quant_cli.io import read_json
 
 def audit(trained, *extra: str) -> tuple[int, dict, str]:
     """(exit code, the --json payload, stderr) of `qfactory audit --run RUN --permutations 3 --json`."""
-    result = CliRunner().invoke(app, ["audit", "--run", str(trained.run.path), "--permutations", "3", "--json", "--quiet",
-                                      "--data-dir", str(trained.data_dir), "--runs-dir", str(trained.runs_dir), *extra])
+    result = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            "--run",
+            str(trained.run.path),
+            "--permutations",
+            "3",
+            "--json",
+            "--quiet",
+            "--data-dir",
+            str(trained.data_dir),
+            "--runs-dir",
+            str(trained.runs_dir),
+            *extra,
+        ],
+    )
     return result.exit_code, json.loads(result.stdout), result.stderr
 
 
 def run_files(run_path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run_path)): p.read_bytes() for p in sorted(run_path.rglob("*"))
-            if p.is_file() and p.relative_to(run_path).parts[0] != "audit"}
+    return {
+        str(p.relative_to(run_path)): p.read_bytes()
+        for p in sorted(run_path.rglob("*"))
+        if p.is_file() and p.relative_to(run_path).parts[0] != "audit"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +79,21 @@ def _fit_on_every_row(pipeline, features, rows):
     return pipeline.fit(features.scan_features())
 
 
-@pytest.mark.parametrize(("still_in_code", "expected"), [
-    (False, "look-ahead: training: the run's pipeline: its preprocessing state {} is not a fit on its training rows alone"),
-    (True, "look-ahead: training: fitted pipeline: preprocessing state {} moved when the bars after the end of validation "
-           "were rewritten"),
-])
+@pytest.mark.parametrize(
+    ("still_in_code", "expected"),
+    [
+        (
+            False,
+            "look-ahead: training: the run's pipeline: its preprocessing state {} is not a fit on its "
+            "training rows alone",
+        ),
+        (
+            True,
+            "look-ahead: training: fitted pipeline: preprocessing state {} moved when the bars after the end "
+            "of validation were rewritten",
+        ),
+    ],
+)
 def test_a_run_whose_scaler_saw_the_test_rows_fails(still_in_code, expected, data_dir, tmp_path, monkeypatch):
     """The run was made by leaky code; the audit runs on honest code, or on the same leaky code."""
     with monkeypatch.context() as planted:
@@ -77,8 +105,10 @@ def test_a_run_whose_scaler_saw_the_test_rows_fails(still_in_code, expected, dat
     assert code == 3 and payload["exit_code"] == 3 and payload["audit"]["verdict"] == "fail"
     failure = payload["audit"]["failure"]
     state = failure.split("preprocessing state ")[1].split(" ")[0]
-    assert failure == expected.format(state) and state.split(".")[0] in trained.run.path.joinpath(
-        "split", "scaler.json").read_text()
+    assert (
+        failure == expected.format(state)
+        and state.split(".")[0] in trained.run.path.joinpath("split", "scaler.json").read_text()
+    )
     assert stderr.splitlines()[0] == f"error: {failure}"
     assert all(c["passed"] for c in payload["audit"]["scoring"]["checks"])  # a fixed scaler scores causally
 
@@ -87,21 +117,28 @@ def test_a_run_whose_scaler_saw_the_test_rows_fails(still_in_code, expected, dat
 def peeking_feature():
     """A test-only feature that reads the next bar's close (shift(-1)): the leak the audit must catch."""
     REGISTRY.register("peek_{w}", inputs=("close",), tags=("test",), description="next bar's return: a planted leak")(
-        lambda w: pl.col("close").shift(-w) / pl.col("close") - 1)
+        lambda w: pl.col("close").shift(-w) / pl.col("close") - 1
+    )
     yield "peek_1"
     del REGISTRY.families["peek_{w}"]
 
 
 def test_a_run_with_a_feature_that_reads_the_next_bar_fails(peeking_feature, data_dir, tmp_path):
-    trained = train(tmp_path, "lightgbm", (f'features.include=["ret_5", "{peeking_feature}"]', 'features.sets=[]'),
-                    data_dir=data_dir)
+    trained = train(
+        tmp_path,
+        "lightgbm",
+        (f'features.include=["ret_5", "{peeking_feature}"]', "features.sets=[]"),
+        data_dir=data_dir,
+    )
     code, payload, stderr = audit(trained)
     report = payload["audit"]
     first = report["scoring"]["checks"][0]
     assert code == 3 and not first["passed"]
-    assert report["failure"] == (f"look-ahead: {first['name']}: {first['differing']} of {first['rows']} score(s) at or before "
-                                 f"the cutoff changed when later bars were rewritten, first {first['first']['symbol']} at "
-                                 f"{first['first']['ts']}")
+    assert report["failure"] == (
+        f"look-ahead: {first['name']}: {first['differing']} of {first['rows']} score(s) at or before "
+        f"the cutoff changed when later bars were rewritten, first {first['first']['symbol']} at "
+        f"{first['first']['ts']}"
+    )
     assert first["first"]["ts"] == first["cutoff"]  # the bar at the cutoff reads the first rewritten one
     assert stderr.splitlines()[0] == f"error: {report['failure']}"
     training = {c["name"]: c["passed"] for c in report["training"]["checks"]}
@@ -116,12 +153,26 @@ def test_bad_input_is_one_line_and_exit_2(data_dir, tmp_path):
 
 
 def test_labels_are_shuffled_across_symbols_within_each_timestamp():
-    rows = pl.DataFrame({"symbol": ["a", "b", "c"] * 4, "ts": [t for t in range(4) for _ in range(3)],
-                         "label": [float(i) for i in range(12)], "excluded": [None] * 11 + ["purged"]})
+    rows = pl.DataFrame(
+        {
+            "symbol": ["a", "b", "c"] * 4,
+            "ts": [t for t in range(4) for _ in range(3)],
+            "label": [float(i) for i in range(12)],
+            "excluded": [None] * 11 + ["purged"],
+        }
+    )
     out = shuffled_labels(rows, seed=0)
-    assert out.group_by("ts").agg(pl.col("label").sort()).sort("ts").equals(
-        rows.with_columns(pl.when(pl.col("excluded").is_null()).then("label").otherwise(11.0))
-        .group_by("ts").agg(pl.col("label").sort()).sort("ts"))  # each timestamp keeps its own labels
+    assert (
+        out.group_by("ts")
+        .agg(pl.col("label").sort())
+        .sort("ts")
+        .equals(
+            rows.with_columns(pl.when(pl.col("excluded").is_null()).then("label").otherwise(11.0))
+            .group_by("ts")
+            .agg(pl.col("label").sort())
+            .sort("ts")
+        )
+    )  # each timestamp keeps its own labels
     assert out["label"][-1] == 11.0 and not out["label"].equals(rows["label"])  # excluded rows stay put
 
 
@@ -131,8 +182,19 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def test_the_report_gains_an_audit_section(data_dir, tmp_path):
     trained = train(tmp_path, "lightgbm", data_dir=data_dir)
-    backtested = CliRunner().invoke(app, ["backtest", "--run", str(trained.run.path), "--quiet",
-                                          "--data-dir", str(data_dir), "--runs-dir", str(trained.runs_dir)])
+    backtested = CliRunner().invoke(
+        app,
+        [
+            "backtest",
+            "--run",
+            str(trained.run.path),
+            "--quiet",
+            "--data-dir",
+            str(data_dir),
+            "--runs-dir",
+            str(trained.runs_dir),
+        ],
+    )
     assert backtested.exit_code == 0, backtested.output
     page = trained.run.path / "backtest" / "report.html"
     assert 'id="audit"' not in page.read_text()

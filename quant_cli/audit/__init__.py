@@ -63,8 +63,9 @@ class AuditResult:
         return self.run.path / FOLDER / FILE
 
 
-def audit_run(run: Run, data_dir: Path, runs_dir: Path, permutations: int = luck.DEFAULT_PERMUTATIONS,
-              reporter: Reporter = SILENT) -> AuditResult:
+def audit_run(
+    run: Run, data_dir: Path, runs_dir: Path, permutations: int = luck.DEFAULT_PERMUTATIONS, reporter: Reporter = SILENT
+) -> AuditResult:
     """Audit a trained run (module docstring); writes `<run>/audit/audit.json` and refreshes report.html."""
     if permutations < 0:
         raise RecipeError(f"--permutations must be 0 or more (0 skips the permutation test), got {permutations}")
@@ -81,11 +82,15 @@ def audit_run(run: Run, data_dir: Path, runs_dir: Path, permutations: int = luck
         _, scoring_checks = scoring.scoring_checks(loaded, _scoring_bars(recipe, snapshot), cutoffs, seed, reporter)
     trained, _ = training.training_checks(recipe, snapshot, original, predictions, seed, reporter)
     observed = _observed_ic(run)
-    luck_block = (luck.permutation_test(recipe, snapshot, original, observed, permutations, seed, reporter) if permutations
-                  else {"permutations": 0, "skipped": "--permutations 0"})
+    luck_block = (
+        luck.permutation_test(recipe, snapshot, original, observed, permutations, seed, reporter)
+        if permutations
+        else {"permutations": 0, "skipped": "--permutations 0"}
+    )
     manifest = run.manifest()
-    luck_block["deflated_sharpe"] = luck.deflated_sharpe(str(manifest.get("run_id", run.id)),
-                                                         str((manifest.get("dataset") or {}).get("name")), runs_dir)
+    luck_block["deflated_sharpe"] = luck.deflated_sharpe(
+        str(manifest.get("run_id", run.id)), str((manifest.get("dataset") or {}).get("name")), runs_dir
+    )
     report = _report(run, scoring_checks, trained, luck_block)
     write_json_atomic(run.path / FOLDER / FILE, report)
     render_run_reports(run.path)  # the run's report.html (if it has one) gains the audit section
@@ -96,7 +101,11 @@ def audit_run(run: Run, data_dir: Path, runs_dir: Path, permutations: int = luck
 def _scoring_bars(recipe: Any, snapshot: store.Snapshot) -> pl.DataFrame:
     """The run's raw bars up to data.end, with the benchmark's (the rows it scored, and their history)."""
     bars = training.store_bars(recipe, snapshot)
-    return bars.filter(pl.col("ts") <= store.parse_time(recipe["data"]["end"], "data.end")) if recipe["data"]["end"] else bars
+    return (
+        bars.filter(pl.col("ts") <= store.parse_time(recipe["data"]["end"], "data.end"))
+        if recipe["data"]["end"]
+        else bars
+    )
 
 
 def _observed_ic(run: Run) -> float:
@@ -105,16 +114,21 @@ def _observed_ic(run: Run) -> float:
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
-def _report(run: Run, scoring_checks: list[dict[str, Any]], trained: dict[str, Any], luck_block: dict[str, Any]) -> dict[str, Any]:
+def _report(
+    run: Run, scoring_checks: list[dict[str, Any]], trained: dict[str, Any], luck_block: dict[str, Any]
+) -> dict[str, Any]:
     deciding = [*scoring_checks, *(c for c in trained["checks"] if c.get("decides", True))]
     failed = [c for c in deciding if not c["passed"]]
     return {
-        "run_id": run.id, "qfactory_version": __version__,
+        "run_id": run.id,
+        "qfactory_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "verdict": "fail" if failed else "pass", "failure": failure_line(failed[0]) if failed else None,
+        "verdict": "fail" if failed else "pass",
+        "failure": failure_line(failed[0]) if failed else None,
         "checks": {"passed": len(deciding) - len(failed), "failed": len(failed), "total": len(deciding)},
         "scoring": {"cutoffs": [c["cutoff"] for c in scoring_checks], "checks": scoring_checks},
-        "training": trained, "luck": luck_block,
+        "training": trained,
+        "luck": luck_block,
     }
 
 
@@ -123,11 +137,15 @@ def failure_line(check: dict[str, Any]) -> str:
     first = check.get("first")
     where = (f"{first['symbol']} at {first['ts']}" if isinstance(first, dict) else first) or "?"
     if check["name"].startswith("scoring"):
-        return (f"look-ahead: {check['name']}: {check['differing']} of {check['rows']} score(s) at or before the cutoff "
-                f"changed when later bars were rewritten, first {where}")
+        return (
+            f"look-ahead: {check['name']}: {check['differing']} of {check['rows']} score(s) at or before the cutoff "
+            f"changed when later bars were rewritten, first {where}"
+        )
     if "pipeline" in check["name"]:
         return f"look-ahead: {check['name']}: {where}"
-    return f"look-ahead: {check['name']}: changed when the bars after the end of validation were rewritten, first {where}"
+    return (
+        f"look-ahead: {check['name']}: changed when the bars after the end of validation were rewritten, first {where}"
+    )
 
 
 def _tell(report: dict[str, Any], reporter: Reporter) -> None:
@@ -135,16 +153,23 @@ def _tell(report: dict[str, Any], reporter: Reporter) -> None:
     reporter.info(f"audit: look-ahead {counts['passed']}/{counts['total']} check(s) passed")
     repro = report["training"]["reproduction"]
     if not repro["reproduced"]:
-        reporter.notice(f"audit: refitting the run did not reproduce its predictions ({repro['differing']} of {repro['rows']} "
-                        f"scores differ, max {repro['max_abs_difference']:.3g}); the look-ahead checks compare refits with each other")
+        reporter.notice(
+            f"audit: refitting the run did not reproduce its predictions ({repro['differing']} of {repro['rows']} "
+            f"scores differ, max {repro['max_abs_difference']:.3g}); "
+            "the look-ahead checks compare refits with each other"
+        )
     if not report["training"]["deterministic"]:
-        reporter.notice(f"audit: the fit ran on {report['training']['device']}, which is not bit-reproducible; its score "
-                        "checks are reported, not decisive")
+        reporter.notice(
+            f"audit: the fit ran on {report['training']['device']}, which is not bit-reproducible; its score "
+            "checks are reported, not decisive"
+        )
     block = report["luck"]
     if block.get("permutations"):
         reduced = f" (fewer than the default {block['default_permutations']})" if block["reduced"] else ""
-        reporter.info(f"audit: permutation test over {block['permutations']} refit(s){reduced}: test IC "
-                      f"{block['observed_test_ic']:.4f} vs null {block['null_mean']:.4f}, p = {block['p_value']:.3f}")
+        reporter.info(
+            f"audit: permutation test over {block['permutations']} refit(s){reduced}: test IC "
+            f"{block['observed_test_ic']:.4f} vs null {block['null_mean']:.4f}, p = {block['p_value']:.3f}"
+        )
     dsr = block["deflated_sharpe"]
     if dsr["available"]:
         reporter.info(f"audit: deflated Sharpe {dsr['deflated_sharpe']:.3f} over {dsr['n_trials']} trial(s)")

@@ -36,17 +36,28 @@ def max_difference(a: np.ndarray, b: np.ndarray) -> float:
 def compare_scores(expected: pl.DataFrame, got: pl.DataFrame, value: str = "score") -> dict[str, Any]:
     """Two score frames (symbol, ts, `value`) over the same rows: rows missing on either side and
     values that differ; `first` names the earliest offending row."""
-    joined = expected.select(*KEYS, pl.col(value).alias("_a")).join(
-        got.select(*KEYS, pl.col(value).alias("_b")), on=KEYS, how="full", coalesce=True).sort("ts", "symbol")
+    joined = (
+        expected.select(*KEYS, pl.col(value).alias("_a"))
+        .join(got.select(*KEYS, pl.col(value).alias("_b")), on=KEYS, how="full", coalesce=True)
+        .sort("ts", "symbol")
+    )
     a, b = joined["_a"].to_numpy(), joined["_b"].to_numpy()
     missing = joined["_a"].is_null().to_numpy() | joined["_b"].is_null().to_numpy()
     bad = missing | differs(np.where(missing, 0.0, a), np.where(missing, 0.0, b))
-    out: dict[str, Any] = {"rows": joined.height, "differing": int(bad.sum()), "max_abs_difference": max_difference(a, b)}
+    out: dict[str, Any] = {
+        "rows": joined.height,
+        "differing": int(bad.sum()),
+        "max_abs_difference": max_difference(a, b),
+    }
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         row = joined.row(i, named=True)
-        out["first"] = {"symbol": str(row["symbol"]), "ts": row["ts"].isoformat(), "expected": _number(row["_a"]),
-                        "got": _number(row["_b"])}
+        out["first"] = {
+            "symbol": str(row["symbol"]),
+            "ts": row["ts"].isoformat(),
+            "expected": _number(row["_a"]),
+            "got": _number(row["_b"]),
+        }
     return out
 
 
@@ -68,7 +79,11 @@ def compare_nested(expected: Any, got: Any, path: str = "") -> str | None:
         return None
     if _is_number(expected) and _is_number(got):
         x, y = float(expected), float(got)
-        return None if (math.isnan(x) and math.isnan(y)) or not differs(np.array([x]), np.array([y]))[0] else path.lstrip(".")
+        return (
+            None
+            if (math.isnan(x) and math.isnan(y)) or not differs(np.array([x]), np.array([y]))[0]
+            else path.lstrip(".")
+        )
     return None if expected == got else path.lstrip(".")
 
 

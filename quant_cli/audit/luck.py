@@ -35,7 +35,7 @@ SIGNIFICANCE = 0.05
 
 def shuffled_labels(rows: pl.DataFrame, seed: int) -> pl.DataFrame:
     """`rows` with the labels of kept, labelled rows permuted among the symbols of each timestamp."""
-    eligible = (pl.col(EXCLUDED).is_null() & pl.col("label").is_not_null())
+    eligible = pl.col(EXCLUDED).is_null() & pl.col("label").is_not_null()
     indexed = rows.with_row_index("_row")
     part = indexed.filter(eligible).sort("ts", "symbol")
     rng = np.random.default_rng(seed)
@@ -50,21 +50,41 @@ def held_out_ic(scores: pl.DataFrame) -> float:
     return math.nan if ic is None else float(ic)
 
 
-def permutation_test(recipe: Recipe, snapshot: store.Snapshot, original: Prepared, observed_ic: float, permutations: int,
-                     seed: int, reporter: Reporter = SILENT) -> dict[str, Any]:
+def permutation_test(
+    recipe: Recipe,
+    snapshot: store.Snapshot,
+    original: Prepared,
+    observed_ic: float,
+    permutations: int,
+    seed: int,
+    reporter: Reporter = SILENT,
+) -> dict[str, Any]:
     bars = adjusted_bars(recipe, snapshot, original)
     null: list[float] = []
-    for i in reporter.track(range(permutations), "audit: permutation test (refits on shuffled labels)", total=permutations):
+    for i in reporter.track(
+        range(permutations), "audit: permutation test (refits on shuffled labels)", total=permutations
+    ):
         shuffled = replace(original, rows=shuffled_labels(original.rows, seed + 1 + i))
         null.append(held_out_ic(refit(recipe, shuffled, bars, original, bars, reporter).scores))
     finite = [x for x in null if math.isfinite(x)]
-    p_value = (1 + sum(x >= observed_ic for x in finite)) / (1 + len(finite)) if finite and math.isfinite(observed_ic) else math.nan
-    return {"permutations": permutations, "default_permutations": DEFAULT_PERMUTATIONS,
-            "reduced": permutations < DEFAULT_PERMUTATIONS, "observed_test_ic": observed_ic, "null_ics": null,
-            "null_mean": float(np.mean(finite)) if finite else math.nan,
-            "null_std": float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan,
-            "p_value": p_value, "significant": bool(math.isfinite(p_value) and p_value <= SIGNIFICANCE),
-            "significance": SIGNIFICANCE, "min_p_value": 1 / (1 + permutations)}
+    p_value = (
+        (1 + sum(x >= observed_ic for x in finite)) / (1 + len(finite))
+        if finite and math.isfinite(observed_ic)
+        else math.nan
+    )
+    return {
+        "permutations": permutations,
+        "default_permutations": DEFAULT_PERMUTATIONS,
+        "reduced": permutations < DEFAULT_PERMUTATIONS,
+        "observed_test_ic": observed_ic,
+        "null_ics": null,
+        "null_mean": float(np.mean(finite)) if finite else math.nan,
+        "null_std": float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan,
+        "p_value": p_value,
+        "significant": bool(math.isfinite(p_value) and p_value <= SIGNIFICANCE),
+        "significance": SIGNIFICANCE,
+        "min_p_value": 1 / (1 + permutations),
+    }
 
 
 def deflated_sharpe(run_id: str, dataset: str, runs_dir: Path) -> dict[str, Any]:
@@ -72,7 +92,15 @@ def deflated_sharpe(run_id: str, dataset: str, runs_dir: Path) -> dict[str, Any]
     trials = ledger(runs_dir, dataset)
     mine = next((t for t in trials if t.run_id == run_id and t.kind == "backtest"), None)
     if mine is None:
-        return {"available": False, "why": f"the run has no test-segment backtest; run `qfactory backtest --run {run_id}`"}
+        return {
+            "available": False,
+            "why": f"the run has no test-segment backtest; run `qfactory backtest --run {run_id}`",
+        }
     now = deflated_now(trials)[(mine.run_id, mine.kind)]
-    return {"available": True, "sharpe": mine.sharpe, "deflated_sharpe": now["deflated_sharpe"], "n_trials": now["n_trials"],
-            "deflated_sharpe_at_creation": deflated(mine, trials)["deflated_sharpe"]}
+    return {
+        "available": True,
+        "sharpe": mine.sharpe,
+        "deflated_sharpe": now["deflated_sharpe"],
+        "n_trials": now["n_trials"],
+        "deflated_sharpe_at_creation": deflated(mine, trials)["deflated_sharpe"],
+    }

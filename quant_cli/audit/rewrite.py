@@ -27,15 +27,26 @@ def rewrite_after(bars: pl.DataFrame, cutoff: dt.datetime, seed: int) -> pl.Data
     shocks = pl.Series("_shock", rng.standard_normal(bars.height))
     noise = pl.Series("_noise", np.exp(rng.normal(0.0, 0.5, bars.height)))
     log_return = pl.col("close").log().diff().over("symbol")
-    volatility = log_return.filter(~later).std().over("symbol").fill_null(FALLBACK_VOLATILITY).fill_nan(FALLBACK_VOLATILITY)
-    anchor = pl.when(~later).then(pl.col("close")).forward_fill().over("symbol").fill_null(pl.col("close").first().over("symbol"))
+    volatility = (
+        log_return.filter(~later).std().over("symbol").fill_null(FALLBACK_VOLATILITY).fill_nan(FALLBACK_VOLATILITY)
+    )
+    anchor = (
+        pl.when(~later)
+        .then(pl.col("close"))
+        .forward_fill()
+        .over("symbol")
+        .fill_null(pl.col("close").first().over("symbol"))
+    )
     walk = pl.when(later).then(pl.col("_shock") * pl.col("_volatility")).otherwise(0.0).cum_sum().over("symbol")
     frame = bars.with_columns(shocks, noise).with_columns(volatility.alias("_volatility"))
     frame = frame.with_columns(pl.when(later).then(anchor * walk.exp()).otherwise(pl.col("close")).alias("_close"))
     ratio_columns = [c for c in (*PRICE_RATIOS, "adj_close") if c in bars.columns]
     scaled = [c for c, dtype in bars.schema.items() if dtype.is_numeric() and c not in ("close", *ratio_columns)]
     frame = frame.with_columns(
-        *(pl.when(later).then(pl.col(c) / pl.col("close") * pl.col("_close")).otherwise(pl.col(c)).alias(c) for c in ratio_columns),
+        *(
+            pl.when(later).then(pl.col(c) / pl.col("close") * pl.col("_close")).otherwise(pl.col(c)).alias(c)
+            for c in ratio_columns
+        ),
         *(pl.when(later).then(pl.col(c) * pl.col("_noise")).otherwise(pl.col(c)).alias(c) for c in scaled),
     )
     return frame.with_columns(pl.col("_close").alias("close")).select(bars.columns)

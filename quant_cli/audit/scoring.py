@@ -33,20 +33,30 @@ def choose_cutoffs(predictions: pl.DataFrame, count: int) -> list[dt.datetime]:
 
 def scorer(run_path: Path, pipeline: FittedPipeline, model: Model) -> LoadedBundle:
     """The run's pipeline and model as a bundle would load them, scoring every bar it can."""
-    spec = InputSpec(required_bars=1, columns=[], window=lookback.model_window(model),
-                     timeframes=lookback.channel_timeframes(model))
+    spec = InputSpec(
+        required_bars=1, columns=[], window=lookback.model_window(model), timeframes=lookback.channel_timeframes(model)
+    )
     return LoadedBundle(run_path, {"bundle_id": "audit"}, pipeline, model, spec)
 
 
-def scoring_checks(loaded: LoadedBundle, bars: pl.DataFrame, cutoffs: list[dt.datetime], seed: int,
-                   reporter: Reporter = SILENT) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+def scoring_checks(
+    loaded: LoadedBundle, bars: pl.DataFrame, cutoffs: list[dt.datetime], seed: int, reporter: Reporter = SILENT
+) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """(the scores of the original bars, one check per cutoff: rows compared, differing rows, the first)."""
     original = loaded.score_bars(bars, every_bar=True)
     checks = []
-    for i, cutoff in enumerate(reporter.track(cutoffs, "audit: re-scoring with the future rewritten", total=len(cutoffs))):
+    for i, cutoff in enumerate(
+        reporter.track(cutoffs, "audit: re-scoring with the future rewritten", total=len(cutoffs))
+    ):
         rewritten = loaded.score_bars(rewrite_after(bars, cutoff, seed + i), every_bar=True)
         before = pl.col("ts") <= cutoff
         result = compare_scores(original.filter(before), rewritten.filter(before))
-        checks.append({"name": f"scoring at cutoff {cutoff.isoformat()}", "cutoff": cutoff.isoformat(),
-                       "passed": result["differing"] == 0, **result})
+        checks.append(
+            {
+                "name": f"scoring at cutoff {cutoff.isoformat()}",
+                "cutoff": cutoff.isoformat(),
+                "passed": result["differing"] == 0,
+                **result,
+            }
+        )
     return original, checks

@@ -82,8 +82,14 @@ def channels_of(model: Model, recipe: Recipe, bars: Callable[[], pl.DataFrame]) 
     return bar_channels(bars(), recipe["features"]["timeframes"]) if model.needs_bars() else None
 
 
-def refit(recipe: Recipe, fit_on: Prepared, fit_bars: Callable[[], pl.DataFrame], score_on: Prepared,
-          score_bars: Callable[[], pl.DataFrame], reporter: Reporter = SILENT) -> Refit:
+def refit(
+    recipe: Recipe,
+    fit_on: Prepared,
+    fit_bars: Callable[[], pl.DataFrame],
+    score_on: Prepared,
+    score_bars: Callable[[], pl.DataFrame],
+    reporter: Reporter = SILENT,
+) -> Refit:
     """Fit the recipe's model on `fit_on` (as the train stage does), then score the val and test rows
     of `score_on` (the original rows, through the refit's own pipeline)."""
     model, _, _ = fit_model(recipe, fit_on, None, SILENT, bars=fit_bars)  # the refits' epochs are not news
@@ -92,13 +98,25 @@ def refit(recipe: Recipe, fit_on: Prepared, fit_bars: Callable[[], pl.DataFrame]
     return Refit(model, fitting.predict_segments(model, inputs))
 
 
-def rewritten_split(recipe: Recipe, snapshot: store.Snapshot, original: Prepared, cutoff: dt.datetime, seed: int,
-                    home: Path, reporter: Reporter) -> tuple[Prepared, Callable[[], pl.DataFrame]]:
+def rewritten_split(
+    recipe: Recipe,
+    snapshot: store.Snapshot,
+    original: Prepared,
+    cutoff: dt.datetime,
+    seed: int,
+    home: Path,
+    reporter: Reporter,
+) -> tuple[Prepared, Callable[[], pl.DataFrame]]:
     """The run's split rebuilt (features, labels, weights, fitted pipeline) from its bars rewritten
     after `cutoff`, stored as the same dataset in the private data home `home`."""
     bars = rewrite_after(store_bars(recipe, snapshot), cutoff, seed)
-    store.write_store(home, snapshot.dataset, bars, "qfactory audit: bars rewritten after the end of validation",
-                      snapshot.manifest.get("frequency"))
+    store.write_store(
+        home,
+        snapshot.dataset,
+        bars,
+        "qfactory audit: bars rewritten after the end of validation",
+        snapshot.manifest.get("frequency"),
+    )
     private = store.pin(home, snapshot.dataset)
     prepared = dataset_table.prepare(recipe, private, plan=original.plan)
     return prepared, adjusted_bars(recipe, private, prepared)
@@ -110,12 +128,24 @@ def pipeline_checks(stored: Prepared, control: Prepared, rewritten: Prepared) ->
     moved = compare_nested(control.pipeline.state, rewritten.pipeline.state)
     stored_differs = compare_nested(control.pipeline.state, stored.pipeline.state)
     return [
-        {"name": "training: fitted pipeline", "passed": moved is None,
-         **({"first": f"preprocessing state {moved} moved when the bars after the end of validation were rewritten"}
-            if moved is not None else {})},
-        {"name": "training: the run's pipeline", "passed": stored_differs is None,
-         **({"first": f"its preprocessing state {stored_differs} is not a fit on its training rows alone"}
-            if stored_differs is not None else {})},
+        {
+            "name": "training: fitted pipeline",
+            "passed": moved is None,
+            **(
+                {"first": f"preprocessing state {moved} moved when the bars after the end of validation were rewritten"}
+                if moved is not None
+                else {}
+            ),
+        },
+        {
+            "name": "training: the run's pipeline",
+            "passed": stored_differs is None,
+            **(
+                {"first": f"its preprocessing state {stored_differs} is not a fit on its training rows alone"}
+                if stored_differs is not None
+                else {}
+            ),
+        },
     ]
 
 
@@ -129,8 +159,10 @@ def inputs_check(original: Prepared, rewritten: Prepared, cutoff: dt.datetime) -
         if bad.any():
             row = a.row(int(np.flatnonzero(bad)[0]), named=True)
             return {**out, "passed": False, "first": f"feature {feature} of {row['symbol']} at {row['ts'].isoformat()}"}
-    fit_rows = [p.rows.filter(pl.col(EXCLUDED).is_null() & pl.col("segment").is_in(FIT_SEGMENTS)).sort(KEYS)
-                for p in (original, rewritten)]
+    fit_rows = [
+        p.rows.filter(pl.col(EXCLUDED).is_null() & pl.col("segment").is_in(FIT_SEGMENTS)).sort(KEYS)
+        for p in (original, rewritten)
+    ]
     if fit_rows[0].select(KEYS).equals(fit_rows[1].select(KEYS)) is False:
         return {**out, "passed": False, "first": "the kept training/validation rows"}
     for column in ("label", "weight"):
@@ -147,8 +179,14 @@ def score_checks(control: Refit, rewritten: Refit, decides: bool) -> list[dict[s
     for segment in ("val", "test"):
         part = pl.col("segment") == segment
         result = compare_scores(control.scores.filter(part), rewritten.scores.filter(part))
-        out.append({"name": f"training: {'validation' if segment == 'val' else 'test'} scores",
-                    "passed": result["differing"] == 0, "decides": decides, **result})
+        out.append(
+            {
+                "name": f"training: {'validation' if segment == 'val' else 'test'} scores",
+                "passed": result["differing"] == 0,
+                "decides": decides,
+                **result,
+            }
+        )
     return out
 
 
@@ -156,12 +194,22 @@ def reproduction(run_scores: pl.DataFrame, control: Refit) -> dict[str, Any]:
     """How closely the control refit reproduces the run's own predictions.parquet (informational)."""
     result = compare_scores(run_scores.select(*KEYS, "score"), control.scores.select(*KEYS, "score"))
     joined = run_scores.join(control.scores, on=KEYS, suffix="_refit")
-    return {"reproduced": result["differing"] == 0, "rows": result["rows"], "differing": result["differing"],
-            "max_abs_difference": max_difference(joined["score"].to_numpy(), joined["score_refit"].to_numpy())}
+    return {
+        "reproduced": result["differing"] == 0,
+        "rows": result["rows"],
+        "differing": result["differing"],
+        "max_abs_difference": max_difference(joined["score"].to_numpy(), joined["score_refit"].to_numpy()),
+    }
 
 
-def training_checks(recipe: Recipe, snapshot: store.Snapshot, original: Prepared, run_scores: pl.DataFrame, seed: int,
-                    reporter: Reporter = SILENT) -> tuple[dict[str, Any], Refit]:
+def training_checks(
+    recipe: Recipe,
+    snapshot: store.Snapshot,
+    original: Prepared,
+    run_scores: pl.DataFrame,
+    seed: int,
+    reporter: Reporter = SILENT,
+) -> tuple[dict[str, Any], Refit]:
     """The training checks (module docstring) and the control refit."""
     cutoff = horizon(original)
     bars = adjusted_bars(recipe, snapshot, original)
@@ -174,8 +222,17 @@ def training_checks(recipe: Recipe, snapshot: store.Snapshot, original: Prepared
         with reporter.working(f"audit: refitting on bars rewritten after {cutoff.isoformat()}"):
             rewritten, rewritten_bars = rewritten_split(recipe, snapshot, original, cutoff, seed, Path(home), reporter)
             refitted = refit(recipe, rewritten, rewritten_bars, original, bars, reporter)
-        checks = [*pipeline_checks(original, control_split, rewritten), inputs_check(original, rewritten, cutoff),
-                  *score_checks(control, refitted, deterministic)]
-    block = {"horizon": cutoff.isoformat(), "deterministic": deterministic, "device": control.model.fit_info().get("device", "cpu"),
-             "model": control.model.name, "reproduction": reproduction(run_scores, control), "checks": checks}
+        checks = [
+            *pipeline_checks(original, control_split, rewritten),
+            inputs_check(original, rewritten, cutoff),
+            *score_checks(control, refitted, deterministic),
+        ]
+    block = {
+        "horizon": cutoff.isoformat(),
+        "deterministic": deterministic,
+        "device": control.model.fit_info().get("device", "cpu"),
+        "model": control.model.name,
+        "reproduction": reproduction(run_scores, control),
+        "checks": checks,
+    }
     return block, control

@@ -207,7 +207,8 @@ def _audit(run_dir: Path) -> str | None:
                + (f" (fewer than the default {luck['default_permutations']})" if luck.get("reduced") else ""),
                f"test IC {_fmt(luck.get('observed_test_ic'), '.4f')} vs null mean {_fmt(luck.get('null_mean'), '.4f')}",
                f"p-value {_fmt(luck.get('p_value'), '.3f')}",
-               f"deflated Sharpe {_fmt(dsr.get('deflated_sharpe'), '.3f')} over {_fmt(dsr.get('n_trials'), 'd')} trial(s)"
+               f"deflated Sharpe {_fmt(dsr.get('deflated_sharpe'), '.3f')} "
+               f"over {_fmt(dsr.get('n_trials'), 'd')} trial(s)"
                if dsr.get("available") else html.escape(str(dsr.get("why", "no deflated Sharpe")))]
     return (f"<h2 id=\"audit\">Audit ({html.escape(report['verdict'])})</h2><p>{verdict}</p>"
             f"<table><tr><th>check</th><th>result</th><th>rows</th><th>first moved</th></tr>{rows}</table>"

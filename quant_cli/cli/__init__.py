@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from quant_cli import __version__
-from quant_cli.cli import (audit, backtest, bundle, data, features, ingest, predict, recipe, report, run, runs, serve, split, train,
-                           tune, walkforward)
+from quant_cli.cli import (audit, backtest, bundle, data, features, ingest, predict, recipe, report, run, runs, serve,
+                           split, train, tune, walkforward)
 from quant_cli.cli.common import OneLineUsageErrors
 
 app = typer.Typer(
