@@ -10,14 +10,16 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from serving import store, train
+from serving import BASE, FAST, store, train
 from typer.testing import CliRunner
 
+from quant_cli import stages
 from quant_cli.audit.luck import shuffled_labels
 from quant_cli.cli import app
 from quant_cli.dataset import table
 from quant_cli.features import REGISTRY
 from quant_cli.io import read_json
+from quant_cli.recipe import load_recipe
 
 
 def audit(trained, *extra: str) -> tuple[int, dict, str]:
@@ -148,6 +150,11 @@ def test_a_run_with_a_feature_that_reads_the_next_bar_fails(peeking_feature, dat
 def test_bad_input_is_one_line_and_exit_2(data_dir, tmp_path):
     result = CliRunner().invoke(app, ["audit", "--run", str(tmp_path / "nope"), "--data-dir", str(data_dir)])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    split_only = stages.new_split_run(load_recipe(None, [*BASE, *FAST["lightgbm"]]), data_dir, tmp_path / "runs").run
+    result = CliRunner().invoke(app, ["audit", "--run", str(split_only.path), "--data-dir", str(data_dir)])
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: run {split_only.id} has no committed train stage; train it first "
+                             f"with `qfactory train --run {split_only.id}`\n")
     result = CliRunner().invoke(app, ["audit", "--run", "latest", "--permutations", "-1"])
     assert result.exit_code == 2 and result.stderr.startswith("error: Invalid value for '--permutations' / '-n'")
 

@@ -169,6 +169,7 @@ def _tell(report: dict[str, Any], reporter: Reporter) -> None:
         reporter.info(
             f"audit: permutation test over {block['permutations']} refit(s){reduced}: test IC "
             f"{block['observed_test_ic']:.4f} vs null {block['null_mean']:.4f}, p = {block['p_value']:.3f}"
+            + (" (the smallest this many permutations can show)" if block["p_value"] == block["min_p_value"] else "")
         )
     dsr = block["deflated_sharpe"]
     if dsr["available"]:
