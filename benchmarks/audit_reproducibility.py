@@ -40,7 +40,7 @@ def audit_model(name: str, data_dir: Path, runs_dir: Path) -> str:
     recipe["model"]["params"].update(params_for(name, task, FAST))
     run = stages.train_new(recipe, data_dir, runs_dir).run
     started = time.perf_counter()
-    report = audit_run(run, data_dir, runs_dir, permutations=0).report
+    report = audit_run(run, data_dir, permutations=0).report
     repro = report["training"]["reproduction"]
     return (f"{name:14s} {task:14s} {report['verdict']:4s} {report['checks']['passed']}/{report['checks']['total']} "
             f"reproduced={repro['reproduced']} max_diff={repro['max_abs_difference']:.3g} "

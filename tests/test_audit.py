@@ -64,6 +64,8 @@ def test_a_clean_run_passes_every_lookahead_check(model, data_dir, tmp_path):
     code, payload, _ = audit(trained)
     report = payload["audit"]
     assert code == 0, payload
+    assert payload["path"] == str(trained.run.path)  # stdout names the run, as every run command does
+    assert payload["audit_json"] == str(trained.run.path / "audit" / "audit.json")
     assert report["verdict"] == "pass" and report["failure"] is None
     assert report["checks"] == {"passed": 8, "failed": 0, "total": 8}  # 3 cutoffs, 2 pipeline, inputs, val, test
     assert all(c["rows"] > 0 for c in report["scoring"]["checks"])

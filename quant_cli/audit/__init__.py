@@ -64,9 +64,10 @@ class AuditResult:
 
 
 def audit_run(
-    run: Run, data_dir: Path, runs_dir: Path, permutations: int = luck.DEFAULT_PERMUTATIONS, reporter: Reporter = SILENT
+    run: Run, data_dir: Path, permutations: int = luck.DEFAULT_PERMUTATIONS, reporter: Reporter = SILENT
 ) -> AuditResult:
-    """Audit a trained run (module docstring); writes `<run>/audit/audit.json` and refreshes report.html."""
+    """Audit a trained run (module docstring); writes `<run>/audit/audit.json` and refreshes report.html.
+    The deflated Sharpe ratio counts the trials among the runs beside it (its runs home)."""
     if permutations < 0:
         raise RecipeError(f"--permutations must be 0 or more (0 skips the permutation test), got {permutations}")
     run.require_stage("train", f"train it first with `qfactory train --run {run.id}`")
@@ -89,7 +90,7 @@ def audit_run(
     )
     manifest = run.manifest()
     luck_block["deflated_sharpe"] = luck.deflated_sharpe(
-        str(manifest.get("run_id", run.id)), str((manifest.get("dataset") or {}).get("name")), runs_dir
+        str(manifest.get("run_id", run.id)), str((manifest.get("dataset") or {}).get("name")), run.path.parent
     )
     report = _report(run, scoring_checks, trained, luck_block)
     write_json_atomic(run.path / FOLDER / FILE, report)

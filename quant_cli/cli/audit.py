@@ -41,13 +41,14 @@ def audit(
     shared = Shared(data_dir, runs_dir, json_out)
     with cli_errors(quiet, debug, json_out):
         target = shared.run(run)
-        result = audit_run(target, shared.data(target.recipe()), shared.runs(), permutations, console.REPORTER)
+        result = audit_run(target, shared.data(target.recipe()), permutations, console.REPORTER)
     payload = {
         "run_id": result.run.id,
+        "audit_json": str(result.path),
         "audit": result.report,
         **({} if result.passed else {"error": result.failure, "kind": "LookAhead", "exit_code": LOOKAHEAD_FAILED}),
     }
-    emit(result.path, json_out, payload)
+    emit(result.run.path, json_out, payload)  # the run directory, as every run command prints
     if not result.passed:
         console.err.print(f"error: {result.failure}", markup=False, soft_wrap=True)
         raise typer.Exit(LOOKAHEAD_FAILED)
