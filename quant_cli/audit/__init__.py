@@ -30,7 +30,7 @@ from quant_cli.audit import luck, scoring, training
 from quant_cli.backtest.report import render_run_reports
 from quant_cli.data import store
 from quant_cli.dataset.table import load_split
-from quant_cli.errors import RecipeError
+from quant_cli.errors import RecipeError, RunError
 from quant_cli.io import read_json, read_run_parquet, write_json_atomic
 from quant_cli.models.registry import load_model
 from quant_cli.pipeline.fitted import FittedPipeline
@@ -79,9 +79,12 @@ def audit_run(
     pipeline = FittedPipeline.from_json(read_json(run.path / "split" / "pipeline.json"))
     loaded = scoring.scorer(run.path, pipeline, load_model(run.path / "model"))
     cutoffs = scoring.choose_cutoffs(predictions, CUTOFFS)
+    if not cutoffs:
+        raise RunError(f"run {run.id} scored fewer than 2 validation/test timestamps, so no cutoff can be placed; "
+                       "audit a run whose split leaves validation and test rows")
     with reporter.working(f"audit: scoring {len(cutoffs)} rewritten futures"):
-        _, scoring_checks = scoring.scoring_checks(loaded, _scoring_bars(recipe, snapshot), cutoffs, seed, reporter)
-    trained, _ = training.training_checks(recipe, snapshot, original, predictions, seed, reporter)
+        scoring_checks = scoring.scoring_checks(loaded, _scoring_bars(recipe, snapshot), cutoffs, seed, reporter)
+    trained = training.training_checks(recipe, snapshot, original, predictions, seed, reporter)
     observed = _observed_ic(run)
     luck_block = (
         luck.permutation_test(recipe, snapshot, original, observed, permutations, seed, reporter)

@@ -209,8 +209,8 @@ def training_checks(
     run_scores: pl.DataFrame,
     seed: int,
     reporter: Reporter = SILENT,
-) -> tuple[dict[str, Any], Refit]:
-    """The training checks (module docstring) and the control refit."""
+) -> dict[str, Any]:
+    """The training checks (module docstring), with the horizon, determinism and reproduction."""
     cutoff = horizon(original)
     bars = adjusted_bars(recipe, snapshot, original)
     control_pipeline = dataset_table.fit_pipeline(original.pipeline.unfitted(), original.table, original.rows)
@@ -235,4 +235,4 @@ def training_checks(
         "reproduction": reproduction(run_scores, control),
         "checks": checks,
     }
-    return block, control
+    return block
