@@ -215,5 +215,6 @@ def test_the_report_gains_an_audit_section(data_dir, tmp_path):
     assert '<h2 id="audit">Audit (pass)</h2>' in text and "fewer than the default 20" in text
     assert "training: fitted pipeline</td><td>pass" in text
     page.unlink()  # `qfactory report` regenerates it from files, the audit section included
-    regenerated = CliRunner().invoke(app, ["report", "--run", str(trained.run.path), "--runs-dir", str(trained.runs_dir)])
+    regenerated = CliRunner().invoke(app, ["report", "--run", str(trained.run.path),
+                                           "--runs-dir", str(trained.runs_dir)])
     assert regenerated.exit_code == 0 and '<h2 id="audit">Audit (pass)</h2>' in page.read_text()
