@@ -15,11 +15,13 @@ from typer.testing import CliRunner
 
 from quant_cli import stages
 from quant_cli.audit.luck import shuffled_labels
+from quant_cli.audit.rewrite import rewrite_after
 from quant_cli.cli import app
 from quant_cli.dataset import table
 from quant_cli.features import REGISTRY
 from quant_cli.io import read_json
 from quant_cli.recipe import load_recipe
+from quant_cli.serve.loaded import validated
 
 
 def audit(trained, *extra: str) -> tuple[int, dict, str]:
@@ -218,3 +220,19 @@ def test_the_report_gains_an_audit_section(data_dir, tmp_path):
     regenerated = CliRunner().invoke(app, ["report", "--run", str(trained.run.path),
                                            "--runs-dir", str(trained.runs_dir)])
     assert regenerated.exit_code == 0 and '<h2 id="audit">Audit (pass)</h2>' in page.read_text()
+
+
+@pytest.mark.parametrize("columns", [None, ["symbol", "ts", "close"]])
+def test_the_rewritten_future_is_a_new_walk_of_valid_bars(small_panel, columns):
+    bars = small_panel if columns is None else small_panel.select(columns)
+    cutoff = bars["ts"].sort()[bars.height // 2]
+    out = rewrite_after(bars, cutoff, seed=3)
+    past, future = pl.col("ts") <= cutoff, pl.col("ts") > cutoff
+    assert out.schema == bars.schema and out.filter(past).equals(bars.filter(past))  # the past, bit for bit
+    changed = out.filter(future)["close"].to_numpy() != bars.filter(future)["close"].to_numpy()
+    assert changed.all() and (out["close"] > 0).all()
+    validated(out.with_columns(pl.col("symbol").cast(pl.String)), "rewritten bars")  # ingest's rules, or DataError
+    if columns is None:  # high >= max(open, close), low <= min(open, close)
+        assert out.select((pl.col("high") >= pl.max_horizontal("open", "close")).all(),
+                          (pl.col("low") <= pl.min_horizontal("open", "close")).all()).row(0) == (True, True)
+        assert rewrite_after(bars, cutoff, seed=3).equals(out) and not rewrite_after(bars, cutoff, seed=4).equals(out)
