@@ -65,7 +65,7 @@ def permutation_test(
         range(permutations), "audit: permutation test (refits on shuffled labels)", total=permutations
     ):
         shuffled = replace(original, rows=shuffled_labels(original.rows, seed + 1 + i))
-        null.append(held_out_ic(refit(recipe, shuffled, bars, original, bars, reporter).scores))
+        null.append(held_out_ic(refit(recipe, shuffled, bars, original, bars).scores))
     finite = [x for x in null if math.isfinite(x)]
     p_value = (
         (1 + sum(x >= observed_ic for x in finite)) / (1 + len(finite))

@@ -88,11 +88,11 @@ def refit(
     fit_bars: Callable[[], pl.DataFrame],
     score_on: Prepared,
     score_bars: Callable[[], pl.DataFrame],
-    reporter: Reporter = SILENT,
 ) -> Refit:
     """Fit the recipe's model on `fit_on` (as the train stage does), then score the val and test rows
-    of `score_on` (the original rows, through the refit's own pipeline)."""
-    model, _, _ = fit_model(recipe, fit_on, None, SILENT, bars=fit_bars)  # the refits' epochs are not news
+    of `score_on` (the original rows, through the refit's own pipeline). Silently: a refit's epochs
+    and notices repeat the run's."""
+    model, _, _ = fit_model(recipe, fit_on, None, SILENT, bars=fit_bars)
     scoring = replace(score_on, pipeline=fit_on.pipeline)
     inputs = fitting.segment_inputs(model, scoring, ("val", "test"), channels_of(model, recipe, score_bars))
     return Refit(model, fitting.predict_segments(model, inputs))
@@ -105,7 +105,6 @@ def rewritten_split(
     cutoff: dt.datetime,
     seed: int,
     home: Path,
-    reporter: Reporter,
 ) -> tuple[Prepared, Callable[[], pl.DataFrame]]:
     """The run's split rebuilt (features, labels, weights, fitted pipeline) from its bars rewritten
     after `cutoff`, stored as the same dataset in the private data home `home`."""
@@ -216,12 +215,12 @@ def training_checks(
     control_pipeline = dataset_table.fit_pipeline(original.pipeline.unfitted(), original.table, original.rows)
     control_split = replace(original, pipeline=control_pipeline)
     with reporter.working("audit: refitting the run on its own bars (the control)"):
-        control = refit(recipe, control_split, bars, original, bars, reporter)
+        control = refit(recipe, control_split, bars, original, bars)
     deterministic = control.model.fit_info().get("device", "cpu") == "cpu"
     with tempfile.TemporaryDirectory(prefix="qfactory-audit-") as home:
         with reporter.working(f"audit: refitting on bars rewritten after {cutoff.isoformat()}"):
-            rewritten, rewritten_bars = rewritten_split(recipe, snapshot, original, cutoff, seed, Path(home), reporter)
-            refitted = refit(recipe, rewritten, rewritten_bars, original, bars, reporter)
+            rewritten, rewritten_bars = rewritten_split(recipe, snapshot, original, cutoff, seed, Path(home))
+            refitted = refit(recipe, rewritten, rewritten_bars, original, bars)
         checks = [
             *pipeline_checks(original, control_split, rewritten),
             inputs_check(original, rewritten, cutoff),
