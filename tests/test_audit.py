@@ -236,3 +236,12 @@ def test_the_rewritten_future_is_a_new_walk_of_valid_bars(small_panel, columns):
         assert out.select((pl.col("high") >= pl.max_horizontal("open", "close")).all(),
                           (pl.col("low") <= pl.min_horizontal("open", "close")).all()).row(0) == (True, True)
         assert rewrite_after(bars, cutoff, seed=3).equals(out) and not rewrite_after(bars, cutoff, seed=4).equals(out)
+
+
+def test_an_unreadable_audit_json_leaves_the_report_without_a_section(tmp_path):
+    from quant_cli.backtest.report import _audit
+
+    (tmp_path / "audit").mkdir()
+    for text in ("{", '{"verdict": "pass"}', "[]"):
+        (tmp_path / "audit" / "audit.json").write_text(text)
+        assert _audit(tmp_path) is None

@@ -236,8 +236,15 @@ def _audit(run_dir: Path) -> str | None:
         report = read_json(path) if path.is_file() else None
     except (OSError, ValueError):
         return None
-    if not isinstance(report, dict) or "verdict" not in report:
+    if not isinstance(report, dict):
         return None
+    try:
+        return _audit_section(report)
+    except (KeyError, TypeError, AttributeError):  # not an audit.json this version wrote: no section, no crash
+        return None
+
+
+def _audit_section(report: dict[str, Any]) -> str:
     checks = [*report["scoring"]["checks"], *report["training"]["checks"]]
     rows = "".join(f"<tr><td>{html.escape(c['name'])}</td><td>{'pass' if c['passed'] else 'FAIL'}"
                    f"{'' if c.get('decides', True) else ' (not decisive)'}</td><td>{_fmt(c.get('rows'), 'd')}</td>"
