@@ -119,18 +119,25 @@ def _checked(request: IngestRequest, data_dir: Path) -> IngestRequest:
     if not request.dataset:
         raise DataError("no dataset name; pass --dataset NAME or set data.dataset in the recipe")
     store.dataset_dir(data_dir, request.dataset)  # rejects names like '../x' before any work
+    checks = (("--mode", request.mode, MODES), ("--on-duplicate", request.on_duplicate, ON_DUPLICATE))
+    for option, value, allowed in checks:
+        if value not in allowed:
+            raise DataError(f"{option} {value!r} is not one of {one_of(allowed)}{suggest(value, allowed)}")
+    if request.frequency is not None:
+        parse_frequency(request.frequency)
+    return checked_reading(request)
+
+
+def checked_reading(request: IngestRequest) -> IngestRequest:
+    """The options of how a file is read (layout, format, delimiter, query, time zone) checked and
+    normalised: what `ingest` and `predict` (which reads every layout ingest reads) share."""
     layout = request.layout.replace("-", "_")
-    for option, value, allowed in (
-        ("--layout", layout, LAYOUTS), ("--format", request.format, FORMATS),
-        ("--mode", request.mode, MODES), ("--on-duplicate", request.on_duplicate, ON_DUPLICATE),
-    ):
+    for option, value, allowed in (("--layout", layout, LAYOUTS), ("--format", request.format, FORMATS)):
         if value not in allowed:
             raise DataError(f"{option} {value!r} is not one of {one_of(allowed)}{suggest(value, allowed)}")
     if request.query is not None and request.source != "synthetic" and request.format not in ("auto", "sqlite"):
         raise DataError("--query reads a SQLite database; drop --query or pass --format sqlite")
     schema.check_timezone(request.timezone)
-    if request.frequency is not None:
-        parse_frequency(request.frequency)
     return dataclasses.replace(request, layout=layout, delimiter=_delimiter(request.delimiter))
 
 

@@ -32,8 +32,7 @@ from quant_cli.errors import QFactoryError, clip_huge_values
 from quant_cli.serve import bundle as bundles
 from quant_cli.serve.batching import Batcher
 from quant_cli.serve.guard import Guard, Metrics
-from quant_cli.io import read_json
-from quant_cli.serve.loaded import REQUEST_SEP, FeatureRows, LoadedBundle, attempt, bars_from_records, validated
+from quant_cli.serve.loaded import REQUEST_SEP, FeatureRows, LoadedBundle, attempt, validated
 from quant_cli.serve.schemas import (
     ErrorResponse, Health, PredictFeaturesRequest, PredictRequest, PredictResponse, Ready, ReloadRequest, ReloadResponse,
 )
@@ -74,9 +73,11 @@ class Holder:
 
 def warm_up(bundle: LoadedBundle) -> None:
     """Score the bundle's own example once, so the feature kernels are compiled (or loaded from
-    numba's disk cache) and the model touched before the server listens and /ready can answer."""
-    example = read_json(bundle.path / "example" / "input.json")["bars"]
-    bundle.score_bars(bars_from_records(example, "example/input.json"))
+    numba's disk cache) and the model touched before the server listens and /ready can answer.
+    The example is the verified one `load` read (and already scored, serve/bundle.py): never read
+    again from the bundle's path, which may be a .tar.gz or have changed since."""
+    if bundle.example is not None:
+        bundle.score_bars(bundle.example[0])
 
 
 def create_app(bundle: LoadedBundle, token: str | None = None, limits: Limits | None = None, trust_pickle: bool = False) -> Any:
@@ -134,11 +135,13 @@ def _routes(app: FastAPI, holder: Holder, limits: Limits, metrics: Metrics) -> N
 
     @app.post("/reload", response_model=ReloadResponse, responses=_ERRORS)
     def reload(request: ReloadRequest) -> dict[str, str]:
-        """Hot swap to another verified bundle; on failure the old one keeps serving."""
+        """Hot swap to another verified bundle; on failure (a 422 with the reason) the old one keeps serving."""
         try:
             new, old = holder.reload(request.bundle)
-        except QFactoryError as exc:
-            raise InputError(422, f"reload failed, still serving {holder.current.bundle_id}: {exc}", type(exc).__name__) from None
+        except Exception as exc:  # noqa: BLE001 - a refused bundle is the caller's input: never a 5xx
+            reason = str(exc) if isinstance(exc, QFactoryError) else f"{type(exc).__name__}: {_first_line(exc)}"
+            kind = type(exc).__name__ if isinstance(exc, QFactoryError) else "BundleError"
+            raise InputError(422, f"reload failed, still serving {holder.current.bundle_id}: {reason}", kind) from None
         return {"bundle_id": new.bundle_id, "previous": old.bundle_id}
 
     @app.get("/metrics", response_class=Response)
@@ -210,6 +213,10 @@ def _guarded(work: Any) -> pl.DataFrame:
     except (pl.exceptions.PolarsError, ValueError, TypeError, OverflowError) as exc:
         raise InputError(422, f"the request could not be scored: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                          "InvalidInput") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
 
 
 def _raised(result: pl.DataFrame | Exception) -> pl.DataFrame:
