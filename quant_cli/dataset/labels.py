@@ -71,7 +71,8 @@ def forward_path(bars: pl.DataFrame, horizon: int, execution: str) -> pl.DataFra
         pl.concat_list([_one_bar(price, k) for k in steps]).alias("path"),
         pl.concat_list([_t1(k) for k in steps]).alias("path_end"),
     )
-    complete = pl.col("path").list.eval(pl.element().is_finite()).list.all() & pl.col("path_end").list.drop_nulls().list.len().eq(horizon)
+    finite = pl.col("path").list.eval(pl.element().is_finite()).list.all()
+    complete = finite & pl.col("path_end").list.drop_nulls().list.len().eq(horizon)
     return frame.with_columns(pl.when(complete).then(pl.col(c)).alias(c) for c in ("path", "path_end"))
 
 

@@ -162,7 +162,8 @@ def _check_path_label(origin: str, name: str, label: dict[str, Any]) -> None:
     if label.get("cross_sectional", "none") != "none":
         asked.append(f"label.cross_sectional = {label['cross_sectional']!r}")
     if asked:
-        raise RecipeError(f"{origin}: model '{name}' forecasts a path of one-bar returns (flag output = 'path'), which needs "
+        raise RecipeError(f"{origin}: model '{name}' forecasts a path of one-bar returns (flag output = 'path'), "
+                          "which needs "
                           f"label.kind = 'forward_return' with log, vol_scale and cross_sectional off, not "
                           f"{', '.join(asked)}; change the [label] section or use a single-score model")
 

@@ -31,8 +31,8 @@ from quant_cli.models.torch.heads import SymbolInput
 
 @dataclass
 class NBeatsConfig(SequenceConfig):
-    stacks: str = param("generic", "generic (two stacks of free linear bases) or interpretable (trend then seasonality)",
-                        choice("generic", "interpretable"))
+    stacks: str = param("generic", "generic (two stacks of free linear bases) or interpretable "
+                        "(trend then seasonality)", choice("generic", "interpretable"))
     blocks: int = param(3, "blocks per stack", between(1, 30))
     hidden: int = param(64, "width of every block's fully connected layers", at_least(1))
     layers: int = param(4, "fully connected layers per block", between(1, 8))
@@ -66,7 +66,8 @@ class Block(nn.Module):
         super().__init__()
         steps, features, horizon = cfg.seq_len, cfg.n_inputs, cfg.n_outputs
         widths = [steps * features + code_width] + [cfg.hidden] * cfg.layers
-        self.fc = nn.Sequential(*(m for i in range(cfg.layers) for m in (nn.Linear(widths[i], widths[i + 1]), nn.ReLU())))
+        layers = ((nn.Linear(widths[i], widths[i + 1]), nn.ReLU()) for i in range(cfg.layers))
+        self.fc = nn.Sequential(*(m for pair in layers for m in pair))
         self.drop = nn.Dropout(cfg.dropout)
         self.steps, self.features = steps, features
         if back is None:  # generic: θ then a free linear map to the window and to the path
