@@ -259,7 +259,7 @@ def backtest_weights(recipe: Recipe, weights_file: Path, data_dir: Path, runs_di
     (symbol, ts, weight; another tool's signal) on the recipe's dataset with its [backtest] settings."""
     _check(recipe, reporter, model=False)
     weights = read_weights(weights_file)
-    snapshot = _pin(recipe, data_dir)
+    snapshot = _pin(recipe, data_dir, reporter)
     with create_run(runs_dir, recipe) as run:
         run.update_manifest(dataset=_dataset_record(snapshot))
         with run.stage("backtest") as info:
@@ -303,9 +303,9 @@ def _check_sequence_split(recipe: Recipe, model: Model) -> None:
         )
 
 
-def _pin_checked(recipe: Recipe, data_dir: Path) -> store.Snapshot:
+def _pin_checked(recipe: Recipe, data_dir: Path, reporter: Reporter = SILENT) -> store.Snapshot:
     """Pin the dataset, then check the split dates against the pinned manifest (before any feature build)."""
-    snapshot = _pin(recipe, data_dir)
+    snapshot = _pin(recipe, data_dir, reporter)
     _check_split_dates(recipe, snapshot.manifest)
     return snapshot
 
@@ -330,8 +330,12 @@ def _bound(value: Any, name: str) -> Any:
     return store.parse_time(value, name) if value else None
 
 
-def _pin(recipe: Recipe, data_dir: Path) -> store.Snapshot:
-    """The one dataset version a command reads, pinned when it starts."""
+def _pin(recipe: Recipe, data_dir: Path, reporter: Reporter = SILENT) -> store.Snapshot:
+    """The one dataset version a command reads, pinned when it starts; a dataset not in the store yet
+    is first ingested from the recipe's data.source when it names one (a recipe is its own first command)."""
+    from quant_cli.data.ingest import ingest_missing
+
+    ingest_missing(recipe, data_dir, reporter)
     return store.pin(data_dir, dataset_name(recipe))
 
 
@@ -357,7 +361,7 @@ def split_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter
     """A new (committed) run holding only the split, and the split in memory (tuning shares it
     with every trial); `model` checks the recipe's model before any heavy work."""
     _check(recipe, reporter, model=model)
-    snapshot = _pin_checked(recipe, data_dir)
+    snapshot = _pin_checked(recipe, data_dir, reporter)
     with create_run(runs_dir, recipe) as run:
         prepared = _split_stage(run, recipe, snapshot, reporter)
     return run, prepared
@@ -372,7 +376,7 @@ def load_run_split(run: Run, data_dir: Path) -> Prepared:
 def train_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> Run:
     """`qfactory train --recipe R`: a new run with features (cached), split and a trained model."""
     _check(recipe, reporter)
-    snapshot = _pin_checked(recipe, data_dir)
+    snapshot = _pin_checked(recipe, data_dir, reporter)
     with create_run(runs_dir, recipe) as run:
         _train_stage(run, recipe, _split_stage(run, recipe, snapshot, reporter), reporter, snapshot=snapshot)
     return run

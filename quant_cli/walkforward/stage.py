@@ -38,7 +38,7 @@ def walkforward_new(recipe: Recipe, data_dir: Path, runs_dir: Path, jobs: int | 
                     reporter: Reporter = SILENT, backend: str = "local") -> Run:
     """A new run holding a walk-forward: every fold refit on its own training window."""
     stages._check(recipe, reporter)
-    snapshot = stages._pin(recipe, data_dir)  # split dates are not used: no _check_split_dates
+    snapshot = stages._pin(recipe, data_dir, reporter)  # split dates are not used: no _check_split_dates
     with create_run(runs_dir, recipe) as run:
         homes = {"data home": Path(data_dir), "runs home": Path(runs_dir)}
         _walkforward_stage(run, recipe, snapshot, _Options(jobs, continue_on_error, backend, homes), reporter)
