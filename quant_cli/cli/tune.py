@@ -22,6 +22,8 @@ def tune(
     recipe: OptionalRecipeOpt = None,
     run: Annotated[str | None, typer.Option("--run", help="Continue this tune run's study (a path, run id or 'latest').", show_default=False)] = None,
     trials: Annotated[int | None, typer.Option("--trials", "-n", min=1, help="Trials to run now (default: tune.trials).", show_default=False)] = None,
+    refit: Annotated[bool, typer.Option("--refit", help="With --run: refit the best trial now (e.g. after a killed refit); "
+                                                        "no new trials unless --trials asks for them.")] = False,
     backend: BackendOpt = "local",
     jobs: JobsOpt = 1,
     set_: SetOpt = None,
@@ -38,27 +40,33 @@ def tune(
     tune/trials.parquet and tune/best.toml, and refits the best trial as a regular run scored once on test.
 
     Example: qfactory tune --recipe recipes/lightgbm.toml --trials 50 --jobs 2
+
+    Redo a killed refit of the best trial: qfactory tune --run RUN --refit
     """
     from quant_cli.tune import study
 
     with cli_errors(quiet, debug):
-        result = _tune(study, recipe, run, trials, backend, jobs, set_ or [], data_dir, runs_dir)
+        result = _tune(study, recipe, run, trials, backend, jobs, set_ or [], data_dir, runs_dir, refit)
         console.info(_table(result))
     payload = {"run_id": result.run.id, "best": result.best, "trials": result.trials.height, "added": result.added,
                "refit_run": result.refit, "best_recipe": str(result.run.path / "tune" / "best.toml")}
     emit(result.run.path, json_out, payload)
 
 
-def _tune(study, recipe, run_ref, trials, backend, jobs, sets, data_dir, runs_dir):  # noqa: ANN001
+def _tune(study, recipe, run_ref, trials, backend, jobs, sets, data_dir, runs_dir, refit=False):  # noqa: ANN001
     check_backend(backend)
     if (recipe is None) == (run_ref is None):
         raise QFactoryError("pass exactly one of --recipe (start a study) or --run (continue a tune run's study)")
+    if refit and run_ref is None:
+        raise QFactoryError("--refit refits the best trial of an existing tune run: pass it with --run RUN, not --recipe")
     if run_ref is not None:
         if sets:
             raise QFactoryError("--set applies to new studies only; a tune run's recipe is fixed — use --recipe to start another")
         existing = resolve_run(run_ref, runs_home(runs_dir))
         recipe_ = existing.recipe()
-        return study.tune_existing(existing, data_home(data_dir, recipe_), runs_home(runs_dir, recipe_), trials, backend, jobs, console.REPORTER)
+        trials = 0 if refit and trials is None else trials
+        return study.tune_existing(existing, data_home(data_dir, recipe_), runs_home(runs_dir, recipe_), trials, backend, jobs,
+                                   console.REPORTER, refit)
     resolved = load_with_overrides(recipe, sets, None, console.REPORTER)
     return study.tune_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), trials, backend, jobs, console.REPORTER)
 
