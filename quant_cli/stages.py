@@ -28,7 +28,7 @@ from quant_cli.models.crossval import cross_validate
 from quant_cli.data import store
 from quant_cli.dataset.table import KEYS, Prepared, check_task, dataset_name, load_bars, load_split, prepare, write_split
 from quant_cli.errors import RecipeError, RunError
-from quant_cli.io import read_json, read_run_parquet, staged_dir, write_json_atomic, write_parquet_atomic
+from quant_cli.io import read_run_json, read_run_parquet, staged_dir, write_json_atomic, write_parquet_atomic
 from quant_cli.backtest.metrics import classification_metrics, prediction_metrics
 from quant_cli.models.base import Model, StepReport
 from quant_cli.models.device import resolve_device
@@ -228,7 +228,7 @@ def _write_backtest(run: Run, kind: str, signal: pl.DataFrame, bars: pl.DataFram
     if segment == "test" and math.isfinite(summary.get("sharpe", math.nan)):
         summary.update(_deflated(run, summary))
     path = run.path / "metrics.json"
-    metrics = read_json(path) if path.is_file() else {}
+    metrics = read_run_json(run.path, "metrics.json") if path.is_file() else {}
     metrics["backtest"] = {k: v for k, v in summary.items() if k != "config"}
     write_json_atomic(path, metrics)
     return summary
@@ -274,7 +274,7 @@ def backtest_weights(recipe: Recipe, weights_file: Path, data_dir: Path, runs_di
 
 def _adjustment(run: Run) -> Adjustment:
     path = run.path / "split" / "pipeline.json"
-    return FittedPipeline.from_json(read_json(path)).adjustment if path.is_file() else Adjustment()
+    return FittedPipeline.from_json(read_run_json(run.path, "split/pipeline.json")).adjustment if path.is_file() else Adjustment()
 
 
 def _ingest_stage(run: Run, recipe: Recipe, data_dir: Path, reporter: Reporter) -> None:

@@ -62,3 +62,40 @@ def test_a_damaged_delta_commit_log_is_one_line(tmp_path):
     log.write_text(DEEP + "\n" + log.read_text())  # read before the commitInfo line
     with pytest.raises(DataError, match=r"commit log is damaged \(not valid JSON: nested 200,000 levels deep"):
         delta.commit_info(tmp_path / "data" / "d", 0)
+
+
+TINY = """
+[run]
+name = "tiny"
+[data]
+dataset = "tiny"
+source = "synthetic"
+[data.synthetic]
+symbols = 3
+bars = 260
+[label]
+horizon = 3
+[model]
+name = "linear"
+"""
+
+
+def test_damaged_json_in_a_trained_run_is_one_line(runner, tmp_path):
+    """metrics.json read back by `backtest --run`, model.json by `bundle --run`: exit 2, one line each."""
+    from quant_cli.cli import app
+
+    (tmp_path / "r.toml").write_text(TINY)
+    trained = runner.invoke(app, ["train", "--recipe", str(tmp_path / "r.toml"), "--quiet"])
+    assert trained.exit_code == 0, trained.stderr
+    run = trained.stdout.strip()
+    metrics = tmp_path / "runs" / run.rsplit("/", 1)[1] / "metrics.json"
+    metrics.write_text(DEEP)
+    result = runner.invoke(app, ["backtest", "--run", run])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [
+        f"error: run {metrics.parent.name}: metrics.json is not valid JSON (nested 200,000 levels deep, over the limit of 100); "
+        "the run is damaged, start a new one with `qfactory train --recipe R`"]
+    (metrics.parent / "model" / "model.json").write_text(DEEP)
+    result = runner.invoke(app, ["bundle", "--run", run])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [
+        f"error: the saved model at {metrics.parent / 'model'} is damaged (a JSON file is not valid: nested 200,000 levels "
+        "deep, over the limit of 100); retrain it (`qfactory train --recipe R`)"]

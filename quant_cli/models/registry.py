@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from quant_cli.errors import ModelError, one_of, suggest
-from quant_cli.io import read_json
+from quant_cli.io import JSONLimitError, read_json
 from quant_cli.models.base import Model
 from quant_cli.report import SILENT, Reporter
 from quant_cli.models.boosting import CatBoostModel, LightGBMModel, XGBoostModel
@@ -43,7 +44,11 @@ def load_model(folder: Path) -> Model:
     meta_path = Path(folder) / "model.json"
     if not meta_path.is_file():
         raise ModelError(f"no saved model at {folder} (model.json is missing)")
-    return model_class(read_json(meta_path)["name"]).load(Path(folder))
+    try:  # model.json, coefficients.json, history.json: read back through the bounded JSON reader
+        return model_class(read_json(meta_path)["name"]).load(Path(folder))
+    except (json.JSONDecodeError, JSONLimitError, UnicodeDecodeError) as exc:
+        raise ModelError(f"the saved model at {folder} is damaged (a JSON file is not valid: {exc}); "
+                         "retrain it (`qfactory train --recipe R`)") from None
 
 
 def describe_models() -> list[dict[str, Any]]:
