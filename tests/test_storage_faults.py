@@ -154,3 +154,18 @@ def test_unwritable_runs_home_is_exit_2_naming_the_path(tmp_path):
     assert done.returncode == 2, done.stderr
     assert re.fullmatch(rf"error: {re.escape(str(runs))}\S*: permission denied; check the path and its permissions "
                         r"\(--data-dir, --runs-dir, --source, --recipe\), or pass another one\n", done.stderr), done.stderr
+
+
+def test_an_unguarded_native_disk_error_is_still_exit_2(capsys):
+    """The CLI's safety net for a native library's own exception type (here polars') outside every
+    guarded write: exit 2 and one line, though the library names no path."""
+    import polars as pl
+    import typer
+
+    from quant_cli.cli.common import cli_errors
+
+    with pytest.raises(typer.Exit) as info, cli_errors():
+        raise pl.exceptions.ComputeError("parquet: File out of specification: No space left on device (os error 28)")
+    assert info.value.exit_code == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: no space left on device while writing (ComputeError, which "
+                                                    f"names no path); {FULL.split('; ', 1)[1]}"]
