@@ -43,10 +43,11 @@ class StorageError(QFactoryError):
     """A file or folder cannot be written or read: permission denied, read-only file system, disk full."""
 
 
+_PERMISSIONS = "check the path and its permissions (--data-dir, --runs-dir, --source, --recipe), or pass another one"
 # Storage failures a user fixes at the path (disk full, read-only, permissions): errno -> the fix.
 STORAGE_FIXES = {
-    errno.EACCES: "check the path and its permissions (--data-dir, --runs-dir, --source, --recipe), or pass another one",
-    errno.EPERM: "check the path and its permissions (--data-dir, --runs-dir, --source, --recipe), or pass another one",
+    errno.EACCES: _PERMISSIONS,
+    errno.EPERM: _PERMISSIONS,
     errno.EROFS: "the file system is read-only; pass a writable --runs-dir / --data-dir",
     errno.ENOSPC: "free disk space there, or pass a --runs-dir / --data-dir on another disk",
     errno.EDQUOT: "free space within your disk quota, or pass a --runs-dir / --data-dir elsewhere",

@@ -274,7 +274,9 @@ def backtest_weights(recipe: Recipe, weights_file: Path, data_dir: Path, runs_di
 
 def _adjustment(run: Run) -> Adjustment:
     path = run.path / "split" / "pipeline.json"
-    return FittedPipeline.from_json(read_run_json(run.path, "split/pipeline.json")).adjustment if path.is_file() else Adjustment()
+    if not path.is_file():
+        return Adjustment()
+    return FittedPipeline.from_json(read_run_json(run.path, "split/pipeline.json")).adjustment
 
 
 def _ingest_stage(run: Run, recipe: Recipe, data_dir: Path, reporter: Reporter) -> None:

@@ -104,7 +104,8 @@ def test_kill_9_of_a_parallel_walkforward_leaves_no_worker_alive(tmp_path):
     pool: list[int] = []
     try:
         def busy_workers() -> list[int]:
-            workers = [p for p in _descendants(cli.pid) if "loky" in _cmdline(p) and "resource_tracker" not in _cmdline(p)]
+            pool = [(p, _cmdline(p)) for p in _descendants(cli.pid)]
+            workers = [p for p, cmd in pool if "loky" in cmd and "resource_tracker" not in cmd]
             # started and fitting folds: each has used CPU beyond its imports
             return workers if len(workers) >= 2 and all(_cpu_seconds(p) > 3.0 for p in workers) else []
 

@@ -8,8 +8,9 @@ import json
 import pytest
 
 DEEP = "[" * 200_000 + "]" * 200_000
-DAMAGED = ("error: run deep-20260101T000000-0001: manifest.json is not valid JSON (nested 200,000 levels deep, over the "
-           "limit of 100); the run is damaged, start a new one with `qfactory train --recipe R`")
+DEPTH = "nested 200,000 levels deep, over the limit of 100"
+DAMAGED = (f"error: run deep-20260101T000000-0001: manifest.json is not valid JSON ({DEPTH}); "
+           "the run is damaged, start a new one with `qfactory train --recipe R`")
 
 
 @pytest.fixture
@@ -92,10 +93,10 @@ def test_damaged_json_in_a_trained_run_is_one_line(runner, tmp_path):
     metrics.write_text(DEEP)
     result = runner.invoke(app, ["backtest", "--run", run])
     assert result.exit_code == 2 and result.stderr.splitlines() == [
-        f"error: run {metrics.parent.name}: metrics.json is not valid JSON (nested 200,000 levels deep, over the limit of 100); "
+        f"error: run {metrics.parent.name}: metrics.json is not valid JSON ({DEPTH}); "
         "the run is damaged, start a new one with `qfactory train --recipe R`"]
     (metrics.parent / "model" / "model.json").write_text(DEEP)
     result = runner.invoke(app, ["bundle", "--run", run])
     assert result.exit_code == 2 and result.stderr.splitlines() == [
-        f"error: the saved model at {metrics.parent / 'model'} is damaged (a JSON file is not valid: nested 200,000 levels "
-        "deep, over the limit of 100); retrain it (`qfactory train --recipe R`)"]
+        f"error: the saved model at {metrics.parent / 'model'} is damaged (a JSON file is not valid: {DEPTH}); "
+        "retrain it (`qfactory train --recipe R`)"]

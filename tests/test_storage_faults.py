@@ -9,6 +9,7 @@ through the real CLI entry point (CliRunner), so the namespace holds for all of 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -18,6 +19,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from quant_cli.errors import STORAGE_FIXES
 
 TINY = """
 [run]
@@ -83,7 +86,7 @@ def _can_unshare() -> bool:
     return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
 
 
-needs_namespace = pytest.mark.skipif(not _can_unshare(), reason="a real full disk needs root and `unshare -m` (a tmpfs)")
+needs_namespace = pytest.mark.skipif(not _can_unshare(), reason="a real full disk needs root and `unshare -m`")
 
 
 def _on_small_disk(tmp_path: Path, mode: str, commands: list[list[str]], free_kib: int = 40, *,
@@ -114,7 +117,8 @@ def test_full_data_home_is_exit_2_naming_the_path(tmp_path):
     for command, (code, stderr, left, versions) in zip(commands, results):
         assert code == 2, (command, stderr)
         assert len(stderr.splitlines()) == 1, (command, stderr)
-        assert re.fullmatch(rf"error: {re.escape(str(data / 'tiny'))}/\S+: {re.escape(FULL)}\n", stderr), (command, stderr)
+        where = re.escape(str(data / "tiny"))
+        assert re.fullmatch(rf"error: {where}/\S+: {re.escape(FULL)}\n", stderr), (command, stderr)
         assert left == [] and versions == ["00000000000000000000.json"], command
     assert "part-00000.parquet" in results[0][1]  # the polars write itself
     assert results[3][1].startswith(f"error: {data / 'tiny' / 'bars'}: ")  # the Delta commit
@@ -134,11 +138,12 @@ def test_full_runs_home_is_exit_2_naming_the_path(tmp_path):
 def test_read_only_homes_are_exit_2_naming_the_path(tmp_path):
     data, _, results = _on_small_disk(tmp_path, "ro", [["train"], ["run"]])
     for code, stderr, left, _ in results:
-        assert code == 2 and re.fullmatch(rf"error: {re.escape(str(data))}/\S+: {re.escape(READ_ONLY)}\n", stderr), stderr
+        assert code == 2, stderr
+        assert re.fullmatch(rf"error: {re.escape(str(data))}/\S+: {re.escape(READ_ONLY)}\n", stderr), stderr
         assert left == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="drops root's CAP_DAC_OVERRIDE with setpriv")
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="drops CAP_DAC_OVERRIDE with setpriv")
 def test_unwritable_runs_home_is_exit_2_naming_the_path(tmp_path):
     """Root without CAP_DAC_OVERRIDE obeys permissions like any user: a runs home it may not write."""
     (tmp_path / "tiny.toml").write_text(TINY)
@@ -152,8 +157,8 @@ def test_unwritable_runs_home_is_exit_2_naming_the_path(tmp_path):
     done = subprocess.run([*drop, *cli, "train", "--recipe", str(tmp_path / "tiny.toml"), "--quiet"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 2, done.stderr
-    assert re.fullmatch(rf"error: {re.escape(str(runs))}\S*: permission denied; check the path and its permissions "
-                        r"\(--data-dir, --runs-dir, --source, --recipe\), or pass another one\n", done.stderr), done.stderr
+    fix = re.escape(STORAGE_FIXES[errno.EACCES])
+    assert re.fullmatch(rf"error: {re.escape(str(runs))}\S*: permission denied; {fix}\n", done.stderr), done.stderr
 
 
 def test_an_unguarded_native_disk_error_is_still_exit_2(capsys):
@@ -167,5 +172,6 @@ def test_an_unguarded_native_disk_error_is_still_exit_2(capsys):
     with pytest.raises(typer.Exit) as info, cli_errors():
         raise pl.exceptions.ComputeError("parquet: File out of specification: No space left on device (os error 28)")
     assert info.value.exit_code == 2
-    assert capsys.readouterr().err.splitlines() == [f"error: no space left on device while writing (ComputeError, which "
-                                                    f"names no path); {FULL.split('; ', 1)[1]}"]
+    fix = FULL.split("; ", 1)[1]
+    expected = f"error: no space left on device while writing (ComputeError, which names no path); {fix}"
+    assert capsys.readouterr().err.splitlines() == [expected]

@@ -250,12 +250,14 @@ def test_kill_9_leaves_a_study_that_continues_cleanly(runner, recipe_file, tmp_p
 def test_a_killed_refit_is_redone_by_tune_run_refit(runner, recipe_file, tmp_path):
     """A real `kill -9` while the best trial is being refit (its run still staging): the tune run is
     `interrupted:tune`; `tune --run RUN --refit` refits it without new trials, once."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     code = "from quant_cli.cli import app; app()"
     args = ["tune", "--recipe", str(recipe_file), "--trials", "2", "-q"]
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=tmp_path, **pipes)
     try:
-        _wait_for(lambda: any((tmp_path / "runs").glob(".staging-tn-best-*")), proc, "the refit run to start", timeout=180)
+        refitting = lambda: any((tmp_path / "runs").glob(".staging-tn-best-*"))  # noqa: E731
+        _wait_for(refitting, proc, "the refit run to start", timeout=180)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

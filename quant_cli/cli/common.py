@@ -135,7 +135,8 @@ def _native_storage_error(exc: Exception) -> str | None:
     code = os_errno(exc)
     if code not in STORAGE_FIXES:
         return None
-    return f"{os.strerror(code).lower()} while writing ({type(exc).__name__}, which names no path); {STORAGE_FIXES[code]}"
+    reason = os.strerror(code).lower()
+    return f"{reason} while writing ({type(exc).__name__}, which names no path); {STORAGE_FIXES[code]}"
 
 
 class OneLineUsageErrors(typer.core.TyperGroup):

@@ -22,8 +22,9 @@ def tune(
     recipe: OptionalRecipeOpt = None,
     run: Annotated[str | None, typer.Option("--run", help="Continue this tune run's study (a path, run id or 'latest').", show_default=False)] = None,
     trials: Annotated[int | None, typer.Option("--trials", "-n", min=1, help="Trials to run now (default: tune.trials).", show_default=False)] = None,
-    refit: Annotated[bool, typer.Option("--refit", help="With --run: refit the best trial now (e.g. after a killed refit); "
-                                                        "no new trials unless --trials asks for them.")] = False,
+    refit: Annotated[bool, typer.Option(
+        "--refit", help="With --run: refit the best trial now (after a killed refit); no new trials unless --trials.",
+    )] = False,
     backend: BackendOpt = "local",
     jobs: JobsOpt = 1,
     set_: SetOpt = None,
@@ -58,15 +59,16 @@ def _tune(study, recipe, run_ref, trials, backend, jobs, sets, data_dir, runs_di
     if (recipe is None) == (run_ref is None):
         raise QFactoryError("pass exactly one of --recipe (start a study) or --run (continue a tune run's study)")
     if refit and run_ref is None:
-        raise QFactoryError("--refit refits the best trial of an existing tune run: pass it with --run RUN, not --recipe")
+        raise QFactoryError(
+            "--refit refits the best trial of an existing tune run: pass it with --run RUN, not --recipe")
     if run_ref is not None:
         if sets:
             raise QFactoryError("--set applies to new studies only; a tune run's recipe is fixed — use --recipe to start another")
         existing = resolve_run(run_ref, runs_home(runs_dir))
         recipe_ = existing.recipe()
         trials = 0 if refit and trials is None else trials
-        return study.tune_existing(existing, data_home(data_dir, recipe_), runs_home(runs_dir, recipe_), trials, backend, jobs,
-                                   console.REPORTER, refit)
+        homes = data_home(data_dir, recipe_), runs_home(runs_dir, recipe_)
+        return study.tune_existing(existing, *homes, trials, backend, jobs, console.REPORTER, refit)
     resolved = load_with_overrides(recipe, sets, None, console.REPORTER)
     return study.tune_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), trials, backend, jobs, console.REPORTER)
 

@@ -27,7 +27,8 @@ from typing import Any
 from quant_cli import __version__
 from quant_cli.errors import DataError, QFactoryError, RunError, shown
 from quant_cli.io import (
-    STAGING_PREFIX, clean_stale_staging, owner, owner_gone, read_json, read_run_json, release_owner, staged_dir, storage_errors, write_json_atomic, write_owner, write_text_atomic,
+    STAGING_PREFIX, clean_stale_staging, owner, owner_gone, read_json, read_run_json, release_owner, staged_dir,
+    storage_errors, write_json_atomic, write_owner, write_text_atomic,
 )
 from quant_cli.recipe import Recipe, fingerprint, to_toml
 from quant_cli.recipe.schema import RUN_NAME_DOC, RUN_NAME_PATTERN

@@ -33,7 +33,9 @@ import polars as pl
 
 from quant_cli import __version__
 from quant_cli.errors import BundleError
-from quant_cli.io import read_json, read_run_json, read_run_parquet, storage_errors, write_json_atomic, write_text_atomic
+from quant_cli.io import (
+    read_json, read_run_json, read_run_parquet, storage_errors, write_json_atomic, write_text_atomic,
+)
 from quant_cli.models.registry import load_model
 from quant_cli.pipeline import lookback
 from quant_cli.pipeline.fitted import FittedPipeline

@@ -263,7 +263,8 @@ def _finish(study: Any, run: Run, recipe: Recipe, data_dir: Path, runs_dir: Path
         raise RunError(f"tune run {run.id}: no trial completed{why}; fix the recipe or widen tune.space, then `qfactory tune --run {run.id}`")
     best_recipe = space.apply(recipe, best["params"])
     write_text_atomic(run.path / "tune" / "best.toml", to_toml(best_recipe))
-    refit = _refit(run, best_recipe, best, data_dir, runs_dir, reporter) if recipe["tune"]["refit"] or force_refit else None
+    wanted = recipe["tune"]["refit"] or force_refit
+    refit = _refit(run, best_recipe, best, data_dir, runs_dir, reporter) if wanted else None
     counts = {s: int((table["state"] == s).sum()) for s in ("complete", "pruned", "fail")}
     run.update_manifest(tune={"trials": table.height, **counts, "best": best, "best_recipe": "tune/best.toml"})
     return TuneResult(run, best, table, refit, added)
