@@ -31,7 +31,7 @@ from quant_cli.io import (
     storage_errors, write_json_atomic, write_owner, write_text_atomic,
 )
 from quant_cli.recipe import Recipe, fingerprint, to_toml
-from quant_cli.recipe.schema import RUN_NAME_DOC, RUN_NAME_PATTERN
+from quant_cli.schema import RUN_NAME_DOC, RUN_NAME_PATTERN
 from quant_cli.report import SILENT, Reporter
 
 # What each stage writes into a run. A stage is committed by its manifest entry, written last:
