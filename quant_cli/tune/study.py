@@ -35,7 +35,7 @@ import polars as pl
 from quant_cli import stages
 from quant_cli.backend import Backend, open_backend
 from quant_cli.errors import RecipeError, RunError
-from quant_cli.io import write_parquet_atomic, write_text_atomic
+from quant_cli.io import storage_errors, write_parquet_atomic, write_text_atomic
 from quant_cli.recipe import Recipe, to_toml
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run
@@ -99,12 +99,14 @@ def _tune(run: Run, recipe: Recipe, dims: list[space.Dimension], prepared: Any, 
     folder.mkdir(exist_ok=True)
     try:
         with FileLock(str(folder / ".lock"), timeout=0), run.stage("tune") as info:
-            study = _open_study(run, recipe, reporter)
+            with storage_errors(folder / "study.sqlite"):  # SQLite: "database or disk is full", not an OSError
+                study = _open_study(run, recipe, reporter)
             if prepared is not None:
                 objective.share(run.path, prepared)
             try:
                 wanted = recipe["tune"]["trials"] if trials is None else trials
-                added = _optimize(study, run, recipe, dims, Path(data_dir), wanted, backend, reporter)
+                with storage_errors(folder / "study.sqlite"):
+                    added = _optimize(study, run, recipe, dims, Path(data_dir), wanted, backend, reporter)
             finally:
                 objective.forget(run.path)
             result = _finish(study, run, recipe, Path(data_dir), Path(runs_dir), added, reporter, refit)
