@@ -60,8 +60,16 @@ def _watch_ppid(parent_pid: int) -> None:
 
 
 def _watch_pid(parent_pid: int) -> None:
-    from quant_cli.io import pid_alive
-
-    while pid_alive(parent_pid):
+    while _alive(parent_pid):
         time.sleep(WATCH_INTERVAL_S)
     os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (EPERM): alive
+        return True
+    return True
