@@ -22,7 +22,12 @@ from typer._click import exceptions as click_errors  # typer vendors click: its 
 from typer._click.globals import get_current_context
 
 from quant_cli.cli import console
+<<<<<<< HEAD
 from quant_cli.errors import STORAGE_FIXES, QFactoryError, StorageError, clip_huge_values, os_errno
+=======
+from quant_cli.errors import QFactoryError, StorageError, clip_huge_values
+from quant_cli.models.registry import check_capabilities
+>>>>>>> main
 from quant_cli.recipe import Recipe, load_with_overrides
 from quant_cli.runs.directory import Run, data_home, resolve_run, runs_home
 
@@ -58,7 +63,7 @@ def load_stage_recipe(recipe: Path, sets: list[str] | None, model: str | None = 
                       strict_device: bool = False) -> Recipe:
     """The recipe with --set, --model and --device/--strict-device applied (notices on stderr)."""
     overrides = [*(sets or []), *device_overrides(device, strict_device)]
-    return load_with_overrides(recipe, overrides, model, console.REPORTER)
+    return load_with_overrides(recipe, overrides, model, console.REPORTER, check=check_capabilities)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+
+def timestamp_codes(ts: np.ndarray | None) -> np.ndarray | None:
+    """int64 codes of timestamps (the sharpe loss and the validation IC group rows by them)."""
+    return None if ts is None else np.asarray(ts).astype("datetime64[us]").astype(np.int64)
 
 
 def window_offsets(seq_len: int, device: torch.device | str) -> torch.Tensor:
