@@ -22,12 +22,8 @@ from typer._click import exceptions as click_errors  # typer vendors click: its 
 from typer._click.globals import get_current_context
 
 from quant_cli.cli import console
-<<<<<<< HEAD
 from quant_cli.errors import STORAGE_FIXES, QFactoryError, StorageError, clip_huge_values, os_errno
-=======
-from quant_cli.errors import QFactoryError, StorageError, clip_huge_values
 from quant_cli.models.registry import check_capabilities
->>>>>>> main
 from quant_cli.recipe import Recipe, load_with_overrides
 from quant_cli.runs.directory import Run, data_home, resolve_run, runs_home
 
