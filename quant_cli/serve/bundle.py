@@ -34,7 +34,12 @@ import polars as pl
 from quant_cli import __version__
 from quant_cli.errors import BundleError
 from quant_cli.io import (
-    read_json, read_run_json, read_run_parquet, storage_errors, write_json_atomic, write_text_atomic,
+    read_json,
+    read_run_json,
+    read_run_parquet,
+    storage_errors,
+    write_json_atomic,
+    write_text_atomic,
 )
 from quant_cli.models.registry import load_model
 from quant_cli.pipeline import lookback
