@@ -149,8 +149,19 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "patience": Key("int", 5, "torch models: stop after this many epochs without improvement of train.monitor on the validation rows (0: never).", minimum=0),
         "monitor": Key("str", "loss", "torch models: what early stopping and the kept best epoch follow: validation loss, or validation IC.", choices=("loss", "ic")),
         "loss": Key("str", "mse", "torch models (regression): mse, huber, or sharpe (maximise mean/std of the per-timestamp portfolio return of tanh(score)); classifiers use cross-entropy.", choices=("mse", "huber", "sharpe")),
-        "precision": Key("str", "auto", "torch models: auto (bf16 autocast on a CUDA GPU that supports it, else fp32), fp32 or bf16.", choices=("auto", "fp32", "bf16")),
-        "compile": Key("bool", False, "torch models: torch.compile the network (worth it on a GPU for long fits)."),
+        "precision": Key("str", "auto",
+                         "torch models: autocast of the training forward/backward: auto (bf16 on a CUDA GPU that "
+                         "supports it, else fp16 with loss scaling on CUDA, else fp32), fp32, bf16 or fp16; the run "
+                         "records what was used.", choices=("auto", "fp32", "bf16", "fp16")),
+        "inference_precision": Key("str", "fp32",
+                                   "torch models: precision of scoring (validation, test, predict, serve): fp32, or "
+                                   "auto/bf16/fp16 autocast as for train.precision.",
+                                   choices=("fp32", "auto", "bf16", "fp16")),
+        "compile": Key("bool", False, "torch models: torch.compile the training forward with dynamic shapes (worth it "
+                                      "on a GPU for long fits)."),
+        "nproc": Key("int", 1, "torch models: data-parallel processes on this machine (--nproc overrides): gloo on "
+                               "CPU, nccl on CUDA with one GPU per process; the global batch stays batch_size.",
+                     minimum=1, maximum=1024),
     },
     "backtest": {
         "strategy": Key("str", "long_short", "long_short: long the top, short the bottom quantile; long_only: long the top quantile; top_k: long the top_k (and short the bottom top_k with top_k_short); threshold: sign(score) where |score| > threshold; proportional: weights ∝ demeaned score; sign: sign(score) per symbol (single-asset data).", choices=("long_short", "long_only", "top_k", "threshold", "proportional", "sign")),

@@ -83,8 +83,9 @@ class LoopConfig:
     patience: int = _train("patience")      # epochs without improvement before stopping (0: never)
     monitor: str = _train("monitor")        # "loss" (val loss, minimised) or "ic" (val IC, maximised)
     loss: str = _train("loss")              # mse, huber or sharpe (regression); classifiers use cross-entropy
-    precision: str = _train("precision")    # auto (bf16 on a GPU that has it), fp32, bf16
-    compile: bool = _train("compile")       # torch.compile the network
+    precision: str = _train("precision")    # training autocast: auto, fp32, bf16, fp16 (models/torch/precision.py)
+    inference_precision: str = _train("inference_precision")  # scoring: fp32 unless asked otherwise
+    compile: bool = _train("compile")       # torch.compile the training forward (dynamic shapes)
 
     @classmethod
     def from_section(cls, section: dict[str, Any] | None) -> LoopConfig:
