@@ -23,7 +23,7 @@ from quant_cli.data import schema, sources, store
 from quant_cli.data.frequency import parse_frequency
 from quant_cli.data.schema import LINE, OHLCV, SRC, STRICT, Origin
 from quant_cli.data.synthetic import generate
-from quant_cli.errors import DataError, one_of, suggest
+from quant_cli.errors import DataError, one_of, shown, suggest
 from quant_cli.schema import SCHEMA
 
 LAYOUTS = ("auto", "long", "per_symbol", "wide")
@@ -99,14 +99,41 @@ def with_overrides(request: IngestRequest, **values: Any) -> IngestRequest:
 def ingest(request: IngestRequest, data_dir: Path, reporter: Reporter = SILENT) -> dict[str, Any]:
     """Ingest `request.source` into `<data_dir>/<dataset>`; returns the store manifest."""
     request = _checked(request, data_dir)
-    if request.source == "synthetic":
-        bars, description, frequency = _synthetic(request.synthetic), _describe_synthetic(request.synthetic), request.synthetic.frequency
-    else:
-        bars, description, frequency = read_bars(request, reporter), _describe(request), request.frequency
+    bars, description, frequency = _read_source(request, reporter)
     with store.writer(data_dir, request.dataset, reporter) as writer:
         previous = writer.latest() if request.mode == "append" else None
         if previous is not None:
             return _append(writer, previous, request, bars, description, frequency, reporter)
+        return writer.replace(bars, description, frequency)
+
+
+def _read_source(request: IngestRequest, reporter: Reporter) -> tuple[pl.DataFrame, str, str | None]:
+    """(canonical bars, description of the source, declared frequency) of a checked request."""
+    if request.source == "synthetic":
+        params = request.synthetic
+        return _synthetic(params), _describe_synthetic(params), params.frequency
+    return read_bars(request, reporter), _describe(request), request.frequency
+
+
+def ingest_missing(recipe: dict[str, Any], data_dir: Path, reporter: Reporter = SILENT) -> dict[str, Any] | None:
+    """The recipe's `[data] source` ingested when its dataset is not in the store yet, so a recipe
+    works as the first command on a new machine (`train`, `split`, `features`, `walkforward`, `tune`).
+
+    Never re-ingests an existing dataset (only `qfactory run` and `qfactory ingest` do). The check
+    is repeated under the dataset's writer lock, so two commands starting at once on one data home
+    ingest it once: the second waits for the lock, then finds the table. Returns the new store
+    manifest, or None when nothing was ingested.
+    """
+    data = recipe["data"]
+    if not data.get("source") or store.exists(data_dir, data["dataset"]):
+        return None
+    request = _checked(request_from_recipe(recipe), data_dir)
+    with store.writer(data_dir, request.dataset, reporter) as writer:
+        if store.exists(data_dir, request.dataset):
+            return None  # another command ingested it while this one waited for the lock
+        reporter.notice(f"dataset {request.dataset!r} is not in {data_dir} yet: ingesting it from the recipe's "
+                        f"data.source ({shown(request.source)}) first")
+        bars, description, frequency = _read_source(request, reporter)
         return writer.replace(bars, description, frequency)
 
 

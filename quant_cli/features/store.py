@@ -143,7 +143,10 @@ def build_features(recipe: Recipe, data_dir: Path, backend: str = "local", jobs:
     """`qfactory features`: the recipe's feature version, its symbol groups built on `backend`
     (quant_cli.backend) after checking that every worker sees the data home."""
     from quant_cli.backend import open_backend
+    from quant_cli.data.ingest import ingest_missing
 
+    registry.REGISTRY.resolve(recipe["features"])  # bad feature names fail before an ingest
+    ingest_missing(recipe, data_dir, reporter)  # a recipe is its own first command on a new machine
     with open_backend(backend, jobs) as opened:
         opened.check_shared({"data home": Path(data_dir)})
         return feature_table(recipe, data_dir, reporter=reporter, backend=opened)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from quant_cli.errors import ModelError
-from quant_cli.io import write_json_atomic
+from quant_cli.io import write_bytes_atomic, write_json_atomic
 from quant_cli.models.base import TASKS, Inputs, Model
 from quant_cli.models.torch.config import LoopConfig, NetConfig, declared
 
@@ -197,9 +197,15 @@ class TorchModel(Model):
         return info
 
     def _save_native(self, folder: Path) -> None:
+        import io
+
         import torch
 
-        torch.save({k: v.detach().cpu() for k, v in self.net_.state_dict().items()}, folder / "weights.pt")
+        # Serialised in memory, then written by qfactory: on a full disk torch's own writer says only "file write
+        # failed"; write_bytes_atomic names the file (one StorageError line).
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in self.net_.state_dict().items()}, buffer)
+        write_bytes_atomic(folder / "weights.pt", buffer.getvalue())
         write_json_atomic(folder / "history.json", {"model": self.name, "epochs": self.history_})
 
     def _load_native(self, folder: Path, meta: dict[str, Any]) -> None:

@@ -37,7 +37,14 @@ import polars as pl
 
 from quant_cli import __version__
 from quant_cli.errors import BundleError, QFactoryError, clip_huge_values
-from quant_cli.io import read_json, read_run_json, read_run_parquet, write_json_atomic, write_text_atomic
+from quant_cli.io import (
+    read_json,
+    read_run_json,
+    read_run_parquet,
+    storage_errors,
+    write_json_atomic,
+    write_text_atomic,
+)
 from quant_cli.models.base import Model
 from quant_cli.models.registry import load_model
 from quant_cli.pipeline import lookback
@@ -156,9 +163,12 @@ def _write_provenance(folder: Path, run: Run) -> None:
 def write_archive(folder: Path, target: Path) -> Path:
     """`folder` as one .tar.gz (entries under the folder's name), written atomically."""
     partial = target.with_name(f".{target.name}.partial")
-    with tarfile.open(partial, "w:gz") as tar:
-        tar.add(folder, arcname=folder.name)
-    partial.replace(target)
+    try:
+        with storage_errors(target, own_name=False), tarfile.open(partial, "w:gz") as tar:  # a full disk: one line
+            tar.add(folder, arcname=folder.name)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)  # a failed archive leaves nothing behind
     return target
 
 

@@ -16,7 +16,7 @@ from quant_cli.backtest.report import render_run_reports
 from quant_cli.data import store
 from quant_cli.dataset.table import load_bars
 from quant_cli.errors import RunError
-from quant_cli.io import read_json, read_run_parquet, write_json_atomic
+from quant_cli.io import read_run_json, read_run_parquet, write_json_atomic
 from quant_cli.pipeline import adjust
 from quant_cli.pipeline.adjust import Adjustment
 from quant_cli.pipeline.fitted import FittedPipeline
@@ -57,7 +57,7 @@ def _write_backtest(run: Run, kind: str, signal: pl.DataFrame, bars: pl.DataFram
         summary = write_backtest(folder, signal, bars, cfg, extra={"segment": segment}, kind=kind, run_dir=run.path,
                                  frequency=frequency, reporter=reporter, deflate=deflate)
     path = run.path / "metrics.json"
-    metrics = read_json(path) if path.is_file() else {}
+    metrics = read_run_json(run.path, "metrics.json") if path.is_file() else {}
     metrics["backtest"] = block = {k: v for k, v in summary.items() if k != "config"}
     write_json_atomic(path, metrics)
     return block
@@ -90,7 +90,7 @@ def backtest_weights(recipe: Recipe, weights_file: Path, data_dir: Path, runs_di
     (symbol, ts, weight; another tool's signal) on the recipe's dataset with its [backtest] settings."""
     check_recipe(recipe, reporter, model=False)
     weights = read_weights(weights_file)
-    snapshot = pin_dataset(recipe, data_dir)
+    snapshot = pin_dataset(recipe, data_dir, reporter)
     with create_run(runs_dir, recipe) as run:
         run.update_manifest(dataset=dataset_record(snapshot))
         with run.stage("backtest") as info:
@@ -105,7 +105,9 @@ def backtest_weights(recipe: Recipe, weights_file: Path, data_dir: Path, runs_di
 
 def _adjustment(run: Run) -> Adjustment:
     path = run.path / "split" / "pipeline.json"
-    return FittedPipeline.from_json(read_json(path)).adjustment if path.is_file() else Adjustment()
+    if not path.is_file():
+        return Adjustment()
+    return FittedPipeline.from_json(read_run_json(run.path, "split/pipeline.json")).adjustment
 
 
 def backtest_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> BacktestResult:

@@ -80,14 +80,18 @@ def check_universe(recipe: Recipe, snapshot: store.Snapshot) -> None:
         strategies.check_universe(with_defaults(recipe["backtest"]), len(symbols), symbols)
 
 
-def pin_dataset(recipe: Recipe, data_dir: Path) -> store.Snapshot:
-    """The one dataset version a command reads, pinned when it starts."""
+def pin_dataset(recipe: Recipe, data_dir: Path, reporter: Reporter = SILENT) -> store.Snapshot:
+    """The one dataset version a command reads, pinned when it starts; a dataset not in the store yet
+    is first ingested from the recipe's data.source when it names one (a recipe is its own first command)."""
+    from quant_cli.data.ingest import ingest_missing
+
+    ingest_missing(recipe, data_dir, reporter)
     return store.pin(data_dir, dataset_name(recipe))
 
 
-def pin_checked(recipe: Recipe, data_dir: Path) -> store.Snapshot:
+def pin_checked(recipe: Recipe, data_dir: Path, reporter: Reporter = SILENT) -> store.Snapshot:
     """Pin the dataset, then check the split dates against the pinned manifest (before any feature build)."""
-    snapshot = pin_dataset(recipe, data_dir)
+    snapshot = pin_dataset(recipe, data_dir, reporter)
     _check_split_dates(recipe, snapshot.manifest)
     return snapshot
 

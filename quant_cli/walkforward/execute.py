@@ -123,7 +123,9 @@ def run_folds(tasks: Iterable[FoldTask], jobs: int | None, backend: str = "local
         return
     from joblib import Parallel, cpu_count, delayed
 
-    parallel = Parallel(n_jobs=jobs or cpu_count(), return_as="generator")
+    from quant_cli.workers import pool_kwargs
+
+    parallel = Parallel(n_jobs=jobs or cpu_count(), return_as="generator", backend="loky", **pool_kwargs())
     yield from reporter.track(parallel(delayed(run_fold)(task) for task in tasks), "walk-forward folds", total=total)
 
 

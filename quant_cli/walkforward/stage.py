@@ -39,7 +39,7 @@ def walkforward_new(recipe: Recipe, data_dir: Path, runs_dir: Path, jobs: int | 
                     reporter: Reporter = SILENT, backend: str = "local") -> WalkforwardResult:
     """A new run holding a walk-forward: every fold refit on its own training window."""
     common.check_recipe(recipe, reporter)
-    snapshot = common.pin_dataset(recipe, data_dir)  # split dates are not used: no split-date check
+    snapshot = common.pin_dataset(recipe, data_dir, reporter)  # split dates are not used: no split-date check
     common.check_universe(recipe, snapshot)  # before hours of fold fits end in an untradeable backtest
     with create_run(runs_dir, recipe) as run:
         homes = {"data home": Path(data_dir), "runs home": Path(runs_dir)}
