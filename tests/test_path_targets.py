@@ -66,3 +66,21 @@ def test_a_path_model_with_another_label_is_refused_in_one_line(runner, tmp_path
         "change the [label] section or use a single-score model"
     ]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()  # refused before any work
+
+
+def test_a_split_only_run_trains_a_path_model_from_its_stored_rows(tmp_path):
+    """`qfactory split` then `train --run`: the stored rows carry the path targets the model learns."""
+    from quant_cli import stages
+    from quant_cli.data.store import write_store
+    from quant_cli.recipe import load_recipe
+
+    write_store(tmp_path / "data", "p", generate(symbols=2, bars=120, seed=3), "test")
+    recipe = load_recipe(None, ['data.dataset="p"', "features.sets=[]", 'features.include=["ret_5"]', "label.horizon=3",
+                                'model.name="nbeats"', "model.params.seq_len=4", "model.params.hidden=8",
+                                "model.params.blocks=1", "train.epochs=1", "train.threads=1"])
+    run, prepared = stages.split_new(recipe, tmp_path / "data", tmp_path / "runs")
+    rows = prepared.segment("train")
+    assert rows["path"].list.len().unique().to_list() == [3]  # (n, horizon) targets for every training row
+    trained = stages.train_existing(run, tmp_path / "data")
+    predictions = pl.read_parquet(trained.run.path / "predictions.parquet")
+    assert predictions.height > 0 and predictions["score"].is_finite().all()
