@@ -28,7 +28,6 @@ from quant_cli.errors import RecipeError, RunError
 from quant_cli.features.align import FeatureOptions
 from quant_cli.features.store import feature_table, features_root, intact_parts, scan_version
 from quant_cli.io import read_run_json, read_run_parquet, write_json_atomic, write_parquet_atomic
-from quant_cli.models.registry import model_class
 from quant_cli.pipeline import adjust
 from quant_cli.pipeline.fitted import MODEL_DTYPE, FittedPipeline
 from quant_cli.recipe import Recipe
@@ -134,8 +133,12 @@ def load_bars(recipe: Recipe, snapshot: Snapshot) -> pl.DataFrame:
     return snapshot.load_bars(symbols=recipe["data"]["symbols"] or None, end=recipe["data"]["end"])
 
 
-def build_table(recipe: Recipe, snapshot: Snapshot, reporter: Reporter = SILENT) -> tuple[Table, pl.DataFrame, adjust.Adjustment]:
-    """(table, adjusted bars, adjustment): features on adjusted bars from the store, labels on the same bars."""
+def build_table(
+    recipe: Recipe, snapshot: Snapshot, reporter: Reporter = SILENT, path: bool = False
+) -> tuple[Table, pl.DataFrame, adjust.Adjustment]:
+    """(table, adjusted bars, adjustment): features on adjusted bars from the store, labels on the same bars.
+    `path`: the recipe's model forecasts a path (the caller asks the registry), so the rows also carry
+    its targets, the label's one-bar returns (quant_cli.dataset.labels.forward_path)."""
     raw = load_bars(recipe, snapshot)
     adjustment = adjust.resolve(recipe["data"]["adjust"], raw, reporter)
     bars = adjustment.apply(raw)
@@ -143,7 +146,7 @@ def build_table(recipe: Recipe, snapshot: Snapshot, reporter: Reporter = SILENT)
     features = feature_table(recipe, snapshot.data_dir, reporter=reporter, snapshot=adjust.AdjustedSnapshot(snapshot, adjustment))
     labels = make_labels(bars, recipe["label"], recipe["backtest"]["execution"])
     columns = ROW_COLUMNS
-    if model_class(recipe["model"]["name"]).output == "path":  # its targets: the label's one-bar returns
+    if path:
         path = forward_path(bars, recipe["label"]["horizon"], recipe["backtest"]["execution"]).drop("path_end")
         labels, columns = labels.join(path, on=KEYS, how="left"), [*ROW_COLUMNS, "path"]
     keys = features.scan().select(KEYS).collect()
@@ -192,10 +195,12 @@ def fit_pipeline(pipeline: FittedPipeline, table: Table, rows: pl.DataFrame) -> 
     return pipeline.fit(table.scan_features().join(train.lazy(), on=KEYS, how="semi"))
 
 
-def prepare(recipe: Recipe, snapshot: Snapshot, reporter: Reporter = SILENT, plan: SplitPlan | None = None) -> Prepared:
+def prepare(
+    recipe: Recipe, snapshot: Snapshot, reporter: Reporter = SILENT, plan: SplitPlan | None = None, path: bool = False
+) -> Prepared:
     """Table → split → fitted pipeline, for a new run. `plan`: a run's split boundaries to reuse
     (the audit refits a run on rewritten bars of another data home with the run's own plan)."""
-    table, bars, adjustment = build_table(recipe, snapshot, reporter)
+    table, bars, adjustment = build_table(recipe, snapshot, reporter, path)
     calendar = bars.select(KEYS)
     del bars
     rows, plan = split_rows(table, recipe, calendar, plan)

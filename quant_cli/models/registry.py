@@ -160,6 +160,11 @@ def check_capabilities(recipe: dict[str, Any], origin: str) -> None:
         _check_path_label(origin, name, recipe["label"])
 
 
+def forecasts_path(recipe: dict[str, Any]) -> bool:
+    """Whether the recipe's model forecasts a path: its run's rows then carry path targets."""
+    return model_class(recipe["model"]["name"]).output == "path"
+
+
 def _check_path_label(origin: str, name: str, label: dict[str, Any]) -> None:
     """A path model learns the h one-bar simple returns of a forward_return label (DESIGN.md §6)."""
     asked = [f"label.kind = {label['kind']!r}"] if label["kind"] != "forward_return" else []
