@@ -84,3 +84,18 @@ def test_a_split_only_run_trains_a_path_model_from_its_stored_rows(tmp_path):
     trained = stages.train_existing(run, tmp_path / "data")
     predictions = pl.read_parquet(trained.run.path / "predictions.parquet")
     assert predictions.height > 0 and predictions["score"].is_finite().all()
+
+
+def test_walkforward_folds_train_a_path_model(runner, tmp_path):
+    """Each fold's rows carry the path targets through to the fit (and the fold's score is the compounded path)."""
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "walkforward.toml")
+    sets = ['data.dataset="wfp"', "data.synthetic.symbols=2", "data.synthetic.bars=300", 'model.name="nbeats"',
+            "model.params={seq_len=4, hidden=8, blocks=1}", "train.epochs=1", "train.threads=1",
+            'features.sets=[]', 'features.include=["ret_5"]', "walkforward.train=150", "walkforward.validation=30",
+            "walkforward.test=60", "walkforward.step=60"]
+    result = runner.invoke(app, ["walkforward", "--recipe", recipe, "--data-dir", str(tmp_path / "data"), "--runs-dir",
+                                 str(tmp_path / "runs"), *(a for s in sets for a in ("--set", s))])
+    assert result.exit_code == 0, result.output
+    run = Path(result.stdout.strip().splitlines()[-1])
+    predictions = pl.read_parquet(next(run.rglob("predictions.parquet")))
+    assert predictions.height > 0 and predictions["score"].is_finite().all()

@@ -105,7 +105,7 @@ def _fit_and_score_panel(model: Model, window: FoldWindow | None, pipeline: Fitt
     if window is None:  # a matrix of a fold's kept rows would make windows across purged gaps
         raise ModelError(f"model '{model.name}' reads windows of past rows and cannot be fit on a fold's rows alone; "
                          "use walk-forward (qfactory walkforward) or split.method = \"chronological\"")
-    train = parts["train"].select(*KEYS, "label", "t1")
+    train = parts["train"].select(*KEYS, "label", "t1", *(["path"] if "path" in parts["train"].columns else []))
     weight = weights["weight"] if weights is not None else pl.Series("weight", [None] * train.height, pl.Float64)
     parts = {"train": train.with_columns(weight.alias("weight")),  # fit_weights keeps train's row order
              "val": parts["val"] if parts["val"] is not None else train.clear(), "test": parts["test"]}
