@@ -19,6 +19,7 @@ import polars as pl
 
 from quant_cli.data import schema
 from quant_cli.data.schema import LINE, SRC, TS_DTYPE, Origin
+from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.errors import DataError, RunError
 from quant_cli.models.base import Model
 from quant_cli.pipeline import lookback
@@ -186,6 +187,9 @@ class LoadedBundle:
         return self.score_feature_rows(FeatureRows.of(rows, self.pipeline.features))
 
     def score_feature_rows(self, rows: FeatureRows) -> pl.DataFrame:
+        if self.pipeline.fits_regime:  # its column is a filter over history, which loose feature rows do not carry
+            raise DataError(f"this bundle's feature {HMM_FEATURE!r} is filtered over each symbol's bar history; "
+                            "send bars, not feature rows")
         if self.model.uses_panel():  # every row with a full window among the rows sent
             return score_panel(self, rows.frame(self.pipeline.features).sort(KEYS))
         return self._score_rows(rows)
