@@ -61,7 +61,8 @@ def render(folder: Path, run_dir: Path) -> str:
     summary = read_json(folder / "metrics.json")
     analysis = read_json(folder / "analysis.json") if (folder / "analysis.json").is_file() else {}
     folds = _folds(folder)
-    parts = [_header(summary, run_dir, bool(folds)), _tables(summary), *_performance(curve, summary, folds), *_signal(analysis, summary)]
+    parts = [_header(summary, run_dir, bool(folds)), _tables(summary), _regime_table(summary),
+             *_performance(curve, summary, folds), *_signal(analysis, summary)]
     if (importance := _importance(run_dir)) is not None:
         parts.append(importance)
     if folds:
@@ -107,6 +108,21 @@ def _tables(summary: dict[str, Any]) -> str:
     detail = "".join(f"<tr><td>{k}</td><td>{_fmt(summary.get(k), spec)}</td></tr>" for k, spec in DETAIL if k in summary)
     return (f"<h2>Summary</h2><table><tr><th></th><th>after costs</th><th>before costs</th></tr>{rows}</table>"
             f"<h2>All metrics</h2><table>{detail}</table>")
+
+
+def _regime_table(summary: dict[str, Any]) -> str:
+    """Results per market volatility regime (backtest/regimes.py); empty for older metrics.json files."""
+    regimes = summary.get("by_regime") or {}
+    if not regimes:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{_fmt(m.get('share'), '.1%')}</td><td>{_fmt(m.get('periods'), 'd')}</td>"
+                   f"<td>{_fmt(m.get('total_return'), '.2%')}</td><td>{_fmt(m.get('mean_return'), '.3%')}</td>"
+                   f"<td>{_fmt(m.get('sharpe'), '.2f')}</td><td>{_fmt(m.get('hit_rate'), '.1%')}</td></tr>"
+                   for name, m in regimes.items())
+    head = "<tr><th>regime</th><th>share of time</th><th>periods</th><th>total return</th><th>mean return</th><th>Sharpe</th><th>hit rate</th></tr>"
+    note = ("<p class=\"note\">The equal-weight market's 20-bar volatility, ranked in its trailing year, in terciles; "
+            "known at each decision's close.</p>")
+    return f"<h2>By market regime</h2>{note}<table>{head}{rows}</table>"
 
 
 def _figure(svg: str) -> str:
