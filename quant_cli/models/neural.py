@@ -23,6 +23,21 @@ def timestamp_codes(ts: np.ndarray | None) -> np.ndarray | None:
     return None if ts is None else np.asarray(ts).astype("datetime64[us]").astype(np.int64)
 
 
+def previous_rows(symbols: np.ndarray | None, ts: np.ndarray | None) -> np.ndarray:
+    """(n,) index of the row holding the same symbol's previous timestamp among these rows, -1 for
+    a symbol's first (the pnl loss's turnover; rows without symbols are one symbol; without
+    timestamps, the rows' own order is time order)."""
+    n = 0 if symbols is None and ts is None else len(symbols if symbols is not None else ts)
+    keys = [np.arange(n)] if ts is None else [np.asarray(ts).astype("datetime64[us]").astype(np.int64)]
+    if symbols is not None:
+        keys.append(np.unique(np.asarray(symbols).astype(str), return_inverse=True)[1])
+    order = np.lexsort(keys)  # by symbol, then time
+    prev = np.full(n, -1, dtype=np.int64)
+    same = np.ones(max(n - 1, 0), dtype=bool) if symbols is None else keys[-1][order[1:]] == keys[-1][order[:-1]]
+    prev[order[1:][same]] = order[:-1][same]
+    return prev
+
+
 class MLPModel(TorchModel):
     name = "mlp"
     symbol_encodings = ("none", "one_hot", "embedding")
@@ -70,5 +85,6 @@ class MLPModel(TorchModel):
         y_dtype = torch.int64 if self.is_classifier else torch.float32
         n = len(rows.X)
         samples = Samples(tensor(rows.X, torch.float32), torch.arange(n, device=dev), 0, tensor(rows.ids, torch.int64),
-                          tensor(y, y_dtype), tensor(w, torch.float32), tensor(timestamp_codes(rows.ts), torch.int64))
+                          tensor(y, y_dtype), tensor(w, torch.float32), tensor(timestamp_codes(rows.ts), torch.int64),
+                          tensor(previous_rows(rows.symbols, rows.ts), torch.int64) if self.loop.loss == "pnl" else None)
         return samples, np.ones(n, dtype=bool)

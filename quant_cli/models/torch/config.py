@@ -20,7 +20,9 @@ class LoopConfig:
     grad_clip: float = 1.0     # max global gradient norm (0: off)
     patience: int = 5          # epochs without improvement before stopping (0: never)
     monitor: str = "loss"      # "loss" (val loss, minimised) or "ic" (val IC, maximised)
-    loss: str = "mse"          # mse, huber or sharpe (regression); classifiers use cross-entropy
+    loss: str = "mse"          # mse, huber, sharpe or pnl (regression); classifiers use cross-entropy
+    pnl_cost_bps: float = 5.0  # pnl loss: cost per unit of position traded, in basis points
+    pnl_drawdown_penalty: float = 0.0  # pnl loss: weight of the batch path's max drawdown (0: off)
     precision: str = "auto"    # auto (bf16 on a GPU that has it), fp32, bf16
     compile: bool = False      # torch.compile the network
 

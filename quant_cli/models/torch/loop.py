@@ -19,6 +19,7 @@ when asked. CPU: deterministic algorithms and `threads`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import time
@@ -202,7 +203,8 @@ def _epoch(net, opt, sched, data: Samples, cfg: LoopConfig, loss_fn, device: str
         x, ids = data.inputs(idx)
         with autocast(device, cfg.precision):
             out = net(x.to(device, non_blocking=True), ids)  # (B, K)
-        loss = loss_fn(out.float(), data.part("y", idx), data.part("w", idx), data.part("group", idx))
+        extra = {"previous": _previous(net, data, idx, device, cfg.precision)} if getattr(loss_fn, "needs_previous", False) else {}
+        loss = loss_fn(out.float(), data.part("y", idx), data.part("w", idx), data.part("group", idx), **extra)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -211,6 +213,19 @@ def _epoch(net, opt, sched, data: Samples, cfg: LoopConfig, loss_fn, device: str
         sched.step()
         total, count = total + float(loss.detach()) * len(idx), count + len(idx)
     return total / max(count, 1)
+
+
+def _previous(net, data: Samples, idx: torch.Tensor, device: str, precision: str):
+    """The pnl loss's previous scores of a training batch: the same network on the windows ending
+    one bar earlier (gradients flow through both, as the position change costs through both)."""
+    from quant_cli.models.torch.losses import Previous
+
+    if data.prev is None:  # a family that does not say where its samples' previous rows are
+        raise ValueError("the pnl loss needs Samples.prev (each sample's previous row)")
+    x, ids, known = data.previous_inputs(idx)
+    with autocast(device, precision):
+        score = net(x.to(device, non_blocking=True), ids)[:, 0].float()
+    return Previous(score, known.to(score.device))
 
 
 @torch.no_grad()
@@ -230,7 +245,14 @@ def evaluate(net, val: Samples, loss_fn, cfg: LoopConfig, device: str) -> tuple[
     out = infer(net, val, device, cfg.precision)
     y, w = val.y.cpu(), None if val.w is None else val.w.cpu()
     group = None if val.group is None else val.group.cpu()
-    loss = float(loss_fn(out, y, w, group))
+    extra = {}
+    if getattr(loss_fn, "needs_previous", False):  # every sample's previous window, scored as a sample of its own
+        from quant_cli.models.torch.losses import Previous
+
+        known = val.prev >= 0
+        earlier = infer(net, dataclasses.replace(val, ends=val.prev.clamp_min(0).to(val.ends.device)), device, cfg.precision)
+        extra["previous"] = Previous(earlier[:, 0], known.cpu())
+    loss = float(loss_fn(out, y, w, group, **extra))
     score = out[:, 0] if out.shape[1] == 1 else torch.softmax(out, 1) @ torch.arange(out.shape[1], dtype=out.dtype)
     return loss, information_coefficient(score.numpy(), y.double().numpy(), None if group is None else group.numpy())
 

@@ -37,6 +37,7 @@ class Samples:
     y: torch.Tensor | None = None     # (n,) float32 target, or int64 class code
     w: torch.Tensor | None = None     # (n,) float32 sample weight
     group: torch.Tensor | None = None  # (n,) int64 timestamp code (sharpe loss, cross-sectional IC)
+    prev: torch.Tensor | None = None   # (n,) int64 row of x the same symbol's previous sample ends at, -1 if none (pnl loss)
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -44,6 +45,13 @@ class Samples:
     def inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(x_batch, ids_batch) of samples `idx`: (B, L, F) or (B, F), and (B,)."""
         return gather(self.x, self.ends[idx], self.seq_len), self.part("ids", idx)
+
+    def previous_inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(x, ids, known) of the windows ending at each sample's previous row (`prev`; a stand-in
+        window where there is none, masked by `known`): what the pnl loss scores for turnover."""
+        prev = self.prev[idx.to(self.prev.device, non_blocking=True)]
+        known = prev >= 0
+        return gather(self.x, prev.clamp_min(0).to(self.x.device), self.seq_len), self.part("ids", idx), known
 
     def part(self, name: str, idx: torch.Tensor) -> torch.Tensor | None:
         """Per-sample values of `idx`; the panel may sit in host memory while these are on the GPU."""
