@@ -15,6 +15,7 @@ from serving import Trained, train
 from quant_cli import stages
 from quant_cli.cli import app
 from quant_cli.data.store import load_bars, write_store
+from quant_cli.data.synthetic import generate
 from quant_cli.errors import DataError
 from quant_cli.features import REGISTRY, compute_features
 from quant_cli.features.regime import HMM_FEATURE
@@ -138,3 +139,51 @@ def test_a_planted_two_regime_hmm_is_json_round_tripped() -> None:
     again = GaussianHMM.from_json(json.loads(json.dumps(model.to_json())))
     np.testing.assert_array_equal(again.transition, model.transition)
 
+
+
+WF_RECIPE = ['data.dataset="p"', "label.horizon=3", "model.params.n_estimators=10", "model.params.min_data_in_leaf=20",
+             "train.threads=1", "walkforward.train=120", "walkforward.test=40", 'features.sets=["regime"]',
+             "features.windows=[5]"]
+
+
+def _fold(data_dir: Path, index: int):
+    """Walk-forward fold `index`: its FoldTask and fitted pipeline and test scores."""
+    from quant_cli.data.store import pin
+    from quant_cli.dataset.table import build_table, new_pipeline
+    from quant_cli.recipe import load_recipe
+    from quant_cli.walkforward.execute import fit_fold
+    from quant_cli.walkforward.folds import build_folds
+    from quant_cli.walkforward.stage import _tasks
+
+    recipe = load_recipe(None, WF_RECIPE)
+    snapshot = pin(data_dir, "p")
+    table, bars, adjustment = build_table(recipe, snapshot)
+    folds = build_folds(table.rows.filter(pl.col("label").is_not_null())["ts"].to_numpy(), recipe["walkforward"], 3)
+    tasks = list(_tasks(folds, table, new_pipeline(recipe, table, snapshot.manifest, adjustment), bars.select("symbol", "ts"),
+                        recipe, "cpu"))
+    pipeline, _, scored = fit_fold(tasks[index])
+    return folds[index], pipeline, scored
+
+
+def test_walkforward_fits_the_hmm_per_fold_on_its_training_window_only(tmp_path: Path) -> None:
+    """Each fold fits its own HMM (two folds, two models); rewriting every bar after fold 1's
+    training end leaves its HMM and scaler as they were, while its test scores move."""
+    bars = generate(symbols=4, bars=420, seed=3)
+    write_store(tmp_path / "a", "p", bars, "test")
+    _, first, _ = _fold(tmp_path / "a", 0)
+    fold, pipeline, scored = _fold(tmp_path / "a", 1)
+    assert first.regime != pipeline.regime
+    write_store(tmp_path / "b", "p", prices_rewritten_after(bars, fold.train_end), "test")
+    _, rewritten, scored_b = _fold(tmp_path / "b", 1)
+    assert rewritten.regime == pipeline.regime and rewritten.state == pipeline.state
+    assert scored.height == scored_b.height
+    assert not np.allclose(scored["score"].to_numpy(), scored_b["score"].to_numpy())
+
+
+def test_the_runs_backtest_reports_results_by_regime(regime_run: Trained, runner) -> None:
+    result = runner.invoke(app, ["backtest", "--run", str(regime_run.run.path), "--data-dir", str(regime_run.data_dir)])
+    assert result.exit_code == 0, result.output
+    by_regime = json.loads((regime_run.run.path / "metrics.json").read_text())["backtest"]["by_regime"]
+    assert set(by_regime) <= {"low", "normal", "high", "unknown"} and len(by_regime) >= 2
+    assert abs(sum(r["share"] for r in by_regime.values()) - 1.0) < 1e-12
+    assert "By market regime" in (regime_run.run.path / "backtest" / "report.html").read_text()
