@@ -10,9 +10,10 @@ the chain's stationary distribution at each symbol's first bar. Smoothed probabi
 training rows, to estimate the parameters) and by the tests that prove the features do not use
 them, never as a feature.
 
-Sequences are padded into one (symbols, bars) array and the recursions run bar by bar with numpy
-over all symbols at once: a Python loop over time (thousands of steps), never over rows. A
-missing return (a symbol's first bar) carries no evidence: both states' likelihood is 1.
+Sequences are padded into one time-major (bars, symbols) array and the recursions run bar by bar
+with numpy over all symbols at once: a Python loop over time (thousands of steps, each on one
+contiguous (symbols, 2) slice), never over rows. A missing return (a symbol's first bar) carries
+no evidence: both states' likelihood is 1.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from quant_cli.errors import DataError
 
 _ITERATIONS = 50
-_TOLERANCE = 1e-7  # stop EM when no parameter moves more than this (relative)
+_TOLERANCE = 1e-6  # stop EM when no parameter moves more than this (in units of the return std; probabilities)
 _STAY = 0.95  # initial probability of staying in a state
 _MIN_VARIANCE = 1e-12
 
@@ -54,44 +55,45 @@ class GaussianHMM:
 
 
 def padded(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """((S, T) float64 returns, NaN where missing or past a sequence's end; (S, T) bool: inside a sequence)."""
+    """((T, S) float64 returns, NaN where missing or past a sequence's end; (T, S) bool: inside a sequence)."""
     length = max((len(s) for s in sequences), default=0)
-    x = np.full((len(sequences), length), np.nan)
-    inside = np.zeros((len(sequences), length), dtype=bool)
+    x = np.full((length, len(sequences)), np.nan)
+    inside = np.zeros((length, len(sequences)), dtype=bool)
     for i, s in enumerate(sequences):
-        x[i, :len(s)] = s
-        inside[i, :len(s)] = True
+        x[:len(s), i] = s
+        inside[:len(s), i] = True
     return x, inside
 
 
 def _likelihoods(model: GaussianHMM, x: np.ndarray) -> np.ndarray:
-    """(S, T, 2) emission likelihoods, each (s, t) divided by its larger one (the ratio is what
-    filtering needs; the common factor cancels in every normalisation); 1 where x is missing."""
-    var = model.variances
-    log = -0.5 * ((x[..., None] - model.means) ** 2 / var + np.log(2 * np.pi * var))
-    log = log - log.max(axis=-1, keepdims=True)
-    return np.where(np.isnan(x)[..., None], 1.0, np.exp(log))
+    """(T, S, 2) emission likelihoods, each (t, s) divided by its larger one (the ratio is what
+    filtering needs; the common factor cancels in every normalisation); 1 where x is missing.
+    From the log-likelihood ratio d = log N(x; high) - log N(x; low): (exp(min(-d, 0)), exp(min(d, 0)))."""
+    (m0, m1), (v0, v1) = model.means, model.variances
+    d = 0.5 * ((x - m0) ** 2 / v0 - (x - m1) ** 2 / v1 + np.log(v0 / v1))
+    d = np.nan_to_num(d, nan=0.0)  # missing: no evidence either way
+    return np.stack([np.exp(np.minimum(-d, 0.0)), np.exp(np.minimum(d, 0.0))], axis=-1)
 
 
 def _forward(model: GaussianHMM, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(alpha (S, T, 2): P(state_t | x_1..x_t), scale (S, T): P(x_t | x_1..x_t-1) up to each (s,t)'s factor)."""
-    S, T, _ = e.shape
-    alpha = np.empty((S, T, 2))
-    scale = np.empty((S, T))
+    """(alpha (T, S, 2): P(state_t | x_1..x_t), scale (T, S): P(x_t | x_1..x_t-1) up to each (t, s)'s factor)."""
+    T, S, _ = e.shape
+    alpha = np.empty((T, S, 2))
+    scale = np.empty((T, S))
     predicted = np.broadcast_to(model.start, (S, 2))
     for t in range(T):
-        joint = predicted * e[:, t]
-        scale[:, t] = joint.sum(axis=1)
-        alpha[:, t] = joint / scale[:, t, None]
-        predicted = alpha[:, t] @ model.transition  # P(state_t+1 | x_1..x_t)
+        joint = predicted * e[t]
+        scale[t] = joint.sum(axis=1)
+        alpha[t] = joint / scale[t, :, None]
+        predicted = alpha[t] @ model.transition  # P(state_t+1 | x_1..x_t)
     return alpha, scale
 
 
 def _backward(model: GaussianHMM, e: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    S, T, _ = e.shape
-    beta = np.ones((S, T, 2))
+    T = e.shape[0]
+    beta = np.ones(e.shape)
     for t in range(T - 2, -1, -1):
-        beta[:, t] = (e[:, t + 1] * beta[:, t + 1]) @ model.transition.T / scale[:, t + 1, None]
+        beta[t] = (e[t + 1] * beta[t + 1]) @ model.transition.T / scale[t + 1, :, None]
     return beta
 
 
@@ -99,28 +101,27 @@ def filtered(model: GaussianHMM, sequences: list[np.ndarray]) -> list[np.ndarray
     """P(high | returns up to t) for every bar of every sequence: the feature."""
     x, _ = padded(sequences)
     alpha, _ = _forward(model, _likelihoods(model, x))
-    return [alpha[i, :len(s), 1] for i, s in enumerate(sequences)]
+    return [alpha[:len(s), i, 1] for i, s in enumerate(sequences)]
 
 
 def smoothed(model: GaussianHMM, sequences: list[np.ndarray]) -> list[np.ndarray]:
     """P(high | the WHOLE sequence) (forward-backward): uses the future; for EM and tests only."""
     x, inside = padded(sequences)
     gamma, _ = _posteriors(model, x, inside)
-    return [gamma[i, :len(s), 1] for i, s in enumerate(sequences)]
+    return [gamma[:len(s), i, 1] for i, s in enumerate(sequences)]
 
 
 def _posteriors(model: GaussianHMM, x: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(gamma (S, T, 2), expected transition counts (2, 2)) over the sequences' own bars."""
+    """(gamma (T, S, 2), expected transition counts (2, 2)) over the sequences' own bars."""
     e = _likelihoods(model, x)
     alpha, scale = _forward(model, e)
     beta = _backward(model, e, scale)
     gamma = alpha * beta
     gamma /= gamma.sum(axis=-1, keepdims=True)
     # xi_t(i, j) = alpha_t(i) A_ij e_t+1(j) beta_t+1(j) / scale_t+1, counted where t+1 is inside its sequence
-    ahead = e[:, 1:] * beta[:, 1:] / scale[:, 1:, None]  # (S, T-1, 2)
-    both = inside[:, 1:, None, None]
-    xi = np.where(both, alpha[:, :-1, :, None] * model.transition * ahead[:, :, None, :], 0.0)
-    return gamma, xi.sum(axis=(0, 1))
+    ahead = np.where(inside[1:, :, None], e[1:] * beta[1:] / scale[1:, :, None], 0.0)  # (T-1, S, 2)
+    counts = np.einsum("tsi,tsj->ij", alpha[:-1], ahead) * model.transition  # sum of xi without (T, S, 2, 2)
+    return gamma, counts
 
 
 def fit_hmm(sequences: list[np.ndarray], iterations: int = _ITERATIONS) -> GaussianHMM:
@@ -146,11 +147,13 @@ def fit_hmm(sequences: list[np.ndarray], iterations: int = _ITERATIONS) -> Gauss
 
 def _em_step(model: GaussianHMM, x: np.ndarray, inside: np.ndarray, observed: np.ndarray, floor: float) -> GaussianHMM:
     gamma, counts = _posteriors(model, x, inside)
-    weight = np.where(observed[..., None], gamma, 0.0)  # (S, T, 2): missing returns carry no evidence
-    total = weight.sum(axis=(0, 1))
-    filled = np.where(observed, x, 0.0)[..., None]
-    means = (weight * filled).sum(axis=(0, 1)) / total
-    variances = np.maximum((weight * (filled - means) ** 2).sum(axis=(0, 1)) / total, floor)
+    filled = np.where(observed, x, 0.0)  # (T, S); missing returns carry no evidence (weight 0)
+    means, variances = np.empty(2), np.empty(2)
+    for k in range(2):
+        weight = np.where(observed, gamma[..., k], 0.0)
+        total = weight.sum()
+        means[k] = (weight * filled).sum() / total
+        variances[k] = max((weight * (filled - means[k]) ** 2).sum() / total, floor)
     rows = counts.sum(axis=1, keepdims=True)
     transition = np.where(rows > 0, counts / np.where(rows > 0, rows, 1.0), model.transition)
     return GaussianHMM(means, variances, transition)
