@@ -39,7 +39,8 @@ def main() -> None:
     hit = np.mean([((p > 0.5) == s).mean() for p, s in zip(probabilities, states)])
     smooth_hit = np.mean([((p > 0.5) == s).mean() for p, s in zip(smoothed(model, returns), states)])
     print(f"{args.symbols} symbols x {args.bars} bars: fit {fit_s:.2f} s, filter {filter_s:.2f} s")
-    print(f"volatilities {np.sqrt(model.variances).round(4).tolist()}, stay {np.diag(model.transition).round(4).tolist()}")
+    volatility, stay = np.sqrt(model.variances).round(4).tolist(), np.diag(model.transition).round(4).tolist()
+    print(f"volatilities {volatility}, stay {stay}")
     print(f"state recovered: filtered {hit:.3f}, smoothed (uses the future) {smooth_hit:.3f}")
 
 

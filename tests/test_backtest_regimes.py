@@ -60,7 +60,8 @@ def test_market_regime_finds_the_planted_turbulence() -> None:
 def test_market_regime_at_t_ignores_bars_after_t() -> None:
     bars, _ = planted_panel()
     cut = bars["ts"].unique().sort()[500]
-    later = bars.with_columns(pl.when(pl.col("ts") > cut).then(pl.col("close") * 3).otherwise(pl.col("close")).alias("close"))
+    tripled = pl.when(pl.col("ts") > cut).then(pl.col("close") * 3).otherwise(pl.col("close"))
+    later = bars.with_columns(tripled.alias("close"))
     early, rewritten = (market_regimes(b).filter(pl.col("ts") <= cut) for b in (bars, later))
     assert early.equals(rewritten)
 
@@ -87,6 +88,7 @@ def test_metrics_json_and_report_carry_the_regime_breakdown(tmp_path: Path) -> N
     folder.mkdir()
     write_backtest(folder, foresight_in_turbulence(bars, turbulent), bars, CFG, periods_per_year=252)
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert set(metrics["by_regime"]["high"]) == {"periods", "share", "mean_return", "total_return", "sharpe", "hit_rate"}
+    keys = {"periods", "share", "mean_return", "total_return", "sharpe", "hit_rate"}
+    assert set(metrics["by_regime"]["high"]) == keys
     report = (folder / "report.html").read_text()
     assert "By market regime" in report and "<td>high</td>" in report

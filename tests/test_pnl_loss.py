@@ -93,7 +93,8 @@ def test_train_with_the_pnl_loss_end_to_end(runner, tmp_path: Path) -> None:
     recipe = tmp_path / "pnl.toml"
     recipe.write_text('[data]\ndataset = "p"\n[features]\nsets = ["core"]\nwindows = [5]\n'
                       '[model]\nname = "mlp"\nparams = { hidden = [8] }\n'
-                      '[train]\nepochs = 2\nthreads = 1\nloss = "pnl"\npnl_cost_bps = 10.0\npnl_drawdown_penalty = 0.5\n')
+                      '[train]\nepochs = 2\nthreads = 1\nloss = "pnl"\n'
+                      'pnl_cost_bps = 10.0\npnl_drawdown_penalty = 0.5\n')
     args = ["train", "--recipe", str(recipe), "--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -44,7 +44,8 @@ def market_regimes(bars: pl.DataFrame, window: int = WINDOW, history: int = HIST
 
 def by_regime(curve: pl.DataFrame, regimes: pl.DataFrame, periods_per_year: float) -> dict[str, dict[str, Any]]:
     """{regime: metrics} of the curve's net returns, each period labelled by its decision ts."""
-    labelled = curve.select("ts", "net").join(regimes, on="ts", how="left").with_columns(pl.col("regime").fill_null("unknown"))
+    labelled = curve.select("ts", "net").join(regimes, on="ts", how="left")
+    labelled = labelled.with_columns(pl.col("regime").fill_null("unknown"))
     total = labelled.height
     out: dict[str, dict[str, Any]] = {}
     for regime in REGIMES:

@@ -115,11 +115,11 @@ def _regime_table(summary: dict[str, Any]) -> str:
     regimes = summary.get("by_regime") or {}
     if not regimes:
         return ""
-    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{_fmt(m.get('share'), '.1%')}</td><td>{_fmt(m.get('periods'), 'd')}</td>"
-                   f"<td>{_fmt(m.get('total_return'), '.2%')}</td><td>{_fmt(m.get('mean_return'), '.3%')}</td>"
-                   f"<td>{_fmt(m.get('sharpe'), '.2f')}</td><td>{_fmt(m.get('hit_rate'), '.1%')}</td></tr>"
-                   for name, m in regimes.items())
-    head = "<tr><th>regime</th><th>share of time</th><th>periods</th><th>total return</th><th>mean return</th><th>Sharpe</th><th>hit rate</th></tr>"
+    columns = (("share", "share of time", ".1%"), ("periods", "periods", "d"), ("total_return", "total return", ".2%"),
+               ("mean_return", "mean return", ".3%"), ("sharpe", "Sharpe", ".2f"), ("hit_rate", "hit rate", ".1%"))
+    cells = ["".join(f"<td>{_fmt(m.get(k), spec)}</td>" for k, _, spec in columns) for m in regimes.values()]
+    rows = "".join(f"<tr><td>{html.escape(name)}</td>{row}</tr>" for name, row in zip(regimes, cells))
+    head = "<tr><th>regime</th>" + "".join(f"<th>{label}</th>" for _, label, _ in columns) + "</tr>"
     note = ("<p class=\"note\">The equal-weight market's 20-bar volatility, ranked in its trailing year, in terciles; "
             "known at each decision's close.</p>")
     return f"<h2>By market regime</h2>{note}<table>{head}{rows}</table>"

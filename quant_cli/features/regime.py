@@ -37,7 +37,8 @@ HMM_FEATURE = "regime_hmm_p_high"  # the fitted feature: the store holds its obs
 _TREND = "regime_bull_{w}"
 # The trend probability is a "ta" family already; it joins this set too (a family's sets are fixed
 # at registration, so the registered object is replaced by a copy with one more set, in place).
-REGISTRY.families[_TREND] = dataclasses.replace(REGISTRY.families[_TREND], sets=(*REGISTRY.families[_TREND].sets, "regime"))
+_trend = REGISTRY.families[_TREND]
+REGISTRY.families[_TREND] = dataclasses.replace(_trend, sets=(*_trend.sets, "regime"))
 
 
 def vol_percentile(w: int, history: int = VOL_HISTORY) -> pl.Expr:
@@ -47,7 +48,7 @@ def vol_percentile(w: int, history: int = VOL_HISTORY) -> pl.Expr:
 
 
 @register("regime_vol_pct_{w}", inputs=("close",), tags=("regime", "volatility"), sets=_SET, min_window=2,
-          description=f"Percentile (0-1) of the w-bar volatility of log returns within its trailing {VOL_HISTORY} values.")
+          description=f"Percentile (0-1) of the w-bar volatility of log returns among its last {VOL_HISTORY} values.")
 def regime_vol_pct(w: int) -> pl.Expr:
     return vol_percentile(w)
 
@@ -61,6 +62,6 @@ def regime_vol_state(w: int) -> pl.Expr:
 
 @register(HMM_FEATURE, inputs=("close",), tags=("regime", "volatility", "fitted"), sets=_SET,
           description="Filtered probability of the high-volatility state of a two-state Gaussian HMM on log returns, "
-                      "fit on training rows only (the feature table holds the log return; the fitted pipeline filters).")
+                      "fit on training rows only (the feature table holds the log return; the pipeline filters it).")
 def regime_hmm_observation() -> pl.Expr:
     return log_return()

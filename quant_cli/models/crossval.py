@@ -89,7 +89,8 @@ def fit_and_score(template: FittedPipeline, model: Model, train: pl.DataFrame, t
                                               weights, early_stopping if has_val else 0)
     if pipeline.fits_regime:
         if table is None:
-            raise ModelError("the regime feature regime_hmm_p_high is filtered over whole histories; pass the feature table")
+            raise ModelError("the regime feature regime_hmm_p_high is filtered over whole histories; "
+                             "pass the feature table")
         history = table.regime_history(pipeline)
         train, test = with_regime_of(history, train), with_regime_of(history, test)
         val = with_regime_of(history, val) if has_val else val

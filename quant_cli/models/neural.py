@@ -84,7 +84,8 @@ class MLPModel(TorchModel):
 
         y_dtype = torch.int64 if self.is_classifier else torch.float32
         n = len(rows.X)
+        prev = previous_rows(rows.symbols, rows.ts) if self.loop.loss == "pnl" else None
         samples = Samples(tensor(rows.X, torch.float32), torch.arange(n, device=dev), 0, tensor(rows.ids, torch.int64),
                           tensor(y, y_dtype), tensor(w, torch.float32), tensor(timestamp_codes(rows.ts), torch.int64),
-                          tensor(previous_rows(rows.symbols, rows.ts), torch.int64) if self.loop.loss == "pnl" else None)
+                          tensor(prev, torch.int64))
         return samples, np.ones(n, dtype=bool)

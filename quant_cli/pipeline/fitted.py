@@ -122,7 +122,8 @@ class FittedPipeline:
             self.regime = fit_hmm(_sequences(observed.sort(KEYS))).to_json()
             probabilities = self.with_regime(observed)
             lazy = lazy.drop(HMM_FEATURE).join(probabilities.lazy(), on=KEYS, how="left")
-        self.state = fit_preprocess(lazy.select(pl.col(self.features).cast(MODEL_DTYPE)), self.features, self.preprocess)
+        inputs = lazy.select(pl.col(self.features).cast(MODEL_DTYPE))
+        self.state = fit_preprocess(inputs, self.features, self.preprocess)
         return self
 
     def with_regime(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -134,9 +135,13 @@ class FittedPipeline:
         if self.regime is None:
             raise RunError("the pipeline is not fitted; call fit(training rows) before computing its regime feature")
         ordered = frame.with_row_index("_order").sort(KEYS)
-        probabilities = filtered(GaussianHMM.from_json(self.regime), _sequences(ordered))
+        sequences = _sequences(ordered)
+        probabilities = filtered(GaussianHMM.from_json(self.regime), sequences)
         values = np.concatenate(probabilities) if probabilities else np.zeros(0)
-        ordered = ordered.with_columns(pl.Series(HMM_FEATURE, values, pl.Float64).cast(frame.schema[HMM_FEATURE]))
+        observed = ~np.isnan(np.concatenate(sequences)) if sequences else np.zeros(0, bool)
+        # no return (a symbol's first bar): null, as the feature table has it
+        values = pl.Series(HMM_FEATURE, np.where(observed, values, np.nan)).fill_nan(None)
+        ordered = ordered.with_columns(values.cast(frame.schema[HMM_FEATURE]))
         return ordered.sort("_order").drop("_order")
 
     def feature_options(self, benchmark_bars: pl.DataFrame | None = None) -> FeatureOptions:

@@ -130,14 +130,16 @@ def fit_hmm(sequences: list[np.ndarray], iterations: int = _ITERATIONS) -> Gauss
     observed = inside & np.isfinite(x)
     values = x[observed]
     if values.size < 3 or float(values.var()) <= 0:
-        raise DataError(f"the regime model (regime_hmm_p_high) needs varying training returns, got {values.size} value(s); "
+        raise DataError(f"the regime model (regime_hmm_p_high) needs varying training returns, got {values.size} "
+                        "value(s); "
                         "use more training data or drop the feature")
     var = float(values.var())
     model = GaussianHMM(np.full(2, values.mean()), np.array([0.5 * var, 2.0 * var]),
                         np.array([[_STAY, 1 - _STAY], [1 - _STAY, _STAY]]))
     for _ in range(iterations):
         updated = _em_step(model, x, inside, observed, floor=max(_MIN_VARIANCE, 1e-6 * var))
-        moved = max(_relative(updated.means, model.means, var ** 0.5), _relative(updated.variances, model.variances, var),
+        moved = max(_relative(updated.means, model.means, var ** 0.5),
+                    _relative(updated.variances, model.variances, var),
                     _relative(updated.transition, model.transition, 1.0))
         model = updated
         if moved < _TOLERANCE:

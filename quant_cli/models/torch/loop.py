@@ -203,7 +203,9 @@ def _epoch(net, opt, sched, data: Samples, cfg: LoopConfig, loss_fn, device: str
         x, ids = data.inputs(idx)
         with autocast(device, cfg.precision):
             out = net(x.to(device, non_blocking=True), ids)  # (B, K)
-        extra = {"previous": _previous(net, data, idx, device, cfg.precision)} if getattr(loss_fn, "needs_previous", False) else {}
+        extra = {}
+        if getattr(loss_fn, "needs_previous", False):
+            extra["previous"] = _previous(net, data, idx, device, cfg.precision)
         loss = loss_fn(out.float(), data.part("y", idx), data.part("w", idx), data.part("group", idx), **extra)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -250,7 +252,8 @@ def evaluate(net, val: Samples, loss_fn, cfg: LoopConfig, device: str) -> tuple[
         from quant_cli.models.torch.losses import Previous
 
         known = val.prev >= 0
-        earlier = infer(net, dataclasses.replace(val, ends=val.prev.clamp_min(0).to(val.ends.device)), device, cfg.precision)
+        earlier = dataclasses.replace(val, ends=val.prev.clamp_min(0).to(val.ends.device))
+        earlier = infer(net, earlier, device, cfg.precision)
         extra["previous"] = Previous(earlier[:, 0], known.cpu())
     loss = float(loss_fn(out, y, w, group, **extra))
     score = out[:, 0] if out.shape[1] == 1 else torch.softmax(out, 1) @ torch.arange(out.shape[1], dtype=out.dtype)
