@@ -188,3 +188,22 @@ def test_the_runs_backtest_reports_results_by_regime(regime_run: Trained, runner
     assert set(by_regime) <= {"low", "normal", "high", "unknown"} and len(by_regime) >= 2
     assert abs(sum(r["share"] for r in by_regime.values()) - 1.0) < 1e-12
     assert "By market regime" in (regime_run.run.path / "backtest" / "report.html").read_text()
+
+
+def test_cross_validation_refits_the_hmm_per_fold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Purged k-fold: every fold fits its own HMM on its own training rows (one fit per fold plus
+    the run's), and the out-of-fold scores come out."""
+    import quant_cli.pipeline.fitted as fitted
+
+    fits: list[int] = []
+    real = fitted.fit_hmm
+
+    def counting(sequences):  # noqa: ANN001, ANN202
+        fits.append(sum(int(np.isfinite(s).sum()) for s in sequences))
+        return real(sequences)
+
+    monkeypatch.setattr(fitted, "fit_hmm", counting)
+    trained = train(tmp_path, "lightgbm", (*REGIME, 'split.method="purged_kfold"', "split.folds=3"))
+    cv = json.loads((trained.run.path / "metrics.json").read_text())["cv"]
+    assert len(cv["fold_ic"]) == 3 and all(np.isfinite(cv["fold_ic"]))
+    assert len(fits) == 4 and len(set(fits)) == 4  # the run's fit and three folds', each on different rows
