@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 
 from quant_cli.backtest.engine import run_backtest
 from quant_cli.backtest.outputs import write_backtest
@@ -57,12 +58,16 @@ def test_market_regime_finds_the_planted_turbulence() -> None:
     assert (labels[inside & ~turbulent[1:]] == "high").mean() < 0.05
 
 
-def test_market_regime_at_t_ignores_bars_after_t() -> None:
+@pytest.mark.parametrize("cut", [200, 380, 500, 700])  # calm and turbulent blocks
+def test_market_regime_at_t_ignores_bars_after_t(cut: int) -> None:
     bars, _ = planted_panel()
-    cut = bars["ts"].unique().sort()[500]
-    tripled = pl.when(pl.col("ts") > cut).then(pl.col("close") * 3).otherwise(pl.col("close"))
-    later = bars.with_columns(tripled.alias("close"))
-    early, rewritten = (market_regimes(b).filter(pl.col("ts") <= cut) for b in (bars, later))
+    t = bars["ts"].unique().sort()[cut]
+    rng = np.random.default_rng(cut)
+    noise = pl.Series(np.exp(rng.normal(0.0, 0.2, bars.height)))
+    rewritten_close = pl.when(pl.col("ts") > t).then(pl.col("close") * noise).otherwise(pl.col("close"))
+    later = bars.with_columns(rewritten_close.alias("close"))
+    early, rewritten = (market_regimes(b).filter(pl.col("ts") <= t) for b in (bars, later))
+    assert early["percentile"].null_count() < early.height
     assert early.equals(rewritten)
 
 

@@ -31,7 +31,7 @@ REGIMES = ("low", "normal", "high", "unknown")
 
 
 def market_regimes(bars: pl.DataFrame, window: int = WINDOW, history: int = HISTORY) -> pl.DataFrame:
-    """ts, regime: the volatility regime of the equal-weight market known at the close of each ts."""
+    """ts, percentile, regime: the equal-weight market's volatility percentile and regime known at the close of ts."""
     market = close_returns(bars).group_by("ts").agg(pl.col("ret").mean()).sort("ts")
     vol = pl.col("ret").rolling_std(window, min_samples=window)
     rank = vol.rolling_rank(history, method="average", min_samples=MIN_HISTORY)
@@ -39,7 +39,7 @@ def market_regimes(bars: pl.DataFrame, window: int = WINDOW, history: int = HIST
     percentile = (rank - 1.0) / (seen - 1.0)
     label = (pl.when(percentile < 1.0 / 3.0).then(pl.lit("low")).when(percentile > 2.0 / 3.0).then(pl.lit("high"))
              .when(percentile.is_not_null()).then(pl.lit("normal")).otherwise(pl.lit("unknown")))
-    return market.select("ts", label.alias("regime"))
+    return market.select("ts", percentile.alias("percentile"), label.alias("regime"))
 
 
 def by_regime(curve: pl.DataFrame, regimes: pl.DataFrame, periods_per_year: float) -> dict[str, dict[str, Any]]:
