@@ -80,7 +80,7 @@ def _run_side(args: argparse.Namespace) -> dict:
     else:
         from quant_cli.runs.directory import resolve_run
 
-        run = stages.train_existing(resolve_run("latest", runs), data)
+        run = stages.train_existing(resolve_run("latest", runs), data).run
         out["fit_s"] = run.manifest()["stages"]["train"]["seconds_fit"]
     return {**out, "seconds": time.perf_counter() - started, "peak_rss": _peak_rss()}
 

@@ -99,8 +99,8 @@ def _bundle(root: Path, args: argparse.Namespace) -> Path:
     write_store(data, "bench", generate(symbols=args.symbols, bars=args.bars, seed=11), "benchmark")
     recipe = load_recipe(None, ['data.dataset="bench"', 'features.sets=["alpha158"]', "label.horizon=5",
                                 "model.params.n_estimators=200", "model.params.num_leaves=31", "train.early_stopping=0"])
-    run = stages.train_new(recipe, data, root / "runs")
-    return stages.bundle_existing(run, data)
+    run = stages.train_new(recipe, data, root / "runs").run
+    return stages.bundle_existing(run, data).bundle
 
 
 def _bodies(bundle: Path) -> dict:

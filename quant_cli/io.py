@@ -80,6 +80,11 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def to_json_finite(obj: Any) -> str:
+    """The text write_json_atomic writes for `obj` (NaN and inf as null): what reading the file back gives."""
+    return to_json(_finite(obj))
+
+
 # Every JSON file the tool reads back (run manifests, metrics, bundles, specs) goes through one
 # bounded reader: a hostile or damaged file cannot exhaust memory or the interpreter's stack
 # (json recurses per nesting level: 200k-deep input is a RecursionError, not a ValueError).

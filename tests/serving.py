@@ -48,7 +48,7 @@ def train(root: Path, model: str = "lightgbm", extra: tuple[str, ...] = (), data
     data_dir = data_dir or store(root)
     recipe = load_recipe(None, [*BASE, *FAST[model], *extra])
     runs_dir = root / "runs"
-    return Trained(data_dir, runs_dir, stages.train_new(recipe, data_dir, runs_dir))
+    return Trained(data_dir, runs_dir, stages.train_new(recipe, data_dir, runs_dir).run)
 
 
 def free_port() -> int:

@@ -65,7 +65,7 @@ def test_runs_label_and_backtest_on_adjusted_prices(tmp_path, adjust):
     overrides = ['data.dataset="p"', 'features.sets=["core"]', "model.params.n_estimators=20", "train.threads=1",
                  'backtest.strategy="sign"']
     recipe = load_recipe(None, overrides + ([f'data.adjust="{adjust}"'] if adjust else []))
-    run = stages.train_new(recipe, tmp_path / "data", tmp_path / "runs")
+    run = stages.train_new(recipe, tmp_path / "data", tmp_path / "runs").run
     stages.backtest_existing(run, tmp_path / "data")
     predictions = pl.read_parquet(run.path / "predictions.parquet")
     label = _across_split(predictions, day)
@@ -77,3 +77,17 @@ def test_runs_label_and_backtest_on_adjusted_prices(tmp_path, adjust):
     else:
         assert manifest["adjust"]["mode"] == "none"
         assert label == pytest.approx(-0.5, abs=0.1) and curve["gross"].abs().max() > 0.1
+
+
+def test_an_explicit_split_dividend_without_adj_close_says_prices_stay_raw():
+    """`data.adjust = "split_dividend"` on bars with no adj_close column silently used raw prices."""
+    bars = generate(symbols=2, bars=30, seed=3)
+    reporter = CollectingReporter()
+    assert resolve("split_dividend", bars, reporter) == Adjustment("none")
+    assert reporter.texts("notice") == [
+        "data.adjust = 'split_dividend', but the dataset has no adj_close column: every symbol uses raw prices "
+        "(the run manifest records adjust mode 'none'); ingest a source with adj_close, or set data.adjust = \"none\""
+    ]
+    quiet = CollectingReporter()
+    resolve(None, bars, quiet)  # the default asks for nothing, so it says nothing
+    assert quiet.texts("notice") == []

@@ -113,3 +113,78 @@ def test_a_missing_weights_file_is_one_line(trained, runner, tmp_path):
     assert result.exit_code == 2
     assert result.output.strip() == f"error: --weights {tmp_path / 'nope.parquet'}: no such file; pass a parquet or CSV file with columns symbol, ts, weight"
 
+
+WEIGHTS_RECIPE = """
+[run]
+name = "audit"
+seed = 1
+[data]
+dataset = "syn"
+source = "synthetic"
+[data.synthetic]
+symbols = 4
+bars = 400
+[model]
+name = "linear"
+[train]
+threads = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
+    """A recipe and its ingested dataset; returns (recipe path, the dataset's bars)."""
+    from typer.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("audit")
+    (root / "r.toml").write_text(WEIGHTS_RECIPE)
+    result = CliRunner().invoke(app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")])
+    assert result.exit_code == 0, result.output
+    return root, pl.read_delta(str(root / "data" / "syn" / "bars"))
+
+
+def _weights(bars: pl.DataFrame, symbols: list[str] | None = None, shift_days: int = 0) -> pl.DataFrame:
+    last = bars["ts"].unique().sort()[-30:]
+    syms = symbols or bars["symbol"].unique().sort().to_list()
+    frame = pl.DataFrame({"ts": last}).join(pl.DataFrame({"symbol": syms}), how="cross")
+    return frame.select("symbol", pl.col("ts").dt.offset_by(f"{shift_days}d"), pl.lit(0.1).alias("weight"))
+
+
+def _backtest(runner, home, frame: pl.DataFrame, tmp_path: Path):
+    root, _ = home
+    file = tmp_path / "w.parquet"
+    frame.write_parquet(file)
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["backtest", "--weights", str(file), "--recipe", str(root / "r.toml"),
+                                 "--data-dir", str(root / "data"), "--runs-dir", str(runs)])
+    return result, file, runs
+
+
+def test_weights_after_the_last_bar_are_one_line_and_leave_no_run(runner, home, tmp_path):
+    """Was exit 1 'unexpected failure: TypeError' with a committed, empty backtest run left behind."""
+    result, file, runs = _backtest(runner, home, _weights(home[1], shift_days=3000), tmp_path)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: nothing to backtest: no weight has a bar to trade on")
+    assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]
+
+
+def test_weights_naming_symbols_the_dataset_lacks_are_refused(runner, home, tmp_path):
+    """Was exit 0: phantom positions in unknown symbols took gross exposure and paid costs."""
+    bars = home[1]
+    frame = pl.concat([_weights(bars), _weights(bars, symbols=["NOPE1", "NOPE2"])])
+    result, file, _ = _backtest(runner, home, frame, tmp_path)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: weights name 2 symbol(s) with no bars in the dataset (NOPE1, NOPE2); drop those rows or ingest the symbols")
+
+
+def test_a_finished_weights_backtest_run_is_listed_ok(runner, home, tmp_path):
+    """Was state 'interrupted' / interrupted ['train']: metrics.json, which backtest and walkforward
+    also write, counted as a train leftover, so every walk-forward and weights run looked killed."""
+    import json
+
+    result, _, runs = _backtest(runner, home, _weights(home[1]), tmp_path)
+    assert result.exit_code == 0, result.output
+    listed = runner.invoke(app, ["runs", "ls", "--json", "--runs-dir", str(runs)])
+    row = json.loads(listed.stdout)[0]
+    assert (row["state"], row["interrupted"], row["committed"]) == ("ok", [], ["backtest"])

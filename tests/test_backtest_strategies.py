@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from quant_cli.backtest.engine import run_backtest
 from quant_cli.backtest.strategies import limit, rebalance_rows, size
 from quant_cli.backtest.simulate import Costs, simulate
+from quant_cli.cli import app
 
 DAY0 = dt.datetime(2020, 1, 6, tzinfo=dt.timezone.utc)  # a Monday
 # Decision rows 0..2 have a next-bar return (next_close: close[t+2] / close[t+1] - 1):
@@ -251,3 +252,29 @@ def test_a_decision_uses_only_bars_up_to_its_close(panel, extra):
         return w.sort("ts", "symbol")["target"].fill_null(0.0).to_numpy()
 
     assert targets(bars) == pytest.approx(targets(panel_frames(later, scores, 0)[0]), abs=1e-12)
+
+
+RECIPE = """
+[run]
+name = "audit"
+seed = 1
+[data]
+dataset = "syn"
+source = "synthetic"
+[data.synthetic]
+symbols = 4
+bars = 400
+[model]
+name = "linear"
+[train]
+threads = 1
+"""
+
+
+@pytest.mark.parametrize("key", ["max_gross", "max_weight"])
+def test_a_cap_that_forbids_every_position_is_a_recipe_error(runner, tmp_path, key):
+    """Was exit 0 with a backtest that never traded (Sharpe nan) counted as a trial."""
+    (tmp_path / "r.toml").write_text(RECIPE)
+    result = runner.invoke(app, ["recipe", "show", "--recipe", str(tmp_path / "r.toml"), "--set", f"backtest.{key}=0"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == f"error: --set backtest.{key}=0: 'backtest.{key}' must be at least 0.001, got 0"

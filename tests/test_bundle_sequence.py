@@ -15,6 +15,7 @@ from quant_cli.data.store import load_bars
 from quant_cli.errors import DataError
 from quant_cli.io import read_json
 from quant_cli.serve.bundle import load
+from pathlib import Path
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_feature_rows_score_where_the_rows_sent_hold_a_full_window(tmp_path):
     from quant_cli import stages
 
     trained = train(tmp_path, "lstm")
-    loaded = load(stages.bundle_existing(trained.run, trained.data_dir))
+    loaded = load(stages.bundle_existing(trained.run, trained.data_dir).bundle)
     bars = load_bars(trained.data_dir, "p").with_columns(pl.col("symbol").cast(pl.String)).filter(pl.col("ts") >= pl.datetime(2016, 1, 1, time_zone="UTC"))
     from_bars = loaded.score_bars(bars, every_bar=True)
     rows = loaded.pipeline.compute(bars)
@@ -84,3 +85,76 @@ def test_feature_rows_score_where_the_rows_sent_hold_a_full_window(tmp_path):
     assert scored.height == sum(n - 7 for n in per_symbol)
     joined = from_bars.join(scored, on=["symbol", "ts"], suffix="_f")
     assert joined.height == from_bars.height and (joined["score"] == joined["score_f"]).all()
+
+
+RECIPE = """
+[run]
+name = "audit"
+seed = 1
+[data]
+dataset = "syn"
+source = "synthetic"
+[data.synthetic]
+symbols = 4
+bars = 400
+[model]
+name = "linear"
+[train]
+threads = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
+    """A recipe and its ingested dataset; returns (recipe path, the dataset's bars)."""
+    from typer.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("audit")
+    (root / "r.toml").write_text(RECIPE)
+    result = CliRunner().invoke(app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")])
+    assert result.exit_code == 0, result.output
+    return root, pl.read_delta(str(root / "data" / "syn" / "bars"))
+
+
+def test_a_sequence_bundle_scores_the_latest_bar_like_training(runner, home, tmp_path):
+    """Was NaN for every symbol: predict/serve handed the model only the rows to score (the latest
+    bar), so a window had no history, and required_bars ignored seq_len; bundle verify passed
+    with a 'max relative difference nan' on an all-null example."""
+    import json
+
+    root, bars = home
+    recipe = tmp_path / "seq.toml"
+    recipe.write_text(RECIPE.replace('name = "linear"', 'name = "gru"\n[model.params]\nseq_len = 6\nhidden = 4')
+                      + "epochs = 1\n[preprocess]\nfill = \"zero\"\n")
+    data, runs = str(root / "data"), str(tmp_path / "runs")
+    trained = runner.invoke(app, ["train", "--recipe", str(recipe), "--quiet", "--data-dir", data, "--runs-dir", runs])
+    assert trained.exit_code == 0, trained.output
+    run = Path(trained.stdout.strip())
+    bundled = runner.invoke(app, ["bundle", "--run", str(run), "--quiet", "--data-dir", data])
+    assert bundled.exit_code == 0, bundled.output
+    expected = json.loads((run / "bundle" / "example" / "expected.json").read_text())["predictions"]
+    assert all(p["score"] is not None for p in expected)
+    required = json.loads((run / "bundle" / "input_schema.json").read_text())["x-qfactory"]["required_bars"]
+    lookback = json.loads((run / "bundle" / "lookback.json").read_text())["required_bars"]
+    assert required == lookback + 5
+    scored = runner.invoke(app, ["predict", "--bundle", str(run / "bundle"), "--source", "syn", "--all", "--out", str(tmp_path / "s.parquet"),
+                                 "--data-dir", data])
+    assert scored.exit_code == 0, scored.output
+    served = pl.read_parquet(tmp_path / "s.parquet")
+    assert served["score"].is_finite().all()
+    both = pl.read_parquet(run / "predictions.parquet").join(served, on=["symbol", "ts"], suffix="_served")
+    assert both.height > 0 and (both["score"] - both["score_served"]).abs().max() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def bundle(home, tmp_path_factory) -> Path:
+    from typer.testing import CliRunner
+
+    root, _ = home
+    runs = tmp_path_factory.mktemp("audit-bundle")
+    trained = CliRunner().invoke(app, ["train", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data"),
+                                       "--runs-dir", str(runs)])
+    assert trained.exit_code == 0, trained.output
+    bundled = CliRunner().invoke(app, ["bundle", "--run", trained.stdout.strip(), "--quiet", "--data-dir", str(root / "data")])
+    assert bundled.exit_code == 0, bundled.output
+    return Path(bundled.stdout.strip())

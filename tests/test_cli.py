@@ -4,6 +4,8 @@ import pytest
 import typer
 
 from quant_cli.cli import app
+from pathlib import Path
+import polars as pl
 
 REQUIRED = ["ingest", "features", "split", "train", "backtest", "walkforward", "bundle", "serve", "run"]
 
@@ -96,3 +98,83 @@ def test_a_progress_bar_inside_a_spinner_shares_one_live_display(monkeypatch):
         assert console._Live.progress is not None
     assert console._Live.progress is None
     assert "split: preparing" in buffer.getvalue() and "features" in buffer.getvalue()
+
+
+RECIPE = """
+[run]
+name = "audit"
+seed = 1
+[data]
+dataset = "syn"
+source = "synthetic"
+[data.synthetic]
+symbols = 4
+bars = 400
+[model]
+name = "linear"
+[train]
+threads = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
+    """A recipe and its ingested dataset; returns (recipe path, the dataset's bars)."""
+    from typer.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("audit")
+    (root / "r.toml").write_text(RECIPE)
+    result = CliRunner().invoke(app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")])
+    assert result.exit_code == 0, result.output
+    return root, pl.read_delta(str(root / "data" / "syn" / "bars"))
+
+
+def _weights(bars: pl.DataFrame, symbols: list[str] | None = None, shift_days: int = 0) -> pl.DataFrame:
+    last = bars["ts"].unique().sort()[-30:]
+    syms = symbols or bars["symbol"].unique().sort().to_list()
+    frame = pl.DataFrame({"ts": last}).join(pl.DataFrame({"symbol": syms}), how="cross")
+    return frame.select("symbol", pl.col("ts").dt.offset_by(f"{shift_days}d"), pl.lit(0.1).alias("weight"))
+
+
+def _backtest(runner, home, frame: pl.DataFrame, tmp_path: Path):
+    root, _ = home
+    file = tmp_path / "w.parquet"
+    frame.write_parquet(file)
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["backtest", "--weights", str(file), "--recipe", str(root / "r.toml"),
+                                 "--data-dir", str(root / "data"), "--runs-dir", str(runs)])
+    return result, file, runs
+
+
+@pytest.mark.parametrize("extra, line", [
+    ('[model]\nname = "lstm"\n[model.params]\nnum_leaves = 7\n',
+     "error: model.params.num_leaves is not a parameter of model 'lstm'; allowed: 'seq_len', 'dropout', 'embedding_dim', 'inputs', "
+     "'hidden', 'layers'; `qfactory train --list-models` lists each model's parameters"),
+    ('[model]\nname = "gru"\n[split]\nmethod = "purged_kfold"\n',
+     "error: split.method 'purged_kfold' is not supported with sequence model 'gru' (windows read every past row, which per-fold "
+     "preprocessing cannot provide); use split.method = \"chronological\""),
+])
+def test_split_refuses_a_recipe_its_run_could_never_train(runner, home, tmp_path, extra, line):
+    """Was exit 0: `split --recipe` committed a run whose fixed recipe `train --run` then always refused."""
+    root, _ = home
+    recipe = tmp_path / "s.toml"
+    recipe.write_text(RECIPE.replace('[model]\nname = "linear"\n', "") + extra)
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["split", "--recipe", str(recipe), "--data-dir", str(root / "data"), "--runs-dir", str(runs)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == line
+    assert not runs.exists() or not list(runs.iterdir())
+
+
+def test_train_on_a_run_without_a_split_keeps_its_metrics(runner, home, tmp_path):
+    """Was data loss: `train --run` on a weights (or walk-forward) run deleted its metrics.json —
+    the backtest / walkforward block the trial ledger reads — as a 'train leftover', then failed."""
+    import json
+
+    result, _, runs = _backtest(runner, home, _weights(home[1]), tmp_path)
+    run = Path(result.stdout.strip())
+    before = (run / "metrics.json").read_text()
+    trained = runner.invoke(app, ["train", "--run", str(run), "--data-dir", str(home[0] / "data")])
+    assert trained.exit_code == 2, trained.output
+    assert trained.output.strip().splitlines()[-1].startswith(f"error: run {run.name} has no complete split/")
+    assert (run / "metrics.json").read_text() == before and "backtest" in json.loads(before)

@@ -18,6 +18,9 @@ from quant_cli import stages
 from quant_cli.cli import app
 from quant_cli.cli.common import cli_errors
 from quant_cli.runs import directory
+import os
+import sys
+from typer.testing import CliRunner
 
 RECIPE = '[run]\nname = "e"\n[data]\ndataset = "demo"\n[model.params]\nn_estimators = 5\n'
 
@@ -145,3 +148,82 @@ def test_huge_values_from_any_module_are_clipped_in_the_error_line(runner, recip
     notice, line = result.stderr.splitlines()  # the model switch's notice, then the error
     assert notice.startswith("notice: --set model.name=xxx") and len(notice) < 300
     assert line.startswith("error: model.name 'xxx") and len(line) < 400 and "x" * 78 + "…" in line
+
+
+SMALL = """
+[run]
+name = "perm"
+seed = 1
+[data]
+dataset = "syn"
+source = "synthetic"
+[data.synthetic]
+symbols = 6
+bars = 300
+[model.params]
+n_estimators = 20
+min_data_in_leaf = 20
+[train]
+threads = 1
+"""
+
+
+def error_line(result) -> str:
+    """The one stderr line of a failed command (exit 2, nothing on stdout)."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--data-dir", "afile"], "error: --data-dir afile: not a usable folder (it is a file); pass a folder path (it is created if missing)"),
+        (["--data-dir", "afile/x"], "error: --data-dir afile/x: not a usable folder (afile is a file); pass a folder path (it is created if missing)"),
+    ],
+)
+def test_data_dir_that_is_a_file_is_exit_2(runner: CliRunner, args: list[str], expected: str) -> None:
+    Path("afile").write_text("not a folder\n")
+    result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "d", "--symbols", "2", "--bars", "20", *args])
+    assert error_line(result) == expected
+
+
+def test_runs_dir_under_a_file_is_exit_2(runner: CliRunner) -> None:
+    Path("afile").write_text("not a folder\n")
+    Path("small.toml").write_text(SMALL)
+    result = runner.invoke(app, ["run", "--recipe", "small.toml", "--runs-dir", "afile/x"])
+    assert error_line(result) == (
+        "error: --runs-dir afile/x: not a usable folder (afile is a file); pass a folder path (it is created if missing)"
+    )
+
+
+def test_data_home_from_the_environment_names_the_variable(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    Path("afile").write_text("not a folder\n")
+    monkeypatch.setenv("QFACTORY_DATA_DIR", "afile")
+    result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "d", "--symbols", "2", "--bars", "20"])
+    assert error_line(result) == (
+        "error: QFACTORY_DATA_DIR afile: not a usable folder (it is a file); pass a folder path (it is created if missing)"
+    )
+
+
+def test_permission_error_on_a_path_is_exit_2_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(typer.Exit) as info:
+        with cli_errors():
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/srv/locked/runs")
+    assert info.value.exit_code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: /srv/locked/runs: permission denied; check the path and its permissions "
+        "(--data-dir, --runs-dir, --source, --recipe), or pass another one"
+    )
+
+
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="root ignores folder permissions")
+def test_unwritable_data_dir_is_exit_2(runner: CliRunner) -> None:
+    Path("locked").mkdir(mode=0o500)
+    try:
+        result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "d", "--symbols", "2", "--bars", "20", "--data-dir", "locked"])
+    finally:
+        Path("locked").chmod(0o700)
+    assert error_line(result).startswith("error: locked/d: permission denied;")

@@ -16,6 +16,12 @@ from quant_cli.models.base import Model
 from quant_cli.splits.stacking import label_horizon, purged_kfold_indices
 from quant_cli.models.registry import MODELS, create_model, load_model
 from quant_cli.models.ensemble import align_predictions
+from helpers import TORCH_FAST, TRAIN_FAST
+from quant_cli.report import CollectingReporter
+from quant_cli.io import read_json
+from quant_cli.models import device as device_mod
+from quant_cli.splits.stacking import purged_holdout
+from quant_cli.cli import app
 
 FEATURES = ["f0", "f1", "f2"]
 FAST_LGB = {"n_estimators": 30, "min_data_in_leaf": 10}
@@ -250,3 +256,92 @@ def test_a_blending_run_marks_its_validation_metrics_in_sample(runner, tmp_path)
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)["metrics"]
     assert metrics["val"]["in_sample"] is True and "in_sample" not in metrics["test"]
+
+
+QUICKSTART = str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml")
+
+
+SMALL = ["--set", "data.synthetic.bars=300", "--set", "data.synthetic.symbols=5"]
+
+
+PANEL_FEATURES = [f"f{i}" for i in range(4)]
+
+
+FAST = {
+    "lightgbm": {"n_estimators": 20, "min_data_in_leaf": 5},
+    "catboost": {"iterations": 20, "depth": 3},
+    "xgboost": {"n_estimators": 20, "max_depth": 3},
+    "random_forest": {"n_estimators": 10, "min_samples_leaf": 5},
+    "extra_trees": {"n_estimators": 10, "min_samples_leaf": 5},
+    **TORCH_FAST,
+}
+
+
+PANEL = {"n_features": len(PANEL_FEATURES), "noise": 0.5}
+
+
+def invoke(runner, args):
+    result = runner.invoke(app, args)
+    return result, [line for line in result.stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def quickstart_data(runner):
+    result = runner.invoke(app, ["ingest", "--recipe", QUICKSTART, *SMALL, "-q"])
+    assert result.exit_code == 0, result.output
+
+
+def test_purged_holdout_is_the_latest_share_and_purged_by_label_end():
+    _, _, ts, t1, _ = model_panel(n_ts=50, horizon=3, **PANEL)
+    fit_rows, held_rows = purged_holdout(ts, t1, 0.2)
+    days = (ts - ts.min()) // np.timedelta64(1, "D")
+    assert set(days[held_rows]) == set(range(40, 50))
+    assert t1[fit_rows].max() < ts[held_rows].min()  # no member-training label reaches into the holdout
+    assert set(days[fit_rows]) == set(range(0, 37))  # days 37..39 end their labels inside it: purged
+
+
+def test_blending_without_validation_rows_holds_out_the_latest_rows():
+    X, y, ts, t1, _ = model_panel(**PANEL)
+    blend = create_model("blending", "regression", {"members": ["linear"]}, 1, 1)
+    blend.fit(X, y, feature_names=PANEL_FEATURES, ts=ts, t1=t1)
+    fit_rows, held_rows = purged_holdout(ts, t1, 0.2)
+    by_hand = create_model("linear", "regression", {}, 1, 1).fit(X[fit_rows], y[fit_rows], feature_names=PANEL_FEATURES)
+    np.testing.assert_allclose(blend.members_[0].predict(X), by_hand.predict(X))
+    assert blend.fit_info()["holdout_rows"] == len(held_rows)
+    meta_by_hand = create_model("linear", "regression", {}, 1, 1).fit(
+        by_hand.predict(X[held_rows])[:, None], y[held_rows], feature_names=["0:linear"])
+    np.testing.assert_allclose(blend.predict(X), meta_by_hand.predict(by_hand.predict(X)[:, None]))
+
+
+@pytest.mark.parametrize("method", ["purged_kfold", "cpcv"])
+def test_blending_trains_under_purged_cross_validation(runner, quickstart_data, method):
+    members = 'model.params.members=["linear", {name = "lightgbm", params = {n_estimators = 20}}]'
+    result, stderr = invoke(runner, ["train", "--recipe", QUICKSTART, *SMALL, "--model", "blending",
+                                     "--set", f"split.method={method}", "--set", members, "-q"])
+    assert result.exit_code == 0, result.output
+    run = Path(result.stdout.strip())
+    oof = pl.read_parquet(run / "cv" / "oof.parquet")
+    assert oof.height > 0 and oof["score"].is_finite().all()
+    assert read_json(run / "metrics.json")["train"]["model"] == "blending"
+
+
+@pytest.fixture
+def notices(monkeypatch):
+    monkeypatch.setattr(device_mod, "_warned", set())
+    return CollectingReporter()
+
+
+@pytest.mark.parametrize("name", ["voting", "stacking", "blending"])
+def test_ensemble_hands_its_device_to_members_without_a_false_notice(name, notices):
+    X, y, ts, t1, _ = model_panel(**PANEL)
+    members = [{"name": "mlp", "params": FAST["mlp"]}, {"name": "lightgbm", "params": FAST["lightgbm"]}]
+    params = {"members": members, **({"folds": 3} if name == "stacking" else {})}
+    model = create_model(name, "regression", params, 1, 1, device="cpu", reporter=notices, train=TRAIN_FAST)
+    assert model._usable_device("cuda:0") == "cuda:0"  # members decide; the ensemble never says "cannot use"
+    model.fit(X[:240], y[:240], feature_names=PANEL_FEATURES, X_val=X[240:], y_val=y[240:], ts=ts[:240], t1=t1[:240])
+    info = model.fit_info()
+    assert not [n for n in notices.texts("notice") if "cannot use device" in n]
+    assert [m["device"] for m in info["members"]] == [m.device_ for m in model.members_] == ["cpu", "cpu"]
+    assert info["device"] == "cpu"
+    model.members_[0].device_ = "cuda:0"  # as if the mlp member had trained on the GPU
+    assert model._devices_used() == "cuda:0"

@@ -6,6 +6,8 @@ import pytest
 import typer
 
 from quant_cli.cli import app
+from pathlib import Path
+from typer.testing import CliRunner
 
 
 def _command_paths(group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -28,3 +30,14 @@ def test_help_has_an_example(runner, path):
     result = runner.invoke(app, [*path, "--help"])
     assert result.exit_code == 0, result.output
     assert "Example:" in result.stdout
+
+
+def test_recipe_show_help_example_works(runner: CliRunner) -> None:
+    show = typer.main.get_command(app).commands["recipe"].commands["show"]
+    example = next(line.strip() for line in show.help.splitlines() if "Example: qfactory " in line)
+    args = example.removeprefix("Example: qfactory ").split()
+    repo = Path(__file__).resolve().parents[1]
+    args = [str(repo / a) if a.startswith("recipes/") else a for a in args]
+    shown = runner.invoke(app, args)
+    assert shown.exit_code == 0, shown.stderr
+    assert "num_leaves = 15" in shown.stdout

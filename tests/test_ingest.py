@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 
 from quant_cli.cli import app
 from quant_cli.data.store import load_bars, read_manifest
+from conftest import snapshot_tree
+from quant_cli.data import store
 
 UTC = dt.timezone.utc
 
@@ -232,3 +234,79 @@ def test_library_request_from_recipe(tmp_path: Path) -> None:
     manifest = ingest(request, tmp_path / "lib-data")
     assert manifest["rows"] == 20 and manifest["symbols"] == ["S000", "S001"]
     assert request_from_recipe(recipe, mode="append").mode == "append"
+
+
+@pytest.mark.parametrize(("flags", "line"), [
+    (["--bars", "99999999999999999999"],
+     "error: --bars 99999999999999999999: must be between 10 and 10000000 (data.synthetic.bars)"),
+    (["--symbols", "99999999999999999999"],
+     "error: --symbols 99999999999999999999: must be between 1 and 100000 (data.synthetic.symbols)"),
+    (["--symbols", "100000", "--bars", "10000000"],
+     "error: --symbols 100000 x --bars 10000000 = 1,000,000,000,000 bars is more than a synthetic panel "
+     "may hold (50,000,000); pass fewer symbols or bars"),
+    (["--seed", "-1"], "error: --seed -1: must be between 0 and 4294967295 (run.seed)"),
+    (["--signal", "nan"], "error: --signal nan: must be between 0.0 and 1.0 (data.synthetic.signal)"),
+])
+def test_synthetic_ingest_flags_are_bounded_like_the_recipe_keys(runner, flags, line):
+    result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "z", *flags])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [line]
+
+
+def error_line(result) -> str:
+    """The one stderr line of a failed command (exit 2, nothing on stdout)."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def _ingest_csv(runner: CliRunner, source: str, dataset: str = "d", *extra: str) -> None:
+    result = runner.invoke(app, ["ingest", "--source", source, "--dataset", dataset, "--quiet", *extra])
+    assert result.exit_code == 0, result.stderr
+
+
+WITH_ADJ = "Date,Ticker,Close,Adj Close\n2020-01-02,AAA,10,9.5\n2020-01-03,AAA,11,10.4\n"
+
+
+WITHOUT_ADJ = "Date,Ticker,Close\n2020-01-06,AAA,12\n2020-01-07,AAA,13\n"
+
+
+def test_append_without_adj_close_to_a_dataset_with_it_is_rejected(runner: CliRunner) -> None:
+    Path("a.csv").write_text(WITH_ADJ)
+    Path("b.csv").write_text(WITHOUT_ADJ)
+    _ingest_csv(runner, "a.csv")
+    before = snapshot_tree(Path("data"))
+    line = error_line(runner.invoke(app, ["ingest", "--source", "b.csv", "--dataset", "d", "--mode", "append"]))
+    assert line == "error: b.csv: no 'adj_close' column, but dataset 'd' (from a.csv) has one; add 'adj_close' to b.csv, or pass --mode replace"
+    assert snapshot_tree(Path("data")) == before
+
+
+def test_append_with_adj_close_to_a_dataset_without_it_is_rejected(runner: CliRunner) -> None:
+    Path("a.csv").write_text(WITH_ADJ.replace("2020-01-0", "2020-02-0"))
+    Path("b.csv").write_text(WITHOUT_ADJ)
+    _ingest_csv(runner, "b.csv")
+    before = snapshot_tree(Path("data"))
+    line = error_line(runner.invoke(app, ["ingest", "--source", "a.csv", "--dataset", "d", "--mode", "append"]))
+    assert line == "error: a.csv: column 'adj_close' is not in dataset 'd' (from b.csv); drop it from a.csv, or pass --mode replace"
+    assert snapshot_tree(Path("data")) == before
+
+
+def test_append_with_the_same_columns_still_works(runner: CliRunner) -> None:
+    Path("a.csv").write_text(WITH_ADJ)
+    Path("c.csv").write_text(WITH_ADJ.replace("2020-01-0", "2020-02-0"))
+    _ingest_csv(runner, "a.csv")
+    _ingest_csv(runner, "c.csv", "d", "--mode", "append")
+    bars = store.load_bars(Path("data"), "d")
+    assert bars.height == 4 and bars["adj_close"].null_count() == 0
+
+
+def test_directory_where_one_file_lacks_adj_close_is_ingested_with_nulls(runner: CliRunner) -> None:
+    Path("adj").mkdir()
+    Path("adj/AAA.csv").write_text("Date,Close,Adj Close\n2020-01-02,10,9.5\n")
+    Path("adj/BBB.csv").write_text("Date,Close\n2020-01-02,10\n")
+    result = runner.invoke(app, ["ingest", "--source", "adj", "--dataset", "d"])
+    assert result.exit_code == 0, result.stderr
+    bars = store.load_bars(Path("data"), "d")
+    assert bars["adj_close"].to_list() == [9.5, None]

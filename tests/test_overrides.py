@@ -7,6 +7,8 @@ from pathlib import Path
 from quant_cli.cli import app
 from quant_cli.recipe import load_with_overrides
 from quant_cli.report import CollectingReporter
+import pytest
+from quant_cli.io import read_json
 
 RECIPE = '[data]\ndataset = "demo"\n[model]\nname = "lightgbm"\n[model.params]\nnum_leaves = 7\nn_estimators = 9\n'
 NOTICE = ("ignoring model.params written for lightgbm (n_estimators, num_leaves); "
@@ -58,3 +60,51 @@ def test_run_takes_model_and_device(runner, tmp_path):
     assert result.exit_code == 0, result.output
     written = (Path(result.stdout.strip()) / "recipe.toml").read_text()
     assert 'name = "linear"' in written and 'device = "cpu"' in written and "num_leaves" not in written
+
+
+QUICKSTART = str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml")
+
+
+SMALL = ["--set", "data.synthetic.bars=300", "--set", "data.synthetic.symbols=5"]
+
+
+def invoke(runner, args):
+    result = runner.invoke(app, args)
+    return result, [line for line in result.stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def quickstart_data(runner):
+    result = runner.invoke(app, ["ingest", "--recipe", QUICKSTART, *SMALL, "-q"])
+    assert result.exit_code == 0, result.output
+
+
+def test_model_switch_drops_the_recipe_params_with_one_notice(runner, quickstart_data):
+    result, stderr = invoke(runner, ["train", "--recipe", QUICKSTART, *SMALL, "--model", "catboost",
+                                     "--set", "model.params.depth=3", "--set", "model.params.iterations=30"])
+    assert result.exit_code == 0, result.output
+    assert stderr[0] == ("notice: --model catboost: ignoring model.params written for lightgbm "
+                         "(learning_rate, min_data_in_leaf, n_estimators, num_leaves); set them with --set model.params.KEY=VALUE")
+    saved = read_json(Path(result.stdout.strip()) / "model" / "model.json")
+    assert saved["name"] == "catboost" and saved["params"]["depth"] == 3 and saved["params"]["iterations"] == 30
+
+
+def test_model_switch_on_the_quickstart_exits_0(runner, quickstart_data):
+    result = runner.invoke(app, ["train", "--recipe", QUICKSTART, *SMALL, "--model", "catboost", "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+
+
+def test_same_model_keeps_the_recipe_params(runner, quickstart_data):
+    result, stderr = invoke(runner, ["train", "--recipe", QUICKSTART, *SMALL, "--model", "lightgbm"])
+    assert result.exit_code == 0 and not [line for line in stderr if "ignoring" in line]
+    saved = read_json(Path(result.stdout.strip()) / "model" / "model.json")
+    assert saved["params"]["num_leaves"] == 7 and saved["params"]["min_data_in_leaf"] == 500
+
+
+def test_explicit_param_for_the_wrong_model_is_still_an_error(runner, quickstart_data):
+    result, stderr = invoke(runner, ["train", "--recipe", QUICKSTART, *SMALL, "--model", "catboost",
+                                     "--set", "model.params.min_data_in_leaf=3"])
+    assert result.exit_code == 2
+    assert stderr[-1].startswith("error: model.params.min_data_in_leaf is not a parameter of model 'catboost'; allowed: 'iterations'")
+    assert stderr[-1].endswith("; `qfactory train --list-models` lists each model's parameters")

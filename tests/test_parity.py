@@ -27,7 +27,7 @@ RTOL = 1e-6
 @pytest.mark.parametrize("model", ["lightgbm", "mlp", "lstm", "lstm_bars"])
 def test_server_batch_predict_and_training_agree(runner, tmp_path, model):
     trained = train(tmp_path, model)
-    bundle = stages.bundle_existing(trained.run, trained.data_dir)
+    bundle = stages.bundle_existing(trained.run, trained.data_dir).bundle
     need = read_json(bundle / "input_schema.json")["x-qfactory"]["required_bars"]
     predictions = pl.read_parquet(trained.run.path / "predictions.parquet").filter(pl.col("segment") == "test")
     bars = load_bars(trained.data_dir, "p").with_columns(pl.col("symbol").cast(pl.String))

@@ -20,13 +20,13 @@ CROSSING = ('features.benchmark="S000"', 'features.include=["bench_beta_5", "cs_
 @pytest.fixture(scope="module")
 def regression(tmp_path_factory):
     trained = train(tmp_path_factory.mktemp("reg"))
-    return trained, stages.bundle_existing(trained.run, trained.data_dir)
+    return trained, stages.bundle_existing(trained.run, trained.data_dir).bundle
 
 
 @pytest.fixture(scope="module")
 def crossing(tmp_path_factory):
     trained = train(tmp_path_factory.mktemp("cross"), extra=CROSSING)
-    return trained, stages.bundle_existing(trained.run, trained.data_dir)
+    return trained, stages.bundle_existing(trained.run, trained.data_dir).bundle
 
 
 def _csv(path, bars):

@@ -5,6 +5,10 @@ import pytest
 from quant_cli.cli import app
 from quant_cli.errors import RecipeError
 from quant_cli.recipe import defaults, defaults_toml, fingerprint, load_recipe, to_toml
+from typer.testing import CliRunner
+from quant_cli.errors import RunError
+from quant_cli.recipe import with_defaults
+from quant_cli.runs.directory import create_run
 
 
 def write(path: Path, text: str) -> Path:
@@ -113,3 +117,93 @@ def test_two_rebalance_schedules_are_one_line_at_load(runner, tmp_path):
         "and only one schedule can apply; keep the calendar or the bar count"
     )
     assert load_recipe(None, ['backtest.rebalance="M"'])["backtest"]["rebalance"] == "M"  # a calendar alone is fine
+
+
+HORIZON_KEYS = "'kind', 'horizon', 'log', 'vol_scale', 'vol_span', 'cross_sectional', 'threshold', 'profit_take', 'stop_loss', 'vertical'"
+
+
+NAME_RULE = "1 to 100 letters, digits, '.', '_' or '-', not starting with '.' (regex [A-Za-z0-9_-][A-Za-z0-9._-]{0,99})"
+
+
+def error_line(result) -> str:
+    """The one stderr line of a failed command (exit 2, nothing on stdout)."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_typo_in_parent_recipe_names_the_parent(runner: CliRunner) -> None:
+    Path("base.toml").write_text("[label]\nhorizn = 3\n")
+    Path("child.toml").write_text('extends = "base.toml"\n[model]\nname = "lightgbm"\n')
+    line = error_line(runner.invoke(app, ["recipe", "show", "--recipe", "child.toml"]))
+    assert line == (
+        f"error: recipe base.toml: unknown key 'label.horizn' in [label] (did you mean 'horizon'?); allowed: {HORIZON_KEYS}"
+    )
+
+
+def test_typo_in_child_recipe_names_the_child(runner: CliRunner) -> None:
+    Path("base.toml").write_text("[label]\nhorizon = 3\n")
+    Path("child.toml").write_text('extends = "base.toml"\n[label]\nkindd = "direction"\n')
+    line = error_line(runner.invoke(app, ["recipe", "show", "--recipe", "child.toml"]))
+    assert line.startswith("error: recipe child.toml: unknown key 'label.kindd' in [label] (did you mean 'kind'?)")
+
+
+def test_typo_in_set_names_the_set_item(runner: CliRunner) -> None:
+    Path("r.toml").write_text("[label]\nhorizon = 3\n")
+    line = error_line(runner.invoke(app, ["recipe", "show", "--recipe", "r.toml", "--set", "label.horizn=3"]))
+    assert line == (
+        f"error: --set label.horizn=3: unknown key 'label.horizn' in [label] (did you mean 'horizon'?); allowed: {HORIZON_KEYS}"
+    )
+
+
+def test_bad_set_type_names_the_set_item() -> None:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(None, ["label.horizon=0"])
+    assert str(info.value) == "--set label.horizon=0: 'label.horizon' must be at least 1, got 0"
+
+
+def test_missing_extends_target_names_the_referencing_file(runner: CliRunner) -> None:
+    Path("orphan.toml").write_text('extends = "nobase.toml"\n')
+    line = error_line(runner.invoke(app, ["recipe", "show", "--recipe", "orphan.toml"]))
+    assert line == (
+        "error: recipe orphan.toml: 'extends' points to nobase.toml, which is not a file; "
+        "fix the 'extends' path (it is relative to the folder of orphan.toml)"
+    )
+
+
+def test_merged_recipe_still_loads_and_child_wins(tmp_path: Path) -> None:
+    Path("base.toml").write_text("[label]\nhorizon = 3\n[model.params]\nnum_leaves = 7\n")
+    Path("child.toml").write_text('extends = "base.toml"\n[label]\nhorizon = 5\n')
+    recipe = load_recipe(Path("child.toml"), ["model.params.num_leaves=15"])
+    assert recipe["label"]["horizon"] == 5
+    assert recipe["model"]["params"]["num_leaves"] == 15
+
+
+@pytest.mark.parametrize("name", ["a/b", "../x", "", ".x", "a b"])
+def test_bad_run_name_is_exit_2(runner: CliRunner, name: str) -> None:
+    Path("r.toml").write_text("[label]\nhorizon = 3\n")
+    item = f'run.name="{name}"'
+    line = error_line(runner.invoke(app, ["recipe", "show", "--recipe", "r.toml", "--set", item]))
+    assert line == f"error: --set {item}: 'run.name' must be {NAME_RULE}, got {name!r}"
+
+
+def test_bad_run_name_in_recipe_file_names_the_file(runner: CliRunner) -> None:
+    Path("r.toml").write_text('[run]\nname = "../escape"\n')
+    line = error_line(runner.invoke(app, ["train", "--recipe", "r.toml"]))
+    assert line == f"error: recipe r.toml: 'run.name' must be {NAME_RULE}, got '../escape'"
+    assert not Path("escape").exists()
+
+
+def test_good_run_names_are_accepted() -> None:
+    for name in ("exp-1", "lgbm_v2.1", "_x"):
+        assert load_recipe(None, [f'run.name="{name}"'])["run"]["name"] == name
+
+
+def test_create_run_rejects_a_bad_name_built_in_code(tmp_path: Path) -> None:
+    recipe = with_defaults({"run": {"name": "a/b"}})
+    with pytest.raises(RunError, match=r"^run.name 'a/b': must be 1 to 100 letters"):
+        with create_run(tmp_path / "runs", recipe):
+            pass
+    assert not (tmp_path / "runs" / "a").exists()

@@ -17,6 +17,10 @@ import pytest
 from quant_cli.cli import app
 from quant_cli.io import OWNER_FILE, clean_stale_staging
 from quant_cli.runs.directory import Run
+from quant_cli import stages
+from quant_cli.data.store import write_store
+from quant_cli.recipe import load_recipe
+from quant_cli.data.synthetic import generate
 
 RECIPE = ('[run]\nname = "rec"\n[data]\ndataset = "tiny"\n[data.synthetic]\nsymbols = 3\nbars = 200\n'
           '[model]\nname = "linear"\n')
@@ -115,3 +119,77 @@ def test_a_kill_9_mid_stage_leaves_staging_that_the_next_command_removes(tmp_pat
         child.wait()
     assert clean_stale_staging(tmp_path) == [staging] and not staging.exists()
     assert not (tmp_path / "model").exists()
+
+
+@pytest.fixture
+def small_split_run(tmp_path) -> str:
+    write_store(tmp_path / "data", "p", generate(symbols=3, bars=200, seed=1), "first")
+    recipe = load_recipe(None, ['data.dataset="p"', 'features.sets=["core"]', "model.params.n_estimators=5"])
+    return str(stages.new_split_run(recipe, tmp_path / "data", tmp_path / "runs").path)
+
+
+@pytest.mark.parametrize(("file", "text", "what"), [
+    ("manifest.json", "garbage", "manifest.json is not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+    ("manifest.json", "[]", "manifest.json is not a JSON object"),
+    ("split/pipeline.json", "garbage", "split/pipeline.json is not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+])
+def test_a_damaged_run_file_is_one_line_not_an_unexpected_failure(runner, small_split_run, file, text, what):
+    (Path(small_split_run) / file).write_text(text)
+    result = runner.invoke(app, ["train", "--run", small_split_run])
+    assert result.exit_code == 2, result.output
+    run_id = Path(small_split_run).name
+    assert result.stderr.splitlines() == [
+        f"error: run {run_id}: {what}; the run is damaged, start a new one with `qfactory train --recipe R`"]
+
+
+def test_run_latest_skips_a_damaged_run(runner, tmp_path, small_split_run):
+    damaged = tmp_path / "runs" / "zz-damaged"
+    damaged.mkdir()
+    (damaged / "manifest.json").write_text("garbage")
+    result = runner.invoke(app, ["train", "--run", "latest", "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == small_split_run
+
+
+def test_a_damaged_delta_log_is_one_line(runner, tmp_path):
+    write_store(tmp_path / "data", "q", generate(symbols=2, bars=30, seed=1), "first")
+    log = tmp_path / "data" / "q" / "bars" / "_delta_log" / "00000000000000000000.json"
+    log.write_text("garbage")
+    result = runner.invoke(app, ["data", "show", "q"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: dataset 'q': its Delta table at {log.parent.parent} cannot be read (")
+    assert line.endswith(f"restore its _delta_log from a backup, or delete {log.parent.parent.parent} and ingest it again")
+
+
+def test_a_damaged_run_parquet_is_one_line(runner, small_split_run):
+    (Path(small_split_run) / "split" / "rows.parquet").write_text("garbage")
+    result = runner.invoke(app, ["train", "--run", small_split_run])
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: run {Path(small_split_run).name}: split/rows.parquet is not a readable parquet file (")
+    assert line.endswith("; the run is damaged, start a new one with `qfactory train --recipe R`")
+
+
+def test_a_damaged_predictions_file_is_one_line(runner, small_split_run):
+    assert runner.invoke(app, ["train", "--run", small_split_run, "-q"]).exit_code == 0
+    (Path(small_split_run) / "predictions.parquet").write_text("garbage")
+    result = runner.invoke(app, ["backtest", "--run", small_split_run])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[0].startswith(f"error: run {Path(small_split_run).name}: predictions.parquet is not a readable parquet file (")
+
+
+@pytest.mark.parametrize(("damage", "commands"), [
+    ("spec.json", ["features"]),  # train --run reads only the table
+    ("table/part-00000.parquet", ["features", "train"]),
+])
+def test_a_damaged_cached_feature_version_is_one_line(runner, tmp_path, small_split_run, damage, commands):
+    (folder,) = (tmp_path / "data" / "p" / "features").iterdir()
+    (folder / damage).write_text("garbage")
+    calls = {"train": ["train", "--run", small_split_run], "features": ["features", "--recipe", str(Path(small_split_run) / "recipe.toml")]}
+    for args in (calls[c] for c in commands):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        (line,) = [text for text in result.stderr.splitlines() if text.startswith("error")]  # after progress lines
+        assert line.startswith(f"error: feature version {folder.name} is damaged ({damage}: ")
+        assert line.endswith(f"delete {folder} and rerun the command (the version is rebuilt)")

@@ -13,7 +13,7 @@ from quant_cli.data.synthetic import generate
 from quant_cli.dataset.table import KEYS, prepare
 from quant_cli.io import read_json
 from quant_cli.models.classical import LinearModel
-from quant_cli.models.crossval import cross_validate
+from quant_cli.stages.crossval import cross_validate
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.recipe import load_recipe
 from quant_cli.runs.directory import resolve_run
@@ -95,10 +95,10 @@ def _continue_after_append(tmp_path, runs_dir):
     cut = full["ts"].unique().sort()[299]
     write_store(data_dir, "p", full.filter(pl.col("ts") <= cut), "test")
     recipe = _recipe()
-    direct = stages.train_new(recipe, data_dir, runs_dir)
-    split_only = stages.new_split_run(recipe, data_dir, runs_dir)
+    direct = stages.train_new(recipe, data_dir, runs_dir).run
+    split_only = stages.new_split_run(recipe, data_dir, runs_dir).run
     write_store(data_dir, "p", full, "test")  # the dataset grows after the split
-    return direct, stages.train_existing(split_only, data_dir), data_dir
+    return direct, stages.train_existing(split_only, data_dir).run, data_dir
 
 
 def test_a_continued_run_reads_the_data_it_was_split_on(tmp_path):
@@ -114,7 +114,7 @@ def test_train_run_recomputes_nothing(tmp_path, monkeypatch):
     """train --run reads split/ and the cached feature version: no labels, no feature build."""
     data_dir = tmp_path / "data"
     write_store(data_dir, "p", generate(symbols=5, bars=300, seed=3), "test")
-    run = stages.new_split_run(_recipe(), data_dir, tmp_path / "runs")
+    run = stages.new_split_run(_recipe(), data_dir, tmp_path / "runs").run
     import quant_cli.dataset.table as table
 
     def refuse(*args, **kwargs):

@@ -22,8 +22,8 @@ from quant_cli.errors import ModelError
 from quant_cli.features.testing import perturb_after
 from quant_cli.io import read_json
 from quant_cli.models import device as device_mod
-from quant_cli.models.bars import bar_channels, channel_names
-from quant_cli.models.fitting import build_panel, predict_frame
+from quant_cli.features.bars import bar_channels, channel_names
+from quant_cli.stages.fitting import build_panel, predict_frame
 from quant_cli.models.panel import Panel, PanelRows
 from quant_cli.models.registry import MODELS, create_model
 from quant_cli.models.torch.windows import gather
@@ -31,6 +31,7 @@ from quant_cli.recipe import load_recipe
 from quant_cli.report import CollectingReporter
 from quant_cli.runs.directory import Run
 from quant_cli import stages
+from quant_cli.stages import common
 
 SEQUENCE = [name for name, cls in MODELS.items() if cls.sequence]
 TORCH = ["mlp", *SEQUENCE]
@@ -238,7 +239,7 @@ def test_sharpe_loss_is_minus_mean_over_std_of_per_timestamp_portfolio_returns()
 @pytest.mark.parametrize("recipe", ["lstm.toml", "transformer.toml"])
 def test_shipped_recipes_load_and_build_their_model(recipe):
     loaded = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / recipe)
-    model = stages._new_model(loaded)
+    model = common.make_model(loaded)
     assert model.sequence and model.loop.epochs == loaded["train"]["epochs"]
 
 

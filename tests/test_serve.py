@@ -18,6 +18,9 @@ from quant_cli import stages
 from quant_cli.io import read_json
 from quant_cli.serve.app import Limits, create_app
 from quant_cli.serve.bundle import load
+from pathlib import Path
+
+from quant_cli.cli import app
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,7 +31,7 @@ def bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     first = train(root)
     second = train(root, extra=("model.params.n_estimators=10",), data_dir=first.data_dir)
-    return stages.bundle_existing(first.run, first.data_dir), stages.bundle_existing(second.run, second.data_dir)
+    return stages.bundle_existing(first.run, first.data_dir).bundle, stages.bundle_existing(second.run, second.data_dir).bundle
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +207,83 @@ def test_serve_command_binds_loopback_and_refuses_a_bad_bundle(runner, bundles, 
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert f"serve: bundle {read_json(bundles[0] / 'manifest.json')['bundle_id']} on http://127.0.0.1:{port}" in err
+
+
+RECIPE = """
+[run]
+name = "audit"
+seed = 1
+[data]
+dataset = "syn"
+source = "synthetic"
+[data.synthetic]
+symbols = 4
+bars = 400
+[model]
+name = "linear"
+[train]
+threads = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
+    """A recipe and its ingested dataset; returns (recipe path, the dataset's bars)."""
+    from typer.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("audit")
+    (root / "r.toml").write_text(RECIPE)
+    result = CliRunner().invoke(app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")])
+    assert result.exit_code == 0, result.output
+    return root, pl.read_delta(str(root / "data" / "syn" / "bars"))
+
+
+@pytest.fixture(scope="module")
+def bundle(home, tmp_path_factory) -> Path:
+    from typer.testing import CliRunner
+
+    root, _ = home
+    runs = tmp_path_factory.mktemp("audit-bundle")
+    trained = CliRunner().invoke(app, ["train", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data"),
+                                       "--runs-dir", str(runs)])
+    assert trained.exit_code == 0, trained.output
+    bundled = CliRunner().invoke(app, ["bundle", "--run", trained.stdout.strip(), "--quiet", "--data-dir", str(root / "data")])
+    assert bundled.exit_code == 0, bundled.output
+    return Path(bundled.stdout.strip())
+
+
+def test_serve_refuses_a_port_out_of_range(runner, tmp_path):
+    """Was a server 'on http://127.0.0.1:99999' that never listened (and -1: uvicorn's exit 3)."""
+    result = runner.invoke(app, ["serve", "--bundle", str(tmp_path / "none"), "--port", "99999"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: Invalid value for '--port': Input should be less than or equal to 65535 (see `qfactory serve --help`)"
+
+
+def test_serve_that_cannot_bind_is_one_line_exit_2(runner, bundle):
+    """Was uvicorn's own 'ERROR: [Errno 98] ...' and exit 3 for a port in use or an unknown host."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--bundle", str(bundle), "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith(f"error: serve: cannot listen on 127.0.0.1:{port} (") and line.endswith(
+        "); free the port or pick another with --port, and bind a local address with --host")
+
+
+def test_serve_holds_its_port_from_the_check_until_uvicorn_serves_it():
+    """Was a probe socket bound and closed before uvicorn bound again: another process could take
+    the port in between. The checked socket itself is handed to uvicorn, listening."""
+    from quant_cli.errors import RecipeError
+    from quant_cli.serve.listen import bound_socket
+
+    held = bound_socket("127.0.0.1", 0)
+    try:
+        port = held.getsockname()[1]
+        with pytest.raises(RecipeError, match=f"cannot listen on 127.0.0.1:{port}"):
+            bound_socket("127.0.0.1", port).close()
+    finally:
+        held.close()

@@ -22,7 +22,7 @@ from quant_cli.serve.loaded import FeatureRows, bars_from_records
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     trained = train(tmp_path_factory.mktemp("batching"))
-    return stages.bundle_existing(trained.run, trained.data_dir)
+    return stages.bundle_existing(trained.run, trained.data_dir).bundle
 
 
 def _requests(bundle):
@@ -132,7 +132,7 @@ def test_requests_with_different_columns_are_not_scored_as_one_frame(tmp_path):
     from quant_cli.serve.schemas import PredictRequest
 
     trained = train(tmp_path, extra=('features.sets=[]', 'features.include=["VWAP0", "ret_5"]'))
-    loaded = load(stages.bundle_existing(trained.run, trained.data_dir))
+    loaded = load(stages.bundle_existing(trained.run, trained.data_dir).bundle)
     bars = bars_from_records(read_json(loaded.path / "example" / "input.json")["bars"], "example")
     plain = bars.filter(pl.col("symbol") == bars["symbol"].min())
     with_vwap = plain.with_columns(((pl.col("high") + pl.col("low")) / 2).alias("vwap"))

@@ -22,6 +22,12 @@ from quant_cli.data.synthetic import generate
 from quant_cli.errors import DataError
 from quant_cli.io import write_json_atomic
 from quant_cli.report import CollectingReporter
+from quant_cli import stages
+from quant_cli.stages import split as split_stage
+from quant_cli.data.store import write_store
+from quant_cli.io import read_json
+from quant_cli.recipe import load_recipe
+from quant_cli.data import catalog
 
 UTC = dt.timezone.utc
 
@@ -254,3 +260,59 @@ def test_an_interrupted_commit_leaves_the_table_as_it_was(tmp_path: Path, panel:
     assert_frame_equal(snap.load_bars(), panel)  # the orphan file is not part of any version
     assert catalog.vacuum(tmp_path, "d")["removed_files"] == 1 and not orphan.exists()
     assert_frame_equal(store.load_bars(tmp_path, "d"), panel)
+
+
+def test_a_vacuum_during_a_split_keeps_the_version_the_split_pinned(tmp_path, monkeypatch):
+    """A split pins version 0; while it builds features another job replaces the dataset and
+    vacuums. The run in staging must already name its pinned version, or its files are deleted."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    write_store(data, "p", generate(symbols=3, bars=200, seed=1), "first")
+    real_prepare = split_stage.prepare
+
+    def prepare_while_others_write(recipe, snapshot, **kwargs):
+        write_store(data, "p", generate(symbols=3, bars=200, seed=2), "second")  # version 1
+        catalog.vacuum(data, "p", keep=1, runs_dir=runs)
+        return real_prepare(recipe, snapshot, **kwargs)
+
+    monkeypatch.setattr(split_stage, "prepare", prepare_while_others_write)
+    recipe = load_recipe(None, ['data.dataset="p"', 'features.sets=["core"]'])
+    run = stages.new_split_run(recipe, data, runs).run
+    assert read_json(run.path / "manifest.json")["dataset"]["version"] == 0
+    assert [r["available"] for r in catalog.dataset_versions(data, "p")] == [True, True]
+
+
+def _ingest(runner: CliRunner, source: str, dataset: str = "d", *extra: str) -> None:
+    result = runner.invoke(app, ["ingest", "--source", source, "--dataset", dataset, "--quiet", *extra])
+    assert result.exit_code == 0, result.stderr
+
+
+def test_each_version_has_its_manifest_and_no_staging_is_left(runner: CliRunner) -> None:
+    _ingest(runner, "synthetic", "d", "--symbols", "3", "--bars", "50")
+    root = Path("data") / "d"
+    version = read_json(root / "versions" / "0.json")
+    assert {k: v for k, v in version.items() if k != "symbol_hashes"} == read_json(root / "manifest.json")
+    assert version["table_version"] == 0 and version["rows"] == 150
+    assert sorted(p.name for p in root.iterdir()) == [".writer.lock", "bars", "manifest.json", "versions"]
+
+
+def test_readers_use_the_version_manifest_not_the_top_level_copy(runner: CliRunner) -> None:
+    _ingest(runner, "synthetic", "d", "--symbols", "3", "--bars", "50")
+    root = Path("data") / "d"
+    old_top = (root / "manifest.json").read_bytes()
+    _ingest(runner, "synthetic", "d", "--symbols", "4", "--bars", "60")
+    # An interruption right after the commit leaves the top-level copy stale: readers must not care.
+    (root / "manifest.json").write_bytes(old_top)
+    manifest = store.read_manifest(Path("data"), "d")
+    assert manifest["rows"] == 240 and len(manifest["symbols"]) == 4 and manifest["table_version"] == 1
+    assert store.load_bars(Path("data"), "d").height == manifest["rows"]
+
+
+def test_a_kill_between_commit_and_manifest_write_is_rebuilt_from_the_table(runner: CliRunner) -> None:
+    _ingest(runner, "synthetic", "d", "--symbols", "3", "--bars", "50")
+    _ingest(runner, "synthetic", "d", "--symbols", "4", "--bars", "60")
+    root = Path("data") / "d"
+    written = read_json(root / "versions" / "1.json")
+    (root / "versions" / "1.json").unlink()
+    assert store.read_manifest(Path("data"), "d") == written  # same hash, stats, source and times
+    assert store.pin(Path("data"), "d", version=0).manifest["rows"] == 150
+    assert store.exists(Path("data"), "d")

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from quant_cli import stages
+from quant_cli.stages import split as split_stage
 from quant_cli.cli import app
 from quant_cli.data.store import write_store
 from quant_cli.data.synthetic import generate
@@ -131,7 +131,7 @@ def test_same_seed_same_study_and_features_and_split_are_built_once(recipe_file,
             return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(stages, "prepare", counted("prepare", stages.prepare))
+    monkeypatch.setattr(split_stage, "prepare", counted("prepare", split_stage.prepare))
     monkeypatch.setattr(build, "build_parts", counted("build_parts", build.build_parts))
     recipe = load_recipe(recipe_file, ["tune.refit=false"])
     first = tune_new(recipe, tmp_path / "data", tmp_path / "runs", trials=4)

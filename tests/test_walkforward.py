@@ -171,3 +171,53 @@ def test_a_killed_walkforward_leaves_nothing_that_blocks(tmp_path):
     Run(run_dir).begin_stage("walkforward", reporter)
     assert not (run_dir / "walkforward").exists()
     assert reporter.texts("notice") == ["run wf-x: the walkforward stage never committed (interrupted); removed its leftovers (walkforward) and redoing it"]
+
+
+RECIPE = """
+[run]
+name = "audit"
+seed = 1
+[data]
+dataset = "syn"
+source = "synthetic"
+[data.synthetic]
+symbols = 4
+bars = 400
+[model]
+name = "linear"
+[train]
+threads = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
+    """A recipe and its ingested dataset; returns (recipe path, the dataset's bars)."""
+    from typer.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("audit")
+    (root / "r.toml").write_text(RECIPE)
+    result = CliRunner().invoke(app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")])
+    assert result.exit_code == 0, result.output
+    return root, pl.read_delta(str(root / "data" / "syn" / "bars"))
+
+
+def test_a_failed_parallel_walkforward_is_one_line_without_joblib_warnings(runner, home, tmp_path):
+    """Was the error line followed by joblib's 'UserWarning: 4 tasks ... have been cancelled' (two more
+    lines): the abandoned worker pool was collected after the command's warning filter ended."""
+    import warnings
+
+    root, _ = home
+    recipe = tmp_path / "wf.toml"
+    recipe.write_text(RECIPE.replace('name = "linear"', 'name = "gru"\n[model.params]\nseq_len = 32\nhidden = 4')
+                      + "epochs = 1\n[preprocess]\nfill = \"zero\"\n[walkforward]\ntrain = 20\ntest = 40\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = runner.invoke(app, ["walkforward", "--recipe", str(recipe), "--jobs", "2", "--quiet",
+                                     "--data-dir", str(root / "data"), "--runs-dir", str(tmp_path / "runs")])
+        import gc
+
+        gc.collect()
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith("error: walk-forward fold 0 (")
+    assert [str(w.message) for w in caught if "cancelled" in str(w.message)] == []

@@ -15,7 +15,7 @@ from helpers import prices_rewritten_after
 from quant_cli.data.store import pin, write_store
 from quant_cli.data.synthetic import generate
 from quant_cli.dataset.table import build_table, new_pipeline
-from quant_cli.models.crossval import fold_inputs
+from quant_cli.stages.crossval import fold_inputs
 from quant_cli.recipe import load_recipe
 from quant_cli.walkforward.execute import fit_fold, fold_segments
 from quant_cli.walkforward.folds import build_folds

@@ -45,13 +45,13 @@ def costs_of(cfg: dict[str, Any], periods_per_year: float) -> Costs:
 
 @functools.cache
 def _schema_defaults() -> dict[str, Any]:
-    from quant_cli.recipe.schema import SCHEMA
+    from quant_cli.schema import SCHEMA
 
     return {name: key.default for name, key in SCHEMA["backtest"].items()}
 
 
 def with_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
-    """cfg over the [backtest] defaults of recipe/schema.py (the one place they live), so code
+    """cfg over the [backtest] defaults of schema.py (the one place they live), so code
     that builds a partial cfg (tests, walk-forward) gets the same defaults as a recipe."""
     return {**_schema_defaults(), **cfg}
 

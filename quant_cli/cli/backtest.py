@@ -9,41 +9,29 @@ import typer
 
 from quant_cli import stages
 from quant_cli.cli import console
-from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, cli_errors, emit
+from quant_cli.cli.common import Shared, OptionalRecipeOpt, Printed, SetOpt, stage_command
 from quant_cli.errors import RecipeError
-from quant_cli.io import read_json
 from quant_cli.recipe import load_recipe
-from quant_cli.runs.directory import data_home, resolve_run, runs_home
 
 OptionalRunOpt = Annotated[str | None, typer.Option("--run", help="Run directory, run id, or 'latest'.", show_default=False)]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Parquet or CSV with symbol, ts, weight: backtest these target weights (needs --recipe for the dataset and [backtest]).", show_default=False)]
 
 
-def backtest(
-    run: OptionalRunOpt = None,
-    weights: WeightsOpt = None,
-    recipe: OptionalRecipeOpt = None,
-    set_: SetOpt = None,
-    data_dir: DataDirOpt = None,
-    runs_dir: RunsDirOpt = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
-) -> None:
+@stage_command
+def backtest(run: OptionalRunOpt = None, weights: WeightsOpt = None, recipe: OptionalRecipeOpt = None,
+             set_: SetOpt = None, *, shared: Shared) -> Printed:
     """Backtest a trained run's scores (or a weights file); writes backtest/ and adds backtest.* to metrics.json.
 
     Example: qfactory backtest --run latest
 
     Example: qfactory backtest --weights weights.parquet --recipe recipes/quickstart.toml
     """
-    with cli_errors(quiet, debug):
-        if (run is None) == (weights is None) or (weights is not None and recipe is None) or (run is not None and (recipe or set_)):
-            raise RecipeError("backtest: pass either --run RUN (a trained run), or --weights FILE --recipe R (a new run)")
-        if weights is not None:
-            loaded = load_recipe(recipe, set_)
-            target = stages.backtest_weights(loaded, weights, data_home(data_dir, loaded), runs_home(runs_dir, loaded), console.REPORTER)
-        else:
-            target = resolve_run(run, runs_home(runs_dir))
-            stages.backtest_existing(target, data_home(data_dir, target.recipe()), console.REPORTER)
-        payload = {"run_id": target.id, "backtest": read_json(target.path / "metrics.json")["backtest"]}
-    emit(target.path, json_out, payload)
+    if (run is None) == (weights is None) or (weights is not None and recipe is None) or (run is not None and (recipe or set_)):
+        raise RecipeError("backtest: pass either --run RUN (a trained run), or --weights FILE --recipe R (a new run)")
+    if weights is not None:
+        loaded = load_recipe(recipe, set_)
+        result = stages.backtest_weights(loaded, weights, shared.data(loaded), shared.runs(loaded), console.REPORTER)
+    else:
+        target = shared.run(run)
+        result = stages.backtest_existing(target, shared.data(target.recipe()), console.REPORTER)
+    return result.path, {"run_id": result.id, "backtest": result.backtest}

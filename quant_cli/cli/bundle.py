@@ -9,9 +9,8 @@ import typer
 
 from quant_cli import stages
 from quant_cli.cli import console
-from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, QuietOpt, RunsDirOpt, cli_errors, emit
+from quant_cli.cli.common import DebugOpt, JsonOpt, Printed, QuietOpt, Shared, cli_errors, emit, stage_command
 from quant_cli.errors import QFactoryError
-from quant_cli.runs.directory import data_home, resolve_run, runs_home
 
 TrustPickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow pickle-based model files (they run code when loaded); only for bundles you made.")]
 
@@ -21,19 +20,15 @@ app = typer.Typer(
 )
 
 
+RunToBundleOpt = Annotated[str | None, typer.Option("--run", help="Run to bundle: a path, run id or 'latest'.", show_default=False)]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Bundle folder to create (default: <run>/bundle/).", show_default=False)]
+ArchiveOpt = Annotated[bool, typer.Option("--archive", help="Also write the bundle as one .tar.gz next to the folder.")]
+
+
 @app.callback()
-def bundle(
-    ctx: typer.Context,
-    run: Annotated[str | None, typer.Option("--run", help="Run to bundle: a path, run id or 'latest'.", show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Bundle folder to create (default: <run>/bundle/).", show_default=False)] = None,
-    archive: Annotated[bool, typer.Option("--archive", help="Also write the bundle as one .tar.gz next to the folder.")] = False,
-    trust_pickle: TrustPickleOpt = False,
-    data_dir: DataDirOpt = None,
-    runs_dir: RunsDirOpt = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
-) -> None:
+@stage_command
+def bundle(ctx: typer.Context, run: RunToBundleOpt = None, out: OutOpt = None, archive: ArchiveOpt = False,
+           trust_pickle: TrustPickleOpt = False, *, shared: Shared) -> Printed | None:
     """Package a trained run as a verified inference bundle: model, fitted pipeline, schemas, example, hashes.
 
     Prints the bundle path. `qfactory bundle verify B` re-checks one.
@@ -41,13 +36,12 @@ def bundle(
     Example: qfactory bundle --run latest --archive
     """
     if ctx.invoked_subcommand is not None:
-        return
-    with cli_errors(quiet, debug):
-        if run is None:
-            raise QFactoryError("pass --run RUN (a run path, run id or 'latest'), or use `qfactory bundle verify B`")
-        existing = resolve_run(run, runs_home(runs_dir))
-        path = stages.bundle_existing(existing, data_home(data_dir, existing.recipe()), out, archive, trust_pickle, console.REPORTER)
-    emit(path, json_out, {"run_id": existing.id})
+        return None
+    if run is None:
+        raise QFactoryError("pass --run RUN (a run path, run id or 'latest'), or use `qfactory bundle verify B`")
+    existing = shared.run(run)
+    result = stages.bundle_existing(existing, shared.data(existing.recipe()), out, archive, trust_pickle, console.REPORTER)
+    return result.bundle, {"run_id": existing.id}
 
 
 @app.command("verify")

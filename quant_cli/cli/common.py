@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import json
 import os
 import re
 import sys
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +24,8 @@ from typer._click.globals import get_current_context
 
 from quant_cli.cli import console
 from quant_cli.errors import QFactoryError, StorageError, clip_huge_values
+from quant_cli.recipe import Recipe, load_with_overrides
+from quant_cli.runs.directory import Run, data_home, resolve_run, runs_home
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notices on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the traceback of a failure.")]
@@ -48,6 +53,61 @@ JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Tasks run at 
 
 
 RunOpt = Annotated[str, typer.Option("--run", help="Run directory, run id, or 'latest'.", show_default=False)]
+
+
+def load_stage_recipe(recipe: Path, sets: list[str] | None, model: str | None = None, device: str | None = None,
+                      strict_device: bool = False) -> Recipe:
+    """The recipe with --set, --model and --device/--strict-device applied (notices on stderr)."""
+    overrides = [*(sets or []), *device_overrides(device, strict_device)]
+    return load_with_overrides(recipe, overrides, model, console.REPORTER)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """The options every command over runs shares, as given: --data-dir and --runs-dir (each home
+    resolves against a recipe: runs/directory.py) and --json."""
+
+    data_dir: str | None
+    runs_dir: str | None
+    json_out: bool
+
+    def data(self, recipe: Recipe | None = None) -> Path:
+        return data_home(self.data_dir, recipe)
+
+    def runs(self, recipe: Recipe | None = None) -> Path:
+        return runs_home(self.runs_dir, recipe)
+
+    def run(self, ref: str) -> Run:
+        """The run a --run option names (a path, a run id or 'latest')."""
+        return resolve_run(ref, self.runs())
+
+
+# The options every command over runs ends with, in this order: (annotation, default).
+_SHARED_OPTIONS = {"data_dir": (DataDirOpt, None), "runs_dir": (RunsDirOpt, None), "json_out": (JsonOpt, False),
+                   "quiet": (QuietOpt, False), "debug": (DebugOpt, False)}
+Printed = tuple[Path, dict[str, Any]]
+
+
+def stage_command(command: Callable[..., Printed | None]) -> Callable[..., None]:
+    """A command over runs: `command(<its own options>, shared=Shared)` returns (path for stdout, the
+    --json payload), or None to print nothing. This adds the options they all share (--data-dir,
+    --runs-dir, --json, --quiet, --debug), maps failures to exit codes (cli_errors) and prints."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "shared"]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+              for name, (annotation, default) in _SHARED_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def with_shared_options(**options: Any) -> None:
+        data_dir, runs_dir, json_out, quiet, debug = (options.pop(name) for name in _SHARED_OPTIONS)
+        with cli_errors(quiet, debug, json_out):
+            printed = command(**options, shared=Shared(data_dir, runs_dir, json_out))
+        if printed is not None:
+            emit(printed[0], json_out, printed[1])
+
+    with_shared_options.__signature__ = signature.replace(parameters=[*own, *shared])  # what Typer reads
+    with_shared_options.__annotations__ = {p.name: p.annotation for p in [*own, *shared]}
+    return with_shared_options
 
 
 @contextmanager

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
 
@@ -117,3 +117,12 @@ class ConsoleReporter(Reporter):
 
 
 REPORTER = ConsoleReporter()
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
+    """Plain aligned columns (headers: the column names in capitals unless given; None shows as '-'):
+    readable in a terminal and easy to cut/awk in scripts. Every listing of the CLI renders here."""
+    heads = [str(c).upper() for c in columns] if headers is None else list(headers)
+    cells = [heads] + [["-" if r.get(c) is None else str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells)

@@ -9,7 +9,6 @@ import typer
 
 from quant_cli.cli import console
 from quant_cli.cli.common import DataDirOpt, DebugOpt, QuietOpt, RunsDirOpt, cli_errors
-from quant_cli.cli.features import _table
 from quant_cli.data import catalog
 from quant_cli.runs.directory import data_home, runs_home
 
@@ -35,7 +34,7 @@ def ls(data_dir: DataDirOpt = None, as_json: JsonListOpt = False, quiet: QuietOp
     if not rows and not as_json:
         console.info("no datasets yet; create one with `qfactory ingest --source ... --dataset NAME`")
     columns = ("dataset", "version", "rows", "symbols", "start", "end", "updated", "source")
-    typer.echo(json.dumps(rows, sort_keys=True) if as_json else _table([_short(r) for r in rows], columns))
+    typer.echo(json.dumps(rows, sort_keys=True) if as_json else console.table([_short(r) for r in rows], columns))
 
 
 @app.command("show")
@@ -52,7 +51,7 @@ def show(dataset: DatasetArg, data_dir: DataDirOpt = None, as_json: JsonListOpt 
         typer.echo(json.dumps(rows, sort_keys=True))
         return
     shown = [{**_short(r), "available": "yes" if r["available"] else "vacuumed"} for r in rows]
-    typer.echo(_table(shown, ("version", "when", "operation", "rows", "symbols", "start", "end", "available", "source")))
+    typer.echo(console.table(shown, ("version", "when", "operation", "rows", "symbols", "start", "end", "available", "source")))
 
 
 @app.command("vacuum")

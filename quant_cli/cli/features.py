@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
@@ -83,7 +82,7 @@ def ls(
     if not rows:
         console.info("no feature versions yet; build one with `qfactory features --recipe R`")
     columns = ("dataset", "fingerprint", "created", "rows", "features", "build_seconds")
-    typer.echo(json.dumps(rows, sort_keys=True) if as_json else _table(rows, columns))
+    typer.echo(json.dumps(rows, sort_keys=True) if as_json else console.table(rows, columns))
 
 
 @app.command("show")
@@ -116,7 +115,7 @@ def _describe(spec: dict[str, Any]) -> str:
         head.append(f"skipped (missing inputs): {', '.join(spec['skipped'])}")
     shares = spec.get("null_share", {})
     rows = [{"feature": f, "null_share": f"{shares.get(f, 0.0):.4f}"} for f in spec.get("features", [])]
-    return "\n".join(head) + "\n\n" + _table(rows, ("feature", "null_share"))
+    return "\n".join(head) + "\n\n" + console.table(rows, ("feature", "null_share"))
 
 
 @app.command("ls-specs")
@@ -139,11 +138,4 @@ def ls_specs(
         typer.echo(json.dumps(rows, sort_keys=True))
         return
     flat = [{**r, **{k: ",".join(r[k]) or "-" for k in ("inputs", "tags", "sets")}} for r in rows]
-    typer.echo(_table(flat, ("name", "inputs", "tags", "sets", "description")))
-
-
-def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """Plain aligned columns: readable in a terminal and easy to cut/awk in scripts."""
-    cells = [[str(c).upper() for c in columns]] + [["-" if r.get(c) is None else str(r[c]) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells)
+    typer.echo(console.table(flat, ("name", "inputs", "tags", "sets", "description")))

@@ -19,7 +19,6 @@ def report(
     Example: qfactory report --run latest
     """
     with cli_errors(quiet, debug):
-        target = resolve_run(run, runs_home(runs_dir))
-        written = stages.report_existing(target)
-        payload = {"run_id": target.id, "reports": [str(p) for p in written]}
-    emit(target.path, json_out, payload)
+        result = stages.report_existing(resolve_run(run, runs_home(runs_dir)))
+        payload = {"run_id": result.id, "reports": [str(p) for p in result.reports]}
+    emit(result.path, json_out, payload)

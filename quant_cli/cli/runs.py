@@ -10,7 +10,6 @@ import typer
 
 from quant_cli.cli import console
 from quant_cli.cli.common import DebugOpt, QuietOpt, RunsDirOpt, cli_errors
-from quant_cli.cli.features import _table
 from quant_cli.runs.directory import resolve_run, runs_home
 
 app = typer.Typer(
@@ -61,7 +60,7 @@ def ls(
     if not rows:
         console.info("no runs match; start one with `qfactory train --recipe R`")
     columns = ("run", "name", "dataset", "model", "val_ic", "test_ic", "sharpe", "dsr", "n", "status", "age")
-    typer.echo(_table([_ls_row(r) for r in rows], columns))
+    typer.echo(console.table([_ls_row(r) for r in rows], columns))
 
 
 def _ls_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -139,9 +138,9 @@ def _describe(info: dict[str, Any]) -> str:
     ledger = [{**t, "sharpe": _num(t["sharpe"], 2), "psr": _num(t["psr"], 3), "dsr": _dsr(t), "n": t["n_trials"],
                "dsr_at_creation": _num(t["deflated_sharpe_at_creation"], 3), "n_at_creation": t["n_trials_at_creation"],
                "periods": t["periods"] or "n/a"} for t in info["ledger"]]
-    parts = ["\n".join(head), _table(stages, ("stage", "status", "seconds", "finished")), _table(metrics, ("metric", "value"))]
+    parts = ["\n".join(head), console.table(stages, ("stage", "status", "seconds", "finished")), console.table(metrics, ("metric", "value"))]
     if ledger:
-        parts.append("trial ledger\n" + _table(ledger, ("kind", "sharpe", "periods", "psr", "dsr", "n", "dsr_at_creation", "n_at_creation")))
+        parts.append("trial ledger\n" + console.table(ledger, ("kind", "sharpe", "periods", "psr", "dsr", "n", "dsr_at_creation", "n_at_creation")))
     return "\n\n".join(parts)
 
 
@@ -168,7 +167,7 @@ def compare(runs: RunsArg, runs_dir: RunsDirOpt = None, as_json: JsonOpt = False
     legend = "\n".join(f"{name} = {rid}" for name, rid in zip(names, result["runs"]))
     metrics = [{"metric": k, **{n: _metric(v) for n, v in zip(names, values)}} for k, values in result["metrics"].items()]
     recipe = [{"recipe key": k, **{n: _value(v) for n, v in zip(names, values)}} for k, values in result["recipe"].items()]
-    typer.echo("\n\n".join([legend, _table(metrics, ("metric", *names)), _table(recipe, ("recipe key", *names)) if recipe else "recipes: identical"]))
+    typer.echo("\n\n".join([legend, console.table(metrics, ("metric", *names)), console.table(recipe, ("recipe key", *names)) if recipe else "recipes: identical"]))
 
 
 def _value(value: Any) -> str | None:

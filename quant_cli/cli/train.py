@@ -9,30 +9,21 @@ import typer
 from quant_cli import stages
 from quant_cli.cli import console
 from quant_cli.cli.common import (
-    DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, ModelOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors, device_overrides, emit,
+    DeviceOpt, ModelOpt, OptionalRecipeOpt, Printed, SetOpt, Shared, StrictDeviceOpt, load_stage_recipe, stage_command,
 )
 from quant_cli.errors import QFactoryError
-from quant_cli.io import read_json
 from quant_cli.models.registry import FLAGS, describe_models
-from quant_cli.recipe import load_with_overrides
-from quant_cli.runs.directory import data_home, resolve_run, runs_home
 
 
-def train(
-    recipe: OptionalRecipeOpt = None,
-    run: Annotated[str | None, typer.Option("--run", help="Train this run (a path, run id or 'latest'); it must hold a split and no model.", show_default=False)] = None,
-    model: ModelOpt = None,
-    list_models: Annotated[bool, typer.Option("--list-models", help="List registered models and exit.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="With --run: continue a killed torch fit from its last per-epoch checkpoint.")] = False,
-    set_: SetOpt = None,
-    device: DeviceOpt = None,
-    strict_device: StrictDeviceOpt = False,
-    data_dir: DataDirOpt = None,
-    runs_dir: RunsDirOpt = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
-) -> None:
+RunToTrainOpt = Annotated[str | None, typer.Option("--run", help="Train this run (a path, run id or 'latest'); it must hold a split and no model.", show_default=False)]
+ListModelsOpt = Annotated[bool, typer.Option("--list-models", help="List registered models and exit.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="With --run: continue a killed torch fit from its last per-epoch checkpoint.")]
+
+
+@stage_command
+def train(recipe: OptionalRecipeOpt = None, run: RunToTrainOpt = None, model: ModelOpt = None,
+          list_models: ListModelsOpt = False, resume: ResumeOpt = False, set_: SetOpt = None, device: DeviceOpt = None,
+          strict_device: StrictDeviceOpt = False, *, shared: Shared) -> Printed | None:
     """Train a model: features (from cache when possible), split, fit, predictions and metrics.
 
     Prints the run directory, so `RUN=$(qfactory train -r r.toml) && qfactory backtest --run "$RUN"` works.
@@ -41,27 +32,22 @@ def train(
 
     Continue a killed torch fit: qfactory train --run RUN --resume
     """
-    with cli_errors(quiet, debug):
-        if list_models:
-            _print_models(json_out)
-            return
-        result = _train(recipe, run, set_ or [], model, device_overrides(device, strict_device), data_dir, runs_dir, resume)
-        payload = {"run_id": result.id, "metrics": read_json(result.path / "metrics.json")}
-    emit(result.path, json_out, payload)
-
-
-def _train(recipe, run_ref, sets: list[str], model: str | None, device_sets: list[str], data_dir, runs_dir, resume: bool = False):
-    if (recipe is None) == (run_ref is None):
+    if list_models:
+        _print_models(shared.json_out)
+        return None
+    if (recipe is None) == (run is None):
         raise QFactoryError("pass exactly one of --recipe (start a new run) or --run (train an existing split run)")
-    if resume and run_ref is None:
+    if resume and run is None:
         raise QFactoryError("--resume continues a killed fit of an existing run: pass it with --run RUN, not --recipe")
-    if run_ref is not None:
-        if sets or model or device_sets:
+    if run is not None:
+        if set_ or model or device or strict_device:
             raise QFactoryError("--set and --model apply to new runs only; a run's recipe is fixed — use --recipe to start a new run")
-        existing = resolve_run(run_ref, runs_home(runs_dir))
-        return stages.train_existing(existing, data_home(data_dir, existing.recipe()), console.REPORTER, resume)
-    resolved = load_with_overrides(recipe, [*sets, *device_sets], model, console.REPORTER)
-    return stages.train_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), console.REPORTER)
+        existing = shared.run(run)
+        result = stages.train_existing(existing, shared.data(existing.recipe()), console.REPORTER, resume)
+    else:
+        resolved = load_stage_recipe(recipe, set_, model, device, strict_device)
+        result = stages.train_new(resolved, shared.data(resolved), shared.runs(resolved), console.REPORTER)
+    return result.path, {"run_id": result.id, "metrics": result.metrics}
 
 
 def _print_models(json_out: bool) -> None:

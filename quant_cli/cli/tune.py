@@ -8,29 +8,21 @@ import typer
 
 from quant_cli.cli import console
 from quant_cli.cli.common import (
-    BackendOpt, DataDirOpt, DebugOpt, JobsOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, RunsDirOpt, SetOpt, cli_errors, emit,
+    BackendOpt, JobsOpt, OptionalRecipeOpt, Printed, SetOpt, Shared, load_stage_recipe, stage_command,
 )
 from quant_cli.backend import check_backend
 from quant_cli.errors import QFactoryError
-from quant_cli.recipe import load_with_overrides
-from quant_cli.runs.directory import data_home, resolve_run, runs_home
 
 _SHOWN = 10  # trials listed on stderr (best first); tune/trials.parquet holds them all
 
 
-def tune(
-    recipe: OptionalRecipeOpt = None,
-    run: Annotated[str | None, typer.Option("--run", help="Continue this tune run's study (a path, run id or 'latest').", show_default=False)] = None,
-    trials: Annotated[int | None, typer.Option("--trials", "-n", min=1, help="Trials to run now (default: tune.trials).", show_default=False)] = None,
-    backend: BackendOpt = "local",
-    jobs: JobsOpt = 1,
-    set_: SetOpt = None,
-    data_dir: DataDirOpt = None,
-    runs_dir: RunsDirOpt = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
-) -> None:
+ContinueRunOpt = Annotated[str | None, typer.Option("--run", help="Continue this tune run's study (a path, run id or 'latest').", show_default=False)]
+TrialsOpt = Annotated[int | None, typer.Option("--trials", "-n", min=1, help="Trials to run now (default: tune.trials).", show_default=False)]
+
+
+@stage_command
+def tune(recipe: OptionalRecipeOpt = None, run: ContinueRunOpt = None, trials: TrialsOpt = None,
+         backend: BackendOpt = "local", jobs: JobsOpt = 1, set_: SetOpt = None, *, shared: Shared) -> Printed:
     """Tune the recipe's [tune.space] with Optuna on the validation segment (never the test segment).
 
     Features and the split are computed once and shared by every trial. The study lives in
@@ -41,26 +33,27 @@ def tune(
     """
     from quant_cli.tune import study
 
-    with cli_errors(quiet, debug):
-        result = _tune(study, recipe, run, trials, backend, jobs, set_ or [], data_dir, runs_dir)
-        console.info(_table(result))
+    result = _tune(study, recipe, run, trials, backend, jobs, set_ or [], shared)
+    console.info(_table(result))
     payload = {"run_id": result.run.id, "best": result.best, "trials": result.trials.height, "added": result.added,
                "refit_run": result.refit, "best_recipe": str(result.run.path / "tune" / "best.toml")}
-    emit(result.run.path, json_out, payload)
+    return result.run.path, payload
 
 
-def _tune(study, recipe, run_ref, trials, backend, jobs, sets, data_dir, runs_dir):  # noqa: ANN001
+def _tune(study, recipe, run_ref, trials, backend, jobs, sets, shared: Shared):  # noqa: ANN001
     check_backend(backend)
     if (recipe is None) == (run_ref is None):
         raise QFactoryError("pass exactly one of --recipe (start a study) or --run (continue a tune run's study)")
     if run_ref is not None:
         if sets:
             raise QFactoryError("--set applies to new studies only; a tune run's recipe is fixed — use --recipe to start another")
-        existing = resolve_run(run_ref, runs_home(runs_dir))
+        existing = shared.run(run_ref)
         recipe_ = existing.recipe()
-        return study.tune_existing(existing, data_home(data_dir, recipe_), runs_home(runs_dir, recipe_), trials, backend, jobs, console.REPORTER)
-    resolved = load_with_overrides(recipe, sets, None, console.REPORTER)
-    return study.tune_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), trials, backend, jobs, console.REPORTER)
+        homes = shared.data(recipe_), shared.runs(recipe_)
+        return study.tune_existing(existing, *homes, trials, backend, jobs, console.REPORTER)
+    resolved = load_stage_recipe(recipe, sets)
+    homes = shared.data(resolved), shared.runs(resolved)
+    return study.tune_new(resolved, *homes, trials, backend, jobs, console.REPORTER)
 
 
 def _table(result) -> str:  # noqa: ANN001
@@ -71,15 +64,13 @@ def _table(result) -> str:  # noqa: ANN001
     best = table.filter(pl.col("state") == "complete").sort("value", descending=_maximize(result)).head(_SHOWN)
     params = [c for c in table.columns if c.startswith("params.")]
     columns = ["number", "value", "seconds", *params]
-    cells = [[c.removeprefix("params.") for c in columns]]
-    cells += [["-" if r[c] is None else f"{r[c]:.5g}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in best.iter_rows(named=True)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells]
+    rows = [{c: f"{v:.5g}" if isinstance(v, float) else v for c, v in r.items()} for r in best.iter_rows(named=True)]
+    listing = console.table(rows, columns, headers=[c.removeprefix("params.") for c in columns])
     counts = {s: int((table["state"] == s).sum()) for s in ("complete", "pruned", "fail")}
     summary = (f"tune: {table.height} trials ({counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed); "
                f"best trial {result.best['number']}: {result.best['value']:.5g}; all trials in {result.run.path / 'tune' / 'trials.parquet'}")
     refit = f"\ntune: best recipe {result.run.path / 'tune' / 'best.toml'}" + (f"; refit run {result.refit}" if result.refit else "")
-    return "\n".join(lines) + "\n" + summary + refit
+    return listing + "\n" + summary + refit
 
 
 def _maximize(result) -> bool:  # noqa: ANN001

@@ -8,33 +8,19 @@ import typer
 
 from quant_cli.cli import console
 from quant_cli.cli.common import (
-    BackendOpt, DataDirOpt, DebugOpt, DeviceOpt, JsonOpt, ModelOpt, QuietOpt, RecipeOpt, RunsDirOpt, SetOpt, StrictDeviceOpt, cli_errors,
-    device_overrides, emit,
+    BackendOpt, DeviceOpt, ModelOpt, Printed, RecipeOpt, SetOpt, Shared, StrictDeviceOpt, load_stage_recipe,
+    stage_command,
 )
-from quant_cli.io import read_json
-from quant_cli.recipe import load_with_overrides
-from quant_cli.runs.directory import data_home, runs_home
 from quant_cli.walkforward.stage import walkforward_new
 
 JobsOpt = Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Folds fitted at once (default: every core); results do not depend on it.", show_default=False)]
 ContinueOpt = Annotated[bool, typer.Option("--continue-on-error", help="Leave a failed fold out of the stitched series (marked failed in folds.json) instead of failing.")]
 
 
-def walkforward(
-    recipe: RecipeOpt,
-    set_: SetOpt = None,
-    model: ModelOpt = None,
-    jobs: JobsOpt = None,
-    continue_on_error: ContinueOpt = False,
-    backend: BackendOpt = "local",
-    device: DeviceOpt = None,
-    strict_device: StrictDeviceOpt = False,
-    data_dir: DataDirOpt = None,
-    runs_dir: RunsDirOpt = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
-) -> None:
+@stage_command
+def walkforward(recipe: RecipeOpt, set_: SetOpt = None, model: ModelOpt = None, jobs: JobsOpt = None,
+                continue_on_error: ContinueOpt = False, backend: BackendOpt = "local", device: DeviceOpt = None,
+                strict_device: StrictDeviceOpt = False, *, shared: Shared) -> Printed:
     """Walk forward: per fold, refit features' preprocessing and the model on the training window only,
     score the test window; stitch the scores, backtest them, and deflate the Sharpe ratio by the trials.
 
@@ -45,9 +31,7 @@ def walkforward(
 
     Example: qfactory walkforward --recipe recipes/walkforward.toml --jobs 2 --set walkforward.mode=anchored
     """
-    with cli_errors(quiet, debug):
-        resolved = load_with_overrides(recipe, [*(set_ or []), *device_overrides(device, strict_device)], model, console.REPORTER)
-        run = walkforward_new(resolved, data_home(data_dir, resolved), runs_home(runs_dir, resolved), jobs, continue_on_error,
-                              console.REPORTER, backend=backend)
-        payload = {"run_id": run.id, "walkforward": read_json(run.path / "metrics.json")["walkforward"]}
-    emit(run.path, json_out, payload)
+    resolved = load_stage_recipe(recipe, set_, model, device, strict_device)
+    result = walkforward_new(resolved, shared.data(resolved), shared.runs(resolved), jobs, continue_on_error,
+                             console.REPORTER, backend=backend)
+    return result.path, {"run_id": result.id, "walkforward": result.walkforward}

@@ -24,7 +24,7 @@ from quant_cli.data.frequency import parse_frequency
 from quant_cli.data.schema import LINE, OHLCV, SRC, STRICT, Origin
 from quant_cli.data.synthetic import generate
 from quant_cli.errors import DataError, one_of, suggest
-from quant_cli.recipe.schema import SCHEMA
+from quant_cli.schema import SCHEMA
 
 LAYOUTS = ("auto", "long", "per_symbol", "wide")
 FORMATS = ("auto", "csv", "parquet", "sqlite")

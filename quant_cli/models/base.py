@@ -143,7 +143,7 @@ class Model(ABC):
         return self.sequence
 
     def needs_bars(self) -> bool:
-        """Whether the panel must carry raw-bar channels (quant_cli.models.bars) beside the features."""
+        """Whether the panel must carry raw-bar channels (quant_cli.features.bars) beside the features."""
         return False
 
     def set_checkpoints(self, folder: Path | None, resume: bool = False) -> None:

@@ -6,7 +6,7 @@ member predictions line up row by row — which is alignment on (symbol, ts); `a
 joins per-member prediction tables on (symbol, ts) where rows can differ.
 
 Mixed ensembles (tabular + sequence members). With a sequence member the ensemble takes
-`PanelRows` (quant_cli.models.fitting): sequence members read windows from the panel, tabular
+`PanelRows` (quant_cli.stages.fitting): sequence members read windows from the panel, tabular
 members the rows' own features (`PanelRows.matrix()`), so every member scores the same
 (symbol, ts) rows. Rows a member cannot score (a sequence member's warm-up: no full window) are
 NOT scored by the ensemble — the inner join of `align_predictions`: voting gives NaN there, the

@@ -8,8 +8,8 @@ seq_len - 1 rows of its own symbol before it (`position >= seq_len - 1`); window
 batch (quant_cli.models.torch.windows), never materialised for the whole panel.
 
 Tabular models read the same object through `PanelRows.matrix()`: the rows' own features, which
-is what mixed ensembles hand their tabular members. Numpy only: the model registry imports this
-without torch.
+is what mixed ensembles hand their tabular members. Numpy and polars only: the model
+registry imports this without torch.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import polars as pl
 
 from quant_cli.errors import ModelError
+
+KEYS = ["symbol", "ts"]
 
 
 @dataclass
@@ -26,7 +29,7 @@ class Panel:
     values: np.ndarray              # (N, F + C) float32, C-contiguous; a symbol's rows contiguous, time-ordered
     symbols: np.ndarray             # (N,) symbol of each row
     ts: np.ndarray                  # (N,) datetime64[us] of each row
-    channels: tuple[str, ...] = ()  # names of the last C columns: raw-bar channels (quant_cli.models.bars)
+    channels: tuple[str, ...] = ()  # names of the last C columns: raw-bar channels (quant_cli.features.bars)
     position: np.ndarray = field(init=False)  # (N,) rows of the same symbol before this one
 
     def __post_init__(self) -> None:
@@ -95,7 +98,7 @@ class PanelRows:
 def as_panel_rows(X, symbols: np.ndarray | None, ts: np.ndarray | None = None) -> PanelRows:
     """A plain (n, F) matrix as a panel of its own rows: each symbol's rows (in the order given, or
     by ts when given) are its whole history. Tests and tabular callers use it; runs pass a Panel
-    built from every row of the split (quant_cli.models.fitting)."""
+    built from every row of the split (quant_cli.stages.fitting)."""
     if isinstance(X, PanelRows):
         return X
     X = np.asarray(X, dtype=np.float32)
@@ -112,3 +115,15 @@ def as_panel_rows(X, symbols: np.ndarray | None, ts: np.ndarray | None = None) -
     rows = np.empty(n, dtype=np.int64)
     rows[order] = np.arange(n)
     return PanelRows(panel, rows)
+
+
+def make_panel(rows: pl.DataFrame, values: np.ndarray, channels: pl.DataFrame | None = None) -> Panel:
+    """The panel of `rows` (symbol, ts; sorted by symbol, ts) holding their model inputs `values`,
+    with the raw-bar `channels` joined on as the last columns (0 where a bar has none). Training
+    (quant_cli.stages.fitting.build_panel) and serving (quant_cli.serve.panel) both build their panels here."""
+    names: tuple[str, ...] = ()
+    if channels is not None:
+        names = tuple(c for c in channels.columns if c not in KEYS)
+        joined = rows.select(KEYS).join(channels, on=KEYS, how="left", maintain_order="left").select(names).fill_null(0.0)
+        values = np.hstack([values, joined.to_numpy().astype(np.float32)])
+    return Panel(values, rows["symbol"].to_numpy(), rows["ts"].to_numpy(), names)

@@ -21,7 +21,7 @@ that history: its lookback is the whole history and `converged` says so.
 
 Panel models (sequence models, and ensembles with one): a score reads the window of the last
 `seq_len` rows, each of which must be exact, so a request needs the features' warm-up plus
-`seq_len - 1` bars — and, when the model reads raw-bar channels (quant_cli.models.bars: a 20-bar
+`seq_len - 1` bars — and, when the model reads raw-bar channels (quant_cli.features.bars: a 20-bar
 volume z-score, coarse timeframes), their own lookback, measured the same way (`measure_channels`).
 
 Cross-symbol inputs: features that read the benchmark need the benchmark symbol in a request;
@@ -127,8 +127,8 @@ def measure(pipeline: Any, bars: pl.DataFrame, reporter: Reporter = SILENT) -> L
 
 def measure_channels(pipeline: Any, bars: pl.DataFrame, timeframes: list[str], reporter: Reporter = SILENT) -> Lookback:
     """The lookback of the raw-bar channels a sequence model reads (model.params.inputs = bars/both)
-    on the pipeline's adjusted `bars`, measured exactly as the features' (quant_cli.models.bars)."""
-    from quant_cli.models.bars import bar_channels, channel_names
+    on the pipeline's adjusted `bars`, measured exactly as the features' (quant_cli.features.bars)."""
+    from quant_cli.features.bars import bar_channels, channel_names
 
     def compute(b: pl.DataFrame, names: list[str]) -> pl.DataFrame:
         return bar_channels(pipeline.adjustment.apply(b), timeframes).select("symbol", "ts", *names)

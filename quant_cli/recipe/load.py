@@ -18,7 +18,7 @@ import tomli_w
 from quant_cli.data.frequency import parse_frequency
 from quant_cli.errors import DataError, RecipeError, clipped, one_of, shown, suggest
 from quant_cli.recipe.checks import check_recipe
-from quant_cli.recipe.schema import INT_MAXIMUM, SCHEMA, TOP_LEVEL_KEYS, Key
+from quant_cli.schema import INT_MAXIMUM, SCHEMA, TOP_LEVEL_KEYS, Key
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -30,7 +30,7 @@ from quant_cli.io import (
     STAGING_PREFIX, clean_stale_staging, owner, owner_gone, read_json, read_run_json, release_owner, staged_dir, write_json_atomic, write_owner, write_text_atomic,
 )
 from quant_cli.recipe import Recipe, fingerprint, to_toml
-from quant_cli.recipe.schema import RUN_NAME_DOC, RUN_NAME_PATTERN
+from quant_cli.schema import RUN_NAME_DOC, RUN_NAME_PATTERN
 from quant_cli.report import SILENT, Reporter
 
 # What each stage writes into a run. A stage is committed by its manifest entry, written last:

@@ -86,7 +86,8 @@ class LoadedBundle:
 
     def _score_checked(self, bars: pl.DataFrame, every_bar: bool = False) -> pl.DataFrame:
         if self.model.uses_panel():  # windows of each symbol's rows (serve/panel.py)
-            return score_panel(self, bars.sort(KEYS), first=self.spec.required_bars - 1, last_only=not every_bar)
+            return score_panel(self.pipeline, self.model, bars.sort(KEYS), timeframes=self.spec.timeframes,
+                               first=self.spec.required_bars - 1, last_only=not every_bar)
         return self._score(self._scored_rows(self.pipeline.compute(bars.sort(KEYS)), every_bar))
 
     def _scored_rows(self, table: pl.DataFrame, every_bar: bool) -> pl.DataFrame:
@@ -191,7 +192,8 @@ class LoadedBundle:
             raise DataError(f"this bundle's feature {HMM_FEATURE!r} is filtered over each symbol's bar history; "
                             "send bars, not feature rows")
         if self.model.uses_panel():  # every row with a full window among the rows sent
-            return score_panel(self, rows.frame(self.pipeline.features).sort(KEYS))
+            return score_panel(self.pipeline, self.model, rows.frame(self.pipeline.features).sort(KEYS),
+                               timeframes=self.spec.timeframes)
         return self._score_rows(rows)
 
     # ---- the model ------------------------------------------------------------------------------

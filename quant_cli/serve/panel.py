@@ -1,7 +1,7 @@
 """Scoring panel models (sequence models, and ensembles with one: `Model.uses_panel()`) from a request.
 
 Training fed such a model windows of `seq_len` consecutive rows of one symbol out of ONE panel of
-preprocessed features (quant_cli.models.fitting.build_panel), with the raw-bar channels beside
+preprocessed features (quant_cli.models.panel.make_panel), with the raw-bar channels beside
 them when the model reads bars. A request becomes the same thing: every row of each symbol, in
 time order, through the bundle's pipeline, the channels computed from the request's own bars, and
 the rows to score named by `PanelRows` — so a scored row's window is the `seq_len` rows ending at
@@ -11,33 +11,31 @@ window exact: the features' warm-up, the channels' lookback, plus seq_len - 1.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import polars as pl
 
 from quant_cli.errors import DataError
-from quant_cli.models.fitting import make_panel
-from quant_cli.models.panel import PanelRows
-
-if TYPE_CHECKING:
-    from quant_cli.serve.loaded import LoadedBundle
+from quant_cli.features.bars import bar_channels
+from quant_cli.models.base import Model
+from quant_cli.models.panel import PanelRows, make_panel
+from quant_cli.pipeline.fitted import FittedPipeline
 
 KEYS = ["symbol", "ts"]
 
 
-def score_panel(loaded: LoadedBundle, data: pl.DataFrame, first: int = 0, last_only: bool = False) -> pl.DataFrame:
-    """symbol, ts, score (+ p_<class>) of the rows of `data` (raw bars, or raw feature rows; sorted
-    by symbol, ts) at position >= `first` of their symbol (`last_only`: each symbol's last row)
-    that have a full window; rows without one are absent, as in training's predictions."""
-    inputs = loaded.pipeline.feature_rows(data, None).sort(KEYS)
+def score_panel(pipeline: FittedPipeline, model: Model, data: pl.DataFrame, *, timeframes: list[str] | None = None,
+                first: int = 0, last_only: bool = False) -> pl.DataFrame:
+    """symbol, ts, score (+ p_<class>) of `model` on the rows of `data` (raw bars, or raw feature rows;
+    sorted by symbol, ts) through `pipeline` at position >= `first` of their symbol
+    (`last_only`: each symbol's last row) that have a full window; rows without one are absent, as in
+    training's predictions. `timeframes`: those of the raw-bar channels the model reads (None: none)."""
+    inputs = pipeline.feature_rows(data, None).sort(KEYS)
     inputs = inputs.with_columns(pl.col("symbol").cast(pl.String))
-    panel = make_panel(inputs, loaded.pipeline.model_matrix(inputs), _channels(loaded, data))
+    panel = make_panel(inputs, pipeline.model_matrix(inputs), _channels(pipeline, model, data, timeframes))
     keep = panel.position >= first
     if last_only and len(panel):
         keep &= np.r_[panel.symbols[1:] != panel.symbols[:-1], True]
     rows = PanelRows(panel, np.flatnonzero(keep))
-    model = loaded.model
     score = model.predict(rows, symbols=rows.symbols)
     picked = pl.Series(rows.rows)  # the panel holds `inputs`' rows in their order
     out = pl.DataFrame([inputs["symbol"].gather(picked), inputs["ts"].gather(picked), pl.Series("score", score, dtype=pl.Float64)])
@@ -47,14 +45,13 @@ def score_panel(loaded: LoadedBundle, data: pl.DataFrame, first: int = 0, last_o
     return out.filter(pl.col("score").is_not_nan())  # no full window: not scored
 
 
-def _channels(loaded: LoadedBundle, data: pl.DataFrame) -> pl.DataFrame | None:
+def _channels(pipeline: FittedPipeline, model: Model, data: pl.DataFrame,
+              timeframes: list[str] | None) -> pl.DataFrame | None:
     """The raw-bar channels of the request's adjusted bars, for a model that reads them."""
-    if loaded.spec.timeframes is None:
+    if timeframes is None:
         return None
     if "close" not in data.columns:
-        raise DataError(f"model '{loaded.model.name}' reads raw bars (model.params.inputs) beside the features; "
+        raise DataError(f"model '{model.name}' reads raw bars (model.params.inputs) beside the features; "
                         "send bars, not precomputed feature rows")
-    from quant_cli.models.bars import bar_channels
-
-    channels = bar_channels(loaded.pipeline.adjustment.apply(data), loaded.spec.timeframes)
+    channels = bar_channels(pipeline.adjustment.apply(data), timeframes)
     return channels.with_columns(pl.col("symbol").cast(pl.String))

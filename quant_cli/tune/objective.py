@@ -9,7 +9,7 @@ study's own `Prepared`, so a study on one machine touches the feature store exac
 
 Objectives (tune.objective):
   val.<m>       model fit on train (early stopping on val, like `train`), metric m of its val scores
-  cv.<m>        m of quant_cli.models.crossval over the development rows (train + val)
+  cv.<m>        m of quant_cli.stages.crossval over the development rows (train + val)
   backtest.<m>  the backtest of the val scores, on bars cut before the first test timestamp
 
 Pruning (tune.pruner = "median"): the fitting loop calls a StepReport each round/epoch; every
@@ -220,7 +220,7 @@ def _bars_before_test(task: TrialTask, prepared: Any) -> pl.DataFrame:
 
 def _cv(task: TrialTask, shared: Shared, metric: str) -> float:
     from quant_cli import stages
-    from quant_cli.models.crossval import cross_validate
+    from quant_cli.stages.crossval import cross_validate
     from quant_cli.splits.embargo import default_embargo
 
     recipe = task.recipe

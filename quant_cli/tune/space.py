@@ -24,7 +24,7 @@ from typing import Any
 
 from quant_cli.errors import QFactoryError, RecipeError, one_of, shown, suggest
 from quant_cli.recipe import Recipe
-from quant_cli.recipe.schema import SCHEMA, Key
+from quant_cli.schema import SCHEMA, Key
 
 _TUNABLE_SECTIONS = ("model", "train")
 _KINDS = ("int", "float", "choice")

@@ -270,7 +270,7 @@ def _refit(run: Run, best_recipe: Recipe, best: dict[str, Any], data_dir: Path, 
         return previous["run_id"]
     refit_recipe = {**best_recipe, "run": {**best_recipe["run"], "name": f"{best_recipe['run']['name'][:94]}-best"}}
     reporter.info(f"tune: refitting trial {best['number']} as a regular run, scored once on test")
-    refit = stages.train_new(refit_recipe, data_dir, runs_dir, reporter)
+    refit = stages.train_new(refit_recipe, data_dir, runs_dir, reporter).run
     stages.backtest_existing(refit, data_dir, reporter)
     references = [*run.manifest().get("references", []), refit.id]
     run.update_manifest(references=references, tune={"refit": {"trial": best["number"], "run_id": refit.id}})

@@ -24,11 +24,11 @@ from quant_cli.backtest.metrics import prediction_metrics
 from quant_cli.dataset.table import KEYS, Table
 from quant_cli.errors import DataError, QFactoryError
 from quant_cli.models.base import Model
-from quant_cli.models.crossval import FoldWindow, fit_and_score
+from quant_cli.stages.crossval import FoldWindow, fit_and_score
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.report import SILENT, Reporter
 from quant_cli.splits.chronological import EXCLUDED, SplitPlan
-from quant_cli.stages import _new_model
+from quant_cli.stages.common import make_model
 from quant_cli.walkforward.folds import WalkFold
 
 PREDICTION_COLUMNS = ("symbol", "ts", "fold", "score", "label")
@@ -86,7 +86,7 @@ def fit_fold(task: FoldTask) -> tuple[FittedPipeline, Model, pl.DataFrame]:
     if parts["train"].height == 0:
         raise DataError(f"no training rows are left after purge and embargo (window {task.fold.window_start:%Y-%m-%d} to "
                         f"{task.fold.boundary:%Y-%m-%d}); use a longer walkforward.train")
-    model = _new_model(task.recipe, task.device)
+    model = make_model(task.recipe, task.device)
     pipeline, score = fit_and_score(task.template, model, parts["train"], parts["test"], task.calendar, task.recipe["split"],
                                     val=parts["val"], early_stopping=task.recipe["train"]["early_stopping"],
                                     window=task.window() if model.uses_panel() else None, table=task.table)

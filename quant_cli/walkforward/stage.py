@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from quant_cli import stages
+from quant_cli.stages import common
 from quant_cli.backtest.metrics import prediction_metrics, summarize
 from quant_cli.backtest.outputs import write_backtest
 from quant_cli.backtest.report import write_report
@@ -30,19 +30,20 @@ from quant_cli.recipe import Recipe
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run, create_run, stage_outputs
 from quant_cli.runs.ledger import deflated_among_runs, run_trials
+from quant_cli.stages.results import WalkforwardResult, as_written
 from quant_cli.walkforward.execute import PREDICTION_COLUMNS, FoldResult, FoldTask, run_folds
 from quant_cli.walkforward.folds import WalkFold, build_folds
 
 
 def walkforward_new(recipe: Recipe, data_dir: Path, runs_dir: Path, jobs: int | None = None, continue_on_error: bool = False,
-                    reporter: Reporter = SILENT, backend: str = "local") -> Run:
+                    reporter: Reporter = SILENT, backend: str = "local") -> WalkforwardResult:
     """A new run holding a walk-forward: every fold refit on its own training window."""
-    stages._check(recipe, reporter)
-    snapshot = stages._pin(recipe, data_dir)  # split dates are not used: no _check_split_dates
+    common.check_recipe(recipe, reporter)
+    snapshot = common.pin_dataset(recipe, data_dir)  # split dates are not used: no split-date check
     with create_run(runs_dir, recipe) as run:
         homes = {"data home": Path(data_dir), "runs home": Path(runs_dir)}
-        _walkforward_stage(run, recipe, snapshot, _Options(jobs, continue_on_error, backend, homes), reporter)
-    return run
+        block = _walkforward_stage(run, recipe, snapshot, _Options(jobs, continue_on_error, backend, homes), reporter)
+    return WalkforwardResult(run, as_written(block))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +56,14 @@ class _Options:
 
 def _walkforward_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, options: _Options, reporter: Reporter) -> dict[str, Any]:
     with run.stage("walkforward") as info:
-        run.update_manifest(dataset=stages._dataset_record(snapshot))  # before the long read: vacuum keeps this version
+        run.update_manifest(dataset=common.dataset_record(snapshot))  # before the long read: vacuum keeps this version
         with reporter.working("walk-forward: features and labels"):
             table, bars, adjustment = build_table(recipe, snapshot, reporter)
         run.update_manifest(fingerprints={"features": table.fingerprint, "dataset": snapshot.content_hash}, adjust=adjustment.to_json())
-        folds = build_folds(table.rows.filter(pl.col("label").is_not_null())["ts"].to_numpy(), recipe["walkforward"], stages._embargo(recipe))
+        folds = build_folds(table.rows.filter(pl.col("label").is_not_null())["ts"].to_numpy(), recipe["walkforward"], common.embargo_of(recipe))
         reporter.info(f"walk-forward: {len(folds)} {recipe['walkforward']['mode']} folds, testing {folds[0].test_start:%Y-%m-%d} to {folds[-1].test_end:%Y-%m-%d}")
         template = new_pipeline(recipe, table, snapshot.manifest, adjustment)
-        device = stages._device(recipe, reporter)
+        device = common.device_of(recipe, reporter)
         run.update_manifest(device=device)
         tasks = _tasks(folds, table, template, bars.select(KEYS), recipe, device, _channels(recipe, bars, device))
         results = _collect(run_folds(tasks, options.jobs, options.backend, reporter, total=len(folds), homes=options.homes), folds, options.continue_on_error, reporter)
@@ -80,10 +81,10 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 def _channels(recipe: Recipe, bars: pl.DataFrame, device: str) -> pl.DataFrame | None:
     """Raw-bar channels of the adjusted bars for a model that reads them (model.params.inputs =
     bars/both), computed once: every channel at t reads bars at or before t only, so one series
-    serves every fold (quant_cli.models.bars)."""
-    if not stages._new_model(recipe, device).needs_bars():
+    serves every fold (quant_cli.features.bars)."""
+    if not common.make_model(recipe, device).needs_bars():
         return None
-    from quant_cli.models.bars import bar_channels
+    from quant_cli.features.bars import bar_channels
 
     return bar_channels(bars, recipe["features"]["timeframes"])
 
@@ -93,7 +94,7 @@ def _tasks(folds: list[WalkFold], table: Table, template: FittedPipeline, calend
     """One task per fold, built as workers free up: the fold's rows marked by the split stage's own
     rule (split_rows: purge, embargo, fill = "drop") under the fold's plan (every row of the window:
     a panel model's windows read the excluded ones as past inputs)."""
-    embargo, purge = stages._embargo(recipe), recipe["split"]["purge"]
+    embargo, purge = common.embargo_of(recipe), recipe["split"]["purge"]
     features_only = dataclasses.replace(table, rows=table.rows.clear())
     for fold in folds:
         window = fold.rows(calendar)

@@ -9,7 +9,7 @@ from typing import Any
 
 @dataclass
 class LoopConfig:
-    """The [train] keys every torch model reads (defaults: quant_cli.recipe.schema)."""
+    """The [train] keys every torch model reads (defaults: quant_cli.schema)."""
 
     epochs: int = 20
     batch_size: int = 256
@@ -29,7 +29,7 @@ class LoopConfig:
     @classmethod
     def from_section(cls, section: dict[str, Any] | None) -> LoopConfig:
         """The [train] section (or part of it) over the schema's defaults; other keys are ignored."""
-        from quant_cli.recipe.schema import SCHEMA
+        from quant_cli.schema import SCHEMA
 
         names = {f.name for f in fields(cls)}
         merged = {k: key.default for k, key in SCHEMA["train"].items() if k in names} | dict(section or {})

@@ -26,7 +26,7 @@ from quant_cli.splits.purged import group_of
 from quant_cli.dataset.table import KEYS, Prepared, Table, fit_weights, with_regime_of
 from quant_cli.backtest.metrics import prediction_metrics
 from quant_cli.errors import ModelError
-from quant_cli.models import fitting
+from quant_cli.stages import fitting
 from quant_cli.models.base import Model
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.splits.chronological import SplitPlan, cv_folds, development, folds_summary

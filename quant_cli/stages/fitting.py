@@ -20,7 +20,7 @@ import polars as pl
 
 from quant_cli.dataset.table import KEYS, Prepared
 from quant_cli.models.base import Model, StepReport
-from quant_cli.models.panel import Panel, PanelRows
+from quant_cli.models.panel import Panel, PanelRows, make_panel
 from quant_cli.report import SILENT, Reporter
 
 Inputs = dict[str, tuple[pl.DataFrame, Any]]
@@ -28,21 +28,9 @@ Inputs = dict[str, tuple[pl.DataFrame, Any]]
 
 def build_panel(prepared: Prepared, channels: pl.DataFrame | None = None) -> tuple[Panel, pl.DataFrame]:
     """(the panel of every row, symbol/ts → panel row): one pass over the feature table, plus the
-    raw-bar `channels` (symbol, ts, bar_...: quant_cli.models.bars.bar_channels) when given."""
+    raw-bar `channels` (symbol, ts, bar_...: quant_cli.features.bars.bar_channels) when given."""
     rows = prepared.rows.select(KEYS).sort(KEYS)
     return make_panel(rows, prepared.inputs(rows), channels), rows.with_row_index("_panel_row")
-
-
-def make_panel(rows: pl.DataFrame, values: np.ndarray, channels: pl.DataFrame | None = None) -> Panel:
-    """The panel of `rows` (symbol, ts; sorted by symbol, ts) holding their model inputs `values`,
-    with the raw-bar `channels` joined on as the last columns (0 where a bar has none). Training
-    (build_panel) and serving (quant_cli.serve.panel) both build their panels here."""
-    names: tuple[str, ...] = ()
-    if channels is not None:
-        names = tuple(c for c in channels.columns if c not in KEYS)
-        joined = rows.select(KEYS).join(channels, on=KEYS, how="left", maintain_order="left").select(names).fill_null(0.0)
-        values = np.hstack([values, joined.to_numpy().astype(np.float32)])
-    return Panel(values, rows["symbol"].to_numpy(), rows["ts"].to_numpy(), names)
 
 
 def model_inputs(model: Model, prepared: Prepared, parts: dict[str, pl.DataFrame], channels: pl.DataFrame | None = None) -> Inputs:

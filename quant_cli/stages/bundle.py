@@ -1,0 +1,52 @@
+"""The bundle stage: a trained run's verified inference bundle (quant_cli.serve.bundle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from quant_cli.data import store
+from quant_cli.dataset.table import load_bars
+from quant_cli.errors import RunError
+from quant_cli.io import staged_dir
+from quant_cli.recipe import Recipe
+from quant_cli.report import SILENT, Reporter
+from quant_cli.runs.directory import Run, stage_outputs
+from quant_cli.stages.common import pinned_for
+from quant_cli.stages.results import BundleResult
+
+
+def bundle_existing(run: Run, data_dir: Path, out: Path | None = None, archive: bool = False, trust_pickle: bool = False,
+                    reporter: Reporter = SILENT) -> BundleResult:
+    """`qfactory bundle --run RUN`: the run's verified inference bundle (serve/bundle.py), by default
+    as the run's `bundle` stage (`<run>/bundle/`, plus `bundle.tar.gz` with `archive`), else at `out`."""
+    from quant_cli.serve import bundle as bundles
+
+    run.require_stage("train", f"train it first with `qfactory train --run {run.id}`")
+    recipe = run.recipe()
+    bars = _bundle_bars(recipe, pinned_for(run, recipe, data_dir))
+    if out is not None:
+        if out.exists():
+            raise RunError(f"--out {out} already exists; bundles are never overwritten — pass a new folder")
+        with staged_dir(out) as folder:
+            bundle_id = bundles.build(run, bars, folder, trust_pickle, reporter)["bundle_id"]
+        written = bundles.write_archive(out, out.with_name(f"{out.name}.tar.gz")) if archive else out
+        return BundleResult(run, written, bundle_id)
+    run.begin_stage("bundle", reporter)  # a killed bundle's leftovers never block
+    with run.stage("bundle") as info:
+        with stage_outputs(run, "bundle") as folder:
+            info["bundle_id"] = bundles.build(run, bars, folder, trust_pickle, reporter)["bundle_id"]
+        if archive:
+            bundles.write_archive(run.path / "bundle", run.path / "bundle.tar.gz")
+    return BundleResult(run, run.path / ("bundle.tar.gz" if archive else "bundle"), info["bundle_id"])
+
+
+def _bundle_bars(recipe: Recipe, snapshot: store.Snapshot) -> pl.DataFrame:
+    """The run's raw bars, with the benchmark's even when data.symbols leaves it out."""
+    bars = load_bars(recipe, snapshot)
+    benchmark = recipe["features"].get("benchmark")
+    if benchmark and benchmark not in set(bars["symbol"].cast(pl.String).unique().to_list()):
+        extra = snapshot.load_bars(symbols=[benchmark], end=recipe["data"]["end"])
+        bars = pl.concat([bars, extra], how="diagonal_relaxed")
+    return bars

@@ -1,0 +1,113 @@
+"""What every stage shares: the recipe's model, device and embargo, the dataset version a command
+pins, and the cheap checks that must fail before a run directory or any heavy work exists.
+
+Data. Every command pins one dataset version when it starts (`data.store.pin` → Snapshot) and
+reads bars only through it (labels, the feature build, the backtest); the run manifest records
+`dataset: {name, version, content_hash}` and the price adjustment, and continuing a run pins
+that version again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from quant_cli.data import store
+from quant_cli.dataset.table import check_task, dataset_name
+from quant_cli.errors import RecipeError, RunError
+from quant_cli.models.base import Model
+from quant_cli.models.device import resolve_device
+from quant_cli.models.registry import create_model
+from quant_cli.recipe import Recipe
+from quant_cli.report import SILENT, Reporter
+from quant_cli.runs.directory import Run
+from quant_cli.splits.chronological import explicit_boundaries
+from quant_cli.splits.embargo import default_embargo
+
+
+def embargo_of(recipe: Recipe) -> int | str:
+    return default_embargo(recipe["split"]["embargo"], recipe["label"]["horizon"])
+
+
+def dataset_record(snapshot: store.Snapshot) -> dict[str, Any]:
+    return {"name": snapshot.dataset, "version": snapshot.version, "content_hash": snapshot.content_hash}
+
+
+def make_model(recipe: Recipe, device: str = "cpu", reporter: Reporter = SILENT) -> Model:
+    """Constructing validates the model name and parameters, so call it before any heavy work."""
+    cfg = recipe["model"]
+    return create_model(cfg["name"], cfg["task"], cfg["params"], recipe["run"]["seed"], recipe["train"]["threads"],
+                        device=device, symbol_encoding=cfg["symbol_encoding"], unseen_symbols=cfg["unseen_symbols"],
+                        reporter=reporter, train=recipe["train"])
+
+
+def device_of(recipe: Recipe, reporter: Reporter) -> str:
+    """Resolved once per run: a missing GPU warns once (or fails with strict_device)."""
+    return resolve_device(recipe["train"]["device"], recipe["train"]["strict_device"], reporter)
+
+
+def new_model(recipe: Recipe, reporter: Reporter = SILENT) -> Model:
+    """A new, unfitted model of the recipe on its resolved device."""
+    return make_model(recipe, device_of(recipe, reporter), reporter)
+
+
+def check_recipe(recipe: Recipe, reporter: Reporter, model: bool = True) -> None:
+    """Cheap recipe checks that must fail before a run directory or any heavy work exists."""
+    dataset_name(recipe)
+    check_task(recipe)
+    if model:
+        _check_sequence_split(recipe, make_model(recipe, device_of(recipe, reporter), reporter))
+
+
+def _check_sequence_split(recipe: Recipe, model: Model) -> None:
+    """Cross-validation refits the preprocessing per fold on the fold's rows alone, but a window
+    reads the whole panel, preprocessed once: a sequence model is validated chronologically."""
+    if model.uses_panel() and recipe["split"]["method"] != "chronological":
+        raise RecipeError(
+            f"split.method {recipe['split']['method']!r} is not supported with sequence model '{model.name}' "
+            "(windows read every past row, which per-fold preprocessing cannot provide); use split.method = \"chronological\""
+        )
+
+
+def pin_dataset(recipe: Recipe, data_dir: Path) -> store.Snapshot:
+    """The one dataset version a command reads, pinned when it starts."""
+    return store.pin(data_dir, dataset_name(recipe))
+
+
+def pin_checked(recipe: Recipe, data_dir: Path) -> store.Snapshot:
+    """Pin the dataset, then check the split dates against the pinned manifest (before any feature build)."""
+    snapshot = pin_dataset(recipe, data_dir)
+    _check_split_dates(recipe, snapshot.manifest)
+    return snapshot
+
+
+def _check_split_dates(recipe: Recipe, manifest: dict[str, Any]) -> None:
+    """Explicit split dates inside the data the recipe selects, from the pinned manifest alone."""
+    cfg, data = recipe["split"], recipe["data"]
+    if not (cfg["val_start"] or cfg["test_start"]) or not manifest.get("start"):
+        return
+    val_start, test_start = explicit_boundaries(cfg)
+    first = max(b for b in (store.parse_time(manifest["start"], "start"), _bound(data["start"], "data.start")) if b)
+    last = min(b for b in (store.parse_time(manifest["end"], "end"), _bound(data["end"], "data.end")) if b)
+    for key, value in (("split.val_start", val_start), ("split.test_start", test_start)):
+        if not first < value <= last:
+            raise RecipeError(
+                f"{key} {value:%Y-%m-%d} is outside the data: dataset {manifest['dataset']!r} (with data.start/data.end) "
+                f"spans {first:%Y-%m-%d} to {last:%Y-%m-%d}; pick a date inside that range"
+            )
+
+
+def _bound(value: Any, name: str) -> Any:
+    return store.parse_time(value, name) if value else None
+
+
+def pinned_for(run: Run, recipe: Recipe, data_dir: Path) -> store.Snapshot:
+    """The version a run was split on; a store that cannot time travel must still hold the same content."""
+    recorded = run.manifest().get("dataset") or {}
+    snapshot = store.pin(data_dir, dataset_name(recipe), recorded.get("version"))
+    if recorded.get("content_hash") and snapshot.content_hash != recorded["content_hash"]:
+        raise RunError(
+            f"run {run.id} was split on dataset {snapshot.dataset!r} version {recorded.get('version')} (content {recorded['content_hash'][:12]}), "
+            f"which the store no longer holds (now {snapshot.content_hash[:12]}); start a new run with `qfactory train --recipe R`"
+        )
+    return snapshot
