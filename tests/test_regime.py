@@ -97,7 +97,7 @@ def regime_run(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 
 @pytest.fixture(scope="module")
 def regime_bundle(regime_run: Trained) -> Path:
-    return stages.bundle_existing(regime_run.run, regime_run.data_dir)
+    return stages.bundle_existing(regime_run.run, regime_run.data_dir).bundle
 
 
 def test_bundle_predict_agrees_with_the_training_run(regime_run: Trained, regime_bundle: Path, runner,
