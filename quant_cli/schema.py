@@ -42,6 +42,10 @@ TUNE_OBJECTIVES = ("val.ic", "val.rank_ic", "val.icir", "val.hit_rate", "val.rms
                    "cv.ic_mean", "cv.ic_min", "backtest.sharpe", "backtest.sortino", "backtest.annual_return")
 
 
+# Calendar fields a known-future covariate may be (model.known_future).
+KNOWN_FUTURE_FIELDS = ("minute", "hour", "day_of_week", "day_of_month", "month")
+
+
 # A section maps key names to `Key` or to a nested section (dict). A `table` Key holds free-form
 # parameters that a later stage validates (e.g. model.params against the model's own parameters).
 SCHEMA: dict[str, dict[str, Any]] = {
@@ -121,13 +125,20 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "params": Key("table", {}, "Model parameters, validated against the model's declared parameters."),
         "symbol_encoding": Key("str", "none", "How a global multi-symbol model sees the symbol: none, one_hot, index (categorical, boosting) or embedding (torch).", choices=("none", "one_hot", "index", "embedding")),
         "unseen_symbols": Key("str", "error", "A symbol not seen in training at prediction: error, or neutral (all-zero / missing encoding).", choices=("error", "neutral")),
+        # Covariates beside the feature windows, for models whose flags say they take them (refused at load otherwise).
+        "static_columns": Key("list[str]", [], "Static covariates: text columns of the bars constant per symbol "
+                              "(e.g. ['sector']), for a model with flag static_covariates."),
+        "known_future": Key("list[str]", [], "Known-future covariates: calendar fields of the bars after t, derived "
+                            "from the timestamps and the data frequency only (never from future data), for a model "
+                            "with flag known_future.", choices=KNOWN_FUTURE_FIELDS),
     },
     "train": {
         "device": Key("str", "auto", "auto, cpu, cuda, cuda:N or mps (--device overrides); cuda unavailable → warning and CPU unless strict_device."),
         "strict_device": Key("bool", False, "Fail instead of falling back to CPU when the requested device is unavailable."),
         "early_stopping": Key("int", 50, "Boosting: stop after this many rounds without validation improvement; 0 turns early stopping off for every model (torch models stop after train.patience epochs).", minimum=0),
         "threads": Key("int", 0, "Worker threads for the model (0: all cores).", minimum=0),
-        # The training loop of every torch model (mlp, lstm, gru, tcn, transformer); the same meaning for each.
+        # The training loop of every torch model; the same meaning for each. The one source of these keys:
+        # quant_cli.models.torch.config.LoopConfig reads its defaults from here.
         "epochs": Key("int", 20, "torch models: passes over the training rows.", minimum=1, maximum=100_000),
         "batch_size": Key("int", 256, "torch models: rows (windows) per optimiser step.", minimum=1, maximum=10_000_000),
         "learning_rate": Key("float", 1e-3, "torch models: AdamW peak learning rate.", minimum=1e-12, maximum=10.0),

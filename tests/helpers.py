@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from quant_cli.dataset.labels import cross_sectional, direction, forward_return, triple_barrier
+from quant_cli.models.registry import model_class, torch_models
 from quant_cli.recipe import load_recipe
 
 # ---- panels with irregular calendars, and labels of every kind ----------------------------------
@@ -67,22 +68,15 @@ def model_panel(n_ts: int = 100, n_sym: int = 3, horizon: int = 3, seed: int = 0
     return X, y, ts, ts + np.timedelta64(horizon, "D"), symbols
 
 
-# torch models in tests: tiny networks and a short loop (the [train] section's keys)
-TORCH_FAST = {
-    "mlp": {"hidden": [16]},
-    "lstm": {"seq_len": 4, "hidden": 16},
-    "gru": {"seq_len": 4, "hidden": 16},
-    "tcn": {"seq_len": 4, "channels": 8, "levels": 2},
-    "transformer": {"seq_len": 4, "d_model": 16, "heads": 2, "layers": 1},
-}
+# torch models in tests: each architecture's own fast-test settings (declared in its file), and a
+# short loop (the [train] section's keys)
+TORCH_FAST = {name: dict(cls.fast_test) for name, cls in torch_models().items()}
 TRAIN_FAST = {"epochs": 15, "batch_size": 32, "learning_rate": 0.003, "patience": 0}
 
 
 def params_for(name: str, task: str, fast: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Fast test parameters from `fast`; ensembles get two fast members that can do the task."""
-    from quant_cli.models.registry import MODELS
-
-    if MODELS[name].family != "ensemble":
+    if model_class(name).family != "ensemble":
         return dict(fast.get(name, {}))
     first = "linear" if task == "regression" else "logistic"
     members = [{"name": first}, {"name": "lightgbm", "params": fast["lightgbm"]}]

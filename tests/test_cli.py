@@ -148,8 +148,8 @@ def _backtest(runner, home, frame: pl.DataFrame, tmp_path: Path):
 
 @pytest.mark.parametrize("extra, line", [
     ('[model]\nname = "lstm"\n[model.params]\nnum_leaves = 7\n',
-     "error: model.params.num_leaves is not a parameter of model 'lstm'; allowed: 'seq_len', 'dropout', 'embedding_dim', 'inputs', "
-     "'hidden', 'layers'; `qfactory train --list-models` lists each model's parameters"),
+     "error: model.params.num_leaves is not a parameter of model 'lstm'; allowed: 'dropout', 'embedding_dim', 'seq_len', "
+     "'inputs', 'hidden', 'layers'; `qfactory train --list-models` lists each model's parameters"),
     ('[model]\nname = "gru"\n[split]\nmethod = "purged_kfold"\n',
      "error: split.method 'purged_kfold' is not supported with sequence model 'gru' (windows read every past row, which per-fold "
      "preprocessing cannot provide); use split.method = \"chronological\""),

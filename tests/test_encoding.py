@@ -8,7 +8,9 @@ from quant_cli.errors import ModelError
 from quant_cli.io import read_json
 from quant_cli.models.encoding import SymbolEncoder
 from helpers import TORCH_FAST, TRAIN_FAST
-from quant_cli.models.registry import MODELS, create_model, load_model
+from quant_cli.models.registry import all_models, create_model, load_model
+
+MODELS = all_models()  # every registered model, by name
 
 FEATURES = ["f0", "f1", "f2"]
 SYMBOLS = np.array(["AAA", "BBB", "CCC", "DDD"])

@@ -14,7 +14,8 @@ from helpers import model_panel
 from quant_cli.errors import ModelError
 from quant_cli.models.base import Model
 from quant_cli.splits.stacking import label_horizon, purged_kfold_indices
-from quant_cli.models.registry import MODELS, create_model, load_model
+from quant_cli.models.base import REGISTERED
+from quant_cli.models.registry import create_model, load_model
 from quant_cli.models.ensemble import align_predictions
 from helpers import TORCH_FAST, TRAIN_FAST
 from quant_cli.report import CollectingReporter
@@ -27,7 +28,7 @@ FEATURES = ["f0", "f1", "f2"]
 FAST_LGB = {"n_estimators": 30, "min_data_in_leaf": 10}
 
 
-class Memorizer(Model):
+class Memorizer(Model, register=False):
     """Returns a training row's own label, 0 for any row it did not train on.
 
     In-sample its predictions are perfect; stacked in-sample it would hand the meta-model the
@@ -53,7 +54,7 @@ class Memorizer(Model):
 
 @pytest.fixture
 def memorizer(monkeypatch):
-    monkeypatch.setitem(MODELS, "memorizer", Memorizer)
+    monkeypatch.setitem(REGISTERED, "memorizer", Memorizer)  # registered for this test only
 
 
 # ---- purged folds --------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Sequence models (issue 10): windows, the training loop, checkpoints and resume, the train stage
-and the CLI, mixed ensembles. Sizes are tiny: torch on two shared cores is slow."""
+and the CLI, mixed ensembles. Sizes are tiny: torch on two shared cores is slow. What every torch
+model must do (fit/save/load, overfit, seed, resume, bundle causality) is checked once per model
+by tests/test_model_zoo.py."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from quant_cli.models import device as device_mod
 from quant_cli.features.bars import bar_channels, channel_names
 from quant_cli.stages.fitting import build_panel, predict_frame
 from quant_cli.models.panel import Panel, PanelRows
-from quant_cli.models.registry import MODELS, create_model
+from quant_cli.models.registry import create_model
 from quant_cli.models.torch.windows import gather
 from quant_cli.recipe import load_recipe
 from quant_cli.report import CollectingReporter
@@ -33,8 +35,6 @@ from quant_cli.runs.directory import Run
 from quant_cli import stages
 from quant_cli.stages import common
 
-SEQUENCE = [name for name, cls in MODELS.items() if cls.sequence]
-TORCH = ["mlp", *SEQUENCE]
 _TICK = dt.timedelta(microseconds=1)
 
 SMALL_LSTM = """
@@ -74,14 +74,6 @@ def lstm_recipe(tmp_path) -> Path:
 def no_gpu(monkeypatch):
     monkeypatch.setattr(device_mod, "_cuda_count", lambda: 0)
     monkeypatch.setattr(device_mod, "_warned", set())
-
-
-def test_sequence_models_are_registered_with_flags_and_params():
-    assert set(SEQUENCE) == {"lstm", "gru", "tcn", "transformer"}
-    for name in SEQUENCE:
-        cls = MODELS[name]
-        assert cls.sequence and not cls.tabular and cls.gpu and cls.early_stopping
-        assert set(cls.symbol_encodings) == {"none", "one_hot", "index", "embedding"} and "seq_len" in cls.defaults
 
 
 def test_list_models_shows_sequence_models(runner):
@@ -195,17 +187,6 @@ def _tiny(sequence: bool, n_sym: int = 2, n: int = 48, seed: int = 0):
         return X, X[:, 0] * X[:, 1] + X[:, 2], symbols
     y = np.concatenate([np.convolve(X[i * n:(i + 1) * n, 0], np.ones(3))[:n] for i in range(n_sym)])
     return X, y, symbols
-
-
-@pytest.mark.parametrize("name", TORCH)
-def test_each_torch_model_overfits_a_tiny_dataset(name):
-    X, y, symbols = _tiny(name != "mlp")
-    params = {**TORCH_FAST[name], "dropout": 0.0}
-    model = create_model(name, "regression", params, seed=0, threads=1,
-                         train={"epochs": 120, "batch_size": 32, "learning_rate": 0.01, "warmup": 0.0, "patience": 0})
-    model.fit(X, y, feature_names=["a", "b", "c"], symbols=symbols)
-    losses = [epoch["train_loss"] for epoch in model.history_]
-    assert losses[-1] <= 0.1 * losses[0], f"{name}: training loss fell only from {losses[0]:.4f} to {losses[-1]:.4f}"
 
 
 def test_tcn_receptive_field_is_checked_against_seq_len():

@@ -24,6 +24,7 @@ from typer._click.globals import get_current_context
 
 from quant_cli.cli import console
 from quant_cli.errors import QFactoryError, StorageError, clip_huge_values
+from quant_cli.models.registry import check_capabilities
 from quant_cli.recipe import Recipe, load_with_overrides
 from quant_cli.runs.directory import Run, data_home, resolve_run, runs_home
 
@@ -59,7 +60,7 @@ def load_stage_recipe(recipe: Path, sets: list[str] | None, model: str | None = 
                       strict_device: bool = False) -> Recipe:
     """The recipe with --set, --model and --device/--strict-device applied (notices on stderr)."""
     overrides = [*(sets or []), *device_overrides(device, strict_device)]
-    return load_with_overrides(recipe, overrides, model, console.REPORTER)
+    return load_with_overrides(recipe, overrides, model, console.REPORTER, check=check_capabilities)
 
 
 @dataclass(frozen=True)

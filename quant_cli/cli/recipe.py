@@ -6,6 +6,7 @@ import typer
 
 from quant_cli.cli.common import DebugOpt, RecipeOpt, SetOpt, cli_errors
 from quant_cli.cli import console
+from quant_cli.models.registry import check_capabilities, params_toml
 from quant_cli.recipe import defaults_toml, load_with_overrides, to_toml
 
 app = typer.Typer(no_args_is_help=True, help="Inspect recipes.\n\nExample: qfactory recipe show --recipe recipes/quickstart.toml")
@@ -13,11 +14,11 @@ app = typer.Typer(no_args_is_help=True, help="Inspect recipes.\n\nExample: qfact
 
 @app.command("defaults")
 def defaults() -> None:
-    """Print every recipe key with its default and meaning, as TOML.
+    """Print every recipe key with its default and meaning, as TOML, then each model's parameters (comments).
 
     Example: qfactory recipe defaults > my.toml
     """
-    typer.echo(defaults_toml(), nl=False)
+    typer.echo(defaults_toml() + params_toml(), nl=False)
 
 
 @app.command("show")
@@ -27,5 +28,5 @@ def show(recipe: RecipeOpt, set_: SetOpt = None, debug: DebugOpt = False) -> Non
     Example: qfactory recipe show --recipe recipes/quickstart.toml --set model.params.num_leaves=15
     """
     with cli_errors(False, debug):
-        resolved = load_with_overrides(recipe, set_, reporter=console.REPORTER)
+        resolved = load_with_overrides(recipe, set_, reporter=console.REPORTER, check=check_capabilities)
     typer.echo(to_toml(resolved), nl=False)

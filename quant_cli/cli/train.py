@@ -58,8 +58,9 @@ def _print_models(json_out: bool) -> None:
         typer.echo(json.dumps(models))
         return
     for m in models:
-        flags = ", ".join(k for k in FLAGS if m[k])
+        flags = ", ".join([*(k for k in FLAGS if m[k]), *(["path output"] if m["output"] == "path" else [])])
         encodings = "/".join(m["symbol_encodings"])
         typer.echo(f"{m['name']:<14} {m['family']:<9} tasks: {'/'.join(m['tasks']):<26} symbols: {encodings:<30} {flags}")
         for key, param in m["parameters"].items():
-            typer.echo(f"    {key} = {json.dumps(param['default'])}: {param['accepts']}")
+            doc = f" — {param['doc']}" if param["doc"] else ""
+            typer.echo(f"    {key} = {json.dumps(param['default'])}: {param['accepts']}{doc}")

@@ -64,23 +64,52 @@ def normalise(proba: np.ndarray) -> np.ndarray:
     return proba / proba.sum(axis=1, keepdims=True)
 
 
+# Every concrete model class, by name: a class that declares `name` in its body registers itself
+# when its module is imported (quant_cli.models.registry imports the model modules).
+REGISTERED: dict[str, type[Model]] = {}
+
+OUTPUTS = ("score", "path")
+
+
 class Model(ABC):
     name: ClassVar[str]
     family: ClassVar[str]
-    tasks: ClassVar[tuple[str, ...]]
-    tabular: ClassVar[bool] = True
-    sequence: ClassVar[bool] = False
+    # ---- capability flags: what the model takes and gives; a recipe asking for more is refused at load
+    tasks: ClassVar[tuple[str, ...]]                 # gives: regression and/or classification
+    output: ClassVar[str] = "score"                  # gives: one score per row, or a multi-step "path"
+    tabular: ClassVar[bool] = True                   # takes: one row of features per prediction
+    sequence: ClassVar[bool] = False                 # takes: past feature windows (the symbol's rows up to t)
+    bar_channels: ClassVar[bool] = False             # takes: raw-bar channels (model.params.inputs = bars/both)
+    static_covariates: ClassVar[bool] = False        # takes: static text columns per symbol (model.static_columns)
+    known_future: ClassVar[bool] = False             # takes: calendar fields of the bars after t (model.known_future)
     sample_weights: ClassVar[bool] = False
     gpu: ClassVar[bool] = False
     early_stopping: ClassVar[bool] = False   # stops on the validation rows when asked
     importance: ClassVar[bool] = False       # feature_importance() returns something
     missing_values: ClassVar[bool] = False   # accepts NaN features
     float32_inputs: ClassVar[bool] = False   # takes float32 X as given (no float64 copy of the matrix)
-    symbol_encodings: ClassVar[tuple[str, ...]] = ("none", "one_hot")
+    symbol_encodings: ClassVar[tuple[str, ...]] = ("none", "one_hot")  # takes: the symbol as a static covariate
     # Declared parameters and their defaults: anything else is a typo and an error. A value's type
-    # is the default's; `limits` bounds the values that have limits (quant_cli.models.params).
+    # is the default's; `limits` bounds the values that have limits (quant_cli.models.params);
+    # `docs` holds a one-line doc per parameter where the model declares one.
     defaults: ClassVar[dict[str, Any]] = {}
     limits: ClassVar[dict[str, Limit]] = {}
+    docs: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
+        """Register a class that names itself (`name = ...` in its body); bases name nothing. A test
+        double passes `register=False` and is put in REGISTERED by the test that needs it."""
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if not register or name is None:
+            return
+        known = REGISTERED.get(name)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"model name {name!r} of {cls.__module__}.{cls.__qualname__} is taken by "
+                            f"{known.__module__}.{known.__qualname__}; pick another name")
+        if cls.output not in OUTPUTS:
+            raise TypeError(f"model {name!r}: output {cls.output!r} is not one of {OUTPUTS}")
+        REGISTERED[name] = cls
 
     def __init__(self, *, task: str = "regression", seed: int = 42, threads: int = 0, device: str = "cpu",
                  symbol_encoding: str = "none", unseen_symbols: str = "error", reporter: Reporter = SILENT,

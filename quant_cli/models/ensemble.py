@@ -42,6 +42,7 @@ from quant_cli.models.base import TASKS, Inputs, Model
 from quant_cli.models.device import notice_once
 from quant_cli.models.encoding import KINDS
 from quant_cli.models.panel import PanelRows
+from quant_cli.models.registry import create_model, load_model
 from quant_cli.splits.stacking import label_horizon, purged_holdout, purged_kfold_indices
 from quant_cli.models.params import Limit, at_least, between
 
@@ -128,8 +129,6 @@ class _Ensemble(Model):
         return {"params": {}, "symbol_encoding": self.symbol_encoding, **spec}
 
     def _create(self, where: str, name: str, params: dict, task: str, encoding: str, unseen: str) -> Model:
-        from quant_cli.models.registry import create_model  # the registry imports this module
-
         try:
             return create_model(name, task, params, self.seed, self.threads, device=self.device,
                                 symbol_encoding=encoding, unseen_symbols=unseen, reporter=self.reporter,
@@ -213,8 +212,6 @@ class _Ensemble(Model):
             self.meta_.save(folder / "meta")
 
     def _load_native(self, folder: Path, meta: dict[str, Any]) -> None:
-        from quant_cli.models.registry import load_model
-
         self.members_ = [load_model(folder / "members" / str(i)) for i in range(len(self.member_specs))]
         if self.uses_meta:
             self.meta_ = load_model(folder / "meta")

@@ -1,33 +1,84 @@
-"""Model names → classes. Config picks models by registered name, never by import path."""
+"""Model names → classes. Config picks models by registered name, never by import path.
+
+The registry imports no model: a model class registers itself by declaring `name`
+(`Model.__init_subclass__`). Registration happens when the model's module is imported, which the
+registry does once per process from plain lists inside the packages: `quant_cli.models.MODEL_MODULES`
+(tabular families, ensembles) and every module of `quant_cli.models.torch` (one file per
+architecture). The torch modules import torch, which takes seconds, so they are imported only when
+a name is not found among the others or when every model is listed.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from quant_cli.errors import ModelError, one_of, suggest
+from quant_cli.errors import ModelError, RecipeError, one_of, suggest
 from quant_cli.io import read_json
-from quant_cli.models.base import Model
-from quant_cli.report import SILENT, Reporter
-from quant_cli.models.boosting import CatBoostModel, LightGBMModel, XGBoostModel
-from quant_cli.models.classical import ExtraTreesModel, LinearModel, LogisticModel, RandomForestModel, SVMModel
-from quant_cli.models.ensemble import BlendingModel, StackingModel, VotingModel
-from quant_cli.models.neural import MLPModel
-from quant_cli.models.sequence import GRUModel, LSTMModel, TCNModel, TransformerModel
+from quant_cli.models.base import REGISTERED, Model
 from quant_cli.models.params import describe
+from quant_cli.report import SILENT, Reporter
 
-MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (
-    LightGBMModel, CatBoostModel, XGBoostModel, RandomForestModel, ExtraTreesModel, LinearModel, LogisticModel,
-    SVMModel, MLPModel, LSTMModel, GRUModel, TCNModel, TransformerModel, VotingModel, StackingModel, BlendingModel,
-)}
+# Shown by `train --list-models` and `describe_models`: what a model takes and how it trains.
+FLAGS = ("tabular", "sequence", "bar_channels", "static_covariates", "known_future", "sample_weights", "gpu",
+         "early_stopping", "importance", "missing_values")
 
-FLAGS = ("tabular", "sequence", "sample_weights", "gpu", "early_stopping", "importance", "missing_values")
+_imported: set[str] = set()
+
+
+def _import_models(torch: bool) -> None:
+    """Import the model modules (once): the tabular ones, and with `torch` the torch architectures."""
+    if "tabular" not in _imported:
+        from quant_cli import models
+
+        for module in models.MODEL_MODULES:
+            importlib.import_module(f"quant_cli.models.{module}")
+        _imported.add("tabular")
+    if torch and "torch" not in _imported:
+        from quant_cli.models import torch as package
+
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+            importlib.import_module(f"quant_cli.models.torch.{info.name}")
+        _imported.add("torch")
+
+
+def all_models() -> dict[str, type[Model]]:
+    """Every registered model, by name, in a fixed order whatever was imported first: the modules of
+    MODEL_MODULES in their order, then the torch architectures by file name, then any others; the
+    models of one module in the order they are defined."""
+    from quant_cli import models
+
+    _import_models(torch=True)
+    tabular = {f"quant_cli.models.{m}": i for i, m in enumerate(models.MODEL_MODULES)}
+
+    def rank(cls: type[Model]) -> tuple[int, int, str]:
+        module = cls.__module__
+        if module in tabular:
+            return 0, tabular[module], ""
+        return (1, 0, module) if module.startswith("quant_cli.models.torch.") else (2, 0, module)
+
+    return dict(sorted(REGISTERED.items(), key=lambda item: rank(item[1])))  # stable: definition order kept
+
+
+def torch_models() -> dict[str, type[Model]]:
+    """The registered torch models (the model-zoo harness runs each), by name."""
+    from quant_cli.models.torchmodel import TorchModel
+
+    return {name: cls for name, cls in all_models().items() if issubclass(cls, TorchModel)}
 
 
 def model_class(name: str) -> type[Model]:
-    if name not in MODELS:
-        raise ModelError(f"model.name {name!r} is not a registered model{suggest(name, MODELS)}; allowed: {one_of(MODELS)}")
-    return MODELS[name]
+    _import_models(torch=False)
+    if name not in REGISTERED:
+        _import_models(torch=True)
+    if name not in REGISTERED:
+        known = all_models()
+        raise ModelError(f"model.name {name!r} is not a registered model{suggest(name, known)}; "
+                         f"allowed: {one_of(known)}")
+    return REGISTERED[name]
 
 
 def create_model(name: str, task: str, params: dict[str, Any], seed: int, threads: int, *, device: str = "cpu",
@@ -48,12 +99,65 @@ def load_model(folder: Path) -> Model:
 
 def describe_models() -> list[dict[str, Any]]:
     return [
-        {"name": cls.name, "family": cls.family, "tasks": list(cls.tasks), **{flag: getattr(cls, flag) for flag in FLAGS},
-         "symbol_encodings": list(cls.symbol_encodings), "params": sorted(cls.defaults), "parameters": _parameters(cls)}
-        for cls in MODELS.values()
+        {"name": cls.name, "family": cls.family, "tasks": list(cls.tasks), "output": cls.output,
+         **{flag: getattr(cls, flag) for flag in FLAGS}, "symbol_encodings": list(cls.symbol_encodings),
+         "params": sorted(cls.defaults), "parameters": _parameters(cls)}
+        for cls in all_models().values()
     ]
 
 
 def _parameters(cls: type[Model]) -> dict[str, dict[str, Any]]:
-    """name → {default, accepts}: what `--set model.params.NAME=VALUE` takes, in words."""
-    return {key: {"default": default, "accepts": describe(default, cls.limits.get(key))} for key, default in cls.defaults.items()}
+    """name → {default, accepts, doc}: what `--set model.params.NAME=VALUE` takes, in words."""
+    return {key: {"default": default, "accepts": describe(default, cls.limits.get(key)), "doc": cls.docs.get(key, "")}
+            for key, default in cls.defaults.items()}
+
+
+def params_toml() -> str:
+    """Every model's parameters as commented TOML (`qfactory recipe defaults` appends it)."""
+    import json
+
+    lines = ["", "# ---- model.params of each registered model (`qfactory train --list-models` lists them too) ----"]
+    for row in describe_models():
+        lines.append(f"# model.name = \"{row['name']}\":")
+        for key, p in row["parameters"].items():
+            doc = f"{p['doc']}; " if p["doc"] else ""
+            lines.append(f"#   {key} = {json.dumps(p['default'])}  # {doc}{p['accepts']}")
+    return "\n".join(lines) + "\n"
+
+
+# ---- a recipe's model against the model's capability flags (run when the recipe loads) ------------
+
+
+def check_capabilities(recipe: dict[str, Any], origin: str) -> None:
+    """Refuse, in one line naming the model and the flag, a recipe whose [model] section asks the model
+    for an input or a task it does not declare. Run when a recipe to train is loaded (the CLI passes it
+    to quant_cli.recipe.load_recipe as its `check`) and again by the stages before any work."""
+    model = recipe["model"]
+    cls = model_class(model["name"])
+    name, task, encoding, inputs = cls.name, model["task"], model["symbol_encoding"], model["params"].get("inputs")
+    if task not in cls.tasks:
+        _refuse(origin, name, f"does not do {task} (flag tasks = {one_of(cls.tasks)})", "model.task", task,
+                lambda c: task in c.tasks)
+    if encoding not in cls.symbol_encodings:
+        _refuse(origin, name, f"does not take the symbol encoding {encoding!r} (flag symbol_encodings = "
+                f"{one_of(cls.symbol_encodings)})", "model.symbol_encoding", encoding,
+                lambda c: encoding in c.symbol_encodings)
+    if inputs in ("bars", "both") and not cls.bar_channels:
+        _refuse(origin, name, "does not take raw-bar channels (flag bar_channels)", "model.params.inputs", inputs,
+                lambda c: c.bar_channels)
+    if model["static_columns"] and not cls.static_covariates:
+        _refuse(origin, name, "does not take static covariates (flag static_covariates)", "model.static_columns",
+                model["static_columns"], lambda c: c.static_covariates)
+    if model["known_future"] and not cls.known_future:
+        _refuse(origin, name, "does not take known-future covariates (flag known_future)", "model.known_future",
+                model["known_future"], lambda c: c.known_future)
+
+
+def _refuse(origin: str, name: str, lacks: str, key: str, value: Any, has: Callable[[type[Model]], bool]) -> None:
+    able = [n for n, c in all_models().items() if has(c)]
+    if not able:
+        fix = f"no registered model has it yet; remove {key}"
+    else:
+        which = one_of(able) if len(able) <= 6 else "`qfactory train --list-models` shows each model's flags"
+        fix = f"use a model that has it ({which}) or change {key}"
+    raise RecipeError(f"{origin}: model '{name}' {lacks}, which {key} = {value!r} asks for; {fix}")

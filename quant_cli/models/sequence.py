@@ -1,4 +1,9 @@
-"""Sequence models: lstm, gru, tcn and transformer over windows of a symbol's rows.
+"""The base of every window model (lstm, gru, tcn, transformer, ...): a model over windows of a
+symbol's rows.
+
+An architecture subclasses `SequenceModel` in its own file under models/torch/, with a config
+dataclass derived from `SequenceConfig` (seq_len, inputs, dropout, embedding_dim and its own
+parameters). Everything below is shared: windows, inputs (features and/or raw-bar channels), checks.
 
 The input of prediction row (symbol, t) is that symbol's last `seq_len` rows ending at t
 (inclusive), read from a `Panel` of every row (quant_cli.models.panel) — purged and embargoed
@@ -8,37 +13,31 @@ train stage leaves them out of predictions.parquet, so everything downstream joi
 (symbol, ts). `fit`/`predict` also take a plain (n, F) matrix with `symbols` (and `ts`): each
 symbol's rows are then its whole history.
 
-Every family supports regression and classification and the symbol encodings none, one_hot,
+Every window model supports regression and classification and the symbol encodings none, one_hot,
 index and embedding (quant_cli.models.torch.heads), with the same unseen-symbol policy as the
-tabular models.
+tabular models, and reads raw-bar channels when model.params.inputs asks for them.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from quant_cli.errors import ModelError
 from quant_cli.models.base import Inputs
 from quant_cli.models.encoding import KINDS
-from quant_cli.models.neural import timestamp_codes
 from quant_cli.models.panel import PanelRows, as_panel_rows
-from quant_cli.models.params import at_least, between, choice
-from quant_cli.models.torch.config import receptive_field
 from quant_cli.models.torchmodel import TorchModel
 
 _CHECK_ROWS = 65_536  # panel rows checked at once: the check's temporary stays small
-_COMMON = {"seq_len": 32, "dropout": 0.1, "embedding_dim": 4, "inputs": "features"}
-_COMMON_LIMITS = {"seq_len": between(1, 4096), "dropout": between(0, 1, high_open=True), "embedding_dim": at_least(1),
-                  "inputs": choice("features", "bars", "both")}
 
 
 class SequenceModel(TorchModel):
     tabular = False
     sequence = True
+    bar_channels = True
     symbol_encodings = KINDS
-    net: ClassVar[tuple[str, str, str]]  # (module under quant_cli.models.torch, config class, network class)
 
     # ---- inputs: a PanelRows, or a plain matrix made into one ---------------------------------------
 
@@ -95,7 +94,7 @@ class SequenceModel(TorchModel):
         import torch
 
         from quant_cli.models.torch.loop import to_device
-        from quant_cli.models.torch.windows import Samples
+        from quant_cli.models.torch.windows import Samples, timestamp_codes
 
         X: PanelRows = rows.X
         mask = X.full_window(self.params["seq_len"])
@@ -128,30 +127,6 @@ class SequenceModel(TorchModel):
     def _release(self) -> None:
         self._panel_cache = None
 
-    # ---- the network ---------------------------------------------------------------------------------
-
-    def _module(self):
-        import importlib
-
-        return importlib.import_module(f"quant_cli.models.torch.{self.net[0]}")
-
-    def _net_config(self, n_inputs: int):
-        kind = self.encoder_.kind
-        return getattr(self._module(), self.net[1])(
-            n_inputs=n_inputs, n_outputs=self.n_classes if self.is_classifier else 1, dropout=self.params["dropout"],
-            symbol_kind=kind, n_symbols=len(self.encoder_.symbols_), embedding_dim=self.params["embedding_dim"],
-            **self._architecture())
-
-    def _architecture(self) -> dict[str, Any]:
-        """The family's own config fields, from model.params."""
-        return {k: v for k, v in self.params.items() if k not in _COMMON}
-
-    def _build(self, config):
-        return getattr(self._module(), self.net[2])(config)
-
-    def _config_from_json(self, data: dict[str, Any]):
-        return getattr(self._module(), self.net[1])(**data)
-
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
         self.__dict__.pop("channels_", None)
         super()._fit(train, y, val, y_val, sample_weight, early_stopping)
@@ -164,58 +139,3 @@ class SequenceModel(TorchModel):
         super()._load_native(folder, meta)
         self.channels_ = list(meta["fit_info"].get("channels", []))
 
-
-class _RecurrentModel(SequenceModel):
-    net = ("recurrent", "RecurrentConfig", "Recurrent")
-    cell: ClassVar[str]
-    defaults = {**_COMMON, "hidden": 64, "layers": 1}
-    limits = {**_COMMON_LIMITS, "hidden": at_least(1), "layers": between(1, 16)}
-
-    def _architecture(self) -> dict[str, Any]:
-        return {**super()._architecture(), "cell": self.cell}
-
-
-class LSTMModel(_RecurrentModel):
-    name = "lstm"
-    cell = "lstm"
-
-
-class GRUModel(_RecurrentModel):
-    name = "gru"
-    cell = "gru"
-
-
-class TCNModel(SequenceModel):
-    name = "tcn"
-    net = ("tcn", "TCNConfig", "TCN")
-    defaults = {**_COMMON, "channels": 32, "levels": 4, "kernel_size": 3}
-    limits = {**_COMMON_LIMITS, "channels": at_least(1), "levels": between(1, 16), "kernel_size": between(2, 64)}
-
-    def _check_architecture(self) -> None:
-        super()._check_architecture()
-        p = self.params
-        field = receptive_field(p["levels"], p["kernel_size"])
-        if field < p["seq_len"]:
-            raise ModelError(f"model 'tcn': the receptive field of {p['levels']} levels with kernel_size {p['kernel_size']} is "
-                             f"{field} steps, shorter than seq_len {p['seq_len']}, so the oldest steps would be ignored; "
-                             "raise model.params.levels or kernel_size, or lower seq_len")
-
-
-class TransformerModel(SequenceModel):
-    name = "transformer"
-    net = ("transformer", "TransformerConfig", "Transformer")
-    defaults = {**_COMMON, "d_model": 32, "heads": 4, "layers": 2, "ff_mult": 2, "positions": "learned", "pooling": "last",
-                "checkpoint": False}
-    limits = {**_COMMON_LIMITS, "d_model": at_least(2), "heads": at_least(1), "layers": between(1, 32), "ff_mult": at_least(1),
-              "positions": choice("learned", "rotary"), "pooling": choice("last", "attention")}
-
-    def _check_architecture(self) -> None:
-        super()._check_architecture()
-        p = self.params
-        if p["d_model"] % p["heads"] or (p["positions"] == "rotary" and (p["d_model"] // p["heads"]) % 2):
-            raise ModelError(f"model 'transformer': d_model {p['d_model']} must split into {p['heads']} heads"
-                             f"{' of an even width (rotary positions)' if p['positions'] == 'rotary' else ''}; "
-                             "change model.params.d_model or heads")
-
-    def _architecture(self) -> dict[str, Any]:
-        return {**super()._architecture(), "seq_len": self.params["seq_len"]}

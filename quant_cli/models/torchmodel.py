@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from quant_cli.errors import ModelError
 from quant_cli.io import write_json_atomic
 from quant_cli.models.base import TASKS, Inputs, Model
-from quant_cli.models.torch.config import LoopConfig
+from quant_cli.models.torch.config import LoopConfig, NetConfig, declared
 
 LOSSES = ("mse", "huber", "sharpe", "pnl")
 _UNCENTRED = ("sharpe", "pnl")  # losses whose target sign is the trade: targets are scaled, never centred
@@ -36,6 +36,21 @@ class TorchModel(Model):
     sample_weights = True
     gpu = True
     early_stopping = True
+    # An architecture declares these in its one file under models/torch/ (see docs/models.md):
+    config: ClassVar[type[NetConfig]]             # its config dataclass: model.params are its `param` fields
+    network: ClassVar[type]                       # its nn.Module, built from a config instance
+    fixed: ClassVar[dict[str, Any]] = {}          # config fields the class fixes (e.g. the recurrent cell)
+    fast_test: ClassVar[dict[str, Any]]           # tiny model.params the model-zoo test harness trains with
+    fast_train: ClassVar[dict[str, Any]] = {}     # [train] keys over the harness's short loop, if it needs others
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        if "config" in cls.__dict__:  # the config dataclass is the one source of defaults, limits and docs
+            cls.defaults, cls.limits, cls.docs = declared(cls.config)
+        if "name" in cls.__dict__:
+            missing = [a for a in ("config", "network", "fast_test") if not hasattr(cls, a)]
+            if missing:
+                raise TypeError(f"torch model {cls.__dict__['name']!r} must declare {', '.join(missing)}")
+        super().__init_subclass__(**kwargs)
 
     def _check_params(self) -> None:
         self.loop = LoopConfig.from_section(self.train_settings)
@@ -57,11 +72,17 @@ class TorchModel(Model):
 
     # ---- the family's part ----------------------------------------------------------------------
 
-    def _net_config(self, n_inputs: int):
-        raise NotImplementedError
+    def _net_config(self, n_inputs: int) -> NetConfig:
+        kind, n_symbols = self._symbol_input()
+        return self.config(n_inputs=n_inputs, n_outputs=self.n_classes if self.is_classifier else 1, symbol_kind=kind,
+                           n_symbols=n_symbols, **self.params, **self.fixed)
 
-    def _build(self, config):
-        raise NotImplementedError
+    def _symbol_input(self) -> tuple[str, int]:
+        """(symbol_kind, n_symbols) the network encodes itself (quant_cli.models.torch.heads)."""
+        return self.encoder_.kind, len(self.encoder_.symbols_)
+
+    def _build(self, config: NetConfig):
+        return self.network(config)
 
     def _samples(self, rows: Inputs, y: np.ndarray | None = None, w: np.ndarray | None = None):
         """(Samples on the training device, (n,) bool mask of the rows they cover)."""
@@ -179,5 +200,5 @@ class TorchModel(Model):
         self.net_.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
         self.net_.eval()
 
-    def _config_from_json(self, data: dict[str, Any]):
-        raise NotImplementedError
+    def _config_from_json(self, data: dict[str, Any]) -> NetConfig:
+        return self.config(**data)

@@ -10,6 +10,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,14 @@ _KIND_NAMES = {
 }
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+# A check run on the loaded recipe with its origin ("recipe r.toml"); raises a QFactoryError. The
+# model registry's capability check (quant_cli.models.registry.check_capabilities) is one: the
+# callers that load a recipe to train pass it, since this package sits below the models.
+RecipeCheck = Callable[[dict[str, Any], str], None]
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None, *,
+                check: RecipeCheck | None = None) -> Recipe:
     """Read a recipe (or start from defaults when `path` is None), apply overrides, validate.
 
     Every layer is validated on its own first, so an error names the layer that holds the bad
@@ -41,7 +49,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
     dates become ISO strings. Relative path keys (`data.source`, `data.data_dir`,
     `run.runs_dir`) written in a file are read from that file's folder, like `extends`; those
     given with `--set` are read from the current directory. Either way they are stored absolute,
-    so a run's `recipe.toml` means the same from anywhere.
+    so a run's `recipe.toml` means the same from anywhere. `check`, when given, runs last (e.g. the
+    [model] section against the model's capability flags).
     """
     raw: dict[str, Any] = {}
     origin = "recipe defaults"
@@ -55,6 +64,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
     _validate(raw, SCHEMA, origin, prefix="")  # the merged recipe, as a final check
     recipe = with_defaults(raw)
     check_recipe(recipe, origin)
+    if check is not None:
+        check(recipe, origin)
     return recipe
 
 
@@ -193,10 +204,10 @@ def _check_value(value: Any, spec: Key, origin: str, dotted: str) -> None:
 
     if not _kind_matches(value, spec.kind):
         raise fail(_KIND_NAMES[spec.kind])
-    if spec.choices is not None and value not in spec.choices:
-        raise RecipeError(
-            f"{origin}: '{dotted}' must be one of {one_of(spec.choices)}, got {shown(value)}{suggest(clipped(value), spec.choices)}"
-        )
+    for item in value if isinstance(value, list) else [value]:  # a list key with choices: each item is one of them
+        if spec.choices is not None and item not in spec.choices:
+            raise RecipeError(f"{origin}: '{dotted}' must be one of {one_of(spec.choices)}, got {shown(item)}"
+                              f"{suggest(clipped(item), spec.choices)}")
     if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
         raise fail(f"{spec.pattern_doc} (regex {spec.pattern})")
     if spec.duration:
@@ -312,7 +323,7 @@ def fingerprint(obj: Any, length: int = 16) -> str:
 
 
 def defaults_toml() -> str:
-    """The defaults as commented TOML, for `qfactory recipe defaults`."""
+    """The defaults as commented TOML, for `qfactory recipe defaults` (which adds each model's parameters)."""
     lines: list[str] = []
     _emit_section(lines, SCHEMA, prefix="")
     return "\n".join(lines) + "\n"

@@ -10,21 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from quant_cli.errors import clipped
-from quant_cli.recipe.load import Recipe, load_recipe, parse_override_value
+from quant_cli.recipe.load import Recipe, RecipeCheck, load_recipe, parse_override_value
 from quant_cli.report import SILENT, Reporter
 
 
 def load_with_overrides(path: str | Path | None, sets: list[str] | None = None, model: str | None = None,
-                        reporter: Reporter = SILENT) -> Recipe:
-    """`path` with `sets` applied, then `model` (`--model`, which wins over a --set model.name)."""
+                        reporter: Reporter = SILENT, check: RecipeCheck | None = None) -> Recipe:
+    """`path` with `sets` applied, then `model` (`--model`, which wins over a --set model.name); `check`
+    runs on the final recipe (load_recipe)."""
     sets = [*(sets or []), *([f'model.name="{model}"'] if model else [])]
     switch = (model, f"--model {clipped(model)}") if model else _switched_model(sets)
     if switch is None:
-        return load_recipe(path, sets)
+        return load_recipe(path, sets, check=check)
     name, label = switch
-    written = load_recipe(path, [item for item in sets if not _sets_model_name(item)])["model"]
+    written = load_recipe(path, [item for item in sets if not _sets_model_name(item)])["model"]  # before the switch
     if written["name"] == name or not written["params"]:
-        return load_recipe(path, sets)
+        return load_recipe(path, sets, check=check)
     explicit = [item for item in sets if param_key(item) is not None]
     keys = {param_key(item) for item in explicit}
     kept = set(written["params"]) if "" in keys else keys  # a whole --set model.params={...} table keeps all
@@ -32,7 +33,7 @@ def load_with_overrides(path: str | Path | None, sets: list[str] | None = None, 
     if dropped:
         reporter.notice(f"{label}: ignoring model.params written for {written['name']} ({', '.join(dropped)}); "
                         "set them with --set model.params.KEY=VALUE")
-    return load_recipe(path, [*sets, "model.params={}", *explicit])
+    return load_recipe(path, [*sets, "model.params={}", *explicit], check=check)
 
 
 def _switched_model(sets: list[str]) -> tuple[str, str] | None:

@@ -17,7 +17,7 @@ from quant_cli.dataset.table import check_task, dataset_name
 from quant_cli.errors import RecipeError, RunError
 from quant_cli.models.base import Model
 from quant_cli.models.device import resolve_device
-from quant_cli.models.registry import create_model
+from quant_cli.models.registry import check_capabilities, create_model
 from quant_cli.recipe import Recipe
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run
@@ -56,6 +56,7 @@ def check_recipe(recipe: Recipe, reporter: Reporter, model: bool = True) -> None
     dataset_name(recipe)
     check_task(recipe)
     if model:
+        check_capabilities(recipe, "recipe")  # the CLI checked it at load already; library callers too
         _check_sequence_split(recipe, make_model(recipe, device_of(recipe, reporter), reporter))
 
 

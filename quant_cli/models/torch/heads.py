@@ -1,4 +1,5 @@
-"""What every torch network shares: its config base, the symbol encodings and the output head.
+"""What every torch network shares: the symbol encodings and the output head (its config base,
+`NetConfig`, is torch-free in config.py).
 
 Symbol encodings (quant_cli.models.encoding) inside a network, from the row's symbol id (0 = a
 symbol not seen at training, kept neutral under `unseen_symbols = "neutral"`):
@@ -10,21 +11,11 @@ The encoding joins the network's summary of the window right before the head.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class NetConfig:
-    n_inputs: int                 # features per row (per time step)
-    n_outputs: int                # 1 for regression, K logits for classification
-    dropout: float = 0.1
-    symbol_kind: str = "none"     # none, one_hot, index, embedding
-    n_symbols: int = 0            # training symbols (ids 1..n_symbols)
-    embedding_dim: int = 4
+from quant_cli.models.torch.config import NetConfig
 
 
 class SymbolInput(nn.Module):

@@ -1,4 +1,8 @@
-"""lstm and gru: one recurrent module, the cell is a parameter."""
+"""lstm and gru: one recurrent network over the window, the cell is a parameter the model class fixes.
+
+The window (oldest step first) runs through a stacked LSTM or GRU; the hidden state at the last
+step (the row scored, which has seen every earlier step and nothing later) feeds the head.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from quant_cli.models.torch.heads import Head, NetConfig
+from quant_cli.models.params import at_least, between
+from quant_cli.models.sequence import SequenceModel
+from quant_cli.models.torch.config import SequenceConfig, param
+from quant_cli.models.torch.heads import Head
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 @dataclass
-class RecurrentConfig(NetConfig):
-    cell: str = "lstm"
-    hidden: int = 64
-    layers: int = 1
+class RecurrentConfig(SequenceConfig):
+    hidden: int = param(64, "width of the recurrent state", at_least(1))
+    layers: int = param(1, "stacked recurrent layers (dropout applies between them)", between(1, 16))
+    cell: str = "lstm"  # lstm or gru: fixed by the model class, not a parameter
 
 
 class Recurrent(nn.Module):
@@ -30,3 +37,16 @@ class Recurrent(nn.Module):
         # x: (B, L, F), oldest step first; the last step is the prediction row
         out, _ = self.rnn(x)  # (B, L, H)
         return self.head(out[:, -1], ids)  # (B, n_outputs)
+
+
+class LSTMModel(SequenceModel):
+    name = "lstm"
+    config = RecurrentConfig
+    network = Recurrent
+    fixed = {"cell": "lstm"}
+    fast_test = {"seq_len": 4, "hidden": 16}
+
+
+class GRUModel(LSTMModel):
+    name = "gru"
+    fixed = {"cell": "gru"}

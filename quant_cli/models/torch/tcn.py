@@ -1,7 +1,7 @@
 """tcn: dilated causal 1-d convolutions in residual blocks (Bai et al. 2018).
 
 Block i has two convolutions with dilation 2**i; the receptive field of `levels` blocks is
-1 + 2·(kernel_size - 1)·(2**levels - 1) steps (config.receptive_field), which the model checks against seq_len.
+1 + 2·(kernel_size - 1)·(2**levels - 1) steps (`receptive_field`), which the model checks against seq_len.
 """
 
 from __future__ import annotations
@@ -12,14 +12,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quant_cli.models.torch.heads import Head, NetConfig
+from quant_cli.errors import ModelError
+from quant_cli.models.params import at_least, between
+from quant_cli.models.sequence import SequenceModel
+from quant_cli.models.torch.config import SequenceConfig, param
+from quant_cli.models.torch.heads import Head
 
 
 @dataclass
-class TCNConfig(NetConfig):
-    channels: int = 32
-    levels: int = 4
-    kernel_size: int = 3
+class TCNConfig(SequenceConfig):
+    channels: int = param(32, "convolution channels of every level", at_least(1))
+    levels: int = param(4, "residual blocks; block i dilates its convolutions by 2**i", between(1, 16))
+    kernel_size: int = param(3, "taps of every causal convolution", between(2, 64))
+
+
+def receptive_field(levels: int, kernel_size: int) -> int:
+    """Steps a tcn of `levels` residual blocks (two dilated convolutions each, dilation 2**i) sees."""
+    return 1 + 2 * (kernel_size - 1) * (2**levels - 1)
 
 
 class CausalConv(nn.Conv1d):
@@ -59,3 +68,19 @@ class TCN(nn.Module):
         # x: (B, L, F)
         h = self.blocks(x.transpose(1, 2))  # (B, C, L)
         return self.head(h[:, :, -1], ids)  # the last (prediction) step: (B, n_outputs)
+
+
+class TCNModel(SequenceModel):
+    name = "tcn"
+    config = TCNConfig
+    network = TCN
+    fast_test = {"seq_len": 4, "channels": 8, "levels": 2}
+
+    def _check_architecture(self) -> None:
+        super()._check_architecture()
+        p = self.params
+        field = receptive_field(p["levels"], p["kernel_size"])
+        if field < p["seq_len"]:
+            raise ModelError(f"model 'tcn': the receptive field of {p['levels']} levels with kernel_size "
+                             f"{p['kernel_size']} is {field} steps, shorter than seq_len {p['seq_len']}, so the oldest "
+                             "steps would be ignored; raise model.params.levels or kernel_size, or lower seq_len")

@@ -14,19 +14,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from quant_cli.models.torch.heads import Head, NetConfig
+from quant_cli.errors import ModelError
+from quant_cli.models.params import at_least, between, choice
+from quant_cli.models.sequence import SequenceModel
+from quant_cli.models.torch.config import SequenceConfig, param
+from quant_cli.models.torch.heads import Head
 
 
 @dataclass
-class TransformerConfig(NetConfig):
-    seq_len: int = 32
-    d_model: int = 32
-    heads: int = 4
-    layers: int = 2
-    ff_mult: int = 2
-    positions: str = "learned"  # learned or rotary
-    pooling: str = "last"       # last or attention
-    checkpoint: bool = False    # recompute each layer's activations in backward (less memory, same results)
+class TransformerConfig(SequenceConfig):
+    d_model: int = param(32, "width of every token (heads x head width)", at_least(2))
+    heads: int = param(4, "attention heads; d_model must split into them", at_least(1))
+    layers: int = param(2, "encoder layers", between(1, 32))
+    ff_mult: int = param(2, "feed-forward width as a multiple of d_model", at_least(1))
+    positions: str = param("learned", "learned (a vector per window step) or rotary (RoPE on queries and keys)",
+                           choice("learned", "rotary"))
+    pooling: str = param("last", "window summary: the last token, or attention pooling over every step",
+                         choice("last", "attention"))
+    checkpoint: bool = param(False, "recompute each layer's activations in backward (less memory, same results)")
 
 
 def rotary(x: torch.Tensor) -> torch.Tensor:
@@ -97,3 +102,18 @@ class Transformer(nn.Module):
             return self.head(h[:, -1], ids)  # last token: (B, n_outputs)
         weights = torch.softmax(h @ self.query, dim=1)  # (B, L)
         return self.head((weights[:, :, None] * h).sum(dim=1), ids)
+
+
+class TransformerModel(SequenceModel):
+    name = "transformer"
+    config = TransformerConfig
+    network = Transformer
+    fast_test = {"seq_len": 4, "d_model": 16, "heads": 2, "layers": 1}
+
+    def _check_architecture(self) -> None:
+        super()._check_architecture()
+        p = self.params
+        if p["d_model"] % p["heads"] or (p["positions"] == "rotary" and (p["d_model"] // p["heads"]) % 2):
+            raise ModelError(f"model 'transformer': d_model {p['d_model']} must split into {p['heads']} heads"
+                             f"{' of an even width (rotary positions)' if p['positions'] == 'rotary' else ''}; "
+                             "change model.params.d_model or heads")

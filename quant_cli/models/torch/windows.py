@@ -11,7 +11,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+
+def timestamp_codes(ts: np.ndarray | None) -> np.ndarray | None:
+    """int64 codes of timestamps (the sharpe loss and the validation IC group rows by them)."""
+    return None if ts is None else np.asarray(ts).astype("datetime64[us]").astype(np.int64)
+
+
+def previous_rows(symbols: np.ndarray | None, ts: np.ndarray | None) -> np.ndarray:
+    """(n,) index of the row holding the same symbol's previous timestamp among these rows, -1 for
+    a symbol's first (the pnl loss's turnover for tabular rows; rows without symbols are one
+    symbol; without timestamps, the rows' own order is time order)."""
+    n = 0 if symbols is None and ts is None else len(symbols if symbols is not None else ts)
+    keys = [np.arange(n)] if ts is None else [np.asarray(ts).astype("datetime64[us]").astype(np.int64)]
+    if symbols is not None:
+        keys.append(np.unique(np.asarray(symbols).astype(str), return_inverse=True)[1])
+    order = np.lexsort(keys)  # by symbol, then time
+    prev = np.full(n, -1, dtype=np.int64)
+    same = np.ones(max(n - 1, 0), dtype=bool) if symbols is None else keys[-1][order[1:]] == keys[-1][order[:-1]]
+    prev[order[1:][same]] = order[:-1][same]
+    return prev
 
 
 def window_offsets(seq_len: int, device: torch.device | str) -> torch.Tensor:
