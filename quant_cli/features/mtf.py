@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import polars as pl
 
 from quant_cli.features import core
 from quant_cli.features.grouped import per_symbol
+from quant_cli.features.panel import Panel, kernel_columns
 from quant_cli.features.registry import REGISTRY, Feature, register
 
 REGISTRY.define_set("mtf", "Multi-timeframe: indicators on coarser bars (features.timeframes), visible once the coarse bar closed.")
@@ -50,38 +52,44 @@ def resample(lazy: pl.LazyFrame, timeframe: str) -> pl.LazyFrame:
 
 def join_coarse(out: pl.LazyFrame, lazy: pl.LazyFrame, timeframe: str, features: list[Feature]) -> pl.LazyFrame:
     """`out` (sorted by symbol, ts) plus the features of the last coarse bar closed at or before each ts."""
-    exprs = [f.expr().cast(pl.Float64).alias(f.name) for f in features]
-    values = per_symbol(resample(lazy, timeframe), exprs).rename({"ts": "_coarse_end"})
+    coarse = resample(lazy, timeframe).collect(engine="in-memory")
+    pieces = [coarse.select("symbol", "ts"), kernel_columns(coarse, [f for f in features if f.family.kernel])]
+    exprs = [f.expr().cast(pl.Float64).alias(f.name) for f in features if not f.family.kernel]
+    if exprs:
+        pieces.append(per_symbol(coarse.lazy(), exprs).drop("symbol", "ts").collect(engine="in-memory"))
+    values = pl.concat(pieces, how="horizontal").lazy().rename({"ts": "_coarse_end"})
     return out.join_asof(
         values, left_on="ts", right_on="_coarse_end", by="symbol", strategy="backward", check_sortedness=False,
     ).drop("_coarse_end")
 
 
-@register("mtf_ret_{tf}", inputs=("close",), tags=(*_TAGS, "momentum"), sets=("mtf",),
+@register("mtf_ret_{tf}", inputs=("close",), tags=(*_TAGS, "momentum"), sets=("mtf",), kernel=True,
           description="Return of the last closed coarse bar: close / previous coarse close - 1.")
-def mtf_ret() -> pl.Expr:
-    return core.ret(1)
+def mtf_ret(p: Panel) -> np.ndarray:
+    return core.ret(p, 1)
 
 
-@register("mtf_trend_{tf}", params={"n": 10}, inputs=("close",), tags=(*_TAGS, "trend"), sets=("mtf",),
+@register("mtf_trend_{tf}", params={"n": 10}, inputs=("close",), tags=(*_TAGS, "trend"), sets=("mtf",), kernel=True,
           description="Coarse close relative to its n-coarse-bar simple moving average: close / SMA(n) - 1.")
-def mtf_trend(n: int) -> pl.Expr:
-    return core.close_ma(n)
+def mtf_trend(p: Panel, n: int) -> np.ndarray:
+    return core.close_ma(p, n)
 
 
-@register("mtf_vol_{tf}", params={"n": 10}, inputs=("close",), tags=(*_TAGS, "volatility"), sets=("mtf",),
+@register("mtf_vol_{tf}", params={"n": 10}, inputs=("close",), tags=(*_TAGS, "volatility"), sets=("mtf",), kernel=True,
           description="Standard deviation (ddof=1) of coarse-bar log returns over the last n coarse bars.")
-def mtf_vol(n: int) -> pl.Expr:
-    return core.vol(n)
+def mtf_vol(p: Panel, n: int) -> np.ndarray:
+    return core.vol(p, n)
 
 
 @register("mtf_rsi_{tf}", params={"n": 14}, inputs=("close",), tags=(*_TAGS, "momentum", "oscillator"), sets=("mtf",),
+          kernel=True,
           description="RSI(n) (Wilder, 0-100) of coarse closes.")
-def mtf_rsi(n: int) -> pl.Expr:
-    return core.rsi(n)
+def mtf_rsi(p: Panel, n: int) -> np.ndarray:
+    return core.rsi(p, n)
 
 
 @register("mtf_range_{tf}", inputs=("high", "low", "close"), tags=(*_TAGS, "volatility", "candle"), sets=("mtf",),
+          kernel=True,
           description="Range of the last closed coarse bar relative to its close: (high - low) / close.")
-def mtf_range() -> pl.Expr:
-    return core.hl_range()
+def mtf_range(p: Panel) -> np.ndarray:
+    return core.hl_range(p)

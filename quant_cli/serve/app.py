@@ -32,7 +32,8 @@ from quant_cli.errors import QFactoryError, clip_huge_values
 from quant_cli.serve import bundle as bundles
 from quant_cli.serve.batching import Batcher
 from quant_cli.serve.guard import Guard, Metrics
-from quant_cli.serve.loaded import REQUEST_SEP, FeatureRows, LoadedBundle, attempt, validated
+from quant_cli.io import read_json
+from quant_cli.serve.loaded import REQUEST_SEP, FeatureRows, LoadedBundle, attempt, bars_from_records, validated
 from quant_cli.serve.schemas import (
     ErrorResponse, Health, PredictFeaturesRequest, PredictRequest, PredictResponse, Ready, ReloadRequest, ReloadResponse,
 )
@@ -66,12 +67,21 @@ class Holder:
     def reload(self, path: str) -> tuple[LoadedBundle, LoadedBundle]:
         with self.lock:
             new = bundles.load(path, self.trust_pickle)  # verified and loaded before the swap
+            warm_up(new)
             old, self.current = self.current, new
         return new, old
 
 
+def warm_up(bundle: LoadedBundle) -> None:
+    """Score the bundle's own example once, so the feature kernels are compiled (or loaded from
+    numba's disk cache) and the model touched before the server listens and /ready can answer."""
+    example = read_json(bundle.path / "example" / "input.json")["bars"]
+    bundle.score_bars(bars_from_records(example, "example/input.json"))
+
+
 def create_app(bundle: LoadedBundle, token: str | None = None, limits: Limits | None = None, trust_pickle: bool = False) -> Any:
-    """The ASGI app: FastAPI routes inside the guard (token, size limit, metrics)."""
+    """The ASGI app: FastAPI routes inside the guard (token, size limit, metrics); warmed up first."""
+    warm_up(bundle)
     limits = limits or Limits()
     holder = Holder(bundle, trust_pickle)
     app = FastAPI(title="qfactory", version=__version__, description="Scores from a verified qfactory bundle.")
