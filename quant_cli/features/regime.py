@@ -16,19 +16,21 @@ Three views of the state a symbol is in at the close of bar t, each from bars <=
   the model where it fits the scalers and replaces the column by the filtered probabilities,
   run over each symbol's whole history, in training, every fold, bundles and serving alike.
 
-Every computation is a handful of polars rolling expressions (std, rank), so a compiled kernel
-port is one kernel each.
+Each family is a few of the compiled panel kernels (features/panel.py: trailing std, trailing
+average rank); their polars definitions are the oracle in tests/feature_oracle/regime.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import polars as pl
+import numpy as np
 
 from quant_cli.features.core import log_return
+from quant_cli.features.panel import Panel
 from quant_cli.features.registry import REGISTRY, register
 
+Array = np.ndarray
 REGISTRY.define_set("regime", "Causal market regimes: volatility percentile and terciles, soft bull probability of the "
                               "trend z-score, and a two-state Gaussian HMM's filtered high-volatility probability.")
 _SET = ("regime",)
@@ -41,27 +43,29 @@ _trend = REGISTRY.families[_TREND]
 REGISTRY.families[_TREND] = dataclasses.replace(_trend, sets=(*_trend.sets, "regime"))
 
 
-def vol_percentile(w: int, history: int = VOL_HISTORY) -> pl.Expr:
+def vol_percentile(p: Panel, w: int, history: int = VOL_HISTORY) -> Array:
     """Rank of the w-bar volatility among its last `history` values (itself included), in [0, 1]."""
-    vol = log_return().rolling_std(w, min_samples=w)
-    return (vol.rolling_rank(history, method="average", min_samples=history) - 1.0) / (history - 1.0)
+    vol = p.memo(("regime_vol", w), lambda: p.std(log_return(p), w))
+    return (p.rank(vol, history) - 1.0) / (history - 1.0)
 
 
-@register("regime_vol_pct_{w}", inputs=("close",), tags=("regime", "volatility"), sets=_SET, min_window=2,
+@register("regime_vol_pct_{w}", inputs=("close",), tags=("regime", "volatility"), sets=_SET, min_window=2, kernel=True,
           description=f"Percentile (0-1) of the w-bar volatility of log returns among its last {VOL_HISTORY} values.")
-def regime_vol_pct(w: int) -> pl.Expr:
-    return vol_percentile(w)
+def regime_vol_pct(p: Panel, w: int) -> Array:
+    return vol_percentile(p, w)
 
 
 @register("regime_vol_state_{w}", inputs=("close",), tags=("regime", "volatility"), sets=_SET, min_window=2,
+          kernel=True,
           description="Volatility regime: -1 low (percentile < 1/3), 0 normal, +1 high (> 2/3) of regime_vol_pct_{w}.")
-def regime_vol_state(w: int) -> pl.Expr:
-    pct = vol_percentile(w)
-    return pl.when(pct < 1.0 / 3.0).then(-1.0).when(pct > 2.0 / 3.0).then(1.0).when(pct.is_not_null()).then(0.0)
+def regime_vol_state(p: Panel, w: int) -> Array:
+    pct = vol_percentile(p, w)
+    state = np.where(pct < 1.0 / 3.0, -1.0, np.where(pct > 2.0 / 3.0, 1.0, 0.0))
+    return np.where(np.isnan(pct), np.nan, state)
 
 
-@register(HMM_FEATURE, inputs=("close",), tags=("regime", "volatility", "fitted"), sets=_SET,
+@register(HMM_FEATURE, inputs=("close",), tags=("regime", "volatility", "fitted"), sets=_SET, kernel=True,
           description="Filtered probability of the high-volatility state of a two-state Gaussian HMM on log returns, "
                       "fit on training rows only (the feature table holds the log return; the pipeline filters it).")
-def regime_hmm_observation() -> pl.Expr:
-    return log_return()
+def regime_hmm_observation(p: Panel) -> Array:
+    return log_return(p)
