@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -188,3 +189,86 @@ def test_a_finished_weights_backtest_run_is_listed_ok(runner, home, tmp_path):
     listed = runner.invoke(app, ["runs", "ls", "--json", "--runs-dir", str(runs)])
     row = json.loads(listed.stdout)[0]
     assert (row["state"], row["interrupted"], row["committed"]) == ("ok", [], ["backtest"])
+
+
+# ---- honest numbers (issue 18 §3) --------------------------------------------------------------------
+
+ONE_SYMBOL = """
+[run]
+name = "one"
+seed = 1
+[data]
+dataset = "one"
+source = "SOURCE"
+[model]
+name = "linear"
+[train]
+threads = 1
+"""
+REFUSAL = ("error: backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, "
+           "but the universe has 1 (EURUSD), so it would never hold a position; "
+           "use a strategy that trades one symbol: 'sign', 'long_only', "
+           "'threshold' (e.g. --set backtest.strategy=sign), or add symbols to the dataset")
+
+
+def drifting_pair(tmp_path: Path, n: int = 400) -> Path:
+    """EURUSD closes that drift up by 0.3% a bar with 0.4% noise: nothing to predict but the drift."""
+    rng = np.random.default_rng(5)
+    days = np.busday_offset(np.datetime64("2016-01-04", "D"), np.arange(n), roll="forward").astype("datetime64[us]")
+    close = 1.1 * np.exp(np.cumsum(0.003 + rng.normal(0, 0.004, n)))
+    path = tmp_path / "eurusd.csv"
+    pl.DataFrame({"symbol": "EURUSD", "ts": days, "close": close}).write_csv(path)
+    return path
+
+
+def one_symbol_recipe(tmp_path: Path) -> Path:
+    recipe = tmp_path / "one.toml"
+    recipe.write_text(ONE_SYMBOL.replace("SOURCE", str(drifting_pair(tmp_path))))
+    return recipe
+
+
+def test_a_long_short_run_on_one_symbol_is_refused_before_a_run_exists(runner, tmp_path):
+    result = runner.invoke(app, ["run", "--recipe", str(one_symbol_recipe(tmp_path))])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [REFUSAL]
+    assert not [p for p in (tmp_path / "runs").glob("*") if not p.name.startswith(".")]  # no run directory
+
+
+def test_backtest_of_a_trained_one_symbol_run_is_refused_and_sign_shows_market_exposure(runner, tmp_path):
+    """`backtest --run` refuses long_short at its start (the stage is not even begun); `sign` on the
+    drifting pair trades, and its summary line says the result is mostly market exposure."""
+    recipe = one_symbol_recipe(tmp_path)
+    assert runner.invoke(app, ["ingest", "--recipe", str(recipe), "--quiet"]).exit_code == 0
+    trained = runner.invoke(app, ["train", "--recipe", str(recipe), "--quiet"])
+    assert trained.exit_code == 0, trained.output
+    run = Path(trained.stdout.strip())
+    refused = runner.invoke(app, ["backtest", "--run", str(run)])
+    assert refused.exit_code == 2 and refused.stderr.splitlines() == [REFUSAL]
+    assert "backtest" not in json.loads((run / "manifest.json").read_text())["stages"]
+    signed = runner.invoke(app, ["run", "--recipe", str(recipe), "--set", "backtest.strategy=sign"])
+    assert signed.exit_code == 0, signed.output
+    block = json.loads((Path(signed.stdout.strip()) / "metrics.json").read_text())["backtest"]
+    assert np.isfinite(block["sharpe"]) and block["mostly_market"] is True
+    line = next(line for line in signed.stderr.splitlines() if line.startswith("backtest: sharpe"))
+    assert f"mostly market exposure (net exposure {block['net_exposure']:.2f} of gross {block['exposure']:.2f}" in line
+    assert f"alpha {block['alpha']:.2%}/yr, information ratio {block['information_ratio']:.2f}" in line
+
+
+def test_an_identical_rerun_is_not_another_trial_and_the_report_shows_n(trained, tmp_path, runner):
+    """The same recipe on the same data with the same code is one trial, however often it runs;
+    a changed recipe is a new one. report.html shows the deflated Sharpe ratio and its N."""
+    run, recipe = trained
+    root = run.parent.parent
+    homes = ["--data-dir", str(root / "data"), "--runs-dir", str(root / "runs"), "--quiet"]
+    again = runner.invoke(app, ["run", "--recipe", str(recipe), *homes])
+    assert again.exit_code == 0, again.output
+    runs = (run, Path(again.stdout.strip()))
+    first, second = (json.loads((r / "metrics.json").read_text())["backtest"] for r in runs)
+    assert first["n_trials"] == second["n_trials"] == 1
+    changed = runner.invoke(app, ["run", "--recipe", str(recipe), "--set", "backtest.cost_bps=9", *homes])
+    assert changed.exit_code == 0, changed.output
+    third = Path(changed.stdout.strip())
+    assert json.loads((third / "metrics.json").read_text())["backtest"]["n_trials"] == 2
+    page = (third / "backtest" / "report.html").read_text()
+    assert "over 2 trials on this dataset when the run was made" in page
+    rows = {r["run_id"]: r for r in json.loads(runner.invoke(app, ["runs", "ls", "--json", *homes[2:4]]).stdout)}
+    assert {rows[p.name]["n_trials"] for p in (run, Path(again.stdout.strip()), third)} == {2}

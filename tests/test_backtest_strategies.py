@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quant_cli.backtest.engine import run_backtest
-from quant_cli.backtest.strategies import limit, rebalance_rows, size
+from quant_cli.backtest.engine import run_backtest, with_defaults
+from quant_cli.backtest.strategies import check_universe, limit, rebalance_rows, size, universe_of
 from quant_cli.backtest.simulate import Costs, simulate
 from quant_cli.cli import app
+from quant_cli.errors import RecipeError
 
 DAY0 = dt.datetime(2020, 1, 6, tzinfo=dt.timezone.utc)  # a Monday
 # Decision rows 0..2 have a next-bar return (next_close: close[t+2] / close[t+1] - 1):
@@ -278,3 +279,44 @@ def test_a_cap_that_forbids_every_position_is_a_recipe_error(runner, tmp_path, k
     result = runner.invoke(app, ["recipe", "show", "--recipe", str(tmp_path / "r.toml"), "--set", f"backtest.{key}=0"])
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1] == f"error: --set backtest.{key}=0: 'backtest.{key}' must be at least 0.001, got 0"
+
+
+# ---- a universe the strategy cannot trade (issue 18 §3) ------------------------------------------
+
+ONE_SYMBOL_CFGS = {name: cfg for name, (cfg, _) in EXPECTED.items()} | {
+    "long_only score sizing": {"sizing": "score"}, "sign max_net=0": {"max_net": 0.0},
+    "sign inverse_vol": {"sizing": "inverse_vol", "vol_window": 2}, "sign max_net=0.5": {"max_net": 0.5}}
+
+
+@pytest.mark.parametrize("name", ONE_SYMBOL_CFGS)
+def test_check_universe_refuses_exactly_the_books_that_hold_nothing_on_one_symbol(name):
+    """The rule list in check_universe against the engine: on a one-symbol panel a configuration is
+    refused if and only if the book it trades never holds a position (so a Sharpe would be NaN),
+    or, two-sided, never holds its short side (top_k_short with n_drop keeps a half-gross long)."""
+    cfg = BASE | {"strategy": name.split()[0]} | ONE_SYMBOL_CFGS[name]
+    scores = frame({"A": [2.0, -1.0, 2.0, 1.0, 2.0]}, "score")
+    weight = run_backtest(scores, BARS.filter(pl.col("symbol") == "A"), cfg, 252).weights["weight"]
+    two_sided = cfg["strategy"] in ("long_short", "proportional") or cfg.get("top_k_short")
+    holds = bool((weight.abs() > 0).any()) and not (two_sided and not (weight < 0).any())
+    refused = None
+    try:
+        check_universe(with_defaults(cfg), *universe_of(scores))
+    except RecipeError as exc:
+        refused = str(exc)
+    assert (refused is None) == holds, (name, refused, holds)
+
+
+def test_a_long_short_book_on_one_symbol_is_refused_with_one_line_naming_what_can_trade_it():
+    scores = frame({"EURUSD": [1.0, 2.0, 3.0]}, "score")
+    with pytest.raises(RecipeError) as caught:
+        check_universe(with_defaults({"strategy": "long_short"}), *universe_of(scores))
+    assert str(caught.value) == (
+        "backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, "
+        "but the universe has 1 (EURUSD), so it would never hold a position; "
+        "use a strategy that trades one symbol: 'sign', 'long_only', 'threshold' "
+        "(e.g. --set backtest.strategy=sign), or add symbols to the dataset")
+    # two symbols that are never scored at the same timestamp are no cross-section either
+    apart = pl.concat([frame({"A": [1.0]}, "score"), frame({"B": [0.0, 1.0]}, "score").filter(pl.col("ts") > DAY0)])
+    with pytest.raises(RecipeError, match=r"the universe has 1 at once \(of 2: A, B\)"):
+        check_universe(with_defaults({"strategy": "proportional"}), *universe_of(apart))
+    check_universe(with_defaults({"strategy": "long_short"}), *universe_of(frame(SCORES, "score")))  # two: fine

@@ -129,7 +129,10 @@ def test_a_damaged_archive_is_one_line(runner, trained, tmp_path):
 
 def test_runs_are_never_rebundled_and_a_killed_bundle_never_blocks(runner, tmp_path, trained, built):
     again = runner.invoke(app, ["bundle", "--run", str(trained.run.path), "--data-dir", str(trained.data_dir)])
-    assert again.exit_code == 2 and "already has a bundle" in again.stderr
+    run_id = trained.run.path.name
+    assert again.exit_code == 2 and again.stderr.splitlines() == [
+        f"error: run {run_id} already has a bundle (runs are never overwritten); to build another, "
+        f"pass --out DIR: `qfactory bundle --run {run_id} --out DIR`"]
     out = tmp_path / "elsewhere"
     made = runner.invoke(app, ["bundle", "--run", str(trained.run.path), "--data-dir", str(trained.data_dir), "--out", str(out)])
     assert made.exit_code == 0 and made.stdout.strip() == str(out)

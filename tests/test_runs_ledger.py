@@ -102,3 +102,35 @@ def test_an_older_backtest_without_segment_takes_it_from_its_summary(runner):
     (folder / "backtest" / "summary.json").write_text(json.dumps({"sharpe": 1.0, "config": {"segment": "val"}}))
     (row,) = _ls(runner)
     assert row["segment"] == "val" and row["trials"] == [] and ledger(RUNS, "d") == []
+
+
+def test_identical_reruns_are_one_trial_and_any_change_of_recipe_data_or_code_is_another(runner):
+    """Three identical refits (same resolved recipe, data content and code) count once, in `runs ls`
+    and in the value at creation; a different recipe, dataset content, qfactory version or git
+    commit is a new trial. A run without fingerprints (made before them) stays its own trial."""
+    same = {"fingerprints": {"recipe": "r1", "experiment": "e1"}, "git_commit": "c1"}
+    for i in range(3):
+        fake_run(RUNS, f"refit-20260101T00000{i}-000{i}", stamp(i), backtest=trial(1.0 + i / 100), **same)
+    rows = _ls(runner)
+    assert {r["n_trials"] for r in rows} == {1}
+    trials = ledger(RUNS, "d")
+    assert [deflated(t, trials)["n_trials"] for t in trials] == [1, 1, 1]
+    changes = {"recipe": {"fingerprints": {"recipe": "r2", "experiment": "e2"}, "git_commit": "c1"},
+               "code": {**same, "git_commit": "c2"}, "version": {**same, "qfactory_version": "0.2.0"},
+               "data": same, "old": {}}
+    for i, (name, manifest) in enumerate(changes.items()):
+        folder = fake_run(RUNS, f"{name}-20260101T000010-00{i}a", stamp(10 + i), backtest=trial(0.5), **manifest)
+        if name == "data":  # the same dataset name and recipe on other bars
+            written = json.loads((folder / "manifest.json").read_text())
+            other_bars = {"name": "d", "version": 7, "content_hash": "y"}
+            (folder / "manifest.json").write_text(json.dumps({**written, "dataset": other_bars}))
+        assert {r["n_trials"] for r in _ls(runner)} == {2 + i}, name
+    # the key ignores only what names or places a run: run.name, runs_dir and data_dir are not in `experiment`
+    from quant_cli.recipe import load_recipe
+    from quant_cli.runs.directory import experiment_fingerprint
+
+    base = load_recipe(None, ['data.dataset="d"'])
+    renamed = load_recipe(None, ['data.dataset="d"', 'run.name="other"', 'run.runs_dir="/elsewhere"',
+                                 "serve.port=9000"])
+    assert experiment_fingerprint(base) == experiment_fingerprint(renamed)
+    assert experiment_fingerprint(base) != experiment_fingerprint(load_recipe(None, ['data.dataset="d"', "run.seed=7"]))

@@ -338,3 +338,20 @@ def test_torch_models_report_every_epoch_through_the_same_hook(name):
         create_model(name, "regression", TORCH_FAST[name], 0, 1, train=loop).fit(
             train, y[:120], feature_names=["a", "b", "c"], X_val=val, y_val=y[120:], symbols=symbols[:120],
             symbols_val=symbols[120:], report=prune_at_2)
+
+
+def test_a_refit_that_cannot_trade_one_symbol_is_refused_before_the_first_trial(runner, tmp_path):
+    """The refit backtests with [backtest]: long_short on a one-symbol dataset is refused at once,
+    not after the study; with refit = false and a val.* objective there is no backtest to refuse."""
+    write_store(tmp_path / "data", "p", generate(symbols=1, bars=300, seed=1), "test")
+    (tmp_path / "tune.toml").write_text(RECIPE, encoding="utf-8")
+    result = runner.invoke(app, ["tune", "--recipe", str(tmp_path / "tune.toml"), "--trials", "2"])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [
+        "error: backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, "
+        "but the universe has 1 (S000), so it would never hold a position; "
+        "use a strategy that trades one symbol: 'sign', 'long_only', 'threshold' "
+        "(e.g. --set backtest.strategy=sign), or add symbols to the dataset"]
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+    unrefit = runner.invoke(app, ["tune", "--recipe", str(tmp_path / "tune.toml"), "--trials", "1",
+                                  "--set", "tune.refit=false"])
+    assert unrefit.exit_code == 0, unrefit.output

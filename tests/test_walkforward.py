@@ -42,7 +42,8 @@ def _walkforward(runner, tmp_path: Path, *args: str):
 
 
 def test_end_to_end_and_jobs_do_not_change_results(runner, tmp_path):
-    """jobs=1 and jobs=2 give identical predictions and folds; the second run is the second trial."""
+    """jobs=1 and jobs=2 give identical predictions and folds; the second run is the same experiment
+    (recipe, data, code), so the ledger counts it once: N stays 1."""
     _ingest(runner)
     first = _walkforward(runner, tmp_path, "--jobs", "1", "--json", "-q")
     second = _walkforward(runner, tmp_path, "--jobs", "2", "--json", "-q")
@@ -60,10 +61,26 @@ def test_end_to_end_and_jobs_do_not_change_results(runner, tmp_path):
     block = a["walkforward"]
     for key in ("sharpe", "periods", "periods_per_year", "skew", "kurtosis", "n_folds", "deflated_sharpe", "n_trials", "sharpe_variance"):
         assert key in block, key
-    assert (block["n_trials"], b["walkforward"]["n_trials"]) == (1, 2)  # the ledger counts the earlier run
+    assert (block["n_trials"], b["walkforward"]["n_trials"]) == (1, 1)  # an identical rerun is not another trial
     trials = ("deflated_sharpe", "n_trials", "sharpe_variance")
     assert {k: v for k, v in block.items() if k not in trials} == {k: v for k, v in b["walkforward"].items() if k not in trials}
     assert json.loads((runs[1] / "metrics.json").read_text())["walkforward"] == b["walkforward"]
+
+
+def test_a_strategy_that_cannot_trade_one_symbol_is_refused_before_any_fold(runner, tmp_path):
+    result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "p", "--symbols", "1", "--bars", "300",
+                                 "-q"])
+    assert result.exit_code == 0, result.output
+    refused = _walkforward(runner, tmp_path)
+    assert refused.exit_code == 2 and refused.stderr.splitlines() == [
+        "error: backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, "
+        "but the universe has 1 (S000), so it would never hold a position; "
+        "use a strategy that trades one symbol: 'sign', 'long_only', 'threshold' "
+        "(e.g. --set backtest.strategy=sign), or add symbols to the dataset"]
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]  # no run directory
+    top_k = _walkforward(runner, tmp_path, "--set", "backtest.strategy=top_k", "--set", "backtest.top_k_short=true")
+    assert top_k.exit_code == 2 and "'top_k' with top_k_short needs at least 2 symbols" in top_k.stderr
 
 
 def _break_fold(index: int, monkeypatch) -> None:

@@ -47,14 +47,34 @@ def _range(values: Sequence[np.ndarray], zero: bool = False) -> tuple[float, flo
     return lo - pad, hi + pad
 
 
-def _frame(title: str, body: str, y_lo: float, y_hi: float, fmt: str, extra: str = "") -> str:
+def _frame(title: str, body: str, y_lo: float, y_hi: float, fmt: str, extra: str = "",
+           ticks: Sequence[tuple[float, str]] | None = None) -> str:
+    """The chart's box: title, horizontal grid lines with labels (`ticks`: (y, label) pairs in the
+    axis' own units, default: round values formatted with `fmt`), then `body` and `extra`."""
     ys = lambda v: TOP + (H - TOP - BOTTOM) * (1 - (v - y_lo) / (y_hi - y_lo))  # noqa: E731
+    if ticks is None:
+        ticks = [(v, format(v, fmt)) for v in _ticks(y_lo, y_hi)]
     grid = "".join(
         f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{ys(v):.1f}" y2="{ys(v):.1f}" class="grid"/>'
-        f'<text x="{LEFT - 6}" y="{ys(v) + 4:.1f}" text-anchor="end">{_esc(format(v, fmt))}</text>'
-        for v in _ticks(y_lo, y_hi))
+        f'<text x="{LEFT - 6}" y="{ys(v) + 4:.1f}" text-anchor="end">{_esc(label)}</text>'
+        for v, label in ticks)
     return (f'<svg viewBox="0 0 {W} {H}" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{_esc(title)}">'
             f'<text x="{LEFT}" y="16" class="title">{_esc(title)}</text>{grid}{body}{extra}</svg>')
+
+
+def _log_ticks(lo: float, hi: float) -> list[tuple[float, str]]:
+    """Grid lines of a log10 axis spanning log10 values lo..hi: 1-2-5 steps over up to three
+    decades, decades beyond; labels in the original units (0.5, 1, 2, 10, 100)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [(lo, format(10 ** lo, ".3g"))] if math.isfinite(lo) else []
+    decades = range(math.floor(lo), math.ceil(hi) + 1)
+    steps = (1, 2, 5) if hi - lo <= 3 else (1,)
+    values = [m * 10.0 ** d for d in decades for m in steps]
+    if hi - lo < 0.5:  # a narrow range: round values of the original units
+        values = [v for v in _ticks(10 ** lo, 10 ** hi) if v > 0]
+    every = max(1, math.ceil(len([v for v in values if lo <= math.log10(v) <= hi]) / 8))
+    inside = [v for v in values if lo <= math.log10(v) <= hi][::every]
+    return [(math.log10(v), format(v, ".3g")) for v in inside]
 
 
 def _time_axis(x: np.ndarray) -> tuple[callable, str]:
@@ -69,11 +89,18 @@ def _time_axis(x: np.ndarray) -> tuple[callable, str]:
 
 
 def line_chart(title: str, x: np.ndarray, series: dict[str, np.ndarray], fmt: str = ".2f",
-               markers: Sequence[float] = (), fill: bool = False) -> str:
-    """Lines over time; `x` in epoch seconds; `markers` are vertical lines (e.g. fold starts)."""
+               ticks: Sequence[float] = (), fill: bool = False, log: bool = False, areas: Sequence[str] = ()) -> str:
+    """Lines over time; `x` in epoch seconds; `ticks` are short light marks on the time axis (e.g.
+    walk-forward fold starts: a full-height line per fold would curtain the chart). `log` draws the
+    y axis on a log scale (equity curves that compound over decades); values <= 0 are not drawn.
+    `fill` shades every series down to 0; `areas` names series drawn only as a light area from 0,
+    behind the lines, so a line that coincides with it never hides it (gross under net exposure)."""
     keep = _thin(x.size)
     x = x[keep]
-    y_lo, y_hi = _range([v[keep] for v in series.values()], zero=fill)
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            series = {name: np.where(v > 0, np.log10(np.where(v > 0, v, 1.0)), np.nan) for name, v in series.items()}
+    y_lo, y_hi = _range([v[keep] for v in series.values()], zero=fill or bool(areas))
     xs, axis = _time_axis(x)
     ys = lambda v: TOP + (H - TOP - BOTTOM) * (1 - (v - y_lo) / (y_hi - y_lo))  # noqa: E731
     body, legend = [], []
@@ -82,12 +109,16 @@ def line_chart(title: str, x: np.ndarray, series: dict[str, np.ndarray], fmt: st
         ok = np.isfinite(v)
         points = " ".join(f"{xs(a):.1f},{ys(b):.1f}" for a, b in zip(x[ok], v[ok]))
         color = COLORS[i % len(COLORS)]
-        if fill and ok.any():
-            body.append(f'<polygon points="{xs(x[ok][0]):.1f},{ys(0):.1f} {points} {xs(x[ok][-1]):.1f},{ys(0):.1f}" fill="{color}" opacity="0.25"/>')
-        body.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+        if (fill or name in areas) and ok.any():
+            body.insert(0, f'<polygon points="{xs(x[ok][0]):.1f},{ys(0):.1f} {points} {xs(x[ok][-1]):.1f},{ys(0):.1f}" '
+                           f'fill="{color}" opacity="0.25"/>')
+        if name not in areas:
+            body.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.5"/>')
         legend.append(f'<text x="{W - RIGHT - 10 - 150 * i}" y="16" text-anchor="end" fill="{color}">■ {_esc(name)}</text>')
-    marks = "".join(f'<line x1="{xs(m):.1f}" x2="{xs(m):.1f}" y1="{TOP}" y2="{H - BOTTOM}" class="marker"/>' for m in markers)
-    return _frame(title, marks + "".join(body), y_lo, y_hi, fmt, axis + "".join(legend))
+    marks = "".join(f'<line x1="{xs(t):.1f}" x2="{xs(t):.1f}" y1="{H - BOTTOM - 7}" y2="{H - BOTTOM}" '
+                    'class="fold-tick"/>' for t in ticks)
+    y_ticks = _log_ticks(y_lo, y_hi) if log else None
+    return _frame(title, "".join(body) + marks, y_lo, y_hi, fmt, axis + "".join(legend), y_ticks)
 
 
 def bar_chart(title: str, labels: Sequence[str], values: Sequence[float], fmt: str = ".3f") -> str:

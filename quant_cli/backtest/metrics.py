@@ -193,6 +193,8 @@ def summarize(curve: pl.DataFrame, periods_per_year: float) -> dict[str, Any]:
       beta              = cov(r, b)/var(b) against the benchmark returns b (ddof 1)
       alpha             = (mean(r) − beta·mean(b))·ppy                   (annualised, arithmetic)
       information_ratio = mean(r − b)/std(r − b, ddof=1)·√ppy
+      net_exposure_share = |net_exposure| / exposure                   (1: the book is all one way)
+      mostly_market     = net_exposure_share ≥ NET_SHARE_LIMIT or |beta| ≥ BETA_LIMIT (market_exposure)
     """
     n = curve.height
     if n == 0:
@@ -204,8 +206,41 @@ def summarize(curve: pl.DataFrame, periods_per_year: float) -> dict[str, Any]:
            **_trading(curve, periods_per_year)}
     if "benchmark" in curve.columns:
         out.update(relative_metrics(r, curve["benchmark"].fill_null(0.0).to_numpy(), periods_per_year))
+    out.update(market_exposure(out))
     out["periods_per_year"] = periods_per_year
     return out
+
+
+# A book whose mean net exposure is at least 80% of its gross is one bet on the market's direction,
+# and one with |beta| >= 0.5 takes at least half the benchmark's moves: its Sharpe ratio then
+# mostly measures the market's drift (a sign strategy on an up-trending pair, any long-only
+# book), and alpha and the information ratio say what the signal added.
+NET_SHARE_LIMIT = 0.8
+BETA_LIMIT = 0.5
+
+
+def market_exposure(summary: dict[str, Any]) -> dict[str, Any]:
+    """net_exposure_share and mostly_market of a summary (see summarize; NaN and False without exposure)."""
+    gross, net, beta = (summary.get(k, float("nan")) for k in ("exposure", "net_exposure", "beta"))
+    share = abs(net) / gross if isinstance(gross, float) and gross > 0 else float("nan")
+    mostly = (math.isfinite(share) and share >= NET_SHARE_LIMIT) or (math.isfinite(beta) and abs(beta) >= BETA_LIMIT)
+    return {"net_exposure_share": share, "mostly_market": bool(mostly)}
+
+
+def market_exposure_note(summary: dict[str, Any]) -> str | None:
+    """One sentence for the summary line and the report when the result is mostly market
+    exposure (summary["mostly_market"]), naming why and the alpha and information ratio; else None."""
+    if not summary.get("mostly_market"):
+        return None
+    market = summary.get("market") or "the equal-weight universe"
+    return (f"mostly market exposure (net exposure {_num(summary.get('net_exposure'), '.2f')} of gross "
+            f"{_num(summary.get('exposure'), '.2f')}, beta {_num(summary.get('beta'), '.2f')} to {market}): "
+            f"alpha {_num(summary.get('alpha'), '.2%')}/yr, "
+            f"information ratio {_num(summary.get('information_ratio'), '.2f')}")
+
+
+def _num(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
 def _ratio(a: float, b: float) -> float:

@@ -9,6 +9,7 @@ sharpe (annualised), periods, periods_per_year, skew, raw kurtosis, and `segment
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +73,22 @@ def resolve_periods_per_year(cfg: dict[str, Any], bars: pl.DataFrame, frequency:
 def write_backtest(folder: Path, signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any],
                    periods_per_year: float | None = None, extra: dict[str, Any] | None = None,
                    kind: str = "score", frequency: str | None = None, run_dir: Path | None = None,
-                   reporter: Reporter = SILENT) -> dict[str, Any]:
+                   reporter: Reporter = SILENT,
+                   deflate: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Backtest `signal` (symbol, ts, score [, label] — or weight with kind="weight") on `bars`
     and write the folder (which must exist and be empty, e.g. a stage_outputs staging folder).
     Rows are joined by (symbol, ts), so unscored rows (a sequence model's warm-up) simply trade
     nothing. `extra` is merged into the summary (e.g. segment, fold count). `run_dir` is where
     the report looks for model/feature_importance.json (default: the folder's parent).
+    `deflate(summary)` returns deflated_sharpe and n_trials (runs/ledger.py) to merge into the
+    summary before it is written, so metrics.json and report.html carry them.
+    A score signal whose strategy cannot trade its universe is refused first (check_universe).
     Returns the summary written to metrics.json."""
     if signal.height == 0:
         raise DataError(f"nothing to backtest: the {kind}s are empty; check the segment or the --weights file")
     cfg = with_defaults(cfg)
+    if kind == "score":
+        strategies.check_universe(cfg, *strategies.universe_of(signal))
     notice = strategies.holding_notice(cfg, signal["symbol"].n_unique()) if kind == "score" else None
     if notice:
         reporter.notice(notice)
@@ -90,7 +97,10 @@ def write_backtest(folder: Path, signal: pl.DataFrame, bars: pl.DataFrame, cfg: 
     else:
         ppy, source = float(periods_per_year), "caller"
     result = run_backtest(signal, bars, cfg, ppy, kind=kind)
-    summary = {**result.summary, "periods_per_year_source": source, "signal": kind, **(extra or {})}
+    market = f"benchmark {cfg['benchmark']}" if cfg["benchmark"] else "the equal-weight universe"
+    summary = {**result.summary, "periods_per_year_source": source, "signal": kind, "market": market, **(extra or {})}
+    if deflate is not None:  # before metrics.json and the report are written: both show it
+        summary.update(deflate(summary))
     summary["config"] = {k: cfg[k] for k in CONFIG_KEYS}
     folder = Path(folder)
     write_parquet_atomic(folder / "equity.parquet", result.curve)

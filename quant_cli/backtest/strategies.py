@@ -13,6 +13,10 @@ and limits), with k = max(1, floor(n · quantile)):
   threshold:    sign(score) where |score| > threshold, 1/m each for the m that pass
   proportional: w ∝ score − mean(score), scaled to Σ|w| = 1
   sign:         sign(score) / n  (kept for single-asset data)
+
+A book that compares symbols cannot trade a one-symbol universe: long_short, proportional,
+top_k with top_k_short, score sizing and max_net = 0 would hold nothing and report `sharpe nan`.
+`check_universe` refuses them before any work (SINGLE_SYMBOL names the strategies that can).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from scipy.stats import rankdata
 from quant_cli.errors import RecipeError
 
 STRATEGIES = ("long_short", "long_only", "top_k", "threshold", "proportional", "sign")
+SINGLE_SYMBOL = ("sign", "long_only", "threshold")  # strategies that trade one symbol on its own
 SIZINGS = ("equal", "score", "inverse_vol")
 _WEEKDAYS = {"MON": 0, "TUE": 1, "WED": 2, "THU": 3, "FRI": 4, "SAT": 5, "SUN": 6}
 
@@ -49,6 +54,52 @@ def base_weights(S: np.ndarray, cfg: dict[str, Any], rebalance: np.ndarray) -> n
         else:
             w = _ranked(S, n, strategy, cfg)
     return np.where(finite & np.isfinite(w), w, 0.0)
+
+
+def check_universe(cfg: dict[str, Any], at_once: int, symbols: list[str]) -> None:
+    """RecipeError when `cfg` cannot hold anything with at most `at_once` symbols scored at one
+    timestamp (`symbols`: every symbol scored): one line naming what can trade it."""
+    if at_once >= 2:
+        return
+    need = _needs_two(cfg)
+    if need is None:
+        return
+    names = ", ".join(symbols[:5]) + (", ..." if len(symbols) > 5 else "")
+    universe = f"{at_once} ({names})" if len(symbols) <= at_once else f"{at_once} at once (of {len(symbols)}: {names})"
+    raise RecipeError(f"{need} needs at least 2 symbols scored at one timestamp, but the universe has {universe}, "
+                      f"so it would never hold a position; {_single_symbol_fix(need)}")
+
+
+def universe_of(signal: pl.DataFrame) -> tuple[int, list[str]]:
+    """(most symbols with a finite score at one timestamp, every such symbol, sorted) of a score frame."""
+    scored = signal.filter(pl.col("score").cast(pl.Float64).is_finite())
+    if scored.height == 0:
+        return 0, []
+    at_once = int(scored.group_by("ts").agg(pl.col("symbol").n_unique()).get_column("symbol").max())
+    return at_once, sorted(scored["symbol"].cast(pl.String).unique().to_list())
+
+
+def _needs_two(cfg: dict[str, Any]) -> str | None:
+    """The setting that compares symbols (and so needs two), or None."""
+    strategy = cfg.get("strategy")
+    if strategy in ("long_short", "proportional"):
+        return f"backtest.strategy = {strategy!r}"
+    if strategy == "top_k" and cfg.get("top_k_short"):
+        return "backtest.strategy = 'top_k' with top_k_short"
+    if cfg.get("sizing") == "score":
+        return "backtest.sizing = 'score' (|score − cross-sectional mean|)"
+    if cfg.get("max_net") == 0:
+        return "backtest.max_net = 0 (a lone symbol's position is all net)"
+    return None
+
+
+def _single_symbol_fix(need: str) -> str:
+    if need.startswith("backtest.sizing"):
+        return "use sizing 'equal' or 'inverse_vol' (e.g. --set backtest.sizing=equal)"
+    if need.startswith("backtest.max_net"):
+        return "raise backtest.max_net or leave it unset"
+    return (f"use a strategy that trades one symbol: {', '.join(repr(s) for s in SINGLE_SYMBOL)} "
+            "(e.g. --set backtest.strategy=sign), or add symbols to the dataset")
 
 
 def row_mean(S: np.ndarray) -> np.ndarray:

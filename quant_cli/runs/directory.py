@@ -92,8 +92,12 @@ def library_versions() -> dict[str, str]:
 
 
 def _git_commit() -> str | None:
+    """The commit of the qfactory source that runs (a git checkout, e.g. an editable install),
+    asked in the package's own folder: the working directory's repository, if any, says nothing
+    about the code, and made one experiment two trials when run from two folders (runs/ledger.py)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
+                             cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -247,9 +251,21 @@ def _initial_manifest(run_id: str, recipe: Recipe) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "seed": recipe["run"]["seed"],
         "device": "cpu",
-        "fingerprints": {"recipe": fingerprint(recipe)},
+        "fingerprints": {"recipe": fingerprint(recipe), "experiment": experiment_fingerprint(recipe)},
         "stages": {},
     }
+
+
+def experiment_fingerprint(recipe: Recipe) -> str:
+    """The resolved recipe less what only names or places a run (run.name, run.runs_dir,
+    data.data_dir, [serve]): the trial ledger counts runs with the same one (and the same data
+    and code) as one trial (runs/ledger.py)."""
+    kept = {section: dict(values) if isinstance(values, dict) else values
+            for section, values in recipe.items() if section != "serve"}
+    for section, key in (("run", "name"), ("run", "runs_dir"), ("data", "data_dir")):
+        if isinstance(kept.get(section), dict):
+            kept[section].pop(key, None)
+    return fingerprint(kept)
 
 
 def resolve_run(ref: str, runs_dir: Path, label: str = "--run") -> Run:

@@ -24,6 +24,9 @@ def bundle_existing(run: Run, data_dir: Path, out: Path | None = None, archive: 
     from quant_cli.serve import bundle as bundles
 
     run.require_stage("train", f"train it first with `qfactory train --run {run.id}`")
+    if out is None and run.has_stage("bundle"):  # before the bars are read
+        raise RunError(f"run {run.id} already has a bundle (runs are never overwritten); to build another, "
+                       f"pass --out DIR: `qfactory bundle --run {run.id} --out DIR`")
     recipe = run.recipe()
     bars = _bundle_bars(recipe, pinned_for(run, recipe, data_dir))
     if out is not None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from quant_cli.backtest import strategies
+from quant_cli.backtest.engine import with_defaults
 from quant_cli.data import store
 from quant_cli.dataset.table import check_task, dataset_name
 from quant_cli.errors import RecipeError, RunError
@@ -68,6 +70,14 @@ def _check_sequence_split(recipe: Recipe, model: Model) -> None:
             f"split.method {recipe['split']['method']!r} is not supported with sequence model '{model.name}' "
             "(windows read every past row, which per-fold preprocessing cannot provide); use split.method = \"chronological\""
         )
+
+
+def check_universe(recipe: Recipe, snapshot: store.Snapshot) -> None:
+    """Refuse, before any fit, a [backtest] strategy that cannot trade the symbols the recipe
+    selects (one symbol and long_short, ...); the backtest checks its scored cross-section again."""
+    symbols = sorted(set(recipe["data"]["symbols"] or snapshot.manifest.get("symbols") or []))
+    if symbols:
+        strategies.check_universe(with_defaults(recipe["backtest"]), len(symbols), symbols)
 
 
 def pin_dataset(recipe: Recipe, data_dir: Path) -> store.Snapshot:

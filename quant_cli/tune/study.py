@@ -34,11 +34,12 @@ import polars as pl
 
 from quant_cli import stages
 from quant_cli.backend import Backend, open_backend
-from quant_cli.errors import RecipeError, RunError
+from quant_cli.errors import DataError, RecipeError, RunError
 from quant_cli.io import write_parquet_atomic, write_text_atomic
 from quant_cli.recipe import Recipe, to_toml
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run
+from quant_cli.stages import common
 from quant_cli.tune import objective, space
 
 STUDY_NAME = "qfactory"
@@ -63,10 +64,23 @@ def check(recipe: Recipe) -> list[space.Dimension]:
     return dims
 
 
+def _check_backtest_universe(recipe: Recipe, data_dir: Path) -> None:
+    """The refit (and a backtest.* objective) trades the recipe's [backtest]: a strategy that cannot
+    trade the dataset's symbols is refused before the first trial, not after the whole study."""
+    if not (recipe["tune"]["refit"] or recipe["tune"]["objective"].startswith("backtest.")):
+        return
+    try:
+        snapshot = common.pin_dataset(recipe, data_dir)
+    except DataError:
+        return  # no dataset yet: the split says so (or ingests it)
+    common.check_universe(recipe, snapshot)
+
+
 def tune_new(recipe: Recipe, data_dir: Path, runs_dir: Path, trials: int | None = None, backend: str = "local",
              jobs: int = 1, reporter: Reporter = SILENT) -> TuneResult:
     """`qfactory tune --recipe R`: a new tune run (features and split once), then the study."""
     dims = check(recipe)
+    _check_backtest_universe(recipe, data_dir)
     with open_backend(backend, jobs) as opened:
         opened.check_shared({"data home": Path(data_dir), "runs home": Path(runs_dir)})
         run, prepared = stages.split_new(recipe, data_dir, runs_dir, reporter, model=True)
@@ -81,6 +95,7 @@ def tune_existing(run: Run, data_dir: Path, runs_dir: Path, trials: int | None =
         raise RunError(f"run {run.id} is not a tune run (its manifest has no 'tune' entry); start one with `qfactory tune --recipe R`")
     recipe = run.recipe()
     dims = check(recipe)
+    _check_backtest_universe(recipe, data_dir)
     with open_backend(backend, jobs) as opened:
         opened.check_shared({"data home": Path(data_dir), "runs home": Path(runs_dir)})
         prepared = stages.load_run_split(run, data_dir) if opened.in_process else None
