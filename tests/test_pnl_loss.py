@@ -13,9 +13,9 @@ from helpers import TORCH_FAST
 from quant_cli.cli import app
 from quant_cli.data.store import write_store
 from quant_cli.data.synthetic import generate
-from quant_cli.models.torch.windows import previous_rows
 from quant_cli.models.registry import create_model
 from quant_cli.models.torch.losses import PnL, Previous, loss_fn
+from quant_cli.models.torch.windows import previous_rows
 
 TS = torch.tensor([0, 0, 1, 1, 2, 2])  # three timestamps, two symbols each
 
