@@ -159,8 +159,19 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "pnl_drawdown_penalty": Key("float", 0.0, "torch models, train.loss = \"pnl\": weight of the max drawdown of "
                                     "the batch's cumulative per-timestamp returns (0: off).",
                                     minimum=0.0, maximum=1_000.0),
-        "precision": Key("str", "auto", "torch models: auto (bf16 autocast on a CUDA GPU that supports it, else fp32), fp32 or bf16.", choices=("auto", "fp32", "bf16")),
-        "compile": Key("bool", False, "torch models: torch.compile the network (worth it on a GPU for long fits)."),
+        "precision": Key("str", "auto",
+                         "torch models: autocast of the training forward/backward: auto (bf16 on a CUDA GPU that "
+                         "supports it, else fp16 with loss scaling on CUDA, else fp32), fp32, bf16 or fp16; the run "
+                         "records what was used.", choices=("auto", "fp32", "bf16", "fp16")),
+        "inference_precision": Key("str", "fp32",
+                                   "torch models: precision of scoring (validation, test, predict, serve): fp32, or "
+                                   "auto/bf16/fp16 autocast as for train.precision.",
+                                   choices=("fp32", "auto", "bf16", "fp16")),
+        "compile": Key("bool", False, "torch models: torch.compile the training forward with dynamic shapes (worth it "
+                                      "on a GPU for long fits)."),
+        "nproc": Key("int", 1, "torch models: data-parallel processes on this machine (--nproc overrides): gloo on "
+                               "CPU, nccl on CUDA with one GPU per process; the global batch stays batch_size.",
+                     minimum=1, maximum=1024),
     },
     "backtest": {
         "strategy": Key("str", "long_short", "long_short: long the top, short the bottom quantile; long_only: long the top quantile; top_k: long the top_k (and short the bottom top_k with top_k_short); threshold: sign(score) where |score| > threshold; proportional: weights ∝ demeaned score; sign: sign(score) per symbol (single-asset data).", choices=("long_short", "long_only", "top_k", "threshold", "proportional", "sign")),

@@ -47,8 +47,10 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("bt-cli")
     recipe = root / "bt.toml"
     recipe.write_text(RECIPE)
-    result = CliRunner().invoke(app, ["run", "--recipe", str(recipe), "--quiet", "--data-dir", str(root / "data"),
-                                      "--runs-dir", str(root / "runs")])
+    result = CliRunner().invoke(
+        app,
+        ["run", "--recipe", str(recipe), "--quiet", "--data-dir", str(root / "data"), "--runs-dir", str(root / "runs")],
+    )
     assert result.exit_code == 0, result.output
     return Path(result.stdout.strip()), recipe
 
@@ -73,29 +75,64 @@ def test_weights_file_is_backtested_as_a_new_run(trained, tmp_path, runner):
     file = tmp_path / "w.csv"
     predictions.select("symbol", "ts", (pl.col("score").sign() * 0.1).alias("weight")).write_csv(file)
     data, runs = run.parent.parent / "data", run.parent
-    result = runner.invoke(app, ["backtest", "--weights", str(file), "--recipe", str(recipe), "--data-dir", str(data),
-                                 "--runs-dir", str(runs), "--json", "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "backtest",
+            "--weights",
+            str(file),
+            "--recipe",
+            str(recipe),
+            "--data-dir",
+            str(data),
+            "--runs-dir",
+            str(runs),
+            "--json",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["backtest"]["signal"] == "weight" and out["backtest"]["segment"] == "weights"
     assert run_trials(Path(out["path"])) == []  # given weights are not a model trial
 
 
-@pytest.mark.parametrize("args, line", [
-    (["backtest"], "error: backtest: pass either --run RUN (a trained run), or --weights FILE --recipe R (a new run)"),
-    (["backtest", "--weights", "w.csv"], "error: backtest: pass either --run RUN (a trained run), or --weights FILE --recipe R (a new run)"),
-    (["backtest", "--run", "latest", "--weights", "w.csv"], "error: backtest: pass either --run RUN (a trained run), or --weights FILE --recipe R (a new run)"),
-])
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (
+            ["backtest"],
+            "error: backtest: pass either --run RUN (a trained run), or --weights FILE --recipe R (a new run)",
+        ),
+        (
+            ["backtest", "--weights", "w.csv"],
+            "error: backtest: pass either --run RUN (a trained run), or --weights FILE --recipe R (a new run)",
+        ),
+        (
+            ["backtest", "--run", "latest", "--weights", "w.csv"],
+            "error: backtest: pass either --run RUN (a trained run), or --weights FILE --recipe R (a new run)",
+        ),
+    ],
+)
 def test_backtest_needs_one_source(runner, args, line):
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and result.output.strip() == line
 
 
-@pytest.mark.parametrize("content, line", [
-    ("symbol,ts\nA,2020-01-01\n", "missing column(s) weight (has symbol, ts); it needs symbol, ts, weight"),
-    ("symbol,ts,weight\nA,2020-01-01,0.1\nA,2020-01-01,0.2\n", "more than one row for some (symbol, ts); give one weight per symbol and timestamp"),
-    ("symbol,ts,weight\nA,2020-01-01,\n", "weight has null, NaN or infinite values; give a finite weight on every row (0 for flat)"),
-])
+@pytest.mark.parametrize(
+    "content, line",
+    [
+        ("symbol,ts\nA,2020-01-01\n", "missing column(s) weight (has symbol, ts); it needs symbol, ts, weight"),
+        (
+            "symbol,ts,weight\nA,2020-01-01,0.1\nA,2020-01-01,0.2\n",
+            "more than one row for some (symbol, ts); give one weight per symbol and timestamp",
+        ),
+        (
+            "symbol,ts,weight\nA,2020-01-01,\n",
+            "weight has null, NaN or infinite values; give a finite weight on every row (0 for flat)",
+        ),
+    ],
+)
 def test_a_bad_weights_file_is_one_line(trained, tmp_path, runner, content, line):
     _, recipe = trained
     file = tmp_path / "w.csv"
@@ -112,7 +149,10 @@ def test_a_missing_weights_file_is_one_line(trained, runner, tmp_path):
     _, recipe = trained
     result = runner.invoke(app, ["backtest", "--weights", str(tmp_path / "nope.parquet"), "--recipe", str(recipe)])
     assert result.exit_code == 2
-    assert result.output.strip() == f"error: --weights {tmp_path / 'nope.parquet'}: no such file; pass a parquet or CSV file with columns symbol, ts, weight"
+    assert (
+        result.output.strip() == f"error: --weights {tmp_path / 'nope.parquet'}: no such file; pass a "
+        "parquet or CSV file with columns symbol, ts, weight"
+    )
 
 
 WEIGHTS_RECIPE = """
@@ -139,7 +179,9 @@ def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
 
     root = tmp_path_factory.mktemp("audit")
     (root / "r.toml").write_text(WEIGHTS_RECIPE)
-    result = CliRunner().invoke(app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")])
+    result = CliRunner().invoke(
+        app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")]
+    )
     assert result.exit_code == 0, result.output
     return root, pl.read_delta(str(root / "data" / "syn" / "bars"))
 
@@ -156,8 +198,20 @@ def _backtest(runner, home, frame: pl.DataFrame, tmp_path: Path):
     file = tmp_path / "w.parquet"
     frame.write_parquet(file)
     runs = tmp_path / "runs"
-    result = runner.invoke(app, ["backtest", "--weights", str(file), "--recipe", str(root / "r.toml"),
-                                 "--data-dir", str(root / "data"), "--runs-dir", str(runs)])
+    result = runner.invoke(
+        app,
+        [
+            "backtest",
+            "--weights",
+            str(file),
+            "--recipe",
+            str(root / "r.toml"),
+            "--data-dir",
+            str(root / "data"),
+            "--runs-dir",
+            str(runs),
+        ],
+    )
     return result, file, runs
 
 
@@ -165,7 +219,9 @@ def test_weights_after_the_last_bar_are_one_line_and_leave_no_run(runner, home, 
     """Was exit 1 'unexpected failure: TypeError' with a committed, empty backtest run left behind."""
     result, file, runs = _backtest(runner, home, _weights(home[1], shift_days=3000), tmp_path)
     assert result.exit_code == 2, result.output
-    assert result.output.strip().splitlines()[-1].startswith("error: nothing to backtest: no weight has a bar to trade on")
+    assert (
+        result.output.strip().splitlines()[-1].startswith("error: nothing to backtest: no weight has a bar to trade on")
+    )
     assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]
 
 
@@ -176,7 +232,9 @@ def test_weights_naming_symbols_the_dataset_lacks_are_refused(runner, home, tmp_
     result, file, _ = _backtest(runner, home, frame, tmp_path)
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1] == (
-        "error: weights name 2 symbol(s) with no bars in the dataset (NOPE1, NOPE2); drop those rows or ingest the symbols")
+        "error: weights name 2 symbol(s) with no bars in the dataset (NOPE1, "
+        "NOPE2); drop those rows or ingest the symbols"
+    )
 
 
 def test_a_finished_weights_backtest_run_is_listed_ok(runner, home, tmp_path):
@@ -205,10 +263,12 @@ name = "linear"
 [train]
 threads = 1
 """
-REFUSAL = ("error: backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, "
-           "but the universe has 1 (EURUSD), so it would never hold a position; "
-           "use a strategy that trades one symbol: 'sign', 'long_only', "
-           "'threshold' (e.g. --set backtest.strategy=sign), or add symbols to the dataset")
+REFUSAL = (
+    "error: backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, "
+    "but the universe has 1 (EURUSD), so it would never hold a position; "
+    "use a strategy that trades one symbol: 'sign', 'long_only', "
+    "'threshold' (e.g. --set backtest.strategy=sign), or add symbols to the dataset"
+)
 
 
 def drifting_pair(tmp_path: Path, n: int = 400) -> Path:

@@ -40,8 +40,11 @@ def fake_run(root: Path, bars: pl.DataFrame, scores: pl.DataFrame) -> Path:
     run = root / "demo-20260101T000000-abcd"
     (run / "model").mkdir(parents=True)
     (run / "backtest").mkdir()
-    (run / "manifest.json").write_text(json.dumps({"run_id": run.name, "created": "2026-01-01T00:00:00+00:00",
-                                                   "dataset": {"name": "demo"}, "stages": {}}))
+    (run / "manifest.json").write_text(
+        json.dumps(
+            {"run_id": run.name, "created": "2026-01-01T00:00:00+00:00", "dataset": {"name": "demo"}, "stages": {}}
+        )
+    )
     (run / "model" / "feature_importance.json").write_text(json.dumps({"ret_5": 12.0, "vol_20": 4.0, "rsi_14": 7.5}))
     summary = write_backtest(run / "backtest", scores, bars, CFG, extra={"segment": "test"}, run_dir=run)
     (run / "metrics.json").write_text(json.dumps({"backtest": {k: v for k, v in summary.items() if k != "config"}}))
@@ -49,11 +52,26 @@ def fake_run(root: Path, bars: pl.DataFrame, scores: pl.DataFrame) -> Path:
     (wf / "backtest").mkdir(parents=True)
     days = scores["ts"].unique().sort()
     edges = [days[i] for i in (0, 86, 172, days.len() - 1)]
-    folds = [{"fold": i, "train_start": "2014-01-01T00:00:00+00:00", "train_end": edges[i].isoformat(),
-              "test_start": edges[i].isoformat(), "test_end": edges[i + 1].isoformat(), "train_rows": 1000 + i,
-              "test_rows": 500, "ic": 0.05, "rank_ic": 0.04, "sharpe": 1.1, "status": "ok"} for i in range(3)]
+    folds = [
+        {
+            "fold": i,
+            "train_start": "2014-01-01T00:00:00+00:00",
+            "train_end": edges[i].isoformat(),
+            "test_start": edges[i].isoformat(),
+            "test_end": edges[i + 1].isoformat(),
+            "train_rows": 1000 + i,
+            "test_rows": 500,
+            "ic": 0.05,
+            "rank_ic": 0.04,
+            "sharpe": 1.1,
+            "status": "ok",
+        }
+        for i in range(3)
+    ]
     (wf / "folds.json").write_text(json.dumps({"mode": "rolling", "n_folds": 3, "folds": folds}))
-    scores.with_columns(pl.lit(0).alias("fold")).select("symbol", "ts", "fold", "score", "label").write_parquet(wf / "predictions.parquet")
+    scores.with_columns(pl.lit(0).alias("fold")).select("symbol", "ts", "fold", "score", "label").write_parquet(
+        wf / "predictions.parquet"
+    )
     write_backtest(wf / "backtest", scores, bars, CFG, extra={"segment": "walkforward"}, run_dir=run)
     return run
 
@@ -93,9 +111,22 @@ def render(page: Path, tmp_path: Path) -> tuple[str, str]:
             pytest.fail("chromium is not installed; .ci/run installs it (apt-get install -y chromium)")
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
     profile = tmp_path / f"chromium-{page.parent.parent.name}-{page.parent.name}"
-    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-            "--enable-logging=stderr", "--v=0", "--virtual-time-budget=2000", "--dump-dom", page.resolve().as_uri()]
+    args = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=2000",
+        "--dump-dom",
+        page.resolve().as_uri(),
+    ]
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout, done.stderr
@@ -126,8 +157,18 @@ def test_report_renders_in_chromium_and_regenerates(tmp_path, panel, runner):
     as_json = json.loads(runner.invoke(app, ["report", "--run", str(run), "--json"]).stdout)
     assert as_json["path"] == str(pages[0]) and as_json["reports"] == [str(p) for p in pages]
     dom = check_page(run / "backtest" / "report.html", tmp_path, at_least=9)
-    for title in ("Equity vs benchmark", "Drawdown", "Rolling Sharpe", "Monthly returns", "Rank IC per timestamp",
-                  "IC decay", "score decile", "Exposure (gross and net)", "Turnover (", "Feature importance"):
+    for title in (
+        "Equity vs benchmark",
+        "Drawdown",
+        "Rolling Sharpe",
+        "Monthly returns",
+        "Rank IC per timestamp",
+        "IC decay",
+        "score decile",
+        "Exposure (gross and net)",
+        "Turnover (",
+        "Feature importance",
+    ):
         assert title in dom, title
     wf = check_page(run / "walkforward" / "backtest" / "report.html", tmp_path, at_least=9)
     assert "Walk-forward folds" in wf and "the 3 fold starts" in wf and wf.count('class="fold-tick"') == 3
@@ -140,7 +181,10 @@ def test_report_of_a_run_without_a_backtest_is_one_line(tmp_path, runner):
     (run / "manifest.json").write_text(json.dumps({"run_id": "empty-run", "stages": {}}))
     result = runner.invoke(app, ["report", "--run", str(run)])
     assert result.exit_code == 2
-    assert result.output.strip() == "error: run empty-run has no backtest to report; backtest it first with `qfactory backtest --run empty-run`"
+    assert (
+        result.output.strip()
+        == "error: run empty-run has no backtest to report; backtest it first with `qfactory backtest --run empty-run`"
+    )
 
 
 # ---- honest numbers (issue 18 §3) --------------------------------------------------------------------
@@ -186,6 +230,7 @@ def test_market_exposure_thresholds_are_the_documented_ones():
     from quant_cli.backtest.metrics import BETA_LIMIT, NET_SHARE_LIMIT, market_exposure
 
     assert (NET_SHARE_LIMIT, BETA_LIMIT) == (0.8, 0.5)
+
     def flagged(**summary: float) -> bool:
         return market_exposure({"exposure": 1.0, "net_exposure": 0.0, "beta": 0.0} | summary)["mostly_market"]
 
@@ -196,13 +241,17 @@ def test_market_exposure_thresholds_are_the_documented_ones():
 def test_the_report_shows_the_deflated_sharpe_and_its_trials(tmp_path, panel):
     bars, scores = panel
     (tmp_path / "b").mkdir()
-    summary = write_backtest(tmp_path / "b", scores, bars, CFG,
-                             deflate=lambda s: {"deflated_sharpe": 0.4321, "n_trials": 7})
+    summary = write_backtest(
+        tmp_path / "b", scores, bars, CFG, deflate=lambda s: {"deflated_sharpe": 0.4321, "n_trials": 7}
+    )
     assert (summary["deflated_sharpe"], summary["n_trials"]) == (0.4321, 7)
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["n_trials"] == 7
     page = (tmp_path / "b" / "report.html").read_text()
-    assert re.search(r"<td>Deflated Sharpe <span[^>]*>over 7 trials on this dataset when the run was made</span></td>"
-                     r"<td>0\.432</td>", page)
+    assert re.search(
+        r"<td>Deflated Sharpe <span[^>]*>over 7 trials on this dataset when the run was made</span></td>"
+        r"<td>0\.432</td>",
+        page,
+    )
 
 
 def test_equity_is_drawn_on_a_log_axis_and_folds_as_short_light_ticks():

@@ -28,6 +28,7 @@ FLOORS: list[set[str]] = [
     {"serve"},                                   # bundles, batch predict, the app
     {"stages"},                                  # orchestration: fitting, cross-validation, each stage
     {"walkforward", "tune"},                     # multi-fit stages built on the stages
+    {"doctor"},                                  # `qfactory doctor`'s report on the environment
     {"cli"},                                     # the command line: translates only
 ]
 

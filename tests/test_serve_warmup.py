@@ -27,7 +27,13 @@ print(bool(_compiled.moment.signatures) and bool(_compiled.ewm.signatures))
 def test_create_app_compiles_the_kernels_with_the_bundle_example(tmp_path: Path) -> None:
     trained = train(tmp_path)
     bundle = stages.bundle_existing(trained.run, trained.data_dir).bundle
-    done = subprocess.run([sys.executable, "-c", CHECK, str(bundle)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK, str(bundle)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True"]

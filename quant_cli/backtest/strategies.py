@@ -66,8 +66,10 @@ def check_universe(cfg: dict[str, Any], at_once: int, symbols: list[str]) -> Non
         return
     names = ", ".join(symbols[:5]) + (", ..." if len(symbols) > 5 else "")
     universe = f"{at_once} ({names})" if len(symbols) <= at_once else f"{at_once} at once (of {len(symbols)}: {names})"
-    raise RecipeError(f"{need} needs at least 2 symbols scored at one timestamp, but the universe has {universe}, "
-                      f"so it would never hold a position; {_single_symbol_fix(need)}")
+    raise RecipeError(
+        f"{need} needs at least 2 symbols scored at one timestamp, but the universe has {universe}, "
+        f"so it would never hold a position; {_single_symbol_fix(need)}"
+    )
 
 
 def universe_of(signal: pl.DataFrame) -> tuple[int, list[str]]:
@@ -98,8 +100,10 @@ def _single_symbol_fix(need: str) -> str:
         return "use sizing 'equal' or 'inverse_vol' (e.g. --set backtest.sizing=equal)"
     if need.startswith("backtest.max_net"):
         return "raise backtest.max_net or leave it unset"
-    return (f"use a strategy that trades one symbol: {', '.join(repr(s) for s in SINGLE_SYMBOL)} "
-            "(e.g. --set backtest.strategy=sign), or add symbols to the dataset")
+    return (
+        f"use a strategy that trades one symbol: {', '.join(repr(s) for s in SINGLE_SYMBOL)} "
+        "(e.g. --set backtest.strategy=sign), or add symbols to the dataset"
+    )
 
 
 def row_mean(S: np.ndarray) -> np.ndarray:
@@ -119,8 +123,11 @@ def holding_notice(cfg: dict[str, Any], symbols: int) -> str | None:
     if (2 if short else 1) * int(cfg["top_k"]) < symbols:
         return None
     held = f"the top and bottom {symbols // 2} each date" if short else "all of them each date, equally weighted"
-    return (f"backtest.top_k = {cfg['top_k']}{' with top_k_short' if short else ''} but only {symbols} symbol(s) are scored: "
-            f"the book holds {held}; lower top_k to trade a selection by score")
+    return (
+        f"backtest.top_k = {cfg['top_k']}{' with top_k_short' if short else ''} "
+        f"but only {symbols} symbol(s) are scored: "
+        f"the book holds {held}; lower top_k to trade a selection by score"
+    )
 
 
 def _ranked(S: np.ndarray, n: np.ndarray, strategy: str, cfg: dict[str, Any]) -> np.ndarray:
@@ -152,7 +159,9 @@ def _top_k_dropout(S: np.ndarray, k: int, n_drop: int, short: bool, rebalance: n
         return long / np.maximum(long.sum(axis=1, keepdims=True), 1.0)
     shorts = _dropout_side(np.where(np.isfinite(S), -S, np.nan), k, n_drop, rebalance)
     shorts = shorts * (long == 0)  # never long and short the same name (tiny cross-sections)
-    return 0.5 * long / np.maximum(long.sum(axis=1, keepdims=True), 1.0) - 0.5 * shorts / np.maximum(shorts.sum(axis=1, keepdims=True), 1.0)
+    return 0.5 * long / np.maximum(long.sum(axis=1, keepdims=True), 1.0) - 0.5 * shorts / np.maximum(
+        shorts.sum(axis=1, keepdims=True), 1.0
+    )
 
 
 def _dropout_side(S: np.ndarray, k: int, n_drop: int, rebalance: np.ndarray) -> np.ndarray:
@@ -161,12 +170,12 @@ def _dropout_side(S: np.ndarray, k: int, n_drop: int, rebalance: np.ndarray) -> 
     held = np.zeros(N, bool)
     for t in np.flatnonzero(rebalance):
         score = np.where(np.isfinite(S[t]), S[t], -np.inf)
-        held &= np.isfinite(S[t])                           # an unscored holding is closed
+        held &= np.isfinite(S[t])  # an unscored holding is closed
         order = np.argsort(-score, kind="stable")
         outsiders = [i for i in order if not held[i] and np.isfinite(score[i])]
         today = outsiders[: max(n_drop + k - held.sum(), 0)]
         comb = sorted([*np.flatnonzero(held), *today], key=lambda i: -score[i])
-        sell = [i for i in comb[len(comb) - n_drop:] if held[i]] if n_drop > 0 else []
+        sell = [i for i in comb[len(comb) - n_drop :] if held[i]] if n_drop > 0 else []
         buy = today[: len(sell) + k - int(held.sum())]
         held[sell] = False
         held[buy] = True
@@ -236,10 +245,11 @@ def calendar_period(ts: pl.Series, calendar: str) -> np.ndarray:
         return days
     if rule.startswith("W-") and rule[2:] in _WEEKDAYS:
         weekday = (days + 3) % 7
-        return days + (_WEEKDAYS[rule[2:]] - weekday) % 7               # the week's last day
+        return days + (_WEEKDAYS[rule[2:]] - weekday) % 7  # the week's last day
     if rule in ("M", "Q"):
         date = ts.dt.date()
         month = (date.dt.year().cast(pl.Int64) * 12 + date.dt.month().cast(pl.Int64) - 1).to_numpy()
         return month if rule == "M" else month // 3
-    raise RecipeError(f"backtest.rebalance {calendar!r} is not a calendar; use 'D', 'W-FRI' (any weekday MON..SUN), 'M' or 'Q'")
-
+    raise RecipeError(
+        f"backtest.rebalance {calendar!r} is not a calendar; use 'D', 'W-FRI' (any weekday MON..SUN), 'M' or 'Q'"
+    )

@@ -7,7 +7,10 @@ from typing import Annotated
 import typer
 
 from quant_cli import __version__
-from quant_cli.cli import backtest, bundle, data, features, ingest, predict, recipe, report, run, runs, serve, split, train, tune, walkforward
+from quant_cli.cli import (
+    backtest, bundle, data, doctor, features, ingest, predict, profile, recipe, report, run, runs, serve, split, train,
+    tune, walkforward,
+)
 from quant_cli.cli.common import OneLineUsageErrors
 
 app = typer.Typer(
@@ -53,3 +56,5 @@ app.command("serve")(serve.serve)
 app.command("run")(run.run)
 app.add_typer(recipe.app, name="recipe")
 app.add_typer(runs.app, name="runs")
+app.command("profile")(profile.profile)
+app.command("doctor")(doctor.doctor)

@@ -28,6 +28,7 @@ from quant_cli.models.torch.config import LoopConfig, NetConfig, declared
 
 LOSSES = ("mse", "huber", "sharpe", "pnl")
 _UNCENTRED = ("sharpe", "pnl")  # losses whose target sign is the trade: targets are scaled, never centred
+ONE_PROCESS = {"world_size": 1, "backend": "none", "launcher": "none"}  # fit_info of a fit without a process group
 
 
 class TorchModel(Model):
@@ -100,12 +101,18 @@ class TorchModel(Model):
         return y if y is None or self.is_classifier else (y - self.y_mean_) / self.y_std_
 
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
-        from quant_cli.models.torch import loop, losses
+        import torch
+
+        from quant_cli.models.torch import distributed, loop, losses
 
         self._scale_targets(y)
         cfg = self.loop if early_stopping else replace(self.loop, patience=0)
         folder = getattr(self, "checkpoint_dir", None)
-        with loop.reproducible(self.seed, self.device_, self.threads):
+        world = distributed.current()  # a data-parallel group (`train --nproc N`), or None
+        cuda = self.device_.startswith("cuda")
+        if cuda:  # the fit's own peak, recorded in fit_info
+            torch.cuda.reset_peak_memory_stats(torch.device(self.device_))
+        with loop.reproducible(self.seed, self.device_, world.cpu_threads(self.threads) if world else self.threads):
             self.config_ = self._net_config(self._n_inputs(train))
             net = self._build(self.config_).to(self.device_)
             data, _ = self._samples(train, self._scaled(y), sample_weight)
@@ -116,8 +123,13 @@ class TorchModel(Model):
             result = loop.train(net, data, held, cfg, self._loss(losses),
                                 device=self.device_, seed=self.seed, reporter=self.reporter, name=self.name,
                                 checkpoints=loop.Checkpoints(folder) if folder else None, resume=getattr(self, "resume", False),
-                                on_epoch=self._epoch_report(net, val))
+                                on_epoch=self._epoch_report(net, val), world=world)
         self._release()
+        peak = torch.cuda.max_memory_allocated(torch.device(self.device_)) if cuda else None
+        self.peak_cuda_mb_ = None if peak is None else round(peak / 2**20, 1)
+        self.precision_ = result.precision
+        self.parallel_ = ONE_PROCESS if world is None else {
+            "world_size": world.size, "backend": world.backend, "launcher": world.launcher}
         self.net_, self.history_ = net, result.history
         self.epochs_run_, self.best_epoch_, self.resumed_from_ = result.epochs_run, result.best_epoch, result.resumed_from
         self.samples_ = len(data)
@@ -155,7 +167,7 @@ class TorchModel(Model):
         from quant_cli.models.torch.loop import infer
 
         samples, mask = self._samples(rows)
-        out = infer(self.net_, samples, self.device_, self.loop.precision).double()  # (m, K) on CPU
+        out = infer(self.net_, samples, self.device_, self.loop.inference_precision).double()  # (m, K) on CPU
         self._release()
         if self.is_classifier:
             values = torch.softmax(out, dim=1).numpy()
@@ -169,7 +181,12 @@ class TorchModel(Model):
 
     def _fit_info(self) -> dict[str, Any]:
         info = {"epochs_run": self.epochs_run_, "best_epoch": self.best_epoch_, "config": asdict(self.config_),
-                "train": self.loop.to_json(), "samples": self.samples_}
+                "train": self.loop.to_json(), "samples": self.samples_,
+                # what ran, not what was asked: autocast dtype of training, and the data-parallel group
+                "precision": getattr(self, "precision_", "fp32"), "inference_precision": self.loop.inference_precision,
+                **getattr(self, "parallel_", ONE_PROCESS)}
+        if getattr(self, "peak_cuda_mb_", None) is not None:
+            info["peak_cuda_memory_mb"] = self.peak_cuda_mb_  # torch.cuda.max_memory_allocated during the fit
         if getattr(self, "resumed_from_", 0):
             info["resumed_from_epoch"] = self.resumed_from_
         if not self.is_classifier:
@@ -191,6 +208,9 @@ class TorchModel(Model):
         self.config_ = self._config_from_json(info["config"])
         self.loop = LoopConfig(**info["train"])
         self.epochs_run_, self.best_epoch_, self.samples_ = info["epochs_run"], info["best_epoch"], info["samples"]
+        self.precision_ = info.get("precision", "fp32")
+        self.peak_cuda_mb_ = info.get("peak_cuda_memory_mb")
+        self.parallel_ = {k: info[k] for k in ONE_PROCESS if k in info} or ONE_PROCESS
         self.resumed_from_ = info.get("resumed_from_epoch", 0)
         if not self.is_classifier:
             self.y_mean_, self.y_std_ = info["y_mean"], info["y_std"]

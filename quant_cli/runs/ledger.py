@@ -46,14 +46,14 @@ KINDS = ("backtest", "walkforward")
 class Trial:
     run_id: str
     dataset: str
-    kind: str             # backtest (test segment) or walkforward
-    created: str          # ISO time the run was created; orders the ledger
-    sharpe: float         # annualised
+    kind: str  # backtest (test segment) or walkforward
+    created: str  # ISO time the run was created; orders the ledger
+    sharpe: float  # annualised
     periods: int
     periods_per_year: float
     skew: float
-    kurtosis: float       # raw (3 for normal returns)
-    key: str = ""         # identical reruns share it and count once (trial_key); "" = the run id
+    kurtosis: float  # raw (3 for normal returns)
+    key: str = ""  # identical reruns share it and count once (trial_key); "" = the run id
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -124,18 +124,31 @@ def trial_key(run_id: str, manifest: dict[str, Any], kind: str) -> str:
     if not recipe:
         return f"{kind}:{run_id}"
     data = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
-    return fingerprint({"kind": kind, "recipe": recipe, "data": data.get("content_hash") or data.get("version"),
-                        "qfactory": manifest.get("qfactory_version"), "git": manifest.get("git_commit")})
+    return fingerprint(
+        {
+            "kind": kind,
+            "recipe": recipe,
+            "data": data.get("content_hash") or data.get("version"),
+            "qfactory": manifest.get("qfactory_version"),
+            "git": manifest.get("git_commit"),
+        }
+    )
 
 
 def trial_of_summary(run_id: str, manifest: dict[str, Any], kind: str, summary: dict[str, Any]) -> Trial:
     """The trial a backtest summary (metrics.json block) of a run makes, before it is written."""
-    return Trial(run_id=str(manifest.get("run_id", run_id)), dataset=_dataset(manifest), kind=kind,
-                 created=str(manifest.get("created", "")), sharpe=_number(summary, "sharpe"),
-                 periods=int(_number(summary, "periods", 0) if math.isfinite(_number(summary, "periods", 0)) else 0),
-                 periods_per_year=_number(summary, "periods_per_year"),
-                 skew=_number(summary, "skew", 0.0), kurtosis=_number(summary, "kurtosis", 3.0),
-                 key=trial_key(str(manifest.get("run_id", run_id)), manifest, kind))
+    return Trial(
+        run_id=str(manifest.get("run_id", run_id)),
+        dataset=_dataset(manifest),
+        kind=kind,
+        created=str(manifest.get("created", "")),
+        sharpe=_number(summary, "sharpe"),
+        periods=int(_number(summary, "periods", 0) if math.isfinite(_number(summary, "periods", 0)) else 0),
+        periods_per_year=_number(summary, "periods_per_year"),
+        skew=_number(summary, "skew", 0.0),
+        kurtosis=_number(summary, "kurtosis", 3.0),
+        key=trial_key(str(manifest.get("run_id", run_id)), manifest, kind),
+    )
 
 
 def _dataset(manifest: dict[str, Any]) -> str:
@@ -155,11 +168,18 @@ def ledger(runs_dir: Path, dataset: str | None = None) -> list[Trial]:
 def deflated(trial: Trial, trials: list[Trial]) -> dict[str, Any]:
     """The trial's deflated Sharpe ratio against the trials on its dataset created up to and
     including it; `n_trials` and `sharpe_variance` (per period) say what it was deflated by."""
-    before = distinct([t for t in trials if t.dataset == trial.dataset
-                       and (t.created, t.run_id, t.kind) <= (trial.created, trial.run_id, trial.kind)])
+    before = distinct(
+        [
+            t
+            for t in trials
+            if t.dataset == trial.dataset and (t.created, t.run_id, t.kind) <= (trial.created, trial.run_id, trial.kind)
+        ]
+    )
     per_period = [t.sharpe_per_period for t in before if math.isfinite(t.sharpe_per_period)]
     variance = _sample_variance(per_period)
-    dsr = deflated_sharpe_ratio(trial.sharpe_per_period, trial.periods, trial.skew, trial.kurtosis, len(before), variance)
+    dsr = deflated_sharpe_ratio(
+        trial.sharpe_per_period, trial.periods, trial.skew, trial.kurtosis, len(before), variance
+    )
     return {"deflated_sharpe": dsr, "n_trials": len(before), "sharpe_variance": variance}
 
 

@@ -85,8 +85,9 @@ class LoopConfig:
     loss: str = _train("loss")              # mse, huber, sharpe or pnl (regression); classifiers use cross-entropy
     pnl_cost_bps: float = _train("pnl_cost_bps")  # pnl loss: cost per unit of position traded, in basis points
     pnl_drawdown_penalty: float = _train("pnl_drawdown_penalty")  # pnl loss: weight of the batch path's max drawdown
-    precision: str = _train("precision")    # auto (bf16 on a GPU that has it), fp32, bf16
-    compile: bool = _train("compile")       # torch.compile the network
+    precision: str = _train("precision")    # training autocast: auto, fp32, bf16, fp16 (models/torch/precision.py)
+    inference_precision: str = _train("inference_precision")  # scoring: fp32 unless asked otherwise
+    compile: bool = _train("compile")       # torch.compile the training forward (dynamic shapes)
 
     @classmethod
     def from_section(cls, section: dict[str, Any] | None) -> LoopConfig:

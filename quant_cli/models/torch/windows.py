@@ -40,11 +40,16 @@ def window_offsets(seq_len: int, device: torch.device | str) -> torch.Tensor:
     return torch.arange(-seq_len + 1, 1, device=device)
 
 
-def gather(x: torch.Tensor, ends: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """(B, seq_len, F) windows ending at `ends` (B,), or (B, F) rows when seq_len == 0."""
-    if seq_len == 0:
-        return x[ends]
-    return x[ends[:, None] + window_offsets(seq_len, x.device)[None, :]]  # (B, L) index → (B, L, F)
+def gather(x: torch.Tensor, ends: torch.Tensor, seq_len: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, seq_len, F) windows ending at `ends` (B,), or (B, F) rows when seq_len == 0; written into
+    `out` (a flat buffer of at least B * max(seq_len, 1) * F elements, e.g. pinned) when given."""
+    rows = ends if seq_len == 0 else (ends[:, None] + window_offsets(seq_len, x.device)[None, :]).reshape(-1)
+    shape = (len(ends), x.shape[1]) if seq_len == 0 else (len(ends), seq_len, x.shape[1])
+    if out is None:
+        return x.index_select(0, rows).view(shape)  # (B·L, F) → (B, L, F)
+    target = out[:rows.numel() * x.shape[1]].view(rows.numel(), x.shape[1])
+    torch.index_select(x, 0, rows, out=target)
+    return target.view(shape)
 
 
 @dataclass
@@ -63,9 +68,21 @@ class Samples:
     def __len__(self) -> int:
         return len(self.ends)
 
-    def inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(x_batch, ids_batch) of samples `idx`: (B, L, F) or (B, F), and (B,)."""
-        return gather(self.x, self.ends[idx], self.seq_len), self.part("ids", idx)
+    def inputs(self, idx: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x_batch, ids_batch) of samples `idx`: (B, L, F) or (B, F), and (B,); x written into `out` when given."""
+        return gather(self.x, self.ends[idx], self.seq_len, out), self.part("ids", idx)
+
+    def batch_numel(self, batch: int) -> int:
+        """Elements of the x of a batch of `batch` samples (a staging buffer's size)."""
+        return batch * max(self.seq_len, 1) * self.x.shape[1]
+
+    def to(self, device: str, panel_device: str | None = None) -> Samples:
+        """A copy with the panel and ends on `panel_device` (default `device`), the rest on `device`."""
+        def move(t, where):
+            return None if t is None else t.to(where)
+        where = panel_device or device
+        return Samples(move(self.x, where), move(self.ends, where), self.seq_len, move(self.ids, device),
+                       move(self.y, device), move(self.w, device), move(self.group, device))
 
     def previous_inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(x, ids, known) of the windows ending at each sample's previous row (`prev`; a stand-in
