@@ -405,7 +405,8 @@ def evaluate(net, val: Samples, loss_fn, cfg: LoopConfig, device: str) -> tuple[
         from quant_cli.models.torch.losses import Previous
 
         known = val.prev >= 0
-        earlier = dataclasses.replace(val, ends=val.prev.clamp_min(0).to(val.ends.device))
+        stand_in = torch.where(known, val.prev, val.ends.to(val.prev.device))  # no previous row: its own window
+        earlier = dataclasses.replace(val, ends=stand_in.to(val.ends.device))
         earlier = infer(net, earlier, device, cfg.inference_precision)
         extra["previous"] = Previous(earlier[:, 0], known.cpu())
     loss = float(loss_fn(out, y, w, group, **extra))

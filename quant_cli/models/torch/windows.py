@@ -63,7 +63,8 @@ class Samples:
     y: torch.Tensor | None = None     # (n,) float32 target, or int64 class code
     w: torch.Tensor | None = None     # (n,) float32 sample weight
     group: torch.Tensor | None = None  # (n,) int64 timestamp code (sharpe loss, cross-sectional IC)
-    prev: torch.Tensor | None = None   # (n,) int64 row the symbol's previous sample ends at, -1: none (pnl loss)
+    prev: torch.Tensor | None = None   # (n,) int64 row the symbol's previous sample ends at, -1: none (pnl loss);
+    #                                    on the panel's device, like `ends`
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -82,14 +83,16 @@ class Samples:
             return None if t is None else t.to(where)
         where = panel_device or device
         return Samples(move(self.x, where), move(self.ends, where), self.seq_len, move(self.ids, device),
-                       move(self.y, device), move(self.w, device), move(self.group, device))
+                       move(self.y, device), move(self.w, device), move(self.group, device), move(self.prev, where))
 
     def previous_inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(x, ids, known) of the windows ending at each sample's previous row (`prev`; a stand-in
-        window where there is none, masked by `known`): what the pnl loss scores for turnover."""
-        prev = self.prev[idx.to(self.prev.device, non_blocking=True)]
+        """(x, ids, known) of the windows ending at each sample's previous row (`prev`; where there is
+        none, the sample's own window stands in, masked by `known`): what the pnl loss scores."""
+        idx = idx.to(self.prev.device, non_blocking=True)
+        prev = self.prev[idx]
         known = prev >= 0
-        return gather(self.x, prev.clamp_min(0).to(self.x.device), self.seq_len), self.part("ids", idx), known
+        ends = torch.where(known, prev, self.ends[idx.to(self.ends.device)].to(prev.device))
+        return gather(self.x, ends.to(self.x.device), self.seq_len), self.part("ids", idx), known
 
     def part(self, name: str, idx: torch.Tensor) -> torch.Tensor | None:
         """Per-sample values of `idx`; the panel may sit in host memory while these are on the GPU."""
