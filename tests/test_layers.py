@@ -27,7 +27,7 @@ FLOORS: list[set[str]] = [
     {"runs"},                                    # run directories, listing, the trial ledger
     {"serve"},                                   # bundles, batch predict, the app
     {"stages"},                                  # orchestration: fitting, cross-validation, each stage
-    {"walkforward", "tune"},                     # multi-fit stages built on the stages
+    {"walkforward", "tune", "audit"},            # multi-fit stages built on the stages (the audit refits runs)
     {"doctor"},                                  # `qfactory doctor`'s report on the environment
     {"cli"},                                     # the command line: translates only
 ]

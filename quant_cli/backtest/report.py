@@ -68,6 +68,8 @@ def render(folder: Path, run_dir: Path) -> str:
              *_performance(curve, summary, folds), *_signal(analysis, summary)]
     if (importance := _importance(run_dir)) is not None:
         parts.append(importance)
+    if (audit := _audit(run_dir)) is not None:
+        parts.append(audit)
     if folds:
         parts.append(_fold_table(folds))
     title = f"qfactory backtest — {html.escape(_run_name(run_dir))}"
@@ -240,6 +242,40 @@ def _importance(run_dir: Path) -> str | None:
         return None
     top = sorted(((str(k), float(v)) for k, v in values.items() if isinstance(v, (int, float))), key=lambda kv: -kv[1])[:20]
     return "<h2>Model</h2>" + _figure(charts.hbar_chart("Feature importance (top 20)", [k for k, _ in top], [v for _, v in top])) if top else None
+
+
+def _audit(run_dir: Path) -> str | None:
+    """The section of `qfactory audit` (audit/audit.json): the verdict, each look-ahead check, the luck figures."""
+    path = run_dir / "audit" / "audit.json"
+    try:
+        report = read_json(path) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict):
+        return None
+    try:
+        return _audit_section(report)
+    except (KeyError, TypeError, AttributeError):  # not an audit.json this version wrote: no section, no crash
+        return None
+
+
+def _audit_section(report: dict[str, Any]) -> str:
+    checks = [*report["scoring"]["checks"], *report["training"]["checks"]]
+    rows = "".join(f"<tr><td>{html.escape(c['name'])}</td><td>{'pass' if c['passed'] else 'FAIL'}"
+                   f"{'' if c.get('decides', True) else ' (not decisive)'}</td><td>{_fmt(c.get('rows'), 'd')}</td>"
+                   f"<td>{html.escape(str(c.get('first') or ''))}</td></tr>" for c in checks)
+    luck, verdict = report["luck"], html.escape(report["failure"] or "every look-ahead check passed")
+    dsr = luck.get("deflated_sharpe") or {}
+    figures = [f"{luck.get('permutations', 0)} permutation(s)"
+               + (f" (fewer than the default {luck['default_permutations']})" if luck.get("reduced") else ""),
+               f"test IC {_fmt(luck.get('observed_test_ic'), '.4f')} vs null mean {_fmt(luck.get('null_mean'), '.4f')}",
+               f"p-value {_fmt(luck.get('p_value'), '.3f')}",
+               f"deflated Sharpe {_fmt(dsr.get('deflated_sharpe'), '.3f')} "
+               f"over {_fmt(dsr.get('n_trials'), 'd')} trial(s)"
+               if dsr.get("available") else html.escape(str(dsr.get("why", "no deflated Sharpe")))]
+    return (f"<h2 id=\"audit\">Audit ({html.escape(report['verdict'])})</h2><p>{verdict}</p>"
+            f"<table><tr><th>check</th><th>result</th><th>rows</th><th>first moved</th></tr>{rows}</table>"
+            f"<p>Luck: {' · '.join(figures)}</p>")
 
 
 def _folds(folder: Path) -> list[dict[str, Any]]:

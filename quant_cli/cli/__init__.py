@@ -8,8 +8,8 @@ import typer
 
 from quant_cli import __version__
 from quant_cli.cli import (
-    backtest, bundle, data, doctor, features, ingest, predict, profile, recipe, report, run, runs, serve, split, train,
-    tune, walkforward,
+    audit, backtest, bundle, data, doctor, features, ingest, predict, profile, recipe, report, run, runs, serve, split,
+    train, tune, walkforward,
 )
 from quant_cli.cli.common import OneLineUsageErrors
 
@@ -48,6 +48,7 @@ app.command("split")(split.split)
 app.command("train")(train.train)
 app.command("backtest")(backtest.backtest)
 app.command("report")(report.report)
+app.command("audit")(audit.audit)
 app.command("tune")(tune.tune)
 app.command("walkforward")(walkforward.walkforward)
 app.add_typer(bundle.app, name="bundle")

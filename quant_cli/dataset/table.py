@@ -207,12 +207,13 @@ def fit_pipeline(pipeline: FittedPipeline, table: Table, rows: pl.DataFrame) -> 
     return pipeline.fit(table.scan_features().join(train.lazy(), on=KEYS, how="semi"))
 
 
-def prepare(recipe: Recipe, snapshot: Snapshot, reporter: Reporter = SILENT) -> Prepared:
-    """Table → split → fitted pipeline, for a new run."""
+def prepare(recipe: Recipe, snapshot: Snapshot, reporter: Reporter = SILENT, plan: SplitPlan | None = None) -> Prepared:
+    """Table → split → fitted pipeline, for a new run. `plan`: a run's split boundaries to reuse
+    (the audit refits a run on rewritten bars of another data home with the run's own plan)."""
     table, bars, adjustment = build_table(recipe, snapshot, reporter)
     calendar = bars.select(KEYS)
     del bars
-    rows, plan = split_rows(table, recipe, calendar)
+    rows, plan = split_rows(table, recipe, calendar, plan)
     pipeline = fit_pipeline(new_pipeline(recipe, table, snapshot.manifest, adjustment), table, rows)
     return Prepared(table, rows, plan, pipeline, calendar)
 
