@@ -64,7 +64,7 @@ def render(folder: Path, run_dir: Path) -> str:
     summary = read_json(folder / "metrics.json")
     analysis = read_json(folder / "analysis.json") if (folder / "analysis.json").is_file() else {}
     folds = _folds(folder)
-    parts = [_header(summary, run_dir, bool(folds)), _market_warning(summary), _tables(summary),
+    parts = [_header(summary, run_dir, bool(folds)), _market_warning(summary), _tables(summary), _regime_table(summary),
              *_performance(curve, summary, folds), *_signal(analysis, summary)]
     if (importance := _importance(run_dir)) is not None:
         parts.append(importance)
@@ -127,6 +127,21 @@ def _tables(summary: dict[str, Any]) -> str:
     detail = "".join(f"<tr><td>{k}</td><td>{_fmt(summary.get(k), spec)}</td></tr>" for k, spec in DETAIL if k in summary)
     return (f"<h2>Summary</h2><table><tr><th></th><th>after costs</th><th>before costs</th></tr>{rows}</table>"
             f"<h2>All metrics</h2><table>{detail}</table>")
+
+
+def _regime_table(summary: dict[str, Any]) -> str:
+    """Results per market volatility regime (backtest/regimes.py); empty for older metrics.json files."""
+    regimes = summary.get("by_regime") or {}
+    if not regimes:
+        return ""
+    columns = (("share", "share of time", ".1%"), ("periods", "periods", "d"), ("total_return", "total return", ".2%"),
+               ("mean_return", "mean return", ".3%"), ("sharpe", "Sharpe", ".2f"), ("hit_rate", "hit rate", ".1%"))
+    cells = ["".join(f"<td>{_fmt(m.get(k), spec)}</td>" for k, _, spec in columns) for m in regimes.values()]
+    rows = "".join(f"<tr><td>{html.escape(name)}</td>{row}</tr>" for name, row in zip(regimes, cells))
+    head = "<tr><th>regime</th>" + "".join(f"<th>{label}</th>" for _, label, _ in columns) + "</tr>"
+    note = ("<p class=\"note\">The equal-weight market's 20-bar volatility, ranked in its trailing year, in terciles; "
+            "known at each decision's close.</p>")
+    return f"<h2>By market regime</h2>{note}<table>{head}{rows}</table>"
 
 
 def _trials(summary: dict[str, Any]) -> str:

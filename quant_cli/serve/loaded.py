@@ -22,6 +22,7 @@ from quant_cli.data import schema
 from quant_cli.data.frequency import format_frequency, parse_frequency
 from quant_cli.data.schema import LINE, SRC, TS_DTYPE, Origin
 from quant_cli.errors import DataError, RunError, shown
+from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.models.base import Model
 from quant_cli.pipeline import lookback
 from quant_cli.pipeline.fitted import FittedPipeline
@@ -231,6 +232,9 @@ class LoadedBundle:
         return self.score_feature_rows(FeatureRows.of(rows, self.pipeline.features))
 
     def score_feature_rows(self, rows: FeatureRows) -> pl.DataFrame:
+        if self.pipeline.fits_regime:  # its column is a filter over history, which loose feature rows do not carry
+            raise DataError(f"this bundle's feature {HMM_FEATURE!r} is filtered over each symbol's bar history; "
+                            "send bars, not feature rows")
         if self.model.uses_panel():  # every row with a full window among the rows sent
             return score_panel(self.pipeline, self.model, rows.frame(self.pipeline.features).sort(KEYS),
                                timeframes=self.spec.timeframes)

@@ -89,7 +89,7 @@ def fit_fold(task: FoldTask) -> tuple[FittedPipeline, Model, pl.DataFrame]:
     model = make_model(task.recipe, task.device)
     pipeline, score = fit_and_score(task.template, model, parts["train"], parts["test"], task.calendar, task.recipe["split"],
                                     val=parts["val"], early_stopping=task.recipe["train"]["early_stopping"],
-                                    window=task.window() if model.uses_panel() else None)
+                                    window=task.window() if model.uses_panel() else None, table=task.table)
     scored = parts["test"].select("symbol", "ts", pl.lit(task.fold.index, pl.Int32).alias("fold"),
                                   pl.Series("score", score, pl.Float64), pl.col("label").cast(pl.Float64))
     return pipeline, model, scored.filter(pl.col("score").is_not_nan())  # a window's warm-up: not scored, so absent

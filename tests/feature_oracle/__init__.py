@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from feature_oracle import alpha158, core, cross_asset, mtf, ta  # noqa: F401 - fill BUILDERS
+from feature_oracle import alpha158, core, cross_asset, mtf, regime, ta  # noqa: F401 - fill BUILDERS
 from feature_oracle._registry import BUILDERS, DERIVED
 from quant_cli.features.registry import Feature
 
