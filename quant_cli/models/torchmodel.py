@@ -26,7 +26,8 @@ from quant_cli.io import write_bytes_atomic, write_json_atomic
 from quant_cli.models.base import TASKS, Inputs, Model
 from quant_cli.models.torch.config import LoopConfig, NetConfig, declared
 
-LOSSES = ("mse", "huber", "sharpe")
+LOSSES = ("mse", "huber", "sharpe", "pnl")
+_UNCENTRED = ("sharpe", "pnl")  # losses whose target sign is the trade: targets are scaled, never centred
 ONE_PROCESS = {"world_size": 1, "backend": "none", "launcher": "none"}  # fit_info of a fit without a process group
 
 
@@ -55,9 +56,9 @@ class TorchModel(Model):
     def _check_params(self) -> None:
         self.loop = LoopConfig.from_section(self.train_settings)
         if self.loop.loss not in LOSSES:
-            raise ModelError(f"train.loss {self.loop.loss!r} is not a loss; allowed: 'mse', 'huber', 'sharpe'")
-        if self.output == "path" and self.loop.loss == "sharpe":
-            raise ModelError(f"train.loss 'sharpe' trades one score, but model '{self.name}' forecasts a path; "
+            raise ModelError(f"train.loss {self.loop.loss!r} is not a loss; allowed: {', '.join(map(repr, LOSSES))}")
+        if self.output == "path" and self.loop.loss not in ("mse", "huber"):
+            raise ModelError(f"train.loss {self.loop.loss!r} trades one score, but model '{self.name}' forecasts a path; "
                              "use train.loss = 'mse' or 'huber'")
         if self.is_classifier and self.loop.loss != "mse":
             raise ModelError(f"train.loss {self.loop.loss!r} is a regression loss; a classifier trains on cross-entropy, "
@@ -98,7 +99,7 @@ class TorchModel(Model):
         if self.is_classifier:
             return
         self.y_std_ = float(y.std()) or 1.0
-        self.y_mean_ = 0.0 if self.loop.loss == "sharpe" else float(y.mean())
+        self.y_mean_ = 0.0 if self.loop.loss in _UNCENTRED else float(y.mean())
 
     def _scaled(self, y: np.ndarray | None) -> np.ndarray | None:
         return y if y is None or self.is_classifier else (y - self.y_mean_) / self.y_std_
@@ -125,7 +126,7 @@ class TorchModel(Model):
                 raise ModelError(f"model '{self.name}' has no training rows it can use (every row is in a window's warm-up); "
                                  "use a shorter model.params.seq_len or more data")
             held = self._samples(val, self._scaled(y_val))[0] if val is not None and len(val.X) else None
-            result = loop.train(net, data, held, cfg, losses.loss_fn(self.loop.loss, self.is_classifier),
+            result = loop.train(net, data, held, cfg, self._loss(losses),
                                 device=self.device_, seed=self.seed, reporter=self.reporter, name=self.name,
                                 checkpoints=loop.Checkpoints(folder) if folder else None, resume=getattr(self, "resume", False),
                                 on_epoch=self._epoch_report(net, val), world=world)
@@ -138,6 +139,12 @@ class TorchModel(Model):
         self.net_, self.history_ = net, result.history
         self.epochs_run_, self.best_epoch_, self.resumed_from_ = result.epochs_run, result.best_epoch, result.resumed_from
         self.samples_ = len(data)
+
+    def _loss(self, losses):
+        """The [train] loss; pnl's cost is train.pnl_cost_bps per unit of position traded, in the
+        scaled targets' units (returns / y_std_), so it keeps its meaning whatever the scale."""
+        cost = self.loop.pnl_cost_bps / 1e4 / (self.y_std_ if not self.is_classifier else 1.0)
+        return losses.loss_fn(self.loop.loss, self.is_classifier, cost, self.loop.pnl_drawdown_penalty)
 
     def _epoch_report(self, net, val: Inputs | None):
         """Per-epoch StepReport call (Model.fit(report=...)): the validation scores of the current

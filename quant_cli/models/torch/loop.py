@@ -28,6 +28,7 @@ gradients (see `_GatherRows`). Rank 0 alone validates, checkpoints and decides e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import time
@@ -337,10 +338,30 @@ def _epoch(step: _Step, data: Samples, cfg: LoopConfig, loss_fn, device: str, se
             out = step.run(x, ids)[:len(local)].float()  # (b, K); an empty share forwards one row and keeps none
         if world is not None:
             out = world.gather_rows(out, len(idx))  # (B, K), every rank's rows in batch order
-        loss = loss_fn(out, data.part("y", idx), data.part("w", idx), data.part("group", idx))
+        extra = {}
+        if getattr(loss_fn, "needs_previous", False):
+            extra["previous"] = _previous(step, data, idx, local, device)
+        loss = loss_fn(out, data.part("y", idx), data.part("w", idx), data.part("group", idx), **extra)
         _backward(step, loss, cfg)
         total, count = total + float(loss.detach()) * len(idx), count + len(idx)
     return total / max(count, 1)
+
+
+def _previous(step: _Step, data: Samples, idx: torch.Tensor, local: torch.Tensor, device: str):
+    """The pnl loss's previous scores of a training batch: the same network on the windows ending
+    one bar earlier (gradients flow through both, as the position change costs through both);
+    data parallel, each rank scores its share and the rows are gathered as the batch's outputs are."""
+    from quant_cli.models.torch.losses import Previous
+
+    if data.prev is None:  # a family that does not say where its samples' previous rows are
+        raise ValueError("the pnl loss needs Samples.prev (each sample's previous row)")
+    x, ids, _ = data.previous_inputs(local if len(local) else idx[:1])
+    with autocast(device, step.precision):
+        score = step.run(x.to(device, non_blocking=True), ids)[:len(local), :1].float()  # (b, 1)
+    if step.world is not None:
+        score = step.world.gather_rows(score, len(idx))  # (B, 1)
+    known = data.prev[idx.to(data.prev.device, non_blocking=True)] >= 0
+    return Previous(score[:, 0], known.to(score.device))
 
 
 def _backward(step: _Step, loss: torch.Tensor, cfg: LoopConfig) -> None:
@@ -379,7 +400,16 @@ def evaluate(net, val: Samples, loss_fn, cfg: LoopConfig, device: str) -> tuple[
     out = infer(net, val, device, cfg.inference_precision)
     y, w = val.y.cpu(), None if val.w is None else val.w.cpu()
     group = None if val.group is None else val.group.cpu()
-    loss = float(loss_fn(out, y, w, group))
+    extra = {}
+    if getattr(loss_fn, "needs_previous", False):  # every sample's previous window, scored as a sample of its own
+        from quant_cli.models.torch.losses import Previous
+
+        known = val.prev >= 0
+        stand_in = torch.where(known, val.prev, val.ends.to(val.prev.device))  # no previous row: its own window
+        earlier = dataclasses.replace(val, ends=stand_in.to(val.ends.device))
+        earlier = infer(net, earlier, device, cfg.inference_precision)
+        extra["previous"] = Previous(earlier[:, 0], known.cpu())
+    loss = float(loss_fn(out, y, w, group, **extra))
     if y.dim() == 2:  # a path model: IC of the summed (scaled) steps, a proxy of the compounded return
         score, y = out.sum(1), y.sum(1)
     elif out.shape[1] == 1:
