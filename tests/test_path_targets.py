@@ -43,9 +43,23 @@ def test_rows_without_a_full_path_have_none():
 
 def _train(runner, tmp_path, *sets: str):
     args = [a for item in sets for a in ("--set", item)]
-    return runner.invoke(app, ["train", "--recipe", QUICKSTART, "--runs-dir", str(tmp_path / "runs"),
-                               "--data-dir", str(tmp_path / "data"), "--set", 'model.name="nbeats"',
-                               "--set", "model.params={}", *args])
+    return runner.invoke(
+        app,
+        [
+            "train",
+            "--recipe",
+            QUICKSTART,
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--set",
+            'model.name="nbeats"',
+            "--set",
+            "model.params={}",
+            *args,
+        ],
+    )
 
 
 @pytest.mark.parametrize(
@@ -53,8 +67,10 @@ def _train(runner, tmp_path, *sets: str):
     [
         (['label.kind="direction"'], "label.kind = 'direction'"),
         (["label.log=true"], "label.log = true"),
-        (['label.cross_sectional="rank"', "label.vol_scale=true"],
-         "label.vol_scale = true, label.cross_sectional = 'rank'"),
+        (
+            ['label.cross_sectional="rank"', "label.vol_scale=true"],
+            "label.vol_scale = true, label.cross_sectional = 'rank'",
+        ),
     ],
 )
 def test_a_path_model_with_another_label_is_refused_in_one_line(runner, tmp_path, sets, asked):
@@ -75,9 +91,21 @@ def test_a_split_only_run_trains_a_path_model_from_its_stored_rows(tmp_path):
     from quant_cli.recipe import load_recipe
 
     write_store(tmp_path / "data", "p", generate(symbols=2, bars=120, seed=3), "test")
-    recipe = load_recipe(None, ['data.dataset="p"', "features.sets=[]", 'features.include=["ret_5"]', "label.horizon=3",
-                                'model.name="nbeats"', "model.params.seq_len=4", "model.params.hidden=8",
-                                "model.params.blocks=1", "train.epochs=1", "train.threads=1"])
+    recipe = load_recipe(
+        None,
+        [
+            'data.dataset="p"',
+            "features.sets=[]",
+            'features.include=["ret_5"]',
+            "label.horizon=3",
+            'model.name="nbeats"',
+            "model.params.seq_len=4",
+            "model.params.hidden=8",
+            "model.params.blocks=1",
+            "train.epochs=1",
+            "train.threads=1",
+        ],
+    )
     run, prepared = stages.split_new(recipe, tmp_path / "data", tmp_path / "runs")
     rows = prepared.segment("train")
     assert rows["path"].list.len().unique().to_list() == [3]  # (n, horizon) targets for every training row
@@ -89,12 +117,34 @@ def test_a_split_only_run_trains_a_path_model_from_its_stored_rows(tmp_path):
 def test_walkforward_folds_train_a_path_model(runner, tmp_path):
     """Each fold's rows carry the path targets through to the fit (and the fold's score is the compounded path)."""
     recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "walkforward.toml")
-    sets = ['data.dataset="wfp"', "data.synthetic.symbols=2", "data.synthetic.bars=300", 'model.name="nbeats"',
-            "model.params={seq_len=4, hidden=8, blocks=1}", "train.epochs=1", "train.threads=1",
-            'features.sets=[]', 'features.include=["ret_5"]', "walkforward.train=150", "walkforward.validation=30",
-            "walkforward.test=60", "walkforward.step=60"]
-    result = runner.invoke(app, ["walkforward", "--recipe", recipe, "--data-dir", str(tmp_path / "data"), "--runs-dir",
-                                 str(tmp_path / "runs"), *(a for s in sets for a in ("--set", s))])
+    sets = [
+        'data.dataset="wfp"',
+        "data.synthetic.symbols=2",
+        "data.synthetic.bars=300",
+        'model.name="nbeats"',
+        "model.params={seq_len=4, hidden=8, blocks=1}",
+        "train.epochs=1",
+        "train.threads=1",
+        "features.sets=[]",
+        'features.include=["ret_5"]',
+        "walkforward.train=150",
+        "walkforward.validation=30",
+        "walkforward.test=60",
+        "walkforward.step=60",
+    ]
+    result = runner.invoke(
+        app,
+        [
+            "walkforward",
+            "--recipe",
+            recipe,
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            *(a for s in sets for a in ("--set", s)),
+        ],
+    )
     assert result.exit_code == 0, result.output
     run = Path(result.stdout.strip().splitlines()[-1])
     predictions = pl.read_parquet(next(run.rglob("predictions.parquet")))

@@ -67,7 +67,8 @@ def forward_path(bars: pl.DataFrame, horizon: int, execution: str) -> pl.DataFra
     price = execution_price(bars, execution)
     steps = range(1, horizon + 1)
     frame = bars.sort("symbol", "ts").select(
-        "symbol", "ts",
+        "symbol",
+        "ts",
         pl.concat_list([_one_bar(price, k) for k in steps]).alias("path"),
         pl.concat_list([_t1(k) for k in steps]).alias("path_end"),
     )

@@ -38,11 +38,11 @@ class TorchModel(Model):
     gpu = True
     early_stopping = True
     # An architecture declares these in its one file under models/torch/ (see docs/models.md):
-    config: ClassVar[type[NetConfig]]             # its config dataclass: model.params are its `param` fields
-    network: ClassVar[type]                       # its nn.Module, built from a config instance
-    fixed: ClassVar[dict[str, Any]] = {}          # config fields the class fixes (e.g. the recurrent cell)
-    fast_test: ClassVar[dict[str, Any]]           # tiny model.params the model-zoo test harness trains with
-    fast_train: ClassVar[dict[str, Any]] = {}     # [train] keys over the harness's short loop, if it needs others
+    config: ClassVar[type[NetConfig]]  # its config dataclass: model.params are its `param` fields
+    network: ClassVar[type]  # its nn.Module, built from a config instance
+    fixed: ClassVar[dict[str, Any]] = {}  # config fields the class fixes (e.g. the recurrent cell)
+    fast_test: ClassVar[dict[str, Any]]  # tiny model.params the model-zoo test harness trains with
+    fast_train: ClassVar[dict[str, Any]] = {}  # [train] keys over the harness's short loop, if it needs others
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         if "config" in cls.__dict__:  # the config dataclass is the one source of defaults, limits and docs
@@ -58,11 +58,15 @@ class TorchModel(Model):
         if self.loop.loss not in LOSSES:
             raise ModelError(f"train.loss {self.loop.loss!r} is not a loss; allowed: {', '.join(map(repr, LOSSES))}")
         if self.output == "path" and self.loop.loss not in ("mse", "huber"):
-            raise ModelError(f"train.loss {self.loop.loss!r} trades one score, but model '{self.name}' forecasts a path; "
-                             "use train.loss = 'mse' or 'huber'")
+            raise ModelError(
+                f"train.loss {self.loop.loss!r} trades one score, but model '{self.name}' forecasts a path; "
+                "use train.loss = 'mse' or 'huber'"
+            )
         if self.is_classifier and self.loop.loss != "mse":
-            raise ModelError(f"train.loss {self.loop.loss!r} is a regression loss; a classifier trains on cross-entropy, "
-                             "so leave train.loss at 'mse' (its default) or set model.task = 'regression'")
+            raise ModelError(
+                f"train.loss {self.loop.loss!r} is a regression loss; a classifier trains on cross-entropy, "
+                "so leave train.loss at 'mse' (its default) or set model.task = 'regression'"
+            )
         self._check_architecture()
 
     def _check_architecture(self) -> None:
@@ -79,8 +83,9 @@ class TorchModel(Model):
     def _net_config(self, n_inputs: int) -> NetConfig:
         kind, n_symbols = self._symbol_input()
         outputs = self.n_classes if self.is_classifier else getattr(self, "horizon_", 1)
-        return self.config(n_inputs=n_inputs, n_outputs=outputs, symbol_kind=kind,
-                           n_symbols=n_symbols, **self.params, **self.fixed)
+        return self.config(
+            n_inputs=n_inputs, n_outputs=outputs, symbol_kind=kind, n_symbols=n_symbols, **self.params, **self.fixed
+        )
 
     def _symbol_input(self) -> tuple[str, int]:
         """(symbol_kind, n_symbols) the network encodes itself (quant_cli.models.torch.heads)."""
@@ -123,21 +128,41 @@ class TorchModel(Model):
             net = self._build(self.config_).to(self.device_)
             data, _ = self._samples(train, self._scaled(y), sample_weight)
             if len(data) == 0:
-                raise ModelError(f"model '{self.name}' has no training rows it can use (every row is in a window's warm-up); "
-                                 "use a shorter model.params.seq_len or more data")
+                raise ModelError(
+                    f"model '{self.name}' has no training rows it can use (every row is in a window's warm-up); "
+                    "use a shorter model.params.seq_len or more data"
+                )
             held = self._samples(val, self._scaled(y_val))[0] if val is not None and len(val.X) else None
-            result = loop.train(net, data, held, cfg, self._loss(losses),
-                                device=self.device_, seed=self.seed, reporter=self.reporter, name=self.name,
-                                checkpoints=loop.Checkpoints(folder) if folder else None, resume=getattr(self, "resume", False),
-                                on_epoch=self._epoch_report(net, val), world=world)
+            result = loop.train(
+                net,
+                data,
+                held,
+                cfg,
+                self._loss(losses),
+                device=self.device_,
+                seed=self.seed,
+                reporter=self.reporter,
+                name=self.name,
+                checkpoints=loop.Checkpoints(folder) if folder else None,
+                resume=getattr(self, "resume", False),
+                on_epoch=self._epoch_report(net, val),
+                world=world,
+            )
         self._release()
         peak = torch.cuda.max_memory_allocated(torch.device(self.device_)) if cuda else None
         self.peak_cuda_mb_ = None if peak is None else round(peak / 2**20, 1)
         self.precision_ = result.precision
-        self.parallel_ = ONE_PROCESS if world is None else {
-            "world_size": world.size, "backend": world.backend, "launcher": world.launcher}
+        self.parallel_ = (
+            ONE_PROCESS
+            if world is None
+            else {"world_size": world.size, "backend": world.backend, "launcher": world.launcher}
+        )
         self.net_, self.history_ = net, result.history
-        self.epochs_run_, self.best_epoch_, self.resumed_from_ = result.epochs_run, result.best_epoch, result.resumed_from
+        self.epochs_run_, self.best_epoch_, self.resumed_from_ = (
+            result.epochs_run,
+            result.best_epoch,
+            result.resumed_from,
+        )
         self.samples_ = len(data)
 
     def _loss(self, losses):
@@ -157,6 +182,7 @@ class TorchModel(Model):
             def val_scores():
                 self.net_ = net  # score the weights as they are after this epoch
                 return self._scores(self._predict(val))
+
             report(epoch, val_scores)
 
         return on_epoch
@@ -188,11 +214,17 @@ class TorchModel(Model):
     # ---- persistence ------------------------------------------------------------------------------
 
     def _fit_info(self) -> dict[str, Any]:
-        info = {"epochs_run": self.epochs_run_, "best_epoch": self.best_epoch_, "config": asdict(self.config_),
-                "train": self.loop.to_json(), "samples": self.samples_,
-                # what ran, not what was asked: autocast dtype of training, and the data-parallel group
-                "precision": getattr(self, "precision_", "fp32"), "inference_precision": self.loop.inference_precision,
-                **getattr(self, "parallel_", ONE_PROCESS)}
+        info = {
+            "epochs_run": self.epochs_run_,
+            "best_epoch": self.best_epoch_,
+            "config": asdict(self.config_),
+            "train": self.loop.to_json(),
+            "samples": self.samples_,
+            # what ran, not what was asked: autocast dtype of training, and the data-parallel group
+            "precision": getattr(self, "precision_", "fp32"),
+            "inference_precision": self.loop.inference_precision,
+            **getattr(self, "parallel_", ONE_PROCESS),
+        }
         if getattr(self, "peak_cuda_mb_", None) is not None:
             info["peak_cuda_memory_mb"] = self.peak_cuda_mb_  # torch.cuda.max_memory_allocated during the fit
         if getattr(self, "resumed_from_", 0):

@@ -49,7 +49,9 @@ def sharpe(out, y, w=None, group=None):
     if group is not None:
         codes, inverse = torch.unique(group, return_inverse=True)
         sums = torch.zeros(len(codes), device=pnl.device, dtype=pnl.dtype).index_add_(0, inverse, pnl)
-        counts = torch.zeros(len(codes), device=pnl.device, dtype=pnl.dtype).index_add_(0, inverse, torch.ones_like(pnl))
+        counts = torch.zeros(len(codes), device=pnl.device, dtype=pnl.dtype).index_add_(
+            0, inverse, torch.ones_like(pnl)
+        )
         pnl = sums / counts  # (T,) per-timestamp portfolio return
     if len(pnl) < 2:
         return -pnl.mean()
@@ -94,8 +96,11 @@ class PnL:
 
     def __call__(self, out, y, w=None, group=None, previous: Previous | None = None):
         position = torch.tanh(out[:, 0])  # (B,)
-        before = torch.zeros_like(position) if previous is None else torch.where(
-            previous.known, torch.tanh(previous.score), torch.zeros_like(position))
+        before = (
+            torch.zeros_like(position)
+            if previous is None
+            else torch.where(previous.known, torch.tanh(previous.score), torch.zeros_like(position))
+        )
         net = position * y - self.cost * (position - before).abs()
         if w is not None:
             net = net * w

@@ -31,8 +31,11 @@ from quant_cli.models.torch.heads import SymbolInput
 
 @dataclass
 class NBeatsConfig(SequenceConfig):
-    stacks: str = param("generic", "generic (two stacks of free linear bases) or interpretable "
-                        "(trend then seasonality)", choice("generic", "interpretable"))
+    stacks: str = param(
+        "generic",
+        "generic (two stacks of free linear bases) or interpretable (trend then seasonality)",
+        choice("generic", "interpretable"),
+    )
     blocks: int = param(3, "blocks per stack", between(1, 30))
     hidden: int = param(64, "width of every block's fully connected layers", at_least(1))
     layers: int = param(4, "fully connected layers per block", between(1, 8))
