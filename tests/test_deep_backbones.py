@@ -53,3 +53,54 @@ def test_hybrid_refusal_is_one_line_exit_2_before_any_work(runner, tmp_path):
         "kernel_size or patch_len, or raise seq_len"
     ]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+# ---- moe_transformer: routing, capacity, the loop's hooks --------------------------------------------
+
+
+def _moe(**extra):
+    from quant_cli.models.torch.moe_transformer import MoETransformer, MoETransformerConfig
+
+    cfg = dict(n_inputs=3, seq_len=8, d_model=8, heads=2, layers=2, experts=4, top_k=2, dropout=0.0)
+    return MoETransformer(MoETransformerConfig(**{**cfg, **extra}))
+
+
+def test_moe_scoring_ignores_the_other_rows_of_its_batch_and_training_capacity_drops_overflow():
+    torch.manual_seed(0)
+    net, x = _moe(capacity_factor=0.3), torch.randn(16, 8, 3)
+    net.eval()  # scoring: no capacity, so one window's score never depends on another window in the batch
+    torch.testing.assert_close(net(x)[:1], net(x[:1]), rtol=0, atol=1e-6)
+    net.train()  # training: a capacity below an even share drops assignments, so the batch does matter
+    assert not torch.allclose(net(x)[:1], net(x[:1]))
+    stats = net.epoch_stats()
+    assert len(stats["expert_usage"]) == 2 and all(0 < d < 1 for d in stats["expert_dropped"])
+    assert all(abs(sum(usage) - 1) < 1e-5 and len(usage) == 4 for usage in stats["expert_usage"])
+    assert net.epoch_stats()["expert_dropped"] == [0.0, 0.0]  # counters reset each epoch
+    net(x)
+    # Σ over layers of aux_weight·E·Σ f·P, which is ≥ aux_weight per layer
+    assert float(net.auxiliary_loss().detach()) >= 2 * 0.01 * 0.999
+    generous = _moe(capacity_factor=8.0).train()
+    generous(x)
+    assert generous.epoch_stats()["expert_dropped"] == [0.0, 0.0]
+
+
+def test_history_carries_telemetry_and_expert_usage_per_epoch():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(96, 3)).astype(np.float32)
+    symbols = np.repeat(["A", "B"], 48)
+    train = {"epochs": 3, "batch_size": 32, "learning_rate": 0.01, "warmup": 0.0, "grad_clip": 1e-4}
+    params = {"seq_len": 4, "d_model": 8, "heads": 2, "layers": 2, "experts": 3, "top_k": 2}
+    model = create_model("moe_transformer", "regression", params, 1, 1, train=train)
+    history = model.fit(X, X[:, 0].astype(float), feature_names=["a", "b", "c"], symbols=symbols).history_
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    for h in history:
+        assert h["grad_norm_max"] >= h["grad_norm"] > 1e-4  # before clipping (the clip is 1e-4)
+        assert h["param_norm"] > 0 and h["lr"] > 0 and h["aux_loss"] > 0
+        assert len(h["expert_usage"]) == 2 and all(len(u) == 3 and abs(sum(u) - 1) < 1e-5 for u in h["expert_usage"])
+    norms = [h["param_norm"] for h in history]
+    assert len(set(norms)) == 3  # measured after each epoch, not once
+    plain = create_model("tcn", "regression", {"seq_len": 4, "channels": 4, "levels": 2}, 1, 1, train=train)
+    first = plain.fit(X, X[:, 0].astype(float), feature_names=["a", "b", "c"], symbols=symbols).history_[0]
+    assert {"grad_norm", "grad_norm_max", "param_norm", "lr"} <= set(first) and "expert_usage" not in first

@@ -3,7 +3,14 @@
 AdamW; a learning-rate schedule with linear warm-up then cosine decay (or constant); gradient
 clipping; early stopping on the validation loss or the validation IC (`monitor`), keeping the best
 epoch's weights. Each epoch reports one line (train loss, val loss, val IC) and appends to the
-history that the model saves as `history.json`.
+history that the model saves as `history.json`, with telemetry: the learning rate of the epoch's
+last step, the mean and largest global gradient norm before clipping, and the parameter norm after
+the epoch.
+
+A network may add to this, with no branch here: `auxiliary_loss()` (a scalar tensor from its latest
+training forward, added to the loss each step, recorded as `aux_loss`; e.g. moe load balancing) and
+`epoch_stats()` (a JSON-able dict merged into the epoch's history entry, e.g. moe expert usage; the
+network resets its counters there).
 
 Checkpoints: after every epoch `last.pt` holds everything needed to continue — weights,
 optimizer, schedule, RNG state, history, the early-stopping state — and `best.pt` the best epoch's
@@ -166,11 +173,13 @@ def train(net: nn.Module, data: Samples, val: Samples | None, cfg: LoopConfig, l
     run = torch.compile(net) if cfg.compile else net
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
-        train_loss = _epoch(run, opt, sched, data, cfg, loss_fn, device, seed, epoch)
+        telemetry = _epoch(run, opt, sched, data, cfg, loss_fn, device, seed, epoch)
+        train_loss = telemetry.pop("train_loss")
         val_loss, val_ic = evaluate(run, val, loss_fn, cfg, device) if val is not None and len(val) else (math.nan, math.nan)
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_ic": val_ic,
-                        "lr": sched.get_last_lr()[0], "seconds": round(seconds, 3), "samples_per_s": round(len(data) / max(seconds, 1e-9), 1)})
+                        "seconds": round(seconds, 3), "samples_per_s": round(len(data) / max(seconds, 1e-9), 1),
+                        **telemetry})
         score = -val_ic if cfg.monitor == "ic" else val_loss
         state.epoch = epoch
         if not math.isfinite(score):  # no validation rows: the latest epoch is kept
@@ -193,24 +202,40 @@ def train(net: nn.Module, data: Samples, val: Samples | None, cfg: LoopConfig, l
     return Trained(history, state.best_epoch, state.epoch, loaded[0]["epoch"] if loaded is not None else 0)
 
 
-def _epoch(net, opt, sched, data: Samples, cfg: LoopConfig, loss_fn, device: str, seed: int, epoch: int) -> float:
-    """One pass over shuffled mini-batches; the shuffle depends on (seed, epoch) only."""
+def _epoch(net, opt, sched, data: Samples, cfg: LoopConfig, loss_fn, device: str, seed: int, epoch: int) -> dict:
+    """One pass over shuffled mini-batches; the shuffle depends on (seed, epoch) only.
+    Returns the mean train loss and the epoch's telemetry (see the module doc)."""
     net.train()
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).to(data.ends.device)
-    total, count = 0.0, 0
+    auxiliary = getattr(net, "auxiliary_loss", None)
+    total, aux_total, count, grad_norms, lr = 0.0, 0.0, 0, [], math.nan
     for idx in order.split(cfg.batch_size):
         x, ids = data.inputs(idx)
         with autocast(device, cfg.precision):
             out = net(x.to(device, non_blocking=True), ids)  # (B, K)
         loss = loss_fn(out.float(), data.part("y", idx), data.part("w", idx), data.part("group", idx))
+        aux = auxiliary() if auxiliary is not None else None
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        (loss if aux is None else loss + aux).backward()
+        grad_norms.append(_grad_norm(net, cfg.grad_clip))
+        lr = sched.get_last_lr()[0]  # the rate this step uses
         opt.step()
         sched.step()
         total, count = total + float(loss.detach()) * len(idx), count + len(idx)
-    return total / max(count, 1)
+        aux_total += 0.0 if aux is None else float(aux.detach()) * len(idx)
+    stats = getattr(net, "epoch_stats", None)
+    norms = torch.stack(grad_norms).float().cpu() if grad_norms else torch.zeros(1)
+    param_norm = torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in net.parameters()]))
+    return {"train_loss": total / max(count, 1), "lr": lr, "grad_norm": float(norms.mean()),
+            "grad_norm_max": float(norms.max()), "param_norm": float(param_norm),
+            **({"aux_loss": aux_total / max(count, 1)} if auxiliary is not None else {}), **(stats() if stats else {})}
+
+
+def _grad_norm(net: nn.Module, clip: float) -> torch.Tensor:
+    """The global gradient norm before clipping (clipping to `clip` when it is > 0)."""
+    if clip > 0:
+        return nn.utils.clip_grad_norm_(net.parameters(), clip).detach()
+    return nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None]).detach()
 
 
 @torch.no_grad()
