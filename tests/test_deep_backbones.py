@@ -104,3 +104,25 @@ def test_history_carries_telemetry_and_expert_usage_per_epoch():
     plain = create_model("tcn", "regression", {"seq_len": 4, "channels": 4, "levels": 2}, 1, 1, train=train)
     first = plain.fit(X, X[:, 0].astype(float), feature_names=["a", "b", "c"], symbols=symbols).history_[0]
     assert {"grad_norm", "grad_norm_max", "param_norm", "lr"} <= set(first) and "expert_usage" not in first
+
+
+# ---- omni_mixture: the coarse (pooled) scale never hands a step a later bar ------------------------------
+
+
+def test_omni_mixture_pools_causally_and_every_step_ignores_later_steps():
+    from quant_cli.models.torch.omni_mixture import OmniMixture, OmniMixtureConfig, causal_pool
+
+    torch.manual_seed(0)
+    coarse, ends = causal_pool(torch.arange(7.0).reshape(1, 7, 1), pool=3)  # steps 0..6: patches [pad,0], [1,3], [4,6]
+    assert ends.tolist() == [0, 3, 6] and coarse[0, :, 0].tolist() == [0.0, 2.0, 5.0]
+    net = OmniMixture(OmniMixtureConfig(n_inputs=2, seq_len=12, d_model=8, heads=2, layers=2, pool=3, kernel_size=2,
+                                        state=4, dropout=0.0)).eval()
+    x = torch.randn(2, 12, 2)
+    for cut in (4, 7, 10):  # rewrite every step from `cut` on: outputs at every earlier step stay put
+        later = x.clone()
+        later[:, cut:] = torch.randn(2, 12 - cut, 2)
+        original, rewritten = net.embed(x), net.embed(later)
+        for block in net.blocks:
+            original, rewritten = block(original), block(rewritten)
+        torch.testing.assert_close(rewritten[:, :cut], original[:, :cut], rtol=0, atol=1e-5)
+        assert not torch.allclose(rewritten[:, cut:], original[:, cut:])
