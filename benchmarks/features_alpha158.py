@@ -66,10 +66,14 @@ def _parse() -> argparse.Namespace:
 
 # --- one side, in its own process -------------------------------------------------------------
 
+
 def _run_side(args: argparse.Namespace) -> int:
     seconds, rows, columns = {"engine": _engine, "pandas": _pandas}[args.side](args.input, args.output)
-    print(json.dumps({"seconds": seconds, "cpu_seconds": _CPU[0], "peak_mb": _peak_mb(), "rows": rows,
-                      "features": columns}))
+    print(
+        json.dumps(
+            {"seconds": seconds, "cpu_seconds": _CPU[0], "peak_mb": _peak_mb(), "rows": rows, "features": columns}
+        )
+    )
     return 0
 
 
@@ -119,14 +123,18 @@ def _pandas(source: Path, output: Path) -> tuple[float, int, int]:
 
 # --- the comparison ---------------------------------------------------------------------------
 
+
 def _compare(args: argparse.Namespace, tmp: Path) -> int:
     from quant_cli.data.synthetic import generate
 
     bars_path = tmp / "bars.parquet"
     generate(symbols=args.symbols, bars=args.bars, seed=args.seed).write_parquet(bars_path)
     baseline = _unpack(args.baseline, tmp / "baseline")
-    print(f"panel: {args.symbols} symbols x {args.bars} bars = {args.symbols * args.bars:,} rows, Alpha158 set; "
-          f"baseline {args.baseline[:10]}", flush=True)
+    print(
+        f"panel: {args.symbols} symbols x {args.bars} bars = {args.symbols * args.bars:,} rows, Alpha158 set; "
+        f"baseline {args.baseline[:10]}",
+        flush=True,
+    )
     engine = _side("engine", bars_path, tmp / "engine.parquet", ROOT)
     before = _side("engine", bars_path, tmp / "baseline.parquet", baseline, label="baseline")
     pandas = _side("pandas", bars_path, tmp / "pandas.parquet", ROOT)
@@ -137,12 +145,12 @@ def _compare(args: argparse.Namespace, tmp: Path) -> int:
     return 0 if max(worst[1], worst_baseline[1]) <= TOLERANCE else 1
 
 
-
 def _unpack(revision: str, folder: Path) -> Path:
     """The package as it was at `revision` (git archive: the repository itself is not touched)."""
     folder.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "quant_cli"], check=True,
-                             capture_output=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "quant_cli"], check=True, capture_output=True
+    )
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
     return folder
 
@@ -154,11 +162,23 @@ def _env(code: Path) -> dict[str, str]:
 
 
 def _side(side: str, source: Path, output: Path, code: Path, label: str | None = None) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--input", str(source), "--output", str(output)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--side",
+        side,
+        "--input",
+        str(source),
+        "--output",
+        str(output),
+    ]
     done = subprocess.run(command, check=True, capture_output=True, text=True, env=_env(code))
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"  {label or side:<12} {result['seconds']:8.2f} s ({result['cpu_seconds']:6.2f} CPU-s)   "
-          f"peak RSS {result['peak_mb']:7.0f} MiB   {result['features']} features", flush=True)
+    print(
+        f"  {label or side:<12} {result['seconds']:8.2f} s ({result['cpu_seconds']:6.2f} CPU-s)   "
+        f"peak RSS {result['peak_mb']:7.0f} MiB   {result['features']} features",
+        flush=True,
+    )
     return result
 
 
@@ -169,16 +189,34 @@ def _cli_sides(bars_path: Path, tmp: Path, baseline: Path) -> dict[str, float]:
     tiny = tmp / "tiny.parquet"
     pl.read_parquet(bars_path).filter(pl.col("symbol").is_in(["S000", "S001"])).head(400).write_parquet(tiny)
     for source, dataset in ((bars_path, "bench"), (tiny, "tiny")):
-        ingest = [qfactory, "ingest", "--source", str(source), "--dataset", dataset, "--data-dir", str(data_dir),
-                  "--quiet"]
+        ingest = [
+            qfactory,
+            "ingest",
+            "--source",
+            str(source),
+            "--dataset",
+            dataset,
+            "--data-dir",
+            str(data_dir),
+            "--quiet",
+        ]
         subprocess.run(ingest, check=True, capture_output=True, text=True, env=_env(ROOT))
     recipe = tmp / "alpha158.toml"
     recipe.write_text('[data]\ndataset = "bench"\n[features]\nsets = ["alpha158"]\n', encoding="utf-8")
     times = {}
     for label, code in (("cli", ROOT), ("cli-baseline", baseline)):
         for dataset in ("tiny", "bench"):  # tiny first, untimed: numba's one-off compilation is cached on disk
-            command = [qfactory, "features", "--recipe", str(recipe), "--set", f'data.dataset="{dataset}"',
-                       "--data-dir", str(data_dir), "--quiet"]
+            command = [
+                qfactory,
+                "features",
+                "--recipe",
+                str(recipe),
+                "--set",
+                f'data.dataset="{dataset}"',
+                "--data-dir",
+                str(data_dir),
+                "--quiet",
+            ]
             started = time.perf_counter()
             subprocess.run(command, check=True, capture_output=True, text=True, env=_env(code))
             times[label] = time.perf_counter() - started
@@ -202,14 +240,23 @@ def _agreement(ours_path: Path, reference_path: Path) -> tuple[str, float]:
     return worst
 
 
-def _report(engine: dict, before: dict, pandas: dict, cli: dict[str, float] | None, worst: tuple[str, float],
-            worst_baseline: tuple[str, float]) -> None:
+def _report(
+    engine: dict,
+    before: dict,
+    pandas: dict,
+    cli: dict[str, float] | None,
+    worst: tuple[str, float],
+    worst_baseline: tuple[str, float],
+) -> None:
     for other, (name, diff) in (("pandas", worst), ("baseline", worst_baseline)):
         verdict = "agree" if diff <= TOLERANCE else "DISAGREE"
         print(f"values: engine and {other} {verdict} (worst {name}: {diff:.2e} relative, tolerance {TOLERANCE:g})")
     for other, side in (("pandas", pandas), ("baseline engine", before)):
-        print(f"speed-up engine vs {other}: {side['seconds'] / engine['seconds']:.1f}x wall, "
-              f"{side['cpu_seconds'] / engine['cpu_seconds']:.1f}x CPU" + (" (target >= 20x)" if other == "pandas" else ""))
+        print(
+            f"speed-up engine vs {other}: {side['seconds'] / engine['seconds']:.1f}x wall, "
+            f"{side['cpu_seconds'] / engine['cpu_seconds']:.1f}x CPU"
+            + (" (target >= 20x)" if other == "pandas" else "")
+        )
     if cli is not None:
         ratio = cli["cli-baseline"] / cli["cli"]
         print(f"speed-up qfactory features vs baseline, end to end: {ratio:.1f}x (target >= 3x)")

@@ -39,13 +39,18 @@ def test_the_kernels_the_engine_and_every_family_module_are_hashed() -> None:
     files = {p.relative_to(ROOT).as_posix() for p in code_hash.code_files()}
     families = {(f.compute or f.build).__module__.replace(".", "/") + ".py" for f in REGISTRY.families.values()}
     assert families <= files
-    assert {"quant_cli/features/kernels.py", "quant_cli/features/_compiled.py", "quant_cli/features/engine.py",
-            "quant_cli/features/panel.py"} <= files
+    assert {
+        "quant_cli/features/kernels.py",
+        "quant_cli/features/_compiled.py",
+        "quant_cli/features/engine.py",
+        "quant_cli/features/panel.py",
+    } <= files
 
 
 @pytest.fixture
 def edited(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     """Make code_hash see `path` with different bytes, as after an edit of that file."""
+
     def edit(relative: str) -> None:
         target = (ROOT / relative).resolve()
         real = code_hash._read
@@ -57,8 +62,12 @@ def edited(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
 
 
 @pytest.mark.parametrize("relative", ["quant_cli/features/core.py", "quant_cli/features/_compiled.py"])
-def test_changed_feature_code_builds_a_new_version(tmp_path: Path, data_dir: Path, edited,  # noqa: ANN001
-                                                   relative: str) -> None:
+def test_changed_feature_code_builds_a_new_version(
+    tmp_path: Path,
+    data_dir: Path,
+    edited,  # noqa: ANN001
+    relative: str,
+) -> None:
     before = feature_table(_recipe(tmp_path), data_dir)
     assert feature_table(_recipe(tmp_path), data_dir).cached  # unchanged code: the cache serves it
     edited(relative)
@@ -68,8 +77,14 @@ def test_changed_feature_code_builds_a_new_version(tmp_path: Path, data_dir: Pat
 
 
 def _python(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

@@ -23,8 +23,11 @@ from quant_cli.features.panel import PARALLEL_MIN_ROWS, kernel_columns
 from quant_cli.pipeline.lookback import agrees
 
 SECTION = {
-    "sets": ["all"], "windows": [2, 3, 5, 10, 20, 60], "alpha158_windows": [2, 5, 10, 20, 30, 60],
-    "timeframes": ["1w", "3d"], "cross_sectional": ["ret_5", "RSV20", "VMA5"],
+    "sets": ["all"],
+    "windows": [2, 3, 5, 10, 20, 60],
+    "alpha158_windows": [2, 5, 10, 20, 30, 60],
+    "timeframes": ["1w", "3d"],
+    "cross_sectional": ["ret_5", "RSV20", "VMA5"],
 }
 FEATURES = REGISTRY.resolve(SECTION).features
 # sqrt(rolling mean): compared squared. On a flat window polars' running mean of zeros leaves
@@ -44,8 +47,8 @@ def _walk(rng: np.random.Generator, n: int, flat: slice | None = None) -> dict[s
     volume = np.round(rng.lognormal(10, 1, n), -2)
     if flat is not None:  # a halted stretch: no range, and runs of zero volume
         high[flat] = low[flat] = open_[flat] = close[flat]
-        volume[flat.start:flat.start + 12] = 0.0
-        volume[flat.stop - 5:flat.stop] = 0.0
+        volume[flat.start : flat.start + 12] = 0.0
+        volume[flat.stop - 5 : flat.stop] = 0.0
     return {"open": open_, "high": high, "low": low, "close": close, "volume": volume}
 
 
@@ -70,14 +73,19 @@ def panel() -> pl.DataFrame:
         _symbol(rng, "H", weekdays[:150], flat=slice(0, 40)),  # starts flat: ADX's 0/0 DX
         _symbol(rng, "F", weekdays[-3:]),  # three bars
         _symbol(rng, "G", weekdays[-1:]),  # one bar
-        _symbol(rng, "B",
-                np.sort(rng.choice(days, size=len(days) - 60, replace=False))),  # the benchmark: 7-day week, gaps
+        _symbol(
+            rng, "B", np.sort(rng.choice(days, size=len(days) - 60, replace=False))
+        ),  # the benchmark: 7-day week, gaps
     ]
     bars = pl.concat(frames).sort("symbol", "ts")
     row = pl.int_range(pl.len()).over("symbol")
-    vwap = (pl.when((row % 97 >= 20) & (row % 97 < 26)).then(None)  # null runs
-            .when((row % 89 >= 40) & (row % 89 < 43)).then(float("nan"))  # NaN runs
-            .otherwise(pl.col("vwap")))
+    vwap = (
+        pl.when((row % 97 >= 20) & (row % 97 < 26))
+        .then(None)  # null runs
+        .when((row % 89 >= 40) & (row % 89 < 43))
+        .then(float("nan"))  # NaN runs
+        .otherwise(pl.col("vwap"))
+    )
     sector = pl.when(pl.col("symbol").is_in(["A", "C", "E"])).then(pl.lit("x")).otherwise(pl.lit("y"))
     return bars.with_columns(vwap=vwap, sector=sector)
 
@@ -132,6 +140,7 @@ def test_the_panel_is_awkward(panel: pl.DataFrame, both: tuple[pl.DataFrame, pl.
 
 # --- the kernels one by one, on missing values, where the polars operator takes them -------------
 
+
 def _series_with_gaps() -> tuple[np.ndarray, np.ndarray, pl.DataFrame]:
     rng = np.random.default_rng(1)
     x = np.round(100 * np.exp(np.cumsum(rng.normal(0, 0.02, 400))), 1)
@@ -154,20 +163,35 @@ _CASES = {
     "var": (lambda x, y, o, w: kernels.rolling_var(x, o, w), lambda w: _X.rolling_var(w, min_samples=w)),
     "max": (lambda x, y, o, w: kernels.rolling_max(x, o, w), lambda w: _X.rolling_max(w, min_samples=w)),
     "min": (lambda x, y, o, w: kernels.rolling_min(x, o, w), lambda w: _X.rolling_min(w, min_samples=w)),
-    "quantile": (lambda x, y, o, w: kernels.rolling_quantile(x, o, w, 0.8),
-                 lambda w: _X.rolling_quantile(0.8, "linear", window_size=w, min_samples=w)),
+    "quantile": (
+        lambda x, y, o, w: kernels.rolling_quantile(x, o, w, 0.8),
+        lambda w: _X.rolling_quantile(0.8, "linear", window_size=w, min_samples=w),
+    ),
     "rank": (lambda x, y, o, w: kernels.rolling_rank(x, o, w), lambda w: _X.rolling_rank(w, "average", min_samples=w)),
     "skew": (lambda x, y, o, w: kernels.rolling_skew(x, o, w), lambda w: _X.rolling_skew(w, bias=False, min_samples=w)),
-    "kurt": (lambda x, y, o, w: kernels.rolling_kurt(x, o, w),
-             lambda w: _X.rolling_kurtosis(w, fisher=True, bias=False, min_samples=w)),
-    "corr": (lambda x, y, o, w: kernels.rolling_corr(x, y, o, w),
-             lambda w: pl.rolling_corr(_X, _Y, window_size=w, min_samples=w)),
-    "cov": (lambda x, y, o, w: kernels.rolling_cov(x, y, o, w),
-            lambda w: pl.rolling_cov(_X, _Y, window_size=w, min_samples=w)),
+    "kurt": (
+        lambda x, y, o, w: kernels.rolling_kurt(x, o, w),
+        lambda w: _X.rolling_kurtosis(w, fisher=True, bias=False, min_samples=w),
+    ),
+    "corr": (
+        lambda x, y, o, w: kernels.rolling_corr(x, y, o, w),
+        lambda w: pl.rolling_corr(_X, _Y, window_size=w, min_samples=w),
+    ),
+    "cov": (
+        lambda x, y, o, w: kernels.rolling_cov(x, y, o, w),
+        lambda w: pl.rolling_cov(_X, _Y, window_size=w, min_samples=w),
+    ),
     "shift": (lambda x, y, o, w: kernels.shift(x, o, w), lambda w: _X.shift(w)),
-    "ewm": (lambda x, y, o, w: kernels.ema_mean_seeded(x, o, w, 2 / (w + 1)),
-            lambda w: pl.when(pl.int_range(pl.len()) == w - 1).then(_X.rolling_mean(w, min_samples=w))
-            .when(pl.int_range(pl.len()) >= w).then(_X).ewm_mean(alpha=2 / (w + 1), adjust=False, ignore_nulls=True)),
+    "ewm": (
+        lambda x, y, o, w: kernels.ema_mean_seeded(x, o, w, 2 / (w + 1)),
+        lambda w: (
+            pl.when(pl.int_range(pl.len()) == w - 1)
+            .then(_X.rolling_mean(w, min_samples=w))
+            .when(pl.int_range(pl.len()) >= w)
+            .then(_X)
+            .ewm_mean(alpha=2 / (w + 1), adjust=False, ignore_nulls=True)
+        ),
+    ),
 }
 
 

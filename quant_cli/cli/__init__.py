@@ -7,20 +7,40 @@ from typing import Annotated
 import typer
 
 from quant_cli import __version__
-from quant_cli.cli import backtest, bundle, data, features, ingest, predict, recipe, report, run, runs, serve, split, train, tune, walkforward
+from quant_cli.cli import (
+    audit,
+    backtest,
+    bundle,
+    data,
+    doctor,
+    features,
+    ingest,
+    predict,
+    profile,
+    recipe,
+    report,
+    run,
+    runs,
+    serve,
+    split,
+    train,
+    tune,
+    walkforward,
+)
 from quant_cli.cli.common import OneLineUsageErrors
 
 app = typer.Typer(
     name="qfactory",
     cls=OneLineUsageErrors,
     help="From raw market bars to a served model: ingest → features → split → train → backtest.\n\n"
-         "Example: qfactory run --recipe recipes/quickstart.toml",
+    "Example: qfactory run --recipe recipes/quickstart.toml",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
 
 def _version(value: bool) -> None:
     if value:
@@ -30,7 +50,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     """qfactory: leakage-safe quant research from the command line.
 
@@ -45,6 +67,7 @@ app.command("split")(split.split)
 app.command("train")(train.train)
 app.command("backtest")(backtest.backtest)
 app.command("report")(report.report)
+app.command("audit")(audit.audit)
 app.command("tune")(tune.tune)
 app.command("walkforward")(walkforward.walkforward)
 app.add_typer(bundle.app, name="bundle")
@@ -53,3 +76,5 @@ app.command("serve")(serve.serve)
 app.command("run")(run.run)
 app.add_typer(recipe.app, name="recipe")
 app.add_typer(runs.app, name="runs")
+app.command("profile")(profile.profile)
+app.command("doctor")(doctor.doctor)

@@ -7,7 +7,6 @@ import functools
 import inspect
 import json
 import os
-import re
 import sys
 import traceback
 import warnings
@@ -23,7 +22,7 @@ from typer._click import exceptions as click_errors  # typer vendors click: its 
 from typer._click.globals import get_current_context
 
 from quant_cli.cli import console
-from quant_cli.errors import QFactoryError, StorageError, clip_huge_values
+from quant_cli.errors import STORAGE_FIXES, QFactoryError, StorageError, clip_huge_values, os_errno
 from quant_cli.models.registry import check_capabilities
 from quant_cli.recipe import Recipe, load_with_overrides
 from quant_cli.runs.directory import Run, data_home, resolve_run, runs_home
@@ -35,13 +34,36 @@ RecipeOpt = Annotated[Path, typer.Option("--recipe", "-r", help="Recipe TOML fil
 OptionalRecipeOpt = Annotated[Path | None, typer.Option("--recipe", "-r", help="Recipe TOML file.", show_default=False)]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a recipe key, e.g. --set model.params.num_leaves=63 (repeatable).", show_default=False),
+    typer.Option(
+        "--set", help="Override a recipe key, e.g. --set model.params.num_leaves=63 (repeatable).", show_default=False
+    ),
 ]
-DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Data store home (else $QFACTORY_DATA_DIR, recipe, ./data).", show_default=False)]
-RunsDirOpt = Annotated[str | None, typer.Option("--runs-dir", help="Runs home (else $QFACTORY_RUNS_DIR, recipe, ./runs).", show_default=False)]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (same as --set train.device=...).", show_default=False)]
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name; same as --set model.name=NAME (drops model.params written for another model).", show_default=False)]
-StrictDeviceOpt = Annotated[bool, typer.Option("--strict-device", help="Fail instead of falling back to CPU when the device is unavailable.")]
+DataDirOpt = Annotated[
+    str | None,
+    typer.Option("--data-dir", help="Data store home (else $QFACTORY_DATA_DIR, recipe, ./data).", show_default=False),
+]
+RunsDirOpt = Annotated[
+    str | None,
+    typer.Option("--runs-dir", help="Runs home (else $QFACTORY_RUNS_DIR, recipe, ./runs).", show_default=False),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device", help="auto, cpu, cuda, cuda:N or mps (same as --set train.device=...).", show_default=False
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model name; same as --set model.name=NAME (drops model.params written for another model).",
+        show_default=False,
+    ),
+]
+StrictDeviceOpt = Annotated[
+    bool, typer.Option("--strict-device", help="Fail instead of falling back to CPU when the device is unavailable.")
+]
 
 
 def device_overrides(device: str | None, strict: bool) -> list[str]:
@@ -49,15 +71,32 @@ def device_overrides(device: str | None, strict: bool) -> list[str]:
     return [*([f'train.device="{device}"'] if device else []), *(["train.strict_device=true"] if strict else [])]
 
 
-BackendOpt = Annotated[str, typer.Option("--backend", help="Where tasks run: local (this machine) or ray (RAY_ADDRESS, else a local Ray instance; needs qfactory[ray]).")]
-JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Tasks run at once (local: processes; ray: CPUs of a local Ray instance).")]
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="Where tasks run: local (this machine) or ray (RAY_ADDRESS, else a local "
+        "Ray instance; needs qfactory[ray]).",
+    ),
+]
+JobsOpt = Annotated[
+    int,
+    typer.Option(
+        "--jobs", "-j", min=1, help="Tasks run at once (local: processes; ray: CPUs of a local Ray instance)."
+    ),
+]
 
 
 RunOpt = Annotated[str, typer.Option("--run", help="Run directory, run id, or 'latest'.", show_default=False)]
 
 
-def load_stage_recipe(recipe: Path, sets: list[str] | None, model: str | None = None, device: str | None = None,
-                      strict_device: bool = False) -> Recipe:
+def load_stage_recipe(
+    recipe: Path,
+    sets: list[str] | None,
+    model: str | None = None,
+    device: str | None = None,
+    strict_device: bool = False,
+) -> Recipe:
     """The recipe with --set, --model and --device/--strict-device applied (notices on stderr)."""
     overrides = [*(sets or []), *device_overrides(device, strict_device)]
     return load_with_overrides(recipe, overrides, model, console.REPORTER, check=check_capabilities)
@@ -84,8 +123,13 @@ class Shared:
 
 
 # The options every command over runs ends with, in this order: (annotation, default).
-_SHARED_OPTIONS = {"data_dir": (DataDirOpt, None), "runs_dir": (RunsDirOpt, None), "json_out": (JsonOpt, False),
-                   "quiet": (QuietOpt, False), "debug": (DebugOpt, False)}
+_SHARED_OPTIONS = {
+    "data_dir": (DataDirOpt, None),
+    "runs_dir": (RunsDirOpt, None),
+    "json_out": (JsonOpt, False),
+    "quiet": (QuietOpt, False),
+    "debug": (DebugOpt, False),
+}
 Printed = tuple[Path, dict[str, Any]]
 
 
@@ -95,8 +139,10 @@ def stage_command(command: Callable[..., Printed | None]) -> Callable[..., None]
     --runs-dir, --json, --quiet, --debug), maps failures to exit codes (cli_errors) and prints."""
     signature = inspect.signature(command, eval_str=True)
     own = [p for p in signature.parameters.values() if p.name != "shared"]
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-              for name, (annotation, default) in _SHARED_OPTIONS.items()]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, (annotation, default) in _SHARED_OPTIONS.items()
+    ]
 
     @functools.wraps(command)
     def with_shared_options(**options: Any) -> None:
@@ -151,6 +197,8 @@ def describe_failure(exc: BaseException) -> tuple[str, str, int]:
         return str(exc), type(exc).__name__, exc.exit_code
     if isinstance(exc, OSError) and (os_error := _os_error(exc)) is not None:
         return os_error, StorageError.__name__, 2
+    if not isinstance(exc, OSError) and (native := _native_storage_error(exc)) is not None:
+        return native, StorageError.__name__, 2
     first = f"unexpected failure: {type(exc).__name__}: {exc}".splitlines()[0]
     return f"{first} (rerun with --debug for the traceback)", "UnexpectedError", 1
 
@@ -171,29 +219,32 @@ def _json_requested() -> bool:
 
 # OS errors a user can fix: the path is unusable, or the disk cannot take the write.
 _FIXES = {
-    errno.EACCES: "check the path and its permissions (--data-dir, --runs-dir, --source, --recipe), or pass another one",
-    errno.EPERM: "check the path and its permissions (--data-dir, --runs-dir, --source, --recipe), or pass another one",
-    errno.EROFS: "the file system is read-only; pass a writable --runs-dir / --data-dir",
-    errno.ENOSPC: "free disk space there, or pass a --runs-dir / --data-dir on another disk",
-    errno.EDQUOT: "free space within your disk quota, or pass a --runs-dir / --data-dir elsewhere",
+    **STORAGE_FIXES,
     errno.ENOTDIR: "a part of the path is a file, not a folder; pass another path",
     errno.EISDIR: "it is a folder where a file is expected; pass a file path",
     errno.ENAMETOOLONG: "shorten the path",
     errno.ENOENT: "check that the path exists",
 }
-_RUST_OS_ERROR = re.compile(r"os error (\d+)")  # polars/deltalake: errno only inside the message
 
 
 def _os_error(exc: OSError) -> str | None:
     """'<path>: <OS reason>; <fix>' for an OS error with a fix, else None (an unexpected failure)."""
-    code = exc.errno
-    if code is None and (found := _RUST_OS_ERROR.search(str(exc))):
-        code = int(found.group(1))
+    code = os_errno(exc)
     if code not in _FIXES:
         return None
     path = exc.filename if exc.filename is not None else "a path"
     reason = (exc.strerror if exc.errno is not None and exc.strerror else os.strerror(code)).lower()
     return f"{path}: {reason}; {_FIXES[code]}"
+
+
+def _native_storage_error(exc: Exception) -> str | None:
+    """A disk-full, read-only or permission failure that a native library (polars, deltalake, SQLite)
+    raised as its own exception type outside every guarded write: bad input (exit 2), path unknown."""
+    code = os_errno(exc)
+    if code not in STORAGE_FIXES:
+        return None
+    reason = os.strerror(code).lower()
+    return f"{reason} while writing ({type(exc).__name__}, which names no path); {STORAGE_FIXES[code]}"
 
 
 class OneLineUsageErrors(typer.core.TyperGroup):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -18,8 +21,16 @@ TOKEN_ENV = "QFACTORY_SERVE_TOKEN"
 
 def serve(
     bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder or .tar.gz.", show_default=False)],
-    host: Annotated[str | None, typer.Option("--host", help="Address to bind (default serve.host: 127.0.0.1, loopback only).", show_default=False)] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Port (default serve.port: 8000).", show_default=False, min=1, max=65535)] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host", help="Address to bind (default serve.host: 127.0.0.1, loopback only).", show_default=False
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", help="Port (default serve.port: 8000).", show_default=False, min=1, max=65535),
+    ] = None,
     recipe: OptionalRecipeOpt = None,
     set_: SetOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -36,6 +47,11 @@ def serve(
     # only makes concurrent requests fight over the cores. Set before the model library loads;
     # an explicit OMP_NUM_THREADS wins.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # SIGTERM ends the process through Python (SystemExit), not the default handler's instant death:
+    # uvicorn shuts down gracefully, then raises the signal again to this handler, and every
+    # `finally` (a bundle's private model folder mid-load) runs. The exit status says SIGTERM.
+    if threading.current_thread() is threading.main_thread():  # signals can only be set there
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from quant_cli.serve.app import Limits, create_app
     from quant_cli.serve.bundle import load
     from quant_cli.serve.listen import bound_socket, run
@@ -47,6 +63,12 @@ def serve(
         app = create_app(loaded, os.environ.get(TOKEN_ENV) or None, limits, trust_pickle)
         bind, listen = host or cfg["host"], port or cfg["port"]
         sock = bound_socket(bind, listen)
-        console.REPORTER.info(f"serve: bundle {loaded.bundle_id} on http://{bind}:{listen} (docs at /docs)"
-                              + ("; bearer token required" if os.environ.get(TOKEN_ENV) else ""))
+        console.REPORTER.info(
+            f"serve: bundle {loaded.bundle_id} on http://{bind}:{listen} (docs at /docs)"
+            + ("; bearer token required" if os.environ.get(TOKEN_ENV) else "")
+        )
     run(app, sock)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)

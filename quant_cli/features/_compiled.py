@@ -77,7 +77,7 @@ def _shape(x, lo, hi, op):  # noqa: ANN001, ANN202 - numba
     m3 /= n
     m4 /= n
     if op == SKEW:  # bias-corrected sample skewness (pandas / polars bias=False)
-        return math.sqrt(n * (n - 1.0)) / (n - 2.0) * m3 / m2 ** 1.5
+        return math.sqrt(n * (n - 1.0)) / (n - 2.0) * m3 / m2**1.5
     g2 = m4 / (m2 * m2) - 3.0  # bias-corrected excess kurtosis
     return ((n + 1.0) * g2 + 6.0) * (n - 1.0) / ((n - 2.0) * (n - 3.0))
 
@@ -139,8 +139,6 @@ def _moment_one(x, lo, hi, w, op, ddof, out, mean_out):  # noqa: ANN001 - numba
             out[i] = _shape(x, start, i + 1, op)
 
 
-
-
 @njit(cache=True, nogil=True)
 def moment(x, offsets, w, op, ddof):  # noqa: ANN001, ANN201 - numba
     out = np.empty_like(x)
@@ -174,8 +172,6 @@ def _extreme_one(x, lo, hi, w, largest, value, position, buf):  # noqa: ANN001 -
         else:
             value[i] = x[buf[head]]
             position[i] = buf[head] - start + 1.0
-
-
 
 
 @njit(cache=True, nogil=True)
@@ -261,8 +257,6 @@ def _order_one(x, lo, hi, w, qs, quantiles, rank, buf):  # noqa: ANN001 - numba
         rank[i] = less + (equal + 1) / 2.0
 
 
-
-
 @njit(cache=True, nogil=True)
 def order(x, offsets, w, qs):  # noqa: ANN001, ANN201 - numba
     quantiles = np.empty((len(qs), len(x)))
@@ -331,8 +325,6 @@ def _pair_one(x, y, lo, hi, w, op, ddof, out):  # noqa: ANN001 - numba
             out[i] = (sxy - sx * sy / w) / math.sqrt(var_x * var_y)
 
 
-
-
 @njit(cache=True, nogil=True)
 def pair_stat(x, y, offsets, w, op, ddof):  # noqa: ANN001, ANN201 - numba
     out = np.empty_like(x)
@@ -353,8 +345,6 @@ def _weighted_one(x, lo, hi, weights, out):  # noqa: ANN001 - numba
         for j in range(w):
             total += weights[j] * x[start + j]
         out[i] = total  # a missing value makes the total NaN
-
-
 
 
 @njit(cache=True, nogil=True)
@@ -417,5 +407,3 @@ def ewm(x, offsets, alpha, seed_row, seed_len, seed_div):  # noqa: ANN001, ANN20
     for s in range(len(offsets) - 1):
         _ewm_one(x, offsets[s], offsets[s + 1], alpha, seed_row, seed_len, seed_div, out)
     return out
-
-

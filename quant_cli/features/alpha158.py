@@ -38,7 +38,9 @@ import numpy as np
 from quant_cli.features.panel import Panel, gt, lt
 from quant_cli.features.registry import REGISTRY, register
 
-REGISTRY.define_set("alpha158", "Qlib Alpha158: 158 candle, price-ratio and rolling price/volume factors over windows 5/10/20/30/60.")
+REGISTRY.define_set(
+    "alpha158", "Qlib Alpha158: 158 candle, price-ratio and rolling price/volume factors over windows 5/10/20/30/60."
+)
 
 WINDOWS = (5, 10, 20, 30, 60)
 EPS = 1e-12  # Qlib's denominator guard
@@ -48,17 +50,38 @@ Array = np.ndarray
 
 def _kbar(pattern: str, description: str, inputs: tuple[str, ...] = _OHLC):
     """A row-wise factor (no window)."""
-    return register(pattern, inputs=inputs, tags=("alpha158", "candle"), sets=("alpha158",), description=description,
-                    over="row", kernel=True)
+    return register(
+        pattern,
+        inputs=inputs,
+        tags=("alpha158", "candle"),
+        sets=("alpha158",),
+        description=description,
+        over="row",
+        kernel=True,
+    )
 
 
-def _rolling(pattern: str, description: str, inputs: tuple[str, ...] = ("close",), tags: tuple[str, ...] = (),
-             min_window: int = 1, sources: tuple[str, ...] = ()):
+def _rolling(
+    pattern: str,
+    description: str,
+    inputs: tuple[str, ...] = ("close",),
+    tags: tuple[str, ...] = (),
+    min_window: int = 1,
+    sources: tuple[str, ...] = (),
+):
     """A windowed factor; with `sources`, a row-wise combination of other factors at the same window."""
     return register(
-        pattern, inputs=inputs, tags=("alpha158", *tags), sets=("alpha158",), description=description,
-        window_key="alpha158_windows", default_windows=WINDOWS, min_window=min_window,
-        sources=sources, over="row" if sources else "symbol", kernel=True,
+        pattern,
+        inputs=inputs,
+        tags=("alpha158", *tags),
+        sets=("alpha158",),
+        description=description,
+        window_key="alpha158_windows",
+        default_windows=WINDOWS,
+        min_window=min_window,
+        sources=sources,
+        over="row" if sources else "symbol",
+        kernel=True,
     )
 
 
@@ -67,6 +90,7 @@ def _ohlc(p: Panel) -> tuple[Array, Array, Array, Array]:
 
 
 # --- candle shape and price ratios ------------------------------------------------------------
+
 
 @_kbar("KMID", "Candle body relative to the open: (close - open) / open.")
 def kmid(p: Panel) -> Array:
@@ -145,13 +169,17 @@ def low0(p: Panel) -> Array:
     return p.col("low") / p.col("close")
 
 
-@_kbar("VWAP0", "VWAP relative to the close; without a vwap column, the typical price (high + low + close) / 3.",
-       inputs=("vwap", "close"))
+@_kbar(
+    "VWAP0",
+    "VWAP relative to the close; without a vwap column, the typical price (high + low + close) / 3.",
+    inputs=("vwap", "close"),
+)
 def vwap0(p: Panel) -> Array:
     return p.col("vwap") / p.col("close")
 
 
 # --- rolling price operators -----------------------------------------------------------------
+
 
 @_rolling("ROC{w}", "Qlib rate of change: close w bars ago / close.", tags=("momentum",))
 def roc(p: Panel, w: int) -> Array:
@@ -175,8 +203,9 @@ def _sxx(w: int) -> float:
     return w * (w * w - 1) / 12.0  # sum_j (j - mean j)^2 for j = 1..w
 
 
-@_rolling("BETA{w}", "Slope of the least-squares line of close on time over w bars / close.", tags=("trend",),
-          min_window=2)
+@_rolling(
+    "BETA{w}", "Slope of the least-squares line of close on time over w bars / close.", tags=("trend",), min_window=2
+)
 def beta(p: Panel, w: int) -> Array:
     """sum_j (j - mean j) close_j over the window (j = 1..w, oldest first), a weighted rolling sum
     evaluated per window (no running-sum cancellation against the bar index), / Sxx / close."""
@@ -186,16 +215,25 @@ def beta(p: Panel, w: int) -> Array:
     return p.weighted_sum(c, weights) / _sxx(w) / c
 
 
-@_rolling("RSQR{w}", "R-squared of the least-squares line of close on time over w bars (trend linearity).",
-          tags=("trend",),
-          min_window=3, sources=("BETA{w}", "STD{w}"))
+@_rolling(
+    "RSQR{w}",
+    "R-squared of the least-squares line of close on time over w bars (trend linearity).",
+    tags=("trend",),
+    min_window=3,
+    sources=("BETA{w}", "STD{w}"),
+)
 def rsqr(p: Panel, beta_: Array, std_: Array, w: int) -> Array:
     # R^2 = slope^2 * Sxx / Syy with Syy = (w - 1) * std^2; both carry 1/close, which cancels
     return beta_**2 * _sxx(w) / ((w - 1) * std_**2)
 
 
-@_rolling("RESI{w}", "Residual of today's close from the least-squares line over w bars / close.", tags=("trend",),
-          min_window=2, sources=("MA{w}", "BETA{w}"))
+@_rolling(
+    "RESI{w}",
+    "Residual of today's close from the least-squares line over w bars / close.",
+    tags=("trend",),
+    min_window=2,
+    sources=("MA{w}", "BETA{w}"),
+)
 def resi(p: Panel, ma_: Array, beta_: Array, w: int) -> Array:
     # the line through the window's mean point reaches mean + slope * (w - 1) / 2 at today's bar
     return 1.0 - ma_ - beta_ * ((w - 1) / 2.0)
@@ -226,42 +264,61 @@ def qtld(p: Panel, w: int) -> Array:
     return p.order(c, w, _QUANTILES)[0][0] / c
 
 
-@_rolling("RANK{w}", "Percentile of today's close among the last w closes: average rank / w, in (0, 1].",
-          tags=("momentum",))
+@_rolling(
+    "RANK{w}", "Percentile of today's close among the last w closes: average rank / w, in (0, 1].", tags=("momentum",)
+)
 def rank(p: Panel, w: int) -> Array:
     # average rank / w: ties share the mean of their ranks (pandas rank(pct=True) of the last value)
     return p.order(p.col("close"), w, _QUANTILES)[1] / w  # one sorted window for QTLD, QTLU and RANK
 
 
-@_rolling("RSV{w}", "Close's position in the w-bar range: (close - min low) / (max high - min low + 1e-12).",
-          inputs=("close",), tags=("momentum",), sources=("MAX{w}", "MIN{w}"))
+@_rolling(
+    "RSV{w}",
+    "Close's position in the w-bar range: (close - min low) / (max high - min low + 1e-12).",
+    inputs=("close",),
+    tags=("momentum",),
+    sources=("MAX{w}", "MIN{w}"),
+)
 def rsv(p: Panel, max_ratio: Array, min_ratio: Array, w: int) -> Array:
     c = p.col("close")
     low = min_ratio * c  # MAX and MIN are the w-bar high / low divided by close: undo it
     return (c - low) / (max_ratio * c - low + EPS)
 
 
-@_rolling("IMAX{w}", "Position of the w-bar high counted from the window's oldest bar, / w (Qlib IdxMax).",
-          inputs=("high",), tags=("momentum",))
+@_rolling(
+    "IMAX{w}",
+    "Position of the w-bar high counted from the window's oldest bar, / w (Qlib IdxMax).",
+    inputs=("high",),
+    tags=("momentum",),
+)
 def imax(p: Panel, w: int) -> Array:
     # the oldest of tied highs wins (numpy / Qlib argmax semantics)
     return p.argmax(p.col("high"), w) / w
 
 
-@_rolling("IMIN{w}", "Position of the w-bar low counted from the window's oldest bar, / w (Qlib IdxMin).",
-          inputs=("low",), tags=("momentum",))
+@_rolling(
+    "IMIN{w}",
+    "Position of the w-bar low counted from the window's oldest bar, / w (Qlib IdxMin).",
+    inputs=("low",),
+    tags=("momentum",),
+)
 def imin(p: Panel, w: int) -> Array:
     return p.argmin(p.col("low"), w) / w
 
 
-@_rolling("IMXD{w}", "IMAX - IMIN: positive when the low came before the high.", inputs=("high", "low"),
-          tags=("momentum",),
-          sources=("IMAX{w}", "IMIN{w}"))
+@_rolling(
+    "IMXD{w}",
+    "IMAX - IMIN: positive when the low came before the high.",
+    inputs=("high", "low"),
+    tags=("momentum",),
+    sources=("IMAX{w}", "IMIN{w}"),
+)
 def imxd(p: Panel, imax_: Array, imin_: Array, w: int) -> Array:
     return imax_ - imin_
 
 
 # --- price/volume co-movement, up/down counts and sums ---------------------------------------
+
 
 def _log_volume1(p: Panel) -> Array:
     return p.memo("log_volume1", lambda: np.log(p.col("volume") + 1.0))
@@ -280,14 +337,24 @@ def _abs_return_volume(p: Panel) -> Array:
     return p.memo("abs_return_volume", lambda: np.abs(_close_ratio(p) - 1.0) * p.col("volume"))
 
 
-@_rolling("CORR{w}", "Correlation of close with log(volume + 1) over w bars.", inputs=("close", "volume"),
-          tags=("volume",), min_window=2)
+@_rolling(
+    "CORR{w}",
+    "Correlation of close with log(volume + 1) over w bars.",
+    inputs=("close", "volume"),
+    tags=("volume",),
+    min_window=2,
+)
 def corr(p: Panel, w: int) -> Array:
     return p.corr(p.col("close"), _log_volume1(p), w)
 
 
-@_rolling("CORD{w}", "Correlation of close/close[-1] with log(volume/volume[-1] + 1) over w bars.",
-          inputs=("close", "volume"), tags=("volume",), min_window=2)
+@_rolling(
+    "CORD{w}",
+    "Correlation of close/close[-1] with log(volume/volume[-1] + 1) over w bars.",
+    inputs=("close", "volume"),
+    tags=("volume",),
+    min_window=2,
+)
 def cord(p: Panel, w: int) -> Array:
     return p.corr(_close_ratio(p), _log_volume_ratio1(p), w)
 
@@ -312,8 +379,9 @@ def cntn(p: Panel, w: int) -> Array:
     return p.mean(_down(p), w)
 
 
-@_rolling("CNTD{w}", "CNTP - CNTN: up share minus down share over w bars.", tags=("momentum",),
-          sources=("CNTP{w}", "CNTN{w}"))
+@_rolling(
+    "CNTD{w}", "CNTP - CNTN: up share minus down share over w bars.", tags=("momentum",), sources=("CNTP{w}", "CNTN{w}")
+)
 def cntd(p: Panel, up: Array, down: Array, w: int) -> Array:
     return up - down
 
@@ -327,8 +395,9 @@ def _gain_share(p: Panel, column: str, w: int, sign: float) -> Array:
     return 0.5 + 0.5 * (sign * (x - p.shift(x, w)) - EPS) / (total + EPS)
 
 
-@_rolling("SUMP{w}", "Sum of close gains / sum of absolute close changes over w bars (RSI-like, 0-1).",
-          tags=("momentum",))
+@_rolling(
+    "SUMP{w}", "Sum of close gains / sum of absolute close changes over w bars (RSI-like, 0-1).", tags=("momentum",)
+)
 def sump(p: Panel, w: int) -> Array:
     return _gain_share(p, "close", w, 1.0)
 
@@ -338,8 +407,12 @@ def sumn(p: Panel, w: int) -> Array:
     return _gain_share(p, "close", w, -1.0)
 
 
-@_rolling("SUMD{w}", "(gains - losses) / sum of absolute close changes over w bars: SUMP - SUMN.", tags=("momentum",),
-          sources=("SUMP{w}", "SUMN{w}"))
+@_rolling(
+    "SUMD{w}",
+    "(gains - losses) / sum of absolute close changes over w bars: SUMP - SUMN.",
+    tags=("momentum",),
+    sources=("SUMP{w}", "SUMN{w}"),
+)
 def sumd(p: Panel, gains: Array, losses: Array, w: int) -> Array:
     return gains - losses
 
@@ -350,33 +423,56 @@ def vma(p: Panel, w: int) -> Array:
     return p.mean(v, w) / (v + EPS)
 
 
-@_rolling("VSTD{w}", "Standard deviation of volume over w bars / (volume + 1e-12).", inputs=("volume",),
-          tags=("volume",), min_window=2)
+@_rolling(
+    "VSTD{w}",
+    "Standard deviation of volume over w bars / (volume + 1e-12).",
+    inputs=("volume",),
+    tags=("volume",),
+    min_window=2,
+)
 def vstd(p: Panel, w: int) -> Array:
     v = p.col("volume")
     return p.std(v, w) / (v + EPS)
 
 
-@_rolling("WVMA{w}", "Volume-weighted |return| dispersion: std / mean of |close/close[-1] - 1| * volume over w bars.",
-          inputs=("close", "volume"), tags=("volume", "volatility"), min_window=2)
+@_rolling(
+    "WVMA{w}",
+    "Volume-weighted |return| dispersion: std / mean of |close/close[-1] - 1| * volume over w bars.",
+    inputs=("close", "volume"),
+    tags=("volume", "volatility"),
+    min_window=2,
+)
 def wvma(p: Panel, w: int) -> Array:
     weighted = _abs_return_volume(p)  # |close/close[-1] - 1| * volume
     return p.std(weighted, w) / (p.mean(weighted, w) + EPS)
 
 
-@_rolling("VSUMP{w}", "Sum of volume increases / sum of absolute volume changes over w bars.", inputs=("volume",),
-          tags=("volume",))
+@_rolling(
+    "VSUMP{w}",
+    "Sum of volume increases / sum of absolute volume changes over w bars.",
+    inputs=("volume",),
+    tags=("volume",),
+)
 def vsump(p: Panel, w: int) -> Array:
     return _gain_share(p, "volume", w, 1.0)
 
 
-@_rolling("VSUMN{w}", "Sum of volume decreases / sum of absolute volume changes over w bars.", inputs=("volume",),
-          tags=("volume",))
+@_rolling(
+    "VSUMN{w}",
+    "Sum of volume decreases / sum of absolute volume changes over w bars.",
+    inputs=("volume",),
+    tags=("volume",),
+)
 def vsumn(p: Panel, w: int) -> Array:
     return _gain_share(p, "volume", w, -1.0)
 
 
-@_rolling("VSUMD{w}", "(volume increases - decreases) / sum of absolute volume changes over w bars: VSUMP - VSUMN.",
-          inputs=("volume",), tags=("volume",), sources=("VSUMP{w}", "VSUMN{w}"))
+@_rolling(
+    "VSUMD{w}",
+    "(volume increases - decreases) / sum of absolute volume changes over w bars: VSUMP - VSUMN.",
+    inputs=("volume",),
+    tags=("volume",),
+    sources=("VSUMP{w}", "VSUMN{w}"),
+)
 def vsumd(p: Panel, gains: Array, losses: Array, w: int) -> Array:
     return gains - losses

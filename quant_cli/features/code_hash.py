@@ -19,9 +19,15 @@ from quant_cli.features.registry import REGISTRY
 
 # The machinery every feature goes through, besides the modules that define families.
 ENGINE_MODULES = (
-    "quant_cli.features.kernels", "quant_cli.features._compiled", "quant_cli.features.panel",
-    "quant_cli.features.engine", "quant_cli.features.grouped", "quant_cli.features.align",
-    "quant_cli.features.mtf", "quant_cli.features.registry", "quant_cli.features.build",
+    "quant_cli.features.kernels",
+    "quant_cli.features._compiled",
+    "quant_cli.features.panel",
+    "quant_cli.features.engine",
+    "quant_cli.features.grouped",
+    "quant_cli.features.align",
+    "quant_cli.features.mtf",
+    "quant_cli.features.registry",
+    "quant_cli.features.build",
 )
 
 

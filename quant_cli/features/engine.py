@@ -25,13 +25,13 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from quant_cli.report import SILENT, Reporter
 from quant_cli.errors import DataError
 from quant_cli.features import align, mtf
 from quant_cli.features.align import FeatureOptions
 from quant_cli.features.grouped import per_symbol
 from quant_cli.features.panel import kernel_columns
 from quant_cli.features.registry import REGISTRY, Feature
+from quant_cli.report import SILENT, Reporter
 
 FeatureLike = Feature | str
 KEYS = ("symbol", "ts")
@@ -79,7 +79,11 @@ def skipped_message(missing: dict[str, list[str]]) -> str:
     for name, absent in missing.items():
         by_columns.setdefault(", ".join(absent), []).append(name)
     groups = "; ".join(f"{', '.join(names)} (need {cols})" for cols, names in by_columns.items())
-    hint = f" ({align.BENCHMARK_CLOSE} needs features.benchmark)" if any(align.BENCHMARK_CLOSE in a for a in missing.values()) else ""
+    hint = (
+        f" ({align.BENCHMARK_CLOSE} needs features.benchmark)"
+        if any(align.BENCHMARK_CLOSE in a for a in missing.values())
+        else ""
+    )
     return f"skipped {len(missing)} feature(s) whose input columns are missing from the data: {groups}{hint}"
 
 
@@ -103,7 +107,7 @@ class Plan:
         return [f.name for f in self.stage1]
 
     def kind(self, kind: str) -> list[Feature]:
-        """"kernel" (compiled), or for polars families "grouped" (per symbol), "rows" (row-wise on
+        """ "kernel" (compiled), or for polars families "grouped" (per symbol), "rows" (row-wise on
         inputs), "composite"; "coarse" (multi-timeframe, either kind)."""
         return self._kinds.get(kind, [])
 
@@ -152,13 +156,16 @@ def _plan(specs: tuple[FeatureLike, ...], columns: tuple[str, ...], benchmark: b
 def _add_with_sources(stage1: dict[str, Feature], feature: Feature) -> None:
     for source in feature.sources:
         if source.family.composite:
-            raise ValueError(f"{feature.name}: composite source {source.name!r} is not supported; build it from per-symbol features")
+            raise ValueError(
+                f"{feature.name}: composite source {source.name!r} is not supported; build it from per-symbol features"
+            )
         _add_with_sources(stage1, source)
     stage1.setdefault(feature.name, feature)
 
 
-def compute_features(bars: pl.DataFrame, specs: Sequence[FeatureLike], options: FeatureOptions | None = None,
-                     reporter: Reporter = SILENT) -> pl.DataFrame:
+def compute_features(
+    bars: pl.DataFrame, specs: Sequence[FeatureLike], options: FeatureOptions | None = None, reporter: Reporter = SILENT
+) -> pl.DataFrame:
     """Feature table for `bars`; features lacking input columns are skipped with one notice."""
     check_bars(bars)
     todo = plan(specs, bars.columns, options)

@@ -149,8 +149,9 @@ def rolling_cov(x: np.ndarray, y: np.ndarray, offsets: np.ndarray, w: int, ddof:
     return _run("pair_stat", x, y, offsets, w, _jit().COV, ddof)
 
 
-def seeded_ewm(x: np.ndarray, offsets: np.ndarray, alpha: float, seed_row: int, seed_len: int,
-               seed_div: float) -> np.ndarray:
+def seeded_ewm(
+    x: np.ndarray, offsets: np.ndarray, alpha: float, seed_row: int, seed_len: int, seed_div: float
+) -> np.ndarray:
     """Recursive smoothing seeded by a window sum (TA-Lib's EMA, Wilder's RSI/ATR/ADX).
 
     At row `seed_row` of each symbol (0 = its first row) y = sum of the last `seed_len` values /

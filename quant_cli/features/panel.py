@@ -50,9 +50,11 @@ class Panel:
     @property
     def position(self) -> np.ndarray:
         """Row number within its symbol (0 at the symbol's first bar)."""
+
         def make() -> np.ndarray:
             starts = np.repeat(self.offsets[:-1], np.diff(self.offsets))
             return (np.arange(self.rows) - starts).astype(np.float64)
+
         return self.memo("position", make)
 
     # --- the kernels, bound to this panel's offsets -----------------------------------------

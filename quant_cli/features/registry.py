@@ -233,21 +233,40 @@ class Registry:
         kernels (features/panel.py); otherwise `fn` returns a polars expression."""
         unknown_sets = [s for s in sets if s not in self.sets or s == ALL_SET]
         if unknown_sets or not (inputs or sources) or not description:
-            raise ValueError(f"feature {pattern!r}: define sets {unknown_sets} first; inputs and description are required")
+            raise ValueError(
+                f"feature {pattern!r}: define sets {unknown_sets} first; inputs and description are required"
+            )
         fixed = dict(params or {})
         key = pattern.format(**fixed, w="{w}", tf="{tf}", feature="{feature}")
         if any(d not in self.derived for d in derived):
             raise ValueError(f"feature {pattern!r}: derive {[d for d in derived if d not in self.derived]} first")
         sources = tuple(sources)
-        if (over == "symbol" and sources) or (over not in ("symbol", "row") and not sources) or (("{feature}" in key) != (sources == ("{feature}",))):
-            raise ValueError(f"feature {pattern!r}: cross-sectional families need sources, per-symbol ones none; generic ones source '{{feature}}'")
+        if (
+            (over == "symbol" and sources)
+            or (over not in ("symbol", "row") and not sources)
+            or (("{feature}" in key) != (sources == ("{feature}",)))
+        ):
+            raise ValueError(
+                f"feature {pattern!r}: cross-sectional families need sources, per-symbol "
+                f"ones none; generic ones source '{{feature}}'"
+            )
 
         def decorate(fn: Callable[..., pl.Expr]) -> Callable[..., pl.Expr]:
             family = Family(
-                pattern=key, inputs=tuple(inputs), tags=tuple(tags), description=description,
-                build=None if kernel else fn, compute=fn if kernel else None,
-                params=fixed, windowed="{w}" in key, min_window=min_window, sets=tuple(sets), over=over,
-                window_key=window_key, default_windows=tuple(default_windows), sources=sources,
+                pattern=key,
+                inputs=tuple(inputs),
+                tags=tuple(tags),
+                description=description,
+                build=None if kernel else fn,
+                compute=fn if kernel else None,
+                params=fixed,
+                windowed="{w}" in key,
+                min_window=min_window,
+                sets=tuple(sets),
+                over=over,
+                window_key=window_key,
+                default_windows=tuple(default_windows),
+                sources=sources,
                 derived=tuple(derived),
             )
             self._check_unique(family)
@@ -259,9 +278,13 @@ class Registry:
     def _check_unique(self, new: Family) -> None:
         """A concrete name must map to exactly one family (``rsi_{w}`` would swallow ``rsi_14``)."""
         for old in self.families.values():
-            if (old.pattern == new.pattern or old.match_window(new.pattern) is not None
-                    or new.match_window(old.pattern) is not None
-                    or _shadows(old, new) or _shadows(new, old)):
+            if (
+                old.pattern == new.pattern
+                or old.match_window(new.pattern) is not None
+                or new.match_window(old.pattern) is not None
+                or _shadows(old, new)
+                or _shadows(new, old)
+            ):
                 raise ValueError(f"feature {new.pattern!r} clashes with registered feature {old.pattern!r}")
 
     # --- lookup ------------------------------------------------------------------------------
@@ -289,7 +312,7 @@ class Registry:
         for family in self.families.values():
             prefix = family.pattern.partition("{feature}")[0]
             if family.generic and name.startswith(prefix):
-                return Feature(family, sources=(self._stage1(name[len(prefix):]),))
+                return Feature(family, sources=(self._stage1(name[len(prefix) :]),))
         raise KeyError(f"unknown feature {name!r}{suggest(name, self.families)}")
 
     def _with_sources(self, family: Family, window: int | None) -> Feature:
@@ -299,14 +322,23 @@ class Registry:
     def _stage1(self, name: str) -> Feature:
         feature = self.feature(name)
         if feature.family.stage != 1:
-            raise KeyError(f"{name!r} is itself cross-sectional; cross-sectional transforms apply to per-symbol features only")
+            raise KeyError(
+                f"{name!r} is itself cross-sectional; cross-sectional transforms apply to per-symbol features only"
+            )
         return feature
 
     def catalogue(self) -> list[dict[str, Any]]:
         """One row per family, for `qfactory features ls-specs`."""
         return [
-            {"name": f.pattern, "inputs": list(f.inputs), "tags": list(f.tags), "sets": list(f.sets),
-             "windowed": f.windowed, "expands_over": _expands_over(f), "description": f.description}
+            {
+                "name": f.pattern,
+                "inputs": list(f.inputs),
+                "tags": list(f.tags),
+                "sets": list(f.sets),
+                "windowed": f.windowed,
+                "expands_over": _expands_over(f),
+                "description": f.description,
+            }
             for f in self.families.values()
         ]
 
@@ -326,7 +358,9 @@ class Registry:
                 chosen.setdefault(family.pattern, set()).update(context.variants(family))
         for item in section.get("include", []):
             for family, variant in self._match(item, "features.include"):
-                chosen.setdefault(family.pattern, set()).update(context.variants(family) if variant is _WHOLE else [variant])
+                chosen.setdefault(family.pattern, set()).update(
+                    context.variants(family) if variant is _WHOLE else [variant]
+                )
         for item in section.get("exclude", []):
             for family, variant in self._match(item, "features.exclude"):
                 if variant is _WHOLE or variant is None:  # a tag or pattern drops every variant
@@ -350,8 +384,10 @@ class Registry:
     def _unknown(self, item: str, key: str) -> str:
         names = [*self.tags, *self.families]  # concrete names of every family at common windows
         names += [f.name(w) for f in self.families.values() if f.windowed for w in _SUGGEST_WINDOWS]
-        return (f"{key}: unknown feature or tag {item!r}{suggest(item, names)}; "
-                "see `qfactory features ls-specs` for feature names and tags")
+        return (
+            f"{key}: unknown feature or tag {item!r}{suggest(item, names)}; "
+            "see `qfactory features ls-specs` for feature names and tags"
+        )
 
     def _ordered(self, chosen: dict[str, set[Variant]]) -> Selection:
         features: list[Feature] = []
@@ -411,7 +447,9 @@ def _source(registry: Registry, name: Any) -> Feature:
     try:
         return registry._stage1(str(name))
     except KeyError as exc:
-        raise RecipeError(f"features.cross_sectional: {exc.args[0]}; list per-symbol feature names such as 'ret_20'") from None
+        raise RecipeError(
+            f"features.cross_sectional: {exc.args[0]}; list per-symbol feature names such as 'ret_20'"
+        ) from None
 
 
 def _windows(raw: Iterable[Any], key: str) -> list[int]:

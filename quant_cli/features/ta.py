@@ -1,9 +1,9 @@
 """The "ta" set: classic technical indicators, as TA-Lib defines them, made scale-free.
 
-The set (defined in core.py, whose TA families join it) also contains the core families that are TA classics (RSI, MACD line/signal/hist,
-Bollinger %B, ATR, SMA gap, close-to-close volatility, one-bar log return); this module adds the
-rest. tests/test_ta_oracle.py compares every one with the TA-Lib Python package (or, where TA-Lib
-has no such indicator, an independent numpy implementation).
+The set (defined in core.py, whose TA families join it) also contains the core families that are TA
+classics (RSI, MACD line/signal/hist, Bollinger %B, ATR, SMA gap, close-to-close volatility, one-bar
+log return); this module adds the rest. tests/test_ta_oracle.py compares every one with the TA-Lib
+Python package (or, where TA-Lib has no such indicator, an independent numpy implementation).
 
 Conventions:
 - Oscillators keep their textbook 0-100 (or -100-0) scale; price-valued indicators are divided by
@@ -31,8 +31,7 @@ _HLC = ("high", "low", "close")
 Array = np.ndarray
 
 
-def _ta(pattern: str, description: str, inputs: tuple[str, ...] = ("close",), tags: tuple[str, ...] = (),
-        **kw):  # noqa: ANN003
+def _ta(pattern: str, description: str, inputs: tuple[str, ...] = ("close",), tags: tuple[str, ...] = (), **kw):  # noqa: ANN003
     return register(pattern, inputs=inputs, tags=tags, sets=("ta",), description=description, kernel=True, **kw)
 
 
@@ -44,14 +43,20 @@ def _typical(p: Panel) -> Array:
 
 def _range_position(p: Panel, n: int) -> Array:
     """(close - lowest low) / (highest high - lowest low) over n bars, in [0, 1]."""
+
     def make() -> Array:
         low = p.min(p.col("low"), n)
         return (p.col("close") - low) / (p.max(p.col("high"), n) - low)
+
     return p.memo(("range_position", n), make)
 
 
-@_ta("bb_width_{n}", "Bollinger band width: (upper - lower) / middle = 2 k population-std / SMA over n bars.",
-     tags=("volatility",), params={"n": 20, "k": 2.0})
+@_ta(
+    "bb_width_{n}",
+    "Bollinger band width: (upper - lower) / middle = 2 k population-std / SMA over n bars.",
+    tags=("volatility",),
+    params={"n": 20, "k": 2.0},
+)
 def bb_width(p: Panel, n: int, k: float) -> Array:
     c = p.col("close")
     return 2.0 * k * p.std(c, n, ddof=0) / p.mean(c, n)
@@ -72,8 +77,13 @@ def _wilder_sum(p: Panel, x: Array, n: int) -> Array:
     return kernels.seeded_ewm(x, p.offsets, 1.0 / n, n - 1, n - 1, n)
 
 
-@_ta("adx_{n}", "Average Directional Index (0-100, Wilder/TA-Lib): trend strength regardless of direction.",
-     inputs=_HLC, tags=("trend",), params={"n": 14})
+@_ta(
+    "adx_{n}",
+    "Average Directional Index (0-100, Wilder/TA-Lib): trend strength regardless of direction.",
+    inputs=_HLC,
+    tags=("trend",),
+    params={"n": 14},
+)
 def adx(p: Panel, n: int) -> Array:
     plus, minus = (_wilder_sum(p, dm, n) for dm in _directional_movement(p))
     # DX = 100 |-DI - +DI| / (-DI + +DI); the smoothed true range divides both DIs and cancels.
@@ -88,20 +98,35 @@ def _stoch_k(p: Panel, n: int, smooth: int) -> Array:
     return p.memo(("stoch_k", n, smooth), lambda: p.mean(100.0 * _range_position(p, n), smooth))
 
 
-@_ta("stoch_k_{n}", "Slow stochastic %K (0-100): SMA(3) of 100 (close - lowest low) / (highest high - lowest low) over n bars.",
-     inputs=_HLC, tags=("momentum", "oscillator"), params={"n": 14, "smooth": 3})
+@_ta(
+    "stoch_k_{n}",
+    "Slow stochastic %K (0-100): SMA(3) of 100 (close - lowest low) / (highest high - lowest low) over n bars.",
+    inputs=_HLC,
+    tags=("momentum", "oscillator"),
+    params={"n": 14, "smooth": 3},
+)
 def stoch_k(p: Panel, n: int, smooth: int) -> Array:
     return _stoch_k(p, n, smooth)
 
 
-@_ta("stoch_d_{n}", "Slow stochastic %D (0-100): SMA(3) of slow %K.", inputs=_HLC, tags=("momentum", "oscillator"),
-     params={"n": 14, "smooth": 3})
+@_ta(
+    "stoch_d_{n}",
+    "Slow stochastic %D (0-100): SMA(3) of slow %K.",
+    inputs=_HLC,
+    tags=("momentum", "oscillator"),
+    params={"n": 14, "smooth": 3},
+)
 def stoch_d(p: Panel, n: int, smooth: int) -> Array:
     return p.mean(_stoch_k(p, n, smooth), smooth)
 
 
-@_ta("cci_{n}", "Commodity Channel Index: (typical price - SMA) / (0.015 x mean absolute deviation) over n bars.",
-     inputs=_HLC, tags=("momentum", "oscillator"), params={"n": 20})
+@_ta(
+    "cci_{n}",
+    "Commodity Channel Index: (typical price - SMA) / (0.015 x mean absolute deviation) over n bars.",
+    inputs=_HLC,
+    tags=("momentum", "oscillator"),
+    params={"n": 20},
+)
 def cci(p: Panel, n: int) -> Array:
     tp = _typical(p)
     sma = p.mean(tp, n)
@@ -111,16 +136,26 @@ def cci(p: Panel, n: int) -> Array:
     return (tp - sma) / (0.015 * deviation)
 
 
-@_ta("obv_net_{n}", "Scale-free OBV: n-bar change of On-Balance Volume / n-bar total volume, in [-1, 1].",
-     inputs=("close", "volume"), tags=("volume",), params={"n": 20})
+@_ta(
+    "obv_net_{n}",
+    "Scale-free OBV: n-bar change of On-Balance Volume / n-bar total volume, in [-1, 1].",
+    inputs=("close", "volume"),
+    tags=("volume",),
+    params={"n": 20},
+)
 def obv_net(p: Panel, n: int) -> Array:
     v = p.col("volume")
     signed = np.sign(p.diff(p.col("close"))) * v
     return p.sum(signed, n) / p.sum(v, n)
 
 
-@_ta("mfi_{n}", "Money Flow Index (0-100): volume-weighted RSI of the typical price over n bars.",
-     inputs=(*_HLC, "volume"), tags=("volume", "oscillator"), params={"n": 14})
+@_ta(
+    "mfi_{n}",
+    "Money Flow Index (0-100): volume-weighted RSI of the typical price over n bars.",
+    inputs=(*_HLC, "volume"),
+    tags=("volume", "oscillator"),
+    params={"n": 14},
+)
 def mfi(p: Panel, n: int) -> Array:
     tp = _typical(p)
     change, flow = p.diff(tp), tp * p.col("volume")
@@ -130,41 +165,68 @@ def mfi(p: Panel, n: int) -> Array:
     return 100.0 * positive / (positive + negative)
 
 
-@_ta("willr_{n}", "Williams %R (-100-0): -100 (highest high - close) / (highest high - lowest low) over n bars.",
-     inputs=_HLC, tags=("momentum", "oscillator"), params={"n": 14})
+@_ta(
+    "willr_{n}",
+    "Williams %R (-100-0): -100 (highest high - close) / (highest high - lowest low) over n bars.",
+    inputs=_HLC,
+    tags=("momentum", "oscillator"),
+    params={"n": 14},
+)
 def willr(p: Panel, n: int) -> Array:
     return 100.0 * _range_position(p, n) - 100.0  # -100 (H - C) / (H - L) = 100 (C - L) / (H - L) - 100
 
 
-@_ta("close_ema_{w}", "Distance of close from its w-bar EMA (seeded with the SMA, as TA-Lib): close / EMA(w) - 1.",
-     tags=("trend",))
+@_ta(
+    "close_ema_{w}",
+    "Distance of close from its w-bar EMA (seeded with the SMA, as TA-Lib): close / EMA(w) - 1.",
+    tags=("trend",),
+)
 def close_ema(p: Panel, w: int) -> Array:
     c = p.col("close")
     return c / ema(p, c, w) - 1.0
 
 
-@_ta("park_vol_{w}", "Parkinson volatility over w bars: sqrt(mean(ln(high/low)^2) / (4 ln 2)).",
-     inputs=("high", "low"), tags=("volatility",))
+@_ta(
+    "park_vol_{w}",
+    "Parkinson volatility over w bars: sqrt(mean(ln(high/low)^2) / (4 ln 2)).",
+    inputs=("high", "low"),
+    tags=("volatility",),
+)
 def park_vol(p: Panel, w: int) -> Array:
     squared = p.memo("log_hl_sq", lambda: np.log(p.col("high") / p.col("low")) ** 2)
     return np.sqrt(p.mean(squared, w) / (4.0 * math.log(2.0)))
 
 
-@_ta("gk_vol_{w}", "Garman-Klass volatility over w bars: sqrt(mean(0.5 ln(H/L)^2 - (2 ln 2 - 1) ln(C/O)^2)).",
-     inputs=("open", "high", "low", "close"), tags=("volatility",))
+@_ta(
+    "gk_vol_{w}",
+    "Garman-Klass volatility over w bars: sqrt(mean(0.5 ln(H/L)^2 - (2 ln 2 - 1) ln(C/O)^2)).",
+    inputs=("open", "high", "low", "close"),
+    tags=("volatility",),
+)
 def gk_vol(p: Panel, w: int) -> Array:
     def make() -> Array:
         hl, co = np.log(p.col("high") / p.col("low")), np.log(p.col("close") / p.col("open"))
         return 0.5 * hl**2 - (2.0 * math.log(2.0) - 1.0) * co**2
+
     return np.sqrt(p.mean(p.memo("gk_per_bar", make), w))
 
 
-@_ta("skew_{w}", "Sample skewness (bias-corrected, as pandas) of one-bar log returns over w bars.", tags=("volatility",), min_window=3)
+@_ta(
+    "skew_{w}",
+    "Sample skewness (bias-corrected, as pandas) of one-bar log returns over w bars.",
+    tags=("volatility",),
+    min_window=3,
+)
 def skew(p: Panel, w: int) -> Array:
     return p.skew(log_return(p), w)
 
 
-@_ta("kurt_{w}", "Sample excess kurtosis (bias-corrected, as pandas) of one-bar log returns over w bars.", tags=("volatility",), min_window=4)
+@_ta(
+    "kurt_{w}",
+    "Sample excess kurtosis (bias-corrected, as pandas) of one-bar log returns over w bars.",
+    tags=("volatility",),
+    min_window=4,
+)
 def kurt(p: Panel, w: int) -> Array:
     return p.kurt(log_return(p), w)
 
@@ -188,20 +250,33 @@ def _band_energy(p: Panel, n: int, ks: range) -> Array:
     return sum(power(k) for k in ks) / total
 
 
-@_ta("fft_low_{n}", "Spectral: share of log-return variance in periods of n/4 to n bars (DFT bins 1-4 of a rolling n-bar window).",
-     tags=("spectral",), params={"n": 32})
+@_ta(
+    "fft_low_{n}",
+    "Spectral: share of log-return variance in periods of n/4 to n bars (DFT bins 1-4 of a rolling n-bar window).",
+    tags=("spectral",),
+    params={"n": 32},
+)
 def fft_low(p: Panel, n: int) -> Array:
     return _band_energy(p, n, range(1, n // 8 + 1))
 
 
-@_ta("fft_high_{n}", "Spectral: share of log-return variance in periods of 2 to ~3.6 bars (DFT bins n/4+1 .. n/2, rolling n-bar window).",
-     tags=("spectral",), params={"n": 32})
+@_ta(
+    "fft_high_{n}",
+    "Spectral: share of log-return variance in periods of 2 to ~3.6 bars "
+    "(DFT bins n/4+1 .. n/2, rolling n-bar window).",
+    tags=("spectral",),
+    params={"n": 32},
+)
 def fft_high(p: Panel, n: int) -> Array:
     return _band_energy(p, n, range(n // 4 + 1, n // 2 + 1))
 
 
-@_ta("regime_bull_{w}", "Soft bull-regime probability: logistic of the t-statistic of the mean log return over w bars (bear = 1 - bull).",
-     tags=("regime",), min_window=3)
+@_ta(
+    "regime_bull_{w}",
+    "Soft bull-regime probability: logistic of the t-statistic of the mean log return over w bars (bear = 1 - bull).",
+    tags=("regime",),
+    min_window=3,
+)
 def regime_bull(p: Panel, w: int) -> Array:
     r = log_return(p)
     t_stat = p.mean(r, w) / p.std(r, w) * math.sqrt(w)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from quant_cli.backtest import strategies
+from quant_cli.backtest.engine import with_defaults
 from quant_cli.data import store
 from quant_cli.dataset.table import check_task, dataset_name
 from quant_cli.errors import RecipeError, RunError
@@ -36,9 +38,18 @@ def dataset_record(snapshot: store.Snapshot) -> dict[str, Any]:
 def make_model(recipe: Recipe, device: str = "cpu", reporter: Reporter = SILENT) -> Model:
     """Constructing validates the model name and parameters, so call it before any heavy work."""
     cfg = recipe["model"]
-    return create_model(cfg["name"], cfg["task"], cfg["params"], recipe["run"]["seed"], recipe["train"]["threads"],
-                        device=device, symbol_encoding=cfg["symbol_encoding"], unseen_symbols=cfg["unseen_symbols"],
-                        reporter=reporter, train=recipe["train"])
+    return create_model(
+        cfg["name"],
+        cfg["task"],
+        cfg["params"],
+        recipe["run"]["seed"],
+        recipe["train"]["threads"],
+        device=device,
+        symbol_encoding=cfg["symbol_encoding"],
+        unseen_symbols=cfg["unseen_symbols"],
+        reporter=reporter,
+        train=recipe["train"],
+    )
 
 
 def device_of(recipe: Recipe, reporter: Reporter) -> str:
@@ -66,18 +77,31 @@ def _check_sequence_split(recipe: Recipe, model: Model) -> None:
     if model.uses_panel() and recipe["split"]["method"] != "chronological":
         raise RecipeError(
             f"split.method {recipe['split']['method']!r} is not supported with sequence model '{model.name}' "
-            "(windows read every past row, which per-fold preprocessing cannot provide); use split.method = \"chronological\""
+            "(windows read every past row, which per-fold preprocessing cannot "
+            'provide); use split.method = "chronological"'
         )
 
 
-def pin_dataset(recipe: Recipe, data_dir: Path) -> store.Snapshot:
-    """The one dataset version a command reads, pinned when it starts."""
+def check_universe(recipe: Recipe, snapshot: store.Snapshot) -> None:
+    """Refuse, before any fit, a [backtest] strategy that cannot trade the symbols the recipe
+    selects (one symbol and long_short, ...); the backtest checks its scored cross-section again."""
+    symbols = sorted(set(recipe["data"]["symbols"] or snapshot.manifest.get("symbols") or []))
+    if symbols:
+        strategies.check_universe(with_defaults(recipe["backtest"]), len(symbols), symbols)
+
+
+def pin_dataset(recipe: Recipe, data_dir: Path, reporter: Reporter = SILENT) -> store.Snapshot:
+    """The one dataset version a command reads, pinned when it starts; a dataset not in the store yet
+    is first ingested from the recipe's data.source when it names one (a recipe is its own first command)."""
+    from quant_cli.data.ingest import ingest_missing
+
+    ingest_missing(recipe, data_dir, reporter)
     return store.pin(data_dir, dataset_name(recipe))
 
 
-def pin_checked(recipe: Recipe, data_dir: Path) -> store.Snapshot:
+def pin_checked(recipe: Recipe, data_dir: Path, reporter: Reporter = SILENT) -> store.Snapshot:
     """Pin the dataset, then check the split dates against the pinned manifest (before any feature build)."""
-    snapshot = pin_dataset(recipe, data_dir)
+    snapshot = pin_dataset(recipe, data_dir, reporter)
     _check_split_dates(recipe, snapshot.manifest)
     return snapshot
 
@@ -93,7 +117,8 @@ def _check_split_dates(recipe: Recipe, manifest: dict[str, Any]) -> None:
     for key, value in (("split.val_start", val_start), ("split.test_start", test_start)):
         if not first < value <= last:
             raise RecipeError(
-                f"{key} {value:%Y-%m-%d} is outside the data: dataset {manifest['dataset']!r} (with data.start/data.end) "
+                f"{key} {value:%Y-%m-%d} is outside the data: dataset "
+                f"{manifest['dataset']!r} (with data.start/data.end) "
                 f"spans {first:%Y-%m-%d} to {last:%Y-%m-%d}; pick a date inside that range"
             )
 
@@ -108,7 +133,9 @@ def pinned_for(run: Run, recipe: Recipe, data_dir: Path) -> store.Snapshot:
     snapshot = store.pin(data_dir, dataset_name(recipe), recorded.get("version"))
     if recorded.get("content_hash") and snapshot.content_hash != recorded["content_hash"]:
         raise RunError(
-            f"run {run.id} was split on dataset {snapshot.dataset!r} version {recorded.get('version')} (content {recorded['content_hash'][:12]}), "
-            f"which the store no longer holds (now {snapshot.content_hash[:12]}); start a new run with `qfactory train --recipe R`"
+            f"run {run.id} was split on dataset {snapshot.dataset!r} version "
+            f"{recorded.get('version')} (content {recorded['content_hash'][:12]}), "
+            f"which the store no longer holds (now {snapshot.content_hash[:12]}); "
+            "start a new run with `qfactory train --recipe R`"
         )
     return snapshot

@@ -34,11 +34,12 @@ import polars as pl
 
 from quant_cli import stages
 from quant_cli.backend import Backend, open_backend
-from quant_cli.errors import RecipeError, RunError
-from quant_cli.io import write_parquet_atomic, write_text_atomic
+from quant_cli.errors import DataError, RecipeError, RunError
+from quant_cli.io import storage_errors, write_parquet_atomic, write_text_atomic
 from quant_cli.recipe import Recipe, to_toml
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run
+from quant_cli.stages import common
 from quant_cli.tune import objective, space
 
 STUDY_NAME = "qfactory"
@@ -48,63 +49,120 @@ _STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "fail": "FAIL"}
 @dataclass
 class TuneResult:
     run: Run
-    best: dict[str, Any] | None     # number, value, params
+    best: dict[str, Any] | None  # number, value, params
     trials: pl.DataFrame
-    refit: str | None               # run id of the best trial's refit
-    added: int                      # trials run by this call
+    refit: str | None  # run id of the best trial's refit
+    added: int  # trials run by this call
 
 
 def check(recipe: Recipe) -> list[space.Dimension]:
     """Everything about [tune] that can be wrong, before a run directory or any heavy work exists."""
     dims = space.parse_space(recipe)
     if recipe["tune"]["objective"].startswith("cv.") and recipe["split"]["method"] == "chronological":
-        raise RecipeError(f"tune.objective {recipe['tune']['objective']!r} needs cross-validation folds; set split.method to "
-                          "'purged_kfold' or 'cpcv', or use a val.* objective")
+        raise RecipeError(
+            f"tune.objective {recipe['tune']['objective']!r} needs cross-validation folds; set split.method to "
+            "'purged_kfold' or 'cpcv', or use a val.* objective"
+        )
     return dims
 
 
-def tune_new(recipe: Recipe, data_dir: Path, runs_dir: Path, trials: int | None = None, backend: str = "local",
-             jobs: int = 1, reporter: Reporter = SILENT) -> TuneResult:
+def _check_backtest_universe(recipe: Recipe, data_dir: Path, reporter: Reporter = SILENT) -> None:
+    """The refit (and a backtest.* objective) trades the recipe's [backtest]: a strategy that cannot
+    trade the dataset's symbols is refused before the first trial, not after the whole study."""
+    if not (recipe["tune"]["refit"] or recipe["tune"]["objective"].startswith("backtest.")):
+        return
+    try:
+        snapshot = common.pin_dataset(recipe, data_dir, reporter)  # ingests a missing dataset (with its notice)
+    except DataError:
+        return  # no dataset yet: the split says so (or ingests it)
+    common.check_universe(recipe, snapshot)
+
+
+def tune_new(
+    recipe: Recipe,
+    data_dir: Path,
+    runs_dir: Path,
+    trials: int | None = None,
+    backend: str = "local",
+    jobs: int = 1,
+    reporter: Reporter = SILENT,
+) -> TuneResult:
     """`qfactory tune --recipe R`: a new tune run (features and split once), then the study."""
     dims = check(recipe)
+    _check_backtest_universe(recipe, data_dir, reporter)
     with open_backend(backend, jobs) as opened:
         opened.check_shared({"data home": Path(data_dir), "runs home": Path(runs_dir)})
         run, prepared = stages.split_new(recipe, data_dir, runs_dir, reporter, model=True)
-        run.update_manifest(tune={"objective": recipe["tune"]["objective"], "direction": objective.direction_of(recipe)})
+        run.update_manifest(
+            tune={"objective": recipe["tune"]["objective"], "direction": objective.direction_of(recipe)}
+        )
         return _tune(run, recipe, dims, prepared, data_dir, runs_dir, trials, opened, reporter)
 
 
-def tune_existing(run: Run, data_dir: Path, runs_dir: Path, trials: int | None = None, backend: str = "local",
-                  jobs: int = 1, reporter: Reporter = SILENT) -> TuneResult:
-    """`qfactory tune --run RUN`: more trials in a run's study (its split is read, not rebuilt)."""
+def tune_existing(
+    run: Run,
+    data_dir: Path,
+    runs_dir: Path,
+    trials: int | None = None,
+    backend: str = "local",
+    jobs: int = 1,
+    reporter: Reporter = SILENT,
+    refit: bool = False,
+) -> TuneResult:
+    """`qfactory tune --run RUN`: more trials in a run's study (its split is read, not rebuilt). `refit`
+    refits the best trial even when the recipe says tune.refit = false, or when a killed refit never
+    committed (`tune --run RUN --refit`: no new trials unless `trials` asks for them)."""
     if "tune" not in run.manifest():
-        raise RunError(f"run {run.id} is not a tune run (its manifest has no 'tune' entry); start one with `qfactory tune --recipe R`")
+        raise RunError(
+            f"run {run.id} is not a tune run (its manifest has no 'tune' entry); "
+            "start one with `qfactory tune --recipe R`"
+        )
     recipe = run.recipe()
     dims = check(recipe)
+    _check_backtest_universe(recipe, data_dir)
     with open_backend(backend, jobs) as opened:
         opened.check_shared({"data home": Path(data_dir), "runs home": Path(runs_dir)})
-        prepared = stages.load_run_split(run, data_dir) if opened.in_process else None
-        return _tune(run, recipe, dims, prepared, data_dir, runs_dir, trials, opened, reporter)
+        prepared = stages.load_run_split(run, data_dir) if opened.in_process and trials != 0 else None
+        return _tune(run, recipe, dims, prepared, data_dir, runs_dir, trials, opened, reporter, refit)
 
 
-def _tune(run: Run, recipe: Recipe, dims: list[space.Dimension], prepared: Any, data_dir: Path, runs_dir: Path,
-          trials: int | None, backend: Backend, reporter: Reporter) -> TuneResult:
+def _tune(
+    run: Run,
+    recipe: Recipe,
+    dims: list[space.Dimension],
+    prepared: Any,
+    data_dir: Path,
+    runs_dir: Path,
+    trials: int | None,
+    backend: Backend,
+    reporter: Reporter,
+    refit: bool = False,
+) -> TuneResult:
+    """The study, under the run's tune lock and as its `tune` stage: while it runs the manifest says
+    so (with this pid), so `runs ls` shows the run `running`, and `interrupted:tune` once killed."""
     from filelock import FileLock, Timeout
 
     folder = run.path / "tune"
     folder.mkdir(exist_ok=True)
     try:
-        with FileLock(str(folder / ".lock"), timeout=0):
-            study = _open_study(run, recipe, reporter)
+        with FileLock(str(folder / ".lock"), timeout=0), run.stage("tune") as info:
+            with storage_errors(folder / "study.sqlite"):  # SQLite: "database or disk is full", not an OSError
+                study = _open_study(run, recipe, reporter)
             if prepared is not None:
                 objective.share(run.path, prepared)
             try:
-                added = _optimize(study, run, recipe, dims, Path(data_dir), trials or recipe["tune"]["trials"], backend, reporter)
+                wanted = recipe["tune"]["trials"] if trials is None else trials
+                with storage_errors(folder / "study.sqlite"):
+                    added = _optimize(study, run, recipe, dims, Path(data_dir), wanted, backend, reporter)
             finally:
                 objective.forget(run.path)
-            return _finish(study, run, recipe, Path(data_dir), Path(runs_dir), added, reporter)
+            result = _finish(study, run, recipe, Path(data_dir), Path(runs_dir), added, reporter, refit)
+            info["trials"] = result.trials.height
+            return result
     except Timeout:
-        raise RunError(f"run {run.id} is being tuned by another process ({folder / '.lock'} is held); wait for it to finish") from None
+        raise RunError(
+            f"run {run.id} is being tuned by another process ({folder / '.lock'} is held); wait for it to finish"
+        ) from None
 
 
 def _optuna() -> Any:
@@ -121,8 +179,9 @@ def storage_url(run: Run) -> str:
 
 def _open_study(run: Run, recipe: Recipe, reporter: Reporter) -> Any:
     optuna = _optuna()
-    study = optuna.create_study(storage=storage_url(run), study_name=STUDY_NAME, load_if_exists=True,
-                                direction=objective.direction_of(recipe))
+    study = optuna.create_study(
+        storage=storage_url(run), study_name=STUDY_NAME, load_if_exists=True, direction=objective.direction_of(recipe)
+    )
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # its process was killed
         reporter.notice(f"tune: trial {trial.number} was interrupted (its process stopped); marked failed")
@@ -141,13 +200,31 @@ def _sampler(recipe: Recipe, number: int) -> Any:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg["startup_trials"], constant_liar=True)
 
 
-def _optimize(study: Any, run: Run, recipe: Recipe, dims: list[space.Dimension], data_dir: Path, n: int,
-              backend: Backend, reporter: Reporter) -> int:
+def _optimize(
+    study: Any,
+    run: Run,
+    recipe: Recipe,
+    dims: list[space.Dimension],
+    data_dir: Path,
+    n: int,
+    backend: Backend,
+    reporter: Reporter,
+) -> int:
     done = 0
     while done < n:
         batch = _ask(study, recipe, dims, min(backend.jobs, n - done))
-        tasks = [objective.TrialTask(t.number, params, space.apply(recipe, params), run.path, data_dir,
-                                     objective.direction_of(recipe), _medians(study, recipe)) for t, params in batch]
+        tasks = [
+            objective.TrialTask(
+                t.number,
+                params,
+                space.apply(recipe, params),
+                run.path,
+                data_dir,
+                objective.direction_of(recipe),
+                _medians(study, recipe),
+            )
+            for t, params in batch
+        ]
         try:
             results = backend.map(objective.evaluate, tasks)
         except BaseException:
@@ -208,8 +285,11 @@ def _fail(study: Any, trials: list[Any]) -> None:
 
 def _line(result: objective.TrialResult, params: dict[str, Any]) -> str:
     shown = ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in params.items())
-    outcome = {"complete": f"{result.value:.5g}" if result.value is not None else "-",
-               "pruned": f"pruned at step {max(result.intermediate, default=0)}", "fail": f"failed: {result.error}"}[result.state]
+    outcome = {
+        "complete": f"{result.value:.5g}" if result.value is not None else "-",
+        "pruned": f"pruned at step {max(result.intermediate, default=0)}",
+        "fail": f"failed: {result.error}",
+    }[result.state]
     return f"tune: trial {result.number} {outcome} ({shown}; {result.seconds:.1f}s)"
 
 
@@ -224,9 +304,16 @@ def trials_table(study: Any) -> pl.DataFrame:
     """number, state, value, seconds, error, then one params.<key> column per searched key."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value,
-                     "seconds": t.user_attrs.get("seconds"), "error": t.user_attrs.get("error"),
-                     **{f"params.{k}": _cell(v) for k, v in t.params.items()}})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "seconds": t.user_attrs.get("seconds"),
+                "error": t.user_attrs.get("error"),
+                **{f"params.{k}": _cell(v) for k, v in t.params.items()},
+            }
+        )
     schema = {"number": pl.Int64, "state": pl.String, "value": pl.Float64, "seconds": pl.Float64, "error": pl.String}
     if not rows:
         return pl.DataFrame(schema=schema)
@@ -234,7 +321,13 @@ def trials_table(study: Any) -> pl.DataFrame:
 
 
 def _cell(value: Any) -> Any:
-    return str(value) if isinstance(value, str) else float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+    return (
+        str(value)
+        if isinstance(value, str)
+        else float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        else str(value)
+    )
 
 
 def best_trial(study: Any) -> dict[str, Any] | None:
@@ -245,24 +338,38 @@ def best_trial(study: Any) -> dict[str, Any] | None:
     return {"number": best.number, "value": best.value, "params": dict(best.params)}
 
 
-def _finish(study: Any, run: Run, recipe: Recipe, data_dir: Path, runs_dir: Path, added: int, reporter: Reporter) -> TuneResult:
+def _finish(
+    study: Any,
+    run: Run,
+    recipe: Recipe,
+    data_dir: Path,
+    runs_dir: Path,
+    added: int,
+    reporter: Reporter,
+    force_refit: bool = False,
+) -> TuneResult:
     table = trials_table(study)
     write_parquet_atomic(run.path / "tune" / "trials.parquet", table)
     best = best_trial(study)
     if best is None:
         errors = table.filter(pl.col("error").is_not_null())["error"]
         why = f"; first failure: {errors[0]}" if errors.len() else ""
-        raise RunError(f"tune run {run.id}: no trial completed{why}; fix the recipe or widen tune.space, then `qfactory tune --run {run.id}`")
+        raise RunError(
+            f"tune run {run.id}: no trial completed{why}; fix the recipe or widen "
+            f"tune.space, then `qfactory tune --run {run.id}`"
+        )
     best_recipe = space.apply(recipe, best["params"])
     write_text_atomic(run.path / "tune" / "best.toml", to_toml(best_recipe))
-    refit = _refit(run, best_recipe, best, data_dir, runs_dir, reporter) if recipe["tune"]["refit"] else None
+    wanted = recipe["tune"]["refit"] or force_refit
+    refit = _refit(run, best_recipe, best, data_dir, runs_dir, reporter) if wanted else None
     counts = {s: int((table["state"] == s).sum()) for s in ("complete", "pruned", "fail")}
-    run.update_manifest(tune={"trials": table.height, **counts, "best": best, "best_recipe": "tune/best.toml"},
-                        stages={"tune": {"status": "done", "trials": table.height}})
+    run.update_manifest(tune={"trials": table.height, **counts, "best": best, "best_recipe": "tune/best.toml"})
     return TuneResult(run, best, table, refit, added)
 
 
-def _refit(run: Run, best_recipe: Recipe, best: dict[str, Any], data_dir: Path, runs_dir: Path, reporter: Reporter) -> str:
+def _refit(
+    run: Run, best_recipe: Recipe, best: dict[str, Any], data_dir: Path, runs_dir: Path, reporter: Reporter
+) -> str:
     """The best trial as a regular run (train + backtest): scored once on test. A best trial that was
     already refit is not refit again."""
     previous = (run.manifest().get("tune") or {}).get("refit") or {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from feature_oracle import alpha158, core, cross_asset, mtf, ta  # noqa: F401 - fill BUILDERS
+from feature_oracle import alpha158, core, cross_asset, mtf, regime, ta  # noqa: F401 - fill BUILDERS
 from feature_oracle._registry import BUILDERS, DERIVED
 from quant_cli.features.registry import Feature
 
@@ -20,5 +20,7 @@ def oracle(feature: Feature) -> Feature:
     family = feature.family
     sources = tuple(oracle(s) for s in feature.sources)
     if family.kernel:
-        family = dataclasses.replace(family, build=BUILDERS[family.pattern], compute=None, derived=DERIVED[family.pattern])
+        family = dataclasses.replace(
+            family, build=BUILDERS[family.pattern], compute=None, derived=DERIVED[family.pattern]
+        )
     return Feature(family, feature.window, feature.timeframe, sources)

@@ -38,7 +38,9 @@ import polars as pl
 
 from feature_oracle._registry import REGISTRY, register
 
-REGISTRY.define_set("alpha158", "Qlib Alpha158: 158 candle, price-ratio and rolling price/volume factors over windows 5/10/20/30/60.")
+REGISTRY.define_set(
+    "alpha158", "Qlib Alpha158: 158 candle, price-ratio and rolling price/volume factors over windows 5/10/20/30/60."
+)
 
 WINDOWS = (5, 10, 20, 30, 60)
 EPS = 1e-12  # Qlib's denominator guard
@@ -48,16 +50,33 @@ _OHLC = ("open", "high", "low", "close")
 
 def _kbar(pattern: str, description: str, inputs: tuple[str, ...] = _OHLC):
     """A row-wise factor (no window): computed without per-symbol grouping."""
-    return register(pattern, inputs=inputs, tags=("alpha158", "candle"), sets=("alpha158",), description=description, over="row")
+    return register(
+        pattern, inputs=inputs, tags=("alpha158", "candle"), sets=("alpha158",), description=description, over="row"
+    )
 
 
-def _rolling(pattern: str, description: str, inputs: tuple[str, ...] = ("close",), tags: tuple[str, ...] = (),
-             min_window: int = 1, derived: tuple[str, ...] = (), sources: tuple[str, ...] = ()):
+def _rolling(
+    pattern: str,
+    description: str,
+    inputs: tuple[str, ...] = ("close",),
+    tags: tuple[str, ...] = (),
+    min_window: int = 1,
+    derived: tuple[str, ...] = (),
+    sources: tuple[str, ...] = (),
+):
     """A windowed factor; with `sources`, a row-wise combination of other factors at the same window."""
     return register(
-        pattern, inputs=inputs, tags=("alpha158", *tags), sets=("alpha158",), description=description,
-        window_key="alpha158_windows", default_windows=WINDOWS, min_window=min_window, derived=derived,
-        sources=sources, over="row" if sources else "symbol",
+        pattern,
+        inputs=inputs,
+        tags=("alpha158", *tags),
+        sets=("alpha158",),
+        description=description,
+        window_key="alpha158_windows",
+        default_windows=WINDOWS,
+        min_window=min_window,
+        derived=derived,
+        sources=sources,
+        over="row" if sources else "symbol",
     )
 
 
@@ -71,6 +90,7 @@ def _row() -> pl.Expr:
 
 
 # --- candle shape and price ratios ------------------------------------------------------------
+
 
 @_kbar("KMID", "Candle body relative to the open: (close - open) / open.")
 def kmid() -> pl.Expr:
@@ -132,12 +152,17 @@ def low0() -> pl.Expr:
     return _l / _c
 
 
-@_kbar("VWAP0", "VWAP relative to the close; without a vwap column, the typical price (high + low + close) / 3.", inputs=("vwap", "close"))
+@_kbar(
+    "VWAP0",
+    "VWAP relative to the close; without a vwap column, the typical price (high + low + close) / 3.",
+    inputs=("vwap", "close"),
+)
 def vwap0() -> pl.Expr:
     return pl.col("vwap") / _c
 
 
 # --- rolling price operators -----------------------------------------------------------------
+
 
 @_rolling("ROC{w}", "Qlib rate of change: close w bars ago / close.", tags=("momentum",))
 def roc(w: int) -> pl.Expr:
@@ -168,20 +193,32 @@ def _sxx(w: int) -> float:
     return w * (w * w - 1) / 12.0  # sum_j (j - mean j)^2 for j = 1..w
 
 
-@_rolling("BETA{w}", "Slope of the least-squares line of close on time over w bars / close.", tags=("trend",), min_window=2)
+@_rolling(
+    "BETA{w}", "Slope of the least-squares line of close on time over w bars / close.", tags=("trend",), min_window=2
+)
 def beta(w: int) -> pl.Expr:
     return _slope_sum(_c, w) / _sxx(w) / _c
 
 
-@_rolling("RSQR{w}", "R-squared of the least-squares line of close on time over w bars (trend linearity).", tags=("trend",),
-          min_window=3, sources=("BETA{w}", "STD{w}"))
+@_rolling(
+    "RSQR{w}",
+    "R-squared of the least-squares line of close on time over w bars (trend linearity).",
+    tags=("trend",),
+    min_window=3,
+    sources=("BETA{w}", "STD{w}"),
+)
 def rsqr(beta_: pl.Expr, std_: pl.Expr, w: int) -> pl.Expr:
     # R^2 = slope^2 * Sxx / Syy with Syy = (w - 1) * std^2; both carry 1/close, which cancels
     return beta_**2 * _sxx(w) / ((w - 1) * std_**2)
 
 
-@_rolling("RESI{w}", "Residual of today's close from the least-squares line over w bars / close.", tags=("trend",),
-          min_window=2, sources=("MA{w}", "BETA{w}"))
+@_rolling(
+    "RESI{w}",
+    "Residual of today's close from the least-squares line over w bars / close.",
+    tags=("trend",),
+    min_window=2,
+    sources=("MA{w}", "BETA{w}"),
+)
 def resi(ma_: pl.Expr, beta_: pl.Expr, w: int) -> pl.Expr:
     # the line through the window's mean point reaches mean + slope * (w - 1) / 2 at today's bar
     return 1.0 - ma_ - beta_ * ((w - 1) / 2.0)
@@ -207,7 +244,9 @@ def qtld(w: int) -> pl.Expr:
     return _c.rolling_quantile(0.2, "linear", window_size=w, min_samples=w) / _c
 
 
-@_rolling("RANK{w}", "Percentile of today's close among the last w closes: average rank / w, in (0, 1].", tags=("momentum",))
+@_rolling(
+    "RANK{w}", "Percentile of today's close among the last w closes: average rank / w, in (0, 1].", tags=("momentum",)
+)
 def rank(w: int) -> pl.Expr:
     # average rank / w: ties share the mean of their ranks (pandas rank(pct=True) of the last value).
     # A rolling rank, not the sum of w - 1 shifted comparisons it equals bit for bit: ~120 expression
@@ -215,8 +254,13 @@ def rank(w: int) -> pl.Expr:
     return _c.rolling_rank(w, "average", min_samples=w) / w
 
 
-@_rolling("RSV{w}", "Close's position in the w-bar range: (close - min low) / (max high - min low + 1e-12).",
-          inputs=("close",), tags=("momentum",), sources=("MAX{w}", "MIN{w}"))
+@_rolling(
+    "RSV{w}",
+    "Close's position in the w-bar range: (close - min low) / (max high - min low + 1e-12).",
+    inputs=("close",),
+    tags=("momentum",),
+    sources=("MAX{w}", "MIN{w}"),
+)
 def rsv(max_ratio: pl.Expr, min_ratio: pl.Expr, w: int) -> pl.Expr:
     low = min_ratio * _c  # MAX and MIN are the w-bar high / low divided by close: undo it
     return (_c - low) / (max_ratio * _c - low + EPS)
@@ -248,18 +292,35 @@ def _extreme_position(key: str, w: int) -> pl.Expr:
     return (_LOW_BITS - 1 - (best % _LOW_BITS)) - _row() + w
 
 
-@_rolling("IMAX{w}", "Position of the w-bar high counted from the window's oldest bar, / w (Qlib IdxMax).", inputs=("high",), tags=("momentum",), derived=("_high_key",))
+@_rolling(
+    "IMAX{w}",
+    "Position of the w-bar high counted from the window's oldest bar, / w (Qlib IdxMax).",
+    inputs=("high",),
+    tags=("momentum",),
+    derived=("_high_key",),
+)
 def imax(w: int) -> pl.Expr:
     return _extreme_position("_high_key", w) / w
 
 
-@_rolling("IMIN{w}", "Position of the w-bar low counted from the window's oldest bar, / w (Qlib IdxMin).", inputs=("low",), tags=("momentum",), derived=("_low_key",))
+@_rolling(
+    "IMIN{w}",
+    "Position of the w-bar low counted from the window's oldest bar, / w (Qlib IdxMin).",
+    inputs=("low",),
+    tags=("momentum",),
+    derived=("_low_key",),
+)
 def imin(w: int) -> pl.Expr:
     return _extreme_position("_low_key", w) / w
 
 
-@_rolling("IMXD{w}", "IMAX - IMIN: positive when the low came before the high.", inputs=("high", "low"), tags=("momentum",),
-          sources=("IMAX{w}", "IMIN{w}"))
+@_rolling(
+    "IMXD{w}",
+    "IMAX - IMIN: positive when the low came before the high.",
+    inputs=("high", "low"),
+    tags=("momentum",),
+    sources=("IMAX{w}", "IMIN{w}"),
+)
 def imxd(imax_: pl.Expr, imin_: pl.Expr, w: int) -> pl.Expr:
     return imax_ - imin_
 
@@ -274,14 +335,26 @@ REGISTRY.derive("_log_volume_ratio1", (_v / _v.shift(1) + 1.0).log().over("symbo
 REGISTRY.derive("_abs_return_volume", ((_c / _c.shift(1) - 1.0).abs() * _v).over("symbol"))
 
 
-@_rolling("CORR{w}", "Correlation of close with log(volume + 1) over w bars.", inputs=("close", "volume"), tags=("volume",), min_window=2,
-          derived=("_log_volume1",))
+@_rolling(
+    "CORR{w}",
+    "Correlation of close with log(volume + 1) over w bars.",
+    inputs=("close", "volume"),
+    tags=("volume",),
+    min_window=2,
+    derived=("_log_volume1",),
+)
 def corr(w: int) -> pl.Expr:
     return pl.rolling_corr(_c, pl.col("_log_volume1"), window_size=w, min_samples=w)
 
 
-@_rolling("CORD{w}", "Correlation of close/close[-1] with log(volume/volume[-1] + 1) over w bars.", inputs=("close", "volume"), tags=("volume",), min_window=2,
-          derived=("_close_ratio", "_log_volume_ratio1"))
+@_rolling(
+    "CORD{w}",
+    "Correlation of close/close[-1] with log(volume/volume[-1] + 1) over w bars.",
+    inputs=("close", "volume"),
+    tags=("volume",),
+    min_window=2,
+    derived=("_close_ratio", "_log_volume_ratio1"),
+)
 def cord(w: int) -> pl.Expr:
     return pl.rolling_corr(pl.col("_close_ratio"), pl.col("_log_volume_ratio1"), window_size=w, min_samples=w)
 
@@ -296,7 +369,9 @@ def cntn(w: int) -> pl.Expr:
     return _full((_c < _c.shift(1)).cast(pl.Float64), w, "mean")
 
 
-@_rolling("CNTD{w}", "CNTP - CNTN: up share minus down share over w bars.", tags=("momentum",), sources=("CNTP{w}", "CNTN{w}"))
+@_rolling(
+    "CNTD{w}", "CNTP - CNTN: up share minus down share over w bars.", tags=("momentum",), sources=("CNTP{w}", "CNTN{w}")
+)
 def cntd(up: pl.Expr, down: pl.Expr, w: int) -> pl.Expr:
     return up - down
 
@@ -313,7 +388,9 @@ def _gain_share(x: pl.Expr, w: int, sign: float) -> pl.Expr:
     return 0.5 + 0.5 * (sign * (x - x.shift(w)) - EPS) / (total + EPS)
 
 
-@_rolling("SUMP{w}", "Sum of close gains / sum of absolute close changes over w bars (RSI-like, 0-1).", tags=("momentum",))
+@_rolling(
+    "SUMP{w}", "Sum of close gains / sum of absolute close changes over w bars (RSI-like, 0-1).", tags=("momentum",)
+)
 def sump(w: int) -> pl.Expr:
     return _gain_share(_c, w, 1.0)
 
@@ -323,7 +400,12 @@ def sumn(w: int) -> pl.Expr:
     return _gain_share(_c, w, -1.0)
 
 
-@_rolling("SUMD{w}", "(gains - losses) / sum of absolute close changes over w bars: SUMP - SUMN.", tags=("momentum",), sources=("SUMP{w}", "SUMN{w}"))
+@_rolling(
+    "SUMD{w}",
+    "(gains - losses) / sum of absolute close changes over w bars: SUMP - SUMN.",
+    tags=("momentum",),
+    sources=("SUMP{w}", "SUMN{w}"),
+)
 def sumd(gains: pl.Expr, losses: pl.Expr, w: int) -> pl.Expr:
     return gains - losses
 
@@ -333,29 +415,56 @@ def vma(w: int) -> pl.Expr:
     return _full(_v, w, "mean") / (_v + EPS)
 
 
-@_rolling("VSTD{w}", "Standard deviation of volume over w bars / (volume + 1e-12).", inputs=("volume",), tags=("volume",), min_window=2)
+@_rolling(
+    "VSTD{w}",
+    "Standard deviation of volume over w bars / (volume + 1e-12).",
+    inputs=("volume",),
+    tags=("volume",),
+    min_window=2,
+)
 def vstd(w: int) -> pl.Expr:
     return _full(_v, w, "std") / (_v + EPS)
 
 
-@_rolling("WVMA{w}", "Volume-weighted |return| dispersion: std / mean of |close/close[-1] - 1| * volume over w bars.", inputs=("close", "volume"), tags=("volume", "volatility"), min_window=2,
-          derived=("_abs_return_volume",))
+@_rolling(
+    "WVMA{w}",
+    "Volume-weighted |return| dispersion: std / mean of |close/close[-1] - 1| * volume over w bars.",
+    inputs=("close", "volume"),
+    tags=("volume", "volatility"),
+    min_window=2,
+    derived=("_abs_return_volume",),
+)
 def wvma(w: int) -> pl.Expr:
     weighted = pl.col("_abs_return_volume")  # |close/close[-1] - 1| * volume
     return _full(weighted, w, "std") / (_full(weighted, w, "mean") + EPS)
 
 
-@_rolling("VSUMP{w}", "Sum of volume increases / sum of absolute volume changes over w bars.", inputs=("volume",), tags=("volume",))
+@_rolling(
+    "VSUMP{w}",
+    "Sum of volume increases / sum of absolute volume changes over w bars.",
+    inputs=("volume",),
+    tags=("volume",),
+)
 def vsump(w: int) -> pl.Expr:
     return _gain_share(_v, w, 1.0)
 
 
-@_rolling("VSUMN{w}", "Sum of volume decreases / sum of absolute volume changes over w bars.", inputs=("volume",), tags=("volume",))
+@_rolling(
+    "VSUMN{w}",
+    "Sum of volume decreases / sum of absolute volume changes over w bars.",
+    inputs=("volume",),
+    tags=("volume",),
+)
 def vsumn(w: int) -> pl.Expr:
     return _gain_share(_v, w, -1.0)
 
 
-@_rolling("VSUMD{w}", "(volume increases - decreases) / sum of absolute volume changes over w bars: VSUMP - VSUMN.",
-          inputs=("volume",), tags=("volume",), sources=("VSUMP{w}", "VSUMN{w}"))
+@_rolling(
+    "VSUMD{w}",
+    "(volume increases - decreases) / sum of absolute volume changes over w bars: VSUMP - VSUMN.",
+    inputs=("volume",),
+    tags=("volume",),
+    sources=("VSUMP{w}", "VSUMN{w}"),
+)
 def vsumd(gains: pl.Expr, losses: pl.Expr, w: int) -> pl.Expr:
     return gains - losses

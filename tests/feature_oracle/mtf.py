@@ -20,36 +20,66 @@ import polars as pl
 from feature_oracle import core
 from feature_oracle._registry import REGISTRY, register
 
-REGISTRY.define_set("mtf", "Multi-timeframe: indicators on coarser bars (features.timeframes), visible once the coarse bar closed.")
+REGISTRY.define_set(
+    "mtf", "Multi-timeframe: indicators on coarser bars (features.timeframes), visible once the coarse bar closed."
+)
 
 _TAGS = ("mtf",)
 
 
-@register("mtf_ret_{tf}", inputs=("close",), tags=(*_TAGS, "momentum"), sets=("mtf",),
-          description="Return of the last closed coarse bar: close / previous coarse close - 1.")
+@register(
+    "mtf_ret_{tf}",
+    inputs=("close",),
+    tags=(*_TAGS, "momentum"),
+    sets=("mtf",),
+    description="Return of the last closed coarse bar: close / previous coarse close - 1.",
+)
 def mtf_ret() -> pl.Expr:
     return core.ret(1)
 
 
-@register("mtf_trend_{tf}", params={"n": 10}, inputs=("close",), tags=(*_TAGS, "trend"), sets=("mtf",),
-          description="Coarse close relative to its n-coarse-bar simple moving average: close / SMA(n) - 1.")
+@register(
+    "mtf_trend_{tf}",
+    params={"n": 10},
+    inputs=("close",),
+    tags=(*_TAGS, "trend"),
+    sets=("mtf",),
+    description="Coarse close relative to its n-coarse-bar simple moving average: close / SMA(n) - 1.",
+)
 def mtf_trend(n: int) -> pl.Expr:
     return core.close_ma(n)
 
 
-@register("mtf_vol_{tf}", params={"n": 10}, inputs=("close",), tags=(*_TAGS, "volatility"), sets=("mtf",),
-          description="Standard deviation (ddof=1) of coarse-bar log returns over the last n coarse bars.")
+@register(
+    "mtf_vol_{tf}",
+    params={"n": 10},
+    inputs=("close",),
+    tags=(*_TAGS, "volatility"),
+    sets=("mtf",),
+    description="Standard deviation (ddof=1) of coarse-bar log returns over the last n coarse bars.",
+)
 def mtf_vol(n: int) -> pl.Expr:
     return core.vol(n)
 
 
-@register("mtf_rsi_{tf}", params={"n": 14}, inputs=("close",), tags=(*_TAGS, "momentum", "oscillator"), sets=("mtf",),
-          description="RSI(n) (Wilder, 0-100) of coarse closes.")
+@register(
+    "mtf_rsi_{tf}",
+    params={"n": 14},
+    inputs=("close",),
+    tags=(*_TAGS, "momentum", "oscillator"),
+    sets=("mtf",),
+    description="RSI(n) (Wilder, 0-100) of coarse closes.",
+)
 def mtf_rsi(n: int) -> pl.Expr:
     return core.rsi(n)
 
 
-@register("mtf_range_{tf}", inputs=("high", "low", "close"), tags=(*_TAGS, "volatility", "candle"), sets=("mtf",),
-          description="Range of the last closed coarse bar relative to its close: (high - low) / close.")
+@register(
+    "mtf_range_{tf}",
+    inputs=("high", "low", "close"),
+    tags=(*_TAGS, "volatility", "candle"),
+    sets=("mtf",),
+    description="Range of the last closed coarse bar relative to its close: (high - low) / close.",
+)
 def mtf_range() -> pl.Expr:
     return core.hl_range()

@@ -47,8 +47,12 @@ def _range_position(n: int) -> pl.Expr:
     return (_c - low) / (_h.rolling_max(n, min_samples=n) - low)
 
 
-@_ta("bb_width_{n}", "Bollinger band width: (upper - lower) / middle = 2 k population-std / SMA over n bars.",
-     tags=("volatility",), params={"n": 20, "k": 2.0})
+@_ta(
+    "bb_width_{n}",
+    "Bollinger band width: (upper - lower) / middle = 2 k population-std / SMA over n bars.",
+    tags=("volatility",),
+    params={"n": 20, "k": 2.0},
+)
 def bb_width(n: int, k: float) -> pl.Expr:
     return 2.0 * k * _c.rolling_std(n, min_samples=n, ddof=0) / _c.rolling_mean(n, min_samples=n)
 
@@ -67,8 +71,13 @@ def _wilder_sum(x: pl.Expr, n: int) -> pl.Expr:
     return seeded.ewm_mean(alpha=1.0 / n, adjust=False, ignore_nulls=True)
 
 
-@_ta("adx_{n}", "Average Directional Index (0-100, Wilder/TA-Lib): trend strength regardless of direction.",
-     inputs=_HLC, tags=("trend",), params={"n": 14})
+@_ta(
+    "adx_{n}",
+    "Average Directional Index (0-100, Wilder/TA-Lib): trend strength regardless of direction.",
+    inputs=_HLC,
+    tags=("trend",),
+    params={"n": 14},
+)
 def adx(n: int) -> pl.Expr:
     plus, minus = (_wilder_sum(dm, n) for dm in _directional_movement())
     # DX = 100 |-DI - +DI| / (-DI + +DI); the smoothed true range divides both DIs and cancels.
@@ -76,20 +85,35 @@ def adx(n: int) -> pl.Expr:
     return seeded_ewm(dx, n, 1.0 / n, start=n)  # first ADX at bar 2n-1: the mean of n DX values
 
 
-@_ta("stoch_k_{n}", "Slow stochastic %K (0-100): SMA(3) of 100 (close - lowest low) / (highest high - lowest low) over n bars.",
-     inputs=_HLC, tags=("momentum", "oscillator"), params={"n": 14, "smooth": 3})
+@_ta(
+    "stoch_k_{n}",
+    "Slow stochastic %K (0-100): SMA(3) of 100 (close - lowest low) / (highest high - lowest low) over n bars.",
+    inputs=_HLC,
+    tags=("momentum", "oscillator"),
+    params={"n": 14, "smooth": 3},
+)
 def stoch_k(n: int, smooth: int) -> pl.Expr:
     return (100.0 * _range_position(n)).rolling_mean(smooth, min_samples=smooth)
 
 
-@_ta("stoch_d_{n}", "Slow stochastic %D (0-100): SMA(3) of slow %K.", inputs=_HLC, tags=("momentum", "oscillator"),
-     params={"n": 14, "smooth": 3})
+@_ta(
+    "stoch_d_{n}",
+    "Slow stochastic %D (0-100): SMA(3) of slow %K.",
+    inputs=_HLC,
+    tags=("momentum", "oscillator"),
+    params={"n": 14, "smooth": 3},
+)
 def stoch_d(n: int, smooth: int) -> pl.Expr:
     return stoch_k(n, smooth).rolling_mean(smooth, min_samples=smooth)
 
 
-@_ta("cci_{n}", "Commodity Channel Index: (typical price - SMA) / (0.015 x mean absolute deviation) over n bars.",
-     inputs=_HLC, tags=("momentum", "oscillator"), params={"n": 20})
+@_ta(
+    "cci_{n}",
+    "Commodity Channel Index: (typical price - SMA) / (0.015 x mean absolute deviation) over n bars.",
+    inputs=_HLC,
+    tags=("momentum", "oscillator"),
+    params={"n": 20},
+)
 def cci(n: int) -> pl.Expr:
     tp = _typical()
     sma = tp.rolling_mean(n, min_samples=n)
@@ -98,15 +122,25 @@ def cci(n: int) -> pl.Expr:
     return (tp - sma) / (0.015 * deviation)
 
 
-@_ta("obv_net_{n}", "Scale-free OBV: n-bar change of On-Balance Volume / n-bar total volume, in [-1, 1].",
-     inputs=("close", "volume"), tags=("volume",), params={"n": 20})
+@_ta(
+    "obv_net_{n}",
+    "Scale-free OBV: n-bar change of On-Balance Volume / n-bar total volume, in [-1, 1].",
+    inputs=("close", "volume"),
+    tags=("volume",),
+    params={"n": 20},
+)
 def obv_net(n: int) -> pl.Expr:
     signed = _c.diff().sign() * _v
     return signed.rolling_sum(n, min_samples=n) / _v.rolling_sum(n, min_samples=n)
 
 
-@_ta("mfi_{n}", "Money Flow Index (0-100): volume-weighted RSI of the typical price over n bars.",
-     inputs=(*_HLC, "volume"), tags=("volume", "oscillator"), params={"n": 14})
+@_ta(
+    "mfi_{n}",
+    "Money Flow Index (0-100): volume-weighted RSI of the typical price over n bars.",
+    inputs=(*_HLC, "volume"),
+    tags=("volume", "oscillator"),
+    params={"n": 14},
+)
 def mfi(n: int) -> pl.Expr:
     tp = _typical()
     change, flow = tp.diff(), tp * _v
@@ -119,37 +153,63 @@ def mfi(n: int) -> pl.Expr:
     return 100.0 * positive / (positive + flows(False))
 
 
-@_ta("willr_{n}", "Williams %R (-100-0): -100 (highest high - close) / (highest high - lowest low) over n bars.",
-     inputs=_HLC, tags=("momentum", "oscillator"), params={"n": 14})
+@_ta(
+    "willr_{n}",
+    "Williams %R (-100-0): -100 (highest high - close) / (highest high - lowest low) over n bars.",
+    inputs=_HLC,
+    tags=("momentum", "oscillator"),
+    params={"n": 14},
+)
 def willr(n: int) -> pl.Expr:
     return 100.0 * _range_position(n) - 100.0  # -100 (H - C) / (H - L) = 100 (C - L) / (H - L) - 100
 
 
-@_ta("close_ema_{w}", "Distance of close from its w-bar EMA (seeded with the SMA, as TA-Lib): close / EMA(w) - 1.",
-     tags=("trend",))
+@_ta(
+    "close_ema_{w}",
+    "Distance of close from its w-bar EMA (seeded with the SMA, as TA-Lib): close / EMA(w) - 1.",
+    tags=("trend",),
+)
 def close_ema(w: int) -> pl.Expr:
     return _c / ema(_c, w) - 1.0
 
 
-@_ta("park_vol_{w}", "Parkinson volatility over w bars: sqrt(mean(ln(high/low)^2) / (4 ln 2)).",
-     inputs=("high", "low"), tags=("volatility",))
+@_ta(
+    "park_vol_{w}",
+    "Parkinson volatility over w bars: sqrt(mean(ln(high/low)^2) / (4 ln 2)).",
+    inputs=("high", "low"),
+    tags=("volatility",),
+)
 def park_vol(w: int) -> pl.Expr:
     return ((_h / _l).log().pow(2).rolling_mean(w, min_samples=w) / (4.0 * math.log(2.0))).sqrt()
 
 
-@_ta("gk_vol_{w}", "Garman-Klass volatility over w bars: sqrt(mean(0.5 ln(H/L)^2 - (2 ln 2 - 1) ln(C/O)^2)).",
-     inputs=("open", "high", "low", "close"), tags=("volatility",))
+@_ta(
+    "gk_vol_{w}",
+    "Garman-Klass volatility over w bars: sqrt(mean(0.5 ln(H/L)^2 - (2 ln 2 - 1) ln(C/O)^2)).",
+    inputs=("open", "high", "low", "close"),
+    tags=("volatility",),
+)
 def gk_vol(w: int) -> pl.Expr:
     per_bar = 0.5 * (_h / _l).log().pow(2) - (2.0 * math.log(2.0) - 1.0) * (_c / _o).log().pow(2)
     return per_bar.rolling_mean(w, min_samples=w).sqrt()
 
 
-@_ta("skew_{w}", "Sample skewness (bias-corrected, as pandas) of one-bar log returns over w bars.", tags=("volatility",), min_window=3)
+@_ta(
+    "skew_{w}",
+    "Sample skewness (bias-corrected, as pandas) of one-bar log returns over w bars.",
+    tags=("volatility",),
+    min_window=3,
+)
 def skew(w: int) -> pl.Expr:
     return log_return().rolling_skew(w, bias=False, min_samples=w)
 
 
-@_ta("kurt_{w}", "Sample excess kurtosis (bias-corrected, as pandas) of one-bar log returns over w bars.", tags=("volatility",), min_window=4)
+@_ta(
+    "kurt_{w}",
+    "Sample excess kurtosis (bias-corrected, as pandas) of one-bar log returns over w bars.",
+    tags=("volatility",),
+    min_window=4,
+)
 def kurt(w: int) -> pl.Expr:
     return log_return().rolling_kurtosis(w, fisher=True, bias=False, min_samples=w)
 
@@ -173,22 +233,33 @@ def _band_energy(n: int, ks: range) -> pl.Expr:
     return pl.sum_horizontal(power(k) for k in ks) / total
 
 
-@_ta("fft_low_{n}", "Spectral: share of log-return variance in periods of n/4 to n bars (DFT bins 1-4 of a rolling n-bar window).",
-     tags=("spectral",), params={"n": 32})
+@_ta(
+    "fft_low_{n}",
+    "Spectral: share of log-return variance in periods of n/4 to n bars (DFT bins 1-4 of a rolling n-bar window).",
+    tags=("spectral",),
+    params={"n": 32},
+)
 def fft_low(n: int) -> pl.Expr:
     return _band_energy(n, range(1, n // 8 + 1))
 
 
-@_ta("fft_high_{n}", "Spectral: share of log-return variance in periods of 2 to ~3.6 bars (DFT bins n/4+1 .. n/2, rolling n-bar window).",
-     tags=("spectral",), params={"n": 32})
+@_ta(
+    "fft_high_{n}",
+    "Spectral: share of log-return variance in periods of 2 to ~3.6 bars (DFT bins n/4+1 .. n/2, rolling n-bar window).",
+    tags=("spectral",),
+    params={"n": 32},
+)
 def fft_high(n: int) -> pl.Expr:
     return _band_energy(n, range(n // 4 + 1, n // 2 + 1))
 
 
-@_ta("regime_bull_{w}", "Soft bull-regime probability: logistic of the t-statistic of the mean log return over w bars (bear = 1 - bull).",
-     tags=("regime",), min_window=3)
+@_ta(
+    "regime_bull_{w}",
+    "Soft bull-regime probability: logistic of the t-statistic of the mean log return over w bars (bear = 1 - bull).",
+    tags=("regime",),
+    min_window=3,
+)
 def regime_bull(w: int) -> pl.Expr:
     r = log_return()
     t_stat = r.rolling_mean(w, min_samples=w) / r.rolling_std(w, min_samples=w) * math.sqrt(w)
     return 1.0 / (1.0 + (-t_stat).exp())
-
