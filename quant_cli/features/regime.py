@@ -26,6 +26,7 @@ import dataclasses
 
 import numpy as np
 
+from quant_cli.features import ta  # noqa: F401 - registers regime_bull_{w}, which this set joins (any import order)
 from quant_cli.features.core import log_return
 from quant_cli.features.panel import Panel
 from quant_cli.features.registry import REGISTRY, register
