@@ -289,9 +289,17 @@ def train(
             scored = val is not None and len(val) > 0
             val_loss, val_ic = evaluate(net, val, loss_fn, cfg, device) if scored else (math.nan, math.nan)
             seconds = time.perf_counter() - started
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_ic": val_ic,
-                            "seconds": round(seconds, 3), "samples_per_s": round(len(data) / max(seconds, 1e-9), 1),
-                            **telemetry})
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "val_ic": val_ic,
+                    "seconds": round(seconds, 3),
+                    "samples_per_s": round(len(data) / max(seconds, 1e-9), 1),
+                    **telemetry,
+                }
+            )
             best = _track(state, net, best, -val_ic if cfg.monitor == "ic" else val_loss, epoch)
             if checkpoints is not None:
                 checkpoints.save(_snapshot(step, state, history, device), best if state.best_epoch == epoch else None)
@@ -381,9 +389,15 @@ def _epoch(step: _Step, data: Samples, cfg: LoopConfig, loss_fn, device: str, se
     stats = getattr(step.net, "epoch_stats", None)
     norms = torch.stack(grad_norms).float().cpu() if grad_norms else torch.zeros(1)
     param_norm = torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in step.net.parameters()]))
-    return {"train_loss": total / max(count, 1), "lr": lr, "grad_norm": float(norms.mean()),
-            "grad_norm_max": float(norms.max()), "param_norm": float(param_norm),
-            **({"aux_loss": aux_total / max(count, 1)} if auxiliary is not None else {}), **(stats() if stats else {})}
+    return {
+        "train_loss": total / max(count, 1),
+        "lr": lr,
+        "grad_norm": float(norms.mean()),
+        "grad_norm_max": float(norms.max()),
+        "param_norm": float(param_norm),
+        **({"aux_loss": aux_total / max(count, 1)} if auxiliary is not None else {}),
+        **(stats() if stats else {}),
+    }
 
 
 def _previous(step: _Step, data: Samples, idx: torch.Tensor, local: torch.Tensor, device: str):
