@@ -58,7 +58,8 @@ def test_the_library_path_refuses_too(tmp_path):
 def test_raw_bar_channels_on_a_model_without_them_is_one_line(runner, tmp_path):
     assert _refused(runner, tmp_path, 'model.name="mlp"', 'model.params.inputs="bars"') == [
         f"error: {ORIGIN}: model 'mlp' does not take raw-bar channels (flag bar_channels), which model.params.inputs = "
-        "'bars' asks for; use a model that has it ('lstm', 'gru', 'tcn', 'transformer') or change model.params.inputs"
+        "'bars' asks for; use a model that has it (`qfactory train --list-models` shows each model's flags) or change "
+        "model.params.inputs"
     ]
 
 
@@ -181,9 +182,14 @@ def test_the_model_listing_order_does_not_depend_on_import_order():
         "voting",
         "stacking",
         "blending",
+        "hybrid",
         "mlp",
+        "moe_transformer",
+        "nbeats",
+        "omni_mixture",
         "lstm",
         "gru",
+        "state_space",
         "tcn",
         "transformer",
     ]

@@ -64,6 +64,8 @@ def tiny(name: str, task: str = "regression", n_sym: int = 3, n: int = 40, seed:
         y = X[:, 0] * X[:, 1] + X[:, 2]
     if task == "classification":
         y = np.where(y > 0.5, 1.0, np.where(y < -0.5, -1.0, 0.0))
+    if ZOO[name].output == "path":  # a path model learns (n, 2) targets: the sum above and feature b at t
+        y = np.stack([y, X[:, 1]], axis=1)
     return X, y.astype(np.float64), symbols, ts
 
 

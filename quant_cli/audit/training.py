@@ -38,6 +38,7 @@ from quant_cli.dataset import table as dataset_table
 from quant_cli.dataset.table import KEYS, Prepared, load_bars
 from quant_cli.features.bars import bar_channels
 from quant_cli.models.base import Model
+from quant_cli.models.registry import forecasts_path
 from quant_cli.recipe import Recipe
 from quant_cli.report import SILENT, Reporter
 from quant_cli.splits.chronological import EXCLUDED
@@ -117,7 +118,7 @@ def rewritten_split(
         snapshot.manifest.get("frequency"),
     )
     private = store.pin(home, snapshot.dataset)
-    prepared = dataset_table.prepare(recipe, private, plan=original.plan)
+    prepared = dataset_table.prepare(recipe, private, plan=original.plan, path=forecasts_path(recipe))
     return prepared, adjusted_bars(recipe, private, prepared)
 
 

@@ -51,6 +51,32 @@ def forward_return(bars: pl.DataFrame, horizon: int, execution: str, log: bool =
     return _finish(bars.sort("symbol", "ts").select("symbol", "ts", label.alias("label"), _t1(horizon).alias("t1")))
 
 
+def _one_bar(price: pl.Expr, k: int) -> pl.Expr:
+    """The k-th one-bar return after the fill at t+1: price[t+1+k] / price[t+k] - 1 (k = 1 .. horizon)."""
+    return price.shift(-(1 + k)).over("symbol") / price.shift(-k).over("symbol") - 1.0
+
+
+def forward_path(bars: pl.DataFrame, horizon: int, execution: str) -> pl.DataFrame:
+    """Columns symbol, ts, path, path_end: a path model's targets (DESIGN.md §6) for a forward_return label.
+
+    `path` holds the `horizon` one-bar returns after execution, from the same execution price as the
+    label, so (1 + r1)·…·(1 + rh) - 1 is exactly the label; `path_end` holds the time each one ends,
+    ts[t+1+k], the last being the label's t1 — no element reaches past t1, so purge and embargo are
+    unchanged. Rows without a full path (the last bars) get nulls, like their labels.
+    """
+    price = execution_price(bars, execution)
+    steps = range(1, horizon + 1)
+    frame = bars.sort("symbol", "ts").select(
+        "symbol",
+        "ts",
+        pl.concat_list([_one_bar(price, k) for k in steps]).alias("path"),
+        pl.concat_list([_t1(k) for k in steps]).alias("path_end"),
+    )
+    finite = pl.col("path").list.eval(pl.element().is_finite()).list.all()
+    complete = finite & pl.col("path_end").list.drop_nulls().list.len().eq(horizon)
+    return frame.with_columns(pl.when(complete).then(pl.col(c)).alias(c) for c in ("path", "path_end"))
+
+
 def _finish(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.drop_nulls(["label", "t1"]).filter(pl.col("label").is_finite())
 

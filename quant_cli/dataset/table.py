@@ -22,11 +22,11 @@ import numpy as np
 import polars as pl
 
 from quant_cli.data.store import Snapshot
-from quant_cli.dataset.labels import is_classification, make_labels
+from quant_cli.dataset.labels import forward_path, is_classification, make_labels
 from quant_cli.dataset.weights import sample_weights
 from quant_cli.errors import RecipeError, RunError
-from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.features.align import FeatureOptions
+from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.features.store import feature_table, features_root, intact_parts, scan_version
 from quant_cli.io import read_run_json, read_run_parquet, write_json_atomic, write_parquet_atomic
 from quant_cli.pipeline import adjust
@@ -67,8 +67,10 @@ class Table:
         Rows picked from it (a segment, a fold) carry the values serving computes from the same bars."""
         if not pipeline.fits_regime:
             return None
-        parts = [pipeline.with_regime(pl.scan_parquet(p).select(*KEYS, pl.col(HMM_FEATURE).cast(pl.Float64)).collect())
-                 for p in intact_parts(self.version_path)]  # float64 returns, as the engine hands them to serving
+        parts = [
+            pipeline.with_regime(pl.scan_parquet(p).select(*KEYS, pl.col(HMM_FEATURE).cast(pl.Float64)).collect())
+            for p in intact_parts(self.version_path)
+        ]  # float64 returns, as the engine hands them to serving
         return pl.concat(parts)
 
 
@@ -122,13 +124,15 @@ class Prepared:
                 out[piece["_row"].to_numpy()] = self.pipeline.model_matrix(piece)
         return out
 
-    def segment_inputs(self, names: tuple[str, ...] = ("train", "val", "test")) -> dict[str, tuple[pl.DataFrame, np.ndarray]]:
+    def segment_inputs(
+        self, names: tuple[str, ...] = ("train", "val", "test")
+    ) -> dict[str, tuple[pl.DataFrame, np.ndarray]]:
         """(rows, model inputs) per segment from ONE pass over the feature table: the matrix holds the
         segments one after another, so each segment's inputs are a view, not a copy."""
         parts = [self.segment(name) for name in names]
         X = self.inputs(pl.concat([p.select(KEYS) for p in parts]))
         bounds = np.cumsum([0, *(p.height for p in parts)])
-        return {name: (part, X[bounds[i]:bounds[i + 1]]) for i, (name, part) in enumerate(zip(names, parts))}
+        return {name: (part, X[bounds[i] : bounds[i + 1]]) for i, (name, part) in enumerate(zip(names, parts))}
 
     def dropped(self) -> dict[str, Any]:
         return drop_counts(self.rows)
@@ -137,14 +141,17 @@ class Prepared:
 def dataset_name(recipe: Recipe) -> str:
     name = recipe["data"]["dataset"]
     if not name:
-        raise RecipeError("data.dataset is not set; add `dataset = \"NAME\"` under [data] or pass --set data.dataset=NAME")
+        raise RecipeError(
+            'data.dataset is not set; add `dataset = "NAME"` under [data] or pass --set data.dataset=NAME'
+        )
     return name
 
 
 def check_task(recipe: Recipe) -> None:
     if recipe["model"]["task"] == "classification" and not is_classification(recipe["label"]):
         raise RecipeError(
-            f"model.task = 'classification' needs label.kind 'direction' or 'triple_barrier', got {recipe['label']['kind']!r}"
+            "model.task = 'classification' needs label.kind 'direction' or 'triple_barrier', "
+            f"got {recipe['label']['kind']!r}"
         )
 
 
@@ -153,35 +160,61 @@ def load_bars(recipe: Recipe, snapshot: Snapshot) -> pl.DataFrame:
     return snapshot.load_bars(symbols=recipe["data"]["symbols"] or None, end=recipe["data"]["end"])
 
 
-def build_table(recipe: Recipe, snapshot: Snapshot, reporter: Reporter = SILENT) -> tuple[Table, pl.DataFrame, adjust.Adjustment]:
-    """(table, adjusted bars, adjustment): features on adjusted bars from the store, labels on the same bars."""
+def build_table(
+    recipe: Recipe, snapshot: Snapshot, reporter: Reporter = SILENT, path: bool = False
+) -> tuple[Table, pl.DataFrame, adjust.Adjustment]:
+    """(table, adjusted bars, adjustment): features on adjusted bars from the store, labels on the same bars.
+    `path`: the recipe's model forecasts a path (the caller asks the registry), so the rows also carry
+    its targets, the label's one-bar returns (quant_cli.dataset.labels.forward_path)."""
     raw = load_bars(recipe, snapshot)
     adjustment = adjust.resolve(recipe["data"]["adjust"], raw, reporter)
     bars = adjustment.apply(raw)
     del raw
-    features = feature_table(recipe, snapshot.data_dir, reporter=reporter, snapshot=adjust.AdjustedSnapshot(snapshot, adjustment))
+    features = feature_table(
+        recipe, snapshot.data_dir, reporter=reporter, snapshot=adjust.AdjustedSnapshot(snapshot, adjustment)
+    )
     labels = make_labels(bars, recipe["label"], recipe["backtest"]["execution"])
+    columns = ROW_COLUMNS
+    if path:
+        path = forward_path(bars, recipe["label"]["horizon"], recipe["backtest"]["execution"]).drop("path_end")
+        labels, columns = labels.join(path, on=KEYS, how="left"), [*ROW_COLUMNS, "path"]
     keys = features.scan().select(KEYS).collect()
-    rows = keys.join(labels, on=KEYS, how="left").sort(KEYS).select(ROW_COLUMNS)
+    rows = keys.join(labels, on=KEYS, how="left").sort(KEYS).select(columns)
     if rows["label"].null_count() == rows.height:
-        raise RunError(f"no labelled rows in dataset {snapshot.dataset!r} for the recipe's symbols and dates; widen data.start/data.end")
+        raise RunError(
+            f"no labelled rows in dataset {snapshot.dataset!r} for the recipe's symbols and dates; "
+            "widen data.start/data.end"
+        )
     return Table(rows, list(features.columns), features.fingerprint, features.path), bars, adjustment
 
 
-def split_rows(table: Table, recipe: Recipe, calendar: pl.DataFrame, plan: SplitPlan | None = None) -> tuple[pl.DataFrame, SplitPlan]:
+def split_rows(
+    table: Table, recipe: Recipe, calendar: pl.DataFrame, plan: SplitPlan | None = None
+) -> tuple[pl.DataFrame, SplitPlan]:
     """Every row with segment, excluded and (training rows) weight; the plan from the labelled rows."""
     labelled = table.rows.filter(pl.col("label").is_not_null())
     plan = plan or plan_split(labelled["ts"], recipe["split"], recipe["label"]["horizon"])
     rows = mark_segments(table.rows, plan)
     if recipe["preprocess"]["fill"] == "drop":  # rows with a missing feature, in every segment alike
-        incomplete = table.scan_features().filter(pl.any_horizontal(pl.col(table.features).is_null())).select(*KEYS, pl.lit(True).alias("_incomplete")).collect()
+        incomplete = (
+            table.scan_features()
+            .filter(pl.any_horizontal(pl.col(table.features).is_null()))
+            .select(*KEYS, pl.lit(True).alias("_incomplete"))
+            .collect()
+        )
         rows = rows.join(incomplete, on=KEYS, how="left", maintain_order="left")
         flag = pl.col(EXCLUDED).is_null() & pl.col("_incomplete").fill_null(False)
-        rows = rows.with_columns(pl.when(flag).then(pl.lit("incomplete")).otherwise(pl.col(EXCLUDED)).alias(EXCLUDED)).drop("_incomplete")
+        rows = rows.with_columns(
+            pl.when(flag).then(pl.lit("incomplete")).otherwise(pl.col(EXCLUDED)).alias(EXCLUDED)
+        ).drop("_incomplete")
     train = rows.filter(pl.col(EXCLUDED).is_null() & (pl.col("segment") == "train"))
     weights = fit_weights(train, calendar, recipe["split"])
     weight = pl.lit(None, pl.Float64).alias("weight")
-    rows = rows.join(weights, on=KEYS, how="left", maintain_order="left") if weights is not None else rows.with_columns(weight)
+    rows = (
+        rows.join(weights, on=KEYS, how="left", maintain_order="left")
+        if weights is not None
+        else rows.with_columns(weight)
+    )
     return rows, plan
 
 
@@ -196,7 +229,9 @@ def fit_weights(rows: pl.DataFrame, calendar: pl.DataFrame, cfg: dict[str, Any])
     return None if values is None else rows.select(KEYS).with_columns(pl.Series("weight", values))
 
 
-def new_pipeline(recipe: Recipe, table: Table, manifest: dict[str, Any], adjustment: adjust.Adjustment) -> FittedPipeline:
+def new_pipeline(
+    recipe: Recipe, table: Table, manifest: dict[str, Any], adjustment: adjust.Adjustment
+) -> FittedPipeline:
     options = FeatureOptions.from_section(recipe["features"], bar_spacing=manifest.get("frequency"))
     return FittedPipeline.from_recipe(recipe, table.features, options, adjustment, table.fingerprint)
 
@@ -207,10 +242,12 @@ def fit_pipeline(pipeline: FittedPipeline, table: Table, rows: pl.DataFrame) -> 
     return pipeline.fit(table.scan_features().join(train.lazy(), on=KEYS, how="semi"))
 
 
-def prepare(recipe: Recipe, snapshot: Snapshot, reporter: Reporter = SILENT, plan: SplitPlan | None = None) -> Prepared:
+def prepare(
+    recipe: Recipe, snapshot: Snapshot, reporter: Reporter = SILENT, plan: SplitPlan | None = None, path: bool = False
+) -> Prepared:
     """Table → split → fitted pipeline, for a new run. `plan`: a run's split boundaries to reuse
     (the audit refits a run on rewritten bars of another data home with the run's own plan)."""
-    table, bars, adjustment = build_table(recipe, snapshot, reporter)
+    table, bars, adjustment = build_table(recipe, snapshot, reporter, path)
     calendar = bars.select(KEYS)
     del bars
     rows, plan = split_rows(table, recipe, calendar, plan)
@@ -227,8 +264,10 @@ def write_split(folder: Path, prepared: Prepared, weighted: bool) -> None:
     write_parquet_atomic(folder / "rows.parquet", prepared.rows)
     write_json_atomic(folder / "pipeline.json", prepared.pipeline.to_json())
     write_json_atomic(folder / "scaler.json", prepared.pipeline.state)  # the preprocessing state, for people
-    write_json_atomic(folder / "features.json", {"fingerprint": prepared.fingerprint, "features": prepared.features,
-                                                 "path": str(prepared.table.version_path)})
+    write_json_atomic(
+        folder / "features.json",
+        {"fingerprint": prepared.fingerprint, "features": prepared.features, "path": str(prepared.table.version_path)},
+    )
     if weighted and prepared.calendar is not None:
         write_parquet_atomic(folder / "calendar.parquet", prepared.calendar)
 
@@ -236,19 +275,31 @@ def write_split(folder: Path, prepared: Prepared, weighted: bool) -> None:
 def load_split(split_dir: Path, recipe: Recipe, snapshot: Snapshot) -> Prepared:
     """A run's stored split with its cached feature version (rebuilt from the pinned snapshot if deleted)."""
     if not all((split_dir / name).is_file() for name in SPLIT_FILES):
-        raise RunError(f"run {split_dir.parent.name} has no complete split/; create one with `qfactory split --recipe R` or use `qfactory train --recipe R`")
+        raise RunError(
+            f"run {split_dir.parent.name} has no complete split/; create one with `qfactory split --recipe R` "
+            "or use `qfactory train --recipe R`"
+        )
     rows = read_run_parquet(split_dir.parent, "split/rows.parquet")
     pipeline = FittedPipeline.from_json(read_run_json(split_dir.parent, "split/pipeline.json"))
     expected = read_run_json(split_dir.parent, "split/features.json")["fingerprint"]
     folder = features_root(snapshot.data_dir, snapshot.dataset) / expected
     if not (folder / "spec.json").is_file():
-        built = feature_table(recipe, snapshot.data_dir, snapshot=adjust.AdjustedSnapshot(snapshot, pipeline.adjustment))
+        built = feature_table(
+            recipe, snapshot.data_dir, snapshot=adjust.AdjustedSnapshot(snapshot, pipeline.adjustment)
+        )
         if built.fingerprint != expected:
             raise RunError(
-                f"run {split_dir.parent.name}: the dataset or feature code changed since its split (features {expected} → "
+                f"run {split_dir.parent.name}: the dataset or feature code changed since its split "
+                f"(features {expected} → "
                 f"{built.fingerprint}); start a new run with `qfactory train --recipe R`"
             )
         folder = built.path
     table = Table(rows.select(ROW_COLUMNS), pipeline.features, expected, folder)
-    calendar = read_run_parquet(split_dir.parent, "split/calendar.parquet") if (split_dir / "calendar.parquet").is_file() else None
-    return Prepared(table, rows, SplitPlan.from_json(read_run_json(split_dir.parent, "split/boundaries.json")), pipeline, calendar)
+    calendar = (
+        read_run_parquet(split_dir.parent, "split/calendar.parquet")
+        if (split_dir / "calendar.parquet").is_file()
+        else None
+    )
+    return Prepared(
+        table, rows, SplitPlan.from_json(read_run_json(split_dir.parent, "split/boundaries.json")), pipeline, calendar
+    )

@@ -330,7 +330,8 @@ class Model(ABC):
     def _check_y(self, y: np.ndarray | None, n: int, what: str) -> np.ndarray:
         if y is None:
             raise ModelError(f"model '{self.name}': {what} is missing")
-        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        y = np.asarray(y, dtype=np.float64)
+        y = y.reshape(len(y), -1) if self.output == "path" else y.reshape(-1)  # a path model: (n, horizon)
         if len(y) != n:
             raise ModelError(f"model '{self.name}': {what} has {len(y)} rows but the features have {n}")
         if not np.isfinite(y).all():

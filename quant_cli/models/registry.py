@@ -24,8 +24,18 @@ from quant_cli.models.params import describe
 from quant_cli.report import SILENT, Reporter
 
 # Shown by `train --list-models` and `describe_models`: what a model takes and how it trains.
-FLAGS = ("tabular", "sequence", "bar_channels", "static_covariates", "known_future", "sample_weights", "gpu",
-         "early_stopping", "importance", "missing_values")
+FLAGS = (
+    "tabular",
+    "sequence",
+    "bar_channels",
+    "static_covariates",
+    "known_future",
+    "sample_weights",
+    "gpu",
+    "early_stopping",
+    "importance",
+    "missing_values",
+)
 
 _imported: set[str] = set()
 
@@ -77,17 +87,37 @@ def model_class(name: str) -> type[Model]:
         _import_models(torch=True)
     if name not in REGISTERED:
         known = all_models()
-        raise ModelError(f"model.name {name!r} is not a registered model{suggest(name, known)}; "
-                         f"allowed: {one_of(known)}")
+        raise ModelError(
+            f"model.name {name!r} is not a registered model{suggest(name, known)}; allowed: {one_of(known)}"
+        )
     return REGISTERED[name]
 
 
-def create_model(name: str, task: str, params: dict[str, Any], seed: int, threads: int, *, device: str = "cpu",
-                 symbol_encoding: str = "none", unseen_symbols: str = "error", reporter: Reporter = SILENT,
-                 train: dict[str, Any] | None = None) -> Model:
+def create_model(
+    name: str,
+    task: str,
+    params: dict[str, Any],
+    seed: int,
+    threads: int,
+    *,
+    device: str = "cpu",
+    symbol_encoding: str = "none",
+    unseen_symbols: str = "error",
+    reporter: Reporter = SILENT,
+    train: dict[str, Any] | None = None,
+) -> Model:
     """A new, unfitted model; raises ModelError for an unknown name, parameter or option."""
-    return model_class(name)(task=task, seed=seed, threads=threads, device=device, symbol_encoding=symbol_encoding,
-                             unseen_symbols=unseen_symbols, reporter=reporter, train=train, **params)
+    return model_class(name)(
+        task=task,
+        seed=seed,
+        threads=threads,
+        device=device,
+        symbol_encoding=symbol_encoding,
+        unseen_symbols=unseen_symbols,
+        reporter=reporter,
+        train=train,
+        **params,
+    )
 
 
 def load_model(folder: Path) -> Model:
@@ -98,23 +128,34 @@ def load_model(folder: Path) -> Model:
     try:  # model.json, coefficients.json, history.json: read back through the bounded JSON reader
         return model_class(read_json(meta_path)["name"]).load(Path(folder))
     except (json.JSONDecodeError, JSONLimitError, UnicodeDecodeError) as exc:
-        raise ModelError(f"the saved model at {folder} is damaged (a JSON file is not valid: {exc}); "
-                         "retrain it (`qfactory train --recipe R`)") from None
+        raise ModelError(
+            f"the saved model at {folder} is damaged (a JSON file is not valid: {exc}); "
+            "retrain it (`qfactory train --recipe R`)"
+        ) from None
 
 
 def describe_models() -> list[dict[str, Any]]:
     return [
-        {"name": cls.name, "family": cls.family, "tasks": list(cls.tasks), "output": cls.output,
-         **{flag: getattr(cls, flag) for flag in FLAGS}, "symbol_encodings": list(cls.symbol_encodings),
-         "params": sorted(cls.defaults), "parameters": _parameters(cls)}
+        {
+            "name": cls.name,
+            "family": cls.family,
+            "tasks": list(cls.tasks),
+            "output": cls.output,
+            **{flag: getattr(cls, flag) for flag in FLAGS},
+            "symbol_encodings": list(cls.symbol_encodings),
+            "params": sorted(cls.defaults),
+            "parameters": _parameters(cls),
+        }
         for cls in all_models().values()
     ]
 
 
 def _parameters(cls: type[Model]) -> dict[str, dict[str, Any]]:
     """name → {default, accepts, doc}: what `--set model.params.NAME=VALUE` takes, in words."""
-    return {key: {"default": default, "accepts": describe(default, cls.limits.get(key)), "doc": cls.docs.get(key, "")}
-            for key, default in cls.defaults.items()}
+    return {
+        key: {"default": default, "accepts": describe(default, cls.limits.get(key)), "doc": cls.docs.get(key, "")}
+        for key, default in cls.defaults.items()
+    }
 
 
 def params_toml() -> str:
@@ -123,7 +164,7 @@ def params_toml() -> str:
 
     lines = ["", "# ---- model.params of each registered model (`qfactory train --list-models` lists them too) ----"]
     for row in describe_models():
-        lines.append(f"# model.name = \"{row['name']}\":")
+        lines.append(f'# model.name = "{row["name"]}":')
         for key, p in row["parameters"].items():
             doc = f"{p['doc']}; " if p["doc"] else ""
             lines.append(f"#   {key} = {json.dumps(p['default'])}  # {doc}{p['accepts']}")
@@ -141,21 +182,72 @@ def check_capabilities(recipe: dict[str, Any], origin: str) -> None:
     cls = model_class(model["name"])
     name, task, encoding, inputs = cls.name, model["task"], model["symbol_encoding"], model["params"].get("inputs")
     if task not in cls.tasks:
-        _refuse(origin, name, f"does not do {task} (flag tasks = {one_of(cls.tasks)})", "model.task", task,
-                lambda c: task in c.tasks)
+        _refuse(
+            origin,
+            name,
+            f"does not do {task} (flag tasks = {one_of(cls.tasks)})",
+            "model.task",
+            task,
+            lambda c: task in c.tasks,
+        )
     if encoding not in cls.symbol_encodings:
-        _refuse(origin, name, f"does not take the symbol encoding {encoding!r} (flag symbol_encodings = "
-                f"{one_of(cls.symbol_encodings)})", "model.symbol_encoding", encoding,
-                lambda c: encoding in c.symbol_encodings)
+        _refuse(
+            origin,
+            name,
+            f"does not take the symbol encoding {encoding!r} (flag symbol_encodings = {one_of(cls.symbol_encodings)})",
+            "model.symbol_encoding",
+            encoding,
+            lambda c: encoding in c.symbol_encodings,
+        )
     if inputs in ("bars", "both") and not cls.bar_channels:
-        _refuse(origin, name, "does not take raw-bar channels (flag bar_channels)", "model.params.inputs", inputs,
-                lambda c: c.bar_channels)
+        _refuse(
+            origin,
+            name,
+            "does not take raw-bar channels (flag bar_channels)",
+            "model.params.inputs",
+            inputs,
+            lambda c: c.bar_channels,
+        )
     if model["static_columns"] and not cls.static_covariates:
-        _refuse(origin, name, "does not take static covariates (flag static_covariates)", "model.static_columns",
-                model["static_columns"], lambda c: c.static_covariates)
+        _refuse(
+            origin,
+            name,
+            "does not take static covariates (flag static_covariates)",
+            "model.static_columns",
+            model["static_columns"],
+            lambda c: c.static_covariates,
+        )
     if model["known_future"] and not cls.known_future:
-        _refuse(origin, name, "does not take known-future covariates (flag known_future)", "model.known_future",
-                model["known_future"], lambda c: c.known_future)
+        _refuse(
+            origin,
+            name,
+            "does not take known-future covariates (flag known_future)",
+            "model.known_future",
+            model["known_future"],
+            lambda c: c.known_future,
+        )
+    if cls.output == "path":
+        _check_path_label(origin, name, recipe["label"])
+
+
+def forecasts_path(recipe: dict[str, Any]) -> bool:
+    """Whether the recipe's model forecasts a path: its run's rows then carry path targets."""
+    return model_class(recipe["model"]["name"]).output == "path"
+
+
+def _check_path_label(origin: str, name: str, label: dict[str, Any]) -> None:
+    """A path model learns the h one-bar simple returns of a forward_return label (DESIGN.md §6)."""
+    asked = [f"label.kind = {label['kind']!r}"] if label["kind"] != "forward_return" else []
+    asked += [f"label.{k} = true" for k in ("log", "vol_scale") if label.get(k)]
+    if label.get("cross_sectional", "none") != "none":
+        asked.append(f"label.cross_sectional = {label['cross_sectional']!r}")
+    if asked:
+        raise RecipeError(
+            f"{origin}: model '{name}' forecasts a path of one-bar returns (flag output = 'path'), "
+            "which needs "
+            f"label.kind = 'forward_return' with log, vol_scale and cross_sectional off, not "
+            f"{', '.join(asked)}; change the [label] section or use a single-score model"
+        )
 
 
 def _refuse(origin: str, name: str, lacks: str, key: str, value: Any, has: Callable[[type[Model]], bool]) -> None:

@@ -38,11 +38,11 @@ class TorchModel(Model):
     gpu = True
     early_stopping = True
     # An architecture declares these in its one file under models/torch/ (see docs/models.md):
-    config: ClassVar[type[NetConfig]]             # its config dataclass: model.params are its `param` fields
-    network: ClassVar[type]                       # its nn.Module, built from a config instance
-    fixed: ClassVar[dict[str, Any]] = {}          # config fields the class fixes (e.g. the recurrent cell)
-    fast_test: ClassVar[dict[str, Any]]           # tiny model.params the model-zoo test harness trains with
-    fast_train: ClassVar[dict[str, Any]] = {}     # [train] keys over the harness's short loop, if it needs others
+    config: ClassVar[type[NetConfig]]  # its config dataclass: model.params are its `param` fields
+    network: ClassVar[type]  # its nn.Module, built from a config instance
+    fixed: ClassVar[dict[str, Any]] = {}  # config fields the class fixes (e.g. the recurrent cell)
+    fast_test: ClassVar[dict[str, Any]]  # tiny model.params the model-zoo test harness trains with
+    fast_train: ClassVar[dict[str, Any]] = {}  # [train] keys over the harness's short loop, if it needs others
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         if "config" in cls.__dict__:  # the config dataclass is the one source of defaults, limits and docs
@@ -57,9 +57,16 @@ class TorchModel(Model):
         self.loop = LoopConfig.from_section(self.train_settings)
         if self.loop.loss not in LOSSES:
             raise ModelError(f"train.loss {self.loop.loss!r} is not a loss; allowed: {', '.join(map(repr, LOSSES))}")
+        if self.output == "path" and self.loop.loss not in ("mse", "huber"):
+            raise ModelError(
+                f"train.loss {self.loop.loss!r} trades one score, but model '{self.name}' forecasts a path; "
+                "use train.loss = 'mse' or 'huber'"
+            )
         if self.is_classifier and self.loop.loss != "mse":
-            raise ModelError(f"train.loss {self.loop.loss!r} is a regression loss; a classifier trains on cross-entropy, "
-                             "so leave train.loss at 'mse' (its default) or set model.task = 'regression'")
+            raise ModelError(
+                f"train.loss {self.loop.loss!r} is a regression loss; a classifier trains on cross-entropy, "
+                "so leave train.loss at 'mse' (its default) or set model.task = 'regression'"
+            )
         self._check_architecture()
 
     def _check_architecture(self) -> None:
@@ -75,8 +82,10 @@ class TorchModel(Model):
 
     def _net_config(self, n_inputs: int) -> NetConfig:
         kind, n_symbols = self._symbol_input()
-        return self.config(n_inputs=n_inputs, n_outputs=self.n_classes if self.is_classifier else 1, symbol_kind=kind,
-                           n_symbols=n_symbols, **self.params, **self.fixed)
+        outputs = self.n_classes if self.is_classifier else getattr(self, "horizon_", 1)
+        return self.config(
+            n_inputs=n_inputs, n_outputs=outputs, symbol_kind=kind, n_symbols=n_symbols, **self.params, **self.fixed
+        )
 
     def _symbol_input(self) -> tuple[str, int]:
         """(symbol_kind, n_symbols) the network encodes itself (quant_cli.models.torch.heads)."""
@@ -106,6 +115,8 @@ class TorchModel(Model):
         from quant_cli.models.torch import distributed, loop, losses
 
         self._scale_targets(y)
+        if self.output == "path":
+            self.horizon_ = y.shape[1]  # one output per step of the path
         cfg = self.loop if early_stopping else replace(self.loop, patience=0)
         folder = getattr(self, "checkpoint_dir", None)
         world = distributed.current()  # a data-parallel group (`train --nproc N`), or None
@@ -117,21 +128,41 @@ class TorchModel(Model):
             net = self._build(self.config_).to(self.device_)
             data, _ = self._samples(train, self._scaled(y), sample_weight)
             if len(data) == 0:
-                raise ModelError(f"model '{self.name}' has no training rows it can use (every row is in a window's warm-up); "
-                                 "use a shorter model.params.seq_len or more data")
+                raise ModelError(
+                    f"model '{self.name}' has no training rows it can use (every row is in a window's warm-up); "
+                    "use a shorter model.params.seq_len or more data"
+                )
             held = self._samples(val, self._scaled(y_val))[0] if val is not None and len(val.X) else None
-            result = loop.train(net, data, held, cfg, self._loss(losses),
-                                device=self.device_, seed=self.seed, reporter=self.reporter, name=self.name,
-                                checkpoints=loop.Checkpoints(folder) if folder else None, resume=getattr(self, "resume", False),
-                                on_epoch=self._epoch_report(net, val), world=world)
+            result = loop.train(
+                net,
+                data,
+                held,
+                cfg,
+                self._loss(losses),
+                device=self.device_,
+                seed=self.seed,
+                reporter=self.reporter,
+                name=self.name,
+                checkpoints=loop.Checkpoints(folder) if folder else None,
+                resume=getattr(self, "resume", False),
+                on_epoch=self._epoch_report(net, val),
+                world=world,
+            )
         self._release()
         peak = torch.cuda.max_memory_allocated(torch.device(self.device_)) if cuda else None
         self.peak_cuda_mb_ = None if peak is None else round(peak / 2**20, 1)
         self.precision_ = result.precision
-        self.parallel_ = ONE_PROCESS if world is None else {
-            "world_size": world.size, "backend": world.backend, "launcher": world.launcher}
+        self.parallel_ = (
+            ONE_PROCESS
+            if world is None
+            else {"world_size": world.size, "backend": world.backend, "launcher": world.launcher}
+        )
         self.net_, self.history_ = net, result.history
-        self.epochs_run_, self.best_epoch_, self.resumed_from_ = result.epochs_run, result.best_epoch, result.resumed_from
+        self.epochs_run_, self.best_epoch_, self.resumed_from_ = (
+            result.epochs_run,
+            result.best_epoch,
+            result.resumed_from,
+        )
         self.samples_ = len(data)
 
     def _loss(self, losses):
@@ -151,6 +182,7 @@ class TorchModel(Model):
             def val_scores():
                 self.net_ = net  # score the weights as they are after this epoch
                 return self._scores(self._predict(val))
+
             report(epoch, val_scores)
 
         return on_epoch
@@ -171,6 +203,8 @@ class TorchModel(Model):
         self._release()
         if self.is_classifier:
             values = torch.softmax(out, dim=1).numpy()
+        elif self.output == "path":  # the score: the path's one-bar returns compounded, as the label compounds them
+            values = np.prod(1.0 + (out.numpy() * self.y_std_ + self.y_mean_), axis=1) - 1.0
         else:
             values = out[:, 0].numpy() * self.y_std_ + self.y_mean_
         full = np.full((len(mask), *values.shape[1:]), np.nan)
@@ -180,17 +214,25 @@ class TorchModel(Model):
     # ---- persistence ------------------------------------------------------------------------------
 
     def _fit_info(self) -> dict[str, Any]:
-        info = {"epochs_run": self.epochs_run_, "best_epoch": self.best_epoch_, "config": asdict(self.config_),
-                "train": self.loop.to_json(), "samples": self.samples_,
-                # what ran, not what was asked: autocast dtype of training, and the data-parallel group
-                "precision": getattr(self, "precision_", "fp32"), "inference_precision": self.loop.inference_precision,
-                **getattr(self, "parallel_", ONE_PROCESS)}
+        info = {
+            "epochs_run": self.epochs_run_,
+            "best_epoch": self.best_epoch_,
+            "config": asdict(self.config_),
+            "train": self.loop.to_json(),
+            "samples": self.samples_,
+            # what ran, not what was asked: autocast dtype of training, and the data-parallel group
+            "precision": getattr(self, "precision_", "fp32"),
+            "inference_precision": self.loop.inference_precision,
+            **getattr(self, "parallel_", ONE_PROCESS),
+        }
         if getattr(self, "peak_cuda_mb_", None) is not None:
             info["peak_cuda_memory_mb"] = self.peak_cuda_mb_  # torch.cuda.max_memory_allocated during the fit
         if getattr(self, "resumed_from_", 0):
             info["resumed_from_epoch"] = self.resumed_from_
         if not self.is_classifier:
             info.update(y_mean=self.y_mean_, y_std=self.y_std_)
+        if self.output == "path":
+            info["horizon"] = self.horizon_
         return info
 
     def _save_native(self, folder: Path) -> None:
@@ -220,6 +262,8 @@ class TorchModel(Model):
         self.resumed_from_ = info.get("resumed_from_epoch", 0)
         if not self.is_classifier:
             self.y_mean_, self.y_std_ = info["y_mean"], info["y_std"]
+        if self.output == "path":
+            self.horizon_ = info["horizon"]
         history = folder / "history.json"
         self.history_ = read_json(history)["epochs"] if history.is_file() else []
         self.net_ = self._build(self.config_)

@@ -160,7 +160,7 @@ def _fit_and_score_panel(
             f"model '{model.name}' reads windows of past rows and cannot be fit on a fold's rows alone; "
             'use walk-forward (qfactory walkforward) or split.method = "chronological"'
         )
-    train = parts["train"].select(*KEYS, "label", "t1")
+    train = parts["train"].select(*KEYS, "label", "t1", *(["path"] if "path" in parts["train"].columns else []))
     weight = weights["weight"] if weights is not None else pl.Series("weight", [None] * train.height, pl.Float64)
     parts = {
         "train": train.with_columns(weight.alias("weight")),  # fit_weights keeps train's row order

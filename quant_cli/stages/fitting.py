@@ -56,6 +56,14 @@ def segment_inputs(
     return model_inputs(model, prepared, {name: prepared.segment(name) for name in names}, channels)
 
 
+def targets(model: Model, part: pl.DataFrame) -> np.ndarray:
+    """What `model` learns for `part`'s rows: the label (n,), or for a path model the label's one-bar
+    returns (n, horizon) (quant_cli.dataset.labels.forward_path), each ending by the row's t1."""
+    if model.output != "path":
+        return part["label"].to_numpy()
+    return np.stack(part["path"].to_numpy())
+
+
 def fit_model(
     model: Model,
     prepared: Prepared,
@@ -74,10 +82,10 @@ def fit_model(
     with reporter.working(f"train: fitting {model.name} on {train.height:,} rows"):
         model.fit(
             X,
-            train["label"].to_numpy(),
+            targets(model, train),
             feature_names=prepared.features,
             X_val=X_val if has_val else None,
-            y_val=val["label"].to_numpy() if has_val else None,
+            y_val=targets(model, val) if has_val else None,
             sample_weight=weight,
             early_stopping=early_stopping,
             symbols=train["symbol"].to_numpy(),

@@ -10,6 +10,7 @@ import polars as pl
 from quant_cli.data import store
 from quant_cli.dataset.table import KEYS, Prepared, load_split, prepare, write_split
 from quant_cli.io import write_json_atomic, write_parquet_atomic
+from quant_cli.models.registry import forecasts_path
 from quant_cli.recipe import Recipe
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run, create_run, stage_outputs
@@ -73,7 +74,7 @@ def split_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, reporter: Re
         # too) pin, so another job's replace + vacuum cannot delete the files this split is reading.
         run.update_manifest(dataset=dataset_record(snapshot))
         with reporter.working("split: features, labels, purge and embargo, train-only preprocessing"):
-            prepared = prepare(recipe, snapshot, reporter=reporter)
+            prepared = prepare(recipe, snapshot, reporter=reporter, path=forecasts_path(recipe))
         boundaries, cv = _write_split(run, recipe, prepared, snapshot, reporter)
         info["rows"] = prepared.kept.height
     return SplitResult(run, boundaries, cv, prepared)

@@ -72,7 +72,8 @@ def fold_segments(task: FoldTask) -> dict[str, pl.DataFrame]:
         "val": kept.filter(pl.col("segment") == "val"),
         "test": kept.filter((pl.col("segment") == "test") & (pl.col("ts") >= task.fold.test_start)),
     }
-    keys = pl.concat([p.select(*KEYS, "label", "t1") for p in parts.values()])
+    targets = ["label", "t1", *(["path"] if "path" in task.rows.columns else [])]  # a path model's targets too
+    keys = pl.concat([p.select(*KEYS, *targets) for p in parts.values()])
     # The fold's scaler state is bit-for-bit repeatable whatever this frame's chunk layout:
     # pipeline/preprocess.py fits its statistics with numpy, not a parallel polars sum.
     with_features = task.table.with_features(keys)

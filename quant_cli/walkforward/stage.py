@@ -24,6 +24,7 @@ from quant_cli.data import store
 from quant_cli.dataset.table import KEYS, Table, build_table, new_pipeline, split_rows
 from quant_cli.errors import RunError
 from quant_cli.io import read_json, write_json_atomic, write_parquet_atomic
+from quant_cli.models.registry import forecasts_path
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.recipe import Recipe
 from quant_cli.report import SILENT, Reporter
@@ -68,7 +69,7 @@ def _walkforward_stage(
     with run.stage("walkforward") as info:
         run.update_manifest(dataset=common.dataset_record(snapshot))  # before the long read: vacuum keeps this version
         with reporter.working("walk-forward: features and labels"):
-            table, bars, adjustment = build_table(recipe, snapshot, reporter)
+            table, bars, adjustment = build_table(recipe, snapshot, reporter, forecasts_path(recipe))
         run.update_manifest(
             fingerprints={"features": table.fingerprint, "dataset": snapshot.content_hash}, adjust=adjustment.to_json()
         )

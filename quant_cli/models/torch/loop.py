@@ -61,9 +61,9 @@ from quant_cli.models.torch.precision import (
 from quant_cli.models.torch.windows import Samples
 from quant_cli.report import SILENT, Reporter
 
-PREDICT_BATCH = 4096    # rows per inference batch (tabular, or short windows)
+PREDICT_BATCH = 4096  # rows per inference batch (tabular, or short windows)
 PREDICT_TOKENS = 65_536  # window steps per inference batch: at 4,096 windows x 64 steps one layer's
-                         # (B, L, 3D) attention input alone was 200 MB, above the training batch's peak
+# (B, L, 3D) attention input alone was 200 MB, above the training batch's peak
 CHECKPOINT_FORMAT = 1
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -82,8 +82,12 @@ def reproducible(seed: int, device: str, threads: int):
     """Seed torch without touching the caller's RNG state; deterministic kernels on CPU, TF32 on CUDA."""
     cuda = device.startswith("cuda")
     cuda_devices = [torch.device(device).index or 0] if cuda else []
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads(),
-             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.get_num_threads(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         if device == "cpu":
@@ -219,7 +223,7 @@ def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @dataclass
 class _State:
     epoch: int = 0
-    best: float = math.inf        # best monitored value, as a loss (IC is negated)
+    best: float = math.inf  # best monitored value, as a loss (IC is negated)
     best_epoch: int = 0
     waited: int = 0
 
@@ -228,19 +232,32 @@ class _State:
 class _Step:
     """What one optimiser step needs beyond the data: built once per fit."""
 
-    run: nn.Module                 # the training forward: compiled and/or DDP-wrapped `net`
-    net: nn.Module                 # the plain module (its parameters, clipping, saving)
+    run: nn.Module  # the training forward: compiled and/or DDP-wrapped `net`
+    net: nn.Module  # the plain module (its parameters, clipping, saving)
     opt: torch.optim.Optimizer
     sched: Any
     precision: Precision
-    scaler: Any                    # torch.amp.GradScaler for fp16, else None
-    world: Any = None              # distributed.World when data-parallel, else None
+    scaler: Any  # torch.amp.GradScaler for fp16, else None
+    world: Any = None  # distributed.World when data-parallel, else None
 
 
-def train(net: nn.Module, data: Samples, val: Samples | None, cfg: LoopConfig, loss_fn, *, device: str, seed: int,
-          checkpoints: Checkpoints | None = None, resume: bool = False, reporter: Reporter = SILENT,
-          name: str = "model", on_epoch: Callable[[int], None] | None = None, world: Any = None,
-          start: dict[str, Any] | None = None) -> Trained:
+def train(
+    net: nn.Module,
+    data: Samples,
+    val: Samples | None,
+    cfg: LoopConfig,
+    loss_fn,
+    *,
+    device: str,
+    seed: int,
+    checkpoints: Checkpoints | None = None,
+    resume: bool = False,
+    reporter: Reporter = SILENT,
+    name: str = "model",
+    on_epoch: Callable[[int], None] | None = None,
+    world: Any = None,
+    start: dict[str, Any] | None = None,
+) -> Trained:
     """Fit `net` in place; returns the history. `val` drives early stopping when cfg.patience > 0.
     `on_epoch(epoch)` runs after each epoch is recorded (tuning's pruning hook; it may raise to stop).
     `world`: a data-parallel group (rank 0 calls this; the other ranks get here through
@@ -248,8 +265,9 @@ def train(net: nn.Module, data: Samples, val: Samples | None, cfg: LoopConfig, l
     return_freed_buffers()  # else freed activations stay resident and the peak RSS grows batch by batch
     step = _make_step(net, data, cfg, device, world)
     if step.precision.note:  # a precision asked for but not honoured as spelled (e.g. bf16 on a pre-Ampere GPU)
-        notice_once(f"precision:{cfg.precision}:{device}", f"train.precision {cfg.precision!r}: {step.precision.note}",
-                    reporter)
+        notice_once(
+            f"precision:{cfg.precision}:{device}", f"train.precision {cfg.precision!r}: {step.precision.note}", reporter
+        )
     state, history, best = _State(), [], None
     loaded = checkpoints.load() if (checkpoints is not None and resume) else None
     if loaded is not None:
@@ -271,14 +289,24 @@ def train(net: nn.Module, data: Samples, val: Samples | None, cfg: LoopConfig, l
             scored = val is not None and len(val) > 0
             val_loss, val_ic = evaluate(net, val, loss_fn, cfg, device) if scored else (math.nan, math.nan)
             seconds = time.perf_counter() - started
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_ic": val_ic,
-                            "seconds": round(seconds, 3), "samples_per_s": round(len(data) / max(seconds, 1e-9), 1),
-                            **telemetry})
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "val_ic": val_ic,
+                    "seconds": round(seconds, 3),
+                    "samples_per_s": round(len(data) / max(seconds, 1e-9), 1),
+                    **telemetry,
+                }
+            )
             best = _track(state, net, best, -val_ic if cfg.monitor == "ic" else val_loss, epoch)
             if checkpoints is not None:
                 checkpoints.save(_snapshot(step, state, history, device), best if state.best_epoch == epoch else None)
-            reporter.info(f"{name} epoch {epoch}/{cfg.epochs}: train loss {train_loss:.5f}, val loss {val_loss:.5f}, "
-                          f"val IC {val_ic:.4f} ({seconds:.1f}s)")
+            reporter.info(
+                f"{name} epoch {epoch}/{cfg.epochs}: train loss {train_loss:.5f}, val loss {val_loss:.5f}, "
+                f"val IC {val_ic:.4f} ({seconds:.1f}s)"
+            )
             stop = cfg.patience > 0 and val is not None and state.waited >= cfg.patience
             if world is None and on_epoch is not None:
                 on_epoch(epoch)
@@ -293,8 +321,9 @@ def train(net: nn.Module, data: Samples, val: Samples | None, cfg: LoopConfig, l
     if best is not None:
         net.load_state_dict(best)
     net.eval()
-    return Trained(history, state.best_epoch, state.epoch, loaded[0]["epoch"] if loaded is not None else 0,
-                   step.precision.dtype)
+    return Trained(
+        history, state.best_epoch, state.epoch, loaded[0]["epoch"] if loaded is not None else 0, step.precision.dtype
+    )
 
 
 def _track(state: _State, net: nn.Module, best, score: float, epoch: int):
@@ -345,7 +374,7 @@ def _epoch(step: _Step, data: Samples, cfg: LoopConfig, loss_fn, device: str, se
         local = idx if world is None else world.share(idx)
         with autocast(device, step.precision):
             x, ids = inputs(local if len(local) else idx[:1])
-            out = step.run(x, ids)[:len(local)].float()  # (b, K); an empty share forwards one row and keeps none
+            out = step.run(x, ids)[: len(local)].float()  # (b, K); an empty share forwards one row and keeps none
         if world is not None:
             out = world.gather_rows(out, len(idx))  # (B, K), every rank's rows in batch order
         aux = auxiliary() if auxiliary is not None else None  # read before _previous forwards again
@@ -360,9 +389,15 @@ def _epoch(step: _Step, data: Samples, cfg: LoopConfig, loss_fn, device: str, se
     stats = getattr(step.net, "epoch_stats", None)
     norms = torch.stack(grad_norms).float().cpu() if grad_norms else torch.zeros(1)
     param_norm = torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in step.net.parameters()]))
-    return {"train_loss": total / max(count, 1), "lr": lr, "grad_norm": float(norms.mean()),
-            "grad_norm_max": float(norms.max()), "param_norm": float(param_norm),
-            **({"aux_loss": aux_total / max(count, 1)} if auxiliary is not None else {}), **(stats() if stats else {})}
+    return {
+        "train_loss": total / max(count, 1),
+        "lr": lr,
+        "grad_norm": float(norms.mean()),
+        "grad_norm_max": float(norms.max()),
+        "param_norm": float(param_norm),
+        **({"aux_loss": aux_total / max(count, 1)} if auxiliary is not None else {}),
+        **(stats() if stats else {}),
+    }
 
 
 def _previous(step: _Step, data: Samples, idx: torch.Tensor, local: torch.Tensor, device: str):
@@ -375,7 +410,7 @@ def _previous(step: _Step, data: Samples, idx: torch.Tensor, local: torch.Tensor
         raise ValueError("the pnl loss needs Samples.prev (each sample's previous row)")
     x, ids, _ = data.previous_inputs(local if len(local) else idx[:1])
     with autocast(device, step.precision):
-        score = step.run(x.to(device, non_blocking=True), ids)[:len(local), :1].float()  # (b, 1)
+        score = step.run(x.to(device, non_blocking=True), ids)[: len(local), :1].float()  # (b, 1)
     if step.world is not None:
         score = step.world.gather_rows(score, len(idx))  # (B, 1)
     known = data.prev[idx.to(data.prev.device, non_blocking=True)] >= 0
@@ -410,7 +445,10 @@ def _grad_norm(net: nn.Module, clip: float) -> torch.Tensor:
 def infer(net: nn.Module, data: Samples, device: str, precision: str = "fp32") -> torch.Tensor:
     """(n, K) float32 outputs on CPU, in batches; autocast only when `precision` (inference_precision) asks."""
     net.eval()
-    chunks, batch = [], PREDICT_BATCH if data.seq_len == 0 else max(1, min(PREDICT_BATCH, PREDICT_TOKENS // data.seq_len))
+    chunks, batch = (
+        [],
+        PREDICT_BATCH if data.seq_len == 0 else max(1, min(PREDICT_BATCH, PREDICT_TOKENS // data.seq_len)),
+    )
     inputs = batch_inputs(data, device)
     with autocast(device, precision_for(precision, device, training=False)):
         for idx in torch.arange(len(data), device=data.ends.device).split(batch):
@@ -435,7 +473,12 @@ def evaluate(net, val: Samples, loss_fn, cfg: LoopConfig, device: str) -> tuple[
         earlier = infer(net, earlier, device, cfg.inference_precision)
         extra["previous"] = Previous(earlier[:, 0], known.cpu())
     loss = float(loss_fn(out, y, w, group, **extra))
-    score = out[:, 0] if out.shape[1] == 1 else torch.softmax(out, 1) @ torch.arange(out.shape[1], dtype=out.dtype)
+    if y.dim() == 2:  # a path model: IC of the summed (scaled) steps, a proxy of the compounded return
+        score, y = out.sum(1), y.sum(1)
+    elif out.shape[1] == 1:
+        score = out[:, 0]
+    else:
+        score = torch.softmax(out, 1) @ torch.arange(out.shape[1], dtype=out.dtype)
     return loss, information_coefficient(score.numpy(), y.double().numpy(), None if group is None else group.numpy())
 
 
@@ -471,8 +514,15 @@ def set_rng_state(state: dict[str, Any], device: str) -> None:
 
 
 def _snapshot(step: _Step, state: _State, history: list[dict[str, float]], device: str) -> dict[str, Any]:
-    snap = {"format": CHECKPOINT_FORMAT, "model": _cpu(step.net.state_dict()), "optimizer": step.opt.state_dict(),
-            "scheduler": step.sched.state_dict(), "history": history, **rng_state(device), **asdict(state)}
+    snap = {
+        "format": CHECKPOINT_FORMAT,
+        "model": _cpu(step.net.state_dict()),
+        "optimizer": step.opt.state_dict(),
+        "scheduler": step.sched.state_dict(),
+        "history": history,
+        **rng_state(device),
+        **asdict(state),
+    }
     if step.scaler is not None:
         snap["grad_scaler"] = step.scaler.state_dict()
     return snap

@@ -14,12 +14,23 @@ def _mean(per_row: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     return per_row.mean() if w is None else (per_row * w).sum() / w.sum().clamp_min(1e-12)
 
 
+def _pair(out, y):
+    """(prediction, target) of the same shape: one score (B,), or a path model's (B, horizon)."""
+    return (out, y) if y.dim() == 2 else (out[:, 0], y)
+
+
+def _per_row(err: torch.Tensor) -> torch.Tensor:
+    return err.mean(1) if err.dim() == 2 else err  # a path's steps weigh equally
+
+
 def mse(out, y, w=None, group=None):
-    return _mean((out[:, 0] - y) ** 2, w)
+    pred, y = _pair(out, y)
+    return _mean(_per_row((pred - y) ** 2), w)
 
 
 def huber(out, y, w=None, group=None):
-    return _mean(F.huber_loss(out[:, 0], y, reduction="none", delta=1.0), w)
+    pred, y = _pair(out, y)
+    return _mean(_per_row(F.huber_loss(pred, y, reduction="none", delta=1.0)), w)
 
 
 def cross_entropy(out, y, w=None, group=None):
@@ -38,7 +49,9 @@ def sharpe(out, y, w=None, group=None):
     if group is not None:
         codes, inverse = torch.unique(group, return_inverse=True)
         sums = torch.zeros(len(codes), device=pnl.device, dtype=pnl.dtype).index_add_(0, inverse, pnl)
-        counts = torch.zeros(len(codes), device=pnl.device, dtype=pnl.dtype).index_add_(0, inverse, torch.ones_like(pnl))
+        counts = torch.zeros(len(codes), device=pnl.device, dtype=pnl.dtype).index_add_(
+            0, inverse, torch.ones_like(pnl)
+        )
         pnl = sums / counts  # (T,) per-timestamp portfolio return
     if len(pnl) < 2:
         return -pnl.mean()
@@ -83,8 +96,11 @@ class PnL:
 
     def __call__(self, out, y, w=None, group=None, previous: Previous | None = None):
         position = torch.tanh(out[:, 0])  # (B,)
-        before = torch.zeros_like(position) if previous is None else torch.where(
-            previous.known, torch.tanh(previous.score), torch.zeros_like(position))
+        before = (
+            torch.zeros_like(position)
+            if previous is None
+            else torch.where(previous.known, torch.tanh(previous.score), torch.zeros_like(position))
+        )
         net = position * y - self.cost * (position - before).abs()
         if w is not None:
             net = net * w
