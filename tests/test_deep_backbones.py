@@ -25,8 +25,11 @@ def test_hybrid_patches_end_at_the_row_scored_and_never_look_ahead():
     later = x.clone()
     later[:, 7:] = torch.randn(1, 3, 2)  # rewrite the last patch (steps 7..9) only
     torch.testing.assert_close(embed(later)[:, :3], tokens[:, :3], rtol=0, atol=0)
-    net = Hybrid(HybridConfig(n_inputs=2, seq_len=10, patch_len=3, d_model=8, heads=2, layers=2, kernel_size=2,
-                              state=4, dropout=0.0)).eval()
+    net = Hybrid(
+        HybridConfig(
+            n_inputs=2, seq_len=10, patch_len=3, d_model=8, heads=2, layers=2, kernel_size=2, state=4, dropout=0.0
+        )
+    ).eval()
     # every stage after the patches is causal over tokens: the first three tokens' outputs ignore the last patch
     original, rewritten = net.embed(x), net.embed(later)  # (1, 4, 8) each
     for block in net.blocks:
@@ -36,16 +39,31 @@ def test_hybrid_patches_end_at_the_row_scored_and_never_look_ahead():
 
 
 def test_hybrid_receptive_field_is_checked_against_seq_len():
-    with pytest.raises(ModelError, match=r"model 'hybrid': a convolution with dilation 2 and kernel_size 3 reaches 4 "
-                                         r"tokens back, past the 4 tokens of seq_len 8 \(patch_len 2\)"):
+    with pytest.raises(
+        ModelError,
+        match=r"model 'hybrid': a convolution with dilation 2 and kernel_size 3 reaches 4 "
+        r"tokens back, past the 4 tokens of seq_len 8 \(patch_len 2\)",
+    ):
         create_model("hybrid", "regression", {"seq_len": 8, "patch_len": 2, "layers": 2, "kernel_size": 3}, 1, 1)
     create_model("hybrid", "regression", {"seq_len": 10, "patch_len": 2, "layers": 2, "kernel_size": 3}, 1, 1)
     assert conv_receptive_field(patch_len=4, kernel_size=3, layers=3, cycle=3) == 4 * (1 + 2 * (1 + 2 + 4))
 
 
 def test_hybrid_refusal_is_one_line_exit_2_before_any_work(runner, tmp_path):
-    result = runner.invoke(app, ["train", "--recipe", str(RECIPES / "hybrid.toml"), "--set", "model.params.seq_len=16",
-                                 "--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs")])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--recipe",
+            str(RECIPES / "hybrid.toml"),
+            "--set",
+            "model.params.seq_len=16",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         "error: model 'hybrid': a convolution with dilation 4 and kernel_size 3 reaches 8 tokens back, past the 4 "
@@ -115,8 +133,11 @@ def test_omni_mixture_pools_causally_and_every_step_ignores_later_steps():
     torch.manual_seed(0)
     coarse, ends = causal_pool(torch.arange(7.0).reshape(1, 7, 1), pool=3)  # steps 0..6: patches [pad,0], [1,3], [4,6]
     assert ends.tolist() == [0, 3, 6] and coarse[0, :, 0].tolist() == [0.0, 2.0, 5.0]
-    net = OmniMixture(OmniMixtureConfig(n_inputs=2, seq_len=12, d_model=8, heads=2, layers=2, pool=3, kernel_size=2,
-                                        state=4, dropout=0.0)).eval()
+    net = OmniMixture(
+        OmniMixtureConfig(
+            n_inputs=2, seq_len=12, d_model=8, heads=2, layers=2, pool=3, kernel_size=2, state=4, dropout=0.0
+        )
+    ).eval()
     x = torch.randn(2, 12, 2)
     for cut in (4, 7, 10):  # rewrite every step from `cut` on: outputs at every earlier step stay put
         later = x.clone()

@@ -186,8 +186,19 @@ def test_export_carries_torch_training_telemetry_per_epoch(runner, tmp_path):
 
     recipe = tmp_path / "moe.toml"
     recipe.write_text(SMALL_MOE)
-    trained = runner.invoke(app, ["run", "--recipe", str(recipe), "--data-dir", str(tmp_path / "data"),
-                                  "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+    trained = runner.invoke(
+        app,
+        [
+            "run",
+            "--recipe",
+            str(recipe),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--quiet",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     run = Path(trained.stdout.strip())
     history = json.loads((run / "model" / "history.json").read_text())["epochs"]
@@ -199,9 +210,12 @@ def test_export_carries_torch_training_telemetry_per_epoch(runner, tmp_path):
     try:
         client = MlflowClient(tracking_uri=uri)
         (logged,) = client.search_runs([client.get_experiment_by_name("qfactory").experiment_id])
-        for key, pick in [("epoch.grad_norm", lambda h: h["grad_norm"]), ("epoch.lr", lambda h: h["lr"]),
-                          ("epoch.param_norm", lambda h: h["param_norm"]),
-                          ("epoch.expert_usage.0.1", lambda h: h["expert_usage"][0][1])]:
+        for key, pick in [
+            ("epoch.grad_norm", lambda h: h["grad_norm"]),
+            ("epoch.lr", lambda h: h["lr"]),
+            ("epoch.param_norm", lambda h: h["param_norm"]),
+            ("epoch.expert_usage.0.1", lambda h: h["expert_usage"][0][1]),
+        ]:
             points = sorted(client.get_metric_history(logged.info.run_id, key), key=lambda m: m.step)
             assert [(m.step, m.value) for m in points] == [(h["epoch"], pytest.approx(pick(h))) for h in history], key
         again = runner.invoke(app, ["runs", "export-mlflow", str(run), "--tracking-uri", uri, "--json"])

@@ -184,8 +184,12 @@ def _export_one(client: Any, experiment_id: str, run: Run, content: dict[str, An
         Metric(k, v, content["created_ms"] or 0, 0) for k, v in content["metrics"].items() if old_metrics.get(k) != v
     ]
     # epoch histories are logged once (a committed model's history never changes), step = epoch
-    metrics += [Metric(k, v, content["created_ms"] or 0, epoch) for epoch, values in content["epochs"]
-                for k, v in values.items() if k not in old_metrics]
+    metrics += [
+        Metric(k, v, content["created_ms"] or 0, epoch)
+        for epoch, values in content["epochs"]
+        for k, v in values.items()
+        if k not in old_metrics
+    ]
     for start in range(0, max(len(params), len(metrics)), _BATCH):
         client.log_batch(run_id, metrics=metrics[start : start + _BATCH], params=params[start : start + _BATCH])
     artifacts = _log_artifacts(client, run_id, run.path)

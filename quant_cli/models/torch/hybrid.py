@@ -84,8 +84,9 @@ class Block(nn.Module):
         self.conv = CausalConv(d, d, cfg.kernel_size, dilation)
         self.attn = Attention(TransformerConfig(d_model=d, heads=cfg.heads, positions="rotary", dropout=cfg.dropout))
         self.mixer = SSMLayer(d, cfg.state, cfg.dropout)  # pre-norm and residual itself
-        self.ff = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d),
-                                nn.Dropout(cfg.dropout))
+        self.ff = nn.Sequential(
+            nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d), nn.Dropout(cfg.dropout)
+        )
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,8 +122,10 @@ class HybridModel(SequenceModel):
         super()._check_architecture()
         p = self.params
         if p["d_model"] % p["heads"] or (p["d_model"] // p["heads"]) % 2:
-            raise ModelError(f"model 'hybrid': d_model {p['d_model']} must split into {p['heads']} heads of an even "
-                             "width (rotary positions); change model.params.d_model or heads")
+            raise ModelError(
+                f"model 'hybrid': d_model {p['d_model']} must split into {p['heads']} heads of an even "
+                "width (rotary positions); change model.params.d_model or heads"
+            )
         if p["state"] % 2:
             raise ModelError(f"model 'hybrid': state {p['state']} must be even; change model.params.state")
         n_tokens, widest = tokens(p["seq_len"], p["patch_len"]), max(dilations(p["layers"], p["dilation_cycle"]))

@@ -60,26 +60,26 @@ class Experts(nn.Module):
             for _ in range(cfg.experts)
         )
         self.drop = nn.Dropout(cfg.dropout)
-        self.aux = None                                  # the latest training forward's balancing loss
+        self.aux = None  # the latest training forward's balancing loss
         self.routed = torch.zeros(cfg.experts, dtype=torch.float64)  # this epoch's kept assignments per expert
-        self.dropped = 0.0                               # this epoch's assignments over capacity
+        self.dropped = 0.0  # this epoch's assignments over capacity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, length, d = x.shape
-        tokens = x.reshape(-1, d)                                                    # (N, D)
-        probs = torch.softmax(self.router(tokens).float(), dim=-1)                   # (N, E)
-        weight, chosen = probs.topk(self.k, dim=-1)                                  # (N, k) each
+        tokens = x.reshape(-1, d)  # (N, D)
+        probs = torch.softmax(self.router(tokens).float(), dim=-1)  # (N, E)
+        weight, chosen = probs.topk(self.k, dim=-1)  # (N, k) each
         weight = weight / weight.sum(-1, keepdim=True)
         n_experts = probs.shape[1]
-        onehot = F.one_hot(chosen, n_experts).float()                                # (N, k, E)
-        keep = torch.ones_like(weight, dtype=torch.bool)                             # (N, k)
+        onehot = F.one_hot(chosen, n_experts).float()  # (N, k, E)
+        keep = torch.ones_like(weight, dtype=torch.bool)  # (N, k)
         if self.training:
             capacity = math.ceil(self.capacity_factor * tokens.shape[0] * self.k / n_experts)
             # position of each assignment in its expert's queue: first choices of all tokens, then second ones, ...
-            order = onehot.transpose(0, 1).reshape(-1, n_experts)                    # (k·N, E)
+            order = onehot.transpose(0, 1).reshape(-1, n_experts)  # (k·N, E)
             position = (order.cumsum(0) - order).reshape(self.k, -1, n_experts).transpose(0, 1)  # (N, k, E)
             keep = (position * onehot).sum(-1) < capacity
-            share = onehot.mean(dim=(0, 1))                                          # f_e
+            share = onehot.mean(dim=(0, 1))  # f_e
             self.aux = self.aux_weight * n_experts * (share * probs.mean(0)).sum()
             self.routed += (onehot * keep[..., None]).sum(dim=(0, 1)).detach().double().cpu()
             self.dropped += float((~keep).sum())
@@ -105,8 +105,9 @@ class Layer(nn.Module):
     def __init__(self, cfg: MoETransformerConfig) -> None:
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.attn = Attention(TransformerConfig(d_model=cfg.d_model, heads=cfg.heads, positions="rotary",
-                                                dropout=cfg.dropout))
+        self.attn = Attention(
+            TransformerConfig(d_model=cfg.d_model, heads=cfg.heads, positions="rotary", dropout=cfg.dropout)
+        )
         self.moe = Experts(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,8 +150,12 @@ class MoETransformerModel(SequenceModel):
         super()._check_architecture()
         p = self.params
         if p["d_model"] % p["heads"] or (p["d_model"] // p["heads"]) % 2:
-            raise ModelError(f"model 'moe_transformer': d_model {p['d_model']} must split into {p['heads']} heads of "
-                             "an even width (rotary positions); change model.params.d_model or heads")
+            raise ModelError(
+                f"model 'moe_transformer': d_model {p['d_model']} must split into {p['heads']} heads of "
+                "an even width (rotary positions); change model.params.d_model or heads"
+            )
         if p["top_k"] > p["experts"]:
-            raise ModelError(f"model 'moe_transformer': top_k {p['top_k']} is above experts {p['experts']}; "
-                             "lower model.params.top_k or raise experts")
+            raise ModelError(
+                f"model 'moe_transformer': top_k {p['top_k']} is above experts {p['experts']}; "
+                "lower model.params.top_k or raise experts"
+            )

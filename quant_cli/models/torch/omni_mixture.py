@@ -64,11 +64,12 @@ class CrossScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, length, d = x.shape
-        coarse, ends = causal_pool(x, self.pool)                                     # (B, T, D), (T,)
+        coarse, ends = causal_pool(x, self.pool)  # (B, T, D), (T,)
         coarse = torch.cat([self.null.expand(b, 1, d).to(x.dtype), coarse], dim=1)  # (B, 1 + T, D)
         steps = torch.arange(length, device=x.device)
-        allowed = torch.cat([torch.ones(length, 1, dtype=torch.bool, device=x.device),
-                             ends[None, :] <= steps[:, None]], dim=1)                # (L, 1 + T)
+        allowed = torch.cat(
+            [torch.ones(length, 1, dtype=torch.bool, device=x.device), ends[None, :] <= steps[:, None]], dim=1
+        )  # (L, 1 + T)
         k, v = self.kv(coarse).split(d, dim=2)
         q = self.q(x)
 
@@ -124,15 +125,21 @@ class OmniMixtureModel(SequenceModel):
         super()._check_architecture()
         p = self.params
         if p["d_model"] % p["heads"] or (p["d_model"] // p["heads"]) % 2:
-            raise ModelError(f"model 'omni_mixture': d_model {p['d_model']} must split into {p['heads']} heads of an "
-                             "even width (rotary positions); change model.params.d_model or heads")
+            raise ModelError(
+                f"model 'omni_mixture': d_model {p['d_model']} must split into {p['heads']} heads of an "
+                "even width (rotary positions); change model.params.d_model or heads"
+            )
         if p["state"] % 2:
             raise ModelError(f"model 'omni_mixture': state {p['state']} must be even; change model.params.state")
         if p["pool"] > p["seq_len"]:
-            raise ModelError(f"model 'omni_mixture': pool {p['pool']} is longer than seq_len {p['seq_len']}, so no "
-                             "coarse token fits in the window; lower model.params.pool or raise seq_len")
+            raise ModelError(
+                f"model 'omni_mixture': pool {p['pool']} is longer than seq_len {p['seq_len']}, so no "
+                "coarse token fits in the window; lower model.params.pool or raise seq_len"
+            )
         widest = 2 ** (min(p["layers"], p["dilation_cycle"]) - 1)
         if (p["kernel_size"] - 1) * widest >= p["seq_len"]:
-            raise ModelError(f"model 'omni_mixture': a convolution with dilation {widest} and kernel_size "
-                             f"{p['kernel_size']} reaches {(p['kernel_size'] - 1) * widest} steps back, past seq_len "
-                             f"{p['seq_len']}; lower model.params.dilation_cycle or kernel_size, or raise seq_len")
+            raise ModelError(
+                f"model 'omni_mixture': a convolution with dilation {widest} and kernel_size "
+                f"{p['kernel_size']} reaches {(p['kernel_size'] - 1) * widest} steps back, past seq_len "
+                f"{p['seq_len']}; lower model.params.dilation_cycle or kernel_size, or raise seq_len"
+            )

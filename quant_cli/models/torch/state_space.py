@@ -49,15 +49,15 @@ class DiagonalSSM(nn.Module):
         super().__init__()
         modes = state // 2
         log_dt = torch.rand(width) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        self.log_dt = nn.Parameter(log_dt)                                           # (H,)
-        self.log_a = nn.Parameter(torch.full((width, modes), math.log(0.5)))         # Re A = -exp(log_a) = -1/2
+        self.log_dt = nn.Parameter(log_dt)  # (H,)
+        self.log_a = nn.Parameter(torch.full((width, modes), math.log(0.5)))  # Re A = -exp(log_a) = -1/2
         self.a_im = nn.Parameter(math.pi * torch.arange(modes).float().repeat(width, 1))  # Im A = π n
-        self.c = nn.Parameter(torch.randn(width, modes, 2) * math.sqrt(0.5))         # C as (re, im)
-        self.d = nn.Parameter(torch.ones(width))                                     # the skip term D
+        self.c = nn.Parameter(torch.randn(width, modes, 2) * math.sqrt(0.5))  # C as (re, im)
+        self.d = nn.Parameter(torch.ones(width))  # the skip term D
 
     def _discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ΔA, B̄, C), each (H, N/2) complex64; Ā = exp(ΔA)."""
-        a = torch.complex(-torch.exp(self.log_a.float()), self.a_im.float())         # (H, N/2)
+        a = torch.complex(-torch.exp(self.log_a.float()), self.a_im.float())  # (H, N/2)
         dta = a * torch.exp(self.log_dt.float())[:, None]
         return dta, (torch.exp(dta) - 1) / a, torch.view_as_complex(self.c.float().contiguous())
 
@@ -65,13 +65,13 @@ class DiagonalSSM(nn.Module):
         """K (H, L) float32: the impulse response over `length` steps."""
         dta, b_bar, c = self._discrete()
         power = torch.arange(length, device=dta.device, dtype=torch.float32)
-        vandermonde = torch.exp(dta[:, :, None] * power)                             # Ā^j: (H, N/2, L)
+        vandermonde = torch.exp(dta[:, :, None] * power)  # Ā^j: (H, N/2, L)
         return 2 * torch.einsum("hn,hnl->hl", c * b_bar, vandermonde).real
 
     def convolve(self, u: torch.Tensor) -> torch.Tensor:
         """Causal convolution through a zero-padded FFT: u (B, L, H) → (B, L, H) float32."""
         length = u.shape[1]
-        u = u.float().transpose(1, 2)                                                # (B, H, L)
+        u = u.float().transpose(1, 2)  # (B, H, L)
         k = self.kernel(length)
         n = 2 * length  # zero-padding to 2L makes the circular convolution a causal linear one
         y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)[..., :length]
@@ -80,13 +80,13 @@ class DiagonalSSM(nn.Module):
     def recur(self, u: torch.Tensor) -> torch.Tensor:
         """The same map as a recurrence over steps: u (B, L, H) → (B, L, H) float32."""
         dta, b_bar, c = self._discrete()
-        a_bar = torch.exp(dta)                                                        # (H, N/2)
+        a_bar = torch.exp(dta)  # (H, N/2)
         u = u.float()
         x = torch.zeros(u.shape[0], *a_bar.shape, dtype=a_bar.dtype, device=u.device)  # (B, H, N/2)
         out = []
         for k in range(u.shape[1]):
             x = a_bar * x + b_bar * u[:, k, :, None]
-            out.append(2 * (x * c).sum(-1).real + self.d.float() * u[:, k])      # (B, H)
+            out.append(2 * (x * c).sum(-1).real + self.d.float() * u[:, k])  # (B, H)
         return torch.stack(out, dim=1)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,7 @@ class SSMLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.ssm(self.norm(x)).to(x.dtype)                                        # (B, L, H)
+        h = self.ssm(self.norm(x)).to(x.dtype)  # (B, L, H)
         return x + self.drop(self.out(F.gelu(h)))
 
 
@@ -135,8 +135,12 @@ class StateSpaceModel(SequenceModel):
         super()._check_architecture()
         p = self.params
         if p["state"] % 2:
-            raise ModelError(f"model 'state_space': state {p['state']} must be even (complex modes come in "
-                             "conjugate pairs); change model.params.state")
+            raise ModelError(
+                f"model 'state_space': state {p['state']} must be even (complex modes come in "
+                "conjugate pairs); change model.params.state"
+            )
         if p["dt_min"] > p["dt_max"]:
-            raise ModelError(f"model 'state_space': dt_min {p['dt_min']} is above dt_max {p['dt_max']}; "
-                             "swap model.params.dt_min and dt_max")
+            raise ModelError(
+                f"model 'state_space': dt_min {p['dt_min']} is above dt_max {p['dt_max']}; "
+                "swap model.params.dt_min and dt_max"
+            )
