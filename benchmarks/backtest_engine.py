@@ -63,7 +63,9 @@ def long_frames(prices: np.ndarray, W: np.ndarray) -> tuple[pl.DataFrame, pl.Dat
     """Bars whose next_close fills reproduce `prices`: close of bar t+1 = P_t (bar 0 is a lead-in)."""
     T, N = W.shape
     start = dt.datetime(2000, 1, 3, tzinfo=dt.timezone.utc)
-    ts = pl.datetime_range(start, start + dt.timedelta(days=T + 1), "1d", eager=True, time_zone="UTC").cast(pl.Datetime("us", "UTC"))
+    ts = pl.datetime_range(start, start + dt.timedelta(days=T + 1), "1d", eager=True, time_zone="UTC").cast(
+        pl.Datetime("us", "UTC")
+    )
     symbols = [f"S{i:04d}" for i in range(N)]
     close = np.vstack([prices[:1], prices])  # T + 2 bars
     bars = pl.DataFrame({"symbol": np.repeat(symbols, T + 2), "ts": pl.concat([ts] * N), "close": close.T.ravel()})
@@ -81,9 +83,18 @@ def vectorbt_final(vbt, prices: np.ndarray, W: np.ndarray) -> float:
 
     size = np.vstack([W, np.full((1, W.shape[1]), np.nan)])  # the last row only marks the book
     index = pd.date_range("2000-01-03", periods=prices.shape[0], freq="D")
-    pf = vbt.Portfolio.from_orders(close=pd.DataFrame(prices, index=index), size=pd.DataFrame(size, index=index),
-                                   size_type="targetpercent", fees=COMMISSION, slippage=SLIPPAGE, group_by=True,
-                                   cash_sharing=True, call_seq="auto", init_cash=1e9, freq="D")
+    pf = vbt.Portfolio.from_orders(
+        close=pd.DataFrame(prices, index=index),
+        size=pd.DataFrame(size, index=index),
+        size_type="targetpercent",
+        fees=COMMISSION,
+        slippage=SLIPPAGE,
+        group_by=True,
+        cash_sharing=True,
+        call_seq="auto",
+        init_cash=1e9,
+        freq="D",
+    )
     return float(pf.value().iloc[-1]) / 1e9
 
 
@@ -94,7 +105,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     prices, W = panel(args.symbols, args.bars)
-    print(f"{args.symbols:,} symbols x {args.bars:,} bars, rebalanced every bar, commission {COMMISSION * 1e4:g} bps, slippage {SLIPPAGE * 1e4:g} bps")
+    print(
+        f"{args.symbols:,} symbols x {args.bars:,} bars, rebalanced every bar, "
+        f"commission {COMMISSION * 1e4:g} bps, slippage {SLIPPAGE * 1e4:g} bps"
+    )
     core_s, core_final = best_of(args.repeat, lambda: ours_core(prices, W))
     bars, weights = long_frames(prices, W)
     full_s, full_final = best_of(args.repeat, lambda: ours_full(bars, weights))
@@ -111,7 +125,10 @@ def main() -> None:
     print(f"vectorbt from_orders:     {vbt_s:8.3f} s   final equity {vbt_final:.12f}")
     print(f"ratio vectorbt / ours: core {vbt_s / core_s:.2f}x, full {vbt_s / full_s:.2f}x")
     rel = max(abs(core_final / vbt_final - 1.0), abs(full_final / vbt_final - 1.0))
-    print(f"largest relative final-equity difference vs vectorbt: {rel:.2e} ({'within' if rel <= 1e-9 else 'OUTSIDE'} 1e-9)")
+    print(
+        f"largest relative final-equity difference vs vectorbt: {rel:.2e} "
+        f"({'within' if rel <= 1e-9 else 'OUTSIDE'} 1e-9)"
+    )
 
 
 if __name__ == "__main__":

@@ -28,16 +28,24 @@ def alpha158(df: pd.DataFrame, windows: tuple[int, ...] = WINDOWS) -> pd.DataFra
     g = df.groupby("symbol", sort=False)
     position = g.cumcount().astype(float)  # bar number within the symbol, for the regression slope
     work = df.assign(
-        t=position, tx=position * c, lv=np.log(v + 1.0),
+        t=position,
+        tx=position * c,
+        lv=np.log(v + 1.0),
         up=_masked(c > g["close"].shift(1), g["close"].shift(1)),
         down=_masked(c < g["close"].shift(1), g["close"].shift(1)),
-        dc=g["close"].diff(), dv=g["volume"].diff(),
-        rc=c / g["close"].shift(1), lvr=np.log(v / g["volume"].shift(1) + 1.0),
+        dc=g["close"].diff(),
+        dv=g["volume"].diff(),
+        rc=c / g["close"].shift(1),
+        lvr=np.log(v / g["volume"].shift(1) + 1.0),
         wv=(c / g["close"].shift(1) - 1.0).abs() * v,
     )
     work = work.assign(
-        gain_c=work.dc.clip(lower=0), loss_c=(-work.dc).clip(lower=0), abs_c=work.dc.abs(),
-        gain_v=work.dv.clip(lower=0), loss_v=(-work.dv).clip(lower=0), abs_v=work.dv.abs(),
+        gain_c=work.dc.clip(lower=0),
+        loss_c=(-work.dc).clip(lower=0),
+        abs_c=work.dc.abs(),
+        gain_v=work.dv.clip(lower=0),
+        loss_v=(-work.dv).clip(lower=0),
+        abs_v=work.dv.abs(),
     )
     wg = work.groupby("symbol", sort=False)
     for w in windows:
@@ -55,10 +63,19 @@ def _kbar(c: pd.Series, o: pd.Series, h: pd.Series, l: pd.Series) -> dict[str, p
     top, bottom = np.maximum(o, c), np.minimum(o, c)
     vwap = (h + l + c) / 3.0
     return {
-        "KMID": (c - o) / o, "KLEN": (h - l) / o, "KMID2": (c - o) / rng, "KUP": (h - top) / o,
-        "KUP2": (h - top) / rng, "KLOW": (bottom - l) / o, "KLOW2": (bottom - l) / rng,
-        "KSFT": (2 * c - h - l) / o, "KSFT2": (2 * c - h - l) / rng,
-        "OPEN0": o / c, "HIGH0": h / c, "LOW0": l / c, "VWAP0": vwap / c,
+        "KMID": (c - o) / o,
+        "KLEN": (h - l) / o,
+        "KMID2": (c - o) / rng,
+        "KUP": (h - top) / o,
+        "KUP2": (h - top) / rng,
+        "KLOW": (bottom - l) / o,
+        "KLOW2": (bottom - l) / rng,
+        "KSFT": (2 * c - h - l) / o,
+        "KSFT2": (2 * c - h - l) / rng,
+        "OPEN0": o / c,
+        "HIGH0": h / c,
+        "LOW0": l / c,
+        "VWAP0": vwap / c,
     }
 
 
@@ -80,16 +97,35 @@ def _window(work: pd.DataFrame, wg, c, h, l, v, w: int) -> dict[str, pd.Series]:
     imax, imin = _argpos(work, "high", w, np.argmax), _argpos(work, "low", w, np.argmin)
     wv_mean = _roll(wg, "wv", w, "mean")
     f = {
-        "ROC": wg["close"].shift(w) / c, "MA": ma / c, "STD": sd / c, "BETA": slope / c,
-        "RSQR": slope**2 * sxx / ((w - 1) * sd**2), "RESI": 1 - ma / c - slope / c * (w - 1) / 2.0,
-        "MAX": hi / c, "MIN": lo / c,
-        "QTLU": _roll(wg, "close", w, "quantile", 0.8) / c, "QTLD": _roll(wg, "close", w, "quantile", 0.2) / c,
+        "ROC": wg["close"].shift(w) / c,
+        "MA": ma / c,
+        "STD": sd / c,
+        "BETA": slope / c,
+        "RSQR": slope**2 * sxx / ((w - 1) * sd**2),
+        "RESI": 1 - ma / c - slope / c * (w - 1) / 2.0,
+        "MAX": hi / c,
+        "MIN": lo / c,
+        "QTLU": _roll(wg, "close", w, "quantile", 0.8) / c,
+        "QTLD": _roll(wg, "close", w, "quantile", 0.2) / c,
         "RANK": wg["close"].rolling(w, min_periods=w).rank(pct=True).reset_index(level=0, drop=True).sort_index(),
-        "RSV": (c - lo) / (hi - lo + EPS), "IMAX": imax, "IMIN": imin, "IMXD": imax - imin,
-        "CORR": _corr(work, "close", "lv", w), "CORD": _corr(work, "rc", "lvr", w),
-        "CNTP": cntp, "CNTN": cntn, "CNTD": cntp - cntn, "SUMP": sump, "SUMN": sumn, "SUMD": sump - sumn,
-        "VMA": _roll(wg, "volume", w, "mean") / (v + EPS), "VSTD": _roll(wg, "volume", w, "std") / (v + EPS),
-        "WVMA": _roll(wg, "wv", w, "std") / (wv_mean + EPS), "VSUMP": vsump, "VSUMN": vsumn, "VSUMD": vsump - vsumn,
+        "RSV": (c - lo) / (hi - lo + EPS),
+        "IMAX": imax,
+        "IMIN": imin,
+        "IMXD": imax - imin,
+        "CORR": _corr(work, "close", "lv", w),
+        "CORD": _corr(work, "rc", "lvr", w),
+        "CNTP": cntp,
+        "CNTN": cntn,
+        "CNTD": cntp - cntn,
+        "SUMP": sump,
+        "SUMN": sumn,
+        "SUMD": sump - sumn,
+        "VMA": _roll(wg, "volume", w, "mean") / (v + EPS),
+        "VSTD": _roll(wg, "volume", w, "std") / (v + EPS),
+        "WVMA": _roll(wg, "wv", w, "std") / (wv_mean + EPS),
+        "VSUMP": vsump,
+        "VSUMN": vsumn,
+        "VSUMD": vsump - vsumn,
     }
     return {f"{name}{w}": series for name, series in f.items()}
 
@@ -105,5 +141,5 @@ def _argpos(work: pd.DataFrame, column: str, w: int, arg) -> pd.Series:  # noqa:
     for _, idx in work.groupby("symbol", sort=False).indices.items():
         values = work[column].to_numpy()[idx]
         if len(values) >= w:
-            out[idx[w - 1:]] = (arg(sliding_window_view(values, w), axis=1) + 1) / w
+            out[idx[w - 1 :]] = (arg(sliding_window_view(values, w), axis=1) + 1) / w
     return pd.Series(out, index=work.index)

@@ -62,10 +62,17 @@ def main() -> int:
             ray_s = time.perf_counter() - started
         same = same_tables(local.path, remote.path)
         groups = len(parts(local.path))
-    print(f"Alpha158 feature-store build: {args.symbols} symbols x {args.bars} bars, {local.rows:,} rows x {len(local.columns)} features, {groups} symbol group(s)")
+    print(
+        f"Alpha158 feature-store build: {args.symbols} symbols x {args.bars} "
+        f"bars, {local.rows:,} rows x {len(local.columns)} features, {groups} "
+        "symbol group(s)"
+    )
     print(f"{'backend':<8} {'seconds':>9} {'vs local':>9}")
     print(f"{'local':<8} {local_s:>9.2f} {1.0:>8.2f}x")
-    print(f"{'ray':<8} {ray_s:>9.2f} {local_s / ray_s:>8.2f}x   ({args.jobs} CPUs; Ray start-up {ray_start_s:.1f}s not included)")
+    print(
+        f"{'ray':<8} {ray_s:>9.2f} {local_s / ray_s:>8.2f}x   ({args.jobs} CPUs; "
+        f"Ray start-up {ray_start_s:.1f}s not included)"
+    )
     print(f"identical tables (every part, value for value): {same}")
     return 0 if same else 1
 

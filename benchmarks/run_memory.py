@@ -49,10 +49,17 @@ def _parse() -> argparse.Namespace:
 def _recipe(args: argparse.Namespace) -> object:
     from quant_cli.recipe import load_recipe
 
-    return load_recipe(None, [
-        'run.name="bench"', 'data.dataset="bench"', 'features.sets=["alpha158"]', f"model.params.n_estimators={args.estimators}",
-        f"train.threads={args.threads}", "train.early_stopping=0",
-    ])
+    return load_recipe(
+        None,
+        [
+            'run.name="bench"',
+            'data.dataset="bench"',
+            'features.sets=["alpha158"]',
+            f"model.params.n_estimators={args.estimators}",
+            f"train.threads={args.threads}",
+            "train.early_stopping=0",
+        ],
+    )
 
 
 def _peak_rss() -> int:
@@ -86,8 +93,22 @@ def _run_side(args: argparse.Namespace) -> dict:
 
 
 def _side(args: argparse.Namespace, home: Path, side: str) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, "--home", str(home), "--symbols", str(args.symbols),
-           "--bars", str(args.bars), "--estimators", str(args.estimators), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--side",
+        side,
+        "--home",
+        str(home),
+        "--symbols",
+        str(args.symbols),
+        "--bars",
+        str(args.bars),
+        "--estimators",
+        str(args.estimators),
+        "--threads",
+        str(args.threads),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
@@ -96,16 +117,24 @@ def _side(args: argparse.Namespace, home: Path, side: str) -> dict:
 
 
 def _report(args: argparse.Namespace, home: Path) -> int:
-    print(f"panel: {args.symbols} symbols x {args.bars} bars = {args.symbols * args.bars:,} rows, Alpha158, LightGBM {args.estimators} rounds")
+    print(
+        f"panel: {args.symbols} symbols x {args.bars} bars = "
+        f"{args.symbols * args.bars:,} rows, Alpha158, LightGBM {args.estimators} rounds"
+    )
     results = {side: _side(args, home, side) for side in ("ingest", "features", "split", "train")}
     outside = results["split"]["seconds"] + results["train"]["seconds"] - results["train"]["fit_s"]
     for side, r in results.items():
         extra = f", of which fit {r['fit_s']:.1f} s" if "fit_s" in r else ""
         print(f"{side:>9}: {r['seconds']:7.1f} s{extra}, peak RSS {r['peak_rss'] / GIB:5.2f} GiB")
-    ok = all(results[s]["peak_rss"] / GIB <= TARGET_RSS_GIB for s in ("split", "train")) and outside <= TARGET_OUTSIDE_FIT_S
-    print(f"split + train outside the fit: {outside:.1f} s (target <= {TARGET_OUTSIDE_FIT_S:.0f} s); "
-          f"peak RSS split {results['split']['peak_rss'] / GIB:.2f} / train {results['train']['peak_rss'] / GIB:.2f} GiB "
-          f"(target <= {TARGET_RSS_GIB:.0f} GiB each) -> {'met' if ok else 'NOT met'}")
+    ok = (
+        all(results[s]["peak_rss"] / GIB <= TARGET_RSS_GIB for s in ("split", "train"))
+        and outside <= TARGET_OUTSIDE_FIT_S
+    )
+    print(
+        f"split + train outside the fit: {outside:.1f} s (target <= {TARGET_OUTSIDE_FIT_S:.0f} s); "
+        f"peak RSS split {results['split']['peak_rss'] / GIB:.2f} / train {results['train']['peak_rss'] / GIB:.2f} GiB "
+        f"(target <= {TARGET_RSS_GIB:.0f} GiB each) -> {'met' if ok else 'NOT met'}"
+    )
     return 0 if ok else 1
 
 

@@ -37,7 +37,9 @@ RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.toml"
 
 
 def template_run(root: Path, symbols: int, bars: int) -> Path:
-    recipe = load_recipe(RECIPE, [f"data.synthetic.symbols={symbols}", f"data.synthetic.bars={bars}", "train.threads=1"])
+    recipe = load_recipe(
+        RECIPE, [f"data.synthetic.symbols={symbols}", f"data.synthetic.bars={bars}", "train.threads=1"]
+    )
     return stages.run_all(recipe, root / "data", root / "template").path
 
 
@@ -50,8 +52,16 @@ def fake_runs(template: Path, runs_dir: Path, n: int) -> None:
         run_id = f"quickstart-20260101T{i // 3600:02d}{i // 60 % 60:02d}{i % 60:02d}-{i:04x}"
         folder = runs_dir / run_id
         shutil.copytree(template, folder)
-        (folder / "manifest.json").write_text(json.dumps({**manifest, "run_id": run_id, "created": f"2026-01-01T00:00:00.{i:06d}+00:00"}))
-        backtest = {**metrics.get("backtest", {}), "sharpe": rng.gauss(0.0, 1.0), "segment": "test", "skew": 0.0, "kurtosis": 3.0}
+        (folder / "manifest.json").write_text(
+            json.dumps({**manifest, "run_id": run_id, "created": f"2026-01-01T00:00:00.{i:06d}+00:00"})
+        )
+        backtest = {
+            **metrics.get("backtest", {}),
+            "sharpe": rng.gauss(0.0, 1.0),
+            "segment": "test",
+            "skew": 0.0,
+            "kurtosis": 3.0,
+        }
         (folder / "metrics.json").write_text(json.dumps({**metrics, "backtest": backtest}))
 
 
@@ -99,8 +109,10 @@ def main() -> None:
         runs_dir = root / "runs"
         started = time.perf_counter()
         fake_runs(template, runs_dir, args.runs)
-        print(f"{args.runs} runs of {sum(p.stat().st_size for p in template.rglob('*') if p.is_file()):,} bytes "
-              f"({len(list(template.rglob('*')))} entries) each, made in {time.perf_counter() - started:.1f} s")
+        print(
+            f"{args.runs} runs of {sum(p.stat().st_size for p in template.rglob('*') if p.is_file()):,} bytes "
+            f"({len(list(template.rglob('*')))} entries) each, made in {time.perf_counter() - started:.1f} s"
+        )
         read_everything(runs_dir)  # warm the page cache for both sides
         ls_s, rows = timed(lambda: list_runs(runs_dir), args.repeat)
         ref_s, size = timed(lambda: read_everything(runs_dir), args.repeat)
@@ -111,11 +123,30 @@ def main() -> None:
         if hasattr(os, "posix_fadvise"):
             cold_ls, _ = timed(lambda: list_runs(runs_dir), args.repeat, runs_dir)
             cold_ref, _ = timed(lambda: read_everything(runs_dir), args.repeat, runs_dir)
-            print(f"cold cache: runs ls {cold_ls:.3f} s, read every file {cold_ref:.3f} s, ratio {cold_ref / cold_ls:.1f}x")
+            print(
+                f"cold cache: runs ls {cold_ls:.3f} s, read every file {cold_ref:.3f} s, "
+                f"ratio {cold_ref / cold_ls:.1f}x"
+            )
         started = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", "from quant_cli.cli import app; app()", "runs", "ls", "--json", "--runs-dir", str(runs_dir)],
-                             capture_output=True, check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
-        print(f"`qfactory runs ls --json` in a fresh process: {time.perf_counter() - started:.2f} s for {len(json.loads(out.stdout))} runs")
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from quant_cli.cli import app; app()",
+                "runs",
+                "ls",
+                "--json",
+                "--runs-dir",
+                str(runs_dir),
+            ],
+            capture_output=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+        print(
+            "`qfactory runs ls --json` in a fresh process: "
+            f"{time.perf_counter() - started:.2f} s for {len(json.loads(out.stdout))} runs"
+        )
 
 
 if __name__ == "__main__":

@@ -43,23 +43,37 @@ def main() -> int:
         return 0
     feature_bytes = args.symbols * args.bars * args.features * 4
     windows_bytes = args.symbols * (args.bars - args.seq_len + 1) * args.seq_len * args.features * 4
-    print(f"panel {args.symbols:,} symbols x {args.bars:,} bars x {args.features} features, seq_len {args.seq_len}, "
-          f"batch {args.batch}, device {args.device}, threads {args.threads}")
-    print(f"float32 feature matrix {feature_bytes / GIB:.2f} GiB; materialised windows would need {windows_bytes / GIB:.1f} GiB")
+    print(
+        f"panel {args.symbols:,} symbols x {args.bars:,} bars x {args.features} features, seq_len {args.seq_len}, "
+        f"batch {args.batch}, device {args.device}, threads {args.threads}"
+    )
+    print(
+        f"float32 feature matrix {feature_bytes / GIB:.2f} GiB; materialised "
+        f"windows would need {windows_bytes / GIB:.1f} GiB"
+    )
     for name in args.models.split(","):
         r = _child(args, name, "views")
         bound, used = 2.5 * feature_bytes + r["state_bytes"], r["peak_rss"] - r["baseline_rss"]
         label = f"{name}+ckpt" if args.checkpoint and name == "transformer" else name
-        print(f"{label:<16} {r['samples_per_s']:>10,.0f} samples/s over {r['samples']:,} windows; peak RSS {r['peak_rss'] / GIB:.2f} GiB, "
-              f"{used / GIB:.2f} GiB above the interpreter + torch + qfactory ({r['baseline_rss'] / GIB:.2f} GiB) over fit + "
-              f"predict (fit alone {(r['fit_rss'] - r['baseline_rss']) / GIB:.2f}); bound 2.5 x matrix + "
-              f"model/optimizer state ({r['state_bytes'] / 2**20:.1f} MiB) = {bound / GIB:.2f} GiB -> {'ok' if used <= bound else 'OVER'} "
-              f"({used / bound:.0%} of the bound)")
+        print(
+            f"{label:<16} {r['samples_per_s']:>10,.0f} samples/s over "
+            f"{r['samples']:,} windows; peak RSS {r['peak_rss'] / GIB:.2f} GiB, "
+            f"{used / GIB:.2f} GiB above the interpreter + torch + qfactory "
+            f"({r['baseline_rss'] / GIB:.2f} GiB) over fit + "
+            f"predict (fit alone {(r['fit_rss'] - r['baseline_rss']) / GIB:.2f}); bound 2.5 x matrix + "
+            f"model/optimizer state ({r['state_bytes'] / 2**20:.1f} MiB) = "
+            f"{bound / GIB:.2f} GiB -> {'ok' if used <= bound else 'OVER'} "
+            f"({used / bound:.0%} of the bound)"
+        )
     for name in args.models.split(",") if args.ref_symbols else ():  # --ref-symbols 0: memory check only
         r = _child(args, name, "reference")
-        print(f"{name:<12} reference panel {args.ref_symbols} symbols x {args.bars:,} bars (best of {args.rounds}): views "
-              f"{r['views']:,.0f} samples/s (peak RSS {r['views_rss'] / GIB:.2f} GiB), materialised TensorDataset {r['dense']:,.0f} "
-              f"samples/s (peak RSS {r['dense_rss'] / GIB:.2f} GiB); views/materialised = {r['views'] / r['dense']:.2f}x")
+        print(
+            f"{name:<12} reference panel {args.ref_symbols} symbols x {args.bars:,} "
+            f"bars (best of {args.rounds}): views "
+            f"{r['views']:,.0f} samples/s (peak RSS {r['views_rss'] / GIB:.2f} GiB), "
+            f"materialised TensorDataset {r['dense']:,.0f} "
+            f"samples/s (peak RSS {r['dense_rss'] / GIB:.2f} GiB); views/materialised = {r['views'] / r['dense']:.2f}x"
+        )
     return 0
 
 
@@ -70,8 +84,12 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--max-batches", type=int, default=0, help="cap the epoch at this many batches (0: every window)")
-    parser.add_argument("--ref-symbols", type=int, default=20, help="symbols of the panel that is also materialised (0: skip)")
+    parser.add_argument(
+        "--max-batches", type=int, default=0, help="cap the epoch at this many batches (0: every window)"
+    )
+    parser.add_argument(
+        "--ref-symbols", type=int, default=20, help="symbols of the panel that is also materialised (0: skip)"
+    )
     parser.add_argument("--models", default="lstm,transformer")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0)
@@ -115,7 +133,7 @@ def _panel(symbols: int, bars: int, features: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     values = np.empty((symbols * bars, features), dtype=np.float32)
     for s in range(symbols):
-        values[s * bars:(s + 1) * bars] = rng.standard_normal((bars, features), dtype=np.float32)
+        values[s * bars : (s + 1) * bars] = rng.standard_normal((bars, features), dtype=np.float32)
     names = np.repeat(np.array([f"S{s:04d}" for s in range(symbols)]), bars)
     ts = np.tile(np.arange(bars).astype("datetime64[D]").astype("datetime64[us]"), symbols)
     return Panel(values, names, ts)
@@ -149,14 +167,27 @@ def _fit_model(args, panel, ends, y, device: str, baseline: int) -> dict:
 
     train = {"epochs": 1, "batch_size": args.batch, "patience": 0, "warmup": 0.0}
     extra = {"checkpoint": True} if args.checkpoint and args.model == "transformer" else {}
-    model = create_model(args.model, "regression", {"seq_len": args.seq_len, **PARAMS[args.model], **extra}, 0, args.threads,
-                         device=device, train=train)
+    model = create_model(
+        args.model,
+        "regression",
+        {"seq_len": args.seq_len, **PARAMS[args.model], **extra},
+        0,
+        args.threads,
+        device=device,
+        train=train,
+    )
     model.fit(PanelRows(panel, ends), y, feature_names=[f"f{i}" for i in range(args.features)])
     fit_rss = _peak_rss()
     model.predict(PanelRows(panel, ends))  # the inference path (predict, validation) under the same bound
     n_params = sum(p.numel() for p in model.net_.parameters())
-    return {"samples_per_s": model.history_[0]["samples_per_s"], "samples": len(ends), "peak_rss": _peak_rss(), "fit_rss": fit_rss,
-            "baseline_rss": baseline, "state_bytes": n_params * 4 * 4}
+    return {
+        "samples_per_s": model.history_[0]["samples_per_s"],
+        "samples": len(ends),
+        "peak_rss": _peak_rss(),
+        "fit_rss": fit_rss,
+        "baseline_rss": baseline,
+        "state_bytes": n_params * 4 * 4,
+    }
 
 
 def _network(args, device: str):
@@ -165,7 +196,9 @@ def _network(args, device: str):
 
     if args.model == "lstm":
         return Recurrent(RecurrentConfig(n_inputs=args.features, n_outputs=1, **PARAMS["lstm"])).to(device)
-    return Transformer(TransformerConfig(n_inputs=args.features, n_outputs=1, seq_len=args.seq_len, **PARAMS["transformer"])).to(device)
+    return Transformer(
+        TransformerConfig(n_inputs=args.features, n_outputs=1, seq_len=args.seq_len, **PARAMS["transformer"])
+    ).to(device)
 
 
 def _reference(args, panel, ends, y, device: str, baseline: int) -> dict:
@@ -194,7 +227,13 @@ def _reference(args, panel, ends, y, device: str, baseline: int) -> dict:
         net, started = _network(args, device), time.perf_counter()
         _dense_epoch(net, windows, y_t, cfg)
         dense.append(len(ends) / (time.perf_counter() - started))
-    return {"views": max(views), "dense": max(dense), "views_rss": views_rss, "dense_rss": _peak_rss(), "baseline_rss": baseline}
+    return {
+        "views": max(views),
+        "dense": max(dense),
+        "views_rss": views_rss,
+        "dense_rss": _peak_rss(),
+        "baseline_rss": baseline,
+    }
 
 
 def _dense_epoch(net, windows, y, cfg) -> None:
@@ -202,7 +241,9 @@ def _dense_epoch(net, windows, y, cfg) -> None:
 
     from quant_cli.models.torch import losses
 
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(windows, y), batch_size=cfg.batch_size, shuffle=True)
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(windows, y), batch_size=cfg.batch_size, shuffle=True
+    )
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     net.train()
     for xb, yb in data:

@@ -65,9 +65,11 @@ def main() -> int:
         ours, bare = _start_ours(bundle, args.port), _start_bare(args.port + 1)
         try:
             _wait(args.port), _wait(args.port + 1)
-            targets = {"bare /const": (f"http://127.0.0.1:{args.port + 1}/const", None),
-                       "/predict": (f"http://127.0.0.1:{args.port}/predict", bodies["predict"]),
-                       "/predict/features": (f"http://127.0.0.1:{args.port}/predict/features", bodies["features"])}
+            targets = {
+                "bare /const": (f"http://127.0.0.1:{args.port + 1}/const", None),
+                "/predict": (f"http://127.0.0.1:{args.port}/predict", bodies["predict"]),
+                "/predict/features": (f"http://127.0.0.1:{args.port}/predict/features", bodies["features"]),
+            }
             results = _interleaved(targets, args)
         finally:
             for proc in (ours, bare):
@@ -80,8 +82,12 @@ def main() -> int:
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per endpoint, after the warm-up")
-    parser.add_argument("--rounds", type=int, default=4, help="endpoints take turns this many times (requests split between rounds)")
-    parser.add_argument("--clients", type=int, default=CLIENTS, help="concurrent clients (the issue's targets are for 16)")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="endpoints take turns this many times (requests split between rounds)"
+    )
+    parser.add_argument(
+        "--clients", type=int, default=CLIENTS, help="concurrent clients (the issue's targets are for 16)"
+    )
     parser.add_argument("--symbols", type=int, default=20)
     parser.add_argument("--bars", type=int, default=1000)
     parser.add_argument("--port", type=int, default=18731)
@@ -97,8 +103,17 @@ def _bundle(root: Path, args: argparse.Namespace) -> Path:
 
     data = root / "data"
     write_store(data, "bench", generate(symbols=args.symbols, bars=args.bars, seed=11), "benchmark")
-    recipe = load_recipe(None, ['data.dataset="bench"', 'features.sets=["alpha158"]', "label.horizon=5",
-                                "model.params.n_estimators=200", "model.params.num_leaves=31", "train.early_stopping=0"])
+    recipe = load_recipe(
+        None,
+        [
+            'data.dataset="bench"',
+            'features.sets=["alpha158"]',
+            "label.horizon=5",
+            "model.params.n_estimators=200",
+            "model.params.num_leaves=31",
+            "train.early_stopping=0",
+        ],
+    )
     run = stages.train_new(recipe, data, root / "runs").run
     return stages.bundle_existing(run, data).bundle
 
@@ -112,7 +127,11 @@ def _bodies(bundle: Path) -> dict:
     example = read_json(bundle / "example" / "input.json")["bars"]
     one = [b for b in example if b["symbol"] == example[0]["symbol"]]
     last = loaded.pipeline.compute(bars_from_records(one)).tail(1).row(0, named=True)
-    row = {"symbol": last["symbol"], "ts": last["ts"].isoformat(), "features": {f: last[f] for f in loaded.pipeline.features}}
+    row = {
+        "symbol": last["symbol"],
+        "ts": last["ts"].isoformat(),
+        "features": {f: last[f] for f in loaded.pipeline.features},
+    }
     return {"predict": {"bars": one}, "features": {"rows": [row]}, "required_bars": loaded.spec.required_bars}
 
 
@@ -122,7 +141,17 @@ def _env() -> dict:
 
 def _start_ours(bundle: Path, port: int) -> subprocess.Popen:
     os.environ.pop("QFACTORY_SERVE_TOKEN", None)
-    cmd = [sys.executable, "-c", "from quant_cli.cli import app; app()", "serve", "--bundle", str(bundle), "--port", str(port), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from quant_cli.cli import app; app()",
+        "serve",
+        "--bundle",
+        str(bundle),
+        "--port",
+        str(port),
+        "--quiet",
+    ]
     # Polars sizes its thread pool when it is imported (before `serve` runs), so the deployment sets
     # it: on tiny frames a pool per core costs more than it saves (README, serve section).
     return subprocess.Popen(cmd, env={"POLARS_MAX_THREADS": "1", **_env()})
@@ -153,8 +182,10 @@ async def _burst(url: str, body: dict | None, requests: int, clients: int) -> di
     measure itself."""
     host, port, path = _split(url)
     payload = json.dumps(body).encode() if body is not None else b""
-    head = (f"{'POST' if body is not None else 'GET'} {path} HTTP/1.1\r\nhost: {host}:{port}\r\n"
-            f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n").encode()
+    head = (
+        f"{'POST' if body is not None else 'GET'} {path} HTTP/1.1\r\nhost: {host}:{port}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n"
+    ).encode()
     latencies: list[float] = []
 
     async def worker(n: int) -> int:
@@ -186,15 +217,22 @@ def _interleaved(targets: dict, args: argparse.Namespace) -> dict:
     bursts: dict[str, list[dict]] = {name: [] for name in targets}
     for _ in range(args.rounds):
         for name, (url, body) in targets.items():
-            bursts[name].append(asyncio.run(_burst(url, body, max(args.clients, args.requests // args.rounds), args.clients)))
+            bursts[name].append(
+                asyncio.run(_burst(url, body, max(args.clients, args.requests // args.rounds), args.clients))
+            )
     return {name: _pooled(runs) for name, runs in bursts.items()}
 
 
 def _pooled(runs: list[dict]) -> dict:
     ms = np.concatenate([r["latencies_ms"] for r in runs])
-    return {"requests": len(ms), "errors": sum(r["errors"] for r in runs), "p50_ms": float(np.percentile(ms, 50)),
-            "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)),
-            "throughput_rps": len(ms) / sum(r["seconds"] for r in runs)}
+    return {
+        "requests": len(ms),
+        "errors": sum(r["errors"] for r in runs),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "throughput_rps": len(ms) / sum(r["seconds"] for r in runs),
+    }
 
 
 def _split(url: str) -> tuple[str, int, str]:
@@ -215,22 +253,47 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 def _report(results: dict, required_bars: int, args: argparse.Namespace) -> None:
     bare = results["bare /const"]
-    for name, r in results.items():
+    for r in results.values():
         r["p50_ratio_to_bare"] = r["p50_ms"] / bare["p50_ms"]
         r["throughput_ratio_to_bare"] = r["throughput_rps"] / bare["throughput_rps"]
-    targets = {"/predict p50 <= 5 ms": results["/predict"]["p50_ms"] <= 5, "/predict p99 <= 25 ms": results["/predict"]["p99_ms"] <= 25,
-               "/predict/features >= 1500 req/s": results["/predict/features"]["throughput_rps"] >= 1500,
-               "zero errors": all(r["errors"] == 0 for r in results.values())}
+    targets = {
+        "/predict p50 <= 5 ms": results["/predict"]["p50_ms"] <= 5,
+        "/predict p99 <= 25 ms": results["/predict"]["p99_ms"] <= 25,
+        "/predict/features >= 1500 req/s": results["/predict/features"]["throughput_rps"] >= 1500,
+        "zero errors": all(r["errors"] == 0 for r in results.values()),
+    }
     if args.json:
-        print(json.dumps({"clients": args.clients, "rounds": args.rounds, "results": results, "targets": targets, "required_bars": required_bars, "cores": os.cpu_count(),
-                          "load_average": os.getloadavg()[0]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "clients": args.clients,
+                    "rounds": args.rounds,
+                    "results": results,
+                    "targets": targets,
+                    "required_bars": required_bars,
+                    "cores": os.cpu_count(),
+                    "load_average": os.getloadavg()[0],
+                },
+                indent=2,
+            )
+        )
         return
-    print(f"{args.clients} clients, {args.requests} requests per endpoint in {args.rounds} interleaved rounds, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; "
-          f"/predict sends {required_bars} bars of one symbol; server POLARS_MAX_THREADS={os.environ.get('POLARS_MAX_THREADS', '1')}")
-    print(f"{'endpoint':<20}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}{'p50 x bare':>12}{'req/s x bare':>14}")
+    print(
+        f"{args.clients} clients, {args.requests} requests per endpoint in "
+        f"{args.rounds} interleaved rounds, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f} at the end; "
+        f"/predict sends {required_bars} bars of one symbol; server "
+        f"POLARS_MAX_THREADS={os.environ.get('POLARS_MAX_THREADS', '1')}"
+    )
+    print(
+        f"{'endpoint':<20}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}"
+        f"{'p50 x bare':>12}{'req/s x bare':>14}"
+    )
     for name, r in results.items():
-        print(f"{name:<20}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['throughput_rps']:>9.0f}{r['errors']:>8}"
-              f"{r['p50_ratio_to_bare']:>12.2f}{r['throughput_ratio_to_bare']:>14.2f}")
+        print(
+            f"{name:<20}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['throughput_rps']:>9.0f}{r['errors']:>8}"
+            f"{r['p50_ratio_to_bare']:>12.2f}{r['throughput_ratio_to_bare']:>14.2f}"
+        )
     for target, met in targets.items():
         print(f"{'met ' if met else 'MISSED'}  {target}")
 

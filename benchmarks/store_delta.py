@@ -72,7 +72,11 @@ def main() -> None:
         rows = [
             ("write all", old_w, new_w),
             ("read all", timed(lambda: old_read(old_root)), timed(lambda: snap.load_bars())),
-            (f"read {len(some)} symbols", timed(lambda: old_read(old_root, some)), timed(lambda: snap.load_bars(symbols=some))),
+            (
+                f"read {len(some)} symbols",
+                timed(lambda: old_read(old_root, some)),
+                timed(lambda: snap.load_bars(symbols=some)),
+            ),
             ("pin latest", float("nan"), timed(lambda: store.pin(tmp / "delta", dataset))),
         ]
     print(f"{args.symbols} symbols x {args.bars} bars = {bars.height:,} rows (best of 3 reads, one write)")

@@ -61,7 +61,10 @@ class Backend:
             return [fn(task) for task in tasks]
         from joblib import Parallel, delayed
 
-        return list(Parallel(n_jobs=min(self.jobs, len(tasks)), backend="loky")(delayed(fn)(t) for t in tasks))
+        from quant_cli.workers import pool_kwargs  # workers die with this process, also on kill -9
+
+        parallel = Parallel(n_jobs=min(self.jobs, len(tasks)), backend="loky", **pool_kwargs())
+        return list(parallel(delayed(fn)(t) for t in tasks))
 
     def check_shared(self, homes: dict[str, Path]) -> None:
         """Local workers share this machine's file system: nothing to check."""

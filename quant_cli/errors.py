@@ -7,6 +7,8 @@ and how to fix it.
 from __future__ import annotations
 
 import difflib
+import errno
+import os
 import re
 from collections.abc import Iterable
 
@@ -39,6 +41,44 @@ class BundleError(QFactoryError):
 
 class StorageError(QFactoryError):
     """A file or folder cannot be written or read: permission denied, read-only file system, disk full."""
+
+
+_PERMISSIONS = "check the path and its permissions (--data-dir, --runs-dir, --source, --recipe), or pass another one"
+# Storage failures a user fixes at the path (disk full, read-only, permissions): errno -> the fix.
+STORAGE_FIXES = {
+    errno.EACCES: _PERMISSIONS,
+    errno.EPERM: _PERMISSIONS,
+    errno.EROFS: "the file system is read-only; pass a writable --runs-dir / --data-dir",
+    errno.ENOSPC: "free disk space there, or pass a --runs-dir / --data-dir on another disk",
+    errno.EDQUOT: "free space within your disk quota, or pass a --runs-dir / --data-dir elsewhere",
+}
+# Native libraries report these in their own exception types, with the errno only in the message:
+# polars and deltalake (Rust) say "(os error 28)"; SQLite (Optuna's study) says "database or disk is full".
+_NATIVE_ERRNO = re.compile(r"os error (\d+)")
+_NATIVE_REASONS = {"no space left on device": errno.ENOSPC, "database or disk is full": errno.ENOSPC,
+                   "disk quota exceeded": errno.EDQUOT, "read-only file system": errno.EROFS,
+                   "readonly database": errno.EROFS, "permission denied": errno.EACCES}
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The errno of an OS failure, also when a native library wrapped it in its own exception type."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    text = str(exc)
+    if found := _NATIVE_ERRNO.search(text):
+        return int(found.group(1))
+    lowered = text.lower()
+    return next((code for reason, code in _NATIVE_REASONS.items() if reason in lowered), None)
+
+
+def storage_error(exc: BaseException, path: object, *, own_name: bool = True) -> StorageError | None:
+    """`exc` as a one-line StorageError naming the path, when it is a disk-full, read-only or permission
+    failure (else None). With `own_name`, an OSError that names its own file is reported at that file."""
+    code = os_errno(exc)
+    if code not in STORAGE_FIXES:
+        return None
+    named = getattr(exc, "filename", None) if own_name else None
+    return StorageError(f"{named if named is not None else path}: {os.strerror(code).lower()}; {STORAGE_FIXES[code]}")
 
 
 def suggest(received: str, allowed: Iterable[str]) -> str:

@@ -8,6 +8,7 @@ import re
 import secrets
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,59 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+
+@contextmanager
+def storage_errors(path: Path | str, *, own_name: bool = True) -> Iterator[None]:
+    """Disk-full, read-only and permission failures in the block become a StorageError naming `path`
+    (or, with `own_name`, the file an OSError names itself): exit 2 and one line, whoever raised it.
+    polars and deltalake raise their own exception types for these (errno only in the message)."""
+    from quant_cli.errors import QFactoryError, storage_error
+
+    try:
+        yield
+    except QFactoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any library's wrapper of an OS failure
+        error = storage_error(exc, path, own_name=own_name)
+        if error is None:
+            raise
+        raise error from exc
+
+
+@contextmanager
+def native_stderr_held() -> Iterator[None]:
+    """Hold back what native code writes to file descriptor 2 during the block; drop it when the block
+    fails on a storage error, else pass it on. deltalake's Rust writer threads panic after a failed
+    write on a full disk ("Already shut down", a backtrace each): a StorageError's one line says it all."""
+    from quant_cli.errors import STORAGE_FIXES, os_errno
+
+    sys.stderr.flush()
+    held = os.memfd_create("qfactory-stderr") if hasattr(os, "memfd_create") else _unlinked_temp_fd()
+    saved = os.dup(2)
+    os.dup2(held, 2)
+    drop = False
+    try:
+        yield
+    except BaseException as exc:
+        drop = os_errno(exc) in STORAGE_FIXES
+        raise
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if not drop:
+            os.lseek(held, 0, os.SEEK_SET)
+            while chunk := os.read(held, 1 << 16):
+                os.write(2, chunk)
+        os.close(held)
+
+
+def _unlinked_temp_fd() -> int:
+    import tempfile
+
+    handle = tempfile.TemporaryFile()
+    return os.dup(handle.fileno())
 
 
 def new_temp_file(folder: Path, prefix: str, suffix: str = ".tmp") -> Path:
@@ -26,7 +80,8 @@ def new_temp_file(folder: Path, prefix: str, suffix: str = ".tmp") -> Path:
     while True:
         tmp = Path(folder) / f"{prefix}{secrets.token_hex(6)}{suffix}"
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            with storage_errors(folder, own_name=False):
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return tmp
         except FileExistsError:
             continue
@@ -37,22 +92,26 @@ def new_temp_dir(folder: Path, prefix: str) -> Path:
     while True:
         tmp = Path(folder) / f"{prefix}{secrets.token_hex(6)}"
         try:
-            tmp.mkdir(mode=0o777)
+            with storage_errors(folder, own_name=False):
+                tmp.mkdir(mode=0o777)
             return tmp
         except FileExistsError:
             continue
 
 
 def _tmp_sibling(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with storage_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     return new_temp_file(path.parent, prefix=f".{path.name}.")
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Every failure names `path`, not the temporary sibling the OS error is about."""
     tmp = _tmp_sibling(path)
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with storage_errors(path, own_name=False):
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -166,8 +225,9 @@ def read_run_json(run_dir: Path, relative: str) -> dict[str, Any]:
 def write_parquet_atomic(path: Path, df: pl.DataFrame) -> None:
     tmp = _tmp_sibling(path)
     try:
-        df.write_parquet(tmp, statistics=True)
-        os.replace(tmp, path)
+        with storage_errors(path, own_name=False):  # polars: a ComputeError "... (os error 28)", not an OSError
+            df.write_parquet(tmp, statistics=True)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -177,15 +237,18 @@ def staged_dir(final: Path) -> Iterator[Path]:
     """Yield an empty staging directory that becomes `final` only if the block succeeds.
 
     `final` must not exist yet. On any exception the staging directory is removed, so a
-    failed stage never leaves a half-written directory behind.
+    failed stage never leaves a half-written directory behind. A full disk (or a read-only or
+    unwritable one) while the block writes into it is a StorageError naming `final`.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
+    with storage_errors(final.parent):
+        final.parent.mkdir(parents=True, exist_ok=True)
     staging = new_temp_dir(final.parent, prefix=f"{STAGING_PREFIX}{final.name}-")
     try:
-        write_owner(staging)
-        yield staging
-        release_owner(staging)
-        os.replace(staging, final)
+        with storage_errors(final):
+            write_owner(staging)
+            yield staging
+            release_owner(staging)
+            os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -148,9 +148,30 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "grad_clip": Key("float", 1.0, "torch models: clip the global gradient norm to this (0: off).", minimum=0.0),
         "patience": Key("int", 5, "torch models: stop after this many epochs without improvement of train.monitor on the validation rows (0: never).", minimum=0),
         "monitor": Key("str", "loss", "torch models: what early stopping and the kept best epoch follow: validation loss, or validation IC.", choices=("loss", "ic")),
-        "loss": Key("str", "mse", "torch models (regression): mse, huber, or sharpe (maximise mean/std of the per-timestamp portfolio return of tanh(score)); classifiers use cross-entropy.", choices=("mse", "huber", "sharpe")),
-        "precision": Key("str", "auto", "torch models: auto (bf16 autocast on a CUDA GPU that supports it, else fp32), fp32 or bf16.", choices=("auto", "fp32", "bf16")),
-        "compile": Key("bool", False, "torch models: torch.compile the network (worth it on a GPU for long fits)."),
+        "loss": Key("str", "mse", "torch models (regression): mse, huber, sharpe (maximise mean/std of the "
+                    "per-timestamp portfolio return of tanh(score)), or pnl (maximise the mean per-timestamp return of "
+                    "position tanh(score) net of train.pnl_cost_bps x |position change|, minus "
+                    "train.pnl_drawdown_penalty x max drawdown); classifiers use cross-entropy.",
+                    choices=("mse", "huber", "sharpe", "pnl")),
+        "pnl_cost_bps": Key("float", 5.0, "torch models, train.loss = \"pnl\": cost in basis points per unit of "
+                            "position traded (the previous position comes from the same symbol's window ending one bar "
+                            "earlier).", minimum=0.0, maximum=10_000.0),
+        "pnl_drawdown_penalty": Key("float", 0.0, "torch models, train.loss = \"pnl\": weight of the max drawdown of "
+                                    "the batch's cumulative per-timestamp returns (0: off).",
+                                    minimum=0.0, maximum=1_000.0),
+        "precision": Key("str", "auto",
+                         "torch models: autocast of the training forward/backward: auto (bf16 on a CUDA GPU that "
+                         "supports it, else fp16 with loss scaling on CUDA, else fp32), fp32, bf16 or fp16; the run "
+                         "records what was used.", choices=("auto", "fp32", "bf16", "fp16")),
+        "inference_precision": Key("str", "fp32",
+                                   "torch models: precision of scoring (validation, test, predict, serve): fp32, or "
+                                   "auto/bf16/fp16 autocast as for train.precision.",
+                                   choices=("fp32", "auto", "bf16", "fp16")),
+        "compile": Key("bool", False, "torch models: torch.compile the training forward with dynamic shapes (worth it "
+                                      "on a GPU for long fits)."),
+        "nproc": Key("int", 1, "torch models: data-parallel processes on this machine (--nproc overrides): gloo on "
+                               "CPU, nccl on CUDA with one GPU per process; the global batch stays batch_size.",
+                     minimum=1, maximum=1024),
     },
     "backtest": {
         "strategy": Key("str", "long_short", "long_short: long the top, short the bottom quantile; long_only: long the top quantile; top_k: long the top_k (and short the bottom top_k with top_k_short); threshold: sign(score) where |score| > threshold; proportional: weights ∝ demeaned score; sign: sign(score) per symbol (single-asset data).", choices=("long_short", "long_only", "top_k", "threshold", "proportional", "sign")),

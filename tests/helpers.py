@@ -32,8 +32,12 @@ def random_bars(rng: np.random.Generator, n_symbols: int) -> pl.DataFrame:
 
 
 # kind -> (log returns, cross-sectional transform) for the forward-return family
-_FORWARD = {"forward": (False, "none"), "cross_sectional_rank": (False, "rank"),
-            "log_rank": (True, "rank"), "zscore": (False, "zscore")}
+_FORWARD = {
+    "forward": (False, "none"),
+    "cross_sectional_rank": (False, "rank"),
+    "log_rank": (True, "rank"),
+    "zscore": (False, "zscore"),
+}
 LABEL_KINDS = (*_FORWARD, "direction", "triple_barrier")
 
 
@@ -41,7 +45,13 @@ def labels_for(bars: pl.DataFrame, kind: str, horizon: int) -> pl.DataFrame:
     """Labels (symbol, ts, label, t1) of one kind, executed next_close; triple-barrier t1 is the
     touch time, so it varies row by row."""
     if kind == "triple_barrier":
-        cfg = load_recipe(None)["label"] | {"kind": kind, "horizon": horizon, "profit_take": 1.0, "stop_loss": 1.0, "vol_span": 5}
+        cfg = load_recipe(None)["label"] | {
+            "kind": kind,
+            "horizon": horizon,
+            "profit_take": 1.0,
+            "stop_loss": 1.0,
+            "vol_span": 5,
+        }
         return triple_barrier(bars, cfg, "next_close")
     if kind == "direction":
         return direction(bars, horizon, "next_close", 0.001)
@@ -52,8 +62,15 @@ def labels_for(bars: pl.DataFrame, kind: str, horizon: int) -> pl.DataFrame:
 # ---- model inputs ------------------------------------------------------------------------------------
 
 
-def model_panel(n_ts: int = 100, n_sym: int = 3, horizon: int = 3, seed: int = 0, task: str = "regression",
-                n_features: int = 3, noise: float = 0.3) -> tuple[np.ndarray, ...]:
+def model_panel(
+    n_ts: int = 100,
+    n_sym: int = 3,
+    horizon: int = 3,
+    seed: int = 0,
+    task: str = "regression",
+    n_features: int = 3,
+    noise: float = 0.3,
+) -> tuple[np.ndarray, ...]:
     """X, y, ts, t1, symbols for n_ts timestamps x n_sym symbols (rows ordered by time); y is
     linear in the first two features plus noise, or its -1/0/1 class for classification."""
     rng = np.random.default_rng(seed)
@@ -88,4 +105,6 @@ def prices_rewritten_after(bars: pl.DataFrame, after: dt.datetime, seed: int = 0
     same factor for a bar's four prices, so high >= low still holds): the leakage tests' future."""
     factor = pl.Series(np.exp(np.random.default_rng(seed).normal(0, 0.05, bars.height)))
     later = pl.col("ts") > after
-    return bars.with_columns(pl.when(later).then(pl.col(c) * factor).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close"))
+    return bars.with_columns(
+        pl.when(later).then(pl.col(c) * factor).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close")
+    )

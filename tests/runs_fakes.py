@@ -8,22 +8,49 @@ from pathlib import Path
 from typing import Any
 
 
-def fake_run(root: Path, run_id: str, created: str, *, dataset: str = "d", model: str = "lightgbm",
-             stages: tuple[str, ...] = ("split", "train", "backtest"), backtest: dict[str, Any] | None = None,
-             test_ic: float = 0.02, recipe: str | None = None, **manifest: Any) -> Path:
+def fake_run(
+    root: Path,
+    run_id: str,
+    created: str,
+    *,
+    dataset: str = "d",
+    model: str = "lightgbm",
+    stages: tuple[str, ...] = ("split", "train", "backtest"),
+    backtest: dict[str, Any] | None = None,
+    test_ic: float = 0.02,
+    recipe: str | None = None,
+    **manifest: Any,
+) -> Path:
     """A run folder; `backtest` is the metrics.json backtest block (omitted when None)."""
     folder = root / run_id
     folder.mkdir(parents=True)
-    entries = {s: {"status": "done", "seconds": 1.5, "finished": created, **({"model": model} if s == "train" else {})} for s in stages}
-    body = {"run_id": run_id, "created": created, "seed": 42, "device": "cpu", "qfactory_version": "0.1.0",
-            "dataset": {"name": dataset, "version": 0, "content_hash": "x"}, "stages": entries, **manifest}
+    entries = {
+        s: {"status": "done", "seconds": 1.5, "finished": created, **({"model": model} if s == "train" else {})}
+        for s in stages
+    }
+    body = {
+        "run_id": run_id,
+        "created": created,
+        "seed": 42,
+        "device": "cpu",
+        "qfactory_version": "0.1.0",
+        "dataset": {"name": dataset, "version": 0, "content_hash": "x"},
+        "stages": entries,
+        **manifest,
+    }
     (folder / "manifest.json").write_text(json.dumps(body))
-    metrics: dict[str, Any] = {"val": {"ic": 0.03, "rank_ic": 0.031}, "test": {"ic": test_ic, "rank_ic": test_ic}, "train": {"model": model}}
+    metrics: dict[str, Any] = {
+        "val": {"ic": 0.03, "rank_ic": 0.031},
+        "test": {"ic": test_ic, "rank_ic": test_ic},
+        "train": {"model": model},
+    }
     if backtest is not None:
         metrics["backtest"] = backtest
     if "train" in stages:  # a split-only run has no metrics.json
         (folder / "metrics.json").write_text(json.dumps(metrics))
-    (folder / "recipe.toml").write_text(recipe or f'[run]\nname = "r"\n[data]\ndataset = "{dataset}"\n[model]\nname = "{model}"\n')
+    (folder / "recipe.toml").write_text(
+        recipe or f'[run]\nname = "r"\n[data]\ndataset = "{dataset}"\n[model]\nname = "{model}"\n'
+    )
     return folder
 
 

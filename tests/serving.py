@@ -24,6 +24,7 @@ BASE = ['data.dataset="p"', 'features.sets=["core"]', "features.windows=[5, 10]"
 FAST = {"lightgbm": ["model.params.n_estimators=20", "model.params.min_data_in_leaf=20"],
         "mlp": ['model.name="mlp"', "train.epochs=3", "model.params.hidden=[8]"],
         "random_forest": ['model.name="random_forest"', "model.params.n_estimators=5"],
+        "xgboost": ['model.name="xgboost"', "model.params.n_estimators=10", "model.params.max_depth=3"],
         # short exact warm-ups (ret_w: w + 1 bars), so a request one bar short of the window is wrong
         "lstm": ['features.sets=[]', 'features.include=["ret_5", "ret_10"]', 'model.name="lstm"', "model.params.seq_len=8", "model.params.hidden=8", "train.epochs=2", "train.batch_size=64",
                  "train.patience=0"],

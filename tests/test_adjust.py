@@ -24,7 +24,10 @@ def split_panel() -> tuple[pl.DataFrame, object]:
     day = bars["ts"].unique().sort()[SPLIT_AT]
     before = (pl.col("symbol") == "S000") & (pl.col("ts") < day)
     raw = bars.with_columns(
-        *[pl.when(before).then(pl.col(c) * 2.0).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close")],
+        *[
+            pl.when(before).then(pl.col(c) * 2.0).otherwise(pl.col(c)).alias(c)
+            for c in ("open", "high", "low", "close")
+        ],
         pl.when(before).then(pl.col("volume") / 2.0).otherwise(pl.col("volume")).alias("volume"),
     )
     return raw, day
@@ -43,16 +46,22 @@ def test_adjusted_label_across_a_split_is_no_crash():
     returns = period_returns(adjusted, "next_close").filter(pl.col("symbol") == "S000")
     assert returns["ret"].abs().max() < 0.1
     ratio = adjusted.filter(pl.col("symbol") == "S000").select((pl.col("volume") * pl.col("close")).alias("dollars"))
-    assert ratio.equals(raw.filter(pl.col("symbol") == "S000").select((pl.col("volume") * pl.col("close")).alias("dollars")))
+    assert ratio.equals(
+        raw.filter(pl.col("symbol") == "S000").select((pl.col("volume") * pl.col("close")).alias("dollars"))
+    )
 
 
 def test_symbols_without_adj_close_keep_raw_prices_with_one_notice():
     raw, _ = split_panel()
-    raw = raw.with_columns(pl.when(pl.col("symbol") == "S002").then(None).otherwise(pl.col("adj_close")).alias("adj_close"))
+    raw = raw.with_columns(
+        pl.when(pl.col("symbol") == "S002").then(None).otherwise(pl.col("adj_close")).alias("adj_close")
+    )
     reporter = CollectingReporter()
     adjustment = resolve(None, raw, reporter)
     assert adjustment == Adjustment("split_dividend", ("S002",))
-    assert reporter.texts("notice") == ["data.adjust = 'split_dividend': 1 symbol(s) have no adj_close on some bars and use raw prices: S002"]
+    assert reporter.texts("notice") == [
+        "data.adjust = 'split_dividend': 1 symbol(s) have no adj_close on some bars and use raw prices: S002"
+    ]
     adjusted = adjustment.apply(raw)
     assert adjusted.filter(pl.col("symbol") == "S002").equals(raw.filter(pl.col("symbol") == "S002"))
     assert resolve("none", raw) == Adjustment("none") and resolve(None, raw.drop("adj_close")) == Adjustment("none")
@@ -62,8 +71,13 @@ def test_symbols_without_adj_close_keep_raw_prices_with_one_notice():
 def test_runs_label_and_backtest_on_adjusted_prices(tmp_path, adjust):
     raw, day = split_panel()
     write_store(tmp_path / "data", "p", raw, "test")
-    overrides = ['data.dataset="p"', 'features.sets=["core"]', "model.params.n_estimators=20", "train.threads=1",
-                 'backtest.strategy="sign"']
+    overrides = [
+        'data.dataset="p"',
+        'features.sets=["core"]',
+        "model.params.n_estimators=20",
+        "train.threads=1",
+        'backtest.strategy="sign"',
+    ]
     recipe = load_recipe(None, overrides + ([f'data.adjust="{adjust}"'] if adjust else []))
     run = stages.train_new(recipe, tmp_path / "data", tmp_path / "runs").run
     stages.backtest_existing(run, tmp_path / "data")

@@ -22,8 +22,15 @@ from quant_cli.recipe import load_recipe
 def ray_instance():
     """ONE local Ray instance for the module (starting Ray takes seconds); the backend reuses it."""
     ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             object_store_memory=256 * 1024**2, _node_ip_address="127.0.0.1")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        object_store_memory=256 * 1024**2,
+        _node_ip_address="127.0.0.1",
+    )
     yield ray
     ray.shutdown()
 
@@ -42,12 +49,16 @@ def test_a_feature_build_through_ray_equals_local_bit_for_bit(ray_instance, runn
     # alpha158 (per symbol) plus a cross-sectional rank (pass 2, after the groups), in 3 groups
     sets = ['data.dataset="p"', 'features.sets=["core", "alpha158"]', 'features.cross_sectional=["ret_5"]']
     local = feature_table(load_recipe(None, sets), tmp_path / "local", chunk_rows=400)
-    (tmp_path / "r.toml").write_text('[data]\ndataset = "p"\n[features]\nsets = ["core", "alpha158"]\ncross_sectional = ["ret_5"]\n')
+    (tmp_path / "r.toml").write_text(
+        '[data]\ndataset = "p"\n[features]\nsets = ["core", "alpha158"]\ncross_sectional = ["ret_5"]\n'
+    )
     from quant_cli.features import build
 
     build.DEFAULT_CHUNK_ROWS, default = 400, build.DEFAULT_CHUNK_ROWS
     try:
-        result = runner.invoke(app, ["features", "--recipe", "r.toml", "--data-dir", str(tmp_path / "ray"), "--backend", "ray", "--json"])
+        result = runner.invoke(
+            app, ["features", "--recipe", "r.toml", "--data-dir", str(tmp_path / "ray"), "--backend", "ray", "--json"]
+        )
     finally:
         build.DEFAULT_CHUNK_ROWS = default
     assert result.exit_code == 0, result.output
@@ -60,15 +71,27 @@ def test_a_tuning_study_through_ray_equals_local(ray_instance, tmp_path):
     from quant_cli.tune.study import tune_new
 
     write_store(tmp_path / "data", "p", generate(symbols=5, bars=250, seed=2), "test")
-    recipe = load_recipe(None, [
-        'data.dataset="p"', "label.horizon=2", "model.params={n_estimators=30, min_data_in_leaf=20}",
-        "train.early_stopping=0", "train.threads=1", "tune.refit=false", "tune.startup_trials=2", "tune.report_every=10",
-        'tune.space={"model.params.num_leaves"={int=[4, 32]}, "model.params.learning_rate"={float=[0.02, 0.2], log=true}}',
-    ])
+    recipe = load_recipe(
+        None,
+        [
+            'data.dataset="p"',
+            "label.horizon=2",
+            "model.params={n_estimators=30, min_data_in_leaf=20}",
+            "train.early_stopping=0",
+            "train.threads=1",
+            "tune.refit=false",
+            "tune.startup_trials=2",
+            "tune.report_every=10",
+            'tune.space={"model.params.num_leaves"={int=[4, 32]}, '
+            '"model.params.learning_rate"={float=[0.02, 0.2], log=true}}',
+        ],
+    )
     # One job each: the same batches of one trial (in this process locally; a Ray worker loads
     # the tune run's stored split). Batches of N trials are the same on both backends likewise.
-    studies = [tune_new(recipe, tmp_path / "data", tmp_path / "runs", trials=4, backend=b).trials.drop("seconds")
-               for b in ("ray", "local")]
+    studies = [
+        tune_new(recipe, tmp_path / "data", tmp_path / "runs", trials=4, backend=b).trials.drop("seconds")
+        for b in ("ray", "local")
+    ]
     assert studies[0].height == 4 and studies[0].equals(studies[1])
 
 
@@ -102,11 +125,16 @@ def test_an_unreachable_ray_head_and_an_unknown_backend_are_one_line(runner, tmp
 
     with pytest.raises(QFactoryError) as error:  # checked before ray.init, which retries for minutes
         _check_reachable("127.0.0.1:1")
-    assert str(error.value) == ("--backend ray: cannot reach the Ray head at RAY_ADDRESS=127.0.0.1:1 (Connection refused); "
-                                "start it with `ray start --head` and check the address, or unset RAY_ADDRESS to run locally")
+    assert str(error.value) == (
+        "--backend ray: cannot reach the Ray head at RAY_ADDRESS=127.0.0.1:1 (Connection refused); "
+        "start it with `ray start --head` and check the address, or unset RAY_ADDRESS to run locally"
+    )
     (tmp_path / "r.toml").write_text('[data]\ndataset = "p"\n')
     result = runner.invoke(app, ["tune", "--recipe", "r.toml", "--backend", "foo"])
-    assert result.exit_code == 2 and result.stderr.strip() == "error: --backend 'foo' is not a backend; allowed: local, ray"
+    assert (
+        result.exit_code == 2
+        and result.stderr.strip() == "error: --backend 'foo' is not a backend; allowed: local, ray"
+    )
 
 
 def test_walkforward_folds_through_ray_equal_local(ray_instance, runner, tmp_path):

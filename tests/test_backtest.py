@@ -15,8 +15,11 @@ CFG = {"strategy": "long_short", "quantile": 0.5, "cost_bps": 0.0, "execution": 
 
 def target_weights(scores: pl.DataFrame, strategy: str, quantile: float) -> pl.DataFrame:
     """One timestamp's weights, in the frame's symbol order (scores of a single ts)."""
-    w = base_weights(scores["score"].cast(pl.Float64).fill_null(float("nan")).to_numpy()[None, :],
-                     {"strategy": strategy, "quantile": quantile}, np.ones(1, bool))
+    w = base_weights(
+        scores["score"].cast(pl.Float64).fill_null(float("nan")).to_numpy()[None, :],
+        {"strategy": strategy, "quantile": quantile},
+        np.ones(1, bool),
+    )
     return scores.select("symbol", pl.Series("weight", w[0]))
 
 
@@ -29,7 +32,8 @@ def bars_from(closes: dict[str, list[float]]) -> pl.DataFrame:
     start = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
     rows = [
         {"symbol": s, "ts": start + dt.timedelta(days=i), "open": c, "close": c}
-        for s, series in closes.items() for i, c in enumerate(series)
+        for s, series in closes.items()
+        for i, c in enumerate(series)
     ]
     return pl.DataFrame(rows).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
 
@@ -71,11 +75,17 @@ def test_single_symbol_long_short_holds_nothing():
 def test_rebalance_every_holds_weights_between_rebalances():
     bars = bars_from({"A": [100, 101, 102, 103, 104, 105, 106], "B": [100, 99, 98, 97, 96, 95, 94]})
     flip = pl.when(pl.col("ts").dt.day() % 2 == 0).then(1.0).otherwise(-1.0)
-    scores = bars.select("symbol", "ts", (flip * pl.when(pl.col("symbol") == "A").then(1.0).otherwise(-1.0)).alias("score"))
+    scores = bars.select(
+        "symbol", "ts", (flip * pl.when(pl.col("symbol") == "A").then(1.0).otherwise(-1.0)).alias("score")
+    )
     daily, _ = run(scores, bars, CFG)
     held, _ = run(scores, bars, CFG | {"rebalance_every": 3}, periods_per_year=252)
-    assert daily["turnover"].to_list()[1:] == pytest.approx([2.0] * (daily.height - 1), rel=0.02)  # flips every bar (plus drift)
-    assert held["turnover"].to_list() == pytest.approx([1.0, 0.0, 0.0, 2.0, 0.0], rel=0.02, abs=1e-15)  # trades on bars 0 and 3 only
+    assert daily["turnover"].to_list()[1:] == pytest.approx(
+        [2.0] * (daily.height - 1), rel=0.02
+    )  # flips every bar (plus drift)
+    assert held["turnover"].to_list() == pytest.approx(
+        [1.0, 0.0, 0.0, 2.0, 0.0], rel=0.02, abs=1e-15
+    )  # trades on bars 0 and 3 only
 
 
 def test_nan_and_null_scores_are_never_held():
@@ -83,7 +93,9 @@ def test_nan_and_null_scores_are_never_held():
     scores = pl.DataFrame({"symbol": list("ABCDE"), "ts": [1] * 5, "score": [float("nan"), 3.0, 2.0, 1.0, None]})
     assert target_weights(scores, "long_short", 0.34)["weight"].to_list() == pytest.approx([0.0, 0.5, 0.0, -0.5, 0.0])
     # n counts only the three scored symbols, so sign weights still sum to at most 1.
-    assert target_weights(scores.with_columns(pl.col("score") - 2), "sign", 0.2)["weight"].to_list() == pytest.approx([0.0, 1 / 3, 0.0, -1 / 3, 0.0])
+    assert target_weights(scores.with_columns(pl.col("score") - 2), "sign", 0.2)["weight"].to_list() == pytest.approx(
+        [0.0, 1 / 3, 0.0, -1 / 3, 0.0]
+    )
 
 
 def test_tied_scores_share_the_bucket_whatever_their_names():
@@ -102,7 +114,9 @@ def test_one_bar_label_is_the_return_the_backtest_books(execution):
     """forward_return(h=1) and the engine's period return are the same number on the same bars,
     including across missing days and with the rows given out of order (DESIGN.md §3)."""
     bars = generate(symbols=3, bars=80, seed=4)
-    bars = bars.filter(~((pl.col("symbol") == "S001") & (pl.col("ts").dt.day() % 5 == 0))).sample(fraction=1.0, shuffle=True, seed=1)
+    bars = bars.filter(~((pl.col("symbol") == "S001") & (pl.col("ts").dt.day() % 5 == 0))).sample(
+        fraction=1.0, shuffle=True, seed=1
+    )
     labels = forward_return(bars, 1, execution)
     booked = period_returns(bars, execution)
     both = labels.join(booked, on=["symbol", "ts"], how="full", coalesce=True)
@@ -110,16 +124,24 @@ def test_one_bar_label_is_the_return_the_backtest_books(execution):
     assert both["label"].to_list() == pytest.approx(both["ret"].to_list(), rel=1e-12)
     # ...and a held position earns it: one unit long one symbol books its label as the period's gross.
     one = labels.filter(pl.col("symbol") == "S001")
-    curve, _ = run(one.select("symbol", "ts", pl.lit(1.0).alias("score")), bars,
-                            CFG | {"strategy": "sign", "execution": execution}, periods_per_year=252)
+    curve, _ = run(
+        one.select("symbol", "ts", pl.lit(1.0).alias("score")),
+        bars,
+        CFG | {"strategy": "sign", "execution": execution},
+        periods_per_year=252,
+    )
     assert curve.sort("ts")["gross"].to_list() == pytest.approx(one.sort("ts")["label"].to_list(), rel=1e-12)
 
 
 def scores_from(table: dict[str, list[float | None]]) -> pl.DataFrame:
     """symbol -> score per bar (None: no row for that symbol on that bar)."""
     start = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
-    rows = [{"symbol": s, "ts": start + dt.timedelta(days=i), "score": v}
-            for s, values in table.items() for i, v in enumerate(values) if v is not None]
+    rows = [
+        {"symbol": s, "ts": start + dt.timedelta(days=i), "score": v}
+        for s, values in table.items()
+        for i, v in enumerate(values)
+        if v is not None
+    ]
     return pl.DataFrame(rows).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
 
 
@@ -129,7 +151,9 @@ FLAT = {s: [100.0] * 8 for s in "ABCD"}
 def test_a_symbol_missing_on_a_rebalance_date_is_flat_until_the_next_one():
     # A is long after bar 0; on the rebalance at bar 2 it has no row, so B takes the long side. A's
     # old weight must not come back on bar 3: that would be 1.5 gross (two longs of 0.5, one short).
-    scores = scores_from({"A": [4, 1, None, 4, 4, 4], "B": [3, 2, 4, 2, 2, 2], "C": [2, 3, 3, 3, 3, 3], "D": [1, 4, 1, 1, 1, 1]})
+    scores = scores_from(
+        {"A": [4, 1, None, 4, 4, 4], "B": [3, 2, 4, 2, 2, 2], "C": [2, 3, 3, 3, 3, 3], "D": [1, 4, 1, 1, 1, 1]}
+    )
     curve, _ = run(scores, bars_from(FLAT), CFG | {"quantile": 0.25, "rebalance_every": 2}, periods_per_year=252)
     assert curve["turnover"].to_list() == pytest.approx([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])  # A out on 2, back on 4
     assert curve["exposure"].to_list() == pytest.approx([1.0] * 6)

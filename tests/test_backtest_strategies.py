@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quant_cli.backtest.engine import run_backtest
-from quant_cli.backtest.strategies import limit, rebalance_rows, size
+from quant_cli.backtest.engine import run_backtest, with_defaults
 from quant_cli.backtest.simulate import Costs, simulate
+from quant_cli.backtest.strategies import check_universe, limit, rebalance_rows, size, universe_of
 from quant_cli.cli import app
+from quant_cli.errors import RecipeError
 
 DAY0 = dt.datetime(2020, 1, 6, tzinfo=dt.timezone.utc)  # a Monday
 # Decision rows 0..2 have a next-bar return (next_close: close[t+2] / close[t+1] - 1):
@@ -42,7 +43,11 @@ EXPECTED = {
 
 
 def frame(values: dict[str, list[float]], column: str) -> pl.DataFrame:
-    rows = [{"symbol": s, "ts": DAY0 + dt.timedelta(days=i), column: v} for s, vs in values.items() for i, v in enumerate(vs)]
+    rows = [
+        {"symbol": s, "ts": DAY0 + dt.timedelta(days=i), column: v}
+        for s, vs in values.items()
+        for i, v in enumerate(vs)
+    ]
     return pl.DataFrame(rows).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
 
 
@@ -85,8 +90,14 @@ def test_every_strategy_positions_and_pnl_by_hand(name):
     assert costly.curve["net"].to_numpy() == pytest.approx(reference(targets, R, fee=0.01), rel=1e-12)
 
 
-@pytest.mark.parametrize(("extra", "held"), [({"top_k": 2}, "all of them each date, equally weighted"),
-                                             ({"top_k": 1, "top_k_short": True}, "the top and bottom 1 each date"), ({"top_k": 1}, None)])
+@pytest.mark.parametrize(
+    ("extra", "held"),
+    [
+        ({"top_k": 2}, "all of them each date, equally weighted"),
+        ({"top_k": 1, "top_k_short": True}, "the top and bottom 1 each date"),
+        ({"top_k": 1}, None),
+    ],
+)
 def test_a_top_k_that_holds_every_scored_symbol_says_so(tmp_path, extra, held):
     """top_k at least the universe is the equal-weight book (long and short halves with
     top_k_short), not a selection by score: the backtest says so in one notice."""
@@ -96,8 +107,17 @@ def test_a_top_k_that_holds_every_scored_symbol_says_so(tmp_path, extra, held):
     reporter = CollectingReporter()
     write_backtest(tmp_path, frame(SCORES, "score"), BARS, BASE | {"strategy": "top_k"} | extra, 252, reporter=reporter)
     short = " with top_k_short" if extra.get("top_k_short") else ""
-    expected = [("notice", f"backtest.top_k = {extra['top_k']}{short} but only 2 symbol(s) are scored: the book holds {held}; "
-                           "lower top_k to trade a selection by score")] if held else []
+    expected = (
+        [
+            (
+                "notice",
+                f"backtest.top_k = {extra['top_k']}{short} but only 2 symbol(s) are scored: the book holds {held}; "
+                "lower top_k to trade a selection by score",
+            )
+        ]
+        if held
+        else []
+    )
     assert reporter.messages == expected
 
 
@@ -129,7 +149,9 @@ def test_results_before_costs_sit_beside_those_after():
     before = backtest("long_short").summary
     assert result.summary["before_costs"]["total_return"] == pytest.approx(before["total_return"])
     assert result.summary["total_return"] < before["total_return"]
-    assert result.curve["equity_before_costs"].to_list() == pytest.approx(backtest("long_short").curve["equity"].to_list())
+    assert result.curve["equity_before_costs"].to_list() == pytest.approx(
+        backtest("long_short").curve["equity"].to_list()
+    )
 
 
 def test_weights_are_traded_as_given():
@@ -162,7 +184,9 @@ def test_sizing_keeps_each_sides_gross():
 def test_limits_clip_weights_then_net_then_gross():
     W = np.array([[0.6, 0.3, -0.1]])
     assert limit(W, {"max_weight": 0.4})[0] == pytest.approx([0.4, 0.3, -0.1])
-    assert limit(W, {"max_net": 0.2})[0] == pytest.approx([0.6 * 0.3 / 0.9, 0.3 * 0.3 / 0.9, -0.1])  # longs shrink to 0.3
+    assert limit(W, {"max_net": 0.2})[0] == pytest.approx(
+        [0.6 * 0.3 / 0.9, 0.3 * 0.3 / 0.9, -0.1]
+    )  # longs shrink to 0.3
     assert limit(W, {"max_gross": 0.5})[0] == pytest.approx([0.3, 0.15, -0.05])
     assert limit(W, {})[0] == pytest.approx([0.6, 0.3, -0.1])  # gross 1.0 is within the default cap
 
@@ -193,14 +217,27 @@ def panels(draw):
 
 def panel_frames(prices: np.ndarray, scores: np.ndarray, first: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     n_sym, n_bars = prices.shape
-    rows = [{"symbol": f"S{i}", "ts": DAY0 + dt.timedelta(days=t), "close": prices[i, t], "open": prices[i, t],
-             "score": scores[i, t] if t >= first else None} for i in range(n_sym) for t in range(n_bars)]
+    rows = [
+        {
+            "symbol": f"S{i}",
+            "ts": DAY0 + dt.timedelta(days=t),
+            "close": prices[i, t],
+            "open": prices[i, t],
+            "score": scores[i, t] if t >= first else None,
+        }
+        for i in range(n_sym)
+        for t in range(n_bars)
+    ]
     bars = pl.DataFrame(rows).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
     return bars.drop("score"), bars.select("symbol", "ts", "score")
 
 
 @settings(max_examples=40, deadline=None)
-@given(panels(), st.sampled_from(["long_short", "top_k", "proportional", "sign"]), st.sampled_from(["next_close", "next_open"]))
+@given(
+    panels(),
+    st.sampled_from(["long_short", "top_k", "proportional", "sign"]),
+    st.sampled_from(["next_close", "next_open"]),
+)
 def test_pnl_never_uses_a_price_from_before_the_fill(panel, strategy, execution):
     """Scores first exist at bar `first` (decided at its close). With the one-bar execution lag the
     first fill is at bar first+1, so every price up to and including bar `first` — the close that
@@ -219,7 +256,9 @@ def test_pnl_never_uses_a_price_from_before_the_fill(panel, strategy, execution)
 
 
 @settings(max_examples=30, deadline=None)
-@given(panels(), st.sampled_from([{}, {"sizing": "inverse_vol", "vol_window": 2}, {"vol_target": 0.1, "vol_window": 2}]))
+@given(
+    panels(), st.sampled_from([{}, {"sizing": "inverse_vol", "vol_window": 2}, {"vol_target": 0.1, "vol_window": 2}])
+)
 def test_a_period_never_depends_on_a_later_price(panel, extra):
     """Net return of decision row t depends on prices up to bar t+2 (its fill and its mark) only:
     rewriting every later bar leaves rows 0..t unchanged, with causal sizing and the vol target."""
@@ -228,7 +267,7 @@ def test_a_period_never_depends_on_a_later_price(panel, extra):
     cfg = BASE | {"strategy": "long_short", "cost_bps": 10.0} | extra
     bars, signal = panel_frames(prices, scores, 0)
     later = prices.copy()
-    later[:, t + 3:] *= 1.7
+    later[:, t + 3 :] *= 1.7
     a = run_backtest(signal, bars, cfg, 252).curve["net"].to_numpy()[: t + 1]
     b = run_backtest(signal, panel_frames(later, scores, 0)[0], cfg, 252).curve["net"].to_numpy()[: t + 1]
     assert a == pytest.approx(b, abs=1e-12)
@@ -244,7 +283,7 @@ def test_a_decision_uses_only_bars_up_to_its_close(panel, extra):
     cfg = BASE | {"strategy": "long_short", "cost_bps": 10.0} | extra
     bars, signal = panel_frames(prices, scores, 0)
     later = prices.copy()
-    later[:, t + 1:] *= np.linspace(0.6, 1.8, later.shape[1] - t - 1)
+    later[:, t + 1 :] *= np.linspace(0.6, 1.8, later.shape[1] - t - 1)
     cut = DAY0 + dt.timedelta(days=t)
 
     def targets(b):
@@ -277,4 +316,52 @@ def test_a_cap_that_forbids_every_position_is_a_recipe_error(runner, tmp_path, k
     (tmp_path / "r.toml").write_text(RECIPE)
     result = runner.invoke(app, ["recipe", "show", "--recipe", str(tmp_path / "r.toml"), "--set", f"backtest.{key}=0"])
     assert result.exit_code == 2, result.output
-    assert result.output.strip().splitlines()[-1] == f"error: --set backtest.{key}=0: 'backtest.{key}' must be at least 0.001, got 0"
+    assert (
+        result.output.strip().splitlines()[-1]
+        == f"error: --set backtest.{key}=0: 'backtest.{key}' must be at least 0.001, got 0"
+    )
+
+
+# ---- a universe the strategy cannot trade (issue 18 §3) ------------------------------------------
+
+ONE_SYMBOL_CFGS = {name: cfg for name, (cfg, _) in EXPECTED.items()} | {
+    "long_only score sizing": {"sizing": "score"},
+    "sign max_net=0": {"max_net": 0.0},
+    "sign inverse_vol": {"sizing": "inverse_vol", "vol_window": 2},
+    "sign max_net=0.5": {"max_net": 0.5},
+}
+
+
+@pytest.mark.parametrize("name", ONE_SYMBOL_CFGS)
+def test_check_universe_refuses_exactly_the_books_that_hold_nothing_on_one_symbol(name):
+    """The rule list in check_universe against the engine: on a one-symbol panel a configuration is
+    refused if and only if the book it trades never holds a position (so a Sharpe would be NaN),
+    or, two-sided, never holds its short side (top_k_short with n_drop keeps a half-gross long)."""
+    cfg = BASE | {"strategy": name.split()[0]} | ONE_SYMBOL_CFGS[name]
+    scores = frame({"A": [2.0, -1.0, 2.0, 1.0, 2.0]}, "score")
+    weight = run_backtest(scores, BARS.filter(pl.col("symbol") == "A"), cfg, 252).weights["weight"]
+    two_sided = cfg["strategy"] in ("long_short", "proportional") or cfg.get("top_k_short")
+    holds = bool((weight.abs() > 0).any()) and not (two_sided and not (weight < 0).any())
+    refused = None
+    try:
+        check_universe(with_defaults(cfg), *universe_of(scores))
+    except RecipeError as exc:
+        refused = str(exc)
+    assert (refused is None) == holds, (name, refused, holds)
+
+
+def test_a_long_short_book_on_one_symbol_is_refused_with_one_line_naming_what_can_trade_it():
+    scores = frame({"EURUSD": [1.0, 2.0, 3.0]}, "score")
+    with pytest.raises(RecipeError) as caught:
+        check_universe(with_defaults({"strategy": "long_short"}), *universe_of(scores))
+    assert str(caught.value) == (
+        "backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, "
+        "but the universe has 1 (EURUSD), so it would never hold a position; "
+        "use a strategy that trades one symbol: 'sign', 'long_only', 'threshold' "
+        "(e.g. --set backtest.strategy=sign), or add symbols to the dataset"
+    )
+    # two symbols that are never scored at the same timestamp are no cross-section either
+    apart = pl.concat([frame({"A": [1.0]}, "score"), frame({"B": [0.0, 1.0]}, "score").filter(pl.col("ts") > DAY0)])
+    with pytest.raises(RecipeError, match=r"the universe has 1 at once \(of 2: A, B\)"):
+        check_universe(with_defaults({"strategy": "proportional"}), *universe_of(apart))
+    check_universe(with_defaults({"strategy": "long_short"}), *universe_of(frame(SCORES, "score")))  # two: fine

@@ -13,9 +13,21 @@ from quant_cli.cli import app
 from quant_cli.io import read_json, write_json_atomic
 from quant_cli.serve.manifest import sha256, write_manifest
 
-PARTS = {"manifest.json", "pipeline.json", "input_schema.json", "output_schema.json", "example/input.json",
-         "example/expected.json", "lookback.json", "versions.json", "source.json", "recipe.toml", "metrics.json",
-         "model/model.json", "model/model.txt"}
+PARTS = {
+    "manifest.json",
+    "pipeline.json",
+    "input_schema.json",
+    "output_schema.json",
+    "example/input.json",
+    "example/expected.json",
+    "lookback.json",
+    "versions.json",
+    "source.json",
+    "recipe.toml",
+    "metrics.json",
+    "model/model.json",
+    "model/model.txt",
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +39,9 @@ def trained(tmp_path_factory):
 def built(trained):
     from typer.testing import CliRunner
 
-    result = CliRunner().invoke(app, ["bundle", "--run", str(trained.run.path), "--archive", "--data-dir", str(trained.data_dir)])
+    result = CliRunner().invoke(
+        app, ["bundle", "--run", str(trained.run.path), "--archive", "--data-dir", str(trained.data_dir)]
+    )
     assert result.exit_code == 0, result.output
     return trained.run.path / "bundle"
 
@@ -46,7 +60,9 @@ def test_bundle_holds_every_part_with_its_hash(trained, built):
     assert manifest["bundle_id"].startswith(trained.run.id)
     pipeline = read_json(built / "pipeline.json")
     schema = read_json(built / "input_schema.json")["x-qfactory"]
-    assert schema["required_bars"] == max(pipeline["warmup"].values()) > 100  # MACD / RSI need far more than their windows
+    assert (
+        schema["required_bars"] == max(pipeline["warmup"].values()) > 100
+    )  # MACD / RSI need far more than their windows
     assert schema["columns"] == ["high", "low", "close", "volume"]
     assert read_json(built / "source.json")["source_run"] == trained.run.id
     assert set(read_json(built / "metrics.json")) >= {"val", "test", "train"}
@@ -81,10 +97,26 @@ def _version(b):
 
 
 TAMPER = {
-    "changed": (_change, "file pipeline.json was changed (SHA-256 differs from manifest.json); the bundle was modified after it was built; rebuild it with `qfactory bundle --run RUN`"),
-    "missing": (_remove, "file model/model.txt is missing; the bundle was modified after it was built; rebuild it with `qfactory bundle --run RUN`"),
-    "extra": (_add, "file notes.txt is not in manifest.json (extra file); the bundle was modified after it was built; rebuild it with `qfactory bundle --run RUN`"),
-    "version": (_version, "manifest.json has schema_version 99, this qfactory reads 1; rebuild the bundle with this qfactory version"),
+    "changed": (
+        _change,
+        "file pipeline.json was changed (SHA-256 differs from manifest.json); "
+        "the bundle was modified after it was built; rebuild it with `qfactory "
+        "bundle --run RUN`",
+    ),
+    "missing": (
+        _remove,
+        "file model/model.txt is missing; the bundle was modified after it was "
+        "built; rebuild it with `qfactory bundle --run RUN`",
+    ),
+    "extra": (
+        _add,
+        "file notes.txt is not in manifest.json (extra file); the bundle was "
+        "modified after it was built; rebuild it with `qfactory bundle --run RUN`",
+    ),
+    "version": (
+        _version,
+        "manifest.json has schema_version 99, this qfactory reads 1; rebuild the bundle with this qfactory version",
+    ),
 }
 
 
@@ -93,7 +125,10 @@ def test_a_tampered_bundle_is_refused_naming_the_file(runner, built, tmp_path, c
     b = _copy(built, tmp_path)
     tamper, message = TAMPER[case]
     tamper(b)
-    for args in (["bundle", "verify", str(b)], ["predict", "--bundle", str(b), "--source", "p", "--out", str(tmp_path / "s.csv")]):
+    for args in (
+        ["bundle", "verify", str(b)],
+        ["predict", "--bundle", str(b), "--source", "p", "--out", str(tmp_path / "s.csv")],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert result.stderr.strip() == f"error: bundle {b}: {message}"
@@ -129,13 +164,28 @@ def test_a_damaged_archive_is_one_line(runner, trained, tmp_path):
 
 def test_runs_are_never_rebundled_and_a_killed_bundle_never_blocks(runner, tmp_path, trained, built):
     again = runner.invoke(app, ["bundle", "--run", str(trained.run.path), "--data-dir", str(trained.data_dir)])
-    assert again.exit_code == 2 and "already has a bundle" in again.stderr
+    run_id = trained.run.path.name
+    assert again.exit_code == 2 and again.stderr.splitlines() == [
+        f"error: run {run_id} already has a bundle (runs are never overwritten); to build another, "
+        f"pass --out DIR: `qfactory bundle --run {run_id} --out DIR`"
+    ]
     out = tmp_path / "elsewhere"
-    made = runner.invoke(app, ["bundle", "--run", str(trained.run.path), "--data-dir", str(trained.data_dir), "--out", str(out)])
+    made = runner.invoke(
+        app, ["bundle", "--run", str(trained.run.path), "--data-dir", str(trained.data_dir), "--out", str(out)]
+    )
     assert made.exit_code == 0 and made.stdout.strip() == str(out)
-    assert read_json(out / "manifest.json")["files"]["model/model.txt"] == read_json(built / "manifest.json")["files"]["model/model.txt"]
-    exists = runner.invoke(app, ["bundle", "--run", str(trained.run.path), "--data-dir", str(trained.data_dir), "--out", str(out)])
-    assert exists.exit_code == 2 and exists.stderr.strip() == f"error: --out {out} already exists; bundles are never overwritten — pass a new folder"
+    assert (
+        read_json(out / "manifest.json")["files"]["model/model.txt"]
+        == read_json(built / "manifest.json")["files"]["model/model.txt"]
+    )
+    exists = runner.invoke(
+        app, ["bundle", "--run", str(trained.run.path), "--data-dir", str(trained.data_dir), "--out", str(out)]
+    )
+    assert (
+        exists.exit_code == 2
+        and exists.stderr.strip()
+        == f"error: --out {out} already exists; bundles are never overwritten — pass a new folder"
+    )
 
 
 def test_killed_bundle_leftovers_are_redone(runner, tmp_path_factory):
@@ -152,7 +202,10 @@ def test_pickled_models_need_trust(runner, tmp_path_factory):
     args = ["bundle", "--run", str(trained.run.path), "--data-dir", str(trained.data_dir)]
     refused = runner.invoke(app, args)
     assert refused.exit_code == 2
-    assert refused.stderr.startswith(f"error: {trained.run.path / 'model'}: model.joblib is a pickle, which runs code when it is loaded; pass --trust-pickle")
+    assert refused.stderr.startswith(
+        f"error: {trained.run.path / 'model'}: model.joblib is a pickle, which "
+        "runs code when it is loaded; pass --trust-pickle"
+    )
     assert runner.invoke(app, [*args, "--trust-pickle"]).exit_code == 0
     bundle = trained.run.path / "bundle"
     verify = runner.invoke(app, ["bundle", "verify", str(bundle)])
@@ -163,4 +216,7 @@ def test_pickled_models_need_trust(runner, tmp_path_factory):
 def test_bundle_needs_a_trained_run(runner, tmp_path):
     result = runner.invoke(app, ["bundle"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: pass --run RUN (a run path, run id or 'latest'), or use `qfactory bundle verify B`"
+    assert (
+        result.stderr.strip()
+        == "error: pass --run RUN (a run path, run id or 'latest'), or use `qfactory bundle verify B`"
+    )

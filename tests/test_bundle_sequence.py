@@ -5,6 +5,7 @@ batch predict scores every bar with a full window, and a request one bar short i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -15,7 +16,6 @@ from quant_cli.data.store import load_bars
 from quant_cli.errors import DataError
 from quant_cli.io import read_json
 from quant_cli.serve.bundle import load
-from pathlib import Path
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +50,33 @@ def test_predict_scores_every_bar_with_a_full_window_and_refuses_one_bar_short(r
     trained, bundle = built
     need = read_json(bundle / "input_schema.json")["x-qfactory"]["required_bars"]
     out = tmp_path / "all.parquet"
-    result = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", "p", "--out", str(out), "--all",
-                                 "--data-dir", str(trained.data_dir)])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--bundle",
+            str(bundle),
+            "--source",
+            "p",
+            "--out",
+            str(out),
+            "--all",
+            "--data-dir",
+            str(trained.data_dir),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert pl.read_parquet(out).height == 4 * (600 - need + 1)
     short = tmp_path / "short.parquet"
     load_bars(trained.data_dir, "p").group_by("symbol", maintain_order=True).tail(need - 1).write_parquet(short)
-    result = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", str(short), "--out", str(tmp_path / "s.csv")])
+    result = runner.invoke(
+        app, ["predict", "--bundle", str(bundle), "--source", str(short), "--out", str(tmp_path / "s.csv")]
+    )
     assert result.exit_code == 2
-    assert result.stderr.strip() == (f"error: symbol 'S000' has {need - 1} bar(s); this bundle needs at least {need} bars per symbol "
-                                     "(its features' measured lookback and the model's window of 8 rows); send more history")
+    assert result.stderr.strip() == (
+        f"error: symbol 'S000' has {need - 1} bar(s); this bundle needs at least {need} bars per symbol "
+        "(its features' measured lookback and the model's window of 8 rows); send more history"
+    )
 
 
 def test_feature_rows_cannot_feed_a_model_that_reads_bars(built):
@@ -77,7 +94,11 @@ def test_feature_rows_score_where_the_rows_sent_hold_a_full_window(tmp_path):
 
     trained = train(tmp_path, "lstm")
     loaded = load(stages.bundle_existing(trained.run, trained.data_dir).bundle)
-    bars = load_bars(trained.data_dir, "p").with_columns(pl.col("symbol").cast(pl.String)).filter(pl.col("ts") >= pl.datetime(2016, 1, 1, time_zone="UTC"))
+    bars = (
+        load_bars(trained.data_dir, "p")
+        .with_columns(pl.col("symbol").cast(pl.String))
+        .filter(pl.col("ts") >= pl.datetime(2016, 1, 1, time_zone="UTC"))
+    )
     from_bars = loaded.score_bars(bars, every_bar=True)
     rows = loaded.pipeline.compute(bars)
     scored = loaded.score_features(rows)
@@ -111,7 +132,9 @@ def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
 
     root = tmp_path_factory.mktemp("audit")
     (root / "r.toml").write_text(RECIPE)
-    result = CliRunner().invoke(app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")])
+    result = CliRunner().invoke(
+        app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")]
+    )
     assert result.exit_code == 0, result.output
     return root, pl.read_delta(str(root / "data" / "syn" / "bars"))
 
@@ -124,8 +147,10 @@ def test_a_sequence_bundle_scores_the_latest_bar_like_training(runner, home, tmp
 
     root, bars = home
     recipe = tmp_path / "seq.toml"
-    recipe.write_text(RECIPE.replace('name = "linear"', 'name = "gru"\n[model.params]\nseq_len = 6\nhidden = 4')
-                      + "epochs = 1\n[preprocess]\nfill = \"zero\"\n")
+    recipe.write_text(
+        RECIPE.replace('name = "linear"', 'name = "gru"\n[model.params]\nseq_len = 6\nhidden = 4')
+        + 'epochs = 1\n[preprocess]\nfill = "zero"\n'
+    )
     data, runs = str(root / "data"), str(tmp_path / "runs")
     trained = runner.invoke(app, ["train", "--recipe", str(recipe), "--quiet", "--data-dir", data, "--runs-dir", runs])
     assert trained.exit_code == 0, trained.output
@@ -137,8 +162,21 @@ def test_a_sequence_bundle_scores_the_latest_bar_like_training(runner, home, tmp
     required = json.loads((run / "bundle" / "input_schema.json").read_text())["x-qfactory"]["required_bars"]
     lookback = json.loads((run / "bundle" / "lookback.json").read_text())["required_bars"]
     assert required == lookback + 5
-    scored = runner.invoke(app, ["predict", "--bundle", str(run / "bundle"), "--source", "syn", "--all", "--out", str(tmp_path / "s.parquet"),
-                                 "--data-dir", data])
+    scored = runner.invoke(
+        app,
+        [
+            "predict",
+            "--bundle",
+            str(run / "bundle"),
+            "--source",
+            "syn",
+            "--all",
+            "--out",
+            str(tmp_path / "s.parquet"),
+            "--data-dir",
+            data,
+        ],
+    )
     assert scored.exit_code == 0, scored.output
     served = pl.read_parquet(tmp_path / "s.parquet")
     assert served["score"].is_finite().all()
@@ -152,9 +190,22 @@ def bundle(home, tmp_path_factory) -> Path:
 
     root, _ = home
     runs = tmp_path_factory.mktemp("audit-bundle")
-    trained = CliRunner().invoke(app, ["train", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data"),
-                                       "--runs-dir", str(runs)])
+    trained = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--recipe",
+            str(root / "r.toml"),
+            "--quiet",
+            "--data-dir",
+            str(root / "data"),
+            "--runs-dir",
+            str(runs),
+        ],
+    )
     assert trained.exit_code == 0, trained.output
-    bundled = CliRunner().invoke(app, ["bundle", "--run", trained.stdout.strip(), "--quiet", "--data-dir", str(root / "data")])
+    bundled = CliRunner().invoke(
+        app, ["bundle", "--run", trained.stdout.strip(), "--quiet", "--data-dir", str(root / "data")]
+    )
     assert bundled.exit_code == 0, bundled.output
     return Path(bundled.stdout.strip())

@@ -19,8 +19,11 @@ from quant_cli.features.testing import assert_causal, cut_points, perturb_after
 # Every family, every kind of variant: windows (a short one too), the alpha158 windows, a coarser
 # timeframe, and cross-sectional transforms of a plain and of a composite feature.
 SECTION = {
-    "sets": ["all"], "windows": [2, 5, 10, 20, 60], "alpha158_windows": [5, 20, 60],
-    "timeframes": ["1w"], "cross_sectional": ["ret_5", "RSV20"],
+    "sets": ["all"],
+    "windows": [2, 5, 10, 20, 60],
+    "alpha158_windows": [5, 20, 60],
+    "timeframes": ["1w"],
+    "cross_sectional": ["ret_5", "RSV20"],
 }
 FEATURES = REGISTRY.resolve(SECTION).features
 OPTIONS = FeatureOptions(benchmark="S000")  # the cross-asset families need a benchmark
@@ -47,6 +50,7 @@ def test_whole_registry_together_is_causal(panel: pl.DataFrame) -> None:
 
 def test_harness_bites_on_a_benchmark_that_is_back_filled(panel: pl.DataFrame) -> None:
     """Aligning the benchmark with strategy="forward" (back-fill) must be caught."""
+
     def leaky(bars: pl.DataFrame) -> pl.DataFrame:
         bench = bars.filter(pl.col("symbol") == "S000").select("ts", pl.col("close").alias("b"))
         shifted = bench.with_columns(pl.col("ts") - pl.duration(hours=1))  # visible an hour early
@@ -92,7 +96,8 @@ def test_perturbation_changes_only_the_future_and_keeps_bars_valid(small_panel: 
     future_close = out.filter(~past)["close"] != small_panel.filter(~past)["close"]
     assert future_close.all()
     assert out.select(
-        (pl.col("high") >= pl.max_horizontal("open", "close")).all() & (pl.col("low") <= pl.min_horizontal("open", "close")).all()
+        (pl.col("high") >= pl.max_horizontal("open", "close")).all()
+        & (pl.col("low") <= pl.min_horizontal("open", "close")).all()
     ).item()
 
 
@@ -111,10 +116,14 @@ def ragged_panel(panel: pl.DataFrame) -> pl.DataFrame:
     is often a later one), others start late, miss random days or halt for two weeks."""
     day = pl.col("ts").rank("dense").over("symbol")
     keep = (
-        pl.when(pl.col("symbol") == "S000").then((day % 11 != 3) & (day % 11 != 4) & (day % 17 != 9))  # benchmark gaps
-        .when(pl.col("symbol") == "S001").then(day > 40)                                             # listed late
-        .when(pl.col("symbol") == "S002").then(pl.col("close").hash(1) % 10 != 0)                    # random days missing
-        .when(pl.col("symbol") == "S003").then((day < 120) | (day > 134))                            # a halt
+        pl.when(pl.col("symbol") == "S000")
+        .then((day % 11 != 3) & (day % 11 != 4) & (day % 17 != 9))  # benchmark gaps
+        .when(pl.col("symbol") == "S001")
+        .then(day > 40)  # listed late
+        .when(pl.col("symbol") == "S002")
+        .then(pl.col("close").hash(1) % 10 != 0)  # random days missing
+        .when(pl.col("symbol") == "S003")
+        .then((day < 120) | (day > 134))  # a halt
         .otherwise(day > 7)
     )
     return panel.filter(keep)
@@ -132,9 +141,12 @@ def test_whole_registry_is_causal_on_misaligned_calendars(ragged_panel: pl.DataF
     assert_causal(FEATURES, ragged_panel, seed=5, options=OPTIONS)
 
 
-def test_nearest_benchmark_alignment_is_caught_on_misaligned_calendars(ragged_panel: pl.DataFrame, panel: pl.DataFrame) -> None:
+def test_nearest_benchmark_alignment_is_caught_on_misaligned_calendars(
+    ragged_panel: pl.DataFrame, panel: pl.DataFrame
+) -> None:
     """join_asof(strategy="nearest") instead of "backward": invisible on one shared calendar, a leak
     as soon as the benchmark misses a day (its next bar is then the nearest)."""
+
     def nearest(bars: pl.DataFrame) -> pl.DataFrame:
         bench = bars.filter(pl.col("symbol") == "S000").select("ts", pl.col("close").alias("b"))
         out = bars.sort("ts").join_asof(bench, on="ts", strategy="nearest").sort("symbol", "ts")

@@ -1,11 +1,12 @@
 """Every subcommand is discoverable, documented with an example, and fails cleanly."""
 
+from pathlib import Path
+
+import polars as pl
 import pytest
 import typer
 
 from quant_cli.cli import app
-from pathlib import Path
-import polars as pl
 
 REQUIRED = ["ingest", "features", "split", "train", "backtest", "walkforward", "bundle", "serve", "run"]
 
@@ -44,13 +45,18 @@ def test_version(runner):
 def test_missing_recipe_file_is_exit_2_one_line(runner):
     result = runner.invoke(app, ["train", "--recipe", "missing.toml"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: recipe missing.toml: file not found; pass an existing .toml file to --recipe"
+    assert (
+        result.stderr.strip() == "error: recipe missing.toml: file not found; pass an existing .toml file to --recipe"
+    )
 
 
 def test_train_needs_exactly_one_of_recipe_or_run(runner):
     result = runner.invoke(app, ["train"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: pass exactly one of --recipe (start a new run) or --run (train an existing split run)"
+    assert (
+        result.stderr.strip()
+        == "error: pass exactly one of --recipe (start a new run) or --run (train an existing split run)"
+    )
 
 
 def test_unknown_option_is_a_usage_error(runner):
@@ -64,7 +70,9 @@ def test_list_models(runner):
     assert result.stdout.startswith("lightgbm")
 
 
-@pytest.mark.parametrize(("terminal", "quiet", "shown"), [(True, False, True), (False, False, False), (True, True, False)])
+@pytest.mark.parametrize(
+    ("terminal", "quiet", "shown"), [(True, False, True), (False, False, False), (True, True, False)]
+)
 def test_long_work_shows_a_spinner_only_on_a_terminal_without_quiet(monkeypatch, terminal, quiet, shown):
     import io
 
@@ -124,7 +132,9 @@ def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
 
     root = tmp_path_factory.mktemp("audit")
     (root / "r.toml").write_text(RECIPE)
-    result = CliRunner().invoke(app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")])
+    result = CliRunner().invoke(
+        app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")]
+    )
     assert result.exit_code == 0, result.output
     return root, pl.read_delta(str(root / "data" / "syn" / "bars"))
 
@@ -141,26 +151,49 @@ def _backtest(runner, home, frame: pl.DataFrame, tmp_path: Path):
     file = tmp_path / "w.parquet"
     frame.write_parquet(file)
     runs = tmp_path / "runs"
-    result = runner.invoke(app, ["backtest", "--weights", str(file), "--recipe", str(root / "r.toml"),
-                                 "--data-dir", str(root / "data"), "--runs-dir", str(runs)])
+    result = runner.invoke(
+        app,
+        [
+            "backtest",
+            "--weights",
+            str(file),
+            "--recipe",
+            str(root / "r.toml"),
+            "--data-dir",
+            str(root / "data"),
+            "--runs-dir",
+            str(runs),
+        ],
+    )
     return result, file, runs
 
 
-@pytest.mark.parametrize("extra, line", [
-    ('[model]\nname = "lstm"\n[model.params]\nnum_leaves = 7\n',
-     "error: model.params.num_leaves is not a parameter of model 'lstm'; allowed: 'dropout', 'embedding_dim', 'seq_len', "
-     "'inputs', 'hidden', 'layers'; `qfactory train --list-models` lists each model's parameters"),
-    ('[model]\nname = "gru"\n[split]\nmethod = "purged_kfold"\n',
-     "error: split.method 'purged_kfold' is not supported with sequence model 'gru' (windows read every past row, which per-fold "
-     "preprocessing cannot provide); use split.method = \"chronological\""),
-])
+@pytest.mark.parametrize(
+    "extra, line",
+    [
+        (
+            '[model]\nname = "lstm"\n[model.params]\nnum_leaves = 7\n',
+            "error: model.params.num_leaves is not a parameter of model 'lstm'; "
+            "allowed: 'dropout', 'embedding_dim', 'seq_len', "
+            "'inputs', 'hidden', 'layers'; `qfactory train --list-models` lists each model's parameters",
+        ),
+        (
+            '[model]\nname = "gru"\n[split]\nmethod = "purged_kfold"\n',
+            "error: split.method 'purged_kfold' is not supported with sequence model "
+            "'gru' (windows read every past row, which per-fold "
+            'preprocessing cannot provide); use split.method = "chronological"',
+        ),
+    ],
+)
 def test_split_refuses_a_recipe_its_run_could_never_train(runner, home, tmp_path, extra, line):
     """Was exit 0: `split --recipe` committed a run whose fixed recipe `train --run` then always refused."""
     root, _ = home
     recipe = tmp_path / "s.toml"
     recipe.write_text(RECIPE.replace('[model]\nname = "linear"\n', "") + extra)
     runs = tmp_path / "runs"
-    result = runner.invoke(app, ["split", "--recipe", str(recipe), "--data-dir", str(root / "data"), "--runs-dir", str(runs)])
+    result = runner.invoke(
+        app, ["split", "--recipe", str(recipe), "--data-dir", str(root / "data"), "--runs-dir", str(runs)]
+    )
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1] == line
     assert not runs.exists() or not list(runs.iterdir())

@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import sys
 import warnings
 from pathlib import Path
 
 import pytest
-
-from quant_cli.data.store import write_store
-from quant_cli.data.synthetic import generate
 import typer
+from typer.testing import CliRunner
 
 from quant_cli import stages
 from quant_cli.cli import app
 from quant_cli.cli.common import cli_errors
+from quant_cli.data.store import write_store
+from quant_cli.data.synthetic import generate
 from quant_cli.runs import directory
-import os
-import sys
-from typer.testing import CliRunner
 
 RECIPE = '[run]\nname = "e"\n[data]\ndataset = "demo"\n[model.params]\nn_estimators = 5\n'
 
@@ -32,25 +31,34 @@ def recipe(tmp_path: Path) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("args", [
-    ["train", "--recipe", "{recipe}", "--set", "split.val=0.9"],
-    ["split", "--recipe", "{recipe}", "--set", "split.val=0.9"],
-    ["run", "--recipe", "{recipe}", "--set", "split.val=0.9"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--recipe", "{recipe}", "--set", "split.val=0.9"],
+        ["split", "--recipe", "{recipe}", "--set", "split.val=0.9"],
+        ["run", "--recipe", "{recipe}", "--set", "split.val=0.9"],
+    ],
+)
 def test_json_failures_are_a_json_object_on_stdout(runner, recipe, args):
     result = runner.invoke(app, [a.format(recipe=recipe) for a in args] + ["--json"])
-    message = f"recipe {recipe}: split.train (0.6) + split.val (0.9) = 1.5 leaves no test segment; make them sum to less than 1"
+    message = (
+        f"recipe {recipe}: split.train (0.6) + split.val (0.9) = 1.5 leaves no "
+        "test segment; make them sum to less than 1"
+    )
     assert result.exit_code == 2
     assert json.loads(result.stdout) == {"error": message, "kind": "RecipeError", "exit_code": 2}
     assert result.stderr.splitlines() == [f"error: {message}"]
 
 
-@pytest.mark.parametrize(("args", "kind"), [
-    (["backtest", "--run", "nope", "--json"], "RunError"),
-    (["ingest", "--source", "nowhere.csv", "--dataset", "d", "--json"], "DataError"),
-    (["features", "--recipe", "missing.toml", "--json"], "RecipeError"),
-    (["train", "--bogus", "--json"], "UsageError"),
-])
+@pytest.mark.parametrize(
+    ("args", "kind"),
+    [
+        (["backtest", "--run", "nope", "--json"], "RunError"),
+        (["ingest", "--source", "nowhere.csv", "--dataset", "d", "--json"], "DataError"),
+        (["features", "--recipe", "missing.toml", "--json"], "RecipeError"),
+        (["train", "--bogus", "--json"], "UsageError"),
+    ],
+)
 def test_every_json_command_reports_failures_as_json(runner, args, kind):
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
@@ -64,12 +72,15 @@ def test_without_json_stdout_stays_empty_on_failure(runner):
     assert result.exit_code == 2 and result.stdout == ""
 
 
-@pytest.mark.parametrize(("args", "line"), [
-    (["train", "--bogus"], "error: No such option: --bogus (see `qfactory train --help`)"),
-    (["nosuch"], "error: No such command 'nosuch'. (see `qfactory --help`)"),
-    (["features", "ls", "--bogus"], "error: No such option: --bogus (see `qfactory features ls --help`)"),
-    (["train", "--recipe"], "error: Option '--recipe' requires an argument."),
-])
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["train", "--bogus"], "error: No such option: --bogus (see `qfactory train --help`)"),
+        (["nosuch"], "error: No such command 'nosuch'. (see `qfactory --help`)"),
+        (["features", "ls", "--bogus"], "error: No such option: --bogus (see `qfactory features ls --help`)"),
+        (["train", "--recipe"], "error: Option '--recipe' requires an argument."),
+    ],
+)
 def test_usage_errors_are_one_line(runner, args, line):
     result = runner.invoke(app, args)
     assert result.exit_code == 2
@@ -82,14 +93,26 @@ def test_usage_errors_are_one_line(runner, args, line):
 def _raise(exc: OSError):
     def write(*_args, **_kwargs):
         raise exc
+
     return write
 
 
-@pytest.mark.parametrize(("code", "reason", "fix"), [
-    (errno.ENOSPC, "no space left on device", "free disk space there, or pass a --runs-dir / --data-dir on another disk"),
-    (errno.EROFS, "read-only file system", "the file system is read-only; pass a writable --runs-dir / --data-dir"),
-    (errno.EACCES, "permission denied", "check the path and its permissions (--data-dir, --runs-dir, --source, --recipe), or pass another one"),
-])
+@pytest.mark.parametrize(
+    ("code", "reason", "fix"),
+    [
+        (
+            errno.ENOSPC,
+            "no space left on device",
+            "free disk space there, or pass a --runs-dir / --data-dir on another disk",
+        ),
+        (errno.EROFS, "read-only file system", "the file system is read-only; pass a writable --runs-dir / --data-dir"),
+        (
+            errno.EACCES,
+            "permission denied",
+            "check the path and its permissions (--data-dir, --runs-dir, --source, --recipe), or pass another one",
+        ),
+    ],
+)
 def test_disk_faults_while_writing_a_run_are_one_line(runner, recipe, monkeypatch, tmp_path, code, reason, fix):
     write_store(tmp_path / "data", "demo", generate(symbols=3, bars=200, seed=1), "test")  # train pins it first
     target = tmp_path / "runs" / "x" / "recipe.toml"
@@ -106,7 +129,9 @@ def test_a_native_library_disk_error_is_read_from_its_message(capsys):
         raise OSError("failed to write parquet: No space left on device (os error 28)")
     assert info.value.exit_code == 2
     assert capsys.readouterr().err.strip() == (
-        "error: a path: no space left on device; free disk space there, or pass a --runs-dir / --data-dir on another disk")
+        "error: a path: no space left on device; free disk space there, or pass "
+        "a --runs-dir / --data-dir on another disk"
+    )
 
 
 def test_other_os_errors_stay_unexpected(capsys):
@@ -180,13 +205,23 @@ def error_line(result) -> str:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--data-dir", "afile"], "error: --data-dir afile: not a usable folder (it is a file); pass a folder path (it is created if missing)"),
-        (["--data-dir", "afile/x"], "error: --data-dir afile/x: not a usable folder (afile is a file); pass a folder path (it is created if missing)"),
+        (
+            ["--data-dir", "afile"],
+            "error: --data-dir afile: not a usable folder (it is a file); pass a "
+            "folder path (it is created if missing)",
+        ),
+        (
+            ["--data-dir", "afile/x"],
+            "error: --data-dir afile/x: not a usable folder (afile is a file); pass "
+            "a folder path (it is created if missing)",
+        ),
     ],
 )
 def test_data_dir_that_is_a_file_is_exit_2(runner: CliRunner, args: list[str], expected: str) -> None:
     Path("afile").write_text("not a folder\n")
-    result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "d", "--symbols", "2", "--bars", "20", *args])
+    result = runner.invoke(
+        app, ["ingest", "--source", "synthetic", "--dataset", "d", "--symbols", "2", "--bars", "20", *args]
+    )
     assert error_line(result) == expected
 
 
@@ -195,7 +230,8 @@ def test_runs_dir_under_a_file_is_exit_2(runner: CliRunner) -> None:
     Path("small.toml").write_text(SMALL)
     result = runner.invoke(app, ["run", "--recipe", "small.toml", "--runs-dir", "afile/x"])
     assert error_line(result) == (
-        "error: --runs-dir afile/x: not a usable folder (afile is a file); pass a folder path (it is created if missing)"
+        "error: --runs-dir afile/x: not a usable folder (afile is a file); pass "
+        "a folder path (it is created if missing)"
     )
 
 
@@ -204,7 +240,8 @@ def test_data_home_from_the_environment_names_the_variable(runner: CliRunner, mo
     monkeypatch.setenv("QFACTORY_DATA_DIR", "afile")
     result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "d", "--symbols", "2", "--bars", "20"])
     assert error_line(result) == (
-        "error: QFACTORY_DATA_DIR afile: not a usable folder (it is a file); pass a folder path (it is created if missing)"
+        "error: QFACTORY_DATA_DIR afile: not a usable folder (it is a file); "
+        "pass a folder path (it is created if missing)"
     )
 
 
@@ -223,7 +260,22 @@ def test_permission_error_on_a_path_is_exit_2_one_line(capsys: pytest.CaptureFix
 def test_unwritable_data_dir_is_exit_2(runner: CliRunner) -> None:
     Path("locked").mkdir(mode=0o500)
     try:
-        result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "d", "--symbols", "2", "--bars", "20", "--data-dir", "locked"])
+        result = runner.invoke(
+            app,
+            [
+                "ingest",
+                "--source",
+                "synthetic",
+                "--dataset",
+                "d",
+                "--symbols",
+                "2",
+                "--bars",
+                "20",
+                "--data-dir",
+                "locked",
+            ],
+        )
     finally:
         Path("locked").chmod(0o700)
     assert error_line(result).startswith("error: locked/d: permission denied;")

@@ -7,10 +7,10 @@ from math import comb
 
 import numpy as np
 import polars as pl
+from helpers import labels_for, random_bars
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import labels_for, random_bars
 from quant_cli.splits.purged import cpcv, group_of, purged_kfold
 
 LABEL_KINDS = ("forward", "triple_barrier", "cross_sectional_rank")

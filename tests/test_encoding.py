@@ -3,11 +3,11 @@ and a symbol unseen at training is refused or encoded neutrally — never a cras
 
 import numpy as np
 import pytest
+from helpers import TORCH_FAST, TRAIN_FAST
 
 from quant_cli.errors import ModelError
 from quant_cli.io import read_json
 from quant_cli.models.encoding import SymbolEncoder
-from helpers import TORCH_FAST, TRAIN_FAST
 from quant_cli.models.registry import all_models, create_model, load_model
 
 MODELS = all_models()  # every registered model, by name
@@ -52,7 +52,9 @@ def test_embedding_ids_reserve_zero_for_unseen():
 
 def test_unseen_symbols_refused_with_a_named_message():
     enc = SymbolEncoder("one_hot", "error").fit(np.array(["A", "B"]))
-    with pytest.raises(ModelError, match=r"symbols not seen at training: 'NEW' \(1 in all\).*model.unseen_symbols = \"neutral\""):
+    with pytest.raises(
+        ModelError, match=r"symbols not seen at training: 'NEW' \(1 in all\).*model.unseen_symbols = \"neutral\""
+    ):
         enc.transform(np.zeros((2, 1)), np.array(["A", "NEW"]))
 
 
@@ -62,7 +64,10 @@ def test_none_needs_no_symbols_and_other_kinds_do():
     assert enc.transform(X, None) is X and enc.ids(None) is None
     with pytest.raises(ModelError, match="needs the symbol of every training row"):
         SymbolEncoder("one_hot").fit(None)
-    with pytest.raises(ModelError, match=r"model.symbol_encoding 'onehot' is not supported; allowed: 'none', 'one_hot', 'index', 'embedding'"):
+    with pytest.raises(
+        ModelError,
+        match=r"model.symbol_encoding 'onehot' is not supported; allowed: 'none', 'one_hot', 'index', 'embedding'",
+    ):
         SymbolEncoder("onehot")
     with pytest.raises(ModelError, match=r"model.unseen_symbols 'zero' is not supported; allowed: 'error', 'neutral'"):
         SymbolEncoder("index", "zero")
@@ -87,24 +92,54 @@ def test_json_round_trip():
 
 # ---- every model × every encoding it declares ------------------------------------------------------
 
-FAST = {"lightgbm": {"n_estimators": 60, "min_data_in_leaf": 10}, "catboost": {"iterations": 60, "depth": 4},
-        "xgboost": {"n_estimators": 60, "max_depth": 3}, "random_forest": {"n_estimators": 20, "min_samples_leaf": 5},
-        "extra_trees": {"n_estimators": 20, "min_samples_leaf": 5},
-        **TORCH_FAST}
+FAST = {
+    "lightgbm": {"n_estimators": 60, "min_data_in_leaf": 10},
+    "catboost": {"iterations": 60, "depth": 4},
+    "xgboost": {"n_estimators": 60, "max_depth": 3},
+    "random_forest": {"n_estimators": 20, "min_samples_leaf": 5},
+    "extra_trees": {"n_estimators": 20, "min_samples_leaf": 5},
+    **TORCH_FAST,
+}
 TRAIN = {**TRAIN_FAST, "epochs": 30, "learning_rate": 0.01}
 # Sequence models share one symbol-encoding module (models/torch/heads.py): one family stands for all.
-ENCODED = [(name, kind) for name, cls in MODELS.items() if cls.family != "ensemble" and (not cls.sequence or name == "gru")
-           for kind in cls.symbol_encodings if kind != "none"]
+ENCODED = [
+    (name, kind)
+    for name, cls in MODELS.items()
+    if cls.family != "ensemble" and (not cls.sequence or name == "gru")
+    for kind in cls.symbol_encodings
+    if kind != "none"
+]
 
 
 def _fit(name, kind, unseen="error"):
     X, y, symbols = panel()
     task = MODELS[name].tasks[0]
     y = y if task == "regression" else np.sign(y)
-    model = create_model(name, task, FAST.get(name, {}), seed=1, threads=1, symbol_encoding=kind, unseen_symbols=unseen,
-                         train={**TRAIN, "epochs": 3} if MODELS[name].sequence else TRAIN)  # the symbol must matter, not fit well
-    return model.fit(X[:400], y[:400], feature_names=FEATURES, symbols=symbols[:400], X_val=X[400:], y_val=y[400:],
-                     symbols_val=symbols[400:], early_stopping=10), X, y, symbols
+    model = create_model(
+        name,
+        task,
+        FAST.get(name, {}),
+        seed=1,
+        threads=1,
+        symbol_encoding=kind,
+        unseen_symbols=unseen,
+        train={**TRAIN, "epochs": 3} if MODELS[name].sequence else TRAIN,
+    )  # the symbol must matter, not fit well
+    return (
+        model.fit(
+            X[:400],
+            y[:400],
+            feature_names=FEATURES,
+            symbols=symbols[:400],
+            X_val=X[400:],
+            y_val=y[400:],
+            symbols_val=symbols[400:],
+            early_stopping=10,
+        ),
+        X,
+        y,
+        symbols,
+    )
 
 
 @pytest.mark.parametrize("name,kind", ENCODED)
@@ -130,7 +165,7 @@ def test_unseen_symbol_is_refused_or_neutral_never_a_crash(name, kind):
     symbols = np.array(["AAA", "NEW", "AAA", "BBB", "NEW"])
     if MODELS[name].sequence:  # a window needs seq_len rows of history per symbol: give each symbol 4
         X, symbols = X[:20], np.repeat(np.array(["AAA", "NEW", "BBB", "CCC", "NEW2"]), 4)
-    out = model.predict(X[:len(symbols)], symbols=symbols)
+    out = model.predict(X[: len(symbols)], symbols=symbols)
     scored = (np.arange(len(symbols)) % 4 == 3) if MODELS[name].sequence else np.ones(len(symbols), bool)
     assert out.shape == (len(symbols),) and np.isfinite(out[scored]).all()
 
@@ -139,7 +174,8 @@ def test_one_hot_linear_recovers_symbol_levels_a_pooled_model_cannot():
     X, y, symbols = panel()
     pooled = create_model("linear", "regression", {}, 1, 1).fit(X[:400], y[:400], feature_names=FEATURES)
     encoded = create_model("linear", "regression", {}, 1, 1, symbol_encoding="one_hot").fit(
-        X[:400], y[:400], feature_names=FEATURES, symbols=symbols[:400])
+        X[:400], y[:400], feature_names=FEATURES, symbols=symbols[:400]
+    )
     err_pooled = np.mean((pooled.predict(X[400:]) - y[400:]) ** 2)
     err_encoded = np.mean((encoded.predict(X[400:], symbols=symbols[400:]) - y[400:]) ** 2)
     assert err_encoded < 0.2 * err_pooled

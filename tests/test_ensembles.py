@@ -2,27 +2,23 @@
 rows, member validation, and alignment on (symbol, ts)."""
 
 import datetime as dt
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from helpers import TORCH_FAST, TRAIN_FAST, model_panel
 
-from helpers import model_panel
+from quant_cli.cli import app
 from quant_cli.errors import ModelError
-from quant_cli.models.base import Model
-from quant_cli.splits.stacking import label_horizon, purged_kfold_indices
-from quant_cli.models.base import REGISTERED
-from quant_cli.models.registry import create_model, load_model
-from quant_cli.models.ensemble import align_predictions
-from helpers import TORCH_FAST, TRAIN_FAST
-from quant_cli.report import CollectingReporter
 from quant_cli.io import read_json
 from quant_cli.models import device as device_mod
-from quant_cli.splits.stacking import purged_holdout
-from quant_cli.cli import app
+from quant_cli.models.base import REGISTERED, Model
+from quant_cli.models.ensemble import align_predictions
+from quant_cli.models.registry import create_model, load_model
+from quant_cli.report import CollectingReporter
+from quant_cli.splits.stacking import label_horizon, purged_holdout, purged_kfold_indices
 
 FEATURES = ["f0", "f1", "f2"]
 FAST_LGB = {"n_estimators": 30, "min_data_in_leaf": 10}
@@ -73,7 +69,7 @@ def test_purged_kfold_covers_every_row_once_and_never_overlaps_labels():
         assert not ((ts[train] <= span_end) & (t1[train] >= span_start)).any()
         # Embargo: the 2 timestamps after the test block are not trained on.
         last = np.searchsorted(unique, ts[test].max())
-        assert not np.isin(ts[train], unique[last + 1:last + 3]).any()
+        assert not np.isin(ts[train], unique[last + 1 : last + 3]).any()
 
 
 def test_purged_kfold_keeps_rows_far_from_the_test_block():
@@ -96,7 +92,7 @@ def test_unknown_label_end_is_purged_conservatively():
     _, _, ts, t1, _ = model_panel(n_ts=20, n_sym=1)
     t1 = t1.copy()
     t1[0] = np.datetime64("NaT")
-    for train, test in purged_kfold_indices(ts, t1, n_splits=4)[1:]:
+    for train, _test in purged_kfold_indices(ts, t1, n_splits=4)[1:]:
         assert 0 not in train  # a row whose label end is unknown overlaps every later block
 
 
@@ -110,7 +106,9 @@ def test_label_horizon():
 
 def test_stacking_meta_model_trains_only_on_out_of_fold_predictions(memorizer):
     X, y, ts, t1, symbols = model_panel()
-    stack = create_model("stacking", "regression", {"members": [{"name": "memorizer"}, {"name": "linear"}], "folds": 4}, 1, 1)
+    stack = create_model(
+        "stacking", "regression", {"members": [{"name": "memorizer"}, {"name": "linear"}], "folds": 4}, 1, 1
+    )
     stack.fit(X, y, feature_names=FEATURES, ts=ts, t1=t1)
     # The memorizer is perfect in-sample: in-sample stacking would feed the meta-model y itself.
     np.testing.assert_array_equal(stack.members_[0].predict(X), y)
@@ -161,7 +159,10 @@ def test_voting_is_the_weighted_mean_of_members():
     specs = [{"name": "linear", "params": {"alpha": 1.0}}, {"name": "lightgbm", "params": FAST_LGB}]
     vote = create_model("voting", "regression", {"members": specs, "weights": [3, 1]}, 1, 1)
     vote.fit(X, y, feature_names=FEATURES)
-    alone = [create_model(s["name"], "regression", s["params"], 1, 1).fit(X, y, feature_names=FEATURES).predict(X) for s in specs]
+    alone = [
+        create_model(s["name"], "regression", s["params"], 1, 1).fit(X, y, feature_names=FEATURES).predict(X)
+        for s in specs
+    ]
     np.testing.assert_allclose(vote.predict(X), 0.75 * alone[0] + 0.25 * alone[1])
 
 
@@ -170,8 +171,12 @@ def test_voting_classifier_averages_probabilities():
     y = np.sign(y)
     specs = [{"name": "logistic"}, {"name": "lightgbm", "params": FAST_LGB}]
     vote = create_model("voting", "classification", {"members": specs}, 1, 1).fit(X, y, feature_names=FEATURES)
-    probas = [create_model(s["name"], "classification", s.get("params", {}), 1, 1).fit(X, y, feature_names=FEATURES).predict_proba(X)
-              for s in specs]
+    probas = [
+        create_model(s["name"], "classification", s.get("params", {}), 1, 1)
+        .fit(X, y, feature_names=FEATURES)
+        .predict_proba(X)
+        for s in specs
+    ]
     np.testing.assert_allclose(vote.predict_proba(X), (probas[0] + probas[1]) / 2)
 
 
@@ -187,7 +192,10 @@ def test_blending_fits_the_meta_model_on_validation_rows(memorizer):
 
 def test_members_carry_their_own_symbol_encoding():
     X, y, ts, t1, symbols = model_panel()
-    specs = [{"name": "linear", "symbol_encoding": "one_hot"}, {"name": "lightgbm", "params": FAST_LGB, "symbol_encoding": "index"}]
+    specs = [
+        {"name": "linear", "symbol_encoding": "one_hot"},
+        {"name": "lightgbm", "params": FAST_LGB, "symbol_encoding": "index"},
+    ]
     vote = create_model("voting", "regression", {"members": specs}, 1, 1, unseen_symbols="neutral")
     vote.fit(X, y, feature_names=FEATURES, symbols=symbols)
     assert [m.encoder_.kind for m in vote.members_] == ["one_hot", "index"]
@@ -197,20 +205,33 @@ def test_members_carry_their_own_symbol_encoding():
 # ---- validation of ensemble parameters ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("params,message", [
-    ({"members": []}, r"model.params.members: expected a list of at least one member"),
-    ({"members": [{"name": "lightgbn"}]}, r"model.params.members\[0\] \(lightgbn\): model.name 'lightgbn' is not a registered model \(did you mean 'lightgbm'\?\)"),
-    ({"members": [{"name": "linear", "parms": {}}]}, r"model.params.members\[0\].parms is not a member key"),
-    ({"members": [{"name": "linear", "params": {"alpah": 1}}]}, r"members\[0\] \(linear\): model.params.alpah is not a parameter of model 'linear' \(did you mean 'alpha'\?\)"),
-    ({"members": ["linear", "linear"], "weights": [1]}, r"model.params.weights: expected 2 numbers >= 0"),
-])
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"members": []}, r"model.params.members: expected a list of at least one member"),
+        (
+            {"members": [{"name": "lightgbn"}]},
+            r"model.params.members\[0\] \(lightgbn\): model.name 'lightgbn' is not a "
+            r"registered model \(did you mean 'lightgbm'\?\)",
+        ),
+        ({"members": [{"name": "linear", "parms": {}}]}, r"model.params.members\[0\].parms is not a member key"),
+        (
+            {"members": [{"name": "linear", "params": {"alpah": 1}}]},
+            r"members\[0\] \(linear\): model.params.alpah is not a parameter of model "
+            r"'linear' \(did you mean 'alpha'\?\)",
+        ),
+        ({"members": ["linear", "linear"], "weights": [1]}, r"model.params.weights: expected 2 numbers >= 0"),
+    ],
+)
 def test_bad_ensemble_params_are_named(params, message):
     with pytest.raises(ModelError, match=message):
         create_model("voting", "regression", params, 1, 1)
 
 
 def test_bad_meta_and_member_task_are_named():
-    with pytest.raises(ModelError, match=r"model.params.members\[0\] \(linear\): model.task 'classification' is not supported"):
+    with pytest.raises(
+        ModelError, match=r"model.params.members\[0\] \(linear\): model.task 'classification' is not supported"
+    ):
         create_model("stacking", "classification", {"members": ["linear"]}, 1, 1)
     with pytest.raises(ModelError, match=r"model.params.meta \(ridge\): model.name 'ridge' is not a registered model"):
         create_model("stacking", "regression", {"members": ["linear"], "meta": {"name": "ridge"}}, 1, 1)
@@ -250,7 +271,12 @@ def test_a_blending_run_marks_its_validation_metrics_in_sample(runner, tmp_path)
     """metrics.json says so, so nobody reads the blend's val IC as out-of-sample."""
     from quant_cli.cli import app
 
-    assert runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "d", "--symbols", "4", "--bars", "300"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["ingest", "--source", "synthetic", "--dataset", "d", "--symbols", "4", "--bars", "300"]
+        ).exit_code
+        == 0
+    )
     recipe = tmp_path / "blend.toml"
     recipe.write_text('[data]\ndataset = "d"\n[model]\nname = "blending"\n[model.params]\nmembers = ["linear"]\n')
     result = runner.invoke(app, ["train", "--recipe", str(recipe), "--json"])
@@ -310,15 +336,30 @@ def test_blending_without_validation_rows_holds_out_the_latest_rows():
     np.testing.assert_allclose(blend.members_[0].predict(X), by_hand.predict(X))
     assert blend.fit_info()["holdout_rows"] == len(held_rows)
     meta_by_hand = create_model("linear", "regression", {}, 1, 1).fit(
-        by_hand.predict(X[held_rows])[:, None], y[held_rows], feature_names=["0:linear"])
+        by_hand.predict(X[held_rows])[:, None], y[held_rows], feature_names=["0:linear"]
+    )
     np.testing.assert_allclose(blend.predict(X), meta_by_hand.predict(by_hand.predict(X)[:, None]))
 
 
 @pytest.mark.parametrize("method", ["purged_kfold", "cpcv"])
 def test_blending_trains_under_purged_cross_validation(runner, quickstart_data, method):
     members = 'model.params.members=["linear", {name = "lightgbm", params = {n_estimators = 20}}]'
-    result, stderr = invoke(runner, ["train", "--recipe", QUICKSTART, *SMALL, "--model", "blending",
-                                     "--set", f"split.method={method}", "--set", members, "-q"])
+    result, stderr = invoke(
+        runner,
+        [
+            "train",
+            "--recipe",
+            QUICKSTART,
+            *SMALL,
+            "--model",
+            "blending",
+            "--set",
+            f"split.method={method}",
+            "--set",
+            members,
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     run = Path(result.stdout.strip())
     oof = pl.read_parquet(run / "cv" / "oof.parquet")

@@ -13,14 +13,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from quant_cli.report import CollectingReporter
-
 from quant_cli.cli import app
 from quant_cli.data.store import write_store
 from quant_cli.data.synthetic import generate
 from quant_cli.features import REGISTRY, FeatureOptions, compute_features
 from quant_cli.features.store import feature_table
 from quant_cli.recipe import load_recipe
+from quant_cli.report import CollectingReporter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from pandas_alpha158 import alpha158 as pandas_alpha158  # noqa: E402
@@ -51,12 +50,16 @@ def test_rank_gives_tied_closes_their_average_rank() -> None:
     close = np.round(10 + np.cumsum(rng.choice([-0.1, 0.0, 0.1], 200)), 1)
     close[80:100] = close[80]
     days = [dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=i) for i in range(200)]
-    bars = pl.DataFrame({"symbol": "A", "ts": days, "close": close}).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+    bars = pl.DataFrame({"symbol": "A", "ts": days, "close": close}).with_columns(
+        pl.col("ts").cast(pl.Datetime("us", "UTC"))
+    )
     ours = compute_features(bars, ["RANK5", "RANK20"])
     series = bars["close"].to_pandas()
     for w in (5, 20):
         expected = series.rolling(w).apply(lambda x: x.rank(pct=True).iloc[-1], raw=False).to_numpy()
-        np.testing.assert_allclose(ours[f"RANK{w}"].to_numpy().astype(float), expected, rtol=1e-12, atol=0)  # pandas divides by w its own way
+        np.testing.assert_allclose(
+            ours[f"RANK{w}"].to_numpy().astype(float), expected, rtol=1e-12, atol=0
+        )  # pandas divides by w its own way
 
 
 def _two_calendars() -> pl.DataFrame:
@@ -75,9 +78,16 @@ def test_benchmark_is_forward_filled_within_staleness_and_never_back_filled() ->
     options = FeatureOptions(benchmark="B", max_staleness="3d")
     out = compute_features(bars, ["rel_strength_1"], options).filter(pl.col("symbol") == "A")
     value = dict(zip(out["ts"].dt.date().to_list(), out["rel_strength_1"].to_list()))
-    close_a = dict(zip(bars.filter(pl.col("symbol") == "A")["ts"].dt.date().to_list(), bars.filter(pl.col("symbol") == "A")["close"].to_list()))
+    close_a = dict(
+        zip(
+            bars.filter(pl.col("symbol") == "A")["ts"].dt.date().to_list(),
+            bars.filter(pl.col("symbol") == "A")["close"].to_list(),
+        )
+    )
     # 01-08: B's 01-07 close stands in (1 day old), so B's return that day is zero
-    assert value[dt.date(2020, 1, 8)] == pytest.approx(np.log(close_a[dt.date(2020, 1, 8)] / close_a[dt.date(2020, 1, 7)]))
+    assert value[dt.date(2020, 1, 8)] == pytest.approx(
+        np.log(close_a[dt.date(2020, 1, 8)] / close_a[dt.date(2020, 1, 7)])
+    )
     # 01-13 and 01-14: B's last bar (01-10) is within 3 days on 01-13, too old on 01-14 → null
     assert value[dt.date(2020, 1, 14)] is None and value[dt.date(2020, 1, 16)] is None
     assert value[dt.date(2020, 1, 13)] is not None
@@ -102,7 +112,9 @@ def test_weekly_values_appear_only_after_the_week_closed(panel: pl.DataFrame) ->
     one = panel.filter(pl.col("symbol") == "S000")
     out = compute_features(one, ["mtf_ret_1w"])
     weeks = one.group_by_dynamic("ts", every="1w", closed="left", label="left").agg(pl.col("close").last())
-    weekly_ret = weeks.with_columns(ret=pl.col("close") / pl.col("close").shift(1) - 1, visible=pl.col("ts") + pl.duration(weeks=1))
+    weekly_ret = weeks.with_columns(
+        ret=pl.col("close") / pl.col("close").shift(1) - 1, visible=pl.col("ts") + pl.duration(weeks=1)
+    )
     for row in weekly_ret.drop_nulls().head(10).iter_rows(named=True):
         seen = out.filter(pl.col("ts") >= row["visible"]).head(1)
         before = out.filter((pl.col("ts") < row["visible"]) & (pl.col("ts") >= row["visible"] - pl.duration(days=7)))
@@ -126,7 +138,9 @@ def test_sector_relative_return_uses_the_sector_mean(panel: pl.DataFrame) -> Non
     assert (alone["sector_rel_ret_5"].abs() < 1e-15).all()  # the only symbol of its sector
     mean = out.group_by("ts").agg(pl.col("ret_5").mean().alias("m"))
     joined = out.join(mean, on="ts")
-    np.testing.assert_allclose(joined["mkt_rel_ret_5"].to_numpy(), (joined["ret_5"] - joined["m"]).to_numpy(), atol=1e-15)
+    np.testing.assert_allclose(
+        joined["mkt_rel_ret_5"].to_numpy(), (joined["ret_5"] - joined["m"]).to_numpy(), atol=1e-15
+    )
 
 
 def test_chunked_build_equals_the_in_memory_engine(tmp_path: Path) -> None:
@@ -134,8 +148,13 @@ def test_chunked_build_equals_the_in_memory_engine(tmp_path: Path) -> None:
     bars = generate(symbols=7, bars=200, seed=4)
     data_dir = tmp_path / "data"
     write_store(data_dir, "d", bars, "test")
-    section = ['features.sets=["core", "cross_asset"]', 'features.benchmark="S003"', 'features.cross_sectional=["ret_20"]',
-               'features.include=["RSV5", "mtf_rsi_1w"]', 'features.timeframes=["1w"]']
+    section = [
+        'features.sets=["core", "cross_asset"]',
+        'features.benchmark="S003"',
+        'features.cross_sectional=["ret_20"]',
+        'features.include=["RSV5", "mtf_rsi_1w"]',
+        'features.timeframes=["1w"]',
+    ]
     recipe = load_recipe(None, ['data.dataset="d"', 'data.start="2015-03-02"', *section])
     chunked = feature_table(recipe, data_dir, chunk_rows=450)  # about 2 symbols per group
     assert len(list((chunked.path / "table").glob("part-*.parquet"))) >= 3
@@ -155,7 +174,8 @@ def test_features_show_describes_a_version(runner, tmp_path: Path) -> None:  # n
     missing = runner.invoke(app, ["features", "show", "ffffffff"])
     assert missing.exit_code == 2
     assert missing.stderr.strip().splitlines() == [
-        f"error: feature version 'ffffffff' not found in data home {tmp_path / 'data'}; list versions with `qfactory features ls`"
+        "error: feature version 'ffffffff' not found in data home "
+        f"{tmp_path / 'data'}; list versions with `qfactory features ls`"
     ]
 
 
@@ -169,13 +189,17 @@ def test_hourly_values_from_five_minute_bars_wait_for_the_hour_to_close() -> Non
     bars = generate(symbols=1, bars=24 * 12, frequency="5m", seed=3)  # one day of 5-minute bars
     out = compute_features(bars, ["mtf_ret_1h"])
     hourly = bars.group_by_dynamic("ts", every="1h", closed="left", label="left").agg(pl.col("close").last())
-    expected = hourly.with_columns(ret=pl.col("close") / pl.col("close").shift(1) - 1, visible=pl.col("ts") + pl.duration(hours=1))
+    expected = hourly.with_columns(
+        ret=pl.col("close") / pl.col("close").shift(1) - 1, visible=pl.col("ts") + pl.duration(hours=1)
+    )
     for row in expected.drop_nulls().iter_rows(named=True):
         at_close = out.filter(pl.col("ts") == row["visible"])
         if at_close.height:  # the bar stamped at the hour's end is the first to see it
             assert at_close["mtf_ret_1h"][0] == pytest.approx(row["ret"], rel=1e-12)
         last_inside = out.filter(pl.col("ts") == row["visible"] - pl.duration(minutes=5))
-        assert last_inside["mtf_ret_1h"][0] != pytest.approx(row["ret"], rel=1e-12)  # not while the hour is still forming
+        assert last_inside["mtf_ret_1h"][0] != pytest.approx(
+            row["ret"], rel=1e-12
+        )  # not while the hour is still forming
 
 
 def test_a_chunked_build_gives_each_notice_once(tmp_path: Path) -> None:
@@ -187,12 +211,20 @@ def test_a_chunked_build_gives_each_notice_once(tmp_path: Path) -> None:
     assert err.count("no vwap column") == 1 and err.count("skipped 2 feature(s)") == 1  # VMA5 and core volume_z_20
 
 
-@pytest.mark.parametrize(("override", "value"), [
-    ('split.embargo="5x"', "'5x'"), ('features.timeframes=["1w", "0d"]', "'0d'"), ('features.max_staleness="soon"', "'soon'"),
-])
+@pytest.mark.parametrize(
+    ("override", "value"),
+    [
+        ('split.embargo="5x"', "'5x'"),
+        ('features.timeframes=["1w", "0d"]', "'0d'"),
+        ('features.max_staleness="soon"', "'soon'"),
+    ],
+)
 def test_bad_durations_are_refused_when_the_recipe_loads(runner, tmp_path: Path, override: str, value: str) -> None:  # noqa: ANN001
-    result = runner.invoke(app, ["split", "--recipe", _recipe(tmp_path), "--set", override])  # no dataset: nothing else runs
+    result = runner.invoke(
+        app, ["split", "--recipe", _recipe(tmp_path), "--set", override]
+    )  # no dataset: nothing else runs
     key = override.split("=")[0]
     assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
-        f"error: --set {override}: '{key}' must be a duration, a count and a unit s/m/h/d/w such as '5d' or '12h', got {value}"
+        f"error: --set {override}: '{key}' must be a duration, a count and a unit "
+        f"s/m/h/d/w such as '5d' or '12h', got {value}"
     ]

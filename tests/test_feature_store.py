@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import polars as pl
-import socket
-
 import pytest
-
-from quant_cli.io import OWNER_FILE
-from quant_cli.report import CollectingReporter
 from typer.testing import CliRunner
 
 from quant_cli.cli import app
@@ -20,7 +16,9 @@ from quant_cli.data.synthetic import generate
 from quant_cli.errors import DataError, RecipeError
 from quant_cli.features import build, compute_features, registry
 from quant_cli.features.store import feature_table, list_versions, scan_version
+from quant_cli.io import OWNER_FILE
 from quant_cli.recipe import load_recipe
+from quant_cli.report import CollectingReporter
 
 
 @pytest.fixture
@@ -64,7 +62,10 @@ def test_spec_json_records_the_version(tmp_path: Path, data_dir: Path) -> None:
     assert spec["rows"] == 360 and spec["symbols"] == [] and spec["start"] is None
     assert spec["null_share"]["ret_5"] == pytest.approx(5 / 120, abs=1e-6) and spec["null_share"]["hl_range"] == 0.0
     assert spec["build_seconds"] >= 0 and spec["created"]
-    assert scan_version(table.path).collect().equals(table.frame) and (table.path / "table" / "part-00000.parquet").is_file()
+    assert (
+        scan_version(table.path).collect().equals(table.frame)
+        and (table.path / "table" / "part-00000.parquet").is_file()
+    )
 
 
 def test_rebuild_on_data_change(tmp_path: Path, data_dir: Path) -> None:
@@ -77,7 +78,12 @@ def test_rebuild_on_data_change(tmp_path: Path, data_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [["features.windows=[5, 10]"], ["features.exclude=['volume']"], ["data.start='2015-03-02'"], ["data.symbols=['S000']"]],
+    [
+        ["features.windows=[5, 10]"],
+        ["features.exclude=['volume']"],
+        ["data.start='2015-03-02'"],
+        ["data.symbols=['S000']"],
+    ],
 )
 def test_rebuild_on_spec_or_filter_change(tmp_path: Path, data_dir: Path, overrides: list[str]) -> None:
     base = feature_table(recipe(tmp_path), data_dir)
@@ -126,7 +132,9 @@ def test_range_without_bars_is_a_data_error(tmp_path: Path, data_dir: Path) -> N
 # --- CLI ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [["features", "--help"], ["features", "ls", "--help"], ["features", "ls-specs", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["features", "--help"], ["features", "ls", "--help"], ["features", "ls-specs", "--help"]]
+)
 def test_help_has_an_example(runner: CliRunner, args: list[str]) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 0
@@ -148,7 +156,16 @@ def test_cli_builds_then_reuses(runner: CliRunner, tmp_path: Path, data_dir: Pat
 def test_cli_set_override_and_data_dir_option(runner: CliRunner, tmp_path: Path, data_dir: Path) -> None:
     other = tmp_path / "elsewhere"
     write_store(other, "ds", generate(symbols=2, bars=80, seed=5), source="synthetic")
-    args = ["features", "--recipe", str(recipe_file(tmp_path)), "--data-dir", str(other), "--set", "features.windows=[5]", "--json"]
+    args = [
+        "features",
+        "--recipe",
+        str(recipe_file(tmp_path)),
+        "--data-dir",
+        str(other),
+        "--set",
+        "features.windows=[5]",
+        "--json",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
@@ -231,6 +248,8 @@ def test_dead_builders_staging_is_cleaned_and_does_not_block(tmp_path: Path, dat
     root = data_dir / "ds" / "features"
     stale = root / ".staging-abc-0a1b2c"
     stale.mkdir(parents=True)
-    (stale / OWNER_FILE).write_text(json.dumps({"pid": 999_999_999, "host": socket.gethostname()}))  # its builder is gone
+    (stale / OWNER_FILE).write_text(
+        json.dumps({"pid": 999_999_999, "host": socket.gethostname()})
+    )  # its builder is gone
     feature_table(recipe(tmp_path), data_dir)
     assert not stale.exists()

@@ -6,17 +6,34 @@ import numpy as np
 import polars as pl
 import pytest
 
-from quant_cli.report import CollectingReporter
-
 from quant_cli.data.synthetic import generate
 from quant_cli.errors import RecipeError
 from quant_cli.features import REGISTRY, compute_features
 from quant_cli.features.registry import Registry
+from quant_cli.report import CollectingReporter
 
 CORE_DEFAULT = [
-    "ret_5", "ret_10", "ret_20", "ret_60", "logret_1", "vol_5", "vol_10", "vol_20", "vol_60", "rsi_14",
-    "macd_12_26", "macd_signal_12_26_9", "macd_hist_12_26_9", "bb_pctb_20", "atr_14", "volume_z_20",
-    "close_ma_5", "close_ma_10", "close_ma_20", "close_ma_60", "hl_range",
+    "ret_5",
+    "ret_10",
+    "ret_20",
+    "ret_60",
+    "logret_1",
+    "vol_5",
+    "vol_10",
+    "vol_20",
+    "vol_60",
+    "rsi_14",
+    "macd_12_26",
+    "macd_signal_12_26_9",
+    "macd_hist_12_26_9",
+    "bb_pctb_20",
+    "atr_14",
+    "volume_z_20",
+    "close_ma_5",
+    "close_ma_10",
+    "close_ma_20",
+    "close_ma_60",
+    "hl_range",
 ]
 
 
@@ -73,7 +90,10 @@ def test_window_below_family_minimum_is_reported_not_computed() -> None:
     ("kw", "expected"),
     [
         ({"include": ["rsi_41"]}, "features.include: unknown feature or tag 'rsi_41' (did you mean 'rsi_14'?)"),
-        ({"exclude": ["volatlity"]}, "features.exclude: unknown feature or tag 'volatlity' (did you mean 'volatility'?)"),
+        (
+            {"exclude": ["volatlity"]},
+            "features.exclude: unknown feature or tag 'volatlity' (did you mean 'volatility'?)",
+        ),
         ({"sets": ["cor"]}, "features.sets: unknown feature set 'cor' (did you mean 'core'?)"),
         ({"windows": [0, 5]}, "features.windows: windows are bar counts >= 1, got [0]"),
     ],
@@ -91,7 +111,9 @@ def test_registry_rejects_duplicates_and_clashes() -> None:
     with pytest.raises(ValueError, match="clashes"):
         reg.register("x_{w}", inputs=("close",), tags=("t",), description="d")(lambda w: pl.col("close"))
     with pytest.raises(ValueError, match="clashes"):  # x_{w} would also answer to the name x_14
-        reg.register("x_{n}", params={"n": 14}, inputs=("close",), tags=("t",), description="d")(lambda n: pl.col("close"))
+        reg.register("x_{n}", params={"n": 14}, inputs=("close",), tags=("t",), description="d")(
+            lambda n: pl.col("close")
+        )
     with pytest.raises(ValueError, match="define sets"):
         reg.register("y", inputs=("close",), tags=("t",), sets=("nope",), description="d")(lambda: pl.col("close"))
 
@@ -129,18 +151,30 @@ def test_windows_do_not_cross_symbols(tiny: pl.DataFrame) -> None:
 
 def test_close_only_data_skips_with_one_notice(tiny: pl.DataFrame) -> None:
     reporter = CollectingReporter()
-    out = compute_features(tiny.select("symbol", "ts", "close"), REGISTRY.resolve(section()).features, reporter=reporter)
+    out = compute_features(
+        tiny.select("symbol", "ts", "close"), REGISTRY.resolve(section()).features, reporter=reporter
+    )
     assert len(reporter.texts("notice")) == 1
     err = reporter.texts("notice")[0]
-    assert "skipped 3 feature(s)" in err and "atr_14, hl_range (need high, low)" in err and "volume_z_20 (need volume)" in err
+    assert (
+        "skipped 3 feature(s)" in err
+        and "atr_14, hl_range (need high, low)" in err
+        and "volume_z_20 (need volume)" in err
+    )
     assert "atr_14" not in out.columns and "ret_5" in out.columns
 
 
 def test_non_finite_values_become_null() -> None:
-    flat = pl.DataFrame({
-        "symbol": ["A"] * 30, "ts": pl.datetime_range(pl.datetime(2020, 1, 1), pl.datetime(2020, 1, 30), "1d", time_zone="UTC", eager=True),
-        "close": [10.0] * 30, "volume": [0.0] * 30,
-    })
+    flat = pl.DataFrame(
+        {
+            "symbol": ["A"] * 30,
+            "ts": pl.datetime_range(
+                pl.datetime(2020, 1, 1), pl.datetime(2020, 1, 30), "1d", time_zone="UTC", eager=True
+            ),
+            "close": [10.0] * 30,
+            "volume": [0.0] * 30,
+        }
+    )
     out = compute_features(flat, ["bb_pctb_20", "volume_z_20", "rsi_14", "ret_5"])
     for name in ("bb_pctb_20", "volume_z_20", "rsi_14"):  # 0/0 on a flat series
         assert out[name].null_count() == 30, name

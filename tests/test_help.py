@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from quant_cli.cli import app
-from pathlib import Path
-from typer.testing import CliRunner
 
 
 def _command_paths(group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import snapshot_tree
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from quant_cli.cli import app
-from quant_cli.data.store import load_bars, read_manifest
-from conftest import snapshot_tree
 from quant_cli.data import store
+from quant_cli.data.store import load_bars, read_manifest
 
 UTC = dt.timezone.utc
 
@@ -23,7 +23,11 @@ UTC = dt.timezone.utc
 @pytest.fixture
 def bars(small_panel: pl.DataFrame) -> pl.DataFrame:
     """3 symbols x 20 daily bars of the shared synthetic panel, values rounded to survive text."""
-    head = small_panel.filter(pl.col("symbol").is_in(["S000", "S001", "S002"])).group_by("symbol", maintain_order=True).head(20)
+    head = (
+        small_panel.filter(pl.col("symbol").is_in(["S000", "S001", "S002"]))
+        .group_by("symbol", maintain_order=True)
+        .head(20)
+    )
     return head.with_columns(pl.col("open", "high", "low", "close").round(4), pl.col("volume").round(0))
 
 
@@ -46,7 +50,13 @@ def test_csv_long_round_trip(runner: CliRunner, bars: pl.DataFrame, tmp_path: Pa
     out = _ingest(runner, "--source", "prices.csv", "--dataset", "daily")
     assert out == str(tmp_path / "data" / "daily")  # QFACTORY_DATA_DIR (conftest)
     stored = _stored()
-    assert stored.schema == pl.Schema({"symbol": pl.String, "ts": pl.Datetime("us", "UTC"), **dict.fromkeys(("open", "high", "low", "close", "volume"), pl.Float64)})
+    assert stored.schema == pl.Schema(
+        {
+            "symbol": pl.String,
+            "ts": pl.Datetime("us", "UTC"),
+            **dict.fromkeys(("open", "high", "low", "close", "volume"), pl.Float64),
+        }
+    )
     assert_frame_equal(stored, bars)
 
 
@@ -80,7 +90,9 @@ def test_wide_close_matrix(runner: CliRunner, bars: pl.DataFrame) -> None:
     _ingest(runner, "--source", "closes.csv", "--dataset", "daily", "--layout", "wide")
     stored = _stored()
     assert stored.columns == ["symbol", "ts", "close"]  # close only: no fake open/high/low/volume
-    expected = bars.select("symbol", "ts", "close").filter(~((pl.col("symbol") == "S002") & (pl.col("ts") == dt.datetime(2015, 1, 2, tzinfo=UTC))))
+    expected = bars.select("symbol", "ts", "close").filter(
+        ~((pl.col("symbol") == "S002") & (pl.col("ts") == dt.datetime(2015, 1, 2, tzinfo=UTC)))
+    )
     assert_frame_equal(stored, expected)
 
 
@@ -88,14 +100,24 @@ def _sqlite(path: str, bars: pl.DataFrame, symbol_in_series: bool = False) -> No
     symbols = bars["symbol"].unique(maintain_order=True).to_list()
     ids = {s: i + 1 for i, s in enumerate(symbols)}
     rows = [
-        (r["symbol"] if symbol_in_series else ids[r["symbol"]], r["ts"].strftime("%Y-%m-%d"), r["open"], r["high"], r["low"], r["close"], r["volume"])
+        (
+            r["symbol"] if symbol_in_series else ids[r["symbol"]],
+            r["ts"].strftime("%Y-%m-%d"),
+            r["open"],
+            r["high"],
+            r["low"],
+            r["close"],
+            r["volume"],
+        )
         for r in bars.iter_rows(named=True)
     ]
     key = "symbol TEXT" if symbol_in_series else "asset_id INTEGER"
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE assets (asset_id INTEGER PRIMARY KEY, symbol TEXT)")
         conn.executemany("INSERT INTO assets VALUES (?, ?)", [(i, s) for s, i in ids.items()])
-        conn.execute(f"CREATE TABLE series ({key}, timestamp TEXT, open REAL, high REAL, low REAL, close REAL, volume REAL)")
+        conn.execute(
+            f"CREATE TABLE series ({key}, timestamp TEXT, open REAL, high REAL, low REAL, close REAL, volume REAL)"
+        )
         conn.executemany("INSERT INTO series VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
     conn.close()
 
@@ -109,7 +131,10 @@ def test_sqlite_default_schema(runner: CliRunner, bars: pl.DataFrame, symbol_in_
 
 def test_sqlite_query(runner: CliRunner, bars: pl.DataFrame) -> None:
     _sqlite("prices.data", bars)
-    query = "SELECT a.symbol AS Ticker, s.timestamp AS Date, s.close AS Close FROM series s JOIN assets a USING (asset_id) WHERE a.symbol != 'S001';"
+    query = (
+        "SELECT a.symbol AS Ticker, s.timestamp AS Date, s.close AS Close FROM "
+        "series s JOIN assets a USING (asset_id) WHERE a.symbol != 'S001';"
+    )
     _ingest(runner, "--source", "prices.data", "--format", "sqlite", "--query", query, "--dataset", "daily")
     assert_frame_equal(_stored(), bars.filter(pl.col("symbol") != "S001").select("symbol", "ts", "close"))
 
@@ -125,7 +150,18 @@ def test_aliases_extras_and_timezones(runner: CliRunner) -> None:
     assert result.exit_code == 0, result.stderr
     assert "notice" not in result.stderr  # Sector has one value per symbol: a symbol attribute, kept as text
     stored = _stored()
-    assert stored.columns == ["symbol", "ts", "open", "high", "low", "close", "volume", "adj_close", "open_interest", "sector"]
+    assert stored.columns == [
+        "symbol",
+        "ts",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "adj_close",
+        "open_interest",
+        "sector",
+    ]
     assert stored["sector"].to_list() == ["tech"] * 3
     assert stored["ts"].to_list() == [
         dt.datetime(2024, 3, 1, 14, 30, tzinfo=UTC),  # naive: New York wall clock (EST, UTC-5)
@@ -167,7 +203,10 @@ def test_date_major_panel_needs_no_notice(runner: CliRunner, bars: pl.DataFrame)
 
 
 def test_append_overlap_and_keep_last(runner: CliRunner, bars: pl.DataFrame) -> None:
-    first, second = bars.filter(pl.col("ts") < dt.datetime(2015, 1, 16, tzinfo=UTC)), bars.filter(pl.col("ts") >= dt.datetime(2015, 1, 15, tzinfo=UTC))
+    first, second = (
+        bars.filter(pl.col("ts") < dt.datetime(2015, 1, 16, tzinfo=UTC)),
+        bars.filter(pl.col("ts") >= dt.datetime(2015, 1, 15, tzinfo=UTC)),
+    )
     _as_text(first).write_csv("a.csv")
     _as_text(second.filter(pl.col("ts") > dt.datetime(2015, 1, 15, tzinfo=UTC))).write_csv("b.csv")
     _ingest(runner, "--source", "a.csv", "--dataset", "daily")
@@ -179,10 +218,15 @@ def test_append_overlap_and_keep_last(runner: CliRunner, bars: pl.DataFrame) -> 
     revised = second.with_columns(pl.col("volume") + 1)  # overlaps 2015-01-15 and everything after
     _as_text(revised).write_csv("c.csv")
     assert runner.invoke(app, ["ingest", "--source", "c.csv", "--dataset", "daily", "--mode", "append"]).exit_code == 2
-    result = runner.invoke(app, ["ingest", "--source", "c.csv", "--dataset", "daily", "--mode", "append", "--on-duplicate", "keep-last"])
+    result = runner.invoke(
+        app, ["ingest", "--source", "c.csv", "--dataset", "daily", "--mode", "append", "--on-duplicate", "keep-last"]
+    )
     assert result.exit_code == 0, result.stderr
     assert "existing bar(s) replaced by the new rows" in result.stderr
-    assert_frame_equal(_stored(), pl.concat([first.filter(pl.col("ts") < dt.datetime(2015, 1, 15, tzinfo=UTC)), revised]).sort("symbol", "ts"))
+    assert_frame_equal(
+        _stored(),
+        pl.concat([first.filter(pl.col("ts") < dt.datetime(2015, 1, 15, tzinfo=UTC)), revised]).sort("symbol", "ts"),
+    )
 
 
 def test_append_to_missing_dataset_creates_it(runner: CliRunner, bars: pl.DataFrame) -> None:
@@ -192,21 +236,37 @@ def test_append_to_missing_dataset_creates_it(runner: CliRunner, bars: pl.DataFr
 
 
 def test_synthetic_json_payload(runner: CliRunner, tmp_path: Path) -> None:
-    out = _ingest(runner, "--source", "synthetic", "--dataset", "demo", "--symbols", "3", "--bars", "30", "--seed", "7", "--json")
+    out = _ingest(
+        runner, "--source", "synthetic", "--dataset", "demo", "--symbols", "3", "--bars", "30", "--seed", "7", "--json"
+    )
     payload = json.loads(out)
     manifest = read_manifest(Path("data"), "demo")
     assert payload == {
-        "path": str(tmp_path / "data" / "demo"), "dataset": "demo", "rows": 90, "symbols": 3, "start": manifest["start"],
-        "end": manifest["end"], "frequency": "1d", "content_hash": manifest["content_hash"], "version": 0,
+        "path": str(tmp_path / "data" / "demo"),
+        "dataset": "demo",
+        "rows": 90,
+        "symbols": 3,
+        "start": manifest["start"],
+        "end": manifest["end"],
+        "frequency": "1d",
+        "content_hash": manifest["content_hash"],
+        "version": 0,
     }
     assert manifest["source"].startswith("synthetic(symbols=3, bars=30, frequency=1d")
-    again = _ingest(runner, "--source", "synthetic", "--dataset", "demo", "--symbols", "3", "--bars", "30", "--seed", "7", "--json")
+    again = _ingest(
+        runner, "--source", "synthetic", "--dataset", "demo", "--symbols", "3", "--bars", "30", "--seed", "7", "--json"
+    )
     assert json.loads(again)["content_hash"] == payload["content_hash"]  # same seed, same bytes
 
 
 def test_recipe_supplies_defaults(runner: CliRunner, tmp_path: Path) -> None:
-    Path("r.toml").write_text('[run]\nseed = 3\n[data]\ndataset = "demo"\nsource = "synthetic"\n[data.synthetic]\nsymbols = 2\nbars = 15\nfrequency = "1h"\n')
-    out = _ingest(runner, "--recipe", "r.toml", "--set", "data.synthetic.bars=12", "--data-dir", str(tmp_path / "elsewhere"))
+    Path("r.toml").write_text(
+        '[run]\nseed = 3\n[data]\ndataset = "demo"\nsource = '
+        '"synthetic"\n[data.synthetic]\nsymbols = 2\nbars = 15\nfrequency = "1h"\n'
+    )
+    out = _ingest(
+        runner, "--recipe", "r.toml", "--set", "data.synthetic.bars=12", "--data-dir", str(tmp_path / "elsewhere")
+    )
     assert out == str(tmp_path / "elsewhere" / "demo")
     manifest = read_manifest(tmp_path / "elsewhere", "demo")
     assert (manifest["rows"], manifest["frequency"]) == (24, "1h")
@@ -214,7 +274,9 @@ def test_recipe_supplies_defaults(runner: CliRunner, tmp_path: Path) -> None:
 
 
 def test_quiet_prints_only_the_path(runner: CliRunner, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "demo", "--bars", "20", "--symbols", "2", "-q"])
+    result = runner.invoke(
+        app, ["ingest", "--source", "synthetic", "--dataset", "demo", "--bars", "20", "--symbols", "2", "-q"]
+    )
     assert result.exit_code == 0 and result.stderr == ""
     assert result.stdout.strip() == str(tmp_path / "data" / "demo")
 
@@ -228,7 +290,16 @@ def test_library_request_from_recipe(tmp_path: Path) -> None:
     from quant_cli.data.ingest import ingest, request_from_recipe
     from quant_cli.recipe import load_recipe
 
-    recipe = load_recipe(None, ["data.source=synthetic", "data.dataset=lib", "data.synthetic.symbols=2", "data.synthetic.bars=10", "run.seed=5"])
+    recipe = load_recipe(
+        None,
+        [
+            "data.source=synthetic",
+            "data.dataset=lib",
+            "data.synthetic.symbols=2",
+            "data.synthetic.bars=10",
+            "run.seed=5",
+        ],
+    )
     request = request_from_recipe(recipe)
     assert (request.source, request.dataset, request.mode, request.synthetic.seed) == ("synthetic", "lib", "replace", 5)
     manifest = ingest(request, tmp_path / "lib-data")
@@ -236,17 +307,26 @@ def test_library_request_from_recipe(tmp_path: Path) -> None:
     assert request_from_recipe(recipe, mode="append").mode == "append"
 
 
-@pytest.mark.parametrize(("flags", "line"), [
-    (["--bars", "99999999999999999999"],
-     "error: --bars 99999999999999999999: must be between 10 and 10000000 (data.synthetic.bars)"),
-    (["--symbols", "99999999999999999999"],
-     "error: --symbols 99999999999999999999: must be between 1 and 100000 (data.synthetic.symbols)"),
-    (["--symbols", "100000", "--bars", "10000000"],
-     "error: --symbols 100000 x --bars 10000000 = 1,000,000,000,000 bars is more than a synthetic panel "
-     "may hold (50,000,000); pass fewer symbols or bars"),
-    (["--seed", "-1"], "error: --seed -1: must be between 0 and 4294967295 (run.seed)"),
-    (["--signal", "nan"], "error: --signal nan: must be between 0.0 and 1.0 (data.synthetic.signal)"),
-])
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (
+            ["--bars", "99999999999999999999"],
+            "error: --bars 99999999999999999999: must be between 10 and 10000000 (data.synthetic.bars)",
+        ),
+        (
+            ["--symbols", "99999999999999999999"],
+            "error: --symbols 99999999999999999999: must be between 1 and 100000 (data.synthetic.symbols)",
+        ),
+        (
+            ["--symbols", "100000", "--bars", "10000000"],
+            "error: --symbols 100000 x --bars 10000000 = 1,000,000,000,000 bars is more than a synthetic panel "
+            "may hold (50,000,000); pass fewer symbols or bars",
+        ),
+        (["--seed", "-1"], "error: --seed -1: must be between 0 and 4294967295 (run.seed)"),
+        (["--signal", "nan"], "error: --signal nan: must be between 0.0 and 1.0 (data.synthetic.signal)"),
+    ],
+)
 def test_synthetic_ingest_flags_are_bounded_like_the_recipe_keys(runner, flags, line):
     result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "z", *flags])
     assert result.exit_code == 2, result.output
@@ -279,7 +359,10 @@ def test_append_without_adj_close_to_a_dataset_with_it_is_rejected(runner: CliRu
     _ingest_csv(runner, "a.csv")
     before = snapshot_tree(Path("data"))
     line = error_line(runner.invoke(app, ["ingest", "--source", "b.csv", "--dataset", "d", "--mode", "append"]))
-    assert line == "error: b.csv: no 'adj_close' column, but dataset 'd' (from a.csv) has one; add 'adj_close' to b.csv, or pass --mode replace"
+    assert (
+        line == "error: b.csv: no 'adj_close' column, but dataset 'd' (from a.csv) has "
+        "one; add 'adj_close' to b.csv, or pass --mode replace"
+    )
     assert snapshot_tree(Path("data")) == before
 
 
@@ -289,7 +372,10 @@ def test_append_with_adj_close_to_a_dataset_without_it_is_rejected(runner: CliRu
     _ingest_csv(runner, "b.csv")
     before = snapshot_tree(Path("data"))
     line = error_line(runner.invoke(app, ["ingest", "--source", "a.csv", "--dataset", "d", "--mode", "append"]))
-    assert line == "error: a.csv: column 'adj_close' is not in dataset 'd' (from b.csv); drop it from a.csv, or pass --mode replace"
+    assert (
+        line == "error: a.csv: column 'adj_close' is not in dataset 'd' (from b.csv); "
+        "drop it from a.csv, or pass --mode replace"
+    )
     assert snapshot_tree(Path("data")) == before
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-
-from quant_cli.io import MAX_JSON_DEPTH, JSONLimitError, json_depth, parse_json, read_json
 import os
 import stat
 import sys
 from pathlib import Path
+
+import pytest
 from typer.testing import CliRunner
+
 from quant_cli.cli import app
-from quant_cli.io import write_json_atomic
+from quant_cli.io import MAX_JSON_DEPTH, JSONLimitError, json_depth, parse_json, read_json, write_json_atomic
 
 
 def test_depth_ignores_brackets_inside_strings():

@@ -8,8 +8,8 @@ import pytest
 
 from quant_cli.data.synthetic import generate
 from quant_cli.dataset.labels import cross_sectional, direction, forward_return, make_labels, triple_barrier
-from quant_cli.recipe import load_recipe
 from quant_cli.dataset.weights import average_uniqueness, sample_weights
+from quant_cli.recipe import load_recipe
 
 
 def label_cfg(**overrides):
@@ -66,12 +66,16 @@ def slow_triple_barrier(close, ts, horizon, pt, sl, span, vertical, price=None):
 @pytest.mark.parametrize("execution", ["next_close", "next_open"])
 def test_triple_barrier_matches_slow_reference(horizon, pt, sl, vertical, execution):
     bars = generate(symbols=2, bars=120, seed=3)
-    cfg = label_cfg(kind="triple_barrier", horizon=horizon, profit_take=pt, stop_loss=sl, vol_span=10, vertical=vertical)
+    cfg = label_cfg(
+        kind="triple_barrier", horizon=horizon, profit_take=pt, stop_loss=sl, vol_span=10, vertical=vertical
+    )
     fast = triple_barrier(bars, cfg, execution)
     for symbol in ("S000", "S001"):
         one = bars.filter(pl.col("symbol") == symbol)
         price = one["open" if execution == "next_open" else "close"].to_list()
-        expected = slow_triple_barrier(one["close"].to_list(), one["ts"].to_list(), horizon, pt, sl, 10, vertical, price)
+        expected = slow_triple_barrier(
+            one["close"].to_list(), one["ts"].to_list(), horizon, pt, sl, 10, vertical, price
+        )
         got = fast.filter(pl.col("symbol") == symbol)
         assert got["ts"].to_list() == [e[0] for e in expected]
         assert got["label"].to_list() == [e[1] for e in expected]
@@ -99,7 +103,11 @@ def test_cross_sectional_rank_and_zscore(small_panel):
     ranked = cross_sectional(raw, "rank")
     by_ts = ranked.group_by("ts").agg(pl.col("label").min().alias("lo"), pl.col("label").max().alias("hi"))
     assert (by_ts["lo"] == -0.5).all() and (by_ts["hi"] == 0.5).all()
-    z = cross_sectional(raw, "zscore").group_by("ts").agg(pl.col("label").mean().alias("m"), pl.col("label").std().alias("s"))
+    z = (
+        cross_sectional(raw, "zscore")
+        .group_by("ts")
+        .agg(pl.col("label").mean().alias("m"), pl.col("label").std().alias("s"))
+    )
     assert z["m"].abs().max() < 1e-12 and (z["s"] - 1).abs().max() < 1e-9
 
 

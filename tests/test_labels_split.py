@@ -5,8 +5,8 @@ import polars as pl
 import pytest
 
 from quant_cli.data.synthetic import generate
-from quant_cli.errors import DataError, RecipeError
 from quant_cli.dataset.labels import forward_return
+from quant_cli.errors import DataError, RecipeError
 from quant_cli.pipeline.preprocess import fit_preprocess, transform
 from quant_cli.recipe import load_recipe
 from quant_cli.splits.chronological import assign_segments, plan_split
@@ -19,10 +19,10 @@ def test_forward_return_is_measured_from_the_next_bar(small_panel, execution, co
     one = small_panel.filter(pl.col("symbol") == "S000")
     price, ts = one[column].to_numpy(), one["ts"]
     got = labels.filter(pl.col("symbol") == "S000")
-    expected = price[1 + horizon:] / price[1:-horizon] - 1.0
+    expected = price[1 + horizon :] / price[1:-horizon] - 1.0
     np.testing.assert_allclose(got["label"].to_numpy(), expected[: got.height], rtol=1e-12)
     assert got["ts"].to_list() == ts[: got.height].to_list()
-    assert got["t1"].to_list() == ts[1 + horizon:].to_list()
+    assert got["t1"].to_list() == ts[1 + horizon :].to_list()
     assert got.height == one.height - 1 - horizon  # no label may need bars past the data
 
 
@@ -87,10 +87,15 @@ def test_explicit_dates_and_errors(small_panel):
 @pytest.mark.parametrize("fill", ["zero", "median", "none"])
 def test_preprocessing_is_untouched_by_val_and_test_rows(small_panel, scaler, fill):
     frame, _, _ = _segmented(small_panel, 1, 1)
-    frame = frame.with_columns(pl.col("label").alias("f"), pl.when(pl.col("ts").dt.day() == 3).then(None).otherwise(pl.col("label")).alias("g"))
+    frame = frame.with_columns(
+        pl.col("label").alias("f"), pl.when(pl.col("ts").dt.day() == 3).then(None).otherwise(pl.col("label")).alias("g")
+    )
     cfg = {"scaler": scaler, "fill": fill, "clip": 5.0}
     state = fit_preprocess(frame.filter(pl.col("segment") == "train"), ["f", "g"], cfg)
-    shocked = frame.with_columns(pl.when(pl.col("segment") != "train").then(pl.col(c) * 1e6 + 5).otherwise(pl.col(c)).alias(c) for c in ("f", "g"))
+    shocked = frame.with_columns(
+        pl.when(pl.col("segment") != "train").then(pl.col(c) * 1e6 + 5).otherwise(pl.col(c)).alias(c)
+        for c in ("f", "g")
+    )
     assert fit_preprocess(shocked.filter(pl.col("segment") == "train"), ["f", "g"], cfg) == state
     train = transform(frame.filter(pl.col("segment") == "train"), state)
     assert train["f"].null_count() == 0
@@ -129,11 +134,16 @@ def test_raw_matrix_is_the_same_for_a_few_rows_and_for_many():
 
     rng = np.random.default_rng(5)
     n = _FEW_ROWS + 10
-    big = pl.DataFrame({
-        "f64": rng.normal(size=n) * 1e6, "f32": pl.Series(rng.normal(size=n), dtype=pl.Float32),
-        "ints": rng.integers(-5, 5, n), "gaps": pl.Series([None if i % 3 else float(i) / 7 for i in range(n)], dtype=pl.Float64),
-        "huge": pl.Series([1e300, -1e300, 1.0000001] * (n // 3) + [0.0] * (n % 3)), "none": pl.Series([None] * n, dtype=pl.Float64),
-    })
+    big = pl.DataFrame(
+        {
+            "f64": rng.normal(size=n) * 1e6,
+            "f32": pl.Series(rng.normal(size=n), dtype=pl.Float32),
+            "ints": rng.integers(-5, 5, n),
+            "gaps": pl.Series([None if i % 3 else float(i) / 7 for i in range(n)], dtype=pl.Float64),
+            "huge": pl.Series([1e300, -1e300, 1.0000001] * (n // 3) + [0.0] * (n % 3)),
+            "none": pl.Series([None] * n, dtype=pl.Float64),
+        }
+    )
     columns = ["f64", "f32", "ints", "gaps", "huge", "none"]
     many = raw_matrix(big, columns)
     few = raw_matrix(big.head(10), columns)

@@ -16,7 +16,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "quant_cli"
 
 FLOORS: list[set[str]] = [
-    {"__init__", "errors", "report", "schema"},  # ground: imports nothing of the package but these
+    {"__init__", "errors", "report", "schema", "workers"},  # ground: imports nothing of the package but these
     {"io", "backend"},                           # files on disk, the compute backend
     {"data"},                                    # sources, the canonical schema, the Delta store
     {"recipe"},                                  # TOML loading and checks (reads data.frequency)
@@ -27,7 +27,8 @@ FLOORS: list[set[str]] = [
     {"runs"},                                    # run directories, listing, the trial ledger
     {"serve"},                                   # bundles, batch predict, the app
     {"stages"},                                  # orchestration: fitting, cross-validation, each stage
-    {"walkforward", "tune"},                     # multi-fit stages built on the stages
+    {"walkforward", "tune", "audit"},            # multi-fit stages built on the stages (the audit refits runs)
+    {"doctor"},                                  # `qfactory doctor`'s report on the environment
     {"cli"},                                     # the command line: translates only
 ]
 

@@ -17,18 +17,17 @@ import datetime as dt
 import numpy as np
 import polars as pl
 import pytest
+from helpers import labels_for, random_bars
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quant_cli.data.store import write_store
+from quant_cli.data.store import pin, write_store
 from quant_cli.data.synthetic import generate
-from quant_cli.data.store import pin
 from quant_cli.dataset.table import fit_weights, prepare
 from quant_cli.errors import DataError
+from quant_cli.features.testing import perturb_after
 from quant_cli.recipe import load_recipe
 from quant_cli.splits.chronological import assign_segments, plan_split
-from helpers import labels_for, random_bars
-from quant_cli.features.testing import perturb_after
 
 KINDS = ("forward", "log_rank", "zscore", "direction", "triple_barrier")
 WEIGHTING = {"sample_weight": "uniqueness", "time_decay": 0.5}
@@ -73,13 +72,15 @@ def test_segments_never_overlap_and_embargo_holds(case):
     unique = np.unique(bars["ts"].to_numpy())
     segments = [frame.filter(pl.col("segment") == s) for s in ("train", "val", "test")]
     for i, earlier in enumerate(segments):
-        for later in segments[i + 1:]:
+        for later in segments[i + 1 :]:
             if earlier.height and later.height:  # every later interval starts at or after later's first ts
                 assert earlier["t1"].max() < later["ts"].min(), "a label interval reaches the next segment"
     for later, boundary in ((segments[1], plan.val_start), (segments[2], plan.test_start)):
         stop = _embargo_stop(unique, np.datetime64(boundary.replace(tzinfo=None), "us"), plan.embargo)
         ts = later["ts"].to_numpy()
-        assert not ((ts >= np.datetime64(boundary.replace(tzinfo=None), "us")) & (ts < stop)).any(), "a row sits in the embargo"
+        assert not ((ts >= np.datetime64(boundary.replace(tzinfo=None), "us")) & (ts < stop)).any(), (
+            "a row sits in the embargo"
+        )
 
 
 def _embargo_stop(unique: np.ndarray, boundary: np.datetime64, embargo) -> np.datetime64:
@@ -103,9 +104,13 @@ def test_rewriting_the_future_leaves_training_rows_unchanged(case, seed):
     after, _ = segmented(perturb_after(bars, plan.val_start - _TICK, seed), kind, horizon, cfg, plan)
     train_before, train_after = (f.filter(pl.col("segment") == "train").sort("symbol", "ts") for f in (before, after))
     assert train_before.equals(train_after), "a training label changed when only later prices changed"
-    weights_before, weights_after = (fit_weights(f.filter(pl.col("segment") == "train"), bars, WEIGHTING) for f in (before, after))
+    weights_before, weights_after = (
+        fit_weights(f.filter(pl.col("segment") == "train"), bars, WEIGHTING) for f in (before, after)
+    )
     if weights_before is not None:
-        assert weights_before.sort("symbol", "ts").equals(weights_after.sort("symbol", "ts")), "training weights saw later rows"
+        assert weights_before.sort("symbol", "ts").equals(weights_after.sort("symbol", "ts")), (
+            "training weights saw later rows"
+        )
 
 
 @pytest.mark.parametrize("label", [{"kind": "forward_return", "cross_sectional": "rank"}, {"kind": "triple_barrier"}])
@@ -114,12 +119,22 @@ def test_prepare_end_to_end_ignores_the_future(tmp_path, label):
     first validation day on changes none of what the model is trained on."""
     bars = generate(symbols=4, bars=260, seed=5)
     bars = bars.filter(~((pl.col("symbol") == "S001") & pl.col("ts").dt.day().is_in([3, 4])))  # a different calendar
-    recipe = load_recipe(None, [
-        'data.dataset="p"', 'features.sets=["core"]', f'label.kind="{label["kind"]}"', "label.horizon=5",
-        f'label.cross_sectional="{label.get("cross_sectional", "none")}"', 'split.val_start="2015-08-03"',
-        'split.test_start="2015-10-01"', 'split.sample_weight="uniqueness"', "split.time_decay=0.5",
-        'preprocess.scaler="robust"', 'preprocess.fill="median"',
-    ])
+    recipe = load_recipe(
+        None,
+        [
+            'data.dataset="p"',
+            'features.sets=["core"]',
+            f'label.kind="{label["kind"]}"',
+            "label.horizon=5",
+            f'label.cross_sectional="{label.get("cross_sectional", "none")}"',
+            'split.val_start="2015-08-03"',
+            'split.test_start="2015-10-01"',
+            'split.sample_weight="uniqueness"',
+            "split.time_decay=0.5",
+            'preprocess.scaler="robust"',
+            'preprocess.fill="median"',
+        ],
+    )
     first = _prepared(tmp_path / "a", bars, recipe)
     start = dt.datetime(2015, 8, 3, tzinfo=dt.timezone.utc)
     second = _prepared(tmp_path / "b", perturb_after(bars, start - _TICK, 1), recipe)

@@ -77,7 +77,11 @@ def test_recursive_features_need_more_than_their_window(panel, measured):
         values = _last(lookback.tail_bars(panel, window + 1), [name])
         assert not lookback.agrees(values, _last(panel, [name])).all(), name
     for name in ("ret_20", "MA20", "STD5"):  # rolling windows are exact once they see the window
-        assert feature_lookback(REGISTRY.feature(name)) <= result.bars[name] <= feature_lookback(REGISTRY.feature(name)) + 1
+        assert (
+            feature_lookback(REGISTRY.feature(name))
+            <= result.bars[name]
+            <= feature_lookback(REGISTRY.feature(name)) + 1
+        )
 
 
 def test_features_declare_the_symbols_and_columns_a_request_needs():

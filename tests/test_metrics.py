@@ -20,8 +20,12 @@ DAY0 = dt.datetime(2021, 1, 4, tzinfo=dt.timezone.utc)
 def preds(rows: list[tuple[str, int, float | None, float | None]]) -> pl.DataFrame:
     """(symbol, day, score, label) rows."""
     return pl.DataFrame(
-        {"symbol": [r[0] for r in rows], "ts": [DAY0 + dt.timedelta(days=r[1]) for r in rows],
-         "score": [r[2] for r in rows], "label": [r[3] for r in rows]},
+        {
+            "symbol": [r[0] for r in rows],
+            "ts": [DAY0 + dt.timedelta(days=r[1]) for r in rows],
+            "score": [r[2] for r in rows],
+            "label": [r[3] for r in rows],
+        },
         schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC"), "score": pl.Float64, "label": pl.Float64},
     )
 
@@ -38,13 +42,16 @@ def average_ranks(x) -> np.ndarray:
 
 
 # Two timestamps, five symbols (the fewest a cross-section counts with); day 1 has a tie in the scores.
-DAY_SCORES = {0: ([0.1, 0.3, 0.2, 0.0, 0.4], [0.01, 0.03, -0.02, 0.0, 0.01]),
-              1: ([0.5, 0.5, -0.1, 0.2, 0.1], [0.02, -0.01, 0.00, 0.01, -0.03])}
+DAY_SCORES = {
+    0: ([0.1, 0.3, 0.2, 0.0, 0.4], [0.01, 0.03, -0.02, 0.0, 0.01]),
+    1: ([0.5, 0.5, -0.1, 0.2, 0.1], [0.02, -0.01, 0.00, 0.01, -0.03]),
+}
 
 
 def two_day_panel() -> pl.DataFrame:
-    return preds([(s, d, sc, lb) for d, (scores, labels) in DAY_SCORES.items()
-                  for s, sc, lb in zip("ABCDE", scores, labels)])
+    return preds(
+        [(s, d, sc, lb) for d, (scores, labels) in DAY_SCORES.items() for s, sc, lb in zip("ABCDE", scores, labels)]
+    )
 
 
 def test_ic_rank_ic_and_icir_are_means_of_per_timestamp_correlations():
@@ -135,7 +142,9 @@ def test_binary_accuracy_log_loss_and_auc_by_hand():
 def test_three_class_auc_is_the_macro_mean_over_the_classes_present():
     classes = [-1.0, 0.0, 1.0]
     labels = np.array([-1.0, 0.0, 1.0, 1.0, -1.0, 0.0])
-    proba = np.array([[.6, .3, .1], [.2, .5, .3], [.1, .3, .6], [.3, .3, .4], [.4, .4, .2], [.5, .3, .2]])
+    proba = np.array(
+        [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.3, 0.6], [0.3, 0.3, 0.4], [0.4, 0.4, 0.2], [0.5, 0.3, 0.2]]
+    )
     m = classification_metrics(proba_frame(labels, proba, classes))
     expected = np.mean([auc_by_pairs(labels == c, proba[:, j]) for j, c in enumerate(classes)])
     assert m["auc"] == pytest.approx(expected)
@@ -144,7 +153,9 @@ def test_three_class_auc_is_the_macro_mean_over_the_classes_present():
     # Class 1 absent from a segment: the AUC is the mean over -1 and 0, not NaN.
     keep = labels != 1.0
     part = classification_metrics(proba_frame(labels[keep], proba[keep], classes))
-    assert part["auc"] == pytest.approx(np.mean([auc_by_pairs(labels[keep] == c, proba[keep][:, j]) for j, c in enumerate(classes[:2])]))
+    assert part["auc"] == pytest.approx(
+        np.mean([auc_by_pairs(labels[keep] == c, proba[keep][:, j]) for j, c in enumerate(classes[:2])])
+    )
 
 
 def test_auc_needs_both_outcomes():
@@ -157,11 +168,15 @@ def test_auc_needs_both_outcomes():
 
 def curve_of(net: list[float], turnover: list[float] | None = None, cost: list[float] | None = None) -> pl.DataFrame:
     n = len(net)
-    return pl.DataFrame({
-        "ts": [DAY0 + dt.timedelta(days=i) for i in range(n)], "net": net,
-        "turnover": turnover or [0.0] * n, "cost": cost or [0.0] * n,
-        "equity": np.cumprod(1.0 + np.asarray(net)).tolist(),
-    })
+    return pl.DataFrame(
+        {
+            "ts": [DAY0 + dt.timedelta(days=i) for i in range(n)],
+            "net": net,
+            "turnover": turnover or [0.0] * n,
+            "cost": cost or [0.0] * n,
+            "equity": np.cumprod(1.0 + np.asarray(net)).tolist(),
+        }
+    )
 
 
 NET = [0.01, -0.02, 0.015, 0.005, -0.01, 0.02]

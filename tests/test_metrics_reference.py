@@ -27,8 +27,18 @@ def series():
     r = rng.normal(0.0005, 0.01, N)
     b = 0.5 * r + rng.normal(0, 0.008, N)
     ts = [dt.datetime(2021, 1, 4, tzinfo=dt.timezone.utc) + dt.timedelta(days=i) for i in range(N)]
-    curve = pl.DataFrame({"ts": ts, "net": r, "equity": np.cumprod(1 + r), "turnover": np.zeros(N), "cost": np.zeros(N),
-                          "exposure": np.ones(N), "net_exposure": np.ones(N), "benchmark": b})
+    curve = pl.DataFrame(
+        {
+            "ts": ts,
+            "net": r,
+            "equity": np.cumprod(1 + r),
+            "turnover": np.zeros(N),
+            "cost": np.zeros(N),
+            "exposure": np.ones(N),
+            "net_exposure": np.ones(N),
+            "benchmark": b,
+        }
+    )
     index = pd.date_range("2021-01-04", periods=N, freq="D")
     return summarize(curve, PPY), pd.Series(r, index=index), pd.Series(b, index=index)
 
@@ -68,7 +78,7 @@ def test_where_we_intentionally_differ(series):
     ours sums currency PnL r·E; quantstats sums returns, which makes it omega at threshold 0.
     information_ratio: ours is annualised; quantstats' is per period."""
     ours, r, b = series
-    daily = (r.mean() - ours["beta"] * b.mean())
+    daily = r.mean() - ours["beta"] * b.mean()
     assert ours["alpha"] == pytest.approx(daily * PPY, rel=1e-10)
     assert empyrical.alpha(r, b, annualization=PPY) == pytest.approx((1 + daily) ** PPY - 1, rel=1e-8)
     from scipy.stats import kurtosis, skew

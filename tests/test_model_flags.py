@@ -23,8 +23,21 @@ ORIGIN = f"recipe {QUICKSTART}"
 
 def _refused(runner, tmp_path, *sets: str) -> list[str]:
     args = [a for item in sets for a in ("--set", item)]
-    result = runner.invoke(app, ["train", "--recipe", QUICKSTART, "--runs-dir", str(tmp_path / "runs"),
-                                 "--data-dir", str(tmp_path / "data"), "--set", "model.params={}", *args])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--recipe",
+            QUICKSTART,
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--set",
+            "model.params={}",
+            *args,
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()  # refused before any work
     return result.stderr.strip().splitlines()
@@ -45,29 +58,35 @@ def test_the_library_path_refuses_too(tmp_path):
 def test_raw_bar_channels_on_a_model_without_them_is_one_line(runner, tmp_path):
     assert _refused(runner, tmp_path, 'model.name="mlp"', 'model.params.inputs="bars"') == [
         f"error: {ORIGIN}: model 'mlp' does not take raw-bar channels (flag bar_channels), which model.params.inputs = "
-        "'bars' asks for; use a model that has it ('lstm', 'gru', 'tcn', 'transformer') or change model.params.inputs"]
+        "'bars' asks for; use a model that has it ('lstm', 'gru', 'tcn', 'transformer') or change model.params.inputs"
+    ]
 
 
 def test_a_task_the_model_lacks_is_one_line(runner, tmp_path):
     assert _refused(runner, tmp_path, 'model.name="linear"', 'model.task="classification"') == [
         f"error: {ORIGIN}: model 'linear' does not do classification (flag tasks = 'regression'), which model.task = "
         "'classification' asks for; use a model that has it (`qfactory train --list-models` shows each model's flags) "
-        "or change model.task"]
+        "or change model.task"
+    ]
 
 
 def test_known_future_and_static_covariates_are_refused_where_no_model_takes_them(runner, tmp_path):
     assert _refused(runner, tmp_path, 'model.name="lstm"', 'model.known_future=["day_of_week"]') == [
         f"error: {ORIGIN}: model 'lstm' does not take known-future covariates (flag known_future), which "
-        "model.known_future = ['day_of_week'] asks for; no registered model has it yet; remove model.known_future"]
+        "model.known_future = ['day_of_week'] asks for; no registered model has it yet; remove model.known_future"
+    ]
     assert _refused(runner, tmp_path, 'model.name="transformer"', 'model.static_columns=["sector"]') == [
         f"error: {ORIGIN}: model 'transformer' does not take static covariates (flag static_covariates), which "
-        "model.static_columns = ['sector'] asks for; no registered model has it yet; remove model.static_columns"]
+        "model.static_columns = ['sector'] asks for; no registered model has it yet; remove model.static_columns"
+    ]
 
 
 def test_a_symbol_encoding_the_model_lacks_is_one_line(runner, tmp_path):
     line = _refused(runner, tmp_path, 'model.name="mlp"', 'model.symbol_encoding="index"')[0]
-    assert line.startswith(f"error: {ORIGIN}: model 'mlp' does not take the symbol encoding 'index' (flag "
-                           "symbol_encodings = 'none', 'one_hot', 'embedding'), which model.symbol_encoding = 'index'")
+    assert line.startswith(
+        f"error: {ORIGIN}: model 'mlp' does not take the symbol encoding 'index' (flag "
+        "symbol_encodings = 'none', 'one_hot', 'embedding'), which model.symbol_encoding = 'index'"
+    )
 
 
 def test_known_future_fields_are_checked_by_the_schema(runner):
@@ -75,21 +94,25 @@ def test_known_future_fields_are_checked_by_the_schema(runner):
     assert result.exit_code == 2
     assert result.stderr.strip() == (
         "error: --set model.known_future=[\"moon\"]: 'model.known_future' must be one of 'minute', 'hour', "
-        "'day_of_week', 'day_of_month', 'month', got 'moon' (did you mean 'month'?)")
+        "'day_of_week', 'day_of_month', 'month', got 'moon' (did you mean 'month'?)"
+    )
 
 
 def test_switching_model_checks_the_new_model_not_the_recipes_own(runner):
     """quickstart is lightgbm: asking for bars while switching to lstm is the lstm's request."""
-    result = runner.invoke(app, ["recipe", "show", "--recipe", QUICKSTART, "--set", 'model.name="lstm"',
-                                 "--set", 'model.params.inputs="both"'])
+    result = runner.invoke(
+        app,
+        ["recipe", "show", "--recipe", QUICKSTART, "--set", 'model.name="lstm"', "--set", 'model.params.inputs="both"'],
+    )
     assert result.exit_code == 0, result.output
 
 
 def test_list_models_and_recipe_defaults_show_each_architecture_field_with_its_doc(runner):
     listed = runner.invoke(app, ["train", "--list-models"]).stdout.splitlines()
     assert "    kernel_size = 3: an integer in [2, 64] — taps of every causal convolution" in listed
-    assert next(line for line in listed if line.startswith("lstm ")).endswith("sequence, bar_channels, sample_weights, "
-                                                                             "gpu, early_stopping")
+    assert next(line for line in listed if line.startswith("lstm ")).endswith(
+        "sequence, bar_channels, sample_weights, gpu, early_stopping"
+    )
     text = runner.invoke(app, ["recipe", "defaults"]).stdout
     assert "#   kernel_size = 3  # taps of every causal convolution; an integer in [2, 64]" in text.splitlines()
     assert tomllib.loads(text)["model"]["params"] == {}  # the parameters are comments: the defaults still load
@@ -101,7 +124,7 @@ def test_train_loop_keys_have_one_source():
         assert f.default == SCHEMA["train"][f.name].default and SCHEMA["train"][f.name].kind == f.type, f.name
     assert LoopConfig.from_section({"epochs": 3}) == dataclasses.replace(LoopConfig(), epochs=3)
     source = (Path(__file__).resolve().parents[1] / "quant_cli" / "models" / "torch" / "config.py").read_text()
-    assert "_train(\"epochs\")" in source and "= 20" not in source  # no literal default beside the schema's
+    assert '_train("epochs")' in source and "= 20" not in source  # no literal default beside the schema's
 
 
 def test_models_register_themselves_and_names_are_unique():
@@ -118,20 +141,49 @@ def test_models_register_themselves_and_names_are_unique():
 def test_the_registry_imports_no_model_and_tabular_lookups_leave_torch_unimported():
     source = (Path(__file__).resolve().parents[1] / "quant_cli" / "models" / "registry.py").read_text()
     assert "from quant_cli.models.boosting" not in source and "from quant_cli.models.torch." not in source
-    code = ("import sys; from quant_cli.models.registry import model_class; model_class('lightgbm'); "
-            "model_class('voting'); assert 'torch' not in sys.modules, 'torch imported'; "
-            "assert model_class('tcn').name == 'tcn'")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"})
+    code = (
+        "import sys; from quant_cli.models.registry import model_class; model_class('lightgbm'); "
+        "model_class('voting'); assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert model_class('tcn').name == 'tcn'"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr
 
 
 def test_the_model_listing_order_does_not_depend_on_import_order():
-    code = ("import quant_cli.models.torch.tcn, quant_cli.models.classical; "
-            "from quant_cli.models.registry import all_models; print(' '.join(all_models()))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"})
+    code = (
+        "import quant_cli.models.torch.tcn, quant_cli.models.classical; "
+        "from quant_cli.models.registry import all_models; print(' '.join(all_models()))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["lightgbm", "catboost", "xgboost", "linear", "logistic", "random_forest",
-                                   "extra_trees", "svm", "voting", "stacking", "blending", "mlp", "lstm", "gru", "tcn",
-                                   "transformer"]
+    assert done.stdout.split() == [
+        "lightgbm",
+        "catboost",
+        "xgboost",
+        "linear",
+        "logistic",
+        "random_forest",
+        "extra_trees",
+        "svm",
+        "voting",
+        "stacking",
+        "blending",
+        "mlp",
+        "lstm",
+        "gru",
+        "tcn",
+        "transformer",
+    ]

@@ -59,7 +59,7 @@ def tiny(name: str, task: str = "regression", n_sym: int = 3, n: int = 40, seed:
     symbols = np.repeat([f"S{i}" for i in range(n_sym)], n)
     ts = np.tile(np.arange(n).astype("datetime64[D]").astype("datetime64[us]"), n_sym)
     if ZOO[name].sequence:
-        y = np.concatenate([np.convolve(X[i * n:(i + 1) * n, 0], np.ones(3))[:n] for i in range(n_sym)])
+        y = np.concatenate([np.convolve(X[i * n : (i + 1) * n, 0], np.ones(3))[:n] for i in range(n_sym)])
     else:
         y = X[:, 0] * X[:, 1] + X[:, 2]
     if task == "classification":
@@ -67,11 +67,29 @@ def tiny(name: str, task: str = "regression", n_sym: int = 3, n: int = 40, seed:
     return X, y.astype(np.float64), symbols, ts
 
 
-def fit(name, task="regression", kind="none", seed=1, train=None, model_params=None, checkpoints=None, resume=False,
-        reporter=None, data=None):
+def fit(
+    name,
+    task="regression",
+    kind="none",
+    seed=1,
+    train=None,
+    model_params=None,
+    checkpoints=None,
+    resume=False,
+    reporter=None,
+    data=None,
+):
     X, y, symbols, ts = data if data is not None else tiny(name, task)
-    model = create_model(name, task, model_params or params(name), seed, 1, symbol_encoding=kind,
-                         train=train or loop(name), **({"reporter": reporter} if reporter else {}))
+    model = create_model(
+        name,
+        task,
+        model_params or params(name),
+        seed,
+        1,
+        symbol_encoding=kind,
+        train=train or loop(name),
+        **({"reporter": reporter} if reporter else {}),
+    )
     if checkpoints is not None:
         model.set_checkpoints(checkpoints, resume)
     return model.fit(X, y, feature_names=FEATURES, symbols=symbols, ts=ts)
@@ -136,8 +154,12 @@ def test_fit_predict_save_load_identical(name, task, kind, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_overfits_a_tiny_panel(name):
-    model = fit(name, data=tiny(name, n_sym=2, n=48), model_params=params(name, dropout=0.0),
-                train=loop(name, epochs=120, schedule="constant"))
+    model = fit(
+        name,
+        data=tiny(name, n_sym=2, n=48),
+        model_params=params(name, dropout=0.0),
+        train=loop(name, epochs=120, schedule="constant"),
+    )
     losses = [epoch["train_loss"] for epoch in model.history_]
     assert losses[-1] <= 0.1 * losses[0], f"{name}: training loss fell only from {losses[0]:.4f} to {losses[-1]:.4f}"
 
@@ -186,8 +208,17 @@ def test_resume_after_a_kill_equals_an_uninterrupted_fit(name, tmp_path):
 
 CUTOFF = dt.datetime(2015, 8, 3, tzinfo=dt.timezone.utc)
 # short exact feature warm-ups keep the bundle's lookback (and its measurement) small
-RUN = ['data.dataset="p"', "features.sets=[]", 'features.include=["ret_5", "ret_10"]', "label.horizon=2",
-       "train.threads=1", "train.early_stopping=0", "train.epochs=2", "train.batch_size=64", "train.patience=0"]
+RUN = [
+    'data.dataset="p"',
+    "features.sets=[]",
+    'features.include=["ret_5", "ret_10"]',
+    "label.horizon=2",
+    "train.threads=1",
+    "train.early_stopping=0",
+    "train.epochs=2",
+    "train.batch_size=64",
+    "train.patience=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +246,8 @@ def test_bundle_scores_up_to_a_cutoff_ignore_every_later_bar(name, store, tmp_pa
     joined = before.join(after, on=["symbol", "ts"], suffix="_rewritten")
     assert joined.height == before.height == after.height > 0
     early = joined.filter(pl.col("ts") <= CUTOFF)
-    assert early.height > 0 and (early["score"] == early["score_rewritten"]).all(), \
+    assert early.height > 0 and (early["score"] == early["score_rewritten"]).all(), (
         f"{name}: a score at or before the cutoff changed when later bars were rewritten"
+    )
     late = joined.filter(pl.col("ts") > CUTOFF)
     assert (late["score"] != late["score_rewritten"]).any()  # the rewrite does reach later scores

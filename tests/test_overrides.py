@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from quant_cli.cli import app
+from quant_cli.io import read_json
 from quant_cli.recipe import load_with_overrides
 from quant_cli.report import CollectingReporter
-import pytest
-from quant_cli.io import read_json
 
 RECIPE = '[data]\ndataset = "demo"\n[model]\nname = "lightgbm"\n[model.params]\nnum_leaves = 7\nn_estimators = 9\n'
-NOTICE = ("ignoring model.params written for lightgbm (n_estimators, num_leaves); "
-          "set them with --set model.params.KEY=VALUE")
+NOTICE = (
+    "ignoring model.params written for lightgbm (n_estimators, num_leaves); set them with --set model.params.KEY=VALUE"
+)
 
 
 def recipe(tmp_path: Path) -> Path:
@@ -54,8 +56,10 @@ def test_recipe_show_and_run_take_the_switch(runner, tmp_path):
 
 def test_run_takes_model_and_device(runner, tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('[run]\nname = "r"\n[data]\ndataset = "tiny"\nsource = "synthetic"\n[data.synthetic]\nsymbols = 3\nbars = 200\n'
-                    '[model]\nname = "lightgbm"\n[model.params]\nnum_leaves = 7\n')
+    path.write_text(
+        '[run]\nname = "r"\n[data]\ndataset = "tiny"\nsource = "synthetic"\n[data.synthetic]\nsymbols = 3\nbars = 200\n'
+        '[model]\nname = "lightgbm"\n[model.params]\nnum_leaves = 7\n'
+    )
     result = runner.invoke(app, ["run", "--recipe", str(path), "--model", "linear", "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.output
     written = (Path(result.stdout.strip()) / "recipe.toml").read_text()
@@ -80,11 +84,26 @@ def quickstart_data(runner):
 
 
 def test_model_switch_drops_the_recipe_params_with_one_notice(runner, quickstart_data):
-    result, stderr = invoke(runner, ["train", "--recipe", QUICKSTART, *SMALL, "--model", "catboost",
-                                     "--set", "model.params.depth=3", "--set", "model.params.iterations=30"])
+    result, stderr = invoke(
+        runner,
+        [
+            "train",
+            "--recipe",
+            QUICKSTART,
+            *SMALL,
+            "--model",
+            "catboost",
+            "--set",
+            "model.params.depth=3",
+            "--set",
+            "model.params.iterations=30",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert stderr[0] == ("notice: --model catboost: ignoring model.params written for lightgbm "
-                         "(learning_rate, min_data_in_leaf, n_estimators, num_leaves); set them with --set model.params.KEY=VALUE")
+    assert stderr[0] == (
+        "notice: --model catboost: ignoring model.params written for lightgbm "
+        "(learning_rate, min_data_in_leaf, n_estimators, num_leaves); set them with --set model.params.KEY=VALUE"
+    )
     saved = read_json(Path(result.stdout.strip()) / "model" / "model.json")
     assert saved["name"] == "catboost" and saved["params"]["depth"] == 3 and saved["params"]["iterations"] == 30
 
@@ -103,8 +122,12 @@ def test_same_model_keeps_the_recipe_params(runner, quickstart_data):
 
 
 def test_explicit_param_for_the_wrong_model_is_still_an_error(runner, quickstart_data):
-    result, stderr = invoke(runner, ["train", "--recipe", QUICKSTART, *SMALL, "--model", "catboost",
-                                     "--set", "model.params.min_data_in_leaf=3"])
+    result, stderr = invoke(
+        runner,
+        ["train", "--recipe", QUICKSTART, *SMALL, "--model", "catboost", "--set", "model.params.min_data_in_leaf=3"],
+    )
     assert result.exit_code == 2
-    assert stderr[-1].startswith("error: model.params.min_data_in_leaf is not a parameter of model 'catboost'; allowed: 'iterations'")
+    assert stderr[-1].startswith(
+        "error: model.params.min_data_in_leaf is not a parameter of model 'catboost'; allowed: 'iterations'"
+    )
     assert stderr[-1].endswith("; `qfactory train --list-models` lists each model's parameters")

@@ -39,11 +39,17 @@ def test_server_batch_predict_and_training_agree(runner, tmp_path, model):
             source = tmp_path / "window.parquet"
             window.write_parquet(source)
             out = tmp_path / "scores.parquet"
-            result = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", str(source), "--out", str(out)])
+            result = runner.invoke(
+                app, ["predict", "--bundle", str(bundle), "--source", str(source), "--out", str(out)]
+            )
             assert result.exit_code == 0, result.output
             batch = pl.read_parquet(out)
             trained_scores = predictions.filter(pl.col("ts") == t).sort("symbol")
             assert batch["symbol"].to_list() == trained_scores["symbol"].to_list() == [p["symbol"] for p in served]
             expected = trained_scores["score"].to_numpy()
-            np.testing.assert_allclose(batch["score"].to_numpy(), expected, rtol=RTOL, atol=0, err_msg=f"{model} batch at {t}")
-            np.testing.assert_allclose([p["score"] for p in served], expected, rtol=RTOL, atol=0, err_msg=f"{model} server at {t}")
+            np.testing.assert_allclose(
+                batch["score"].to_numpy(), expected, rtol=RTOL, atol=0, err_msg=f"{model} batch at {t}"
+            )
+            np.testing.assert_allclose(
+                [p["score"] for p in served], expected, rtol=RTOL, atol=0, err_msg=f"{model} server at {t}"
+            )

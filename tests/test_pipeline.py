@@ -99,7 +99,9 @@ def test_bad_recipe_leaves_no_run_directory(runner, recipe):
 
 
 def test_missing_dataset_is_exit_2(runner, recipe):
-    result = runner.invoke(app, ["train", "--recipe", str(recipe), "--set", "data.dataset=nope"])
+    # without a data.source to ingest it from (with one, the first command ingests it: test_first_command.py)
+    sets = ["--set", "data.dataset=nope", "--set", 'data.source=""']
+    result = runner.invoke(app, ["train", "--recipe", str(recipe), *sets])
     assert result.exit_code == 2
     assert result.stderr.strip().startswith("error: dataset 'nope' not found in")
     assert not any(Path("runs").glob("*")) if Path("runs").exists() else True

@@ -102,7 +102,8 @@ def test_cli_recipe_show_unknown_key_exit_2(runner, tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: recipe {path}: unknown key 'train.epochz' in [train] (did you mean 'epochs'?); allowed: 'device', 'strict_device', "
         "'early_stopping', 'threads', 'epochs', 'batch_size', 'learning_rate', 'weight_decay', 'schedule', 'warmup', "
-        "'grad_clip', 'patience', 'monitor', 'loss', 'precision', 'compile'"
+        "'grad_clip', 'patience', 'monitor', 'loss', 'pnl_cost_bps', 'pnl_drawdown_penalty', 'precision', "
+        "'inference_precision', 'compile', 'nproc'"
     ]
     assert result.stdout == ""
 

@@ -25,35 +25,61 @@ def fails_with(runner, args: list[str], line: str) -> None:
     assert result.stderr.splitlines() == [line]
 
 
-@pytest.mark.parametrize(("item", "line"), [
-    ("label.horizon=12345678901234567890",
-     "error: --set label.horizon=12345678901234567890: 'label.horizon' must be at most 100000, got 12345678901234567890"),
-    ("train.threads=99999999999999",
-     "error: --set train.threads=99999999999999: 'train.threads' must be at most 1000000000, got 99999999999999"),
-    ("backtest.cost_bps=nan",
-     "error: --set backtest.cost_bps=nan: 'backtest.cost_bps' must be a finite number, got nan; nan and inf are not allowed"),
-    ("backtest.cost_bps=inf",
-     "error: --set backtest.cost_bps=inf: 'backtest.cost_bps' must be a finite number, got inf; nan and inf are not allowed"),
-    ("model.params.learning_rate=-inf",
-     "error: --set model.params.learning_rate=-inf: 'model.params.learning_rate' must be a finite number, got -inf; nan and inf are not allowed"),
-    ("features.windows=[5, 1000000]",
-     "error: --set features.windows=[5, 1000000]: 'features.windows' must be at most 100000, got [5, 1000000]"),
-])
+@pytest.mark.parametrize(
+    ("item", "line"),
+    [
+        (
+            "label.horizon=12345678901234567890",
+            "error: --set label.horizon=12345678901234567890: 'label.horizon' must "
+            "be at most 100000, got 12345678901234567890",
+        ),
+        (
+            "train.threads=99999999999999",
+            "error: --set train.threads=99999999999999: 'train.threads' must be at most 1000000000, got 99999999999999",
+        ),
+        (
+            "backtest.cost_bps=nan",
+            "error: --set backtest.cost_bps=nan: 'backtest.cost_bps' must be a "
+            "finite number, got nan; nan and inf are not allowed",
+        ),
+        (
+            "backtest.cost_bps=inf",
+            "error: --set backtest.cost_bps=inf: 'backtest.cost_bps' must be a "
+            "finite number, got inf; nan and inf are not allowed",
+        ),
+        (
+            "model.params.learning_rate=-inf",
+            "error: --set model.params.learning_rate=-inf: "
+            "'model.params.learning_rate' must be a finite number, got -inf; nan and "
+            "inf are not allowed",
+        ),
+        (
+            "features.windows=[5, 1000000]",
+            "error: --set features.windows=[5, 1000000]: 'features.windows' must be at most 100000, got [5, 1000000]",
+        ),
+    ],
+)
 def test_out_of_range_and_non_finite_values_are_one_line(runner, tmp_path, item, line):
     fails_with(runner, ["train", "--recipe", str(recipe_file(tmp_path)), "--set", item], line)
 
 
 def test_non_finite_in_a_recipe_file_names_the_file(runner, tmp_path):
     path = recipe_file(tmp_path, "[backtest]\ncost_bps = nan\n")
-    fails_with(runner, ["train", "--recipe", str(path)],
-               f"error: recipe {path}: 'backtest.cost_bps' must be a finite number, got nan; nan and inf are not allowed")
+    fails_with(
+        runner,
+        ["train", "--recipe", str(path)],
+        f"error: recipe {path}: 'backtest.cost_bps' must be a finite number, got nan; nan and inf are not allowed",
+    )
 
 
 def test_empty_feature_sets_are_refused_when_the_recipe_loads(runner, tmp_path):
     path = recipe_file(tmp_path, "[features]\nsets = []\n")
-    fails_with(runner, ["train", "--recipe", str(path)],
-               f"error: recipe {path}: features.sets is empty and features.include names nothing, so there are no features; "
-               "list at least one set, e.g. sets = [\"core\"] (`qfactory features ls-specs`)")
+    fails_with(
+        runner,
+        ["train", "--recipe", str(path)],
+        f"error: recipe {path}: features.sets is empty and features.include names nothing, so there are no features; "
+        'list at least one set, e.g. sets = ["core"] (`qfactory features ls-specs`)',
+    )
 
 
 def test_empty_sets_with_an_include_is_fine(tmp_path):
@@ -62,8 +88,12 @@ def test_empty_sets_with_an_include_is_fine(tmp_path):
 
 
 def test_huge_model_parameter_is_refused_before_lightgbm_sees_it(runner, tmp_path):
-    fails_with(runner, ["train", "--recipe", str(recipe_file(tmp_path)), "--set", "model.params.n_estimators=100000000000"],
-               "error: model.params.n_estimators: expected an integer >= 1 and at most 2147483647 for model 'lightgbm', got 100000000000")
+    fails_with(
+        runner,
+        ["train", "--recipe", str(recipe_file(tmp_path)), "--set", "model.params.n_estimators=100000000000"],
+        "error: model.params.n_estimators: expected an integer >= 1 and at most "
+        "2147483647 for model 'lightgbm', got 100000000000",
+    )
 
 
 def test_a_utf8_bom_is_accepted(tmp_path):
@@ -76,8 +106,12 @@ def test_a_self_referencing_symlink_is_one_line(runner, tmp_path):
     (tmp_path / "loop.toml").symlink_to("loop.toml")
     path = tmp_path / "child.toml"
     path.write_text('extends = "loop.toml"\n' + BASE, encoding="utf-8")
-    fails_with(runner, ["train", "--recipe", str(path)],
-               f"error: recipe {tmp_path / 'loop.toml'}: a symlink loop (the link points back to itself); point the link at a real .toml file")
+    fails_with(
+        runner,
+        ["train", "--recipe", str(path)],
+        f"error: recipe {tmp_path / 'loop.toml'}: a symlink loop (the link points "
+        "back to itself); point the link at a real .toml file",
+    )
 
 
 def test_a_huge_value_is_not_echoed_in_full(runner, tmp_path):
@@ -86,7 +120,7 @@ def test_a_huge_value_is_not_echoed_in_full(runner, tmp_path):
     path.write_text(BASE.replace('name = "fz"', f'name = "{name}"'), encoding="utf-8")
     result = runner.invoke(app, ["train", "--recipe", str(path)])
     assert result.exit_code == 2
-    line, = result.stderr.splitlines()
+    (line,) = result.stderr.splitlines()
     assert line.startswith(f"error: recipe {path}: 'run.name' must be 1 to 100 letters")
     assert line.endswith("got '" + "a" * 78 + "…")  # 80 characters of the repr, the last one an ellipsis
     assert len(line) < 400
@@ -102,7 +136,9 @@ def test_a_huge_set_item_is_not_echoed_in_full(runner, tmp_path):
 
 def test_bare_toml_dates_in_a_file_become_iso_strings(tmp_path):
     path = recipe_file(tmp_path, "[split]\nval_start = 2016-01-01\ntest_start = 2017-01-01T09:30:00Z\n")
-    path.write_text(path.read_text().replace('dataset = "demo"', 'dataset = "demo"\nstart = 2015-06-01\nend = 2019-12-31'))
+    path.write_text(
+        path.read_text().replace('dataset = "demo"', 'dataset = "demo"\nstart = 2015-06-01\nend = 2019-12-31')
+    )
     recipe = load_recipe(path)
     assert recipe["split"]["val_start"] == "2016-01-01"
     assert recipe["split"]["test_start"] == "2017-01-01T09:30:00+00:00"
@@ -116,24 +152,41 @@ def test_bare_toml_dates_with_set(tmp_path):
 
 
 def test_a_date_key_that_is_no_date_is_one_line(runner, tmp_path):
-    fails_with(runner, ["train", "--recipe", str(recipe_file(tmp_path)), "--set", "data.start=soon"],
-               "error: --set data.start=soon: 'data.start' must be an ISO date or datetime such as 2016-01-01 or "
-               "'2016-01-01T09:30:00', got 'soon'")
+    fails_with(
+        runner,
+        ["train", "--recipe", str(recipe_file(tmp_path)), "--set", "data.start=soon"],
+        "error: --set data.start=soon: 'data.start' must be an ISO date or datetime such as 2016-01-01 or "
+        "'2016-01-01T09:30:00', got 'soon'",
+    )
 
 
 # ---- split mistakes, caught at load ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ("[split]\ntest_start = 2017-01-01\n",
-     "split.test_start is set but split.val_start is not; set both (explicit boundaries) or neither (the split.train / split.val fractions)"),
-    ("[split]\nval_start = 2017-01-01\n",
-     "split.val_start is set but split.test_start is not; set both (explicit boundaries) or neither (the split.train / split.val fractions)"),
-    ("[split]\nval_start = 2018-01-01\ntest_start = 2017-01-01\n",
-     "split.val_start (2018-01-01) is after split.test_start (2017-01-01); the validation segment must start first"),
-    ("[split]\ntrain = 0.7\nval = 0.3\n",
-     "split.train (0.7) + split.val (0.3) = 1 leaves no test segment; make them sum to less than 1"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "[split]\ntest_start = 2017-01-01\n",
+            "split.test_start is set but split.val_start is not; set both (explicit "
+            "boundaries) or neither (the split.train / split.val fractions)",
+        ),
+        (
+            "[split]\nval_start = 2017-01-01\n",
+            "split.val_start is set but split.test_start is not; set both (explicit "
+            "boundaries) or neither (the split.train / split.val fractions)",
+        ),
+        (
+            "[split]\nval_start = 2018-01-01\ntest_start = 2017-01-01\n",
+            "split.val_start (2018-01-01) is after split.test_start (2017-01-01); "
+            "the validation segment must start first",
+        ),
+        (
+            "[split]\ntrain = 0.7\nval = 0.3\n",
+            "split.train (0.7) + split.val (0.3) = 1 leaves no test segment; make them sum to less than 1",
+        ),
+    ],
+)
 def test_split_mistakes_fail_when_the_recipe_loads(runner, tmp_path, extra, message):
     path = recipe_file(tmp_path, extra)
     fails_with(runner, ["split", "--recipe", str(path)], f"error: recipe {path}: {message}")

@@ -14,16 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from quant_cli.cli import app
-from quant_cli.io import OWNER_FILE, clean_stale_staging
-from quant_cli.runs.directory import Run
 from quant_cli import stages
+from quant_cli.cli import app
 from quant_cli.data.store import write_store
-from quant_cli.recipe import load_recipe
 from quant_cli.data.synthetic import generate
+from quant_cli.io import OWNER_FILE, clean_stale_staging
+from quant_cli.recipe import load_recipe
+from quant_cli.runs.directory import Run
 
-RECIPE = ('[run]\nname = "rec"\n[data]\ndataset = "tiny"\n[data.synthetic]\nsymbols = 3\nbars = 200\n'
-          '[model]\nname = "linear"\n')
+RECIPE = (
+    '[run]\nname = "rec"\n[data]\ndataset = "tiny"\n[data.synthetic]\nsymbols = 3\nbars = 200\n'
+    '[model]\nname = "linear"\n'
+)
 
 
 @pytest.fixture
@@ -60,7 +62,8 @@ def test_a_killed_train_stage_is_redone(runner, split_run):
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines()[0] == (
         f"notice: run {split_run.id}: the train stage never committed (interrupted); removed its leftovers "
-        f"(.staging-model-0a1b, model, predictions.parquet) and redoing it")
+        f"(.staging-model-0a1b, model, predictions.parquet) and redoing it"
+    )
     assert split_run.has_stage("train") and not stale.exists()
     assert not (split_run.path / "model" / "model.txt").exists()
     assert runner.invoke(app, ["backtest", "--run", str(split_run.path), "-q"]).exit_code == 0
@@ -70,16 +73,20 @@ def test_a_committed_train_stage_is_never_redone(runner, split_run):
     assert runner.invoke(app, ["train", "--run", str(split_run.path), "-q"]).exit_code == 0
     again = runner.invoke(app, ["train", "--run", str(split_run.path)])
     assert again.exit_code == 2
-    assert again.stderr.splitlines() == [f"error: run {split_run.id} already has a model; runs are never overwritten — "
-                                         "start a new one with `qfactory train --recipe R`"]
+    assert again.stderr.splitlines() == [
+        f"error: run {split_run.id} already has a model; runs are never overwritten — "
+        "start a new one with `qfactory train --recipe R`"
+    ]
 
 
 def test_backtest_needs_a_committed_train_and_redoes_a_killed_backtest(runner, split_run):
     (split_run.path / "predictions.parquet").write_bytes(b"uncommitted")
     early = runner.invoke(app, ["backtest", "--run", str(split_run.path)])
     assert early.exit_code == 2
-    assert early.stderr.splitlines() == [f"error: run {split_run.id} has no committed train stage; "
-                                         f"train it first with `qfactory train --run {split_run.id}`"]
+    assert early.stderr.splitlines() == [
+        f"error: run {split_run.id} has no committed train stage; "
+        f"train it first with `qfactory train --run {split_run.id}`"
+    ]
     assert runner.invoke(app, ["train", "--run", str(split_run.path), "-q"]).exit_code == 0
     (split_run.path / "backtest").mkdir()
     (split_run.path / "backtest" / "equity.parquet").write_bytes(b"half")
@@ -106,13 +113,15 @@ def test_stale_run_staging_of_dead_processes_is_cleaned_by_the_next_run(runner, 
 
 
 def test_a_kill_9_mid_stage_leaves_staging_that_the_next_command_removes(tmp_path):
-    script = ("import sys, time; from pathlib import Path; from quant_cli.io import staged_dir\n"
-              "with staged_dir(Path(sys.argv[1]) / 'model') as s:\n"
-              "    (s / 'part').write_text('x'); print('ready', flush=True); time.sleep(120)\n")
+    script = (
+        "import sys, time; from pathlib import Path; from quant_cli.io import staged_dir\n"
+        "with staged_dir(Path(sys.argv[1]) / 'model') as s:\n"
+        "    (s / 'part').write_text('x'); print('ready', flush=True); time.sleep(120)\n"
+    )
     child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "ready"
-        staging, = tmp_path.glob(".staging-model-*")
+        (staging,) = tmp_path.glob(".staging-model-*")
         assert clean_stale_staging(tmp_path) == [] and staging.exists()  # its writer is alive: untouched
     finally:
         child.send_signal(signal.SIGKILL)
@@ -128,18 +137,26 @@ def small_split_run(tmp_path) -> str:
     return str(stages.new_split_run(recipe, tmp_path / "data", tmp_path / "runs").path)
 
 
-@pytest.mark.parametrize(("file", "text", "what"), [
-    ("manifest.json", "garbage", "manifest.json is not valid JSON (Expecting value: line 1 column 1 (char 0))"),
-    ("manifest.json", "[]", "manifest.json is not a JSON object"),
-    ("split/pipeline.json", "garbage", "split/pipeline.json is not valid JSON (Expecting value: line 1 column 1 (char 0))"),
-])
+@pytest.mark.parametrize(
+    ("file", "text", "what"),
+    [
+        ("manifest.json", "garbage", "manifest.json is not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+        ("manifest.json", "[]", "manifest.json is not a JSON object"),
+        (
+            "split/pipeline.json",
+            "garbage",
+            "split/pipeline.json is not valid JSON (Expecting value: line 1 column 1 (char 0))",
+        ),
+    ],
+)
 def test_a_damaged_run_file_is_one_line_not_an_unexpected_failure(runner, small_split_run, file, text, what):
     (Path(small_split_run) / file).write_text(text)
     result = runner.invoke(app, ["train", "--run", small_split_run])
     assert result.exit_code == 2, result.output
     run_id = Path(small_split_run).name
     assert result.stderr.splitlines() == [
-        f"error: run {run_id}: {what}; the run is damaged, start a new one with `qfactory train --recipe R`"]
+        f"error: run {run_id}: {what}; the run is damaged, start a new one with `qfactory train --recipe R`"
+    ]
 
 
 def test_run_latest_skips_a_damaged_run(runner, tmp_path, small_split_run):
@@ -159,7 +176,9 @@ def test_a_damaged_delta_log_is_one_line(runner, tmp_path):
     assert result.exit_code == 2, result.output
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"error: dataset 'q': its Delta table at {log.parent.parent} cannot be read (")
-    assert line.endswith(f"restore its _delta_log from a backup, or delete {log.parent.parent.parent} and ingest it again")
+    assert line.endswith(
+        f"restore its _delta_log from a backup, or delete {log.parent.parent.parent} and ingest it again"
+    )
 
 
 def test_a_damaged_run_parquet_is_one_line(runner, small_split_run):
@@ -167,7 +186,9 @@ def test_a_damaged_run_parquet_is_one_line(runner, small_split_run):
     result = runner.invoke(app, ["train", "--run", small_split_run])
     assert result.exit_code == 2, result.output
     (line,) = result.stderr.splitlines()
-    assert line.startswith(f"error: run {Path(small_split_run).name}: split/rows.parquet is not a readable parquet file (")
+    assert line.startswith(
+        f"error: run {Path(small_split_run).name}: split/rows.parquet is not a readable parquet file ("
+    )
     assert line.endswith("; the run is damaged, start a new one with `qfactory train --recipe R`")
 
 
@@ -176,17 +197,25 @@ def test_a_damaged_predictions_file_is_one_line(runner, small_split_run):
     (Path(small_split_run) / "predictions.parquet").write_text("garbage")
     result = runner.invoke(app, ["backtest", "--run", small_split_run])
     assert result.exit_code == 2, result.output
-    assert result.stderr.splitlines()[0].startswith(f"error: run {Path(small_split_run).name}: predictions.parquet is not a readable parquet file (")
+    assert result.stderr.splitlines()[0].startswith(
+        f"error: run {Path(small_split_run).name}: predictions.parquet is not a readable parquet file ("
+    )
 
 
-@pytest.mark.parametrize(("damage", "commands"), [
-    ("spec.json", ["features"]),  # train --run reads only the table
-    ("table/part-00000.parquet", ["features", "train"]),
-])
+@pytest.mark.parametrize(
+    ("damage", "commands"),
+    [
+        ("spec.json", ["features"]),  # train --run reads only the table
+        ("table/part-00000.parquet", ["features", "train"]),
+    ],
+)
 def test_a_damaged_cached_feature_version_is_one_line(runner, tmp_path, small_split_run, damage, commands):
     (folder,) = (tmp_path / "data" / "p" / "features").iterdir()
     (folder / damage).write_text("garbage")
-    calls = {"train": ["train", "--run", small_split_run], "features": ["features", "--recipe", str(Path(small_split_run) / "recipe.toml")]}
+    calls = {
+        "train": ["train", "--run", small_split_run],
+        "features": ["features", "--recipe", str(Path(small_split_run) / "recipe.toml")],
+    }
     for args in (calls[c] for c in commands):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output

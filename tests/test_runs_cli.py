@@ -8,11 +8,12 @@ import socket
 from pathlib import Path
 
 import pytest
+from runs_fakes import fake_run, stamp, trial
+from runs_fakes import ls_json as _ls
 
 from quant_cli.cli import app
 from quant_cli.recipe import load_recipe
 from quant_cli.runs.directory import Run, create_run
-from runs_fakes import fake_run, ls_json as _ls, stamp, trial
 
 RUNS = Path("runs")
 
@@ -27,7 +28,19 @@ def test_ls_lists_newest_first_with_identity_metrics_and_status(runner):
     assert newest["committed"] == ["split", "train"] and newest["state"] == "ok" and newest["sharpe"] is None
     assert oldest["sharpe"] == 1.2 and oldest["n_trials"] == 1 and oldest["age_seconds"] > 0
     table = runner.invoke(app, ["runs", "ls"]).stdout.splitlines()
-    assert table[0].split() == ["RUN", "NAME", "DATASET", "MODEL", "VAL_IC", "TEST_IC", "SHARPE", "DSR", "N", "STATUS", "AGE"]
+    assert table[0].split() == [
+        "RUN",
+        "NAME",
+        "DATASET",
+        "MODEL",
+        "VAL_IC",
+        "TEST_IC",
+        "SHARPE",
+        "DSR",
+        "N",
+        "STATUS",
+        "AGE",
+    ]
     assert table[1].split()[:6] == ["b-20260101T000000-0002", "b", "d", "xgboost", "0.0300", "0.0500"]
     assert "split+train+backtest" in table[2]
 
@@ -39,7 +52,7 @@ def test_ls_filters_and_limit(runner):
     ids = lambda *args: [r["run_id"][0] for r in _ls(runner, *args)]  # noqa: E731
     assert ids("--dataset", "x") == ["c", "a"]
     assert ids("--model", "catboost") == ["c"]  # b never trained: no model
-    assert ids("--status", "backtest") == ["a"]      # a committed stage
+    assert ids("--status", "backtest") == ["a"]  # a committed stage
     assert ids("--status", "ok", "--limit", "2") == ["c", "b"]
     assert ids("--dataset", "none") == []
 
@@ -56,7 +69,10 @@ def test_damaged_runs_are_listed_never_crash(runner):
     assert rows["bad-20260101T000000-0002"]["state"] == "damaged"
     assert rows["bad-20260101T000000-0002"]["problem"].startswith("manifest.json is not valid JSON")
     assert rows["list-20260101T000000-0003"]["problem"] == "metrics.json is not a JSON object"
-    assert [r["run_id"] for r in _ls(runner, "--status", "damaged")] == ["list-20260101T000000-0003", "bad-20260101T000000-0002"]
+    assert [r["run_id"] for r in _ls(runner, "--status", "damaged")] == [
+        "list-20260101T000000-0003",
+        "bad-20260101T000000-0002",
+    ]
     assert "damaged" in runner.invoke(app, ["runs", "ls"]).stdout
 
 
@@ -69,7 +85,9 @@ def test_failed_interrupted_and_running_stages(runner):
     (killed / "model").mkdir()  # train outputs without its manifest entry: a killed process
     live = fake_run(RUNS, "l-20260101T000000-0003", stamp(3))
     (live / ".staging-backtest-abc").mkdir()
-    (live / ".staging-backtest-abc" / ".qfactory-owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    (live / ".staging-backtest-abc" / ".qfactory-owner.json").write_text(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+    )
     rows = {r["run_id"][0]: r for r in _ls(runner)}
     assert (rows["f"]["state"], rows["f"]["failed"]) == ("failed", ["backtest"])
     assert (rows["k"]["state"], rows["k"]["interrupted"]) == ("interrupted", ["train"])
@@ -84,16 +102,30 @@ def test_a_stage_killed_before_it_wrote_anything_is_interrupted_and_a_live_one_r
     import subprocess
     import sys
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     killed = Run(fake_run(RUNS, "k-20260101T000000-0001", stamp(1), stages=("split",)))
-    killed.update_manifest(stages={"train": {"status": "running", "pid": int(gone.stdout), "host": socket.gethostname(),
-                                             "started": "2026-01-01T00:00:00+00:00"}})
+    killed.update_manifest(
+        stages={
+            "train": {
+                "status": "running",
+                "pid": int(gone.stdout),
+                "host": socket.gethostname(),
+                "started": "2026-01-01T00:00:00+00:00",
+            }
+        }
+    )
     with create_run(tmp_path, load_recipe(None)) as live:
         pass
     with live.stage("split"):
         assert live.manifest()["stages"]["split"]["status"] == "running"
         rows = {r["run_id"][0]: r for r in _ls(runner)}
-        assert (rows["k"]["state"], rows["k"]["interrupted"], rows["k"]["committed"]) == ("interrupted", ["train"], ["split"])
+        assert (rows["k"]["state"], rows["k"]["interrupted"], rows["k"]["committed"]) == (
+            "interrupted",
+            ["train"],
+            ["split"],
+        )
         assert [r["state"] for r in _ls(runner, "--runs-dir", str(tmp_path))] == ["running"]
     assert live.has_stage("split") and [r["state"] for r in _ls(runner, "--runs-dir", str(tmp_path))] == ["ok"]
     killed.begin_stage("train")  # a dead process's running entry is no commitment: the stage is redone
@@ -118,23 +150,33 @@ def test_unknown_run_damaged_run_and_bad_status_are_one_line(runner):
     result = runner.invoke(app, ["runs", "show", "nope"])
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
-        f"error: run 'nope': no run directory with a manifest.json there or under {RUNS.resolve()}; pass a run path, a run id, or 'latest'"]
+        "error: run 'nope': no run directory with a manifest.json there or under "
+        f"{RUNS.resolve()}; pass a run path, a run id, or 'latest'"
+    ]
     (RUNS / "bad").mkdir(parents=True)
     (RUNS / "bad" / "manifest.json").write_text("{not json")
     for command in (["show", "bad"], ["compare", "bad", "bad"]):
         result = runner.invoke(app, ["runs", *command])
         assert result.exit_code == 2
         assert result.stderr.splitlines() == [
-            "error: run bad: manifest.json is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1)); "
-            "the run is damaged, start a new one with `qfactory train --recipe R`"]
+            "error: run bad: manifest.json is not valid JSON (Expecting property "
+            "name enclosed in double quotes: line 1 column 2 (char 1)); "
+            "the run is damaged, start a new one with `qfactory train --recipe R`"
+        ]
     result = runner.invoke(app, ["runs", "ls", "--status", "faild", "--json"])
     assert result.exit_code == 2
-    message = ("--status 'faild': unknown (did you mean 'failed'?); use a state ('damaged', 'running', 'failed', 'interrupted', 'ok') "
-               "or a stage name ('ingest', 'split', 'train', 'backtest', 'walkforward', 'bundle', 'tune') to list runs with that stage committed")
+    message = (
+        "--status 'faild': unknown (did you mean 'failed'?); use a state "
+        "('damaged', 'running', 'failed', 'interrupted', 'ok') "
+        "or a stage name ('ingest', 'split', 'train', 'backtest', 'walkforward', "
+        "'bundle', 'tune') to list runs with that stage committed"
+    )
     assert json.loads(result.stdout) == {"error": message, "kind": "RunError", "exit_code": 2}
     result = runner.invoke(app, ["runs", "compare", "latest"])
     assert result.exit_code == 2
-    assert result.stderr.splitlines() == ["error: runs compare: needs at least two runs, e.g. `qfactory runs compare RUN_A RUN_B`"]
+    assert result.stderr.splitlines() == [
+        "error: runs compare: needs at least two runs, e.g. `qfactory runs compare RUN_A RUN_B`"
+    ]
 
 
 def test_show_summarises_manifest_stages_metrics_and_ledger(runner):
@@ -152,10 +194,21 @@ def test_show_summarises_manifest_stages_metrics_and_ledger(runner):
 
 
 def test_compare_puts_metrics_side_by_side_and_lists_recipe_differences(runner):
-    fake_run(RUNS, "a-20260101T000000-0001", stamp(1), backtest=trial(1.0), test_ic=0.01,
-             recipe='[run]\nname = "a"\n[model]\nname = "lightgbm"\n[model.params]\nnum_leaves = 7\nlearning_rate = 0.1\n')
-    fake_run(RUNS, "b-20260101T000000-0002", stamp(2), test_ic=0.04,
-             recipe='[run]\nname = "b"\n[model]\nname = "lightgbm"\n[model.params]\nnum_leaves = 31\nlearning_rate = 0.1\n')
+    fake_run(
+        RUNS,
+        "a-20260101T000000-0001",
+        stamp(1),
+        backtest=trial(1.0),
+        test_ic=0.01,
+        recipe='[run]\nname = "a"\n[model]\nname = "lightgbm"\n[model.params]\nnum_leaves = 7\nlearning_rate = 0.1\n',
+    )
+    fake_run(
+        RUNS,
+        "b-20260101T000000-0002",
+        stamp(2),
+        test_ic=0.04,
+        recipe='[run]\nname = "b"\n[model]\nname = "lightgbm"\n[model.params]\nnum_leaves = 31\nlearning_rate = 0.1\n',
+    )
     result = runner.invoke(app, ["runs", "compare", "a-20260101T000000-0001", "latest", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
@@ -163,7 +216,10 @@ def test_compare_puts_metrics_side_by_side_and_lists_recipe_differences(runner):
     assert out["metrics"]["test.ic"] == [0.01, 0.04]
     assert out["metrics"]["backtest.sharpe"] == [1.0, None]
     assert out["metrics"]["ledger.backtest.n_trials"] == [1, None]
-    assert out["recipe"] == {"model.params.num_leaves": [7, 31], "run.name": ["a", "b"]}  # learning_rate equal: not listed
+    assert out["recipe"] == {
+        "model.params.num_leaves": [7, 31],
+        "run.name": ["a", "b"],
+    }  # learning_rate equal: not listed
     text = runner.invoke(app, ["runs", "compare", "a-20260101T000000-0001", "b-20260101T000000-0002"]).stdout
     assert text.splitlines()[:2] == ["run1 = a-20260101T000000-0001", "run2 = b-20260101T000000-0002"]
     assert any(line.split() == ["model.params.num_leaves", "7", "31"] for line in text.splitlines())
@@ -175,4 +231,6 @@ def test_show_of_a_run_with_damaged_metrics_is_one_line(runner):
     result = runner.invoke(app, ["runs", "show", "m-20260101T000000-0001"])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        "error: run m-20260101T000000-0001: metrics.json is not a JSON object; the run is damaged, start a new one with `qfactory train --recipe R`"]
+        "error: run m-20260101T000000-0001: metrics.json is not a JSON object; "
+        "the run is damaged, start a new one with `qfactory train --recipe R`"
+    ]

@@ -36,8 +36,19 @@ def trained(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("real")
     (root / "r.toml").write_text(SMALL)
-    result = CliRunner().invoke(app, ["run", "--recipe", str(root / "r.toml"), "--data-dir", str(root / "data"),
-                                      "--runs-dir", str(root / "runs"), "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--recipe",
+            str(root / "r.toml"),
+            "--data-dir",
+            str(root / "data"),
+            "--runs-dir",
+            str(root / "runs"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return Path(result.stdout.strip())
 
@@ -64,13 +75,21 @@ def test_export_logs_params_metrics_artifacts_and_is_idempotent(runner, run_id, 
         (logged,) = client.search_runs([experiment.experiment_id])
         assert logged.info.run_id == result["mlflow_run_id"] and logged.data.tags["qfactory.run_id"] == run_id
         params, metrics = logged.data.params, logged.data.metrics
-        assert params["model.name"] == "lightgbm" and params["model.params.n_estimators"] == "20" and params["run.name"] == "exp"
+        assert (
+            params["model.name"] == "lightgbm"
+            and params["model.params.n_estimators"] == "20"
+            and params["run.name"] == "exp"
+        )
         recipe_metrics = json.loads((Path("runs") / run_id / "metrics.json").read_text())
         assert metrics["test.ic"] == pytest.approx(recipe_metrics["test"]["ic"])
         assert metrics["backtest.periods"] == recipe_metrics["backtest"]["periods"]
         top = {a.path for a in client.list_artifacts(logged.info.run_id)}
         assert {"recipe.toml", "manifest.json", "metrics.json", "model", "backtest"} <= top
-        assert {a.path for a in client.list_artifacts(logged.info.run_id, "backtest")} == {"backtest/analysis.json", "backtest/metrics.json", "backtest/report.html"}
+        assert {a.path for a in client.list_artifacts(logged.info.run_id, "backtest")} == {
+            "backtest/analysis.json",
+            "backtest/metrics.json",
+            "backtest/report.html",
+        }
         assert client.list_artifacts(logged.info.run_id, "model")
 
         again = runner.invoke(app, ["runs", "export-mlflow", "latest", "--tracking-uri", uri, "--json"])
@@ -91,7 +110,9 @@ def test_without_mlflow_it_says_how_to_install_it(runner, run_id, monkeypatch):
     result = runner.invoke(app, ["runs", "export-mlflow", run_id, "--tracking-uri", "file:///tmp/never"])
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.splitlines() == [
-        "error: runs export-mlflow needs MLflow, which is not installed; install it with `pip install 'qfactory[mlflow]'`"]
+        "error: runs export-mlflow needs MLflow, which is not installed; install "
+        "it with `pip install 'qfactory[mlflow]'`"
+    ]
 
 
 def test_no_tracking_uri_and_unknown_run_are_one_line(runner, monkeypatch):
@@ -99,10 +120,14 @@ def test_no_tracking_uri_and_unknown_run_are_one_line(runner, monkeypatch):
     result = runner.invoke(app, ["runs", "export-mlflow", "latest"])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        "error: runs export-mlflow: no tracking URI; pass --tracking-uri URI (e.g. file:///tmp/mlruns) or set MLFLOW_TRACKING_URI"]
+        "error: runs export-mlflow: no tracking URI; pass --tracking-uri URI "
+        "(e.g. file:///tmp/mlruns) or set MLFLOW_TRACKING_URI"
+    ]
     result = runner.invoke(app, ["runs", "export-mlflow", "latest", "--tracking-uri", "file:///tmp/never"])
     assert result.exit_code == 2
-    assert result.stderr.splitlines() == [f"error: run latest: no runs under {Path('runs').resolve()}; start one with `qfactory train --recipe R`"]
+    assert result.stderr.splitlines() == [
+        f"error: run latest: no runs under {Path('runs').resolve()}; start one with `qfactory train --recipe R`"
+    ]
 
 
 def test_a_uri_mlflow_refuses_is_one_line(runner, run_id):

@@ -9,11 +9,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from runs_fakes import fake_run, stamp, trial
 
 from quant_cli.cli import app
 from quant_cli.runs import gc as gc_module
 from quant_cli.runs.directory import resolve_run
-from runs_fakes import fake_run, stamp, trial
 
 RUNS = Path("runs")
 
@@ -48,14 +48,17 @@ def test_keeps_the_newest_n_and_dry_run_deletes_nothing(runner):
 
 def test_referenced_runs_are_protected_unless_forced(runner):
     ids = _runs(4)
-    (RUNS / ids[0] / "bundle").mkdir()                                   # holds a bundle
+    (RUNS / ids[0] / "bundle").mkdir()  # holds a bundle
     study = fake_run(RUNS, "tune-20260101T000000-0009", stamp(9), references=[ids[1], str((RUNS / "gone").resolve())])
-    (RUNS / "exports" / "b1").mkdir(parents=True)                         # a bundle elsewhere names its source
+    (RUNS / "exports" / "b1").mkdir(parents=True)  # a bundle elsewhere names its source
     (RUNS / "exports" / "b1" / "manifest.json").write_text(json.dumps({"source_run": ids[2]}))
     plan = _gc(runner, "--keep", "1")
     assert plan["kept"] == [study.name] and plan["removed"] == [ids[3]]
-    assert plan["protected"] == {ids[2]: ["source of bundle exports/b1"], ids[1]: [f"referenced by run {study.name}"],
-                                 ids[0]: ["holds a bundle/"]}
+    assert plan["protected"] == {
+        ids[2]: ["source of bundle exports/b1"],
+        ids[1]: [f"referenced by run {study.name}"],
+        ids[0]: ["holds a bundle/"],
+    }
     assert _left() == {study.name, ids[2], ids[1], ids[0], "exports"}
     info = json.loads(runner.invoke(app, ["runs", "show", ids[1], "--json"]).stdout)
     assert info["protected_by"] == [f"referenced by run {study.name}"]
@@ -68,10 +71,12 @@ def test_a_run_being_written_is_never_deleted_and_live_staging_survives(runner):
     mine = {"pid": os.getpid(), "host": socket.gethostname()}
     (RUNS / ids[0] / ".staging-backtest-x").mkdir()
     (RUNS / ids[0] / ".staging-backtest-x" / ".qfactory-owner.json").write_text(json.dumps(mine))
-    (RUNS / ".staging-new-20260101T000000-aaaa").mkdir()                 # a new run being created now
+    (RUNS / ".staging-new-20260101T000000-aaaa").mkdir()  # a new run being created now
     (RUNS / ".staging-new-20260101T000000-aaaa" / ".qfactory-owner.json").write_text(json.dumps(mine))
-    (RUNS / ".staging-dead-20260101T000000-bbbb").mkdir()                # its writer is gone
-    (RUNS / ".staging-dead-20260101T000000-bbbb" / ".qfactory-owner.json").write_text(json.dumps({**mine, "pid": 2**22 + 12345}))
+    (RUNS / ".staging-dead-20260101T000000-bbbb").mkdir()  # its writer is gone
+    (RUNS / ".staging-dead-20260101T000000-bbbb" / ".qfactory-owner.json").write_text(
+        json.dumps({**mine, "pid": 2**22 + 12345})
+    )
     plan = _gc(runner, "--keep", "0", "--force")
     assert plan["busy"] == [ids[0]] and sorted(plan["removed"]) == sorted(ids[1:])
     assert _left() == {ids[0], ".staging-new-20260101T000000-aaaa"}
@@ -99,7 +104,7 @@ def test_a_gc_killed_mid_delete_leaves_no_half_deleted_run(runner, monkeypatch):
 
     def killed_half_way(path, ignore_errors=False):
         os.remove(Path(path) / "metrics.json")  # part of the run is gone ...
-        raise KeyboardInterrupt                  # ... when the process dies
+        raise KeyboardInterrupt  # ... when the process dies
 
     monkeypatch.setattr(gc_module.shutil, "rmtree", killed_half_way)
     result = runner.invoke(app, ["runs", "gc", "--keep", "1"])
@@ -110,7 +115,7 @@ def test_a_gc_killed_mid_delete_leaves_no_half_deleted_run(runner, monkeypatch):
     rows = json.loads(runner.invoke(app, ["runs", "ls", "--json"]).stdout)
     assert {r["run_id"] for r in rows} == {ids[2], ids[0]} and all(r["state"] == "ok" for r in rows)
     assert resolve_run("latest", RUNS).path.name == ids[2]
-    plan = _gc(runner, "--keep", "1")                                    # the next gc finishes the job
+    plan = _gc(runner, "--keep", "1")  # the next gc finishes the job
     assert plan["removed"] == [ids[0]] and plan["cleaned"] == trash and _left() == {ids[2]}
 
 
@@ -125,7 +130,9 @@ def test_gc_warns_that_deleted_trials_leave_the_ledger(runner):
 def test_negative_keep_and_missing_keep_are_one_line(runner):
     result = runner.invoke(app, ["runs", "gc", "--keep", "-1"])
     assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr.splitlines() == ["error: --keep -1: must be 0 or more (the number of newest runs to keep), e.g. `qfactory runs gc --keep 20`"]
+    assert result.stderr.splitlines() == [
+        "error: --keep -1: must be 0 or more (the number of newest runs to keep), e.g. `qfactory runs gc --keep 20`"
+    ]
     result = runner.invoke(app, ["runs", "gc"])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == ["error: Missing option '--keep'. (see `qfactory runs gc --help`)"]
@@ -133,7 +140,7 @@ def test_negative_keep_and_missing_keep_are_one_line(runner):
 
 @pytest.mark.parametrize("damage", ["{not json", "[]"])
 def test_damaged_runs_count_as_oldest(runner, damage):
-    ids = _runs(2)
+    _runs(2)
     (RUNS / "x").mkdir()
     (RUNS / "x" / "manifest.json").write_text(damage)
     assert _gc(runner, "--keep", "2")["removed"] == ["x"]

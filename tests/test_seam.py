@@ -13,13 +13,19 @@ from quant_cli.data.synthetic import generate
 from quant_cli.dataset.table import KEYS, prepare
 from quant_cli.io import read_json
 from quant_cli.models.classical import LinearModel
-from quant_cli.stages.crossval import cross_validate
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.recipe import load_recipe
 from quant_cli.runs.directory import resolve_run
+from quant_cli.stages.crossval import cross_validate
 
-BASE = ['data.dataset="p"', 'features.sets=["core"]', "label.horizon=3", "model.params.n_estimators=20",
-        "model.params.min_data_in_leaf=20", "train.threads=1"]
+BASE = [
+    'data.dataset="p"',
+    'features.sets=["core"]',
+    "label.horizon=3",
+    "model.params.n_estimators=20",
+    "model.params.min_data_in_leaf=20",
+    "train.threads=1",
+]
 
 
 def _recipe(*overrides: str):
@@ -78,15 +84,23 @@ class RecordingLinear(LinearModel):
 def test_cross_validation_refits_scaler_and_weights_on_each_folds_training_rows(store):
     """Fails when the fold scaler or the fold weights are fit on all development rows: z-scored
     fold training columns then miss mean 0, and fold weights miss mean 1."""
-    recipe = _recipe('split.method="purged_kfold"', "split.folds=3", 'split.sample_weight="uniqueness"',
-                     "split.time_decay=0.5", 'preprocess.scaler="zscore"', 'preprocess.fill="zero"')
+    recipe = _recipe(
+        'split.method="purged_kfold"',
+        "split.folds=3",
+        'split.sample_weight="uniqueness"',
+        "split.time_decay=0.5",
+        'preprocess.scaler="zscore"',
+        'preprocess.fill="zero"',
+    )
     prepared = prepare(recipe, pin(store, "p"))
     RecordingLinear.seen = []
     cross_validate(prepared, recipe["split"], 3, lambda: RecordingLinear(seed=1))
     assert len(RecordingLinear.seen) == 3
     for X, weights in RecordingLinear.seen:
         assert np.abs(X.mean(axis=0)).max() < 1e-4, "the fold scaler was not fit on the fold's training rows"
-        assert weights is not None and weights.mean() == pytest.approx(1.0, abs=1e-9), "fold weights not fit on the fold"
+        assert weights is not None and weights.mean() == pytest.approx(1.0, abs=1e-9), (
+            "fold weights not fit on the fold"
+        )
 
 
 def _continue_after_append(tmp_path, runs_dir):
@@ -126,15 +140,23 @@ def test_train_run_recomputes_nothing(tmp_path, monkeypatch):
     assert (run.path / "predictions.parquet").is_file()
 
 
-@pytest.mark.parametrize(("dates", "bad"), [
-    ({"val_start": "2015-08-03", "test_start": "2030-02-01"}, "test_start"),
-    ({"val_start": "2014-06-01", "test_start": "2015-10-01"}, "val_start"),
-])
+@pytest.mark.parametrize(
+    ("dates", "bad"),
+    [
+        ({"val_start": "2015-08-03", "test_start": "2030-02-01"}, "test_start"),
+        ({"val_start": "2014-06-01", "test_start": "2015-10-01"}, "val_start"),
+    ],
+)
 def test_split_dates_outside_the_data_fail_before_any_feature_build(runner, tmp_path, dates, bad):
-    assert runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "p", "--symbols", "3", "--bars", "300", "-q"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["ingest", "--source", "synthetic", "--dataset", "p", "--symbols", "3", "--bars", "300", "-q"]
+        ).exit_code
+        == 0
+    )
     args = ["split", "--set", 'data.dataset="p"'] + [a for k, v in dates.items() for a in ("--set", f'split.{k}="{v}"')]
     recipe = tmp_path / "r.toml"
-    recipe.write_text("[run]\nname = \"r\"\n")
+    recipe.write_text('[run]\nname = "r"\n')
     result = runner.invoke(app, [*args, "--recipe", str(recipe)])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()

@@ -14,26 +14,26 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-
 from helpers import TORCH_FAST
+
+from quant_cli import stages
 from quant_cli.cli import app
 from quant_cli.data.store import pin, write_store
 from quant_cli.data.synthetic import generate
 from quant_cli.dataset.table import prepare
 from quant_cli.errors import ModelError
+from quant_cli.features.bars import bar_channels, channel_names
 from quant_cli.features.testing import perturb_after
 from quant_cli.io import read_json
 from quant_cli.models import device as device_mod
-from quant_cli.features.bars import bar_channels, channel_names
-from quant_cli.stages.fitting import build_panel, predict_frame
 from quant_cli.models.panel import Panel, PanelRows
 from quant_cli.models.registry import create_model
 from quant_cli.models.torch.windows import gather
 from quant_cli.recipe import load_recipe
 from quant_cli.report import CollectingReporter
 from quant_cli.runs.directory import Run
-from quant_cli import stages
 from quant_cli.stages import common
+from quant_cli.stages.fitting import build_panel, predict_frame
 
 _TICK = dt.timedelta(microseconds=1)
 
@@ -81,7 +81,7 @@ def test_list_models_shows_sequence_models(runner):
     assert result.exit_code == 0
     line = next(row for row in result.stdout.splitlines() if row.startswith("lstm "))
     assert "sequence" in line and "tabular" not in line and "gpu" in line
-    assert '    seq_len = 32: an integer in [1, 4096]' in result.stdout
+    assert "    seq_len = 32: an integer in [1, 4096]" in result.stdout
 
 
 # ---- windows ------------------------------------------------------------------------------------
@@ -97,7 +97,11 @@ def test_every_window_is_one_symbol_and_ends_at_its_row():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 30, size=6)
     symbols = np.repeat([f"S{i}" for i in range(6)], lengths)
-    ts = np.concatenate([np.sort(rng.choice(100, n, replace=False)) for n in lengths]).astype("datetime64[D]").astype("datetime64[us]")
+    ts = (
+        np.concatenate([np.sort(rng.choice(100, n, replace=False)) for n in lengths])
+        .astype("datetime64[D]")
+        .astype("datetime64[us]")
+    )
     values = np.arange(len(symbols), dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)  # value = row number
     panel = Panel(values, symbols, ts)
     for seq_len in (1, 3, 7):
@@ -121,13 +125,24 @@ def test_window_at_t_ignores_every_bar_after_t_end_to_end(tmp_path):
     changes no input of any row at or before t (and does change later ones)."""
     bars = generate(symbols=3, bars=220, seed=5)
     bars = bars.filter(~((pl.col("symbol") == "S001") & pl.col("ts").dt.day().is_in([3, 4])))  # a different calendar
-    recipe = load_recipe(None, ['data.dataset="p"', 'features.sets=["core"]', "label.horizon=3",
-                                'split.val_start="2015-07-01"', 'split.test_start="2015-09-01"', 'model.name="lstm"'])
+    recipe = load_recipe(
+        None,
+        [
+            'data.dataset="p"',
+            'features.sets=["core"]',
+            "label.horizon=3",
+            'split.val_start="2015-07-01"',
+            'split.test_start="2015-09-01"',
+            'model.name="lstm"',
+        ],
+    )
     first = _prepared(tmp_path / "a", bars, recipe)
     panel_a, _ = build_panel(first, bar_channels(bars, ["1w"]))  # features AND raw-bar channels (weekly too)
     assert panel_a.channels == tuple(channel_names(["1w"]))
     all_rows = PanelRows(panel_a, np.arange(len(panel_a)))
-    for i, cut in enumerate([dt.datetime(2015, 7, 1, tzinfo=dt.timezone.utc) - _TICK, dt.datetime(2015, 9, 15, tzinfo=dt.timezone.utc)]):
+    for i, cut in enumerate(
+        [dt.datetime(2015, 7, 1, tzinfo=dt.timezone.utc) - _TICK, dt.datetime(2015, 9, 15, tzinfo=dt.timezone.utc)]
+    ):
         changed = perturb_after(bars, cut, seed=i)
         panel_b, _ = build_panel(_prepared(tmp_path / f"b{i}", changed, recipe), bar_channels(changed, ["1w"]))
         assert (panel_a.symbols == panel_b.symbols).all() and (panel_a.ts == panel_b.ts).all()
@@ -185,12 +200,15 @@ def _tiny(sequence: bool, n_sym: int = 2, n: int = 48, seed: int = 0):
     symbols = np.repeat([f"S{i}" for i in range(n_sym)], n)
     if not sequence:
         return X, X[:, 0] * X[:, 1] + X[:, 2], symbols
-    y = np.concatenate([np.convolve(X[i * n:(i + 1) * n, 0], np.ones(3))[:n] for i in range(n_sym)])
+    y = np.concatenate([np.convolve(X[i * n : (i + 1) * n, 0], np.ones(3))[:n] for i in range(n_sym)])
     return X, y, symbols
 
 
 def test_tcn_receptive_field_is_checked_against_seq_len():
-    with pytest.raises(ModelError, match=r"model 'tcn': the receptive field of 2 levels with kernel_size 2 is 7 steps, shorter than seq_len 8"):
+    with pytest.raises(
+        ModelError,
+        match=r"model 'tcn': the receptive field of 2 levels with kernel_size 2 is 7 steps, shorter than seq_len 8",
+    ):
         create_model("tcn", "regression", {"seq_len": 8, "levels": 2, "kernel_size": 2}, 1, 1)
     create_model("tcn", "regression", {"seq_len": 7, "levels": 2, "kernel_size": 2}, 1, 1)
 
@@ -199,8 +217,15 @@ def test_transformer_options_and_classification():
     X, y, symbols = _tiny(True, n_sym=3)
     label = np.where(y > 0.5, 1.0, np.where(y < -0.5, -1.0, 0.0))
     for extra in ({"positions": "rotary", "pooling": "attention"}, {"positions": "learned", "pooling": "last"}):
-        model = create_model("transformer", "classification", {**TORCH_FAST["transformer"], **extra}, 1, 1,
-                             symbol_encoding="index", train={"epochs": 2, "batch_size": 32})
+        model = create_model(
+            "transformer",
+            "classification",
+            {**TORCH_FAST["transformer"], **extra},
+            1,
+            1,
+            symbol_encoding="index",
+            train={"epochs": 2, "batch_size": 32},
+        )
         proba = model.fit(X, label, feature_names=["a", "b", "c"], symbols=symbols).predict_proba(X, symbols=symbols)
         scored = np.isfinite(proba).all(axis=1)
         assert scored.sum() == len(X) - 3 * 3 and np.allclose(proba[scored].sum(axis=1), 1.0)
@@ -225,7 +250,9 @@ def test_shipped_recipes_load_and_build_their_model(recipe):
 
 
 def test_classifier_refuses_a_regression_loss():
-    with pytest.raises(ModelError, match="train.loss 'sharpe' is a regression loss; a classifier trains on cross-entropy"):
+    with pytest.raises(
+        ModelError, match="train.loss 'sharpe' is a regression loss; a classifier trains on cross-entropy"
+    ):
         create_model("lstm", "classification", {}, 1, 1, train={"loss": "sharpe"})
 
 
@@ -233,10 +260,25 @@ def test_classifier_refuses_a_regression_loss():
 def test_losses_and_monitors_train(loss, monitor):
     X, y, symbols = _tiny(True, n_sym=4)
     ts = np.tile(np.arange(48).astype("datetime64[D]").astype("datetime64[us]"), 4)
-    model = create_model("gru", "regression", TORCH_FAST["gru"], 1, 1,
-                         train={"epochs": 4, "batch_size": 32, "learning_rate": 0.01, "loss": loss, "monitor": monitor, "patience": 2})
-    model.fit(X[:160], y[:160], feature_names=["a", "b", "c"], symbols=symbols[:160], ts=ts[:160],
-              X_val=X[160:], y_val=y[160:], symbols_val=symbols[160:], early_stopping=1)
+    model = create_model(
+        "gru",
+        "regression",
+        TORCH_FAST["gru"],
+        1,
+        1,
+        train={"epochs": 4, "batch_size": 32, "learning_rate": 0.01, "loss": loss, "monitor": monitor, "patience": 2},
+    )
+    model.fit(
+        X[:160],
+        y[:160],
+        feature_names=["a", "b", "c"],
+        symbols=symbols[:160],
+        ts=ts[:160],
+        X_val=X[160:],
+        y_val=y[160:],
+        symbols_val=symbols[160:],
+        early_stopping=1,
+    )
     history = model.history_
     assert all(math.isfinite(e["train_loss"]) and math.isfinite(e["val_loss"]) for e in history)
     key = (lambda e: -e["val_ic"]) if monitor == "ic" else (lambda e: e["val_loss"])
@@ -271,8 +313,10 @@ def test_lstm_through_qfactory_train_with_cuda_fallback(runner, lstm_recipe, no_
     result = runner.invoke(app, ["train", "--recipe", str(lstm_recipe), "--device", "cuda"])
     run = _run_dir(result)
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert warnings == ["warning: device 'cuda' requested but CUDA is not available (no GPU, or torch was built without CUDA); "
-                        "training on CPU (pass --strict-device to fail instead)"]
+    assert warnings == [
+        "warning: device 'cuda' requested but CUDA is not available (no GPU, or torch was built without CUDA); "
+        "training on CPU (pass --strict-device to fail instead)"
+    ]
     assert len(re.findall(r"lstm epoch \d/3: train loss", result.stderr)) == 3  # per-epoch progress
     history = read_json(run / "model" / "history.json")["epochs"]
     assert [e["epoch"] for e in history] == [1, 2, 3] and {"train_loss", "val_loss", "val_ic"} <= set(history[0])
@@ -281,8 +325,11 @@ def test_lstm_through_qfactory_train_with_cuda_fallback(runner, lstm_recipe, no_
     assert predictions["score"].is_finite().all() and not predictions.select("symbol", "ts").is_duplicated().any()
     train = read_json(run / "metrics.json")["train"]
     # windows count every row of the symbol (excluded ones too) as history; labels only from kept training rows
-    rows = pl.read_parquet(run / "split" / "rows.parquet").sort("symbol", "ts").with_columns(
-        pl.int_range(pl.len()).over("symbol").alias("position"))
+    rows = (
+        pl.read_parquet(run / "split" / "rows.parquet")
+        .sort("symbol", "ts")
+        .with_columns(pl.int_range(pl.len()).over("symbol").alias("position"))
+    )
     trainable = rows.filter((pl.col("segment") == "train") & pl.col("excluded").is_null() & (pl.col("position") >= 7))
     assert train["model"] == "lstm" and train["samples"] == trainable.height < train["rows"]
 
@@ -292,7 +339,8 @@ def test_strict_device_without_cuda_is_one_line_exit_2(runner, lstm_recipe, no_g
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         "error: train.device 'cuda' was requested but CUDA is not available (no GPU, or torch was built without CUDA); "
-        "use --device cpu or drop --strict-device"]
+        "use --device cpu or drop --strict-device"
+    ]
 
 
 def test_sequence_model_refuses_cross_validation_in_one_line(runner, lstm_recipe):
@@ -300,7 +348,8 @@ def test_sequence_model_refuses_cross_validation_in_one_line(runner, lstm_recipe
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         "error: split.method 'purged_kfold' is not supported with sequence model 'lstm' (windows read every past row, "
-        "which per-fold preprocessing cannot provide); use split.method = \"chronological\""]
+        'which per-fold preprocessing cannot provide); use split.method = "chronological"'
+    ]
 
 
 class Killed(Exception):
@@ -340,26 +389,46 @@ def test_resume_without_a_checkpoint_is_one_line(runner, lstm_recipe):
     result = runner.invoke(app, ["train", "--run", str(run), "--resume"])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: run {run.name} has no checkpoint to resume (checkpoints/last.pt is missing: only torch models write one, "
-        f"after each epoch); train it afresh with `qfactory train --run {run.name}`"]
+        f"error: run {run.name} has no checkpoint to resume (checkpoints/last.pt "
+        "is missing: only torch models write one, "
+        f"after each epoch); train it afresh with `qfactory train --run {run.name}`"
+    ]
 
 
 def test_resume_needs_a_run(runner, lstm_recipe):
     result = runner.invoke(app, ["train", "--recipe", str(lstm_recipe), "--resume"])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "error: --resume continues a killed fit of an existing run: pass it with --run RUN, not --recipe"]
+        "error: --resume continues a killed fit of an existing run: pass it with --run RUN, not --recipe"
+    ]
 
 
 # ---- mixed ensembles ------------------------------------------------------------------------------
 
-MEMBERS = '[{name = "lightgbm", symbol_encoding = "index", params = {n_estimators = 20, min_data_in_leaf = 10}}, {name = "lstm", params = {seq_len = 8, hidden = 8}}]'
+MEMBERS = (
+    '[{name = "lightgbm", symbol_encoding = "index", params = {n_estimators '
+    '= 20, min_data_in_leaf = 10}}, {name = "lstm", params = {seq_len = 8, '
+    "hidden = 8}}]"
+)
 
 
 def test_lightgbm_plus_lstm_voting_end_to_end(runner, lstm_recipe):
     _ingest(runner, lstm_recipe)
-    run = _run_dir(runner.invoke(app, ["run", "--recipe", str(lstm_recipe), "-q", "--set", 'model.name="voting"',
-                                       "--set", f"model.params.members={MEMBERS}"]))
+    run = _run_dir(
+        runner.invoke(
+            app,
+            [
+                "run",
+                "--recipe",
+                str(lstm_recipe),
+                "-q",
+                "--set",
+                'model.name="voting"',
+                "--set",
+                f"model.params.members={MEMBERS}",
+            ],
+        )
+    )
     info = read_json(run / "model" / "model.json")["fit_info"]
     assert [m["name"] for m in info["members"]] == ["lightgbm", "lstm"]
     predictions = pl.read_parquet(run / "predictions.parquet")
@@ -372,7 +441,10 @@ def test_mixed_ensemble_scores_only_rows_every_member_scores(name):
     X, y, symbols = _tiny(True, n_sym=4)
     ts = np.tile(np.arange(48).astype("datetime64[D]").astype("datetime64[us]"), 4)
     rows = PanelRows(Panel(X, symbols, ts), np.arange(len(X)))
-    members = [{"name": "lightgbm", "params": {"n_estimators": 10, "min_data_in_leaf": 5}}, {"name": "lstm", "params": TORCH_FAST["lstm"]}]
+    members = [
+        {"name": "lightgbm", "params": {"n_estimators": 10, "min_data_in_leaf": 5}},
+        {"name": "lstm", "params": TORCH_FAST["lstm"]},
+    ]
     params = {"members": members, **({"folds": 3} if name == "stacking" else {})}
     model = create_model(name, "regression", params, 1, 1, train={"epochs": 2, "batch_size": 32})
     assert model.uses_panel()
@@ -388,7 +460,14 @@ def test_mixed_ensemble_scores_only_rows_every_member_scores(name):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16 autocast, panel on the GPU)")
 def test_cuda_fit_matches_shapes_and_records_the_device():
     X, y, symbols = _tiny(True)
-    model = create_model("lstm", "regression", TORCH_FAST["lstm"], 1, 1, device="cuda",
-                         train={"epochs": 2, "batch_size": 32, "precision": "auto"})
+    model = create_model(
+        "lstm",
+        "regression",
+        TORCH_FAST["lstm"],
+        1,
+        1,
+        device="cuda",
+        train={"epochs": 2, "batch_size": 32, "precision": "auto"},
+    )
     scores = model.fit(X, y, feature_names=["a", "b", "c"], symbols=symbols).predict(X, symbols=symbols)
     assert model.fit_info()["device"] == "cuda" and np.isfinite(scores).sum() == len(X) - 2 * 3

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import polars as pl
@@ -15,12 +16,10 @@ import pytest
 from serving import LiveServer, free_port, train
 
 from quant_cli import stages
+from quant_cli.cli import app
 from quant_cli.io import read_json
 from quant_cli.serve.app import Limits, create_app
 from quant_cli.serve.bundle import load
-from pathlib import Path
-
-from quant_cli.cli import app
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,7 +30,9 @@ def bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     first = train(root)
     second = train(root, extra=("model.params.n_estimators=10",), data_dir=first.data_dir)
-    return stages.bundle_existing(first.run, first.data_dir).bundle, stages.bundle_existing(second.run, second.data_dir).bundle
+    return stages.bundle_existing(first.run, first.data_dir).bundle, stages.bundle_existing(
+        second.run, second.data_dir
+    ).bundle
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,9 @@ def test_metadata_and_the_example_round_trip(server, bundles):
     meta = client.get("/metadata", headers=AUTH).json()
     spec = read_json(bundles[0] / "input_schema.json")["x-qfactory"]
     assert meta["lookback"]["required_bars"] == spec["required_bars"] and meta["input"]["required_symbols"] == []
-    assert meta["model"]["name"] == "lightgbm" and meta["features"] == read_json(bundles[0] / "pipeline.json")["features"]
+    assert (
+        meta["model"]["name"] == "lightgbm" and meta["features"] == read_json(bundles[0] / "pipeline.json")["features"]
+    )
     body, expected = _example(bundles[0])
     got = client.post("/predict", json=body, headers=AUTH).json()
     assert got["bundle_id"] == meta["bundle_id"]
@@ -77,15 +80,18 @@ def _bars(bundle, **change):
     return {"bars": bars}
 
 
-@pytest.mark.parametrize("case,status,error", [
-    ("field", 422, "body.bars.0.close: Input should be a valid number, unable to parse string as a number"),
-    ("extra", 422, "body.bars.0.colour: Extra inputs are not permitted"),
-    ("bar", 422, "request bars row 4, column 'high': high 1.0 is below low"),
-    ("short", 422, "symbol 'S000' has 10 bar(s); this bundle needs at least"),
-    ("column", 422, "the bars lack column 'volume'"),
-    ("empty", 422, "body.bars: List should have at least 1 item after validation, not 0"),
-    ("rows", 413, "5,001 rows is more than this server takes per request (5,000); send fewer"),
-])
+@pytest.mark.parametrize(
+    "case,status,error",
+    [
+        ("field", 422, "body.bars.0.close: Input should be a valid number, unable to parse string as a number"),
+        ("extra", 422, "body.bars.0.colour: Extra inputs are not permitted"),
+        ("bar", 422, "request bars row 4, column 'high': high 1.0 is below low"),
+        ("short", 422, "symbol 'S000' has 10 bar(s); this bundle needs at least"),
+        ("column", 422, "the bars lack column 'volume'"),
+        ("empty", 422, "body.bars: List should have at least 1 item after validation, not 0"),
+        ("rows", 413, "5,001 rows is more than this server takes per request (5,000); send fewer"),
+    ],
+)
 def test_bad_payloads_are_4xx_naming_what_is_wrong(server, bundles, case, status, error):
     _, client = server
     body, _ = _example(bundles[0])
@@ -109,11 +115,18 @@ def test_body_size_limit_with_and_without_content_length(server):
     big = b"{" + b" " * 2_000_001 + b"}"
     declared = client.post("/predict", content=big, headers={**AUTH, "content-type": "application/json"})
     assert declared.status_code == 413 and "over 2,000,000 bytes" in declared.json()["error"]
-    chunked = client.post("/predict", content=iter([big[:1_000_000], big[1_000_000:]]), headers={**AUTH, "content-type": "application/json"})
+    chunked = client.post(
+        "/predict",
+        content=iter([big[:1_000_000], big[1_000_000:]]),
+        headers={**AUTH, "content-type": "application/json"},
+    )
     assert chunked.status_code == 413
     broken = client.post("/predict", content=b'{"bars": [', headers={**AUTH, "content-type": "application/json"})
     assert broken.status_code == 422
-    assert broken.json()["error"] == "body: invalid JSON (EOF while parsing a list at line 1 column 10); send one JSON object"
+    assert (
+        broken.json()["error"]
+        == "body: invalid JSON (EOF while parsing a list at line 1 column 10); send one JSON object"
+    )
 
 
 def test_feature_rows_score_like_raw_bars(server, bundles):
@@ -123,14 +136,20 @@ def test_feature_rows_score_like_raw_bars(server, bundles):
     from quant_cli.serve.loaded import bars_from_records
 
     table = loaded.pipeline.compute(bars_from_records(body["bars"])).group_by("symbol", maintain_order=True).last()
-    rows = [{"symbol": r["symbol"], "ts": r["ts"].isoformat(), "features": {f: r[f] for f in loaded.pipeline.features}}
-            for r in table.iter_rows(named=True)]
+    rows = [
+        {"symbol": r["symbol"], "ts": r["ts"].isoformat(), "features": {f: r[f] for f in loaded.pipeline.features}}
+        for r in table.iter_rows(named=True)
+    ]
     got = client.post("/predict/features", json={"rows": rows}, headers=AUTH).json()
     assert [p["score"] for p in got["predictions"]] == pytest.approx([p["score"] for p in expected], rel=1e-6)
     first = loaded.pipeline.features[0]
     missing = client.post("/predict/features", json={"rows": [{**rows[0], "features": {}}]}, headers=AUTH)
-    assert missing.status_code == 422 and missing.json()["error"].startswith(f"rows.0.features: feature {first!r} is missing")
-    unknown = client.post("/predict/features", json={"rows": [{**rows[0], "features": {**rows[0]["features"], "zzz": 1.0}}]}, headers=AUTH)
+    assert missing.status_code == 422 and missing.json()["error"].startswith(
+        f"rows.0.features: feature {first!r} is missing"
+    )
+    unknown = client.post(
+        "/predict/features", json={"rows": [{**rows[0], "features": {**rows[0]["features"], "zzz": 1.0}}]}, headers=AUTH
+    )
     assert unknown.status_code == 422 and "unknown feature 'zzz'" in unknown.json()["error"]
 
 
@@ -151,14 +170,19 @@ def test_reload_swaps_without_dropping_requests_and_a_failed_one_keeps_the_old(s
         t.start()
     for target in (bundles[1], bundles[0], bundles[1]):
         swapped = client.post("/reload", json={"bundle": str(target)}, headers=AUTH)
-        assert swapped.status_code == 200 and swapped.json()["bundle_id"] == read_json(target / "manifest.json")["bundle_id"]
+        assert (
+            swapped.status_code == 200
+            and swapped.json()["bundle_id"] == read_json(target / "manifest.json")["bundle_id"]
+        )
     for t in threads:
         t.join()
     assert results == [200] * 45  # every request in flight during the swaps finished, on one bundle or the other
     failed = client.post("/reload", json={"bundle": "/nowhere"}, headers=AUTH)
     assert failed.status_code == 422
-    assert failed.json()["error"] == (f"reload failed, still serving {ids[1]}: bundle /nowhere: not found; pass a bundle folder "
-                                      "or its .tar.gz (made by `qfactory bundle --run RUN`)")
+    assert failed.json()["error"] == (
+        f"reload failed, still serving {ids[1]}: bundle /nowhere: not found; pass a bundle folder "
+        "or its .tar.gz (made by `qfactory bundle --run RUN`)"
+    )
     assert client.get("/ready", headers=AUTH).json() == {"ready": True, "bundle_id": ids[1]}
     client.post("/reload", json={"bundle": str(bundles[0])}, headers=AUTH)
 
@@ -169,16 +193,36 @@ def test_metrics_count_requests_latency_and_errors(server):
     text = client.get("/metrics", headers=AUTH).text
     assert 'qfactory_requests_total{endpoint="/predict",status="200"}' in text
     assert 'qfactory_request_seconds_bucket{endpoint="/predict",le="0.005"}' in text
-    assert 'qfactory_errors_total{kind="invalid_input"}' in text and 'qfactory_errors_total{kind="unauthorized"}' in text
+    assert (
+        'qfactory_errors_total{kind="invalid_input"}' in text and 'qfactory_errors_total{kind="unauthorized"}' in text
+    )
 
 
 def test_schemathesis_finds_no_server_error(server, tmp_path):
     """A bounded fuzz of every operation in the OpenAPI schema: no input gives a 5xx or stops the server."""
     live, client = server
-    cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{live.url}/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
-           "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
-           "--max-examples", "5", "--max-time", "20", "--seed", "7", "--workers", "1", "--generation-database", "none",
-           "--no-color"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{live.url}/openapi.json",
+        "-H",
+        f"Authorization: Bearer {TOKEN}",
+        "--checks",
+        "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        "--max-examples",
+        "5",
+        "--max-time",
+        "20",
+        "--seed",
+        "7",
+        "--workers",
+        "1",
+        "--generation-database",
+        "none",
+        "--no-color",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert client.get("/health").status_code == 200
@@ -191,9 +235,24 @@ def test_serve_command_binds_loopback_and_refuses_a_bad_bundle(runner, bundles, 
     assert bad.exit_code == 2 and bad.stderr.strip().startswith(f"error: bundle {tmp_path / 'none'}: not found")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
-    env["PYTHONPATH"] = os.pathsep.join([str(__import__("pathlib").Path(__file__).resolve().parents[1]), env["PYTHONPATH"]])
-    proc = subprocess.Popen([sys.executable, "-c", "from quant_cli.cli import app; app()", "serve", "--bundle", str(bundles[0]),
-                             "--port", str(port)], stderr=subprocess.PIPE, text=True, env=env)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(__import__("pathlib").Path(__file__).resolve().parents[1]), env["PYTHONPATH"]]
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from quant_cli.cli import app; app()",
+            "serve",
+            "--bundle",
+            str(bundles[0]),
+            "--port",
+            str(port),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -233,7 +292,9 @@ def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
 
     root = tmp_path_factory.mktemp("audit")
     (root / "r.toml").write_text(RECIPE)
-    result = CliRunner().invoke(app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")])
+    result = CliRunner().invoke(
+        app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")]
+    )
     assert result.exit_code == 0, result.output
     return root, pl.read_delta(str(root / "data" / "syn" / "bars"))
 
@@ -244,10 +305,23 @@ def bundle(home, tmp_path_factory) -> Path:
 
     root, _ = home
     runs = tmp_path_factory.mktemp("audit-bundle")
-    trained = CliRunner().invoke(app, ["train", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data"),
-                                       "--runs-dir", str(runs)])
+    trained = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--recipe",
+            str(root / "r.toml"),
+            "--quiet",
+            "--data-dir",
+            str(root / "data"),
+            "--runs-dir",
+            str(runs),
+        ],
+    )
     assert trained.exit_code == 0, trained.output
-    bundled = CliRunner().invoke(app, ["bundle", "--run", trained.stdout.strip(), "--quiet", "--data-dir", str(root / "data")])
+    bundled = CliRunner().invoke(
+        app, ["bundle", "--run", trained.stdout.strip(), "--quiet", "--data-dir", str(root / "data")]
+    )
     assert bundled.exit_code == 0, bundled.output
     return Path(bundled.stdout.strip())
 
@@ -256,7 +330,10 @@ def test_serve_refuses_a_port_out_of_range(runner, tmp_path):
     """Was a server 'on http://127.0.0.1:99999' that never listened (and -1: uvicorn's exit 3)."""
     result = runner.invoke(app, ["serve", "--bundle", str(tmp_path / "none"), "--port", "99999"])
     assert result.exit_code == 2
-    assert result.output.strip() == "error: Invalid value for '--port': Input should be less than or equal to 65535 (see `qfactory serve --help`)"
+    assert (
+        result.output.strip() == "error: Invalid value for '--port': Input should be less than or equal "
+        "to 65535 (see `qfactory serve --help`)"
+    )
 
 
 def test_serve_that_cannot_bind_is_one_line_exit_2(runner, bundle):
@@ -271,7 +348,8 @@ def test_serve_that_cannot_bind_is_one_line_exit_2(runner, bundle):
     assert result.exit_code == 2, result.output
     line = result.output.strip().splitlines()[-1]
     assert line.startswith(f"error: serve: cannot listen on 127.0.0.1:{port} (") and line.endswith(
-        "); free the port or pick another with --port, and bind a local address with --host")
+        "); free the port or pick another with --port, and bind a local address with --host"
+    )
 
 
 def test_serve_holds_its_port_from_the_check_until_uvicorn_serves_it():

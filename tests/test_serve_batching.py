@@ -30,7 +30,9 @@ def _requests(bundle):
     bars = bars_from_records(read_json(bundle / "example" / "input.json")["bars"], "example")
     first = bars["symbol"].unique().sort()[0]
     one = bars.filter(pl.col("symbol") == first)
-    trend = 1 + 0.002 * pl.int_range(pl.len())  # the same symbol with other prices (every OHLC scaled alike: still valid bars)
+    trend = 1 + 0.002 * pl.int_range(
+        pl.len()
+    )  # the same symbol with other prices (every OHLC scaled alike: still valid bars)
     other = one.with_columns(pl.col([c for c in ("open", "high", "low", "close") if c in one.columns]) * trend)
     return [bars, other, one.tail(3)]
 
@@ -66,6 +68,7 @@ def test_concurrent_http_requests_each_get_their_own_answer(bundle):
     got: dict[int, list] = {}
 
     with LiveServer(create_app(loaded)) as live:
+
         def client(i: int) -> None:
             with httpx.Client(base_url=live.url, timeout=60) as own:
                 got[i] = [own.post("/predict", json=bodies[i % 4]) for _ in range(4)]
@@ -80,8 +83,10 @@ def test_concurrent_http_requests_each_get_their_own_answer(bundle):
             if i % 4 == 2:
                 assert response.status_code == 422 and "has 3 bar(s)" in response.json()["error"]
             elif i % 4 == 3:
-                assert response.status_code == 422 and response.json()["error"] == ("request bars row 5, column 'close': price -1.0 is not positive; "
-                                                                     "prices must be > 0; fix the value or delete the row")
+                assert response.status_code == 422 and response.json()["error"] == (
+                    "request bars row 5, column 'close': price -1.0 is not positive; "
+                    "prices must be > 0; fix the value or delete the row"
+                )
             else:
                 assert response.status_code == 200
                 assert [p["score"] for p in response.json()["predictions"]] == expected[i % 4]
@@ -118,11 +123,15 @@ def test_one_frame_for_a_batch_scores_each_request_exactly_as_alone(bundle):
     alone = [loaded.score_bars(frame) for frame in frames]
     for got, expected in zip(_score_bar_requests(loaded, [*requests, requests[0]]), [*alone, alone[0]]):
         assert got.equals(expected)
-    broken = PredictRequest(bars=[{**bar, "close": -1.0} if i == 4 else bar for i, bar in enumerate(frames[0].to_dicts())])
+    broken = PredictRequest(
+        bars=[{**bar, "close": -1.0} if i == 4 else bar for i, bar in enumerate(frames[0].to_dicts())]
+    )
     got = _score_bar_requests(loaded, [requests[0], broken, requests[1]])
     assert got[0].equals(alone[0]) and got[2].equals(alone[1])
-    assert str(got[1]) == ("request bars row 5, column 'close': price -1.0 is not positive; "
-                           "prices must be > 0; fix the value or delete the row")
+    assert str(got[1]) == (
+        "request bars row 5, column 'close': price -1.0 is not positive; "
+        "prices must be > 0; fix the value or delete the row"
+    )
 
 
 def test_requests_with_different_columns_are_not_scored_as_one_frame(tmp_path):
@@ -131,7 +140,7 @@ def test_requests_with_different_columns_are_not_scored_as_one_frame(tmp_path):
     from quant_cli.serve.app import _score_bar_requests
     from quant_cli.serve.schemas import PredictRequest
 
-    trained = train(tmp_path, extra=('features.sets=[]', 'features.include=["VWAP0", "ret_5"]'))
+    trained = train(tmp_path, extra=("features.sets=[]", 'features.include=["VWAP0", "ret_5"]'))
     loaded = load(stages.bundle_existing(trained.run, trained.data_dir).bundle)
     bars = bars_from_records(read_json(loaded.path / "example" / "input.json")["bars"], "example")
     plain = bars.filter(pl.col("symbol") == bars["symbol"].min())
@@ -154,8 +163,10 @@ def test_only_small_batches_of_cheap_work_run_on_the_event_loop():
 
     async def main() -> list:
         batcher = Batcher(max_rows=10 * INLINE_ROWS)
-        return [await batcher.submit("g", run, "x", rows, cheap=cheap)
-                for rows, cheap in ((1, True), (INLINE_ROWS + 1, True), (1, False))]
+        return [
+            await batcher.submit("g", run, "x", rows, cheap=cheap)
+            for rows, cheap in ((1, True), (INLINE_ROWS + 1, True), (1, False))
+        ]
 
     loop_thread = threading.get_ident()
     small_cheap, big_cheap, engine = asyncio.run(main())
@@ -166,10 +177,20 @@ def _hostile(bars: list[dict]) -> list[list[dict]]:
     """Requests a batch may hold together: valid ones beside each kind of broken or odd one."""
     changed = lambda i, **kv: [{**b, **kv} if j == i else b for j, b in enumerate(bars)]  # noqa: E731
     return [
-        bars, changed(4, close=-1.0), changed(4, close=None), changed(5, ts=bars[4]["ts"]), bars[:5], bars[::-1],
-        [{**b, "symbol": "X\x1fY"} for b in bars], [{k: v for k, v in b.items() if k != "volume"} for b in bars],
-        [{**b, "vwap": b["close"]} for b in bars], changed(3, high=bars[3]["low"] / 2), changed(2, volume=1e30),
-        bars + [{**b, "symbol": "ZZ"} for b in bars], [{**b, "symbol": "ü" * 64} for b in bars], bars,
+        bars,
+        changed(4, close=-1.0),
+        changed(4, close=None),
+        changed(5, ts=bars[4]["ts"]),
+        bars[:5],
+        bars[::-1],
+        [{**b, "symbol": "X\x1fY"} for b in bars],
+        [{k: v for k, v in b.items() if k != "volume"} for b in bars],
+        [{**b, "vwap": b["close"]} for b in bars],
+        changed(3, high=bars[3]["low"] / 2),
+        changed(2, volume=1e30),
+        bars + [{**b, "symbol": "ZZ"} for b in bars],
+        [{**b, "symbol": "ü" * 64} for b in bars],
+        bars,
     ]
 
 

@@ -19,7 +19,9 @@ def test_psr_uses_raw_kurtosis():
     expected = norm.cdf(0.1 * math.sqrt(249) / math.sqrt(1.0625))
     assert probabilistic_sharpe_ratio(0.1, 250, -0.5, 6.0) == pytest.approx(expected, rel=1e-12)
     # normal returns (raw kurtosis 3) must not be treated as excess kurtosis 3
-    assert probabilistic_sharpe_ratio(0.1, 250, 0.0, 3.0) == pytest.approx(norm.cdf(0.1 * math.sqrt(249) / math.sqrt(1.005)), rel=1e-12)
+    assert probabilistic_sharpe_ratio(0.1, 250, 0.0, 3.0) == pytest.approx(
+        norm.cdf(0.1 * math.sqrt(249) / math.sqrt(1.005)), rel=1e-12
+    )
 
 
 def test_expected_max_sharpe_matches_the_paper_formula():
@@ -40,15 +42,24 @@ def test_more_trials_deflate_more():
 def _run(root: Path, name: str, created: str, sharpe: float, segment: str = "test", dataset: str = "d") -> None:
     folder = root / name
     folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text(json.dumps({"run_id": name, "created": created, "dataset": {"name": dataset}}))
-    block = {"sharpe": sharpe, "segment": segment, "periods": 252, "periods_per_year": 252.0, "skew": 0.0, "kurtosis": 3.0}
+    (folder / "manifest.json").write_text(
+        json.dumps({"run_id": name, "created": created, "dataset": {"name": dataset}})
+    )
+    block = {
+        "sharpe": sharpe,
+        "segment": segment,
+        "periods": 252,
+        "periods_per_year": 252.0,
+        "skew": 0.0,
+        "kurtosis": 3.0,
+    }
     (folder / "metrics.json").write_text(json.dumps({"backtest": block}))
 
 
 def test_ledger_counts_test_segment_runs_per_dataset_in_creation_order(tmp_path):
     _run(tmp_path, "b", "2026-01-02", 1.5)
     _run(tmp_path, "a", "2026-01-01", 0.5)
-    _run(tmp_path, "v", "2026-01-03", 3.0, segment="val")      # model selection, not a trial
+    _run(tmp_path, "v", "2026-01-03", 3.0, segment="val")  # model selection, not a trial
     _run(tmp_path, "o", "2026-01-04", 2.0, dataset="other")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "manifest.json").write_text("{not json")

@@ -19,7 +19,7 @@ from quant_cli.cli import app
 from quant_cli.data import delta, store
 from quant_cli.data import manifest as manifests
 from quant_cli.data.synthetic import generate
-from quant_cli.errors import DataError
+from quant_cli.errors import DataError, StorageError
 from quant_cli.io import write_json_atomic
 from quant_cli.report import CollectingReporter
 from quant_cli import stages
@@ -252,7 +252,7 @@ def test_an_interrupted_commit_leaves_the_table_as_it_was(tmp_path: Path, panel:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(delta, "write_deltalake", killed)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match=r"/d/bars: no space left on device"):  # one line naming the table
         store.write_store(tmp_path, "d", panel.head(3), "b")
     monkeypatch.undo()
     snap = store.pin(tmp_path, "d")

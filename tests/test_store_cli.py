@@ -32,18 +32,29 @@ def test_ls_and_show(runner: CliRunner, three_versions: None) -> None:
     assert row["source"].startswith("synthetic(symbols=2")
     versions = json.loads(runner.invoke(app, ["data", "show", "demo", "--json"]).stdout)
     assert [(v["version"], v["operation"], v["rows"], v["symbols"], v["available"]) for v in versions] == [
-        (0, "replace", 90, 3, True), (1, "replace", 160, 4, True), (2, "replace", 100, 2, True)]
+        (0, "replace", 90, 3, True),
+        (1, "replace", 160, 4, True),
+        (2, "replace", 100, 2, True),
+    ]
     text = runner.invoke(app, ["data", "show", "demo"]).stdout.splitlines()
     assert text[0].split()[:4] == ["VERSION", "WHEN", "OPERATION", "ROWS"] and len(text) == 4
 
 
 def test_vacuum_keeps_versions_that_runs_reference(runner: CliRunner, three_versions: None) -> None:
-    write_json_atomic(Path("runs") / "r-1" / "manifest.json", {"dataset": {"name": "demo", "version": 0, "content_hash": "x"}})
-    write_json_atomic(Path("runs") / "r-2" / "manifest.json", {"dataset": {"name": "other", "version": 1, "content_hash": "y"}})
+    write_json_atomic(
+        Path("runs") / "r-1" / "manifest.json", {"dataset": {"name": "demo", "version": 0, "content_hash": "x"}}
+    )
+    write_json_atomic(
+        Path("runs") / "r-2" / "manifest.json", {"dataset": {"name": "other", "version": 1, "content_hash": "y"}}
+    )
     result = runner.invoke(app, ["data", "vacuum", "demo", "--json"])
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
-    assert (payload["kept_versions"], payload["referenced_by_runs"], payload["unavailable_versions"]) == ([0, 2], [0], [1])
+    assert (payload["kept_versions"], payload["referenced_by_runs"], payload["unavailable_versions"]) == (
+        [0, 2],
+        [0],
+        [1],
+    )
     assert payload["removed_files"] == 4
     assert store.pin(Path("data"), "demo", version=0).load_bars().height == 90
     with pytest.raises(DataError, match="version 1 was vacuumed"):
@@ -81,7 +92,9 @@ def test_vacuum_does_not_call_an_already_vacuumed_version_kept(runner: CliRunner
 def test_vacuum_passes_over_a_run_manifest_that_is_not_an_object(runner: CliRunner, three_versions: None) -> None:
     Path("runs/bad").mkdir(parents=True)
     Path("runs/bad/manifest.json").write_text("[]")
-    write_json_atomic(Path("runs") / "r-1" / "manifest.json", {"dataset": {"name": "demo", "version": 0, "content_hash": "x"}})
+    write_json_atomic(
+        Path("runs") / "r-1" / "manifest.json", {"dataset": {"name": "demo", "version": 0, "content_hash": "x"}}
+    )
     result = runner.invoke(app, ["data", "vacuum", "demo", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["referenced_by_runs"] == [0]

@@ -47,7 +47,9 @@ def ours(bars: pl.DataFrame, name: str) -> np.ndarray:
 
 def assert_same(got: np.ndarray, want: np.ndarray, rtol: float = RTOL, from_bar: int = 0) -> None:
     """Same warm-up (null exactly where the oracle has NaN) and values within rtol."""
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg="warm-up (null pattern) differs from the oracle")
+    np.testing.assert_array_equal(
+        np.isnan(got), np.isnan(want), err_msg="warm-up (null pattern) differs from the oracle"
+    )
     keep = ~np.isnan(want)
     keep[:from_bar] = False
     np.testing.assert_allclose(got[keep], want[keep], rtol=rtol, atol=0)
@@ -72,8 +74,16 @@ def test_matches_talib(bars: pl.DataFrame, ohlcv: dict[str, np.ndarray], name: s
 
 
 def test_stochastic_matches_talib_slow_stoch(bars: pl.DataFrame, ohlcv: dict[str, np.ndarray]) -> None:
-    slow_k, slow_d = talib.STOCH(ohlcv["high"], ohlcv["low"], ohlcv["close"], fastk_period=14,
-                                 slowk_period=3, slowk_matype=0, slowd_period=3, slowd_matype=0)
+    slow_k, slow_d = talib.STOCH(
+        ohlcv["high"],
+        ohlcv["low"],
+        ohlcv["close"],
+        fastk_period=14,
+        slowk_period=3,
+        slowk_matype=0,
+        slowd_period=3,
+        slowd_matype=0,
+    )
     k = ours(bars, "stoch_k_14")
     # TA-Lib withholds %K until %D exists (bar 17); ours starts at %K's own lookback, bar 15.
     assert np.isnan(k[:15]).all() and not np.isnan(k[15:]).any()
@@ -99,7 +109,9 @@ def test_macd_matches_talib(bars: pl.DataFrame, ohlcv: dict[str, np.ndarray]) ->
     np.testing.assert_allclose(got[200:], hist[200:] / c[200:], rtol=RTOL)
 
 
-def test_vol_is_talib_stddev_of_log_returns_with_sample_correction(bars: pl.DataFrame, ohlcv: dict[str, np.ndarray]) -> None:
+def test_vol_is_talib_stddev_of_log_returns_with_sample_correction(
+    bars: pl.DataFrame, ohlcv: dict[str, np.ndarray]
+) -> None:
     r = talib.LN(talib.ROCR(ohlcv["close"], 1))
     assert_same(ours(bars, "vol_20"), talib.STDDEV(r, 20, 1.0) * math.sqrt(20 / 19))
 
@@ -144,7 +156,9 @@ def _sample_excess_kurtosis(v: np.ndarray) -> float:
     return (n - 1) / ((n - 2) * (n - 3)) * ((n + 1) * m4 / m2**2 - 3 * (n - 1))
 
 
-def test_skew_and_kurtosis_are_the_bias_corrected_sample_moments(bars: pl.DataFrame, ohlcv: dict[str, np.ndarray]) -> None:
+def test_skew_and_kurtosis_are_the_bias_corrected_sample_moments(
+    bars: pl.DataFrame, ohlcv: dict[str, np.ndarray]
+) -> None:
     r = _log_returns(ohlcv["close"])
     assert_same(ours(bars, "skew_20"), _rolling(r, 20, _sample_skew), rtol=1e-7)  # rolling moment sums: ~1e-9 noise
     assert_same(ours(bars, "kurt_20"), _rolling(r, 20, _sample_excess_kurtosis), rtol=1e-7)
@@ -163,7 +177,9 @@ def test_fft_band_energy_matches_numpy_fft(bars: pl.DataFrame, ohlcv: dict[str, 
     assert np.nanmin(low) >= 0 and np.nanmax(low + high) <= 1 + 1e-12
 
 
-def test_regime_probability_is_the_logistic_of_the_trend_t_stat(bars: pl.DataFrame, ohlcv: dict[str, np.ndarray]) -> None:
+def test_regime_probability_is_the_logistic_of_the_trend_t_stat(
+    bars: pl.DataFrame, ohlcv: dict[str, np.ndarray]
+) -> None:
     r = _log_returns(ohlcv["close"])
     t_stat = _rolling(r, 20, lambda v: v.mean() / v.std(ddof=1) * math.sqrt(20))
     got = ours(bars, "regime_bull_20")

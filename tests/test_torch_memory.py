@@ -8,8 +8,8 @@ import platform
 import numpy as np
 import pytest
 import torch
-
 from helpers import TORCH_FAST
+
 from quant_cli.models.registry import create_model
 from quant_cli.models.torch import loop
 from quant_cli.models.torch.memory import return_freed_buffers
@@ -23,8 +23,9 @@ def _fit_predict(checkpoint: bool, extra: dict) -> np.ndarray:
     y = X[:, 0] + 0.1 * rng.standard_normal(240)
     symbols = np.repeat(["A", "B", "C"], 80)
     params = {**TORCH_FAST["transformer"], "layers": 2, "dropout": 0.3, "checkpoint": checkpoint, **extra}
-    model = create_model("transformer", "regression", params, 3, 1, symbol_encoding="embedding",
-                         train={"epochs": 2, "batch_size": 32})
+    model = create_model(
+        "transformer", "regression", params, 3, 1, symbol_encoding="embedding", train={"epochs": 2, "batch_size": 32}
+    )
     model.fit(X, y, feature_names=list("abc"), symbols=symbols, X_val=X[:60], y_val=y[:60], symbols_val=symbols[:60])
     return model.predict(X, symbols=symbols)
 
@@ -38,7 +39,9 @@ def test_transformer_checkpointing_gives_bit_identical_predictions(extra):
 def _saved_bytes(net: torch.nn.Module, x: torch.Tensor) -> int:
     """Bytes autograd keeps for backward after one forward."""
     saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t
+    ):
         net(x).sum()
     return sum(saved)
 
@@ -48,8 +51,9 @@ def test_transformer_checkpointing_keeps_fewer_activations():
     sizes = []
     for checkpoint in (False, True):
         torch.manual_seed(0)
-        net = Transformer(TransformerConfig(n_inputs=8, n_outputs=1, seq_len=32, d_model=16, heads=2, layers=3,
-                                            checkpoint=checkpoint)).train()
+        net = Transformer(
+            TransformerConfig(n_inputs=8, n_outputs=1, seq_len=32, d_model=16, heads=2, layers=3, checkpoint=checkpoint)
+        ).train()
         sizes.append(_saved_bytes(net, x))
     assert sizes[1] < 0.5 * sizes[0], sizes
 

@@ -25,6 +25,7 @@ from quant_cli.io import read_json
 from quant_cli.recipe import load_recipe
 from quant_cli.tune import objective, space
 from quant_cli.tune.study import check, tune_new
+from runs_fakes import ls_json
 
 TEST_START = "2016-01-04"
 RECIPE = f"""
@@ -228,15 +229,61 @@ def test_kill_9_leaves_a_study_that_continues_cleanly(runner, recipe_file, tmp_p
     proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         study = _wait_for_states(tmp_path / "runs", proc, ["COMPLETE", "RUNNING"], timeout=120)
+        (during,) = ls_json(runner)  # the study is the run's tune stage: running while its process lives
+        assert during["state"] == "running" and during["committed"] == ["split"]
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+    (killed,) = ls_json(runner)
+    assert (killed["state"], killed["interrupted"]) == ("interrupted", ["tune"])
+    assert "split interrupted:tune" in runner.invoke(app, ["runs", "ls"]).stdout
     before = _states(study)
     assert before[-1] == "RUNNING"
     result = runner.invoke(app, ["tune", "--run", str(study.parents[1]), "--trials", "1"])
     assert result.exit_code == 0, result.output
     assert f"tune: trial {len(before) - 1} was interrupted (its process stopped); marked failed" in result.stderr
     assert _states(study) == [*before[:-1], "FAIL", "COMPLETE"]
+    (continued,) = ls_json(runner)
+    assert continued["state"] == "ok" and continued["committed"] == ["split", "tune"]
+
+
+def test_a_killed_refit_is_redone_by_tune_run_refit(runner, recipe_file, tmp_path):
+    """A real `kill -9` while the best trial is being refit (its run still staging): the tune run is
+    `interrupted:tune`; `tune --run RUN --refit` refits it without new trials, once."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    code = "from quant_cli.cli import app; app()"
+    args = ["tune", "--recipe", str(recipe_file), "--trials", "2", "-q"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=tmp_path, **pipes)
+    try:
+        refitting = lambda: any((tmp_path / "runs").glob(".staging-tn-best-*"))  # noqa: E731
+        _wait_for(refitting, proc, "the refit run to start", timeout=180)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    (killed,) = ls_json(runner)
+    assert (killed["state"], killed["interrupted"]) == ("interrupted", ["tune"])
+    assert runner.invoke(app, ["tune", "--recipe", str(recipe_file), "--refit"]).stderr.strip() == (
+        "error: --refit refits the best trial of an existing tune run: pass it with --run RUN, not --recipe")
+    result = runner.invoke(app, ["tune", "--run", killed["path"], "--refit", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = read_json_line(result.stdout)
+    assert payload["added"] == 0 and payload["trials"] == 2 and payload["refit_run"]
+    assert (tmp_path / "runs" / payload["refit_run"] / "backtest").is_dir()
+    rows = {row["run_id"]: row for row in ls_json(runner)}
+    assert rows[killed["run_id"]]["state"] == "ok" and rows[killed["run_id"]]["committed"] == ["split", "tune"]
+    again = runner.invoke(app, ["tune", "--run", killed["path"], "--refit", "--json"])  # refit once: the same run
+    assert again.exit_code == 0 and read_json_line(again.stdout)["refit_run"] == payload["refit_run"]
+
+
+def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _wait_for_states(runs: Path, proc: subprocess.Popen, states: list[str], timeout: float) -> Path:
@@ -338,3 +385,20 @@ def test_torch_models_report_every_epoch_through_the_same_hook(name):
         create_model(name, "regression", TORCH_FAST[name], 0, 1, train=loop).fit(
             train, y[:120], feature_names=["a", "b", "c"], X_val=val, y_val=y[120:], symbols=symbols[:120],
             symbols_val=symbols[120:], report=prune_at_2)
+
+
+def test_a_refit_that_cannot_trade_one_symbol_is_refused_before_the_first_trial(runner, tmp_path):
+    """The refit backtests with [backtest]: long_short on a one-symbol dataset is refused at once,
+    not after the study; with refit = false and a val.* objective there is no backtest to refuse."""
+    write_store(tmp_path / "data", "p", generate(symbols=1, bars=300, seed=1), "test")
+    (tmp_path / "tune.toml").write_text(RECIPE, encoding="utf-8")
+    result = runner.invoke(app, ["tune", "--recipe", str(tmp_path / "tune.toml"), "--trials", "2"])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [
+        "error: backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, "
+        "but the universe has 1 (S000), so it would never hold a position; "
+        "use a strategy that trades one symbol: 'sign', 'long_only', 'threshold' "
+        "(e.g. --set backtest.strategy=sign), or add symbols to the dataset"]
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+    unrefit = runner.invoke(app, ["tune", "--recipe", str(tmp_path / "tune.toml"), "--trials", "1",
+                                  "--set", "tune.refit=false"])
+    assert unrefit.exit_code == 0, unrefit.output

@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from quant_cli.cli import app
-from quant_cli.io import read_json
 from quant_cli.data.store import write_store
+from quant_cli.io import read_json
 from quant_cli.recipe import load_recipe
 from quant_cli.tune.study import tune_new
 from tests.test_tune import RECIPE, bars, poisoned_from_test_start, recipe_file, study_table  # noqa: F401 - recipe_file is a fixture
 
-LSTM = RECIPE.split("[model]")[0] + """
+LSTM = (
+    RECIPE.split("[model]")[0]
+    + """
 [model]
 name = "lstm"
 [model.params]
@@ -32,6 +34,7 @@ startup_trials = 2
 "model.params.hidden" = { int = [4, 16] }
 "train.learning_rate" = { float = [0.001, 0.01], log = true }
 """
+)
 
 
 def test_a_two_trial_lstm_study_runs_end_to_end(runner, recipe_file):

@@ -23,14 +23,35 @@ from quant_cli.walkforward.execute import fit_fold, fold_segments
 from quant_cli.walkforward.folds import build_folds
 from quant_cli.walkforward.stage import _tasks
 
-FAST = ['data.dataset="p"', "label.horizon=3", "model.params.n_estimators=20", "model.params.min_data_in_leaf=20",
-        "train.threads=1", "walkforward.train=120", "walkforward.test=40"]
-FOLD_KEYS = {"fold", "train_start", "train_end", "test_start", "test_end", "train_rows", "test_rows", "ic", "rank_ic",
-             "sharpe", "status", "error"}
+FAST = [
+    'data.dataset="p"',
+    "label.horizon=3",
+    "model.params.n_estimators=20",
+    "model.params.min_data_in_leaf=20",
+    "train.threads=1",
+    "walkforward.train=120",
+    "walkforward.test=40",
+]
+FOLD_KEYS = {
+    "fold",
+    "train_start",
+    "train_end",
+    "test_start",
+    "test_end",
+    "train_rows",
+    "test_rows",
+    "ic",
+    "rank_ic",
+    "sharpe",
+    "status",
+    "error",
+}
 
 
 def _ingest(runner, *extra: str) -> None:
-    result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "p", "--symbols", "5", "--bars", "300", "-q", *extra])
+    result = runner.invoke(
+        app, ["ingest", "--source", "synthetic", "--dataset", "p", "--symbols", "5", "--bars", "300", "-q", *extra]
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -42,7 +63,8 @@ def _walkforward(runner, tmp_path: Path, *args: str):
 
 
 def test_end_to_end_and_jobs_do_not_change_results(runner, tmp_path):
-    """jobs=1 and jobs=2 give identical predictions and folds; the second run is the second trial."""
+    """jobs=1 and jobs=2 give identical predictions and folds; the second run is the same experiment
+    (recipe, data, code), so the ledger counts it once: N stays 1."""
     _ingest(runner)
     first = _walkforward(runner, tmp_path, "--jobs", "1", "--json", "-q")
     second = _walkforward(runner, tmp_path, "--jobs", "2", "--json", "-q")
@@ -58,12 +80,42 @@ def test_end_to_end_and_jobs_do_not_change_results(runner, tmp_path):
     assert [f["fold"] for f in fa["folds"]] == sorted(pa["fold"].unique().to_list())
     assert (runs[0] / "walkforward" / "backtest" / "equity.parquet").is_file()
     block = a["walkforward"]
-    for key in ("sharpe", "periods", "periods_per_year", "skew", "kurtosis", "n_folds", "deflated_sharpe", "n_trials", "sharpe_variance"):
+    for key in (
+        "sharpe",
+        "periods",
+        "periods_per_year",
+        "skew",
+        "kurtosis",
+        "n_folds",
+        "deflated_sharpe",
+        "n_trials",
+        "sharpe_variance",
+    ):
         assert key in block, key
-    assert (block["n_trials"], b["walkforward"]["n_trials"]) == (1, 2)  # the ledger counts the earlier run
+    assert (block["n_trials"], b["walkforward"]["n_trials"]) == (1, 1)  # an identical rerun is not another trial
     trials = ("deflated_sharpe", "n_trials", "sharpe_variance")
-    assert {k: v for k, v in block.items() if k not in trials} == {k: v for k, v in b["walkforward"].items() if k not in trials}
+    assert {k: v for k, v in block.items() if k not in trials} == {
+        k: v for k, v in b["walkforward"].items() if k not in trials
+    }
     assert json.loads((runs[1] / "metrics.json").read_text())["walkforward"] == b["walkforward"]
+
+
+def test_a_strategy_that_cannot_trade_one_symbol_is_refused_before_any_fold(runner, tmp_path):
+    result = runner.invoke(
+        app, ["ingest", "--source", "synthetic", "--dataset", "p", "--symbols", "1", "--bars", "300", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    refused = _walkforward(runner, tmp_path)
+    assert refused.exit_code == 2 and refused.stderr.splitlines() == [
+        "error: backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, "
+        "but the universe has 1 (S000), so it would never hold a position; "
+        "use a strategy that trades one symbol: 'sign', 'long_only', 'threshold' "
+        "(e.g. --set backtest.strategy=sign), or add symbols to the dataset"
+    ]
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]  # no run directory
+    top_k = _walkforward(runner, tmp_path, "--set", "backtest.strategy=top_k", "--set", "backtest.top_k_short=true")
+    assert top_k.exit_code == 2 and "'top_k' with top_k_short needs at least 2 symbols" in top_k.stderr
 
 
 def _break_fold(index: int, monkeypatch) -> None:
@@ -106,14 +158,42 @@ def test_continue_on_error_leaves_the_failed_fold_out(runner, tmp_path, monkeypa
 def test_random_walk_has_no_out_of_sample_ic(runner, tmp_path):
     """No planted signal: the stitched per-timestamp ICs have a t-statistic inside ±3 (labels of one
     bar do not overlap, so the ICs are close to independent)."""
-    result = runner.invoke(app, ["ingest", "--source", "synthetic", "--dataset", "p", "--symbols", "12", "--bars", "500",
-                                 "--signal", "0", "-q"])
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            "--source",
+            "synthetic",
+            "--dataset",
+            "p",
+            "--symbols",
+            "12",
+            "--bars",
+            "500",
+            "--signal",
+            "0",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    result = _walkforward(runner, tmp_path, "--set", "label.horizon=1", "--set", "walkforward.train=150",
-                          "--set", "walkforward.test=50", "--jobs", "1", "-q")
+    result = _walkforward(
+        runner,
+        tmp_path,
+        "--set",
+        "label.horizon=1",
+        "--set",
+        "walkforward.train=150",
+        "--set",
+        "walkforward.test=50",
+        "--jobs",
+        "1",
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     predictions = pl.read_parquet(Path(result.stdout.strip()) / "walkforward" / "predictions.parquet")
-    ics = predictions.group_by("ts").agg(pl.corr("score", "label").alias("ic"))["ic"].drop_nans().drop_nulls().to_numpy()
+    ics = (
+        predictions.group_by("ts").agg(pl.corr("score", "label").alias("ic"))["ic"].drop_nans().drop_nulls().to_numpy()
+    )
     assert len(ics) > 250
     t_stat = ics.mean() / ics.std(ddof=1) * np.sqrt(len(ics))
     assert abs(t_stat) < 3.0, f"out-of-sample IC on a random walk has t = {t_stat:.2f}"
@@ -121,8 +201,14 @@ def test_random_walk_has_no_out_of_sample_ic(runner, tmp_path):
 
 # ---- leakage: each fold sees only its own training window ----------------------------------------
 
-LEAK_RECIPE = [*FAST, 'preprocess.scaler="zscore"', 'split.sample_weight="uniqueness"', "split.time_decay=0.5",
-               "walkforward.validation=20", "train.early_stopping=5"]
+LEAK_RECIPE = [
+    *FAST,
+    'preprocess.scaler="zscore"',
+    'split.sample_weight="uniqueness"',
+    "split.time_decay=0.5",
+    "walkforward.validation=20",
+    "train.early_stopping=5",
+]
 
 
 def _fold_fit(data_dir: Path, index: int):
@@ -131,7 +217,16 @@ def _fold_fit(data_dir: Path, index: int):
     snapshot = pin(data_dir, "p")
     table, bars, adjustment = build_table(recipe, snapshot)
     folds = build_folds(table.rows.filter(pl.col("label").is_not_null())["ts"].to_numpy(), recipe["walkforward"], 3)
-    task = list(_tasks(folds, table, new_pipeline(recipe, table, snapshot.manifest, adjustment), bars.select("symbol", "ts"), recipe, "cpu"))[index]
+    task = list(
+        _tasks(
+            folds,
+            table,
+            new_pipeline(recipe, table, snapshot.manifest, adjustment),
+            bars.select("symbol", "ts"),
+            recipe,
+            "cpu",
+        )
+    )[index]
     pipeline, model, _ = fit_fold(task)
     train = fold_segments(task)["train"]
     return folds[index], pipeline, model, train
@@ -151,7 +246,9 @@ def test_a_folds_pipeline_and_model_ignore_every_bar_after_its_training_end(tmp_
     assert fold_b == fold and train_b.equals(train)
     assert pipeline_b.state == pipeline.state, "the fold's scaler saw bars after its training end"
     X = pipeline.model_matrix(train)
-    np.testing.assert_array_equal(model_b.predict(X, symbols=train["symbol"].to_numpy()), model.predict(X, symbols=train["symbol"].to_numpy()))
+    np.testing.assert_array_equal(
+        model_b.predict(X, symbols=train["symbol"].to_numpy()), model.predict(X, symbols=train["symbol"].to_numpy())
+    )
 
 
 def test_help_has_an_example(runner):
@@ -170,7 +267,10 @@ def test_a_killed_walkforward_leaves_nothing_that_blocks(tmp_path):
     reporter = CollectingReporter()
     Run(run_dir).begin_stage("walkforward", reporter)
     assert not (run_dir / "walkforward").exists()
-    assert reporter.texts("notice") == ["run wf-x: the walkforward stage never committed (interrupted); removed its leftovers (walkforward) and redoing it"]
+    assert reporter.texts("notice") == [
+        "run wf-x: the walkforward stage never committed (interrupted); removed "
+        "its leftovers (walkforward) and redoing it"
+    ]
 
 
 RECIPE = """
@@ -197,7 +297,9 @@ def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
 
     root = tmp_path_factory.mktemp("audit")
     (root / "r.toml").write_text(RECIPE)
-    result = CliRunner().invoke(app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")])
+    result = CliRunner().invoke(
+        app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")]
+    )
     assert result.exit_code == 0, result.output
     return root, pl.read_delta(str(root / "data" / "syn" / "bars"))
 
@@ -209,12 +311,27 @@ def test_a_failed_parallel_walkforward_is_one_line_without_joblib_warnings(runne
 
     root, _ = home
     recipe = tmp_path / "wf.toml"
-    recipe.write_text(RECIPE.replace('name = "linear"', 'name = "gru"\n[model.params]\nseq_len = 32\nhidden = 4')
-                      + "epochs = 1\n[preprocess]\nfill = \"zero\"\n[walkforward]\ntrain = 20\ntest = 40\n")
+    recipe.write_text(
+        RECIPE.replace('name = "linear"', 'name = "gru"\n[model.params]\nseq_len = 32\nhidden = 4')
+        + 'epochs = 1\n[preprocess]\nfill = "zero"\n[walkforward]\ntrain = 20\ntest = 40\n'
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = runner.invoke(app, ["walkforward", "--recipe", str(recipe), "--jobs", "2", "--quiet",
-                                     "--data-dir", str(root / "data"), "--runs-dir", str(tmp_path / "runs")])
+        result = runner.invoke(
+            app,
+            [
+                "walkforward",
+                "--recipe",
+                str(recipe),
+                "--jobs",
+                "2",
+                "--quiet",
+                "--data-dir",
+                str(root / "data"),
+                "--runs-dir",
+                str(tmp_path / "runs"),
+            ],
+        )
         import gc
 
         gc.collect()

@@ -62,7 +62,7 @@ def test_durations_follow_the_clock_not_the_bar_count():
     weekdays = [d for d in range(40) if d % 7 < 5]
     folds = build_folds(_days(weekdays), _cfg(train="7d", test="7d"), embargo=1)
     assert _summary(folds)[:2] == [
-        (_d(0), _d(7), _d(4), _d(8), _d(14)),    # boundary = the bar before the test start
+        (_d(0), _d(7), _d(4), _d(8), _d(14)),  # boundary = the bar before the test start
         (_d(7), _d(14), _d(11), _d(15), _d(21)),  # test windows step by 7 days: [15, 22)
     ]
     by_duration = build_folds(_days(weekdays), _cfg(train="7d", test="7d"), embargo="3d")
@@ -72,9 +72,14 @@ def test_durations_follow_the_clock_not_the_bar_count():
 def test_validation_tail_and_too_little_data():
     fold = build_folds(_days(range(20)), _cfg(validation=2), embargo=1)[0]
     assert (fold.window_start, fold.val_start, fold.boundary, fold.test_start) == (_d(0), _d(3), _d(5), _d(6))
-    with pytest.raises(DataError, match=r"^walk-forward: 20 labelled timestamps are too few for a training window of 30 plus an embargo of 2"):
+    with pytest.raises(
+        DataError,
+        match=r"^walk-forward: 20 labelled timestamps are too few for a training window of 30 plus an embargo of 2",
+    ):
         build_folds(_days(range(20)), _cfg(train=30), embargo=2)
-    with pytest.raises(RecipeError, match=r"walkforward.step \(2\) is shorter than walkforward.test \('7d'\) on this data"):
+    with pytest.raises(
+        RecipeError, match=r"walkforward.step \(2\) is shorter than walkforward.test \('7d'\) on this data"
+    ):
         build_folds(_days(range(40)), _cfg(test="7d", step=2), embargo=1)
 
 
@@ -92,26 +97,38 @@ def test_each_fold_is_purged_and_embargoed_by_the_split_rule():
     embargoed, and nothing outside the fold's window is there."""
     days = list(range(20))
     ts = [_d(d) for d in days]
-    rows = pl.DataFrame({"symbol": ["A"] * 20 + ["B"] * 20, "ts": ts * 2, "label": [0.1] * 40,
-                         "t1": [_d(d + 2) for d in days] * 2}).with_columns(pl.col("ts", "t1").cast(pl.Datetime("us", "UTC")))
+    rows = pl.DataFrame(
+        {"symbol": ["A"] * 20 + ["B"] * 20, "ts": ts * 2, "label": [0.1] * 40, "t1": [_d(d + 2) for d in days] * 2}
+    ).with_columns(pl.col("ts", "t1").cast(pl.Datetime("us", "UTC")))
     recipe = load_recipe(None, ["split.embargo=1"])
     folds = build_folds(_days(days), _cfg(train=6, validation=2), embargo=1)
-    assert (folds[0].window_start, folds[0].val_start, folds[0].boundary, folds[0].test_start) == (_d(0), _d(4), _d(6), _d(7))
+    assert (folds[0].window_start, folds[0].val_start, folds[0].boundary, folds[0].test_start) == (
+        _d(0),
+        _d(4),
+        _d(6),
+        _d(7),
+    )
     marked = _marked(folds, rows, recipe)[0].filter(pl.col("symbol") == "A")
     why = {row["ts"].day - DAY0.day: (row["segment"], row["excluded"]) for row in marked.iter_rows(named=True)}
     assert why == {
-        0: ("train", None), 1: ("train", None), 2: ("train", "purged"), 3: ("train", "purged"),
-        4: ("val", "purged"), 5: ("val", "purged"), 6: ("test", "embargoed"),
-        7: ("test", None), 8: ("test", None), 9: ("test", None),
+        0: ("train", None),
+        1: ("train", None),
+        2: ("train", "purged"),
+        3: ("train", "purged"),
+        4: ("val", "purged"),
+        5: ("val", "purged"),
+        6: ("test", "embargoed"),
+        7: ("test", None),
+        8: ("test", None),
+        9: ("test", None),
     }
 
 
 # ---- properties over random panels ------------------------------------------------------------------
 
+from helpers import labels_for, random_bars  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-from helpers import labels_for, random_bars  # noqa: E402
 
 
 @st.composite
@@ -119,11 +136,17 @@ def walk_cases(draw):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     kind = draw(st.sampled_from(["forward", "triple_barrier", "cross_sectional_rank"]))
     labels = labels_for(random_bars(rng, draw(st.integers(1, 3))), kind, draw(st.integers(1, 6)))
-    cfg = _cfg(mode=draw(st.sampled_from(["rolling", "anchored"])),
-               train=draw(st.one_of(st.integers(8, 40), st.sampled_from(["15d", "40d"]))),
-               test=draw(st.one_of(st.integers(3, 15), st.sampled_from(["7d", "12d"]))),
-               validation=draw(st.sampled_from([0, 3, "4d"])))
-    return labels.with_columns(pl.col("ts", "t1").cast(pl.Datetime("us", "UTC"))), cfg, draw(st.one_of(st.integers(0, 5), st.sampled_from(["2d", "5d"])))
+    cfg = _cfg(
+        mode=draw(st.sampled_from(["rolling", "anchored"])),
+        train=draw(st.one_of(st.integers(8, 40), st.sampled_from(["15d", "40d"]))),
+        test=draw(st.one_of(st.integers(3, 15), st.sampled_from(["7d", "12d"]))),
+        validation=draw(st.sampled_from([0, 3, "4d"])),
+    )
+    return (
+        labels.with_columns(pl.col("ts", "t1").cast(pl.Datetime("us", "UTC"))),
+        cfg,
+        draw(st.one_of(st.integers(0, 5), st.sampled_from(["2d", "5d"]))),
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -138,7 +161,9 @@ def test_folds_never_train_on_what_they_test(case):
         folds = build_folds(calendar, cfg, embargo)
     except (DataError, RecipeError):
         return  # too little data for the windows, or a validation tail as long as the window
-    recipe = load_recipe(None, [f"split.embargo={embargo!r}" if isinstance(embargo, int) else f'split.embargo="{embargo}"'])
+    recipe = load_recipe(
+        None, [f"split.embargo={embargo!r}" if isinstance(embargo, int) else f'split.embargo="{embargo}"']
+    )
     cal = calendar.astype("datetime64[us]")
     for fold, rows in zip(folds, _marked(folds, labels, recipe)):
         kept = rows.filter(pl.col("excluded").is_null())
@@ -149,14 +174,26 @@ def test_folds_never_train_on_what_they_test(case):
             assert (train["t1"] < fold.val_start).all()
         scored = kept.filter((pl.col("segment") == "test") & (pl.col("ts") >= fold.test_start))
         assert (scored["ts"] <= fold.test_end).all()
-        gap = cal[(cal >= np.datetime64(fold.boundary.replace(tzinfo=None))) & (cal < np.datetime64(fold.test_start.replace(tzinfo=None)))]
+        gap = cal[
+            (cal >= np.datetime64(fold.boundary.replace(tzinfo=None)))
+            & (cal < np.datetime64(fold.test_start.replace(tzinfo=None)))
+        ]
         if isinstance(embargo, int):
             assert len(gap) == embargo
         else:
             assert fold.test_start - fold.boundary == dt.timedelta(days=int(embargo[:-1]))
         if cfg["mode"] == "rolling" and isinstance(cfg["train"], int):
-            assert ((cal >= np.datetime64(fold.window_start.replace(tzinfo=None))) & (cal < np.datetime64(fold.boundary.replace(tzinfo=None)))).sum() == cfg["train"]
+            assert (
+                (cal >= np.datetime64(fold.window_start.replace(tzinfo=None)))
+                & (cal < np.datetime64(fold.boundary.replace(tzinfo=None)))
+            ).sum() == cfg["train"]
     assert all(a.test_end < b.test_start for a, b in zip(folds, folds[1:]))
-    tested = [(cal >= np.datetime64(f.test_start.replace(tzinfo=None))) & (cal <= np.datetime64(f.test_end.replace(tzinfo=None))) for f in folds]
+    tested = [
+        (cal >= np.datetime64(f.test_start.replace(tzinfo=None)))
+        & (cal <= np.datetime64(f.test_end.replace(tzinfo=None)))
+        for f in folds
+    ]
     later = cal >= np.datetime64(folds[0].test_start.replace(tzinfo=None))
-    assert (np.sum(tested, axis=0)[later] == 1).all(), "step = test: every later timestamp is scored by exactly one fold"
+    assert (np.sum(tested, axis=0)[later] == 1).all(), (
+        "step = test: every later timestamp is scored by exactly one fold"
+    )

@@ -12,25 +12,34 @@ import numpy as np
 import polars as pl
 from helpers import prices_rewritten_after
 
+from quant_cli.cli import app
 from quant_cli.data.store import pin, write_store
 from quant_cli.data.synthetic import generate
 from quant_cli.dataset.table import build_table, new_pipeline
-from quant_cli.stages.crossval import fold_inputs
 from quant_cli.recipe import load_recipe
+from quant_cli.stages.crossval import fold_inputs
 from quant_cli.walkforward.execute import fit_fold, fold_segments
 from quant_cli.walkforward.folds import build_folds
 from quant_cli.walkforward.stage import _channels, _tasks
-from quant_cli.cli import app
 from tests.test_walkforward import FAST, _ingest
 
-LSTM = [*(s for s in FAST if not s.startswith("model.params.")), 'model.name="lstm"', "model.params.seq_len=4",
-        "model.params.hidden=8", "train.epochs=2", "train.batch_size=64", "train.patience=0"]
+LSTM = [
+    *(s for s in FAST if not s.startswith("model.params.")),
+    'model.name="lstm"',
+    "model.params.seq_len=4",
+    "model.params.hidden=8",
+    "train.epochs=2",
+    "train.batch_size=64",
+    "train.patience=0",
+]
 
 
 def _walkforward(runner, tmp_path: Path, *sets: str, args: tuple[str, ...] = ()):
     recipe = tmp_path / "wf.toml"
     recipe.write_text('[run]\nname = "wf"\n')
-    return runner.invoke(app, ["walkforward", "--recipe", str(recipe), *(a for s in [*LSTM, *sets] for a in ("--set", s)), *args])
+    return runner.invoke(
+        app, ["walkforward", "--recipe", str(recipe), *(a for s in [*LSTM, *sets] for a in ("--set", s)), *args]
+    )
 
 
 def test_lstm_walkforward_end_to_end_and_jobs_do_not_change_results(runner, tmp_path):
@@ -60,8 +69,15 @@ def _fold_fit(data_dir: Path, index: int):
     snapshot = pin(data_dir, "p")
     table, bars, adjustment = build_table(recipe, snapshot)
     folds = build_folds(table.rows.filter(pl.col("label").is_not_null())["ts"].to_numpy(), recipe["walkforward"], 3)
-    tasks = _tasks(folds, table, new_pipeline(recipe, table, snapshot.manifest, adjustment), bars.select("symbol", "ts"),
-                   recipe, "cpu", _channels(recipe, bars, "cpu"))
+    tasks = _tasks(
+        folds,
+        table,
+        new_pipeline(recipe, table, snapshot.manifest, adjustment),
+        bars.select("symbol", "ts"),
+        recipe,
+        "cpu",
+        _channels(recipe, bars, "cpu"),
+    )
     task = list(tasks)[index]
     pipeline, model, _ = fit_fold(task)
     train = fold_segments(task)["train"]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from quant_cli.backtest.metrics import scored_rows, ic_by_timestamp, prediction_metrics
+from quant_cli.backtest.metrics import ic_by_timestamp, prediction_metrics, scored_rows
 from quant_cli.backtest.panel import period_returns
 from quant_cli.dataset.labels import forward_return
 
@@ -31,7 +31,10 @@ def signal_analysis(scores: pl.DataFrame, bars: pl.DataFrame, execution: str) ->
     out: dict[str, Any] = {"ic_series": [], "ic_decay": [], "deciles": []}
     if "label" in scores.columns:
         series = ic_by_timestamp(scores.with_columns(pl.col("symbol").cast(pl.String)))
-        out["ic_series"] = [{"ts": t.isoformat(), "ic": ic, "rank_ic": r} for t, ic, r in series.select("ts", "ic", "rank_ic").iter_rows()]
+        out["ic_series"] = [
+            {"ts": t.isoformat(), "ic": ic, "rank_ic": r}
+            for t, ic, r in series.select("ts", "ic", "rank_ic").iter_rows()
+        ]
     for h in HORIZONS:
         labelled = keys.join(forward_return(bars, h, execution).select("symbol", "ts", "label"), on=["symbol", "ts"])
         if labelled.height:
@@ -47,12 +50,17 @@ def _deciles(frame: pl.DataFrame) -> list[dict[str, Any]]:
         return []
     n = pl.len().over("ts")
     per_ts = scored.filter(n >= BUCKETS).with_columns(
-        ((pl.col("score").rank("ordinal").over("ts") - 1) * BUCKETS // pl.len().over("ts")).alias("bucket"))
+        ((pl.col("score").rank("ordinal").over("ts") - 1) * BUCKETS // pl.len().over("ts")).alias("bucket")
+    )
     if per_ts.height:
-        means = per_ts.group_by("ts", "bucket").agg(pl.col("label").mean()).group_by("bucket").agg(pl.col("label").mean())
+        means = (
+            per_ts.group_by("ts", "bucket").agg(pl.col("label").mean()).group_by("bucket").agg(pl.col("label").mean())
+        )
     else:
         pooled = scored.with_columns(((pl.col("score").rank("ordinal") - 1) * BUCKETS // pl.len()).alias("bucket"))
         means = pooled.group_by("bucket").agg(pl.col("label").mean())
     means = means.sort("bucket")
-    return [{"decile": int(b) + 1, "mean_return": float(v) if v is not None and np.isfinite(v) else None}
-            for b, v in means.select("bucket", "label").iter_rows()]
+    return [
+        {"decile": int(b) + 1, "mean_return": float(v) if v is not None and np.isfinite(v) else None}
+        for b, v in means.select("bucket", "label").iter_rows()
+    ]

@@ -47,14 +47,44 @@ def _range(values: Sequence[np.ndarray], zero: bool = False) -> tuple[float, flo
     return lo - pad, hi + pad
 
 
-def _frame(title: str, body: str, y_lo: float, y_hi: float, fmt: str, extra: str = "") -> str:
+def _frame(
+    title: str,
+    body: str,
+    y_lo: float,
+    y_hi: float,
+    fmt: str,
+    extra: str = "",
+    ticks: Sequence[tuple[float, str]] | None = None,
+) -> str:
+    """The chart's box: title, horizontal grid lines with labels (`ticks`: (y, label) pairs in the
+    axis' own units, default: round values formatted with `fmt`), then `body` and `extra`."""
     ys = lambda v: TOP + (H - TOP - BOTTOM) * (1 - (v - y_lo) / (y_hi - y_lo))  # noqa: E731
+    if ticks is None:
+        ticks = [(v, format(v, fmt)) for v in _ticks(y_lo, y_hi)]
     grid = "".join(
         f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{ys(v):.1f}" y2="{ys(v):.1f}" class="grid"/>'
-        f'<text x="{LEFT - 6}" y="{ys(v) + 4:.1f}" text-anchor="end">{_esc(format(v, fmt))}</text>'
-        for v in _ticks(y_lo, y_hi))
-    return (f'<svg viewBox="0 0 {W} {H}" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{_esc(title)}">'
-            f'<text x="{LEFT}" y="16" class="title">{_esc(title)}</text>{grid}{body}{extra}</svg>')
+        f'<text x="{LEFT - 6}" y="{ys(v) + 4:.1f}" text-anchor="end">{_esc(label)}</text>'
+        for v, label in ticks
+    )
+    return (
+        f'<svg viewBox="0 0 {W} {H}" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{_esc(title)}">'
+        f'<text x="{LEFT}" y="16" class="title">{_esc(title)}</text>{grid}{body}{extra}</svg>'
+    )
+
+
+def _log_ticks(lo: float, hi: float) -> list[tuple[float, str]]:
+    """Grid lines of a log10 axis spanning log10 values lo..hi: 1-2-5 steps over up to three
+    decades, decades beyond; labels in the original units (0.5, 1, 2, 10, 100)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [(lo, format(10**lo, ".3g"))] if math.isfinite(lo) else []
+    decades = range(math.floor(lo), math.ceil(hi) + 1)
+    steps = (1, 2, 5) if hi - lo <= 3 else (1,)
+    values = [m * 10.0**d for d in decades for m in steps]
+    if hi - lo < 0.5:  # a narrow range: round values of the original units
+        values = [v for v in _ticks(10**lo, 10**hi) if v > 0]
+    every = max(1, math.ceil(len([v for v in values if lo <= math.log10(v) <= hi]) / 8))
+    inside = [v for v in values if lo <= math.log10(v) <= hi][::every]
+    return [(math.log10(v), format(v, ".3g")) for v in inside]
 
 
 def _time_axis(x: np.ndarray) -> tuple[callable, str]:
@@ -63,17 +93,34 @@ def _time_axis(x: np.ndarray) -> tuple[callable, str]:
     xs = lambda v: LEFT + (W - LEFT - RIGHT) * (v - lo) / span  # noqa: E731
     anchors = ("start", "middle", "middle", "middle", "end")
     labels = "".join(
-        f'<text x="{xs(v):.1f}" y="{H - 12}" text-anchor="{a}">{dt.datetime.fromtimestamp(v, dt.timezone.utc):%Y-%m-%d}</text>'
-        for v, a in zip(np.linspace(lo, hi, 5), anchors))
+        f'<text x="{xs(v):.1f}" y="{H - 12}" '
+        f'text-anchor="{a}">{dt.datetime.fromtimestamp(v, dt.timezone.utc):%Y-%m-%d}</text>'
+        for v, a in zip(np.linspace(lo, hi, 5), anchors)
+    )
     return xs, labels
 
 
-def line_chart(title: str, x: np.ndarray, series: dict[str, np.ndarray], fmt: str = ".2f",
-               markers: Sequence[float] = (), fill: bool = False) -> str:
-    """Lines over time; `x` in epoch seconds; `markers` are vertical lines (e.g. fold starts)."""
+def line_chart(
+    title: str,
+    x: np.ndarray,
+    series: dict[str, np.ndarray],
+    fmt: str = ".2f",
+    ticks: Sequence[float] = (),
+    fill: bool = False,
+    log: bool = False,
+    areas: Sequence[str] = (),
+) -> str:
+    """Lines over time; `x` in epoch seconds; `ticks` are short light marks on the time axis (e.g.
+    walk-forward fold starts: a full-height line per fold would curtain the chart). `log` draws the
+    y axis on a log scale (equity curves that compound over decades); values <= 0 are not drawn.
+    `fill` shades every series down to 0; `areas` names series drawn only as a light area from 0,
+    behind the lines, so a line that coincides with it never hides it (gross under net exposure)."""
     keep = _thin(x.size)
     x = x[keep]
-    y_lo, y_hi = _range([v[keep] for v in series.values()], zero=fill)
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            series = {name: np.where(v > 0, np.log10(np.where(v > 0, v, 1.0)), np.nan) for name, v in series.items()}
+    y_lo, y_hi = _range([v[keep] for v in series.values()], zero=fill or bool(areas))
     xs, axis = _time_axis(x)
     ys = lambda v: TOP + (H - TOP - BOTTOM) * (1 - (v - y_lo) / (y_hi - y_lo))  # noqa: E731
     body, legend = [], []
@@ -82,12 +129,23 @@ def line_chart(title: str, x: np.ndarray, series: dict[str, np.ndarray], fmt: st
         ok = np.isfinite(v)
         points = " ".join(f"{xs(a):.1f},{ys(b):.1f}" for a, b in zip(x[ok], v[ok]))
         color = COLORS[i % len(COLORS)]
-        if fill and ok.any():
-            body.append(f'<polygon points="{xs(x[ok][0]):.1f},{ys(0):.1f} {points} {xs(x[ok][-1]):.1f},{ys(0):.1f}" fill="{color}" opacity="0.25"/>')
-        body.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.5"/>')
-        legend.append(f'<text x="{W - RIGHT - 10 - 150 * i}" y="16" text-anchor="end" fill="{color}">■ {_esc(name)}</text>')
-    marks = "".join(f'<line x1="{xs(m):.1f}" x2="{xs(m):.1f}" y1="{TOP}" y2="{H - BOTTOM}" class="marker"/>' for m in markers)
-    return _frame(title, marks + "".join(body), y_lo, y_hi, fmt, axis + "".join(legend))
+        if (fill or name in areas) and ok.any():
+            body.insert(
+                0,
+                f'<polygon points="{xs(x[ok][0]):.1f},{ys(0):.1f} {points} {xs(x[ok][-1]):.1f},{ys(0):.1f}" '
+                f'fill="{color}" opacity="0.25"/>',
+            )
+        if name not in areas:
+            body.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+        legend.append(
+            f'<text x="{W - RIGHT - 10 - 150 * i}" y="16" text-anchor="end" fill="{color}">■ {_esc(name)}</text>'
+        )
+    marks = "".join(
+        f'<line x1="{xs(t):.1f}" x2="{xs(t):.1f}" y1="{H - BOTTOM - 7}" y2="{H - BOTTOM}" class="fold-tick"/>'
+        for t in ticks
+    )
+    y_ticks = _log_ticks(y_lo, y_hi) if log else None
+    return _frame(title, "".join(body) + marks, y_lo, y_hi, fmt, axis + "".join(legend), y_ticks)
 
 
 def bar_chart(title: str, labels: Sequence[str], values: Sequence[float], fmt: str = ".3f") -> str:
@@ -102,7 +160,12 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[float], fmt: s
         if math.isfinite(value):
             top, bottom = sorted((ys(value), ys(0.0)))
             color = COLORS[0] if value >= 0 else COLORS[4]
-            bars.append(f'<rect x="{x:.1f}" y="{top:.1f}" width="{slot * 0.7:.1f}" height="{max(bottom - top, 0.5):.1f}" fill="{color}"><title>{_esc(label)}: {_esc(format(value, fmt))}</title></rect>')
+            bars.append(
+                f'<rect x="{x:.1f}" y="{top:.1f}" width="{slot * 0.7:.1f}" '
+                f'height="{max(bottom - top, 0.5):.1f}" '
+                f'fill="{color}"><title>{_esc(label)}: '
+                f"{_esc(format(value, fmt))}</title></rect>"
+            )
         bars.append(f'<text x="{x + slot * 0.35:.1f}" y="{H - 12}" text-anchor="middle">{_esc(label)}</text>')
     return _frame(title, "".join(bars), y_lo, y_hi, fmt)
 
@@ -116,11 +179,15 @@ def hbar_chart(title: str, labels: Sequence[str], values: Sequence[float]) -> st
     for i, (label, value) in enumerate(zip(labels, values)):
         y = TOP + 18 * i
         width = (W - label_w - RIGHT - 60) * (value / top if top else 0)
-        rows.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{_esc(label)}</text>'
-                    f'<rect x="{label_w}" y="{y + 2}" width="{max(width, 0.5):.1f}" height="13" fill="{COLORS[0]}"/>'
-                    f'<text x="{label_w + width + 4:.1f}" y="{y + 12}">{value:.3g}</text>')
-    return (f'<svg viewBox="0 0 {W} {height}" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{_esc(title)}">'
-            f'<text x="{LEFT}" y="16" class="title">{_esc(title)}</text>{"".join(rows)}</svg>')
+        rows.append(
+            f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{_esc(label)}</text>'
+            f'<rect x="{label_w}" y="{y + 2}" width="{max(width, 0.5):.1f}" height="13" fill="{COLORS[0]}"/>'
+            f'<text x="{label_w + width + 4:.1f}" y="{y + 12}">{value:.3g}</text>'
+        )
+    return (
+        f'<svg viewBox="0 0 {W} {height}" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{_esc(title)}">'
+        f'<text x="{LEFT}" y="16" class="title">{_esc(title)}</text>{"".join(rows)}</svg>'
+    )
 
 
 def heatmap(title: str, rows: Sequence[str], cols: Sequence[str], values: np.ndarray, fmt: str = ".1%") -> str:
@@ -128,7 +195,10 @@ def heatmap(title: str, rows: Sequence[str], cols: Sequence[str], values: np.nda
     cell_w, cell_h, label_w = (W - 80) / max(len(cols), 1), 22, 60
     height = TOP + 20 + cell_h * len(rows) + 8
     scale = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
-    cells = [f'<text x="{label_w + cell_w * (j + 0.5):.1f}" y="{TOP + 12}" text-anchor="middle">{_esc(c)}</text>' for j, c in enumerate(cols)]
+    cells = [
+        f'<text x="{label_w + cell_w * (j + 0.5):.1f}" y="{TOP + 12}" text-anchor="middle">{_esc(c)}</text>'
+        for j, c in enumerate(cols)
+    ]
     for i, row in enumerate(rows):
         y = TOP + 20 + cell_h * i
         cells.append(f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{_esc(row)}</text>')
@@ -139,7 +209,12 @@ def heatmap(title: str, rows: Sequence[str], cols: Sequence[str], values: np.nda
             a = min(abs(v) / scale, 1.0) if scale else 0.0
             color = f"rgba(46,158,91,{a:.2f})" if v >= 0 else f"rgba(194,59,59,{a:.2f})"
             x = label_w + cell_w * j
-            cells.append(f'<rect x="{x:.1f}" y="{y}" width="{cell_w - 2:.1f}" height="{cell_h - 2}" fill="{color}" stroke="#ddd"/>'
-                         f'<text x="{x + cell_w / 2:.1f}" y="{y + 15}" text-anchor="middle">{_esc(format(v, fmt))}</text>')
-    return (f'<svg viewBox="0 0 {W} {height}" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{_esc(title)}">'
-            f'<text x="{LEFT}" y="16" class="title">{_esc(title)}</text>{"".join(cells)}</svg>')
+            cells.append(
+                f'<rect x="{x:.1f}" y="{y}" width="{cell_w - 2:.1f}" '
+                f'height="{cell_h - 2}" fill="{color}" stroke="#ddd"/>'
+                f'<text x="{x + cell_w / 2:.1f}" y="{y + 15}" text-anchor="middle">{_esc(format(v, fmt))}</text>'
+            )
+    return (
+        f'<svg viewBox="0 0 {W} {height}" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{_esc(title)}">'
+        f'<text x="{LEFT}" y="16" class="title">{_esc(title)}</text>{"".join(cells)}</svg>'
+    )

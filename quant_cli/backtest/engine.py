@@ -21,6 +21,7 @@ import polars as pl
 
 from quant_cli.backtest import strategies
 from quant_cli.backtest.metrics import prediction_metrics, summarize
+from quant_cli.backtest.regimes import by_regime, market_regimes
 from quant_cli.backtest.panel import Grid, close_returns, period_returns, trailing_std
 from quant_cli.backtest.simulate import TRADE_EPS, Book, Costs, net_returns, simulate, trade_costs
 from quant_cli.errors import DataError
@@ -86,6 +87,7 @@ def run_backtest(signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], 
     summary = summarize(curve, periods_per_year)
     before = summarize(curve.with_columns(net=pl.col("net_before_costs"), equity=pl.col("equity_before_costs")), periods_per_year)
     summary["before_costs"] = {k: before.get(k) for k in BEFORE_COSTS_KEYS}
+    summary["by_regime"] = by_regime(curve, market_regimes(bars), periods_per_year)  # see backtest/regimes.py
     if kind == "score" and "label" in signal.columns:
         summary.update({k: v for k, v in prediction_metrics(signal).items() if k in ("ic", "rank_ic", "icir", "ic_kind")})
     return Result(curve, _weights(grid, W, book, rebalance), _trades(grid, book, costs, bars), summary)

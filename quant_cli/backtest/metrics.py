@@ -5,9 +5,10 @@ With S_t the rows at timestamp t (score and label both finite), counted only whe
   IC       = mean_t pearson(score, label | S_t)
   rank IC  = mean_t pearson(rank(score), rank(label) | S_t), ranks averaged over ties (Spearman)
   ICIR     = mean_t IC_t / std_t IC_t (sample std, ddof = 1; not annualised)
-With no timestamp of 5 scored symbols there is no usable cross-section, so IC and rank IC are
-taken over the pooled rows (a time-series correlation) instead and ICIR is NaN (`ic_kind` says which). A row whose score or label is NaN or null is not
-scored: it is left out of every measure here (a NaN must never rank first), and `unscored` counts it.
+With no timestamp of 5 scored symbols there is no usable cross-section, so IC and rank IC are taken
+over the pooled rows (a time-series correlation) instead and ICIR is NaN (`ic_kind` says which). A
+row whose score or label is NaN or null is not scored: it is left out of every measure here (a NaN
+must never rank first), and `unscored` counts it.
 """
 
 from __future__ import annotations
@@ -38,10 +39,15 @@ def prediction_metrics(pred: pl.DataFrame) -> dict[str, Any]:
         (pl.col("score").sign() == pl.col("label").sign()).mean().alias("hit_rate"),
     ).row(0, named=True)
     return {
-        "ic": ic, "rank_ic": rank_ic, "icir": icir, "ic_kind": "cross_sectional" if cross_sectional else "pooled",
+        "ic": ic,
+        "rank_ic": rank_ic,
+        "icir": icir,
+        "ic_kind": "cross_sectional" if cross_sectional else "pooled",
         **{k: _clean(v) for k, v in err.items()},
-        "rows": pred.height, "unscored": pred.height - scored.height,
-        "symbols": pred["symbol"].n_unique(), "timestamps": pred["ts"].n_unique(),
+        "rows": pred.height,
+        "unscored": pred.height - scored.height,
+        "symbols": pred["symbol"].n_unique(),
+        "timestamps": pred["ts"].n_unique(),
     }
 
 
@@ -51,11 +57,16 @@ MIN_CROSS_SECTION = 5
 def ic_by_timestamp(pred: pl.DataFrame) -> pl.DataFrame:
     """ts, ic, rank_ic, n at each timestamp with at least MIN_CROSS_SECTION scored rows, sorted by ts."""
     scored = scored_rows(pred)
-    return scored.group_by("ts").agg(
-        pl.corr("score", "label").alias("ic"),
-        pl.corr("score", "label", method="spearman").alias("rank_ic"),
-        pl.len().alias("n"),
-    ).filter(pl.col("n") >= MIN_CROSS_SECTION).sort("ts")
+    return (
+        scored.group_by("ts")
+        .agg(
+            pl.corr("score", "label").alias("ic"),
+            pl.corr("score", "label", method="spearman").alias("rank_ic"),
+            pl.len().alias("n"),
+        )
+        .filter(pl.col("n") >= MIN_CROSS_SECTION)
+        .sort("ts")
+    )
 
 
 def scored_rows(pred: pl.DataFrame) -> pl.DataFrame:
@@ -132,7 +143,9 @@ EULER_GAMMA = 0.5772156649015329
 _NORMAL = statistics.NormalDist()
 
 
-def probabilistic_sharpe_ratio(sharpe: float, periods: int, skew: float, kurtosis: float, benchmark: float = 0.0) -> float:
+def probabilistic_sharpe_ratio(
+    sharpe: float, periods: int, skew: float, kurtosis: float, benchmark: float = 0.0
+) -> float:
     """PSR(SR*) = Φ( (SR − SR*)·√(T − 1) / √(1 − γ₃·SR + (γ₄ − 1)/4 · SR²) ).
 
     `sharpe` and `benchmark` are per period (not annualised), T = `periods` returns, γ₃ their
@@ -152,12 +165,15 @@ def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:
     variance V[SR] of the trials' per-period Sharpe ratios. 0 for a single trial."""
     if n_trials <= 1 or not math.isfinite(sharpe_variance) or sharpe_variance <= 0:
         return 0.0
-    quantiles = (1 - EULER_GAMMA) * _NORMAL.inv_cdf(1 - 1 / n_trials) + EULER_GAMMA * _NORMAL.inv_cdf(1 - 1 / (n_trials * math.e))
+    quantiles = (1 - EULER_GAMMA) * _NORMAL.inv_cdf(1 - 1 / n_trials) + EULER_GAMMA * _NORMAL.inv_cdf(
+        1 - 1 / (n_trials * math.e)
+    )
     return float(math.sqrt(sharpe_variance) * quantiles)
 
 
-def deflated_sharpe_ratio(sharpe: float, periods: int, skew: float, kurtosis: float, n_trials: int,
-                          sharpe_variance: float) -> float:
+def deflated_sharpe_ratio(
+    sharpe: float, periods: int, skew: float, kurtosis: float, n_trials: int, sharpe_variance: float
+) -> float:
     """DSR = PSR(SR₀) with SR₀ = expected_max_sharpe(N, V[SR]) (Bailey & López de Prado 2014):
     the probability that the true Sharpe ratio is positive after selecting the best of N trials.
     Everything per period, kurtosis raw."""
@@ -193,19 +209,61 @@ def summarize(curve: pl.DataFrame, periods_per_year: float) -> dict[str, Any]:
       beta              = cov(r, b)/var(b) against the benchmark returns b (ddof 1)
       alpha             = (mean(r) − beta·mean(b))·ppy                   (annualised, arithmetic)
       information_ratio = mean(r − b)/std(r − b, ddof=1)·√ppy
+      net_exposure_share = |net_exposure| / exposure                   (1: the book is all one way)
+      mostly_market     = net_exposure_share ≥ NET_SHARE_LIMIT or |beta| ≥ BETA_LIMIT (market_exposure)
     """
     n = curve.height
     if n == 0:
         return {"periods": 0}
     r = curve["net"].to_numpy().astype(float)
     equity = curve["equity"].to_numpy()
-    out = {"periods": n, "start": curve["ts"][0].isoformat(), "end": curve["ts"][-1].isoformat(),
-           **_returns(r, equity, periods_per_year), **_distribution(r, equity, periods_per_year),
-           **_trading(curve, periods_per_year)}
+    out = {
+        "periods": n,
+        "start": curve["ts"][0].isoformat(),
+        "end": curve["ts"][-1].isoformat(),
+        **_returns(r, equity, periods_per_year),
+        **_distribution(r, equity, periods_per_year),
+        **_trading(curve, periods_per_year),
+    }
     if "benchmark" in curve.columns:
         out.update(relative_metrics(r, curve["benchmark"].fill_null(0.0).to_numpy(), periods_per_year))
+    out.update(market_exposure(out))
     out["periods_per_year"] = periods_per_year
     return out
+
+
+# A book whose mean net exposure is at least 80% of its gross is one bet on the market's direction,
+# and one with |beta| >= 0.5 takes at least half the benchmark's moves: its Sharpe ratio then
+# mostly measures the market's drift (a sign strategy on an up-trending pair, any long-only
+# book), and alpha and the information ratio say what the signal added.
+NET_SHARE_LIMIT = 0.8
+BETA_LIMIT = 0.5
+
+
+def market_exposure(summary: dict[str, Any]) -> dict[str, Any]:
+    """net_exposure_share and mostly_market of a summary (see summarize; NaN and False without exposure)."""
+    gross, net, beta = (summary.get(k, float("nan")) for k in ("exposure", "net_exposure", "beta"))
+    share = abs(net) / gross if isinstance(gross, float) and gross > 0 else float("nan")
+    mostly = (math.isfinite(share) and share >= NET_SHARE_LIMIT) or (math.isfinite(beta) and abs(beta) >= BETA_LIMIT)
+    return {"net_exposure_share": share, "mostly_market": bool(mostly)}
+
+
+def market_exposure_note(summary: dict[str, Any]) -> str | None:
+    """One sentence for the summary line and the report when the result is mostly market
+    exposure (summary["mostly_market"]), naming why and the alpha and information ratio; else None."""
+    if not summary.get("mostly_market"):
+        return None
+    market = summary.get("market") or "the equal-weight universe"
+    return (
+        f"mostly market exposure (net exposure {_num(summary.get('net_exposure'), '.2f')} of gross "
+        f"{_num(summary.get('exposure'), '.2f')}, beta {_num(summary.get('beta'), '.2f')} to {market}): "
+        f"alpha {_num(summary.get('alpha'), '.2%')}/yr, "
+        f"information ratio {_num(summary.get('information_ratio'), '.2f')}"
+    )
+
+
+def _num(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
 
 
 def _ratio(a: float, b: float) -> float:
@@ -221,10 +279,13 @@ def _returns(r: np.ndarray, equity: np.ndarray, ppy: float) -> dict[str, float]:
     drawdown = drawdown_series(equity)
     mdd = float(drawdown.min())
     return {
-        "total_return": final - 1.0, "annual_return": annual, "annual_volatility": std * math.sqrt(ppy),
+        "total_return": final - 1.0,
+        "annual_return": annual,
+        "annual_volatility": std * math.sqrt(ppy),
         "sharpe": _ratio(float(r.mean()), std) * math.sqrt(ppy) if std > 0 else float("nan"),
         "sortino": _ratio(float(r.mean()), downside) * math.sqrt(ppy) if downside > 0 else float("nan"),
-        "max_drawdown": mdd, "max_drawdown_periods": _longest_underwater(drawdown),
+        "max_drawdown": mdd,
+        "max_drawdown_periods": _longest_underwater(drawdown),
         "calmar": _ratio(annual, abs(mdd)),
     }
 
@@ -254,8 +315,13 @@ def _distribution(r: np.ndarray, equity: np.ndarray, ppy: float) -> dict[str, fl
         "hit_rate": float((r > 0).mean()),
         "profit_factor": _ratio(float(pnl[pnl > 0].sum()), float(-pnl[pnl < 0].sum())),
         "omega": _ratio(float(np.maximum(r, 0).sum()), float(np.maximum(-r, 0).sum())),
-        "tail_ratio": _ratio(abs(q95), abs(q5)), "var_95": q5, "cvar_95": float(r[r <= q5].mean()),
-        "best_period": float(r.max()), "worst_period": float(r.min()), "skew": sk, "kurtosis": ku,
+        "tail_ratio": _ratio(abs(q95), abs(q5)),
+        "var_95": q5,
+        "cvar_95": float(r[r <= q5].mean()),
+        "best_period": float(r.max()),
+        "worst_period": float(r.min()),
+        "skew": sk,
+        "kurtosis": ku,
         "psr": probabilistic_sharpe_ratio(float(r.mean()) / std, r.size, sk, ku) if std > 0 else float("nan"),
     }
 
@@ -265,8 +331,11 @@ def _trading(curve: pl.DataFrame, ppy: float) -> dict[str, float]:
     out = {"mean_turnover": turnover, "annual_turnover": turnover * ppy, "total_cost": float(curve["cost"].sum())}
     if "exposure" in curve.columns:
         exposure = float(curve["exposure"].mean())
-        out.update(exposure=exposure, net_exposure=float(curve["net_exposure"].mean()),
-                   avg_holding_periods=_ratio(2.0 * exposure, turnover))
+        out.update(
+            exposure=exposure,
+            net_exposure=float(curve["net_exposure"].mean()),
+            avg_holding_periods=_ratio(2.0 * exposure, turnover),
+        )
     return out
 
 
@@ -276,8 +345,11 @@ def relative_metrics(r: np.ndarray, b: np.ndarray, ppy: float) -> dict[str, floa
         return {"beta": float("nan"), "alpha": float("nan"), "information_ratio": float("nan")}
     beta = _ratio(float(np.cov(r, b, ddof=1)[0, 1]), float(b.var(ddof=1)))
     active = r - b
-    return {"beta": beta, "alpha": (float(r.mean()) - beta * float(b.mean())) * ppy if math.isfinite(beta) else float("nan"),
-            "information_ratio": _ratio(float(active.mean()), float(active.std(ddof=1))) * math.sqrt(ppy)}
+    return {
+        "beta": beta,
+        "alpha": (float(r.mean()) - beta * float(b.mean())) * ppy if math.isfinite(beta) else float("nan"),
+        "information_ratio": _ratio(float(active.mean()), float(active.std(ddof=1))) * math.sqrt(ppy),
+    }
 
 
 def rolling_sharpe(r: np.ndarray, window: int, ppy: float) -> np.ndarray:
@@ -288,5 +360,5 @@ def rolling_sharpe(r: np.ndarray, window: int, ppy: float) -> np.ndarray:
     view = np.lib.stride_tricks.sliding_window_view(r, window)
     std = view.std(axis=1, ddof=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out[window - 1:] = np.where(std > 0, view.mean(axis=1) / std * math.sqrt(ppy), np.nan)
+        out[window - 1 :] = np.where(std > 0, view.mean(axis=1) / std * math.sqrt(ppy), np.nan)
     return out

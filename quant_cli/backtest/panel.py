@@ -17,8 +17,8 @@ from quant_cli.dataset.labels import execution_price
 
 @dataclass(frozen=True)
 class Grid:
-    ts: pl.Series        # sorted unique timestamps (T)
-    symbols: pl.Series   # sorted unique symbols (N)
+    ts: pl.Series  # sorted unique timestamps (T)
+    symbols: pl.Series  # sorted unique symbols (N)
 
     @classmethod
     def of(cls, frame: pl.DataFrame) -> "Grid":
@@ -45,8 +45,14 @@ class Grid:
         t_in = frame["ts"].to_numpy()
         rows = np.clip(np.searchsorted(ts, t_in), 0, max(len(ts) - 1, 0))
         on_row = ts[rows] == t_in if len(ts) else np.zeros(len(t_in), bool)
-        codes = frame["symbol"].cast(pl.String).replace_strict(self.symbols, pl.int_range(self.symbols.len(), eager=True),
-                                                               default=-1, return_dtype=pl.Int64).to_numpy()
+        codes = (
+            frame["symbol"]
+            .cast(pl.String)
+            .replace_strict(
+                self.symbols, pl.int_range(self.symbols.len(), eager=True), default=-1, return_dtype=pl.Int64
+            )
+            .to_numpy()
+        )
         return rows, np.maximum(codes, 0), on_row & (codes >= 0)
 
     def long(self, columns: dict[str, np.ndarray], keep: np.ndarray | None = None) -> pl.DataFrame:
@@ -78,14 +84,16 @@ def trailing_std(x: np.ndarray, window: int) -> np.ndarray:
     (NaN until `window` values were seen). Vectorised with cumulative sums; uses no later row."""
     finite = np.isfinite(x)
     v = np.where(finite, x, 0.0)
+
     def rolled(a: np.ndarray) -> np.ndarray:
         c = np.cumsum(np.vstack([np.zeros((1, a.shape[1])), a]), axis=0)
         return c[window:] - c[:-window] if a.shape[0] >= window else np.zeros((0, a.shape[1]))
+
     out = np.full(x.shape, np.nan)
     if x.shape[0] < window:
         return out
     n, s, s2 = rolled(finite.astype(float)), rolled(v), rolled(v * v)
     with np.errstate(invalid="ignore", divide="ignore"):
         var = (s2 - s * s / n) / (n - 1)
-    out[window - 1:] = np.where(n == window, np.sqrt(np.maximum(var, 0.0)), np.nan)
+    out[window - 1 :] = np.where(n == window, np.sqrt(np.maximum(var, 0.0)), np.nan)
     return out

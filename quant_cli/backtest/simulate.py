@@ -52,11 +52,11 @@ class Costs:
 
 @dataclass
 class Book:
-    held: np.ndarray      # (T, N) weights after the trade at t
-    pre: np.ndarray       # (T, N) weights before it (drifted from t−1)
-    gross: np.ndarray     # (T,)
-    cost: np.ndarray      # (T,)
-    net: np.ndarray       # (T,)
+    held: np.ndarray  # (T, N) weights after the trade at t
+    pre: np.ndarray  # (T, N) weights before it (drifted from t−1)
+    gross: np.ndarray  # (T,)
+    cost: np.ndarray  # (T,)
+    net: np.ndarray  # (T,)
 
     @property
     def equity_before(self) -> np.ndarray:
@@ -97,22 +97,22 @@ class _Plan:
         self.rebalance = np.asarray(rebalance, bool)
         self.start = _block_start(self.rebalance)
         self.base = target if self.rebalance.all() else _drifted_base(target, R, self.start)
-        self.shifted = self.base[:-1] * (1.0 + R[:-1])                   # pre_t = shifted_(t−1) · E_s'/E_t
+        self.shifted = self.base[:-1] * (1.0 + R[:-1])  # pre_t = shifted_(t−1) · E_s'/E_t
         self.gross_base = np.einsum("ij,ij->i", self.base, R)
         row_sum = self.base.sum(axis=1)
         self.short_base = 0.5 * (np.abs(self.base).sum(axis=1) - row_sum)
-        self.first = bool(self.rebalance[:1].any())                    # row 0 trades from flat
-        self.rows = np.flatnonzero(self.rebalance[1:]) + 1                # rows that trade from a drifted book
-        contiguous = self.rows.size == self.rebalance.size - 1          # every row rebalances: views, no copies
+        self.first = bool(self.rebalance[:1].any())  # row 0 trades from flat
+        self.rows = np.flatnonzero(self.rebalance[1:]) + 1  # rows that trade from a drifted book
+        contiguous = self.rows.size == self.rebalance.size - 1  # every row rebalances: views, no copies
         self.targets = self.base[1:] if contiguous else self.base[self.rows]
         self.before = self.shifted if contiguous else self.shifted[self.rows - 1]
         cash = np.where(self.start >= 0, 1.0 - target.sum(axis=1)[np.maximum(self.start, 0)], 1.0)
-        self.free_net = self.gross_base / (cash + row_sum)               # exact without costs
+        self.free_net = self.gross_base / (cash + row_sum)  # exact without costs
 
     def scales(self, net: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(E_s/E_t, E_s'/E_t with s' the block of row t−1, E_t) for every row."""
         growth = np.log1p(np.maximum(net, -1.0 + 1e-12))
-        equity_log = np.concatenate([[0.0], np.cumsum(growth[:-1])])    # log E_t
+        equity_log = np.concatenate([[0.0], np.cumsum(growth[:-1])])  # log E_t
         scale = np.exp(-(equity_log - equity_log[np.maximum(self.start, 0)]))
         prev_scale = np.concatenate([[0.0], scale[:-1] / np.exp(growth[:-1])])
         return scale, prev_scale, np.exp(equity_log)
@@ -124,7 +124,9 @@ class _Plan:
         for _ in range(MAX_PASSES):
             scale, prev_scale, equity = self.scales(net)
             cost = np.zeros_like(net)
-            cost[self.rows] = self._trade_costs(self.targets, self.before * prev_scale[self.rows, None], equity[self.rows], costs)
+            cost[self.rows] = self._trade_costs(
+                self.targets, self.before * prev_scale[self.rows, None], equity[self.rows], costs
+            )
             if self.first:
                 cost[:1] = self._trade_costs(self.base[:1], np.zeros_like(self.base[:1]), equity[:1], costs)
             new = scale * (self.gross_base - costs.borrow_per_period * self.short_base) - cost
@@ -170,7 +172,7 @@ def _drifted_base(target: np.ndarray, R: np.ndarray, start: np.ndarray) -> np.nd
 def trade_costs(traded: np.ndarray, equity: np.ndarray, costs: Costs) -> np.ndarray:
     """(T, N) cost of each trade as a fraction of E_t: slippage plus commission (at least min_cost)."""
     size = np.abs(traded)
-    paid = size * (1.0 + np.sign(traded) * costs.slippage)               # notional at the fill price
+    paid = size * (1.0 + np.sign(traded) * costs.slippage)  # notional at the fill price
     commission = costs.commission * paid
     if costs.min_cost > 0:
         floor = costs.min_cost / (costs.capital * equity)

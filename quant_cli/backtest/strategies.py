@@ -13,6 +13,10 @@ and limits), with k = max(1, floor(n · quantile)):
   threshold:    sign(score) where |score| > threshold, 1/m each for the m that pass
   proportional: w ∝ score − mean(score), scaled to Σ|w| = 1
   sign:         sign(score) / n  (kept for single-asset data)
+
+A book that compares symbols cannot trade a one-symbol universe: long_short, proportional,
+top_k with top_k_short, score sizing and max_net = 0 would hold nothing and report `sharpe nan`.
+`check_universe` refuses them before any work (SINGLE_SYMBOL names the strategies that can).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from scipy.stats import rankdata
 from quant_cli.errors import RecipeError
 
 STRATEGIES = ("long_short", "long_only", "top_k", "threshold", "proportional", "sign")
+SINGLE_SYMBOL = ("sign", "long_only", "threshold")  # strategies that trade one symbol on its own
 SIZINGS = ("equal", "score", "inverse_vol")
 _WEEKDAYS = {"MON": 0, "TUE": 1, "WED": 2, "THU": 3, "FRI": 4, "SAT": 5, "SUN": 6}
 
@@ -51,6 +56,56 @@ def base_weights(S: np.ndarray, cfg: dict[str, Any], rebalance: np.ndarray) -> n
     return np.where(finite & np.isfinite(w), w, 0.0)
 
 
+def check_universe(cfg: dict[str, Any], at_once: int, symbols: list[str]) -> None:
+    """RecipeError when `cfg` cannot hold anything with at most `at_once` symbols scored at one
+    timestamp (`symbols`: every symbol scored): one line naming what can trade it."""
+    if at_once >= 2:
+        return
+    need = _needs_two(cfg)
+    if need is None:
+        return
+    names = ", ".join(symbols[:5]) + (", ..." if len(symbols) > 5 else "")
+    universe = f"{at_once} ({names})" if len(symbols) <= at_once else f"{at_once} at once (of {len(symbols)}: {names})"
+    raise RecipeError(
+        f"{need} needs at least 2 symbols scored at one timestamp, but the universe has {universe}, "
+        f"so it would never hold a position; {_single_symbol_fix(need)}"
+    )
+
+
+def universe_of(signal: pl.DataFrame) -> tuple[int, list[str]]:
+    """(most symbols with a finite score at one timestamp, every such symbol, sorted) of a score frame."""
+    scored = signal.filter(pl.col("score").cast(pl.Float64).is_finite())
+    if scored.height == 0:
+        return 0, []
+    at_once = int(scored.group_by("ts").agg(pl.col("symbol").n_unique()).get_column("symbol").max())
+    return at_once, sorted(scored["symbol"].cast(pl.String).unique().to_list())
+
+
+def _needs_two(cfg: dict[str, Any]) -> str | None:
+    """The setting that compares symbols (and so needs two), or None."""
+    strategy = cfg.get("strategy")
+    if strategy in ("long_short", "proportional"):
+        return f"backtest.strategy = {strategy!r}"
+    if strategy == "top_k" and cfg.get("top_k_short"):
+        return "backtest.strategy = 'top_k' with top_k_short"
+    if cfg.get("sizing") == "score":
+        return "backtest.sizing = 'score' (|score − cross-sectional mean|)"
+    if cfg.get("max_net") == 0:
+        return "backtest.max_net = 0 (a lone symbol's position is all net)"
+    return None
+
+
+def _single_symbol_fix(need: str) -> str:
+    if need.startswith("backtest.sizing"):
+        return "use sizing 'equal' or 'inverse_vol' (e.g. --set backtest.sizing=equal)"
+    if need.startswith("backtest.max_net"):
+        return "raise backtest.max_net or leave it unset"
+    return (
+        f"use a strategy that trades one symbol: {', '.join(repr(s) for s in SINGLE_SYMBOL)} "
+        "(e.g. --set backtest.strategy=sign), or add symbols to the dataset"
+    )
+
+
 def row_mean(S: np.ndarray) -> np.ndarray:
     """(T, 1) mean of each row's finite values (NaN for a row without any)."""
     finite = np.isfinite(S)
@@ -68,8 +123,11 @@ def holding_notice(cfg: dict[str, Any], symbols: int) -> str | None:
     if (2 if short else 1) * int(cfg["top_k"]) < symbols:
         return None
     held = f"the top and bottom {symbols // 2} each date" if short else "all of them each date, equally weighted"
-    return (f"backtest.top_k = {cfg['top_k']}{' with top_k_short' if short else ''} but only {symbols} symbol(s) are scored: "
-            f"the book holds {held}; lower top_k to trade a selection by score")
+    return (
+        f"backtest.top_k = {cfg['top_k']}{' with top_k_short' if short else ''} "
+        f"but only {symbols} symbol(s) are scored: "
+        f"the book holds {held}; lower top_k to trade a selection by score"
+    )
 
 
 def _ranked(S: np.ndarray, n: np.ndarray, strategy: str, cfg: dict[str, Any]) -> np.ndarray:
@@ -101,7 +159,9 @@ def _top_k_dropout(S: np.ndarray, k: int, n_drop: int, short: bool, rebalance: n
         return long / np.maximum(long.sum(axis=1, keepdims=True), 1.0)
     shorts = _dropout_side(np.where(np.isfinite(S), -S, np.nan), k, n_drop, rebalance)
     shorts = shorts * (long == 0)  # never long and short the same name (tiny cross-sections)
-    return 0.5 * long / np.maximum(long.sum(axis=1, keepdims=True), 1.0) - 0.5 * shorts / np.maximum(shorts.sum(axis=1, keepdims=True), 1.0)
+    return 0.5 * long / np.maximum(long.sum(axis=1, keepdims=True), 1.0) - 0.5 * shorts / np.maximum(
+        shorts.sum(axis=1, keepdims=True), 1.0
+    )
 
 
 def _dropout_side(S: np.ndarray, k: int, n_drop: int, rebalance: np.ndarray) -> np.ndarray:
@@ -110,12 +170,12 @@ def _dropout_side(S: np.ndarray, k: int, n_drop: int, rebalance: np.ndarray) -> 
     held = np.zeros(N, bool)
     for t in np.flatnonzero(rebalance):
         score = np.where(np.isfinite(S[t]), S[t], -np.inf)
-        held &= np.isfinite(S[t])                           # an unscored holding is closed
+        held &= np.isfinite(S[t])  # an unscored holding is closed
         order = np.argsort(-score, kind="stable")
         outsiders = [i for i in order if not held[i] and np.isfinite(score[i])]
         today = outsiders[: max(n_drop + k - held.sum(), 0)]
         comb = sorted([*np.flatnonzero(held), *today], key=lambda i: -score[i])
-        sell = [i for i in comb[len(comb) - n_drop:] if held[i]] if n_drop > 0 else []
+        sell = [i for i in comb[len(comb) - n_drop :] if held[i]] if n_drop > 0 else []
         buy = today[: len(sell) + k - int(held.sum())]
         held[sell] = False
         held[buy] = True
@@ -185,10 +245,11 @@ def calendar_period(ts: pl.Series, calendar: str) -> np.ndarray:
         return days
     if rule.startswith("W-") and rule[2:] in _WEEKDAYS:
         weekday = (days + 3) % 7
-        return days + (_WEEKDAYS[rule[2:]] - weekday) % 7               # the week's last day
+        return days + (_WEEKDAYS[rule[2:]] - weekday) % 7  # the week's last day
     if rule in ("M", "Q"):
         date = ts.dt.date()
         month = (date.dt.year().cast(pl.Int64) * 12 + date.dt.month().cast(pl.Int64) - 1).to_numpy()
         return month if rule == "M" else month // 3
-    raise RecipeError(f"backtest.rebalance {calendar!r} is not a calendar; use 'D', 'W-FRI' (any weekday MON..SUN), 'M' or 'Q'")
-
+    raise RecipeError(
+        f"backtest.rebalance {calendar!r} is not a calendar; use 'D', 'W-FRI' (any weekday MON..SUN), 'M' or 'Q'"
+    )

@@ -7,7 +7,10 @@ from typing import Annotated
 import typer
 
 from quant_cli import __version__
-from quant_cli.cli import backtest, bundle, data, features, ingest, predict, recipe, report, run, runs, serve, split, train, tune, walkforward
+from quant_cli.cli import (
+    audit, backtest, bundle, data, doctor, features, ingest, predict, profile, recipe, report, run, runs, serve, split,
+    train, tune, walkforward,
+)
 from quant_cli.cli.common import OneLineUsageErrors
 
 app = typer.Typer(
@@ -45,6 +48,7 @@ app.command("split")(split.split)
 app.command("train")(train.train)
 app.command("backtest")(backtest.backtest)
 app.command("report")(report.report)
+app.command("audit")(audit.audit)
 app.command("tune")(tune.tune)
 app.command("walkforward")(walkforward.walkforward)
 app.add_typer(bundle.app, name="bundle")
@@ -53,3 +57,5 @@ app.command("serve")(serve.serve)
 app.command("run")(run.run)
 app.add_typer(recipe.app, name="recipe")
 app.add_typer(runs.app, name="runs")
+app.command("profile")(profile.profile)
+app.command("doctor")(doctor.doctor)

@@ -7,7 +7,6 @@ import functools
 import inspect
 import json
 import os
-import re
 import sys
 import traceback
 import warnings
@@ -23,7 +22,7 @@ from typer._click import exceptions as click_errors  # typer vendors click: its 
 from typer._click.globals import get_current_context
 
 from quant_cli.cli import console
-from quant_cli.errors import QFactoryError, StorageError, clip_huge_values
+from quant_cli.errors import STORAGE_FIXES, QFactoryError, StorageError, clip_huge_values, os_errno
 from quant_cli.models.registry import check_capabilities
 from quant_cli.recipe import Recipe, load_with_overrides
 from quant_cli.runs.directory import Run, data_home, resolve_run, runs_home
@@ -151,6 +150,8 @@ def describe_failure(exc: BaseException) -> tuple[str, str, int]:
         return str(exc), type(exc).__name__, exc.exit_code
     if isinstance(exc, OSError) and (os_error := _os_error(exc)) is not None:
         return os_error, StorageError.__name__, 2
+    if not isinstance(exc, OSError) and (native := _native_storage_error(exc)) is not None:
+        return native, StorageError.__name__, 2
     first = f"unexpected failure: {type(exc).__name__}: {exc}".splitlines()[0]
     return f"{first} (rerun with --debug for the traceback)", "UnexpectedError", 1
 
@@ -171,29 +172,32 @@ def _json_requested() -> bool:
 
 # OS errors a user can fix: the path is unusable, or the disk cannot take the write.
 _FIXES = {
-    errno.EACCES: "check the path and its permissions (--data-dir, --runs-dir, --source, --recipe), or pass another one",
-    errno.EPERM: "check the path and its permissions (--data-dir, --runs-dir, --source, --recipe), or pass another one",
-    errno.EROFS: "the file system is read-only; pass a writable --runs-dir / --data-dir",
-    errno.ENOSPC: "free disk space there, or pass a --runs-dir / --data-dir on another disk",
-    errno.EDQUOT: "free space within your disk quota, or pass a --runs-dir / --data-dir elsewhere",
+    **STORAGE_FIXES,
     errno.ENOTDIR: "a part of the path is a file, not a folder; pass another path",
     errno.EISDIR: "it is a folder where a file is expected; pass a file path",
     errno.ENAMETOOLONG: "shorten the path",
     errno.ENOENT: "check that the path exists",
 }
-_RUST_OS_ERROR = re.compile(r"os error (\d+)")  # polars/deltalake: errno only inside the message
 
 
 def _os_error(exc: OSError) -> str | None:
     """'<path>: <OS reason>; <fix>' for an OS error with a fix, else None (an unexpected failure)."""
-    code = exc.errno
-    if code is None and (found := _RUST_OS_ERROR.search(str(exc))):
-        code = int(found.group(1))
+    code = os_errno(exc)
     if code not in _FIXES:
         return None
     path = exc.filename if exc.filename is not None else "a path"
     reason = (exc.strerror if exc.errno is not None and exc.strerror else os.strerror(code)).lower()
     return f"{path}: {reason}; {_FIXES[code]}"
+
+
+def _native_storage_error(exc: Exception) -> str | None:
+    """A disk-full, read-only or permission failure that a native library (polars, deltalake, SQLite)
+    raised as its own exception type outside every guarded write: bad input (exit 2), path unknown."""
+    code = os_errno(exc)
+    if code not in STORAGE_FIXES:
+        return None
+    reason = os.strerror(code).lower()
+    return f"{reason} while writing ({type(exc).__name__}, which names no path); {STORAGE_FIXES[code]}"
 
 
 class OneLineUsageErrors(typer.core.TyperGroup):

@@ -24,7 +24,9 @@ JsonListOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of
 
 
 @app.command("ls")
-def ls(data_dir: DataDirOpt = None, as_json: JsonListOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+def ls(
+    data_dir: DataDirOpt = None, as_json: JsonListOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False
+) -> None:
     """List datasets: latest version, rows, symbols, date range, last update, source.
 
     Example: qfactory data ls --json
@@ -38,7 +40,13 @@ def ls(data_dir: DataDirOpt = None, as_json: JsonListOpt = False, quiet: QuietOp
 
 
 @app.command("show")
-def show(dataset: DatasetArg, data_dir: DataDirOpt = None, as_json: JsonListOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+def show(
+    dataset: DatasetArg,
+    data_dir: DataDirOpt = None,
+    as_json: JsonListOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
     """List a dataset's versions: version, when, operation (replace/append), rows, symbols, date range, source.
 
     A version whose files were vacuumed is marked unavailable; runs pinned to it cannot continue.
@@ -51,13 +59,17 @@ def show(dataset: DatasetArg, data_dir: DataDirOpt = None, as_json: JsonListOpt 
         typer.echo(json.dumps(rows, sort_keys=True))
         return
     shown = [{**_short(r), "available": "yes" if r["available"] else "vacuumed"} for r in rows]
-    typer.echo(console.table(shown, ("version", "when", "operation", "rows", "symbols", "start", "end", "available", "source")))
+    typer.echo(
+        console.table(shown, ("version", "when", "operation", "rows", "symbols", "start", "end", "available", "source"))
+    )
 
 
 @app.command("vacuum")
 def vacuum(
     dataset: DatasetArg,
-    keep: Annotated[int, typer.Option("--keep", help="Keep the newest N versions (plus every version a run references).")] = 1,
+    keep: Annotated[
+        int, typer.Option("--keep", help="Keep the newest N versions (plus every version a run references).")
+    ] = 1,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False,
     data_dir: DataDirOpt = None,
     runs_dir: RunsDirOpt = None,
@@ -72,24 +84,39 @@ def vacuum(
     Example: qfactory data vacuum daily --keep 3 --runs-dir runs
     """
     with cli_errors(quiet, debug):
-        result = catalog.vacuum(data_home(data_dir, None), dataset, keep, runs_home(runs_dir, None), dry_run, console.REPORTER)
+        result = catalog.vacuum(
+            data_home(data_dir, None), dataset, keep, runs_home(runs_dir, None), dry_run, console.REPORTER
+        )
     if as_json:
         typer.echo(json.dumps(result, sort_keys=True))
         return
     verb = "would remove" if dry_run else "removed"
-    typer.echo(f"{verb} {result['removed_files']} file(s), {result['removed_bytes']:,} bytes; kept versions {result['kept_versions']}"
-               f" (referenced by runs: {result['referenced_by_runs'] or 'none'})")
+    typer.echo(
+        f"{verb} {result['removed_files']} file(s), {result['removed_bytes']:,} "
+        f"bytes; kept versions {result['kept_versions']}"
+        f" (referenced by runs: {result['referenced_by_runs'] or 'none'})"
+    )
 
 
 @app.command("convert")
-def convert(dataset: DatasetArg, data_dir: DataDirOpt = None, as_json: JsonListOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+def convert(
+    dataset: DatasetArg,
+    data_dir: DataDirOpt = None,
+    as_json: JsonListOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
     """Convert a dataset written in the old parquet layout into a Delta table (version 0), in place.
 
     Example: qfactory data convert daily
     """
     with cli_errors(quiet, debug):
         result = catalog.convert(data_home(data_dir, None), dataset, console.REPORTER)
-    typer.echo(json.dumps(result, sort_keys=True) if as_json else f"dataset {dataset!r}: version {result['version']}, {result['rows']:,} rows")
+    typer.echo(
+        json.dumps(result, sort_keys=True)
+        if as_json
+        else f"dataset {dataset!r}: version {result['version']}, {result['rows']:,} rows"
+    )
 
 
 def _short(row: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,18 @@ from typing import Annotated, Any
 import typer
 
 from quant_cli.cli import console
-from quant_cli.cli.common import BackendOpt, DataDirOpt, JobsOpt, DebugOpt, JsonOpt, OptionalRecipeOpt, QuietOpt, SetOpt, cli_errors, emit
+from quant_cli.cli.common import (
+    BackendOpt,
+    DataDirOpt,
+    DebugOpt,
+    JobsOpt,
+    JsonOpt,
+    OptionalRecipeOpt,
+    QuietOpt,
+    SetOpt,
+    cli_errors,
+    emit,
+)
 from quant_cli.errors import RecipeError
 from quant_cli.recipe import load_recipe
 from quant_cli.runs.directory import data_home
@@ -19,7 +30,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-DatasetOpt = Annotated[str | None, typer.Option("--dataset", help="List the versions of this dataset only.", show_default=False)]
+DatasetOpt = Annotated[
+    str | None, typer.Option("--dataset", help="List the versions of this dataset only.", show_default=False)
+]
 
 
 @app.callback(invoke_without_command=True)
@@ -50,10 +63,17 @@ def features(
 
     with cli_errors(quiet, debug):
         if recipe is None:
-            raise RecipeError("--recipe is required to build features, e.g. `qfactory features --recipe r.toml`; see `qfactory features --help`")
+            raise RecipeError(
+                "--recipe is required to build features, e.g. `qfactory features "
+                "--recipe r.toml`; see `qfactory features --help`"
+            )
         loaded = load_recipe(recipe, set_)
         table = build_features(loaded, data_home(data_dir, loaded), backend, jobs, console.REPORTER)
-    emit(table.path, as_json, {"fingerprint": table.fingerprint, "rows": table.rows, "features": len(table.columns), "cached": table.cached})
+    emit(
+        table.path,
+        as_json,
+        {"fingerprint": table.fingerprint, "rows": table.rows, "features": len(table.columns), "cached": table.cached},
+    )
 
 
 @app.command("ls")
@@ -87,10 +107,17 @@ def ls(
 
 @app.command("show")
 def show(
-    fingerprint: Annotated[str, typer.Argument(help="Fingerprint of the version (or a unique prefix), as `features ls` prints it.", show_default=False)],
+    fingerprint: Annotated[
+        str,
+        typer.Argument(
+            help="Fingerprint of the version (or a unique prefix), as `features ls` prints it.", show_default=False
+        ),
+    ],
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the version's spec.json (plus its path) instead of text.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the version's spec.json (plus its path) instead of text.")
+    ] = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -109,7 +136,16 @@ def show(
 
 
 def _describe(spec: dict[str, Any]) -> str:
-    keys = ("fingerprint", "dataset", "path", "created", "rows", "symbols_count", "build_seconds", "feature_code_version")
+    keys = (
+        "fingerprint",
+        "dataset",
+        "path",
+        "created",
+        "rows",
+        "symbols_count",
+        "build_seconds",
+        "feature_code_version",
+    )
     head = [f"{k}: {spec.get(k)}" for k in keys] + [f"features: {len(spec.get('features', []))}"]
     if spec.get("skipped"):
         head.append(f"skipped (missing inputs): {', '.join(spec['skipped'])}")

@@ -21,21 +21,53 @@ def _opt(*names: str, help: str, panel: str | None = None) -> Any:  # noqa: A002
     return typer.Option(*names, help=help, show_default=False, rich_help_panel=panel)
 
 
-SourceOpt = Annotated[str | None, _opt("--source", "-s", help="'synthetic', a CSV/parquet file, a directory, a glob ('raw/*.csv') or a .sqlite file.")]
-DatasetOpt = Annotated[str | None, _opt("--dataset", "-d", help="Dataset name in the store (else the recipe's data.dataset).")]
-LayoutOpt = Annotated[str | None, _opt("--layout", help="auto | long (a symbol column) | per_symbol (symbol = file name) | wide (date + one close column per symbol). Default: auto.")]
-FormatOpt = Annotated[str | None, _opt("--format", help="auto | csv | parquet | sqlite. Default: from the file extension.")]
+SourceOpt = Annotated[
+    str | None,
+    _opt(
+        "--source", "-s", help="'synthetic', a CSV/parquet file, a directory, a glob ('raw/*.csv') or a .sqlite file."
+    ),
+]
+DatasetOpt = Annotated[
+    str | None, _opt("--dataset", "-d", help="Dataset name in the store (else the recipe's data.dataset).")
+]
+LayoutOpt = Annotated[
+    str | None,
+    _opt(
+        "--layout",
+        help="auto | long (a symbol column) | per_symbol (symbol = file name) | wide "
+        "(date + one close column per symbol). Default: auto.",
+    ),
+]
+FormatOpt = Annotated[
+    str | None, _opt("--format", help="auto | csv | parquet | sqlite. Default: from the file extension.")
+]
 DelimiterOpt = Annotated[str | None, _opt("--delimiter", help="CSV field delimiter, e.g. ';' or '\\t'. Default: ','.")]
-QueryOpt = Annotated[str | None, _opt("--query", help="SQL SELECT for a SQLite source (default: the assets/series tables).")]
-TimezoneOpt = Annotated[str | None, _opt("--timezone", help="Time zone of naive timestamps in the source, e.g. America/New_York. Default: UTC.")]
+QueryOpt = Annotated[
+    str | None, _opt("--query", help="SQL SELECT for a SQLite source (default: the assets/series tables).")
+]
+TimezoneOpt = Annotated[
+    str | None,
+    _opt("--timezone", help="Time zone of naive timestamps in the source, e.g. America/New_York. Default: UTC."),
+]
 ModeOpt = Annotated[str, typer.Option("--mode", help="replace the dataset, or append to it.")]
-OnDuplicateOpt = Annotated[str, typer.Option("--on-duplicate", help="append: overlapping (symbol, ts) bars are an 'error', or 'keep-last' (new rows win).")]
-FrequencyOpt = Annotated[str | None, _opt("--frequency", help="Bar frequency, e.g. 1d, 1h, 5m (synthetic: generated; files: declared, else inferred).")]
+OnDuplicateOpt = Annotated[
+    str,
+    typer.Option(
+        "--on-duplicate", help="append: overlapping (symbol, ts) bars are an 'error', or 'keep-last' (new rows win)."
+    ),
+]
+FrequencyOpt = Annotated[
+    str | None,
+    _opt("--frequency", help="Bar frequency, e.g. 1d, 1h, 5m (synthetic: generated; files: declared, else inferred)."),
+]
 SymbolsOpt = Annotated[int | None, _opt("--symbols", help="Number of symbols. Default: 20.", panel=_SYN)]
 BarsOpt = Annotated[int | None, _opt("--bars", help="Bars per symbol. Default: 1500.", panel=_SYN)]
 SeedOpt = Annotated[int | None, _opt("--seed", help="Generator seed. Default: run.seed (42).", panel=_SYN)]
 StartOpt = Annotated[str | None, _opt("--start", help="First timestamp. Default: 2015-01-02.", panel=_SYN)]
-SignalOpt = Annotated[float | None, _opt("--signal", help="Strength of the planted predictable drift (0 = none). Default: 0.2.", panel=_SYN)]
+SignalOpt = Annotated[
+    float | None,
+    _opt("--signal", help="Strength of the planted predictable drift (0 = none). Default: 0.2.", panel=_SYN),
+]
 
 
 def ingest(
@@ -76,17 +108,31 @@ def ingest(
         loaded = load_recipe(recipe, overrides)
         request = with_overrides(
             request_from_recipe(loaded, mode=mode),
-            source=source, dataset=dataset, layout=layout, format=format_, delimiter=delimiter, query=query,
-            timezone=timezone, on_duplicate=on_duplicate, frequency=frequency,
-            symbols=symbols, bars=bars, seed=seed, start=start, signal=signal,
+            source=source,
+            dataset=dataset,
+            layout=layout,
+            format=format_,
+            delimiter=delimiter,
+            query=query,
+            timezone=timezone,
+            on_duplicate=on_duplicate,
+            frequency=frequency,
+            symbols=symbols,
+            bars=bars,
+            seed=seed,
+            start=start,
+            signal=signal,
         )
         home = data_home(data_dir, loaded)
         with console.working(f"ingest: reading and validating into dataset {request.dataset!r}"):
             manifest = run_ingest(request, home, console.REPORTER)
     path = store.dataset_dir(home, manifest["dataset"])
     span = f"{_short(manifest['start'])} to {_short(manifest['end'])}"
-    console.info(f"ingested {manifest['rows']:,} rows x {len(manifest['symbols'])} symbols, {span} ({manifest['frequency']}) into {path} "
-                 f"(version {manifest['table_version']})")
+    console.info(
+        f"ingested {manifest['rows']:,} rows x {len(manifest['symbols'])} "
+        f"symbols, {span} ({manifest['frequency']}) into {path} "
+        f"(version {manifest['table_version']})"
+    )
     payload = {key: manifest[key] for key in ("dataset", "rows", "start", "end", "frequency", "content_hash")}
     payload["version"] = manifest["table_version"]
     emit(path, json_out, {**payload, "symbols": len(manifest["symbols"])})

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from quant_cli.cli.common import DebugOpt, RecipeOpt, SetOpt, cli_errors
 from quant_cli.cli import console
+from quant_cli.cli.common import DebugOpt, RecipeOpt, SetOpt, cli_errors
 from quant_cli.models.registry import check_capabilities, params_toml
 from quant_cli.recipe import defaults_toml, load_with_overrides, to_toml
 
-app = typer.Typer(no_args_is_help=True, help="Inspect recipes.\n\nExample: qfactory recipe show --recipe recipes/quickstart.toml")
+app = typer.Typer(
+    no_args_is_help=True, help="Inspect recipes.\n\nExample: qfactory recipe show --recipe recipes/quickstart.toml"
+)
 
 
 @app.command("defaults")

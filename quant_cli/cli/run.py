@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from quant_cli import stages
-from quant_cli.cli import console
+from quant_cli.cli import console, parallel
 from quant_cli.cli.common import (
     DeviceOpt, Shared, ModelOpt, Printed, RecipeOpt, SetOpt, StrictDeviceOpt, load_stage_recipe, stage_command,
 )
@@ -17,5 +17,6 @@ def run(recipe: RecipeOpt, set_: SetOpt = None, model: ModelOpt = None, device: 
     Example: qfactory run --recipe recipes/quickstart.toml --model catboost --device cuda
     """
     resolved = load_stage_recipe(recipe, set_, model, device, strict_device)
-    result = stages.run_all(resolved, shared.data(resolved), shared.runs(resolved), console.REPORTER)
+    with parallel.group(resolved, None, "local", console.REPORTER, shared.json_out):  # [train] nproc: data parallel
+        result = stages.run_all(resolved, shared.data(resolved), shared.runs(resolved), console.REPORTER)
     return result.path, {"run_id": result.id, "metrics": result.metrics}

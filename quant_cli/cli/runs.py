@@ -17,8 +17,8 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Runs in the runs home: list, show, compare, garbage-collect, export to MLflow.\n\n"
-         "Every Sharpe ratio comes with its deflated Sharpe ratio and N, the number of trials on that dataset.\n\n"
-         "Example: qfactory runs ls --dataset daily --limit 20",
+    "Every Sharpe ratio comes with its deflated Sharpe ratio and N, the number of trials on that dataset.\n\n"
+    "Example: qfactory runs ls --dataset daily --limit 20",
 )
 
 RunArg = Annotated[str, typer.Argument(help="Run directory, run id, or 'latest'.", show_default=False)]
@@ -33,11 +33,24 @@ def _resolve(refs: list[str], runs_dir: str | None) -> list[Any]:
 
 @app.command("ls")
 def ls(
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Only runs on this dataset.", show_default=False)] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Only runs of this model.", show_default=False)] = None,
-    status: Annotated[str | None, typer.Option("--status", help="Only runs in this state (ok, failed, interrupted, running, damaged) "
-                                                              "or with this stage committed (e.g. backtest).", show_default=False)] = None,
-    limit: Annotated[int | None, typer.Option("--limit", "-n", help="Show the newest N runs only.", show_default=False)] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Only runs on this dataset.", show_default=False)
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Only runs of this model.", show_default=False)
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            help="Only runs in this state (ok, failed, interrupted, running, damaged) "
+            "or with this stage committed (e.g. backtest).",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", help="Show the newest N runs only.", show_default=False)
+    ] = None,
     runs_dir: RunsDirOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -70,9 +83,17 @@ def _ls_row(row: dict[str, Any]) -> dict[str, Any]:
     else:  # a validation-segment backtest: shown, but not a trial
         shown_sharpe = None if row["sharpe"] is None else f"{row['sharpe']:.2f} ({row['segment']})"
     return {
-        "run": row["run_id"], "name": row["name"], "dataset": row["dataset"], "model": row["model"],
-        "val_ic": _num(row["val_ic"]), "test_ic": _num(row["test_ic"]), "sharpe": shown_sharpe,
-        "dsr": _dsr(trial) if trial else None, "n": trial.get("n_trials"), "status": _status(row), "age": _age(row["age_seconds"]),
+        "run": row["run_id"],
+        "name": row["name"],
+        "dataset": row["dataset"],
+        "model": row["model"],
+        "val_ic": _num(row["val_ic"]),
+        "test_ic": _num(row["test_ic"]),
+        "sharpe": shown_sharpe,
+        "dsr": _dsr(trial) if trial else None,
+        "n": trial.get("n_trials"),
+        "status": _status(row),
+        "age": _age(row["age_seconds"]),
     }
 
 
@@ -112,7 +133,9 @@ def _age(seconds: float | None) -> str | None:
 
 
 @app.command("show")
-def show(run: RunArg, runs_dir: RunsDirOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+def show(
+    run: RunArg, runs_dir: RunsDirOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False
+) -> None:
     """Describe one run: manifest summary, stages with timings, metrics, and its trial-ledger entry
     (Sharpe ratio, PSR, deflated Sharpe ratio with N trials now and at the run's creation).
 
@@ -126,21 +149,53 @@ def show(run: RunArg, runs_dir: RunsDirOpt = None, as_json: JsonOpt = False, qui
 
 
 def _describe(info: dict[str, Any]) -> str:
-    keys = ("run_id", "path", "created", "dataset", "dataset_version", "model", "seed", "device", "qfactory_version", "git_commit")
+    keys = (
+        "run_id",
+        "path",
+        "created",
+        "dataset",
+        "dataset_version",
+        "model",
+        "seed",
+        "device",
+        "qfactory_version",
+        "git_commit",
+    )
     head = [f"{k}: {'-' if info.get(k) is None else info[k]}" for k in keys]
     head.append(f"status: {_status(info)}")
     if info.get("references"):
         head.append(f"references: {', '.join(map(str, info['references']))}")
     if info["protected_by"]:
         head.append(f"protected from gc: {'; '.join(info['protected_by'])}")
-    stages = [{"stage": n, **{k: e.get(k) for k in ("status", "seconds", "finished")}} for n, e in info["stages"].items()]
+    stages = [
+        {"stage": n, **{k: e.get(k) for k in ("status", "seconds", "finished")}} for n, e in info["stages"].items()
+    ]
     metrics = [{"metric": k, "value": _metric(v)} for k, v in _flat_numbers(info["metrics"]).items()]
-    ledger = [{**t, "sharpe": _num(t["sharpe"], 2), "psr": _num(t["psr"], 3), "dsr": _dsr(t), "n": t["n_trials"],
-               "dsr_at_creation": _num(t["deflated_sharpe_at_creation"], 3), "n_at_creation": t["n_trials_at_creation"],
-               "periods": t["periods"] or "n/a"} for t in info["ledger"]]
-    parts = ["\n".join(head), console.table(stages, ("stage", "status", "seconds", "finished")), console.table(metrics, ("metric", "value"))]
+    ledger = [
+        {
+            **t,
+            "sharpe": _num(t["sharpe"], 2),
+            "psr": _num(t["psr"], 3),
+            "dsr": _dsr(t),
+            "n": t["n_trials"],
+            "dsr_at_creation": _num(t["deflated_sharpe_at_creation"], 3),
+            "n_at_creation": t["n_trials_at_creation"],
+            "periods": t["periods"] or "n/a",
+        }
+        for t in info["ledger"]
+    ]
+    parts = [
+        "\n".join(head),
+        console.table(stages, ("stage", "status", "seconds", "finished")),
+        console.table(metrics, ("metric", "value")),
+    ]
     if ledger:
-        parts.append("trial ledger\n" + console.table(ledger, ("kind", "sharpe", "periods", "psr", "dsr", "n", "dsr_at_creation", "n_at_creation")))
+        parts.append(
+            "trial ledger\n"
+            + console.table(
+                ledger, ("kind", "sharpe", "periods", "psr", "dsr", "n", "dsr_at_creation", "n_at_creation")
+            )
+        )
     return "\n\n".join(parts)
 
 
@@ -151,7 +206,13 @@ def _flat_numbers(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 @app.command("compare")
-def compare(runs: RunsArg, runs_dir: RunsDirOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+def compare(
+    runs: RunsArg,
+    runs_dir: RunsDirOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
     """Compare runs: every metric side by side, then the resolved-recipe keys whose values differ.
 
     Example: qfactory runs compare quickstart-20260101T120000-ab12 latest
@@ -165,9 +226,21 @@ def compare(runs: RunsArg, runs_dir: RunsDirOpt = None, as_json: JsonOpt = False
         return
     names = [f"run{i}" for i in range(1, len(result["runs"]) + 1)]  # run ids are too long for column headers
     legend = "\n".join(f"{name} = {rid}" for name, rid in zip(names, result["runs"]))
-    metrics = [{"metric": k, **{n: _metric(v) for n, v in zip(names, values)}} for k, values in result["metrics"].items()]
-    recipe = [{"recipe key": k, **{n: _value(v) for n, v in zip(names, values)}} for k, values in result["recipe"].items()]
-    typer.echo("\n\n".join([legend, console.table(metrics, ("metric", *names)), console.table(recipe, ("recipe key", *names)) if recipe else "recipes: identical"]))
+    metrics = [
+        {"metric": k, **{n: _metric(v) for n, v in zip(names, values)}} for k, values in result["metrics"].items()
+    ]
+    recipe = [
+        {"recipe key": k, **{n: _value(v) for n, v in zip(names, values)}} for k, values in result["recipe"].items()
+    ]
+    typer.echo(
+        "\n\n".join(
+            [
+                legend,
+                console.table(metrics, ("metric", *names)),
+                console.table(recipe, ("recipe key", *names)) if recipe else "recipes: identical",
+            ]
+        )
+    )
 
 
 def _value(value: Any) -> str | None:
@@ -177,7 +250,9 @@ def _value(value: Any) -> str | None:
 @app.command("gc")
 def gc(
     keep: Annotated[int, typer.Option("--keep", help="Keep the newest N runs.", show_default=False)],
-    force: Annotated[bool, typer.Option("--force", help="Also delete runs a bundle or another run (a tune study) references.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Also delete runs a bundle or another run (a tune study) references.")
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
     runs_dir: RunsDirOpt = None,
     as_json: JsonOpt = False,
@@ -201,16 +276,24 @@ def gc(
     for run_id in result["removed"]:
         typer.echo(run_id)  # stdout: what went (or would go), one id a line, for scripts
     verb = "would delete" if dry_run else "deleted"
-    console.info(f"{verb} {len(result['removed'])} run(s), kept {len(result['kept'])}"
-                 + "".join(f"; kept protected {rid} ({', '.join(why)})" for rid, why in result["protected"].items())
-                 + "".join(f"; skipped {rid} (a command is writing to it)" for rid in result["busy"]))
+    console.info(
+        f"{verb} {len(result['removed'])} run(s), kept {len(result['kept'])}"
+        + "".join(f"; kept protected {rid} ({', '.join(why)})" for rid, why in result["protected"].items())
+        + "".join(f"; skipped {rid} (a command is writing to it)" for rid in result["busy"])
+    )
 
 
 @app.command("export-mlflow")
 def export_mlflow(
     runs: RunsArg,
-    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (else $MLFLOW_TRACKING_URI), "
-                                                                           "e.g. file:///home/me/mlruns or http://mlflow:5000.", show_default=False)] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            help="MLflow tracking URI (else $MLFLOW_TRACKING_URI), e.g. file:///home/me/mlruns or http://mlflow:5000.",
+            show_default=False,
+        ),
+    ] = None,
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment name.")] = "qfactory",
     runs_dir: RunsDirOpt = None,
     as_json: JsonOpt = False,
@@ -231,7 +314,10 @@ def export_mlflow(
     with cli_errors(quiet, debug, as_json):
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:
-            raise RunError("runs export-mlflow: no tracking URI; pass --tracking-uri URI (e.g. file:///tmp/mlruns) or set MLFLOW_TRACKING_URI")
+            raise RunError(
+                "runs export-mlflow: no tracking URI; pass --tracking-uri URI (e.g. "
+                "file:///tmp/mlruns) or set MLFLOW_TRACKING_URI"
+            )
         results = export(_resolve(runs, runs_dir), uri, experiment, console.REPORTER)
     if as_json:
         typer.echo(json.dumps(results, sort_keys=True))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +39,11 @@ def serve(
     # only makes concurrent requests fight over the cores. Set before the model library loads;
     # an explicit OMP_NUM_THREADS wins.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # SIGTERM ends the process through Python (SystemExit), not the default handler's instant death:
+    # uvicorn shuts down gracefully, then raises the signal again to this handler, and every
+    # `finally` (a bundle's private model folder mid-load) runs. The exit status says SIGTERM.
+    if threading.current_thread() is threading.main_thread():  # signals can only be set there
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from quant_cli.serve.app import Limits, create_app
     from quant_cli.serve.bundle import load
     from quant_cli.serve.listen import bound_socket, run
@@ -50,3 +58,7 @@ def serve(
         console.REPORTER.info(f"serve: bundle {loaded.bundle_id} on http://{bind}:{listen} (docs at /docs)"
                               + ("; bearer token required" if os.environ.get(TOKEN_ENV) else ""))
     run(app, sock)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)

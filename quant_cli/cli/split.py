@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quant_cli import stages
 from quant_cli.cli import console
-from quant_cli.cli.common import Shared, Printed, RecipeOpt, SetOpt, load_stage_recipe, stage_command
+from quant_cli.cli.common import Printed, RecipeOpt, SetOpt, Shared, load_stage_recipe, stage_command
 
 
 @stage_command

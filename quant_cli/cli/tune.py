@@ -18,10 +18,13 @@ _SHOWN = 10  # trials listed on stderr (best first); tune/trials.parquet holds t
 
 ContinueRunOpt = Annotated[str | None, typer.Option("--run", help="Continue this tune run's study (a path, run id or 'latest').", show_default=False)]
 TrialsOpt = Annotated[int | None, typer.Option("--trials", "-n", min=1, help="Trials to run now (default: tune.trials).", show_default=False)]
+RefitOpt = Annotated[bool, typer.Option(
+    "--refit", help="With --run: refit the best trial now (after a killed refit); no new trials unless --trials.",
+)]
 
 
 @stage_command
-def tune(recipe: OptionalRecipeOpt = None, run: ContinueRunOpt = None, trials: TrialsOpt = None,
+def tune(recipe: OptionalRecipeOpt = None, run: ContinueRunOpt = None, trials: TrialsOpt = None, refit: RefitOpt = False,
          backend: BackendOpt = "local", jobs: JobsOpt = 1, set_: SetOpt = None, *, shared: Shared) -> Printed:
     """Tune the recipe's [tune.space] with Optuna on the validation segment (never the test segment).
 
@@ -30,27 +33,33 @@ def tune(recipe: OptionalRecipeOpt = None, run: ContinueRunOpt = None, trials: T
     tune/trials.parquet and tune/best.toml, and refits the best trial as a regular run scored once on test.
 
     Example: qfactory tune --recipe recipes/lightgbm.toml --trials 50 --jobs 2
+
+    Redo a killed refit of the best trial: qfactory tune --run RUN --refit
     """
     from quant_cli.tune import study
 
-    result = _tune(study, recipe, run, trials, backend, jobs, set_ or [], shared)
+    result = _tune(study, recipe, run, trials, backend, jobs, set_ or [], shared, refit)
     console.info(_table(result))
     payload = {"run_id": result.run.id, "best": result.best, "trials": result.trials.height, "added": result.added,
                "refit_run": result.refit, "best_recipe": str(result.run.path / "tune" / "best.toml")}
     return result.run.path, payload
 
 
-def _tune(study, recipe, run_ref, trials, backend, jobs, sets, shared: Shared):  # noqa: ANN001
+def _tune(study, recipe, run_ref, trials, backend, jobs, sets, shared: Shared, refit=False):  # noqa: ANN001
     check_backend(backend)
     if (recipe is None) == (run_ref is None):
         raise QFactoryError("pass exactly one of --recipe (start a study) or --run (continue a tune run's study)")
+    if refit and run_ref is None:
+        raise QFactoryError(
+            "--refit refits the best trial of an existing tune run: pass it with --run RUN, not --recipe")
     if run_ref is not None:
         if sets:
             raise QFactoryError("--set applies to new studies only; a tune run's recipe is fixed — use --recipe to start another")
         existing = shared.run(run_ref)
         recipe_ = existing.recipe()
+        trials = 0 if refit and trials is None else trials
         homes = shared.data(recipe_), shared.runs(recipe_)
-        return study.tune_existing(existing, *homes, trials, backend, jobs, console.REPORTER)
+        return study.tune_existing(existing, *homes, trials, backend, jobs, console.REPORTER, refit)
     resolved = load_stage_recipe(recipe, sets)
     homes = shared.data(resolved), shared.runs(resolved)
     return study.tune_new(resolved, *homes, trials, backend, jobs, console.REPORTER)

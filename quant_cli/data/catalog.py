@@ -31,8 +31,19 @@ def list_datasets(data_dir: Path) -> list[dict[str, Any]]:
             rows.append({"dataset": name, "version": None, "layout": "old (run `qfactory data convert " + name + "`)"})
         elif delta.is_table(root):
             m = store.pin(home, name).manifest
-            rows.append({"dataset": name, "version": m["table_version"], "rows": m["rows"], "symbols": len(m["symbols"]),
-                         "start": m["start"], "end": m["end"], "updated": m["updated"], "source": m["source"], "layout": "delta"})
+            rows.append(
+                {
+                    "dataset": name,
+                    "version": m["table_version"],
+                    "rows": m["rows"],
+                    "symbols": len(m["symbols"]),
+                    "start": m["start"],
+                    "end": m["end"],
+                    "updated": m["updated"],
+                    "source": m["source"],
+                    "layout": "delta",
+                }
+            )
     return rows
 
 
@@ -58,9 +69,18 @@ def _version_row(root: Path, dataset: str, version: int) -> dict[str, Any]:
         info = delta.commit_info(root, version)
         meta = info.get(delta.META_KEY, {})
         m = {"updated": manifests.from_millis(info["timestamp"]) if info.get("timestamp") else None, **meta}
-    return {"version": version, "when": m.get("updated"), "operation": m.get("operation"), "rows": m.get("rows"),
-            "symbols": len(m["symbols"]) if "symbols" in m else None, "start": m.get("start"), "end": m.get("end"),
-            "source": m.get("source"), "content_hash": m.get("content_hash"), "available": available}
+    return {
+        "version": version,
+        "when": m.get("updated"),
+        "operation": m.get("operation"),
+        "rows": m.get("rows"),
+        "symbols": len(m["symbols"]) if "symbols" in m else None,
+        "start": m.get("start"),
+        "end": m.get("end"),
+        "source": m.get("source"),
+        "content_hash": m.get("content_hash"),
+        "available": available,
+    }
 
 
 def referenced_versions(runs_dir: Path | None, dataset: str) -> set[int]:
@@ -79,8 +99,14 @@ def referenced_versions(runs_dir: Path | None, dataset: str) -> set[int]:
     return found
 
 
-def vacuum(data_dir: Path, dataset: str, keep: int = 1, runs_dir: Path | None = None, dry_run: bool = False,
-           reporter: Reporter = SILENT) -> dict[str, Any]:
+def vacuum(
+    data_dir: Path,
+    dataset: str,
+    keep: int = 1,
+    runs_dir: Path | None = None,
+    dry_run: bool = False,
+    reporter: Reporter = SILENT,
+) -> dict[str, Any]:
     """Delete files no kept version uses; returns what was (or would be) removed."""
     if keep < 1:
         raise DataError(f"--keep {keep}: keep at least the latest version (--keep 1 or more)")
@@ -99,8 +125,16 @@ def vacuum(data_dir: Path, dataset: str, keep: int = 1, runs_dir: Path | None = 
             for path in doomed:
                 path.unlink(missing_ok=True)
     gone = [r["version"] for r in dataset_versions(data_dir, dataset) if not r["available"]] if not dry_run else []
-    return {"dataset": dataset, "latest": latest, "kept_versions": kept, "referenced_by_runs": sorted(referenced),
-            "removed_files": len(doomed), "removed_bytes": size, "unavailable_versions": gone, "dry_run": dry_run}
+    return {
+        "dataset": dataset,
+        "latest": latest,
+        "kept_versions": kept,
+        "referenced_by_runs": sorted(referenced),
+        "removed_files": len(doomed),
+        "removed_bytes": size,
+        "unavailable_versions": gone,
+        "dry_run": dry_run,
+    }
 
 
 def _files_if_available(root: Path, dataset: str, version: int) -> list[str]:
@@ -121,5 +155,7 @@ def convert(data_dir: Path, dataset: str, reporter: Reporter = SILENT) -> dict[s
         pass  # taking the writer converts an old layout (store.writer)
     manifest = store.pin(data_dir, dataset).manifest
     if not was_legacy:
-        reporter.info(f"dataset {dataset!r} is already a Delta table (version {manifest['table_version']}); nothing to convert")
+        reporter.info(
+            f"dataset {dataset!r} is already a Delta table (version {manifest['table_version']}); nothing to convert"
+        )
     return {"dataset": dataset, "converted": was_legacy, "version": manifest["table_version"], "rows": manifest["rows"]}

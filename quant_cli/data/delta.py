@@ -19,6 +19,7 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from quant_cli.errors import DataError
+from quant_cli.io import native_stderr_held, parse_json, read_json_bytes, storage_errors
 
 BARS = "bars"
 LOG = "_delta_log"
@@ -79,7 +80,10 @@ def commit(root: Path, bars: pl.DataFrame, meta: dict[str, Any], mode: str, repl
         mode_args = {"mode": "append", "schema_mode": "merge"}
     else:
         mode_args = {"mode": "overwrite", "schema_mode": "merge", "predicate": symbols_predicate(replace_symbols or [])}
-    write_deltalake(target, arrow, partition_by=PARTITION, commit_properties=props, **mode_args)
+    # A full or read-only disk: deltalake raises its own DeltaError "... (os error 28)" (a StorageError
+    # naming the table here), and its Rust writer threads panic on stderr (held back, dropped).
+    with storage_errors(target), native_stderr_held():
+        write_deltalake(target, arrow, partition_by=PARTITION, commit_properties=props, **mode_args)
 
 
 def symbols_predicate(symbols: list[str]) -> str:
@@ -92,12 +96,17 @@ def commit_info(root: Path, version: int) -> dict[str, Any]:
     path = table_dir(root) / LOG / f"{version:020d}.json"
     if not path.is_file():
         return {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        action = json.loads(line) if line.strip() else {}
-        if "commitInfo" in action:
-            info = action["commitInfo"]
-            raw = info.get(META_KEY)
-            return {**info, META_KEY: json.loads(raw) if isinstance(raw, str) else {}}
+    try:  # each line one action, read through the one bounded JSON reader (size and depth caps)
+        for line in read_json_bytes(path).splitlines():
+            action = parse_json(line) if line.strip() else {}
+            if isinstance(action, dict) and isinstance(action.get("commitInfo"), dict):
+                info = action["commitInfo"]
+                raw = info.get(META_KEY)
+                meta = parse_json(raw) if isinstance(raw, str) else {}
+                return {**info, META_KEY: meta if isinstance(meta, dict) else {}}
+    except ValueError as exc:
+        raise DataError(f"{path}: the dataset's commit log is damaged (not valid JSON: {exc}); restore the file, "
+                        "or re-ingest the dataset with `qfactory ingest --mode replace`") from None
     return {}
 
 

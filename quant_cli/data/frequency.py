@@ -16,7 +16,9 @@ _PATTERN = re.compile(r"^(\d+)([smhdw])$")
 def parse_frequency(text: str) -> dt.timedelta:
     match = _PATTERN.match(text.strip().lower())
     if not match or int(match.group(1)) == 0:
-        raise DataError(f"frequency {text!r} is not understood; use a count and a unit s/m/h/d/w, e.g. '5m', '1h', '1d'")
+        raise DataError(
+            f"frequency {text!r} is not understood; use a count and a unit s/m/h/d/w, e.g. '5m', '1h', '1d'"
+        )
     return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
 
@@ -25,7 +27,9 @@ def parse_duration(text: str, key: str, example: str = "'5d', '12h'") -> dt.time
     try:
         return parse_frequency(text)
     except DataError:
-        raise RecipeError(f"{key}: {text!r} is not a duration; use a count and a unit s/m/h/d/w, e.g. {example}") from None
+        raise RecipeError(
+            f"{key}: {text!r} is not a duration; use a count and a unit s/m/h/d/w, e.g. {example}"
+        ) from None
 
 
 def format_frequency(delta: dt.timedelta) -> str:

@@ -23,7 +23,7 @@ from quant_cli.data import schema, sources, store
 from quant_cli.data.frequency import parse_frequency
 from quant_cli.data.schema import LINE, OHLCV, SRC, STRICT, Origin
 from quant_cli.data.synthetic import generate
-from quant_cli.errors import DataError, one_of, suggest
+from quant_cli.errors import DataError, one_of, shown, suggest
 from quant_cli.schema import SCHEMA
 
 LAYOUTS = ("auto", "long", "per_symbol", "wide")
@@ -99,14 +99,41 @@ def with_overrides(request: IngestRequest, **values: Any) -> IngestRequest:
 def ingest(request: IngestRequest, data_dir: Path, reporter: Reporter = SILENT) -> dict[str, Any]:
     """Ingest `request.source` into `<data_dir>/<dataset>`; returns the store manifest."""
     request = _checked(request, data_dir)
-    if request.source == "synthetic":
-        bars, description, frequency = _synthetic(request.synthetic), _describe_synthetic(request.synthetic), request.synthetic.frequency
-    else:
-        bars, description, frequency = read_bars(request, reporter), _describe(request), request.frequency
+    bars, description, frequency = _read_source(request, reporter)
     with store.writer(data_dir, request.dataset, reporter) as writer:
         previous = writer.latest() if request.mode == "append" else None
         if previous is not None:
             return _append(writer, previous, request, bars, description, frequency, reporter)
+        return writer.replace(bars, description, frequency)
+
+
+def _read_source(request: IngestRequest, reporter: Reporter) -> tuple[pl.DataFrame, str, str | None]:
+    """(canonical bars, description of the source, declared frequency) of a checked request."""
+    if request.source == "synthetic":
+        params = request.synthetic
+        return _synthetic(params), _describe_synthetic(params), params.frequency
+    return read_bars(request, reporter), _describe(request), request.frequency
+
+
+def ingest_missing(recipe: dict[str, Any], data_dir: Path, reporter: Reporter = SILENT) -> dict[str, Any] | None:
+    """The recipe's `[data] source` ingested when its dataset is not in the store yet, so a recipe
+    works as the first command on a new machine (`train`, `split`, `features`, `walkforward`, `tune`).
+
+    Never re-ingests an existing dataset (only `qfactory run` and `qfactory ingest` do). The check
+    is repeated under the dataset's writer lock, so two commands starting at once on one data home
+    ingest it once: the second waits for the lock, then finds the table. Returns the new store
+    manifest, or None when nothing was ingested.
+    """
+    data = recipe["data"]
+    if not data.get("source") or store.exists(data_dir, data["dataset"]):
+        return None
+    request = _checked(request_from_recipe(recipe), data_dir)
+    with store.writer(data_dir, request.dataset, reporter) as writer:
+        if store.exists(data_dir, request.dataset):
+            return None  # another command ingested it while this one waited for the lock
+        reporter.notice(f"dataset {request.dataset!r} is not in {data_dir} yet: ingesting it from the recipe's "
+                        f"data.source ({shown(request.source)}) first")
+        bars, description, frequency = _read_source(request, reporter)
         return writer.replace(bars, description, frequency)
 
 
@@ -119,18 +146,25 @@ def _checked(request: IngestRequest, data_dir: Path) -> IngestRequest:
     if not request.dataset:
         raise DataError("no dataset name; pass --dataset NAME or set data.dataset in the recipe")
     store.dataset_dir(data_dir, request.dataset)  # rejects names like '../x' before any work
+    checks = (("--mode", request.mode, MODES), ("--on-duplicate", request.on_duplicate, ON_DUPLICATE))
+    for option, value, allowed in checks:
+        if value not in allowed:
+            raise DataError(f"{option} {value!r} is not one of {one_of(allowed)}{suggest(value, allowed)}")
+    if request.frequency is not None:
+        parse_frequency(request.frequency)
+    return checked_reading(request)
+
+
+def checked_reading(request: IngestRequest) -> IngestRequest:
+    """The options of how a file is read (layout, format, delimiter, query, time zone) checked and
+    normalised: what `ingest` and `predict` (which reads every layout ingest reads) share."""
     layout = request.layout.replace("-", "_")
-    for option, value, allowed in (
-        ("--layout", layout, LAYOUTS), ("--format", request.format, FORMATS),
-        ("--mode", request.mode, MODES), ("--on-duplicate", request.on_duplicate, ON_DUPLICATE),
-    ):
+    for option, value, allowed in (("--layout", layout, LAYOUTS), ("--format", request.format, FORMATS)):
         if value not in allowed:
             raise DataError(f"{option} {value!r} is not one of {one_of(allowed)}{suggest(value, allowed)}")
     if request.query is not None and request.source != "synthetic" and request.format not in ("auto", "sqlite"):
         raise DataError("--query reads a SQLite database; drop --query or pass --format sqlite")
     schema.check_timezone(request.timezone)
-    if request.frequency is not None:
-        parse_frequency(request.frequency)
     return dataclasses.replace(request, layout=layout, delimiter=_delimiter(request.delimiter))
 
 

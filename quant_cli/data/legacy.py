@@ -40,8 +40,10 @@ def is_legacy(root: Path) -> bool:
 
 
 def convert_hint(dataset: str) -> str:
-    return (f"dataset {dataset!r} is in the old parquet layout (before versioned Delta tables); "
-            f"convert it once with `qfactory data convert {dataset}` (any ingest into it converts it too)")
+    return (
+        f"dataset {dataset!r} is in the old parquet layout (before versioned Delta tables); "
+        f"convert it once with `qfactory data convert {dataset}` (any ingest into it converts it too)"
+    )
 
 
 def read_legacy(root: Path) -> tuple[pl.DataFrame, dict[str, Any]]:

@@ -45,7 +45,9 @@ def symbol_hashes(bars: pl.DataFrame) -> dict[str, str]:
         return {}
     bars = bars.sort("symbol", "ts")
     columns = sorted(c for c in bars.columns if c != "symbol")
-    groups = bars.group_by("symbol", maintain_order=True).agg(pl.len().alias("__n"), *(pl.col(c).null_count().alias(c) for c in columns))
+    groups = bars.group_by("symbol", maintain_order=True).agg(
+        pl.len().alias("__n"), *(pl.col(c).null_count().alias(c) for c in columns)
+    )
     ends = np.cumsum(groups["__n"].to_numpy())
     starts = ends - groups["__n"].to_numpy()
     values = {c: _column_bytes(bars, c) for c in columns}
@@ -89,12 +91,26 @@ def canonical_schema(schema: dict[str, str]) -> dict[str, str]:
 
 def per_symbol_stats(lazy: pl.LazyFrame) -> dict[str, dict[str, Any]]:
     """Rows and first/last timestamp of every symbol (reads only the symbol and ts columns)."""
-    stats = lazy.group_by("symbol").agg(pl.len().alias("rows"), pl.col("ts").min().alias("start"), pl.col("ts").max().alias("end")).collect()
-    return {r["symbol"]: {"rows": r["rows"], "start": _iso(r["start"]), "end": _iso(r["end"])} for r in stats.sort("symbol").iter_rows(named=True)}
+    stats = (
+        lazy.group_by("symbol")
+        .agg(pl.len().alias("rows"), pl.col("ts").min().alias("start"), pl.col("ts").max().alias("end"))
+        .collect()
+    )
+    return {
+        r["symbol"]: {"rows": r["rows"], "start": _iso(r["start"]), "end": _iso(r["end"])}
+        for r in stats.sort("symbol").iter_rows(named=True)
+    }
 
 
-def build(dataset: str, version: int, schema: dict[str, str], per_symbol: dict[str, dict[str, Any]],
-          hashes: dict[str, str], meta: dict[str, Any], updated: str) -> dict[str, Any]:
+def build(
+    dataset: str,
+    version: int,
+    schema: dict[str, str],
+    per_symbol: dict[str, dict[str, Any]],
+    hashes: dict[str, str],
+    meta: dict[str, Any],
+    updated: str,
+) -> dict[str, Any]:
     """The manifest of one table version; `meta` is what the commit recorded (delta.commit)."""
     starts = [v["start"] for v in per_symbol.values() if v["start"]]
     ends = [v["end"] for v in per_symbol.values() if v["end"]]

@@ -42,12 +42,19 @@ ALIASES: dict[str, str] = {
 }
 
 _NAIVE_FORMATS = (
-    "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%d",
-    "%Y/%m/%d %H:%M:%S%.f", "%Y/%m/%d %H:%M", "%Y/%m/%d",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%d",
+    "%Y/%m/%d %H:%M:%S%.f",
+    "%Y/%m/%d %H:%M",
+    "%Y/%m/%d",
 )
 _AWARE_FORMATS = ("%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M%#z")
 _OFFSET = r"[+-]\d{2}:?\d{2}$"
-_TS_HELP = "use ISO 8601, e.g. '2020-01-31', '2020-01-31 15:30:00' or '2020-01-31T15:30:00+00:00', or epoch seconds/milliseconds"
+_TS_HELP = (
+    "use ISO 8601, e.g. '2020-01-31', '2020-01-31 15:30:00' or "
+    "'2020-01-31T15:30:00+00:00', or epoch seconds/milliseconds"
+)
 
 
 @dataclass
@@ -94,7 +101,8 @@ def rename_to_canonical(df: pl.DataFrame, origin: Origin) -> tuple[pl.DataFrame,
         clash = next((c for c, t in mapping.items() if t == target), None)
         if clash is not None:
             raise DataError(
-                f"{origin.header}: columns '{clash}' and '{col}' both mean '{target}'; keep one of them (rename or delete the other)"
+                f"{origin.header}: columns '{clash}' and '{col}' both mean '{target}'; "
+                "keep one of them (rename or delete the other)"
             )
         mapping[col] = target
     for col, target in mapping.items():
@@ -116,15 +124,20 @@ def _join_date_and_time(df: pl.DataFrame, origin: Origin) -> pl.DataFrame:
 def require_columns(df: pl.DataFrame, origin: Origin, need_symbol: bool) -> None:
     found = ", ".join(repr(c) for c in origin.names.values()) or "none"
     if "ts" not in df.columns:
-        raise DataError(f"{origin.header}: no timestamp column (found {found}); name it 'date' or 'timestamp' (also accepted: ts, datetime, time)")
+        raise DataError(
+            f"{origin.header}: no timestamp column (found {found}); name it 'date' or "
+            "'timestamp' (also accepted: ts, datetime, time)"
+        )
     if need_symbol and "symbol" not in df.columns:
         raise DataError(
-            f"{origin.header}: no symbol column (found {found}); add a 'symbol' column (also accepted: ticker, asset, code), "
+            f"{origin.header}: no symbol column (found {found}); add a 'symbol' "
+            "column (also accepted: ticker, asset, code), "
             "or pass --layout per_symbol to take the symbol from the file name"
         )
     if "close" not in df.columns:
         raise DataError(
-            f"{origin.header}: missing required column 'close' (found {found}); add a close column (also accepted: Close, C), "
+            f"{origin.header}: missing required column 'close' (found {found}); add a "
+            "close column (also accepted: Close, C), "
             "or pass --layout wide if each column holds one symbol's close prices"
         )
 
@@ -134,7 +147,9 @@ def check_timezone(name: str) -> str:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         hint = suggest(name, zoneinfo.available_timezones())
-        raise DataError(f"--timezone {name!r} is not a known time zone{hint}; use an IANA name such as 'UTC' or 'America/New_York'") from None
+        raise DataError(
+            f"--timezone {name!r} is not a known time zone{hint}; use an IANA name such as 'UTC' or 'America/New_York'"
+        ) from None
     return name
 
 
@@ -157,7 +172,9 @@ def coerce(df: pl.DataFrame, origins: list[Origin], timezone: str) -> tuple[pl.D
         parsed = to_float(df[col])
         if col in STRICT:
             df = df.with_columns(parsed.alias("parsed"))
-            _first_unreadable(df, origins, col, "parsed", lambda v: f"{v!r} is not a number", "fix the value or delete the row")
+            _first_unreadable(
+                df, origins, col, "parsed", lambda v: f"{v!r} is not a number", "fix the value or delete the row"
+            )
             df = df.with_columns(pl.col("parsed").alias(col)).drop("parsed")
         elif _numeric_throughout(df[col], parsed):
             df = df.with_columns(parsed.alias(col))
@@ -190,7 +207,9 @@ def present(raw: pl.Series) -> pl.Series:
     return raw.is_not_null()
 
 
-def _first_unreadable(df: pl.DataFrame, origins: list[Origin], col: str, parsed: str, what: Callable[[Any], str], fix: str) -> None:
+def _first_unreadable(
+    df: pl.DataFrame, origins: list[Origin], col: str, parsed: str, what: Callable[[Any], str], fix: str
+) -> None:
     """Raise for the first row where the source had a value but it could not be converted."""
     bad = df.filter(present(df[col]) & pl.col(parsed).is_null())
     if bad.height:
@@ -305,37 +324,86 @@ def _checks(columns: list[str]) -> list[Check]:
     has = set(columns).__contains__
     checks: list[Check] = [
         (c, pl.col(c).is_null(), lambda r: "empty value", "fill it in or delete the row")
-        for c in ("ts", "symbol", *STRICT) if has(c)
+        for c in ("ts", "symbol", *STRICT)
+        if has(c)
     ]
     if has("symbol"):
-        checks.append(("symbol", pl.col("symbol").str.len_chars() == 0, lambda r: "empty symbol", "fill it in or delete the row"))
+        checks.append(
+            ("symbol", pl.col("symbol").str.len_chars() == 0, lambda r: "empty symbol", "fill it in or delete the row")
+        )
     checks += [
         (c, ~pl.col(c).is_finite(), lambda r, c=c: f"{r[c]} is not a finite number", "fix the value or delete the row")
-        for c in STRICT if has(c)
+        for c in STRICT
+        if has(c)
     ]
     checks += [
-        (c, pl.col(c) <= 0, lambda r, c=c: f"price {r[c]} is not positive", "prices must be > 0; fix the value or delete the row")
-        for c in (*PRICES, "adj_close") if has(c)
+        (
+            c,
+            pl.col(c) <= 0,
+            lambda r, c=c: f"price {r[c]} is not positive",
+            "prices must be > 0; fix the value or delete the row",
+        )
+        for c in (*PRICES, "adj_close")
+        if has(c)
     ]
     low, high = PRICE_RANGE
     checks += [
-        (c, (pl.col(c) < low) | (pl.col(c) > high), lambda r, c=c: f"price {r[c]:g} is out of range",
-         f"prices must be between {low:g} and {high:g}; fix the value or delete the row")
-        for c in (*PRICES, "adj_close") if has(c)
+        (
+            c,
+            (pl.col(c) < low) | (pl.col(c) > high),
+            lambda r, c=c: f"price {r[c]:g} is out of range",
+            f"prices must be between {low:g} and {high:g}; fix the value or delete the row",
+        )
+        for c in (*PRICES, "adj_close")
+        if has(c)
     ]
     if has("high") and has("low"):
-        checks.append(("high", pl.col("high") < pl.col("low"), lambda r: f"high {r['high']} is below low {r['low']}", "fix the bar: high must be >= low"))
+        checks.append(
+            (
+                "high",
+                pl.col("high") < pl.col("low"),
+                lambda r: f"high {r['high']} is below low {r['low']}",
+                "fix the bar: high must be >= low",
+            )
+        )
     body = [c for c in ("open", "close") if has(c)]
     if has("high") and body:
         top = pl.max_horizontal(*body)
-        checks.append(("high", pl.col("high") < top, lambda r: f"high {r['high']} is below {_body(r, body, max)}", "fix the bar: high must be >= max(open, close)"))
+        checks.append(
+            (
+                "high",
+                pl.col("high") < top,
+                lambda r: f"high {r['high']} is below {_body(r, body, max)}",
+                "fix the bar: high must be >= max(open, close)",
+            )
+        )
     if has("low") and body:
         bottom = pl.min_horizontal(*body)
-        checks.append(("low", pl.col("low") > bottom, lambda r: f"low {r['low']} is above {_body(r, body, min)}", "fix the bar: low must be <= min(open, close)"))
+        checks.append(
+            (
+                "low",
+                pl.col("low") > bottom,
+                lambda r: f"low {r['low']} is above {_body(r, body, min)}",
+                "fix the bar: low must be <= min(open, close)",
+            )
+        )
     if has("volume"):
-        checks.append(("volume", pl.col("volume") < 0, lambda r: f"volume {r['volume']} is negative", "volume must be >= 0; fix the value or delete the row"))
-        checks.append(("volume", pl.col("volume") > MAX_VOLUME, lambda r: f"volume {r['volume']:g} is out of range",
-                       f"volume must be at most {MAX_VOLUME:g}; fix the value or delete the row"))
+        checks.append(
+            (
+                "volume",
+                pl.col("volume") < 0,
+                lambda r: f"volume {r['volume']} is negative",
+                "volume must be >= 0; fix the value or delete the row",
+            )
+        )
+        checks.append(
+            (
+                "volume",
+                pl.col("volume") > MAX_VOLUME,
+                lambda r: f"volume {r['volume']:g} is out of range",
+                f"volume must be at most {MAX_VOLUME:g}; fix the value or delete the row",
+            )
+        )
     return checks
 
 
@@ -375,7 +443,8 @@ def _check_duplicates(df: pl.DataFrame, origins: list[Origin]) -> None:
     earlier = origins[first[SRC]].where(first[LINE])
     origin = origins[second[SRC]]
     raise DataError(
-        f"{origin.where(second[LINE])}, column '{origin.names.get('ts', 'ts')}': duplicate bar for symbol {first['symbol']!r} at "
+        f"{origin.where(second[LINE])}, column '{origin.names.get('ts', 'ts')}': "
+        f"duplicate bar for symbol {first['symbol']!r} at "
         f"{first['ts'].isoformat()} (also at {earlier}); keep one of the two rows"
     )
 

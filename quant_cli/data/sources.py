@@ -20,9 +20,14 @@ from quant_cli.data.schema import LINE, Origin
 from quant_cli.errors import DataError
 
 EXTENSIONS = {
-    ".csv": "csv", ".tsv": "csv", ".txt": "csv",
-    ".parquet": "parquet", ".pq": "parquet",
-    ".sqlite": "sqlite", ".sqlite3": "sqlite", ".db": "sqlite",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".txt": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".sqlite": "sqlite",
+    ".sqlite3": "sqlite",
+    ".db": "sqlite",
 }
 _DIRECTORY_FORMATS = ("csv", "parquet")  # a directory means its CSV and parquet files
 _DELIMITERS = (",", ";", "\t", "|")
@@ -43,13 +48,19 @@ def resolve_files(source: str, fmt: str) -> list[tuple[Path, str]]:
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _wanted(p, fmt))
         if not files:
             kinds = fmt if fmt != "auto" else "csv or parquet"
-            raise DataError(f"source directory {source!r} has no {kinds} files; put *.csv or *.parquet files in it, or pass a file or a glob")
+            raise DataError(
+                f"source directory {source!r} has no {kinds} files; put *.csv or "
+                "*.parquet files in it, or pass a file or a glob"
+            )
     elif path.is_file():
         files = [path]
     elif glob.has_magic(source):
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not files:
-            raise DataError(f"source {source!r}: no files match this pattern; check the path (quote the glob so the shell does not expand it)")
+            raise DataError(
+                f"source {source!r}: no files match this pattern; check the path (quote "
+                "the glob so the shell does not expand it)"
+            )
     else:
         raise DataError(f"source {source!r} not found; pass an existing file, directory or glob, or 'synthetic'")
     return [(p, _format_of(p, fmt)) for p in files]
@@ -65,7 +76,9 @@ def _format_of(path: Path, fmt: str) -> str:
         return fmt
     kind = EXTENSIONS.get(path.suffix.lower())
     if kind is None:
-        raise DataError(f"{path}: cannot tell the format from the extension {path.suffix!r}; pass --format csv, parquet or sqlite")
+        raise DataError(
+            f"{path}: cannot tell the format from the extension {path.suffix!r}; pass --format csv, parquet or sqlite"
+        )
     return kind
 
 
@@ -82,8 +95,10 @@ def check_not_binary(path: Path) -> None:
     if b"\x00" in head:
         offset = head.index(b"\x00")
         hint = " (UTF-16 text? re-save it as UTF-8)" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-        raise DataError(f"{path}: binary data, not CSV text (a NUL byte at offset {offset}){hint}; "
-                        "pass a CSV, parquet or SQLite file (--format tells a misnamed one)")
+        raise DataError(
+            f"{path}: binary data, not CSV text (a NUL byte at offset {offset}){hint}; "
+            "pass a CSV, parquet or SQLite file (--format tells a misnamed one)"
+        )
 
 
 def read_csv(path: Path, delimiter: str) -> RawFrame:
@@ -99,7 +114,9 @@ def read_csv(path: Path, delimiter: str) -> RawFrame:
     try:
         df = pl.read_csv(io.BytesIO(data), separator=delimiter, infer_schema=False, raise_if_empty=True)
     except pl.exceptions.NoDataError:
-        raise DataError(f"{path}: the file is empty; export the bars again (a header line, then one line per bar)") from None
+        raise DataError(
+            f"{path}: the file is empty; export the bars again (a header line, then one line per bar)"
+        ) from None
     except pl.exceptions.ComputeError as exc:
         raise _csv_error(path, data, delimiter, exc) from None
     _check_header(path, df.columns)
@@ -117,7 +134,7 @@ def _check_utf8(path: Path, data: bytes, delimiter: str) -> None:
         line_start = data.rfind(b"\n", 0, exc.start) + 1
         line = data.count(b"\n", 0, exc.start) + 1
         header = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r").split(delimiter)
-        field = data[line_start:exc.start].count(delimiter.encode())
+        field = data[line_start : exc.start].count(delimiter.encode())
         column = f", column '{header[field]}'" if field < len(header) else ""
         raise DataError(
             f"{path} line {line}{column}: byte 0x{data[exc.start]:02X} is not valid UTF-8; "
@@ -137,14 +154,19 @@ def _check_delimiter(path: Path, header: str, delimiter: str) -> None:
     best = max(counts, key=lambda d: counts[d])
     if counts[best]:
         shown = "\\t" if best == "\t" else best
-        raise DataError(f"{path} line 1 (header): the header {header!r} is one column; the file looks {shown!r}-delimited; pass --delimiter '{shown}'")
+        raise DataError(
+            f"{path} line 1 (header): the header {header!r} is one column; the file "
+            f"looks {shown!r}-delimited; pass --delimiter '{shown}'"
+        )
 
 
 def _check_header(path: Path, columns: list[str]) -> None:
     for col in columns:
         match = re.fullmatch(r"(.*)_duplicated_\d+", col)
         if match and match.group(1) in columns:
-            raise DataError(f"{path} line 1 (header): column {match.group(1)!r} appears more than once; rename or delete the copies")
+            raise DataError(
+                f"{path} line 1 (header): column {match.group(1)!r} appears more than once; rename or delete the copies"
+            )
 
 
 def _csv_error(path: Path, data: bytes, delimiter: str, exc: Exception) -> DataError:
@@ -201,7 +223,9 @@ def _tables(conn: sqlite3.Connection, path: Path) -> list[str]:
     try:
         rows = conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name").fetchall()
     except sqlite3.DatabaseError as exc:
-        raise DataError(f"{path}: not a SQLite database ({exc}); pass a .sqlite file, or --format csv/parquet") from None
+        raise DataError(
+            f"{path}: not a SQLite database ({exc}); pass a .sqlite file, or --format csv/parquet"
+        ) from None
     return [r[0] for r in rows]
 
 
@@ -214,7 +238,8 @@ def _default_query(conn: sqlite3.Connection, path: Path) -> tuple[str, str, list
     if missing:
         have = ", ".join(tables) if tables else "none"
         raise DataError(
-            f"{path}: missing table(s) {', '.join(missing)} of the default assets/series schema; the database has tables: {have}; "
+            f"{path}: missing table(s) {', '.join(missing)} of the default "
+            f"assets/series schema; the database has tables: {have}; "
             "pass --query 'SELECT symbol, timestamp, close FROM <table>' to read another table"
         )
     label = f"{path} (table series)"
@@ -237,7 +262,9 @@ def _fetch_as_text(conn: sqlite3.Connection, path: Path, query: str) -> pl.DataF
             raise DataError(f"{path}: --query returned no columns; pass a SELECT statement")
         dup = next((n for n in names if names.count(n) > 1), None)
         if dup:
-            raise DataError(f"{path}: --query returns column {dup!r} more than once; select it once (or alias the copies)")
+            raise DataError(
+                f"{path}: --query returns column {dup!r} more than once; select it once (or alias the copies)"
+            )
         casts = ", ".join(f'CAST("{_quote(n)}" AS TEXT)' for n in names)
         cursor = conn.execute(f"SELECT {casts} FROM ({query})")
         schema = dict.fromkeys(names, pl.String)
@@ -246,7 +273,9 @@ def _fetch_as_text(conn: sqlite3.Connection, path: Path, query: str) -> pl.DataF
             batches.append(pl.DataFrame(rows, schema=schema, orient="row"))
     except sqlite3.Error as exc:
         have = ", ".join(_tables(conn, path)) or "none"
-        raise DataError(f"{path}: the query failed ({exc}); the database has tables: {have}; fix the --query SQL") from None
+        raise DataError(
+            f"{path}: the query failed ({exc}); the database has tables: {have}; fix the --query SQL"
+        ) from None
     return pl.concat(batches) if batches else pl.DataFrame(schema=schema)
 
 

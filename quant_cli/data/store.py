@@ -49,7 +49,10 @@ def check_symbols(manifest: dict[str, Any], symbols: list[str]) -> None:
     unknown = sorted(set(symbols) - set(manifest["symbols"]))
     if unknown:
         known = manifest["symbols"]
-        raise DataError(f"data.symbols: {unknown[:5]} not in dataset {manifest['dataset']!r}; it has {len(known)} symbols, e.g. {known[:5]}")
+        raise DataError(
+            f"data.symbols: {unknown[:5]} not in dataset {manifest['dataset']!r}; it "
+            f"has {len(known)} symbols, e.g. {known[:5]}"
+        )
 
 
 def parse_time(value: str | dt.datetime, name: str) -> dt.datetime:
@@ -60,7 +63,9 @@ def parse_time(value: str | dt.datetime, name: str) -> dt.datetime:
         try:
             parsed = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
         except ValueError:
-            raise DataError(f"{name} {value!r} is not an ISO date or datetime, e.g. '2020-01-31' or '2020-01-31T15:30:00'") from None
+            raise DataError(
+                f"{name} {value!r} is not an ISO date or datetime, e.g. '2020-01-31' or '2020-01-31T15:30:00'"
+            ) from None
     return parsed.replace(tzinfo=dt.timezone.utc) if parsed.tzinfo is None else parsed.astimezone(dt.timezone.utc)
 
 
@@ -84,8 +89,12 @@ class Snapshot:
     def content_hash(self) -> str:
         return self.manifest["content_hash"]
 
-    def load_bars(self, symbols: list[str] | None = None, start: str | dt.datetime | None = None,
-                  end: str | dt.datetime | None = None) -> pl.DataFrame:
+    def load_bars(
+        self,
+        symbols: list[str] | None = None,
+        start: str | dt.datetime | None = None,
+        end: str | dt.datetime | None = None,
+    ) -> pl.DataFrame:
         """Bars of this version, sorted by (symbol, ts); a few symbols read only their partitions."""
         if symbols:
             check_symbols(self.manifest, symbols)
@@ -118,8 +127,10 @@ def pin(data_dir: Path, dataset: str, version: int | None = None) -> Snapshot:
     _check_readable(root, dataset, Path(data_dir))
     table = delta.open_table(root, dataset, version)
     if version is not None and delta.missing_files(table):
-        raise DataError(f"dataset {dataset!r} version {version} was vacuumed (its files were removed); "
-                        f"use a version that `qfactory data show {dataset}` lists as available, or re-ingest")
+        raise DataError(
+            f"dataset {dataset!r} version {version} was vacuumed (its files were removed); "
+            f"use a version that `qfactory data show {dataset}` lists as available, or re-ingest"
+        )
     return Snapshot(Path(data_dir), dataset, table.version(), manifests.version_manifest(root, dataset, table))
 
 
@@ -127,10 +138,16 @@ def _check_readable(root: Path, dataset: str, data_dir: Path) -> None:
     if legacy.is_legacy(root):
         raise DataError(legacy.convert_hint(dataset))
     if not delta.is_table(root) and legacy.moved_bars(root):
-        raise DataError(f"dataset {dataset!r}: an interrupted write of the old store left its bars in {legacy.moved_bars(root)[-1].name}; "
-                        f"restore and convert them with `qfactory data convert {dataset}`")
+        raise DataError(
+            f"dataset {dataset!r}: an interrupted write of the old store left its "
+            f"bars in {legacy.moved_bars(root)[-1].name}; "
+            f"restore and convert them with `qfactory data convert {dataset}`"
+        )
     if not delta.is_table(root):
-        raise DataError(f"dataset {dataset!r} not found in {data_dir}; create it with `qfactory ingest --source ... --dataset {dataset}`")
+        raise DataError(
+            f"dataset {dataset!r} not found in {data_dir}; create it with `qfactory "
+            f"ingest --source ... --dataset {dataset}`"
+        )
 
 
 def read_manifest(data_dir: Path, dataset: str) -> dict[str, Any]:
@@ -143,8 +160,13 @@ def exists(data_dir: Path, dataset: str) -> bool:
     return delta.is_table(root) or legacy.is_legacy(root) or bool(root.is_dir() and legacy.moved_bars(root))
 
 
-def load_bars(data_dir: Path, dataset: str, symbols: list[str] | None = None,
-              start: str | dt.datetime | None = None, end: str | dt.datetime | None = None) -> pl.DataFrame:
+def load_bars(
+    data_dir: Path,
+    dataset: str,
+    symbols: list[str] | None = None,
+    start: str | dt.datetime | None = None,
+    end: str | dt.datetime | None = None,
+) -> pl.DataFrame:
     """Canonical bars of the latest version, sorted by (symbol, ts), optionally filtered."""
     return pin(data_dir, dataset).load_bars(symbols=symbols, start=start, end=end)
 
@@ -193,8 +215,14 @@ class Writer:
     def latest(self) -> Snapshot | None:
         return pin(self.data_dir, self.dataset) if delta.is_table(self.root) else None
 
-    def replace(self, bars: pl.DataFrame, source: str, frequency: str | None = None, operation: str = "replace",
-                created: str | None = None) -> dict[str, Any]:
+    def replace(
+        self,
+        bars: pl.DataFrame,
+        source: str,
+        frequency: str | None = None,
+        operation: str = "replace",
+        created: str | None = None,
+    ) -> dict[str, Any]:
         """A new version holding exactly `bars` (validated, canonical)."""
         previous = self.latest()
         if previous is None:
@@ -205,8 +233,15 @@ class Writer:
         created = created or (previous.manifest.get("created") if previous else None) or manifests.now()
         return self._commit(bars, _schema(bars), stats, hashes, operation, source, frequency, created, "replace")
 
-    def append(self, previous: Snapshot, new: pl.DataFrame, touched: pl.DataFrame, source: str,
-               frequency: str | None, replaced: bool) -> dict[str, Any]:
+    def append(
+        self,
+        previous: Snapshot,
+        new: pl.DataFrame,
+        touched: pl.DataFrame,
+        source: str,
+        frequency: str | None,
+        replaced: bool,
+    ) -> dict[str, Any]:
         """Add `new` to `previous` (the latest version, pinned under this lock).
 
         `touched` is the full resulting rows of every symbol in `new` (old rows kept + new rows);
@@ -220,24 +255,56 @@ class Writer:
         frequency = manifests.frequency_of(frequency, old, touched)
         mode = "overwrite" if replaced else "append"
         data = touched if replaced else new
-        return self._commit(data, schema, stats, hashes, "append", source, frequency, old.get("created"), mode,
-                            replace_symbols=sorted(touched["symbol"].unique().to_list()))
+        return self._commit(
+            data,
+            schema,
+            stats,
+            hashes,
+            "append",
+            source,
+            frequency,
+            old.get("created"),
+            mode,
+            replace_symbols=sorted(touched["symbol"].unique().to_list()),
+        )
 
     def convert(self, reporter: Reporter = SILENT) -> dict[str, Any]:
         """Old parquet layout → table version 0, then the old files go (data/legacy.py)."""
         bars, old = legacy.read_legacy(self.root)
         if not bars.height:
-            raise DataError(f"dataset {self.dataset!r}: the old-layout store at {self.root} holds no bars; re-ingest it with --mode replace")
+            raise DataError(
+                f"dataset {self.dataset!r}: the old-layout store at {self.root} holds no "
+                "bars; re-ingest it with --mode replace"
+            )
         result = self.replace(bars, old.get("source", "converted"), old.get("frequency"), "convert", old.get("created"))
         legacy.remove_legacy_files(self.root)
-        reporter.notice(f"dataset {self.dataset!r} converted from the old parquet layout to a Delta table (version {result['table_version']})")
+        reporter.notice(
+            f"dataset {self.dataset!r} converted from the old parquet layout to a "
+            f"Delta table (version {result['table_version']})"
+        )
         return result
 
-    def _commit(self, data: pl.DataFrame, schema: dict[str, str], stats: dict, hashes: dict, operation: str,
-                source: str, frequency: str | None, created: str | None, mode: str,
-                replace_symbols: list[str] | None = None) -> dict[str, Any]:
+    def _commit(
+        self,
+        data: pl.DataFrame,
+        schema: dict[str, str],
+        stats: dict,
+        hashes: dict,
+        operation: str,
+        source: str,
+        frequency: str | None,
+        created: str | None,
+        mode: str,
+        replace_symbols: list[str] | None = None,
+    ) -> dict[str, Any]:
         content = manifests.content_hash(schema, hashes)
-        meta = {"operation": operation, "source": source, "frequency": frequency, "content_hash": content, "created": created}
+        meta = {
+            "operation": operation,
+            "source": source,
+            "frequency": frequency,
+            "content_hash": content,
+            "created": created,
+        }
         delta.commit(self.root, data, meta, mode, replace_symbols)
         version = delta.latest_version(self.root)
         info = delta.commit_info(self.root, version)
@@ -247,7 +314,9 @@ class Writer:
         return manifest
 
 
-def write_store(data_dir: Path, dataset: str, bars: pl.DataFrame, source: str, frequency: str | None = None) -> dict[str, Any]:
+def write_store(
+    data_dir: Path, dataset: str, bars: pl.DataFrame, source: str, frequency: str | None = None
+) -> dict[str, Any]:
     """Replace the dataset's bars with `bars` (already validated and canonical) in one commit."""
     with writer(data_dir, dataset) as w:
         return w.replace(bars, source, frequency)
@@ -261,8 +330,10 @@ def _merged_schema(old: dict[str, str], new: dict[str, str], source: str, datase
     """The table's columns after an append; a column cannot change its type."""
     for name in old.keys() & new.keys():
         if old[name] != new[name]:
-            raise DataError(f"{source}: column {name!r} holds {new[name]} but dataset {dataset!r} stores {old[name]}; "
-                            "convert the column, or pass --mode replace")
+            raise DataError(
+                f"{source}: column {name!r} holds {new[name]} but dataset {dataset!r} stores {old[name]}; "
+                "convert the column, or pass --mode replace"
+            )
     return manifests.canonical_schema({**old, **new})
 
 

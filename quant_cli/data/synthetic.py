@@ -80,7 +80,9 @@ def _log_returns(rng: np.random.Generator, n: int, bars: int, regime_vol: np.nda
     return beta * market + gamma * sectors[sector_of] + lagged_drift + noise
 
 
-def _ohlcv(rng: np.random.Generator, symbol: str, ts: np.ndarray, log_ret: np.ndarray, regime_vol: np.ndarray) -> pl.DataFrame:
+def _ohlcv(
+    rng: np.random.Generator, symbol: str, ts: np.ndarray, log_ret: np.ndarray, regime_vol: np.ndarray
+) -> pl.DataFrame:
     bars = len(ts)
     close = rng.uniform(20, 200) * np.exp(np.cumsum(log_ret))
     prev_close = np.concatenate([[close[0] * np.exp(-log_ret[0])], close[:-1]])
@@ -94,6 +96,10 @@ def _ohlcv(rng: np.random.Generator, symbol: str, ts: np.ndarray, log_ret: np.nd
         {
             "symbol": [symbol] * bars,
             "ts": pl.Series(ts).dt.replace_time_zone("UTC"),
-            "open": open_, "high": high, "low": low, "close": close, "volume": volume,
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
+            "volume": volume,
         }
     ).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))

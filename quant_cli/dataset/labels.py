@@ -99,14 +99,18 @@ def triple_barrier(bars: pl.DataFrame, cfg: dict, execution: str) -> pl.DataFram
     horizon, price = cfg["horizon"], execution_price(bars, execution)
     sorted_bars = bars.sort("symbol", "ts")
     paths = sorted_bars.select(
-        "symbol", "ts", ewm_volatility(cfg["vol_span"]).alias("vol"),
+        "symbol",
+        "ts",
+        ewm_volatility(cfg["vol_span"]).alias("vol"),
         *[_forward(price, k).alias(f"r{k}") for k in range(1, horizon + 1)],
         *[_t1(k).alias(f"t{k}") for k in range(1, horizon + 1)],
     ).drop_nulls()
     up = pl.col("vol") * cfg["profit_take"] if cfg["profit_take"] > 0 else pl.lit(float("inf"))
     down = pl.col("vol") * cfg["stop_loss"] if cfg["stop_loss"] > 0 else pl.lit(float("inf"))
     # coalesce over k in order picks the FIRST bar whose return crosses a barrier
-    first = pl.coalesce([pl.when((pl.col(f"r{k}") >= up) | (pl.col(f"r{k}") <= -down)).then(pl.lit(k)) for k in range(1, horizon + 1)])
+    first = pl.coalesce(
+        [pl.when((pl.col(f"r{k}") >= up) | (pl.col(f"r{k}") <= -down)).then(pl.lit(k)) for k in range(1, horizon + 1)]
+    )
     return _barrier_outcome(paths.with_columns(first.alias("hit")), horizon, cfg["vertical"])
 
 
@@ -129,5 +133,9 @@ def make_labels(bars: pl.DataFrame, cfg: dict, execution: str) -> pl.DataFrame:
         return direction(bars, cfg["horizon"], execution, cfg["threshold"])
     if cfg["kind"] == "triple_barrier":
         return triple_barrier(bars, cfg, execution)
-    labels = _vol_scaled(bars, cfg, execution) if cfg["vol_scale"] else forward_return(bars, cfg["horizon"], execution, cfg["log"])
+    labels = (
+        _vol_scaled(bars, cfg, execution)
+        if cfg["vol_scale"]
+        else forward_return(bars, cfg["horizon"], execution, cfg["log"])
+    )
     return cross_sectional(labels, cfg["cross_sectional"])

@@ -25,6 +25,7 @@ from quant_cli.data.store import Snapshot
 from quant_cli.dataset.labels import is_classification, make_labels
 from quant_cli.dataset.weights import sample_weights
 from quant_cli.errors import RecipeError, RunError
+from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.features.align import FeatureOptions
 from quant_cli.features.store import feature_table, features_root, intact_parts, scan_version
 from quant_cli.io import read_run_json, read_run_parquet, write_json_atomic, write_parquet_atomic
@@ -59,6 +60,24 @@ class Table:
     def with_features(self, keys: pl.DataFrame) -> pl.DataFrame:
         """`keys`' columns plus the raw features (Float32) of those rows, in `keys`' order."""
         return keys.lazy().join(self.scan_features(), on=KEYS, how="left", maintain_order="left").collect()
+
+    def regime_history(self, pipeline: FittedPipeline) -> pl.DataFrame | None:
+        """symbol, ts and the pipeline's filtered regime probability (HMM_FEATURE) of EVERY row of the
+        table, the filter run over each symbol's whole history; None when the pipeline fits no regime.
+        Rows picked from it (a segment, a fold) carry the values serving computes from the same bars."""
+        if not pipeline.fits_regime:
+            return None
+        parts = [pipeline.with_regime(pl.scan_parquet(p).select(*KEYS, pl.col(HMM_FEATURE).cast(pl.Float64)).collect())
+                 for p in intact_parts(self.version_path)]  # float64 returns, as the engine hands them to serving
+        return pl.concat(parts)
+
+
+def with_regime_of(history: pl.DataFrame | None, rows: pl.DataFrame) -> pl.DataFrame:
+    """`rows` (symbol, ts, raw features) with HMM_FEATURE taken from `history` (Table.regime_history)."""
+    if history is None:
+        return rows
+    values = rows.select(KEYS).join(history, on=KEYS, how="left", maintain_order="left").get_column(HMM_FEATURE)
+    return rows.with_columns(values.cast(rows.schema[HMM_FEATURE]))
 
 
 @dataclass
@@ -95,8 +114,9 @@ class Prepared:
         """Model inputs (float32) of `part`'s rows through the fitted pipeline."""
         keys = part.select(KEYS).with_row_index("_row")
         out = np.full((keys.height, len(self.features)), np.nan, dtype=np.float32)
+        history = self.table.regime_history(self.pipeline)
         for scan in self.table.scan_parts():  # one feature part (a group of symbols) in memory at a time
-            chunk = scan.join(keys.lazy(), on=KEYS, how="inner").collect()
+            chunk = with_regime_of(history, scan.join(keys.lazy(), on=KEYS, how="inner").collect())
             for start in range(0, chunk.height, _SLICE_ROWS):  # transform copies: bound them to a slice
                 piece = chunk.slice(start, _SLICE_ROWS)
                 out[piece["_row"].to_numpy()] = self.pipeline.model_matrix(piece)
@@ -187,12 +207,13 @@ def fit_pipeline(pipeline: FittedPipeline, table: Table, rows: pl.DataFrame) -> 
     return pipeline.fit(table.scan_features().join(train.lazy(), on=KEYS, how="semi"))
 
 
-def prepare(recipe: Recipe, snapshot: Snapshot, reporter: Reporter = SILENT) -> Prepared:
-    """Table → split → fitted pipeline, for a new run."""
+def prepare(recipe: Recipe, snapshot: Snapshot, reporter: Reporter = SILENT, plan: SplitPlan | None = None) -> Prepared:
+    """Table → split → fitted pipeline, for a new run. `plan`: a run's split boundaries to reuse
+    (the audit refits a run on rewritten bars of another data home with the run's own plan)."""
     table, bars, adjustment = build_table(recipe, snapshot, reporter)
     calendar = bars.select(KEYS)
     del bars
-    rows, plan = split_rows(table, recipe, calendar)
+    rows, plan = split_rows(table, recipe, calendar, plan)
     pipeline = fit_pipeline(new_pipeline(recipe, table, snapshot.manifest, adjustment), table, rows)
     return Prepared(table, rows, plan, pipeline, calendar)
 

@@ -22,7 +22,11 @@ def _positions(rows: pl.DataFrame, calendar: pl.DataFrame) -> tuple[np.ndarray, 
     keyed = rows.select(pl.col("symbol").cast(pl.String), "ts", "t1").with_row_index("_row")
     start = keyed.join(grid, on=["symbol", "ts"], how="left").sort("_row")["pos"]
     ends = keyed.sort("symbol", "t1").join_asof(
-        grid.rename({"ts": "t1"}), on="t1", by="symbol", strategy="backward", check_sortedness=False,
+        grid.rename({"ts": "t1"}),
+        on="t1",
+        by="symbol",
+        strategy="backward",
+        check_sortedness=False,
     )  # sorted by (symbol, t1): each symbol group is sorted by time, which is what the join needs
     end = ends.sort("_row")["pos"]
     if start.null_count() or end.null_count():

@@ -11,6 +11,7 @@ from quant_cli.features import alpha158  # noqa: F401,E402 - the "alpha158" set
 from quant_cli.features import ta  # noqa: F401,E402 - the rest of the "ta" set
 from quant_cli.features import cross_asset  # noqa: F401,E402 - the "cross_asset" set
 from quant_cli.features import mtf  # noqa: F401,E402 - the "mtf" set
+from quant_cli.features import regime  # noqa: F401,E402 - the "regime" set
 from quant_cli.features.align import FeatureOptions  # noqa: E402
 from quant_cli.features.engine import compute_features  # noqa: E402
 

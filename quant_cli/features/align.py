@@ -60,7 +60,10 @@ def benchmark_series(bars: pl.DataFrame, options: FeatureOptions) -> pl.DataFram
         source = bars.filter(pl.col("symbol").cast(pl.String) == options.benchmark)
         if source.height == 0 and bars.height > 0:
             symbols = bars.get_column("symbol").unique().sort().head(5).to_list()
-            raise DataError(f"features.benchmark: {options.benchmark!r} is not a symbol of the data (e.g. {symbols}); set it to one that is")
+            raise DataError(
+                f"features.benchmark: {options.benchmark!r} is not a symbol of the data "
+                f"(e.g. {symbols}); set it to one that is"
+            )
     return source.select(pl.col("ts"), pl.col("close").cast(pl.Float64).alias(BENCHMARK_CLOSE)).sort("ts")
 
 
@@ -81,6 +84,10 @@ def feature_options(section: Mapping[str, Any], manifest: Mapping[str, Any], loa
     bench_bars = None
     if benchmark:
         if benchmark not in manifest["symbols"]:
-            raise DataError(f"features.benchmark: {benchmark!r} is not a symbol of dataset {manifest['dataset']!r} (e.g. {list(manifest['symbols'])[:5]}); set it to one that is")
+            raise DataError(
+                f"features.benchmark: {benchmark!r} is not a symbol of dataset "
+                f"{manifest['dataset']!r} (e.g. {list(manifest['symbols'])[:5]}); set it "
+                "to one that is"
+            )
         bench_bars = load_bars(symbols=[benchmark]).select("ts", "close")
     return FeatureOptions.from_section(section, benchmark_bars=bench_bars, bar_spacing=manifest.get("frequency"))

@@ -47,8 +47,12 @@ def bar_channels(bars: pl.DataFrame, timeframes: list[str] | tuple[str, ...] = (
     out = per_symbol(lazy, _exprs())
     for tf in timeframes:
         coarse = per_symbol(resample(lazy, tf), _exprs(f"_{tf}")).rename({"ts": "_coarse_end"})
-        out = out.join_asof(coarse, left_on="ts", right_on="_coarse_end", by="symbol", strategy="backward",
-                            check_sortedness=False).drop("_coarse_end")
+        out = out.join_asof(
+            coarse, left_on="ts", right_on="_coarse_end", by="symbol", strategy="backward", check_sortedness=False
+        ).drop("_coarse_end")
     names = channel_names(timeframes)
-    clean = [pl.when(pl.col(c).is_finite()).then(pl.col(c)).otherwise(0.0).clip(-CLIP, CLIP).cast(pl.Float32).alias(c) for c in names]
+    clean = [
+        pl.when(pl.col(c).is_finite()).then(pl.col(c)).otherwise(0.0).clip(-CLIP, CLIP).cast(pl.Float32).alias(c)
+        for c in names
+    ]
     return out.select("symbol", "ts", *clean).collect()

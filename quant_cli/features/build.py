@@ -27,6 +27,7 @@ import polars as pl
 from quant_cli.report import SILENT, Reporter
 from quant_cli.features import engine
 from quant_cli.features.align import FeatureOptions
+from quant_cli.io import storage_errors
 
 if TYPE_CHECKING:
     from quant_cli.backend import Backend
@@ -90,7 +91,8 @@ def build_parts(
     memory. On a parallel backend (local jobs > 1, ray) each group is one task that reads its bars
     from the pinned `snapshot`, computes and writes its part; the parts are the same files.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with storage_errors(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     staged = bool(todo.stage2)
     if backend is not None and not backend.in_process and snapshot is not None:
         parts, stats = _build_on(backend, snapshot, chunks, todo, out_dir, options, bounds, reporter)
@@ -206,4 +208,5 @@ def _filtered(frame: pl.LazyFrame, bounds: tuple[dt.datetime | None, dt.datetime
 
 def _write(frame: pl.DataFrame, path: Path) -> None:
     # Uncompressed: float features barely compress, and encoding time dominates the write.
-    frame.write_parquet(path, compression="uncompressed", statistics=False)
+    with storage_errors(path, own_name=False):  # polars: a ComputeError "... (os error 28)", not an OSError
+        frame.write_parquet(path, compression="uncompressed", statistics=False)

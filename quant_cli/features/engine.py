@@ -1,12 +1,16 @@
-"""Compute features on canonical bars: lazy polars, per-symbol stage 1, cross-sectional stage 2.
+"""Compute features on canonical bars: compiled kernels per symbol (stage 1), cross-sectional stage 2.
 
 Output contract: columns `symbol, ts, <feature...>` (features Float64, in the order given), one
 row per input bar, sorted by (symbol, ts). Warm-up rows are null; so is any value that comes out
 non-finite (inf from x/0, NaN from 0/0) — downstream stages see null, never inf/NaN.
 
-Stage 1 runs every per-symbol expression inside one `group_by("symbol").agg(...)` (see
-features/grouped.py: nothing crosses symbols, and it is twice as fast as `.over`).
-Multi-timeframe families run on resampled bars (features/mtf.py) and are joined back. Stage 2 (cross-sectional families, `over="ts"`) runs on the stage-1 table.
+Stage 1: the (symbol, ts)-sorted bars become float64 arrays with per-symbol offsets
+(features/panel.py) and every kernel family computes on them with the compiled rolling kernels
+(features/kernels.py) — the same code for a whole panel and for one served window. Families still
+written as polars expressions (none in the registry; tests' leaky features and the oracle of
+tests/feature_oracle) run inside one `group_by("symbol").agg(...)` (features/grouped.py).
+Multi-timeframe families run on resampled bars (features/mtf.py) and are joined back. Stage 2
+(cross-sectional families, `over="ts"`) runs in polars on the stage-1 table, per timestamp.
 
 Derived inputs: `vwap` is approximated by the typical price (high + low + close) / 3 when the
 data has no `vwap` column (with a notice); `benchmark_close` is the benchmark symbol's close
@@ -21,12 +25,13 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from quant_cli.report import SILENT, Reporter
 from quant_cli.errors import DataError
 from quant_cli.features import align, mtf
 from quant_cli.features.align import FeatureOptions
 from quant_cli.features.grouped import per_symbol
+from quant_cli.features.panel import kernel_columns
 from quant_cli.features.registry import REGISTRY, Feature
+from quant_cli.report import SILENT, Reporter
 
 FeatureLike = Feature | str
 KEYS = ("symbol", "ts")
@@ -74,7 +79,11 @@ def skipped_message(missing: dict[str, list[str]]) -> str:
     for name, absent in missing.items():
         by_columns.setdefault(", ".join(absent), []).append(name)
     groups = "; ".join(f"{', '.join(names)} (need {cols})" for cols, names in by_columns.items())
-    hint = f" ({align.BENCHMARK_CLOSE} needs features.benchmark)" if any(align.BENCHMARK_CLOSE in a for a in missing.values()) else ""
+    hint = (
+        f" ({align.BENCHMARK_CLOSE} needs features.benchmark)"
+        if any(align.BENCHMARK_CLOSE in a for a in missing.values())
+        else ""
+    )
     return f"skipped {len(missing)} feature(s) whose input columns are missing from the data: {groups}{hint}"
 
 
@@ -98,20 +107,38 @@ class Plan:
         return [f.name for f in self.stage1]
 
     def kind(self, kind: str) -> list[Feature]:
-        """"grouped" (per symbol), "rows" (row-wise on inputs), "composite", "coarse" (multi-timeframe)."""
-        return [f for f in self.stage1 if _kind(f) == kind]
+        """ "kernel" (compiled), or for polars families "grouped" (per symbol), "rows" (row-wise on
+        inputs), "composite"; "coarse" (multi-timeframe, either kind)."""
+        return self._kinds.get(kind, [])
+
+    @functools.cached_property
+    def _kinds(self) -> dict[str, list[Feature]]:
+        kinds: dict[str, list[Feature]] = {}
+        for feature in self.stage1:
+            kinds.setdefault(_kind(feature), []).append(feature)
+        return kinds
 
 
 def _kind(feature: Feature) -> str:
     family = feature.family
     if family.timeframed:
         return "coarse"
+    if family.kernel:
+        return "kernel"
     if family.over == "row":
         return "composite" if family.sources else "rows"
     return "grouped"
 
 
 def plan(specs: Sequence[FeatureLike], columns: Sequence[str], options: FeatureOptions | None = None) -> Plan:
+    """What to compute for `specs` on bars with `columns` (cached: a server plans the same request shape
+    over and over; a Plan is never modified)."""
+    return _plan(tuple(specs), tuple(columns), options is not None and options.benchmark is not None)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(specs: tuple[FeatureLike, ...], columns: tuple[str, ...], benchmark: bool) -> Plan:
+    options = FeatureOptions(benchmark="benchmark") if benchmark else None  # only its presence matters here
     features, missing = split_available(as_features(specs), columns, options)
     names = [f.name for f in features]
     if len(set(names)) != len(names):
@@ -129,13 +156,16 @@ def plan(specs: Sequence[FeatureLike], columns: Sequence[str], options: FeatureO
 def _add_with_sources(stage1: dict[str, Feature], feature: Feature) -> None:
     for source in feature.sources:
         if source.family.composite:
-            raise ValueError(f"{feature.name}: composite source {source.name!r} is not supported; build it from per-symbol features")
+            raise ValueError(
+                f"{feature.name}: composite source {source.name!r} is not supported; build it from per-symbol features"
+            )
         _add_with_sources(stage1, source)
     stage1.setdefault(feature.name, feature)
 
 
-def compute_features(bars: pl.DataFrame, specs: Sequence[FeatureLike], options: FeatureOptions | None = None,
-                     reporter: Reporter = SILENT) -> pl.DataFrame:
+def compute_features(
+    bars: pl.DataFrame, specs: Sequence[FeatureLike], options: FeatureOptions | None = None, reporter: Reporter = SILENT
+) -> pl.DataFrame:
     """Feature table for `bars`; features lacking input columns are skipped with one notice."""
     check_bars(bars)
     todo = plan(specs, bars.columns, options)
@@ -165,15 +195,19 @@ def stage1(bars: pl.DataFrame, todo: Plan, options: FeatureOptions | None = None
     lazy = bars.lazy().sort(*KEYS, maintain_order=True)  # windows must run in time order
     inputs = [c for c in inputs if bars.schema[c] != pl.String]  # text inputs (sector) are group keys, not numbers
     lazy = lazy.with_columns(pl.col(inputs).cast(pl.Float64)) if inputs else lazy
-    lazy = _derive_inputs(lazy, bars, todo, options)
-    grouped = per_symbol(lazy, [_expr(f) for f in todo.kind("grouped")])
-    # Row-wise features (and the raw inputs composites read) need no grouping: computed on the
-    # sorted frame and placed beside the grouped result, whose rows are in the same order.
-    raw = sorted({c for f in todo.kind("composite") for c in f.family.inputs})
-    rows = lazy.select(*todo.passthrough, *raw, *(_expr(f) for f in todo.kind("rows")))
-    out = pl.concat([grouped, rows], how="horizontal")
+    frame = _derive_inputs(lazy, bars, todo, options).collect(engine=ENGINE)
+    pieces = [frame.select(*KEYS, *todo.passthrough), kernel_columns(frame, todo.kind("kernel"))]
+    grouped = todo.kind("grouped")
+    if grouped:
+        pieces.append(per_symbol(frame.lazy(), [_expr(f) for f in grouped]).drop(*KEYS).collect(engine=ENGINE))
+    # Row-wise polars features (and the raw inputs polars composites read) need no grouping.
+    raw = sorted({c for f in todo.kind("composite") for c in f.family.inputs} - set(todo.passthrough))
+    rows = todo.kind("rows")
+    if raw or rows:
+        pieces.append(frame.select(*raw, *(_expr(f) for f in rows)))
+    out = pl.concat(pieces, how="horizontal").lazy()
     for timeframe, group in mtf.by_timeframe(todo.kind("coarse")).items():
-        out = mtf.join_coarse(out, lazy, timeframe, group)
+        out = mtf.join_coarse(out, frame.lazy(), timeframe, group)
     composites = todo.kind("composite")
     out = out.with_columns(_expr(f) for f in composites) if composites else out
     return out.select(*KEYS, *todo.passthrough, *todo.stage1_names)

@@ -1,6 +1,7 @@
 """The feature registry: every feature family is registered once, then selected by recipe.
 
-A *family* is one definition (a polars expression builder) with a name pattern. Placeholders in
+A *family* is one definition (a function over the compiled kernels, `kernel=True`; or a polars
+expression builder, stage 2 and extensions) with a name pattern. Placeholders in
 the pattern say what it expands over:
 - ``{w}``: a window in bars, from the recipe's `features.windows` (``ret_{w}`` → ``ret_5``, ...) or
   from the family's own window key (the Alpha158 set uses `features.alpha158_windows`, default
@@ -30,17 +31,18 @@ Where a family runs (`over`):
   is done (in a chunked build, over all chunks).
 Sources a recipe does not select are computed and dropped.
 
-Writing a family: use only backward-looking operations (shift(n >= 0), rolling_* with
-min_samples = window, ewm_mean(adjust=False), cum_*); the causality tests pick it up
-automatically. Reference each sub-expression as few times as possible — polars re-evaluates
-every reference inside one expression, so nested smoothings grow exponentially (see
-core.seeded_ewm). Declare every raw input column: a feature whose inputs are absent from the
-data is skipped with a notice, never filled.
+Writing a per-symbol family: `@register(..., kernel=True)` on `fn(p: Panel, [*sources], **params)`
+returning a float64 array; use only the panel's kernels (shift(n >= 0), trailing windows, seeded
+recursions: features/kernels.py) and elementwise numpy, and share helper series with `p.memo`.
+The causality tests and the kernel-vs-oracle tests pick a new family up automatically (add its
+reference polars expression to tests/feature_oracle). Declare every raw input column: a feature
+whose inputs are absent from the data is skipped with a notice, never filled.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,13 +67,16 @@ Variant = Any  # int window, str timeframe, Feature source, or None
 
 @dataclass(frozen=True, eq=False)  # identity equality: a family is registered once; params (a dict) stay unhashed
 class Family:
-    """One registered definition. `build(**params)` returns a polars expression."""
+    """One registered definition: `compute(panel, *sources, **params)` returns a float64 array over
+    the compiled kernels (features/panel.py), or, for a polars family (no `compute`),
+    `build(*sources, **params)` returns a polars expression (the engine still runs those: tests'
+    deliberately leaky features, the oracle of tests/feature_oracle, future user expressions)."""
 
     pattern: str  # display/lookup key: fixed params substituted, placeholders kept, e.g. "ret_{w}", "rsi_14"
     inputs: tuple[str, ...]
     tags: tuple[str, ...]
     description: str
-    build: Callable[..., pl.Expr]
+    build: Callable[..., pl.Expr] | None
     params: Mapping[str, Any] = field(default_factory=dict)
     windowed: bool = False
     min_window: int = 1
@@ -81,6 +86,11 @@ class Family:
     default_windows: tuple[int, ...] = ()  # used when the section lacks window_key (never for "windows")
     sources: tuple[str, ...] = ()  # features it is computed from: "ret_{w}", "MAX{w}", or "{feature}"
     derived: tuple[str, ...] = ()  # per-symbol helper columns (Registry.derive) computed once, before the features
+    compute: Callable[..., Any] | None = None  # the kernel implementation (see the class doc)
+
+    @property
+    def kernel(self) -> bool:
+        return self.compute is not None
 
     @property
     def timeframed(self) -> bool:
@@ -108,6 +118,8 @@ class Family:
         return self.pattern.replace("{w}", str(window)) if self.windowed else self.pattern
 
     def expr(self, window: int | None = None) -> pl.Expr:
+        if self.build is None:
+            raise TypeError(f"feature family {self.pattern!r} runs on the compiled kernels, not as a polars expression")
         params = {**self.params, _WINDOW: window} if self.windowed else dict(self.params)
         return self.build(**params)
 
@@ -136,7 +148,7 @@ class Feature:
     timeframe: str | None = None
     sources: tuple[Feature, ...] = ()  # the features it is computed from (composite, cross-sectional)
 
-    @property
+    @functools.cached_property  # read thousands of times per served request; a Feature never changes
     def name(self) -> str:
         name = self.family.name(self.window)
         if self.timeframe is not None:
@@ -145,13 +157,22 @@ class Feature:
             name = name.replace("{feature}", self.sources[0].name)
         return name
 
-    @property
+    @functools.cached_property
     def inputs(self) -> tuple[str, ...]:
         extra = [c for s in self.sources for c in s.inputs]
         return tuple(dict.fromkeys((*self.family.inputs, *extra)))
 
+    def compute(self, panel: Any, sources: Sequence[Any] = ()) -> Any:
+        """A kernel family's values on `panel` (features/panel.py); `sources`: its sources' arrays."""
+        params = dict(self.family.params)
+        if self.family.windowed:
+            params[_WINDOW] = self.window
+        return self.family.compute(panel, *sources, **params)
+
     def expr(self) -> pl.Expr:
         """The family's expression; families with sources get their source columns as arguments."""
+        if self.family.build is None:
+            raise TypeError(f"feature {self.name!r} runs on the compiled kernels, not as a polars expression")
         if not self.sources:
             return self.family.expr(self.window)
         params = dict(self.family.params)
@@ -204,24 +225,48 @@ class Registry:
         default_windows: Sequence[int] = (),
         sources: Sequence[str] = (),
         derived: Sequence[str] = (),
+        kernel: bool = False,
     ) -> Callable[[Callable[..., pl.Expr]], Callable[..., pl.Expr]]:
-        """Decorator: register `fn(**params[, w])` under `pattern` (placeholders: see the module doc)."""
+        """Decorator: register `fn(**params[, w])` under `pattern` (placeholders: see the module doc).
+
+        With `kernel=True`, `fn(panel, *sources, **params[, w])` computes the values on the compiled
+        kernels (features/panel.py); otherwise `fn` returns a polars expression."""
         unknown_sets = [s for s in sets if s not in self.sets or s == ALL_SET]
         if unknown_sets or not (inputs or sources) or not description:
-            raise ValueError(f"feature {pattern!r}: define sets {unknown_sets} first; inputs and description are required")
+            raise ValueError(
+                f"feature {pattern!r}: define sets {unknown_sets} first; inputs and description are required"
+            )
         fixed = dict(params or {})
         key = pattern.format(**fixed, w="{w}", tf="{tf}", feature="{feature}")
         if any(d not in self.derived for d in derived):
             raise ValueError(f"feature {pattern!r}: derive {[d for d in derived if d not in self.derived]} first")
         sources = tuple(sources)
-        if (over == "symbol" and sources) or (over not in ("symbol", "row") and not sources) or (("{feature}" in key) != (sources == ("{feature}",))):
-            raise ValueError(f"feature {pattern!r}: cross-sectional families need sources, per-symbol ones none; generic ones source '{{feature}}'")
+        if (
+            (over == "symbol" and sources)
+            or (over not in ("symbol", "row") and not sources)
+            or (("{feature}" in key) != (sources == ("{feature}",)))
+        ):
+            raise ValueError(
+                f"feature {pattern!r}: cross-sectional families need sources, per-symbol "
+                f"ones none; generic ones source '{{feature}}'"
+            )
 
         def decorate(fn: Callable[..., pl.Expr]) -> Callable[..., pl.Expr]:
             family = Family(
-                pattern=key, inputs=tuple(inputs), tags=tuple(tags), description=description, build=fn,
-                params=fixed, windowed="{w}" in key, min_window=min_window, sets=tuple(sets), over=over,
-                window_key=window_key, default_windows=tuple(default_windows), sources=sources,
+                pattern=key,
+                inputs=tuple(inputs),
+                tags=tuple(tags),
+                description=description,
+                build=None if kernel else fn,
+                compute=fn if kernel else None,
+                params=fixed,
+                windowed="{w}" in key,
+                min_window=min_window,
+                sets=tuple(sets),
+                over=over,
+                window_key=window_key,
+                default_windows=tuple(default_windows),
+                sources=sources,
                 derived=tuple(derived),
             )
             self._check_unique(family)
@@ -233,9 +278,13 @@ class Registry:
     def _check_unique(self, new: Family) -> None:
         """A concrete name must map to exactly one family (``rsi_{w}`` would swallow ``rsi_14``)."""
         for old in self.families.values():
-            if (old.pattern == new.pattern or old.match_window(new.pattern) is not None
-                    or new.match_window(old.pattern) is not None
-                    or _shadows(old, new) or _shadows(new, old)):
+            if (
+                old.pattern == new.pattern
+                or old.match_window(new.pattern) is not None
+                or new.match_window(old.pattern) is not None
+                or _shadows(old, new)
+                or _shadows(new, old)
+            ):
                 raise ValueError(f"feature {new.pattern!r} clashes with registered feature {old.pattern!r}")
 
     # --- lookup ------------------------------------------------------------------------------
@@ -263,7 +312,7 @@ class Registry:
         for family in self.families.values():
             prefix = family.pattern.partition("{feature}")[0]
             if family.generic and name.startswith(prefix):
-                return Feature(family, sources=(self._stage1(name[len(prefix):]),))
+                return Feature(family, sources=(self._stage1(name[len(prefix) :]),))
         raise KeyError(f"unknown feature {name!r}{suggest(name, self.families)}")
 
     def _with_sources(self, family: Family, window: int | None) -> Feature:
@@ -273,14 +322,23 @@ class Registry:
     def _stage1(self, name: str) -> Feature:
         feature = self.feature(name)
         if feature.family.stage != 1:
-            raise KeyError(f"{name!r} is itself cross-sectional; cross-sectional transforms apply to per-symbol features only")
+            raise KeyError(
+                f"{name!r} is itself cross-sectional; cross-sectional transforms apply to per-symbol features only"
+            )
         return feature
 
     def catalogue(self) -> list[dict[str, Any]]:
         """One row per family, for `qfactory features ls-specs`."""
         return [
-            {"name": f.pattern, "inputs": list(f.inputs), "tags": list(f.tags), "sets": list(f.sets),
-             "windowed": f.windowed, "expands_over": _expands_over(f), "description": f.description}
+            {
+                "name": f.pattern,
+                "inputs": list(f.inputs),
+                "tags": list(f.tags),
+                "sets": list(f.sets),
+                "windowed": f.windowed,
+                "expands_over": _expands_over(f),
+                "description": f.description,
+            }
             for f in self.families.values()
         ]
 
@@ -300,7 +358,9 @@ class Registry:
                 chosen.setdefault(family.pattern, set()).update(context.variants(family))
         for item in section.get("include", []):
             for family, variant in self._match(item, "features.include"):
-                chosen.setdefault(family.pattern, set()).update(context.variants(family) if variant is _WHOLE else [variant])
+                chosen.setdefault(family.pattern, set()).update(
+                    context.variants(family) if variant is _WHOLE else [variant]
+                )
         for item in section.get("exclude", []):
             for family, variant in self._match(item, "features.exclude"):
                 if variant is _WHOLE or variant is None:  # a tag or pattern drops every variant
@@ -324,8 +384,10 @@ class Registry:
     def _unknown(self, item: str, key: str) -> str:
         names = [*self.tags, *self.families]  # concrete names of every family at common windows
         names += [f.name(w) for f in self.families.values() if f.windowed for w in _SUGGEST_WINDOWS]
-        return (f"{key}: unknown feature or tag {item!r}{suggest(item, names)}; "
-                "see `qfactory features ls-specs` for feature names and tags")
+        return (
+            f"{key}: unknown feature or tag {item!r}{suggest(item, names)}; "
+            "see `qfactory features ls-specs` for feature names and tags"
+        )
 
     def _ordered(self, chosen: dict[str, set[Variant]]) -> Selection:
         features: list[Feature] = []
@@ -385,7 +447,9 @@ def _source(registry: Registry, name: Any) -> Feature:
     try:
         return registry._stage1(str(name))
     except KeyError as exc:
-        raise RecipeError(f"features.cross_sectional: {exc.args[0]}; list per-symbol feature names such as 'ret_20'") from None
+        raise RecipeError(
+            f"features.cross_sectional: {exc.args[0]}; list per-symbol feature names such as 'ret_20'"
+        ) from None
 
 
 def _windows(raw: Iterable[Any], key: str) -> list[int]:

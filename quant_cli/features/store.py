@@ -2,7 +2,8 @@
 
 Each version holds `table/part-NNNNN.parquet` (symbol, ts, features...; one part per group of
 symbols, in symbol order — read them with `scan_version`) and `spec.json`. The fingerprint
-hashes the `[features]` section, the dataset content hash, FEATURE_CODE_VERSION and the
+hashes the `[features]` section, the dataset content hash, the feature code (features/code_hash.py:
+the source of the kernels, the engine and every family module, plus FEATURE_CODE_VERSION) and the
 data.symbols/start/end filter: an identical request is served from cache, any change builds a
 new version beside the old ones (versions are never modified; delete a folder to reclaim space).
 
@@ -31,7 +32,7 @@ from quant_cli import __version__
 from quant_cli.report import SILENT, Reporter
 from quant_cli.data import store as bar_store
 from quant_cli.errors import DataError, RecipeError
-from quant_cli.features import build, engine, registry
+from quant_cli.features import build, code_hash, engine, registry
 from quant_cli.features.align import feature_options
 from quant_cli.features.engine import skipped_message
 from quant_cli.io import clean_stale_staging, read_json, staged_dir, write_json_atomic
@@ -93,6 +94,7 @@ def feature_fingerprint(features_section: dict[str, Any], content_hash: str, dat
         "features": features_section,
         "content_hash": content_hash,
         "feature_code_version": registry.FEATURE_CODE_VERSION,
+        "feature_code": code_hash.feature_code_hash(),
         "data": data_filter,
     })
 
@@ -141,7 +143,10 @@ def build_features(recipe: Recipe, data_dir: Path, backend: str = "local", jobs:
     """`qfactory features`: the recipe's feature version, its symbol groups built on `backend`
     (quant_cli.backend) after checking that every worker sees the data home."""
     from quant_cli.backend import open_backend
+    from quant_cli.data.ingest import ingest_missing
 
+    registry.REGISTRY.resolve(recipe["features"])  # bad feature names fail before an ingest
+    ingest_missing(recipe, data_dir, reporter)  # a recipe is its own first command on a new machine
     with open_backend(backend, jobs) as opened:
         opened.check_shared({"data home": Path(data_dir)})
         return feature_table(recipe, data_dir, reporter=reporter, backend=opened)
@@ -258,6 +263,7 @@ def _spec(req: _Request, stats: build.PartStats, todo: engine.Plan, seconds: flo
         "content_hash": req.manifest["content_hash"],
         "dataset_version": req.snapshot.version,
         "feature_code_version": registry.FEATURE_CODE_VERSION,
+        "feature_code": code_hash.feature_code_hash(),
         "qfactory_version": __version__,
         "polars_version": pl.__version__,
         **req.data_filter,

@@ -25,11 +25,11 @@ import numpy as np
 
 from quant_cli.errors import ModelError, one_of, suggest
 from quant_cli.io import read_json, write_json_atomic
-from quant_cli.report import SILENT, Reporter
 from quant_cli.models.device import check_device, is_cuda, notice_once, resolve_device
 from quant_cli.models.encoding import KINDS, UNSEEN_POLICIES, SymbolEncoder, check_choice
 from quant_cli.models.panel import PanelRows
 from quant_cli.models.params import Limit, check_params, library_message
+from quant_cli.report import SILENT, Reporter
 
 TASKS = ("regression", "classification")
 
@@ -47,11 +47,11 @@ MAX_CLASSES = 20
 class Inputs:
     """What a family's `_fit`/`_predict` sees for one set of rows."""
 
-    X: np.ndarray                      # (n, p) float64 (float32 where float32_inputs): features, then symbol-encoding columns
-    ids: np.ndarray | None = None      # (n,) int64 symbol ids for embeddings; 0 = unseen
+    X: np.ndarray  # (n, p) float64 (float32 where float32_inputs): features, then symbol-encoding columns
+    ids: np.ndarray | None = None  # (n,) int64 symbol ids for embeddings; 0 = unseen
     symbols: np.ndarray | None = None  # (n,) raw symbols (ensembles hand them to members)
-    ts: np.ndarray | None = None       # (n,) row timestamps (stacking's purged folds)
-    t1: np.ndarray | None = None       # (n,) label end times
+    ts: np.ndarray | None = None  # (n,) row timestamps (stacking's purged folds)
+    t1: np.ndarray | None = None  # (n,) label end times
 
     def take(self, rows: np.ndarray) -> Inputs:
         return replace(self, **{k: None if v is None else v[rows] for k, v in vars(self).items()})
@@ -75,19 +75,19 @@ class Model(ABC):
     name: ClassVar[str]
     family: ClassVar[str]
     # ---- capability flags: what the model takes and gives; a recipe asking for more is refused at load
-    tasks: ClassVar[tuple[str, ...]]                 # gives: regression and/or classification
-    output: ClassVar[str] = "score"                  # gives: one score per row, or a multi-step "path"
-    tabular: ClassVar[bool] = True                   # takes: one row of features per prediction
-    sequence: ClassVar[bool] = False                 # takes: past feature windows (the symbol's rows up to t)
-    bar_channels: ClassVar[bool] = False             # takes: raw-bar channels (model.params.inputs = bars/both)
-    static_covariates: ClassVar[bool] = False        # takes: static text columns per symbol (model.static_columns)
-    known_future: ClassVar[bool] = False             # takes: calendar fields of the bars after t (model.known_future)
+    tasks: ClassVar[tuple[str, ...]]  # gives: regression and/or classification
+    output: ClassVar[str] = "score"  # gives: one score per row, or a multi-step "path"
+    tabular: ClassVar[bool] = True  # takes: one row of features per prediction
+    sequence: ClassVar[bool] = False  # takes: past feature windows (the symbol's rows up to t)
+    bar_channels: ClassVar[bool] = False  # takes: raw-bar channels (model.params.inputs = bars/both)
+    static_covariates: ClassVar[bool] = False  # takes: static text columns per symbol (model.static_columns)
+    known_future: ClassVar[bool] = False  # takes: calendar fields of the bars after t (model.known_future)
     sample_weights: ClassVar[bool] = False
     gpu: ClassVar[bool] = False
-    early_stopping: ClassVar[bool] = False   # stops on the validation rows when asked
-    importance: ClassVar[bool] = False       # feature_importance() returns something
-    missing_values: ClassVar[bool] = False   # accepts NaN features
-    float32_inputs: ClassVar[bool] = False   # takes float32 X as given (no float64 copy of the matrix)
+    early_stopping: ClassVar[bool] = False  # stops on the validation rows when asked
+    importance: ClassVar[bool] = False  # feature_importance() returns something
+    missing_values: ClassVar[bool] = False  # accepts NaN features
+    float32_inputs: ClassVar[bool] = False  # takes float32 X as given (no float64 copy of the matrix)
     symbol_encodings: ClassVar[tuple[str, ...]] = ("none", "one_hot")  # takes: the symbol as a static covariate
     # Declared parameters and their defaults: anything else is a typo and an error. A value's type
     # is the default's; `limits` bounds the values that have limits (quant_cli.models.params);
@@ -105,27 +105,42 @@ class Model(ABC):
             return
         known = REGISTERED.get(name)
         if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise TypeError(f"model name {name!r} of {cls.__module__}.{cls.__qualname__} is taken by "
-                            f"{known.__module__}.{known.__qualname__}; pick another name")
+            raise TypeError(
+                f"model name {name!r} of {cls.__module__}.{cls.__qualname__} is taken by "
+                f"{known.__module__}.{known.__qualname__}; pick another name"
+            )
         if cls.output not in OUTPUTS:
             raise TypeError(f"model {name!r}: output {cls.output!r} is not one of {OUTPUTS}")
         REGISTERED[name] = cls
 
-    def __init__(self, *, task: str = "regression", seed: int = 42, threads: int = 0, device: str = "cpu",
-                 symbol_encoding: str = "none", unseen_symbols: str = "error", reporter: Reporter = SILENT,
-                 train: dict[str, Any] | None = None, **params: Any) -> None:
+    def __init__(
+        self,
+        *,
+        task: str = "regression",
+        seed: int = 42,
+        threads: int = 0,
+        device: str = "cpu",
+        symbol_encoding: str = "none",
+        unseen_symbols: str = "error",
+        reporter: Reporter = SILENT,
+        train: dict[str, Any] | None = None,
+        **params: Any,
+    ) -> None:
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             raise ModelError(
-                f"model.params.{unknown[0]} is not a parameter of model '{self.name}'{suggest(unknown[0], self.defaults)}; "
+                f"model.params.{unknown[0]} is not a parameter of model "
+                f"'{self.name}'{suggest(unknown[0], self.defaults)}; "
                 f"allowed: {one_of(self.defaults)}; `qfactory train --list-models` lists each model's parameters"
             )
         if task not in self.tasks:
             raise ModelError(f"model.task {task!r} is not supported by '{self.name}'; allowed: {one_of(self.tasks)}")
         check_choice("model.symbol_encoding", symbol_encoding, KINDS)
         if symbol_encoding not in self.symbol_encodings:
-            raise ModelError(f"model.symbol_encoding {symbol_encoding!r} is not supported by '{self.name}'; "
-                             f"allowed: {one_of(self.symbol_encodings)}")
+            raise ModelError(
+                f"model.symbol_encoding {symbol_encoding!r} is not supported by '{self.name}'; "
+                f"allowed: {one_of(self.symbol_encodings)}"
+            )
         self.task = task
         self.train_settings = dict(train or {})  # the [train] section: the torch models' loop settings
         self.reporter = reporter  # notices at fit time (GPU fallback, ignored weights)
@@ -147,8 +162,15 @@ class Model(ABC):
     # ---- the family's part -------------------------------------------------------------------
 
     @abstractmethod
-    def _fit(self, train: Inputs, y: np.ndarray, val: Inputs | None, y_val: np.ndarray | None,
-             sample_weight: np.ndarray | None, early_stopping: int) -> None:
+    def _fit(
+        self,
+        train: Inputs,
+        y: np.ndarray,
+        val: Inputs | None,
+        y_val: np.ndarray | None,
+        sample_weight: np.ndarray | None,
+        early_stopping: int,
+    ) -> None:
         """y is float64 (regression) or int64 class codes 0..K-1 (classification)."""
 
     @abstractmethod
@@ -156,12 +178,10 @@ class Model(ABC):
         """(n,) predictions (regression) or (n, K) class probabilities (classification)."""
 
     @abstractmethod
-    def _save_native(self, folder: Path) -> None:
-        ...
+    def _save_native(self, folder: Path) -> None: ...
 
     @abstractmethod
-    def _load_native(self, folder: Path, meta: dict[str, Any]) -> None:
-        ...
+    def _load_native(self, folder: Path, meta: dict[str, Any]) -> None: ...
 
     def _fit_info(self) -> dict[str, Any]:
         return {}
@@ -204,10 +224,22 @@ class Model(ABC):
     def is_fitted(self) -> bool:
         return hasattr(self, "feature_names_")
 
-    def fit(self, X: np.ndarray, y: np.ndarray, *, feature_names: list[str], X_val: np.ndarray | None = None,
-            y_val: np.ndarray | None = None, sample_weight: np.ndarray | None = None, early_stopping: int = 0,
-            symbols: np.ndarray | None = None, symbols_val: np.ndarray | None = None,
-            ts: np.ndarray | None = None, t1: np.ndarray | None = None, report: StepReport | None = None) -> Model:
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        feature_names: list[str],
+        X_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None,
+        sample_weight: np.ndarray | None = None,
+        early_stopping: int = 0,
+        symbols: np.ndarray | None = None,
+        symbols_val: np.ndarray | None = None,
+        ts: np.ndarray | None = None,
+        t1: np.ndarray | None = None,
+        report: StepReport | None = None,
+    ) -> Model:
         """Fit on (X, y); X_val/y_val drive early stopping where the model supports it.
 
         symbols/symbols_val: the symbol of each row, required by a symbol encoding.
@@ -233,8 +265,10 @@ class Model(ABC):
         try:
             self._fit(train, targets, val, val_targets, weights, int(early_stopping))
         except self._library_errors() as exc:
-            raise ModelError(f"model '{self.name}' could not be fit: {library_message(exc)}; check model.params "
-                             "(`qfactory train --list-models` lists each model's parameters)") from None
+            raise ModelError(
+                f"model '{self.name}' could not be fit: {library_message(exc)}; check model.params "
+                "(`qfactory train --list-models` lists each model's parameters)"
+            ) from None
         finally:
             self._report = None
         self.feature_names_ = list(feature_names)
@@ -250,7 +284,9 @@ class Model(ABC):
     def predict_proba(self, X: np.ndarray, *, symbols: np.ndarray | None = None) -> np.ndarray:
         """(n, K) float64 class probabilities, columns in `classes_` order; each row sums to 1."""
         if not self.is_classifier:
-            raise ModelError(f"predict_proba needs model.task = 'classification'; model '{self.name}' is a {self.task} model")
+            raise ModelError(
+                f"predict_proba needs model.task = 'classification'; model '{self.name}' is a {self.task} model"
+            )
         return self._output(X, symbols)
 
     def _output(self, X: np.ndarray, symbols: np.ndarray | None) -> np.ndarray:
@@ -274,7 +310,9 @@ class Model(ABC):
     def _check_X(self, X: np.ndarray, n_features: int, what: str) -> np.ndarray:
         if isinstance(X, PanelRows):  # a panel model's rows: ensembles pass them on, sequence models check them
             if X.panel.n_features != n_features:
-                raise ModelError(f"model '{self.name}': {what} must have {n_features} feature columns, got {X.panel.n_features}")
+                raise ModelError(
+                    f"model '{self.name}': {what} must have {n_features} feature columns, got {X.panel.n_features}"
+                )
             return X
         X = np.asarray(X)
         X = X if self.float32_inputs and X.dtype == np.float32 else X.astype(np.float64, copy=False)
@@ -283,8 +321,10 @@ class Model(ABC):
         if np.isinf(X).any():
             raise ModelError(f"model '{self.name}': {what} holds infinite feature values; clean or clip the features")
         if not self._accepts_missing() and np.isnan(X).any():
-            raise ModelError(f"model '{self.name}' cannot handle missing feature values in {what}; "
-                             "set preprocess.fill = \"zero\" or \"drop\"")
+            raise ModelError(
+                f"model '{self.name}' cannot handle missing feature values in {what}; "
+                'set preprocess.fill = "zero" or "drop"'
+            )
         return X
 
     def _check_y(self, y: np.ndarray | None, n: int, what: str) -> np.ndarray:
@@ -315,7 +355,9 @@ class Model(ABC):
             return y_val
         unknown = np.setdiff1d(np.unique(y_val), self.classes_)
         if len(unknown):
-            raise ModelError(f"validation labels {unknown.tolist()} are not among the training classes {self.classes_.tolist()}")
+            raise ModelError(
+                f"validation labels {unknown.tolist()} are not among the training classes {self.classes_.tolist()}"
+            )
         return np.searchsorted(self.classes_, y_val).astype(np.int64)
 
     def _check_weights(self, weight: np.ndarray | None, n: int) -> np.ndarray | None:
@@ -333,7 +375,11 @@ class Model(ABC):
         resolved = resolve_device(self.device, strict=False, reporter=self.reporter)
         used = self._usable_device(resolved)
         if used != resolved:
-            notice_once(f"{self.name}:{resolved}", f"model '{self.name}' cannot use device {resolved!r}; it trains on CPU", self.reporter)
+            notice_once(
+                f"{self.name}:{resolved}",
+                f"model '{self.name}' cannot use device {resolved!r}; it trains on CPU",
+                self.reporter,
+            )
         return used
 
     def _usable_device(self, resolved: str) -> str:
@@ -367,12 +413,21 @@ class Model(ABC):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self._save_native(folder)
-        meta = {"name": self.name, "task": self.task, "seed": self.seed, "threads": self.threads,
-                "symbol_encoding": self.symbol_encoding, "unseen_symbols": self.unseen_symbols, "params": self.params,
-                "train": self.train_settings,
-                "feature_names": self.feature_names_, "input_names": self.input_names_,
-                "encoder": self.encoder_.to_json(), "classes": self.classes_.tolist() if self.is_classifier else None,
-                "fit_info": self.fit_info()}
+        meta = {
+            "name": self.name,
+            "task": self.task,
+            "seed": self.seed,
+            "threads": self.threads,
+            "symbol_encoding": self.symbol_encoding,
+            "unseen_symbols": self.unseen_symbols,
+            "params": self.params,
+            "train": self.train_settings,
+            "feature_names": self.feature_names_,
+            "input_names": self.input_names_,
+            "encoder": self.encoder_.to_json(),
+            "classes": self.classes_.tolist() if self.is_classifier else None,
+            "fit_info": self.fit_info(),
+        }
         write_json_atomic(folder / "model.json", meta)
 
     @classmethod
@@ -380,8 +435,15 @@ class Model(ABC):
         """Rebuild a saved model; it predicts on CPU whatever device it was trained on."""
         folder = Path(folder)
         meta = read_json(folder / "model.json")
-        model = cls(task=meta["task"], seed=meta["seed"], threads=meta["threads"], symbol_encoding=meta["symbol_encoding"],
-                    unseen_symbols=meta["unseen_symbols"], train=meta.get("train"), **meta["params"])
+        model = cls(
+            task=meta["task"],
+            seed=meta["seed"],
+            threads=meta["threads"],
+            symbol_encoding=meta["symbol_encoding"],
+            unseen_symbols=meta["unseen_symbols"],
+            train=meta.get("train"),
+            **meta["params"],
+        )
         model.encoder_ = SymbolEncoder.from_json(meta["encoder"])
         model.input_names_ = list(meta["input_names"])
         model.device_ = "cpu"

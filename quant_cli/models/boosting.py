@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from quant_cli.errors import ModelError, one_of
+from quant_cli.io import write_bytes_atomic, write_text_atomic
 from quant_cli.models.base import TASKS, Inputs, Model
 from quant_cli.models.device import cuda_index, is_cuda, notice_once
 from quant_cli.models.params import Limit, above, at_least, between, fraction
@@ -159,7 +160,9 @@ class LightGBMModel(_Boosting):
         return {"best_iteration": self.best_iteration_}
 
     def _save_native(self, folder: Path) -> None:
-        self.booster_.save_model(str(folder / "model.txt"), num_iteration=self.best_iteration_)
+        # The same text as save_model, written by qfactory: a full disk is then one StorageError line naming the
+        # file (LightGBM's own writer raises "Cannot write binary data ..." and prints a [Fatal] line).
+        write_text_atomic(folder / "model.txt", self.booster_.model_to_string(num_iteration=self.best_iteration_))
 
     def _load_native(self, folder: Path, meta: dict[str, Any]) -> None:
         import lightgbm as lgb
@@ -356,7 +359,7 @@ class XGBoostModel(_Boosting):
         return {"best_iteration": self.n_trees_}
 
     def _save_native(self, folder: Path) -> None:
-        self.booster_.save_model(str(folder / "xgboost.json"))
+        write_bytes_atomic(folder / "xgboost.json", bytes(self.booster_.save_raw(raw_format="json")))  # = save_model
 
     def _load_native(self, folder: Path, meta: dict[str, Any]) -> None:
         import xgboost as xgb

@@ -44,7 +44,7 @@ class _Coefficients(Model):
         return _sklearn_errors()
 
     def _keep(self, estimator: Any) -> None:
-        self.coef_ = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))        # (m, p)
+        self.coef_ = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))  # (m, p)
         self.intercept_ = np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))  # (m,)
 
     def _linear(self, X: np.ndarray) -> np.ndarray:
@@ -55,7 +55,9 @@ class _Coefficients(Model):
         return {n: float(v) for n, v in zip(self.input_names_, np.abs(self.coef_).mean(axis=0))}
 
     def _save_native(self, folder: Path) -> None:
-        write_json_atomic(folder / "coefficients.json", {"coef": self.coef_.tolist(), "intercept": self.intercept_.tolist()})
+        write_json_atomic(
+            folder / "coefficients.json", {"coef": self.coef_.tolist(), "intercept": self.intercept_.tolist()}
+        )
 
     def _load_native(self, folder: Path, meta: dict[str, Any]) -> None:
         data = read_json(folder / "coefficients.json")
@@ -79,8 +81,13 @@ class LinearModel(_Coefficients):
         if p["l1_ratio"] == 0:
             estimator = Ridge(alpha=p["alpha"], fit_intercept=p["fit_intercept"])
         else:
-            estimator = ElasticNet(alpha=p["alpha"], l1_ratio=p["l1_ratio"], fit_intercept=p["fit_intercept"],
-                                   max_iter=p["max_iter"], random_state=self.seed)
+            estimator = ElasticNet(
+                alpha=p["alpha"],
+                l1_ratio=p["l1_ratio"],
+                fit_intercept=p["fit_intercept"],
+                max_iter=p["max_iter"],
+                random_state=self.seed,
+            )
         self._keep(estimator.fit(train.X, y, sample_weight=sample_weight))
 
     def _predict(self, rows: Inputs) -> np.ndarray:
@@ -100,9 +107,14 @@ class LogisticModel(_Coefficients):
         from sklearn.linear_model import LogisticRegression
 
         p = self.params
-        estimator = LogisticRegression(C=p["C"], l1_ratio=p["l1_ratio"], max_iter=p["max_iter"],
-                                       solver="lbfgs" if p["l1_ratio"] == 0 else "saga",
-                                       class_weight=_class_weight(p["class_weight"]), random_state=self.seed)
+        estimator = LogisticRegression(
+            C=p["C"],
+            l1_ratio=p["l1_ratio"],
+            max_iter=p["max_iter"],
+            solver="lbfgs" if p["l1_ratio"] == 0 else "saga",
+            class_weight=_class_weight(p["class_weight"]),
+            random_state=self.seed,
+        )
         self._keep(estimator.fit(train.X, y, sample_weight=sample_weight))
 
     def _predict(self, rows: Inputs) -> np.ndarray:
@@ -145,21 +157,42 @@ class _Forest(_Pickled):
     sample_weights = True
     importance = True
     missing_values = True  # sklearn trees route NaN since 1.4 (random forest) / 1.6 (extra trees)
-    defaults = {"n_estimators": 300, "max_depth": 0, "min_samples_leaf": 50, "max_features": 0.5,
-                "bootstrap": True, "max_samples": 1.0, "class_weight": "none"}
+    defaults = {
+        "n_estimators": 300,
+        "max_depth": 0,
+        "min_samples_leaf": 50,
+        "max_features": 0.5,
+        "bootstrap": True,
+        "max_samples": 1.0,
+        "class_weight": "none",
+    }
     # max_features is a share of the features: an integer 1 is read as 1.0 (all of them), not as a count.
-    limits = {"n_estimators": at_least(1), "max_depth": at_least(0, note="0: no limit"), "min_samples_leaf": at_least(1),
-              "max_features": fraction(choices=("sqrt", "log2")), "max_samples": fraction(), "class_weight": _CLASS_WEIGHTS}
+    limits = {
+        "n_estimators": at_least(1),
+        "max_depth": at_least(0, note="0: no limit"),
+        "min_samples_leaf": at_least(1),
+        "max_features": fraction(choices=("sqrt", "log2")),
+        "max_samples": fraction(),
+        "class_weight": _CLASS_WEIGHTS,
+    }
 
     def _check_params(self) -> None:
         if not self.is_classifier and self.params["class_weight"] != "none":
-            raise ModelError(f"model.params.class_weight applies to classification only; '{self.name}' is a regression model here")
+            raise ModelError(
+                f"model.params.class_weight applies to classification only; '{self.name}' is a regression model here"
+            )
 
     def _estimator_kwargs(self) -> dict[str, Any]:
         p = self.params
-        kwargs = {"n_estimators": p["n_estimators"], "max_depth": p["max_depth"] or None,
-                  "min_samples_leaf": p["min_samples_leaf"], "max_features": p["max_features"],
-                  "bootstrap": p["bootstrap"], "n_jobs": self._n_jobs(), "random_state": self.seed}
+        kwargs = {
+            "n_estimators": p["n_estimators"],
+            "max_depth": p["max_depth"] or None,
+            "min_samples_leaf": p["min_samples_leaf"],
+            "max_features": p["max_features"],
+            "bootstrap": p["bootstrap"],
+            "n_jobs": self._n_jobs(),
+            "random_state": self.seed,
+        }
         if p["bootstrap"]:  # sklearn refuses max_samples without bootstrap
             kwargs["max_samples"] = p["max_samples"]
         if self.is_classifier:
@@ -227,17 +260,32 @@ class SVMModel(_Pickled):
     family = "svm"
     tasks = TASKS
     sample_weights = True
-    defaults = {"kernel": "rbf", "C": 1.0, "gamma": "scale", "epsilon": 0.1, "max_train_rows": 20000,
-                "calibration_folds": 3}
-    limits = {"kernel": choice("rbf", "linear", "poly", "sigmoid"), "C": above(0),
-              "gamma": Limit(kind="float", low=0, low_open=True, choices=("scale", "auto")), "epsilon": at_least(0),
-              "max_train_rows": at_least(2), "calibration_folds": at_least(2)}
+    defaults = {
+        "kernel": "rbf",
+        "C": 1.0,
+        "gamma": "scale",
+        "epsilon": 0.1,
+        "max_train_rows": 20000,
+        "calibration_folds": 3,
+    }
+    limits = {
+        "kernel": choice("rbf", "linear", "poly", "sigmoid"),
+        "C": above(0),
+        "gamma": Limit(kind="float", low=0, low_open=True, choices=("scale", "auto")),
+        "epsilon": at_least(0),
+        "max_train_rows": at_least(2),
+        "calibration_folds": at_least(2),
+    }
 
     def _subsample(self, n: int) -> np.ndarray:
         limit = int(self.params["max_train_rows"])
         if n <= limit:
             return np.arange(n)
-        notice_once(f"svm:rows:{n}", f"svm trains on {limit:,} of {n:,} rows (model.params.max_train_rows); kernel SVMs scale as n²", self.reporter)
+        notice_once(
+            f"svm:rows:{n}",
+            f"svm trains on {limit:,} of {n:,} rows (model.params.max_train_rows); kernel SVMs scale as n²",
+            self.reporter,
+        )
         return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
 
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from quant_cli.report import SILENT, Reporter
 from quant_cli.errors import ModelError
+from quant_cli.report import SILENT, Reporter
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 _PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -33,7 +33,9 @@ def check_device(requested: str) -> str:
     """Validate the spelling only (no hardware probe)."""
     if not isinstance(requested, str) or not _PATTERN.match(requested):
         allowed = ", ".join(repr(c) for c in DEVICE_CHOICES)
-        raise ModelError(f"train.device {requested!r} is not a device; allowed: {allowed} (N a GPU number, e.g. 'cuda:1')")
+        raise ModelError(
+            f"train.device {requested!r} is not a device; allowed: {allowed} (N a GPU number, e.g. 'cuda:1')"
+        )
     return requested
 
 
@@ -64,10 +66,14 @@ def resolve_device(requested: str, strict: bool = False, reporter: Reporter = SI
     if reason is None:
         return requested
     if strict:
-        raise ModelError(f"train.device {requested!r} was requested but {reason}; use --device cpu or drop --strict-device")
+        raise ModelError(
+            f"train.device {requested!r} was requested but {reason}; use --device cpu or drop --strict-device"
+        )
     if requested not in _warned:
         _warned.add(requested)
-        reporter.warn(f"device {requested!r} requested but {reason}; training on CPU (pass --strict-device to fail instead)")
+        reporter.warn(
+            f"device {requested!r} requested but {reason}; training on CPU (pass --strict-device to fail instead)"
+        )
     return "cpu"
 
 

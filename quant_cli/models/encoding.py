@@ -45,7 +45,9 @@ class SymbolEncoder:
 
     def fit(self, symbols: np.ndarray | None) -> SymbolEncoder:
         if self.kind != "none" and symbols is None:
-            raise ModelError(f"model.symbol_encoding {self.kind!r} needs the symbol of every training row; pass symbols=")
+            raise ModelError(
+                f"model.symbol_encoding {self.kind!r} needs the symbol of every training row; pass symbols="
+            )
         self.symbols_ = [] if self.kind == "none" else sorted({str(s) for s in symbols})
         self.ids_ = {s: i + 1 for i, s in enumerate(self.symbols_)}
         return self
@@ -77,8 +79,9 @@ class SymbolEncoder:
     def _refuse(self, unseen: np.ndarray) -> None:
         shown = ", ".join(repr(str(s)) for s in unseen[:5]) + (", ..." if len(unseen) > 5 else "")
         raise ModelError(
-            f"symbols not seen at training: {shown} ({len(unseen)} in all); the model knows {len(self.symbols_)} symbols. "
-            "Set model.unseen_symbols = \"neutral\" to score them with a neutral symbol encoding"
+            f"symbols not seen at training: {shown} ({len(unseen)} in all); the model "
+            f"knows {len(self.symbols_)} symbols. "
+            'Set model.unseen_symbols = "neutral" to score them with a neutral symbol encoding'
         )
 
     def transform(self, X: np.ndarray, symbols: np.ndarray | None) -> np.ndarray:

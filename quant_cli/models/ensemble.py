@@ -42,9 +42,9 @@ from quant_cli.models.base import TASKS, Inputs, Model
 from quant_cli.models.device import notice_once
 from quant_cli.models.encoding import KINDS
 from quant_cli.models.panel import PanelRows
+from quant_cli.models.params import Limit, at_least, between
 from quant_cli.models.registry import create_model, load_model
 from quant_cli.splits.stacking import label_horizon, purged_holdout, purged_kfold_indices
-from quant_cli.models.params import Limit, at_least, between
 
 _MEMBERS = Limit(note='member tables, e.g. [{name = "lightgbm"}, {name = "linear", params = {alpha = 2.0}}]')
 _META = Limit(note='{name = "...", params = {...}}; {}: linear, or logistic for classification')
@@ -67,7 +67,7 @@ class _Ensemble(Model):
     family = "ensemble"
     tasks = TASKS
     sample_weights = True
-    symbol_encodings = KINDS             # handed to members; the ensemble itself encodes nothing
+    symbol_encodings = KINDS  # handed to members; the ensemble itself encodes nothing
     uses_meta = False
 
     def _encoder_kind(self) -> str:
@@ -105,8 +105,10 @@ class _Ensemble(Model):
     def _check_params(self) -> None:
         members = self.params["members"]
         if not isinstance(members, list) or not members:
-            raise ModelError(f"model.params.members: expected a list of at least one member, e.g. "
-                             f"[{{name = \"lightgbm\"}}, {{name = \"linear\"}}], for model '{self.name}', got {members!r}")
+            raise ModelError(
+                f"model.params.members: expected a list of at least one member, e.g. "
+                f'[{{name = "lightgbm"}}, {{name = "linear"}}], for model \'{self.name}\', got {members!r}'
+            )
         self.member_specs = [self._spec(i, m) for i, m in enumerate(members)]
         # constructing validates name, params and encoding now, not after hours
         members = [self._member(i, spec) for i, spec in enumerate(self.member_specs)]
@@ -120,7 +122,7 @@ class _Ensemble(Model):
         if isinstance(spec, str):
             spec = {"name": spec}
         if not isinstance(spec, dict) or "name" not in spec:
-            raise ModelError(f"{where} must be a table with a model name, e.g. {{name = \"lightgbm\"}}, got {spec!r}")
+            raise ModelError(f'{where} must be a table with a model name, e.g. {{name = "lightgbm"}}, got {spec!r}')
         unknown = sorted(set(spec) - set(_MEMBER_KEYS))
         if unknown:
             raise ModelError(f"{where}.{unknown[0]} is not a member key; allowed: {one_of(_MEMBER_KEYS)}")
@@ -130,22 +132,43 @@ class _Ensemble(Model):
 
     def _create(self, where: str, name: str, params: dict, task: str, encoding: str, unseen: str) -> Model:
         try:
-            return create_model(name, task, params, self.seed, self.threads, device=self.device,
-                                symbol_encoding=encoding, unseen_symbols=unseen, reporter=self.reporter,
-                                train=self.train_settings)
+            return create_model(
+                name,
+                task,
+                params,
+                self.seed,
+                self.threads,
+                device=self.device,
+                symbol_encoding=encoding,
+                unseen_symbols=unseen,
+                reporter=self.reporter,
+                train=self.train_settings,
+            )
         except ModelError as exc:
             raise ModelError(f"{where} ({name}): {exc}") from None
 
     def _member(self, i: int, spec: dict[str, Any], unseen: str | None = None) -> Model:
-        return self._create(f"model.params.members[{i}]", spec["name"], spec["params"], self.task,
-                            spec["symbol_encoding"], unseen or self.unseen_symbols)
+        return self._create(
+            f"model.params.members[{i}]",
+            spec["name"],
+            spec["params"],
+            self.task,
+            spec["symbol_encoding"],
+            unseen or self.unseen_symbols,
+        )
 
     def _meta(self) -> Model:
         spec = self.params["meta"] or {"name": "logistic" if self.is_classifier else "linear"}
-        if (not isinstance(spec, dict) or "name" not in spec or set(spec) - {"name", "params"}
-                or not isinstance(spec.get("params", {}), dict)):
-            raise ModelError(f"model.params.meta: expected a table {{name = \"...\", params = {{...}}}} "
-                             f"for model '{self.name}', got {spec!r}")
+        if (
+            not isinstance(spec, dict)
+            or "name" not in spec
+            or set(spec) - {"name", "params"}
+            or not isinstance(spec.get("params", {}), dict)
+        ):
+            raise ModelError(
+                f'model.params.meta: expected a table {{name = "...", params = {{...}}}} '
+                f"for model '{self.name}', got {spec!r}"
+            )
         return self._create("model.params.meta", spec["name"], spec.get("params", {}), self.task, "none", "error")
 
     # ---- fitting and scoring members ---------------------------------------------------------------
@@ -154,17 +177,37 @@ class _Ensemble(Model):
         """Members learn the original labels (e.g. -1/0/1), not the 0..K-1 codes the base hands us."""
         return self.classes_[y] if self.is_classifier else y
 
-    def _fit_member(self, i: int, rows: Inputs, y: np.ndarray, val: Inputs | None, y_val: np.ndarray | None,
-                    weight: np.ndarray | None, early_stopping: int, unseen: str | None = None) -> Model:
+    def _fit_member(
+        self,
+        i: int,
+        rows: Inputs,
+        y: np.ndarray,
+        val: Inputs | None,
+        y_val: np.ndarray | None,
+        weight: np.ndarray | None,
+        early_stopping: int,
+        unseen: str | None = None,
+    ) -> Model:
         member = self._member(i, self.member_specs[i], unseen)
         if weight is not None and not member.sample_weights:
-            notice_once(f"weights:{member.name}", f"ensemble member '{member.name}' ignores sample weights", self.reporter)
+            notice_once(
+                f"weights:{member.name}", f"ensemble member '{member.name}' ignores sample weights", self.reporter
+            )
             weight = None
         has_val = val is not None
-        return member.fit(self._member_X(member, rows.X), self._labels(y), feature_names=self.input_names_, sample_weight=weight,
-                          X_val=self._member_X(member, val.X) if has_val else None, y_val=self._labels(y_val) if has_val else None,
-                          symbols=rows.symbols, symbols_val=val.symbols if has_val else None,
-                          early_stopping=early_stopping if has_val else 0, ts=rows.ts, t1=rows.t1)
+        return member.fit(
+            self._member_X(member, rows.X),
+            self._labels(y),
+            feature_names=self.input_names_,
+            sample_weight=weight,
+            X_val=self._member_X(member, val.X) if has_val else None,
+            y_val=self._labels(y_val) if has_val else None,
+            symbols=rows.symbols,
+            symbols_val=val.symbols if has_val else None,
+            early_stopping=early_stopping if has_val else 0,
+            ts=rows.ts,
+            t1=rows.t1,
+        )
 
     def _fit_members(self, rows, y, val, y_val, weight, early_stopping) -> list[Model]:
         return [self._fit_member(i, rows, y, val, y_val, weight, early_stopping) for i in range(len(self.member_specs))]
@@ -176,8 +219,15 @@ class _Ensemble(Model):
     def _meta_names(self) -> list[str]:
         return [f"{i}:{spec['name']}" for i, spec in enumerate(self.member_specs)]
 
-    def _fit_meta(self, Z: np.ndarray, y: np.ndarray, Z_val: np.ndarray | None, y_val: np.ndarray | None,
-                  weight: np.ndarray | None, early_stopping: int) -> Model:
+    def _fit_meta(
+        self,
+        Z: np.ndarray,
+        y: np.ndarray,
+        Z_val: np.ndarray | None,
+        y_val: np.ndarray | None,
+        weight: np.ndarray | None,
+        early_stopping: int,
+    ) -> Model:
         meta = self._meta()
         scored = np.isfinite(Z).all(axis=1)  # only rows every member scored (see the module notes)
         Z, y, weight = Z[scored], y[scored], None if weight is None else weight[scored]
@@ -185,10 +235,15 @@ class _Ensemble(Model):
             scored_val = np.isfinite(Z_val).all(axis=1)
             Z_val, y_val = Z_val[scored_val], y_val[scored_val]
         has_val = Z_val is not None and len(Z_val)
-        return meta.fit(Z, self._labels(y), feature_names=self._meta_names(),
-                        sample_weight=weight if meta.sample_weights else None,
-                        X_val=Z_val if has_val else None, y_val=self._labels(y_val) if has_val else None,
-                        early_stopping=early_stopping if has_val else 0)
+        return meta.fit(
+            Z,
+            self._labels(y),
+            feature_names=self._meta_names(),
+            sample_weight=weight if meta.sample_weights else None,
+            X_val=Z_val if has_val else None,
+            y_val=self._labels(y_val) if has_val else None,
+            early_stopping=early_stopping if has_val else 0,
+        )
 
     def _predict_meta(self, rows: Inputs) -> np.ndarray:
         Z = self._scores(self.members_, rows)
@@ -236,8 +291,10 @@ class VotingModel(_Ensemble):
         super()._check_params()
         weights = self.params["weights"] or [1.0] * len(self.member_specs)
         if len(weights) != len(self.member_specs) or not all(_is_weight(w) for w in weights) or sum(weights) <= 0:
-            raise ModelError(f"model.params.weights: expected {len(self.member_specs)} numbers >= 0 with a positive sum "
-                             f"(one per member) for model '{self.name}', got {self.params['weights']!r}")
+            raise ModelError(
+                f"model.params.weights: expected {len(self.member_specs)} numbers >= 0 with a positive sum "
+                f"(one per member) for model '{self.name}', got {self.params['weights']!r}"
+            )
         self.weights = np.asarray(weights, dtype=np.float64) / float(sum(weights))
 
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
@@ -245,8 +302,12 @@ class VotingModel(_Ensemble):
 
     def _predict(self, rows: Inputs) -> np.ndarray:
         # Classifiers average probabilities (soft voting); the members share the ensemble's classes.
-        outputs = [m.predict_proba(self._member_X(m, rows.X), symbols=rows.symbols) if self.is_classifier
-                   else m.predict(self._member_X(m, rows.X), symbols=rows.symbols) for m in self.members_]
+        outputs = [
+            m.predict_proba(self._member_X(m, rows.X), symbols=rows.symbols)
+            if self.is_classifier
+            else m.predict(self._member_X(m, rows.X), symbols=rows.symbols)
+            for m in self.members_
+        ]
         return sum(w * out for w, out in zip(self.weights, outputs))
 
     def _fit_info(self) -> dict[str, Any]:
@@ -258,13 +319,19 @@ class StackingModel(_Ensemble):
     uses_meta = True
     # embargo -1: the label horizon, inferred from ts and t1 (TOML has no null).
     defaults = {"members": [], "meta": {}, "folds": 5, "embargo": -1}
-    limits = {"members": _MEMBERS, "meta": _META, "folds": at_least(2),
-              "embargo": at_least(0, special=(-1,), note="-1: the label horizon")}
+    limits = {
+        "members": _MEMBERS,
+        "meta": _META,
+        "folds": at_least(2),
+        "embargo": at_least(0, special=(-1,), note="-1: the label horizon"),
+    }
 
     def _folds(self, train: Inputs) -> list[tuple[np.ndarray, np.ndarray]]:
         if train.ts is None or train.t1 is None:
-            raise ModelError("model 'stacking' needs each training row's ts and label end time t1 (fit(..., ts=, t1=)) "
-                             "to build purged out-of-fold predictions")
+            raise ModelError(
+                "model 'stacking' needs each training row's ts and label end time t1 (fit(..., ts=, t1=)) "
+                "to build purged out-of-fold predictions"
+            )
         embargo = self.params["embargo"] if self.params["embargo"] >= 0 else label_horizon(train.ts, train.t1)
         folds = purged_kfold_indices(train.ts, train.t1, self.params["folds"], embargo)
         if any(len(tr) == 0 for tr, _ in folds):
@@ -280,8 +347,9 @@ class StackingModel(_Ensemble):
             for j in range(len(self.member_specs)):
                 # A symbol listed only inside the test block is unseen by this fold's member: score
                 # it neutrally, as a new listing would be scored live, rather than abort the fit.
-                member = self._fit_member(j, train.take(fit_rows), y[fit_rows], val, y_val, w, early_stopping,
-                                          unseen="neutral")
+                member = self._fit_member(
+                    j, train.take(fit_rows), y[fit_rows], val, y_val, w, early_stopping, unseen="neutral"
+                )
                 oof[test_rows, j] = member.predict(self._member_X(member, test.X), symbols=test.symbols)
         return oof
 
@@ -333,19 +401,26 @@ class BlendingModel(_Ensemble):
 
     def _holdout(self, train: Inputs) -> tuple[np.ndarray, np.ndarray]:
         if train.ts is None or train.t1 is None:
-            raise ModelError("model 'blending' fits its meta-model on held-out rows: pass validation rows (X_val, y_val) "
-                             "or each training row's ts and t1 (fit(..., ts=, t1=)) to hold out the latest rows")
+            raise ModelError(
+                "model 'blending' fits its meta-model on held-out rows: pass validation rows (X_val, y_val) "
+                "or each training row's ts and t1 (fit(..., ts=, t1=)) to hold out the latest rows"
+            )
         fit_rows, held_rows = purged_holdout(train.ts, train.t1, self.params["holdout"])
         if len(fit_rows) == 0:
-            raise ModelError(f"model 'blending': no training rows are left for the members after holding out the last "
-                             f"{self.params['holdout']:g} of the rows and purging overlapping labels; use more data "
-                             "or a smaller model.params.holdout")
+            raise ModelError(
+                f"model 'blending': no training rows are left for the members after holding out the last "
+                f"{self.params['holdout']:g} of the rows and purging overlapping labels; use more data "
+                "or a smaller model.params.holdout"
+            )
         return fit_rows, held_rows
 
     def _fit_info(self) -> dict[str, Any]:
         held = getattr(self, "holdout_rows_", None)
-        return {**super()._fit_info(), "val_in_sample": self.val_in_sample_,
-                **({"holdout_rows": held} if held is not None else {})}
+        return {
+            **super()._fit_info(),
+            "val_in_sample": self.val_in_sample_,
+            **({"holdout_rows": held} if held is not None else {}),
+        }
 
     def _load_native(self, folder: Path, meta: dict[str, Any]) -> None:
         super()._load_native(folder, meta)

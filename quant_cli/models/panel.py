@@ -26,9 +26,9 @@ KEYS = ["symbol", "ts"]
 
 @dataclass
 class Panel:
-    values: np.ndarray              # (N, F + C) float32, C-contiguous; a symbol's rows contiguous, time-ordered
-    symbols: np.ndarray             # (N,) symbol of each row
-    ts: np.ndarray                  # (N,) datetime64[us] of each row
+    values: np.ndarray  # (N, F + C) float32, C-contiguous; a symbol's rows contiguous, time-ordered
+    symbols: np.ndarray  # (N,) symbol of each row
+    ts: np.ndarray  # (N,) datetime64[us] of each row
     channels: tuple[str, ...] = ()  # names of the last C columns: raw-bar channels (quant_cli.features.bars)
     position: np.ndarray = field(init=False)  # (N,) rows of the same symbol before this one
 
@@ -38,7 +38,10 @@ class Panel:
         self.ts = np.asarray(self.ts)
         n = len(self.values)
         if len(self.symbols) != n or len(self.ts) != n or self.values.ndim != 2:
-            raise ModelError(f"panel: values {self.values.shape}, symbols {len(self.symbols)} and ts {len(self.ts)} must describe the same rows")
+            raise ModelError(
+                f"panel: values {self.values.shape}, symbols {len(self.symbols)} and ts "
+                f"{len(self.ts)} must describe the same rows"
+            )
         first = np.r_[True, self.symbols[1:] != self.symbols[:-1]] if n else np.zeros(0, bool)
         if first.sum() != len(np.unique(self.symbols[first])):  # a symbol starting two blocks is split
             raise ModelError("panel: each symbol's rows must be contiguous (sort the rows by symbol, ts)")
@@ -58,8 +61,8 @@ class Panel:
     def columns(self, inputs: str) -> np.ndarray:
         """(N, k) the columns a model reads: "features", "bars" (the channels) or "both"."""
         if inputs == "features":
-            return self.values[:, :self.n_features] if self.channels else self.values
-        return self.values[:, self.n_features:] if inputs == "bars" else self.values
+            return self.values[:, : self.n_features] if self.channels else self.values
+        return self.values[:, self.n_features :] if inputs == "bars" else self.values
 
 
 @dataclass
@@ -88,7 +91,7 @@ class PanelRows:
 
     def matrix(self) -> np.ndarray:
         """(n, F) the rows' own features: the tabular view of the same rows."""
-        return self.panel.values[self.rows, :self.panel.n_features]
+        return self.panel.values[self.rows, : self.panel.n_features]
 
     def full_window(self, seq_len: int) -> np.ndarray:
         """(n,) bool: the row has seq_len rows of its own symbol ending at it (warm-up rows do not)."""
@@ -124,6 +127,8 @@ def make_panel(rows: pl.DataFrame, values: np.ndarray, channels: pl.DataFrame | 
     names: tuple[str, ...] = ()
     if channels is not None:
         names = tuple(c for c in channels.columns if c not in KEYS)
-        joined = rows.select(KEYS).join(channels, on=KEYS, how="left", maintain_order="left").select(names).fill_null(0.0)
+        joined = (
+            rows.select(KEYS).join(channels, on=KEYS, how="left", maintain_order="left").select(names).fill_null(0.0)
+        )
         values = np.hstack([values, joined.to_numpy().astype(np.float32)])
     return Panel(values, rows["symbol"].to_numpy(), rows["ts"].to_numpy(), names)

@@ -35,12 +35,12 @@ class Limit:
 
     low: float | None = None
     high: float | None = None
-    low_open: bool = False             # exclude `low` itself (learning_rate > 0)
+    low_open: bool = False  # exclude `low` itself (learning_rate > 0)
     high_open: bool = False
-    special: tuple[Any, ...] = ()      # numbers allowed outside the range, e.g. -1
-    choices: tuple[str, ...] = ()      # strings allowed (the only values for a str parameter)
-    note: str = ""                     # what the special values mean, e.g. "-1: no limit"
-    kind: str | None = None            # overrides the kind inferred from the default
+    special: tuple[Any, ...] = ()  # numbers allowed outside the range, e.g. -1
+    choices: tuple[str, ...] = ()  # strings allowed (the only values for a str parameter)
+    note: str = ""  # what the special values mean, e.g. "-1: no limit"
+    kind: str | None = None  # overrides the kind inferred from the default
 
 
 def at_least(low: float, **kw: Any) -> Limit:
@@ -66,7 +66,14 @@ def choice(*values: str) -> Limit:
 
 def kind_of(default: Any) -> str:
     """'bool', 'int', 'float', 'str', 'list' or 'table', from a declared default."""
-    for kind, types in (("bool", bool), ("int", int), ("float", float), ("str", str), ("list", (list, tuple)), ("table", dict)):
+    for kind, types in (
+        ("bool", bool),
+        ("int", int),
+        ("float", float),
+        ("str", str),
+        ("list", (list, tuple)),
+        ("table", dict),
+    ):
         if isinstance(default, types):
             return kind
     return "any"
@@ -101,7 +108,9 @@ def _num(value: float | None) -> str:
     return "" if value is None else f"{value:g}"
 
 
-def check_params(model: str, params: dict[str, Any], defaults: dict[str, Any], limits: dict[str, Limit]) -> dict[str, Any]:
+def check_params(
+    model: str, params: dict[str, Any], defaults: dict[str, Any], limits: dict[str, Limit]
+) -> dict[str, Any]:
     """`params` with every declared scalar checked (and floats stored as float); raises ModelError."""
     return {key: check_value(model, key, value, defaults.get(key), limits.get(key)) for key, value in params.items()}
 
@@ -114,8 +123,10 @@ def check_value(model: str, key: str, value: Any, default: Any, limit: Limit | N
     if isinstance(value, str) and value in limit.choices:
         return value
     if kind == "int" and _is_kind(value, kind) and abs(value) > INT_PARAM_MAX:
-        raise ModelError(f"model.params.{key}: expected {describe(default, limit)} and at most {INT_PARAM_MAX} "
-                         f"for model '{model}', got {shown(value)}")
+        raise ModelError(
+            f"model.params.{key}: expected {describe(default, limit)} and at most {INT_PARAM_MAX} "
+            f"for model '{model}', got {shown(value)}"
+        )
     if _is_special(value, limit) or (_is_kind(value, kind) and _in_range(value, kind, limit)):
         return float(value) if kind == "float" else int(value) if kind == "int" else value
     raise ModelError(f"model.params.{key}: expected {describe(default, limit)} for model '{model}', got {shown(value)}")

@@ -11,13 +11,14 @@ a name is not found among the others or when every model is listed.
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from quant_cli.errors import ModelError, RecipeError, one_of, suggest
-from quant_cli.io import read_json
+from quant_cli.io import JSONLimitError, read_json
 from quant_cli.models.base import REGISTERED, Model
 from quant_cli.models.params import describe
 from quant_cli.report import SILENT, Reporter
@@ -94,7 +95,11 @@ def load_model(folder: Path) -> Model:
     meta_path = Path(folder) / "model.json"
     if not meta_path.is_file():
         raise ModelError(f"no saved model at {folder} (model.json is missing)")
-    return model_class(read_json(meta_path)["name"]).load(Path(folder))
+    try:  # model.json, coefficients.json, history.json: read back through the bounded JSON reader
+        return model_class(read_json(meta_path)["name"]).load(Path(folder))
+    except (json.JSONDecodeError, JSONLimitError, UnicodeDecodeError) as exc:
+        raise ModelError(f"the saved model at {folder} is damaged (a JSON file is not valid: {exc}); "
+                         "retrain it (`qfactory train --recipe R`)") from None
 
 
 def describe_models() -> list[dict[str, Any]]:

@@ -104,9 +104,12 @@ class SequenceModel(TorchModel):
             return None if a is None else to_device(np.asarray(a)[mask], dev, dtype)
 
         y_dtype = torch.int64 if self.is_classifier else torch.float32
-        samples = Samples(self._panel_tensor(X), tensor(X.rows, torch.int64).to(self._panel_device), self.params["seq_len"],
+        seq_len = self.params["seq_len"]
+        # pnl loss: the window ending one row earlier, when the symbol has a full one there
+        prev = np.where(X.panel.position[X.rows] >= seq_len, X.rows - 1, -1) if self.loop.loss == "pnl" else None
+        samples = Samples(self._panel_tensor(X), tensor(X.rows, torch.int64).to(self._panel_device), seq_len,
                           tensor(rows.ids, torch.int64), tensor(y, y_dtype), tensor(w, torch.float32),
-                          tensor(timestamp_codes(X.ts), torch.int64))
+                          tensor(timestamp_codes(X.ts), torch.int64), tensor(prev, torch.int64))
         return samples, mask
 
     def _panel_tensor(self, X: PanelRows):

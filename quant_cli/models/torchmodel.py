@@ -22,11 +22,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from quant_cli.errors import ModelError
-from quant_cli.io import write_json_atomic
+from quant_cli.io import write_bytes_atomic, write_json_atomic
 from quant_cli.models.base import TASKS, Inputs, Model
 from quant_cli.models.torch.config import LoopConfig, NetConfig, declared
 
-LOSSES = ("mse", "huber", "sharpe")
+LOSSES = ("mse", "huber", "sharpe", "pnl")
+_UNCENTRED = ("sharpe", "pnl")  # losses whose target sign is the trade: targets are scaled, never centred
+ONE_PROCESS = {"world_size": 1, "backend": "none", "launcher": "none"}  # fit_info of a fit without a process group
 
 
 class TorchModel(Model):
@@ -54,7 +56,7 @@ class TorchModel(Model):
     def _check_params(self) -> None:
         self.loop = LoopConfig.from_section(self.train_settings)
         if self.loop.loss not in LOSSES:
-            raise ModelError(f"train.loss {self.loop.loss!r} is not a loss; allowed: 'mse', 'huber', 'sharpe'")
+            raise ModelError(f"train.loss {self.loop.loss!r} is not a loss; allowed: {', '.join(map(repr, LOSSES))}")
         if self.is_classifier and self.loop.loss != "mse":
             raise ModelError(f"train.loss {self.loop.loss!r} is a regression loss; a classifier trains on cross-entropy, "
                              "so leave train.loss at 'mse' (its default) or set model.task = 'regression'")
@@ -93,18 +95,24 @@ class TorchModel(Model):
         if self.is_classifier:
             return
         self.y_std_ = float(y.std()) or 1.0
-        self.y_mean_ = 0.0 if self.loop.loss == "sharpe" else float(y.mean())
+        self.y_mean_ = 0.0 if self.loop.loss in _UNCENTRED else float(y.mean())
 
     def _scaled(self, y: np.ndarray | None) -> np.ndarray | None:
         return y if y is None or self.is_classifier else (y - self.y_mean_) / self.y_std_
 
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
-        from quant_cli.models.torch import loop, losses
+        import torch
+
+        from quant_cli.models.torch import distributed, loop, losses
 
         self._scale_targets(y)
         cfg = self.loop if early_stopping else replace(self.loop, patience=0)
         folder = getattr(self, "checkpoint_dir", None)
-        with loop.reproducible(self.seed, self.device_, self.threads):
+        world = distributed.current()  # a data-parallel group (`train --nproc N`), or None
+        cuda = self.device_.startswith("cuda")
+        if cuda:  # the fit's own peak, recorded in fit_info
+            torch.cuda.reset_peak_memory_stats(torch.device(self.device_))
+        with loop.reproducible(self.seed, self.device_, world.cpu_threads(self.threads) if world else self.threads):
             self.config_ = self._net_config(self._n_inputs(train))
             net = self._build(self.config_).to(self.device_)
             data, _ = self._samples(train, self._scaled(y), sample_weight)
@@ -112,14 +120,25 @@ class TorchModel(Model):
                 raise ModelError(f"model '{self.name}' has no training rows it can use (every row is in a window's warm-up); "
                                  "use a shorter model.params.seq_len or more data")
             held = self._samples(val, self._scaled(y_val))[0] if val is not None and len(val.X) else None
-            result = loop.train(net, data, held, cfg, losses.loss_fn(self.loop.loss, self.is_classifier),
+            result = loop.train(net, data, held, cfg, self._loss(losses),
                                 device=self.device_, seed=self.seed, reporter=self.reporter, name=self.name,
                                 checkpoints=loop.Checkpoints(folder) if folder else None, resume=getattr(self, "resume", False),
-                                on_epoch=self._epoch_report(net, val))
+                                on_epoch=self._epoch_report(net, val), world=world)
         self._release()
+        peak = torch.cuda.max_memory_allocated(torch.device(self.device_)) if cuda else None
+        self.peak_cuda_mb_ = None if peak is None else round(peak / 2**20, 1)
+        self.precision_ = result.precision
+        self.parallel_ = ONE_PROCESS if world is None else {
+            "world_size": world.size, "backend": world.backend, "launcher": world.launcher}
         self.net_, self.history_ = net, result.history
         self.epochs_run_, self.best_epoch_, self.resumed_from_ = result.epochs_run, result.best_epoch, result.resumed_from
         self.samples_ = len(data)
+
+    def _loss(self, losses):
+        """The [train] loss; pnl's cost is train.pnl_cost_bps per unit of position traded, in the
+        scaled targets' units (returns / y_std_), so it keeps its meaning whatever the scale."""
+        cost = self.loop.pnl_cost_bps / 1e4 / (self.y_std_ if not self.is_classifier else 1.0)
+        return losses.loss_fn(self.loop.loss, self.is_classifier, cost, self.loop.pnl_drawdown_penalty)
 
     def _epoch_report(self, net, val: Inputs | None):
         """Per-epoch StepReport call (Model.fit(report=...)): the validation scores of the current
@@ -148,7 +167,7 @@ class TorchModel(Model):
         from quant_cli.models.torch.loop import infer
 
         samples, mask = self._samples(rows)
-        out = infer(self.net_, samples, self.device_, self.loop.precision).double()  # (m, K) on CPU
+        out = infer(self.net_, samples, self.device_, self.loop.inference_precision).double()  # (m, K) on CPU
         self._release()
         if self.is_classifier:
             values = torch.softmax(out, dim=1).numpy()
@@ -162,7 +181,12 @@ class TorchModel(Model):
 
     def _fit_info(self) -> dict[str, Any]:
         info = {"epochs_run": self.epochs_run_, "best_epoch": self.best_epoch_, "config": asdict(self.config_),
-                "train": self.loop.to_json(), "samples": self.samples_}
+                "train": self.loop.to_json(), "samples": self.samples_,
+                # what ran, not what was asked: autocast dtype of training, and the data-parallel group
+                "precision": getattr(self, "precision_", "fp32"), "inference_precision": self.loop.inference_precision,
+                **getattr(self, "parallel_", ONE_PROCESS)}
+        if getattr(self, "peak_cuda_mb_", None) is not None:
+            info["peak_cuda_memory_mb"] = self.peak_cuda_mb_  # torch.cuda.max_memory_allocated during the fit
         if getattr(self, "resumed_from_", 0):
             info["resumed_from_epoch"] = self.resumed_from_
         if not self.is_classifier:
@@ -170,9 +194,15 @@ class TorchModel(Model):
         return info
 
     def _save_native(self, folder: Path) -> None:
+        import io
+
         import torch
 
-        torch.save({k: v.detach().cpu() for k, v in self.net_.state_dict().items()}, folder / "weights.pt")
+        # Serialised in memory, then written by qfactory: on a full disk torch's own writer says only "file write
+        # failed"; write_bytes_atomic names the file (one StorageError line).
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in self.net_.state_dict().items()}, buffer)
+        write_bytes_atomic(folder / "weights.pt", buffer.getvalue())
         write_json_atomic(folder / "history.json", {"model": self.name, "epochs": self.history_})
 
     def _load_native(self, folder: Path, meta: dict[str, Any]) -> None:
@@ -184,6 +214,9 @@ class TorchModel(Model):
         self.config_ = self._config_from_json(info["config"])
         self.loop = LoopConfig(**info["train"])
         self.epochs_run_, self.best_epoch_, self.samples_ = info["epochs_run"], info["best_epoch"], info["samples"]
+        self.precision_ = info.get("precision", "fp32")
+        self.peak_cuda_mb_ = info.get("peak_cuda_memory_mb")
+        self.parallel_ = {k: info[k] for k in ONE_PROCESS if k in info} or ONE_PROCESS
         self.resumed_from_ = info.get("resumed_from_epoch", 0)
         if not self.is_classifier:
             self.y_mean_, self.y_std_ = info["y_mean"], info["y_std"]

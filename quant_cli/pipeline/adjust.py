@@ -62,15 +62,21 @@ def resolve(configured: str | None, bars: pl.DataFrame, reporter: Reporter = SIL
     """The adjustment for these bars; symbols without a full adj_close fall back to raw prices (one notice)."""
     mode = default_mode(configured, dict(bars.schema))
     if mode != "none" and ADJ_CLOSE not in bars.columns:  # only an explicit request gets here
-        reporter.notice(f"data.adjust = {mode!r}, but the dataset has no adj_close column: every symbol uses raw prices "
-                        "(the run manifest records adjust mode 'none'); ingest a source with adj_close, or set data.adjust = \"none\"")
+        reporter.notice(
+            f"data.adjust = {mode!r}, but the dataset has no adj_close column: every symbol uses raw prices "
+            "(the run manifest records adjust mode 'none'); ingest a source with "
+            'adj_close, or set data.adjust = "none"'
+        )
     if mode == "none" or ADJ_CLOSE not in bars.columns:
         return Adjustment("none")
     missing = bars.group_by("symbol").agg(pl.col(ADJ_CLOSE).is_null().any().alias("gap")).filter("gap")
     raw = tuple(sorted(missing["symbol"].cast(pl.String).to_list()))
     if raw:
         shown = ", ".join(raw[:10]) + (f" and {len(raw) - 10} more" if len(raw) > 10 else "")
-        reporter.notice(f"data.adjust = 'split_dividend': {len(raw)} symbol(s) have no adj_close on some bars and use raw prices: {shown}")
+        reporter.notice(
+            f"data.adjust = 'split_dividend': {len(raw)} symbol(s) have no adj_close "
+            f"on some bars and use raw prices: {shown}"
+        )
     return Adjustment(mode, raw)
 
 

@@ -9,6 +9,13 @@ policy and the symbol encoding the model applies. `fit(training rows)` fits the 
 there is no second feature path) or to rows of a feature table. The run stores it as
 `split/pipeline.json`; cross-validation folds fit an unfitted copy on each fold's training rows.
 
+Fitted features: the regime set's `regime_hmm_p_high` (features/regime.py) is a hidden Markov
+model fit on training rows, so the feature table holds only its observation (the log return).
+`fit` fits the model beside the scalers and `with_regime` turns the observation column into the
+filtered probabilities over each symbol's history: `compute` (bars: serving, batch predict,
+bundles) applies it, and the run's table readers (dataset/table.py) apply it to the whole
+history of the table before picking rows, so training, folds and serving filter alike.
+
 Model inputs are Float32: what LightGBM and torch consume, half the memory of Float64.
 """
 
@@ -25,8 +32,10 @@ import polars as pl
 from quant_cli.errors import RunError
 from quant_cli.features import engine
 from quant_cli.features.align import FeatureOptions
+from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.features.registry import REGISTRY, Feature
 from quant_cli.pipeline import lookback
+from quant_cli.pipeline.regime import GaussianHMM, filtered, fit_hmm
 from quant_cli.pipeline.adjust import Adjustment
 from quant_cli.pipeline.preprocess import fit_preprocess, raw_matrix, transform, transform_matrix
 from quant_cli.report import SILENT, Reporter
@@ -57,6 +66,7 @@ class FittedPipeline:
     # Measured bars per feature after which a value computed from that many bars agrees with the
     # full-history value (pipeline/lookback.py); empty until measured (the bundle measures it).
     warmup: dict[str, int] = field(default_factory=dict)
+    regime: dict[str, Any] | None = None  # the fitted regime HMM (pipeline/regime.py) when HMM_FEATURE is a feature
 
     @classmethod
     def from_recipe(cls, recipe: Any, features: list[str], options: FeatureOptions, adjustment: Adjustment,
@@ -94,13 +104,45 @@ class FittedPipeline:
         return {k: v for k, v in self.__dict__.items() if k != "specs"}
 
     def unfitted(self) -> FittedPipeline:
-        return dataclasses.replace(self, state=None)
+        return dataclasses.replace(self, state=None, regime=None)
+
+    @property
+    def fits_regime(self) -> bool:
+        """The features include the fitted regime HMM (its column must be filtered before use)."""
+        return HMM_FEATURE in self.features
 
     def fit(self, rows: pl.DataFrame | pl.LazyFrame) -> FittedPipeline:
-        """Fit the preprocessing on training rows (feature columns as Float32 model inputs)."""
-        lazy = rows.lazy().select(pl.col(self.features).cast(MODEL_DTYPE))
-        self.state = fit_preprocess(lazy, self.features, self.preprocess)
+        """Fit the preprocessing on training rows (feature columns as Float32 model inputs).
+
+        With the regime HMM: the HMM is fit on the training rows' returns first, and the scaler
+        sees its filtered probabilities over those same rows (training rows only, both)."""
+        lazy = rows.lazy()
+        if self.fits_regime:
+            observed = lazy.select(*KEYS, pl.col(HMM_FEATURE).cast(pl.Float64)).collect()
+            self.regime = fit_hmm(_sequences(observed.sort(KEYS))).to_json()
+            probabilities = self.with_regime(observed)
+            lazy = lazy.drop(HMM_FEATURE).join(probabilities.lazy(), on=KEYS, how="left")
+        inputs = lazy.select(pl.col(self.features).cast(MODEL_DTYPE))
+        self.state = fit_preprocess(inputs, self.features, self.preprocess)
         return self
+
+    def with_regime(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """`frame` (symbol, ts, HMM_FEATURE holding log returns, ... — every bar of each symbol's
+        history, any order) with HMM_FEATURE replaced by the filtered high-volatility probability:
+        the forward algorithm over each symbol's rows in time order, never smoothed."""
+        if not self.fits_regime:
+            return frame
+        if self.regime is None:
+            raise RunError("the pipeline is not fitted; call fit(training rows) before computing its regime feature")
+        ordered = frame.with_row_index("_order").sort(KEYS)
+        sequences = _sequences(ordered)
+        probabilities = filtered(GaussianHMM.from_json(self.regime), sequences)
+        values = np.concatenate(probabilities) if probabilities else np.zeros(0)
+        observed = ~np.isnan(np.concatenate(sequences)) if sequences else np.zeros(0, bool)
+        # no return (a symbol's first bar): null, as the feature table has it
+        values = pl.Series(HMM_FEATURE, np.where(observed, values, np.nan)).fill_nan(None)
+        ordered = ordered.with_columns(values.cast(frame.schema[HMM_FEATURE]))
+        return ordered.sort("_order").drop("_order")
 
     def feature_options(self, benchmark_bars: pl.DataFrame | None = None) -> FeatureOptions:
         return FeatureOptions(benchmark=self.options.get("benchmark"), max_staleness=self.options.get("max_staleness"),
@@ -112,6 +154,7 @@ class FittedPipeline:
         The benchmark comes from `bars` when it is among them (adjusted like any symbol), else from
         `benchmark_bars` (ts, close), already adjusted as the feature store's are."""
         table = engine.compute_features(self.adjustment.apply(bars), self.specs, self.feature_options(benchmark_bars), reporter)
+        table = self.with_regime(table) if self.fits_regime and HMM_FEATURE in table.columns else table
         missing = [f for f in self.features if f not in table.columns]
         if missing:
             raise RunError(f"the bars lack the inputs of {len(missing)} pipeline feature(s), e.g. {missing[:5]}; pass bars with the columns the run was trained on")
@@ -146,7 +189,7 @@ class FittedPipeline:
             "options": self.options, "lookback": self.lookback, "adjustment": self.adjustment.to_json(),
             "symbol_encoding": self.symbol_encoding, "unseen_symbols": self.unseen_symbols,
             "feature_version": self.feature_version, "state": self.state, "dtype": "float32",
-            "warmup": self.warmup,
+            "warmup": self.warmup, "regime": self.regime,
         }
 
     @classmethod
@@ -161,8 +204,15 @@ class FittedPipeline:
             lookback={k: int(v) for k, v in data["lookback"].items()}, adjustment=Adjustment.from_json(data["adjustment"]),
             symbol_encoding=data["symbol_encoding"], unseen_symbols=data["unseen_symbols"],
             feature_version=data.get("feature_version"), state=data.get("state"),
-            warmup={k: int(v) for k, v in data.get("warmup", {}).items()},
+            warmup={k: int(v) for k, v in data.get("warmup", {}).items()}, regime=data.get("regime"),
         )
+
+
+def _sequences(ordered: pl.DataFrame) -> list[np.ndarray]:
+    """HMM_FEATURE of `ordered` (sorted by symbol, ts) as one float64 array per symbol, NaN where null."""
+    values = ordered.get_column(HMM_FEATURE).cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    counts = ordered.group_by("symbol", maintain_order=True).len().get_column("len").to_numpy()
+    return np.split(values, np.cumsum(counts)[:-1]) if len(counts) else []
 
 
 def _known(name: str) -> bool:

@@ -40,6 +40,7 @@ import numpy as np
 import polars as pl
 
 from quant_cli.features import align, engine
+from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.features.registry import Feature
 from quant_cli.report import SILENT, Reporter
 
@@ -97,8 +98,10 @@ def agrees(values: np.ndarray, reference: np.ndarray, scale: np.ndarray | float 
 
 
 def _features(pipeline: Any, bars: pl.DataFrame, names: list[str]) -> pl.DataFrame:
-    """The pipeline's own feature path (adjustment, benchmark from the bars, engine) for `names`."""
-    return engine.compute_features(pipeline.adjustment.apply(bars), names, pipeline.feature_options())
+    """The pipeline's own feature path (adjustment, benchmark from the bars, engine, the fitted
+    regime filter: a recursion over all history, measured like an EMA) for `names`."""
+    table = engine.compute_features(pipeline.adjustment.apply(bars), names, pipeline.feature_options())
+    return pipeline.with_regime(table) if HMM_FEATURE in names and pipeline.regime is not None else table
 
 
 def _last(table: pl.DataFrame, names: list[str]) -> pl.DataFrame:

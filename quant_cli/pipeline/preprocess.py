@@ -50,7 +50,7 @@ def _column_blocks(train: pl.LazyFrame, columns: list[str], rows: int) -> Iterat
     benchmark-size split (800 symbols x 3,400 bars, 158 features) from 10 s to 140 s."""
     per_block = max(1, _BLOCK_BYTES // (8 * rows))
     for start in range(0, len(columns), per_block):
-        block = train.select(columns[start:start + per_block]).collect()
+        block = train.select(columns[start : start + per_block]).collect()
         for column in block.columns:
             yield column, block[column].drop_nulls().to_numpy()
 
@@ -101,7 +101,9 @@ def transform(frame: pl.DataFrame | pl.LazyFrame, state: dict[str, Any]) -> pl.D
 def raw_matrix(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
     """(rows, columns) float32, row-major (what LightGBM reads without a copy), NaN where missing."""
     values = pl.DataFrame([frame.get_column(c) for c in columns])  # no query: a select of 158 names costs ~1 ms
-    if values.height <= _FEW_ROWS and all(d.is_float() for d in values.dtypes):  # polars casts column by column; numpy casts
+    if values.height <= _FEW_ROWS and all(
+        d.is_float() for d in values.dtypes
+    ):  # polars casts column by column; numpy casts
         # a few rows' matrix at once (floats only: a column of integers or all nulls goes through polars' cast)
         return values.to_numpy(order="c").astype(np.float32, copy=False)
     return values.cast(pl.Float32).to_numpy(order="c")  # without a float64 copy of a large slice

@@ -21,28 +21,41 @@ def check_recipe(recipe: dict[str, Any], origin: str) -> None:
 
 def _check_features(cfg: dict[str, Any], origin: str) -> None:
     if not cfg["sets"] and not cfg["include"]:
-        raise RecipeError(f"{origin}: features.sets is empty and features.include names nothing, so there are no features; "
-                          "list at least one set, e.g. sets = [\"core\"] (`qfactory features ls-specs`)")
+        raise RecipeError(
+            f"{origin}: features.sets is empty and features.include names nothing, so there are no features; "
+            'list at least one set, e.g. sets = ["core"] (`qfactory features ls-specs`)'
+        )
 
 
 def _check_split(cfg: dict[str, Any], origin: str) -> None:
     val_start, test_start = cfg["val_start"], cfg["test_start"]
     if bool(val_start) != bool(test_start):
-        given, missing = ("split.val_start", "split.test_start") if val_start else ("split.test_start", "split.val_start")
-        raise RecipeError(f"{origin}: {given} is set but {missing} is not; set both (explicit boundaries) "
-                          "or neither (the split.train / split.val fractions)")
+        given, missing = (
+            ("split.val_start", "split.test_start") if val_start else ("split.test_start", "split.val_start")
+        )
+        raise RecipeError(
+            f"{origin}: {given} is set but {missing} is not; set both (explicit boundaries) "
+            "or neither (the split.train / split.val fractions)"
+        )
     if val_start and _time(val_start) > _time(test_start):
-        raise RecipeError(f"{origin}: split.val_start ({val_start}) is after split.test_start ({test_start}); "
-                          "the validation segment must start first")
+        raise RecipeError(
+            f"{origin}: split.val_start ({val_start}) is after split.test_start ({test_start}); "
+            "the validation segment must start first"
+        )
     if not val_start and cfg["train"] + cfg["val"] >= 1:
-        raise RecipeError(f"{origin}: split.train ({cfg['train']:g}) + split.val ({cfg['val']:g}) = {cfg['train'] + cfg['val']:g} "
-                          "leaves no test segment; make them sum to less than 1")
+        raise RecipeError(
+            f"{origin}: split.train ({cfg['train']:g}) + split.val ({cfg['val']:g}) = {cfg['train'] + cfg['val']:g} "
+            "leaves no test segment; make them sum to less than 1"
+        )
 
 
 def _check_backtest(cfg: dict[str, Any], origin: str) -> None:
     if cfg["rebalance"] and cfg["rebalance_every"] != 1:
-        raise RecipeError(f"{origin}: backtest.rebalance ({cfg['rebalance']!r}) and backtest.rebalance_every ({cfg['rebalance_every']}) "
-                          "are both set, and only one schedule can apply; keep the calendar or the bar count")
+        raise RecipeError(
+            f"{origin}: backtest.rebalance ({cfg['rebalance']!r}) and "
+            f"backtest.rebalance_every ({cfg['rebalance_every']}) "
+            "are both set, and only one schedule can apply; keep the calendar or the bar count"
+        )
 
 
 def _check_walkforward(cfg: dict[str, Any], origin: str) -> None:
@@ -50,11 +63,15 @@ def _check_walkforward(cfg: dict[str, Any], origin: str) -> None:
     checked against the data when the folds are built."""
     test, step, train, validation = cfg["test"], cfg["step"], cfg["train"], cfg["validation"]
     if step is not None and _comparable(step, test) and _length(step) < _length(test):
-        raise RecipeError(f"{origin}: walkforward.step ({step!r}) is shorter than walkforward.test ({test!r}), so test windows "
-                          "would overlap and score timestamps twice; make step at least test (or leave it unset)")
+        raise RecipeError(
+            f"{origin}: walkforward.step ({step!r}) is shorter than walkforward.test ({test!r}), so test windows "
+            "would overlap and score timestamps twice; make step at least test (or leave it unset)"
+        )
     if validation and _comparable(validation, train) and _length(validation) >= _length(train):
-        raise RecipeError(f"{origin}: walkforward.validation ({validation!r}) leaves nothing of walkforward.train ({train!r}) "
-                          "to fit on; make the validation tail shorter than the training window")
+        raise RecipeError(
+            f"{origin}: walkforward.validation ({validation!r}) leaves nothing of walkforward.train ({train!r}) "
+            "to fit on; make the validation tail shorter than the training window"
+        )
 
 
 def _comparable(a: int | str, b: int | str) -> bool:

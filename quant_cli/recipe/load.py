@@ -29,8 +29,14 @@ else:  # pragma: no cover
 Recipe = dict[str, Any]
 
 _KIND_NAMES = {
-    "str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-    "int|str": "an integer or a string", "list[str]": "a list of strings", "list[int]": "a list of integers", "table": "a table",
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "int|str": "an integer or a string",
+    "list[str]": "a list of strings",
+    "list[int]": "a list of integers",
+    "table": "a table",
 }
 
 
@@ -40,8 +46,9 @@ _KIND_NAMES = {
 RecipeCheck = Callable[[dict[str, Any], str], None]
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None, *,
-                check: RecipeCheck | None = None) -> Recipe:
+def load_recipe(
+    path: str | Path | None, overrides: list[str] | None = None, *, check: RecipeCheck | None = None
+) -> Recipe:
     """Read a recipe (or start from defaults when `path` is None), apply overrides, validate.
 
     Every layer is validated on its own first, so an error names the layer that holds the bad
@@ -79,7 +86,9 @@ def _read_toml(path: Path, extended_by: Path | None = None) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"recipe {path}: invalid TOML: {exc}") from None
     except OSError as exc:
-        raise RecipeError(f"recipe {path}: cannot be read ({exc.strerror or exc}); pass a readable .toml file") from None
+        raise RecipeError(
+            f"recipe {path}: cannot be read ({exc.strerror or exc}); pass a readable .toml file"
+        ) from None
     return _iso_dates(data)
 
 
@@ -106,7 +115,12 @@ def _absolute_paths(layer: dict[str, Any], schema: dict[str, Any], folder: Path)
 
 
 def _is_relative_path(value: Any) -> bool:
-    return isinstance(value, str) and value not in ("", "synthetic") and not value.startswith("~") and not os.path.isabs(value)
+    return (
+        isinstance(value, str)
+        and value not in ("", "synthetic")
+        and not value.startswith("~")
+        and not os.path.isabs(value)
+    )
 
 
 def _not_found(path: Path, extended_by: Path | None) -> str:
@@ -123,7 +137,9 @@ def _read_with_extends(path: Path, seen: tuple[Path, ...], extended_by: Path | N
     try:
         resolved = path.resolve()
     except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
-        raise RecipeError(f"recipe {path}: a symlink loop (the link points back to itself); point the link at a real .toml file") from None
+        raise RecipeError(
+            f"recipe {path}: a symlink loop (the link points back to itself); point the link at a real .toml file"
+        ) from None
     if resolved in seen:
         chain = " -> ".join(str(p) for p in (*seen, resolved))
         raise RecipeError(f"recipe {path}: 'extends' forms a cycle ({chain}); remove one of the links")
@@ -164,7 +180,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> dict[str, Any]:
     dotted, _, text = item.partition("=")
     parts = [p.strip() for p in dotted.strip().split(".")]
     if not all(parts):
-        raise RecipeError(f"--set {shown(item)}: empty key segment in {shown(dotted)}; write e.g. model.params.num_leaves=63")
+        raise RecipeError(
+            f"--set {shown(item)}: empty key segment in {shown(dotted)}; write e.g. model.params.num_leaves=63"
+        )
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})
@@ -175,8 +193,14 @@ def _apply_override(raw: dict[str, Any], item: str) -> dict[str, Any]:
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def _validate(raw: dict[str, Any], schema: dict[str, Any], origin: str, prefix: str) -> None:
@@ -186,7 +210,8 @@ def _validate(raw: dict[str, Any], schema: dict[str, Any], origin: str, prefix: 
         if key not in allowed:
             where = f"[{prefix[:-1]}]" if prefix else "the top level"
             raise RecipeError(
-                f"{origin}: unknown key '{clipped(dotted)}' in {where}{suggest(clipped(key), allowed)}; allowed: {one_of(allowed)}"
+                f"{origin}: unknown key '{clipped(dotted)}' in "
+                f"{where}{suggest(clipped(key), allowed)}; allowed: {one_of(allowed)}"
             )
         _check_finite(value, origin, dotted)
         spec = schema.get(key)
@@ -206,8 +231,10 @@ def _check_value(value: Any, spec: Key, origin: str, dotted: str) -> None:
         raise fail(_KIND_NAMES[spec.kind])
     for item in value if isinstance(value, list) else [value]:  # a list key with choices: each item is one of them
         if spec.choices is not None and item not in spec.choices:
-            raise RecipeError(f"{origin}: '{dotted}' must be one of {one_of(spec.choices)}, got {shown(item)}"
-                              f"{suggest(clipped(item), spec.choices)}")
+            raise RecipeError(
+                f"{origin}: '{dotted}' must be one of {one_of(spec.choices)}, got {shown(item)}"
+                f"{suggest(clipped(item), spec.choices)}"
+            )
     if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
         raise fail(f"{spec.pattern_doc} (regex {spec.pattern})")
     if spec.duration:
@@ -252,7 +279,10 @@ def _is_timestamp(value: Any) -> bool:
 def _check_durations(value: Any, origin: str, dotted: str) -> None:
     for item in value if isinstance(value, list) else [value]:
         if isinstance(item, str) and not _is_duration(item):
-            raise RecipeError(f"{origin}: '{dotted}' must be a duration, a count and a unit s/m/h/d/w such as '5d' or '12h', got {shown(item)}")
+            raise RecipeError(
+                f"{origin}: '{dotted}' must be a duration, a count and a unit s/m/h/d/w "
+                f"such as '5d' or '12h', got {shown(item)}"
+            )
 
 
 def _is_duration(text: str) -> bool:

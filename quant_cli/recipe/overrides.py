@@ -14,8 +14,13 @@ from quant_cli.recipe.load import Recipe, RecipeCheck, load_recipe, parse_overri
 from quant_cli.report import SILENT, Reporter
 
 
-def load_with_overrides(path: str | Path | None, sets: list[str] | None = None, model: str | None = None,
-                        reporter: Reporter = SILENT, check: RecipeCheck | None = None) -> Recipe:
+def load_with_overrides(
+    path: str | Path | None,
+    sets: list[str] | None = None,
+    model: str | None = None,
+    reporter: Reporter = SILENT,
+    check: RecipeCheck | None = None,
+) -> Recipe:
     """`path` with `sets` applied, then `model` (`--model`, which wins over a --set model.name); `check`
     runs on the final recipe (load_recipe)."""
     sets = [*(sets or []), *([f'model.name="{model}"'] if model else [])]
@@ -31,8 +36,10 @@ def load_with_overrides(path: str | Path | None, sets: list[str] | None = None, 
     kept = set(written["params"]) if "" in keys else keys  # a whole --set model.params={...} table keeps all
     dropped = sorted(set(written["params"]) - kept)
     if dropped:
-        reporter.notice(f"{label}: ignoring model.params written for {written['name']} ({', '.join(dropped)}); "
-                        "set them with --set model.params.KEY=VALUE")
+        reporter.notice(
+            f"{label}: ignoring model.params written for {written['name']} ({', '.join(dropped)}); "
+            "set them with --set model.params.KEY=VALUE"
+        )
     return load_recipe(path, [*sets, "model.params={}", *explicit], check=check)
 
 

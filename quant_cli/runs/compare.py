@@ -16,7 +16,16 @@ from quant_cli.errors import RunError
 from quant_cli.io import read_run_json
 from quant_cli.runs.directory import Run
 from quant_cli.runs.ledger import deflated, psr, with_segment
-from quant_cli.runs.listing import RunRecord, age_seconds, describe, key_metrics, ledger_of, scan, stage_status, trial_entry
+from quant_cli.runs.listing import (
+    RunRecord,
+    age_seconds,
+    describe,
+    key_metrics,
+    ledger_of,
+    scan,
+    stage_status,
+    trial_entry,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,8 +45,11 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 def numeric(flat: dict[str, Any]) -> dict[str, float]:
     """The finite numbers of a flattened dict (booleans are not metrics)."""
-    return {k: float(v) for k, v in flat.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        k: float(v)
+        for k, v in flat.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def checked_record(run: Run) -> RunRecord:
@@ -54,7 +66,10 @@ def read_recipe(run: Run) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RunError(f"run {run.id}: recipe.toml is not valid TOML ({exc}); the run is damaged, start a new one with `qfactory train --recipe R`") from None
+        raise RunError(
+            f"run {run.id}: recipe.toml is not valid TOML ({exc}); the run is "
+            "damaged, start a new one with `qfactory train --recipe R`"
+        ) from None
 
 
 def show_run(run: Run, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -67,7 +82,8 @@ def show_run(run: Run, now: dt.datetime | None = None) -> dict[str, Any]:
     dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
     stages = manifest.get("stages") if isinstance(manifest.get("stages"), dict) else {}
     return {
-        **describe(record), **stage_status(record),
+        **describe(record),
+        **stage_status(record),
         "age_seconds": age_seconds(record.created, now or dt.datetime.now(dt.timezone.utc)),
         "dataset_version": dataset.get("version"),
         **{k: manifest.get(k) for k in ("seed", "device", "qfactory_version", "python", "git_commit", "references")},
@@ -88,9 +104,17 @@ def _ledger_entries(record: RunRecord, records: list[RunRecord]) -> list[dict[st
     out = []
     for trial in per_run.get(record.run_id, []):
         then = deflated(trial, everything)
-        out.append({**trial_entry(trial, views[(trial.run_id, trial.kind)]), "psr": _finite(psr(trial)),
-                    "skew": trial.skew, "kurtosis": trial.kurtosis, "periods_per_year": _finite(trial.periods_per_year),
-                    "deflated_sharpe_at_creation": _finite(then["deflated_sharpe"]), "n_trials_at_creation": then["n_trials"]})
+        out.append(
+            {
+                **trial_entry(trial, views[(trial.run_id, trial.kind)]),
+                "psr": _finite(psr(trial)),
+                "skew": trial.skew,
+                "kurtosis": trial.kurtosis,
+                "periods_per_year": _finite(trial.periods_per_year),
+                "deflated_sharpe_at_creation": _finite(then["deflated_sharpe"]),
+                "n_trials_at_creation": then["n_trials"],
+            }
+        )
     return out
 
 
@@ -122,7 +146,14 @@ def ledger_metrics(records: list[RunRecord]) -> dict[str, dict[str, float]]:
         flat = out.setdefault(record.run_id, {})
         for trial in per_run.get(record.run_id, []):
             view = views[(trial.run_id, trial.kind)]
-            flat.update(numeric({f"ledger.{trial.kind}.deflated_sharpe": view["deflated_sharpe"], f"ledger.{trial.kind}.n_trials": view["n_trials"]}))
+            flat.update(
+                numeric(
+                    {
+                        f"ledger.{trial.kind}.deflated_sharpe": view["deflated_sharpe"],
+                        f"ledger.{trial.kind}.n_trials": view["n_trials"],
+                    }
+                )
+            )
     return out
 
 

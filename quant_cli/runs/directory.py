@@ -27,7 +27,8 @@ from typing import Any
 from quant_cli import __version__
 from quant_cli.errors import DataError, QFactoryError, RunError, shown
 from quant_cli.io import (
-    STAGING_PREFIX, clean_stale_staging, owner, owner_gone, read_json, read_run_json, release_owner, staged_dir, write_json_atomic, write_owner, write_text_atomic,
+    STAGING_PREFIX, clean_stale_staging, owner, owner_gone, read_json, read_run_json, release_owner, staged_dir,
+    storage_errors, write_json_atomic, write_owner, write_text_atomic,
 )
 from quant_cli.recipe import Recipe, fingerprint, to_toml
 from quant_cli.schema import RUN_NAME_DOC, RUN_NAME_PATTERN
@@ -92,8 +93,12 @@ def library_versions() -> dict[str, str]:
 
 
 def _git_commit() -> str | None:
+    """The commit of the qfactory source that runs (a git checkout, e.g. an editable install),
+    asked in the package's own folder: the working directory's repository, if any, says nothing
+    about the code, and made one experiment two trials when run from two folders (runs/ledger.py)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
+                             cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -161,7 +166,7 @@ class Run:
 
     def log(self, event: str, **fields: Any) -> None:
         record = {"time": _now_iso(), "event": event, **fields}
-        with open(self.path / "log.jsonl", "a", encoding="utf-8") as fh:
+        with storage_errors(self.path / "log.jsonl"), open(self.path / "log.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, default=str) + "\n")
 
     @contextmanager
@@ -208,22 +213,26 @@ def create_run(runs_dir: Path, recipe: Recipe) -> Iterator[Run]:
     """Create a run in a staging folder; it appears under `runs_dir` only if the block succeeds."""
     _check_run_name(recipe["run"]["name"])
     runs_dir = runs_dir.resolve()
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    with storage_errors(runs_dir):
+        runs_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(runs_dir)  # runs of killed processes never became runs: drop them
     run_id = new_run_id(recipe["run"]["name"])
     while (runs_dir / run_id).exists():
         run_id = new_run_id(recipe["run"]["name"])
     staging = runs_dir / f"{STAGING_PREFIX}{run_id}"
-    staging.mkdir()
+    with storage_errors(runs_dir, own_name=False):
+        staging.mkdir()
     run = Run(staging)
     try:
-        write_owner(staging)
-        write_text_atomic(staging / "recipe.toml", to_toml(recipe))
-        write_json_atomic(staging / "manifest.json", _initial_manifest(run_id, recipe))
+        with storage_errors(runs_dir / run_id):
+            write_owner(staging)
+            write_text_atomic(staging / "recipe.toml", to_toml(recipe))
+            write_json_atomic(staging / "manifest.json", _initial_manifest(run_id, recipe))
         yield run
         final = runs_dir / run_id
-        release_owner(staging)
-        os.replace(staging, final)
+        with storage_errors(final, own_name=False):
+            release_owner(staging)
+            os.replace(staging, final)
         run.path = final
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -247,9 +256,21 @@ def _initial_manifest(run_id: str, recipe: Recipe) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "seed": recipe["run"]["seed"],
         "device": "cpu",
-        "fingerprints": {"recipe": fingerprint(recipe)},
+        "fingerprints": {"recipe": fingerprint(recipe), "experiment": experiment_fingerprint(recipe)},
         "stages": {},
     }
+
+
+def experiment_fingerprint(recipe: Recipe) -> str:
+    """The resolved recipe less what only names or places a run (run.name, run.runs_dir,
+    data.data_dir, [serve]): the trial ledger counts runs with the same one (and the same data
+    and code) as one trial (runs/ledger.py)."""
+    kept = {section: dict(values) if isinstance(values, dict) else values
+            for section, values in recipe.items() if section != "serve"}
+    for section, key in (("run", "name"), ("run", "runs_dir"), ("data", "data_dir")):
+        if isinstance(kept.get(section), dict):
+            kept[section].pop(key, None)
+    return fingerprint(kept)
 
 
 def resolve_run(ref: str, runs_dir: Path, label: str = "--run") -> Run:

@@ -31,8 +31,8 @@ from quant_cli.runs.listing import RunRecord
 
 INSTALL = "pip install 'qfactory[mlflow]'"
 TAG = "qfactory.run_id"
-_PARAM_VALUE_MAX = 6000   # MLflow's limit on a param value
-_BATCH = 100              # MLflow takes at most 100 params (1000 metrics) per log_batch
+_PARAM_VALUE_MAX = 6000  # MLflow's limit on a param value
+_BATCH = 100  # MLflow takes at most 100 params (1000 metrics) per log_batch
 _UNSAFE_KEY = re.compile(r"[^\w\-. /]")  # MLflow keys: alphanumerics, _ - . space /
 
 
@@ -50,7 +50,9 @@ def _mlflow() -> tuple[Any, type[Exception]]:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
     except ImportError:
-        raise MissingExtra(f"runs export-mlflow needs MLflow, which is not installed; install it with `{INSTALL}`") from None
+        raise MissingExtra(
+            f"runs export-mlflow needs MLflow, which is not installed; install it with `{INSTALL}`"
+        ) from None
     return MlflowClient, MlflowException
 
 
@@ -69,7 +71,9 @@ def _file_store_allowed(tracking_uri: str) -> Iterator[None]:
             os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
 
 
-def export_mlflow(runs: list[Run], tracking_uri: str, experiment: str = "qfactory", reporter: Reporter = SILENT) -> list[dict[str, Any]]:
+def export_mlflow(
+    runs: list[Run], tracking_uri: str, experiment: str = "qfactory", reporter: Reporter = SILENT
+) -> list[dict[str, Any]]:
     """Log each run to MLflow; returns, per run, the MLflow run id and what was logged."""
     records = [checked_record(run) for run in runs]  # every run is read (and checked) before anything is logged
     ledger = ledger_metrics(records)
@@ -82,13 +86,17 @@ def export_mlflow(runs: list[Run], tracking_uri: str, experiment: str = "qfactor
             results = []
             for run, content in zip(runs, contents):
                 results.append(_export_one(client, experiment_id, run, content))
-                reporter.info(f"export-mlflow: {run.id} -> MLflow run {results[-1]['mlflow_run_id']}"
-                              f"{' (updated)' if results[-1]['reused'] else ''}")
+                reporter.info(
+                    f"export-mlflow: {run.id} -> MLflow run {results[-1]['mlflow_run_id']}"
+                    f"{' (updated)' if results[-1]['reused'] else ''}"
+                )
             return results
         except mlflow_error as exc:
             first = str(exc.message if hasattr(exc, "message") else exc).splitlines()[0]
-            raise TrackingError(f"--tracking-uri {shown(tracking_uri)}: MLflow refused the export ({first}); "
-                                "check the URI (file:///path/mlruns, sqlite:///mlflow.db, http://host:5000)") from None
+            raise TrackingError(
+                f"--tracking-uri {shown(tracking_uri)}: MLflow refused the export ({first}); "
+                "check the URI (file:///path/mlruns, sqlite:///mlflow.db, http://host:5000)"
+            ) from None
 
 
 def _contents(run: Run, record: RunRecord, ledger: dict[str, float]) -> dict[str, Any]:
@@ -97,8 +105,12 @@ def _contents(run: Run, record: RunRecord, ledger: dict[str, float]) -> dict[str
     return {
         "params": {_key(k): _param_value(v) for k, v in flatten(read_recipe(run)).items()},
         "metrics": {_key(k): v for k, v in {**numeric(flatten(metrics)), **ledger}.items()},
-        "tags": {TAG: run.id, "mlflow.runName": run.id, "qfactory.dataset": str(dataset.get("name")),
-                 "qfactory.path": str(run.path)},
+        "tags": {
+            TAG: run.id,
+            "mlflow.runName": run.id,
+            "qfactory.dataset": str(dataset.get("name")),
+            "qfactory.path": str(run.path),
+        },
         "created_ms": _millis(manifest.get("created")),
     }
 
@@ -133,17 +145,28 @@ def _export_one(client: Any, experiment_id: str, run: Run, content: dict[str, An
     if existing:
         mlflow_run = existing[0]
     else:
-        mlflow_run = client.create_run(experiment_id, start_time=content["created_ms"], tags=content["tags"], run_name=run.id)
+        mlflow_run = client.create_run(
+            experiment_id, start_time=content["created_ms"], tags=content["tags"], run_name=run.id
+        )
     run_id = mlflow_run.info.run_id
     old_params, old_metrics = mlflow_run.data.params, mlflow_run.data.metrics
     params = [Param(k, v) for k, v in content["params"].items() if k not in old_params]
-    metrics = [Metric(k, v, content["created_ms"] or 0, 0) for k, v in content["metrics"].items() if old_metrics.get(k) != v]
+    metrics = [
+        Metric(k, v, content["created_ms"] or 0, 0) for k, v in content["metrics"].items() if old_metrics.get(k) != v
+    ]
     for start in range(0, max(len(params), len(metrics)), _BATCH):
-        client.log_batch(run_id, metrics=metrics[start:start + _BATCH], params=params[start:start + _BATCH])
+        client.log_batch(run_id, metrics=metrics[start : start + _BATCH], params=params[start : start + _BATCH])
     artifacts = _log_artifacts(client, run_id, run.path)
     client.set_terminated(run_id, "FINISHED")
-    return {"run_id": run.id, "mlflow_run_id": run_id, "experiment_id": experiment_id, "reused": bool(existing),
-            "params_logged": len(params), "metrics_logged": len(metrics), "artifacts": artifacts}
+    return {
+        "run_id": run.id,
+        "mlflow_run_id": run_id,
+        "experiment_id": experiment_id,
+        "reused": bool(existing),
+        "params_logged": len(params),
+        "metrics_logged": len(metrics),
+        "artifacts": artifacts,
+    }
 
 
 def _log_artifacts(client: Any, mlflow_run_id: str, run_dir: Path) -> list[str]:
@@ -156,7 +179,11 @@ def _log_artifacts(client: Any, mlflow_run_id: str, run_dir: Path) -> list[str]:
     if (run_dir / "model").is_dir():
         client.log_artifacts(mlflow_run_id, str(run_dir / "model"), "model")
         logged.append("model/")
-    report = sorted(p for p in (run_dir / "backtest").glob("*") if p.is_file() and p.suffix != ".parquet") if (run_dir / "backtest").is_dir() else []
+    report = (
+        sorted(p for p in (run_dir / "backtest").glob("*") if p.is_file() and p.suffix != ".parquet")
+        if (run_dir / "backtest").is_dir()
+        else []
+    )
     for path in report:
         client.log_artifact(mlflow_run_id, str(path), "backtest")
         logged.append(f"backtest/{path.name}")

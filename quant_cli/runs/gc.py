@@ -24,7 +24,7 @@ from quant_cli.errors import RunError
 from quant_cli.io import clean_stale_staging
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import busy
-from quant_cli.runs.listing import RunRecord, read_object, ledger_of, scan
+from quant_cli.runs.listing import RunRecord, ledger_of, read_object, scan
 
 TRASH_PREFIX = ".trash-"
 # Folders a stage writes data into: no bundle lives there, so the bundle search skips them.
@@ -68,13 +68,23 @@ def _bundle_sources(runs_dir: Path) -> list[tuple[str, str]]:
     return found
 
 
-def gc(runs_dir: Path, keep: int, force: bool = False, dry_run: bool = False, reporter: Reporter = SILENT) -> dict[str, Any]:
+def gc(
+    runs_dir: Path, keep: int, force: bool = False, dry_run: bool = False, reporter: Reporter = SILENT
+) -> dict[str, Any]:
     """Delete all but the newest `keep` runs (by manifest `created`; damaged runs count as oldest)."""
     if keep < 0:
-        raise RunError(f"--keep {keep}: must be 0 or more (the number of newest runs to keep), e.g. `qfactory runs gc --keep 20`")
+        raise RunError(
+            f"--keep {keep}: must be 0 or more (the number of newest runs to keep), e.g. `qfactory runs gc --keep 20`"
+        )
     records = scan(runs_dir)  # newest first
     protected = protections(runs_dir.resolve(), records) if runs_dir.is_dir() else {}
-    plan: dict[str, Any] = {"kept": [r.run_id for r in records[:keep]], "removed": [], "protected": {}, "busy": [], "dry_run": dry_run}
+    plan: dict[str, Any] = {
+        "kept": [r.run_id for r in records[:keep]],
+        "removed": [],
+        "protected": {},
+        "busy": [],
+        "dry_run": dry_run,
+    }
     doomed = []
     for record in records[keep:]:
         if busy(record.path):
@@ -104,8 +114,10 @@ def _warn_ledger(trials_removed: dict[str, int], dry_run: bool, reporter: Report
     if trials_removed:
         counts = ", ".join(f"{n} on {d!r}" for d, n in sorted(trials_removed.items()))
         verb = "would leave" if dry_run else "left"
-        reporter.warn(f"{counts} trial(s) {verb} the trial ledger: the deflated Sharpe ratios of the remaining runs "
-                      "no longer count them, so they overstate what the survivors are worth")
+        reporter.warn(
+            f"{counts} trial(s) {verb} the trial ledger: the deflated Sharpe ratios of the remaining runs "
+            "no longer count them, so they overstate what the survivors are worth"
+        )
 
 
 def _delete(path: Path) -> None:

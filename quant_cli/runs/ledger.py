@@ -13,6 +13,19 @@ shows: whoever picks a run today picked it among all of them), and `deflated` ag
 created up to and including it (the value at its creation, in `runs show`). A researcher who ran
 200 variants sees what the best is worth. Missing moments default to skew 0 and raw kurtosis 3;
 a trial without `periods` is counted in N, but its own ratios are NaN ("n/a").
+
+Identical reruns are one trial. Rerunning an experiment unchanged tries nothing new, so runs
+with the same `Trial.key` count once in N (and once in V[SR], by the earliest of them). The key
+is the kind (backtest or walkforward) plus what decides the result:
+  - the resolved recipe: the manifest's `fingerprints.experiment` (the recipe without run.name,
+    run.runs_dir, data.data_dir and [serve], which name and place a run but change no number),
+    else `fingerprints.recipe` (the whole resolved recipe, for runs made before it existed);
+  - the data version: the pinned dataset's content hash (`dataset.content_hash`; a re-ingest of
+    the same bars is the same data), else its table version;
+  - the code: `qfactory_version` and `git_commit` as the manifest records them (a run made
+    outside a git checkout has none: then the version alone). Library versions and the device
+    are left out: a numpy upgrade or a GPU is the same experiment, even if the last digits move.
+A run whose manifest has neither fingerprint is its own trial (key = its run id), as before.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from typing import Any
 
 from quant_cli.backtest.metrics import deflated_sharpe_ratio, expected_max_sharpe, probabilistic_sharpe_ratio
 from quant_cli.io import STAGING_PREFIX, read_json
+from quant_cli.recipe import fingerprint
 
 KINDS = ("backtest", "walkforward")
 
@@ -32,13 +46,19 @@ KINDS = ("backtest", "walkforward")
 class Trial:
     run_id: str
     dataset: str
-    kind: str             # backtest (test segment) or walkforward
-    created: str          # ISO time the run was created; orders the ledger
-    sharpe: float         # annualised
+    kind: str  # backtest (test segment) or walkforward
+    created: str  # ISO time the run was created; orders the ledger
+    sharpe: float  # annualised
     periods: int
     periods_per_year: float
     skew: float
-    kurtosis: float       # raw (3 for normal returns)
+    kurtosis: float  # raw (3 for normal returns)
+    key: str = ""  # identical reruns share it and count once (trial_key); "" = the run id
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """(dataset, key): what N counts once."""
+        return self.dataset, self.key or f"{self.kind}:{self.run_id}"
 
     @property
     def sharpe_per_period(self) -> float:
@@ -86,7 +106,6 @@ def trials_of(run_id: str, manifest: dict[str, Any], metrics: dict[str, Any]) ->
 
     Missing return moments take documented defaults: skew 0 and raw kurtosis 3 (normal returns);
     a missing `periods` leaves the trial counted but its (deflated) Sharpe ratio statistics NaN."""
-    dataset = (manifest.get("dataset") or {}).get("name") if isinstance(manifest.get("dataset"), dict) else None
     out = []
     for kind in KINDS:
         block = metrics.get(kind)
@@ -94,14 +113,46 @@ def trials_of(run_id: str, manifest: dict[str, Any], metrics: dict[str, Any]) ->
             continue
         if kind == "backtest" and block.get("segment", "test") != "test":
             continue  # a validation-segment backtest is model selection, not a reported result
-        out.append(Trial(
-            run_id=run_id, dataset=str(dataset), kind=kind,
-            created=str(manifest.get("created", "")), sharpe=_number(block, "sharpe"),
-            periods=int(_number(block, "periods", 0) if math.isfinite(_number(block, "periods", 0)) else 0),
-            periods_per_year=_number(block, "periods_per_year"),
-            skew=_number(block, "skew", 0.0), kurtosis=_number(block, "kurtosis", 3.0),
-        ))
+        out.append(trial_of_summary(run_id, {**manifest, "run_id": run_id}, kind, block))
     return out
+
+
+def trial_key(run_id: str, manifest: dict[str, Any], kind: str) -> str:
+    """Same resolved recipe, data version and code (see the module doc) -> same key."""
+    prints = manifest.get("fingerprints") if isinstance(manifest.get("fingerprints"), dict) else {}
+    recipe = prints.get("experiment") or prints.get("recipe")
+    if not recipe:
+        return f"{kind}:{run_id}"
+    data = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
+    return fingerprint(
+        {
+            "kind": kind,
+            "recipe": recipe,
+            "data": data.get("content_hash") or data.get("version"),
+            "qfactory": manifest.get("qfactory_version"),
+            "git": manifest.get("git_commit"),
+        }
+    )
+
+
+def trial_of_summary(run_id: str, manifest: dict[str, Any], kind: str, summary: dict[str, Any]) -> Trial:
+    """The trial a backtest summary (metrics.json block) of a run makes, before it is written."""
+    return Trial(
+        run_id=str(manifest.get("run_id", run_id)),
+        dataset=_dataset(manifest),
+        kind=kind,
+        created=str(manifest.get("created", "")),
+        sharpe=_number(summary, "sharpe"),
+        periods=int(_number(summary, "periods", 0) if math.isfinite(_number(summary, "periods", 0)) else 0),
+        periods_per_year=_number(summary, "periods_per_year"),
+        skew=_number(summary, "skew", 0.0),
+        kurtosis=_number(summary, "kurtosis", 3.0),
+        key=trial_key(str(manifest.get("run_id", run_id)), manifest, kind),
+    )
+
+
+def _dataset(manifest: dict[str, Any]) -> str:
+    return str((manifest.get("dataset") or {}).get("name") if isinstance(manifest.get("dataset"), dict) else None)
 
 
 def ledger(runs_dir: Path, dataset: str | None = None) -> list[Trial]:
@@ -117,11 +168,27 @@ def ledger(runs_dir: Path, dataset: str | None = None) -> list[Trial]:
 def deflated(trial: Trial, trials: list[Trial]) -> dict[str, Any]:
     """The trial's deflated Sharpe ratio against the trials on its dataset created up to and
     including it; `n_trials` and `sharpe_variance` (per period) say what it was deflated by."""
-    before = [t for t in trials if t.dataset == trial.dataset and (t.created, t.run_id, t.kind) <= (trial.created, trial.run_id, trial.kind)]
+    before = distinct(
+        [
+            t
+            for t in trials
+            if t.dataset == trial.dataset and (t.created, t.run_id, t.kind) <= (trial.created, trial.run_id, trial.kind)
+        ]
+    )
     per_period = [t.sharpe_per_period for t in before if math.isfinite(t.sharpe_per_period)]
     variance = _sample_variance(per_period)
-    dsr = deflated_sharpe_ratio(trial.sharpe_per_period, trial.periods, trial.skew, trial.kurtosis, len(before), variance)
+    dsr = deflated_sharpe_ratio(
+        trial.sharpe_per_period, trial.periods, trial.skew, trial.kurtosis, len(before), variance
+    )
     return {"deflated_sharpe": dsr, "n_trials": len(before), "sharpe_variance": variance}
+
+
+def distinct(trials: list[Trial]) -> list[Trial]:
+    """One trial per identity (dataset, key): the earliest; identical reruns add nothing to N."""
+    first: dict[tuple[str, str], Trial] = {}
+    for t in sorted(trials, key=lambda t: (t.created, t.run_id, t.kind)):
+        first.setdefault(t.identity, t)
+    return list(first.values())
 
 
 def deflated_among_runs(trial: Trial, runs_dir: Path) -> dict[str, Any]:
@@ -132,7 +199,7 @@ def deflated_among_runs(trial: Trial, runs_dir: Path) -> dict[str, Any]:
 
 
 def deflated_now(trials: list[Trial]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Every trial deflated against ALL trials on its dataset in the ledger now, keyed by
+    """Every trial deflated against ALL distinct trials on its dataset in the ledger now, keyed by
     (run_id, kind): the view of someone picking the best run today, who selected among all of
     them — so every trial on a dataset shows the same N. `deflated` is the view at the trial's
     creation (N = trials up to it). One pass per dataset: fast for thousands of runs."""
@@ -141,11 +208,12 @@ def deflated_now(trials: list[Trial]) -> dict[tuple[str, str], dict[str, Any]]:
         by_dataset.setdefault(trial.dataset, []).append(trial)
     out = {}
     for group in by_dataset.values():
-        variance = _sample_variance([t.sharpe_per_period for t in group if math.isfinite(t.sharpe_per_period)])
-        benchmark = expected_max_sharpe(len(group), variance)  # DSR = PSR against it: computed once per dataset
+        counted = distinct(group)
+        variance = _sample_variance([t.sharpe_per_period for t in counted if math.isfinite(t.sharpe_per_period)])
+        benchmark = expected_max_sharpe(len(counted), variance)  # DSR = PSR against it: computed once per dataset
         for t in group:
             dsr = probabilistic_sharpe_ratio(t.sharpe_per_period, t.periods, t.skew, t.kurtosis, benchmark)
-            out[(t.run_id, t.kind)] = {"deflated_sharpe": dsr, "n_trials": len(group), "sharpe_variance": variance}
+            out[(t.run_id, t.kind)] = {"deflated_sharpe": dsr, "n_trials": len(counted), "sharpe_variance": variance}
     return out
 
 

@@ -9,7 +9,6 @@ crash. The ledger counts every trial on a dataset, whatever filters the listing 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ class RunRecord:
     path: Path
     manifest: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
-    problem: str | None = None      # why the run is damaged
+    problem: str | None = None  # why the run is damaged
     names: frozenset[str] = frozenset()
 
     @property
@@ -69,7 +68,9 @@ def read_record(path: Path) -> RunRecord | None:
         names = frozenset(os.listdir(folder))
     except OSError:
         names = frozenset()
-    metrics, metrics_problem = read_object(os.path.join(folder, "metrics.json")) if "metrics.json" in names else (None, None)
+    metrics, metrics_problem = (
+        read_object(os.path.join(folder, "metrics.json")) if "metrics.json" in names else (None, None)
+    )
     if metrics and "backtest" in names:
         metrics = with_segment(path, metrics)
     return RunRecord(path, manifest or {}, metrics or {}, problem or metrics_problem, names)
@@ -102,20 +103,38 @@ def stage_status(record: RunRecord) -> dict[str, Any]:
             by_status[status].append(name)
     # A killed process leaves a stage's outputs without its manifest entry, or a dead staging folder.
     recorded = set(stages)
-    by_status["interrupted"] += [s for s, outputs in STAGE_OUTPUTS.items() if s not in recorded and record.names & set(outputs)]
+    by_status["interrupted"] += [
+        s for s, outputs in STAGE_OUTPUTS.items() if s not in recorded and record.names & set(outputs)
+    ]
     staging = [record.path / n for n in record.names if n.startswith(STAGING_PREFIX)]
     live = bool(by_status["running"]) or any(not _is_stale(p) for p in staging)
     if staging and not live and not by_status["interrupted"]:
         by_status["interrupted"].append("(staging)")
-    state = "damaged" if record.problem else "running" if live else "failed" if by_status["failed"] else \
-        "interrupted" if by_status["interrupted"] else "ok"
-    return {"state": state, "committed": by_status["done"], "failed": by_status["failed"], "interrupted": by_status["interrupted"]}
+    state = (
+        "damaged"
+        if record.problem
+        else "running"
+        if live
+        else "failed"
+        if by_status["failed"]
+        else "interrupted"
+        if by_status["interrupted"]
+        else "ok"
+    )
+    return {
+        "state": state,
+        "committed": by_status["done"],
+        "failed": by_status["failed"],
+        "interrupted": by_status["interrupted"],
+    }
 
 
 def check_status_filter(status: str | None) -> None:
     if status is not None and status not in STATES + STAGES:
-        raise RunError(f"--status {shown(status)}: unknown{suggest(status, STATES + STAGES)}; use a state ({one_of(STATES)}) "
-                       f"or a stage name ({one_of(STAGES)}) to list runs with that stage committed")
+        raise RunError(
+            f"--status {shown(status)}: unknown{suggest(status, STATES + STAGES)}; use a state ({one_of(STATES)}) "
+            f"or a stage name ({one_of(STAGES)}) to list runs with that stage committed"
+        )
 
 
 def _block(metrics: dict[str, Any], key: str) -> dict[str, Any]:
@@ -124,7 +143,11 @@ def _block(metrics: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+    return (
+        float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else None
+    )
 
 
 def describe(record: RunRecord) -> dict[str, Any]:
@@ -146,7 +169,11 @@ def describe(record: RunRecord) -> dict[str, Any]:
 
 def key_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Validation/test IC and rank IC, and the backtest's Sharpe ratio and segment."""
-    out = {f"{seg}_{name}": _finite(_block(metrics, seg).get(name)) for seg in ("val", "test") for name in ("ic", "rank_ic")}
+    out = {
+        f"{seg}_{name}": _finite(_block(metrics, seg).get(name))
+        for seg in ("val", "test")
+        for name in ("ic", "rank_ic")
+    }
     backtest = _block(metrics, "backtest")
     out["sharpe"] = _finite(backtest.get("sharpe"))
     out["segment"] = backtest.get("segment", "test") if backtest else None
@@ -157,8 +184,11 @@ def key_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 def trial_entry(trial: Trial, view: dict[str, Any]) -> dict[str, Any]:
     """One ledger line: the Sharpe ratio, its deflated value and what it was deflated by."""
     return {
-        "kind": trial.kind, "sharpe": _finite(trial.sharpe), "periods": trial.periods or None,
-        "deflated_sharpe": _finite(view["deflated_sharpe"]), "n_trials": view["n_trials"],
+        "kind": trial.kind,
+        "sharpe": _finite(trial.sharpe),
+        "periods": trial.periods or None,
+        "deflated_sharpe": _finite(view["deflated_sharpe"]),
+        "n_trials": view["n_trials"],
         "sharpe_variance": _finite(view["sharpe_variance"]),
     }
 
@@ -179,8 +209,14 @@ def age_seconds(created: str | None, now: dt.datetime) -> float | None:
     return round((now - when).total_seconds(), 3)
 
 
-def list_runs(runs_dir: Path, dataset: str | None = None, model: str | None = None, status: str | None = None,
-              limit: int | None = None, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+def list_runs(
+    runs_dir: Path,
+    dataset: str | None = None,
+    model: str | None = None,
+    status: str | None = None,
+    limit: int | None = None,
+    now: dt.datetime | None = None,
+) -> list[dict[str, Any]]:
     """Rows for `runs ls`, newest first; filters apply after the ledger counted every trial."""
     check_status_filter(status)
     if limit is not None and limit < 0:
@@ -204,8 +240,15 @@ def _keep(row: dict[str, Any], dataset: str | None, model: str | None, status: s
     return status is None or row["state"] == status or status in row["committed"]
 
 
-def _with_ledger(row: dict[str, Any], trials: list[Trial], views: dict[tuple[str, str], dict[str, Any]], now: dt.datetime) -> dict[str, Any]:
+def _with_ledger(
+    row: dict[str, Any], trials: list[Trial], views: dict[tuple[str, str], dict[str, Any]], now: dt.datetime
+) -> dict[str, Any]:
     entries = [trial_entry(t, views[(t.run_id, t.kind)]) for t in trials]
     first = entries[0] if entries else {}  # the test-segment backtest when there is one, else walk-forward
-    return {**row, "age_seconds": age_seconds(row["created"], now), "trials": entries,
-            "deflated_sharpe": first.get("deflated_sharpe"), "n_trials": first.get("n_trials")}
+    return {
+        **row,
+        "age_seconds": age_seconds(row["created"], now),
+        "trials": entries,
+        "deflated_sharpe": first.get("deflated_sharpe"),
+        "n_trials": first.get("n_trials"),
+    }

@@ -66,12 +66,23 @@ class Holder:
     def reload(self, path: str) -> tuple[LoadedBundle, LoadedBundle]:
         with self.lock:
             new = bundles.load(path, self.trust_pickle)  # verified and loaded before the swap
+            warm_up(new)
             old, self.current = self.current, new
         return new, old
 
 
+def warm_up(bundle: LoadedBundle) -> None:
+    """Score the bundle's own example once, so the feature kernels are compiled (or loaded from
+    numba's disk cache) and the model touched before the server listens and /ready can answer.
+    The example is the verified one `load` read (and already scored, serve/bundle.py): never read
+    again from the bundle's path, which may be a .tar.gz or have changed since."""
+    if bundle.example is not None:
+        bundle.score_bars(bundle.example[0])
+
+
 def create_app(bundle: LoadedBundle, token: str | None = None, limits: Limits | None = None, trust_pickle: bool = False) -> Any:
-    """The ASGI app: FastAPI routes inside the guard (token, size limit, metrics)."""
+    """The ASGI app: FastAPI routes inside the guard (token, size limit, metrics); warmed up first."""
+    warm_up(bundle)
     limits = limits or Limits()
     holder = Holder(bundle, trust_pickle)
     app = FastAPI(title="qfactory", version=__version__, description="Scores from a verified qfactory bundle.")
@@ -124,11 +135,13 @@ def _routes(app: FastAPI, holder: Holder, limits: Limits, metrics: Metrics) -> N
 
     @app.post("/reload", response_model=ReloadResponse, responses=_ERRORS)
     def reload(request: ReloadRequest) -> dict[str, str]:
-        """Hot swap to another verified bundle; on failure the old one keeps serving."""
+        """Hot swap to another verified bundle; on failure (a 422 with the reason) the old one keeps serving."""
         try:
             new, old = holder.reload(request.bundle)
-        except QFactoryError as exc:
-            raise InputError(422, f"reload failed, still serving {holder.current.bundle_id}: {exc}", type(exc).__name__) from None
+        except Exception as exc:  # noqa: BLE001 - a refused bundle is the caller's input: never a 5xx
+            reason = str(exc) if isinstance(exc, QFactoryError) else f"{type(exc).__name__}: {_first_line(exc)}"
+            kind = type(exc).__name__ if isinstance(exc, QFactoryError) else "BundleError"
+            raise InputError(422, f"reload failed, still serving {holder.current.bundle_id}: {reason}", kind) from None
         return {"bundle_id": new.bundle_id, "previous": old.bundle_id}
 
     @app.get("/metrics", response_class=Response)
@@ -200,6 +213,10 @@ def _guarded(work: Any) -> pl.DataFrame:
     except (pl.exceptions.PolarsError, ValueError, TypeError, OverflowError) as exc:
         raise InputError(422, f"the request could not be scored: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                          "InvalidInput") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
 
 
 def _raised(result: pl.DataFrame | Exception) -> pl.DataFrame:

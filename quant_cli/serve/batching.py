@@ -5,7 +5,8 @@ The feature engine (polars) costs about the same for one symbol's 63 bars as for
 frames), so under concurrent load the server runs one call for all the requests queued while the
 previous call ran, then hands each request its own rows back. A lone request is scored after a
 few event-loop turns; under concurrent load a batch waits at most 2 ms for the clients it just
-answered. The batch goes through the bundle's one scoring path (LoadedBundle.score_bars_many / score_features_many), which falls back to
+answered. The batch goes through the bundle's one scoring path (LoadedBundle.score_bars_many /
+score_features_many), which falls back to
 scoring one request at a time wherever batching could change a result, and gives each request its
 own error when a batch fails.
 """
@@ -59,7 +60,9 @@ class Batcher:
         self.pending.append(_Pending(group, run, item, rows, future, cheap))
         if not self.busy:
             self.busy = True
-            self.task = asyncio.get_running_loop().create_task(self._drain())  # held: the loop keeps only a weak reference
+            self.task = asyncio.get_running_loop().create_task(
+                self._drain()
+            )  # held: the loop keeps only a weak reference
         return await future  # this request's result, or the exception its scoring raised
 
     async def _drain(self) -> None:

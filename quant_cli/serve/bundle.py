@@ -14,31 +14,44 @@ A bundle is a self-contained folder (optionally also one .tar.gz):
     metrics.json        the run's metrics summary
     manifest.json       schema version, bundle id, SHA-256 of every other file (written last)
 
-Loading verifies the manifest first (serve/manifest.py), then reads the pipeline and the model.
+Loading reads every file once and verifies its hash (serve/contents.py), validates the documents
+(serve/documents.py), loads the model from those same bytes and scores the bundle's own example.
 """
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import datetime as dt
 import json
+import os
 import shutil
 import sys
 import tarfile
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from quant_cli import __version__
-from quant_cli.errors import BundleError
-from quant_cli.io import read_json, read_run_json, read_run_parquet, write_json_atomic, write_text_atomic
+from quant_cli.errors import BundleError, QFactoryError, clip_huge_values
+from quant_cli.io import (
+    read_json,
+    read_run_json,
+    read_run_parquet,
+    storage_errors,
+    write_json_atomic,
+    write_text_atomic,
+)
+from quant_cli.models.base import Model
 from quant_cli.models.registry import load_model
 from quant_cli.pipeline import lookback
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run, library_versions
+from quant_cli.serve import contents, documents
 from quant_cli.serve import manifest as mf
 from quant_cli.serve.loaded import InputSpec, LoadedBundle, bars_from_records, max_relative_difference, records
 from quant_cli.serve.schemas import input_schema, output_schema
@@ -150,9 +163,12 @@ def _write_provenance(folder: Path, run: Run) -> None:
 def write_archive(folder: Path, target: Path) -> Path:
     """`folder` as one .tar.gz (entries under the folder's name), written atomically."""
     partial = target.with_name(f".{target.name}.partial")
-    with tarfile.open(partial, "w:gz") as tar:
-        tar.add(folder, arcname=folder.name)
-    partial.replace(target)
+    try:
+        with storage_errors(target, own_name=False), tarfile.open(partial, "w:gz") as tar:  # a full disk: one line
+            tar.add(folder, arcname=folder.name)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)  # a failed archive leaves nothing behind
     return target
 
 
@@ -160,60 +176,114 @@ def write_archive(folder: Path, target: Path) -> Path:
 
 
 def load(path: Path | str, trust_pickle: bool = False) -> LoadedBundle:
-    """Verify every hash, then load the pipeline and the model; any mismatch is a BundleError."""
-    folder = _folder(Path(path))
-    manifest = mf.read_manifest(folder)
-    mf.verify_files(folder, manifest, trust_pickle)
-    try:
-        pipeline = FittedPipeline.from_json(read_json(folder / "pipeline.json"))
-        spec = InputSpec.from_json(read_json(folder / "input_schema.json")["x-qfactory"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"bundle {folder}: pipeline.json or input_schema.json is not what this qfactory writes ({exc}); "
-                          "rebuild the bundle with `qfactory bundle --run RUN`") from None
-    return LoadedBundle(folder, manifest, pipeline, load_model(folder / "model"), spec)
+    """Read the bundle once and verify every hash (serve/contents.py), then load the pipeline, the
+    spec and the model from those same bytes and score the bundle's own example; any failure is
+    one BundleError line. What `serve`, `/reload`, `predict` and `bundle verify` all load."""
+    return _load(contents.read(Path(path), trust_pickle))[0]
 
 
 def verify(path: Path | str, trust_pickle: bool = False) -> dict[str, Any]:
-    """`qfactory bundle verify`: the hashes, then the example request against its expected scores."""
-    loaded = load(path, trust_pickle)
-    request = bars_from_records(read_json(loaded.path / "example" / "input.json")["bars"], "example/input.json")
-    got = loaded.score_bars(request)
-    expected = pl.DataFrame(read_json(loaded.path / "example" / "expected.json")["predictions"])
-    if got.height != expected.height or got["symbol"].to_list() != expected["symbol"].to_list():
-        raise BundleError(f"bundle {loaded.path}: the example scores {got.height} rows, expected.json has {expected.height}; rebuild the bundle")
-    columns = [c for c in loaded.output_columns if c not in ("symbol", "ts")]
-    worst = max(max_relative_difference(got[c].to_numpy(), expected[c].to_numpy()) for c in columns)
-    if worst > EXAMPLE_TOLERANCE:
-        raise BundleError(f"bundle {loaded.path}: the example's scores differ from example/expected.json by {worst:.3g} relative "
-                          f"(allowed {EXAMPLE_TOLERANCE:g}); the libraries differ from the bundle's versions.json — check them")
-    return {"bundle_id": loaded.bundle_id, "files": len(loaded.manifest["files"]), "example_rows": got.height,
+    """`qfactory bundle verify`: the hashes, the documents, then the example request against its expected scores."""
+    loaded, files, worst = _load(contents.read(Path(path), trust_pickle))
+    return {"bundle_id": loaded.bundle_id, "files": files, "example_rows": loaded.example[1].height,
             "max_relative_difference": worst}
 
 
-def _folder(path: Path) -> Path:
-    """The bundle folder; a .tar.gz is unpacked (safely) into a temporary folder first."""
-    try:
-        if path.is_dir():
-            return path
-        if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-            return _unpack(path)
-    except (OSError, ValueError) as exc:  # a name too long, a NUL byte: from a /reload payload too
-        raise BundleError(f"bundle {str(path)[:200]}: not a usable path ({type(exc).__name__}); pass a bundle folder or its .tar.gz") from None
-    raise BundleError(f"bundle {path}: not found; pass a bundle folder or its .tar.gz (made by `qfactory bundle --run RUN`)")
+def _load(verified: contents.Contents) -> tuple[LoadedBundle, int, float]:
+    """The loaded bundle, how many files it has, and its example's largest relative score difference."""
+    pipeline = documents.pipeline_of(verified)
+    spec = documents.spec_of(verified, pipeline)
+    loaded = LoadedBundle(Path(verified.label), verified.manifest, pipeline, load_model_from(verified), spec)
+    loaded.example = _example(verified)
+    return loaded, len(verified.files), _check_example(loaded)
 
 
-def _unpack(archive: Path) -> Path:
-    target = Path(tempfile.mkdtemp(prefix="qfactory-bundle-"))
-    atexit.register(shutil.rmtree, target, True)
+def load_model_from(verified: contents.Contents) -> Model:
+    """The model of the verified bytes: written into a private folder (mode 0700, ours alone), loaded,
+    and the folder removed, so no file another process can swap is ever read. LightGBM writes its
+    '[Fatal]' line to the process's stderr before it raises: held back, the error is one line."""
+    files = verified.under("model")
+    if "model.json" not in files:
+        raise BundleError(f"bundle {verified.label}: model/model.json is not in {mf.MANIFEST}; {contents.REBUILD}")
+    folder = Path(tempfile.mkdtemp(prefix="qfactory-bundle-"))
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(target, filter="data")  # no absolute paths, links out, or devices
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BundleError(f"bundle {archive}: not a readable .tar.gz ({exc}); rebuild it with `qfactory bundle --run RUN --archive`") from None
-    entries = [p for p in target.iterdir()]
-    if len(entries) != 1 or not entries[0].is_dir():
-        raise BundleError(f"bundle {archive}: the archive must hold one bundle folder; rebuild it with `qfactory bundle --run RUN --archive`")
-    return entries[0]
+        for name, data in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        with native_stderr_held():
+            return load_model(folder)
+    except Exception as exc:  # noqa: BLE001 - any library's refusal of a damaged model file is one line
+        kind = contents.plain(str(verified.manifest.get("model", "model")), 40)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = reason.replace(f"{folder}/", "model/").replace(str(folder), "model")  # not our private folder's name
+        raise BundleError(clip_huge_values(f"bundle {verified.label}: model/ cannot be loaded as a {kind} model "
+                                           f"({type(exc).__name__}: {reason}); {contents.REBUILD}")) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_STDERR = threading.Lock()
+_NATIVE_FATAL = (b"[LightGBM] [Fatal]",)
+
+
+@contextlib.contextmanager
+def native_stderr_held() -> Iterator[None]:
+    """File descriptor 2 into a temporary file for the duration; afterwards every line written
+    there is passed on except native libraries' fatal lines (their errors are raised as exceptions)."""
+    with _STDERR, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = [line for line in sink.read().splitlines(keepends=True) if not line.startswith(_NATIVE_FATAL)]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+def _example(verified: contents.Contents) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The example request (validated like any request) and its expected scores."""
+    try:
+        request = bars_from_records(verified.json("example/input.json")["bars"], "example/input.json")
+        expected = pl.DataFrame(verified.json("example/expected.json")["predictions"])
+    except BundleError:
+        raise
+    except (QFactoryError, KeyError, TypeError, ValueError, pl.exceptions.PolarsError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise BundleError(clip_huge_values(f"bundle {verified.label}: the example (example/*.json) is not what "
+                                           f"this qfactory writes ({type(exc).__name__}: {reason}); "
+                                           f"{contents.REBUILD}")) from None
+    return request, expected
+
+
+def _check_example(loaded: LoadedBundle) -> float:
+    """Score the bundle's own example: a model whose shape disagrees with the pipeline (another
+    feature count, other classes) fails here, not on a client's request; the scores must match
+    example/expected.json to EXAMPLE_TOLERANCE. Returns the largest relative difference."""
+    request, expected = loaded.example
+    try:
+        got = loaded.score_bars(request)
+    except Exception as exc:  # noqa: BLE001 - whatever the model or engine raises, the bundle is refused
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise BundleError(clip_huge_values(f"bundle {loaded.path}: its model cannot score the bundle's own example "
+                                           f"({type(exc).__name__}: {reason}); {contents.REBUILD}")) from None
+    columns = [c for c in loaded.output_columns if c not in ("symbol", "ts")]
+    symbols = expected.get_column("symbol", default=pl.Series([])).to_list()
+    if got.height != expected.height or got["symbol"].to_list() != symbols or not set(columns) <= set(expected.columns):
+        raise BundleError(f"bundle {loaded.path}: the example scores {got.height} rows, expected.json has "
+                          f"{expected.height}; rebuild the bundle")
+    worst = max(max_relative_difference(got[c].to_numpy(), expected[c].to_numpy()) for c in columns)
+    if not worst <= EXAMPLE_TOLERANCE:
+        raise BundleError(f"bundle {loaded.path}: the example's scores differ from example/expected.json "
+                          f"by {worst:.3g} relative (allowed {EXAMPLE_TOLERANCE:g}); the libraries differ from the "
+                          "bundle's versions.json — check them")
+    return worst
 
 
 def describe(manifest: dict[str, Any]) -> str:

@@ -29,7 +29,13 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("qfactory_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry)
-        self.latency = Histogram("qfactory_request_seconds", "Request latency in seconds", ["endpoint"], buckets=_BUCKETS, registry=self.registry)
+        self.latency = Histogram(
+            "qfactory_request_seconds",
+            "Request latency in seconds",
+            ["endpoint"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
         self.errors = Counter("qfactory_errors", "Failed requests by kind", ["kind"], registry=self.registry)
 
 
@@ -75,13 +81,26 @@ class Guard:
         given = dict(scope.get("headers") or []).get(b"authorization", b"")
         if hmac.compare_digest(given, self.token):
             return None
-        return 401, {"error": "missing or wrong bearer token; send 'Authorization: Bearer <QFACTORY_SERVE_TOKEN>'", "kind": "Unauthorized"}, \
-            {"www-authenticate": "Bearer"}
+        return (
+            401,
+            {
+                "error": "missing or wrong bearer token; send 'Authorization: Bearer <QFACTORY_SERVE_TOKEN>'",
+                "kind": "Unauthorized",
+            },
+            {"www-authenticate": "Bearer"},
+        )
 
     async def _read_body(self, scope: dict, receive: Any) -> tuple[bytes | None, tuple[int, dict, dict] | None]:
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return None, None
-        too_big = (413, {"error": f"request body over {self.max_body_bytes:,} bytes; send fewer bars per request", "kind": "TooLarge"}, {})
+        too_big = (
+            413,
+            {
+                "error": f"request body over {self.max_body_bytes:,} bytes; send fewer bars per request",
+                "kind": "TooLarge",
+            },
+            {},
+        )
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             return None, too_big
@@ -120,5 +139,10 @@ async def _json(send: Any, status: int, payload: dict, headers: dict) -> None:
 
 
 def _kind(code: int) -> str:
-    return {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large", 422: "invalid_input"}.get(
-        code, "server_error" if code >= 500 else "client_error")
+    return {
+        401: "unauthorized",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "too_large",
+        422: "invalid_input",
+    }.get(code, "server_error" if code >= 500 else "client_error")

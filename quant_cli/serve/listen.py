@@ -23,7 +23,9 @@ def bound_socket(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a TIME_WAIT port is free
         sock.bind((host, port))
-        sock.listen(2048)  # listening now: no other socket can bind the port before uvicorn serves it (uvicorn's backlog)
+        sock.listen(
+            2048
+        )  # listening now: no other socket can bind the port before uvicorn serves it (uvicorn's backlog)
     except OSError as exc:
         sock.close()
         raise _cannot_listen(host, port, exc) from None
@@ -31,8 +33,10 @@ def bound_socket(host: str, port: int) -> socket.socket:
 
 
 def _cannot_listen(host: str, port: int, exc: OSError) -> RecipeError:
-    return RecipeError(f"serve: cannot listen on {host}:{port} ({exc.strerror or exc}); free the port or pick another "
-                       "with --port, and bind a local address with --host")
+    return RecipeError(
+        f"serve: cannot listen on {host}:{port} ({exc.strerror or exc}); free the port or pick another "
+        "with --port, and bind a local address with --host"
+    )
 
 
 def run(app: Any, sock: socket.socket) -> None:

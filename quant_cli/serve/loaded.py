@@ -9,6 +9,7 @@ precomputed (raw, not yet preprocessed) feature rows, as the run's feature table
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,10 @@ import numpy as np
 import polars as pl
 
 from quant_cli.data import schema
+from quant_cli.data.frequency import format_frequency, parse_frequency
 from quant_cli.data.schema import LINE, SRC, TS_DTYPE, Origin
-from quant_cli.errors import DataError, RunError
+from quant_cli.errors import DataError, RunError, shown
+from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.models.base import Model
 from quant_cli.pipeline import lookback
 from quant_cli.pipeline.fitted import FittedPipeline
@@ -59,6 +62,7 @@ class LoadedBundle:
     pipeline: FittedPipeline
     model: Model
     spec: InputSpec
+    example: tuple[pl.DataFrame, pl.DataFrame] | None = field(default=None, repr=False)  # request, expected scores
 
     @property
     def bundle_id(self) -> str:
@@ -84,10 +88,12 @@ class LoadedBundle:
         return self._score_checked(bars, every_bar)
 
     def _score_checked(self, bars: pl.DataFrame, every_bar: bool = False) -> pl.DataFrame:
+        bars = bars.sort(KEYS)
+        self.check_spacing(bars)
         if self.model.uses_panel():  # windows of each symbol's rows (serve/panel.py)
-            return score_panel(self.pipeline, self.model, bars.sort(KEYS), timeframes=self.spec.timeframes,
+            return score_panel(self.pipeline, self.model, bars, timeframes=self.spec.timeframes,
                                first=self.spec.required_bars - 1, last_only=not every_bar)
-        return self._score(self._scored_rows(self.pipeline.compute(bars.sort(KEYS)), every_bar))
+        return self._score(self._scored_rows(self.pipeline.compute(bars), every_bar))
 
     def _scored_rows(self, table: pl.DataFrame, every_bar: bool) -> pl.DataFrame:
         """The raw feature rows to score (`table` sorted by symbol, ts): each symbol's last row, or
@@ -103,6 +109,12 @@ class LoadedBundle:
         if missing:
             raise DataError(f"the bars lack column {missing[0]!r}; this bundle reads columns {['symbol', 'ts', *self.spec.columns, *self.spec.keys]}")
         present = set(bars["symbol"].unique().to_list())
+        if self.universe is not None and not present <= self.universe:
+            outside = sorted(present - self.universe)
+            raise DataError(f"symbol {shown(outside[0])} is not in this bundle's universe: cross-sectional features "
+                            f"such as {self.cross_sectional[0]} are statistics over the {len(self.universe)} symbols "
+                            "the model was trained on, and another symbol would change every score; send only those "
+                            "symbols (GET /metadata: input.required_symbols)")
         absent = [s for s in self.spec.required_symbols if s not in present]
         if absent:
             raise DataError(f"the bars lack required symbol(s) {absent[:5]}{' and more' if len(absent) > 5 else ''} "
@@ -114,6 +126,37 @@ class LoadedBundle:
             window = f" and the model's window of {self.spec.window} rows" if self.spec.window > 1 else ""
             raise DataError(f"symbol {symbol!r} has {n} bar(s); this bundle needs at least {self.spec.required_bars} bars per "
                             f"symbol (its features' measured lookback{window}); send more history")
+
+    @functools.cached_property
+    def cross_sectional(self) -> list[str]:
+        return lookback.cross_sectional(self.pipeline)
+
+    @functools.cached_property
+    def universe(self) -> frozenset[str] | None:
+        """The only symbols a request may carry when features are statistics across symbols (the
+        training universe, all required): None when every feature is per symbol."""
+        return frozenset(self.spec.required_symbols) if self.cross_sectional else None
+
+    @functools.cached_property
+    def spacing(self) -> tuple[str, int] | None:
+        """The bars' spacing the bundle was trained on ('1d', in microseconds), if the data declared one."""
+        text = self.pipeline.options.get("bar_spacing")
+        return None if not text else (text, int(parse_frequency(text) / dt.timedelta(microseconds=1)))
+
+    def check_spacing(self, bars: pl.DataFrame) -> None:
+        """Refuse a symbol whose bars (sorted by symbol, ts) are spaced unlike the training bars (a daily
+        bundle sent hourly bars): each symbol's median spacing, as data/frequency.py infers it. numpy on
+        the sorted frame, a few microseconds: infer_frequency's polars query costs ~0.5 ms a request."""
+        if self.spacing is None or bars.height < 2:
+            return
+        want, micros = self.spacing
+        medians, rows = symbol_spacings(bars)
+        wrong = np.flatnonzero(medians != _daily(np.int64(micros)))
+        if len(wrong):
+            have = format_frequency(dt.timedelta(microseconds=int(medians[wrong[0]])))
+            symbol = bars["symbol"][int(rows[wrong[0]])]
+            raise DataError(f"symbol {shown(symbol)} has {have} bars; this bundle was trained on {want} bars; "
+                            f"send {want} bars (resample the {have} bars first)")
 
     # ---- several requests at once (serve/batching.py) --------------------------------------------
 
@@ -153,8 +196,10 @@ class LoadedBundle:
         scores each request alone, for its own error."""
         if not self.batchable:
             raise RunError("this bundle's features or model read symbol names across a request; score requests one at a time")
+        keyed = keyed.sort(KEYS)
         self.check_bars(keyed)
-        rows = self._scored_rows(self.pipeline.compute(keyed.sort(KEYS)), every_bar=False)
+        self.check_spacing(keyed)
+        rows = self._scored_rows(self.pipeline.compute(keyed), every_bar=False)
         rows = drop_incomplete(rows, self.pipeline.features, self.pipeline.preprocess.get("fill", ""))
         parts = rows["symbol"].str.splitn(REQUEST_SEP, 2)  # splitn: a symbol may itself hold the separator
         scores = self._score(rows.with_columns(parts.struct.field("field_1").alias("symbol")))
@@ -187,6 +232,9 @@ class LoadedBundle:
         return self.score_feature_rows(FeatureRows.of(rows, self.pipeline.features))
 
     def score_feature_rows(self, rows: FeatureRows) -> pl.DataFrame:
+        if self.pipeline.fits_regime:  # its column is a filter over history, which loose feature rows do not carry
+            raise DataError(f"this bundle's feature {HMM_FEATURE!r} is filtered over each symbol's bar history; "
+                            "send bars, not feature rows")
         if self.model.uses_panel():  # every row with a full window among the rows sent
             return score_panel(self.pipeline, self.model, rows.frame(self.pipeline.features).sort(KEYS),
                                timeframes=self.spec.timeframes)
@@ -237,6 +285,32 @@ class FeatureRows:
     def frame(self, features: list[str]) -> pl.DataFrame:
         values = pl.from_numpy(self.values, schema=features, orient="row").with_columns(pl.col(features).fill_nan(None))
         return pl.concat([pl.DataFrame([self.symbols, self.ts]), values], how="horizontal")
+
+
+_DAY = 86_400_000_000  # microseconds
+
+
+def symbol_spacings(bars: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each symbol's median bar spacing (microseconds; 1 to 4 days counts as one day, as
+    data/frequency.py infers it) and a row of that symbol, for `bars` sorted by symbol, ts;
+    symbols with one bar are absent. Per symbol: in a batch, one request's hourly bars must not
+    hide among daily ones. numpy: a polars query per request would cost ~10x as much."""
+    ts = bars["ts"].to_numpy().view(np.int64)
+    symbols = bars["symbol"].to_numpy()
+    same = symbols[1:] == symbols[:-1]
+    gaps, rows = np.diff(ts)[same], np.flatnonzero(same)
+    owner = np.cumsum(~same)[same]  # which symbol each spacing belongs to
+    order = np.lexsort((gaps, owner))
+    gaps, owner, rows = gaps[order], owner[order], rows[order]
+    if not len(owner):
+        return owner, rows
+    starts = np.flatnonzero(np.concatenate(([True], owner[1:] != owner[:-1])))  # np.r_ costs ~5x as much
+    medians = gaps[starts + (np.diff(np.append(starts, len(owner))) - 1) // 2]  # the lower median
+    return _daily(medians), rows[starts]
+
+
+def _daily(micros: Any) -> Any:
+    return np.where((micros >= _DAY) & (micros < 4 * _DAY), _DAY, micros)
 
 
 def attempt(work: Any, *args: Any) -> Any:

@@ -23,8 +23,15 @@ from quant_cli.pipeline.fitted import FittedPipeline
 KEYS = ["symbol", "ts"]
 
 
-def score_panel(pipeline: FittedPipeline, model: Model, data: pl.DataFrame, *, timeframes: list[str] | None = None,
-                first: int = 0, last_only: bool = False) -> pl.DataFrame:
+def score_panel(
+    pipeline: FittedPipeline,
+    model: Model,
+    data: pl.DataFrame,
+    *,
+    timeframes: list[str] | None = None,
+    first: int = 0,
+    last_only: bool = False,
+) -> pl.DataFrame:
     """symbol, ts, score (+ p_<class>) of `model` on the rows of `data` (raw bars, or raw feature rows;
     sorted by symbol, ts) through `pipeline` at position >= `first` of their symbol
     (`last_only`: each symbol's last row) that have a full window; rows without one are absent, as in
@@ -38,20 +45,25 @@ def score_panel(pipeline: FittedPipeline, model: Model, data: pl.DataFrame, *, t
     rows = PanelRows(panel, np.flatnonzero(keep))
     score = model.predict(rows, symbols=rows.symbols)
     picked = pl.Series(rows.rows)  # the panel holds `inputs`' rows in their order
-    out = pl.DataFrame([inputs["symbol"].gather(picked), inputs["ts"].gather(picked), pl.Series("score", score, dtype=pl.Float64)])
+    out = pl.DataFrame(
+        [inputs["symbol"].gather(picked), inputs["ts"].gather(picked), pl.Series("score", score, dtype=pl.Float64)]
+    )
     if model.is_classifier:
         proba = model.predict_proba(rows, symbols=rows.symbols)
         out = out.with_columns(pl.Series(f"p_{c:g}", proba[:, i]) for i, c in enumerate(model.classes_))
     return out.filter(pl.col("score").is_not_nan())  # no full window: not scored
 
 
-def _channels(pipeline: FittedPipeline, model: Model, data: pl.DataFrame,
-              timeframes: list[str] | None) -> pl.DataFrame | None:
+def _channels(
+    pipeline: FittedPipeline, model: Model, data: pl.DataFrame, timeframes: list[str] | None
+) -> pl.DataFrame | None:
     """The raw-bar channels of the request's adjusted bars, for a model that reads them."""
     if timeframes is None:
         return None
     if "close" not in data.columns:
-        raise DataError(f"model '{model.name}' reads raw bars (model.params.inputs) beside the features; "
-                        "send bars, not precomputed feature rows")
+        raise DataError(
+            f"model '{model.name}' reads raw bars (model.params.inputs) beside the features; "
+            "send bars, not precomputed feature rows"
+        )
     channels = bar_channels(pipeline.adjustment.apply(data), timeframes)
     return channels.with_columns(pl.col("symbol").cast(pl.String))

@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 
 from quant_cli.data import store
-from quant_cli.data.ingest import IngestRequest, read_bars
+from quant_cli.data.ingest import IngestRequest, checked_reading, read_bars
 from quant_cli.errors import DataError
 from quant_cli.io import write_parquet_atomic, write_text_atomic
 from quant_cli.report import SILENT, Reporter
@@ -23,10 +23,14 @@ from quant_cli.serve.bundle import load
 OUTPUT_FORMATS = (".parquet", ".csv")
 
 
-def read_source(source: str, data_dir: Path, reporter: Reporter = SILENT) -> pl.DataFrame:
-    """Canonical, validated bars from a CSV/parquet file (or folder, or glob) or a dataset name."""
+def read_source(source: str, data_dir: Path, reporter: Reporter = SILENT,
+                reading: dict[str, Any] | None = None) -> pl.DataFrame:
+    """Canonical, validated bars from a file (or folder, or glob) in any layout `ingest` reads, or a
+    dataset name. `reading`: IngestRequest's options of how to read (layout, format, delimiter,
+    query, timezone); None ones take ingest's defaults."""
     if Path(source).expanduser().exists() or glob.has_magic(source):
-        return read_bars(IngestRequest(source=source, dataset="predict"), reporter)
+        options = {k: v for k, v in (reading or {}).items() if v is not None}
+        return read_bars(checked_reading(IngestRequest(source=source, dataset="predict", **options)), reporter)
     try:
         stored = store.exists(data_dir, source)
     except DataError:
@@ -34,6 +38,10 @@ def read_source(source: str, data_dir: Path, reporter: Reporter = SILENT) -> pl.
     if not stored:
         raise DataError(f"--source {source!r}: no such file, and no dataset of that name under {data_dir}; "
                         "pass a CSV or parquet file, or the name of an ingested dataset")
+    given = [k for k, v in (reading or {}).items() if v is not None]
+    if given:
+        raise DataError(f"--{given[0]} says how to read a file, but --source {source!r} is a stored dataset (already "
+                        f"canonical bars); drop --{given[0]}")
     return store.pin(data_dir, source).load_bars()
 
 
@@ -49,12 +57,13 @@ def write_scores(out: Path, scores: pl.DataFrame) -> None:
 
 
 def predict(bundle: Path, source: str, out: Path, data_dir: Path, every_bar: bool = False, trust_pickle: bool = False,
-            reporter: Reporter = SILENT) -> dict[str, Any]:
-    """Score `source` with `bundle` into `out` (symbol, ts, score[, p_<class>...])."""
+            reporter: Reporter = SILENT, reading: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score `source` (read as `reading` says: see read_source) with `bundle` into `out`
+    (symbol, ts, score[, p_<class>...])."""
     if out.suffix.lower() not in OUTPUT_FORMATS:
         write_scores(out, pl.DataFrame())  # the one-line format error, before any work
     loaded = load(bundle, trust_pickle)
-    bars = read_source(source, data_dir, reporter)
+    bars = read_source(source, data_dir, reporter, reading)
     with reporter.working(f"predict: features and scores for {bars['symbol'].n_unique()} symbol(s)"):
         scores = loaded.score_bars(bars, every_bar)
     write_scores(out, scores)

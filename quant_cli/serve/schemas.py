@@ -30,14 +30,18 @@ class Bar(BaseModel):
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    bars: list[Bar] = Field(min_length=1, description="Bars of one or more symbols; each symbol needs the bundle's required_bars.")
+    bars: list[Bar] = Field(
+        min_length=1, description="Bars of one or more symbols; each symbol needs the bundle's required_bars."
+    )
 
 
 class FeatureRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
     symbol: Name
     ts: dt.datetime
-    features: dict[str, Finite | None] = Field(description="Every feature GET /metadata lists, raw (before preprocessing).")
+    features: dict[str, Finite | None] = Field(
+        description="Every feature GET /metadata lists, raw (before preprocessing)."
+    )
 
 
 class PredictFeaturesRequest(BaseModel):
@@ -90,22 +94,45 @@ _NUMBER = {"type": "number"}
 
 def input_schema(spec: Any) -> dict[str, Any]:
     """JSON schema of a POST /predict body for this bundle; `x-qfactory` holds the numbers."""
-    bar = {"type": "object", "required": ["symbol", "ts", *spec.columns, *spec.keys],
-           "properties": {"symbol": {"type": "string"}, "ts": {"type": "string", "format": "date-time"},
-                          **{c: _NUMBER for c in spec.columns}, **{k: {"type": "string"} for k in spec.keys}}}
-    return {"$schema": _JSON_SCHEMA, "title": "qfactory predict request (raw bars, long format)", "type": "object",
-            "required": ["bars"], "properties": {"bars": {"type": "array", "items": bar}},
-            "description": f"At least {spec.required_bars} bars per symbol"
-                           + (f"; must include symbols {spec.required_symbols}" if spec.required_symbols else ""),
-            "x-qfactory": spec.to_json()}
+    bar = {
+        "type": "object",
+        "required": ["symbol", "ts", *spec.columns, *spec.keys],
+        "properties": {
+            "symbol": {"type": "string"},
+            "ts": {"type": "string", "format": "date-time"},
+            **{c: _NUMBER for c in spec.columns},
+            **{k: {"type": "string"} for k in spec.keys},
+        },
+    }
+    return {
+        "$schema": _JSON_SCHEMA,
+        "title": "qfactory predict request (raw bars, long format)",
+        "type": "object",
+        "required": ["bars"],
+        "properties": {"bars": {"type": "array", "items": bar}},
+        "description": f"At least {spec.required_bars} bars per symbol"
+        + (f"; must include symbols {spec.required_symbols}" if spec.required_symbols else ""),
+        "x-qfactory": spec.to_json(),
+    }
 
 
 def output_schema(columns: list[str]) -> dict[str, Any]:
     probs = [c for c in columns if c.startswith("p_")]
-    row = {"type": "object", "required": ["symbol", "ts", "score"],
-           "properties": {"symbol": {"type": "string"}, "ts": {"type": "string", "format": "date-time"}, "score": _NUMBER,
-                          "probabilities": {"type": "object", "properties": {p: _NUMBER for p in probs}}}}
-    return {"$schema": _JSON_SCHEMA, "title": "qfactory predict response", "type": "object",
-            "required": ["bundle_id", "predictions"],
-            "properties": {"bundle_id": {"type": "string"}, "predictions": {"type": "array", "items": row}},
-            "x-qfactory": {"columns": columns}}
+    row = {
+        "type": "object",
+        "required": ["symbol", "ts", "score"],
+        "properties": {
+            "symbol": {"type": "string"},
+            "ts": {"type": "string", "format": "date-time"},
+            "score": _NUMBER,
+            "probabilities": {"type": "object", "properties": {p: _NUMBER for p in probs}},
+        },
+    }
+    return {
+        "$schema": _JSON_SCHEMA,
+        "title": "qfactory predict response",
+        "type": "object",
+        "required": ["bundle_id", "predictions"],
+        "properties": {"bundle_id": {"type": "string"}, "predictions": {"type": "array", "items": row}},
+        "x-qfactory": {"columns": columns},
+    }

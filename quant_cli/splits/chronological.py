@@ -17,13 +17,12 @@ import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 
-import numpy as np
-
 from quant_cli.data.store import parse_time
-from quant_cli.splits.embargo import ONE_US, default_embargo, embargo_end
 from quant_cli.errors import DataError, RecipeError
+from quant_cli.splits.embargo import ONE_US, default_embargo, embargo_end
 
 SEGMENTS = ("train", "val", "test")
 
@@ -67,7 +66,9 @@ def explicit_boundaries(cfg: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
     val_start = parse_time(cfg["val_start"], "split.val_start")
     test_start = parse_time(cfg["test_start"], "split.test_start")
     if not val_start <= test_start:
-        raise RecipeError(f"split.val_start ({val_start:%Y-%m-%d}) must not be after split.test_start ({test_start:%Y-%m-%d})")
+        raise RecipeError(
+            f"split.val_start ({val_start:%Y-%m-%d}) must not be after split.test_start ({test_start:%Y-%m-%d})"
+        )
     return val_start, test_start
 
 
@@ -96,17 +97,33 @@ def mark_segments(frame: pl.DataFrame, plan: SplitPlan) -> pl.DataFrame:
     """Add `segment` and `excluded` (null, "unlabelled", "purged" or "embargoed") to every row; none is removed."""
     unique = frame["ts"].unique().sort()
     segment = (
-        pl.when(pl.col("ts") < plan.val_start).then(pl.lit("train"))
-        .when(pl.col("ts") < plan.test_start).then(pl.lit("val"))
+        pl.when(pl.col("ts") < plan.val_start)
+        .then(pl.lit("train"))
+        .when(pl.col("ts") < plan.test_start)
+        .then(pl.lit("val"))
         .otherwise(pl.lit("test"))
     )
-    next_start = pl.when(pl.col("segment") == "train").then(pl.lit(plan.val_start)).when(pl.col("segment") == "val").then(pl.lit(plan.test_start))
+    next_start = (
+        pl.when(pl.col("segment") == "train")
+        .then(pl.lit(plan.val_start))
+        .when(pl.col("segment") == "val")
+        .then(pl.lit(plan.test_start))
+    )
     embargoed = pl.lit(False)
     for boundary in (plan.val_start, plan.test_start):
-        embargoed = embargoed | ((pl.col("ts") >= boundary) & (pl.col("ts") <= embargo_until(unique, boundary, plan.embargo)))
+        embargoed = embargoed | (
+            (pl.col("ts") >= boundary) & (pl.col("ts") <= embargo_until(unique, boundary, plan.embargo))
+        )
     purged = pl.lit(plan.purge) & (pl.col("t1") >= next_start).fill_null(False)
     unlabelled = pl.col("label").is_null() if "label" in frame.columns else pl.lit(False)
-    reason = pl.when(unlabelled).then(pl.lit("unlabelled")).when(purged).then(pl.lit("purged")).when(embargoed).then(pl.lit("embargoed"))
+    reason = (
+        pl.when(unlabelled)
+        .then(pl.lit("unlabelled"))
+        .when(purged)
+        .then(pl.lit("purged"))
+        .when(embargoed)
+        .then(pl.lit("embargoed"))
+    )
     return frame.with_columns(segment.alias("segment")).with_columns(reason.cast(pl.String).alias(EXCLUDED))
 
 
@@ -187,10 +204,17 @@ def folds_summary(folds: dict[str, Any], dev: pl.DataFrame) -> dict[str, Any]:
     rows = []
     for fold in folds["folds"]:
         test_ts = ts.gather(fold.test)
-        rows.append({
-            "fold": fold.index, "test_groups": list(fold.test_groups), "train_rows": len(fold.train),
-            "test_rows": len(fold.test), "purged": fold.purged, "embargoed": fold.embargoed,
-            "test_start": test_ts.min().isoformat(), "test_end": test_ts.max().isoformat(),
-        })
+        rows.append(
+            {
+                "fold": fold.index,
+                "test_groups": list(fold.test_groups),
+                "train_rows": len(fold.train),
+                "test_rows": len(fold.test),
+                "purged": fold.purged,
+                "embargoed": fold.embargoed,
+                "test_start": test_ts.min().isoformat(),
+                "test_end": test_ts.max().isoformat(),
+            }
+        )
     paths = folds["paths"]
     return {"n_splits": len(rows), "n_paths": len(paths) if paths else 1, "paths": paths, "folds": rows}

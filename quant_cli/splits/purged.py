@@ -19,7 +19,16 @@ import numpy as np
 from quant_cli.errors import DataError, RecipeError
 from quant_cli.splits.embargo import EMBARGO_EXAMPLE, Embargo, embargo_end
 
-__all__ = ["EMBARGO_EXAMPLE", "Embargo", "Fold", "cpcv", "embargo_end", "group_of", "purged_kfold", "purged_kfold_indices"]
+__all__ = [
+    "EMBARGO_EXAMPLE",
+    "Embargo",
+    "Fold",
+    "cpcv",
+    "embargo_end",
+    "group_of",
+    "purged_kfold",
+    "purged_kfold_indices",
+]
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,9 @@ def backtest_paths(folds: list[Fold], n_groups: int, k: int) -> list[list[int]]:
     return [[by_group[g][p] for g in range(n_groups)] for p in range(n_paths)]
 
 
-def purged_kfold_indices(ts: np.ndarray, t1: np.ndarray, n_splits: int, embargo: Embargo) -> list[tuple[np.ndarray, np.ndarray]]:
+def purged_kfold_indices(
+    ts: np.ndarray, t1: np.ndarray, n_splits: int, embargo: Embargo
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train positions, test positions) per fold — the form scikit-learn style code expects."""
     return [(f.train, f.test) for f in purged_kfold(ts, t1, n_splits, embargo)]
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from quant_cli.errors import ModelError
 from quant_cli.splits import embargo as embargo_rules
 from quant_cli.splits import purged as cv
-from quant_cli.errors import ModelError
 
 _MAX = np.iinfo(np.int64).max
 
@@ -39,7 +39,9 @@ def _ts_t1(ts: np.ndarray, t1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ts_i, t1_i
 
 
-def purged_kfold_indices(ts: np.ndarray, t1: np.ndarray, n_splits: int, embargo: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def purged_kfold_indices(
+    ts: np.ndarray, t1: np.ndarray, n_splits: int, embargo: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(train_idx, test_idx)] per fold; every row is in exactly one test set.
 
     Validates model-side inputs, then uses the split module's purged k-fold (quant_cli.splits.purged), so

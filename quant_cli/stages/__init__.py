@@ -21,7 +21,22 @@ from quant_cli.stages.split import load_run_split, new_split_run, split_new
 from quant_cli.stages.train import CHECKPOINTS, fit_model, train_existing, train_new
 
 __all__ = [
-    "CHECKPOINTS", "BacktestResult", "BundleResult", "ReportResult", "SplitResult", "TrainResult", "backtest_existing",
-    "backtest_weights", "bundle_existing", "fit_model", "load_run_split", "new_model", "new_split_run", "report_existing",
-    "run_all", "split_new", "train_existing", "train_new",
+    "CHECKPOINTS",
+    "BacktestResult",
+    "BundleResult",
+    "ReportResult",
+    "SplitResult",
+    "TrainResult",
+    "backtest_existing",
+    "backtest_weights",
+    "bundle_existing",
+    "fit_model",
+    "load_run_split",
+    "new_model",
+    "new_split_run",
+    "report_existing",
+    "run_all",
+    "split_new",
+    "train_existing",
+    "train_new",
 ]

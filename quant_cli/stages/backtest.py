@@ -8,19 +8,22 @@ from typing import Any
 
 import polars as pl
 
+from quant_cli.backtest import strategies
+from quant_cli.backtest.engine import with_defaults
+from quant_cli.backtest.metrics import market_exposure_note
 from quant_cli.backtest.outputs import read_weights, write_backtest
 from quant_cli.backtest.report import render_run_reports
 from quant_cli.data import store
 from quant_cli.dataset.table import load_bars
 from quant_cli.errors import RunError
-from quant_cli.io import read_json, read_run_parquet, write_json_atomic
+from quant_cli.io import read_run_json, read_run_parquet, write_json_atomic
 from quant_cli.pipeline import adjust
 from quant_cli.pipeline.adjust import Adjustment
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.recipe import Recipe
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run, create_run, stage_outputs
-from quant_cli.runs.ledger import Trial, deflated_among_runs
+from quant_cli.runs.ledger import deflated_among_runs, trial_of_summary
 from quant_cli.stages.results import BacktestResult, ReportResult, as_written
 from quant_cli.stages.common import check_recipe, dataset_record, pin_dataset, pinned_for
 
@@ -30,10 +33,12 @@ def backtest_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, reporter:
     if not (run.path / "predictions.parquet").is_file():
         raise RunError(f"run {run.id} has no predictions.parquet; train it first with `qfactory train --run {run.id}`")
     cfg = recipe["backtest"]
+    scores = read_run_parquet(run.path, "predictions.parquet").filter(pl.col("segment") == cfg["segment"])
+    if scores.height == 0:
+        raise RunError(f"run {run.id} has no {cfg['segment']} predictions to backtest; "
+                       "set backtest.segment to a segment the split has rows in")
+    strategies.check_universe(with_defaults(cfg), *strategies.universe_of(scores))  # before the stage is marked running
     with run.stage("backtest") as info:
-        scores = read_run_parquet(run.path, "predictions.parquet").filter(pl.col("segment") == cfg["segment"])
-        if scores.height == 0:
-            raise RunError(f"run {run.id} has no {cfg['segment']} predictions to backtest; set backtest.segment to a segment the split has rows in")
         bars = _adjustment(run).apply(load_bars(recipe, snapshot))  # the prices the labels were measured on
         summary = _write_backtest(run, "score", scores, bars, recipe, snapshot, reporter)
         info["periods"] = summary["periods"]
@@ -47,12 +52,12 @@ def _write_backtest(run: Run, kind: str, signal: pl.DataFrame, bars: pl.DataFram
     cfg = recipe["backtest"]
     segment = cfg["segment"] if kind == "score" else "weights"  # the ledger counts only test-segment model runs
     with reporter.working("backtest: next-bar execution with costs"), stage_outputs(run, "backtest") as folder:
+        deflate = (lambda summary: _deflated(run, summary)) if segment == "test" else None
+        frequency = recipe["data"]["frequency"] or snapshot.manifest.get("frequency")
         summary = write_backtest(folder, signal, bars, cfg, extra={"segment": segment}, kind=kind, run_dir=run.path,
-                                 frequency=recipe["data"]["frequency"] or snapshot.manifest.get("frequency"), reporter=reporter)
-    if segment == "test" and math.isfinite(summary.get("sharpe", math.nan)):
-        summary.update(_deflated(run, summary))
+                                 frequency=frequency, reporter=reporter, deflate=deflate)
     path = run.path / "metrics.json"
-    metrics = read_json(path) if path.is_file() else {}
+    metrics = read_run_json(run.path, "metrics.json") if path.is_file() else {}
     metrics["backtest"] = block = {k: v for k, v in summary.items() if k != "config"}
     write_json_atomic(path, metrics)
     return block
@@ -60,12 +65,11 @@ def _write_backtest(run: Run, kind: str, signal: pl.DataFrame, bars: pl.DataFram
 
 def _deflated(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
     """deflated_sharpe and n_trials of this backtest against the test-segment trials on its
-    dataset so far (runs/ledger.py), this one included."""
-    manifest = run.manifest()
-    dataset = str((manifest.get("dataset") or {}).get("name"))
-    trial = Trial(run_id=str(manifest.get("run_id", run.id)), dataset=dataset, kind="backtest", created=str(manifest.get("created", "")),
-                  sharpe=summary["sharpe"], periods=summary["periods"], periods_per_year=summary["periods_per_year"],
-                  skew=summary.get("skew", math.nan), kurtosis=summary.get("kurtosis", math.nan))
+    dataset so far (runs/ledger.py), this one included; nothing without a finite Sharpe ratio.
+    write_backtest merges them in before metrics.json and report.html are written."""
+    if not math.isfinite(summary.get("sharpe", math.nan)):
+        return {}
+    trial = trial_of_summary(run.id, run.manifest(), "backtest", summary)
     result = deflated_among_runs(trial, run.path.parent)
     return {"deflated_sharpe": result["deflated_sharpe"], "n_trials": result["n_trials"]}
 
@@ -75,7 +79,9 @@ def _report_backtest(summary: dict[str, Any], reporter: Reporter) -> None:
     reporter.info(f"backtest: sharpe {summary.get('sharpe', float('nan')):.2f} ({before.get('sharpe', float('nan')):.2f} before costs), "
                   f"annual return {summary.get('annual_return', float('nan')):.2%}, max drawdown {summary.get('max_drawdown', float('nan')):.2%}, "
                   f"{summary.get('periods_per_year', float('nan')):.0f} periods/year ({summary.get('periods_per_year_source')})"
-                  + (f"; deflated Sharpe {summary['deflated_sharpe']:.2f} over {summary['n_trials']} trial(s)" if "n_trials" in summary else ""))
+                  + (f"; deflated Sharpe {summary['deflated_sharpe']:.2f} over {summary['n_trials']} trial(s)"
+                     if "n_trials" in summary else "")
+                  + (f"; {note}" if (note := market_exposure_note(summary)) else ""))
 
 
 def backtest_weights(recipe: Recipe, weights_file: Path, data_dir: Path, runs_dir: Path,
@@ -84,7 +90,7 @@ def backtest_weights(recipe: Recipe, weights_file: Path, data_dir: Path, runs_di
     (symbol, ts, weight; another tool's signal) on the recipe's dataset with its [backtest] settings."""
     check_recipe(recipe, reporter, model=False)
     weights = read_weights(weights_file)
-    snapshot = pin_dataset(recipe, data_dir)
+    snapshot = pin_dataset(recipe, data_dir, reporter)
     with create_run(runs_dir, recipe) as run:
         run.update_manifest(dataset=dataset_record(snapshot))
         with run.stage("backtest") as info:
@@ -99,7 +105,9 @@ def backtest_weights(recipe: Recipe, weights_file: Path, data_dir: Path, runs_di
 
 def _adjustment(run: Run) -> Adjustment:
     path = run.path / "split" / "pipeline.json"
-    return FittedPipeline.from_json(read_json(path)).adjustment if path.is_file() else Adjustment()
+    if not path.is_file():
+        return Adjustment()
+    return FittedPipeline.from_json(read_run_json(run.path, "split/pipeline.json")).adjustment
 
 
 def backtest_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT) -> BacktestResult:

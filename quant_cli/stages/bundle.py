@@ -17,13 +17,24 @@ from quant_cli.stages.common import pinned_for
 from quant_cli.stages.results import BundleResult
 
 
-def bundle_existing(run: Run, data_dir: Path, out: Path | None = None, archive: bool = False, trust_pickle: bool = False,
-                    reporter: Reporter = SILENT) -> BundleResult:
+def bundle_existing(
+    run: Run,
+    data_dir: Path,
+    out: Path | None = None,
+    archive: bool = False,
+    trust_pickle: bool = False,
+    reporter: Reporter = SILENT,
+) -> BundleResult:
     """`qfactory bundle --run RUN`: the run's verified inference bundle (serve/bundle.py), by default
     as the run's `bundle` stage (`<run>/bundle/`, plus `bundle.tar.gz` with `archive`), else at `out`."""
     from quant_cli.serve import bundle as bundles
 
     run.require_stage("train", f"train it first with `qfactory train --run {run.id}`")
+    if out is None and run.has_stage("bundle"):  # before the bars are read
+        raise RunError(
+            f"run {run.id} already has a bundle (runs are never overwritten); to build another, "
+            f"pass --out DIR: `qfactory bundle --run {run.id} --out DIR`"
+        )
     recipe = run.recipe()
     bars = _bundle_bars(recipe, pinned_for(run, recipe, data_dir))
     if out is not None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from quant_cli.backtest import strategies
+from quant_cli.backtest.engine import with_defaults
 from quant_cli.data import store
 from quant_cli.dataset.table import check_task, dataset_name
 from quant_cli.errors import RecipeError, RunError
@@ -70,14 +72,26 @@ def _check_sequence_split(recipe: Recipe, model: Model) -> None:
         )
 
 
-def pin_dataset(recipe: Recipe, data_dir: Path) -> store.Snapshot:
-    """The one dataset version a command reads, pinned when it starts."""
+def check_universe(recipe: Recipe, snapshot: store.Snapshot) -> None:
+    """Refuse, before any fit, a [backtest] strategy that cannot trade the symbols the recipe
+    selects (one symbol and long_short, ...); the backtest checks its scored cross-section again."""
+    symbols = sorted(set(recipe["data"]["symbols"] or snapshot.manifest.get("symbols") or []))
+    if symbols:
+        strategies.check_universe(with_defaults(recipe["backtest"]), len(symbols), symbols)
+
+
+def pin_dataset(recipe: Recipe, data_dir: Path, reporter: Reporter = SILENT) -> store.Snapshot:
+    """The one dataset version a command reads, pinned when it starts; a dataset not in the store yet
+    is first ingested from the recipe's data.source when it names one (a recipe is its own first command)."""
+    from quant_cli.data.ingest import ingest_missing
+
+    ingest_missing(recipe, data_dir, reporter)
     return store.pin(data_dir, dataset_name(recipe))
 
 
-def pin_checked(recipe: Recipe, data_dir: Path) -> store.Snapshot:
+def pin_checked(recipe: Recipe, data_dir: Path, reporter: Reporter = SILENT) -> store.Snapshot:
     """Pin the dataset, then check the split dates against the pinned manifest (before any feature build)."""
-    snapshot = pin_dataset(recipe, data_dir)
+    snapshot = pin_dataset(recipe, data_dir, reporter)
     _check_split_dates(recipe, snapshot.manifest)
     return snapshot
 

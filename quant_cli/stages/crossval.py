@@ -23,7 +23,7 @@ import polars as pl
 
 from quant_cli.report import SILENT, Reporter
 from quant_cli.splits.purged import group_of
-from quant_cli.dataset.table import KEYS, Prepared, Table, fit_weights
+from quant_cli.dataset.table import KEYS, Prepared, Table, fit_weights, with_regime_of
 from quant_cli.backtest.metrics import prediction_metrics
 from quant_cli.errors import ModelError
 from quant_cli.stages import fitting
@@ -61,7 +61,8 @@ def cross_validate(prepared: Prepared, split_cfg: dict[str, Any], embargo: int |
     parts = []
     for fold in reporter.track(folds["folds"], "cross-validation"):
         train, test = dev[fold.train], dev[fold.test]
-        _, score = fit_and_score(prepared.pipeline, new_model(), train, test, _calendar(prepared), split_cfg)
+        _, score = fit_and_score(prepared.pipeline, new_model(), train, test, _calendar(prepared), split_cfg,
+                                 table=prepared.table)
         parts.append(test.select("symbol", "ts", "group", "label").with_columns(pl.lit(fold.index).alias("fold"), pl.Series("score", score)))
     oof = pl.concat(parts).select("symbol", "ts", "fold", "group", "score", "label")
     return oof, _cv_metrics(oof, folds, dev)
@@ -69,14 +70,16 @@ def cross_validate(prepared: Prepared, split_cfg: dict[str, Any], embargo: int |
 
 def fit_and_score(template: FittedPipeline, model: Model, train: pl.DataFrame, test: pl.DataFrame, calendar: pl.DataFrame,
                   split_cfg: dict[str, Any], val: pl.DataFrame | None = None, early_stopping: int = 0,
-                  window: FoldWindow | None = None) -> tuple[FittedPipeline, np.ndarray]:
+                  window: FoldWindow | None = None, table: Table | None = None) -> tuple[FittedPipeline, np.ndarray]:
     """The per-fold step of cross-validation and walk-forward: a fresh copy of `template` and the
     sample weights are fit on `train` alone, then the fresh `model`; returns the fitted pipeline
     and `test`'s scores (`model` is fitted in place; NaN where a panel model has no full window).
 
     Frames hold symbol, ts, label, t1 and the raw feature columns; `val` (optional) drives early
     stopping only. Panel models (`Model.uses_panel()`) also need the fold's `window`. This is the
-    one place folds call `Model.fit` / `Model.predict`.
+    one place folds call `Model.fit` / `Model.predict`. A pipeline with the regime HMM fits it on
+    `train` here and needs the feature `table`: its filtered values come from each symbol's whole
+    history there (Table.regime_history), not from the fold's rows alone.
     """
     pipeline = template.unfitted().fit(train)
     weights = fit_weights(train, calendar, split_cfg) if model.sample_weights else None
@@ -84,6 +87,13 @@ def fit_and_score(template: FittedPipeline, model: Model, train: pl.DataFrame, t
     if model.uses_panel():
         return pipeline, _fit_and_score_panel(model, window, pipeline, calendar, {"train": train, "val": val, "test": test},
                                               weights, early_stopping if has_val else 0)
+    if pipeline.fits_regime:
+        if table is None:
+            raise ModelError("the regime feature regime_hmm_p_high is filtered over whole histories; "
+                             "pass the feature table")
+        history = table.regime_history(pipeline)
+        train, test = with_regime_of(history, train), with_regime_of(history, test)
+        val = with_regime_of(history, val) if has_val else val
     model.fit(_matrix(pipeline, train), train["label"].to_numpy(), feature_names=pipeline.features,
               X_val=_matrix(pipeline, val) if has_val else None, y_val=val["label"].to_numpy() if has_val else None,
               sample_weight=None if weights is None else weights["weight"].to_numpy(), early_stopping=early_stopping if has_val else 0,

@@ -33,13 +33,15 @@ def build_panel(prepared: Prepared, channels: pl.DataFrame | None = None) -> tup
     return make_panel(rows, prepared.inputs(rows), channels), rows.with_row_index("_panel_row")
 
 
-def model_inputs(model: Model, prepared: Prepared, parts: dict[str, pl.DataFrame], channels: pl.DataFrame | None = None) -> Inputs:
+def model_inputs(
+    model: Model, prepared: Prepared, parts: dict[str, pl.DataFrame], channels: pl.DataFrame | None = None
+) -> Inputs:
     """name → (rows, model inputs) for each part (frames with symbol, ts, label, t1, ...);
     `channels`: the raw-bar channels, for models that read them (`Model.needs_bars()`)."""
     if not model.uses_panel():
         X = prepared.inputs(pl.concat([p.select(KEYS) for p in parts.values()]))
         bounds = np.cumsum([0, *(p.height for p in parts.values())])  # one pass; each part a view
-        return {name: (part, X[bounds[i]:bounds[i + 1]]) for i, (name, part) in enumerate(parts.items())}
+        return {name: (part, X[bounds[i] : bounds[i + 1]]) for i, (name, part) in enumerate(parts.items())}
     panel, index = build_panel(prepared, channels if model.needs_bars() else None)
     out = {}
     for name, part in parts.items():
@@ -48,12 +50,20 @@ def model_inputs(model: Model, prepared: Prepared, parts: dict[str, pl.DataFrame
     return out
 
 
-def segment_inputs(model: Model, prepared: Prepared, names: tuple[str, ...], channels: pl.DataFrame | None = None) -> Inputs:
+def segment_inputs(
+    model: Model, prepared: Prepared, names: tuple[str, ...], channels: pl.DataFrame | None = None
+) -> Inputs:
     return model_inputs(model, prepared, {name: prepared.segment(name) for name in names}, channels)
 
 
-def fit_model(model: Model, prepared: Prepared, inputs: Inputs, early_stopping: int, reporter: Reporter = SILENT,
-              report: StepReport | None = None) -> float:
+def fit_model(
+    model: Model,
+    prepared: Prepared,
+    inputs: Inputs,
+    early_stopping: int,
+    reporter: Reporter = SILENT,
+    report: StepReport | None = None,
+) -> float:
     """Fit on inputs["train"] (validating on inputs["val"] when present); returns seconds.
     `report`: the loop's per-round/epoch hook (tuning prunes through it)."""
     train, X = inputs["train"]
@@ -62,11 +72,20 @@ def fit_model(model: Model, prepared: Prepared, inputs: Inputs, early_stopping: 
     has_val = val is not None and val.height > 0
     started = time.perf_counter()
     with reporter.working(f"train: fitting {model.name} on {train.height:,} rows"):
-        model.fit(X, train["label"].to_numpy(), feature_names=prepared.features,
-                  X_val=X_val if has_val else None, y_val=val["label"].to_numpy() if has_val else None,
-                  sample_weight=weight, early_stopping=early_stopping,
-                  symbols=train["symbol"].to_numpy(), symbols_val=val["symbol"].to_numpy() if has_val else None,
-                  ts=train["ts"].to_numpy(), t1=train["t1"].to_numpy(), report=report)
+        model.fit(
+            X,
+            train["label"].to_numpy(),
+            feature_names=prepared.features,
+            X_val=X_val if has_val else None,
+            y_val=val["label"].to_numpy() if has_val else None,
+            sample_weight=weight,
+            early_stopping=early_stopping,
+            symbols=train["symbol"].to_numpy(),
+            symbols_val=val["symbol"].to_numpy() if has_val else None,
+            ts=train["ts"].to_numpy(),
+            t1=train["t1"].to_numpy(),
+            report=report,
+        )
     return time.perf_counter() - started
 
 
@@ -74,7 +93,9 @@ def predict_frame(model: Model, part: pl.DataFrame, X: Any) -> pl.DataFrame:
     """symbol, ts, [segment,] score, [label,] (+ p_<class> for classifiers) of the rows the model scores."""
     symbols = part["symbol"].to_numpy()
     frame = part.select(c for c in (*KEYS, "segment") if c in part.columns)
-    frame = frame.with_columns(pl.Series("score", model.predict(X, symbols=symbols)), *([part["label"]] if "label" in part.columns else []))
+    frame = frame.with_columns(
+        pl.Series("score", model.predict(X, symbols=symbols)), *([part["label"]] if "label" in part.columns else [])
+    )
     if model.is_classifier:
         proba = model.predict_proba(X, symbols=symbols)
         frame = frame.with_columns(pl.Series(f"p_{c:g}", proba[:, i]) for i, c in enumerate(model.classes_))
@@ -84,5 +105,11 @@ def predict_frame(model: Model, part: pl.DataFrame, X: Any) -> pl.DataFrame:
 def predict_segments(model: Model, inputs: Inputs, names: tuple[str, ...] = ("val", "test")) -> pl.DataFrame:
     """symbol, ts, segment, score, label — plus p_<class> columns for classifiers — of every scored row."""
     frames = [predict_frame(model, *inputs[name]) for name in names if inputs[name][0].height]
-    empty = {"symbol": pl.String, "ts": pl.Datetime("us", "UTC"), "segment": pl.String, "score": pl.Float64, "label": pl.Float64}
+    empty = {
+        "symbol": pl.String,
+        "ts": pl.Datetime("us", "UTC"),
+        "segment": pl.String,
+        "score": pl.Float64,
+        "label": pl.Float64,
+    }
     return pl.concat(frames) if frames else pl.DataFrame(schema=empty)

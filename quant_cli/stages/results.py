@@ -35,8 +35,8 @@ class StageResult:
 
 @dataclass(frozen=True)
 class SplitResult(StageResult):
-    boundaries: dict[str, Any]         # split/boundaries.json
-    cv: dict[str, Any] | None          # n_splits, n_paths of purged k-fold / CPCV folds; None when chronological
+    boundaries: dict[str, Any]  # split/boundaries.json
+    cv: dict[str, Any] | None  # n_splits, n_paths of purged k-fold / CPCV folds; None when chronological
     prepared: Prepared = field(repr=False, compare=False)  # the split in memory, for the stages that continue
 
 
@@ -57,7 +57,7 @@ class ReportResult(StageResult):
 
 @dataclass(frozen=True)
 class BundleResult(StageResult):
-    bundle: Path     # the bundle folder, or its .tar.gz with --archive
+    bundle: Path  # the bundle folder, or its .tar.gz with --archive
     bundle_id: str
 
 

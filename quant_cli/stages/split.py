@@ -78,7 +78,7 @@ def split_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter
 
 def _new_split(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter, model: bool) -> SplitResult:
     check_recipe(recipe, reporter, model=model)
-    snapshot = pin_checked(recipe, data_dir)
+    snapshot = pin_checked(recipe, data_dir, reporter)
     with create_run(runs_dir, recipe) as run:
         return split_stage(run, recipe, snapshot, reporter)
 

@@ -126,7 +126,7 @@ def _segment_metrics(predictions: pl.DataFrame) -> dict[str, Any]:
 def train_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> TrainResult:
     """`qfactory train --recipe R`: a new run with features (cached), split and a trained model."""
     check_recipe(recipe, reporter)
-    snapshot = pin_checked(recipe, data_dir)
+    snapshot = pin_checked(recipe, data_dir, reporter)
     with create_run(runs_dir, recipe) as run:
         prepared = split_stage(run, recipe, snapshot, reporter).prepared
         metrics = train_stage(run, recipe, prepared, reporter, snapshot=snapshot)

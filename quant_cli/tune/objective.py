@@ -45,17 +45,17 @@ class Pruned(Exception):
 class TrialTask:
     number: int
     params: dict[str, Any]
-    recipe: Recipe                      # the base recipe with this trial's params applied
-    run_path: Path                      # the tune run: split/ is shared by every trial
+    recipe: Recipe  # the base recipe with this trial's params applied
+    run_path: Path  # the tune run: split/ is shared by every trial
     data_dir: Path
-    direction: str                      # maximize or minimize
-    medians: dict[int, float] | None    # pruning thresholds by step; None: no pruning
+    direction: str  # maximize or minimize
+    medians: dict[int, float] | None  # pruning thresholds by step; None: no pruning
 
 
 @dataclass
 class TrialResult:
     number: int
-    state: str                          # complete, pruned or fail
+    state: str  # complete, pruned or fail
     value: float | None = None
     intermediate: dict[int, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -73,7 +73,7 @@ def direction_of(recipe: Recipe) -> str:
 
 @dataclass
 class Shared:
-    prepared: Any                       # dataset.table.Prepared
+    prepared: Any  # dataset.table.Prepared
     inputs: dict[str, Any] | None = None
     bars: pl.DataFrame | None = None
 
@@ -116,14 +116,20 @@ def evaluate(task: TrialTask) -> TrialResult:
     try:
         result.value, result.fit_info = _objective(task, result.intermediate)
         if result.value is None or not math.isfinite(result.value):
-            result.state, result.error = "fail", f"objective {task.recipe['tune']['objective']} is not a number ({result.value})"
+            result.state, result.error = (
+                "fail",
+                f"objective {task.recipe['tune']['objective']} is not a number ({result.value})",
+            )
     except Pruned:
         result.state = "pruned"
     except QFactoryError as exc:
         result.state, result.error = "fail", str(exc)
     except Exception as exc:  # noqa: BLE001 - a library failing on one combination fails that trial only
         last = traceback.extract_tb(exc.__traceback__)[-1]
-        result.state, result.error = "fail", f"{type(exc).__name__}: {exc} ({Path(last.filename).name}:{last.lineno})".splitlines()[0]
+        result.state, result.error = (
+            "fail",
+            f"{type(exc).__name__}: {exc} ({Path(last.filename).name}:{last.lineno})".splitlines()[0],
+        )
     result.seconds = round(time.perf_counter() - started, 3)
     result.value = _stable(result.value)
     result.intermediate = {step: _stable(v) for step, v in result.intermediate.items()}
@@ -148,10 +154,14 @@ def _objective(task: TrialTask, intermediate: dict[int, float]) -> tuple[float, 
     inputs = _train_val(shared)
     val_rows = inputs["val"][0]
     if val_rows.height == 0:
-        raise QFactoryError("the validation segment is empty; set split.val > 0 so trials can be scored without the test segment")
+        raise QFactoryError(
+            "the validation segment is empty; set split.val > 0 so trials can be scored without the test segment"
+        )
     score = lambda scores: _score(task, shared, kind, metric, val_rows, scores)  # noqa: E731
     report = _reporter(task, score, intermediate) if task.medians is not None else None
-    model, _, used = stages.fit_model(task.recipe, shared.prepared, inputs, report=report, bars=lambda: _shared_bars(task, shared))
+    model, _, used = stages.fit_model(
+        task.recipe, shared.prepared, inputs, report=report, bars=lambda: _shared_bars(task, shared)
+    )
     scores = model.predict(used["val"][1], symbols=val_rows["symbol"].to_numpy())  # NaN: a window's warm-up, unscored
     return score(scores), {k: v for k, v in model.fit_info().items() if isinstance(v, (int, float, str))}
 
@@ -174,7 +184,9 @@ def _reporter(task: TrialTask, score: Any, intermediate: dict[int, float]) -> An
     return report
 
 
-def _score(task: TrialTask, shared: Shared, kind: str, metric: str, val_rows: pl.DataFrame, scores: np.ndarray) -> float:
+def _score(
+    task: TrialTask, shared: Shared, kind: str, metric: str, val_rows: pl.DataFrame, scores: np.ndarray
+) -> float:
     from quant_cli.backtest.metrics import prediction_metrics
 
     scored = val_rows.select("symbol", "ts", pl.Series("score", np.asarray(scores, dtype=np.float64)), "label")
@@ -213,15 +225,17 @@ def _bars_before_test(task: TrialTask, prepared: Any) -> pl.DataFrame:
 
     recipe = task.recipe
     version = (Run(Path(task.run_path)).manifest().get("dataset") or {}).get("version")
-    bars = prepared.pipeline.adjustment.apply(load_bars(recipe, store.pin(Path(task.data_dir), dataset_name(recipe), version)))
+    bars = prepared.pipeline.adjustment.apply(
+        load_bars(recipe, store.pin(Path(task.data_dir), dataset_name(recipe), version))
+    )
     test = prepared.rows.filter(pl.col("segment") == "test")
     return bars.filter(pl.col("ts") < test["ts"].min()) if test.height else bars
 
 
 def _cv(task: TrialTask, shared: Shared, metric: str) -> float:
     from quant_cli import stages
-    from quant_cli.stages.crossval import cross_validate
     from quant_cli.splits.embargo import default_embargo
+    from quant_cli.stages.crossval import cross_validate
 
     recipe = task.recipe
     embargo = default_embargo(recipe["split"]["embargo"], recipe["label"]["horizon"])

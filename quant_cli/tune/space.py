@@ -32,8 +32,8 @@ _KINDS = ("int", "float", "choice")
 
 @dataclass(frozen=True)
 class Dimension:
-    key: str          # dotted recipe path, e.g. model.params.num_leaves
-    kind: str         # int, float or choice
+    key: str  # dotted recipe path, e.g. model.params.num_leaves
+    kind: str  # int, float or choice
     low: Any = None
     high: Any = None
     log: bool = False
@@ -61,7 +61,10 @@ def parse_space(recipe: Recipe) -> list[Dimension]:
     """The validated dimensions, `model.name` first (others may depend on the model chosen)."""
     space = recipe["tune"]["space"]
     if not space:
-        raise RecipeError('tune.space is empty; add dimensions under [tune.space], e.g. "model.params.num_leaves" = { int = [15, 255] }')
+        raise RecipeError(
+            "tune.space is empty; add dimensions under [tune.space], e.g. "
+            '"model.params.num_leaves" = { int = [15, 255] }'
+        )
     dims = [_dimension(key, spec) for key, spec in space.items()]
     dims.sort(key=lambda d: d.key != "model.name")
     _check_against_recipe(recipe, dims)
@@ -72,11 +75,18 @@ def _dimension(key: str, spec: Any) -> Dimension:
     where = f"tune.space {shown(key)}"
     _check_key(key, where)
     if not isinstance(spec, dict):
-        raise RecipeError(f"{where}: expected a table such as {{ int = [1, 10] }}, {{ float = [0.01, 0.1], log = true }} or {{ choice = [...] }}, got {shown(spec)}")
+        raise RecipeError(
+            f"{where}: expected a table such as {{ int = [1, 10] }}, {{ float = "
+            f"[0.01, 0.1], log = true }} or {{ choice = [...] }}, got {shown(spec)}"
+        )
     kinds = [k for k in _KINDS if k in spec]
     unknown = sorted(set(spec) - {*_KINDS, "log", "step"})
     if unknown:
-        raise RecipeError(f"{where}: unknown field {unknown[0]!r}{suggest(unknown[0], (*_KINDS, 'log', 'step'))}; allowed: {one_of((*_KINDS, 'log', 'step'))}")
+        raise RecipeError(
+            f"{where}: unknown field "
+            f"{unknown[0]!r}{suggest(unknown[0], (*_KINDS, 'log', 'step'))}; allowed: "
+            f"{one_of((*_KINDS, 'log', 'step'))}"
+        )
     if len(kinds) != 1:
         raise RecipeError(f"{where}: give exactly one of {one_of(_KINDS)}, got {one_of(kinds) or 'none'}")
     kind, value = kinds[0], spec[kinds[0]]
@@ -89,7 +99,11 @@ def _dimension(key: str, spec: Any) -> Dimension:
 
 def _range(key: str, where: str, kind: str, value: Any, log: bool, step: Any) -> Dimension:
     number = int if kind == "int" else (int, float)
-    ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, number) and not isinstance(v, bool) for v in value)
+    ok = (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, number) and not isinstance(v, bool) for v in value)
+    )
     if not ok or not all(math.isfinite(v) for v in value):
         noun = "integers" if kind == "int" else "numbers"
         raise RecipeError(f"{where}: {kind} must be [low, high] with two finite {noun}, got {shown(value)}")
@@ -108,17 +122,23 @@ def _range(key: str, where: str, kind: str, value: Any, log: bool, step: Any) ->
 def _check_key(key: str, where: str) -> None:
     parts = key.split(".")
     if parts[0] not in _TUNABLE_SECTIONS:
-        raise RecipeError(f"{where}: only {', '.join(s + '.*' for s in _TUNABLE_SECTIONS)} keys can be tuned (features and the split are "
-                          "computed once and shared by every trial); tune other sections with separate studies")
+        raise RecipeError(
+            f"{where}: only {', '.join(s + '.*' for s in _TUNABLE_SECTIONS)} keys can "
+            "be tuned (features and the split are "
+            "computed once and shared by every trial); tune other sections with separate studies"
+        )
     node: Any = SCHEMA
     for depth, part in enumerate(parts):
         if not isinstance(node, dict) or part not in node:
             allowed = list(node) if isinstance(node, dict) else []
-            raise RecipeError(f"{where}: {'.'.join(parts[:depth + 1])!r} is not a recipe key{suggest(part, allowed)}; see `qfactory recipe defaults`")
+            raise RecipeError(
+                f"{where}: {'.'.join(parts[: depth + 1])!r} is not a recipe "
+                f"key{suggest(part, allowed)}; see `qfactory recipe defaults`"
+            )
         node = node[part]
         if isinstance(node, Key) and node.kind == "table":
             if len(parts) != depth + 2:
-                raise RecipeError(f"{where}: name one parameter, e.g. '{'.'.join(parts[:depth + 1])}.num_leaves'")
+                raise RecipeError(f"{where}: name one parameter, e.g. '{'.'.join(parts[: depth + 1])}.num_leaves'")
             return
     if not isinstance(node, Key):
         raise RecipeError(f"{where}: {key!r} is a section, not a key; name a key inside it")
@@ -130,17 +150,24 @@ def _check_against_recipe(recipe: Recipe, dims: list[Dimension]) -> None:
 
     names = next((list(d.choices) for d in dims if d.key == "model.name"), [recipe["model"]["name"]])
     for name in names:
-        _refuse(f"tune.space 'model.name': choice {shown(name)}", lambda: model_class(name))
+        _refuse(f"tune.space 'model.name': choice {shown(name)}", lambda name=name: model_class(name))
     for dim in dims:
         if dim.param is not None and not any(dim.param in model_class(n).defaults for n in names):
             allowed = sorted({p for n in names for p in model_class(n).defaults})
-            raise RecipeError(f"tune.space {dim.key!r}: {dim.param!r} is not a parameter of model {one_of(names)}{suggest(dim.param, allowed)}; "
-                              "`qfactory train --list-models` lists each model's parameters")
+            raise RecipeError(
+                f"tune.space {dim.key!r}: {dim.param!r} is not a parameter of model "
+                f"{one_of(names)}{suggest(dim.param, allowed)}; "
+                "`qfactory train --list-models` lists each model's parameters"
+            )
     for dim in dims:
         for value in dim.values_to_check():
             models = [n for n in names if dim.param is None or dim.param in model_class(n).defaults]
             for name in models:
-                trial = apply(recipe, {"model.name": name, dim.key: value}) if dim.key != "model.name" else apply(recipe, {dim.key: value})
+                trial = (
+                    apply(recipe, {"model.name": name, dim.key: value})
+                    if dim.key != "model.name"
+                    else apply(recipe, {dim.key: value})
+                )
                 _refuse(f"tune.space {dim.key!r}: value {shown(value)}", lambda r=trial: check_recipe_model(r))
 
 
@@ -158,8 +185,15 @@ def check_recipe_model(recipe: Recipe) -> None:
 
     _validate({s: recipe[s] for s in _TUNABLE_SECTIONS}, SCHEMA, "the tuned recipe", prefix="")
     cfg = recipe["model"]
-    create_model(cfg["name"], cfg["task"], cfg["params"], recipe["run"]["seed"], recipe["train"]["threads"],
-                 symbol_encoding=cfg["symbol_encoding"], unseen_symbols=cfg["unseen_symbols"])
+    create_model(
+        cfg["name"],
+        cfg["task"],
+        cfg["params"],
+        recipe["run"]["seed"],
+        recipe["train"]["threads"],
+        symbol_encoding=cfg["symbol_encoding"],
+        unseen_symbols=cfg["unseen_symbols"],
+    )
 
 
 def apply(recipe: Recipe, values: dict[str, Any]) -> Recipe:

@@ -34,11 +34,12 @@ import polars as pl
 
 from quant_cli import stages
 from quant_cli.backend import Backend, open_backend
-from quant_cli.errors import RecipeError, RunError
-from quant_cli.io import write_parquet_atomic, write_text_atomic
+from quant_cli.errors import DataError, RecipeError, RunError
+from quant_cli.io import storage_errors, write_parquet_atomic, write_text_atomic
 from quant_cli.recipe import Recipe, to_toml
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run
+from quant_cli.stages import common
 from quant_cli.tune import objective, space
 
 STUDY_NAME = "qfactory"
@@ -63,10 +64,23 @@ def check(recipe: Recipe) -> list[space.Dimension]:
     return dims
 
 
+def _check_backtest_universe(recipe: Recipe, data_dir: Path, reporter: Reporter = SILENT) -> None:
+    """The refit (and a backtest.* objective) trades the recipe's [backtest]: a strategy that cannot
+    trade the dataset's symbols is refused before the first trial, not after the whole study."""
+    if not (recipe["tune"]["refit"] or recipe["tune"]["objective"].startswith("backtest.")):
+        return
+    try:
+        snapshot = common.pin_dataset(recipe, data_dir, reporter)  # ingests a missing dataset (with its notice)
+    except DataError:
+        return  # no dataset yet: the split says so (or ingests it)
+    common.check_universe(recipe, snapshot)
+
+
 def tune_new(recipe: Recipe, data_dir: Path, runs_dir: Path, trials: int | None = None, backend: str = "local",
              jobs: int = 1, reporter: Reporter = SILENT) -> TuneResult:
     """`qfactory tune --recipe R`: a new tune run (features and split once), then the study."""
     dims = check(recipe)
+    _check_backtest_universe(recipe, data_dir, reporter)
     with open_backend(backend, jobs) as opened:
         opened.check_shared({"data home": Path(data_dir), "runs home": Path(runs_dir)})
         run, prepared = stages.split_new(recipe, data_dir, runs_dir, reporter, model=True)
@@ -75,34 +89,44 @@ def tune_new(recipe: Recipe, data_dir: Path, runs_dir: Path, trials: int | None 
 
 
 def tune_existing(run: Run, data_dir: Path, runs_dir: Path, trials: int | None = None, backend: str = "local",
-                  jobs: int = 1, reporter: Reporter = SILENT) -> TuneResult:
-    """`qfactory tune --run RUN`: more trials in a run's study (its split is read, not rebuilt)."""
+                  jobs: int = 1, reporter: Reporter = SILENT, refit: bool = False) -> TuneResult:
+    """`qfactory tune --run RUN`: more trials in a run's study (its split is read, not rebuilt). `refit`
+    refits the best trial even when the recipe says tune.refit = false, or when a killed refit never
+    committed (`tune --run RUN --refit`: no new trials unless `trials` asks for them)."""
     if "tune" not in run.manifest():
         raise RunError(f"run {run.id} is not a tune run (its manifest has no 'tune' entry); start one with `qfactory tune --recipe R`")
     recipe = run.recipe()
     dims = check(recipe)
+    _check_backtest_universe(recipe, data_dir)
     with open_backend(backend, jobs) as opened:
         opened.check_shared({"data home": Path(data_dir), "runs home": Path(runs_dir)})
-        prepared = stages.load_run_split(run, data_dir) if opened.in_process else None
-        return _tune(run, recipe, dims, prepared, data_dir, runs_dir, trials, opened, reporter)
+        prepared = stages.load_run_split(run, data_dir) if opened.in_process and trials != 0 else None
+        return _tune(run, recipe, dims, prepared, data_dir, runs_dir, trials, opened, reporter, refit)
 
 
 def _tune(run: Run, recipe: Recipe, dims: list[space.Dimension], prepared: Any, data_dir: Path, runs_dir: Path,
-          trials: int | None, backend: Backend, reporter: Reporter) -> TuneResult:
+          trials: int | None, backend: Backend, reporter: Reporter, refit: bool = False) -> TuneResult:
+    """The study, under the run's tune lock and as its `tune` stage: while it runs the manifest says
+    so (with this pid), so `runs ls` shows the run `running`, and `interrupted:tune` once killed."""
     from filelock import FileLock, Timeout
 
     folder = run.path / "tune"
     folder.mkdir(exist_ok=True)
     try:
-        with FileLock(str(folder / ".lock"), timeout=0):
-            study = _open_study(run, recipe, reporter)
+        with FileLock(str(folder / ".lock"), timeout=0), run.stage("tune") as info:
+            with storage_errors(folder / "study.sqlite"):  # SQLite: "database or disk is full", not an OSError
+                study = _open_study(run, recipe, reporter)
             if prepared is not None:
                 objective.share(run.path, prepared)
             try:
-                added = _optimize(study, run, recipe, dims, Path(data_dir), trials or recipe["tune"]["trials"], backend, reporter)
+                wanted = recipe["tune"]["trials"] if trials is None else trials
+                with storage_errors(folder / "study.sqlite"):
+                    added = _optimize(study, run, recipe, dims, Path(data_dir), wanted, backend, reporter)
             finally:
                 objective.forget(run.path)
-            return _finish(study, run, recipe, Path(data_dir), Path(runs_dir), added, reporter)
+            result = _finish(study, run, recipe, Path(data_dir), Path(runs_dir), added, reporter, refit)
+            info["trials"] = result.trials.height
+            return result
     except Timeout:
         raise RunError(f"run {run.id} is being tuned by another process ({folder / '.lock'} is held); wait for it to finish") from None
 
@@ -245,7 +269,8 @@ def best_trial(study: Any) -> dict[str, Any] | None:
     return {"number": best.number, "value": best.value, "params": dict(best.params)}
 
 
-def _finish(study: Any, run: Run, recipe: Recipe, data_dir: Path, runs_dir: Path, added: int, reporter: Reporter) -> TuneResult:
+def _finish(study: Any, run: Run, recipe: Recipe, data_dir: Path, runs_dir: Path, added: int, reporter: Reporter,
+            force_refit: bool = False) -> TuneResult:
     table = trials_table(study)
     write_parquet_atomic(run.path / "tune" / "trials.parquet", table)
     best = best_trial(study)
@@ -255,10 +280,10 @@ def _finish(study: Any, run: Run, recipe: Recipe, data_dir: Path, runs_dir: Path
         raise RunError(f"tune run {run.id}: no trial completed{why}; fix the recipe or widen tune.space, then `qfactory tune --run {run.id}`")
     best_recipe = space.apply(recipe, best["params"])
     write_text_atomic(run.path / "tune" / "best.toml", to_toml(best_recipe))
-    refit = _refit(run, best_recipe, best, data_dir, runs_dir, reporter) if recipe["tune"]["refit"] else None
+    wanted = recipe["tune"]["refit"] or force_refit
+    refit = _refit(run, best_recipe, best, data_dir, runs_dir, reporter) if wanted else None
     counts = {s: int((table["state"] == s).sum()) for s in ("complete", "pruned", "fail")}
-    run.update_manifest(tune={"trials": table.height, **counts, "best": best, "best_recipe": "tune/best.toml"},
-                        stages={"tune": {"status": "done", "trials": table.height}})
+    run.update_manifest(tune={"trials": table.height, **counts, "best": best, "best_recipe": "tune/best.toml"})
     return TuneResult(run, best, table, refit, added)
 
 

@@ -89,7 +89,7 @@ def fit_fold(task: FoldTask) -> tuple[FittedPipeline, Model, pl.DataFrame]:
     model = make_model(task.recipe, task.device)
     pipeline, score = fit_and_score(task.template, model, parts["train"], parts["test"], task.calendar, task.recipe["split"],
                                     val=parts["val"], early_stopping=task.recipe["train"]["early_stopping"],
-                                    window=task.window() if model.uses_panel() else None)
+                                    window=task.window() if model.uses_panel() else None, table=task.table)
     scored = parts["test"].select("symbol", "ts", pl.lit(task.fold.index, pl.Int32).alias("fold"),
                                   pl.Series("score", score, pl.Float64), pl.col("label").cast(pl.Float64))
     return pipeline, model, scored.filter(pl.col("score").is_not_nan())  # a window's warm-up: not scored, so absent
@@ -123,7 +123,9 @@ def run_folds(tasks: Iterable[FoldTask], jobs: int | None, backend: str = "local
         return
     from joblib import Parallel, cpu_count, delayed
 
-    parallel = Parallel(n_jobs=jobs or cpu_count(), return_as="generator")
+    from quant_cli.workers import pool_kwargs
+
+    parallel = Parallel(n_jobs=jobs or cpu_count(), return_as="generator", backend="loky", **pool_kwargs())
     yield from reporter.track(parallel(delayed(run_fold)(task) for task in tasks), "walk-forward folds", total=total)
 
 

@@ -52,7 +52,9 @@ class WalkFold:
 
     def plan(self, embargo: Embargo, purge: bool) -> SplitPlan:
         """The split stage's plan for this fold: train | validation tail | boundary → test."""
-        return SplitPlan(val_start=self.val_start or self.boundary, test_start=self.boundary, embargo=embargo, purge=purge)
+        return SplitPlan(
+            val_start=self.val_start or self.boundary, test_start=self.boundary, embargo=embargo, purge=purge
+        )
 
     def rows(self, frame: pl.DataFrame) -> pl.DataFrame:
         """The rows of `frame` inside the fold: training window, gap and test window."""
@@ -109,12 +111,16 @@ def _test_starts(calendar: np.ndarray, first: int, cfg: dict[str, Any]) -> list[
         if end > pos and (not out or pos >= out[-1][1]):
             out.append((pos, end))
         elif out and pos < out[-1][1]:
-            raise RecipeError(f"walkforward.step ({step!r}) is shorter than walkforward.test ({cfg['test']!r}) on this data, "
-                              "so test windows overlap; make step at least as long as test")
+            raise RecipeError(
+                f"walkforward.step ({step!r}) is shorter than walkforward.test ({cfg['test']!r}) on this data, "
+                "so test windows overlap; make step at least as long as test"
+            )
         k += 1
 
 
-def _window(calendar: np.ndarray, test_pos: int, cfg: dict[str, Any], embargo: Embargo) -> tuple[int, int, int | None] | None:
+def _window(
+    calendar: np.ndarray, test_pos: int, cfg: dict[str, Any], embargo: Embargo
+) -> tuple[int, int, int | None] | None:
     """(window start, boundary, validation start) of a fold testing from `test_pos`, or None if
     its training window (the first fold's, for anchored) does not fit in the data."""
     boundary = _boundary(calendar, test_pos, embargo)
@@ -125,8 +131,10 @@ def _window(calendar: np.ndarray, test_pos: int, cfg: dict[str, Any], embargo: E
         return None
     val_start = _back(calendar, boundary, cfg["validation"], "walkforward.validation") if cfg["validation"] else None
     if val_start is not None and val_start <= start:
-        raise RecipeError(f"walkforward.validation ({cfg['validation']!r}) leaves nothing of walkforward.train "
-                          f"({cfg['train']!r}) to fit on; make the validation tail shorter than the training window")
+        raise RecipeError(
+            f"walkforward.validation ({cfg['validation']!r}) leaves nothing of walkforward.train "
+            f"({cfg['train']!r}) to fit on; make the validation tail shorter than the training window"
+        )
     return start, boundary, val_start
 
 
@@ -137,7 +145,8 @@ def build_folds(timestamps: np.ndarray, cfg: dict[str, Any], embargo: Embargo) -
     if first is None:
         raise DataError(
             f"walk-forward: {len(calendar)} labelled timestamps are too few for a training window of {cfg['train']!r} "
-            f"plus an embargo of {embargo!r} before a test window; use more data or a shorter walkforward.train / split.embargo"
+            f"plus an embargo of {embargo!r} before a test window; use more data or a "
+            "shorter walkforward.train / split.embargo"
         )
     folds = []
     for index, (pos, end) in enumerate(_test_starts(calendar, first, cfg)):
@@ -145,6 +154,15 @@ def build_folds(timestamps: np.ndarray, cfg: dict[str, Any], embargo: Embargo) -
         if cfg["mode"] == "anchored":
             start = int(calendar[0])
         last_train = calendar[int(np.searchsorted(calendar, boundary, side="left")) - 1]
-        folds.append(WalkFold(index, _instant(start), None if val_start is None else _instant(val_start), _instant(boundary),
-                              _instant(last_train), _instant(calendar[pos]), _instant(calendar[end - 1])))
+        folds.append(
+            WalkFold(
+                index,
+                _instant(start),
+                None if val_start is None else _instant(val_start),
+                _instant(boundary),
+                _instant(last_train),
+                _instant(calendar[pos]),
+                _instant(calendar[end - 1]),
+            )
+        )
     return folds

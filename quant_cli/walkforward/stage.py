@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from quant_cli.stages import common
-from quant_cli.backtest.metrics import prediction_metrics, summarize
+from quant_cli.backtest.metrics import market_exposure_note, prediction_metrics, summarize
 from quant_cli.backtest.outputs import write_backtest
 from quant_cli.backtest.report import write_report
 from quant_cli.data import store
@@ -29,7 +29,7 @@ from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.recipe import Recipe
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run, create_run, stage_outputs
-from quant_cli.runs.ledger import deflated_among_runs, run_trials
+from quant_cli.runs.ledger import deflated_among_runs, trial_of_summary
 from quant_cli.stages.results import WalkforwardResult, as_written
 from quant_cli.walkforward.execute import PREDICTION_COLUMNS, FoldResult, FoldTask, run_folds
 from quant_cli.walkforward.folds import WalkFold, build_folds
@@ -39,7 +39,8 @@ def walkforward_new(recipe: Recipe, data_dir: Path, runs_dir: Path, jobs: int | 
                     reporter: Reporter = SILENT, backend: str = "local") -> WalkforwardResult:
     """A new run holding a walk-forward: every fold refit on its own training window."""
     common.check_recipe(recipe, reporter)
-    snapshot = common.pin_dataset(recipe, data_dir)  # split dates are not used: no split-date check
+    snapshot = common.pin_dataset(recipe, data_dir, reporter)  # split dates are not used: no split-date check
+    common.check_universe(recipe, snapshot)  # before hours of fold fits end in an untradeable backtest
     with create_run(runs_dir, recipe) as run:
         homes = {"data home": Path(data_dir), "runs home": Path(runs_dir)}
         block = _walkforward_stage(run, recipe, snapshot, _Options(jobs, continue_on_error, backend, homes), reporter)
@@ -70,7 +71,8 @@ def _walkforward_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, optio
         block = _write_outputs(run, recipe, folds, results, bars, recipe["data"]["frequency"] or snapshot.manifest["frequency"], reporter)
         info.update(n_folds=len(folds), failed=sum(r.status == "failed" for r in results))
     reporter.info(f"walk-forward: stitched sharpe {_fmt(block.get('sharpe'))}, IC {_fmt(block.get('ic'), '.4f')}; "
-                  f"deflated sharpe {_fmt(block.get('deflated_sharpe'), '.3f')} over {block['n_trials']} trial(s)")
+                  f"deflated sharpe {_fmt(block.get('deflated_sharpe'), '.3f')} over {block['n_trials']} trial(s)"
+                  + (f"; {note}" if (note := market_exposure_note(block)) else ""))
     return block
 
 
@@ -124,7 +126,8 @@ def _write_outputs(run: Run, recipe: Recipe, folds: list[WalkFold], results: lis
     predictions = pl.concat([r.scored for r in results if r.scored is not None]).select(PREDICTION_COLUMNS).sort("symbol", "ts")
     with stage_outputs(run, "walkforward") as folder:
         write_parquet_atomic(folder / "predictions.parquet", predictions)
-        summary = _backtest_stitched(folder / "backtest", predictions, bars, recipe["backtest"], frequency, run.path, reporter)
+        summary = _backtest_stitched(folder / "backtest", predictions, bars, recipe["backtest"], frequency, run,
+                                     reporter)
         curve = pl.read_parquet(folder / "backtest" / "equity.parquet")
         folds_json = _folds_json(recipe["walkforward"]["mode"], folds, results, curve, summary["periods_per_year"])
         write_json_atomic(folder / "folds.json", folds_json)
@@ -136,11 +139,21 @@ def _write_outputs(run: Run, recipe: Recipe, folds: list[WalkFold], results: lis
 
 
 def _backtest_stitched(folder: Path, scores: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], frequency: str | None,
-                       run_dir: Path, reporter: Reporter) -> dict[str, Any]:
+                       run: Run, reporter: Reporter) -> dict[str, Any]:
     """The one call into the backtest: the stitched scores traded as one series by the same
-    engine and outputs as the backtest stage (the summary carries skew and raw kurtosis)."""
+    engine and outputs as the backtest stage (the summary carries skew and raw kurtosis, and the
+    deflated Sharpe ratio the report shows)."""
     folder.mkdir()
-    return write_backtest(folder, scores, bars, cfg, extra={"segment": "walkforward"}, frequency=frequency, run_dir=run_dir, reporter=reporter)
+    return write_backtest(folder, scores, bars, cfg, extra={"segment": "walkforward"}, frequency=frequency,
+                          run_dir=run.path, reporter=reporter, deflate=lambda summary: _deflated(run, summary))
+
+
+def _deflated(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
+    """The stitched Sharpe ratio deflated by every trial on the dataset (runs/ledger.py: the other
+    runs plus this one, still in its staging folder); NaN and N = 0 without a finite Sharpe ratio."""
+    if not math.isfinite(summary.get("sharpe", math.nan)):
+        return {"deflated_sharpe": float("nan"), "n_trials": 0, "sharpe_variance": float("nan")}
+    return deflated_among_runs(trial_of_summary(run.id, run.manifest(), "walkforward", summary), run.path.parent)
 
 
 def _folds_json(mode: str, folds: list[WalkFold], results: list[FoldResult], curve: pl.DataFrame, ppy: float) -> dict[str, Any]:
@@ -160,15 +173,8 @@ def _folds_json(mode: str, folds: list[WalkFold], results: list[FoldResult], cur
 
 
 def _with_deflated_sharpe(run: Run, block: dict[str, Any]) -> dict[str, Any]:
-    """Write the block into metrics.json, then add its deflated Sharpe ratio against every trial on
-    the dataset (runs/ledger.py: the other runs plus this one, still in its staging folder)."""
+    """Write the block (with the deflated Sharpe ratio of the stitched backtest) into metrics.json."""
     path = run.path / "metrics.json"
     metrics = read_json(path) if path.is_file() else {}
-    write_json_atomic(path, {**metrics, "walkforward": block})
-    mine = [t for t in run_trials(run.path) if t.kind == "walkforward"]
-    if mine:
-        block = {**block, **deflated_among_runs(mine[0], run.path.parent)}
-    else:  # no finite Sharpe ratio: no trial to deflate
-        block = {**block, "deflated_sharpe": float("nan"), "n_trials": 0, "sharpe_variance": float("nan")}
     write_json_atomic(path, {**metrics, "walkforward": block})
     return block

@@ -20,7 +20,7 @@ from quant_cli.models.base import Inputs
 from quant_cli.models.params import Limit
 from quant_cli.models.torch.config import NetConfig, param
 from quant_cli.models.torch.heads import SymbolInput
-from quant_cli.models.torch.windows import Samples, timestamp_codes
+from quant_cli.models.torch.windows import Samples, previous_rows, timestamp_codes
 from quant_cli.models.torchmodel import TorchModel
 
 
@@ -74,6 +74,8 @@ class MLPModel(TorchModel):
 
         y_dtype = torch.int64 if self.is_classifier else torch.float32
         n = len(rows.X)
+        prev = previous_rows(rows.symbols, rows.ts) if self.loop.loss == "pnl" else None  # the pnl loss's turnover
         samples = Samples(tensor(rows.X, torch.float32), torch.arange(n, device=dev), 0, tensor(rows.ids, torch.int64),
-                          tensor(y, y_dtype), tensor(w, torch.float32), tensor(timestamp_codes(rows.ts), torch.int64))
+                          tensor(y, y_dtype), tensor(w, torch.float32), tensor(timestamp_codes(rows.ts), torch.int64),
+                          tensor(prev, torch.int64))
         return samples, np.ones(n, dtype=bool)

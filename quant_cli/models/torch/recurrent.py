@@ -29,8 +29,9 @@ class RecurrentConfig(SequenceConfig):
 class Recurrent(nn.Module):
     def __init__(self, cfg: RecurrentConfig) -> None:
         super().__init__()
-        self.rnn = CELLS[cfg.cell](cfg.n_inputs, cfg.hidden, cfg.layers, batch_first=True,
-                                   dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.rnn = CELLS[cfg.cell](
+            cfg.n_inputs, cfg.hidden, cfg.layers, batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0
+        )
         self.head = Head(cfg.hidden, cfg)
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:

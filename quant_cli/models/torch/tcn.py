@@ -60,8 +60,9 @@ class TCN(nn.Module):
     def __init__(self, cfg: TCNConfig) -> None:
         super().__init__()
         widths = [cfg.n_inputs] + [cfg.channels] * cfg.levels
-        self.blocks = nn.Sequential(*(Block(widths[i], widths[i + 1], cfg.kernel_size, 2**i, cfg.dropout)
-                                      for i in range(cfg.levels)))
+        self.blocks = nn.Sequential(
+            *(Block(widths[i], widths[i + 1], cfg.kernel_size, 2**i, cfg.dropout) for i in range(cfg.levels))
+        )
         self.head = Head(cfg.channels, cfg)
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -81,6 +82,8 @@ class TCNModel(SequenceModel):
         p = self.params
         field = receptive_field(p["levels"], p["kernel_size"])
         if field < p["seq_len"]:
-            raise ModelError(f"model 'tcn': the receptive field of {p['levels']} levels with kernel_size "
-                             f"{p['kernel_size']} is {field} steps, shorter than seq_len {p['seq_len']}, so the oldest "
-                             "steps would be ignored; raise model.params.levels or kernel_size, or lower seq_len")
+            raise ModelError(
+                f"model 'tcn': the receptive field of {p['levels']} levels with kernel_size "
+                f"{p['kernel_size']} is {field} steps, shorter than seq_len {p['seq_len']}, so the oldest "
+                "steps would be ignored; raise model.params.levels or kernel_size, or lower seq_len"
+            )

@@ -27,10 +27,14 @@ class TransformerConfig(SequenceConfig):
     heads: int = param(4, "attention heads; d_model must split into them", at_least(1))
     layers: int = param(2, "encoder layers", between(1, 32))
     ff_mult: int = param(2, "feed-forward width as a multiple of d_model", at_least(1))
-    positions: str = param("learned", "learned (a vector per window step) or rotary (RoPE on queries and keys)",
-                           choice("learned", "rotary"))
-    pooling: str = param("last", "window summary: the last token, or attention pooling over every step",
-                         choice("last", "attention"))
+    positions: str = param(
+        "learned",
+        "learned (a vector per window step) or rotary (RoPE on queries and keys)",
+        choice("learned", "rotary"),
+    )
+    pooling: str = param(
+        "last", "window summary: the last token, or attention pooling over every step", choice("last", "attention")
+    )
     checkpoint: bool = param(False, "recompute each layer's activations in backward (less memory, same results)")
 
 
@@ -69,8 +73,12 @@ class Layer(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.attn = Attention(cfg)
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.ff_mult * cfg.d_model), nn.GELU(),
-                                 nn.Linear(cfg.ff_mult * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.ff_mult * cfg.d_model),
+            nn.GELU(),
+            nn.Linear(cfg.ff_mult * cfg.d_model, cfg.d_model),
+            nn.Dropout(cfg.dropout),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
@@ -92,7 +100,7 @@ class Transformer(nn.Module):
         # x: (B, L, F)
         h = self.embed(x)  # (B, L, D)
         if self.position is not None:
-            h = h + self.position[-h.shape[1]:]
+            h = h + self.position[-h.shape[1] :]
         recompute = self.checkpoint and self.training and torch.is_grad_enabled()
         for layer in self.layers:
             # checkpoint keeps only the layer's input; its RNG state is replayed, so dropout masks match
@@ -114,6 +122,8 @@ class TransformerModel(SequenceModel):
         super()._check_architecture()
         p = self.params
         if p["d_model"] % p["heads"] or (p["positions"] == "rotary" and (p["d_model"] // p["heads"]) % 2):
-            raise ModelError(f"model 'transformer': d_model {p['d_model']} must split into {p['heads']} heads"
-                             f"{' of an even width (rotary positions)' if p['positions'] == 'rotary' else ''}; "
-                             "change model.params.d_model or heads")
+            raise ModelError(
+                f"model 'transformer': d_model {p['d_model']} must split into {p['heads']} heads"
+                f"{' of an even width (rotary positions)' if p['positions'] == 'rotary' else ''}; "
+                "change model.params.d_model or heads"
+            )

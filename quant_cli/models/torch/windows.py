@@ -20,16 +20,36 @@ def timestamp_codes(ts: np.ndarray | None) -> np.ndarray | None:
     return None if ts is None else np.asarray(ts).astype("datetime64[us]").astype(np.int64)
 
 
+def previous_rows(symbols: np.ndarray | None, ts: np.ndarray | None) -> np.ndarray:
+    """(n,) index of the row holding the same symbol's previous timestamp among these rows, -1 for
+    a symbol's first (the pnl loss's turnover for tabular rows; rows without symbols are one
+    symbol; without timestamps, the rows' own order is time order)."""
+    n = 0 if symbols is None and ts is None else len(symbols if symbols is not None else ts)
+    keys = [np.arange(n)] if ts is None else [np.asarray(ts).astype("datetime64[us]").astype(np.int64)]
+    if symbols is not None:
+        keys.append(np.unique(np.asarray(symbols).astype(str), return_inverse=True)[1])
+    order = np.lexsort(keys)  # by symbol, then time
+    prev = np.full(n, -1, dtype=np.int64)
+    same = np.ones(max(n - 1, 0), dtype=bool) if symbols is None else keys[-1][order[1:]] == keys[-1][order[:-1]]
+    prev[order[1:][same]] = order[:-1][same]
+    return prev
+
+
 def window_offsets(seq_len: int, device: torch.device | str) -> torch.Tensor:
     """(seq_len,) -seq_len+1 .. 0: oldest row first, the prediction row last."""
     return torch.arange(-seq_len + 1, 1, device=device)
 
 
-def gather(x: torch.Tensor, ends: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """(B, seq_len, F) windows ending at `ends` (B,), or (B, F) rows when seq_len == 0."""
-    if seq_len == 0:
-        return x[ends]
-    return x[ends[:, None] + window_offsets(seq_len, x.device)[None, :]]  # (B, L) index → (B, L, F)
+def gather(x: torch.Tensor, ends: torch.Tensor, seq_len: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, seq_len, F) windows ending at `ends` (B,), or (B, F) rows when seq_len == 0; written into
+    `out` (a flat buffer of at least B * max(seq_len, 1) * F elements, e.g. pinned) when given."""
+    rows = ends if seq_len == 0 else (ends[:, None] + window_offsets(seq_len, x.device)[None, :]).reshape(-1)
+    shape = (len(ends), x.shape[1]) if seq_len == 0 else (len(ends), seq_len, x.shape[1])
+    if out is None:
+        return x.index_select(0, rows).view(shape)  # (B·L, F) → (B, L, F)
+    target = out[:rows.numel() * x.shape[1]].view(rows.numel(), x.shape[1])
+    torch.index_select(x, 0, rows, out=target)
+    return target.view(shape)
 
 
 @dataclass
@@ -43,13 +63,36 @@ class Samples:
     y: torch.Tensor | None = None     # (n,) float32 target, or int64 class code
     w: torch.Tensor | None = None     # (n,) float32 sample weight
     group: torch.Tensor | None = None  # (n,) int64 timestamp code (sharpe loss, cross-sectional IC)
+    prev: torch.Tensor | None = None   # (n,) int64 row the symbol's previous sample ends at, -1: none (pnl loss);
+    #                                    on the panel's device, like `ends`
 
     def __len__(self) -> int:
         return len(self.ends)
 
-    def inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(x_batch, ids_batch) of samples `idx`: (B, L, F) or (B, F), and (B,)."""
-        return gather(self.x, self.ends[idx], self.seq_len), self.part("ids", idx)
+    def inputs(self, idx: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x_batch, ids_batch) of samples `idx`: (B, L, F) or (B, F), and (B,); x written into `out` when given."""
+        return gather(self.x, self.ends[idx], self.seq_len, out), self.part("ids", idx)
+
+    def batch_numel(self, batch: int) -> int:
+        """Elements of the x of a batch of `batch` samples (a staging buffer's size)."""
+        return batch * max(self.seq_len, 1) * self.x.shape[1]
+
+    def to(self, device: str, panel_device: str | None = None) -> Samples:
+        """A copy with the panel and ends on `panel_device` (default `device`), the rest on `device`."""
+        def move(t, where):
+            return None if t is None else t.to(where)
+        where = panel_device or device
+        return Samples(move(self.x, where), move(self.ends, where), self.seq_len, move(self.ids, device),
+                       move(self.y, device), move(self.w, device), move(self.group, device), move(self.prev, where))
+
+    def previous_inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(x, ids, known) of the windows ending at each sample's previous row (`prev`; where there is
+        none, the sample's own window stands in, masked by `known`): what the pnl loss scores."""
+        idx = idx.to(self.prev.device, non_blocking=True)
+        prev = self.prev[idx]
+        known = prev >= 0
+        ends = torch.where(known, prev, self.ends[idx.to(self.ends.device)].to(prev.device))
+        return gather(self.x, ends.to(self.x.device), self.seq_len), self.part("ids", idx), known
 
     def part(self, name: str, idx: torch.Tensor) -> torch.Tensor | None:
         """Per-sample values of `idx`; the panel may sit in host memory while these are on the GPU."""
