@@ -44,7 +44,8 @@ class Block(nn.Module):
     def __init__(self, c_in: int, c_out: int, dropout: float) -> None:
         super().__init__()
         widths = [c_in, c_out, c_out, c_out]
-        self.convs = nn.ModuleList(nn.Conv1d(widths[i], widths[i + 1], k, padding="same") for i, k in enumerate(KERNELS))
+        self.convs = nn.ModuleList(nn.Conv1d(widths[i], widths[i + 1], k, padding="same")
+                                   for i, k in enumerate(KERNELS))
         self.norms = nn.ModuleList(ChannelNorm(c_out) for _ in KERNELS)
         self.skip = nn.Sequential(nn.Conv1d(c_in, c_out, 1), ChannelNorm(c_out)) if c_in != c_out else nn.Identity()
         self.drop = nn.Dropout(dropout)
