@@ -9,7 +9,7 @@ VENV   ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test clean
+.PHONY: setup quickstart lint test clean
 
 $(BIN)/qfactory: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ setup: $(BIN)/qfactory
 quickstart: setup
 	$(BIN)/qfactory run --recipe recipes/quickstart.toml
 
-test: setup $(BIN)/.ray-extra
+# Lint first (seconds): the formatter and linter configured in pyproject.toml's [tool.ruff].
+lint: setup
+	$(BIN)/ruff check quant_cli tests benchmarks
+	$(BIN)/ruff format --check quant_cli tests benchmarks
+
+test: setup $(BIN)/.ray-extra lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -40,14 +40,23 @@ MIN_CORR = 0.999
 
 def cli(*args: str, home: Path) -> dict:
     """One qfactory command with --json; its JSON object (exits on failure with the command's line)."""
-    command = [sys.executable, "-c", "from quant_cli.cli import app; app()", *args, "--json", "-q",
-               "--data-dir", str(home / "data")]
+    command = [
+        sys.executable,
+        "-c",
+        "from quant_cli.cli import app; app()",
+        *args,
+        "--json",
+        "-q",
+        "--data-dir",
+        str(home / "data"),
+    ]
     if args[0] in ("train", "bundle") and "verify" not in args:
         command += ["--runs-dir", str(home / "runs")]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"}, check=False)
     if done.returncode != 0:
-        sys.exit(f"gpu_check: `qfactory {' '.join(args)}` failed (exit {done.returncode}): "
-                 f"{done.stderr.strip()[-400:]}")
+        sys.exit(
+            f"gpu_check: `qfactory {' '.join(args)}` failed (exit {done.returncode}): {done.stderr.strip()[-400:]}"
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -62,9 +71,12 @@ def parity(run: Path, home: Path, dataset: str) -> tuple[float, float, str]:
     import polars as pl
 
     bundle = Path(cli("bundle", "--run", str(run), home=home)["path"])
-    verify = subprocess.run([sys.executable, "-c", "from quant_cli.cli import app; app()", "bundle", "verify",
-                             str(bundle)],
-                            capture_output=True, text=True, check=False)
+    verify = subprocess.run(
+        [sys.executable, "-c", "from quant_cli.cli import app; app()", "bundle", "verify", str(bundle)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     scores = home / f"{run.name}-cpu.parquet"
     cli("predict", "--bundle", str(bundle), "--source", dataset, "--out", str(scores), "--all", home=home)
     gpu = pl.read_parquet(run / "predictions.parquet").filter(pl.col("segment") == "test")
@@ -89,8 +101,10 @@ def main() -> int:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         build = torch.version.cuda or "none"
-        print(f"gpu_check: no CUDA device visible (torch {torch.__version__}, CUDA build {build}); "
-              "nothing to measure — run it on a machine with a GPU")
+        print(
+            f"gpu_check: no CUDA device visible (torch {torch.__version__}, CUDA build {build}); "
+            "nothing to measure — run it on a machine with a GPU"
+        )
         return 0
     card = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{args.device} (dry run)"
     shrink = ["data.synthetic.symbols=3", "data.synthetic.bars=700"] if args.shrink else []
@@ -116,17 +130,39 @@ def main() -> int:
                 if mode == "auto":
                     corr, diff, verified = parity(run, home, "quickstart")
                     failed |= corr < MIN_CORR or verified != "ok"
-                rows.append((name, mode, train.get("precision", "?"), rate, rate / cpu_rate,
-                             train.get("peak_cuda_memory_mb"),
-                             corr, diff, verified))
+                rows.append(
+                    (
+                        name,
+                        mode,
+                        train.get("precision", "?"),
+                        rate,
+                        rate / cpu_rate,
+                        train.get("peak_cuda_memory_mb"),
+                        corr,
+                        diff,
+                        verified,
+                    )
+                )
     print_table(card, rows, time.perf_counter() - started)
     return 1 if failed else 0
 
 
 def print_table(card: str, rows: list[tuple], seconds: float) -> None:
     header = ("recipe", "run", "precision", "samples/s", "x cpu", "peak MiB", "corr cpu", "max |diff|", "bundle")
-    body = [(r[0], r[1], r[2], f"{r[3]:,.0f}", f"{r[4]:.1f}", "-" if r[5] is None else f"{r[5]:,.0f}",
-             "-" if r[6] is None else f"{r[6]:.6f}", "-" if r[7] is None else f"{r[7]:.2e}", r[8]) for r in rows]
+    body = [
+        (
+            r[0],
+            r[1],
+            r[2],
+            f"{r[3]:,.0f}",
+            f"{r[4]:.1f}",
+            "-" if r[5] is None else f"{r[5]:,.0f}",
+            "-" if r[6] is None else f"{r[6]:.6f}",
+            "-" if r[7] is None else f"{r[7]:.2e}",
+            r[8],
+        )
+        for r in rows
+    ]
     widths = [max(len(c) for c in col) for col in zip(header, *body)]
     print(f"gpu_check on {card} ({seconds:.0f} s); pass: corr cpu >= {MIN_CORR} and bundle ok")
     for line in (header, *body):

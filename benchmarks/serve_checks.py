@@ -57,8 +57,13 @@ def main() -> None:
         spacing = _timed(lambda: loaded.check_spacing(ordered), args.repeat)
         scoring = _timed(lambda: loaded.score_bars(request), max(10, args.repeat // 50))
         loading = _timed(lambda: load(bundle), 5)
-    out = {"rows": request.height, "check_spacing_us": spacing, "score_bars_us": scoring, "load_us": loading,
-           "check_share_cpu": spacing[0] / scoring[0]}
+    out = {
+        "rows": request.height,
+        "check_spacing_us": spacing,
+        "score_bars_us": scoring,
+        "load_us": loading,
+        "check_share_cpu": spacing[0] / scoring[0],
+    }
     if args.json:
         print(json.dumps(out))
         return

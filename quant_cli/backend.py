@@ -93,8 +93,12 @@ class RayBackend(Backend):
         address = os.environ.get("RAY_ADDRESS")
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
         if not address:  # a private instance on this machine, reachable on loopback only
-            options.update(address="local", num_cpus=self.jobs, object_store_memory=_LOCAL_OBJECT_STORE,
-                           _node_ip_address="127.0.0.1")
+            options.update(
+                address="local",
+                num_cpus=self.jobs,
+                object_store_memory=_LOCAL_OBJECT_STORE,
+                _node_ip_address="127.0.0.1",
+            )
         else:
             _check_reachable(address)
             options.update(address=address)
@@ -102,8 +106,10 @@ class RayBackend(Backend):
             self._ray.init(**options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"RAY_ADDRESS={address}" if address else "a local Ray instance"
-            raise QFactoryError(f"--backend ray: cannot connect to {where} ({str(exc).splitlines()[0]}); "
-                                "start the cluster with `ray start --head` and set RAY_ADDRESS, or unset it to run locally") from None
+            raise QFactoryError(
+                f"--backend ray: cannot connect to {where} ({str(exc).splitlines()[0]}); "
+                "start the cluster with `ray start --head` and set RAY_ADDRESS, or unset it to run locally"
+            ) from None
         self._started = True
 
     def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
@@ -123,14 +129,20 @@ class RayBackend(Backend):
         try:
             nodes = [n["NodeID"] for n in self._ray.nodes() if n.get("Alive")]
             remote = self._ray.remote(max_retries=0)(_read_probes)
-            refs = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
-                {k: str(v) for k, v in probes.items()}) for node in nodes]
+            refs = [
+                remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+                    {k: str(v) for k, v in probes.items()}
+                )
+                for node in nodes
+            ]
             for host, unseen in self._ray.get(refs):
                 if unseen:
                     label = unseen[0]
                     raise StorageError(
-                        f"{label} {probes[label].parent} is not visible to Ray worker {host}; put the data and runs homes on "
-                        "storage every node mounts at the same path (NFS, a cluster file system) and pass it with --data-dir/--runs-dir"
+                        f"{label} {probes[label].parent} is not visible to Ray worker {host}; put "
+                        "the data and runs homes on "
+                        "storage every node mounts at the same path (NFS, a cluster file system) "
+                        "and pass it with --data-dir/--runs-dir"
                     )
         finally:
             for probe in probes.values():
@@ -150,8 +162,10 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
-        raise QFactoryError(f"--backend ray: cannot reach the Ray head at RAY_ADDRESS={address} ({exc.strerror or exc}); "
-                            "start it with `ray start --head` and check the address, or unset RAY_ADDRESS to run locally") from None
+        raise QFactoryError(
+            f"--backend ray: cannot reach the Ray head at RAY_ADDRESS={address} ({exc.strerror or exc}); "
+            "start it with `ray start --head` and check the address, or unset RAY_ADDRESS to run locally"
+        ) from None
 
 
 def _read_probes(probes: dict[str, str]) -> tuple[str, list[str]]:
@@ -194,7 +208,8 @@ def open_backend(name: str = "local", jobs: int = 1) -> Iterator[Backend]:
 def map_tasks(fn: Callable[[T], R], tasks: Sequence[T], *, backend: str | Backend = "local", jobs: int = 1) -> list[R]:
     """`fn` over `tasks` in task order, on a backend given by name (opened and closed here) or object.
 
-    The hook walk-forward folds use: `run_folds(tasks, jobs, backend)` = `map_tasks(fit_fold, tasks, backend=backend, jobs=jobs)`.
+    The hook walk-forward folds use:
+    `run_folds(tasks, jobs, backend)` = `map_tasks(fit_fold, tasks, backend=backend, jobs=jobs)`.
     """
     if isinstance(backend, Backend):
         return backend.map(fn, tasks)

@@ -55,9 +55,14 @@ STORAGE_FIXES = {
 # Native libraries report these in their own exception types, with the errno only in the message:
 # polars and deltalake (Rust) say "(os error 28)"; SQLite (Optuna's study) says "database or disk is full".
 _NATIVE_ERRNO = re.compile(r"os error (\d+)")
-_NATIVE_REASONS = {"no space left on device": errno.ENOSPC, "database or disk is full": errno.ENOSPC,
-                   "disk quota exceeded": errno.EDQUOT, "read-only file system": errno.EROFS,
-                   "readonly database": errno.EROFS, "permission denied": errno.EACCES}
+_NATIVE_REASONS = {
+    "no space left on device": errno.ENOSPC,
+    "database or disk is full": errno.ENOSPC,
+    "disk quota exceeded": errno.EDQUOT,
+    "read-only file system": errno.EROFS,
+    "readonly database": errno.EROFS,
+    "permission denied": errno.EACCES,
+}
 
 
 def os_errno(exc: BaseException) -> int | None:
@@ -98,7 +103,7 @@ def shown(value: object, limit: int = 80) -> str:
 
 def clipped(text: str, limit: int = 80) -> str:
     """Plain text (a key name, a --set item) cut to `limit` characters with an ellipsis."""
-    return text if len(text) <= limit else f"{text[:limit - 1]}…"
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 _HUGE_TOKEN = re.compile(r"\S{200,}")

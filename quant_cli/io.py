@@ -205,7 +205,10 @@ def read_run_parquet(run_dir: Path, relative: str) -> pl.DataFrame:
     try:
         return pl.read_parquet(Path(run_dir) / relative)
     except pl.exceptions.ComputeError as exc:
-        raise RunError(f"run {Path(run_dir).name}: {relative} is not a readable parquet file ({str(exc).splitlines()[0]}); {_DAMAGED_RUN}") from None
+        raise RunError(
+            f"run {Path(run_dir).name}: {relative} is not a readable parquet file "
+            f"({str(exc).splitlines()[0]}); {_DAMAGED_RUN}"
+        ) from None
 
 
 def read_run_json(run_dir: Path, relative: str) -> dict[str, Any]:

@@ -19,17 +19,42 @@ from quant_cli.recipe import load_recipe
 from quant_cli.runs.directory import Run
 
 # Core features (rsi, MACD, ATR: recursive, ~320 bars of warm-up) on 4 symbols x 600 daily bars.
-BASE = ['data.dataset="p"', 'features.sets=["core"]', "features.windows=[5, 10]", "label.horizon=3",
-        "train.threads=1", "train.early_stopping=0"]
-FAST = {"lightgbm": ["model.params.n_estimators=20", "model.params.min_data_in_leaf=20"],
-        "mlp": ['model.name="mlp"', "train.epochs=3", "model.params.hidden=[8]"],
-        "random_forest": ['model.name="random_forest"', "model.params.n_estimators=5"],
-        "xgboost": ['model.name="xgboost"', "model.params.n_estimators=10", "model.params.max_depth=3"],
-        # short exact warm-ups (ret_w: w + 1 bars), so a request one bar short of the window is wrong
-        "lstm": ['features.sets=[]', 'features.include=["ret_5", "ret_10"]', 'model.name="lstm"', "model.params.seq_len=8", "model.params.hidden=8", "train.epochs=2", "train.batch_size=64",
-                 "train.patience=0"],
-        "lstm_bars": ['features.sets=[]', 'features.include=["ret_5", "ret_10"]', 'model.name="lstm"', "model.params.seq_len=8", "model.params.hidden=8", 'model.params.inputs="both"',
-                      "train.epochs=2", "train.batch_size=64", "train.patience=0"]}
+BASE = [
+    'data.dataset="p"',
+    'features.sets=["core"]',
+    "features.windows=[5, 10]",
+    "label.horizon=3",
+    "train.threads=1",
+    "train.early_stopping=0",
+]
+FAST = {
+    "lightgbm": ["model.params.n_estimators=20", "model.params.min_data_in_leaf=20"],
+    "mlp": ['model.name="mlp"', "train.epochs=3", "model.params.hidden=[8]"],
+    "random_forest": ['model.name="random_forest"', "model.params.n_estimators=5"],
+    "xgboost": ['model.name="xgboost"', "model.params.n_estimators=10", "model.params.max_depth=3"],
+    # short exact warm-ups (ret_w: w + 1 bars), so a request one bar short of the window is wrong
+    "lstm": [
+        "features.sets=[]",
+        'features.include=["ret_5", "ret_10"]',
+        'model.name="lstm"',
+        "model.params.seq_len=8",
+        "model.params.hidden=8",
+        "train.epochs=2",
+        "train.batch_size=64",
+        "train.patience=0",
+    ],
+    "lstm_bars": [
+        "features.sets=[]",
+        'features.include=["ret_5", "ret_10"]',
+        'model.name="lstm"',
+        "model.params.seq_len=8",
+        "model.params.hidden=8",
+        'model.params.inputs="both"',
+        "train.epochs=2",
+        "train.batch_size=64",
+        "train.patience=0",
+    ],
+}
 
 
 @dataclass
@@ -65,7 +90,9 @@ class LiveServer:
         import uvicorn
 
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

@@ -157,8 +157,10 @@ def test_bad_input_is_one_line_and_exit_2(data_dir, tmp_path):
     split_only = stages.new_split_run(load_recipe(None, [*BASE, *FAST["lightgbm"]]), data_dir, tmp_path / "runs").run
     result = CliRunner().invoke(app, ["audit", "--run", str(split_only.path), "--data-dir", str(data_dir)])
     assert result.exit_code == 2
-    assert result.stderr == (f"error: run {split_only.id} has no committed train stage; train it first "
-                             f"with `qfactory train --run {split_only.id}`\n")
+    assert result.stderr == (
+        f"error: run {split_only.id} has no committed train stage; train it first "
+        f"with `qfactory train --run {split_only.id}`\n"
+    )
     result = CliRunner().invoke(app, ["audit", "--run", "latest", "--permutations", "-1"])
     assert result.exit_code == 2 and result.stderr.startswith("error: Invalid value for '--permutations' / '-n'")
 
@@ -217,8 +219,9 @@ def test_the_report_gains_an_audit_section(data_dir, tmp_path):
     assert '<h2 id="audit">Audit (pass)</h2>' in text and "fewer than the default 20" in text
     assert "training: fitted pipeline</td><td>pass" in text
     page.unlink()  # `qfactory report` regenerates it from files, the audit section included
-    regenerated = CliRunner().invoke(app, ["report", "--run", str(trained.run.path),
-                                           "--runs-dir", str(trained.runs_dir)])
+    regenerated = CliRunner().invoke(
+        app, ["report", "--run", str(trained.run.path), "--runs-dir", str(trained.runs_dir)]
+    )
     assert regenerated.exit_code == 0 and '<h2 id="audit">Audit (pass)</h2>' in page.read_text()
 
 
@@ -233,8 +236,10 @@ def test_the_rewritten_future_is_a_new_walk_of_valid_bars(small_panel, columns):
     assert changed.all() and (out["close"] > 0).all()
     validated(out.with_columns(pl.col("symbol").cast(pl.String)), "rewritten bars")  # ingest's rules, or DataError
     if columns is None:  # high >= max(open, close), low <= min(open, close)
-        assert out.select((pl.col("high") >= pl.max_horizontal("open", "close")).all(),
-                          (pl.col("low") <= pl.min_horizontal("open", "close")).all()).row(0) == (True, True)
+        assert out.select(
+            (pl.col("high") >= pl.max_horizontal("open", "close")).all(),
+            (pl.col("low") <= pl.min_horizontal("open", "close")).all(),
+        ).row(0) == (True, True)
         assert rewrite_after(bars, cutoff, seed=3).equals(out) and not rewrite_after(bars, cutoff, seed=4).equals(out)
 
 

@@ -40,8 +40,11 @@ def foresight_in_turbulence(bars: pl.DataFrame, turbulent: np.ndarray) -> pl.Dat
     calendar = bars["ts"].unique().sort()
     wild = pl.DataFrame({"ts": calendar, "wild": turbulent})
     noise = pl.Series(np.random.default_rng(1).normal(size=returns.height))
-    return (returns.join(wild, on="ts").with_columns(noise.alias("noise"))
-            .select("symbol", "ts", pl.when("wild").then(pl.col("ret")).otherwise(pl.col("noise")).alias("score")))
+    return (
+        returns.join(wild, on="ts")
+        .with_columns(noise.alias("noise"))
+        .select("symbol", "ts", pl.when("wild").then(pl.col("ret")).otherwise(pl.col("noise")).alias("score"))
+    )
 
 
 def test_market_regime_finds_the_planted_turbulence() -> None:
@@ -53,7 +56,7 @@ def test_market_regime_finds_the_planted_turbulence() -> None:
     # Well inside each block (after the 20-bar volatility caught up), turbulence is "high", calm is not.
     inside = np.zeros(len(labels), bool)
     for b in range(2, len(turbulent) // BLOCK):
-        inside[b * BLOCK + 30: (b + 1) * BLOCK] = True
+        inside[b * BLOCK + 30 : (b + 1) * BLOCK] = True
     assert (labels[inside & turbulent[1:]] == "high").mean() > 0.6
     assert (labels[inside & ~turbulent[1:]] == "high").mean() < 0.05
 

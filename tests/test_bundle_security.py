@@ -122,8 +122,9 @@ def test_a_swapped_and_rehashed_model_cannot_keep_the_bundle_id(runner, pair, tm
     derived = bundle_id(read_json(a / MANIFEST)["source_run"], read_json(forged / MANIFEST)["files"])
     result = _verify(runner, forged)
     assert result.exit_code == 2, result.output
-    assert result.stderr.strip() == (f"error: bundle {forged}: {MANIFEST} says bundle_id '{a_id}', "
-                                     f"but its files give {derived}; {MODIFIED}")
+    assert result.stderr.strip() == (
+        f"error: bundle {forged}: {MANIFEST} says bundle_id '{a_id}', but its files give {derived}; {MODIFIED}"
+    )
     _reseal(forged)  # an honest re-hash gives the content its own id, never A's
     assert runner.invoke(app, ["bundle", "verify", str(forged), "--json"]).exit_code == 0
     assert read_json(forged / MANIFEST)["bundle_id"] == derived != a_id
@@ -156,8 +157,10 @@ def test_manifest_entries_outside_the_bundle_are_refused(runner, pair, tmp_path,
     write_json_atomic(folder / MANIFEST, manifest)
     result = _verify(runner, folder)
     assert result.exit_code == 2, result.output
-    assert result.stderr.strip() == (f"error: bundle {folder}: {MANIFEST} entry '{entry}' does not name a file inside "
-                                     f"the bundle (absolute, '..', empty part, or the manifest itself); {REBUILD}")
+    assert result.stderr.strip() == (
+        f"error: bundle {folder}: {MANIFEST} entry '{entry}' does not name a file inside "
+        f"the bundle (absolute, '..', empty part, or the manifest itself); {REBUILD}"
+    )
 
 
 def test_links_in_a_bundle_are_refused(runner, pair, tmp_path):
@@ -167,8 +170,9 @@ def test_links_in_a_bundle_are_refused(runner, pair, tmp_path):
     (folder / "model").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     result = _verify(runner, folder)
     assert result.exit_code == 2, result.output
-    assert result.stderr.strip() == (f"error: bundle {folder}: model is a link; a bundle holds plain files only, "
-                                     f"{REBUILD}")
+    assert result.stderr.strip() == (
+        f"error: bundle {folder}: model is a link; a bundle holds plain files only, {REBUILD}"
+    )
 
 
 def test_names_with_control_characters_stay_on_one_line(runner, pair, tmp_path):
@@ -197,8 +201,10 @@ def test_an_archive_holding_a_link_is_refused(runner, pair, tmp_path):
         tar.addfile(link)
     result = _verify(runner, archive)
     assert result.exit_code == 2, result.output
-    assert result.stderr.strip() == (f"error: bundle {archive}: archive entry 'bundle/extra.json' is a link or device; "
-                                     f"a bundle holds plain files only, {REBUILD}")
+    assert result.stderr.strip() == (
+        f"error: bundle {archive}: archive entry 'bundle/extra.json' is a link or device; "
+        f"a bundle holds plain files only, {REBUILD}"
+    )
 
 
 # ---- documents validated after the hashes --------------------------------------------------------
@@ -224,8 +230,10 @@ def _state_shape(folder: Path) -> str:
     pipeline = read_json(folder / "pipeline.json")
     pipeline["state"]["columns"] = pipeline["state"]["columns"][:-1]
     write_json_atomic(folder / "pipeline.json", pipeline)
-    return ("pipeline.json is not what this qfactory writes (state: center must give a value for every column "
-            "(scaler 'zscore', fill 'zero'))")
+    return (
+        "pipeline.json is not what this qfactory writes (state: center must give a value for every column "
+        "(scaler 'zscore', fill 'zero'))"
+    )
 
 
 def _deep(folder: Path) -> str:
@@ -237,12 +245,19 @@ def _bad_spacing(folder: Path) -> str:
     pipeline = read_json(folder / "pipeline.json")
     pipeline["options"]["bar_spacing"] = "daily"
     write_json_atomic(folder / "pipeline.json", pipeline)
-    return ("pipeline.json is not what this qfactory writes (options.bar_spacing: frequency 'daily' is not understood; "
-            "use a count and a unit s/m/h/d/w, e.g. '5m', '1h', '1d')")
+    return (
+        "pipeline.json is not what this qfactory writes (options.bar_spacing: frequency 'daily' is not understood; "
+        "use a count and a unit s/m/h/d/w, e.g. '5m', '1h', '1d')"
+    )
 
 
-DOCUMENTS = {"no_warmup": _no_warmup, "unknown_feature": _unknown_feature, "state_shape": _state_shape, "deep": _deep,
-             "bad_spacing": _bad_spacing}
+DOCUMENTS = {
+    "no_warmup": _no_warmup,
+    "unknown_feature": _unknown_feature,
+    "state_shape": _state_shape,
+    "deep": _deep,
+    "bad_spacing": _bad_spacing,
+}
 
 
 @pytest.mark.parametrize("case", DOCUMENTS)
@@ -250,8 +265,10 @@ def test_documents_are_validated_after_their_hashes(runner, pair, tmp_path, case
     folder = _copy(pair[0], tmp_path)
     reason = DOCUMENTS[case](folder)
     _reseal(folder)
-    for args in (["bundle", "verify", str(folder)],
-                 ["predict", "--bundle", str(folder), "--source", "p", "--out", str(tmp_path / "s.csv")]):
+    for args in (
+        ["bundle", "verify", str(folder)],
+        ["predict", "--bundle", str(folder), "--source", "p", "--out", str(tmp_path / "s.csv")],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         assert result.stderr.strip() == f"error: bundle {folder}: {reason}; {REBUILD}"
@@ -262,11 +279,19 @@ def test_a_garbage_lightgbm_model_is_one_line_and_exit_2(pair, tmp_path):
     folder = _copy(pair[0], tmp_path)
     (folder / "model" / "model.txt").write_text("garbage\n")
     _reseal(folder)
-    done = subprocess.run([*QFACTORY, "bundle", "verify", str(folder)], capture_output=True, text=True, timeout=120,
-                          env=_env(), check=False)
+    done = subprocess.run(
+        [*QFACTORY, "bundle", "verify", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+        check=False,
+    )
     assert done.returncode == 2, done.stderr
-    assert done.stderr == (f"error: bundle {folder}: model/ cannot be loaded as a lightgbm model (LightGBMError: "
-                           f"Unknown model format or submodel type in model file model/model.txt); {REBUILD}\n")
+    assert done.stderr == (
+        f"error: bundle {folder}: model/ cannot be loaded as a lightgbm model (LightGBMError: "
+        f"Unknown model format or submodel type in model file model/model.txt); {REBUILD}\n"
+    )
 
 
 @pytest.mark.parametrize(("model", "file"), [("mlp", "weights.pt"), ("xgboost", "xgboost.json")])
@@ -293,10 +318,14 @@ def test_a_refused_reload_is_a_4xx_and_the_old_bundle_keeps_serving(pair, tmp_pa
     with LiveServer(create_app(load(a))) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         refused = client.post("/reload", json={"bundle": str(broken)})
         assert refused.status_code == 422, refused.text
-        reason = ("model/ cannot be loaded as a lightgbm model (LightGBMError: Unknown model format or submodel type "
-                  f"in model file model/model.txt); {REBUILD}")
-        assert refused.json() == {"error": f"reload failed, still serving {a_id}: bundle {broken}: {reason}",
-                                  "kind": "BundleError"}
+        reason = (
+            "model/ cannot be loaded as a lightgbm model (LightGBMError: Unknown model format or submodel type "
+            f"in model file model/model.txt); {REBUILD}"
+        )
+        assert refused.json() == {
+            "error": f"reload failed, still serving {a_id}: bundle {broken}: {reason}",
+            "kind": "BundleError",
+        }
         assert client.get("/ready").json() == {"ready": True, "bundle_id": a_id}
         scored = client.post("/predict", json=body)
         assert scored.status_code == 200 and scored.json()["bundle_id"] == a_id
@@ -312,9 +341,13 @@ def test_an_archive_leaves_no_folder_behind_across_reloads_and_sigterm(pair, tmp
     temp = tmp_path / "tmp"
     temp.mkdir()
     port = free_port()
-    server = subprocess.Popen([*QFACTORY, "serve", "--bundle", str(archive), "--port", str(port)],
-                              env=_env(TMPDIR=str(temp)),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [*QFACTORY, "serve", "--bundle", str(archive), "--port", str(port)],
+        env=_env(TMPDIR=str(temp)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, server)

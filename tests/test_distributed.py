@@ -113,8 +113,13 @@ def test_a_rank_that_dies_fails_the_command_in_one_line_without_hanging(recipe, 
     subprocess.run([*cli, "ingest", "--recipe", str(recipe), "-q"], check=True, env=env, timeout=120)
     stderr = tmp_path / "stderr.txt"
     with stderr.open("w") as err:
-        proc = subprocess.Popen([*cli, "train", "--recipe", str(recipe), "--nproc", "2", "--set", "train.epochs=500"],
-                                stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+        proc = subprocess.Popen(
+            [*cli, "train", "--recipe", str(recipe), "--nproc", "2", "--set", "train.epochs=500"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+            text=True,
+        )
     try:
         deadline = time.monotonic() + 180
         while "epoch 1/500" not in stderr.read_text() and time.monotonic() < deadline and proc.poll() is None:
@@ -128,17 +133,38 @@ def test_a_rank_that_dies_fails_the_command_in_one_line_without_hanging(recipe, 
             proc.kill()
     assert proc.returncode == 1 and out == ""
     errors = [line for line in stderr.read_text().splitlines() if line.startswith("error:")]
-    assert errors == [(f"error: data-parallel rank 1 of 2 (pid {workers[0]}) killed by signal 9; "
-                       "every rank was stopped — rerun it, or train with --nproc 1")]
+    assert errors == [
+        (
+            f"error: data-parallel rank 1 of 2 (pid {workers[0]}) killed by signal 9; "
+            "every rank was stopped — rerun it, or train with --nproc 1"
+        )
+    ]
 
 
 def test_nproc_with_a_model_that_is_not_torch_is_one_line(runner, recipe):
-    result = runner.invoke(app, ["train", "--recipe", str(recipe), "--nproc", "2", "--set", 'model.name="lightgbm"',
-                                 "--set", "model.params={}", "--set", 'model.symbol_encoding="none"'])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--recipe",
+            str(recipe),
+            "--nproc",
+            "2",
+            "--set",
+            'model.name="lightgbm"',
+            "--set",
+            "model.params={}",
+            "--set",
+            'model.symbol_encoding="none"',
+        ],
+    )
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        (f"error: train.nproc 2 trains torch models in parallel ({', '.join(torch_models())}); "
-         "model 'lightgbm' is not one — drop --nproc or set train.nproc = 1")]
+        (
+            f"error: train.nproc 2 trains torch models in parallel ({', '.join(torch_models())}); "
+            "model 'lightgbm' is not one — drop --nproc or set train.nproc = 1"
+        )
+    ]
 
 
 def test_nproc_needs_one_gpu_per_process():
@@ -228,9 +254,29 @@ def test_torchrun_ranks_train_one_model_and_only_rank_0_writes_the_run(recipe, t
     script = tmp_path / "qfactory_cli.py"
     script.write_text("from quant_cli.cli import app\napp()\n")
     port = str(launch._free_port())
-    done = subprocess.run([str(TORCHRUN), "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                           "--master-port", port, str(script), "train", "--recipe", str(recipe), "-q"],
-                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    done = subprocess.run(
+        [
+            str(TORCHRUN),
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            port,
+            str(script),
+            "train",
+            "--recipe",
+            str(recipe),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     run = Path(done.stdout.strip())  # one path: rank 1 printed nothing
     train = read_json(run / "metrics.json")["train"]

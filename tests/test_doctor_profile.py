@@ -11,8 +11,10 @@ from quant_cli.cli import app
 from quant_cli.models import device as device_mod
 from quant_cli.models.registry import torch_models
 
-CUDA_MISSING = ("train.device 'cuda' was requested but CUDA is not available (no GPU, or torch was built without "
-                "CUDA); use --device cpu or drop --strict-device")
+CUDA_MISSING = (
+    "train.device 'cuda' was requested but CUDA is not available (no GPU, or torch was built without "
+    "CUDA); use --device cpu or drop --strict-device"
+)
 
 
 @pytest.fixture
@@ -56,8 +58,27 @@ def test_doctor_refuses_an_unknown_backend_in_one_line(runner):
 
 
 def test_profile_json_gives_one_row_per_length_shortest_first(runner):
-    result = runner.invoke(app, ["profile", "--model", "lstm", "-L", "8,4", "-b", "4", "--features", "3",
-                                 "--steps", "1", "--device", "cpu", "--set", "model.params.hidden=4", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "profile",
+            "--model",
+            "lstm",
+            "-L",
+            "8,4",
+            "-b",
+            "4",
+            "--features",
+            "3",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            "--set",
+            "model.params.hidden=4",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["device"] == "cpu" and [r["seq_len"] for r in out["rows"]] == [4, 8]
@@ -67,22 +88,32 @@ def test_profile_json_gives_one_row_per_length_shortest_first(runner):
 
 
 def test_profile_table(runner):
-    result = runner.invoke(app, ["profile", "--model", "mlp", "-L", "1", "-b", "4", "--features", "3", "--steps", "1",
-                                 "-q"])
+    result = runner.invoke(
+        app, ["profile", "--model", "mlp", "-L", "1", "-b", "4", "--features", "3", "--steps", "1", "-q"]
+    )
     assert result.exit_code == 0, result.output
     header, row = result.stdout.splitlines()
     assert header.split()[:5] == ["seq_len", "batch", "samples/s", "ms/step", "peak"] and row.split()[:2] == ["1", "4"]
 
 
-@pytest.mark.parametrize(("args", "line"), [
-    (["--model", "lightgbm"],
-     f"qfactory profile measures torch models ({', '.join(torch_models())}); 'lightgbm' is not one"),
-    (["--model", "lstm", "-L", "8,x"], "--seq-len 'x' is not a positive integer; pass e.g. --seq-len 32,64,128"),
-    (["--model", "lstm", "--set", "train.epochs=3"],
-     "--set 'train.epochs=3': profile takes only model.params.KEY=VALUE, e.g. --set model.params.hidden=128"),
-    (["--model", "lstm", "--precision", "int8"],
-     "--precision 'int8' is not a precision; allowed: auto, fp32, bf16, fp16"),
-])
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--model", "lightgbm"],
+            f"qfactory profile measures torch models ({', '.join(torch_models())}); 'lightgbm' is not one",
+        ),
+        (["--model", "lstm", "-L", "8,x"], "--seq-len 'x' is not a positive integer; pass e.g. --seq-len 32,64,128"),
+        (
+            ["--model", "lstm", "--set", "train.epochs=3"],
+            "--set 'train.epochs=3': profile takes only model.params.KEY=VALUE, e.g. --set model.params.hidden=128",
+        ),
+        (
+            ["--model", "lstm", "--precision", "int8"],
+            "--precision 'int8' is not a precision; allowed: auto, fp32, bf16, fp16",
+        ),
+    ],
+)
 def test_profile_refuses_bad_input_in_one_line(runner, args, line):
     result = runner.invoke(app, ["profile", *args, "-b", "2", "--features", "2", "--steps", "1"])
     assert result.exit_code == 2

@@ -80,8 +80,10 @@ def test_recipe_commands_ingest_a_missing_dataset_with_one_notice(command, tiny,
 def test_a_recipe_without_source_still_names_the_missing_dataset(tiny, tmp_path):
     result = CliRunner().invoke(app, ["train", "--recipe", str(tiny), "--set", 'data.source=""'])
     assert result.exit_code == 2
-    assert result.stderr.strip() == (f"error: dataset 'tiny' not found in {tmp_path / 'data'}; "
-                                     "create it with `qfactory ingest --source ... --dataset tiny`")
+    assert result.stderr.strip() == (
+        f"error: dataset 'tiny' not found in {tmp_path / 'data'}; "
+        "create it with `qfactory ingest --source ... --dataset tiny`"
+    )
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.toml")))
@@ -102,8 +104,16 @@ def test_two_commands_at_once_on_an_empty_data_home_ingest_once(tiny, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     waiting = "waiting for another write to dataset 'tiny' to finish"
     with FileLock(str(root / ".writer.lock")):
-        children = [subprocess.Popen([*QFACTORY, "train", "--recipe", str(tiny)], env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        children = [
+            subprocess.Popen(
+                [*QFACTORY, "train", "--recipe", str(tiny)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         seen = [_read_until(child, waiting) for child in children]
     outputs = [child.communicate(timeout=300) for child in children]
     errors = [before + after for before, (_, after) in zip(seen, outputs)]

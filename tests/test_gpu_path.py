@@ -16,18 +16,21 @@ from quant_cli.models.torch.windows import Samples, gather
 NOTE_BF16 = "cuda:1 has no bf16 support; using fp16 with loss scaling"
 
 
-@pytest.mark.parametrize(("requested", "device", "bf16", "expected"), [
-    ("auto", "cuda", True, Precision("bf16")),
-    ("auto", "cuda:1", False, Precision("fp16", grad_scaler=True)),
-    ("bf16", "cuda:1", False, Precision("fp16", grad_scaler=True, note=NOTE_BF16)),
-    ("fp16", "cuda", True, Precision("fp16", grad_scaler=True)),
-    ("fp32", "cuda", True, Precision("fp32")),
-    ("auto", "cpu", True, Precision("fp32")),
-    ("bf16", "cpu", True, Precision("bf16")),
-    ("fp16", "cpu", True, Precision("fp32", note="fp16 autocast is not used on cpu; running in fp32")),
-    ("auto", "mps", False, Precision("fp32")),
-    ("bf16", "mps", False, Precision("fp32", note="bf16 autocast is not used on mps; running in fp32")),
-])
+@pytest.mark.parametrize(
+    ("requested", "device", "bf16", "expected"),
+    [
+        ("auto", "cuda", True, Precision("bf16")),
+        ("auto", "cuda:1", False, Precision("fp16", grad_scaler=True)),
+        ("bf16", "cuda:1", False, Precision("fp16", grad_scaler=True, note=NOTE_BF16)),
+        ("fp16", "cuda", True, Precision("fp16", grad_scaler=True)),
+        ("fp32", "cuda", True, Precision("fp32")),
+        ("auto", "cpu", True, Precision("fp32")),
+        ("bf16", "cpu", True, Precision("bf16")),
+        ("fp16", "cpu", True, Precision("fp32", note="fp16 autocast is not used on cpu; running in fp32")),
+        ("auto", "mps", False, Precision("fp32")),
+        ("bf16", "mps", False, Precision("fp32", note="bf16 autocast is not used on mps; running in fp32")),
+    ],
+)
 def test_precision_is_bf16_where_supported_else_fp16_with_a_scaler_else_fp32(requested, device, bf16, expected):
     assert choose_precision(requested, device, bf16) == expected
 
@@ -49,7 +52,7 @@ def test_gather_into_a_staging_buffer_equals_a_plain_gather():
     for seq_len in (0, 1, 5):
         staged = torch.full((100,), -1.0)
         assert torch.equal(gather(x, ends, seq_len, out=staged), gather(x, ends, seq_len))
-        by_hand = x[ends] if seq_len == 0 else torch.stack([x[e - seq_len + 1:e + 1] for e in ends])
+        by_hand = x[ends] if seq_len == 0 else torch.stack([x[e - seq_len + 1 : e + 1] for e in ends])
         assert torch.equal(gather(x, ends, seq_len), by_hand)
 
 
@@ -69,8 +72,14 @@ def _data(n: int = 300, seed: int = 0):
 
 def test_bf16_training_is_scored_in_fp32_unless_inference_precision_says_otherwise():
     X, y = _data()
-    model = create_model("mlp", "regression", {"hidden": [16]}, 1, 1,
-                         train={"epochs": 2, "batch_size": 64, "precision": "bf16", "patience": 0})
+    model = create_model(
+        "mlp",
+        "regression",
+        {"hidden": [16]},
+        1,
+        1,
+        train={"epochs": 2, "batch_size": 64, "precision": "bf16", "patience": 0},
+    )
     model.fit(X[:250], y[:250], feature_names=list("abc"))
     info = model.fit_info()
     assert info["precision"] == "bf16" and info["inference_precision"] == "fp32" and info["world_size"] == 1
@@ -115,8 +124,15 @@ def test_a_precision_not_honoured_as_spelled_is_a_notice(monkeypatch):
     monkeypatch.setattr(device_mod, "_warned", set())
     X, y = _data(60)
     reporter = CollectingReporter()
-    model = create_model("mlp", "regression", {"hidden": [4]}, 1, 1, reporter=reporter,
-                         train={"epochs": 1, "batch_size": 32, "precision": "fp16"})
+    model = create_model(
+        "mlp",
+        "regression",
+        {"hidden": [4]},
+        1,
+        1,
+        reporter=reporter,
+        train={"epochs": 1, "batch_size": 32, "precision": "fp16"},
+    )
     model.fit(X, y, feature_names=list("abc"))
     assert model.fit_info()["precision"] == "fp32"
     assert ("notice", "train.precision 'fp16': fp16 autocast is not used on cpu; running in fp32") in reporter.messages

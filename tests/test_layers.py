@@ -17,19 +17,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "quant_cli"
 
 FLOORS: list[set[str]] = [
     {"__init__", "errors", "report", "schema", "workers"},  # ground: imports nothing of the package but these
-    {"io", "backend"},                           # files on disk, the compute backend
-    {"data"},                                    # sources, the canonical schema, the Delta store
-    {"recipe"},                                  # TOML loading and checks (reads data.frequency)
-    {"features"},                                # the feature registry, engine, store, raw-bar channels
-    {"splits", "pipeline"},                      # folds and embargo; the FittedPipeline
-    {"dataset"},                                 # the modelling table: features + labels + weights
-    {"backtest", "models"},                      # the engine and metrics; model families and registry
-    {"runs"},                                    # run directories, listing, the trial ledger
-    {"serve"},                                   # bundles, batch predict, the app
-    {"stages"},                                  # orchestration: fitting, cross-validation, each stage
-    {"walkforward", "tune", "audit"},            # multi-fit stages built on the stages (the audit refits runs)
-    {"doctor"},                                  # `qfactory doctor`'s report on the environment
-    {"cli"},                                     # the command line: translates only
+    {"io", "backend"},  # files on disk, the compute backend
+    {"data"},  # sources, the canonical schema, the Delta store
+    {"recipe"},  # TOML loading and checks (reads data.frequency)
+    {"features"},  # the feature registry, engine, store, raw-bar channels
+    {"splits", "pipeline"},  # folds and embargo; the FittedPipeline
+    {"dataset"},  # the modelling table: features + labels + weights
+    {"backtest", "models"},  # the engine and metrics; model families and registry
+    {"runs"},  # run directories, listing, the trial ledger
+    {"serve"},  # bundles, batch predict, the app
+    {"stages"},  # orchestration: fitting, cross-validation, each stage
+    {"walkforward", "tune", "audit"},  # multi-fit stages built on the stages (the audit refits runs)
+    {"doctor"},  # `qfactory doctor`'s report on the environment
+    {"cli"},  # the command line: translates only
 ]
 
 # Import circles still present, each as the set of modules on it: none since models register
@@ -67,8 +67,10 @@ def _imports(source: str, name: str, is_package: bool, modules: set[str]) -> set
 
 def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     files = {_module_name(p, package): p for p in package.rglob("*.py")}
-    return {name: _imports(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", set(files))
-            for name, path in files.items()}
+    return {
+        name: _imports(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", set(files))
+        for name, path in files.items()
+    }
 
 
 def _unit(module: str) -> str:
@@ -149,11 +151,14 @@ def test_no_import_circle_but_the_known_ones():
     assert [c for c in cycles(import_graph()) if c not in KNOWN_CYCLES] == []
 
 
-@pytest.mark.parametrize("text", [
-    "from quant_cli.stages import fitting\n",
-    "def lazy():\n    from quant_cli.cli.common import emit\n",
-    "import quant_cli.serve.bundle\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "from quant_cli.stages import fitting\n",
+        "def lazy():\n    from quant_cli.cli.common import emit\n",
+        "import quant_cli.serve.bundle\n",
+    ],
+)
 def test_an_upward_import_is_caught(text):
     graph = import_graph()
     graph["quant_cli.models.base"] |= _imports(text, "quant_cli.models.base", False, set(graph))

@@ -95,14 +95,41 @@ def _poll(condition, timeout: float, what: str):  # noqa: ANN001
 def test_kill_9_of_a_parallel_walkforward_leaves_no_worker_alive(tmp_path):
     (tmp_path / "r.toml").write_text(RECIPE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    ingest = subprocess.run([sys.executable, "-c", "from quant_cli.cli import app; app()", "ingest", "--recipe",
-                             str(tmp_path / "r.toml"), "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    ingest = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from quant_cli.cli import app; app()",
+            "ingest",
+            "--recipe",
+            str(tmp_path / "r.toml"),
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ingest.returncode == 0, ingest.stderr
-    cli = subprocess.Popen([sys.executable, "-c", "from quant_cli.cli import app; app()", "walkforward", "--recipe",
-                            str(tmp_path / "r.toml"), "--jobs", "2", "--quiet"], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from quant_cli.cli import app; app()",
+            "walkforward",
+            "--recipe",
+            str(tmp_path / "r.toml"),
+            "--jobs",
+            "2",
+            "--quiet",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     pool: list[int] = []
     try:
+
         def busy_workers() -> list[int]:
             pool = [(p, _cmdline(p)) for p in _descendants(cli.pid)]
             workers = [p for p, cmd in pool if "loky" in cmd and "resource_tracker" not in cmd]

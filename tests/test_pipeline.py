@@ -28,7 +28,9 @@ threads = 1
 """
 
 REQUIRED_METRICS = {
-    "val": ["ic", "rank_ic"], "test": ["ic", "rank_ic"], "backtest": ["sharpe", "max_drawdown", "annual_return"],
+    "val": ["ic", "rank_ic"],
+    "test": ["ic", "rank_ic"],
+    "backtest": ["sharpe", "max_drawdown", "annual_return"],
 }
 
 
@@ -50,17 +52,34 @@ def invoke_ok(runner, args) -> Path:
 def test_run_produces_the_whole_run_directory(runner, recipe):
     run = invoke_ok(runner, ["run", "--recipe", str(recipe), "--quiet"])
     assert run.is_dir() and run.parent == Path("runs").resolve()
-    for name in ["recipe.toml", "manifest.json", "metrics.json", "predictions.parquet", "log.jsonl",
-                 "split/boundaries.json", "split/counts.json", "split/scaler.json", "model/model.txt",
-                 "backtest/equity.parquet", "backtest/weights.parquet", "backtest/trades.parquet",
-                 "backtest/metrics.json", "backtest/report.html"]:
+    for name in [
+        "recipe.toml",
+        "manifest.json",
+        "metrics.json",
+        "predictions.parquet",
+        "log.jsonl",
+        "split/boundaries.json",
+        "split/counts.json",
+        "split/scaler.json",
+        "model/model.txt",
+        "backtest/equity.parquet",
+        "backtest/weights.parquet",
+        "backtest/trades.parquet",
+        "backtest/metrics.json",
+        "backtest/report.html",
+    ]:
         assert (run / name).is_file(), name
     metrics = read_json(run / "metrics.json")
     for section, keys in REQUIRED_METRICS.items():
         for key in keys:
             assert isinstance(metrics[section][key], float), f"{section}.{key}"
     manifest = read_json(run / "manifest.json")
-    assert [s for s, v in manifest["stages"].items() if v["status"] == "done"] == ["ingest", "split", "train", "backtest"]
+    assert [s for s, v in manifest["stages"].items() if v["status"] == "done"] == [
+        "ingest",
+        "split",
+        "train",
+        "backtest",
+    ]
     assert set(manifest["fingerprints"]) >= {"recipe", "features", "dataset"}
     preds = pl.read_parquet(run / "predictions.parquet")
     assert preds.columns == ["symbol", "ts", "segment", "score", "label"]
@@ -70,7 +89,10 @@ def test_run_produces_the_whole_run_directory(runner, recipe):
 
 
 def test_stages_chain_through_run_ids(runner, recipe):
-    invoke_ok(runner, ["ingest", "--source", "synthetic", "--dataset", "syn", "--symbols", "8", "--bars", "400", "--seed", "1", "-q"])
+    invoke_ok(
+        runner,
+        ["ingest", "--source", "synthetic", "--dataset", "syn", "--symbols", "8", "--bars", "400", "--seed", "1", "-q"],
+    )
     run = invoke_ok(runner, ["split", "--recipe", str(recipe), "-q"])
     assert (run / "split").is_dir() and not (run / "model").exists()
     assert invoke_ok(runner, ["train", "--run", str(run), "-q"]) == run
@@ -94,7 +116,9 @@ def test_same_recipe_same_predictions(runner, recipe):
 def test_bad_recipe_leaves_no_run_directory(runner, recipe):
     result = runner.invoke(app, ["run", "--recipe", str(recipe), "--set", "model.params.num_leafs=3"])
     assert result.exit_code == 2
-    assert result.stderr.strip().startswith("error: model.params.num_leafs is not a parameter of model 'lightgbm' (did you mean 'num_leaves'?)")
+    assert result.stderr.strip().startswith(
+        "error: model.params.num_leafs is not a parameter of model 'lightgbm' (did you mean 'num_leaves'?)"
+    )
     assert not Path("runs").exists() or not any(Path("runs").iterdir())
 
 
@@ -115,18 +139,50 @@ def test_unknown_run_is_exit_2(runner):
 
 def test_lightgbm_learns_the_planted_signal(runner, recipe):
     """On a panel with a planted drift, the test-segment IC is clearly positive."""
-    args = ["run", "--recipe", str(recipe), "-q", "--set", "data.synthetic.symbols=20", "--set", "data.synthetic.bars=1000",
-            "--set", "data.synthetic.signal=0.3", "--set", "model.params.n_estimators=300", "--set", "model.params.num_leaves=7",
-            "--set", "model.params.min_data_in_leaf=300", "--set", "model.params.learning_rate=0.02"]
+    args = [
+        "run",
+        "--recipe",
+        str(recipe),
+        "-q",
+        "--set",
+        "data.synthetic.symbols=20",
+        "--set",
+        "data.synthetic.bars=1000",
+        "--set",
+        "data.synthetic.signal=0.3",
+        "--set",
+        "model.params.n_estimators=300",
+        "--set",
+        "model.params.num_leaves=7",
+        "--set",
+        "model.params.min_data_in_leaf=300",
+        "--set",
+        "model.params.learning_rate=0.02",
+    ]
     metrics = read_json(invoke_ok(runner, args) / "metrics.json")
     assert metrics["test"]["rank_ic"] > 0.03 and metrics["test"]["ic"] > 0.03
 
 
 @pytest.mark.parametrize("method", ["purged_kfold", "cpcv"])
 def test_cross_validation_methods_write_folds_and_oof(runner, recipe, method):
-    args = ["train", "--recipe", str(recipe), "-q", "--set", f"split.method={method}", "--set", "split.folds=3",
-            "--set", "split.groups=4", "--set", "split.test_groups=2", "--set", "split.sample_weight=uniqueness",
-            "--set", "label.horizon=3"]
+    args = [
+        "train",
+        "--recipe",
+        str(recipe),
+        "-q",
+        "--set",
+        f"split.method={method}",
+        "--set",
+        "split.folds=3",
+        "--set",
+        "split.groups=4",
+        "--set",
+        "split.test_groups=2",
+        "--set",
+        "split.sample_weight=uniqueness",
+        "--set",
+        "label.horizon=3",
+    ]
     invoke_ok(runner, ["ingest", "--source", "synthetic", "--dataset", "syn", "--symbols", "8", "--bars", "400", "-q"])
     run = invoke_ok(runner, args)
     folds = read_json(run / "split" / "folds.json")
@@ -136,7 +192,10 @@ def test_cross_validation_methods_write_folds_and_oof(runner, recipe, method):
     oof = pl.read_parquet(run / "cv" / "oof.parquet")
     assert oof.columns == ["symbol", "ts", "fold", "group", "score", "label"]
     metrics = read_json(run / "metrics.json")["cv"]
-    assert len(metrics["path_ic" if method == "cpcv" else "fold_ic"]) == folds["n_paths" if method == "cpcv" else "n_splits"]
+    assert (
+        len(metrics["path_ic" if method == "cpcv" else "fold_ic"])
+        == folds["n_paths" if method == "cpcv" else "n_splits"]
+    )
     weights = pl.read_parquet(run / "split" / "weights.parquet")
     assert weights["weight"].mean() == pytest.approx(1.0)
 
@@ -144,8 +203,20 @@ def test_cross_validation_methods_write_folds_and_oof(runner, recipe, method):
 @pytest.mark.parametrize("kind", ["direction", "triple_barrier"])
 @pytest.mark.parametrize("task", ["regression", "classification"])
 def test_classification_labels_run_end_to_end(runner, recipe, kind, task):
-    args = ["run", "--recipe", str(recipe), "-q", "--set", f"label.kind={kind}", "--set", "label.horizon=5",
-            "--set", "label.threshold=0.01", "--set", f"model.task={task}"]
+    args = [
+        "run",
+        "--recipe",
+        str(recipe),
+        "-q",
+        "--set",
+        f"label.kind={kind}",
+        "--set",
+        "label.horizon=5",
+        "--set",
+        "label.threshold=0.01",
+        "--set",
+        f"model.task={task}",
+    ]
     run = invoke_ok(runner, args)
     predictions = pl.read_parquet(run / "predictions.parquet")
     assert set(predictions["label"].unique()) <= {-1.0, 0.0, 1.0}
@@ -163,13 +234,24 @@ def test_classification_labels_run_end_to_end(runner, recipe, kind, task):
 def test_classification_task_needs_class_labels(runner, recipe):
     result = runner.invoke(app, ["train", "--recipe", str(recipe), "--set", "model.task=classification"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: model.task = 'classification' needs label.kind 'direction' or 'triple_barrier', got 'forward_return'"
+    assert (
+        result.stderr.strip()
+        == "error: model.task = 'classification' needs label.kind 'direction' or 'triple_barrier', got 'forward_return'"
+    )
 
 
 def test_split_then_train_reuses_stored_weights_and_scaler(runner, recipe):
     invoke_ok(runner, ["ingest", "--source", "synthetic", "--dataset", "syn", "--symbols", "8", "--bars", "400", "-q"])
-    overrides = ["--set", "split.sample_weight=uniqueness", "--set", "split.time_decay=0.5", "--set", "preprocess.scaler=rank_gauss",
-                 "--set", "split.embargo=\"10d\""]
+    overrides = [
+        "--set",
+        "split.sample_weight=uniqueness",
+        "--set",
+        "split.time_decay=0.5",
+        "--set",
+        "preprocess.scaler=rank_gauss",
+        "--set",
+        'split.embargo="10d"',
+    ]
     run = invoke_ok(runner, ["split", "--recipe", str(recipe), "-q", *overrides])
     invoke_ok(runner, ["train", "--run", str(run), "-q"])
     direct = invoke_ok(runner, ["train", "--recipe", str(recipe), "-q", *overrides])
@@ -200,7 +282,16 @@ def test_strict_device_fails_before_any_run_exists(runner, recipe):
 
 @pytest.mark.parametrize(("model", "encoding"), [("lightgbm", "index"), ("linear", "one_hot"), ("mlp", "embedding")])
 def test_global_models_with_symbol_encoding(runner, recipe, model, encoding):
-    args = ["run", "--recipe", str(recipe), "-q", "--set", f"model.name={model}", "--set", f"model.symbol_encoding={encoding}"]
+    args = [
+        "run",
+        "--recipe",
+        str(recipe),
+        "-q",
+        "--set",
+        f"model.name={model}",
+        "--set",
+        f"model.symbol_encoding={encoding}",
+    ]
     if model != "lightgbm":
         args += ["--set", "model.params={}"]
     if model == "mlp":
@@ -212,8 +303,21 @@ def test_global_models_with_symbol_encoding(runner, recipe, model, encoding):
 
 def test_split_reports_cpcv_splits_and_paths(runner, recipe):
     invoke_ok(runner, ["ingest", "--source", "synthetic", "--dataset", "syn", "--symbols", "8", "--bars", "400", "-q"])
-    result = runner.invoke(app, ["split", "--recipe", str(recipe), "--json", "--set", "split.method=cpcv",
-                                 "--set", "split.groups=6", "--set", "split.test_groups=2"])
+    result = runner.invoke(
+        app,
+        [
+            "split",
+            "--recipe",
+            str(recipe),
+            "--json",
+            "--set",
+            "split.method=cpcv",
+            "--set",
+            "split.groups=6",
+            "--set",
+            "split.test_groups=2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["cv"] == {"n_splits": 15, "n_paths": 5}  # C(6, 2) splits, C(5, 1) paths

@@ -36,8 +36,10 @@ def test_the_cost_term_charges_exactly_the_turnover_of_a_churning_score() -> Non
     churn = torch.tensor([[2.0], [2.0], [-2.0], [-2.0], [2.0], [2.0]])
     steady = torch.full((6, 1), 2.0)
     known = torch.tensor([False, False, True, True, True, True])
-    previous = {"churn": Previous(torch.tensor([0.0, 0.0, 2.0, 2.0, -2.0, -2.0]), known),
-                "steady": Previous(torch.full((6,), 2.0), known)}
+    previous = {
+        "churn": Previous(torch.tensor([0.0, 0.0, 2.0, 2.0, -2.0, -2.0]), known),
+        "steady": Previous(torch.full((6,), 2.0), known),
+    }
     free, costly = PnL(cost=0.0), PnL(cost=0.01)
     assert free(churn, y, None, TS, previous["churn"]) == free(steady, y, None, TS, previous["steady"])
     turnover = torch.tensor([np.tanh(2.0), 2 * np.tanh(2.0), 2 * np.tanh(2.0)])  # per timestamp: entry, flip, flip
@@ -91,10 +93,12 @@ def test_train_with_the_pnl_loss_end_to_end(runner, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     write_store(data_dir, "p", generate(symbols=3, bars=260, seed=2), "test")
     recipe = tmp_path / "pnl.toml"
-    recipe.write_text('[data]\ndataset = "p"\n[features]\nsets = ["core"]\nwindows = [5]\n'
-                      '[model]\nname = "mlp"\nparams = { hidden = [8] }\n'
-                      '[train]\nepochs = 2\nthreads = 1\nloss = "pnl"\n'
-                      'pnl_cost_bps = 10.0\npnl_drawdown_penalty = 0.5\n')
+    recipe.write_text(
+        '[data]\ndataset = "p"\n[features]\nsets = ["core"]\nwindows = [5]\n'
+        '[model]\nname = "mlp"\nparams = { hidden = [8] }\n'
+        '[train]\nepochs = 2\nthreads = 1\nloss = "pnl"\n'
+        "pnl_cost_bps = 10.0\npnl_drawdown_penalty = 0.5\n"
+    )
     args = ["train", "--recipe", str(recipe), "--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -1,13 +1,11 @@
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from quant_cli.cli import app
-from quant_cli.errors import RecipeError
-from quant_cli.recipe import defaults, defaults_toml, fingerprint, load_recipe, to_toml
-from typer.testing import CliRunner
-from quant_cli.errors import RunError
-from quant_cli.recipe import with_defaults
+from quant_cli.errors import RecipeError, RunError
+from quant_cli.recipe import defaults, defaults_toml, fingerprint, load_recipe, to_toml, with_defaults
 from quant_cli.runs.directory import create_run
 
 
@@ -38,7 +36,9 @@ def test_extends_cycle_is_an_error(tmp_path):
 
 
 def test_set_overrides_parse_toml_values(tmp_path):
-    recipe = load_recipe(None, ["model.params.num_leaves=63", "features.windows=[5, 10]", "run.name=abc", "split.purge=false"])
+    recipe = load_recipe(
+        None, ["model.params.num_leaves=63", "features.windows=[5, 10]", "run.name=abc", "split.purge=false"]
+    )
     assert recipe["model"]["params"]["num_leaves"] == 63
     assert recipe["features"]["windows"] == [5, 10]
     assert recipe["run"]["name"] == "abc"
@@ -52,11 +52,18 @@ def test_int_accepted_where_float_expected():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[model]\nnme = 'x'\n", "recipe {p}: unknown key 'model.nme' in [model] (did you mean 'name'?); allowed: 'name', 'task', 'params'"),
+        (
+            "[model]\nnme = 'x'\n",
+            "recipe {p}: unknown key 'model.nme' in [model] (did you mean 'name'?); allowed: 'name', 'task', 'params'",
+        ),
         ("[modle]\n", "recipe {p}: unknown key 'modle' in the top level (did you mean 'model'?)"),
         ("[split]\ntrain = 'half'\n", "recipe {p}: 'split.train' must be a number, got 'half'"),
         ("[label]\nhorizon = 0\n", "recipe {p}: 'label.horizon' must be at least 1, got 0"),
-        ("[backtest]\nexecution = 'next_opn'\n", "recipe {p}: 'backtest.execution' must be one of 'next_open', 'next_close', got 'next_opn' (did you mean 'next_open'?)"),
+        (
+            "[backtest]\nexecution = 'next_opn'\n",
+            "recipe {p}: 'backtest.execution' must be one of 'next_open', "
+            "'next_close', got 'next_opn' (did you mean 'next_open'?)",
+        ),
         ("[data]\nsymbols = 'AAPL'\n", "recipe {p}: 'data.symbols' must be a list of strings, got 'AAPL'"),
         ("[data\n", "recipe {p}: invalid TOML"),
     ],
@@ -100,7 +107,8 @@ def test_cli_recipe_show_unknown_key_exit_2(runner, tmp_path):
     result = runner.invoke(app, ["recipe", "show", "--recipe", str(path)])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: recipe {path}: unknown key 'train.epochz' in [train] (did you mean 'epochs'?); allowed: 'device', 'strict_device', "
+        f"error: recipe {path}: unknown key 'train.epochz' in [train] (did you "
+        "mean 'epochs'?); allowed: 'device', 'strict_device', "
         "'early_stopping', 'threads', 'epochs', 'batch_size', 'learning_rate', 'weight_decay', 'schedule', 'warmup', "
         "'grad_clip', 'patience', 'monitor', 'loss', 'pnl_cost_bps', 'pnl_drawdown_penalty', 'precision', "
         "'inference_precision', 'compile', 'nproc'"
@@ -120,7 +128,10 @@ def test_two_rebalance_schedules_are_one_line_at_load(runner, tmp_path):
     assert load_recipe(None, ['backtest.rebalance="M"'])["backtest"]["rebalance"] == "M"  # a calendar alone is fine
 
 
-HORIZON_KEYS = "'kind', 'horizon', 'log', 'vol_scale', 'vol_span', 'cross_sectional', 'threshold', 'profit_take', 'stop_loss', 'vertical'"
+HORIZON_KEYS = (
+    "'kind', 'horizon', 'log', 'vol_scale', 'vol_span', 'cross_sectional', "
+    "'threshold', 'profit_take', 'stop_loss', 'vertical'"
+)
 
 
 NAME_RULE = "1 to 100 letters, digits, '.', '_' or '-', not starting with '.' (regex [A-Za-z0-9_-][A-Za-z0-9._-]{0,99})"
@@ -140,7 +151,8 @@ def test_typo_in_parent_recipe_names_the_parent(runner: CliRunner) -> None:
     Path("child.toml").write_text('extends = "base.toml"\n[model]\nname = "lightgbm"\n')
     line = error_line(runner.invoke(app, ["recipe", "show", "--recipe", "child.toml"]))
     assert line == (
-        f"error: recipe base.toml: unknown key 'label.horizn' in [label] (did you mean 'horizon'?); allowed: {HORIZON_KEYS}"
+        "error: recipe base.toml: unknown key 'label.horizn' in [label] (did you "
+        f"mean 'horizon'?); allowed: {HORIZON_KEYS}"
     )
 
 
@@ -155,7 +167,8 @@ def test_typo_in_set_names_the_set_item(runner: CliRunner) -> None:
     Path("r.toml").write_text("[label]\nhorizon = 3\n")
     line = error_line(runner.invoke(app, ["recipe", "show", "--recipe", "r.toml", "--set", "label.horizn=3"]))
     assert line == (
-        f"error: --set label.horizn=3: unknown key 'label.horizn' in [label] (did you mean 'horizon'?); allowed: {HORIZON_KEYS}"
+        "error: --set label.horizn=3: unknown key 'label.horizn' in [label] (did "
+        f"you mean 'horizon'?); allowed: {HORIZON_KEYS}"
     )
 
 

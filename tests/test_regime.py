@@ -57,16 +57,17 @@ def test_filtered_probabilities_ignore_the_future_and_smoothed_ones_do_not() -> 
     model = fit_hmm([returns])
     t = 400
     rewritten = returns.copy()
-    rewritten[t + 1:] = np.random.default_rng(9).normal(0.0, 0.03, len(returns) - t - 1)
+    rewritten[t + 1 :] = np.random.default_rng(9).normal(0.0, 0.03, len(returns) - t - 1)
     before, after = filtered(model, [returns])[0], filtered(model, [rewritten])[0]
-    np.testing.assert_array_equal(before[:t + 1], after[:t + 1])
-    assert np.abs(smoothed(model, [returns])[0][:t + 1] - smoothed(model, [rewritten])[0][:t + 1]).max() > 1e-3
+    np.testing.assert_array_equal(before[: t + 1], after[: t + 1])
+    assert np.abs(smoothed(model, [returns])[0][: t + 1] - smoothed(model, [rewritten])[0][: t + 1]).max() > 1e-3
 
 
 @pytest.fixture(scope="module")
 def fitted_pipeline(small_panel: pl.DataFrame) -> FittedPipeline:
-    pipeline = FittedPipeline(features=["regime_vol_pct_5", HMM_FEATURE],
-                              preprocess={"scaler": "zscore", "fill": "zero", "clip": 0.0})
+    pipeline = FittedPipeline(
+        features=["regime_vol_pct_5", HMM_FEATURE], preprocess={"scaler": "zscore", "fill": "zero", "clip": 0.0}
+    )
     training = small_panel.filter(pl.col("ts") < small_panel["ts"].unique().sort()[150])
     return pipeline.fit(compute_features(training, pipeline.features))
 
@@ -74,6 +75,7 @@ def fitted_pipeline(small_panel: pl.DataFrame) -> FittedPipeline:
 def test_the_pipelines_regime_feature_is_causal(fitted_pipeline: FittedPipeline, small_panel: pl.DataFrame) -> None:
     """The causality harness over the fitted pipeline's feature path (what serving computes): it
     fails if the regime probability is smoothed (forward-backward) instead of filtered."""
+
     def compute(bars: pl.DataFrame) -> pl.DataFrame:
         return fitted_pipeline.compute(bars).select("symbol", "ts", HMM_FEATURE)
 
@@ -100,8 +102,9 @@ def regime_bundle(regime_run: Trained) -> Path:
     return stages.bundle_existing(regime_run.run, regime_run.data_dir).bundle
 
 
-def test_bundle_predict_agrees_with_the_training_run(regime_run: Trained, regime_bundle: Path, runner,
-                                                     tmp_path: Path) -> None:
+def test_bundle_predict_agrees_with_the_training_run(
+    regime_run: Trained, regime_bundle: Path, runner, tmp_path: Path
+) -> None:
     """Training filtered each symbol's whole history (the run's table); predict filters the bars of
     a request with the bundle's measured lookback: same scores to 1e-6."""
     bundle = regime_bundle
@@ -141,10 +144,17 @@ def test_a_planted_two_regime_hmm_is_json_round_tripped() -> None:
     np.testing.assert_array_equal(again.transition, model.transition)
 
 
-
-WF_RECIPE = ['data.dataset="p"', "label.horizon=3", "model.params.n_estimators=10", "model.params.min_data_in_leaf=20",
-             "train.threads=1", "walkforward.train=120", "walkforward.test=40", 'features.sets=["regime"]',
-             "features.windows=[5]"]
+WF_RECIPE = [
+    'data.dataset="p"',
+    "label.horizon=3",
+    "model.params.n_estimators=10",
+    "model.params.min_data_in_leaf=20",
+    "train.threads=1",
+    "walkforward.train=120",
+    "walkforward.test=40",
+    'features.sets=["regime"]',
+    "features.windows=[5]",
+]
 
 
 def _fold(data_dir: Path, index: int):

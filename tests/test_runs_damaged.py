@@ -9,8 +9,10 @@ import pytest
 
 DEEP = "[" * 200_000 + "]" * 200_000
 DEPTH = "nested 200,000 levels deep, over the limit of 100"
-DAMAGED = (f"error: run deep-20260101T000000-0001: manifest.json is not valid JSON ({DEPTH}); "
-           "the run is damaged, start a new one with `qfactory train --recipe R`")
+DAMAGED = (
+    f"error: run deep-20260101T000000-0001: manifest.json is not valid JSON ({DEPTH}); "
+    "the run is damaged, start a new one with `qfactory train --recipe R`"
+)
 
 
 @pytest.fixture
@@ -94,9 +96,11 @@ def test_damaged_json_in_a_trained_run_is_one_line(runner, tmp_path):
     result = runner.invoke(app, ["backtest", "--run", run])
     assert result.exit_code == 2 and result.stderr.splitlines() == [
         f"error: run {metrics.parent.name}: metrics.json is not valid JSON ({DEPTH}); "
-        "the run is damaged, start a new one with `qfactory train --recipe R`"]
+        "the run is damaged, start a new one with `qfactory train --recipe R`"
+    ]
     (metrics.parent / "model" / "model.json").write_text(DEEP)
     result = runner.invoke(app, ["bundle", "--run", run])
     assert result.exit_code == 2 and result.stderr.splitlines() == [
         f"error: the saved model at {metrics.parent / 'model'} is damaged (a JSON file is not valid: {DEPTH}); "
-        "retrain it (`qfactory train --recipe R`)"]
+        "retrain it (`qfactory train --recipe R`)"
+    ]

@@ -28,6 +28,32 @@ min_data_in_leaf = 20
 threads = 1
 """
 
+SMALL_MOE = """
+[run]
+name = "moe"
+seed = 1
+[data]
+dataset = "syn"
+source = "synthetic"
+[data.synthetic]
+symbols = 3
+bars = 200
+[preprocess]
+fill = "zero"
+[model]
+name = "moe_transformer"
+[model.params]
+seq_len = 4
+d_model = 8
+heads = 2
+layers = 1
+experts = 2
+top_k = 1
+[train]
+threads = 1
+epochs = 3
+"""
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
@@ -152,3 +178,34 @@ def test_a_real_run_lists_shows_and_compares(runner, run_id):
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["recipe"] == {} and out["metrics"]["test.ic"][0] == out["metrics"]["test.ic"][1]
+
+
+def test_export_carries_torch_training_telemetry_per_epoch(runner, tmp_path):
+    """grad/param norms, learning rate and expert usage of each epoch become MLflow metric histories (step = epoch)."""
+    from mlflow.tracking import MlflowClient
+
+    recipe = tmp_path / "moe.toml"
+    recipe.write_text(SMALL_MOE)
+    trained = runner.invoke(app, ["run", "--recipe", str(recipe), "--data-dir", str(tmp_path / "data"),
+                                  "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+    assert trained.exit_code == 0, trained.output
+    run = Path(trained.stdout.strip())
+    history = json.loads((run / "model" / "history.json").read_text())["epochs"]
+    uri = (tmp_path / "mlruns").as_uri()
+    result = runner.invoke(app, ["runs", "export-mlflow", str(run), "--tracking-uri", uri, "--json"])
+    assert result.exit_code == 0, result.output
+    monkey_env = pytest.MonkeyPatch()
+    monkey_env.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        (logged,) = client.search_runs([client.get_experiment_by_name("qfactory").experiment_id])
+        for key, pick in [("epoch.grad_norm", lambda h: h["grad_norm"]), ("epoch.lr", lambda h: h["lr"]),
+                          ("epoch.param_norm", lambda h: h["param_norm"]),
+                          ("epoch.expert_usage.0.1", lambda h: h["expert_usage"][0][1])]:
+            points = sorted(client.get_metric_history(logged.info.run_id, key), key=lambda m: m.step)
+            assert [(m.step, m.value) for m in points] == [(h["epoch"], pytest.approx(pick(h))) for h in history], key
+        again = runner.invoke(app, ["runs", "export-mlflow", str(run), "--tracking-uri", uri, "--json"])
+        assert json.loads(again.stdout)[0]["metrics_logged"] == 0  # idempotent: the histories are not logged twice
+        assert len(client.get_metric_history(logged.info.run_id, "epoch.grad_norm")) == 3
+    finally:
+        monkey_env.undo()

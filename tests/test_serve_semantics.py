@@ -15,8 +15,8 @@ from quant_cli.io import read_json
 from quant_cli.serve.app import create_app
 from quant_cli.serve.bundle import load
 
-CLOSE_ONLY = ('features.sets=[]', 'features.include=["ret_5", "ret_10", "vol_5"]')
-CROSS_SECTIONAL = ('features.sets=[]', 'features.include=["ret_5", "cs_rank_ret_5", "cs_z_ret_5"]')
+CLOSE_ONLY = ("features.sets=[]", 'features.include=["ret_5", "ret_10", "vol_5"]')
+CROSS_SECTIONAL = ("features.sets=[]", 'features.include=["ret_5", "cs_rank_ret_5", "cs_z_ret_5"]')
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +51,19 @@ def test_a_cross_sectional_bundle_refuses_symbols_outside_its_universe(runner, t
     assert universe == ["S000", "S001", "S002", "S003"]
     bars = _example(bundle)
     stranger = [{**bar, "symbol": "ZZZ", "close": bar["close"] * 1.7} for bar in bars if bar["symbol"] == "S001"]
-    message = ("symbol 'ZZZ' is not in this bundle's universe: cross-sectional features such as cs_rank_ret_5 are "
-               "statistics over the 4 symbols the model was trained on, and another symbol would change every score; "
-               "send only those symbols (GET /metadata: input.required_symbols)")
+    message = (
+        "symbol 'ZZZ' is not in this bundle's universe: cross-sectional features such as cs_rank_ret_5 are "
+        "statistics over the 4 symbols the model was trained on, and another symbol would change every score; "
+        "send only those symbols (GET /metadata: input.required_symbols)"
+    )
     alone, joined = _post(bundle, [bars, bars + stranger])
     assert alone.status_code == 200 and len(alone.json()["predictions"]) == 4
     assert joined.status_code == 422 and joined.json() == {"error": message, "kind": "DataError"}
     source = tmp_path / "bars.csv"
     pl.DataFrame(bars + stranger).write_csv(source)
-    result = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", str(source),
-                                 "--out", str(tmp_path / "s.csv")])
+    result = runner.invoke(
+        app, ["predict", "--bundle", str(bundle), "--source", str(source), "--out", str(tmp_path / "s.csv")]
+    )
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {message}"
 
 
@@ -84,8 +87,18 @@ def test_a_daily_bundle_refuses_hourly_bars_naming_both(runner, tmp_path, daily)
     assert as_daily.status_code == 200
     assert as_hourly.status_code == 422 and as_hourly.json() == {"error": message, "kind": "DataError"}
     hourly.write_csv(tmp_path / "hourly.csv")
-    result = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", str(tmp_path / "hourly.csv"),
-                                 "--out", str(tmp_path / "s.csv")])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--bundle",
+            str(bundle),
+            "--source",
+            str(tmp_path / "hourly.csv"),
+            "--out",
+            str(tmp_path / "s.csv"),
+        ],
+    )
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {message}"
 
 
@@ -99,6 +112,7 @@ def test_one_hourly_request_among_daily_ones_is_refused_alone(daily):
         import concurrent.futures
 
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
+
             def send(body):
                 with httpx.Client(base_url=server.url, timeout=60) as client:
                     return client.post("/predict", json={"bars": body})
@@ -121,8 +135,19 @@ def test_predict_reads_a_wide_file(runner, tmp_path, daily):
     dated.select("date", pl.exclude("date")).write_csv(tmp_path / "wide.csv")
     out = {}
     for layout, extra in (("long", []), ("wide", ["--layout", "wide"])):
-        result = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", str(tmp_path / f"{layout}.csv"),
-                                     "--out", str(tmp_path / f"{layout}.parquet"), *extra])
+        result = runner.invoke(
+            app,
+            [
+                "predict",
+                "--bundle",
+                str(bundle),
+                "--source",
+                str(tmp_path / f"{layout}.csv"),
+                "--out",
+                str(tmp_path / f"{layout}.parquet"),
+                *extra,
+            ],
+        )
         assert result.exit_code == 0, result.output
         out[layout] = pl.read_parquet(tmp_path / f"{layout}.parquet")
     assert out["wide"].height == 4 and out["wide"].equals(out["long"])
@@ -130,13 +155,42 @@ def test_predict_reads_a_wide_file(runner, tmp_path, daily):
 
 def test_predict_refuses_reading_options_for_a_stored_dataset(runner, tmp_path, daily):
     trained, bundle = daily
-    result = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", "p", "--layout", "wide",
-                                 "--data-dir", str(trained.data_dir), "--out", str(tmp_path / "s.csv")])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--bundle",
+            str(bundle),
+            "--source",
+            "p",
+            "--layout",
+            "wide",
+            "--data-dir",
+            str(trained.data_dir),
+            "--out",
+            str(tmp_path / "s.csv"),
+        ],
+    )
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("error: --layout says how to read a file, but --source 'p' is a stored dataset "
-                                     "(already canonical bars); drop --layout")
-    bad = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", str(tmp_path), "--layout", "wid",
-                              "--out", str(tmp_path / "s.csv")])
+    assert result.stderr.strip() == (
+        "error: --layout says how to read a file, but --source 'p' is a stored dataset "
+        "(already canonical bars); drop --layout"
+    )
+    bad = runner.invoke(
+        app,
+        [
+            "predict",
+            "--bundle",
+            str(bundle),
+            "--source",
+            str(tmp_path),
+            "--layout",
+            "wid",
+            "--out",
+            str(tmp_path / "s.csv"),
+        ],
+    )
     assert bad.exit_code == 2
-    assert bad.stderr.strip() == ("error: --layout 'wid' is not one of 'auto', 'long', 'per_symbol', 'wide' "
-                                  "(did you mean 'wide'?)")
+    assert bad.stderr.strip() == (
+        "error: --layout 'wid' is not one of 'auto', 'long', 'per_symbol', 'wide' (did you mean 'wide'?)"
+    )

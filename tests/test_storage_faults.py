@@ -89,8 +89,9 @@ def _can_unshare() -> bool:
 needs_namespace = pytest.mark.skipif(not _can_unshare(), reason="a real full disk needs root and `unshare -m`")
 
 
-def _on_small_disk(tmp_path: Path, mode: str, commands: list[list[str]], free_kib: int = 40, *,
-                   data_on_disk: bool = True) -> tuple[Path, Path, list]:
+def _on_small_disk(
+    tmp_path: Path, mode: str, commands: list[list[str]], free_kib: int = 40, *, data_on_disk: bool = True
+) -> tuple[Path, Path, list]:
     """Run `commands` with the data home (or the runs home) on a 2 MiB tmpfs that is full or read-only."""
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -99,10 +100,21 @@ def _on_small_disk(tmp_path: Path, mode: str, commands: list[list[str]], free_ki
     runs = tmp_path / "runs" if data_on_disk else disk / "runs"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     mount = 'mount -t tmpfs -o size=2m tmpfs "$0" && exec "$@"'
-    argv = [sys.executable, "-c", DRIVER, str(disk), str(tmp_path / "tiny.toml"), mode, str(free_kib), str(data),
-            str(runs), json.dumps(commands)]
-    done = subprocess.run(["unshare", "-m", "sh", "-c", mount, str(disk), *argv], capture_output=True, text=True,
-                          env=env, timeout=600)
+    argv = [
+        sys.executable,
+        "-c",
+        DRIVER,
+        str(disk),
+        str(tmp_path / "tiny.toml"),
+        mode,
+        str(free_kib),
+        str(data),
+        str(runs),
+        json.dumps(commands),
+    ]
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", mount, str(disk), *argv], capture_output=True, text=True, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     return data, runs, json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -150,12 +162,21 @@ def test_unwritable_runs_home_is_exit_2_naming_the_path(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
     runs.chmod(0o555)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "QFACTORY_DATA_DIR": str(tmp_path / "data"),
-           "QFACTORY_RUNS_DIR": str(runs)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "QFACTORY_DATA_DIR": str(tmp_path / "data"),
+        "QFACTORY_RUNS_DIR": str(runs),
+    }
     drop = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"]
     cli = [sys.executable, "-c", "from quant_cli.cli import app; app()"]
-    done = subprocess.run([*drop, *cli, "train", "--recipe", str(tmp_path / "tiny.toml"), "--quiet"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [*drop, *cli, "train", "--recipe", str(tmp_path / "tiny.toml"), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 2, done.stderr
     fix = re.escape(STORAGE_FIXES[errno.EACCES])
     assert re.fullmatch(rf"error: {re.escape(str(runs))}\S*: permission denied; {fix}\n", done.stderr), done.stderr

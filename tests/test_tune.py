@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from runs_fakes import ls_json
 
-from quant_cli.stages import split as split_stage
 from quant_cli.cli import app
 from quant_cli.data.store import write_store
 from quant_cli.data.synthetic import generate
@@ -23,9 +23,9 @@ from quant_cli.errors import RecipeError
 from quant_cli.features import build
 from quant_cli.io import read_json
 from quant_cli.recipe import load_recipe
+from quant_cli.stages import split as split_stage
 from quant_cli.tune import objective, space
 from quant_cli.tune.study import check, tune_new
-from runs_fakes import ls_json
 
 TEST_START = "2016-01-04"
 RECIPE = f"""
@@ -73,10 +73,20 @@ def poisoned_from_test_start(raw: pl.DataFrame) -> pl.DataFrame:
     rng = np.random.default_rng(0)
     in_test = pl.col("ts") >= pl.lit(TEST_START).str.to_datetime(time_zone="UTC")
     noise = pl.Series("noise", np.exp(rng.normal(0, 0.2, raw.height)))
-    return raw.with_columns(noise).with_columns(
-        [pl.when(in_test).then(pl.col(c) * pl.col("noise")).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close")]
-    ).with_columns(pl.max_horizontal("open", "high", "low", "close").alias("high"),
-                   pl.min_horizontal("open", "high", "low", "close").alias("low")).drop("noise")
+    return (
+        raw.with_columns(noise)
+        .with_columns(
+            [
+                pl.when(in_test).then(pl.col(c) * pl.col("noise")).otherwise(pl.col(c)).alias(c)
+                for c in ("open", "high", "low", "close")
+            ]
+        )
+        .with_columns(
+            pl.max_horizontal("open", "high", "low", "close").alias("high"),
+            pl.min_horizontal("open", "high", "low", "close").alias("low"),
+        )
+        .drop("noise")
+    )
 
 
 def study_table(run_path: Path) -> pl.DataFrame:
@@ -86,17 +96,43 @@ def study_table(run_path: Path) -> pl.DataFrame:
 # ---- the search space ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("key", "spec", "line"), [
-    ("features.windows", "{ choice = [[5], [10]] }",
-     "tune.space 'features.windows': only model.*, train.* keys can be tuned (features and the split are computed once and shared by every trial); tune other sections with separate studies"),
-    ("model.params.num_leaf", "{ int = [4, 8] }",
-     "tune.space 'model.params.num_leaf': 'num_leaf' is not a parameter of model 'lightgbm' (did you mean 'num_leaves'?); `qfactory train --list-models` lists each model's parameters"),
-    ("model.params.num_leaves", "{ int = [1, 8] }",
-     "tune.space 'model.params.num_leaves': value 1 is refused: model.params.num_leaves: expected an integer >= 2 for model 'lightgbm', got 1"),
-    ("model.params.learning_rate", "{ float = [0, 0.1], log = true }", "tune.space 'model.params.learning_rate': log = true needs low > 0, got 0"),
-    ("train.early_stoping", "{ int = [1, 8] }", "tune.space 'train.early_stoping': 'train.early_stoping' is not a recipe key (did you mean 'early_stopping'?); see `qfactory recipe defaults`"),
-    ("model.name", "{ choice = ['lightgbm', 'nope'] }", None),
-])
+@pytest.mark.parametrize(
+    ("key", "spec", "line"),
+    [
+        (
+            "features.windows",
+            "{ choice = [[5], [10]] }",
+            "tune.space 'features.windows': only model.*, train.* keys can be tuned "
+            "(features and the split are computed once and shared by every trial); "
+            "tune other sections with separate studies",
+        ),
+        (
+            "model.params.num_leaf",
+            "{ int = [4, 8] }",
+            "tune.space 'model.params.num_leaf': 'num_leaf' is not a parameter of "
+            "model 'lightgbm' (did you mean 'num_leaves'?); `qfactory train "
+            "--list-models` lists each model's parameters",
+        ),
+        (
+            "model.params.num_leaves",
+            "{ int = [1, 8] }",
+            "tune.space 'model.params.num_leaves': value 1 is refused: "
+            "model.params.num_leaves: expected an integer >= 2 for model 'lightgbm', got 1",
+        ),
+        (
+            "model.params.learning_rate",
+            "{ float = [0, 0.1], log = true }",
+            "tune.space 'model.params.learning_rate': log = true needs low > 0, got 0",
+        ),
+        (
+            "train.early_stoping",
+            "{ int = [1, 8] }",
+            "tune.space 'train.early_stoping': 'train.early_stoping' is not a recipe "
+            "key (did you mean 'early_stopping'?); see `qfactory recipe defaults`",
+        ),
+        ("model.name", "{ choice = ['lightgbm', 'nope'] }", None),
+    ],
+)
 def test_every_space_key_is_checked_at_load_in_one_line(runner, recipe_file, tmp_path, key, spec, line):
     recipe_file.write_text(RECIPE.split("[tune.space]")[0] + f'[tune.space]\n"{key}" = {spec}\n', encoding="utf-8")
     result = runner.invoke(app, ["tune", "--recipe", str(recipe_file), "--trials", "1"])
@@ -109,7 +145,9 @@ def test_every_space_key_is_checked_at_load_in_one_line(runner, recipe_file, tmp
 
 
 def test_a_conditional_space_samples_only_the_chosen_models_params(recipe_file):
-    recipe = load_recipe(recipe_file, ['tune.space={"model.name"={choice=["lightgbm","linear"]},"model.params.num_leaves"={int=[4,8]}}'])
+    recipe = load_recipe(
+        recipe_file, ['tune.space={"model.name"={choice=["lightgbm","linear"]},"model.params.num_leaves"={int=[4,8]}}']
+    )
     dims = check(recipe)
     assert [d.key for d in dims] == ["model.name", "model.params.num_leaves"]
     linear = space.apply(recipe, {"model.name": "linear", "model.params.num_leaves": 5})
@@ -130,6 +168,7 @@ def test_same_seed_same_study_and_features_and_split_are_built_once(recipe_file,
         def wrapper(*args, **kwargs):
             calls[name] += 1
             return fn(*args, **kwargs)
+
         return wrapper
 
     monkeypatch.setattr(split_stage, "prepare", counted("prepare", split_stage.prepare))
@@ -222,11 +261,27 @@ def test_ctrl_c_marks_the_trial_in_flight_failed_and_the_study_continues(recipe_
 def test_kill_9_leaves_a_study_that_continues_cleanly(runner, recipe_file, tmp_path):
     """A real `kill -9` of a tune process in the middle of a trial; `tune --run` marks that trial
     failed and carries on."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     recipe_file.write_text(RECIPE.replace("n_estimators = 40", "n_estimators = 150"), encoding="utf-8")
     code = "from quant_cli.cli import app; app()"
-    args = ["tune", "--recipe", str(recipe_file), "--trials", "500", "--set", "tune.refit=false", "--set", "tune.pruner='none'", "-q"]
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    args = [
+        "tune",
+        "--recipe",
+        str(recipe_file),
+        "--trials",
+        "500",
+        "--set",
+        "tune.refit=false",
+        "--set",
+        "tune.pruner='none'",
+        "-q",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         study = _wait_for_states(tmp_path / "runs", proc, ["COMPLETE", "RUNNING"], timeout=120)
         (during,) = ls_json(runner)  # the study is the run's tune stage: running while its process lives
@@ -264,7 +319,8 @@ def test_a_killed_refit_is_redone_by_tune_run_refit(runner, recipe_file, tmp_pat
     (killed,) = ls_json(runner)
     assert (killed["state"], killed["interrupted"]) == ("interrupted", ["tune"])
     assert runner.invoke(app, ["tune", "--recipe", str(recipe_file), "--refit"]).stderr.strip() == (
-        "error: --refit refits the best trial of an existing tune run: pass it with --run RUN, not --recipe")
+        "error: --refit refits the best trial of an existing tune run: pass it with --run RUN, not --recipe"
+    )
     result = runner.invoke(app, ["tune", "--run", killed["path"], "--refit", "--json"])
     assert result.exit_code == 0, result.output
     payload = read_json_line(result.stdout)
@@ -291,7 +347,7 @@ def _wait_for_states(runs: Path, proc: subprocess.Popen, states: list[str], time
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read().decode()
         for study in runs.glob("*/tune/study.sqlite"):
-            if _states(study)[:len(states)] == states:
+            if _states(study)[: len(states)] == states:
                 return study
         time.sleep(0.05)
     raise AssertionError(f"the tune process did not reach trial states {states} in time")
@@ -311,7 +367,10 @@ def test_continuing_a_run_that_is_not_a_tune_run_is_one_line(runner, recipe_file
     run = Path(split.stdout.strip())
     result = runner.invoke(app, ["tune", "--run", str(run)])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: run {run.name} is not a tune run (its manifest has no 'tune' entry); start one with `qfactory tune --recipe R`"
+    assert (
+        result.stderr.strip() == f"error: run {run.name} is not a tune run (its manifest has no 'tune' "
+        "entry); start one with `qfactory tune --recipe R`"
+    )
 
 
 @pytest.mark.parametrize("name", ["lightgbm", "xgboost"])
@@ -340,12 +399,21 @@ def test_the_step_report_hook_sees_each_rounds_val_scores_and_can_stop_the_fit(n
 
     with pytest.raises(objective.Pruned):
         create_model(name, "regression", params, 0, 1).fit(
-            X[:180], y[:180], feature_names=["a", "b", "c"], X_val=X[180:], y_val=y[180:], report=prune_at_3)
+            X[:180], y[:180], feature_names=["a", "b", "c"], X_val=X[180:], y_val=y[180:], report=prune_at_3
+        )
 
 
 def test_a_cv_objective_scores_purged_folds_over_train_and_val(recipe_file, tmp_path):
-    recipe = load_recipe(recipe_file, ["tune.refit=false", "tune.objective='cv.ic_mean'", "split.method='purged_kfold'",
-                                       "split.folds=3", "tune.sampler='random'"])
+    recipe = load_recipe(
+        recipe_file,
+        [
+            "tune.refit=false",
+            "tune.objective='cv.ic_mean'",
+            "split.method='purged_kfold'",
+            "split.folds=3",
+            "tune.sampler='random'",
+        ],
+    )
     result = tune_new(recipe, tmp_path / "data", tmp_path / "runs", trials=2)
     assert result.trials["state"].to_list() == ["complete", "complete"]
     assert result.trials["value"].is_finite().all()
@@ -372,10 +440,20 @@ def test_torch_models_report_every_epoch_through_the_same_hook(name):
         seen[step] = val_scores()
 
     model = create_model(name, "regression", TORCH_FAST[name], 0, 1, train=loop)
-    model.fit(train, y[:120], feature_names=["a", "b", "c"], X_val=val, y_val=y[120:], symbols=symbols[:120],
-              symbols_val=symbols[120:], report=report)
+    model.fit(
+        train,
+        y[:120],
+        feature_names=["a", "b", "c"],
+        X_val=val,
+        y_val=y[120:],
+        symbols=symbols[:120],
+        symbols_val=symbols[120:],
+        report=report,
+    )
     assert sorted(seen) == [1, 2, 3, 4]
-    np.testing.assert_allclose(seen[model.best_epoch_], model.predict(val, symbols=symbols[120:]), rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        seen[model.best_epoch_], model.predict(val, symbols=symbols[120:]), rtol=1e-6, equal_nan=True
+    )
 
     def prune_at_2(step, val_scores):
         if step == 2:
@@ -383,8 +461,15 @@ def test_torch_models_report_every_epoch_through_the_same_hook(name):
 
     with pytest.raises(objective.Pruned):
         create_model(name, "regression", TORCH_FAST[name], 0, 1, train=loop).fit(
-            train, y[:120], feature_names=["a", "b", "c"], X_val=val, y_val=y[120:], symbols=symbols[:120],
-            symbols_val=symbols[120:], report=prune_at_2)
+            train,
+            y[:120],
+            feature_names=["a", "b", "c"],
+            X_val=val,
+            y_val=y[120:],
+            symbols=symbols[:120],
+            symbols_val=symbols[120:],
+            report=prune_at_2,
+        )
 
 
 def test_a_refit_that_cannot_trade_one_symbol_is_refused_before_the_first_trial(runner, tmp_path):
@@ -397,8 +482,10 @@ def test_a_refit_that_cannot_trade_one_symbol_is_refused_before_the_first_trial(
         "error: backtest.strategy = 'long_short' needs at least 2 symbols scored at one timestamp, "
         "but the universe has 1 (S000), so it would never hold a position; "
         "use a strategy that trades one symbol: 'sign', 'long_only', 'threshold' "
-        "(e.g. --set backtest.strategy=sign), or add symbols to the dataset"]
+        "(e.g. --set backtest.strategy=sign), or add symbols to the dataset"
+    ]
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
-    unrefit = runner.invoke(app, ["tune", "--recipe", str(tmp_path / "tune.toml"), "--trials", "1",
-                                  "--set", "tune.refit=false"])
+    unrefit = runner.invoke(
+        app, ["tune", "--recipe", str(tmp_path / "tune.toml"), "--trials", "1", "--set", "tune.refit=false"]
+    )
     assert unrefit.exit_code == 0, unrefit.output

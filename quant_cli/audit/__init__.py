@@ -80,8 +80,10 @@ def audit_run(
     loaded = scoring.scorer(run.path, pipeline, load_model(run.path / "model"))
     cutoffs = scoring.choose_cutoffs(predictions, CUTOFFS)
     if not cutoffs:
-        raise RunError(f"run {run.id} scored fewer than 2 validation/test timestamps, so no cutoff can be placed; "
-                       "audit a run whose split leaves validation and test rows")
+        raise RunError(
+            f"run {run.id} scored fewer than 2 validation/test timestamps, so no cutoff can be placed; "
+            "audit a run whose split leaves validation and test rows"
+        )
     with reporter.working(f"audit: scoring {len(cutoffs)} rewritten futures"):
         scoring_checks = scoring.scoring_checks(loaded, _scoring_bars(recipe, snapshot), cutoffs, seed, reporter)
     trained = training.training_checks(recipe, snapshot, original, predictions, seed, reporter)

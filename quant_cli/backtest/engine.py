@@ -21,8 +21,8 @@ import polars as pl
 
 from quant_cli.backtest import strategies
 from quant_cli.backtest.metrics import prediction_metrics, summarize
-from quant_cli.backtest.regimes import by_regime, market_regimes
 from quant_cli.backtest.panel import Grid, close_returns, period_returns, trailing_std
+from quant_cli.backtest.regimes import by_regime, market_regimes
 from quant_cli.backtest.simulate import TRADE_EPS, Book, Costs, net_returns, simulate, trade_costs
 from quant_cli.errors import DataError
 
@@ -31,16 +31,21 @@ BEFORE_COSTS_KEYS = ("total_return", "annual_return", "annual_volatility", "shar
 
 @dataclass
 class Result:
-    curve: pl.DataFrame     # per period: ts, gross, cost, net, equity, *_before_costs, turnover, exposure, ...
-    weights: pl.DataFrame   # symbol, ts, target (rebalance rows), weight (held after the trade)
-    trades: pl.DataFrame    # symbol, ts (decision), fill_ts, before, after, traded, cost
+    curve: pl.DataFrame  # per period: ts, gross, cost, net, equity, *_before_costs, turnover, exposure, ...
+    weights: pl.DataFrame  # symbol, ts, target (rebalance rows), weight (held after the trade)
+    trades: pl.DataFrame  # symbol, ts (decision), fill_ts, before, after, traded, cost
     summary: dict[str, Any]
 
 
 def costs_of(cfg: dict[str, Any], periods_per_year: float) -> Costs:
     cfg = with_defaults(cfg)
-    return Costs(commission=cfg["cost_bps"] / 1e4, slippage=cfg["slippage_bps"] / 1e4, min_cost=cfg["min_trade_cost"],
-                 capital=cfg["capital"], borrow_per_period=cfg["borrow_bps"] / 1e4 / periods_per_year)
+    return Costs(
+        commission=cfg["cost_bps"] / 1e4,
+        slippage=cfg["slippage_bps"] / 1e4,
+        min_cost=cfg["min_trade_cost"],
+        capital=cfg["capital"],
+        borrow_per_period=cfg["borrow_bps"] / 1e4 / periods_per_year,
+    )
 
 
 @functools.cache
@@ -56,8 +61,9 @@ def with_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**_schema_defaults(), **cfg}
 
 
-def run_backtest(signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], periods_per_year: float,
-                 kind: str = "score") -> Result:
+def run_backtest(
+    signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], periods_per_year: float, kind: str = "score"
+) -> Result:
     """`signal` has symbol, ts and `score` (kind "score", traded by cfg's strategy at the scored
     timestamps on cfg's rebalance schedule) or `weight` (kind "weight": target weights traded on
     the timestamps they are given, a symbol absent there closed, positions drifting with prices
@@ -66,10 +72,13 @@ def run_backtest(signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], 
     returns = period_returns(bars, cfg["execution"])
     grid = Grid.of(signal) if kind == "score" else _weights_grid(signal, bars)
     R = grid.dense(returns, "ret")
-    tradable = np.isfinite(R).any(axis=1)                 # a row with no next-bar price cannot fill
+    tradable = np.isfinite(R).any(axis=1)  # a row with no next-bar price cannot fill
     if not tradable.any():  # no signal timestamp is followed by a bar: the summary would be all nulls
-        raise DataError(f"nothing to backtest: no {kind} has a bar to trade on after it ({kind}s {_span(signal)}, bars {_span(bars)}); "
-                        "give timestamps inside the data's range")
+        raise DataError(
+            f"nothing to backtest: no {kind} has a bar to trade on after it ({kind}s "
+            f"{_span(signal)}, bars {_span(bars)}); "
+            "give timestamps inside the data's range"
+        )
     grid = Grid(grid.ts.filter(pl.Series(tradable)), grid.symbols)
     R, S = R[tradable], grid.dense(signal, kind)
     if kind == "score":
@@ -85,11 +94,15 @@ def run_backtest(signal: pl.DataFrame, bars: pl.DataFrame, cfg: dict[str, Any], 
     free = book.net if costs.free else net_returns(W, R, rebalance, Costs())
     curve = _curve(grid, book, free, _benchmark(grid, returns, R, cfg["benchmark"]))
     summary = summarize(curve, periods_per_year)
-    before = summarize(curve.with_columns(net=pl.col("net_before_costs"), equity=pl.col("equity_before_costs")), periods_per_year)
+    before = summarize(
+        curve.with_columns(net=pl.col("net_before_costs"), equity=pl.col("equity_before_costs")), periods_per_year
+    )
     summary["before_costs"] = {k: before.get(k) for k in BEFORE_COSTS_KEYS}
     summary["by_regime"] = by_regime(curve, market_regimes(bars), periods_per_year)  # see backtest/regimes.py
     if kind == "score" and "label" in signal.columns:
-        summary.update({k: v for k, v in prediction_metrics(signal).items() if k in ("ic", "rank_ic", "icir", "ic_kind")})
+        summary.update(
+            {k: v for k, v in prediction_metrics(signal).items() if k in ("ic", "rank_ic", "icir", "ic_kind")}
+        )
     return Result(curve, _weights(grid, W, book, rebalance), _trades(grid, book, costs, bars), summary)
 
 
@@ -102,8 +115,10 @@ def _weights_grid(weights: pl.DataFrame, bars: pl.DataFrame) -> Grid:
     between sparse weight dates (a monthly file on daily bars) earn every bar in between."""
     unknown = sorted(set(weights["symbol"].unique().to_list()) - set(bars["symbol"].cast(pl.String).unique().to_list()))
     if unknown:  # a phantom position would take gross exposure and pay costs without ever earning a return
-        raise DataError(f"weights name {len(unknown)} symbol(s) with no bars in the dataset ({', '.join(unknown[:5])}"
-                        f"{', ...' if len(unknown) > 5 else ''}); drop those rows or ingest the symbols")
+        raise DataError(
+            f"weights name {len(unknown)} symbol(s) with no bars in the dataset ({', '.join(unknown[:5])}"
+            f"{', ...' if len(unknown) > 5 else ''}); drop those rows or ingest the symbols"
+        )
     first = weights["ts"].min()
     ts = pl.concat([bars["ts"].filter(bars["ts"] >= first), weights["ts"]]).unique().sort()
     return Grid(ts, weights["symbol"].cast(pl.String).unique().sort())
@@ -133,21 +148,33 @@ def _benchmark(grid: Grid, returns: pl.DataFrame, R: np.ndarray, symbol: str | N
     if symbol:
         own = returns.filter(pl.col("symbol") == symbol)
         if own.height == 0:
-            raise DataError(f"backtest.benchmark {symbol!r} has no bars in the dataset; name one of its symbols or leave it unset for the equal-weight universe")
+            raise DataError(
+                f"backtest.benchmark {symbol!r} has no bars in the dataset; name one of "
+                "its symbols or leave it unset for the equal-weight universe"
+            )
         return np.nan_to_num(Grid(grid.ts, pl.Series([symbol])).dense(own, "ret")[:, 0])
     counts = np.isfinite(R).sum(axis=1)
     return np.where(counts > 0, np.nansum(R, axis=1) / np.maximum(counts, 1), 0.0)
 
 
 def _curve(grid: Grid, book: Book, free: np.ndarray, benchmark: np.ndarray) -> pl.DataFrame:
-    return pl.DataFrame({
-        "ts": grid.ts, "gross": book.gross, "cost": book.cost, "net": book.net,
-        "equity": np.cumprod(1.0 + book.net),
-        "net_before_costs": free, "equity_before_costs": np.cumprod(1.0 + free),
-        "turnover": np.abs(book.traded).sum(axis=1), "exposure": np.abs(book.held).sum(axis=1),
-        "net_exposure": book.held.sum(axis=1), "holdings": (np.abs(book.held) > TRADE_EPS).sum(axis=1),
-        "benchmark": benchmark, "benchmark_equity": np.cumprod(1.0 + benchmark),
-    })
+    return pl.DataFrame(
+        {
+            "ts": grid.ts,
+            "gross": book.gross,
+            "cost": book.cost,
+            "net": book.net,
+            "equity": np.cumprod(1.0 + book.net),
+            "net_before_costs": free,
+            "equity_before_costs": np.cumprod(1.0 + free),
+            "turnover": np.abs(book.traded).sum(axis=1),
+            "exposure": np.abs(book.held).sum(axis=1),
+            "net_exposure": book.held.sum(axis=1),
+            "holdings": (np.abs(book.held) > TRADE_EPS).sum(axis=1),
+            "benchmark": benchmark,
+            "benchmark_equity": np.cumprod(1.0 + benchmark),
+        }
+    )
 
 
 def _weights(grid: Grid, W: np.ndarray, book: Book, rebalance: np.ndarray) -> pl.DataFrame:
@@ -161,8 +188,16 @@ def _trades(grid: Grid, book: Book, costs: Costs, bars: pl.DataFrame) -> pl.Data
     traded = book.traded
     keep = np.abs(traded) > TRADE_EPS
     cost = trade_costs(traded, book.equity_before, costs) if not costs.free else np.zeros_like(traded)
-    next_bar = bars.select(pl.col("symbol"), "ts", pl.col("ts").shift(-1).over("symbol", order_by="ts").dt.epoch("us").alias("next"))
+    next_bar = bars.select(
+        pl.col("symbol"), "ts", pl.col("ts").shift(-1).over("symbol", order_by="ts").dt.epoch("us").alias("next")
+    )
     fill = grid.dense(next_bar, "next")
     frame = grid.long({"before": book.pre, "after": book.held, "traded": traded, "cost": cost, "fill": fill}, keep)
-    fill_ts = pl.from_epoch(frame["fill"].fill_nan(None).cast(pl.Int64), time_unit="us").dt.replace_time_zone("UTC").alias("fill_ts")
-    return frame.with_columns(fill_ts).select("symbol", "ts", "fill_ts", "before", "after", "traded", "cost")  # row-major: by ts, symbol
+    fill_ts = (
+        pl.from_epoch(frame["fill"].fill_nan(None).cast(pl.Int64), time_unit="us")
+        .dt.replace_time_zone("UTC")
+        .alias("fill_ts")
+    )
+    return frame.with_columns(fill_ts).select(
+        "symbol", "ts", "fill_ts", "before", "after", "traded", "cost"
+    )  # row-major: by ts, symbol

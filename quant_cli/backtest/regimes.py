@@ -37,8 +37,15 @@ def market_regimes(bars: pl.DataFrame, window: int = WINDOW, history: int = HIST
     rank = vol.rolling_rank(history, method="average", min_samples=MIN_HISTORY)
     seen = vol.is_not_null().cast(pl.Int64).rolling_sum(history, min_samples=1)  # values the rank was taken among
     percentile = (rank - 1.0) / (seen - 1.0)
-    label = (pl.when(percentile < 1.0 / 3.0).then(pl.lit("low")).when(percentile > 2.0 / 3.0).then(pl.lit("high"))
-             .when(percentile.is_not_null()).then(pl.lit("normal")).otherwise(pl.lit("unknown")))
+    label = (
+        pl.when(percentile < 1.0 / 3.0)
+        .then(pl.lit("low"))
+        .when(percentile > 2.0 / 3.0)
+        .then(pl.lit("high"))
+        .when(percentile.is_not_null())
+        .then(pl.lit("normal"))
+        .otherwise(pl.lit("unknown"))
+    )
     return market.select("ts", percentile.alias("percentile"), label.alias("regime"))
 
 
@@ -58,7 +65,9 @@ def by_regime(curve: pl.DataFrame, regimes: pl.DataFrame, periods_per_year: floa
 def _metrics(r: np.ndarray, total: int, ppy: float) -> dict[str, Any]:
     std = float(r.std(ddof=1)) if r.size > 1 else 0.0
     return {
-        "periods": int(r.size), "share": r.size / total, "mean_return": float(r.mean()),
+        "periods": int(r.size),
+        "share": r.size / total,
+        "mean_return": float(r.mean()),
         "total_return": float(np.prod(1.0 + r) - 1.0),
         "sharpe": float(r.mean()) / std * math.sqrt(ppy) if std > 0 else float("nan"),
         "hit_rate": float((r > 0).mean()),

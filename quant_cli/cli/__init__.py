@@ -8,8 +8,24 @@ import typer
 
 from quant_cli import __version__
 from quant_cli.cli import (
-    audit, backtest, bundle, data, doctor, features, ingest, predict, profile, recipe, report, run, runs, serve, split,
-    train, tune, walkforward,
+    audit,
+    backtest,
+    bundle,
+    data,
+    doctor,
+    features,
+    ingest,
+    predict,
+    profile,
+    recipe,
+    report,
+    run,
+    runs,
+    serve,
+    split,
+    train,
+    tune,
+    walkforward,
 )
 from quant_cli.cli.common import OneLineUsageErrors
 
@@ -17,13 +33,14 @@ app = typer.Typer(
     name="qfactory",
     cls=OneLineUsageErrors,
     help="From raw market bars to a served model: ingest → features → split → train → backtest.\n\n"
-         "Example: qfactory run --recipe recipes/quickstart.toml",
+    "Example: qfactory run --recipe recipes/quickstart.toml",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
 
 def _version(value: bool) -> None:
     if value:
@@ -33,7 +50,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     """qfactory: leakage-safe quant research from the command line.
 

@@ -34,13 +34,36 @@ RecipeOpt = Annotated[Path, typer.Option("--recipe", "-r", help="Recipe TOML fil
 OptionalRecipeOpt = Annotated[Path | None, typer.Option("--recipe", "-r", help="Recipe TOML file.", show_default=False)]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a recipe key, e.g. --set model.params.num_leaves=63 (repeatable).", show_default=False),
+    typer.Option(
+        "--set", help="Override a recipe key, e.g. --set model.params.num_leaves=63 (repeatable).", show_default=False
+    ),
 ]
-DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Data store home (else $QFACTORY_DATA_DIR, recipe, ./data).", show_default=False)]
-RunsDirOpt = Annotated[str | None, typer.Option("--runs-dir", help="Runs home (else $QFACTORY_RUNS_DIR, recipe, ./runs).", show_default=False)]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (same as --set train.device=...).", show_default=False)]
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model name; same as --set model.name=NAME (drops model.params written for another model).", show_default=False)]
-StrictDeviceOpt = Annotated[bool, typer.Option("--strict-device", help="Fail instead of falling back to CPU when the device is unavailable.")]
+DataDirOpt = Annotated[
+    str | None,
+    typer.Option("--data-dir", help="Data store home (else $QFACTORY_DATA_DIR, recipe, ./data).", show_default=False),
+]
+RunsDirOpt = Annotated[
+    str | None,
+    typer.Option("--runs-dir", help="Runs home (else $QFACTORY_RUNS_DIR, recipe, ./runs).", show_default=False),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device", help="auto, cpu, cuda, cuda:N or mps (same as --set train.device=...).", show_default=False
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model name; same as --set model.name=NAME (drops model.params written for another model).",
+        show_default=False,
+    ),
+]
+StrictDeviceOpt = Annotated[
+    bool, typer.Option("--strict-device", help="Fail instead of falling back to CPU when the device is unavailable.")
+]
 
 
 def device_overrides(device: str | None, strict: bool) -> list[str]:
@@ -48,15 +71,32 @@ def device_overrides(device: str | None, strict: bool) -> list[str]:
     return [*([f'train.device="{device}"'] if device else []), *(["train.strict_device=true"] if strict else [])]
 
 
-BackendOpt = Annotated[str, typer.Option("--backend", help="Where tasks run: local (this machine) or ray (RAY_ADDRESS, else a local Ray instance; needs qfactory[ray]).")]
-JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Tasks run at once (local: processes; ray: CPUs of a local Ray instance).")]
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="Where tasks run: local (this machine) or ray (RAY_ADDRESS, else a local "
+        "Ray instance; needs qfactory[ray]).",
+    ),
+]
+JobsOpt = Annotated[
+    int,
+    typer.Option(
+        "--jobs", "-j", min=1, help="Tasks run at once (local: processes; ray: CPUs of a local Ray instance)."
+    ),
+]
 
 
 RunOpt = Annotated[str, typer.Option("--run", help="Run directory, run id, or 'latest'.", show_default=False)]
 
 
-def load_stage_recipe(recipe: Path, sets: list[str] | None, model: str | None = None, device: str | None = None,
-                      strict_device: bool = False) -> Recipe:
+def load_stage_recipe(
+    recipe: Path,
+    sets: list[str] | None,
+    model: str | None = None,
+    device: str | None = None,
+    strict_device: bool = False,
+) -> Recipe:
     """The recipe with --set, --model and --device/--strict-device applied (notices on stderr)."""
     overrides = [*(sets or []), *device_overrides(device, strict_device)]
     return load_with_overrides(recipe, overrides, model, console.REPORTER, check=check_capabilities)
@@ -83,8 +123,13 @@ class Shared:
 
 
 # The options every command over runs ends with, in this order: (annotation, default).
-_SHARED_OPTIONS = {"data_dir": (DataDirOpt, None), "runs_dir": (RunsDirOpt, None), "json_out": (JsonOpt, False),
-                   "quiet": (QuietOpt, False), "debug": (DebugOpt, False)}
+_SHARED_OPTIONS = {
+    "data_dir": (DataDirOpt, None),
+    "runs_dir": (RunsDirOpt, None),
+    "json_out": (JsonOpt, False),
+    "quiet": (QuietOpt, False),
+    "debug": (DebugOpt, False),
+}
 Printed = tuple[Path, dict[str, Any]]
 
 
@@ -94,8 +139,10 @@ def stage_command(command: Callable[..., Printed | None]) -> Callable[..., None]
     --runs-dir, --json, --quiet, --debug), maps failures to exit codes (cli_errors) and prints."""
     signature = inspect.signature(command, eval_str=True)
     own = [p for p in signature.parameters.values() if p.name != "shared"]
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-              for name, (annotation, default) in _SHARED_OPTIONS.items()]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, (annotation, default) in _SHARED_OPTIONS.items()
+    ]
 
     @functools.wraps(command)
     def with_shared_options(**options: Any) -> None:

@@ -19,11 +19,16 @@ from quant_cli.runs.directory import resolve_home
 
 
 def doctor(
-    device: Annotated[str | None, typer.Option(
-        "--device", help="Also check that this device can be used (cpu, cuda, cuda:N, mps).",
-        show_default=False)] = None,
-    backend: Annotated[str | None, typer.Option(
-        "--backend", help="Also check that this backend can be used (local or ray).", show_default=False)] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device", help="Also check that this device can be used (cpu, cuda, cuda:N, mps).", show_default=False
+        ),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", help="Also check that this backend can be used (local or ray).", show_default=False),
+    ] = None,
     data_dir: DataDirOpt = None,
     runs_dir: RunsDirOpt = None,
     json_out: JsonOpt = False,
@@ -51,5 +56,4 @@ def doctor(
         typer.echo("\n".join(checks.lines(report)))
     if report["problems"]:
         more = len(report["problems"]) - 1
-        fail(report["problems"][0] + (f" (and {more} more above)" if more else ""),
-             "DoctorProblem", 2, False)
+        fail(report["problems"][0] + (f" (and {more} more above)" if more else ""), "DoctorProblem", 2, False)

@@ -32,20 +32,25 @@ def _cuda_count() -> int:
 
 
 @contextmanager
-def group(recipe: Recipe, nproc: int | None, backend: str, reporter: Reporter,
-          json_out: bool = False) -> Iterator[None]:
+def group(
+    recipe: Recipe, nproc: int | None, backend: str, reporter: Reporter, json_out: bool = False
+) -> Iterator[None]:
     """Run the block as rank 0 of a data-parallel group when the recipe (or `nproc`) asks for one."""
     nproc = recipe["train"]["nproc"] if nproc is None else nproc
     if (torchrun_rank() or 0) > 0:
-        raise RecipeError(f"this is torchrun rank {torchrun_rank()}: under torchrun every rank runs `qfactory train` "
-                          "(rank 0 writes the run, the others train with it)")
+        raise RecipeError(
+            f"this is torchrun rank {torchrun_rank()}: under torchrun every rank runs `qfactory train` "
+            "(rank 0 writes the run, the others train with it)"
+        )
     if nproc <= 1 and torchrun_rank() is None:
         yield
         return
     name = recipe["model"]["name"]
     if name not in (torch_names := _torch_names()):
-        raise RecipeError(f"train.nproc {nproc} trains torch models in parallel ({', '.join(torch_names)}); "
-                          f"model {name!r} is not one — drop --nproc or set train.nproc = 1")
+        raise RecipeError(
+            f"train.nproc {nproc} trains torch models in parallel ({', '.join(torch_names)}); "
+            f"model {name!r} is not one — drop --nproc or set train.nproc = 1"
+        )
     device = resolve_device(recipe["train"]["device"], recipe["train"]["strict_device"], reporter)
     check_nproc(nproc, device, _cuda_count() if device.startswith("cuda") else 0)
     from quant_cli.models.torch import launch

@@ -16,11 +16,19 @@ from quant_cli.runs.directory import data_home
 
 def predict(
     bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder or .tar.gz.", show_default=False)],
-    source: Annotated[str, typer.Option(
-        "--source", "-s", help="Bars: a CSV/parquet file (or folder, or glob), a .sqlite file, or a dataset name.",
-        show_default=False)],
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source",
+            "-s",
+            help="Bars: a CSV/parquet file (or folder, or glob), a .sqlite file, or a dataset name.",
+            show_default=False,
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file, .parquet or .csv.", show_default=False)],
-    every_bar: Annotated[bool, typer.Option("--all", help="Score every bar with enough history, not only each symbol's latest.")] = False,
+    every_bar: Annotated[
+        bool, typer.Option("--all", help="Score every bar with enough history, not only each symbol's latest.")
+    ] = False,
     layout: LayoutOpt = None,
     format_: FormatOpt = None,
     delimiter: DelimiterOpt = None,
@@ -44,6 +52,7 @@ def predict(
 
     with cli_errors(quiet, debug):
         reading = {"layout": layout, "format": format_, "delimiter": delimiter, "query": query, "timezone": timezone}
-        result = run_predict(bundle, source, out, data_home(data_dir), every_bar, trust_pickle, console.REPORTER,
-                             reading)
+        result = run_predict(
+            bundle, source, out, data_home(data_dir), every_bar, trust_pickle, console.REPORTER, reading
+        )
     emit(out, json_out, result)

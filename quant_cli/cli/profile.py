@@ -22,16 +22,25 @@ from quant_cli.models.device import resolve_device
 
 
 def profile(
-    model: Annotated[str, typer.Option(
-        "--model", "-m", help="A torch model: mlp, lstm, gru, tcn or transformer.", show_default=False)],
-    seq_len: Annotated[list[str] | None, typer.Option(
-        "--seq-len", "-L", help="Context lengths, comma-separated or repeated (default 32,64,128,256).",
-        show_default=False)] = None,
+    model: Annotated[
+        str,
+        typer.Option("--model", "-m", help="A torch model: mlp, lstm, gru, tcn or transformer.", show_default=False),
+    ],
+    seq_len: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--seq-len",
+            "-L",
+            help="Context lengths, comma-separated or repeated (default 32,64,128,256).",
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Windows per step.")] = 256,
     features: Annotated[int, typer.Option("--features", min=1, help="Feature columns per step (random inputs).")] = 32,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps per length (after one warm-up step).")] = 5,
     precision: Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16, as train.precision.")] = (
-        "auto"),
+        "auto"
+    ),
     set_: SetOpt = None,
     device: DeviceOpt = None,
     strict_device: StrictDeviceOpt = False,
@@ -54,8 +63,9 @@ def profile(
             raise RecipeError(f"--precision {precision!r} is not a precision; allowed: {', '.join(PRECISIONS)}")
         params = _params(set_ or [])
         used = resolve_device(device or "auto", strict_device, console.REPORTER)
-        rows = costs.profile(model, costs.lengths(seq_len), batch_size, used, features, params, steps,
-                             precision=precision)
+        rows = costs.profile(
+            model, costs.lengths(seq_len), batch_size, used, features, params, steps, precision=precision
+        )
     if json_out:
         typer.echo(json.dumps({"model": model, "device": used, "rows": costs.as_json(rows)}))
     else:
@@ -71,8 +81,9 @@ def _params(sets: list[str]) -> dict:
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep or not key.startswith("model.params.") or key.count(".") != 2:
-            raise RecipeError(f"--set {item!r}: profile takes only model.params.KEY=VALUE, "
-                              "e.g. --set model.params.hidden=128")
+            raise RecipeError(
+                f"--set {item!r}: profile takes only model.params.KEY=VALUE, e.g. --set model.params.hidden=128"
+            )
         try:
             params[key.split(".")[2]] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:

@@ -5,13 +5,28 @@ from __future__ import annotations
 from quant_cli import stages
 from quant_cli.cli import console, parallel
 from quant_cli.cli.common import (
-    DeviceOpt, Shared, ModelOpt, Printed, RecipeOpt, SetOpt, StrictDeviceOpt, load_stage_recipe, stage_command,
+    DeviceOpt,
+    ModelOpt,
+    Printed,
+    RecipeOpt,
+    SetOpt,
+    Shared,
+    StrictDeviceOpt,
+    load_stage_recipe,
+    stage_command,
 )
 
 
 @stage_command
-def run(recipe: RecipeOpt, set_: SetOpt = None, model: ModelOpt = None, device: DeviceOpt = None,
-        strict_device: StrictDeviceOpt = False, *, shared: Shared) -> Printed:
+def run(
+    recipe: RecipeOpt,
+    set_: SetOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    strict_device: StrictDeviceOpt = False,
+    *,
+    shared: Shared,
+) -> Printed:
     """Ingest (when [data] source is set), build features, split, train and backtest.
 
     Example: qfactory run --recipe recipes/quickstart.toml --model catboost --device cuda

@@ -21,8 +21,16 @@ TOKEN_ENV = "QFACTORY_SERVE_TOKEN"
 
 def serve(
     bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder or .tar.gz.", show_default=False)],
-    host: Annotated[str | None, typer.Option("--host", help="Address to bind (default serve.host: 127.0.0.1, loopback only).", show_default=False)] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Port (default serve.port: 8000).", show_default=False, min=1, max=65535)] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host", help="Address to bind (default serve.host: 127.0.0.1, loopback only).", show_default=False
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", help="Port (default serve.port: 8000).", show_default=False, min=1, max=65535),
+    ] = None,
     recipe: OptionalRecipeOpt = None,
     set_: SetOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -55,8 +63,10 @@ def serve(
         app = create_app(loaded, os.environ.get(TOKEN_ENV) or None, limits, trust_pickle)
         bind, listen = host or cfg["host"], port or cfg["port"]
         sock = bound_socket(bind, listen)
-        console.REPORTER.info(f"serve: bundle {loaded.bundle_id} on http://{bind}:{listen} (docs at /docs)"
-                              + ("; bearer token required" if os.environ.get(TOKEN_ENV) else ""))
+        console.REPORTER.info(
+            f"serve: bundle {loaded.bundle_id} on http://{bind}:{listen} (docs at /docs)"
+            + ("; bearer token required" if os.environ.get(TOKEN_ENV) else "")
+        )
     run(app, sock)
 
 

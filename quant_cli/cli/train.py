@@ -10,30 +10,66 @@ from quant_cli import stages
 from quant_cli.backend import check_backend
 from quant_cli.cli import console, parallel
 from quant_cli.cli.common import (
-    DeviceOpt, ModelOpt, OptionalRecipeOpt, Printed, SetOpt, Shared, StrictDeviceOpt, load_stage_recipe, stage_command,
+    DeviceOpt,
+    ModelOpt,
+    OptionalRecipeOpt,
+    Printed,
+    SetOpt,
+    Shared,
+    StrictDeviceOpt,
+    load_stage_recipe,
+    stage_command,
 )
 from quant_cli.errors import QFactoryError
 from quant_cli.models.registry import FLAGS, describe_models
 from quant_cli.models.torch.topology import torchrun_rank
 
-
-RunToTrainOpt = Annotated[str | None, typer.Option("--run", help="Train this run (a path, run id or 'latest'); it must hold a split and no model.", show_default=False)]
+RunToTrainOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--run",
+        help="Train this run (a path, run id or 'latest'); it must hold a split and no model.",
+        show_default=False,
+    ),
+]
 ListModelsOpt = Annotated[bool, typer.Option("--list-models", help="List registered models and exit.")]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="With --run: continue a killed torch fit from its last per-epoch checkpoint.")]
-NprocOpt = Annotated[int | None, typer.Option(
-    "--nproc", min=1, show_default=False,
-    help="Data-parallel processes for a torch model (same as --set train.nproc=N): gloo on CPU, nccl on CUDA "
-         "(one GPU each).")]
-ParallelBackendOpt = Annotated[str, typer.Option(
-    "--backend", help="With --nproc: local (processes on this machine) or ray (ranks 1..N-1 as Ray tasks; "
-                      "RAY_ADDRESS).")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="With --run: continue a killed torch fit from its last per-epoch checkpoint.")
+]
+NprocOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--nproc",
+        min=1,
+        show_default=False,
+        help="Data-parallel processes for a torch model (same as --set train.nproc=N): gloo on CPU, nccl on CUDA "
+        "(one GPU each).",
+    ),
+]
+ParallelBackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="With --nproc: local (processes on this machine) or ray (ranks 1..N-1 as Ray tasks; RAY_ADDRESS).",
+    ),
+]
 
 
 @stage_command
-def train(recipe: OptionalRecipeOpt = None, run: RunToTrainOpt = None, model: ModelOpt = None,
-          list_models: ListModelsOpt = False, resume: ResumeOpt = False, set_: SetOpt = None, device: DeviceOpt = None,
-          strict_device: StrictDeviceOpt = False, nproc: NprocOpt = None, backend: ParallelBackendOpt = "local", *,
-          shared: Shared) -> Printed | None:
+def train(
+    recipe: OptionalRecipeOpt = None,
+    run: RunToTrainOpt = None,
+    model: ModelOpt = None,
+    list_models: ListModelsOpt = False,
+    resume: ResumeOpt = False,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    strict_device: StrictDeviceOpt = False,
+    nproc: NprocOpt = None,
+    backend: ParallelBackendOpt = "local",
+    *,
+    shared: Shared,
+) -> Printed | None:
     """Train a model: features (from cache when possible), split, fit, predictions and metrics.
 
     Prints the run directory, so `RUN=$(qfactory train -r r.toml) && qfactory backtest --run "$RUN"` works.
@@ -58,7 +94,9 @@ def train(recipe: OptionalRecipeOpt = None, run: RunToTrainOpt = None, model: Mo
         raise QFactoryError("--resume continues a killed fit of an existing run: pass it with --run RUN, not --recipe")
     if run is not None:
         if set_ or model or device or strict_device:
-            raise QFactoryError("--set and --model apply to new runs only; a run's recipe is fixed — use --recipe to start a new run")
+            raise QFactoryError(
+                "--set and --model apply to new runs only; a run's recipe is fixed — use --recipe to start a new run"
+            )
         existing = shared.run(run)
         with parallel.group(existing.recipe(), nproc, backend, console.REPORTER, shared.json_out):
             result = stages.train_existing(existing, shared.data(existing.recipe()), console.REPORTER, resume)
@@ -80,7 +118,9 @@ def _print_models(json_out: bool) -> None:
     for m in models:
         flags = ", ".join([*(k for k in FLAGS if m[k]), *(["path output"] if m["output"] == "path" else [])])
         encodings = "/".join(m["symbol_encodings"])
-        typer.echo(f"{m['name']:<14} {m['family']:<9} tasks: {'/'.join(m['tasks']):<26} symbols: {encodings:<30} {flags}")
+        typer.echo(
+            f"{m['name']:<14} {m['family']:<9} tasks: {'/'.join(m['tasks']):<26} symbols: {encodings:<30} {flags}"
+        )
         for key, param in m["parameters"].items():
             doc = f" — {param['doc']}" if param["doc"] else ""
             typer.echo(f"    {key} = {json.dumps(param['default'])}: {param['accepts']}{doc}")

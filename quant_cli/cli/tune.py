@@ -6,26 +6,52 @@ from typing import Annotated
 
 import typer
 
+from quant_cli.backend import check_backend
 from quant_cli.cli import console
 from quant_cli.cli.common import (
-    BackendOpt, JobsOpt, OptionalRecipeOpt, Printed, SetOpt, Shared, load_stage_recipe, stage_command,
+    BackendOpt,
+    JobsOpt,
+    OptionalRecipeOpt,
+    Printed,
+    SetOpt,
+    Shared,
+    load_stage_recipe,
+    stage_command,
 )
-from quant_cli.backend import check_backend
 from quant_cli.errors import QFactoryError
 
 _SHOWN = 10  # trials listed on stderr (best first); tune/trials.parquet holds them all
 
 
-ContinueRunOpt = Annotated[str | None, typer.Option("--run", help="Continue this tune run's study (a path, run id or 'latest').", show_default=False)]
-TrialsOpt = Annotated[int | None, typer.Option("--trials", "-n", min=1, help="Trials to run now (default: tune.trials).", show_default=False)]
-RefitOpt = Annotated[bool, typer.Option(
-    "--refit", help="With --run: refit the best trial now (after a killed refit); no new trials unless --trials.",
-)]
+ContinueRunOpt = Annotated[
+    str | None,
+    typer.Option("--run", help="Continue this tune run's study (a path, run id or 'latest').", show_default=False),
+]
+TrialsOpt = Annotated[
+    int | None,
+    typer.Option("--trials", "-n", min=1, help="Trials to run now (default: tune.trials).", show_default=False),
+]
+RefitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--refit",
+        help="With --run: refit the best trial now (after a killed refit); no new trials unless --trials.",
+    ),
+]
 
 
 @stage_command
-def tune(recipe: OptionalRecipeOpt = None, run: ContinueRunOpt = None, trials: TrialsOpt = None, refit: RefitOpt = False,
-         backend: BackendOpt = "local", jobs: JobsOpt = 1, set_: SetOpt = None, *, shared: Shared) -> Printed:
+def tune(
+    recipe: OptionalRecipeOpt = None,
+    run: ContinueRunOpt = None,
+    trials: TrialsOpt = None,
+    refit: RefitOpt = False,
+    backend: BackendOpt = "local",
+    jobs: JobsOpt = 1,
+    set_: SetOpt = None,
+    *,
+    shared: Shared,
+) -> Printed:
     """Tune the recipe's [tune.space] with Optuna on the validation segment (never the test segment).
 
     Features and the split are computed once and shared by every trial. The study lives in
@@ -40,8 +66,14 @@ def tune(recipe: OptionalRecipeOpt = None, run: ContinueRunOpt = None, trials: T
 
     result = _tune(study, recipe, run, trials, backend, jobs, set_ or [], shared, refit)
     console.info(_table(result))
-    payload = {"run_id": result.run.id, "best": result.best, "trials": result.trials.height, "added": result.added,
-               "refit_run": result.refit, "best_recipe": str(result.run.path / "tune" / "best.toml")}
+    payload = {
+        "run_id": result.run.id,
+        "best": result.best,
+        "trials": result.trials.height,
+        "added": result.added,
+        "refit_run": result.refit,
+        "best_recipe": str(result.run.path / "tune" / "best.toml"),
+    }
     return result.run.path, payload
 
 
@@ -51,10 +83,13 @@ def _tune(study, recipe, run_ref, trials, backend, jobs, sets, shared: Shared, r
         raise QFactoryError("pass exactly one of --recipe (start a study) or --run (continue a tune run's study)")
     if refit and run_ref is None:
         raise QFactoryError(
-            "--refit refits the best trial of an existing tune run: pass it with --run RUN, not --recipe")
+            "--refit refits the best trial of an existing tune run: pass it with --run RUN, not --recipe"
+        )
     if run_ref is not None:
         if sets:
-            raise QFactoryError("--set applies to new studies only; a tune run's recipe is fixed — use --recipe to start another")
+            raise QFactoryError(
+                "--set applies to new studies only; a tune run's recipe is fixed — use --recipe to start another"
+            )
         existing = shared.run(run_ref)
         recipe_ = existing.recipe()
         trials = 0 if refit and trials is None else trials
@@ -76,9 +111,15 @@ def _table(result) -> str:  # noqa: ANN001
     rows = [{c: f"{v:.5g}" if isinstance(v, float) else v for c, v in r.items()} for r in best.iter_rows(named=True)]
     listing = console.table(rows, columns, headers=[c.removeprefix("params.") for c in columns])
     counts = {s: int((table["state"] == s).sum()) for s in ("complete", "pruned", "fail")}
-    summary = (f"tune: {table.height} trials ({counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed); "
-               f"best trial {result.best['number']}: {result.best['value']:.5g}; all trials in {result.run.path / 'tune' / 'trials.parquet'}")
-    refit = f"\ntune: best recipe {result.run.path / 'tune' / 'best.toml'}" + (f"; refit run {result.refit}" if result.refit else "")
+    summary = (
+        f"tune: {table.height} trials ({counts['complete']} complete, "
+        f"{counts['pruned']} pruned, {counts['fail']} failed); "
+        f"best trial {result.best['number']}: {result.best['value']:.5g}; all "
+        f"trials in {result.run.path / 'tune' / 'trials.parquet'}"
+    )
+    refit = f"\ntune: best recipe {result.run.path / 'tune' / 'best.toml'}" + (
+        f"; refit run {result.refit}" if result.refit else ""
+    )
     return listing + "\n" + summary + refit
 
 

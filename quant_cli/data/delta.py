@@ -40,19 +40,30 @@ def open_table(root: Path, dataset: str, version: int | None = None) -> DeltaTab
     try:
         table = DeltaTable(str(table_dir(root)))
     except TableNotFoundError:
-        raise DataError(f"dataset {dataset!r} has no bars table at {table_dir(root)}; ingest it again with `qfactory ingest --dataset {dataset}`") from None
+        raise DataError(
+            f"dataset {dataset!r} has no bars table at {table_dir(root)}; ingest it "
+            f"again with `qfactory ingest --dataset {dataset}`"
+        ) from None
     except DeltaError as exc:  # a damaged log file (edited, truncated by a full disk)
-        raise DataError(f"dataset {dataset!r}: its Delta table at {table_dir(root)} cannot be read ({str(exc).splitlines()[0]}); "
-                        f"restore its {LOG} from a backup, or delete {root} and ingest it again") from None
+        raise DataError(
+            f"dataset {dataset!r}: its Delta table at {table_dir(root)} cannot be read ({str(exc).splitlines()[0]}); "
+            f"restore its {LOG} from a backup, or delete {root} and ingest it again"
+        ) from None
     if version is None or version == table.version():
         return table
     latest = table.version()
     if not 0 <= version <= latest:
-        raise DataError(f"dataset {dataset!r} has no version {version}; it has versions 0 to {latest} (see `qfactory data show {dataset}`)")
+        raise DataError(
+            f"dataset {dataset!r} has no version {version}; it has versions 0 to "
+            f"{latest} (see `qfactory data show {dataset}`)"
+        )
     try:
         table.load_as_version(version)
     except DeltaError as exc:
-        raise DataError(f"dataset {dataset!r} version {version} cannot be opened ({str(exc).splitlines()[0]}); see `qfactory data show {dataset}`") from None
+        raise DataError(
+            f"dataset {dataset!r} version {version} cannot be opened "
+            f"({str(exc).splitlines()[0]}); see `qfactory data show {dataset}`"
+        ) from None
     return table
 
 
@@ -68,14 +79,18 @@ def missing_files(table: DeltaTable) -> list[str]:
     return [uri for uri in table.file_uris() if not Path(uri).is_file()]
 
 
-def commit(root: Path, bars: pl.DataFrame, meta: dict[str, Any], mode: str, replace_symbols: list[str] | None = None) -> None:
+def commit(
+    root: Path, bars: pl.DataFrame, meta: dict[str, Any], mode: str, replace_symbols: list[str] | None = None
+) -> None:
     """One atomic commit: 'replace' (new table version overwriting all rows), 'append' (adds rows),
     or 'overwrite' of the rows of `replace_symbols` only (delete + insert in one commit)."""
     target = str(table_dir(root))
     props = CommitProperties(custom_metadata={META_KEY: json.dumps(meta, sort_keys=True)})
     arrow = bars.to_arrow()
     if mode == "replace":
-        mode_args: dict[str, Any] = {"mode": "overwrite", "schema_mode": "overwrite"} if is_table(root) else {"mode": "error"}
+        mode_args: dict[str, Any] = (
+            {"mode": "overwrite", "schema_mode": "overwrite"} if is_table(root) else {"mode": "error"}
+        )
     elif mode == "append":
         mode_args = {"mode": "append", "schema_mode": "merge"}
     else:
@@ -105,8 +120,10 @@ def commit_info(root: Path, version: int) -> dict[str, Any]:
                 meta = parse_json(raw) if isinstance(raw, str) else {}
                 return {**info, META_KEY: meta if isinstance(meta, dict) else {}}
     except ValueError as exc:
-        raise DataError(f"{path}: the dataset's commit log is damaged (not valid JSON: {exc}); restore the file, "
-                        "or re-ingest the dataset with `qfactory ingest --mode replace`") from None
+        raise DataError(
+            f"{path}: the dataset's commit log is damaged (not valid JSON: {exc}); restore the file, "
+            "or re-ingest the dataset with `qfactory ingest --mode replace`"
+        ) from None
     return {}
 
 

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from quant_cli.report import SILENT, Reporter
 from quant_cli.data import schema, sources, store
 from quant_cli.data.frequency import parse_frequency
 from quant_cli.data.schema import LINE, OHLCV, SRC, STRICT, Origin
 from quant_cli.data.synthetic import generate
 from quant_cli.errors import DataError, one_of, shown, suggest
+from quant_cli.report import SILENT, Reporter
 from quant_cli.schema import SCHEMA
 
 LAYOUTS = ("auto", "long", "per_symbol", "wide")
@@ -131,8 +131,10 @@ def ingest_missing(recipe: dict[str, Any], data_dir: Path, reporter: Reporter = 
     with store.writer(data_dir, request.dataset, reporter) as writer:
         if store.exists(data_dir, request.dataset):
             return None  # another command ingested it while this one waited for the lock
-        reporter.notice(f"dataset {request.dataset!r} is not in {data_dir} yet: ingesting it from the recipe's "
-                        f"data.source ({shown(request.source)}) first")
+        reporter.notice(
+            f"dataset {request.dataset!r} is not in {data_dir} yet: ingesting it from the recipe's "
+            f"data.source ({shown(request.source)}) first"
+        )
         bars, description, frequency = _read_source(request, reporter)
         return writer.replace(bars, description, frequency)
 
@@ -142,7 +144,10 @@ def ingest_missing(recipe: dict[str, Any], data_dir: Path, reporter: Reporter = 
 
 def _checked(request: IngestRequest, data_dir: Path) -> IngestRequest:
     if not request.source:
-        raise DataError("no source to ingest; pass --source (a file, directory, glob, .sqlite file or 'synthetic') or set data.source")
+        raise DataError(
+            "no source to ingest; pass --source (a file, directory, glob, .sqlite "
+            "file or 'synthetic') or set data.source"
+        )
     if not request.dataset:
         raise DataError("no dataset name; pass --dataset NAME or set data.dataset in the recipe")
     store.dataset_dir(data_dir, request.dataset)  # rejects names like '../x' before any work
@@ -182,9 +187,13 @@ def read_bars(request: IngestRequest, reporter: Reporter = SILENT) -> pl.DataFra
     """Canonical, validated bars from a file source (`request` already checked)."""
     files = sources.resolve_files(request.source, request.format)
     if request.query is not None and any(kind != "sqlite" for _, kind in files):
-        raise DataError(f"--query reads a SQLite database but {files[0][0]} is not one; drop --query or pass a .sqlite file")
+        raise DataError(
+            f"--query reads a SQLite database but {files[0][0]} is not one; drop --query or pass a .sqlite file"
+        )
     if any(kind == "sqlite" for _, kind in files) and len(files) > 1:
-        raise DataError(f"source {request.source!r} names {len(files)} files; a SQLite source must be a single database file")
+        raise DataError(
+            f"source {request.source!r} names {len(files)} files; a SQLite source must be a single database file"
+        )
     frames, origins, unnamed = [], [], 0
     for index, (path, kind) in enumerate(files):
         raw = _read_one(path, kind, request)
@@ -244,7 +253,11 @@ def _same_types(frames: list[pl.DataFrame]) -> list[list[pl.DataFrame]]:
     groups: dict[Any, list[pl.DataFrame]] = {}
     for df in frames:
         dtypes = {name: dtype for name, dtype in df.schema.items() if name not in (SRC, LINE)}
-        key = "text" if all(d == pl.String for d in dtypes.values()) else tuple(sorted((n, str(d)) for n, d in dtypes.items()))
+        key = (
+            "text"
+            if all(d == pl.String for d in dtypes.values())
+            else tuple(sorted((n, str(d)) for n, d in dtypes.items()))
+        )
         groups.setdefault(key, []).append(df)
     return list(groups.values())
 
@@ -257,7 +270,9 @@ def _unpivot_wide(raw: sources.RawFrame) -> pl.DataFrame:
     origin.names["ts"], origin.wide = ts, True
     symbols = [c for c in df.columns if c not in (ts, LINE)]
     if not symbols:
-        raise DataError(f"{origin.header}: a wide file needs a date column and one column per symbol; found only {ts!r}")
+        raise DataError(
+            f"{origin.header}: a wide file needs a date column and one column per symbol; found only {ts!r}"
+        )
     numeric = all(df.schema[c].is_numeric() for c in symbols)
     df = df.with_columns(pl.col(symbols).cast(pl.Float64 if numeric else pl.String)).rename({ts: "ts"})
     long = df.unpivot(index=["ts", LINE], on=symbols, variable_name="symbol", value_name="close")
@@ -278,11 +293,13 @@ def _lacking(frames: list[pl.DataFrame], columns: tuple[str, ...]) -> dict[str, 
 
 def _notice_absent(bars: pl.DataFrame, absent: dict[str, list[int]], origins: list[Origin], reporter: Reporter) -> None:
     """One notice per column that whole files lack, naming the symbols left without it."""
-    for col, sources in absent.items():
-        symbols = bars.filter(pl.col(SRC).is_in(sources))["symbol"].unique().sort().to_list()
+    for col, files in absent.items():
+        symbols = bars.filter(pl.col(SRC).is_in(files))["symbol"].unique().sort().to_list()
         shown = ", ".join(symbols[:20]) + (f" and {len(symbols) - 20} more" if len(symbols) > 20 else "")
-        reporter.notice(f"{len(sources)} file(s) have no {col!r} column (e.g. {origins[sources[0]].label}): {col} is null for "
-                        f"{len(symbols)} symbol(s): {shown}; their prices are used as they are (not adjusted)")
+        reporter.notice(
+            f"{len(files)} file(s) have no {col!r} column (e.g. {origins[files[0]].label}): {col} is null for "
+            f"{len(symbols)} symbol(s): {shown}; their prices are used as they are (not adjusted)"
+        )
 
 
 def _check_same_strict(frames: list[pl.DataFrame], origins: list[Origin]) -> None:
@@ -335,7 +352,10 @@ def _synthetic(params: SyntheticParams) -> pl.DataFrame:
 
 
 def _describe_synthetic(p: SyntheticParams) -> str:
-    return f"synthetic(symbols={p.symbols}, bars={p.bars}, frequency={p.frequency}, start={p.start}, seed={p.seed}, signal={p.signal})"
+    return (
+        f"synthetic(symbols={p.symbols}, bars={p.bars}, frequency={p.frequency}, "
+        f"start={p.start}, seed={p.seed}, signal={p.signal})"
+    )
 
 
 def _describe(request: IngestRequest) -> str:
@@ -346,8 +366,15 @@ def _describe(request: IngestRequest) -> str:
 # ---------------------------------------------------------------- append
 
 
-def _append(writer: store.Writer, previous: store.Snapshot, request: IngestRequest, new: pl.DataFrame, description: str,
-            frequency: str | None, reporter: Reporter) -> dict[str, Any]:
+def _append(
+    writer: store.Writer,
+    previous: store.Snapshot,
+    request: IngestRequest,
+    new: pl.DataFrame,
+    description: str,
+    frequency: str | None,
+    reporter: Reporter,
+) -> dict[str, Any]:
     """Commit `new` after the existing rows; overlapping (symbol, ts) rows are an error unless keep-last.
 
     Only the partitions of the symbols in `new` are read: the others cannot overlap.
@@ -367,8 +394,10 @@ def _append(writer: store.Writer, previous: store.Snapshot, request: IngestReque
     if overlap.height and request.on_duplicate == "error":
         first = overlap.row(0, named=True)
         raise DataError(
-            f"{request.source}: {overlap.height} bar(s) already in dataset {request.dataset!r}, first symbol {first['symbol']!r} at "
-            f"{first['ts'].isoformat()}; pass --on-duplicate keep-last to replace them with the new rows, or --mode replace"
+            f"{request.source}: {overlap.height} bar(s) already in dataset "
+            f"{request.dataset!r}, first symbol {first['symbol']!r} at "
+            f"{first['ts'].isoformat()}; pass --on-duplicate keep-last to replace "
+            "them with the new rows, or --mode replace"
         )
     if overlap.height:
         reporter.notice(f"{overlap.height} existing bar(s) replaced by the new rows (--on-duplicate keep-last)")
@@ -384,11 +413,13 @@ def _check_same_extras(old: list[str], new: list[str], request: IngestRequest, p
     for col in (c for c in STRICT if c not in OHLCV):
         if col in old and col not in new:
             raise DataError(
-                f"{request.source}: no {col!r} column, but {stored} has one; add {col!r} to {request.source}, or pass --mode replace"
+                f"{request.source}: no {col!r} column, but {stored} has one; add {col!r} "
+                f"to {request.source}, or pass --mode replace"
             )
         if col in new and col not in old:
             raise DataError(
-                f"{request.source}: column {col!r} is not in {stored}; drop it from {request.source}, or pass --mode replace"
+                f"{request.source}: column {col!r} is not in {stored}; drop it from "
+                f"{request.source}, or pass --mode replace"
             )
 
 

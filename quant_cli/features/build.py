@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from quant_cli.report import SILENT, Reporter
 from quant_cli.features import engine
 from quant_cli.features.align import FeatureOptions
 from quant_cli.io import storage_errors
+from quant_cli.report import SILENT, Reporter
 
 if TYPE_CHECKING:
     from quant_cli.backend import Backend
@@ -144,9 +144,16 @@ def build_part(task: PartTask) -> PartStats:
     return stats
 
 
-def _build_on(backend: Backend, snapshot: Any, chunks: Sequence[list[str]], todo: engine.Plan, out_dir: Path,
-              options: FeatureOptions | None, bounds: tuple[dt.datetime | None, dt.datetime | None],
-              reporter: Reporter) -> tuple[list[Path], PartStats]:
+def _build_on(
+    backend: Backend,
+    snapshot: Any,
+    chunks: Sequence[list[str]],
+    todo: engine.Plan,
+    out_dir: Path,
+    options: FeatureOptions | None,
+    bounds: tuple[dt.datetime | None, dt.datetime | None],
+    reporter: Reporter,
+) -> tuple[list[Path], PartStats]:
     parts = [out_dir / f"part-{i:05d}.parquet" for i in range(len(chunks))]
     tasks = [PartTask(snapshot, list(chunk), todo, options, bounds, path) for chunk, path in zip(chunks, parts)]
     with reporter.working(f"features: {len(tasks)} group(s) on the {backend.name} backend ({backend.jobs} job(s))"):
@@ -157,7 +164,9 @@ def _build_on(backend: Backend, snapshot: Any, chunks: Sequence[list[str]], todo
     return parts, stats
 
 
-def _add_cross_sectional(parts: list[Path], todo: engine.Plan, bounds: tuple[dt.datetime | None, dt.datetime | None], stats: PartStats) -> None:
+def _add_cross_sectional(
+    parts: list[Path], todo: engine.Plan, bounds: tuple[dt.datetime | None, dt.datetime | None], stats: PartStats
+) -> None:
     """Pass 2: cross-sectional features over every part at once, reading only the columns they need."""
     needed = [*engine.KEYS, *todo.passthrough, *dict.fromkeys(s.name for f in todo.stage2 for s in f.sources)]
     names = [f.name for f in todo.stage2]
@@ -167,7 +176,9 @@ def _add_cross_sectional(parts: list[Path], todo: engine.Plan, bounds: tuple[dt.
         first = pl.read_parquet(path)
         piece = cross.slice(offset, first.height)  # scan order = part order = row order
         offset += first.height
-        frame = _filtered(engine.finish(pl.concat([first, piece], how="horizontal").lazy(), todo), bounds).collect(engine=engine.ENGINE)
+        frame = _filtered(engine.finish(pl.concat([first, piece], how="horizontal").lazy(), todo), bounds).collect(
+            engine=engine.ENGINE
+        )
         stats.add(frame, todo.names)
         _write(frame, path)
 

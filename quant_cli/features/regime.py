@@ -26,13 +26,17 @@ import dataclasses
 
 import numpy as np
 
+from quant_cli.features import ta  # noqa: F401 - registers regime_bull_{w}, which this set joins (any import order)
 from quant_cli.features.core import log_return
 from quant_cli.features.panel import Panel
 from quant_cli.features.registry import REGISTRY, register
 
 Array = np.ndarray
-REGISTRY.define_set("regime", "Causal market regimes: volatility percentile and terciles, soft bull probability of the "
-                              "trend z-score, and a two-state Gaussian HMM's filtered high-volatility probability.")
+REGISTRY.define_set(
+    "regime",
+    "Causal market regimes: volatility percentile and terciles, soft bull probability of the "
+    "trend z-score, and a two-state Gaussian HMM's filtered high-volatility probability.",
+)
 _SET = ("regime",)
 VOL_HISTORY = 252  # bars of trailing volatility a percentile is ranked in (a year of daily bars)
 HMM_FEATURE = "regime_hmm_p_high"  # the fitted feature: the store holds its observation (log return)
@@ -49,23 +53,42 @@ def vol_percentile(p: Panel, w: int, history: int = VOL_HISTORY) -> Array:
     return (p.rank(vol, history) - 1.0) / (history - 1.0)
 
 
-@register("regime_vol_pct_{w}", inputs=("close",), tags=("regime", "volatility"), sets=_SET, min_window=2, kernel=True,
-          description=f"Percentile (0-1) of the w-bar volatility of log returns among its last {VOL_HISTORY} values.")
+@register(
+    "regime_vol_pct_{w}",
+    inputs=("close",),
+    tags=("regime", "volatility"),
+    sets=_SET,
+    min_window=2,
+    kernel=True,
+    description=f"Percentile (0-1) of the w-bar volatility of log returns among its last {VOL_HISTORY} values.",
+)
 def regime_vol_pct(p: Panel, w: int) -> Array:
     return vol_percentile(p, w)
 
 
-@register("regime_vol_state_{w}", inputs=("close",), tags=("regime", "volatility"), sets=_SET, min_window=2,
-          kernel=True,
-          description="Volatility regime: -1 low (percentile < 1/3), 0 normal, +1 high (> 2/3) of regime_vol_pct_{w}.")
+@register(
+    "regime_vol_state_{w}",
+    inputs=("close",),
+    tags=("regime", "volatility"),
+    sets=_SET,
+    min_window=2,
+    kernel=True,
+    description="Volatility regime: -1 low (percentile < 1/3), 0 normal, +1 high (> 2/3) of regime_vol_pct_{w}.",
+)
 def regime_vol_state(p: Panel, w: int) -> Array:
     pct = vol_percentile(p, w)
     state = np.where(pct < 1.0 / 3.0, -1.0, np.where(pct > 2.0 / 3.0, 1.0, 0.0))
     return np.where(np.isnan(pct), np.nan, state)
 
 
-@register(HMM_FEATURE, inputs=("close",), tags=("regime", "volatility", "fitted"), sets=_SET, kernel=True,
-          description="Filtered probability of the high-volatility state of a two-state Gaussian HMM on log returns, "
-                      "fit on training rows only (the feature table holds the log return; the pipeline filters it).")
+@register(
+    HMM_FEATURE,
+    inputs=("close",),
+    tags=("regime", "volatility", "fitted"),
+    sets=_SET,
+    kernel=True,
+    description="Filtered probability of the high-volatility state of a two-state Gaussian HMM on log returns, "
+    "fit on training rows only (the feature table holds the log return; the pipeline filters it).",
+)
 def regime_hmm_observation(p: Panel) -> Array:
     return log_return(p)

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from quant_cli import __version__
-from quant_cli.report import SILENT, Reporter
 from quant_cli.data import store as bar_store
 from quant_cli.errors import DataError, RecipeError
 from quant_cli.features import build, code_hash, engine, registry
@@ -37,6 +36,7 @@ from quant_cli.features.align import feature_options
 from quant_cli.features.engine import skipped_message
 from quant_cli.io import clean_stale_staging, read_json, staged_dir, write_json_atomic
 from quant_cli.recipe import Recipe, fingerprint
+from quant_cli.report import SILENT, Reporter
 
 if TYPE_CHECKING:
     from quant_cli.backend import Backend
@@ -78,7 +78,9 @@ def features_root(data_dir: Path, dataset: str) -> Path:
 def _dataset(recipe: Recipe) -> str:
     dataset = recipe["data"].get("dataset")
     if not dataset:
-        raise RecipeError("data.dataset is not set; add `[data] dataset = \"NAME\"` to the recipe or pass --set data.dataset=NAME")
+        raise RecipeError(
+            'data.dataset is not set; add `[data] dataset = "NAME"` to the recipe or pass --set data.dataset=NAME'
+        )
     return dataset
 
 
@@ -86,17 +88,22 @@ def _data_filter(recipe: Recipe) -> dict[str, Any]:
     """The row filter, normalised so '2020-01-01' and '2020-01-01T00:00' hash the same."""
     data = recipe["data"]
     bounds = {k: bar_store.parse_time(data[k], f"data.{k}") if data.get(k) else None for k in ("start", "end")}
-    return {"symbols": sorted(set(data.get("symbols") or [])), **{k: v.isoformat() if v else None for k, v in bounds.items()}}
+    return {
+        "symbols": sorted(set(data.get("symbols") or [])),
+        **{k: v.isoformat() if v else None for k, v in bounds.items()},
+    }
 
 
 def feature_fingerprint(features_section: dict[str, Any], content_hash: str, data_filter: dict[str, Any]) -> str:
-    return fingerprint({
-        "features": features_section,
-        "content_hash": content_hash,
-        "feature_code_version": registry.FEATURE_CODE_VERSION,
-        "feature_code": code_hash.feature_code_hash(),
-        "data": data_filter,
-    })
+    return fingerprint(
+        {
+            "features": features_section,
+            "content_hash": content_hash,
+            "feature_code_version": registry.FEATURE_CODE_VERSION,
+            "feature_code": code_hash.feature_code_hash(),
+            "data": data_filter,
+        }
+    )
 
 
 @dataclass
@@ -116,8 +123,15 @@ class _Request:
     backend: Backend | None = None
 
 
-def feature_table(recipe: Recipe, data_dir: Path, chunk_rows: int | None = None, reporter: Reporter = SILENT,
-                  *, snapshot: bar_store.Snapshot | None = None, backend: Backend | None = None) -> FeatureTable:
+def feature_table(
+    recipe: Recipe,
+    data_dir: Path,
+    chunk_rows: int | None = None,
+    reporter: Reporter = SILENT,
+    *,
+    snapshot: bar_store.Snapshot | None = None,
+    backend: Backend | None = None,
+) -> FeatureTable:
     """Build or reuse the feature version a recipe asks for (`chunk_rows`: rows per symbol group).
 
     `snapshot` is the dataset version the calling stage pinned; None pins the latest one.
@@ -128,18 +142,35 @@ def feature_table(recipe: Recipe, data_dir: Path, chunk_rows: int | None = None,
     data_filter = _data_filter(recipe)
     snapshot = snapshot or bar_store.pin(data_dir, dataset)
     if snapshot.dataset != dataset:
-        raise DataError(f"data.dataset is {dataset!r} but the pinned snapshot is of dataset {snapshot.dataset!r}; pin the recipe's dataset")
+        raise DataError(
+            f"data.dataset is {dataset!r} but the pinned snapshot is of dataset "
+            f"{snapshot.dataset!r}; pin the recipe's dataset"
+        )
     manifest = snapshot.manifest
     fp = feature_fingerprint(recipe["features"], manifest["content_hash"], data_filter)
     folder = features_root(data_dir, dataset) / fp
     if (folder / SPEC).is_file() and (folder / TABLE).is_dir():
         reporter.info(f"features: reusing cached version {fp} of dataset {dataset!r}")
         return load_version(folder, reporter)
-    request = _Request(recipe, Path(data_dir), dataset, snapshot, manifest, selection, data_filter, folder, chunk_rows or build.DEFAULT_CHUNK_ROWS, reporter, backend)
+    request = _Request(
+        recipe,
+        Path(data_dir),
+        dataset,
+        snapshot,
+        manifest,
+        selection,
+        data_filter,
+        folder,
+        chunk_rows or build.DEFAULT_CHUNK_ROWS,
+        reporter,
+        backend,
+    )
     return _build(request)
 
 
-def build_features(recipe: Recipe, data_dir: Path, backend: str = "local", jobs: int = 1, reporter: Reporter = SILENT) -> FeatureTable:
+def build_features(
+    recipe: Recipe, data_dir: Path, backend: str = "local", jobs: int = 1, reporter: Reporter = SILENT
+) -> FeatureTable:
     """`qfactory features`: the recipe's feature version, its symbol groups built on `backend`
     (quant_cli.backend) after checking that every worker sees the data home."""
     from quant_cli.backend import open_backend
@@ -184,8 +215,10 @@ def intact_parts(folder: Path) -> list[Path]:
         try:
             pl.read_parquet_schema(part)
         except pl.exceptions.ComputeError as exc:
-            raise DataError(f"feature version {Path(folder).name} is damaged ({TABLE}/{part.name}: {str(exc).splitlines()[0]}); "
-                            f"delete {folder} and rerun the command (the version is rebuilt)") from None
+            raise DataError(
+                f"feature version {Path(folder).name} is damaged ({TABLE}/{part.name}: {str(exc).splitlines()[0]}); "
+                f"delete {folder} and rerun the command (the version is rebuilt)"
+            ) from None
     return parts
 
 
@@ -199,13 +232,25 @@ def _build(req: _Request) -> FeatureTable:
     todo = engine.plan(req.selection.features, columns, options)
     engine.announce(todo, columns, req.reporter)
     chunks = build.chunk_symbols(_rows_per_symbol(req, symbols), req.chunk_rows)
-    req.reporter.info(f"features: computing {len(todo.names)} features on {len(symbols)} symbols of dataset {req.dataset!r} in {len(chunks)} group(s)")
+    req.reporter.info(
+        f"features: computing {len(todo.names)} features on {len(symbols)} "
+        f"symbols of dataset {req.dataset!r} in {len(chunks)} group(s)"
+    )
     try:
         clean_stale_staging(req.folder.parent)  # a killed build's folder never blocks or lingers
         with staged_dir(req.folder) as staging:  # renamed into place once: a version is write-once
             load = lambda chunk: req.snapshot.load_bars(symbols=chunk)  # noqa: E731 - one pinned version only
-            _, stats = build.build_parts(load, chunks, todo, staging / TABLE, options, _bounds(req), req.reporter,
-                                         backend=req.backend, snapshot=req.snapshot)
+            _, stats = build.build_parts(
+                load,
+                chunks,
+                todo,
+                staging / TABLE,
+                options,
+                _bounds(req),
+                req.reporter,
+                backend=req.backend,
+                snapshot=req.snapshot,
+            )
             spec = _spec(req, stats, todo, time.perf_counter() - started)
             write_json_atomic(staging / SPEC, spec)
     except OSError:
@@ -221,8 +266,10 @@ def _build(req: _Request) -> FeatureTable:
 def _notice_all_null(names: list[str], reporter: Reporter) -> None:
     if names:
         shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-        reporter.notice(f"features with no values at all (every row null; e.g. a window longer than the data): {shown}; "
-                        "use shorter features.windows, more history, or exclude them")
+        reporter.notice(
+            f"features with no values at all (every row null; e.g. a window longer than the data): {shown}; "
+            "use shorter features.windows, more history, or exclude them"
+        )
 
 
 def _symbols(req: _Request) -> list[str]:
@@ -282,16 +329,26 @@ def list_versions(data_dir: Path, dataset: str | None = None) -> list[dict[str, 
         roots = [features_root(data_dir, dataset)]
     else:
         roots = sorted(p.parent / "features" for p in Path(data_dir).glob(f"*/{bar_store.MANIFEST}"))
-    rows = [_version_row(p) for root in roots if root.is_dir() for p in root.glob(f"*/{SPEC}") if not p.parent.name.startswith(".")]
+    rows = [
+        _version_row(p)
+        for root in roots
+        if root.is_dir()
+        for p in root.glob(f"*/{SPEC}")
+        if not p.parent.name.startswith(".")
+    ]
     return sorted(rows, key=lambda r: (str(r["created"]), r["dataset"], r["fingerprint"]))
 
 
 def _version_row(spec_path: Path) -> dict[str, Any]:
     spec = read_json(spec_path)
     return {
-        "dataset": spec.get("dataset"), "fingerprint": spec.get("fingerprint", spec_path.parent.name),
-        "created": spec.get("created"), "rows": spec.get("rows"), "features": len(spec.get("features", [])),
-        "build_seconds": spec.get("build_seconds"), "path": str(spec_path.parent),
+        "dataset": spec.get("dataset"),
+        "fingerprint": spec.get("fingerprint", spec_path.parent.name),
+        "created": spec.get("created"),
+        "rows": spec.get("rows"),
+        "features": len(spec.get("features", [])),
+        "build_seconds": spec.get("build_seconds"),
+        "path": str(spec_path.parent),
     }
 
 
@@ -304,9 +361,13 @@ def find_version(data_dir: Path, fingerprint: str, dataset: str | None = None) -
         return Path(matches[0]["path"])
     where = f"dataset {dataset!r}" if dataset else f"data home {data_dir}"
     if not matches:
-        raise DataError(f"feature version {fingerprint!r} not found in {where}; list versions with `qfactory features ls`")
+        raise DataError(
+            f"feature version {fingerprint!r} not found in {where}; list versions with `qfactory features ls`"
+        )
     found = ", ".join(f"{r['dataset']}/{r['fingerprint']}" for r in matches[:5])
-    raise DataError(f"feature version {fingerprint!r} is ambiguous in {where} ({found}); give more characters or --dataset")
+    raise DataError(
+        f"feature version {fingerprint!r} is ambiguous in {where} ({found}); give more characters or --dataset"
+    )
 
 
 def show_version(data_dir: Path, fingerprint: str, dataset: str | None = None) -> dict[str, Any]:

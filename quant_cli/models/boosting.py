@@ -36,11 +36,15 @@ class _Boosting(Model):
         objective = self.params[self.objective_key]
         allowed = ("auto", *self.classification_objectives)
         if self.is_classifier and objective not in allowed:
-            raise ModelError(f"model.params.{self.objective_key} {objective!r} does not fit model.task 'classification'; "
-                             f"allowed: {one_of(allowed)}")
+            raise ModelError(
+                f"model.params.{self.objective_key} {objective!r} does not fit model.task 'classification'; "
+                f"allowed: {one_of(allowed)}"
+            )
         if not self.is_classifier and objective in self.classification_objectives:
-            raise ModelError(f"model.params.{self.objective_key} {objective!r} is a classification objective; "
-                             "set model.task = 'classification' or use a regression objective")
+            raise ModelError(
+                f"model.params.{self.objective_key} {objective!r} is a classification objective; "
+                "set model.task = 'classification' or use a regression objective"
+            )
 
     def _importance(self, values: np.ndarray) -> dict[str, float]:
         return {name: float(v) for name, v in zip(self.input_names_, values)}
@@ -59,8 +63,22 @@ _LGB_FIXED = {"verbosity": -1, "deterministic": True, "force_col_wise": True}
 
 # LightGBM's objectives for tabular rows (canonical names). Checked before fitting: LightGBM writes
 # '[LightGBM] [Fatal] ...' straight to the process's stderr before it raises.
-_LGB_OBJECTIVES = ("auto", "regression", "regression_l1", "huber", "fair", "poisson", "quantile", "mape", "gamma",
-                   "tweedie", "cross_entropy", "binary", "multiclass", "multiclassova")
+_LGB_OBJECTIVES = (
+    "auto",
+    "regression",
+    "regression_l1",
+    "huber",
+    "fair",
+    "poisson",
+    "quantile",
+    "mape",
+    "gamma",
+    "tweedie",
+    "cross_entropy",
+    "binary",
+    "multiclass",
+    "multiclassova",
+)
 
 
 class LightGBMModel(_Boosting):
@@ -113,13 +131,21 @@ class LightGBMModel(_Boosting):
             return {"objective": objective, **({"num_class": self.n_classes} if objective.startswith("multi") else {})}
         if not self.is_classifier:
             return {"objective": "regression"}
-        return {"objective": "binary"} if self.n_classes == 2 else {"objective": "multiclass", "num_class": self.n_classes}
+        return (
+            {"objective": "binary"} if self.n_classes == 2 else {"objective": "multiclass", "num_class": self.n_classes}
+        )
 
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
         import lightgbm as lgb
 
-        data = lgb.Dataset(train.X, y, weight=sample_weight, feature_name=list(self.input_names_),
-                           categorical_feature=self.categorical_columns or "auto", free_raw_data=False)
+        data = lgb.Dataset(
+            train.X,
+            y,
+            weight=sample_weight,
+            feature_name=list(self.input_names_),
+            categorical_feature=self.categorical_columns or "auto",
+            free_raw_data=False,
+        )
         valid_sets, callbacks = [], []
         if val is not None and early_stopping:
             valid_sets = [lgb.Dataset(val.X, y_val, reference=data)]
@@ -127,15 +153,29 @@ class LightGBMModel(_Boosting):
         if self._report is not None and val is not None:
             callbacks.append(self._round_report(val))
         try:
-            booster = lgb.train(self._lgb_params(self.device_), data, num_boost_round=self.params["n_estimators"],
-                                valid_sets=valid_sets, callbacks=callbacks)
+            booster = lgb.train(
+                self._lgb_params(self.device_),
+                data,
+                num_boost_round=self.params["n_estimators"],
+                valid_sets=valid_sets,
+                callbacks=callbacks,
+            )
         except lgb.basic.LightGBMError as exc:
             if not is_cuda(self.device_):
                 raise
-            notice_once("lightgbm:gpu", f"LightGBM cannot use the GPU ({str(exc).splitlines()[0]}); training on CPU", self.reporter)
+            notice_once(
+                "lightgbm:gpu",
+                f"LightGBM cannot use the GPU ({str(exc).splitlines()[0]}); training on CPU",
+                self.reporter,
+            )
             self.device_ = "cpu"
-            booster = lgb.train(self._lgb_params("cpu"), data, num_boost_round=self.params["n_estimators"],
-                                valid_sets=valid_sets, callbacks=callbacks)
+            booster = lgb.train(
+                self._lgb_params("cpu"),
+                data,
+                num_boost_round=self.params["n_estimators"],
+                valid_sets=valid_sets,
+                callbacks=callbacks,
+            )
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
         self.booster_ = booster
 
@@ -154,7 +194,9 @@ class LightGBMModel(_Boosting):
         return self._as_proba(self.booster_.predict(rows.X, num_iteration=self.best_iteration_))
 
     def feature_importance(self) -> dict[str, float]:
-        return self._importance(self.booster_.feature_importance(importance_type="gain", iteration=self.best_iteration_))
+        return self._importance(
+            self.booster_.feature_importance(importance_type="gain", iteration=self.best_iteration_)
+        )
 
     def _fit_info(self) -> dict[str, Any]:
         return {"best_iteration": self.best_iteration_}
@@ -203,8 +245,14 @@ class CatBoostModel(_Boosting):
         return (cb.CatBoostError,)
 
     def _cb_params(self) -> dict[str, Any]:
-        params = {**self.params, "loss_function": self._loss(), "random_seed": self.seed,
-                  "thread_count": self._n_jobs(), "allow_writing_files": False, "verbose": False}
+        params = {
+            **self.params,
+            "loss_function": self._loss(),
+            "random_seed": self.seed,
+            "thread_count": self._n_jobs(),
+            "allow_writing_files": False,
+            "verbose": False,
+        }
         if is_cuda(self.device_):
             params.update(task_type="GPU", devices=str(cuda_index(self.device_)))
         return params
@@ -225,8 +273,10 @@ class CatBoostModel(_Boosting):
             return cb.Pool(rows.X, label=y, weight=weight)
         index = rows.X[:, -1]
         cats = np.where(np.isnan(index), "unseen", np.nan_to_num(index, nan=-1).astype(np.int64).astype(str))
-        data = cb.FeaturesData(num_feature_data=np.ascontiguousarray(rows.X[:, :-1], dtype=np.float32),
-                               cat_feature_data=cats.astype(object)[:, None])
+        data = cb.FeaturesData(
+            num_feature_data=np.ascontiguousarray(rows.X[:, :-1], dtype=np.float32),
+            cat_feature_data=cats.astype(object)[:, None],
+        )
         return cb.Pool(data, label=y, weight=weight)
 
     def _estimator(self, **params):
@@ -237,8 +287,12 @@ class CatBoostModel(_Boosting):
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
         model = self._estimator(**self._cb_params())
         stop = val is not None and early_stopping > 0
-        model.fit(self._pool(train, y, sample_weight), eval_set=self._pool(val, y_val) if stop else None,
-                  early_stopping_rounds=early_stopping if stop else None, use_best_model=stop)
+        model.fit(
+            self._pool(train, y, sample_weight),
+            eval_set=self._pool(val, y_val) if stop else None,
+            early_stopping_rounds=early_stopping if stop else None,
+            use_best_model=stop,
+        )
         self.model_ = model
         self.best_iteration_ = int(model.tree_count_)
 
@@ -300,16 +354,34 @@ class XGBoostModel(_Boosting):
 
     def _xgb_params(self) -> dict[str, Any]:
         p = self.params
-        params = {"eta": p["learning_rate"], "max_depth": p["max_depth"], "min_child_weight": p["min_child_weight"],
-                  "subsample": p["subsample"], "colsample_bytree": p["colsample_bytree"], "lambda": p["reg_lambda"],
-                  "alpha": p["reg_alpha"], "gamma": p["gamma"], "max_bin": p["max_bin"], "tree_method": "hist",
-                  "seed": self.seed, "nthread": self.threads, "verbosity": 0, "device": self.device_}
+        params = {
+            "eta": p["learning_rate"],
+            "max_depth": p["max_depth"],
+            "min_child_weight": p["min_child_weight"],
+            "subsample": p["subsample"],
+            "colsample_bytree": p["colsample_bytree"],
+            "lambda": p["reg_lambda"],
+            "alpha": p["reg_alpha"],
+            "gamma": p["gamma"],
+            "max_bin": p["max_bin"],
+            "tree_method": "hist",
+            "seed": self.seed,
+            "nthread": self.threads,
+            "verbosity": 0,
+            "device": self.device_,
+        }
         return {**params, **self._objective()}
 
     def _objective(self) -> dict[str, Any]:
         objective = self.params["objective"]
         if objective == "auto":
-            objective = "multi:softprob" if self.n_classes > 2 else "binary:logistic" if self.is_classifier else "reg:squarederror"
+            objective = (
+                "multi:softprob"
+                if self.n_classes > 2
+                else "binary:logistic"
+                if self.is_classifier
+                else "reg:squarederror"
+            )
         return {"objective": objective, **({"num_class": self.n_classes} if objective.startswith("multi") else {})}
 
     def _matrix(self, rows: Inputs, y=None, weight=None):
@@ -319,8 +391,15 @@ class XGBoostModel(_Boosting):
         types = ["q"] * rows.X.shape[1]
         for column in self.categorical_columns:
             types[column] = "c"
-        return xgb.DMatrix(rows.X, label=y, weight=weight, missing=np.nan, feature_types=types,
-                           enable_categorical=bool(self.categorical_columns), nthread=self.threads or -1)
+        return xgb.DMatrix(
+            rows.X,
+            label=y,
+            weight=weight,
+            missing=np.nan,
+            feature_types=types,
+            enable_categorical=bool(self.categorical_columns),
+            nthread=self.threads or -1,
+        )
 
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
         import xgboost as xgb
@@ -328,9 +407,15 @@ class XGBoostModel(_Boosting):
         stop = val is not None and early_stopping > 0
         evals = [(self._matrix(val, y_val), "val")] if stop else []
         callbacks = [self._round_report(val)] if self._report is not None and val is not None else None
-        booster = xgb.train(self._xgb_params(), self._matrix(train, y, sample_weight),
-                            num_boost_round=self.params["n_estimators"], evals=evals,
-                            early_stopping_rounds=early_stopping if stop else None, verbose_eval=False, callbacks=callbacks)
+        booster = xgb.train(
+            self._xgb_params(),
+            self._matrix(train, y, sample_weight),
+            num_boost_round=self.params["n_estimators"],
+            evals=evals,
+            early_stopping_rounds=early_stopping if stop else None,
+            verbose_eval=False,
+            callbacks=callbacks,
+        )
         self.n_trees_ = int(booster.best_iteration + 1) if stop else int(booster.num_boosted_rounds())
         self.booster_ = booster
 
@@ -343,7 +428,9 @@ class XGBoostModel(_Boosting):
         class RoundReport(xgb.callback.TrainingCallback):
             def after_iteration(self, booster: Any, epoch: int, evals_log: Any) -> bool:
                 rounds = epoch + 1
-                report(rounds, lambda: model._scores(model._as_proba(booster.predict(matrix, iteration_range=(0, rounds)))))
+                report(
+                    rounds, lambda: model._scores(model._as_proba(booster.predict(matrix, iteration_range=(0, rounds))))
+                )
                 return False
 
         return RoundReport()

@@ -46,8 +46,16 @@ class SequenceModel(TorchModel):
         if X_val is not None:
             X_val = as_panel_rows(X_val, symbols_val)
             symbols_val = X_val.symbols
-        return super().fit(X, y, feature_names=feature_names, symbols=X.symbols, ts=X.ts if ts is None else ts,
-                           X_val=X_val, symbols_val=symbols_val, **kwargs)
+        return super().fit(
+            X,
+            y,
+            feature_names=feature_names,
+            symbols=X.symbols,
+            ts=X.ts if ts is None else ts,
+            X_val=X_val,
+            symbols_val=symbols_val,
+            **kwargs,
+        )
 
     def predict(self, X, *, symbols=None) -> np.ndarray:
         X = as_panel_rows(X, symbols)
@@ -60,16 +68,25 @@ class SequenceModel(TorchModel):
     def _check_X(self, X: PanelRows, n_features: int, what: str) -> PanelRows:
         values = X.panel.values
         if X.panel.n_features != n_features:
-            raise ModelError(f"model '{self.name}': {what} must have {n_features} feature columns, got {X.panel.n_features}")
-        if not all(np.isfinite(values[i:i + _CHECK_ROWS]).all() for i in range(0, len(values), _CHECK_ROWS)):
-            raise ModelError(f"model '{self.name}' cannot handle missing feature values (or infinite ones) in {what}; "
-                             "set preprocess.fill = \"zero\" or \"median\"")
+            raise ModelError(
+                f"model '{self.name}': {what} must have {n_features} feature columns, got {X.panel.n_features}"
+            )
+        if not all(np.isfinite(values[i : i + _CHECK_ROWS]).all() for i in range(0, len(values), _CHECK_ROWS)):
+            raise ModelError(
+                f"model '{self.name}' cannot handle missing feature values (or infinite ones) in {what}; "
+                'set preprocess.fill = "zero" or "median"'
+            )
         return X
 
     def _rows(self, X: PanelRows, symbols, ts=None, t1=None) -> Inputs:
         ids = self.encoder_.ids(X.symbols) if self.encoder_.kind != "none" else None
-        return Inputs(X, ids, X.symbols, None if ts is None else np.asarray(ts).reshape(-1),
-                      None if t1 is None else np.asarray(t1).reshape(-1))
+        return Inputs(
+            X,
+            ids,
+            X.symbols,
+            None if ts is None else np.asarray(ts).reshape(-1),
+            None if t1 is None else np.asarray(t1).reshape(-1),
+        )
 
     def _n_inputs(self, rows: Inputs) -> int:
         return self._columns(rows.X.panel).shape[1]
@@ -82,12 +99,16 @@ class SequenceModel(TorchModel):
         inputs = self.params["inputs"]
         if inputs != "features":
             if not panel.channels:
-                raise ModelError(f"model.params.inputs {inputs!r} needs raw-bar channels beside the features; train through "
-                                 "a run (`qfactory train`), which builds them from the run's bars, or pass a Panel with channels")
+                raise ModelError(
+                    f"model.params.inputs {inputs!r} needs raw-bar channels beside the features; train through "
+                    "a run (`qfactory train`), which builds them from the run's bars, or pass a Panel with channels"
+                )
             fitted = getattr(self, "channels_", None)
             if fitted is not None and list(panel.channels) != fitted:
-                raise ModelError(f"model '{self.name}' was fit on bar channels {fitted} but got {list(panel.channels)}; "
-                                 "use the same [features] timeframes")
+                raise ModelError(
+                    f"model '{self.name}' was fit on bar channels {fitted} but got {list(panel.channels)}; "
+                    "use the same [features] timeframes"
+                )
         return panel.columns(inputs)
 
     def _samples(self, rows: Inputs, y=None, w=None):
@@ -107,16 +128,23 @@ class SequenceModel(TorchModel):
         seq_len = self.params["seq_len"]
         # pnl loss: the window ending one row earlier, when the symbol has a full one there
         prev = np.where(X.panel.position[X.rows] >= seq_len, X.rows - 1, -1) if self.loop.loss == "pnl" else None
-        samples = Samples(self._panel_tensor(X), tensor(X.rows, torch.int64).to(self._panel_device), seq_len,
-                          tensor(rows.ids, torch.int64), tensor(y, y_dtype), tensor(w, torch.float32),
-                          tensor(timestamp_codes(X.ts), torch.int64), tensor(prev, torch.int64))
+        samples = Samples(
+            self._panel_tensor(X),
+            tensor(X.rows, torch.int64).to(self._panel_device),
+            seq_len,
+            tensor(rows.ids, torch.int64),
+            tensor(y, y_dtype),
+            tensor(w, torch.float32),
+            tensor(timestamp_codes(X.ts), torch.int64),
+            tensor(prev, torch.int64),
+        )
         return samples, mask
 
     def _panel_tensor(self, X: PanelRows):
         """The panel as one float32 tensor, moved once per fit (train and val share it)."""
-        from quant_cli.models.torch.loop import panel_device, to_device
-
         import torch
+
+        from quant_cli.models.torch.loop import panel_device, to_device
 
         cached = getattr(self, "_panel_cache", None)
         if cached is None or cached[0] is not X.panel:
@@ -138,4 +166,3 @@ class SequenceModel(TorchModel):
     def _load_native(self, folder, meta: dict[str, Any]) -> None:
         super()._load_native(folder, meta)
         self.channels_ = list(meta["fit_info"].get("channels", []))
-

@@ -35,9 +35,9 @@ from quant_cli.features.align import FeatureOptions
 from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.features.registry import REGISTRY, Feature
 from quant_cli.pipeline import lookback
-from quant_cli.pipeline.regime import GaussianHMM, filtered, fit_hmm
 from quant_cli.pipeline.adjust import Adjustment
 from quant_cli.pipeline.preprocess import fit_preprocess, raw_matrix, transform, transform_matrix
+from quant_cli.pipeline.regime import GaussianHMM, filtered, fit_hmm
 from quant_cli.report import SILENT, Reporter
 
 KEYS = ["symbol", "ts"]
@@ -69,14 +69,28 @@ class FittedPipeline:
     regime: dict[str, Any] | None = None  # the fitted regime HMM (pipeline/regime.py) when HMM_FEATURE is a feature
 
     @classmethod
-    def from_recipe(cls, recipe: Any, features: list[str], options: FeatureOptions, adjustment: Adjustment,
-                    feature_version: str | None = None) -> FittedPipeline:
+    def from_recipe(
+        cls,
+        recipe: Any,
+        features: list[str],
+        options: FeatureOptions,
+        adjustment: Adjustment,
+        feature_version: str | None = None,
+    ) -> FittedPipeline:
         lookback = {f.name: feature_lookback(f) for f in engine.as_features(features)}
         return cls(
-            features=list(features), preprocess=dict(recipe["preprocess"]),
-            options={"benchmark": options.benchmark, "max_staleness": options.max_staleness, "bar_spacing": options.bar_spacing},
-            lookback=lookback, adjustment=adjustment, symbol_encoding=recipe["model"]["symbol_encoding"],
-            unseen_symbols=recipe["model"]["unseen_symbols"], feature_version=feature_version,
+            features=list(features),
+            preprocess=dict(recipe["preprocess"]),
+            options={
+                "benchmark": options.benchmark,
+                "max_staleness": options.max_staleness,
+                "bar_spacing": options.bar_spacing,
+            },
+            lookback=lookback,
+            adjustment=adjustment,
+            symbol_encoding=recipe["model"]["symbol_encoding"],
+            unseen_symbols=recipe["model"]["unseen_symbols"],
+            feature_version=feature_version,
         )
 
     @property
@@ -145,19 +159,30 @@ class FittedPipeline:
         return ordered.sort("_order").drop("_order")
 
     def feature_options(self, benchmark_bars: pl.DataFrame | None = None) -> FeatureOptions:
-        return FeatureOptions(benchmark=self.options.get("benchmark"), max_staleness=self.options.get("max_staleness"),
-                              benchmark_bars=benchmark_bars, bar_spacing=self.options.get("bar_spacing"))
+        return FeatureOptions(
+            benchmark=self.options.get("benchmark"),
+            max_staleness=self.options.get("max_staleness"),
+            benchmark_bars=benchmark_bars,
+            bar_spacing=self.options.get("bar_spacing"),
+        )
 
-    def compute(self, bars: pl.DataFrame, benchmark_bars: pl.DataFrame | None = None, reporter: Reporter = SILENT) -> pl.DataFrame:
+    def compute(
+        self, bars: pl.DataFrame, benchmark_bars: pl.DataFrame | None = None, reporter: Reporter = SILENT
+    ) -> pl.DataFrame:
         """Raw features (symbol, ts, features...) of raw bars: adjusted, then the feature engine.
 
         The benchmark comes from `bars` when it is among them (adjusted like any symbol), else from
         `benchmark_bars` (ts, close), already adjusted as the feature store's are."""
-        table = engine.compute_features(self.adjustment.apply(bars), self.specs, self.feature_options(benchmark_bars), reporter)
+        table = engine.compute_features(
+            self.adjustment.apply(bars), self.specs, self.feature_options(benchmark_bars), reporter
+        )
         table = self.with_regime(table) if self.fits_regime and HMM_FEATURE in table.columns else table
         missing = [f for f in self.features if f not in table.columns]
         if missing:
-            raise RunError(f"the bars lack the inputs of {len(missing)} pipeline feature(s), e.g. {missing[:5]}; pass bars with the columns the run was trained on")
+            raise RunError(
+                f"the bars lack the inputs of {len(missing)} pipeline feature(s), e.g. "
+                f"{missing[:5]}; pass bars with the columns the run was trained on"
+            )
         return table
 
     def transform(self, data: pl.DataFrame | pl.LazyFrame, benchmark_bars: pl.DataFrame | None = None) -> pl.DataFrame:
@@ -181,30 +206,49 @@ class FittedPipeline:
     def feature_rows(self, data: pl.DataFrame | pl.LazyFrame, benchmark_bars: pl.DataFrame | None) -> pl.DataFrame:
         """`data` itself when it holds the features (a feature table's rows), else the features of its bars."""
         data = data.collect() if isinstance(data, pl.LazyFrame) else data
-        return data if set(data.columns).issuperset(self.features) else self.compute(data, benchmark_bars)  # a set: 158 lookups per served batch
+        return (
+            data if set(data.columns).issuperset(self.features) else self.compute(data, benchmark_bars)
+        )  # a set: 158 lookups per served batch
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "format_version": FORMAT_VERSION, "features": self.features, "preprocess": self.preprocess,
-            "options": self.options, "lookback": self.lookback, "adjustment": self.adjustment.to_json(),
-            "symbol_encoding": self.symbol_encoding, "unseen_symbols": self.unseen_symbols,
-            "feature_version": self.feature_version, "state": self.state, "dtype": "float32",
-            "warmup": self.warmup, "regime": self.regime,
+            "format_version": FORMAT_VERSION,
+            "features": self.features,
+            "preprocess": self.preprocess,
+            "options": self.options,
+            "lookback": self.lookback,
+            "adjustment": self.adjustment.to_json(),
+            "symbol_encoding": self.symbol_encoding,
+            "unseen_symbols": self.unseen_symbols,
+            "feature_version": self.feature_version,
+            "state": self.state,
+            "dtype": "float32",
+            "warmup": self.warmup,
+            "regime": self.regime,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FittedPipeline:
         if data.get("format_version") != FORMAT_VERSION:
-            raise RunError(f"pipeline.json has format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}; it was written by another qfactory version")
+            raise RunError(
+                f"pipeline.json has format_version {data.get('format_version')!r}, "
+                f"expected {FORMAT_VERSION}; it was written by another qfactory version"
+            )
         unknown = [f for f in data["features"] if not _known(f)]
         if unknown:
             raise RunError(f"pipeline.json names features this qfactory does not know: {unknown[:5]}")
         return cls(
-            features=list(data["features"]), preprocess=dict(data["preprocess"]), options=dict(data["options"]),
-            lookback={k: int(v) for k, v in data["lookback"].items()}, adjustment=Adjustment.from_json(data["adjustment"]),
-            symbol_encoding=data["symbol_encoding"], unseen_symbols=data["unseen_symbols"],
-            feature_version=data.get("feature_version"), state=data.get("state"),
-            warmup={k: int(v) for k, v in data.get("warmup", {}).items()}, regime=data.get("regime"),
+            features=list(data["features"]),
+            preprocess=dict(data["preprocess"]),
+            options=dict(data["options"]),
+            lookback={k: int(v) for k, v in data["lookback"].items()},
+            adjustment=Adjustment.from_json(data["adjustment"]),
+            symbol_encoding=data["symbol_encoding"],
+            unseen_symbols=data["unseen_symbols"],
+            feature_version=data.get("feature_version"),
+            state=data.get("state"),
+            warmup={k: int(v) for k, v in data.get("warmup", {}).items()},
+            regime=data.get("regime"),
         )
 
 

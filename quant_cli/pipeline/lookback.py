@@ -67,8 +67,15 @@ class Lookback:
         return max(self.bars.values(), default=1)
 
     def to_json(self) -> dict[str, Any]:
-        return {"bars": self.bars, "converged": self.converged, "history": self.history, "symbols": self.symbols,
-                "required_bars": self.required, "tolerance": TOLERANCE, "absolute_floor": ABSOLUTE_FLOOR}
+        return {
+            "bars": self.bars,
+            "converged": self.converged,
+            "history": self.history,
+            "symbols": self.symbols,
+            "required_bars": self.required,
+            "tolerance": TOLERANCE,
+            "absolute_floor": ABSOLUTE_FLOOR,
+        }
 
 
 def grid(history: int) -> list[int]:
@@ -121,8 +128,9 @@ def _matrix(frame: pl.DataFrame, names: list[str]) -> np.ndarray:
 
 def measure(pipeline: Any, bars: pl.DataFrame, reporter: Reporter = SILENT) -> Lookback:
     """The lookback of every pipeline feature on `bars` (raw bars with every symbol a request needs)."""
-    return _measure(lambda b, names: _features(pipeline, b, names), list(pipeline.features), bars,
-                    reporter, "feature(s)")
+    return _measure(
+        lambda b, names: _features(pipeline, b, names), list(pipeline.features), bars, reporter, "feature(s)"
+    )
 
 
 def measure_channels(pipeline: Any, bars: pl.DataFrame, timeframes: list[str], reporter: Reporter = SILENT) -> Lookback:
@@ -136,8 +144,13 @@ def measure_channels(pipeline: Any, bars: pl.DataFrame, timeframes: list[str], r
     return _measure(compute, channel_names(timeframes), bars, reporter, "raw-bar channel(s)")
 
 
-def _measure(compute: Callable[[pl.DataFrame, list[str]], pl.DataFrame], names: list[str], bars: pl.DataFrame,
-             reporter: Reporter, what: str) -> Lookback:
+def _measure(
+    compute: Callable[[pl.DataFrame, list[str]], pl.DataFrame],
+    names: list[str],
+    bars: pl.DataFrame,
+    reporter: Reporter,
+    what: str,
+) -> Lookback:
     """The grid search of the module doc over `compute(bars, names)` (symbol, ts, names)."""
     history = int(bars.group_by("symbol").len()["len"].max()) if bars.height else 0
     table = compute(bars, names)
@@ -171,7 +184,10 @@ def channel_timeframes(model: Any) -> list[str] | None:
     names it was fit on (bar_volume_z_<tf>); None when it reads no raw bars."""
     if not model.needs_bars():
         return None
-    fitted = [getattr(model, "channels_", None) or [], *(getattr(m, "channels_", None) or [] for m in getattr(model, "members_", []))]
+    fitted = [
+        getattr(model, "channels_", None) or [],
+        *(getattr(m, "channels_", None) or [] for m in getattr(model, "members_", [])),
+    ]
     names = next((c for c in fitted if c), [])
     return [c.removeprefix("bar_volume_z_") for c in names if c.startswith("bar_volume_z_")]
 

@@ -33,8 +33,8 @@ _MIN_VARIANCE = 1e-12
 
 @dataclass(frozen=True)
 class GaussianHMM:
-    means: np.ndarray       # (2,) mean log return per state
-    variances: np.ndarray   # (2,) variance per state; variances[1] >= variances[0]
+    means: np.ndarray  # (2,) mean log return per state
+    variances: np.ndarray  # (2,) variance per state; variances[1] >= variances[0]
     transition: np.ndarray  # (2, 2) P(state_t+1 = j | state_t = i)
 
     @property
@@ -45,13 +45,21 @@ class GaussianHMM:
         return np.array([0.5, 0.5]) if total <= 0 else np.array([b / total, a / total])
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "gaussian_hmm", "states": 2, "means": self.means.tolist(), "variances": self.variances.tolist(),
-                "transition": self.transition.tolist()}
+        return {
+            "kind": "gaussian_hmm",
+            "states": 2,
+            "means": self.means.tolist(),
+            "variances": self.variances.tolist(),
+            "transition": self.transition.tolist(),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GaussianHMM:
-        return cls(np.asarray(data["means"], float), np.asarray(data["variances"], float),
-                   np.asarray(data["transition"], float))
+        return cls(
+            np.asarray(data["means"], float),
+            np.asarray(data["variances"], float),
+            np.asarray(data["transition"], float),
+        )
 
 
 def padded(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +68,8 @@ def padded(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     x = np.full((length, len(sequences)), np.nan)
     inside = np.zeros((length, len(sequences)), dtype=bool)
     for i, s in enumerate(sequences):
-        x[:len(s), i] = s
-        inside[:len(s), i] = True
+        x[: len(s), i] = s
+        inside[: len(s), i] = True
     return x, inside
 
 
@@ -101,14 +109,14 @@ def filtered(model: GaussianHMM, sequences: list[np.ndarray]) -> list[np.ndarray
     """P(high | returns up to t) for every bar of every sequence: the feature."""
     x, _ = padded(sequences)
     alpha, _ = _forward(model, _likelihoods(model, x))
-    return [alpha[:len(s), i, 1] for i, s in enumerate(sequences)]
+    return [alpha[: len(s), i, 1] for i, s in enumerate(sequences)]
 
 
 def smoothed(model: GaussianHMM, sequences: list[np.ndarray]) -> list[np.ndarray]:
     """P(high | the WHOLE sequence) (forward-backward): uses the future; for EM and tests only."""
     x, inside = padded(sequences)
     gamma, _ = _posteriors(model, x, inside)
-    return [gamma[:len(s), i, 1] for i, s in enumerate(sequences)]
+    return [gamma[: len(s), i, 1] for i, s in enumerate(sequences)]
 
 
 def _posteriors(model: GaussianHMM, x: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,17 +138,22 @@ def fit_hmm(sequences: list[np.ndarray], iterations: int = _ITERATIONS) -> Gauss
     observed = inside & np.isfinite(x)
     values = x[observed]
     if values.size < 3 or float(values.var()) <= 0:
-        raise DataError(f"the regime model (regime_hmm_p_high) needs varying training returns, got {values.size} "
-                        "value(s); "
-                        "use more training data or drop the feature")
+        raise DataError(
+            f"the regime model (regime_hmm_p_high) needs varying training returns, got {values.size} "
+            "value(s); "
+            "use more training data or drop the feature"
+        )
     var = float(values.var())
-    model = GaussianHMM(np.full(2, values.mean()), np.array([0.5 * var, 2.0 * var]),
-                        np.array([[_STAY, 1 - _STAY], [1 - _STAY, _STAY]]))
+    model = GaussianHMM(
+        np.full(2, values.mean()), np.array([0.5 * var, 2.0 * var]), np.array([[_STAY, 1 - _STAY], [1 - _STAY, _STAY]])
+    )
     for _ in range(iterations):
         updated = _em_step(model, x, inside, observed, floor=max(_MIN_VARIANCE, 1e-6 * var))
-        moved = max(_relative(updated.means, model.means, var ** 0.5),
-                    _relative(updated.variances, model.variances, var),
-                    _relative(updated.transition, model.transition, 1.0))
+        moved = max(
+            _relative(updated.means, model.means, var**0.5),
+            _relative(updated.variances, model.variances, var),
+            _relative(updated.transition, model.transition, 1.0),
+        )
         model = updated
         if moved < _TOLERANCE:
             break

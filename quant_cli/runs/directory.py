@@ -27,25 +27,56 @@ from typing import Any
 from quant_cli import __version__
 from quant_cli.errors import DataError, QFactoryError, RunError, shown
 from quant_cli.io import (
-    STAGING_PREFIX, clean_stale_staging, owner, owner_gone, read_json, read_run_json, release_owner, staged_dir,
-    storage_errors, write_json_atomic, write_owner, write_text_atomic,
+    STAGING_PREFIX,
+    clean_stale_staging,
+    owner,
+    owner_gone,
+    read_json,
+    read_run_json,
+    release_owner,
+    staged_dir,
+    storage_errors,
+    write_json_atomic,
+    write_owner,
+    write_text_atomic,
 )
 from quant_cli.recipe import Recipe, fingerprint, to_toml
-from quant_cli.schema import RUN_NAME_DOC, RUN_NAME_PATTERN
 from quant_cli.report import SILENT, Reporter
+from quant_cli.schema import RUN_NAME_DOC, RUN_NAME_PATTERN
 
 # What each stage writes into a run. A stage is committed by its manifest entry, written last:
 # these paths without that entry are leftovers of a killed process, removed before a redo.
 STAGE_OUTPUTS = {
     "split": ("split",),
-    "train": ("cv", "model", "predictions.parquet"),  # not metrics.json: backtest and walkforward write it too, train rewrites it whole
+    "train": (
+        "cv",
+        "model",
+        "predictions.parquet",
+    ),  # not metrics.json: backtest and walkforward write it too, train rewrites it whole
     "backtest": ("backtest",),
     "walkforward": ("walkforward",),  # and its block of metrics.json, merged in like backtest's
     "bundle": ("bundle", "bundle.tar.gz"),
 }
-_STAGE_RESULT = {"split": "a split", "train": "a model", "backtest": "a backtest", "walkforward": "a walk-forward", "bundle": "a bundle"}
+_STAGE_RESULT = {
+    "split": "a split",
+    "train": "a model",
+    "backtest": "a backtest",
+    "walkforward": "a walk-forward",
+    "bundle": "a bundle",
+}
 
-_LIBRARIES = ("polars", "pyarrow", "numpy", "lightgbm", "catboost", "xgboost", "scikit-learn", "joblib", "torch", "typer")
+_LIBRARIES = (
+    "polars",
+    "pyarrow",
+    "numpy",
+    "lightgbm",
+    "catboost",
+    "xgboost",
+    "scikit-learn",
+    "joblib",
+    "torch",
+    "typer",
+)
 
 
 def resolve_home(option: str | None, env_var: str, recipe_value: str | None, default: str) -> Path:
@@ -53,7 +84,9 @@ def resolve_home(option: str | None, env_var: str, recipe_value: str | None, def
     return _pick_home(option, env_var, recipe_value, default, ("option", "recipe"))[0]
 
 
-def _pick_home(option: str | None, env_var: str, recipe_value: str | None, default: str, names: tuple[str, str]) -> tuple[Path, str]:
+def _pick_home(
+    option: str | None, env_var: str, recipe_value: str | None, default: str, names: tuple[str, str]
+) -> tuple[Path, str]:
     """The home and where it came from, e.g. (Path('x'), '--runs-dir'); `names` = (option, recipe key)."""
     for candidate, where in ((option, names[0]), (os.environ.get(env_var), env_var), (recipe_value, names[1])):
         if candidate:
@@ -66,7 +99,9 @@ def _check_home(home: Path, where: str, error: type[QFactoryError]) -> Path:
     for part in (home, *home.parents):
         if part.exists() and not part.is_dir():
             blocker = "it is a file" if part == home else f"{part} is a file"
-            raise error(f"{where} {home}: not a usable folder ({blocker}); pass a folder path (it is created if missing)")
+            raise error(
+                f"{where} {home}: not a usable folder ({blocker}); pass a folder path (it is created if missing)"
+            )
     return home
 
 
@@ -97,8 +132,14 @@ def _git_commit() -> str | None:
     asked in the package's own folder: the working directory's repository, if any, says nothing
     about the code, and made one experiment two trials when run from two folders (runs/ledger.py)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+            cwd=Path(__file__).resolve().parent,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -151,8 +192,12 @@ class Run:
         removed, with a notice, so the stage is simply redone.
         """
         if self.has_stage(stage):
-            raise RunError(f"run {self.id} already has {_STAGE_RESULT.get(stage, f'a {stage} stage')}; runs are never overwritten — "
-                           "start a new one with `qfactory train --recipe R`")
+            raise RunError(
+                f"run {self.id} already has "
+                f"{_STAGE_RESULT.get(stage, f'a {stage} stage')}; runs are never "
+                "overwritten — "
+                "start a new one with `qfactory train --recipe R`"
+            )
         leftovers = [self.path / name for name in STAGE_OUTPUTS.get(stage, ()) if (self.path / name).exists()]
         for path in leftovers:
             if path.is_dir() and not path.is_symlink():
@@ -162,7 +207,10 @@ class Run:
         stale = clean_stale_staging(self.path)
         if leftovers or stale:
             names = ", ".join(sorted(p.name for p in [*leftovers, *stale]))
-            reporter.notice(f"run {self.id}: the {stage} stage never committed (interrupted); removed its leftovers ({names}) and redoing it")
+            reporter.notice(
+                f"run {self.id}: the {stage} stage never committed (interrupted); removed "
+                f"its leftovers ({names}) and redoing it"
+            )
 
     def log(self, event: str, **fields: Any) -> None:
         record = {"time": _now_iso(), "event": event, **fields}
@@ -193,7 +241,11 @@ class Run:
         (or was interrupted by Ctrl-C); it stays uncommitted, so the next command redoes it."""
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         try:
-            self.update_manifest(stages={name: {"status": status, "seconds": seconds, "finished": _now_iso(), "error": type(exc).__name__}})
+            self.update_manifest(
+                stages={
+                    name: {"status": status, "seconds": seconds, "finished": _now_iso(), "error": type(exc).__name__}
+                }
+            )
             self.log(f"stage_{status}", stage=name, error=type(exc).__name__)
         except Exception:  # noqa: BLE001 - a damaged manifest or full disk must not hide the real error
             pass
@@ -265,8 +317,11 @@ def experiment_fingerprint(recipe: Recipe) -> str:
     """The resolved recipe less what only names or places a run (run.name, run.runs_dir,
     data.data_dir, [serve]): the trial ledger counts runs with the same one (and the same data
     and code) as one trial (runs/ledger.py)."""
-    kept = {section: dict(values) if isinstance(values, dict) else values
-            for section, values in recipe.items() if section != "serve"}
+    kept = {
+        section: dict(values) if isinstance(values, dict) else values
+        for section, values in recipe.items()
+        if section != "serve"
+    }
     for section, key in (("run", "name"), ("run", "runs_dir"), ("data", "data_dir")):
         if isinstance(kept.get(section), dict):
             kept[section].pop(key, None)
@@ -288,7 +343,9 @@ def resolve_run(ref: str, runs_dir: Path, label: str = "--run") -> Run:
 
 
 def _latest(runs_dir: Path, label: str = "--run") -> Run:
-    runs = [p for p in runs_dir.glob("*/manifest.json") if not p.parent.name.startswith(".")] if runs_dir.is_dir() else []
+    runs = (
+        [p for p in runs_dir.glob("*/manifest.json") if not p.parent.name.startswith(".")] if runs_dir.is_dir() else []
+    )
     if not runs:
         raise RunError(f"{label} latest: no runs under {runs_dir}; start one with `qfactory train --recipe R`")
     newest = max(runs, key=_created)

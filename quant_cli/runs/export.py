@@ -3,7 +3,9 @@
 Each run becomes one MLflow run tagged `qfactory.run_id`: params are the flattened resolved
 recipe (recipe.toml), metrics the flattened numbers of metrics.json plus the run's trial-ledger
 entry (deflated Sharpe ratio and N), artifacts its small files (recipe.toml, manifest.json,
-metrics.json, model/, and the backtest report — every non-parquet file in backtest/).
+metrics.json, model/, and the backtest report — every non-parquet file in backtest/). A torch
+model's training telemetry (every number of each epoch in model/history.json: losses, learning rate,
+gradient and parameter norms, expert usage) becomes metric histories `epoch.<name>` with step = epoch.
 
 Exporting again is idempotent: the MLflow run with the same `qfactory.run_id` tag is reused,
 params already there are not logged again, and a metric is logged only when its value changed
@@ -15,6 +17,7 @@ is enough).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -112,7 +115,33 @@ def _contents(run: Run, record: RunRecord, ledger: dict[str, float]) -> dict[str
             "qfactory.path": str(run.path),
         },
         "created_ms": _millis(manifest.get("created")),
+        "epochs": _epoch_metrics(run.path / "model"),
     }
+
+
+def _epoch_metrics(model_dir: Path) -> list[tuple[int, dict[str, float]]]:
+    """(epoch, {`epoch.<key>`: value}) from every history.json under the model folder; lists (expert usage per
+    layer and expert) become numbered keys. A folder below model/ (a member of an ensemble) joins the prefix."""
+    out = []
+    for path in sorted(model_dir.rglob("history.json")) if model_dir.is_dir() else []:
+        where = ".".join(path.parent.relative_to(model_dir).parts)
+        prefix = f"epoch.{where}." if where else "epoch."
+        for entry in json.loads(path.read_text()).get("epochs", []):
+            values = {_key(prefix + k): v for k, v in _numbers(entry).items() if k != "epoch"}
+            out.append((int(entry.get("epoch", len(out) + 1)), values))
+    return out
+
+
+def _numbers(value: Any, key: str = "") -> dict[str, float]:
+    """Finite numbers of a nested dict/list, by dotted key (list items by index)."""
+    if isinstance(value, dict):
+        items = value.items()
+        return {k: v for name, item in items for k, v in _numbers(item, f"{key}.{name}" if key else name).items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _numbers(item, f"{key}.{i}").items()}
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return {key: float(value)}
+    return {}
 
 
 def _key(key: str) -> str:
@@ -154,6 +183,9 @@ def _export_one(client: Any, experiment_id: str, run: Run, content: dict[str, An
     metrics = [
         Metric(k, v, content["created_ms"] or 0, 0) for k, v in content["metrics"].items() if old_metrics.get(k) != v
     ]
+    # epoch histories are logged once (a committed model's history never changes), step = epoch
+    metrics += [Metric(k, v, content["created_ms"] or 0, epoch) for epoch, values in content["epochs"]
+                for k, v in values.items() if k not in old_metrics]
     for start in range(0, max(len(params), len(metrics)), _BATCH):
         client.log_batch(run_id, metrics=metrics[start : start + _BATCH], params=params[start : start + _BATCH])
     artifacts = _log_artifacts(client, run_id, run.path)

@@ -34,7 +34,14 @@ from quant_cli.serve.batching import Batcher
 from quant_cli.serve.guard import Guard, Metrics
 from quant_cli.serve.loaded import REQUEST_SEP, FeatureRows, LoadedBundle, attempt, validated
 from quant_cli.serve.schemas import (
-    ErrorResponse, Health, PredictFeaturesRequest, PredictRequest, PredictResponse, Ready, ReloadRequest, ReloadResponse,
+    ErrorResponse,
+    Health,
+    PredictFeaturesRequest,
+    PredictRequest,
+    PredictResponse,
+    Ready,
+    ReloadRequest,
+    ReloadResponse,
 )
 
 DEFAULT_MAX_ROWS = 100_000
@@ -80,7 +87,9 @@ def warm_up(bundle: LoadedBundle) -> None:
         bundle.score_bars(bundle.example[0])
 
 
-def create_app(bundle: LoadedBundle, token: str | None = None, limits: Limits | None = None, trust_pickle: bool = False) -> Any:
+def create_app(
+    bundle: LoadedBundle, token: str | None = None, limits: Limits | None = None, trust_pickle: bool = False
+) -> Any:
     """The ASGI app: FastAPI routes inside the guard (token, size limit, metrics); warmed up first."""
     warm_up(bundle)
     limits = limits or Limits()
@@ -120,7 +129,9 @@ def _routes(app: FastAPI, holder: Holder, limits: Limits, metrics: Metrics) -> N
         """Raw bars (long format, one or more symbols) → a score per symbol for its latest bar."""
         current = holder.current
         _check_rows(len(request.bars), limits)
-        scores = await batcher.submit((id(current), "bars"), functools.partial(_score_bar_requests, current), request, len(request.bars))
+        scores = await batcher.submit(
+            (id(current), "bars"), functools.partial(_score_bar_requests, current), request, len(request.bars)
+        )
         return _response(current, _guarded(lambda: _raised(scores)))
 
     @app.post("/predict/features", response_model=PredictResponse, responses=_ERRORS)
@@ -129,8 +140,13 @@ def _routes(app: FastAPI, holder: Holder, limits: Limits, metrics: Metrics) -> N
         current = holder.current
         _check_rows(len(request.rows), limits)
         _check_feature_names(request, current)
-        scores = await batcher.submit((id(current), "features"), functools.partial(_score_feature_requests, current), request, len(request.rows),
-                                      cheap=not current.model.uses_panel())
+        scores = await batcher.submit(
+            (id(current), "features"),
+            functools.partial(_score_feature_requests, current),
+            request,
+            len(request.rows),
+            cheap=not current.model.uses_panel(),
+        )
         return _response(current, _guarded(lambda: _raised(scores)))
 
     @app.post("/reload", response_model=ReloadResponse, responses=_ERRORS)
@@ -185,14 +201,21 @@ def _handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()))
         message = clip_huge_values(f"{where}: {first.get('msg', 'invalid')}")
         if first.get("type") == "json_invalid":  # the parser's own words say where
-            message = clip_huge_values(f"body: invalid JSON ({first.get('ctx', {}).get('error', 'unreadable')}); send one JSON object")
-        return JSONResponse({"error": message, "kind": "ValidationError", "detail": jsonable_encoder(errors, exclude={"ctx", "input"})}, 422)
+            message = clip_huge_values(
+                f"body: invalid JSON ({first.get('ctx', {}).get('error', 'unreadable')}); send one JSON object"
+            )
+        return JSONResponse(
+            {"error": message, "kind": "ValidationError", "detail": jsonable_encoder(errors, exclude={"ctx", "input"})},
+            422,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:  # a body that is not JSON at all: malformed, like any other bad payload
             return JSONResponse({"error": f"body: not valid JSON ({exc.detail})", "kind": "ValidationError"}, 422)
-        return JSONResponse({"error": str(exc.detail), "kind": "HTTPError"}, exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": str(exc.detail), "kind": "HTTPError"}, exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(InputError)
     async def refused(request: Request, exc: InputError) -> JSONResponse:
@@ -201,7 +224,9 @@ def _handlers(app: FastAPI) -> None:
 
 def _check_rows(n: int, limits: Limits) -> None:
     if n > limits.max_rows:
-        raise InputError(413, f"{n:,} rows is more than this server takes per request ({limits.max_rows:,}); send fewer", "TooLarge")
+        raise InputError(
+            413, f"{n:,} rows is more than this server takes per request ({limits.max_rows:,}); send fewer", "TooLarge"
+        )
 
 
 def _guarded(work: Any) -> pl.DataFrame:
@@ -211,8 +236,11 @@ def _guarded(work: Any) -> pl.DataFrame:
     except QFactoryError as exc:
         raise InputError(422, str(exc), type(exc).__name__) from None
     except (pl.exceptions.PolarsError, ValueError, TypeError, OverflowError) as exc:
-        raise InputError(422, f"the request could not be scored: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                         "InvalidInput") from None
+        raise InputError(
+            422,
+            f"the request could not be scored: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            "InvalidInput",
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -228,7 +256,9 @@ def _raised(result: pl.DataFrame | Exception) -> pl.DataFrame:
 def _timestamps(values: list[dt.datetime]) -> pl.Series:
     """Datetime("us", "UTC") of request timestamps (naive ones are UTC), via integer microseconds:
     polars converts a list of aware datetime objects several times slower."""
-    return pl.Series("ts", [(_utc(ts) - _EPOCH) // _MICROSECOND for ts in values], pl.Int64).cast(pl.Datetime("us", "UTC"))
+    return pl.Series("ts", [(_utc(ts) - _EPOCH) // _MICROSECOND for ts in values], pl.Int64).cast(
+        pl.Datetime("us", "UTC")
+    )
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -276,19 +306,30 @@ def _keyed_bars(requests: list[PredictRequest]) -> pl.DataFrame:
     so the same symbol and bar in two requests is no duplicate; pydantic already refuses empty symbols.
     Raises when the requests carry different columns: a column one request lacks would be null in
     its rows, not absent (vwap absent is derived from high, low, close; null is missing)."""
-    layouts = {frozenset(c for c in _BAR_COLUMNS if any(getattr(bar, c) is not None for bar in request.bars)) for request in requests}
+    layouts = {
+        frozenset(c for c in _BAR_COLUMNS if any(getattr(bar, c) is not None for bar in request.bars))
+        for request in requests
+    }
     if len(layouts) > 1:
         raise ValueError("the requests carry different columns; score each alone")
     rows = [bar for request in requests for bar in request.bars]
-    return _raw_bars(rows, [f"{i}{REQUEST_SEP}{bar.symbol}" for i, request in enumerate(requests) for bar in request.bars])
+    return _raw_bars(
+        rows, [f"{i}{REQUEST_SEP}{bar.symbol}" for i, request in enumerate(requests) for bar in request.bars]
+    )
 
 
-def _score_feature_requests(current: LoadedBundle, requests: list[PredictFeaturesRequest]) -> list[pl.DataFrame | Exception]:
+def _score_feature_requests(
+    current: LoadedBundle, requests: list[PredictFeaturesRequest]
+) -> list[pl.DataFrame | Exception]:
     """The batch's work: every request's rows as one matrix, scored in one call."""
     try:
         rows = _feature_rows([row for request in requests for row in request.rows], current.pipeline.features)
     except Exception as exc:
-        return [exc] if len(requests) == 1 else [r for request in requests for r in _score_feature_requests(current, [request])]
+        return (
+            [exc]
+            if len(requests) == 1
+            else [r for request in requests for r in _score_feature_requests(current, [request])]
+        )
     return current.score_features_many(rows, [len(request.rows) for request in requests])
 
 
@@ -301,14 +342,19 @@ def _check_feature_names(request: PredictFeaturesRequest, current: LoadedBundle)
         extra = next((k for k in row.features if k not in known), None)
         missing = next((k for k in names if k not in row.features), None)
         what = f"unknown feature {extra!r}" if extra is not None else f"feature {missing!r} is missing"
-        raise InputError(422, clip_huge_values(f"rows.{i}.features: {what}; send exactly the features GET /metadata lists"), "ValidationError")
+        raise InputError(
+            422,
+            clip_huge_values(f"rows.{i}.features: {what}; send exactly the features GET /metadata lists"),
+            "ValidationError",
+        )
 
 
 def _feature_rows(rows: list[Any], names: list[str]) -> FeatureRows:
     """The keys and raw feature matrix of checked rows (None → NaN), built with numpy in one call."""
     values = np.array([[row.features[n] for n in names] for row in rows], dtype=np.float64).astype(np.float32)
-    return FeatureRows(pl.Series("symbol", [r.symbol for r in rows], pl.String),
-                       _timestamps([r.ts for r in rows]), values)
+    return FeatureRows(
+        pl.Series("symbol", [r.symbol for r in rows], pl.String), _timestamps([r.ts for r in rows]), values
+    )
 
 
 def _response(current: LoadedBundle, scores: pl.DataFrame) -> Response:

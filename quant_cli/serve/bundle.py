@@ -65,7 +65,9 @@ _METRIC_BLOCKS = ("val", "test", "train", "cv", "backtest", "walkforward")
 # ---- build -------------------------------------------------------------------------------------------
 
 
-def build(run: Run, bars: pl.DataFrame, folder: Path, trust_pickle: bool = False, reporter: Reporter = SILENT) -> dict[str, Any]:
+def build(
+    run: Run, bars: pl.DataFrame, folder: Path, trust_pickle: bool = False, reporter: Reporter = SILENT
+) -> dict[str, Any]:
     """Write the bundle of `run` into the empty `folder`; `bars`: the run's raw bars (every symbol, the
     benchmark included) from the dataset version it was split on. Returns the manifest."""
     pipeline = FittedPipeline.from_json(read_run_json(run.path, "split/pipeline.json"))
@@ -73,8 +75,11 @@ def build(run: Run, bars: pl.DataFrame, folder: Path, trust_pickle: bool = False
     model = load_model(run.path / "model")
     measured = pipeline.measure_lookback(_measurement_bars(pipeline, bars), reporter)
     if measured.unconverged:
-        reporter.warn(f"bundle: {len(measured.unconverged)} feature(s) (e.g. {measured.unconverged[0]}) did not converge within the "
-                      f"{measured.history} bars of history; requests must carry all {measured.history} bars")
+        reporter.warn(
+            f"bundle: {len(measured.unconverged)} feature(s) (e.g. "
+            f"{measured.unconverged[0]}) did not converge within the "
+            f"{measured.history} bars of history; requests must carry all {measured.history} bars"
+        )
     model.save(folder / "model")
     write_json_atomic(folder / "pipeline.json", pipeline.to_json())
     spec, channels = _input_spec(run, pipeline, bars, model, reporter)
@@ -84,11 +89,20 @@ def build(run: Run, bars: pl.DataFrame, folder: Path, trust_pickle: bool = False
     write_json_atomic(folder / "output_schema.json", output_schema(loaded.output_columns))
     _write_example(folder, loaded, bars)
     _write_provenance(folder, run)
-    reporter.info(f"bundle: {len(pipeline.features)} features, {spec.required_bars} bars per symbol"
-                  + (f", required symbols {spec.required_symbols[:5]}" if spec.required_symbols else ""))
-    return mf.write_manifest(folder, {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                      "source_run": run.id, "model": model.name, "task": model.task,
-                                      "qfactory_version": __version__})
+    reporter.info(
+        f"bundle: {len(pipeline.features)} features, {spec.required_bars} bars per symbol"
+        + (f", required symbols {spec.required_symbols[:5]}" if spec.required_symbols else "")
+    )
+    return mf.write_manifest(
+        folder,
+        {
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "source_run": run.id,
+            "model": model.name,
+            "task": model.task,
+            "qfactory_version": __version__,
+        },
+    )
 
 
 def _measurement_bars(pipeline: FittedPipeline, bars: pl.DataFrame) -> pl.DataFrame:
@@ -98,12 +112,16 @@ def _measurement_bars(pipeline: FittedPipeline, bars: pl.DataFrame) -> pl.DataFr
     if lookback.cross_sectional(pipeline):
         return bars
     counts = bars.group_by(pl.col("symbol").cast(pl.String)).len().sort(["len", "symbol"], descending=[True, False])
-    keep = {*counts["symbol"].head(MEASURE_SYMBOLS).to_list(), *([b] if (b := lookback.benchmark_symbol(pipeline)) else [])}
+    keep = {
+        *counts["symbol"].head(MEASURE_SYMBOLS).to_list(),
+        *([b] if (b := lookback.benchmark_symbol(pipeline)) else []),
+    }
     return bars.filter(pl.col("symbol").cast(pl.String).is_in(sorted(keep)))
 
 
-def _input_spec(run: Run, pipeline: FittedPipeline, bars: pl.DataFrame, model: Any,
-                reporter: Reporter = SILENT) -> tuple[InputSpec, lookback.Lookback | None]:
+def _input_spec(
+    run: Run, pipeline: FittedPipeline, bars: pl.DataFrame, model: Any, reporter: Reporter = SILENT
+) -> tuple[InputSpec, lookback.Lookback | None]:
     """What a request must carry, and the raw-bar channels' measured lookback (None when the model
     reads no bars): a panel model's window adds seq_len - 1 bars (pipeline/lookback.py)."""
     columns = lookback.input_columns(pipeline, bars.columns)
@@ -121,24 +139,40 @@ def _input_spec(run: Run, pipeline: FittedPipeline, bars: pl.DataFrame, model: A
     if cross := lookback.cross_sectional(pipeline):
         universe = read_run_parquet(run.path, "split/rows.parquet")["symbol"].cast(pl.String).unique().sort().to_list()
         required += [s for s in universe if s not in required]
-        why.append(f"cross-sectional features such as {cross[0]} compare all {len(universe)} symbols the model was trained on")
-    return InputSpec(lookback.request_bars(pipeline.required_bars, model, channels), columns, required, "; ".join(why),
-                     lookback.extra_keys(pipeline), lookback.model_window(model), timeframes), channels
+        why.append(
+            f"cross-sectional features such as {cross[0]} compare all {len(universe)} symbols the model was trained on"
+        )
+    return InputSpec(
+        lookback.request_bars(pipeline.required_bars, model, channels),
+        columns,
+        required,
+        "; ".join(why),
+        lookback.extra_keys(pipeline),
+        lookback.model_window(model),
+        timeframes,
+    ), channels
 
 
 def _window_json(spec: InputSpec, channels: lookback.Lookback | None) -> dict[str, Any]:
     """lookback.json's account of a panel model's window (nothing for tabular models)."""
     if spec.window == 1 and channels is None:
         return {}
-    return {"request_bars": spec.required_bars, "window": spec.window,
-            "channels": None if channels is None else channels.to_json()}
+    return {
+        "request_bars": spec.required_bars,
+        "window": spec.window,
+        "channels": None if channels is None else channels.to_json(),
+    }
 
 
 def _write_example(folder: Path, loaded: LoadedBundle, bars: pl.DataFrame) -> None:
     """A request made of the run's last bars, and the scores this bundle gives it."""
     spec = loaded.spec
     symbols = bars["symbol"].cast(pl.String).unique().sort().to_list()
-    chosen = list(dict.fromkeys([*spec.required_symbols, *[s for s in symbols if s not in spec.required_symbols][:EXAMPLE_SYMBOLS]]))
+    chosen = list(
+        dict.fromkeys(
+            [*spec.required_symbols, *[s for s in symbols if s not in spec.required_symbols][:EXAMPLE_SYMBOLS]]
+        )
+    )
     example = lookback.tail_bars(bars.filter(pl.col("symbol").cast(pl.String).is_in(chosen)), spec.required_bars)
     example = example.select(pl.col("symbol").cast(pl.String), "ts", *spec.columns, *spec.keys)
     (folder / "example").mkdir()
@@ -149,12 +183,21 @@ def _write_example(folder: Path, loaded: LoadedBundle, bars: pl.DataFrame) -> No
 
 def _write_provenance(folder: Path, run: Run) -> None:
     manifest = run.manifest()
-    write_json_atomic(folder / "versions.json", {"qfactory": __version__, "python": sys.version.split()[0], "libraries": library_versions()})
-    write_json_atomic(folder / "source.json", {
-        "source_run": run.id, "run_path": str(run.path), "dataset": manifest.get("dataset"),
-        "fingerprints": manifest.get("fingerprints"), "git_commit": manifest.get("git_commit"),
-        "run_created": manifest.get("created"),
-    })
+    write_json_atomic(
+        folder / "versions.json",
+        {"qfactory": __version__, "python": sys.version.split()[0], "libraries": library_versions()},
+    )
+    write_json_atomic(
+        folder / "source.json",
+        {
+            "source_run": run.id,
+            "run_path": str(run.path),
+            "dataset": manifest.get("dataset"),
+            "fingerprints": manifest.get("fingerprints"),
+            "git_commit": manifest.get("git_commit"),
+            "run_created": manifest.get("created"),
+        },
+    )
     write_text_atomic(folder / "recipe.toml", (run.path / "recipe.toml").read_text(encoding="utf-8"))
     metrics = read_run_json(run.path, "metrics.json") if (run.path / "metrics.json").is_file() else {}
     write_json_atomic(folder / "metrics.json", {k: v for k, v in metrics.items() if k in _METRIC_BLOCKS})
@@ -185,8 +228,12 @@ def load(path: Path | str, trust_pickle: bool = False) -> LoadedBundle:
 def verify(path: Path | str, trust_pickle: bool = False) -> dict[str, Any]:
     """`qfactory bundle verify`: the hashes, the documents, then the example request against its expected scores."""
     loaded, files, worst = _load(contents.read(Path(path), trust_pickle))
-    return {"bundle_id": loaded.bundle_id, "files": files, "example_rows": loaded.example[1].height,
-            "max_relative_difference": worst}
+    return {
+        "bundle_id": loaded.bundle_id,
+        "files": files,
+        "example_rows": loaded.example[1].height,
+        "max_relative_difference": worst,
+    }
 
 
 def _load(verified: contents.Contents) -> tuple[LoadedBundle, int, float]:
@@ -218,8 +265,12 @@ def load_model_from(verified: contents.Contents) -> Model:
         kind = contents.plain(str(verified.manifest.get("model", "model")), 40)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = reason.replace(f"{folder}/", "model/").replace(str(folder), "model")  # not our private folder's name
-        raise BundleError(clip_huge_values(f"bundle {verified.label}: model/ cannot be loaded as a {kind} model "
-                                           f"({type(exc).__name__}: {reason}); {contents.REBUILD}")) from None
+        raise BundleError(
+            clip_huge_values(
+                f"bundle {verified.label}: model/ cannot be loaded as a {kind} model "
+                f"({type(exc).__name__}: {reason}); {contents.REBUILD}"
+            )
+        ) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -256,9 +307,13 @@ def _example(verified: contents.Contents) -> tuple[pl.DataFrame, pl.DataFrame]:
         raise
     except (QFactoryError, KeyError, TypeError, ValueError, pl.exceptions.PolarsError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else ""
-        raise BundleError(clip_huge_values(f"bundle {verified.label}: the example (example/*.json) is not what "
-                                           f"this qfactory writes ({type(exc).__name__}: {reason}); "
-                                           f"{contents.REBUILD}")) from None
+        raise BundleError(
+            clip_huge_values(
+                f"bundle {verified.label}: the example (example/*.json) is not what "
+                f"this qfactory writes ({type(exc).__name__}: {reason}); "
+                f"{contents.REBUILD}"
+            )
+        ) from None
     return request, expected
 
 
@@ -271,18 +326,26 @@ def _check_example(loaded: LoadedBundle) -> float:
         got = loaded.score_bars(request)
     except Exception as exc:  # noqa: BLE001 - whatever the model or engine raises, the bundle is refused
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise BundleError(clip_huge_values(f"bundle {loaded.path}: its model cannot score the bundle's own example "
-                                           f"({type(exc).__name__}: {reason}); {contents.REBUILD}")) from None
+        raise BundleError(
+            clip_huge_values(
+                f"bundle {loaded.path}: its model cannot score the bundle's own example "
+                f"({type(exc).__name__}: {reason}); {contents.REBUILD}"
+            )
+        ) from None
     columns = [c for c in loaded.output_columns if c not in ("symbol", "ts")]
     symbols = expected.get_column("symbol", default=pl.Series([])).to_list()
     if got.height != expected.height or got["symbol"].to_list() != symbols or not set(columns) <= set(expected.columns):
-        raise BundleError(f"bundle {loaded.path}: the example scores {got.height} rows, expected.json has "
-                          f"{expected.height}; rebuild the bundle")
+        raise BundleError(
+            f"bundle {loaded.path}: the example scores {got.height} rows, expected.json has "
+            f"{expected.height}; rebuild the bundle"
+        )
     worst = max(max_relative_difference(got[c].to_numpy(), expected[c].to_numpy()) for c in columns)
     if not worst <= EXAMPLE_TOLERANCE:
-        raise BundleError(f"bundle {loaded.path}: the example's scores differ from example/expected.json "
-                          f"by {worst:.3g} relative (allowed {EXAMPLE_TOLERANCE:g}); the libraries differ from the "
-                          "bundle's versions.json — check them")
+        raise BundleError(
+            f"bundle {loaded.path}: the example's scores differ from example/expected.json "
+            f"by {worst:.3g} relative (allowed {EXAMPLE_TOLERANCE:g}); the libraries differ from the "
+            "bundle's versions.json — check them"
+        )
     return worst
 
 

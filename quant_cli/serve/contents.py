@@ -59,7 +59,7 @@ class Contents:
     def under(self, folder: str) -> dict[str, bytes]:
         """The files under `folder/` (e.g. the model's), by their path inside it."""
         prefix = folder.rstrip("/") + "/"
-        return {name[len(prefix):]: data for name, data in self.files.items() if name.startswith(prefix)}
+        return {name[len(prefix) :]: data for name, data in self.files.items() if name.startswith(prefix)}
 
 
 def read(path: Path, trust_pickle: bool = False) -> Contents:
@@ -71,10 +71,13 @@ def read(path: Path, trust_pickle: bool = False) -> Contents:
         if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
             return _from_archive(path, label, trust_pickle)
     except (OSError, ValueError) as exc:  # a name too long, a NUL byte (from a /reload payload too), unreadable
-        raise BundleError(f"bundle {shown(label, 200)}: not a usable path ({type(exc).__name__}: {exc}); "
-                          "pass a bundle folder or its .tar.gz") from None
-    raise BundleError(f"bundle {label}: not found; pass a bundle folder or its .tar.gz "
-                      "(made by `qfactory bundle --run RUN`)")
+        raise BundleError(
+            f"bundle {shown(label, 200)}: not a usable path ({type(exc).__name__}: {exc}); "
+            "pass a bundle folder or its .tar.gz"
+        ) from None
+    raise BundleError(
+        f"bundle {label}: not found; pass a bundle folder or its .tar.gz (made by `qfactory bundle --run RUN`)"
+    )
 
 
 def plain(text: str, limit: int = 120) -> str:
@@ -88,8 +91,9 @@ def plain(text: str, limit: int = 120) -> str:
 
 def _manifest(label: str, data: bytes | None) -> dict[str, Any]:
     if data is None:
-        raise BundleError(f"bundle {label}: no {mf.MANIFEST}; pass a folder made by `qfactory bundle --run RUN` "
-                          "(or its .tar.gz)")
+        raise BundleError(
+            f"bundle {label}: no {mf.MANIFEST}; pass a folder made by `qfactory bundle --run RUN` (or its .tar.gz)"
+        )
     try:
         manifest = parse_json(data)
     except ValueError as exc:
@@ -98,29 +102,43 @@ def _manifest(label: str, data: bytes | None) -> dict[str, Any]:
         raise BundleError(f"bundle {label}: {mf.MANIFEST} has no 'files' table; {REBUILD}")
     version = manifest.get("schema_version")
     if version != mf.SCHEMA_VERSION:
-        raise BundleError(f"bundle {label}: {mf.MANIFEST} has schema_version {shown(version)}, this qfactory reads "
-                          f"{mf.SCHEMA_VERSION}; rebuild the bundle with this qfactory version")
+        raise BundleError(
+            f"bundle {label}: {mf.MANIFEST} has schema_version {shown(version)}, this qfactory reads "
+            f"{mf.SCHEMA_VERSION}; rebuild the bundle with this qfactory version"
+        )
     for key in ("bundle_id", "source_run"):
         if not isinstance(manifest.get(key), str) or not manifest[key]:
             raise BundleError(f"bundle {label}: {mf.MANIFEST} has no {key!r} string; {REBUILD}")
     if len(manifest["files"]) > MAX_FILES:
-        raise BundleError(f"bundle {label}: {mf.MANIFEST} lists {len(manifest['files']):,} files, "
-                          f"over {MAX_FILES:,}; {REBUILD}")
+        raise BundleError(
+            f"bundle {label}: {mf.MANIFEST} lists {len(manifest['files']):,} files, over {MAX_FILES:,}; {REBUILD}"
+        )
     for name, digest in manifest["files"].items():
         check_name(label, name)
         if not isinstance(digest, str) or not _SHA256.match(digest):
-            raise BundleError(f"bundle {label}: {mf.MANIFEST} gives file {shown(name)} the hash {shown(digest)}, "
-                              f"not a SHA-256 hex digest; {REBUILD}")
+            raise BundleError(
+                f"bundle {label}: {mf.MANIFEST} gives file {shown(name)} the hash {shown(digest)}, "
+                f"not a SHA-256 hex digest; {REBUILD}"
+            )
     return manifest
 
 
 def check_name(label: str, name: str) -> PurePosixPath:
     """A manifest entry as a path inside the bundle: relative, no '..', '.', empty part, backslash or NUL."""
     parts = name.split("/") if isinstance(name, str) else []
-    if (not parts or name.startswith("/") or "\\" in name or "\x00" in name
-            or any(p in ("", ".", "..") for p in parts) or name in (mf.MANIFEST, OWNER_FILE) or not name.isprintable()):
-        raise BundleError(f"bundle {label}: {mf.MANIFEST} entry {shown(name)} does not name a file inside the bundle "
-                          f"(absolute, '..', empty part, or the manifest itself); {REBUILD}")
+    if (
+        not parts
+        or name.startswith("/")
+        or "\\" in name
+        or "\x00" in name
+        or any(p in ("", ".", "..") for p in parts)
+        or name in (mf.MANIFEST, OWNER_FILE)
+        or not name.isprintable()
+    ):
+        raise BundleError(
+            f"bundle {label}: {mf.MANIFEST} entry {shown(name)} does not name a file inside the bundle "
+            f"(absolute, '..', empty part, or the manifest itself); {REBUILD}"
+        )
     return PurePosixPath(name)
 
 
@@ -132,15 +150,18 @@ def _verified(label: str, manifest: dict[str, Any], present: dict[str, bytes | N
         if data is None:
             raise BundleError(f"bundle {label}: file {name} is missing; {_MODIFIED}")
         if hashlib.sha256(data).hexdigest() != listed[name]:
-            raise BundleError(f"bundle {label}: file {name} was changed (SHA-256 differs from {mf.MANIFEST}); "
-                              f"{_MODIFIED}")
+            raise BundleError(
+                f"bundle {label}: file {name} was changed (SHA-256 differs from {mf.MANIFEST}); {_MODIFIED}"
+            )
     extra = sorted(name for name in present if name not in listed)
     if extra:
         raise BundleError(f"bundle {label}: file {plain(extra[0])} is not in {mf.MANIFEST} (extra file); {_MODIFIED}")
     derived = mf.bundle_id(manifest["source_run"], listed)
     if manifest["bundle_id"] != derived:  # the id names the content: a re-hashed model cannot keep another's
-        raise BundleError(f"bundle {label}: {mf.MANIFEST} says bundle_id {shown(manifest['bundle_id'])}, "
-                          f"but its files give {derived}; {_MODIFIED}")
+        raise BundleError(
+            f"bundle {label}: {mf.MANIFEST} says bundle_id {shown(manifest['bundle_id'])}, "
+            f"but its files give {derived}; {_MODIFIED}"
+        )
     mf.check_pickle(Path(label), list(listed), trust_pickle)
     return Contents(label, manifest, {name: present[name] for name in listed})  # type: ignore[misc]
 
@@ -154,8 +175,10 @@ class _Budget:
     def take(self, size: int) -> None:
         self.left -= size
         if self.left < 0:
-            raise BundleError(f"bundle {self.label}: its files hold more than {MAX_BUNDLE_BYTES:,} bytes, "
-                              f"over this qfactory's limit; {REBUILD}")
+            raise BundleError(
+                f"bundle {self.label}: its files hold more than {MAX_BUNDLE_BYTES:,} bytes, "
+                f"over this qfactory's limit; {REBUILD}"
+            )
 
 
 # ---- a folder -------------------------------------------------------------------------------------
@@ -177,8 +200,9 @@ def _from_folder(folder: Path, label: str, trust_pickle: bool) -> Contents:
             name = entry if inside == "." else f"{inside}/{entry}"
             mode = os.stat(entry, dir_fd=dirfd, follow_symlinks=False).st_mode
             if stat.S_ISLNK(mode):
-                raise BundleError(f"bundle {label}: {plain(name)} is a link; a bundle holds plain files only, "
-                                  f"{REBUILD}")
+                raise BundleError(
+                    f"bundle {label}: {plain(name)} is a link; a bundle holds plain files only, {REBUILD}"
+                )
             if stat.S_ISDIR(mode) or name in (mf.MANIFEST, OWNER_FILE):
                 continue
             if len(present) >= MAX_FILES:
@@ -196,8 +220,9 @@ def _read_at(dirfd: int, entry: str, label: str, budget: _Budget, missing_ok: bo
             return None
         raise
     except OSError as exc:  # ELOOP: the entry became a link
-        raise BundleError(f"bundle {label}: {plain(entry)} cannot be opened as a plain file ({exc.strerror}); "
-                          f"{REBUILD}") from None
+        raise BundleError(
+            f"bundle {label}: {plain(entry)} cannot be opened as a plain file ({exc.strerror}); {REBUILD}"
+        ) from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
@@ -220,8 +245,9 @@ def _from_archive(archive: Path, label: str, trust_pickle: bool) -> Contents:
             members = _archive_members(tar, label)
             data = {name: _member_bytes(tar, member, budget) for name, member in members.items()}
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BundleError(f"bundle {label}: not a readable .tar.gz ({exc}); "
-                          "rebuild it with `qfactory bundle --run RUN --archive`") from None
+        raise BundleError(
+            f"bundle {label}: not a readable .tar.gz ({exc}); rebuild it with `qfactory bundle --run RUN --archive`"
+        ) from None
     manifest = _manifest(label, data.pop(mf.MANIFEST, None))
     data.pop(OWNER_FILE, None)
     listed = manifest["files"]
@@ -239,14 +265,17 @@ def _archive_members(tar: tarfile.TarFile, label: str) -> dict[str, tarfile.TarI
         path = member.name.removeprefix("./").rstrip("/")
         top, _, name = path.partition("/")
         if path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in path.split("/")):
-            raise BundleError(f"bundle {label}: archive entry {shown(member.name)} is not a path inside the bundle; "
-                              f"{one_folder}")
+            raise BundleError(
+                f"bundle {label}: archive entry {shown(member.name)} is not a path inside the bundle; {one_folder}"
+            )
         tops.add(top)
         if member.isdir():
             continue
         if not member.isreg():
-            raise BundleError(f"bundle {label}: archive entry {shown(member.name)} is a link or device; "
-                              f"a bundle holds plain files only, {REBUILD}")
+            raise BundleError(
+                f"bundle {label}: archive entry {shown(member.name)} is a link or device; "
+                f"a bundle holds plain files only, {REBUILD}"
+            )
         if not name:
             raise BundleError(f"bundle {label}: {one_folder}")
         if name in files:

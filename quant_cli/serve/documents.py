@@ -69,13 +69,18 @@ class State(_Doc):
 
     @model_validator(mode="after")
     def _statistics(self) -> State:
-        needed = {"center": self.kind in ("zscore", "robust"), "scale": self.kind in ("zscore", "robust"),
-                  "median": self.fill == "median" or self.kind == "robust", "quantiles": self.kind == "rank_gauss"}
+        needed = {
+            "center": self.kind in ("zscore", "robust"),
+            "scale": self.kind in ("zscore", "robust"),
+            "median": self.fill == "median" or self.kind == "robust",
+            "quantiles": self.kind == "rank_gauss",
+        }
         for stat, need in needed.items():
             table = getattr(self, stat)
             if need and (table is None or set(table) != set(self.columns)):
-                raise ValueError(f"{stat} must give a value for every column "
-                                 f"(scaler {self.kind!r}, fill {self.fill!r})")
+                raise ValueError(
+                    f"{stat} must give a value for every column (scaler {self.kind!r}, fill {self.fill!r})"
+                )
         if self.scale and any(v <= 0 for v in self.scale.values()):
             raise ValueError("scale values must be positive")
         for name, qs in (self.quantiles or {}).items():
@@ -111,8 +116,10 @@ class PipelineDoc(_Doc):
         if self.state.columns != features:
             raise ValueError("state.columns must be the features, in order")
         if (self.state.kind, self.state.fill) != (self.preprocess.scaler, self.preprocess.fill):
-            raise ValueError(f"state is fitted for scaler {self.state.kind!r}, fill {self.state.fill!r}; "
-                             f"preprocess says {self.preprocess.scaler!r}, {self.preprocess.fill!r}")
+            raise ValueError(
+                f"state is fitted for scaler {self.state.kind!r}, fill {self.state.fill!r}; "
+                f"preprocess says {self.preprocess.scaler!r}, {self.preprocess.fill!r}"
+            )
         return self
 
 
@@ -148,9 +155,11 @@ def spec_of(contents: Contents, pipeline: FittedPipeline) -> InputSpec:
     _validated(SpecDoc, spec, contents, "input_schema.json: x-qfactory")
     loaded = InputSpec.from_json(spec)  # type: ignore[arg-type]
     if loaded.required_bars < pipeline.required_bars:
-        raise BundleError(f"bundle {contents.label}: input_schema.json asks for {loaded.required_bars} bars per "
-                          f"symbol, fewer than the {pipeline.required_bars} its features need (pipeline.json warmup); "
-                          f"{REBUILD}")
+        raise BundleError(
+            f"bundle {contents.label}: input_schema.json asks for {loaded.required_bars} bars per "
+            f"symbol, fewer than the {pipeline.required_bars} its features need (pipeline.json warmup); "
+            f"{REBUILD}"
+        )
     return loaded
 
 
@@ -161,8 +170,11 @@ def _validated(doc: type[BaseModel], data: Any, contents: Contents, name: str) -
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         message = first["msg"].removeprefix("Value error, ")
-        raise BundleError(clip_huge_values(f"bundle {contents.label}: {name} is not what this qfactory writes "
-                                           f"({where}: {message}); {REBUILD}")) from None
+        raise BundleError(
+            clip_huge_values(
+                f"bundle {contents.label}: {name} is not what this qfactory writes ({where}: {message}); {REBUILD}"
+            )
+        ) from None
 
 
 def _duration(text: str) -> None:

@@ -42,17 +42,31 @@ class InputSpec:
     required_symbols: list[str] = field(default_factory=list)
     why_symbols: str = ""
     keys: list[str] = field(default_factory=list)  # text columns such as sector
-    window: int = 1                        # rows one score reads (a sequence model's seq_len)
-    timeframes: list[str] | None = None    # the raw-bar channels' timeframes; None: the model reads no bars
+    window: int = 1  # rows one score reads (a sequence model's seq_len)
+    timeframes: list[str] | None = None  # the raw-bar channels' timeframes; None: the model reads no bars
 
     def to_json(self) -> dict[str, Any]:
-        return {"required_bars": self.required_bars, "columns": self.columns, "required_symbols": self.required_symbols,
-                "why_symbols": self.why_symbols, "keys": self.keys, "window": self.window, "timeframes": self.timeframes}
+        return {
+            "required_bars": self.required_bars,
+            "columns": self.columns,
+            "required_symbols": self.required_symbols,
+            "why_symbols": self.why_symbols,
+            "keys": self.keys,
+            "window": self.window,
+            "timeframes": self.timeframes,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> InputSpec:
-        return cls(int(data["required_bars"]), list(data["columns"]), list(data["required_symbols"]),
-                   data.get("why_symbols", ""), list(data.get("keys", [])), int(data.get("window", 1)), data.get("timeframes"))
+        return cls(
+            int(data["required_bars"]),
+            list(data["columns"]),
+            list(data["required_symbols"]),
+            data.get("why_symbols", ""),
+            list(data.get("keys", [])),
+            int(data.get("window", 1)),
+            data.get("timeframes"),
+        )
 
 
 @dataclass
@@ -74,11 +88,19 @@ class LoadedBundle:
         return ["symbol", "ts", "score", *probs]
 
     def metadata(self) -> dict[str, Any]:
-        return {"bundle_id": self.bundle_id, "manifest": self.manifest, "features": self.pipeline.features,
-                "lookback": {"required_bars": self.spec.required_bars, "per_feature": self.pipeline.warmup},
-                "model": {"name": self.model.name, "task": self.model.task,
-                          "classes": self.model.classes_.tolist() if self.model.is_classifier else None},
-                "input": self.spec.to_json(), "outputs": self.output_columns}
+        return {
+            "bundle_id": self.bundle_id,
+            "manifest": self.manifest,
+            "features": self.pipeline.features,
+            "lookback": {"required_bars": self.spec.required_bars, "per_feature": self.pipeline.warmup},
+            "model": {
+                "name": self.model.name,
+                "task": self.model.task,
+                "classes": self.model.classes_.tolist() if self.model.is_classifier else None,
+            },
+            "input": self.spec.to_json(),
+            "outputs": self.output_columns,
+        }
 
     # ---- raw bars --------------------------------------------------------------------------------
 
@@ -91,8 +113,14 @@ class LoadedBundle:
         bars = bars.sort(KEYS)
         self.check_spacing(bars)
         if self.model.uses_panel():  # windows of each symbol's rows (serve/panel.py)
-            return score_panel(self.pipeline, self.model, bars, timeframes=self.spec.timeframes,
-                               first=self.spec.required_bars - 1, last_only=not every_bar)
+            return score_panel(
+                self.pipeline,
+                self.model,
+                bars,
+                timeframes=self.spec.timeframes,
+                first=self.spec.required_bars - 1,
+                last_only=not every_bar,
+            )
         return self._score(self._scored_rows(self.pipeline.compute(bars), every_bar))
 
     def _scored_rows(self, table: pl.DataFrame, every_bar: bool) -> pl.DataFrame:
@@ -107,25 +135,34 @@ class LoadedBundle:
     def check_bars(self, bars: pl.DataFrame, every_bar: bool = False) -> None:
         missing = [c for c in ("symbol", "ts", *self.spec.columns, *self.spec.keys) if c not in bars.columns]
         if missing:
-            raise DataError(f"the bars lack column {missing[0]!r}; this bundle reads columns {['symbol', 'ts', *self.spec.columns, *self.spec.keys]}")
+            raise DataError(
+                f"the bars lack column {missing[0]!r}; this bundle reads columns "
+                f"{['symbol', 'ts', *self.spec.columns, *self.spec.keys]}"
+            )
         present = set(bars["symbol"].unique().to_list())
         if self.universe is not None and not present <= self.universe:
             outside = sorted(present - self.universe)
-            raise DataError(f"symbol {shown(outside[0])} is not in this bundle's universe: cross-sectional features "
-                            f"such as {self.cross_sectional[0]} are statistics over the {len(self.universe)} symbols "
-                            "the model was trained on, and another symbol would change every score; send only those "
-                            "symbols (GET /metadata: input.required_symbols)")
+            raise DataError(
+                f"symbol {shown(outside[0])} is not in this bundle's universe: cross-sectional features "
+                f"such as {self.cross_sectional[0]} are statistics over the {len(self.universe)} symbols "
+                "the model was trained on, and another symbol would change every score; send only those "
+                "symbols (GET /metadata: input.required_symbols)"
+            )
         absent = [s for s in self.spec.required_symbols if s not in present]
         if absent:
-            raise DataError(f"the bars lack required symbol(s) {absent[:5]}{' and more' if len(absent) > 5 else ''} "
-                            f"({self.spec.why_symbols}); include their bars")
+            raise DataError(
+                f"the bars lack required symbol(s) {absent[:5]}{' and more' if len(absent) > 5 else ''} "
+                f"({self.spec.why_symbols}); include their bars"
+            )
         counts = bars.group_by("symbol").len().sort("len", "symbol")
         short = counts.filter(pl.col("len") < self.spec.required_bars)
         if short.height and (not every_bar or short.height == counts.height):
             symbol, n = short.row(0)
             window = f" and the model's window of {self.spec.window} rows" if self.spec.window > 1 else ""
-            raise DataError(f"symbol {symbol!r} has {n} bar(s); this bundle needs at least {self.spec.required_bars} bars per "
-                            f"symbol (its features' measured lookback{window}); send more history")
+            raise DataError(
+                f"symbol {symbol!r} has {n} bar(s); this bundle needs at least {self.spec.required_bars} bars per "
+                f"symbol (its features' measured lookback{window}); send more history"
+            )
 
     @functools.cached_property
     def cross_sectional(self) -> list[str]:
@@ -155,8 +192,10 @@ class LoadedBundle:
         if len(wrong):
             have = format_frequency(dt.timedelta(microseconds=int(medians[wrong[0]])))
             symbol = bars["symbol"][int(rows[wrong[0]])]
-            raise DataError(f"symbol {shown(symbol)} has {have} bars; this bundle was trained on {want} bars; "
-                            f"send {want} bars (resample the {have} bars first)")
+            raise DataError(
+                f"symbol {shown(symbol)} has {have} bars; this bundle was trained on {want} bars; "
+                f"send {want} bars (resample the {have} bars first)"
+            )
 
     # ---- several requests at once (serve/batching.py) --------------------------------------------
 
@@ -165,9 +204,14 @@ class LoadedBundle:
         """Whether requests' bars may share one engine call: only when every feature is per symbol
         and nothing reads a symbol's name (no benchmark, cross-sectional feature, key column, or
         per-name adjustment) — then renaming each request's symbols apart changes no value."""
-        return not (self.spec.required_symbols or self.spec.keys or self.pipeline.options.get("benchmark")
-                    or self.pipeline.adjustment.raw_symbols or lookback.cross_sectional(self.pipeline)
-                    or self.model.uses_panel())  # sequence models score windows of rows: one request at a time
+        return not (
+            self.spec.required_symbols
+            or self.spec.keys
+            or self.pipeline.options.get("benchmark")
+            or self.pipeline.adjustment.raw_symbols
+            or lookback.cross_sectional(self.pipeline)
+            or self.model.uses_panel()
+        )  # sequence models score windows of rows: one request at a time
 
     def score_bars_many(self, requests: list[pl.DataFrame]) -> list[pl.DataFrame | Exception]:
         """score_bars of each request (latest bar per symbol), with one feature computation for all
@@ -175,14 +219,25 @@ class LoadedBundle:
         at a time, so each request gets its own result or error."""
         out: list[pl.DataFrame | Exception | None] = [attempt(self.check_bars, bars) for bars in requests]
         good = [i for i, refused in enumerate(out) if refused is None]
+
         def one_by_one() -> list[pl.DataFrame | Exception]:  # each checked above: scored without checking again
-            return [refused if refused is not None else attempt(self._score_checked, bars) for refused, bars in zip(out, requests)]
+            return [
+                refused if refused is not None else attempt(self._score_checked, bars)
+                for refused, bars in zip(out, requests)
+            ]
 
         if len(good) < 2 or not self.batchable:
             return one_by_one()
         try:
-            scores = self.score_keyed(pl.concat([requests[i].with_columns(pl.concat_str(pl.lit(f"{i}{REQUEST_SEP}"), "symbol").alias("symbol"))
-                                                 for i in good]), len(requests))
+            scores = self.score_keyed(
+                pl.concat(
+                    [
+                        requests[i].with_columns(pl.concat_str(pl.lit(f"{i}{REQUEST_SEP}"), "symbol").alias("symbol"))
+                        for i in good
+                    ]
+                ),
+                len(requests),
+            )
         except Exception:
             return one_by_one()
         for i in good:
@@ -195,7 +250,9 @@ class LoadedBundle:
         for a `batchable` bundle. Raises if any request breaks the input rules: the caller then
         scores each request alone, for its own error."""
         if not self.batchable:
-            raise RunError("this bundle's features or model read symbol names across a request; score requests one at a time")
+            raise RunError(
+                "this bundle's features or model read symbol names across a request; score requests one at a time"
+            )
         keyed = keyed.sort(KEYS)
         self.check_bars(keyed)
         self.check_spacing(keyed)
@@ -211,7 +268,9 @@ class LoadedBundle:
         rows are scored independently of each other, so the split is exact."""
         bounds = np.cumsum([0, *counts]).tolist()
         parts = [rows.slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-        if len(parts) == 1 or self.pipeline.preprocess.get("fill") == "drop" or self.model.uses_panel():  # dropped rows would shift
+        if (
+            len(parts) == 1 or self.pipeline.preprocess.get("fill") == "drop" or self.model.uses_panel()
+        ):  # dropped rows would shift
             # the split; a sequence model reads each request's rows as one history
             return [attempt(self.score_feature_rows, part) for part in parts]
         try:
@@ -227,17 +286,26 @@ class LoadedBundle:
         present = set(rows.columns)  # DataFrame.columns builds a new list per call
         missing = [c for c in (*KEYS, *self.pipeline.features) if c not in present]
         if missing:
-            raise DataError(f"the feature rows lack column {missing[0]!r}; this bundle reads {len(self.pipeline.features)} features "
-                            "(GET /metadata lists them)")
+            raise DataError(
+                f"the feature rows lack column {missing[0]!r}; this bundle reads "
+                f"{len(self.pipeline.features)} features "
+                "(GET /metadata lists them)"
+            )
         return self.score_feature_rows(FeatureRows.of(rows, self.pipeline.features))
 
     def score_feature_rows(self, rows: FeatureRows) -> pl.DataFrame:
         if self.pipeline.fits_regime:  # its column is a filter over history, which loose feature rows do not carry
-            raise DataError(f"this bundle's feature {HMM_FEATURE!r} is filtered over each symbol's bar history; "
-                            "send bars, not feature rows")
+            raise DataError(
+                f"this bundle's feature {HMM_FEATURE!r} is filtered over each symbol's bar history; "
+                "send bars, not feature rows"
+            )
         if self.model.uses_panel():  # every row with a full window among the rows sent
-            return score_panel(self.pipeline, self.model, rows.frame(self.pipeline.features).sort(KEYS),
-                               timeframes=self.spec.timeframes)
+            return score_panel(
+                self.pipeline,
+                self.model,
+                rows.frame(self.pipeline.features).sort(KEYS),
+                timeframes=self.spec.timeframes,
+            )
         return self._score_rows(rows)
 
     # ---- the model ------------------------------------------------------------------------------
@@ -249,9 +317,13 @@ class LoadedBundle:
     def _score_rows(self, rows: FeatureRows) -> pl.DataFrame:
         if self.pipeline.preprocess.get("fill") == "drop":  # as training: rows missing a feature are not scored
             rows = rows.take(~np.isnan(rows.values).any(axis=1))
-        X = self.pipeline.preprocess_matrix(rows.values.copy())  # in place: the caller's rows stay raw (a failed batch rescores them)
+        X = self.pipeline.preprocess_matrix(
+            rows.values.copy()
+        )  # in place: the caller's rows stay raw (a failed batch rescores them)
         score = self.model.predict(X, symbols=rows.symbols.to_numpy())
-        out = pl.DataFrame([rows.symbols, rows.ts, pl.Series("score", score, dtype=pl.Float64)])  # no query plan per request
+        out = pl.DataFrame(
+            [rows.symbols, rows.ts, pl.Series("score", score, dtype=pl.Float64)]
+        )  # no query plan per request
         if self.model.is_classifier:
             proba = self.model.predict_proba(X, symbols=rows.symbols)
             out = out.with_columns(pl.Series(f"p_{c:g}", proba[:, i]) for i, c in enumerate(self.model.classes_))
@@ -276,7 +348,9 @@ class FeatureRows:
         return len(self.values)
 
     def slice(self, start: int, stop: int) -> FeatureRows:
-        return FeatureRows(self.symbols.slice(start, stop - start), self.ts.slice(start, stop - start), self.values[start:stop])
+        return FeatureRows(
+            self.symbols.slice(start, stop - start), self.ts.slice(start, stop - start), self.values[start:stop]
+        )
 
     def take(self, mask: np.ndarray) -> FeatureRows:
         index = pl.Series(np.flatnonzero(mask))
@@ -336,8 +410,11 @@ def bars_from_records(records: list[dict[str, Any]], label: str = "request") -> 
 def validated(frame: pl.DataFrame, label: str) -> pl.DataFrame:
     """The ingest validation (data/schema.py) on bars that did not come from a file."""
     numeric = [c for c, d in frame.schema.items() if c not in ("symbol", "ts") and d != pl.String]
-    frame = frame.with_columns(pl.col(numeric).cast(pl.Float64), pl.lit(0, pl.UInt32).alias(SRC),
-                               (pl.int_range(pl.len(), dtype=pl.UInt32) + 1).alias(LINE))
+    frame = frame.with_columns(
+        pl.col(numeric).cast(pl.Float64),
+        pl.lit(0, pl.UInt32).alias(SRC),
+        (pl.int_range(pl.len(), dtype=pl.UInt32) + 1).alias(LINE),
+    )
     schema.validate(frame, [Origin(label, unit="row")])
     return schema.finalize(frame)[0]
 

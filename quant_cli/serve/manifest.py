@@ -42,7 +42,12 @@ def bundle_id(run_id: str, hashes: dict[str, str]) -> str:
 
 def write_manifest(folder: Path, fields: dict[str, Any]) -> dict[str, Any]:
     hashes = {name: sha256(folder / name) for name in files_of(folder)}
-    manifest = {"schema_version": SCHEMA_VERSION, "bundle_id": bundle_id(fields["source_run"], hashes), **fields, "files": hashes}
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "bundle_id": bundle_id(fields["source_run"], hashes),
+        **fields,
+        "files": hashes,
+    }
     write_json_atomic(folder / MANIFEST, manifest)
     return manifest
 
@@ -50,5 +55,7 @@ def write_manifest(folder: Path, fields: dict[str, Any]) -> dict[str, Any]:
 def check_pickle(folder: Path, names: list[str], trust_pickle: bool) -> None:
     pickled = [n for n in names if n.lower().endswith(PICKLE_SUFFIXES)]
     if pickled and not trust_pickle:
-        raise BundleError(f"{folder}: {pickled[0]} is a pickle, which runs code when it is loaded; pass --trust-pickle only "
-                          "for bundles and runs you made yourself (or train a model with a native format, e.g. lightgbm)")
+        raise BundleError(
+            f"{folder}: {pickled[0]} is a pickle, which runs code when it is loaded; pass --trust-pickle only "
+            "for bundles and runs you made yourself (or train a model with a native format, e.g. lightgbm)"
+        )

@@ -23,8 +23,9 @@ from quant_cli.serve.bundle import load
 OUTPUT_FORMATS = (".parquet", ".csv")
 
 
-def read_source(source: str, data_dir: Path, reporter: Reporter = SILENT,
-                reading: dict[str, Any] | None = None) -> pl.DataFrame:
+def read_source(
+    source: str, data_dir: Path, reporter: Reporter = SILENT, reading: dict[str, Any] | None = None
+) -> pl.DataFrame:
     """Canonical, validated bars from a file (or folder, or glob) in any layout `ingest` reads, or a
     dataset name. `reading`: IngestRequest's options of how to read (layout, format, delimiter,
     query, timezone); None ones take ingest's defaults."""
@@ -36,12 +37,16 @@ def read_source(source: str, data_dir: Path, reporter: Reporter = SILENT,
     except DataError:
         stored = False
     if not stored:
-        raise DataError(f"--source {source!r}: no such file, and no dataset of that name under {data_dir}; "
-                        "pass a CSV or parquet file, or the name of an ingested dataset")
+        raise DataError(
+            f"--source {source!r}: no such file, and no dataset of that name under {data_dir}; "
+            "pass a CSV or parquet file, or the name of an ingested dataset"
+        )
     given = [k for k, v in (reading or {}).items() if v is not None]
     if given:
-        raise DataError(f"--{given[0]} says how to read a file, but --source {source!r} is a stored dataset (already "
-                        f"canonical bars); drop --{given[0]}")
+        raise DataError(
+            f"--{given[0]} says how to read a file, but --source {source!r} is a stored dataset (already "
+            f"canonical bars); drop --{given[0]}"
+        )
     return store.pin(data_dir, source).load_bars()
 
 
@@ -56,8 +61,16 @@ def write_scores(out: Path, scores: pl.DataFrame) -> None:
         write_text_atomic(out, scores.with_columns(pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00")).write_csv())
 
 
-def predict(bundle: Path, source: str, out: Path, data_dir: Path, every_bar: bool = False, trust_pickle: bool = False,
-            reporter: Reporter = SILENT, reading: dict[str, Any] | None = None) -> dict[str, Any]:
+def predict(
+    bundle: Path,
+    source: str,
+    out: Path,
+    data_dir: Path,
+    every_bar: bool = False,
+    trust_pickle: bool = False,
+    reporter: Reporter = SILENT,
+    reading: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Score `source` (read as `reading` says: see read_source) with `bundle` into `out`
     (symbol, ts, score[, p_<class>...])."""
     if out.suffix.lower() not in OUTPUT_FORMATS:
@@ -67,5 +80,8 @@ def predict(bundle: Path, source: str, out: Path, data_dir: Path, every_bar: boo
     with reporter.working(f"predict: features and scores for {bars['symbol'].n_unique()} symbol(s)"):
         scores = loaded.score_bars(bars, every_bar)
     write_scores(out, scores)
-    reporter.info(f"predict: {scores.height:,} score(s) for {scores['symbol'].n_unique()} symbol(s) with bundle {loaded.bundle_id}")
+    reporter.info(
+        f"predict: {scores.height:,} score(s) for {scores['symbol'].n_unique()} "
+        f"symbol(s) with bundle {loaded.bundle_id}"
+    )
     return {"bundle_id": loaded.bundle_id, "rows": scores.height, "symbols": scores["symbol"].n_unique()}

@@ -24,8 +24,8 @@ from quant_cli.recipe import Recipe
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run, create_run, stage_outputs
 from quant_cli.runs.ledger import deflated_among_runs, trial_of_summary
-from quant_cli.stages.results import BacktestResult, ReportResult, as_written
 from quant_cli.stages.common import check_recipe, dataset_record, pin_dataset, pinned_for
+from quant_cli.stages.results import BacktestResult, ReportResult, as_written
 
 
 def backtest_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, reporter: Reporter) -> dict[str, Any]:
@@ -35,8 +35,10 @@ def backtest_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, reporter:
     cfg = recipe["backtest"]
     scores = read_run_parquet(run.path, "predictions.parquet").filter(pl.col("segment") == cfg["segment"])
     if scores.height == 0:
-        raise RunError(f"run {run.id} has no {cfg['segment']} predictions to backtest; "
-                       "set backtest.segment to a segment the split has rows in")
+        raise RunError(
+            f"run {run.id} has no {cfg['segment']} predictions to backtest; "
+            "set backtest.segment to a segment the split has rows in"
+        )
     strategies.check_universe(with_defaults(cfg), *strategies.universe_of(scores))  # before the stage is marked running
     with run.stage("backtest") as info:
         bars = _adjustment(run).apply(load_bars(recipe, snapshot))  # the prices the labels were measured on
@@ -46,16 +48,33 @@ def backtest_stage(run: Run, recipe: Recipe, snapshot: store.Snapshot, reporter:
     return as_written(summary)
 
 
-def _write_backtest(run: Run, kind: str, signal: pl.DataFrame, bars: pl.DataFrame, recipe: Recipe,
-                    snapshot: store.Snapshot, reporter: Reporter) -> dict[str, Any]:
+def _write_backtest(
+    run: Run,
+    kind: str,
+    signal: pl.DataFrame,
+    bars: pl.DataFrame,
+    recipe: Recipe,
+    snapshot: store.Snapshot,
+    reporter: Reporter,
+) -> dict[str, Any]:
     """backtest/ (write_backtest) and the backtest block of the run's metrics.json, which it returns."""
     cfg = recipe["backtest"]
     segment = cfg["segment"] if kind == "score" else "weights"  # the ledger counts only test-segment model runs
     with reporter.working("backtest: next-bar execution with costs"), stage_outputs(run, "backtest") as folder:
         deflate = (lambda summary: _deflated(run, summary)) if segment == "test" else None
         frequency = recipe["data"]["frequency"] or snapshot.manifest.get("frequency")
-        summary = write_backtest(folder, signal, bars, cfg, extra={"segment": segment}, kind=kind, run_dir=run.path,
-                                 frequency=frequency, reporter=reporter, deflate=deflate)
+        summary = write_backtest(
+            folder,
+            signal,
+            bars,
+            cfg,
+            extra={"segment": segment},
+            kind=kind,
+            run_dir=run.path,
+            frequency=frequency,
+            reporter=reporter,
+            deflate=deflate,
+        )
     path = run.path / "metrics.json"
     metrics = read_run_json(run.path, "metrics.json") if path.is_file() else {}
     metrics["backtest"] = block = {k: v for k, v in summary.items() if k != "config"}
@@ -76,16 +95,24 @@ def _deflated(run: Run, summary: dict[str, Any]) -> dict[str, Any]:
 
 def _report_backtest(summary: dict[str, Any], reporter: Reporter) -> None:
     before = summary.get("before_costs", {})
-    reporter.info(f"backtest: sharpe {summary.get('sharpe', float('nan')):.2f} ({before.get('sharpe', float('nan')):.2f} before costs), "
-                  f"annual return {summary.get('annual_return', float('nan')):.2%}, max drawdown {summary.get('max_drawdown', float('nan')):.2%}, "
-                  f"{summary.get('periods_per_year', float('nan')):.0f} periods/year ({summary.get('periods_per_year_source')})"
-                  + (f"; deflated Sharpe {summary['deflated_sharpe']:.2f} over {summary['n_trials']} trial(s)"
-                     if "n_trials" in summary else "")
-                  + (f"; {note}" if (note := market_exposure_note(summary)) else ""))
+    reporter.info(
+        f"backtest: sharpe {summary.get('sharpe', float('nan')):.2f} "
+        f"({before.get('sharpe', float('nan')):.2f} before costs), "
+        f"annual return {summary.get('annual_return', float('nan')):.2%}, max "
+        f"drawdown {summary.get('max_drawdown', float('nan')):.2%}, "
+        f"{summary.get('periods_per_year', float('nan')):.0f} periods/year ({summary.get('periods_per_year_source')})"
+        + (
+            f"; deflated Sharpe {summary['deflated_sharpe']:.2f} over {summary['n_trials']} trial(s)"
+            if "n_trials" in summary
+            else ""
+        )
+        + (f"; {note}" if (note := market_exposure_note(summary)) else "")
+    )
 
 
-def backtest_weights(recipe: Recipe, weights_file: Path, data_dir: Path, runs_dir: Path,
-                     reporter: Reporter = SILENT) -> BacktestResult:
+def backtest_weights(
+    recipe: Recipe, weights_file: Path, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT
+) -> BacktestResult:
     """`qfactory backtest --weights FILE --recipe R`: a new run that backtests given target weights
     (symbol, ts, weight; another tool's signal) on the recipe's dataset with its [backtest] settings."""
     check_recipe(recipe, reporter, model=False)
@@ -122,5 +149,7 @@ def report_existing(run: Run) -> ReportResult:
     """`qfactory report --run RUN`: regenerate report.html of backtest/ and walkforward/backtest/."""
     written = render_run_reports(run.path)
     if not written:
-        raise RunError(f"run {run.id} has no backtest to report; backtest it first with `qfactory backtest --run {run.id}`")
+        raise RunError(
+            f"run {run.id} has no backtest to report; backtest it first with `qfactory backtest --run {run.id}`"
+        )
     return ReportResult(run, written)

@@ -38,9 +38,18 @@ def dataset_record(snapshot: store.Snapshot) -> dict[str, Any]:
 def make_model(recipe: Recipe, device: str = "cpu", reporter: Reporter = SILENT) -> Model:
     """Constructing validates the model name and parameters, so call it before any heavy work."""
     cfg = recipe["model"]
-    return create_model(cfg["name"], cfg["task"], cfg["params"], recipe["run"]["seed"], recipe["train"]["threads"],
-                        device=device, symbol_encoding=cfg["symbol_encoding"], unseen_symbols=cfg["unseen_symbols"],
-                        reporter=reporter, train=recipe["train"])
+    return create_model(
+        cfg["name"],
+        cfg["task"],
+        cfg["params"],
+        recipe["run"]["seed"],
+        recipe["train"]["threads"],
+        device=device,
+        symbol_encoding=cfg["symbol_encoding"],
+        unseen_symbols=cfg["unseen_symbols"],
+        reporter=reporter,
+        train=recipe["train"],
+    )
 
 
 def device_of(recipe: Recipe, reporter: Reporter) -> str:
@@ -68,7 +77,8 @@ def _check_sequence_split(recipe: Recipe, model: Model) -> None:
     if model.uses_panel() and recipe["split"]["method"] != "chronological":
         raise RecipeError(
             f"split.method {recipe['split']['method']!r} is not supported with sequence model '{model.name}' "
-            "(windows read every past row, which per-fold preprocessing cannot provide); use split.method = \"chronological\""
+            "(windows read every past row, which per-fold preprocessing cannot "
+            'provide); use split.method = "chronological"'
         )
 
 
@@ -107,7 +117,8 @@ def _check_split_dates(recipe: Recipe, manifest: dict[str, Any]) -> None:
     for key, value in (("split.val_start", val_start), ("split.test_start", test_start)):
         if not first < value <= last:
             raise RecipeError(
-                f"{key} {value:%Y-%m-%d} is outside the data: dataset {manifest['dataset']!r} (with data.start/data.end) "
+                f"{key} {value:%Y-%m-%d} is outside the data: dataset "
+                f"{manifest['dataset']!r} (with data.start/data.end) "
                 f"spans {first:%Y-%m-%d} to {last:%Y-%m-%d}; pick a date inside that range"
             )
 
@@ -122,7 +133,9 @@ def pinned_for(run: Run, recipe: Recipe, data_dir: Path) -> store.Snapshot:
     snapshot = store.pin(data_dir, dataset_name(recipe), recorded.get("version"))
     if recorded.get("content_hash") and snapshot.content_hash != recorded["content_hash"]:
         raise RunError(
-            f"run {run.id} was split on dataset {snapshot.dataset!r} version {recorded.get('version')} (content {recorded['content_hash'][:12]}), "
-            f"which the store no longer holds (now {snapshot.content_hash[:12]}); start a new run with `qfactory train --recipe R`"
+            f"run {run.id} was split on dataset {snapshot.dataset!r} version "
+            f"{recorded.get('version')} (content {recorded['content_hash'][:12]}), "
+            f"which the store no longer holds (now {snapshot.content_hash[:12]}); "
+            "start a new run with `qfactory train --recipe R`"
         )
     return snapshot

@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from quant_cli.report import SILENT, Reporter
-from quant_cli.splits.purged import group_of
-from quant_cli.dataset.table import KEYS, Prepared, Table, fit_weights, with_regime_of
 from quant_cli.backtest.metrics import prediction_metrics
+from quant_cli.dataset.table import KEYS, Prepared, Table, fit_weights, with_regime_of
 from quant_cli.errors import ModelError
-from quant_cli.stages import fitting
 from quant_cli.models.base import Model
 from quant_cli.pipeline.fitted import FittedPipeline
+from quant_cli.report import SILENT, Reporter
 from quant_cli.splits.chronological import SplitPlan, cv_folds, development, folds_summary
+from quant_cli.splits.purged import group_of
+from quant_cli.stages import fitting
 
 
 @dataclass
@@ -50,8 +50,13 @@ class FoldWindow:
         return Prepared(self.table, self.rows, self.plan, pipeline, calendar)
 
 
-def cross_validate(prepared: Prepared, split_cfg: dict[str, Any], embargo: int | str, new_model: Callable[[], Model],
-                   reporter: Reporter = SILENT) -> tuple[pl.DataFrame, dict[str, Any]]:
+def cross_validate(
+    prepared: Prepared,
+    split_cfg: dict[str, Any],
+    embargo: int | str,
+    new_model: Callable[[], Model],
+    reporter: Reporter = SILENT,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Out-of-fold predictions (symbol, ts, fold, group, score, label) and CV metrics."""
     kept = prepared.kept.drop("excluded")
     dev = development(kept)
@@ -61,16 +66,30 @@ def cross_validate(prepared: Prepared, split_cfg: dict[str, Any], embargo: int |
     parts = []
     for fold in reporter.track(folds["folds"], "cross-validation"):
         train, test = dev[fold.train], dev[fold.test]
-        _, score = fit_and_score(prepared.pipeline, new_model(), train, test, _calendar(prepared), split_cfg,
-                                 table=prepared.table)
-        parts.append(test.select("symbol", "ts", "group", "label").with_columns(pl.lit(fold.index).alias("fold"), pl.Series("score", score)))
+        _, score = fit_and_score(
+            prepared.pipeline, new_model(), train, test, _calendar(prepared), split_cfg, table=prepared.table
+        )
+        parts.append(
+            test.select("symbol", "ts", "group", "label").with_columns(
+                pl.lit(fold.index).alias("fold"), pl.Series("score", score)
+            )
+        )
     oof = pl.concat(parts).select("symbol", "ts", "fold", "group", "score", "label")
     return oof, _cv_metrics(oof, folds, dev)
 
 
-def fit_and_score(template: FittedPipeline, model: Model, train: pl.DataFrame, test: pl.DataFrame, calendar: pl.DataFrame,
-                  split_cfg: dict[str, Any], val: pl.DataFrame | None = None, early_stopping: int = 0,
-                  window: FoldWindow | None = None, table: Table | None = None) -> tuple[FittedPipeline, np.ndarray]:
+def fit_and_score(
+    template: FittedPipeline,
+    model: Model,
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    calendar: pl.DataFrame,
+    split_cfg: dict[str, Any],
+    val: pl.DataFrame | None = None,
+    early_stopping: int = 0,
+    window: FoldWindow | None = None,
+    table: Table | None = None,
+) -> tuple[FittedPipeline, np.ndarray]:
     """The per-fold step of cross-validation and walk-forward: a fresh copy of `template` and the
     sample weights are fit on `train` alone, then the fresh `model`; returns the fitted pipeline
     and `test`'s scores (`model` is fitted in place; NaN where a panel model has no full window).
@@ -85,40 +104,69 @@ def fit_and_score(template: FittedPipeline, model: Model, train: pl.DataFrame, t
     weights = fit_weights(train, calendar, split_cfg) if model.sample_weights else None
     has_val = val is not None and val.height > 0
     if model.uses_panel():
-        return pipeline, _fit_and_score_panel(model, window, pipeline, calendar, {"train": train, "val": val, "test": test},
-                                              weights, early_stopping if has_val else 0)
+        return pipeline, _fit_and_score_panel(
+            model,
+            window,
+            pipeline,
+            calendar,
+            {"train": train, "val": val, "test": test},
+            weights,
+            early_stopping if has_val else 0,
+        )
     if pipeline.fits_regime:
         if table is None:
-            raise ModelError("the regime feature regime_hmm_p_high is filtered over whole histories; "
-                             "pass the feature table")
+            raise ModelError(
+                "the regime feature regime_hmm_p_high is filtered over whole histories; pass the feature table"
+            )
         history = table.regime_history(pipeline)
         train, test = with_regime_of(history, train), with_regime_of(history, test)
         val = with_regime_of(history, val) if has_val else val
-    model.fit(_matrix(pipeline, train), train["label"].to_numpy(), feature_names=pipeline.features,
-              X_val=_matrix(pipeline, val) if has_val else None, y_val=val["label"].to_numpy() if has_val else None,
-              sample_weight=None if weights is None else weights["weight"].to_numpy(), early_stopping=early_stopping if has_val else 0,
-              symbols=train["symbol"].to_numpy(), symbols_val=val["symbol"].to_numpy() if has_val else None,
-              ts=train["ts"].to_numpy(), t1=train["t1"].to_numpy())
+    model.fit(
+        _matrix(pipeline, train),
+        train["label"].to_numpy(),
+        feature_names=pipeline.features,
+        X_val=_matrix(pipeline, val) if has_val else None,
+        y_val=val["label"].to_numpy() if has_val else None,
+        sample_weight=None if weights is None else weights["weight"].to_numpy(),
+        early_stopping=early_stopping if has_val else 0,
+        symbols=train["symbol"].to_numpy(),
+        symbols_val=val["symbol"].to_numpy() if has_val else None,
+        ts=train["ts"].to_numpy(),
+        t1=train["t1"].to_numpy(),
+    )
     return pipeline, model.predict(_matrix(pipeline, test), symbols=test["symbol"].to_numpy())
 
 
-def fold_inputs(model: Model, window: FoldWindow, pipeline: FittedPipeline, calendar: pl.DataFrame,
-                parts: dict[str, pl.DataFrame]) -> tuple[Prepared, fitting.Inputs]:
+def fold_inputs(
+    model: Model, window: FoldWindow, pipeline: FittedPipeline, calendar: pl.DataFrame, parts: dict[str, pl.DataFrame]
+) -> tuple[Prepared, fitting.Inputs]:
     """A panel model's inputs of `parts` in one fold: PanelRows into ONE panel of the window's rows
     through the fold's fitted `pipeline` (fitting.model_inputs, as the train stage builds them)."""
     prepared = window.prepared(pipeline, calendar)
     return prepared, fitting.model_inputs(model, prepared, parts, window.channels)
 
 
-def _fit_and_score_panel(model: Model, window: FoldWindow | None, pipeline: FittedPipeline, calendar: pl.DataFrame,
-                         parts: dict[str, pl.DataFrame | None], weights: pl.DataFrame | None, early_stopping: int) -> np.ndarray:
+def _fit_and_score_panel(
+    model: Model,
+    window: FoldWindow | None,
+    pipeline: FittedPipeline,
+    calendar: pl.DataFrame,
+    parts: dict[str, pl.DataFrame | None],
+    weights: pl.DataFrame | None,
+    early_stopping: int,
+) -> np.ndarray:
     if window is None:  # a matrix of a fold's kept rows would make windows across purged gaps
-        raise ModelError(f"model '{model.name}' reads windows of past rows and cannot be fit on a fold's rows alone; "
-                         "use walk-forward (qfactory walkforward) or split.method = \"chronological\"")
+        raise ModelError(
+            f"model '{model.name}' reads windows of past rows and cannot be fit on a fold's rows alone; "
+            'use walk-forward (qfactory walkforward) or split.method = "chronological"'
+        )
     train = parts["train"].select(*KEYS, "label", "t1")
     weight = weights["weight"] if weights is not None else pl.Series("weight", [None] * train.height, pl.Float64)
-    parts = {"train": train.with_columns(weight.alias("weight")),  # fit_weights keeps train's row order
-             "val": parts["val"] if parts["val"] is not None else train.clear(), "test": parts["test"]}
+    parts = {
+        "train": train.with_columns(weight.alias("weight")),  # fit_weights keeps train's row order
+        "val": parts["val"] if parts["val"] is not None else train.clear(),
+        "test": parts["test"],
+    }
     prepared, inputs = fold_inputs(model, window, pipeline, calendar, parts)
     fitting.fit_model(model, prepared, inputs, early_stopping)
     test, X = inputs["test"]
@@ -137,7 +185,11 @@ def _calendar(prepared: Prepared) -> pl.DataFrame:
 
 def _cv_metrics(oof: pl.DataFrame, folds: dict[str, Any], dev: pl.DataFrame) -> dict[str, Any]:
     per_fold = [prediction_metrics(oof.filter(pl.col("fold") == f.index)) for f in folds["folds"]]
-    out = {"folds": folds_summary(folds, dev), "fold_ic": [m["ic"] for m in per_fold], "fold_rank_ic": [m["rank_ic"] for m in per_fold]}
+    out = {
+        "folds": folds_summary(folds, dev),
+        "fold_ic": [m["ic"] for m in per_fold],
+        "fold_rank_ic": [m["rank_ic"] for m in per_fold],
+    }
     if folds["paths"]:
         path_metrics = [prediction_metrics(_path(oof, path)) for path in folds["paths"]]
         out["path_ic"] = [m["ic"] for m in path_metrics]
@@ -149,5 +201,8 @@ def _cv_metrics(oof: pl.DataFrame, folds: dict[str, Any], dev: pl.DataFrame) -> 
 
 def _path(oof: pl.DataFrame, split_per_group: list[int]) -> pl.DataFrame:
     """Group g's scores from split `split_per_group[g]`: one prediction per development row."""
-    chosen = pl.DataFrame({"group": list(range(len(split_per_group))), "fold": split_per_group}, schema={"group": oof["group"].dtype, "fold": oof["fold"].dtype})
+    chosen = pl.DataFrame(
+        {"group": list(range(len(split_per_group))), "fold": split_per_group},
+        schema={"group": oof["group"].dtype, "fold": oof["fold"].dtype},
+    )
     return oof.join(chosen, on=["group", "fold"], how="inner")

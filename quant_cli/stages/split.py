@@ -14,23 +14,28 @@ from quant_cli.recipe import Recipe
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run, create_run, stage_outputs
 from quant_cli.splits.chronological import cv_folds, development, folds_summary, segment_counts
-from quant_cli.stages.results import SplitResult, as_written
 from quant_cli.stages.common import check_recipe, dataset_record, embargo_of, pin_checked, pinned_for
+from quant_cli.stages.results import SplitResult, as_written
 
 
 def _weighted(recipe: Recipe) -> bool:
     return recipe["split"]["sample_weight"] != "none" or recipe["split"]["time_decay"] < 1.0
 
 
-def _write_split(run: Run, recipe: Recipe, prepared: Prepared, snapshot: store.Snapshot,
-                 reporter: Reporter) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _write_split(
+    run: Run, recipe: Recipe, prepared: Prepared, snapshot: store.Snapshot, reporter: Reporter
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """split/ of the run; returns (boundaries.json, the CV folds' n_splits and n_paths or None)."""
     kept = prepared.kept
     counts, dropped = segment_counts(kept), prepared.dropped()
     with stage_outputs(run, "split") as folder:
         boundaries = {
-            **prepared.plan.to_json(), "method": recipe["split"]["method"], "horizon": recipe["label"]["horizon"],
-            "label": recipe["label"]["kind"], "execution": recipe["backtest"]["execution"], "dropped": dropped,
+            **prepared.plan.to_json(),
+            "method": recipe["split"]["method"],
+            "horizon": recipe["label"]["horizon"],
+            "label": recipe["label"]["kind"],
+            "execution": recipe["backtest"]["execution"],
+            "dropped": dropped,
             "segments": {seg: {k: v for k, v in c.items() if k != "rows_per_symbol"} for seg, c in counts.items()},
         }
         write_json_atomic(folder / "boundaries.json", boundaries)
@@ -41,13 +46,24 @@ def _write_split(run: Run, recipe: Recipe, prepared: Prepared, snapshot: store.S
             summary = folds_summary(folds, development(kept))
             write_json_atomic(folder / "folds.json", summary)
             cv = {k: v for k, v in summary.items() if k in ("n_splits", "n_paths")}
-            reporter.info(f"split: {recipe['split']['method']} with {summary['n_splits']} splits and {summary['n_paths']} backtest path(s) over train + val")
+            reporter.info(
+                f"split: {recipe['split']['method']} with {summary['n_splits']} splits "
+                f"and {summary['n_paths']} backtest path(s) over train + val"
+            )
         if kept["weight"].null_count() < kept.height:
-            write_parquet_atomic(folder / "weights.parquet", kept.filter(pl.col("weight").is_not_null()).select(*KEYS, "weight"))
-    run.update_manifest(fingerprints={"features": prepared.fingerprint, "dataset": snapshot.content_hash},
-                        dataset=dataset_record(snapshot), adjust=prepared.pipeline.adjustment.to_json())
+            write_parquet_atomic(
+                folder / "weights.parquet", kept.filter(pl.col("weight").is_not_null()).select(*KEYS, "weight")
+            )
+    run.update_manifest(
+        fingerprints={"features": prepared.fingerprint, "dataset": snapshot.content_hash},
+        dataset=dataset_record(snapshot),
+        adjust=prepared.pipeline.adjustment.to_json(),
+    )
     summary = ", ".join(f"{seg} {c['rows']:,}" for seg, c in counts.items())
-    reporter.info(f"split: {summary} rows; purged {sum(dropped['purged'].values()):,}, embargoed {sum(dropped['embargoed'].values()):,}")
+    reporter.info(
+        f"split: {summary} rows; purged {sum(dropped['purged'].values()):,}, "
+        f"embargoed {sum(dropped['embargoed'].values()):,}"
+    )
     return as_written(boundaries), as_written(cv)
 
 
@@ -69,7 +85,9 @@ def new_split_run(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Repo
     return _new_split(recipe, data_dir, runs_dir, reporter, model=True)
 
 
-def split_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT, *, model: bool = False) -> tuple[Run, Prepared]:
+def split_new(
+    recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT, *, model: bool = False
+) -> tuple[Run, Prepared]:
     """A new (committed) run holding only the split, and the split in memory (tuning shares it
     with every trial); `model` checks the recipe's model before any heavy work."""
     result = _new_split(recipe, data_dir, runs_dir, reporter, model=model)

@@ -29,18 +29,29 @@ from quant_cli.stages.crossval import cross_validate
 from quant_cli.stages.results import TrainResult, as_written
 from quant_cli.stages.split import split_stage
 
-
 CHECKPOINTS = "checkpoints"  # a run's per-epoch torch checkpoints (last.pt, best.pt): `train --run RUN --resume`
 
 
-def _fit(model: Model, prepared: Prepared, inputs: dict[str, Any], early_stopping: int, reporter: Reporter,
-         report: StepReport | None = None) -> float:
+def _fit(
+    model: Model,
+    prepared: Prepared,
+    inputs: dict[str, Any],
+    early_stopping: int,
+    reporter: Reporter,
+    report: StepReport | None = None,
+) -> float:
     """Fit on the segment inputs (tabular or sequence alike): quant_cli.stages.fitting.fit_model."""
     return fitting.fit_model(model, prepared, inputs, early_stopping, reporter, report)
 
 
-def fit_model(recipe: Recipe, prepared: Prepared, inputs: dict[str, Any] | None = None, reporter: Reporter = SILENT,
-              report: StepReport | None = None, bars: Callable[[], pl.DataFrame] | None = None) -> tuple[Model, float, dict[str, Any]]:
+def fit_model(
+    recipe: Recipe,
+    prepared: Prepared,
+    inputs: dict[str, Any] | None = None,
+    reporter: Reporter = SILENT,
+    report: StepReport | None = None,
+    bars: Callable[[], pl.DataFrame] | None = None,
+) -> tuple[Model, float, dict[str, Any]]:
     """A new model of the recipe fit on train with val (`inputs`: segment_inputs' train and val for a
     tabular model, built here when None or when the model reads panel windows), as the train stage
     fits it: (model, seconds, the inputs it was fit on). `report` is the fitting loop's StepReport
@@ -48,14 +59,20 @@ def fit_model(recipe: Recipe, prepared: Prepared, inputs: dict[str, Any] | None 
     raw bars (model.params.inputs = bars/both) sees beside the features, called only for such a model."""
     model = new_model(recipe, reporter)
     if model.needs_bars() and bars is None:
-        raise RecipeError(f"model.params.inputs = {model.params.get('inputs')!r} reads raw bars; pass the bars to fit it")
+        raise RecipeError(
+            f"model.params.inputs = {model.params.get('inputs')!r} reads raw bars; pass the bars to fit it"
+        )
     if inputs is None or model.uses_panel():
-        channels = bar_channels(bars(), recipe["features"]["timeframes"]) if model.needs_bars() and bars is not None else None
+        channels = (
+            bar_channels(bars(), recipe["features"]["timeframes"]) if model.needs_bars() and bars is not None else None
+        )
         inputs = fitting.segment_inputs(model, prepared, ("train", "val"), channels)
     return model, _fit(model, prepared, inputs, recipe["train"]["early_stopping"], reporter, report), inputs
 
 
-def _bar_channels(model: Model, recipe: Recipe, prepared: Prepared, snapshot: store.Snapshot | None) -> pl.DataFrame | None:
+def _bar_channels(
+    model: Model, recipe: Recipe, prepared: Prepared, snapshot: store.Snapshot | None
+) -> pl.DataFrame | None:
     """Raw-bar channels for a model that reads them (model.params.inputs = bars/both), from the
     pinned snapshot with the run's price adjustment."""
     if not model.needs_bars():
@@ -64,8 +81,14 @@ def _bar_channels(model: Model, recipe: Recipe, prepared: Prepared, snapshot: st
     return bar_channels(bars, recipe["features"]["timeframes"])
 
 
-def train_stage(run: Run, recipe: Recipe, prepared: Prepared, reporter: Reporter, resume: bool = False,
-                snapshot: store.Snapshot | None = None) -> dict[str, Any]:
+def train_stage(
+    run: Run,
+    recipe: Recipe,
+    prepared: Prepared,
+    reporter: Reporter,
+    resume: bool = False,
+    snapshot: store.Snapshot | None = None,
+) -> dict[str, Any]:
     """Fit, predict val and test, and write model/, predictions.parquet and metrics.json; returns
     the metrics as written."""
     with run.stage("train") as info:
@@ -90,23 +113,41 @@ def train_stage(run: Run, recipe: Recipe, prepared: Prepared, reporter: Reporter
         if model.fit_info().get("val_in_sample"):  # blending fit its meta-model on these rows
             metrics["val"]["in_sample"] = True
         train = prepared.segment("train")
-        metrics["train"] = {"seconds": round(seconds, 3), "rows": train.height, "symbols": train["symbol"].n_unique(),
-                            "model": model.name, **model.fit_info()}
+        metrics["train"] = {
+            "seconds": round(seconds, 3),
+            "rows": train.height,
+            "symbols": train["symbol"].n_unique(),
+            "model": model.name,
+            **model.fit_info(),
+        }
         write_json_atomic(run.path / "metrics.json", metrics)
         used = model.fit_info().get("device", "cpu")
         info.update(model=model.name, device=used, seconds_fit=round(seconds, 3))
     run.update_manifest(device=used)
-    reporter.info(f"train: {model.name} on {train.height:,} rows; val IC {metrics['val'].get('ic', float('nan')):.4f}{' (in-sample)' if metrics['val'].get('in_sample') else ''}, test IC {metrics['test'].get('ic', float('nan')):.4f}")
+    reporter.info(
+        f"train: {model.name} on {train.height:,} rows; val IC "
+        f"{metrics['val'].get('ic', float('nan')):.4f}{' (in-sample)' if metrics['val'].get('in_sample') else ''}, "
+        f"test IC {metrics['test'].get('ic', float('nan')):.4f}"
+    )
     return as_written(metrics)
 
 
 def _cv_stage(run: Run, recipe: Recipe, prepared: Prepared, device: str, reporter: Reporter) -> dict[str, Any]:
-    oof, summary = cross_validate(prepared, recipe["split"], embargo_of(recipe), lambda: make_model(recipe, device, reporter), reporter)
+    oof, summary = cross_validate(
+        prepared, recipe["split"], embargo_of(recipe), lambda: make_model(recipe, device, reporter), reporter
+    )
     with stage_outputs(run, "cv") as folder:
         write_parquet_atomic(folder / "oof.parquet", oof)
         write_json_atomic(folder / "summary.json", summary)
-    reporter.info(f"cv: {summary['folds']['n_splits']} splits, {summary['folds']['n_paths']} path(s); IC {summary['ic_mean']:.4f} ± {summary['ic_std']:.4f}")
-    return {k: v for k, v in summary.items() if k != "folds"} | {"n_splits": summary["folds"]["n_splits"], "n_paths": summary["folds"]["n_paths"]}
+    reporter.info(
+        f"cv: {summary['folds']['n_splits']} splits, "
+        f"{summary['folds']['n_paths']} path(s); IC {summary['ic_mean']:.4f} ± "
+        f"{summary['ic_std']:.4f}"
+    )
+    return {k: v for k, v in summary.items() if k != "folds"} | {
+        "n_splits": summary["folds"]["n_splits"],
+        "n_paths": summary["folds"]["n_paths"],
+    }
 
 
 def _predict_segments(model: Model, inputs: dict[str, Any]) -> pl.DataFrame:
@@ -149,7 +190,9 @@ def train_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT, resume
 def _checkpoints_for(run: Run, resume: bool) -> None:
     folder = run.path / CHECKPOINTS
     if resume and not (folder / "last.pt").is_file():
-        raise RunError(f"run {run.id} has no checkpoint to resume ({CHECKPOINTS}/last.pt is missing: only torch models "
-                       f"write one, after each epoch); train it afresh with `qfactory train --run {run.id}`")
+        raise RunError(
+            f"run {run.id} has no checkpoint to resume ({CHECKPOINTS}/last.pt is missing: only torch models "
+            f"write one, after each epoch); train it afresh with `qfactory train --run {run.id}`"
+        )
     if not resume and folder.exists():
         shutil.rmtree(folder)  # a fresh fit: a killed fit's checkpoints must not be mistaken for this one's

@@ -49,18 +49,20 @@ _STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "fail": "FAIL"}
 @dataclass
 class TuneResult:
     run: Run
-    best: dict[str, Any] | None     # number, value, params
+    best: dict[str, Any] | None  # number, value, params
     trials: pl.DataFrame
-    refit: str | None               # run id of the best trial's refit
-    added: int                      # trials run by this call
+    refit: str | None  # run id of the best trial's refit
+    added: int  # trials run by this call
 
 
 def check(recipe: Recipe) -> list[space.Dimension]:
     """Everything about [tune] that can be wrong, before a run directory or any heavy work exists."""
     dims = space.parse_space(recipe)
     if recipe["tune"]["objective"].startswith("cv.") and recipe["split"]["method"] == "chronological":
-        raise RecipeError(f"tune.objective {recipe['tune']['objective']!r} needs cross-validation folds; set split.method to "
-                          "'purged_kfold' or 'cpcv', or use a val.* objective")
+        raise RecipeError(
+            f"tune.objective {recipe['tune']['objective']!r} needs cross-validation folds; set split.method to "
+            "'purged_kfold' or 'cpcv', or use a val.* objective"
+        )
     return dims
 
 
@@ -76,25 +78,45 @@ def _check_backtest_universe(recipe: Recipe, data_dir: Path, reporter: Reporter 
     common.check_universe(recipe, snapshot)
 
 
-def tune_new(recipe: Recipe, data_dir: Path, runs_dir: Path, trials: int | None = None, backend: str = "local",
-             jobs: int = 1, reporter: Reporter = SILENT) -> TuneResult:
+def tune_new(
+    recipe: Recipe,
+    data_dir: Path,
+    runs_dir: Path,
+    trials: int | None = None,
+    backend: str = "local",
+    jobs: int = 1,
+    reporter: Reporter = SILENT,
+) -> TuneResult:
     """`qfactory tune --recipe R`: a new tune run (features and split once), then the study."""
     dims = check(recipe)
     _check_backtest_universe(recipe, data_dir, reporter)
     with open_backend(backend, jobs) as opened:
         opened.check_shared({"data home": Path(data_dir), "runs home": Path(runs_dir)})
         run, prepared = stages.split_new(recipe, data_dir, runs_dir, reporter, model=True)
-        run.update_manifest(tune={"objective": recipe["tune"]["objective"], "direction": objective.direction_of(recipe)})
+        run.update_manifest(
+            tune={"objective": recipe["tune"]["objective"], "direction": objective.direction_of(recipe)}
+        )
         return _tune(run, recipe, dims, prepared, data_dir, runs_dir, trials, opened, reporter)
 
 
-def tune_existing(run: Run, data_dir: Path, runs_dir: Path, trials: int | None = None, backend: str = "local",
-                  jobs: int = 1, reporter: Reporter = SILENT, refit: bool = False) -> TuneResult:
+def tune_existing(
+    run: Run,
+    data_dir: Path,
+    runs_dir: Path,
+    trials: int | None = None,
+    backend: str = "local",
+    jobs: int = 1,
+    reporter: Reporter = SILENT,
+    refit: bool = False,
+) -> TuneResult:
     """`qfactory tune --run RUN`: more trials in a run's study (its split is read, not rebuilt). `refit`
     refits the best trial even when the recipe says tune.refit = false, or when a killed refit never
     committed (`tune --run RUN --refit`: no new trials unless `trials` asks for them)."""
     if "tune" not in run.manifest():
-        raise RunError(f"run {run.id} is not a tune run (its manifest has no 'tune' entry); start one with `qfactory tune --recipe R`")
+        raise RunError(
+            f"run {run.id} is not a tune run (its manifest has no 'tune' entry); "
+            "start one with `qfactory tune --recipe R`"
+        )
     recipe = run.recipe()
     dims = check(recipe)
     _check_backtest_universe(recipe, data_dir)
@@ -104,8 +126,18 @@ def tune_existing(run: Run, data_dir: Path, runs_dir: Path, trials: int | None =
         return _tune(run, recipe, dims, prepared, data_dir, runs_dir, trials, opened, reporter, refit)
 
 
-def _tune(run: Run, recipe: Recipe, dims: list[space.Dimension], prepared: Any, data_dir: Path, runs_dir: Path,
-          trials: int | None, backend: Backend, reporter: Reporter, refit: bool = False) -> TuneResult:
+def _tune(
+    run: Run,
+    recipe: Recipe,
+    dims: list[space.Dimension],
+    prepared: Any,
+    data_dir: Path,
+    runs_dir: Path,
+    trials: int | None,
+    backend: Backend,
+    reporter: Reporter,
+    refit: bool = False,
+) -> TuneResult:
     """The study, under the run's tune lock and as its `tune` stage: while it runs the manifest says
     so (with this pid), so `runs ls` shows the run `running`, and `interrupted:tune` once killed."""
     from filelock import FileLock, Timeout
@@ -128,7 +160,9 @@ def _tune(run: Run, recipe: Recipe, dims: list[space.Dimension], prepared: Any, 
             info["trials"] = result.trials.height
             return result
     except Timeout:
-        raise RunError(f"run {run.id} is being tuned by another process ({folder / '.lock'} is held); wait for it to finish") from None
+        raise RunError(
+            f"run {run.id} is being tuned by another process ({folder / '.lock'} is held); wait for it to finish"
+        ) from None
 
 
 def _optuna() -> Any:
@@ -145,8 +179,9 @@ def storage_url(run: Run) -> str:
 
 def _open_study(run: Run, recipe: Recipe, reporter: Reporter) -> Any:
     optuna = _optuna()
-    study = optuna.create_study(storage=storage_url(run), study_name=STUDY_NAME, load_if_exists=True,
-                                direction=objective.direction_of(recipe))
+    study = optuna.create_study(
+        storage=storage_url(run), study_name=STUDY_NAME, load_if_exists=True, direction=objective.direction_of(recipe)
+    )
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # its process was killed
         reporter.notice(f"tune: trial {trial.number} was interrupted (its process stopped); marked failed")
@@ -165,13 +200,31 @@ def _sampler(recipe: Recipe, number: int) -> Any:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg["startup_trials"], constant_liar=True)
 
 
-def _optimize(study: Any, run: Run, recipe: Recipe, dims: list[space.Dimension], data_dir: Path, n: int,
-              backend: Backend, reporter: Reporter) -> int:
+def _optimize(
+    study: Any,
+    run: Run,
+    recipe: Recipe,
+    dims: list[space.Dimension],
+    data_dir: Path,
+    n: int,
+    backend: Backend,
+    reporter: Reporter,
+) -> int:
     done = 0
     while done < n:
         batch = _ask(study, recipe, dims, min(backend.jobs, n - done))
-        tasks = [objective.TrialTask(t.number, params, space.apply(recipe, params), run.path, data_dir,
-                                     objective.direction_of(recipe), _medians(study, recipe)) for t, params in batch]
+        tasks = [
+            objective.TrialTask(
+                t.number,
+                params,
+                space.apply(recipe, params),
+                run.path,
+                data_dir,
+                objective.direction_of(recipe),
+                _medians(study, recipe),
+            )
+            for t, params in batch
+        ]
         try:
             results = backend.map(objective.evaluate, tasks)
         except BaseException:
@@ -232,8 +285,11 @@ def _fail(study: Any, trials: list[Any]) -> None:
 
 def _line(result: objective.TrialResult, params: dict[str, Any]) -> str:
     shown = ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in params.items())
-    outcome = {"complete": f"{result.value:.5g}" if result.value is not None else "-",
-               "pruned": f"pruned at step {max(result.intermediate, default=0)}", "fail": f"failed: {result.error}"}[result.state]
+    outcome = {
+        "complete": f"{result.value:.5g}" if result.value is not None else "-",
+        "pruned": f"pruned at step {max(result.intermediate, default=0)}",
+        "fail": f"failed: {result.error}",
+    }[result.state]
     return f"tune: trial {result.number} {outcome} ({shown}; {result.seconds:.1f}s)"
 
 
@@ -248,9 +304,16 @@ def trials_table(study: Any) -> pl.DataFrame:
     """number, state, value, seconds, error, then one params.<key> column per searched key."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value,
-                     "seconds": t.user_attrs.get("seconds"), "error": t.user_attrs.get("error"),
-                     **{f"params.{k}": _cell(v) for k, v in t.params.items()}})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "seconds": t.user_attrs.get("seconds"),
+                "error": t.user_attrs.get("error"),
+                **{f"params.{k}": _cell(v) for k, v in t.params.items()},
+            }
+        )
     schema = {"number": pl.Int64, "state": pl.String, "value": pl.Float64, "seconds": pl.Float64, "error": pl.String}
     if not rows:
         return pl.DataFrame(schema=schema)
@@ -258,7 +321,13 @@ def trials_table(study: Any) -> pl.DataFrame:
 
 
 def _cell(value: Any) -> Any:
-    return str(value) if isinstance(value, str) else float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+    return (
+        str(value)
+        if isinstance(value, str)
+        else float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        else str(value)
+    )
 
 
 def best_trial(study: Any) -> dict[str, Any] | None:
@@ -269,15 +338,26 @@ def best_trial(study: Any) -> dict[str, Any] | None:
     return {"number": best.number, "value": best.value, "params": dict(best.params)}
 
 
-def _finish(study: Any, run: Run, recipe: Recipe, data_dir: Path, runs_dir: Path, added: int, reporter: Reporter,
-            force_refit: bool = False) -> TuneResult:
+def _finish(
+    study: Any,
+    run: Run,
+    recipe: Recipe,
+    data_dir: Path,
+    runs_dir: Path,
+    added: int,
+    reporter: Reporter,
+    force_refit: bool = False,
+) -> TuneResult:
     table = trials_table(study)
     write_parquet_atomic(run.path / "tune" / "trials.parquet", table)
     best = best_trial(study)
     if best is None:
         errors = table.filter(pl.col("error").is_not_null())["error"]
         why = f"; first failure: {errors[0]}" if errors.len() else ""
-        raise RunError(f"tune run {run.id}: no trial completed{why}; fix the recipe or widen tune.space, then `qfactory tune --run {run.id}`")
+        raise RunError(
+            f"tune run {run.id}: no trial completed{why}; fix the recipe or widen "
+            f"tune.space, then `qfactory tune --run {run.id}`"
+        )
     best_recipe = space.apply(recipe, best["params"])
     write_text_atomic(run.path / "tune" / "best.toml", to_toml(best_recipe))
     wanted = recipe["tune"]["refit"] or force_refit
@@ -287,7 +367,9 @@ def _finish(study: Any, run: Run, recipe: Recipe, data_dir: Path, runs_dir: Path
     return TuneResult(run, best, table, refit, added)
 
 
-def _refit(run: Run, best_recipe: Recipe, best: dict[str, Any], data_dir: Path, runs_dir: Path, reporter: Reporter) -> str:
+def _refit(
+    run: Run, best_recipe: Recipe, best: dict[str, Any], data_dir: Path, runs_dir: Path, reporter: Reporter
+) -> str:
     """The best trial as a regular run (train + backtest): scored once on test. A best trial that was
     already refit is not refit again."""
     previous = (run.manifest().get("tune") or {}).get("refit") or {}

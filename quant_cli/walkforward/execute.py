@@ -24,11 +24,11 @@ from quant_cli.backtest.metrics import prediction_metrics
 from quant_cli.dataset.table import KEYS, Table
 from quant_cli.errors import DataError, QFactoryError
 from quant_cli.models.base import Model
-from quant_cli.stages.crossval import FoldWindow, fit_and_score
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.report import SILENT, Reporter
 from quant_cli.splits.chronological import EXCLUDED, SplitPlan
 from quant_cli.stages.common import make_model
+from quant_cli.stages.crossval import FoldWindow, fit_and_score
 from quant_cli.walkforward.folds import WalkFold
 
 PREDICTION_COLUMNS = ("symbol", "ts", "fold", "score", "label")
@@ -39,14 +39,14 @@ class FoldTask:
     """Everything one fold needs, picklable for a worker process."""
 
     fold: WalkFold
-    rows: pl.DataFrame        # the fold's rows marked by the split rule: symbol, ts, label, t1, segment, excluded
-    table: Table              # the feature version (its rows dropped: the worker reads features of `rows`)
+    rows: pl.DataFrame  # the fold's rows marked by the split rule: symbol, ts, label, t1, segment, excluded
+    table: Table  # the feature version (its rows dropped: the worker reads features of `rows`)
     template: FittedPipeline  # unfitted
-    calendar: pl.DataFrame    # symbol, ts of the fold's bars (sample weights)
+    calendar: pl.DataFrame  # symbol, ts of the fold's bars (sample weights)
     recipe: dict[str, Any]
     device: str
-    plan: SplitPlan | None = None           # the fold's split plan (panel models' Prepared view)
-    channels: pl.DataFrame | None = None    # raw-bar channels of the fold's bars, when the model reads bars
+    plan: SplitPlan | None = None  # the fold's split plan (panel models' Prepared view)
+    channels: pl.DataFrame | None = None  # raw-bar channels of the fold's bars, when the model reads bars
 
     def window(self) -> FoldWindow:
         """Every row of the fold's window, for a panel model's windows (past inputs, never labels)."""
@@ -56,7 +56,7 @@ class FoldTask:
 @dataclass
 class FoldResult:
     index: int
-    status: str               # ok | failed
+    status: str  # ok | failed
     error: str | None = None
     scored: pl.DataFrame | None = None  # symbol, ts, fold, score, label
     train_rows: int = 0
@@ -84,14 +84,30 @@ def fit_fold(task: FoldTask) -> tuple[FittedPipeline, Model, pl.DataFrame]:
     """Fit the fold's pipeline and model on its training rows; its test window's scores."""
     parts = fold_segments(task)
     if parts["train"].height == 0:
-        raise DataError(f"no training rows are left after purge and embargo (window {task.fold.window_start:%Y-%m-%d} to "
-                        f"{task.fold.boundary:%Y-%m-%d}); use a longer walkforward.train")
+        raise DataError(
+            f"no training rows are left after purge and embargo (window {task.fold.window_start:%Y-%m-%d} to "
+            f"{task.fold.boundary:%Y-%m-%d}); use a longer walkforward.train"
+        )
     model = make_model(task.recipe, task.device)
-    pipeline, score = fit_and_score(task.template, model, parts["train"], parts["test"], task.calendar, task.recipe["split"],
-                                    val=parts["val"], early_stopping=task.recipe["train"]["early_stopping"],
-                                    window=task.window() if model.uses_panel() else None, table=task.table)
-    scored = parts["test"].select("symbol", "ts", pl.lit(task.fold.index, pl.Int32).alias("fold"),
-                                  pl.Series("score", score, pl.Float64), pl.col("label").cast(pl.Float64))
+    pipeline, score = fit_and_score(
+        task.template,
+        model,
+        parts["train"],
+        parts["test"],
+        task.calendar,
+        task.recipe["split"],
+        val=parts["val"],
+        early_stopping=task.recipe["train"]["early_stopping"],
+        window=task.window() if model.uses_panel() else None,
+        table=task.table,
+    )
+    scored = parts["test"].select(
+        "symbol",
+        "ts",
+        pl.lit(task.fold.index, pl.Int32).alias("fold"),
+        pl.Series("score", score, pl.Float64),
+        pl.col("label").cast(pl.Float64),
+    )
     return pipeline, model, scored.filter(pl.col("score").is_not_nan())  # a window's warm-up: not scored, so absent
 
 
@@ -103,8 +119,14 @@ def run_fold(task: FoldTask) -> FoldResult:
         return FoldResult(task.fold.index, "failed", error=_one_line(exc))
     train_rows = int(task.rows.filter(pl.col(EXCLUDED).is_null() & (pl.col("segment") == "train")).height)
     metrics = prediction_metrics(scored)
-    return FoldResult(task.fold.index, "ok", scored=scored, train_rows=train_rows, test_rows=scored.height,
-                      metrics={"ic": metrics.get("ic"), "rank_ic": metrics.get("rank_ic")})
+    return FoldResult(
+        task.fold.index,
+        "ok",
+        scored=scored,
+        train_rows=train_rows,
+        test_rows=scored.height,
+        metrics={"ic": metrics.get("ic"), "rank_ic": metrics.get("rank_ic")},
+    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -112,8 +134,14 @@ def _one_line(exc: BaseException) -> str:
     return (text.splitlines() or [type(exc).__name__])[0]
 
 
-def run_folds(tasks: Iterable[FoldTask], jobs: int | None, backend: str = "local", reporter: Reporter = SILENT,
-              total: int | None = None, homes: dict[str, Path] | None = None) -> Iterator[FoldResult]:
+def run_folds(
+    tasks: Iterable[FoldTask],
+    jobs: int | None,
+    backend: str = "local",
+    reporter: Reporter = SILENT,
+    total: int | None = None,
+    homes: dict[str, Path] | None = None,
+) -> Iterator[FoldResult]:
     """Results of `run_fold` over `tasks`, in task order, `jobs` at a time (default: every core),
     with one progress bar over folds. Locally, tasks are built lazily as workers free up; on Ray
     (`quant_cli.backend`) they are shipped at once, after checking that every node sees `homes`."""
@@ -129,8 +157,14 @@ def run_folds(tasks: Iterable[FoldTask], jobs: int | None, backend: str = "local
     yield from reporter.track(parallel(delayed(run_fold)(task) for task in tasks), "walk-forward folds", total=total)
 
 
-def _run_on_backend(tasks: Iterable[FoldTask], jobs: int | None, backend: str, reporter: Reporter, total: int | None,
-                    homes: dict[str, Path]) -> Iterator[FoldResult]:
+def _run_on_backend(
+    tasks: Iterable[FoldTask],
+    jobs: int | None,
+    backend: str,
+    reporter: Reporter,
+    total: int | None,
+    homes: dict[str, Path],
+) -> Iterator[FoldResult]:
     from joblib import cpu_count
 
     with open_backend(backend, jobs or cpu_count()) as opened:

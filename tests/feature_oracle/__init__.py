@@ -20,5 +20,7 @@ def oracle(feature: Feature) -> Feature:
     family = feature.family
     sources = tuple(oracle(s) for s in feature.sources)
     if family.kernel:
-        family = dataclasses.replace(family, build=BUILDERS[family.pattern], compute=None, derived=DERIVED[family.pattern])
+        family = dataclasses.replace(
+            family, build=BUILDERS[family.pattern], compute=None, derived=DERIVED[family.pattern]
+        )
     return Feature(family, feature.window, feature.timeframe, sources)

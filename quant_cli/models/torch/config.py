@@ -17,7 +17,7 @@ from typing import Any
 from quant_cli.models.params import Limit, at_least, between, choice
 from quant_cli.schema import SCHEMA
 
-DOC = "doc"      # field metadata: the one-line doc of a declared field
+DOC = "doc"  # field metadata: the one-line doc of a declared field
 LIMIT = "limit"  # field metadata: its `Limit` (quant_cli.models.params)
 
 
@@ -46,12 +46,12 @@ class NetConfig:
     """What every torch network is built from: the data's shape (set at fit, not parameters) and the
     parameters every architecture has. Saved as the model's `fit_info.config`."""
 
-    n_inputs: int = 0             # features per row (per time step)
-    n_outputs: int = 1            # 1 for regression, K logits for classification
-    symbol_kind: str = "none"     # none, one_hot, index, embedding (quant_cli.models.torch.heads)
-    n_symbols: int = 0            # training symbols (ids 1..n_symbols)
+    n_inputs: int = 0  # features per row (per time step)
+    n_outputs: int = 1  # 1 for regression, K logits for classification
+    symbol_kind: str = "none"  # none, one_hot, index, embedding (quant_cli.models.torch.heads)
+    n_symbols: int = 0  # training symbols (ids 1..n_symbols)
     dropout: float = param(0.1, "dropout probability inside the network", between(0, 1, high_open=True))
-    embedding_dim: int = param(4, "width of the learned symbol vector (symbol_encoding = \"embedding\")", at_least(1))
+    embedding_dim: int = param(4, 'width of the learned symbol vector (symbol_encoding = "embedding")', at_least(1))
 
 
 @dataclass
@@ -59,8 +59,11 @@ class SequenceConfig(NetConfig):
     """The parameters every window model has (quant_cli.models.sequence)."""
 
     seq_len: int = param(32, "rows of the symbol's history in each window, ending at the row scored", between(1, 4096))
-    inputs: str = param("features", "what each window step holds: the features, the raw-bar channels, or both",
-                        choice("features", "bars", "both"))
+    inputs: str = param(
+        "features",
+        "what each window step holds: the features, the raw-bar channels, or both",
+        choice("features", "bars", "both"),
+    )
 
 
 def _train(key: str) -> Any:
@@ -77,17 +80,17 @@ class LoopConfig:
     batch_size: int = _train("batch_size")
     learning_rate: float = _train("learning_rate")
     weight_decay: float = _train("weight_decay")
-    schedule: str = _train("schedule")      # cosine (after warm-up) or constant
-    warmup: float = _train("warmup")        # share of all steps with a linear learning-rate warm-up
+    schedule: str = _train("schedule")  # cosine (after warm-up) or constant
+    warmup: float = _train("warmup")  # share of all steps with a linear learning-rate warm-up
     grad_clip: float = _train("grad_clip")  # max global gradient norm (0: off)
-    patience: int = _train("patience")      # epochs without improvement before stopping (0: never)
-    monitor: str = _train("monitor")        # "loss" (val loss, minimised) or "ic" (val IC, maximised)
-    loss: str = _train("loss")              # mse, huber, sharpe or pnl (regression); classifiers use cross-entropy
+    patience: int = _train("patience")  # epochs without improvement before stopping (0: never)
+    monitor: str = _train("monitor")  # "loss" (val loss, minimised) or "ic" (val IC, maximised)
+    loss: str = _train("loss")  # mse, huber, sharpe or pnl (regression); classifiers use cross-entropy
     pnl_cost_bps: float = _train("pnl_cost_bps")  # pnl loss: cost per unit of position traded, in basis points
     pnl_drawdown_penalty: float = _train("pnl_drawdown_penalty")  # pnl loss: weight of the batch path's max drawdown
-    precision: str = _train("precision")    # training autocast: auto, fp32, bf16, fp16 (models/torch/precision.py)
+    precision: str = _train("precision")  # training autocast: auto, fp32, bf16, fp16 (models/torch/precision.py)
     inference_precision: str = _train("inference_precision")  # scoring: fp32 unless asked otherwise
-    compile: bool = _train("compile")       # torch.compile the training forward (dynamic shapes)
+    compile: bool = _train("compile")  # torch.compile the training forward (dynamic shapes)
 
     @classmethod
     def from_section(cls, section: dict[str, Any] | None) -> LoopConfig:

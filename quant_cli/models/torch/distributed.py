@@ -65,7 +65,7 @@ class _GatherRows(torch.autograd.Function):
     def forward(ctx, local: torch.Tensor, counts: list[int], rank: int) -> torch.Tensor:
         width = max(counts)
         padded = local.new_zeros((width, *local.shape[1:]))
-        padded[:len(local)] = local
+        padded[: len(local)] = local
         parts = [torch.empty_like(padded) for _ in counts]
         dist.all_gather(parts, padded)
         ctx.rank, ctx.counts = rank, counts
@@ -73,8 +73,8 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        start = sum(ctx.counts[:ctx.rank])
-        return grad[start:start + ctx.counts[ctx.rank]] * len(ctx.counts), None, None
+        start = sum(ctx.counts[: ctx.rank])
+        return grad[start : start + ctx.counts[ctx.rank]] * len(ctx.counts), None, None
 
 
 @dataclass
@@ -82,8 +82,8 @@ class World:
     rank: int
     size: int
     local_rank: int
-    backend: str       # "gloo" (CPU) or "nccl" (CUDA)
-    launcher: str      # "local" (--nproc), "torchrun" or "ray"
+    backend: str  # "gloo" (CPU) or "nccl" (CUDA)
+    launcher: str  # "local" (--nproc), "torchrun" or "ray"
     store: Any = None
     control: Any = None  # a gloo group for jobs and decisions, whatever the training backend
     tasks: int = 0
@@ -96,8 +96,15 @@ class World:
         """Start a fit on every other rank: the job goes over the control group."""
         self.tasks += 1
         self.store.set(f"qfactory/task/{self.tasks}", "fit")
-        job = {"net": copy.deepcopy(net).cpu(), "data": data.to("cpu"), "cfg": cfg, "loss_fn": loss_fn, "seed": seed,
-               "threads": torch.get_num_threads(), "start": start}
+        job = {
+            "net": copy.deepcopy(net).cpu(),
+            "data": data.to("cpu"),
+            "cfg": cfg,
+            "loss_fn": loss_fn,
+            "seed": seed,
+            "threads": torch.get_num_threads(),
+            "start": start,
+        }
         dist.broadcast_object_list([job], src=0, group=self.control)
 
     def decide(self, stop: bool, on_epoch, epoch: int) -> bool:
@@ -174,8 +181,9 @@ class World:
         return box[0]
 
 
-def init_world(launcher: str, device_kind: str, ranks: tuple[int, int, int] | None = None,
-               local_size: int | None = None) -> World:
+def init_world(
+    launcher: str, device_kind: str, ranks: tuple[int, int, int] | None = None, local_size: int | None = None
+) -> World:
     """Join the process group described by the torchrun environment (or `ranks`)."""
     global _WORLD
     rank, size, local = ranks or env_ranks()
@@ -186,8 +194,9 @@ def init_world(launcher: str, device_kind: str, ranks: tuple[int, int, int] | No
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size, master, timeout=timeout)
     if backend == "nccl":
         torch.cuda.set_device(local)
-    dist.init_process_group(backend, store=dist.PrefixStore("qfactory/pg/", store), rank=rank, world_size=size,
-                            timeout=timeout)
+    dist.init_process_group(
+        backend, store=dist.PrefixStore("qfactory/pg/", store), rank=rank, world_size=size, timeout=timeout
+    )
     control = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
     local_size = local_size or int(os.environ.get("LOCAL_WORLD_SIZE", size))
     _WORLD = World(rank, size, local, backend, launcher, store, control, local_size=local_size)
@@ -215,8 +224,17 @@ def run_job(world: World, job: dict[str, Any], device_kind: str) -> None:
     data = data.to(device, loop.panel_device(data.x.element_size() * data.x.nelement(), device))
     with loop.reproducible(job["seed"], device, job["threads"]):
         net = job["net"].to(device)
-        loop.train(net, data, None, job["cfg"], job["loss_fn"], device=device, seed=job["seed"], world=world,
-                   start=job["start"])
+        loop.train(
+            net,
+            data,
+            None,
+            job["cfg"],
+            job["loss_fn"],
+            device=device,
+            seed=job["seed"],
+            world=world,
+            start=job["start"],
+        )
 
 
 def serve(launcher: str, device_kind: str, alive=lambda: True) -> None:
@@ -240,8 +258,7 @@ def main() -> int:
         serve("local", os.environ.get(DEVICE_ENV, "cpu"), _parent_alive(parent))
     except Exception as exc:  # noqa: BLE001 — a worker reports one line; rank 0 names the failed rank
         first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"qfactory rank {os.environ.get('RANK')}: {type(exc).__name__}: {first}",
-              file=sys.stderr)
+        print(f"qfactory rank {os.environ.get('RANK')}: {type(exc).__name__}: {first}", file=sys.stderr)
         return 1
     return 0
 

@@ -30,8 +30,8 @@ from contextlib import contextmanager
 
 from quant_cli.models.torch import distributed, topology
 
-WATCH_S = 0.2     # how often rank 0 checks its local workers
-JOIN_S = 30.0     # how long rank 0 waits for workers to leave after the last fit
+WATCH_S = 0.2  # how often rank 0 checks its local workers
+JOIN_S = 30.0  # how long rank 0 waits for workers to leave after the last fit
 _RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 
@@ -41,8 +41,9 @@ def serve_torchrun(device: str) -> None:
 
 
 @contextmanager
-def data_parallel(nproc: int, device: str, backend: str = "local",
-                  on_dead_rank: Callable[[str], None] | None = None) -> Iterator[distributed.World | None]:
+def data_parallel(
+    nproc: int, device: str, backend: str = "local", on_dead_rank: Callable[[str], None] | None = None
+) -> Iterator[distributed.World | None]:
     """The process group the torch fits inside the block train in (None: one process).
 
     Under torchrun this process is rank 0 of the torchrun group (nproc is ignored: torchrun's
@@ -91,20 +92,30 @@ class _Workers:
         self.nproc, self.closing = nproc, threading.Event()
         self.port = _free_port()
         self.logs = [tempfile.TemporaryFile() for _ in range(1, nproc)]  # noqa: SIM115 — open while the workers run
-        env = {**os.environ, **self.group_env(), topology.DEVICE_ENV: device,
-               "QFACTORY_DIST_PARENT": str(os.getpid())}
+        env = {**os.environ, **self.group_env(), topology.DEVICE_ENV: device, "QFACTORY_DIST_PARENT": str(os.getpid())}
         command = [sys.executable, "-m", "quant_cli.models.torch.distributed"]
-        self.procs = [subprocess.Popen(command, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                                       stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-                      for r, log in zip(range(1, nproc), self.logs)]
+        self.procs = [
+            subprocess.Popen(
+                command,
+                env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
+            for r, log in zip(range(1, nproc), self.logs)
+        ]
         self.on_dead_rank = on_dead_rank
         self.watcher = threading.Thread(target=self._watch, name="qfactory-rank-watchdog", daemon=True)
         self.watcher.start()
 
     def group_env(self) -> dict[str, str]:
-        return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(self.port), "WORLD_SIZE": str(self.nproc),
-                "LOCAL_WORLD_SIZE": str(self.nproc)}
+        return {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(self.port),
+            "WORLD_SIZE": str(self.nproc),
+            "LOCAL_WORLD_SIZE": str(self.nproc),
+        }
 
     def _watch(self) -> None:
         while not self.closing.wait(WATCH_S):
@@ -123,8 +134,10 @@ class _Workers:
         log.seek(0)
         lines = [line for line in log.read().decode(errors="replace").splitlines() if line.startswith("qfactory rank")]
         said = f" ({lines[-1].strip()[:300]})" if lines else ""  # the worker's own one line, not torch's log noise
-        return (f"data-parallel rank {rank} of {self.nproc} (pid {proc.pid}) {how}{said}; every rank was stopped — "
-                "rerun it, or train with --nproc 1")
+        return (
+            f"data-parallel rank {rank} of {self.nproc} (pid {proc.pid}) {how}{said}; every rank was stopped — "
+            "rerun it, or train with --nproc 1"
+        )
 
     def dead(self) -> str | None:
         """The line naming the first worker that has exited with a failure, if any."""

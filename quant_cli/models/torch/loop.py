@@ -3,7 +3,14 @@
 AdamW; a learning-rate schedule with linear warm-up then cosine decay (or constant); gradient
 clipping; early stopping on the validation loss or the validation IC (`monitor`), keeping the best
 epoch's weights. Each epoch reports one line (train loss, val loss, val IC) and appends to the
-history that the model saves as `history.json`.
+history that the model saves as `history.json`, with telemetry: the learning rate of the epoch's
+last step, the mean and largest global gradient norm before clipping, and the parameter norm after
+the epoch.
+
+A network may add to this, with no branch here: `auxiliary_loss()` (a scalar tensor from its latest
+training forward, added to the loss each step, recorded as `aux_loss`; e.g. moe load balancing) and
+`epoch_stats()` (a JSON-able dict merged into the epoch's history entry, e.g. moe expert usage; the
+network resets its counters there). Data parallel, each rank adds its own share's auxiliary loss.
 
 Checkpoints: after every epoch `last.pt` holds everything needed to continue — weights,
 optimizer, schedule, RNG state, history, the early-stopping state — and `best.pt` the best epoch's
@@ -254,7 +261,8 @@ def train(net: nn.Module, data: Samples, val: Samples | None, cfg: LoopConfig, l
     step.run = _wrap(step, cfg, device)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
-        train_loss = _epoch(step, data, cfg, loss_fn, device, seed, epoch)
+        telemetry = _epoch(step, data, cfg, loss_fn, device, seed, epoch)
+        train_loss = telemetry.pop("train_loss")
         if world is not None and world.rank != 0:
             if world.stop_after_epoch():
                 break
@@ -264,8 +272,8 @@ def train(net: nn.Module, data: Samples, val: Samples | None, cfg: LoopConfig, l
             val_loss, val_ic = evaluate(net, val, loss_fn, cfg, device) if scored else (math.nan, math.nan)
             seconds = time.perf_counter() - started
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_ic": val_ic,
-                            "lr": step.sched.get_last_lr()[0], "seconds": round(seconds, 3),
-                            "samples_per_s": round(len(data) / max(seconds, 1e-9), 1)})
+                            "seconds": round(seconds, 3), "samples_per_s": round(len(data) / max(seconds, 1e-9), 1),
+                            **telemetry})
             best = _track(state, net, best, -val_ic if cfg.monitor == "ic" else val_loss, epoch)
             if checkpoints is not None:
                 checkpoints.save(_snapshot(step, state, history, device), best if state.best_epoch == epoch else None)
@@ -320,9 +328,10 @@ def _wrap(step: _Step, cfg: LoopConfig, device: str) -> nn.Module:
     return torch.compile(run, dynamic=True) if cfg.compile else run
 
 
-def _epoch(step: _Step, data: Samples, cfg: LoopConfig, loss_fn, device: str, seed: int, epoch: int) -> float:
+def _epoch(step: _Step, data: Samples, cfg: LoopConfig, loss_fn, device: str, seed: int, epoch: int) -> dict:
     """One pass over shuffled mini-batches; the shuffle depends on (seed, epoch) only. Data parallel:
-    each rank forwards its share of every global batch, and the loss is the global batch's."""
+    each rank forwards its share of every global batch, and the loss is the global batch's.
+    Returns the mean train loss and the epoch's telemetry (see the module doc)."""
     step.run.train()
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     order = order.to(data.ends.device)
@@ -330,7 +339,8 @@ def _epoch(step: _Step, data: Samples, cfg: LoopConfig, loss_fn, device: str, se
     world = step.world
     if world is not None:
         world.seed_epoch(seed, epoch, device)
-    total, count = 0.0, 0
+    auxiliary = getattr(step.net, "auxiliary_loss", None)  # the network's own hooks (not DDP's or compile's)
+    total, aux_total, count, grad_norms, lr = 0.0, 0.0, 0, [], math.nan
     for idx in order.split(cfg.batch_size):
         local = idx if world is None else world.share(idx)
         with autocast(device, step.precision):
@@ -338,13 +348,21 @@ def _epoch(step: _Step, data: Samples, cfg: LoopConfig, loss_fn, device: str, se
             out = step.run(x, ids)[:len(local)].float()  # (b, K); an empty share forwards one row and keeps none
         if world is not None:
             out = world.gather_rows(out, len(idx))  # (B, K), every rank's rows in batch order
+        aux = auxiliary() if auxiliary is not None else None  # read before _previous forwards again
         extra = {}
         if getattr(loss_fn, "needs_previous", False):
             extra["previous"] = _previous(step, data, idx, local, device)
         loss = loss_fn(out, data.part("y", idx), data.part("w", idx), data.part("group", idx), **extra)
-        _backward(step, loss, cfg)
+        lr = step.sched.get_last_lr()[0]  # the rate this step uses
+        grad_norms.append(_backward(step, loss if aux is None else loss + aux.float(), cfg))
         total, count = total + float(loss.detach()) * len(idx), count + len(idx)
-    return total / max(count, 1)
+        aux_total += 0.0 if aux is None else float(aux.detach()) * len(idx)
+    stats = getattr(step.net, "epoch_stats", None)
+    norms = torch.stack(grad_norms).float().cpu() if grad_norms else torch.zeros(1)
+    param_norm = torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in step.net.parameters()]))
+    return {"train_loss": total / max(count, 1), "lr": lr, "grad_norm": float(norms.mean()),
+            "grad_norm_max": float(norms.max()), "param_norm": float(param_norm),
+            **({"aux_loss": aux_total / max(count, 1)} if auxiliary is not None else {}), **(stats() if stats else {})}
 
 
 def _previous(step: _Step, data: Samples, idx: torch.Tensor, local: torch.Tensor, device: str):
@@ -364,21 +382,28 @@ def _previous(step: _Step, data: Samples, idx: torch.Tensor, local: torch.Tensor
     return Previous(score[:, 0], known.to(score.device))
 
 
-def _backward(step: _Step, loss: torch.Tensor, cfg: LoopConfig) -> None:
+def _backward(step: _Step, loss: torch.Tensor, cfg: LoopConfig) -> torch.Tensor:
+    """One optimiser step; returns the global gradient norm before clipping (telemetry)."""
     step.opt.zero_grad(set_to_none=True)
     if step.scaler is None:
         loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(step.net.parameters(), cfg.grad_clip)
+        norm = _grad_norm(step.net, cfg.grad_clip)
         step.opt.step()
-    else:  # fp16: scaled loss; gradients unscaled before clipping; a step with inf/NaN gradients is skipped
+    else:  # fp16: scaled loss, gradients unscaled before the norm and clipping; inf/NaN gradients skip the step
         step.scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            step.scaler.unscale_(step.opt)
-            nn.utils.clip_grad_norm_(step.net.parameters(), cfg.grad_clip)
+        step.scaler.unscale_(step.opt)
+        norm = _grad_norm(step.net, cfg.grad_clip)
         step.scaler.step(step.opt)
         step.scaler.update()
     step.sched.step()
+    return norm
+
+
+def _grad_norm(net: nn.Module, clip: float) -> torch.Tensor:
+    """The global gradient norm before clipping (clipping to `clip` when it is > 0)."""
+    if clip > 0:
+        return nn.utils.clip_grad_norm_(net.parameters(), clip).detach()
+    return nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None]).detach()
 
 
 @torch.no_grad()

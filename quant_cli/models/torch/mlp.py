@@ -26,8 +26,9 @@ from quant_cli.models.torchmodel import TorchModel
 
 @dataclass
 class MLPConfig(NetConfig):
-    hidden: list[int] = param([64, 32], "widths of the hidden layers, input side first",
-                              Limit(note="layer widths, e.g. [64, 32]"))
+    hidden: list[int] = param(
+        [64, 32], "widths of the hidden layers, input side first", Limit(note="layer widths, e.g. [64, 32]")
+    )
 
 
 class MLP(nn.Module):
@@ -55,10 +56,13 @@ class MLPModel(TorchModel):
 
     def _check_architecture(self) -> None:
         hidden = self.params["hidden"]
-        if (not isinstance(hidden, (list, tuple))
-                or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden)):
-            raise ModelError(f"model.params.hidden: expected a list of positive layer widths, e.g. [64, 32], "
-                             f"for model '{self.name}', got {hidden!r}")
+        if not isinstance(hidden, (list, tuple)) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
+        ):
+            raise ModelError(
+                f"model.params.hidden: expected a list of positive layer widths, e.g. [64, 32], "
+                f"for model '{self.name}', got {hidden!r}"
+            )
 
     def _symbol_input(self) -> tuple[str, int]:
         embedding = self.encoder_.kind == "embedding"  # one_hot arrives as columns of X
@@ -75,7 +79,14 @@ class MLPModel(TorchModel):
         y_dtype = torch.int64 if self.is_classifier else torch.float32
         n = len(rows.X)
         prev = previous_rows(rows.symbols, rows.ts) if self.loop.loss == "pnl" else None  # the pnl loss's turnover
-        samples = Samples(tensor(rows.X, torch.float32), torch.arange(n, device=dev), 0, tensor(rows.ids, torch.int64),
-                          tensor(y, y_dtype), tensor(w, torch.float32), tensor(timestamp_codes(rows.ts), torch.int64),
-                          tensor(prev, torch.int64))
+        samples = Samples(
+            tensor(rows.X, torch.float32),
+            torch.arange(n, device=dev),
+            0,
+            tensor(rows.ids, torch.int64),
+            tensor(y, y_dtype),
+            tensor(w, torch.float32),
+            tensor(timestamp_codes(rows.ts), torch.int64),
+            tensor(prev, torch.int64),
+        )
         return samples, np.ones(n, dtype=bool)

@@ -32,9 +32,9 @@ INFERENCE_PRECISIONS = ("fp32", "auto", "bf16", "fp16")
 
 @dataclass(frozen=True)
 class Precision:
-    dtype: str                # "fp32", "bf16" or "fp16": what autocast runs in ("fp32": no autocast)
+    dtype: str  # "fp32", "bf16" or "fp16": what autocast runs in ("fp32": no autocast)
     grad_scaler: bool = False  # fp16 training needs loss scaling
-    note: str = ""            # why a request was not honoured as spelled ("" when it was)
+    note: str = ""  # why a request was not honoured as spelled ("" when it was)
 
 
 def device_kind(device: str) -> str:

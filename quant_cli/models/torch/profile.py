@@ -30,15 +30,14 @@ class StepCost:
     samples_per_s: float
     ms_per_step: float
     peak_memory_mb: float
-    memory: str       # "cuda max allocated" or "process peak RSS"
+    memory: str  # "cuda max allocated" or "process peak RSS"
     precision: str
 
 
 def _network(name: str, params: dict[str, Any], seq_len: int, n_features: int):
     model = create_model(name, "regression", {**params, **({"seq_len": seq_len} if _is_sequence(name) else {})}, 0, 0)
     if not isinstance(model, TorchModel):
-        raise ModelError(f"qfactory profile measures torch models ({', '.join(torch_models())}); "
-                         f"{name!r} is not one")
+        raise ModelError(f"qfactory profile measures torch models ({', '.join(torch_models())}); {name!r} is not one")
     model.encoder_ = SymbolEncoder("none").fit(None)
     return model._build(model._net_config(n_features))
 
@@ -54,9 +53,18 @@ def _peak_rss_mb() -> float:
     return peak / 1024**2 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def profile(name: str, seq_lens: list[int], batch_size: int, device: str = "cpu", n_features: int = 32,
-            params: dict[str, Any] | None = None, steps: int = 5, warmup: int = 1, precision: str = "auto",
-            seed: int = 0) -> list[StepCost]:
+def profile(
+    name: str,
+    seq_lens: list[int],
+    batch_size: int,
+    device: str = "cpu",
+    n_features: int = 32,
+    params: dict[str, Any] | None = None,
+    steps: int = 5,
+    warmup: int = 1,
+    precision: str = "auto",
+    seed: int = 0,
+) -> list[StepCost]:
     """One StepCost per sequence length (shortest first); mlp ignores seq_len (one row per sample)."""
     import torch
 
@@ -84,9 +92,17 @@ def profile(name: str, seq_lens: list[int], batch_size: int, device: str = "cpu"
             torch.cuda.synchronize(torch.device(device))
         seconds = max(time.perf_counter() - started, 1e-9)
         peak = torch.cuda.max_memory_allocated(torch.device(device)) / 1024**2 if cuda else _peak_rss_mb()
-        rows.append(StepCost(seq_len, batch_size, round(batch_size * steps / seconds, 1),
-                             round(1000 * seconds / steps, 2),
-                             round(peak, 1), "cuda max allocated" if cuda else "process peak RSS", chosen.dtype))
+        rows.append(
+            StepCost(
+                seq_len,
+                batch_size,
+                round(batch_size * steps / seconds, 1),
+                round(1000 * seconds / steps, 2),
+                round(peak, 1),
+                "cuda max allocated" if cuda else "process peak RSS",
+                chosen.dtype,
+            )
+        )
     return rows
 
 
@@ -108,11 +124,23 @@ def as_json(rows: list[StepCost]) -> list[dict[str, Any]]:
 def table(rows: list[StepCost]) -> str:
     """The rows as an aligned text table."""
     header = ("seq_len", "batch", "samples/s", "ms/step", "peak MB", "memory", "precision")
-    body = [(str(r.seq_len), str(r.batch_size), f"{r.samples_per_s:,.1f}", f"{r.ms_per_step:.2f}",
-             f"{r.peak_memory_mb:,.1f}", r.memory, r.precision) for r in rows]
+    body = [
+        (
+            str(r.seq_len),
+            str(r.batch_size),
+            f"{r.samples_per_s:,.1f}",
+            f"{r.ms_per_step:.2f}",
+            f"{r.peak_memory_mb:,.1f}",
+            r.memory,
+            r.precision,
+        )
+        for r in rows
+    ]
     widths = [max(len(c) for c in column) for column in zip(header, *body)]
-    lines = ["  ".join(c.rjust(w) if i < 5 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
-             for line in (header, *body)]
+    lines = [
+        "  ".join(c.rjust(w) if i < 5 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+        for line in (header, *body)
+    ]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -127,4 +155,3 @@ def lengths(spec: list[str] | None) -> list[int]:
             raise ModelError(f"--seq-len {part!r} is not a positive integer; pass e.g. --seq-len 32,64,128")
         out.append(int(part))
     return out
-

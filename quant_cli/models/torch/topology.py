@@ -15,7 +15,7 @@ class RankFailed(QFactoryError):
 
 
 TIMEOUT_ENV = "QFACTORY_DIST_TIMEOUT"
-DEVICE_ENV = "QFACTORY_DIST_DEVICE"   # the training device kind a local worker uses ("cpu" or "cuda")
+DEVICE_ENV = "QFACTORY_DIST_DEVICE"  # the training device kind a local worker uses ("cpu" or "cuda")
 DEFAULT_TIMEOUT_S = 1800
 
 
@@ -39,15 +39,19 @@ def env_ranks(environ: dict[str, str] | None = None) -> tuple[int, int, int] | N
         rank, size = int(env["RANK"]), int(env["WORLD_SIZE"])
         local = int(env.get("LOCAL_RANK", rank))
     except ValueError:
-        raise QFactoryError(f"RANK={env.get('RANK')!r} and WORLD_SIZE={env.get('WORLD_SIZE')!r} must be integers "
-                            "(the torchrun environment)") from None
+        raise QFactoryError(
+            f"RANK={env.get('RANK')!r} and WORLD_SIZE={env.get('WORLD_SIZE')!r} must be integers "
+            "(the torchrun environment)"
+        ) from None
     if not 0 <= rank < size:
         raise QFactoryError(f"RANK={rank} is outside WORLD_SIZE={size}; ranks are numbered 0..WORLD_SIZE-1")
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
     if size > 1 and missing:
-        raise QFactoryError(f"WORLD_SIZE={size} but {' and '.join(missing)} not set; "
-                            "set them to rank 0's host and a free "
-                            "port (torchrun does this)")
+        raise QFactoryError(
+            f"WORLD_SIZE={size} but {' and '.join(missing)} not set; "
+            "set them to rank 0's host and a free "
+            "port (torchrun does this)"
+        )
     return rank, size, local
 
 
@@ -69,12 +73,17 @@ def check_nproc(nproc: int, device: str, cuda_count: int) -> None:
         return
     if device.startswith("cuda"):
         if ":" in device:
-            raise RecipeError(f"--nproc {nproc} uses one GPU per process, cuda:0..cuda:{nproc - 1}; "
-                              "pass --device cuda, "
-                              f"not {device!r} (set CUDA_VISIBLE_DEVICES to choose the GPUs)")
+            raise RecipeError(
+                f"--nproc {nproc} uses one GPU per process, cuda:0..cuda:{nproc - 1}; "
+                "pass --device cuda, "
+                f"not {device!r} (set CUDA_VISIBLE_DEVICES to choose the GPUs)"
+            )
         if nproc > cuda_count:
-            raise RecipeError(f"--nproc {nproc} needs {nproc} GPUs (one per process) but {cuda_count} are visible; "
-                              f"use --nproc {max(cuda_count, 1)} or --device cpu")
+            raise RecipeError(
+                f"--nproc {nproc} needs {nproc} GPUs (one per process) but {cuda_count} are visible; "
+                f"use --nproc {max(cuda_count, 1)} or --device cpu"
+            )
     elif device != "cpu":
-        raise RecipeError(f"--nproc {nproc} trains on cpu (gloo) or cuda (nccl), not {device!r}; "
-                          "pass --device cpu or cuda")
+        raise RecipeError(
+            f"--nproc {nproc} trains on cpu (gloo) or cuda (nccl), not {device!r}; pass --device cpu or cuda"
+        )

@@ -47,7 +47,7 @@ def gather(x: torch.Tensor, ends: torch.Tensor, seq_len: int, out: torch.Tensor 
     shape = (len(ends), x.shape[1]) if seq_len == 0 else (len(ends), seq_len, x.shape[1])
     if out is None:
         return x.index_select(0, rows).view(shape)  # (B·L, F) → (B, L, F)
-    target = out[:rows.numel() * x.shape[1]].view(rows.numel(), x.shape[1])
+    target = out[: rows.numel() * x.shape[1]].view(rows.numel(), x.shape[1])
     torch.index_select(x, 0, rows, out=target)
     return target.view(shape)
 
@@ -56,14 +56,14 @@ def gather(x: torch.Tensor, ends: torch.Tensor, seq_len: int, out: torch.Tensor 
 class Samples:
     """What the training loop iterates over; every tensor lives on the training device."""
 
-    x: torch.Tensor                   # (N, F) float32 panel (sequence) or rows (tabular)
-    ends: torch.Tensor                # (n,) int64 row of x each sample ends at
-    seq_len: int = 0                  # 0: a sample is one row
-    ids: torch.Tensor | None = None   # (n,) int64 symbol ids (symbol encodings)
-    y: torch.Tensor | None = None     # (n,) float32 target, or int64 class code
-    w: torch.Tensor | None = None     # (n,) float32 sample weight
+    x: torch.Tensor  # (N, F) float32 panel (sequence) or rows (tabular)
+    ends: torch.Tensor  # (n,) int64 row of x each sample ends at
+    seq_len: int = 0  # 0: a sample is one row
+    ids: torch.Tensor | None = None  # (n,) int64 symbol ids (symbol encodings)
+    y: torch.Tensor | None = None  # (n,) float32 target, or int64 class code
+    w: torch.Tensor | None = None  # (n,) float32 sample weight
     group: torch.Tensor | None = None  # (n,) int64 timestamp code (sharpe loss, cross-sectional IC)
-    prev: torch.Tensor | None = None   # (n,) int64 row the symbol's previous sample ends at, -1: none (pnl loss);
+    prev: torch.Tensor | None = None  # (n,) int64 row the symbol's previous sample ends at, -1: none (pnl loss);
     #                                    on the panel's device, like `ends`
 
     def __len__(self) -> int:
@@ -79,11 +79,21 @@ class Samples:
 
     def to(self, device: str, panel_device: str | None = None) -> Samples:
         """A copy with the panel and ends on `panel_device` (default `device`), the rest on `device`."""
+
         def move(t, where):
             return None if t is None else t.to(where)
+
         where = panel_device or device
-        return Samples(move(self.x, where), move(self.ends, where), self.seq_len, move(self.ids, device),
-                       move(self.y, device), move(self.w, device), move(self.group, device), move(self.prev, where))
+        return Samples(
+            move(self.x, where),
+            move(self.ends, where),
+            self.seq_len,
+            move(self.ids, device),
+            move(self.y, device),
+            move(self.w, device),
+            move(self.group, device),
+            move(self.prev, where),
+        )
 
     def previous_inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(x, ids, known) of the windows ending at each sample's previous row (`prev`; where there is
