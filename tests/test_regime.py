@@ -132,7 +132,14 @@ def test_hmm_parameters_ignore_bars_after_the_training_segment(regime_run: Train
     other = train(tmp_path, "lightgbm", REGIME, data_dir=data_dir)
     rewritten = json.loads((other.run.path / "split" / "pipeline.json").read_text())
     assert rewritten["regime"] == pipeline["regime"]
-    assert rewritten["state"] == pipeline["state"]
+    # Scaler statistics to 1e-12 relative: polars may sum the same training values in another order when
+    # the table around them differs (seen: 1 ulp on a std); a leak of later bars moves them far more.
+    state, expected = rewritten["state"], pipeline["state"]
+    assert {k: v for k, v in state.items() if k not in ("center", "scale")} == {
+        k: v for k, v in expected.items() if k not in ("center", "scale")
+    }
+    for stat in ("center", "scale"):
+        assert state[stat] == pytest.approx(expected[stat], rel=1e-12, abs=0)
     late = pl.read_parquet(other.run.path / "predictions.parquet").filter(pl.col("segment") == "test")["score"]
     early = pl.read_parquet(regime_run.run.path / "predictions.parquet").filter(pl.col("segment") == "test")["score"]
     assert not np.allclose(late.to_numpy(), early.to_numpy())
