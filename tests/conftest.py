@@ -6,9 +6,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from helpers import SYN_RECIPE
 from typer.testing import CliRunner
 
-from quant_cli.cli import console
+from quant_cli.cli import app, console
 from quant_cli.data.synthetic import generate
 
 
@@ -38,3 +39,15 @@ def snapshot_tree(root: Path) -> dict[str, bytes]:
     if not root.exists():
         return {}
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
+    """A recipe and its ingested dataset; returns (recipe path, the dataset's bars)."""
+    root = tmp_path_factory.mktemp("audit")
+    (root / "r.toml").write_text(SYN_RECIPE)
+    result = CliRunner().invoke(
+        app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")]
+    )
+    assert result.exit_code == 0, result.output
+    return root, pl.read_delta(str(root / "data" / "syn" / "bars"))

@@ -108,3 +108,22 @@ def prices_rewritten_after(bars: pl.DataFrame, after: dt.datetime, seed: int = 0
     return bars.with_columns(
         pl.when(later).then(pl.col(c) * factor).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close")
     )
+
+
+# A small synthetic recipe (4 symbols x 400 bars, linear model) that several CLI test modules ingest once
+# per module through conftest's `home` fixture.
+SYN_RECIPE = """
+[run]
+name = "audit"
+seed = 1
+[data]
+dataset = "syn"
+source = "synthetic"
+[data.synthetic]
+symbols = 4
+bars = 400
+[model]
+name = "linear"
+[train]
+threads = 1
+"""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from helpers import SYN_RECIPE as RECIPE
 from serving import train
 
 from quant_cli.cli import app
@@ -106,37 +107,6 @@ def test_feature_rows_score_where_the_rows_sent_hold_a_full_window(tmp_path):
     assert scored.height == sum(n - 7 for n in per_symbol)
     joined = from_bars.join(scored, on=["symbol", "ts"], suffix="_f")
     assert joined.height == from_bars.height and (joined["score"] == joined["score_f"]).all()
-
-
-RECIPE = """
-[run]
-name = "audit"
-seed = 1
-[data]
-dataset = "syn"
-source = "synthetic"
-[data.synthetic]
-symbols = 4
-bars = 400
-[model]
-name = "linear"
-[train]
-threads = 1
-"""
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
-    """A recipe and its ingested dataset; returns (recipe path, the dataset's bars)."""
-    from typer.testing import CliRunner
-
-    root = tmp_path_factory.mktemp("audit")
-    (root / "r.toml").write_text(RECIPE)
-    result = CliRunner().invoke(
-        app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")]
-    )
-    assert result.exit_code == 0, result.output
-    return root, pl.read_delta(str(root / "data" / "syn" / "bars"))
 
 
 def test_a_sequence_bundle_scores_the_latest_bar_like_training(runner, home, tmp_path):

@@ -5,6 +5,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import typer
+from helpers import SYN_RECIPE as RECIPE
 
 from quant_cli.cli import app
 
@@ -106,37 +107,6 @@ def test_a_progress_bar_inside_a_spinner_shares_one_live_display(monkeypatch):
         assert console._Live.progress is not None
     assert console._Live.progress is None
     assert "split: preparing" in buffer.getvalue() and "features" in buffer.getvalue()
-
-
-RECIPE = """
-[run]
-name = "audit"
-seed = 1
-[data]
-dataset = "syn"
-source = "synthetic"
-[data.synthetic]
-symbols = 4
-bars = 400
-[model]
-name = "linear"
-[train]
-threads = 1
-"""
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
-    """A recipe and its ingested dataset; returns (recipe path, the dataset's bars)."""
-    from typer.testing import CliRunner
-
-    root = tmp_path_factory.mktemp("audit")
-    (root / "r.toml").write_text(RECIPE)
-    result = CliRunner().invoke(
-        app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")]
-    )
-    assert result.exit_code == 0, result.output
-    return root, pl.read_delta(str(root / "data" / "syn" / "bars"))
 
 
 def _weights(bars: pl.DataFrame, symbols: list[str] | None = None, shift_days: int = 0) -> pl.DataFrame:

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import httpx
-import polars as pl
 import pytest
 from serving import LiveServer, free_port, train
 
@@ -266,37 +265,6 @@ def test_serve_command_binds_loopback_and_refuses_a_bad_bundle(runner, bundles, 
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert f"serve: bundle {read_json(bundles[0] / 'manifest.json')['bundle_id']} on http://127.0.0.1:{port}" in err
-
-
-RECIPE = """
-[run]
-name = "audit"
-seed = 1
-[data]
-dataset = "syn"
-source = "synthetic"
-[data.synthetic]
-symbols = 4
-bars = 400
-[model]
-name = "linear"
-[train]
-threads = 1
-"""
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
-    """A recipe and its ingested dataset; returns (recipe path, the dataset's bars)."""
-    from typer.testing import CliRunner
-
-    root = tmp_path_factory.mktemp("audit")
-    (root / "r.toml").write_text(RECIPE)
-    result = CliRunner().invoke(
-        app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")]
-    )
-    assert result.exit_code == 0, result.output
-    return root, pl.read_delta(str(root / "data" / "syn" / "bars"))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pytest
+from helpers import SYN_RECIPE as RECIPE
 from helpers import prices_rewritten_after
 
 from quant_cli.cli import app
@@ -271,37 +271,6 @@ def test_a_killed_walkforward_leaves_nothing_that_blocks(tmp_path):
         "run wf-x: the walkforward stage never committed (interrupted); removed "
         "its leftovers (walkforward) and redoing it"
     ]
-
-
-RECIPE = """
-[run]
-name = "audit"
-seed = 1
-[data]
-dataset = "syn"
-source = "synthetic"
-[data.synthetic]
-symbols = 4
-bars = 400
-[model]
-name = "linear"
-[train]
-threads = 1
-"""
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
-    """A recipe and its ingested dataset; returns (recipe path, the dataset's bars)."""
-    from typer.testing import CliRunner
-
-    root = tmp_path_factory.mktemp("audit")
-    (root / "r.toml").write_text(RECIPE)
-    result = CliRunner().invoke(
-        app, ["ingest", "--recipe", str(root / "r.toml"), "--quiet", "--data-dir", str(root / "data")]
-    )
-    assert result.exit_code == 0, result.output
-    return root, pl.read_delta(str(root / "data" / "syn" / "bars"))
 
 
 def test_a_failed_parallel_walkforward_is_one_line_without_joblib_warnings(runner, home, tmp_path):
