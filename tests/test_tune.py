@@ -286,6 +286,8 @@ def test_kill_9_leaves_a_study_that_continues_cleanly(runner, recipe_file, tmp_p
         study = _wait_for_states(tmp_path / "runs", proc, ["COMPLETE", "RUNNING"], timeout=120)
         (during,) = ls_json(runner)  # the study is the run's tune stage: running while its process lives
         assert during["state"] == "running" and during["committed"] == ["split"]
+        # `runs ls` took a while: kill only once a trial is running again, so the kill lands mid-trial
+        _wait_for_last_running(study, proc, timeout=120)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -351,6 +353,16 @@ def _wait_for_states(runs: Path, proc: subprocess.Popen, states: list[str], time
                 return study
         time.sleep(0.05)
     raise AssertionError(f"the tune process did not reach trial states {states} in time")
+
+
+def _wait_for_last_running(study: Path, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        if _states(study)[-1:] == ["RUNNING"]:
+            return
+        time.sleep(0.005)
+    raise AssertionError("the tune process did not start another trial in time")
 
 
 def _states(study: Path) -> list[str]:
