@@ -127,3 +127,34 @@ name = "linear"
 [train]
 threads = 1
 """
+
+
+# A recipe small enough for every stage (walk-forward and tune included) that ingests its own
+# synthetic source: the first-command and the storage-fault tests run real processes on it.
+TINY_RECIPE = """
+[run]
+name = "tiny"
+seed = 3
+[data]
+dataset = "tiny"
+source = "synthetic"
+[data.synthetic]
+symbols = 3
+bars = 260
+[features]
+sets = ["core"]
+[label]
+horizon = 3
+[model]
+name = "lightgbm"
+[model.params]
+n_estimators = 20
+[walkforward]
+train = 120
+test = 40
+validation = 0
+[tune]
+trials = 1
+[tune.space]
+"model.params.num_leaves" = { int = [4, 8] }
+"""

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import TINY_RECIPE as TINY
 from typer.testing import CliRunner
 
 from quant_cli.cli import app
@@ -20,34 +21,6 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 SMALL = ["--set", "data.synthetic.symbols=3", "--set", "data.synthetic.bars=300"]
 QFACTORY = [sys.executable, "-c", "from quant_cli.cli import app; app()"]  # the real CLI, in its own process
 NOTICE = "notice: dataset 'tiny' is not in {data} yet: ingesting it from the recipe's data.source ('synthetic') first"
-
-TINY = """
-[run]
-name = "tiny"
-seed = 3
-[data]
-dataset = "tiny"
-source = "synthetic"
-[data.synthetic]
-symbols = 3
-bars = 260
-[features]
-sets = ["core"]
-[label]
-horizon = 3
-[model]
-name = "lightgbm"
-[model.params]
-n_estimators = 20
-[walkforward]
-train = 120
-test = 40
-validation = 0
-[tune]
-trials = 1
-[tune.space]
-"model.params.num_leaves" = { int = [4, 8] }
-"""
 
 
 def _versions(data_dir: Path, dataset: str) -> list[int]:

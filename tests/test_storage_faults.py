@@ -19,36 +19,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import TINY_RECIPE as TINY
 
 from quant_cli.errors import STORAGE_FIXES
-
-TINY = """
-[run]
-name = "tiny"
-seed = 3
-[data]
-dataset = "tiny"
-source = "synthetic"
-[data.synthetic]
-symbols = 3
-bars = 260
-[features]
-sets = ["core"]
-[label]
-horizon = 3
-[model]
-name = "lightgbm"
-[model.params]
-n_estimators = 20
-[walkforward]
-train = 120
-test = 40
-validation = 0
-[tune]
-trials = 1
-[tune.space]
-"model.params.num_leaves" = { int = [4, 8] }
-"""
 
 # Runs inside the namespace: ingest onto the small disk, fill it to `free` KiB (or remount it read-only),
 # then run each command; prints [exit code, stderr, run folders left, dataset versions] per command.
