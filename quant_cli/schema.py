@@ -182,6 +182,13 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "Coarser bar sizes for the mtf set, e.g. ['1w'] on daily or ['1h', '1d'] on minute bars.",
             duration=True,
         ),
+        "plugins": Key(
+            "list[str]",
+            [],
+            "Python files of factor functions, each a feature (docs/factors.md); relative to the recipe file. "
+            "They run your code: bundles carrying them need --trust-plugins to load.",
+            path=True,
+        ),
     },
     "label": {
         "kind": Key(

@@ -87,6 +87,8 @@ class Family:
     sources: tuple[str, ...] = ()  # features it is computed from: "ret_{w}", "MAX{w}", or "{feature}"
     derived: tuple[str, ...] = ()  # per-symbol helper columns (Registry.derive) computed once, before the features
     compute: Callable[..., Any] | None = None  # the kernel implementation (see the class doc)
+    lookback: int = 1  # bars of history a value reads beyond `window` (a plugin's @factor(window=...))
+    plugin: str | None = None  # "file.py:<sha256>" of a user's factor plugin (features/plugins.py), else None
 
     @property
     def kernel(self) -> bool:

@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from quant_cli.errors import RunError
-from quant_cli.features import engine
+from quant_cli.features import engine, plugins
 from quant_cli.features.align import FeatureOptions
 from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.features.registry import REGISTRY, Feature
@@ -48,7 +48,7 @@ FORMAT_VERSION = 1
 def feature_lookback(feature: Feature) -> int:
     """Bars of history a feature's definition reads (its window, or its sources'); recursive
     features (EMA, Wilder) converge over more bars than this."""
-    own = feature.window or 1
+    own = max(feature.window or 1, feature.family.lookback)
     return max([own, *(feature_lookback(s) for s in feature.sources)])
 
 
@@ -67,6 +67,9 @@ class FittedPipeline:
     # full-history value (pipeline/lookback.py); empty until measured (the bundle measures it).
     warmup: dict[str, int] = field(default_factory=dict)
     regime: dict[str, Any] | None = None  # the fitted regime HMM (pipeline/regime.py) when HMM_FEATURE is a feature
+    # The factor plugins' sources its features need (features/plugins.py), carried so that a continued
+    # run, a worker process and a bundle compute them with the code the run was built with.
+    plugins: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def from_recipe(
@@ -77,7 +80,8 @@ class FittedPipeline:
         adjustment: Adjustment,
         feature_version: str | None = None,
     ) -> FittedPipeline:
-        lookback = {f.name: feature_lookback(f) for f in engine.as_features(features)}
+        specs = engine.as_features(features)
+        lookback = {f.name: feature_lookback(f) for f in specs}
         return cls(
             features=list(features),
             preprocess=dict(recipe["preprocess"]),
@@ -91,6 +95,7 @@ class FittedPipeline:
             symbol_encoding=recipe["model"]["symbol_encoding"],
             unseen_symbols=recipe["model"]["unseen_symbols"],
             feature_version=feature_version,
+            plugins=[p.to_json() for p in plugins.carried(specs)],
         )
 
     @property
@@ -106,11 +111,16 @@ class FittedPipeline:
         """Measure every feature's honest lookback on real bars and keep it (see pipeline/lookback.py)."""
         measured = lookback.measure(self, bars, reporter)
         self.warmup = dict(measured.bars)
+        for feature in self.specs:  # a plugin's declared window is honoured even where it converges sooner
+            if feature.family.plugin is not None:
+                self.warmup[feature.name] = max(self.warmup.get(feature.name, 1), self.lookback[feature.name])
         return measured
 
     @functools.cached_property
     def specs(self) -> list[Feature]:
-        """The features as registry objects, looked up once (a served request must not re-resolve 158 names)."""
+        """The features as registry objects, looked up once (a served request must not re-resolve 158 names);
+        carried plugins are registered first (in a worker process this is where they arrive)."""
+        activate_carried(self.plugins, "pipeline")
         return engine.as_features(self.features)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -225,6 +235,7 @@ class FittedPipeline:
             "dtype": "float32",
             "warmup": self.warmup,
             "regime": self.regime,
+            **({"plugins": self.plugins} if self.plugins else {}),
         }
 
     @classmethod
@@ -234,6 +245,8 @@ class FittedPipeline:
                 f"pipeline.json has format_version {data.get('format_version')!r}, "
                 f"expected {FORMAT_VERSION}; it was written by another qfactory version"
             )
+        carried = list(data.get("plugins") or [])
+        activate_carried(carried, "pipeline.json")  # callers that load untrusted bundles check first
         unknown = [f for f in data["features"] if not _known(f)]
         if unknown:
             raise RunError(f"pipeline.json names features this qfactory does not know: {unknown[:5]}")
@@ -249,6 +262,7 @@ class FittedPipeline:
             state=data.get("state"),
             warmup={k: int(v) for k, v in data.get("warmup", {}).items()},
             regime=data.get("regime"),
+            plugins=carried,
         )
 
 
@@ -257,6 +271,12 @@ def _sequences(ordered: pl.DataFrame) -> list[np.ndarray]:
     values = ordered.get_column(HMM_FEATURE).cast(pl.Float64).fill_null(float("nan")).to_numpy()
     counts = ordered.group_by("symbol", maintain_order=True).len().get_column("len").to_numpy()
     return np.split(values, np.cumsum(counts)[:-1]) if len(counts) else []
+
+
+def activate_carried(carried: list[dict[str, str]], where: str) -> None:
+    """Register the factor plugins a pipeline carries (their text is checked against its SHA-256)."""
+    if carried:
+        plugins.activate([plugins.PluginSource.from_json(p, where) for p in carried])
 
 
 def _known(name: str) -> bool:
