@@ -34,7 +34,6 @@ from quant_cli.features.registry import REGISTRY, Family, Feature
 from quant_cli.plugin_api import ATTRIBUTE, FactorSpec
 
 SECTION_KEY = "plugins"
-TAG = "plugin"
 _RESERVED = ("symbol", "ts")
 
 
@@ -212,7 +211,7 @@ def _family(plugin: PluginSource, name: str, spec: FactorSpec) -> Family:
     return Family(
         pattern=name,
         inputs=spec.inputs,
-        tags=(TAG,),
+        tags=(),  # no tag: `include = ["<tag>"]` must not pick up factors another recipe activated
         description=f"factor plugin {plugin.file}",
         build=None,
         compute=PluginFactor(plugin, name, spec.inputs),
