@@ -27,9 +27,9 @@ class FactorSpec:
 def factor(window: int = 1, inputs: Sequence[str] = DEFAULT_INPUTS) -> Callable[[F], F]:
     """Declare a plugin factor's lookback and input columns; the function itself is unchanged.
 
-        @factor(window=20, inputs=("close", "volume"))
-        def vol_ma20(bars):
-            return bars["volume"].rolling_mean(20) / bars["volume"]
+    @factor(window=20, inputs=("close", "volume"))
+    def vol_ma20(bars):
+        return bars["volume"].rolling_mean(20) / bars["volume"]
     """
     spec = FactorSpec(window, tuple(inputs) if not isinstance(inputs, str) else (inputs,))
 

@@ -140,28 +140,66 @@ def test_the_test_only_switch_skips_the_check_and_gets_its_own_fingerprint(data_
 
 
 BAD = [
-    ("missing", None, "error: features.plugins: factors.py not found at {folder}/factors.py; plugin paths are "
-     "relative to the recipe file"),
-    ("syntax", "def f(bars)\n    return bars['close']\n", "error: plugin factors.py: syntax error at line 1: "
-     "expected ':'; fix the file"),
-    ("import", "import nonexistent_module_xyz\n", "error: plugin factors.py: running it raised "
-     "ModuleNotFoundError: No module named 'nonexistent_module_xyz' (line 1); fix the file"),
-    ("none", "X = 1\n", "error: plugin factors.py defines no factor: add a top-level function (name not starting "
-     "with '_') that takes one symbol's bars and returns a Series"),
-    ("arity", "def f(bars, other):\n    return bars['close']\n", "error: plugin factors.py: factor 'f' takes 2 "
-     "required argument(s); a factor takes exactly one, the symbol's bars (give any other argument a default, or "
-     "start the name with '_')"),
-    ("window", "from quant_cli import factor\n@factor(window=0)\ndef f(bars):\n    return bars['close']\n",
-     "error: plugin factors.py: factor 'f': @factor(window=0): window is the bars of history it reads, 1 to 100000"),
-    ("clash", "def rsi_14(bars):\n    return bars['close']\n", "error: plugin factors.py: factor 'rsi_14' clashes "
-     "with the built-in feature 'rsi_14'; rename the function"),
-    ("length", "def f(bars):\n    return bars['close'].head(5)\n", "error: plugin factors.py: factor 'f' returned "
-     "5 values for 200 bars of S000; return a polars Series or a 1-D numpy array of numbers, one per bar"),
-    ("type", "def f(bars):\n    return list(bars['close'])\n", "error: plugin factors.py: factor 'f' returned "
-     "list for the bars of S000; return a polars Series or a 1-D numpy array of numbers, one per bar"),
-    ("raises", "def f(bars):\n    return bars['volume']\n", "error: plugin factors.py: factor 'f' raised "
-     'ColumnNotFoundError on the bars of S000 ("volume" not found); fix the function (it receives one symbol\'s bars with columns symbol, ts, close; declare other '
-     "columns with @factor(inputs=...))"),
+    (
+        "missing",
+        None,
+        "error: features.plugins: factors.py not found at {folder}/factors.py; plugin paths are "
+        "relative to the recipe file",
+    ),
+    (
+        "syntax",
+        "def f(bars)\n    return bars['close']\n",
+        "error: plugin factors.py: syntax error at line 1: expected ':'; fix the file",
+    ),
+    (
+        "import",
+        "import nonexistent_module_xyz\n",
+        "error: plugin factors.py: running it raised "
+        "ModuleNotFoundError: No module named 'nonexistent_module_xyz' (line 1); fix the file",
+    ),
+    (
+        "none",
+        "X = 1\n",
+        "error: plugin factors.py defines no factor: add a top-level function (name not starting "
+        "with '_') that takes one symbol's bars and returns a Series",
+    ),
+    (
+        "arity",
+        "def f(bars, other):\n    return bars['close']\n",
+        "error: plugin factors.py: factor 'f' takes 2 "
+        "required argument(s); a factor takes exactly one, the symbol's bars (give any other argument a default, or "
+        "start the name with '_')",
+    ),
+    (
+        "window",
+        "from quant_cli import factor\n@factor(window=0)\ndef f(bars):\n    return bars['close']\n",
+        "error: plugin factors.py: factor 'f': @factor(window=0): window is the bars of history it reads, 1 to 100000",
+    ),
+    (
+        "clash",
+        "def rsi_14(bars):\n    return bars['close']\n",
+        "error: plugin factors.py: factor 'rsi_14' clashes with the built-in feature 'rsi_14'; rename the function",
+    ),
+    (
+        "length",
+        "def f(bars):\n    return bars['close'].head(5)\n",
+        "error: plugin factors.py: factor 'f' returned "
+        "5 values for 200 bars of S000; return a polars Series or a 1-D numpy array of numbers, one per bar",
+    ),
+    (
+        "type",
+        "def f(bars):\n    return list(bars['close'])\n",
+        "error: plugin factors.py: factor 'f' returned "
+        "a list for the bars of S000; return a polars Series or a 1-D numpy array of numbers, one per bar",
+    ),
+    (
+        "raises",
+        "def f(bars):\n    return bars['volume']\n",
+        "error: plugin factors.py: factor 'f' raised "
+        'ColumnNotFoundError on the bars of S000 ("volume" not found); fix the function (it receives one '
+        "symbol's bars with columns symbol, ts, close; declare other "
+        "columns with @factor(inputs=...))",
+    ),
 ]
 
 

@@ -9,6 +9,10 @@ run built on a leaky plugin with the build-time check skipped by the test-only s
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -20,13 +24,16 @@ from typer.testing import CliRunner
 
 from quant_cli import stages
 from quant_cli.cli import app
+from quant_cli.data.synthetic import generate
 from quant_cli.features import REGISTRY, plugin_check
 from quant_cli.io import read_json
+from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.recipe import load_recipe
 from quant_cli.runs.directory import Run
 from quant_cli.serve.app import create_app
 from quant_cli.serve.bundle import load
 
+ROOT = str(Path(__file__).resolve().parents[1])
 CLEAN = """
     from quant_cli import factor
 
@@ -166,3 +173,22 @@ def test_the_audit_refuses_a_run_whose_plugin_file_changed(data_dir, tmp_path):
         f"run {run.id}: plugin factors.py changed since the run was made (its SHA-256 differs from the one in "
         "split/pipeline.json); restore the file to audit this run, or train a new run"
     )
+
+
+def test_a_pipeline_sent_to_another_process_brings_its_plugin(clean, tmp_path):
+    """Worker processes (walk-forward folds, tuning trials, feature groups) get pickled pipelines and plans:
+    the carried source registers there, where the plugin file was never read."""
+    run, _, _ = clean
+    pipeline = FittedPipeline.from_json(read_json(run.path / "split" / "pipeline.json"))
+    bars = generate(symbols=2, bars=60, seed=9)
+    here = pipeline.compute(bars).select("symbol", "ts", "ma15_gap")
+    (tmp_path / "pipeline.pkl").write_bytes(pickle.dumps(pipeline))
+    bars.write_parquet(tmp_path / "bars.parquet")
+    script = (
+        "import pickle, sys, polars as pl; p = pickle.load(open(sys.argv[1], 'rb')); "
+        "p.compute(pl.read_parquet(sys.argv[2])).select('symbol', 'ts', 'ma15_gap').write_parquet(sys.argv[3])"
+    )
+    files = [str(tmp_path / n) for n in ("pipeline.pkl", "bars.parquet", "there.parquet")]
+    subprocess.run([sys.executable, "-c", script, *files], check=True, env={**os.environ, "PYTHONPATH": ROOT})
+    there = pl.read_parquet(tmp_path / "there.parquet")
+    assert there.equals(here) and there["ma15_gap"].null_count() == 2 * 14

@@ -111,7 +111,11 @@ def _as_array(result: Any, rows: int, where: str, symbol: str) -> np.ndarray:
     elif isinstance(result, np.ndarray) and result.ndim == 1 and result.dtype.kind in "biuf":
         values = result.astype(np.float64)
     else:
-        kind = f"a {result.ndim}-D {result.dtype} array" if isinstance(result, np.ndarray) else type(result).__name__
+        kind = (
+            f"a {result.ndim}-D {result.dtype} array"
+            if isinstance(result, np.ndarray)
+            else f"a {type(result).__name__}"
+        )
         raise RecipeError(f"{where} {kind} for the bars of {symbol}; {fix}")
     if len(values) != rows:
         raise RecipeError(f"{where} {len(values)} values for {rows} bars of {symbol}; {fix}")
@@ -141,9 +145,7 @@ def _execute(plugin: PluginSource) -> types.ModuleType:
     try:
         code = compile(plugin.source, plugin.file, "exec")
     except SyntaxError as exc:
-        raise RecipeError(
-            f"{plugin.label}: syntax error at line {exc.lineno}: {exc.msg}; fix the file"
-        ) from None
+        raise RecipeError(f"{plugin.label}: syntax error at line {exc.lineno}: {exc.msg}; fix the file") from None
     module = types.ModuleType(name)
     module.__file__ = plugin.file
     sys.modules[name] = module  # dataclasses and pickling inside the plugin look themselves up here
@@ -186,7 +188,8 @@ def _check_signature(plugin: PluginSource, name: str, fn: Callable[..., Any]) ->
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     params = list(inspect.signature(fn).parameters.values())
     positional = [p for p in params if p.kind in kinds]
-    required = [p for p in params if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    required = [p for p in params if p.default is inspect.Parameter.empty and p.kind not in variadic]
     if not positional or len(required) > 1:
         raise RecipeError(
             f"{plugin.label}: factor {name!r} takes {len(required)} required argument(s); a factor takes "
@@ -201,9 +204,7 @@ def _spec(plugin: PluginSource, name: str, spec: Any) -> FactorSpec:
         raise RecipeError(f"{where}(window={window!r}): window is the bars of history it reads, 1 to 100000")
     inputs = getattr(spec, "inputs", ())
     if not inputs or not all(isinstance(c, str) and c and c not in _RESERVED for c in inputs):
-        raise RecipeError(
-            f"{where}(inputs={inputs!r}): inputs are the bar columns it reads, e.g. ('close', 'volume')"
-        )
+        raise RecipeError(f"{where}(inputs={inputs!r}): inputs are the bar columns it reads, e.g. ('close', 'volume')")
     return FactorSpec(window, tuple(dict.fromkeys(inputs)))
 
 

@@ -113,8 +113,7 @@ def _absolute_paths(layer: dict[str, Any], schema: dict[str, Any], folder: Path)
             layer[key] = os.path.normpath(os.path.join(os.path.abspath(folder), value))
         elif isinstance(spec, Key) and spec.path and isinstance(value, list):  # a list of paths (features.plugins)
             layer[key] = [
-                os.path.normpath(os.path.join(os.path.abspath(folder), v)) if _is_relative_path(v) else v
-                for v in value
+                os.path.normpath(os.path.join(os.path.abspath(folder), v)) if _is_relative_path(v) else v for v in value
             ]
     return layer
 
