@@ -151,9 +151,10 @@ def test_the_audit_passes_a_clean_plugin_run(clean, data_dir):
 
 
 def test_the_audit_fails_a_run_built_on_a_leaky_plugin(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv(plugin_check.SKIP_ENV, "1")  # the test-only switch: the build would refuse it
-    run = train_with(tmp_path, data_dir, LEAKY)
-    code, payload, stderr = audit(run, data_dir)
+    with monkeypatch.context() as switch:
+        switch.setenv(plugin_check.SKIP_ENV, "1")  # the test-only switch: the build would refuse the plugin
+        run = train_with(tmp_path, data_dir, LEAKY)
+    code, payload, stderr = audit(run, data_dir)  # the switch is off: the audit's verdict, not a refused refit
     report = payload["audit"]
     first = report["scoring"]["checks"][0]
     assert code == 3 and report["verdict"] == "fail" and not first["passed"]

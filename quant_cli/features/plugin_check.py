@@ -10,13 +10,17 @@ whole-series statistics (a z-score over the full series) and backward fills.
 
 The computation goes through the feature engine, as the build does. QFACTORY_TESTS_SKIP_PLUGIN_CHECK=1
 skips the check: it exists for tests only (to make a leaky run the audit must catch), and a feature
-version built without the check gets its own fingerprint, so no checked build ever reuses it.
+version built without the check gets its own fingerprint, so no checked build ever reuses it. The
+audit's refits on rewritten bars (in a private data home) skip it too (`audited`): the audit checks
+look-ahead itself and reports a leak as its verdict.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -32,9 +36,24 @@ PRICES = ("open", "high", "low", "close", "vwap", "adj_close")
 RTOL, ATOL = 1e-9, 1e-12
 
 
+# Set while `qfactory audit` refits a run on rewritten bars: the audit measures look-ahead end to end
+# itself, so a leaky plugin shows as a failed audit check (exit 3), not as a refused refit.
+_AUDITING: contextvars.ContextVar[bool] = contextvars.ContextVar("qfactory_plugin_check_audited", default=False)
+
+
 def skipped() -> bool:
-    """The test-only switch is set (see the module doc)."""
-    return os.environ.get(SKIP_ENV, "") not in ("", "0")
+    """The test-only switch is set, or an audit's refit is building (see the module doc)."""
+    return _AUDITING.get() or os.environ.get(SKIP_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def audited() -> Iterator[None]:
+    """Builds inside skip the check: for the audit's private refits only (audit/training.py)."""
+    token = _AUDITING.set(True)
+    try:
+        yield
+    finally:
+        _AUDITING.reset(token)
 
 
 def check_symbols(rows_per_symbol: dict[str, int]) -> list[str]:

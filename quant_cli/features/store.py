@@ -280,7 +280,7 @@ def _check_plugins(req: _Request, todo: engine.Plan, rows_per_symbol: dict[str, 
     features = [f for f in todo.stage1 if f.family.plugin is not None]
     if not features:
         return
-    if plugin_check.skipped():
+    if plugin_check.skipped():  # the test-only switch, or an audit's private refit (plugin_check.py)
         req.reporter.warn(f"features: the plugin causality check is skipped ({plugin_check.SKIP_ENV}: tests only)")
         return
     with req.reporter.working(f"features: checking {len(features)} plugin factor(s) for look-ahead"):
