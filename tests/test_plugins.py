@@ -211,3 +211,21 @@ def test_a_bad_plugin_is_one_line_and_exit_2(case, source, line, data_dir, tmp_p
     code, out, err = features(path, data_dir)
     assert (code, out) == (2, "")
     assert err == line.format(folder=tmp_path) + "\n"
+
+
+def test_worker_processes_compute_a_plugin_from_its_carried_source(data_dir, tmp_path):
+    """A build on the local backend with 2 jobs sends each symbol group to a worker process (pickled
+    plan): the plugin's source travels with it; the values equal the in-process formula."""
+    from quant_cli.backend import open_backend
+    from quant_cli.features.store import feature_table
+    from quant_cli.recipe import load_recipe
+
+    path = recipe(tmp_path, CLEAN.replace("rolling_mean(10)", "rolling_mean(7)"))
+    with open_backend("local", 2) as backend:
+        built = feature_table(load_recipe(path), data_dir, chunk_rows=200, backend=backend)
+    assert len(list((built.path / "table").glob("part-*.parquet"))) == 3  # one group per symbol
+    bars = pl.read_delta(str(data_dir / "p" / "bars")).sort("symbol", "ts")
+    expected = (pl.col("close").rolling_mean(7) / pl.col("close") - 1).over("symbol")
+    assert built.frame.sort("symbol", "ts")["close_ma10_gap"].equals(
+        bars.select(expected.alias("close_ma10_gap"))["close_ma10_gap"]
+    )
