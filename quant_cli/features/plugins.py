@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from quant_cli.errors import RecipeError, RunError, clipped
-from quant_cli.features.registry import REGISTRY, Family, Feature
+from quant_cli.features.registry import REGISTRY, Family
 from quant_cli.plugin_api import ATTRIBUTE, FactorSpec
 
 SECTION_KEY = "plugins"
@@ -294,11 +294,12 @@ def recipe_selection(section: Mapping[str, Any]) -> tuple[Any, list[PluginSource
     return REGISTRY.resolve({**section, "include": include}), plugins
 
 
-def carried(features: Sequence[Feature]) -> list[PluginSource]:
-    """The plugin sources `features` need, in order, for a pipeline (and so a bundle) to carry."""
+def carried(names: Sequence[str]) -> list[PluginSource]:
+    """The plugin sources the features `names` need, in order, for a pipeline (and so a bundle) to carry."""
     found: dict[str, PluginSource] = {}
-    for feature in features:
-        compute = feature.family.compute
+    for name in names:
+        family = REGISTRY.families.get(name)
+        compute = family.compute if family is not None else None
         if isinstance(compute, PluginFactor):
             found.setdefault(compute.plugin.sha256, compute.plugin)
     return list(found.values())

@@ -62,14 +62,14 @@ class FittedPipeline:
     symbol_encoding: str = "none"
     unseen_symbols: str = "error"
     feature_version: str | None = None  # the feature-store fingerprint the table came from
+    # The factor plugins' sources its features need (features/plugins.py), carried so that a continued
+    # run, a worker process and a bundle compute them with the code the run was built with.
+    plugins: list[dict[str, str]] = field(default_factory=list)
     state: dict[str, Any] | None = None
     # Measured bars per feature after which a value computed from that many bars agrees with the
     # full-history value (pipeline/lookback.py); empty until measured (the bundle measures it).
     warmup: dict[str, int] = field(default_factory=dict)
     regime: dict[str, Any] | None = None  # the fitted regime HMM (pipeline/regime.py) when HMM_FEATURE is a feature
-    # The factor plugins' sources its features need (features/plugins.py), carried so that a continued
-    # run, a worker process and a bundle compute them with the code the run was built with.
-    plugins: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def from_recipe(
@@ -80,8 +80,7 @@ class FittedPipeline:
         adjustment: Adjustment,
         feature_version: str | None = None,
     ) -> FittedPipeline:
-        specs = engine.as_features(features)
-        lookback = {f.name: feature_lookback(f) for f in specs}
+        lookback = {f.name: feature_lookback(f) for f in engine.as_features(features)}
         return cls(
             features=list(features),
             preprocess=dict(recipe["preprocess"]),
@@ -92,10 +91,10 @@ class FittedPipeline:
             },
             lookback=lookback,
             adjustment=adjustment,
+            plugins=[p.to_json() for p in plugins.carried(features)],
             symbol_encoding=recipe["model"]["symbol_encoding"],
             unseen_symbols=recipe["model"]["unseen_symbols"],
             feature_version=feature_version,
-            plugins=[p.to_json() for p in plugins.carried(specs)],
         )
 
     @property
@@ -118,14 +117,17 @@ class FittedPipeline:
 
     @functools.cached_property
     def specs(self) -> list[Feature]:
-        """The features as registry objects, looked up once (a served request must not re-resolve 158 names);
-        carried plugins are registered first (in a worker process this is where they arrive)."""
-        activate_carried(self.plugins, "pipeline")
+        """The features as registry objects, looked up once (a served request must not re-resolve 158 names)."""
         return engine.as_features(self.features)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (e.g. to a worker process) without the cached registry objects: they are rebuilt there."""
         return {k: v for k, v in self.__dict__.items() if k != "specs"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled in a worker process: the carried plugins register there before any feature is looked up."""
+        self.__dict__.update(state)
+        activate_carried(self.plugins, "pipeline")
 
     def unfitted(self) -> FittedPipeline:
         return dataclasses.replace(self, state=None, regime=None)
@@ -231,22 +233,22 @@ class FittedPipeline:
             "symbol_encoding": self.symbol_encoding,
             "unseen_symbols": self.unseen_symbols,
             "feature_version": self.feature_version,
+            **({"plugins": self.plugins} if self.plugins else {}),
             "state": self.state,
             "dtype": "float32",
             "warmup": self.warmup,
             "regime": self.regime,
-            **({"plugins": self.plugins} if self.plugins else {}),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FittedPipeline:
+        carried = list(data.get("plugins") or [])
+        activate_carried(carried, "pipeline.json")  # callers that load untrusted bundles check first
         if data.get("format_version") != FORMAT_VERSION:
             raise RunError(
                 f"pipeline.json has format_version {data.get('format_version')!r}, "
                 f"expected {FORMAT_VERSION}; it was written by another qfactory version"
             )
-        carried = list(data.get("plugins") or [])
-        activate_carried(carried, "pipeline.json")  # callers that load untrusted bundles check first
         unknown = [f for f in data["features"] if not _known(f)]
         if unknown:
             raise RunError(f"pipeline.json names features this qfactory does not know: {unknown[:5]}")
@@ -259,10 +261,10 @@ class FittedPipeline:
             symbol_encoding=data["symbol_encoding"],
             unseen_symbols=data["unseen_symbols"],
             feature_version=data.get("feature_version"),
+            plugins=carried,
             state=data.get("state"),
             warmup={k: int(v) for k, v in data.get("warmup", {}).items()},
             regime=data.get("regime"),
-            plugins=carried,
         )
 
 
