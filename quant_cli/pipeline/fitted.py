@@ -275,15 +275,15 @@ def _sequences(ordered: pl.DataFrame) -> list[np.ndarray]:
     return np.split(values, np.cumsum(counts)[:-1]) if len(counts) else []
 
 
-def activate_carried(carried: list[dict[str, str]], where: str) -> None:
-    """Register the factor plugins a pipeline carries (their text is checked against its SHA-256)."""
-    if carried:
-        plugins.activate([plugins.PluginSource.from_json(p, where) for p in carried])
-
-
 def _known(name: str) -> bool:
     try:
         REGISTRY.feature(name)
     except KeyError:
         return False
     return True
+
+
+def activate_carried(carried: list[dict[str, str]], where: str) -> None:
+    """Register the factor plugins a pipeline carries (their text is checked against its SHA-256)."""
+    if carried:
+        plugins.activate([plugins.PluginSource.from_json(p, where) for p in carried])
