@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from quant_cli import stages
 from quant_cli.cli import app
 from quant_cli.data.synthetic import generate
+from quant_cli.errors import RunError
 from quant_cli.features import REGISTRY, plugin_check
 from quant_cli.io import read_json
 from quant_cli.pipeline.fitted import FittedPipeline
@@ -193,3 +194,12 @@ def test_a_pipeline_sent_to_another_process_brings_its_plugin(clean, tmp_path):
     subprocess.run([sys.executable, "-c", script, *files], check=True, env={**os.environ, "PYTHONPATH": ROOT})
     there = pl.read_parquet(tmp_path / "there.parquet")
     assert there.equals(here) and there["ma15_gap"].null_count() == 2 * 14
+
+
+def test_a_carried_source_must_match_its_hash(clean):
+    run, _, _ = clean
+    data = read_json(run.path / "split" / "pipeline.json")
+    data["plugins"][0]["source"] += "\nimport os  # slipped in\n"
+    with pytest.raises(RunError) as refused:
+        FittedPipeline.from_json(data)
+    assert str(refused.value) == "pipeline.json: the source of plugin factors.py does not match its sha256"
