@@ -50,14 +50,6 @@ LEAKS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _forget_plugins():
-    """Plugin factors register in the process-wide registry: drop them after each test."""
-    yield
-    for name in [n for n, f in REGISTRY.families.items() if f.plugin is not None]:
-        del REGISTRY.families[name]
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("plugins")

@@ -26,7 +26,7 @@ from quant_cli import stages
 from quant_cli.cli import app
 from quant_cli.data.synthetic import generate
 from quant_cli.errors import RunError
-from quant_cli.features import REGISTRY, plugin_check
+from quant_cli.features import plugin_check
 from quant_cli.io import read_json
 from quant_cli.pipeline.fitted import FittedPipeline
 from quant_cli.recipe import load_recipe
@@ -63,14 +63,6 @@ def train_with(root: Path, data_dir: Path, source: str) -> Run:
         f'features.plugins=["{root / "factors.py"}"]',
     ]
     return stages.train_new(load_recipe(None, overrides), data_dir, root / "runs").run
-
-
-@pytest.fixture(autouse=True)
-def _forget_plugins():
-    """Plugin factors register in the process-wide registry: drop them after each test."""
-    yield
-    for name in [n for n, f in REGISTRY.families.items() if f.plugin is not None]:
-        del REGISTRY.families[name]
 
 
 @pytest.fixture(scope="module")
