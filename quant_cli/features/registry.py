@@ -367,7 +367,11 @@ class Registry:
                     chosen.pop(family.pattern, None)
                 else:
                     chosen.get(family.pattern, set()).discard(variant)
-        return self._ordered(chosen)
+        selection = self._ordered(chosen)
+        # Factor expressions ([features.expressions]) follow the built-in columns, sorted by name.
+        from quant_cli.features.expression_eval import expression_features  # noqa: PLC0415 - it imports this module
+
+        return Selection([*selection.features, *expression_features(section)], selection.too_short)
 
     def _match(self, item: str, key: str) -> list[tuple[Family, Variant]]:
         """(family, variant) pairs `item` names; variant is _WHOLE for a tag or a family pattern."""

@@ -107,7 +107,9 @@ def agrees(values: np.ndarray, reference: np.ndarray, scale: np.ndarray | float 
 def _features(pipeline: Any, bars: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     """The pipeline's own feature path (adjustment, benchmark from the bars, engine, the fitted
     regime filter: a recursion over all history, measured like an EMA) for `names`."""
-    table = engine.compute_features(pipeline.adjustment.apply(bars), names, pipeline.feature_options())
+    wanted = set(names)
+    specs = [f for f in pipeline.specs if f.name in wanted]
+    table = engine.compute_features(pipeline.adjustment.apply(bars), specs, pipeline.feature_options())
     return pipeline.with_regime(table) if HMM_FEATURE in names and pipeline.regime is not None else table
 
 
@@ -200,19 +202,19 @@ def request_bars(features: int, model: Any, channels: Lookback | None = None) ->
 
 def benchmark_symbol(pipeline: Any) -> str | None:
     """The benchmark symbol a request must include, when a feature reads it."""
-    features = engine.as_features(pipeline.features)
+    features = pipeline.specs
     reads = any(align.BENCHMARK_CLOSE in _inputs_of(f) for f in features)
     return pipeline.options.get("benchmark") if reads else None
 
 
 def cross_sectional(pipeline: Any) -> list[str]:
     """The features computed across symbols at one timestamp (they need the whole universe)."""
-    return [f.name for f in engine.as_features(pipeline.features) if f.family.stage == 2]
+    return [f.name for f in pipeline.specs if f.family.stage == 2]
 
 
 def extra_keys(pipeline: Any) -> list[str]:
     """Non-price grouping columns a request must carry (e.g. `sector` for sector-relative features)."""
-    keys = {k for f in engine.as_features(pipeline.features) if f.family.stage == 2 for k in f.family.over_keys}
+    keys = {k for f in pipeline.specs if f.family.stage == 2 for k in f.family.over_keys}
     return sorted(keys - {"symbol", "ts"})
 
 
@@ -220,7 +222,7 @@ def input_columns(pipeline: Any, trained_on: list[str]) -> list[str]:
     """Raw bar columns the features read, given the columns the training bars had: vwap is derived
     from high/low/close when training had none (else it is required, so serving reads what training
     read); the benchmark close comes from the benchmark symbol's bars."""
-    reads = {c for f in engine.as_features(pipeline.features) for c in _inputs_of(f)}
+    reads = {c for f in pipeline.specs for c in _inputs_of(f)}
     columns = reads - {align.BENCHMARK_CLOSE}
     if "vwap" in reads and "vwap" not in trained_on:
         columns = (columns - {"vwap"}) | {"high", "low", "close"}
