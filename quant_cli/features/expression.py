@@ -225,7 +225,8 @@ class _Parser:
                 start = len(text) - len(text[pos:].lstrip())
                 raise self.fail(f"unexpected character {text[start]!r} at position {start + 1}")
             kind = found.lastgroup or "op"
-            tokens.append((kind, found.group(kind), found.start(kind)))
+            start = found.start(kind) - (kind == "field")  # a field's token starts at its '$'
+            tokens.append((kind, found.group(kind), start))
             pos = found.end()
         return tokens
 
@@ -249,7 +250,8 @@ class _Parser:
         node = self.comparison()
         token = self.peek()
         if token is not None:
-            raise self.fail(f"unexpected {token[1]!r} at position {token[2] + 1}")
+            shown = f"${token[1]}" if token[0] == "field" else token[1]
+            raise self.fail(f"unexpected {shown!r} at position {token[2] + 1}")
         return node
 
     def comparison(self) -> Node:

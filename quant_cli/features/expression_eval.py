@@ -204,3 +204,42 @@ def features_for(names: Sequence[str], expressions: Mapping[str, str]) -> list[F
     from quant_cli.features.engine import as_features
 
     return [expression_feature(n, expressions[n]) if n in expressions else as_features([n])[0] for n in names]
+
+
+def explain(name: str, section: Mapping[str, Any]) -> dict[str, Any]:
+    """What `qfactory features --explain NAME` prints: an expression's text, parsed form, window and
+    lookback, or a built-in feature's definition; RecipeError (with a close match) for an unknown name."""
+    from quant_cli.errors import RecipeError, suggest
+    from quant_cli.features.registry import REGISTRY
+
+    table = section.get("expressions") or {}
+    if name in table:
+        expression = parse(name, table[name])
+        return {
+            "name": name,
+            "kind": "expression",
+            "expression": expression.text,
+            "parsed": str(expression.root),
+            "inputs": list(expression.fields),
+            "window": expression.window,
+            "lookback": expression.lookback,
+        }
+    try:
+        feature = REGISTRY.feature(name)
+    except KeyError:
+        known = [*table, *REGISTRY.families]
+        raise RecipeError(
+            f"--explain: unknown feature {name!r}{suggest(name, known)}; give a built-in feature name "
+            "(`qfactory features ls-specs`) or the name of an expression in --recipe's [features.expressions]"
+        ) from None
+    from quant_cli.pipeline.fitted import feature_lookback
+
+    return {
+        "name": feature.name,
+        "kind": "built-in",
+        "family": feature.family.pattern,
+        "description": feature.family.description,
+        "inputs": list(feature.inputs),
+        "window": feature.window or 0,
+        "lookback": feature_lookback(feature),  # the pipeline's (definitional) lookback; a bundle measures the exact one
+    }
