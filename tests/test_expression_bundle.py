@@ -1,0 +1,84 @@
+"""Factor expressions end to end (issue 23 §1): a run trained on expressions stores them in its
+versioned feature table (the fingerprint covers their text), its bundle carries them with a lookback
+covering their windows, and `qfactory predict` and the server recompute them from the bundle and
+give the run's own scores."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+from serving import LiveServer, train
+
+from quant_cli import stages
+from quant_cli.cli import app
+from quant_cli.data.store import load_bars
+from quant_cli.features.store import feature_fingerprint
+from quant_cli.io import read_json
+from quant_cli.pipeline.lookback import tail_bars
+from quant_cli.serve.app import create_app
+from quant_cli.serve.bundle import load
+from quant_cli.serve.loaded import records
+
+EXPRESSIONS = {
+    "mom5": "$close / Ref($close, 5) - 1",
+    "vcorr10": "Corr($close, Log($volume + 1), 10)",
+    "trend": "Slope($close, 20) / Mean($close, 20)",
+    "ema_gap": "EMA($close, 8) / $close - 1",  # recursive: the bundle's lookback is measured
+}
+EXTRA = (
+    "features.sets=[]",
+    'features.include=["ret_5"]',
+    *(f"features.expressions.{name}={text!r}".replace("'", '"') for name, text in EXPRESSIONS.items()),
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    trained = train(tmp_path_factory.mktemp("expr"), extra=EXTRA)
+    return trained, stages.bundle_existing(trained.run, trained.data_dir).bundle
+
+
+def test_the_run_trains_on_the_expressions(trained):
+    run, bundle = trained
+    pipeline = read_json(bundle / "pipeline.json")
+    assert pipeline["features"] == ["ret_5", "ema_gap", "mom5", "trend", "vcorr10"]  # built-ins, then by name
+    assert pipeline["expressions"] == {name: EXPRESSIONS[name] for name in sorted(EXPRESSIONS)}
+    assert pipeline["lookback"]["trend"] == 20 and pipeline["lookback"]["mom5"] == 6
+
+
+def test_the_bundle_lookback_covers_the_expression_windows(trained):
+    _, bundle = trained
+    measured = read_json(bundle / "lookback.json")
+    need = read_json(bundle / "input_schema.json")["x-qfactory"]["required_bars"]
+    assert measured["bars"]["trend"] >= 20 and measured["bars"]["vcorr10"] >= 10 and measured["bars"]["mom5"] >= 6
+    assert measured["bars"]["ema_gap"] > 8  # converges over more bars than its span
+    assert need >= max(measured["bars"].values())
+
+
+def test_predict_and_the_server_give_the_run_scores(runner, tmp_path, trained):
+    run, bundle = trained
+    need = read_json(bundle / "input_schema.json")["x-qfactory"]["required_bars"]
+    predictions = pl.read_parquet(run.run.path / "predictions.parquet").filter(pl.col("segment") == "test")
+    bars = load_bars(run.data_dir, "p").with_columns(pl.col("symbol").cast(pl.String))
+    moments = predictions["ts"].unique().sort()
+    with LiveServer(create_app(load(bundle))) as live, httpx.Client(base_url=live.url, timeout=30) as client:
+        for t in (moments[0], moments[-1]):
+            window = tail_bars(bars.filter(pl.col("ts") <= t), need)
+            source, out = tmp_path / "window.parquet", tmp_path / "scores.parquet"
+            window.write_parquet(source)
+            result = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", str(source), "--out", str(out)])
+            assert result.exit_code == 0, result.output
+            expected = predictions.filter(pl.col("ts") == t).sort("symbol")["score"].to_numpy()
+            np.testing.assert_allclose(pl.read_parquet(out)["score"].to_numpy(), expected, rtol=1e-6, atol=0)
+            served = client.post("/predict", json={"bars": records(window)}).json()["predictions"]
+            np.testing.assert_allclose([p["score"] for p in served], expected, rtol=1e-6, atol=0)
+
+
+def test_the_feature_fingerprint_covers_the_expression_text():
+    section = {"sets": [], "expressions": dict(EXPRESSIONS)}
+    changed = {"sets": [], "expressions": {**EXPRESSIONS, "mom5": "$close / Ref($close, 4) - 1"}}
+    base = feature_fingerprint(section, "hash", {})
+    assert feature_fingerprint(changed, "hash", {}) != base
+    assert feature_fingerprint({"sets": [], "expressions": dict(reversed(EXPRESSIONS.items()))}, "hash", {}) == base
