@@ -185,7 +185,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "expressions": Key(
             "table",
             {},
-            "Factor expressions, name = Qlib-style formula, e.g. mom5 = \"$close / Ref($close, 5) - 1\" "
+            'Factor expressions, name = Qlib-style formula, e.g. mom5 = "$close / Ref($close, 5) - 1" '
             "(docs/expressions.md); built per symbol like any feature, after the sets' columns.",
         ),
     },

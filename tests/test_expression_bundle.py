@@ -5,6 +5,9 @@ give the run's own scores."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import httpx
 import numpy as np
 import polars as pl
@@ -15,11 +18,13 @@ from quant_cli import stages
 from quant_cli.cli import app
 from quant_cli.data.store import load_bars
 from quant_cli.features.store import feature_fingerprint
-from quant_cli.io import read_json
+from quant_cli.io import read_json, write_json_atomic
 from quant_cli.pipeline.lookback import tail_bars
 from quant_cli.serve.app import create_app
 from quant_cli.serve.bundle import load
+from quant_cli.serve.contents import REBUILD
 from quant_cli.serve.loaded import records
+from quant_cli.serve.manifest import MANIFEST, bundle_id, files_of, sha256
 
 EXPRESSIONS = {
     "mom5": "$close / Ref($close, 5) - 1",
@@ -68,7 +73,9 @@ def test_predict_and_the_server_give_the_run_scores(runner, tmp_path, trained):
             window = tail_bars(bars.filter(pl.col("ts") <= t), need)
             source, out = tmp_path / "window.parquet", tmp_path / "scores.parquet"
             window.write_parquet(source)
-            result = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", str(source), "--out", str(out)])
+            result = runner.invoke(
+                app, ["predict", "--bundle", str(bundle), "--source", str(source), "--out", str(out)]
+            )
             assert result.exit_code == 0, result.output
             expected = predictions.filter(pl.col("ts") == t).sort("symbol")["score"].to_numpy()
             np.testing.assert_allclose(pl.read_parquet(out)["score"].to_numpy(), expected, rtol=1e-6, atol=0)
@@ -82,3 +89,24 @@ def test_the_feature_fingerprint_covers_the_expression_text():
     base = feature_fingerprint(section, "hash", {})
     assert feature_fingerprint(changed, "hash", {}) != base
     assert feature_fingerprint({"sets": [], "expressions": dict(reversed(EXPRESSIONS.items()))}, "hash", {}) == base
+
+
+def test_a_resealed_bundle_with_a_look_ahead_is_refused(runner, tmp_path, trained):
+    """pipeline.json is input too: a formula edited into a look-ahead (and the manifest re-hashed, as
+    anyone who can write the folder can) is parsed and refused when the bundle loads."""
+    _, bundle = trained
+    forged = Path(shutil.copytree(bundle, tmp_path / "b"))
+    pipeline = read_json(forged / "pipeline.json")
+    pipeline["expressions"]["mom5"] = "$close / Ref($close, -5) - 1"
+    write_json_atomic(forged / "pipeline.json", pipeline)
+    manifest = read_json(forged / MANIFEST)
+    manifest["files"] = {name: sha256(forged / name) for name in files_of(forged)}
+    manifest["bundle_id"] = bundle_id(manifest["source_run"], manifest["files"])
+    write_json_atomic(forged / MANIFEST, manifest)
+    result = runner.invoke(app, ["bundle", "verify", str(forged)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"error: bundle {forged}: pipeline.json: features.expressions.mom5 = '$close / Ref($close, -5) - 1': "
+        "Ref($close, -5) reads 5 bar(s) past t (a negative offset is a look into the future); use an offset >= 0, "
+        f"e.g. Ref($close, 5); {REBUILD}"
+    ]

@@ -89,7 +89,7 @@ def _wma(v: np.ndarray) -> float:
     return (weights * v).sum() / weights.sum()
 
 
-C, O, V = "close", "open", "volume"
+C, O, V = "close", "open", "volume"  # noqa: E741 - the bar field initials
 # name -> (expression, reference(columns of one symbol) -> values)
 CASES = {
     "ref": ("Ref($close, 3)", lambda d: _shift(d[C], 3)),

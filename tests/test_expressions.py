@@ -75,8 +75,11 @@ OPS_LIST = (
         ),
         ("Mena($close, 5)", f"unknown operator 'Mena' (did you mean 'Mean'?); {OPS_LIST}"),
         ("corr($close, $open, 5)", f"unknown operator 'corr' (did you mean 'Corr'?); {OPS_LIST}"),
-        ("$clsoe / $open", "unknown field $clsoe (did you mean '$close'?); fields: "
-         "$open, $high, $low, $close, $volume, $vwap, $adj_close"),
+        (
+            "$clsoe / $open",
+            "unknown field $clsoe (did you mean '$close'?); fields: "
+            "$open, $high, $low, $close, $volume, $vwap, $adj_close",
+        ),
         ("close / $open", "'close' at position 1 is a field; write $close"),
         ("Mean($close)", "Mean takes 2 argument(s), Mean(x, N); got 1 in Mean($close)"),
         ("Corr($close, 5)", "Corr takes 3 argument(s), Corr(x, y, N); got 2 in Corr($close, 5)"),

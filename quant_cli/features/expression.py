@@ -191,7 +191,7 @@ def parse(name: str, text: str) -> Expression:
             "(not starting with a digit, at most 64 characters), e.g. mom5"
         )
     if not isinstance(text, str) or not text.strip():
-        raise ExpressionError(f"{where}: the expression is empty; write e.g. \"$close / Ref($close, 5) - 1\"")
+        raise ExpressionError(f'{where}: the expression is empty; write e.g. "$close / Ref($close, 5) - 1"')
     root = _Parser(text, where).parse()
     if not root.series:
         raise ExpressionError(f"{where}: the expression reads no field, so it is a constant; use e.g. $close")
@@ -328,23 +328,31 @@ def _check_call(node: Node, fail) -> None:  # noqa: ANN001 - the parser's error 
     op = OPS[node.name]
     term = str(node)
     if len(node.args) != len(op.args):
-        raise fail(f"{node.name} takes {len(op.args)} argument(s), {node.name}({op.usage}); got {len(node.args)} in {term}")
+        raise fail(
+            f"{node.name} takes {len(op.args)} argument(s), {node.name}({op.usage}); got {len(node.args)} in {term}"
+        )
     for arg, kind in zip(node.args, op.args):
         if kind == "x":
             continue
         if arg.kind != "num":
-            raise fail(f"{node.name}'s {'window' if kind == 'w' else 'offset' if kind == 'n' else 'q'} must be a number, "
-                       f"got {arg} in {term}")
+            raise fail(
+                f"{node.name}'s {'window' if kind == 'w' else 'offset' if kind == 'n' else 'q'} must be a number, "
+                f"got {arg} in {term}"
+            )
         value = arg.value
         if kind == "q":
             if not 0.0 <= value <= 1.0:
                 raise fail(f"Quantile's q must be in [0, 1], got {_number(value)} in {term}")
         elif value != math.floor(value):
-            raise fail(f"{node.name}'s {'window' if kind == 'w' else 'offset'} must be a whole number of bars, "
-                       f"got {_number(value)} in {term}")
+            raise fail(
+                f"{node.name}'s {'window' if kind == 'w' else 'offset'} must be a whole number of bars, "
+                f"got {_number(value)} in {term}"
+            )
         elif kind == "n" and value < 0:
-            raise fail(f"{term} reads {_number(-value)} bar(s) past t (a negative offset is a look into the future); "
-                       f"use an offset >= 0, e.g. {node.name}({node.args[0]}, {_number(-value)})")
+            raise fail(
+                f"{term} reads {_number(-value)} bar(s) past t (a negative offset is a look into the future); "
+                f"use an offset >= 0, e.g. {node.name}({node.args[0]}, {_number(-value)})"
+            )
         elif kind == "w" and value < op.min_window:
             raise fail(f"{node.name}'s window must be at least {op.min_window}, got {_number(value)} in {term}")
         elif value > 100_000:

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from quant_cli.errors import RecipeError, suggest
 from quant_cli.features import kernels as k
 from quant_cli.features.expression import Expression, Node, parse, parse_section
 from quant_cli.features.panel import Panel, gt
-from quant_cli.features.registry import Family, Feature
+from quant_cli.features.registry import REGISTRY, Family, Feature
 
 Array = np.ndarray
 TAG = "expression"
@@ -141,16 +142,11 @@ def _node(node: Node, p: Panel, ev: Callable[[Node], Array]) -> Array:
     return np.asarray(ELEMENTWISE[name](*(ev(a) for a in args)), dtype=np.float64)
 
 
-def _compute(root: Node, p: Panel) -> Array:
-    return evaluate(root, p)
-
-
 @functools.lru_cache(maxsize=4096)
 def expression_feature(name: str, text: str) -> Feature:
     """The feature computing `text` under `name` (cached: the same definition is the same object, so
     plans and the engine's caches hit; parse errors are not cached)."""
-    expression = parse(name, text)
-    return _feature(expression)
+    return _feature(parse(name, text))
 
 
 def _feature(expression: Expression) -> Feature:
@@ -160,29 +156,18 @@ def _feature(expression: Expression) -> Feature:
         tags=(TAG,),
         description=expression.text,
         build=None,
-        compute=functools.partial(_compute, expression.root),
+        compute=functools.partial(evaluate, expression.root),  # picklable: plans travel to worker processes
         over="symbol",
     )
     return Feature(family, window=expression.lookback)  # window: the bars the definition reads
 
 
-def expression_features(section: Mapping[str, Any], taken: Sequence[str] = ()) -> list[Feature]:
+def expression_features(section: Mapping[str, Any]) -> list[Feature]:
     """The features of a `[features]` section's `expressions` table, sorted by name; a name that is
-    also a built-in feature (or in `taken`) is refused."""
-    from quant_cli.errors import RecipeError
-    from quant_cli.features.registry import REGISTRY
-
-    table = section.get("expressions") or {}
-    parsed = parse_section(table)
+    also a built-in feature's is refused (the column would be ambiguous)."""
+    parsed = parse_section(section.get("expressions") or {})
     for expression in parsed:
-        clash = expression.name in taken
-        if not clash:
-            try:
-                REGISTRY.feature(expression.name)
-                clash = True
-            except KeyError:
-                pass
-        if clash:
+        if _builtin(expression.name):
             raise RecipeError(
                 f"features.expressions.{expression.name}: the name is a built-in feature's; rename the expression "
                 f"(e.g. {expression.name}_x)"
@@ -190,8 +175,17 @@ def expression_features(section: Mapping[str, Any], taken: Sequence[str] = ()) -
     return [expression_feature(e.name, e.text) for e in parsed]
 
 
+def _builtin(name: str) -> bool:
+    try:
+        REGISTRY.feature(name)
+    except KeyError:
+        return False
+    return True
+
+
 def is_expression(feature: Feature) -> bool:
-    return TAG in feature.family.tags and feature.family.kernel and isinstance(feature.family.compute, functools.partial)
+    compute = feature.family.compute
+    return isinstance(compute, functools.partial) and compute.func is evaluate
 
 
 def definition(feature: Feature) -> str | None:
@@ -201,17 +195,12 @@ def definition(feature: Feature) -> str | None:
 
 def features_for(names: Sequence[str], expressions: Mapping[str, str]) -> list[Feature]:
     """Registry features by name, with those named in `expressions` built from their text."""
-    from quant_cli.features.engine import as_features
-
-    return [expression_feature(n, expressions[n]) if n in expressions else as_features([n])[0] for n in names]
+    return [expression_feature(n, expressions[n]) if n in expressions else REGISTRY.feature(n) for n in names]
 
 
 def explain(name: str, section: Mapping[str, Any]) -> dict[str, Any]:
     """What `qfactory features --explain NAME` prints: an expression's text, parsed form, window and
     lookback, or a built-in feature's definition; RecipeError (with a close match) for an unknown name."""
-    from quant_cli.errors import RecipeError, suggest
-    from quant_cli.features.registry import REGISTRY
-
     table = section.get("expressions") or {}
     if name in table:
         expression = parse(name, table[name])
@@ -227,12 +216,12 @@ def explain(name: str, section: Mapping[str, Any]) -> dict[str, Any]:
     try:
         feature = REGISTRY.feature(name)
     except KeyError:
-        known = [*table, *REGISTRY.families]
         raise RecipeError(
-            f"--explain: unknown feature {name!r}{suggest(name, known)}; give a built-in feature name "
-            "(`qfactory features ls-specs`) or the name of an expression in --recipe's [features.expressions]"
+            f"--explain: unknown feature {name!r}{suggest(name, [*table, *REGISTRY.families])}; give a built-in "
+            "feature name (`qfactory features ls-specs`) or the name of an expression in --recipe's "
+            "[features.expressions]"
         ) from None
-    from quant_cli.pipeline.fitted import feature_lookback
+    from quant_cli.pipeline.fitted import feature_lookback  # noqa: PLC0415 - the pipeline imports this package
 
     return {
         "name": feature.name,
@@ -241,5 +230,5 @@ def explain(name: str, section: Mapping[str, Any]) -> dict[str, Any]:
         "description": feature.family.description,
         "inputs": list(feature.inputs),
         "window": feature.window or 0,
-        "lookback": feature_lookback(feature),  # the pipeline's (definitional) lookback; a bundle measures the exact one
+        "lookback": feature_lookback(feature),  # the definitional one; a bundle measures the exact one
     }

@@ -37,7 +37,7 @@ def _check_expressions(table: dict[str, Any], origin: str) -> None:
         if not isinstance(text, str):
             raise RecipeError(
                 f"{origin}: 'features.expressions.{name}' must be a string formula such as "
-                f"\"$close / Ref($close, 5) - 1\", got {type(text).__name__}"
+                f'"$close / Ref($close, 5) - 1", got {type(text).__name__}'
             )
         try:
             parse(name, text)
