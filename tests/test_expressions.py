@@ -200,3 +200,43 @@ def test_explain_a_built_in_feature_and_an_unknown_name(runner, tmp_path):
         "error: --explain: unknown feature 'vcorr1' (did you mean 'vcorr10'?); give a built-in feature name "
         "(`qfactory features ls-specs`) or the name of an expression in --recipe's [features.expressions]"
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line"),
+    [
+        (
+            "close",
+            "$open",
+            "features.expressions: 'close' is the name of a bar column or key; give the expression "
+            "another name, e.g. close_x",
+        ),
+        ("deep", "(" * 60 + "$close" + ")" * 60, "nested more than 50 levels deep; split it into several features"),
+        ("neg", "-" * 60 + "$close", "nested more than 50 levels deep; split it into several features"),
+        ("long", "+".join(["$close"] * 120), "more than 100 operators deep; split it into several features"),
+        (
+            "huge",
+            "$close + " * 300 + "1",
+            "the expression has 2701 characters, more than 2000; split it into several features",
+        ),
+        ("inf", "Mean($close, 1e400)", "Mean's window is at most 100000 bars, got inf in Mean($close, inf)"),
+    ],
+)
+def test_hostile_expressions_are_one_line_never_a_recursion_error(name, text, line):
+    """Sizes a recursive parser could choke on are refused by name; the expression is clipped in the line."""
+    with pytest.raises(ExpressionError) as caught:
+        parse(name, text)
+    assert str(caught.value).endswith(line)
+    assert len(str(caught.value)) < 400
+
+
+def test_a_stored_pipeline_is_checked_again():
+    """pipeline.json is input: a look-ahead written into it is refused when it is read."""
+    from quant_cli.errors import RunError
+    from quant_cli.pipeline.fitted import FittedPipeline
+
+    data = FittedPipeline(["f"], {"scaler": "none"}, expressions={"f": "Ref($close, -2)"}).to_json()
+    with pytest.raises(RunError, match=r"^pipeline.json: features.expressions.f = 'Ref\(\$close, -2\)': Ref"):
+        FittedPipeline.from_json(data)
+    data["expressions"] = {"f": "Ref($close, 2)"}
+    assert FittedPipeline.from_json(data).specs[0].window == 3

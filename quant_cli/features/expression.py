@@ -25,12 +25,19 @@ import math
 import re
 from dataclasses import dataclass
 
-from quant_cli.errors import RecipeError, suggest
+from quant_cli.errors import RecipeError, shown, suggest
 
 # Fields of canonical bars (`vwap` is derived from high/low/close when absent); any other `$name`
 # is read from the store's column of that name (e.g. alternative data), or the feature is skipped.
 KNOWN_FIELDS = ("open", "high", "low", "close", "volume", "vwap", "adj_close")
 NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
+# A feature column named like a key or a bar column would be confused with it (a frame of bars
+# whose columns include every feature name is taken for feature rows).
+RESERVED_NAMES = ("symbol", "ts", "sector", *KNOWN_FIELDS)
+MAX_LENGTH = 2_000  # characters of one expression
+MAX_DEPTH = 50  # nesting of parentheses, calls and unary minus (the parser recurses)
+MAX_HEIGHT = 100  # levels of the parsed tree (evaluating and printing it recurses)
+MAX_WINDOW = 100_000  # bars, as features.windows
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,7 @@ class Node:
     name: str = ""
     value: float = 0.0
     args: tuple[Node, ...] = ()
+    height: int = 1  # levels of the tree below and including this node (the parser bounds it)
 
     def __str__(self) -> str:
         """The parsed form, every operator written as a call: Sub(Div($close, Ref($close, 5)), 1)."""
@@ -154,7 +162,7 @@ class Node:
 
 
 def _number(value: float) -> str:
-    return str(int(value)) if value == int(value) and abs(value) < 1e15 else repr(value)
+    return str(int(value)) if math.isfinite(value) and value == int(value) and abs(value) < 1e15 else repr(value)
 
 
 class ExpressionError(RecipeError):
@@ -184,14 +192,24 @@ class Expression:
 
 def parse(name: str, text: str) -> Expression:
     """Parse and check `text`; ExpressionError (one line naming the expression and the term) if unusable."""
-    where = f"features.expressions.{name} = {text!r}"
+    where = f"features.expressions.{name} = {shown(text, 100)}"
     if not re.fullmatch(NAME_PATTERN, name):
         raise ExpressionError(
             f"features.expressions: {name!r} is not a usable feature name; use letters, digits and '_' "
             "(not starting with a digit, at most 64 characters), e.g. mom5"
         )
+    if name in RESERVED_NAMES:
+        raise ExpressionError(
+            f"features.expressions: {name!r} is the name of a bar column or key; give the expression another "
+            f"name, e.g. {name}_x"
+        )
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError(f'{where}: the expression is empty; write e.g. "$close / Ref($close, 5) - 1"')
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(
+            f"features.expressions.{name}: the expression has {len(text)} characters, more than {MAX_LENGTH}; "
+            "split it into several features"
+        )
     root = _Parser(text, where).parse()
     if not root.series:
         raise ExpressionError(f"{where}: the expression reads no field, so it is a constant; use e.g. $close")
@@ -210,6 +228,7 @@ class _Parser:
         self.where = where
         self.tokens = self._tokenize(text)
         self.pos = 0
+        self.depth = 0
 
     def fail(self, what: str) -> ExpressionError:
         return ExpressionError(f"{self.where}: {what}")
@@ -250,38 +269,53 @@ class _Parser:
         node = self.comparison()
         token = self.peek()
         if token is not None:
-            shown = f"${token[1]}" if token[0] == "field" else token[1]
-            raise self.fail(f"unexpected {shown!r} at position {token[2] + 1}")
+            term = f"${token[1]}" if token[0] == "field" else token[1]
+            raise self.fail(f"unexpected {term!r} at position {token[2] + 1}")
         return node
 
+    def make(self, name: str, args: tuple[Node, ...]) -> Node:
+        node = Node("call", name, args=args, height=1 + max(a.height for a in args))
+        if node.height > MAX_HEIGHT:
+            raise self.fail(f"more than {MAX_HEIGHT} operators deep; split it into several features")
+        return node
+
+    def nested(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.fail(f"nested more than {MAX_DEPTH} levels deep; split it into several features")
+
     def comparison(self) -> Node:
+        self.nested()
         node = self.additive()
         if self.at(*COMPARISONS):
             op = self.take()[1]
-            node = Node("call", BINARY[op], args=(node, self.additive()))
+            node = self.make(BINARY[op], (node, self.additive()))
             if self.at(*COMPARISONS):
                 raise self.fail(f"chained comparison at position {self.peek()[2] + 1}; add parentheses")
+        self.depth -= 1
         return node
 
     def additive(self) -> Node:
         node = self.term()
         while self.at("+", "-"):
             op = self.take()[1]
-            node = Node("call", BINARY[op], args=(node, self.term()))
+            node = self.make(BINARY[op], (node, self.term()))
         return node
 
     def term(self) -> Node:
         node = self.unary()
         while self.at("*", "/"):
             op = self.take()[1]
-            node = Node("call", BINARY[op], args=(node, self.unary()))
+            node = self.make(BINARY[op], (node, self.unary()))
         return node
 
     def unary(self) -> Node:
         if self.at("-"):
             self.take()
+            self.nested()
             inner = self.unary()
-            return Node("num", value=-inner.value) if inner.kind == "num" else Node("call", "Neg", args=(inner,))
+            self.depth -= 1
+            return Node("num", value=-inner.value) if inner.kind == "num" else self.make("Neg", (inner,))
         if self.at("+"):
             self.take()
             return self.unary()
@@ -319,12 +353,16 @@ class _Parser:
             self.take()
             args.append(self.comparison())
         self.take(")")
-        node = Node("call", name, args=tuple(args))
+        node = self.make(name, tuple(args))
         _check_call(node, self.fail)
         return node
 
 
+_ROLE = {"w": "window", "n": "offset", "q": "q"}
+
+
 def _check_call(node: Node, fail) -> None:  # noqa: ANN001 - the parser's error builder
+    """Arity and the number arguments (windows, offsets, q) of one operator call."""
     op = OPS[node.name]
     term = str(node)
     if len(node.args) != len(op.args):
@@ -334,26 +372,21 @@ def _check_call(node: Node, fail) -> None:  # noqa: ANN001 - the parser's error 
     for arg, kind in zip(node.args, op.args):
         if kind == "x":
             continue
+        role = f"{node.name}'s {_ROLE[kind]}"
         if arg.kind != "num":
-            raise fail(
-                f"{node.name}'s {'window' if kind == 'w' else 'offset' if kind == 'n' else 'q'} must be a number, "
-                f"got {arg} in {term}"
-            )
+            raise fail(f"{role} must be a number, got {arg} in {term}")
         value = arg.value
         if kind == "q":
             if not 0.0 <= value <= 1.0:
-                raise fail(f"Quantile's q must be in [0, 1], got {_number(value)} in {term}")
-        elif value != math.floor(value):
-            raise fail(
-                f"{node.name}'s {'window' if kind == 'w' else 'offset'} must be a whole number of bars, "
-                f"got {_number(value)} in {term}"
-            )
+                raise fail(f"{role} must be in [0, 1], got {_number(value)} in {term}")
         elif kind == "n" and value < 0:
             raise fail(
                 f"{term} reads {_number(-value)} bar(s) past t (a negative offset is a look into the future); "
                 f"use an offset >= 0, e.g. {node.name}({node.args[0]}, {_number(-value)})"
             )
+        elif not math.isfinite(value) or value > MAX_WINDOW:
+            raise fail(f"{role} is at most {MAX_WINDOW} bars, got {_number(value)} in {term}")
+        elif value != math.floor(value):
+            raise fail(f"{role} must be a whole number of bars, got {_number(value)} in {term}")
         elif kind == "w" and value < op.min_window:
-            raise fail(f"{node.name}'s window must be at least {op.min_window}, got {_number(value)} in {term}")
-        elif value > 100_000:
-            raise fail(f"{node.name}'s window is at most 100000 bars, got {_number(value)} in {term}")
+            raise fail(f"{role} must be at least {op.min_window}, got {_number(value)} in {term}")
