@@ -4,6 +4,9 @@ windows are full — the expression operators and the hand-written families agre
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -11,66 +14,23 @@ import pytest
 from quant_cli.features import REGISTRY, compute_features
 from quant_cli.pipeline.lookback import agrees
 
-# Qlib's formula for each factor, with "%d" for the window (None: no window).
-QLIB = {
-    "KMID": "($close-$open)/$open",
-    "KLEN": "($high-$low)/$open",
-    "KMID2": "($close-$open)/($high-$low+1e-12)",
-    "KUP": "($high-Greater($open, $close))/$open",
-    "KUP2": "($high-Greater($open, $close))/($high-$low+1e-12)",
-    "KLOW": "(Less($open, $close)-$low)/$open",
-    "KSFT": "(2*$close-$high-$low)/$open",
-    "OPEN0": "$open/$close",
-    "ROC%d": "Ref($close, %d)/$close",
-    "MA%d": "Mean($close, %d)/$close",
-    "STD%d": "Std($close, %d)/$close",
-    "BETA%d": "Slope($close, %d)/$close",
-    "RSQR%d": "Rsquare($close, %d)",
-    "RESI%d": "Resi($close, %d)/$close",
-    "MAX%d": "Max($high, %d)/$close",
-    "MIN%d": "Min($low, %d)/$close",
-    "QTLU%d": "Quantile($close, %d, 0.8)/$close",
-    "QTLD%d": "Quantile($close, %d, 0.2)/$close",
-    "RANK%d": "Rank($close, %d)",
-    "RSV%d": "($close-Min($low, %d))/(Max($high, %d)-Min($low, %d)+1e-12)",
-    "IMAX%d": "IdxMax($high, %d)/%d",
-    "IMIN%d": "IdxMin($low, %d)/%d",
-    "IMXD%d": "(IdxMax($high, %d)-IdxMin($low, %d))/%d",
-    "CORR%d": "Corr($close, Log($volume+1), %d)",
-    "CORD%d": "Corr($close/Ref($close,1), Log($volume/Ref($volume, 1)+1), %d)",
-    "CNTP%d": "Mean($close>Ref($close, 1), %d)",
-    "CNTN%d": "Mean($close<Ref($close, 1), %d)",
-    "SUMP%d": "Sum(Greater($close-Ref($close, 1), 0), %d)/(Sum(Abs($close-Ref($close, 1)), %d)+1e-12)",
-    "SUMN%d": "Sum(Greater(Ref($close, 1)-$close, 0), %d)/(Sum(Abs($close-Ref($close, 1)), %d)+1e-12)",
-    "VMA%d": "Mean($volume, %d)/($volume+1e-12)",
-    "VSTD%d": "Std($volume, %d)/($volume+1e-12)",
-    "WVMA%d": "Std(Abs($close/Ref($close, 1)-1)*$volume, %d)/(Mean(Abs($close/Ref($close, 1)-1)*$volume, %d)+1e-12)",
-    "VSUMP%d": "Sum(Greater($volume-Ref($volume, 1), 0), %d)/(Sum(Abs($volume-Ref($volume, 1)), %d)+1e-12)",
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from expressions_alpha158 import pairs  # noqa: E402 - Qlib's formulas, shared with the benchmark
+
 WINDOWS = (5, 20)
 WARM = 25  # rows per symbol after which every window above is full
 
 
-def _expressions() -> dict[str, tuple[str, str]]:
-    """expression name -> (built-in feature name, formula)."""
-    out = {}
-    for name, formula in QLIB.items():
-        for w in WINDOWS if "%d" in name else (None,):
-            builtin = name % w if w else name
-            out[f"q_{builtin}"] = (builtin, formula.replace("%d", str(w)) if w else formula)
-    return out
-
-
 def test_qlib_alpha158_formulas_match_the_built_in_factors(small_panel: pl.DataFrame) -> None:
-    pairs = _expressions()
+    chosen = pairs(WINDOWS)
     section = {
         "sets": [],
-        "include": [builtin for builtin, _ in pairs.values()],
-        "expressions": {name: formula for name, (_, formula) in pairs.items()},
+        "include": [builtin for builtin, _ in chosen.values()],
+        "expressions": {name: formula for name, (_, formula) in chosen.items()},
     }
     table = compute_features(small_panel, REGISTRY.resolve(section).features)
     table = table.filter(pl.int_range(pl.len()).over("symbol") >= WARM)
-    for name, (builtin, formula) in pairs.items():
+    for name, (builtin, formula) in chosen.items():
         mine = table.get_column(name).fill_null(np.nan).to_numpy()
         theirs = table.get_column(builtin).fill_null(np.nan).to_numpy()
         scale = float(np.nanmedian(np.abs(theirs)))
