@@ -16,10 +16,12 @@ from serving import LiveServer, train
 
 from quant_cli import stages
 from quant_cli.cli import app
-from quant_cli.data.store import load_bars
+from quant_cli.data.store import load_bars, write_store
+from quant_cli.data.synthetic import generate
 from quant_cli.features.store import feature_fingerprint
 from quant_cli.io import read_json, write_json_atomic
 from quant_cli.pipeline.lookback import tail_bars
+from quant_cli.recipe import load_recipe
 from quant_cli.serve.app import create_app
 from quant_cli.serve.bundle import load
 from quant_cli.serve.contents import REBUILD
@@ -110,3 +112,32 @@ def test_a_resealed_bundle_with_a_look_ahead_is_refused(runner, tmp_path, traine
         "Ref($close, -5) reads 5 bar(s) past t (a negative offset is a look into the future); use an offset >= 0, "
         f"e.g. Ref($close, 5); {REBUILD}"
     ]
+
+
+def test_an_expression_over_alternative_data_trains_but_is_not_bundled(runner, tmp_path):
+    """`$sentiment` (an extra numeric column of the dataset) is an ordinary input in training; a scoring
+    request carries only the standard bar columns, so `bundle` refuses the run in one line and writes nothing."""
+    bars = generate(symbols=3, bars=300, seed=3).with_columns(
+        sentiment=pl.col("close").log().diff().fill_null(0.0).over("symbol") * 10
+    )
+    write_store(tmp_path / "data", "p", bars, "test")
+    recipe = load_recipe(
+        None,
+        [
+            'data.dataset="p"',
+            "features.sets=[]",
+            'features.include=["ret_5"]',
+            'features.expressions.s5="Mean($sentiment, 5)"',
+            "train.threads=1",
+            "model.params.n_estimators=10",
+        ],
+    )
+    run = stages.train_new(recipe, tmp_path / "data", tmp_path / "runs").run
+    assert read_json(run.path / "split" / "pipeline.json")["expressions"] == {"s5": "Mean($sentiment, 5)"}
+    result = runner.invoke(app, ["bundle", "--run", str(run.path), "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: bundle: feature 's5' reads column 'sentiment', which a scoring request cannot carry (bars have "
+        "adj_close, close, high, low, open, volume, vwap); drop the feature from the recipe to bundle the model"
+    ]
+    assert not (run.path / "bundle").exists()
