@@ -176,6 +176,9 @@ def test_explain_an_expression(runner, tmp_path):
         "inputs: close, volume",
         "window: 10",
         "lookback: 10",
+        "operators:",
+        "  Corr: Pearson correlation of x and y over the last N rows",
+        "  Log: natural logarithm (null where x <= 0)",
     ]
     as_json = runner.invoke(app, ["features", "--recipe", recipe, "--explain", "vcorr10", "--json"])
     assert json.loads(as_json.stdout)["lookback"] == 10

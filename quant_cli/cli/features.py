@@ -100,7 +100,9 @@ def _explain(name: str, recipe: Any, set_: list[str] | None, as_json: bool, quie
     if as_json:
         typer.echo(json.dumps(described, sort_keys=True))
         return
-    typer.echo("\n".join(f"{key}: {', '.join(v) if isinstance(v, list) else v}" for key, v in described.items()))
+    operators = described.pop("operators", [])
+    lines = [f"{key}: {', '.join(v) if isinstance(v, list) else v}" for key, v in described.items()]
+    typer.echo("\n".join([*lines, *(["operators:"] if operators else []), *(f"  {op}" for op in operators)]))
 
 
 @app.command("ls")

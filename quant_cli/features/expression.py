@@ -5,14 +5,14 @@ checked once (names, arity, windows, causality) and compiled to the compiled rol
 built-in family uses (features/expression_eval.py). Hand-written rather than a parsing library:
 the grammar is five precedence levels, the errors must be one line with the offending term and a
 close match (which a generic parser's messages are not), and this keeps recipe loading free of a
-new dependency. Pure Python: recipe validation imports it without numpy or numba.
+new dependency. Pure Python: recipe validation parses without loading numba.
 
 Grammar (Python's precedence, as Qlib evaluates expressions with Python):
 
     expr       := additive (("<" | "<=" | ">" | ">=" | "==" | "!=") additive)?   (no chaining)
     additive   := term (("+" | "-") term)*
     term       := unary (("*" | "/") unary)*
-    unary      := "-" unary | primary
+    unary      := ("-" | "+") unary | primary
     primary    := NUMBER | "$" NAME | NAME "(" expr ("," expr)* ")" | "(" expr ")"
 
 Causality by construction: every operator reads bars at or before t; the only way to name a later
@@ -152,6 +152,12 @@ class Node:
     def series(self) -> bool:
         """Whether the node varies with the bars (a pure number does not)."""
         return self.kind == "field" or any(a.series for a in self.args)
+
+    @property
+    def operators(self) -> tuple[str, ...]:
+        """The named operators it calls (OPS keys), in first-use order."""
+        own = (self.name,) if self.kind == "call" and self.name in OPS else ()
+        return tuple(dict.fromkeys((*own, *(o for a in self.args for o in a.operators))))
 
     @property
     def fields(self) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from quant_cli.errors import RecipeError, suggest
 from quant_cli.features import kernels as k
-from quant_cli.features.expression import Expression, Node, parse, parse_section
+from quant_cli.features.expression import OPS, Expression, Node, parse, parse_section
 from quant_cli.features.panel import Panel, gt
 from quant_cli.features.registry import REGISTRY, Family, Feature
 
@@ -212,6 +212,7 @@ def explain(name: str, section: Mapping[str, Any]) -> dict[str, Any]:
             "inputs": list(expression.fields),
             "window": expression.window,
             "lookback": expression.lookback,
+            "operators": [f"{op}: {OPS[op].doc}" for op in expression.root.operators],
         }
     try:
         feature = REGISTRY.feature(name)
