@@ -5,6 +5,7 @@ give the run's own scores."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -53,6 +54,17 @@ def test_the_run_trains_on_the_expressions(trained):
     assert pipeline["features"] == ["ret_5", "ema_gap", "mom5", "trend", "vcorr10"]  # built-ins, then by name
     assert pipeline["expressions"] == {name: EXPRESSIONS[name] for name in sorted(EXPRESSIONS)}
     assert pipeline["lookback"]["trend"] == 20 and pipeline["lookback"]["mom5"] == 6
+
+
+def test_the_feature_version_records_the_expressions(runner, trained):
+    run, _ = trained
+    versions = runner.invoke(app, ["features", "ls", "--json", "--data-dir", str(run.data_dir)])
+    (version,) = json.loads(versions.stdout)
+    shown = runner.invoke(app, ["features", "show", version["fingerprint"], "--data-dir", str(run.data_dir)])
+    assert shown.exit_code == 0, shown.output
+    assert [line for line in shown.stdout.splitlines() if line.startswith("expression ")] == [
+        f"expression {name} = {EXPRESSIONS[name]}" for name in sorted(EXPRESSIONS)
+    ]
 
 
 def test_the_bundle_lookback_covers_the_expression_windows(trained):

@@ -178,6 +178,8 @@ def _describe(spec: dict[str, Any]) -> str:
     head = [f"{k}: {spec.get(k)}" for k in keys] + [f"features: {len(spec.get('features', []))}"]
     if spec.get("skipped"):
         head.append(f"skipped (missing inputs): {', '.join(spec['skipped'])}")
+    expressions = (spec.get("features_section") or {}).get("expressions") or {}
+    head += [f"expression {name} = {text}" for name, text in sorted(expressions.items())]
     shares = spec.get("null_share", {})
     rows = [{"feature": f, "null_share": f"{shares.get(f, 0.0):.4f}"} for f in spec.get("features", [])]
     return "\n".join(head) + "\n\n" + console.table(rows, ("feature", "null_share"))
