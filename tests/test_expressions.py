@@ -81,6 +81,7 @@ OPS_LIST = (
             "$open, $high, $low, $close, $volume, $vwap, $adj_close",
         ),
         ("close / $open", "'close' at position 1 is a field; write $close"),
+        ("Mean($ts, 5)", "$ts is not a number column; fields: $open, $high, $low, $close, $volume, $vwap, $adj_close"),
         ("Mean($close)", "Mean takes 2 argument(s), Mean(x, N); got 1 in Mean($close)"),
         ("Corr($close, 5)", "Corr takes 3 argument(s), Corr(x, y, N); got 2 in Corr($close, 5)"),
         ("Mean($close, 0)", "Mean's window must be at least 1, got 0 in Mean($close, 0)"),

@@ -33,7 +33,8 @@ KNOWN_FIELDS = ("open", "high", "low", "close", "volume", "vwap", "adj_close")
 NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
 # A feature column named like a key or a bar column would be confused with it (a frame of bars
 # whose columns include every feature name is taken for feature rows).
-RESERVED_NAMES = ("symbol", "ts", "sector", *KNOWN_FIELDS)
+TEXT_COLUMNS = ("symbol", "ts", "sector")  # keys and labels of canonical bars, never numbers
+RESERVED_NAMES = (*TEXT_COLUMNS, *KNOWN_FIELDS)
 MAX_LENGTH = 2_000  # characters of one expression
 MAX_DEPTH = 50  # nesting of parentheses, calls and unary minus (the parser recurses)
 MAX_HEIGHT = 100  # levels of the parsed tree (evaluating and printing it recurses)
@@ -342,6 +343,8 @@ class _Parser:
         raise self.fail(f"unexpected {value!r} at position {pos + 1}")
 
     def field(self, name: str) -> Node:
+        if name in TEXT_COLUMNS:
+            raise self.fail(f"${name} is not a number column; fields: {', '.join('$' + f for f in KNOWN_FIELDS)}")
         if name not in KNOWN_FIELDS and suggest(name, KNOWN_FIELDS):
             close = suggest(name, KNOWN_FIELDS).replace("'", "'$", 1)
             raise self.fail(f"unknown field ${name}{close}; fields: {', '.join('$' + f for f in KNOWN_FIELDS)}")
