@@ -159,6 +159,16 @@ def test_a_formula_must_be_a_string(runner, tmp_path):
     ]
 
 
+def test_a_name_taken_by_a_built_in_feature_is_refused_at_load(runner, tmp_path):
+    recipe = _recipe(tmp_path, 'RSV5 = "$close / Ref($close, 5)"')
+    result = runner.invoke(app, ["recipe", "show", "--recipe", recipe])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"error: recipe {recipe}: features.expressions.RSV5: the name is a built-in feature's; rename the "
+        "expression (e.g. RSV5_x)"
+    ]
+
+
 def test_expressions_alone_are_a_feature_selection(runner, tmp_path):
     recipe = _recipe(tmp_path, 'mom5 = "$close / Ref($close, 5) - 1"')
     result = runner.invoke(app, ["recipe", "show", "--recipe", recipe])

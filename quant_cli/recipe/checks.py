@@ -30,8 +30,8 @@ def _check_features(cfg: dict[str, Any], origin: str) -> None:
 
 
 def _check_expressions(table: dict[str, Any], origin: str) -> None:
-    """Every factor expression parses and reads no bar after t (features/expression.py), at load."""
-    from quant_cli.features.expression import ExpressionError, parse  # noqa: PLC0415 - only when expressions
+    """Every factor expression parses, reads no bar after t and names a new column (features/expression.py)."""
+    from quant_cli.features.expression_eval import expression_features  # noqa: PLC0415 - only when expressions
 
     for name, text in table.items():
         if not isinstance(text, str):
@@ -39,10 +39,10 @@ def _check_expressions(table: dict[str, Any], origin: str) -> None:
                 f"{origin}: 'features.expressions.{name}' must be a string formula such as "
                 f'"$close / Ref($close, 5) - 1", got {type(text).__name__}'
             )
-        try:
-            parse(name, text)
-        except ExpressionError as exc:
-            raise RecipeError(f"{origin}: {exc}") from None
+    try:
+        expression_features({"expressions": table})
+    except RecipeError as exc:
+        raise RecipeError(f"{origin}: {exc}") from None
 
 
 def _check_split(cfg: dict[str, Any], origin: str) -> None:
