@@ -131,6 +131,10 @@ CASES = {
     "cmp": ("($close >= $open) + ($close == $close) - ($open != $close)", lambda d: _cmp(d)),
     "nested": ("Mean(Log($volume + 1), 4) / Std(Delta($close, 1), 5)", lambda d: _nested(d)),
     "mom5": ("$close / Ref($close, 5) - 1", lambda d: d[C] / _shift(d[C], 5) - 1),
+    "constants": (  # a window over a constant is a full column of it; constants broadcast elsewhere
+        "Sum(1, 3) + 0 * $close + If(1, 2, 3) - Greater(1, 0.5)",
+        lambda d: _rolling(np.ones(len(d[C])), 3, np.sum) + 0 * d[C] + 2 - 1,
+    ),
 }
 
 

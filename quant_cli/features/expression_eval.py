@@ -121,25 +121,32 @@ def evaluate(root: Node, p: Panel) -> Array:
             cache[key] = _node(node, p, ev)
         return cache[key]
 
-    return ev(root)
+    return _column(ev(root), p)
 
 
 def _node(node: Node, p: Panel, ev: Callable[[Node], Array]) -> Array:
+    """One node's values: an array over the panel's rows, or a 0-d array for a constant (numpy
+    broadcasts it in arithmetic; a window or offset over a constant gets it as a full column)."""
     if node.kind == "num":
-        return np.full(p.rows, node.value)
+        return np.asarray(node.value, dtype=np.float64)
     if node.kind == "field":
         return p.col(node.name)
     name, args = node.name, node.args
     if name in ROLLING:
-        return ROLLING[name](np.ascontiguousarray(ev(args[0])), p.offsets, int(args[1].value))
+        return ROLLING[name](_column(ev(args[0]), p), p.offsets, int(args[1].value))
     if name in OFFSET:
-        return OFFSET[name](np.ascontiguousarray(ev(args[0])), p.offsets, int(args[1].value))
+        return OFFSET[name](_column(ev(args[0]), p), p.offsets, int(args[1].value))
     if name == "Quantile":
-        return k.rolling_quantile(np.ascontiguousarray(ev(args[0])), p.offsets, int(args[1].value), args[2].value)
+        return k.rolling_quantile(_column(ev(args[0]), p), p.offsets, int(args[1].value), args[2].value)
     if name in PAIR_ROLLING:
-        x, y = (np.ascontiguousarray(ev(a)) for a in args[:2])
+        x, y = (_column(ev(a), p) for a in args[:2])
         return PAIR_ROLLING[name](x, y, p.offsets, int(args[2].value))
     return np.asarray(ELEMENTWISE[name](*(ev(a) for a in args)), dtype=np.float64)
+
+
+def _column(values: Array, p: Panel) -> Array:
+    """A contiguous float64 column over the panel's rows (what a kernel takes)."""
+    return np.full(p.rows, float(values)) if values.ndim == 0 else np.ascontiguousarray(values)
 
 
 @functools.lru_cache(maxsize=4096)
