@@ -81,6 +81,17 @@ ROLLING: dict[str, Callable[[Array, Array, int], Array]] = {
     "EMA": lambda x, o, w: k.ewm_adjusted(x, o, 2.0 / (w + 1.0), w),
     "WMA": _wma,
 }
+# The same kernels through the panel's shared passes (features/panel.py): on a raw column, Mean and
+# Std of every feature of one window read one pass, as Max / IdxMax and Min / IdxMin do.
+SHARED: dict[str, Callable[[Panel, Array, int], Array]] = {
+    "Mean": Panel.mean,
+    "Std": Panel.std,
+    "Sum": Panel.sum,
+    "Max": Panel.max,
+    "Min": Panel.min,
+    "IdxMax": Panel.argmax,
+    "IdxMin": Panel.argmin,
+}
 OFFSET: dict[str, Callable[[Array, Array, int], Array]] = {
     "Ref": k.shift,
     "Delta": k.diff,
@@ -132,6 +143,8 @@ def _node(node: Node, p: Panel, ev: Callable[[Node], Array]) -> Array:
     if node.kind == "field":
         return p.col(node.name)
     name, args = node.name, node.args
+    if name in SHARED and args[0].kind == "field":  # one pass per input column, shared across features
+        return SHARED[name](p, p.col(args[0].name), int(args[1].value))
     if name in ROLLING:
         return ROLLING[name](_column(ev(args[0]), p), p.offsets, int(args[1].value))
     if name in OFFSET:
