@@ -163,10 +163,18 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "Benchmark symbol of the dataset for cross-asset features (bench_corr_w, bench_beta_w, rel_strength_w).",
             nullable=True,
         ),
+        "references": Key(
+            "table",
+            {},
+            "Named groups of reference symbols for every symbol's cross-asset features, e.g. "
+            "{ crypto = ['BTC-USD', 'ETH-USD'], dataset = 'refs' } (dataset: another dataset of the data home; "
+            "default the recipe's): ref_<group>_<symbol>_{ret,vol,corr,beta}<w> and refgrp_<group>_...<w> "
+            "over features.windows (README: Cross-asset references).",
+        ),
         "max_staleness": Key(
             "str",
             None,
-            "Oldest benchmark bar forward-filled onto a symbol's bar, e.g. '5d' "
+            "Oldest benchmark or reference bar forward-filled onto a symbol's bar, e.g. '5d' "
             "(default: 5 bars of the data frequency).",
             nullable=True,
             duration=True,

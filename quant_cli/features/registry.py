@@ -198,6 +198,9 @@ class Registry:
         self.families: dict[str, Family] = {}
         self.sets: dict[str, str] = {ALL_SET: "Every registered feature."}
         self.derived: dict[str, pl.Expr] = {}
+        # Name resolvers for families made from the recipe rather than registered (features/references.py):
+        # each takes a concrete name and returns its Feature, or None when the name is not its own.
+        self.resolvers: list[Callable[[str], Feature | None]] = []
 
     def derive(self, name: str, expr: pl.Expr) -> None:
         """A helper column shared by several families, computed once per build (e.g. a rank).
@@ -298,6 +301,10 @@ class Registry:
 
     def feature(self, name: str) -> Feature:
         """The feature with this concrete name (``ret_7``, ``rsi_14``, ``cs_rank_ret_5``); KeyError if none."""
+        for resolve in self.resolvers:
+            made = resolve(name)
+            if made is not None:
+                return made
         for family in self.families.values():
             if family.generic:
                 continue
@@ -367,7 +374,13 @@ class Registry:
                     chosen.pop(family.pattern, None)
                 else:
                     chosen.get(family.pattern, set()).discard(variant)
-        return self._ordered(chosen)
+        selection = self._ordered(chosen)
+        if section.get("references"):  # every reference feature over features.windows (features/references.py)
+            from quant_cli.features.references import References  # noqa: PLC0415 - it imports this module
+
+            made, short = References.from_section(section["references"]).features(context.windows)
+            selection = Selection([*selection.features, *made], [*selection.too_short, *short])
+        return selection
 
     def _match(self, item: str, key: str) -> list[tuple[Family, Variant]]:
         """(family, variant) pairs `item` names; variant is _WHOLE for a tag or a family pattern."""
