@@ -252,7 +252,10 @@ def test_names_parse_back_and_order_is_canonical() -> None:
             'e.g. crypto = ["BTC-USD", "ETH-USD"]',
         ),
         ({"crypto": ["A", "A"]}, "features.references.crypto: symbol 'A' is listed twice; list each member once"),
-        ({"dataset": 3, "crypto": ["A"]}, 'features.references.dataset: expected a dataset name, got 3; e.g. dataset = "refs"'),
+        (
+            {"dataset": 3, "crypto": ["A"]},
+            'features.references.dataset: expected a dataset name, got 3; e.g. dataset = "refs"',
+        ),
         ({"dataset": "refs"}, 'features.references: names no group; add one, e.g. crypto = ["BTC-USD", "ETH-USD"]'),
     ],
 )

@@ -93,8 +93,9 @@ def grid(history: int) -> list[int]:
 def tail_bars(bars: pl.DataFrame, n: int) -> pl.DataFrame:
     """Each symbol's last `n` bars (by time)."""
     ordered = bars.sort("symbol", "ts", maintain_order=True)
-    position = pl.int_range(pl.len()).over("symbol")
-    return ordered.filter(position >= pl.len().over("symbol") - n)
+    position = pl.int_range(pl.len(), dtype=pl.Int64).over("symbol")
+    # Int64: pl.len() is unsigned, and len - n for a symbol shorter than n must not wrap around
+    return ordered.filter(position >= pl.len().over("symbol").cast(pl.Int64) - n)
 
 
 def agrees(values: np.ndarray, reference: np.ndarray, scale: np.ndarray | float = 0.0) -> np.ndarray:
