@@ -271,3 +271,14 @@ def test_the_same_dataset_named_explicitly_is_not_external() -> None:
     assert refs.external and References.from_json(refs.to_json()) == refs
     options = dataclasses.replace(FeatureOptions(), references=refs)
     assert options.references.columns() == {"ref_close[X]", "ref_group_return[a]"}
+
+
+def test_include_and_exclude_name_reference_features() -> None:
+    """A concrete reference name can be dropped (or the cross_asset tag drops them all) and added, e.g.
+    a window outside features.windows; never silently ignored."""
+    names = REGISTRY.resolve({**SECTION, "exclude": ["ref_crypto_BTC-USD_ret5", "refgrp_macro_vol20"]}).names
+    full = REGISTRY.resolve(SECTION).names
+    assert set(full) - set(names) == {"ref_crypto_BTC-USD_ret5", "refgrp_macro_vol20"}
+    assert [n for n in REGISTRY.resolve({**SECTION, "exclude": ["cross_asset"]}).names if n.startswith("ref")] == []
+    extra = REGISTRY.resolve({**SECTION, "include": ["ret_5", "refgrp_crypto_corr7"]}).names
+    assert extra == [*full, "refgrp_crypto_corr7"]
