@@ -179,3 +179,34 @@ def test_bundle_requires_the_references_and_predict_agrees_with_the_run(tmp_path
         "error: the bars lack required symbol(s) ['ETH-USD'] (reference symbols of the ref_* features "
         "(dataset 'refs', not scored): BTC-USD, ETH-USD); include their bars"
     ]
+
+
+def test_the_server_requires_the_references_and_scores_only_the_others(trained) -> None:
+    """POST /predict with the bundle's example (equities + references): the equities' scores, as
+    batch predict gives them; without a reference symbol: 422 naming it."""
+    import httpx
+    from serving import LiveServer
+
+    from quant_cli.serve.app import create_app
+    from quant_cli.serve.bundle import load
+    from quant_cli.serve.loaded import bars_from_records
+
+    _, bundle = trained
+    loaded = load(bundle)
+    example = read_json(bundle / "example" / "input.json")
+    assert {"BTC-USD", "ETH-USD"} <= {b["symbol"] for b in example["bars"]}
+    expected = loaded.score_bars(bars_from_records(example["bars"], "example"))
+    lacking = {"bars": [b for b in example["bars"] if b["symbol"] != "BTC-USD"]}
+    with LiveServer(create_app(loaded)) as live:
+        got = httpx.post(f"{live.url}/predict", json=example, timeout=60)
+        refused = httpx.post(f"{live.url}/predict", json=lacking, timeout=60)
+    assert got.status_code == 200, got.text
+    predictions = got.json()["predictions"]
+    assert [p["symbol"] for p in predictions] == expected["symbol"].to_list()
+    assert not {"BTC-USD", "ETH-USD"} & {p["symbol"] for p in predictions}
+    assert [p["score"] for p in predictions] == pytest.approx(expected["score"].to_list(), rel=1e-12)
+    assert refused.status_code == 422
+    assert refused.json()["error"] == (
+        "the bars lack required symbol(s) ['BTC-USD'] (reference symbols of the ref_* features "
+        "(dataset 'refs', not scored): BTC-USD, ETH-USD); include their bars"
+    )
