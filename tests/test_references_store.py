@@ -122,6 +122,21 @@ def test_bad_group_name_fails_when_the_recipe_loads(tmp_path, runner, home) -> N
     ]
 
 
+def test_a_reference_dataset_of_another_frequency_is_refused(tmp_path, home, runner) -> None:
+    hourly = tmp_path / "hourly"
+    write_store(hourly, "eq", load_bars(home, "eq"), "test")
+    crypto = generate(symbols=2, bars=100, frequency="1h", seed=5)
+    write_store(
+        hourly, "refs", crypto.with_columns(pl.col("symbol").replace({"S000": "BTC-USD", "S001": "ETH-USD"})), "test"
+    )
+    result = runner.invoke(app, ["features", "--recipe", str(_recipe_file(tmp_path)), "--data-dir", str(hourly)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: features.references.dataset: dataset 'refs' has 1h bars but dataset 'eq' has 1d bars; ingest the "
+        "references at 1d (requests carry both at one frequency)"
+    ]
+
+
 def test_a_reference_also_built_as_a_symbol_is_refused(tmp_path, home, runner) -> None:
     clash = tmp_path / "clash"
     write_store(clash, "eq", load_bars(home, "eq"), "test")

@@ -440,6 +440,12 @@ def _check_references(req: _Request, symbols: list[str]) -> None:
                 f"features.references.{group}: {unknown[0]!r} is not a symbol of dataset {manifest['dataset']!r} "
                 f"(it has {len(known)}, e.g. {known[:5]}); ingest it there or remove it from the group"
             )
+    own, theirs = req.manifest.get("frequency"), manifest.get("frequency")
+    if refs.external and own and theirs and own != theirs:  # a served request checks every symbol's spacing
+        raise DataError(
+            f"features.references.dataset: dataset {refs.dataset!r} has {theirs} bars but dataset {req.dataset!r} "
+            f"has {own} bars; ingest the references at {own} (requests carry both at one frequency)"
+        )
     clash = sorted(set(refs.symbols) & set(symbols)) if refs.external else []
     if clash:
         raise DataError(
