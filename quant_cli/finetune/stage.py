@@ -80,9 +80,9 @@ def finetune_existing(
         raise RecipeError(f"--method {method!r} is not a fine-tuning method; allowed: {', '.join(map(repr, METHODS))}")
     run.require_stage("train", f"train it first with `qfactory train --run {run.id}`")
     source = run.recipe()
-    recipe = finetuned_recipe(run, source, overrides or [], reporter)
     model = load_model(run.path / "model")
     check_finetunable(model, run)
+    recipe = finetuned_recipe(run, source, overrides or [], reporter)
     snapshot = pinned_for(run, source, data_dir)
     prepared = load_split(run.path / "split", source, snapshot)
     with create_run(runs_dir, recipe) as new:
