@@ -264,3 +264,33 @@ def test_bad_options_are_refused_in_one_line(tuned, runner, args, line):
     result = runner.invoke(app, ["finetune", "--run", str(source.path), *args, "--data-dir", str(data)])
     assert result.exit_code == 2
     assert result.stderr.strip() == line.replace("{run}", source.id)
+
+
+def test_an_update_moves_the_mean_toward_the_actions_that_paid():
+    """Signs of the clipped objective: draws above the mean that paid (positive advantage) and draws
+    below it that lost both push the actor's mean up."""
+    import torch
+
+    from quant_cli.finetune.ppo import ActorCritic, PPOConfig, Rollout, means, update
+    from quant_cli.models.torch.recurrent import Recurrent, RecurrentConfig
+    from quant_cli.models.torch.windows import Samples
+
+    torch.manual_seed(0)
+    policy = ActorCritic(Recurrent(RecurrentConfig(n_inputs=2, hidden=4, seq_len=3, dropout=0.0)), 0.5)
+    policy.eval()
+    samples = Samples(torch.randn(40, 2), torch.arange(2, 40), 3)
+    start = means(policy, samples, "cpu")
+    side = np.where(np.arange(len(start)) % 2 == 0, 1.0, -1.0)
+    u = start + 0.5 * side
+    logp = -0.5 * ((u - start) / 0.5) ** 2 - np.log(0.5) - 0.5 * np.log(2 * np.pi)
+    roll = Rollout(np.arange(len(start)), np.zeros(len(start)), u, logp, side, np.zeros(len(start)), 0.0, 0.0)
+    update(
+        policy,
+        torch.optim.AdamW(policy.parameters(), lr=0.01),
+        samples,
+        roll,
+        PPOConfig(epochs=3, target_kl=0.0),
+        0,
+        "cpu",
+    )
+    assert (means(policy, samples, "cpu") - start).mean() > 0.01

@@ -32,7 +32,8 @@ from scipy.stats import rankdata
 from quant_cli.errors import RecipeError
 
 STRATEGIES = ("long_short", "long_only", "top_k", "threshold", "proportional", "sign", "position")
-SINGLE_SYMBOL = ("sign", "long_only", "threshold", "position")  # strategies that trade one symbol on its own
+# strategies that trade one symbol on its own, suggested for forecasts ("position", for a policy's positions, can too)
+SINGLE_SYMBOL = ("sign", "long_only", "threshold")
 SIZINGS = ("equal", "score", "inverse_vol")
 _WEEKDAYS = {"MON": 0, "TUE": 1, "WED": 2, "THU": 3, "FRI": 4, "SAT": 5, "SUN": 6}
 

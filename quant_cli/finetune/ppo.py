@@ -155,7 +155,7 @@ def rollout(policy: ActorCritic, train: Segment, cfg: PPOConfig, rng: np.random.
     valid = cell >= 0
     cells = cell[valid]
     mean = means(policy, _subset(train.samples, cells), device)
-    std = math.exp(float(policy.log_std))
+    std = math.exp(float(policy.log_std.detach()))
     u = mean + std * rng.standard_normal(len(cells))
     positions = np.full(cell.shape, np.nan)
     positions[valid] = np.tanh(u)
@@ -250,7 +250,7 @@ def _minibatch_step(
         log_ratio = logp - batch["logp"]
         kl = float((torch.exp(log_ratio) - 1.0 - log_ratio).mean())  # ≥ 0, unbiased (Schulman's k3 estimator)
         share = float(((ratio - 1.0).abs() > cfg.clip).float().mean())
-    return {"kl": kl, "clipped": share, "entropy": float(entropy), "value_loss": float(value_loss)}
+    return {"kl": kl, "clipped": share, "entropy": float(entropy.detach()), "value_loss": float(value_loss.detach())}
 
 
 def finetune(
@@ -276,7 +276,7 @@ def finetune(
         roll = rollout(policy, train, cfg, rng, device)
         stats = update(policy, opt, train.samples, roll, cfg, seed + number, device)
         entry = {**_evaluated(number, policy, val_samples, validate, device), "train_reward": roll.reward}
-        entry.update(train_net_return=roll.net, std=math.exp(float(policy.log_std)), **stats)
+        entry.update(train_net_return=roll.net, std=math.exp(float(policy.log_std.detach())), **stats)
         history.append(entry)
         sharpe = entry["val_sharpe"]
         if math.isfinite(sharpe) and (not math.isfinite(best) or sharpe > best):
