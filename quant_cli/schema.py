@@ -599,9 +599,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
             maximum=10_000_000,
         ),
         "epochs": Key("int", 4, "PPO: passes over each rollout's samples.", minimum=1, maximum=1_000),
-        "minibatch": Key(
-            "int", 256, "PPO: samples (symbol × bar) per optimiser step.", minimum=1, maximum=10_000_000
-        ),
+        "minibatch": Key("int", 256, "PPO: samples (symbol × bar) per optimiser step.", minimum=1, maximum=10_000_000),
         "clip": Key("float", 0.2, "PPO: clip range of the probability ratio.", minimum=0.001, maximum=1.0),
         "gamma": Key("float", 0.99, "PPO: discount of future rewards.", minimum=0.0, maximum=1.0),
         "lam": Key("float", 0.95, "PPO: GAE lambda (0: one-step TD, 1: Monte Carlo).", minimum=0.0, maximum=1.0),
