@@ -16,6 +16,7 @@ from quant_cli.cli import (
     features,
     ingest,
     predict,
+    pretrain,
     profile,
     recipe,
     report,
@@ -65,6 +66,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(features.app, name="features")
 app.command("split")(split.split)
 app.command("train")(train.train)
+app.command("pretrain")(pretrain.pretrain)
 app.command("backtest")(backtest.backtest)
 app.command("report")(report.report)
 app.command("audit")(audit.audit)
