@@ -89,7 +89,8 @@ def train(
 
     Continue a killed torch fit: qfactory train --run RUN --resume
 
-    Warm start from a pretrain run: qfactory train --recipe recipes/lstm.toml --init "$(qfactory pretrain -r recipes/lstm.toml)"
+    Warm start from a pretrain run: PRE=$(qfactory pretrain -r recipes/lstm.toml) &&
+    qfactory train --recipe recipes/lstm.toml --init "$PRE"
 
     Data parallel, 4 processes on this machine: qfactory train --recipe recipes/lstm.toml --nproc 4
     (several machines: run the same command under torchrun on each; see the README)

@@ -160,6 +160,7 @@ class TorchModel(Model):
                 resume=getattr(self, "resume", False),
                 on_epoch=self._epoch_report(net, val),
                 world=world,
+                trading=self._trading(),
             )
         self._release()
         peak = torch.cuda.max_memory_allocated(torch.device(self.device_)) if cuda else None
@@ -183,6 +184,14 @@ class TorchModel(Model):
         scaled targets' units (returns / y_std_), so it keeps its meaning whatever the scale."""
         cost = self.loop.pnl_cost_bps / 1e4 / (self.y_std_ if not self.is_classifier else 1.0)
         return losses.loss_fn(self.loop.loss, self.is_classifier, cost, self.loop.pnl_drawdown_penalty)
+
+    def _trading(self):
+        """What the per-epoch validation PnL telemetry needs (a regression score; models/torch/telemetry.py)."""
+        if self.is_classifier or self.output == "path":
+            return None
+        from quant_cli.models.torch.telemetry import Trading
+
+        return Trading(self.loop.pnl_cost_bps / 1e4, self.y_mean_, self.y_std_)
 
     def _epoch_report(self, net, val: Inputs | None):
         """Per-epoch StepReport call (Model.fit(report=...)): the validation scores of the current

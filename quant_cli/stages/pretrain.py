@@ -70,7 +70,8 @@ def pretrain_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Repor
     snapshot = pin_checked(recipe, data_dir, reporter)
     with create_run(runs_dir, recipe) as run:
         segments = sorted(set(recipe["pretrain"]["segments"]), key=list(SEGMENTS).index)
-        run.update_manifest(kind="pretrain", pretrain={"segments": segments, "objective": recipe["pretrain"]["objective"]})
+        objective = recipe["pretrain"]["objective"]
+        run.update_manifest(kind="pretrain", pretrain={"segments": segments, "objective": objective})
         prepared = split_stage(run, recipe, snapshot, reporter).prepared
         channels = None
         if model.needs_bars():
@@ -132,7 +133,14 @@ def pretrain_stage(
             names = objectives.encoder_names(backbone, values.shape[1], seq_len)
             net = objectives.objective(backbone, pre, values.shape[1], seq_len).to(device)
             result = loop.train(
-                net, data, None, settings, objectives.mean_loss, device=device, seed=seed, reporter=reporter,
+                net,
+                data,
+                None,
+                settings,
+                objectives.mean_loss,
+                device=device,
+                seed=seed,
+                reporter=reporter,
                 name=f"pretrain {model.name}",
             )
         state = backbone.state_dict()
