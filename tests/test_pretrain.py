@@ -258,3 +258,34 @@ def test_train_init_refuses_what_does_not_match_in_one_line(runner, store, tmp_p
     )
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith("."))
     assert runs == sorted([pre.name, not_pre])  # no refused command left a run behind
+
+
+def test_export_mlflow_carries_the_pretrain_loss_history(runner, store, tmp_path, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    root, _ = store
+    run = _pretrain(runner, root, tmp_path, _recipe(tmp_path))
+    history = json.loads((run / "pretrain" / "history.json").read_text())["epochs"]
+    uri = (tmp_path / "mlruns").as_uri()
+    result = runner.invoke(app, ["runs", "export-mlflow", str(run), "--tracking-uri", uri, "--json"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=uri)
+    (logged,) = client.search_runs([client.get_experiment_by_name("qfactory").experiment_id])
+    for key in ("train_loss", "grad_norm", "lr"):
+        points = sorted(client.get_metric_history(logged.info.run_id, f"pretrain.epoch.{key}"), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in points] == [(h["epoch"], pytest.approx(h[key])) for h in history], key
+
+
+def test_recipe_defaults_show_every_pretrain_key(runner) -> None:
+    from quant_cli.schema import SCHEMA
+
+    text = runner.invoke(app, ["recipe", "defaults"]).stdout
+    section = text.split("[pretrain]\n", 1)[1].split("\n[", 1)[0]
+    assert all(f"\n{key} = " in f"\n{section}" for key in SCHEMA["pretrain"]), section
+
+
+def test_init_applies_to_new_runs_only(runner, tmp_path) -> None:
+    result = runner.invoke(app, ["train", "--run", "latest", "--init", "latest"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: --init warm-starts a new run: pass it with --recipe R, not --run"

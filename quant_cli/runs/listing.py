@@ -163,7 +163,7 @@ def describe(record: RunRecord) -> dict[str, Any]:
         "name": parts[0] if len(parts) == 3 else record.run_id,
         "dataset": dataset.get("name") if isinstance(dataset, dict) else None,
         "model": train.get("model") or _block(record.metrics, "train").get("model") or pretrain.get("model"),
-        "kind": manifest.get("kind", "train") if isinstance(manifest.get("kind", "train"), str) else None,
+        "kind": manifest.get("kind") if isinstance(manifest.get("kind"), str) else "run",  # pretrain, or run
         "created": record.created or None,
         "path": str(record.path),
     }
