@@ -99,7 +99,9 @@ def main() -> None:
         cells = []
         for arm in ("warm start", "scratch"):
             values = np.array([r[arm][metric] for r in results], dtype=float)
-            cells.append(f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}")
+            digits = 2 if metric == "best epoch" else 4
+            spread = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{values.mean():.{digits}f} ± {spread:.{digits}f}")
         print(f"{metric:<12}{cells[0]:>22}{cells[1]:>22}")
 
 

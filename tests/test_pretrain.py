@@ -223,7 +223,10 @@ def test_train_init_warm_starts_every_encoder_tensor_and_records_it(runner, stor
     trained = torch.load(run / "model" / "weights.pt", weights_only=True)
     assert all(torch.allclose(trained[k], encoder[k], atol=1e-6) for k in encoder)
     scratch = _invoke(runner, root, tmp_path, "train", "--recipe", str(recipe), *frozen)
-    assert "initialised_from" not in json.loads((Path(scratch.stdout.strip()) / "manifest.json").read_text())
+    scratch_manifest = json.loads((Path(scratch.stdout.strip()) / "manifest.json").read_text())
+    assert "initialised_from" not in scratch_manifest
+    # the trial ledger counts a warm start and a scratch fit of one recipe as two experiments
+    assert scratch_manifest["fingerprints"]["experiment"] != manifest["fingerprints"]["experiment"]
     weights = torch.load(Path(scratch.stdout.strip()) / "model" / "weights.pt", weights_only=True)
     assert not all(torch.allclose(weights[k], encoder[k], atol=1e-6) for k in encoder)
 

@@ -20,7 +20,7 @@ from quant_cli.errors import RecipeError, RunError
 from quant_cli.features.bars import bar_channels
 from quant_cli.io import write_json_atomic, write_parquet_atomic
 from quant_cli.models.base import Model, StepReport
-from quant_cli.recipe import Recipe
+from quant_cli.recipe import Recipe, fingerprint
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run, create_run, stage_outputs
 from quant_cli.stages import fitting
@@ -178,6 +178,10 @@ def train_new(
     pretrained = _pretrained(recipe, init, reporter) if init is not None else None
     snapshot = pin_checked(recipe, data_dir, reporter)
     with create_run(runs_dir, recipe) as run:
+        if pretrained is not None:  # a warm start is another experiment than training from scratch (trial ledger)
+            own = run.manifest()["fingerprints"]["experiment"]
+            warm = fingerprint({"recipe": own, "init": pretrained.experiment})
+            run.update_manifest(fingerprints={"experiment": warm})
         prepared = split_stage(run, recipe, snapshot, reporter).prepared
         metrics = train_stage(run, recipe, prepared, reporter, snapshot=snapshot, init=pretrained)
     return TrainResult(run, metrics)

@@ -30,6 +30,7 @@ class Pretrained:
     run_id: str
     folder: Path  # the run's pretrain/ folder
     meta: dict[str, Any]
+    experiment: str = ""  # the pretrain run's experiment fingerprint (recipe, less names and places)
 
     @property
     def model(self) -> str:
@@ -48,7 +49,8 @@ def open_pretrained(run_path: Path) -> Pretrained:
     stage = manifest.get("stages", {}).get(KIND, {})
     if stage.get("status") != "done" or not (run_path / FOLDER / ENCODER_FILE).is_file():
         raise RunError(f"--init {run_id}: its pretraining never finished; run `qfactory pretrain --recipe R` again")
-    return Pretrained(run_id, run_path / FOLDER, read_run_json(run_path, f"{FOLDER}/{META_FILE}"))
+    experiment = str(manifest.get("fingerprints", {}).get("experiment", run_id))
+    return Pretrained(run_id, run_path / FOLDER, read_run_json(run_path, f"{FOLDER}/{META_FILE}"), experiment)
 
 
 def check_model(pre: Pretrained, model_name: str) -> None:
