@@ -99,15 +99,8 @@ def pretrain_stage(
     channels: pl.DataFrame | None,
     reporter: Reporter,
 ) -> dict[str, Any]:
-    import io
-
-    import torch
-
-    from quant_cli.models.torch import loop
-    from quant_cli.models.torch import pretrain as objectives
-    from quant_cli.models.torch.config import LoopConfig
-    from quant_cli.models.torch.warmstart import ENCODER_FILE, FOLDER, META_FILE, input_record
-    from quant_cli.models.torch.windows import Samples
+    """Pretrain the encoder on the segments' windows and write pretrain/; returns the summary."""
+    from quant_cli.models.torch.warmstart import input_record
 
     cfg = recipe["pretrain"]
     seq_len, inputs = model.params["seq_len"], model.params["inputs"]
@@ -118,54 +111,87 @@ def pretrain_stage(
                 f"pretrain: {len(ends)} window(s) of {seq_len} rows in segments {segments}; "
                 "use a shorter model.params.seq_len or more data"
             )
-        device, seed = model.device, recipe["run"]["seed"]
-        data = Samples(loop.to_device(values, device, torch.float32), torch.as_tensor(ends, device=device), seq_len)
-        settings = LoopConfig.from_section(recipe["train"])
-        settings = replace(
-            settings, epochs=cfg["epochs"], batch_size=cfg["batch_size"], learning_rate=cfg["learning_rate"], patience=0
-        )
-        net_config = model.config(
-            n_inputs=values.shape[1], n_outputs=1, symbol_kind="none", n_symbols=0, **model.params, **model.fixed
-        )
-        pre = objectives.PretrainConfig.from_section(cfg)
-        with loop.reproducible(seed, device, recipe["train"]["threads"]):
-            backbone = model.network(net_config)
-            names = objectives.encoder_names(backbone, values.shape[1], seq_len)
-            net = objectives.objective(backbone, pre, values.shape[1], seq_len).to(device)
-            result = loop.train(
-                net,
-                data,
-                None,
-                settings,
-                objectives.mean_loss,
-                device=device,
-                seed=seed,
-                reporter=reporter,
-                name=f"pretrain {model.name}",
-            )
-        state = backbone.state_dict()
-        with stage_outputs(run, FOLDER) as folder:
-            buffer = io.BytesIO()
-            torch.save({name: state[name].detach().cpu() for name in names}, buffer)
-            write_bytes_atomic(folder / ENCODER_FILE, buffer.getvalue())
-            write_json_atomic(folder / "history.json", {"model": model.name, "epochs": result.history})
-            used = list(panel.channels) if inputs != "features" else []
-            meta = {
-                "model": model.name,
-                "params": model.params,
-                "config": asdict(net_config),
-                "pretrain": dict(cfg),
-                "segments": segments,
-                "windows": len(ends),
-                "tensors": {name: list(state[name].shape) for name in names},
-                "inputs": input_record(prepared.features, prepared.pipeline.to_json(), inputs, used),
-                "train": settings.to_json(),
-            }
-            write_json_atomic(folder / META_FILE, meta)
-        last = result.history[-1]["train_loss"] if result.history else float("nan")
-        info.update(model=model.name, objective=cfg["objective"], windows=len(ends), loss=last, device=device)
+        fitted = _fit_encoder(recipe, model, values, ends, reporter)
+        used = list(panel.channels) if inputs != "features" else []
+        meta = {
+            "model": model.name,
+            "params": model.params,
+            "config": fitted["config"],
+            "pretrain": dict(cfg),
+            "segments": segments,
+            "windows": len(ends),
+            "tensors": {name: list(t.shape) for name, t in fitted["encoder"].items()},
+            "inputs": input_record(prepared.features, prepared.pipeline.to_json(), inputs, used),
+            "train": fitted["settings"],
+        }
+        _write_outputs(run, model.name, fitted["encoder"], fitted["history"], meta)
+        last = fitted["history"][-1]["train_loss"] if fitted["history"] else float("nan")
+        info.update(model=model.name, objective=cfg["objective"], windows=len(ends), loss=last, device=model.device)
     reporter.info(
         f"pretrain: {model.name} ({cfg['objective']}) on {len(ends):,} windows of {', '.join(segments)}; "
-        f"{len(names)} encoder tensors, final loss {last:.5f}"
+        f"{len(fitted['encoder'])} encoder tensors, final loss {last:.5f}"
     )
     return as_written({"model": model.name, "objective": cfg["objective"], "windows": len(ends), "loss": last})
+
+
+def _fit_encoder(recipe: Recipe, model: Model, values: np.ndarray, ends: np.ndarray, reporter: Reporter) -> dict:
+    """The objective around a new network of the recipe's model, trained by the one loop: the
+    encoder's tensors (CPU), the loop's history, the network config and the loop settings used."""
+    import torch
+
+    from quant_cli.models.torch import loop
+    from quant_cli.models.torch import pretrain as objectives
+    from quant_cli.models.torch.config import LoopConfig
+    from quant_cli.models.torch.windows import Samples
+
+    cfg, seq_len = recipe["pretrain"], model.params["seq_len"]
+    device, seed = model.device, recipe["run"]["seed"]
+    where = loop.panel_device(values.nbytes, device)  # as a supervised fit places its panel
+    data = Samples(loop.to_device(values, where, torch.float32), torch.as_tensor(ends, device=where), seq_len)
+    settings = replace(
+        LoopConfig.from_section(recipe["train"]),
+        epochs=cfg["epochs"],
+        batch_size=cfg["batch_size"],
+        learning_rate=cfg["learning_rate"],
+        patience=0,
+    )
+    config = model.config(
+        n_inputs=values.shape[1], n_outputs=1, symbol_kind="none", n_symbols=0, **model.params, **model.fixed
+    )
+    with loop.reproducible(seed, device, recipe["train"]["threads"]):
+        backbone = model.network(config)
+        names = objectives.encoder_names(backbone, values.shape[1], seq_len)
+        net = objectives.objective(backbone, objectives.PretrainConfig.from_section(cfg), values.shape[1], seq_len)
+        result = loop.train(
+            net.to(device),
+            data,
+            None,
+            settings,
+            objectives.mean_loss,
+            device=device,
+            seed=seed,
+            reporter=reporter,
+            name=f"pretrain {model.name}",
+        )
+    state = backbone.state_dict()
+    return {
+        "encoder": {name: state[name].detach().cpu() for name in names},
+        "history": result.history,
+        "config": asdict(config),
+        "settings": settings.to_json(),
+    }
+
+
+def _write_outputs(run: Run, name: str, encoder: dict, history: list, meta: dict[str, Any]) -> None:
+    import io
+
+    import torch
+
+    from quant_cli.models.torch.warmstart import ENCODER_FILE, FOLDER, META_FILE
+
+    with stage_outputs(run, FOLDER) as folder:
+        buffer = io.BytesIO()  # serialised in memory, written by qfactory (a full disk names the file)
+        torch.save(encoder, buffer)
+        write_bytes_atomic(folder / ENCODER_FILE, buffer.getvalue())
+        write_json_atomic(folder / "history.json", {"model": name, "epochs": history})
+        write_json_atomic(folder / META_FILE, meta)
