@@ -6,6 +6,7 @@ determinism and bundle causality like every torch model."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -168,6 +169,17 @@ def test_refused_settings_are_one_line(params, train, message):
     with pytest.raises(ModelError) as caught:
         create_model("xsection", "regression", params, 1, 1, train=train)
     assert str(caught.value) == message
+
+
+def test_the_recipe_refuses_bad_heads_with_one_line_exit_2_before_any_work(runner, tmp_path):
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "xsection.toml")
+    dirs = ["--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs")]
+    result = runner.invoke(app, ["train", "--recipe", recipe, "--set", "model.params.heads=5", *dirs])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: model 'xsection': model.params.heads 5 must divide model.params.hidden 32; change one of them"
+    ]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
 def test_the_sharpe_loss_trains_on_whole_timestamps():
