@@ -14,10 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import tomllib
 from pathlib import Path
 
 import numpy as np
+import tomli_w
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 from quant_cli import stages
 from quant_cli.recipe import load_recipe
@@ -37,14 +42,7 @@ def recipe_text(model: str, seed: int, args: argparse.Namespace) -> str:
     recipe["model"]["name"] = model
     if model == PER_SYMBOL["name"]:
         recipe["model"]["params"] = {k: v for k, v in recipe["model"]["params"].items() if k in PER_SYMBOL["keep"]}
-    return "\n".join(_toml(recipe))
-
-
-def _toml(table: dict, prefix: str = "") -> list[str]:
-    lines = [f"{k} = {json.dumps(v)}" for k, v in table.items() if not isinstance(v, dict)]
-    for key, sub in ((k, v) for k, v in table.items() if isinstance(v, dict)):
-        lines += [f"[{prefix}{key}]", *_toml(sub, f"{prefix}{key}.")]
-    return lines
+    return tomli_w.dumps(recipe)
 
 
 def one_run(model: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, float]:

@@ -375,7 +375,8 @@ def _epoch(step: _Step, data: Samples, cfg: LoopConfig, loss_fn, device: str, se
         with autocast(device, step.precision):
             x, ids = inputs(local if len(local) else idx[:1])
             context = data.context(local if len(local) else idx[:1], device)  # a cross-sectional net's timestamps
-            out = step.run(x, ids, **context)[: len(local)].float()  # (b, K); an empty share forwards one row and keeps none
+            # (b, K); an empty share forwards one row and keeps none
+            out = step.run(x, ids, **context)[: len(local)].float()
         if world is not None:
             out = world.gather_rows(out, len(idx))  # (B, K), every rank's rows in batch order
         aux = auxiliary() if auxiliary is not None else None  # read before _previous forwards again
