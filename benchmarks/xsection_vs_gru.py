@@ -6,7 +6,7 @@ xsection lets the window encodings of every symbol at one timestamp attend to ea
 and seed it trains one run (the synthetic panel's own seed is pinned, so every run sees the same data and
 split) and prints the test IC, rank IC and val IC as mean ± std over the seeds.
 
-    python benchmarks/xsection_vs_gru.py [--symbols 20] [--bars 600] [--epochs 3] [--seeds 1 2 3]
+    python benchmarks/xsection_vs_gru.py [--symbols 20] [--bars 600] [--signal 0.2] [--epochs 3] [--seeds 1 2 3]
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def recipe_text(model: str, seed: int, args: argparse.Namespace) -> str:
     recipe = tomllib.loads(RECIPE.read_text())
     recipe["run"].update(name=f"bench-{model}", seed=seed)
     recipe["data"]["dataset"] = f"xsbench-{args.symbols}x{args.bars}"
-    recipe["data"]["synthetic"].update(symbols=args.symbols, bars=args.bars, seed=args.data_seed)
+    recipe["data"]["dataset"] += f"-s{args.signal:g}"
+    recipe["data"]["synthetic"].update(symbols=args.symbols, bars=args.bars, seed=args.data_seed, signal=args.signal)
     recipe["train"].update(epochs=args.epochs, threads=args.threads)
     recipe.pop("backtest")
     recipe["model"]["name"] = model
@@ -60,12 +61,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--data-seed", type=int, default=42)
+    parser.add_argument("--signal", type=float, default=0.2, help="planted drift strength (data.synthetic.signal)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=["xsection", "gru"])
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "xsbench-data")
     parser.add_argument("--runs-dir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
-    print(f"synthetic panel {args.symbols} symbols x {args.bars} bars (seed {args.data_seed}), {args.epochs} epochs")
+    print(
+        f"synthetic panel {args.symbols} symbols x {args.bars} bars (seed {args.data_seed}, signal {args.signal:g}), "
+        f"{args.epochs} epochs"
+    )
     print(f"{'model':10} {'test IC':>18} {'test rank IC':>18} {'val IC':>18}  per seed (test IC)")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.runs_dir or Path(tmp)
