@@ -182,6 +182,18 @@ def test_the_recipe_refuses_bad_heads_with_one_line_exit_2_before_any_work(runne
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
+def test_data_parallel_training_is_refused_with_one_line_before_any_work(runner, tmp_path):
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "xsection.toml")
+    dirs = ["--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs")]
+    result = runner.invoke(app, ["train", "--recipe", recipe, "--nproc", "2", *dirs])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: train.nproc 2: model 'xsection' attends across the symbols of each timestamp, which a data-parallel "
+        "share of a batch would split; drop --nproc or set train.nproc = 1"
+    ]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
 def test_the_sharpe_loss_trains_on_whole_timestamps():
     data = panel(gaps=0)
     model = fitted(data, loss="sharpe")
