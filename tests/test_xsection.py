@@ -215,10 +215,16 @@ RUN = [
 ]
 
 
-def test_a_single_symbol_request_is_refused_with_one_line(runner, tmp_path):
-    store = tmp_path / "data"
-    write_store(store, "p", generate(symbols=3, bars=120, seed=3), "test")
-    run = stages.train_new(load_recipe(None, RUN), store, tmp_path / "runs").run
+@pytest.fixture(scope="module")
+def xs_run(tmp_path_factory):
+    """(store, run) of a tiny trained xsection run on 3 synthetic symbols."""
+    root = tmp_path_factory.mktemp("xsrun")
+    write_store(root / "data", "p", generate(symbols=3, bars=120, seed=3), "test")
+    return root / "data", stages.train_new(load_recipe(None, RUN), root / "data", root / "runs").run
+
+
+def test_a_single_symbol_request_is_refused_with_one_line(runner, tmp_path, xs_run):
+    store, run = xs_run
     bundle = stages.bundle_existing(run, store).bundle
     bars = load_bars(store, "p").with_columns(pl.col("symbol").cast(pl.String))
     bars.write_csv(tmp_path / "all.csv")
@@ -235,3 +241,16 @@ def test_a_single_symbol_request_is_refused_with_one_line(runner, tmp_path):
         "score together (at least 2)"
     )
     assert not (tmp_path / "one.parquet").exists()
+
+
+def test_ppo_fine_tuning_is_refused_with_one_line(runner, tmp_path, xs_run):
+    store, run = xs_run
+    dirs = ["--data-dir", str(store), "--runs-dir", str(tmp_path / "runs")]
+    result = runner.invoke(app, ["finetune", "--run", str(run.path), "--method", "ppo", *dirs])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: run {run.id}'s model 'xsection' scores each symbol within its timestamp's cross-section "
+        "(flag cross_section), but PPO trades each symbol's windows alone; fine-tune a per-symbol model "
+        "(e.g. lstm, gru, tcn, transformer)"
+    )
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
