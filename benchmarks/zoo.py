@@ -86,6 +86,13 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--dataset", help="benchmark on this dataset of --home instead of the synthetic panel")
     parser.add_argument("--home", type=Path, help="data home holding --dataset (default $QFACTORY_DATA_DIR or ./data)")
     parser.add_argument("--threads", type=int, default=2, help="threads of each fit")
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=0,
+        help="fit and score at most this many rows of each segment, drawn at random (0: all); the panel still "
+        "holds every row, so a large panel's memory is measured without its full training time",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch, 8 symbols x 300 bars")
     parser.add_argument("--json", type=Path, help="also write every per-seed number to this JSON file")
     args = parser.parse_args()
@@ -174,7 +181,8 @@ def _in_worker(name: str, args: argparse.Namespace, run_dir: Path, data_dir: Pat
     """The model's fits in a fresh process (its peak RSS is its own)."""
     context = multiprocessing.get_context("spawn")
     with context.Pool(1, maxtasksperchild=1) as pool:
-        return pool.apply(_worker, (name, list(range(args.seeds)), args.epochs, args.threads, run_dir, data_dir))
+        work = (name, list(range(args.seeds)), args.epochs, args.threads, args.max_rows, run_dir, data_dir)
+        return pool.apply(_worker, work)
 
 
 def _score(results: dict[str, dict[str, Any]], run_dir: Path, data_dir: Path) -> None:
@@ -215,7 +223,9 @@ def _vm(key: str) -> int:
     return 0
 
 
-def _worker(name: str, seeds: list[int], epochs: int, threads: int, run_dir: Path, data_dir: Path) -> dict[str, Any]:
+def _worker(
+    name: str, seeds: list[int], epochs: int, threads: int, max_rows: int, run_dir: Path, data_dir: Path
+) -> dict[str, Any]:
     import lightgbm  # noqa: F401  (imported before the baseline, like torch: library code is not the model's memory)
     import torch  # noqa: F401
 
@@ -230,18 +240,18 @@ def _worker(name: str, seeds: list[int], epochs: int, threads: int, run_dir: Pat
     run = Run(run_dir)
     split_recipe = run.recipe()
     prepared = load_split(run_dir / "split", split_recipe, pinned_for(run, split_recipe, data_dir))
+    parts = {seg: _at_most(prepared.segment(seg), max_rows) for seg in ("train", "val", "test")}
     fits = []
     for seed in seeds:
         recipe = _model_recipe(name, seed, epochs, threads)
         model = new_model(recipe)
-        inputs = fitting.segment_inputs(model, prepared, ("train", "val"))
+        inputs = fitting.model_inputs(model, prepared, {seg: parts[seg] for seg in ("train", "val")})
         train_rows = inputs["train"][0].height
         seconds = fitting.fit_model(model, prepared, inputs, recipe["train"]["early_stopping"])
         del inputs  # as the train stage does: the training inputs go before the scoring ones are built
         started = time.perf_counter()
-        predictions = fitting.predict_segments(
-            model, fitting.segment_inputs(model, prepared, ("val", "test")), ("val", "test")
-        )
+        scoring = fitting.model_inputs(model, prepared, {seg: parts[seg] for seg in ("val", "test")})
+        predictions = fitting.predict_segments(model, scoring, ("val", "test"))
         infer_seconds = time.perf_counter() - started
         net = getattr(model, "net_", None)
         samples = getattr(model, "samples_", train_rows) * getattr(model, "epochs_run_", 1)
@@ -261,6 +271,15 @@ def _worker(name: str, seeds: list[int], epochs: int, threads: int, run_dir: Pat
         "peak_rss": _vm("VmHWM"),
         "matrix_bytes": prepared.rows.height * len(prepared.features) * 4,
     }
+
+
+def _at_most(part, rows: int):
+    """`rows` rows of a segment drawn at random, in their order (all of them when rows is 0)."""
+    import numpy as np
+
+    if not rows or part.height <= rows:
+        return part
+    return part[np.sort(np.random.default_rng(0).choice(part.height, rows, replace=False))]
 
 
 def _model_recipe(name: str, seed: int, epochs: int, threads: int):
