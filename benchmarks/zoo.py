@@ -125,18 +125,24 @@ def _benchmark(args: argparse.Namespace, tmp: Path) -> int:
     print(_setting(args, dataset, run_dir, data_dir), flush=True)
     load_before = os.getloadavg()
     results = {}
+    failed = {}
     for name in names:
         started = time.perf_counter()
-        results[name] = _in_worker(name, args, run_dir, data_dir)
+        try:
+            results[name] = _in_worker(name, args, run_dir, data_dir)
+        except Exception as exc:  # one model's failure is reported, the others still run
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         print(f"# {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     _score(results, run_dir, data_dir)
     print(_table(results))
     print()
     print(_memory_table(results))
+    for name, error in failed.items():
+        print(f"FAILED {name}: {error}")
     print(f"\nload average 1 min: {load_before[0]:.1f} at the first fit, {os.getloadavg()[0]:.1f} at the end")
     if args.json:
-        args.json.write_text(json.dumps(_as_json(results), indent=1))
-    return 0
+        args.json.write_text(json.dumps({"models": _as_json(results), "failed": failed}, indent=1))
+    return 1 if failed else 0
 
 
 def _data(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
