@@ -37,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +186,10 @@ def _setting(args: argparse.Namespace, dataset: str, run_dir: Path, data_dir: Pa
 
 def _in_worker(name: str, args: argparse.Namespace, run_dir: Path, data_dir: Path) -> dict[str, Any]:
     """The model's fits in a fresh process (its peak RSS is its own)."""
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1, maxtasksperchild=1) as pool:
-        work = (name, list(range(args.seeds)), args.epochs, args.threads, args.max_rows, run_dir, data_dir)
-        return pool.apply(_worker, work)
+    work = (name, list(range(args.seeds)), args.epochs, args.threads, args.max_rows, run_dir, data_dir)
+    # an executor, not a Pool: a worker killed (say, out of memory) raises BrokenProcessPool instead of hanging
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_worker, *work).result()
 
 
 def _score(results: dict[str, dict[str, Any]], run_dir: Path, data_dir: Path) -> None:
