@@ -32,6 +32,9 @@ import polars as pl
 from quant_cli.errors import RunError
 from quant_cli.features import engine
 from quant_cli.features.align import FeatureOptions
+from quant_cli.features.expression import ExpressionError, parse
+from quant_cli.features.expression_eval import features_for
+from quant_cli.features.references import References, reference_only
 from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.features.registry import REGISTRY, Feature
 from quant_cli.pipeline import lookback
@@ -56,7 +59,7 @@ def feature_lookback(feature: Feature) -> int:
 class FittedPipeline:
     features: list[str]
     preprocess: dict[str, Any]  # the [preprocess] section: scaler, fill, clip
-    options: dict[str, Any] = field(default_factory=dict)  # benchmark, max_staleness, bar_spacing
+    options: dict[str, Any] = field(default_factory=dict)  # benchmark, max_staleness, bar_spacing, references
     lookback: dict[str, int] = field(default_factory=dict)
     adjustment: Adjustment = field(default_factory=Adjustment)
     symbol_encoding: str = "none"
@@ -67,6 +70,9 @@ class FittedPipeline:
     # full-history value (pipeline/lookback.py); empty until measured (the bundle measures it).
     warmup: dict[str, int] = field(default_factory=dict)
     regime: dict[str, Any] | None = None  # the fitted regime HMM (pipeline/regime.py) when HMM_FEATURE is a feature
+    # Factor expressions among the features (name -> formula, features/expression.py): a bundle
+    # carries them and serving recomputes them from this text.
+    expressions: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_recipe(
@@ -77,7 +83,9 @@ class FittedPipeline:
         adjustment: Adjustment,
         feature_version: str | None = None,
     ) -> FittedPipeline:
-        lookback = {f.name: feature_lookback(f) for f in engine.as_features(features)}
+        table = recipe["features"].get("expressions") or {}
+        expressions = {name: table[name] for name in features if name in table}
+        lookback = {f.name: feature_lookback(f) for f in features_for(features, expressions)}
         return cls(
             features=list(features),
             preprocess=dict(recipe["preprocess"]),
@@ -85,12 +93,14 @@ class FittedPipeline:
                 "benchmark": options.benchmark,
                 "max_staleness": options.max_staleness,
                 "bar_spacing": options.bar_spacing,
+                "references": None if options.references is None else options.references.to_json(),
             },
             lookback=lookback,
             adjustment=adjustment,
             symbol_encoding=recipe["model"]["symbol_encoding"],
             unseen_symbols=recipe["model"]["unseen_symbols"],
             feature_version=feature_version,
+            expressions=expressions,
         )
 
     @property
@@ -111,11 +121,11 @@ class FittedPipeline:
     @functools.cached_property
     def specs(self) -> list[Feature]:
         """The features as registry objects, looked up once (a served request must not re-resolve 158 names)."""
-        return engine.as_features(self.features)
+        return features_for(self.features, self.expressions)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (e.g. to a worker process) without the cached registry objects: they are rebuilt there."""
-        return {k: v for k, v in self.__dict__.items() if k != "specs"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("specs", "references")}
 
     def unfitted(self) -> FittedPipeline:
         return dataclasses.replace(self, state=None, regime=None)
@@ -164,7 +174,25 @@ class FittedPipeline:
             max_staleness=self.options.get("max_staleness"),
             benchmark_bars=benchmark_bars,
             bar_spacing=self.options.get("bar_spacing"),
+            references=self.references,
         )
+
+    @functools.cached_property
+    def references(self) -> References | None:
+        """The `[features.references]` groups the features were built with (features/references.py)."""
+        return References.from_json(self.options.get("references"))
+
+    def engine_input(
+        self, bars: pl.DataFrame, benchmark_bars: pl.DataFrame | None = None
+    ) -> tuple[pl.DataFrame, FeatureOptions]:
+        """(adjusted bars of the symbols to compute features for, the options to compute them with):
+        references from another dataset are inputs, not scored symbols, so their bars leave the
+        frame and go in as the options' reference bars; same-dataset references stay, as in training."""
+        adjusted, refs = reference_only(self.adjustment.apply(bars), self.references)
+        options = self.feature_options(benchmark_bars)
+        if refs is not None:
+            options = dataclasses.replace(options, reference_bars=refs)
+        return adjusted, options
 
     def compute(
         self, bars: pl.DataFrame, benchmark_bars: pl.DataFrame | None = None, reporter: Reporter = SILENT
@@ -173,9 +201,8 @@ class FittedPipeline:
 
         The benchmark comes from `bars` when it is among them (adjusted like any symbol), else from
         `benchmark_bars` (ts, close), already adjusted as the feature store's are."""
-        table = engine.compute_features(
-            self.adjustment.apply(bars), self.specs, self.feature_options(benchmark_bars), reporter
-        )
+        adjusted, options = self.engine_input(bars, benchmark_bars)
+        table = engine.compute_features(adjusted, self.specs, options, reporter)
         table = self.with_regime(table) if self.fits_regime and HMM_FEATURE in table.columns else table
         missing = [f for f in self.features if f not in table.columns]
         if missing:
@@ -225,6 +252,7 @@ class FittedPipeline:
             "dtype": "float32",
             "warmup": self.warmup,
             "regime": self.regime,
+            "expressions": self.expressions,
         }
 
     @classmethod
@@ -234,7 +262,9 @@ class FittedPipeline:
                 f"pipeline.json has format_version {data.get('format_version')!r}, "
                 f"expected {FORMAT_VERSION}; it was written by another qfactory version"
             )
-        unknown = [f for f in data["features"] if not _known(f)]
+        expressions = {str(k): str(v) for k, v in (data.get("expressions") or {}).items()}
+        _check_expressions(expressions)
+        unknown = [f for f in data["features"] if f not in expressions and not _known(f)]
         if unknown:
             raise RunError(f"pipeline.json names features this qfactory does not know: {unknown[:5]}")
         return cls(
@@ -249,6 +279,7 @@ class FittedPipeline:
             state=data.get("state"),
             warmup={k: int(v) for k, v in data.get("warmup", {}).items()},
             regime=data.get("regime"),
+            expressions=expressions,
         )
 
 
@@ -257,6 +288,15 @@ def _sequences(ordered: pl.DataFrame) -> list[np.ndarray]:
     values = ordered.get_column(HMM_FEATURE).cast(pl.Float64).fill_null(float("nan")).to_numpy()
     counts = ordered.group_by("symbol", maintain_order=True).len().get_column("len").to_numpy()
     return np.split(values, np.cumsum(counts)[:-1]) if len(counts) else []
+
+
+def _check_expressions(expressions: dict[str, str]) -> None:
+    """A stored expression is parsed (and its causality checked) again: pipeline.json is input too."""
+    for name, text in expressions.items():
+        try:
+            parse(name, text)
+        except ExpressionError as exc:
+            raise RunError(f"pipeline.json: {exc}") from None
 
 
 def _known(name: str) -> bool:

@@ -24,7 +24,9 @@ Panel models (sequence models, and ensembles with one): a score reads the window
 `seq_len - 1` bars — and, when the model reads raw-bar channels (quant_cli.features.bars: a 20-bar
 volume z-score, coarse timeframes), their own lookback, measured the same way (`measure_channels`).
 
-Cross-symbol inputs: features that read the benchmark need the benchmark symbol in a request;
+Cross-symbol inputs: features that read the benchmark need the benchmark symbol in a request, and
+reference features (features.references) their reference symbols (each carrying the same number
+of bars: a 7-day crypto reference's bars then span fewer days, which the measurement sees);
 cross-sectional ones (`cs_*`, `mkt_rel_ret_*`, `sector_rel_ret_*`) compare symbols at one
 timestamp, so a request must carry the whole universe the model was trained on (and `sector`).
 """
@@ -39,7 +41,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from quant_cli.features import align, engine
+from quant_cli.features import align, engine, references
 from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.features.registry import Feature
 from quant_cli.report import SILENT, Reporter
@@ -91,8 +93,9 @@ def grid(history: int) -> list[int]:
 def tail_bars(bars: pl.DataFrame, n: int) -> pl.DataFrame:
     """Each symbol's last `n` bars (by time)."""
     ordered = bars.sort("symbol", "ts", maintain_order=True)
-    position = pl.int_range(pl.len()).over("symbol")
-    return ordered.filter(position >= pl.len().over("symbol") - n)
+    position = pl.int_range(pl.len(), dtype=pl.Int64).over("symbol")
+    # Int64: pl.len() is unsigned, and len - n for a symbol shorter than n must not wrap around
+    return ordered.filter(position >= pl.len().over("symbol").cast(pl.Int64) - n)
 
 
 def agrees(values: np.ndarray, reference: np.ndarray, scale: np.ndarray | float = 0.0) -> np.ndarray:
@@ -107,7 +110,10 @@ def agrees(values: np.ndarray, reference: np.ndarray, scale: np.ndarray | float 
 def _features(pipeline: Any, bars: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     """The pipeline's own feature path (adjustment, benchmark from the bars, engine, the fitted
     regime filter: a recursion over all history, measured like an EMA) for `names`."""
-    table = engine.compute_features(pipeline.adjustment.apply(bars), names, pipeline.feature_options())
+    wanted = set(names)
+    specs = [f for f in pipeline.specs if f.name in wanted]
+    adjusted, options = pipeline.engine_input(bars)
+    table = engine.compute_features(adjusted, specs, options)
     return pipeline.with_regime(table) if HMM_FEATURE in names and pipeline.regime is not None else table
 
 
@@ -200,19 +206,29 @@ def request_bars(features: int, model: Any, channels: Lookback | None = None) ->
 
 def benchmark_symbol(pipeline: Any) -> str | None:
     """The benchmark symbol a request must include, when a feature reads it."""
-    features = engine.as_features(pipeline.features)
+    features = pipeline.specs
     reads = any(align.BENCHMARK_CLOSE in _inputs_of(f) for f in features)
     return pipeline.options.get("benchmark") if reads else None
 
 
+def reference_symbols(pipeline: Any) -> list[str]:
+    """The reference symbols (features.references) a request must include: those a feature reads,
+    a group's members included."""
+    refs = pipeline.references
+    if refs is None:
+        return []
+    needed = {c for f in pipeline.specs for c in _inputs_of(f)}
+    return references.needed_symbols(refs, needed)
+
+
 def cross_sectional(pipeline: Any) -> list[str]:
     """The features computed across symbols at one timestamp (they need the whole universe)."""
-    return [f.name for f in engine.as_features(pipeline.features) if f.family.stage == 2]
+    return [f.name for f in pipeline.specs if f.family.stage == 2]
 
 
 def extra_keys(pipeline: Any) -> list[str]:
     """Non-price grouping columns a request must carry (e.g. `sector` for sector-relative features)."""
-    keys = {k for f in engine.as_features(pipeline.features) if f.family.stage == 2 for k in f.family.over_keys}
+    keys = {k for f in pipeline.specs if f.family.stage == 2 for k in f.family.over_keys}
     return sorted(keys - {"symbol", "ts"})
 
 
@@ -220,8 +236,10 @@ def input_columns(pipeline: Any, trained_on: list[str]) -> list[str]:
     """Raw bar columns the features read, given the columns the training bars had: vwap is derived
     from high/low/close when training had none (else it is required, so serving reads what training
     read); the benchmark close comes from the benchmark symbol's bars."""
-    reads = {c for f in engine.as_features(pipeline.features) for c in _inputs_of(f)}
+    reads = {c for f in pipeline.specs for c in _inputs_of(f)}
     columns = reads - {align.BENCHMARK_CLOSE}
+    if pipeline.references is not None:  # aligned from the reference symbols' own close
+        columns = (columns - pipeline.references.columns()) | {"close"}
     if "vwap" in reads and "vwap" not in trained_on:
         columns = (columns - {"vwap"}) | {"high", "low", "close"}
     order = ["open", "high", "low", "close", "volume"]
