@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from quant_cli.models.registry import create_model
-from quant_cli.models.torch import loop
+from quant_cli.models.torch import placement
 from quant_cli.models.torch.precision import Precision, batch_transfer, choose_precision
 from quant_cli.models.torch.windows import Samples, gather
 
@@ -58,9 +58,9 @@ def test_gather_into_a_staging_buffer_equals_a_plain_gather():
 
 def test_rng_state_round_trips_the_cpu_stream():
     torch.manual_seed(5)
-    saved = loop.rng_state("cpu")
+    saved = placement.rng_state("cpu")
     first = torch.rand(4)
-    loop.set_rng_state(saved, "cpu")
+    placement.set_rng_state(saved, "cpu")
     assert torch.equal(torch.rand(4), first) and set(saved) == {"rng"}
 
 

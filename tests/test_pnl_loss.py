@@ -63,7 +63,8 @@ def test_loss_fn_builds_pnl_with_its_settings() -> None:
 def test_previous_rows_are_the_same_symbols_earlier_timestamp() -> None:
     symbols = np.array(["B", "A", "B", "A", "B"])
     ts = np.array([1, 1, 2, 3, 0]).astype("datetime64[D]").astype("datetime64[us]")
-    assert previous_rows(symbols, ts).tolist() == [4, -1, 0, 1, -1]
+    assert previous_rows(5, symbols, ts).tolist() == [4, -1, 0, 1, -1]
+    assert previous_rows(3, None, None).tolist() == [-1, 0, 1]  # no symbols, no times: row order is time order
 
 
 def planted(n_ts: int = 240, n_sym: int = 4, seed: int = 0):

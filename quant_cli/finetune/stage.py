@@ -194,7 +194,7 @@ def _finetune_stage(
             signal = val_rows.with_columns(score=pl.Series(positions))
             return run_backtest(signal, bars, backtest, ppy).summary
 
-        from quant_cli.models.torch.loop import reproducible
+        from quant_cli.models.torch.placement import reproducible
 
         with reproducible(model.seed, device, model.threads):
             result = ppo.finetune(

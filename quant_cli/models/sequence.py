@@ -114,7 +114,7 @@ class SequenceModel(TorchModel):
     def _samples(self, rows: Inputs, y=None, w=None):
         import torch
 
-        from quant_cli.models.torch.loop import to_device
+        from quant_cli.models.torch.placement import to_device
         from quant_cli.models.torch.windows import Samples, timestamp_codes
 
         X: PanelRows = rows.X
@@ -150,7 +150,7 @@ class SequenceModel(TorchModel):
         """The panel as one float32 tensor, moved once per fit (train and val share it)."""
         import torch
 
-        from quant_cli.models.torch.loop import panel_device, to_device
+        from quant_cli.models.torch.placement import panel_device, to_device
 
         cached = getattr(self, "_panel_cache", None)
         if cached is None or cached[0] is not X.panel:

@@ -126,7 +126,7 @@ class TorchModel(Model):
     def _fit(self, train, y, val, y_val, sample_weight, early_stopping):
         import torch
 
-        from quant_cli.models.torch import distributed, loop, losses
+        from quant_cli.models.torch import distributed, loop, losses, placement
 
         self._scale_targets(y)
         self.policy_ = None  # a fit from labels is a forecaster again, whatever it was fine-tuned into
@@ -138,7 +138,8 @@ class TorchModel(Model):
         cuda = self.device_.startswith("cuda")
         if cuda:  # the fit's own peak, recorded in fit_info
             torch.cuda.reset_peak_memory_stats(torch.device(self.device_))
-        with loop.reproducible(self.seed, self.device_, world.cpu_threads(self.threads) if world else self.threads):
+        threads = world.cpu_threads(self.threads) if world else self.threads
+        with placement.reproducible(self.seed, self.device_, threads):
             self.config_ = self._net_config(self._n_inputs(train))
             net = self._build(self.config_).to(self.device_)
             self._warm_start(net)

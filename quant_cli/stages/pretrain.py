@@ -139,15 +139,15 @@ def _fit_encoder(recipe: Recipe, model: Model, values: np.ndarray, ends: np.ndar
     encoder's tensors (CPU), the loop's history, the network config and the loop settings used."""
     import torch
 
-    from quant_cli.models.torch import loop
+    from quant_cli.models.torch import loop, placement
     from quant_cli.models.torch import pretrain as objectives
     from quant_cli.models.torch.config import LoopConfig
     from quant_cli.models.torch.windows import Samples
 
     cfg, seq_len = recipe["pretrain"], model.params["seq_len"]
     device, seed = model.device, recipe["run"]["seed"]
-    where = loop.panel_device(values.nbytes, device)  # as a supervised fit places its panel
-    data = Samples(loop.to_device(values, where, torch.float32), torch.as_tensor(ends, device=where), seq_len)
+    where = placement.panel_device(values.nbytes, device)  # as a supervised fit places its panel
+    data = Samples(placement.to_device(values, where, torch.float32), torch.as_tensor(ends, device=where), seq_len)
     settings = replace(
         LoopConfig.from_section(recipe["train"]),
         epochs=cfg["epochs"],
@@ -158,7 +158,7 @@ def _fit_encoder(recipe: Recipe, model: Model, values: np.ndarray, ends: np.ndar
     config = model.config(
         n_inputs=values.shape[1], n_outputs=1, symbol_kind="none", n_symbols=0, **model.params, **model.fixed
     )
-    with loop.reproducible(seed, device, recipe["train"]["threads"]):
+    with placement.reproducible(seed, device, recipe["train"]["threads"]):
         backbone = model.network(config)
         names = objectives.encoder_names(backbone, values.shape[1], seq_len)
         net = objectives.objective(backbone, objectives.PretrainConfig.from_section(cfg), values.shape[1], seq_len)

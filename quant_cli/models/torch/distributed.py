@@ -217,12 +217,12 @@ def leave_world() -> None:
 
 def run_job(world: World, job: dict[str, Any], device_kind: str) -> None:
     """A worker's part of one fit."""
-    from quant_cli.models.torch import loop
+    from quant_cli.models.torch import loop, placement
 
     device = world.device(device_kind)
     data = job["data"]
-    data = data.to(device, loop.panel_device(data.x.element_size() * data.x.nelement(), device))
-    with loop.reproducible(job["seed"], device, job["threads"]):
+    data = data.to(device, placement.panel_device(data.x.element_size() * data.x.nelement(), device))
+    with placement.reproducible(job["seed"], device, job["threads"]):
         net = job["net"].to(device)
         loop.train(
             net,

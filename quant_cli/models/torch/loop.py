@@ -27,7 +27,7 @@ restored, so on CPU a resumed fit ends bit-identical to an uninterrupted one.
 GPU: autocast around the training forward/backward only — bf16 where the device supports it, else
 fp16 with a GradScaler (quant_cli.models.torch.precision) — while scoring runs in fp32 unless
 `inference_precision` says otherwise; TF32 matmuls; the panel on the GPU when it fits, else batches
-gathered into pinned staging buffers (`PinnedStaging`) so their copies overlap compute;
+gathered into pinned staging buffers (`placement.PinnedStaging`) so their copies overlap compute;
 `torch.compile(dynamic=True)` when asked, for the training forward only, so the short last batch
 does not recompile and scoring runs the eager module. The RNG state of the device in use (cuda:N)
 is checkpointed. CPU: deterministic algorithms and `threads`.
@@ -40,7 +40,6 @@ gradients (see `_GatherRows`). Rank 0 alone validates, checkpoints and decides e
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import math
@@ -58,12 +57,14 @@ from quant_cli.io import write_bytes_atomic
 from quant_cli.models.device import notice_once
 from quant_cli.models.torch.config import LoopConfig
 from quant_cli.models.torch.memory import return_freed_buffers
-from quant_cli.models.torch.precision import (
-    Precision,
-    batch_transfer,
-    choose_precision,
-    device_kind,
+from quant_cli.models.torch.placement import (
+    autocast,
+    batch_inputs,
+    precision_for,
+    rng_state,
+    set_rng_state,
 )
+from quant_cli.models.torch.precision import Precision, device_kind
 from quant_cli.models.torch.telemetry import Trading, trading_stats
 from quant_cli.models.torch.windows import Samples
 from quant_cli.report import SILENT, Reporter
@@ -72,7 +73,6 @@ PREDICT_BATCH = 4096  # rows per inference batch (tabular, or short windows)
 PREDICT_TOKENS = 65_536  # window steps per inference batch: at 4,096 windows x 64 steps one layer's
 # (B, L, 3D) attention input alone was 200 MB, above the training batch's peak
 CHECKPOINT_FORMAT = 1
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -82,105 +82,6 @@ class Trained:
     epochs_run: int
     resumed_from: int = 0  # the epoch a resumed fit continued after (0: a fresh fit)
     precision: str = "fp32"  # what the training forward/backward ran in (bf16, fp16 or fp32)
-
-
-@contextlib.contextmanager
-def reproducible(seed: int, device: str, threads: int):
-    """Seed torch without touching the caller's RNG state; deterministic kernels on CPU, TF32 on CUDA."""
-    cuda = device.startswith("cuda")
-    cuda_devices = [torch.device(device).index or 0] if cuda else []
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.get_num_threads(),
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-    )
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(seed)
-        if device == "cpu":
-            torch.use_deterministic_algorithms(True)
-        if cuda:  # TF32 tensor cores for float32 matmuls and convolutions
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        if threads > 0:
-            torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(saved[0])
-            torch.set_num_threads(saved[1])
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[2], saved[3]
-
-
-def bf16_supported(device: str) -> bool:
-    """Whether `device` runs bf16 autocast natively (CUDA: compute capability 8.0+)."""
-    if device_kind(device) != "cuda":
-        return device_kind(device) == "cpu"
-    with torch.cuda.device(torch.device(device)):
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-
-
-def precision_for(requested: str, device: str, training: bool = True) -> Precision:
-    return choose_precision(requested, device, bf16_supported(device), training)
-
-
-def autocast(device: str, precision: Precision | str):
-    """Autocast to the precision's dtype on `device`, or nothing for fp32."""
-    if isinstance(precision, str):
-        precision = precision_for(precision, device, training=False)
-    if precision.dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_kind(device), dtype=_DTYPES[precision.dtype])
-
-
-def to_device(array: np.ndarray, device: str, dtype: torch.dtype) -> torch.Tensor:
-    """A host array on `device`: through pinned memory with a non-blocking copy on CUDA."""
-    tensor = torch.as_tensor(np.ascontiguousarray(array), dtype=dtype)
-    if device.startswith("cuda"):
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-def panel_device(nbytes: int, device: str) -> str:
-    """Where the float32 panel lives: on the GPU when it takes under half its free memory."""
-    if device.startswith("cuda"):
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return device if nbytes < free // 2 else "cpu"
-    return device
-
-
-class PinnedStaging:
-    """Batches of a host-side panel, gathered into two pinned buffers used in turn and copied to the
-    GPU without blocking; a buffer is refilled only once the copy that read it has finished."""
-
-    def __init__(self, device: str, slots: int = 2) -> None:
-        self.device, self.turn = device, 0
-        self.buffers: list[torch.Tensor | None] = [None] * slots
-        self.copied: list[Any] = [None] * slots  # the CUDA event after each buffer's last copy
-
-    def inputs(self, data: Samples, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        slot, self.turn = self.turn, (self.turn + 1) % len(self.buffers)
-        if self.copied[slot] is not None:
-            self.copied[slot].synchronize()
-        need = data.batch_numel(len(idx))
-        if self.buffers[slot] is None or self.buffers[slot].numel() < need:
-            self.buffers[slot] = torch.empty(need, dtype=data.x.dtype, pin_memory=True)
-        x, ids = data.inputs(idx.to(data.ends.device), out=self.buffers[slot])
-        x = x.to(self.device, non_blocking=True)
-        self.copied[slot] = torch.cuda.Event()
-        self.copied[slot].record(torch.cuda.current_stream(torch.device(self.device)))
-        return x, ids
-
-
-def batch_inputs(data: Samples, device: str) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]:
-    """idx → (x on `device`, ids) under the pinning policy (precision.batch_transfer)."""
-    if batch_transfer(str(data.x.device), device) == "pinned":
-        return PinnedStaging(device).inputs
-
-    def direct(idx: torch.Tensor):
-        x, ids = data.inputs(idx)
-        return x.to(device, non_blocking=True), ids
-
-    return direct
 
 
 def _lr_factor(cfg: LoopConfig, total_steps: int):
@@ -517,20 +418,6 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
         return math.nan
     return float(np.corrcoef(a, b)[0, 1])
-
-
-def rng_state(device: str) -> dict[str, torch.Tensor]:
-    """The RNG streams a fit on `device` draws from: the CPU's, and the GPU's of that device (cuda:N)."""
-    state = {"rng": torch.get_rng_state()}
-    if device_kind(device) == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(torch.device(device))
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: str) -> None:
-    torch.set_rng_state(state["rng"])
-    if "cuda_rng" in state and device_kind(device) == "cuda":
-        torch.cuda.set_rng_state(state["cuda_rng"], torch.device(device))
 
 
 def _snapshot(step: _Step, state: _State, history: list[dict[str, float]], device: str) -> dict[str, Any]:

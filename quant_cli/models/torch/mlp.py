@@ -69,7 +69,7 @@ class MLPModel(TorchModel):
         return ("embedding", len(self.encoder_.symbols_)) if embedding else ("none", 0)
 
     def _samples(self, rows: Inputs, y=None, w=None):
-        from quant_cli.models.torch.loop import to_device
+        from quant_cli.models.torch.placement import to_device
 
         dev = self.device_
 
@@ -78,7 +78,7 @@ class MLPModel(TorchModel):
 
         y_dtype = torch.int64 if self.is_classifier else torch.float32
         n = len(rows.X)
-        prev = previous_rows(rows.symbols, rows.ts)  # the pnl loss's and the PnL telemetry's turnover
+        prev = previous_rows(n, rows.symbols, rows.ts)  # the pnl loss's and the PnL telemetry's turnover
         samples = Samples(
             tensor(rows.X, torch.float32),
             torch.arange(n, device=dev),

@@ -15,7 +15,7 @@ fp16's 5-bit exponent underflows small gradients, hence the GradScaler; bf16 has
 needs none. CPU autocast has bf16 kernels but no fp16 speed-up, and MPS autocast is left out
 until it can be measured. `auto` never picks bf16 on CPU (slower than fp32 there).
 
-Copies (`batch_transfer`): the panel lives on the GPU when it fits (models/torch/loop.panel_device);
+Copies (`batch_transfer`): the panel lives on the GPU when it fits (models/torch/placement.panel_device);
 otherwise it stays in pageable host memory — pinning gigabytes would lock RAM the OS cannot page —
 and each batch is gathered straight into one of two pinned staging buffers, so its copy is truly
 asynchronous and overlaps the previous batch's compute (a copy from pageable memory blocks the host

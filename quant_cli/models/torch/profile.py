@@ -68,10 +68,10 @@ def profile(
     """One StepCost per sequence length (shortest first); mlp ignores seq_len (one row per sample)."""
     import torch
 
-    from quant_cli.models.torch import loop
+    from quant_cli.models.torch import placement
 
     cuda = device.startswith("cuda")
-    chosen = loop.precision_for(precision, device)
+    chosen = placement.precision_for(precision, device)
     rows = []
     for seq_len in sorted(set(seq_lens)):
         torch.manual_seed(seed)
@@ -108,9 +108,9 @@ def profile(
 
 def _step(net, x, y, device: str, precision) -> None:
     """One forward+backward pass, autocast as the training loop would."""
-    from quant_cli.models.torch import loop
+    from quant_cli.models.torch import placement
 
-    with loop.autocast(device, precision):
+    with placement.autocast(device, precision):
         out = net(x, None)
     loss = ((out.float()[:, 0] - y) ** 2).mean()
     loss.backward()

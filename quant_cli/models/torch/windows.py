@@ -26,11 +26,10 @@ def timestamp_codes(ts: np.ndarray | None) -> np.ndarray | None:
     return None if ts is None else np.asarray(ts).astype("datetime64[us]").astype(np.int64)
 
 
-def previous_rows(symbols: np.ndarray | None, ts: np.ndarray | None) -> np.ndarray:
-    """(n,) index of the row holding the same symbol's previous timestamp among these rows, -1 for
+def previous_rows(n: int, symbols: np.ndarray | None, ts: np.ndarray | None) -> np.ndarray:
+    """(n,) index of the row holding the same symbol's previous timestamp among these n rows, -1 for
     a symbol's first (the pnl loss's turnover for tabular rows; rows without symbols are one
     symbol; without timestamps, the rows' own order is time order)."""
-    n = 0 if symbols is None and ts is None else len(symbols if symbols is not None else ts)
     keys = [np.arange(n)] if ts is None else [np.asarray(ts).astype("datetime64[us]").astype(np.int64)]
     if symbols is not None:
         keys.append(np.unique(np.asarray(symbols).astype(str), return_inverse=True)[1])
