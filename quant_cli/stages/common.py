@@ -49,6 +49,8 @@ def make_model(recipe: Recipe, device: str = "cpu", reporter: Reporter = SILENT)
         unseen_symbols=cfg["unseen_symbols"],
         reporter=reporter,
         train=recipe["train"],
+        static_columns=cfg.get("static_columns"),
+        known_future=cfg.get("known_future"),
     )
 
 
