@@ -218,9 +218,15 @@ def test_a_tft_run_writes_importances_and_its_bundle_is_causal(store, tmp_path):
     early = joined.filter(pl.col("ts") <= CUTOFF)
     assert joined.height == before.height > early.height > 0
     assert (early["score"] == early["score_rewritten"]).all()
-    assert (joined.filter(pl.col("ts") > CUTOFF)["score"] != joined.filter(pl.col("ts") > CUTOFF)["score_rewritten"]).any()
+    assert (
+        joined.filter(pl.col("ts") > CUTOFF)["score"] != joined.filter(pl.col("ts") > CUTOFF)["score_rewritten"]
+    ).any()
     cut = bundle.score_bars(bars.filter(pl.col("ts") <= CUTOFF), every_bar=True)  # every later bar deleted
-    assert cut.join(before, on=["symbol", "ts"], suffix="_full").select((pl.col("score") == pl.col("score_full")).all()).item()
+    assert (
+        cut.join(before, on=["symbol", "ts"], suffix="_full")
+        .select((pl.col("score") == pl.col("score_full")).all())
+        .item()
+    )
     # a request without the sector column scores each symbol with its training sector
     assert bundle.score_bars(bars.drop("sector"), every_bar=True).equals(before)
 

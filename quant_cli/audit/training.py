@@ -36,8 +36,8 @@ from quant_cli.audit.rewrite import rewrite_after
 from quant_cli.data import store
 from quant_cli.dataset import table as dataset_table
 from quant_cli.dataset.table import KEYS, Prepared, load_bars
-from quant_cli.models.covariates import bar_inputs
 from quant_cli.models.base import Model
+from quant_cli.models.covariates import bar_inputs
 from quant_cli.models.registry import forecasts_path
 from quant_cli.recipe import Recipe
 from quant_cli.report import SILENT, Reporter

@@ -60,7 +60,7 @@ def fit_model(
     model = new_model(recipe, reporter)
     if model.reads_bars() and bars is None:
         raise RecipeError(
-            f"model '{model.name}' reads raw bars (model.params.inputs or model.static_columns); pass the bars to fit it"
+            f"model '{model.name}' reads the bars (model.params.inputs or model.static_columns); pass them to fit it"
         )
     if inputs is None or model.uses_panel():
         channels = (
