@@ -168,10 +168,18 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "Benchmark symbol of the dataset for cross-asset features (bench_corr_w, bench_beta_w, rel_strength_w).",
             nullable=True,
         ),
+        "references": Key(
+            "table",
+            {},
+            "Named groups of reference symbols for every symbol's cross-asset features, e.g. "
+            "{ crypto = ['BTC-USD', 'ETH-USD'], dataset = 'refs' } (dataset: another dataset of the data home; "
+            "default the recipe's): ref_<group>_<symbol>_{ret,vol,corr,beta}<w> and refgrp_<group>_...<w> "
+            "over features.windows (README: Cross-asset references).",
+        ),
         "max_staleness": Key(
             "str",
             None,
-            "Oldest benchmark bar forward-filled onto a symbol's bar, e.g. '5d' "
+            "Oldest benchmark or reference bar forward-filled onto a symbol's bar, e.g. '5d' "
             "(default: 5 bars of the data frequency).",
             nullable=True,
             duration=True,
@@ -460,8 +468,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "the top quantile; top_k: long the top_k (and short the bottom top_k "
             "with top_k_short); threshold: sign(score) where |score| > threshold; "
             "proportional: weights ∝ demeaned score; sign: sign(score) per symbol "
-            "(single-asset data).",
-            choices=("long_short", "long_only", "top_k", "threshold", "proportional", "sign"),
+            "(single-asset data); position: the score clipped to [-1, 1] is each symbol's position, "
+            "the book's gross split equally over the scored symbols (a fine-tuned policy's scores).",
+            choices=("long_short", "long_only", "top_k", "threshold", "proportional", "sign", "position"),
         ),
         "quantile": Key(
             "float",
@@ -583,6 +592,77 @@ SCHEMA: dict[str, dict[str, Any]] = {
             choices=("next_open", "next_close"),
         ),
         "segment": Key("str", "test", "Which predictions are traded.", choices=("val", "test")),
+    },
+    # `qfactory finetune --run RUN --method ppo` (quant_cli.finetune): PPO on the backtest's own semantics.
+    "finetune": {
+        "method": Key(
+            "str",
+            "none",
+            "none, or the method `qfactory finetune --method` applied (written into the fine-tuned run's "
+            "recipe; train, walkforward and run refuse a recipe with a method, since they fit from labels only).",
+            choices=("none", "ppo"),
+        ),
+        "updates": Key("int", 20, "PPO: rollouts, each followed by a policy update.", minimum=1, maximum=100_000),
+        "steps_per_rollout": Key(
+            "int",
+            256,
+            "PPO: bars of one rollout, a contiguous stretch of the training segment started flat at a random "
+            "bar (the whole segment when it is shorter); every symbol trades in it.",
+            minimum=2,
+            maximum=10_000_000,
+        ),
+        "epochs": Key("int", 4, "PPO: passes over each rollout's samples.", minimum=1, maximum=1_000),
+        "minibatch": Key("int", 256, "PPO: samples (symbol × bar) per optimiser step.", minimum=1, maximum=10_000_000),
+        "clip": Key("float", 0.2, "PPO: clip range of the probability ratio.", minimum=0.001, maximum=1.0),
+        "gamma": Key("float", 0.99, "PPO: discount of future rewards.", minimum=0.0, maximum=1.0),
+        "lam": Key("float", 0.95, "PPO: GAE lambda (0: one-step TD, 1: Monte Carlo).", minimum=0.0, maximum=1.0),
+        "entropy": Key("float", 0.001, "PPO: weight of the entropy bonus.", minimum=0.0, maximum=10.0),
+        "learning_rate": Key("float", 1e-4, "PPO: AdamW learning rate.", minimum=1e-12, maximum=10.0),
+        "grad_clip": Key("float", 0.5, "PPO: clip the global gradient norm to this (0: off).", minimum=0.0),
+        "init_std": Key(
+            "float",
+            0.3,
+            "PPO: starting std of the Gaussian the position's pre-tanh value is drawn from (learned after).",
+            minimum=0.001,
+            maximum=10.0,
+        ),
+        "reward": Key(
+            "str",
+            "pnl",
+            "PPO reward per symbol and bar: pnl (its net return: position × next-bar return − costs − borrow, "
+            "in units of the training returns' std) or sharpe (the differential Sharpe ratio of that stream, "
+            "Moody & Saffell 1998).",
+            choices=("pnl", "sharpe"),
+        ),
+        "sharpe_decay": Key(
+            "float",
+            0.05,
+            'PPO, reward = "sharpe": rate of the moving moments of the differential Sharpe ratio.',
+            minimum=0.0001,
+            maximum=1.0,
+        ),
+        "risk_penalty": Key(
+            "float",
+            0.0,
+            "PPO: weight of the squared net return subtracted from each reward (mean–variance; 0: off).",
+            minimum=0.0,
+            maximum=1_000.0,
+        ),
+        "target_kl": Key(
+            "float",
+            0.02,
+            "PPO: stop an update's epochs once the approximate KL to the rollout's policy passes 1.5 × this (0: off).",
+            minimum=0.0,
+            maximum=10.0,
+        ),
+        "patience": Key(
+            "int",
+            5,
+            "PPO: stop after this many updates without a better validation Sharpe of the deterministic "
+            "policy (0: never); the best update's weights are kept (update 0: the supervised model).",
+            minimum=0,
+            maximum=100_000,
+        ),
     },
     "walkforward": {
         "mode": Key(

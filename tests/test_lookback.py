@@ -101,3 +101,12 @@ def test_pipeline_keeps_the_measured_warmup_through_json(panel):
     pipeline.measure_lookback(panel.filter(pl.col("symbol") == "S001"))
     assert pipeline.warmup["ret_5"] == 6 and pipeline.required_bars == pipeline.warmup["close_ema_5"] > 6
     assert FittedPipeline.from_json(pipeline.to_json()).warmup == pipeline.warmup
+
+
+def test_tail_bars_keeps_all_of_a_symbol_shorter_than_n() -> None:
+    """Symbols of different lengths (a 7-day reference beside weekday equities): asking for more bars
+    than a symbol has keeps all of its bars (an unsigned len - n once wrapped around and kept none)."""
+    bars = generate(symbols=2, bars=30, seed=1)
+    ragged = bars.filter((pl.col("symbol") == "S000") | (pl.int_range(pl.len()).over("symbol") < 10))
+    out = lookback.tail_bars(ragged, 20)
+    assert out.group_by("symbol").len().sort("symbol")["len"].to_list() == [20, 10]

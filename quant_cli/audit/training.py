@@ -36,6 +36,7 @@ from quant_cli.audit.rewrite import rewrite_after
 from quant_cli.data import store
 from quant_cli.dataset import table as dataset_table
 from quant_cli.dataset.table import KEYS, Prepared, load_bars
+from quant_cli.features.references import References
 from quant_cli.models.base import Model
 from quant_cli.models.covariates import bar_inputs
 from quant_cli.models.registry import forecasts_path
@@ -66,11 +67,16 @@ def horizon(prepared: Prepared) -> dt.datetime:
 
 
 def store_bars(recipe: Recipe, snapshot: store.Snapshot) -> pl.DataFrame:
-    """Every bar of the pinned version the recipe can read (its symbols and the benchmark's), all dates."""
+    """Every bar of the pinned version the recipe can read (its symbols, the benchmark's and the
+    same-dataset references'), all dates."""
     symbols = recipe["data"]["symbols"] or None
     benchmark = recipe["features"].get("benchmark")
-    if symbols and benchmark and benchmark not in symbols and benchmark in snapshot.manifest.get("symbols", []):
-        symbols = [*symbols, benchmark]
+    refs = References.from_section(recipe["features"].get("references"), snapshot.dataset)
+    others = [benchmark] if benchmark else []
+    others += refs.symbols if refs is not None and not refs.external else []
+    known = set(snapshot.manifest.get("symbols", []))
+    if symbols:
+        symbols = [*symbols, *(s for s in dict.fromkeys(others) if s not in symbols and s in known)]
     return snapshot.load_bars(symbols=symbols)
 
 

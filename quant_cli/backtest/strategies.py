@@ -13,6 +13,8 @@ and limits), with k = max(1, floor(n · quantile)):
   threshold:    sign(score) where |score| > threshold, 1/m each for the m that pass
   proportional: w ∝ score − mean(score), scaled to Σ|w| = 1
   sign:         sign(score) / n  (kept for single-asset data)
+  position:     clip(score, −1, 1) / n: the score is the symbol's position (a fine-tuned policy's
+                scores, quant_cli.finetune); Σ|w| ≤ 1, and < 1 when positions are not all ±1
 
 A book that compares symbols cannot trade a one-symbol universe: long_short, proportional,
 top_k with top_k_short, score sizing and max_net = 0 would hold nothing and report `sharpe nan`.
@@ -29,8 +31,9 @@ from scipy.stats import rankdata
 
 from quant_cli.errors import RecipeError
 
-STRATEGIES = ("long_short", "long_only", "top_k", "threshold", "proportional", "sign")
-SINGLE_SYMBOL = ("sign", "long_only", "threshold")  # strategies that trade one symbol on its own
+STRATEGIES = ("long_short", "long_only", "top_k", "threshold", "proportional", "sign", "position")
+# strategies that trade one symbol on its own, suggested for forecasts ("position", for a policy's positions, can too)
+SINGLE_SYMBOL = ("sign", "long_only", "threshold")
 SIZINGS = ("equal", "score", "inverse_vol")
 _WEEKDAYS = {"MON": 0, "TUE": 1, "WED": 2, "THU": 3, "FRI": 4, "SAT": 5, "SUN": 6}
 
@@ -45,6 +48,8 @@ def base_weights(S: np.ndarray, cfg: dict[str, Any], rebalance: np.ndarray) -> n
     with np.errstate(invalid="ignore", divide="ignore"):
         if strategy == "sign":
             w = np.sign(S) / n
+        elif strategy == "position":
+            w = np.clip(S, -1.0, 1.0) / n
         elif strategy == "threshold":
             passed = finite & (np.abs(np.where(finite, S, 0.0)) > cfg["threshold"])
             w = np.where(passed, np.sign(S), 0.0) / passed.sum(axis=1, keepdims=True)

@@ -14,6 +14,7 @@ from quant_cli.cli import (
     data,
     doctor,
     features,
+    finetune,
     ingest,
     predict,
     profile,
@@ -65,6 +66,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(features.app, name="features")
 app.command("split")(split.split)
 app.command("train")(train.train)
+app.command("finetune")(finetune.finetune)
 app.command("backtest")(backtest.backtest)
 app.command("report")(report.report)
 app.command("audit")(audit.audit)

@@ -232,7 +232,9 @@ def fit_weights(rows: pl.DataFrame, calendar: pl.DataFrame, cfg: dict[str, Any])
 def new_pipeline(
     recipe: Recipe, table: Table, manifest: dict[str, Any], adjustment: adjust.Adjustment
 ) -> FittedPipeline:
-    options = FeatureOptions.from_section(recipe["features"], bar_spacing=manifest.get("frequency"))
+    options = FeatureOptions.from_section(
+        recipe["features"], manifest.get("dataset"), bar_spacing=manifest.get("frequency")
+    )
     return FittedPipeline.from_recipe(recipe, table.features, options, adjustment, table.fingerprint)
 
 

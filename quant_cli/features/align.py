@@ -13,6 +13,7 @@ return the next, as with any forward-filled price.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import polars as pl
 
 from quant_cli.data.frequency import infer_frequency, parse_duration, parse_frequency
 from quant_cli.errors import DataError
+from quant_cli.features.references import References
 
 BENCHMARK_CLOSE = "benchmark_close"
 DEFAULT_STALENESS_BARS = 5
@@ -33,16 +35,26 @@ class FeatureOptions:
 
     `benchmark_bars` (ts, close) supplies the benchmark when it is not among `bars` — a chunked
     build passes it to every chunk; `bar_spacing` pins the default staleness so every chunk agrees.
+    `references` (features/references.py) are aligned like the benchmark; `reference_bars`
+    (symbol, ts, close) supply them when they are not among `bars` (a build's pinned bars).
     """
 
     benchmark: str | None = None
     max_staleness: str | None = None
     benchmark_bars: pl.DataFrame | None = field(default=None, compare=False, repr=False)
     bar_spacing: str | None = None
+    references: References | None = None
+    reference_bars: pl.DataFrame | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_section(cls, section: Mapping[str, Any], **extra: Any) -> FeatureOptions:
-        return cls(benchmark=section.get("benchmark"), max_staleness=section.get("max_staleness"), **extra)
+    def from_section(cls, section: Mapping[str, Any], home: str | None = None, **extra: Any) -> FeatureOptions:
+        """`home`: the recipe's dataset (references naming it are same-dataset references)."""
+        return cls(
+            benchmark=section.get("benchmark"),
+            max_staleness=section.get("max_staleness"),
+            references=References.from_section(section.get("references"), home),
+            **extra,
+        )
 
 
 def staleness(bars: pl.DataFrame, options: FeatureOptions) -> dt.timedelta:
@@ -76,10 +88,13 @@ def with_benchmark(lazy: pl.LazyFrame, bars: pl.DataFrame, options: FeatureOptio
     return joined.sort("symbol", "ts", maintain_order=True)
 
 
-def feature_options(section: Mapping[str, Any], manifest: Mapping[str, Any], load_bars: Any) -> FeatureOptions:
+def feature_options(
+    section: Mapping[str, Any], manifest: Mapping[str, Any], load_bars: Any, load_references: Any = None
+) -> FeatureOptions:
     """The options a build (or a serving pipeline) computes features with, from the `[features]`
     section and the dataset it reads: the benchmark's bars are loaded once (`load_bars(symbols=[...])`,
-    e.g. a pinned Snapshot's) and staleness is pinned to the dataset's frequency."""
+    e.g. a pinned Snapshot's) and staleness is pinned to the dataset's frequency. Reference bars
+    come from `load_references` (another dataset's pinned snapshot), else from `load_bars`."""
     benchmark = section.get("benchmark")
     bench_bars = None
     if benchmark:
@@ -90,4 +105,11 @@ def feature_options(section: Mapping[str, Any], manifest: Mapping[str, Any], loa
                 "to one that is"
             )
         bench_bars = load_bars(symbols=[benchmark]).select("ts", "close")
-    return FeatureOptions.from_section(section, benchmark_bars=bench_bars, bar_spacing=manifest.get("frequency"))
+    options = FeatureOptions.from_section(
+        section, manifest["dataset"], benchmark_bars=bench_bars, bar_spacing=manifest.get("frequency")
+    )
+    if options.references is None:
+        return options
+    loader = load_references if options.references.external else load_bars
+    ref_bars = loader(symbols=options.references.symbols).select(pl.col("symbol").cast(pl.String), "ts", "close")
+    return dataclasses.replace(options, reference_bars=ref_bars)

@@ -25,6 +25,7 @@ ENGINE_MODULES = (
     "quant_cli.features.engine",
     "quant_cli.features.grouped",
     "quant_cli.features.align",
+    "quant_cli.features.references",
     "quant_cli.features.mtf",
     "quant_cli.features.registry",
     "quant_cli.features.build",

@@ -14,7 +14,9 @@ Multi-timeframe families run on resampled bars (features/mtf.py) and are joined 
 
 Derived inputs: `vwap` is approximated by the typical price (high + low + close) / 3 when the
 data has no `vwap` column (with a notice); `benchmark_close` is the benchmark symbol's close
-aligned to each bar (features/align.py) when `features.benchmark` is set.
+aligned to each bar (features/align.py) when `features.benchmark` is set; `ref_close[S]` and
+`ref_group_return[G]` are the reference symbols' aligned closes and the groups' one-bar returns
+(features/references.py) when `features.references` names them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from quant_cli.errors import DataError
-from quant_cli.features import align, mtf
+from quant_cli.features import align, mtf, references
 from quant_cli.features.align import FeatureOptions
 from quant_cli.features.grouped import per_symbol
 from quant_cli.features.panel import kernel_columns
@@ -54,6 +56,8 @@ def available_columns(columns: Sequence[str], options: FeatureOptions | None = N
         present.add("vwap")
     if options is not None and options.benchmark is not None and "close" in present:
         present.add(align.BENCHMARK_CLOSE)
+    if options is not None and options.references is not None:
+        present |= options.references.columns()
     return present
 
 
@@ -84,6 +88,8 @@ def skipped_message(missing: dict[str, list[str]]) -> str:
         if any(align.BENCHMARK_CLOSE in a for a in missing.values())
         else ""
     )
+    if any(c.startswith("ref_") for a in missing.values() for c in a):
+        hint += " (ref_* columns need the reference in features.references)"
     return f"skipped {len(missing)} feature(s) whose input columns are missing from the data: {groups}{hint}"
 
 
@@ -133,12 +139,16 @@ def _kind(feature: Feature) -> str:
 def plan(specs: Sequence[FeatureLike], columns: Sequence[str], options: FeatureOptions | None = None) -> Plan:
     """What to compute for `specs` on bars with `columns` (cached: a server plans the same request shape
     over and over; a Plan is never modified)."""
-    return _plan(tuple(specs), tuple(columns), options is not None and options.benchmark is not None)
+    benchmark = options is not None and options.benchmark is not None
+    return _plan(tuple(specs), tuple(columns), benchmark, None if options is None else options.references)
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(specs: tuple[FeatureLike, ...], columns: tuple[str, ...], benchmark: bool) -> Plan:
-    options = FeatureOptions(benchmark="benchmark") if benchmark else None  # only its presence matters here
+def _plan(
+    specs: tuple[FeatureLike, ...], columns: tuple[str, ...], benchmark: bool, refs: references.References | None
+) -> Plan:
+    # only the benchmark's presence and the references' names matter here
+    options = FeatureOptions(benchmark="benchmark" if benchmark else None, references=refs)
     features, missing = split_available(as_features(specs), columns, options)
     names = [f.name for f in features]
     if len(set(names)) != len(names):
@@ -196,6 +206,8 @@ def stage1(bars: pl.DataFrame, todo: Plan, options: FeatureOptions | None = None
     inputs = [c for c in inputs if bars.schema[c] != pl.String]  # text inputs (sector) are group keys, not numbers
     lazy = lazy.with_columns(pl.col(inputs).cast(pl.Float64)) if inputs else lazy
     frame = _derive_inputs(lazy, bars, todo, options).collect(engine=ENGINE)
+    if options is not None and options.references is not None:
+        frame = references.with_group_returns(frame, options.references, {c for f in todo.stage1 for c in f.inputs})
     pieces = [frame.select(*KEYS, *todo.passthrough), kernel_columns(frame, todo.kind("kernel"))]
     grouped = todo.kind("grouped")
     if grouped:
@@ -226,6 +238,10 @@ def _derive_inputs(lazy: pl.LazyFrame, bars: pl.DataFrame, todo: Plan, options: 
         lazy = lazy.with_columns(((pl.col("high") + pl.col("low") + pl.col("close")) / 3.0).alias("vwap"))
     if align.BENCHMARK_CLOSE in needed and options is not None:
         lazy = align.with_benchmark(lazy, bars, options)
+    symbols = references.needed_symbols(options.references, needed) if options and options.references else []
+    if symbols:
+        refs = references.series(bars, options.reference_bars, symbols)
+        lazy = references.with_aligned(lazy, refs, align.staleness(bars, options))
     helpers = sorted({d for f in todo.stage1 for d in f.family.derived})
     return lazy.with_columns(REGISTRY.derived[d].alias(d) for d in helpers) if helpers else lazy
 

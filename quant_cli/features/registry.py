@@ -198,6 +198,9 @@ class Registry:
         self.families: dict[str, Family] = {}
         self.sets: dict[str, str] = {ALL_SET: "Every registered feature."}
         self.derived: dict[str, pl.Expr] = {}
+        # Name resolvers for families made from the recipe rather than registered (features/references.py):
+        # each takes a concrete name and returns its Feature, or None when the name is not its own.
+        self.resolvers: list[Callable[[str], Feature | None]] = []
 
     def derive(self, name: str, expr: pl.Expr) -> None:
         """A helper column shared by several families, computed once per build (e.g. a rank).
@@ -298,6 +301,9 @@ class Registry:
 
     def feature(self, name: str) -> Feature:
         """The feature with this concrete name (``ret_7``, ``rsi_14``, ``cs_rank_ret_5``); KeyError if none."""
+        made = self._made(name)
+        if made is not None:
+            return made
         for family in self.families.values():
             if family.generic:
                 continue
@@ -356,18 +362,37 @@ class Registry:
                 )
             for family in self.in_set(set_name):
                 chosen.setdefault(family.pattern, set()).update(context.variants(family))
-        for item in section.get("include", []):
+        include, exclude = section.get("include", []), section.get("exclude", [])
+        for item in (i for i in include if self._made(i) is None):
             for family, variant in self._match(item, "features.include"):
                 chosen.setdefault(family.pattern, set()).update(
                     context.variants(family) if variant is _WHOLE else [variant]
                 )
-        for item in section.get("exclude", []):
+        for item in (i for i in exclude if self._made(i) is None):
             for family, variant in self._match(item, "features.exclude"):
                 if variant is _WHOLE or variant is None:  # a tag or pattern drops every variant
                     chosen.pop(family.pattern, None)
                 else:
                     chosen.get(family.pattern, set()).discard(variant)
-        return self._ordered(chosen)
+        selection = self._ordered(chosen)
+        made, short = self._references(section, context.windows)
+        made += [f for i in include if (f := self._made(i)) is not None and f.name not in {m.name for m in made}]
+        dropped = set(exclude)  # concrete names, or a tag such as cross_asset
+        made = [f for f in made if f.name not in dropped and not dropped & set(f.family.tags)]
+        return Selection([*selection.features, *made], [*selection.too_short, *short])
+
+    def _made(self, name: str) -> Feature | None:
+        """The feature a resolver makes of a concrete name (a reference feature), else None."""
+        return next((f for resolve in self.resolvers if (f := resolve(name)) is not None), None)
+
+    @staticmethod
+    def _references(section: Mapping[str, Any], windows: list[int]) -> tuple[list[Feature], list[str]]:
+        """Every reference feature of `features.references` over `windows` (features/references.py)."""
+        if not section.get("references"):
+            return [], []
+        from quant_cli.features.references import References  # noqa: PLC0415 - it imports this module
+
+        return References.from_section(section["references"]).features(windows)
 
     def _match(self, item: str, key: str) -> list[tuple[Family, Variant]]:
         """(family, variant) pairs `item` names; variant is _WHOLE for a tag or a family pattern."""

@@ -34,6 +34,7 @@ from quant_cli.errors import DataError, RecipeError
 from quant_cli.features import build, code_hash, engine, registry
 from quant_cli.features.align import feature_options
 from quant_cli.features.engine import skipped_message
+from quant_cli.features.references import References
 from quant_cli.io import clean_stale_staging, read_json, staged_dir, write_json_atomic
 from quant_cli.recipe import Recipe, fingerprint
 from quant_cli.report import SILENT, Reporter
@@ -94,7 +95,13 @@ def _data_filter(recipe: Recipe) -> dict[str, Any]:
     }
 
 
-def feature_fingerprint(features_section: dict[str, Any], content_hash: str, data_filter: dict[str, Any]) -> str:
+def feature_fingerprint(
+    features_section: dict[str, Any],
+    content_hash: str,
+    data_filter: dict[str, Any],
+    references: dict[str, Any] | None = None,
+) -> str:
+    """`references`: the reference dataset and its content hash, when references come from another dataset."""
     return fingerprint(
         {
             "features": features_section,
@@ -102,6 +109,7 @@ def feature_fingerprint(features_section: dict[str, Any], content_hash: str, dat
             "feature_code_version": registry.FEATURE_CODE_VERSION,
             "feature_code": code_hash.feature_code_hash(),
             "data": data_filter,
+            **({"references": references} if references else {}),
         }
     )
 
@@ -121,6 +129,7 @@ class _Request:
     chunk_rows: int
     reporter: Reporter
     backend: Backend | None = None
+    references: Any = None  # the reference dataset's pinned snapshot, when references come from another dataset
 
 
 def feature_table(
@@ -147,7 +156,9 @@ def feature_table(
             f"{snapshot.dataset!r}; pin the recipe's dataset"
         )
     manifest = snapshot.manifest
-    fp = feature_fingerprint(recipe["features"], manifest["content_hash"], data_filter)
+    ref_snapshot = reference_snapshot(recipe, data_dir, snapshot)
+    references = _reference_identity(ref_snapshot)
+    fp = feature_fingerprint(recipe["features"], manifest["content_hash"], data_filter, references)
     folder = features_root(data_dir, dataset) / fp
     if (folder / SPEC).is_file() and (folder / TABLE).is_dir():
         reporter.info(f"features: reusing cached version {fp} of dataset {dataset!r}")
@@ -164,6 +175,7 @@ def feature_table(
         chunk_rows or build.DEFAULT_CHUNK_ROWS,
         reporter,
         backend,
+        ref_snapshot,
     )
     return _build(request)
 
@@ -227,7 +239,9 @@ def _build(req: _Request) -> FeatureTable:
     if req.selection.too_short:
         req.reporter.notice(f"skipped {', '.join(req.selection.too_short)}: window below the feature's minimum")
     symbols = _symbols(req)
-    options = feature_options(req.recipe["features"], req.manifest, req.snapshot.load_bars)
+    _check_references(req, symbols)
+    load_references = req.references.load_bars if req.references is not None else None
+    options = feature_options(req.recipe["features"], req.manifest, req.snapshot.load_bars, load_references)
     columns = list(req.manifest["schema"])
     todo = engine.plan(req.selection.features, columns, options)
     engine.announce(todo, columns, req.reporter)
@@ -309,6 +323,7 @@ def _spec(req: _Request, stats: build.PartStats, todo: engine.Plan, seconds: flo
         "dataset": req.dataset,
         "content_hash": req.manifest["content_hash"],
         "dataset_version": req.snapshot.version,
+        "references": _reference_identity(req.references, version=True),
         "feature_code_version": registry.FEATURE_CODE_VERSION,
         "feature_code": code_hash.feature_code_hash(),
         "qfactory_version": __version__,
@@ -374,3 +389,66 @@ def show_version(data_dir: Path, fingerprint: str, dataset: str | None = None) -
     """The spec of one version (feature list, rows, null share per feature, build time, ...) plus its path."""
     folder = find_version(data_dir, fingerprint, dataset)
     return {**read_json(folder / SPEC), "path": str(folder)}
+
+
+# ---- references from another dataset (features/references.py) ---------------------------------------
+
+
+def reference_snapshot(recipe: Recipe, data_dir: Path, snapshot: Any, version: int | None = None) -> Any:
+    """The pinned snapshot `features.references` reads when it names another dataset (None when the
+    references are the recipe's own dataset's symbols), seen through the main snapshot's price
+    adjustment so references are adjusted as every other bar is. `version`: pin that version."""
+    home = snapshot.dataset
+    refs = References.from_section(recipe["features"].get("references"), home)
+    if refs is None or not refs.external:
+        return None
+    if not bar_store.exists(data_dir, refs.dataset):
+        raise DataError(
+            f"features.references.dataset: there is no dataset {refs.dataset!r} in data home {data_dir}; "
+            f"ingest it first (`qfactory ingest --dataset {refs.dataset} ...`) or drop the key to read the "
+            f"references from {home!r}"
+        )
+    pinned = bar_store.pin(data_dir, refs.dataset, version)
+    adjustment = getattr(snapshot, "adjustment", None)
+    if adjustment is None:
+        return pinned
+    from quant_cli.pipeline.adjust import AdjustedSnapshot  # noqa: PLC0415 - the pipeline package imports features
+
+    return AdjustedSnapshot(pinned, adjustment)
+
+
+def _reference_identity(ref_snapshot: Any, version: bool = False) -> dict[str, Any] | None:
+    """What the fingerprint (content) and spec.json (content and version) record of a reference dataset."""
+    if ref_snapshot is None:
+        return None
+    out = {"dataset": ref_snapshot.dataset, "content_hash": ref_snapshot.content_hash}
+    return {**out, "version": ref_snapshot.version} if version else out
+
+
+def _check_references(req: _Request, symbols: list[str]) -> None:
+    """Every reference symbol exists in the dataset it is read from; one from another dataset is not
+    also a symbol being built (a served request could not tell its two series apart)."""
+    refs = References.from_section(req.recipe["features"].get("references"), req.dataset)
+    if refs is None:
+        return
+    manifest = req.references.manifest if req.references is not None else req.manifest
+    known = list(manifest["symbols"])
+    for group, members in refs.groups:
+        unknown = [s for s in members if s not in set(known)]
+        if unknown:
+            raise DataError(
+                f"features.references.{group}: {unknown[0]!r} is not a symbol of dataset {manifest['dataset']!r} "
+                f"(it has {len(known)}, e.g. {known[:5]}); ingest it there or remove it from the group"
+            )
+    own, theirs = req.manifest.get("frequency"), manifest.get("frequency")
+    if refs.external and own and theirs and own != theirs:  # a served request checks every symbol's spacing
+        raise DataError(
+            f"features.references.dataset: dataset {refs.dataset!r} has {theirs} bars but dataset {req.dataset!r} "
+            f"has {own} bars; ingest the references at {own} (requests carry both at one frequency)"
+        )
+    clash = sorted(set(refs.symbols) & set(symbols)) if refs.external else []
+    if clash:
+        raise DataError(
+            f"features.references: {clash[0]!r} is both a symbol of dataset {req.dataset!r} being built and a "
+            f"reference from dataset {refs.dataset!r}; leave it out of data.symbols or of the references"
+        )

@@ -140,6 +140,11 @@ class SequenceModel(TorchModel):
         )
         return samples, mask
 
+    def windows(self, X: PanelRows):
+        """(Samples of the scorable windows of `X` on the model's device, (n,) bool mask of the rows
+        they cover): what fine-tuning (quant_cli.finetune) forwards the network on."""
+        return self._samples(self._rows(X, X.symbols))
+
     def _panel_tensor(self, X: PanelRows):
         """The panel as one float32 tensor, moved once per fit (train and val share it)."""
         import torch

@@ -8,7 +8,9 @@ architecture comes from model.params.
 
 Regression targets are standardised inside the model (returns are ~1e-2; unscaled, the first
 epochs would only shrink the output); the sharpe loss scales them without centring, since its
-sign is the trade. Weights are a state dict of tensors saved with `torch.save` and loaded with
+sign is the trade. A model fine-tuned into a trading policy (`qfactory finetune`, fit_info.policy)
+scores tanh(output): the policy's deterministic position in [-1, 1]. Weights are a state dict of
+tensors saved with `torch.save` and loaded with
 `weights_only=True`; `history.json` holds every epoch's numbers. Torch is imported on first fit
 or load, so the model registry loads without it.
 """
@@ -115,6 +117,7 @@ class TorchModel(Model):
         from quant_cli.models.torch import distributed, loop, losses
 
         self._scale_targets(y)
+        self.policy_ = None  # a fit from labels is a forecaster again, whatever it was fine-tuned into
         if self.output == "path":
             self.horizon_ = y.shape[1]  # one output per step of the path
         cfg = self.loop if early_stopping else replace(self.loop, patience=0)
@@ -203,6 +206,8 @@ class TorchModel(Model):
         self._release()
         if self.is_classifier:
             values = torch.softmax(out, dim=1).numpy()
+        elif getattr(self, "policy_", None):  # a fine-tuned policy (quant_cli.finetune): its position
+            values = torch.tanh(out[:, 0]).numpy()
         elif self.output == "path":  # the score: the path's one-bar returns compounded, as the label compounds them
             values = np.prod(1.0 + (out.numpy() * self.y_std_ + self.y_mean_), axis=1) - 1.0
         else:
@@ -233,6 +238,8 @@ class TorchModel(Model):
             info.update(y_mean=self.y_mean_, y_std=self.y_std_)
         if self.output == "path":
             info["horizon"] = self.horizon_
+        if getattr(self, "policy_", None):
+            info["policy"] = self.policy_
         return info
 
     def _save_native(self, folder: Path) -> None:
@@ -264,6 +271,7 @@ class TorchModel(Model):
             self.y_mean_, self.y_std_ = info["y_mean"], info["y_std"]
         if self.output == "path":
             self.horizon_ = info["horizon"]
+        self.policy_ = info.get("policy")  # scores are positions tanh(output) (quant_cli.finetune)
         history = folder / "history.json"
         self.history_ = read_json(history)["epochs"] if history.is_file() else []
         self.net_ = self._build(self.config_)

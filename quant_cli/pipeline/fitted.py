@@ -32,6 +32,7 @@ import polars as pl
 from quant_cli.errors import RunError
 from quant_cli.features import engine
 from quant_cli.features.align import FeatureOptions
+from quant_cli.features.references import References, reference_only
 from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.features.registry import REGISTRY, Feature
 from quant_cli.pipeline import lookback
@@ -56,7 +57,7 @@ def feature_lookback(feature: Feature) -> int:
 class FittedPipeline:
     features: list[str]
     preprocess: dict[str, Any]  # the [preprocess] section: scaler, fill, clip
-    options: dict[str, Any] = field(default_factory=dict)  # benchmark, max_staleness, bar_spacing
+    options: dict[str, Any] = field(default_factory=dict)  # benchmark, max_staleness, bar_spacing, references
     lookback: dict[str, int] = field(default_factory=dict)
     adjustment: Adjustment = field(default_factory=Adjustment)
     symbol_encoding: str = "none"
@@ -85,6 +86,7 @@ class FittedPipeline:
                 "benchmark": options.benchmark,
                 "max_staleness": options.max_staleness,
                 "bar_spacing": options.bar_spacing,
+                "references": None if options.references is None else options.references.to_json(),
             },
             lookback=lookback,
             adjustment=adjustment,
@@ -115,7 +117,7 @@ class FittedPipeline:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (e.g. to a worker process) without the cached registry objects: they are rebuilt there."""
-        return {k: v for k, v in self.__dict__.items() if k != "specs"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("specs", "references")}
 
     def unfitted(self) -> FittedPipeline:
         return dataclasses.replace(self, state=None, regime=None)
@@ -164,7 +166,25 @@ class FittedPipeline:
             max_staleness=self.options.get("max_staleness"),
             benchmark_bars=benchmark_bars,
             bar_spacing=self.options.get("bar_spacing"),
+            references=self.references,
         )
+
+    @functools.cached_property
+    def references(self) -> References | None:
+        """The `[features.references]` groups the features were built with (features/references.py)."""
+        return References.from_json(self.options.get("references"))
+
+    def engine_input(
+        self, bars: pl.DataFrame, benchmark_bars: pl.DataFrame | None = None
+    ) -> tuple[pl.DataFrame, FeatureOptions]:
+        """(adjusted bars of the symbols to compute features for, the options to compute them with):
+        references from another dataset are inputs, not scored symbols, so their bars leave the
+        frame and go in as the options' reference bars; same-dataset references stay, as in training."""
+        adjusted, refs = reference_only(self.adjustment.apply(bars), self.references)
+        options = self.feature_options(benchmark_bars)
+        if refs is not None:
+            options = dataclasses.replace(options, reference_bars=refs)
+        return adjusted, options
 
     def compute(
         self, bars: pl.DataFrame, benchmark_bars: pl.DataFrame | None = None, reporter: Reporter = SILENT
@@ -173,9 +193,8 @@ class FittedPipeline:
 
         The benchmark comes from `bars` when it is among them (adjusted like any symbol), else from
         `benchmark_bars` (ts, close), already adjusted as the feature store's are."""
-        table = engine.compute_features(
-            self.adjustment.apply(bars), self.specs, self.feature_options(benchmark_bars), reporter
-        )
+        adjusted, options = self.engine_input(bars, benchmark_bars)
+        table = engine.compute_features(adjusted, self.specs, options, reporter)
         table = self.with_regime(table) if self.fits_regime and HMM_FEATURE in table.columns else table
         missing = [f for f in self.features if f not in table.columns]
         if missing:

@@ -24,7 +24,9 @@ Panel models (sequence models, and ensembles with one): a score reads the window
 `seq_len - 1` bars — and, when the model reads raw-bar channels (quant_cli.features.bars: a 20-bar
 volume z-score, coarse timeframes), their own lookback, measured the same way (`measure_channels`).
 
-Cross-symbol inputs: features that read the benchmark need the benchmark symbol in a request;
+Cross-symbol inputs: features that read the benchmark need the benchmark symbol in a request, and
+reference features (features.references) their reference symbols (each carrying the same number
+of bars: a 7-day crypto reference's bars then span fewer days, which the measurement sees);
 cross-sectional ones (`cs_*`, `mkt_rel_ret_*`, `sector_rel_ret_*`) compare symbols at one
 timestamp, so a request must carry the whole universe the model was trained on (and `sector`).
 """
@@ -39,7 +41,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from quant_cli.features import align, engine
+from quant_cli.features import align, engine, references
 from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.features.registry import Feature
 from quant_cli.report import SILENT, Reporter
@@ -91,8 +93,9 @@ def grid(history: int) -> list[int]:
 def tail_bars(bars: pl.DataFrame, n: int) -> pl.DataFrame:
     """Each symbol's last `n` bars (by time)."""
     ordered = bars.sort("symbol", "ts", maintain_order=True)
-    position = pl.int_range(pl.len()).over("symbol")
-    return ordered.filter(position >= pl.len().over("symbol") - n)
+    position = pl.int_range(pl.len(), dtype=pl.Int64).over("symbol")
+    # Int64: pl.len() is unsigned, and len - n for a symbol shorter than n must not wrap around
+    return ordered.filter(position >= pl.len().over("symbol").cast(pl.Int64) - n)
 
 
 def agrees(values: np.ndarray, reference: np.ndarray, scale: np.ndarray | float = 0.0) -> np.ndarray:
@@ -107,7 +110,8 @@ def agrees(values: np.ndarray, reference: np.ndarray, scale: np.ndarray | float 
 def _features(pipeline: Any, bars: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     """The pipeline's own feature path (adjustment, benchmark from the bars, engine, the fitted
     regime filter: a recursion over all history, measured like an EMA) for `names`."""
-    table = engine.compute_features(pipeline.adjustment.apply(bars), names, pipeline.feature_options())
+    adjusted, options = pipeline.engine_input(bars)
+    table = engine.compute_features(adjusted, names, options)
     return pipeline.with_regime(table) if HMM_FEATURE in names and pipeline.regime is not None else table
 
 
@@ -205,6 +209,16 @@ def benchmark_symbol(pipeline: Any) -> str | None:
     return pipeline.options.get("benchmark") if reads else None
 
 
+def reference_symbols(pipeline: Any) -> list[str]:
+    """The reference symbols (features.references) a request must include: those a feature reads,
+    a group's members included."""
+    refs = pipeline.references
+    if refs is None:
+        return []
+    needed = {c for f in engine.as_features(pipeline.features) for c in _inputs_of(f)}
+    return references.needed_symbols(refs, needed)
+
+
 def cross_sectional(pipeline: Any) -> list[str]:
     """The features computed across symbols at one timestamp (they need the whole universe)."""
     return [f.name for f in engine.as_features(pipeline.features) if f.family.stage == 2]
@@ -222,6 +236,8 @@ def input_columns(pipeline: Any, trained_on: list[str]) -> list[str]:
     read); the benchmark close comes from the benchmark symbol's bars."""
     reads = {c for f in engine.as_features(pipeline.features) for c in _inputs_of(f)}
     columns = reads - {align.BENCHMARK_CLOSE}
+    if pipeline.references is not None:  # aligned from the reference symbols' own close
+        columns = (columns - pipeline.references.columns()) | {"close"}
     if "vwap" in reads and "vwap" not in trained_on:
         columns = (columns - {"vwap"}) | {"high", "low", "close"}
     order = ["open", "high", "low", "close", "volume"]

@@ -25,6 +25,13 @@ def _check_features(cfg: dict[str, Any], origin: str) -> None:
             f"{origin}: features.sets is empty and features.include names nothing, so there are no features; "
             'list at least one set, e.g. sets = ["core"] (`qfactory features ls-specs`)'
         )
+    if cfg.get("references"):  # named groups, validated before any data is read
+        from quant_cli.features.references import References  # noqa: PLC0415 - features only when configured
+
+        try:
+            References.from_section(cfg["references"])
+        except RecipeError as exc:
+            raise RecipeError(f"{origin}: {exc}") from None
 
 
 def _check_split(cfg: dict[str, Any], origin: str) -> None:

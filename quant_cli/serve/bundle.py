@@ -115,6 +115,7 @@ def _measurement_bars(pipeline: FittedPipeline, bars: pl.DataFrame) -> pl.DataFr
     keep = {
         *counts["symbol"].head(MEASURE_SYMBOLS).to_list(),
         *([b] if (b := lookback.benchmark_symbol(pipeline)) else []),
+        *lookback.reference_symbols(pipeline),
     }
     return bars.filter(pl.col("symbol").cast(pl.String).is_in(sorted(keep)))
 
@@ -136,6 +137,13 @@ def _input_spec(
     if (benchmark := lookback.benchmark_symbol(pipeline)) is not None:
         required.append(benchmark)
         why.append(f"benchmark of the bench_* features: {benchmark}")
+    if refs := lookback.reference_symbols(pipeline):
+        required += [s for s in refs if s not in required]
+        source = pipeline.references.dataset
+        why.append(
+            f"reference symbols of the ref_* features{f' (dataset {source!r}, not scored)' if source else ''}: "
+            + ", ".join(refs)
+        )
     if cross := lookback.cross_sectional(pipeline):
         universe = read_run_parquet(run.path, "split/rows.parquet")["symbol"].cast(pl.String).unique().sort().to_list()
         required += [s for s in universe if s not in required]

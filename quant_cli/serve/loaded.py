@@ -208,6 +208,7 @@ class LoadedBundle:
             self.spec.required_symbols
             or self.spec.keys
             or self.pipeline.options.get("benchmark")
+            or self.pipeline.options.get("references")
             or self.pipeline.adjustment.raw_symbols
             or lookback.cross_sectional(self.pipeline)
             or self.model.uses_panel()

@@ -9,7 +9,9 @@ import polars as pl
 from quant_cli.data import store
 from quant_cli.dataset.table import load_bars
 from quant_cli.errors import RunError
-from quant_cli.io import staged_dir
+from quant_cli.features.references import References
+from quant_cli.features.store import reference_snapshot
+from quant_cli.io import read_json, read_run_json, staged_dir
 from quant_cli.recipe import Recipe
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run, stage_outputs
@@ -36,7 +38,7 @@ def bundle_existing(
             f"pass --out DIR: `qfactory bundle --run {run.id} --out DIR`"
         )
     recipe = run.recipe()
-    bars = _bundle_bars(recipe, pinned_for(run, recipe, data_dir))
+    bars = _bundle_bars(recipe, pinned_for(run, recipe, data_dir), run)
     if out is not None:
         if out.exists():
             raise RunError(f"--out {out} already exists; bundles are never overwritten — pass a new folder")
@@ -53,11 +55,26 @@ def bundle_existing(
     return BundleResult(run, run.path / ("bundle.tar.gz" if archive else "bundle"), info["bundle_id"])
 
 
-def _bundle_bars(recipe: Recipe, snapshot: store.Snapshot) -> pl.DataFrame:
-    """The run's raw bars, with the benchmark's even when data.symbols leaves it out."""
+def _bundle_bars(recipe: Recipe, snapshot: store.Snapshot, run: Run) -> pl.DataFrame:
+    """The run's raw bars, with the benchmark's and the references' even when data.symbols leaves them
+    out (references of another dataset from the version the run's features were built on)."""
     bars = load_bars(recipe, snapshot)
+    present = set(bars["symbol"].cast(pl.String).unique().to_list())
     benchmark = recipe["features"].get("benchmark")
-    if benchmark and benchmark not in set(bars["symbol"].cast(pl.String).unique().to_list()):
-        extra = snapshot.load_bars(symbols=[benchmark], end=recipe["data"]["end"])
-        bars = pl.concat([bars, extra], how="diagonal_relaxed")
-    return bars
+    refs = References.from_section(recipe["features"].get("references"), snapshot.dataset)
+    wanted = [s for s in ([benchmark] if benchmark else []) if s not in present]
+    wanted += [s for s in (refs.symbols if refs and not refs.external else []) if s not in present]
+    extras = [snapshot.load_bars(symbols=wanted, end=recipe["data"]["end"])] if wanted else []
+    if refs is not None and refs.external:
+        pinned = reference_snapshot(recipe, snapshot.data_dir, snapshot, _reference_version(run))
+        extras.append(pinned.load_bars(symbols=refs.symbols, end=recipe["data"]["end"]))
+    return pl.concat([bars, *extras], how="diagonal_relaxed") if extras else bars
+
+
+def _reference_version(run: Run) -> int | None:
+    """The reference dataset's version the run's feature version was built on (spec.json), if recorded."""
+    try:
+        path = Path(read_run_json(run.path, "split/features.json")["path"]) / "spec.json"
+        return int(read_json(path)["references"]["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the feature version was deleted: the latest reference version

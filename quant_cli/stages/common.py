@@ -69,8 +69,23 @@ def check_recipe(recipe: Recipe, reporter: Reporter, model: bool = True) -> None
     dataset_name(recipe)
     check_task(recipe)
     if model:
+        _check_not_finetuned(recipe)
         check_capabilities(recipe, "recipe")  # the CLI checked it at load already; library callers too
         _check_sequence_split(recipe, make_model(recipe, device_of(recipe, reporter), reporter))
+
+
+def _check_not_finetuned(recipe: Recipe) -> None:
+    """A fine-tuned run's recipe (finetune.method set by `qfactory finetune`) describes a policy that
+    training from labels, a walk-forward's per-fold refits and `run` cannot reproduce: refuse it
+    rather than silently fit the supervised model it started from."""
+    method = recipe.get("finetune", {}).get("method", "none")
+    if method != "none":
+        raise RecipeError(
+            f"finetune.method = {method!r}: this recipe is a fine-tuned run's, and train, walkforward and run fit "
+            "from labels only (there is no per-fold fine-tuning); set finetune.method = 'none' to fit the "
+            "supervised model, then `qfactory finetune --run RUN --method ppo` (compare them with "
+            "benchmarks/ppo_vs_supervised.py)"
+        )
 
 
 def _check_sequence_split(recipe: Recipe, model: Model) -> None:
