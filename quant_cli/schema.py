@@ -195,6 +195,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "Coarser bar sizes for the mtf set, e.g. ['1w'] on daily or ['1h', '1d'] on minute bars.",
             duration=True,
         ),
+        "expressions": Key(
+            "table",
+            {},
+            'Factor expressions, name = Qlib-style formula, e.g. mom5 = "$close / Ref($close, 5) - 1" '
+            "(docs/expressions.md); built per symbol like any feature, after the sets' columns.",
+        ),
     },
     "label": {
         "kind": Key(

@@ -9,10 +9,13 @@ is registered. Families take the default windows plus a short one.
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 
-from quant_cli.features import REGISTRY, FeatureOptions
+from quant_cli.features import REGISTRY, FeatureOptions, expression_eval
+from quant_cli.features.expression import BINARY, OPS, parse
+from quant_cli.features.expression_eval import definition, expression_feature, is_expression
 from quant_cli.features.registry import Family, Feature
 from quant_cli.features.testing import assert_causal, cut_points, perturb_after
 
@@ -24,6 +27,36 @@ SECTION = {
     "alpha158_windows": [5, 20, 60],
     "timeframes": ["1w"],
     "cross_sectional": ["ret_5", "RSV20"],
+    # factor expressions (issue 23 §1): every operator, each in its own feature so a leak names it
+    "expressions": {
+        "x_ref": "$close / Ref($close, 5) - 1",
+        "x_delta": "Delta($volume, 3)",
+        "x_mean": "Mean($close, 10) / $close",
+        "x_sum": "Sum($volume, 5)",
+        "x_std": "Std($close, 10)",
+        "x_var": "Var($high - $low, 10)",
+        "x_skew": "Skew($close, 10)",
+        "x_kurt": "Kurt($close, 10)",
+        "x_max": "Max($high, 10)",
+        "x_min": "Min($low, 10)",
+        "x_med": "Med($close, 10)",
+        "x_quantile": "Quantile($close, 10, 0.8)",
+        "x_rank": "Rank($close, 10)",
+        "x_idxmax": "IdxMax($high, 10)",
+        "x_idxmin": "IdxMin($low, 10)",
+        "x_slope": "Slope($close, 10)",
+        "x_rsquare": "Rsquare($close, 10)",
+        "x_resi": "Resi($close, 10)",
+        "x_ema": "EMA($close, 12)",
+        "x_wma": "WMA($close, 10)",
+        "x_corr": "Corr($close, Log($volume + 1), 10)",
+        "x_cov": "Cov($close, $vwap, 10)",
+        "x_elementwise": "Abs(Log($close)) * Sign($close - $open) + Power($close, 0.5) + Greater($open, $close)"
+        " - Less($open, $close)",
+        "x_if": "If($close >= Ref($close, 1), ($high - $low) / $close, -$low) + ($close != $open) + ($close == $open)"
+        " + ($close > $open) - ($close < $open) * ($close <= $open)",
+        "x_nested": "Corr(Mean($close, 5), Ref(EMA($volume, 5), 2), 20) / (Std(Delta($close, 1), 20) + 1e-12)",
+    },
 }
 FEATURES = REGISTRY.resolve(SECTION).features
 OPTIONS = FeatureOptions(benchmark="S000")  # the cross-asset families need a benchmark
@@ -35,8 +68,17 @@ def panel(small_panel: pl.DataFrame) -> pl.DataFrame:
     return small_panel.with_columns(sector=pl.when(pl.col("symbol") < "S002").then(pl.lit("a")).otherwise(pl.lit("b")))
 
 
-def test_every_family_is_covered() -> None:
-    assert {f.family.pattern for f in FEATURES} == set(REGISTRY.families)
+def test_every_family_and_expression_operator_is_covered() -> None:
+    builtin = [f for f in FEATURES if not is_expression(f)]
+    assert {f.family.pattern for f in builtin} == set(REGISTRY.families)
+    used = {node.name for f in FEATURES if is_expression(f) for node in _calls(parse(f.name, definition(f)).root)}
+    assert used >= set(OPS) | set(BINARY.values()) | {"Neg"}
+
+
+def _calls(node):  # noqa: ANN001, ANN202
+    yield node
+    for arg in node.args:
+        yield from _calls(arg)
 
 
 @pytest.mark.parametrize("feature", FEATURES, ids=[f.name for f in FEATURES])
@@ -77,6 +119,23 @@ def _leaky(name: str, build) -> Feature:  # noqa: ANN001
 )
 def test_harness_catches_leaks(feature: Feature, how: str, small_panel: pl.DataFrame) -> None:
     with pytest.raises(AssertionError, match=rf"feature '{feature.name}' is not causal: .* when bars after .* {how}"):
+        assert_causal([feature], small_panel)
+
+
+def test_harness_catches_a_leaky_expression_operator(monkeypatch, small_panel: pl.DataFrame) -> None:
+    """Break Ref so that it reads n bars AHEAD within the symbol (what a sign slip in the kernel call
+    would do): every expression using it must fail the harness; restored, the same expression passes."""
+    feature = expression_feature("mom", "$close / Ref($close, 2) - 1")
+    assert_causal([feature], small_panel)
+
+    def ahead(x: np.ndarray, offsets: np.ndarray, n: int) -> np.ndarray:
+        out = np.full_like(x, np.nan)
+        for lo, hi in zip(offsets[:-1], offsets[1:]):
+            out[lo : hi - n] = x[lo + n : hi]
+        return out
+
+    monkeypatch.setitem(expression_eval.OFFSET, "Ref", ahead)
+    with pytest.raises(AssertionError, match=r"feature 'mom' is not causal: .* when bars after .* perturbed"):
         assert_causal([feature], small_panel)
 
 

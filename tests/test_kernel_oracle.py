@@ -192,6 +192,12 @@ _CASES = {
             .ewm_mean(alpha=2 / (w + 1), adjust=False, ignore_nulls=True)
         ),
     ),
+    "ewm_adjusted": (  # Qlib's EMA (expressions): weights by bar distance, missing rows missing
+        lambda x, y, o, w: kernels.ewm_adjusted(x, o, 2 / (w + 1), w),
+        lambda w: pl.when(pl.int_range(pl.len()) >= w - 1).then(
+            _X.ewm_mean(alpha=2 / (w + 1), adjust=True, ignore_nulls=False, min_samples=1)
+        ),
+    ),
 }
 
 

@@ -44,6 +44,16 @@ def features(
     backend: BackendOpt = "local",
     jobs: JobsOpt = 1,
     as_json: JsonOpt = False,
+    explain: Annotated[
+        str | None,
+        typer.Option(
+            "--explain",
+            help="Print how feature NAME is defined (an expression of --recipe: its parsed form, window and "
+            "lookback; or a built-in feature) instead of building.",
+            metavar="NAME",
+            show_default=False,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -56,8 +66,13 @@ def features(
     spec.json); the fingerprint covers the [features] section, the data and the feature code.
 
     Example: qfactory features --recipe recipes/quickstart.toml --backend ray --jobs 4 --json
+
+    Example: qfactory features --recipe r.toml --explain mom5
     """
     if ctx.invoked_subcommand is not None:
+        return
+    if explain is not None:
+        _explain(explain, recipe, set_, as_json, quiet, debug)
         return
     from quant_cli.features.store import build_features  # heavy imports only when building
 
@@ -74,6 +89,20 @@ def features(
         as_json,
         {"fingerprint": table.fingerprint, "rows": table.rows, "features": len(table.columns), "cached": table.cached},
     )
+
+
+def _explain(name: str, recipe: Any, set_: list[str] | None, as_json: bool, quiet: bool, debug: bool) -> None:
+    from quant_cli.features.expression_eval import explain
+
+    with cli_errors(quiet, debug):
+        section = load_recipe(recipe, set_)["features"] if recipe is not None else {}
+        described = explain(name, section)
+    if as_json:
+        typer.echo(json.dumps(described, sort_keys=True))
+        return
+    operators = described.pop("operators", [])
+    lines = [f"{key}: {', '.join(v) if isinstance(v, list) else v}" for key, v in described.items()]
+    typer.echo("\n".join([*lines, *(["operators:"] if operators else []), *(f"  {op}" for op in operators)]))
 
 
 @app.command("ls")
@@ -149,6 +178,8 @@ def _describe(spec: dict[str, Any]) -> str:
     head = [f"{k}: {spec.get(k)}" for k in keys] + [f"features: {len(spec.get('features', []))}"]
     if spec.get("skipped"):
         head.append(f"skipped (missing inputs): {', '.join(spec['skipped'])}")
+    expressions = (spec.get("features_section") or {}).get("expressions") or {}
+    head += [f"expression {name} = {text}" for name, text in sorted(expressions.items())]
     shares = spec.get("null_share", {})
     rows = [{"feature": f, "null_share": f"{shares.get(f, 0.0):.4f}"} for f in spec.get("features", [])]
     return "\n".join(head) + "\n\n" + console.table(rows, ("feature", "null_share"))

@@ -51,6 +51,13 @@ def group(
             f"train.nproc {nproc} trains torch models in parallel ({', '.join(torch_names)}); "
             f"model {name!r} is not one — drop --nproc or set train.nproc = 1"
         )
+    from quant_cli.models.registry import model_class
+
+    if model_class(name).cross_section:  # its batches are whole timestamps: a rank's share would split one
+        raise RecipeError(
+            f"train.nproc {nproc}: model {name!r} attends across the symbols of each timestamp, which a "
+            "data-parallel share of a batch would split; drop --nproc or set train.nproc = 1"
+        )
     device = resolve_device(recipe["train"]["device"], recipe["train"]["strict_device"], reporter)
     check_nproc(nproc, device, _cuda_count() if device.startswith("cuda") else 0)
     from quant_cli.models.torch import launch

@@ -407,3 +407,30 @@ def ewm(x, offsets, alpha, seed_row, seed_len, seed_div):  # noqa: ANN001, ANN20
     for s in range(len(offsets) - 1):
         _ewm_one(x, offsets[s], offsets[s + 1], alpha, seed_row, seed_len, seed_div, out)
     return out
+
+
+@njit(cache=True, nogil=True)
+def _ewm_adjusted_one(x, lo, hi, alpha, first_row, out):  # noqa: ANN001 - numba
+    """pandas ewm(alpha, adjust=True, ignore_na=False).mean(): sum_i (1 - alpha)^i x[t - i] / sum_i
+    (1 - alpha)^i over the present values since the symbol's first row (weights by bar distance, so a
+    missing value still decays the older ones); NaN at a missing x and for rows before `first_row`."""
+    decay = 1.0 - alpha
+    num = den = 0.0
+    for i in range(lo, hi):
+        v = x[i]
+        num *= decay
+        den *= decay
+        if math.isnan(v):
+            out[i] = np.nan
+            continue
+        num += v
+        den += 1.0
+        out[i] = num / den if i - lo >= first_row else np.nan
+
+
+@njit(cache=True, nogil=True)
+def ewm_adjusted(x, offsets, alpha, first_row):  # noqa: ANN001, ANN201 - numba
+    out = np.empty_like(x)
+    for s in range(len(offsets) - 1):
+        _ewm_adjusted_one(x, offsets[s], offsets[s + 1], alpha, first_row, out)
+    return out

@@ -29,6 +29,8 @@ ENGINE_MODULES = (
     "quant_cli.features.mtf",
     "quant_cli.features.registry",
     "quant_cli.features.build",
+    "quant_cli.features.expression",
+    "quant_cli.features.expression_eval",
 )
 
 

@@ -164,6 +164,15 @@ def seeded_ewm(
     return _run("ewm", x, offsets, float(alpha), int(seed_row), int(seed_len), float(seed_div))
 
 
+def ewm_adjusted(x: np.ndarray, offsets: np.ndarray, alpha: float, span: int) -> np.ndarray:
+    """Qlib's EMA: pandas ewm(alpha, adjust=True).mean() from each symbol's first row, i.e. the weighted
+    mean of every value so far with weights (1 - alpha)^age (age in bars: a missing value still ages the
+    older ones). NaN at a missing x, and for a symbol's first span - 1 rows (full windows, as every
+    rolling kernel); an infinite x poisons every later row. Recursive: it converges, so a served
+    window's lookback is measured (pipeline/lookback.py)."""
+    return _run("ewm_adjusted", x, offsets, float(alpha), int(span) - 1)
+
+
 def ema_mean_seeded(x: np.ndarray, offsets: np.ndarray, n: int, alpha: float, start: int = 0) -> np.ndarray:
     """Smoothing seeded with the mean of the first n values from row `start` (leading NaN rows of x)."""
     return seeded_ewm(x, offsets, alpha, start + n - 1, n, n)
@@ -179,4 +188,5 @@ def warm_up() -> None:
     rolling_weighted_sum(x, offsets, np.ones(3))
     rolling_corr(x, x, offsets, 3)
     seeded_ewm(x, offsets, 0.5, 2, 3, 3.0)
+    ewm_adjusted(x, offsets, 0.5, 3)
     shift(x, offsets, 1)

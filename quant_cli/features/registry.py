@@ -379,6 +379,10 @@ class Registry:
         made += [f for i in include if (f := self._made(i)) is not None and f.name not in {m.name for m in made}]
         dropped = set(exclude)  # concrete names, or a tag such as cross_asset
         made = [f for f in made if f.name not in dropped and not dropped & set(f.family.tags)]
+        # Factor expressions ([features.expressions]) come last, sorted by name.
+        from quant_cli.features.expression_eval import expression_features  # noqa: PLC0415 - it imports this module
+
+        made += expression_features(section)
         return Selection([*selection.features, *made], [*selection.too_short, *short])
 
     def _made(self, name: str) -> Feature | None:

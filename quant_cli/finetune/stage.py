@@ -129,6 +129,12 @@ def check_finetunable(model: Model, run: Run) -> None:
             f"run {run.id}'s model {model.name!r} is not a torch sequence model; PPO fine-tunes the network of one "
             "(e.g. lstm, gru, tcn, transformer): train one first, e.g. --set model.name=lstm"
         )
+    if model.cross_section:  # PPO forwards each symbol's windows alone, outside the timestamp's cross-section
+        raise RecipeError(
+            f"run {run.id}'s model {model.name!r} scores each symbol within its timestamp's cross-section "
+            "(flag cross_section), but PPO trades each symbol's windows alone; fine-tune a per-symbol model "
+            "(e.g. lstm, gru, tcn, transformer)"
+        )
     if model.is_classifier or model.output == "path":
         what = "a classifier" if model.is_classifier else "a path forecaster"
         raise RecipeError(

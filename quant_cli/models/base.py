@@ -83,6 +83,8 @@ class Model(ABC):
     bar_channels: ClassVar[bool] = False  # takes: raw-bar channels (model.params.inputs = bars/both)
     static_covariates: ClassVar[bool] = False  # takes: static text columns per symbol (model.static_columns)
     known_future: ClassVar[bool] = False  # takes: calendar fields of the bars after t (model.known_future)
+    # takes: every symbol scored at the same t at once; a row's score depends on those rows (all ending at t)
+    cross_section: ClassVar[bool] = False
     sample_weights: ClassVar[bool] = False
     gpu: ClassVar[bool] = False
     early_stopping: ClassVar[bool] = False  # stops on the validation rows when asked

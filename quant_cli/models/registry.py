@@ -30,6 +30,7 @@ FLAGS = (
     "bar_channels",
     "static_covariates",
     "known_future",
+    "cross_section",
     "sample_weights",
     "gpu",
     "early_stopping",

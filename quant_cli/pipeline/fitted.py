@@ -32,6 +32,8 @@ import polars as pl
 from quant_cli.errors import RunError
 from quant_cli.features import engine
 from quant_cli.features.align import FeatureOptions
+from quant_cli.features.expression import ExpressionError, parse
+from quant_cli.features.expression_eval import features_for
 from quant_cli.features.references import References, reference_only
 from quant_cli.features.regime import HMM_FEATURE
 from quant_cli.features.registry import REGISTRY, Feature
@@ -68,6 +70,9 @@ class FittedPipeline:
     # full-history value (pipeline/lookback.py); empty until measured (the bundle measures it).
     warmup: dict[str, int] = field(default_factory=dict)
     regime: dict[str, Any] | None = None  # the fitted regime HMM (pipeline/regime.py) when HMM_FEATURE is a feature
+    # Factor expressions among the features (name -> formula, features/expression.py): a bundle
+    # carries them and serving recomputes them from this text.
+    expressions: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_recipe(
@@ -78,7 +83,9 @@ class FittedPipeline:
         adjustment: Adjustment,
         feature_version: str | None = None,
     ) -> FittedPipeline:
-        lookback = {f.name: feature_lookback(f) for f in engine.as_features(features)}
+        table = recipe["features"].get("expressions") or {}
+        expressions = {name: table[name] for name in features if name in table}
+        lookback = {f.name: feature_lookback(f) for f in features_for(features, expressions)}
         return cls(
             features=list(features),
             preprocess=dict(recipe["preprocess"]),
@@ -93,6 +100,7 @@ class FittedPipeline:
             symbol_encoding=recipe["model"]["symbol_encoding"],
             unseen_symbols=recipe["model"]["unseen_symbols"],
             feature_version=feature_version,
+            expressions=expressions,
         )
 
     @property
@@ -113,7 +121,7 @@ class FittedPipeline:
     @functools.cached_property
     def specs(self) -> list[Feature]:
         """The features as registry objects, looked up once (a served request must not re-resolve 158 names)."""
-        return engine.as_features(self.features)
+        return features_for(self.features, self.expressions)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (e.g. to a worker process) without the cached registry objects: they are rebuilt there."""
@@ -244,6 +252,7 @@ class FittedPipeline:
             "dtype": "float32",
             "warmup": self.warmup,
             "regime": self.regime,
+            "expressions": self.expressions,
         }
 
     @classmethod
@@ -253,7 +262,9 @@ class FittedPipeline:
                 f"pipeline.json has format_version {data.get('format_version')!r}, "
                 f"expected {FORMAT_VERSION}; it was written by another qfactory version"
             )
-        unknown = [f for f in data["features"] if not _known(f)]
+        expressions = {str(k): str(v) for k, v in (data.get("expressions") or {}).items()}
+        _check_expressions(expressions)
+        unknown = [f for f in data["features"] if f not in expressions and not _known(f)]
         if unknown:
             raise RunError(f"pipeline.json names features this qfactory does not know: {unknown[:5]}")
         return cls(
@@ -268,6 +279,7 @@ class FittedPipeline:
             state=data.get("state"),
             warmup={k: int(v) for k, v in data.get("warmup", {}).items()},
             regime=data.get("regime"),
+            expressions=expressions,
         )
 
 
@@ -276,6 +288,15 @@ def _sequences(ordered: pl.DataFrame) -> list[np.ndarray]:
     values = ordered.get_column(HMM_FEATURE).cast(pl.Float64).fill_null(float("nan")).to_numpy()
     counts = ordered.group_by("symbol", maintain_order=True).len().get_column("len").to_numpy()
     return np.split(values, np.cumsum(counts)[:-1]) if len(counts) else []
+
+
+def _check_expressions(expressions: dict[str, str]) -> None:
+    """A stored expression is parsed (and its causality checked) again: pipeline.json is input too."""
+    for name, text in expressions.items():
+        try:
+            parse(name, text)
+        except ExpressionError as exc:
+            raise RunError(f"pipeline.json: {exc}") from None
 
 
 def _known(name: str) -> bool:

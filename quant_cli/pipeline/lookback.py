@@ -110,8 +110,10 @@ def agrees(values: np.ndarray, reference: np.ndarray, scale: np.ndarray | float 
 def _features(pipeline: Any, bars: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     """The pipeline's own feature path (adjustment, benchmark from the bars, engine, the fitted
     regime filter: a recursion over all history, measured like an EMA) for `names`."""
+    wanted = set(names)
+    specs = [f for f in pipeline.specs if f.name in wanted]
     adjusted, options = pipeline.engine_input(bars)
-    table = engine.compute_features(adjusted, names, options)
+    table = engine.compute_features(adjusted, specs, options)
     return pipeline.with_regime(table) if HMM_FEATURE in names and pipeline.regime is not None else table
 
 
@@ -204,7 +206,7 @@ def request_bars(features: int, model: Any, channels: Lookback | None = None) ->
 
 def benchmark_symbol(pipeline: Any) -> str | None:
     """The benchmark symbol a request must include, when a feature reads it."""
-    features = engine.as_features(pipeline.features)
+    features = pipeline.specs
     reads = any(align.BENCHMARK_CLOSE in _inputs_of(f) for f in features)
     return pipeline.options.get("benchmark") if reads else None
 
@@ -215,18 +217,18 @@ def reference_symbols(pipeline: Any) -> list[str]:
     refs = pipeline.references
     if refs is None:
         return []
-    needed = {c for f in engine.as_features(pipeline.features) for c in _inputs_of(f)}
+    needed = {c for f in pipeline.specs for c in _inputs_of(f)}
     return references.needed_symbols(refs, needed)
 
 
 def cross_sectional(pipeline: Any) -> list[str]:
     """The features computed across symbols at one timestamp (they need the whole universe)."""
-    return [f.name for f in engine.as_features(pipeline.features) if f.family.stage == 2]
+    return [f.name for f in pipeline.specs if f.family.stage == 2]
 
 
 def extra_keys(pipeline: Any) -> list[str]:
     """Non-price grouping columns a request must carry (e.g. `sector` for sector-relative features)."""
-    keys = {k for f in engine.as_features(pipeline.features) if f.family.stage == 2 for k in f.family.over_keys}
+    keys = {k for f in pipeline.specs if f.family.stage == 2 for k in f.family.over_keys}
     return sorted(keys - {"symbol", "ts"})
 
 
@@ -234,7 +236,7 @@ def input_columns(pipeline: Any, trained_on: list[str]) -> list[str]:
     """Raw bar columns the features read, given the columns the training bars had: vwap is derived
     from high/low/close when training had none (else it is required, so serving reads what training
     read); the benchmark close comes from the benchmark symbol's bars."""
-    reads = {c for f in engine.as_features(pipeline.features) for c in _inputs_of(f)}
+    reads = {c for f in pipeline.specs for c in _inputs_of(f)}
     columns = reads - {align.BENCHMARK_CLOSE}
     if pipeline.references is not None:  # aligned from the reference symbols' own close
         columns = (columns - pipeline.references.columns()) | {"close"}

@@ -20,7 +20,9 @@ def check_recipe(recipe: dict[str, Any], origin: str) -> None:
 
 
 def _check_features(cfg: dict[str, Any], origin: str) -> None:
-    if not cfg["sets"] and not cfg["include"]:
+    if cfg.get("expressions"):
+        _check_expressions(cfg["expressions"], origin)
+    if not cfg["sets"] and not cfg["include"] and not cfg.get("expressions"):
         raise RecipeError(
             f"{origin}: features.sets is empty and features.include names nothing, so there are no features; "
             'list at least one set, e.g. sets = ["core"] (`qfactory features ls-specs`)'
@@ -32,6 +34,22 @@ def _check_features(cfg: dict[str, Any], origin: str) -> None:
             References.from_section(cfg["references"])
         except RecipeError as exc:
             raise RecipeError(f"{origin}: {exc}") from None
+
+
+def _check_expressions(table: dict[str, Any], origin: str) -> None:
+    """Every factor expression parses, reads no bar after t and names a new column (features/expression.py)."""
+    from quant_cli.features.expression_eval import expression_features  # noqa: PLC0415 - only when expressions
+
+    for name, text in table.items():
+        if not isinstance(text, str):
+            raise RecipeError(
+                f"{origin}: 'features.expressions.{name}' must be a string formula such as "
+                f'"$close / Ref($close, 5) - 1", got {type(text).__name__}'
+            )
+    try:
+        expression_features({"expressions": table})
+    except RecipeError as exc:
+        raise RecipeError(f"{origin}: {exc}") from None
 
 
 def _check_split(cfg: dict[str, Any], origin: str) -> None:

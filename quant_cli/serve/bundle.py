@@ -54,7 +54,7 @@ from quant_cli.runs.directory import Run, library_versions
 from quant_cli.serve import contents, documents
 from quant_cli.serve import manifest as mf
 from quant_cli.serve.loaded import InputSpec, LoadedBundle, bars_from_records, max_relative_difference, records
-from quant_cli.serve.schemas import input_schema, output_schema
+from quant_cli.serve.schemas import Bar, input_schema, output_schema
 
 EXAMPLE_SYMBOLS = 2  # symbols in the example request, besides the ones every request needs
 EXAMPLE_TOLERANCE = 1e-6
@@ -71,6 +71,7 @@ def build(
     """Write the bundle of `run` into the empty `folder`; `bars`: the run's raw bars (every symbol, the
     benchmark included) from the dataset version it was split on. Returns the manifest."""
     pipeline = FittedPipeline.from_json(read_run_json(run.path, "split/pipeline.json"))
+    _check_servable(pipeline, bars.columns)
     mf.check_pickle(run.path / "model", mf.files_of(run.path / "model"), trust_pickle)
     model = load_model(run.path / "model")
     measured = pipeline.measure_lookback(_measurement_bars(pipeline, bars), reporter)
@@ -103,6 +104,20 @@ def build(
             "qfactory_version": __version__,
         },
     )
+
+
+def _check_servable(pipeline: FittedPipeline, columns: list[str]) -> None:
+    """A request carries the bar columns of the server's Bar model only: a feature reading any other
+    column (a factor expression over alternative data, `$sentiment`) cannot be served, so the run is
+    refused here rather than written as a bundle that no loader accepts."""
+    servable = set(Bar.model_fields) - {"symbol", "ts"}
+    odd = [c for c in lookback.input_columns(pipeline, columns) if c not in servable]
+    if odd:
+        reader = next(f.name for f in pipeline.specs if odd[0] in f.inputs)
+        raise BundleError(
+            f"bundle: feature {reader!r} reads column {odd[0]!r}, which a scoring request cannot carry (bars have "
+            f"{', '.join(sorted(servable - {'sector'}))}); drop the feature from the recipe to bundle the model"
+        )
 
 
 def _measurement_bars(pipeline: FittedPipeline, bars: pl.DataFrame) -> pl.DataFrame:

@@ -102,10 +102,13 @@ class PipelineDoc(_Doc):
     state: State
     dtype: Literal["float32"] = "float32"
     warmup: dict[str, Bars] = {}
+    expressions: dict[Text, Annotated[str, Field(min_length=1, max_length=10_000)]] = {}  # checked by from_json
 
     @model_validator(mode="after")
     def _shapes(self) -> PipelineDoc:
         features = self.features
+        if odd := sorted(set(self.expressions) - set(features)):
+            raise ValueError(f"expressions must name features only ({odd[0]!r} is not a feature)")
         if len(set(features)) != len(features):
             raise ValueError(f"features: {next(f for f in features if features.count(f) > 1)!r} appears twice")
         for table in ("lookback", "warmup"):

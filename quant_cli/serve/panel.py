@@ -7,6 +7,9 @@ time order, through the bundle's pipeline, the channels computed from the reques
 the rows to score named by `PanelRows` — so a scored row's window is the `seq_len` rows ending at
 it. The bundle's required bars (pipeline/lookback.py::request_bars) make every row of the last
 window exact: the features' warm-up, the channels' lookback, plus seq_len - 1.
+
+A cross-sectional model (flag `cross_section`, e.g. xsection) scores the request's symbols at each
+timestamp together: the request's symbols are the cross-section, and a request of one symbol is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from quant_cli.errors import DataError
+from quant_cli.errors import DataError, shown
 from quant_cli.models.base import Model
 from quant_cli.models.covariates import bar_inputs
 from quant_cli.models.panel import PanelRows, make_panel
@@ -43,6 +46,7 @@ def score_panel(
     if last_only and len(panel):
         keep &= np.r_[panel.symbols[1:] != panel.symbols[:-1], True]
     rows = PanelRows(panel, np.flatnonzero(keep))
+    _check_cross_section(model, rows)
     score = model.predict(rows, symbols=rows.symbols)
     picked = pl.Series(rows.rows)  # the panel holds `inputs`' rows in their order
     out = pl.DataFrame(
@@ -52,6 +56,18 @@ def score_panel(
         proba = model.predict_proba(rows, symbols=rows.symbols)
         out = out.with_columns(pl.Series(f"p_{c:g}", proba[:, i]) for i, c in enumerate(model.classes_))
     return out.filter(pl.col("score").is_not_nan())  # no full window: not scored
+
+
+def _check_cross_section(model: Model, rows: PanelRows) -> None:
+    """A cross-sectional model ranks the symbols scored at the same t against each other; one symbol
+    alone would get a score from a cross-section of one, which training never showed it: refused."""
+    present = np.unique(rows.symbols)
+    if model.cross_section and len(present) == 1:
+        raise DataError(
+            f"model '{model.name}' scores each symbol against the other symbols at the same timestamp "
+            f"(flag cross_section), but the request holds only symbol {shown(str(present[0]))}; "
+            "send the bars of every symbol to score together (at least 2)"
+        )
 
 
 def _channels(

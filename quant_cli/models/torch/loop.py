@@ -5,7 +5,8 @@ clipping; early stopping on the validation loss or the validation IC (`monitor`)
 epoch's weights. Each epoch reports one line (train loss, val loss, val IC) and appends to the
 history that the model saves as `history.json`, with telemetry: the learning rate of the epoch's
 last step, the mean and largest global gradient norm before clipping, and the parameter norm after
-the epoch.
+the epoch. Batches come from `Samples.batches` (shuffled rows; for a cross-sectional model whole
+timestamps, whose codes reach the network as `group=` through `Samples.context`).
 
 A network may add to this, with no branch here: `auxiliary_loss()` (a scalar tensor from its latest
 training forward, added to the loss each step, recorded as `aux_loss`; e.g. moe load balancing) and
@@ -341,7 +342,7 @@ def _track(state: _State, net: nn.Module, best, score: float, epoch: int):
 
 def _make_step(net: nn.Module, data: Samples, cfg: LoopConfig, device: str, world) -> _Step:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
+    steps = cfg.epochs * data.n_batches(cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg, steps))
     precision = precision_for(cfg.precision, device)
     scaler = torch.amp.GradScaler(device_kind(device)) if precision.grad_scaler else None
@@ -362,19 +363,20 @@ def _epoch(step: _Step, data: Samples, cfg: LoopConfig, loss_fn, device: str, se
     each rank forwards its share of every global batch, and the loss is the global batch's.
     Returns the mean train loss and the epoch's telemetry (see the module doc)."""
     step.run.train()
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    order = order.to(data.ends.device)
+    batches = data.batches(cfg.batch_size, torch.Generator().manual_seed(seed * 100_003 + epoch))
     inputs = batch_inputs(data, device)
     world = step.world
     if world is not None:
         world.seed_epoch(seed, epoch, device)
     auxiliary = getattr(step.net, "auxiliary_loss", None)  # the network's own hooks (not DDP's or compile's)
     total, aux_total, count, grad_norms, lr = 0.0, 0.0, 0, [], math.nan
-    for idx in order.split(cfg.batch_size):
+    for idx in batches:
         local = idx if world is None else world.share(idx)
         with autocast(device, step.precision):
             x, ids = inputs(local if len(local) else idx[:1])
-            out = step.run(x, ids)[: len(local)].float()  # (b, K); an empty share forwards one row and keeps none
+            context = data.context(local if len(local) else idx[:1], device)  # a cross-sectional net's timestamps
+            # (b, K); an empty share forwards one row and keeps none
+            out = step.run(x, ids, **context)[: len(local)].float()
         if world is not None:
             out = world.gather_rows(out, len(idx))  # (B, K), every rank's rows in batch order
         aux = auxiliary() if auxiliary is not None else None  # read before _previous forwards again
@@ -445,16 +447,18 @@ def _grad_norm(net: nn.Module, clip: float) -> torch.Tensor:
 def infer(net: nn.Module, data: Samples, device: str, precision: str = "fp32") -> torch.Tensor:
     """(n, K) float32 outputs on CPU, in batches; autocast only when `precision` (inference_precision) asks."""
     net.eval()
-    chunks, batch = (
-        [],
-        PREDICT_BATCH if data.seq_len == 0 else max(1, min(PREDICT_BATCH, PREDICT_TOKENS // data.seq_len)),
-    )
+    chunks, order = [], []
+    batch = PREDICT_BATCH if data.seq_len == 0 else max(1, min(PREDICT_BATCH, PREDICT_TOKENS // data.seq_len))
     inputs = batch_inputs(data, device)
     with autocast(device, precision_for(precision, device, training=False)):
-        for idx in torch.arange(len(data), device=data.ends.device).split(batch):
+        for idx in data.batches(batch):  # in order; cross-sectional: whole timestamps
             x, ids = inputs(idx)
-            chunks.append(net(x, ids).float().cpu())
-    return torch.cat(chunks) if chunks else torch.zeros(0, 1)
+            chunks.append(net(x, ids, **data.context(idx, device)).float().cpu())
+            order.append(idx.cpu())
+    if not chunks:
+        return torch.zeros(0, 1)
+    out = torch.cat(chunks)
+    return out if not data.cross_section else out[torch.argsort(torch.cat(order))]  # back to the samples' order
 
 
 def evaluate(net, val: Samples, loss_fn, cfg: LoopConfig, device: str) -> tuple[float, float]:

@@ -5,10 +5,16 @@
 (tabular). `gather` builds the (B, seq_len, F) tensor of one batch only. Callers pass only ends
 with a full window inside their symbol (`PanelRows.full_window`), so a window never crosses
 symbols and never reaches past its row: the offsets below are all <= 0.
+
+Batches (`Samples.batches`): shuffled rows split into `batch_size` rows, or, for a cross-sectional
+model (`cross_section`), whole timestamps: each batch holds every sample of one or several
+timestamps (`group`), the timestamps shuffled, so the network can attend across the symbols of a
+timestamp and never across timestamps (it receives `group` through `Samples.context`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +39,13 @@ def previous_rows(symbols: np.ndarray | None, ts: np.ndarray | None) -> np.ndarr
     same = np.ones(max(n - 1, 0), dtype=bool) if symbols is None else keys[-1][order[1:]] == keys[-1][order[:-1]]
     prev[order[1:][same]] = order[:-1][same]
     return prev
+
+
+def timestamp_blocks(group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sample indices sorted by timestamp, stable; samples per timestamp in time order) of (n,) codes."""
+    rows = torch.argsort(group, stable=True)
+    counts = torch.unique_consecutive(group[rows], return_counts=True)[1]
+    return rows, counts
 
 
 def window_offsets(seq_len: int, device: torch.device | str) -> torch.Tensor:
@@ -65,6 +78,7 @@ class Samples:
     group: torch.Tensor | None = None  # (n,) int64 timestamp code (sharpe loss, cross-sectional IC)
     prev: torch.Tensor | None = None  # (n,) int64 row the symbol's previous sample ends at, -1: none (pnl loss);
     #                                    on the panel's device, like `ends`
+    cross_section: bool = False  # batches are whole timestamps (`group`), which the network reads
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -93,7 +107,37 @@ class Samples:
             move(self.w, device),
             move(self.group, device),
             move(self.prev, where),
+            self.cross_section,
         )
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """One pass's batches of sample indices (on the panel's device): shuffled by `generator` when
+        given, else in order. Cross-sectional: whole timestamps, `timestamps_per_batch` of them."""
+        n = len(self)
+        if not self.cross_section:
+            order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+            return list(order.to(self.ends.device).split(batch_size))
+        rows, counts = timestamp_blocks(self.group.cpu())
+        pick = torch.randperm(len(counts), generator=generator) if generator is not None else torch.arange(len(counts))
+        blocks = rows.split(counts.tolist())  # one block of sample indices per timestamp, in time order
+        per = self.timestamps_per_batch(batch_size, counts)
+        return [torch.cat([blocks[t] for t in chunk.tolist()]).to(self.ends.device) for chunk in pick.split(per)]
+
+    def timestamps_per_batch(self, batch_size: int, counts: torch.Tensor | None = None) -> int:
+        """Whole timestamps per batch: as many of the widest cross-section as fit in `batch_size` rows, at least 1."""
+        counts = timestamp_blocks(self.group.cpu())[1] if counts is None else counts
+        return max(1, batch_size // max(int(counts.max()) if len(counts) else 1, 1))
+
+    def n_batches(self, batch_size: int) -> int:
+        """Batches in one pass (the learning-rate schedule's steps per epoch)."""
+        if not self.cross_section:
+            return math.ceil(len(self) / batch_size)
+        counts = timestamp_blocks(self.group.cpu())[1]
+        return math.ceil(len(counts) / self.timestamps_per_batch(batch_size, counts))
+
+    def context(self, idx: torch.Tensor, device: str | torch.device) -> dict[str, torch.Tensor]:
+        """What a cross-sectional network reads beside (x, ids): each sample's timestamp code; nothing otherwise."""
+        return {"group": self.group[idx.to(self.group.device)].to(device)} if self.cross_section else {}
 
     def previous_inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(x, ids, known) of the windows ending at each sample's previous row (`prev`; where there is
