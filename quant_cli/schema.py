@@ -709,6 +709,62 @@ SCHEMA: dict[str, dict[str, Any]] = {
             duration=True,
         ),
     },
+    # `qfactory pretrain`: self-supervised pretraining of the recipe's sequence model's encoder, through the one
+    # training loop (quant_cli.models.torch.pretrain); `train --init RUN` warm-starts from it.
+    "pretrain": {
+        "objective": Key(
+            "str",
+            "masked",
+            "masked: patches of each window replaced (mask_value), the encoder's per-step states reconstruct "
+            "their inputs, loss on the masked steps only; contrastive: TS2Vec-style, two overlapping random "
+            "crops with timestamp masking and a hierarchical instance + temporal contrastive loss.",
+            choices=("masked", "contrastive"),
+        ),
+        "epochs": Key("int", 10, "Passes over the pretraining windows.", minimum=1, maximum=100_000),
+        "batch_size": Key("int", 256, "Windows per optimiser step.", minimum=2, maximum=10_000_000),
+        "learning_rate": Key("float", 1e-3, "AdamW peak learning rate.", minimum=1e-12, maximum=10.0),
+        "mask_ratio": Key(
+            "float",
+            0.4,
+            "masked: share of each window's patches masked (at least one); contrastive: probability that a "
+            "timestamp of a crop is masked.",
+            minimum=0.0,
+            maximum=0.95,
+        ),
+        "patch_len": Key(
+            "int", 4, "masked: steps per masked patch (patches end at the window's last step).", minimum=1, maximum=4096
+        ),
+        "mask_value": Key(
+            "str",
+            "token",
+            "masked: what masked steps hold: a learned mask vector (token) or zeros.",
+            choices=("token", "zero"),
+        ),
+        "crop": Key(
+            "float",
+            0.5,
+            "contrastive: smallest overlap of the two crops, as a share of the window.",
+            minimum=0.05,
+            maximum=1.0,
+        ),
+        "temperature": Key(
+            "float", 1.0, "contrastive: logits are similarities divided by this (TS2Vec: 1).", minimum=1e-3
+        ),
+        "instance_weight": Key(
+            "float",
+            0.5,
+            "contrastive: weight of the instance loss; the temporal loss gets 1 minus it (TS2Vec's alpha).",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        "segments": Key(
+            "list[str]",
+            ["train"],
+            "Segments whose windows are pretrained on: train, or train and validation (recorded in the run); "
+            "never test.",
+            choices=("train", "validation"),
+        ),
+    },
     "tune": {
         "objective": Key(
             "str",

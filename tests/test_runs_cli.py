@@ -168,7 +168,7 @@ def test_unknown_run_damaged_run_and_bad_status_are_one_line(runner):
     message = (
         "--status 'faild': unknown (did you mean 'failed'?); use a state "
         "('damaged', 'running', 'failed', 'interrupted', 'ok') "
-        "or a stage name ('ingest', 'split', 'train', 'backtest', 'walkforward', "
+        "or a stage name ('ingest', 'split', 'pretrain', 'train', 'backtest', 'walkforward', "
         "'bundle', 'tune') to list runs with that stage committed"
     )
     assert json.loads(result.stdout) == {"error": message, "kind": "RunError", "exit_code": 2}

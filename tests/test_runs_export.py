@@ -181,7 +181,8 @@ def test_a_real_run_lists_shows_and_compares(runner, run_id):
 
 
 def test_export_carries_torch_training_telemetry_per_epoch(runner, tmp_path):
-    """grad/param norms, learning rate and expert usage of each epoch become MLflow metric histories (step = epoch)."""
+    """grad/param norms, learning rate, expert usage and validation PnL/turnover/exposure of each epoch become
+    MLflow metric histories (step = epoch)."""
     from mlflow.tracking import MlflowClient
 
     recipe = tmp_path / "moe.toml"
@@ -215,6 +216,9 @@ def test_export_carries_torch_training_telemetry_per_epoch(runner, tmp_path):
             ("epoch.lr", lambda h: h["lr"]),
             ("epoch.param_norm", lambda h: h["param_norm"]),
             ("epoch.expert_usage.0.1", lambda h: h["expert_usage"][0][1]),
+            ("epoch.val_pnl", lambda h: h["val_pnl"]),  # issue 20 §5: the trading telemetry on validation
+            ("epoch.val_turnover", lambda h: h["val_turnover"]),
+            ("epoch.val_exposure", lambda h: h["val_exposure"]),
         ]:
             points = sorted(client.get_metric_history(logged.info.run_id, key), key=lambda m: m.step)
             assert [(m.step, m.value) for m in points] == [(h["epoch"], pytest.approx(pick(h))) for h in history], key

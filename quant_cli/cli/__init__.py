@@ -17,6 +17,7 @@ from quant_cli.cli import (
     finetune,
     ingest,
     predict,
+    pretrain,
     profile,
     recipe,
     report,
@@ -66,6 +67,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(features.app, name="features")
 app.command("split")(split.split)
 app.command("train")(train.train)
+app.command("pretrain")(pretrain.pretrain)
 app.command("finetune")(finetune.finetune)
 app.command("backtest")(backtest.backtest)
 app.command("report")(report.report)

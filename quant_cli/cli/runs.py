@@ -86,7 +86,7 @@ def _ls_row(row: dict[str, Any]) -> dict[str, Any]:
         "run": row["run_id"],
         "name": row["name"],
         "dataset": row["dataset"],
-        "model": row["model"],
+        "model": f"{row['model']} (pretrain)" if row.get("kind") == "pretrain" else row["model"],
         "val_ic": _num(row["val_ic"]),
         "test_ic": _num(row["test_ic"]),
         "sharpe": shown_sharpe,

@@ -23,12 +23,22 @@ from quant_cli.cli.common import (
 from quant_cli.errors import QFactoryError
 from quant_cli.models.registry import FLAGS, describe_models
 from quant_cli.models.torch.topology import torchrun_rank
+from quant_cli.runs.directory import resolve_run
 
 RunToTrainOpt = Annotated[
     str | None,
     typer.Option(
         "--run",
         help="Train this run (a path, run id or 'latest'); it must hold a split and no model.",
+        show_default=False,
+    ),
+]
+InitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--init",
+        help="With --recipe: warm-start the model from this pretrain run (`qfactory pretrain`; a path, run id or "
+        "'latest'): every tensor of the same name and shape.",
         show_default=False,
     ),
 ]
@@ -67,6 +77,7 @@ def train(
     strict_device: StrictDeviceOpt = False,
     nproc: NprocOpt = None,
     backend: ParallelBackendOpt = "local",
+    init: InitOpt = None,
     *,
     shared: Shared,
 ) -> Printed | None:
@@ -77,6 +88,9 @@ def train(
     Example: qfactory train --recipe recipes/lstm.toml --device cuda
 
     Continue a killed torch fit: qfactory train --run RUN --resume
+
+    Warm start from a pretrain run: PRE=$(qfactory pretrain -r recipes/lstm.toml) &&
+    qfactory train --recipe recipes/lstm.toml --init "$PRE"
 
     Data parallel, 4 processes on this machine: qfactory train --recipe recipes/lstm.toml --nproc 4
     (several machines: run the same command under torchrun on each; see the README)
@@ -92,6 +106,8 @@ def train(
         raise QFactoryError("pass exactly one of --recipe (start a new run) or --run (train an existing split run)")
     if resume and run is None:
         raise QFactoryError("--resume continues a killed fit of an existing run: pass it with --run RUN, not --recipe")
+    if init is not None and run is not None:
+        raise QFactoryError("--init warm-starts a new run: pass it with --recipe R, not --run")
     if run is not None:
         if set_ or model or device or strict_device:
             raise QFactoryError(
@@ -104,7 +120,9 @@ def train(
         nproc_set = [f"train.nproc={nproc}"] if nproc is not None else []
         resolved = load_stage_recipe(recipe, [*(set_ or []), *nproc_set], model, device, strict_device)
         with parallel.group(resolved, None, backend, console.REPORTER, shared.json_out):
-            result = stages.train_new(resolved, shared.data(resolved), shared.runs(resolved), console.REPORTER)
+            runs_dir = shared.runs(resolved)
+            pretrained = None if init is None else resolve_run(init, runs_dir, "--init").path
+            result = stages.train_new(resolved, shared.data(resolved), runs_dir, console.REPORTER, init=pretrained)
     return result.path, {"run_id": result.id, "metrics": result.metrics}
 
 

@@ -126,8 +126,9 @@ class SequenceModel(TorchModel):
 
         y_dtype = torch.int64 if self.is_classifier else torch.float32
         seq_len = self.params["seq_len"]
-        # pnl loss: the window ending one row earlier, when the symbol has a full one there
-        prev = np.where(X.panel.position[X.rows] >= seq_len, X.rows - 1, -1) if self.loop.loss == "pnl" else None
+        # the window ending one row earlier, when the symbol has a full one there: the pnl loss's previous
+        # score, and the previous position of the validation PnL telemetry (models/torch/telemetry.py)
+        prev = np.where(X.panel.position[X.rows] >= seq_len, X.rows - 1, -1)
         samples = Samples(
             self._panel_tensor(X),
             tensor(X.rows, torch.int64).to(self._panel_device),

@@ -80,6 +80,18 @@ class TorchModel(Model):
     def set_checkpoints(self, folder: Path | None, resume: bool = False) -> None:
         self.checkpoint_dir, self.resume = folder, resume
 
+    def set_init(self, pretrained) -> None:
+        """Warm-start the next fit from a pretrain run (quant_cli.models.torch.warmstart.Pretrained)."""
+        self.init = pretrained
+
+    def _warm_start(self, net) -> None:
+        pretrained = getattr(self, "init", None)
+        self.init_ = None
+        if pretrained is not None:
+            from quant_cli.models.torch.warmstart import load_into
+
+            self.init_ = {"run": pretrained.run_id, "tensors": load_into(net, pretrained, self.params)}
+
     # ---- the family's part ----------------------------------------------------------------------
 
     def _net_config(self, n_inputs: int) -> NetConfig:
@@ -129,6 +141,7 @@ class TorchModel(Model):
         with loop.reproducible(self.seed, self.device_, world.cpu_threads(self.threads) if world else self.threads):
             self.config_ = self._net_config(self._n_inputs(train))
             net = self._build(self.config_).to(self.device_)
+            self._warm_start(net)
             data, _ = self._samples(train, self._scaled(y), sample_weight)
             if len(data) == 0:
                 raise ModelError(
@@ -150,6 +163,7 @@ class TorchModel(Model):
                 resume=getattr(self, "resume", False),
                 on_epoch=self._epoch_report(net, val),
                 world=world,
+                trading=self._trading(),
             )
         self._release()
         peak = torch.cuda.max_memory_allocated(torch.device(self.device_)) if cuda else None
@@ -173,6 +187,14 @@ class TorchModel(Model):
         scaled targets' units (returns / y_std_), so it keeps its meaning whatever the scale."""
         cost = self.loop.pnl_cost_bps / 1e4 / (self.y_std_ if not self.is_classifier else 1.0)
         return losses.loss_fn(self.loop.loss, self.is_classifier, cost, self.loop.pnl_drawdown_penalty)
+
+    def _trading(self):
+        """What the per-epoch validation PnL telemetry needs (a regression score; models/torch/telemetry.py)."""
+        if self.is_classifier or self.output == "path":
+            return None
+        from quant_cli.models.torch.telemetry import Trading
+
+        return Trading(self.loop.pnl_cost_bps / 1e4, self.y_mean_, self.y_std_)
 
     def _epoch_report(self, net, val: Inputs | None):
         """Per-epoch StepReport call (Model.fit(report=...)): the validation scores of the current
@@ -234,6 +256,8 @@ class TorchModel(Model):
             info["peak_cuda_memory_mb"] = self.peak_cuda_mb_  # torch.cuda.max_memory_allocated during the fit
         if getattr(self, "resumed_from_", 0):
             info["resumed_from_epoch"] = self.resumed_from_
+        if getattr(self, "init_", None):
+            info["init"] = self.init_  # the pretrain run and the tensors warm-started from it
         if not self.is_classifier:
             info.update(y_mean=self.y_mean_, y_std=self.y_std_)
         if self.output == "path":
@@ -267,6 +291,7 @@ class TorchModel(Model):
         self.peak_cuda_mb_ = info.get("peak_cuda_memory_mb")
         self.parallel_ = {k: info[k] for k in ONE_PROCESS if k in info} or ONE_PROCESS
         self.resumed_from_ = info.get("resumed_from_epoch", 0)
+        self.init_ = info.get("init")
         if not self.is_classifier:
             self.y_mean_, self.y_std_ = info["y_mean"], info["y_std"]
         if self.output == "path":

@@ -48,6 +48,7 @@ from quant_cli.schema import RUN_NAME_DOC, RUN_NAME_PATTERN
 # these paths without that entry are leftovers of a killed process, removed before a redo.
 STAGE_OUTPUTS = {
     "split": ("split",),
+    "pretrain": ("pretrain",),
     "train": (
         "cv",
         "model",
@@ -59,6 +60,7 @@ STAGE_OUTPUTS = {
 }
 _STAGE_RESULT = {
     "split": "a split",
+    "pretrain": "a pretrained encoder",
     "train": "a model",
     "backtest": "a backtest",
     "walkforward": "a walk-forward",

@@ -5,7 +5,8 @@ recipe (recipe.toml), metrics the flattened numbers of metrics.json plus the run
 entry (deflated Sharpe ratio and N), artifacts its small files (recipe.toml, manifest.json,
 metrics.json, model/, and the backtest report — every non-parquet file in backtest/). A torch
 model's training telemetry (every number of each epoch in model/history.json: losses, learning rate,
-gradient and parameter norms, expert usage) becomes metric histories `epoch.<name>` with step = epoch.
+gradient and parameter norms, expert usage, validation PnL, turnover and exposure) becomes metric histories
+`epoch.<name>` with step = epoch; a pretrain run's loop history (pretrain/history.json) `pretrain.epoch.<name>`.
 
 Exporting again is idempotent: the MLflow run with the same `qfactory.run_id` tag is reused,
 params already there are not logged again, and a metric is logged only when its value changed
@@ -115,17 +116,18 @@ def _contents(run: Run, record: RunRecord, ledger: dict[str, float]) -> dict[str
             "qfactory.path": str(run.path),
         },
         "created_ms": _millis(manifest.get("created")),
-        "epochs": _epoch_metrics(run.path / "model"),
+        "epochs": _epoch_metrics(run.path / "model") + _epoch_metrics(run.path / "pretrain", "pretrain."),
     }
 
 
-def _epoch_metrics(model_dir: Path) -> list[tuple[int, dict[str, float]]]:
+def _epoch_metrics(model_dir: Path, stage: str = "") -> list[tuple[int, dict[str, float]]]:
     """(epoch, {`epoch.<key>`: value}) from every history.json under the model folder; lists (expert usage per
-    layer and expert) become numbered keys. A folder below model/ (a member of an ensemble) joins the prefix."""
+    layer and expert) become numbered keys. A folder below model/ (a member of an ensemble) joins the prefix;
+    `stage` goes before it (a pretrain run's loop history: `pretrain.epoch.<key>`)."""
     out = []
     for path in sorted(model_dir.rglob("history.json")) if model_dir.is_dir() else []:
         where = ".".join(path.parent.relative_to(model_dir).parts)
-        prefix = f"epoch.{where}." if where else "epoch."
+        prefix = f"{stage}epoch.{where}." if where else f"{stage}epoch."
         for entry in json.loads(path.read_text()).get("epochs", []):
             values = {_key(prefix + k): v for k, v in _numbers(entry).items() if k != "epoch"}
             out.append((int(entry.get("epoch", len(out) + 1)), values))

@@ -22,7 +22,7 @@ from quant_cli.runs.ledger import Trial, deflated_now, trials_of, with_segment
 
 # A run's state, worst first: what `--status` filters on (besides a committed stage's name).
 STATES = ("damaged", "running", "failed", "interrupted", "ok")
-STAGES = ("ingest", "split", "train", "backtest", "walkforward", "bundle", "tune")
+STAGES = ("ingest", "split", "pretrain", "train", "backtest", "walkforward", "bundle", "tune")
 
 
 @dataclass
@@ -156,12 +156,14 @@ def describe(record: RunRecord) -> dict[str, Any]:
     stages = stages if isinstance(stages, dict) else {}
     dataset = manifest.get("dataset")
     train = stages.get("train") if isinstance(stages.get("train"), dict) else {}
+    pretrain = stages.get("pretrain") if isinstance(stages.get("pretrain"), dict) else {}
     parts = record.run_id.rsplit("-", 2)
     return {
         "run_id": record.run_id,
         "name": parts[0] if len(parts) == 3 else record.run_id,
         "dataset": dataset.get("name") if isinstance(dataset, dict) else None,
-        "model": train.get("model") or _block(record.metrics, "train").get("model"),
+        "model": train.get("model") or _block(record.metrics, "train").get("model") or pretrain.get("model"),
+        "kind": manifest.get("kind") if isinstance(manifest.get("kind"), str) else "run",  # pretrain, or run
         "created": record.created or None,
         "path": str(record.path),
     }

@@ -20,7 +20,7 @@ from quant_cli.errors import RecipeError, RunError
 from quant_cli.io import write_json_atomic, write_parquet_atomic
 from quant_cli.models.base import Model, StepReport
 from quant_cli.models.covariates import bar_inputs
-from quant_cli.recipe import Recipe
+from quant_cli.recipe import Recipe, fingerprint
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run, create_run, stage_outputs
 from quant_cli.stages import fitting
@@ -90,9 +90,10 @@ def train_stage(
     reporter: Reporter,
     resume: bool = False,
     snapshot: store.Snapshot | None = None,
+    init: Any = None,
 ) -> dict[str, Any]:
     """Fit, predict val and test, and write model/, predictions.parquet and metrics.json; returns
-    the metrics as written."""
+    the metrics as written. `init`: a warmstart.Pretrained the model starts from."""
     with run.stage("train") as info:
         metrics: dict[str, Any] = {}
         device = device_of(recipe, reporter)
@@ -101,6 +102,8 @@ def train_stage(
         model = make_model(recipe, device, reporter)
         model.set_checkpoints(run.path / CHECKPOINTS, resume)  # per-epoch last/best of torch models
         channels = _bar_channels(model, recipe, prepared, snapshot)
+        if init is not None:
+            _check_init(init, model, prepared, channels)
         inputs = fitting.segment_inputs(model, prepared, ("train", "val"), channels)
         seconds = _fit(model, prepared, inputs, recipe["train"]["early_stopping"], reporter)
         del inputs  # the training matrix goes before the scoring one is built: peak memory is one of them
@@ -126,6 +129,8 @@ def train_stage(
         used = model.fit_info().get("device", "cpu")
         info.update(model=model.name, device=used, seconds_fit=round(seconds, 3))
     run.update_manifest(device=used)
+    if init is not None:  # what the model was initialised from: the run and every tensor loaded
+        run.update_manifest(initialised_from=model.fit_info()["init"])
     reporter.info(
         f"train: {model.name} on {train.height:,} rows; val IC "
         f"{metrics['val'].get('ic', float('nan')):.4f}{' (in-sample)' if metrics['val'].get('in_sample') else ''}, "
@@ -166,13 +171,21 @@ def _segment_metrics(predictions: pl.DataFrame) -> dict[str, Any]:
     return out
 
 
-def train_new(recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT) -> TrainResult:
-    """`qfactory train --recipe R`: a new run with features (cached), split and a trained model."""
+def train_new(
+    recipe: Recipe, data_dir: Path, runs_dir: Path, reporter: Reporter = SILENT, init: Path | None = None
+) -> TrainResult:
+    """`qfactory train --recipe R`: a new run with features (cached), split and a trained model;
+    `init`: a pretrain run whose encoder warm-starts the model (quant_cli.models.torch.warmstart)."""
     check_recipe(recipe, reporter)
+    pretrained = _pretrained(recipe, init, reporter) if init is not None else None
     snapshot = pin_checked(recipe, data_dir, reporter)
     with create_run(runs_dir, recipe) as run:
+        if pretrained is not None:  # a warm start is another experiment than training from scratch (trial ledger)
+            own = run.manifest()["fingerprints"]["experiment"]
+            warm = fingerprint({"recipe": own, "init": pretrained.experiment})
+            run.update_manifest(fingerprints={"experiment": warm})
         prepared = split_stage(run, recipe, snapshot, reporter).prepared
-        metrics = train_stage(run, recipe, prepared, reporter, snapshot=snapshot)
+        metrics = train_stage(run, recipe, prepared, reporter, snapshot=snapshot, init=pretrained)
     return TrainResult(run, metrics)
 
 
@@ -187,6 +200,32 @@ def train_existing(run: Run, data_dir: Path, reporter: Reporter = SILENT, resume
     check_recipe(recipe, reporter)
     prepared = load_split(run.path / "split", recipe, snapshot)
     return TrainResult(run, train_stage(run, recipe, prepared, reporter, resume, snapshot))
+
+
+def _pretrained(recipe: Recipe, init: Path, reporter: Reporter):
+    """The pretrain run `init` for this recipe's model, checked before any heavy work."""
+    from quant_cli.models.torch.warmstart import check_model, open_pretrained
+    from quant_cli.stages.pretrain import supported_models
+
+    name = recipe["model"]["name"]
+    if name not in supported_models():
+        raise RecipeError(
+            f"--init warm-starts a pretrained encoder; model '{name}' has none (use one of "
+            f"{', '.join(supported_models())})"
+        )
+    pretrained = open_pretrained(init)
+    check_model(pretrained, name)
+    return pretrained
+
+
+def _check_init(init: Any, model: Model, prepared: Prepared, channels: pl.DataFrame | None) -> None:
+    """Refuse a pretrain run whose inputs differ from this run's; else the model starts from it."""
+    from quant_cli.models.torch.warmstart import check_inputs, input_record
+
+    inputs = model.params["inputs"]
+    used = [c for c in channels.columns if c not in ("symbol", "ts")] if channels is not None else []
+    check_inputs(init, input_record(prepared.features, prepared.pipeline.to_json(), inputs, used))
+    model.set_init(init)
 
 
 def _checkpoints_for(run: Run, resume: bool) -> None:

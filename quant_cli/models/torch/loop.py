@@ -5,8 +5,13 @@ clipping; early stopping on the validation loss or the validation IC (`monitor`)
 epoch's weights. Each epoch reports one line (train loss, val loss, val IC) and appends to the
 history that the model saves as `history.json`, with telemetry: the learning rate of the epoch's
 last step, the mean and largest global gradient norm before clipping, and the parameter norm after
-the epoch. Batches come from `Samples.batches` (shuffled rows; for a cross-sectional model whole
-timestamps, whose codes reach the network as `group=` through `Samples.context`).
+the epoch; for a regression score also the validation PnL, turnover and exposure of the trading
+losses' position rule (`trading`, quant_cli.models.torch.telemetry). Batches come from
+`Samples.batches` (shuffled rows; for a cross-sectional model whole timestamps, whose codes reach the
+network as `group=` through `Samples.context`).
+
+Self-supervised pretraining (quant_cli.models.torch.pretrain) runs here too: its network returns
+each window's own loss and its loss function is their mean, with no branch in this loop.
 
 A network may add to this, with no branch here: `auxiliary_loss()` (a scalar tensor from its latest
 training forward, added to the loss each step, recorded as `aux_loss`; e.g. moe load balancing) and
@@ -59,6 +64,7 @@ from quant_cli.models.torch.precision import (
     choose_precision,
     device_kind,
 )
+from quant_cli.models.torch.telemetry import Trading, trading_stats
 from quant_cli.models.torch.windows import Samples
 from quant_cli.report import SILENT, Reporter
 
@@ -258,11 +264,13 @@ def train(
     on_epoch: Callable[[int], None] | None = None,
     world: Any = None,
     start: dict[str, Any] | None = None,
+    trading: Trading | None = None,
 ) -> Trained:
     """Fit `net` in place; returns the history. `val` drives early stopping when cfg.patience > 0.
     `on_epoch(epoch)` runs after each epoch is recorded (tuning's pruning hook; it may raise to stop).
     `world`: a data-parallel group (rank 0 calls this; the other ranks get here through
-    distributed.serve with `start`, rank 0's restored checkpoint when resuming)."""
+    distributed.serve with `start`, rank 0's restored checkpoint when resuming). `trading`: the
+    validation PnL, turnover and exposure of a regression score per epoch (models/torch/telemetry.py)."""
     return_freed_buffers()  # else freed activations stay resident and the peak RSS grows batch by batch
     step = _make_step(net, data, cfg, device, world)
     if step.precision.note:  # a precision asked for but not honoured as spelled (e.g. bf16 on a pre-Ampere GPU)
@@ -288,7 +296,9 @@ def train(
             continue
         try:
             scored = val is not None and len(val) > 0
-            val_loss, val_ic = evaluate(net, val, loss_fn, cfg, device) if scored else (math.nan, math.nan)
+            val_loss, val_ic, traded = (
+                evaluate(net, val, loss_fn, cfg, device, trading) if scored else (math.nan, math.nan, {})
+            )
             seconds = time.perf_counter() - started
             history.append(
                 {
@@ -299,6 +309,7 @@ def train(
                     "seconds": round(seconds, 3),
                     "samples_per_s": round(len(data) / max(seconds, 1e-9), 1),
                     **telemetry,
+                    **traded,
                 }
             )
             best = _track(state, net, best, -val_ic if cfg.monitor == "ic" else val_loss, epoch)
@@ -461,10 +472,14 @@ def infer(net: nn.Module, data: Samples, device: str, precision: str = "fp32") -
     return out if not data.cross_section else out[torch.argsort(torch.cat(order))]  # back to the samples' order
 
 
-def evaluate(net, val: Samples, loss_fn, cfg: LoopConfig, device: str) -> tuple[float, float]:
-    """(val loss over all of `val` at once — the sharpe loss needs whole timestamps —, val IC), scored
-    in cfg.inference_precision (fp32 by default) whatever the training precision."""
+def evaluate(
+    net, val: Samples, loss_fn, cfg: LoopConfig, device: str, trading: Trading | None = None
+) -> tuple[float, float, dict[str, float]]:
+    """(val loss over all of `val` at once — the sharpe loss needs whole timestamps —, val IC, the
+    trading telemetry of `trading`), scored in cfg.inference_precision (fp32 by default) whatever the
+    training precision."""
     out = infer(net, val, device, cfg.inference_precision)
+    traded = trading_stats(out, val, trading)
     y, w = val.y.cpu(), None if val.w is None else val.w.cpu()
     group = None if val.group is None else val.group.cpu()
     extra = {}
@@ -483,7 +498,8 @@ def evaluate(net, val: Samples, loss_fn, cfg: LoopConfig, device: str) -> tuple[
         score = out[:, 0]
     else:
         score = torch.softmax(out, 1) @ torch.arange(out.shape[1], dtype=out.dtype)
-    return loss, information_coefficient(score.numpy(), y.double().numpy(), None if group is None else group.numpy())
+    ic = information_coefficient(score.numpy(), y.double().numpy(), None if group is None else group.numpy())
+    return loss, ic, traded
 
 
 def information_coefficient(score: np.ndarray, y: np.ndarray, group: np.ndarray | None) -> float:

@@ -78,7 +78,7 @@ class MLPModel(TorchModel):
 
         y_dtype = torch.int64 if self.is_classifier else torch.float32
         n = len(rows.X)
-        prev = previous_rows(rows.symbols, rows.ts) if self.loop.loss == "pnl" else None  # the pnl loss's turnover
+        prev = previous_rows(rows.symbols, rows.ts)  # the pnl loss's and the PnL telemetry's turnover
         samples = Samples(
             tensor(rows.X, torch.float32),
             torch.arange(n, device=dev),

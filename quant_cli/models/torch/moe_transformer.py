@@ -123,11 +123,15 @@ class MoETransformer(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = Head(cfg.d_model, cfg)
 
-    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-step hidden states (B, L, F) → (B, L, D), causal (what `qfactory pretrain` trains)."""
         h = self.embed(x)  # (B, L, D)
         for layer in self.layers:
             h = layer(h)
-        return self.head(self.norm(h)[:, -1], ids)  # the last (prediction) token: (B, n_outputs)
+        return self.norm(h)
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.encode(x)[:, -1], ids)  # the last (prediction) token: (B, n_outputs)
 
     # ---- the training loop's hooks (models/torch/loop.py) ----
 

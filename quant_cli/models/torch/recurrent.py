@@ -34,10 +34,13 @@ class Recurrent(nn.Module):
         )
         self.head = Head(cfg.hidden, cfg)
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-step hidden states (B, L, F) → (B, L, H), causal (what `qfactory pretrain` trains)."""
+        return self.rnn(x)[0]
+
     def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         # x: (B, L, F), oldest step first; the last step is the prediction row
-        out, _ = self.rnn(x)  # (B, L, H)
-        return self.head(out[:, -1], ids)  # (B, n_outputs)
+        return self.head(self.encode(x)[:, -1], ids)  # (B, n_outputs)
 
 
 class LSTMModel(SequenceModel):

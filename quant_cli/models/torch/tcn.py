@@ -65,10 +65,13 @@ class TCN(nn.Module):
         )
         self.head = Head(cfg.channels, cfg)
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-step hidden states (B, L, F) → (B, L, C), causal (what `qfactory pretrain` trains)."""
+        return self.blocks(x.transpose(1, 2)).transpose(1, 2)
+
     def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         # x: (B, L, F)
-        h = self.blocks(x.transpose(1, 2))  # (B, C, L)
-        return self.head(h[:, :, -1], ids)  # the last (prediction) step: (B, n_outputs)
+        return self.head(self.encode(x)[:, -1], ids)  # the last (prediction) step: (B, n_outputs)
 
 
 class TCNModel(SequenceModel):

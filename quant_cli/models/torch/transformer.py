@@ -96,8 +96,8 @@ class Transformer(nn.Module):
         self.head = Head(cfg.d_model, cfg)
         self.checkpoint = cfg.checkpoint
 
-    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        # x: (B, L, F)
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-step hidden states (B, L, F) → (B, L, D), causal (what `qfactory pretrain` trains)."""
         h = self.embed(x)  # (B, L, D)
         if self.position is not None:
             h = h + self.position[-h.shape[1] :]
@@ -105,7 +105,11 @@ class Transformer(nn.Module):
         for layer in self.layers:
             # checkpoint keeps only the layer's input; its RNG state is replayed, so dropout masks match
             h = checkpoint(layer, h, use_reentrant=False) if recompute else layer(h)  # (B, L, D)
-        h = self.norm(h)
+        return self.norm(h)
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (B, L, F)
+        h = self.encode(x)
         if self.query is None:
             return self.head(h[:, -1], ids)  # last token: (B, n_outputs)
         weights = torch.softmax(h @ self.query, dim=1)  # (B, L)

@@ -76,8 +76,8 @@ class Samples:
     y: torch.Tensor | None = None  # (n,) float32 target, or int64 class code
     w: torch.Tensor | None = None  # (n,) float32 sample weight
     group: torch.Tensor | None = None  # (n,) int64 timestamp code (sharpe loss, cross-sectional IC)
-    prev: torch.Tensor | None = None  # (n,) int64 row the symbol's previous sample ends at, -1: none (pnl loss);
-    #                                    on the panel's device, like `ends`
+    prev: torch.Tensor | None = None  # (n,) int64 row the symbol's previous sample ends at, -1: none (pnl loss,
+    #                                    validation PnL telemetry); on the panel's device, like `ends`
     cross_section: bool = False  # batches are whole timestamps (`group`), which the network reads
 
     def __len__(self) -> int:
