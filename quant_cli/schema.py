@@ -152,6 +152,13 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "sets": Key("list[str]", ["core"], "Feature sets to build (see `qfactory features ls-specs`)."),
         "include": Key("list[str]", [], "Extra features or tags to include."),
         "exclude": Key("list[str]", [], "Features or tags to drop."),
+        "plugins": Key(
+            "list[str]",
+            [],
+            "Python files of factor functions, each a feature (docs/factors.md); relative to the recipe file. "
+            "They run your code: bundles carrying them need --trust-plugins to load.",
+            path=True,
+        ),
         "windows": Key(
             "list[int]", [5, 10, 20, 60], "Windows for windowed features, in bars.", minimum=1, maximum=100_000
         ),

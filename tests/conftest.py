@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -21,6 +22,17 @@ def _isolated_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("QFACTORY_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
     console.set_quiet(False)  # a --quiet command in an earlier test must not silence this one
+
+
+@pytest.fixture(autouse=True)
+def _forget_plugins() -> Iterator[None]:
+    """Factor plugins (a recipe's plugins = [...]) register in the process-wide registry: dropped after
+    each test, so tests that compare the registry's families see the built-in ones only."""
+    yield
+    from quant_cli.features import REGISTRY
+
+    for name in [n for n, f in REGISTRY.families.items() if f.plugin is not None]:
+        del REGISTRY.families[name]
 
 
 @pytest.fixture

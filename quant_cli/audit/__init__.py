@@ -31,6 +31,7 @@ from quant_cli.backtest.report import render_run_reports
 from quant_cli.data import store
 from quant_cli.dataset.table import load_split
 from quant_cli.errors import RecipeError, RunError
+from quant_cli.features import plugins
 from quant_cli.io import read_json, read_run_parquet, write_json_atomic
 from quant_cli.models.registry import load_model
 from quant_cli.pipeline.fitted import FittedPipeline
@@ -77,6 +78,7 @@ def audit_run(
     original = load_split(run.path / "split", recipe, snapshot)
     predictions = read_run_parquet(run.path, "predictions.parquet")
     pipeline = FittedPipeline.from_json(read_json(run.path / "split" / "pipeline.json"))
+    _check_plugins_unchanged(run, recipe, pipeline)
     loaded = scoring.scorer(run.path, pipeline, load_model(run.path / "model"))
     cutoffs = scoring.choose_cutoffs(predictions, CUTOFFS)
     if not cutoffs:
@@ -102,6 +104,18 @@ def audit_run(
     render_run_reports(run.path)  # the run's report.html (if it has one) gains the audit section
     _tell(report, reporter)
     return AuditResult(run, report)
+
+
+def _check_plugins_unchanged(run: Run, recipe: Any, pipeline: FittedPipeline) -> None:
+    """The refits read the recipe's plugin files: they must hold the code the run carries, or the
+    audit would compare two different factors and call the difference look-ahead."""
+    now = {p.sha256 for p in plugins.read_plugins(recipe["features"])}
+    changed = [p["file"] for p in pipeline.plugins if p["sha256"] not in now]
+    if changed:
+        raise RunError(
+            f"run {run.id}: plugin {changed[0]} changed since the run was made (its SHA-256 differs from the one "
+            "in split/pipeline.json); restore the file to audit this run, or train a new run"
+        )
 
 
 def _scoring_bars(recipe: Any, snapshot: store.Snapshot) -> pl.DataFrame:

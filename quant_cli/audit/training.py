@@ -36,6 +36,7 @@ from quant_cli.audit.rewrite import rewrite_after
 from quant_cli.data import store
 from quant_cli.dataset import table as dataset_table
 from quant_cli.dataset.table import KEYS, Prepared, load_bars
+from quant_cli.features import plugin_check
 from quant_cli.features.references import References
 from quant_cli.models.base import Model
 from quant_cli.models.covariates import bar_inputs
@@ -124,7 +125,8 @@ def rewritten_split(
         snapshot.manifest.get("frequency"),
     )
     private = store.pin(home, snapshot.dataset)
-    prepared = dataset_table.prepare(recipe, private, plan=original.plan, path=forecasts_path(recipe))
+    with plugin_check.audited():  # a leaky plugin is this audit's finding, not a refused refit
+        prepared = dataset_table.prepare(recipe, private, plan=original.plan, path=forecasts_path(recipe))
     return prepared, adjusted_bars(recipe, private, prepared)
 
 

@@ -19,6 +19,14 @@ TrustPickleOpt = Annotated[
     ),
 ]
 
+TrustPluginsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-plugins",
+        help="Allow a bundle that carries factor plugins (your Python, run when loaded); only for bundles you made.",
+    ),
+]
+
 app = typer.Typer(
     invoke_without_command=True,
     no_args_is_help=False,
@@ -70,6 +78,7 @@ def bundle(
 def verify(
     path: Annotated[Path, typer.Argument(help="Bundle folder or .tar.gz.", show_default=False)],
     trust_pickle: TrustPickleOpt = False,
+    trust_plugins: TrustPluginsOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -81,7 +90,7 @@ def verify(
     from quant_cli.serve import bundle as bundles
 
     with cli_errors(quiet, debug):
-        result = bundles.verify(path, trust_pickle)
+        result = bundles.verify(path, trust_pickle, trust_plugins)
         console.REPORTER.info(
             f"bundle {result['bundle_id']}: {result['files']} files verified; example of {result['example_rows']} "
             f"row(s) matches (max relative difference {result['max_relative_difference']:.2g})"

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from quant_cli.cli import console
-from quant_cli.cli.bundle import TrustPickleOpt
+from quant_cli.cli.bundle import TrustPickleOpt, TrustPluginsOpt
 from quant_cli.cli.common import DataDirOpt, DebugOpt, JsonOpt, QuietOpt, cli_errors, emit
 from quant_cli.cli.ingest import DelimiterOpt, FormatOpt, LayoutOpt, QueryOpt, TimezoneOpt
 from quant_cli.runs.directory import data_home
@@ -35,6 +35,7 @@ def predict(
     query: QueryOpt = None,
     timezone: TimezoneOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_plugins: TrustPluginsOpt = False,
     data_dir: DataDirOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -53,6 +54,6 @@ def predict(
     with cli_errors(quiet, debug):
         reading = {"layout": layout, "format": format_, "delimiter": delimiter, "query": query, "timezone": timezone}
         result = run_predict(
-            bundle, source, out, data_home(data_dir), every_bar, trust_pickle, console.REPORTER, reading
+            bundle, source, out, data_home(data_dir), every_bar, trust_pickle, console.REPORTER, reading, trust_plugins
         )
     emit(out, json_out, result)

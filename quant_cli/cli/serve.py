@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from quant_cli.cli import console
-from quant_cli.cli.bundle import TrustPickleOpt
+from quant_cli.cli.bundle import TrustPickleOpt, TrustPluginsOpt
 from quant_cli.cli.common import DebugOpt, OptionalRecipeOpt, QuietOpt, SetOpt, cli_errors
 from quant_cli.recipe import load_with_overrides
 
@@ -34,6 +34,7 @@ def serve(
     recipe: OptionalRecipeOpt = None,
     set_: SetOpt = None,
     trust_pickle: TrustPickleOpt = False,
+    trust_plugins: TrustPluginsOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -58,9 +59,9 @@ def serve(
 
     with cli_errors(quiet, debug):
         cfg = load_with_overrides(recipe, set_ or [], None, console.REPORTER)["serve"]
-        loaded = load(bundle, trust_pickle)
+        loaded = load(bundle, trust_pickle, trust_plugins)
         limits = Limits(max_rows=cfg["max_rows"], max_body_bytes=int(cfg["max_body_mb"] * 1024 * 1024))
-        app = create_app(loaded, os.environ.get(TOKEN_ENV) or None, limits, trust_pickle)
+        app = create_app(loaded, os.environ.get(TOKEN_ENV) or None, limits, trust_pickle, trust_plugins)
         bind, listen = host or cfg["host"], port or cfg["port"]
         sock = bound_socket(bind, listen)
         console.REPORTER.info(

@@ -38,6 +38,8 @@ def code_files() -> list[Path]:
     """Every source file whose change can change a feature value, sorted."""
     modules = set(ENGINE_MODULES)
     for family in REGISTRY.families.values():
+        if family.plugin is not None:  # a user's plugin: its own source hash is in the fingerprint
+            continue
         fn = family.compute or family.build
         modules.add(fn.__module__)
     return sorted({_source(name) for name in modules})

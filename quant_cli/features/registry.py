@@ -87,6 +87,8 @@ class Family:
     sources: tuple[str, ...] = ()  # features it is computed from: "ret_{w}", "MAX{w}", or "{feature}"
     derived: tuple[str, ...] = ()  # per-symbol helper columns (Registry.derive) computed once, before the features
     compute: Callable[..., Any] | None = None  # the kernel implementation (see the class doc)
+    lookback: int = 1  # bars of history a value reads beyond `window` (a plugin's @factor(window=...))
+    plugin: str | None = None  # "file.py:<sha256>" of a user's factor plugin (features/plugins.py), else None
 
     @property
     def kernel(self) -> bool:
@@ -297,7 +299,8 @@ class Registry:
         return sorted({t for fam in self.families.values() for t in fam.tags})
 
     def in_set(self, name: str) -> list[Family]:
-        return [f for f in self.families.values() if name == ALL_SET or name in f.sets]
+        """The set's families; "all" is every built-in one (plugins join only the recipes that name them)."""
+        return [f for f in self.families.values() if (name == ALL_SET and f.plugin is None) or name in f.sets]
 
     def feature(self, name: str) -> Feature:
         """The feature with this concrete name (``ret_7``, ``rsi_14``, ``cs_rank_ret_5``); KeyError if none."""
@@ -346,6 +349,7 @@ class Registry:
                 "description": f.description,
             }
             for f in self.families.values()
+            if f.plugin is None  # a plugin's factors are listed by its file, not the catalogue
         ]
 
     # --- selection ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import polars as pl
 from quant_cli import __version__
 from quant_cli.data import store as bar_store
 from quant_cli.errors import DataError, RecipeError
-from quant_cli.features import build, code_hash, engine, registry
+from quant_cli.features import build, code_hash, engine, plugin_check, plugins, registry
 from quant_cli.features.align import feature_options
 from quant_cli.features.engine import skipped_message
 from quant_cli.features.references import References
@@ -100,8 +100,13 @@ def feature_fingerprint(
     content_hash: str,
     data_filter: dict[str, Any],
     references: dict[str, Any] | None = None,
+    plugin_sources: list[plugins.PluginSource] | None = None,
 ) -> str:
-    """`references`: the reference dataset and its content hash, when references come from another dataset."""
+    """`references`: the reference dataset and its content hash, when references come from another dataset.
+    Plugins add their sources' SHA-256 (and whether the causality check was skipped, for tests)."""
+    extra = plugins.fingerprint_part(plugin_sources or [])
+    if extra and plugin_check.skipped():
+        extra["plugin_check"] = "skipped"
     return fingerprint(
         {
             "features": features_section,
@@ -110,6 +115,7 @@ def feature_fingerprint(
             "feature_code": code_hash.feature_code_hash(),
             "data": data_filter,
             **({"references": references} if references else {}),
+            **extra,
         }
     )
 
@@ -147,7 +153,7 @@ def feature_table(
     `backend` (quant_cli.backend) runs the symbol groups as tasks; None builds them in this process.
     """
     dataset = _dataset(recipe)
-    selection = registry.REGISTRY.resolve(recipe["features"])  # bad names fail before any I/O
+    selection, plugin_sources = plugins.recipe_selection(recipe["features"])  # bad names fail before any I/O
     data_filter = _data_filter(recipe)
     snapshot = snapshot or bar_store.pin(data_dir, dataset)
     if snapshot.dataset != dataset:
@@ -158,7 +164,7 @@ def feature_table(
     manifest = snapshot.manifest
     ref_snapshot = reference_snapshot(recipe, data_dir, snapshot)
     references = _reference_identity(ref_snapshot)
-    fp = feature_fingerprint(recipe["features"], manifest["content_hash"], data_filter, references)
+    fp = feature_fingerprint(recipe["features"], manifest["content_hash"], data_filter, references, plugin_sources)
     folder = features_root(data_dir, dataset) / fp
     if (folder / SPEC).is_file() and (folder / TABLE).is_dir():
         reporter.info(f"features: reusing cached version {fp} of dataset {dataset!r}")
@@ -188,7 +194,7 @@ def build_features(
     from quant_cli.backend import open_backend
     from quant_cli.data.ingest import ingest_missing
 
-    registry.REGISTRY.resolve(recipe["features"])  # bad feature names fail before an ingest
+    plugins.recipe_selection(recipe["features"])  # bad feature names and plugins fail before an ingest
     ingest_missing(recipe, data_dir, reporter)  # a recipe is its own first command on a new machine
     with open_backend(backend, jobs) as opened:
         opened.check_shared({"data home": Path(data_dir)})
@@ -245,7 +251,9 @@ def _build(req: _Request) -> FeatureTable:
     columns = list(req.manifest["schema"])
     todo = engine.plan(req.selection.features, columns, options)
     engine.announce(todo, columns, req.reporter)
-    chunks = build.chunk_symbols(_rows_per_symbol(req, symbols), req.chunk_rows)
+    rows_per_symbol = _rows_per_symbol(req, symbols)
+    _check_plugins(req, todo, rows_per_symbol, options)
+    chunks = build.chunk_symbols(rows_per_symbol, req.chunk_rows)
     req.reporter.info(
         f"features: computing {len(todo.names)} features on {len(symbols)} "
         f"symbols of dataset {req.dataset!r} in {len(chunks)} group(s)"
@@ -275,6 +283,19 @@ def _build(req: _Request) -> FeatureTable:
     _notice_all_null([f for f in todo.names if stats.nulls.get(f, 0) >= stats.rows], req.reporter)
     req.reporter.info(f"features: wrote {len(spec['features'])} features x {spec['rows']} rows to {req.folder}")
     return FeatureTable(req.folder.name, req.folder, spec["features"], spec["rows"], cached=False)
+
+
+def _check_plugins(req: _Request, todo: engine.Plan, rows_per_symbol: dict[str, int], options: Any) -> None:
+    """Plugin factors must prove causal on this dataset's bars before they are built (plugin_check.py)."""
+    features = [f for f in todo.stage1 if f.family.plugin is not None]
+    if not features:
+        return
+    if plugin_check.skipped():  # the test-only switch, or an audit's private refit (plugin_check.py)
+        req.reporter.warn(f"features: the plugin causality check is skipped ({plugin_check.SKIP_ENV}: tests only)")
+        return
+    with req.reporter.working(f"features: checking {len(features)} plugin factor(s) for look-ahead"):
+        bars = req.snapshot.load_bars(symbols=plugin_check.check_symbols(rows_per_symbol))
+        plugin_check.check_causal(features, bars, options)
 
 
 def _notice_all_null(names: list[str], reporter: Reporter) -> None:

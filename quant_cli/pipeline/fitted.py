@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from quant_cli.errors import RunError
-from quant_cli.features import engine
+from quant_cli.features import engine, plugins
 from quant_cli.features.align import FeatureOptions
 from quant_cli.features.expression import ExpressionError, parse
 from quant_cli.features.expression_eval import features_for
@@ -51,7 +51,7 @@ FORMAT_VERSION = 1
 def feature_lookback(feature: Feature) -> int:
     """Bars of history a feature's definition reads (its window, or its sources'); recursive
     features (EMA, Wilder) converge over more bars than this."""
-    own = feature.window or 1
+    own = max(feature.window or 1, feature.family.lookback)
     return max([own, *(feature_lookback(s) for s in feature.sources)])
 
 
@@ -65,6 +65,9 @@ class FittedPipeline:
     symbol_encoding: str = "none"
     unseen_symbols: str = "error"
     feature_version: str | None = None  # the feature-store fingerprint the table came from
+    # The factor plugins' sources its features need (features/plugins.py), carried so that a continued
+    # run, a worker process and a bundle compute them with the code the run was built with.
+    plugins: list[dict[str, str]] = field(default_factory=list)
     state: dict[str, Any] | None = None
     # Measured bars per feature after which a value computed from that many bars agrees with the
     # full-history value (pipeline/lookback.py); empty until measured (the bundle measures it).
@@ -97,6 +100,7 @@ class FittedPipeline:
             },
             lookback=lookback,
             adjustment=adjustment,
+            plugins=[p.to_json() for p in plugins.carried(features)],
             symbol_encoding=recipe["model"]["symbol_encoding"],
             unseen_symbols=recipe["model"]["unseen_symbols"],
             feature_version=feature_version,
@@ -116,6 +120,9 @@ class FittedPipeline:
         """Measure every feature's honest lookback on real bars and keep it (see pipeline/lookback.py)."""
         measured = lookback.measure(self, bars, reporter)
         self.warmup = dict(measured.bars)
+        for feature in self.specs:  # a plugin's declared window is honoured even where it converges sooner
+            if feature.family.plugin is not None:
+                self.warmup[feature.name] = max(self.warmup.get(feature.name, 1), self.lookback[feature.name])
         return measured
 
     @functools.cached_property
@@ -126,6 +133,11 @@ class FittedPipeline:
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (e.g. to a worker process) without the cached registry objects: they are rebuilt there."""
         return {k: v for k, v in self.__dict__.items() if k not in ("specs", "references")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled in a worker process: the carried plugins register there before any feature is looked up."""
+        self.__dict__.update(state)
+        activate_carried(self.plugins, "pipeline")
 
     def unfitted(self) -> FittedPipeline:
         return dataclasses.replace(self, state=None, regime=None)
@@ -248,6 +260,7 @@ class FittedPipeline:
             "symbol_encoding": self.symbol_encoding,
             "unseen_symbols": self.unseen_symbols,
             "feature_version": self.feature_version,
+            **({"plugins": self.plugins} if self.plugins else {}),
             "state": self.state,
             "dtype": "float32",
             "warmup": self.warmup,
@@ -257,6 +270,8 @@ class FittedPipeline:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FittedPipeline:
+        carried = list(data.get("plugins") or [])
+        activate_carried(carried, "pipeline.json")  # callers that load untrusted bundles check first
         if data.get("format_version") != FORMAT_VERSION:
             raise RunError(
                 f"pipeline.json has format_version {data.get('format_version')!r}, "
@@ -276,6 +291,7 @@ class FittedPipeline:
             symbol_encoding=data["symbol_encoding"],
             unseen_symbols=data["unseen_symbols"],
             feature_version=data.get("feature_version"),
+            plugins=carried,
             state=data.get("state"),
             warmup={k: int(v) for k, v in data.get("warmup", {}).items()},
             regime=data.get("regime"),
@@ -305,3 +321,9 @@ def _known(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def activate_carried(carried: list[dict[str, str]], where: str) -> None:
+    """Register the factor plugins a pipeline carries (their text is checked against its SHA-256)."""
+    if carried:
+        plugins.activate([plugins.PluginSource.from_json(p, where) for p in carried])

@@ -111,6 +111,10 @@ def _absolute_paths(layer: dict[str, Any], schema: dict[str, Any], folder: Path)
             _absolute_paths(value, spec, folder)
         elif isinstance(spec, Key) and spec.path and _is_relative_path(value):
             layer[key] = os.path.normpath(os.path.join(os.path.abspath(folder), value))
+        elif isinstance(spec, Key) and spec.path and isinstance(value, list):  # a list of paths (features.plugins)
+            layer[key] = [
+                os.path.normpath(os.path.join(os.path.abspath(folder), v)) if _is_relative_path(v) else v for v in value
+            ]
     return layer
 
 

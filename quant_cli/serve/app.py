@@ -65,14 +65,15 @@ class Limits:
 class Holder:
     """The current bundle; reloads are serialised, requests read the reference once."""
 
-    def __init__(self, bundle: LoadedBundle, trust_pickle: bool) -> None:
+    def __init__(self, bundle: LoadedBundle, trust_pickle: bool, trust_plugins: bool = False) -> None:
         self.current = bundle
         self.trust_pickle = trust_pickle
+        self.trust_plugins = trust_plugins  # the server's flag: a /reload payload cannot grant it
         self.lock = threading.Lock()
 
     def reload(self, path: str) -> tuple[LoadedBundle, LoadedBundle]:
         with self.lock:
-            new = bundles.load(path, self.trust_pickle)  # verified and loaded before the swap
+            new = bundles.load(path, self.trust_pickle, self.trust_plugins)  # verified and loaded before the swap
             warm_up(new)
             old, self.current = self.current, new
         return new, old
@@ -88,12 +89,16 @@ def warm_up(bundle: LoadedBundle) -> None:
 
 
 def create_app(
-    bundle: LoadedBundle, token: str | None = None, limits: Limits | None = None, trust_pickle: bool = False
+    bundle: LoadedBundle,
+    token: str | None = None,
+    limits: Limits | None = None,
+    trust_pickle: bool = False,
+    trust_plugins: bool = False,
 ) -> Any:
     """The ASGI app: FastAPI routes inside the guard (token, size limit, metrics); warmed up first."""
     warm_up(bundle)
     limits = limits or Limits()
-    holder = Holder(bundle, trust_pickle)
+    holder = Holder(bundle, trust_pickle, trust_plugins)
     app = FastAPI(title="qfactory", version=__version__, description="Scores from a verified qfactory bundle.")
     app.router.route_class = _Route
     metrics = Metrics()

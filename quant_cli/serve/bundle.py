@@ -241,16 +241,17 @@ def write_archive(folder: Path, target: Path) -> Path:
 # ---- load and verify --------------------------------------------------------------------------------
 
 
-def load(path: Path | str, trust_pickle: bool = False) -> LoadedBundle:
+def load(path: Path | str, trust_pickle: bool = False, trust_plugins: bool = False) -> LoadedBundle:
     """Read the bundle once and verify every hash (serve/contents.py), then load the pipeline, the
     spec and the model from those same bytes and score the bundle's own example; any failure is
-    one BundleError line. What `serve`, `/reload`, `predict` and `bundle verify` all load."""
-    return _load(contents.read(Path(path), trust_pickle))[0]
+    one BundleError line. What `serve`, `/reload`, `predict` and `bundle verify` all load. Pickled models
+    and factor plugins run code when loaded: refused unless `trust_pickle` / `trust_plugins`."""
+    return _load(contents.read(Path(path), trust_pickle), trust_plugins)[0]
 
 
-def verify(path: Path | str, trust_pickle: bool = False) -> dict[str, Any]:
+def verify(path: Path | str, trust_pickle: bool = False, trust_plugins: bool = False) -> dict[str, Any]:
     """`qfactory bundle verify`: the hashes, the documents, then the example request against its expected scores."""
-    loaded, files, worst = _load(contents.read(Path(path), trust_pickle))
+    loaded, files, worst = _load(contents.read(Path(path), trust_pickle), trust_plugins)
     return {
         "bundle_id": loaded.bundle_id,
         "files": files,
@@ -259,9 +260,9 @@ def verify(path: Path | str, trust_pickle: bool = False) -> dict[str, Any]:
     }
 
 
-def _load(verified: contents.Contents) -> tuple[LoadedBundle, int, float]:
+def _load(verified: contents.Contents, trust_plugins: bool = False) -> tuple[LoadedBundle, int, float]:
     """The loaded bundle, how many files it has, and its example's largest relative score difference."""
-    pipeline = documents.pipeline_of(verified)
+    pipeline = documents.pipeline_of(verified, trust_plugins)
     spec = documents.spec_of(verified, pipeline)
     loaded = LoadedBundle(Path(verified.label), verified.manifest, pipeline, load_model_from(verified), spec)
     loaded.example = _example(verified)

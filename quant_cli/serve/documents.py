@@ -143,13 +143,27 @@ class SpecDoc(_Doc):
         return value
 
 
-def pipeline_of(contents: Contents) -> FittedPipeline:
+def pipeline_of(contents: Contents, trust_plugins: bool = False) -> FittedPipeline:
     data = contents.json("pipeline.json")
     _validated(PipelineDoc, data, contents, "pipeline.json")
+    check_plugins(contents.label, data, trust_plugins)
     try:
         return FittedPipeline.from_json(data)
     except QFactoryError as exc:  # e.g. a feature this qfactory does not know
         raise BundleError(f"bundle {contents.label}: {exc}; {REBUILD}") from None
+
+
+def check_plugins(label: str, pipeline: dict[str, Any], trust_plugins: bool) -> None:
+    """A bundle carrying factor plugins (Python that runs when it loads) is refused unless trusted."""
+    carried = pipeline.get("plugins") or []
+    if carried and not trust_plugins:
+        files = ", ".join(str(p.get("file", "?")) if isinstance(p, dict) else "?" for p in carried)
+        raise BundleError(
+            clip_huge_values(
+                f"bundle {label}: it carries factor plugin code ({files}), which runs when the bundle loads; "
+                "pass --trust-plugins only for bundles you made yourself"
+            )
+        )
 
 
 def spec_of(contents: Contents, pipeline: FittedPipeline) -> InputSpec:

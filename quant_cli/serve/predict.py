@@ -70,12 +70,13 @@ def predict(
     trust_pickle: bool = False,
     reporter: Reporter = SILENT,
     reading: dict[str, Any] | None = None,
+    trust_plugins: bool = False,
 ) -> dict[str, Any]:
     """Score `source` (read as `reading` says: see read_source) with `bundle` into `out`
     (symbol, ts, score[, p_<class>...])."""
     if out.suffix.lower() not in OUTPUT_FORMATS:
         write_scores(out, pl.DataFrame())  # the one-line format error, before any work
-    loaded = load(bundle, trust_pickle)
+    loaded = load(bundle, trust_pickle, trust_plugins)
     bars = read_source(source, data_dir, reporter, reading)
     with reporter.working(f"predict: features and scores for {bars['symbol'].n_unique()} symbol(s)"):
         scores = loaded.score_bars(bars, every_bar)

@@ -1,4 +1,5 @@
-"""patchtst: a channel-independent transformer over patches of each feature's window (Nie et al. 2023).
+"""patchtst: a channel-independent transformer over patches of each feature's window (Nie et al. 2023),
+a path model: it forecasts the label's h one-bar returns.
 
 Each feature channel of the window is normalised by RevIN (subtract-last by default: the window's
 last value, i.e. the row scored, and its standard deviation, so nothing after t enters), padded at
@@ -7,13 +8,15 @@ every `stride` steps. Every channel is a separate sequence of patch tokens throu
 encoder (channel independence: the weights are shared, the channels never attend to each other):
 a linear patch embedding plus learned positions, then `layers` pre-norm encoder layers of
 full self-attention over the patches (all of them at or before t) and a feed-forward MLP. A flatten
-head maps a channel's patch tokens to its next value in normalised units, RevIN maps it back to the
-channel's units, and the head reads these per-channel values (and the symbol encoding).
+head maps a channel's patch tokens to its next h values in normalised units (the paper's forecast of
+each channel over the horizon), RevIN maps them back to the channel's units, and the head reads these
+per-channel paths (and the symbol encoding) into the path of the label's h one-bar returns
+(n_outputs = the label's horizon). The model's score is that path compounded, as the label compounds it.
 
 Kept from the paper: patching with stride and end padding, channel independence, RevIN with
-subtract-last, the transformer encoder, the flatten head. Not kept: the multi-step horizon (one
-score per row here; a path target may follow, issue 19 §2), self-supervised masked pretraining, and
-BatchNorm in the encoder (LayerNorm, so a score never depends on its batch).
+subtract-last, the transformer encoder, the flatten head to a multi-step horizon. Not kept:
+self-supervised masked pretraining, and BatchNorm in the encoder (LayerNorm, so a score never depends
+on its batch).
 """
 
 from __future__ import annotations
@@ -88,8 +91,8 @@ class PatchTST(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.Sequential(*(Layer(cfg) for _ in range(cfg.layers)))
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.flatten = nn.Linear(patches * cfg.d_model, 1)  # a channel's tokens → its next value
-        self.head = Head(cfg.n_inputs, cfg)
+        self.flatten = nn.Linear(patches * cfg.d_model, cfg.n_outputs)  # a channel's tokens → its next h values
+        self.head = Head(cfg.n_inputs * cfg.n_outputs, cfg)  # every channel's path → the return path
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         # x: (B, L, C), oldest step first
@@ -101,16 +104,18 @@ class PatchTST(nn.Module):
         patches = series.unfold(2, self.patch_len, self.stride)  # (B, C, N, P)
         tokens = self.embed(patches.reshape(b * c, -1, self.patch_len)) + self.position  # (B·C, N, D)
         h = self.norm(self.layers(self.drop(tokens)))  # (B·C, N, D)
-        z = self.flatten(h.reshape(b, c, -1)).squeeze(2)  # (B, C): one value per channel
-        if self.revin is not None:
-            z = self.revin.reverse(z, stats)  # back in each channel's units
-        return self.head(z, ids)  # (B, n_outputs)
+        z = self.flatten(h.reshape(b, c, -1))  # (B, C, H): h values per channel
+        if self.revin is not None:  # back in each channel's units, step by step: (H, B, C) → (B, C, H)
+            z = self.revin.reverse(z.permute(2, 0, 1), stats).permute(1, 2, 0)
+        return self.head(z.flatten(1), ids)  # (B, C·H) → (B, H): the path of one-bar returns (scaled)
 
 
 class PatchTSTModel(SequenceModel):
     name = "patchtst"
     config = PatchTSTConfig
     network = PatchTST
+    output = "path"
+    tasks = ("regression",)
     fast_test = {"seq_len": 4, "patch_len": 2, "stride": 2, "d_model": 8, "heads": 2, "layers": 1}
 
     def _check_architecture(self) -> None:
