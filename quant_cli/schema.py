@@ -141,6 +141,11 @@ SCHEMA: dict[str, dict[str, Any]] = {
                 minimum=0.0,
                 maximum=1.0,
             ),
+            "sector": Key(
+                "bool",
+                False,
+                "Add a text column `sector` (each symbol's sector block): a static covariate (model.static_columns).",
+            ),
         },
     },
     "features": {

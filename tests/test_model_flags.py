@@ -71,14 +71,14 @@ def test_a_task_the_model_lacks_is_one_line(runner, tmp_path):
     ]
 
 
-def test_known_future_and_static_covariates_are_refused_where_no_model_takes_them(runner, tmp_path):
+def test_known_future_and_static_covariates_are_refused_for_a_model_without_the_flag(runner, tmp_path):
     assert _refused(runner, tmp_path, 'model.name="lstm"', 'model.known_future=["day_of_week"]') == [
         f"error: {ORIGIN}: model 'lstm' does not take known-future covariates (flag known_future), which "
-        "model.known_future = ['day_of_week'] asks for; no registered model has it yet; remove model.known_future"
+        "model.known_future = ['day_of_week'] asks for; use a model that has it ('tft') or change model.known_future"
     ]
     assert _refused(runner, tmp_path, 'model.name="transformer"', 'model.static_columns=["sector"]') == [
         f"error: {ORIGIN}: model 'transformer' does not take static covariates (flag static_covariates), which "
-        "model.static_columns = ['sector'] asks for; no registered model has it yet; remove model.static_columns"
+        "model.static_columns = ['sector'] asks for; use a model that has it ('tft') or change model.static_columns"
     ]
 
 

@@ -37,9 +37,9 @@ from quant_cli.data import store
 from quant_cli.dataset import table as dataset_table
 from quant_cli.dataset.table import KEYS, Prepared, load_bars
 from quant_cli.features import plugin_check
-from quant_cli.features.bars import bar_channels
 from quant_cli.features.references import References
 from quant_cli.models.base import Model
+from quant_cli.models.covariates import bar_inputs
 from quant_cli.models.registry import forecasts_path
 from quant_cli.recipe import Recipe
 from quant_cli.report import SILENT, Reporter
@@ -87,7 +87,7 @@ def adjusted_bars(recipe: Recipe, snapshot: store.Snapshot, prepared: Prepared) 
 
 
 def channels_of(model: Model, recipe: Recipe, bars: Callable[[], pl.DataFrame]) -> pl.DataFrame | None:
-    return bar_channels(bars(), recipe["features"]["timeframes"]) if model.needs_bars() else None
+    return bar_inputs(model, bars(), recipe["features"]["timeframes"]) if model.reads_bars() else None
 
 
 def refit(

@@ -44,6 +44,7 @@ class SyntheticParams:
     start: str = _SYNTHETIC_DEFAULTS["start"]
     seed: int = 42
     signal: float = _SYNTHETIC_DEFAULTS["signal"]
+    sector: bool = _SYNTHETIC_DEFAULTS["sector"]
 
 
 @dataclass(frozen=True)
@@ -348,13 +349,15 @@ def _synthetic(params: SyntheticParams) -> pl.DataFrame:
         np.datetime64(params.start, "us")
     except ValueError:
         raise DataError(f"--start {params.start!r} is not an ISO date such as '2015-01-02'") from None
-    return generate(params.symbols, params.bars, params.frequency, params.start, params.seed, params.signal)
+    return generate(
+        params.symbols, params.bars, params.frequency, params.start, params.seed, params.signal, params.sector
+    )
 
 
 def _describe_synthetic(p: SyntheticParams) -> str:
     return (
         f"synthetic(symbols={p.symbols}, bars={p.bars}, frequency={p.frequency}, "
-        f"start={p.start}, seed={p.seed}, signal={p.signal})"
+        f"start={p.start}, seed={p.seed}, signal={p.signal}{', sector=true' if p.sector else ''})"
     )
 
 

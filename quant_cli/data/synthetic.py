@@ -29,14 +29,19 @@ def generate(
     start: str = "2015-01-02",
     seed: int = 42,
     signal: float = 0.2,
+    sector: bool = False,
 ) -> pl.DataFrame:
-    """Canonical bars (symbol, ts, open, high, low, close, volume), sorted by (symbol, ts)."""
+    """Canonical bars (symbol, ts, open, high, low, close, volume), sorted by (symbol, ts); with `sector`
+    also a text column `sector` naming each symbol's sector block ('sector_0', ...) — the same draws either
+    way, so the prices do not change."""
     rng = np.random.default_rng(seed)
     ts = _timestamps(bars, frequency, start)
     scale = np.sqrt(parse_frequency(frequency) / dt.timedelta(days=1))  # returns shrink with bar size
     regime_vol = _regime_vol(rng, bars) * scale
-    log_ret = _log_returns(rng, symbols, bars, regime_vol, signal * _CALM_VOL * scale)
+    log_ret, sector_of = _log_returns(rng, symbols, bars, regime_vol, signal * _CALM_VOL * scale)
     frames = [_ohlcv(rng, f"S{i:03d}", ts, log_ret[i], regime_vol) for i in range(symbols)]
+    if sector:
+        frames = [f.with_columns(pl.lit(f"sector_{sector_of[i]}").alias("sector")) for i, f in enumerate(frames)]
     return pl.concat(frames).sort("symbol", "ts")
 
 
@@ -66,7 +71,10 @@ def _ar1(rng: np.random.Generator, shape: tuple[int, int], phi: float, stationar
     return out
 
 
-def _log_returns(rng: np.random.Generator, n: int, bars: int, regime_vol: np.ndarray, drift_std: float) -> np.ndarray:
+def _log_returns(
+    rng: np.random.Generator, n: int, bars: int, regime_vol: np.ndarray, drift_std: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, bars) log returns, and each symbol's sector block (n,)."""
     n_sectors = max(1, min(5, n // 4))
     sector_of = rng.integers(0, n_sectors, size=n)
     market = rng.normal(0.0, 1.0, size=bars) * regime_vol * 0.8
@@ -77,7 +85,7 @@ def _log_returns(rng: np.random.Generator, n: int, bars: int, regime_vol: np.nda
     drift = _ar1(rng, (n, bars), _DRIFT_PERSISTENCE, drift_std)
     lagged_drift = np.concatenate([np.zeros((n, 1)), drift[:, :-1]], axis=1)  # known only after t-1
     noise = rng.normal(0.0, 1.0, size=(n, bars)) * sigma * regime_vol
-    return beta * market + gamma * sectors[sector_of] + lagged_drift + noise
+    return beta * market + gamma * sectors[sector_of] + lagged_drift + noise, sector_of
 
 
 def _ohlcv(

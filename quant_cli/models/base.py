@@ -30,6 +30,7 @@ from quant_cli.models.encoding import KINDS, UNSEEN_POLICIES, SymbolEncoder, che
 from quant_cli.models.panel import PanelRows
 from quant_cli.models.params import Limit, check_params, library_message
 from quant_cli.report import SILENT, Reporter
+from quant_cli.schema import KNOWN_FUTURE_FIELDS
 
 TASKS = ("regression", "classification")
 
@@ -126,6 +127,8 @@ class Model(ABC):
         unseen_symbols: str = "error",
         reporter: Reporter = SILENT,
         train: dict[str, Any] | None = None,
+        static_columns: list[str] | None = None,
+        known_future: list[str] | None = None,
         **params: Any,
     ) -> None:
         unknown = sorted(set(params) - set(self.defaults))
@@ -151,8 +154,21 @@ class Model(ABC):
         self.device = check_device(device)
         self.symbol_encoding = symbol_encoding
         self.unseen_symbols = check_choice("model.unseen_symbols", unseen_symbols, UNSEEN_POLICIES)
+        self.static_columns, self.known_future_fields = self._check_covariates(static_columns, known_future)
         self.params = check_params(self.name, {**self.defaults, **params}, self.defaults, self.limits)
         self._check_params()
+
+    def _check_covariates(self, static: list[str] | None, future: list[str] | None) -> tuple[list[str], list[str]]:
+        """model.static_columns and model.known_future, checked against the flags (the recipe loader refuses
+        them first; this is for library callers)."""
+        static, future = list(static or []), list(future or [])
+        if static and not self.static_covariates:
+            raise ModelError(f"model '{self.name}' does not take static covariates; remove model.static_columns")
+        if future and not self.known_future:
+            raise ModelError(f"model '{self.name}' does not take known-future covariates; remove model.known_future")
+        for field in future:
+            check_choice("model.known_future", field, KNOWN_FUTURE_FIELDS)
+        return static, future
 
     def _check_params(self) -> None:
         """Checks beyond each value's type and range (names and `limits` are checked above)."""
@@ -196,6 +212,11 @@ class Model(ABC):
     def needs_bars(self) -> bool:
         """Whether the panel must carry raw-bar channels (quant_cli.features.bars) beside the features."""
         return False
+
+    def reads_bars(self) -> bool:
+        """Whether the panel needs anything from the bars beside the features: raw-bar channels or static
+        columns (quant_cli.models.covariates.bar_inputs builds it)."""
+        return self.needs_bars() or bool(self.static_columns)
 
     def set_checkpoints(self, folder: Path | None, resume: bool = False) -> None:
         """Where a model that trains in epochs keeps per-epoch checkpoints (others ignore it)."""
@@ -425,6 +446,8 @@ class Model(ABC):
             "unseen_symbols": self.unseen_symbols,
             "params": self.params,
             "train": self.train_settings,
+            "static_columns": self.static_columns,
+            "known_future": self.known_future_fields,
             "feature_names": self.feature_names_,
             "input_names": self.input_names_,
             "encoder": self.encoder_.to_json(),
@@ -445,6 +468,8 @@ class Model(ABC):
             symbol_encoding=meta["symbol_encoding"],
             unseen_symbols=meta["unseen_symbols"],
             train=meta.get("train"),
+            static_columns=meta.get("static_columns"),
+            known_future=meta.get("known_future"),
             **meta["params"],
         )
         model.encoder_ = SymbolEncoder.from_json(meta["encoder"])

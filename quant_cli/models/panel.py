@@ -30,6 +30,8 @@ class Panel:
     symbols: np.ndarray  # (N,) symbol of each row
     ts: np.ndarray  # (N,) datetime64[us] of each row
     channels: tuple[str, ...] = ()  # names of the last C columns: raw-bar channels (quant_cli.features.bars)
+    statics: dict[str, np.ndarray] = field(default_factory=dict)  # static text column → (N,) value per row (None: none)
+    frequency: str | None = None  # the dataset's bar frequency ('1d', '5m'; None: unknown), for known-future fields
     position: np.ndarray = field(init=False)  # (N,) rows of the same symbol before this one
 
     def __post_init__(self) -> None:
@@ -120,15 +122,20 @@ def as_panel_rows(X, symbols: np.ndarray | None, ts: np.ndarray | None = None) -
     return PanelRows(panel, rows)
 
 
-def make_panel(rows: pl.DataFrame, values: np.ndarray, channels: pl.DataFrame | None = None) -> Panel:
+def make_panel(
+    rows: pl.DataFrame, values: np.ndarray, channels: pl.DataFrame | None = None, frequency: str | None = None
+) -> Panel:
     """The panel of `rows` (symbol, ts; sorted by symbol, ts) holding their model inputs `values`,
-    with the raw-bar `channels` joined on as the last columns (0 where a bar has none). Training
+    with the raw-bar `channels` joined on as the last columns (0 where a bar has none) and the text
+    columns of `channels` (static covariates, quant_cli.models.covariates) as `statics`. Training
     (quant_cli.stages.fitting.build_panel) and serving (quant_cli.serve.panel) both build their panels here."""
     names: tuple[str, ...] = ()
+    statics: dict[str, np.ndarray] = {}
     if channels is not None:
-        names = tuple(c for c in channels.columns if c not in KEYS)
-        joined = (
-            rows.select(KEYS).join(channels, on=KEYS, how="left", maintain_order="left").select(names).fill_null(0.0)
-        )
-        values = np.hstack([values, joined.to_numpy().astype(np.float32)])
-    return Panel(values, rows["symbol"].to_numpy(), rows["ts"].to_numpy(), names)
+        joined = rows.select(KEYS).join(channels, on=KEYS, how="left", maintain_order="left")
+        text = [c for c in channels.columns if c not in KEYS and channels.schema[c] == pl.String]
+        statics = {c: joined[c].to_numpy() for c in text}
+        names = tuple(c for c in channels.columns if c not in KEYS and c not in text)
+        if names:
+            values = np.hstack([values, joined.select(names).fill_null(0.0).to_numpy().astype(np.float32)])
+    return Panel(values, rows["symbol"].to_numpy(), rows["ts"].to_numpy(), names, statics, frequency)

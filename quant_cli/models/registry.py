@@ -106,6 +106,8 @@ def create_model(
     unseen_symbols: str = "error",
     reporter: Reporter = SILENT,
     train: dict[str, Any] | None = None,
+    static_columns: list[str] | None = None,
+    known_future: list[str] | None = None,
 ) -> Model:
     """A new, unfitted model; raises ModelError for an unknown name, parameter or option."""
     return model_class(name)(
@@ -117,6 +119,8 @@ def create_model(
         unseen_symbols=unseen_symbols,
         reporter=reporter,
         train=train,
+        **({"static_columns": static_columns} if static_columns else {}),
+        **({"known_future": known_future} if known_future else {}),
         **params,
     )
 

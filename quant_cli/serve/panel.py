@@ -18,8 +18,8 @@ import numpy as np
 import polars as pl
 
 from quant_cli.errors import DataError, shown
-from quant_cli.features.bars import bar_channels
 from quant_cli.models.base import Model
+from quant_cli.models.covariates import bar_inputs
 from quant_cli.models.panel import PanelRows, make_panel
 from quant_cli.pipeline.fitted import FittedPipeline
 
@@ -73,13 +73,15 @@ def _check_cross_section(model: Model, rows: PanelRows) -> None:
 def _channels(
     pipeline: FittedPipeline, model: Model, data: pl.DataFrame, timeframes: list[str] | None
 ) -> pl.DataFrame | None:
-    """The raw-bar channels of the request's adjusted bars, for a model that reads them."""
-    if timeframes is None:
+    """The raw-bar channels of the request's adjusted bars, for a model that reads them, and the static
+    columns the request carries (a model falls back to each symbol's training value for those it lacks)."""
+    if timeframes is None and not model.static_columns:
         return None
-    if "close" not in data.columns:
+    if timeframes is not None and "close" not in data.columns:
         raise DataError(
             f"model '{model.name}' reads raw bars (model.params.inputs) beside the features; "
             "send bars, not precomputed feature rows"
         )
-    channels = bar_channels(pipeline.adjustment.apply(data), timeframes)
-    return channels.with_columns(pl.col("symbol").cast(pl.String))
+    bars = pipeline.adjustment.apply(data) if timeframes is not None else data
+    channels = bar_inputs(model, bars, timeframes or [], strict=False)
+    return None if channels is None else channels.with_columns(pl.col("symbol").cast(pl.String))

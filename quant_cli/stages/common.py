@@ -49,6 +49,8 @@ def make_model(recipe: Recipe, device: str = "cpu", reporter: Reporter = SILENT)
         unseen_symbols=cfg["unseen_symbols"],
         reporter=reporter,
         train=recipe["train"],
+        static_columns=cfg.get("static_columns"),
+        known_future=cfg.get("known_future"),
     )
 
 
@@ -118,7 +120,21 @@ def pin_checked(recipe: Recipe, data_dir: Path, reporter: Reporter = SILENT) -> 
     """Pin the dataset, then check the split dates against the pinned manifest (before any feature build)."""
     snapshot = pin_dataset(recipe, data_dir, reporter)
     _check_split_dates(recipe, snapshot.manifest)
+    _check_static_columns(recipe, snapshot.manifest)
     return snapshot
+
+
+def _check_static_columns(recipe: Recipe, manifest: dict[str, Any]) -> None:
+    """model.static_columns are text columns of the pinned dataset (from its manifest: before any run exists)."""
+    schema = manifest.get("schema") or {}
+    text = [c for c, kind in schema.items() if c != "symbol" and kind.lower() in ("string", "str", "utf8")]
+    for column in recipe["model"].get("static_columns") or []:
+        if column not in text:
+            raise RecipeError(
+                f"model.static_columns names {column!r}, which is not a text column of dataset "
+                f"{manifest.get('dataset', dataset_name(recipe))!r} (its text columns: {text or 'none'}); "
+                "ingest bars with that column or remove it from model.static_columns"
+            )
 
 
 def _check_split_dates(recipe: Recipe, manifest: dict[str, Any]) -> None:

@@ -30,19 +30,20 @@ def build_panel(prepared: Prepared, channels: pl.DataFrame | None = None) -> tup
     """(the panel of every row, symbol/ts → panel row): one pass over the feature table, plus the
     raw-bar `channels` (symbol, ts, bar_...: quant_cli.features.bars.bar_channels) when given."""
     rows = prepared.rows.select(KEYS).sort(KEYS)
-    return make_panel(rows, prepared.inputs(rows), channels), rows.with_row_index("_panel_row")
+    frequency = prepared.pipeline.options.get("bar_spacing")  # the dataset's, for known-future calendar fields
+    return make_panel(rows, prepared.inputs(rows), channels, frequency), rows.with_row_index("_panel_row")
 
 
 def model_inputs(
     model: Model, prepared: Prepared, parts: dict[str, pl.DataFrame], channels: pl.DataFrame | None = None
 ) -> Inputs:
     """name → (rows, model inputs) for each part (frames with symbol, ts, label, t1, ...);
-    `channels`: the raw-bar channels, for models that read them (`Model.needs_bars()`)."""
+    `channels`: the raw-bar channels and static columns, for models that read them (`Model.reads_bars()`)."""
     if not model.uses_panel():
         X = prepared.inputs(pl.concat([p.select(KEYS) for p in parts.values()]))
         bounds = np.cumsum([0, *(p.height for p in parts.values())])  # one pass; each part a view
         return {name: (part, X[bounds[i] : bounds[i + 1]]) for i, (name, part) in enumerate(parts.items())}
-    panel, index = build_panel(prepared, channels if model.needs_bars() else None)
+    panel, index = build_panel(prepared, channels if model.reads_bars() else None)
     out = {}
     for name, part in parts.items():
         rows = part.select(KEYS).join(index, on=KEYS, how="left", maintain_order="left")["_panel_row"]

@@ -17,9 +17,9 @@ from quant_cli.backtest.metrics import classification_metrics, prediction_metric
 from quant_cli.data import store
 from quant_cli.dataset.table import Prepared, load_bars, load_split
 from quant_cli.errors import RecipeError, RunError
-from quant_cli.features.bars import bar_channels
 from quant_cli.io import write_json_atomic, write_parquet_atomic
 from quant_cli.models.base import Model, StepReport
+from quant_cli.models.covariates import bar_inputs
 from quant_cli.recipe import Recipe, fingerprint
 from quant_cli.report import SILENT, Reporter
 from quant_cli.runs.directory import Run, create_run, stage_outputs
@@ -58,13 +58,15 @@ def fit_model(
     (tuning prunes through it); `bars` gives the adjusted bars whose channels a model that reads
     raw bars (model.params.inputs = bars/both) sees beside the features, called only for such a model."""
     model = new_model(recipe, reporter)
-    if model.needs_bars() and bars is None:
+    if model.reads_bars() and bars is None:
         raise RecipeError(
-            f"model.params.inputs = {model.params.get('inputs')!r} reads raw bars; pass the bars to fit it"
+            f"model '{model.name}' reads the bars (model.params.inputs or model.static_columns); pass them to fit it"
         )
     if inputs is None or model.uses_panel():
         channels = (
-            bar_channels(bars(), recipe["features"]["timeframes"]) if model.needs_bars() and bars is not None else None
+            bar_inputs(model, bars(), recipe["features"]["timeframes"])
+            if model.reads_bars() and bars is not None
+            else None
         )
         inputs = fitting.segment_inputs(model, prepared, ("train", "val"), channels)
     return model, _fit(model, prepared, inputs, recipe["train"]["early_stopping"], reporter, report), inputs
@@ -73,12 +75,12 @@ def fit_model(
 def _bar_channels(
     model: Model, recipe: Recipe, prepared: Prepared, snapshot: store.Snapshot | None
 ) -> pl.DataFrame | None:
-    """Raw-bar channels for a model that reads them (model.params.inputs = bars/both), from the
-    pinned snapshot with the run's price adjustment."""
-    if not model.needs_bars():
+    """Raw-bar channels and static columns for a model that reads them (model.params.inputs = bars/both,
+    model.static_columns), from the pinned snapshot with the run's price adjustment."""
+    if not model.reads_bars():
         return None
     bars = prepared.pipeline.adjustment.apply(load_bars(recipe, snapshot))
-    return bar_channels(bars, recipe["features"]["timeframes"])
+    return bar_inputs(model, bars, recipe["features"]["timeframes"])
 
 
 def train_stage(

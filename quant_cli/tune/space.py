@@ -193,6 +193,8 @@ def check_recipe_model(recipe: Recipe) -> None:
         recipe["train"]["threads"],
         symbol_encoding=cfg["symbol_encoding"],
         unseen_symbols=cfg["unseen_symbols"],
+        static_columns=cfg.get("static_columns"),
+        known_future=cfg.get("known_future"),
     )
 
 

@@ -109,14 +109,15 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
 
 
 def _channels(recipe: Recipe, bars: pl.DataFrame, device: str) -> pl.DataFrame | None:
-    """Raw-bar channels of the adjusted bars for a model that reads them (model.params.inputs =
-    bars/both), computed once: every channel at t reads bars at or before t only, so one series
-    serves every fold (quant_cli.features.bars)."""
-    if not common.make_model(recipe, device).needs_bars():
+    """Raw-bar channels and static columns of the adjusted bars for a model that reads them
+    (model.params.inputs = bars/both, model.static_columns), computed once: every channel at t reads bars
+    at or before t only, and a static column is one value per symbol, so one frame serves every fold."""
+    model = common.make_model(recipe, device)
+    if not model.reads_bars():
         return None
-    from quant_cli.features.bars import bar_channels
+    from quant_cli.models.covariates import bar_inputs
 
-    return bar_channels(bars, recipe["features"]["timeframes"])
+    return bar_inputs(model, bars, recipe["features"]["timeframes"])
 
 
 def _tasks(
