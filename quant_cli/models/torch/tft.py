@@ -287,7 +287,7 @@ class TFTModel(SequenceModel):
     def _samples(self, rows, y=None, w=None):
         import torch
 
-        from quant_cli.models.torch.loop import to_device
+        from quant_cli.models.torch.placement import to_device
 
         samples, mask = super()._samples(rows, y, w)
         samples.ids = to_device(self._covariates(rows.X, rows.ids)[mask], self.device_, torch.int64)
