@@ -9,9 +9,9 @@ import pytest
 
 from quant_cli.data.synthetic import generate
 from quant_cli.features.engine import compute_features
-from quant_cli.features.registry import REGISTRY
+from quant_cli.features.registry import REGISTRY, feature_lookback
 from quant_cli.pipeline import lookback
-from quant_cli.pipeline.fitted import FittedPipeline, feature_lookback
+from quant_cli.pipeline.fitted import FittedPipeline
 
 EVERYTHING = {"sets": ["all"], "windows": [5, 20], "timeframes": ["1w"], "cross_sectional": ["ret_5"]}
 OPTIONS = {"benchmark": "S000", "max_staleness": None, "bar_spacing": "1d"}

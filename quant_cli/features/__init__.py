@@ -15,6 +15,8 @@ from quant_cli.features import ta  # noqa: F401,E402 - the rest of the "ta" set
 from quant_cli.features import cross_asset  # noqa: F401,E402 - the "cross_asset" set
 from quant_cli.features import mtf  # noqa: F401,E402 - the "mtf" set
 from quant_cli.features import regime  # noqa: F401,E402 - the "regime" set
+from quant_cli.features import references  # noqa: F401,E402 - [features.references] features
+from quant_cli.features import expression_eval  # noqa: F401,E402 - [features.expressions] features
 from quant_cli.features.align import FeatureOptions  # noqa: E402
 from quant_cli.features.engine import compute_features  # noqa: E402
 # isort: on

@@ -22,7 +22,7 @@ from quant_cli.errors import RecipeError, suggest
 from quant_cli.features import kernels as k
 from quant_cli.features.expression import OPS, Expression, Node, parse, parse_section
 from quant_cli.features.panel import Panel, gt
-from quant_cli.features.registry import REGISTRY, Family, Feature
+from quant_cli.features.registry import REGISTRY, Family, Feature, feature_lookback
 
 Array = np.ndarray
 TAG = "expression"
@@ -242,8 +242,6 @@ def explain(name: str, section: Mapping[str, Any]) -> dict[str, Any]:
             "feature name (`qfactory features ls-specs`) or the name of an expression in --recipe's "
             "[features.expressions]"
         ) from None
-    from quant_cli.pipeline.fitted import feature_lookback  # noqa: PLC0415 - the pipeline imports this package
-
     return {
         "name": feature.name,
         "kind": "built-in",
@@ -253,3 +251,6 @@ def explain(name: str, section: Mapping[str, Any]) -> dict[str, Any]:
         "window": feature.window or 0,
         "lookback": feature_lookback(feature),  # the definitional one; a bundle measures the exact one
     }
+
+
+REGISTRY.makers["expressions"] = lambda section, _windows: (expression_features(section), [])

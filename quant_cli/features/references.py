@@ -219,6 +219,16 @@ def feature_by_name(name: str) -> Feature | None:
 REGISTRY.resolvers.append(feature_by_name)
 
 
+def recipe_features(section: Mapping[str, Any], windows: list[int]) -> tuple[list[Feature], list[str]]:
+    """Every reference feature of `features.references` over `windows`, and the names too short to compute."""
+    if not section.get("references"):
+        return [], []
+    return References.from_section(section["references"]).features(windows)
+
+
+REGISTRY.makers["references"] = recipe_features
+
+
 # ---- alignment and group returns (the engine calls these while deriving inputs) ---------------------
 
 

@@ -195,6 +195,13 @@ class Selection:
         return [f.name for f in self.features]
 
 
+def feature_lookback(feature: Feature) -> int:
+    """Bars of history a feature's definition reads (its window, or its sources'); recursive
+    features (EMA, Wilder) converge over more bars than this."""
+    own = max(feature.window or 1, feature.family.lookback)
+    return max([own, *(feature_lookback(s) for s in feature.sources)])
+
+
 class Registry:
     def __init__(self) -> None:
         self.families: dict[str, Family] = {}
@@ -203,6 +210,10 @@ class Registry:
         # Name resolvers for families made from the recipe rather than registered (features/references.py):
         # each takes a concrete name and returns its Feature, or None when the name is not its own.
         self.resolvers: list[Callable[[str], Feature | None]] = []
+        # Features made from a recipe's [features] section, by the modules that define them, set when those are
+        # imported so that this module imports neither: "references" (features/references.py) and "expressions"
+        # (features/expression_eval.py). Each maps (section, windows) to (features, names too short to compute).
+        self.makers: dict[str, Callable[[Mapping[str, Any], list[int]], tuple[list[Feature], list[str]]]] = {}
 
     def derive(self, name: str, expr: pl.Expr) -> None:
         """A helper column shared by several families, computed once per build (e.g. a rank).
@@ -379,28 +390,16 @@ class Registry:
                 else:
                     chosen.get(family.pattern, set()).discard(variant)
         selection = self._ordered(chosen)
-        made, short = self._references(section, context.windows)
+        made, short = self.makers["references"](section, context.windows)
         made += [f for i in include if (f := self._made(i)) is not None and f.name not in {m.name for m in made}]
         dropped = set(exclude)  # concrete names, or a tag such as cross_asset
         made = [f for f in made if f.name not in dropped and not dropped & set(f.family.tags)]
-        # Factor expressions ([features.expressions]) come last, sorted by name.
-        from quant_cli.features.expression_eval import expression_features  # noqa: PLC0415 - it imports this module
-
-        made += expression_features(section)
+        made += self.makers["expressions"](section, context.windows)[0]  # factor expressions last, sorted by name
         return Selection([*selection.features, *made], [*selection.too_short, *short])
 
     def _made(self, name: str) -> Feature | None:
         """The feature a resolver makes of a concrete name (a reference feature), else None."""
         return next((f for resolve in self.resolvers if (f := resolve(name)) is not None), None)
-
-    @staticmethod
-    def _references(section: Mapping[str, Any], windows: list[int]) -> tuple[list[Feature], list[str]]:
-        """Every reference feature of `features.references` over `windows` (features/references.py)."""
-        if not section.get("references"):
-            return [], []
-        from quant_cli.features.references import References  # noqa: PLC0415 - it imports this module
-
-        return References.from_section(section["references"]).features(windows)
 
     def _match(self, item: str, key: str) -> list[tuple[Family, Variant]]:
         """(family, variant) pairs `item` names; variant is _WHOLE for a tag or a family pattern."""

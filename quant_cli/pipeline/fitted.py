@@ -36,7 +36,7 @@ from quant_cli.features.expression import ExpressionError, parse
 from quant_cli.features.expression_eval import features_for
 from quant_cli.features.references import References, reference_only
 from quant_cli.features.regime import HMM_FEATURE
-from quant_cli.features.registry import REGISTRY, Feature
+from quant_cli.features.registry import REGISTRY, Feature, feature_lookback
 from quant_cli.pipeline import lookback
 from quant_cli.pipeline.adjust import Adjustment
 from quant_cli.pipeline.preprocess import fit_preprocess, raw_matrix, transform, transform_matrix
@@ -46,13 +46,6 @@ from quant_cli.report import SILENT, Reporter
 KEYS = ["symbol", "ts"]
 MODEL_DTYPE = pl.Float32
 FORMAT_VERSION = 1
-
-
-def feature_lookback(feature: Feature) -> int:
-    """Bars of history a feature's definition reads (its window, or its sources'); recursive
-    features (EMA, Wilder) converge over more bars than this."""
-    own = max(feature.window or 1, feature.family.lookback)
-    return max([own, *(feature_lookback(s) for s in feature.sources)])
 
 
 @dataclass
