@@ -33,7 +33,7 @@ from quant_cli.models.torch.config import SequenceConfig, param
 from quant_cli.models.torch.heads import Head
 from quant_cli.models.torch.state_space import SSMLayer
 from quant_cli.models.torch.tcn import CausalConv
-from quant_cli.models.torch.transformer import Attention, TransformerConfig
+from quant_cli.models.torch.transformer import Attention, TransformerConfig, check_heads
 
 
 @dataclass
@@ -121,11 +121,7 @@ class HybridModel(SequenceModel):
     def _check_architecture(self) -> None:
         super()._check_architecture()
         p = self.params
-        if p["d_model"] % p["heads"] or (p["d_model"] // p["heads"]) % 2:
-            raise ModelError(
-                f"model 'hybrid': d_model {p['d_model']} must split into {p['heads']} heads of an even "
-                "width (rotary positions); change model.params.d_model or heads"
-            )
+        check_heads("hybrid", p["d_model"], p["heads"])
         if p["state"] % 2:
             raise ModelError(f"model 'hybrid': state {p['state']} must be even; change model.params.state")
         n_tokens, widest = tokens(p["seq_len"], p["patch_len"]), max(dilations(p["layers"], p["dilation_cycle"]))

@@ -31,7 +31,7 @@ from quant_cli.models.params import at_least, between
 from quant_cli.models.sequence import SequenceModel
 from quant_cli.models.torch.config import SequenceConfig, param
 from quant_cli.models.torch.heads import Head
-from quant_cli.models.torch.transformer import Attention, TransformerConfig
+from quant_cli.models.torch.transformer import Attention, TransformerConfig, check_heads
 
 
 @dataclass
@@ -153,11 +153,7 @@ class MoETransformerModel(SequenceModel):
     def _check_architecture(self) -> None:
         super()._check_architecture()
         p = self.params
-        if p["d_model"] % p["heads"] or (p["d_model"] // p["heads"]) % 2:
-            raise ModelError(
-                f"model 'moe_transformer': d_model {p['d_model']} must split into {p['heads']} heads of "
-                "an even width (rotary positions); change model.params.d_model or heads"
-            )
+        check_heads("moe_transformer", p["d_model"], p["heads"])
         if p["top_k"] > p["experts"]:
             raise ModelError(
                 f"model 'moe_transformer': top_k {p['top_k']} is above experts {p['experts']}; "

@@ -38,6 +38,15 @@ class TransformerConfig(SequenceConfig):
     checkpoint: bool = param(False, "recompute each layer's activations in backward (less memory, same results)")
 
 
+def check_heads(model: str, d_model: int, heads: int, rotary: bool = True) -> None:
+    """d_model splits into `heads` heads, each of an even width under rotary positions (they rotate pairs)."""
+    if d_model % heads or (rotary and (d_model // heads) % 2):
+        raise ModelError(
+            f"model '{model}': d_model {d_model} must split into {heads} heads"
+            f"{' of an even width (rotary positions)' if rotary else ''}; change model.params.d_model or heads"
+        )
+
+
 def rotary(x: torch.Tensor) -> torch.Tensor:
     """RoPE over (B, h, L, d) with d even."""
     _, _, length, dim = x.shape
@@ -125,9 +134,4 @@ class TransformerModel(SequenceModel):
     def _check_architecture(self) -> None:
         super()._check_architecture()
         p = self.params
-        if p["d_model"] % p["heads"] or (p["positions"] == "rotary" and (p["d_model"] // p["heads"]) % 2):
-            raise ModelError(
-                f"model 'transformer': d_model {p['d_model']} must split into {p['heads']} heads"
-                f"{' of an even width (rotary positions)' if p['positions'] == 'rotary' else ''}; "
-                "change model.params.d_model or heads"
-            )
+        check_heads("transformer", p["d_model"], p["heads"], rotary=p["positions"] == "rotary")
